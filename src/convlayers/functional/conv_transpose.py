@@ -1,0 +1,197 @@
+"""Transposed convolution: the input-gradient of a convolution, used as a layer.
+
+``conv_transpose2d(x, w)`` scatters each input element times the kernel onto a larger output,
+exactly what the backward pass of ``conv2d`` does with the gradient; both run on the same
+engine. Arguments follow ``torch.nn.functional.conv_transpose2d``; the weight is
+``(C_in, C_out/groups, *kernel)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from convlayers import shapes
+from convlayers._validate import (
+    IntOrTuple,
+    as_int,
+    check_ndim,
+    float_array,
+    nonnegative_tuple,
+    positive_tuple,
+    same_dtype,
+)
+from convlayers.functional import _engine
+from convlayers.functional._common import batched, pad_pairs, unbatch
+
+__all__ = [
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "conv_transpose_backward",
+]
+
+
+def _transpose_spec(
+    x: np.ndarray, w: np.ndarray, stride: IntOrTuple, padding: IntOrTuple,
+    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int, tuple[int, ...]]:
+    n = x.ndim - 2
+    check_ndim(w, (n + 2,), "weight", "C_in, C_out/groups, *kernel")
+    same_dtype(x, w, "input", "weight")
+    groups = as_int(groups, "groups")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    c_in = x.shape[1]
+    if w.shape[0] != c_in:
+        raise ValueError(
+            f"weight.shape[0]={w.shape[0]} must equal the input's {c_in} channels for a "
+            f"transposed convolution (weight is C_in, C_out/groups, *kernel)"
+        )
+    if c_in % groups:
+        raise ValueError(f"in_channels={c_in} must be divisible by groups={groups}")
+    stride_t = positive_tuple(stride, n, "stride")
+    dilation_t = positive_tuple(dilation, n, "dilation")
+    padding_t = nonnegative_tuple(padding, n, "padding")
+    out_pad_t = nonnegative_tuple(output_padding, n, "output_padding")
+    kernel = tuple(w.shape[2:])
+    out_shape = tuple(
+        shapes.conv_transpose_output_size(i, k, s, p, op, d)
+        for i, k, s, p, op, d in zip(x.shape[2:], kernel, stride_t, padding_t, out_pad_t,
+                                     dilation_t, strict=True)
+    )
+    return stride_t, padding_t, dilation_t, groups, out_shape
+
+
+def _conv_transpose(
+    input: Any, weight: Any, bias: Any, stride: IntOrTuple, padding: IntOrTuple,
+    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple, n: int,
+) -> np.ndarray:
+    x, unbatched = batched(input, n)
+    w = float_array(weight, "weight")
+    stride_t, padding_t, dilation_t, groups, out_shape = _transpose_spec(
+        x, w, stride, padding, output_padding, groups, dilation)
+    padded = tuple(o + 2 * p for o, p in zip(out_shape, padding_t, strict=True))
+    full = _engine.correlate_input_grad(x, w, padded, stride_t, dilation_t, groups)
+    crop = tuple(slice(p, p + o) for p, o in zip(padding_t, out_shape, strict=True))
+    out = np.ascontiguousarray(full[(..., *crop)])
+    if bias is not None:
+        b = float_array(bias, "bias")
+        same_dtype(x, b, "input", "bias")
+        if b.shape != (out.shape[1],):
+            raise ValueError(f"bias must have shape ({out.shape[1]},), got {b.shape}")
+        out += b.reshape((1, -1) + (1,) * n)
+    return unbatch(out, unbatched)
+
+
+_DOC = """
+    Parameters
+    ----------
+    input : ndarray
+        ``(N, C_in, {axes})`` or unbatched.
+    weight : ndarray
+        ``(C_in, C_out/groups, {kaxes})``.
+    bias : ndarray, optional
+        ``(C_out,)``.
+    stride, padding, output_padding, dilation : int or tuple of int
+        ``padding`` trims that many elements from both ends of each axis; per axis the output
+        is ``(in - 1)*stride - 2*padding + dilation*(k - 1) + output_padding + 1``;
+        ``output_padding`` (smaller than stride or dilation) picks among the input sizes that a
+        strided convolution maps to the same output size.
+    groups : int
+        Independent groups of channels.
+
+    Returns
+    -------
+    ndarray
+        ``(N, C_out, {oaxes})``.
+"""
+
+
+def conv_transpose1d(
+    input: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+    output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
+) -> np.ndarray:
+    """1-D transposed convolution, as ``torch.nn.functional.conv_transpose1d``.
+    {doc}
+    Examples
+    --------
+    >>> conv_transpose1d(np.ones((1, 1, 2)), np.ones((1, 1, 3)), stride=2)
+    array([[[1., 1., 2., 1., 1.]]])
+    """
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 1)
+
+
+def conv_transpose2d(
+    input: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+    output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
+) -> np.ndarray:
+    """2-D transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
+    {doc}
+    Examples
+    --------
+    A 4x4 kernel with stride 2 and padding 1 doubles the size, the usual upsampling layer:
+
+    >>> conv_transpose2d(np.ones((1, 3, 8, 8)), np.ones((3, 5, 4, 4)), stride=2, padding=1).shape
+    (1, 5, 16, 16)
+    """
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 2)
+
+
+def conv_transpose3d(
+    input: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+    output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
+) -> np.ndarray:
+    """3-D transposed convolution, as ``torch.nn.functional.conv_transpose3d``.
+    {doc}
+    Examples
+    --------
+    >>> conv_transpose3d(np.ones((1, 1, 2, 2, 2)), np.ones((1, 1, 2, 2, 2))).shape
+    (1, 1, 3, 3, 3)
+    """
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 3)
+
+
+conv_transpose1d.__doc__ = (conv_transpose1d.__doc__ or "").format(
+    doc=_DOC.format(axes="L", kaxes="kL", oaxes="L_out"))
+conv_transpose2d.__doc__ = (conv_transpose2d.__doc__ or "").format(
+    doc=_DOC.format(axes="H, W", kaxes="kH, kW", oaxes="H_out, W_out"))
+conv_transpose3d.__doc__ = (conv_transpose3d.__doc__ or "").format(
+    doc=_DOC.format(axes="D, H, W", kaxes="kD, kH, kW", oaxes="D_out, H_out, W_out"))
+
+
+def conv_transpose_backward(
+    grad_output: Any, input: Any, weight: Any, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+    output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
+    with_bias: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of a transposed convolution: ``(grad_input, grad_weight, grad_bias)``.
+
+    The input gradient is an ordinary convolution of the (padded) output gradient with the
+    same weight; the weight gradient swaps the roles of input and gradient.
+
+    Examples
+    --------
+    >>> gx, gw, gb = conv_transpose_backward(np.ones((1, 1, 5)), np.ones((1, 1, 2)),
+    ...                                      np.ones((1, 1, 3)), stride=2)
+    >>> gx, gw, gb
+    (array([[[3., 3.]]]), array([[[2., 2., 2.]]]), array([5.]))
+    """
+    w = float_array(weight, "weight")
+    n = w.ndim - 2
+    if n < 1:
+        raise ValueError(f"weight must have at least 3 dimensions, got shape {w.shape}")
+    x, unbatched = batched(input, n)
+    gy, _ = batched(grad_output, n, "grad_output")
+    stride_t, padding_t, dilation_t, groups, out_shape = _transpose_spec(
+        x, w, stride, padding, output_padding, groups, dilation)
+    expected = (x.shape[0], w.shape[1] * groups, *out_shape)
+    if gy.shape != expected:
+        raise ValueError(f"grad_output must have shape {expected}, got {gy.shape}")
+    same_dtype(x, gy, "input", "grad_output")
+    gyp = pad_pairs(gy, tuple((p, p) for p in padding_t))
+    gx = _engine.correlate(gyp, w, stride_t, dilation_t, groups, tuple(x.shape[2:]))
+    gw = _engine.correlate_weight_grad(gyp, x, tuple(w.shape[2:]), stride_t, dilation_t, groups)
+    gb = gy.sum(axis=(0, *range(2, gy.ndim)), dtype=gy.dtype) if with_bias else None
+    return unbatch(gx, unbatched), gw, gb

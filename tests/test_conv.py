@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as tF
 from hypothesis import given
 from hypothesis import strategies as st
-from oracle import assert_close, random_array, torch_grads
 
 from convlayers import functional as F
+from oracle import assert_close, random_array, torch_grads
 
 
 @dataclass
@@ -222,7 +222,7 @@ def test_bad_dtypes_raise_type_errors(x: np.ndarray, w: np.ndarray, message: str
 
 
 def test_stride_must_be_an_integer() -> None:
-    with pytest.raises(TypeError, match="stride must be an int or a sequence of 2 ints, got 1.5"):
+    with pytest.raises(TypeError, match=_escape("stride must be an int or a sequence of 2 ints, got 1.5")):
         F.conv2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), stride=1.5)  # type: ignore[arg-type]
 
 

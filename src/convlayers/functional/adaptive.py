@@ -1,9 +1,9 @@
 """Adaptive pooling: choose the output size, the windows follow (PyTorch's rule).
 
 Output cell ``o`` of an axis of length ``L`` pooled to ``O`` covers
-``[floor(o*L/O), ceil((o+1)*L/O))``. Windows may differ in size and overlap. Averaging is
-separable and linear, so it is a small matrix per axis applied with ``matmul``; the maximum
-gathers each window's taps (the last one repeated where a window is shorter).
+``[floor(o*L/O), ceil((o+1)*L/O))``. Windows may differ in size and overlap. Both averages
+and maxima are separable, so each axis is reduced in turn with a loop over its output cells
+(a handful), each step a vectorised reduction over a slice.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from convlayers._validate import as_int
-from convlayers.functional._common import batched, unbatch, window_offsets
+from convlayers.functional._common import batched, unbatch
 
 __all__ = [
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
@@ -44,33 +44,56 @@ def _output_size(output_size: OutputSize, in_shape: tuple[int, ...]) -> tuple[in
     return tuple(result)
 
 
-def _bounds(length: int, out: int) -> tuple[np.ndarray, np.ndarray]:
-    o = np.arange(out)
-    return (o * length) // out, -((-(o + 1) * length) // out)
+def _bounds(length: int, out: int) -> list[tuple[int, int]]:
+    """Window ``[start, end)`` of each output cell along an axis."""
+    return [((o * length) // out, -((-(o + 1) * length) // out)) for o in range(out)]
 
 
-def _average_matrix(length: int, out: int, dtype: np.dtype) -> np.ndarray:
-    """``(out, length)`` matrix whose row ``o`` averages window ``o``."""
-    start, end = _bounds(length, out)
-    cols = np.arange(length)
-    inside = (cols >= start[:, None]) & (cols < end[:, None])
-    return (inside / (end - start)[:, None]).astype(dtype)
+def _avg_axis(x: np.ndarray, axis: int, out: int) -> np.ndarray:
+    """Average the windows of one axis: a loop over output cells, not over pixels."""
+    parts = [x[(slice(None),) * axis + (slice(a, b),)].sum(axis=axis, keepdims=True) / (b - a)
+             for a, b in _bounds(x.shape[axis], out)]
+    return np.concatenate(parts, axis=axis).astype(x.dtype, copy=False)
 
 
-def _apply_per_axis(x: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
-    """Contract spatial axis ``a`` of ``x`` with ``matrices[a]`` (shape ``(new, old)``)."""
-    n = len(matrices)
-    for a, m in enumerate(matrices):
-        axis = x.ndim - n + a
-        x = np.moveaxis(np.matmul(np.moveaxis(x, axis, -1), m.T), -1, axis)
-    return np.ascontiguousarray(x)
+def _avg_axis_backward(g: np.ndarray, axis: int, length: int) -> np.ndarray:
+    shape = list(g.shape)
+    shape[axis] = length
+    gx = np.zeros(shape, dtype=g.dtype)
+    for o, (a, b) in enumerate(_bounds(length, g.shape[axis])):
+        share = g[(slice(None),) * axis + (slice(o, o + 1),)] / (b - a)
+        gx[(slice(None),) * axis + (slice(a, b),)] += share
+    return gx
+
+
+def _max_axis(
+    x: np.ndarray, flat: np.ndarray | None, axis: int, out: int, step: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Max over the windows of one axis, carrying the flat argmax of the axes done so far.
+
+    Per window the first maximum wins, unless there is a NaN: then the last NaN wins. Doing
+    the axes one after another gives PyTorch's row-major rule for the whole window.
+    """
+    values, indices = [], []
+    for a, b in _bounds(x.shape[axis], out):
+        window = x[(slice(None),) * axis + (slice(a, b),)]
+        nan = np.isnan(window)
+        last_nan = (b - a - 1) - np.argmax(np.flip(nan, axis=axis), axis=axis)
+        pos = np.expand_dims(np.where(nan.any(axis=axis), last_nan, np.argmax(window, axis=axis)), axis)
+        values.append(np.take_along_axis(window, pos, axis=axis))
+        if flat is not None:
+            carried = np.take_along_axis(flat[(slice(None),) * axis + (slice(a, b),)], pos, axis=axis)
+            indices.append(carried + (a + pos) * step)
+    best = np.concatenate(values, axis=axis)
+    return best, (np.concatenate(indices, axis=axis) if flat is not None else None)
 
 
 def _adaptive_avg(input: Any, output_size: OutputSize, n: int) -> np.ndarray:
     x, unbatched = batched(input, n)
     out = _output_size(output_size, x.shape[2:])
-    mats = [_average_matrix(i, o, x.dtype) for i, o in zip(x.shape[2:], out, strict=True)]
-    return unbatch(_apply_per_axis(x, mats), unbatched)
+    for a, o in enumerate(out):
+        x = _avg_axis(x, 2 + a, o)
+    return unbatch(np.ascontiguousarray(x), unbatched)
 
 
 def _adaptive_max(
@@ -79,29 +102,12 @@ def _adaptive_max(
     x, unbatched = batched(input, n)
     in_shape = x.shape[2:]
     out = _output_size(output_size, in_shape)
-    taps, kernel = [], []
-    for length, o in zip(in_shape, out, strict=True):
-        start, end = _bounds(length, o)
-        width = int((end - start).max())
-        taps.append(np.minimum(start[:, None] + np.arange(width), end[:, None] - 1))
-        kernel.append(width)
-    plane_strides = [int(np.prod(in_shape[a + 1 :])) for a in range(n)]
-    best = index = None
-    for offset in window_offsets(kernel):
-        coords = [t[:, j].reshape((1,) * a + (-1,) + (1,) * (n - a - 1))
-                  for a, (t, j) in enumerate(zip(taps, offset, strict=True))]
-        flat = sum(c * s for c, s in zip(coords, plane_strides, strict=True))
-        view = x[(..., *coords)]
-        if best is None or index is None:
-            best, index = view.copy(), np.broadcast_to(flat, view.shape).astype(np.int64)
-            continue
-        update = (view > best) | np.isnan(view)
-        np.copyto(best, view, where=update)
-        np.copyto(index, np.broadcast_to(flat, index.shape), where=update)
-    assert best is not None and index is not None
-    if return_indices:
-        return unbatch(best, unbatched), unbatch(index, unbatched)
-    return unbatch(best, unbatched)
+    flat = np.zeros(x.shape, dtype=np.int64) if return_indices else None
+    for a in reversed(range(n)):  # last axis first: PyTorch scans windows row-major
+        x, flat = _max_axis(x, flat, 2 + a, out[a], int(np.prod(in_shape[a + 1 :])))
+    if flat is not None:
+        return unbatch(np.ascontiguousarray(x), unbatched), unbatch(flat, unbatched)
+    return unbatch(np.ascontiguousarray(x), unbatched)
 
 
 def adaptive_avg_pool1d(input: Any, output_size: OutputSize) -> np.ndarray:
@@ -169,7 +175,7 @@ def adaptive_max_pool3d(
 
 
 def adaptive_avg_pool_backward(grad_output: Any, input: Any, spatial_dims: int = 2) -> np.ndarray:
-    """Gradient of adaptive average pooling: the transposed averaging matrices per axis.
+    """Gradient of adaptive average pooling: each window gets its output's gradient / size.
 
     >>> adaptive_avg_pool_backward(np.ones((1, 1, 1)), np.zeros((1, 1, 4)), spatial_dims=1)
     array([[[0.25, 0.25, 0.25, 0.25]]])
@@ -181,5 +187,7 @@ def adaptive_avg_pool_backward(grad_output: Any, input: Any, spatial_dims: int =
     gy, _ = batched(grad_output, n, "grad_output")
     if gy.shape[:2] != x.shape[:2]:
         raise ValueError(f"grad_output {gy.shape} must match input {x.shape} on N and C")
-    mats = [_average_matrix(i, o, x.dtype).T for i, o in zip(x.shape[2:], gy.shape[2:], strict=True)]
-    return unbatch(_apply_per_axis(gy.astype(x.dtype, copy=False), mats), unbatched)
+    g = gy.astype(x.dtype, copy=False)
+    for a in reversed(range(n)):
+        g = _avg_axis_backward(g, 2 + a, x.shape[2 + a])
+    return unbatch(g, unbatched)

@@ -14,12 +14,13 @@ Examples
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from convlayers._validate import as_int
 
-__all__ = ["scratch_bytes", "set_scratch_bytes", "set_threads", "settings", "threads"]
+__all__ = ["apply_numba_threads", "scratch_bytes", "set_scratch_bytes", "set_threads", "settings", "threads"]
 
 _DEFAULT_SCRATCH = 256 * 1024 * 1024
 _state = {"scratch_bytes": _DEFAULT_SCRATCH, "threads": os.cpu_count() or 1}
@@ -43,10 +44,25 @@ def threads() -> int:
 
 
 def set_threads(n: int) -> None:
-    """Set the number of threads for compiled kernels (and numba, when it is loaded)."""
+    """Set the number of threads for compiled kernels (and numba, when it is loaded).
+
+    The compiled kernels apply it on every call (``numba.set_num_threads``, capped at numba's
+    pool size); NumPy's BLAS keeps its own setting (use ``threadpoolctl`` to change it).
+    """
     if as_int(n, "threads") < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
     _state["threads"] = int(n)
+    if "numba" in sys.modules:
+        apply_numba_threads()
+
+
+def apply_numba_threads() -> None:
+    """Make numba's thread count follow :func:`threads` (the kernels call this before running)."""
+    import numba
+
+    want = max(1, min(_state["threads"], numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
 
 
 @contextmanager
@@ -61,3 +77,5 @@ def settings(*, scratch_bytes: int | None = None, threads: int | None = None) ->
         yield
     finally:
         _state.update(saved)
+        if "numba" in sys.modules:
+            apply_numba_threads()

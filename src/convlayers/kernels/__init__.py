@@ -1,0 +1,1 @@
+"""Compiled kernels (numba), imported lazily by the modules that use them."""

@@ -1,0 +1,125 @@
+"""Pieces shared by the command modules: the error type, argument parsers, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
+
+
+class CLIError(Exception):
+    """A user error: printed as one ``convlayers: error: ...`` line, exit status 2."""
+
+
+def matrix(spec: str, name: str = "kernel") -> list[list[float]]:
+    """Parse ``"1,0,-1;2,0,-2;1,0,-1"`` (rows split by ``;``, values by ``,`` or spaces).
+
+    >>> matrix("1,0,-1; 2 0 -2")
+    [[1.0, 0.0, -1.0], [2.0, 0.0, -2.0]]
+    """
+    rows = [r.strip() for r in str(spec).strip().strip(";").split(";")]
+    if not spec.strip() or not all(rows):
+        raise CLIError(f"bad {name} spec {spec!r}: expected rows separated by ';', "
+                       f"e.g. '1,0,-1;2,0,-2;1,0,-1'")
+    out: list[list[float]] = []
+    for r, row in enumerate(rows):
+        items = row.replace(",", " ").split()
+        try:
+            out.append([float(v) for v in items])
+        except ValueError:
+            raise CLIError(f"bad {name} spec {spec!r}: row {r + 1} ({row!r}) holds something "
+                           "that is not a number") from None
+        if len(out[-1]) != len(out[0]):
+            raise CLIError(f"bad {name} spec {spec!r}: row {r + 1} has {len(out[-1])} values, "
+                           f"row 1 has {len(out[0])}")
+    return out
+
+
+def pair(text: str) -> tuple[int, ...]:
+    """argparse type for a size: ``"32"`` (both axes) or ``"32x24"`` / ``"32,24"`` (rows, cols).
+
+    >>> pair("32"), pair("32x24")
+    ((32,), (32, 24))
+    """
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer or ROWSxCOLS such as 32x24, got {text!r}") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected one or two integers, got {text!r}")
+    return values
+
+
+def scalar_or_pair(values: tuple[int, ...]) -> int | tuple[int, ...]:
+    """One number stays an int, two stay a tuple (for the library calls)."""
+    return values[0] if len(values) == 1 else values
+
+
+def progress(items: Iterable[T], enabled: bool, total: int | None = None,
+             desc: str = "") -> Iterator[T]:
+    """Iterate ``items`` with a tqdm bar on stderr when ``enabled``."""
+    if not enabled:
+        yield from items
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(items, total=total, desc=desc, file=sys.stderr, unit="image")
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Bars only on a terminal, and never with ``--no-progress``."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--no-progress`` option."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (they are off anyway when stderr is not a terminal)")
+
+
+def output_dir(path: str | os.PathLike[str]) -> Path:
+    """Create (with parents) and return an output folder; a file in the way is an error."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise CLIError(f"output {str(target)!r} exists and is not a folder")
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def output_file(path: str | os.PathLike[str], suffixes: tuple[str, ...]) -> Path:
+    """Check an output file name: an allowed suffix, a folder that exists (or can be made)."""
+    target = Path(path)
+    if target.suffix.lower() not in suffixes:
+        raise CLIError(f"output {str(target)!r} must end in {' or '.join(suffixes)}")
+    if target.is_dir():
+        raise CLIError(f"output {str(target)!r} is a folder, expected a file name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def image_files(paths: Iterable[str]) -> list[Path]:
+    """Expand folders into the images they hold (sorted); check that every file exists."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES
+                            and q.is_file())
+            if not inside:
+                raise CLIError(f"folder {str(p)!r} holds no image files "
+                               f"({', '.join(IMAGE_SUFFIXES)})")
+            found += inside
+        elif not p.exists():
+            raise CLIError(f"image {str(p)!r} does not exist")
+        else:
+            found.append(p)
+    return found
+

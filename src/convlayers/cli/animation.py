@@ -1,0 +1,59 @@
+"""``convlayers animate``: a GIF of the window sliding, for your own sizes."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from convlayers.cli._common import matrix, output_file, pair, scalar_or_pair
+
+
+def register(sub: Any) -> None:
+    """Add the ``animate`` command."""
+    p = sub.add_parser(
+        "animate", help="GIF of a convolution or pooling window sliding over an input",
+        description="Write an animated GIF, one frame per output cell: the input with its "
+        "padding (grey, dashed), the window, and the output filling in. A transposed "
+        "convolution is drawn as the equivalent convolution over the zero-inserted, padded "
+        "input. Sizes are one integer or ROWSxCOLS.",
+    )
+    p.add_argument("--op", choices=("conv", "conv_transpose", "max_pool", "avg_pool"),
+                   default="conv")
+    p.add_argument("--input", type=pair, default=(5,), metavar="N", help="input size (default 5)")
+    p.add_argument("--kernel", type=pair, default=None, metavar="K",
+                   help="kernel size (default 3, or the shape of --weights)")
+    p.add_argument("--stride", type=pair, default=None, metavar="S",
+                   help="default 1 for convolutions, the kernel size for pools")
+    p.add_argument("--padding", type=pair, default=(0,), metavar="P")
+    p.add_argument("--dilation", type=pair, default=(1,), metavar="D")
+    p.add_argument("--output-padding", type=pair, default=(0,), metavar="OP",
+                   help="conv_transpose only")
+    p.add_argument("--ceil-mode", action="store_true", help="pools only")
+    p.add_argument("--values", metavar="SPEC",
+                   help="input values, rows separated by ';' (default 1, 2, 3, ...)")
+    p.add_argument("--weights", metavar="SPEC",
+                   help="kernel weights for conv/conv_transpose, e.g. '1,0,-1;1,0,-1;1,0,-1'; "
+                   "with them the output values are shown")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second (default 2)")
+    p.add_argument("-o", "--output", required=True, metavar="GIF", help="the .gif to write")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the GIF with :func:`convlayers.viz.animate`."""
+    from convlayers.viz import animate
+
+    target = output_file(args.output, (".gif",))
+    values = None if args.values is None else matrix(args.values, "values")
+    weights = None if args.weights is None else matrix(args.weights, "weights")
+    stride = None if args.stride is None else scalar_or_pair(args.stride)
+    if args.kernel is not None:
+        kernel_size: int | tuple[int, ...] = scalar_or_pair(args.kernel)
+    else:
+        kernel_size = 3 if weights is None else (len(weights), len(weights[0]))
+    data = animate(args.op, scalar_or_pair(args.input), kernel_size, stride,
+                   scalar_or_pair(args.padding), scalar_or_pair(args.dilation), target,
+                   values, kernel=weights, output_padding=scalar_or_pair(args.output_padding),
+                   ceil_mode=args.ceil_mode, fps=args.fps)
+    print(f"wrote {target} ({len(data):,} bytes)")
+    return 0

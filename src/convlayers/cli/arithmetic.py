@@ -1,0 +1,119 @@
+"""``convlayers shape`` and ``convlayers params``: output sizes and parameter counts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from convlayers.cli._common import CLIError, pair
+
+CONV = "floor((in + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1"
+POOL_CEIL = "ceil((in + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1"
+TRANSPOSED = "(in - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1"
+
+
+def register(sub: Any) -> None:
+    """Add the ``shape`` and ``params`` commands."""
+    p = sub.add_parser(
+        "shape", help="output size of a convolution, pooling or transposed convolution",
+        description="Print the output-size formula with your numbers filled in. Sizes are "
+        "one integer (both axes) or ROWSxCOLS, e.g. 32 or 32x24.",
+    )
+    p.add_argument("--input", type=pair, required=True, metavar="N", help="input size")
+    p.add_argument("--kernel", type=pair, required=True, metavar="K", help="kernel size")
+    p.add_argument("--stride", type=pair, default=None, metavar="S",
+                   help="step of the window (default 1; for --pool the kernel size)")
+    p.add_argument("--padding", type=pair, default=(0,), metavar="P", help="padding (default 0)")
+    p.add_argument("--dilation", type=pair, default=(1,), metavar="D",
+                   help="spacing between kernel taps (default 1)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--pool", action="store_true", help="a pooling layer")
+    kind.add_argument("--transposed", action="store_true", help="a transposed convolution")
+    p.add_argument("--ceil-mode", action="store_true", help="with --pool: round up (PyTorch)")
+    p.add_argument("--output-padding", type=pair, default=(0,), metavar="OP",
+                   help="with --transposed: extra size at the end (default 0)")
+    p.set_defaults(run=run_shape)
+
+    q = sub.add_parser(
+        "params", help="parameters and multiply-adds of the conv kinds, side by side",
+        description="Compare standard, pointwise (1x1), depthwise, depthwise-separable and "
+        "grouped convolutions from --in to --out channels (weights only).",
+    )
+    q.add_argument("--in", dest="in_channels", type=int, required=True, metavar="C_IN")
+    q.add_argument("--out", dest="out_channels", type=int, required=True, metavar="C_OUT")
+    q.add_argument("--kernel", type=int, default=3, metavar="K", help="kernel size (default 3)")
+    q.add_argument("--groups", type=int, default=4, metavar="G",
+                   help="groups of the grouped row (default 4)")
+    q.add_argument("--size", type=pair, default=(56,), metavar="HxW",
+                   help="output size used for the multiply-adds (default 56)")
+    q.set_defaults(run=run_params)
+
+
+def _axes(values: tuple[int, ...], name: str) -> tuple[int, int]:
+    if any(v < 0 for v in values):
+        raise CLIError(f"--{name} must not be negative, got {values}")
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def run_shape(args: argparse.Namespace) -> int:
+    """Print the formula, one filled-in line per axis, and ``output size: ...``."""
+    from convlayers import shapes
+
+    if args.ceil_mode and not args.pool:
+        raise CLIError("--ceil-mode applies to --pool only")
+    if any(args.output_padding) and not args.transposed:
+        raise CLIError("--output-padding applies to --transposed only")
+    n, k = _axes(args.input, "input"), _axes(args.kernel, "kernel")
+    s = _axes(args.stride, "stride") if args.stride else (k if args.pool else (1, 1))
+    p, d = _axes(args.padding, "padding"), _axes(args.dilation, "dilation")
+    op = _axes(args.output_padding, "output-padding")
+    if args.pool:
+        title, formula = "pooling", POOL_CEIL if args.ceil_mode else CONV
+    elif args.transposed:
+        title, formula = "transposed convolution", TRANSPOSED
+    else:
+        title, formula = "convolution", CONV
+    lines = [f"{title}: out = {formula}"]
+    square = all(len(v) == 1 for v in (args.input, args.kernel, args.padding, args.dilation,
+                                       args.output_padding, args.stride or (1,)))
+    sizes = []
+    for axis in range(1 if square else 2):
+        a = (n[axis], k[axis], s[axis], p[axis], d[axis])
+        if args.pool:
+            out = shapes.pool_output_size(*a, ceil_mode=args.ceil_mode)
+            rnd = "ceil" if args.ceil_mode else "floor"
+            filled = f"{rnd}(({a[0]} + 2*{a[3]} - {a[4]}*({a[1]} - 1) - 1) / {a[2]}) + 1"
+            naive = -(-(a[0] + 2 * a[3] - a[4] * (a[1] - 1) - 1) // a[2]) + 1
+            if args.ceil_mode and naive != out:
+                filled += f" - 1 (window {naive - 1} would start in the padding: dropped)"
+        elif args.transposed:
+            out = shapes.conv_transpose_output_size(a[0], a[1], a[2], a[3], op[axis], a[4])
+            filled = f"({a[0]} - 1)*{a[2]} - 2*{a[3]} + {a[4]}*({a[1]} - 1) + {op[axis]} + 1"
+        else:
+            out = shapes.conv_output_size(*a)
+            filled = f"floor(({a[0]} + 2*{a[3]} - {a[4]}*({a[1]} - 1) - 1) / {a[2]}) + 1"
+        label = "per axis" if square else ("height", "width")[axis]
+        lines.append(f"  {label}: {filled} = {out}")
+        sizes.append(out)
+    lines.append(f"output size: {'x'.join(map(str, sizes))}")
+    print("\n".join(lines))
+    return 0
+
+
+def run_params(args: argparse.Namespace) -> int:
+    """Print the comparison table of :func:`convlayers.shapes.compare_conv_kinds`."""
+    from convlayers import shapes
+
+    size = args.size if len(args.size) == 2 else (args.size[0], args.size[0])
+    rows = shapes.compare_conv_kinds(args.in_channels, args.out_channels, args.kernel,
+                                     size, args.groups)
+    std = rows[0]
+    print(f"{args.in_channels} -> {args.out_channels} channels, kernel {args.kernel}x"
+          f"{args.kernel}, output {size[0]}x{size[1]} (weights only, no bias)")
+    head = f"{'kind':<10} {'parameters':>12} {'multiply-adds':>15} {'fewer params':>13}  what"
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        print(f"{row.kind:<10} {row.params:>12,} {row.macs:>15,} "
+              f"{row.ratio_to(std):>12.1f}x  {row.description}")
+    return 0

@@ -1,0 +1,151 @@
+"""``convlayers gallery`` and ``convlayers filter``: classic filters on your own photos."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convlayers.cli._common import (
+    IMAGE_SUFFIXES,
+    CLIError,
+    add_progress_flag,
+    image_files,
+    matrix,
+    output_dir,
+    output_file,
+    progress,
+    progress_enabled,
+)
+
+_FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf")
+
+
+def register(sub: Any) -> None:
+    """Add the ``gallery`` and ``filter`` commands."""
+    g = sub.add_parser(
+        "gallery", help="a photo next to its responses to classic filters, as one picture",
+        description="Draw the original and each filter's response (default: the six classic "
+        "filters vertical, horizontal, sobel_x, sobel_y, blur, laplacian) in a grid.",
+    )
+    g.add_argument("image", metavar="IMAGE", help="photo to filter")
+    g.add_argument("-o", "--output", required=True, metavar="PNG", help="picture to write")
+    g.add_argument("--filters", nargs="+", metavar="NAME", help="filter names (see 'filter')")
+    g.add_argument("--color", action="store_true",
+                   help="filter the color channels instead of the luminance")
+    g.set_defaults(run=run_gallery)
+
+    f = sub.add_parser(
+        "filter", help="apply named filters or your own kernel to images or folders of images",
+        description="Convolve each IMAGE (a folder means every image in it) with each filter "
+        "and write the results. One image and one filter: OUT may be a file name; otherwise "
+        "OUT is a folder that receives STEM_FILTER.png files.",
+        epilog="Filter names: " + _names() + ". A kernel spec that starts with '-' needs "
+        "'=': --kernel=-1,0,1;-2,0,2;-1,0,1",
+    )
+    f.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    which = f.add_mutually_exclusive_group(required=True)
+    which.add_argument("--filter", dest="filters", nargs="+", metavar="NAME",
+                       help="one or more filter names")
+    which.add_argument("--kernel", metavar="SPEC",
+                       help="your own kernel: rows separated by ';', e.g. '1,0,-1;2,0,-2;1,0,-1'")
+    f.add_argument("-o", "--output", required=True, metavar="OUT", help="file or folder")
+    f.add_argument("--gray", action="store_true", help="filter the luminance only")
+    f.add_argument("--boundary", choices=("symm", "fill", "wrap"), default="symm",
+                   help="edge handling, as scipy.signal.convolve2d (default symm)")
+    f.add_argument("--scale", choices=("auto", "clip", "stretch"), default="auto",
+                   help="to 8 bits: clip to 0..255, stretch min..max to 0..255, or auto "
+                   "(keep values already in 0..255, else stretch); default auto")
+    add_progress_flag(f)
+    f.set_defaults(run=run_filter)
+
+
+def _names() -> str:
+    from convlayers.filters import FILTERS
+
+    return ", ".join(sorted(FILTERS))
+
+
+def _check_names(names: list[str]) -> None:
+    from convlayers.filters import FILTERS
+
+    unknown = [n for n in names if n not in FILTERS]
+    if unknown:
+        raise CLIError(f"unknown filter {unknown[0]!r}; choose from {_names()}")
+
+
+def _read(path: Path, gray: bool) -> np.ndarray:
+    from convlayers.io import read_image
+
+    img = read_image(path, "L" if gray else None)
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]  # filter the color, not the transparency
+    elif img.ndim == 3 and img.shape[2] == 2:
+        img = img[:, :, 0]  # gray + alpha
+    return img
+
+
+def to_uint8(response: np.ndarray, scale: str) -> np.ndarray:
+    """A filter response as 8-bit pixels by the ``--scale`` rule.
+
+    >>> to_uint8(np.array([[-2.0, 0.0, 2.0]]), "auto")
+    array([[  0, 128, 255]], dtype=uint8)
+    >>> to_uint8(np.array([[-2.0, 100.4, 300.0]]), "clip")
+    array([[  0, 100, 255]], dtype=uint8)
+    """
+    lo, hi = float(response.min()), float(response.max())
+    if scale == "clip" or (scale == "auto" and lo >= 0 and hi <= 255):
+        return np.clip(np.rint(response), 0, 255).astype(np.uint8)
+    if hi == lo:
+        return np.zeros(response.shape, dtype=np.uint8)
+    return np.rint((response - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def run_gallery(args: argparse.Namespace) -> int:
+    """Write :func:`convlayers.viz.filter_gallery` of one image."""
+    from convlayers.viz import SEED_FILTERS, filter_gallery, save_figure
+
+    names = args.filters or list(SEED_FILTERS)
+    _check_names(names)
+    target = output_file(args.output, _FIGURE_SUFFIXES)
+    image = _read(Path(args.image), gray=False)
+    save_figure(filter_gallery(image, names, gray=not args.color), target)
+    print(f"wrote {target}")
+    return 0
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    """Filter every image with every filter; write 8-bit images atomically."""
+    from convlayers.filters import apply_filter
+    from convlayers.io import write_image
+
+    kernels: list[tuple[str, Any]]
+    if args.kernel is not None:
+        kernels = [("kernel", np.array(matrix(args.kernel, "kernel")))]
+    else:
+        _check_names(args.filters)
+        kernels = [(n, n) for n in args.filters]
+    sources = image_files(args.images)
+    single = len(sources) * len(kernels) == 1
+    out = Path(args.output)
+    as_file = single and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+    if as_file:
+        targets = [output_file(out, IMAGE_SUFFIXES)]
+    else:
+        if out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
+            raise CLIError(f"output {str(out)!r} looks like a file, but {len(sources)} image(s) "
+                           f"x {len(kernels)} filter(s) need a folder")
+        folder = output_dir(out)
+        targets = [folder / f"{src.stem}_{name}.png" for src in sources for name, _ in kernels]
+    jobs = [(src, name, k) for src in sources for name, k in kernels]
+    for (src, _, kernel), target in progress(zip(jobs, targets, strict=True),
+                                             progress_enabled(args), total=len(jobs),
+                                             desc="filtering"):
+        image = _read(src, args.gray)
+        response = apply_filter(image, kernel, boundary=args.boundary)
+        write_image(target, to_uint8(response, args.scale))
+    where = targets[0] if as_file else out
+    print(f"wrote {len(targets)} image(s) to {where}")
+    return 0

@@ -1,0 +1,193 @@
+"""convlayers.viz: frame plans checked against torch, figures and GIFs with the right counts."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tF
+from PIL import Image
+
+from convlayers.viz import (
+    animate,
+    filter_gallery,
+    plot_conv_step,
+    plot_feature_maps,
+    plot_kernels,
+    save_figure,
+    sliding_plan,
+    step_terms,
+)
+
+CONV_CASES = [  # input, kernel, stride, padding, dilation
+    (5, 3, 1, 0, 1), (5, 3, 2, 1, 1), (7, 3, 2, 2, 2), ((6, 4), (3, 2), (2, 1), (1, 0), 1),
+]
+
+
+def grid_values(plan, x: np.ndarray, pad_value: float = 0.0) -> np.ndarray:
+    """The drawn grid as numbers: input cells from ``x``, padding and inserted zeros 0."""
+    grid = np.full(plan.grid_shape, pad_value)
+    for r, row in enumerate(plan.sources):
+        for c, src in enumerate(row):
+            if src is not None:
+                grid[r, c] = x[src]
+            elif plan.cells[r][c] == "zero":
+                grid[r, c] = 0.0
+    return grid
+
+
+def replay(plan, grid: np.ndarray, weight: np.ndarray | None, reduce: str = "sum") -> np.ndarray:
+    """Compute the output from the plan's frames alone (independent of convlayers' ops)."""
+    out = np.full(plan.output_shape, np.nan)
+    for f in plan.frames:
+        vals = np.array([grid[c] for c in f.window])
+        if reduce == "max":
+            out[f.out_cell] = vals.max()
+        elif reduce == "mean":
+            out[f.out_cell] = vals.mean()
+        else:
+            kh, kw = plan.kernel_size
+            taps = [(kh - 1 - a, kw - 1 - b) if plan.kernel_flipped else (a, b)
+                    for a, b in f.taps]
+            out[f.out_cell] = sum(v * weight[t] for v, t in zip(vals, taps, strict=True))
+    return out
+
+
+def _shape(v):
+    return (v, v) if isinstance(v, int) else v
+
+
+@pytest.mark.parametrize(("n", "k", "s", "p", "d"), CONV_CASES)
+def test_conv_plan_replays_torch(n, k, s, p, d) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(_shape(n))
+    w = rng.standard_normal(_shape(k))
+    plan = sliding_plan("conv", n, k, s, p, d)
+    want = tF.conv2d(torch.tensor(x)[None, None], torch.tensor(w)[None, None], stride=s,
+                     padding=p, dilation=d)[0, 0].numpy()
+    assert len(plan.frames) == want.size
+    np.testing.assert_allclose(replay(plan, grid_values(plan, x), w), want, atol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "k", "s", "p", "op", "d"),
+                         [(3, 3, 2, 0, 0, 1), (3, 3, 2, 1, 1, 1), (4, 4, 2, 1, 0, 1),
+                          (2, 2, 3, 0, 0, 2), (4, 3, 1, 2, 0, 1), (4, 3, 2, 3, 1, 1),
+                          ((2, 3), (3, 2), (2, 1), 1, 0, 1)])
+def test_conv_transpose_plan_is_the_equivalent_convolution(n, k, s, p, op, d) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(_shape(n))
+    w = rng.standard_normal(_shape(k))
+    plan = sliding_plan("conv_transpose", n, k, s, p, d, output_padding=op)
+    want = tF.conv_transpose2d(torch.tensor(x)[None, None], torch.tensor(w)[None, None],
+                               stride=s, padding=p, output_padding=op,
+                               dilation=d)[0, 0].numpy()
+    assert plan.output_shape == want.shape
+    assert len(plan.frames) == want.size
+    np.testing.assert_allclose(replay(plan, grid_values(plan, x), w), want, atol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "k", "s", "p", "ceil"),
+                         [(4, 2, None, 0, False), (5, 3, 2, 1, False), (5, 2, 2, 1, True),
+                          (6, 3, 2, 0, True)])
+def test_pool_plans_replay_torch(n, k, s, p, ceil) -> None:
+    x = np.random.default_rng(2).standard_normal((n, n))
+    t = torch.tensor(x)[None, None]
+    max_plan = sliding_plan("max_pool", n, k, s, p, ceil_mode=ceil)
+    want = tF.max_pool2d(t, k, s, p, ceil_mode=ceil)[0, 0].numpy()
+    np.testing.assert_array_equal(
+        replay(max_plan, grid_values(max_plan, x, -np.inf), None, "max"), want)
+    if not ceil:  # avg with ceil_mode divides by a clipped window size; not replayed here
+        avg_plan = sliding_plan("avg_pool", n, k, s, p)
+        want = tF.avg_pool2d(t, k, s, p)[0, 0].numpy()
+        np.testing.assert_allclose(replay(avg_plan, grid_values(avg_plan, x), None, "mean"),
+                                   want, atol=1e-12)
+
+
+def test_plan_cells_and_json() -> None:
+    plan = sliding_plan("conv", 3, 3, padding=1)
+    assert plan.cells[0] == ("pad",) * 5 and plan.cells[1][1:4] == ("input",) * 3
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert len(d["frames"]) == 9 and d["frames"][0]["window"][4] == [1, 1]
+
+
+def test_plan_rejects_impossible_shapes() -> None:
+    with pytest.raises(ValueError, match="kernel_size"):
+        sliding_plan("conv", 2, 5)
+    with pytest.raises(ValueError, match="op"):
+        sliding_plan("median_pool", 4, 2)
+    with pytest.raises(ValueError, match="ceil_mode"):
+        sliding_plan("conv", 4, 2, ceil_mode=True)
+
+
+@pytest.mark.parametrize(("op", "kwargs", "frames"), [
+    ("conv", dict(input_size=5, kernel_size=3, stride=2, padding=1), 9),
+    ("conv_transpose", dict(input_size=2, kernel_size=3, stride=2), 25),
+    ("max_pool", dict(input_size=4, kernel_size=2), 4),
+    ("avg_pool", dict(input_size=(3, 5), kernel_size=2, stride=1), 8),
+])
+def test_animate_writes_one_frame_per_output_cell(tmp_path, op, kwargs, frames) -> None:
+    target = tmp_path / f"{op}.gif"
+    data = animate(op, path=target, **kwargs)
+    assert target.read_bytes() == data
+    with Image.open(target) as im:
+        assert im.format == "GIF" and im.n_frames == frames
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary left over
+
+
+def test_animate_values_and_errors() -> None:
+    gif = animate("conv", 4, 3, values=np.arange(16.0).reshape(4, 4), kernel=[[1, 0, -1]] * 3)
+    assert Image.open(io.BytesIO(gif)).n_frames == 4
+    with pytest.raises(ValueError, match="values"):
+        animate("conv", 4, 3, values=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="max_frames"):
+        animate("conv", 64, 3)
+
+
+def test_filter_gallery_panels_and_png_size(tmp_path) -> None:
+    img = np.zeros((30, 40), dtype=np.uint8)
+    img[:, 20:] = 200
+    fig = filter_gallery(img)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert titles == ["Original", "Vertical", "Horizontal", "Sobel x", "Sobel y", "Blur",
+                      "Laplacian"]
+    path = save_figure(fig, tmp_path / "g.png")
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.size == tuple(int(v) for v in fig.get_size_inches() * fig.dpi)
+    with pytest.raises(ValueError, match="path must end"):
+        save_figure(fig, tmp_path / "g.txt")
+
+
+def test_feature_maps_and_kernels() -> None:
+    fig = plot_feature_maps(np.random.default_rng(0).random((1, 5, 6, 7)))
+    assert len([ax for ax in fig.axes if ax.images]) == 5
+    fig = plot_kernels(np.random.default_rng(0).standard_normal((4, 3, 3, 3)))
+    assert len(fig.axes) == 12
+    with pytest.raises(ValueError, match="maps"):
+        plot_feature_maps(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="weight"):
+        plot_kernels(np.zeros((2, 3, 3)))
+
+
+def test_conv_step_sum_matches_torch() -> None:
+    x = np.random.default_rng(3).integers(-4, 5, size=(5, 6)).astype(np.float64)
+    w = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+    want = tF.conv2d(torch.tensor(x)[None, None], torch.tensor(w)[None, None], stride=2,
+                     padding=1)[0, 0].numpy()
+    pairs, value = step_terms(x, w, 1, 2, stride=2, padding=1)
+    assert value == want[1, 2] == sum(a * b for a, b in pairs)
+    fig = plot_conv_step(x, w, 1, 2, stride=2, padding=1)
+    assert fig.texts[0].get_text().endswith(f"= {int(want[1, 2])}")
+    with pytest.raises(ValueError, match="output cell"):
+        plot_conv_step(x, w, 3, 0, stride=2, padding=1)
+
+
+def test_import_convlayers_does_not_load_matplotlib() -> None:
+    code = "import sys, convlayers, convlayers.viz; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -4,8 +4,12 @@ Exact to PyTorch, fast, and easy to see. Importing the package is cheap: compile
 plotting and optional integrations load on first use.
 """
 
-from convlayers import shapes
+from convlayers import autograd, functional, nn, shapes
+from convlayers.autograd import Tensor, is_grad_enabled, no_grad, tensor
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "shapes"]
+__all__ = [
+    "Tensor", "__version__", "autograd", "functional", "is_grad_enabled", "nn", "no_grad", "shapes",
+    "tensor",
+]

@@ -1,0 +1,93 @@
+"""The dense head of a CNN: ``flatten`` the feature maps, then ``linear`` (``x @ W.T + b``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from convlayers._validate import as_int, check_ndim, float_array, same_dtype
+
+__all__ = ["flatten", "linear", "linear_backward"]
+
+
+def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
+    """``input @ weight.T + bias`` over the last axis, as ``torch.nn.functional.linear``.
+
+    Parameters
+    ----------
+    input : ndarray
+        ``(*, in_features)``.
+    weight : ndarray
+        ``(out_features, in_features)``.
+    bias : ndarray, optional
+        ``(out_features,)``.
+
+    Returns
+    -------
+    ndarray
+        ``(*, out_features)``.
+
+    Examples
+    --------
+    >>> linear(np.array([[1.0, 2.0]]), np.array([[1.0, 1.0], [0.0, -1.0]]), np.array([0.5, 0.0]))
+    array([[ 3.5, -2. ]])
+    """
+    x = float_array(input, "input")
+    w = float_array(weight, "weight")
+    check_ndim(w, (2,), "weight", "out_features, in_features")
+    same_dtype(x, w, "input", "weight")
+    if x.ndim == 0 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"input's last axis must have in_features={w.shape[1]} values (weight "
+                         f"{w.shape}), got input of shape {x.shape}")
+    out = x @ w.T
+    if bias is not None:
+        b = float_array(bias, "bias")
+        same_dtype(x, b, "input", "bias")
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
+        out += b
+    return out
+
+
+def linear_backward(
+    grad_output: Any, input: Any, weight: Any, with_bias: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`linear`: ``(g @ W, g.T @ x, g summed over all but the last axis)``.
+
+    >>> gx, gw, gb = linear_backward(np.ones((1, 2)), np.array([[1.0, 2.0]]), np.eye(2))
+    >>> gx, gw, gb
+    (array([[1., 1.]]), array([[1., 2.],
+           [1., 2.]]), array([1., 1.]))
+    """
+    x = float_array(input, "input")
+    w = float_array(weight, "weight")
+    g = float_array(grad_output, "grad_output")
+    if g.shape != (*x.shape[:-1], w.shape[0]):
+        raise ValueError(f"grad_output must have shape {(*x.shape[:-1], w.shape[0])}, got {g.shape}")
+    g2 = g.reshape(-1, w.shape[0])
+    gw = g2.T @ x.reshape(-1, w.shape[1])
+    gb = g2.sum(axis=0) if with_bias else None
+    return g @ w, gw, gb
+
+
+def flatten(input: Any, start_dim: int = 0, end_dim: int = -1) -> np.ndarray:
+    """Merge axes ``start_dim..end_dim`` into one, as ``torch.flatten`` (a view when possible).
+
+    ``nn.Flatten`` uses ``start_dim=1`` to keep the batch axis.
+
+    >>> flatten(np.zeros((2, 3, 4, 5)), start_dim=1).shape
+    (2, 60)
+    """
+    x = np.asarray(input)
+    n = max(x.ndim, 1)
+    s, e = as_int(start_dim, "start_dim"), as_int(end_dim, "end_dim")
+    for name, v in (("start_dim", s), ("end_dim", e)):
+        if not -n <= v < n:
+            raise ValueError(f"{name} must be in [{-n}, {n - 1}] for a {x.ndim}-D input, got {v}")
+    s, e = s % n, e % n
+    if s > e:
+        raise ValueError(f"start_dim={start_dim} must not come after end_dim={end_dim}")
+    if x.ndim == 0:
+        return x.reshape(1)
+    return x.reshape((*x.shape[:s], -1, *x.shape[e + 1:]))

@@ -1,0 +1,150 @@
+"""Batch normalization with PyTorch's semantics, and its backward.
+
+Per channel (axis 1), the input is shifted and scaled to zero mean and unit variance, then
+``weight`` and ``bias`` restore a learned scale and offset. In training the statistics are the
+batch's own (the biased variance, divided by ``n``) and the running estimates move towards
+them in place: ``running = (1 - momentum) * running + momentum * batch``, with the unbiased
+variance (divided by ``n - 1``) for ``running_var``. Otherwise the running estimates are used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from convlayers._validate import float_array, same_dtype
+
+__all__ = ["batch_norm", "batch_norm_backward"]
+
+
+def _channel_array(value: Any, name: str, x: np.ndarray) -> np.ndarray | None:
+    if value is None:
+        return None
+    arr = float_array(value, name)
+    if arr.shape != (x.shape[1],):
+        raise ValueError(f"{name} must have shape ({x.shape[1]},) (one per channel), got {arr.shape}")
+    same_dtype(x, arr, "input", name)
+    return arr
+
+
+def _prepare(input: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any) -> tuple:
+    x = float_array(input, "input")
+    if x.ndim < 2:
+        raise ValueError(f"input must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    names = ("running_mean", "running_var", "weight", "bias")
+    arrays = [_channel_array(v, n, x) for v, n in zip((running_mean, running_var, weight, bias), names,
+                                                      strict=True)]
+    return x, (0, *range(2, x.ndim)), arrays
+
+
+def _statistics(x: np.ndarray, axes: tuple[int, ...], training: bool, rm: Any, rv: Any,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (biased) variance per channel: the batch's when ``training``."""
+    if training:
+        if x.size // x.shape[1] <= 1:
+            raise ValueError(f"batch_norm needs more than 1 value per channel when training, got "
+                             f"input of shape {x.shape}")
+        mean = x.mean(axis=axes)
+        var = x.var(axis=axes)
+    elif rm is None or rv is None:
+        raise ValueError("running_mean and running_var are needed when training=False")
+    else:
+        mean, var = rm, rv
+    return mean, var
+
+
+def _invstd(var: np.ndarray, eps: float) -> np.ndarray:
+    return 1 / np.sqrt(var + np.asarray(eps, var.dtype))
+
+
+def batch_norm(
+    input: Any, running_mean: Any, running_var: Any, weight: Any = None, bias: Any = None,
+    training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
+) -> np.ndarray:
+    """Normalize each channel of ``(N, C, ...)`` input, as ``torch.nn.functional.batch_norm``.
+
+    Parameters
+    ----------
+    input : ndarray
+        ``(N, C)`` or ``(N, C, *spatial)``.
+    running_mean, running_var : ndarray or None
+        ``(C,)`` estimates, updated in place when ``training``; needed when not ``training``.
+    weight, bias : ndarray, optional
+        ``(C,)`` scale (gamma) and offset (beta).
+    training : bool
+        Normalize with the batch's statistics (and update the running ones).
+    momentum : float
+        Weight of the new batch in the running estimates.
+    eps : float
+        Added to the variance before the square root.
+
+    Returns
+    -------
+    ndarray
+        ``(x - mean) / sqrt(var + eps) * weight + bias``, same shape and dtype.
+
+    Examples
+    --------
+    >>> x = np.array([[1.0], [3.0]])
+    >>> rm, rv = np.zeros(1), np.ones(1)
+    >>> batch_norm(x, rm, rv, training=True, eps=0.0)
+    array([[-1.],
+           [ 1.]])
+    >>> rm, rv  # moved 10% of the way to mean 2 and unbiased variance 2
+    (array([0.2]), array([1.1]))
+    """
+    x, axes, (rm, rv, w, b) = _prepare(input, running_mean, running_var, weight, bias)
+    mean, var = _statistics(x, axes, bool(training), rm, rv)
+    invstd = _invstd(var, eps)
+    if training:
+        n = x.size // x.shape[1]
+        if rm is not None:
+            rm *= 1 - momentum
+            rm += momentum * mean
+        if rv is not None:
+            rv *= 1 - momentum
+            rv += (momentum * n / (n - 1)) * var
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale = invstd if w is None else invstd * w
+    out = (x - mean.reshape(shape)) * scale.reshape(shape)
+    if b is not None:
+        out += b.reshape(shape)
+    return out
+
+
+def batch_norm_backward(
+    grad_output: Any, input: Any, running_mean: Any, running_var: Any, weight: Any = None,
+    training: bool = False, eps: float = 1e-5, with_bias: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Gradients of :func:`batch_norm`: ``(grad_input, grad_weight, grad_bias)``.
+
+    In training the mean and variance depend on the input too, which adds two terms:
+    ``dx = invstd/n * (n*dxhat - sum(dxhat) - xhat*sum(dxhat*xhat))`` with ``dxhat = g*weight``.
+    Pass the running statistics as they were during the forward (not used when ``training``).
+    ``grad_weight`` is ``None`` without a weight, ``grad_bias`` without ``with_bias``.
+
+    Examples
+    --------
+    >>> gx, gw, gb = batch_norm_backward(np.array([[1.0], [0.0]]), np.array([[1.0], [3.0]]),
+    ...                                  None, None, np.ones(1), training=True, eps=0.0)
+    >>> gx, gw, gb
+    (array([[0.],
+           [0.]]), array([-1.]), array([1.]))
+    """
+    x, axes, (rm, rv, w, _) = _prepare(input, running_mean, running_var, weight, None)
+    g = float_array(grad_output, "grad_output")
+    if g.shape != x.shape:
+        raise ValueError(f"grad_output must have the input's shape {x.shape}, got {g.shape}")
+    mean, var = _statistics(x, axes, bool(training), rm, rv)
+    invstd = _invstd(var, eps)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    gw = (g * xhat).sum(axis=axes) if w is not None else None
+    gb = g.sum(axis=axes) if with_bias else None
+    gxhat = g if w is None else g * w.reshape(shape)
+    if not training:
+        return gxhat * invstd.reshape(shape), gw, gb
+    dot = (gxhat * xhat).mean(axis=axes).reshape(shape)
+    gx = (gxhat - gxhat.mean(axis=axes).reshape(shape) - xhat * dot) * invstd.reshape(shape)
+    return gx, gw, gb

@@ -1,0 +1,214 @@
+"""Each layer against the same torch.nn layer with copied weights: forward, grads, buffers,
+plus Module mechanics (state_dict keys and errors, modes, repr, init)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from convlayers import Tensor, nn, tensor
+from oracle import assert_close, random_array
+
+
+def copy_weights(ours: nn.Module, theirs: torch.nn.Module) -> None:
+    """Load our state_dict into torch (which also checks that the key names agree)."""
+    theirs.load_state_dict({k: torch.tensor(np.array(v)) for k, v in ours.state_dict().items()})
+
+
+def compare_modules(ours: nn.Module, theirs: torch.nn.Module, x: np.ndarray, train: bool,
+                    seed: int = 0, what: str = "") -> None:
+    """Forward, backward (same upstream gradient), parameter and input grads, buffers after."""
+    copy_weights(ours, theirs)
+    ours.train(train)
+    theirs.train(train)
+    tx = torch.tensor(x, requires_grad=True)
+    expected = theirs(tx)
+    g = np.random.default_rng(seed).standard_normal(tuple(expected.shape)).astype(x.dtype)
+    expected.backward(torch.tensor(g))
+
+    ox = tensor(x, requires_grad=True)
+    out = ours(ox)
+    assert_close(out.data, expected, f"{what} forward ({'train' if train else 'eval'})")
+    out.backward(g)
+    assert_close(ox.grad, tx.grad, f"{what} grad input")
+    their_params = dict(theirs.named_parameters())
+    ours_params = dict(ours.named_parameters())
+    assert set(ours_params) == set(their_params), f"{what}: parameter names differ"
+    for name, p in ours_params.items():
+        want: Any = their_params[name].grad
+        assert_close(p.grad, want if want is not None else np.zeros_like(p.data), f"{what} grad {name}")
+    their_state = theirs.state_dict()
+    for name, value in ours.state_dict().items():
+        assert_close(np.asarray(value), their_state[name], f"{what} state {name} after the step")
+
+
+R = np.random.default_rng(0)
+
+LAYERS: list[tuple[str, Any, Any, tuple[int, ...]]] = [
+    ("conv2d", lambda: nn.Conv2d(3, 8, 3, padding=1, rng=0),
+     lambda: torch.nn.Conv2d(3, 8, 3, padding=1), (2, 3, 7, 7)),
+    ("conv2d strided groups no bias", lambda: nn.Conv2d(4, 6, (3, 2), stride=2, dilation=(1, 2),
+                                                        groups=2, bias=False, rng=1),
+     lambda: torch.nn.Conv2d(4, 6, (3, 2), stride=2, dilation=(1, 2), groups=2, bias=False), (2, 4, 9, 8)),
+    ("conv2d depthwise reflect", lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="reflect"),
+     lambda: torch.nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="reflect"), (2, 4, 6, 6)),
+    ("conv2d same", lambda: nn.Conv2d(2, 3, 4, padding="same"),
+     lambda: torch.nn.Conv2d(2, 3, 4, padding="same"), (1, 2, 6, 5)),
+    ("conv1d", lambda: nn.Conv1d(3, 5, 3, stride=2), lambda: torch.nn.Conv1d(3, 5, 3, stride=2), (2, 3, 11)),
+    ("conv_transpose2d", lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+     lambda: torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+     (2, 4, 5, 5)),
+    ("linear", lambda: nn.Linear(6, 4), lambda: torch.nn.Linear(6, 4), (3, 6)),
+    ("linear no bias", lambda: nn.Linear(6, 4, bias=False), lambda: torch.nn.Linear(6, 4, bias=False),
+     (2, 3, 6)),
+    ("relu", nn.ReLU, torch.nn.ReLU, (2, 3, 4, 4)),
+    ("relu6", nn.ReLU6, torch.nn.ReLU6, (2, 3, 4, 4)),
+    ("maxpool2d", lambda: nn.MaxPool2d(3, 2, 1), lambda: torch.nn.MaxPool2d(3, 2, 1), (2, 3, 9, 9)),
+    ("avgpool2d", lambda: nn.AvgPool2d(2, ceil_mode=True), lambda: torch.nn.AvgPool2d(2, ceil_mode=True),
+     (2, 3, 7, 7)),
+    ("adaptiveavgpool2d", lambda: nn.AdaptiveAvgPool2d(1), lambda: torch.nn.AdaptiveAvgPool2d(1),
+     (2, 3, 5, 6)),
+    ("flatten", nn.Flatten, torch.nn.Flatten, (2, 3, 4, 5)),
+    ("zeropad2d", lambda: nn.ZeroPad2d((0, 1, 2, 1)), lambda: torch.nn.ZeroPad2d((0, 1, 2, 1)), (2, 3, 4, 4)),
+    ("identity", nn.Identity, torch.nn.Identity, (2, 3)),
+    ("batchnorm2d", lambda: nn.BatchNorm2d(3), lambda: torch.nn.BatchNorm2d(3), (4, 3, 5, 5)),
+    ("batchnorm2d cumulative", lambda: nn.BatchNorm2d(3, momentum=None, eps=1e-3),
+     lambda: torch.nn.BatchNorm2d(3, momentum=None, eps=1e-3), (4, 3, 5, 5)),
+    ("batchnorm2d no affine", lambda: nn.BatchNorm2d(3, affine=False),
+     lambda: torch.nn.BatchNorm2d(3, affine=False), (4, 3, 5, 5)),
+    ("batchnorm1d", lambda: nn.BatchNorm1d(5), lambda: torch.nn.BatchNorm1d(5), (6, 5)),
+    ("sequential", lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                                         nn.Flatten(), nn.Linear(36, 2)),
+     lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                 torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(36, 2)),
+     (2, 3, 8, 8)),
+]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("name", "ours", "theirs", "shape"), LAYERS, ids=[c[0] for c in LAYERS])
+def test_layer_matches_torch(name: str, ours: Any, theirs: Any, shape: tuple[int, ...], dtype: Any,
+                             train: bool) -> None:
+    torch_module = theirs().to(torch.float64 if dtype == np.float64 else torch.float32)
+    module = ours().to(dtype)
+    x = random_array(R, shape, dtype)
+    for step in range(2):  # the second step sees running statistics moved by the first
+        compare_modules(module, torch_module, x, train, seed=step, what=name)
+
+
+def test_batchnorm_without_running_stats_always_uses_the_batch() -> None:
+    ours = nn.BatchNorm2d(3, track_running_stats=False)
+    theirs = torch.nn.BatchNorm2d(3, track_running_stats=False)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["weight", "bias"]
+    compare_modules(ours, theirs, random_array(R, (4, 3, 3, 3), np.float32), train=False)
+
+
+def test_dropout_layer_is_seeded_and_off_in_eval() -> None:
+    x = np.ones((3, 40), np.float32)
+    a, b = nn.Dropout(0.25, rng=3), nn.Dropout(0.25, rng=3)
+    first = a(x)
+    np.testing.assert_array_equal(first, b(x))
+    assert set(np.unique(first)) == {0.0, np.float32(1 / 0.75)}
+    np.testing.assert_array_equal(b.eval()(x), x)
+
+
+def test_repr_matches_torch() -> None:
+    pairs = [
+        (nn.Conv2d(3, 64, 3, padding=1), torch.nn.Conv2d(3, 64, 3, padding=1)),
+        (nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False, padding_mode="reflect"),
+         torch.nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False, padding_mode="reflect")),
+        (nn.ConvTranspose2d(4, 2, 4, 2, 1), torch.nn.ConvTranspose2d(4, 2, 4, 2, 1)),
+        (nn.Linear(3, 2, bias=False), torch.nn.Linear(3, 2, bias=False)),
+        (nn.ReLU(inplace=True), torch.nn.ReLU(inplace=True)),
+        (nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU6()),
+         torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.ReLU6())),
+    ]
+    for ours, theirs in pairs:
+        assert repr(ours) == repr(theirs)
+    assert repr(nn.BatchNorm2d(8, momentum=0.01)) == "BatchNorm2d(8, momentum=0.01)"  # non-defaults only
+    assert repr(nn.MaxPool2d(3, 2, 1)) == "MaxPool2d(kernel_size=3, stride=2, padding=1)"
+
+
+def test_default_init_follows_pytorch_and_is_seeded() -> None:
+    conv = nn.Conv2d(16, 32, 3, groups=2, rng=0)
+    bound = 1 / math.sqrt(8 * 9)  # fan_in = in/groups * k*k
+    w = conv.weight.data
+    assert w.dtype == np.float32 and np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+    assert abs(w.std() - bound / math.sqrt(3)) < 0.05 * bound  # U(-b, b) has std b/sqrt(3)
+    assert conv.bias is not None and np.abs(conv.bias.data).max() <= bound
+    np.testing.assert_array_equal(w, nn.Conv2d(16, 32, 3, groups=2, rng=0).weight.data)
+    assert not np.array_equal(w, nn.Conv2d(16, 32, 3, groups=2, rng=1).weight.data)
+    fc = nn.Linear(100, 10, rng=np.random.default_rng(0))
+    assert np.abs(fc.weight.data).max() <= 0.1 and np.abs(fc.bias.data).max() <= 0.1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("layer", "shape", "message"), [
+    (nn.Conv2d(3, 8, 3), (1, 4, 5, 5),
+     "Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1)) expected input with 3 channels"),
+    (nn.Conv1d(2, 8, 3), (4, 5, 5),
+     "Conv1d(2, 8, kernel_size=(3,), stride=(1,)) expected input with 2 channels"),
+    (nn.BatchNorm2d(16), (2, 8, 4, 4), "BatchNorm2d(16) expected input with 16 channels"),
+    (nn.BatchNorm2d(16), (2, 16), "BatchNorm2d(16) expected a 4-D input"),
+    (nn.Linear(10, 2), (3, 9), "Linear(in_features=10, out_features=2) expected input with 10 features"),
+])
+def test_channel_mismatch_names_the_layer(layer: nn.Module, shape: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        layer(np.ones(shape, np.float32))
+
+
+def test_state_dict_keys_match_torch_and_errors_name_every_key() -> None:
+    ours = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Linear(4, 2))
+    theirs = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                 torch.nn.Linear(4, 2))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())  # torch tensors load directly
+    np.testing.assert_array_equal(ours[0].weight.data, theirs[0].weight.detach().numpy())
+    assert ours.state_dict()["1.num_batches_tracked"].dtype == np.int64
+
+    state = {k: np.array(v) for k, v in ours.state_dict().items()}
+    del state["1.running_var"]
+    state["3.weight"] = np.zeros((2, 5), np.float32)
+    state["extra.weight"] = np.zeros(1)
+    with pytest.raises(ValueError) as info:
+        ours.load_state_dict(state)
+    message = str(info.value)
+    for needle in ("Sequential", "missing keys (1): 1.running_var", "unexpected keys (1): extra.weight",
+                   "3.weight: checkpoint (2, 5) vs model (2, 4)"):
+        assert needle in message
+    del state["3.weight"]
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    assert missing == ["1.running_var", "3.weight"] and unexpected == ["extra.weight"]
+
+
+def test_loading_keeps_parameter_identity_and_dtype() -> None:
+    conv = nn.Conv2d(1, 1, 2)
+    before = conv.weight
+    conv.load_state_dict({"weight": np.ones((1, 1, 2, 2)), "bias": np.zeros(1)})
+    assert conv.weight is before and conv.weight.dtype == np.float32 and conv.weight.data.sum() == 4
+
+
+def test_module_mechanics() -> None:
+    shared = nn.Conv2d(2, 2, 1)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.Dropout())
+    assert len(list(model.parameters())) == 2  # shared weights counted once
+    assert [n for n, _ in model.named_modules()] == ["", "0", "1", "3"]
+    assert model.eval() is model and not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+    assert isinstance(model[0], nn.Conv2d) and len(model) == 4 and isinstance(model[1:], nn.Sequential)
+    out = model(np.ones((1, 2, 3, 3), np.float32))
+    assert isinstance(out, Tensor)
+    out.sum().backward()
+    assert shared.weight.grad is not None
+    model.zero_grad()
+    assert shared.weight.grad is None
+    with pytest.raises(TypeError, match="cannot assign ndarray to 'weight'"):
+        shared.weight = np.zeros(1)  # type: ignore[assignment]
+    copy_weights(model.to(np.float64), torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.ReLU(),
+                                                           torch.nn.Conv2d(2, 2, 1)).double())
+    assert shared.weight.dtype == np.float64

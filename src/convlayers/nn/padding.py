@@ -1,4 +1,4 @@
-"""Padding layers; ``ZeroPad2d`` gives TensorFlow-style asymmetric 'same' padding."""
+"""Padding layers: ``ZeroPad2d`` (fixed) and ``SamePad2d`` (TensorFlow's size-dependent 'same')."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from convlayers import functional as F
 from convlayers._validate import as_int
 from convlayers.nn.module import Module
 
-__all__ = ["ZeroPad2d"]
+__all__ = ["SamePad2d", "ZeroPad2d", "tf_same_padding"]
 
 
 class ZeroPad2d(Module):
@@ -39,3 +39,48 @@ class ZeroPad2d(Module):
 
     def extra_repr(self) -> str:
         return f"{self.padding}"
+
+
+def tf_same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """(before, after) zeros TensorFlow's ``padding="SAME"`` adds along one axis.
+
+    The output has ``ceil(size / stride)`` elements; the total padding that needs is split
+    with the odd extra element *after*. At stride 1 this is PyTorch's ``padding="same"``; at
+    stride 2 on an even size it is ``(0, 1)``, which no symmetric padding can express.
+
+    >>> tf_same_padding(112, 3, 2), tf_same_padding(7, 3, 2), tf_same_padding(28, 5, 1)
+    ((0, 1), (1, 1), (2, 2))
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel_size - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class SamePad2d(Module):
+    """Zero padding that makes the next ``kernel_size``/``stride`` conv TensorFlow-'same'.
+
+    The padding is worked out from each input's height and width (see
+    :func:`tf_same_padding`), so models ported from TensorFlow (EfficientNet-Lite) give the
+    same numbers at any input size. Put it before a ``Conv2d`` with ``padding=0``.
+
+    >>> import numpy as np
+    >>> SamePad2d(3, 2)(np.ones((1, 1, 4, 4))).shape
+    (1, 1, 5, 5)
+    """
+
+    def __init__(self, kernel_size: int, stride: int = 1, dilation: int = 1) -> None:
+        super().__init__()
+        self.kernel_size = as_int(kernel_size, "kernel_size")
+        self.stride = as_int(stride, "stride")
+        self.dilation = as_int(dilation, "dilation")
+
+    def forward(self, x: Any) -> Any:
+        height, width = x.shape[-2:]
+        top, bottom = tf_same_padding(height, self.kernel_size, self.stride, self.dilation)
+        left, right = tf_same_padding(width, self.kernel_size, self.stride, self.dilation)
+        if not (top or bottom or left or right):
+            return x
+        return F.pad(x, (left, right, top, bottom))
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"

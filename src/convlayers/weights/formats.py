@@ -50,7 +50,7 @@ def detect_format(path: PathLike) -> Format:
             return "npz"
         raise ValueError(f"{where} is a zip file but neither a torch checkpoint nor an .npz")
     if head[:1] == b"\x80":
-        return "torch"  # legacy torch pickle: the torch reader explains it is unsupported
+        return "torch"  # legacy torch stream of pickles (torch < 1.6)
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"
     raise ValueError(

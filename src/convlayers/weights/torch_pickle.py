@@ -1,6 +1,7 @@
 """Read ``torch.save`` files without torch, through an unpickler that only rebuilds tensors.
 
-A ``.pt`` file written by ``torch.save`` (PyTorch >= 1.6) is a zip archive::
+A ``.pt`` file written by ``torch.save`` (PyTorch >= 1.6) is a zip archive (older files are a
+stream of pickles, see :mod:`convlayers.weights.torch_legacy`)::
 
     <name>/data.pkl      a pickle of the saved object; tensors refer to storages by key
     <name>/data/<key>    the raw bytes of each storage
@@ -61,17 +62,28 @@ class _StorageType(_Frozen):
 
 
 class _Storage(_Frozen):
+    """A storage's elements; ``array`` is None until a legacy file's data section is read."""
+
     __slots__ = ("array", "bfloat16")
 
-    def __init__(self, array: np.ndarray, bfloat16: bool) -> None:
+    def __init__(self, array: np.ndarray | None, bfloat16: bool) -> None:
         self.array, self.bfloat16 = array, bfloat16
 
 
 class _Tensor(_Frozen):
-    __slots__ = ("array",)
+    """A rebuilt tensor, or (legacy files) the recipe to rebuild it once its storage is read."""
 
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
+    __slots__ = ("array", "pending")
+
+    def __init__(self, array: np.ndarray | None, pending: tuple[Any, ...] | None = None) -> None:
+        self.array, self.pending = array, pending
+
+    def materialize(self) -> np.ndarray:
+        if self.array is None:
+            assert self.pending is not None
+            self.array = _rebuild_tensor(*self.pending).array
+        assert self.array is not None
+        return self.array
 
 
 class _Global(_Frozen):
@@ -102,6 +114,8 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> _Tenso
     if len(shape) != len(strides):
         raise ValueError(f"tensor size {shape} and stride {strides} differ in length")
     base = storage.array
+    if base is None:  # legacy format: the data comes after the pickle
+        return _Tensor(None, (storage, start, shape, strides))
     native = base.dtype.newbyteorder("=")
     if 0 in shape:
         out = np.zeros(shape, dtype=native)
@@ -124,6 +138,8 @@ def _rebuild_tensor_v2(
     metadata: Any = None,
 ) -> _Tensor:
     tensor = _rebuild_tensor(storage, offset, size, stride)
+    if tensor.array is None:
+        return tensor
     if isinstance(metadata, dict) and metadata.get("neg"):
         tensor.array = np.negative(tensor.array)
     if isinstance(metadata, dict) and metadata.get("conj"):
@@ -215,7 +231,7 @@ class _Unpickler(pickle.Unpickler):
 def _to_numpy(obj: Any) -> Any:
     """Replace every rebuilt tensor in a nest of containers with its array; dicts become dicts."""
     if isinstance(obj, _Tensor):
-        return obj.array
+        return obj.materialize()
     if isinstance(obj, dict):
         return {k: _to_numpy(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -235,16 +251,18 @@ def _archive_prefix(zf: zipfile.ZipFile, where: str) -> str:
     return pickles[0][: -len("data.pkl")]
 
 
-def _check_not_legacy(where: str, head: bytes) -> None:
+def _file_kind(where: str, head: bytes) -> str:
+    """'zip' (torch >= 1.6) or 'legacy' (a stream of pickles, torch < 1.6)."""
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return
-    if head[:1] == b"\x80" or head[257:262] == b"ustar":
+        return "zip"
+    if head[:1] == b"\x80":
+        return "legacy"
+    if head[257:262] == b"ustar":
         raise ValueError(
-            f"{where} uses torch's unsupported legacy format (torch.save with "
-            "_use_new_zipfile_serialization=False, or torch < 1.6); re-save it with a current "
-            "torch: torch.save(torch.load(p), p)"
+            f"{where} uses torch's unsupported tar format (torch < 0.4); re-save it with a "
+            "current torch: torch.save(torch.load(p), p)"
         )
-    raise ValueError(f"{where} is not a torch checkpoint (no zip signature at its start)")
+    raise ValueError(f"{where} is not a torch checkpoint (no zip or pickle signature at its start)")
 
 
 def load_torch_checkpoint(path: PathLike) -> Any:
@@ -253,7 +271,8 @@ def load_torch_checkpoint(path: PathLike) -> Any:
     Parameters
     ----------
     path : str or os.PathLike
-        A file written by ``torch.save`` in the zip format (PyTorch >= 1.6).
+        A file written by ``torch.save``: the zip format of PyTorch >= 1.6, or the older
+        stream of pickles (read by :mod:`convlayers.weights.torch_legacy`).
 
     Returns
     -------
@@ -266,7 +285,7 @@ def load_torch_checkpoint(path: PathLike) -> Any:
     UnsafeWeightsError
         If the pickle names any global besides tensor rebuilders and plain containers.
     ValueError
-        If the file is truncated, corrupt, or in torch's legacy (pre-zip) format.
+        If the file is truncated, corrupt, or in torch's pre-0.4 tar format.
 
     Examples
     --------
@@ -279,7 +298,11 @@ def load_torch_checkpoint(path: PathLike) -> Any:
     where = repr(as_path(path))
     try:
         with open(path, "rb") as f:
-            _check_not_legacy(where, f.read(512))
+            kind = _file_kind(where, f.read(512))
+        if kind == "legacy":
+            from convlayers.weights.torch_legacy import load_legacy
+
+            return _to_numpy(load_legacy(path))
         with zipfile.ZipFile(path) as zf:
             prefix = _archive_prefix(zf, where)
             names = set(zf.namelist())
@@ -327,7 +350,7 @@ def load_torch_state_dict(path: PathLike, *, key: str | None = None) -> dict[str
     UnsafeWeightsError
         If the pickle asks to call anything but tensor rebuilders and plain containers.
     ValueError
-        If the file is truncated, corrupt, legacy-format or holds no state dict.
+        If the file is truncated, corrupt, tar-format or holds no state dict.
 
     Examples
     --------

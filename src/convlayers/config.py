@@ -57,10 +57,16 @@ def set_threads(n: int) -> None:
 
 
 def apply_numba_threads() -> None:
-    """Make numba's thread count follow :func:`threads` (the kernels call this before running)."""
+    """Make numba's thread count follow :func:`threads` (the kernels call this before running).
+
+    Before numba first loads its OpenMP pool, ``OMP_WAIT_POLICY`` defaults to ``PASSIVE``
+    (set it yourself to override): idle OpenMP threads that spin steal the cores BLAS needs
+    between two kernels, which made alternating numba and BLAS work up to 10x slower on 2 cores.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
 
-    want = max(1, min(_state["threads"], numba.config.NUMBA_NUM_THREADS))
+    want = max(1, min(_state["threads"], numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     if numba.get_num_threads() != want:
         numba.set_num_threads(want)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from convlayers import shapes
+from convlayers import config, shapes
 from convlayers._validate import IntOrTuple, as_int, float_array, nonnegative_tuple, positive_tuple
 from convlayers.functional._common import batched, offset_slices, pad_pairs, unbatch, window_offsets
 
@@ -89,7 +89,48 @@ def _plane_strides(in_shape: tuple[int, ...]) -> list[int]:
     return [int(np.prod(in_shape[a + 1 :])) for a in range(len(in_shape))]
 
 
+def _fast(x: np.ndarray, spec: PoolSpec) -> bool:
+    """Whether the compiled 1-D/2-D kernels (``convlayers.kernels.pooling``) serve this call."""
+    return (len(spec.kernel) in (1, 2) and x.dtype in (np.float32, np.float64) and x.size > 0
+            and all(o > 0 for o in spec.out_shape))
+
+
+def _as_2d(spec: PoolSpec) -> tuple[tuple[int, ...], ...]:
+    """``(kernel, stride, padding, dilation, in_shape, out_shape)`` with 1-D as ``H == 1``."""
+    fields = (spec.kernel, spec.stride, spec.padding, spec.dilation, spec.in_shape, spec.out_shape)
+    if len(spec.kernel) == 2:
+        return fields
+    return tuple((pre, *f) for pre, f in zip((1, 1, 0, 1, 1, 1), fields, strict=True))
+
+
+def _kernels() -> Any:
+    from convlayers.kernels import pooling as kernels
+
+    config.apply_numba_threads()
+    return kernels
+
+
+def _planes(a: np.ndarray, plane: tuple[int, ...]) -> np.ndarray:
+    return np.ascontiguousarray(a).reshape((-1, *plane))
+
+
+def _max_pool_fast(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    k, s, p, d, i, o = _as_2d(spec)
+    kern = _kernels()
+    xs = _planes(x, i)
+    out = np.empty((xs.shape[0], *o), dtype=x.dtype)
+    shape = x.shape[:2] + spec.out_shape
+    if not with_indices:
+        kern.max_pool2d(xs, *k, *s, *p, *d, out)
+        return out.reshape(shape), None
+    index = np.empty(out.shape, dtype=np.int64)
+    kern.max_pool2d_indices(xs, *k, *s, *p, *d, out, index)
+    return out.reshape(shape), index.reshape(shape)
+
+
 def _max_pool(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    if _fast(x, spec):
+        return _max_pool_fast(x, spec, with_indices)
     xp = pad_pairs(x, spec.pairs(), value=-np.inf)
     strides = _plane_strides(spec.in_shape)
     coords = [spec.tap_coords(a) for a in range(len(spec.kernel))]
@@ -158,6 +199,13 @@ def _avg_pool_nd(
     x, unbatched = batched(input, n)
     spec = pool_spec(x, kernel_size, stride, padding, 1, ceil_mode)
     divisor = _divisor(spec, bool(count_include_pad), _check_divisor(divisor_override))
+    if _fast(x, spec):
+        k, s, p, _, i, o = _as_2d(spec)
+        div = np.ascontiguousarray(np.broadcast_to(np.asarray(divisor, dtype=x.dtype), o))
+        xs = _planes(x, i)
+        out = np.empty((xs.shape[0], *o), dtype=x.dtype)
+        _kernels().avg_pool2d(xs, *k, *s, *p, div, out)
+        return unbatch(out.reshape(x.shape[:2] + spec.out_shape), unbatched)
     xp = pad_pairs(x, spec.pairs())
     total = np.zeros(x.shape[:2] + spec.out_shape, dtype=x.dtype)
     for offset in window_offsets(spec.kernel):
@@ -327,6 +375,14 @@ def scatter_to_argmax(
         raise ValueError(f"indices must have the shape of grad_output {grad_output.shape}, got {idx.shape}")
     if not np.issubdtype(idx.dtype, np.integer):
         raise TypeError(f"indices must be an integer array, got dtype {idx.dtype}")
+    if grad_output.dtype == input.dtype and grad_output.size:
+        gy = np.ascontiguousarray(grad_output).reshape(n_planes, -1)
+        gx = np.zeros((n_planes, plane), dtype=input.dtype)
+        bad = _kernels().scatter_add_planes(gy, _planes(idx.astype(np.int64, copy=False),
+                                                        (gy.shape[1],)), gx)
+        if bad:
+            raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
+        return gx.reshape(input.shape)
     if idx.size and (idx.min() < 0 or idx.max() >= plane):
         raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
     lead = grad_output.shape[: grad_output.ndim - spatial_dims]
@@ -389,6 +445,12 @@ def avg_pool_backward(
     if gy.shape != x.shape[:2] + spec.out_shape:
         raise ValueError(f"grad_output must have shape {x.shape[:2] + spec.out_shape}, got {gy.shape}")
     divisor = _divisor(spec, bool(count_include_pad), _check_divisor(divisor_override))
+    if _fast(x, spec) and gy.dtype == x.dtype:
+        k, s, p, _, i, o = _as_2d(spec)
+        div = np.ascontiguousarray(np.broadcast_to(np.asarray(divisor, dtype=x.dtype), o))
+        gx = np.zeros((x.shape[0] * x.shape[1], *i), dtype=x.dtype)
+        _kernels().avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
+        return unbatch(gx.reshape(x.shape), unbatched)
     share = gy / np.asarray(divisor, dtype=x.dtype)
     pairs = spec.pairs()
     gxp = np.zeros(x.shape[:2] + tuple(i + a + b for i, (a, b) in zip(spec.in_shape, pairs, strict=True)),

@@ -1,0 +1,184 @@
+"""Numba kernels behind 1-D/2-D max and average pooling (``convlayers.functional.pooling``).
+
+Every kernel works on a C-contiguous stack of planes ``(P, H, W)`` (``P = N*C``; 1-D pooling
+is the case ``H == 1``), ``prange`` over planes, and reads the input *unpadded*: taps outside
+the plane are skipped, which is what PyTorch's ``-inf`` (max) or zero (average) padding
+amounts to. Inside a plane the innermost loop runs along an output row over the columns whose
+windows lie wholly inside (so it vectorises); the few border columns take a checked loop.
+
+Rules kept from PyTorch (and the NumPy path): taps are visited in row-major order; a tap
+replaces the running maximum when it is larger or NaN (so the first maximum wins a tie and the
+last NaN wins); the index of a window starts at its first tap inside the plane; an average
+divides the sum of the taps inside by a per-window divisor computed by the caller.
+
+These kernels are compiled without ``fastmath`` (which would let LLVM assume there is no NaN);
+they are memory-bound anyway. Importing compiles nothing; the first call per dtype compiles
+and ``cache=True`` keeps the machine code on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["avg_pool2d", "avg_pool2d_backward", "max_pool2d", "max_pool2d_indices",
+           "scatter_add_planes"]
+
+
+@njit(cache=True, inline="always")
+def _interior(n_out, size, k, s, p, d):
+    """Range ``[lo, hi)`` of outputs whose taps ``o*s - p + j*d`` (j < k) all lie in ``[0, size)``."""
+    lo = min(n_out, (p + s - 1) // s)
+    hi = (size - 1 - (k - 1) * d + p) // s + 1
+    hi = max(lo, min(n_out, hi))
+    return lo, hi
+
+
+@njit(parallel=True, cache=True)
+def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
+    """Max over each window into ``out`` ``(P, Ho, Wo)``; NaN propagates."""
+    P, H, W = x.shape
+    Ho, Wo = out.shape[1], out.shape[2]
+    lo, hi = _interior(Wo, W, kw, sw, pw, dw)
+    for p in prange(P):
+        for oh in range(Ho):
+            orow = out[p, oh]
+            orow[:] = -np.inf
+            h0 = oh * sh - ph
+            for a in range(kh):
+                r = h0 + a * dh
+                if r < 0 or r >= H:
+                    continue
+                xrow = x[p, r]
+                for b in range(kw):
+                    off = b * dw - pw
+                    for ow in range(lo, hi):
+                        v = xrow[ow * sw + off]
+                        m = orow[ow]
+                        orow[ow] = v if (v > m or v != v) else m
+                    for ow in range(Wo):  # border columns
+                        if lo <= ow < hi:
+                            continue
+                        c = ow * sw + off
+                        if 0 <= c < W:
+                            v = xrow[c]
+                            if v > orow[ow] or v != v:
+                                orow[ow] = v
+
+
+@njit(parallel=True, cache=True)
+def max_pool2d_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
+    """Max and its flat in-plane index (PyTorch's tie and NaN rules) into ``out`` and ``idx``."""
+    P, H, W = x.shape
+    Ho, Wo = out.shape[1], out.shape[2]
+    for p in prange(P):
+        for oh in range(Ho):
+            orow = out[p, oh]
+            irow = idx[p, oh]
+            h0 = oh * sh - ph
+            r0 = h0
+            for a in range(kh):
+                if 0 <= h0 + a * dh < H:
+                    r0 = h0 + a * dh
+                    break
+            for ow in range(Wo):
+                c0 = ow * sw - pw
+                first = c0
+                for b in range(kw):
+                    if 0 <= c0 + b * dw < W:
+                        first = c0 + b * dw
+                        break
+                orow[ow] = -np.inf
+                irow[ow] = r0 * W + first
+            for a in range(kh):
+                r = h0 + a * dh
+                if r < 0 or r >= H:
+                    continue
+                xrow = x[p, r]
+                for b in range(kw):
+                    off = b * dw - pw
+                    for ow in range(Wo):
+                        c = ow * sw + off
+                        if 0 <= c < W:
+                            v = xrow[c]
+                            if v > orow[ow] or v != v:
+                                orow[ow] = v
+                                irow[ow] = r * W + c
+
+
+@njit(parallel=True, cache=True)
+def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out):
+    """Sum of the taps inside each window divided by ``div[oh, ow]``, into ``out``."""
+    P, H, W = x.shape
+    Ho, Wo = out.shape[1], out.shape[2]
+    lo, hi = _interior(Wo, W, kw, sw, pw, 1)
+    for p in prange(P):
+        for oh in range(Ho):
+            orow = out[p, oh]
+            orow[:] = 0
+            h0 = oh * sh - ph
+            for a in range(kh):
+                r = h0 + a
+                if r < 0 or r >= H:
+                    continue
+                xrow = x[p, r]
+                for b in range(kw):
+                    off = b - pw
+                    for ow in range(lo, hi):
+                        orow[ow] += xrow[ow * sw + off]
+                    for ow in range(Wo):
+                        if lo <= ow < hi:
+                            continue
+                        c = ow * sw + off
+                        if 0 <= c < W:
+                            orow[ow] += xrow[c]
+            drow = div[oh]
+            for ow in range(Wo):
+                orow[ow] = orow[ow] / drow[ow]
+
+
+@njit(parallel=True, cache=True)
+def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, div, gx):
+    """Add ``gy / div`` onto every input element of each window; ``gx`` starts at zero."""
+    P, H, W = gx.shape
+    Ho, Wo = gy.shape[1], gy.shape[2]
+    lo, hi = _interior(Wo, W, kw, sw, pw, 1)
+    for p in prange(P):
+        share = np.empty(Wo, dtype=gx.dtype)
+        for oh in range(Ho):
+            grow = gy[p, oh]
+            drow = div[oh]
+            for ow in range(Wo):
+                share[ow] = grow[ow] / drow[ow]
+            h0 = oh * sh - ph
+            for a in range(kh):
+                r = h0 + a
+                if r < 0 or r >= H:
+                    continue
+                xrow = gx[p, r]
+                for b in range(kw):
+                    off = b - pw
+                    for ow in range(lo, hi):
+                        xrow[ow * sw + off] += share[ow]
+                    for ow in range(Wo):
+                        if lo <= ow < hi:
+                            continue
+                        c = ow * sw + off
+                        if 0 <= c < W:
+                            xrow[c] += share[ow]
+
+
+@njit(parallel=True, cache=True)
+def scatter_add_planes(gy, idx, gx):
+    """``gx[p, idx[p, i]] += gy[p, i]``; returns how many indices fell outside ``[0, M)``."""
+    P, L = gy.shape
+    M = gx.shape[1]
+    bad = np.zeros(P, dtype=np.int64)
+    for p in prange(P):
+        for i in range(L):
+            j = idx[p, i]
+            if j < 0 or j >= M:
+                bad[p] += 1
+            else:
+                gx[p, j] += gy[p, i]
+    return bad.sum()

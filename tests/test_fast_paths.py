@@ -1,0 +1,239 @@
+"""The compiled fast paths (pooling, depthwise, 1x1, im2col) against torch and the NumPy path.
+
+Each generated configuration is run three ways: through the public function (which picks a
+fast path), through the same function with the fast paths switched off (the NumPy engine), and
+through torch. Pooling forward must match the NumPy path bit for bit (same taps in the same
+order) and torch's indices exactly; convolutions agree to the stated float tolerance. A tiny
+scratch cap must not change a forward result at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convlayers import config
+from convlayers import functional as F
+from convlayers.functional import _engine, pooling
+from oracle import assert_close, random_array, torch_grads
+
+EXAMPLES = settings(max_examples=40)
+
+
+@contextmanager
+def numpy_path() -> Iterator[None]:
+    """Switch the compiled paths off: every call takes the general NumPy loop."""
+    saved = (_engine._fast, pooling._fast)
+    _engine._fast = lambda *a: False  # type: ignore[assignment]
+    pooling._fast = lambda *a: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _engine._fast, pooling._fast = saved
+
+
+def _with_specials(rng: np.random.Generator, x: np.ndarray, kind: str) -> np.ndarray:
+    """Inject ties (rounded values), NaNs (several per plane) or infinities."""
+    if kind == "ties":
+        return np.round(x).astype(x.dtype)
+    if kind == "nan":
+        x = x.copy()
+        x[rng.random(x.shape) < 0.15] = np.nan
+    if kind == "inf":
+        x = x.copy()
+        x[rng.random(x.shape) < 0.2] = -np.inf
+        x[rng.random(x.shape) < 0.05] = np.inf
+    return x
+
+
+@st.composite
+def pool_cases(draw: st.DrawFn) -> dict:
+    n = draw(st.sampled_from([1, 2, 2]))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(n))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(n))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    dilation = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(n))
+    spatial = tuple(draw(st.integers(d * (k - 1) + 1, d * (k - 1) + 9))
+                    for k, d in zip(kernel, dilation, strict=True))
+    return dict(n=n, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                spatial=spatial, ceil_mode=draw(st.booleans()),
+                batch=draw(st.integers(1, 2)), channels=draw(st.integers(1, 3)),
+                special=draw(st.sampled_from(["none", "ties", "nan", "inf"])))
+
+
+@EXAMPLES
+@given(case=pool_cases(), seed=st.integers(0, 2**16))
+def test_max_pool_matches_torch_and_numpy_path(case: dict, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, (case["batch"], case["channels"], *case["spatial"]), np.float32)
+    x = _with_specials(rng, x, case["special"])
+    ours = {1: F.max_pool1d, 2: F.max_pool2d}[case["n"]]
+    theirs = {1: tF.max_pool1d, 2: tF.max_pool2d}[case["n"]]
+    kw = dict(kernel_size=case["kernel"], stride=case["stride"], padding=case["padding"],
+              dilation=case["dilation"], ceil_mode=case["ceil_mode"])
+    y, idx = ours(x, return_indices=True, **kw)
+    ty, tidx = theirs(torch.tensor(x), return_indices=True, **kw)
+    np.testing.assert_array_equal(y, ty.numpy())  # NaNs compare equal here
+    np.testing.assert_array_equal(idx, tidx.numpy())
+    np.testing.assert_array_equal(ours(x, **kw), y)
+    with numpy_path():
+        ny, nidx = ours(x, return_indices=True, **kw)
+    np.testing.assert_array_equal(y, ny)
+    np.testing.assert_array_equal(idx, nidx)
+
+    g = random_array(rng, y.shape, np.float32)
+    gx = F.max_pool_backward(g, x, idx, spatial_dims=case["n"])
+    tx = torch.tensor(x, requires_grad=True)
+    theirs(tx, **kw).backward(torch.tensor(g))
+    assert_close(gx, tx.grad, "max_pool backward")
+
+
+@EXAMPLES
+@given(case=pool_cases(), seed=st.integers(0, 2**16), include=st.booleans(),
+       override=st.sampled_from([None, None, 3, -2]))
+def test_avg_pool_matches_torch_and_numpy_path(case: dict, seed: int, include: bool,
+                                              override: int | None) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (case["batch"], case["channels"], *case["spatial"])
+    x = random_array(rng, shape, np.float32)
+    n = case["n"]
+    kw = dict(kernel_size=case["kernel"], stride=case["stride"], padding=case["padding"],
+              ceil_mode=case["ceil_mode"], count_include_pad=include)
+    if n == 2:
+        kw["divisor_override"] = override
+    ours = {1: F.avg_pool1d, 2: F.avg_pool2d}[n]
+    theirs = {1: tF.avg_pool1d, 2: tF.avg_pool2d}[n]
+    expected, g, (gx,) = torch_grads(lambda t: theirs(t, **kw), [x], seed)
+    y = ours(x, **kw)
+    assert_close(y, expected, "avg_pool")
+    with numpy_path():
+        np.testing.assert_array_equal(y, ours(x, **kw))
+        ngx = F.avg_pool_backward(g, x, **kw)
+    our_gx = F.avg_pool_backward(g, x, **kw)
+    assert_close(our_gx, gx, "avg_pool backward")
+    assert_close(our_gx, ngx, "avg_pool backward vs NumPy path")
+
+
+def test_max_pool_last_nan_wins_and_first_max_wins_ties() -> None:
+    x = np.array([[[[1, 3, 3, 0], [np.nan, 2, 1, np.nan], [0, 0, 0, 0], [0, 0, 0, 0]]]],
+                 np.float32)
+    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    ty, tidx = tF.max_pool2d(torch.tensor(x), 2, return_indices=True)
+    np.testing.assert_array_equal(idx, tidx.numpy())
+    np.testing.assert_array_equal(y, ty.numpy())
+    assert idx[0, 0, 0, 0] == 4 and idx[0, 0, 0, 1] == 7 and idx[0, 0, 1, 0] == 8
+
+
+def test_max_pool_backward_rejects_out_of_range_indices() -> None:
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="indices must lie in"):
+        F.max_pool_backward(np.ones((1, 1, 2, 2), np.float32), x, np.full((1, 1, 2, 2), 16))
+
+
+@st.composite
+def fast_conv_cases(draw: st.DrawFn) -> dict:
+    kind = draw(st.sampled_from(["depthwise", "pointwise", "lowered", "lowered"]))
+    n = draw(st.sampled_from([1, 2, 2]))
+    if kind == "depthwise":
+        groups = draw(st.integers(1, 5))
+        c_in, c_out = groups, groups * draw(st.sampled_from([1, 1, 2]))
+    else:
+        groups = draw(st.sampled_from([1, 1, 2, 3]))
+        c_in, c_out = groups * draw(st.integers(2, 4)), groups * draw(st.integers(1, 4))
+    k = 1 if kind == "pointwise" else None
+    kernel = tuple(k or draw(st.integers(2, 4)) for _ in range(n))
+    stride = tuple(draw(st.integers(1, 2)) for _ in range(n))
+    dilation = tuple(1 if kind == "pointwise" else draw(st.sampled_from([1, 1, 2])) for _ in range(n))
+    padding = tuple(draw(st.integers(0, 2)) for _ in range(n))
+    spatial = tuple(draw(st.integers(max(1, d * (kk - 1) + 1 - 2 * p), d * (kk - 1) + 12))
+                    for kk, d, p in zip(kernel, dilation, padding, strict=True))
+    return dict(n=n, groups=groups, c_in=c_in, c_out=c_out, kernel=kernel, stride=stride,
+                dilation=dilation, padding=padding, spatial=spatial,
+                batch=draw(st.integers(1, 3)), bias=draw(st.booleans()),
+                layout=draw(st.sampled_from(["contiguous", "flipped"])))
+
+
+@EXAMPLES
+@given(case=fast_conv_cases(), seed=st.integers(0, 2**16), cap=st.sampled_from([64, 4096]))
+def test_conv_fast_paths_match_torch_and_numpy_path(case: dict, seed: int, cap: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, (case["batch"], case["c_in"], *case["spatial"]), np.float32)
+    if case["layout"] == "flipped":
+        x = x[..., ::-1]
+    w = random_array(rng, (case["c_out"], case["c_in"] // case["groups"], *case["kernel"]),
+                     np.float32)
+    b = random_array(rng, (case["c_out"],), np.float32) if case["bias"] else None
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    conv = {1: F.conv1d, 2: F.conv2d}[case["n"]]
+    tconv = {1: tF.conv1d, 2: tF.conv2d}[case["n"]]
+    expected, g, (gx, gw, gb) = torch_grads(lambda *t: tconv(*t, *args),
+                                            [x.copy(), w, b], seed)
+    y = conv(x, w, b, *args)
+    assert_close(y, expected, "forward")
+    our_gx, our_gw, our_gb = F.conv_backward(g, x, w, *args, with_bias=case["bias"])
+    assert_close(our_gx, gx, "grad_input")
+    assert_close(our_gw, gw, "grad_weight")
+    if case["bias"]:
+        assert_close(our_gb, gb, "grad_bias")
+
+    with numpy_path():
+        assert_close(y, conv(x, w, b, *args), "forward vs NumPy path")
+        ngx, ngw, _ = F.conv_backward(g, x, w, *args, with_bias=False)
+    assert_close(our_gx, ngx, "grad_input vs NumPy path")
+    assert_close(our_gw, ngw, "grad_weight vs NumPy path")
+
+    with config.settings(scratch_bytes=cap):
+        np.testing.assert_array_equal(conv(x, w, b, *args), y)
+        cgx, cgw, _ = F.conv_backward(g, x, w, *args, with_bias=False)
+    assert_close(cgx, our_gx, "grad_input, tiny cap")
+    assert_close(cgw, our_gw, "grad_weight, tiny cap")
+
+
+@pytest.mark.parametrize("slab", [7, 40])
+def test_row_slabs_of_a_large_image_give_the_same_result(monkeypatch: pytest.MonkeyPatch,
+                                                          slab: int) -> None:
+    rng = np.random.default_rng(3)
+    x = random_array(rng, (2, 3, 13, 11), np.float32)
+    w = random_array(rng, (4, 3, 3, 3), np.float32)
+    g = random_array(rng, (2, 4, 7, 6), np.float32)
+    whole = F.conv2d(x, w, stride=2, padding=1)
+    gx, gw, _ = F.conv_backward(g, x, w, stride=2, padding=1)
+    monkeypatch.setattr(_engine, "SLAB_COLUMNS", slab)
+    assert_close(F.conv2d(x, w, stride=2, padding=1), whole, "slabs forward")
+    sgx, sgw, _ = F.conv_backward(g, x, w, stride=2, padding=1)
+    assert_close(sgx, gx, "slabs grad_input")
+    assert_close(sgw, gw, "slabs grad_weight")
+
+
+def test_thread_setting_reaches_numba_and_keeps_results() -> None:
+    import numba
+
+    rng = np.random.default_rng(5)
+    x = random_array(rng, (2, 6, 9, 9), np.float32)
+    w = random_array(rng, (6, 1, 3, 3), np.float32)
+    y = F.conv2d(x, w, padding=1, groups=6)
+    with config.settings(threads=1):
+        np.testing.assert_array_equal(F.conv2d(x, w, padding=1, groups=6), y)
+        assert numba.get_num_threads() == 1
+    F.conv2d(x, w, padding=1, groups=6)
+    assert numba.get_num_threads() == min(config.threads(), numba.config.NUMBA_NUM_THREADS)
+
+
+def test_float64_fast_paths_stay_float64() -> None:
+    rng = np.random.default_rng(6)
+    x = random_array(rng, (1, 4, 6, 6), np.float64)
+    for w, groups in ((random_array(rng, (4, 1, 3, 3), np.float64), 4),
+                      (random_array(rng, (3, 4, 1, 1), np.float64), 1),
+                      (random_array(rng, (3, 4, 3, 3), np.float64), 1)):
+        y = F.conv2d(x, w, padding=1, groups=groups)
+        assert y.dtype == np.float64
+        expected = tF.conv2d(torch.tensor(x), torch.tensor(w), padding=1, groups=groups)
+        assert_close(y, expected, "float64")
+    assert F.max_pool2d(x, 2).dtype == np.float64

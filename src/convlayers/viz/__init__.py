@@ -23,6 +23,7 @@ from convlayers.viz.gallery import (
     save_figure,
     to_gray,
 )
+from convlayers.viz.learned import kernel_patches, learned_vs_handmade
 from convlayers.viz.step import plot_conv_step, step_terms
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "SlidingPlan",
     "animate",
     "filter_gallery",
+    "kernel_patches",
+    "learned_vs_handmade",
     "output_values",
     "plot_conv_step",
     "plot_feature_maps",

@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
         "demo", help="filters, animations, explanations and layer costs on the bundled photo",
         description="Write gallery.png (the six classic filters on the bundled photo), "
         "max_pool.gif and conv.gif (the window sliding) into the output folder, and print the "
-        "pooling walk-through, the conv-kind cost table and, when available, a block summary.",
+        "pooling walk-through, the conv-kind cost table, a block summary and what the pretrained "
+        "EfficientNet-Lite0 sees in the photo (with its learned kernels in stem_kernels.png).",
     )
     p.add_argument("--output", default="out/demo", metavar="DIR",
                    help="folder for the pictures (default out/demo; created if missing)")
@@ -34,6 +35,23 @@ def _summary_block() -> str | None:
         return str(summary(block, (1, 3, 224, 224)))
     except (AttributeError, TypeError, ValueError, RuntimeError):  # an API still taking shape
         return None
+
+
+def _classify_photo(folder: Any) -> list[str]:
+    """The pretrained EfficientNet-Lite0 on the bundled photo, and its stem kernels drawn."""
+    from convlayers.classify import classify, pretrained_model
+    from convlayers.data import sample_photo
+    from convlayers.viz import learned_vs_handmade, save_figure
+
+    try:
+        model = pretrained_model()
+    except ImportError as exc:
+        return [f"(skipped: {exc})"]
+    lines = [f"{p.probability:6.1%}  {p.name} (class {p.index})"
+             for p in classify(model, sample_photo(), top=3)]
+    path = folder / "stem_kernels.png"
+    save_figure(learned_vs_handmade(model.stem[1].weight.data), path)
+    return [*lines, f"wrote {path} (its 32 learned 3x3 kernels beside the hand-made filters)"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         print()
         print("== A standard block (Conv2d 3->64, BatchNorm2d, ReLU) on 224x224 ==")
         print(block)
+    print()
+    print("== EfficientNet-Lite0 (ImageNet weights, built from these blocks) on the photo ==")
+    for line in _classify_photo(folder):
+        print(line)
     print()
     for path in written:
         print(f"wrote {path}")

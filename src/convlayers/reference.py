@@ -127,14 +127,14 @@ def max_pool2d(
         for ch in range(c):
             for i, top in enumerate(rows):
                 for j, left in enumerate(cols):
-                    best, where = -np.inf, None
+                    best, where = -np.inf, -1
                     for u in range(kernel[0]):
                         for v in range(kernel[1]):
                             r, q = top + u * dilation[0], left + v * dilation[1]
                             if not (0 <= r < h and 0 <= q < w):
                                 continue  # padding never wins
                             value = x[b, ch, r, q]
-                            if where is None:
+                            if where < 0:  # the first tap inside the input
                                 where = r * w + q
                             if value > best or np.isnan(value):  # first max, last NaN
                                 best, where = value, r * w + q

@@ -54,6 +54,11 @@ def offset_slices(
     )
 
 
+def trailing(slices: Sequence[slice]) -> tuple[Any, ...]:
+    """An index for the last ``len(slices)`` axes: ``x[trailing(s)]`` is ``x[..., *s]``."""
+    return (Ellipsis, *slices)
+
+
 def pad_pairs(
     x: np.ndarray, pairs: Pairs, value: float = 0.0
 ) -> np.ndarray:

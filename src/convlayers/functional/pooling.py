@@ -17,7 +17,14 @@ import numpy as np
 
 from convlayers import config, shapes
 from convlayers._validate import IntOrTuple, as_int, float_array, nonnegative_tuple, positive_tuple
-from convlayers.functional._common import batched, offset_slices, pad_pairs, unbatch, window_offsets
+from convlayers.functional._common import (
+    batched,
+    offset_slices,
+    pad_pairs,
+    trailing,
+    unbatch,
+    window_offsets,
+)
 
 __all__ = [
     "avg_pool1d", "avg_pool2d", "avg_pool3d", "avg_pool_backward",
@@ -138,13 +145,13 @@ def _max_pool(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.nda
     index = None
     if with_indices:
         # PyTorch starts each window's index at its first tap inside the input
-        first = []
+        first: list[np.ndarray] = []
         for c, stride in zip(coords, strides, strict=True):
             inside = (c >= 0) & (c < np.array(spec.in_shape)[len(first)])
             first.append(c[np.arange(c.shape[0]), inside.argmax(axis=1)] * stride)
         index = np.broadcast_to(_broadcast_axes(first), best.shape).copy()
     for offset in window_offsets(spec.kernel):
-        view = xp[(..., *offset_slices(offset, spec.out_shape, spec.stride, spec.dilation))]
+        view = xp[trailing(offset_slices(offset, spec.out_shape, spec.stride, spec.dilation))]
         if index is None:
             np.maximum(best, view, out=best)
             continue
@@ -209,7 +216,7 @@ def _avg_pool_nd(
     xp = pad_pairs(x, spec.pairs())
     total = np.zeros(x.shape[:2] + spec.out_shape, dtype=x.dtype)
     for offset in window_offsets(spec.kernel):
-        total += xp[(..., *offset_slices(offset, spec.out_shape, spec.stride, spec.dilation))]
+        total += xp[trailing(offset_slices(offset, spec.out_shape, spec.stride, spec.dilation))]
     return unbatch(total / np.asarray(divisor, dtype=x.dtype), unbatched)
 
 
@@ -356,12 +363,14 @@ def avg_pool3d(
                         divisor_override, 3)
 
 
-for _f, _axes in ((max_pool1d, "L"), (max_pool2d, "H, W"), (max_pool3d, "D, H, W")):
-    _f.__doc__ = (_f.__doc__ or "").format(
-        doc=_MAX_DOC.format(axes=_axes, oaxes=_axes.replace(",", "_out,") + "_out"))
-for _f, _axes in ((avg_pool1d, "L"), (avg_pool2d, "H, W"), (avg_pool3d, "D, H, W")):
-    _f.__doc__ = (_f.__doc__ or "").format(
-        doc=_AVG_DOC.format(axes=_axes, oaxes=_axes.replace(",", "_out,") + "_out"))
+def _fill_docs(template: str, *functions: Any) -> None:
+    for fn, axes in zip(functions, ("L", "H, W", "D, H, W"), strict=True):
+        fn.__doc__ = (fn.__doc__ or "").format(
+            doc=template.format(axes=axes, oaxes=axes.replace(",", "_out,") + "_out"))
+
+
+_fill_docs(_MAX_DOC, max_pool1d, max_pool2d, max_pool3d)
+_fill_docs(_AVG_DOC, avg_pool1d, avg_pool2d, avg_pool3d)
 
 
 def scatter_to_argmax(
@@ -425,20 +434,28 @@ def max_pool_backward(
 def avg_pool_backward(
     grad_output: Any, input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
     padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-    divisor_override: int | None = None,
+    divisor_override: int | None = None, spatial_dims: int | None = None,
 ) -> np.ndarray:
-    """Gradient of average pooling (dimension read from ``kernel_size`` or the input).
+    """Gradient of average pooling: each window's share of its output's gradient.
 
     Each output gradient, divided by its window's divisor, is added to every element of the
-    window: one strided add per kernel offset.
+    window: one strided add per kernel offset. The number of spatial axes is
+    ``spatial_dims``, else the length of a tuple ``kernel_size``, else ``input.ndim - 2``
+    (so pass ``spatial_dims`` for unbatched input with an int ``kernel_size``).
 
     Examples
     --------
     >>> avg_pool_backward(np.ones((1, 1, 2)), np.zeros((1, 1, 4)), 2)
     array([[[0.5, 0.5, 0.5, 0.5]]])
+    >>> avg_pool_backward(np.ones((1, 1, 2)), np.zeros((1, 2, 4)), 2, spatial_dims=2)  # unbatched
+    array([[[0.25, 0.25, 0.25, 0.25],
+            [0.25, 0.25, 0.25, 0.25]]])
     """
     raw = float_array(input, "input")
-    n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else raw.ndim - 2
+    if spatial_dims is not None:
+        n = as_int(spatial_dims, "spatial_dims")
+    else:
+        n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else raw.ndim - 2
     x, unbatched = batched(raw, n)
     gy, _ = batched(grad_output, n, "grad_output")
     spec = pool_spec(x, kernel_size, stride, padding, 1, ceil_mode)
@@ -456,6 +473,6 @@ def avg_pool_backward(
     gxp = np.zeros(x.shape[:2] + tuple(i + a + b for i, (a, b) in zip(spec.in_shape, pairs, strict=True)),
                    dtype=x.dtype)
     for offset in window_offsets(spec.kernel):
-        gxp[(..., *offset_slices(offset, spec.out_shape, spec.stride, spec.dilation))] += share
+        gxp[trailing(offset_slices(offset, spec.out_shape, spec.stride, spec.dilation))] += share
     inner = tuple(slice(p, p + i) for p, i in zip(spec.padding, spec.in_shape, strict=True))
-    return unbatch(np.ascontiguousarray(gxp[(..., *inner)]), unbatched)
+    return unbatch(np.ascontiguousarray(gxp[trailing(inner)]), unbatched)

@@ -16,6 +16,8 @@ from convlayers.nn.activation import LogSoftmax, ReLU, ReLU6, Sigmoid, Softmax, 
 from convlayers.nn.blocks import ConvNormAct, DepthwiseSeparable, InvertedResidual
 from convlayers.nn.containers import ModuleList, Sequential
 from convlayers.nn.conv import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
+from convlayers.nn.fuse import fuse
+from convlayers.nn.inspect import feature_maps
 from convlayers.nn.linear import Dropout, Flatten, Identity, Linear
 from convlayers.nn.loss import CrossEntropyLoss, MSELoss
 from convlayers.nn.models import MobileNetV2, SmallCNN
@@ -34,11 +36,48 @@ from convlayers.nn.pooling import (
 )
 
 __all__ = [
-    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
-    "AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv1d", "Conv2d",
-    "Conv3d", "ConvNormAct", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
-    "CrossEntropyLoss", "DepthwiseSeparable", "Dropout", "Flatten", "Identity",
-    "InvertedResidual", "Linear", "LogSoftmax", "MSELoss", "MaxPool1d", "MaxPool2d",
-    "MobileNetV2", "Module", "ModuleList", "Parameter", "ReLU", "ReLU6", "Sequential", "Sigmoid",
-    "SamePad2d", "SmallCNN", "Softmax", "Tanh", "ZeroPad2d", "functional", "init",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool1d",
+    "AdaptiveMaxPool2d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvNormAct",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "CrossEntropyLoss",
+    "DepthwiseSeparable",
+    "Dropout",
+    "Flatten",
+    "Identity",
+    "InvertedResidual",
+    "Linear",
+    "LogSoftmax",
+    "MSELoss",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MobileNetV2",
+    "Module",
+    "ModuleList",
+    "Parameter",
+    "ReLU",
+    "ReLU6",
+    "SamePad2d",
+    "Sequential",
+    "Sigmoid",
+    "SmallCNN",
+    "Softmax",
+    "Tanh",
+    "ZeroPad2d",
+    "feature_maps",
+    "functional",
+    "fuse",
+    "init",
 ]

@@ -1,0 +1,109 @@
+"""``convlayers summary``: the per-layer table of a model or a seed block."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from convlayers.cli._common import CLIError
+
+MODELS = ("mobilenet_v2", "small-cnn", "efficientnet_lite0")
+BLOCKS = ("conv-bn-relu", "separable", "mobile-block")
+DEFAULT_INPUT = {"mobilenet_v2": (1, 3, 224, 224), "efficientnet_lite0": (1, 3, 224, 224),
+                 "small-cnn": (1, 1, 8, 8)}
+
+
+def shape4(text: str) -> tuple[int, ...]:
+    """argparse type for ``N,C,H,W`` (commas or ``x``), positive integers.
+
+    >>> shape4("1,3,224,224"), shape4("2x3x32x32")
+    ((1, 3, 224, 224), (2, 3, 32, 32))
+    """
+    parts = str(text).lower().replace("x", ",").split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W such as 1,3,224,224, got {text!r}") from None
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected four positive sizes N,C,H,W, got {text!r}")
+    return values
+
+
+def register(sub: Any) -> None:
+    """Add the ``summary`` command."""
+    p = sub.add_parser(
+        "summary", help="per-layer output shapes, parameters and multiply-adds of a model",
+        description="Run MODEL once on zeros and print, per layer, the output shape, trainable "
+        "parameters, multiply-adds (MACs; FLOPs = 2 x MACs) and output memory. Conv and linear "
+        "weights always count; bias adds and BatchNorm count unless --no-bias/--no-norm; pooling "
+        "and activations only with --pooling/--activations. Seed blocks take their input "
+        "channels from --input (conv-bn-relu and separable map them to --out-channels; "
+        "mobile-block is the seed's MobileBlock: expand x6, depthwise, project).",
+    )
+    p.add_argument("model", choices=MODELS + BLOCKS, metavar="MODEL",
+                   help=f"one of {', '.join(MODELS + BLOCKS)}")
+    p.add_argument("--input", type=shape4, default=None, metavar="N,C,H,W",
+                   help="input shape (default 1,3,224,224 for the ImageNet models, 1,1,8,8 for "
+                   "small-cnn, 1,3,32,32 for the blocks)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="a Markdown table")
+    fmt.add_argument("--csv", action="store_true", help="CSV rows (name,type,output_shape,...)")
+    p.add_argument("--no-bias", action="store_true", help="do not count bias adds")
+    p.add_argument("--no-norm", action="store_true", help="do not count BatchNorm")
+    p.add_argument("--pooling", action="store_true", help="count pooling windows")
+    p.add_argument("--activations", action="store_true", help="count activations")
+    p.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first")
+    p.add_argument("--num-classes", type=int, default=None, metavar="K",
+                   help="classifier outputs (default 1000; 10 for small-cnn)")
+    p.add_argument("--width-mult", type=float, default=1.0, metavar="W",
+                   help="mobilenet_v2 channel multiplier (default 1.0)")
+    p.add_argument("--out-channels", type=int, default=64, metavar="C",
+                   help="output channels of a seed block (default 64)")
+    p.set_defaults(run=run_summary)
+
+
+def build(args: argparse.Namespace, shape: tuple[int, ...]) -> Any:
+    """The model or block named by ``args.model`` for inputs of ``shape``."""
+    from convlayers import nn
+    from convlayers.nn import models
+
+    name, channels = args.model, shape[1]
+    classes = args.num_classes
+    if name == "mobilenet_v2":
+        return nn.MobileNetV2(1000 if classes is None else classes, args.width_mult, rng=0)
+    if name == "small-cnn":
+        if shape[2] != shape[3]:
+            raise CLIError(f"small-cnn needs a square input, got --input {','.join(map(str, shape))}")
+        return nn.SmallCNN(channels, 10 if classes is None else classes, shape[2], rng=0)
+    if name == "efficientnet_lite0":
+        factory = getattr(models, "efficientnet_lite0", None)  # lands separately
+        if factory is None:
+            raise CLIError("efficientnet_lite0 is not available in this version of convlayers")
+        return factory(num_classes=1000 if classes is None else classes, rng=0)
+    out = args.out_channels
+    if name == "conv-bn-relu":
+        return nn.ConvNormAct(channels, out, bias=True, rng=0)
+    if name == "separable":
+        return nn.DepthwiseSeparable(channels, out, bias=True, rng=0)
+    return nn.InvertedResidual(channels, out, 1, expand_ratio=6, norm=False, activation=None,
+                               residual=False, bias=True, rng=0)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    """Print the table (text, Markdown or CSV)."""
+    from convlayers.nn import fuse
+    from convlayers.summary import summary
+
+    shape = args.input or DEFAULT_INPUT.get(args.model, (1, 3, 32, 32))
+    model = build(args, shape)
+    if args.fuse:
+        model = fuse(model)
+    result = summary(model, shape, bias=not args.no_bias, norm=not args.no_norm,
+                     pooling=args.pooling, activations=args.activations)
+    if args.csv:
+        print(result.to_csv(), end="")
+    elif args.markdown:
+        print(result.to_markdown(), end="")
+    else:
+        print(result)
+    return 0

@@ -60,7 +60,16 @@ def test_demo_writes_pictures_of_the_expected_size(demo) -> None:
         assert im.n_frames == 4  # 2x2 output
     with Image.open(out / "conv.gif") as im:
         assert im.n_frames == 9  # 5x5, k3, s2, p1 -> 3x3
-    assert sorted(p.name for p in out.iterdir()) == ["conv.gif", "gallery.png", "max_pool.gif"]
+    with Image.open(out / "stem_kernels.png") as im:
+        assert im.format == "PNG"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "conv.gif", "gallery.png", "max_pool.gif", "stem_kernels.png"]
+
+
+def test_demo_names_the_cat(demo) -> None:
+    _, result = demo
+    lines = result.stdout.split("EfficientNet-Lite0", 1)[1].splitlines()
+    assert "Egyptian cat (class 285)" in lines[1]
 
 
 def test_demo_prints_pooling_and_conv_kinds(demo) -> None:

@@ -1,0 +1,252 @@
+"""The networks panel's adapters: models on offer, loaded once, and what the page asks of them.
+
+Top classes come from :func:`convlayers.classify.classify`, feature maps from
+``convlayers.nn.feature_maps``, the table from :func:`convlayers.summary.summary`, pictures from
+:mod:`convlayers.viz`. Each of those is imported when first needed; a missing one is a 501
+:class:`~convlayers.web.services.ServiceError` that names it, so the rest of the explorer works
+without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from convlayers.web.services import ServiceError, figure_png
+
+__all__ = ["ModelEntry", "ModelRegistry", "digits_input"]
+
+_INFERENCE = threading.Lock()  # autograd.no_grad is a process-wide switch: one model at a time
+
+
+def _contract(module: str, name: str) -> Any:
+    """``from module import name``, or a 501 that says which piece of the library is missing."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ServiceError(501, f"{module}.{name} is not available in this installation "
+                                f"({type(exc).__name__}: {exc})") from None
+
+
+def _plain(value: Any) -> Any:
+    """A value JSON can hold: NumPy scalars and tuples become Python numbers and lists."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.dtype):
+        return str(value)
+    return value
+
+
+def _array(x: Any) -> np.ndarray:
+    return np.asarray(getattr(x, "data", x))
+
+
+@dataclass
+class ModelEntry:
+    """One model the explorer offers; the module itself is built once, on first use."""
+
+    id: str
+    title: str
+    build: Callable[[], Any]
+    input_shape: tuple[int, int, int, int]
+    labels: Callable[[int], str] | None = None
+    module: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self) -> Any:
+        with self.lock:
+            if self.module is None:
+                self.module = self.build()
+            return self.module
+
+
+def _efficientnet() -> Any:
+    factory = _contract("convlayers.nn.models", "efficientnet_lite0")
+    try:
+        return factory(pretrained=True).eval()
+    except ImportError as exc:
+        raise ServiceError(501, f"EfficientNet-Lite0 weights are missing: {exc}") from None
+
+
+def _small_cnn_from(weights: dict[str, Any]) -> Any:
+    """A :class:`~convlayers.nn.SmallCNN` shaped after a state dict's arrays, weights loaded."""
+    from convlayers.nn import SmallCNN
+
+    convs = sorted((int(key.split(".")[1]), np.shape(v)) for key, v in weights.items()
+                   if key.startswith("features.") and key.endswith(".0.weight")
+                   and len(np.shape(v)) == 4)
+    head = np.shape(weights.get("classifier.1.weight", ()))
+    if not convs or len(head) != 2:
+        raise ValueError("the weights are not a SmallCNN state dict (features.N.0.weight and "
+                         "classifier.1.weight expected)")
+    widths = [shape[0] for _, shape in convs]
+    side = math.isqrt(head[1] // widths[-1])
+    model = SmallCNN(in_channels=convs[0][1][1], num_classes=head[0],
+                     image_size=side * 2 ** len(widths), widths=widths, rng=0)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+class ModelRegistry:
+    """The models on offer (EfficientNet-Lite0 when importable; the digits SmallCNN when a
+    weights file was given), each loaded once and cached."""
+
+    def __init__(self, weights: str | None = None) -> None:
+        self.entries: dict[str, ModelEntry] = {}
+        self.unavailable: dict[str, str] = {}
+        try:
+            importlib.import_module("convlayers.nn.models").efficientnet_lite0  # noqa: B018
+        except (ImportError, AttributeError) as exc:
+            self.unavailable["efficientnet_lite0"] = (
+                f"convlayers.nn.models.efficientnet_lite0 is not available ({exc})")
+        else:
+            self.entries["efficientnet_lite0"] = ModelEntry(
+                "efficientnet_lite0", "EfficientNet-Lite0 (ImageNet)", _efficientnet,
+                (1, 3, 224, 224))
+        if weights is not None:
+            from convlayers.weights import load_weights
+
+            model = _small_cnn_from(load_weights(weights))
+            conv = next(m for _, m in model.named_modules() if type(m).__name__ == "Conv2d")
+            size = _input_side(model)
+            self.entries["digits"] = ModelEntry(
+                "digits", "SmallCNN (digits)", lambda: model,
+                (1, conv.weight.data.shape[1], size, size), labels=str, module=model)
+        else:
+            self.unavailable["digits"] = "start the explorer with --weights FILE to offer it"
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every model, available or not (with the reason)."""
+        items = [{"id": e.id, "title": e.title, "available": True,
+                  "input_shape": list(e.input_shape)} for e in self.entries.values()]
+        items += [{"id": k, "title": k, "available": False, "reason": why}
+                  for k, why in self.unavailable.items()]
+        return items
+
+    def entry(self, model_id: str) -> ModelEntry:
+        if model_id in self.entries:
+            return self.entries[model_id]
+        if model_id in self.unavailable:
+            raise ServiceError(501, f"model {model_id!r} is not available: "
+                                    f"{self.unavailable[model_id]}")
+        raise ServiceError(404, f"unknown model {model_id!r}; known: "
+                                f"{', '.join([*self.entries, *self.unavailable])}")
+
+    # -- what the page asks for
+    def layers(self, model_id: str) -> list[dict[str, Any]]:
+        """Named modules: name, type, and the weight shape of convolutions."""
+        model = self.entry(model_id).get()
+        out = []
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            weight = getattr(module, "weight", None)
+            shape = list(_array(weight).shape) if weight is not None else None
+            out.append({"name": name, "type": type(module).__name__,
+                        "conv": shape is not None and len(shape) == 4, "weight_shape": shape})
+        return out
+
+    def _module(self, model_id: str, layer: str) -> Any:
+        model = self.entry(model_id).get()
+        found = dict(model.named_modules()).get(layer) if layer else None
+        if found is None:
+            raise ServiceError(404, f"model {model_id!r} has no layer {layer!r}")
+        return found
+
+    def kernels_png(self, model_id: str, layer: str) -> bytes:
+        """:func:`convlayers.viz.plot_kernels` of a convolution's weight."""
+        from convlayers.viz import plot_kernels
+
+        weight = getattr(self._module(model_id, layer), "weight", None)
+        if weight is None or _array(weight).ndim != 4:
+            raise ServiceError(400, f"layer {layer!r} is not a convolution (no 4-D weight)")
+        return figure_png(plot_kernels(_array(weight), max_out=16, max_in=8))
+
+    def summary(self, model_id: str) -> dict[str, Any]:
+        """``convlayers.summary.summary``: the rows and the Markdown table."""
+        entry = self.entry(model_id)
+        summarize = _contract("convlayers.summary", "summary")
+        with _INFERENCE:
+            table = summarize(entry.get(), entry.input_shape)
+        return {"rows": [{k: _plain(v) for k, v in r.items()} for r in table.rows],
+                "markdown": table.to_markdown()}
+
+    def _input(self, entry: ModelEntry, image: np.ndarray) -> np.ndarray:
+        """The model's input batch for an RGB uint8 image."""
+        if entry.id == "digits":
+            _, c, h, w = entry.input_shape
+            return digits_input(image, c, (h, w))
+        preprocess = _contract("convlayers.classify", "preprocess")
+        x = np.asarray(preprocess(image), dtype=np.float32)
+        return x[None] if x.ndim == 3 else x
+
+    def classify(self, model_id: str, image: np.ndarray, top: int = 5) -> list[dict[str, Any]]:
+        """Top classes: ``convlayers.classify.classify``, or for the digits model a softmax
+        of its logits."""
+        entry = self.entry(model_id)
+        top = max(1, min(int(top), 20))
+        if entry.id == "digits":
+            from convlayers.autograd import no_grad
+            from convlayers.functional import softmax
+
+            x = self._input(entry, image)
+            with _INFERENCE, no_grad():
+                probs = softmax(_array(entry.get()(x)), dim=1)[0]
+            order = np.argsort(-probs, kind="stable")[:top]
+            return [{"index": int(i), "name": str(i), "probability": float(probs[i])}
+                    for i in order]
+        run = _contract("convlayers.classify", "classify")
+        model = entry.get()
+        with _INFERENCE:
+            results = run(model, image, top=top)
+        return [{"index": int(r.index), "name": str(r.name), "probability": float(r.probability)}
+                for r in results]
+
+    def features_png(self, model_id: str, layer: str, image: np.ndarray) -> bytes:
+        """:func:`convlayers.viz.plot_feature_maps` of one layer's output
+        (``convlayers.nn.feature_maps``)."""
+        from convlayers.viz import plot_feature_maps
+
+        entry = self.entry(model_id)
+        self._module(model_id, layer)
+        try:
+            grab = _contract("convlayers.nn", "feature_maps")
+        except ServiceError:  # the same function where it is defined, if not re-exported yet
+            grab = _contract("convlayers.nn.inspect", "feature_maps")
+        x = self._input(entry, image)
+        with _INFERENCE:
+            maps = _array(grab(entry.get(), x, [layer])[layer])
+        if maps.ndim != 4:
+            raise ServiceError(400, f"layer {layer!r} gives shape {maps.shape}, not (N, C, H, W) "
+                                    "feature maps; pick a convolution or block")
+        return figure_png(plot_feature_maps(maps[0], max_maps=32))
+
+
+def _input_side(model: Any) -> int:
+    """Side of the square input a SmallCNN was built for."""
+    widths = [m.weight.data.shape[0] for _, m in model.named_modules()
+              if type(m).__name__ == "Conv2d"]
+    per_channel = model.classifier[1].weight.data.shape[1] // widths[-1]
+    return math.isqrt(per_channel) * 2 ** len(widths)
+
+
+def digits_input(image: np.ndarray, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """A photo of a digit as the digits model sees it: gray, resized, in [0, 1], ink bright.
+
+    The training digits are light strokes on a dark ground, so a mostly light picture (dark
+    ink on paper) is inverted.
+    """
+    gray = Image.fromarray(image).convert("L").resize((size[1], size[0]), Image.Resampling.BOX)
+    x = np.asarray(gray, dtype=np.float32) / 255.0
+    if x.mean() > 0.5:
+        x = 1.0 - x
+    return np.repeat(x[None, None], channels, axis=1)

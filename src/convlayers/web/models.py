@@ -77,25 +77,6 @@ def _efficientnet() -> Any:
         raise ServiceError(501, f"EfficientNet-Lite0 weights are missing: {exc}") from None
 
 
-def _small_cnn_from(weights: dict[str, Any]) -> Any:
-    """A :class:`~convlayers.nn.SmallCNN` shaped after a state dict's arrays, weights loaded."""
-    from convlayers.nn import SmallCNN
-
-    convs = sorted((int(key.split(".")[1]), np.shape(v)) for key, v in weights.items()
-                   if key.startswith("features.") and key.endswith(".0.weight")
-                   and len(np.shape(v)) == 4)
-    head = np.shape(weights.get("classifier.1.weight", ()))
-    if not convs or len(head) != 2:
-        raise ValueError("the weights are not a SmallCNN state dict (features.N.0.weight and "
-                         "classifier.1.weight expected)")
-    widths = [shape[0] for _, shape in convs]
-    side = math.isqrt(head[1] // widths[-1])
-    model = SmallCNN(in_channels=convs[0][1][1], num_classes=head[0],
-                     image_size=side * 2 ** len(widths), widths=widths, rng=0)
-    model.load_state_dict(weights)
-    return model.eval()
-
-
 class ModelRegistry:
     """The models on offer (EfficientNet-Lite0 when importable; the digits SmallCNN when a
     weights file was given), each loaded once and cached."""
@@ -113,9 +94,10 @@ class ModelRegistry:
                 "efficientnet_lite0", "EfficientNet-Lite0 (ImageNet)", _efficientnet,
                 (1, 3, 224, 224))
         if weights is not None:
+            from convlayers.train import small_cnn_from_state_dict
             from convlayers.weights import load_weights
 
-            model = _small_cnn_from(load_weights(weights))
+            model = small_cnn_from_state_dict(load_weights(weights)).eval()
             conv = next(m for _, m in model.named_modules() if type(m).__name__ == "Conv2d")
             size = _input_side(model)
             self.entries["digits"] = ModelEntry(
@@ -184,6 +166,10 @@ class ModelRegistry:
         """The model's input batch for an RGB uint8 image."""
         if entry.id == "digits":
             _, c, h, w = entry.input_shape
+            if (c, h, w) == (1, 8, 8):  # what 'convlayers train digits' makes
+                from convlayers.train import digit_input
+
+                return digit_input(image)
             return digits_input(image, c, (h, w))
         preprocess = _contract("convlayers.classify", "preprocess")
         x = np.asarray(preprocess(image), dtype=np.float32)
@@ -240,9 +226,10 @@ def _input_side(model: Any) -> int:
 
 
 def digits_input(image: np.ndarray, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """A photo of a digit as the digits model sees it: gray, resized, in [0, 1], ink bright.
+    """A photo of a digit for a SmallCNN of another input size: gray, resized, ink bright.
 
-    The training digits are light strokes on a dark ground, so a mostly light picture (dark
+    (8x8 models use :func:`convlayers.train.digit_input`, which also crops to the ink.) The
+    training digits are light strokes on a dark ground, so a mostly light picture (dark
     ink on paper) is inverted.
     """
     gray = Image.fromarray(image).convert("L").resize((size[1], size[0]), Image.Resampling.BOX)

@@ -171,3 +171,16 @@ def _chelsea_png(tmp_path):
     path = tmp_path / "cat.png"
     write_image(path, skimage.data.chelsea())
     return path
+
+
+def test_classify_draws_feature_maps_and_kernels(tmp_path) -> None:
+    out = tmp_path / "pics"
+    done = subprocess.run([sys.executable, "-m", "convlayers", "classify", str(_chelsea_png(tmp_path)),
+                           "--maps", "stem", "blocks.5", "--kernels", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cat_blocks_5.png", "cat_stem.png",
+                                                     "stem_kernels.png"]
+    bad = subprocess.run([sys.executable, "-m", "convlayers", "classify", str(_chelsea_png(tmp_path)),
+                          "--maps", "no.such.layer"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no.such.layer" in bad.stderr and "Traceback" not in bad.stderr

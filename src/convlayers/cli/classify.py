@@ -21,7 +21,41 @@ def register(sub: Any) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photos to classify")
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--maps", nargs="+", metavar="LAYER", default=[],
+                   help="also draw these layers' feature maps for each image (names as in "
+                        "'convlayers summary efficientnet_lite0', e.g. stem blocks.1 blocks.5)")
+    p.add_argument("--kernels", action="store_true",
+                   help="also draw the 32 learned stem kernels beside the hand-made filters")
+    p.add_argument("-o", "--output", default="out/classify", metavar="DIR",
+                   help="folder for --maps and --kernels pictures (default out/classify)")
     p.set_defaults(run=run_classify)
+
+
+def _pictures(args: argparse.Namespace, model: Any) -> list[str]:
+    """Feature maps of the chosen layers per image, and the stem kernels, as PNG files."""
+    from pathlib import Path
+
+    from convlayers.classify import preprocess
+    from convlayers.cli._common import output_dir
+    from convlayers.nn import feature_maps
+    from convlayers.viz import learned_vs_handmade, plot_feature_maps, save_figure
+
+    if not (args.kernels or args.maps):
+        return []
+    folder = output_dir(args.output)
+    written = []
+    if args.kernels:
+        written.append(save_figure(learned_vs_handmade(model.stem[1].weight.data),
+                                   folder / "stem_kernels.png"))
+    for path in args.images:
+        try:
+            maps = feature_maps(model, preprocess(path), args.maps)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        for layer, values in maps.items():
+            name = f"{Path(path).stem}_{layer.replace('.', '_') or 'model'}.png"
+            written.append(save_figure(plot_feature_maps(values[0], max_maps=32), folder / name))
+    return [str(w) for w in written]
 
 
 def run_classify(args: argparse.Namespace) -> int:
@@ -37,6 +71,7 @@ def run_classify(args: argparse.Namespace) -> int:
             results[path] = classify(model, path, top=args.top)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
+    pictures = _pictures(args, model)
     if args.json:
         print(json.dumps({p: [vars(r) for r in preds] for p, preds in results.items()}, indent=2))
         return 0
@@ -44,4 +79,6 @@ def run_classify(args: argparse.Namespace) -> int:
         print(f"{path}:")
         for r in preds:
             print(f"  {r.probability:6.1%}  {r.name} ({r.index})")
+    for picture in pictures:
+        print(f"wrote {picture}")
     return 0

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from oracle import assert_close
 
 from convlayers import optim
+from oracle import assert_close
 
 CONFIGS = [
     (optim.SGD, torch.optim.SGD, dict(lr=0.1)),
@@ -83,7 +83,8 @@ def test_schedules_match_torch(ours, theirs, kwargs) -> None:
     ("call", "error", "message"),
     [
         (lambda: optim.SGD([], lr=0.1), ValueError, "params is empty"),
-        (lambda: optim.SGD([SimpleNamespace(data=np.ones(1), grad=None)], lr=-1), ValueError, "lr must be >= 0"),
+        (lambda: optim.SGD([SimpleNamespace(data=np.ones(1), grad=None)], lr=-1), ValueError,
+         "lr must be >= 0"),
         (lambda: optim.Adam([SimpleNamespace(data=np.ones(1), grad=None)], betas=(1.0, 0.9)), ValueError,
          "betas[0] must be in [0.0, 1.0)"),
         (lambda: optim.SGD([SimpleNamespace(data=np.ones(1), grad=None)], nesterov=True), ValueError,

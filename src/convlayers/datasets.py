@@ -59,7 +59,7 @@ def load_digits(test_fraction: float = 0.2, seed: int | np.random.Generator | No
     images = (bunch.images / 16.0).astype(np.float32)[:, None]
     labels = bunch.target.astype(np.int64)
     order = _rng(seed).permutation(len(labels))
-    n_test = int(round(len(labels) * float(test_fraction)))
+    n_test = round(len(labels) * float(test_fraction))
     test, train = order[:n_test], order[n_test:]
     return Split(images[train], labels[train], images[test], labels[test],
                  tuple(str(c) for c in range(10)))

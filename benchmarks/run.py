@@ -13,6 +13,12 @@ Usage::
     python benchmarks/run.py                 # everything, batch 32
     python benchmarks/run.py --quick         # fewer repeats, batch 8
     python benchmarks/run.py --only W2,W5,F  # a subset (W1..W8, F for the filters)
+    python benchmarks/run.py --only MBV2,LITE0 --quick  # the models (see benchmarks/models.py)
+
+W8 is the real ``convlayers.nn.InvertedResidual(32, 32, 1, 6)`` module against its torch twin
+(``W8f``: the same block written with ``functional`` calls, BN folded by hand); ``MBV2`` and
+``LITE0`` time MobileNetV2 and EfficientNet-Lite0 inference at batch 1 and 16, with peak memory
+(``benchmarks/models.py`` says what is measured on each side).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 import torch.nn.functional as tF
@@ -58,6 +65,7 @@ class Case:
     group: str  # "fwd", "fwd+bwd", "block", "filter", "extra"
     results: dict[str, float] = field(default_factory=dict)
     extra_mib: float = float("nan")
+    peer_mib: float = float("nan")  # torch's peak-RSS growth (models only; a lower bound)
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -197,7 +205,7 @@ def _pool_cases(rng: np.random.Generator, batch: int, only: set[str] | None) -> 
 
 def _block_case(rng: np.random.Generator, batch: int, only: set[str] | None) -> list[Case]:
     """MobileNetV2 inverted residual, eval mode, BN folded into the conv biases."""
-    if only and "W8" not in only:
+    if only and "W8" not in only and "W8f" not in only:
         return []
     c, e, h = 32, 32 * 6, 56
     x = _rand(rng, batch, c, h, h)
@@ -227,7 +235,7 @@ def _block_case(rng: np.random.Generator, batch: int, only: set[str] | None) -> 
             return tF.conv2d(y, tw2, tb2) + tx
 
     macs = batch * h * h * (c * e + e * 9 + e * c)
-    return [Case("W8", f"inverted residual {c}->{e}->{c}, {batch}x{c}x{h}x{h}", 2 * macs,
+    return [Case("W8f", f"inverted residual {c}->{e}->{c}, {batch}x{c}x{h}x{h}", 2 * macs,
                  ours, {"torch": theirs}, "block")]
 
 
@@ -279,6 +287,8 @@ def _run(cases: list[Case], threads: int, repeats: int, budget_s: float) -> None
         ours = case.results["convlayers"]
         ratios = "  ".join(f"{p} {t * 1e3:8.2f} ms  x{ours / t:5.2f}"
                            for p, t in case.results.items() if p != "convlayers")
+        if case.group == "model":
+            ratios += f"  torch peak-RSS growth {case.peer_mib:.1f} MiB"
         print(f"{case.name:10s} {case.group:8s} ours {ours * 1e3:8.2f} ms "
               f"{case.flops / ours / 1e9:7.1f} GFLOP/s  extra {case.extra_mib:7.1f} MiB  | {ratios}",
               flush=True)
@@ -289,8 +299,9 @@ def _geomean(values: list[float]) -> float:
 
 
 def _report(cases: list[Case], threads: int) -> None:
-    print("\n| workload | pass | shape | convlayers ms | GFLOP/s | extra MiB | peer | peer ms | ratio |")
-    print("|---|---|---|---:|---:|---:|---|---:|---:|")
+    print("\n| workload | pass | shape | convlayers ms | GFLOP/s | extra MiB | peer | peer ms | ratio |"
+          " peer MiB |")
+    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|")
     for c in cases:
         ours = c.results["convlayers"]
         for peer, t in c.results.items():
@@ -298,10 +309,11 @@ def _report(cases: list[Case], threads: int) -> None:
                 continue
             print(f"| {c.name} | {c.group} | {c.what} | {ours * 1e3:.2f} | "
                   f"{c.flops / ours / 1e9:.1f} | {c.extra_mib:.1f} | {peer} | {t * 1e3:.2f} | "
-                  f"{ours / t:.2f} |")
+                  f"{ours / t:.2f} | {'' if c.peer_mib != c.peer_mib else f'{c.peer_mib:.1f}'} |")
     print("\nGeometric mean of time ratios convlayers / peer (below 1: convlayers faster):")
     groups = [("fwd", "torch", "forward W1-W7"), ("fwd+bwd", "torch", "forward+backward W1-W6"),
-              ("block", "torch", "W8 block"), ("extra", "torch", "pool extras")]
+              ("block", "torch", "W8 blocks"), ("model", "torch", "models"),
+              ("extra", "torch", "pool extras")]
     groups += [("filter", p, f"filters vs {p}") for p in ("scipy.signal", "ndimage", "cv2")]
     for group, peer, label in groups:
         ratios = [c.results["convlayers"] / c.results[peer] for c in cases
@@ -337,8 +349,14 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         pass
     rng = np.random.default_rng(0)
+    from models import model_cases, rss_growth_mib
+
     cases = (_conv_cases(rng, batch, only) + _pool_cases(rng, batch, only)
-             + _block_case(rng, batch, only) + _filter_cases(rng, only))
+             + _block_case(rng, batch, only) + _filter_cases(rng, only)
+             + model_cases(batch, only, Case))
+    for c in cases:  # torch's first calls, before anything else of torch's has run
+        if c.group == "model":
+            c.peer_mib = rss_growth_mib(c.peers["torch"])
     t0 = time.perf_counter()
     for c in cases:  # first calls compile the numba kernels (cached on disk afterwards)
         c.ours()

@@ -237,3 +237,73 @@ def test_float64_fast_paths_stay_float64() -> None:
         expected = tF.conv2d(torch.tensor(x), torch.tensor(w), padding=1, groups=groups)
         assert_close(y, expected, "float64")
     assert F.max_pool2d(x, 2).dtype == np.float64
+
+
+@st.composite
+def winograd_cases(draw: st.DrawFn) -> dict:
+    """3x3 stride-1 convolutions around the Winograd threshold (both sides of it)."""
+    t = _engine.WINOGRAD_MIN_CHANNELS
+    groups = draw(st.sampled_from([1, 1, 2]))
+    c_in_g = draw(st.sampled_from([t - 1, t, t + 1]))
+    c_out_g = draw(st.sampled_from([1, t - 1, t, t + 3]))
+    padding = tuple(draw(st.integers(0, 3)) for _ in range(2))
+    spatial = tuple(draw(st.integers(max(1, 3 - 2 * p), 13)) for p in padding)
+    return dict(groups=groups, c_in=groups * c_in_g, c_out=groups * c_out_g, padding=padding,
+                spatial=spatial, batch=draw(st.sampled_from([0, 1, 2, 3, None])),
+                bias=draw(st.booleans()), layout=draw(st.sampled_from(["contiguous", "flipped"])))
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=winograd_cases(), seed=st.integers(0, 2**16), cap=st.sampled_from([64, 1 << 28]))
+def test_winograd_matches_torch_and_numpy_path(case: dict, seed: int, cap: int) -> None:
+    rng = np.random.default_rng(seed)
+    lead = () if case["batch"] is None else (case["batch"],)
+    x = random_array(rng, (*lead, case["c_in"], *case["spatial"]), np.float32)
+    if case["layout"] == "flipped":
+        x = x[..., ::-1]
+    w = random_array(rng, (case["c_out"], case["c_in"] // case["groups"], 3, 3), np.float32)
+    b = random_array(rng, (case["c_out"],), np.float32) if case["bias"] else None
+    kw = dict(padding=case["padding"], groups=case["groups"])
+    with config.settings(scratch_bytes=cap):
+        y = F.conv2d(x, w, b, **kw)
+        gy = random_array(rng, y.shape, np.float32)
+        gx, gw, _ = F.conv_backward(gy, x, w, **kw)
+    tx, tw = torch.tensor(x.copy(), requires_grad=True), torch.tensor(w, requires_grad=True)
+    ty = tF.conv2d(tx, tw, None if b is None else torch.tensor(b), **kw)
+    ty.backward(torch.tensor(gy))
+    assert_close(y, ty, "forward")
+    assert_close(gx, tx.grad, "grad_input")
+    assert_close(gw, tw.grad, "grad_weight")
+    with numpy_path():
+        assert_close(y, F.conv2d(x, w, b, **kw), "forward vs NumPy path")
+        ngx, ngw, _ = F.conv_backward(gy, x, w, **kw)
+    assert_close(gx, ngx, "grad_input vs NumPy path")
+    assert_close(gw, ngw, "grad_weight vs NumPy path")
+    np.testing.assert_array_equal(F.conv2d(x, w, b, **kw), y)  # the cap never changes it
+
+
+@pytest.mark.parametrize("tiles", [5, 40])
+def test_winograd_slabs_and_units_give_the_same_result(monkeypatch: pytest.MonkeyPatch,
+                                                       tiles: int) -> None:
+    rng = np.random.default_rng(4)
+    x = random_array(rng, (3, 16, 13, 11), np.float32)
+    w = random_array(rng, (16, 16, 3, 3), np.float32)
+    b = random_array(rng, (16,), np.float32)
+    g = random_array(rng, (3, 16, 13, 11), np.float32)
+    whole = F.conv2d(x, w, b, padding=1)
+    gx, gw, _ = F.conv_backward(g, x, w, padding=1)
+    monkeypatch.setattr(_engine, "WINOGRAD_SLAB_TILES", tiles)
+    monkeypatch.setattr(_engine, "WINOGRAD_UNIT_TILES", tiles)
+    assert_close(F.conv2d(x, w, b, padding=1), whole, "slabs forward")
+    sgx, sgw, _ = F.conv_backward(g, x, w, padding=1)
+    assert_close(sgx, gx, "slabs grad_input")
+    assert_close(sgw, gw, "slabs grad_weight")
+
+
+def test_winograd_float64_stays_float64() -> None:
+    rng = np.random.default_rng(7)
+    x = random_array(rng, (2, 16, 7, 8), np.float64)
+    w = random_array(rng, (17, 16, 3, 3), np.float64)
+    y = F.conv2d(x, w, padding=1)
+    assert y.dtype == np.float64
+    assert_close(y, tF.conv2d(torch.tensor(x), torch.tensor(w), padding=1), "float64 winograd")

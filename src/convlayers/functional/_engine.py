@@ -12,6 +12,10 @@ padded; the public functions in ``conv.py`` and ``conv_transpose.py`` do that.
 
 Fast paths (1-D and 2-D, float32/float64; everything else takes the loop above):
 
+- 3x3 stride-1 with enough channels per group (:data:`WINOGRAD_MIN_CHANNELS`): Winograd
+  F(2x2,3x3) (:mod:`convlayers.kernels.winograd`), forward with the bias fused, and both
+  gradients from one input transform and one output-gradient transform
+  (:func:`correlate_backward`);
 - depthwise (``C_in/groups == 1``, any channel multiplier): direct numba kernels
   (:mod:`convlayers.kernels.depthwise`), forward and both gradients;
 - 1x1 kernels: one batched ``np.matmul`` of ``(g, C_out/g, C_in/g)`` weights with the images
@@ -19,6 +23,9 @@ Fast paths (1-D and 2-D, float32/float64; everything else takes the loop above):
 - the rest: im2col into a reused column buffer, a chunk of images at a time
   (:mod:`convlayers.kernels.conv`), then one GEMM per image and group; the input gradient is
   the transposed GEMM followed by col2im, the weight gradient ``grad @ cols^T``.
+
+With ``pairs`` given, :func:`correlate` and :func:`correlate_backward` take the *unpadded*
+input: the depthwise, Winograd and im2col kernels read the zero borders by bounds.
 
 Chunks hold whole images while their columns fit :data:`CHUNK_BYTES` and the scratch cap;
 images with more than :data:`SLAB_COLUMNS` output positions are lowered in slabs of output
@@ -34,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from convlayers import config
-from convlayers.functional._common import offset_slices, window_offsets
+from convlayers.functional._common import Pairs, offset_slices, pad_pairs, window_offsets
 
 
 def _batch_chunks(n: int, bytes_per_item: int) -> Iterator[slice]:
@@ -60,10 +67,22 @@ def _fast(*arrays: np.ndarray) -> bool:
 
 def _kernels() -> Any:
     from convlayers import kernels
-    from convlayers.kernels import conv, depthwise  # noqa: F401  (lazy: numba loads here)
+    from convlayers.kernels import conv, depthwise, winograd  # noqa: F401  (lazy: numba loads here)
 
     config.apply_numba_threads()
     return kernels
+
+
+def _index(*trailing: slice) -> Any:
+    """``(..., *trailing)``: an index on the trailing axes (typed loosely for mypy)."""
+    return (Ellipsis, *trailing)
+
+
+def _pads(pairs: Pairs) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` zero padding of the 2-D view of a 1-D or 2-D problem."""
+    if len(pairs) == 1:
+        return (0, 0, *pairs[0])
+    return (*pairs[0], *pairs[1])
 
 
 def _as_4d(a: np.ndarray) -> np.ndarray:
@@ -82,6 +101,33 @@ def _grouped_taps(weight: np.ndarray, groups: int) -> np.ndarray:
 
 
 def correlate(
+    x: np.ndarray,
+    weight: np.ndarray,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    out_shape: tuple[int, ...],
+    pairs: Pairs | None = None,
+    bias: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cross-correlate a batch ``(N, C_in, *S)`` with ``weight``, plus ``bias`` when given.
+
+    ``pairs`` is the implicit zero padding ``(before, after)`` per spatial axis (``None``: the
+    input is already padded). The 2-D fast paths read the borders by bounds and add the bias
+    in their epilogue; the NumPy loop pads (a copy) and adds the bias afterwards.
+    """
+    pairs = pairs if pairs is not None else ((0, 0),) * (x.ndim - 2)
+    if _fast(x, weight):
+        out4 = _correlate_fast(_as_4d(x), _as_4d(weight), _pair(stride, 1), _pair(dilation, 1),
+                               groups, _pair(out_shape, 1), _pads(pairs), bias)
+        return out4.reshape(x.shape[0], weight.shape[0], *out_shape)
+    out = _correlate_numpy(pad_pairs(x, pairs), weight, stride, dilation, groups, out_shape)
+    if bias is not None:
+        out += bias.reshape((1, -1) + (1,) * len(out_shape))
+    return out
+
+
+def _correlate_numpy(
     xp: np.ndarray,
     weight: np.ndarray,
     stride: tuple[int, ...],
@@ -89,11 +135,7 @@ def correlate(
     groups: int,
     out_shape: tuple[int, ...],
 ) -> np.ndarray:
-    """Cross-correlate a padded batch ``(N, C_in, *S)`` with ``weight``; no bias."""
-    if _fast(xp, weight):
-        out4 = _correlate_fast(_as_4d(xp), _as_4d(weight), _pair(stride, 1), _pair(dilation, 1),
-                               groups, _pair(out_shape, 1))
-        return out4.reshape(xp.shape[0], weight.shape[0], *out_shape)
+    """The general loop: one GEMM per kernel offset over the padded input, no bias."""
     n, c_in = xp.shape[:2]
     c_out, c_in_g = weight.shape[:2]
     kernel = weight.shape[2:]
@@ -106,7 +148,7 @@ def correlate(
         xc, oc = xg[chunk], out[chunk]
         rows = oc.shape[0]
         for t, offset in enumerate(window_offsets(kernel)):
-            window = xc[(..., *offset_slices(offset, out_shape, stride, dilation))]
+            window = xc[_index(*offset_slices(offset, out_shape, stride, dilation))]
             window = window.reshape(rows, groups, c_in_g, length)
             if c_in_g == 1:  # depthwise: an outer product, cheaper as a broadcast multiply
                 oc += taps[None, :, :, 0, t, None] * window
@@ -145,7 +187,7 @@ def correlate_input_grad(
                 part = taps_t[None, :, :, 0, t, None] * gyc
             else:
                 part = np.matmul(taps_t[:, :, :, t], gyc)
-            target = (..., *offset_slices(offset, out_shape, stride, dilation))
+            target = _index(*offset_slices(offset, out_shape, stride, dilation))
             gxc[target] += part.reshape(rows, groups, c_in_g, *out_shape)
     return gx.reshape(n, groups * c_in_g, *padded_shape)
 
@@ -177,7 +219,7 @@ def correlate_weight_grad(
         xc, gyc = xg[chunk], gy[chunk]
         rows = xc.shape[0]
         for t, offset in enumerate(window_offsets(kernel)):
-            window = xc[(..., *offset_slices(offset, out_shape, stride, dilation))]
+            window = xc[_index(*offset_slices(offset, out_shape, stride, dilation))]
             window = window.reshape(rows, groups, c_in_g, length)
             if c_in_g == 1 and c_out_g == 1:
                 gw[:, 0, 0, t] += np.einsum("ngl,ngl->g", gyc[:, :, 0], window[:, :, 0])
@@ -214,34 +256,182 @@ def _subsampled(xp: np.ndarray, stride: tuple[int, int], out_shape: tuple[int, i
                                    : stride[1] * out_shape[1] : stride[1]])
 
 
-def _correlate_fast(xp: np.ndarray, w: np.ndarray, stride: tuple[int, int],
-                    dilation: tuple[int, int], groups: int, out_shape: tuple[int, int]) -> np.ndarray:
+def _bias_arg(bias: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    """The bias as the kernels take it: an empty array when there is none."""
+    return np.empty(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+
+
+def _correlate_fast(x: np.ndarray, w: np.ndarray, stride: tuple[int, int],
+                    dilation: tuple[int, int], groups: int, out_shape: tuple[int, int],
+                    pads: tuple[int, int, int, int], bias: np.ndarray | None) -> np.ndarray:
     k = _kernels()
-    n, c_in = xp.shape[:2]
+    n, c_in = x.shape[:2]
     c_out, c_in_g, kh, kw = w.shape
     ho, wo = out_shape
+    pt, _, pl, _ = pads
     if c_in_g == 1:
-        out = np.empty((n, c_out, ho, wo), dtype=xp.dtype)
-        k.depthwise.depthwise_forward(xp, w.reshape(c_out, kh, kw), *stride, *dilation, out)
+        out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
+        k.depthwise.depthwise_forward(x, np.ascontiguousarray(w.reshape(c_out, kh, kw)),
+                                      _bias_arg(bias, x.dtype), *stride, *dilation, pt, pl, out)
         return out
+    if _winograd_ok(w.shape, stride, dilation):
+        return _winograd_forward(x, w, bias, pt, pl, groups, out_shape)
     taps = w.reshape(groups, c_out // groups, c_in_g * kh * kw)
-    out = np.empty((n, groups, c_out // groups, ho * wo), dtype=xp.dtype)
+    out = np.empty((n, groups, c_out // groups, ho * wo), dtype=x.dtype)
     if kh == kw == 1:
+        xp = pad_pairs(x, ((pads[0], pads[1]), (pads[2], pads[3])))
         xs = _subsampled(xp, stride, out_shape).reshape(n, groups, c_in_g, ho * wo)
-        return np.matmul(taps, xs, out=out)
-    buf = None
-    for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, xp.itemsize):
-        nb, length = images.stop - images.start, rows * wo
-        if buf is None or buf.size < nb * c_in * kh * kw * length:
-            buf = np.empty(nb * c_in * kh * kw * length, dtype=xp.dtype)
-        cols = buf[: nb * c_in * kh * kw * length].reshape(nb, c_in * kh * kw, length)
-        k.conv.im2col(xp[images], kh, kw, *stride, *dilation, r0, wo, cols)
-        cols4 = cols.reshape(nb, groups, c_in_g * kh * kw, length)
-        if rows == ho:
-            np.matmul(taps, cols4, out=out[images])
-        else:
-            out[images, :, :, r0 * wo : r0 * wo + length] = np.matmul(taps, cols4)
+        np.matmul(taps, xs, out=out)
+    else:
+        buf = None
+        for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, x.itemsize):
+            nb, length = images.stop - images.start, rows * wo
+            if buf is None or buf.size < nb * c_in * kh * kw * length:
+                buf = np.empty(nb * c_in * kh * kw * length, dtype=x.dtype)
+            cols = buf[: nb * c_in * kh * kw * length].reshape(nb, c_in * kh * kw, length)
+            k.conv.im2col_pad(x[images], kh, kw, *stride, *dilation, pt, pl, r0, wo, cols)
+            cols4 = cols.reshape(nb, groups, c_in_g * kh * kw, length)
+            if rows == ho:
+                np.matmul(taps, cols4, out=out[images])
+            else:
+                out[images, :, :, r0 * wo : r0 * wo + length] = np.matmul(taps, cols4)
+    if bias is not None:
+        out += bias.reshape(1, groups, c_out // groups, 1)
     return out
+
+
+# ----------------------------------------------------------------------------- Winograd F(2x2,3x3)
+
+#: Winograd serves 3x3 stride-1 convolutions with at least this many input channels per group
+#: (and output channels per group for the backward pass): below it the GEMMs are too thin to pay
+#: for the transforms (measured on 2 cores: see docs/benchmarks.md).
+WINOGRAD_MIN_CHANNELS = 16
+#: Images with more tiles than this are transformed in slabs of tile rows, one image at a time.
+WINOGRAD_SLAB_TILES = 1 << 12
+#: Smaller images go by units of ``ceil(WINOGRAD_UNIT_TILES / tiles)`` whole images, side by
+#: side in the GEMMs' columns: wide GEMMs (N about 3000) ran 1.3x faster than one image's 784
+#: columns on 2 cores. The unit depends on the geometry only, so results do not depend on the
+#: scratch cap; the scratch is one unit (``16*(C_in + C_out)*tiles*itemsize``, a few tens of MiB
+#: at most), however small the cap.
+WINOGRAD_UNIT_TILES = 3136
+
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def _winograd_ok(wshape: tuple[int, ...], stride: tuple[int, int], dilation: tuple[int, int],
+                 backward: bool = False) -> bool:
+    c_out, c_in_g, kh, kw = wshape
+    if (kh, kw) != (3, 3) or stride != (1, 1) or dilation != (1, 1):
+        return False
+    return c_in_g >= WINOGRAD_MIN_CHANNELS and (not backward or c_out >= WINOGRAD_MIN_CHANNELS)
+
+
+def _winograd_weights(w: np.ndarray, groups: int) -> np.ndarray:
+    """``U = G g G^T`` per (output, input) channel pair, as ``(16, groups, C_out/g, C_in/g)``."""
+    c_out, c_in_g = w.shape[:2]
+    u = np.einsum("ia,ocab,jb->ijoc", _G, w.astype(np.float64), _G)
+    return np.ascontiguousarray(u.reshape(16, groups, c_out // groups, c_in_g), dtype=w.dtype)
+
+
+def _winograd_units(n: int, th: int, tw: int) -> Iterator[tuple[slice, int, int]]:
+    """``(images, first tile row, tile rows)`` of each unit (geometry only, see above)."""
+    rows = th if th * tw <= WINOGRAD_SLAB_TILES else max(1, WINOGRAD_SLAB_TILES // tw)
+    if rows < th:
+        for i in range(n):
+            for r in range(0, th, rows):
+                yield slice(i, i + 1), r, min(rows, th - r)
+        return
+    step = max(1, -(-WINOGRAD_UNIT_TILES // (th * tw)))
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n)), 0, th
+
+
+def _winograd_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, pt: int, pl: int,
+                      groups: int, out_shape: tuple[int, int]) -> np.ndarray:
+    """Input transform, 16 GEMMs per unit (``np.matmul``), output transform with the bias."""
+    k = _kernels()
+    n, c_in = x.shape[:2]
+    c_out, c_in_g = w.shape[:2]
+    ho, wo = out_shape
+    th, tw = -(-ho // 2), -(-wo // 2)
+    u = _winograd_weights(w, groups)
+    b = _bias_arg(bias, x.dtype)
+    out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
+    vbuf = mbuf = None
+    for images, t0, rows in _winograd_units(n, th, tw):
+        length = (images.stop - images.start) * rows * tw
+        if vbuf is None or mbuf is None or vbuf.size < 16 * c_in * length:
+            vbuf = np.empty(16 * c_in * length, dtype=x.dtype)
+            mbuf = np.empty(16 * c_out * length, dtype=x.dtype)
+        v = vbuf[: 16 * c_in * length].reshape(16, c_in, length)
+        m = mbuf[: 16 * c_out * length].reshape(16, groups, c_out // groups, length)
+        k.winograd.input_transform(x[images], pt, pl, t0, rows, tw, v)
+        np.matmul(u, v.reshape(16, groups, c_in_g, length), out=m)
+        k.winograd.output_transform(m.reshape(16, c_out, length), b, t0, rows, tw, out[images])
+    return out
+
+
+def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl: int,
+                       groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both gradients of :func:`_winograd_forward`'s convolution from one input transform and
+    one output-gradient transform per unit: ``dV = U^T dM`` and ``dU = sum dM V^T``."""
+    k = _kernels()
+    n, c_in = x.shape[:2]
+    c_out, c_in_g = w.shape[:2]
+    c_out_g = c_out // groups
+    ho, wo = gy.shape[2:]
+    th, tw = -(-ho // 2), -(-wo // 2)
+    ut = np.ascontiguousarray(_winograd_weights(w, groups).swapaxes(-1, -2))
+    gx = np.zeros_like(x)
+    gu = np.zeros((16, groups, c_out_g, c_in_g), dtype=x.dtype)
+    for images, t0, rows in _winograd_units(n, th, tw):
+        length = (images.stop - images.start) * rows * tw
+        v = np.empty((16, c_in, length), dtype=x.dtype)
+        dm = np.empty((16, c_out, length), dtype=x.dtype)
+        k.winograd.input_transform(x[images], pt, pl, t0, rows, tw, v)
+        k.winograd.output_grad_transform(gy[images], t0, rows, tw, dm)
+        dmg = dm.reshape(16, groups, c_out_g, length)
+        dv = np.matmul(ut, dmg)
+        k.winograd.input_grad_transform(dv.reshape(16, c_in, length), pt, pl, t0, rows, tw,
+                                        gx[images])
+        gu += np.matmul(dmg, v.reshape(16, groups, c_in_g, length).swapaxes(-1, -2))
+    gw = np.einsum("ia,ijoc,jb->ocab", _G, gu.reshape(4, 4, c_out, c_in_g).astype(np.float64), _G)
+    return gx, gw.astype(x.dtype)
+
+
+def correlate_backward(
+    x: np.ndarray,
+    grad: np.ndarray,
+    weight: np.ndarray,
+    pairs: Pairs,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(grad_input, grad_weight)`` of :func:`correlate` with zero padding ``pairs``, for the
+    unpadded input ``x``. Winograd and depthwise read the borders by bounds; the other paths
+    pad, lower, and crop."""
+    if _fast(x, grad, weight):
+        x4, g4, w4 = _as_4d(x), _as_4d(grad), _as_4d(weight)
+        st, dl, pads = _pair(stride, 1), _pair(dilation, 1), _pads(pairs)
+        c_out, c_in_g, kh, kw = w4.shape
+        if _winograd_ok(w4.shape, st, dl, backward=True):
+            gx4, gw4 = _winograd_backward(x4, g4, w4, pads[0], pads[2], groups)
+            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
+        if c_in_g == 1 and c_out == groups:
+            k = _kernels()
+            wd = np.ascontiguousarray(w4.reshape(c_out, kh, kw))
+            gx4 = np.empty_like(x4)
+            k.depthwise.depthwise_input_grad(g4, wd, *st, *dl, pads[0], pads[2], gx4)
+            part = k.depthwise.depthwise_weight_grad(x4, g4, kh, kw, *st, *dl, pads[0], pads[2])
+            gw4 = part.sum(axis=0).astype(x.dtype).reshape(c_out, 1, kh, kw)
+            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
+    xp = pad_pairs(x, pairs)
+    gxp = correlate_input_grad(grad, weight, xp.shape[2:], stride, dilation, groups)
+    inner = tuple(slice(lo, lo + size) for (lo, _), size in zip(pairs, x.shape[2:], strict=True))
+    gx = np.ascontiguousarray(gxp[_index(*inner)])
+    gw = correlate_weight_grad(xp, grad, tuple(weight.shape[2:]), stride, dilation, groups)
+    return gx, gw
 
 
 def _input_grad_fast(gy: np.ndarray, w: np.ndarray, padded: tuple[int, int], stride: tuple[int, int],
@@ -252,7 +442,8 @@ def _input_grad_fast(gy: np.ndarray, w: np.ndarray, padded: tuple[int, int], str
     c_in = c_in_g * groups
     if c_in_g == 1 and c_out == groups:  # plain depthwise; a multiplier takes the GEMM path
         gxp = np.zeros((n, c_in, *padded), dtype=gy.dtype)
-        k.depthwise.depthwise_input_grad(gy, w.reshape(c_out, kh, kw), *stride, *dilation, gxp)
+        k.depthwise.depthwise_input_grad(gy, np.ascontiguousarray(w.reshape(c_out, kh, kw)),
+                                         *stride, *dilation, 0, 0, gxp)
         return gxp
     taps_t = w.reshape(groups, c_out // groups, c_in_g * kh * kw).swapaxes(1, 2)
     gyg = gy.reshape(n, groups, c_out // groups, ho * wo)
@@ -280,7 +471,7 @@ def _weight_grad_fast(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, int], s
     kh, kw = kernel
     c_in_g, c_out_g = c_in // groups, c_out // groups
     if c_in_g == 1:
-        part = k.depthwise.depthwise_weight_grad(xp, gy, kh, kw, *stride, *dilation)
+        part = k.depthwise.depthwise_weight_grad(xp, gy, kh, kw, *stride, *dilation, 0, 0)
         return part.sum(axis=0).astype(xp.dtype).reshape(c_out, 1, kh, kw)
     gyg = gy.reshape(n, groups, c_out_g, ho * wo)
     if kh == kw == 1:

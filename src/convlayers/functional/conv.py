@@ -136,9 +136,12 @@ def _conv(
     w = float_array(weight, "weight")
     b = None if bias is None else float_array(bias, "bias")
     spec = conv_spec(x, w, b, stride, padding, dilation, groups, padding_mode)
-    out = _engine.correlate(_padded(x, spec), w, spec.stride, spec.dilation, spec.groups, spec.out_shape)
-    if b is not None:
-        out += b.reshape((1, -1) + (1,) * n)
+    if spec.padding_mode == "zeros":  # the engine reads the borders itself (no padded copy)
+        out = _engine.correlate(x, w, spec.stride, spec.dilation, spec.groups, spec.out_shape,
+                                pairs=spec.pairs, bias=b)
+    else:
+        out = _engine.correlate(_padded(x, spec), w, spec.stride, spec.dilation, spec.groups,
+                                spec.out_shape, bias=b)
     return unbatch(out, unbatched)
 
 
@@ -276,14 +279,16 @@ def conv_backward(
     if gy.shape != expected:
         raise ValueError(f"grad_output must have shape {expected}, got {gy.shape}")
     same_dtype(x, gy, "input", "grad_output")
-    xp = _padded(x, spec)
-    gxp = _engine.correlate_input_grad(gy, w, xp.shape[2:], spec.stride, spec.dilation, spec.groups)
     if spec.padding_mode == "zeros":
-        inner = tuple(slice(lo, lo + size) for (lo, _), size in zip(spec.pairs, x.shape[2:], strict=True))
-        gx = np.ascontiguousarray(gxp[(..., *inner)])
+        gx, gw = _engine.correlate_backward(x, gy, w, spec.pairs, spec.stride, spec.dilation,
+                                            spec.groups)
     else:
+        xp = _padded(x, spec)
+        gxp = _engine.correlate_input_grad(gy, w, xp.shape[2:], spec.stride, spec.dilation,
+                                           spec.groups)
         gx = pad_backward(gxp, x.shape, spec.torch_pad(), spec.padding_mode)
-    gw = _engine.correlate_weight_grad(xp, gy, tuple(w.shape[2:]), spec.stride, spec.dilation, spec.groups)
+        gw = _engine.correlate_weight_grad(xp, gy, tuple(w.shape[2:]), spec.stride, spec.dilation,
+                                           spec.groups)
     gb = gy.sum(axis=(0, *range(2, gy.ndim)), dtype=gy.dtype) if with_bias else None
     return unbatch(gx, unbatched), gw, gb
 

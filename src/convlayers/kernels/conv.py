@@ -13,9 +13,10 @@ machine code on disk.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
-__all__ = ["col2im", "im2col"]
+__all__ = ["col2im", "im2col", "im2col_pad"]
 
 
 @njit(parallel=True, cache=True)
@@ -58,3 +59,41 @@ def col2im(cols, kh, kw, sh, sw, dh, dw, oh0, Wo, gxp):
                     base = oh * Wo
                     for ow in range(Wo):
                         dst[ow * sw + off] += src[base + ow]
+
+
+@njit(parallel=True, cache=True)
+def im2col_pad(x, kh, kw, sh, sw, dh, dw, pt, pl, oh0, Wo, cols):
+    """:func:`im2col` straight from the *unpadded* images ``x`` ``(nb, C, H, W)``: taps outside
+    the image (top/left padding ``pt``, ``pl``; the rest implied by the output size) are zero."""
+    nb, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    Ho = cols.shape[2] // Wo
+    zero = np.zeros(1, dtype=cols.dtype)[0]
+    for q in prange(nb * C):
+        n = q // C
+        c = q - n * C
+        for a in range(kh):
+            for b in range(kw):
+                dst = cols[n, (c * kh + a) * kw + b]
+                off = b * dw - pl
+                lo = 0 if off >= 0 else (-off + sw - 1) // sw
+                last = W - 1 - off
+                hi = 0 if last < 0 else min(Wo, last // sw + 1)
+                hi = max(lo, hi)
+                for oh in range(Ho):
+                    ih = (oh0 + oh) * sh + a * dh - pt
+                    base = oh * Wo
+                    if ih < 0 or ih >= H:
+                        for ow in range(Wo):
+                            dst[base + ow] = zero
+                        continue
+                    src = x[n, c, ih]
+                    for ow in range(lo):
+                        dst[base + ow] = zero
+                    if sw == 1:
+                        for ow in range(lo, hi):
+                            dst[base + ow] = src[ow + off]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[base + ow] = src[ow * sw + off]
+                    for ow in range(hi, Wo):
+                        dst[base + ow] = zero

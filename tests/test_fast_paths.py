@@ -294,10 +294,34 @@ def test_winograd_slabs_and_units_give_the_same_result(monkeypatch: pytest.Monke
     gx, gw, _ = F.conv_backward(g, x, w, padding=1)
     monkeypatch.setattr(_engine, "WINOGRAD_SLAB_TILES", tiles)
     monkeypatch.setattr(_engine, "WINOGRAD_UNIT_TILES", tiles)
+    monkeypatch.setattr(_engine, "WINOGRAD_BLOCK_TILES", tiles)
+    monkeypatch.setattr(_engine, "WINOGRAD_BLOCK_TILES_BWD", tiles)
     assert_close(F.conv2d(x, w, b, padding=1), whole, "slabs forward")
     sgx, sgw, _ = F.conv_backward(g, x, w, padding=1)
     assert_close(sgx, gx, "slabs grad_input")
     assert_close(sgw, gw, "slabs grad_weight")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_winograd_fused_backward_and_thread_counts(threads: int, batch: int) -> None:
+    """The fused kernels (one image per unit backward, scratch per thread) against torch for
+    any thread count; with fewer images than threads the backward takes the per-plane path."""
+    rng = np.random.default_rng(8)
+    x = random_array(rng, (batch, 18, 9, 12), np.float32)[..., ::-1]
+    w = random_array(rng, (20, 9, 3, 3), np.float32)
+    b = random_array(rng, (20,), np.float32)
+    g = random_array(rng, (batch, 20, 9, 12), np.float32)
+    tx, tw = torch.tensor(x.copy(), requires_grad=True), torch.tensor(w, requires_grad=True)
+    ty = tF.conv2d(tx, tw, torch.tensor(b), padding=1, groups=2)
+    ty.backward(torch.tensor(g))
+    with config.settings(threads=threads):
+        y = F.conv2d(x, w, b, padding=1, groups=2)
+        gx, gw, _ = F.conv_backward(g, x, w, padding=1, groups=2)
+    assert_close(y, ty, "forward")
+    assert_close(gx, tx.grad, "grad_input")
+    assert_close(gw, tw.grad, "grad_weight")
+    np.testing.assert_array_equal(F.conv2d(x, w, b, padding=1, groups=2), y)
 
 
 def test_winograd_float64_stays_float64() -> None:

@@ -13,13 +13,19 @@ padded; the public functions in ``conv.py`` and ``conv_transpose.py`` do that.
 Fast paths (1-D and 2-D, float32/float64; everything else takes the loop above):
 
 - 3x3 stride-1 with enough channels per group (:data:`WINOGRAD_MIN_CHANNELS`): Winograd
-  F(2x2,3x3) (:mod:`convlayers.kernels.winograd`), forward with the bias fused, and both
-  gradients from one input transform and one output-gradient transform
-  (:func:`correlate_backward`);
+  F(2x2,3x3) (:mod:`convlayers.kernels.winograd`) in one numba parallel region (transforms and
+  the 16 products of a block of tile rows per unit, the products by a register-blocked numba
+  micro-kernel: no BLAS, no hand-over between thread pools), forward with the bias fused, and
+  both gradients from one input transform and one output-gradient transform per unit
+  (:func:`correlate_backward`; one image per unit, so with fewer images than threads the
+  older per-plane transforms and ``np.matmul`` serve it);
 - depthwise (``C_in/groups == 1``, any channel multiplier): direct numba kernels
   (:mod:`convlayers.kernels.depthwise`), forward and both gradients;
 - 1x1 kernels: one batched ``np.matmul`` of ``(g, C_out/g, C_in/g)`` weights with the images
   viewed as ``(N, g, C_in/g, H*W)``, no copy at stride 1;
+- ungrouped convolutions whose one-image column buffer is small (:data:`FUSED_COLUMN_BYTES`),
+  with at least as many images as threads: im2col and the GEMM of one image per unit in one
+  parallel region, by the same micro-kernel;
 - the rest: im2col into a reused column buffer, a chunk of images at a time
   (:mod:`convlayers.kernels.conv`), then one GEMM per image and group; the input gradient is
   the transposed GEMM followed by col2im, the weight gradient ``grad @ cols^T``.
@@ -36,6 +42,7 @@ whatever the cap; the scratch is at most one slab (or image) beyond the cap.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -71,6 +78,27 @@ def _kernels() -> Any:
 
     config.apply_numba_threads()
     return kernels
+
+
+def _numba_threads() -> int:
+    """Threads of numba's pool the kernels run with (after :func:`_kernels`)."""
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+@contextmanager
+def _dynamic_units() -> Iterator[None]:
+    """Hand out the units of the fused kernels one at a time (numba's ``prange`` otherwise
+    splits them into one static chunk per thread, and a core slowed by a neighbour holds up
+    the call)."""
+    import numba
+
+    saved = numba.set_parallel_chunksize(1)
+    try:
+        yield
+    finally:
+        numba.set_parallel_chunksize(saved)
 
 
 def _index(*trailing: slice) -> Any:
@@ -282,6 +310,11 @@ def _correlate_fast(x: np.ndarray, w: np.ndarray, stride: tuple[int, int],
         xp = pad_pairs(x, ((pads[0], pads[1]), (pads[2], pads[3])))
         xs = _subsampled(xp, stride, out_shape).reshape(n, groups, c_in_g, ho * wo)
         np.matmul(taps, xs, out=out)
+    elif _lowered_fused_ok(n, c_in * kh * kw, ho * wo, groups, x.itemsize):
+        k.conv.lowered_fused(x, np.ascontiguousarray(taps[0]), _bias_arg(bias, x.dtype), kh, kw,
+                             *stride, *dilation, pt, pl, wo, _numba_threads(),
+                             out.reshape(n, c_out, ho * wo))
+        return out.reshape(n, c_out, ho, wo)
     else:
         buf = None
         for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, x.itemsize):
@@ -300,6 +333,17 @@ def _correlate_fast(x: np.ndarray, w: np.ndarray, stride: tuple[int, int],
     return out
 
 
+#: The fused lowering (:func:`convlayers.kernels.conv.lowered_fused`: im2col of one image and its
+#: GEMM by the numba micro-kernel in one parallel region, no BLAS) serves ungrouped convolutions
+#: whose one-image column buffer is at most this many bytes, with at least as many images as
+#: threads.
+FUSED_COLUMN_BYTES = 4 * 2**20
+
+
+def _lowered_fused_ok(n: int, rows: int, length: int, groups: int, itemsize: int) -> bool:
+    return groups == 1 and n >= _numba_threads() and rows * length * itemsize <= FUSED_COLUMN_BYTES
+
+
 # ----------------------------------------------------------------------------- Winograd F(2x2,3x3)
 
 #: Winograd serves 3x3 stride-1 convolutions with at least this many input channels per group
@@ -314,6 +358,12 @@ WINOGRAD_SLAB_TILES = 1 << 12
 #: scratch cap; the scratch is one unit (``16*(C_in + C_out)*tiles*itemsize``, a few tens of MiB
 #: at most), however small the cap.
 WINOGRAD_UNIT_TILES = 3136
+#: Tiles per unit of the fused forward (:func:`convlayers.kernels.winograd.forward_fused`): the
+#: unit's transforms (``16*(C_in + C_out)*tiles*itemsize``, under 1 MiB for 64 channels) stay in
+#: the core's cache from the input transform to the output transform.
+WINOGRAD_BLOCK_TILES = 224
+#: The same for the fused backward (three transforms per unit: input, output gradient, dV).
+WINOGRAD_BLOCK_TILES_BWD = 112
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
@@ -346,28 +396,24 @@ def _winograd_units(n: int, th: int, tw: int) -> Iterator[tuple[slice, int, int]
         yield slice(start, min(start + step, n)), 0, th
 
 
+def _winograd_rows(tw: int, tiles: int) -> int:
+    """Tile rows per fused unit: about ``tiles`` tiles (geometry only)."""
+    return max(1, -(-tiles // tw))
+
+
 def _winograd_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, pt: int, pl: int,
                       groups: int, out_shape: tuple[int, int]) -> np.ndarray:
-    """Input transform, 16 GEMMs per unit (``np.matmul``), output transform with the bias."""
+    """Transforms and the 16 products of each block of tile rows in one parallel region."""
     k = _kernels()
-    n, c_in = x.shape[:2]
-    c_out, c_in_g = w.shape[:2]
+    n = x.shape[0]
+    c_out = w.shape[0]
     ho, wo = out_shape
-    th, tw = -(-ho // 2), -(-wo // 2)
     u = _winograd_weights(w, groups)
-    b = _bias_arg(bias, x.dtype)
     out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
-    vbuf = mbuf = None
-    for images, t0, rows in _winograd_units(n, th, tw):
-        length = (images.stop - images.start) * rows * tw
-        if vbuf is None or mbuf is None or vbuf.size < 16 * c_in * length:
-            vbuf = np.empty(16 * c_in * length, dtype=x.dtype)
-            mbuf = np.empty(16 * c_out * length, dtype=x.dtype)
-        v = vbuf[: 16 * c_in * length].reshape(16, c_in, length)
-        m = mbuf[: 16 * c_out * length].reshape(16, groups, c_out // groups, length)
-        k.winograd.input_transform(x[images], pt, pl, t0, rows, tw, v)
-        np.matmul(u, v.reshape(16, groups, c_in_g, length), out=m)
-        k.winograd.output_transform(m.reshape(16, c_out, length), b, t0, rows, tw, out[images])
+    rows = _winograd_rows(-(-wo // 2), WINOGRAD_BLOCK_TILES)
+    with _dynamic_units():
+        k.winograd.forward_fused(x, u, _bias_arg(bias, x.dtype), pt, pl, rows, _numba_threads(),
+                                 out)
     return out
 
 
@@ -382,6 +428,16 @@ def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl
     ho, wo = gy.shape[2:]
     th, tw = -(-ho // 2), -(-wo // 2)
     ut = np.ascontiguousarray(_winograd_weights(w, groups).swapaxes(-1, -2))
+    threads = _numba_threads()
+    if n >= threads:  # one image per unit: every thread gets work
+        gx = np.empty_like(x)
+        gut = np.empty((threads, 16, groups, c_out_g, c_in_g), dtype=x.dtype)
+        rows = _winograd_rows(tw, WINOGRAD_BLOCK_TILES_BWD)
+        with _dynamic_units():
+            k.winograd.backward_fused(x, gy, ut, pt, pl, rows, gx, gut)
+        gu4 = gut.sum(axis=0, dtype=np.float64).reshape(4, 4, c_out, c_in_g)
+        gw = np.einsum("ia,ijoc,jb->ocab", _G, gu4, _G)
+        return gx, gw.astype(x.dtype)
     gx = np.zeros_like(x)
     gu = np.zeros((16, groups, c_out_g, c_in_g), dtype=x.dtype)
     for images, t0, rows in _winograd_units(n, th, tw):

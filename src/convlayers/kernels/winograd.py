@@ -21,10 +21,12 @@ rows of the transform (or its own output plane), so threads never share memory.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["input_grad_transform", "input_transform", "output_grad_transform", "output_transform"]
+__all__ = ["backward_fused", "forward_fused", "input_grad_transform", "input_transform",
+           "output_grad_transform", "output_transform"]
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -227,3 +229,355 @@ def input_grad_transform(dv, pt, pl, th0, TH, TW, gx):
             src = plane[pr]
             for cc in range(c_lo, c_hi):
                 dst[cc] += src[cc + pl]
+
+
+# ----------------------------------------------------------------------------- fused, blocked
+#
+# The kernels below run a whole Winograd convolution in one parallel region: each unit of work is
+# a block of tile rows of one image, whose transforms (16 x channels x block tiles, a few hundred
+# KiB) stay in the core's cache between the input transform, the 16 products and the output
+# transform. The products are the register-blocked micro-kernels ``_gemm`` / ``_gemm_nt_add``
+# (4 x 4 blocks, the innermost loop along the tiles; LLVM emits packed 512-bit FMAs on AVX-512),
+# so no BLAS call and no hand-over between thread pools happens inside the convolution. Measured
+# single-threaded on the 2-core AVX-512 machine: 180 GFLOP/s for 64x64 @ 64x224 against 100 for
+# OpenBLAS's (AVX2) sgemm. Units are handed out one at a time (``parallel_chunksize(1)``) so a
+# core slowed by a neighbour takes fewer (the engine sets it: a ``with`` inside
+# would make the kernels uncachable); each thread owns its scratch (``get_thread_id``).
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _gemm(u, v, m):
+    """``m = u @ v`` for C-contiguous 2-D ``u (P, K)``, ``v (K, L)``, ``m (P, L)``."""
+    P, K = u.shape
+    L = v.shape[1]
+    K4 = K - K % 4
+    p = 0
+    while p < P:
+        if p + 4 <= P:
+            c0, c1, c2, c3 = m[p], m[p + 1], m[p + 2], m[p + 3]
+            u0, u1, u2, u3 = u[p], u[p + 1], u[p + 2], u[p + 3]
+            for j in range(L):
+                c0[j] = 0
+                c1[j] = 0
+                c2[j] = 0
+                c3[j] = 0
+            for k in range(0, K4, 4):
+                v0, v1, v2, v3 = v[k], v[k + 1], v[k + 2], v[k + 3]
+                a00, a01, a02, a03 = u0[k], u0[k + 1], u0[k + 2], u0[k + 3]
+                a10, a11, a12, a13 = u1[k], u1[k + 1], u1[k + 2], u1[k + 3]
+                a20, a21, a22, a23 = u2[k], u2[k + 1], u2[k + 2], u2[k + 3]
+                a30, a31, a32, a33 = u3[k], u3[k + 1], u3[k + 2], u3[k + 3]
+                for j in range(L):
+                    x0, x1, x2, x3 = v0[j], v1[j], v2[j], v3[j]
+                    c0[j] += a00 * x0 + a01 * x1 + a02 * x2 + a03 * x3
+                    c1[j] += a10 * x0 + a11 * x1 + a12 * x2 + a13 * x3
+                    c2[j] += a20 * x0 + a21 * x1 + a22 * x2 + a23 * x3
+                    c3[j] += a30 * x0 + a31 * x1 + a32 * x2 + a33 * x3
+            for k in range(K4, K):
+                vk = v[k]
+                a0, a1, a2, a3 = u0[k], u1[k], u2[k], u3[k]
+                for j in range(L):
+                    xk = vk[j]
+                    c0[j] += a0 * xk
+                    c1[j] += a1 * xk
+                    c2[j] += a2 * xk
+                    c3[j] += a3 * xk
+            p += 4
+        else:
+            c0 = m[p]
+            u0 = u[p]
+            for j in range(L):
+                c0[j] = 0
+            for k in range(K):
+                vk = v[k]
+                a0 = u0[k]
+                for j in range(L):
+                    c0[j] += a0 * vk[j]
+            p += 1
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _gemm_nt_add(a, b, acc):
+    """``acc += a @ b.T`` for ``a (P, L)``, ``b (Q, L)``, ``acc (P, Q)`` (dot products along L)."""
+    P, L = a.shape
+    Q = b.shape[0]
+    zero = np.zeros(1, dtype=a.dtype)[0]
+    for p in range(0, P, 2):
+        two = p + 1 < P
+        a0 = a[p]
+        a1 = a[p + 1] if two else a[p]
+        for q in range(0, Q, 4):
+            if q + 4 <= Q:
+                b0, b1, b2, b3 = b[q], b[q + 1], b[q + 2], b[q + 3]
+                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+                for j in range(L):
+                    x0, x1 = a0[j], a1[j]
+                    y0, y1, y2, y3 = b0[j], b1[j], b2[j], b3[j]
+                    s00 += x0 * y0
+                    s01 += x0 * y1
+                    s02 += x0 * y2
+                    s03 += x0 * y3
+                    s10 += x1 * y0
+                    s11 += x1 * y1
+                    s12 += x1 * y2
+                    s13 += x1 * y3
+                acc[p, q] += s00
+                acc[p, q + 1] += s01
+                acc[p, q + 2] += s02
+                acc[p, q + 3] += s03
+                if two:
+                    acc[p + 1, q] += s10
+                    acc[p + 1, q + 1] += s11
+                    acc[p + 1, q + 2] += s12
+                    acc[p + 1, q + 3] += s13
+            else:
+                for qq in range(q, Q):
+                    bq = b[qq]
+                    s0 = s1 = zero
+                    for j in range(L):
+                        s0 += a0[j] * bq[j]
+                        s1 += a1[j] * bq[j]
+                    acc[p, qq] += s0
+                    if two:
+                        acc[p + 1, qq] += s1
+
+
+@njit(cache=True, fastmath=True)
+def _input_block(xn, pt, pl, th0, rows, TW, v, plane, t1):
+    """:func:`input_transform` of tile rows ``th0 .. th0 + rows`` of one image ``xn (C, H, W)``
+    into ``v (16, C, >= rows*TW)`` (column ``th*TW + tw``)."""
+    C, H, W = xn.shape
+    P, Q = 2 * rows + 2, 2 * TW + 2
+    top = pt - 2 * th0
+    c_lo, c_hi = max(0, -pl), min(W, Q - pl)
+    for c in range(C):
+        src = xn[c]
+        for pr in range(P):
+            prow = plane[pr]
+            for j in range(Q):
+                prow[j] = 0
+            ir = pr - top
+            if 0 <= ir < H:
+                srow = src[ir]
+                for cc in range(c_lo, c_hi):
+                    prow[cc + pl] = srow[cc]
+        for th in range(rows):
+            r = 2 * th
+            for j in range(Q):
+                d0 = plane[r, j]
+                d1 = plane[r + 1, j]
+                d2 = plane[r + 2, j]
+                d3 = plane[r + 3, j]
+                t1[0, j] = d0 - d2
+                t1[1, j] = d1 + d2
+                t1[2, j] = d2 - d1
+                t1[3, j] = d1 - d3
+            base = th * TW
+            for i in range(4):
+                row = t1[i]
+                o0, o1, o2, o3 = v[4 * i, c], v[4 * i + 1, c], v[4 * i + 2, c], v[4 * i + 3, c]
+                for tw in range(TW):
+                    s = 2 * tw
+                    a0, a1, a2, a3 = row[s], row[s + 1], row[s + 2], row[s + 3]
+                    o0[base + tw] = a0 - a2
+                    o1[base + tw] = a1 + a2
+                    o2[base + tw] = a2 - a1
+                    o3[base + tw] = a1 - a3
+
+
+@njit(cache=True, fastmath=True)
+def _output_block(m, bias, th0, rows, TW, outn):
+    """:func:`output_transform` of one block (``m (16, C_out, >= rows*TW)``) into ``outn``."""
+    C, Ho, Wo = outn.shape
+    has_bias = bias.shape[0] > 0
+    zero = np.zeros(1, dtype=outn.dtype)[0]
+    for c in range(C):
+        b = bias[c] if has_bias else zero
+        for th in range(rows):
+            base = th * TW
+            r0 = 2 * (th0 + th)
+            orow0 = outn[c, r0]
+            two = r0 + 1 < Ho
+            orow1 = outn[c, r0 + 1] if two else orow0
+            for tw in range(TW):
+                t = base + tw
+                m00, m01, m02, m03 = m[0, c, t], m[1, c, t], m[2, c, t], m[3, c, t]
+                m10, m11, m12, m13 = m[4, c, t], m[5, c, t], m[6, c, t], m[7, c, t]
+                m20, m21, m22, m23 = m[8, c, t], m[9, c, t], m[10, c, t], m[11, c, t]
+                m30, m31, m32, m33 = m[12, c, t], m[13, c, t], m[14, c, t], m[15, c, t]
+                s00 = m00 + m10 + m20
+                s01 = m01 + m11 + m21
+                s02 = m02 + m12 + m22
+                s03 = m03 + m13 + m23
+                s10 = m10 - m20 - m30
+                s11 = m11 - m21 - m31
+                s12 = m12 - m22 - m32
+                s13 = m13 - m23 - m33
+                col = 2 * tw
+                orow0[col] = s00 + s01 + s02 + b
+                if two:
+                    orow1[col] = s10 + s11 + s12 + b
+                if col + 1 < Wo:
+                    orow0[col + 1] = s01 - s02 - s03 + b
+                    if two:
+                        orow1[col + 1] = s11 - s12 - s13 + b
+
+
+@njit(cache=True, fastmath=True)
+def _output_grad_block(gyn, th0, rows, TW, dm):
+    """:func:`output_grad_transform` of one block of ``gyn (C_out, Ho, Wo)`` into ``dm``."""
+    C, Ho, Wo = gyn.shape
+    zero = np.zeros(1, dtype=gyn.dtype)[0]
+    for c in range(C):
+        g = gyn[c]
+        for th in range(rows):
+            base = th * TW
+            r0 = 2 * (th0 + th)
+            two = r0 + 1 < Ho
+            for tw in range(TW):
+                t = base + tw
+                col = 2 * tw
+                wide = col + 1 < Wo
+                p = g[r0, col]
+                qq = g[r0, col + 1] if wide else zero
+                r = g[r0 + 1, col] if two else zero
+                s = g[r0 + 1, col + 1] if (two and wide) else zero
+                u10, u11 = p + r, qq + s
+                u20, u21 = p - r, qq - s
+                dm[0, c, t] = p
+                dm[1, c, t] = p + qq
+                dm[2, c, t] = p - qq
+                dm[3, c, t] = -qq
+                dm[4, c, t] = u10
+                dm[5, c, t] = u10 + u11
+                dm[6, c, t] = u10 - u11
+                dm[7, c, t] = -u11
+                dm[8, c, t] = u20
+                dm[9, c, t] = u20 + u21
+                dm[10, c, t] = u20 - u21
+                dm[11, c, t] = -u21
+                dm[12, c, t] = -r
+                dm[13, c, t] = -r - s
+                dm[14, c, t] = s - r
+                dm[15, c, t] = s
+
+
+@njit(cache=True, fastmath=True)
+def _input_grad_block(dv, pt, pl, th0, rows, TW, gxn, plane, t1):
+    """:func:`input_grad_transform` of one block, *added* into ``gxn (C, H, W)``."""
+    C, H, W = gxn.shape
+    P, Q = 2 * rows + 2, 2 * TW + 2
+    top = pt - 2 * th0
+    c_lo, c_hi = max(0, -pl), min(W, Q - pl)
+    for c in range(C):
+        for pr in range(P):
+            for j in range(Q):
+                plane[pr, j] = 0
+        for th in range(rows):
+            base = th * TW
+            for i in range(4):
+                for j in range(Q):
+                    t1[i, j] = 0
+            for i in range(4):
+                e0, e1, e2, e3 = dv[4 * i, c], dv[4 * i + 1, c], dv[4 * i + 2, c], dv[4 * i + 3, c]
+                row = t1[i]
+                for tw in range(TW):
+                    t = base + tw
+                    a0, a1, a2, a3 = e0[t], e1[t], e2[t], e3[t]
+                    s = 2 * tw
+                    row[s] += a0
+                    row[s + 1] += a1 - a2 + a3
+                    row[s + 2] += a1 + a2 - a0
+                    row[s + 3] -= a3
+            r = 2 * th
+            for j in range(Q):
+                w0, w1, w2, w3 = t1[0, j], t1[1, j], t1[2, j], t1[3, j]
+                plane[r, j] += w0
+                plane[r + 1, j] += w1 - w2 + w3
+                plane[r + 2, j] += w1 + w2 - w0
+                plane[r + 3, j] -= w3
+        for pr in range(max(0, top), min(P, top + H)):
+            dst = gxn[c, pr - top]
+            src = plane[pr]
+            for cc in range(c_lo, c_hi):
+                dst[cc] += src[cc + pl]
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def forward_fused(x, u, bias, pt, pl, R, nt, out):
+    """The whole Winograd forward: ``out (N, C_out, Ho, Wo)`` from ``x (N, C_in, H, W)`` and
+    ``u (16, groups, C_out/g, C_in/g)`` (+ ``bias``, possibly empty), in units of ``R`` tile
+    rows of one image, with scratch for ``nt`` threads (numba's current thread count)."""
+    N, C = x.shape[0], x.shape[1]
+    G, Cog, Cig = u.shape[1], u.shape[2], u.shape[3]
+    Cout, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
+    TH, TW = (Ho + 1) // 2, (Wo + 1) // 2
+    R = min(R, TH)
+    nb = (TH + R - 1) // R
+    L = R * TW
+    vbuf = np.empty((nt, 16 * C * L), dtype=x.dtype)
+    mbuf = np.empty((nt, 16 * Cout * L), dtype=x.dtype)
+    pbuf = np.empty((nt, 2 * R + 2, 2 * TW + 2), dtype=x.dtype)
+    tbuf = np.empty((nt, 4, 2 * TW + 2), dtype=x.dtype)
+    for blk in prange(N * nb):
+        t = numba.get_thread_id()
+        n = blk // nb
+        th0 = (blk - n * nb) * R
+        rows = min(R, TH - th0)
+        lb = rows * TW
+        v = vbuf[t, : 16 * C * lb].reshape(16, C, lb)
+        m = mbuf[t, : 16 * Cout * lb].reshape(16, Cout, lb)
+        v4 = vbuf[t, : 16 * C * lb].reshape(16, G, Cig, lb)
+        m4 = mbuf[t, : 16 * Cout * lb].reshape(16, G, Cog, lb)
+        _input_block(x[n], pt, pl, th0, rows, TW, v, pbuf[t], tbuf[t])
+        for e in range(16):
+            for g in range(G):
+                _gemm(u[e, g], v4[e, g], m4[e, g])
+        _output_block(m, bias, th0, rows, TW, out[n])
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def backward_fused(x, gy, ut, pt, pl, R, gx, gu):
+    """Both gradients of :func:`forward_fused`'s convolution, one image per unit (its blocks of
+    ``R`` tile rows in order, so the overlapping input rows of two blocks never race):
+    ``gx (N, C_in, H, W)`` is *overwritten*; ``gu (threads, 16, groups, C_out/g, C_in/g)``
+    receives each thread's ``sum dM V^T`` (the caller sums over threads). ``ut`` is ``U^T``,
+    ``(16, groups, C_in/g, C_out/g)``."""
+    N, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    G, Cig, Cog = ut.shape[1], ut.shape[2], ut.shape[3]
+    Cout, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    TH, TW = (Ho + 1) // 2, (Wo + 1) // 2
+    R = min(R, TH)
+    nb = (TH + R - 1) // R
+    L = R * TW
+    nt = gu.shape[0]
+    vbuf = np.empty((nt, 16 * C * L), dtype=x.dtype)
+    dvbuf = np.empty((nt, 16 * C * L), dtype=x.dtype)
+    mbuf = np.empty((nt, 16 * Cout * L), dtype=x.dtype)
+    pbuf = np.empty((nt, 2 * R + 2, 2 * TW + 2), dtype=x.dtype)
+    tbuf = np.empty((nt, 4, 2 * TW + 2), dtype=x.dtype)
+    gu[:] = 0
+    for n in prange(N):
+        t = numba.get_thread_id()
+        gxn = gx[n]
+        for c in range(C):
+            for r in range(H):
+                for j in range(W):
+                    gxn[c, r, j] = 0
+        for b in range(nb):
+            th0 = b * R
+            rows = min(R, TH - th0)
+            lb = rows * TW
+            v = vbuf[t, : 16 * C * lb].reshape(16, C, lb)
+            dv = dvbuf[t, : 16 * C * lb].reshape(16, C, lb)
+            dm = mbuf[t, : 16 * Cout * lb].reshape(16, Cout, lb)
+            v4 = vbuf[t, : 16 * C * lb].reshape(16, G, Cig, lb)
+            dv4 = dvbuf[t, : 16 * C * lb].reshape(16, G, Cig, lb)
+            dm4 = mbuf[t, : 16 * Cout * lb].reshape(16, G, Cog, lb)
+            _input_block(x[n], pt, pl, th0, rows, TW, v, pbuf[t], tbuf[t])
+            _output_grad_block(gy[n], th0, rows, TW, dm)
+            for e in range(16):
+                for g in range(G):
+                    _gemm(ut[e, g], dm4[e, g], dv4[e, g])
+                    _gemm_nt_add(dm4[e, g], v4[e, g], gu[t, e, g])
+            _input_grad_block(dv, pt, pl, th0, rows, TW, gxn, pbuf[t], tbuf[t])

@@ -110,7 +110,7 @@ def image_files(paths: Iterable[str]) -> list[Path]:
     """Expand folders into the images they hold (sorted); check that every file exists."""
     found: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if p.is_dir() and p.suffix.lower() != ".zarr":  # a zarr store is one (chunked) image
             inside = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES
                             and q.is_file())
             if not inside:

@@ -19,6 +19,7 @@ from convlayers.cli._common import (
     progress,
     progress_enabled,
 )
+from convlayers.cli._dask import add_dask_flags, wants_dask
 
 _FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf")
 
@@ -58,6 +59,7 @@ def register(sub: Any) -> None:
     f.add_argument("--scale", choices=("auto", "clip", "stretch"), default="auto",
                    help="to 8 bits: clip to 0..255, stretch min..max to 0..255, or auto "
                    "(keep values already in 0..255, else stretch); default auto")
+    add_dask_flags(f)
     add_progress_flag(f)
     f.set_defaults(run=run_filter)
 
@@ -116,6 +118,31 @@ def run_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+def _filter_on_dask(args: argparse.Namespace, jobs: list[tuple[Path, str, Any]],
+                    targets: list[Path]) -> None:
+    """The same filtering, chunk by chunk on Dask; a .zarr output stays float and chunked."""
+    from convlayers import dask as cd
+    from convlayers.cli._dask import compute, dask_session
+    from convlayers.io import write_image
+
+    with dask_session(args) as client:
+        for (src, _, kernel), target in zip(jobs, targets, strict=True):
+            if src.suffix.lower() == ".zarr":
+                image = cd.open_image(src, chunks=args.chunks)
+            else:
+                import dask.array as da
+
+                pixels = _read(src, args.gray)
+                side = args.chunks or "auto"
+                image = da.from_array(pixels, chunks=(side, side, *pixels.shape[2:]))
+            response = cd.apply_filter(image, kernel, boundary=args.boundary)
+            if target.suffix.lower() == ".zarr":
+                cd.save(response, target)
+                continue
+            result = compute(response, client, progress_enabled(args))
+            write_image(target, to_uint8(result, args.scale))
+
+
 def run_filter(args: argparse.Namespace) -> int:
     """Filter every image with every filter; write 8-bit images atomically."""
     from convlayers.filters import apply_filter
@@ -130,9 +157,10 @@ def run_filter(args: argparse.Namespace) -> int:
     sources = image_files(args.images)
     single = len(sources) * len(kernels) == 1
     out = Path(args.output)
-    as_file = single and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+    zarr_out = out.suffix.lower() == ".zarr"
+    as_file = single and (zarr_out or (out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()))
     if as_file:
-        targets = [output_file(out, IMAGE_SUFFIXES)]
+        targets = [output_file(out, (*IMAGE_SUFFIXES, ".zarr"))]
     else:
         if out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
             raise CLIError(f"output {str(out)!r} looks like a file, but {len(sources)} image(s) "
@@ -140,6 +168,10 @@ def run_filter(args: argparse.Namespace) -> int:
         folder = output_dir(out)
         targets = [folder / f"{src.stem}_{name}.png" for src in sources for name, _ in kernels]
     jobs = [(src, name, k) for src in sources for name, k in kernels]
+    if wants_dask(args) or any(src.suffix.lower() == ".zarr" for src in sources):
+        _filter_on_dask(args, jobs, targets)
+        print(f"wrote {len(targets)} image(s) to {targets[0] if as_file else out}")
+        return 0
     for (src, _, kernel), target in progress(zip(jobs, targets, strict=True),
                                              progress_enabled(args), total=len(jobs),
                                              desc="filtering"):

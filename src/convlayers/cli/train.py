@@ -20,6 +20,7 @@ from convlayers.cli._common import (
     output_file,
     progress_enabled,
 )
+from convlayers.cli._dask import add_dask_flags, wants_dask
 
 DEFAULTS: dict[str, int | float] = {"epochs": 15, "lr": 3e-3, "batch_size": 32, "seed": 0,
                                     "augment_shift": 1}
@@ -98,7 +99,17 @@ def register(sub: Any) -> None:
                    help="weights (or a --checkpoint file) written by 'convlayers train'")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N",
+                   help="images per task on Dask (default 256)")
+    add_dask_flags(p, chunks=False)
     p.set_defaults(run=run_predict)
+
+
+def digit_chw(image: Any) -> Any:
+    """One picture as the digits model's ``(1, 8, 8)`` input (Dask workers call this)."""
+    from convlayers.train import digit_input
+
+    return digit_input(image)[0]
 
 
 def _check_train_args(args: argparse.Namespace) -> Path:
@@ -195,8 +206,18 @@ def run_predict(args: argparse.Namespace) -> int:
     except ValueError:
         pass  # an .npz file: no metadata, classes are the indices
     paths = image_files(args.images)
-    x = np.concatenate([digit_input(read_image(p)) for p in paths])
-    probs = np.asarray(softmax(predict_logits(model, x), dim=1), dtype=np.float64)
+    if wants_dask(args):
+        from convlayers import dask as cd
+        from convlayers.cli._dask import dask_session
+
+        if args.batch_size < 1:
+            raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+        with dask_session(args):
+            logits = cd.predict(model, [str(p) for p in paths], batch_size=args.batch_size,
+                                preprocess=digit_chw)
+    else:
+        logits = predict_logits(model, np.concatenate([digit_input(read_image(p)) for p in paths]))
+    probs = np.asarray(softmax(logits, dim=1), dtype=np.float64)
     records = [{"path": str(p), "class": classes[int(row.argmax())],
                 "probability": round(float(row.max()), 6),
                 "probabilities": [round(float(v), 6) for v in row]}

@@ -68,11 +68,12 @@ def main() -> None:
             x = da.random.default_rng(1).random(
                 (args.size, args.size), dtype=np.float32, chunks=args.chunk
             ).persist()
-            ours = _timed(lambda: cd.convolve2d(x, kernel, "same", "symm").sum().compute(),
-                          args.repeat)
             k32 = kernel.astype(np.float32)
-            theirs = _timed(lambda: ndfilters.convolve(x, k32, mode="reflect").sum().compute(),
-                            args.repeat)
+            ours = _timed(lambda x=x: cd.convolve2d(x, kernel, "same", "symm").sum().compute(),
+                          args.repeat)
+            theirs = _timed(
+                lambda x=x, k=k32: ndfilters.convolve(x, k, mode="reflect").sum().compute(),
+                args.repeat)
             print(f"{workers:>7} {mpx / ours:>17.1f} {mpx / theirs:>17.1f} {theirs / ours:>6.2f}")
             if args.model:
                 from convlayers.nn import MobileNetV2

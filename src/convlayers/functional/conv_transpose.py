@@ -23,7 +23,7 @@ from convlayers._validate import (
     same_dtype,
 )
 from convlayers.functional import _engine
-from convlayers.functional._common import batched, pad_pairs, unbatch
+from convlayers.functional._common import batched, pad_pairs, trailing, unbatch
 
 __all__ = [
     "conv_transpose1d",
@@ -75,7 +75,7 @@ def _conv_transpose(
     padded = tuple(o + 2 * p for o, p in zip(out_shape, padding_t, strict=True))
     full = _engine.correlate_input_grad(x, w, padded, stride_t, dilation_t, groups)
     crop = tuple(slice(p, p + o) for p, o in zip(padding_t, out_shape, strict=True))
-    out = np.ascontiguousarray(full[(..., *crop)])
+    out = np.ascontiguousarray(full[trailing(crop)])
     if bias is not None:
         b = float_array(bias, "bias")
         same_dtype(x, b, "input", "bias")

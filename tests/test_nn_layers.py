@@ -212,3 +212,41 @@ def test_module_mechanics() -> None:
     copy_weights(model.to(np.float64), torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.ReLU(),
                                                            torch.nn.Conv2d(2, 2, 1)).double())
     assert shared.weight.dtype == np.float64
+
+
+def test_inplace_activations_reuse_buffers_only_when_nothing_is_recorded() -> None:
+    from convlayers import no_grad, tensor
+
+    x = np.array([-1.0, 3.0, 9.0], np.float32)
+    out = nn.ReLU6(inplace=True)(x)
+    assert out is x and x.tolist() == [0.0, 3.0, 6.0]  # PyTorch's meaning of inplace=True
+    t = tensor(np.array([-1.0, 2.0]), requires_grad=True)
+    y = nn.ReLU(inplace=True)(t)
+    assert y is not t and t.data.tolist() == [-1.0, 2.0]  # recorded: the tape keeps its input
+    y.sum().backward()
+    assert t.grad.tolist() == [0.0, 1.0]
+    with no_grad():
+        z = tensor(np.array([-1.0, 2.0]))
+        assert nn.ReLU(inplace=True)(z) is z
+
+
+def test_blocks_give_the_same_numbers_with_buffer_reuse() -> None:
+    """Inference (in-place activations and residual add) equals the recorded forward pass."""
+    from convlayers import no_grad
+
+    block = nn.InvertedResidual(8, 8, 1, 6, rng=0).eval()
+    x = np.random.default_rng(0).standard_normal((2, 8, 9, 9)).astype(np.float32)
+    keep = x.copy()
+    recorded = block(x).numpy()
+    with no_grad():
+        reused = block(x).numpy()
+    np.testing.assert_array_equal(reused, recorded)
+    np.testing.assert_array_equal(x, keep)  # the caller's input is never overwritten
+
+
+def test_feature_maps_are_not_changed_by_a_later_inplace_relu() -> None:
+    block = nn.ConvNormAct(3, 4, rng=0).eval()
+    x = np.random.default_rng(1).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    maps = nn.feature_maps(block, x, ["1", "2"])
+    assert (maps["1"] < 0).any()  # BatchNorm output keeps its negative values
+    np.testing.assert_array_equal(maps["2"], np.clip(maps["1"], 0, None))

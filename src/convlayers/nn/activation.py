@@ -1,26 +1,50 @@
-"""Activation layers. ``inplace`` is accepted for drop-in compatibility with PyTorch code and
-changes nothing: arrays are never overwritten, so the tape can always read its inputs."""
+"""Activation layers.
+
+``inplace=True`` (as in PyTorch) overwrites the input instead of allocating an output, but
+only when nothing is being recorded for a gradient (inference under ``no_grad``, or plain
+arrays): the tape must be able to read every input later, so a recorded call always
+allocates. The blocks use in-place activations, so whole-model inference reuses each
+convolution's output buffer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from convlayers import functional as F
 from convlayers._validate import as_int
+from convlayers.autograd import Tensor, is_grad_enabled
 from convlayers.nn.module import Module, extra_args
 
 __all__ = ["LogSoftmax", "ReLU", "ReLU6", "Sigmoid", "Softmax", "Tanh", "make_activation"]
 
 
+def overwritable(x: Any) -> np.ndarray | None:
+    """The array under ``x`` if it may be overwritten: nothing records it for a gradient."""
+    if isinstance(x, Tensor):
+        if x.requires_grad and is_grad_enabled():
+            return None
+        x = x.data
+    if isinstance(x, np.ndarray) and x.flags.writeable and x.dtype.kind == "f":
+        return x
+    return None
+
+
 class _Inplace(Module):
     _fn: Callable[[Any], Any]
+    _fn_inplace: Callable[[np.ndarray], Any]
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
         self.inplace = bool(inplace)
 
     def forward(self, x: Any) -> Any:
+        if self.inplace and (data := overwritable(x)) is not None:
+            type(self)._fn_inplace(data)
+            return x
         return type(self)._fn(x)
 
     def extra_repr(self) -> str:
@@ -35,12 +59,14 @@ class ReLU(_Inplace):
     """
 
     _fn = staticmethod(F.relu)
+    _fn_inplace = staticmethod(lambda a: np.maximum(a, 0, out=a))
 
 
 class ReLU6(_Inplace):
     """``min(max(x, 0), 6)``, as ``torch.nn.ReLU6``: MobileNetV2's activation."""
 
     _fn = staticmethod(F.relu6)
+    _fn_inplace = staticmethod(lambda a: np.clip(a, 0, 6, out=a))
 
 
 class Sigmoid(Module):
@@ -81,12 +107,14 @@ class LogSoftmax(Softmax):
 _BY_NAME: dict[str, type[Module]] = {"relu": ReLU, "relu6": ReLU6, "sigmoid": Sigmoid, "tanh": Tanh}
 
 
-def make_activation(activation: str | Callable[[], Module] | None) -> Module | None:
+def make_activation(
+    activation: str | Callable[[], Module] | None, inplace: bool = False
+) -> Module | None:
     """An activation module from a name (``"relu"``, ``"relu6"``, ``"sigmoid"``, ``"tanh"``),
-    a Module class or factory, or ``None`` for none.
+    a Module class or factory, or ``None`` for none. ``inplace`` applies to named ReLUs.
 
-    >>> make_activation("relu6")
-    ReLU6()
+    >>> make_activation("relu6"), make_activation("relu", inplace=True)
+    (ReLU6(), ReLU(inplace=True))
     """
     if activation is None:
         return None
@@ -94,7 +122,8 @@ def make_activation(activation: str | Callable[[], Module] | None) -> Module | N
         if activation not in _BY_NAME:
             raise ValueError(f"activation must be one of {', '.join(map(repr, _BY_NAME))}, a Module "
                              f"class or None, got {activation!r}")
-        return _BY_NAME[activation]()
+        cls = _BY_NAME[activation]
+        return cls(inplace=True) if inplace and issubclass(cls, _Inplace) else cls()
     if callable(activation):
         return activation()
     raise TypeError(f"activation must be a name, a Module class or None, got {activation!r}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from convlayers._validate import as_int
 from convlayers.functional.stochastic import Rng, as_generator
-from convlayers.nn.activation import make_activation
+from convlayers.nn.activation import make_activation, overwritable
 from convlayers.nn.containers import Sequential
 from convlayers.nn.conv import Conv2d
 from convlayers.nn.module import Module
@@ -70,7 +70,7 @@ class ConvNormAct(Sequential):
                              bias=not norm if bias is None else bias, rng=rng, dtype=dtype))
         if norm:
             layers.append(BatchNorm2d(out_channels, eps=norm_eps, dtype=dtype))
-        act = make_activation(activation)
+        act = make_activation(activation, inplace=True)  # overwrites the fresh norm output
         if act is not None:
             layers.append(act)
         super().__init__(*layers)
@@ -163,4 +163,9 @@ class InvertedResidual(Module):
 
     def forward(self, x: Any) -> Any:
         out = self.conv(x)
-        return x + out if self.use_residual else out
+        if not self.use_residual:
+            return out
+        if (buffer := overwritable(out)) is not None and buffer.shape == np.shape(x):
+            buffer += getattr(x, "data", x)  # inference: add into the block's fresh output
+            return out
+        return x + out

@@ -108,7 +108,7 @@ def fuse(model: Module) -> Module:
     ConvNormAct(
       (0): Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
       (1): Identity()
-      (2): ReLU()
+      (2): ReLU(inplace=True)
     )
     >>> x = np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)
     >>> bool(np.allclose(fused(x), block.eval()(x), atol=1e-6))

@@ -45,12 +45,16 @@ def first_array(value: Any) -> np.ndarray | None:
 
 
 @contextmanager
-def record_calls(modules: Sequence[tuple[str, Module]]) -> Iterator[list[Call]]:
+def record_calls(
+    modules: Sequence[tuple[str, Module]], copy_outputs: bool = False
+) -> Iterator[list[Call]]:
     """Record every call of the given ``(name, module)`` pairs while the block runs.
 
     Yields the list that fills up, one :class:`Call` per call, in call order. Each module gets
     an instance attribute ``forward`` that calls the original and appends; it is removed (or
-    the previous instance attribute put back) on exit, even when the block raises.
+    the previous instance attribute put back) on exit, even when the block raises. With
+    ``copy_outputs`` each output array is copied as it is recorded, so a later in-place layer
+    (``ReLU(inplace=True)``, used by the blocks at inference) cannot change it.
 
     >>> from convlayers import nn
     >>> model = nn.Sequential(nn.ReLU(), nn.Flatten())
@@ -65,7 +69,10 @@ def record_calls(modules: Sequence[tuple[str, Module]]) -> Iterator[list[Call]]:
     def wrap(name: str, module: Module, forward: Any) -> Any:
         def recording_forward(*args: Any, **kwargs: Any) -> Any:
             out = forward(*args, **kwargs)
-            calls.append(Call(name, module, args[0] if args else None, out))
+            kept = out
+            if copy_outputs and (array := first_array(out)) is not None:
+                kept = array.copy()  # a later in-place layer (ReLU) must not change it
+            calls.append(Call(name, module, args[0] if args else None, kept))
             return out
         return recording_forward
 
@@ -131,7 +138,7 @@ def feature_maps(model: Module, x: Any, names: Sequence[str] | None = None) -> d
                              f"names include {', '.join(map(repr, valid))}"
                              f"{', ...' if len(named) > 9 else ''} (see model.named_modules())")
     outputs: dict[str, np.ndarray] = {}
-    with no_grad(), record_calls([(n, named[n]) for n in wanted]) as calls:
+    with no_grad(), record_calls([(n, named[n]) for n in wanted], copy_outputs=True) as calls:
         model(x)
     for call in calls:
         array = first_array(call.output)

@@ -331,3 +331,72 @@ def test_winograd_float64_stays_float64() -> None:
     y = F.conv2d(x, w, padding=1)
     assert y.dtype == np.float64
     assert_close(y, tF.conv2d(torch.tensor(x), torch.tensor(w), padding=1), "float64 winograd")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch", [0, 1, 5])
+@pytest.mark.parametrize("block_bytes", [1, 1 << 18])
+def test_pointwise_kernels_match_torch_and_numpy_path(monkeypatch: pytest.MonkeyPatch,
+                                                      threads: int, batch: int,
+                                                      block_bytes: int) -> None:
+    """1x1 convolutions (forward and both gradients) by the numba micro-kernel in column
+    blocks: tiny blocks (64 columns, a ragged last one), any thread count, grouped with output
+    channels not a multiple of 4, non-contiguous input, empty batch."""
+    monkeypatch.setattr(_engine, "POINTWISE_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(11)
+    x = random_array(rng, (batch, 14, 9, 23), np.float32)[..., ::-1]
+    w = random_array(rng, (22, 7, 1, 1), np.float32)
+    b = random_array(rng, (22,), np.float32)
+    with config.settings(threads=threads):
+        y = F.conv2d(x, w, b, groups=2)
+        expected, g, (tgx, tgw, _) = torch_grads(lambda a, v, c: tF.conv2d(a, v, c, groups=2),
+                                                 [x.copy(), w, b], 4)
+        gx, gw, _ = F.conv_backward(g, x, w, groups=2)
+        assert_close(y, expected, "forward")
+        assert_close(gx, tgx, "grad_input")
+        assert_close(gw, tgw, "grad_weight")
+        np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
+    with numpy_path():
+        assert_close(y, F.conv2d(x, w, b, groups=2), "forward vs NumPy path")
+        ngx, ngw, _ = F.conv_backward(g, x, w, groups=2)
+    assert_close(gx, ngx, "grad_input vs NumPy path")
+    assert_close(gw, ngw, "grad_weight vs NumPy path")
+    with config.settings(scratch_bytes=64):
+        np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
+
+
+def test_pointwise_unbatched_strided_padded_and_float64() -> None:
+    rng = np.random.default_rng(12)
+    for dtype in (np.float32, np.float64):
+        x = random_array(rng, (9, 11, 10), dtype)
+        w = random_array(rng, (5, 9, 1, 1), dtype)
+        y = F.conv2d(x, w, stride=2, padding=1)
+        expected, g, (tgx, tgw) = torch_grads(lambda a, v: tF.conv2d(a, v, stride=2, padding=1),
+                                              [x, w], 5)
+        assert y.dtype == dtype
+        assert_close(y, expected, "forward")
+        gx, gw, _ = F.conv_backward(g, x, w, stride=2, padding=1)
+        assert_close(gx, tgx, "grad_input")
+        assert_close(gw, tgw, "grad_weight")
+        y1 = F.conv1d(x[:, 0], w[:, :, 0], stride=1)
+        assert_close(y1, tF.conv1d(torch.tensor(x[:, 0]), torch.tensor(w[:, :, 0])), "conv1d")
+
+
+@pytest.mark.parametrize("batch", [0, 1, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_backward_scatter_matches_torch(batch: int, stride: int) -> None:
+    """The per-plane scatter (planes zeroed in the kernel): overlapping windows add up,
+    non-contiguous gradient, empty batch, unbatched input."""
+    rng = np.random.default_rng(13)
+    x = np.round(random_array(rng, (batch, 4, 11, 9), np.float32))  # ties
+    y, idx = F.max_pool2d(x, 3, stride, padding=1, return_indices=True)
+    g = random_array(rng, (*y.shape[:-1], 2 * y.shape[-1]), np.float32)[..., ::2]
+    gx = F.max_pool_backward(g, x, idx)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tF.max_pool2d(tx, 3, stride, padding=1)
+    ty.backward(torch.tensor(np.ascontiguousarray(g)))
+    assert_close(gx, tx.grad, "grad_input")
+    with numpy_path():
+        np.testing.assert_array_equal(F.max_pool_backward(g, x, idx), gx)
+    if batch:
+        np.testing.assert_array_equal(F.max_pool_backward(g[0], x[0], idx[0]), gx[0])

@@ -21,8 +21,11 @@ Fast paths (1-D and 2-D, float32/float64; everything else takes the loop above):
   older per-plane transforms and ``np.matmul`` serve it);
 - depthwise (``C_in/groups == 1``, any channel multiplier): direct numba kernels
   (:mod:`convlayers.kernels.depthwise`), forward and both gradients;
-- 1x1 kernels: one batched ``np.matmul`` of ``(g, C_out/g, C_in/g)`` weights with the images
-  viewed as ``(N, g, C_in/g, H*W)``, no copy at stride 1;
+- 1x1 kernels: the same micro-kernel over blocks of pixel columns
+  (:func:`convlayers.kernels.conv.pointwise`, one parallel region, no BLAS) with the images
+  viewed as ``(N, g, C_in/g, H*W)`` (no copy at stride 1); the input gradient is the same
+  kernel with the weights transposed, the weight gradient per-thread ``grad @ x^T`` sums
+  (:func:`convlayers.kernels.conv.pointwise_weight_grad`);
 - ungrouped convolutions whose one-image column buffer is small (:data:`FUSED_COLUMN_BYTES`),
   with at least as many images as threads: im2col and the GEMM of one image per unit in one
   parallel region, by the same micro-kernel;
@@ -309,25 +312,25 @@ def _correlate_fast(x: np.ndarray, w: np.ndarray, stride: tuple[int, int],
     if kh == kw == 1:
         xp = pad_pairs(x, ((pads[0], pads[1]), (pads[2], pads[3])))
         xs = _subsampled(xp, stride, out_shape).reshape(n, groups, c_in_g, ho * wo)
-        np.matmul(taps, xs, out=out)
-    elif _lowered_fused_ok(n, c_in * kh * kw, ho * wo, groups, x.itemsize):
+        _pointwise(xs, np.ascontiguousarray(taps), _bias_arg(bias, x.dtype), out)
+        return out.reshape(n, c_out, ho, wo)
+    if _lowered_fused_ok(n, c_in * kh * kw, ho * wo, groups, x.itemsize):
         k.conv.lowered_fused(x, np.ascontiguousarray(taps[0]), _bias_arg(bias, x.dtype), kh, kw,
                              *stride, *dilation, pt, pl, wo, _numba_threads(),
                              out.reshape(n, c_out, ho * wo))
         return out.reshape(n, c_out, ho, wo)
-    else:
-        buf = None
-        for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, x.itemsize):
-            nb, length = images.stop - images.start, rows * wo
-            if buf is None or buf.size < nb * c_in * kh * kw * length:
-                buf = np.empty(nb * c_in * kh * kw * length, dtype=x.dtype)
-            cols = buf[: nb * c_in * kh * kw * length].reshape(nb, c_in * kh * kw, length)
-            k.conv.im2col_pad(x[images], kh, kw, *stride, *dilation, pt, pl, r0, wo, cols)
-            cols4 = cols.reshape(nb, groups, c_in_g * kh * kw, length)
-            if rows == ho:
-                np.matmul(taps, cols4, out=out[images])
-            else:
-                out[images, :, :, r0 * wo : r0 * wo + length] = np.matmul(taps, cols4)
+    buf = None
+    for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, x.itemsize):
+        nb, length = images.stop - images.start, rows * wo
+        if buf is None or buf.size < nb * c_in * kh * kw * length:
+            buf = np.empty(nb * c_in * kh * kw * length, dtype=x.dtype)
+        cols = buf[: nb * c_in * kh * kw * length].reshape(nb, c_in * kh * kw, length)
+        k.conv.im2col_pad(x[images], kh, kw, *stride, *dilation, pt, pl, r0, wo, cols)
+        cols4 = cols.reshape(nb, groups, c_in_g * kh * kw, length)
+        if rows == ho:
+            np.matmul(taps, cols4, out=out[images])
+        else:
+            out[images, :, :, r0 * wo : r0 * wo + length] = np.matmul(taps, cols4)
     if bias is not None:
         out += bias.reshape(1, groups, c_out // groups, 1)
     return out
@@ -338,6 +341,27 @@ def _correlate_fast(x: np.ndarray, w: np.ndarray, stride: tuple[int, int],
 #: whose one-image column buffer is at most this many bytes, with at least as many images as
 #: threads.
 FUSED_COLUMN_BYTES = 4 * 2**20
+
+
+#: Bytes of the right-hand operand one unit of the 1x1 kernels reads (a block of pixel columns of
+#: one image, all its input channels; with the output gradient too for the weight gradient): it
+#: stays in the core's L2 cache while every output row block streams through it.
+POINTWISE_BLOCK_BYTES = 256 * 2**10
+
+
+def _pointwise_block(k_rows: int, length: int, itemsize: int) -> int:
+    """Pixel columns per unit of the 1x1 kernels (a multiple of 16, at least 64)."""
+    cols = POINTWISE_BLOCK_BYTES // max(1, k_rows * itemsize)
+    return int(min(length, max(64, cols // 16 * 16)))
+
+
+def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+    """``out[n, g] = taps[g] @ xs[n, g]`` (+ bias) by :func:`convlayers.kernels.conv.pointwise`:
+    ``xs (N, G, K, L)`` and ``taps (G, P, K)`` C-contiguous, ``out (N, G, P, L)``."""
+    k = _kernels()
+    block = _pointwise_block(xs.shape[2], xs.shape[3], xs.itemsize)
+    with _dynamic_units():
+        k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, out)
 
 
 def _lowered_fused_ok(n: int, rows: int, length: int, groups: int, itemsize: int) -> bool:
@@ -504,7 +528,9 @@ def _input_grad_fast(gy: np.ndarray, w: np.ndarray, padded: tuple[int, int], str
     taps_t = w.reshape(groups, c_out // groups, c_in_g * kh * kw).swapaxes(1, 2)
     gyg = gy.reshape(n, groups, c_out // groups, ho * wo)
     if kh == kw == 1:
-        part = np.matmul(taps_t, gyg).reshape(n, c_in, ho, wo)
+        part = np.empty((n, groups, c_in_g, ho * wo), dtype=gy.dtype)
+        _pointwise(gyg, np.ascontiguousarray(taps_t), np.empty(0, dtype=gy.dtype), part)
+        part = part.reshape(n, c_in, ho, wo)
         if stride == (1, 1) and padded == (ho, wo):
             return part
         gxp = np.zeros((n, c_in, *padded), dtype=gy.dtype)
@@ -532,7 +558,13 @@ def _weight_grad_fast(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, int], s
     gyg = gy.reshape(n, groups, c_out_g, ho * wo)
     if kh == kw == 1:
         xs = _subsampled(xp, stride, (ho, wo)).reshape(n, groups, c_in_g, ho * wo)
-        return np.matmul(gyg, xs.swapaxes(-1, -2)).sum(axis=0).reshape(c_out, c_in_g, 1, 1)
+        threads = _numba_threads()
+        acc = np.empty((threads, groups, c_out_g, c_in_g), dtype=xp.dtype)
+        block = _pointwise_block(c_in_g + c_out_g, ho * wo, xp.itemsize)
+        with _dynamic_units():
+            k.conv.pointwise_weight_grad(np.ascontiguousarray(xs), np.ascontiguousarray(gyg),
+                                         block, acc)
+        return acc.sum(axis=0).reshape(c_out, c_in_g, 1, 1)
     gw = np.zeros((groups, c_out_g, c_in_g * kh * kw), dtype=xp.dtype)
     buf = None
     for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, xp.itemsize):

@@ -386,7 +386,7 @@ def scatter_to_argmax(
         raise TypeError(f"indices must be an integer array, got dtype {idx.dtype}")
     if grad_output.dtype == input.dtype and grad_output.size:
         gy = np.ascontiguousarray(grad_output).reshape(n_planes, -1)
-        gx = np.zeros((n_planes, plane), dtype=input.dtype)
+        gx = np.empty((n_planes, plane), dtype=input.dtype)  # zeroed plane by plane in the kernel
         bad = _kernels().scatter_add_planes(gy, _planes(idx.astype(np.int64, copy=False),
                                                         (gy.shape[1],)), gx)
         if bad:
@@ -465,7 +465,7 @@ def avg_pool_backward(
     if _fast(x, spec) and gy.dtype == x.dtype:
         k, s, p, _, i, o = _as_2d(spec)
         div = np.ascontiguousarray(np.broadcast_to(np.asarray(divisor, dtype=x.dtype), o))
-        gx = np.zeros((x.shape[0] * x.shape[1], *i), dtype=x.dtype)
+        gx = np.empty((x.shape[0] * x.shape[1], *i), dtype=x.dtype)  # zeroed in the kernel
         _kernels().avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
         return unbatch(gx.reshape(x.shape), unbatched)
     share = gy / np.asarray(divisor, dtype=x.dtype)

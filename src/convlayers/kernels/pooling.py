@@ -139,11 +139,15 @@ def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out):
 
 @njit(parallel=True, cache=True)
 def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, div, gx):
-    """Add ``gy / div`` onto every input element of each window; ``gx`` starts at zero."""
+    """``gx[p] = 0``, then add ``gy / div`` onto every input element of each window (``gx`` may
+    start uninitialised: each plane is zeroed by the thread that fills it, see
+    :func:`scatter_add_planes`)."""
     P, H, W = gx.shape
     Ho, Wo = gy.shape[1], gy.shape[2]
     lo, hi = _interior(Wo, W, kw, sw, pw, 1)
     for p in prange(P):
+        for r in range(H):
+            gx[p, r, :] = 0
         share = np.empty(Wo, dtype=gx.dtype)
         for oh in range(Ho):
             grow = gy[p, oh]
@@ -170,11 +174,20 @@ def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, div, gx):
 
 @njit(parallel=True, cache=True)
 def scatter_add_planes(gy, idx, gx):
-    """``gx[p, idx[p, i]] += gy[p, i]``; returns how many indices fell outside ``[0, M)``."""
+    """``gx[p] = 0`` then ``gx[p, idx[p, i]] += gy[p, i]`` (``gx`` may start uninitialised);
+    returns how many indices fell outside ``[0, M)``.
+
+    Each plane is zeroed by the thread that then scatters into it: the zeroing writes the
+    plane's pages in order (first touch of freshly mapped memory, in parallel) and leaves the
+    plane in that core's cache for the scatter. Scattering into ``np.zeros`` memory instead
+    took the page faults in random order inside the scatter, 3x slower on 2 cores."""
     P, L = gy.shape
     M = gx.shape[1]
     bad = np.zeros(P, dtype=np.int64)
     for p in prange(P):
+        row = gx[p]
+        for j in range(M):
+            row[j] = 0
         for i in range(L):
             j = idx[p, i]
             if j < 0 or j >= M:

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-import torch.nn as tnn
-import torch.nn.functional as tF
 
 from convlayers import no_grad
 from convlayers.classify import classify, preprocess
@@ -19,66 +17,9 @@ from convlayers.nn.models import EfficientNetLite, efficientnet_lite0
 from convlayers.nn.models.efficientnet import load_wheel_state_dict, pretrained_lite0_path
 from convlayers.nn.padding import tf_same_padding
 from oracle import assert_close
+from twins import TorchLite0
 
 CAT_CLASSES = {281, 282, 283, 284, 285, 286, 287}  # tabby ... Egyptian cat, cougar, lynx
-
-
-def _tf_same(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
-    """TensorFlow's 'same' padding, written independently of convlayers."""
-    pads = []
-    for size in (x.shape[-1], x.shape[-2]):
-        out = -(-size // s)
-        total = max((out - 1) * s + k - size, 0)
-        pads += [total // 2, total - total // 2]
-    return tF.pad(x, pads)
-
-
-class _TorchBlock(tnn.Module):
-    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int) -> None:
-        super().__init__()
-        mid = cin * expand
-        self.k, self.stride, self.expand = k, stride, expand
-        if expand != 1:
-            self._expand_conv = tnn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = tnn.BatchNorm2d(mid, eps=1e-3)
-        self._depthwise_conv = tnn.Conv2d(mid, mid, k, stride, groups=mid, bias=False)
-        self._bn1 = tnn.BatchNorm2d(mid, eps=1e-3)
-        self._project_conv = tnn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = tnn.BatchNorm2d(cout, eps=1e-3)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = tF.relu6(self._bn0(self._expand_conv(x))) if self.expand != 1 else x
-        y = tF.relu6(self._bn1(self._depthwise_conv(_tf_same(y, self.k, self.stride))))
-        y = self._bn2(self._project_conv(y))
-        return x + y if self.residual else y
-
-
-class TorchLite0(tnn.Module):
-    """EfficientNet-Lite0 as the wheel's keys describe it, in plain torch."""
-
-    STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._conv_stem = tnn.Conv2d(3, 32, 3, 2, bias=False)
-        self._bn0 = tnn.BatchNorm2d(32, eps=1e-3)
-        blocks = []
-        for repeats, k, stride, expand, cin, cout in self.STAGES:
-            for r in range(repeats):
-                blocks.append(_TorchBlock(cin if r == 0 else cout, cout, k, stride if r == 0 else 1, expand))
-        self._blocks = tnn.ModuleList(blocks)
-        self._conv_head = tnn.Conv2d(320, 1280, 1, bias=False)
-        self._bn1 = tnn.BatchNorm2d(1280, eps=1e-3)
-        self._fc = tnn.Linear(1280, 1000)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = tF.relu6(self._bn0(self._conv_stem(_tf_same(x, 3, 2))))
-        for block in self._blocks:
-            x = block(x)
-        x = tF.relu6(self._bn1(self._conv_head(x)))
-        return self._fc(x.mean((2, 3)))
 
 
 @pytest.fixture(scope="module")

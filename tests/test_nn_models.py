@@ -11,58 +11,12 @@ from torch import nn as tnn
 from convlayers import nn, tensor
 from oracle import assert_close, random_array
 from test_nn_layers import compare_modules, copy_weights
+from twins import TInvertedResidual, TMobileNetV2, t_conv_bn_act
 
 R = np.random.default_rng(0)
 
 
 # torch twins: torchvision's Conv2dNormActivation / InvertedResidual / MobileNetV2, verbatim layout
-
-
-def t_conv_bn_act(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
-                  act: type[tnn.Module] | None = tnn.ReLU6) -> tnn.Sequential:
-    layers: list[tnn.Module] = [tnn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-                                tnn.BatchNorm2d(cout)]
-    return tnn.Sequential(*layers, *([act()] if act else []))
-
-
-class TInvertedResidual(tnn.Module):
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: float) -> None:
-        super().__init__()
-        hidden = round(inp * expand_ratio)
-        self.use_res_connect = stride == 1 and inp == oup
-        layers: list[tnn.Module] = []
-        if expand_ratio != 1:
-            layers.append(t_conv_bn_act(inp, hidden, k=1))
-        layers += [t_conv_bn_act(hidden, hidden, stride=stride, groups=hidden),
-                   tnn.Conv2d(hidden, oup, 1, 1, 0, bias=False), tnn.BatchNorm2d(oup)]
-        self.conv = tnn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.use_res_connect else self.conv(x)
-
-
-def _divisible(v: float, d: int = 8) -> int:
-    new = max(d, int(v + d / 2) // d * d)
-    return new + d if new < 0.9 * v else new
-
-
-class TMobileNetV2(tnn.Module):
-    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> None:
-        super().__init__()
-        cin, last = _divisible(32 * width_mult), _divisible(1280 * max(1.0, width_mult))
-        features: list[tnn.Module] = [t_conv_bn_act(3, cin, stride=2)]
-        for t, c, n, s in [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1],
-                           [6, 160, 3, 2], [6, 320, 1, 1]]:
-            for i in range(n):
-                features.append(TInvertedResidual(cin, _divisible(c * width_mult), s if i == 0 else 1, t))
-                cin = _divisible(c * width_mult)
-        features.append(t_conv_bn_act(cin, last, k=1))
-        self.features = tnn.Sequential(*features)
-        self.classifier = tnn.Sequential(tnn.Dropout(p=dropout), tnn.Linear(last, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = tnn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
-        return self.classifier(torch.flatten(x, 1))
 
 
 class SeedMobileBlock(tnn.Module):

@@ -400,3 +400,65 @@ def test_max_pool_backward_scatter_matches_torch(batch: int, stride: int) -> Non
         np.testing.assert_array_equal(F.max_pool_backward(g, x, idx), gx)
     if batch:
         np.testing.assert_array_equal(F.max_pool_backward(g[0], x[0], idx[0]), gx[0])
+
+
+LOWERED_BWD_CASES = [  # (C_in, C_out, kernel, stride, padding, dilation, spatial)
+    (6, 9, (3, 3), (2, 2), (1, 1), (1, 1), (11, 9)),
+    (5, 4, (3, 2), (1, 3), (0, 2), (2, 1), (10, 13)),
+    (3, 7, (2, 3), (3, 1), (2, 0), (1, 2), (8, 12)),
+    (1, 5, (3, 3), (1, 1), (1, 1), (1, 1), (7, 7)),  # one input channel, ungrouped
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch", [0, 1, 5, None])
+@pytest.mark.parametrize("case", LOWERED_BWD_CASES)
+def test_lowered_backward_fused_matches_torch_and_numpy_path(
+        monkeypatch: pytest.MonkeyPatch, threads: int, batch: int | None, case: tuple) -> None:
+    """Both gradients of an ungrouped lowered convolution in one parallel region (per-thread
+    weight-gradient accumulators, col2im per image): strides, paddings, dilations, one input
+    channel, non-contiguous input, empty/single/odd/unbatched, any thread count, tiny cap."""
+    c_in, c_out, kernel, stride, padding, dilation, spatial = case
+    calls: list[int] = []
+    fused = _engine._lowered_backward
+
+    def spy(*a: object, **k: object) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(1)
+        return fused(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_engine, "_lowered_backward", spy)
+    rng = np.random.default_rng(21)
+    lead = () if batch is None else (batch,)
+    x = random_array(rng, (*lead, c_in, spatial[0], 2 * spatial[1]), np.float32)[..., ::2]
+    w = random_array(rng, (c_out, c_in, *kernel), np.float32)
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    _, g, (tgx, tgw) = torch_grads(lambda a, v: tF.conv2d(a, v, **kw),
+                                   [np.ascontiguousarray(x), w], 6)
+    with config.settings(threads=threads):
+        gx, gw, _ = F.conv_backward(g, x, w, **kw)
+        with config.settings(scratch_bytes=64):
+            cgx, cgw, _ = F.conv_backward(g, x, w, **kw)
+    assert_close(gx, tgx, "grad_input")
+    assert_close(gw, tgw, "grad_weight")
+    np.testing.assert_array_equal(cgx, gx)
+    np.testing.assert_array_equal(cgw, gw)
+    with numpy_path():
+        ngx, ngw, _ = F.conv_backward(g, x, w, **kw)
+    assert_close(gx, ngx, "grad_input vs NumPy path")
+    assert_close(gw, ngw, "grad_weight vs NumPy path")
+    n = 1 if batch is None else batch
+    assert bool(calls) == (n >= threads and n > 0)
+
+
+def test_lowered_backward_fused_1d_and_float64() -> None:
+    rng = np.random.default_rng(22)
+    for dtype in (np.float32, np.float64):
+        x = random_array(rng, (3, 4, 17), dtype)
+        w = random_array(rng, (6, 4, 3), dtype)
+        _, g, (tgx, tgw) = torch_grads(
+            lambda a, v: tF.conv1d(a, v, stride=2, padding=2, dilation=2), [x, w], 7)
+        with config.settings(threads=2):
+            gx, gw, _ = F.conv_backward(g, x, w, stride=2, padding=2, dilation=2)
+        assert gx.dtype == gw.dtype == dtype
+        assert_close(gx, tgx, "grad_input")
+        assert_close(gw, tgw, "grad_weight")

@@ -28,7 +28,10 @@ Fast paths (1-D and 2-D, float32/float64; everything else takes the loop above):
   (:func:`convlayers.kernels.conv.pointwise_weight_grad`);
 - ungrouped convolutions whose one-image column buffer is small (:data:`FUSED_COLUMN_BYTES`),
   with at least as many images as threads: im2col and the GEMM of one image per unit in one
-  parallel region, by the same micro-kernel;
+  parallel region, by the same micro-kernel; their backward likewise
+  (:func:`convlayers.kernels.conv.lowered_backward`: per image its columns, the weight gradient
+  ``cols @ grad^T`` accumulated per thread, ``W^T @ grad`` and col2im into that image's input
+  gradient);
 - the rest: im2col into a reused column buffer, a chunk of images at a time
   (:mod:`convlayers.kernels.conv`), then one GEMM per image and group; the input gradient is
   the transposed GEMM followed by col2im, the weight gradient ``grad @ cols^T``.
@@ -364,6 +367,28 @@ def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarr
         k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, out)
 
 
+def _lowered_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, stride: tuple[int, int],
+                      dilation: tuple[int, int], pt: int, pl: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both gradients of an ungrouped lowered convolution in one parallel region
+    (:func:`convlayers.kernels.conv.lowered_backward`): per image its columns, the transposed
+    weight gradient accumulated per thread, and the input gradient by ``W^T @ grad`` and col2im.
+    ``x``, ``gy`` and ``w`` are C-contiguous 4-D."""
+    k = _kernels()
+    n = x.shape[0]
+    c_out, c_in, kh, kw = w.shape
+    ho, wo = gy.shape[2:]
+    threads = _numba_threads()
+    taps_t = np.ascontiguousarray(w.reshape(c_out, c_in * kh * kw).T)
+    gx = np.empty_like(x)
+    acc = np.empty((threads, c_in * kh * kw, c_out), dtype=x.dtype)
+    used = np.zeros(threads, dtype=np.bool_)
+    with _dynamic_units():
+        k.conv.lowered_backward(x, gy.reshape(n, c_out, ho * wo), taps_t, kh, kw, *stride,
+                                *dilation, pt, pl, wo, gx, acc, used)
+    gw = acc[used].sum(axis=0)
+    return gx, np.ascontiguousarray(gw.T).reshape(c_out, c_in, kh, kw)
+
+
 def _lowered_fused_ok(n: int, rows: int, length: int, groups: int, itemsize: int) -> bool:
     return groups == 1 and n >= _numba_threads() and rows * length * itemsize <= FUSED_COLUMN_BYTES
 
@@ -505,6 +530,12 @@ def correlate_backward(
             k.depthwise.depthwise_input_grad(g4, wd, *st, *dl, pads[0], pads[2], gx4)
             part = k.depthwise.depthwise_weight_grad(x4, g4, kh, kw, *st, *dl, pads[0], pads[2])
             gw4 = part.sum(axis=0).astype(x.dtype).reshape(c_out, 1, kh, kw)
+            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
+        ho, wo = g4.shape[2:]
+        _kernels()  # applies the thread setting, which the check below reads
+        if (groups == 1 and kh * kw > 1
+                and _lowered_fused_ok(x4.shape[0], c_in_g * kh * kw, ho * wo, 1, x.itemsize)):
+            gx4, gw4 = _lowered_backward(x4, g4, w4, st, dl, pads[0], pads[2])
             return gx4.reshape(x.shape), gw4.reshape(weight.shape)
     xp = pad_pairs(x, pairs)
     gxp = correlate_input_grad(grad, weight, xp.shape[2:], stride, dilation, groups)

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels.winograd import _gemm, _gemm_add
+from convlayers.kernels.gemm import gemm, gemm_add, gemm_cols, gemm_nt_cols_add
 
 __all__ = [
     "col2im", "im2col", "im2col_pad", "lowered_backward", "lowered_fused", "pointwise",
@@ -233,7 +233,7 @@ def lowered_fused(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, nt, out):
         t = numba.get_thread_id()
         _im2col_gather(x[n], kh, kw, dh, dw, pt, pl, Hp, Wp, idx, pbuf[t], buf[t])
         on = out[n]
-        _gemm(taps, buf[t], on)
+        gemm(taps, buf[t], on)
         if has_bias:
             for co in range(Cout):
                 b = bias[co]
@@ -304,12 +304,12 @@ def lowered_backward(x, gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, gx, acc,
             for co in range(Cout):
                 row[co] = gyn[co, j]
         if used[t]:
-            _gemm_add(cols, gyt, acc[t])
+            gemm_add(cols, gyt, acc[t])
         else:
-            _gemm(cols, gyt, acc[t])
+            gemm(cols, gyt, acc[t])
             used[t] = True
         dcols = dbuf[t]
-        _gemm(taps_t, gyn, dcols)
+        gemm(taps_t, gyn, dcols)
         gxn = gx[n]
         if sw > 1 or sh > 1:
             _col2im_scatter(dcols, kh, kw, dh, dw, pt, pl, Hp, Wp, idx, pbuf[t], gxn)
@@ -326,112 +326,10 @@ def lowered_backward(x, gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, gx, acc,
 #
 # A 1x1 convolution is one GEMM per image and group over the pixels. The kernels below run all
 # of them in one parallel region, a unit being one block of ``B`` pixel columns of one image
-# (every group), with the register-blocked micro-kernels of ``winograd.py`` restricted to the
+# (every group), with the register-blocked micro-kernels of ``gemm.py`` restricted to the
 # columns ``j0 .. j1`` of full rows (so the rows stay contiguous and nothing is copied): no BLAS
 # call, no hand-over between numba's and OpenBLAS's threads. The engine picks ``B`` so that the
 # unit's block of the right-hand operand stays in the core's L2 cache.
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _gemm_cols(u, v, m, j0, j1):
-    """``m[:, j0:j1] = u @ v[:, j0:j1]`` for C-contiguous ``u (P, K)``, ``v (K, L)``,
-    ``m (P, L)`` (:func:`convlayers.kernels.winograd._gemm` on a range of columns). The rows
-    are sliced (contiguous 1-D views) and the loops start at 0: a ``range(j0, j1)`` loop did
-    not vectorise (16 GFLOP/s instead of 170 on one core)."""
-    P, K = u.shape
-    n = j1 - j0
-    K4 = K - K % 4
-    p = 0
-    while p < P:
-        if p + 4 <= P:
-            c0, c1, c2, c3 = m[p, j0:j1], m[p + 1, j0:j1], m[p + 2, j0:j1], m[p + 3, j0:j1]
-            u0, u1, u2, u3 = u[p], u[p + 1], u[p + 2], u[p + 3]
-            for j in range(n):
-                c0[j] = 0
-                c1[j] = 0
-                c2[j] = 0
-                c3[j] = 0
-            for k in range(0, K4, 4):
-                v0, v1 = v[k, j0:j1], v[k + 1, j0:j1]
-                v2, v3 = v[k + 2, j0:j1], v[k + 3, j0:j1]
-                a00, a01, a02, a03 = u0[k], u0[k + 1], u0[k + 2], u0[k + 3]
-                a10, a11, a12, a13 = u1[k], u1[k + 1], u1[k + 2], u1[k + 3]
-                a20, a21, a22, a23 = u2[k], u2[k + 1], u2[k + 2], u2[k + 3]
-                a30, a31, a32, a33 = u3[k], u3[k + 1], u3[k + 2], u3[k + 3]
-                for j in range(n):
-                    x0, x1, x2, x3 = v0[j], v1[j], v2[j], v3[j]
-                    c0[j] += a00 * x0 + a01 * x1 + a02 * x2 + a03 * x3
-                    c1[j] += a10 * x0 + a11 * x1 + a12 * x2 + a13 * x3
-                    c2[j] += a20 * x0 + a21 * x1 + a22 * x2 + a23 * x3
-                    c3[j] += a30 * x0 + a31 * x1 + a32 * x2 + a33 * x3
-            for k in range(K4, K):
-                vk = v[k, j0:j1]
-                a0, a1, a2, a3 = u0[k], u1[k], u2[k], u3[k]
-                for j in range(n):
-                    xk = vk[j]
-                    c0[j] += a0 * xk
-                    c1[j] += a1 * xk
-                    c2[j] += a2 * xk
-                    c3[j] += a3 * xk
-            p += 4
-        else:
-            c0 = m[p, j0:j1]
-            u0 = u[p]
-            for j in range(n):
-                c0[j] = 0
-            for k in range(K):
-                vk = v[k, j0:j1]
-                a0 = u0[k]
-                for j in range(n):
-                    c0[j] += a0 * vk[j]
-            p += 1
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _gemm_nt_cols_add(a, b, acc, j0, j1):
-    """``acc += a[:, j0:j1] @ b[:, j0:j1].T`` for ``a (P, L)``, ``b (Q, L)``, ``acc (P, Q)``."""
-    P = a.shape[0]
-    Q = b.shape[0]
-    zero = np.zeros(1, dtype=a.dtype)[0]
-    for p in range(0, P, 2):
-        two = p + 1 < P
-        a0 = a[p, j0:j1]
-        a1 = a[p + 1, j0:j1] if two else a0
-        for q in range(0, Q, 4):
-            if q + 4 <= Q:
-                b0, b1 = b[q, j0:j1], b[q + 1, j0:j1]
-                b2, b3 = b[q + 2, j0:j1], b[q + 3, j0:j1]
-                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-                for j in range(j1 - j0):
-                    x0, x1 = a0[j], a1[j]
-                    y0, y1, y2, y3 = b0[j], b1[j], b2[j], b3[j]
-                    s00 += x0 * y0
-                    s01 += x0 * y1
-                    s02 += x0 * y2
-                    s03 += x0 * y3
-                    s10 += x1 * y0
-                    s11 += x1 * y1
-                    s12 += x1 * y2
-                    s13 += x1 * y3
-                acc[p, q] += s00
-                acc[p, q + 1] += s01
-                acc[p, q + 2] += s02
-                acc[p, q + 3] += s03
-                if two:
-                    acc[p + 1, q] += s10
-                    acc[p + 1, q + 1] += s11
-                    acc[p + 1, q + 2] += s12
-                    acc[p + 1, q + 3] += s13
-            else:
-                for qq in range(q, Q):
-                    bq = b[qq, j0:j1]
-                    s0 = s1 = zero
-                    for j in range(j1 - j0):
-                        s0 += a0[j] * bq[j]
-                        s1 += a1[j] * bq[j]
-                    acc[p, qq] += s0
-                    if two:
-                        acc[p + 1, qq] += s1
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -449,7 +347,7 @@ def pointwise(x, taps, bias, B, out):
         j1 = min(L, j0 + B)
         for g in range(G):
             o = out[n, g]
-            _gemm_cols(taps[g], x[n, g], o, j0, j1)
+            gemm_cols(taps[g], x[n, g], o, j0, j1)
             if has_bias:
                 for co in range(Cog):
                     b = bias[g * Cog + co]
@@ -472,4 +370,4 @@ def pointwise_weight_grad(x, gy, B, acc):
         j0 = (unit - n * nb) * B
         j1 = min(L, j0 + B)
         for g in range(G):
-            _gemm_nt_cols_add(gy[n, g], x[n, g], acc[t, g], j0, j1)
+            gemm_nt_cols_add(gy[n, g], x[n, g], acc[t, g], j0, j1)

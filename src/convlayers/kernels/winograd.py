@@ -25,6 +25,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from convlayers.kernels.gemm import gemm, gemm_add, gemm_nt_add
+
 __all__ = ["backward_fused", "forward_fused", "input_grad_transform", "input_transform",
            "output_grad_transform", "output_transform"]
 
@@ -236,156 +238,14 @@ def input_grad_transform(dv, pt, pl, th0, TH, TW, gx):
 # The kernels below run a whole Winograd convolution in one parallel region: each unit of work is
 # a block of tile rows of one image, whose transforms (16 x channels x block tiles, a few hundred
 # KiB) stay in the core's cache between the input transform, the 16 products and the output
-# transform. The products are the register-blocked micro-kernels ``_gemm`` / ``_gemm_add`` /
-# ``_gemm_nt_add``
+# transform. The products are the register-blocked micro-kernels of
+# :mod:`convlayers.kernels.gemm`
 # (4 x 4 blocks, the innermost loop along the tiles; LLVM emits packed 512-bit FMAs on AVX-512),
 # so no BLAS call and no hand-over between thread pools happens inside the convolution. Measured
 # single-threaded on the 2-core AVX-512 machine: 180 GFLOP/s for 64x64 @ 64x224 against 100 for
 # OpenBLAS's (AVX2) sgemm. Units are handed out one at a time (``parallel_chunksize(1)``) so a
 # core slowed by a neighbour takes fewer (the engine sets it: a ``with`` inside
 # would make the kernels uncachable); each thread owns its scratch (``get_thread_id``).
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _gemm(u, v, m):
-    """``m = u @ v`` for C-contiguous 2-D ``u (P, K)``, ``v (K, L)``, ``m (P, L)``."""
-    P, K = u.shape
-    L = v.shape[1]
-    K4 = K - K % 4
-    p = 0
-    while p < P:
-        if p + 4 <= P:
-            c0, c1, c2, c3 = m[p], m[p + 1], m[p + 2], m[p + 3]
-            u0, u1, u2, u3 = u[p], u[p + 1], u[p + 2], u[p + 3]
-            for j in range(L):
-                c0[j] = 0
-                c1[j] = 0
-                c2[j] = 0
-                c3[j] = 0
-            for k in range(0, K4, 4):
-                v0, v1, v2, v3 = v[k], v[k + 1], v[k + 2], v[k + 3]
-                a00, a01, a02, a03 = u0[k], u0[k + 1], u0[k + 2], u0[k + 3]
-                a10, a11, a12, a13 = u1[k], u1[k + 1], u1[k + 2], u1[k + 3]
-                a20, a21, a22, a23 = u2[k], u2[k + 1], u2[k + 2], u2[k + 3]
-                a30, a31, a32, a33 = u3[k], u3[k + 1], u3[k + 2], u3[k + 3]
-                for j in range(L):
-                    x0, x1, x2, x3 = v0[j], v1[j], v2[j], v3[j]
-                    c0[j] += a00 * x0 + a01 * x1 + a02 * x2 + a03 * x3
-                    c1[j] += a10 * x0 + a11 * x1 + a12 * x2 + a13 * x3
-                    c2[j] += a20 * x0 + a21 * x1 + a22 * x2 + a23 * x3
-                    c3[j] += a30 * x0 + a31 * x1 + a32 * x2 + a33 * x3
-            for k in range(K4, K):
-                vk = v[k]
-                a0, a1, a2, a3 = u0[k], u1[k], u2[k], u3[k]
-                for j in range(L):
-                    xk = vk[j]
-                    c0[j] += a0 * xk
-                    c1[j] += a1 * xk
-                    c2[j] += a2 * xk
-                    c3[j] += a3 * xk
-            p += 4
-        else:
-            c0 = m[p]
-            u0 = u[p]
-            for j in range(L):
-                c0[j] = 0
-            for k in range(K):
-                vk = v[k]
-                a0 = u0[k]
-                for j in range(L):
-                    c0[j] += a0 * vk[j]
-            p += 1
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _gemm_add(u, v, m):
-    """``m += u @ v`` for C-contiguous 2-D ``u (P, K)``, ``v (K, L)``, ``m (P, L)`` (:func:`_gemm`,
-    accumulating)."""
-    P, K = u.shape
-    L = v.shape[1]
-    K4 = K - K % 4
-    p = 0
-    while p < P:
-        if p + 4 <= P:
-            c0, c1, c2, c3 = m[p], m[p + 1], m[p + 2], m[p + 3]
-            u0, u1, u2, u3 = u[p], u[p + 1], u[p + 2], u[p + 3]
-            for k in range(0, K4, 4):
-                v0, v1, v2, v3 = v[k], v[k + 1], v[k + 2], v[k + 3]
-                a00, a01, a02, a03 = u0[k], u0[k + 1], u0[k + 2], u0[k + 3]
-                a10, a11, a12, a13 = u1[k], u1[k + 1], u1[k + 2], u1[k + 3]
-                a20, a21, a22, a23 = u2[k], u2[k + 1], u2[k + 2], u2[k + 3]
-                a30, a31, a32, a33 = u3[k], u3[k + 1], u3[k + 2], u3[k + 3]
-                for j in range(L):
-                    x0, x1, x2, x3 = v0[j], v1[j], v2[j], v3[j]
-                    c0[j] += a00 * x0 + a01 * x1 + a02 * x2 + a03 * x3
-                    c1[j] += a10 * x0 + a11 * x1 + a12 * x2 + a13 * x3
-                    c2[j] += a20 * x0 + a21 * x1 + a22 * x2 + a23 * x3
-                    c3[j] += a30 * x0 + a31 * x1 + a32 * x2 + a33 * x3
-            for k in range(K4, K):
-                vk = v[k]
-                a0, a1, a2, a3 = u0[k], u1[k], u2[k], u3[k]
-                for j in range(L):
-                    xk = vk[j]
-                    c0[j] += a0 * xk
-                    c1[j] += a1 * xk
-                    c2[j] += a2 * xk
-                    c3[j] += a3 * xk
-            p += 4
-        else:
-            c0 = m[p]
-            u0 = u[p]
-            for k in range(K):
-                vk = v[k]
-                a0 = u0[k]
-                for j in range(L):
-                    c0[j] += a0 * vk[j]
-            p += 1
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _gemm_nt_add(a, b, acc):
-    """``acc += a @ b.T`` for ``a (P, L)``, ``b (Q, L)``, ``acc (P, Q)`` (dot products along L)."""
-    P, L = a.shape
-    Q = b.shape[0]
-    zero = np.zeros(1, dtype=a.dtype)[0]
-    for p in range(0, P, 2):
-        two = p + 1 < P
-        a0 = a[p]
-        a1 = a[p + 1] if two else a[p]
-        for q in range(0, Q, 4):
-            if q + 4 <= Q:
-                b0, b1, b2, b3 = b[q], b[q + 1], b[q + 2], b[q + 3]
-                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-                for j in range(L):
-                    x0, x1 = a0[j], a1[j]
-                    y0, y1, y2, y3 = b0[j], b1[j], b2[j], b3[j]
-                    s00 += x0 * y0
-                    s01 += x0 * y1
-                    s02 += x0 * y2
-                    s03 += x0 * y3
-                    s10 += x1 * y0
-                    s11 += x1 * y1
-                    s12 += x1 * y2
-                    s13 += x1 * y3
-                acc[p, q] += s00
-                acc[p, q + 1] += s01
-                acc[p, q + 2] += s02
-                acc[p, q + 3] += s03
-                if two:
-                    acc[p + 1, q] += s10
-                    acc[p + 1, q + 1] += s11
-                    acc[p + 1, q + 2] += s12
-                    acc[p + 1, q + 3] += s13
-            else:
-                for qq in range(q, Q):
-                    bq = b[qq]
-                    s0 = s1 = zero
-                    for j in range(L):
-                        s0 += a0[j] * bq[j]
-                        s1 += a1[j] * bq[j]
-                    acc[p, qq] += s0
-                    if two:
-                        acc[p + 1, qq] += s1
 
 
 @njit(cache=True, fastmath=True)
@@ -618,7 +478,7 @@ def forward_fused(x, u, bias, pt, pl, R, nt, out):
         _input_block(x[n], pt, pl, th0, rows, TW, v, pbuf[t], tbuf[t])
         for e in range(16):
             for g in range(G):
-                _gemm(u[e, g], v4[e, g], m4[e, g])
+                gemm(u[e, g], v4[e, g], m4[e, g])
         _output_block(m, bias, th0, rows, TW, out[n])
 
 
@@ -666,7 +526,7 @@ def backward_fused(x, gy, ut, pt, pl, R, gx, gu):
             _output_grad_block(gy[n], th0, rows, TW, dm)
             for e in range(16):
                 for g in range(G):
-                    _gemm(ut[e, g], dm4[e, g], dv4[e, g])
+                    gemm(ut[e, g], dm4[e, g], dv4[e, g])
                     if wide:
                         vg = v4[e, g]
                         vt = vtbuf[t, : lb * Cig].reshape(lb, Cig)
@@ -674,7 +534,7 @@ def backward_fused(x, gy, ut, pt, pl, R, gx, gu):
                             row = vt[j]
                             for c in range(Cig):
                                 row[c] = vg[c, j]
-                        _gemm_add(dm4[e, g], vt, gu[t, e, g])
+                        gemm_add(dm4[e, g], vt, gu[t, e, g])
                     else:
-                        _gemm_nt_add(dm4[e, g], v4[e, g], gu[t, e, g])
+                        gemm_nt_add(dm4[e, g], v4[e, g], gu[t, e, g])
             _input_grad_block(dv, pt, pl, th0, rows, TW, gxn, pbuf[t], tbuf[t])

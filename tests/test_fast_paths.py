@@ -138,8 +138,9 @@ def test_max_pool_backward_rejects_out_of_range_indices() -> None:
 
 
 @st.composite
-def fast_conv_cases(draw: st.DrawFn) -> dict:
-    kind = draw(st.sampled_from(["depthwise", "pointwise", "lowered", "lowered"]))
+def fast_conv_cases(draw: st.DrawFn,
+                    kinds: tuple[str, ...] = ("depthwise", "pointwise", "lowered", "lowered")) -> dict:
+    kind = draw(st.sampled_from(kinds))
     n = draw(st.sampled_from([1, 2, 2]))
     if kind == "depthwise":
         groups = draw(st.integers(1, 5))
@@ -194,6 +195,94 @@ def test_conv_fast_paths_match_torch_and_numpy_path(case: dict, seed: int, cap: 
         cgx, cgw, _ = F.conv_backward(g, x, w, *args, with_bias=False)
     assert_close(cgx, our_gx, "grad_input, tiny cap")
     assert_close(cgw, our_gw, "grad_weight, tiny cap")
+
+
+@contextmanager
+def depthwise_limits(flat_pixels: int, planar_bytes: int) -> Iterator[None]:
+    """Move the size limits that choose between the flat, planar and row depthwise kernels."""
+    saved = _engine.FLAT_PIXELS, _engine.PLANAR_BYTES
+    _engine.FLAT_PIXELS, _engine.PLANAR_BYTES = flat_pixels, planar_bytes
+    try:
+        yield
+    finally:
+        _engine.FLAT_PIXELS, _engine.PLANAR_BYTES = saved
+
+
+DEPTHWISE_KERNELS = {"flat": (1 << 30, 1 << 30), "planar": (0, 1 << 30), "row": (0, 0)}
+
+
+@EXAMPLES
+@given(case=fast_conv_cases(kinds=("depthwise",)), seed=st.integers(0, 2**16))
+def test_depthwise_flat_planar_and_row_kernels_agree_with_torch(case: dict, seed: int) -> None:
+    """Width-keeping stride-1 planes take the flat kernels, other small planes the planar ones,
+    large ones the row kernels; each, forced on the same cases, matches torch forward and
+    backward, and the transposed convolution (whose forward is the input gradient alone) too."""
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, (case["batch"], case["c_in"], *case["spatial"]), np.float32)
+    w = random_array(rng, (case["c_out"], 1, *case["kernel"]), np.float32)
+    b = random_array(rng, (case["c_out"],), np.float32) if case["bias"] else None
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    conv = {1: F.conv1d, 2: F.conv2d}[case["n"]]
+    tconv = {1: tF.conv1d, 2: tF.conv2d}[case["n"]]
+    expected, g, (gx, gw, _) = torch_grads(lambda *t: tconv(*t, *args), [x, w, b], seed)
+    transpose = {1: F.conv_transpose1d, 2: F.conv_transpose2d}[case["n"]]
+    ttranspose = {1: tF.conv_transpose1d, 2: tF.conv_transpose2d}[case["n"]]
+    wt = random_array(rng, (case["c_in"], case["c_out"] // case["groups"], *case["kernel"]),
+                      np.float32)
+    t_args = dict(stride=case["stride"], padding=case["padding"], groups=case["groups"],
+                  dilation=case["dilation"])
+    t_sizes = [(i - 1) * st_ - 2 * p + d * (k - 1) + 1 for i, st_, p, d, k in zip(
+        case["spatial"], case["stride"], case["padding"], case["dilation"], case["kernel"],
+        strict=True)]
+    t_expected = (ttranspose(torch.from_numpy(x), torch.from_numpy(wt), **t_args).numpy()
+                  if min(t_sizes) > 0 else None)
+    for label, limits in DEPTHWISE_KERNELS.items():
+        with depthwise_limits(*limits):
+            assert_close(conv(x, w, b, *args), expected, f"{label} forward")
+            our_gx, our_gw, _ = F.conv_backward(g, x, w, *args)
+            assert_close(our_gx, gx, f"{label} grad_input")
+            assert_close(our_gw, gw, f"{label} grad_weight")
+            if t_expected is not None:
+                assert_close(transpose(x, wt, **t_args), t_expected, f"{label} transposed")
+
+
+WIDTH_KEEPING = [  # (kernel, padding, dilation, multiplier, spatial): stride 1, Wo == W
+    ((3, 3), (1, 1), (1, 1), 1, (28, 28)),
+    ((3, 3), (0, 1), (1, 1), 2, (6, 5)),
+    ((5, 5), (2, 2), (1, 1), 1, (7, 9)),
+    ((3, 3), (2, 2), (2, 2), 1, (5, 3)),
+    ((2, 3), (1, 1), (3, 1), 3, (4, 1)),
+    ((3, 1), (3, 0), (1, 1), 1, (2, 6)),
+]
+
+
+@pytest.mark.parametrize("case", WIDTH_KEEPING)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flat_depthwise_keeps_nonfinite_values_where_torch_does(case: tuple, threads: int) -> None:
+    """The flat kernels read across row edges and mask those taps: an inf or NaN at a row's end
+    must reach only the outputs whose windows hold it, as in torch, forward and backward."""
+    kernel, padding, dilation, mult, spatial = case
+    rng = np.random.default_rng(5)
+    x = random_array(rng, (3, 4, spatial[0], 2 * spatial[1]), np.float32)[..., ::2]
+    x[0, 0, :, -1] = np.inf
+    x[1, 2, 0, 0] = np.nan
+    x[2, 3, -1, 0] = -np.inf
+    w = random_array(rng, (4 * mult, 1, *kernel), np.float32)
+    kw = dict(padding=padding, dilation=dilation, groups=4)
+    expected, g, (tgx, tgw) = torch_grads(lambda a, v: tF.conv2d(a, v, **kw),
+                                          [np.ascontiguousarray(x), w], 8)
+    with config.settings(threads=threads):
+        y = F.conv2d(x, w, **kw)
+        gx, gw, _ = F.conv_backward(g, x, w, **kw)
+    assert y.shape == expected.shape and y.shape[-1] == x.shape[-1]
+    np.testing.assert_array_equal(np.isfinite(y), np.isfinite(expected))
+    np.testing.assert_array_equal(np.isfinite(gw), np.isfinite(tgw))
+    finite = np.isfinite(expected)
+    assert_close(np.where(finite, y, 0), np.where(finite, expected, 0), "forward")
+    assert_close(gx, tgx, "grad_input")
+    x_clean = np.nan_to_num(x, nan=0.5, posinf=2.0, neginf=-2.0)
+    _, g2, (_, tgw2) = torch_grads(lambda a, v: tF.conv2d(a, v, **kw), [x_clean, w], 9)
+    assert_close(F.conv_backward(g2, x_clean, w, **kw)[1], tgw2, "grad_weight")
 
 
 @pytest.mark.parametrize("slab", [7, 40])
@@ -406,7 +495,7 @@ LOWERED_BWD_CASES = [  # (C_in, C_out, kernel, stride, padding, dilation, spatia
     (6, 9, (3, 3), (2, 2), (1, 1), (1, 1), (11, 9)),
     (5, 4, (3, 2), (1, 3), (0, 2), (2, 1), (10, 13)),
     (3, 7, (2, 3), (3, 1), (2, 0), (1, 2), (8, 12)),
-    (1, 5, (3, 3), (1, 1), (1, 1), (1, 1), (7, 7)),  # one input channel, ungrouped
+    (1, 5, (3, 3), (1, 1), (1, 1), (1, 1), (7, 7)),  # one input channel: the planar depthwise
 ]
 
 
@@ -447,7 +536,7 @@ def test_lowered_backward_fused_matches_torch_and_numpy_path(
     assert_close(gx, ngx, "grad_input vs NumPy path")
     assert_close(gw, ngw, "grad_weight vs NumPy path")
     n = 1 if batch is None else batch
-    assert bool(calls) == (n >= threads and n > 0)
+    assert bool(calls) == (n >= threads and n > 0 and c_in > 1)
 
 
 def test_lowered_backward_fused_1d_and_float64() -> None:

@@ -20,7 +20,10 @@ Fast paths (1-D and 2-D, float32/float64; everything else takes the loop above):
   (:func:`correlate_backward`; one image per unit, so with fewer images than threads the
   older per-plane transforms and ``np.matmul`` serve it);
 - depthwise (``C_in/groups == 1``, any channel multiplier): direct numba kernels
-  (:mod:`convlayers.kernels.depthwise`), forward and both gradients;
+  (:mod:`convlayers.kernels.depthwise`), forward and both gradients (in one pass): stride 1
+  with the width kept (3x3 padding 1, ...) straight over the planes as flat loops
+  (:data:`FLAT_PIXELS`); other small planes (:data:`PLANAR_BYTES`) through a zero-padded
+  polyphase copy, one plane at a time; the rest row by row;
 - 1x1 kernels: the same micro-kernel over blocks of pixel columns
   (:func:`convlayers.kernels.conv.pointwise`, one parallel region, no BLAS) with the images
   viewed as ``(N, g, C_in/g, H*W)`` (no copy at stride 1); the input gradient is the same
@@ -290,6 +293,39 @@ def _subsampled(xp: np.ndarray, stride: tuple[int, int], out_shape: tuple[int, i
                                    : stride[1] * out_shape[1] : stride[1]])
 
 
+#: The planar depthwise kernels serve planes whose padded copy takes at most this many bytes
+#: (their four scratch planes then stay in a core's L2); larger planes have rows long enough
+#: for the row kernels to vectorise.
+PLANAR_BYTES = 128 * 1024
+
+
+def _planar(out_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+            dilation: tuple[int, int], itemsize: int) -> tuple[int, int, int, int] | None:
+    """The planar kernels' geometry ``(rows, S, length, block)``, or None where the row kernels
+    serve."""
+    from convlayers.kernels.depthwise import planar_geometry
+
+    ho, wo = out_shape
+    geometry = planar_geometry((ho, wo), kernel, stride, dilation)
+    return geometry if stride[0] * stride[1] * geometry[3] * itemsize <= PLANAR_BYTES else None
+
+
+#: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
+#: pixels per plane the row kernels serve (their rows are long enough by then).
+FLAT_PIXELS = 1 << 18
+
+
+def _flat_ok(x_shape: tuple[int, ...], out_shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether the flat depthwise kernels serve: stride 1, the width kept, planes not huge."""
+    return (tuple(stride) == (1, 1) and out_shape[1] == x_shape[3]
+            and out_shape[0] * out_shape[1] <= FLAT_PIXELS)
+
+
+def _planar_parts(planes: int) -> int:
+    """Parallel units of the planar kernels: a few per thread, so a busy core can be helped."""
+    return max(1, min(planes, 8 * _numba_threads()))
+
+
 def _bias_arg(bias: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
     """The bias as the kernels take it: an empty array when there is none."""
     return np.empty(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
@@ -305,8 +341,20 @@ def _correlate_fast(x: np.ndarray, w: np.ndarray, stride: tuple[int, int],
     pt, _, pl, _ = pads
     if c_in_g == 1:
         out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
-        k.depthwise.depthwise_forward(x, np.ascontiguousarray(w.reshape(c_out, kh, kw)),
-                                      _bias_arg(bias, x.dtype), *stride, *dilation, pt, pl, out)
+        wd = np.ascontiguousarray(w.reshape(c_out, kh, kw))
+        planar = _planar(out_shape, (kh, kw), stride, dilation, x.itemsize)
+        if _flat_ok(x.shape, out_shape, stride):
+            h, width = x.shape[2:]
+            masks = k.depthwise.flat_masks(out_shape, width, kw, dilation[1], pl)
+            k.depthwise.flat_forward(np.ascontiguousarray(x).reshape(n, c_in, h * width), wd,
+                                     _bias_arg(bias, x.dtype), width, *dilation, pt, pl, masks,
+                                     _planar_parts(n * c_out), out.reshape(n, c_out, ho * wo))
+        elif planar is not None:
+            k.depthwise.planar_forward(x, wd, _bias_arg(bias, x.dtype), *stride, *dilation, pt, pl,
+                                       *planar, _planar_parts(n * c_in), out)
+        else:
+            k.depthwise.depthwise_forward(x, wd, _bias_arg(bias, x.dtype), *stride, *dilation,
+                                          pt, pl, out)
         return out
     if _winograd_ok(w.shape, stride, dilation):
         return _winograd_forward(x, w, bias, pt, pl, groups, out_shape)
@@ -523,6 +571,29 @@ def correlate_backward(
         if _winograd_ok(w4.shape, st, dl, backward=True):
             gx4, gw4 = _winograd_backward(x4, g4, w4, pads[0], pads[2], groups)
             return gx4.reshape(x.shape), gw4.reshape(weight.shape)
+        planar = _planar(g4.shape[2:], (kh, kw), st, dl, x.itemsize)
+        if c_in_g == 1 and _flat_ok(x4.shape, g4.shape[2:], st):
+            k = _kernels()
+            n, c_in, h, width = x4.shape
+            ho = g4.shape[2]
+            wd = np.ascontiguousarray(w4.reshape(c_out, kh, kw))
+            gx4 = np.empty_like(x4, order="C")
+            part = k.depthwise.flat_backward(
+                np.ascontiguousarray(x4).reshape(n, c_in, h * width),
+                np.ascontiguousarray(g4).reshape(n, c_out, ho * width), wd, width, *dl, pads[0],
+                pads[2], k.depthwise.flat_masks((ho, width), width, kw, dl[1], pads[2]),
+                _planar_parts(n * c_in), True, True, gx4.reshape(n, c_in, h * width))
+            gw4 = part.sum(axis=0).astype(x.dtype).reshape(c_out, 1, kh, kw)
+            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
+        if c_in_g == 1 and planar is not None:
+            k = _kernels()
+            wd = np.ascontiguousarray(w4.reshape(c_out, kh, kw))
+            gx4 = np.empty_like(x4)
+            part = k.depthwise.planar_backward(x4, g4, wd, *st, *dl, pads[0], pads[2], *planar,
+                                               _planar_parts(x4.shape[0] * x4.shape[1]), True,
+                                               True, gx4)
+            gw4 = part.sum(axis=0).astype(x.dtype).reshape(c_out, 1, kh, kw)
+            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
         if c_in_g == 1 and c_out == groups:
             k = _kernels()
             wd = np.ascontiguousarray(w4.reshape(c_out, kh, kw))
@@ -551,6 +622,13 @@ def _input_grad_fast(gy: np.ndarray, w: np.ndarray, padded: tuple[int, int], str
     n, c_out, ho, wo = gy.shape
     _, c_in_g, kh, kw = w.shape
     c_in = c_in_g * groups
+    planar = _planar((ho, wo), (kh, kw), stride, dilation, gy.itemsize)
+    if c_in_g == 1 and planar is not None:
+        gxp = np.empty((n, c_in, *padded), dtype=gy.dtype)
+        k.depthwise.planar_backward(gxp, gy, np.ascontiguousarray(w.reshape(c_out, kh, kw)),
+                                    *stride, *dilation, 0, 0, *planar, _planar_parts(n * c_in),
+                                    True, False, gxp)
+        return gxp
     if c_in_g == 1 and c_out == groups:  # plain depthwise; a multiplier takes the GEMM path
         gxp = np.zeros((n, c_in, *padded), dtype=gy.dtype)
         k.depthwise.depthwise_input_grad(gy, np.ascontiguousarray(w.reshape(c_out, kh, kw)),
@@ -583,6 +661,13 @@ def _weight_grad_fast(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, int], s
     c_out, ho, wo = gy.shape[1:]
     kh, kw = kernel
     c_in_g, c_out_g = c_in // groups, c_out // groups
+    planar = _planar((ho, wo), kernel, stride, dilation, xp.itemsize)
+    if c_in_g == 1 and planar is not None:
+        part = k.depthwise.planar_backward(xp, gy, np.zeros((c_out, kh, kw), dtype=xp.dtype),
+                                           *stride, *dilation, 0, 0, *planar,
+                                           _planar_parts(n * c_in), False, True,
+                                           np.empty((0, 0, 0, 0), dtype=xp.dtype))
+        return part.sum(axis=0).astype(xp.dtype).reshape(c_out, 1, kh, kw)
     if c_in_g == 1:
         part = k.depthwise.depthwise_weight_grad(xp, gy, kh, kw, *stride, *dilation, 0, 0)
         return part.sum(axis=0).astype(xp.dtype).reshape(c_out, 1, kh, kw)

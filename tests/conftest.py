@@ -2,6 +2,10 @@
 
 import os
 
+# torch and numba share libgomp, which reads this once when it loads: test modules import torch
+# before convlayers, so set it here (convlayers would otherwise warn that it came too late).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(

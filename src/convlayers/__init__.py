@@ -4,8 +4,12 @@ Exact to PyTorch, fast, and easy to see. Importing the package is cheap: compile
 plotting and optional integrations load on first use.
 """
 
-from convlayers import autograd, functional, nn, shapes
-from convlayers.autograd import Tensor, is_grad_enabled, no_grad, tensor
+from convlayers import config
+
+config.prefer_passive_openmp()  # before anything loads OpenMP; see its docstring
+
+from convlayers import autograd, functional, nn, shapes  # noqa: E402
+from convlayers.autograd import Tensor, is_grad_enabled, no_grad, tensor  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,10 @@ from contextlib import contextmanager
 
 from convlayers._validate import as_int
 
-__all__ = ["apply_numba_threads", "scratch_bytes", "set_scratch_bytes", "set_threads", "settings", "threads"]
+__all__ = [
+    "PerformanceWarning", "apply_numba_threads", "prefer_passive_openmp", "scratch_bytes",
+    "set_scratch_bytes", "set_threads", "settings", "threads",
+]
 
 _DEFAULT_SCRATCH = 256 * 1024 * 1024
 _state = {"scratch_bytes": _DEFAULT_SCRATCH, "threads": os.cpu_count() or 1}
@@ -56,14 +59,44 @@ def set_threads(n: int) -> None:
         apply_numba_threads()
 
 
-def apply_numba_threads() -> None:
-    """Make numba's thread count follow :func:`threads` (the kernels call this before running).
+class PerformanceWarning(UserWarning):
+    """The process is set up in a way that makes convlayers' compiled kernels much slower."""
 
-    Before numba first loads its OpenMP pool, ``OMP_WAIT_POLICY`` defaults to ``PASSIVE``
-    (set it yourself to override): idle OpenMP threads that spin steal the cores BLAS needs
-    between two kernels, which made alternating numba and BLAS work up to 10x slower on 2 cores.
+
+def prefer_passive_openmp() -> None:
+    """Ask idle OpenMP threads to sleep (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose.
+
+    ``import convlayers`` calls this. numba's kernels run on the process's OpenMP runtime
+    (libgomp), which reads the policy once, when it is loaded; idle threads that spin steal the
+    cores the next kernel or BLAS call needs, which made MobileNetV2 3x slower and alternating
+    numba and BLAS work up to 10x slower on 2 cores. When libgomp is already loaded (typically
+    ``import torch`` came first) it is too late, and a :class:`PerformanceWarning` says how to fix
+    it: set ``OMP_WAIT_POLICY`` yourself before importing torch, or import convlayers first.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if _libgomp_loaded():
+        import warnings
+
+        warnings.warn(
+            "libgomp (OpenMP) was loaded before convlayers, so its idle threads keep spinning and "
+            "convlayers' compiled kernels can run ~3x slower. Import convlayers before torch, or "
+            "set OMP_WAIT_POLICY=PASSIVE (or ACTIVE, to keep spinning and silence this) in the "
+            "environment before starting Python.", PerformanceWarning, stacklevel=3)
+
+
+def _libgomp_loaded() -> bool:
+    """Whether the shared libgomp numba uses is mapped into this process already (Linux)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return any(line.rstrip().rsplit("/", 1)[-1].startswith("libgomp.so") for line in maps)
+    except OSError:
+        return False
+
+
+def apply_numba_threads() -> None:
+    """Make numba's thread count follow :func:`threads` (the kernels call this before running)."""
     import numba
 
     want = max(1, min(_state["threads"], numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]

@@ -250,3 +250,51 @@ def test_feature_maps_are_not_changed_by_a_later_inplace_relu() -> None:
     maps = nn.feature_maps(block, x, ["1", "2"])
     assert (maps["1"] < 0).any()  # BatchNorm output keeps its negative values
     np.testing.assert_array_equal(maps["2"], np.clip(maps["1"], 0, None))
+
+
+@pytest.mark.parametrize("recording", [False, True])
+def test_batchnorm_after_a_conv_normalizes_in_place_only_when_nothing_records(recording: bool) -> None:
+    """At inference a Sequential lets BatchNorm overwrite the convolution's fresh output; the
+    numbers stay torch's, the caller's input is untouched, and training or autograd opt out."""
+    import convlayers
+
+    rng = np.random.default_rng(4)
+    block = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1, rng=0), nn.BatchNorm2d(5),
+                          nn.ReLU6(inplace=True)).eval()
+    bn = block[1]
+    bn.running_mean[...] = rng.normal(0, 0.5, 5)
+    bn.running_var[...] = rng.uniform(0.5, 2.0, 5)
+    bn.weight.data[...] = rng.normal(1, 0.3, 5)
+    bn.bias.data[...] = rng.normal(0, 0.3, 5)
+    twin = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.BatchNorm2d(5),
+                               torch.nn.ReLU6()).eval()
+    twin.load_state_dict({k: torch.from_numpy(np.asarray(getattr(v, "data", v)))
+                          for k, v in block.state_dict().items()})
+    x = random_array(rng, (2, 3, 7, 6), np.float32) * 4
+    before = x.copy()
+    calls: list[bool] = []
+    original = bn.normalize_inplace
+
+    def spy(data: np.ndarray) -> bool:
+        calls.append(original(data))
+        return calls[-1]
+
+    bn.normalize_inplace = spy  # type: ignore[method-assign]
+    if recording:
+        y = block(tensor(x, requires_grad=True))
+        assert isinstance(y, Tensor) and y.requires_grad
+        y = y.data
+    else:
+        with convlayers.no_grad():
+            out = block(x)
+        y = np.asarray(getattr(out, "data", out))
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    assert_close(y, expected, "Conv-BN-ReLU6")
+    np.testing.assert_array_equal(x, before)
+    assert calls == ([] if recording else [True])
+    block.train()
+    calls.clear()
+    with convlayers.no_grad():
+        block(x)
+    assert calls == [False]  # training normalizes with the batch's statistics, not in place

@@ -15,7 +15,7 @@ import numpy as np
 
 from convlayers._validate import float_array, same_dtype
 
-__all__ = ["batch_norm", "batch_norm_backward"]
+__all__ = ["batch_norm", "batch_norm_backward", "inference_affine"]
 
 
 def _channel_array(value: Any, name: str, x: np.ndarray) -> np.ndarray | None:
@@ -106,11 +106,46 @@ def batch_norm(
             rv *= 1 - momentum
             rv += (momentum * n / (n - 1)) * var
     shape = (1, -1) + (1,) * (x.ndim - 2)
+    if not training:  # torch's CPU inference form: one multiply and one add per element
+        alpha, beta = _affine(mean, invstd, w, b)
+        out = np.multiply(x, alpha.reshape(shape))
+        out += beta.reshape(shape)
+        return out
     scale = invstd if w is None else invstd * w
     out = (x - mean.reshape(shape)) * scale.reshape(shape)
     if b is not None:
         out += b.reshape(shape)
     return out
+
+
+def _affine(mean: np.ndarray, invstd: np.ndarray, w: np.ndarray | None, b: np.ndarray | None,
+            ) -> tuple[np.ndarray, np.ndarray]:
+    alpha = invstd if w is None else invstd * w
+    beta = -mean * alpha if b is None else b - mean * alpha
+    return alpha, beta
+
+
+def inference_affine(running_mean: Any, running_var: Any, weight: Any = None, bias: Any = None,
+                     eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(alpha, beta)`` with ``batch_norm(x, ...) == x * alpha + beta`` when not
+    training, computed as torch computes them on the CPU (``alpha = weight / sqrt(var + eps)``,
+    ``beta = bias - mean * alpha``, in the statistics' dtype).
+
+    Examples
+    --------
+    >>> alpha, beta = inference_affine(np.array([1.0]), np.array([4.0]), np.array([2.0]),
+    ...                                np.array([0.5]), eps=0.0)
+    >>> alpha, beta
+    (array([1.]), array([-0.5]))
+    """
+    mean = float_array(running_mean, "running_mean")
+    var = float_array(running_var, "running_var")
+    if mean.shape != var.shape or mean.ndim != 1:
+        raise ValueError(f"running_mean and running_var must be matching (C,) arrays, got "
+                         f"{mean.shape} and {var.shape}")
+    w = None if weight is None else float_array(weight, "weight")
+    b = None if bias is None else float_array(bias, "bias")
+    return _affine(mean, _invstd(var, eps), w, b)
 
 
 def batch_norm_backward(

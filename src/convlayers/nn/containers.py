@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, overload
 
+from convlayers.nn.activation import overwritable
+from convlayers.nn.conv import _ConvNd
 from convlayers.nn.module import Module
+from convlayers.nn.norm import _BatchNorm
 
 __all__ = ["ModuleList", "Sequential"]
 
@@ -70,6 +73,19 @@ class Sequential(ModuleList):
         return super().__getitem__(index)
 
     def forward(self, x: Any) -> Any:
+        previous = None
         for module in self._modules.values():
-            x = module(x)
+            if not (isinstance(module, _BatchNorm) and "forward" not in vars(module)
+                    and _fresh_conv_output(previous, x)
+                    and module.normalize_inplace(overwritable(x))):  # type: ignore[arg-type]
+                x = module(x)
+            previous = module
         return x
+
+
+def _fresh_conv_output(previous: Module | None, x: Any) -> bool:
+    """Whether ``x`` is what a convolution (unwrapped, so nobody else keeps it) just returned
+    and nothing records it for a gradient: a BatchNorm after it may then work in place (an
+    instance ``forward``, as :func:`~convlayers.nn.feature_maps` installs, opts out)."""
+    return (isinstance(previous, _ConvNd) and "forward" not in vars(previous)
+            and overwritable(x) is not None)

@@ -63,6 +63,23 @@ class _BatchNorm(Module):
         return F.batch_norm(x, self.running_mean if keep else None, self.running_var if keep else None,
                             self.weight, self.bias, use_batch, factor, self.eps)
 
+    def normalize_inplace(self, data: np.ndarray) -> bool:
+        """At inference, normalize ``data`` (a fresh array nothing else holds) in place.
+
+        Returns False, leaving ``data`` alone, whenever :meth:`forward` would do something
+        else (training, no running statistics, another shape or dtype); containers use this to
+        skip an allocation and a pass after a convolution."""
+        if (self.training or self.running_mean is None or data.ndim - 2 not in self.n
+                or data.shape[1] != self.num_features or data.dtype != self.running_mean.dtype):
+            return False
+        alpha, beta = F.inference_affine(
+            self.running_mean, self.running_var, getattr(self.weight, "data", self.weight),
+            getattr(self.bias, "data", self.bias), self.eps)
+        shape = (1, -1) + (1,) * (data.ndim - 2)
+        data *= alpha.reshape(shape)
+        data += beta.reshape(shape)
+        return True
+
     def extra_repr(self) -> str:
         return extra_args(self.num_features, eps=(self.eps, 1e-5), momentum=(self.momentum, 0.1),
                           affine=(self.affine, True),

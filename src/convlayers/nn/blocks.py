@@ -36,9 +36,11 @@ class ConvNormAct(Sequential):
 
     Children ``0`` (conv), ``1`` (norm, if any) and the activation, as torchvision's
     ``Conv2dNormActivation``, whose checkpoints therefore load. ``padding=None`` keeps the size
-    at stride 1 (``(kernel_size - 1)//2 * dilation``); ``padding="tf_same"`` instead puts a
-    :class:`SamePad2d` first (TensorFlow's 'same', extra row/column at the bottom/right when
-    strided), so the children are then pad, conv, norm, activation. ``bias=None`` puts a bias on the
+    at stride 1 (``(kernel_size - 1)//2 * dilation``); ``padding="tf_same"`` is TensorFlow's
+    'same': where that is asymmetric (strided, or an even kernel: the extra row/column goes at
+    the bottom/right) a :class:`SamePad2d` comes first, so the children are then pad, conv,
+    norm, activation; at stride 1 with an odd kernel it is symmetric, and the convolution pads
+    by itself (which lets the depthwise kernels read the borders in place, with no padded copy). ``bias=None`` puts a bias on the
     convolution only when there is no normalization, since BatchNorm subtracts any constant
     offset right away; the seed's ``nn.Conv2d(3, 64, 3, padding=1)`` before its BatchNorm keeps
     the bias, which is ``bias=True`` here.
@@ -58,10 +60,11 @@ class ConvNormAct(Sequential):
     ) -> None:
         k, d = as_int(kernel_size, "kernel_size"), as_int(dilation, "dilation")
         layers: list[Module] = []
-        if padding == "tf_same":
-            if k > 1 or stride > 1:
-                layers.append(SamePad2d(k, stride, d))
-            pad: int = 0
+        if padding == "tf_same" and stride == 1 and (k - 1) * d % 2 == 0:
+            pad: int = (k - 1) * d // 2  # TensorFlow's 'same' is symmetric here: the conv pads
+        elif padding == "tf_same":
+            layers.append(SamePad2d(k, stride, d))
+            pad = 0
         elif isinstance(padding, str):
             raise ValueError(f"padding must be an int, None or 'tf_same', got {padding!r}")
         else:

@@ -271,12 +271,15 @@ def test_batchnorm_after_a_conv_normalizes_in_place_only_when_nothing_records(re
     twin.load_state_dict({k: torch.from_numpy(np.asarray(getattr(v, "data", v)))
                           for k, v in block.state_dict().items()})
     x = random_array(rng, (2, 3, 7, 6), np.float32) * 4
+    x[1, 2, 3, 3] = np.nan  # must come out NaN where torch's does, through the fused clip
     before = x.copy()
     calls: list[bool] = []
+    clips: list[object] = []
     original = bn.normalize_inplace
 
-    def spy(data: np.ndarray) -> bool:
-        calls.append(original(data))
+    def spy(data: np.ndarray, clip: tuple[float, float] | None = None) -> bool:
+        calls.append(original(data, clip))
+        clips.append(clip)
         return calls[-1]
 
     bn.normalize_inplace = spy  # type: ignore[method-assign]
@@ -290,9 +293,12 @@ def test_batchnorm_after_a_conv_normalizes_in_place_only_when_nothing_records(re
         y = np.asarray(getattr(out, "data", out))
     with torch.no_grad():
         expected = twin(torch.from_numpy(x)).numpy()
-    assert_close(y, expected, "Conv-BN-ReLU6")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    assert np.isnan(y).any()
+    assert_close(np.nan_to_num(y), np.nan_to_num(expected), "Conv-BN-ReLU6")
     np.testing.assert_array_equal(x, before)
     assert calls == ([] if recording else [True])
+    assert clips == ([] if recording else [(0.0, 6.0)])  # the ReLU6 ran inside the BatchNorm
     block.train()
     calls.clear()
     with convlayers.no_grad():

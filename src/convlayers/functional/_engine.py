@@ -96,6 +96,30 @@ def _numba_threads() -> int:
     return int(numba.get_num_threads())
 
 
+#: Convolutions with fewer multiply-adds than this run on one thread: waking the other threads
+#: of the OpenMP pool (asleep under ``OMP_WAIT_POLICY=PASSIVE``) costs ~40 us, more than such a
+#: layer gains from them (measured: a 7x7 depthwise layer of 960 channels, 0.4 M multiply-adds,
+#: 147 us on one thread, 182 us on two).
+SERIAL_MACS = 2_000_000
+
+
+@contextmanager
+def _threads_for(macs: int) -> Iterator[None]:
+    """Run the kernels inside on one thread when the work is small (:data:`SERIAL_MACS`)."""
+    if macs >= SERIAL_MACS:
+        yield
+        return
+    import numba
+
+    _kernels()  # loads numba and applies the thread setting first
+    saved = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
+
+
 @contextmanager
 def _dynamic_units() -> Iterator[None]:
     """Hand out the units of the fused kernels one at a time (numba's ``prange`` otherwise
@@ -155,8 +179,11 @@ def correlate(
     """
     pairs = pairs if pairs is not None else ((0, 0),) * (x.ndim - 2)
     if _fast(x, weight):
-        out4 = _correlate_fast(_as_4d(x), _as_4d(weight), _pair(stride, 1), _pair(dilation, 1),
-                               groups, _pair(out_shape, 1), _pads(pairs), bias)
+        macs = x.shape[0] * weight.size * int(np.prod(out_shape))
+        with _threads_for(macs):
+            out4 = _correlate_fast(_as_4d(x), _as_4d(weight), _pair(stride, 1),
+                                   _pair(dilation, 1), groups, _pair(out_shape, 1), _pads(pairs),
+                                   bias)
         return out4.reshape(x.shape[0], weight.shape[0], *out_shape)
     out = _correlate_numpy(pad_pairs(x, pairs), weight, stride, dilation, groups, out_shape)
     if bias is not None:
@@ -410,9 +437,35 @@ def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarr
     """``out[n, g] = taps[g] @ xs[n, g]`` (+ bias) by :func:`convlayers.kernels.conv.pointwise`:
     ``xs (N, G, K, L)`` and ``taps (G, P, K)`` C-contiguous, ``out (N, G, P, L)``."""
     k = _kernels()
-    block = _pointwise_block(xs.shape[2], xs.shape[3], xs.itemsize)
+    length = xs.shape[3]
+    padded = -(-length // VECTOR_COLUMNS) * VECTOR_COLUMNS
+    if padded - length > length // 10:  # mostly the loops' scalar remainder: pad, then crop
+        wide = np.zeros((*xs.shape[:3], padded), dtype=xs.dtype)
+        wide[..., :length] = xs
+        wide_out = np.empty((*out.shape[:3], padded), dtype=out.dtype)
+        _pointwise(wide, taps, bias, wide_out)
+        out[...] = wide_out[..., :length]
+        return
+    block = _pointwise_block(xs.shape[2], length, xs.itemsize)
+    rows = _pointwise_rows(taps.shape[1], xs.shape[0] * -(-length // block))
     with _dynamic_units():
-        k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, out)
+        k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, rows, out)
+
+
+#: LLVM vectorises the micro-kernels' column loops in steps of this many float32 columns (16
+#: lanes, 4 interleaved); shorter remainders run scalar, so 7x7 maps (49 columns) are padded.
+VECTOR_COLUMNS = 64
+
+
+def _pointwise_rows(c_out_g: int, column_units: int) -> int:
+    """Output rows per unit of the 1x1 kernel: all of them, unless there are fewer column units
+    than twice the threads; then the rows are split too (multiples of 4, at least 16)."""
+    want = 2 * _numba_threads()
+    if column_units >= want:
+        return c_out_g
+    parts = -(-want // column_units)
+    rows = max(16, -(-c_out_g // parts))
+    return min(c_out_g, -(-rows // 4) * 4)
 
 
 def _lowered_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, stride: tuple[int, int],

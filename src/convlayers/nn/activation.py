@@ -36,6 +36,7 @@ def overwritable(x: Any) -> np.ndarray | None:
 class _Inplace(Module):
     _fn: Callable[[Any], Any]
     _fn_inplace: Callable[[np.ndarray], Any]
+    clip_range: tuple[float, float] | None = None  # set where the activation is a clip
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
@@ -60,6 +61,7 @@ class ReLU(_Inplace):
 
     _fn = staticmethod(F.relu)
     _fn_inplace = staticmethod(lambda a: np.maximum(a, 0, out=a))
+    clip_range = (0.0, float("inf"))  # lets a container fuse it into the layer before
 
 
 class ReLU6(_Inplace):
@@ -67,6 +69,7 @@ class ReLU6(_Inplace):
 
     _fn = staticmethod(F.relu6)
     _fn_inplace = staticmethod(lambda a: np.clip(a, 0, 6, out=a))
+    clip_range = (0.0, 6.0)
 
 
 class Sigmoid(Module):

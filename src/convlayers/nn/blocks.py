@@ -40,10 +40,11 @@ class ConvNormAct(Sequential):
     'same': where that is asymmetric (strided, or an even kernel: the extra row/column goes at
     the bottom/right) a :class:`SamePad2d` comes first, so the children are then pad, conv,
     norm, activation; at stride 1 with an odd kernel it is symmetric, and the convolution pads
-    by itself (which lets the depthwise kernels read the borders in place, with no padded copy). ``bias=None`` puts a bias on the
-    convolution only when there is no normalization, since BatchNorm subtracts any constant
-    offset right away; the seed's ``nn.Conv2d(3, 64, 3, padding=1)`` before its BatchNorm keeps
-    the bias, which is ``bias=True`` here.
+    by itself (which lets the depthwise kernels read the borders in place, with no padded
+    copy). ``bias=None`` puts a bias on the convolution only when there is no normalization,
+    since BatchNorm subtracts any constant offset right away; the seed's
+    ``nn.Conv2d(3, 64, 3, padding=1)`` before its BatchNorm keeps the bias, which is
+    ``bias=True`` here.
 
     Examples
     --------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, overload
 
-from convlayers.nn.activation import overwritable
+from convlayers.nn.activation import _Inplace, overwritable
 from convlayers.nn.conv import _ConvNd
 from convlayers.nn.module import Module
 from convlayers.nn.norm import _BatchNorm
@@ -73,19 +73,38 @@ class Sequential(ModuleList):
         return super().__getitem__(index)
 
     def forward(self, x: Any) -> Any:
-        previous = None
-        for module in self._modules.values():
-            if not (isinstance(module, _BatchNorm) and "forward" not in vars(module)
-                    and _fresh_conv_output(previous, x)
-                    and module.normalize_inplace(overwritable(x))):  # type: ignore[arg-type]
-                x = module(x)
+        modules = list(self._modules.values())
+        previous: Module | None = None
+        i = 0
+        while i < len(modules):
+            module = modules[i]
+            if (isinstance(module, _BatchNorm) and _unwrapped(module)
+                    and _fresh_conv_output(previous, x)):
+                after = modules[i + 1] if i + 1 < len(modules) else None
+                clip = _fusable_clip(after)
+                if module.normalize_inplace(overwritable(x), clip):  # type: ignore[arg-type]
+                    previous = module if clip is None else after
+                    i += 1 if clip is None else 2
+                    continue
+            x = module(x)
             previous = module
+            i += 1
         return x
+
+
+def _unwrapped(module: Module | None) -> bool:
+    """No instance ``forward`` (as :func:`~convlayers.nn.feature_maps` installs to record)."""
+    return module is not None and "forward" not in vars(module)
 
 
 def _fresh_conv_output(previous: Module | None, x: Any) -> bool:
     """Whether ``x`` is what a convolution (unwrapped, so nobody else keeps it) just returned
-    and nothing records it for a gradient: a BatchNorm after it may then work in place (an
-    instance ``forward``, as :func:`~convlayers.nn.feature_maps` installs, opts out)."""
-    return (isinstance(previous, _ConvNd) and "forward" not in vars(previous)
-            and overwritable(x) is not None)
+    and nothing records it for a gradient: a BatchNorm after it may then work in place."""
+    return isinstance(previous, _ConvNd) and _unwrapped(previous) and overwritable(x) is not None
+
+
+def _fusable_clip(module: Module | None) -> tuple[float, float] | None:
+    """The clip range of an in-place ReLU/ReLU6 that may run inside the BatchNorm before it."""
+    if isinstance(module, _Inplace) and module.inplace and _unwrapped(module):
+        return module.clip_range
+    return None

@@ -454,6 +454,29 @@ def test_pointwise_kernels_match_torch_and_numpy_path(monkeypatch: pytest.Monkey
         np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("spatial", "c_out"), [((7, 7), 40), ((3, 5), 22), ((14, 14), 36)])
+@pytest.mark.parametrize("serial_macs", [0, 1 << 40])
+def test_pointwise_row_split_padding_and_serial_small_layers(
+        monkeypatch: pytest.MonkeyPatch, threads: int, spatial: tuple[int, int], c_out: int,
+        serial_macs: int) -> None:
+    """Batch 1 on small maps: output rows split across threads (blocks of 4 and a ragged one),
+    7x7 maps padded to 64 columns and cropped, and every layer forced onto one thread or onto
+    all of them: the same numbers as torch, and bit for bit the same whatever the split."""
+    monkeypatch.setattr(_engine, "SERIAL_MACS", serial_macs)
+    rng = np.random.default_rng(13)
+    x = random_array(rng, (1, 24, *spatial), np.float32)
+    w = random_array(rng, (c_out, 12, 1, 1), np.float32)
+    b = random_array(rng, (c_out,), np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                         groups=2).numpy()
+    with config.settings(threads=threads):
+        y = F.conv2d(x, w, b, groups=2)
+    assert_close(y, expected, "forward")
+    with config.settings(threads=1):
+        np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
+
+
 def test_pointwise_unbatched_strided_padded_and_float64() -> None:
     rng = np.random.default_rng(12)
     for dtype in (np.float32, np.float64):

@@ -39,8 +39,13 @@ def differentiable(forward: Callable[..., Any], inputs: Sequence[str], vjp: VJP)
 
     @functools.wraps(forward)
     def op(*args: Any, **kwargs: Any) -> Any:
-        if not any(isinstance(v, Tensor) for v in (*args, *kwargs.values())):
+        values = (*args, *kwargs.values())
+        if not any(isinstance(v, Tensor) for v in values):
             return forward(*args, **kwargs)
+        if not (is_grad_enabled() and any(isinstance(v, Tensor) and v.requires_grad
+                                          for v in values)):  # nothing to record: no binding
+            out = forward(*(_unwrap(v) for v in args), **{k: _unwrap(v) for k, v in kwargs.items()})
+            return (Tensor(out[0]), *out[1:]) if isinstance(out, tuple) else Tensor(out)
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         parents = [bound.arguments[name] for name in inputs]
@@ -54,6 +59,10 @@ def differentiable(forward: Callable[..., Any], inputs: Sequence[str], vjp: VJP)
         return record(out, parents, backward)
 
     return op
+
+
+def _unwrap(value: Any) -> Any:
+    return value.data if isinstance(value, Tensor) else value
 
 
 def _conv_rule(f: Callable[..., Any]) -> Callable[[Args], Rule]:

@@ -74,7 +74,39 @@ def conv_spec(
     groups: int,
     padding_mode: str,
 ) -> ConvSpec:
-    """Check a batched input, weight and bias against each other; return the normalised spec."""
+    """Check a batched input, weight and bias against each other; return the normalised spec.
+
+    Only shapes, dtypes and the hyper-parameters matter, so valid specs are remembered per
+    such key (a model's layers see the same ones call after call); errors are never cached."""
+    try:
+        key = (x.shape, x.dtype, weight.shape, weight.dtype,
+               None if bias is None else (bias.shape, bias.dtype),
+               stride, padding, dilation, groups, padding_mode)
+        hash(key)
+    except TypeError:  # e.g. a list for stride: check it every time
+        return _conv_spec(x, weight, bias, stride, padding, dilation, groups, padding_mode)
+    spec = _SPECS.get(key)
+    if spec is None:
+        spec = _conv_spec(x, weight, bias, stride, padding, dilation, groups, padding_mode)
+        if len(_SPECS) >= 1024:
+            _SPECS.clear()
+        _SPECS[key] = spec
+    return spec
+
+
+_SPECS: dict[tuple, ConvSpec] = {}
+
+
+def _conv_spec(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    stride: IntOrTuple,
+    padding: Padding,
+    dilation: IntOrTuple,
+    groups: int,
+    padding_mode: str,
+) -> ConvSpec:
     n = x.ndim - 2
     check_ndim(weight, (n + 2,), "weight", "C_out, C_in/groups, *kernel")
     same_dtype(x, weight, "input", "weight")

@@ -25,6 +25,23 @@ __all__ = [
 ]
 
 
+@njit(cache=True, inline="always")
+def _gather_row(src, off, sw, lo, hi, dst):
+    """``dst[t] = src[(lo + t)*sw + off]`` for ``t < hi - lo`` (``lo*sw + off >= 0``). Slices
+    start the indices at 0: indexing ``src[ow + off]`` with a signed ``off`` made numba check
+    for negative indices on every load, which kept the loop scalar."""
+    s = src[lo * sw + off:]
+    if sw == 1:
+        for t in range(hi - lo):
+            dst[t] = s[t]
+    elif sw == 2:  # a literal stride: LLVM deinterleaves with shuffles
+        for t in range(hi - lo):
+            dst[t] = s[2 * t]
+    else:
+        for t in range(hi - lo):
+            dst[t] = s[t * sw]
+
+
 @njit(parallel=True, cache=True)
 def im2col(xp, kh, kw, sh, sw, dh, dw, oh0, Wo, cols):
     """Windows of output rows ``oh0 ..`` of the padded images ``xp`` ``(nb, C, Hp, Wp)``."""
@@ -39,13 +56,7 @@ def im2col(xp, kh, kw, sh, sw, dh, dw, oh0, Wo, cols):
                 off = b * dw
                 for oh in range(Ho):
                     src = xp[n, c, (oh0 + oh) * sh + a * dh]
-                    base = oh * Wo
-                    if sw == 1:
-                        for ow in range(Wo):
-                            dst[base + ow] = src[ow + off]
-                    else:
-                        for ow in range(Wo):
-                            dst[base + ow] = src[ow * sw + off]
+                    _gather_row(src, off, sw, 0, Wo, dst[oh * Wo: (oh + 1) * Wo])
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -95,12 +106,7 @@ def im2col_pad(x, kh, kw, sh, sw, dh, dw, pt, pl, oh0, Wo, cols):
                     src = x[n, c, ih]
                     for ow in range(lo):
                         dst[base + ow] = zero
-                    if sw == 1:
-                        for ow in range(lo, hi):
-                            dst[base + ow] = src[ow + off]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[base + ow] = src[ow * sw + off]
+                    _gather_row(src, off, sw, lo, hi, dst[base + lo: base + hi])
                     for ow in range(hi, Wo):
                         dst[base + ow] = zero
 
@@ -130,12 +136,7 @@ def _im2col_one(xn, kh, kw, sh, sw, dh, dw, pt, pl, Wo, cols):
                     src = xn[c, ih]
                     for ow in range(lo):
                         dst[base + ow] = zero
-                    if sw == 1:
-                        for ow in range(lo, hi):
-                            dst[base + ow] = src[ow + off]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[base + ow] = src[ow * sw + off]
+                    _gather_row(src, off, sw, lo, hi, dst[base + lo: base + hi])
                     for ow in range(hi, Wo):
                         dst[base + ow] = zero
 

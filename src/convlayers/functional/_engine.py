@@ -14,8 +14,9 @@ Fast paths (1-D and 2-D, float32/float64; everything else takes the loop above):
 
 - 3x3 stride-1 with enough channels per group (:data:`WINOGRAD_MIN_CHANNELS`): Winograd
   F(2x2,3x3) (:mod:`convlayers.kernels.winograd`) in one numba parallel region (transforms and
-  the 16 products of a block of tile rows per unit, the products by a register-blocked numba
-  micro-kernel: no BLAS, no hand-over between thread pools), forward with the bias fused, and
+  the 16 products of a block of tile rows per unit, the products by the register-tiled GEMM of
+  :mod:`convlayers.kernels.simd`: no BLAS, no hand-over between thread pools), forward with the
+  bias fused, and
   both gradients from one input transform and one output-gradient transform per unit
   (:func:`correlate_backward`; one image per unit, so with fewer images than threads the
   older per-plane transforms and ``np.matmul`` serve it);

@@ -17,7 +17,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels.gemm import gemm, gemm_add, gemm_cols, gemm_nt_cols_add
+from convlayers.kernels.gemm import gemm_cols, gemm_nt_cols_add
+from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add
 
 __all__ = [
     "col2im", "im2col", "im2col_pad", "lowered_backward", "lowered_fused", "pointwise",
@@ -219,7 +220,7 @@ def _col2im_scatter(cols, kh, kw, dh, dw, pt, pl, Hp, Wp, idx, xp, gxn):
 def lowered_fused(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, nt, out):
     """A whole lowered convolution (groups 1) in one parallel region, one image per unit: its
     columns into the thread's scratch, then ``out[n] (C_out, Ho*Wo) = taps (C_out, C*kh*kw) @
-    cols`` (``out (N, C_out, Ho*Wo)``) with the register-blocked micro-kernel, plus ``bias``
+    cols`` (``out (N, C_out, Ho*Wo)``) with the register-tiled GEMM, plus ``bias``
     (possibly empty)."""
     N = x.shape[0]
     Cout, L = out.shape[1], out.shape[2]
@@ -234,7 +235,7 @@ def lowered_fused(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, nt, out):
         t = numba.get_thread_id()
         _im2col_gather(x[n], kh, kw, dh, dw, pt, pl, Hp, Wp, idx, pbuf[t], buf[t])
         on = out[n]
-        gemm(taps, buf[t], on)
+        gemm_tiled(taps, buf[t], on)
         if has_bias:
             for co in range(Cout):
                 b = bias[co]
@@ -305,12 +306,12 @@ def lowered_backward(x, gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, gx, acc,
             for co in range(Cout):
                 row[co] = gyn[co, j]
         if used[t]:
-            gemm_add(cols, gyt, acc[t])
+            gemm_tiled_add(cols, gyt, acc[t])
         else:
-            gemm(cols, gyt, acc[t])
+            gemm_tiled(cols, gyt, acc[t])
             used[t] = True
         dcols = dbuf[t]
-        gemm(taps_t, gyn, dcols)
+        gemm_tiled(taps_t, gyn, dcols)
         gxn = gx[n]
         if sw > 1 or sh > 1:
             _col2im_scatter(dcols, kh, kw, dh, dw, pt, pl, Hp, Wp, idx, pbuf[t], gxn)
@@ -327,8 +328,9 @@ def lowered_backward(x, gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, gx, acc,
 #
 # A 1x1 convolution is one GEMM per image and group over the pixels. The kernels below run all
 # of them in one parallel region, a unit being one block of ``B`` pixel columns of one image
-# (every group), with the register-blocked micro-kernels of ``gemm.py`` restricted to the
-# columns ``j0 .. j1`` of full rows (so the rows stay contiguous and nothing is copied): no BLAS
+# (every group): the register-tiled GEMM of ``simd.py`` when a block spans the image, else the
+# loops of ``gemm.py`` restricted to the columns ``j0 .. j1`` of full rows (so the rows stay
+# contiguous and nothing is copied): no BLAS
 # call, no hand-over between numba's and OpenBLAS's threads. The engine picks ``B`` so that the
 # unit's block of the right-hand operand stays in the core's L2 cache.
 
@@ -356,7 +358,7 @@ def pointwise(x, taps, bias, B, R, out):
         for g in range(G):
             o = out[n, g, r0:r1]
             if nb == 1:  # whole rows: the plain kernel is ~35% faster than the column-range one
-                gemm(taps[g, r0:r1], x[n, g], o)
+                gemm_tiled(taps[g, r0:r1], x[n, g], o)
             else:
                 gemm_cols(taps[g, r0:r1], x[n, g], o, j0, j1)
             if has_bias:

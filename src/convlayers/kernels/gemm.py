@@ -1,9 +1,12 @@
-"""The register-blocked matrix-multiply micro-kernels every compiled convolution uses.
+"""Matrix-multiply loops in plain numba, inside the callers' own parallel regions.
 
-OpenBLAS picks its AVX2 kernels on this project's AVX-512 machines, and each hand-over between
+OpenBLAS runs its AVX2 kernels on this project's AVX-512 machines, and each hand-over between
 its threads and numba's costs milliseconds on 2 cores; these loops run inside the callers'
-own parallel regions instead and compile to packed 512-bit FMAs (about 170 GFLOP/s per core
-against OpenBLAS's 100). ``inline="always"`` makes each call site a specialised copy.
+own parallel regions instead and compile to packed 512-bit FMAs (140-190 GFLOP/s per core
+against OpenBLAS's 100). ``inline="always"`` makes each call site a specialised copy. The bulk
+of the convolutions' products now goes through the register tiles of
+:mod:`convlayers.kernels.simd` (250-290 GFLOP/s), which call :func:`gemm` and
+:func:`gemm_add` for their last rows; the column-range and dot-product forms stay here.
 
 The whole-array kernels and the column-range ones (``*_cols``) look alike on purpose: folding
 one into the other (a range ``0..L`` and an ``accumulate`` flag) was measured to make the

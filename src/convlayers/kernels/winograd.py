@@ -25,7 +25,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels.gemm import gemm, gemm_add, gemm_nt_add
+from convlayers.kernels.gemm import gemm_nt_add
+from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add
 
 __all__ = ["backward_fused", "forward_fused", "input_grad_transform", "input_transform",
            "output_grad_transform", "output_transform"]
@@ -238,14 +239,13 @@ def input_grad_transform(dv, pt, pl, th0, TH, TW, gx):
 # The kernels below run a whole Winograd convolution in one parallel region: each unit of work is
 # a block of tile rows of one image, whose transforms (16 x channels x block tiles, a few hundred
 # KiB) stay in the core's cache between the input transform, the 16 products and the output
-# transform. The products are the register-blocked micro-kernels of
-# :mod:`convlayers.kernels.gemm`
-# (4 x 4 blocks, the innermost loop along the tiles; LLVM emits packed 512-bit FMAs on AVX-512),
-# so no BLAS call and no hand-over between thread pools happens inside the convolution. Measured
-# single-threaded on the 2-core AVX-512 machine: 180 GFLOP/s for 64x64 @ 64x224 against 100 for
-# OpenBLAS's (AVX2) sgemm. Units are handed out one at a time (``parallel_chunksize(1)``) so a
-# core slowed by a neighbour takes fewer (the engine sets it: a ``with`` inside
-# would make the kernels uncachable); each thread owns its scratch (``get_thread_id``).
+# transform. The products are the register-tiled GEMM of :mod:`convlayers.kernels.simd` (8 rows
+# by 48 columns of accumulators in vector registers), so no BLAS call and no hand-over between
+# thread pools happens inside the convolution. Measured single-threaded on the 2-core AVX-512
+# machine: about 240 GFLOP/s for 64x64 @ 64x224 against 100 for OpenBLAS's (AVX2) sgemm. Units
+# are handed out one at a time (``parallel_chunksize(1)``) so a core slowed by a neighbour takes
+# fewer (the engine sets it: a ``with`` inside would make the kernels uncachable); each thread
+# owns its scratch (``get_thread_id``).
 
 
 @njit(cache=True, fastmath=True)
@@ -537,7 +537,7 @@ def forward_fused(x, u, bias, pt, pl, R, nt, out):
                           hbuf[t, 1])
         for e in range(16):
             for g in range(G):
-                gemm(u[e, g], v4[e, g], m4[e, g])
+                gemm_tiled(u[e, g], v4[e, g], m4[e, g])
         _output_block_flat(m, bias, th0, rows, TW, out[n], sbuf[t], ybuf[t])
 
 
@@ -585,7 +585,7 @@ def backward_fused(x, gy, ut, pt, pl, R, gx, gu):
             _output_grad_block(gy[n], th0, rows, TW, dm)
             for e in range(16):
                 for g in range(G):
-                    gemm(ut[e, g], dm4[e, g], dv4[e, g])
+                    gemm_tiled(ut[e, g], dm4[e, g], dv4[e, g])
                     if wide:
                         vg = v4[e, g]
                         vt = vtbuf[t, : lb * Cig].reshape(lb, Cig)
@@ -593,7 +593,7 @@ def backward_fused(x, gy, ut, pt, pl, R, gx, gu):
                             row = vt[j]
                             for c in range(Cig):
                                 row[c] = vg[c, j]
-                        gemm_add(dm4[e, g], vt, gu[t, e, g])
+                        gemm_tiled_add(dm4[e, g], vt, gu[t, e, g])
                     else:
                         gemm_nt_add(dm4[e, g], v4[e, g], gu[t, e, g])
             _input_grad_block(dv, pt, pl, th0, rows, TW, gxn, pbuf[t], tbuf[t])

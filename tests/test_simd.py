@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add
+from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
 
 
 @njit(cache=True)
@@ -36,6 +36,27 @@ def test_tiles_and_every_remainder_match_numpy(rows: int, depth: int, cols: int,
     expected = u.astype(np.float64) @ v.astype(np.float64) + (start if accumulate else 0)
     tol = (2e-5 if dtype == np.float32 else 1e-12) * max(1, depth)
     np.testing.assert_allclose(m, expected, rtol=tol, atol=tol)
+
+
+@njit(cache=True)
+def _columns(u: np.ndarray, v: np.ndarray, m: np.ndarray, j0: int, j1: int) -> None:
+    gemm_tiled_cols(u, v, m, j0, j1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 20), depth=st.integers(1, 30), cols=st.integers(1, 140),
+       data=st.data())
+def test_column_ranges_touch_only_their_columns(rows: int, depth: int, cols: int,
+                                                data: st.DataObject) -> None:
+    j0 = data.draw(st.integers(0, cols - 1))
+    j1 = data.draw(st.integers(j0, cols))
+    rng = np.random.default_rng(rows * 1000 + cols)
+    u = rng.standard_normal((rows, depth)).astype(np.float32)
+    v = rng.standard_normal((depth, cols)).astype(np.float32)
+    m = np.full((rows, cols), 7.0, np.float32)
+    _columns(u, v, m, j0, j1)
+    np.testing.assert_allclose(m[:, j0:j1], (u @ v)[:, j0:j1], rtol=1e-4, atol=1e-4)
+    assert (m[:, :j0] == 7).all() and (m[:, j1:] == 7).all()
 
 
 def test_views_of_rows_work_and_other_layouts_are_refused() -> None:

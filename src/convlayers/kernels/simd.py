@@ -25,9 +25,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from convlayers.kernels.gemm import gemm, gemm_add
+from convlayers.kernels.gemm import gemm, gemm_add, gemm_cols
 
-__all__ = ["TILE_ROWS", "gemm_tiled", "gemm_tiled_add"]
+__all__ = ["TILE_ROWS", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols"]
 
 #: Rows of the output a tile covers.
 TILE_ROWS = 8
@@ -124,26 +124,32 @@ def gemm_tiled(u, v, m):
     :func:`~convlayers.kernels.gemm.gemm`): 8-row tiles of three vectors, then of one vector,
     then one vector over a zero-padded copy of the last (fewer than a vector's) columns; the
     last ``P % 8`` rows by the plain loops."""
-    _tiled(u, v, m, False)
+    _tiled(u, v, m, 0, v.shape[1], False)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled_add(u, v, m):
     """``m += u @ v``, as :func:`gemm_tiled`."""
-    _tiled(u, v, m, True)
+    _tiled(u, v, m, 0, v.shape[1], True)
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _tiled(u, v, m, accumulate):
+def gemm_tiled_cols(u, v, m, j0, j1):
+    """``m[:, j0:j1] = u @ v[:, j0:j1]``, as :func:`gemm_tiled` (the other columns untouched)."""
+    _tiled(u, v, m, j0, j1, False)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _tiled(u, v, m, j_lo, j_hi, accumulate):
     P, K = u.shape
-    L = v.shape[1]
     lanes = 16 if u.itemsize == 4 else 8
     p_end = P - P % 8
-    if p_end > 0:
-        wide = L - L % (3 * lanes)
-        narrow = L - L % lanes
+    width = j_hi - j_lo
+    if p_end > 0 and width > 0:
+        wide = j_lo + width - width % (3 * lanes)
+        narrow = j_lo + width - width % lanes
         for p in range(0, p_end, 8):
-            for j0 in range(0, wide, 3 * lanes):
+            for j0 in range(j_lo, wide, 3 * lanes):
                 if accumulate:
                     _tile3_add(u, v, m, p, j0, K)
                 else:
@@ -153,8 +159,8 @@ def _tiled(u, v, m, accumulate):
                     _tile1_add(u, v, m, p, j0, K)
                 else:
                     _tile1(u, v, m, p, j0, K)
-        if narrow < L:
-            tail = L - narrow
+        if narrow < j_hi:
+            tail = j_hi - narrow
             vt = np.zeros((K, lanes), dtype=u.dtype)
             for k in range(K):
                 for t in range(tail):
@@ -169,8 +175,10 @@ def _tiled(u, v, m, accumulate):
             for p in range(p_end):
                 for t in range(tail):
                     m[p, narrow + t] = mt[p, t]
-    if p_end < P:
+    if p_end < P and width > 0:
         if accumulate:
-            gemm_add(u[p_end:], v, m[p_end:])
-        else:
+            gemm_add(u[p_end:], v, m[p_end:])  # only ever whole rows (j_lo = 0, j_hi = L)
+        elif j_lo == 0 and j_hi == v.shape[1]:
             gemm(u[p_end:], v, m[p_end:])
+        else:
+            gemm_cols(u[p_end:], v, m[p_end:], j_lo, j_hi)

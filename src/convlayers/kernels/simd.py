@@ -139,8 +139,10 @@ def gemm_tiled_cols(u, v, m, j0, j1):
     _tiled(u, v, m, j0, j1, False)
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=True)
 def _tiled(u, v, m, j_lo, j_hi, accumulate):
+    # Not inlined: every kernel calls this one compiled function (per dtype), where inlining
+    # copied 24 unrolled tiles into each call site and made first calls compile for ~30 s.
     P, K = u.shape
     lanes = 16 if u.itemsize == 4 else 8
     p_end = P - P % 8

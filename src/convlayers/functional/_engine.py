@@ -105,9 +105,10 @@ SERIAL_MACS = 2_000_000
 
 
 @contextmanager
-def _threads_for(macs: int) -> Iterator[None]:
-    """Run the kernels inside on one thread when the work is small (:data:`SERIAL_MACS`)."""
-    if macs >= SERIAL_MACS:
+def _threads_for(macs: int, serial_below: int | None = None) -> Iterator[None]:
+    """Run the kernels inside on one thread when the work is small: under ``serial_below``
+    operations (default :data:`SERIAL_MACS`)."""
+    if macs >= (SERIAL_MACS if serial_below is None else serial_below):
         yield
         return
     import numba

@@ -20,6 +20,11 @@ from convlayers.nn.module import Module, Parameter, extra_args
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
+#: Below this many elements the fused inference pass runs on one thread: waking the OpenMP
+#: pool costs about 40 us, as long as one core takes for ~250 k elements.
+AFFINE_SERIAL_SIZE = 1 << 18
+
+
 class _BatchNorm(Module):
     n: ClassVar[tuple[int, ...]]  # allowed numbers of spatial axes
 
@@ -77,14 +82,15 @@ class _BatchNorm(Module):
         alpha, beta = F.inference_affine(
             self.running_mean, self.running_var, getattr(self.weight, "data", self.weight),
             getattr(self.bias, "data", self.bias), self.eps)
-        from convlayers.functional._engine import _kernels
+        from convlayers.functional._engine import _kernels, _threads_for
 
         _kernels()  # numba, with the thread setting applied
         from convlayers.kernels.affine import affine_inplace
 
         lo, hi = clip if clip is not None else (0.0, 0.0)
-        affine_inplace(data.reshape(data.shape[0], data.shape[1], -1), alpha, beta,
-                       clip is not None, data.dtype.type(lo), data.dtype.type(hi))
+        with _threads_for(data.size, serial_below=AFFINE_SERIAL_SIZE):
+            affine_inplace(data.reshape(data.shape[0], data.shape[1], -1), alpha, beta,
+                           clip is not None, data.dtype.type(lo), data.dtype.type(hi))
         return True
 
     def extra_repr(self) -> str:

@@ -457,12 +457,13 @@ def test_pointwise_kernels_match_torch_and_numpy_path(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize(("spatial", "c_out"), [((7, 7), 40), ((3, 5), 22), ((14, 14), 36)])
 @pytest.mark.parametrize("serial_macs", [0, 1 << 40])
-def test_pointwise_row_split_padding_and_serial_small_layers(
+def test_pointwise_row_split_short_maps_and_serial_small_layers(
         monkeypatch: pytest.MonkeyPatch, threads: int, spatial: tuple[int, int], c_out: int,
         serial_macs: int) -> None:
-    """Batch 1 on small maps: output rows split across threads (blocks of 4 and a ragged one),
-    7x7 maps padded to 64 columns and cropped, and every layer forced onto one thread or onto
-    all of them: the same numbers as torch, and bit for bit the same whatever the split."""
+    """Batch 1 on small maps: output rows split across threads (bands of 8 and a ragged one),
+    maps narrower than a tile (7x7 = 49 columns, 3x5) through the tiles' padded tails, and every
+    layer forced onto one thread or onto all of them: the same numbers as torch, and bit for
+    bit the same whatever the split."""
     monkeypatch.setattr(_engine, "SERIAL_MACS", serial_macs)
     rng = np.random.default_rng(13)
     x = random_array(rng, (1, 24, *spatial), np.float32)

@@ -304,3 +304,22 @@ def test_batchnorm_after_a_conv_normalizes_in_place_only_when_nothing_records(re
     with convlayers.no_grad():
         block(x)
     assert calls == [False]  # training normalizes with the batch's statistics, not in place
+
+
+def test_inference_affine_is_torchs_eval_batch_norm_and_names_bad_arguments() -> None:
+    from convlayers import functional as F
+
+    rng = np.random.default_rng(6)
+    mean, var = rng.normal(0, 1, 4), rng.uniform(0.5, 2, 4)
+    weight, bias = rng.normal(1, 0.3, 4), rng.normal(0, 0.3, 4)
+    x = rng.standard_normal((2, 4, 3, 5))
+    alpha, beta = F.inference_affine(mean, var, weight, bias, eps=1e-3)
+    expected = torch.nn.functional.batch_norm(
+        torch.from_numpy(x), torch.from_numpy(mean), torch.from_numpy(var),
+        torch.from_numpy(weight), torch.from_numpy(bias), training=False, eps=1e-3).numpy()
+    assert_close(x * alpha[:, None, None] + beta[:, None, None], expected, "x * alpha + beta")
+    assert_close(F.batch_norm(x, mean, var, weight, bias, eps=1e-3), expected, "batch_norm eval")
+    with pytest.raises(ValueError, match="weight must have shape"):
+        F.inference_affine(mean, var, np.ones(5))
+    with pytest.raises(ValueError, match="running_mean and running_var"):
+        F.inference_affine(mean, var[:3])

@@ -371,14 +371,13 @@ def _correlate_fast(x: np.ndarray, w: np.ndarray, stride: tuple[int, int],
     if c_in_g == 1:
         out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
         wd = np.ascontiguousarray(w.reshape(c_out, kh, kw))
-        planar = _planar(out_shape, (kh, kw), stride, dilation, x.itemsize)
         if _flat_ok(x.shape, out_shape, stride):
             h, width = x.shape[2:]
             masks = k.depthwise.flat_masks(out_shape, width, kw, dilation[1], pl)
             k.depthwise.flat_forward(np.ascontiguousarray(x).reshape(n, c_in, h * width), wd,
                                      _bias_arg(bias, x.dtype), width, *dilation, pt, pl, masks,
                                      _planar_parts(n * c_out), out.reshape(n, c_out, ho * wo))
-        elif planar is not None:
+        elif (planar := _planar(out_shape, (kh, kw), stride, dilation, x.itemsize)) is not None:
             k.depthwise.planar_forward(x, wd, _bias_arg(bias, x.dtype), *stride, *dilation, pt, pl,
                                        *planar, _planar_parts(n * c_in), out)
         else:
@@ -440,34 +439,22 @@ def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarr
     ``xs (N, G, K, L)`` and ``taps (G, P, K)`` C-contiguous, ``out (N, G, P, L)``."""
     k = _kernels()
     length = xs.shape[3]
-    padded = -(-length // VECTOR_COLUMNS) * VECTOR_COLUMNS
-    if padded - length > length // 10:  # mostly the loops' scalar remainder: pad, then crop
-        wide = np.zeros((*xs.shape[:3], padded), dtype=xs.dtype)
-        wide[..., :length] = xs
-        wide_out = np.empty((*out.shape[:3], padded), dtype=out.dtype)
-        _pointwise(wide, taps, bias, wide_out)
-        out[...] = wide_out[..., :length]
-        return
     block = _pointwise_block(xs.shape[2], length, xs.itemsize)
     rows = _pointwise_rows(taps.shape[1], xs.shape[0] * -(-length // block))
     with _dynamic_units():
         k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, rows, out)
 
 
-#: LLVM vectorises the micro-kernels' column loops in steps of this many float32 columns (16
-#: lanes, 4 interleaved); shorter remainders run scalar, so 7x7 maps (49 columns) are padded.
-VECTOR_COLUMNS = 64
-
-
 def _pointwise_rows(c_out_g: int, column_units: int) -> int:
     """Output rows per unit of the 1x1 kernel: all of them, unless there are fewer column units
-    than twice the threads; then the rows are split too (multiples of 4, at least 16)."""
+    than twice the threads; then the rows are split too (multiples of 8, the register tiles'
+    bands, at least 16)."""
     want = 2 * _numba_threads()
     if column_units >= want:
         return c_out_g
     parts = -(-want // column_units)
     rows = max(16, -(-c_out_g // parts))
-    return min(c_out_g, -(-rows // 4) * 4)
+    return min(c_out_g, -(-rows // 8) * 8)
 
 
 def _lowered_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, stride: tuple[int, int],
@@ -622,41 +609,13 @@ def correlate_backward(
     if _fast(x, grad, weight):
         x4, g4, w4 = _as_4d(x), _as_4d(grad), _as_4d(weight)
         st, dl, pads = _pair(stride, 1), _pair(dilation, 1), _pads(pairs)
-        c_out, c_in_g, kh, kw = w4.shape
+        _, c_in_g, kh, kw = w4.shape
         if _winograd_ok(w4.shape, st, dl, backward=True):
             gx4, gw4 = _winograd_backward(x4, g4, w4, pads[0], pads[2], groups)
             return gx4.reshape(x.shape), gw4.reshape(weight.shape)
-        planar = _planar(g4.shape[2:], (kh, kw), st, dl, x.itemsize)
-        if c_in_g == 1 and _flat_ok(x4.shape, g4.shape[2:], st):
-            k = _kernels()
-            n, c_in, h, width = x4.shape
-            ho = g4.shape[2]
-            wd = np.ascontiguousarray(w4.reshape(c_out, kh, kw))
-            gx4 = np.empty_like(x4, order="C")
-            part = k.depthwise.flat_backward(
-                np.ascontiguousarray(x4).reshape(n, c_in, h * width),
-                np.ascontiguousarray(g4).reshape(n, c_out, ho * width), wd, width, *dl, pads[0],
-                pads[2], k.depthwise.flat_masks((ho, width), width, kw, dl[1], pads[2]),
-                _planar_parts(n * c_in), True, True, gx4.reshape(n, c_in, h * width))
-            gw4 = part.sum(axis=0).astype(x.dtype).reshape(c_out, 1, kh, kw)
-            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
-        if c_in_g == 1 and planar is not None:
-            k = _kernels()
-            wd = np.ascontiguousarray(w4.reshape(c_out, kh, kw))
-            gx4 = np.empty_like(x4)
-            part = k.depthwise.planar_backward(x4, g4, wd, *st, *dl, pads[0], pads[2], *planar,
-                                               _planar_parts(x4.shape[0] * x4.shape[1]), True,
-                                               True, gx4)
-            gw4 = part.sum(axis=0).astype(x.dtype).reshape(c_out, 1, kh, kw)
-            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
-        if c_in_g == 1 and c_out == groups:
-            k = _kernels()
-            wd = np.ascontiguousarray(w4.reshape(c_out, kh, kw))
-            gx4 = np.empty_like(x4)
-            k.depthwise.depthwise_input_grad(g4, wd, *st, *dl, pads[0], pads[2], gx4)
-            part = k.depthwise.depthwise_weight_grad(x4, g4, kh, kw, *st, *dl, pads[0], pads[2])
-            gw4 = part.sum(axis=0).astype(x.dtype).reshape(c_out, 1, kh, kw)
-            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
+        if c_in_g == 1 and (grads := _depthwise_backward(x4, g4, w4, st, dl, pads[0],
+                                                         pads[2])) is not None:
+            return grads[0].reshape(x.shape), grads[1].reshape(weight.shape)
         ho, wo = g4.shape[2:]
         _kernels()  # applies the thread setting, which the check below reads
         if (groups == 1 and kh * kw > 1
@@ -669,6 +628,34 @@ def correlate_backward(
     gx = np.ascontiguousarray(gxp[_index(*inner)])
     gw = correlate_weight_grad(xp, grad, tuple(weight.shape[2:]), stride, dilation, groups)
     return gx, gw
+
+
+def _depthwise_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, stride: tuple[int, int],
+                        dilation: tuple[int, int], pt: int, pl: int,
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both gradients of a depthwise convolution of the unpadded ``x`` by the flat, planar or
+    (without a channel multiplier) row kernels; None where none of them serves."""
+    k = _kernels()
+    n, c_in, h, width = x.shape
+    c_out, _, kh, kw = w.shape
+    ho = gy.shape[2]
+    wd = np.ascontiguousarray(w.reshape(c_out, kh, kw))
+    gx = np.empty(x.shape, dtype=x.dtype)
+    if _flat_ok(x.shape, gy.shape[2:], stride):
+        part = k.depthwise.flat_backward(
+            np.ascontiguousarray(x).reshape(n, c_in, h * width),
+            np.ascontiguousarray(gy).reshape(n, c_out, ho * width), wd, width, *dilation, pt, pl,
+            k.depthwise.flat_masks((ho, width), width, kw, dilation[1], pl),
+            _planar_parts(n * c_in), True, True, gx.reshape(n, c_in, h * width))
+    elif (planar := _planar(gy.shape[2:], (kh, kw), stride, dilation, x.itemsize)) is not None:
+        part = k.depthwise.planar_backward(x, gy, wd, *stride, *dilation, pt, pl, *planar,
+                                           _planar_parts(n * c_in), True, True, gx)
+    elif c_out == c_in:
+        k.depthwise.depthwise_input_grad(gy, wd, *stride, *dilation, pt, pl, gx)
+        part = k.depthwise.depthwise_weight_grad(x, gy, kh, kw, *stride, *dilation, pt, pl)
+    else:
+        return None
+    return gx, part.sum(axis=0).astype(x.dtype).reshape(c_out, 1, kh, kw)
 
 
 def _input_grad_fast(gy: np.ndarray, w: np.ndarray, padded: tuple[int, int], stride: tuple[int, int],

@@ -143,8 +143,8 @@ def inference_affine(running_mean: Any, running_var: Any, weight: Any = None, bi
     if mean.shape != var.shape or mean.ndim != 1:
         raise ValueError(f"running_mean and running_var must be matching (C,) arrays, got "
                          f"{mean.shape} and {var.shape}")
-    w = None if weight is None else float_array(weight, "weight")
-    b = None if bias is None else float_array(bias, "bias")
+    w = None if weight is None else _channel_array(weight, "weight", mean[None])
+    b = None if bias is None else _channel_array(bias, "bias", mean[None])
     return _affine(mean, _invstd(var, eps), w, b)
 
 

@@ -11,8 +11,8 @@ lowered 3x3 convolution (256 x 1152 @ 1152 x 196) and of Winograd (64 x 64 @ 64 
 
 The vectors are 512 bits (16 float32 or 8 float64); LLVM splits them on machines with narrower
 registers, so the code is correct everywhere and fast where AVX-512 exists. :func:`gemm_tiled`
-covers the whole product: tiles where they fit, the loops of :mod:`~convlayers.kernels.gemm`
-for the remaining rows and columns.
+covers the whole product: tiles where they fit, tiles over zero-padded copies of the last rows
+and columns.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
-
-from convlayers.kernels.gemm import gemm, gemm_add, gemm_cols
 
 __all__ = ["TILE_ROWS", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols"]
 
@@ -120,10 +118,7 @@ _tile3_add, _tile1_add = _make_tile(3, True), _make_tile(1, True)
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled(u, v, m):
-    """``m = u @ v`` for C-contiguous 2-D ``u (P, K)``, ``v (K, L)``, ``m (P, L)`` (as
-    :func:`~convlayers.kernels.gemm.gemm`): 8-row tiles of three vectors, then of one vector,
-    then one vector over a zero-padded copy of the last (fewer than a vector's) columns; the
-    last ``P % 8`` rows by the plain loops."""
+    """``m = u @ v`` for C-contiguous 2-D ``u (P, K)``, ``v (K, L)``, ``m (P, L)``."""
     _tiled(u, v, m, 0, v.shape[1], False)
 
 
@@ -141,46 +136,62 @@ def gemm_tiled_cols(u, v, m, j0, j1):
 
 @njit(cache=True, fastmath=True)
 def _tiled(u, v, m, j_lo, j_hi, accumulate):
-    # Not inlined: every kernel calls this one compiled function (per dtype), where inlining
-    # copied 24 unrolled tiles into each call site and made first calls compile for ~30 s.
+    """Columns ``j_lo .. j_hi`` of ``m (+)= u @ v`` in bands of 8 rows: tiles of three vectors,
+    then of one vector, then one vector over a zero-padded copy ``vt`` of the last (fewer than a
+    vector's) columns. The last ``P % 8`` rows are a band of their own over zero-padded copies
+    of those rows. Not inlined: every kernel calls this one compiled function (per dtype);
+    inlined, the unrolled tiles were copied into each call site and first calls compiled for
+    about 30 s."""
     P, K = u.shape
     lanes = 16 if u.itemsize == 4 else 8
-    p_end = P - P % 8
     width = j_hi - j_lo
-    if p_end > 0 and width > 0:
-        wide = j_lo + width - width % (3 * lanes)
-        narrow = j_lo + width - width % lanes
-        for p in range(0, p_end, 8):
-            for j0 in range(j_lo, wide, 3 * lanes):
-                if accumulate:
-                    _tile3_add(u, v, m, p, j0, K)
-                else:
-                    _tile3(u, v, m, p, j0, K)
-            for j0 in range(wide, narrow, lanes):
-                if accumulate:
-                    _tile1_add(u, v, m, p, j0, K)
-                else:
-                    _tile1(u, v, m, p, j0, K)
-        if narrow < j_hi:
-            tail = j_hi - narrow
-            vt = np.zeros((K, lanes), dtype=u.dtype)
-            for k in range(K):
-                for t in range(tail):
-                    vt[k, t] = v[k, narrow + t]
-            mt = np.zeros((p_end, lanes), dtype=u.dtype)
-            if accumulate:
-                for p in range(p_end):
-                    for t in range(tail):
-                        mt[p, t] = m[p, narrow + t]
-            for p in range(0, p_end, 8):
-                _tile1_add(u, vt, mt, p, 0, K)
-            for p in range(p_end):
-                for t in range(tail):
-                    m[p, narrow + t] = mt[p, t]
-    if p_end < P and width > 0:
+    if width <= 0 or P == 0:
+        return
+    narrow = j_lo + width - width % lanes
+    vt = np.zeros((K, lanes if narrow < j_hi else 0), dtype=u.dtype)
+    for k in range(vt.shape[0]):
+        for t in range(j_hi - narrow):
+            vt[k, t] = v[k, narrow + t]
+    p_end = P - P % 8
+    for p in range(0, p_end, 8):
+        _band(u, v, vt, m, p, j_lo, j_hi, accumulate)
+    if p_end < P:  # the last rows, padded to a band
+        rest = P - p_end
+        u8 = np.zeros((8, K), dtype=u.dtype)
+        u8[:rest] = u[p_end:]
+        m8 = np.zeros((8, m.shape[1]), dtype=m.dtype)
         if accumulate:
-            gemm_add(u[p_end:], v, m[p_end:])  # only ever whole rows (j_lo = 0, j_hi = L)
-        elif j_lo == 0 and j_hi == v.shape[1]:
-            gemm(u[p_end:], v, m[p_end:])
+            m8[:rest, j_lo:j_hi] = m[p_end:, j_lo:j_hi]
+        _band(u8, v, vt, m8, 0, j_lo, j_hi, accumulate)
+        m[p_end:, j_lo:j_hi] = m8[:rest, j_lo:j_hi]
+
+
+@njit(cache=True, fastmath=True)
+def _band(u, v, vt, m, p, j_lo, j_hi, accumulate):
+    """Rows ``p .. p+8`` of :func:`_tiled`; ``vt`` holds the last partial vector's columns."""
+    K = u.shape[1]
+    lanes = 16 if u.itemsize == 4 else 8
+    width = j_hi - j_lo
+    wide = j_lo + width - width % (3 * lanes)
+    narrow = j_lo + width - width % lanes
+    for j0 in range(j_lo, wide, 3 * lanes):
+        if accumulate:
+            _tile3_add(u, v, m, p, j0, K)
         else:
-            gemm_cols(u[p_end:], v, m[p_end:], j_lo, j_hi)
+            _tile3(u, v, m, p, j0, K)
+    for j0 in range(wide, narrow, lanes):
+        if accumulate:
+            _tile1_add(u, v, m, p, j0, K)
+        else:
+            _tile1(u, v, m, p, j0, K)
+    tail = j_hi - narrow
+    if tail > 0:
+        mt = np.zeros((8, lanes), dtype=m.dtype)
+        if accumulate:
+            for r in range(8):
+                for t in range(tail):
+                    mt[r, t] = m[p + r, narrow + t]
+        _tile1_add(u[p: p + 8], vt, mt, 0, 0, K)
+        for r in range(8):
+            for t in range(tail):
+                m[p + r, narrow + t] = mt[r, t]

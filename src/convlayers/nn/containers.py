@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, overload
 
+import numpy as np
+
 from convlayers.nn.activation import _Inplace, overwritable
 from convlayers.nn.conv import _ConvNd
 from convlayers.nn.module import Module
@@ -78,11 +80,11 @@ class Sequential(ModuleList):
         i = 0
         while i < len(modules):
             module = modules[i]
-            if (isinstance(module, _BatchNorm) and _unwrapped(module)
-                    and _fresh_conv_output(previous, x)):
+            fresh = _fresh_conv_output(previous, x)
+            if isinstance(module, _BatchNorm) and _unwrapped(module) and fresh is not None:
                 after = modules[i + 1] if i + 1 < len(modules) else None
                 clip = _fusable_clip(after)
-                if module.normalize_inplace(overwritable(x), clip):  # type: ignore[arg-type]
+                if module.normalize_inplace(fresh, clip):
                     previous = module if clip is None else after
                     i += 1 if clip is None else 2
                     continue
@@ -97,10 +99,12 @@ def _unwrapped(module: Module | None) -> bool:
     return module is not None and "forward" not in vars(module)
 
 
-def _fresh_conv_output(previous: Module | None, x: Any) -> bool:
-    """Whether ``x`` is what a convolution (unwrapped, so nobody else keeps it) just returned
-    and nothing records it for a gradient: a BatchNorm after it may then work in place."""
-    return isinstance(previous, _ConvNd) and _unwrapped(previous) and overwritable(x) is not None
+def _fresh_conv_output(previous: Module | None, x: Any) -> np.ndarray | None:
+    """The array under ``x`` if a convolution (unwrapped, so nobody else keeps it) just returned
+    it and nothing records it for a gradient: a BatchNorm after it may then work in place."""
+    if isinstance(previous, _ConvNd) and _unwrapped(previous):
+        return overwritable(x)
+    return None
 
 
 def _fusable_clip(module: Module | None) -> tuple[float, float] | None:

@@ -21,12 +21,53 @@ from contextlib import contextmanager
 from convlayers._validate import as_int
 
 __all__ = [
-    "PerformanceWarning", "apply_numba_threads", "prefer_passive_openmp", "scratch_bytes",
+    "PerformanceWarning", "apply_numba_threads", "max_array_bytes", "max_image_pixels",
+    "prefer_passive_openmp", "scratch_bytes", "set_max_array_bytes", "set_max_image_pixels",
     "set_scratch_bytes", "set_threads", "settings", "threads",
 ]
 
 _DEFAULT_SCRATCH = 256 * 1024 * 1024
-_state = {"scratch_bytes": _DEFAULT_SCRATCH, "threads": os.cpu_count() or 1}
+#: Images may hold at most this many pixels (Pillow's own bomb limit is about 89 M).
+_DEFAULT_IMAGE_PIXELS = 50_000_000
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory (1 TiB where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return 1 << 40
+
+
+_state = {"scratch_bytes": _DEFAULT_SCRATCH, "threads": os.cpu_count() or 1,
+          "max_array_bytes": _physical_memory() // 2, "max_image_pixels": _DEFAULT_IMAGE_PIXELS}
+
+
+def max_array_bytes() -> int:
+    """Largest array (an op's output, a decoded image, a tensor read from a file) the library
+    will allocate, in bytes (default: half the physical memory). Checked before allocating by
+    :func:`convlayers.limits.check_bytes`."""
+    return _state["max_array_bytes"]
+
+
+def set_max_array_bytes(n: int) -> None:
+    """Set the largest array the library allocates, in bytes."""
+    if as_int(n, "max_array_bytes") < 1:
+        raise ValueError(f"max_array_bytes must be >= 1, got {n}")
+    _state["max_array_bytes"] = int(n)
+
+
+def max_image_pixels() -> int:
+    """Most pixels (width x height) an image may have to be decoded (default 50 M), for every
+    reader: the CLI, the explorer, datasets."""
+    return _state["max_image_pixels"]
+
+
+def set_max_image_pixels(n: int) -> None:
+    """Set the pixel limit of the image readers."""
+    if as_int(n, "max_image_pixels") < 1:
+        raise ValueError(f"max_image_pixels must be >= 1, got {n}")
+    _state["max_image_pixels"] = int(n)
 
 
 def scratch_bytes() -> int:
@@ -105,7 +146,9 @@ def apply_numba_threads() -> None:
 
 
 @contextmanager
-def settings(*, scratch_bytes: int | None = None, threads: int | None = None) -> Iterator[None]:
+def settings(*, scratch_bytes: int | None = None, threads: int | None = None,
+             max_array_bytes: int | None = None,
+             max_image_pixels: int | None = None) -> Iterator[None]:
     """Temporarily change settings inside a ``with`` block."""
     saved = dict(_state)
     try:
@@ -113,6 +156,10 @@ def settings(*, scratch_bytes: int | None = None, threads: int | None = None) ->
             set_scratch_bytes(scratch_bytes)
         if threads is not None:
             set_threads(threads)
+        if max_array_bytes is not None:
+            set_max_array_bytes(max_array_bytes)
+        if max_image_pixels is not None:
+            set_max_image_pixels(max_image_pixels)
         yield
     finally:
         _state.update(saved)

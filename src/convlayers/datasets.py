@@ -1,4 +1,5 @@
-"""Small real datasets that ship inside installed packages, plus batching and augmentation.
+"""Datasets: your own images in class folders (:class:`ImageFolder`), small real datasets that
+ship inside installed packages, batching and augmentation (more in :mod:`convlayers.augment`).
 
 The handwritten digits come with scikit-learn (1,797 images of 8x8 pixels, 10 classes), so
 nothing is downloaded. Install them with ``pip install convlayers[train]``.
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from convlayers._validate import as_int
+from convlayers.image_folder import ImageFolder, prefetch_batches
 
-__all__ = ["Split", "batches", "load_digits", "random_shift"]
+__all__ = ["ImageFolder", "Split", "batches", "load_digits", "prefetch_batches", "random_shift"]
 
 
 @dataclass(frozen=True)

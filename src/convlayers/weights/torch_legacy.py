@@ -10,20 +10,21 @@ That format is a stream rather than an archive::
     pickle  the list of storage keys, in the order their data follows
     then, per key: numel as a little-endian int64, then numel elements, little-endian
 
-The object pickle goes through the same allow-listed unpickler as the zip format; its tensors
-are rebuilt once the data section has been read. The small header pickles may hold only
-plain values (any global is refused).
+The object pickle goes through the allow-listed unpickler that the zip format also uses
+(:mod:`convlayers.weights._unpickle`); its tensors are rebuilt once the data section has been
+read. The small header pickles may hold only plain values (any global is refused).
 """
 
 from __future__ import annotations
 
-import pickle
+import os
 from typing import IO, Any
 
 import numpy as np
 
-from convlayers.weights._common import PathLike, UnsafeWeightsError
-from convlayers.weights.torch_pickle import _ALLOWED, _Storage, _StorageType
+from convlayers.weights._budget import PICKLE_EXPANSION, Budget
+from convlayers.weights._common import PathLike
+from convlayers.weights._unpickle import PlainUnpickler, Storage, StorageType, TensorUnpickler
 
 __all__ = ["load_legacy"]
 
@@ -31,48 +32,32 @@ MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """For header pickles: numbers, strings and containers only."""
+class _LegacyUnpickler(TensorUnpickler):
+    """The object pickle: storages are created empty and filled from the data section."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        raise UnsafeWeightsError(f"refused global {module}.{name!r} in a legacy header pickle")
-
-
-class _LegacyUnpickler(pickle.Unpickler):
-    """The object pickle: allow-listed globals; storages are created empty, filled later."""
+    record_length = 6
 
     def __init__(self, file: IO[bytes]) -> None:
         super().__init__(file)
-        self.storages: dict[str, tuple[_Storage, np.dtype, int]] = {}
-        self.views: list[tuple[_Storage, str, int, int]] = []
+        self.views: list[tuple[Storage, str, int]] = []
 
-    def find_class(self, module: str, name: str) -> Any:
-        qualname = f"{module}.{name}"
-        if qualname not in _ALLOWED:
-            raise UnsafeWeightsError(
-                f"refused global {qualname!r}: a weights file may only rebuild tensors and plain "
-                "containers; this file asks to call other code"
-            )
-        return _ALLOWED[qualname]
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            raise ValueError(f"unknown persistent record {pid!r}")
-        _, stype, key, _location, numel, view = pid
-        if not isinstance(stype, _StorageType):
-            raise ValueError(f"storage type must be a torch storage class, got {stype!r}")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise ValueError(f"malformed storage record {pid!r}")
-        if key not in self.storages:
-            self.storages[key] = (_Storage(None, stype.bfloat16), stype.dtype, numel)
-        root = self.storages[key][0]
+    def storage(self, stype: StorageType, key: str, numel: int, rest: tuple[Any, ...]) -> Storage:
+        root = self.storages.get(key)
+        if root is None:
+            root = self.storages[key] = Storage(stype, numel)
+        elif root.dtype != stype.dtype or root.numel != numel:
+            raise ValueError(f"storage {key} is named with two types or sizes")
+        (view,) = rest
         if view is None:
             return root
-        _view_key, offset, size = view
-        if not (isinstance(offset, int) and isinstance(size, int) and offset >= 0 and size >= 0):
+        if not (isinstance(view, tuple) and len(view) == 3):
             raise ValueError(f"malformed storage view {view!r}")
-        storage = _Storage(None, stype.bfloat16)
-        self.views.append((storage, key, offset, size))
+        _view_key, offset, size = view
+        if not (type(offset) is int and type(size) is int and offset >= 0 and size >= 0
+                and offset + size <= numel):
+            raise ValueError(f"storage view {view!r} does not fit in storage {key} of {numel}")
+        storage = Storage(stype, size)
+        self.views.append((storage, key, offset))
         return storage
 
 
@@ -84,45 +69,56 @@ def _read_exact(f: IO[bytes], n: int, what: str) -> bytes:
 
 
 def _read_header(f: IO[bytes]) -> None:
-    magic = _PlainUnpickler(f).load()
+    magic = PlainUnpickler(f).load()
     if magic != MAGIC_NUMBER:
         raise ValueError("not a torch file: its first pickle is not torch's magic number")
-    protocol = _PlainUnpickler(f).load()
+    protocol = PlainUnpickler(f).load()
     if protocol != PROTOCOL_VERSION:
         raise ValueError(f"unsupported legacy torch protocol version {protocol!r}")
-    info = _PlainUnpickler(f).load()
+    info = PlainUnpickler(f).load()
     if isinstance(info, dict) and info.get("little_endian") is False:
         raise ValueError("big-endian legacy torch files are not supported")
 
 
-def load_legacy(path: PathLike) -> Any:
-    """Unpickle a legacy ``torch.save`` file; tensors come back as placeholders to materialise.
+def load_legacy(path: PathLike, budget: Budget) -> Any:
+    """Unpickle a legacy ``torch.save`` file; tensors come back as recipes to materialise.
 
-    Callers normally use :func:`convlayers.weights.load_torch_checkpoint`, which dispatches
-    here and turns the placeholders into arrays.
+    Every storage's bytes are checked against what is left of the file and charged to
+    ``budget`` before they are read. Callers normally use
+    :func:`convlayers.weights.load_torch_checkpoint`, which dispatches here and turns the
+    recipes into arrays.
     """
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         _read_header(f)
         unpickler = _LegacyUnpickler(f)
         obj = unpickler.load()
-        keys = _PlainUnpickler(f).load()
+        # the pickle's objects (bounded by the file's size) count against the cap as well
+        budget.charge(PICKLE_EXPANSION * f.tell(), f"its pickles ({f.tell():,} bytes)")
+        keys = PlainUnpickler(f).load()
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise ValueError("the storage key list of the legacy file is malformed")
         for key in keys:
             if key not in unpickler.storages:
                 raise ValueError(f"data section names storage {key!r}, which no tensor uses")
-            storage, dtype, numel = unpickler.storages[key]
+            storage = unpickler.storages[key]
             count = int(np.frombuffer(_read_exact(f, 8, "a storage size"), "<i8")[0])
-            if count != numel:
-                raise ValueError(f"storage {key} holds {count} elements, its record says {numel}")
-            raw = _read_exact(f, count * dtype.itemsize, f"storage {key}")
-            storage.array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=count)
-    for view, key, offset, size in unpickler.views:
-        root = unpickler.storages[key][0].array
-        if root is None or offset + size > root.size:
-            raise ValueError(f"storage view of {key} reaches past its data")
-        view.array = root[offset : offset + size]
-    missing = [k for k, (s, _, _) in unpickler.storages.items() if s.array is None]
+            if count != storage.numel:
+                raise ValueError(f"storage {key} holds {count} elements, its record says "
+                                 f"{storage.numel}")
+            nbytes = count * storage.dtype.itemsize
+            if nbytes > size - f.tell():
+                raise ValueError(f"storage {key} needs {nbytes:,} bytes, but the file has only "
+                                 f"{size - f.tell():,} left")
+            budget.charge(nbytes, f"storage {key} ({count:,} elements)")
+            raw = _read_exact(f, nbytes, f"storage {key}")
+            storage.array = np.frombuffer(raw, dtype=storage.dtype, count=count)
+    for view, key, offset in unpickler.views:
+        root = unpickler.storages[key].array
+        if root is None:
+            raise ValueError(f"the data section has no bytes for storage {key!r}")
+        view.array = root[offset : offset + view.numel]
+    missing = [k for k, s in unpickler.storages.items() if s.array is None]
     if missing:
         raise ValueError(f"the data section has no bytes for storages {missing[:5]}")
     return obj

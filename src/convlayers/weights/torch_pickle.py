@@ -7,238 +7,70 @@ stream of pickles, see :mod:`convlayers.weights.torch_legacy`)::
     <name>/data/<key>    the raw bytes of each storage
     <name>/byteorder     "little" or "big" (absent in old files: little)
 
-Pickles can call any importable function, so ``data.pkl`` is read by an unpickler whose
-``find_class`` knows a short allow-list (the tensor rebuild functions, storage types,
-``collections.OrderedDict`` and a few builtins), each mapped to a local function that builds a
-NumPy array. Anything else raises :class:`UnsafeWeightsError` before it is called.
+Pickles can call any importable function, so ``data.pkl`` is read by the allow-listed
+unpickler of :mod:`convlayers.weights._unpickle` (the legacy format uses the same one): the
+tensor rebuild functions, storage types, ``collections.OrderedDict`` and a few builtins, each
+mapped to a local function. Anything else raises :class:`UnsafeWeightsError` before it is
+called. Every allocation (an inflated member, a storage, a tensor) is counted first against a
+cap (see :mod:`convlayers.weights._budget`), so a small file cannot demand a large memory.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import zipfile
 import zlib
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 
-from convlayers.weights._common import PathLike, UnsafeWeightsError, as_path, bfloat16_to_float32
+from convlayers.weights._budget import PICKLE_EXPANSION, Budget
+from convlayers.weights._common import PathLike, UnsafeWeightsError, as_path
+from convlayers.weights._unpickle import Storage, StorageType, TensorUnpickler, to_numpy
 from convlayers.weights.state_dicts import select_state_dict
+from convlayers.weights.torch_legacy import load_legacy
 
-# storage class name -> (little-endian numpy dtype, is bfloat16)
-_STORAGES: dict[str, tuple[str, bool]] = {
-    "DoubleStorage": ("<f8", False),
-    "FloatStorage": ("<f4", False),
-    "HalfStorage": ("<f2", False),
-    "BFloat16Storage": ("<u2", True),
-    "LongStorage": ("<i8", False),
-    "IntStorage": ("<i4", False),
-    "ShortStorage": ("<i2", False),
-    "CharStorage": ("i1", False),
-    "ByteStorage": ("u1", False),
-    "BoolStorage": ("?", False),
-    "ComplexFloatStorage": ("<c8", False),
-    "ComplexDoubleStorage": ("<c16", False),
-}
+__all__ = ["load_torch_checkpoint", "load_torch_state_dict"]
 
 
-class _Frozen:
-    """Base of everything the unpickler hands to a pickle: BUILD on it is refused."""
-
-    __slots__ = ()
-
-    def __setstate__(self, state: Any) -> None:
-        raise UnsafeWeightsError(f"refused BUILD on {type(self).__name__}: not a plain container")
-
-
-class _StorageType(_Frozen):
-    __slots__ = ("bfloat16", "dtype", "name")
-
-    def __init__(self, name: str, dtype: str, bfloat16: bool) -> None:
-        self.name, self.dtype, self.bfloat16 = name, np.dtype(dtype), bfloat16
-
-
-class _Storage(_Frozen):
-    """A storage's elements; ``array`` is None until a legacy file's data section is read."""
-
-    __slots__ = ("array", "bfloat16")
-
-    def __init__(self, array: np.ndarray | None, bfloat16: bool) -> None:
-        self.array, self.bfloat16 = array, bfloat16
-
-
-class _Tensor(_Frozen):
-    """A rebuilt tensor, or (legacy files) the recipe to rebuild it once its storage is read."""
-
-    __slots__ = ("array", "pending")
-
-    def __init__(self, array: np.ndarray | None, pending: tuple[Any, ...] | None = None) -> None:
-        self.array, self.pending = array, pending
-
-    def materialize(self) -> np.ndarray:
-        if self.array is None:
-            assert self.pending is not None
-            self.array = _rebuild_tensor(*self.pending).array
-        assert self.array is not None
-        return self.array
-
-
-class _Global(_Frozen):
-    """An allowed global: a fixed, local callable standing in for the one the pickle named."""
-
-    __slots__ = ("fn", "qualname")
-
-    def __init__(self, qualname: str, fn: Callable[..., Any]) -> None:
-        self.qualname, self.fn = qualname, fn
-
-    def __call__(self, *args: Any) -> Any:
-        return self.fn(*args)
-
-
-def _ints(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-    ):
-        raise ValueError(f"tensor {what} must be a tuple of non-negative ints, got {value!r}")
-    return tuple(value)
-
-
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> _Tensor:
-    if not isinstance(storage, _Storage):
-        raise ValueError(f"tensor storage must be a persistent storage record, got {storage!r}")
-    shape, strides = _ints(size, "size"), _ints(stride, "stride")
-    (start,) = _ints((offset,), "storage offset")
-    if len(shape) != len(strides):
-        raise ValueError(f"tensor size {shape} and stride {strides} differ in length")
-    base = storage.array
-    if base is None:  # legacy format: the data comes after the pickle
-        return _Tensor(None, (storage, start, shape, strides))
-    native = base.dtype.newbyteorder("=")
-    if 0 in shape:
-        out = np.zeros(shape, dtype=native)
-    else:
-        last = start + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
-        if last >= base.size:
-            raise ValueError(
-                f"tensor of size {shape}, stride {strides} at offset {start} reads past its "
-                f"storage of {base.size} elements"
-            )
-        view = np.lib.stride_tricks.as_strided(
-            base[start:], shape, [s * base.itemsize for s in strides], writeable=False
-        )
-        out = np.array(view, dtype=native, order="C")
-    return _Tensor(bfloat16_to_float32(out) if storage.bfloat16 else out)
-
-
-def _rebuild_tensor_v2(
-    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any,
-    metadata: Any = None,
-) -> _Tensor:
-    tensor = _rebuild_tensor(storage, offset, size, stride)
-    if tensor.array is None:
-        return tensor
-    if isinstance(metadata, dict) and metadata.get("neg"):
-        tensor.array = np.negative(tensor.array)
-    if isinstance(metadata, dict) and metadata.get("conj"):
-        tensor.array = np.conj(tensor.array)
-    return tensor
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any, hooks: Any, state: Any = None) -> _Tensor:
-    if not isinstance(data, _Tensor):
-        raise ValueError(f"parameter data must be a tensor, got {type(data).__name__}")
+def _read_member(zf: zipfile.ZipFile, name: str, nbytes: int, budget: Budget, what: str) -> bytes:
+    """The first ``nbytes`` of member ``name``, inflated as a stream (never more), charged."""
+    info = zf.getinfo(name)
+    if info.flag_bits & 0x1:
+        raise ValueError(f"{what} is encrypted")
+    if info.file_size < nbytes:
+        raise ValueError(f"{what} holds {info.file_size} bytes, fewer than the {nbytes} it needs")
+    budget.charge(nbytes, what)
+    with zf.open(info) as member:
+        data = member.read(nbytes)
+    if len(data) < nbytes:
+        raise ValueError(f"{what} holds {len(data)} bytes, fewer than the {nbytes} it needs")
     return data
 
 
-_TORCH_DTYPES = (
-    "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
-    "bool", "complex64", "complex128",
-)
+class _ZipUnpickler(TensorUnpickler):
+    """``data.pkl`` of a zip checkpoint: each storage is the member ``data/<key>``."""
 
-
-def _device(kind: Any, index: Any = None) -> str:
-    if not isinstance(kind, str) or not (index is None or type(index) is int):
-        raise ValueError(f"torch.device needs a str and an optional int, got {kind!r}, {index!r}")
-    return kind if index is None else f"{kind}:{index}"
-
-
-def _allowed() -> dict[str, Any]:
-    table: dict[str, Any] = {
-        f"torch.{name}": _StorageType(name, dtype, bf16) for name, (dtype, bf16) in _STORAGES.items()
-    }
-    fns: dict[str, Callable[..., Any]] = {
-        "torch._utils._rebuild_tensor": _rebuild_tensor,
-        "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
-        "torch._utils._rebuild_parameter": _rebuild_parameter,
-        "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-        "collections.OrderedDict": OrderedDict,
-        "torch.Size": tuple,
-        "torch.device": _device,
-    }
-    for mod in ("builtins", "__builtin__"):
-        for name, fn in (("set", set), ("frozenset", frozenset), ("complex", complex)):
-            fns[f"{mod}.{name}"] = fn
-    table.update({q: _Global(q, fn) for q, fn in fns.items()})
-    # dtypes and devices stored beside tensors (configs, AMP state) load as plain strings
-    table.update({f"torch.{name}": f"torch.{name}" for name in _TORCH_DTYPES})
-    return table
-
-
-_ALLOWED = _allowed()
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, read_storage: Callable[[str], bytes], byteorder: str) -> None:
+    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str, byteorder: str,
+                 budget: Budget) -> None:
         super().__init__(io.BytesIO(data))
-        self._read_storage = read_storage
-        self._byteorder: Literal["<", ">"] = "<" if byteorder == "little" else ">"
-        self._storages: dict[tuple[str, str], _Storage] = {}
+        self._zf, self._prefix, self._budget = zf, prefix, budget
+        self._order: Literal["<", ">"] = "<" if byteorder == "little" else ">"
 
-    def find_class(self, module: str, name: str) -> Any:
-        qualname = f"{module}.{name}"
-        if qualname not in _ALLOWED:
-            raise UnsafeWeightsError(
-                f"refused global {qualname!r}: a weights file may only rebuild tensors and plain "
-                "containers (dict, list, tuple, OrderedDict); this file asks to call other code"
-            )
-        return _ALLOWED[qualname]
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise ValueError(f"unknown persistent record {pid!r}")
-        _, stype, key, _location, numel = pid
-        if not isinstance(stype, _StorageType):
-            raise ValueError(f"storage type must be a torch storage class, got {stype!r}")
-        if not isinstance(key, str) or not key.isalnum() or not isinstance(numel, int):
-            raise ValueError(f"malformed storage record {pid!r}")
-        cached = self._storages.get((key, stype.name))
-        if cached is None:
-            raw = self._read_storage(key)
-            dtype = stype.dtype.newbyteorder(self._byteorder)
-            if len(raw) < numel * dtype.itemsize:
-                raise ValueError(
-                    f"storage {key} holds {len(raw)} bytes, fewer than its {numel} "
-                    f"{stype.name} elements need"
-                )
-            array = np.frombuffer(raw, dtype=dtype, count=numel)
-            cached = self._storages[key, stype.name] = _Storage(array, stype.bfloat16)
+    def storage(self, stype: StorageType, key: str, numel: int, rest: tuple[Any, ...]) -> Storage:
+        cached = self.storages.get(f"{key}:{stype.name}")
+        if cached is not None:
+            if cached.numel != numel:
+                raise ValueError(f"storage {key} is given two sizes, {cached.numel} and {numel}")
+            return cached
+        dtype = stype.dtype.newbyteorder(self._order)
+        raw = _read_member(self._zf, f"{self._prefix}data/{key}", numel * dtype.itemsize,
+                           self._budget, f"storage {key} ({numel:,} {stype.name} elements)")
+        array = np.frombuffer(raw, dtype=dtype, count=numel)
+        cached = self.storages[f"{key}:{stype.name}"] = Storage(stype, numel, array)
         return cached
-
-
-def _to_numpy(obj: Any) -> Any:
-    """Replace every rebuilt tensor in a nest of containers with its array; dicts become dicts."""
-    if isinstance(obj, _Tensor):
-        return obj.materialize()
-    if isinstance(obj, dict):
-        return {k: _to_numpy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return type(obj)(_to_numpy(v) for v in obj)
-    if isinstance(obj, _Frozen):
-        raise ValueError(f"checkpoint holds a bare {type(obj).__name__}, not a tensor")
-    return obj
 
 
 def _archive_prefix(zf: zipfile.ZipFile, where: str) -> str:
@@ -265,7 +97,7 @@ def _file_kind(where: str, head: bytes) -> str:
     raise ValueError(f"{where} is not a torch checkpoint (no zip or pickle signature at its start)")
 
 
-def load_torch_checkpoint(path: PathLike) -> Any:
+def load_torch_checkpoint(path: PathLike, *, max_bytes: int | None = None) -> Any:
     """Load everything a ``torch.save`` file holds, tensors as NumPy arrays, without torch.
 
     Parameters
@@ -273,6 +105,10 @@ def load_torch_checkpoint(path: PathLike) -> Any:
     path : str or os.PathLike
         A file written by ``torch.save``: the zip format of PyTorch >= 1.6, or the older
         stream of pickles (read by :mod:`convlayers.weights.torch_legacy`).
+    max_bytes : int, optional
+        Most bytes the load may allocate (storages, tensors, the pickle's objects); by default
+        64 times the file's size, at least 256 MiB, and never more than
+        :func:`convlayers.config.max_array_bytes`. Checked before each allocation.
 
     Returns
     -------
@@ -285,7 +121,9 @@ def load_torch_checkpoint(path: PathLike) -> Any:
     UnsafeWeightsError
         If the pickle names any global besides tensor rebuilders and plain containers.
     ValueError
-        If the file is truncated, corrupt, or in torch's pre-0.4 tar format.
+        Naming the file, if it is truncated, corrupt, in torch's pre-0.4 tar format, or would
+        need more memory than ``max_bytes`` (e.g. a stride-0 tensor, or many tensors copying
+        one storage).
 
     Examples
     --------
@@ -299,36 +137,42 @@ def load_torch_checkpoint(path: PathLike) -> Any:
     try:
         with open(path, "rb") as f:
             kind = _file_kind(where, f.read(512))
+            budget = Budget(where, os.fstat(f.fileno()).st_size, max_bytes)
         if kind == "legacy":
-            from convlayers.weights.torch_legacy import load_legacy
-
-            return _to_numpy(load_legacy(path))
+            return to_numpy(load_legacy(path, budget), budget)
         with zipfile.ZipFile(path) as zf:
             prefix = _archive_prefix(zf, where)
             names = set(zf.namelist())
             byteorder = "little"
             if prefix + "byteorder" in names:
-                byteorder = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+                raw = zf.open(prefix + "byteorder").read(16)
+                byteorder = raw.decode("ascii", "replace").strip()
                 if byteorder not in ("little", "big"):
                     raise ValueError(f"byteorder must be 'little' or 'big', got {byteorder!r}")
-
-            def read_storage(key: str) -> bytes:
-                return zf.read(f"{prefix}data/{key}")
-
-            obj = _Unpickler(zf.read(prefix + "data.pkl"), read_storage, byteorder).load()
-            return _to_numpy(obj)
+            info = zf.getinfo(prefix + "data.pkl")
+            # the objects a pickle builds can take many times its size: count them first
+            budget.charge((PICKLE_EXPANSION - 1) * info.file_size,
+                          f"data.pkl ({info.file_size:,} bytes unpickled)")
+            data = _read_member(zf, info.filename, info.file_size, budget, "data.pkl")
+            obj = _ZipUnpickler(data, zf, prefix, byteorder, budget).load()
+            return to_numpy(obj, budget)
     except UnsafeWeightsError as exc:
         raise UnsafeWeightsError(f"refusing to load {where}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"cannot read torch checkpoint {where}: it nests containers deeper "
+                         "than Python's recursion limit") from None
     except (
         zipfile.BadZipFile, zlib.error, pickle.UnpicklingError, EOFError, KeyError, IndexError,
-        TypeError, ValueError, AttributeError, RecursionError, OverflowError, UnicodeError,
+        TypeError, ValueError, AttributeError, OverflowError, UnicodeError, NotImplementedError,
     ) as exc:
         if isinstance(exc, ValueError) and str(exc).startswith(where):
             raise
         raise ValueError(f"cannot read torch checkpoint {where}: {exc}") from exc
 
 
-def load_torch_state_dict(path: PathLike, *, key: str | None = None) -> dict[str, np.ndarray]:
+def load_torch_state_dict(
+    path: PathLike, *, key: str | None = None, max_bytes: int | None = None
+) -> dict[str, np.ndarray]:
     """Load a ``torch.save``-d state dict as ``{name: numpy array}`` without importing torch.
 
     Parameters
@@ -339,6 +183,8 @@ def load_torch_state_dict(path: PathLike, *, key: str | None = None) -> dict[str
     key : str, optional
         The checkpoint entry holding the state dict; by default found as
         :func:`select_state_dict` describes.
+    max_bytes : int, optional
+        Memory cap of the load, as in :func:`load_torch_checkpoint`.
 
     Returns
     -------
@@ -360,5 +206,5 @@ def load_torch_state_dict(path: PathLike, *, key: str | None = None) -> dict[str
     >>> {k: v.shape for k, v in load_torch_state_dict(p).items()}
     {'weight': (2, 3), 'bias': (2,)}
     """
-    obj = load_torch_checkpoint(path)
+    obj = load_torch_checkpoint(path, max_bytes=max_bytes)
     return select_state_dict(obj, key, repr(as_path(path)))

@@ -181,7 +181,9 @@ def _bar(enabled: bool, total: int, desc: str) -> Any:
 def fit(
     model: Module, split_or_data: Any, *, epochs: int, batch_size: int = 32,
     optimizer: str | Optimizer = "adam", lr: float | None = None, schedule: Any = None,
-    augment_shift: int = 0, label_smoothing: float = 0.0, seed: int = 0,
+    augment_shift: int = 0, augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
+    label_smoothing: float = 0.0, seed: int = 0,
     target_accuracy: float | None = None, checkpoint: str | os.PathLike[str] | None = None,
     resume: bool = False, progress: bool = True,
     callback: Callable[[History], None] | None = None,
@@ -208,6 +210,12 @@ def fit(
         them, or an object with ``step()`` (e.g. :class:`convlayers.optim.StepLR`).
     augment_shift : int
         Shift training images randomly by up to this many pixels (0: no augmentation).
+    augment : callable, optional
+        ``augment(batch, rng) -> batch`` on every training batch after the shift, with the
+        epoch's generator (e.g. a :func:`convlayers.augment.compose` pipeline).
+    on_epoch_start : callable, optional
+        Called with the 0-based epoch index before each epoch, resumed ones included (e.g. to
+        unfreeze a fine-tuned network after some epochs).
     label_smoothing : float
         Passed to :func:`convlayers.functional.cross_entropy` for the training loss.
     seed : int
@@ -262,6 +270,8 @@ def fit(
         if history.stopped_early:
             break
         rng = np.random.default_rng([seed, epoch])
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         bar = _bar(progress, len(y), f"epoch {epoch + 1}/{epochs}")
         model.train()
         loss_sum = correct = seen = 0.0
@@ -269,6 +279,8 @@ def fit(
         for xb, yb in batches(x, y, batch_size, shuffle=True, seed=rng):
             if augment_shift:
                 xb = random_shift(xb, augment_shift, seed=rng)
+            if augment is not None:
+                xb = augment(xb, rng)
             opt.zero_grad()
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)

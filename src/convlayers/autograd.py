@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -29,12 +30,18 @@ import numpy as np
 __all__ = ["Tensor", "concatenate", "is_grad_enabled", "no_grad", "record", "tensor"]
 
 Backward = Callable[[np.ndarray], Sequence[Any]]
-_grad_enabled = True
+# The tape's one setting. A ContextVar, not a global: each thread (and each asyncio task) has its
+# own, so one thread's ``no_grad()`` never stops another thread from recording.
+_GRAD_ENABLED: ContextVar[bool] = ContextVar("convlayers_grad_enabled", default=True)
 
 
 def is_grad_enabled() -> bool:
-    """Whether ops on Tensors are being recorded (the one setting of the tape)."""
-    return _grad_enabled
+    """Whether ops on Tensors are being recorded in this thread (or asyncio task).
+
+    >>> is_grad_enabled()
+    True
+    """
+    return _GRAD_ENABLED.get()
 
 
 @contextmanager
@@ -46,12 +53,11 @@ def no_grad() -> Iterator[None]:
     ...     (w * 3.0).requires_grad
     False
     """
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    token = _GRAD_ENABLED.set(False)
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _GRAD_ENABLED.reset(token)
 
 
 def _data(x: Any) -> Any:
@@ -84,7 +90,7 @@ def record(data: Any, parents: Sequence[Any], backward: Backward) -> Tensor:
     >>> np.allclose(a.grad, np.exp([1.0, 2.0]))
     True
     """
-    if not (_grad_enabled and any(_tracked(p) for p in parents)):
+    if not (_GRAD_ENABLED.get() and any(_tracked(p) for p in parents)):
         return Tensor(data)
     out = Tensor(data, requires_grad=True)
     out._parents, out._backward = tuple(parents), backward

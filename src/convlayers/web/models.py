@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,46 @@ from convlayers.web.services import ServiceError, figure_png
 
 __all__ = ["ModelEntry", "ModelRegistry", "digits_input"]
 
-_INFERENCE = threading.Lock()  # autograd.no_grad is a process-wide switch: one model at a time
+
+
+class _Access:
+    """Who may use one model at a time.
+
+    Forwards share it: grad mode is per thread (``autograd.no_grad`` is a ContextVar), so
+    requests run side by side. The summary and feature maps go through
+    ``nn.inspect.record_calls``, which wraps the model's modules' ``forward`` for the length of
+    the call; they have the model to themselves, so that no other request is recorded into
+    their table nor finds a wrapper left behind.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._sharing = 0
+        self._sole = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._sole)
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._sharing -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def sole(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._sole and self._sharing == 0)
+            self._sole = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._sole = False
+                self._cond.notify_all()
 
 
 def _contract(module: str, name: str) -> Any:
@@ -61,6 +101,7 @@ class ModelEntry:
     labels: Callable[[int], str] | None = None
     module: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    access: _Access = field(default_factory=_Access)
 
     def get(self) -> Any:
         with self.lock:
@@ -157,7 +198,7 @@ class ModelRegistry:
         """``convlayers.summary.summary``: the rows and the Markdown table."""
         entry = self.entry(model_id)
         summarize = _contract("convlayers.summary", "summary")
-        with _INFERENCE:
+        with entry.access.sole():
             table = summarize(entry.get(), entry.input_shape)
         return {"rows": [{k: _plain(v) for k, v in r.items()} for r in table.rows],
                 "markdown": table.to_markdown()}
@@ -185,14 +226,14 @@ class ModelRegistry:
             from convlayers.functional import softmax
 
             x = self._input(entry, image)
-            with _INFERENCE, no_grad():
+            with entry.access.shared(), no_grad():
                 probs = softmax(_array(entry.get()(x)), dim=1)[0]
             order = np.argsort(-probs, kind="stable")[:top]
             return [{"index": int(i), "name": str(i), "probability": float(probs[i])}
                     for i in order]
         run = _contract("convlayers.classify", "classify")
         model = entry.get()
-        with _INFERENCE:
+        with entry.access.shared():
             results = run(model, image, top=top)
         return [{"index": int(r.index), "name": str(r.name), "probability": float(r.probability)}
                 for r in results]
@@ -209,12 +250,13 @@ class ModelRegistry:
         except ServiceError:  # the same function where it is defined, if not re-exported yet
             grab = _contract("convlayers.nn.inspect", "feature_maps")
         x = self._input(entry, image)
-        with _INFERENCE:
+        with entry.access.sole():
             maps = _array(grab(entry.get(), x, [layer])[layer])
         if maps.ndim != 4:
             raise ServiceError(400, f"layer {layer!r} gives shape {maps.shape}, not (N, C, H, W) "
                                     "feature maps; pick a convolution or block")
-        return figure_png(plot_feature_maps(maps[0], max_maps=32))
+        return figure_png(plot_feature_maps(maps[0], max_maps=32,
+                                            title=f"{model_id} layer {layer!r}"))
 
 
 def _input_side(model: Any) -> int:

@@ -31,7 +31,9 @@ def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
     >>> bfloat16_to_float32(np.array([0x3F80, 0xC000], dtype=np.uint16))
     array([ 1., -2.], dtype=float32)
     """
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    wide = bits.astype(np.uint32)
+    wide <<= 16
+    return wide.view(np.float32)
 
 
 def check_tensors(tensors: Any, name: str = "tensors") -> dict[str, np.ndarray]:

@@ -59,7 +59,9 @@ def detect_format(path: PathLike) -> Format:
     )
 
 
-def load_weights(path: PathLike, *, key: str | None = None) -> dict[str, np.ndarray]:
+def load_weights(
+    path: PathLike, *, key: str | None = None, max_bytes: int | None = None
+) -> dict[str, np.ndarray]:
     """Load ``{name: array}`` from a torch checkpoint, safetensors or ``.npz`` file, safely.
 
     Parameters
@@ -69,6 +71,19 @@ def load_weights(path: PathLike, *, key: str | None = None) -> dict[str, np.ndar
     key : str, optional
         For torch checkpoints, the entry holding the state dict
         (see :func:`load_torch_state_dict`); not allowed for other formats.
+    max_bytes : int, optional
+        Most bytes the load may allocate. By default 64 times the file's size (at least
+        256 MiB), never more than :func:`convlayers.config.max_array_bytes`. A file that would
+        need more (a stride-0 or shared-storage tensor, a deflated member, a header declaring
+        huge shapes) is refused with a ValueError naming it, before anything large is
+        allocated.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, if it is not a weight file, is truncated or corrupt, or exceeds the
+        cap (:class:`~convlayers.weights.UnsafeWeightsError`, a subclass, if a pickle asks to
+        run code).
 
     Examples
     --------
@@ -80,10 +95,12 @@ def load_weights(path: PathLike, *, key: str | None = None) -> dict[str, np.ndar
     """
     fmt = detect_format(path)
     if fmt == "torch":
-        return load_torch_state_dict(path, key=key)
+        return load_torch_state_dict(path, key=key, max_bytes=max_bytes)
     if key is not None:
         raise ValueError(f"key={key!r} applies to torch checkpoints only; {path!r} is {fmt}")
-    return load_npz(path) if fmt == "npz" else load_safetensors(path)
+    if fmt == "npz":
+        return load_npz(path, max_bytes=max_bytes)
+    return load_safetensors(path, max_bytes=max_bytes)
 
 
 def save_weights(

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from convlayers.io import atomic_write
+from convlayers.limits import check_elements
+from convlayers.weights._budget import Budget, check_shape
 from convlayers.weights._common import (
     PathLike,
     as_path,
@@ -111,7 +113,10 @@ def _read_header(f: Any, where: str, size: int) -> tuple[dict[str, Any], int]:
         )
     try:
         header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise ValueError(f"safetensors file {where} has a corrupt header: it nests JSON deeper "
+                         "than Python's recursion limit") from None
+    except ValueError as exc:  # bad UTF-8 or JSON, or an int past Python's digit limit
         raise ValueError(f"safetensors file {where} has a corrupt header: {exc}") from exc
     if not isinstance(header, dict):
         raise ValueError(f"safetensors file {where} header must be a JSON object")
@@ -136,13 +141,14 @@ def _entries(header: dict[str, Any], where: str, data_len: int) -> list[_Entry]:
         bad = f"safetensors file {where}: tensor {key!r}"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise ValueError(f"{bad} needs exactly dtype, shape and data_offsets, got {info!r}")
-        if info["dtype"] not in _DTYPES:
+        if not isinstance(info["dtype"], str) or info["dtype"] not in _DTYPES:
             raise ValueError(f"{bad} has unknown dtype {info['dtype']!r}; known: {sorted(_DTYPES)}")
         shape, offsets = info["shape"], info["data_offsets"]
         if not isinstance(shape, list) or not all(
             type(d) is int and d >= 0 for d in shape
         ):
             raise ValueError(f"{bad} shape must be a list of non-negative ints, got {shape!r}")
+        check_shape(tuple(shape), bad, _DTYPES[info["dtype"]].itemsize)
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
             raise ValueError(f"{bad} data_offsets must be [begin, end], got {offsets!r}")
@@ -165,13 +171,16 @@ def _entries(header: dict[str, Any], where: str, data_len: int) -> list[_Entry]:
     return entries
 
 
-def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
+def load_safetensors(path: PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Read a safetensors file into ``{name: numpy array}``, validating it first.
 
     Parameters
     ----------
     path : str or os.PathLike
         A safetensors file.
+    max_bytes : int, optional
+        Most bytes the arrays may take together (default: as
+        :func:`convlayers.weights.load_torch_checkpoint`); checked before any is allocated.
 
     Returns
     -------
@@ -182,7 +191,7 @@ def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
     ------
     ValueError
         Naming the path, if the file is truncated, its header is not valid JSON, a dtype is
-        unknown, or the offsets do not tile the data exactly.
+        unknown, the offsets do not tile the data exactly, or the arrays exceed the cap.
 
     Examples
     --------
@@ -197,8 +206,13 @@ def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
         size = os.fstat(f.fileno()).st_size
         header, data_len = _read_header(f, where, size)
         _metadata(header, where)
+        entries = _entries(header, where, data_len)
+        budget = Budget(where, size, max_bytes)
+        for _, key, code, shape in entries:  # all of them before the first is allocated
+            nbytes = check_elements(shape, _DTYPES[code], f"{where}: tensor {key!r}")
+            budget.charge(3 * nbytes if code == "BF16" else nbytes, f"tensor {key!r}")
         arrays: dict[str, np.ndarray] = {}
-        for _, key, code, shape in _entries(header, where, data_len):
+        for _, key, code, shape in entries:
             arr = np.empty(shape, dtype=_DTYPES[code])
             got = f.readinto(arr.reshape(-1).view(np.uint8).data)
             if got != arr.nbytes:

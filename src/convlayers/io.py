@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import struct
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -30,13 +32,19 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from convlayers import limits
 from convlayers._validate import one_of
 
-__all__ = ["atomic_write", "read_image", "write_image"]
+__all__ = ["OUTPUT_SUFFIXES", "NonFiniteImageWarning", "atomic_write", "is_zarr_store", "prepare_output",
+           "read_image", "write_image"]
 
 PathLike = str | os.PathLike[str]
 
 _WRITE_MODES = ("wb", "w", "wt")
+
+
+class NonFiniteImageWarning(UserWarning):
+    """An image file (a float TIFF, say) holds NaN or infinite pixel values."""
 
 
 def _umask() -> int:
@@ -165,7 +173,15 @@ def read_image(path: PathLike, mode: str | None = None) -> np.ndarray:
     Raises
     ------
     ValueError
-        ``path`` does not exist, is a directory, or is not an image Pillow can read.
+        ``path`` does not exist, is a directory, is not an image Pillow can read, is truncated
+        or corrupt, or its header claims more pixels than :func:`config.max_image_pixels`
+        (or more bytes than :func:`config.max_array_bytes`); the sizes are checked before any
+        pixel is decoded, and the message names the file.
+
+    Warns
+    -----
+    NonFiniteImageWarning
+        Once, when a float image holds NaN or infinite values (returned as they are).
 
     Examples
     --------
@@ -183,25 +199,67 @@ def read_image(path: PathLike, mode: str | None = None) -> np.ndarray:
         raise ValueError(f"path {name!r} does not exist")
     if os.path.isdir(name):
         raise ValueError(f"path {name!r} is a directory, not an image file")
-    try:
-        with Image.open(name) as opened:
-            opened.load()
-            img: Image.Image = ImageOps.exif_transpose(opened) or opened
-            if mode is None:
-                if img.mode == "1":
-                    img = img.convert("L")
-                elif img.mode in ("P", "PA"):
-                    transparent = img.mode == "PA" or "transparency" in img.info
-                    img = img.convert("RGBA" if transparent else "RGB")
-                elif img.mode not in ("L", "LA", "RGB", "RGBA", "I", "I;16", "F"):
-                    img = img.convert("RGB")
-            elif img.mode != mode:
-                img = img.convert(mode)
-            return np.array(img)
-    except UnidentifiedImageError:
-        raise ValueError(f"path {name!r} is not an image file Pillow can read") from None
-    except OSError as exc:  # truncated or corrupt data
-        raise ValueError(f"path {name!r} could not be decoded as an image: {exc}") from exc
+    with warnings.catch_warnings():  # our pixel limit decides, not Pillow's warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            opened = Image.open(name)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"image {name!r} is too large to decode ({exc})") from None
+        except UnidentifiedImageError:
+            raise ValueError(f"path {name!r} is not an image file Pillow can read") from None
+        except _DECODE_ERRORS as exc:
+            raise ValueError(f"path {name!r} could not be read as an image: {exc}") from None
+        with opened:
+            _check_decoded_size(opened, name, mode)
+            try:
+                arr = _decode(opened, mode)
+            except Image.DecompressionBombError as exc:
+                raise ValueError(f"image {name!r} is too large to decode ({exc})") from None
+            except _DECODE_ERRORS as exc:  # truncated or corrupt data
+                raise ValueError(f"path {name!r} could not be decoded as an image: "
+                                 f"{' '.join(str(exc).split()) or type(exc).__name__}") from None
+    if arr.dtype.kind == "f":
+        bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            warnings.warn(NonFiniteImageWarning(
+                f"image {name!r} holds {bad:,} NaN or infinite value(s) among its {arr.size:,}; "
+                "anything computed from them is NaN or infinite too"), stacklevel=2)
+    return arr
+
+
+#: What Pillow raises on truncated or corrupt files besides OSError (plugins differ).
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, IndexError, TypeError,
+                  KeyError, ZeroDivisionError, struct.error, MemoryError)
+_BAND_BYTES = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def _check_decoded_size(img: Image.Image, name: str, mode: str | None) -> None:
+    """The header's size against :func:`config.max_image_pixels` and the decoded bytes against
+    :func:`config.max_array_bytes`, before any pixel is decoded."""
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ValueError(f"image {name!r} has no pixels (its header says {width}x{height})")
+    limits.check_pixels(width, height, f"image {name!r}")
+    bands = max(len(img.getbands()), len(mode or ""), 3 if img.mode in ("P", "PA") else 1)
+    # Pillow's own buffer (4 bytes a pixel at least) and the array it becomes
+    per_pixel = max(4, bands * _BAND_BYTES.get(img.mode, 1)) + bands * _BAND_BYTES.get(img.mode, 1)
+    limits.check_bytes(width * height * per_pixel, f"decoding image {name!r} ({width}x{height})")
+
+
+def _decode(opened: Image.Image, mode: str | None) -> np.ndarray:
+    opened.load()
+    img: Image.Image = ImageOps.exif_transpose(opened) or opened
+    if mode is None:
+        if img.mode == "1":
+            img = img.convert("L")
+        elif img.mode in ("P", "PA"):
+            transparent = img.mode == "PA" or "transparency" in img.info
+            img = img.convert("RGBA" if transparent else "RGB")
+        elif img.mode not in ("L", "LA", "RGB", "RGBA", "I", "I;16", "F"):
+            img = img.convert("RGB")
+    elif img.mode != mode:
+        img = img.convert(mode)
+    return np.array(img)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -279,3 +337,126 @@ def write_image(path: PathLike, array: ArrayLike) -> None:
         raise ValueError(f"path {name!r}: JPEG cannot store an alpha channel; use .png")
     with atomic_write(name, "wb") as f:
         img.save(f, format=fmt)
+
+
+#: Suffixes each kind of output may have (``"image"``: any Pillow writes; ``"folder"``: none).
+OUTPUT_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "figure": (".png", ".jpg", ".jpeg", ".svg", ".pdf"),
+    "gif": (".gif",),
+    "weights": (".safetensors", ".npz"),
+    "checkpoint": (".safetensors",),
+    "zarr": (".zarr",),
+    "npy": (".npy",),
+}
+_OUTPUT_KINDS = ("image", "folder", *OUTPUT_SUFFIXES)
+
+
+def _image_suffixes() -> tuple[str, ...]:
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items()
+                        if fmt in Image.SAVE))
+
+
+def is_zarr_store(path: PathLike) -> bool:
+    """Whether ``path`` is a folder holding a zarr store (v2 or v3 metadata at its top).
+
+    >>> is_zarr_store("no/such/place.zarr")
+    False
+    """
+    p = Path(path)
+    return p.is_dir() and any((p / m).is_file() for m in (".zarray", ".zgroup", "zarr.json"))
+
+
+def prepare_output(path: PathLike, kind: str, *, what: str = "output") -> Path:
+    """Check an output path before any long work, and return it; the one rule for every writer.
+
+    - its suffix must suit ``kind`` (a folder may not have one, so ``out.txt`` never
+      silently becomes a folder);
+    - an existing file may be replaced only by a file of the same kind: a folder, a device or
+      anything else in the way is refused, and an existing ``*.zarr`` must be a zarr store;
+    - the parent folder is created when missing, and must be writable (checked by creating
+      and removing a temporary file there), so that a failure comes now, not after the work.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output.
+    kind : {"image", "figure", "gif", "weights", "checkpoint", "zarr", "npy", "folder"}
+        What will be written: an image Pillow writes (``.png``, ``.jpg``, ...), a matplotlib
+        figure, an animated GIF, weights (``.safetensors``/``.npz``), a checkpoint, a zarr
+        store, a NumPy file, or a folder (created) that will receive files.
+    what : str
+        How messages name the path (a command-line flag, say).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        A wrong suffix, something else in the way, or a folder that cannot be written; the
+        message names ``what``, the path and what was expected.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     prepare_output(pathlib.Path(d) / "new" / "w.safetensors", "weights").name
+    'w.safetensors'
+    >>> prepare_output("out.txt", "image")
+    Traceback (most recent call last):
+    ...
+    ValueError: output 'out.txt' must end in an image suffix Pillow writes ...
+    """
+    one_of(kind, _OUTPUT_KINDS, "kind")
+    target = Path(path)
+    shown = f"{what} {os.fspath(path)!r}"
+    suffix = target.suffix.lower()
+    if kind == "folder":
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"{shown} exists and is not a folder")
+        if not target.exists() and suffix:
+            raise ValueError(f"{shown} would be a new folder but has the file suffix {suffix!r}; "
+                             "name a folder without one (or create it first)")
+        _make_folder(target, shown)
+        _check_writable(target, shown)
+        return target
+    if kind == "image":
+        allowed = _image_suffixes()
+        if suffix not in allowed:
+            raise ValueError(f"{shown} must end in an image suffix Pillow writes (.png, .jpg, "
+                             f".bmp, .tif, .webp, ...), got {suffix or 'no suffix'!r}")
+    elif suffix not in OUTPUT_SUFFIXES[kind]:
+        raise ValueError(f"{shown} must end in {' or '.join(OUTPUT_SUFFIXES[kind])}, "
+                         f"got {suffix or 'no suffix'!r}")
+    if kind == "zarr":
+        if target.exists() and not is_zarr_store(target):
+            raise ValueError(f"{shown} exists and is not a zarr store; not replacing it")
+    elif target.is_dir():
+        raise ValueError(f"{shown} is a folder, expected a file name")
+    elif target.exists() and not target.is_file():
+        raise ValueError(f"{shown} exists and is not a regular file; not replacing it")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise ValueError(f"{shown} cannot be written: {str(target.parent)!r} is not a folder")
+    _make_folder(target.parent, shown)
+    _check_writable(target.parent, shown)
+    return target
+
+
+def _make_folder(folder: Path, shown: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{shown} cannot be written: cannot create folder {str(folder)!r} "
+                         f"({exc.strerror or exc})") from None
+
+
+def _check_writable(folder: Path, shown: str) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".convlayers-probe-", suffix=".tmp")
+    except OSError as exc:
+        raise ValueError(f"{shown} cannot be written: folder {str(folder)!r} is not writable "
+                         f"({exc.strerror or exc})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)

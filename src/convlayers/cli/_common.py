@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -36,6 +37,9 @@ def matrix(spec: str, name: str = "kernel") -> list[list[float]]:
         except ValueError:
             raise CLIError(f"bad {name} spec {spec!r}: row {r + 1} ({row!r}) holds something "
                            "that is not a number") from None
+        if not all(math.isfinite(v) for v in out[-1]):
+            raise CLIError(f"bad {name} spec {spec!r}: row {r + 1} ({row!r}) holds a value that "
+                           "is not a finite number (nan or inf)")
         if len(out[-1]) != len(out[0]):
             raise CLIError(f"bad {name} spec {spec!r}: row {r + 1} has {len(out[-1])} values, "
                            f"row 1 has {len(out[0])}")
@@ -86,24 +90,42 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar (they are off anyway when stderr is not a terminal)")
 
 
-def output_dir(path: str | os.PathLike[str]) -> Path:
-    """Create (with parents) and return an output folder; a file in the way is an error."""
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise CLIError(f"output {str(target)!r} exists and is not a folder")
-    target.mkdir(parents=True, exist_ok=True)
-    return target
+def output_dir(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """Create (with parents) and return a writable output folder (:func:`convlayers.io.prepare_output`):
+    a file in the way, or a new folder named like a file (``out.txt``), is an error."""
+    from convlayers.io import prepare_output
+
+    return prepare_output(path, "folder", what=what)
 
 
-def output_file(path: str | os.PathLike[str], suffixes: tuple[str, ...]) -> Path:
-    """Check an output file name: an allowed suffix, a folder that exists (or can be made)."""
-    target = Path(path)
-    if target.suffix.lower() not in suffixes:
-        raise CLIError(f"output {str(target)!r} must end in {' or '.join(suffixes)}")
-    if target.is_dir():
-        raise CLIError(f"output {str(target)!r} is a folder, expected a file name")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
+def output_file(path: str | os.PathLike[str], kind: str, what: str = "output") -> Path:
+    """Check an output file before the work (:func:`convlayers.io.prepare_output`): a suffix
+    that suits ``kind``, nothing else in the way, a writable folder (created if missing)."""
+    from convlayers.io import prepare_output
+
+    return prepare_output(path, kind, what=what)
+
+
+def read_picture(path: str | os.PathLike[str], mode: str | None = None) -> Any:
+    """:func:`convlayers.io.read_image`, with NaN or infinite pixels (a float TIFF) reported in
+    one ``convlayers: warning:`` line and counted as 0, so the result is still a picture."""
+    import warnings
+
+    import numpy as np
+
+    from convlayers.io import NonFiniteImageWarning, read_image
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteImageWarning)
+        image = read_image(path, mode)
+    for w in caught:
+        if issubclass(w.category, NonFiniteImageWarning):
+            print(f"convlayers: warning: {str(w.message).split(';')[0]}; they count as 0",
+                  file=sys.stderr)
+            image = np.nan_to_num(image, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return image
 
 
 def image_files(paths: Iterable[str]) -> list[Path]:

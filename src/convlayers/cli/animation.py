@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the GIF with :func:`convlayers.viz.animate`."""
     from convlayers.viz import animate
 
-    target = output_file(args.output, (".gif",))
+    target = output_file(args.output, "gif", "-o/--output")
     values = None if args.values is None else matrix(args.values, "values")
     weights = None if args.weights is None else matrix(args.weights, "weights")
     stride = None if args.stride is None else scalar_or_pair(args.stride)

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from convlayers.cli._common import (
-    IMAGE_SUFFIXES,
     CLIError,
     add_progress_flag,
     image_files,
@@ -18,10 +17,10 @@ from convlayers.cli._common import (
     output_file,
     progress,
     progress_enabled,
+    read_picture,
 )
 from convlayers.cli._dask import add_dask_flags, wants_dask
 
-_FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf")
 
 
 def register(sub: Any) -> None:
@@ -79,9 +78,7 @@ def _check_names(names: list[str]) -> None:
 
 
 def _read(path: Path, gray: bool) -> np.ndarray:
-    from convlayers.io import read_image
-
-    img = read_image(path, "L" if gray else None)
+    img = read_picture(path, "L" if gray else None)
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[:, :, :3]  # filter the color, not the transparency
     elif img.ndim == 3 and img.shape[2] == 2:
@@ -111,7 +108,7 @@ def run_gallery(args: argparse.Namespace) -> int:
 
     names = args.filters or list(SEED_FILTERS)
     _check_names(names)
-    target = output_file(args.output, _FIGURE_SUFFIXES)
+    target = output_file(args.output, "figure", "-o/--output")
     image = _read(Path(args.image), gray=False)
     save_figure(filter_gallery(image, names, gray=not args.color), target)
     print(f"wrote {target}")
@@ -137,15 +134,37 @@ def _filter_on_dask(args: argparse.Namespace, jobs: list[tuple[Path, str, Any]],
                 image = da.from_array(pixels, chunks=(side, side, *pixels.shape[2:]))
             response = cd.apply_filter(image, kernel, boundary=args.boundary)
             if target.suffix.lower() == ".zarr":
-                cd.save(response, target)
+                cd.save(response, target, overwrite=True)  # prepare_output: absent or a store
                 continue
             result = compute(response, client, progress_enabled(args))
             write_image(target, to_uint8(result, args.scale))
 
 
+def _check_kernel_range(kernel: Any) -> None:
+    """Refuse, before any work, a kernel whose responses on 8-bit pixels would overflow."""
+    if isinstance(kernel, str):
+        return
+    total = float(np.abs(np.asarray(kernel, dtype=np.float64)).sum())
+    if not total * 255.0 <= float(np.finfo(np.float64).max):
+        raise CLIError(f"--kernel values are too large: responses on 8-bit pixels would exceed "
+                       f"float64's range ({float(np.finfo(np.float64).max):.3g})")
+
+
+def _response(image: np.ndarray, kernel: Any, boundary: str) -> np.ndarray:
+    """The filter response as float32, filled strip by strip (bounded scratch memory), so a
+    large photo needs its 8-bit pixels plus a float32 response, not float64 copies of both."""
+    from convlayers import limits
+    from convlayers.filters.apply import filter_strips
+
+    limits.check_elements(image.shape, np.float32, "the filter response")
+    response = np.empty(image.shape, np.float32)
+    for row, strip in filter_strips(image, kernel, boundary=boundary):
+        response[row : row + len(strip)] = strip
+    return response
+
+
 def run_filter(args: argparse.Namespace) -> int:
     """Filter every image with every filter; write 8-bit images atomically."""
-    from convlayers.filters import apply_filter
     from convlayers.io import write_image
 
     kernels: list[tuple[str, Any]]
@@ -154,30 +173,32 @@ def run_filter(args: argparse.Namespace) -> int:
     else:
         _check_names(args.filters)
         kernels = [(n, n) for n in args.filters]
+    for _, k in kernels:
+        _check_kernel_range(k)
     sources = image_files(args.images)
-    single = len(sources) * len(kernels) == 1
     out = Path(args.output)
     zarr_out = out.suffix.lower() == ".zarr"
-    as_file = single and (zarr_out or (out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()))
+    as_file = zarr_out or (bool(out.suffix) and not out.is_dir())  # else a folder
     if as_file:
-        targets = [output_file(out, (*IMAGE_SUFFIXES, ".zarr"))]
+        if len(sources) * len(kernels) != 1:
+            raise CLIError(f"-o/--output {str(out)!r} names one file, but {len(sources)} "
+                           f"image(s) x {len(kernels)} filter(s) need a folder (a name without "
+                           "a suffix)")
+        targets = [output_file(out, "zarr" if zarr_out else "image", "-o/--output")]
     else:
-        if out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
-            raise CLIError(f"output {str(out)!r} looks like a file, but {len(sources)} image(s) "
-                           f"x {len(kernels)} filter(s) need a folder")
-        folder = output_dir(out)
+        folder = output_dir(out, "-o/--output")
         targets = [folder / f"{src.stem}_{name}.png" for src in sources for name, _ in kernels]
     jobs = [(src, name, k) for src in sources for name, k in kernels]
-    if wants_dask(args) or any(src.suffix.lower() == ".zarr" for src in sources):
+    if (wants_dask(args) or zarr_out
+            or any(src.suffix.lower() == ".zarr" for src in sources)):
         _filter_on_dask(args, jobs, targets)
         print(f"wrote {len(targets)} image(s) to {targets[0] if as_file else out}")
         return 0
     for (src, _, kernel), target in progress(zip(jobs, targets, strict=True),
                                              progress_enabled(args), total=len(jobs),
                                              desc="filtering"):
-        image = _read(src, args.gray)
-        response = apply_filter(image, kernel, boundary=args.boundary)
-        write_image(target, to_uint8(response, args.scale))
+        write_image(target, to_uint8(_response(_read(src, args.gray), kernel, args.boundary),
+                                     args.scale))
     where = targets[0] if as_file else out
     print(f"wrote {len(targets)} image(s) to {where}")
     return 0

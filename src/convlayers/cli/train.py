@@ -122,7 +122,7 @@ def _check_train_args(args: argparse.Namespace) -> Path:
         raise CLIError(f"--lr must be > 0, got {args.lr}")
     if args.resume and not args.checkpoint:
         raise CLIError("--resume needs --checkpoint PATH")
-    return output_file(args.out, _WEIGHT_SUFFIXES)
+    return output_file(args.out, "weights", "-o/--out")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -133,7 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
     from convlayers.weights import save_weights
 
     out = _check_train_args(args)
-    plots = output_dir(args.plots) if args.plots else None
+    plots = output_dir(args.plots, "--plots") if args.plots else None
     show = progress_enabled(args)
     split = load_digits(seed=SPLIT_SEED)
     model = SmallCNN(widths=args.widths, rng=args.seed)

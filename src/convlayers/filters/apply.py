@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from convlayers import config, limits
 from convlayers._validate import one_of
 from convlayers.filters.bank import FILTERS, get_filter
-from convlayers.filters.engine import filter2d
+from convlayers.filters.engine import _index_map, _pads, filter2d, result_dtype
 
-__all__ = ["apply_filter", "sobel_gradient"]
+__all__ = ["apply_filter", "filter_strips", "sobel_gradient"]
 
 
 def _as_photo(image: Any) -> np.ndarray:
@@ -77,11 +79,15 @@ def apply_filter(
     array([  0,  67, 133, 200], dtype=uint8)
     """
     arr = _as_photo(image)
-    kernel = get_filter(filter)
-    if kernel.dtype.kind == "c":
-        raise TypeError("filter must be a real kernel, got a complex one")
+    kernel = _checked_kernel(filter, arr)
     one_of(output, ("float", "uint8"), "output")
-    if arr.ndim == 2:
+    if mode == "same":  # strip by strip into one output: scratch stays under config.scratch_bytes
+        dtype = result_dtype(arr.dtype, kernel.dtype)
+        limits.check_elements(arr.shape, dtype, "output of apply_filter")
+        result = np.empty(arr.shape, dtype)
+        for row, strip in filter_strips(arr, kernel, boundary=boundary, fillvalue=fillvalue):
+            result[row : row + len(strip)] = strip
+    elif arr.ndim == 2:
         result = filter2d(arr, kernel, mode, boundary, fillvalue, flip=True)
     else:
         planes = [
@@ -92,6 +98,92 @@ def apply_filter(
     if output == "uint8":
         return np.clip(np.rint(result), 0, 255).astype(np.uint8)
     return result
+
+
+def _checked_kernel(filter: Any, image: np.ndarray) -> np.ndarray:
+    """The kernel, refused when not finite or when its responses could overflow the result."""
+    kernel = get_filter(filter)
+    if kernel.dtype.kind == "c":
+        raise TypeError("filter must be a real kernel, got a complex one")
+    if not np.isfinite(kernel).all():
+        raise ValueError("filter must hold finite numbers, got NaN or infinity in the kernel")
+    dtype = result_dtype(image.dtype, kernel.dtype)
+    if image.dtype.kind in "iu":
+        peak = float(max(abs(int(np.iinfo(image.dtype).min)), int(np.iinfo(image.dtype).max)))
+    elif image.dtype.kind == "b":
+        peak = 1.0
+    else:
+        peak = float(max(abs(np.nanmin(image)), abs(np.nanmax(image)), 0.0))
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = float(np.abs(kernel).sum()) * peak
+    if np.isfinite(peak) and not bound <= float(np.finfo(dtype).max):
+        raise ValueError(
+            f"filter: kernel values up to {float(np.abs(kernel).max()):.3g} on an image with "
+            f"values up to {peak:.3g} give responses beyond {dtype.name}'s range "
+            f"({float(np.finfo(dtype).max):.3g}); scale the kernel down")
+    return kernel
+
+
+def filter_strips(
+    image: ArrayLike, filter: str | ArrayLike, *, boundary: str = "symm", fillvalue: float = 0,
+    rows: int | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``apply_filter(image, filter, boundary=...)`` ("same" mode), a strip of rows at a time.
+
+    Yields ``(first_row, response)`` pairs whose responses, stacked, equal :func:`apply_filter`'s
+    result; only one strip (the rows it needs from the image, mirrored or wrapped at the edges as
+    ``boundary`` says) is in memory at a time, so a large photo can be filtered and scaled to 8
+    bits without holding its float response whole.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W) or (H, W, C)
+        Grayscale or channels-last color image.
+    filter : str or array_like
+        A name from :data:`FILTERS` or a real 2-D kernel (finite).
+    boundary, fillvalue
+        As in :func:`apply_filter`.
+    rows : int, optional
+        Rows per strip (default: as many as fit in a quarter of :func:`config.scratch_bytes`).
+
+    Examples
+    --------
+    >>> img = np.arange(30.0).reshape(5, 6)
+    >>> parts = [strip for _, strip in filter_strips(img, "laplacian", rows=2)]
+    >>> [p.shape for p in parts]
+    [(2, 6), (2, 6), (1, 6)]
+    >>> bool(np.array_equal(np.concatenate(parts), apply_filter(img, "laplacian")))
+    True
+    """
+    arr = _as_photo(image)
+    kernel = _checked_kernel(filter, arr)
+    one_of(boundary, ("fill", "wrap", "symm"), "boundary")
+    dtype = result_dtype(arr.dtype, kernel.dtype)
+    height, width = arr.shape[:2]
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    kh, kw = kernel.shape
+    row_map = _index_map(height, *_pads(kh, "same", True), boundary)
+    col_map = _index_map(width, *_pads(kw, "same", True), boundary)
+    if rows is None:
+        per_row = (width + kw) * channels * dtype.itemsize * 3
+        rows = max(1, config.scratch_bytes() // 4 // per_row - kh)
+    elif isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows must be an int >= 1, got {rows!r}")
+    cols = np.maximum(col_map, 0)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        needed = row_map[top : bottom + kh - 1]
+        strip = arr[np.maximum(needed, 0)][:, cols].astype(dtype)
+        if boundary == "fill":
+            strip[needed < 0] = fillvalue
+            strip[:, col_map < 0] = fillvalue
+        if arr.ndim == 2:
+            yield top, filter2d(strip, kernel, "valid", "fill", 0, flip=True)
+        else:
+            out = np.empty((bottom - top, width, channels), dtype)
+            for c in range(channels):
+                out[:, :, c] = filter2d(strip[:, :, c], kernel, "valid", "fill", 0, flip=True)
+            yield top, out
 
 
 def sobel_gradient(image: ArrayLike, *, boundary: str = "symm") -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,7 @@ import numpy as np
 from convlayers._validate import as_int
 from convlayers.limits import check_elements
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "prefetch_batches"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "load_image", "prefetch_batches"]
 
 #: File suffixes taken as images (other files in a class folder are ignored, as in torchvision).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
@@ -143,28 +143,7 @@ class ImageFolder:
     def read(self, index: int) -> np.ndarray:
         """Sample ``index`` as float32 ``(channels, height, width)`` in [0, 1] (raises
         ``ValueError`` naming the file when it cannot be read)."""
-        from PIL import Image
-
-        from convlayers.io import read_image
-
-        path = self.samples[index][0]
-        array = read_image(path)
-        if array.dtype != np.uint8:  # 16-bit or float files: scale to 8 bits by their range
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise ValueError(f"image {str(path)!r} holds NaN or infinite values")
-            peak = float(array.max()) if array.size else 0.0
-            top = (1.0 if peak <= 1.0 else 255.0) if array.dtype.kind == "f" else \
-                (65535.0 if peak > 255 else 255.0)
-            array = np.clip(np.rint(array.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
-        if array.ndim == 3 and array.shape[2] in (2, 4):  # drop alpha
-            array = array[..., : array.shape[2] - 1]
-        image = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
-        image = image.convert("RGB" if self.channels == 3 else "L")
-        h, w = self.image_size
-        if image.size != (w, h):
-            image = image.resize((w, h), Image.Resampling.BILINEAR)
-        out = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
-        return out[None] if out.ndim == 2 else np.ascontiguousarray(out.transpose(2, 0, 1))
+        return load_image(self.samples[index][0], self.image_size, self.channels)
 
     def _read_or_skip(self, index: int) -> np.ndarray | None:
         try:
@@ -211,6 +190,34 @@ class ImageFolder:
             held += members[:n_held].tolist()
             train += members[n_held:].tolist()
         return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+def load_image(path: str | os.PathLike[str], size: int | Sequence[int], channels: int = 3) -> np.ndarray:
+    """One picture as a network input: read by :func:`convlayers.io.read_image` (its pixel limit
+    and errors), 16-bit and float files scaled to 8 bits, alpha dropped, converted to RGB
+    (``channels=3``) or gray, resized bilinearly to ``size``, float32 ``(C, H, W)`` in [0, 1].
+    """
+    from PIL import Image
+
+    from convlayers.io import read_image
+
+    h, w = _size(size)
+    array = read_image(path)
+    if array.dtype != np.uint8:  # 16-bit or float files: scale to 8 bits by their range
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"image {os.fspath(path)!r} holds NaN or infinite values")
+        peak = float(array.max()) if array.size else 0.0
+        top = (1.0 if peak <= 1.0 else 255.0) if array.dtype.kind == "f" else \
+            (65535.0 if peak > 255 else 255.0)
+        array = np.clip(np.rint(array.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] in (2, 4):  # drop alpha
+        array = array[..., : array.shape[2] - 1]
+    image = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+    image = image.convert("RGB" if channels == 3 else "L")
+    if image.size != (w, h):
+        image = image.resize((w, h), Image.Resampling.BILINEAR)
+    out = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+    return out[None] if out.ndim == 2 else np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
 def prefetch_batches(

@@ -21,6 +21,7 @@ from convlayers.cli._common import (
     progress_enabled,
 )
 from convlayers.cli._dask import add_dask_flags, wants_dask
+from convlayers.cli.train_folder import add_folder_options, predict_folder_model, run_train_folder
 
 DEFAULTS: dict[str, int | float] = {"epochs": 15, "lr": 3e-3, "batch_size": 32, "seed": 0,
                                     "augment_shift": 1}
@@ -50,6 +51,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _epochs(n: int) -> str:
+    """``"1 epoch"``, ``"3 epochs"``.
+
+    >>> _epochs(1), _epochs(0)
+    ('1 epoch', '0 epochs')
+    """
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def register(sub: Any) -> None:
     """Add the ``train`` and ``predict`` commands."""
     t = sub.add_parser(
@@ -58,9 +68,13 @@ def register(sub: Any) -> None:
         "seeded 80/20 split), print the test accuracy and save the weights (safetensors). "
         "The same --seed gives the same weights.",
     )
-    t.add_argument("dataset", choices=("digits",), help="the dataset (digits)")
-    t.add_argument("--model", choices=("small-cnn",), default="small-cnn",
-                   help="the network (default small-cnn: conv-BN-ReLU-pool per width, linear)")
+    t.add_argument("dataset", choices=("digits", "folder"),
+                   help="digits (scikit-learn's 8x8 digits) or folder (your images in DIR)")
+    t.add_argument("folder", nargs="?", metavar="DIR",
+                   help="with 'folder': one sub-folder of images per class")
+    t.add_argument("--model", default="small-cnn", metavar="NAME",
+                   help="the network: small-cnn (default: conv-BN-ReLU-pool per width, linear); "
+                   "for folders also mobilenet_v2, efficientnet_lite0, resnet18")
     t.add_argument("--widths", type=_widths, default=_widths(DEFAULT_WIDTHS),
                    metavar="W1,W2", help=f"channels per stage (default {DEFAULT_WIDTHS})")
     t.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], metavar="N",
@@ -85,6 +99,7 @@ def register(sub: Any) -> None:
                    help="weights to write (.safetensors or .npz; default %(default)s)")
     t.add_argument("--plots", metavar="DIR",
                    help="also write loss.png, accuracy.png and confusion.png into DIR")
+    add_folder_options(t)
     add_progress_flag(t)
     t.set_defaults(run=run_train)
 
@@ -132,6 +147,11 @@ def run_train(args: argparse.Namespace) -> int:
     from convlayers.train import History, fit, predict_logits
     from convlayers.weights import save_weights
 
+    if args.dataset == "folder":
+        _check_train_args(args)
+        return run_train_folder(args)
+    if args.folder or args.model.replace("_", "-") != "small-cnn":
+        raise CLIError("train digits takes no folder and trains --model small-cnn")
     out = _check_train_args(args)
     plots = output_dir(args.plots, "--plots") if args.plots else None
     show = progress_enabled(args)
@@ -155,7 +175,7 @@ def run_train(args: argparse.Namespace) -> int:
     accuracy = right / len(split.y_test)
     seconds = sum(history.seconds)
     print(f"test accuracy: {accuracy:.2%} ({right}/{len(split.y_test)}) after "
-          f"{history.epoch[-1] if history.epoch else 0} epochs, {seconds:.1f} s of training"
+          f"{_epochs(history.epoch[-1] if history.epoch else 0)}, {seconds:.1f} s of training"
           + (" (stopped early)" if history.stopped_early else ""))
     metadata = {"model": args.model, "dataset": args.dataset, "classes": ",".join(split.classes),
                 "widths": ",".join(map(str, args.widths)), "seed": str(args.seed),
@@ -196,6 +216,12 @@ def run_predict(args: argparse.Namespace) -> int:
     state = load_weights(weights)
     if any(k.startswith("model.") for k in state):  # a checkpoint from --checkpoint
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    try:
+        described = load_safetensors_metadata(weights)
+    except ValueError:
+        described = {}
+    if described.get("dataset") == "folder":  # written by 'train folder'
+        return predict_folder_model(state, described, image_files(args.images), args.json)
     model = small_cnn_from_state_dict(state)
     if model.features[0][0].weight.data.shape[1] != 1:
         raise CLIError(f"weights {str(weights)!r} are not a digits model (1 input channel)")

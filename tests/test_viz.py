@@ -153,8 +153,9 @@ def test_filter_gallery_panels_and_png_size(tmp_path) -> None:
     img[:, 20:] = 200
     fig = filter_gallery(img)
     titles = [ax.get_title() for ax in fig.axes if ax.images]
-    assert titles == ["Original", "Vertical", "Horizontal", "Sobel x", "Sobel y", "Blur",
-                      "Laplacian"]
+    # edge filters (weights summing to 0) are shown as |response|, and say so
+    assert titles == ["Original", "|Vertical|", "|Horizontal|", "|Sobel x|", "|Sobel y|", "Blur",
+                      "|Laplacian|"]
     path = save_figure(fig, tmp_path / "g.png")
     with Image.open(path) as im:
         assert im.format == "PNG"
@@ -191,3 +192,83 @@ def test_import_convlayers_does_not_load_matplotlib() -> None:
     code = "import sys, convlayers, convlayers.viz; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _panel(fig, title):
+    return next(ax for ax in fig.axes if ax.get_title() == title)
+
+
+def test_color_gallery_panels_differ_by_channel() -> None:
+    img = np.zeros((24, 32, 3), dtype=np.uint8)
+    img[:, :16, 0] = 220  # red left half
+    img[:, 16:, 2] = 220  # blue right half
+    fig = filter_gallery(img, ["blur", "sobel_x"], gray=False)
+    blur = np.asarray(_panel(fig, "Blur").images[0].get_array())
+    assert blur.shape == (24, 32, 3)
+    assert blur[:, :12, 0].min() > blur[:, :12, 2].max()  # red stays red
+    assert blur[:, 20:, 2].min() > blur[:, 20:, 0].max()  # blue stays blue
+    edge = np.asarray(_panel(fig, "|Sobel x|").images[0].get_array())
+    assert edge.shape == (24, 32, 3) and edge[:, 15:17].max() > 0.9 and edge[:, :12].max() == 0
+    gray = filter_gallery(img, ["blur"])
+    assert np.asarray(_panel(gray, "Blur").images[0].get_array()).ndim == 2
+
+
+def test_gallery_displays_edges_as_magnitude_and_signed_with_colorbar() -> None:
+    from scipy.signal import convolve2d
+
+    from convlayers.filters import FILTERS
+
+    img = np.zeros((20, 30))
+    img[:, 15:] = 100.0
+    want = convolve2d(img, FILTERS["sobel_x"], mode="same", boundary="symm")
+    fig = filter_gallery(img, ["sobel_x"])
+    panel = _panel(fig, "|Sobel x|").images[0]
+    np.testing.assert_allclose(np.asarray(panel.get_array()), np.abs(want))
+    assert panel.get_clim() == (0.0, 400.0)  # black = no edge, white = the step's |gradient|
+    assert not any(ax.get_label() == "<colorbar>" for ax in fig.axes)  # not signed
+    signed = filter_gallery(img, ["sobel_x"], display="signed", ncols=2)
+    image = _panel(signed, "Sobel x").images[0]
+    lo, hi = image.get_clim()
+    assert lo == -hi and hi == 400.0 and image.get_cmap().name == "RdBu_r"
+    assert any(ax.get_label() == "<colorbar>" for ax in signed.axes)
+    with pytest.raises(ValueError, match="display"):
+        filter_gallery(img, ["blur"], display="loud")
+
+
+def test_filter_scale_auto_shows_edges_not_flat_grey() -> None:
+    from convlayers.cli.images import to_uint8
+
+    response = np.array([[-300.0, -1.0, 0.0, 1.0, 300.0]])
+    edges = to_uint8(response, "auto", [[1, 0, -1]])
+    assert edges[0, 0] == edges[0, 4] == 255 and edges[0, 2] == 0  # |response|
+    assert to_uint8(response, "stretch")[0, 2] == 128  # the old min..max: mid-grey
+
+
+def test_feature_map_figure_names_layer_channels_and_has_a_scale() -> None:
+    maps = np.random.default_rng(0).random((96, 10, 12))
+    fig = plot_feature_maps(maps, max_maps=32, title="layer 'blocks.1' of cat.jpg")
+    title = fig._suptitle.get_text()
+    assert "blocks.1" in title and "cat.jpg" in title and "32 of 96 channels" in title
+    panels = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(panels) == 32
+    assert len({ax.images[0].get_clim() for ax in panels}) == 1  # one scale for all
+    assert panels[-1].images[0].colorbar is not None  # the shared scale is drawn
+    height = fig.get_size_inches()[1]
+    top_gap = (1.0 - max(ax.get_position().y1 for ax in panels)) * height
+    assert top_gap < 0.7  # no blank band: the title and the first row's labels only
+
+
+def test_training_curves_have_whole_epochs_and_one_epoch_is_not_two_dots() -> None:
+    from convlayers.train import History
+    from convlayers.train.plots import plot_curves
+
+    h = History(epoch=[1, 2, 3], train_loss=[1.0, 0.6, 0.4], test_loss=[1.1, 0.8, 0.7])
+    ax = plot_curves(h).axes[0]
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    one = History(epoch=[1], train_accuracy=[0.75], test_accuracy=[0.5])
+    ax = plot_curves(one, "accuracy").axes[0]
+    assert ax.get_title() == "accuracy after 1 epoch"
+    assert [round(p.get_height(), 6) for p in ax.patches] == [0.75, 0.5]
+    assert [t.get_text() for t in ax.texts] == ["75.0%", "50.0%"]

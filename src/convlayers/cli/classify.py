@@ -54,7 +54,9 @@ def _pictures(args: argparse.Namespace, model: Any) -> list[str]:
             raise CLIError(str(exc)) from None
         for layer, values in maps.items():
             name = f"{Path(path).stem}_{layer.replace('.', '_') or 'model'}.png"
-            written.append(save_figure(plot_feature_maps(values[0], max_maps=32), folder / name))
+            title = f"layer {layer or 'output'!r} of {Path(path).name}"
+            written.append(save_figure(plot_feature_maps(values[0], max_maps=32, title=title),
+                                       folder / name))
     return [str(w) for w in written]
 
 

@@ -21,6 +21,8 @@ from convlayers.cli._common import (
 )
 from convlayers.cli._dask import add_dask_flags, wants_dask
 
+#: The ``filter --scale`` rules (``to_uint8``).
+SCALES = ("auto", "clip", "stretch", "abs", "signed", "percentile")
 
 
 def register(sub: Any) -> None:
@@ -34,7 +36,12 @@ def register(sub: Any) -> None:
     g.add_argument("-o", "--output", required=True, metavar="PNG", help="picture to write")
     g.add_argument("--filters", nargs="+", metavar="NAME", help="filter names (see 'filter')")
     g.add_argument("--color", action="store_true",
-                   help="filter the color channels instead of the luminance")
+                   help="filter the color channels instead of the luminance (color panels)")
+    g.add_argument("--display", choices=("auto", "abs", "signed", "percentile", "minmax"),
+                   default="auto",
+                   help="how a response is shown: abs (|response|, edges bright on black), "
+                   "signed (with a colorbar), percentile (1st..99th), minmax; auto: abs for "
+                   "edge filters, percentile for the others (default)")
     g.set_defaults(run=run_gallery)
 
     f = sub.add_parser(
@@ -55,9 +62,11 @@ def register(sub: Any) -> None:
     f.add_argument("--gray", action="store_true", help="filter the luminance only")
     f.add_argument("--boundary", choices=("symm", "fill", "wrap"), default="symm",
                    help="edge handling, as scipy.signal.convolve2d (default symm)")
-    f.add_argument("--scale", choices=("auto", "clip", "stretch"), default="auto",
-                   help="to 8 bits: clip to 0..255, stretch min..max to 0..255, or auto "
-                   "(keep values already in 0..255, else stretch); default auto")
+    f.add_argument("--scale", choices=SCALES, default="auto",
+                   help="to 8 bits: clip to 0..255, stretch min..max, abs (|response|, edges "
+                   "bright on black), signed (0 is mid-grey), percentile (1st..99th), or auto "
+                   "(keep values already in 0..255, else abs for edge filters and percentile "
+                   "for the others); default auto")
     add_dask_flags(f)
     add_progress_flag(f)
     f.set_defaults(run=run_filter)
@@ -86,17 +95,29 @@ def _read(path: Path, gray: bool) -> np.ndarray:
     return img
 
 
-def to_uint8(response: np.ndarray, scale: str) -> np.ndarray:
+def to_uint8(response: np.ndarray, scale: str, kernel: Any = None) -> np.ndarray:
     """A filter response as 8-bit pixels by the ``--scale`` rule.
+
+    ``clip`` keeps 0..255; ``stretch`` maps min..max; ``abs``, ``signed`` and ``percentile``
+    are the displays of :mod:`convlayers.viz.display`; ``auto`` keeps values already in
+    0..255, else shows ``|response|`` for an edge ``kernel`` (weights summing to 0) and the
+    1st..99th percentiles otherwise.
 
     >>> to_uint8(np.array([[-2.0, 0.0, 2.0]]), "auto")
     array([[  0, 128, 255]], dtype=uint8)
+    >>> to_uint8(np.array([[-2.0, 0.0, 2.0]]), "auto", kernel=[[1, 0, -1]])
+    array([[255,   0, 255]], dtype=uint8)
     >>> to_uint8(np.array([[-2.0, 100.4, 300.0]]), "clip")
     array([[  0, 100, 255]], dtype=uint8)
     """
+    from convlayers.viz.display import display_mode, to_unit
+
     lo, hi = float(response.min()), float(response.max())
     if scale == "clip" or (scale == "auto" and lo >= 0 and hi <= 255):
         return np.clip(np.rint(response), 0, 255).astype(np.uint8)
+    if scale != "stretch":
+        mode = display_mode(scale, kernel)
+        return np.rint(to_unit(response, mode) * 255.0).astype(np.uint8)
     if hi == lo:
         return np.zeros(response.shape, dtype=np.uint8)
     return np.rint((response - lo) * (255.0 / (hi - lo))).astype(np.uint8)
@@ -110,7 +131,8 @@ def run_gallery(args: argparse.Namespace) -> int:
     _check_names(names)
     target = output_file(args.output, "figure", "-o/--output")
     image = _read(Path(args.image), gray=False)
-    save_figure(filter_gallery(image, names, gray=not args.color), target)
+    save_figure(filter_gallery(image, names, gray=not args.color, display=args.display),
+                target)
     print(f"wrote {target}")
     return 0
 
@@ -137,7 +159,7 @@ def _filter_on_dask(args: argparse.Namespace, jobs: list[tuple[Path, str, Any]],
                 cd.save(response, target, overwrite=True)  # prepare_output: absent or a store
                 continue
             result = compute(response, client, progress_enabled(args))
-            write_image(target, to_uint8(result, args.scale))
+            write_image(target, to_uint8(result, args.scale, kernel))
 
 
 def _check_kernel_range(kernel: Any) -> None:
@@ -198,7 +220,7 @@ def run_filter(args: argparse.Namespace) -> int:
                                              progress_enabled(args), total=len(jobs),
                                              desc="filtering"):
         write_image(target, to_uint8(_response(_read(src, args.gray), kernel, args.boundary),
-                                     args.scale))
+                                     args.scale, kernel))
     where = targets[0] if as_file else out
     print(f"wrote {len(targets)} image(s) to {where}")
     return 0

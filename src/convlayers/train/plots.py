@@ -56,19 +56,33 @@ def plot_curves(history: History, metric: str = "loss") -> Figure:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
     if not isinstance(history, History):
         raise TypeError(f"history must be a History, got {type(history).__name__}")
+    from matplotlib.ticker import MaxNLocator
+
     fig = new_figure(5.0, 3.5)
     ax = fig.add_subplot(1, 1, 1)
+    curves = {}
     for split in ("train", "test"):
         values = np.asarray(getattr(history, f"{split}_{metric}"), dtype=float)
         if values.size and np.isfinite(values).any():
+            curves[split] = values
+    if len(history.epoch) == 1:  # one epoch: two bars with their values, not two lone dots
+        names = list(curves)
+        heights = [float(curves[n][0]) for n in names]
+        bars = ax.bar(names, heights, color=["C0", "C1"][: len(names)], width=0.5)
+        ax.bar_label(bars, labels=[f"{h:.1%}" if metric == "accuracy" else f"{h:.4g}"
+                                   for h in heights])
+        ax.set_title(f"{metric} after 1 epoch")
+    else:
+        for split, values in curves.items():
             ax.plot(history.epoch[: values.size], values, marker="o", markersize=3, label=split)
-    ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.set_title(f"{metric} per epoch")
     ax.set_ylabel(metric)
     if metric == "accuracy":
         ax.set_ylim(top=1.0)
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"{metric} per epoch")
     fig.tight_layout()
     return fig
 

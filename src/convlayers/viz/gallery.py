@@ -70,12 +70,15 @@ def filter_gallery(
     boundary: str = "symm",
     ncols: int = 4,
     cmap: str = "gray",
+    display: str = "auto",
 ) -> Figure:
     """The original photo next to its responses to a bank of filters, one panel each.
 
     Each response is ``convlayers.filters.apply_filter(image, kernel, mode="same",
-    boundary=boundary)`` (a true convolution, SciPy's recipe) shown with its own color scale,
-    so signed edge responses and blurs are equally visible.
+    boundary=boundary)`` (a true convolution, SciPy's recipe) shown with its own scale, chosen
+    by ``display`` (see :mod:`convlayers.viz.display`): by default an edge filter (weights
+    summing to 0) shows ``|response|``, bright edges on black, and a smoothing filter its 1st to
+    99th percentiles. Signed grey panels get a colorbar.
 
     Parameters
     ----------
@@ -85,13 +88,15 @@ def filter_gallery(
         Filter names from :data:`convlayers.filters.FILTERS`, or ``{title: kernel}``.
     gray : bool, default True
         Filter the luminance (as the classic recipe does); False filters each color channel
-        and shows the response of the first one.
+        and shows the three responses as one color picture.
     boundary : {"symm", "fill", "wrap"}, default "symm"
         Edge handling, as in ``scipy.signal.convolve2d``.
     ncols : int, default 4
         Panels per row.
     cmap : str, default "gray"
-        Colormap of the panels.
+        Colormap of the grey panels (a signed panel uses "RdBu_r" unless another is given).
+    display : {"auto", "abs", "signed", "percentile", "minmax"}, default "auto"
+        How a response becomes grey levels, see :mod:`convlayers.viz.display`.
 
     Returns
     -------
@@ -103,38 +108,74 @@ def filter_gallery(
     >>> img = np.zeros((16, 16)); img[:, 8:] = 1.0
     >>> fig = filter_gallery(img, ["sobel_x", "blur"])
     >>> [ax.get_title() for ax in fig.axes if ax.get_title()]
-    ['Original', 'Sobel x', 'Blur']
+    ['Original', '|Sobel x|', 'Blur']
     """
     from convlayers.filters import apply_filter
+    from convlayers.viz.display import display_mode
 
     arr = np.asarray(image)
     base = to_gray(arr) if gray else arr
     items = list(names.items()) if isinstance(names, Mapping) else [(n, n) for n in names]
     if not items:
         raise ValueError("names must list at least one filter, got none")
-    responses = [(str(title), apply_filter(base, k, boundary=boundary)) for title, k in items]
+    modes = [display_mode(display, k) for _, k in items]
+    responses = [apply_filter(base, k, boundary=boundary) for _, k in items]
     h, w = base.shape[:2]
     fig, axes = _grid(1 + len(items), ncols, h / w)
     shown = arr if (not gray and arr.ndim == 3) else base
     axes[0].imshow(shown, cmap=cmap if shown.ndim == 2 else None)
     axes[0].set_title("Original")
-    for ax, (title, resp) in zip(axes[1:], responses, strict=True):
-        ax.imshow(resp if resp.ndim == 2 else resp[:, :, 0], cmap=cmap)
-        ax.set_title(title.replace("_", " ").capitalize())
+    for ax, (title, _), resp, mode in zip(axes[1:], items, responses, modes, strict=True):
+        _show_response(fig, ax, resp, mode, cmap)
+        name = str(title).replace("_", " ").capitalize()
+        ax.set_title(f"|{name}|" if mode == "abs" else name)
     return _finish(fig)
+
+
+def _show_response(fig: Figure, ax: Axes, resp: np.ndarray, mode: str, cmap: str) -> None:
+    """One response panel: grey with its limits (and a colorbar when signed), or RGB."""
+    from convlayers.viz.display import display_limits, to_unit
+
+    if resp.ndim == 3:  # one color picture, one scale over the three channels
+        ax.imshow(to_unit(resp, mode))
+        return
+    lo, hi = display_limits(resp, mode)
+    shown = np.abs(resp) if mode == "abs" else resp
+    image = ax.imshow(shown, cmap="RdBu_r" if mode == "signed" and cmap == "gray" else cmap,
+                      vmin=lo, vmax=hi)
+    if mode == "signed":
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
 
 
 def plot_feature_maps(
     maps: Any, *, ncols: int | None = None, titles: Sequence[str] | None = None,
-    cmap: str = "viridis", max_maps: int = 64,
+    cmap: str = "viridis", max_maps: int = 64, title: str | None = None,
 ) -> Figure:
     """Show the channels of a feature map ``(C, H, W)`` (or ``(1, C, H, W)``) side by side.
 
+    All panels share one color scale, drawn as a colorbar, so a bright panel is a strongly
+    responding channel. The figure's title says what is shown and how many of the channels:
+    ``"<title>: 32 of 96 channels, 56x56"``.
+
+    Parameters
+    ----------
+    maps : array_like, shape (C, H, W) or (1, C, H, W)
+    ncols : int, optional
+        Panels per row (default about square).
+    titles : sequence of str, optional
+        One per panel shown (default ``"channel k"``).
+    cmap : str, default "viridis"
+    max_maps : int, default 64
+        Draw the first ``max_maps`` channels at most.
+    title : str, optional
+        What the maps are, e.g. ``"blocks.1 of cat.jpg"`` (default ``"feature maps"``).
+
     Examples
     --------
-    >>> fig = plot_feature_maps(np.random.default_rng(0).random((6, 8, 8)))
-    >>> len([ax for ax in fig.axes if ax.images])
-    6
+    >>> fig = plot_feature_maps(np.random.default_rng(0).random((6, 8, 8)), max_maps=4,
+    ...                         title="stem of cat.jpg")
+    >>> len([ax for ax in fig.axes if ax.images]), fig._suptitle.get_text()
+    (4, 'stem of cat.jpg: 4 of 6 channels, 8x8')
     """
     arr = np.asarray(maps)
     if arr.ndim == 4 and arr.shape[0] == 1:
@@ -145,10 +186,24 @@ def plot_feature_maps(
     if titles is not None and len(titles) < c:
         raise ValueError(f"titles must name the {c} maps shown, got {len(titles)} titles")
     fig, axes = _grid(c, ncols, arr.shape[1] / arr.shape[2], max_width=14.0)
+    shown = arr[:c].astype(np.float64)
+    finite = shown[np.isfinite(shown)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    image: Any = None
     for k, ax in enumerate(axes):
-        ax.imshow(arr[k], cmap=cmap)
+        image = ax.imshow(shown[k], cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1.0)
         ax.set_title(titles[k] if titles is not None else f"channel {k}", fontsize=9)
-    return _finish(fig)
+    size = f"{arr.shape[1]}x{arr.shape[2]}"
+    width, height = (float(v) for v in fig.get_size_inches())
+    fig.set_size_inches(width + 1.0, height)  # room on the right for the colorbar
+    top = 1.0 - 0.55 / height  # room for the title line and the first panels' labels only
+    fig.suptitle(f"{title or 'feature maps'}: {c} of {arr.shape[0]} channels, {size}",
+                 fontsize=11, y=1.0 - 0.08 / height, va="top")
+    fig.subplots_adjust(left=0.01, right=1.0 - 1.05 / (width + 1.0), bottom=0.01, top=top,
+                        wspace=0.04, hspace=0.2)
+    bar = fig.add_axes((1.0 - 0.95 / (width + 1.0), 0.05, 0.15 / (width + 1.0), top - 0.08))
+    fig.colorbar(image, cax=bar, label="activation")
+    return fig
 
 
 def plot_kernels(

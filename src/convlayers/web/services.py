@@ -55,7 +55,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 
 MODES = ("same", "valid", "full")
 BOUNDARIES = ("symm", "fill", "wrap")
-SCALES = ("auto", "clip", "stretch")
+SCALES = ("auto", "clip", "stretch", "abs", "signed", "percentile")
 #: Bundled images, by fixed id: a request names one of these, never a path.
 SAMPLES: dict[str, Callable[[bool], np.ndarray]] = {}
 
@@ -203,7 +203,7 @@ def filter_png(image: np.ndarray, filter_name: str | None, kernel: str | None, *
         response = apply_filter(image, chosen, mode=mode, boundary=boundary)
     except (ValueError, TypeError) as exc:
         raise ServiceError(400, str(exc)) from None
-    return encode_png(to_uint8(response, scale))
+    return encode_png(to_uint8(response, scale, chosen))
 
 
 # ----------------------------------------------------------------------------- playground

@@ -9,7 +9,8 @@ training flag are kept. Supported: ``Conv1d/2d/3d``, ``ConvTranspose1d/2d``,
 ``Dropout``, ``Identity``, ``ZeroPad2d``, ``Sequential`` and ``ModuleList``, plus
 MobileNetV2-shaped trees: a module with ``conv`` and ``use_res_connect`` (torchvision's
 ``InvertedResidual``) and one whose class is named ``MobileNetV2`` with ``features`` and
-``classifier`` (torchvision's layout). A torch layer that subclasses a supported one but
+``classifier`` (torchvision's layout), and torchvision's ``ResNet``, ``BasicBlock`` and
+``Bottleneck`` (recognised by class name and child names). A torch layer that subclasses a supported one but
 overrides ``forward`` is not supported: its computation is unknown here.
 
 torch is imported inside these functions only; ``import convlayers`` never loads it.
@@ -147,6 +148,14 @@ def _from_torch(t: Any, path: str) -> Module:
         ours.in_channels, ours.out_channels = convs[0].in_channels, convs[-1].out_channels
         ours.stride = max(max(m.stride) for m in convs)
         ours.use_residual = bool(t.use_res_connect)
+    elif (resnet := _resnet_class(t, [n for n, _ in children])) is not None:
+        ours = _shell(resnet)
+        for name, child in children:
+            setattr(ours, name, _from_torch(child, dot + name))
+        if resnet is not nn.ResNet:
+            ours.stride = max(max(m.stride) for m in ours.modules() if isinstance(m, nn.Conv2d))
+        else:
+            ours.inplanes = ours.fc.in_features
     elif type(t).__name__.endswith("MobileNetV2") and [n for n, _ in children] == ["features",
                                                                                   "classifier"]:
         ours = _shell(nn.MobileNetV2)
@@ -157,6 +166,27 @@ def _from_torch(t: Any, path: str) -> Module:
         raise _unsupported(path, t, "to convlayers")
     object.__setattr__(ours, "training", bool(t.training))
     return ours
+
+
+_RESNET_CHILDREN: dict[str, tuple[str, ...]] = {
+    "BasicBlock": ("conv1", "bn1", "relu", "conv2", "bn2"),
+    "Bottleneck": ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu"),
+    "ResNet": ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
+               "avgpool", "fc"),
+}
+
+
+def _resnet_class(t: Any, names: list[str]) -> type[Module] | None:
+    """torchvision's ResNet, BasicBlock or Bottleneck (by class name and child names)."""
+    from convlayers.nn.models import resnet
+
+    for cls_name, expected in _RESNET_CHILDREN.items():
+        if type(t).__name__.endswith(cls_name) and sorted(names) in (
+                sorted(expected), sorted((*expected, "downsample"))):
+            if cls_name == "ResNet" and "downsample" in names:
+                return None
+            return getattr(resnet, cls_name)
+    return None
 
 
 def from_torch(module: Any) -> Module:
@@ -229,6 +259,39 @@ def _torch_blocks() -> tuple[type, type]:
     return InvertedResidual, MobileNetV2
 
 
+@functools.cache
+def _torch_resnet() -> dict[str, type]:
+    """torchvision-layout torch twins of ResNet, BasicBlock and Bottleneck (children added after)."""
+    torch = _torch()
+
+    class BasicBlock(torch.nn.Module):  # type: ignore[name-defined]
+        """torchvision's forward: two conv-BN pairs, the shortcut added, ReLU."""
+
+        def forward(self, x: Any) -> Any:
+            identity = self.downsample(x) if hasattr(self, "downsample") else x
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + identity)
+
+    class Bottleneck(torch.nn.Module):  # type: ignore[name-defined]
+        """torchvision's forward: 1x1, 3x3, 1x1 conv-BN, the shortcut added, ReLU."""
+
+        def forward(self, x: Any) -> Any:
+            identity = self.downsample(x) if hasattr(self, "downsample") else x
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            return self.relu(self.bn3(self.conv3(out)) + identity)
+
+    class ResNet(torch.nn.Module):  # type: ignore[name-defined]
+        """torchvision's forward: stem, four stages, global average pooling, ``fc``."""
+
+        def forward(self, x: Any) -> Any:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    return {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck, "ResNet": ResNet}
+
+
 def _torch_dtype(module: Module) -> Any:
     torch = _torch()
     arrays = [p.data for p in module.parameters(recurse=False)] + list(module.buffers(recurse=False))
@@ -261,6 +324,10 @@ def _to_torch(m: Module, path: str) -> Any:
     elif type(m) is nn.MobileNetV2:
         theirs = blocks[1](_to_torch(m.features, dot + "features"),
                            _to_torch(m.classifier, dot + "classifier"))
+    elif type(m).__name__ in _RESNET_CHILDREN and type(m).__module__.endswith("models.resnet"):
+        theirs = _torch_resnet()[type(m).__name__]()
+        for name, child in m.named_children():
+            theirs.add_module(name, _to_torch(child, dot + name))
     elif type(m) is nn.SmallCNN:  # its forward is classifier(features(x)): a two-step chain
         theirs = torch.nn.Sequential()
         for name, child in m.named_children():

@@ -20,7 +20,7 @@ from convlayers.nn.fuse import fuse
 from convlayers.nn.inspect import feature_maps
 from convlayers.nn.linear import Dropout, Flatten, Identity, Linear
 from convlayers.nn.loss import CrossEntropyLoss, MSELoss
-from convlayers.nn.models import MobileNetV2, SmallCNN
+from convlayers.nn.models import MobileNetV2, ResNet, SmallCNN, resnet18, resnet50
 from convlayers.nn.module import Module, Parameter
 from convlayers.nn.norm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from convlayers.nn.padding import SamePad2d, ZeroPad2d
@@ -69,6 +69,7 @@ __all__ = [
     "Parameter",
     "ReLU",
     "ReLU6",
+    "ResNet",
     "SamePad2d",
     "Sequential",
     "Sigmoid",
@@ -80,4 +81,6 @@ __all__ = [
     "functional",
     "fuse",
     "init",
+    "resnet18",
+    "resnet50",
 ]

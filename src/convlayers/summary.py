@@ -2,7 +2,9 @@
 
 :func:`summary` runs the model once on zeros and records every leaf module (one without
 children). Multiply-adds (MACs) follow one policy, written out here once and selectable by
-keyword; FLOPs are always ``2 x MACs``.
+keyword; FLOPs are always ``2 x MACs``. By default only conv and linear weights count: the
+convention of the papers and of torchinfo (MobileNetV2 at 224x224: 300.8 M, "300 M" in its
+paper). The other terms are opt-in, and the table's last line says which were counted.
 
 MAC policy, per call of a leaf module, for the whole input batch:
 
@@ -11,8 +13,9 @@ MAC policy, per call of a leaf module, for the whole input batch:
   is the same count with the roles of input and output swapped (every input pixel scatters
   ``C_out/groups * prod(kernel)`` products).
 - ``Linear``: ``in_features * out_features`` per row of the input.
-- bias adds (``bias=True``): one per output element of a conv or Linear that has a bias.
-- BatchNorm (``norm=True``): one per output element (in inference it is one multiply-add,
+- bias adds (``bias=True``, default off): one per output element of a conv or Linear that has
+  a bias.
+- BatchNorm (``norm=True``, default off): one per output element (in inference it is one multiply-add,
   ``x*s + t``). A model fused with :func:`convlayers.nn.fuse` has no BatchNorm left to count.
 - pooling (``pooling=True``): max/average pools ``prod(kernel)`` per output element; adaptive
   pools one per input element.
@@ -49,14 +52,16 @@ _ADAPTIVE_POOL = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool
 _ACTIVATION = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax)
 
 
-def layer_macs(module: nn.Module, x: Any, y: Any, *, bias: bool = True, norm: bool = True,
+def layer_macs(module: nn.Module, x: Any, y: Any, *, bias: bool = False, norm: bool = False,
                pooling: bool = False, activations: bool = False) -> int:
     """Multiply-adds of one call ``y = module(x)`` under the policy of this module's docstring.
 
     >>> conv = nn.Conv2d(3, 64, 3, padding=1)
     >>> x = np.zeros((1, 3, 224, 224), np.float32)
-    >>> layer_macs(conv, x, conv(x), bias=False)  # shapes.conv_macs(3, 64, 3, (224, 224))
+    >>> layer_macs(conv, x, conv(x))  # shapes.conv_macs(3, 64, 3, (224, 224))
     86704128
+    >>> layer_macs(conv, x, conv(x), bias=True) - 86704128  # one add per output element
+    3211264
     """
     inp, out = first_array(x), first_array(y)
     if out is None:
@@ -131,7 +136,8 @@ class Summary:
         yes = [v for k, v in parts.items() if self.policy.get(k)]
         no = [v for k, v in parts.items() if not self.policy.get(k)]
         return ("multiply-adds count conv/linear weights" + "".join(f", {v}" for v in yes)
-                + (f"; not {', '.join(no)}" if no else ""))
+                + (f"; not {', '.join(no)}" if no else "")
+                + ("" if yes else " (the papers' and torchinfo's convention)"))
 
     def _totals(self) -> list[str]:
         shape = ", ".join(map(str, self.input_shape))
@@ -176,7 +182,7 @@ class Summary:
         return buffer.getvalue()
 
 
-def summary(model: nn.Module, input_shape: Any, *, bias: bool = True, norm: bool = True,
+def summary(model: nn.Module, input_shape: Any, *, bias: bool = False, norm: bool = False,
             pooling: bool = False, activations: bool = False, dtype: Any = np.float32) -> Summary:
     """Output shape, parameters, multiply-adds and output memory of every leaf of ``model``.
 
@@ -192,8 +198,9 @@ def summary(model: nn.Module, input_shape: Any, *, bias: bool = True, norm: bool
     input_shape : sequence of int
         The input's shape, batch axis included (``(1, 3, 224, 224)``).
     bias, norm, pooling, activations : bool
-        What the multiply-adds include besides conv and linear weights: bias adds (default
-        yes), BatchNorm (yes), pooling windows (no), activations (no).
+        What the multiply-adds include besides conv and linear weights: bias adds, BatchNorm,
+        pooling windows, activations (all off by default: weights only, as the papers and
+        torchinfo count; ``Summary.counted()`` states the policy).
     dtype : float32 or float64
         The input's dtype.
 
@@ -208,9 +215,14 @@ def summary(model: nn.Module, input_shape: Any, *, bias: bool = True, norm: bool
     --------
     >>> s = summary(nn.ConvNormAct(3, 64, bias=True), (1, 3, 32, 32))
     >>> [(r["name"], r["output_shape"], r["params"], r["macs"]) for r in s.rows]
-    [('0', (1, 64, 32, 32), 1792, 1835008), ('1', (1, 64, 32, 32), 128, 65536), ('2', (1, 64, 32, 32), 0, 0)]
+    [('0', (1, 64, 32, 32), 1792, 1769472), ('1', (1, 64, 32, 32), 128, 0), ('2', (1, 64, 32, 32), 0, 0)]
     >>> s.total_params, s.total_macs, s.total_flops
-    (1920, 1900544, 3801088)
+    (1920, 1769472, 3538944)
+    >>> print(s.counted())
+    multiply-adds count conv/linear weights; not bias adds, BatchNorm, pooling, activations
+    (the papers' and torchinfo's convention)
+    >>> summary(nn.ConvNormAct(3, 64, bias=True), (1, 3, 32, 32), bias=True, norm=True).total_macs
+    1900544
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a convlayers Module, got {type(model).__name__}")

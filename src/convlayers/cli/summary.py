@@ -35,8 +35,9 @@ def register(sub: Any) -> None:
         "summary", help="per-layer output shapes, parameters and multiply-adds of a model",
         description="Run MODEL once on zeros and print, per layer, the output shape, trainable "
         "parameters, multiply-adds (MACs; FLOPs = 2 x MACs) and output memory. Conv and linear "
-        "weights always count; bias adds and BatchNorm count unless --no-bias/--no-norm; pooling "
-        "and activations only with --pooling/--activations. Seed blocks take their input "
+        "weights count (the papers' and torchinfo's convention: mobilenet_v2 300.8 M); bias adds, "
+        "BatchNorm, pooling and activations only with --bias/--norm/--pooling/--activations. "
+        "Seed blocks take their input "
         "channels from --input (conv-bn-relu and separable map them to --out-channels; "
         "mobile-block is the seed's MobileBlock: expand x6, depthwise, project).",
     )
@@ -48,8 +49,8 @@ def register(sub: Any) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="a Markdown table")
     fmt.add_argument("--csv", action="store_true", help="CSV rows (name,type,output_shape,...)")
-    p.add_argument("--no-bias", action="store_true", help="do not count bias adds")
-    p.add_argument("--no-norm", action="store_true", help="do not count BatchNorm")
+    p.add_argument("--bias", action="store_true", help="count bias adds")
+    p.add_argument("--norm", action="store_true", help="count BatchNorm (one per output)")
     p.add_argument("--pooling", action="store_true", help="count pooling windows")
     p.add_argument("--activations", action="store_true", help="count activations")
     p.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first")
@@ -98,7 +99,7 @@ def run_summary(args: argparse.Namespace) -> int:
     model = build(args, shape)
     if args.fuse:
         model = fuse(model)
-    result = summary(model, shape, bias=not args.no_bias, norm=not args.no_norm,
+    result = summary(model, shape, bias=args.bias, norm=args.norm,
                      pooling=args.pooling, activations=args.activations)
     if args.csv:
         print(result.to_csv(), end="")

@@ -69,6 +69,13 @@ def float_array(x: Any, name: str) -> np.ndarray:
     the way PyTorch rejects a ``Long`` tensor in a convolution.
     """
     arr = np.asarray(x)
+    if arr.dtype not in FLOAT_DTYPES and arr.dtype.newbyteorder("=") in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} is a {'big' if arr.dtype.byteorder == '>' else 'little'}-endian "
+            f"{arr.dtype.newbyteorder('=')} array (dtype {arr.dtype.str!r}), which is not supported "
+            f"(PyTorch refuses it too); convert it first with "
+            f"{name}.astype(np.{arr.dtype.newbyteorder('=')})"
+        )
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a float32 or float64 array, got dtype {arr.dtype}; "

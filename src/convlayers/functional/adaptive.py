@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from convlayers import limits
 from convlayers._validate import as_int
 from convlayers.functional._common import batched, unbatch
 
@@ -49,11 +50,30 @@ def _bounds(length: int, out: int) -> list[tuple[int, int]]:
     return [((o * length) // out, -((-(o + 1) * length) // out)) for o in range(out)]
 
 
+def _check_passes(x: np.ndarray, out: tuple[int, ...], order: Any, op: str,
+                  indices: bool = False) -> None:
+    """Check the array after each axis's pass (and the output) against the memory cap, before
+    the first is allocated: ``adaptive_avg_pool2d(x, 100000)`` asks for 40 GB."""
+    shape = list(x.shape)
+    for a in order:
+        shape[2 + a] = out[a]
+        limits.check_elements(shape, x.dtype, f"the output of {op} (shape {tuple(shape)} from "
+                              f"input shape {x.shape}, output_size {out})")
+        if indices:
+            limits.check_elements(shape, np.int64, f"the indices of {op} (shape {tuple(shape)})")
+
+
 def _avg_axis(x: np.ndarray, axis: int, out: int) -> np.ndarray:
-    """Average the windows of one axis: a loop over output cells, not over pixels."""
-    parts = [x[(slice(None),) * axis + (slice(a, b),)].sum(axis=axis, keepdims=True) / (b - a)
-             for a, b in _bounds(x.shape[axis], out)]
-    return np.concatenate(parts, axis=axis).astype(x.dtype, copy=False)
+    """Average the windows of one axis: a loop over output cells, not over pixels, each cell
+    written straight into the result (no list of parts to concatenate)."""
+    shape = list(x.shape)
+    shape[axis] = out
+    result = np.empty(shape, dtype=x.dtype)
+    lead = (slice(None),) * axis
+    for o, (a, b) in enumerate(_bounds(x.shape[axis], out)):
+        window = x[(*lead, slice(a, b))]
+        result[(*lead, slice(o, o + 1))] = window.sum(axis=axis, keepdims=True) / (b - a)
+    return result
 
 
 def _avg_axis_backward(g: np.ndarray, axis: int, length: int) -> np.ndarray:
@@ -91,6 +111,7 @@ def _max_axis(
 def _adaptive_avg(input: Any, output_size: OutputSize, n: int) -> np.ndarray:
     x, unbatched = batched(input, n)
     out = _output_size(output_size, x.shape[2:])
+    _check_passes(x, out, range(n), f"adaptive_avg_pool{n}d")
     for a, o in enumerate(out):
         x = _avg_axis(x, 2 + a, o)
     return unbatch(np.ascontiguousarray(x), unbatched)
@@ -102,7 +123,9 @@ def _adaptive_max(
     x, unbatched = batched(input, n)
     in_shape = x.shape[2:]
     out = _output_size(output_size, in_shape)
-    flat = np.zeros(x.shape, dtype=np.int64) if return_indices else None
+    _check_passes(x, out, reversed(range(n)), f"adaptive_max_pool{n}d", return_indices)
+    # the flat index carried so far: all zeros before the first pass (a view, no memory)
+    flat = np.broadcast_to(np.int64(0), x.shape) if return_indices else None
     for a in reversed(range(n)):  # last axis first: PyTorch scans windows row-major
         x, flat = _max_axis(x, flat, 2 + a, out[a], int(np.prod(in_shape[a + 1 :])))
     if flat is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from convlayers import shapes
+from convlayers import limits, shapes
 from convlayers._validate import (
     IntOrTuple,
     as_int,
@@ -77,11 +77,14 @@ def conv_spec(
     """Check a batched input, weight and bias against each other; return the normalised spec.
 
     Only shapes, dtypes and the hyper-parameters matter, so valid specs are remembered per
-    such key (a model's layers see the same ones call after call); errors are never cached."""
+    such key (a model's layers see the same ones call after call); errors are never cached.
+    The key holds each hyper-parameter's type beside its value: ``True == 1`` and ``1.0 == 1``,
+    so without the types an invalid ``stride=True`` would find a valid ``stride=1``'s spec."""
     try:
         key = (x.shape, x.dtype, weight.shape, weight.dtype,
                None if bias is None else (bias.shape, bias.dtype),
-               stride, padding, dilation, groups, padding_mode)
+               _typed(stride), _typed(padding), _typed(dilation), _typed(groups),
+               _typed(padding_mode))
         hash(key)
     except TypeError:  # e.g. a list for stride: check it every time
         return _conv_spec(x, weight, bias, stride, padding, dilation, groups, padding_mode)
@@ -95,6 +98,13 @@ def conv_spec(
 
 
 _SPECS: dict[tuple, ConvSpec] = {}
+
+
+def _typed(value: Any) -> tuple:
+    """A cache key for a hyper-parameter that tells ``1``, ``True`` and ``1.0`` apart."""
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple((type(v), v) for v in value))
+    return (type(value), value)
 
 
 def _conv_spec(
@@ -131,6 +141,10 @@ def _conv_spec(
     kernel = tuple(weight.shape[2:])
     if min(kernel, default=1) < 1:
         raise ValueError(f"weight has an empty kernel: shape {weight.shape}")
+    if weight.size == 0:
+        raise ValueError(f"weight must not be empty: shape {weight.shape} has "
+                         f"{'no output channels (C_out=0)' if c_out == 0 else 'no input channels'}"
+                         f" (PyTorch refuses it too)")
     stride_t = positive_tuple(stride, n, "stride")
     dilation_t = positive_tuple(dilation, n, "dilation")
     pairs = _resolve_padding(padding, kernel, stride_t, dilation_t)
@@ -154,6 +168,19 @@ def _conv_spec(
     return ConvSpec(stride_t, dilation_t, pairs, groups, padding_mode, tuple(out_shape))
 
 
+def check_sizes(x: np.ndarray, c_out: int, spec: ConvSpec, op: str) -> None:
+    """Refuse, before anything is allocated, an output (or padded copy) over the memory cap."""
+    shape = (x.shape[0], c_out, *spec.out_shape)
+    limits.check_elements(shape, x.dtype, f"the output of {op} (shape {shape} from input shape "
+                          f"{x.shape}, padding {spec.pairs}, stride {spec.stride}, dilation "
+                          f"{spec.dilation})")
+    if spec.padding_mode != "zeros":
+        padded = (*x.shape[:2], *(s + a + b for s, (a, b) in zip(x.shape[2:], spec.pairs,
+                                                                 strict=True)))
+        limits.check_elements(padded, x.dtype, f"the {spec.padding_mode}-padded input of {op} "
+                              f"(shape {padded}, padding {spec.pairs})")
+
+
 def _padded(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     if spec.padding_mode == "zeros":
         return pad_pairs(x, spec.pairs)
@@ -168,6 +195,7 @@ def _conv(
     w = float_array(weight, "weight")
     b = None if bias is None else float_array(bias, "bias")
     spec = conv_spec(x, w, b, stride, padding, dilation, groups, padding_mode)
+    check_sizes(x, w.shape[0], spec, f"conv{n}d")
     if spec.padding_mode == "zeros":  # the engine reads the borders itself (no padded copy)
         out = _engine.correlate(x, w, spec.stride, spec.dilation, spec.groups, spec.out_shape,
                                 pairs=spec.pairs, bias=b)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from convlayers import shapes
+from convlayers import limits, shapes
 from convlayers._validate import (
     IntOrTuple,
     as_int,
@@ -51,6 +51,10 @@ def _transpose_spec(
         )
     if c_in % groups:
         raise ValueError(f"in_channels={c_in} must be divisible by groups={groups}")
+    if w.size == 0:
+        raise ValueError(f"weight must not be empty: shape {w.shape} has "
+                         f"{'no input channels (C_in=0)' if c_in == 0 else 'no output channels'}"
+                         f" (PyTorch refuses it too)")
     stride_t = positive_tuple(stride, n, "stride")
     dilation_t = positive_tuple(dilation, n, "dilation")
     padding_t = nonnegative_tuple(padding, n, "padding")
@@ -73,6 +77,10 @@ def _conv_transpose(
     stride_t, padding_t, dilation_t, groups, out_shape = _transpose_spec(
         x, w, stride, padding, output_padding, groups, dilation)
     padded = tuple(o + 2 * p for o, p in zip(out_shape, padding_t, strict=True))
+    shape = (x.shape[0], w.shape[1] * groups, *padded)
+    limits.check_elements(shape, x.dtype, f"the output of conv_transpose{n}d (shape {shape} "
+                          f"before cropping padding {padding_t}, from input shape {x.shape}, "
+                          f"stride {stride_t}, output_padding {output_padding!r})")
     full = _engine.correlate_input_grad(x, w, padded, stride_t, dilation_t, groups)
     crop = tuple(slice(p, p + o) for p, o in zip(padding_t, out_shape, strict=True))
     out = np.ascontiguousarray(full[trailing(crop)])

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from convlayers import limits
 from convlayers._validate import as_int, one_of
 from convlayers.functional._common import int_or_float
 
@@ -92,6 +93,9 @@ def pad(input: Any, pad: Sequence[int], mode: str = "constant", value: float = 0
     fill = int_or_float(value, "value")
     pairs = _pad_pairs(x.ndim, pad, mode)
     _check_sizes(x.shape, pairs, mode)
+    shape = tuple(s + lo + hi for s, (lo, hi) in zip(x.shape, pairs, strict=True))
+    limits.check_elements(shape, x.dtype, f"the output of pad (shape {shape} from input shape "
+                          f"{x.shape} and pad={tuple(pad)})")
     if mode == "constant":
         crop = tuple(slice(max(-lo, 0), x.shape[a] - max(-hi, 0)) for a, (lo, hi) in enumerate(pairs))
         x = x[crop]

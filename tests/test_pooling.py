@@ -182,3 +182,143 @@ def test_nan_propagates_through_max_and_avg() -> None:
     x[0, 0, 1, 0] = np.nan
     assert np.isnan(F.max_pool2d(x, 2)).all()
     assert np.isnan(F.avg_pool2d(x, 2)).all()
+
+
+# --- ONNX's pooling: padding per side, dilated averages, integer max pooling -----------------
+
+def _onnx_avg_pool(x: np.ndarray, kernel, strides, pads, dilations, count_include_pad: int) -> np.ndarray:
+    """ONNX's reference AveragePool (opset 19: the first with dilations), an independent oracle."""
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    elem = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE
+    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=list(kernel),
+                            strides=list(strides), pads=list(pads), dilations=list(dilations),
+                            count_include_pad=count_include_pad)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, None)],
+                              [helper.make_tensor_value_info("y", elem, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    return ReferenceEvaluator(model).run(None, {"x": x})[0]
+
+
+@st.composite
+def sided_cases(draw: st.DrawFn) -> dict:
+    n = draw(st.sampled_from([1, 2, 2, 3]))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(n))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(n))
+    pads = tuple((draw(st.integers(0, d * (k - 1))), draw(st.integers(0, d * (k - 1))))
+                 for k, d in zip(kernel, dilation, strict=True))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(n))
+    # every window keeps an input element (else the call is refused, see the error test)
+    spatial = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - min(a, b)), 12))
+                    for k, d, (a, b) in zip(kernel, dilation, pads, strict=True))
+    return dict(n=n, kernel=kernel, dilation=dilation, pads=pads, stride=stride,
+                shape=(draw(st.integers(1, 2)), 2, *spatial),
+                dtype=draw(st.sampled_from([np.float32, np.float64])))
+
+
+@given(case=sided_cases(), seed=st.integers(0, 2**16), include=st.booleans())
+def test_avg_pool_per_side_padding_and_dilation_match_onnx_reference(case: dict, seed: int,
+                                                                     include: bool) -> None:
+    x = np.random.default_rng(seed).standard_normal(case["shape"]).astype(case["dtype"])
+    ours = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[case["n"]]
+    out = ours(x, case["kernel"], case["stride"], padding=case["pads"], count_include_pad=include,
+               dilation=case["dilation"])
+    onnx_pads = [p[0] for p in case["pads"]] + [p[1] for p in case["pads"]]
+    expected = _onnx_avg_pool(x, case["kernel"], case["stride"], onnx_pads, case["dilation"], int(include))
+    assert_close(out, expected.astype(case["dtype"]), "avg pool vs ONNX reference")
+    # the gradient is the adjoint of this linear map: <pool(x), g> == <x, pool_backward(g)>
+    g = np.random.default_rng(seed + 1).standard_normal(out.shape).astype(case["dtype"])
+    gx = F.avg_pool_backward(g, x, case["kernel"], case["stride"], case["pads"],
+                             count_include_pad=include, dilation=case["dilation"])
+    assert gx.shape == x.shape and gx.dtype == x.dtype
+    np.testing.assert_allclose(np.vdot(out, g), np.vdot(x, gx), rtol=1e-4 if x.dtype == np.float32 else 1e-10)
+
+
+@given(case=sided_cases(), seed=st.integers(0, 2**16))
+def test_per_side_padding_matches_torch_on_explicitly_padded_input(case: dict, seed: int) -> None:
+    """Per-side padding is torch's pooling of an input padded first (zeros for averages with
+    count_include_pad, -inf for max), values and gradients."""
+    n, pads = case["n"], case["pads"]
+    x = np.random.default_rng(seed).standard_normal(case["shape"]).astype(case["dtype"])
+    flat = tuple(v for p in reversed(pads) for v in p)
+    kw = dict(kernel_size=case["kernel"], stride=case["stride"])
+    t_max = {1: tF.max_pool1d, 2: tF.max_pool2d, 3: tF.max_pool3d}[n]
+    t_avg = {1: tF.avg_pool1d, 2: tF.avg_pool2d, 3: tF.avg_pool3d}[n]
+    o_max = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+    o_avg = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+    expected, g, (t_gx,) = torch_grads(
+        lambda t: t_max(tF.pad(t, flat, value=-np.inf), dilation=case["dilation"], **kw), [x], seed)
+    out, idx = o_max(x, padding=pads, dilation=case["dilation"], return_indices=True, **kw)
+    assert_close(out, expected, "max pool, padding per side")
+    np.testing.assert_array_equal(o_max(x, padding=pads, dilation=case["dilation"], **kw), out)
+    assert_close(F.max_pool_backward(g, x, idx, spatial_dims=n), t_gx, "max pool grad")
+    if set(case["dilation"]) != {1}:
+        return  # torch has no dilated average pooling: the ONNX reference test covers it
+    expected, g, (t_gx,) = torch_grads(lambda t: t_avg(tF.pad(t, flat), **kw), [x], seed)
+    assert_close(o_avg(x, padding=pads, **kw), expected, "avg pool, padding per side")
+    assert_close(F.avg_pool_backward(g, x, padding=pads, **kw), t_gx, "avg pool grad")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int32, np.int64])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_integer_max_pooling_matches_torch(dtype: type, n: int) -> None:
+    rng = np.random.default_rng(n)
+    info = np.iinfo(dtype)
+    x = rng.integers(max(info.min, -1000), min(info.max, 1000), (2, 3, *(7,) * n), endpoint=True).astype(dtype)
+    x.flat[::5] = info.min  # the dtype's lowest value must still win over the padding
+    theirs, ours = _fns(n)
+    t_out, t_idx = theirs(torch.tensor(x), 3, 2, 1, return_indices=True)
+    out, idx = ours(x, 3, 2, 1, return_indices=True)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, t_out.numpy())
+    np.testing.assert_array_equal(idx, t_idx.numpy())
+    np.testing.assert_array_equal(ours(x, 3, 2, 1), out)
+
+
+def test_per_side_padding_errors_name_the_argument() -> None:
+    x = np.ones((1, 1, 5, 5))
+    with pytest.raises(ValueError, match=r"padding given per side must be 2 \(before, after\) pairs"):
+        F.avg_pool2d(x, 2, padding=((0, 1),))
+    with pytest.raises(ValueError, match="smaller than the window span"):
+        F.max_pool2d(x, 2, padding=((0, 2), (0, 0)))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        F.avg_pool2d(x.astype(np.uint8), 2)
+    with pytest.raises(ValueError, match="leaves a window with no input element"):
+        F.max_pool1d(np.ones((1, 1, 2)), 2, 1, padding=((1, 1),), dilation=3)
+
+
+_SCRATCH_SCRIPT = r"""
+import resource, sys
+import numpy as np
+from convlayers import config
+from convlayers import functional as F
+F.avg_pool2d(np.ones((1, 1, 4, 4), np.float32), 2)  # load the kernels before the limit
+x = np.ones((1, 1, 2, 20_000_000), np.float32)
+config.set_scratch_bytes(16 << 20)
+def vm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize"):
+            return int(line.split()[1]) * 1024
+out_bytes = 3 * 20_000_000 * 4  # the larger of the two outputs
+limit = vm() + out_bytes + (16 << 20) + (48 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+y = F.avg_pool2d(x, (1, 1), padding=0)
+print(y.shape, float(y[0, 0, 1, 7]))
+del y
+z = F.avg_pool2d(x, (2, 3), stride=1, padding=1, count_include_pad=False)
+print(z.shape, float(z[0, 0, 0, 0]), float(z[0, 0, 1, 5]))
+"""
+
+
+def test_avg_pool_scratch_stays_under_the_cap() -> None:
+    """A 2 x 20,000,000 plane: the divisors are built block by block (issue 16), so the pool
+    needs only its output beyond the input, under an address-space limit."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _SCRATCH_SCRIPT], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["(1,", "1,", "2,", "20000000)", "1.0",
+                                  "(1,", "1,", "3,", "20000000)", "1.0", "1.0"]

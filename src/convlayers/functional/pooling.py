@@ -1,86 +1,40 @@
 """Max and average pooling in 1-D to 3-D, forward and backward, with PyTorch's rules.
 
 One loop over kernel offsets does the work: each offset contributes a strided view of the
-padded input (no copies), reduced with ``maximum`` or a sum. PyTorch's details are kept:
-padding of at most half the kernel that never wins a max, ``ceil_mode`` dropping a last window
-that would start in the padding, NaN propagating, the first maximum winning a tie (the last NaN
-when there are several), indices flat per plane, and ``count_include_pad`` /
-``divisor_override`` for averages.
+input to the outputs whose tap lands inside it (no padded copy), reduced with ``maximum`` or a
+sum; compiled kernels (``convlayers.kernels.pooling``) serve 1-D and 2-D float pools. PyTorch's
+details are kept: padding of at most half the kernel that never wins a max, ``ceil_mode``
+dropping a last window that would start in the padding, NaN propagating, the first maximum
+winning a tie (the last NaN when there are several), indices flat per plane, and
+``count_include_pad`` / ``divisor_override`` for averages. Beyond PyTorch, as ONNX needs:
+padding per side (``padding=((top, bottom), (left, right))``), dilated average pooling
+(``dilation=``) and max pooling of integer arrays.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from convlayers import config, shapes
-from convlayers._validate import IntOrTuple, as_int, float_array, nonnegative_tuple, positive_tuple
-from convlayers.functional._common import (
-    batched,
-    offset_slices,
-    pad_pairs,
-    trailing,
-    unbatch,
-    window_offsets,
+from convlayers import config
+from convlayers._validate import IntOrTuple
+from convlayers.functional._common import pad_pairs, trailing, unbatch, window_offsets
+from convlayers.functional._pool_backward import avg_pool_backward, max_pool_backward, scatter_to_argmax
+from convlayers.functional._pool_spec import (
+    PoolPadding,
+    PoolSpec,
+    check_divisor,
+    divide_by_divisor,
+    divisor_grid,
+    pool_array,
+    pool_spec,
 )
 
 __all__ = [
     "avg_pool1d", "avg_pool2d", "avg_pool3d", "avg_pool_backward",
-    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool_backward",
+    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool_backward", "scatter_to_argmax",
 ]
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """Normalised pooling hyper-parameters for one call."""
-
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-
-    def pairs(self) -> tuple[tuple[int, int], ...]:
-        """(before, after) padding that makes every window lie inside the padded array."""
-        return tuple(
-            (p, max(0, (o - 1) * s + d * (k - 1) + 1 - p - i))
-            for k, s, p, d, i, o in zip(self.kernel, self.stride, self.padding, self.dilation,
-                                        self.in_shape, self.out_shape, strict=True)
-        )
-
-    def tap_coords(self, axis: int) -> np.ndarray:
-        """Unpadded input coordinate read by output ``o`` at tap ``j``: ``o*s - p + j*d``."""
-        o = np.arange(self.out_shape[axis])[:, None]
-        j = np.arange(self.kernel[axis])[None, :]
-        return o * self.stride[axis] - self.padding[axis] + j * self.dilation[axis]
-
-
-def pool_spec(
-    x: np.ndarray, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: IntOrTuple,
-    dilation: IntOrTuple, ceil_mode: bool,
-) -> PoolSpec:
-    """Validate pooling arguments against a batched input ``(N, C, *spatial)``."""
-    n = x.ndim - 2
-    kernel = positive_tuple(kernel_size, n, "kernel_size")
-    stride_t = kernel if stride is None or stride == () else positive_tuple(stride, n, "stride")
-    padding_t = nonnegative_tuple(padding, n, "padding")
-    dilation_t = positive_tuple(dilation, n, "dilation")
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
-    for k, p in zip(kernel, padding_t, strict=True):
-        if p > k // 2:
-            raise ValueError(
-                f"padding should be at most half of kernel_size, got padding={padding_t} "
-                f"and kernel_size={kernel}"
-            )
-    out = tuple(
-        shapes.pool_output_size(i, k, s, p, d, bool(ceil_mode))
-        for i, k, s, p, d in zip(x.shape[2:], kernel, stride_t, padding_t, dilation_t, strict=True)
-    )
-    return PoolSpec(kernel, stride_t, padding_t, dilation_t, tuple(x.shape[2:]), out)
 
 
 def _broadcast_axes(parts: list[np.ndarray]) -> np.ndarray:
@@ -103,7 +57,8 @@ def _fast(x: np.ndarray, spec: PoolSpec) -> bool:
 
 
 def _as_2d(spec: PoolSpec) -> tuple[tuple[int, ...], ...]:
-    """``(kernel, stride, padding, dilation, in_shape, out_shape)`` with 1-D as ``H == 1``."""
+    """``(kernel, stride, padding, dilation, in_shape, out_shape)`` with 1-D as ``H == 1``.
+    ``padding`` is the padding before each axis: the kernels skip taps outside the input."""
     fields = (spec.kernel, spec.stride, spec.padding, spec.dilation, spec.in_shape, spec.out_shape)
     if len(spec.kernel) == 2:
         return fields
@@ -119,6 +74,10 @@ def _kernels() -> Any:
 
 def _planes(a: np.ndarray, plane: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(a).reshape((-1, *plane))
+
+
+def _lowest(dtype: np.dtype) -> Any:
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
 def _max_pool_fast(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -138,60 +97,40 @@ def _max_pool_fast(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[n
 def _max_pool(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.ndarray, np.ndarray | None]:
     if _fast(x, spec):
         return _max_pool_fast(x, spec, with_indices)
-    xp = pad_pairs(x, spec.pairs(), value=-np.inf)
+    best = np.full(x.shape[:2] + spec.out_shape, _lowest(x.dtype), dtype=x.dtype)
+    if not with_indices:
+        for offset in window_offsets(spec.kernel):
+            if (taps := spec.tap_slices(offset)) is not None:
+                view = best[trailing(taps[0])]
+                np.maximum(view, x[trailing(taps[1])], out=view)
+        return best, None
+    xp = pad_pairs(x, spec.pairs(), value=_lowest(x.dtype))
     strides = _plane_strides(spec.in_shape)
     coords = [spec.tap_coords(a) for a in range(len(spec.kernel))]
-    best = np.full(x.shape[:2] + spec.out_shape, -np.inf, dtype=x.dtype)
-    index = None
-    if with_indices:
-        # PyTorch starts each window's index at its first tap inside the input
-        first: list[np.ndarray] = []
-        for c, stride in zip(coords, strides, strict=True):
-            inside = (c >= 0) & (c < np.array(spec.in_shape)[len(first)])
-            first.append(c[np.arange(c.shape[0]), inside.argmax(axis=1)] * stride)
-        index = np.broadcast_to(_broadcast_axes(first), best.shape).copy()
+    # PyTorch starts each window's index at its first tap inside the input
+    first: list[np.ndarray] = []
+    for c, stride in zip(coords, strides, strict=True):
+        inside = (c >= 0) & (c < np.array(spec.in_shape)[len(first)])
+        first.append(c[np.arange(c.shape[0]), inside.argmax(axis=1)] * stride)
+    index = np.broadcast_to(_broadcast_axes(first), best.shape).copy()
+    from convlayers.functional._common import offset_slices
+
     for offset in window_offsets(spec.kernel):
         view = xp[trailing(offset_slices(offset, spec.out_shape, spec.stride, spec.dilation))]
-        if index is None:
-            np.maximum(best, view, out=best)
-            continue
-        update = (view > best) | np.isnan(view)
+        update = view > best
+        if x.dtype.kind == "f":
+            update |= np.isnan(view)
         np.copyto(best, view, where=update)
         tap = _broadcast_axes([c[:, j] * s for c, j, s in zip(coords, offset, strides, strict=True)])
         np.copyto(index, np.broadcast_to(tap, index.shape), where=update)
     return best, index
 
 
-def _divisor(spec: PoolSpec, count_include_pad: bool, divisor_override: int | None) -> np.ndarray | int:
-    if divisor_override is not None:
-        return divisor_override
-    sizes = []
-    for a in range(len(spec.kernel)):
-        start = np.arange(spec.out_shape[a]) * spec.stride[a] - spec.padding[a]
-        end = np.minimum(start + spec.kernel[a], spec.in_shape[a] + spec.padding[a])
-        if not count_include_pad:
-            start, end = np.maximum(start, 0), np.minimum(end, spec.in_shape[a])
-        sizes.append(end - start)
-    grid = sizes[0]
-    for s in sizes[1:]:
-        grid = np.multiply.outer(grid, s)
-    return grid
-
-
-def _check_divisor(divisor_override: Any) -> int | None:
-    if divisor_override is None:
-        return None
-    value = as_int(divisor_override, "divisor_override")
-    if value == 0:
-        raise ValueError("divisor_override must be a non-zero integer, got 0")
-    return value
-
-
 def _max_pool_nd(
-    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: IntOrTuple,
+    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: PoolPadding,
     dilation: IntOrTuple, ceil_mode: bool, return_indices: bool, n: int,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    x, unbatched = batched(input, n)
+    x, unbatched = pool_array(input, n, allow_int=True)
     spec = pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
     out, index = _max_pool(x, spec, bool(return_indices))
     if index is not None:
@@ -199,38 +138,47 @@ def _max_pool_nd(
     return unbatch(out, unbatched)
 
 
+def _kernel_grid_fits(spec: PoolSpec, dtype: np.dtype) -> bool:
+    """The compiled average kernels take a whole divisor grid: only when it fits the scratch."""
+    return int(np.prod(spec.out_shape)) * dtype.itemsize <= config.scratch_bytes() // 2
+
+
 def _avg_pool_nd(
-    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: IntOrTuple,
+    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: PoolPadding,
     ceil_mode: bool, count_include_pad: bool, divisor_override: int | None, n: int,
+    dilation: IntOrTuple = 1,
 ) -> np.ndarray:
-    x, unbatched = batched(input, n)
-    spec = pool_spec(x, kernel_size, stride, padding, 1, ceil_mode)
-    divisor = _divisor(spec, bool(count_include_pad), _check_divisor(divisor_override))
-    if _fast(x, spec):
+    x, unbatched = pool_array(input, n, allow_int=False)
+    spec = pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
+    override = check_divisor(divisor_override)
+    include = bool(count_include_pad)
+    if _fast(x, spec) and set(spec.dilation) == {1} and _kernel_grid_fits(spec, x.dtype):
         k, s, p, _, i, o = _as_2d(spec)
-        div = np.ascontiguousarray(np.broadcast_to(np.asarray(divisor, dtype=x.dtype), o))
+        div = divisor_grid(spec, include, override, x.dtype).reshape(o)
         xs = _planes(x, i)
         out = np.empty((xs.shape[0], *o), dtype=x.dtype)
         _kernels().avg_pool2d(xs, *k, *s, *p, div, out)
         return unbatch(out.reshape(x.shape[:2] + spec.out_shape), unbatched)
-    xp = pad_pairs(x, spec.pairs())
     total = np.zeros(x.shape[:2] + spec.out_shape, dtype=x.dtype)
     for offset in window_offsets(spec.kernel):
-        total += xp[trailing(offset_slices(offset, spec.out_shape, spec.stride, spec.dilation))]
-    return unbatch(total / np.asarray(divisor, dtype=x.dtype), unbatched)
+        if (taps := spec.tap_slices(offset)) is not None:
+            total[trailing(taps[0])] += x[trailing(taps[1])]
+    divide_by_divisor(total, spec, include, override)
+    return unbatch(total, unbatched)
 
 
 _MAX_DOC = """
     Parameters
     ----------
     input : ndarray
-        ``(N, C, {axes})`` or unbatched ``(C, {axes})``, float32 or float64.
+        ``(N, C, {axes})`` or unbatched ``(C, {axes})``: float32, float64 or an integer dtype.
     kernel_size : int or tuple of int
         Window size.
     stride : int or tuple of int, optional
         Step between windows; ``None`` (default) means ``kernel_size``.
-    padding : int or tuple of int
-        Implicit ``-inf`` padding, at most half the kernel size; it never wins.
+    padding : int, tuple of int or tuple of (int, int)
+        Implicit ``-inf`` padding, at most half the kernel size; it never wins. Per side, one
+        ``(before, after)`` pair per axis (ONNX's ``pads``), each smaller than the window.
     dilation : int or tuple of int
         Spacing between the window's taps.
     ceil_mode : bool
@@ -251,13 +199,17 @@ _AVG_DOC = """
     input : ndarray
         ``(N, C, {axes})`` or unbatched ``(C, {axes})``, float32 or float64.
     kernel_size, stride, padding, ceil_mode
-        As for max pooling (``stride=None`` means the kernel size); padding is zeros.
+        As for max pooling (``stride=None`` means the kernel size, padding may be given per
+        side); padding is zeros.
     count_include_pad : bool
         Divide by the window size including zero padding (default, PyTorch's) or only by the
         number of input elements in the window. Windows reaching past the padding in
         ``ceil_mode`` never count the part outside.
     divisor_override : int, optional
         Divide every window sum by this instead.
+    dilation : int or tuple of int
+        Spacing between the window's taps (beyond PyTorch, as ONNX's ``AveragePool``); the
+        divisor counts taps.
 
     Returns
     -------
@@ -267,7 +219,7 @@ _AVG_DOC = """
 
 
 def max_pool1d(
-    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0,
+    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: PoolPadding = 0,
     dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """1-D max pooling, as ``torch.nn.functional.max_pool1d``.
@@ -281,7 +233,7 @@ def max_pool1d(
 
 
 def max_pool2d(
-    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0,
+    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: PoolPadding = 0,
     dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """2-D max pooling, as ``torch.nn.functional.max_pool2d``.
@@ -302,7 +254,7 @@ def max_pool2d(
 
 
 def max_pool3d(
-    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0,
+    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: PoolPadding = 0,
     dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """3-D max pooling, as ``torch.nn.functional.max_pool3d``.
@@ -316,8 +268,8 @@ def max_pool3d(
 
 
 def avg_pool1d(
-    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0,
-    ceil_mode: bool = False, count_include_pad: bool = True,
+    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: PoolPadding = 0,
+    ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntOrTuple = 1,
 ) -> np.ndarray:
     """1-D average pooling, as ``torch.nn.functional.avg_pool1d``.
     {doc}
@@ -326,12 +278,14 @@ def avg_pool1d(
     >>> avg_pool1d(np.array([[[1.0, 3.0, 2.0, 6.0]]]), 2)
     array([[[2., 4.]]])
     """
-    return _avg_pool_nd(input, kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1)
+    return _avg_pool_nd(input, kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1,
+                        dilation)
 
 
 def avg_pool2d(
-    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0,
+    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: PoolPadding = 0,
     ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+    dilation: IntOrTuple = 1,
 ) -> np.ndarray:
     """2-D average pooling, as ``torch.nn.functional.avg_pool2d``.
     {doc}
@@ -345,12 +299,13 @@ def avg_pool2d(
             [10.5, 14.5]]])
     """
     return _avg_pool_nd(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                        divisor_override, 2)
+                        divisor_override, 2, dilation)
 
 
 def avg_pool3d(
-    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0,
+    input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: PoolPadding = 0,
     ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+    dilation: IntOrTuple = 1,
 ) -> np.ndarray:
     """3-D average pooling, as ``torch.nn.functional.avg_pool3d``.
     {doc}
@@ -360,7 +315,7 @@ def avg_pool3d(
     array([[[[3.5]]]])
     """
     return _avg_pool_nd(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                        divisor_override, 3)
+                        divisor_override, 3, dilation)
 
 
 def _fill_docs(template: str, *functions: Any) -> None:
@@ -373,106 +328,3 @@ _fill_docs(_MAX_DOC, max_pool1d, max_pool2d, max_pool3d)
 _fill_docs(_AVG_DOC, avg_pool1d, avg_pool2d, avg_pool3d)
 
 
-def scatter_to_argmax(
-    grad_output: np.ndarray, indices: np.ndarray, input: np.ndarray, spatial_dims: int
-) -> np.ndarray:
-    """Add each output gradient onto the input element its flat index points at, per plane."""
-    plane = int(np.prod(input.shape[input.ndim - spatial_dims :]))
-    n_planes = int(np.prod(input.shape[: input.ndim - spatial_dims]))
-    idx = np.asarray(indices)
-    if idx.shape != grad_output.shape:
-        raise ValueError(f"indices must have the shape of grad_output {grad_output.shape}, got {idx.shape}")
-    if not np.issubdtype(idx.dtype, np.integer):
-        raise TypeError(f"indices must be an integer array, got dtype {idx.dtype}")
-    if grad_output.dtype == input.dtype and grad_output.size:
-        gy = np.ascontiguousarray(grad_output).reshape(n_planes, -1)
-        gx = np.empty((n_planes, plane), dtype=input.dtype)  # zeroed plane by plane in the kernel
-        bad = _kernels().scatter_add_planes(gy, _planes(idx.astype(np.int64, copy=False),
-                                                        (gy.shape[1],)), gx)
-        if bad:
-            raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
-        return gx.reshape(input.shape)
-    if idx.size and (idx.min() < 0 or idx.max() >= plane):
-        raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
-    lead = grad_output.shape[: grad_output.ndim - spatial_dims]
-    base = (np.arange(n_planes, dtype=np.int64) * plane).reshape(lead + (1,) * spatial_dims)
-    flat = (idx + base).ravel()
-    summed = np.bincount(flat, weights=grad_output.ravel(), minlength=n_planes * plane)
-    return summed.reshape(input.shape).astype(input.dtype, copy=False)
-
-
-def max_pool_backward(
-    grad_output: Any, input: Any, indices: Any, spatial_dims: int = 2
-) -> np.ndarray:
-    """Gradient of max pooling: each output gradient goes to its window's argmax.
-
-    ``indices`` are the ones returned by ``max_pool*d(..., return_indices=True)``, flat within
-    each plane of the last ``spatial_dims`` axes (1, 2 or 3 for ``max_pool1d/2d/3d``). Where
-    windows overlap, the gradients of several outputs add up on the same input element.
-
-    Examples
-    --------
-    >>> x = np.array([[[1.0, 3.0, 2.0]]])
-    >>> y, idx = max_pool1d(x, 2, stride=1, return_indices=True)
-    >>> max_pool_backward(np.ones_like(y), x, idx, spatial_dims=1)
-    array([[[0., 2., 0.]]])
-    """
-    x = float_array(input, "input")
-    gy = float_array(grad_output, "grad_output")
-    sd = as_int(spatial_dims, "spatial_dims")
-    if sd not in (1, 2, 3):
-        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {sd}")
-    if x.ndim not in (sd + 1, sd + 2):
-        raise ValueError(f"input must have {sd + 1} or {sd + 2} dimensions, got shape {x.shape}")
-    if gy.ndim != x.ndim or gy.shape[: x.ndim - sd] != x.shape[: x.ndim - sd]:
-        raise ValueError(
-            f"grad_output {gy.shape} must match input {x.shape} on all but the spatial axes"
-        )
-    return scatter_to_argmax(gy, np.asarray(indices), x, sd)
-
-
-def avg_pool_backward(
-    grad_output: Any, input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
-    padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-    divisor_override: int | None = None, spatial_dims: int | None = None,
-) -> np.ndarray:
-    """Gradient of average pooling: each window's share of its output's gradient.
-
-    Each output gradient, divided by its window's divisor, is added to every element of the
-    window: one strided add per kernel offset. The number of spatial axes is
-    ``spatial_dims``, else the length of a tuple ``kernel_size``, else ``input.ndim - 2``
-    (so pass ``spatial_dims`` for unbatched input with an int ``kernel_size``).
-
-    Examples
-    --------
-    >>> avg_pool_backward(np.ones((1, 1, 2)), np.zeros((1, 1, 4)), 2)
-    array([[[0.5, 0.5, 0.5, 0.5]]])
-    >>> avg_pool_backward(np.ones((1, 1, 2)), np.zeros((1, 2, 4)), 2, spatial_dims=2)  # unbatched
-    array([[[0.25, 0.25, 0.25, 0.25],
-            [0.25, 0.25, 0.25, 0.25]]])
-    """
-    raw = float_array(input, "input")
-    if spatial_dims is not None:
-        n = as_int(spatial_dims, "spatial_dims")
-    else:
-        n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else raw.ndim - 2
-    x, unbatched = batched(raw, n)
-    gy, _ = batched(grad_output, n, "grad_output")
-    spec = pool_spec(x, kernel_size, stride, padding, 1, ceil_mode)
-    if gy.shape != x.shape[:2] + spec.out_shape:
-        raise ValueError(f"grad_output must have shape {x.shape[:2] + spec.out_shape}, got {gy.shape}")
-    divisor = _divisor(spec, bool(count_include_pad), _check_divisor(divisor_override))
-    if _fast(x, spec) and gy.dtype == x.dtype:
-        k, s, p, _, i, o = _as_2d(spec)
-        div = np.ascontiguousarray(np.broadcast_to(np.asarray(divisor, dtype=x.dtype), o))
-        gx = np.empty((x.shape[0] * x.shape[1], *i), dtype=x.dtype)  # zeroed in the kernel
-        _kernels().avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
-        return unbatch(gx.reshape(x.shape), unbatched)
-    share = gy / np.asarray(divisor, dtype=x.dtype)
-    pairs = spec.pairs()
-    gxp = np.zeros(x.shape[:2] + tuple(i + a + b for i, (a, b) in zip(spec.in_shape, pairs, strict=True)),
-                   dtype=x.dtype)
-    for offset in window_offsets(spec.kernel):
-        gxp[trailing(offset_slices(offset, spec.out_shape, spec.stride, spec.dilation))] += share
-    inner = tuple(slice(p, p + i) for p, i in zip(spec.padding, spec.in_shape, strict=True))
-    return unbatch(np.ascontiguousarray(gxp[trailing(inner)]), unbatched)

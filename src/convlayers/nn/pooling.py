@@ -1,4 +1,8 @@
-"""Pooling layers: thin modules over the functional pools, PyTorch's arguments and defaults."""
+"""Pooling layers: thin modules over the functional pools, PyTorch's arguments and defaults.
+
+``padding`` may also be given per side, ``((top, bottom), (left, right))``, as ONNX models
+need; average pools also take ``dilation``.
+"""
 
 from __future__ import annotations
 
@@ -58,26 +62,34 @@ class MaxPool2d(_MaxPool):
 
 
 class _AvgPool(Module):
+    """Average pooling; beyond PyTorch, ``dilation`` and per-side ``padding`` as ONNX has them."""
+
     _fn: Any
 
     def __init__(self, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
                  padding: IntOrTuple = 0, ceil_mode: bool = False,
-                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
+                 count_include_pad: bool = True, divisor_override: int | None = None,
+                 dilation: IntOrTuple = 1) -> None:
         super().__init__()
         self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
         self.padding, self.ceil_mode = padding, ceil_mode
         self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
+        self.dilation = dilation
 
     def forward(self, x: Any) -> Any:
-        extra = () if self.divisor_override is None else (self.divisor_override,)
+        extra: dict[str, Any] = {} if self.divisor_override is None else {
+            "divisor_override": self.divisor_override}
+        if self.dilation != 1:
+            extra["dilation"] = self.dilation
         return type(self)._fn(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                              self.count_include_pad, *extra)
+                              self.count_include_pad, **extra)
 
     def extra_repr(self) -> str:
         return extra_args(kernel_size=(self.kernel_size, None), stride=(self.stride, self.kernel_size),
                           padding=(self.padding, 0), ceil_mode=(self.ceil_mode, False),
                           count_include_pad=(self.count_include_pad, True),
-                          divisor_override=(self.divisor_override, None))
+                          divisor_override=(self.divisor_override, None),
+                          dilation=(self.dilation, 1))
 
 
 class AvgPool1d(_AvgPool):

@@ -1,0 +1,148 @@
+"""Backward of the pooling ops (``convlayers.functional.pooling``): vector-Jacobian products."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from convlayers import config
+from convlayers._validate import IntOrTuple, as_int, float_array
+from convlayers.functional._common import batched, trailing, unbatch, window_offsets
+from convlayers.functional._pool_spec import (
+    PoolPadding,
+    blocks,
+    check_divisor,
+    divisor_block,
+    divisor_grid,
+    pool_spec,
+    scratch_elements,
+)
+
+__all__ = ["avg_pool_backward", "max_pool_backward", "scatter_to_argmax"]
+
+
+def _kernels() -> Any:
+    from convlayers.kernels import pooling as kernels
+
+    config.apply_numba_threads()
+    return kernels
+
+
+def _planes(a: np.ndarray, plane: tuple[int, ...]) -> np.ndarray:
+    return np.ascontiguousarray(a).reshape((-1, *plane))
+
+
+def scatter_to_argmax(
+    grad_output: np.ndarray, indices: np.ndarray, input: np.ndarray, spatial_dims: int
+) -> np.ndarray:
+    """Add each output gradient onto the input element its flat index points at, per plane."""
+    plane = int(np.prod(input.shape[input.ndim - spatial_dims :]))
+    n_planes = int(np.prod(input.shape[: input.ndim - spatial_dims]))
+    idx = np.asarray(indices)
+    if idx.shape != grad_output.shape:
+        raise ValueError(f"indices must have the shape of grad_output {grad_output.shape}, got {idx.shape}")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"indices must be an integer array, got dtype {idx.dtype}")
+    if grad_output.dtype == input.dtype and grad_output.size:
+        gy = np.ascontiguousarray(grad_output).reshape(n_planes, -1)
+        gx = np.empty((n_planes, plane), dtype=input.dtype)  # zeroed plane by plane in the kernel
+        bad = _kernels().scatter_add_planes(gy, _planes(idx.astype(np.int64, copy=False),
+                                                        (gy.shape[1],)), gx)
+        if bad:
+            raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
+        return gx.reshape(input.shape)
+    if idx.size and (idx.min() < 0 or idx.max() >= plane):
+        raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
+    lead = grad_output.shape[: grad_output.ndim - spatial_dims]
+    base = (np.arange(n_planes, dtype=np.int64) * plane).reshape(lead + (1,) * spatial_dims)
+    flat = (idx + base).ravel()
+    summed = np.bincount(flat, weights=grad_output.ravel(), minlength=n_planes * plane)
+    return summed.reshape(input.shape).astype(input.dtype, copy=False)
+
+
+def max_pool_backward(
+    grad_output: Any, input: Any, indices: Any, spatial_dims: int = 2
+) -> np.ndarray:
+    """Gradient of max pooling: each output gradient goes to its window's argmax.
+
+    ``indices`` are the ones returned by ``max_pool*d(..., return_indices=True)``, flat within
+    each plane of the last ``spatial_dims`` axes (1, 2 or 3 for ``max_pool1d/2d/3d``). Where
+    windows overlap, the gradients of several outputs add up on the same input element.
+
+    Examples
+    --------
+    >>> from convlayers.functional.pooling import max_pool1d
+    >>> x = np.array([[[1.0, 3.0, 2.0]]])
+    >>> y, idx = max_pool1d(x, 2, stride=1, return_indices=True)
+    >>> max_pool_backward(np.ones_like(y), x, idx, spatial_dims=1)
+    array([[[0., 2., 0.]]])
+    """
+    x = float_array(input, "input")
+    gy = float_array(grad_output, "grad_output")
+    sd = as_int(spatial_dims, "spatial_dims")
+    if sd not in (1, 2, 3):
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {sd}")
+    if x.ndim not in (sd + 1, sd + 2):
+        raise ValueError(f"input must have {sd + 1} or {sd + 2} dimensions, got shape {x.shape}")
+    if gy.ndim != x.ndim or gy.shape[: x.ndim - sd] != x.shape[: x.ndim - sd]:
+        raise ValueError(
+            f"grad_output {gy.shape} must match input {x.shape} on all but the spatial axes"
+        )
+    return scatter_to_argmax(gy, np.asarray(indices), x, sd)
+
+
+def avg_pool_backward(
+    grad_output: Any, input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+    padding: PoolPadding = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+    divisor_override: int | None = None, spatial_dims: int | None = None,
+    dilation: IntOrTuple = 1,
+) -> np.ndarray:
+    """Gradient of average pooling: each window's share of its output's gradient.
+
+    Each output gradient, divided by its window's divisor, is added to every element of the
+    window: one strided add per kernel offset. The number of spatial axes is
+    ``spatial_dims``, else the length of a tuple ``kernel_size``, else ``input.ndim - 2``
+    (so pass ``spatial_dims`` for unbatched input with an int ``kernel_size``).
+
+    Examples
+    --------
+    >>> avg_pool_backward(np.ones((1, 1, 2)), np.zeros((1, 1, 4)), 2)
+    array([[[0.5, 0.5, 0.5, 0.5]]])
+    >>> avg_pool_backward(np.ones((1, 1, 2)), np.zeros((1, 2, 4)), 2, spatial_dims=2)  # unbatched
+    array([[[0.25, 0.25, 0.25, 0.25],
+            [0.25, 0.25, 0.25, 0.25]]])
+    """
+    raw = float_array(input, "input")
+    if spatial_dims is not None:
+        n = as_int(spatial_dims, "spatial_dims")
+    else:
+        n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else raw.ndim - 2
+    x, unbatched = batched(raw, n)
+    gy, _ = batched(grad_output, n, "grad_output")
+    spec = pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
+    if gy.shape != x.shape[:2] + spec.out_shape:
+        raise ValueError(f"grad_output must have shape {x.shape[:2] + spec.out_shape}, got {gy.shape}")
+    override, include = check_divisor(divisor_override), bool(count_include_pad)
+    fits = int(np.prod(spec.out_shape)) * x.dtype.itemsize <= config.scratch_bytes() // 2
+    from convlayers.functional import pooling  # the one switch for the compiled paths
+
+    if pooling._fast(x, spec) and gy.dtype == x.dtype and fits and set(spec.dilation) == {1}:
+        k, s, p, i, o = (f if len(f) == 2 else (dflt, *f) for f, dflt in zip(
+            (spec.kernel, spec.stride, spec.padding, spec.in_shape, spec.out_shape), (1, 1, 0, 1, 1),
+            strict=True))
+        div = divisor_grid(spec, include, override, x.dtype).reshape(o)
+        gx = np.empty((x.shape[0] * x.shape[1], *i), dtype=x.dtype)  # zeroed in the kernel
+        _kernels().avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
+        return unbatch(gx.reshape(x.shape), unbatched)
+    share = np.array(gy, dtype=x.dtype)
+    if override is not None:
+        share /= x.dtype.type(override)
+    else:
+        for block in blocks(spec.out_shape, scratch_elements(x.dtype)):
+            share[trailing(block)] /= divisor_block(spec, block, include, x.dtype)
+    gx = np.zeros(x.shape, dtype=x.dtype)
+    for offset in window_offsets(spec.kernel):
+        if (taps := spec.tap_slices(offset)) is not None:
+            gx[trailing(taps[1])] += share[trailing(taps[0])]
+    return unbatch(gx, unbatched)

@@ -14,20 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hostile_files import (
-    MEMORY_LIMIT,
-    StorageRef,
-    TensorRef,
-    load_limited,
-    npy_header,
-    rlimit_available,
-    safetensors_bytes,
-    torch_legacy,
-    torch_pickle,
-    torch_zip,
-    write_zip,
-    zero_deflate,
-)
 from PIL import Image
 
 from convlayers import config
@@ -39,6 +25,19 @@ from convlayers.weights import (
     save_weights,
 )
 from convlayers.weights._budget import EXPANSION, SMALL_FILE_BYTES, Budget
+from hostile_files import (
+    MEMORY_LIMIT,
+    StorageRef,
+    TensorRef,
+    load_limited,
+    npy_header,
+    rlimit_available,
+    safetensors_bytes,
+    torch_legacy,
+    torch_zip,
+    write_zip,
+    zero_deflate,
+)
 
 pytestmark = pytest.mark.skipif(not rlimit_available(), reason="needs RLIMIT_AS (POSIX)")
 

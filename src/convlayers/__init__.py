@@ -10,10 +10,11 @@ config.prefer_passive_openmp()  # before anything loads OpenMP; see its docstrin
 
 from convlayers import autograd, functional, nn, shapes  # noqa: E402
 from convlayers.autograd import Tensor, is_grad_enabled, no_grad, tensor  # noqa: E402
+from convlayers.inference import Plan, compile  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Tensor", "__version__", "autograd", "functional", "is_grad_enabled", "nn", "no_grad", "shapes",
-    "tensor",
+    "Plan", "Tensor", "__version__", "autograd", "compile", "functional", "is_grad_enabled", "nn",
+    "no_grad", "shapes", "tensor",
 ]

@@ -1,0 +1,193 @@
+"""numba kernels of compiled plans: each writes into a buffer it is given, allocating nothing.
+
+Activation codes (``ACT``) are passed as integers; each kernel applies the activation to one
+finished output row while it is still in L1, after the bias and the residual, so a conv, its
+BatchNorm, its activation and a residual add cost one pass over the output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# activation codes shared by the plan and the kernels
+ACT = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "tanh": 6}
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _activate(row, act):
+    """Apply activation ``act`` to a 1-D row in place (one loop per kind, so each vectorises)."""
+    zero, three, six = row.dtype.type(0), row.dtype.type(3), row.dtype.type(6)
+    one = row.dtype.type(1)
+    if act == 1:
+        for i in range(row.size):
+            row[i] = max(row[i], zero)
+    elif act == 2:
+        for i in range(row.size):
+            row[i] = min(max(row[i], zero), six)
+    elif act == 3:
+        for i in range(row.size):
+            v = row[i]
+            row[i] = v * min(max(v + three, zero), six) / six
+    elif act == 4:
+        for i in range(row.size):
+            v = row[i]
+            row[i] = v / (one + np.exp(-v))
+    elif act == 5:
+        for i in range(row.size):
+            row[i] = one / (one + np.exp(-row[i]))
+    elif act == 6:
+        for i in range(row.size):
+            row[i] = np.tanh(row[i])
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def epilogue(y, bias, res, has_res, act):
+    """``y[n, c, :] = act(y + bias[c] (+ res[n, c, :]))`` in place; ``y``, ``res``: (N, C, L)."""
+    n, c, _ = y.shape
+    for nc in prange(n * c):
+        i, ch = nc // c, nc % c
+        row = y[i, ch]
+        b = bias[ch]
+        if has_res:
+            r = res[i, ch]
+            for k in range(row.size):
+                row[k] = row[k] + b + r[k]
+        else:
+            for k in range(row.size):
+                row[k] += b
+        _activate(row, act)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def activation(x, act, out):
+    """``out = act(x)``, both (N, C, L) (a standalone activation nothing could absorb)."""
+    n, c, _ = x.shape
+    for nc in prange(n * c):
+        i, ch = nc // c, nc % c
+        out[i, ch, :] = x[i, ch, :]
+        _activate(out[i, ch], act)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def affine(x, scale, shift, act, out):
+    """``out = act(x*scale[c] + shift[c])``: an eval BatchNorm with no convolution before it."""
+    n, c, length = x.shape
+    for nc in prange(n * c):
+        i, ch = nc // c, nc % c
+        s, t = scale[ch], shift[ch]
+        for k in range(length):
+            out[i, ch, k] = x[i, ch, k] * s + t
+        _activate(out[i, ch], act)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def add(a, b, act, out):
+    """``out = act(a + b)``, all (N, C, L) (an add no convolution could take into its epilogue)."""
+    n, c, length = a.shape
+    for nc in prange(n * c):
+        i, ch = nc // c, nc % c
+        for k in range(length):
+            out[i, ch, k] = a[i, ch, k] + b[i, ch, k]
+        _activate(out[i, ch], act)
+
+
+@njit(parallel=True, cache=True)
+def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols):
+    """Unfold one image ``x`` (C, H, W) into ``cols`` (C*kh*kw, ho*wo); padding reads as 0."""
+    c, h, w = x.shape
+    zero = cols.dtype.type(0)
+    for r in prange(c * kh * kw):
+        ch, tap = r // (kh * kw), r % (kh * kw)
+        i, j = tap // kw, tap % kw
+        off = j * dw - pl
+        lo = 0 if off >= 0 else (-off + sw - 1) // sw  # first ox with 0 <= ox*sw + off
+        hi = (w - 1 - off) // sw + 1 if w - 1 - off >= 0 else 0  # last ox with ox*sw + off < w
+        lo, hi = min(lo, wo), max(min(hi, wo), min(lo, wo))
+        for oy in range(ho):
+            iy = oy * sh - pt + i * dh
+            base = oy * wo
+            if iy < 0 or iy >= h:
+                cols[r, base:base + wo] = zero
+                continue
+            cols[r, base:base + lo] = zero
+            cols[r, base + hi:base + wo] = zero
+            if sw == 1:
+                cols[r, base + lo:base + hi] = x[ch, iy, lo + off:hi + off]
+            else:
+                for ox in range(lo, hi):
+                    cols[r, base + ox] = x[ch, iy, ox * sw + off]
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def depthwise(x, w, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, out):
+    """Depthwise conv (N, C, H, W) -> ``out`` (N, C, Ho, Wo) with the epilogue fused.
+
+    ``w`` is (C, kh, kw). Each output row starts at the bias, takes every in-range tap as a
+    vectorised multiply-add along the row, then the residual and the activation, in L1. Parallel
+    over the N*C planes (a MobileNet layer has 32-1152 of them, plenty for batch 1).
+    """
+    n, c, h, wd = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    kh, kw = w.shape[1], w.shape[2]
+    for nc in prange(n * c):
+        b, ch = nc // c, nc % c
+        for oy in range(ho):
+            row = out[b, ch, oy]
+            row[:] = bias[ch]
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                if iy < 0 or iy >= h:
+                    continue
+                src = x[b, ch, iy]
+                for j in range(kw):
+                    off = j * dw - pl
+                    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+                    hi = (wd - 1 - off) // sw + 1 if wd - 1 - off >= 0 else 0
+                    hi = min(hi, wo)
+                    tap = w[ch, i, j]
+                    if sw == 1:
+                        for ox in range(lo, hi):
+                            row[ox] += tap * src[ox + off]
+                    else:
+                        for ox in range(lo, hi):
+                            row[ox] += tap * src[ox * sw + off]
+            if has_res:
+                row += res[b, ch, oy]
+            _activate(row, act)
+
+
+@njit(parallel=True, cache=True)
+def max_pool(x, kh, kw, sh, sw, dh, dw, pt, pl, out):
+    """Max pooling (N, C, H, W) -> ``out`` (N, C, Ho, Wo); padding never wins (-inf)."""
+    n, c, h, wd = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for nc in prange(n * c):
+        b, ch = nc // c, nc % c
+        for oy in range(ho):
+            row = out[b, ch, oy]
+            row[:] = -np.inf
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                if iy < 0 or iy >= h:
+                    continue
+                src = x[b, ch, iy]
+                for j in range(kw):
+                    off = j * dw - pl
+                    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+                    hi = (wd - 1 - off) // sw + 1 if wd - 1 - off >= 0 else 0
+                    for ox in range(lo, min(hi, wo)):
+                        v = src[ox * sw + off]
+                        if v > row[ox] or np.isnan(v):
+                            row[ox] = v
+
+
+@njit(parallel=True, cache=True)
+def global_avg_pool(x, out):
+    """Mean over the last axis: ``x`` (R, L) -> ``out`` (R,), summed in float64."""
+    rows, length = x.shape
+    for r in prange(rows):
+        total = 0.0
+        for k in range(length):
+            total += x[r, k]
+        out[r] = total / length

@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from convlayers._validate import as_int
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "LITE0_MEAN", "LITE0_STD", "adjust_brightness",
     "adjust_contrast", "adjust_saturation", "color_jitter", "compose", "normalize",
-    "random_crop", "random_flip", "resize",
+    "random_crop", "random_flip", "resize", "training_pipeline",
 ]
 
 #: Channel means and standard deviations of ImageNet (torchvision's pretrained models).
@@ -210,3 +211,17 @@ def normalize(x: Any, rng: np.random.Generator | int | None = None, *, mean: Seq
     if not (s > 0).all():
         raise ValueError(f"std must be positive, got {std!r}")
     return (batch - m) / s
+
+
+def training_pipeline(size: int | Sequence[int], jitter: float = 0.2
+                      ) -> Callable[[np.ndarray, np.random.Generator | int | None], np.ndarray]:
+    """What ``convlayers train folder`` applies to every training batch of ``size`` images: a
+    random crop after padding by ``size // 16`` pixels (at least 1), a left-right flip with
+    probability 1/2, and brightness, contrast and saturation jitter of ``jitter``.
+
+    >>> training_pipeline(8)(np.zeros((2, 3, 8, 8), np.float32), 0).shape
+    (2, 3, 8, 8)
+    """
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    return compose(partial(random_crop, size=(h, w), padding=max(1, min(h, w) // 16)), random_flip,
+                   partial(color_jitter, brightness=jitter, contrast=jitter, saturation=jitter))

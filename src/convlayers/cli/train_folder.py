@@ -11,7 +11,6 @@ module has no ``register``: :mod:`convlayers.cli.train` adds its options and cal
 from __future__ import annotations
 
 import argparse
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +64,9 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
 
 
-def _augmentation(size: int) -> Any:
-    from convlayers import augment
-
-    return augment.compose(
-        partial(augment.random_crop, size=size, padding=max(1, size // 16)),
-        augment.random_flip,
-        partial(augment.color_jitter, brightness=0.2, contrast=0.2, saturation=0.2))
-
-
 def run_train_folder(args: argparse.Namespace) -> int:
     """Train on ``args.folder``; print per-epoch lines; save weights (and plots)."""
+    from convlayers.augment import training_pipeline
     from convlayers.datasets import ImageFolder
     from convlayers.train import History, confusion_matrix, fit, predict_logits
     from convlayers.train.folder import build_classifier, classifier_metadata
@@ -112,7 +103,7 @@ def run_train_folder(args: argparse.Namespace) -> int:
 
     history = fit(model, (x_train, y_train, x_test, y_test), epochs=args.epochs,
                   batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                  schedule=args.schedule, augment=_augmentation(args.size),
+                  schedule=args.schedule, augment=training_pipeline(args.size),
                   on_epoch_start=epoch_start, seed=args.seed,
                   target_accuracy=args.target_accuracy, checkpoint=args.checkpoint,
                   resume=args.resume, progress=progress_enabled(args), callback=report)

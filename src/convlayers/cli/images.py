@@ -185,6 +185,20 @@ def _response(image: np.ndarray, kernel: Any, boundary: str) -> np.ndarray:
     return response
 
 
+def _pixels(response: np.ndarray, scale: str, kernel: Any) -> np.ndarray:
+    """:func:`to_uint8` of the whole response; where its rule is per pixel (clip, or auto on
+    values already in 0..255) it runs a block of rows at a time, so no float copy of the
+    response is made."""
+    lo, hi = float(response.min()), float(response.max())
+    if not (scale == "clip" or (scale == "auto" and lo >= 0 and hi <= 255)):
+        return to_uint8(response, scale, kernel)
+    out = np.empty(response.shape, np.uint8)
+    step = max(1, (1 << 22) // max(1, response[0].size))
+    for row in range(0, len(response), step):
+        out[row : row + step] = to_uint8(response[row : row + step], "clip")
+    return out
+
+
 def run_filter(args: argparse.Namespace) -> int:
     """Filter every image with every filter; write 8-bit images atomically."""
     from convlayers.io import write_image
@@ -219,8 +233,8 @@ def run_filter(args: argparse.Namespace) -> int:
     for (src, _, kernel), target in progress(zip(jobs, targets, strict=True),
                                              progress_enabled(args), total=len(jobs),
                                              desc="filtering"):
-        write_image(target, to_uint8(_response(_read(src, args.gray), kernel, args.boundary),
-                                     args.scale, kernel))
+        write_image(target, _pixels(_response(_read(src, args.gray), kernel, args.boundary),
+                                    args.scale, kernel))
     where = targets[0] if as_file else out
     print(f"wrote {len(targets)} image(s) to {where}")
     return 0

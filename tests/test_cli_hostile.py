@@ -1,0 +1,168 @@
+"""Issue 16, the command line: hostile images, absurd sizes, non-finite numbers, bad outputs.
+
+Each test reproduces one defect through ``convlayers.cli.main`` (in process, fast) or a
+subprocess (for memory, measured under ``RLIMIT_AS``), and asserts exit status 2 with one
+``convlayers: error:`` line, bounded memory, or intact data.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from convlayers import config
+from convlayers.cli import main
+
+PHOTO = Path(__file__).resolve().parents[1] / "src" / "convlayers" / "assets" / "chelsea.png"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *words: str) -> str:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("convlayers: error: ") and "internal error" not in lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png(path: Path, width: int, height: int, *, rows: bool = True) -> Path:
+    """A black RGB PNG built without its pixels in memory: one block of rows is deflated once
+    and repeated (a full flush makes blocks independent), so a 12000x12000 file (432 MB of
+    pixels, 0.4 MB on disk) takes a fraction of a second. ``rows=False``: the header alone."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = b""
+    if rows:
+        block_rows = min(height, 64)
+        packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+        block = bytes((1 + 3 * width) * block_rows)  # filter byte 0, then black pixels
+        deflated = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
+        repeats, rest = divmod(height, block_rows)
+        tail = packer.compress(block[: (1 + 3 * width) * rest]) + packer.flush()
+        checksum = 1
+        for _ in range(repeats):
+            checksum = zlib.adler32(block, checksum)
+        checksum = zlib.adler32(block[: (1 + 3 * width) * rest], checksum)
+        idat = b"\x78\x9c" + deflated * repeats + tail + struct.pack(">I", checksum)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat)
+                + png_chunk(b"IEND", b""))
+    return path
+
+
+# ------------------------------------------------------------------ 16.2 image bombs
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """69 bytes whose header claims 60000x60000 pixels (Pillow's DecompressionBombError)."""
+    path = write_png(tmp_path_factory.mktemp("bomb") / "bomb.png", 60000, 60000, rows=False)
+    assert path.stat().st_size < 80
+    return path
+
+
+def test_decompression_bomb_is_a_one_line_error_in_filter_and_gallery(capsys, tmp_path, bomb):
+    for args in (("filter", bomb, "--filter", "blur", "-o", tmp_path / "f.png"),
+                 ("gallery", bomb, "-o", tmp_path / "g.png")):
+        code, _, err = run(capsys, *args)
+        assert_one_line_error(code, err, "bomb.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_decompression_bomb_is_a_one_line_error_in_predict(capsys, tmp_path, bomb):
+    from convlayers.nn import SmallCNN
+    from convlayers.weights import save_weights
+
+    weights = tmp_path / "w.safetensors"
+    save_weights(SmallCNN(rng=0).state_dict(), weights)
+    code, _, err = run(capsys, "predict", weights, bomb)
+    assert_one_line_error(code, err, "bomb.png")
+
+
+def test_decompression_bomb_is_a_one_line_error_in_classify(capsys, bomb):
+    pytest.importorskip("convlayers.classify")
+    code, _, err = run(capsys, "classify", bomb)
+    if code == 2 and "pretrained" in err and "bomb.png" not in err:
+        pytest.skip("the pretrained weights are not installed")
+    assert_one_line_error(code, err, "bomb.png")
+
+
+def test_pixel_limit_is_shared_and_settable(tmp_path):
+    from convlayers.io import read_image
+
+    path = write_png(tmp_path / "wide.png", 300, 200)
+    assert read_image(path).shape == (200, 300, 3)
+    with config.settings(max_image_pixels=300 * 200 - 1), \
+            pytest.raises(ValueError, match=r"wide\.png.*300x200.*max_image_pixels"):
+        read_image(path)
+
+
+# The memory checks run in one child: it warms up (numba compiled, threads started), reads its
+# own address-space size, caps it at that plus a budget, then runs each command.
+_CHILD = textwrap.dedent("""
+    import resource, sys
+    from convlayers import config
+    from convlayers.cli import main
+    warm, out, budget, pixels, *images = sys.argv[1:]
+    assert main(["filter", warm, "--filter", "blur", "-o", out]) == 0
+    config.set_scratch_bytes(8 << 20)  # filter strips of at most a few MB
+    with open("/proc/self/status") as f:
+        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+    cap = size + int(budget)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    codes = [main(["filter", images[0], "--filter", "blur", "-o", out])]  # default limit
+    config.set_max_image_pixels(int(pixels))
+    codes.append(main(["filter", images[1], "--filter", "blur", "-o", out]))
+    print("exit codes:", *codes)
+""")
+SIDE = 3000  # the image filtered under the cap: 27 MB of pixels
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``filter`` on a 12000x12000 PNG (default pixel limit), then on a SIDE x SIDE one (limit
+    raised to fit), in a child whose address space may grow by 8x the smaller image only."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux /proc")
+    folder = tmp_path_factory.mktemp("capped")
+    huge = write_png(folder / "huge.png", 12000, 12000)
+    assert huge.stat().st_size < 1_000_000  # 432 MB of pixels in about 0.4 MB
+    big = write_png(folder / "big.png", SIDE, SIDE)
+    warm = write_png(folder / "warm.png", 16, 16)
+    env = {"MALLOC_ARENA_MAX": "2", "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", _CHILD, str(warm), str(folder / "out.png"),
+                             str(8 * SIDE * SIDE * 3), str(SIDE * SIDE), str(huge), str(big)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    return folder, result
+
+
+def test_filter_12000x12000_png_is_refused_at_once_in_bounded_memory(capped):
+    _, result = capped
+    assert "exit codes: 2" in result.stdout, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[0]
+    assert line.startswith("convlayers: error: ") and "huge.png" in line
+    assert "12000x12000" in line and "max_image_pixels" in line
+
+
+def test_filter_below_the_limit_stays_within_a_few_times_the_image(capped):
+    folder, result = capped
+    assert result.stdout.strip().endswith("exit codes: 2 0"), result.stderr[-2000:]
+    with Image.open(folder / "out.png") as im:
+        assert im.size == (SIDE, SIDE) and im.mode == "RGB"
+        assert im.getextrema() == ((0, 0), (0, 0), (0, 0))  # blur of black is black

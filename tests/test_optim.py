@@ -97,3 +97,50 @@ def test_bad_arguments_are_named(call, error, message) -> None:
 
     with pytest.raises(error, match=re.escape(message)):
         call()
+
+
+def _param() -> SimpleNamespace:
+    return SimpleNamespace(data=np.ones(2), grad=np.ones(2))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), -0.1])
+@pytest.mark.parametrize(("make", "attribute", "label"), [
+    (lambda: optim.SGD([_param()], lr=0.1), "lr", "lr"),
+    (lambda: optim.SGD([_param()], lr=0.1, momentum=0.9), "momentum", "momentum"),
+    (lambda: optim.SGD([_param()], lr=0.1), "dampening", "dampening"),
+    (lambda: optim.SGD([_param()], lr=0.1), "weight_decay", "weight_decay"),
+    (lambda: optim.Adam([_param()]), "lr", "lr"),
+    (lambda: optim.Adam([_param()]), "eps", "eps"),
+    (lambda: optim.AdamW([_param()]), "weight_decay", "weight_decay"),
+    (lambda: optim.Adam([_param()]), "beta1", "betas[0]"),
+    (lambda: optim.Adam([_param()]), "beta2", "betas[1]"),
+])
+def test_hyper_parameters_are_checked_on_assignment(make, attribute, label, value) -> None:
+    """``opt.lr = nan`` used to be accepted and turned every weight into NaN at the next step
+    (issue 16 item 8); now each assignment is refused, naming the hyper-parameter, and the
+    optimizer keeps its value."""
+    import re
+
+    opt = make()
+    before = getattr(opt, attribute)
+    with pytest.raises(ValueError, match=re.escape(label) + " must be"):
+        setattr(opt, attribute, value)
+    assert getattr(opt, attribute) == before
+    opt.step()
+    assert np.isfinite(opt.params[0].data).all()
+
+
+def test_valid_assignments_and_schedules_still_set_hyper_parameters() -> None:
+    opt = optim.SGD([_param()], lr=0.1, momentum=0.5)
+    opt.lr, opt.momentum = 0.25, np.float32(0.75)
+    assert (opt.lr, opt.momentum) == (0.25, 0.75) and type(opt.momentum) is float
+    sched = optim.StepLR(opt, step_size=1, gamma=0.5)
+    sched.step()
+    assert opt.lr == 0.125
+    with pytest.raises(TypeError, match="lr must be a number"):
+        opt.lr = "0.1"  # type: ignore[assignment]
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lr must be a finite number"):
+            optim.SGD([_param()], lr=bad)
+        with pytest.raises(ValueError, match="gamma must be a finite number"):
+            optim.StepLR(opt, step_size=1, gamma=bad)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 
@@ -37,14 +37,54 @@ def _check_number(value: Any, name: str, minimum: float = 0.0, below: float | No
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     if value < minimum or (below is not None and value >= below):
         bound = f"in [{minimum}, {below})" if below is not None else f">= {minimum}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
 
 
+class _Hyper:
+    """A hyper-parameter attribute checked on every assignment (a finite number in range),
+    so that ``opt.lr = float("nan")`` fails at once, naming it, rather than poisoning the
+    weights at the next step."""
+
+    def __init__(self, minimum: float = 0.0, below: float | None = None, label: str = "") -> None:
+        self.minimum, self.below, self.label, self.name = minimum, below, label, ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.label = name, self.label or name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> _Hyper: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> float: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> float | _Hyper:
+        if obj is None:
+            return self
+        value: float = obj.__dict__[self.name]
+        return value
+
+    def __set__(self, obj: object, value: float) -> None:
+        obj.__dict__[self.name] = _check_number(value, self.label, self.minimum, self.below)
+
+
 class Optimizer:
-    """Base class: parameter list, per-parameter state, ``zero_grad`` and ``state_dict``."""
+    """Base class: parameter list, per-parameter state, ``zero_grad`` and ``state_dict``.
+
+    Hyper-parameters (``lr``, and each subclass's ``momentum``, ``eps``, ...) are checked
+    whenever they are set, by the constructor, a schedule or the user:
+
+    >>> from types import SimpleNamespace
+    >>> opt = SGD([SimpleNamespace(data=np.zeros(1), grad=None)], lr=0.1)
+    >>> opt.lr = float("nan")
+    Traceback (most recent call last):
+    ...
+    ValueError: lr must be a finite number, got nan
+    """
+
+    lr = _Hyper()
 
     def __init__(self, params: Iterable[ParameterLike], lr: float) -> None:
         self.params = list(params)
@@ -53,7 +93,7 @@ class Optimizer:
         for i, p in enumerate(self.params):
             if not isinstance(getattr(p, "data", None), np.ndarray):
                 raise TypeError(f"params[{i}] has no NumPy .data array: {type(p).__name__}")
-        self.lr = _check_number(lr, "lr")
+        self.lr = lr
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
 
     def zero_grad(self) -> None:
@@ -98,14 +138,14 @@ class SGD(Optimizer):
     ``p = p - lr*g``.
     """
 
+    momentum, dampening, weight_decay = _Hyper(), _Hyper(), _Hyper()
+
     def __init__(
         self, params: Iterable[ParameterLike], lr: float = 1e-3, momentum: float = 0.0,
         dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
     ) -> None:
         super().__init__(params, lr)
-        self.momentum = _check_number(momentum, "momentum")
-        self.dampening = _check_number(dampening, "dampening")
-        self.weight_decay = _check_number(weight_decay, "weight_decay")
+        self.momentum, self.dampening, self.weight_decay = momentum, dampening, weight_decay
         if nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         self.nesterov = nesterov
@@ -134,6 +174,8 @@ class Adam(Optimizer):
     """
 
     decoupled = False
+    beta1, beta2 = _Hyper(0.0, 1.0, "betas[0]"), _Hyper(0.0, 1.0, "betas[1]")
+    eps, weight_decay = _Hyper(), _Hyper()
 
     def __init__(
         self, params: Iterable[ParameterLike], lr: float = 1e-3,
@@ -141,10 +183,8 @@ class Adam(Optimizer):
         amsgrad: bool = False,
     ) -> None:
         super().__init__(params, lr)
-        self.beta1 = _check_number(betas[0], "betas[0]", 0.0, 1.0)
-        self.beta2 = _check_number(betas[1], "betas[1]", 0.0, 1.0)
-        self.eps = _check_number(eps, "eps")
-        self.weight_decay = _check_number(weight_decay, "weight_decay")
+        self.beta1, self.beta2 = betas[0], betas[1]
+        self.eps, self.weight_decay = eps, weight_decay
         self.amsgrad = amsgrad
 
     def _update(self, p: ParameterLike, grad: np.ndarray, state: dict[str, Any]) -> None:

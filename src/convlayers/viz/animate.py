@@ -30,6 +30,9 @@ from convlayers.viz._draw import (
 )
 from convlayers.viz.frames import SlidingPlan, sliding_plan
 
+#: Most grid cells (padded input) an animation draws: each is a patch and a label per frame.
+MAX_GRID_CELLS = 128 * 128
+
 __all__ = ["animate", "output_values"]
 
 _TITLES = {
@@ -200,7 +203,8 @@ def animate(
     4
     """
     plan = sliding_plan(op, input_size, kernel_size, stride, padding, dilation,
-                        output_padding=output_padding, ceil_mode=ceil_mode)
+                        output_padding=output_padding, ceil_mode=ceil_mode,
+                        max_frames=as_int(max_frames, "max_frames"), max_cells=MAX_GRID_CELLS)
     n = len(plan.frames)
     if n > as_int(max_frames, "max_frames"):
         raise ValueError(

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from convlayers import shapes
+from convlayers import limits, shapes
 from convlayers._validate import IntOrTuple, nonnegative_tuple, one_of, positive_tuple
 
 __all__ = ["OPS", "Frame", "SlidingPlan", "sliding_plan"]
@@ -163,6 +163,8 @@ def sliding_plan(
     *,
     output_padding: IntOrTuple = 0,
     ceil_mode: bool = False,
+    max_frames: int | None = None,
+    max_cells: int | None = None,
 ) -> SlidingPlan:
     """Lay out every step of a 2-D convolution, transposed convolution or pooling.
 
@@ -181,6 +183,10 @@ def sliding_plan(
         ``conv_transpose`` only: extra rows/columns at the bottom/right.
     ceil_mode : bool, default False
         Pooling only: round the output size up, as PyTorch does.
+    max_frames, max_cells : int, optional
+        Refuse (before building anything) a plan with more frames (output cells) or more grid
+        cells than these. Whatever they are, the plan's estimated memory is checked against
+        :func:`convlayers.config.max_array_bytes` first.
 
     Returns
     -------
@@ -231,6 +237,9 @@ def sliding_plan(
             axes.append(_transpose_axis(n, kk, ss, pp, oo, dd))
     rows, cols = axes
     grid = (len(rows.kinds), len(cols.kinds))
+    _check_plan_size(grid, rows.out * cols.out, k, max_frames, max_cells,
+                     f"input_size={size}, kernel_size={k}, stride={s}, padding={p}, "
+                     f"dilation={d}")
     frames: list[Frame] = []
     for i in range(rows.out):
         for j in range(cols.out):
@@ -263,6 +272,25 @@ def sliding_plan(
         kernel_flipped=op == "conv_transpose",
         frames=tuple(frames),
     )
+
+
+#: Rough Python-object sizes of a plan: per grid cell, per window tap, per frame.
+_CELL_BYTES, _TAP_BYTES, _FRAME_BYTES = 80, 150, 300
+
+
+def _check_plan_size(grid: tuple[int, int], frames: int, k: tuple[int, ...],
+                     max_frames: int | None, max_cells: int | None, args: str) -> None:
+    """Refuse a plan too large to build (or to draw) before any of it is built."""
+    cells = grid[0] * grid[1]
+    limits.check_bytes(cells * _CELL_BYTES + frames * (k[0] * k[1] * _TAP_BYTES + _FRAME_BYTES),
+                       f"a sliding plan with a {grid[0]}x{grid[1]} grid and {frames:,} frames "
+                       f"({args})")
+    if max_frames is not None and frames > max_frames:
+        raise ValueError(f"the output has {frames:,} cells, more than max_frames={max_frames}; "
+                         f"use smaller sizes ({args})")
+    if max_cells is not None and cells > max_cells:
+        raise ValueError(f"the padded input is a {grid[0]}x{grid[1]} grid, more than "
+                         f"max_cells={max_cells:,} cells to draw; use smaller sizes ({args})")
 
 
 def _cell_kind(row_kind: str, col_kind: str) -> str:

@@ -272,3 +272,93 @@ def test_training_curves_have_whole_epochs_and_one_epoch_is_not_two_dots() -> No
     assert ax.get_title() == "accuracy after 1 epoch"
     assert [round(p.get_height(), 6) for p in ax.patches] == [0.75, 0.5]
     assert [t.get_text() for t in ax.texts] == ["75.0%", "50.0%"]
+
+
+def _frame_texts(fig):
+    """(x, y, text) of every text on a frame, and the x of its '=' sign."""
+    texts = [(*t.get_position(), t.get_text()) for t in fig.axes[0].texts]
+    equals = next(x for x, _, s in texts if s == "=")
+    return texts, equals
+
+
+def _output_numbers(fig, shape):
+    """The numbers written right of '=', as an array in reading order."""
+    texts, equals = _frame_texts(fig)
+    cells = sorted(((y, x, s) for x, y, s in texts if x > equals and s), key=lambda t: t[:2])
+    return np.array([float(s) for _, _, s in cells]).reshape(shape)
+
+
+@pytest.mark.parametrize(("op", "n", "k", "s", "p", "d"), [
+    ("conv", 5, 3, 2, 1, 1), ("conv", (4, 6), (2, 3), 1, 0, (1, 2)), ("conv_transpose", 2, 3, 2, 1, 1),
+    ("max_pool", 5, 3, 2, 1, 1), ("avg_pool", 4, 2, None, 0, 1),
+])
+def test_animation_frames_match_shapes_and_reference_loops(op, n, k, s, p, d) -> None:
+    from convlayers import reference, shapes
+    from convlayers.viz import animation_frame
+
+    h, w = _shape(n)
+    kh, kw = _shape(k)
+    ss = _shape(s) if s is not None else (kh, kw)
+    pp, dd = _shape(p), _shape(d)
+    rng = np.random.default_rng(5)
+    x = rng.integers(-5, 6, size=(h, w)).astype(float)
+    weight = rng.integers(-2, 3, size=(kh, kw)).astype(float)
+    x4, w4 = x[None, None], weight[None, None]
+    if op == "conv":
+        out_hw = [shapes.conv_output_size(a, b, c, e, f)
+                  for a, b, c, e, f in zip((h, w), (kh, kw), ss, pp, dd, strict=True)]
+        want = reference.conv2d(x4, w4, stride=ss, padding=pp, dilation=dd)[0, 0]
+    elif op == "conv_transpose":
+        out_hw = [shapes.conv_transpose_output_size(a, b, c, e, 0, f)
+                  for a, b, c, e, f in zip((h, w), (kh, kw), ss, pp, dd, strict=True)]
+        want = reference.conv_transpose2d(x4, w4, stride=ss, padding=pp, dilation=dd)[0, 0]
+    elif op == "max_pool":
+        out_hw = [shapes.pool_output_size(a, b, c, e, f)
+                  for a, b, c, e, f in zip((h, w), (kh, kw), ss, pp, dd, strict=True)]
+        want = reference.max_pool2d(x4, (kh, kw), ss, pp, dd)[0][0, 0]
+    else:
+        out_hw = [shapes.pool_output_size(a, b, c, e, f)
+                  for a, b, c, e, f in zip((h, w), (kh, kw), ss, pp, dd, strict=True)]
+        want = reference.avg_pool2d(x4, (kh, kw), ss, pp)[0, 0]
+    kernel = weight if op.startswith("conv") else None
+    gif = animate(op, n, k, s, p, d, values=x, kernel=kernel)
+    assert Image.open(io.BytesIO(gif)).n_frames == out_hw[0] * out_hw[1]
+    last = out_hw[0] * out_hw[1] - 1
+    fig = animation_frame(op, n, k, s, p, d, step=last, values=x, kernel=kernel)
+    np.testing.assert_allclose(_output_numbers(fig, tuple(out_hw)), want, rtol=2e-3, atol=1e-9)
+    caption = "\n".join(t.get_text() for t in fig.axes[0].texts
+                        if t.get_text().startswith(("conv", "trans", "max", "aver")))
+    assert f"input {h}x{w}" in caption and f"output {out_hw[0]}x{out_hw[1]}" in caption
+    assert f"kernel {kh}x{kw}" in caption
+    for name, v in (("stride", ss), ("padding", pp), ("dilation", dd)):
+        assert f"{name} {v[0] if v[0] == v[1] else f'{v[0]}x{v[1]}'}" in caption
+
+
+def test_animation_frame_writes_the_window_sum_like_the_textbook_loop() -> None:
+    from convlayers import reference
+    from convlayers.viz import animation_frame
+
+    x = np.arange(1.0, 26.0).reshape(5, 5)
+    w = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+    want = reference.correlate2d_simple(x, w, padding=1, stride=2)
+    fig = animation_frame("conv", 5, 3, 2, 1, step=4, values=x, kernel=w)  # out[1, 1]
+    line = next(t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("out["))
+    assert line.startswith("out[1, 1] = ") and line.endswith(f"= {want[1, 1]:g}")
+    terms = line.split(" = ")[1].replace("\n", " ").split(" + ")
+    pairs = [tuple(float(v.strip("() ")) for v in term.split("\u00d7")) for term in terms]
+    window = np.pad(x, 1)[2:5, 2:5]  # rows/cols 2..4 of the padded input: stride 2, cell (1, 1)
+    assert pairs == list(zip(window.ravel(), w.ravel(), strict=True))
+
+
+def test_animation_legend_mentions_only_what_is_drawn() -> None:
+    from convlayers.viz import animation_frame
+
+    def legend(fig):
+        return next(t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("blue"))
+
+    assert "padding" not in legend(animation_frame("conv", 4, 3))
+    assert "padding" in legend(animation_frame("conv", 4, 3, padding=1))
+    assert "inserted zero" in legend(animation_frame("conv_transpose", 2, 3, 2))
+    assert "inserted zero" not in legend(animation_frame("conv_transpose", 2, 3, 1))
+    with pytest.raises(ValueError, match="step"):
+        animation_frame("conv", 4, 3, step=4)

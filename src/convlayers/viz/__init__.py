@@ -13,7 +13,7 @@ Examples
 4
 """
 
-from convlayers.viz.animate import animate, output_values
+from convlayers.viz.animate import animate, animation_frame, output_values, window_sum
 from convlayers.viz.frames import OPS, Frame, SlidingPlan, sliding_plan
 from convlayers.viz.gallery import (
     SEED_FILTERS,
@@ -32,6 +32,7 @@ __all__ = [
     "Frame",
     "SlidingPlan",
     "animate",
+    "animation_frame",
     "filter_gallery",
     "kernel_patches",
     "learned_vs_handmade",
@@ -43,4 +44,5 @@ __all__ = [
     "sliding_plan",
     "step_terms",
     "to_gray",
+    "window_sum",
 ]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io as _stdio
 import os
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,7 +34,10 @@ from convlayers.viz.frames import SlidingPlan, sliding_plan
 #: Most grid cells (padded input) an animation draws: each is a patch and a label per frame.
 MAX_GRID_CELLS = 128 * 128
 
-__all__ = ["animate", "output_values"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["animate", "animation_frame", "output_values", "window_sum"]
 
 _TITLES = {
     "conv": "convolution",
@@ -86,57 +90,151 @@ def output_values(
     return np.asarray(out[0, 0])
 
 
-class _Scene:
-    """The static picture (grid, output, legend) whose colors and labels each frame updates."""
+def _caption(op: str, plan: SlidingPlan, stride: IntOrTuple | None, padding: IntOrTuple,
+             dilation: IntOrTuple, output_padding: IntOrTuple) -> str:
+    """The layer in one line: input, kernel, stride, padding, dilation (the user's numbers)."""
+    def pair(v: Any) -> str:
+        a, b = (v, v) if isinstance(v, int) else tuple(v)
+        return str(a) if a == b else f"{a}x{b}"
 
-    def __init__(self, plan: SlidingPlan, labels: np.ndarray, kernel: np.ndarray | None) -> None:
+    h, w = plan.input_shape
+    kh, kw = plan.kernel_size
+    default = (kh, kw) if op.endswith("_pool") else 1
+    oh, ow = plan.output_shape
+    text = (f"{_TITLES[op].split(',')[0]}: input {h}x{w} \u2192 output {oh}x{ow}\n"
+            f"kernel {kh}x{kw}, stride {pair(default if stride is None else stride)}, "
+            f"padding {pair(padding)}, dilation {pair(dilation)}")
+    if op == "conv_transpose" and pair(output_padding) != "0":
+        text += f", output_padding {pair(output_padding)}"
+    return text
+
+
+def window_sum(plan: SlidingPlan, step: int, grid: np.ndarray, kernel: np.ndarray | None,
+               value: float | None) -> str:
+    """What output cell ``step`` computes, written out: ``out[0, 1] = 2×1 + 3×0 + ... = -6``.
+
+    ``grid`` holds the numbers of the drawn grid (padding and inserted zeros 0); a
+    convolution multiplies each by its (for ``conv_transpose`` flipped) kernel weight, max
+    pooling takes the largest input, average pooling the mean of the window.
+
+    Examples
+    --------
+    >>> plan = sliding_plan("max_pool", 2, 2)
+    >>> window_sum(plan, 0, np.array([[1.0, 4.0], [3.0, 2.0]]), None, 4.0)
+    'out[0, 0] = max(1, 4, 3, 2) = 4'
+    """
+    frame = plan.frames[step]
+    i, j = frame.out_cell
+    vals = [float(grid[r, c]) for r, c in frame.window]
+    result = "" if value is None else f" = {fmt(value)}"
+    if plan.op == "max_pool":
+        inside = [v for (r, c), v in zip(frame.window, vals, strict=True)
+                  if plan.cells[r][c] == "input"]
+        return f"out[{i}, {j}] = max({', '.join(fmt(v) for v in inside)}){result}"
+    if plan.op == "avg_pool":
+        return (f"out[{i}, {j}] = ({' + '.join(fmt(v) for v in vals)}) / {len(vals)}"
+                f"{result}")
+    if kernel is None:
+        return f"out[{i}, {j}]"
+    kh, kw = plan.kernel_size
+    terms = []
+    for v, (a, b) in zip(vals, frame.taps, strict=True):
+        wt = kernel[kh - 1 - a, kw - 1 - b] if plan.kernel_flipped else kernel[a, b]
+        terms.append(f"{fmt(v)}{TIMES}{fmt(wt) if wt >= 0 else '(' + fmt(wt) + ')'}")
+    return f"out[{i}, {j}] = {' + '.join(terms)}{result}"
+
+
+def _wrap(text: str, width: int) -> str:
+    """Break ``text`` at `` + `` / ``, `` so that no line is longer than ``width`` characters."""
+    lines, line = [], ""
+    for token in re.split(r"(?<= \+ )|(?<=, )", text):
+        if line and len(line) + len(token) > width:
+            lines.append(line.rstrip())
+            line = "    "
+        line += token
+    lines.append(line)
+    return "\n".join(lines)
+
+
+class _Scene:
+    """The static picture (input grid, kernel, output, legend) that each frame updates."""
+
+    def __init__(self, plan: SlidingPlan, labels: np.ndarray, kernel: np.ndarray | None,
+                 caption: str) -> None:
         gh, gw = plan.grid_shape
         oh, ow = plan.output_shape
-        width, height = gw + ow + 3.0, max(gh, oh) + 3.0
+        kh, kw = plan.kernel_size
+        conv = plan.op in ("conv", "conv_transpose")
+        mid_w = kw if conv and kernel is not None else 2.0
+        width = gw + mid_w + ow + 4.5
+        height = max(gh, kh, oh) + 4.2
         cell = cell_inches(width, height)
+        font = max(5.0, min(11.0, cell * 72 * 0.36))
+        # room for the caption, then for the sum written out (monospace, ~0.6 em a character)
+        width = max(width, 1.0 + 0.62 * font * max(map(len, caption.split("\n"))) / 72 / cell)
+        self.chars = max(24, int(0.9 * (width - 1.0) / (0.6 * font * 0.9 / 72 / cell)))
+        sum_chars = 16 + (kh * kw * (4 + 2 * len(fmt(float(np.abs(labels).max())))) if conv
+                          else 8 + kh * kw * (2 + len(fmt(float(np.abs(labels).max())))))
+        lines = 1 + sum_chars // self.chars
+        height += 0.8 * lines
         self.fig = new_figure(width * cell, height * cell)
         self.ax = grid_axes(self.fig, width, height)
-        font = max(4.0, min(11.0, cell * 72 * 0.36))
         self.font = font
-        top = 1.5
+        top = 2.6
         self.grid = CellGrid(self.ax, (gh, gw), (0.5, top), plan.cells, fontsize=font)
-        self.out = CellGrid(self.ax, (oh, ow), (gw + 2.5, top + (gh - oh) / 2), None, font)
-        for r in range(oh):
-            for c in range(ow):
-                self.out.color(r, c, COLORS["out_empty"])
+        self.values = np.zeros((gh, gw))
         for r in range(gh):
             for c in range(gw):
                 src = plan.sources[r][c]
                 kind = plan.cells[r][c]
                 if src is not None:
+                    self.values[r, c] = labels[src]
                     self.grid.label(r, c, fmt(labels[src]))
-                elif kind == "zero" or (kind == "pad" and plan.op in ("conv", "conv_transpose",
-                                                                       "avg_pool")):
+                elif kind == "zero" or (kind == "pad" and plan.op != "max_pool"):
                     self.grid.label(r, c, "0")
-        self.title = self.ax.text(0.5, 0.7, "", fontsize=font * 1.1, va="center")
-        legend = "blue: input   grey dashed: padding"
-        if plan.op == "conv_transpose":
-            legend += "   dotted: inserted zero   (kernel flipped)"
-        self.ax.text(0.5, height - 0.6, legend, fontsize=font * 0.9, va="center", color="#555")
-        self.tap_texts: list[Any] = []
+        mx = gw + 2.0
+        mid = top + max(gh, kh, oh) / 2
+        if conv and kernel is not None:
+            shown = kernel[::-1, ::-1] if plan.kernel_flipped else kernel
+            kern = CellGrid(self.ax, (kh, kw), (mx, mid - kh / 2), None, fontsize=font)
+            for (a, b), v in np.ndenumerate(shown):
+                kern.label(a, b, fmt(v))
+                kern.color(a, b, COLORS["window"])
+            name = "kernel, flipped" if plan.kernel_flipped else "kernel"
+            self.ax.text(mx + kw / 2, mid + kh / 2 + 0.45, name, ha="center", va="center",
+                         fontsize=font * 0.8, color="#555")
+            self.ax.text(mx - 0.75, mid, TIMES, ha="center", va="center", fontsize=font * 1.5)
+        else:
+            self.ax.text(mx + mid_w / 2, mid, {"max_pool": "max", "avg_pool": "mean"}.get(
+                plan.op, "?"), ha="center", va="center", fontsize=font * 1.3)
+        ox = mx + mid_w + 1.5
+        self.ax.text(ox - 0.75, mid, "=", ha="center", va="center", fontsize=font * 1.5)
+        self.out = CellGrid(self.ax, (oh, ow), (ox, mid - oh / 2), None, font)
+        for r in range(oh):
+            for c in range(ow):
+                self.out.color(r, c, COLORS["out_empty"])
+        self.ax.text(0.5, 0.35, caption, fontsize=font * 0.95, va="top", weight="bold",
+                     linespacing=1.4)
+        self.title = self.ax.text(0.5, 2.0, "", fontsize=font * 0.95, va="center")
+        self.sum = self.ax.text(0.5, top + max(gh, kh, oh) + 0.5, "", fontsize=font * 0.9,
+                                va="top", family="monospace")
+        kinds = {k for row in plan.cells for k in row}
+        legend = ["blue: input"]
+        if "pad" in kinds:
+            legend.append("grey dashed: padding")
+        if "zero" in kinds:
+            legend.append("dotted: inserted zero")
+        legend.append("orange: the window")
+        self.ax.text(0.5, height - 0.45, "   ".join(legend), fontsize=font * 0.8,
+                     va="center", color="#555")
         self.kernel = kernel
 
-    def show(self, plan: SlidingPlan, step: int, outputs: np.ndarray | None) -> np.ndarray:
+    def show(self, plan: SlidingPlan, step: int, outputs: np.ndarray | None) -> Figure:
         frame = plan.frames[step]
         self.grid.reset()
-        for t in self.tap_texts:
-            t.remove()
-        self.tap_texts = []
-        kh, kw = plan.kernel_size
-        for (r, c), (a, b) in zip(frame.window, frame.taps, strict=True):
+        for r, c in frame.window:
             inside = plan.cells[r][c] == "input"
             self.grid.color(r, c, COLORS["window" if inside else "window_pad"])
-            if self.kernel is not None:
-                w = self.kernel[kh - 1 - a, kw - 1 - b] if plan.kernel_flipped else self.kernel[a, b]
-                x0, y0 = self.grid.patches[r][c].get_xy()
-                self.tap_texts.append(self.ax.text(
-                    x0 + 0.96, y0 + 0.96, f"{TIMES}{fmt(w)}", ha="right", va="bottom",
-                    fontsize=self.font * 0.65, color="#8e3b00"))
         ow = plan.output_shape[1]
         for k in range(step + 1):
             i, j = divmod(k, ow)
@@ -144,10 +242,11 @@ class _Scene:
             if outputs is not None:
                 self.out.label(i, j, fmt(outputs[i, j]))
         i, j = frame.out_cell
-        value = "" if outputs is None else f" = {fmt(outputs[i, j])}"
-        self.title.set_text(
-            f"{_TITLES[plan.op]}: step {step + 1}/{len(plan.frames)}, out[{i}, {j}]{value}")
-        return render_rgb(self.fig)
+        value = None if outputs is None else float(outputs[i, j])
+        self.title.set_text(f"step {step + 1} of {len(plan.frames)}: output cell [{i}, {j}]")
+        text = window_sum(plan, step, self.values, self.kernel, value)
+        self.sum.set_text(_wrap(text, self.chars))
+        return self.fig
 
 
 def animate(
@@ -180,8 +279,8 @@ def animate(
     values : array_like, optional
         The 2-D input written in the cells; default ``1, 2, ...`` row by row.
     kernel : array_like, optional
-        The 2-D kernel of a convolution; when given, each tap's weight is written in the
-        window and the output cells get their values. Pools always show their values.
+        The 2-D kernel of a convolution, drawn between the input and the output (default all
+        ones). Every frame writes out its window's sum of products and the output value.
     output_padding, ceil_mode
         As in ``conv_transpose2d`` and the pools.
     fps : float, default 2.0
@@ -192,7 +291,9 @@ def animate(
     Returns
     -------
     bytes
-        The GIF file's contents; it has exactly ``out_h * out_w`` frames.
+        The GIF file's contents; it has exactly ``out_h * out_w`` frames. Each frame names
+        the layer (input, kernel, stride, padding, dilation) and the step, and writes out the
+        window's sum (see :func:`window_sum`); :func:`animation_frame` draws one frame.
 
     Examples
     --------
@@ -202,31 +303,14 @@ def animate(
     >>> Image.open(io.BytesIO(gif)).n_frames
     4
     """
-    plan = sliding_plan(op, input_size, kernel_size, stride, padding, dilation,
-                        output_padding=output_padding, ceil_mode=ceil_mode,
-                        max_frames=as_int(max_frames, "max_frames"), max_cells=MAX_GRID_CELLS)
-    n = len(plan.frames)
-    if n > as_int(max_frames, "max_frames"):
-        raise ValueError(
-            f"the output has {n} cells, more than max_frames={max_frames}; animate a smaller "
-            f"input (input_size={input_size})"
-        )
     if not float(fps) > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    h, w = plan.input_shape
-    if values is None:
-        labels = np.arange(1, h * w + 1, dtype=np.float64).reshape(h, w)
-    else:
-        labels = as_matrix(values, "values")
-        if labels.shape != (h, w):
-            raise ValueError(f"values must have shape {(h, w)} (input_size), got {labels.shape}")
-    k = None if kernel is None else as_matrix(kernel, "kernel")
-    outputs = output_values(op, labels, k, kernel_size, stride, padding, dilation,
-                            output_padding=output_padding, ceil_mode=ceil_mode)
+    scene, plan, outputs = _prepare(op, input_size, kernel_size, stride, padding, dilation,
+                                    values, kernel, output_padding, ceil_mode, max_frames)
     from PIL import Image
 
-    scene = _Scene(plan, labels, k)
-    images = [Image.fromarray(scene.show(plan, t, outputs)) for t in range(n)]
+    n = len(plan.frames)
+    images = [Image.fromarray(render_rgb(scene.show(plan, t, outputs))) for t in range(n)]
     ms = max(20, round(1000 / float(fps)))
     buffer = _stdio.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
@@ -238,3 +322,69 @@ def animate(
         with atomic_write(path, "wb") as f:
             f.write(data)
     return data
+
+
+def _prepare(op: str, input_size: IntOrTuple, kernel_size: IntOrTuple,
+             stride: IntOrTuple | None, padding: IntOrTuple, dilation: IntOrTuple, values: Any,
+             kernel: Any, output_padding: IntOrTuple, ceil_mode: bool,
+             max_frames: int) -> tuple[_Scene, SlidingPlan, np.ndarray | None]:
+    """Check the arguments, compute the outputs and build the scene that frames update."""
+    plan = sliding_plan(op, input_size, kernel_size, stride, padding, dilation,
+                        output_padding=output_padding, ceil_mode=ceil_mode,
+                        max_frames=as_int(max_frames, "max_frames"), max_cells=MAX_GRID_CELLS)
+    n = len(plan.frames)
+    if n > as_int(max_frames, "max_frames"):
+        raise ValueError(
+            f"the output has {n} cells, more than max_frames={max_frames}; animate a smaller "
+            f"input (input_size={input_size})"
+        )
+    h, w = plan.input_shape
+    if values is None:
+        labels = np.arange(1, h * w + 1, dtype=np.float64).reshape(h, w)
+    else:
+        labels = as_matrix(values, "values")
+        if labels.shape != (h, w):
+            raise ValueError(f"values must have shape {(h, w)} (input_size), got {labels.shape}")
+    if kernel is not None:
+        k: np.ndarray | None = as_matrix(kernel, "kernel")
+    else:
+        k = np.ones(plan.kernel_size) if op in ("conv", "conv_transpose") else None
+    outputs = output_values(op, labels, k, kernel_size, stride, padding, dilation,
+                            output_padding=output_padding, ceil_mode=ceil_mode)
+    caption = _caption(op, plan, stride, padding, dilation, output_padding)
+    return _Scene(plan, labels, k, caption), plan, outputs
+
+
+def animation_frame(
+    op: str = "conv",
+    input_size: IntOrTuple = 5,
+    kernel_size: IntOrTuple = 3,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    step: int = 0,
+    values: Any = None,
+    *,
+    kernel: Any = None,
+    output_padding: IntOrTuple = 0,
+    ceil_mode: bool = False,
+) -> Figure:
+    """Frame ``step`` of :func:`animate` as a matplotlib Figure (same arguments).
+
+    Its texts are the caption (the layer), the step, the numbers in the cells and the
+    window's sum written out.
+
+    Examples
+    --------
+    >>> fig = animation_frame("conv", 4, 3, step=1, kernel=[[1, 0, -1]] * 3)
+    >>> texts = [t.get_text() for t in fig.axes[0].texts]
+    >>> print(texts[-2])
+    out[0, 1] = 2×1 + 3×0 + 4×(-1) + 6×1 + 7×0 + 8×(-1) + 10×1 + 11×0 +
+        12×(-1) = -6
+    """
+    scene, plan, outputs = _prepare(op, input_size, kernel_size, stride, padding, dilation,
+                                    values, kernel, output_padding, ceil_mode, 10**6)
+    step = as_int(step, "step")
+    if not 0 <= step < len(plan.frames):
+        raise ValueError(f"step must be in 0..{len(plan.frames) - 1}, got {step}")
+    return scene.show(plan, step, outputs)

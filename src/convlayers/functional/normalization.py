@@ -69,6 +69,29 @@ def _invstd(var: np.ndarray, eps: float) -> np.ndarray:
     return 1 / np.sqrt(var + np.asarray(eps, var.dtype))
 
 
+#: Training-mode batch norm on at least this many elements runs on the compiled kernels of
+#: :mod:`convlayers.kernels.batchnorm` (a few passes per channel instead of NumPy's temporaries).
+COMPILED_BATCH_NORM_ELEMENTS = 1 << 14
+
+
+def _compiled(x: np.ndarray) -> bool:
+    return x.ndim >= 2 and x.size >= COMPILED_BATCH_NORM_ELEMENTS and x.shape[1] > 0
+
+
+def _planes(x: np.ndarray) -> np.ndarray:
+    """``x`` as ``(N, C, L)``, C-contiguous (a view when it already is)."""
+    return np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+
+
+def _batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 mean and biased variance per channel, by the compiled two-pass kernel."""
+    from convlayers.kernels import batchnorm
+
+    mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
+    batchnorm.channel_statistics(_planes(x), mean, var)
+    return mean, var
+
+
 def batch_norm(
     input: Any, running_mean: Any, running_var: Any, weight: Any = None, bias: Any = None,
     training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
@@ -107,7 +130,12 @@ def batch_norm(
     """
     eps = _check_eps(eps, bool(training))
     x, axes, (rm, rv, w, b) = _prepare(input, running_mean, running_var, weight, bias)
-    mean, var = _statistics(x, axes, bool(training), rm, rv)
+    compiled = bool(training) and _compiled(x)
+    if compiled:
+        mean64, var64 = _batch_statistics(x)
+        mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
+    else:
+        mean, var = _statistics(x, axes, bool(training), rm, rv)
     invstd = _invstd(var, eps)
     if training:
         n = x.size // x.shape[1]
@@ -124,6 +152,13 @@ def batch_norm(
         out += beta.reshape(shape)
         return out
     scale = invstd if w is None else invstd * w
+    if compiled:
+        from convlayers.kernels import batchnorm
+
+        out = np.empty(x.shape, dtype=x.dtype)
+        shift = np.zeros(x.shape[1], dtype=x.dtype) if b is None else b
+        batchnorm.normalize_forward(_planes(x), mean, scale, shift, out.reshape(_planes(x).shape))
+        return out
     out = (x - mean.reshape(shape)) * scale.reshape(shape)
     if b is not None:
         out += b.reshape(shape)
@@ -183,6 +218,8 @@ def batch_norm_backward(
     g = float_array(grad_output, "grad_output")
     if g.shape != x.shape:
         raise ValueError(f"grad_output must have the input's shape {x.shape}, got {g.shape}")
+    if training and _compiled(x):
+        return _compiled_backward(g, x, w, eps, with_bias)
     mean, var = _statistics(x, axes, bool(training), rm, rv)
     invstd = _invstd(var, eps)
     shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -195,3 +232,20 @@ def batch_norm_backward(
     dot = (gxhat * xhat).mean(axis=axes).reshape(shape)
     gx = (gxhat - gxhat.mean(axis=axes).reshape(shape) - xhat * dot) * invstd.reshape(shape)
     return gx, gw, gb
+
+
+def _compiled_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray | None, eps: float,
+                       with_bias: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Training-mode gradients by :func:`convlayers.kernels.batchnorm.normalize_backward`."""
+    from convlayers.kernels import batchnorm
+
+    mean64, var64 = _batch_statistics(x)
+    invstd = _invstd(var64.astype(x.dtype), eps).astype(np.float64)
+    gx = np.empty(x.shape, dtype=x.dtype)
+    gw, gb = np.empty(x.shape[1]), np.empty(x.shape[1])
+    weight = np.ones(x.shape[1]) if w is None else w.astype(np.float64)
+    planes = _planes(x)
+    batchnorm.normalize_backward(_planes(g), planes, mean64, invstd, weight,
+                                 gx.reshape(planes.shape), gw, gb)
+    return (gx, None if w is None else gw.astype(x.dtype),
+            gb.astype(x.dtype) if with_bias else None)

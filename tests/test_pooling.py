@@ -265,7 +265,8 @@ def test_per_side_padding_matches_torch_on_explicitly_padded_input(case: dict, s
 def test_integer_max_pooling_matches_torch(dtype: type, n: int) -> None:
     rng = np.random.default_rng(n)
     info = np.iinfo(dtype)
-    x = rng.integers(max(info.min, -1000), min(info.max, 1000), (2, 3, *(7,) * n), endpoint=True).astype(dtype)
+    low, high = max(info.min, -1000), min(info.max, 1000)
+    x = rng.integers(low, high, (2, 3, *(7,) * n), endpoint=True).astype(dtype)
     x.flat[::5] = info.min  # the dtype's lowest value must still win over the padding
     theirs, ours = _fns(n)
     t_out, t_idx = theirs(torch.tensor(x), 3, 2, 1, return_indices=True)

@@ -50,11 +50,18 @@ from convlayers.functional._vjp import (
     softmax,
     tanh,
 )
+from convlayers.functional._vjp_act import clamp, hardsigmoid, hardswish, hardtanh, leaky_relu, silu
 from convlayers.functional.activations import (
+    clamp_backward,
+    hardsigmoid_backward,
+    hardswish_backward,
+    hardtanh_backward,
+    leaky_relu_backward,
     log_softmax_backward,
     relu6_backward,
     relu_backward,
     sigmoid_backward,
+    silu_backward,
     softmax_backward,
     tanh_backward,
 )
@@ -65,6 +72,7 @@ from convlayers.functional.dense import linear_backward
 from convlayers.functional.losses import cross_entropy_backward, mse_loss_backward
 from convlayers.functional.normalization import batch_norm_backward, inference_affine
 from convlayers.functional.padding import PAD_MODES, pad_backward
+from convlayers.functional.plan import plan
 from convlayers.functional.pooling import avg_pool_backward, max_pool_backward
 from convlayers.functional.stochastic import dropout_backward, dropout_mask
 
@@ -84,6 +92,8 @@ __all__ = [
     "avg_pool_backward",
     "batch_norm",
     "batch_norm_backward",
+    "clamp",
+    "clamp_backward",
     "conv1d",
     "conv2d",
     "conv2d_backward",
@@ -99,7 +109,15 @@ __all__ = [
     "dropout_backward",
     "dropout_mask",
     "flatten",
+    "hardsigmoid",
+    "hardsigmoid_backward",
+    "hardswish",
+    "hardswish_backward",
+    "hardtanh",
+    "hardtanh_backward",
     "inference_affine",
+    "leaky_relu",
+    "leaky_relu_backward",
     "linear",
     "linear_backward",
     "log_softmax",
@@ -112,12 +130,15 @@ __all__ = [
     "mse_loss_backward",
     "pad",
     "pad_backward",
+    "plan",
     "relu",
     "relu6",
     "relu6_backward",
     "relu_backward",
     "sigmoid",
     "sigmoid_backward",
+    "silu",
+    "silu_backward",
     "softmax",
     "softmax_backward",
     "tanh",

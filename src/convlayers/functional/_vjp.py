@@ -95,7 +95,7 @@ def _avg_pool_rule(f: Callable[..., Any], n: int) -> Callable[[Args], Rule]:
         stride = None if a["stride"] is None else as_tuple(a["stride"], n, "stride")
         return f(**a), lambda g: (pooling.avg_pool_backward(
             g, a["input"], ks, stride, a["padding"], a["ceil_mode"], a["count_include_pad"],
-            a.get("divisor_override")),)
+            a.get("divisor_override"), dilation=a.get("dilation", 1)),)
     return rule
 
 

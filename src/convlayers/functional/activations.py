@@ -13,8 +13,11 @@ import numpy as np
 from convlayers._validate import as_int, float_array
 
 __all__ = [
+    "clamp", "clamp_backward", "hardsigmoid", "hardsigmoid_backward", "hardswish",
+    "hardswish_backward", "hardtanh", "hardtanh_backward", "leaky_relu", "leaky_relu_backward",
     "log_softmax", "log_softmax_backward", "relu", "relu6", "relu6_backward", "relu_backward",
-    "sigmoid", "sigmoid_backward", "softmax", "softmax_backward", "tanh", "tanh_backward",
+    "sigmoid", "sigmoid_backward", "silu", "silu_backward", "softmax", "softmax_backward", "tanh",
+    "tanh_backward",
 ]
 
 
@@ -147,3 +150,161 @@ def log_softmax_backward(grad_output: Any, output: Any, dim: int = -1) -> np.nda
     y = float_array(output, "output")
     g = np.asarray(grad_output)
     return g - np.exp(y) * g.sum(axis=_axis(dim, y.ndim), keepdims=True)
+
+
+# --- clamps and the "hard" activations of MobileNetV3 / EfficientNet, as ONNX models use them ---
+
+def _real(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0) -> np.ndarray:
+    """``min(max(x, min_val), max_val)``, as ``torch.nn.functional.hardtanh`` (NaN stays NaN).
+
+    >>> hardtanh(np.array([-3.0, 0.5, 2.0]))
+    array([-1. ,  0.5,  1. ])
+    """
+    x = float_array(input, "input")
+    lo, hi = _real(min_val, "min_val"), _real(max_val, "max_val")
+    if lo > hi:
+        raise ValueError(f"min_val must not exceed max_val, got min_val={lo} and max_val={hi}")
+    return np.clip(x, x.dtype.type(lo), x.dtype.type(hi))
+
+
+def hardtanh_backward(grad_output: Any, input: Any, min_val: float = -1.0,
+                      max_val: float = 1.0) -> np.ndarray:
+    """Gradient of :func:`hardtanh`: passes where ``min_val < x < max_val`` (PyTorch's rule).
+
+    >>> hardtanh_backward(np.ones(3), np.array([-3.0, 0.5, 1.0]))
+    array([0., 1., 0.])
+    """
+    x = float_array(input, "input")
+    return np.asarray(grad_output) * ((x > min_val) & (x < max_val))
+
+
+def clamp(input: Any, min: float | None = None, max: float | None = None) -> np.ndarray:
+    """``x`` limited to ``[min, max]`` (either bound may be ``None``), as ``torch.clamp`` and
+    ONNX's ``Clip``; NaN stays NaN.
+
+    >>> clamp(np.array([-3.0, 0.5, 2.0]), min=0.0)
+    array([0. , 0.5, 2. ])
+    """
+    x = float_array(input, "input")
+    if min is None and max is None:
+        raise ValueError("clamp needs at least one of min and max, got both None")
+    lo = None if min is None else x.dtype.type(_real(min, "min"))
+    hi = None if max is None else x.dtype.type(_real(max, "max"))
+    out = x if lo is None else np.maximum(x, lo)
+    return out if hi is None else np.minimum(out, hi)  # out is a new array when hi is None
+
+
+def clamp_backward(grad_output: Any, input: Any, min: float | None = None,
+                   max: float | None = None) -> np.ndarray:
+    """Gradient of :func:`clamp`: passes where ``min <= x <= max`` (bounds included, as torch).
+
+    >>> clamp_backward(np.ones(3), np.array([-3.0, 0.0, 2.0]), min=0.0, max=1.0)
+    array([0., 1., 0.])
+    """
+    x = float_array(input, "input")
+    keep = np.ones(x.shape, dtype=bool)
+    if min is not None:
+        keep &= x >= min
+    if max is not None:
+        keep &= x <= max
+    return np.asarray(grad_output) * keep
+
+
+def hardsigmoid(input: Any, alpha: float = 1 / 6, beta: float = 0.5) -> np.ndarray:
+    """``max(0, min(1, alpha*x + beta))``: PyTorch's ``hardsigmoid`` (``relu6(x + 3) / 6``, its
+    rounding too) by default, ONNX's ``HardSigmoid`` with its ``alpha`` (0.2 there) and ``beta``.
+
+    >>> hardsigmoid(np.array([-4.0, 0.0, 1.5, 4.0]))
+    array([0.  , 0.5 , 0.75, 1.  ])
+    """
+    x = float_array(input, "input")
+    if alpha == 1 / 6 and beta == 0.5:
+        return np.clip(x + 3, 0, 6) / x.dtype.type(6)
+    a, b = x.dtype.type(_real(alpha, "alpha")), x.dtype.type(_real(beta, "beta"))
+    return np.clip(x * a + b, 0, 1)
+
+
+def hardsigmoid_backward(grad_output: Any, input: Any, alpha: float = 1 / 6,
+                         beta: float = 0.5) -> np.ndarray:
+    """Gradient of :func:`hardsigmoid`: ``alpha`` where ``0 < alpha*x + beta < 1`` (for the
+    default, ``-3 < x < 3``), else 0.
+
+    >>> hardsigmoid_backward(np.ones(3), np.array([-4.0, 0.0, 3.0]))
+    array([0.        , 0.16666667, 0.        ])
+    """
+    x = float_array(input, "input")
+    if alpha == 1 / 6 and beta == 0.5:
+        return np.asarray(grad_output) * ((x > -3) & (x < 3)) / x.dtype.type(6)  # torch's g / 6
+    z = x * x.dtype.type(alpha) + x.dtype.type(beta)
+    inside = (z > 0) & (z < 1)
+    return np.asarray(grad_output) * (inside * x.dtype.type(alpha))
+
+
+def hardswish(input: Any) -> np.ndarray:
+    """``x * relu6(x + 3) / 6``, as ``torch.nn.functional.hardswish`` (MobileNetV3's).
+
+    >>> hardswish(np.array([-4.0, 0.0, 1.0, 4.0]))
+    array([-0.        ,  0.        ,  0.66666667,  4.        ])
+    """
+    x = float_array(input, "input")
+    return x * np.clip(x + 3, 0, 6) / x.dtype.type(6)
+
+
+def hardswish_backward(grad_output: Any, input: Any) -> np.ndarray:
+    """Gradient of :func:`hardswish`: 0 up to -3, ``x/3 + 1/2`` inside, 1 from 3 (PyTorch's).
+
+    >>> hardswish_backward(np.ones(3), np.array([-4.0, 0.0, 4.0]))
+    array([0. , 0.5, 1. ])
+    """
+    x = float_array(input, "input")
+    slope = np.where(x <= -3, 0, np.where(x < 3, x / x.dtype.type(3) + x.dtype.type(0.5), 1))
+    return np.asarray(grad_output) * slope.astype(x.dtype, copy=False)
+
+
+def silu(input: Any) -> np.ndarray:
+    """``x * sigmoid(x)`` (swish), as ``torch.nn.functional.silu``.
+
+    >>> silu(np.array([0.0, 1.0]))
+    array([0.        , 0.73105858])
+    """
+    x = float_array(input, "input")
+    return x * sigmoid(x)
+
+
+def silu_backward(grad_output: Any, input: Any) -> np.ndarray:
+    """Gradient of :func:`silu`: ``g * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``.
+
+    >>> silu_backward(np.ones(1), np.array([0.0]))
+    array([0.5])
+    """
+    x = float_array(input, "input")
+    s = sigmoid(x)
+    return np.asarray(grad_output) * (s * (1 + x * (1 - s)))
+
+
+def leaky_relu(input: Any, negative_slope: float = 0.01) -> np.ndarray:
+    """``x`` where positive, else ``negative_slope * x``, as ``torch.nn.functional.leaky_relu``.
+
+    >>> leaky_relu(np.array([-2.0, 3.0]), 0.1)
+    array([-0.2,  3. ])
+    """
+    x = float_array(input, "input")
+    slope = x.dtype.type(_real(negative_slope, "negative_slope"))
+    return np.where(x > 0, x, x * slope)
+
+
+def leaky_relu_backward(grad_output: Any, input: Any, negative_slope: float = 0.01) -> np.ndarray:
+    """Gradient of :func:`leaky_relu`: 1 where ``x > 0``, else ``negative_slope``.
+
+    >>> leaky_relu_backward(np.ones(2), np.array([-2.0, 3.0]), 0.1)
+    array([0.1, 1. ])
+    """
+    x = float_array(input, "input")
+    g = np.asarray(grad_output)
+    return np.where(x > 0, g, g * x.dtype.type(negative_slope))

@@ -12,7 +12,19 @@
 
 from convlayers import functional
 from convlayers.nn import init
-from convlayers.nn.activation import LogSoftmax, ReLU, ReLU6, Sigmoid, Softmax, Tanh
+from convlayers.nn.activation import (
+    Hardsigmoid,
+    Hardswish,
+    Hardtanh,
+    LeakyReLU,
+    LogSoftmax,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Tanh,
+)
 from convlayers.nn.blocks import ConvNormAct, DepthwiseSeparable, InvertedResidual
 from convlayers.nn.containers import ModuleList, Sequential
 from convlayers.nn.conv import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
@@ -56,8 +68,12 @@ __all__ = [
     "DepthwiseSeparable",
     "Dropout",
     "Flatten",
+    "Hardsigmoid",
+    "Hardswish",
+    "Hardtanh",
     "Identity",
     "InvertedResidual",
+    "LeakyReLU",
     "Linear",
     "LogSoftmax",
     "MSELoss",
@@ -72,6 +88,7 @@ __all__ = [
     "ResNet",
     "SamePad2d",
     "Sequential",
+    "SiLU",
     "Sigmoid",
     "SmallCNN",
     "Softmax",

@@ -1,8 +1,9 @@
 """The compiled fast paths (pooling, depthwise, 1x1, im2col) against torch and the NumPy path.
 
 Each generated configuration is run three ways: through the public function (which picks a
-fast path), through the same function with the fast paths switched off (the NumPy engine), and
-through torch. Pooling forward must match the NumPy path bit for bit (same taps in the same
+fast path), through the same function with the ``numpy`` strategy forced
+(``config.engine_settings(force="numpy")``, and pooling's compiled kernels off), and through
+torch. Pooling forward must match the NumPy path bit for bit (same taps in the same
 order) and torch's indices exactly; convolutions agree to the stated float tolerance. A tiny
 scratch cap must not change a forward result at all.
 """
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from convlayers import config
 from convlayers import functional as F
-from convlayers.functional import _engine, pooling
+from convlayers.functional import pooling
 from oracle import assert_close, random_array, torch_grads
 
 EXAMPLES = settings(max_examples=40)
@@ -29,14 +30,14 @@ EXAMPLES = settings(max_examples=40)
 
 @contextmanager
 def numpy_path() -> Iterator[None]:
-    """Switch the compiled paths off: every call takes the general NumPy loop."""
-    saved = (_engine._fast, pooling._fast)
-    _engine._fast = lambda *a: False  # type: ignore[assignment]
+    """Every convolution takes the ``numpy`` strategy, every pooling call its NumPy loop."""
+    saved = pooling._fast
     pooling._fast = lambda *a: False  # type: ignore[assignment]
     try:
-        yield
+        with config.engine_settings(force="numpy"):
+            yield
     finally:
-        _engine._fast, pooling._fast = saved
+        pooling._fast = saved
 
 
 def _with_specials(rng: np.random.Generator, x: np.ndarray, kind: str) -> np.ndarray:
@@ -197,17 +198,6 @@ def test_conv_fast_paths_match_torch_and_numpy_path(case: dict, seed: int, cap: 
     assert_close(cgw, our_gw, "grad_weight, tiny cap")
 
 
-@contextmanager
-def depthwise_limits(flat_pixels: int, planar_bytes: int) -> Iterator[None]:
-    """Move the size limits that choose between the flat, planar and row depthwise kernels."""
-    saved = _engine.FLAT_PIXELS, _engine.PLANAR_BYTES
-    _engine.FLAT_PIXELS, _engine.PLANAR_BYTES = flat_pixels, planar_bytes
-    try:
-        yield
-    finally:
-        _engine.FLAT_PIXELS, _engine.PLANAR_BYTES = saved
-
-
 DEPTHWISE_KERNELS = {"flat": (1 << 30, 1 << 30), "planar": (0, 1 << 30), "row": (0, 0)}
 
 
@@ -237,7 +227,7 @@ def test_depthwise_flat_planar_and_row_kernels_agree_with_torch(case: dict, seed
     t_expected = (ttranspose(torch.from_numpy(x), torch.from_numpy(wt), **t_args).numpy()
                   if min(t_sizes) > 0 else None)
     for label, limits in DEPTHWISE_KERNELS.items():
-        with depthwise_limits(*limits):
+        with config.engine_settings(flat_pixels=limits[0], planar_bytes=limits[1]):
             assert_close(conv(x, w, b, *args), expected, f"{label} forward")
             our_gx, our_gw, _ = F.conv_backward(g, x, w, *args)
             assert_close(our_gx, gx, f"{label} grad_input")
@@ -286,17 +276,16 @@ def test_flat_depthwise_keeps_nonfinite_values_where_torch_does(case: tuple, thr
 
 
 @pytest.mark.parametrize("slab", [7, 40])
-def test_row_slabs_of_a_large_image_give_the_same_result(monkeypatch: pytest.MonkeyPatch,
-                                                          slab: int) -> None:
+def test_row_slabs_of_a_large_image_give_the_same_result(slab: int) -> None:
     rng = np.random.default_rng(3)
     x = random_array(rng, (2, 3, 13, 11), np.float32)
     w = random_array(rng, (4, 3, 3, 3), np.float32)
     g = random_array(rng, (2, 4, 7, 6), np.float32)
     whole = F.conv2d(x, w, stride=2, padding=1)
     gx, gw, _ = F.conv_backward(g, x, w, stride=2, padding=1)
-    monkeypatch.setattr(_engine, "SLAB_COLUMNS", slab)
-    assert_close(F.conv2d(x, w, stride=2, padding=1), whole, "slabs forward")
-    sgx, sgw, _ = F.conv_backward(g, x, w, stride=2, padding=1)
+    with config.engine_settings(slab_columns=slab, force="lowered"):
+        assert_close(F.conv2d(x, w, stride=2, padding=1), whole, "slabs forward")
+        sgx, sgw, _ = F.conv_backward(g, x, w, stride=2, padding=1)
     assert_close(sgx, gx, "slabs grad_input")
     assert_close(sgw, gw, "slabs grad_weight")
 
@@ -331,7 +320,7 @@ def test_float64_fast_paths_stay_float64() -> None:
 @st.composite
 def winograd_cases(draw: st.DrawFn) -> dict:
     """3x3 stride-1 convolutions around the Winograd threshold (both sides of it)."""
-    t = _engine.WINOGRAD_MIN_CHANNELS
+    t = config.engine.winograd_min_channels
     groups = draw(st.sampled_from([1, 1, 2]))
     c_in_g = draw(st.sampled_from([t - 1, t, t + 1]))
     c_out_g = draw(st.sampled_from([1, t - 1, t, t + 3]))
@@ -372,8 +361,7 @@ def test_winograd_matches_torch_and_numpy_path(case: dict, seed: int, cap: int) 
 
 
 @pytest.mark.parametrize("tiles", [5, 40])
-def test_winograd_slabs_and_units_give_the_same_result(monkeypatch: pytest.MonkeyPatch,
-                                                       tiles: int) -> None:
+def test_winograd_slabs_and_units_give_the_same_result(tiles: int) -> None:
     rng = np.random.default_rng(4)
     x = random_array(rng, (3, 16, 13, 11), np.float32)
     w = random_array(rng, (16, 16, 3, 3), np.float32)
@@ -381,12 +369,11 @@ def test_winograd_slabs_and_units_give_the_same_result(monkeypatch: pytest.Monke
     g = random_array(rng, (3, 16, 13, 11), np.float32)
     whole = F.conv2d(x, w, b, padding=1)
     gx, gw, _ = F.conv_backward(g, x, w, padding=1)
-    monkeypatch.setattr(_engine, "WINOGRAD_SLAB_TILES", tiles)
-    monkeypatch.setattr(_engine, "WINOGRAD_UNIT_TILES", tiles)
-    monkeypatch.setattr(_engine, "WINOGRAD_BLOCK_TILES", tiles)
-    monkeypatch.setattr(_engine, "WINOGRAD_BLOCK_TILES_BWD", tiles)
-    assert_close(F.conv2d(x, w, b, padding=1), whole, "slabs forward")
-    sgx, sgw, _ = F.conv_backward(g, x, w, padding=1)
+    with config.engine_settings(winograd_slab_tiles=tiles, winograd_unit_tiles=tiles,
+                                winograd_block_tiles=tiles, winograd_block_tiles_bwd=tiles,
+                                force="winograd"):
+        assert_close(F.conv2d(x, w, b, padding=1), whole, "slabs forward")
+        sgx, sgw, _ = F.conv_backward(g, x, w, padding=1)
     assert_close(sgx, gx, "slabs grad_input")
     assert_close(sgw, gw, "slabs grad_weight")
 
@@ -425,18 +412,17 @@ def test_winograd_float64_stays_float64() -> None:
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("batch", [0, 1, 5])
 @pytest.mark.parametrize("block_bytes", [1, 1 << 18])
-def test_pointwise_kernels_match_torch_and_numpy_path(monkeypatch: pytest.MonkeyPatch,
-                                                      threads: int, batch: int,
+def test_pointwise_kernels_match_torch_and_numpy_path(threads: int, batch: int,
                                                       block_bytes: int) -> None:
     """1x1 convolutions (forward and both gradients) by the numba micro-kernel in column
     blocks: tiny blocks (64 columns, a ragged last one), any thread count, grouped with output
     channels not a multiple of 4, non-contiguous input, empty batch."""
-    monkeypatch.setattr(_engine, "POINTWISE_BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(11)
     x = random_array(rng, (batch, 14, 9, 23), np.float32)[..., ::-1]
     w = random_array(rng, (22, 7, 1, 1), np.float32)
     b = random_array(rng, (22,), np.float32)
-    with config.settings(threads=threads):
+    with config.settings(threads=threads), config.engine_settings(
+            pointwise_block_bytes=block_bytes, force="pointwise"):
         y = F.conv2d(x, w, b, groups=2)
         expected, g, (tgx, tgw, _) = torch_grads(lambda a, v, c: tF.conv2d(a, v, c, groups=2),
                                                  [x.copy(), w, b], 4)
@@ -458,24 +444,23 @@ def test_pointwise_kernels_match_torch_and_numpy_path(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(("spatial", "c_out"), [((7, 7), 40), ((3, 5), 22), ((14, 14), 36)])
 @pytest.mark.parametrize("serial_macs", [0, 1 << 40])
 def test_pointwise_row_split_short_maps_and_serial_small_layers(
-        monkeypatch: pytest.MonkeyPatch, threads: int, spatial: tuple[int, int], c_out: int,
-        serial_macs: int) -> None:
+        threads: int, spatial: tuple[int, int], c_out: int, serial_macs: int) -> None:
     """Batch 1 on small maps: output rows split across threads (bands of 8 and a ragged one),
     maps narrower than a tile (7x7 = 49 columns, 3x5) through the tiles' padded tails, and every
     layer forced onto one thread or onto all of them: the same numbers as torch, and bit for
     bit the same whatever the split."""
-    monkeypatch.setattr(_engine, "SERIAL_MACS", serial_macs)
     rng = np.random.default_rng(13)
     x = random_array(rng, (1, 24, *spatial), np.float32)
     w = random_array(rng, (c_out, 12, 1, 1), np.float32)
     b = random_array(rng, (c_out,), np.float32)
     expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
                          groups=2).numpy()
-    with config.settings(threads=threads):
-        y = F.conv2d(x, w, b, groups=2)
-    assert_close(y, expected, "forward")
-    with config.settings(threads=1):
-        np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
+    with config.engine_settings(serial_macs=serial_macs):
+        with config.settings(threads=threads):
+            y = F.conv2d(x, w, b, groups=2)
+        assert_close(y, expected, "forward")
+        with config.settings(threads=1):
+            np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
 
 
 def test_pointwise_unbatched_strided_padded_and_float64() -> None:
@@ -527,19 +512,12 @@ LOWERED_BWD_CASES = [  # (C_in, C_out, kernel, stride, padding, dilation, spatia
 @pytest.mark.parametrize("batch", [0, 1, 5, None])
 @pytest.mark.parametrize("case", LOWERED_BWD_CASES)
 def test_lowered_backward_fused_matches_torch_and_numpy_path(
-        monkeypatch: pytest.MonkeyPatch, threads: int, batch: int | None, case: tuple) -> None:
+        threads: int, batch: int | None, case: tuple) -> None:
     """Both gradients of an ungrouped lowered convolution in one parallel region (per-thread
-    weight-gradient accumulators, col2im per image): strides, paddings, dilations, one input
-    channel, non-contiguous input, empty/single/odd/unbatched, any thread count, tiny cap."""
+    weight-gradient accumulators, col2im per image), forced: strides, paddings, dilations, one
+    input channel, non-contiguous input, empty/single/odd/unbatched, any thread count, tiny
+    cap."""
     c_in, c_out, kernel, stride, padding, dilation, spatial = case
-    calls: list[int] = []
-    fused = _engine._lowered_backward
-
-    def spy(*a: object, **k: object) -> tuple[np.ndarray, np.ndarray]:
-        calls.append(1)
-        return fused(*a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_engine, "_lowered_backward", spy)
     rng = np.random.default_rng(21)
     lead = () if batch is None else (batch,)
     x = random_array(rng, (*lead, c_in, spatial[0], 2 * spatial[1]), np.float32)[..., ::2]
@@ -547,7 +525,7 @@ def test_lowered_backward_fused_matches_torch_and_numpy_path(
     kw = dict(stride=stride, padding=padding, dilation=dilation)
     _, g, (tgx, tgw) = torch_grads(lambda a, v: tF.conv2d(a, v, **kw),
                                    [np.ascontiguousarray(x), w], 6)
-    with config.settings(threads=threads):
+    with config.settings(threads=threads), config.engine_settings(force="lowered-fused"):
         gx, gw, _ = F.conv_backward(g, x, w, **kw)
         with config.settings(scratch_bytes=64):
             cgx, cgw, _ = F.conv_backward(g, x, w, **kw)
@@ -559,8 +537,6 @@ def test_lowered_backward_fused_matches_torch_and_numpy_path(
         ngx, ngw, _ = F.conv_backward(g, x, w, **kw)
     assert_close(gx, ngx, "grad_input vs NumPy path")
     assert_close(gw, ngw, "grad_weight vs NumPy path")
-    n = 1 if batch is None else batch
-    assert bool(calls) == (n >= threads and n > 0 and c_in > 1)
 
 
 def test_lowered_backward_fused_1d_and_float64() -> None:

@@ -1,7 +1,8 @@
-"""The library's few explicit settings: scratch-memory cap and thread count.
+"""The library's few explicit settings: scratch-memory cap, thread count, engine tuning.
 
 These are the only global state in convlayers. Change them with the setters or, for a block of
-code, with :func:`settings`.
+code, with :func:`settings`; the convolution engine's thresholds live in :data:`engine` (see
+:class:`EngineSettings`) and change for a block with :func:`engine_settings`.
 
 Examples
 --------
@@ -9,6 +10,11 @@ Examples
 >>> with config.settings(scratch_bytes=1 << 20):
 ...     config.scratch_bytes()
 1048576
+>>> with config.engine_settings(force="lowered"):
+...     config.engine.force
+'lowered'
+>>> config.engine.force is None
+True
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any
 
 from convlayers._validate import as_int
 
 __all__ = [
-    "PerformanceWarning", "apply_numba_threads", "max_array_bytes", "max_image_pixels",
-    "prefer_passive_openmp", "scratch_bytes", "set_max_array_bytes", "set_max_image_pixels",
-    "set_scratch_bytes", "set_threads", "settings", "threads",
+    "EngineSettings", "PerformanceWarning", "apply_numba_threads", "engine", "engine_settings",
+    "max_array_bytes", "max_image_pixels", "prefer_passive_openmp", "scratch_bytes",
+    "set_max_array_bytes", "set_max_image_pixels", "set_scratch_bytes", "set_threads", "settings",
+    "threads",
 ]
 
 _DEFAULT_SCRATCH = 256 * 1024 * 1024
@@ -165,3 +174,111 @@ def settings(*, scratch_bytes: int | None = None, threads: int | None = None,
         _state.update(saved)
         if "numba" in sys.modules:
             apply_numba_threads()
+
+
+# ----------------------------------------------------------------------------- engine tuning
+
+@dataclass
+class EngineSettings:
+    """Every tuning threshold of the convolution engine, in one place.
+
+    The planner (:mod:`convlayers.functional.plan`) reads these to choose a strategy for each
+    pass of a convolution; ``convlayers.functional.plan(...)`` shows its choice. Results do not
+    depend on them beyond float rounding (each strategy is exact up to the order of its sums);
+    only speed and scratch memory do. Change fields for a block with :func:`engine_settings`, or
+    assign them on :data:`engine` for the rest of the process.
+    """
+
+    #: A strategy name (see ``convlayers.functional.plan.STRATEGIES``) every convolution pass
+    #: must use, or None to let the planner choose. A pass the forced strategy cannot serve
+    #: raises ValueError. Non-finite or huge values still make Winograd fall back (for that call).
+    force: str | None = None
+    #: Convolutions with fewer multiply-adds than this run on one thread: waking the other threads
+    #: of the OpenMP pool (asleep under ``OMP_WAIT_POLICY=PASSIVE``) costs ~40 us, more than such
+    #: a layer gains from them.
+    serial_macs: int = 2_000_000
+    #: Winograd serves 3x3 stride-1 convolutions with at least this many input channels per group
+    #: (and output channels per group for the backward pass): below it the GEMMs are too thin to
+    #: pay for the transforms.
+    winograd_min_channels: int = 16
+    #: Images with more Winograd tiles than this are transformed in slabs of tile rows, one image
+    #: at a time (the per-plane backward, used with fewer images than threads).
+    winograd_slab_tiles: int = 1 << 12
+    #: Smaller images go by units of ``ceil(winograd_unit_tiles / tiles)`` whole images side by
+    #: side in the per-plane backward's GEMMs (geometry only, so the scratch cap never changes
+    #: a result).
+    winograd_unit_tiles: int = 3136
+    #: Tiles per unit of the fused Winograd forward: the unit's transforms
+    #: (``16*(C_in + C_out)*tiles*itemsize``) stay in the core's cache from the input transform
+    #: to the output transform.
+    winograd_block_tiles: int = 224
+    #: The same for the fused Winograd backward (three transforms per unit).
+    winograd_block_tiles_bwd: int = 112
+    #: The fused lowering (im2col of one image and its GEMM in one parallel region) serves
+    #: convolutions whose one-image column buffer is at most this many bytes.
+    fused_column_bytes: int = 4 * 2**20
+    #: Target size of one chunk's column buffer in the unfused lowering.
+    chunk_bytes: int = 64 * 2**20
+    #: Images with more output positions than this are lowered in slabs of output rows.
+    slab_columns: int = 1 << 16
+    #: The planar depthwise kernels serve planes whose padded polyphase copy takes at most this
+    #: many bytes (their scratch planes then stay in a core's L2).
+    planar_bytes: int = 128 * 1024
+    #: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
+    #: pixels per plane the row kernels serve.
+    flat_pixels: int = 1 << 18
+    #: Bytes of the right-hand operand one unit of the 1x1 kernels reads (a block of pixel
+    #: columns of one image, all its input channels): it stays in the core's L2 cache.
+    pointwise_block_bytes: int = 256 * 2**10
+    #: Check inputs and weights for inf, NaN and values so large that a strategy's transforms
+    #: could overflow where a direct sum does not, and fall back for that call (see
+    #: ``convlayers.functional.plan``). Off only to measure what the check costs.
+    check_values: bool = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _ENGINE_FIELDS:
+            raise AttributeError(f"EngineSettings has no setting {name!r}; the settings are "
+                                 f"{', '.join(sorted(_ENGINE_FIELDS))}")
+        if name == "force":
+            if value is not None:
+                from convlayers.functional.plan import check_strategy_name
+
+                check_strategy_name(value)
+        elif name == "check_values":
+            if not isinstance(value, bool):
+                raise TypeError(f"check_values must be a bool, got {value!r}")
+        elif as_int(value, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+        object.__setattr__(self, name, value)
+        global _engine_version
+        _engine_version += 1
+
+
+_ENGINE_FIELDS = frozenset(f.name for f in fields(EngineSettings))
+_engine_version = 0
+
+#: The engine's settings for this process (see :class:`EngineSettings`).
+engine = EngineSettings()
+
+
+def engine_version() -> int:
+    """A counter that changes whenever an engine setting does (the planner's cache key)."""
+    return _engine_version
+
+
+@contextmanager
+def engine_settings(**changes: Any) -> Iterator[EngineSettings]:
+    """Change fields of :data:`engine` inside a ``with`` block; restored on exit.
+
+    >>> with engine_settings(serial_macs=0) as e:
+    ...     e.serial_macs
+    0
+    """
+    saved = {name: getattr(engine, name) for name in changes if name in _ENGINE_FIELDS}
+    try:
+        for name, value in changes.items():
+            setattr(engine, name, value)
+        yield engine
+    finally:
+        for name, value in saved.items():
+            setattr(engine, name, value)

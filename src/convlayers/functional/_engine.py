@@ -1,64 +1,70 @@
-"""The NumPy engine behind every convolution: one GEMM per kernel offset.
+"""The engine behind every convolution: runs the strategy the planner chooses for each pass.
 
-For each kernel offset the padded input is sliced with the stride (a view), and the weights of
-that offset, a ``(groups, out/groups, in/groups)`` matrix, multiply it through ``np.matmul``.
-Summing over the offsets gives the convolution; no im2col buffer is built, so scratch memory is
-one slice at a time (and batches are processed in chunks under :func:`config.scratch_bytes`).
+:mod:`convlayers.functional.plan` holds the table of strategies and the rules that pick one
+(and ``config.engine`` their thresholds); this module holds what each strategy does. Inputs here
+are already validated; the public functions in ``conv.py`` and ``conv_transpose.py`` do that.
 
-The two backward products use the same loop: the input gradient scatters each offset's
-``W_k^T @ grad`` back onto the slice it came from (this is also the transposed convolution),
-and the weight gradient is ``grad @ slice^T`` per offset. Inputs here are already validated and
-padded; the public functions in ``conv.py`` and ``conv_transpose.py`` do that.
+Four entry points, one per pass:
 
-Fast paths (1-D and 2-D, float32/float64; everything else takes the loop above):
+- :func:`correlate`: the forward, ``(N, C_in, *S)`` cross-correlated with the weights, plus the
+  bias. With ``pairs`` given the input is *unpadded* and every strategy reads the zero borders
+  by bounds (or pads a copy itself);
+- :func:`correlate_backward`: both gradients of a convolution with zero padding, for the
+  unpadded input; a joint strategy (Winograd, depthwise, fused lowering) computes them in one
+  pass, otherwise each gradient takes its own;
+- :func:`correlate_input_grad` and :func:`correlate_weight_grad`: one gradient alone, with
+  respect to an already padded input (``conv_transpose``, padding modes other than zeros).
 
-- 3x3 stride-1 with enough channels per group (:data:`WINOGRAD_MIN_CHANNELS`): Winograd
-  F(2x2,3x3) (:mod:`convlayers.kernels.winograd`) in one numba parallel region (transforms and
-  the 16 products of a block of tile rows per unit, the products by the register-tiled GEMM of
-  :mod:`convlayers.kernels.simd`: no BLAS, no hand-over between thread pools), forward with the
-  bias fused, and
-  both gradients from one input transform and one output-gradient transform per unit
-  (:func:`correlate_backward`; one image per unit, so with fewer images than threads the
-  older per-plane transforms and ``np.matmul`` serve it);
-- depthwise (``C_in/groups == 1``, any channel multiplier): direct numba kernels
-  (:mod:`convlayers.kernels.depthwise`), forward and both gradients (in one pass): stride 1
-  with the width kept (3x3 padding 1, ...) straight over the planes as flat loops
-  (:data:`FLAT_PIXELS`); other small planes (:data:`PLANAR_BYTES`) through a zero-padded
-  polyphase copy, one plane at a time; the rest row by row;
-- 1x1 kernels: the same micro-kernel over blocks of pixel columns
-  (:func:`convlayers.kernels.conv.pointwise`, one parallel region, no BLAS) with the images
-  viewed as ``(N, g, C_in/g, H*W)`` (no copy at stride 1); the input gradient is the same
-  kernel with the weights transposed, the weight gradient per-thread ``grad @ x^T`` sums
-  (:func:`convlayers.kernels.conv.pointwise_weight_grad`);
-- ungrouped convolutions whose one-image column buffer is small (:data:`FUSED_COLUMN_BYTES`),
-  with at least as many images as threads: im2col and the GEMM of one image per unit in one
-  parallel region, by the same micro-kernel; their backward likewise
-  (:func:`convlayers.kernels.conv.lowered_backward`: per image its columns, the weight gradient
-  ``cols @ grad^T`` accumulated per thread, ``W^T @ grad`` and col2im into that image's input
-  gradient);
-- the rest: im2col into a reused column buffer, a chunk of images at a time
-  (:mod:`convlayers.kernels.conv`), then one GEMM per image and group; the input gradient is
-  the transposed GEMM followed by col2im, the weight gradient ``grad @ cols^T``.
+The ``numpy`` strategy, the twin of all the others, is one GEMM (``np.matmul``) per kernel
+offset over the outputs whose tap lies inside the input: for each offset, the input slice with
+the stride (a view) times that offset's ``(groups, C_out/g, C_in/g)`` weights, added into the
+matching box of outputs. The input gradient scatters ``W_k^T @ grad`` back onto the slice, the
+weight gradient sums ``grad @ slice^T``. Nothing is padded, so a tap that lies in the padding is
+never multiplied (as in torch), and batches go in chunks under :func:`config.scratch_bytes`.
 
-With ``pairs`` given, :func:`correlate` and :func:`correlate_backward` take the *unpadded*
-input: the depthwise, Winograd and im2col kernels read the zero borders by bounds.
+The compiled strategies (1-D and 2-D, float32/float64; 1-D runs as 2-D with one row):
 
-Chunks hold whole images while their columns fit :data:`CHUNK_BYTES` and the scratch cap;
-images with more than :data:`SLAB_COLUMNS` output positions are lowered in slabs of output
-rows. The slab size depends on the geometry only, so the forward result is the same bit for bit
-whatever the cap; the scratch is at most one slab (or image) beyond the cap.
+- ``winograd``: F(2x2,3x3) (:mod:`convlayers.kernels.winograd`) in one numba parallel region
+  (transforms and the 16 products of a block of tile rows per unit, the products by the
+  register-tiled GEMM of :mod:`convlayers.kernels.simd`), forward with the bias fused; both
+  gradients from one input transform and one output-gradient transform per unit (one image per
+  unit, so with fewer images than threads the per-plane transforms and ``np.matmul`` serve);
+- ``depthwise-flat``/``-planar``/``-rows``: direct numba kernels
+  (:mod:`convlayers.kernels.depthwise`), forward and both gradients in one pass;
+- ``pointwise``: 1x1 kernels, the register-tiled GEMM over blocks of pixel columns
+  (:func:`convlayers.kernels.conv.pointwise`) with the images viewed as ``(N, g, C_in/g, H*W)``
+  (no copy at stride 1); the input gradient is the same kernel with the weights transposed, the
+  weight gradient per-thread ``grad @ x^T`` sums;
+- ``lowered-fused``: im2col and the GEMM of one image per unit in one parallel region
+  (:func:`convlayers.kernels.conv.lowered_fused`); its backward likewise
+  (:func:`convlayers.kernels.conv.lowered_backward`);
+- ``lowered``: im2col into a reused column buffer, a chunk of images at a time, then one GEMM
+  per image and group; the input gradient is the transposed GEMM followed by col2im, the weight
+  gradient ``grad @ cols^T``. Chunks hold whole images while their columns fit
+  ``config.engine.chunk_bytes`` and the scratch cap; images with more than
+  ``config.engine.slab_columns`` output positions are lowered in slabs of output rows. The slab
+  size depends on the geometry only, so the forward result is the same bit for bit whatever the
+  cap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from convlayers import config
-from convlayers.functional._common import Pairs, offset_slices, pad_pairs, window_offsets
+from convlayers.functional._common import Pairs, pad_pairs, window_offsets
+from convlayers.functional.plan import (
+    JOINT,
+    Geometry,
+    choose,
+    geometry,
+    magnitude,
+    winograd_safe,
+)
 
 
 def _batch_chunks(n: int, bytes_per_item: int) -> Iterator[slice]:
@@ -66,20 +72,6 @@ def _batch_chunks(n: int, bytes_per_item: int) -> Iterator[slice]:
     step = max(1, config.scratch_bytes() // max(bytes_per_item, 1))
     for start in range(0, max(n, 1), step):
         yield slice(start, min(start + step, n))
-
-
-#: Target size of one chunk's column buffer. Each chunk alternates numba threads and BLAS threads,
-#: and every hand-over between the two pools costs (much more on a busy machine), so chunks are
-#: large: measured on 2 cores, 1-image chunks were 10x slower than 8-image ones on 64->64 3x3.
-CHUNK_BYTES = 64 * 2**20
-#: Images with more output positions than this are lowered in slabs of output rows.
-SLAB_COLUMNS = 1 << 16
-
-
-def _fast(*arrays: np.ndarray) -> bool:
-    """Whether the compiled 1-D/2-D paths serve arrays of this rank, dtype and size."""
-    a = arrays[0]
-    return a.ndim in (3, 4) and a.dtype in (np.float32, np.float64) and all(x.size for x in arrays)
 
 
 def _kernels() -> Any:
@@ -97,18 +89,17 @@ def _numba_threads() -> int:
     return int(numba.get_num_threads())
 
 
-#: Convolutions with fewer multiply-adds than this run on one thread: waking the other threads
-#: of the OpenMP pool (asleep under ``OMP_WAIT_POLICY=PASSIVE``) costs ~40 us, more than such a
-#: layer gains from them (measured: a 7x7 depthwise layer of 960 channels, 0.4 M multiply-adds,
-#: 147 us on one thread, 182 us on two).
-SERIAL_MACS = 2_000_000
+def numba_threads() -> int:
+    """The thread count the compiled kernels run with now (loads numba, compiles nothing)."""
+    _kernels()
+    return _numba_threads()
 
 
 @contextmanager
 def _threads_for(macs: int, serial_below: int | None = None) -> Iterator[None]:
     """Run the kernels inside on one thread when the work is small: under ``serial_below``
-    operations (default :data:`SERIAL_MACS`)."""
-    if macs >= (SERIAL_MACS if serial_below is None else serial_below):
+    operations (default ``config.engine.serial_macs``)."""
+    if macs >= (config.engine.serial_macs if serial_below is None else serial_below):
         yield
         return
     import numba
@@ -141,20 +132,9 @@ def _index(*trailing: slice) -> Any:
     return (Ellipsis, *trailing)
 
 
-def _pads(pairs: Pairs) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` zero padding of the 2-D view of a 1-D or 2-D problem."""
-    if len(pairs) == 1:
-        return (0, 0, *pairs[0])
-    return (*pairs[0], *pairs[1])
-
-
 def _as_4d(a: np.ndarray) -> np.ndarray:
     """A 1-D problem ``(N, C, L)`` as 2-D ``(N, C, 1, L)``; contiguous for the kernels."""
     return np.ascontiguousarray(a if a.ndim == 4 else a[:, :, None, :])
-
-
-def _pair(t: tuple[int, ...], one: int) -> tuple[int, int]:
-    return (t[0], t[1]) if len(t) == 2 else (one, t[0])
 
 
 def _grouped_taps(weight: np.ndarray, groups: int) -> np.ndarray:
@@ -162,6 +142,66 @@ def _grouped_taps(weight: np.ndarray, groups: int) -> np.ndarray:
     c_out, c_in_g = weight.shape[:2]
     return weight.reshape(groups, c_out // groups, c_in_g, -1)
 
+
+# ----------------------------------------------------------------------------- planning
+
+_PLANS: dict[tuple, tuple[Geometry, tuple[str, str], int]] = {}
+
+
+def _planned(pass_: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+             stride: tuple[int, ...], dilation: tuple[int, ...], groups: int,
+             pairs: Pairs | None, out_shape: tuple[int, ...], dtype: Any,
+             ) -> tuple[Geometry, tuple[str, str], int]:
+    """``(geometry, strategies, threads)`` of a call, remembered per shapes and settings (a
+    model's layers ask the same questions call after call)."""
+    threads = config.threads()
+    key = (pass_, x_shape, w_shape, stride, dilation, groups, pairs, out_shape, dtype, threads,
+           config.engine_version())
+    hit = _PLANS.get(key)
+    if hit is not None:
+        return hit
+    g = geometry(x_shape, w_shape, stride, dilation, groups, pairs, out_shape, dtype)
+    t = numba_threads() if g.compiled else 1
+    hit = (g, choose(g, pass_, t), t)
+    if len(_PLANS) >= 4096:
+        _PLANS.clear()
+    _PLANS[key] = hit
+    return hit
+
+
+#: Strategies that multiply the zero padding by the weights in the forward pass.
+_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "lowered", "lowered-fused", "pointwise",
+                                    "depthwise-planar"))
+
+
+def _checked_forward(s: str, g: Geometry, threads: int, x: np.ndarray, w: np.ndarray) -> str:
+    """The forward's strategy after the value checks (see :mod:`convlayers.functional.plan`)."""
+    if s == "numpy" or not config.engine.check_values:
+        return s
+    mw = None
+    if s == "winograd":
+        mx, mw = magnitude(x), magnitude(w)
+        if not winograd_safe(x.dtype, (mx, mw, 9 * g.c_in_g)):
+            s = choose(g, "forward", threads, winograd=False)[0]
+    if g.padded and s in _PADDING_TIMES_WEIGHTS:
+        mw = magnitude(w) if mw is None else mw
+        if not np.isfinite(mw):
+            return "depthwise-rows" if g.c_in_g == 1 else "numpy"
+    return s
+
+
+def _checked_backward(ss: tuple[str, str], g: Geometry, threads: int, x: np.ndarray,
+                      gy: np.ndarray, w: np.ndarray) -> tuple[str, str]:
+    if ss[0] != "winograd" or not config.engine.check_values:
+        return ss
+    mx, mw, mg = magnitude(x), magnitude(w), magnitude(gy)
+    n_out = g.n * g.ho * g.wo
+    if winograd_safe(x.dtype, (mw, mg, 9 * g.c_out_g), (mx, mg, n_out)):
+        return ss
+    return choose(g, "backward", threads, winograd=False)
+
+
+# ----------------------------------------------------------------------------- entry points
 
 def correlate(
     x: np.ndarray,
@@ -176,51 +216,66 @@ def correlate(
     """Cross-correlate a batch ``(N, C_in, *S)`` with ``weight``, plus ``bias`` when given.
 
     ``pairs`` is the implicit zero padding ``(before, after)`` per spatial axis (``None``: the
-    input is already padded). The 2-D fast paths read the borders by bounds and add the bias
-    in their epilogue; the NumPy loop pads (a copy) and adds the bias afterwards.
+    input is already padded). The strategy comes from :func:`convlayers.functional.plan.choose`.
     """
     pairs = pairs if pairs is not None else ((0, 0),) * (x.ndim - 2)
-    if _fast(x, weight):
-        macs = x.shape[0] * weight.size * int(np.prod(out_shape))
-        with _threads_for(macs):
-            out4 = _correlate_fast(_as_4d(x), _as_4d(weight), _pair(stride, 1),
-                                   _pair(dilation, 1), groups, _pair(out_shape, 1), _pads(pairs),
-                                   bias)
-        return out4.reshape(x.shape[0], weight.shape[0], *out_shape)
-    out = _correlate_numpy(pad_pairs(x, pairs), weight, stride, dilation, groups, out_shape)
-    if bias is not None:
-        out += bias.reshape((1, -1) + (1,) * len(out_shape))
-    return out
+    if x.shape[0] == 0:
+        out = np.zeros((0, weight.shape[0], *out_shape), dtype=x.dtype)
+        return out
+    g, (s, _), threads = _planned("forward", x.shape, weight.shape, stride, dilation, groups,
+                                  pairs, out_shape, x.dtype)
+    s = _checked_forward(s, g, threads, x, weight)
+    if s == "numpy":
+        out = _numpy_forward(x, weight, stride, dilation, groups, out_shape, pairs)
+        if bias is not None:
+            out += bias.reshape((1, -1) + (1,) * len(out_shape))
+        return out
+    with _threads_for(g.macs):
+        out4 = _FORWARD[s](_as_4d(x), _as_4d(weight), bias, g)
+    return out4.reshape(x.shape[0], weight.shape[0], *out_shape)
 
 
-def _correlate_numpy(
-    xp: np.ndarray,
+def correlate_backward(
+    x: np.ndarray,
+    grad: np.ndarray,
     weight: np.ndarray,
+    pairs: Pairs,
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
     groups: int,
-    out_shape: tuple[int, ...],
-) -> np.ndarray:
-    """The general loop: one GEMM per kernel offset over the padded input, no bias."""
-    n, c_in = xp.shape[:2]
-    c_out, c_in_g = weight.shape[:2]
-    kernel = weight.shape[2:]
-    length = int(np.prod(out_shape))
-    taps = _grouped_taps(weight, groups)
-    out = np.zeros((n, groups, c_out // groups, length), dtype=xp.dtype)
-    xg = xp.reshape(n, groups, c_in_g, *xp.shape[2:])
-    item = xp.itemsize * c_in * length
-    for chunk in _batch_chunks(n, item):
-        xc, oc = xg[chunk], out[chunk]
-        rows = oc.shape[0]
-        for t, offset in enumerate(window_offsets(kernel)):
-            window = xc[_index(*offset_slices(offset, out_shape, stride, dilation))]
-            window = window.reshape(rows, groups, c_in_g, length)
-            if c_in_g == 1:  # depthwise: an outer product, cheaper as a broadcast multiply
-                oc += taps[None, :, :, 0, t, None] * window
-            else:
-                oc += np.matmul(taps[:, :, :, t], window)
-    return out.reshape(n, c_out, *out_shape)
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(grad_input, grad_weight)`` of :func:`correlate` with zero padding ``pairs``, for the
+    unpadded input ``x``. Joint strategies read the borders by bounds; the others pad, lower,
+    and crop."""
+    if x.shape[0] == 0:
+        return np.zeros_like(x), np.zeros_like(weight)
+    g, ss, threads = _planned("backward", x.shape, weight.shape, stride, dilation, groups, pairs,
+                              grad.shape[2:], x.dtype)
+    sx, sw = _checked_backward(ss, g, threads, x, grad, weight)
+    if sx == sw and sx in JOINT:
+        gx4, gw4 = _BACKWARD[sx](_as_4d(x), _as_4d(grad), _as_4d(weight), g)
+        return gx4.reshape(x.shape), gw4.reshape(weight.shape)
+    if sx == "numpy":
+        gx = _numpy_input_grad(grad, weight, x.shape[2:], stride, dilation, groups, pairs)
+    else:
+        padded = tuple(s + a + b for s, (a, b) in zip(x.shape[2:], pairs, strict=True))
+        gxp = _INPUT_GRAD[sx](_as_4d(grad), _as_4d(weight), _pad_geometry(g))
+        inner = tuple(slice(lo, lo + size)
+                      for (lo, _), size in zip(pairs, x.shape[2:], strict=True))
+        gx = np.ascontiguousarray(gxp.reshape(x.shape[0], -1, *padded)[_index(*inner)])
+    if sw == "numpy":
+        gw = _numpy_weight_grad(x, grad, tuple(weight.shape[2:]), stride, dilation, groups, pairs)
+    else:
+        xp = _as_4d(pad_pairs(x, pairs))
+        gw = _WEIGHT_GRAD[sw](xp, _as_4d(grad), _pad_geometry(g)).reshape(weight.shape)
+    return gx, gw
+
+
+def _pad_geometry(g: Geometry) -> Geometry:
+    """``g`` with its padding made part of the input (the padded problem)."""
+    from dataclasses import replace
+
+    return replace(g, h=g.h + g.pt + g.pb, w=g.w + g.pl + g.pr, pt=0, pb=0, pl=0, pr=0)
 
 
 def correlate_input_grad(
@@ -232,30 +287,16 @@ def correlate_input_grad(
     groups: int,
 ) -> np.ndarray:
     """Gradient of :func:`correlate` with respect to its padded input ``(N, C_in, *padded)``."""
-    if _fast(grad, weight):
-        gx4 = _input_grad_fast(_as_4d(grad), _as_4d(weight), _pair(padded_shape, 1),
-                               _pair(stride, 1), _pair(dilation, 1), groups)
-        return gx4.reshape(grad.shape[0], -1, *padded_shape)
     n = grad.shape[0]
-    c_out, c_in_g = weight.shape[:2]
-    kernel = weight.shape[2:]
-    out_shape = grad.shape[2:]
-    length = int(np.prod(out_shape))
-    taps_t = _grouped_taps(weight, groups).swapaxes(1, 2)  # (g, C_in/g, C_out/g, K)
-    gy = grad.reshape(n, groups, c_out // groups, length)
-    gx = np.zeros((n, groups, c_in_g, *padded_shape), dtype=grad.dtype)
-    item = grad.itemsize * groups * c_in_g * length
-    for chunk in _batch_chunks(n, item):
-        gyc, gxc = gy[chunk], gx[chunk]
-        rows = gyc.shape[0]
-        for t, offset in enumerate(window_offsets(kernel)):
-            if c_in_g == 1 and taps_t.shape[2] == 1:
-                part = taps_t[None, :, :, 0, t, None] * gyc
-            else:
-                part = np.matmul(taps_t[:, :, :, t], gyc)
-            target = _index(*offset_slices(offset, out_shape, stride, dilation))
-            gxc[target] += part.reshape(rows, groups, c_in_g, *out_shape)
-    return gx.reshape(n, groups * c_in_g, *padded_shape)
+    c_in = weight.shape[1] * groups
+    if n == 0:
+        return np.zeros((0, c_in, *padded_shape), dtype=grad.dtype)
+    g, (s, _), _ = _planned("input_grad", (n, c_in, *padded_shape), weight.shape, stride,
+                            dilation, groups, None, grad.shape[2:], grad.dtype)
+    if s == "numpy":
+        return _numpy_input_grad(grad, weight, padded_shape, stride, dilation, groups, None)
+    gx4 = _INPUT_GRAD[s](_as_4d(grad), _as_4d(weight), g)
+    return gx4.reshape(n, c_in, *padded_shape)
 
 
 def correlate_weight_grad(
@@ -267,49 +308,137 @@ def correlate_weight_grad(
     groups: int,
 ) -> np.ndarray:
     """Gradient of :func:`correlate` with respect to ``weight`` ``(C_out, C_in/g, *K)``."""
-    if _fast(xp, grad):
-        gw4 = _weight_grad_fast(_as_4d(xp), _as_4d(grad), _pair(kernel, 1), _pair(stride, 1),
-                                _pair(dilation, 1), groups)
-        return gw4.reshape(grad.shape[1], xp.shape[1] // groups, *kernel)
-    n, c_in = xp.shape[:2]
+    w_shape = (grad.shape[1], xp.shape[1] // groups, *kernel)
+    if xp.shape[0] == 0:
+        return np.zeros(w_shape, dtype=xp.dtype)
+    g, (s, _), _ = _planned("weight_grad", xp.shape, w_shape, stride, dilation, groups, None,
+                            grad.shape[2:], xp.dtype)
+    if s == "numpy":
+        return _numpy_weight_grad(xp, grad, kernel, stride, dilation, groups, None)
+    return _WEIGHT_GRAD[s](_as_4d(xp), _as_4d(grad), g).reshape(w_shape)
+
+
+# ----------------------------------------------------------------------------- numpy strategy
+
+def _boxes(kernel: tuple[int, ...], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+           stride: tuple[int, ...], dilation: tuple[int, ...], pairs: Pairs | None,
+           ) -> Iterator[tuple[int, tuple[slice, ...], tuple[slice, ...], tuple[int, ...]]]:
+    """For each kernel offset whose tap lies inside the input for some output: ``(tap index,
+    output box, input slices, box shape)``; outputs whose tap lies in the padding are left out."""
+    pads = [p[0] for p in pairs] if pairs is not None else [0] * len(kernel)
+    for t, offset in enumerate(window_offsets(kernel)):
+        outs, ins, shape = [], [], []
+        for j, size, o_n, s, d, p in zip(offset, in_shape, out_shape, stride, dilation, pads,
+                                         strict=True):
+            off = j * d - p  # input index of output o: o*s + off
+            lo = 0 if off >= 0 else -(off // s)  # ceil(-off / s)
+            hi = min(o_n, (size - 1 - off) // s + 1) if size - 1 - off >= 0 else 0
+            if hi <= lo:
+                break
+            outs.append(slice(lo, hi))
+            ins.append(slice(lo * s + off, (hi - 1) * s + off + 1, s))
+            shape.append(hi - lo)
+        else:
+            yield t, tuple(outs), tuple(ins), tuple(shape)
+
+
+def _numpy_forward(x: np.ndarray, weight: np.ndarray, stride: tuple[int, ...],
+                   dilation: tuple[int, ...], groups: int, out_shape: tuple[int, ...],
+                   pairs: Pairs | None) -> np.ndarray:
+    """The ``numpy`` strategy's forward, no bias."""
+    n, c_in = x.shape[:2]
+    c_out, c_in_g = weight.shape[:2]
+    taps = _grouped_taps(weight, groups)
+    out = np.zeros((n, groups, c_out // groups, *out_shape), dtype=x.dtype)
+    xg = x.reshape(n, groups, c_in_g, *x.shape[2:])
+    item = x.itemsize * c_in * int(np.prod(out_shape))
+    for chunk in _batch_chunks(n, item):
+        xc, oc = xg[chunk], out[chunk]
+        rows = oc.shape[0]
+        for t, o_box, i_box, shape in _boxes(tuple(weight.shape[2:]), x.shape[2:], out_shape,
+                                             stride, dilation, pairs):
+            length = int(np.prod(shape))
+            window = xc[_index(*i_box)].reshape(rows, groups, c_in_g, length)
+            if c_in_g == 1:  # depthwise: an outer product, cheaper as a broadcast multiply
+                part = taps[None, :, :, 0, t, None] * window
+            else:
+                part = np.matmul(taps[:, :, :, t], window)
+            oc[_index(*o_box)] += part.reshape(rows, groups, c_out // groups, *shape)
+    return out.reshape(n, c_out, *out_shape)
+
+
+def _numpy_input_grad(grad: np.ndarray, weight: np.ndarray, in_shape: tuple[int, ...],
+                      stride: tuple[int, ...], dilation: tuple[int, ...], groups: int,
+                      pairs: Pairs | None) -> np.ndarray:
+    """The ``numpy`` strategy's input gradient, for an input of ``in_shape`` with ``pairs``."""
+    n = grad.shape[0]
+    c_out, c_in_g = weight.shape[:2]
+    out_shape = grad.shape[2:]
+    taps_t = _grouped_taps(weight, groups).swapaxes(1, 2)  # (g, C_in/g, C_out/g, K)
+    gy = grad.reshape(n, groups, c_out // groups, *out_shape)
+    gx = np.zeros((n, groups, c_in_g, *in_shape), dtype=grad.dtype)
+    item = grad.itemsize * groups * c_in_g * int(np.prod(out_shape))
+    for chunk in _batch_chunks(n, item):
+        gyc, gxc = gy[chunk], gx[chunk]
+        rows = gyc.shape[0]
+        for t, o_box, i_box, shape in _boxes(tuple(weight.shape[2:]), in_shape, out_shape,
+                                             stride, dilation, pairs):
+            length = int(np.prod(shape))
+            g_box = gyc[_index(*o_box)].reshape(rows, groups, c_out // groups, length)
+            if c_in_g == 1 and taps_t.shape[2] == 1:
+                part = taps_t[None, :, :, 0, t, None] * g_box
+            else:
+                part = np.matmul(taps_t[:, :, :, t], g_box)
+            gxc[_index(*i_box)] += part.reshape(rows, groups, c_in_g, *shape)
+    return gx.reshape(n, groups * c_in_g, *in_shape)
+
+
+def _numpy_weight_grad(x: np.ndarray, grad: np.ndarray, kernel: tuple[int, ...],
+                       stride: tuple[int, ...], dilation: tuple[int, ...], groups: int,
+                       pairs: Pairs | None) -> np.ndarray:
+    """The ``numpy`` strategy's weight gradient ``(C_out, C_in/g, *K)``."""
+    n, c_in = x.shape[:2]
     c_out = grad.shape[1]
     c_in_g, c_out_g = c_in // groups, c_out // groups
     out_shape = grad.shape[2:]
-    length = int(np.prod(out_shape))
-    gy = grad.reshape(n, groups, c_out_g, length)
-    xg = xp.reshape(n, groups, c_in_g, *xp.shape[2:])
-    acc_dtype = np.float64 if xp.dtype == np.float64 else np.float32
+    gy = grad.reshape(n, groups, c_out_g, *out_shape)
+    xg = x.reshape(n, groups, c_in_g, *x.shape[2:])
+    acc_dtype = np.float64 if x.dtype == np.float64 else np.float32
     gw = np.zeros((groups, c_out_g, c_in_g, int(np.prod(kernel))), dtype=acc_dtype)
-    item = xp.itemsize * c_in * length
+    item = x.itemsize * c_in * int(np.prod(out_shape))
     for chunk in _batch_chunks(n, item):
         xc, gyc = xg[chunk], gy[chunk]
         rows = xc.shape[0]
-        for t, offset in enumerate(window_offsets(kernel)):
-            window = xc[_index(*offset_slices(offset, out_shape, stride, dilation))]
-            window = window.reshape(rows, groups, c_in_g, length)
+        for t, o_box, i_box, shape in _boxes(kernel, x.shape[2:], out_shape, stride, dilation,
+                                             pairs):
+            length = int(np.prod(shape))
+            window = xc[_index(*i_box)].reshape(rows, groups, c_in_g, length)
+            g_box = gyc[_index(*o_box)].reshape(rows, groups, c_out_g, length)
             if c_in_g == 1 and c_out_g == 1:
-                gw[:, 0, 0, t] += np.einsum("ngl,ngl->g", gyc[:, :, 0], window[:, :, 0])
+                gw[:, 0, 0, t] += np.einsum("ngl,ngl->g", g_box[:, :, 0], window[:, :, 0])
             else:
-                gw[:, :, :, t] += np.matmul(gyc, window.swapaxes(-1, -2)).sum(axis=0)
-    return gw.reshape(c_out, c_in_g, *kernel).astype(xp.dtype, copy=False)
+                gw[:, :, :, t] += np.matmul(g_box, window.swapaxes(-1, -2)).sum(axis=0)
+    return gw.reshape(c_out, c_in_g, *kernel).astype(x.dtype, copy=False)
 
 
-# ----------------------------------------------------------------------------- 2-D fast paths
+# ----------------------------------------------------------------------------- shared helpers
 
 def _slabs(n: int, c: int, taps: int, ho: int, wo: int, itemsize: int) -> Iterator[tuple[slice, int, int]]:
     """``(images, first output row, rows)`` of each chunk of the lowering.
 
     The unit is a slab of output rows whose size depends on the geometry only (a whole image
-    up to :data:`SLAB_COLUMNS` output positions), so every GEMM has the same operands whatever
-    the cap: the cap decides only how many whole-image units go into one chunk.
+    up to ``config.engine.slab_columns`` output positions), so every GEMM has the same operands
+    whatever the cap: the cap decides only how many whole-image units go into one chunk.
     """
-    rows = ho if ho * wo <= SLAB_COLUMNS else max(1, -(-SLAB_COLUMNS // wo))
+    slab = max(1, config.engine.slab_columns)
+    rows = ho if ho * wo <= slab else max(1, -(-slab // wo))
     if rows < ho:
         for i in range(n):
             for r in range(0, ho, rows):
                 yield slice(i, i + 1), r, min(rows, ho - r)
         return
-    step = max(1, min(config.scratch_bytes(), CHUNK_BYTES) // (c * taps * ho * wo * itemsize))
+    cap = min(config.scratch_bytes(), config.engine.chunk_bytes)
+    step = max(1, cap // max(1, c * taps * ho * wo * itemsize))
     for start in range(0, n, step):
         yield slice(start, min(start + step, n)), 0, ho
 
@@ -322,32 +451,11 @@ def _subsampled(xp: np.ndarray, stride: tuple[int, int], out_shape: tuple[int, i
                                    : stride[1] * out_shape[1] : stride[1]])
 
 
-#: The planar depthwise kernels serve planes whose padded copy takes at most this many bytes
-#: (their four scratch planes then stay in a core's L2); larger planes have rows long enough
-#: for the row kernels to vectorise.
-PLANAR_BYTES = 128 * 1024
-
-
-def _planar(out_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
-            dilation: tuple[int, int], itemsize: int) -> tuple[int, int, int, int] | None:
-    """The planar kernels' geometry ``(rows, S, length, block)``, or None where the row kernels
-    serve."""
+def _planar(g: Geometry) -> tuple[int, int, int, int]:
+    """The planar depthwise kernels' geometry ``(rows, S, length, block)``."""
     from convlayers.kernels.depthwise import planar_geometry
 
-    ho, wo = out_shape
-    geometry = planar_geometry((ho, wo), kernel, stride, dilation)
-    return geometry if stride[0] * stride[1] * geometry[3] * itemsize <= PLANAR_BYTES else None
-
-
-#: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
-#: pixels per plane the row kernels serve (their rows are long enough by then).
-FLAT_PIXELS = 1 << 18
-
-
-def _flat_ok(x_shape: tuple[int, ...], out_shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    """Whether the flat depthwise kernels serve: stride 1, the width kept, planes not huge."""
-    return (tuple(stride) == (1, 1) and out_shape[1] == x_shape[3]
-            and out_shape[0] * out_shape[1] <= FLAT_PIXELS)
+    return planar_geometry((g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
 
 
 def _planar_parts(planes: int) -> int:
@@ -360,77 +468,234 @@ def _bias_arg(bias: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
     return np.empty(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
 
 
-def _correlate_fast(x: np.ndarray, w: np.ndarray, stride: tuple[int, int],
-                    dilation: tuple[int, int], groups: int, out_shape: tuple[int, int],
-                    pads: tuple[int, int, int, int], bias: np.ndarray | None) -> np.ndarray:
+def _depthwise_taps(w: np.ndarray) -> np.ndarray:
+    c_out, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(c_out, kh, kw))
+
+
+# ----------------------------------------------------------------------------- forward strategies
+#
+# Each takes the 4-D input (unpadded, the padding in ``g``), weights, bias (or None) and the
+# geometry, and returns the output ``(N, C_out, Ho, Wo)`` with the bias added.
+
+def _fwd_depthwise_flat(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                        g: Geometry) -> np.ndarray:
     k = _kernels()
-    n, c_in = x.shape[:2]
-    c_out, c_in_g, kh, kw = w.shape
-    ho, wo = out_shape
-    pt, _, pl, _ = pads
-    if c_in_g == 1:
-        out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
-        wd = np.ascontiguousarray(w.reshape(c_out, kh, kw))
-        if _flat_ok(x.shape, out_shape, stride):
-            h, width = x.shape[2:]
-            masks = k.depthwise.flat_masks(out_shape, width, kw, dilation[1], pl)
-            k.depthwise.flat_forward(np.ascontiguousarray(x).reshape(n, c_in, h * width), wd,
-                                     _bias_arg(bias, x.dtype), width, *dilation, pt, pl, masks,
-                                     _planar_parts(n * c_out), out.reshape(n, c_out, ho * wo))
-        elif (planar := _planar(out_shape, (kh, kw), stride, dilation, x.itemsize)) is not None:
-            k.depthwise.planar_forward(x, wd, _bias_arg(bias, x.dtype), *stride, *dilation, pt, pl,
-                                       *planar, _planar_parts(n * c_in), out)
-        else:
-            k.depthwise.depthwise_forward(x, wd, _bias_arg(bias, x.dtype), *stride, *dilation,
-                                          pt, pl, out)
-        return out
-    if _winograd_ok(w.shape, stride, dilation):
-        return _winograd_forward(x, w, bias, pt, pl, groups, out_shape)
-    taps = w.reshape(groups, c_out // groups, c_in_g * kh * kw)
-    out = np.empty((n, groups, c_out // groups, ho * wo), dtype=x.dtype)
-    if kh == kw == 1:
-        xp = pad_pairs(x, ((pads[0], pads[1]), (pads[2], pads[3])))
-        xs = _subsampled(xp, stride, out_shape).reshape(n, groups, c_in_g, ho * wo)
-        _pointwise(xs, np.ascontiguousarray(taps), _bias_arg(bias, x.dtype), out)
-        return out.reshape(n, c_out, ho, wo)
-    if _lowered_fused_ok(n, c_in * kh * kw, ho * wo, groups, x.itemsize):
-        k.conv.lowered_fused(x, np.ascontiguousarray(taps[0]), _bias_arg(bias, x.dtype), kh, kw,
-                             *stride, *dilation, pt, pl, wo, _numba_threads(),
-                             out.reshape(n, c_out, ho * wo))
-        return out.reshape(n, c_out, ho, wo)
+    out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
+    masks = k.depthwise.flat_masks((g.ho, g.wo), g.w, g.kw, g.dw, g.pl)
+    k.depthwise.flat_forward(x.reshape(g.n, g.c_in, g.h * g.w), _depthwise_taps(w),
+                             _bias_arg(bias, x.dtype), g.w, g.dh, g.dw, g.pt, g.pl, masks,
+                             _planar_parts(g.n * g.c_out), out.reshape(g.n, g.c_out, -1))
+    return out
+
+
+def _fwd_depthwise_planar(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                          g: Geometry) -> np.ndarray:
+    k = _kernels()
+    out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
+    k.depthwise.planar_forward(x, _depthwise_taps(w), _bias_arg(bias, x.dtype), g.sh, g.sw,
+                               g.dh, g.dw, g.pt, g.pl, *_planar(g), _planar_parts(g.n * g.c_in),
+                               out)
+    return out
+
+
+def _fwd_depthwise_rows(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                        g: Geometry) -> np.ndarray:
+    k = _kernels()
+    out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
+    k.depthwise.depthwise_forward(x, _depthwise_taps(w), _bias_arg(bias, x.dtype), g.sh, g.sw,
+                                  g.dh, g.dw, g.pt, g.pl, out)
+    return out
+
+
+def _fwd_winograd(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                  g: Geometry) -> np.ndarray:
+    return _winograd_forward(x, w, bias, g.pt, g.pl, g.groups, (g.ho, g.wo))
+
+
+def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                   g: Geometry) -> np.ndarray:
+    taps = w.reshape(g.groups, g.c_out_g, g.c_in_g)
+    out = np.empty((g.n, g.groups, g.c_out_g, g.ho * g.wo), dtype=x.dtype)
+    xp = pad_pairs(x, ((g.pt, g.pb), (g.pl, g.pr)))
+    xs = _subsampled(xp, (g.sh, g.sw), (g.ho, g.wo)).reshape(g.n, g.groups, g.c_in_g, -1)
+    _pointwise(xs, np.ascontiguousarray(taps), _bias_arg(bias, x.dtype), out)
+    return out.reshape(g.n, g.c_out, g.ho, g.wo)
+
+
+def _fwd_lowered_fused(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                       g: Geometry) -> np.ndarray:
+    k = _kernels()
+    out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
+    taps = np.ascontiguousarray(w.reshape(g.c_out, g.c_in * g.kh * g.kw))
+    k.conv.lowered_fused(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
+                         g.pt, g.pl, g.wo, _numba_threads(), out)
+    return out.reshape(g.n, g.c_out, g.ho, g.wo)
+
+
+def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                 g: Geometry) -> np.ndarray:
+    k = _kernels()
+    n, c_in, kh, kw, ho, wo, groups = g.n, g.c_in, g.kh, g.kw, g.ho, g.wo, g.groups
+    taps = w.reshape(groups, g.c_out_g, g.c_in_g * kh * kw)
+    out = np.empty((n, groups, g.c_out_g, ho * wo), dtype=x.dtype)
     buf = None
     for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, x.itemsize):
         nb, length = images.stop - images.start, rows * wo
         if buf is None or buf.size < nb * c_in * kh * kw * length:
             buf = np.empty(nb * c_in * kh * kw * length, dtype=x.dtype)
         cols = buf[: nb * c_in * kh * kw * length].reshape(nb, c_in * kh * kw, length)
-        k.conv.im2col_pad(x[images], kh, kw, *stride, *dilation, pt, pl, r0, wo, cols)
-        cols4 = cols.reshape(nb, groups, c_in_g * kh * kw, length)
+        k.conv.im2col_pad(x[images], kh, kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, r0, wo, cols)
+        cols4 = cols.reshape(nb, groups, g.c_in_g * kh * kw, length)
         if rows == ho:
             np.matmul(taps, cols4, out=out[images])
         else:
             out[images, :, :, r0 * wo : r0 * wo + length] = np.matmul(taps, cols4)
     if bias is not None:
-        out += bias.reshape(1, groups, c_out // groups, 1)
-    return out
+        out += bias.reshape(1, groups, g.c_out_g, 1)
+    return out.reshape(n, g.c_out, ho, wo)
 
 
-#: The fused lowering (:func:`convlayers.kernels.conv.lowered_fused`: im2col of one image and its
-#: GEMM by the numba micro-kernel in one parallel region, no BLAS) serves ungrouped convolutions
-#: whose one-image column buffer is at most this many bytes, with at least as many images as
-#: threads.
-FUSED_COLUMN_BYTES = 4 * 2**20
+# ----------------------------------------------------------------------------- joint backward
+#
+# Each takes the unpadded input, the output gradient, the weights and the geometry, and returns
+# ``(grad_input, grad_weight)``.
+
+def _bwd_winograd(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
+                  g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    return _winograd_backward(x, gy, w, g.pt, g.pl, g.groups)
 
 
-#: Bytes of the right-hand operand one unit of the 1x1 kernels reads (a block of pixel columns of
-#: one image, all its input channels; with the output gradient too for the weight gradient): it
-#: stays in the core's L2 cache while every output row block streams through it.
-POINTWISE_BLOCK_BYTES = 256 * 2**10
+def _bwd_depthwise(kind: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    def backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
+                 g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+        """Both gradients of a depthwise convolution of the unpadded ``x`` by the ``kind``
+        kernels in one pass."""
+        k = _kernels()
+        wd = _depthwise_taps(w)
+        gx = np.empty(x.shape, dtype=x.dtype)
+        if kind == "flat":
+            part = k.depthwise.flat_backward(
+                x.reshape(g.n, g.c_in, g.h * g.w), gy.reshape(g.n, g.c_out, g.ho * g.wo), wd,
+                g.w, g.dh, g.dw, g.pt, g.pl, k.depthwise.flat_masks((g.ho, g.wo), g.w, g.kw,
+                                                                    g.dw, g.pl),
+                _planar_parts(g.n * g.c_in), True, True, gx.reshape(g.n, g.c_in, g.h * g.w))
+        elif kind == "planar":
+            part = k.depthwise.planar_backward(x, gy, wd, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+                                               *_planar(g), _planar_parts(g.n * g.c_in), True,
+                                               True, gx)
+        else:
+            k.depthwise.depthwise_input_grad(gy, wd, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, gx)
+            part = k.depthwise.depthwise_weight_grad(x, gy, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
+                                                     g.pt, g.pl)
+        return gx, part.sum(axis=0).astype(x.dtype).reshape(g.c_out, 1, g.kh, g.kw)
+    return backward
 
+
+def _bwd_lowered_fused(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
+                       g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    return _lowered_backward(x, gy, w, (g.sh, g.sw), (g.dh, g.dw), g.pt, g.pl)
+
+
+# ----------------------------------------------------------------------------- one gradient alone
+#
+# On the padded problem (``g`` with zero pads, ``g.h, g.w`` the padded size): the input
+# gradient ``(N, C_in, Hp, Wp)`` from the output gradient and weights, the weight gradient
+# ``(C_out, C_in/g, kh, kw)`` from the padded input and the output gradient.
+
+def _gx_depthwise_planar(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
+    k = _kernels()
+    gxp = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    k.depthwise.planar_backward(gxp, gy, _depthwise_taps(w), g.sh, g.sw, g.dh, g.dw, 0, 0,
+                                *_planar(g), _planar_parts(g.n * g.c_in), True, False, gxp)
+    return gxp
+
+
+def _gx_depthwise_rows(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
+    k = _kernels()
+    gxp = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    k.depthwise.depthwise_input_grad(gy, _depthwise_taps(w), g.sh, g.sw, g.dh, g.dw, 0, 0, gxp)
+    return gxp
+
+
+def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
+    taps_t = w.reshape(g.groups, g.c_out_g, g.c_in_g).swapaxes(1, 2)
+    gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
+    part = np.empty((g.n, g.groups, g.c_in_g, g.ho * g.wo), dtype=gy.dtype)
+    _pointwise(gyg, np.ascontiguousarray(taps_t), np.empty(0, dtype=gy.dtype), part)
+    part = part.reshape(g.n, g.c_in, g.ho, g.wo)
+    if (g.sh, g.sw) == (1, 1) and (g.h, g.w) == (g.ho, g.wo):
+        return part
+    gxp = np.zeros((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    gxp[:, :, : g.sh * g.ho : g.sh, : g.sw * g.wo : g.sw] = part
+    return gxp
+
+
+def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
+    k = _kernels()
+    kh, kw, ho, wo = g.kh, g.kw, g.ho, g.wo
+    taps_t = w.reshape(g.groups, g.c_out_g, g.c_in_g * kh * kw).swapaxes(1, 2)
+    gyg = gy.reshape(g.n, g.groups, g.c_out_g, ho * wo)
+    gxp = np.zeros((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    for images, r0, rows in _slabs(g.n, g.c_in, kh * kw, ho, wo, gy.itemsize):
+        length = rows * wo
+        cols = np.matmul(taps_t, gyg[images, :, :, r0 * wo : r0 * wo + length])
+        cols = np.ascontiguousarray(cols).reshape(-1, g.c_in * kh * kw, length)
+        k.conv.col2im(cols, kh, kw, g.sh, g.sw, g.dh, g.dw, r0, wo, gxp[images])
+    return gxp
+
+
+def _gw_depthwise_planar(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+    k = _kernels()
+    part = k.depthwise.planar_backward(xp, gy, np.zeros((g.c_out, g.kh, g.kw), dtype=xp.dtype),
+                                       g.sh, g.sw, g.dh, g.dw, 0, 0, *_planar(g),
+                                       _planar_parts(g.n * g.c_in), False, True,
+                                       np.empty((0, 0, 0, 0), dtype=xp.dtype))
+    return part.sum(axis=0).astype(xp.dtype).reshape(g.c_out, 1, g.kh, g.kw)
+
+
+def _gw_depthwise_rows(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+    k = _kernels()
+    part = k.depthwise.depthwise_weight_grad(xp, gy, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, 0, 0)
+    return part.sum(axis=0).astype(xp.dtype).reshape(g.c_out, 1, g.kh, g.kw)
+
+
+def _gw_pointwise(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+    k = _kernels()
+    gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
+    xs = _subsampled(xp, (g.sh, g.sw), (g.ho, g.wo)).reshape(g.n, g.groups, g.c_in_g, -1)
+    acc = np.empty((_numba_threads(), g.groups, g.c_out_g, g.c_in_g), dtype=xp.dtype)
+    block = _pointwise_block(g.c_in_g + g.c_out_g, g.ho * g.wo, xp.itemsize)
+    with _dynamic_units():
+        k.conv.pointwise_weight_grad(np.ascontiguousarray(xs), np.ascontiguousarray(gyg),
+                                     block, acc)
+    return acc.sum(axis=0).reshape(g.c_out, g.c_in_g, 1, 1)
+
+
+def _gw_lowered(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+    k = _kernels()
+    n, c_in, kh, kw, ho, wo, groups = g.n, g.c_in, g.kh, g.kw, g.ho, g.wo, g.groups
+    gyg = gy.reshape(n, groups, g.c_out_g, ho * wo)
+    gw = np.zeros((groups, g.c_out_g, g.c_in_g * kh * kw), dtype=xp.dtype)
+    buf = None
+    for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, xp.itemsize):
+        nb, length = images.stop - images.start, rows * wo
+        if buf is None or buf.size < nb * c_in * kh * kw * length:
+            buf = np.empty(nb * c_in * kh * kw * length, dtype=xp.dtype)
+        cols = buf[: nb * c_in * kh * kw * length].reshape(nb, c_in * kh * kw, length)
+        k.conv.im2col(xp[images], kh, kw, g.sh, g.sw, g.dh, g.dw, r0, wo, cols)
+        cols4 = cols.reshape(nb, groups, g.c_in_g * kh * kw, length)
+        part = gyg[images, :, :, r0 * wo : r0 * wo + length]
+        gw += np.matmul(part, cols4.swapaxes(-1, -2)).sum(axis=0)
+    return gw.reshape(g.c_out, g.c_in_g, kh, kw)
+
+
+# ----------------------------------------------------------------------------- 1x1 kernels
 
 def _pointwise_block(k_rows: int, length: int, itemsize: int) -> int:
-    """Pixel columns per unit of the 1x1 kernels (a multiple of 16, at least 64)."""
-    cols = POINTWISE_BLOCK_BYTES // max(1, k_rows * itemsize)
+    """Pixel columns per unit of the 1x1 kernels (a multiple of 16, at least 64): the unit's
+    block of the right-hand operand fits ``config.engine.pointwise_block_bytes``."""
+    cols = config.engine.pointwise_block_bytes // max(1, k_rows * itemsize)
     return int(min(length, max(64, cols // 16 * 16)))
 
 
@@ -457,6 +722,8 @@ def _pointwise_rows(c_out_g: int, column_units: int) -> int:
     return min(c_out_g, -(-rows // 8) * 8)
 
 
+# ----------------------------------------------------------------------------- fused lowering
+
 def _lowered_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, stride: tuple[int, int],
                       dilation: tuple[int, int], pt: int, pl: int) -> tuple[np.ndarray, np.ndarray]:
     """Both gradients of an ungrouped lowered convolution in one parallel region
@@ -475,44 +742,13 @@ def _lowered_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, stride: tupl
     with _dynamic_units():
         k.conv.lowered_backward(x, gy.reshape(n, c_out, ho * wo), taps_t, kh, kw, *stride,
                                 *dilation, pt, pl, wo, gx, acc, used)
-    gw = acc[used].sum(axis=0)
+    gw = acc[used].sum(axis=0) if used.any() else np.zeros(acc.shape[1:], dtype=x.dtype)
     return gx, np.ascontiguousarray(gw.T).reshape(c_out, c_in, kh, kw)
-
-
-def _lowered_fused_ok(n: int, rows: int, length: int, groups: int, itemsize: int) -> bool:
-    return groups == 1 and n >= _numba_threads() and rows * length * itemsize <= FUSED_COLUMN_BYTES
 
 
 # ----------------------------------------------------------------------------- Winograd F(2x2,3x3)
 
-#: Winograd serves 3x3 stride-1 convolutions with at least this many input channels per group
-#: (and output channels per group for the backward pass): below it the GEMMs are too thin to pay
-#: for the transforms (measured on 2 cores: see docs/benchmarks.md).
-WINOGRAD_MIN_CHANNELS = 16
-#: Images with more tiles than this are transformed in slabs of tile rows, one image at a time.
-WINOGRAD_SLAB_TILES = 1 << 12
-#: Smaller images go by units of ``ceil(WINOGRAD_UNIT_TILES / tiles)`` whole images, side by
-#: side in the GEMMs' columns: wide GEMMs (N about 3000) ran 1.3x faster than one image's 784
-#: columns on 2 cores. The unit depends on the geometry only, so results do not depend on the
-#: scratch cap; the scratch is one unit (``16*(C_in + C_out)*tiles*itemsize``, a few tens of MiB
-#: at most), however small the cap.
-WINOGRAD_UNIT_TILES = 3136
-#: Tiles per unit of the fused forward (:func:`convlayers.kernels.winograd.forward_fused`): the
-#: unit's transforms (``16*(C_in + C_out)*tiles*itemsize``, under 1 MiB for 64 channels) stay in
-#: the core's cache from the input transform to the output transform.
-WINOGRAD_BLOCK_TILES = 224
-#: The same for the fused backward (three transforms per unit: input, output gradient, dV).
-WINOGRAD_BLOCK_TILES_BWD = 112
-
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-
-
-def _winograd_ok(wshape: tuple[int, ...], stride: tuple[int, int], dilation: tuple[int, int],
-                 backward: bool = False) -> bool:
-    c_out, c_in_g, kh, kw = wshape
-    if (kh, kw) != (3, 3) or stride != (1, 1) or dilation != (1, 1):
-        return False
-    return c_in_g >= WINOGRAD_MIN_CHANNELS and (not backward or c_out >= WINOGRAD_MIN_CHANNELS)
 
 
 def _winograd_weights(w: np.ndarray, groups: int) -> np.ndarray:
@@ -523,14 +759,17 @@ def _winograd_weights(w: np.ndarray, groups: int) -> np.ndarray:
 
 
 def _winograd_units(n: int, th: int, tw: int) -> Iterator[tuple[slice, int, int]]:
-    """``(images, first tile row, tile rows)`` of each unit (geometry only, see above)."""
-    rows = th if th * tw <= WINOGRAD_SLAB_TILES else max(1, WINOGRAD_SLAB_TILES // tw)
+    """``(images, first tile row, tile rows)`` of each unit of the per-plane backward
+    (geometry only, so the scratch cap never changes a result)."""
+    e = config.engine
+    slab = max(1, e.winograd_slab_tiles)
+    rows = th if th * tw <= slab else max(1, slab // tw)
     if rows < th:
         for i in range(n):
             for r in range(0, th, rows):
                 yield slice(i, i + 1), r, min(rows, th - r)
         return
-    step = max(1, -(-WINOGRAD_UNIT_TILES // (th * tw)))
+    step = max(1, -(-e.winograd_unit_tiles // (th * tw)))
     for start in range(0, n, step):
         yield slice(start, min(start + step, n)), 0, th
 
@@ -549,7 +788,7 @@ def _winograd_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, pt:
     ho, wo = out_shape
     u = _winograd_weights(w, groups)
     out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
-    rows = _winograd_rows(-(-wo // 2), WINOGRAD_BLOCK_TILES)
+    rows = _winograd_rows(-(-wo // 2), config.engine.winograd_block_tiles)
     with _dynamic_units():
         k.winograd.forward_fused(x, u, _bias_arg(bias, x.dtype), pt, pl, rows, _numba_threads(),
                                  out)
@@ -571,7 +810,7 @@ def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl
     if n >= threads:  # one image per unit: every thread gets work
         gx = np.empty_like(x)
         gut = np.empty((threads, 16, groups, c_out_g, c_in_g), dtype=x.dtype)
-        rows = _winograd_rows(tw, WINOGRAD_BLOCK_TILES_BWD)
+        rows = _winograd_rows(tw, config.engine.winograd_block_tiles_bwd)
         with _dynamic_units():
             k.winograd.backward_fused(x, gy, ut, pt, pl, rows, gx, gut)
         gu4 = gut.sum(axis=0, dtype=np.float64).reshape(4, 4, c_out, c_in_g)
@@ -594,144 +833,36 @@ def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl
     return gx, gw.astype(x.dtype)
 
 
-def correlate_backward(
-    x: np.ndarray,
-    grad: np.ndarray,
-    weight: np.ndarray,
-    pairs: Pairs,
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    groups: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(grad_input, grad_weight)`` of :func:`correlate` with zero padding ``pairs``, for the
-    unpadded input ``x``. Winograd and depthwise read the borders by bounds; the other paths
-    pad, lower, and crop."""
-    if _fast(x, grad, weight):
-        x4, g4, w4 = _as_4d(x), _as_4d(grad), _as_4d(weight)
-        st, dl, pads = _pair(stride, 1), _pair(dilation, 1), _pads(pairs)
-        _, c_in_g, kh, kw = w4.shape
-        if _winograd_ok(w4.shape, st, dl, backward=True):
-            gx4, gw4 = _winograd_backward(x4, g4, w4, pads[0], pads[2], groups)
-            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
-        if c_in_g == 1 and (grads := _depthwise_backward(x4, g4, w4, st, dl, pads[0],
-                                                         pads[2])) is not None:
-            return grads[0].reshape(x.shape), grads[1].reshape(weight.shape)
-        ho, wo = g4.shape[2:]
-        _kernels()  # applies the thread setting, which the check below reads
-        if (groups == 1 and kh * kw > 1
-                and _lowered_fused_ok(x4.shape[0], c_in_g * kh * kw, ho * wo, 1, x.itemsize)):
-            gx4, gw4 = _lowered_backward(x4, g4, w4, st, dl, pads[0], pads[2])
-            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
-    xp = pad_pairs(x, pairs)
-    gxp = correlate_input_grad(grad, weight, xp.shape[2:], stride, dilation, groups)
-    inner = tuple(slice(lo, lo + size) for (lo, _), size in zip(pairs, x.shape[2:], strict=True))
-    gx = np.ascontiguousarray(gxp[_index(*inner)])
-    gw = correlate_weight_grad(xp, grad, tuple(weight.shape[2:]), stride, dilation, groups)
-    return gx, gw
+# ----------------------------------------------------------------------------- the tables
 
+_FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometry], np.ndarray]] = {
+    "winograd": _fwd_winograd,
+    "depthwise-flat": _fwd_depthwise_flat,
+    "depthwise-planar": _fwd_depthwise_planar,
+    "depthwise-rows": _fwd_depthwise_rows,
+    "pointwise": _fwd_pointwise,
+    "lowered-fused": _fwd_lowered_fused,
+    "lowered": _fwd_lowered,
+}
 
-def _depthwise_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, stride: tuple[int, int],
-                        dilation: tuple[int, int], pt: int, pl: int,
-                        ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Both gradients of a depthwise convolution of the unpadded ``x`` by the flat, planar or
-    (without a channel multiplier) row kernels; None where none of them serves."""
-    k = _kernels()
-    n, c_in, h, width = x.shape
-    c_out, _, kh, kw = w.shape
-    ho = gy.shape[2]
-    wd = np.ascontiguousarray(w.reshape(c_out, kh, kw))
-    gx = np.empty(x.shape, dtype=x.dtype)
-    if _flat_ok(x.shape, gy.shape[2:], stride):
-        part = k.depthwise.flat_backward(
-            np.ascontiguousarray(x).reshape(n, c_in, h * width),
-            np.ascontiguousarray(gy).reshape(n, c_out, ho * width), wd, width, *dilation, pt, pl,
-            k.depthwise.flat_masks((ho, width), width, kw, dilation[1], pl),
-            _planar_parts(n * c_in), True, True, gx.reshape(n, c_in, h * width))
-    elif (planar := _planar(gy.shape[2:], (kh, kw), stride, dilation, x.itemsize)) is not None:
-        part = k.depthwise.planar_backward(x, gy, wd, *stride, *dilation, pt, pl, *planar,
-                                           _planar_parts(n * c_in), True, True, gx)
-    elif c_out == c_in:
-        k.depthwise.depthwise_input_grad(gy, wd, *stride, *dilation, pt, pl, gx)
-        part = k.depthwise.depthwise_weight_grad(x, gy, kh, kw, *stride, *dilation, pt, pl)
-    else:
-        return None
-    return gx, part.sum(axis=0).astype(x.dtype).reshape(c_out, 1, kh, kw)
+_BACKWARD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "winograd": _bwd_winograd,
+    "depthwise-flat": _bwd_depthwise("flat"),
+    "depthwise-planar": _bwd_depthwise("planar"),
+    "depthwise-rows": _bwd_depthwise("rows"),
+    "lowered-fused": _bwd_lowered_fused,
+}
 
+_INPUT_GRAD: dict[str, Callable[[np.ndarray, np.ndarray, Geometry], np.ndarray]] = {
+    "depthwise-planar": _gx_depthwise_planar,
+    "depthwise-rows": _gx_depthwise_rows,
+    "pointwise": _gx_pointwise,
+    "lowered": _gx_lowered,
+}
 
-def _input_grad_fast(gy: np.ndarray, w: np.ndarray, padded: tuple[int, int], stride: tuple[int, int],
-                     dilation: tuple[int, int], groups: int) -> np.ndarray:
-    k = _kernels()
-    n, c_out, ho, wo = gy.shape
-    _, c_in_g, kh, kw = w.shape
-    c_in = c_in_g * groups
-    planar = _planar((ho, wo), (kh, kw), stride, dilation, gy.itemsize)
-    if c_in_g == 1 and planar is not None:
-        gxp = np.empty((n, c_in, *padded), dtype=gy.dtype)
-        k.depthwise.planar_backward(gxp, gy, np.ascontiguousarray(w.reshape(c_out, kh, kw)),
-                                    *stride, *dilation, 0, 0, *planar, _planar_parts(n * c_in),
-                                    True, False, gxp)
-        return gxp
-    if c_in_g == 1 and c_out == groups:  # plain depthwise; a multiplier takes the GEMM path
-        gxp = np.zeros((n, c_in, *padded), dtype=gy.dtype)
-        k.depthwise.depthwise_input_grad(gy, np.ascontiguousarray(w.reshape(c_out, kh, kw)),
-                                         *stride, *dilation, 0, 0, gxp)
-        return gxp
-    taps_t = w.reshape(groups, c_out // groups, c_in_g * kh * kw).swapaxes(1, 2)
-    gyg = gy.reshape(n, groups, c_out // groups, ho * wo)
-    if kh == kw == 1:
-        part = np.empty((n, groups, c_in_g, ho * wo), dtype=gy.dtype)
-        _pointwise(gyg, np.ascontiguousarray(taps_t), np.empty(0, dtype=gy.dtype), part)
-        part = part.reshape(n, c_in, ho, wo)
-        if stride == (1, 1) and padded == (ho, wo):
-            return part
-        gxp = np.zeros((n, c_in, *padded), dtype=gy.dtype)
-        gxp[:, :, : stride[0] * ho : stride[0], : stride[1] * wo : stride[1]] = part
-        return gxp
-    gxp = np.zeros((n, c_in, *padded), dtype=gy.dtype)
-    for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, gy.itemsize):
-        length = rows * wo
-        cols = np.matmul(taps_t, gyg[images, :, :, r0 * wo : r0 * wo + length])
-        cols = np.ascontiguousarray(cols).reshape(-1, c_in * kh * kw, length)
-        k.conv.col2im(cols, kh, kw, *stride, *dilation, r0, wo, gxp[images])
-    return gxp
-
-
-def _weight_grad_fast(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-                      dilation: tuple[int, int], groups: int) -> np.ndarray:
-    k = _kernels()
-    n, c_in = xp.shape[:2]
-    c_out, ho, wo = gy.shape[1:]
-    kh, kw = kernel
-    c_in_g, c_out_g = c_in // groups, c_out // groups
-    planar = _planar((ho, wo), kernel, stride, dilation, xp.itemsize)
-    if c_in_g == 1 and planar is not None:
-        part = k.depthwise.planar_backward(xp, gy, np.zeros((c_out, kh, kw), dtype=xp.dtype),
-                                           *stride, *dilation, 0, 0, *planar,
-                                           _planar_parts(n * c_in), False, True,
-                                           np.empty((0, 0, 0, 0), dtype=xp.dtype))
-        return part.sum(axis=0).astype(xp.dtype).reshape(c_out, 1, kh, kw)
-    if c_in_g == 1:
-        part = k.depthwise.depthwise_weight_grad(xp, gy, kh, kw, *stride, *dilation, 0, 0)
-        return part.sum(axis=0).astype(xp.dtype).reshape(c_out, 1, kh, kw)
-    gyg = gy.reshape(n, groups, c_out_g, ho * wo)
-    if kh == kw == 1:
-        xs = _subsampled(xp, stride, (ho, wo)).reshape(n, groups, c_in_g, ho * wo)
-        threads = _numba_threads()
-        acc = np.empty((threads, groups, c_out_g, c_in_g), dtype=xp.dtype)
-        block = _pointwise_block(c_in_g + c_out_g, ho * wo, xp.itemsize)
-        with _dynamic_units():
-            k.conv.pointwise_weight_grad(np.ascontiguousarray(xs), np.ascontiguousarray(gyg),
-                                         block, acc)
-        return acc.sum(axis=0).reshape(c_out, c_in_g, 1, 1)
-    gw = np.zeros((groups, c_out_g, c_in_g * kh * kw), dtype=xp.dtype)
-    buf = None
-    for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, xp.itemsize):
-        nb, length = images.stop - images.start, rows * wo
-        if buf is None or buf.size < nb * c_in * kh * kw * length:
-            buf = np.empty(nb * c_in * kh * kw * length, dtype=xp.dtype)
-        cols = buf[: nb * c_in * kh * kw * length].reshape(nb, c_in * kh * kw, length)
-        k.conv.im2col(xp[images], kh, kw, *stride, *dilation, r0, wo, cols)
-        cols4 = cols.reshape(nb, groups, c_in_g * kh * kw, length)
-        g = gyg[images, :, :, r0 * wo : r0 * wo + length]
-        gw += np.matmul(g, cols4.swapaxes(-1, -2)).sum(axis=0)
-    return gw.reshape(c_out, c_in_g, kh, kw)
+_WEIGHT_GRAD: dict[str, Callable[[np.ndarray, np.ndarray, Geometry], np.ndarray]] = {
+    "depthwise-planar": _gw_depthwise_planar,
+    "depthwise-rows": _gw_depthwise_rows,
+    "pointwise": _gw_pointwise,
+    "lowered": _gw_lowered,
+}

@@ -1,0 +1,393 @@
+"""The convolution planner: one place that decides how each pass of a convolution runs.
+
+Every convolution call (forward, input gradient, weight gradient; ``conv_transpose`` is an
+input gradient) asks :func:`choose` for a *strategy*, a name from the table below, given the
+call's geometry (shapes, stride, padding, dilation, groups, dtype) and the thread count. The
+engine (:mod:`convlayers.functional._engine`) then runs that strategy's kernels. The
+thresholds the rules read are the fields of :data:`convlayers.config.engine`
+(:class:`convlayers.config.EngineSettings`); ``config.engine_settings(force=name)`` makes every
+pass use one strategy (a pass it cannot serve raises ValueError), which is how the tests run
+each strategy against its twins.
+
+============== =================================================================================
+strategy       what it does, and what it serves
+============== =================================================================================
+winograd       Winograd F(2x2,3x3): input/output transforms and 16 register-tiled GEMMs per
+               block of tiles in one parallel region. 3x3, stride 1, dilation 1; forward and
+               both gradients. Chosen from ``winograd_min_channels`` channels per group.
+depthwise-flat Depthwise (``C_in/groups == 1``, any channel multiplier), stride 1 with the width
+               kept (3x3 padding 1, ...): each tap one loop straight over the flat planes, row
+               edges masked. Forward and both gradients.
+depthwise-     Depthwise, small planes (``planar_bytes``): a zero-padded polyphase copy of each
+planar         plane, then the same flat loops (any stride). Every pass.
+depthwise-rows Depthwise, any geometry: loops along output rows, borders read by bounds. Every
+               pass.
+pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
+               image and group, no copy at stride 1). Every pass.
+lowered-fused  im2col of one image and its register-tiled GEMMs in one parallel region (units:
+               images, or output-channel blocks when there are fewer images than threads); the
+               backward likewise with per-thread weight-gradient sums. Forward and both
+               gradients; chosen while one image's columns fit ``fused_column_bytes``.
+lowered        im2col of a chunk of images into a column buffer, then GEMMs; the input gradient
+               is the transposed GEMM and col2im. Every 1-D/2-D float pass.
+numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose tap lies inside
+               the input (borders read by bounds, nothing padded). Any rank, any float dtype;
+               the twin of every other strategy, and the fallback for non-finite weights.
+============== =================================================================================
+
+Values, not shapes, can also move a call off its planned strategy (value checks are on while
+``config.engine.check_values``; each costs one pass over the arrays, far less than the
+convolution):
+
+- Winograd's transforms add and subtract neighbouring pixels, so an inf becomes NaN where
+  torch keeps inf, and values near the dtype's maximum can overflow where a direct sum does
+  not. Calls whose input, weight (or output gradient) hold an inf or NaN, or whose magnitudes
+  could overflow the transforms, take the strategy the planner picks without Winograd.
+- Strategies that multiply the zero padding by the weights (lowered, lowered-fused,
+  pointwise with padding, depthwise-planar, Winograd) would turn an inf or NaN weight into NaN
+  at outputs whose windows only touch it in the padding; torch skips those taps. A forward
+  with a non-finite weight and padding takes depthwise-rows (depthwise) or numpy.
+
+Examples
+--------
+>>> print(plan((8, 64, 56, 56), (64, 64, 3, 3), padding=1))
+conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 3x3, stride 1, padding 1, dilation 1, groups 1
+  forward      winograd
+  input grad   winograd
+  weight grad  winograd
+>>> plan((1, 32, 112, 112), (32, 1, 3, 3), padding=1, groups=32).forward
+'depthwise-flat'
+>>> plan((4, 64, 56, 56), (128, 64, 1, 1), stride=2).weight_grad
+'pointwise'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from convlayers import config
+
+__all__ = ["PASSES", "STRATEGIES", "Geometry", "Plan", "check_strategy_name", "choose", "plan"]
+
+#: The strategies, in the order the planner prefers them (see the module's table).
+STRATEGIES: dict[str, str] = {
+    "winograd": "Winograd F(2x2,3x3): 3x3, stride 1, dilation 1",
+    "depthwise-flat": "depthwise, stride 1 with the width kept: flat loops over the planes",
+    "depthwise-planar": "depthwise, small planes: a zero-padded polyphase copy, flat loops",
+    "depthwise-rows": "depthwise, any geometry: loops along output rows, borders by bounds",
+    "pointwise": "1x1 kernels: register-tiled GEMMs over blocks of pixel columns",
+    "lowered-fused": "im2col of one image and its GEMMs in one parallel region",
+    "lowered": "im2col of a chunk of images, then GEMMs (col2im for the input gradient)",
+    "numpy": "NumPy: one GEMM per kernel offset, borders by bounds (any rank and float dtype)",
+}
+
+#: The passes a strategy is chosen for: ``backward`` is both gradients of a convolution with
+#: zero padding (a joint strategy computes them together), ``input_grad`` and ``weight_grad``
+#: one gradient alone (``conv_transpose``, other padding modes), on an already padded input.
+PASSES = ("forward", "backward", "input_grad", "weight_grad")
+
+_DEPTHWISE = ("depthwise-flat", "depthwise-planar", "depthwise-rows")
+#: Strategies that compute both gradients in one pass.
+JOINT = frozenset(("winograd", "lowered-fused", *_DEPTHWISE))
+
+
+def check_strategy_name(name: Any) -> str:
+    """``name`` if it is a strategy, else a ValueError listing them."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown convolution strategy {name!r}; the strategies are "
+                         f"{', '.join(STRATEGIES)}")
+    return str(name)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A convolution as the planner sees it: 1-D problems are 2-D with ``h == kh == 1``.
+
+    ``(h, w)`` is the input the pass reads (unpadded when the engine reads the borders by
+    bounds, else already padded, with zero pads here), ``(pt, pb, pl, pr)`` its implicit zero
+    padding, ``(ho, wo)`` the output. ``compiled`` says whether the compiled kernels can serve
+    it at all (1-D or 2-D, float32 or float64, nothing empty).
+    """
+
+    n: int
+    c_in: int
+    h: int
+    w: int
+    c_out: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pb: int
+    pl: int
+    pr: int
+    groups: int
+    ho: int
+    wo: int
+    itemsize: int
+    compiled: bool
+    spatial: int = 2
+
+    @property
+    def c_in_g(self) -> int:
+        return self.c_in // self.groups
+
+    @property
+    def c_out_g(self) -> int:
+        return self.c_out // self.groups
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of the forward pass."""
+        return self.n * self.c_out * self.ho * self.wo * self.c_in_g * self.kh * self.kw
+
+    @property
+    def padded(self) -> bool:
+        return bool(self.pt or self.pb or self.pl or self.pr)
+
+
+def geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, ...],
+             dilation: tuple[int, ...], groups: int, pairs: tuple[tuple[int, int], ...] | None,
+             out_shape: tuple[int, ...], dtype: Any) -> Geometry:
+    """The :class:`Geometry` of a call with input ``x_shape`` (``(N, C_in, *S)``), weight
+    ``w_shape``, and zero padding ``pairs`` per spatial axis (None: none)."""
+    dims = len(x_shape) - 2
+    pairs = pairs if pairs is not None else ((0, 0),) * dims
+    dt = np.dtype(dtype)
+    compiled = (dims in (1, 2) and dt in (np.float32, np.float64)
+                and 0 not in x_shape and 0 not in w_shape and 0 not in out_shape)
+    if dims == 2:
+        h, w = x_shape[2:]
+        kh, kw = w_shape[2:]
+        (sh, sw), (dh, dw), ((pt, pb), (pl, pr)), (ho, wo) = stride, dilation, pairs, out_shape
+    elif dims == 1:
+        h, kh, sh, dh, pt, pb, ho = 1, 1, 1, 1, 0, 0, 1
+        w, kw, sw, dw, (pl, pr), wo = x_shape[2], w_shape[2], stride[0], dilation[0], pairs[0], \
+            out_shape[0]
+    else:  # 3-D and up: only the NumPy loop; the 2-D fields describe the last two axes
+        lead = math.prod(x_shape[2:-2])
+        h, w = lead * x_shape[-2], x_shape[-1]
+        kh, kw = math.prod(w_shape[2:-1]), w_shape[-1]
+        sh, sw, dh, dw = stride[-2], stride[-1], dilation[-2], dilation[-1]
+        (pt, pb), (pl, pr) = pairs[-2], pairs[-1]
+        ho, wo = math.prod(out_shape[:-1]), out_shape[-1]
+    return Geometry(x_shape[0], x_shape[1], h, w, w_shape[0], kh, kw, sh, sw, dh, dw,
+                    pt, pb, pl, pr, groups, ho, wo, dt.itemsize, compiled, dims)
+
+
+# ----------------------------------------------------------------------------- the rules
+
+def _winograd_shape(g: Geometry) -> bool:
+    return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) and g.spatial == 2
+
+
+def _flat_shape(g: Geometry) -> bool:
+    return g.sh == g.sw == 1 and g.wo == g.w
+
+
+def planar_fits(g: Geometry) -> bool:
+    """Whether the planar depthwise kernels' scratch (``sh*sw`` phase planes) fits
+    ``planar_bytes``."""
+    from convlayers.kernels.depthwise import planar_geometry
+
+    block = planar_geometry((g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))[3]
+    return g.sh * g.sw * block * g.itemsize <= config.engine.planar_bytes
+
+
+def _fused_fits(g: Geometry, threads: int) -> bool:
+    """The fused lowering's rule: one image's columns fit, and the images keep the threads
+    busy (or output-channel blocks do)."""
+    cols = g.c_in * g.kh * g.kw * g.ho * g.wo * g.itemsize
+    return g.groups == 1 and g.n >= threads and cols <= config.engine.fused_column_bytes
+
+
+def _depthwise(g: Geometry) -> str:
+    if _flat_shape(g) and g.ho * g.wo <= config.engine.flat_pixels:
+        return "depthwise-flat"
+    if planar_fits(g):
+        return "depthwise-planar"
+    return "depthwise-rows"
+
+
+def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tuple[str, str]:
+    """The planner's own choice: ``(strategy, strategy)`` for forward and the one-gradient
+    passes, ``(input_grad, weight_grad)`` for ``backward``."""
+    if not g.compiled:
+        return "numpy", "numpy"
+    e = config.engine
+    if pass_ == "forward":
+        if g.c_in_g == 1:
+            s = _depthwise(g)
+        elif winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels:
+            s = "winograd"
+        elif g.kh == g.kw == 1:
+            s = "pointwise"
+        elif _fused_fits(g, threads):
+            s = "lowered-fused"
+        else:
+            s = "lowered"
+        return s, s
+    if pass_ == "backward":
+        if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
+                and g.c_out_g >= e.winograd_min_channels):
+            return "winograd", "winograd"
+        if g.c_in_g == 1:
+            s = _depthwise(g)
+            if s != "depthwise-rows" or g.c_out == g.c_in:
+                return s, s
+            return "lowered", "depthwise-rows"  # a multiplier on large planes
+        if g.kh == g.kw == 1:
+            return "pointwise", "pointwise"
+        if _fused_fits(g, threads):
+            return "lowered-fused", "lowered-fused"
+        return "lowered", "lowered"
+    # one gradient alone, on the padded input
+    if g.c_in_g == 1:
+        if planar_fits(g):
+            return "depthwise-planar", "depthwise-planar"
+        if pass_ == "weight_grad" or g.c_out == g.groups:
+            return "depthwise-rows", "depthwise-rows"
+    s = "pointwise" if g.kh == g.kw == 1 else "lowered"
+    return s, s
+
+
+def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
+    """Why ``strategy`` cannot run ``pass_`` of ``g`` (None: it can)."""
+    if strategy == "numpy":
+        return None
+    if not g.compiled:
+        return "only the numpy strategy serves 3-D, non-float32/float64 or empty convolutions"
+    if strategy == "lowered":
+        return None
+    alone = pass_ in ("input_grad", "weight_grad")
+    if strategy == "winograd":
+        if not _winograd_shape(g):
+            return "winograd needs a 3x3 kernel, stride 1 and dilation 1"
+        return "winograd computes the gradients together only" if alone else None
+    if strategy in _DEPTHWISE:
+        if g.c_in_g != 1:
+            return f"{strategy} needs a depthwise convolution (C_in/groups == 1)"
+        if strategy == "depthwise-flat":
+            if not _flat_shape(g):
+                return "depthwise-flat needs stride 1 and an output as wide as the input"
+            return "depthwise-flat computes the gradients together only" if alone else None
+        return None
+    if strategy == "pointwise":
+        return None if g.kh == g.kw == 1 else "pointwise needs a 1x1 kernel"
+    if strategy == "lowered-fused":
+        if g.groups != 1:
+            return "lowered-fused needs groups == 1"
+        return "lowered-fused computes the gradients together only" if alone else None
+    raise AssertionError(strategy)
+
+
+def choose(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tuple[str, str]:
+    """The strategy of ``pass_`` for ``g`` on ``threads`` threads, ``(strategy, strategy)``, or
+    ``(input_grad, weight_grad)`` for ``backward``; a forced strategy
+    (``config.engine.force``) when it serves, else a ValueError. ``winograd=False`` is the
+    value checks' fallback: the same choice with Winograd ruled out."""
+    forced = config.engine.force
+    if forced is not None and (winograd or forced != "winograd"):
+        why = cannot_serve(forced, g, pass_)
+        if why is not None:
+            raise ValueError(f"the forced convolution strategy {forced!r} cannot serve the "
+                             f"{pass_.replace('_', ' ')} pass of {describe(g)}: {why}")
+        return forced, forced
+    return _natural(g, pass_, threads, winograd)
+
+
+def describe(g: Geometry) -> str:
+    """A one-line description of a geometry, for messages."""
+    return (f"a {g.kh}x{g.kw} convolution {g.c_in}->{g.c_out} (groups {g.groups}, stride "
+            f"{g.sh}x{g.sw}, dilation {g.dh}x{g.dw}) on {g.n}x{g.c_in}x{g.h}x{g.w}")
+
+
+# ----------------------------------------------------------------------------- value checks
+
+def magnitude(a: np.ndarray) -> float:
+    """The largest ``|value|`` of ``a`` as a Python float: ``inf`` when any is inf or NaN."""
+    if a.size == 0:
+        return 0.0
+    hi, lo = float(a.max()), float(a.min())
+    if not (math.isfinite(hi) and math.isfinite(lo)):
+        return math.inf
+    return max(hi, -lo)
+
+
+def winograd_safe(dtype: Any, *terms: tuple[float, float, float]) -> bool:
+    """Whether Winograd's transforms stay finite: each term ``(a, b, count)`` bounds one product
+    family (``count`` products of magnitudes up to ``a*b``). The transforms grow a direct sum's
+    bound by at most 81x (forward) or 144x (input gradient); 1024 leaves room."""
+    top = float(np.finfo(dtype).max) / 1024
+    return all(a <= top and b <= top and a * b * count <= top for a, b, count in terms)
+
+
+# ----------------------------------------------------------------------------- the public plan
+
+@dataclass(frozen=True)
+class Plan:
+    """The strategy of each pass of one convolution (see the module's table).
+
+    ``threads`` is how many threads the forward runs on (1 for small layers).
+    """
+
+    spec: str
+    forward: str
+    input_grad: str
+    weight_grad: str
+    threads: int
+
+    def __str__(self) -> str:
+        return (f"{self.spec}\n  forward      {self.forward}\n  input grad   {self.input_grad}"
+                f"\n  weight grad  {self.weight_grad}")
+
+
+def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
+         dilation: Any = 1, groups: int = 1, dtype: Any = "float32") -> Plan:
+    """Which strategy each pass of ``convNd(input, weight, ...)`` takes, with zero padding.
+
+    Arguments are those of :func:`convlayers.functional.conv2d` (shapes instead of arrays;
+    ``input_shape`` batched or not). Values can still move a call off the plan (non-finite
+    inputs or weights; see the module's notes).
+
+    >>> p = plan((1, 256, 14, 14), (256, 256, 3, 3), padding=1)
+    >>> p.forward, p.input_grad, p.weight_grad
+    ('winograd', 'winograd', 'winograd')
+    >>> plan((2, 16, 9, 9), (8, 16, 5, 5), dtype="float16").forward
+    'numpy'
+    """
+    from convlayers.functional._engine import numba_threads
+    from convlayers.functional.conv import conv_spec
+
+    dt = np.dtype(dtype)
+    w = np.broadcast_to(np.zeros((), dt), tuple(int(s) for s in weight_shape))
+    x = np.broadcast_to(np.zeros((), dt), tuple(int(s) for s in input_shape))
+    if x.ndim == w.ndim - 1:
+        x = x[None]
+    spec = conv_spec(x, w, None, stride, padding, dilation, groups, "zeros")
+    g = geometry(x.shape, w.shape, spec.stride, spec.dilation, spec.groups, spec.pairs,
+                 spec.out_shape, dt)
+    threads = numba_threads() if g.compiled else 1
+    fwd = choose(g, "forward", threads)[0]
+    gx, gw = choose(g, "backward", threads)
+    pads = [p[0] if p[0] == p[1] else p for p in spec.pairs]
+    text = (f"conv{len(spec.stride)}d {x.shape} {dt.name} -> {w.shape[0]} channels, kernel "
+            f"{'x'.join(map(str, w.shape[2:]))}, stride {_one(spec.stride)}, padding "
+            f"{_one(pads)}, dilation {_one(spec.dilation)}, groups {spec.groups}")
+    serial = g.macs < config.engine.serial_macs
+    return Plan(text, fwd, gx, gw, 1 if serial else threads)
+
+
+def _one(values: Any) -> str:
+    """``1`` for ``(1, 1)``, ``1x2`` for ``(1, 2)``."""
+    values = list(values)
+    if all(v == values[0] for v in values):
+        return str(values[0])
+    return "x".join(str(v) for v in values)

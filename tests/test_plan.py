@@ -1,0 +1,265 @@
+"""The planner: every strategy, forced in turn, against torch and the reference loops.
+
+``config.engine_settings(force=name)`` makes every convolution pass take one strategy; a pass it
+cannot serve raises ValueError. For each generated convolution each strategy either matches
+torch (forward, input gradient, weight gradient, with bias) and the slow loops of
+:mod:`convlayers.reference`, or refuses exactly where this file's own servability rules (written
+apart from the planner's) say it must. The transposed convolution and a reflect-padded
+convolution run the one-gradient passes the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convlayers import config, reference
+from convlayers import functional as F
+from convlayers.functional.plan import STRATEGIES, Plan, plan
+from oracle import assert_close, random_array, torch_grads
+
+STRATEGY_NAMES = list(STRATEGIES)
+
+
+@st.composite
+def conv_cases(draw: st.DrawFn) -> dict:
+    """Small convolutions of every kind the strategies tell apart."""
+    dims = draw(st.sampled_from([1, 2, 2, 2]))
+    kind = draw(st.sampled_from(["dense", "grouped", "depthwise", "multiplier", "pointwise",
+                                 "3x3"]))
+    if kind in ("depthwise", "multiplier"):
+        groups = draw(st.integers(1, 4))
+        c_in = groups
+        c_out = groups * (draw(st.integers(2, 3)) if kind == "multiplier" else 1)
+    else:
+        groups = draw(st.sampled_from([2, 3])) if kind == "grouped" else 1
+        c_in = groups * draw(st.integers(1, 4))
+        c_out = groups * draw(st.integers(1, 4))
+    if kind == "pointwise":
+        kernel = (1,) * dims
+    elif kind == "3x3":
+        kernel = (3,) * dims
+    else:
+        kernel = tuple(draw(st.integers(1, 4)) for _ in range(dims))
+    plain = kind == "3x3" and draw(st.booleans())
+    stride = (1,) * dims if plain else tuple(draw(st.integers(1, 3)) for _ in range(dims))
+    dilation = (1,) * dims if plain else tuple(draw(st.sampled_from([1, 1, 2]))
+                                               for _ in range(dims))
+    padding = tuple(draw(st.integers(0, k)) for k in kernel)
+    spatial = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), d * (k - 1) + 8))
+                    for k, d, p in zip(kernel, dilation, padding, strict=True))
+    return dict(dims=dims, groups=groups, c_in=c_in, c_out=c_out, kernel=kernel, stride=stride,
+                dilation=dilation, padding=padding, spatial=spatial,
+                batch=draw(st.integers(1, 3)), bias=draw(st.booleans()),
+                threads=draw(st.sampled_from([1, 2, 3])))
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def serves(name: str, case: dict, pass_: str) -> bool:
+    """This file's own rules: whether strategy ``name`` runs ``pass_`` ("forward",
+    "backward": both gradients with zero padding, "alone": one gradient alone)."""
+    dims, kernel = case["dims"], case["kernel"]
+    c_in_g = case["c_in"] // case["groups"]
+    if name in ("numpy", "lowered"):
+        return True
+    if name == "pointwise":
+        return all(k == 1 for k in kernel)
+    if name == "winograd":
+        return (pass_ != "alone" and dims == 2 and kernel == (3, 3) and case["stride"] == (1, 1)
+                and case["dilation"] == (1, 1))
+    if name == "lowered-fused":
+        return pass_ != "alone" and case["groups"] == 1
+    if name.startswith("depthwise"):
+        if c_in_g != 1:
+            return False
+        if name == "depthwise-flat":
+            width = case["spatial"][-1]
+            out_w = _out_size(width, kernel[-1], case["stride"][-1], case["padding"][-1],
+                              case["dilation"][-1])
+            return (pass_ != "alone" and all(s == 1 for s in case["stride"])
+                    and out_w == width)
+        return True
+    raise AssertionError(name)
+
+
+def _arrays(case: dict, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, (case["batch"], case["c_in"], *case["spatial"]), np.float32)
+    w = random_array(rng, (case["c_out"], case["c_in"] // case["groups"], *case["kernel"]),
+                     np.float32)
+    b = random_array(rng, (case["c_out"],), np.float32) if case["bias"] else None
+    return x, w, b
+
+
+def _as_2d(case: dict, x: np.ndarray, w: np.ndarray, g: np.ndarray) -> tuple:
+    """1-D problems as 2-D with one row, for the 2-D reference loops."""
+    if case["dims"] == 2:
+        return (x, w, g, case["stride"], case["padding"], case["dilation"])
+    return (x[:, :, None], w[:, :, None], g[:, :, None], (1, *case["stride"]),
+            (0, *case["padding"]), (1, *case["dilation"]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases(), seed=st.integers(0, 2**16))
+def test_every_strategy_forced_matches_torch_and_the_reference_loops(case: dict, seed: int) -> None:
+    x, w, b = _arrays(case, seed)
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    conv = {1: F.conv1d, 2: F.conv2d}[case["dims"]]
+    tconv = {1: tF.conv1d, 2: tF.conv2d}[case["dims"]]
+    expected, g, (tgx, tgw, _) = torch_grads(lambda *t: tconv(*t, *args), [x, w, b], seed)
+
+    # the slow loops agree with torch, so each strategy is checked against both
+    x2, w2, g2, s2, p2, d2 = _as_2d(case, x, w, g)
+    ref = reference.conv2d(x2, w2, b, s2, p2, d2, case["groups"]).reshape(expected.shape)
+    assert_close(ref, expected, "reference forward vs torch")
+    op = tuple(size - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for size, o, s, p, d, k in zip(
+        x2.shape[2:], g2.shape[2:], s2, p2, d2, w2.shape[2:], strict=True))
+    # the input gradient is the transposed convolution by the same weights
+    ref_gx = reference.conv_transpose2d(g2, w2, s2, p2, op, d2, case["groups"]).reshape(x.shape)
+    assert_close(ref_gx, tgx, "reference input gradient vs torch")
+
+    with config.settings(threads=case["threads"]):
+        for name in STRATEGY_NAMES:
+            with config.engine_settings(force=name):
+                if not serves(name, case, "forward"):
+                    with pytest.raises(ValueError, match="cannot serve"):
+                        conv(x, w, b, *args)
+                    continue
+                y = conv(x, w, b, *args)
+                assert_close(y, expected, f"{name} forward")
+                assert_close(y, ref, f"{name} forward vs reference")
+                if not serves(name, case, "backward"):
+                    with pytest.raises(ValueError, match="cannot serve"):
+                        F.conv_backward(g, x, w, *args, with_bias=b is not None)
+                    continue
+                gx, gw, _ = F.conv_backward(g, x, w, *args, with_bias=b is not None)
+                assert_close(gx, tgx, f"{name} grad_input")
+                assert_close(gx, ref_gx, f"{name} grad_input vs reference")
+                assert_close(gw, tgw, f"{name} grad_weight")
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=conv_cases(), seed=st.integers(0, 2**16))
+def test_one_gradient_passes_forced_transposed_and_reflect_padded(case: dict, seed: int) -> None:
+    """``conv_transpose`` (an input gradient alone, its backward a forward and a weight
+    gradient alone) and reflect padding (the gradients alone, on the padded input) under each
+    forced strategy."""
+    rng = np.random.default_rng(seed)
+    dims, groups = case["dims"], case["groups"]
+    # as a transposed convolution: input C_out channels, weight (C_out, C_in/g, *K)
+    xt = random_array(rng, (case["batch"], case["c_out"], *case["spatial"]), np.float32)
+    wt = random_array(rng, (case["c_out"], case["c_in"] // groups, *case["kernel"]), np.float32)
+    padding = tuple(min(p, d * (k - 1) // 2) for p, d, k in zip(
+        case["padding"], case["dilation"], case["kernel"], strict=True))
+    kw = dict(stride=case["stride"], padding=padding, dilation=case["dilation"], groups=groups)
+    tr = {1: F.conv_transpose1d, 2: F.conv_transpose2d}[dims]
+    ttr = {1: tF.conv_transpose1d, 2: tF.conv_transpose2d}[dims]
+    expected, g, (tgx, tgw) = torch_grads(lambda a, v: ttr(a, v, **kw), [xt, wt], seed)
+    # its forward is the input gradient alone of the conv whose weight is ``wt``; its backward a
+    # forward conv of the padded output gradient and a weight gradient alone
+    for name in STRATEGY_NAMES:
+        with config.engine_settings(force=name):
+            if not serves(name, case, "alone"):
+                with pytest.raises(ValueError, match="cannot serve"):
+                    tr(xt, wt, **kw)
+                continue
+            y = tr(xt, wt, **kw)
+            assert_close(y, expected, f"{name} conv_transpose")
+            gx, gw, _ = F.conv_transpose_backward(g, xt, wt, with_bias=False, **kw)
+            assert_close(gx, tgx, f"{name} conv_transpose grad_input")
+            assert_close(gw, tgw, f"{name} conv_transpose grad_weight")
+
+    if min(case["spatial"]) <= max(case["padding"]):
+        return  # reflect needs padding smaller than the input
+    x, w, _ = _arrays(case, seed)
+    args = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=groups, padding_mode="reflect")
+    tconv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d}[dims](
+        case["c_in"], case["c_out"], case["kernel"], bias=False, **args)
+    with torch.no_grad():
+        tconv.weight.copy_(torch.from_numpy(w))
+    texp, g, (rgx,) = torch_grads(tconv, [x], seed)
+    rgw = tconv.weight.grad.numpy()
+    padded = dict(case, spatial=tuple(s + 2 * p for s, p in zip(case["spatial"],
+                                                                case["padding"], strict=True)),
+                  padding=(0,) * dims)
+    for name in STRATEGY_NAMES:
+        with config.engine_settings(force=name):
+            if not serves(name, padded, "forward"):
+                continue
+            conv = {1: F.conv1d, 2: F.conv2d}[dims]
+            assert_close(conv(x, w, **args), texp, f"{name} reflect forward")
+            if not serves(name, padded, "alone"):
+                with pytest.raises(ValueError, match="cannot serve"):
+                    F.conv_backward(g, x, w, with_bias=False, **args)
+                continue
+            gx, gw, _ = F.conv_backward(g, x, w, with_bias=False, **args)
+            assert_close(gx, rgx, f"{name} reflect grad_input")
+            assert_close(gw, rgw, f"{name} reflect grad_weight")
+
+
+def test_forcing_an_unknown_or_unfit_strategy_says_why() -> None:
+    with pytest.raises(ValueError, match=r"unknown convolution strategy 'fast'.*winograd"), \
+            config.engine_settings(force="fast"):
+        pass
+    with pytest.raises(AttributeError, match="no setting 'serial'"), \
+            config.engine_settings(serial=3):
+        pass
+    x = np.ones((1, 4, 8, 8), np.float32)
+    with config.engine_settings(force="winograd"):
+        with pytest.raises(ValueError, match="'winograd' cannot serve the forward pass of a 5x5"):
+            F.conv2d(x, np.ones((4, 4, 5, 5), np.float32))
+        with pytest.raises(ValueError, match="winograd needs a 3x3 kernel"):
+            plan(x.shape, (4, 4, 5, 5))
+    with config.engine_settings(force="depthwise-rows"), \
+            pytest.raises(ValueError, match="needs a depthwise convolution"):
+        F.conv2d(x, np.ones((4, 2, 3, 3), np.float32), groups=2)
+    assert config.engine.force is None  # restored on the way out
+
+
+def test_plan_shows_each_pass_and_follows_the_settings() -> None:
+    p = plan((2, 32, 28, 28), (32, 32, 3, 3), padding=1)
+    assert isinstance(p, Plan) and p.forward == "winograd"
+    text = str(p)
+    assert "kernel 3x3" in text and "forward      winograd" in text
+    with config.engine_settings(winograd_min_channels=64):
+        assert plan((2, 32, 28, 28), (32, 32, 3, 3), padding=1).forward != "winograd"
+    with config.engine_settings(force="numpy"):
+        assert plan((2, 32, 28, 28), (32, 32, 3, 3), padding=1).weight_grad == "numpy"
+    assert plan((32, 28, 28), (32, 32, 3, 3), padding=1).forward == "winograd"  # unbatched
+    assert plan((2, 4, 9), (6, 4, 3)).forward != "winograd"  # 1-D
+    assert plan((2, 4, 5, 9, 9), (6, 4, 3, 3, 3)).forward == "numpy"  # 3-D
+    assert plan((2, 4, 9, 9), (6, 4, 3, 3), dtype=np.float16).forward == "numpy"
+    small = plan((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
+    assert small.threads == 1  # under config.engine.serial_macs
+    with config.engine_settings(serial_macs=0):
+        assert plan((1, 8, 8, 8), (8, 8, 3, 3), padding=1).threads >= 1
+    with pytest.raises(ValueError, match="divisible"):
+        plan((1, 6, 8, 8), (4, 3, 3, 3), groups=4)
+
+
+def test_settings_changes_are_seen_by_the_remembered_plans() -> None:
+    """The engine remembers each call's plan; changing a setting must not leave it stale."""
+    rng = np.random.default_rng(1)
+    x = random_array(rng, (2, 16, 10, 10), np.float32)
+    w = random_array(rng, (16, 16, 3, 3), np.float32)
+    y = F.conv2d(x, w, padding=1)
+    with config.engine_settings(force="numpy"):
+        from convlayers.functional import _engine
+
+        F.conv2d(x, w, padding=1)
+        assert any(v[1][0] == "numpy" and k[0] == "forward" and k[1] == x.shape
+                   for k, v in _engine._PLANS.items())
+    config.engine.winograd_min_channels = 17
+    try:
+        assert_close(F.conv2d(x, w, padding=1), y, "after a change")
+        assert plan(x.shape, w.shape, padding=1).forward != "winograd"
+    finally:
+        config.engine.winograd_min_channels = 16

@@ -8,11 +8,12 @@ engine. Arguments follow ``torch.nn.functional.conv_transpose2d``; the weight is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from convlayers import limits, shapes
+from convlayers import config, limits, shapes
 from convlayers._validate import (
     IntOrTuple,
     as_int,
@@ -81,16 +82,71 @@ def _conv_transpose(
     limits.check_elements(shape, x.dtype, f"the output of conv_transpose{n}d (shape {shape} "
                           f"before cropping padding {padding_t}, from input shape {x.shape}, "
                           f"stride {stride_t}, output_padding {output_padding!r})")
-    full = _engine.correlate_input_grad(x, w, padded, stride_t, dilation_t, groups)
-    crop = tuple(slice(p, p + o) for p, o in zip(padding_t, out_shape, strict=True))
-    out = np.ascontiguousarray(full[trailing(crop)])
-    if bias is not None:
+    b = None
+    if bias is not None:  # checked before the work, not after it
         b = float_array(bias, "bias")
         same_dtype(x, b, "input", "bias")
-        if b.shape != (out.shape[1],):
-            raise ValueError(f"bias must have shape ({out.shape[1]},), got {b.shape}")
+        if b.shape != (shape[1],):
+            raise ValueError(f"bias must have shape ({shape[1]},), got {b.shape}")
+    crop = trailing(tuple(slice(p, p + o) for p, o in zip(padding_t, out_shape, strict=True)))
+    images, block = _blocks(x, w, groups, padded, any(padding_t))
+    if (images, block) == shape[:2]:
+        out = np.ascontiguousarray(_engine.correlate_input_grad(
+            x, w, padded, stride_t, dilation_t, groups)[crop])
+    else:  # in parts, each under the scratch cap
+        out = np.empty((x.shape[0], shape[1], *out_shape), dtype=x.dtype)
+        for x_ch, w_ch, g, out_ch in _channel_blocks(w.shape[0] // groups, w.shape[1], groups,
+                                                     block):
+            w_part = np.ascontiguousarray(w[w_ch])
+            for i in range(0, x.shape[0], images):
+                rows = slice(i, i + images)
+                part = _engine.correlate_input_grad(x[rows, x_ch], w_part, padded, stride_t,
+                                                    dilation_t, g)
+                out[rows, out_ch] = part[crop]
+                del part
+    if b is not None:
         out += b.reshape((1, -1) + (1,) * n)
     return unbatch(out, unbatched)
+
+
+def _blocks(x: np.ndarray, w: np.ndarray, groups: int, padded: tuple[int, ...],
+            cropped: bool) -> tuple[int, int]:
+    """``(images, output channels)`` one engine call may make within
+    :func:`config.scratch_bytes` (all of both when the whole call fits).
+
+    Per image and output channel the engine lowers ``taps`` columns of each output position
+    (of a slab of ``config.engine.slab_columns`` positions at most), held twice while the next
+    GEMM's result replaces the last; with a crop (``padding``) or more than one call, the
+    uncropped planes are scratch too. The least is one image, one channel and one slab."""
+    taps = int(np.prod(w.shape[2:]))
+    slab = int(getattr(getattr(config, "engine", None), "slab_columns", 1 << 16))
+    unit = 2 * taps * min(int(np.prod(x.shape[2:])), slab) * x.itemsize
+    plane = int(np.prod(padded)) * x.itemsize
+    n, c_out = x.shape[0], w.shape[1] * groups
+    cap = config.scratch_bytes()
+    if n * c_out * (unit + (plane if cropped else 0)) <= cap:
+        return n, c_out
+    channels = max(1, min(c_out, cap // (unit + plane)))
+    return max(1, cap // (channels * (unit + plane))), channels
+
+
+def _channel_blocks(c_in_g: int, c_out_g: int, groups: int, block: int,
+                    ) -> Iterator[tuple[slice, tuple[Any, ...], int, slice]]:
+    """``(input channels, weight index, groups, output channels)`` of each engine call making
+    at most ``block`` output channels: whole groups together, or one group's channels in
+    parts (the output channels of a transposed convolution are independent)."""
+    if block >= c_out_g:
+        per = block // c_out_g
+        for g0 in range(0, groups, per):
+            g1 = min(groups, g0 + per)
+            yield (slice(g0 * c_in_g, g1 * c_in_g), (slice(g0 * c_in_g, g1 * c_in_g),), g1 - g0,
+                   slice(g0 * c_out_g, g1 * c_out_g))
+        return
+    for g in range(groups):
+        rows = slice(g * c_in_g, (g + 1) * c_in_g)
+        for j0 in range(0, c_out_g, block):
+            j1 = min(c_out_g, j0 + block)
+            yield rows, (rows, slice(j0, j1)), 1, slice(g * c_out_g + j0, g * c_out_g + j1)
 
 
 _DOC = """

@@ -159,7 +159,8 @@ def batch_norm(
         shift = np.zeros(x.shape[1], dtype=x.dtype) if b is None else b
         batchnorm.normalize_forward(_planes(x), mean, scale, shift, out.reshape(_planes(x).shape))
         return out
-    out = (x - mean.reshape(shape)) * scale.reshape(shape)
+    out = x - mean.reshape(shape)  # in place from here: one array the size of the input
+    out *= scale.reshape(shape)
     if b is not None:
         out += b.reshape(shape)
     return out

@@ -72,7 +72,7 @@ class PoolSpec:
         return tuple(outs), tuple(ins)
 
 
-def _per_side(padding: Any, n: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+def per_side_padding(padding: Any, n: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """``(before, after)`` for padding given as one ``(before, after)`` pair per axis."""
     if isinstance(padding, (str, bytes)) or not isinstance(padding, Sequence):
         return None
@@ -114,7 +114,7 @@ def pool_spec(
     dilation_t = positive_tuple(dilation, n, "dilation")
     if not isinstance(ceil_mode, (bool, np.bool_)):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
-    sides = _per_side(padding, n)
+    sides = per_side_padding(padding, n)
     if sides is not None:
         before, after = sides
         out = tuple(

@@ -61,6 +61,10 @@ def _resolve_padding(
         if any(s != 1 for s in stride):
             raise ValueError(f"padding='same' is not supported for strided convolutions, got {stride=}")
         return tuple(shapes.same_padding(k, d) for k, d in zip(kernel, dilation, strict=True))
+    from convlayers.functional._pool_spec import per_side_padding
+
+    if (sides := per_side_padding(padding, n)) is not None:  # ((before, after), ...) as ONNX pads
+        return tuple(zip(*sides, strict=True))
     return tuple((p, p) for p in nonnegative_tuple(padding, n, "padding"))
 
 

@@ -14,6 +14,7 @@ import textwrap
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -166,3 +167,90 @@ def test_filter_below_the_limit_stays_within_a_few_times_the_image(capped):
     with Image.open(folder / "out.png") as im:
         assert im.size == (SIDE, SIDE) and im.mode == "RGB"
         assert im.getextrema() == ((0, 0), (0, 0), (0, 0))  # blur of black is black
+
+
+# ------------------------------------------------------------------ 16.3 absurd sizes
+@pytest.mark.parametrize("args, words", [
+    (("animate", "--input", "100000"), ("input_size=(100000, 100000)", "bytes")),
+    (("animate", "--padding", "100000"), ("padding=(100000, 100000)", "bytes")),
+    (("animate", "--padding", "1000", "--stride", "1000"), ("2005x2005", "max_cells")),
+])
+def test_animate_absurd_sizes_fail_at_once(capsys, tmp_path, args, words):
+    code, _, err = run(capsys, *args, "-o", tmp_path / "a.gif")
+    assert_one_line_error(code, err, *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--widths", "100000"), ("--widths 100000", "bytes")),
+    (("--augment-shift", "100000"), ("--augment-shift", "8x8")),
+])
+def test_train_absurd_sizes_fail_at_once(capsys, tmp_path, args, words):
+    code, _, err = run(capsys, "train", "digits", *args, "-o", tmp_path / "w.safetensors")
+    assert_one_line_error(code, err, *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_refuses_a_shift_as_large_as_the_image():
+    from convlayers.nn import SmallCNN
+    from convlayers.train import fit
+
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="augment_shift must be smaller than the images' side 8"):
+        fit(SmallCNN(rng=0), (x, np.arange(4)), epochs=1, augment_shift=8, progress=False)
+
+
+# ------------------------------------------------------------------ 16.5 non-finite numbers
+@pytest.mark.parametrize("lr", ["inf", "nan", "-inf"])
+def test_train_refuses_non_finite_lr(capsys, tmp_path, lr):
+    code, _, err = run(capsys, "train", "digits", f"--lr={lr}", "-o", tmp_path / "w.safetensors")
+    assert_one_line_error(code, err, "--lr", "finite")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_refuses_non_finite_lr():
+    from convlayers.nn import SmallCNN
+    from convlayers.train import fit
+
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    for lr in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="lr must be a finite number"):
+            fit(SmallCNN(rng=0), (x, np.arange(4)), epochs=1, lr=lr, progress=False)
+
+
+def test_diverging_training_stops_and_keeps_the_good_files(capsys, tmp_path):
+    """A learning rate that blows the weights up stops training with one line; the weights
+    and checkpoint from an earlier good run stay as they were."""
+    weights, ck = tmp_path / "w.safetensors", tmp_path / "ck.safetensors"
+    good = ("train", "digits", "--widths", "4", "--epochs", "1", "--checkpoint", ck, "-o", weights)
+    assert run(capsys, *good)[0] == 0
+    before = weights.read_bytes(), ck.read_bytes()
+    code, _, err = run(capsys, "train", "digits", "--widths", "4", "--epochs", "1",
+                       "--optimizer", "sgd", "--lr", "1e30", "--checkpoint", ck, "-o", weights)
+    assert_one_line_error(code, err, "diverged", "lr")
+    assert (weights.read_bytes(), ck.read_bytes()) == before
+
+
+# ------------------------------------------------------------------ 16.7 messages
+def test_resume_with_other_widths_says_so(capsys, tmp_path):
+    ck = tmp_path / "ck.safetensors"
+    first = ("train", "digits", "--widths", "4", "--epochs", "1", "--checkpoint", ck,
+             "-o", tmp_path / "a.safetensors")
+    assert run(capsys, *first)[0] == 0
+    code, _, err = run(capsys, "train", "digits", "--widths", "4,8", "--epochs", "2",
+                       "--checkpoint", ck, "--resume", "-o", tmp_path / "b.safetensors")
+    assert_one_line_error(code, err, "trained with other --widths", "(4, not 4,8)")
+    assert not (tmp_path / "b.safetensors").exists()
+
+
+# ------------------------------------------------------------------ 16.9 outputs checked first
+def test_train_checks_the_output_is_writable_before_training(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    for out in ("/proc/w.safetensors", blocker / "w.safetensors"):
+        code, out_text, err = run(capsys, "train", "digits", "-o", out)
+        assert_one_line_error(code, err, "w.safetensors", "cannot be written")
+        assert "epoch" not in out_text  # refused before the first epoch
+    code, out_text, err = run(capsys, "train", "digits", "--checkpoint", tmp_path / "ck.txt",
+                              "-o", tmp_path / "w.safetensors")
+    assert_one_line_error(code, err, "--checkpoint", ".safetensors")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +134,49 @@ def _check_train_args(args: argparse.Namespace) -> Path:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.augment_shift < 0 or args.seed < 0:
         raise CLIError("--augment-shift and --seed must be >= 0")
-    if not args.lr > 0:
-        raise CLIError(f"--lr must be > 0, got {args.lr}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CLIError(f"--lr must be a finite number > 0, got {args.lr}")
     if args.resume and not args.checkpoint:
         raise CLIError("--resume needs --checkpoint PATH")
+    if args.checkpoint:
+        output_file(args.checkpoint, "checkpoint", "--checkpoint")
     return output_file(args.out, "weights", "-o/--out")
+
+
+def _check_digits_sizes(args: argparse.Namespace, side: int = 8) -> None:
+    """Refuse, before building the model, --widths or --augment-shift that cannot fit: the
+    SmallCNN's weights with their gradients and Adam moments, and one batch's activations
+    (forward and backward) in training and in evaluation (batches of 256)."""
+    from convlayers import limits, shapes
+
+    if args.augment_shift >= side:
+        raise CLIError(f"--augment-shift must be smaller than the {side}x{side} images, got "
+                       f"{args.augment_shift}")
+    params, activations, channels, size = 0, 0, 1, side
+    for width in args.widths:
+        params += shapes.conv_params(channels, width, 3) + 2 * width  # conv + BatchNorm
+        activations += 4 * width * size * size  # conv, norm, activation, pooled (upper bound)
+        channels, size = width, size // 2
+    params += (channels * size * size + 1) * 10
+    need = 4 * (4 * params + 2 * max(args.batch_size, 256) * activations)
+    limits.check_bytes(need, f"training SmallCNN with --widths {','.join(map(str, args.widths))}"
+                       f" and --batch-size {args.batch_size}")
+
+
+def _check_resume_widths(args: argparse.Namespace, model: Any) -> None:
+    """A checkpoint trained with other --widths: say so, before loading anything into the model."""
+    from convlayers.weights import load_weights
+
+    saved = {k[len("model."):]: v.shape for k, v in load_weights(args.checkpoint).items()
+             if k.startswith("model.")}
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    if saved and saved != own:
+        widths = [shape[0] for key, shape in sorted(saved.items())
+                  if key.startswith("features.") and key.endswith(".0.weight") and len(shape) == 4]
+        raise CLIError(f"--checkpoint {args.checkpoint!r} was trained with other --widths "
+                       f"({','.join(map(str, widths)) or 'another model'}, not "
+                       f"{','.join(map(str, args.widths))}); resume with those, or start a new "
+                       "checkpoint")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -153,10 +192,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.folder or args.model.replace("_", "-") != "small-cnn":
         raise CLIError("train digits takes no folder and trains --model small-cnn")
     out = _check_train_args(args)
+    _check_digits_sizes(args)
     plots = output_dir(args.plots, "--plots") if args.plots else None
     show = progress_enabled(args)
     split = load_digits(seed=SPLIT_SEED)
     model = SmallCNN(widths=args.widths, rng=args.seed)
+    if args.resume and Path(args.checkpoint).is_file():
+        _check_resume_widths(args, model)
 
     def report(h: History) -> None:
         if not show:

@@ -19,12 +19,13 @@ Examples
 """
 
 from convlayers.train.digits import DIGITS_SIDE, digit_input, small_cnn_from_state_dict
-from convlayers.train.loop import DEFAULT_LR, History, evaluate, fit, predict_logits
+from convlayers.train.loop import DEFAULT_LR, DivergedError, History, evaluate, fit, predict_logits
 from convlayers.train.plots import confusion_matrix, plot_confusion, plot_curves
 
 __all__ = [
     "DEFAULT_LR",
     "DIGITS_SIDE",
+    "DivergedError",
     "History",
     "confusion_matrix",
     "digit_input",

@@ -26,10 +26,15 @@ from convlayers.datasets import batches, random_shift
 from convlayers.nn.module import Module
 from convlayers.optim import SGD, Adam, AdamW, CosineAnnealingLR, Optimizer, StepLR
 
-__all__ = ["DEFAULT_LR", "History", "evaluate", "fit", "predict_logits"]
+__all__ = ["DEFAULT_LR", "DivergedError", "History", "evaluate", "fit", "predict_logits"]
 
 #: Learning rate used when ``fit`` builds the optimizer from its name and ``lr`` is None.
 DEFAULT_LR = {"adam": 3e-3, "adamw": 3e-3, "sgd": 0.05}
+
+
+class DivergedError(ValueError):
+    """The training loss became NaN or infinite (a learning rate too large, say): :func:`fit`
+    stops at once, before the next checkpoint could save the broken weights."""
 
 
 @dataclass
@@ -148,6 +153,9 @@ def _optimizer(model: Module, optimizer: str | Optimizer, lr: float | None) -> O
         raise ValueError(f"optimizer must be one of {sorted(DEFAULT_LR)} or an Optimizer, "
                          f"got {optimizer!r}")
     rate = DEFAULT_LR[optimizer] if lr is None else lr
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) \
+            or not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if optimizer == "sgd":
         return SGD(model.parameters(), lr=rate, momentum=0.9)
     return (Adam if optimizer == "adam" else AdamW)(model.parameters(), lr=rate)
@@ -168,6 +176,11 @@ def _int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _quiet_overflow() -> Any:
+    """No RuntimeWarning per op while training: a non-finite loss stops :func:`fit` instead."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 def _bar(enabled: bool, total: int, desc: str) -> Any:
@@ -255,6 +268,9 @@ def fit(
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
     x, y, x_test, y_test = _unpack(split_or_data)
+    if x.ndim >= 2 and augment_shift >= min(x.shape[-2:]):
+        raise ValueError(f"augment_shift must be smaller than the images' side "
+                         f"{min(x.shape[-2:])}, got {augment_shift}")
     opt = _optimizer(model, optimizer, lr)
     sched = _schedule(schedule, opt, epochs)
     history, start = History(), 0
@@ -282,12 +298,20 @@ def fit(
             if augment is not None:
                 xb = augment(xb, rng)
             opt.zero_grad()
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-            loss.backward()
-            opt.step()
+            with _quiet_overflow():  # a diverging run is reported once, below
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+            value = float(np.asarray(loss))
+            if not math.isfinite(value):
+                raise DivergedError(
+                    f"training diverged: the loss became {value} in epoch {epoch + 1} after "
+                    f"{int(seen)} images (lr={opt.lr:g}); lower lr. Nothing was saved from "
+                    "this epoch")
+            with _quiet_overflow():
+                loss.backward()
+                opt.step()
             seen += len(yb)
-            loss_sum += float(np.asarray(loss)) * len(yb)
+            loss_sum += value * len(yb)
             correct += float((np.asarray(logits).argmax(axis=1) == yb).sum())
             if bar is not None:
                 bar.update(len(yb))

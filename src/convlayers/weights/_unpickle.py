@@ -205,14 +205,29 @@ def _allowed() -> dict[str, Any]:
 _ALLOWED = _allowed()
 
 
-class PlainUnpickler(pickle.Unpickler):
+class _Bounded(pickle.Unpickler):
+    def load(self) -> Any:
+        """Unpickle; a length field that asks for more memory than exists is a ValueError.
+
+        CPython's unpickler allocates the length a BINBYTES8/BYTEARRAY8 opcode declares before
+        it reads the bytes (which then turn out to be missing); nothing else it allocates
+        exceeds the pickle's own size.
+        """
+        try:
+            return super().load()
+        except MemoryError:
+            raise ValueError("a pickle opcode declares a length larger than the memory "
+                             "available (a corrupt or hostile file)") from None
+
+
+class PlainUnpickler(_Bounded):
     """Numbers, strings and containers only: every global is refused (legacy header pickles)."""
 
     def find_class(self, module: str, name: str) -> Any:
         raise UnsafeWeightsError(f"refused global {module}.{name!r} in a header pickle")
 
 
-class TensorUnpickler(pickle.Unpickler):
+class TensorUnpickler(_Bounded):
     """Allow-listed globals; storages come from :meth:`storage`, which each format supplies.
 
     A persistent record is ``("storage", type, key, location, numel)``, with a sixth item (a

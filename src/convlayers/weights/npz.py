@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -104,7 +105,7 @@ def load_npz(path: PathLike, *, max_bytes: int | None = None) -> dict[str, np.nd
                     out[key] = np.lib.format.read_array(member, allow_pickle=False)
             return out
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError,
-            zlib.error, SyntaxError) as exc:
+            zlib.error, SyntaxError, tokenize.TokenError) as exc:  # numpy parses with tokenize
         if isinstance(exc, FileNotFoundError) or str(exc).startswith(where):
             raise
         raise ValueError(f"cannot read npz file {where}: {exc}") from exc

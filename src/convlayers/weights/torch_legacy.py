@@ -17,6 +17,7 @@ read. The small header pickles may hold only plain values (any global is refused
 
 from __future__ import annotations
 
+import io
 import os
 from typing import IO, Any
 
@@ -88,31 +89,35 @@ def load_legacy(path: PathLike, budget: Budget) -> Any:
     :func:`convlayers.weights.load_torch_checkpoint`, which dispatches here and turns the
     recipes into arrays.
     """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        _read_header(f)
-        unpickler = _LegacyUnpickler(f)
-        obj = unpickler.load()
-        # the pickle's objects (bounded by the file's size) count against the cap as well
-        budget.charge(PICKLE_EXPANSION * f.tell(), f"its pickles ({f.tell():,} bytes)")
-        keys = PlainUnpickler(f).load()
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise ValueError("the storage key list of the legacy file is malformed")
-        for key in keys:
-            if key not in unpickler.storages:
-                raise ValueError(f"data section names storage {key!r}, which no tensor uses")
-            storage = unpickler.storages[key]
-            count = int(np.frombuffer(_read_exact(f, 8, "a storage size"), "<i8")[0])
-            if count != storage.numel:
-                raise ValueError(f"storage {key} holds {count} elements, its record says "
-                                 f"{storage.numel}")
-            nbytes = count * storage.dtype.itemsize
-            if nbytes > size - f.tell():
-                raise ValueError(f"storage {key} needs {nbytes:,} bytes, but the file has only "
-                                 f"{size - f.tell():,} left")
-            budget.charge(nbytes, f"storage {key} ({count:,} elements)")
-            raw = _read_exact(f, nbytes, f"storage {key}")
-            storage.array = np.frombuffer(raw, dtype=storage.dtype, count=count)
+    with open(path, "rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        budget.charge(size, f"its {size:,} bytes")
+        # parsed from memory: a pickle opcode declaring a huge length then reads what is
+        # there and stops, where a file object would first allocate the length it was given
+        f = io.BytesIO(source.read(size))
+    _read_header(f)
+    unpickler = _LegacyUnpickler(f)
+    obj = unpickler.load()
+    # the pickle's objects (bounded by the file's size) count against the cap as well
+    budget.charge(PICKLE_EXPANSION * f.tell(), f"its pickles ({f.tell():,} bytes)")
+    keys = PlainUnpickler(f).load()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError("the storage key list of the legacy file is malformed")
+    for key in keys:
+        if key not in unpickler.storages:
+            raise ValueError(f"data section names storage {key!r}, which no tensor uses")
+        storage = unpickler.storages[key]
+        count = int(np.frombuffer(_read_exact(f, 8, "a storage size"), "<i8")[0])
+        if count != storage.numel:
+            raise ValueError(f"storage {key} holds {count} elements, its record says "
+                             f"{storage.numel}")
+        nbytes = count * storage.dtype.itemsize
+        if nbytes > size - f.tell():
+            raise ValueError(f"storage {key} needs {nbytes:,} bytes, but the file has only "
+                             f"{size - f.tell():,} left")
+        budget.charge(nbytes, f"storage {key} ({count:,} elements)")
+        raw = _read_exact(f, nbytes, f"storage {key}")
+        storage.array = np.frombuffer(raw, dtype=storage.dtype, count=count)
     for view, key, offset in unpickler.views:
         root = unpickler.storages[key].array
         if root is None:

@@ -6,6 +6,12 @@
   tensors; anything else raises :class:`UnsafeWeightsError` before it runs.
 - :func:`save_safetensors` / :func:`load_safetensors`: the safetensors format in pure NumPy.
 
+Every reader counts what it is about to allocate against a cap (``max_bytes=``; by default 64
+times the file's size, at least 256 MiB, at most :func:`convlayers.config.max_array_bytes`), so
+a small hostile file (a stride-0 tensor, a deflate bomb, a header declaring 1e11 elements) is
+refused with a ``ValueError`` naming it before the allocation. ``ValueError`` (with its
+subclass :class:`UnsafeWeightsError`) is the only error a malformed file raises.
+
 Examples
 --------
 >>> import os, tempfile

@@ -140,3 +140,132 @@ def model_cases(batch: int, only: set[str] | None, make_case: Callable[..., Any]
                                    2 * 407e6 * b, _ours(model, x), {"torch": _theirs(twin, x)},
                                    "model"))
     return cases
+
+
+# --- convlayers.compile against its peers: `python benchmarks/models.py [--quick]` ---------
+
+PEER_MODELS = ("MobileNetV2", "EfficientNet-Lite0", "ResNet-18", "ResNet-50")
+
+
+def _build(name: str, rng: np.random.Generator) -> tuple[Any, torch.nn.Module]:
+    """A convlayers model (random weights, BatchNorm statistics randomised) and its torch twin."""
+    from convlayers.interop.torch import to_torch
+    from convlayers.nn.models import efficientnet_lite0
+
+    model: Any
+    if name == "EfficientNet-Lite0":
+        model = efficientnet_lite0(rng=0)
+        _randomize_bn(model, rng)
+        return model.eval(), load_by_order(TorchLite0(), model.state_dict())
+    model = {"MobileNetV2": lambda: nn.MobileNetV2(rng=0), "ResNet-18": lambda: nn.resnet18(rng=0),
+             "ResNet-50": lambda: nn.resnet50(rng=0)}[name]()
+    _randomize_bn(model, rng)
+    return model.eval(), to_torch(model).eval()
+
+
+def _onnx_runners(twin: torch.nn.Module, x: np.ndarray, folder: str, threads: int) -> dict[str, Any]:
+    """ONNX Runtime (all graph optimisations) and OpenVINO (CPU, f32) on one exported file."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    path = f"{folder}/model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(twin, (torch.from_numpy(x),), path, input_names=["x"],
+                          output_names=["y"], dynamo=False)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                     "INFERENCE_PRECISION_HINT": "f32",
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return {"ORT": lambda: session.run(None, {"x": x})[0],
+            "OpenVINO": lambda: request.infer({0: x})[compiled.output(0)]}
+
+
+def _time_round_robin(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each runner, taking turns so drifts in load hit all alike."""
+    import time
+
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(repeats):
+        for key, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def peer_table(models: tuple[str, ...], batches: tuple[int, ...], repeats: int,
+               threads: int = 2) -> list[dict[str, Any]]:
+    """Time eager, compiled, torch, ORT and OpenVINO per model and batch; rows of results."""
+    import tempfile
+
+    import numba
+
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in models:
+        model, twin = _build(name, rng)
+        for batch in batches:
+            x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            plan = convlayers.compile(model, x)
+            with tempfile.TemporaryDirectory() as folder:
+                torch_run = _theirs(twin, x)
+                runners: dict[str, Callable[[], Any]] = {
+                    "eager": _ours(model, x), "compiled": lambda p=plan, a=x: p(a),
+                    "torch": lambda t=torch_run: t().numpy()}
+                runners.update(_onnx_runners(twin, x, folder, threads))
+                outputs = {k: np.asarray(fn()) for k, fn in runners.items()}  # also warms up
+                ref = outputs["torch"]
+                scale = float(np.abs(ref).max())
+                worst = {k: float(np.abs(v - ref).max()) / scale for k, v in outputs.items()}
+                if max(worst.values()) > 1e-3:
+                    raise AssertionError(f"{name} b{batch}: outputs disagree: {worst}")
+                peak = {"compiled": tracemalloc_peak_mib(runners["compiled"]),
+                        "eager": tracemalloc_peak_mib(runners["eager"])}
+                ms = _time_round_robin(runners, repeats)
+            torch_ms = ms["torch"]
+            ms_eager = ms["eager"]
+            rows.append({"model": name, "batch": batch, **ms, "peak_compiled_mib": peak["compiled"],
+                         "peak_eager_mib": peak["eager"], "worst_rel_diff": max(worst.values())})
+            print(f"{name:18s} b{batch:<3d} eager {ms_eager:8.1f}  compiled {ms['compiled']:8.1f}  "
+                  f"torch {torch_ms:8.1f}  ORT {ms['ORT']:7.1f}  OpenVINO {ms['OpenVINO']:7.1f} ms | "
+                  f"compiled/ORT {ms['compiled'] / ms['ORT']:.2f}x  "
+                  f"/OV {ms['compiled'] / ms['OpenVINO']:.2f}x"
+                  f"  torch/compiled {torch_ms / ms['compiled']:.2f}x | peak MiB compiled "
+                  f"{peak['compiled']:.1f} eager {peak['eager']:.1f}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the peer table (``--quick``: fewer repeats; ``--models``: a subset)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--models", default=",".join(PEER_MODELS), help="comma-separated subset")
+    parser.add_argument("--batches", default="1,16")
+    args = parser.parse_args(argv)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    unknown = set(models) - set(PEER_MODELS)
+    if unknown:
+        parser.error(f"--models: unknown {sorted(unknown)}; expected some of {PEER_MODELS}")
+    batches = tuple(int(b) for b in args.batches.split(","))
+    rows = peer_table(models, batches, repeats=5 if args.quick else 15)
+    print("\n| model | batch | eager ms | compiled ms | torch ms | ORT ms | OpenVINO ms | "
+          "compiled/ORT | compiled/OpenVINO | torch/compiled | peak MiB (compiled / eager) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['batch']} | {r['eager']:.1f} | {r['compiled']:.1f} | "
+              f"{r['torch']:.1f} | {r['ORT']:.1f} | {r['OpenVINO']:.1f} | "
+              f"{r['compiled'] / r['ORT']:.2f}x | {r['compiled'] / r['OpenVINO']:.2f}x | "
+              f"{r['torch'] / r['compiled']:.2f}x | {r['peak_compiled_mib']:.1f} / "
+              f"{r['peak_eager_mib']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -92,17 +92,18 @@ def add(a, b, act, out):
         _activate(out[i, ch], act)
 
 
-@njit(parallel=True, cache=True)
-def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols):
-    """Unfold one image ``x`` (C, H, W) into ``cols`` (C*kh*kw, ho*wo); padding reads as 0."""
-    c, h, w = x.shape
+@njit(cache=True, inline="always")
+def im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols, r_lo, r_hi):
+    """Rows ``r_lo .. r_hi`` of the unfolding of one image ``x`` (C, H, W) into ``cols``
+    (C*kh*kw, ho*wo), row ``(c*kh + i)*kw + j``; padding reads as 0."""
+    h, w = x.shape[1], x.shape[2]
     zero = cols.dtype.type(0)
-    for r in prange(c * kh * kw):
+    for r in range(r_lo, r_hi):
         ch, tap = r // (kh * kw), r % (kh * kw)
         i, j = tap // kw, tap % kw
         off = j * dw - pl
         lo = 0 if off >= 0 else (-off + sw - 1) // sw  # first ox with 0 <= ox*sw + off
-        hi = (w - 1 - off) // sw + 1 if w - 1 - off >= 0 else 0  # last ox with ox*sw + off < w
+        hi = (w - 1 - off) // sw + 1 if w - 1 - off >= 0 else 0  # past the last in range
         lo, hi = min(lo, wo), max(min(hi, wo), min(lo, wo))
         for oy in range(ho):
             iy = oy * sh - pt + i * dh
@@ -117,6 +118,13 @@ def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols):
             else:
                 for ox in range(lo, hi):
                     cols[r, base + ox] = x[ch, iy, ox * sw + off]
+
+
+@njit(parallel=True, cache=True)
+def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols):
+    """:func:`im2col_rows` over all rows, in parallel (one image, batch 1)."""
+    for r in prange(cols.shape[0]):
+        im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols, r, r + 1)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

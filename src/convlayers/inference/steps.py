@@ -9,16 +9,19 @@ its product reads them:
 * ``im2col``: ``W (groups, C_out/g, C_in/g*kh*kw)``; each image is unfolded into scratch
   ``(C_in*kh*kw, Ho*Wo)`` and multiplied per group, then the fused epilogue.
 
-The GEMMs are NumPy's BLAS ``sgemm`` writing into the arena (``np.matmul(..., out=)``);
-bias, residual and activation then run row by row in a numba kernel while the row is in cache.
+The GEMMs run on the register tiles of :mod:`convlayers.kernels.simd` inside numba kernels
+(:mod:`convlayers.inference.gemm`), bias, residual and activation applied to each finished
+block in cache; only the classifier's small product goes to NumPy's BLAS.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
+from convlayers.inference import gemm
 from convlayers.inference import kernels as K
 from convlayers.inference.graph import Graph, Node
 
@@ -59,12 +62,11 @@ class _Conv(Step):
         self.bias = np.ascontiguousarray(bias, dtype)
         self.residual = a["residual"]
         self.kh, self.kw = a["weight"].shape[2:]
-        self.dummy = np.zeros((1, 1, 1, 1), dtype)
 
     def _res(self, v: Views, flat: bool) -> tuple[np.ndarray, bool]:
-        if self.residual is None:
-            return (self.dummy.reshape(1, 1, 1) if flat else self.dummy), False
-        return v[self.residual][1 if flat else 0], True
+        """The residual's view, or the output's (never read) when there is none."""
+        source = self.out if self.residual is None else self.residual
+        return v[source][1 if flat else 0], self.residual is not None
 
 
 class Depthwise(_Conv):
@@ -81,11 +83,11 @@ class Depthwise(_Conv):
 
 
 class Pointwise(_Conv):
-    strategy = "pointwise GEMM (BLAS sgemm on NCHW planes) + numba epilogue"
+    strategy = "pointwise GEMM on NCHW planes (simd register tiles, channel x column units)"
 
     def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
         super().__init__(node, g, dtype)
-        self.matrix = np.ascontiguousarray(node.attrs["weight"][:, :, 0, 0], dtype)
+        self.taps = np.ascontiguousarray(node.attrs["weight"][None, :, :, 0, 0], dtype)
         self.strided = (self.sh, self.sw) != (1, 1)
         if self.strided:
             self.strategy = "subsample to scratch, then " + self.strategy
@@ -102,13 +104,15 @@ class Pointwise(_Conv):
             np.copyto(sub, x[:, :, :self.sh * self.ho:self.sh, :self.sw * self.wo:self.sw])
             x = sub
         out = v[self.out][1]
-        np.matmul(self.matrix, x.reshape(n, self.c_in, -1), out=out)
+        length = self.ho * self.wo
+        b, r = gemm.units(self.c_out, length, self.c_in, n, numba.get_num_threads())
         res, has = self._res(v, True)
-        K.epilogue(out, self.bias, res, has, self.act)
+        gemm.gemm_epilogue(x.reshape(n, 1, self.c_in, length), self.taps, self.bias, res, has,
+                           self.act, b, r, out.reshape(n, 1, self.c_out, length))
 
 
 class Im2col(_Conv):
-    strategy = "im2col to scratch + GEMM (BLAS sgemm) + numba epilogue"
+    strategy = "im2col to scratch + GEMM (simd register tiles)"
 
     def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
         super().__init__(node, g, dtype)
@@ -118,25 +122,31 @@ class Im2col(_Conv):
                                                      self.rows), dtype)
 
     def scratch_elements(self, n: int) -> int:
-        return self.c_in * self.kh * self.kw * self.ho * self.wo
+        per_image = self.c_in * self.kh * self.kw * self.ho * self.wo
+        return per_image * (numba.get_num_threads() if n > 1 else 1)
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
         assert scratch is not None
         x, out = v[self.inp][0], v[self.out][1]
-        length = self.ho * self.wo
-        cols = scratch[:self.c_in * self.kh * self.kw * length].reshape(-1, length)
-        per = self.c_out // self.groups
-        for i in range(x.shape[0]):
-            K.im2col(x[i], self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl,
-                     self.ho, self.wo, cols)
-            if self.groups == 1:
-                np.matmul(self.packed[0], cols, out=out[i])
-            else:
-                for gi in range(self.groups):
-                    np.matmul(self.packed[gi], cols[gi * self.rows:(gi + 1) * self.rows],
-                              out=out[i, gi * per:(gi + 1) * per])
+        n, length = x.shape[0], self.ho * self.wo
+        rows = self.c_in * self.kh * self.kw
         res, has = self._res(v, True)
-        K.epilogue(out, self.bias, res, has, self.act)
+        threads = numba.get_num_threads()
+        geometry = (self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl,
+                    self.ho, self.wo)
+        if n > 1 and scratch.size >= threads * rows * length:  # one image per thread
+            gemm.im2col_gemm_images(x, self.packed, self.bias, *geometry, res, has, self.act,
+                                    scratch[:threads * rows * length].reshape(threads, rows, length),
+                                    out)
+            return
+        cols = scratch[:rows * length].reshape(rows, length)
+        per = self.c_out // self.groups
+        b, r = gemm.units(per, length, self.rows, 1, threads)
+        for i in range(n):  # batch 1: unfold in parallel, then channel x column units
+            K.im2col(x[i], *geometry, cols)
+            gemm.gemm_epilogue(cols.reshape(1, self.groups, self.rows, length), self.packed,
+                               self.bias, res[i:i + 1], has, self.act, b, r,
+                               out[i:i + 1].reshape(1, self.groups, per, length))
 
 
 class Linear(Step):
@@ -147,12 +157,11 @@ class Linear(Step):
         self.matrix_t = np.ascontiguousarray(node.attrs["weight"].T, dtype)
         b = node.attrs["bias"]
         self.bias = np.ascontiguousarray(np.zeros(self.out_shape[0]) if b is None else b, dtype)
-        self.dummy = np.zeros((1, 1, 1), dtype)
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
         out = v[self.out][0]
         np.matmul(v[self.inp][0], self.matrix_t, out=out)
-        K.epilogue(v[self.out][1], self.bias, self.dummy, False, self.act)
+        K.epilogue(v[self.out][1], self.bias, v[self.out][1], False, self.act)
 
 
 class MaxPool(Step):

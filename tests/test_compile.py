@@ -1,0 +1,256 @@
+"""convlayers.compile: compiled plan vs eager model vs torch twin, fusion, arena, threads."""
+
+from __future__ import annotations
+
+import threading
+import tracemalloc
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn as tnn
+
+import convlayers
+from convlayers import nn
+from convlayers.interop.torch import to_torch
+from convlayers.nn.models.efficientnet import EfficientNetLite, load_wheel_state_dict
+from oracle import assert_close
+from test_nn_layers import copy_weights
+from twins import TorchLite0
+
+
+def randomize_norms(model: nn.Module, seed: int) -> nn.Module:
+    """Running statistics and affine parameters away from 0/1, so folding is really tested."""
+    rng = np.random.default_rng(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean[...] = rng.standard_normal(m.num_features) * 0.2
+            m.running_var[...] = rng.random(m.num_features) + 0.5
+            m.weight.data[...] = rng.random(m.num_features) + 0.5
+            m.bias.data[...] = rng.standard_normal(m.num_features) * 0.2
+    return model
+
+
+def eager(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with convlayers.no_grad():
+        out = model.eval()(x)
+    return np.asarray(getattr(out, "data", out))
+
+
+def torch_eval(twin: tnn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return twin.eval()(torch.from_numpy(x)).numpy()
+
+
+def check(model: nn.Module, twin: tnn.Module | None, shapes: list[tuple[int, ...]]) -> None:
+    """Compile at the first shape; every shape (other batch sizes) against eager and torch."""
+    rng = np.random.default_rng(0)
+    plan = convlayers.compile(model, rng.standard_normal(shapes[0]).astype(np.float32))
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(np.float32)
+        got = plan(x)
+        if twin is not None:
+            assert_close(got, torch_eval(twin, x), f"compiled vs torch at {shape}")
+        assert_close(got, eager(model, x), f"compiled vs eager at {shape}")
+
+
+def block(*layers: nn.Module) -> tuple[nn.Module, tnn.Module]:
+    """A convlayers Sequential and its torch twin (same keys, weights copied)."""
+    ours = randomize_norms(nn.Sequential(*layers), 1)
+    twin = to_torch(ours)
+    copy_weights(ours, twin)
+    return ours, twin
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: Any = None,
+            dilation: int = 1, rng: int = 0) -> list[nn.Module]:
+    pad = (k - 1) // 2 * dilation
+    layers = [nn.Conv2d(cin, cout, k, stride, pad, dilation, groups, bias=False, rng=rng),
+              nn.BatchNorm2d(cout)]
+    return layers + ([act()] if act is not None else [])
+
+
+BATCHES = [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)]
+
+
+@pytest.mark.parametrize("act", [None, nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh])
+def test_conv_bn_activation_fuses(act: Any) -> None:
+    ours, twin = block(*conv_bn(8, 12, act=act))
+    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32))
+    assert len(plan._steps) == 1  # conv, norm and activation are one step
+    check(ours, twin, BATCHES)
+
+
+@pytest.mark.parametrize("act", [nn.Hardswish, nn.SiLU])
+def test_swish_activations_fuse(act: Any) -> None:
+    ours = randomize_norms(nn.Sequential(*conv_bn(8, 12, act=act)), 2)
+    twin = tnn.Sequential(tnn.Conv2d(8, 12, 3, 1, 1, bias=False), tnn.BatchNorm2d(12),
+                          getattr(tnn, act.__name__)())
+    copy_weights(ours, twin)
+    check(ours, twin, BATCHES)
+
+
+@pytest.mark.parametrize(("k", "stride", "dilation"), [(3, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2)])
+def test_depthwise_and_pointwise(k: int, stride: int, dilation: int) -> None:
+    ours, twin = block(*conv_bn(8, 8, k, stride, groups=8, act=nn.ReLU6, dilation=dilation),
+                       *conv_bn(8, 16, 1, act=nn.ReLU, rng=1))
+    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32))
+    assert [type(s).__name__ for s in plan._steps] == ["Depthwise", "Pointwise"]
+    check(ours, twin, BATCHES)
+
+
+def test_grouped_strided_and_strided_pointwise_convs() -> None:
+    ours, twin = block(*conv_bn(8, 12, 3, 2, groups=2, act=nn.ReLU),
+                       nn.Conv2d(12, 6, 1, 2, bias=True, rng=3), nn.MaxPool2d(3, 2, 1, ceil_mode=True))
+    check(ours, twin, [(2, 8, 13, 15), (1, 8, 13, 15), (5, 8, 13, 15)])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_inverted_residual_fuses_the_add(stride: int) -> None:
+    ours = randomize_norms(nn.InvertedResidual(8, 8, stride, expand_ratio=3, rng=0), 3)
+    twin = to_torch(ours)
+    copy_weights(ours, twin)
+    plan = convlayers.compile(ours, np.zeros((1, 8, 9, 7), np.float32))
+    last = plan._steps[-1].node
+    assert (last.attrs["residual"] is not None) == (stride == 1)
+    check(ours, twin, [(1, 8, 9, 7), (2, 8, 9, 7), (5, 8, 9, 7)])
+
+
+def test_tf_same_padding_folds_into_the_conv() -> None:
+    ours = randomize_norms(nn.InvertedResidual(8, 16, 2, 6, 5, padding="tf_same", rng=0), 4)
+    plan = convlayers.compile(ours, np.zeros((1, 8, 10, 9), np.float32))
+    assert "pad" not in [s.node.op for s in plan._steps]
+    assert "conv.1.0" in plan.explain()  # the SamePad2d's path is listed with its conv
+    check(ours, None, [(1, 8, 10, 9), (2, 8, 10, 9)])  # the torch twin of Lite0 covers it below
+
+
+def test_resnet_blocks_fuse_residual_and_relu() -> None:
+    from test_resnet import TBasicBlock, TBottleneck
+
+    down = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False, rng=0), nn.BatchNorm2d(16))
+    ours = randomize_norms(nn.Sequential(nn.models.BasicBlock(8, 16, 2, down, rng=1),
+                                         nn.models.Bottleneck(16, 4, rng=2)), 5)
+    twin = tnn.Sequential(
+        TBasicBlock(8, 16, 2, tnn.Sequential(tnn.Conv2d(8, 16, 1, 2, bias=False), tnn.BatchNorm2d(16))),
+        TBottleneck(16, 4))
+    copy_weights(ours, twin)
+    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32))
+    fused = [s.node for s in plan._steps if s.node.attrs.get("residual") is not None]
+    assert len(fused) == 2 and all(n.attrs["act"] == "relu" for n in fused)
+    check(ours, twin, [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)])
+
+
+def test_unfusable_norm_activation_and_add_still_run() -> None:
+    # BatchNorm first (no conv to fold into), an activation after a pool, a pad before a pool
+    ours, twin = block(nn.BatchNorm2d(4), nn.ReLU(), nn.ZeroPad2d((1, 0, 2, 1)), nn.MaxPool2d(2),
+                       nn.Sigmoid(), nn.Flatten(), nn.Linear(4 * 6 * 5, 3, rng=0), nn.ReLU6())
+    plan = convlayers.compile(ours, np.zeros((1, 4, 9, 9), np.float32))
+    assert [s.node.op for s in plan._steps] == ["bn", "pad", "maxpool", "act", "flatten", "linear"]
+    check(ours, twin, [(1, 4, 9, 9), (3, 4, 9, 9)])
+
+
+def test_small_cnn_and_mobilenet_v2() -> None:
+    small = randomize_norms(nn.SmallCNN(image_size=8, rng=0), 6)
+    check(small, to_torch(small), [(2, 1, 8, 8), (1, 1, 8, 8), (5, 1, 8, 8)])
+    mobile = randomize_norms(nn.MobileNetV2(num_classes=7, width_mult=0.5, rng=0), 7)
+    check(mobile, to_torch(mobile), [(1, 3, 33, 29), (2, 3, 33, 29)])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnets(name: str) -> None:
+    model = randomize_norms(getattr(nn, name)(num_classes=7, rng=0), 8)
+    check(model, to_torch(model), [(1, 3, 35, 37), (2, 3, 35, 37)])
+
+
+def test_efficientnet_lite0_against_the_torch_twin() -> None:
+    torch.manual_seed(0)
+    twin = TorchLite0()
+    with torch.no_grad():
+        for m in twin.modules():
+            if isinstance(m, tnn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    ours = EfficientNetLite(rng=0)
+    load_wheel_state_dict(ours, {k: v.numpy() for k, v in twin.state_dict().items()})
+    check(ours, twin, [(1, 3, 37, 35), (2, 3, 37, 35)])
+
+
+def test_compile_leaves_the_model_alone_and_keeps_its_own_weights() -> None:
+    model = randomize_norms(nn.resnet18(num_classes=3, rng=0), 9).train()
+    before = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    plan = convlayers.compile(model, x)
+    assert model.training
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(value), before[key], key)
+    expected = plan(x)
+    model.fc.weight.data[...] = 0  # later changes to the model do not reach the plan
+    np.testing.assert_array_equal(plan(x), expected)
+
+
+def test_steady_state_call_allocates_only_its_output() -> None:
+    model = randomize_norms(nn.MobileNetV2(num_classes=10, width_mult=0.5, rng=0), 10)
+    x = np.random.default_rng(2).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    plan = convlayers.compile(model, x)
+    plan(x)  # first call: kernels compiled, arena made
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        out = plan(x)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    slack = 65_536  # Python objects of the calls (views, arguments), not array data
+    largest = max(plan._elements(v, 2) * 4 for v in plan._graph.shapes)
+    assert largest > 4 * slack  # so any intermediate array would show
+    assert peak <= out.nbytes + slack, f"peak {peak} B for a {out.nbytes} B output"
+
+
+def test_four_threads_give_the_single_threaded_results() -> None:
+    model = randomize_norms(nn.MobileNetV2(num_classes=10, width_mult=0.35, rng=0), 11)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((2, 3, 40, 40)).astype(np.float32) for _ in range(4)]
+    plan = convlayers.compile(model, xs[0])
+    expected = [plan(x) for x in xs]
+    results: list[Any] = [None] * 4
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            results[i] = plan(xs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_explain_lists_fused_layers_strategies_layout_and_offsets() -> None:
+    model = randomize_norms(nn.InvertedResidual(8, 8, 1, 6, rng=0), 12)
+    plan = convlayers.compile(model, np.zeros((1, 8, 6, 6), np.float32))
+    text = plan.explain()
+    assert text == repr(plan)
+    lines = text.splitlines()
+    assert len(lines) == 4  # header, expand, depthwise, project (+ residual)
+    assert "conv.0.0 + conv.0.1 + conv.0.2" in lines[1] and "relu6" in lines[1]
+    assert "depthwise direct" in lines[2] and "arena @" in lines[2] and "NCHW" in lines[2]
+    assert "residual" in lines[3] and "output" in lines[3]
+
+
+def test_bad_layers_and_inputs_are_named() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.AvgPool2d(2))
+    with pytest.raises(TypeError, match=r"'1'.*AvgPool2d"):
+        convlayers.compile(model, np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="example_input"):
+        convlayers.compile(nn.ReLU(), np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(TypeError, match="model"):
+        convlayers.compile(tnn.ReLU(), np.zeros((1, 3, 8, 8), np.float32))
+    plan = convlayers.compile(nn.Sequential(nn.Conv2d(3, 4, 3, rng=0)), np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 3, 8, 8\)"):
+        plan(np.zeros((1, 3, 9, 8), np.float32))
+    with pytest.raises(TypeError, match="x must be float32"):
+        plan(np.zeros((1, 3, 8, 8), np.float64))

@@ -254,3 +254,35 @@ def test_train_checks_the_output_is_writable_before_training(capsys, tmp_path):
     code, out_text, err = run(capsys, "train", "digits", "--checkpoint", tmp_path / "ck.txt",
                               "-o", tmp_path / "w.safetensors")
     assert_one_line_error(code, err, "--checkpoint", ".safetensors")
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--input", "1,3,100000,100000"), ("--input 1,3,100000,100000", "120,000,000,000 bytes")),
+    (("--width-mult", "1000"), ("--width-mult 1000", "parameters", "bytes")),
+    (("--input", "1,3,20000,20000"), ("largest activation", "bytes")),
+])
+def test_summary_absurd_sizes_fail_at_once(capsys, args, words):
+    code, _, err = run(capsys, "summary", "mobilenet_v2", *args)
+    assert_one_line_error(code, err, *words)
+
+
+@pytest.mark.parametrize("width_mult", [0.35, 1.0, 1.4])
+def test_summary_size_check_counts_mobilenet_parameters_exactly(width_mult):
+    from convlayers.cli.summary import _mobilenet_sizes
+    from convlayers.nn import MobileNetV2
+
+    built = sum(p.size for p in MobileNetV2(10, width_mult, rng=0).parameters())
+    assert _mobilenet_sizes(width_mult, 3, 224, 224, 10)[0] == built
+
+
+# ------------------------------------------------------------------ 16.7 NaN in arguments
+@pytest.mark.parametrize("args, words", [
+    (("summary", "mobilenet_v2", "--width-mult", "nan"), ("--width-mult", "finite")),
+    (("summary", "mobilenet_v2", "--width-mult", "inf"), ("--width-mult", "finite")),
+    (("explain", "conv", "--input", "1,nan;2,3"), ("input", "finite")),
+    (("explain", "pool", "--input", "1,2;inf,3"), ("input", "finite")),
+])
+def test_nan_arguments_get_a_clear_message(capsys, args, words):
+    code, _, err = run(capsys, *args)
+    line = assert_one_line_error(code, err, *words)
+    assert "cannot convert" not in line

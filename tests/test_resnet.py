@@ -174,3 +174,15 @@ def test_bad_arguments_are_named() -> None:
         nn.ResNet(nn.models.BasicBlock, (2, 2, 2))
     with pytest.raises(TypeError, match="block"):
         nn.ResNet(nn.Conv2d, (2, 2, 2, 2))  # type: ignore[arg-type]
+
+
+def test_fuse_folds_the_named_conv_bn_pairs_of_resnet() -> None:
+    twin = t_resnet50(num_classes=6)
+    randomize_norms(twin, 4)
+    model = from_torch(twin.eval())
+    fused = nn.fuse(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original stays
+    x = np.random.default_rng(3).standard_normal((1, 3, 40, 40)).astype(np.float32)
+    with torch.no_grad():
+        assert_close(np.asarray(fused(x)), twin(torch.from_numpy(x)), "fused resnet50")

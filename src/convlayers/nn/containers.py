@@ -5,12 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, overload
 
-import numpy as np
-
-from convlayers.nn.activation import _Inplace, overwritable
-from convlayers.nn.conv import _ConvNd
 from convlayers.nn.module import Module
-from convlayers.nn.norm import _BatchNorm
 
 __all__ = ["ModuleList", "Sequential"]
 
@@ -75,40 +70,9 @@ class Sequential(ModuleList):
         return super().__getitem__(index)
 
     def forward(self, x: Any) -> Any:
-        modules = list(self._modules.values())
-        previous: Module | None = None
-        i = 0
-        while i < len(modules):
-            module = modules[i]
-            fresh = _fresh_conv_output(previous, x)
-            if isinstance(module, _BatchNorm) and _unwrapped(module) and fresh is not None:
-                after = modules[i + 1] if i + 1 < len(modules) else None
-                clip = _fusable_clip(after)
-                if module.normalize_inplace(fresh, clip):
-                    previous = module if clip is None else after
-                    i += 1 if clip is None else 2
-                    continue
+        """Each child on the previous one's output, in order. Nothing is fused here: inference
+        fusion (BatchNorm folded, activations and residual adds in the convolution's epilogue)
+        is explicit, in :func:`convlayers.compile` and :func:`convlayers.nn.fuse`."""
+        for module in self._modules.values():
             x = module(x)
-            previous = module
-            i += 1
         return x
-
-
-def _unwrapped(module: Module | None) -> bool:
-    """No instance ``forward`` (as :func:`~convlayers.nn.feature_maps` installs to record)."""
-    return module is not None and "forward" not in vars(module)
-
-
-def _fresh_conv_output(previous: Module | None, x: Any) -> np.ndarray | None:
-    """The array under ``x`` if a convolution (unwrapped, so nobody else keeps it) just returned
-    it and nothing records it for a gradient: a BatchNorm after it may then work in place."""
-    if isinstance(previous, _ConvNd) and _unwrapped(previous):
-        return overwritable(x)
-    return None
-
-
-def _fusable_clip(module: Module | None) -> tuple[float, float] | None:
-    """The clip range of an in-place ReLU/ReLU6 that may run inside the BatchNorm before it."""
-    if isinstance(module, _Inplace) and module.inplace and _unwrapped(module):
-        return module.clip_range
-    return None

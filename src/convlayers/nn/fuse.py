@@ -30,6 +30,12 @@ _PAIRS: tuple[tuple[type[Module], type[Module]], ...] = (
     (Conv1d, BatchNorm1d), (Conv2d, BatchNorm2d), (Conv3d, BatchNorm3d))
 
 
+# ResNet's blocks and stem keep conv and norm as named attributes, not in a Sequential
+_NAMED_PAIRS = {"BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
+                "Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+                "ResNet": (("conv1", "bn1"),)}
+
+
 def fuse_conv_bn_weights(
     weight: np.ndarray, bias: np.ndarray | None, running_mean: np.ndarray, running_var: np.ndarray,
     eps: float, gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
@@ -82,7 +88,8 @@ def fuse(model: Module) -> Module:
     ``BatchNormNd`` of the same dimension and channel count, the convolution's weight and bias
     become ``w*s`` and ``(b - mean)*s + beta`` with ``s = gamma/sqrt(running_var + eps)``, and
     the BatchNorm is replaced by ``Identity`` (so ``state_dict`` keys change: the norm's vanish,
-    the conv gains a ``bias``). Transposed convolutions, norms without running statistics,
+    the conv gains a ``bias``). ResNet's named pairs (``conv1``/``bn1`` ... in its stem and
+    blocks) fold the same way. Transposed convolutions, norms without running statistics,
     convolutions used in more than one place and pairs outside a ``Sequential`` are left as
     they are. ``model`` itself is not changed.
 
@@ -120,6 +127,13 @@ def fuse(model: Module) -> Module:
     # a conv used in two places is left alone: folding it would change its other use
     uses = collections.Counter(id(m) for _, m in fused._walk())
     for container in list(fused.modules()):
+        named = _NAMED_PAIRS.get(type(container).__name__)
+        if named is not None and type(container).__module__.endswith("models.resnet"):
+            for conv_name, bn_name in named:
+                conv, bn = container._modules.get(conv_name), container._modules.get(bn_name)
+                if conv is not None and bn is not None and uses[id(conv)] == 1 and _foldable(conv, bn):
+                    _fold(conv, bn)
+                    container._modules[bn_name] = Identity().eval()
         if not isinstance(container, Sequential):
             continue
         items = list(container._modules.items())

@@ -286,3 +286,113 @@ def test_nan_arguments_get_a_clear_message(capsys, args, words):
     code, _, err = run(capsys, *args)
     line = assert_one_line_error(code, err, *words)
     assert "cannot convert" not in line
+
+
+# ------------------------------------------------------------------ 16.5 non-finite kernels/images
+@pytest.mark.parametrize("kernel, words", [
+    ("nan", ("kernel", "finite")),
+    ("1,inf;0,1", ("kernel", "finite")),
+    ("1e999", ("kernel", "finite")),
+    ("1e308", ("--kernel", "too large")),
+])
+def test_filter_refuses_non_finite_or_overflowing_kernels(capsys, tmp_path, kernel, words):
+    code, _, err = run(capsys, "filter", PHOTO, f"--kernel={kernel}", "-o", tmp_path / "k.png")
+    assert_one_line_error(code, err, *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_apply_filter_refuses_non_finite_and_overflowing_kernels():
+    from convlayers.filters import apply_filter
+
+    image = np.full((4, 4), 200, np.uint8)
+    with pytest.raises(ValueError, match="finite"):
+        apply_filter(image, [[1.0, np.nan]])
+    with pytest.raises(ValueError, match="beyond float64's range"):
+        apply_filter(image, [[1e308, 1e308]])
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        apply_filter(image.astype(np.float32), [[1e37, 1e37]])
+
+
+@pytest.fixture()
+def nan_tiff(tmp_path: Path) -> Path:
+    """An 8x8 float TIFF: a bright bar on black, with one NaN and one +inf pixel."""
+    pixels = np.zeros((8, 8), np.float32)
+    pixels[2:6, 3:5] = 1.0
+    pixels[0, 0], pixels[7, 7] = np.nan, np.inf
+    path = tmp_path / "nan.tif"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_read_image_warns_once_about_non_finite_pixels(nan_tiff):
+    from convlayers.io import NonFiniteImageWarning, read_image
+
+    with pytest.warns(NonFiniteImageWarning, match=r"nan\.tif.* 2 NaN or infinite") as caught:
+        pixels = read_image(nan_tiff)
+    assert len(caught) == 1
+    assert np.isnan(pixels[0, 0]) and np.isinf(pixels[7, 7])  # returned as stored
+
+
+def test_filter_on_a_nan_tiff_warns_once_and_is_not_black(capsys, tmp_path, nan_tiff):
+    code, _, err = run(capsys, "filter", nan_tiff, "--filter", "blur", "-o", tmp_path / "f.png")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convlayers: warning: ") and "nan.tif" in lines[0]
+    with Image.open(tmp_path / "f.png") as im:
+        result = np.array(im)
+    assert result[3, 3] > 0 and result[4, 0] == 0  # the bar shows; far from it stays black
+
+
+def test_predict_on_a_nan_tiff_warns_and_prints_a_probability(capsys, tmp_path, nan_tiff):
+    from convlayers.nn import SmallCNN
+    from convlayers.weights import save_weights
+
+    weights = tmp_path / "w.safetensors"
+    save_weights(SmallCNN(rng=0).state_dict(), weights)
+    code, out, err = run(capsys, "predict", weights, nan_tiff)
+    assert code == 0, err
+    probability = float(out.strip().rsplit("(", 1)[1].rstrip(")"))
+    assert 0.0 < probability <= 1.0  # not "0 (nan)"
+    assert err.count("convlayers: warning: ") == 1 and "nan.tif" in err
+
+
+# ------------------------------------------------------------------ 16.12 output paths
+def test_filter_output_with_a_wrong_suffix_creates_nothing(capsys, tmp_path):
+    code, _, err = run(capsys, "filter", PHOTO, "--filter", "blur", "-o", tmp_path / "out.txt")
+    assert_one_line_error(code, err, "out.txt", "image suffix")
+    code, _, err = run(capsys, "filter", PHOTO, "--filter", "blur", "sobel_x",
+                       "-o", tmp_path / "out.txt")
+    assert_one_line_error(code, err, "out.txt", "folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_filter_into_a_folder_refuses_a_file_in_the_way(capsys, tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("keep me")
+    code, _, err = run(capsys, "filter", PHOTO, "--filter", "blur", "sobel_x", "-o", blocker)
+    assert_one_line_error(code, err, "results", "not a folder")
+    assert blocker.read_text() == "keep me"
+
+
+def test_filter_to_zarr_runs_again_and_never_replaces_what_is_not_a_store(capsys, tmp_path):
+    pytest.importorskip("dask")
+    pytest.importorskip("zarr")
+    small = tmp_path / "small.png"
+    Image.open(PHOTO).resize((40, 30)).save(small)
+    store = tmp_path / "x.zarr"
+    for _ in range(2):  # without a Dask flag, and again over its own store
+        code, _, err = run(capsys, "filter", small, "--filter", "blur", "-o", store)
+        assert code == 0, err
+    import zarr
+
+    assert zarr.open(str(store), mode="r").shape == (30, 40, 3)
+    precious = tmp_path / "precious.zarr"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    plain = tmp_path / "plain.zarr"
+    plain.write_text("a file")
+    for target in (precious, plain):
+        code, _, err = run(capsys, "filter", small, "--filter", "blur", "-o", target)
+        assert_one_line_error(code, err, target.name, "not a zarr store")
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    assert plain.read_text() == "a file"

@@ -247,8 +247,8 @@ def run_predict(args: argparse.Namespace) -> int:
     """Classify every image; one line (or one JSON record) per image."""
     import numpy as np
 
+    from convlayers.cli._common import read_picture
     from convlayers.functional import softmax
-    from convlayers.io import read_image
     from convlayers.train import digit_input, predict_logits, small_cnn_from_state_dict
     from convlayers.weights import load_safetensors_metadata, load_weights
 
@@ -284,7 +284,7 @@ def run_predict(args: argparse.Namespace) -> int:
             logits = cd.predict(model, [str(p) for p in paths], batch_size=args.batch_size,
                                 preprocess=digit_chw)
     else:
-        logits = predict_logits(model, np.concatenate([digit_input(read_image(p)) for p in paths]))
+        logits = predict_logits(model, np.concatenate([digit_input(read_picture(p)) for p in paths]))
     probs = np.asarray(softmax(logits, dim=1), dtype=np.float64)
     records = [{"path": str(p), "class": classes[int(row.argmax())],
                 "probability": round(float(row.max()), 6),

@@ -396,3 +396,13 @@ def test_filter_to_zarr_runs_again_and_never_replaces_what_is_not_a_store(capsys
         assert_one_line_error(code, err, target.name, "not a zarr store")
     assert (precious / "thesis.txt").read_text() == "years of work"
     assert plain.read_text() == "a file"
+
+
+def test_explorer_uses_the_shared_pixel_limit(tmp_path):
+    from convlayers.web.services import ServiceError, decode_image
+
+    data = write_png(tmp_path / "small.png", 20, 10).read_bytes()
+    assert decode_image(data).shape == (10, 20, 3)
+    with config.settings(max_image_pixels=199), pytest.raises(ServiceError) as refused:
+        decode_image(data)
+    assert refused.value.status == 413 and "20x10" in refused.value.message

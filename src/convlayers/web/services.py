@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from convlayers import config
+
 __all__ = [
     "BOUNDARIES",
     "MAX_DECODE_PIXELS",
@@ -99,9 +101,10 @@ def decode_image(data: bytes, *, gray: bool = False, max_side: int = MAX_SIDE) -
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as opened:
             w, h = opened.size
-            if w < 1 or h < 1 or w * h > MAX_DECODE_PIXELS:
+            limit = min(MAX_DECODE_PIXELS, config.max_image_pixels())  # the readers' shared cap
+            if w < 1 or h < 1 or w * h > limit:
                 raise ServiceError(413, f"the image is too large: it claims {w}x{h} pixels; the "
-                                        f"limit is {MAX_DECODE_PIXELS:,} pixels")
+                                        f"limit is {limit:,} pixels")
             if opened.format == "JPEG":  # decode at a reduced scale straight away
                 opened.draft("RGB", (max_side, max_side))
             opened.load()

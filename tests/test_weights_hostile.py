@@ -5,6 +5,7 @@ on each. The files are built here; none of the memory they describe is ever allo
 
 from __future__ import annotations
 
+import pickle
 import re
 import subprocess
 import sys
@@ -249,3 +250,43 @@ def test_the_config_cap_applies_to_every_reader(tmp_path: Path) -> None:
             ValueError, match=re.escape(str(path)) + ".*config.max_array_bytes"
         ):
             load_weights(path)
+
+
+def _tuple_nest_pickle(tail: bytes, proto: int = 2) -> bytes:
+    """A pickle, written opcode by opcode (pickling it would hash it), whose memo slot 40
+    holds one tuple shared at each of 40 levels (2**40 nodes to hash), then ``tail``."""
+    ops = [bytes([0x80, proto]), b")q\x00"]  # EMPTY_TUPLE, BINPUT 0
+    ops += [b"h%ch%c\x86q%c" % (i - 1, i - 1, i) for i in range(1, 41)]  # (t, t) -> memo i
+    return b"".join(ops) + b"0" + tail + b"."  # POP the last nest, then the tail
+
+
+@pytest.mark.parametrize(("name", "tail", "proto"), [
+    ("dict-key", b"}h(K\x01s", 2),  # {nest: 1} by SETITEM
+    ("setitems", b"}(h(K\x01u", 2),  # by SETITEMS
+    ("frozenset", b"(h(\x91", 4),  # FROZENSET opcode
+    ("set-global", b"cbuiltins\nset\n]h(a\x85R", 2),  # set([nest])
+    ("ordered-dict", b"ccollections\nOrderedDict\n]h(K\x01\x86a\x85R", 2),
+])
+def test_a_shared_tuple_nest_is_not_hashed(tmp_path: Path, name: str, tail: bytes,
+                                          proto: int) -> None:
+    """Hashing a 40-level shared tuple nest (a dict key, a set element) visits 2**40 nodes:
+    the load refuses it at once instead of spinning for days."""
+    path = tmp_path / f"{name}.pt"
+    write_zip(path, [("archive/data.pkl", _tuple_nest_pickle(tail, proto), 0,
+                      len(_tuple_nest_pickle(tail, proto)))])
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*shared tuples"):
+        load_torch_checkpoint(path)
+    assert time.perf_counter() - start < 5
+    small = tmp_path / "small.pt"  # control: the same opcodes over a 4-level nest load
+    data = _tuple_nest_pickle(tail, proto).replace(b"h(", b"h\x04")
+    write_zip(small, [("archive/data.pkl", data, 0, len(data))])
+    assert load_torch_checkpoint(small) == pickle.loads(data)  # the stdlib as the oracle
+
+
+def test_tuple_keys_of_ordinary_size_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "keys.pt"
+    torch.save({(1, 2): torch.ones(2), "s": {(3, 4), 5}}, path)
+    got = load_torch_checkpoint(path)
+    np.testing.assert_array_equal(got[(1, 2)], [1.0, 1.0])
+    assert got["s"] == {(3, 4), 5}

@@ -18,6 +18,7 @@ Examples
 from __future__ import annotations
 
 import pickle
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import IO, Any
@@ -205,19 +206,68 @@ def _allowed() -> dict[str, Any]:
 _ALLOWED = _allowed()
 
 
-class _Bounded(pickle.Unpickler):
-    def load(self) -> Any:
-        """Unpickle; a length field that asks for more memory than exists is a ValueError.
+#: Tuple and frozenset nodes one load may hash (dict keys, set elements). A tuple's hash
+#: visits every node of its tree, so one tuple shared at each of 40 levels takes 2**40 steps.
+HASH_NODES = 100_000
 
-        CPython's unpickler allocates the length a BINBYTES8/BYTEARRAY8 opcode declares before
-        it reads the bytes (which then turn out to be missing); nothing else it allocates
-        exceeds the pickle's own size.
-        """
+_HASHING = {"collections.OrderedDict", "builtins.set", "builtins.frozenset",
+            "__builtin__.set", "__builtin__.frozenset"}
+
+
+class _Bounded(pickle._Unpickler):
+    """CPython's pure-Python unpickler with every opcode that hashes checked first.
+
+    The C unpickler offers no hook before it hashes a dict key or a set element, and hashing a
+    nest of shared tuples is exponential in its depth; here each key is measured first against
+    :data:`HASH_NODES`. Its objects are the same; a length field that asks for more bytes than
+    the pickle holds reads what is there and fails as truncated, allocating nothing.
+    """
+
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__(file)
+        self._hash_nodes = HASH_NODES
+        self.dispatch = {**self.dispatch, **_CHECKED}  # type: ignore[misc, dict-item]
+
+    def hashable(self, keys: Any) -> None:
+        """Count the tuple nodes hashing ``keys`` will visit; refuse past the load's budget."""
+        todo = list(keys)
+        while todo:
+            item = todo.pop()
+            if isinstance(item, (tuple, frozenset)):
+                self._hash_nodes -= 1 + len(item)
+                if self._hash_nodes < 0:
+                    raise ValueError(
+                        f"its dict keys or set elements nest shared tuples more than "
+                        f"{HASH_NODES:,} nodes wide (hashing them would take too long)")
+                todo.extend(item)
+
+    def load(self) -> Any:
+        """Unpickle; a malformed opcode argument is a ValueError."""
         try:
             return super().load()
-        except MemoryError:
-            raise ValueError("a pickle opcode declares a length larger than the memory "
-                             "available (a corrupt or hostile file)") from None
+        except (struct.error, MemoryError) as exc:
+            raise ValueError(f"the pickle is truncated or corrupt ({exc})") from None
+
+
+def _checked(code: bytes, keys: Callable[[list[Any]], Any]) -> Callable[[_Bounded], None]:
+    original = pickle._Unpickler.dispatch[code[0]]
+
+    def run(unpickler: _Bounded) -> None:
+        unpickler.hashable(keys(unpickler.stack))  # type: ignore[attr-defined]
+        original(unpickler)  # type: ignore[arg-type]
+
+    return run
+
+
+_CHECKED = {  # opcode -> the keys it is about to hash, taken from the stack
+    code[0]: _checked(code, keys) for code, keys in (
+        (pickle.SETITEM, lambda stack: stack[-2:-1]),
+        (pickle.SETITEMS, lambda stack: stack[0::2]),  # the items since MARK
+        (pickle.DICT, lambda stack: stack[0::2]),
+        (pickle.ADDITEMS, lambda stack: stack),
+        (pickle.FROZENSET, lambda stack: stack),
+    )
+}
 
 
 class PlainUnpickler(_Bounded):
@@ -247,7 +297,19 @@ class TensorUnpickler(_Bounded):
                 f"refused global {qualname!r}: a weights file may only rebuild tensors and plain "
                 "containers (dict, list, tuple, OrderedDict); this file asks to call other code"
             )
+        if qualname in _HASHING:  # set(...), frozenset(...), OrderedDict(pairs) hash their input
+            return _Global(qualname, self._hashing(_ALLOWED[qualname].fn))
         return _ALLOWED[qualname]
+
+    def _hashing(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def checked(*args: Any) -> Any:
+            items = [list(a.keys() if isinstance(a, dict) else a) for a in args[:1]]
+            keys = [p[0] if fn is OrderedDict and isinstance(p, (tuple, list)) and p else p
+                    for p in (items[0] if items else [])]
+            self.hashable(keys)
+            return fn(*args)
+
+        return checked
 
     def persistent_load(self, pid: Any) -> Storage:
         if not (isinstance(pid, tuple) and len(pid) == self.record_length and pid[0] == "storage"):

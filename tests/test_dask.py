@@ -198,8 +198,12 @@ def test_conv_and_pools_equal_in_memory(client, case):
     op, x, chunks, kw = case
     try:
         expected = getattr(F, op)(x, **kw)
-    except ValueError:
-        return  # window larger than the padded input, reflect padding too wide: not our case
+    except ValueError as err:  # window larger than the padded input, reflect padding too wide:
+        # the Dask op refuses it too, with the same message, before any work
+        with pytest.raises(ValueError) as dask_err:
+            getattr(cd, op)(da.from_array(x, chunks=chunks), **kw).compute()
+        assert str(dask_err.value) == str(err)
+        return
     got = getattr(cd, op)(da.from_array(x, chunks=chunks), **kw).compute()
     if op == "max_pool2d":
         np.testing.assert_array_equal(got, expected)
@@ -324,9 +328,93 @@ def test_failed_write_leaves_no_output(tmp_path):
     cd.save(da.ones((8, 8), chunks=4), tmp_path / "keep.zarr")
     for name in ("new.zarr", "keep.zarr", "new.npy"):
         with pytest.raises(RuntimeError, match="disk on fire"):
-            cd.save(bad, tmp_path / name)
+            cd.save(bad, tmp_path / name, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.zarr"]  # no temp names left
     np.testing.assert_array_equal(cd.open_image(tmp_path / "keep.zarr").compute(), np.ones((8, 8)))
+
+
+def test_save_never_overwrites_unasked(tmp_path):
+    """Issue 16.11: save() replaced any existing path."""
+    first, second = da.ones((6, 6), chunks=3), da.zeros((6, 6), chunks=3)
+    for name in ("a.zarr", "a.npy"):
+        cd.save(first, tmp_path / name)
+        with pytest.raises(FileExistsError, match="overwrite=True"):
+            cd.save(second, tmp_path / name)
+        np.testing.assert_array_equal(np.asarray(cd.open_image(tmp_path / name)), np.ones((6, 6)))
+        cd.save(second, tmp_path / name, overwrite=True)
+        np.testing.assert_array_equal(np.asarray(cd.open_image(tmp_path / name)), np.zeros((6, 6)))
+
+
+def test_save_never_deletes_what_is_not_its_zarr_store(tmp_path):
+    """Issue 16.11: save() deleted a folder precious.zarr holding thesis.txt and a plain file
+    x.zarr. Even with overwrite=True they are refused and left byte for byte."""
+    precious = tmp_path / "precious.zarr"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("five years")
+    (tmp_path / "x.zarr").write_bytes(b"not a store")
+    store = tmp_path / "mixed.zarr"  # a real zarr store with a foreign file inside
+    cd.save(da.ones((4, 4), chunks=2), store)
+    (store / "notes.md").write_text("mine")
+    (tmp_path / "folder.npy").mkdir()
+    for name, foreign in (("precious.zarr", "thesis.txt"), ("x.zarr", "x.zarr"),
+                          ("mixed.zarr", "notes.md"), ("folder.npy", "folder")):
+        with pytest.raises(ValueError, match=foreign):
+            cd.save(da.zeros((4, 4), chunks=2), tmp_path / name, overwrite=True)
+    assert (precious / "thesis.txt").read_text() == "five years"
+    assert (tmp_path / "x.zarr").read_bytes() == b"not a store"
+    assert (store / "notes.md").read_text() == "mine"
+    np.testing.assert_array_equal(np.asarray(cd.open_image(store)), np.ones((4, 4)))
+
+
+def test_a_killed_zarr_save_leaves_nothing_after_the_next_write(tmp_path):
+    """Issue 16.10: a save killed with SIGKILL left .out.zarr.tmp-*; the next write to the same
+    path removes it (and only names of save's own pattern whose process is gone)."""
+    import signal
+    import subprocess
+
+    script = (
+        "import sys, time, numpy as np, dask, dask.array as da\n"
+        "from convlayers import dask as cd\n"
+        "def slow(b):\n"
+        "    time.sleep(0.3)\n"
+        "    return b\n"
+        "x = da.ones((64, 64), chunks=8).map_blocks(slow, dtype=float)\n"
+        "with dask.config.set(scheduler='sync'):\n"
+        "    cd.save(x, sys.argv[1])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out.zarr")])
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".out.zarr.tmp-") for p in tmp_path.iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, "no temporary store"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    stale = [p.name for p in tmp_path.iterdir()]
+    assert len(stale) == 1 and stale[0].startswith(".out.zarr.tmp-"), stale
+    (tmp_path / ".other.zarr.tmp-0123abcd").mkdir()  # another path's: not touched
+    (tmp_path / ".out.zarr.tmp-notours").mkdir()  # not save's pattern: not touched
+    alive = tmp_path / f".out.zarr.tmp-{os.getpid()}-0123abcd"  # a live writer's: not touched
+    alive.mkdir()
+    cd.save(da.ones((4, 4), chunks=2), tmp_path / "out.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".other.zarr.tmp-0123abcd", ".out.zarr.tmp-notours", alive.name, "out.zarr"])
+
+
+@pytest.mark.parametrize(("limit", "workers"), [("120MB", 2), (100 * 2**20, 1), (0.0001, 1)])
+def test_session_refuses_a_worker_memory_limit_it_would_hang_on(limit, workers):
+    """Issue 16.14: session("local", workers=2, memory_limit="120MB") hung (workers start at
+    81-85% of the limit and pause at 80%). Refused before any worker starts, saying how much a
+    worker needs."""
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"memory_limit.*less than the 512 MiB a worker needs"):
+        with cd.session("local", workers=workers, memory_limit=limit):
+            pass  # pragma: no cover
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(ValueError, match="memory_limit must be"):
+        with cd.session("local", workers=1, memory_limit="lots"):
+            pass  # pragma: no cover
 
 
 def test_image_larger_than_worker_memory(client, tmp_path):

@@ -4,9 +4,13 @@
   chunk by the workers) or from an image file (read whole, then chunked).
 - :func:`save` writes a dask array to a zarr store, an ``.npy`` file or an image file. The
   output appears under its final name only when complete: a zarr store is written under a
-  hidden temporary name beside the target and renamed at the end; files go through
-  :func:`convlayers.io.atomic_write`. A failed write leaves no partial output (and an
-  existing target untouched until the rename).
+  hidden temporary name beside the target (``.NAME.tmp-PID-XXXXXXXX``) and renamed at the end;
+  files go through :func:`convlayers.io.atomic_write`. A failed write leaves no partial output
+  (and an existing target untouched until the rename); the temporary store of a write that was
+  killed is removed by the next write to the same path, once its process is gone.
+- An existing output is replaced only with ``overwrite=True``, and a zarr path only when it
+  holds a zarr array and nothing else (what :func:`save` writes): a folder named ``*.zarr``
+  with other files in it, or a plain file, is never deleted.
 
 Zarr writes rechunk the array to regular chunks first, so that every dask chunk is exactly
 one zarr chunk: no two tasks ever write into the same zarr chunk (dask PR #12587).
@@ -25,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -35,7 +40,7 @@ import numpy as np
 
 from convlayers.dask._chunks import as_dask
 
-__all__ = ["is_zarr", "open_image", "save"]
+__all__ = ["clean_stale", "is_zarr", "open_image", "save"]
 
 PathLike = str | os.PathLike[str]
 
@@ -90,11 +95,98 @@ def _regular(x: da.Array, chunks: int | None) -> da.Array:
     return x.rechunk(spec)
 
 
+_METADATA = (".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json")
+_CHUNK_KEY = re.compile(r"^(c|\d+)([./]\d+)*$")
+
+
+def _foreign_entry(store: Path) -> str | None:
+    """The first entry of ``store`` that a zarr array store does not hold (None: it is one).
+
+    A zarr array holds its metadata files at the top and chunk keys below it (``0.1``,
+    ``c/0/1``, ``0/1``); anything else (``thesis.txt``, a subfolder of other names, a link) is
+    not ours to delete."""
+    if store.is_symlink() or not store.is_dir():
+        return os.fspath(store)
+    for root, dirs, files in os.walk(store):
+        rel = Path(root).relative_to(store)
+        for name in dirs:
+            if Path(root, name).is_symlink() or not _CHUNK_KEY.match(name):
+                return os.fspath(Path(root, name))
+        for name in files:
+            top = rel == Path(".")
+            if not (top and name in _METADATA) and not _CHUNK_KEY.match(name):
+                return os.fspath(Path(root, name))
+    if not any((store / m).is_file() for m in (".zarray", "zarr.json")):
+        return f"{os.fspath(store)} (no zarr array metadata: .zarray or zarr.json)"
+    return None
+
+
+def _check_replaceable(target: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to replace what :func:`save` may not delete."""
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"path {os.fspath(target)!r} exists; pass overwrite=True to "
+                              f"replace it")
+    if target.suffix.lower() == ".zarr":
+        foreign = _foreign_entry(target)
+        if foreign is not None:
+            raise ValueError(f"path {os.fspath(target)!r} is not a zarr array store that save() "
+                             f"wrote: {foreign!r} is not zarr data; it is left untouched (remove "
+                             f"it yourself, or choose another path)")
+    elif target.is_dir():
+        raise ValueError(f"path {os.fspath(target)!r} is a folder; save() replaces files only")
+
+
+def _temp_pattern(target: Path) -> re.Pattern[str]:
+    """Names of the temporary (and replaced) stores of writes to ``target``."""
+    return re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-(?:(\d+)-)?[0-9a-f]{{8}}$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's live process
+        return True
+    return True
+
+
+def clean_stale(target: PathLike) -> list[Path]:
+    """Remove the temporary stores that killed writes to ``target`` left beside it.
+
+    Only names of :func:`save`'s own pattern (``.NAME.tmp-PID-XXXXXXXX``, ``.NAME.old-...``)
+    whose writing process is no longer running (names without a PID are from older versions)
+    are removed; returns them.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     (pathlib.Path(d) / ".out.zarr.tmp-0123abcd").mkdir()
+    ...     [p.name for p in clean_stale(pathlib.Path(d) / "out.zarr")]
+    ['.out.zarr.tmp-0123abcd']
+    """
+    target = Path(target)
+    pattern = _temp_pattern(target)
+    removed = []
+    parent = target.parent if os.fspath(target.parent) else Path(".")
+    for entry in parent.iterdir() if parent.is_dir() else ():
+        match = pattern.match(entry.name)
+        if match is None or (match.group(1) is not None and _alive(int(match.group(1)))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Move the finished ``tmp`` directory to ``target``, replacing what was there."""
     old = None
     if target.exists() or target.is_symlink():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.replace(target, old)
     os.replace(tmp, target)
     if old is not None:
@@ -105,7 +197,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 
 
 def save(
-    array: Any, path: PathLike, *, chunks: int | None = None, overwrite: bool = True,
+    array: Any, path: PathLike, *, chunks: int | None = None, overwrite: bool = False,
 ) -> Path:
     """Compute ``array`` and write it to ``path``; the file appears only once complete.
 
@@ -120,8 +212,10 @@ def save(
         8-bit conversion rule applies).
     chunks : int, optional
         Side of the zarr chunks along axes 0 and 1 (default: the array's largest chunk).
-    overwrite : bool, default True
-        Replace an existing output; False raises ``FileExistsError`` before computing.
+    overwrite : bool, default False
+        Replace an existing output; without it an existing path raises ``FileExistsError``
+        before computing. Even then a ``*.zarr`` path is replaced only when it holds a zarr
+        array and nothing else, and a folder never replaces a file path (``ValueError``).
 
     Returns
     -------
@@ -129,13 +223,13 @@ def save(
         The final path.
     """
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"path {os.fspath(path)!r} exists; pass overwrite=True to replace it")
     if not target.parent.is_dir():
         raise ValueError(f"path {os.fspath(path)!r}: directory {os.fspath(target.parent)!r} does not exist")
+    _check_replaceable(target, bool(overwrite))
     x = as_dask(array, "array")
     if target.suffix.lower() == ".zarr":
-        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+        clean_stale(target)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             da.to_zarr(_regular(x, chunks), os.fspath(tmp), overwrite=True)
             _replace_dir(tmp, target)

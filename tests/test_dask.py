@@ -408,13 +408,13 @@ def test_session_refuses_a_worker_memory_limit_it_would_hang_on(limit, workers):
     81-85% of the limit and pause at 80%). Refused before any worker starts, saying how much a
     worker needs."""
     t0 = time.monotonic()
-    with pytest.raises(ValueError, match=r"memory_limit.*less than the 512 MiB a worker needs"):
-        with cd.session("local", workers=workers, memory_limit=limit):
-            pass  # pragma: no cover
+    with (pytest.raises(ValueError, match=r"memory_limit.*less than the 512 MiB a worker needs"),
+          cd.session("local", workers=workers, memory_limit=limit)):
+        pass  # pragma: no cover
     assert time.monotonic() - t0 < 5
-    with pytest.raises(ValueError, match="memory_limit must be"):
-        with cd.session("local", workers=1, memory_limit="lots"):
-            pass  # pragma: no cover
+    with (pytest.raises(ValueError, match="memory_limit must be"),
+          cd.session("local", workers=1, memory_limit="lots")):
+        pass  # pragma: no cover
 
 
 def test_image_larger_than_worker_memory(client, tmp_path):

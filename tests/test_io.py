@@ -115,3 +115,67 @@ def test_atomic_write_argument_checks(tmp_path):
     with pytest.raises(ValueError, match="does not exist"), atomic_write(tmp_path / "no" / "a"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------- output paths (issue 16)
+def test_prepare_output_checks_suffix_and_what_is_in_the_way(tmp_path):
+    from convlayers.io import prepare_output
+
+    with pytest.raises(ValueError, match=r"-o '.*out\.txt' must end in an image suffix"):
+        prepare_output(tmp_path / "out.txt", "image", what="-o")
+    with pytest.raises(ValueError, match=r"new folder.*'\.txt'"):
+        prepare_output(tmp_path / "out.txt", "folder")
+    (tmp_path / "a.png").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        prepare_output(tmp_path / "a.png", "image")
+    with pytest.raises(ValueError, match=r"must end in \.safetensors or \.npz"):
+        prepare_output(tmp_path / "w.pt", "weights")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        prepare_output(tmp_path / "file", "folder")
+    with pytest.raises(ValueError, match="is not a folder"):
+        prepare_output(tmp_path / "file" / "w.npz", "weights")
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ValueError, match="not a regular file"):
+        prepare_output(tmp_path / "pipe.png", "image")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "file", "pipe.png"]
+
+
+def test_prepare_output_creates_parents_and_refuses_unwritable_folders(tmp_path):
+    from convlayers.io import prepare_output
+
+    target = prepare_output(tmp_path / "new" / "deeper" / "w.safetensors", "weights")
+    assert target.parent.is_dir() and list(target.parent.iterdir()) == []  # probe removed
+    with pytest.raises(ValueError, match="cannot be written"):
+        prepare_output("/proc/w.safetensors", "weights")
+
+
+def test_prepare_output_zarr_only_over_a_zarr_store(tmp_path):
+    from convlayers.io import is_zarr_store, prepare_output
+
+    store = tmp_path / "ok.zarr"
+    store.mkdir()
+    (store / ".zarray").write_text("{}")
+    assert is_zarr_store(store) and prepare_output(store, "zarr") == store
+    other = tmp_path / "other.zarr"
+    other.mkdir()
+    (other / "thesis.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a zarr store"):
+        prepare_output(other, "zarr")
+    assert (other / "thesis.txt").read_text() == "keep"
+
+
+def test_read_image_limits_come_before_decoding(tmp_path):
+    from convlayers import config
+
+    path = tmp_path / "x.png"
+    write_image(path, np.zeros((30, 40), np.uint8))
+    with config.settings(max_image_pixels=40 * 30 - 1), \
+            pytest.raises(ValueError, match=r"x\.png.*40x30.*max_image_pixels"):
+        read_image(path)
+    with config.settings(max_array_bytes=100), pytest.raises(ValueError, match=r"x\.png"):
+        read_image(path)
+    truncated = tmp_path / "t.png"
+    truncated.write_bytes(path.read_bytes()[:45])  # cut inside the pixel data
+    with pytest.raises(ValueError, match=r"t\.png"):
+        read_image(truncated)

@@ -46,6 +46,18 @@ def matrix(spec: str, name: str = "kernel") -> list[list[float]]:
     return out
 
 
+def canonical_name(text: str, names: tuple[str, ...], what: str) -> str:
+    """``text`` as one of ``names`` (spelled with ``_``), accepting ``-`` for ``_`` and any case.
+
+    >>> canonical_name("Small-CNN", ("small_cnn", "mobilenet_v2"), "MODEL")
+    'small_cnn'
+    """
+    key = str(text).strip().lower().replace("-", "_")
+    if key not in names:
+        raise CLIError(f"{what} must be one of {', '.join(names)} (or with '-'), got {text!r}")
+    return key
+
+
 def pair(text: str) -> tuple[int, ...]:
     """argparse type for a size: ``"32"`` (both axes) or ``"32x24"`` / ``"32,24"`` (rows, cols).
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from convlayers.cli._common import CLIError
+from convlayers.cli._common import CLIError, image_files
 
 __all__ = ["register"]
 
@@ -18,7 +18,8 @@ def register(sub: Any) -> None:
         description="Run EfficientNet-Lite0 with its ImageNet weights (the convlayers[pretrained] "
         "extra) on each IMAGE and print its most likely classes.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="photos to classify")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="photos to classify, or folders of photos")
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--maps", nargs="+", metavar="LAYER", default=[],
@@ -61,6 +62,8 @@ def _pictures(args: argparse.Namespace, model: Any) -> list[str]:
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    """Classify every image (folders hold images, as for 'filter' and 'predict')."""
+    args.images = [str(p) for p in image_files(args.images)]
     from convlayers.classify import classify, pretrained_model
 
     try:

@@ -1,17 +1,35 @@
-"""``convlayers summary``: the per-layer table of a model or a seed block."""
+"""``convlayers summary``: the per-layer table of a model, a block of the course, or saved weights."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
-from convlayers.cli._common import CLIError
+from convlayers.cli._common import CLIError, canonical_name
 
-MODELS = ("mobilenet_v2", "small-cnn", "efficientnet_lite0")
-BLOCKS = ("conv-bn-relu", "separable", "mobile-block")
+MODELS = ("mobilenet_v2", "efficientnet_lite0", "small_cnn")
+#: The course chapter's blocks: Conv-BN-ReLU, the depthwise-separable convolution, and its
+#: MobileNetV2-type block (expand x6, depthwise, project; no norm, activation or residual).
+BLOCKS = ("conv_bn_relu", "separable", "mobile_block")
 DEFAULT_INPUT = {"mobilenet_v2": (1, 3, 224, 224), "efficientnet_lite0": (1, 3, 224, 224),
-                 "small-cnn": (1, 1, 8, 8)}
+                 "small_cnn": (1, 1, 8, 8)}
+_WEIGHT_SUFFIXES = (".safetensors", ".npz")
+
+
+def model_or_weights(text: str) -> str:
+    """argparse type for MODEL: a model or block name (``-`` or ``_``), or a weights file.
+
+    >>> model_or_weights("small-cnn"), model_or_weights("MobileNet-V2")
+    ('small_cnn', 'mobilenet_v2')
+    """
+    if Path(text).suffix.lower() in _WEIGHT_SUFFIXES:
+        return text
+    try:
+        return canonical_name(text, MODELS + BLOCKS, "MODEL")
+    except CLIError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or a .safetensors/.npz weights file") from None
 
 
 def shape4(text: str) -> tuple[int, ...]:
@@ -38,15 +56,17 @@ def register(sub: Any) -> None:
         "parameters, multiply-adds (MACs; FLOPs = 2 x MACs) and output memory. Conv and linear "
         "weights count (the papers' and torchinfo's convention: mobilenet_v2 300.8 M); bias adds, "
         "BatchNorm, pooling and activations only with --bias/--norm/--pooling/--activations. "
-        "Seed blocks take their input "
-        "channels from --input (conv-bn-relu and separable map them to --out-channels; "
-        "mobile-block is the seed's MobileBlock: expand x6, depthwise, project).",
+        "The course chapter's blocks take their input channels from --input and map them to "
+        "--out-channels: conv_bn_relu (its Conv-BN-ReLU block), separable (its depthwise-"
+        "separable convolution: depthwise 3x3, then pointwise 1x1) and mobile_block (its "
+        "MobileNetV2-type block: expand x6, depthwise, project). MODEL may also be weights "
+        "saved by 'convlayers train' (.safetensors or .npz).",
     )
-    p.add_argument("model", choices=MODELS + BLOCKS, metavar="MODEL",
-                   help=f"one of {', '.join(MODELS + BLOCKS)}")
+    p.add_argument("model", type=model_or_weights, metavar="MODEL",
+                   help=f"one of {', '.join(MODELS + BLOCKS)} ('-' or '_'), or a weights file")
     p.add_argument("--input", type=shape4, default=None, metavar="N,C,H,W",
                    help="input shape (default 1,3,224,224 for the ImageNet models, 1,1,8,8 for "
-                   "small-cnn, 1,3,32,32 for the blocks)")
+                   "small_cnn, 1,3,32,32 for the blocks, the training size for weights)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="a Markdown table")
     fmt.add_argument("--csv", action="store_true", help="CSV rows (name,type,output_shape,...)")
@@ -56,11 +76,13 @@ def register(sub: Any) -> None:
     p.add_argument("--activations", action="store_true", help="count activations")
     p.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first")
     p.add_argument("--num-classes", type=int, default=None, metavar="K",
-                   help="classifier outputs (default 1000; 10 for small-cnn)")
+                   help="classifier outputs (default 1000; 10 for small_cnn)")
     p.add_argument("--width-mult", type=positive_float, default=1.0, metavar="W",
                    help="mobilenet_v2 channel multiplier (default 1.0)")
     p.add_argument("--out-channels", type=int, default=64, metavar="C",
-                   help="output channels of a seed block (default 64)")
+                   help="output channels of a block (default 64)")
+    p.add_argument("--widths", type=_widths, default=None, metavar="W1,W2,...",
+                   help="small_cnn channels per stage (default 8,16, as 'train --widths')")
     p.set_defaults(run=run_summary)
 
 
@@ -135,19 +157,23 @@ def build(args: argparse.Namespace, shape: tuple[int, ...]) -> Any:
 
     name, channels = args.model, shape[1]
     classes = args.num_classes
+    if args.widths is not None and name != "small_cnn":
+        raise CLIError(f"--widths applies to small_cnn only, got MODEL {name}")
     if name == "mobilenet_v2":
         return nn.MobileNetV2(1000 if classes is None else classes, args.width_mult, rng=0)
-    if name == "small-cnn":
+    if name == "small_cnn":
         if shape[2] != shape[3]:
-            raise CLIError(f"small-cnn needs a square input, got --input {','.join(map(str, shape))}")
-        return nn.SmallCNN(channels, 10 if classes is None else classes, shape[2], rng=0)
+            raise CLIError(f"small_cnn needs a square input, got --input {','.join(map(str, shape))}")
+        widths = {} if args.widths is None else {"widths": args.widths}
+        return nn.SmallCNN(channels, 10 if classes is None else classes, shape[2], rng=0,
+                           **widths)
     if name == "efficientnet_lite0":
         factory = getattr(models, "efficientnet_lite0", None)  # lands separately
         if factory is None:
             raise CLIError("efficientnet_lite0 is not available in this version of convlayers")
         return factory(num_classes=1000 if classes is None else classes, rng=0)
     out = args.out_channels
-    if name == "conv-bn-relu":
+    if name == "conv_bn_relu":
         return nn.ConvNormAct(channels, out, bias=True, rng=0)
     if name == "separable":
         return nn.DepthwiseSeparable(channels, out, bias=True, rng=0)
@@ -160,9 +186,13 @@ def run_summary(args: argparse.Namespace) -> int:
     from convlayers.nn import fuse
     from convlayers.summary import summary
 
-    shape = args.input or DEFAULT_INPUT.get(args.model, (1, 3, 32, 32))
-    check_sizes(args, shape)
-    model = build(args, shape)
+    if Path(args.model).suffix.lower() in _WEIGHT_SUFFIXES:
+        model, trained = load_saved(args.model)
+        shape = args.input or trained
+    else:
+        shape = args.input or DEFAULT_INPUT.get(args.model, (1, 3, 32, 32))
+        check_sizes(args, shape)
+        model = build(args, shape)
     if args.fuse:
         model = fuse(model)
     result = summary(model, shape, bias=args.bias, norm=args.norm,
@@ -174,3 +204,49 @@ def run_summary(args: argparse.Namespace) -> int:
     else:
         print(result)
     return 0
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """argparse type for ``8,16,32``: positive channel counts.
+
+    >>> _widths("8,16")
+    (8, 16)
+    """
+    try:
+        values = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected channel counts such as 8,16, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive channel counts, got {text!r}")
+    return values
+
+
+def load_saved(path: str) -> tuple[Any, tuple[int, int, int, int]]:
+    """A model rebuilt from weights saved by ``convlayers train`` and its training input shape."""
+    from convlayers.train import small_cnn_from_state_dict
+    from convlayers.train.folder import classifier_from_weights
+    from convlayers.weights import load_safetensors_metadata, load_weights
+
+    target = Path(path)
+    if not target.is_file():
+        raise CLIError(f"weights {str(target)!r} do not exist")
+    state = load_weights(target)
+    if any(k.startswith("model.") for k in state):  # a checkpoint from --checkpoint
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    try:
+        described = load_safetensors_metadata(target)
+    except ValueError:
+        described = {}
+    model: Any
+    try:
+        if described.get("dataset") == "folder":
+            model, _, size = classifier_from_weights(state, described)
+            return model, (1, int(described["channels"]), size, size)
+        model = small_cnn_from_state_dict(state)
+    except (KeyError, ValueError) as exc:
+        raise CLIError(f"weights {str(target)!r}: {exc}") from None
+    channels = int(model.features[0][0].weight.data.shape[1])
+    convs = [m[0].weight.data.shape for m in model.features if hasattr(m, "__getitem__")]
+    cells = int(model.classifier[1].weight.data.shape[1]) // int(convs[-1][0])
+    side = round(cells**0.5) * 2 ** len(convs)  # each stage halves the image
+    return model, (1, channels, side, side)

@@ -42,13 +42,30 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     return sock
 
 
+#: Seconds a connection has to send a complete request head, from its opening or from the end
+#: of its last response; then it is closed (idle and slowly-sending clients alike).
+HEADER_TIMEOUT = 10.0
+#: Requests in progress at once; more get 503. Idle connections do not count.
+MAX_REQUESTS = 64
+#: Open idle connections kept at most; beyond, the oldest is closed for the newcomer.
+MAX_IDLE = 256
+
+
 def serve(app: Any, sock: socket.socket, *, log_level: str = "warning") -> None:
-    """Serve ``app`` on an already bound socket until interrupted (uvicorn, one process)."""
+    """Serve ``app`` on an already bound socket until interrupted (uvicorn, one process).
+
+    Idle connections cannot starve real ones: a connection must send its request head within
+    :data:`HEADER_TIMEOUT` seconds, only connections with a request in progress count towards
+    the :data:`MAX_REQUESTS` that uvicorn's ``limit_concurrency`` guards, and at most
+    :data:`MAX_IDLE` idle connections stay open (keep-alive idles close after 5 s)."""
     try:
         import uvicorn
+
+        from convlayers.web._protocol import guarded_h11
     except ImportError as exc:
         raise ImportError(f"the explorer needs uvicorn: pip install 'convlayers[web]' "
                           f"({exc})") from exc
-    config = uvicorn.Config(app, log_level=log_level, limit_concurrency=64,
-                            timeout_keep_alive=5)
+    config = uvicorn.Config(app, log_level=log_level, limit_concurrency=MAX_REQUESTS,
+                            timeout_keep_alive=5,
+                            http=guarded_h11(HEADER_TIMEOUT, MAX_IDLE))
     uvicorn.Server(config).run(sockets=[sock])

@@ -57,14 +57,7 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._common import Pairs, pad_pairs, window_offsets
-from convlayers.functional.plan import (
-    JOINT,
-    Geometry,
-    choose,
-    geometry,
-    magnitude,
-    winograd_safe,
-)
+from convlayers.functional.plan import JOINT, Geometry, choose, geometry, magnitude
 
 
 def _batch_chunks(n: int, bytes_per_item: int) -> Iterator[slice]:
@@ -174,31 +167,29 @@ _PADDING_TIMES_WEIGHTS = frozenset(("winograd", "lowered", "lowered-fused", "poi
                                     "depthwise-planar"))
 
 
-def _checked_forward(s: str, g: Geometry, threads: int, x: np.ndarray, w: np.ndarray) -> str:
-    """The forward's strategy after the value checks (see :mod:`convlayers.functional.plan`)."""
-    if s == "numpy" or not config.engine.check_values:
-        return s
-    mw = None
-    if s == "winograd":
-        mx, mw = magnitude(x), magnitude(w)
-        if not winograd_safe(x.dtype, (mx, mw, 9 * g.c_in_g)):
-            s = choose(g, "forward", threads, winograd=False)[0]
-    if g.padded and s in _PADDING_TIMES_WEIGHTS:
-        mw = magnitude(w) if mw is None else mw
-        if not np.isfinite(mw):
-            return "depthwise-rows" if g.c_in_g == 1 else "numpy"
+#: inf and NaN go through the NumPy parts silently, as through torch (no RuntimeWarning).
+_quiet = np.errstate(invalid="ignore", over="ignore")
+
+
+def _finite(a: np.ndarray) -> bool:
+    return bool(np.isfinite(magnitude(a)))
+
+
+def _checked_forward(s: str, g: Geometry, w: np.ndarray) -> str:
+    """The forward's strategy after the weight check (see :mod:`convlayers.functional.plan`):
+    a non-finite weight must not meet the zero padding."""
+    if (g.padded and s in _PADDING_TIMES_WEIGHTS and config.engine.check_values
+            and not _finite(w)):
+        return "depthwise-rows" if g.c_in_g == 1 else "numpy"
     return s
 
 
-def _checked_backward(ss: tuple[str, str], g: Geometry, threads: int, x: np.ndarray,
-                      gy: np.ndarray, w: np.ndarray) -> tuple[str, str]:
-    if ss[0] != "winograd" or not config.engine.check_values:
-        return ss
-    mx, mw, mg = magnitude(x), magnitude(w), magnitude(gy)
-    n_out = g.n * g.ho * g.wo
-    if winograd_safe(x.dtype, (mw, mg, 9 * g.c_out_g), (mx, mg, n_out)):
-        return ss
-    return choose(g, "backward", threads, winograd=False)
+def _checked_backward(ss: tuple[str, str], w: np.ndarray) -> tuple[str, str]:
+    """The planar kernels scatter the input gradient over whole flat planes, padding and row
+    ends included: a non-finite weight takes the row kernels."""
+    if ss[0] == "depthwise-planar" and config.engine.check_values and not _finite(w):
+        return "depthwise-rows", "depthwise-rows"
+    return ss
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -224,14 +215,20 @@ def correlate(
         return out
     g, (s, _), threads = _planned("forward", x.shape, weight.shape, stride, dilation, groups,
                                   pairs, out_shape, x.dtype)
-    s = _checked_forward(s, g, threads, x, weight)
-    if s == "numpy":
+    s = _checked_forward(s, g, weight)
+    out4 = None
+    if s != "numpy":
+        with _threads_for(g.macs):
+            out4 = _FORWARD[s](_as_4d(x), _as_4d(weight), bias, g)
+            if out4 is None:  # Winograd saw an inf or NaN: again without it
+                s = _checked_forward(choose(g, "forward", threads, winograd=False)[0], g, weight)
+                if s != "numpy":
+                    out4 = _FORWARD[s](_as_4d(x), _as_4d(weight), bias, g)
+    if out4 is None:
         out = _numpy_forward(x, weight, stride, dilation, groups, out_shape, pairs)
         if bias is not None:
             out += bias.reshape((1, -1) + (1,) * len(out_shape))
         return out
-    with _threads_for(g.macs):
-        out4 = _FORWARD[s](_as_4d(x), _as_4d(weight), bias, g)
     return out4.reshape(x.shape[0], weight.shape[0], *out_shape)
 
 
@@ -251,10 +248,16 @@ def correlate_backward(
         return np.zeros_like(x), np.zeros_like(weight)
     g, ss, threads = _planned("backward", x.shape, weight.shape, stride, dilation, groups, pairs,
                               grad.shape[2:], x.dtype)
-    sx, sw = _checked_backward(ss, g, threads, x, grad, weight)
+    sx, sw = _checked_backward(ss, weight)
     if sx == sw and sx in JOINT:
-        gx4, gw4 = _BACKWARD[sx](_as_4d(x), _as_4d(grad), _as_4d(weight), g)
-        return gx4.reshape(x.shape), gw4.reshape(weight.shape)
+        grads = _BACKWARD[sx](_as_4d(x), _as_4d(grad), _as_4d(weight), g)
+        if grads is not None:
+            return grads[0].reshape(x.shape), grads[1].reshape(weight.shape)
+        # Winograd saw an inf or NaN: again without it
+        sx, sw = _checked_backward(choose(g, "backward", threads, winograd=False), weight)
+        if sx == sw and sx in JOINT:
+            gx4, gw4 = _BACKWARD[sx](_as_4d(x), _as_4d(grad), _as_4d(weight), g)
+            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
     if sx == "numpy":
         gx = _numpy_input_grad(grad, weight, x.shape[2:], stride, dilation, groups, pairs)
     else:
@@ -295,6 +298,7 @@ def correlate_input_grad(
                             dilation, groups, None, grad.shape[2:], grad.dtype)
     if s == "numpy":
         return _numpy_input_grad(grad, weight, padded_shape, stride, dilation, groups, None)
+    s = _checked_backward((s, s), weight)[0]
     gx4 = _INPUT_GRAD[s](_as_4d(grad), _as_4d(weight), g)
     return gx4.reshape(n, c_in, *padded_shape)
 
@@ -342,6 +346,7 @@ def _boxes(kernel: tuple[int, ...], in_shape: tuple[int, ...], out_shape: tuple[
             yield t, tuple(outs), tuple(ins), tuple(shape)
 
 
+@_quiet
 def _numpy_forward(x: np.ndarray, weight: np.ndarray, stride: tuple[int, ...],
                    dilation: tuple[int, ...], groups: int, out_shape: tuple[int, ...],
                    pairs: Pairs | None) -> np.ndarray:
@@ -367,6 +372,7 @@ def _numpy_forward(x: np.ndarray, weight: np.ndarray, stride: tuple[int, ...],
     return out.reshape(n, c_out, *out_shape)
 
 
+@_quiet
 def _numpy_input_grad(grad: np.ndarray, weight: np.ndarray, in_shape: tuple[int, ...],
                       stride: tuple[int, ...], dilation: tuple[int, ...], groups: int,
                       pairs: Pairs | None) -> np.ndarray:
@@ -393,6 +399,7 @@ def _numpy_input_grad(grad: np.ndarray, weight: np.ndarray, in_shape: tuple[int,
     return gx.reshape(n, groups * c_in_g, *in_shape)
 
 
+@_quiet
 def _numpy_weight_grad(x: np.ndarray, grad: np.ndarray, kernel: tuple[int, ...],
                        stride: tuple[int, ...], dilation: tuple[int, ...], groups: int,
                        pairs: Pairs | None) -> np.ndarray:
@@ -509,7 +516,7 @@ def _fwd_depthwise_rows(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
 
 
 def _fwd_winograd(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
-                  g: Geometry) -> np.ndarray:
+                  g: Geometry) -> np.ndarray | None:
     return _winograd_forward(x, w, bias, g.pt, g.pl, g.groups, (g.ho, g.wo))
 
 
@@ -533,6 +540,7 @@ def _fwd_lowered_fused(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     return out.reshape(g.n, g.c_out, g.ho, g.wo)
 
 
+@_quiet
 def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                  g: Geometry) -> np.ndarray:
     k = _kernels()
@@ -562,11 +570,12 @@ def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
 # ``(grad_input, grad_weight)``.
 
 def _bwd_winograd(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
-                  g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+                  g: Geometry) -> tuple[np.ndarray, np.ndarray] | None:
     return _winograd_backward(x, gy, w, g.pt, g.pl, g.groups)
 
 
 def _bwd_depthwise(kind: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    @_quiet
     def backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
                  g: Geometry) -> tuple[np.ndarray, np.ndarray]:
         """Both gradients of a depthwise convolution of the unpadded ``x`` by the ``kind``
@@ -584,6 +593,11 @@ def _bwd_depthwise(kind: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
             part = k.depthwise.planar_backward(x, gy, wd, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
                                                *_planar(g), _planar_parts(g.n * g.c_in), True,
                                                True, gx)
+            if config.engine.check_values and not _finite(part):
+                # the dot products run over whole flat planes, padding and row ends included,
+                # where an inf input meets a zero: the row kernels read by bounds
+                part = k.depthwise.depthwise_weight_grad(x, gy, g.kh, g.kw, g.sh, g.sw, g.dh,
+                                                         g.dw, g.pt, g.pl)
         else:
             k.depthwise.depthwise_input_grad(gy, wd, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, gx)
             part = k.depthwise.depthwise_weight_grad(x, gy, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
@@ -631,6 +645,7 @@ def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     return gxp
 
 
+@_quiet
 def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
     kh, kw, ho, wo = g.kh, g.kw, g.ho, g.wo
@@ -645,21 +660,26 @@ def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     return gxp
 
 
+@_quiet
 def _gw_depthwise_planar(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
     part = k.depthwise.planar_backward(xp, gy, np.zeros((g.c_out, g.kh, g.kw), dtype=xp.dtype),
                                        g.sh, g.sw, g.dh, g.dw, 0, 0, *_planar(g),
                                        _planar_parts(g.n * g.c_in), False, True,
                                        np.empty((0, 0, 0, 0), dtype=xp.dtype))
+    if config.engine.check_values and not _finite(part):  # see _bwd_depthwise
+        return _gw_depthwise_rows(xp, gy, g)
     return part.sum(axis=0).astype(xp.dtype).reshape(g.c_out, 1, g.kh, g.kw)
 
 
+@_quiet
 def _gw_depthwise_rows(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
     part = k.depthwise.depthwise_weight_grad(xp, gy, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, 0, 0)
     return part.sum(axis=0).astype(xp.dtype).reshape(g.c_out, 1, g.kh, g.kw)
 
 
+@_quiet
 def _gw_pointwise(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
     gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
@@ -672,6 +692,7 @@ def _gw_pointwise(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     return acc.sum(axis=0).reshape(g.c_out, g.c_in_g, 1, 1)
 
 
+@_quiet
 def _gw_lowered(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
     n, c_in, kh, kw, ho, wo, groups = g.n, g.c_in, g.kh, g.kw, g.ho, g.wo, g.groups
@@ -780,8 +801,9 @@ def _winograd_rows(tw: int, tiles: int) -> int:
 
 
 def _winograd_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, pt: int, pl: int,
-                      groups: int, out_shape: tuple[int, int]) -> np.ndarray:
-    """Transforms and the 16 products of each block of tile rows in one parallel region."""
+                      groups: int, out_shape: tuple[int, int]) -> np.ndarray | None:
+    """Transforms and the 16 products of each block of tile rows in one parallel region; None
+    when an output came out inf or NaN (see :mod:`convlayers.functional.plan`)."""
     k = _kernels()
     n = x.shape[0]
     c_out = w.shape[0]
@@ -789,16 +811,19 @@ def _winograd_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, pt:
     u = _winograd_weights(w, groups)
     out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
     rows = _winograd_rows(-(-wo // 2), config.engine.winograd_block_tiles)
+    threads = _numba_threads()
+    bad = np.zeros(threads, dtype=np.bool_)
     with _dynamic_units():
-        k.winograd.forward_fused(x, u, _bias_arg(bias, x.dtype), pt, pl, rows, _numba_threads(),
-                                 out)
-    return out
+        k.winograd.forward_fused(x, u, _bias_arg(bias, x.dtype), pt, pl, rows, threads, out, bad)
+    return None if bad.any() and config.engine.check_values else out
 
 
+@_quiet
 def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl: int,
-                       groups: int) -> tuple[np.ndarray, np.ndarray]:
+                       groups: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Both gradients of :func:`_winograd_forward`'s convolution from one input transform and
-    one output-gradient transform per unit: ``dV = U^T dM`` and ``dU = sum dM V^T``."""
+    one output-gradient transform per unit: ``dV = U^T dM`` and ``dU = sum dM V^T``; None when
+    a gradient came out inf or NaN."""
     k = _kernels()
     n, c_in = x.shape[:2]
     c_out, c_in_g = w.shape[:2]
@@ -811,11 +836,14 @@ def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl
         gx = np.empty_like(x)
         gut = np.empty((threads, 16, groups, c_out_g, c_in_g), dtype=x.dtype)
         rows = _winograd_rows(tw, config.engine.winograd_block_tiles_bwd)
+        bad = np.zeros(threads, dtype=np.bool_)
         with _dynamic_units():
-            k.winograd.backward_fused(x, gy, ut, pt, pl, rows, gx, gut)
+            k.winograd.backward_fused(x, gy, ut, pt, pl, rows, gx, gut, bad)
         gu4 = gut.sum(axis=0, dtype=np.float64).reshape(4, 4, c_out, c_in_g)
-        gw = np.einsum("ia,ijoc,jb->ocab", _G, gu4, _G)
-        return gx, gw.astype(x.dtype)
+        gw = np.einsum("ia,ijoc,jb->ocab", _G, gu4, _G).astype(x.dtype)
+        if config.engine.check_values and (bad.any() or not _finite(gw)):
+            return None
+        return gx, gw
     gx = np.zeros_like(x)
     gu = np.zeros((16, groups, c_out_g, c_in_g), dtype=x.dtype)
     for images, t0, rows in _winograd_units(n, th, tw):
@@ -829,13 +857,17 @@ def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl
         k.winograd.input_grad_transform(dv.reshape(16, c_in, length), pt, pl, t0, rows, tw,
                                         gx[images])
         gu += np.matmul(dmg, v.reshape(16, groups, c_in_g, length).swapaxes(-1, -2))
-    gw = np.einsum("ia,ijoc,jb->ocab", _G, gu.reshape(4, 4, c_out, c_in_g).astype(np.float64), _G)
-    return gx, gw.astype(x.dtype)
+    gw = np.einsum("ia,ijoc,jb->ocab", _G, gu.reshape(4, 4, c_out, c_in_g).astype(np.float64),
+                   _G).astype(x.dtype)
+    if config.engine.check_values and not (_finite(gw) and np.isfinite(gx.sum())):
+        return None
+    return gx, gw
 
 
 # ----------------------------------------------------------------------------- the tables
 
-_FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometry], np.ndarray]] = {
+_FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometry],
+                             np.ndarray | None]] = {
     "winograd": _fwd_winograd,
     "depthwise-flat": _fwd_depthwise_flat,
     "depthwise-planar": _fwd_depthwise_planar,
@@ -845,7 +877,7 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
     "lowered": _fwd_lowered,
 }
 
-_BACKWARD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+_BACKWARD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray] | None]] = {
     "winograd": _bwd_winograd,
     "depthwise-flat": _bwd_depthwise("flat"),
     "depthwise-planar": _bwd_depthwise("planar"),

@@ -35,18 +35,27 @@ numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose
                the twin of every other strategy, and the fallback for non-finite weights.
 ============== =================================================================================
 
-Values, not shapes, can also move a call off its planned strategy (value checks are on while
-``config.engine.check_values``; each costs one pass over the arrays, far less than the
-convolution):
+Values, not shapes, can also move a call off its planned strategy, so that outputs are inf or
+NaN exactly where torch's are (on while ``config.engine.check_values``; the checks cost far
+less than the convolution):
 
 - Winograd's transforms add and subtract neighbouring pixels, so an inf becomes NaN where
-  torch keeps inf, and values near the dtype's maximum can overflow where a direct sum does
-  not. Calls whose input, weight (or output gradient) hold an inf or NaN, or whose magnitudes
-  could overflow the transforms, take the strategy the planner picks without Winograd.
-- Strategies that multiply the zero padding by the weights (lowered, lowered-fused,
-  pointwise with padding, depthwise-planar, Winograd) would turn an inf or NaN weight into NaN
-  at outputs whose windows only touch it in the padding; torch skips those taps. A forward
-  with a non-finite weight and padding takes depthwise-rows (depthwise) or numpy.
+  torch keeps inf, a NaN weight spreads to more outputs, and values near the dtype's maximum
+  can overflow where a direct sum does not. Its kernels flag any inf or NaN they write (an
+  inf or NaN, once made, always reaches an output), and such a call is computed again by the
+  strategy the planner picks without Winograd.
+- Strategies that multiply the zero padding by the weights (lowered, lowered-fused, pointwise
+  with padding, depthwise-planar, Winograd) would turn an inf or NaN weight into NaN at outputs
+  whose windows meet it only in the padding, where torch's direct convolution skips those taps.
+  A forward with a non-finite weight and padding takes depthwise-rows (depthwise) or numpy.
+- The planar depthwise kernels run their dot products and scatters over whole flat planes, row
+  ends and padding included: a non-finite weight sends their input gradient, a non-finite
+  weight gradient their weight gradient, to the row kernels.
+
+(torch itself multiplies the padding on some of its slower paths: grouped convolutions with few
+channels per group, depthwise with a channel multiplier, 1x1 kernels with padding. There its
+outputs are NaN where a tap with a non-finite weight lies in the padding; convlayers follows its
+direct convolution's rule everywhere.)
 
 Examples
 --------
@@ -319,14 +328,6 @@ def magnitude(a: np.ndarray) -> float:
     if not (math.isfinite(hi) and math.isfinite(lo)):
         return math.inf
     return max(hi, -lo)
-
-
-def winograd_safe(dtype: Any, *terms: tuple[float, float, float]) -> bool:
-    """Whether Winograd's transforms stay finite: each term ``(a, b, count)`` bounds one product
-    family (``count`` products of magnitudes up to ``a*b``). The transforms grow a direct sum's
-    bound by at most 81x (forward) or 144x (input gradient); 1024 leaves room."""
-    top = float(np.finfo(dtype).max) / 1024
-    return all(a <= top and b <= top and a * b * count <= top for a, b, count in terms)
 
 
 # ----------------------------------------------------------------------------- the public plan

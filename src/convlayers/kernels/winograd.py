@@ -343,6 +343,18 @@ def _input_block_flat(xn, pt, pl, th0, rows, TW, v, even, odd, h_even, h_odd):
                 v3[t] = d1 - d3
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _any_nonfinite(a):
+    """Whether ``a`` (1-D) holds an inf or NaN: ``sum(a * 0)`` is NaN exactly then. Compiled
+    without fastmath's no-NaN/no-inf flags, which would fold ``a * 0`` to zero; ``reassoc``
+    lets the sum vectorise."""
+    zero = np.zeros(1, dtype=a.dtype)[0]
+    s = zero
+    for i in range(a.shape[0]):
+        s += a[i] * zero
+    return s != s
+
+
 @njit(cache=True, fastmath=True)
 def _output_block_flat(m, bias, th0, rows, TW, outn, sums, pairs):
     """:func:`output_transform` of one block (``m (16, C_out, >= rows*S)``, the layout of
@@ -350,8 +362,11 @@ def _output_block_flat(m, bias, th0, rows, TW, outn, sums, pairs):
     ``outn``, plus the bias, as flat loops over the whole block: the column sums ``A^T`` into
     ``sums (8, >= rows*S)``, the row sums of each output-row parity into ``pairs (2, >=
     2*rows*S)`` (tile ``l`` at ``2l, 2l + 1``, so each output row is one run of ``pairs``),
-    then one contiguous copy per output row."""
+    then one contiguous copy per output row. Returns whether any output was inf or NaN (the
+    engine then recomputes the call by another strategy: the transforms can turn an inf into
+    NaN, or overflow, where a direct sum does not)."""
     C, Ho, Wo = outn.shape
+    bad = False
     S = TW + 1
     n_v = rows * S
     has_bias = bias.shape[0] > 0
@@ -379,6 +394,9 @@ def _output_block_flat(m, bias, th0, rows, TW, outn, sums, pairs):
                 src, dst = y[th * 2 * S: th * 2 * S + Wo], outn[c, r]
                 for j in range(Wo):
                     dst[j] = src[j]
+                if _any_nonfinite(src):
+                    bad = True
+    return bad
 
 
 @njit(cache=True, fastmath=True)
@@ -504,10 +522,12 @@ def _input_grad_block(dv, pt, pl, th0, rows, TW, gxn, plane, t1):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def forward_fused(x, u, bias, pt, pl, R, nt, out):
+def forward_fused(x, u, bias, pt, pl, R, nt, out, bad):
     """The whole Winograd forward: ``out (N, C_out, Ho, Wo)`` from ``x (N, C_in, H, W)`` and
     ``u (16, groups, C_out/g, C_in/g)`` (+ ``bias``, possibly empty), in units of ``R`` tile
-    rows of one image, with scratch for ``nt`` threads (numba's current thread count)."""
+    rows of one image, with scratch for ``nt`` threads (numba's current thread count).
+    ``bad[t]`` (``nt`` flags, zeroed by the caller) is set when thread ``t`` wrote an inf or
+    NaN."""
     N, C = x.shape[0], x.shape[1]
     G, Cog, Cig = u.shape[1], u.shape[2], u.shape[3]
     Cout, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
@@ -538,16 +558,18 @@ def forward_fused(x, u, bias, pt, pl, R, nt, out):
         for e in range(16):
             for g in range(G):
                 gemm_tiled(u[e, g], v4[e, g], m4[e, g])
-        _output_block_flat(m, bias, th0, rows, TW, out[n], sbuf[t], ybuf[t])
+        if _output_block_flat(m, bias, th0, rows, TW, out[n], sbuf[t], ybuf[t]):
+            bad[t] = True
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def backward_fused(x, gy, ut, pt, pl, R, gx, gu):
+def backward_fused(x, gy, ut, pt, pl, R, gx, gu, bad):
     """Both gradients of :func:`forward_fused`'s convolution, one image per unit (its blocks of
     ``R`` tile rows in order, so the overlapping input rows of two blocks never race):
     ``gx (N, C_in, H, W)`` is *overwritten*; ``gu (threads, 16, groups, C_out/g, C_in/g)``
     receives each thread's ``sum dM V^T`` (the caller sums over threads). ``ut`` is ``U^T``,
-    ``(16, groups, C_in/g, C_out/g)``."""
+    ``(16, groups, C_in/g, C_out/g)``. ``bad[t]`` (zeroed by the caller) is set when thread
+    ``t`` wrote an inf or NaN into ``gx``."""
     N, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     G, Cig, Cog = ut.shape[1], ut.shape[2], ut.shape[3]
     Cout, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
@@ -597,3 +619,7 @@ def backward_fused(x, gy, ut, pt, pl, R, gx, gu):
                     else:
                         gemm_nt_add(dm4[e, g], v4[e, g], gu[t, e, g])
             _input_grad_block(dv, pt, pl, th0, rows, TW, gxn, pbuf[t], tbuf[t])
+        for c in range(C):
+            for r in range(H):
+                if _any_nonfinite(gxn[c, r]):
+                    bad[t] = True

@@ -24,10 +24,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+import convlayers  # before torch: its OpenMP must not keep spinning beside numba's (see README)
+from convlayers import nn
+
+# isort: split
 import torch
 
-import convlayers
-from convlayers import nn
 from torch_models import (
     TorchInvertedResidual,
     TorchLite0,

@@ -11,7 +11,7 @@ its product reads them:
 
 The GEMMs run on the register tiles of :mod:`convlayers.kernels.simd` inside numba kernels
 (:mod:`convlayers.inference.gemm`), bias, residual and activation applied to each finished
-block in cache; only the classifier's small product goes to NumPy's BLAS.
+block in cache. Nothing calls BLAS, so no call waits for OpenBLAS's threads to wake.
 """
 
 from __future__ import annotations
@@ -150,18 +150,16 @@ class Im2col(_Conv):
 
 
 class Linear(Step):
-    strategy = "GEMM (BLAS sgemm) + numba epilogue"
+    strategy = "dot products over contiguous weight rows (numba) + epilogue"
 
     def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
         super().__init__(node, g)
-        self.matrix_t = np.ascontiguousarray(node.attrs["weight"].T, dtype)
+        self.matrix = np.ascontiguousarray(node.attrs["weight"], dtype)
         b = node.attrs["bias"]
         self.bias = np.ascontiguousarray(np.zeros(self.out_shape[0]) if b is None else b, dtype)
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
-        out = v[self.out][0]
-        np.matmul(v[self.inp][0], self.matrix_t, out=out)
-        K.epilogue(v[self.out][1], self.bias, v[self.out][1], False, self.act)
+        K.linear(v[self.inp][0], self.matrix, self.bias, self.act, v[self.out][0])
 
 
 class MaxPool(Step):

@@ -171,7 +171,7 @@ def test_filter_png_equals_library(client: TestClient, name: str, mode: str, bou
                                            "sample": "chelsea"})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     expected = to_uint8(apply_filter(sample_photo(gray=gray), name, mode=mode,
-                                     boundary=boundary), scale)
+                                     boundary=boundary), scale, name)
     np.testing.assert_array_equal(decode(r.content), expected)
 
 
@@ -182,7 +182,12 @@ def test_typed_kernel_on_upload_equals_library(client: TestClient) -> None:
     r = client.post("/api/filter", params={"kernel": spec}, content=png_bytes(image))
     assert r.status_code == 200
     kernel = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=float)
-    np.testing.assert_array_equal(decode(r.content), to_uint8(apply_filter(image, kernel), "auto"))
+    np.testing.assert_array_equal(decode(r.content),
+                                  to_uint8(apply_filter(image, kernel), "auto", kernel))
+    edges = decode(r.content)  # an edge kernel shows |response|: flat areas black, not grey
+    flat = np.zeros((20, 20, 3), dtype=np.uint8)
+    r = client.post("/api/filter", params={"kernel": spec}, content=png_bytes(flat))
+    assert decode(r.content).max() == 0 and edges.max() == 255
 
 
 def test_image_endpoint_and_downscaling(client: TestClient) -> None:
@@ -291,6 +296,69 @@ def test_playground_sizes_equal_shapes(client: TestClient, case: dict) -> None:
     ({"op": "max_pool", "ceil_mode": "perhaps"}, ["ceil_mode"]),
 ])
 def test_playground_bad_input(client: TestClient, params: dict, words: list[str]) -> None:
+    assert_error(client.get("/api/playground", params=params), 400, *words)
+
+
+@pytest.mark.parametrize(("op", "n", "k", "s", "p", "d"), [
+    ("conv", 5, 3, 2, 1, 1), ("conv", 6, 2, 1, 0, 2), ("conv_transpose", 3, 3, 2, 1, 1),
+    ("max_pool", 5, 3, 2, 1, 1), ("avg_pool", 4, 2, 2, 0, 1),
+])
+def test_playground_numbers_equal_the_reference_loops(client: TestClient, op: str, n: int,
+                                                      k: int, s: int, p: int, d: int) -> None:
+    from convlayers import reference
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(-9, 10, (n, n)).astype(float)
+    w = rng.integers(-3, 4, (k, k)).astype(float)
+    params = {"op": op, "input": n, "kernel": k, "stride": s, "padding": p, "dilation": d,
+              "input_values": ";".join(" ".join(str(int(v)) for v in row) for row in x)}
+    if op.startswith("conv"):
+        params["kernel_values"] = ";".join(",".join(str(int(v)) for v in row) for row in w)
+    data = client.get("/api/playground", params=params).json()
+    x4, w4 = x[None, None], w[None, None]
+    if op == "conv":
+        want = reference.conv2d(x4, w4, stride=(s, s), padding=(p, p), dilation=(d, d))
+    elif op == "conv_transpose":
+        want = reference.conv_transpose2d(x4, w4, stride=(s, s), padding=(p, p),
+                                          dilation=(d, d))
+    elif op == "max_pool":
+        want = reference.max_pool2d(x4, (k, k), (s, s), (p, p), (d, d))[0]
+    else:
+        want = reference.avg_pool2d(x4, (k, k), (s, s), (p, p))
+    np.testing.assert_allclose(data["output"], want[0, 0], atol=1e-9)
+    assert data["input"] == x.tolist()
+    assert data["kernel"] == (w.tolist() if op.startswith("conv") else None)
+    out_w = want.shape[-1]
+    for t, text in enumerate(data["sums"]):
+        i, j = divmod(t, out_w)
+        assert text.startswith(f"out[{i}, {j}] = ")
+        assert float(text.rsplit("= ", 1)[1]) == pytest.approx(want[0, 0, i, j], abs=5e-3)
+        if op == "conv":  # the products written out add up to the output
+            terms = text.split(" = ")[1].split(" + ")
+            total = sum(float(a) * float(b.strip("()")) for a, b in
+                        (term.split("\u00d7") for term in terms))
+            assert total == want[0, 0, i, j]
+
+
+def test_playground_defaults_show_numbers(client: TestClient) -> None:
+    data = client.get("/api/playground", params={"op": "conv_transpose", "input": 2,
+                                                  "kernel": 3, "stride": 2}).json()
+    assert data["input"] == [[1.0, 2.0], [3.0, 4.0]] and data["kernel"] == [[1.0] * 3] * 3
+    assert data["output"][0] == [1.0, 1.0, 3.0, 2.0, 2.0]  # scatter of 1 and 2 by hand
+    assert data["grid"][2][2] == 1.0 and data["grid"][2][3] == 0.0  # an input, an inserted 0
+
+
+@pytest.mark.parametrize(("params", "words"), [
+    ({"op": "conv", "input": 3, "input_values": "1,2;3,4"}, ["input_values", "3x3", "2x2"]),
+    ({"op": "conv", "input": 3, "kernel": 2, "kernel_values": "1,2,3"}, ["kernel_values", "2x2"]),
+    ({"op": "conv", "input": 2, "kernel": 1, "input_values": "1,x;2,3"},
+     ["input_values", "not a number"]),
+    ({"op": "conv", "input": 1, "kernel": 1, "kernel_values": "inf"}, ["kernel_values", "finite"]),
+    ({"op": "max_pool", "input": 4, "kernel": 2, "kernel_values": "1,1;1,1"},
+     ["kernel_values", "max_pool"]),
+])
+def test_playground_typed_numbers_are_checked(client: TestClient, params: dict,
+                                              words: list[str]) -> None:
     assert_error(client.get("/api/playground", params=params), 400, *words)
 
 

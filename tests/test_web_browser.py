@@ -134,6 +134,14 @@ def test_page_loads_with_no_external_requests(browser_page: dict[str, Any]) -> N
     assert page.locator("#f-bank input").count() >= 15
 
 
+def test_page_opens_with_results_shown(browser_page: dict[str, Any]) -> None:
+    page = browser_page["page"]  # nothing clicked yet: the default filters ran on load
+    shown = [img.get_attribute("data-filter")
+             for img in page.locator("#f-results img").all()]
+    assert shown == ["original", "blur", "sobel_x"] or shown == ["original", "sobel_x", "blur"]
+    assert "2 filter(s) applied" in page.inner_text("#f-status")
+
+
 def test_filter_in_page_equals_library(browser_page: dict[str, Any]) -> None:
     from convlayers.cli.images import to_uint8
     from convlayers.data import sample_photo
@@ -156,7 +164,7 @@ def test_filter_in_page_equals_library(browser_page: dict[str, Any]) -> None:
                                   photo)
     for name in ("sobel_x", "blur"):
         shown = _png_from_img(page, f"#f-results img[data-filter='{name}']")
-        np.testing.assert_array_equal(shown, to_uint8(apply_filter(photo, name), "auto"))
+        np.testing.assert_array_equal(shown, to_uint8(apply_filter(photo, name), "auto", name))
     link = page.locator("#f-results figure:has(img[data-filter='blur']) a[download]")
     assert link.get_attribute("download") == "chelsea_blur.png"
     assert browser_page["external"] == []
@@ -214,6 +222,51 @@ def test_playground_size_equals_shapes(browser_page: dict[str, Any], op: str, n:
     if p:
         assert page.locator("#pg-grid svg rect.pad").count() > 0
     assert f"= {out}" in page.inner_text("#pg-filled")
+
+
+def _numbers(page: Any, selector: str) -> list[float]:
+    return [float(t) for t in page.locator(f"{selector} svg text").all_text_contents()]
+
+
+def test_playground_shows_and_takes_numbers(browser_page: dict[str, Any]) -> None:
+    from convlayers import reference
+
+    page = browser_page["page"]
+    page.click("button.tab[data-panel='arithmetic']")
+    page.select_option("#pg-op", "conv")
+    for field, value in (("#pg-input", 4), ("#pg-kernel", 3), ("#pg-stride", 1),
+                         ("#pg-padding", 0), ("#pg-dilation", 1)):
+        page.fill(field, str(value))
+    page.fill("#pg-values", "")
+    page.fill("#pg-weights", "")
+    page.click("#pg-compute")
+    page.wait_for_function("() => document.getElementById('pg-size').textContent === '2 x 2'")
+    assert _numbers(page, "#pg-grid") == list(range(1, 17))  # default input 1..16
+    assert _numbers(page, "#pg-kernel-grid") == [1.0] * 9  # default kernel: ones
+    assert page.inner_text("#pg-sum").endswith("= 54")  # 1+2+3+5+6+7+9+10+11
+    x = np.array([[3, 1, 4, 1], [5, 9, 2, 6], [5, 3, 5, 8], [9, 7, 9, 3]], dtype=float)
+    w = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=float)
+    page.fill("#pg-values", "\n".join(" ".join(str(int(v)) for v in row) for row in x))
+    page.fill("#pg-weights", "1,0,-1; 2,0,-2; 1,0,-1")
+    page.click("#pg-compute")
+    want = reference.correlate2d_simple(x, w)
+    page.wait_for_function("text => document.getElementById('pg-sum').textContent.endsWith(text)",
+                           arg=f"= {want[0, 0]:g}", timeout=10_000)
+    assert _numbers(page, "#pg-grid") == x.ravel().tolist()
+    assert _numbers(page, "#pg-kernel-grid") == w.ravel().tolist()
+    for _ in range(3):
+        page.click("#pg-next")
+    assert _numbers(page, "#pg-out") == want.ravel().tolist()  # every output written in
+    page.fill("#pg-weights", "1,0;0,1")
+    page.click("#pg-compute")
+    page.wait_for_selector("#pg-error:not([hidden])", timeout=10_000)
+    assert "kernel_values must be 3x3" in page.inner_text("#pg-error")
+    page.fill("#pg-weights", "")
+    page.fill("#pg-values", "")
+    page.click("#pg-compute")
+    page.wait_for_selector("#pg-error[hidden]", state="attached", timeout=10_000)
+    # the only console messages are the browser's notes on the refused (400) requests
+    assert all("400" in m for m in browser_page["console_errors"])
 
 
 def test_screenshot(browser_page: dict[str, Any], tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ GET      /static/app.js, /static/style.css
 GET      /api/filters                     the filter bank (kernels), modes, boundaries, ...
 POST     /api/image                       the image as the server works on it (PNG)
 POST     /api/filter                      one filtered image (PNG)
-GET      /api/playground                  output size, filled-in formula, sliding plan
+GET      /api/playground                  output size, filled-in formula, sliding plan, numbers
 GET      /api/models                      models on offer, available or not
 GET      /api/models/{id}/layers          named modules, conv weight shapes
 GET      /api/models/{id}/summary         per-layer table (rows and Markdown)
@@ -176,8 +176,10 @@ async def playground(request: Request) -> Response:
             _int(request, "padding", 0) or 0, _int(request, "dilation", 1) or 0)
     output_padding = _int(request, "output_padding", 0) or 0
     ceil_mode = _flag(request, "ceil_mode")
+    typed = request.query_params.get("input_values"), request.query_params.get("kernel_values")
     return JSONResponse(await _work(request, lambda: services.playground(
-        *args, output_padding=output_padding, ceil_mode=ceil_mode)))
+        *args, output_padding=output_padding, ceil_mode=ceil_mode, input_values=typed[0],
+        kernel_values=typed[1])))
 
 
 def _registry(request: Request) -> ModelRegistry:

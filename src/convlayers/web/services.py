@@ -229,11 +229,33 @@ def _bounded(value: int, name: str, low: int) -> int:
     return value
 
 
+def _typed(spec: str | None, name: str, side: int, what: str) -> np.ndarray | None:
+    """Numbers typed for the playground (rows split by ';'), checked to be ``side x side``."""
+    if spec is None or not spec.strip():
+        return None
+    try:
+        values = parse_kernel(spec)
+    except ServiceError as exc:
+        raise ServiceError(400, f"{name}: {exc}".replace("bad kernel spec", "bad spec")) from None
+    if values.shape != (side, side):
+        raise ServiceError(400, f"{name} must be {side}x{side} numbers ({what}), got "
+                                f"{values.shape[0]}x{values.shape[1]}")
+    return values
+
+
 def playground(op: str, input_size: int, kernel_size: int, stride: int | None = None,
                padding: int = 0, dilation: int = 1, *, output_padding: int = 0,
-               ceil_mode: bool = False) -> dict[str, Any]:
+               ceil_mode: bool = False, input_values: str | None = None,
+               kernel_values: str | None = None) -> dict[str, Any]:
     """Output size (from :mod:`convlayers.shapes`), its formula filled in, and the
-    :func:`~convlayers.viz.sliding_plan` of a square layer, as a JSON-ready dict."""
+    :func:`~convlayers.viz.sliding_plan` of a square layer, as a JSON-ready dict.
+
+    With the numbers too: ``input`` (typed as ``input_values``, default 1, 2, ...),
+    ``kernel`` (typed as ``kernel_values``, default all ones; None for a pool), every grid
+    cell's number (``grid``; padding and inserted zeros 0, None for max pooling's padding),
+    the ``output`` (:func:`convlayers.viz.output_values`) and each window's sum written out
+    (``sums``, :func:`convlayers.viz.window_sum`).
+    """
     from convlayers import shapes
     from convlayers.viz import OPS, sliding_plan
 
@@ -268,9 +290,47 @@ def playground(op: str, input_size: int, kernel_size: int, stride: int | None = 
                             else 0, ceil_mode=ceil_mode if pool else False)
     except (ValueError, TypeError) as exc:
         raise ServiceError(400, str(exc)) from None
+    numbers = _numbers(op, plan, n, k, (s, p, d, op_pad, ceil_mode), input_values, kernel_values)
     return {
         "op": op, "input_size": [n, n], "kernel_size": [k, k], "stride": [s, s],
         "padding": [p, p], "dilation": [d, d], "output_padding": [op_pad, op_pad],
         "ceil_mode": ceil_mode, "output_size": [out, out], "formula": _FORMULAS[key],
-        "filled": [filled, filled], "plan": plan.to_dict(),
+        "filled": [filled, filled], "plan": plan.to_dict(), **numbers,
     }
+
+
+def _numbers(op: str, plan: Any, n: int, k: int, rest: tuple[int, int, int, int, bool],
+             input_values: str | None, kernel_values: str | None) -> dict[str, Any]:
+    """The playground's numbers: input, kernel, grid, output and each window's sum."""
+    from convlayers.viz import output_values, window_sum
+
+    s, p, d, op_pad, ceil_mode = rest
+    x = _typed(input_values, "input_values", n, f"the input is {n}x{n}")
+    if x is None:
+        x = np.arange(1, n * n + 1, dtype=np.float64).reshape(n, n)
+    w = _typed(kernel_values, "kernel_values", k, f"the kernel is {k}x{k}")
+    if op.endswith("_pool"):
+        if w is not None:
+            raise ServiceError(400, f"kernel_values are the weights of a convolution; {op} "
+                                    "has none")
+    elif w is None:
+        w = np.ones((k, k))
+    try:
+        out = output_values(op, x, w, k, s, p, d, output_padding=op_pad, ceil_mode=ceil_mode)
+    except (ValueError, TypeError) as exc:
+        raise ServiceError(400, str(exc)) from None
+    assert out is not None
+    grid = np.zeros(plan.grid_shape)
+    shown: list[list[float | None]] = []
+    for r, row in enumerate(plan.sources):
+        shown.append([])
+        for c, src in enumerate(row):
+            if src is not None:
+                grid[r, c] = x[src]
+            pad = plan.cells[r][c] == "pad" and op == "max_pool"
+            shown[-1].append(None if pad else float(grid[r, c]))
+    ow = plan.output_shape[1]
+    sums = [window_sum(plan, t, grid, w, float(out[divmod(t, ow)]))
+            for t in range(len(plan.frames))]
+    return {"input": x.tolist(), "kernel": None if w is None else w.tolist(), "grid": shown,
+            "output": out.tolist(), "sums": sums}

@@ -115,6 +115,7 @@ async function setupFilters() {
     document.querySelector("input[name=f-source][value=upload]").checked = true;
   });
   $("f-apply").addEventListener("click", applyFilters);
+  await applyFilters(); // open with results: the default filters on the sample photo
 }
 
 async function applyFilters() {
@@ -173,7 +174,23 @@ function playgroundParams() {
     stride: $("pg-stride").value, padding: $("pg-padding").value, dilation: $("pg-dilation").value,
     output_padding: $("pg-op").value === "conv_transpose" ? $("pg-output-padding").value : "",
     ceil_mode: $("pg-op").value.endsWith("_pool") && $("pg-ceil").checked ? "true" : "",
+    input_values: rowsText($("pg-values").value),
+    kernel_values: $("pg-op").value.endsWith("_pool") ? "" : rowsText($("pg-weights").value),
   };
+}
+
+// Numbers typed with new lines are sent as rows separated by ';' (the CLI's syntax).
+function rowsText(text) {
+  return text.trim().split(/\s*[\n;]+\s*/).filter((row) => row !== "").join(";");
+}
+
+function numbersText(rows) {
+  return rows.map((row) => row.map((v) => +v.toFixed(4)).join(" ")).join("\n");
+}
+
+function fmt(v) {
+  if (v === null || v === undefined) return "";
+  return String(+(+v).toPrecision(3));
 }
 
 function updateOpControls() {
@@ -207,18 +224,26 @@ async function computePlayground() {
 }
 
 function cellSize(rows, cols) {
-  return Math.max(8, Math.min(30, Math.floor(440 / Math.max(rows, cols))));
+  return Math.max(8, Math.min(36, Math.floor(440 / Math.max(rows, cols))));
 }
 
-function drawGrid(container, rows, cols, cls, size) {
+function drawGrid(container, rows, cols, cls, size, label) {
   const root = svg("svg", { width: cols * size + 2, height: rows * size + 2 });
   const cells = [];
   for (let r = 0; r < rows; r++) {
     cells.push([]);
     for (let c = 0; c < cols; c++) {
-      const rect = svg("rect", { x: c * size + 1, y: r * size + 1, width: size, height: size, class: `cell ${cls(r, c)}` });
+      const kind = cls(r, c);
+      const rect = svg("rect", { x: c * size + 1, y: r * size + 1, width: size, height: size, class: `cell ${kind}` });
       root.append(rect);
       cells[r].push(rect);
+      const text = label ? label(r, c) : "";
+      if (text !== "" && size >= 16) {
+        const t = svg("text", { x: c * size + 1 + size / 2, y: r * size + 1 + size / 2,
+          class: kind === "pad" || kind === "zero" ? "num muted" : "num" });
+        t.textContent = text;
+        root.append(t);
+      }
     }
   }
   container.replaceChildren(root);
@@ -231,7 +256,9 @@ function drawPlayground() {
   const frame = frames[pg.step];
   const [gr, gc] = plan.grid_shape;
   const size = cellSize(gr, gc);
-  const grid = drawGrid($("pg-grid"), gr, gc, (r, c) => plan.cells[r][c], size);
+  const d = pg.data;
+  const grid = drawGrid($("pg-grid"), gr, gc, (r, c) => plan.cells[r][c], size,
+    (r, c) => fmt(d.grid[r][c]));
   const inWindow = new Set(frame.window.map(([r, c]) => `${r},${c}`));
   for (const [r, c] of frame.window) {
     grid.root.append(svg("rect", { x: c * size + 1, y: r * size + 1, width: size, height: size, class: "window" }));
@@ -243,7 +270,17 @@ function drawPlayground() {
   drawGrid($("pg-out"), or, oc, (r, c) => {
     const k = r * oc + c;
     return k < done ? "done" : k === done ? "current" : "todo";
-  }, osize);
+  }, osize, (r, c) => (r * oc + c <= done ? fmt(d.output[r][c]) : ""));
+  if (d.kernel) {
+    const [kh, kw] = plan.kernel_size;
+    const shown = plan.kernel_flipped ? d.kernel.map((row) => row.slice().reverse()).reverse() : d.kernel;
+    drawGrid($("pg-kernel-grid"), kh, kw, () => "current", cellSize(kh, kw), (r, c) => fmt(shown[r][c]));
+    $("pg-kernel-caption").textContent = plan.kernel_flipped ? "kernel, flipped" : "kernel";
+  } else {
+    $("pg-kernel-grid").replaceChildren(el("p", { class: "size", text: plan.op === "max_pool" ? "max" : "mean" }));
+    $("pg-kernel-caption").textContent = `${plan.kernel_size.join("x")} window`;
+  }
+  $("pg-sum").textContent = d.sums[pg.step];
   const rows = frame.window.map((w) => w[0]);
   const cols = frame.window.map((w) => w[1]);
   const kinds = {};
@@ -275,6 +312,12 @@ function setupPlayground() {
     $(id).addEventListener("change", computePlayground);
   }
   $("pg-compute").addEventListener("click", computePlayground);
+  for (const id of ["pg-values", "pg-weights"]) $(id).addEventListener("change", computePlayground);
+  $("pg-edit").addEventListener("click", () => {
+    if (!pg.data) return;
+    $("pg-values").value = numbersText(pg.data.input);
+    if (pg.data.kernel) $("pg-weights").value = numbersText(pg.data.kernel);
+  });
   $("pg-first").addEventListener("click", () => { stopPlaying(); stepTo(0); });
   $("pg-prev").addEventListener("click", () => { stopPlaying(); stepTo(pg.step - 1); });
   $("pg-next").addEventListener("click", () => { stopPlaying(); stepTo(pg.step + 1); });

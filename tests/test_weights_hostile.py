@@ -153,10 +153,14 @@ def test_a_shared_nest_loads_in_its_own_size(tmp_path: Path) -> None:
     """One list shared at each of 40 levels (a 2**40-node tree when unshared) loads at once,
     shared as pickle left it; both torch formats."""
     nest = _shared_list(40)
-    for legacy in (False, True):
-        path = tmp_path / f"nest{int(legacy)}.pt"
-        torch.save({"nest": nest, "w": torch.ones(2)}, path, _use_new_zipfile_serialization=not legacy)
+    paths = [tmp_path / "nest0.pt", tmp_path / "nest1.pt"]
+    for legacy, path in enumerate(paths):
+        torch.save({"nest": nest, "state_dict": {"w": torch.ones(2)}}, path,
+                   _use_new_zipfile_serialization=not legacy)
         assert path.stat().st_size < 4096
+    outcome = load_limited(paths, timeout=60)  # a regression fails here rather than hangs
+    assert all(outcome[str(p)] == "loaded" for p in paths), outcome
+    for path in paths:
         start = time.perf_counter()
         got = load_torch_checkpoint(path)
         assert time.perf_counter() - start < 5
@@ -167,7 +171,7 @@ def test_a_shared_nest_loads_in_its_own_size(tmp_path: Path) -> None:
             assert len(want) == 2 and want[0] is want[1]
             level, want = level[0], want[0]
         assert level == [] and want == []
-        np.testing.assert_array_equal(got["w"], [1.0, 1.0])
+        np.testing.assert_array_equal(got["state_dict"]["w"], [1.0, 1.0])
 
 
 def test_a_deflated_storage_longer_than_declared_is_read_only_as_far_as_needed(
@@ -260,28 +264,34 @@ def _tuple_nest_pickle(tail: bytes, proto: int = 2) -> bytes:
     return b"".join(ops) + b"0" + tail + b"."  # POP the last nest, then the tail
 
 
-@pytest.mark.parametrize(("name", "tail", "proto"), [
-    ("dict-key", b"}h(K\x01s", 2),  # {nest: 1} by SETITEM
-    ("setitems", b"}(h(K\x01u", 2),  # by SETITEMS
-    ("frozenset", b"(h(\x91", 4),  # FROZENSET opcode
-    ("set-global", b"cbuiltins\nset\n]h(a\x85R", 2),  # set([nest])
-    ("ordered-dict", b"ccollections\nOrderedDict\n]h(K\x01\x86a\x85R", 2),
-])
-def test_a_shared_tuple_nest_is_not_hashed(tmp_path: Path, name: str, tail: bytes,
-                                          proto: int) -> None:
+_TUPLE_TAILS = {
+    "dict-key": (b"}h(K\x01s", 2),  # {nest: 1} by SETITEM
+    "setitems": (b"}(h(K\x01u", 2),  # by SETITEMS
+    "frozenset": (b"(h(\x91", 4),  # FROZENSET opcode
+    "set-global": (b"cbuiltins\nset\n]h(a\x85R", 2),  # set([nest])
+    "ordered-dict": (b"ccollections\nOrderedDict\n]h(K\x01\x86a\x85R", 2),
+}
+
+
+def test_a_shared_tuple_nest_is_not_hashed(tmp_path: Path) -> None:
     """Hashing a 40-level shared tuple nest (a dict key, a set element) visits 2**40 nodes:
     the load refuses it at once instead of spinning for days."""
-    path = tmp_path / f"{name}.pt"
-    write_zip(path, [("archive/data.pkl", _tuple_nest_pickle(tail, proto), 0,
-                      len(_tuple_nest_pickle(tail, proto)))])
-    start = time.perf_counter()
-    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*shared tuples"):
-        load_torch_checkpoint(path)
-    assert time.perf_counter() - start < 5
-    small = tmp_path / "small.pt"  # control: the same opcodes over a 4-level nest load
-    data = _tuple_nest_pickle(tail, proto).replace(b"h(", b"h\x04")
-    write_zip(small, [("archive/data.pkl", data, 0, len(data))])
-    assert load_torch_checkpoint(small) == pickle.loads(data)  # the stdlib as the oracle
+    paths = {}
+    for name, (tail, proto) in _TUPLE_TAILS.items():
+        data = _tuple_nest_pickle(tail, proto)
+        paths[name] = tmp_path / f"{name}.pt"
+        write_zip(paths[name], [("archive/data.pkl", data, 0, len(data))])
+    outcome = load_limited(list(paths.values()), timeout=60)  # a regression fails, not hangs
+    for name, (tail, proto) in _TUPLE_TAILS.items():
+        assert "shared tuples" in outcome[str(paths[name])], name
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=re.escape(str(paths[name])) + ".*shared tuples"):
+            load_torch_checkpoint(paths[name])
+        assert time.perf_counter() - start < 5
+        small = tmp_path / "small.pt"  # control: the same opcodes over a 4-level nest load
+        data = _tuple_nest_pickle(tail, proto).replace(b"h(", b"h\x04")
+        write_zip(small, [("archive/data.pkl", data, 0, len(data))])
+        assert load_torch_checkpoint(small) == pickle.loads(data), name  # the stdlib as oracle
 
 
 def test_tuple_keys_of_ordinary_size_still_load(tmp_path: Path) -> None:
@@ -290,3 +300,27 @@ def test_tuple_keys_of_ordinary_size_still_load(tmp_path: Path) -> None:
     got = load_torch_checkpoint(path)
     np.testing.assert_array_equal(got[(1, 2)], [1.0, 1.0])
     assert got["s"] == {(3, 4), 5}
+
+
+def test_messages_about_a_shared_nest_are_printed_in_bounded_time(tmp_path: Path) -> None:
+    """An error message quoting a value read from the file must not print a 2**40-node nest."""
+    nest = _shared_list(40)
+    storage = StorageRef("0", 4)
+    cases = {
+        "storage.pt": {"w": TensorRef(nest, (4,), (1,))},  # type: ignore[arg-type]
+        "size.pt": {"w": TensorRef(storage, nest, (1,))},  # type: ignore[arg-type]
+    }
+    for name, obj in cases.items():
+        torch_zip(tmp_path / name, obj, {"0": (bytes(16), 0, 16)})
+    outcome = load_limited([tmp_path / name for name in cases], timeout=60)
+    for name in cases:
+        path = tmp_path / name
+        assert outcome[str(path)].startswith("ValueError")  # a regression fails, not hangs
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=re.escape(str(path)) + r".*\[\[\[\[\.\.\.\]"):
+            load_weights(path)
+        assert time.perf_counter() - start < 5
+    legacy = tmp_path / "header.pt"
+    legacy.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(nest, protocol=2))
+    with pytest.raises(ValueError, match=re.escape(str(legacy)) + ".*protocol version"):
+        load_weights(legacy)

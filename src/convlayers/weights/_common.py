@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,24 @@ class UnsafeWeightsError(ValueError):
 
     Raised before anything the file names is called, so refusing a file never runs its code.
     """
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 80, 80, 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 6
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` cut to a few levels and items, for messages about values read from a file
+    (a shared nest of lists would otherwise take 2**depth steps to print).
+
+    >>> nest = []
+    >>> for _ in range(40):
+    ...     nest = [nest, nest]
+    >>> short_repr(nest)
+    '[[[[...], [...]], [[...], [...]]], [[[...], [...]], [[...], [...]]]]'
+    """
+    return _SHORT.repr(value)
 
 
 def as_path(path: Any, name: str = "path") -> str:

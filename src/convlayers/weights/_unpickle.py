@@ -26,7 +26,7 @@ from typing import IO, Any
 import numpy as np
 
 from convlayers.weights._budget import Budget, check_shape
-from convlayers.weights._common import UnsafeWeightsError, bfloat16_to_float32
+from convlayers.weights._common import UnsafeWeightsError, bfloat16_to_float32, short_repr
 
 __all__ = ["PlainUnpickler", "Storage", "StorageType", "Tensor", "TensorUnpickler", "to_numpy"]
 
@@ -130,14 +130,14 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
     ):
-        raise ValueError(f"tensor {what} must be a tuple of non-negative ints, got {value!r}")
+        raise ValueError(f"tensor {what} must be a tuple of non-negative ints, got {short_repr(value)}")
     return tuple(value)
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> Tensor:
     """Check a view against its storage's declared size; nothing is read or allocated."""
     if not isinstance(storage, Storage):
-        raise ValueError(f"tensor storage must be a persistent storage record, got {storage!r}")
+        raise ValueError(f"tensor storage must be a persistent storage record, got {short_repr(storage)}")
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
     (start,) = _ints((offset,), "storage offset")
     if len(shape) != len(strides):
@@ -177,7 +177,8 @@ _TORCH_DTYPES = (
 
 def _device(kind: Any, index: Any = None) -> str:
     if not isinstance(kind, str) or not (index is None or type(index) is int):
-        raise ValueError(f"torch.device needs a str and an optional int, got {kind!r}, {index!r}")
+        raise ValueError(f"torch.device needs a str and an optional int, got "
+                         f"{short_repr(kind)}, {short_repr(index)}")
     return kind if index is None else f"{kind}:{index}"
 
 
@@ -313,12 +314,12 @@ class TensorUnpickler(_Bounded):
 
     def persistent_load(self, pid: Any) -> Storage:
         if not (isinstance(pid, tuple) and len(pid) == self.record_length and pid[0] == "storage"):
-            raise ValueError(f"unknown persistent record {pid!r}")
+            raise ValueError(f"unknown persistent record {short_repr(pid)}")
         stype, key, numel = pid[1], pid[2], pid[4]
         if not isinstance(stype, StorageType):
-            raise ValueError(f"storage type must be a torch storage class, got {stype!r}")
+            raise ValueError(f"storage type must be a torch storage class, got {short_repr(stype)}")
         if not (isinstance(key, str) and key.isalnum() and type(numel) is int and numel >= 0):
-            raise ValueError(f"malformed storage record {pid!r}")
+            raise ValueError(f"malformed storage record {short_repr(pid)}")
         return self.storage(stype, key, numel, pid[5:])
 
     def storage(self, stype: StorageType, key: str, numel: int, rest: tuple[Any, ...]) -> Storage:

@@ -25,6 +25,7 @@ from convlayers.weights._common import (
     as_path,
     bfloat16_to_float32,
     check_tensors,
+    short_repr,
 )
 
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit
@@ -140,18 +141,18 @@ def _entries(header: dict[str, Any], where: str, data_len: int) -> list[_Entry]:
             continue
         bad = f"safetensors file {where}: tensor {key!r}"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise ValueError(f"{bad} needs exactly dtype, shape and data_offsets, got {info!r}")
+            raise ValueError(f"{bad} needs exactly dtype, shape and data_offsets, got {short_repr(info)}")
         if not isinstance(info["dtype"], str) or info["dtype"] not in _DTYPES:
-            raise ValueError(f"{bad} has unknown dtype {info['dtype']!r}; known: {sorted(_DTYPES)}")
+            raise ValueError(f"{bad} has unknown dtype {short_repr(info['dtype'])}; known: {sorted(_DTYPES)}")
         shape, offsets = info["shape"], info["data_offsets"]
         if not isinstance(shape, list) or not all(
             type(d) is int and d >= 0 for d in shape
         ):
-            raise ValueError(f"{bad} shape must be a list of non-negative ints, got {shape!r}")
+            raise ValueError(f"{bad} shape must be a list of non-negative ints, got {short_repr(shape)}")
         check_shape(tuple(shape), bad, _DTYPES[info["dtype"]].itemsize)
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
-            raise ValueError(f"{bad} data_offsets must be [begin, end], got {offsets!r}")
+            raise ValueError(f"{bad} data_offsets must be [begin, end], got {short_repr(offsets)}")
         dtype = _DTYPES[info["dtype"]]
         if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
             raise ValueError(f"{bad} spans {offsets} but shape {shape} needs "

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from convlayers.weights._common import short_repr
+
 # checkpoint keys that conventionally hold the model's state dict, most likely first
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "ema", "params")
 
@@ -31,8 +33,8 @@ def select_state_dict(obj: Any, key: str | None = None, where: str = "checkpoint
         if not isinstance(key, str):
             raise TypeError(f"key must be a str or None, got {key!r}")
         if not isinstance(obj, dict) or key not in obj:
-            found = sorted(map(repr, obj)) if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"key={key!r} is not in {where}; it holds {found}")
+            held = short_repr(sorted(map(short_repr, obj))) if isinstance(obj, dict) else type(obj).__name__
+            raise ValueError(f"key={key!r} is not in {where}; it holds {held}")
         if not _is_state_dict(obj[key]):
             raise ValueError(f"key={key!r}: {where}[{key!r}] is not a mapping of str to tensors")
         return dict(obj[key])
@@ -45,7 +47,7 @@ def select_state_dict(obj: Any, key: str | None = None, where: str = "checkpoint
             return dict(obj[found[0] if len(found) == 1 else preferred[0]])
         if found:
             raise ValueError(
-                f"{where} holds several state dicts {found}; choose one with key=..."
+                f"{where} holds several state dicts {short_repr(found)}; choose one with key=..."
             )
     raise ValueError(
         f"{where} holds no state dict (a mapping of str to tensors), got {type(obj).__name__}; "

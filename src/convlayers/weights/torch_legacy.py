@@ -24,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 
 from convlayers.weights._budget import PICKLE_EXPANSION, Budget
-from convlayers.weights._common import PathLike
+from convlayers.weights._common import PathLike, short_repr
 from convlayers.weights._unpickle import PlainUnpickler, Storage, StorageType, TensorUnpickler
 
 __all__ = ["load_legacy"]
@@ -52,11 +52,11 @@ class _LegacyUnpickler(TensorUnpickler):
         if view is None:
             return root
         if not (isinstance(view, tuple) and len(view) == 3):
-            raise ValueError(f"malformed storage view {view!r}")
+            raise ValueError(f"malformed storage view {short_repr(view)}")
         _view_key, offset, size = view
         if not (type(offset) is int and type(size) is int and offset >= 0 and size >= 0
                 and offset + size <= numel):
-            raise ValueError(f"storage view {view!r} does not fit in storage {key} of {numel}")
+            raise ValueError(f"storage view {short_repr(view)} does not fit in storage {key} of {numel}")
         storage = Storage(stype, size)
         self.views.append((storage, key, offset))
         return storage
@@ -75,7 +75,7 @@ def _read_header(f: IO[bytes]) -> None:
         raise ValueError("not a torch file: its first pickle is not torch's magic number")
     protocol = PlainUnpickler(f).load()
     if protocol != PROTOCOL_VERSION:
-        raise ValueError(f"unsupported legacy torch protocol version {protocol!r}")
+        raise ValueError(f"unsupported legacy torch protocol version {short_repr(protocol)}")
     info = PlainUnpickler(f).load()
     if isinstance(info, dict) and info.get("little_endian") is False:
         raise ValueError("big-endian legacy torch files are not supported")

@@ -122,6 +122,10 @@ def filter_gallery(
     responses = [apply_filter(base, k, boundary=boundary) for _, k in items]
     h, w = base.shape[:2]
     fig, axes = _grid(1 + len(items), ncols, h / w)
+    bars = "signed" in modes and any(r.ndim == 2 for r in responses)
+    if bars:  # room beside each panel for its colorbar and tick labels
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width * 1.2, height)
     shown = arr if (not gray and arr.ndim == 3) else base
     axes[0].imshow(shown, cmap=cmap if shown.ndim == 2 else None)
     axes[0].set_title("Original")
@@ -129,7 +133,10 @@ def filter_gallery(
         _show_response(fig, ax, resp, mode, cmap)
         name = str(title).replace("_", " ").capitalize()
         ax.set_title(f"|{name}|" if mode == "abs" else name)
-    return _finish(fig)
+    _finish(fig)
+    if bars:
+        fig.subplots_adjust(right=0.95, wspace=0.3)
+    return fig
 
 
 def _show_response(fig: Figure, ax: Axes, resp: np.ndarray, mode: str, cmap: str) -> None:

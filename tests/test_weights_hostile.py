@@ -324,3 +324,13 @@ def test_messages_about_a_shared_nest_are_printed_in_bounded_time(tmp_path: Path
     legacy.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(nest, protocol=2))
     with pytest.raises(ValueError, match=re.escape(str(legacy)) + ".*protocol version"):
         load_weights(legacy)
+
+
+def test_a_deep_nest_is_a_value_error(tmp_path: Path) -> None:
+    """200,000 nested lists (a 400 KB pickle): refused by name, not a RecursionError."""
+    data = b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b"."
+    assert isinstance(pickle.loads(data), list)  # the stdlib reads it: a valid pickle
+    path = tmp_path / "deep.pt"
+    write_zip(path, [("archive/data.pkl", data, 0, len(data))])
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*recursion limit"):
+        load_torch_checkpoint(path)

@@ -162,6 +162,8 @@ class Plan:
                      else f"arena @{layout[root]} ({self._elements(root, n) * self.dtype.itemsize} B)")
             if ("scratch", i) in layout:
                 where += f", scratch @{layout[('scratch', i)]}"
+            if step.node.op == "conv":
+                where += f"; eager engine: {_engine_choice(step, self._graph, n)}"
             act = step.node.attrs.get("act")
             res = step.node.attrs.get("residual") is not None
             fused = " + residual" * res + (f" + {act}" if act else "")
@@ -171,6 +173,19 @@ class Plan:
 
     def __repr__(self) -> str:
         return self.explain()
+
+
+def _engine_choice(step: Step, graph: Graph, n: int) -> str:
+    """What :func:`convlayers.functional.plan` picks for this convolution run eagerly."""
+    from convlayers.functional import plan as engine_plan
+
+    a = step.node.attrs
+    pads = a["pads"]
+    padding: Any = (pads[0], pads[2]) if (pads[0], pads[2]) == (pads[1], pads[3]) else "asymmetric"
+    if padding == "asymmetric":
+        return "n/a (asymmetric padding is a separate pad op there)"
+    return str(engine_plan((n, *graph.shapes[step.inp]), a["weight"].shape, a["stride"], padding,
+                           a["dilation"], a["groups"], graph.dtype).forward)
 
 
 def compile(model: Any, example_input: np.ndarray) -> Plan:
@@ -211,7 +226,7 @@ def compile(model: Any, example_input: np.ndarray) -> Plan:
     >>> bool(np.allclose(plan(x), model(x), atol=1e-5))
     True
     >>> print(plan.explain().splitlines()[1])  # doctest: +ELLIPSIS
-      0 conv + relu [0 + 1 + 2] -> (8, 6, 6): im2col to scratch + GEMM ... + numba epilogue; NCHW; output...
+      0 conv + relu [0 + 1 + 2] -> (8, 6, 6): im2col to scratch + GEMM (simd register tiles); NCHW; output...
     """
     from convlayers.nn.module import Module
 

@@ -406,3 +406,10 @@ def test_explorer_uses_the_shared_pixel_limit(tmp_path):
     with config.settings(max_image_pixels=199), pytest.raises(ServiceError) as refused:
         decode_image(data)
     assert refused.value.status == 413 and "20x10" in refused.value.message
+
+
+def test_classify_checks_its_picture_folder_before_loading_the_model(capsys, tmp_path):
+    blocker = tmp_path / "pictures"
+    blocker.write_text("a file")
+    code, _, err = run(capsys, "classify", PHOTO, "--kernels", "-o", blocker)
+    assert_one_line_error(code, err, "pictures", "not a folder")

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from convlayers.cli._common import CLIError, image_files
+from convlayers.cli._common import CLIError, image_files, output_dir
 
 __all__ = ["register"]
 
@@ -37,13 +37,12 @@ def _pictures(args: argparse.Namespace, model: Any) -> list[str]:
     from pathlib import Path
 
     from convlayers.classify import preprocess
-    from convlayers.cli._common import output_dir
     from convlayers.nn import feature_maps
     from convlayers.viz import learned_vs_handmade, plot_feature_maps, save_figure
 
     if not (args.kernels or args.maps):
         return []
-    folder = output_dir(args.output)
+    folder = output_dir(args.output, "-o/--output")
     written = []
     if args.kernels:
         written.append(save_figure(learned_vs_handmade(model.stem[1].weight.data),
@@ -64,6 +63,8 @@ def _pictures(args: argparse.Namespace, model: Any) -> list[str]:
 def run_classify(args: argparse.Namespace) -> int:
     """Classify every image (folders hold images, as for 'filter' and 'predict')."""
     args.images = [str(p) for p in image_files(args.images)]
+    if args.kernels or args.maps:
+        output_dir(args.output, "-o/--output")  # checked before the model loads
     from convlayers.classify import classify, pretrained_model
 
     try:

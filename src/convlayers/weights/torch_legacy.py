@@ -98,8 +98,8 @@ def load_legacy(path: PathLike, budget: Budget) -> Any:
     _read_header(f)
     unpickler = _LegacyUnpickler(f)
     obj = unpickler.load()
-    # the pickle's objects (bounded by the file's size) count against the cap as well
-    budget.charge(PICKLE_EXPANSION * f.tell(), f"its pickles ({f.tell():,} bytes)")
+    # the pickle's objects count against the cap as well (its bytes are charged already)
+    budget.charge((PICKLE_EXPANSION - 1) * f.tell(), f"its pickles ({f.tell():,} bytes)")
     keys = PlainUnpickler(f).load()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ValueError("the storage key list of the legacy file is malformed")

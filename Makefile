@@ -53,7 +53,7 @@ test-deep: $(VENV)/.test chromium
 	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest tests
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks conftest.py
 	$(BIN)/mypy
 
 bench: $(VENV)/.test

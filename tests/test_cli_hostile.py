@@ -222,7 +222,8 @@ def test_diverging_training_stops_and_keeps_the_good_files(capsys, tmp_path):
     """A learning rate that blows the weights up stops training with one line; the weights
     and checkpoint from an earlier good run stay as they were."""
     weights, ck = tmp_path / "w.safetensors", tmp_path / "ck.safetensors"
-    good = ("train", "digits", "--widths", "4", "--epochs", "1", "--checkpoint", ck, "-o", weights)
+    good = ("train", "digits", "--widths", "4", "--epochs", "1", "--batch-size", "256",
+            "--checkpoint", ck, "-o", weights)
     assert run(capsys, *good)[0] == 0
     before = weights.read_bytes(), ck.read_bytes()
     code, _, err = run(capsys, "train", "digits", "--widths", "4", "--epochs", "1",
@@ -234,8 +235,8 @@ def test_diverging_training_stops_and_keeps_the_good_files(capsys, tmp_path):
 # ------------------------------------------------------------------ 16.7 messages
 def test_resume_with_other_widths_says_so(capsys, tmp_path):
     ck = tmp_path / "ck.safetensors"
-    first = ("train", "digits", "--widths", "4", "--epochs", "1", "--checkpoint", ck,
-             "-o", tmp_path / "a.safetensors")
+    first = ("train", "digits", "--widths", "4", "--epochs", "1", "--batch-size", "256",
+             "--checkpoint", ck, "-o", tmp_path / "a.safetensors")
     assert run(capsys, *first)[0] == 0
     code, _, err = run(capsys, "train", "digits", "--widths", "4,8", "--epochs", "2",
                        "--checkpoint", ck, "--resume", "-o", tmp_path / "b.safetensors")

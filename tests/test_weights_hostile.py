@@ -19,6 +19,7 @@ from PIL import Image
 
 from convlayers import config
 from convlayers.weights import (
+    _budget,
     load_npz,
     load_safetensors,
     load_torch_checkpoint,
@@ -334,3 +335,22 @@ def test_a_deep_nest_is_a_value_error(tmp_path: Path) -> None:
     write_zip(path, [("archive/data.pkl", data, 0, len(data))])
     with pytest.raises(ValueError, match=re.escape(str(path)) + ".*recursion limit"):
         load_torch_checkpoint(path)
+
+
+def test_a_legitimate_file_made_mostly_of_pickle_loads_under_the_default_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default cap (64 x the file) leaves room for what a pickle really builds: a pickle
+    of distinct strings beside a small tensor, both formats (the 256 MiB floor lowered so
+    that the ratio decides)."""
+    monkeypatch.setattr(_budget, "SMALL_FILE_BYTES", 1)
+    names = [f"layer{i:07d}.weight" for i in range(3000)]
+    for legacy in (False, True):
+        path = tmp_path / f"names{int(legacy)}.pt"
+        torch.save({"names": names, "state_dict": {"w": torch.ones(3)}}, path,
+                   _use_new_zipfile_serialization=not legacy)
+        got = load_torch_checkpoint(path)
+        assert got["names"] == names
+        np.testing.assert_array_equal(load_weights(path)["w"], [1.0, 1.0, 1.0])
+        with pytest.raises(ValueError, match="limit"):  # and the cap is really that tight
+            load_weights(path, max_bytes=8 * path.stat().st_size)

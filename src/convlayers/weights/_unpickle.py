@@ -339,6 +339,8 @@ def to_numpy(obj: Any, budget: Budget) -> Any:
     stack = [obj]
     while stack:  # first pass, iterative: count what materialising will cost
         item = stack.pop()
+        if type(item) in _ATOMIC:
+            continue
         if isinstance(item, Tensor):
             tensors.setdefault(id(item), item)
         elif isinstance(item, (dict, list, tuple, set, frozenset)) and id(item) not in seen:
@@ -352,7 +354,12 @@ def to_numpy(obj: Any, budget: Budget) -> Any:
     return _convert(obj, memo)
 
 
+_ATOMIC = frozenset({str, int, float, bool, bytes, complex, type(None)})
+
+
 def _convert(obj: Any, memo: dict[int, Any]) -> Any:
+    if type(obj) in _ATOMIC:
+        return obj
     if id(obj) in memo:
         return memo[id(obj)]
     if isinstance(obj, Tensor):
@@ -365,7 +372,7 @@ def _convert(obj: Any, memo: dict[int, Any]) -> Any:
             out[k] = _convert(v, memo)
     elif isinstance(obj, list):
         out = memo[id(obj)] = []
-        out.extend(_convert(v, memo) for v in obj)
+        out.extend(v if type(v) in _ATOMIC else _convert(v, memo) for v in obj)
     elif isinstance(obj, (tuple, set, frozenset)):
         out = type(obj)(_convert(v, memo) for v in obj)
     elif isinstance(obj, _Frozen):

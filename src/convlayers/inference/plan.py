@@ -13,6 +13,7 @@ import copy
 import threading
 from typing import Any
 
+import numba
 import numpy as np
 
 from convlayers.inference.arena import Buffer, plan_offsets
@@ -131,7 +132,8 @@ class Plan:
         out = np.empty(self._elements(self._out_root, n), self.dtype)
         arena = self._acquire(n)
         views = arena.views
-        try:
+        chunk = numba.set_parallel_chunksize(1)  # units handed out one at a time: a core slowed
+        try:  # by a neighbour does not hold up a whole layer (this thread's setting only)
             for value, root in self._roots.items():
                 if root == 0:
                     views[value] = self._view(x.reshape(-1).view(np.uint8), 0, value, n)
@@ -140,6 +142,7 @@ class Plan:
             for step, scratch in zip(self._steps, arena.scratch, strict=True):
                 step.run(views, scratch)
         finally:
+            numba.set_parallel_chunksize(chunk)
             for value, root in self._roots.items():
                 if root in (0, self._out_root):
                     views[value] = None

@@ -149,6 +149,32 @@ class Im2col(_Conv):
                                out[i:i + 1].reshape(1, self.groups, per, length))
 
 
+class Winograd(_Conv):
+    strategy = "Winograd F(2x2,3x3) (engine kernel, weights pre-transformed) + numba epilogue"
+
+    def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
+        super().__init__(node, g, dtype)
+        from convlayers import config
+        from convlayers.functional._engine import _winograd_rows, _winograd_weights
+
+        self.u = np.ascontiguousarray(_winograd_weights(node.attrs["weight"], self.groups), dtype)
+        self.rows = _winograd_rows(-(-self.wo // 2), config.engine.winograd_block_tiles)
+        self.zero = np.zeros(self.c_out, dtype)
+        self.needs_epilogue = self.residual is not None or self.act != 0
+
+    def run(self, v: Views, scratch: np.ndarray | None) -> None:
+        from convlayers.kernels.winograd import forward_fused
+
+        threads = numba.get_num_threads()
+        bad = np.zeros(threads, np.bool_)  # inf/NaN flags: the eager engine's concern, not read
+        out = v[self.out][0]
+        forward_fused(v[self.inp][0], self.u, self.bias, self.pt, self.pl, self.rows, threads,
+                      out, bad)
+        if self.needs_epilogue:
+            res, has = self._res(v, True)
+            K.epilogue(v[self.out][1], self.zero, res, has, self.act)
+
+
 class Linear(Step):
     strategy = "dot products over contiguous weight rows (numba) + epilogue"
 
@@ -222,6 +248,22 @@ class Flatten(Step):
         pass  # its output is a view of its input (see Plan)
 
 
+def _engine_picks_winograd(node: Node, g: Graph) -> bool:
+    """Ask the eager engine's planner (``convlayers.functional.plan``) about a symmetric pad."""
+    a = node.attrs
+    pt, pb, pl, pr = a["pads"]
+    if (pt, pl) != (pb, pr) or a["weight"].shape[2:] != (3, 3) or a["stride"] != (1, 1):
+        return False
+    try:
+        from convlayers.functional import plan
+        from convlayers.kernels.winograd import forward_fused  # noqa: F401
+    except ImportError:
+        return False
+    choice = plan((1, *g.shapes[node.inputs[0]]), a["weight"].shape, a["stride"], (pt, pl),
+                  a["dilation"], a["groups"], g.dtype).forward
+    return bool(choice == "winograd")
+
+
 def make_step(node: Node, g: Graph) -> Step:
     """The step that runs ``node`` (weights packed for it, in ``g.dtype``)."""
     dtype = g.dtype
@@ -232,6 +274,8 @@ def make_step(node: Node, g: Graph) -> Step:
             return Depthwise(node, g, dtype)
         if w.shape[2:] == (1, 1) and groups == 1 and not any(node.attrs["pads"]):
             return Pointwise(node, g, dtype)
+        if _engine_picks_winograd(node, g):
+            return Winograd(node, g, dtype)
         return Im2col(node, g, dtype)
     simple: dict[str, type[Step]] = {"maxpool": MaxPool, "gap": GlobalAvgPool, "act": Activation,
                                      "add": Add, "pad": Pad, "flatten": Flatten}

@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "animate", help="GIF of a convolution or pooling window sliding over an input",
         description="Write an animated GIF, one frame per output cell: the input with its "
-        "padding (grey, dashed), the window, and the output filling in. A transposed "
+        "padding (grey, dashed) and numbers, the window, the kernel, the output filling in, and "
+        "the window's sum written out under a title that states the layer. A transposed "
         "convolution is drawn as the equivalent convolution over the zero-inserted, padded "
         "input. Sizes are one integer or ROWSxCOLS.",
     )

@@ -141,7 +141,12 @@ for path in paths:
         with contextlib.redirect_stderr(err):
             if mode == "cli":
                 from convlayers.cli import main
-                result = "rc=%d %s" % (main(["predict", path, image]), err.getvalue().strip())
+                runs = []
+                for argv in (["predict", path, image], ["summary", path]):
+                    err.seek(0)
+                    err.truncate()
+                    runs.append("rc=%d %s" % (main(argv), err.getvalue().strip()))
+                result = " || ".join(runs)
             else:
                 from convlayers.weights import load_weights
                 load_weights(path)
@@ -156,8 +161,8 @@ def load_limited(paths: list[Path], mode: str = "load", limit: int = MEMORY_LIMI
                  timeout: float = 120) -> dict[str, str]:
     """Load each file in a subprocess under ``RLIMIT_AS = limit``; ``{path: outcome}``.
 
-    ``mode="cli"`` runs ``convlayers predict <file> <image>`` instead (the last path is the
-    image), and the outcome is ``rc=<status> <stderr>``.
+    ``mode="cli"`` runs ``convlayers predict <file> <image>`` (the last path is the image) and
+    ``convlayers summary <file>`` instead; the outcome is ``rc=<status> <stderr> || ...``.
     """
     args = [str(p) for p in paths]
     proc = subprocess.run([sys.executable, "-c", _CHILD.format(limit=limit), mode, *args],

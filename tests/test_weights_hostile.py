@@ -147,7 +147,12 @@ def test_the_cli_exits_2_with_one_line_on_each(hostile: dict[str, Path], tmp_pat
     outcome = load_limited([*hostile.values(), image], mode="cli")
     for name, path in hostile.items():
         got = outcome.get(str(path), "no result (the process died)")
-        assert got.startswith("rc=2 convlayers: error: ") and " | " not in got, (name, got)
+        runs = got.split(" || ")
+        assert len(runs) == 2 and " | " not in got, (name, got)  # predict, summary: one line each
+        assert all(run.startswith("rc=2 convlayers: error: ") for run in runs), (name, got)
+        assert str(path) in runs[0], (name, got)  # the loader's own message, naming the file
+        if path.suffix in (".npz", ".safetensors"):  # what `summary` reads as saved weights
+            assert str(path) in runs[1], (name, got)
 
 
 def test_a_shared_nest_loads_in_its_own_size(tmp_path: Path) -> None:

@@ -221,6 +221,9 @@ def test_playground_size_equals_shapes(browser_page: dict[str, Any], op: str, n:
     assert page.locator("#pg-out svg rect.current").count() == 1
     if p:
         assert page.locator("#pg-grid svg rect.pad").count() > 0
+    assert page.is_visible("#pg-legend-pad") == (page.locator("#pg-grid svg rect.pad").count() > 0)
+    zeros = page.locator("#pg-grid svg rect.zero").count() > 0
+    assert page.is_visible("#pg-legend-zero") == zeros == (op == "conv_transpose" and s > 1)
     assert f"= {out}" in page.inner_text("#pg-filled")
 
 

@@ -281,6 +281,9 @@ function drawPlayground() {
     $("pg-kernel-caption").textContent = `${plan.kernel_size.join("x")} window`;
   }
   $("pg-sum").textContent = d.sums[pg.step];
+  const kindsDrawn = new Set(plan.cells.flat());
+  $("pg-legend-pad").hidden = !kindsDrawn.has("pad"); // the legend names only what is drawn
+  $("pg-legend-zero").hidden = !kindsDrawn.has("zero");
   const rows = frame.window.map((w) => w[0]);
   const cols = frame.window.map((w) => w[1]);
   const kinds = {};

@@ -256,6 +256,10 @@ def test_feature_map_figure_names_layer_channels_and_has_a_scale() -> None:
     height = fig.get_size_inches()[1]
     top_gap = (1.0 - max(ax.get_position().y1 for ax in panels)) * height
     assert top_gap < 0.7  # no blank band: the title and the first row's labels only
+    from convlayers.viz._draw import render_rgb
+
+    odd = plot_feature_maps(maps[:2], title="layer 'x' of a$b$_c.png")  # '$' is not mathtext
+    assert render_rgb(odd).shape[2] == 3 and "a\\$b\\$_c.png" in odd._suptitle.get_text()
 
 
 def test_training_curves_have_whole_epochs_and_one_epoch_is_not_two_dots() -> None:

@@ -204,7 +204,8 @@ def plot_feature_maps(
     width, height = (float(v) for v in fig.get_size_inches())
     fig.set_size_inches(width + 1.0, height)  # room on the right for the colorbar
     top = 1.0 - 0.55 / height  # room for the title line and the first panels' labels only
-    fig.suptitle(f"{title or 'feature maps'}: {c} of {arr.shape[0]} channels, {size}",
+    what = (title or "feature maps").replace("$", r"\$")  # a name, never mathtext
+    fig.suptitle(f"{what}: {c} of {arr.shape[0]} channels, {size}",
                  fontsize=11, y=1.0 - 0.08 / height, va="top")
     fig.subplots_adjust(left=0.01, right=1.0 - 1.05 / (width + 1.0), bottom=0.01, top=top,
                         wspace=0.04, hspace=0.2)

@@ -219,7 +219,9 @@ async def features(request: Request) -> Response:
     model_id, layer = request.path_params["model"], request.query_params.get("layer", "")
     _registry(request).entry(model_id)
     img = await _image(request)
-    return _png(await _work(request, _registry(request).features_png, model_id, layer, img))
+    name = request.query_params.get("name", "")  # the picture's name, for the figure's title
+    return _png(await _work(request, _registry(request).features_png, model_id, layer, img,
+                            name))
 
 
 # ----------------------------------------------------------------------------- errors

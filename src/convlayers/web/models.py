@@ -238,7 +238,8 @@ class ModelRegistry:
         return [{"index": int(r.index), "name": str(r.name), "probability": float(r.probability)}
                 for r in results]
 
-    def features_png(self, model_id: str, layer: str, image: np.ndarray) -> bytes:
+    def features_png(self, model_id: str, layer: str, image: np.ndarray,
+                     image_name: str = "") -> bytes:
         """:func:`convlayers.viz.plot_feature_maps` of one layer's output
         (``convlayers.nn.feature_maps``)."""
         from convlayers.viz import plot_feature_maps
@@ -256,7 +257,8 @@ class ModelRegistry:
             raise ServiceError(400, f"layer {layer!r} gives shape {maps.shape}, not (N, C, H, W) "
                                     "feature maps; pick a convolution or block")
         return figure_png(plot_feature_maps(maps[0], max_maps=32,
-                                            title=f"{model_id} layer {layer!r}"))
+                                            title=f"{model_id} layer {layer!r}"
+                                            + (f" on {image_name[:60]}" if image_name else "")))
 
 
 def _input_side(model: Any) -> int:

@@ -403,7 +403,7 @@ async function showFeatures() {
   const image = imageRequest("n-source", $("n-file"));
   const model = encodeURIComponent($("n-model").value);
   const layer = $("n-layer").value;
-  const response = await postImage(`/api/models/${model}/features`, image, { layer });
+  const response = await postImage(`/api/models/${model}/features`, image, { layer, name: image.label });
   $("n-pictures").replaceChildren(pictureFigure(`feature maps of ${layer}`, await response.blob(), `features_${layer}.png`, "features"));
   $("n-pictures").classList.add("wide");
 }

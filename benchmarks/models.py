@@ -1,5 +1,15 @@
 """Whole-model and block inference benchmarks: convlayers against its torch twin, same weights.
 
+Run as a script (``python benchmarks/models.py [--quick] [--models ...] [--batches 1,16]``) it
+times, in one process and round-robin, MobileNetV2, EfficientNet-Lite0, ResNet-18 and ResNet-50
+at 224x224: convlayers eager, ``convlayers.compile``, torch eval, ONNX Runtime (all graph
+optimisations, 2 intra-op threads) and OpenVINO (CPU, 2 threads, f32 precision hint), the two
+last on one file exported from the torch twin with ``torch.onnx.export`` (so the weights are
+identical). Every output is checked against torch's before timing; it prints milliseconds, the
+compiled plan's ratio to each peer, and the ``tracemalloc`` peak of one call of ours.
+
+As a module it gives ``run.py`` its model cases:
+
 Cases (selectable through ``run.py --only``):
 
 - ``W8``: the real ``convlayers.nn.InvertedResidual(32, 32, 1, 6)`` in eval mode on
@@ -187,23 +197,26 @@ def _onnx_runners(twin: torch.nn.Module, x: np.ndarray, folder: str, threads: in
             "OpenVINO": lambda: request.infer({0: x})[compiled.output(0)]}
 
 
-def _time_round_robin(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+def _time_round_robin(runners: dict[str, Callable[[], Any]], repeats: int,
+                      timer: Callable[[], float]) -> dict[str, float]:
     """Median milliseconds of each runner, taking turns so drifts in load hit all alike."""
-    import time
-
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeats):
         for key, fn in runners.items():
-            start = time.perf_counter()
+            start = timer()
             fn()
-            times[key].append((time.perf_counter() - start) * 1e3)
+            times[key].append((timer() - start) * 1e3)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def peer_table(models: tuple[str, ...], batches: tuple[int, ...], repeats: int,
-               threads: int = 2) -> list[dict[str, Any]]:
-    """Time eager, compiled, torch, ORT and OpenVINO per model and batch; rows of results."""
+               threads: int = 2, cpu: bool = False) -> list[dict[str, Any]]:
+    """Time eager, compiled, torch, ORT and OpenVINO per model and batch; rows of results.
+
+    ``cpu``: the process's CPU time per call instead of wall time (with ``threads=1``, a
+    measure of work that a loaded machine's time slicing does not inflate)."""
     import tempfile
+    import time
 
     import numba
 
@@ -230,7 +243,8 @@ def peer_table(models: tuple[str, ...], batches: tuple[int, ...], repeats: int,
                     raise AssertionError(f"{name} b{batch}: outputs disagree: {worst}")
                 peak = {"compiled": tracemalloc_peak_mib(runners["compiled"]),
                         "eager": tracemalloc_peak_mib(runners["eager"])}
-                ms = _time_round_robin(runners, repeats)
+                ms = _time_round_robin(runners, repeats,
+                                       time.process_time if cpu else time.perf_counter)
             torch_ms = ms["torch"]
             ms_eager = ms["eager"]
             rows.append({"model": name, "batch": batch, **ms, "peak_compiled_mib": peak["compiled"],
@@ -252,13 +266,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--models", default=",".join(PEER_MODELS), help="comma-separated subset")
     parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--cpu", action="store_true",
+                        help="1 thread each, process CPU time per call instead of wall time")
     args = parser.parse_args(argv)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = set(models) - set(PEER_MODELS)
     if unknown:
         parser.error(f"--models: unknown {sorted(unknown)}; expected some of {PEER_MODELS}")
     batches = tuple(int(b) for b in args.batches.split(","))
-    rows = peer_table(models, batches, repeats=5 if args.quick else 15)
+    rows = peer_table(models, batches, repeats=3 if args.quick else 11,
+                      threads=1 if args.cpu else 2, cpu=args.cpu)
     print("\n| model | batch | eager ms | compiled ms | torch ms | ORT ms | OpenVINO ms | "
           "compiled/ORT | compiled/OpenVINO | torch/compiled | peak MiB (compiled / eager) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -366,3 +366,22 @@ def test_animation_legend_mentions_only_what_is_drawn() -> None:
     assert "inserted zero" not in legend(animation_frame("conv_transpose", 2, 3, 1))
     with pytest.raises(ValueError, match="step"):
         animation_frame("conv", 4, 3, step=4)
+
+
+def test_gallery_command_color_panels_are_in_color(tmp_path) -> None:
+    from convlayers.cli import main
+
+    photo = np.zeros((40, 60, 3), dtype=np.uint8)
+    photo[:, :30] = (200, 40, 40)  # red | blue
+    photo[:, 30:] = (40, 40, 200)
+    src = tmp_path / "rb.png"
+    Image.fromarray(photo).save(src)
+    for flag, colored in (("--color", True), (None, False)):
+        out = tmp_path / f"g{colored}.png"
+        args = ["gallery", str(src), "-o", str(out), "--filters", "blur"]
+        assert main(args + ([flag] if flag else [])) == 0
+        with Image.open(out) as im:
+            pixels = np.asarray(im.convert("RGB")).astype(int)
+        panel = pixels[:, pixels.shape[1] // 2 + 20:]  # the blur panel, right of the original
+        spread = panel.max(axis=2) - panel.min(axis=2)  # 0 for grey pixels
+        assert (spread > 100).mean() > 0.2 if colored else spread.max() < 10

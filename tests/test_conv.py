@@ -230,3 +230,34 @@ def _escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+# --------------------------------------------------------------------------- shapes owns the sizes
+
+@pytest.mark.parametrize(("size", "k", "s", "p", "d"), [
+    (32, 3, 2, 1, 1), (7, 4, 1, 0, 2), (5, 5, 3, 2, 1), (224, 7, 2, 3, 1), (1, 1, 1, 0, 1)])
+def test_output_formula_reads_and_evaluates_to_torchs_size(size: int, k: int, s: int, p: int,
+                                                           d: int) -> None:
+    import math
+
+    from convlayers import shapes
+
+    text = shapes.conv_output_formula(size, k, s, p, d)
+    expression, result = text.rsplit(" = ", 1)
+    want = tF.conv1d(torch.zeros(1, 1, size), torch.zeros(1, 1, k), stride=s, padding=p,
+                     dilation=d).shape[-1]
+    assert int(result) == want == eval(expression, {"floor": math.floor})
+
+
+@pytest.mark.parametrize(("k", "d"), [(3, 1), (4, 1), (3, 2), (6, 3)])
+def test_same_padding_resolves_like_torch(k: int, d: int) -> None:
+    from convlayers import shapes
+
+    x = np.random.default_rng(k).standard_normal((1, 1, 9, 10))
+    w = np.random.default_rng(d).standard_normal((1, 1, k, k))
+    (top, bottom), (left, right) = shapes.resolve_padding("same", (k, k), (1, 1), (d, d))
+    want = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding="same", dilation=d)
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    assert_close(F.conv2d(padded, w, dilation=d), want.numpy())
+    with pytest.raises(ValueError, match="strided"):
+        shapes.resolve_padding("same", (k, k), (2, 1), (d, d))

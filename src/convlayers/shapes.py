@@ -20,19 +20,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from convlayers._validate import as_int, nonnegative_tuple, positive_tuple
+from convlayers._validate import as_int, nonnegative_tuple, one_of, positive_tuple
 
 __all__ = [
     "ConvCost",
     "compare_conv_kinds",
     "conv_macs",
+    "conv_output_formula",
     "conv_output_shape",
     "conv_output_size",
     "conv_params",
     "conv_transpose_output_size",
     "pool_output_size",
     "receptive_field",
+    "resolve_padding",
     "same_padding",
+    "tf_same_padding",
 ]
 
 
@@ -193,6 +196,59 @@ def same_padding(kernel_size: int, dilation: int = 1) -> tuple[int, int]:
         raise ValueError(f"kernel_size and dilation must be >= 1, got {kernel_size}, {dilation}")
     total = dilation * (kernel_size - 1)
     return total // 2, total - total // 2
+
+
+def resolve_padding(padding: int | Sequence[int] | str, kernel_size: Sequence[int],
+                    stride: Sequence[int], dilation: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``(before, after)`` padding per axis of a convolution's ``padding`` argument.
+
+    An int, or one per axis, pads both sides; ``"valid"`` pads nothing; ``"same"`` (stride 1
+    only, as in PyTorch) keeps the size, the odd extra element after (:func:`same_padding`).
+
+    >>> resolve_padding("same", (3, 4), (1, 1), (1, 1)), resolve_padding(2, (3,), (2,), (1,))
+    (((1, 1), (1, 2)), ((2, 2),))
+    """
+    n = len(kernel_size)
+    if isinstance(padding, str):
+        one_of(padding, ("valid", "same"), "padding")
+        if padding == "valid":
+            return ((0, 0),) * n
+        if any(s != 1 for s in stride):
+            raise ValueError(f"padding='same' is not supported for strided convolutions, got "
+                             f"stride={tuple(stride)}")
+        return tuple(same_padding(k, d) for k, d in zip(kernel_size, dilation, strict=True))
+    return tuple((p, p) for p in nonnegative_tuple(padding, n, "padding"))
+
+
+def tf_same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """(before, after) zeros TensorFlow's ``padding="SAME"`` adds along one axis.
+
+    The output has ``ceil(size / stride)`` elements; the total padding that needs is split
+    with the odd extra element *after*. At stride 1 this is PyTorch's ``padding="same"``; at
+    stride 2 on an even size it is ``(0, 1)``, which no symmetric padding can express.
+
+    >>> tf_same_padding(112, 3, 2), tf_same_padding(7, 3, 2), tf_same_padding(28, 5, 1)
+    ((0, 1), (1, 1), (2, 2))
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel_size - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_output_formula(in_size: int, kernel_size: int, stride: int = 1,
+                        padding: int | tuple[int, int] = 0, dilation: int = 1) -> str:
+    """:func:`conv_output_size`'s formula with the numbers filled in, for people to read.
+
+    >>> conv_output_formula(32, 3, stride=2, padding=1)
+    'floor((32 + 2*1 - 1*(3 - 1) - 1) / 2) + 1 = 16'
+    >>> conv_output_formula(7, 3, padding=(0, 1))
+    'floor((7 + 0 + 1 - 1*(3 - 1) - 1) / 1) + 1 = 6'
+    """
+    lo, hi = (padding, padding) if isinstance(padding, int) else padding
+    pad = f"2*{lo}" if lo == hi else f"{lo} + {hi}"
+    size = conv_output_size(in_size + lo + hi, kernel_size, stride, 0, dilation)
+    return (f"floor(({in_size} + {pad} - {dilation}*({kernel_size} - 1) - 1) / {stride}) + 1 "
+            f"= {size}")
 
 
 def receptive_field(layers: Sequence[tuple[int, int] | tuple[int, int, int]]) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 from convlayers import functional as F
 from convlayers._validate import as_int
 from convlayers.nn.module import Module
+from convlayers.shapes import tf_same_padding  # shapes owns the arithmetic; re-exported here
 
 __all__ = ["SamePad2d", "ZeroPad2d", "tf_same_padding"]
 
@@ -39,21 +40,6 @@ class ZeroPad2d(Module):
 
     def extra_repr(self) -> str:
         return f"{self.padding}"
-
-
-def tf_same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """(before, after) zeros TensorFlow's ``padding="SAME"`` adds along one axis.
-
-    The output has ``ceil(size / stride)`` elements; the total padding that needs is split
-    with the odd extra element *after*. At stride 1 this is PyTorch's ``padding="same"``; at
-    stride 2 on an even size it is ``(0, 1)``, which no symmetric padding can express.
-
-    >>> tf_same_padding(112, 3, 2), tf_same_padding(7, 3, 2), tf_same_padding(28, 5, 1)
-    ((0, 1), (1, 1), (2, 2))
-    """
-    out = -(-size // stride)
-    total = max((out - 1) * stride + dilation * (kernel_size - 1) + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 class SamePad2d(Module):

@@ -17,9 +17,28 @@ from convlayers.onnx._resize import resize
 from convlayers.onnx.graph import as_array
 
 __all__ = [
-    "AutoPad", "Cast", "Clamp", "Concat", "Crop", "Elementwise", "Gather", "Gemm", "GlobalPool",
-    "HardSigmoid", "OnnxPool", "Pad", "ReduceMean", "Reshape", "Resize", "Shape", "Softmax2d",
-    "Squeeze", "Transpose", "Unsqueeze",
+    "AutoPad",
+    "Cast",
+    "Clamp",
+    "Concat",
+    "ConstantOfShape",
+    "Crop",
+    "Elementwise",
+    "Gather",
+    "Gemm",
+    "GlobalPool",
+    "HardSigmoid",
+    "Neg",
+    "OnnxPool",
+    "Pad",
+    "ReduceMean",
+    "Reshape",
+    "Resize",
+    "Shape",
+    "Softmax2d",
+    "Squeeze",
+    "Transpose",
+    "Unsqueeze",
 ]
 
 
@@ -54,6 +73,26 @@ class Elementwise(Module):
 
 def _axis_list(axes: Any, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(int(a) % ndim for a in np.asarray(axes).ravel()))
+
+
+class Neg(Module):
+    def forward(self, x: Any) -> Any:
+        return np.negative(as_array(x))
+
+
+class ConstantOfShape(Module):
+    """A tensor of the given shape filled with ``value`` (a one-element array: its dtype too)."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        super().__init__()
+        self.value = value.reshape(-1)[:1]
+
+    def forward(self, shape: Any) -> Any:
+        dims = tuple(int(d) for d in np.asarray(as_array(shape)).ravel())
+        from convlayers import limits
+
+        limits.check_elements(dims, self.value.dtype, "ConstantOfShape output")
+        return np.full(dims, self.value[0], dtype=self.value.dtype)
 
 
 class Concat(Module):

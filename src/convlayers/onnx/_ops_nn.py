@@ -244,7 +244,9 @@ def clip(node: Node, ctx: Context) -> Translation:
     values = [ctx.const(n) for n in names[:2]]
     if any(n and v is None for n, v in zip(names, values, strict=False)):
         return L.Clamp(), node.inputs
-    lo, hi = (None if v is None else float(v) for v in values)
+    if any(v is not None and v.size != 1 for v in values):
+        raise node.error("min and max must be single values")
+    lo, hi = (None if v is None else float(v.ravel()[0]) for v in values)
     if lo == 0 and hi == 6:
         return nn.ReLU6(), node.inputs[:1]
     if lo == 0 and hi is None:

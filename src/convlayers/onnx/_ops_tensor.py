@@ -29,6 +29,17 @@ def _binary(node: Node, ctx: Context) -> Translation:
     return L.Elementwise(node.op_type), node.inputs[:2]
 
 
+def _neg(node: Node, ctx: Context) -> Translation:
+    node.only({})
+    return L.Neg(), node.inputs[:1]
+
+
+def _constant_of_shape(node: Node, ctx: Context) -> Translation:
+    node.only({"value": None})
+    value = node.attr("value")
+    return L.ConstantOfShape(np.zeros(1, np.float32) if value is None else np.asarray(value)), node.inputs[:1]
+
+
 def _concat(node: Node, ctx: Context) -> Translation:
     node.only({"axis": None})
     return L.Concat(int(node.attr("axis"))), node.inputs
@@ -177,7 +188,8 @@ class _Slice(L.Module):
 
 
 TENSOR_OPS: dict[str, Translator] = {
-    "Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary, "Concat": _concat,
+    "Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary, "Neg": _neg, "Concat": _concat,
+    "ConstantOfShape": _constant_of_shape,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze, "ReduceMean": _reduce_mean, "Shape": _shape, "Gather": _gather,
     "Cast": _cast, "Pad": _pad, "Resize": _resize, "Slice": _slice,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from convlayers import config, limits
+from convlayers import limits
 
 __all__ = ["OnnxSource", "read_model", "require_onnx", "tensor_to_array"]
 
@@ -40,7 +40,7 @@ def require_onnx() -> Any:
 class OnnxSource:
     """Where a model came from: its name in messages and the folder external data must lie in."""
 
-    def __init__(self, name: str, folder: Path | None, cap: int) -> None:
+    def __init__(self, name: str, folder: Path | None, cap: int | None) -> None:
         self.name, self.folder, self.cap = name, folder, cap
         self.declared = 0  # bytes declared by the tensors read so far
 
@@ -52,7 +52,7 @@ def read_model(source: Any, max_bytes: int | None = None) -> tuple[Any, OnnxSour
     ValueError naming the file.
     """
     onnx = require_onnx()
-    cap = config.max_array_bytes() if max_bytes is None else int(max_bytes)
+    cap = None if max_bytes is None else int(max_bytes)  # None: config.max_array_bytes()
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, origin = bytes(source), OnnxSource("<ONNX bytes>", None, cap)
     elif isinstance(source, (str, os.PathLike)):

@@ -40,7 +40,7 @@ class Builder:
         from onnx import numpy_helper
 
         name = self.fresh(stem)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(as_array(value)), name))
+        self.initializers.append(numpy_helper.from_array(np.asarray(as_array(value), order="C"), name))
         return name
 
     def node(self, op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
@@ -224,7 +224,7 @@ def export_step(b: Builder, m: Module, args: list[Flow | None], run: Callable[[M
               L.Transpose: ("Transpose", lambda: {} if m.perm is None else dict(perm=list(m.perm))),
               L.Squeeze: ("Squeeze", lambda: {}), L.Unsqueeze: ("Unsqueeze", lambda: {}),
               L.Shape: ("Shape", lambda: {}), L.Gather: ("Gather", lambda: dict(axis=m.axis)),
-              L.MatMul: ("MatMul", lambda: {}), L.Clamp: ("Clip", lambda: {}),
+              L.MatMul: ("MatMul", lambda: {}), L.Clamp: ("Clip", lambda: {}), L.Neg: ("Neg", lambda: {}),
               L.GlobalPool: ("GlobalMaxPool" if getattr(m, "kind", "") == "max" else "GlobalAveragePool",
                              lambda: {}),
               L.HardSigmoid: ("HardSigmoid", lambda: dict(alpha=m.alpha, beta=m.beta)),

@@ -150,7 +150,8 @@ class Im2col(_Conv):
 
 
 class Winograd(_Conv):
-    strategy = "Winograd F(2x2,3x3) (engine kernel, weights pre-transformed) + numba epilogue"
+    strategy = ("Winograd F(2x2,3x3) (the engine's kernel: weights pre-transformed, transform "
+                "scratch allocated per call) + numba epilogue")
 
     def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
         super().__init__(node, g, dtype)

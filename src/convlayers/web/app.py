@@ -11,7 +11,7 @@ stall the event loop that serves everyone else.
 method   path                             answer
 =======  ===============================  ==================================================
 GET      /                                the page
-GET      /static/app.js, /static/style.css
+GET      /static/app.js, playground.js, style.css
 GET      /api/filters                     the filter bank (kernels), modes, boundaries, ...
 POST     /api/image                       the image as the server works on it (PNG)
 POST     /api/filter                      one filtered image (PNG)
@@ -53,6 +53,7 @@ __all__ = ["create_app"]
 T = TypeVar("T")
 
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+           "playground.js": "text/javascript; charset=utf-8",
            "index.html": "text/html; charset=utf-8"}
 
 #: Everything the page loads comes from this server; images may be blob: URLs made by app.js.

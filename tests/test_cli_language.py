@@ -121,6 +121,8 @@ def test_shape_stack_errors_name_the_layer(capsys) -> None:
     assert "layer 2" in error(capsys, "shape", "--stack", "conv3; relu")
     assert "layer 1" in error(capsys, "shape", "--input", "4", "--stack", "conv7")
     assert "--kernel-size" in error(capsys, "shape", "--input", "4")
+    assert "describes every layer" in error(capsys, "shape", "--input", "8", "--stride", "2",
+                                            "--stack", "conv3")
 
 
 def test_params_compares_layers_mapping_the_same_channels(capsys) -> None:

@@ -92,9 +92,12 @@ def run_shape(args: argparse.Namespace) -> int:
     if args.stack is not None:
         from convlayers.cli._stack import parse_stack, stack_table
 
-        if args.kernel is not None or args.pool or args.transposed:
-            raise CLIError("--stack describes every layer; leave out --kernel-size, --pool "
-                           "and --transposed")
+        per_layer = (args.kernel is not None or args.pool or args.transposed or args.stride
+                     or args.padding != (0,) or args.dilation != (1,) or args.ceil_mode)
+        if per_layer:
+            raise CLIError("--stack describes every layer (e.g. 'conv3,s2,p1'); leave out "
+                           "--kernel-size, --stride, --padding, --dilation, --pool, "
+                           "--transposed and --ceil-mode")
         size = None if args.input is None else _axes(args.input, "input")
         print(stack_table(parse_stack(args.stack), size))
         return 0

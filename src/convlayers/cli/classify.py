@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
                    help="also draw the 32 learned stem kernels beside the hand-made filters")
     p.add_argument("-o", "--output", default="out/classify", metavar="DIR",
                    help="folder for --maps and --kernels pictures (default out/classify)")
+    from convlayers.cli._onnx import add_classify_options
+
+    add_classify_options(p)
     p.set_defaults(run=run_classify)
 
 
@@ -60,6 +63,21 @@ def _pictures(args: argparse.Namespace, model: Any) -> list[str]:
     return [str(w) for w in written]
 
 
+def _onnx_model(args: argparse.Namespace) -> tuple[Any, int]:
+    """The --model ONNX file behind ImageNet preprocessing, and its input side."""
+    from convlayers.cli import _onnx
+
+    if args.kernels:
+        raise CLIError("--kernels draws EfficientNet-Lite0's stem kernels; it does not apply with --model")
+    net = _onnx.load_cli_model(args.model)
+    declared = (net.graph_inputs[0].shape or (None,) * 4)[-1]
+    size = args.size or declared or 224
+    if size < 1:
+        raise CLIError(f"--size must be >= 1, got {size}")
+    args.maps = [f"net.{name}" for name in args.maps]  # the names 'convlayers summary FILE' shows
+    return _onnx.ImageNetInput(net, args.mean, args.std), size
+
+
 def run_classify(args: argparse.Namespace) -> int:
     """Classify every image (folders hold images, as for 'filter' and 'predict')."""
     args.images = [str(p) for p in image_files(args.images)]
@@ -67,14 +85,15 @@ def run_classify(args: argparse.Namespace) -> int:
         output_dir(args.output, "-o/--output")  # checked before the model loads
     from convlayers.classify import classify, pretrained_model
 
+    model, size = _onnx_model(args) if getattr(args, "model", None) else (None, 224)
     try:
-        model = pretrained_model()
+        model = model if model is not None else pretrained_model()
     except ImportError as exc:
         raise CLIError(str(exc)) from None
     results = {}
     for path in args.images:
         try:
-            results[path] = classify(model, path, top=args.top)
+            results[path] = classify(model, path, top=args.top, size=size)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     pictures = _pictures(args, model)

@@ -24,12 +24,13 @@ def model_or_weights(text: str) -> str:
     >>> model_or_weights("small-cnn"), model_or_weights("MobileNet-V2")
     ('small_cnn', 'mobilenet_v2')
     """
-    if Path(text).suffix.lower() in _WEIGHT_SUFFIXES:
+    if Path(text).suffix.lower() in (*_WEIGHT_SUFFIXES, ".onnx"):
         return text
     try:
         return canonical_name(text, MODELS + BLOCKS, "MODEL")
     except CLIError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}, or a .safetensors/.npz weights file") from None
+        raise argparse.ArgumentTypeError(f"{exc}, a .safetensors/.npz weights file or an .onnx "
+                                         f"model") from None
 
 
 def shape4(text: str) -> tuple[int, ...]:
@@ -63,7 +64,8 @@ def register(sub: Any) -> None:
         "saved by 'convlayers train' (.safetensors or .npz).",
     )
     p.add_argument("model", type=model_or_weights, metavar="MODEL",
-                   help=f"one of {', '.join(MODELS + BLOCKS)} ('-' or '_'), or a weights file")
+                   help=f"one of {', '.join(MODELS + BLOCKS)} ('-' or '_'), a weights file, or "
+                        f"an ONNX model (FILE.onnx; --input defaults to its declared shape)")
     p.add_argument("--input", type=shape4, default=None, metavar="N,C,H,W",
                    help="input shape (default 1,3,224,224 for the ImageNet models, 1,1,8,8 for "
                    "small_cnn, 1,3,32,32 for the blocks, the training size for weights)")
@@ -186,7 +188,12 @@ def run_summary(args: argparse.Namespace) -> int:
     from convlayers.nn import fuse
     from convlayers.summary import summary
 
-    if Path(args.model).suffix.lower() in _WEIGHT_SUFFIXES:
+    if Path(args.model).suffix.lower() == ".onnx":
+        from convlayers.cli import _onnx
+
+        model = _onnx.load_cli_model(args.model)
+        shape = _onnx.input_shape(model, args.input, args.model)
+    elif Path(args.model).suffix.lower() in _WEIGHT_SUFFIXES:
         model, trained = load_saved(args.model)
         shape = args.input or trained
     else:

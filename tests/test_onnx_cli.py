@@ -1,0 +1,83 @@
+"""``convlayers classify --model FILE.onnx`` and ``convlayers summary FILE.onnx``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("onnx")
+
+from convlayers import nn
+from convlayers import onnx as conv_onnx
+from convlayers.cli import main
+from convlayers.data import sample_photo
+
+# EfficientNet-Lite0's own scaling, (pixel - 127) / 128, written as a mean and std of [0, 1] pixels
+LITE_MEAN, LITE_STD = f"{127 / 255!r}," * 2 + f"{127 / 255!r}", f"{128 / 255!r}," * 2 + f"{128 / 255!r}"
+
+
+@pytest.fixture(scope="module")
+def lite0_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from convlayers.nn.models import efficientnet_lite0
+
+    path = tmp_path_factory.mktemp("onnx") / "lite0.onnx"
+    conv_onnx.save(efficientnet_lite0(pretrained=True), path, np.zeros((1, 3, 224, 224), np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "cat.png"
+    Image.fromarray(sample_photo()).save(path)
+    return path
+
+
+def test_classify_with_an_onnx_model_matches_the_builtin_model(lite0_file, photo, capsys) -> None:
+    assert main(["classify", str(photo), "--json", "--top", "3"]) == 0
+    builtin = json.loads(capsys.readouterr().out)[str(photo)]
+    assert main(["classify", str(photo), "--json", "--top", "3", "--model", str(lite0_file),
+                 "--mean", LITE_MEAN, "--std", LITE_STD]) == 0
+    ours = json.loads(capsys.readouterr().out)[str(photo)]
+    assert [p["index"] for p in ours] == [p["index"] for p in builtin]
+    np.testing.assert_allclose([p["probability"] for p in ours], [p["probability"] for p in builtin],
+                               rtol=1e-4)
+    # ImageNet normalisation (the default) still finds a cat in the top 3 classes
+    assert main(["classify", str(photo), "--json", "--model", str(lite0_file), "--top", "3"]) == 0
+    assert any("cat" in p["name"] for p in json.loads(capsys.readouterr().out)[str(photo)])
+
+
+def test_classify_help_states_the_preprocessing(capsys) -> None:
+    assert main(["classify", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("--model FILE.onnx", "bilinear", "(x - mean) / std", "0.485,0.456,0.406", "NCHW"):
+        assert words in text
+
+
+def test_classify_errors_name_the_problem(tmp_path, photo, capsys) -> None:
+    assert main(["classify", str(photo), "--model", str(tmp_path / "none.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x0a\xff\xff")
+    assert main(["classify", str(photo), "--model", str(bad)]) == 2
+    assert "bad.onnx" in capsys.readouterr().err
+    assert main(["classify", str(photo), "--model", str(bad), "--mean", "1,2"]) == 2
+    assert "--mean: expected three finite numbers R,G,B" in capsys.readouterr().err
+
+
+def test_summary_of_an_onnx_file(tmp_path, capsys) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=0), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4, rng=0))
+    path = tmp_path / "small.onnx"
+    conv_onnx.save(model, path, np.zeros((1, 3, 16, 16), np.float32))
+    assert main(["summary", str(path), "--csv"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert any(r.split(",")[1:4] == ["Conv2d", "1x8x16x16", "224"] for r in rows), rows
+    assert any("Linear" in r for r in rows)
+    assert main(["summary", str(path), "--input", "2,3,16,16", "--csv"]) == 0
+    assert any(r.split(",")[1:3] == ["Conv2d", "2x8x16x16"] for r in capsys.readouterr().out.splitlines())
+    assert main(["summary", str(tmp_path / "missing.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err

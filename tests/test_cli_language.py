@@ -173,7 +173,7 @@ def test_classify_takes_folders(tmp_path, capsys, monkeypatch) -> None:
 
     monkeypatch.setattr(classify_module, "pretrained_model", lambda: object())
     monkeypatch.setattr(classify_module, "classify",
-                        lambda model, path, top=5: seen.append(str(path)) or [Result()])
+                        lambda model, path, **options: seen.append(str(path)) or [Result()])
     out = run(capsys, "classify", str(folder))
     assert seen == [str(folder / "a.png"), str(folder / "b.png")]
     assert out.count("goldfish") == 2

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -359,3 +360,19 @@ def test_a_legitimate_file_made_mostly_of_pickle_loads_under_the_default_cap(
         np.testing.assert_array_equal(load_weights(path)["w"], [1.0, 1.0, 1.0])
         with pytest.raises(ValueError, match="limit"):  # and the cap is really that tight
             load_weights(path, max_bytes=8 * path.stat().st_size)
+
+
+def test_a_zip_needing_a_newer_zip_version_is_a_value_error(tmp_path: Path) -> None:
+    """zipfile raises NotImplementedError for 'zip file version 6.4' (found by the fuzz test)."""
+    npz, pt = tmp_path / "w.npz", tmp_path / "w.pt"
+    save_weights({"w": np.ones(2, np.float32)}, npz)
+    torch.save({"w": torch.ones(2)}, pt)
+    for path in (npz, pt):
+        data = bytearray(path.read_bytes())
+        entry = data.index(b"PK\x01\x02")
+        data[entry + 6] = 64  # version needed to extract: 6.4
+        path.write_bytes(bytes(data))
+        with pytest.raises(NotImplementedError):
+            zipfile.ZipFile(path)
+        with pytest.raises(ValueError, match=re.escape(str(path))):
+            load_weights(path)

@@ -42,7 +42,7 @@ def detect_format(path: PathLike) -> Format:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except zipfile.BadZipFile as exc:
+        except (zipfile.BadZipFile, NotImplementedError, EOFError, ValueError) as exc:
             raise ValueError(f"{where} is a truncated or corrupt zip file: {exc}") from exc
         if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
             return "torch"

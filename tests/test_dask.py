@@ -211,6 +211,21 @@ def test_conv_and_pools_equal_in_memory(client, case):
         assert_close(got, expected, op)
 
 
+@pytest.mark.parametrize("kw", [
+    {"stride": True}, {"padding": 1.0}, {"groups": 3}, {"padding": "same", "stride": 2},
+    {"padding": 5, "padding_mode": "reflect"}, {"padding_mode": "mirror"}, {"dilation": 0},
+])
+def test_conv2d_refuses_what_the_in_memory_op_refuses_with_its_message(kw):
+    """One validation (functional.conv.conv_spec) for both: same error type and message."""
+    x = np.ones((1, 2, 5, 5))
+    w = np.ones((2, 2, 3, 3))
+    with pytest.raises((ValueError, TypeError)) as memory:
+        F.conv2d(x, w, **kw)
+    with pytest.raises(type(memory.value)) as lazy:
+        cd.conv2d(da.from_array(x, chunks=(1, 2, 3, 3)), w, **kw)
+    assert str(lazy.value) == str(memory.value)
+
+
 def test_stride_aligned_chunks():
     x = np.random.default_rng(2).standard_normal((1, 2, 30, 30))
     y = cd.max_pool2d(da.from_array(x, chunks=(1, 2, 7, 7)), 3, stride=2, padding=1)

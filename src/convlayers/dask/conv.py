@@ -41,14 +41,13 @@ from convlayers._validate import (
     as_int,
     float_array,
     nonnegative_tuple,
-    one_of,
     positive_tuple,
 )
 from convlayers.dask._chunks import aligned_chunks, as_dask
+from convlayers.functional.conv import conv_spec
 
 __all__ = ["avg_pool2d", "conv2d", "max_pool2d"]
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _DA_PAD = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
@@ -139,38 +138,12 @@ def conv2d(
     """
     x, unbatched = _batched(input, chunks)
     w = float_array(weight, "weight")
-    if w.ndim != 4:
-        raise ValueError(f"weight must have 4 dimensions (C_out, C_in/groups, kH, kW), got shape {w.shape}")
-    if w.dtype != x.dtype:
-        raise TypeError(f"input and weight must have the same dtype, got {x.dtype} and {w.dtype}")
     b = None if bias is None else float_array(bias, "bias")
-    if b is not None and (b.dtype != x.dtype or b.shape != (w.shape[0],)):
-        raise ValueError(f"bias must be a {x.dtype} array of shape ({w.shape[0]},), got {b.dtype} {b.shape}")
-    groups = as_int(groups, "groups")
-    if groups < 1 or x.shape[1] % groups or w.shape[0] % groups or w.shape[1] * groups != x.shape[1]:
-        raise ValueError(
-            f"groups={groups} does not fit input channels {x.shape[1]} and weight {w.shape}"
-        )
-    one_of(padding_mode, PADDING_MODES, "padding_mode")
+    # the in-memory op's own checks and size arithmetic, on a stand-in of x's shape (no memory)
+    stand_in = np.broadcast_to(np.zeros((), x.dtype), x.shape)
+    spec = conv_spec(stand_in, w, b, stride, padding, dilation, groups, padding_mode)
     kernel = (int(w.shape[2]), int(w.shape[3]))
-    st = positive_tuple(stride, 2, "stride")
-    dl = positive_tuple(dilation, 2, "dilation")
-    if isinstance(padding, str):
-        one_of(padding, ("valid", "same"), "padding")
-        if padding == "same" and st != (1, 1):
-            raise ValueError(f"padding='same' is not supported for strided convolutions, got stride={st}")
-        pairs = tuple(
-            shapes.same_padding(k, d) if padding == "same" else (0, 0)
-            for k, d in zip(kernel, dl, strict=True)
-        )
-    else:
-        pairs = tuple((p, p) for p in nonnegative_tuple(padding, 2, "padding"))
-    out = tuple(
-        shapes.conv_output_size(n + lo + hi, k, s, 0, d)
-        for n, k, s, (lo, hi), d in zip(x.shape[2:], kernel, st, pairs, dl, strict=True)
-    )
-    if padding_mode == "reflect" and any(max(p) >= n for p, n in zip(pairs, x.shape[2:], strict=True)):
-        raise ValueError(f"padding_mode='reflect' needs padding smaller than the input size, got {pairs}")
+    st, dl, pairs, out, groups = spec.stride, spec.dilation, spec.pairs, spec.out_shape, spec.groups
     mode = "constant" if padding_mode == "zeros" else padding_mode
     p, depth, out_chunks, _ = _windows(x, kernel, st, dl, pairs, out, mode, 0.0)
 

@@ -81,3 +81,27 @@ def test_summary_of_an_onnx_file(tmp_path, capsys) -> None:
     assert any(r.split(",")[1:3] == ["Conv2d", "2x8x16x16"] for r in capsys.readouterr().out.splitlines())
     assert main(["summary", str(tmp_path / "missing.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_explorer_offers_an_onnx_model(lite0_file, tmp_path) -> None:
+    """``convlayers explore --weights FILE.onnx``: listed, summarised, classified, its layers
+    drawn; an upload over the size limit or not an ONNX model is refused with its status."""
+    testclient = pytest.importorskip("starlette.testclient")
+    from convlayers.web import create_app, services
+    from convlayers.web.models import ModelRegistry
+    from convlayers.web.services import ServiceError
+
+    client = testclient.TestClient(create_app(weights=str(lite0_file)), base_url="http://127.0.0.1")
+    models = {m["id"]: m for m in client.get("/api/models").json()["models"]}
+    assert models["onnx_lite0"]["input_shape"] == [1, 3, 224, 224]
+    top = client.post("/api/models/onnx_lite0/classify?sample=chelsea").json()
+    assert any("cat" in p["name"] for p in top["top"][:3]), top
+    layers = client.get("/api/models/onnx_lite0/layers").json()["layers"]
+    assert any(layer["type"] == "Conv2d" for layer in layers)
+    registry = ModelRegistry()
+    with pytest.raises(ServiceError) as too_big:
+        registry.add_onnx(b"\0" * (services.MAX_UPLOAD_BYTES + 1), "big.onnx")
+    assert too_big.value.status == 413
+    with pytest.raises(ServiceError, match=r"junk\.onnx") as junk:
+        registry.add_onnx(b"\x0a\xff\xff", "junk.onnx")
+    assert junk.value.status == 400

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from convlayers.cli._common import CLIError
-from convlayers.nn.module import Module
 
-__all__ = ["ImageNetInput", "add_classify_options", "input_shape", "is_onnx", "load_cli_model"]
+__all__ = ["add_classify_options", "input_shape", "is_onnx", "load_cli_model"]
 
+# torchvision's ImageNet statistics (convlayers.onnx.imagenet has the same; not imported here so
+# that building the parser stays light)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -81,26 +82,3 @@ def add_classify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", type=_triple, default=IMAGENET_STD, metavar="R,G,B",
                    help="per-channel standard deviation for --model (default ImageNet's "
                         "0.229,0.224,0.225)")
-
-
-class ImageNetInput(Module):
-    """Wraps a model so that it takes ``convlayers.classify.preprocess``'s batches,
-    ``(pixel - 127) / 128``, and sees ``(pixel / 255 - mean) / std`` instead.
-
-    >>> from convlayers import nn
-    >>> m = ImageNetInput(nn.Identity(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    >>> m(np.full((1, 3, 1, 1), (255 - 127) / 128, np.float32))[0, :, 0, 0]
-    array([1., 1., 1.], dtype=float32)
-    """
-
-    def __init__(self, net: Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.net = net
-        if min(std) <= 0:
-            raise CLIError(f"--std values must be > 0, got {','.join(map(str, std))}")
-        self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-
-    def forward(self, x: Any) -> Any:
-        pixels = np.asarray(getattr(x, "data", x), np.float32) * np.float32(128) + np.float32(127)
-        return self.net(((pixels / np.float32(255) - self.mean) / self.std).astype(np.float32))

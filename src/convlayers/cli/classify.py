@@ -75,7 +75,12 @@ def _onnx_model(args: argparse.Namespace) -> tuple[Any, int]:
     if size < 1:
         raise CLIError(f"--size must be >= 1, got {size}")
     args.maps = [f"net.{name}" for name in args.maps]  # the names 'convlayers summary FILE' shows
-    return _onnx.ImageNetInput(net, args.mean, args.std), size
+    from convlayers.onnx.imagenet import ImageNetInput
+
+    try:
+        return ImageNetInput(net, args.mean, args.std), size
+    except ValueError as exc:
+        raise CLIError(f"--std: {exc}") from None
 
 
 def run_classify(args: argparse.Namespace) -> int:

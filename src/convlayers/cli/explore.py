@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only)")
     p.add_argument("--weights", metavar="FILE",
-                   help="weights of a digits SmallCNN (safetensors, .npz or torch.save file) "
+                   help="weights of a digits SmallCNN (safetensors, .npz or torch.save file), "
+                   "or an ONNX model (FILE.onnx, ImageNet-normalised when it takes 3 channels), "
                    "to offer in the networks panel")
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="heavy requests computed at once (default 2)")

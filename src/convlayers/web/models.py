@@ -134,7 +134,10 @@ class ModelRegistry:
             self.entries["efficientnet_lite0"] = ModelEntry(
                 "efficientnet_lite0", "EfficientNet-Lite0 (ImageNet)", _efficientnet,
                 (1, 3, 224, 224))
-        if weights is not None:
+        if weights is not None and str(weights).lower().endswith(".onnx"):
+            self.add_onnx(weights)
+            self.unavailable["digits"] = "start the explorer with --weights FILE to offer it"
+        elif weights is not None:
             from convlayers.train import small_cnn_from_state_dict
             from convlayers.weights import load_weights
 
@@ -146,6 +149,36 @@ class ModelRegistry:
                 (1, conv.weight.data.shape[1], size, size), labels=str, module=model)
         else:
             self.unavailable["digits"] = "start the explorer with --weights FILE to offer it"
+
+    def add_onnx(self, source: Any, name: str | None = None) -> str:
+        """Offer an ONNX model (a path or uploaded bytes, at most ``MAX_UPLOAD_BYTES`` when
+        uploaded); its id. Three-channel models get ImageNet normalisation
+        (:class:`convlayers.onnx.imagenet.ImageNetInput`)."""
+        from pathlib import Path
+
+        from convlayers import onnx
+        from convlayers.onnx.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetInput
+        from convlayers.web.services import MAX_UPLOAD_BYTES
+
+        if isinstance(source, (bytes, bytearray)) and len(source) > MAX_UPLOAD_BYTES:
+            raise ServiceError(413, f"the upload is {len(source)} bytes; the limit is {MAX_UPLOAD_BYTES}")
+        label = name or (Path(source).name if isinstance(source, (str, Path)) else "model.onnx")
+        try:
+            net = onnx.load(source)
+        except ImportError as exc:
+            raise ServiceError(501, str(exc)) from None
+        except ValueError as exc:
+            raise ServiceError(400, f"{label}: {exc}") from None
+        declared = net.graph_inputs[0].shape or ()
+        if len(declared) != 4 or any(d is None for d in declared[1:]):
+            raise ServiceError(400, f"{label}: the explorer needs a model with one (N, C, H, W) "
+                                    f"input of fixed C, H and W, got {declared}")
+        shape = (1, *(int(d) for d in declared[1:]))  # type: ignore[arg-type]
+        model = ImageNetInput(net, IMAGENET_MEAN, IMAGENET_STD) if shape[1] == 3 else net
+        model_id = "onnx_" + "".join(c if c.isalnum() else "_" for c in Path(label).stem)[:40]
+        self.entries[model_id] = ModelEntry(model_id, f"{label} (ONNX)", lambda: model,
+                                            shape, module=model)  # type: ignore[arg-type]
+        return model_id
 
     def listing(self) -> list[dict[str, Any]]:
         """Every model, available or not (with the reason)."""
@@ -213,7 +246,7 @@ class ModelRegistry:
                 return digit_input(image)
             return digits_input(image, c, (h, w))
         preprocess = _contract("convlayers.classify", "preprocess")
-        x = np.asarray(preprocess(image), dtype=np.float32)
+        x = np.asarray(preprocess(image, entry.input_shape[-1]), dtype=np.float32)
         return x[None] if x.ndim == 3 else x
 
     def classify(self, model_id: str, image: np.ndarray, top: int = 5) -> list[dict[str, Any]]:
@@ -234,7 +267,7 @@ class ModelRegistry:
         run = _contract("convlayers.classify", "classify")
         model = entry.get()
         with entry.access.shared():
-            results = run(model, image, top=top)
+            results = run(model, image, top=top, size=entry.input_shape[-1])
         return [{"index": int(r.index), "name": str(r.name), "probability": float(r.probability)}
                 for r in results]
 

@@ -254,3 +254,12 @@ def test_bad_layers_and_inputs_are_named() -> None:
         plan(np.zeros((1, 3, 9, 8), np.float32))
     with pytest.raises(TypeError, match="x must be float32"):
         plan(np.zeros((1, 3, 8, 8), np.float64))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 7, 9), (2, 8, 5, 40)])  # flat small planes, long rows
+def test_depthwise_with_asymmetric_padding_folded(shape: tuple[int, ...]) -> None:
+    ours, twin = block(nn.ZeroPad2d((2, 0, 1, 2)), nn.Conv2d(8, 8, 5, groups=8, bias=True, rng=0),
+                       nn.BatchNorm2d(8), nn.ReLU6())
+    plan = convlayers.compile(ours, np.zeros(shape, np.float32))
+    assert [s.node.op for s in plan._steps] == ["conv"]
+    check(ours, twin, [shape, (3, *shape[1:])])

@@ -131,6 +131,41 @@ def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols):
         im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols, r, r + 1)
 
 
+FLAT_WIDTH = 32  # planes at most this wide take the flat path (rows too short to vectorise)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _depthwise_flat(x, w, bias, dh, dw, pt, pl, res, has_res, act, out):
+    """Stride-1 depthwise over small planes: copy each plane into a zero-padded buffer of row
+    stride ``wp``; then every tap is one long multiply-add over the flat output (computed at
+    row stride ``wp``, the last columns of each row discarded), not one short loop per row."""
+    n, c, h, wd = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    kh, kw = w.shape[1], w.shape[2]
+    hp = max(h + pt, ho + (kh - 1) * dh)
+    wp = max(wd + pl, wo + (kw - 1) * dw)
+    span = (ho - 1) * wp + wo
+    for nc in prange(n * c):
+        b, ch = nc // c, nc % c
+        padded = np.zeros(hp * wp, out.dtype)
+        for iy in range(h):
+            padded[(iy + pt) * wp + pl:(iy + pt) * wp + pl + wd] = x[b, ch, iy]
+        acc = np.empty(span, out.dtype)
+        acc[:] = bias[ch]
+        for i in range(kh):
+            for j in range(kw):
+                tap = w[ch, i, j]
+                seg = padded[i * dh * wp + j * dw:i * dh * wp + j * dw + span]
+                for q in range(span):
+                    acc[q] += tap * seg[q]
+        for oy in range(ho):
+            row = out[b, ch, oy]
+            row[:] = acc[oy * wp:oy * wp + wo]
+            if has_res:
+                row += res[b, ch, oy]
+            _activate(row, act)
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def depthwise(x, w, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, out):
     """Depthwise conv (N, C, H, W) -> ``out`` (N, C, Ho, Wo) with the epilogue fused.
@@ -142,6 +177,9 @@ def depthwise(x, w, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, out):
     n, c, h, wd = x.shape
     ho, wo = out.shape[2], out.shape[3]
     kh, kw = w.shape[1], w.shape[2]
+    if sh == 1 and sw == 1 and wd <= FLAT_WIDTH:
+        _depthwise_flat(x, w, bias, dh, dw, pt, pl, res, has_res, act, out)
+        return
     wide = (wo - 1) * sw + 1  # a strided row is computed at stride 1, then every sw-th kept:
     for nc in prange(n * c):  # twice the multiply-adds, but vector loads instead of gathers
         b, ch = nc // c, nc % c

@@ -162,15 +162,30 @@ class Winograd(_Conv):
         self.rows = _winograd_rows(-(-self.wo // 2), config.engine.winograd_block_tiles)
         self.zero = np.zeros(self.c_out, dtype)
         self.needs_epilogue = self.residual is not None or self.act != 0
+        # the engine's kernel is its own to change: if a call no longer fits, im2col takes over
+        self.fallback: Im2col | None = None
+        self._im2col = Im2col(node, g, dtype)
+
+    def scratch_elements(self, n: int) -> int:
+        return self._im2col.scratch_elements(n)
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
+        if self.fallback is not None:
+            self.fallback.run(v, scratch)
+            return
         from convlayers.kernels.winograd import forward_fused
 
         threads = numba.get_num_threads()
         bad = np.zeros(threads, np.bool_)  # inf/NaN flags: the eager engine's concern, not read
         out = v[self.out][0]
-        forward_fused(v[self.inp][0], self.u, self.bias, self.pt, self.pl, self.rows, threads,
-                      out, bad)
+        try:  # units of tile rows by all output channels of a group
+            forward_fused(v[self.inp][0], self.u, self.bias, self.pt, self.pl, self.rows,
+                          self.c_out // self.groups, threads, out, bad)
+        except TypeError:  # the engine changed the kernel's arguments
+            self.fallback = self._im2col
+            self.strategy = self._im2col.strategy + " (Winograd kernel's signature changed)"
+            self.fallback.run(v, scratch)
+            return
         if self.needs_epilogue:
             res, has = self._res(v, True)
             K.epilogue(v[self.out][1], self.zero, res, has, self.act)

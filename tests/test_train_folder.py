@@ -79,7 +79,7 @@ def test_lite0_head_fine_tunes_from_imagenet_weights_and_predicts_names(
 def test_freeze_trains_only_the_head_until_unfrozen(tmp_path: Path) -> None:
     data = ImageFolder(draw_shapes(tmp_path / "s", per_class=6), size=16)
     x, y = data.load()
-    model = build_classifier("small-cnn", SHAPES, image_size=16, freeze=True, rng=0)
+    model = build_classifier("small_cnn", SHAPES, image_size=16, freeze=True, rng=0)
     before = {k: v.copy() for k, v in model.state_dict().items()}
     fit(model, (x, y), epochs=1, batch_size=8, progress=False)
     after = {k: v.copy() for k, v in model.state_dict().items()}
@@ -93,7 +93,7 @@ def test_freeze_trains_only_the_head_until_unfrozen(tmp_path: Path) -> None:
 
 def test_predict_says_when_the_top_probability_is_low(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    model = build_classifier("small-cnn", SHAPES, image_size=16, rng=0)
+    model = build_classifier("small_cnn", SHAPES, image_size=16, rng=0)
     for p in model.head.parameters():
         p.data[...] = 0  # every class equally likely: probability exactly 1/3
     out = tmp_path / "flat.safetensors"

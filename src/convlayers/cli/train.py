@@ -73,8 +73,8 @@ def register(sub: Any) -> None:
                    help="digits (scikit-learn's 8x8 digits) or folder (your images in DIR)")
     t.add_argument("folder", nargs="?", metavar="DIR",
                    help="with 'folder': one sub-folder of images per class")
-    t.add_argument("--model", default="small-cnn", metavar="NAME",
-                   help="the network: small-cnn (default: conv-BN-ReLU-pool per width, linear); "
+    t.add_argument("--model", default="small_cnn", metavar="NAME",
+                   help="the network: small_cnn (default: conv-BN-ReLU-pool per width, linear); "
                    "for folders also mobilenet_v2, efficientnet_lite0, resnet18")
     t.add_argument("--widths", type=_widths, default=_widths(DEFAULT_WIDTHS),
                    metavar="W1,W2", help=f"channels per stage (default {DEFAULT_WIDTHS})")
@@ -96,7 +96,7 @@ def register(sub: Any) -> None:
                    help="write a checkpoint after every epoch (safetensors)")
     t.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint if it exists")
-    t.add_argument("-o", "--out", default="digits-small-cnn.safetensors", metavar="PATH",
+    t.add_argument("-o", "--out", default="digits-small_cnn.safetensors", metavar="PATH",
                    help="weights to write (.safetensors or .npz; default %(default)s)")
     t.add_argument("--plots", metavar="DIR",
                    help="also write loss.png, accuracy.png and confusion.png into DIR")
@@ -189,8 +189,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.dataset == "folder":
         _check_train_args(args)
         return run_train_folder(args)
-    if args.folder or args.model.replace("_", "-") != "small-cnn":
-        raise CLIError("train digits takes no folder and trains --model small-cnn")
+    if args.folder or args.model.replace("-", "_") != "small_cnn":
+        raise CLIError("train digits takes no folder and trains --model small_cnn")
+    args.model = "small_cnn"  # one spelling in what is printed and saved
     out = _check_train_args(args)
     _check_digits_sizes(args)
     plots = output_dir(args.plots, "--plots") if args.plots else None

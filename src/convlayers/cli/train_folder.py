@@ -54,7 +54,7 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.size is None:
         args.size = 224 if args.pretrained else 64
-    if args.out == "digits-small-cnn.safetensors":  # the digits default: name it after the data
+    if args.out == "digits-small_cnn.safetensors":  # the digits default: name it after the data
         args.out = f"{Path(args.folder).resolve().name}-{args.model}.safetensors"
     if not 8 <= args.size <= 1024:
         raise CLIError(f"--size must be in [8, 1024] pixels, got {args.size}")

@@ -12,7 +12,7 @@ forward pass records nothing, so an epoch costs little more than a forward pass.
 
 Examples
 --------
->>> model = build_classifier("small-cnn", ("cat", "dog"), image_size=16, rng=0)
+>>> model = build_classifier("small_cnn", ("cat", "dog"), image_size=16, rng=0)
 >>> model(np.zeros((2, 3, 16, 16), np.float32)).shape
 (2, 2)
 >>> sorted(classifier_metadata(model))
@@ -34,14 +34,14 @@ __all__ = ["MODELS", "ImageClassifier", "build_classifier", "canonical_model_nam
            "classifier_from_weights", "classifier_metadata"]
 
 #: The networks :func:`build_classifier` knows (``-`` and ``_`` are interchangeable).
-MODELS = ("small-cnn", "mobilenet_v2", "efficientnet_lite0", "resnet18")
+MODELS = ("small_cnn", "mobilenet_v2", "efficientnet_lite0", "resnet18")
 
 
 def canonical_model_name(name: str) -> str:
     """``name`` spelled as in :data:`MODELS` (either of ``-``/``_`` accepted).
 
     >>> canonical_model_name("mobilenet-v2"), canonical_model_name("small_cnn")
-    ('mobilenet_v2', 'small-cnn')
+    ('mobilenet_v2', 'small_cnn')
     """
     key = str(name).lower().replace("-", "_")
     for known in MODELS:
@@ -132,11 +132,11 @@ def build_classifier(model: str, classes: Sequence[str], *, image_size: int = 64
         raise ValueError(f"classes must name at least 2 classes, got {list(classes)}")
     if pretrained and name != "efficientnet_lite0":
         raise ValueError(f"pretrained weights ship only for efficientnet_lite0, not {name}")
-    if channels != 3 and name != "small-cnn":
+    if channels != 3 and name != "small_cnn":
         raise ValueError(f"{name} takes RGB images (channels=3), got channels={channels}")
     mean: Sequence[float] = LITE0_MEAN if name == "efficientnet_lite0" else IMAGENET_MEAN
     std: Sequence[float] = LITE0_STD if name == "efficientnet_lite0" else IMAGENET_STD
-    if name == "small-cnn":
+    if name == "small_cnn":
         widths = (32, 64, 128) if image_size % 8 == 0 and image_size >= 16 else (32, 64)
         net: Module = models.SmallCNN(channels, k, image_size, widths, rng=rng)
         mean, std = (0.5,) * channels, (0.25,) * channels

@@ -216,7 +216,8 @@ _SCRATCH_CASES = [
 def test_conv_transpose_scratch_stays_under_the_cap() -> None:
     """It used 513 MB beyond its output (the uncropped result, then the crop copied, plus the
     lowered columns of all channels); now it works in parts of images and output channels.
-    Before, these three cases took 72, 80 and 158 MB beyond their output under this cap."""
+    Before, these three cases took 72, 80 and 158 MB beyond their output under this cap.
+    Measured: the peak resident size's growth beyond the output and one input image."""
     cap = 16 * MB
     out = run_python(f"""
         config.set_scratch_bytes({cap})
@@ -230,11 +231,13 @@ def test_conv_transpose_scratch_stays_under_the_cap() -> None:
                 f.write("5")  # reset the peak resident size (VmHWM)
             before = vm("VmHWM")
             out = F.conv_transpose2d(x, w, **kw)
-            beyond.append(vm("VmHWM") - before - out.nbytes)
+            beyond.append(vm("VmHWM") - before - out.nbytes - x[0].nbytes)
             del out
         print(json.dumps({{"beyond": beyond}}))
     """)
-    assert max(out["beyond"]) <= cap + 4 * MB, out
+    # the engine's documented allowance: at most one unit (an image) beyond the cap; plus 2 MB
+    # of allocator noise
+    assert max(out["beyond"]) <= cap + 2 * MB, out
 
 
 @pytest.mark.parametrize(("x", "w", "kw"), [

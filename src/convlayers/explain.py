@@ -64,9 +64,8 @@ def _size_lines(
     lines = [f"Output size per axis: {_FORMULA if dilated else _FORMULA_SHORT}"]
     for axis, n, kk, ss, pp, dd in zip(("height", "width"), in_shape, k, s, p, d, strict=True):
         size_of = shapes.pool_output_size if pool else shapes.conv_output_size
-        o = size_of(n, kk, ss, pp, dd)
-        span = f"{dd}*({kk} - 1) - 1" if dilated else f"{kk}"
-        lines.append(f"  {axis + ':':7} floor(({n} + 2*{pp} - {span}) / {ss}) + 1 = {o}")
+        size_of(n, kk, ss, pp, dd)  # the op's own checks (a pool's padding rule)
+        lines.append(f"  {axis + ':':7} {shapes.conv_output_formula(n, kk, ss, pp, dd)}")
     return lines
 
 

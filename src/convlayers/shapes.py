@@ -237,18 +237,19 @@ def tf_same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1)
 
 def conv_output_formula(in_size: int, kernel_size: int, stride: int = 1,
                         padding: int | tuple[int, int] = 0, dilation: int = 1) -> str:
-    """:func:`conv_output_size`'s formula with the numbers filled in, for people to read.
+    """:func:`conv_output_size`'s formula with the numbers filled in, for people to read (the
+    short form ``in + 2p - k`` without dilation; pooling without ``ceil_mode`` shares it).
 
     >>> conv_output_formula(32, 3, stride=2, padding=1)
-    'floor((32 + 2*1 - 1*(3 - 1) - 1) / 2) + 1 = 16'
-    >>> conv_output_formula(7, 3, padding=(0, 1))
-    'floor((7 + 0 + 1 - 1*(3 - 1) - 1) / 1) + 1 = 6'
+    'floor((32 + 2*1 - 3) / 2) + 1 = 16'
+    >>> conv_output_formula(7, 3, padding=(0, 1), dilation=2)
+    'floor((7 + 0 + 1 - 2*(3 - 1) - 1) / 1) + 1 = 4'
     """
     lo, hi = (padding, padding) if isinstance(padding, int) else padding
     pad = f"2*{lo}" if lo == hi else f"{lo} + {hi}"
+    span = f"{kernel_size}" if dilation == 1 else f"{dilation}*({kernel_size} - 1) - 1"
     size = conv_output_size(in_size + lo + hi, kernel_size, stride, 0, dilation)
-    return (f"floor(({in_size} + {pad} - {dilation}*({kernel_size} - 1) - 1) / {stride}) + 1 "
-            f"= {size}")
+    return f"floor(({in_size} + {pad} - {span}) / {stride}) + 1 = {size}"
 
 
 def receptive_field(layers: Sequence[tuple[int, int] | tuple[int, int, int]]) -> int:

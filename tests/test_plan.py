@@ -74,8 +74,6 @@ def serves(name: str, case: dict, pass_: str) -> bool:
     if name == "winograd":
         return (pass_ != "alone" and dims == 2 and kernel == (3, 3) and case["stride"] == (1, 1)
                 and case["dilation"] == (1, 1))
-    if name == "lowered-fused":
-        return pass_ != "alone" and case["groups"] == 1
     if name.startswith("depthwise"):
         if c_in_g != 1:
             return False

@@ -201,26 +201,18 @@ class EngineSettings:
     #: (and output channels per group for the backward pass): below it the GEMMs are too thin to
     #: pay for the transforms.
     winograd_min_channels: int = 16
-    #: Images with more Winograd tiles than this are transformed in slabs of tile rows, one image
-    #: at a time (the per-plane backward, used with fewer images than threads).
-    winograd_slab_tiles: int = 1 << 12
-    #: Smaller images go by units of ``ceil(winograd_unit_tiles / tiles)`` whole images side by
-    #: side in the per-plane backward's GEMMs (geometry only, so the scratch cap never changes
-    #: a result).
-    winograd_unit_tiles: int = 3136
     #: Tiles per unit of the fused Winograd forward: the unit's transforms
     #: (``16*(C_in + C_out)*tiles*itemsize``) stay in the core's cache from the input transform
     #: to the output transform.
     winograd_block_tiles: int = 224
     #: The same for the fused Winograd backward (three transforms per unit).
     winograd_block_tiles_bwd: int = 112
-    #: The fused lowering (im2col of one image and its GEMM in one parallel region) serves
-    #: convolutions whose one-image column buffer is at most this many bytes.
-    fused_column_bytes: int = 4 * 2**20
-    #: Target size of one chunk's column buffer in the unfused lowering.
-    chunk_bytes: int = 64 * 2**20
-    #: Images with more output positions than this are lowered in slabs of output rows.
-    slab_columns: int = 1 << 16
+    #: Bytes of one unit's columns in the lowered kernels (``C_in/g * kh * kw`` rows by the
+    #: unit's output positions): longer images are lowered in slabs of output rows.
+    lowered_column_bytes: int = 2 * 2**20
+    #: Shortest slab (output positions) the lowered kernels cut an image into to give every
+    #: thread work (one image, small maps): narrower products waste the register tiles.
+    lowered_min_columns: int = 96
     #: The planar depthwise kernels serve planes whose padded polyphase copy takes at most this
     #: many bytes (their scratch planes then stay in a core's L2).
     planar_bytes: int = 128 * 1024

@@ -35,16 +35,13 @@ The compiled strategies (1-D and 2-D, float32/float64; 1-D runs as 2-D with one 
   (:func:`convlayers.kernels.conv.pointwise`) with the images viewed as ``(N, g, C_in/g, H*W)``
   (no copy at stride 1); the input gradient is the same kernel with the weights transposed, the
   weight gradient per-thread ``grad @ x^T`` sums;
-- ``lowered-fused``: im2col and the GEMM of one image per unit in one parallel region
-  (:func:`convlayers.kernels.conv.lowered_fused`); its backward likewise
-  (:func:`convlayers.kernels.conv.lowered_backward`);
-- ``lowered``: im2col into a reused column buffer, a chunk of images at a time, then one GEMM
-  per image and group; the input gradient is the transposed GEMM followed by col2im, the weight
-  gradient ``grad @ cols^T``. Chunks hold whole images while their columns fit
-  ``config.engine.chunk_bytes`` and the scratch cap; images with more than
-  ``config.engine.slab_columns`` output positions are lowered in slabs of output rows. The slab
-  size depends on the geometry only, so the forward result is the same bit for bit whatever the
-  cap.
+- ``lowered``: im2col and register-tiled GEMMs in one numba parallel region per pass
+  (:mod:`convlayers.kernels.conv`): forward units are (image, group, slab of output rows, block
+  of output channels), weight-gradient units (image, group, slab) with per-thread sums, and
+  input-gradient units (image, group, block of input channels), so one image keeps every thread
+  busy too (:func:`_lowered_units`). A unit's columns stay under
+  ``config.engine.lowered_column_bytes``; the forward's sums run in the same order whatever the
+  units, so the result does not depend on the thread count or the scratch cap.
 """
 
 from __future__ import annotations
@@ -163,8 +160,7 @@ def _planned(pass_: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
 
 
 #: Strategies that multiply the zero padding by the weights in the forward pass.
-_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "lowered", "lowered-fused", "pointwise",
-                                    "depthwise-planar"))
+_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "lowered", "pointwise", "depthwise-planar"))
 
 
 #: inf and NaN go through the NumPy parts silently, as through torch (no RuntimeWarning).
@@ -261,24 +257,12 @@ def correlate_backward(
     if sx == "numpy":
         gx = _numpy_input_grad(grad, weight, x.shape[2:], stride, dilation, groups, pairs)
     else:
-        padded = tuple(s + a + b for s, (a, b) in zip(x.shape[2:], pairs, strict=True))
-        gxp = _INPUT_GRAD[sx](_as_4d(grad), _as_4d(weight), _pad_geometry(g))
-        inner = tuple(slice(lo, lo + size)
-                      for (lo, _), size in zip(pairs, x.shape[2:], strict=True))
-        gx = np.ascontiguousarray(gxp.reshape(x.shape[0], -1, *padded)[_index(*inner)])
+        gx = _INPUT_GRAD[sx](_as_4d(grad), _as_4d(weight), g).reshape(x.shape)
     if sw == "numpy":
         gw = _numpy_weight_grad(x, grad, tuple(weight.shape[2:]), stride, dilation, groups, pairs)
     else:
-        xp = _as_4d(pad_pairs(x, pairs))
-        gw = _WEIGHT_GRAD[sw](xp, _as_4d(grad), _pad_geometry(g)).reshape(weight.shape)
+        gw = _WEIGHT_GRAD[sw](_as_4d(x), _as_4d(grad), g).reshape(weight.shape)
     return gx, gw
-
-
-def _pad_geometry(g: Geometry) -> Geometry:
-    """``g`` with its padding made part of the input (the padded problem)."""
-    from dataclasses import replace
-
-    return replace(g, h=g.h + g.pt + g.pb, w=g.w + g.pl + g.pr, pt=0, pb=0, pl=0, pr=0)
 
 
 def correlate_input_grad(
@@ -430,26 +414,6 @@ def _numpy_weight_grad(x: np.ndarray, grad: np.ndarray, kernel: tuple[int, ...],
 
 # ----------------------------------------------------------------------------- shared helpers
 
-def _slabs(n: int, c: int, taps: int, ho: int, wo: int, itemsize: int) -> Iterator[tuple[slice, int, int]]:
-    """``(images, first output row, rows)`` of each chunk of the lowering.
-
-    The unit is a slab of output rows whose size depends on the geometry only (a whole image
-    up to ``config.engine.slab_columns`` output positions), so every GEMM has the same operands
-    whatever the cap: the cap decides only how many whole-image units go into one chunk.
-    """
-    slab = max(1, config.engine.slab_columns)
-    rows = ho if ho * wo <= slab else max(1, -(-slab // wo))
-    if rows < ho:
-        for i in range(n):
-            for r in range(0, ho, rows):
-                yield slice(i, i + 1), r, min(rows, ho - r)
-        return
-    cap = min(config.scratch_bytes(), config.engine.chunk_bytes)
-    step = max(1, cap // max(1, c * taps * ho * wo * itemsize))
-    for start in range(0, n, step):
-        yield slice(start, min(start + step, n)), 0, ho
-
-
 def _subsampled(xp: np.ndarray, stride: tuple[int, int], out_shape: tuple[int, int]) -> np.ndarray:
     """The pixels a 1x1 kernel reads: every ``stride``-th, ``out_shape`` of them."""
     if stride == (1, 1) and xp.shape[2:] == out_shape:
@@ -480,10 +444,48 @@ def _depthwise_taps(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(c_out, kh, kw))
 
 
+def _lowered_units(g: Geometry, threads: int, pass_: str) -> tuple[int, int]:
+    """``(R, B)``: output rows and channels (output channels for the forward, input channels
+    for the input gradient) per unit of the lowered kernels.
+
+    A unit's scratch (its columns, ``K x R*Wo``) stays under ``config.engine.lowered_column_bytes``
+    (and the scratch cap); then, while there are fewer units than twice the threads, slabs get
+    shorter (down to ``config.engine.lowered_min_columns`` output positions), and the forward
+    splits its output channels into blocks of whole register-tile bands. The forward's sums
+    run in the same order whatever the units, so its result never depends on them."""
+    from convlayers.kernels.simd import TILE_ROWS
+
+    e = config.engine
+    kk = g.kh * g.kw
+    want = 2 * threads if threads > 1 else 1
+    images = g.n * g.groups
+    cap = max(1, min(e.lowered_column_bytes, config.scratch_bytes()))
+    if pass_ == "input_grad":
+        block = g.c_in_g
+        if images < want:
+            block = max(1, -(-g.c_in_g // -(-want // images)))
+        rows = max(1, min(g.ho, cap // max(1, block * kk * g.wo * g.itemsize)))
+        return rows, block
+    rows = max(1, min(g.ho, cap // max(1, g.c_in_g * kk * g.wo * g.itemsize)))
+    if images * -(-g.ho // rows) < want:
+        shortest = max(1, -(-e.lowered_min_columns // g.wo))
+        split = max(1, -(-g.ho // -(-want // images)))
+        rows = min(rows, max(shortest, split))
+    block = g.c_out_g
+    units = images * -(-g.ho // rows)
+    if pass_ == "forward" and units < want and g.c_out_g > 2 * TILE_ROWS:
+        parts = -(-want // units)
+        per = -(-g.c_out_g // parts)
+        block = -(-per // TILE_ROWS) * TILE_ROWS
+        block = min(g.c_out_g, max(2 * TILE_ROWS, block))
+    return rows, block
+
+
 # ----------------------------------------------------------------------------- forward strategies
 #
 # Each takes the 4-D input (unpadded, the padding in ``g``), weights, bias (or None) and the
-# geometry, and returns the output ``(N, C_out, Ho, Wo)`` with the bias added.
+# geometry, and returns the output ``(N, C_out, Ho, Wo)`` with the bias added (None: the
+# strategy saw an inf or NaN it may have made, see ``_checked_forward``).
 
 def _fwd_depthwise_flat(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                         g: Geometry) -> np.ndarray:
@@ -530,44 +532,23 @@ def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     return out.reshape(g.n, g.c_out, g.ho, g.wo)
 
 
-def _fwd_lowered_fused(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
-                       g: Geometry) -> np.ndarray:
-    k = _kernels()
-    out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
-    taps = np.ascontiguousarray(w.reshape(g.c_out, g.c_in * g.kh * g.kw))
-    k.conv.lowered_fused(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
-                         g.pt, g.pl, g.wo, _numba_threads(), out)
-    return out.reshape(g.n, g.c_out, g.ho, g.wo)
-
-
-@_quiet
 def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                  g: Geometry) -> np.ndarray:
     k = _kernels()
-    n, c_in, kh, kw, ho, wo, groups = g.n, g.c_in, g.kh, g.kw, g.ho, g.wo, g.groups
-    taps = w.reshape(groups, g.c_out_g, g.c_in_g * kh * kw)
-    out = np.empty((n, groups, g.c_out_g, ho * wo), dtype=x.dtype)
-    buf = None
-    for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, x.itemsize):
-        nb, length = images.stop - images.start, rows * wo
-        if buf is None or buf.size < nb * c_in * kh * kw * length:
-            buf = np.empty(nb * c_in * kh * kw * length, dtype=x.dtype)
-        cols = buf[: nb * c_in * kh * kw * length].reshape(nb, c_in * kh * kw, length)
-        k.conv.im2col_pad(x[images], kh, kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, r0, wo, cols)
-        cols4 = cols.reshape(nb, groups, g.c_in_g * kh * kw, length)
-        if rows == ho:
-            np.matmul(taps, cols4, out=out[images])
-        else:
-            out[images, :, :, r0 * wo : r0 * wo + length] = np.matmul(taps, cols4)
-    if bias is not None:
-        out += bias.reshape(1, groups, g.c_out_g, 1)
-    return out.reshape(n, g.c_out, ho, wo)
+    threads = _numba_threads()
+    rows, block = _lowered_units(g, threads, "forward")
+    out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
+    taps = np.ascontiguousarray(w.reshape(g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw))
+    with _dynamic_units():
+        k.conv.lowered_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw, g.dh,
+                               g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
+    return out.reshape(g.n, g.c_out, g.ho, g.wo)
 
 
 # ----------------------------------------------------------------------------- joint backward
 #
 # Each takes the unpadded input, the output gradient, the weights and the geometry, and returns
-# ``(grad_input, grad_weight)``.
+# ``(grad_input, grad_weight)`` (None: see the forward strategies).
 
 def _bwd_winograd(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
                   g: Geometry) -> tuple[np.ndarray, np.ndarray] | None:
@@ -606,30 +587,26 @@ def _bwd_depthwise(kind: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     return backward
 
 
-def _bwd_lowered_fused(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
-                       g: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    return _lowered_backward(x, gy, w, (g.sh, g.sw), (g.dh, g.dw), g.pt, g.pl)
-
-
-# ----------------------------------------------------------------------------- one gradient alone
+# ----------------------------------------------------------------------------- one gradient
 #
-# On the padded problem (``g`` with zero pads, ``g.h, g.w`` the padded size): the input
-# gradient ``(N, C_in, Hp, Wp)`` from the output gradient and weights, the weight gradient
-# ``(C_out, C_in/g, kh, kw)`` from the padded input and the output gradient.
+# The input gradient ``(N, C_in, H, W)`` from the output gradient and weights, the weight
+# gradient ``(C_out, C_in/g, kh, kw)`` from the input and the output gradient; the input is the
+# one ``g`` describes (unpadded with its padding, or already padded with none).
 
 def _gx_depthwise_planar(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
-    gxp = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
-    k.depthwise.planar_backward(gxp, gy, _depthwise_taps(w), g.sh, g.sw, g.dh, g.dw, 0, 0,
-                                *_planar(g), _planar_parts(g.n * g.c_in), True, False, gxp)
-    return gxp
+    gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    k.depthwise.planar_backward(gx, gy, _depthwise_taps(w), g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+                                *_planar(g), _planar_parts(g.n * g.c_in), True, False, gx)
+    return gx
 
 
 def _gx_depthwise_rows(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
-    gxp = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
-    k.depthwise.depthwise_input_grad(gy, _depthwise_taps(w), g.sh, g.sw, g.dh, g.dw, 0, 0, gxp)
-    return gxp
+    gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    k.depthwise.depthwise_input_grad(gy, _depthwise_taps(w), g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+                                     gx)
+    return gx
 
 
 def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
@@ -638,54 +615,57 @@ def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     part = np.empty((g.n, g.groups, g.c_in_g, g.ho * g.wo), dtype=gy.dtype)
     _pointwise(gyg, np.ascontiguousarray(taps_t), np.empty(0, dtype=gy.dtype), part)
     part = part.reshape(g.n, g.c_in, g.ho, g.wo)
-    if (g.sh, g.sw) == (1, 1) and (g.h, g.w) == (g.ho, g.wo):
+    hp, wp = g.h + g.pt + g.pb, g.w + g.pl + g.pr
+    if (g.sh, g.sw) == (1, 1) and (hp, wp) == (g.ho, g.wo) and not g.padded:
         return part
-    gxp = np.zeros((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    gxp = np.zeros((g.n, g.c_in, hp, wp), dtype=gy.dtype)
     gxp[:, :, : g.sh * g.ho : g.sh, : g.sw * g.wo : g.sw] = part
-    return gxp
+    return np.ascontiguousarray(gxp[:, :, g.pt: g.pt + g.h, g.pl: g.pl + g.w])
 
 
-@_quiet
 def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
-    kh, kw, ho, wo = g.kh, g.kw, g.ho, g.wo
-    taps_t = w.reshape(g.groups, g.c_out_g, g.c_in_g * kh * kw).swapaxes(1, 2)
-    gyg = gy.reshape(g.n, g.groups, g.c_out_g, ho * wo)
-    gxp = np.zeros((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
-    for images, r0, rows in _slabs(g.n, g.c_in, kh * kw, ho, wo, gy.itemsize):
-        length = rows * wo
-        cols = np.matmul(taps_t, gyg[images, :, :, r0 * wo : r0 * wo + length])
-        cols = np.ascontiguousarray(cols).reshape(-1, g.c_in * kh * kw, length)
-        k.conv.col2im(cols, kh, kw, g.sh, g.sw, g.dh, g.dw, r0, wo, gxp[images])
-    return gxp
+    threads = _numba_threads()
+    rows, block = _lowered_units(g, threads, "input_grad")
+    kk = g.kh * g.kw
+    taps_t = np.ascontiguousarray(
+        w.reshape(g.groups, g.c_out_g, g.c_in_g * kk).swapaxes(1, 2))
+    gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    with _dynamic_units():
+        k.conv.lowered_input_grad(gy.reshape(g.n, g.c_out, g.ho * g.wo), taps_t, g.kh, g.kw,
+                                  g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads,
+                                  gx)
+    return gx
 
 
 @_quiet
-def _gw_depthwise_planar(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+def _gw_depthwise_planar(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
-    part = k.depthwise.planar_backward(xp, gy, np.zeros((g.c_out, g.kh, g.kw), dtype=xp.dtype),
-                                       g.sh, g.sw, g.dh, g.dw, 0, 0, *_planar(g),
+    part = k.depthwise.planar_backward(x, gy, np.zeros((g.c_out, g.kh, g.kw), dtype=x.dtype),
+                                       g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, *_planar(g),
                                        _planar_parts(g.n * g.c_in), False, True,
-                                       np.empty((0, 0, 0, 0), dtype=xp.dtype))
+                                       np.empty((0, 0, 0, 0), dtype=x.dtype))
     if config.engine.check_values and not _finite(part):  # see _bwd_depthwise
-        return _gw_depthwise_rows(xp, gy, g)
-    return part.sum(axis=0).astype(xp.dtype).reshape(g.c_out, 1, g.kh, g.kw)
+        return _gw_depthwise_rows(x, gy, g)
+    return part.sum(axis=0).astype(x.dtype).reshape(g.c_out, 1, g.kh, g.kw)
 
 
 @_quiet
-def _gw_depthwise_rows(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+def _gw_depthwise_rows(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
-    part = k.depthwise.depthwise_weight_grad(xp, gy, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, 0, 0)
-    return part.sum(axis=0).astype(xp.dtype).reshape(g.c_out, 1, g.kh, g.kw)
+    part = k.depthwise.depthwise_weight_grad(x, gy, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt,
+                                             g.pl)
+    return part.sum(axis=0).astype(x.dtype).reshape(g.c_out, 1, g.kh, g.kw)
 
 
 @_quiet
-def _gw_pointwise(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+def _gw_pointwise(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
     gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
+    xp = pad_pairs(x, ((g.pt, g.pb), (g.pl, g.pr)))
     xs = _subsampled(xp, (g.sh, g.sw), (g.ho, g.wo)).reshape(g.n, g.groups, g.c_in_g, -1)
-    acc = np.empty((_numba_threads(), g.groups, g.c_out_g, g.c_in_g), dtype=xp.dtype)
-    block = _pointwise_block(g.c_in_g + g.c_out_g, g.ho * g.wo, xp.itemsize)
+    acc = np.empty((_numba_threads(), g.groups, g.c_out_g, g.c_in_g), dtype=x.dtype)
+    block = _pointwise_block(g.c_in_g + g.c_out_g, g.ho * g.wo, x.itemsize)
     with _dynamic_units():
         k.conv.pointwise_weight_grad(np.ascontiguousarray(xs), np.ascontiguousarray(gyg),
                                      block, acc)
@@ -693,22 +673,17 @@ def _gw_pointwise(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
 
 
 @_quiet
-def _gw_lowered(xp: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+def _gw_lowered(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = _kernels()
-    n, c_in, kh, kw, ho, wo, groups = g.n, g.c_in, g.kh, g.kw, g.ho, g.wo, g.groups
-    gyg = gy.reshape(n, groups, g.c_out_g, ho * wo)
-    gw = np.zeros((groups, g.c_out_g, g.c_in_g * kh * kw), dtype=xp.dtype)
-    buf = None
-    for images, r0, rows in _slabs(n, c_in, kh * kw, ho, wo, xp.itemsize):
-        nb, length = images.stop - images.start, rows * wo
-        if buf is None or buf.size < nb * c_in * kh * kw * length:
-            buf = np.empty(nb * c_in * kh * kw * length, dtype=xp.dtype)
-        cols = buf[: nb * c_in * kh * kw * length].reshape(nb, c_in * kh * kw, length)
-        k.conv.im2col(xp[images], kh, kw, g.sh, g.sw, g.dh, g.dw, r0, wo, cols)
-        cols4 = cols.reshape(nb, groups, g.c_in_g * kh * kw, length)
-        part = gyg[images, :, :, r0 * wo : r0 * wo + length]
-        gw += np.matmul(part, cols4.swapaxes(-1, -2)).sum(axis=0)
-    return gw.reshape(g.c_out, g.c_in_g, kh, kw)
+    threads = _numba_threads()
+    rows, _ = _lowered_units(g, threads, "weight_grad")
+    kk = g.kh * g.kw
+    acc = np.empty((threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
+    with _dynamic_units():
+        k.conv.lowered_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups, g.kh,
+                                   g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, acc)
+    gw = acc.sum(axis=0).swapaxes(1, 2)  # (G, C_out/g, C_in/g*kh*kw)
+    return np.ascontiguousarray(gw).reshape(g.c_out, g.c_in_g, g.kh, g.kw)
 
 
 # ----------------------------------------------------------------------------- 1x1 kernels
@@ -733,38 +708,16 @@ def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarr
 
 def _pointwise_rows(c_out_g: int, column_units: int) -> int:
     """Output rows per unit of the 1x1 kernel: all of them, unless there are fewer column units
-    than twice the threads; then the rows are split too (multiples of 8, the register tiles'
-    bands, at least 16)."""
+    than twice the threads; then the rows are split too (whole register-tile bands, at least
+    two)."""
+    from convlayers.kernels.simd import TILE_ROWS
+
     want = 2 * _numba_threads()
     if column_units >= want:
         return c_out_g
     parts = -(-want // column_units)
-    rows = max(16, -(-c_out_g // parts))
-    return min(c_out_g, -(-rows // 8) * 8)
-
-
-# ----------------------------------------------------------------------------- fused lowering
-
-def _lowered_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, stride: tuple[int, int],
-                      dilation: tuple[int, int], pt: int, pl: int) -> tuple[np.ndarray, np.ndarray]:
-    """Both gradients of an ungrouped lowered convolution in one parallel region
-    (:func:`convlayers.kernels.conv.lowered_backward`): per image its columns, the transposed
-    weight gradient accumulated per thread, and the input gradient by ``W^T @ grad`` and col2im.
-    ``x``, ``gy`` and ``w`` are C-contiguous 4-D."""
-    k = _kernels()
-    n = x.shape[0]
-    c_out, c_in, kh, kw = w.shape
-    ho, wo = gy.shape[2:]
-    threads = _numba_threads()
-    taps_t = np.ascontiguousarray(w.reshape(c_out, c_in * kh * kw).T)
-    gx = np.empty_like(x)
-    acc = np.empty((threads, c_in * kh * kw, c_out), dtype=x.dtype)
-    used = np.zeros(threads, dtype=np.bool_)
-    with _dynamic_units():
-        k.conv.lowered_backward(x, gy.reshape(n, c_out, ho * wo), taps_t, kh, kw, *stride,
-                                *dilation, pt, pl, wo, gx, acc, used)
-    gw = acc[used].sum(axis=0) if used.any() else np.zeros(acc.shape[1:], dtype=x.dtype)
-    return gx, np.ascontiguousarray(gw.T).reshape(c_out, c_in, kh, kw)
+    rows = max(2 * TILE_ROWS, -(-c_out_g // parts))
+    return min(c_out_g, -(-rows // TILE_ROWS) * TILE_ROWS)
 
 
 # ----------------------------------------------------------------------------- Winograd F(2x2,3x3)
@@ -779,31 +732,29 @@ def _winograd_weights(w: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(16, groups, c_out // groups, c_in_g), dtype=w.dtype)
 
 
-def _winograd_units(n: int, th: int, tw: int) -> Iterator[tuple[slice, int, int]]:
-    """``(images, first tile row, tile rows)`` of each unit of the per-plane backward
-    (geometry only, so the scratch cap never changes a result)."""
-    e = config.engine
-    slab = max(1, e.winograd_slab_tiles)
-    rows = th if th * tw <= slab else max(1, slab // tw)
-    if rows < th:
-        for i in range(n):
-            for r in range(0, th, rows):
-                yield slice(i, i + 1), r, min(rows, th - r)
-        return
-    step = max(1, -(-e.winograd_unit_tiles // (th * tw)))
-    for start in range(0, n, step):
-        yield slice(start, min(start + step, n)), 0, th
-
-
 def _winograd_rows(tw: int, tiles: int) -> int:
     """Tile rows per fused unit: about ``tiles`` tiles (geometry only)."""
     return max(1, -(-tiles // tw))
 
 
+def _split(total: int, units: int, threads: int, least: int, multiple: int = 1) -> int:
+    """Channels per block so that ``units`` units of whole channels become at least twice the
+    threads (blocks of at least ``least`` channels, rounded up to ``multiple``)."""
+    want = 2 * threads
+    if threads <= 1 or units >= want:
+        return total
+    per = -(-total // -(-want // units))
+    per = -(-per // multiple) * multiple
+    return min(total, max(least, per))
+
+
 def _winograd_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, pt: int, pl: int,
                       groups: int, out_shape: tuple[int, int]) -> np.ndarray | None:
-    """Transforms and the 16 products of each block of tile rows in one parallel region; None
-    when an output came out inf or NaN (see :mod:`convlayers.functional.plan`)."""
+    """Transforms and the 16 products of each block of tile rows (and output channels, when
+    there are too few blocks for the threads) in one parallel region; None when an output came
+    out inf or NaN (see :mod:`convlayers.functional.plan`)."""
+    from convlayers.kernels.simd import TILE_ROWS
+
     k = _kernels()
     n = x.shape[0]
     c_out = w.shape[0]
@@ -812,9 +763,13 @@ def _winograd_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, pt:
     out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
     rows = _winograd_rows(-(-wo // 2), config.engine.winograd_block_tiles)
     threads = _numba_threads()
+    th = -(-ho // 2)
+    blocks = n * -(-th // min(rows, th))
+    cob = _split(c_out // groups, blocks, threads, 2 * TILE_ROWS, TILE_ROWS)
     bad = np.zeros(threads, dtype=np.bool_)
     with _dynamic_units():
-        k.winograd.forward_fused(x, u, _bias_arg(bias, x.dtype), pt, pl, rows, threads, out, bad)
+        k.winograd.forward_fused(x, u, _bias_arg(bias, x.dtype), pt, pl, rows, cob, threads, out,
+                                 bad)
     return None if bad.any() and config.engine.check_values else out
 
 
@@ -822,44 +777,25 @@ def _winograd_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, pt:
 def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl: int,
                        groups: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Both gradients of :func:`_winograd_forward`'s convolution from one input transform and
-    one output-gradient transform per unit: ``dV = U^T dM`` and ``dU = sum dM V^T``; None when
-    a gradient came out inf or NaN."""
+    one output-gradient transform per unit: ``dV = U^T dM`` and ``dU^T = sum V dM^T``; None
+    when a gradient came out inf or NaN."""
     k = _kernels()
-    n, c_in = x.shape[:2]
+    n = x.shape[0]
     c_out, c_in_g = w.shape[:2]
     c_out_g = c_out // groups
-    ho, wo = gy.shape[2:]
-    th, tw = -(-ho // 2), -(-wo // 2)
+    wo = gy.shape[3]
     ut = np.ascontiguousarray(_winograd_weights(w, groups).swapaxes(-1, -2))
     threads = _numba_threads()
-    if n >= threads:  # one image per unit: every thread gets work
-        gx = np.empty_like(x)
-        gut = np.empty((threads, 16, groups, c_out_g, c_in_g), dtype=x.dtype)
-        rows = _winograd_rows(tw, config.engine.winograd_block_tiles_bwd)
-        bad = np.zeros(threads, dtype=np.bool_)
-        with _dynamic_units():
-            k.winograd.backward_fused(x, gy, ut, pt, pl, rows, gx, gut, bad)
-        gu4 = gut.sum(axis=0, dtype=np.float64).reshape(4, 4, c_out, c_in_g)
-        gw = np.einsum("ia,ijoc,jb->ocab", _G, gu4, _G).astype(x.dtype)
-        if config.engine.check_values and (bad.any() or not _finite(gw)):
-            return None
-        return gx, gw
-    gx = np.zeros_like(x)
-    gu = np.zeros((16, groups, c_out_g, c_in_g), dtype=x.dtype)
-    for images, t0, rows in _winograd_units(n, th, tw):
-        length = (images.stop - images.start) * rows * tw
-        v = np.empty((16, c_in, length), dtype=x.dtype)
-        dm = np.empty((16, c_out, length), dtype=x.dtype)
-        k.winograd.input_transform(x[images], pt, pl, t0, rows, tw, v)
-        k.winograd.output_grad_transform(gy[images], t0, rows, tw, dm)
-        dmg = dm.reshape(16, groups, c_out_g, length)
-        dv = np.matmul(ut, dmg)
-        k.winograd.input_grad_transform(dv.reshape(16, c_in, length), pt, pl, t0, rows, tw,
-                                        gx[images])
-        gu += np.matmul(dmg, v.reshape(16, groups, c_in_g, length).swapaxes(-1, -2))
-    gw = np.einsum("ia,ijoc,jb->ocab", _G, gu.reshape(4, 4, c_out, c_in_g).astype(np.float64),
-                   _G).astype(x.dtype)
-    if config.engine.check_values and not (_finite(gw) and np.isfinite(gx.sum())):
+    gx = np.empty_like(x)
+    gut = np.empty((threads, 16, groups, c_in_g, c_out_g), dtype=x.dtype)
+    rows = _winograd_rows(-(-wo // 2), config.engine.winograd_block_tiles_bwd)
+    cib = _split(c_in_g, n * groups, threads, 8)
+    bad = np.zeros(threads, dtype=np.bool_)
+    with _dynamic_units():
+        k.winograd.backward_fused(x, gy, ut, pt, pl, rows, cib, gx, gut, bad)
+    gu4 = gut.sum(axis=0, dtype=np.float64).swapaxes(-1, -2).reshape(4, 4, c_out, c_in_g)
+    gw = np.einsum("ia,ijoc,jb->ocab", _G, gu4, _G).astype(x.dtype)
+    if config.engine.check_values and (bad.any() or not _finite(gw)):
         return None
     return gx, gw
 
@@ -873,7 +809,6 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
     "depthwise-planar": _fwd_depthwise_planar,
     "depthwise-rows": _fwd_depthwise_rows,
     "pointwise": _fwd_pointwise,
-    "lowered-fused": _fwd_lowered_fused,
     "lowered": _fwd_lowered,
 }
 
@@ -882,7 +817,6 @@ _BACKWARD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray] | None]] = {
     "depthwise-flat": _bwd_depthwise("flat"),
     "depthwise-planar": _bwd_depthwise("planar"),
     "depthwise-rows": _bwd_depthwise("rows"),
-    "lowered-fused": _bwd_lowered_fused,
 }
 
 _INPUT_GRAD: dict[str, Callable[[np.ndarray, np.ndarray, Geometry], np.ndarray]] = {

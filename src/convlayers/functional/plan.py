@@ -24,12 +24,10 @@ depthwise-rows Depthwise, any geometry: loops along output rows, borders read by
                pass.
 pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
                image and group, no copy at stride 1). Every pass.
-lowered-fused  im2col of one image and its register-tiled GEMMs in one parallel region (units:
-               images, or output-channel blocks when there are fewer images than threads); the
-               backward likewise with per-thread weight-gradient sums. Forward and both
-               gradients; chosen while one image's columns fit ``fused_column_bytes``.
-lowered        im2col of a chunk of images into a column buffer, then GEMMs; the input gradient
-               is the transposed GEMM and col2im. Every 1-D/2-D float pass.
+lowered        im2col and register-tiled GEMMs in one parallel region per pass, in units of
+               (image, group, slab of output rows, block of channels) sized so one image keeps
+               every thread busy. Every 1-D/2-D float pass, any kernel, stride, dilation and
+               group count: the general fast path.
 numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose tap lies inside
                the input (borders read by bounds, nothing padded). Any rank, any float dtype;
                the twin of every other strategy, and the fallback for non-finite weights.
@@ -44,8 +42,8 @@ less than the convolution):
   can overflow where a direct sum does not. Its kernels flag any inf or NaN they write (an
   inf or NaN, once made, always reaches an output), and such a call is computed again by the
   strategy the planner picks without Winograd.
-- Strategies that multiply the zero padding by the weights (lowered, lowered-fused, pointwise
-  with padding, depthwise-planar, Winograd) would turn an inf or NaN weight into NaN at outputs
+- Strategies that multiply the zero padding by the weights (lowered, pointwise with padding,
+  depthwise-planar, Winograd) would turn an inf or NaN weight into NaN at outputs
   whose windows meet it only in the padding, where torch's direct convolution skips those taps.
   A forward with a non-finite weight and padding takes depthwise-rows (depthwise) or numpy.
 - The planar depthwise kernels run their dot products and scatters over whole flat planes, row
@@ -89,8 +87,7 @@ STRATEGIES: dict[str, str] = {
     "depthwise-planar": "depthwise, small planes: a zero-padded polyphase copy, flat loops",
     "depthwise-rows": "depthwise, any geometry: loops along output rows, borders by bounds",
     "pointwise": "1x1 kernels: register-tiled GEMMs over blocks of pixel columns",
-    "lowered-fused": "im2col of one image and its GEMMs in one parallel region",
-    "lowered": "im2col of a chunk of images, then GEMMs (col2im for the input gradient)",
+    "lowered": "im2col and register-tiled GEMMs in units sized for the threads (col2im back)",
     "numpy": "NumPy: one GEMM per kernel offset, borders by bounds (any rank and float dtype)",
 }
 
@@ -101,7 +98,7 @@ PASSES = ("forward", "backward", "input_grad", "weight_grad")
 
 _DEPTHWISE = ("depthwise-flat", "depthwise-planar", "depthwise-rows")
 #: Strategies that compute both gradients in one pass.
-JOINT = frozenset(("winograd", "lowered-fused", *_DEPTHWISE))
+JOINT = frozenset(("winograd", *_DEPTHWISE))
 
 
 def check_strategy_name(name: Any) -> str:
@@ -210,13 +207,6 @@ def planar_fits(g: Geometry) -> bool:
     return g.sh * g.sw * block * g.itemsize <= config.engine.planar_bytes
 
 
-def _fused_fits(g: Geometry, threads: int) -> bool:
-    """The fused lowering's rule: one image's columns fit, and the images keep the threads
-    busy (or output-channel blocks do)."""
-    cols = g.c_in * g.kh * g.kw * g.ho * g.wo * g.itemsize
-    return g.groups == 1 and g.n >= threads and cols <= config.engine.fused_column_bytes
-
-
 def _depthwise(g: Geometry) -> str:
     if _flat_shape(g) and g.ho * g.wo <= config.engine.flat_pixels:
         return "depthwise-flat"
@@ -238,8 +228,6 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
             s = "winograd"
         elif g.kh == g.kw == 1:
             s = "pointwise"
-        elif _fused_fits(g, threads):
-            s = "lowered-fused"
         else:
             s = "lowered"
         return s, s
@@ -254,8 +242,6 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
             return "lowered", "depthwise-rows"  # a multiplier on large planes
         if g.kh == g.kw == 1:
             return "pointwise", "pointwise"
-        if _fused_fits(g, threads):
-            return "lowered-fused", "lowered-fused"
         return "lowered", "lowered"
     # one gradient alone, on the padded input
     if g.c_in_g == 1:
@@ -290,10 +276,6 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
         return None
     if strategy == "pointwise":
         return None if g.kh == g.kw == 1 else "pointwise needs a 1x1 kernel"
-    if strategy == "lowered-fused":
-        if g.groups != 1:
-            return "lowered-fused needs groups == 1"
-        return "lowered-fused computes the gradients together only" if alone else None
     raise AssertionError(strategy)
 
 

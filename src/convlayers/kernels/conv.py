@@ -1,11 +1,24 @@
-"""Numba kernels for the lowered (im2col) 2-D convolution: gather windows into columns, and
-scatter-add columns back (col2im) for the input gradient.
+"""Numba kernels of the lowered (im2col) 2-D convolution, and of 1x1 convolutions.
 
-The column buffer of a chunk of images is ``(nb, C*kh*kw, Ho*Wo)``: row ``c*kh*kw + a*kw + b``
-holds tap ``(a, b)`` of channel ``c`` for every output position, so that one GEMM per image
-(``W (C_out, C*kh*kw) @ cols``) gives the NCHW output directly, and groups are contiguous
-blocks of rows (a batched matmul over groups). Both kernels ``prange`` over (image, channel)
-planes; each plane writes only its own rows, so no two threads touch the same memory.
+The lowered convolution gathers the windows of a slab of output rows into columns, ``cols (K,
+L)`` with ``K = C_in/g * kh * kw`` (row ``(c*kh + a)*kw + b`` holds tap ``(a, b)`` of channel
+``c`` for every output position of the slab), and multiplies: ``out (C_out/g, L) = taps (C_out/g,
+K) @ cols``. Everything runs in one numba parallel region per pass, whose units the engine sizes
+so that every thread has work even for one image (:mod:`convlayers.functional._engine`):
+
+- forward (:func:`lowered_forward`): a unit is (image, group, slab of output rows, block of
+  output channels); its columns go into the thread's scratch, the product into a second one,
+  copied out with the bias added;
+- weight gradient (:func:`lowered_weight_grad`): a unit is (image, group, slab of output
+  rows); ``acc[t, g] (K, C_out/g) += cols @ grad^T`` per thread, summed by the caller;
+- input gradient (:func:`lowered_input_grad`): a unit is (image, group, block of input
+  channels), so each input plane has one owner: per slab, ``dcols = taps^T[block] @ grad``,
+  added back onto the input planes by bounds (col2im).
+
+Windows read the *unpadded* input: the unit copies the input rows its slab reads into a
+zero-bordered scratch (so no tap tests bounds), and col2im drops the taps that fall in the
+padding. Every product is the register-tiled GEMM of :mod:`convlayers.kernels.simd`; no BLAS call,
+so no hand-over between numba's and OpenBLAS's thread pools.
 
 Importing compiles nothing; the first call per dtype compiles and ``cache=True`` keeps the
 machine code on disk.
@@ -20,308 +33,215 @@ from numba import njit, prange
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
 
-__all__ = [
-    "col2im", "im2col", "im2col_pad", "lowered_backward", "lowered_fused", "pointwise",
-    "pointwise_weight_grad",
-]
-
-
-@njit(cache=True, inline="always")
-def _gather_row(src, off, sw, lo, hi, dst):
-    """``dst[t] = src[(lo + t)*sw + off]`` for ``t < hi - lo`` (``lo*sw + off >= 0``). Slices
-    start the indices at 0: indexing ``src[ow + off]`` with a signed ``off`` made numba check
-    for negative indices on every load, which kept the loop scalar."""
-    s = src[lo * sw + off:]
-    if sw == 1:
-        for t in range(hi - lo):
-            dst[t] = s[t]
-    elif sw == 2:  # a literal stride: LLVM deinterleaves with shuffles
-        for t in range(hi - lo):
-            dst[t] = s[2 * t]
-    else:
-        for t in range(hi - lo):
-            dst[t] = s[t * sw]
-
-
-@njit(parallel=True, cache=True)
-def im2col(xp, kh, kw, sh, sw, dh, dw, oh0, Wo, cols):
-    """Windows of output rows ``oh0 ..`` of the padded images ``xp`` ``(nb, C, Hp, Wp)``."""
-    nb, C = xp.shape[0], xp.shape[1]
-    Ho = cols.shape[2] // Wo
-    for q in prange(nb * C):
-        n = q // C
-        c = q - n * C
-        for a in range(kh):
-            for b in range(kw):
-                dst = cols[n, (c * kh + a) * kw + b]
-                off = b * dw
-                for oh in range(Ho):
-                    src = xp[n, c, (oh0 + oh) * sh + a * dh]
-                    _gather_row(src, off, sw, 0, Wo, dst[oh * Wo: (oh + 1) * Wo])
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def col2im(cols, kh, kw, sh, sw, dh, dw, oh0, Wo, gxp):
-    """Add the columns of output rows ``oh0 ..`` onto the padded gradient ``gxp``."""
-    nb, C = gxp.shape[0], gxp.shape[1]
-    Ho = cols.shape[2] // Wo
-    for q in prange(nb * C):
-        n = q // C
-        c = q - n * C
-        for a in range(kh):
-            for b in range(kw):
-                src = cols[n, (c * kh + a) * kw + b]
-                off = b * dw
-                for oh in range(Ho):
-                    dst = gxp[n, c, (oh0 + oh) * sh + a * dh]
-                    base = oh * Wo
-                    for ow in range(Wo):
-                        dst[ow * sw + off] += src[base + ow]
-
-
-@njit(parallel=True, cache=True)
-def im2col_pad(x, kh, kw, sh, sw, dh, dw, pt, pl, oh0, Wo, cols):
-    """:func:`im2col` straight from the *unpadded* images ``x`` ``(nb, C, H, W)``: taps outside
-    the image (top/left padding ``pt``, ``pl``; the rest implied by the output size) are zero."""
-    nb, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    Ho = cols.shape[2] // Wo
-    zero = np.zeros(1, dtype=cols.dtype)[0]
-    for q in prange(nb * C):
-        n = q // C
-        c = q - n * C
-        for a in range(kh):
-            for b in range(kw):
-                dst = cols[n, (c * kh + a) * kw + b]
-                off = b * dw - pl
-                lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                last = W - 1 - off
-                hi = 0 if last < 0 else min(Wo, last // sw + 1)
-                hi = max(lo, hi)
-                for oh in range(Ho):
-                    ih = (oh0 + oh) * sh + a * dh - pt
-                    base = oh * Wo
-                    if ih < 0 or ih >= H:
-                        for ow in range(Wo):
-                            dst[base + ow] = zero
-                        continue
-                    src = x[n, c, ih]
-                    for ow in range(lo):
-                        dst[base + ow] = zero
-                    _gather_row(src, off, sw, lo, hi, dst[base + lo: base + hi])
-                    for ow in range(hi, Wo):
-                        dst[base + ow] = zero
+__all__ = ["lowered_forward", "lowered_input_grad", "lowered_weight_grad", "pointwise",
+           "pointwise_weight_grad", "slab_index"]
 
 
 @njit(cache=True)
-def _im2col_one(xn, kh, kw, sh, sw, dh, dw, pt, pl, Wo, cols):
-    """:func:`im2col_pad` of one image ``xn (C, H, W)`` into ``cols (C*kh*kw, Ho*Wo)``."""
-    C, H, W = xn.shape
-    Ho = cols.shape[1] // Wo
-    zero = np.zeros(1, dtype=cols.dtype)[0]
-    for c in range(C):
-        for a in range(kh):
-            for b in range(kw):
-                dst = cols[(c * kh + a) * kw + b]
-                off = b * dw - pl
-                lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                last = W - 1 - off
-                hi = 0 if last < 0 else min(Wo, last // sw + 1)
-                hi = max(lo, hi)
-                for oh in range(Ho):
-                    ih = oh * sh + a * dh - pt
-                    base = oh * Wo
-                    if ih < 0 or ih >= H:
-                        for ow in range(Wo):
-                            dst[base + ow] = zero
-                        continue
-                    src = xn[c, ih]
-                    for ow in range(lo):
-                        dst[base + ow] = zero
-                    _gather_row(src, off, sw, lo, hi, dst[base + lo: base + hi])
-                    for ow in range(hi, Wo):
-                        dst[base + ow] = zero
-
-
-@njit(cache=True)
-def _window_index(Ho, Wo, sh, sw, Hp, Wp):
-    """Offsets ``oh*sh*Wp + ow*sw`` of the output positions in a padded plane ``(Hp, Wp)``,
-    the extents read by the windows: ``Hp = (Ho-1)*sh + (kh-1)*dh + 1`` (``Wp`` alike)."""
-    idx = np.empty(Ho * Wo, dtype=np.int64)
-    for oh in range(Ho):
+def slab_index(rows, Wo, sh, sw, Wp):
+    """Offsets ``oh*sh*Wp + ow*sw`` of a slab's ``rows x Wo`` output positions in its padded
+    input slab of row length ``Wp`` (the gather of narrow maps)."""
+    idx = np.empty(rows * Wo, dtype=np.int64)
+    for oh in range(rows):
         for ow in range(Wo):
             idx[oh * Wo + ow] = oh * sh * Wp + ow * sw
     return idx
 
 
-@njit(cache=True)
-def _im2col_gather(xn, kh, kw, dh, dw, pt, pl, Hp, Wp, idx, xp, cols):
-    """:func:`_im2col_one` through a zero-padded copy ``xp (C*Hp*Wp,)`` of the image and one
-    flat gather per row of ``cols`` by the offsets ``idx`` (:func:`_window_index`): no
-    per-output-row loops (with ``Wo`` about 14 their overhead dominated), no bounds tests."""
-    C, H, W = xn.shape
-    L = idx.shape[0]
-    plane = Hp * Wp
-    xp[:] = 0
-    r0, q0 = max(0, -pt), max(0, -pl)
-    r1, q1 = max(r0, min(H, Hp - pt)), max(q0, min(W, Wp - pl))
-    for c in range(C):
-        for r in range(r0, r1):
-            d0 = c * plane + (r + pt) * Wp + q0 + pl
-            d = xp[d0 : d0 + q1 - q0]
-            src = xn[c, r, q0:q1]
-            for i in range(q1 - q0):
-                d[i] = src[i]
-    for c in range(C):
-        for a in range(kh):
-            for b in range(kw):
-                src = xp[c * plane + a * dh * Wp + b * dw :]
-                dst = cols[(c * kh + a) * kw + b]
-                for i in range(L):
-                    dst[i] = src[idx[i]]
-
-
 @njit(cache=True, fastmath=True)
-def _col2im_scatter(cols, kh, kw, dh, dw, pt, pl, Hp, Wp, idx, xp, gxn):
-    """The adjoint of :func:`_im2col_gather`: scatter-add the rows of ``cols`` into the padded
-    scratch ``xp`` and *overwrite* ``gxn (C, H, W)`` with its interior (zero where no window
-    reads). Faster than :func:`_col2im_one` for strided windows."""
-    C, H, W = gxn.shape
-    L = idx.shape[0]
-    plane = Hp * Wp
-    xp[:] = 0
+def _columns(xn, c0, C, kh, kw, sh, sw, dh, dw, ih0, pl, nr, Wo, Wp, idx, xp, cols):
+    """The columns ``cols (C*kh*kw, nr*Wo)`` of output rows whose first reads input row ``ih0``
+    (may be negative: top padding), channels ``c0 .. c0 + C`` of ``xn (C_in, H, W)``, through
+    the zero-bordered copy ``xp`` of the input rows they read (``Hs x Wp`` per channel)."""
+    H, W = xn.shape[1], xn.shape[2]
+    Hs = (nr - 1) * sh + (kh - 1) * dh + 1
+    plane = Hs * Wp
+    L = nr * Wo
+    j_lo, j_hi = max(0, pl), min(Wp, W + pl)
     for c in range(C):
-        for a in range(kh):
-            for b in range(kw):
-                d = xp[c * plane + a * dh * Wp + b * dw :]
-                src = cols[(c * kh + a) * kw + b]
-                for i in range(L):
-                    d[idx[i]] += src[i]
-    r0, q0 = max(0, -pt), max(0, -pl)
-    r1, q1 = max(r0, min(H, Hp - pt)), max(q0, min(W, Wp - pl))
-    for c in range(C):
-        for r in range(H):
-            row = gxn[c, r]
-            if r < r0 or r >= r1:
-                for i in range(W):
-                    row[i] = 0
+        base = c * plane
+        for i in range(Hs):
+            ih = ih0 + i
+            d = xp[base + i * Wp: base + (i + 1) * Wp]
+            if ih < 0 or ih >= H or j_hi <= j_lo:
+                for j in range(Wp):
+                    d[j] = 0
                 continue
-            for i in range(q0):
-                row[i] = 0
-            for i in range(q1, W):
-                row[i] = 0
-            s0 = c * plane + (r + pt) * Wp + q0 + pl
-            src = xp[s0 : s0 + q1 - q0]
-            d = row[q0:q1]
-            for i in range(q1 - q0):
-                d[i] = src[i]
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def lowered_fused(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, nt, out):
-    """A whole lowered convolution (groups 1) in one parallel region, one image per unit: its
-    columns into the thread's scratch, then ``out[n] (C_out, Ho*Wo) = taps (C_out, C*kh*kw) @
-    cols`` (``out (N, C_out, Ho*Wo)``) with the register-tiled GEMM, plus ``bias``
-    (possibly empty)."""
-    N = x.shape[0]
-    Cout, L = out.shape[1], out.shape[2]
-    K = taps.shape[1]
-    buf = np.empty((nt, K, L), dtype=x.dtype)
-    Ho = L // Wo
-    Hp, Wp = (Ho - 1) * sh + (kh - 1) * dh + 1, (Wo - 1) * sw + (kw - 1) * dw + 1
-    idx = _window_index(Ho, Wo, sh, sw, Hp, Wp)
-    pbuf = np.empty((nt, x.shape[1] * Hp * Wp), dtype=x.dtype)
-    has_bias = bias.shape[0] > 0
-    for n in prange(N):
-        t = numba.get_thread_id()
-        _im2col_gather(x[n], kh, kw, dh, dw, pt, pl, Hp, Wp, idx, pbuf[t], buf[t])
-        on = out[n]
-        gemm_tiled(taps, buf[t], on)
-        if has_bias:
-            for co in range(Cout):
-                b = bias[co]
-                row = on[co]
-                for j in range(L):
-                    row[j] += b
-
-
-@njit(cache=True, fastmath=True)
-def _col2im_one(cols, kh, kw, sh, sw, dh, dw, pt, pl, Wo, gxn):
-    """Add ``cols (C*kh*kw, Ho*Wo)`` onto the *unpadded* gradient ``gxn (C, H, W)`` (taps in the
-    padding dropped): the adjoint of :func:`_im2col_one`."""
-    C, H, W = gxn.shape
-    Ho = cols.shape[1] // Wo
+            for j in range(j_lo):
+                d[j] = 0
+            for j in range(j_hi, Wp):
+                d[j] = 0
+            src = xn[c0 + c, ih, j_lo - pl: j_hi - pl]
+            dj = d[j_lo:j_hi]
+            for j in range(j_hi - j_lo):
+                dj[j] = src[j]
     for c in range(C):
         for a in range(kh):
             for b in range(kw):
-                src = cols[(c * kh + a) * kw + b]
+                dst = cols[(c * kh + a) * kw + b]
+                src = xp[c * plane + a * dh * Wp + b * dw:]
+                if Wo >= 16 and sw == 1:  # whole rows: contiguous copies
+                    for oh in range(nr):
+                        s = src[oh * sh * Wp: oh * sh * Wp + Wo]
+                        t = dst[oh * Wo: oh * Wo + Wo]
+                        for j in range(Wo):
+                            t[j] = s[j]
+                else:  # narrow or strided rows: one gather over the slab
+                    for i in range(L):
+                        dst[i] = src[idx[i]]
+
+
+@njit(cache=True, fastmath=True)
+def _col2im(dcols, gxn, c0, C, kh, kw, sh, sw, dh, dw, pt, pl, oh0, nr, Wo):
+    """Add ``dcols (C*kh*kw, nr*Wo)`` (output rows ``oh0 ..``) onto channels ``c0 .. c0 + C`` of
+    the unpadded gradient ``gxn (C_in, H, W)``; taps in the padding are dropped."""
+    H, W = gxn.shape[1], gxn.shape[2]
+    for c in range(C):
+        for a in range(kh):
+            for b in range(kw):
+                src = dcols[(c * kh + a) * kw + b]
                 off = b * dw - pl
                 lo = 0 if off >= 0 else (-off + sw - 1) // sw
                 last = W - 1 - off
                 hi = 0 if last < 0 else min(Wo, last // sw + 1)
-                hi = max(lo, hi)
-                n = hi - lo
-                for oh in range(Ho):
-                    ih = oh * sh + a * dh - pt
+                if hi <= lo:
+                    continue
+                for r in range(nr):
+                    ih = (oh0 + r) * sh + a * dh - pt
                     if ih < 0 or ih >= H:
                         continue
-                    s = src[oh * Wo + lo : oh * Wo + hi]
+                    s = src[r * Wo + lo: r * Wo + hi]
+                    row = gxn[c0 + c, ih]
                     if sw == 1:
-                        d = gxn[c, ih, lo + off : hi + off]
-                        for i in range(n):
+                        d = row[lo + off: hi + off]
+                        for i in range(hi - lo):
                             d[i] += s[i]
                     else:
-                        row = gxn[c, ih]
-                        for i in range(n):
+                        for i in range(hi - lo):
                             row[(lo + i) * sw + off] += s[i]
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def lowered_backward(x, gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, gx, acc, used):
-    """Both gradients of :func:`lowered_fused`'s convolution in one parallel region, one image
-    per unit (so each image's input gradient has one owner and nothing races). Per image: its
-    columns into the thread's scratch; ``acc[t] (C*kh*kw, C_out) += cols @ gy[n]^T`` (the
-    transposed weight gradient; a thread's first image overwrites, and ``used[t]`` is set, so
-    the caller sums the used ``acc[t]`` only); ``taps_t (C*kh*kw, C_out) @ gy[n]`` into a second
-    scratch, added onto ``gx[n]`` (``gx (N, C, H, W)``, *overwritten*, zeroed here by the thread
-    that fills it) by :func:`_col2im_one`. ``gy`` is ``(N, C_out, Ho*Wo)``."""
-    N = x.shape[0]
-    Cout, L = gy.shape[1], gy.shape[2]
-    K = taps_t.shape[0]
-    nt = acc.shape[0]
-    cbuf = np.empty((nt, K, L), dtype=x.dtype)
-    dbuf = np.empty((nt, K, L), dtype=x.dtype)
-    tbuf = np.empty((nt, L, Cout), dtype=x.dtype)
-    Ho = L // Wo
-    Hp, Wp = (Ho - 1) * sh + (kh - 1) * dh + 1, (Wo - 1) * sw + (kw - 1) * dw + 1
-    idx = _window_index(Ho, Wo, sh, sw, Hp, Wp)
-    pbuf = np.empty((nt, x.shape[1] * Hp * Wp), dtype=x.dtype)
-    for n in prange(N):
+def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, out):
+    """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G,
+    C_out/g, C_in/g*kh*kw)`` (+ ``bias``, ``C_out`` entries or none), in units of ``R`` output
+    rows by ``B`` output channels of one image and group; scratch for ``nt`` threads."""
+    N, C_in = x.shape[0], x.shape[1]
+    G, Cog, K = taps.shape[0], taps.shape[1], taps.shape[2]
+    Cig = C_in // G
+    Ho = out.shape[2] // Wo
+    nr = (Ho + R - 1) // R
+    nb = (Cog + B - 1) // B
+    Wp = (Wo - 1) * sw + (kw - 1) * dw + 1
+    Hs = (R - 1) * sh + (kh - 1) * dh + 1
+    idx = slab_index(R, Wo, sh, sw, Wp)
+    xbuf = np.empty((nt, Cig * Hs * Wp), dtype=x.dtype)
+    cbuf = np.empty((nt, K * R * Wo), dtype=x.dtype)
+    obuf = np.empty((nt, B * R * Wo), dtype=x.dtype)
+    has_bias = bias.shape[0] > 0
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for unit in prange(N * G * nr * nb):
         t = numba.get_thread_id()
-        cols = cbuf[t]
-        _im2col_gather(x[n], kh, kw, dh, dw, pt, pl, Hp, Wp, idx, pbuf[t], cols)
-        gyn = gy[n]
-        gyt = tbuf[t]
-        for j in range(L):  # read strided, write contiguous: 10x faster than the other way
+        n = unit // (G * nr * nb)
+        rest = unit - n * (G * nr * nb)
+        g = rest // (nr * nb)
+        rest -= g * (nr * nb)
+        r = rest // nb
+        cb = rest - r * nb
+        oh0 = r * R
+        rows = min(R, Ho - oh0)
+        L = rows * Wo
+        co0 = cb * B
+        cos = min(B, Cog - co0)
+        cols = cbuf[t, : K * L].reshape(K, L)
+        _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp,
+                 idx, xbuf[t], cols)
+        o = obuf[t, : cos * L].reshape(cos, L)
+        gemm_tiled(taps[g, co0: co0 + cos], cols, o)
+        for co in range(cos):
+            c = g * Cog + co0 + co
+            b = bias[c] if has_bias else zero
+            dst = out[n, c, oh0 * Wo: oh0 * Wo + L]
+            src = o[co]
+            for j in range(L):
+                dst[j] = src[j] + b
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, acc):
+    """Weight gradient of :func:`lowered_forward`: ``acc[t, g] (C_in/g*kh*kw, C_out/g)`` (zeroed
+    here) receives thread ``t``'s sum of ``cols @ gy_slab^T`` over its units (image, group,
+    slab of ``R`` output rows); the caller sums over threads. ``gy`` is ``(N, C_out, Ho*Wo)``."""
+    N, C_in = x.shape[0], x.shape[1]
+    nt, K, Cog = acc.shape[0], acc.shape[2], acc.shape[3]
+    Cig = C_in // G
+    Ho = gy.shape[2] // Wo
+    nr = (Ho + R - 1) // R
+    Wp = (Wo - 1) * sw + (kw - 1) * dw + 1
+    Hs = (R - 1) * sh + (kh - 1) * dh + 1
+    idx = slab_index(R, Wo, sh, sw, Wp)
+    xbuf = np.empty((nt, Cig * Hs * Wp), dtype=x.dtype)
+    cbuf = np.empty((nt, K * R * Wo), dtype=x.dtype)
+    tbuf = np.empty((nt, R * Wo * Cog), dtype=x.dtype)
+    acc[:] = 0
+    for unit in prange(N * G * nr):
+        t = numba.get_thread_id()
+        n = unit // (G * nr)
+        rest = unit - n * (G * nr)
+        g = rest // nr
+        r = rest - g * nr
+        oh0 = r * R
+        rows = min(R, Ho - oh0)
+        L = rows * Wo
+        cols = cbuf[t, : K * L].reshape(K, L)
+        _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp,
+                 idx, xbuf[t], cols)
+        gyt = tbuf[t, : L * Cog].reshape(L, Cog)
+        for j in range(L):  # read strided, write contiguous
             row = gyt[j]
-            for co in range(Cout):
-                row[co] = gyn[co, j]
-        if used[t]:
-            gemm_tiled_add(cols, gyt, acc[t])
-        else:
-            gemm_tiled(cols, gyt, acc[t])
-            used[t] = True
-        dcols = dbuf[t]
-        gemm_tiled(taps_t, gyn, dcols)
-        gxn = gx[n]
-        if sw > 1 or sh > 1:
-            _col2im_scatter(dcols, kh, kw, dh, dw, pt, pl, Hp, Wp, idx, pbuf[t], gxn)
-        else:
-            C, H, W = gxn.shape
-            for c in range(C):
-                for r in range(H):
-                    for j in range(W):
-                        gxn[c, r, j] = 0
-            _col2im_one(dcols, kh, kw, sh, sw, dh, dw, pt, pl, Wo, gxn)
+            for co in range(Cog):
+                row[co] = gy[n, g * Cog + co, oh0 * Wo + j]
+        gemm_tiled_add(cols, gyt, acc[t, g])
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def lowered_input_grad(gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, gx):
+    """Input gradient of :func:`lowered_forward` into the unpadded ``gx (N, C_in, H, W)``
+    (overwritten), from ``gy (N, C_out, Ho*Wo)`` and ``taps_t (G, C_in/g*kh*kw, C_out/g)``, in
+    units of ``B`` input channels of one image and group (each plane has one owner), ``R``
+    output rows at a time; scratch for ``nt`` threads."""
+    N, C_in = gx.shape[0], gx.shape[1]
+    G, Cog = taps_t.shape[0], taps_t.shape[2]
+    Cig = C_in // G
+    kk = kh * kw
+    Ho = gy.shape[2] // Wo
+    nr = (Ho + R - 1) // R
+    nb = (Cig + B - 1) // B
+    dbuf = np.empty((nt, B * kk * R * Wo), dtype=gy.dtype)
+    gbuf = np.empty((nt, Cog * R * Wo), dtype=gy.dtype)
+    for unit in prange(N * G * nb):
+        t = numba.get_thread_id()
+        n = unit // (G * nb)
+        rest = unit - n * (G * nb)
+        g = rest // nb
+        cb = rest - g * nb
+        c0 = cb * B
+        cs = min(B, Cig - c0)
+        for c in range(cs):
+            gx[n, g * Cig + c0 + c] = 0
+        for r in range(nr):
+            oh0 = r * R
+            rows = min(R, Ho - oh0)
+            L = rows * Wo
+            gs = gbuf[t, : Cog * L].reshape(Cog, L)
+            for co in range(Cog):
+                src = gy[n, g * Cog + co, oh0 * Wo: oh0 * Wo + L]
+                d = gs[co]
+                for j in range(L):
+                    d[j] = src[j]
+            dcols = dbuf[t, : cs * kk * L].reshape(cs * kk, L)
+            gemm_tiled(taps_t[g, c0 * kk: (c0 + cs) * kk], gs, dcols)
+            _col2im(dcols, gx[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, pt, pl, oh0, rows, Wo)
 
 
 # ----------------------------------------------------------------------------- 1x1 (pointwise)

@@ -1,22 +1,28 @@
 """A register-tiled GEMM micro-kernel, written as LLVM vector code through numba intrinsics.
 
-numba has no vector types, so the loops of :mod:`convlayers.kernels.gemm` keep their
-accumulators in memory: every step of ``k`` loads and stores four rows of the output, and they
-reach about 150 GFLOP/s per core here. The tile below keeps an ``8 x 3`` block of vectors
-(8 output rows by 48 float32 columns) in 24 registers for the whole ``k`` loop; each step loads
-three vectors of the right operand, broadcasts eight scalars of the left one and issues 24 fused
-multiply-adds, the shape of the micro-kernels of BLIS and oneDNN. Measured on one core of the
-2-core AVX-512 machine: 250-290 GFLOP/s against the loops' 140-190, on the products of a
-lowered 3x3 convolution (256 x 1152 @ 1152 x 196) and of Winograd (64 x 64 @ 64 x 224).
+numba has no vector types, so plain loops keep their accumulators in memory: every step of
+``k`` loads and stores rows of the output. The tile below keeps a block of ``TILE_ROWS`` output
+rows by ``TILE_VECTORS`` vectors in registers for the whole ``k`` loop; each step loads the
+vectors of the right operand, broadcasts ``TILE_ROWS`` scalars of the left one and issues
+``TILE_ROWS * TILE_VECTORS`` fused multiply-adds, the shape of the micro-kernels of BLIS and
+oneDNN.
 
-The vectors are 512 bits (16 float32 or 8 float64); LLVM splits them on machines with narrower
-registers, so the code is correct everywhere and fast where AVX-512 exists. :func:`gemm_tiled`
-covers the whole product: tiles where they fit, tiles over zero-padded copies of the last rows
-and columns.
+The tile is sized for the machine numba compiles for (the host, unless ``NUMBA_CPU_NAME`` /
+``NUMBA_CPU_FEATURES`` say otherwise): with AVX-512 (32 vector registers) 8 rows by 3 vectors of
+16 float32 (24 accumulators); otherwise (AVX2's 16 registers) 6 rows by 2 vectors of 8 float32
+(12 accumulators). The AVX-512 tile compiled for an AVX2 machine spills its accumulators and ran
+2.5x slower than the 6x2 one there (measured on a 2-core Zen 1); the vectors are split by LLVM
+where narrower, so the code is correct everywhere.
+
+:func:`gemm_tiled` covers the whole product, blocked like BLIS: blocks of ``NC`` columns, and
+within them slabs of ``KC`` of the inner dimension, so the right operand's slab stays in the L2
+cache while every band of rows streams through it; full tiles where they fit, tiles over
+zero-padded copies of the last rows and columns.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -25,29 +31,53 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["TILE_ROWS", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols"]
-
-#: Rows of the output a tile covers.
-TILE_ROWS = 8
+__all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "gemm_tiled", "gemm_tiled_add",
+           "gemm_tiled_cols", "vector_bytes"]
 
 
-def _tile_codegen(vectors: int, accumulate: bool) -> Any:
-    """Code generator of a tile of ``TILE_ROWS`` rows by ``vectors`` vectors."""
+def vector_bytes() -> int:
+    """Bytes of one vector register on the machine numba compiles for: 64 with AVX-512F, else
+    32 (AVX2 and narrower: LLVM splits the vectors)."""
+    features = os.environ.get("NUMBA_CPU_FEATURES", "")
+    if not features and os.environ.get("NUMBA_CPU_NAME", "host") not in ("", "host"):
+        return 32  # a named generic target: assume no AVX-512
+    if not features:
+        import llvmlite.binding as ll
+
+        host = ll.get_host_cpu_features()
+        return 64 if host.get("avx512f", False) else 32
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+_WIDE = vector_bytes() == 64
+#: Rows of the output one tile covers.
+TILE_ROWS = 8 if _WIDE else 6
+#: Vectors (of ``vector_bytes()``) per tile row.
+TILE_VECTORS = 3 if _WIDE else 2
+#: Inner-dimension slab of one pass over the bands (the right operand's ``KC x NC`` block stays
+#: in L2).
+KC = 256
+#: Columns of one block of the blocked product.
+NC = 192 if _WIDE else 256
+
+
+def _tile_codegen(rows: int, vectors: int, accumulate: bool) -> Any:
+    """Code generator of a tile of ``rows`` rows by ``vectors`` vectors."""
     return lambda context, builder, signature, args: _emit_tile(context, builder, signature,
-                                                                 args, vectors, accumulate)
+                                                                 args, rows, vectors, accumulate)
 
 
-def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, vectors: int,
+def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, rows: int, vectors: int,
                accumulate: bool) -> Any:
-    """``m[p:p+R, j0:j0+C] (+)= u[p:p+R, :K] @ v[:K, j0:j0+C]`` for C-contiguous 2-D arrays
-    (``+=`` when ``accumulate``)."""
+    """``m[p:p+R, j0:j0+C] (+)= u[p:p+R, k0:k1] @ v[k0:k1, j0:j0+C]`` for C-contiguous 2-D
+    arrays (``+=`` when ``accumulate``)."""
     arr_t = signature.args[0]
     ua, va, ma = (context.make_array(t)(context, builder, a)
                   for t, a in zip(signature.args[:3], args[:3], strict=True))
-    p, j0, k_end = args[3], args[4], args[5]
+    p, j0, k0, k1 = args[3], args[4], args[5], args[6]
     itemsize = context.get_abi_sizeof(context.get_value_type(arr_t.dtype))
     scalar = ir.FloatType() if itemsize == 4 else ir.DoubleType()
-    lanes = 64 // itemsize
+    lanes = (64 if _WIDE else 32) // itemsize
     vec = ir.VectorType(scalar, lanes)
     intp = context.get_value_type(types.intp)
     fma = cgutils.get_or_insert_function(
@@ -55,13 +85,12 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, vectors: i
         f"llvm.fma.v{lanes}{'f32' if itemsize == 4 else 'f64'}")
     zeros = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
 
-    def rows(arr: Any) -> Any:  # row stride in elements
+    def row_stride(arr: Any) -> Any:  # in elements
         return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides)[0],
                             ir.Constant(intp, itemsize))
 
-    us, vs, ms = rows(ua), rows(va), rows(ma)
-    accs = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)]
-            for _ in range(TILE_ROWS)]
+    us, vs, ms = row_stride(ua), row_stride(va), row_stride(ma)
+    accs = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(rows)]
     for r, row in enumerate(accs):
         out_row = builder.add(builder.mul(builder.add(p, ir.Constant(intp, r)), ms), j0)
         for h, acc in enumerate(row):
@@ -71,22 +100,23 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, vectors: i
             else:
                 start = ir.Constant(vec, [0.0] * lanes)
             builder.store(start, acc)
-    u_rows = [builder.mul(builder.add(p, ir.Constant(intp, r)), us) for r in range(TILE_ROWS)]
-    with cgutils.for_range(builder, k_end) as loop:
+    u_rows = [builder.add(builder.mul(builder.add(p, ir.Constant(intp, r)), us), k0)
+              for r in range(rows)]
+    with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
         k = loop.index
-        base = builder.add(builder.mul(k, vs), j0)
+        base = builder.add(builder.mul(builder.add(k, k0), vs), j0)
         xs = [builder.load(builder.bitcast(
                   builder.gep(va.data, [builder.add(base, ir.Constant(intp, h * lanes))]),
                   vec.as_pointer()), align=itemsize)
               for h in range(vectors)]
-        for r in range(TILE_ROWS):
+        for r in range(rows):
             a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], k)]))
             a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(ir.IntType(32), 0))
             a = builder.shuffle_vector(a, ir.Constant(vec, None), zeros)
             for h in range(vectors):
                 builder.store(builder.call(fma, [a, xs[h], builder.load(accs[r][h])]),
                               accs[r][h])
-    for r in range(TILE_ROWS):
+    for r in range(rows):
         out_row = builder.add(builder.mul(builder.add(p, ir.Constant(intp, r)), ms), j0)
         for h in range(vectors):
             ptr = builder.gep(ma.data, [builder.add(out_row, ir.Constant(intp, h * lanes))])
@@ -103,17 +133,17 @@ def _typed(u: Any, v: Any, m: Any) -> bool:
 
 
 def _make_tile(vectors: int, accumulate: bool) -> Any:
-    def typer(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k_end: Any) -> Any:
+    def typer(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k0: Any, k1: Any) -> Any:
         if not _typed(u, v, m):
             return None
-        return (types.void(u, v, m, types.intp, types.intp, types.intp),
-                _tile_codegen(vectors, accumulate))
-    typer.__name__ = f"tile_{vectors}{'_add' if accumulate else ''}"
+        return (types.void(u, v, m, types.intp, types.intp, types.intp, types.intp),
+                _tile_codegen(TILE_ROWS, vectors, accumulate))
+    typer.__name__ = f"tile_{TILE_ROWS}x{vectors}{'_add' if accumulate else ''}"
     return intrinsic(typer)
 
 
-_tile3, _tile1 = _make_tile(3, False), _make_tile(1, False)
-_tile3_add, _tile1_add = _make_tile(3, True), _make_tile(1, True)
+_tile_wide, _tile_one = _make_tile(TILE_VECTORS, False), _make_tile(1, False)
+_tile_wide_add, _tile_one_add = _make_tile(TILE_VECTORS, True), _make_tile(1, True)
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -136,62 +166,79 @@ def gemm_tiled_cols(u, v, m, j0, j1):
 
 @njit(cache=True, fastmath=True)
 def _tiled(u, v, m, j_lo, j_hi, accumulate):
-    """Columns ``j_lo .. j_hi`` of ``m (+)= u @ v`` in bands of 8 rows: tiles of three vectors,
-    then of one vector, then one vector over a zero-padded copy ``vt`` of the last (fewer than a
-    vector's) columns. The last ``P % 8`` rows are a band of their own over zero-padded copies
-    of those rows. Not inlined: every kernel calls this one compiled function (per dtype);
-    inlined, the unrolled tiles were copied into each call site and first calls compiled for
-    about 30 s."""
+    """Columns ``j_lo .. j_hi`` of ``m (+)= u @ v``: blocks of ``NC`` columns, slabs of ``KC``
+    of the inner dimension, bands of ``TILE_ROWS`` rows, tiles of ``TILE_VECTORS`` vectors then
+    of one vector, then one vector over a zero-padded copy ``vt`` of the last (fewer than a
+    vector's) columns. The last ``P % TILE_ROWS`` rows are a band of their own over zero-padded
+    copies of those rows. Not inlined: every kernel calls this one compiled function (per
+    dtype); inlined, the unrolled tiles were copied into each call site and first calls
+    compiled for about 30 s."""
     P, K = u.shape
-    lanes = 16 if u.itemsize == 4 else 8
+    R = TILE_ROWS
+    lanes = (64 if _WIDE else 32) // u.itemsize
     width = j_hi - j_lo
     if width <= 0 or P == 0:
+        return
+    if K == 0:
+        if not accumulate:
+            for p in range(P):
+                for j in range(j_lo, j_hi):
+                    m[p, j] = 0
         return
     narrow = j_lo + width - width % lanes
     vt = np.zeros((K, lanes if narrow < j_hi else 0), dtype=u.dtype)
     for k in range(vt.shape[0]):
         for t in range(j_hi - narrow):
             vt[k, t] = v[k, narrow + t]
-    p_end = P - P % 8
-    for p in range(0, p_end, 8):
-        _band(u, v, vt, m, p, j_lo, j_hi, accumulate)
-    if p_end < P:  # the last rows, padded to a band
-        rest = P - p_end
-        u8 = np.zeros((8, K), dtype=u.dtype)
-        u8[:rest] = u[p_end:]
-        m8 = np.zeros((8, m.shape[1]), dtype=m.dtype)
+    p_end = P - P % R
+    rest = P - p_end
+    ur = np.zeros((R if rest else 0, K), dtype=u.dtype)
+    mr = np.zeros((R if rest else 0, m.shape[1]), dtype=m.dtype)
+    if rest:
+        ur[:rest] = u[p_end:]
         if accumulate:
-            m8[:rest, j_lo:j_hi] = m[p_end:, j_lo:j_hi]
-        _band(u8, v, vt, m8, 0, j_lo, j_hi, accumulate)
-        m[p_end:, j_lo:j_hi] = m8[:rest, j_lo:j_hi]
+            mr[:rest, j_lo:j_hi] = m[p_end:, j_lo:j_hi]
+    for c0 in range(j_lo, j_hi, NC):
+        c1 = min(j_hi, c0 + NC)
+        for k0 in range(0, K, KC):
+            k1 = min(K, k0 + KC)
+            add = accumulate or k0 > 0
+            for p in range(0, p_end, R):
+                _band(u, v, vt, m, p, c0, c1, narrow, j_hi, k0, k1, add)
+            if rest:
+                _band(ur, v, vt, mr, 0, c0, c1, narrow, j_hi, k0, k1, add)
+    if rest:
+        m[p_end:, j_lo:j_hi] = mr[:rest, j_lo:j_hi]
 
 
 @njit(cache=True, fastmath=True)
-def _band(u, v, vt, m, p, j_lo, j_hi, accumulate):
-    """Rows ``p .. p+8`` of :func:`_tiled`; ``vt`` holds the last partial vector's columns."""
-    K = u.shape[1]
-    lanes = 16 if u.itemsize == 4 else 8
-    width = j_hi - j_lo
-    wide = j_lo + width - width % (3 * lanes)
-    narrow = j_lo + width - width % lanes
-    for j0 in range(j_lo, wide, 3 * lanes):
-        if accumulate:
-            _tile3_add(u, v, m, p, j0, K)
+def _band(u, v, vt, m, p, c0, c1, narrow, j_hi, k0, k1, add):
+    """Rows ``p .. p+TILE_ROWS``, columns ``c0 .. c1``, inner slab ``k0 .. k1`` of
+    :func:`_tiled`; ``vt`` holds the columns past ``narrow`` (fewer than a vector) when ``c1``
+    reaches them."""
+    R = TILE_ROWS
+    lanes = (64 if _WIDE else 32) // u.itemsize
+    step = TILE_VECTORS * lanes
+    end = min(c1, narrow)
+    wide = c0 + (end - c0) - (end - c0) % step if end > c0 else c0
+    for j0 in range(c0, wide, step):
+        if add:
+            _tile_wide_add(u, v, m, p, j0, k0, k1)
         else:
-            _tile3(u, v, m, p, j0, K)
-    for j0 in range(wide, narrow, lanes):
-        if accumulate:
-            _tile1_add(u, v, m, p, j0, K)
+            _tile_wide(u, v, m, p, j0, k0, k1)
+    for j0 in range(wide, end, lanes):
+        if add:
+            _tile_one_add(u, v, m, p, j0, k0, k1)
         else:
-            _tile1(u, v, m, p, j0, K)
+            _tile_one(u, v, m, p, j0, k0, k1)
     tail = j_hi - narrow
-    if tail > 0:
-        mt = np.zeros((8, lanes), dtype=m.dtype)
-        if accumulate:
-            for r in range(8):
+    if c1 == j_hi and tail > 0:
+        mt = np.zeros((R, lanes), dtype=m.dtype)
+        if add:
+            for r in range(R):
                 for t in range(tail):
                     mt[r, t] = m[p + r, narrow + t]
-        _tile1_add(u[p: p + 8], vt, mt, 0, 0, K)
-        for r in range(8):
+        _tile_one_add(u[p: p + R], vt, mt, 0, 0, k0, k1)
+        for r in range(R):
             for t in range(tail):
                 m[p + r, narrow + t] = mt[r, t]

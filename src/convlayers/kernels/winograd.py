@@ -1,22 +1,15 @@
-"""Numba transforms of Winograd F(2x2, 3x3) (Lavin & Gray, 2016) for 3x3 stride-1 convolutions.
+"""Numba kernels of Winograd F(2x2, 3x3) (Lavin & Gray, 2016) for 3x3 stride-1 convolutions.
 
 A 2x2 output tile is ``Y = A^T [(G g G^T) * (B^T d B)] A`` where ``d`` is the 4x4 input patch
 the tile reads (tiles overlap by two pixels) and ``g`` the 3x3 kernel. The 16 elementwise
-products become 16 GEMMs over channels once the transforms are laid out as
-``(16, channels, tiles)`` with the tiles of a unit of images side by side (column
-``(n*TH + th)*TW + tw``): the engine runs them through ``np.matmul`` (``U[e] (C_out, C_in) @
-V[e] (C_in, tiles)``, batched over groups) and these kernels do everything else. ``B^T``/``A^T``
-hold only 0 and +-1, so both transforms are additions.
+products become 16 GEMMs over channels once the transforms are laid out as ``(16, channels,
+tiles)``. ``B^T``/``A^T`` hold only 0 and +-1, so both transforms are additions.
 
-Padding is read by bounds: each plane is copied once into a zero-bordered scratch plane of
-``2*TH + 2`` by ``2*TW + 2`` (``TH, TW`` the tile counts), so the caller never pads the input.
-The backward kernels are the exact adjoints (``dM = A dY A^T``; ``dd = B dV B^T`` added onto
-the overlapping patches), so the gradients of the Winograd forward come from the same layout:
-``dV = U^T dM`` gives the input gradient and ``dU = dM V^T`` the weight gradient, sharing one
-input transform and one output-gradient transform.
-
-Every kernel ``prange``\\ s over (image, channel) planes of a chunk; each plane writes only its own
-rows of the transform (or its own output plane), so threads never share memory.
+Padding is read by bounds: each block's rows are copied into zero-bordered scratch, so the
+caller never pads the input. The backward kernel is the exact adjoint (``dM = A dY A^T``;
+``dd = B dV B^T`` added onto the overlapping patches): ``dV = U^T dM`` gives the input gradient
+and ``dU = dM V^T`` the weight gradient, sharing one input transform and one output-gradient
+transform.
 """
 
 from __future__ import annotations
@@ -25,224 +18,19 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels.gemm import gemm_nt_add
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add
 
-__all__ = ["backward_fused", "forward_fused", "input_grad_transform", "input_transform",
-           "output_grad_transform", "output_transform"]
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _fill_plane(src, pt, pl, plane):
-    """Zero ``plane`` and copy ``src`` (one unpadded image plane) in at offset ``(pt, pl)``."""
-    P, Q = plane.shape
-    H, W = src.shape
-    plane[:] = 0
-    for r in range(H):
-        pr = r + pt
-        if pr < 0 or pr >= P:
-            continue
-        c_lo = max(0, -pl)
-        c_hi = min(W, Q - pl)
-        for c in range(c_lo, c_hi):
-            plane[pr, c + pl] = src[r, c]
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def input_transform(x, pt, pl, th0, TH, TW, v):
-    """``V = B^T d B`` of tile rows ``th0 .. th0 + TH`` of ``x`` ``(nb, C, H, W)`` into ``v``
-    ``(16, C, nb*TH*TW)``.
-
-    Tile ``(th0 + th, tw)`` of image ``n`` reads padded rows ``2*(th0 + th) .. + 3`` (input rows
-    shifted up by the top padding ``pt``) and lands in column ``(n*TH + th)*TW + tw``.
-    """
-    nb, C = x.shape[0], x.shape[1]
-    for q in prange(nb * C):
-        n = q // C
-        c = q - n * C
-        plane = np.empty((2 * TH + 2, 2 * TW + 2), dtype=x.dtype)
-        _fill_plane(x[n, c], pt - 2 * th0, pl, plane)
-        t1 = np.empty((4, 2 * TW + 2), dtype=x.dtype)
-        for th in range(TH):
-            r = 2 * th
-            # rows first (contiguous, vectorises): t1 = B^T d over whole padded rows
-            for j in range(2 * TW + 2):
-                d0 = plane[r, j]
-                d1 = plane[r + 1, j]
-                d2 = plane[r + 2, j]
-                d3 = plane[r + 3, j]
-                t1[0, j] = d0 - d2
-                t1[1, j] = d1 + d2
-                t1[2, j] = d2 - d1
-                t1[3, j] = d1 - d3
-            base = (n * TH + th) * TW
-            for i in range(4):
-                row = t1[i]
-                o0 = v[4 * i, c]
-                o1 = v[4 * i + 1, c]
-                o2 = v[4 * i + 2, c]
-                o3 = v[4 * i + 3, c]
-                for tw in range(TW):
-                    s = 2 * tw
-                    a0 = row[s]
-                    a1 = row[s + 1]
-                    a2 = row[s + 2]
-                    a3 = row[s + 3]
-                    o0[base + tw] = a0 - a2
-                    o1[base + tw] = a1 + a2
-                    o2[base + tw] = a2 - a1
-                    o3[base + tw] = a1 - a3
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def output_transform(m, bias, th0, TH, TW, out):
-    """``Y = A^T M A`` (+ bias) from ``m`` ``(16, C_out, nb*TH*TW)`` into output rows
-    ``2*th0 ..`` of ``out`` ``(nb, C_out, Ho, Wo)``. ``bias`` has ``C_out`` entries or none."""
-    nb, C = out.shape[0], out.shape[1]
-    Ho, Wo = out.shape[2], out.shape[3]
-    has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, dtype=out.dtype)[0]
-    for q in prange(nb * C):
-        n = q // C
-        c = q - n * C
-        b = bias[c] if has_bias else zero
-        mm = m
-        for th in range(TH):
-            base = (n * TH + th) * TW
-            r0 = 2 * (th0 + th)
-            if r0 >= Ho:
-                break
-            orow0 = out[n, c, r0]
-            two = r0 + 1 < Ho
-            orow1 = out[n, c, r0 + 1] if two else orow0
-            for tw in range(TW):
-                t = base + tw
-                m00, m01, m02, m03 = mm[0, c, t], mm[1, c, t], mm[2, c, t], mm[3, c, t]
-                m10, m11, m12, m13 = mm[4, c, t], mm[5, c, t], mm[6, c, t], mm[7, c, t]
-                m20, m21, m22, m23 = mm[8, c, t], mm[9, c, t], mm[10, c, t], mm[11, c, t]
-                m30, m31, m32, m33 = mm[12, c, t], mm[13, c, t], mm[14, c, t], mm[15, c, t]
-                s00 = m00 + m10 + m20
-                s01 = m01 + m11 + m21
-                s02 = m02 + m12 + m22
-                s03 = m03 + m13 + m23
-                s10 = m10 - m20 - m30
-                s11 = m11 - m21 - m31
-                s12 = m12 - m22 - m32
-                s13 = m13 - m23 - m33
-                col = 2 * tw
-                orow0[col] = s00 + s01 + s02 + b
-                if two:
-                    orow1[col] = s10 + s11 + s12 + b
-                if col + 1 < Wo:
-                    orow0[col + 1] = s01 - s02 - s03 + b
-                    if two:
-                        orow1[col + 1] = s11 - s12 - s13 + b
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def output_grad_transform(gy, th0, TH, TW, dm):
-    """Adjoint of :func:`output_transform`: ``dM = A dY A^T`` of tile rows ``th0 ..`` of ``gy``
-    into ``dm`` ``(16, C_out, nb*TH*TW)``."""
-    nb, C = gy.shape[0], gy.shape[1]
-    Ho, Wo = gy.shape[2], gy.shape[3]
-    zero = np.zeros(1, dtype=gy.dtype)[0]
-    for q in prange(nb * C):
-        n = q // C
-        c = q - n * C
-        d = dm
-        for th in range(TH):
-            base = (n * TH + th) * TW
-            r0 = 2 * (th0 + th)
-            two = r0 + 1 < Ho
-            for tw in range(TW):
-                t = base + tw
-                col = 2 * tw
-                wide = col + 1 < Wo
-                p = gy[n, c, r0, col]
-                qq = gy[n, c, r0, col + 1] if wide else zero
-                r = gy[n, c, r0 + 1, col] if two else zero
-                s = gy[n, c, r0 + 1, col + 1] if (two and wide) else zero
-                # u_i = A[i, 0] * dY[0, :] + A[i, 1] * dY[1, :]
-                u00, u01 = p, qq
-                u10, u11 = p + r, qq + s
-                u20, u21 = p - r, qq - s
-                u30, u31 = -r, -s
-                d[0, c, t] = u00
-                d[1, c, t] = u00 + u01
-                d[2, c, t] = u00 - u01
-                d[3, c, t] = -u01
-                d[4, c, t] = u10
-                d[5, c, t] = u10 + u11
-                d[6, c, t] = u10 - u11
-                d[7, c, t] = -u11
-                d[8, c, t] = u20
-                d[9, c, t] = u20 + u21
-                d[10, c, t] = u20 - u21
-                d[11, c, t] = -u21
-                d[12, c, t] = u30
-                d[13, c, t] = u30 + u31
-                d[14, c, t] = u30 - u31
-                d[15, c, t] = -u31
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def input_grad_transform(dv, pt, pl, th0, TH, TW, gx):
-    """Adjoint of :func:`input_transform`: ``B dV B^T`` of tile rows ``th0 ..`` (``dv``
-    ``(16, C, nb*TH*TW)``) added onto their patches, the unpadded part *added* into ``gx``
-    ``(nb, C, H, W)`` (slabs of tile rows overlap by two input rows)."""
-    nb, C = gx.shape[0], gx.shape[1]
-    H, W = gx.shape[2], gx.shape[3]
-    top = pt - 2 * th0  # plane row of input row 0
-    for q in prange(nb * C):
-        n = q // C
-        c = q - n * C
-        P, Q = 2 * TH + 2, 2 * TW + 2
-        plane = np.zeros((P, Q), dtype=gx.dtype)
-        t1 = np.empty((4, Q), dtype=gx.dtype)
-        for th in range(TH):
-            base = (n * TH + th) * TW
-            t1[:] = 0
-            # columns: for each row i of dV, w_s = sum_j B^T[j, s] dV[i, j], added over tiles
-            for i in range(4):
-                e0 = dv[4 * i, c]
-                e1 = dv[4 * i + 1, c]
-                e2 = dv[4 * i + 2, c]
-                e3 = dv[4 * i + 3, c]
-                row = t1[i]
-                for tw in range(TW):
-                    t = base + tw
-                    a0, a1, a2, a3 = e0[t], e1[t], e2[t], e3[t]
-                    s = 2 * tw
-                    row[s] += a0
-                    row[s + 1] += a1 - a2 + a3
-                    row[s + 2] += a1 + a2 - a0
-                    row[s + 3] -= a3
-            # rows: dd_r = sum_i B^T[i, r] w_i
-            r = 2 * th
-            for j in range(Q):
-                w0, w1, w2, w3 = t1[0, j], t1[1, j], t1[2, j], t1[3, j]
-                plane[r, j] += w0
-                plane[r + 1, j] += w1 - w2 + w3
-                plane[r + 2, j] += w1 + w2 - w0
-                plane[r + 3, j] -= w3
-        c_lo = max(0, -pl)
-        c_hi = min(W, Q - pl)
-        for pr in range(max(0, top), min(P, top + H)):
-            dst = gx[n, c, pr - top]
-            src = plane[pr]
-            for cc in range(c_lo, c_hi):
-                dst[cc] += src[cc + pl]
+__all__ = ["backward_fused", "forward_fused"]
 
 
 # ----------------------------------------------------------------------------- fused, blocked
 #
 # The kernels below run a whole Winograd convolution in one parallel region: each unit of work is
-# a block of tile rows of one image, whose transforms (16 x channels x block tiles, a few hundred
+# a block of tile rows of one image (forward: and a block of output channels; backward: a block
+# of input channels of one group), whose transforms (16 x channels x block tiles, a few hundred
 # KiB) stay in the core's cache between the input transform, the 16 products and the output
-# transform. The products are the register-tiled GEMM of :mod:`convlayers.kernels.simd` (8 rows
-# by 48 columns of accumulators in vector registers), so no BLAS call and no hand-over between
-# thread pools happens inside the convolution. Measured single-threaded on the 2-core AVX-512
-# machine: about 240 GFLOP/s for 64x64 @ 64x224 against 100 for OpenBLAS's (AVX2) sgemm. Units
+# transform. The products are the register-tiled GEMM of :mod:`convlayers.kernels.simd`, so no
+# BLAS call and no hand-over between thread pools happens inside the convolution. Units
 # are handed out one at a time (``parallel_chunksize(1)``) so a core slowed by a neighbour takes
 # fewer (the engine sets it: a ``with`` inside would make the kernels uncachable); each thread
 # owns its scratch (``get_thread_id``).
@@ -250,8 +38,9 @@ def input_grad_transform(dv, pt, pl, th0, TH, TW, gx):
 
 @njit(cache=True, fastmath=True)
 def _input_block(xn, pt, pl, th0, rows, TW, v, plane, t1):
-    """:func:`input_transform` of tile rows ``th0 .. th0 + rows`` of one image ``xn (C, H, W)``
-    into ``v (16, C, >= rows*TW)`` (column ``th*TW + tw``)."""
+    """``V = B^T d B`` of tile rows ``th0 .. th0 + rows`` of one image ``xn (C, H, W)`` into
+    ``v (16, C, >= rows*TW)`` (column ``th*TW + tw``): tile ``(th0 + th, tw)`` reads padded rows
+    ``2*(th0 + th) .. + 3`` (input rows shifted by the top padding ``pt``)."""
     C, H, W = xn.shape
     P, Q = 2 * rows + 2, 2 * TW + 2
     top = pt - 2 * th0
@@ -357,7 +146,7 @@ def _any_nonfinite(a):
 
 @njit(cache=True, fastmath=True)
 def _output_block_flat(m, bias, th0, rows, TW, outn, sums, pairs):
-    """:func:`output_transform` of one block (``m (16, C_out, >= rows*S)``, the layout of
+    """``Y = A^T M A`` of one block (``m (16, C_out, >= rows*S)``, the layout of
     :func:`_input_block_flat`: tile row ``th`` at columns ``th*S ..``, ``S = TW + 1``) into
     ``outn``, plus the bias, as flat loops over the whole block: the column sums ``A^T`` into
     ``sums (8, >= rows*S)``, the row sums of each output-row parity into ``pairs (2, >=
@@ -401,7 +190,8 @@ def _output_block_flat(m, bias, th0, rows, TW, outn, sums, pairs):
 
 @njit(cache=True, fastmath=True)
 def _output_grad_block(gyn, th0, rows, TW, dm):
-    """:func:`output_grad_transform` of one block of ``gyn (C_out, Ho, Wo)`` into ``dm``.
+    """The adjoint of the output transform, ``dM = A dY A^T``, of one block of ``gyn (C_out,
+    Ho, Wo)`` into ``dm (16, C_out, >= rows*TW)``.
 
     Four loops over the full tiles of a tile row, each writing four rows of ``dm``: one loop
     writing all sixteen did not vectorise and ran 50x slower (measured on Zen 5)."""
@@ -474,7 +264,8 @@ def _output_grad_block(gyn, th0, rows, TW, dm):
 
 @njit(cache=True, fastmath=True)
 def _input_grad_block(dv, pt, pl, th0, rows, TW, gxn, plane, t1):
-    """:func:`input_grad_transform` of one block, *added* into ``gxn (C, H, W)``."""
+    """The adjoint of :func:`_input_block`, ``B dV B^T`` of one block, *added* into the
+    unpadded ``gxn (C, H, W)`` (blocks of tile rows overlap by two input rows)."""
     C, H, W = gxn.shape
     P, Q = 2 * rows + 2, 2 * TW + 2
     top = pt - 2 * th0
@@ -522,104 +313,112 @@ def _input_grad_block(dv, pt, pl, th0, rows, TW, gxn, plane, t1):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def forward_fused(x, u, bias, pt, pl, R, nt, out, bad):
+def forward_fused(x, u, bias, pt, pl, R, B, nt, out, bad):
     """The whole Winograd forward: ``out (N, C_out, Ho, Wo)`` from ``x (N, C_in, H, W)`` and
     ``u (16, groups, C_out/g, C_in/g)`` (+ ``bias``, possibly empty), in units of ``R`` tile
-    rows of one image, with scratch for ``nt`` threads (numba's current thread count).
-    ``bad[t]`` (``nt`` flags, zeroed by the caller) is set when thread ``t`` wrote an inf or
-    NaN."""
+    rows by ``B`` output channels (of every group) of one image, with scratch for ``nt``
+    threads (numba's current thread count). ``bad[t]`` (``nt`` flags, zeroed by the caller) is
+    set when thread ``t`` wrote an inf or NaN."""
     N, C = x.shape[0], x.shape[1]
     G, Cog, Cig = u.shape[1], u.shape[2], u.shape[3]
-    Cout, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
+    Ho, Wo = out.shape[2], out.shape[3]
     TH, TW = (Ho + 1) // 2, (Wo + 1) // 2
     R = min(R, TH)
     nb = (TH + R - 1) // R
+    ncb = (Cog + B - 1) // B
     S = TW + 1  # tile rows of the transforms have one spare column (see _input_block_flat)
     L = R * S
     vbuf = np.empty((nt, 16 * C * L), dtype=x.dtype)
-    mbuf = np.empty((nt, 16 * Cout * L), dtype=x.dtype)
+    mbuf = np.empty((nt, 16 * B * L), dtype=x.dtype)
     ebuf = np.empty((nt, (R + 1) * 2 * S + 2), dtype=x.dtype)
     obuf = np.empty((nt, (R + 1) * 2 * S + 2), dtype=x.dtype)
     hbuf = np.empty((nt, 2, 4, (R + 1) * S), dtype=x.dtype)
     sbuf = np.empty((nt, 8, L), dtype=x.dtype)
     ybuf = np.empty((nt, 2, 2 * L), dtype=x.dtype)
-    for blk in prange(N * nb):
+    for unit in prange(N * nb * ncb):
         t = numba.get_thread_id()
-        n = blk // nb
-        th0 = (blk - n * nb) * R
+        n = unit // (nb * ncb)
+        rest = unit - n * (nb * ncb)
+        blk = rest // ncb
+        co0 = (rest - blk * ncb) * B
+        cos = min(B, Cog - co0)
+        th0 = blk * R
         rows = min(R, TH - th0)
         lb = rows * S
         v = vbuf[t, : 16 * C * lb].reshape(16, C, lb)
-        m = mbuf[t, : 16 * Cout * lb].reshape(16, Cout, lb)
         v4 = vbuf[t, : 16 * C * lb].reshape(16, G, Cig, lb)
-        m4 = mbuf[t, : 16 * Cout * lb].reshape(16, G, Cog, lb)
+        m = mbuf[t, : 16 * cos * lb].reshape(16, cos, lb)
         _input_block_flat(x[n], pt, pl, th0, rows, TW, v, ebuf[t], obuf[t], hbuf[t, 0],
                           hbuf[t, 1])
-        for e in range(16):
-            for g in range(G):
-                gemm_tiled(u[e, g], v4[e, g], m4[e, g])
-        if _output_block_flat(m, bias, th0, rows, TW, out[n], sbuf[t], ybuf[t]):
-            bad[t] = True
+        for g in range(G):
+            for e in range(16):
+                gemm_tiled(u[e, g, co0: co0 + cos], v4[e, g], m[e])
+            c0 = g * Cog + co0
+            if _output_block_flat(m, bias[c0: c0 + cos], th0, rows, TW, out[n, c0: c0 + cos],
+                                  sbuf[t], ybuf[t]):
+                bad[t] = True
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def backward_fused(x, gy, ut, pt, pl, R, gx, gu, bad):
-    """Both gradients of :func:`forward_fused`'s convolution, one image per unit (its blocks of
-    ``R`` tile rows in order, so the overlapping input rows of two blocks never race):
-    ``gx (N, C_in, H, W)`` is *overwritten*; ``gu (threads, 16, groups, C_out/g, C_in/g)``
-    receives each thread's ``sum dM V^T`` (the caller sums over threads). ``ut`` is ``U^T``,
-    ``(16, groups, C_in/g, C_out/g)``. ``bad[t]`` (zeroed by the caller) is set when thread
-    ``t`` wrote an inf or NaN into ``gx``."""
-    N, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad):
+    """Both gradients of :func:`forward_fused`'s convolution in units of ``B`` input channels of
+    one group of one image (each input plane has one owner; the unit's blocks of ``R`` tile rows
+    go in order, so their overlapping input rows never race): ``gx (N, C_in, H, W)`` is
+    *overwritten*; ``gut (threads, 16, groups, C_in/g, C_out/g)`` receives each thread's ``sum
+    V dM^T`` (``dU^T``; the caller sums over threads). ``ut`` is ``U^T``, ``(16, groups, C_in/g,
+    C_out/g)``. ``bad[t]`` (zeroed by the caller) is set when thread ``t`` wrote an inf or NaN
+    into ``gx``."""
+    N, H, W = x.shape[0], x.shape[2], x.shape[3]
     G, Cig, Cog = ut.shape[1], ut.shape[2], ut.shape[3]
-    Cout, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    Ho, Wo = gy.shape[2], gy.shape[3]
     TH, TW = (Ho + 1) // 2, (Wo + 1) // 2
     R = min(R, TH)
     nb = (TH + R - 1) // R
+    ncb = (Cig + B - 1) // B
     L = R * TW
-    nt = gu.shape[0]
-    vbuf = np.empty((nt, 16 * C * L), dtype=x.dtype)
-    dvbuf = np.empty((nt, 16 * C * L), dtype=x.dtype)
-    mbuf = np.empty((nt, 16 * Cout * L), dtype=x.dtype)
+    nt = gut.shape[0]
+    vbuf = np.empty((nt, 16 * B * L), dtype=x.dtype)
+    dvbuf = np.empty((nt, 16 * B * L), dtype=x.dtype)
+    mbuf = np.empty((nt, 16 * Cog * L), dtype=x.dtype)
+    tbuf = np.empty((nt, L * Cog), dtype=x.dtype)
     pbuf = np.empty((nt, 2 * R + 2, 2 * TW + 2), dtype=x.dtype)
-    tbuf = np.empty((nt, 4, 2 * TW + 2), dtype=x.dtype)
-    wide = Cig >= 64  # dU += dM @ V^T with V^T copied out: faster than dot products there
-    vtbuf = np.empty((nt, L * Cig if wide else 0), dtype=x.dtype)
-    gu[:] = 0
-    for n in prange(N):
+    qbuf = np.empty((nt, 4, 2 * TW + 2), dtype=x.dtype)
+    gut[:] = 0
+    for unit in prange(N * G * ncb):
         t = numba.get_thread_id()
-        gxn = gx[n]
-        for c in range(C):
+        n = unit // (G * ncb)
+        rest = unit - n * (G * ncb)
+        g = rest // ncb
+        ci0 = (rest - g * ncb) * B
+        cis = min(B, Cig - ci0)
+        c0 = g * Cig + ci0
+        xs = x[n, c0: c0 + cis]
+        gxs = gx[n, c0: c0 + cis]
+        gys = gy[n, g * Cog: (g + 1) * Cog]
+        for c in range(cis):
             for r in range(H):
                 for j in range(W):
-                    gxn[c, r, j] = 0
+                    gxs[c, r, j] = 0
         for b in range(nb):
             th0 = b * R
             rows = min(R, TH - th0)
             lb = rows * TW
-            v = vbuf[t, : 16 * C * lb].reshape(16, C, lb)
-            dv = dvbuf[t, : 16 * C * lb].reshape(16, C, lb)
-            dm = mbuf[t, : 16 * Cout * lb].reshape(16, Cout, lb)
-            v4 = vbuf[t, : 16 * C * lb].reshape(16, G, Cig, lb)
-            dv4 = dvbuf[t, : 16 * C * lb].reshape(16, G, Cig, lb)
-            dm4 = mbuf[t, : 16 * Cout * lb].reshape(16, G, Cog, lb)
-            _input_block(x[n], pt, pl, th0, rows, TW, v, pbuf[t], tbuf[t])
-            _output_grad_block(gy[n], th0, rows, TW, dm)
+            v = vbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
+            dv = dvbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
+            dm = mbuf[t, : 16 * Cog * lb].reshape(16, Cog, lb)
+            dmt = tbuf[t, : lb * Cog].reshape(lb, Cog)
+            _input_block(xs, pt, pl, th0, rows, TW, v, pbuf[t], qbuf[t])
+            _output_grad_block(gys, th0, rows, TW, dm)
             for e in range(16):
-                for g in range(G):
-                    gemm_tiled(ut[e, g], dm4[e, g], dv4[e, g])
-                    if wide:
-                        vg = v4[e, g]
-                        vt = vtbuf[t, : lb * Cig].reshape(lb, Cig)
-                        for j in range(lb):  # strided reads, contiguous writes
-                            row = vt[j]
-                            for c in range(Cig):
-                                row[c] = vg[c, j]
-                        gemm_tiled_add(dm4[e, g], vt, gu[t, e, g])
-                    else:
-                        gemm_nt_add(dm4[e, g], v4[e, g], gu[t, e, g])
-            _input_grad_block(dv, pt, pl, th0, rows, TW, gxn, pbuf[t], tbuf[t])
-        for c in range(C):
+                gemm_tiled(ut[e, g, ci0: ci0 + cis], dm[e], dv[e])
+                de = dm[e]
+                for j in range(lb):  # strided reads, contiguous writes
+                    row = dmt[j]
+                    for co in range(Cog):
+                        row[co] = de[co, j]
+                gemm_tiled_add(v[e], dmt, gut[t, e, g, ci0: ci0 + cis])
+            _input_grad_block(dv, pt, pl, th0, rows, TW, gxs, pbuf[t], qbuf[t])
+        for c in range(cis):
             for r in range(H):
-                if _any_nonfinite(gxn[c, r]):
+                if _any_nonfinite(gxs[c, r]):
                     bad[t] = True

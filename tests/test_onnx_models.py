@@ -208,3 +208,31 @@ def test_saved_convlayers_models_run_the_same_in_onnxruntime(name: str) -> None:
     expected = np.asarray(getattr(model(x), "data", model(x)))
     assert_close(_ort(data, x), expected, f"{name} saved as ONNX, batch 2")
     assert_close(conv_onnx.load(data)(x[:1]), expected[:1], f"{name} saved and loaded")
+
+
+def test_asymmetric_pads_survive_load_and_save(tmp_path) -> None:
+    """Conv, ConvTranspose and pools with per-side pads and auto_pad, built with onnx.helper:
+    loaded (padding layers or per-side padding), saved again, run by onnxruntime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 2)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w2")
+    w3 = numpy_helper.from_array(rng.standard_normal((5, 2, 2, 2)).astype(np.float32), "w3")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[0, 1, 2, 0], strides=[2, 1]),
+        helper.make_node("MaxPool", ["a"], ["b"], kernel_shape=[3, 2], pads=[1, 0, 0, 1]),
+        helper.make_node("ConvTranspose", ["b", "w2"], ["c"], strides=[2, 2], pads=[1, 0, 0, 1]),
+        helper.make_node("AveragePool", ["c"], ["d"], kernel_shape=[3, 3], strides=[2, 2],
+                         auto_pad="SAME_LOWER"),
+        helper.make_node("Conv", ["d", "w3"], ["y"], auto_pad="SAME_UPPER", strides=[2, 2]),
+    ]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 17, 13])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", [x_info], [y_info], [w1, w2, w3])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    x = rng.standard_normal((1, 3, 17, 13)).astype(np.float32)
+    loaded = conv_onnx.load(data)
+    expected = _ort(data, x)
+    assert_close(loaded(x), expected, "per-side pads")
+    assert_close(_ort(conv_onnx.save(loaded, None, x), x), expected, "per-side pads, saved again")

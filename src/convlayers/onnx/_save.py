@@ -65,6 +65,8 @@ def _run(b: Builder, module: Module, x: Flow) -> Flow:
         return _run(b, module.classifier, _run(b, module.features, x))
     if isinstance(module, GraphModule):
         return _graph(b, module, x)
+    if type(module).__module__ == "convlayers.onnx._layers":  # e.g. a Crop after a ConvTranspose
+        return export_step(b, module, [x], lambda m, f: _run(b, m, f))
     raise TypeError(f"convlayers.onnx.save cannot write a {type(module).__name__} ({module!r:.80}): "
                     f"it knows the convlayers layers, Sequential, the blocks and the model classes")
 

@@ -136,3 +136,11 @@ def test_without_onnx_the_error_says_what_to_install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"pip install convlayers\[onnx\]"):
         conv_onnx.load(b"")
+
+
+def test_a_resize_to_a_huge_size_is_refused_before_allocating() -> None:
+    scales = numpy_helper.from_array(np.array([1, 1, 1e6, 1e6], np.float32), "scales")
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", mode="nearest")
+    model = conv_onnx.load(_model([node], [scales], shape=[1, 1, 2, 2]).SerializeToString())
+    _quick(lambda: model(np.zeros((1, 1, 2, 2), np.float32)), ValueError,
+           r"Resize output of shape \(1, 1, 2000000, 2000000\) would need")

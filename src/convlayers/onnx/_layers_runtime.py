@@ -81,6 +81,10 @@ class PadFn(Module):
         crop = tuple(slice(max(-a, 0), x.shape[i] - max(-c, 0)) for i, (a, c) in enumerate(pairs))
         x = x[crop]
         pairs = [(max(a, 0), max(c, 0)) for a, c in pairs]
+        from convlayers import limits
+
+        limits.check_elements([s + a + c for s, (a, c) in zip(x.shape, pairs, strict=True)], x.dtype,
+                              "Pad output")
         if self.mode == "constant":
             given = None if value is None else np.asarray(as_array(value)).ravel()
             fill = 0 if given is None or given.size == 0 else given[0]

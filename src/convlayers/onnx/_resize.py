@@ -58,6 +58,9 @@ def resize(x: np.ndarray, sizes: tuple[int, ...], scales: tuple[float, ...], mod
     if len(sizes) != x.ndim or any(s < 0 for s in sizes):
         raise ValueError(f"Resize needs one non-negative size per axis of the {x.ndim}-D input, "
                          f"got {sizes}")
+    from convlayers import limits
+
+    limits.check_elements(sizes, x.dtype, f"Resize output of shape {tuple(sizes)}")
     out = x
     for axis, (size, new, scale) in enumerate(zip(x.shape, sizes, scales, strict=True)):
         if new == size and scale == 1:

@@ -100,6 +100,15 @@ def test_bad_arguments_name_themselves(tmp_path: Path) -> None:
         ImageFolder(root, size=0)
     with pytest.raises(ValueError, match="on_error"):
         ImageFolder(root, on_error="ignore")
+    with pytest.raises(ValueError, match="size must have 2 values"):
+        ImageFolder(root, size=(4, 4, 4))
+    data = ImageFolder(root, size=4)
+    for bad in ([0, 2], [-1], [0.5], [[0]]):  # out of range, negative, a float, not 1-D
+        with pytest.raises(ValueError, match=r"indices must be sample numbers in \[0, 2\)"):
+            data.load(bad)
+        with pytest.raises(ValueError, match=r"indices must be sample numbers"):
+            next(prefetch_batches(data, bad, 1))
+    assert data.load([])[0].shape == (0, 3, 4, 4)
 
 
 def test_split_is_seeded_stratified_and_disjoint(tmp_path: Path) -> None:
@@ -162,10 +171,13 @@ def test_crop_flip_normalize_against_direct_indexing() -> None:
     x = np.random.default_rng(2).random((5, 3, 6, 6), dtype=np.float32)
     padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
     crop = augment.random_crop(x, np.random.default_rng(0), size=6, padding=2)
-    gen = np.random.default_rng(0)
-    tops, lefts = gen.integers(0, 5, size=5), gen.integers(0, 5, size=5)
+    places = []  # each crop is one window of its own padded image (found by search)
     for i in range(5):
-        np.testing.assert_array_equal(crop[i], padded[i, :, tops[i]:tops[i] + 6, lefts[i]:lefts[i] + 6])
+        found = [(t, left) for t in range(5) for left in range(5)
+                 if np.array_equal(crop[i], padded[i, :, t:t + 6, left:left + 6])]
+        assert len(found) == 1, i
+        places += found
+    assert len(set(places)) > 1  # the windows do move
     flipped = augment.random_flip(x, np.random.default_rng(4), p=1.0)
     np.testing.assert_array_equal(flipped, x[..., ::-1])
     np.testing.assert_array_equal(augment.random_flip(x, 0, p=0.0), x)

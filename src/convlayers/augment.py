@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from convlayers._validate import as_int
+from convlayers._validate import as_int, positive_tuple
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "LITE0_MEAN", "LITE0_STD", "adjust_brightness",
@@ -86,10 +86,9 @@ def random_crop(x: Any, rng: np.random.Generator | int | None = None, *, size: i
     """
     batch = _batch(x)
     pad = as_int(padding, "padding")
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    h, w = as_int(h, "size"), as_int(w, "size")
-    if pad < 0 or h < 1 or w < 1:
-        raise ValueError(f"padding must be >= 0 and size positive, got {padding!r}, {size!r}")
+    h, w = positive_tuple(size, 2, "size")
+    if pad < 0:
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
     n, c, height, width = batch.shape
     if h > height + 2 * pad or w > width + 2 * pad:
         raise ValueError(f"size {(h, w)} is larger than the padded image "
@@ -138,10 +137,7 @@ def resize(x: Any, rng: np.random.Generator | int | None = None, *,
     array([[[[0.5, 2.5]]]], dtype=float32)
     """
     batch = _batch(x)
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    h, w = as_int(h, "size"), as_int(w, "size")
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
+    h, w = positive_tuple(size, 2, "size")
     rows = _bilinear_matrix(batch.shape[2], h).astype(np.float32)
     cols = _bilinear_matrix(batch.shape[3], w).astype(np.float32)
     return np.ascontiguousarray(np.matmul(np.matmul(rows, batch), cols.T), dtype=np.float32)
@@ -222,6 +218,6 @@ def training_pipeline(size: int | Sequence[int], jitter: float = 0.2
     >>> training_pipeline(8)(np.zeros((2, 3, 8, 8), np.float32), 0).shape
     (2, 3, 8, 8)
     """
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    h, w = positive_tuple(size, 2, "size")
     return compose(partial(random_crop, size=(h, w), padding=max(1, min(h, w) // 16)), random_flip,
                    partial(color_jitter, brightness=jitter, contrast=jitter, saturation=jitter))

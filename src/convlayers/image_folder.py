@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlayers._validate import as_int
+from convlayers._validate import as_int, one_of, positive_tuple
 from convlayers.limits import check_elements
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "load_image", "prefetch_batches"]
@@ -47,12 +47,7 @@ Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 def _size(size: int | Sequence[int]) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    if len(pair) != 2:
-        raise ValueError(f"size must be an int or (height, width), got {size!r}")
-    h, w = (as_int(v, "size") for v in pair)
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
+    h, w = positive_tuple(size, 2, "size")
     return h, w
 
 
@@ -105,8 +100,7 @@ class ImageFolder:
             raise ValueError(f"root {str(root)!r} is not a folder (expected root/<class>/<image>)")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
-        if self.on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
+        one_of(self.on_error, ("skip", "raise"), "on_error")
         self.image_size = _size(self.size)
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if self.classes is None:
@@ -140,6 +134,29 @@ class ImageFolder:
         """The class index of every sample, int64."""
         return np.array([label for _, label in self.samples], dtype=np.int64)
 
+    def check_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``indices`` as int64 sample numbers, or a ``ValueError`` naming them (checked before
+        any image is decoded: no ``IndexError`` from a worker thread, no float silently cut).
+
+        >>> import tempfile, pathlib
+        >>> from convlayers.io import write_image
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     (pathlib.Path(d) / "a").mkdir()
+        ...     write_image(pathlib.Path(d) / "a" / "0.png", np.zeros((4, 4), np.uint8))
+        ...     ImageFolder(d, size=4).check_indices([1])
+        Traceback (most recent call last):
+        ...
+        ValueError: indices must be sample numbers in [0, 1) (a 1-D sequence of ints), got [1]
+        """
+        arr = np.asarray(indices)
+        if arr.size == 0 and arr.ndim == 1:
+            return np.zeros(0, dtype=np.int64)
+        if arr.ndim != 1 or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= len(self):
+            shown = repr(indices) if arr.size <= 8 else f"{arr.size} values, dtype {arr.dtype}"
+            raise ValueError(f"indices must be sample numbers in [0, {len(self)}) (a 1-D sequence "
+                             f"of ints), got {shown}")
+        return arr.astype(np.int64, copy=False)
+
     def read(self, index: int) -> np.ndarray:
         """Sample ``index`` as float32 ``(channels, height, width)`` in [0, 1] (raises
         ``ValueError`` naming the file when it cannot be read)."""
@@ -160,7 +177,7 @@ class ImageFolder:
              workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Decode ``indices`` (default: all) on ``workers`` threads into ``(x, y)``: float32
         ``(N, C, H, W)`` and int64 labels, without the images that were skipped."""
-        picked = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        picked = np.arange(len(self)) if indices is None else self.check_indices(indices)
         h, w = self.image_size
         shape = (len(picked), self.channels, h, w)
         check_elements(shape, np.float32, f"the images of {str(self.root)!r} at {h}x{w}")
@@ -245,7 +262,7 @@ def prefetch_batches(
     if size < 1 or ahead < 1:
         raise ValueError(f"batch_size and prefetch must be >= 1, got {size} and {ahead}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    order = np.asarray(indices, dtype=np.int64)
+    order = data.check_indices(indices)
     if shuffle:
         order = rng.permutation(order)
     chunks = [order[i : i + size] for i in range(0, len(order), size)]

@@ -115,3 +115,14 @@ def test_a_test_folder_with_an_unknown_class_is_refused(tmp_path: Path,
                  "-o", str(tmp_path / "w.safetensors"), "--no-progress"])
     assert code == 2
     assert "['star']" in capsys.readouterr().err
+
+
+def test_an_npz_output_is_refused_before_any_image_is_read(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    data = draw_shapes(tmp_path / "s", per_class=1)
+    (data / "circle" / "0.png").write_bytes(b"not a picture")  # would be reported if it were read
+    code = main(["train", "folder", str(data), "--epochs", "1", "-o", str(tmp_path / "w.npz"),
+                 "--no-progress"])
+    err = capsys.readouterr()
+    assert code == 2 and "writes .safetensors" in err.err and "w.npz" in err.err
+    assert "classes" not in err.out and not (tmp_path / "w.npz").exists()

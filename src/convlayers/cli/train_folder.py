@@ -74,6 +74,9 @@ def run_train_folder(args: argparse.Namespace) -> int:
 
     _check(args)
     out = output_file(args.out, "weights", "-o/--out")
+    if out.suffix.lower() != ".safetensors":  # checked before the images are read and trained on
+        raise CLIError("train folder writes .safetensors (the classes travel in its metadata), "
+                       f"got -o/--out {str(out)!r}")
     plots = output_dir(args.plots, "--plots") if args.plots else None
     data = ImageFolder(args.folder, size=args.size)
     if args.test:
@@ -113,8 +116,6 @@ def run_train_folder(args: argparse.Namespace) -> int:
           f"{history.epoch[-1] if history.epoch else 0} epochs, {sum(history.seconds):.1f} s")
     metadata = classifier_metadata(model, classes, args.size)
     metadata.update(dataset="folder", seed=str(args.seed), accuracy=f"{accuracy:.6f}")
-    if out.suffix.lower() != ".safetensors":
-        raise CLIError("train folder writes .safetensors (the classes travel in its metadata)")
     save_weights(model.state_dict(), out, metadata=metadata)
     print(f"wrote weights to {out}")
     if plots is not None:

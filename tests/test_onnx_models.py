@@ -236,3 +236,25 @@ def test_asymmetric_pads_survive_load_and_save(tmp_path) -> None:
     expected = _ort(data, x)
     assert_close(loaded(x), expected, "per-side pads")
     assert_close(_ort(conv_onnx.save(loaded, None, x), x), expected, "per-side pads, saved again")
+
+
+class TOldOpsetHead(tnn.Module):
+    """The U-Net with a head whose ONNX form changed at opset 13 (Softmax over flattened axes,
+    Squeeze/Unsqueeze/ReduceMean axes as attributes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _randomized(TUNet())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.softmax(self.body(x).flatten(2), dim=1)
+        return y.unsqueeze(-1).squeeze(-1).mean(dim=2, keepdim=True)
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+def test_opsets_before_13_run_like_onnxruntime(opset: int) -> None:
+    buffer = io.BytesIO()
+    torch.onnx.export(TOldOpsetHead().eval(), (torch.tensor(_input()),), buffer, opset_version=opset,
+                      dynamo=False)
+    x = _input(4)
+    assert_close(conv_onnx.load(buffer.getvalue())(x), _ort(buffer.getvalue(), x), f"opset {opset}")

@@ -52,6 +52,13 @@ _state = {"scratch_bytes": _DEFAULT_SCRATCH, "threads": os.cpu_count() or 1,
           "max_array_bytes": _physical_memory() // 2, "max_image_pixels": _DEFAULT_IMAGE_PIXELS}
 
 
+def _set_positive(name: str, n: int) -> None:
+    """Store setting ``name`` after checking that it is an int >= 1 (the message names it)."""
+    if as_int(n, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    _state[name] = int(n)
+
+
 def max_array_bytes() -> int:
     """Largest array (an op's output, a decoded image, a tensor read from a file) the library
     will allocate, in bytes (default: half the physical memory). Checked before allocating by
@@ -61,9 +68,7 @@ def max_array_bytes() -> int:
 
 def set_max_array_bytes(n: int) -> None:
     """Set the largest array the library allocates, in bytes."""
-    if as_int(n, "max_array_bytes") < 1:
-        raise ValueError(f"max_array_bytes must be >= 1, got {n}")
-    _state["max_array_bytes"] = int(n)
+    _set_positive("max_array_bytes", n)
 
 
 def max_image_pixels() -> int:
@@ -74,9 +79,7 @@ def max_image_pixels() -> int:
 
 def set_max_image_pixels(n: int) -> None:
     """Set the pixel limit of the image readers."""
-    if as_int(n, "max_image_pixels") < 1:
-        raise ValueError(f"max_image_pixels must be >= 1, got {n}")
-    _state["max_image_pixels"] = int(n)
+    _set_positive("max_image_pixels", n)
 
 
 def scratch_bytes() -> int:
@@ -86,9 +89,7 @@ def scratch_bytes() -> int:
 
 def set_scratch_bytes(n: int) -> None:
     """Set the scratch-memory cap in bytes (default 256 MiB). Results do not depend on it."""
-    if as_int(n, "scratch_bytes") < 1:
-        raise ValueError(f"scratch_bytes must be >= 1, got {n}")
-    _state["scratch_bytes"] = int(n)
+    _set_positive("scratch_bytes", n)
 
 
 def threads() -> int:
@@ -102,9 +103,7 @@ def set_threads(n: int) -> None:
     The compiled kernels apply it on every call (``numba.set_num_threads``, capped at numba's
     pool size); NumPy's BLAS keeps its own setting (use ``threadpoolctl`` to change it).
     """
-    if as_int(n, "threads") < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
-    _state["threads"] = int(n)
+    _set_positive("threads", n)
     if "numba" in sys.modules:
         apply_numba_threads()
 

@@ -59,6 +59,7 @@ def check_elements(shape: Iterable[int], dtype: np.dtype | type | str, what: str
     >>> check_elements((2, 3), np.float32, "x")
     24
     """
+    shape = tuple(shape)  # an iterator is read once: the message below shows it whole
     count = 1
     for extent in shape:
         if int(extent) < 0:

@@ -105,10 +105,13 @@ def register(sub: Any) -> None:
     t.set_defaults(run=run_train)
 
     p = sub.add_parser(
-        "predict", help="classify images of digits with weights from 'convlayers train'",
-        description="Classify each IMAGE (a folder means every image in it) with a digits "
-        "SmallCNN: the picture becomes 8x8 gray with bright ink like the training data "
-        "(inverted if its background is light, cropped to the digit, averaged down). Prints "
+        "predict", help="classify images with weights from 'convlayers train'",
+        description="Classify each IMAGE (a folder means every image in it) with the weights "
+        "'convlayers train' wrote. Weights from 'train folder' carry their model, classes and "
+        "image size: each picture is resized as the training images were, and a top "
+        "probability under 0.5 is flagged. Weights from 'train digits' are a digits SmallCNN: "
+        "the picture becomes 8x8 gray with bright ink like the training data (inverted if its "
+        "background is light, cropped to the digit, averaged down). Prints "
         "'path: class (probability)'.",
     )
     p.add_argument("weights", metavar="WEIGHTS",

@@ -126,3 +126,14 @@ def test_an_npz_output_is_refused_before_any_image_is_read(tmp_path: Path,
     err = capsys.readouterr()
     assert code == 2 and "writes .safetensors" in err.err and "w.npz" in err.err
     assert "classes" not in err.out and not (tmp_path / "w.npz").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"image_size": -8}, "image_size"), ({"channels": 0}, "channels"),
+    ({"classes": ("a", "a")}, "distinct"), ({"classes": ("a", "b\nc")}, "line breaks"),
+    ({"model": "Mobilenet-V3"}, "model must be one of"),
+])
+def test_build_classifier_arguments_name_themselves(kwargs: dict, named: str) -> None:
+    args = {"model": "small_cnn", "classes": ("a", "b")} | kwargs
+    with pytest.raises(ValueError, match=named):
+        build_classifier(args.pop("model"), args.pop("classes"), **args)

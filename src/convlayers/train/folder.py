@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from convlayers._validate import as_int
 from convlayers.augment import IMAGENET_MEAN, IMAGENET_STD, LITE0_MEAN, LITE0_STD
 from convlayers.nn.linear import Linear
 from convlayers.nn.module import Module
@@ -43,10 +44,9 @@ def canonical_model_name(name: str) -> str:
     >>> canonical_model_name("mobilenet-v2"), canonical_model_name("small_cnn")
     ('mobilenet_v2', 'small_cnn')
     """
-    key = str(name).lower().replace("-", "_")
-    for known in MODELS:
-        if known.replace("-", "_") == key:
-            return known
+    key = str(name).strip().lower().replace("-", "_")
+    if key in MODELS:
+        return key
     raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
 
 
@@ -130,6 +130,11 @@ def build_classifier(model: str, classes: Sequence[str], *, image_size: int = 64
     k = len(classes)
     if k < 2:
         raise ValueError(f"classes must name at least 2 classes, got {list(classes)}")
+    names = [str(c) for c in classes]
+    if len(set(names)) != k or any("\n" in c for c in names):  # saved one per line
+        raise ValueError(f"classes must be distinct names without line breaks, got {names}")
+    if as_int(image_size, "image_size") < 1 or as_int(channels, "channels") < 1:
+        raise ValueError(f"image_size and channels must be >= 1, got {image_size} and {channels}")
     if pretrained and name != "efficientnet_lite0":
         raise ValueError(f"pretrained weights ship only for efficientnet_lite0, not {name}")
     if channels != 3 and name != "small_cnn":

@@ -10,6 +10,7 @@ to be saved beyond the seed. The model's initial weights are the caller's: build
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import time
@@ -153,7 +154,7 @@ def _optimizer(model: Module, optimizer: str | Optimizer, lr: float | None) -> O
         raise ValueError(f"optimizer must be one of {sorted(DEFAULT_LR)} or an Optimizer, "
                          f"got {optimizer!r}")
     rate = DEFAULT_LR[optimizer] if lr is None else lr
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) \
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) \
             or not math.isfinite(rate) or rate <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if optimizer == "sgd":

@@ -105,3 +105,34 @@ def test_explorer_offers_an_onnx_model(lite0_file, tmp_path) -> None:
     with pytest.raises(ServiceError, match=r"junk\.onnx") as junk:
         registry.add_onnx(b"\x0a\xff\xff", "junk.onnx")
     assert junk.value.status == 400
+
+
+def test_explorer_takes_an_onnx_upload(tmp_path) -> None:
+    """``POST /api/models?name=FILE.onnx``: the uploaded model is listed and classifies like
+    onnxruntime running the same file; a non-ONNX name or junk bytes are refused."""
+    testclient = pytest.importorskip("starlette.testclient")
+    import onnxruntime
+
+    from convlayers import nn, onnx
+    from convlayers.web import create_app
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, rng=0), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3, rng=1)).eval()
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, path, np.zeros((1, 3, 16, 16), np.float32))
+    client = testclient.TestClient(create_app(), base_url="http://127.0.0.1")
+    reply = client.post("/api/models?name=tiny.onnx", content=path.read_bytes())
+    assert reply.status_code == 200, reply.text
+    model_id = reply.json()["id"]
+    listed = {m["id"]: m for m in client.get("/api/models").json()["models"]}
+    assert listed[model_id]["input_shape"] == [1, 3, 16, 16]
+    layers = client.get(f"/api/models/{model_id}/layers").json()["layers"]
+    assert [layer["type"] for layer in layers if layer["type"] == "Conv2d"] == ["Conv2d"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(np.asarray(onnx.load(path.read_bytes())(x)), expected,
+                               rtol=1e-5, atol=1e-6)
+    assert client.post("/api/models?name=tiny.pt", content=b"x").status_code == 400
+    junk = client.post("/api/models?name=junk.onnx", content=b"\x0a\xff\xff")
+    assert junk.status_code == 400 and "junk.onnx" in junk.text

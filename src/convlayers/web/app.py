@@ -192,6 +192,19 @@ async def models(request: Request) -> Response:
     return JSONResponse({"models": _registry(request).listing()})
 
 
+async def upload_model(request: Request) -> Response:
+    """``POST /api/models?name=FILE.onnx`` with the file as the body: an ONNX model offered
+    beside the built-in ones (the upload cap of images applies; 400 when it is not a model the
+    library can run)."""
+    name = request.query_params.get("name", "model.onnx")
+    if not name.lower().endswith(".onnx"):
+        raise ServiceError(400, f"only ONNX models (.onnx) can be uploaded, got {name!r}; start "
+                                "the explorer with --weights FILE for other weight files")
+    body = await _body(request)
+    model_id = await _work(request, _registry(request).add_onnx, body, name)
+    return JSONResponse({"id": model_id, "models": _registry(request).listing()})
+
+
 async def layers(request: Request) -> Response:
     model_id = request.path_params["model"]
     return JSONResponse({"layers": await _work(request, _registry(request).layers, model_id)})
@@ -266,6 +279,7 @@ def create_app(*, weights: str | None = None, workers: int = 2,
         Route("/api/filter", filter_image, methods=["POST"]),
         Route("/api/playground", playground),
         Route("/api/models", models),
+        Route("/api/models", upload_model, methods=["POST"]),
         Route("/api/models/{model}/layers", layers),
         Route("/api/models/{model}/summary", summary),
         Route("/api/models/{model}/kernels", kernels),

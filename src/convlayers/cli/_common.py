@@ -157,3 +157,21 @@ def image_files(paths: Iterable[str]) -> list[Path]:
             found.append(p)
     return found
 
+
+
+def read_trained_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(state_dict, metadata)`` of weights written by ``convlayers train`` (its ``-o`` file or
+    a ``--checkpoint``, whose ``model.`` keys are unwrapped); metadata is empty for ``.npz``."""
+    from convlayers.weights import load_safetensors_metadata, load_weights
+
+    target = Path(path)
+    if not target.is_file():
+        raise CLIError(f"weights {str(target)!r} do not exist")
+    state = load_weights(target)
+    if any(k.startswith("model.") for k in state):  # a checkpoint from --checkpoint
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    try:
+        described = load_safetensors_metadata(target)
+    except ValueError:  # an .npz file: no metadata
+        described = {}
+    return state, described

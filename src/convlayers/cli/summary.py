@@ -230,20 +230,12 @@ def _widths(text: str) -> tuple[int, ...]:
 
 def load_saved(path: str) -> tuple[Any, tuple[int, int, int, int]]:
     """A model rebuilt from weights saved by ``convlayers train`` and its training input shape."""
+    from convlayers.cli._common import read_trained_weights
     from convlayers.train import small_cnn_from_state_dict
     from convlayers.train.folder import classifier_from_weights
-    from convlayers.weights import load_safetensors_metadata, load_weights
 
     target = Path(path)
-    if not target.is_file():
-        raise CLIError(f"weights {str(target)!r} do not exist")
-    state = load_weights(target)
-    if any(k.startswith("model.") for k in state):  # a checkpoint from --checkpoint
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    try:
-        described = load_safetensors_metadata(target)
-    except ValueError:
-        described = {}
+    state, described = read_trained_weights(target)
     model: Any
     try:
         if described.get("dataset") == "folder":

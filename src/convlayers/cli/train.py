@@ -251,32 +251,20 @@ def run_predict(args: argparse.Namespace) -> int:
     """Classify every image; one line (or one JSON record) per image."""
     import numpy as np
 
-    from convlayers.cli._common import read_picture
+    from convlayers.cli._common import read_picture, read_trained_weights
     from convlayers.functional import softmax
     from convlayers.train import digit_input, predict_logits, small_cnn_from_state_dict
-    from convlayers.weights import load_safetensors_metadata, load_weights
 
     weights = Path(args.weights)
-    if not weights.is_file():
-        raise CLIError(f"weights {str(weights)!r} do not exist")
-    state = load_weights(weights)
-    if any(k.startswith("model.") for k in state):  # a checkpoint from --checkpoint
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    try:
-        described = load_safetensors_metadata(weights)
-    except ValueError:
-        described = {}
+    state, described = read_trained_weights(weights)
     if described.get("dataset") == "folder":  # written by 'train folder'
         return predict_folder_model(state, described, image_files(args.images), args.json)
     model = small_cnn_from_state_dict(state)
     if model.features[0][0].weight.data.shape[1] != 1:
         raise CLIError(f"weights {str(weights)!r} are not a digits model (1 input channel)")
     classes = [str(c) for c in range(model.classifier[1].weight.data.shape[0])]
-    try:
-        named = load_safetensors_metadata(weights).get("classes", "").split(",")
-        classes = named if len(named) == len(classes) else classes
-    except ValueError:
-        pass  # an .npz file: no metadata, classes are the indices
+    named = described.get("classes", "").split(",")  # .npz files carry none: the indices
+    classes = named if len(named) == len(classes) else classes
     paths = image_files(args.images)
     if wants_dask(args):
         from convlayers import dask as cd

@@ -200,3 +200,7 @@ def test_pipelines_are_seeded_and_check_their_arguments() -> None:
         augment.normalize(x, mean=(0, 0, 0), std=(1, 0, 1))
     with pytest.raises(ValueError, match="jitter"):
         augment.color_jitter(x, brightness=float("inf"))
+    with pytest.raises(ValueError, match=r"factor must be one number or one per image \(6\)"):
+        augment.adjust_contrast(x, [1.0, 0.5])
+    with pytest.raises(ValueError, match="size must have 2 values"):
+        augment.resize(x, size=(2, 3, 4))

@@ -63,7 +63,12 @@ def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 
 def compose(*steps: Step) -> Callable[[np.ndarray, np.random.Generator | int | None], np.ndarray]:
-    """One step that runs ``steps`` in order with the same generator."""
+    """One step that runs ``steps`` in order with the same generator.
+
+    >>> flip_twice = compose(partial(random_flip, p=1.0), partial(random_flip, p=1.0))
+    >>> flip_twice(np.array([[[[0.2, 0.4]]]], np.float32), 0)
+    array([[[[0.2, 0.4]]]], dtype=float32)
+    """
     for step in steps:
         if not callable(step):
             raise TypeError(f"every step must be callable, got {step!r}")
@@ -105,7 +110,11 @@ def random_crop(x: Any, rng: np.random.Generator | int | None = None, *, size: i
 
 
 def random_flip(x: Any, rng: np.random.Generator | int | None = None, *, p: float = 0.5) -> np.ndarray:
-    """Mirror each image left-right with probability ``p``."""
+    """Mirror each image left-right with probability ``p``.
+
+    >>> random_flip(np.array([[[[0.2, 0.4, 0.8]]]], np.float32), 0, p=1.0)
+    array([[[[0.8, 0.4, 0.2]]]], dtype=float32)
+    """
     batch = _batch(x)
     if not 0 <= float(p) <= 1:
         raise ValueError(f"p must be in [0, 1], got {p!r}")
@@ -152,20 +161,31 @@ def _gray(batch: np.ndarray) -> np.ndarray:
 
 
 def _factors(factor: float | np.ndarray, n: int) -> np.ndarray:
-    f = np.broadcast_to(np.asarray(factor, dtype=np.float32), (n,))
+    f = np.asarray(factor, dtype=np.float32)
+    if f.ndim > 1 or f.size not in (1, n):
+        raise ValueError(f"factor must be one number or one per image ({n}), got shape {f.shape}")
+    f = np.broadcast_to(f.reshape(-1), (n,))
     if (f < 0).any() or not np.isfinite(f).all():
         raise ValueError(f"factor must be finite and >= 0, got {factor!r}")
     return f.reshape(n, 1, 1, 1)
 
 
 def adjust_brightness(x: Any, factor: float | np.ndarray) -> np.ndarray:
-    """``clip(x * factor, 0, 1)`` (one factor, or one per image)."""
+    """``clip(x * factor, 0, 1)`` (one factor, or one per image).
+
+    >>> adjust_brightness(np.array([[[[0.2, 0.4, 0.8]]]], np.float32), 2.0)
+    array([[[[0.4, 0.8, 1. ]]]], dtype=float32)
+    """
     batch = _batch(x)
     return np.clip(batch * _factors(factor, len(batch)), 0, 1)
 
 
 def adjust_contrast(x: Any, factor: float | np.ndarray) -> np.ndarray:
-    """Blend each image with the mean of its grayscale version: ``clip(f*x + (1-f)*mean)``."""
+    """Blend each image with the mean of its grayscale version: ``clip(f*x + (1-f)*mean)``.
+
+    >>> adjust_contrast(np.array([[[[0.2, 0.4, 0.8]]]], np.float32), 0.0)  # all the mean
+    array([[[[0.4666667, 0.4666667, 0.4666667]]]], dtype=float32)
+    """
     batch = _batch(x)
     f = _factors(factor, len(batch))
     mean = _gray(batch).mean(axis=(1, 2, 3), keepdims=True)
@@ -173,7 +193,11 @@ def adjust_contrast(x: Any, factor: float | np.ndarray) -> np.ndarray:
 
 
 def adjust_saturation(x: Any, factor: float | np.ndarray) -> np.ndarray:
-    """Blend each image with its grayscale version: ``clip(f*x + (1-f)*gray)``."""
+    """Blend each image with its grayscale version: ``clip(f*x + (1-f)*gray)``.
+
+    >>> adjust_saturation(np.array([[[[0.9]], [[0.1]], [[0.1]]]], np.float32), 0.0).ravel()
+    array([0.3392, 0.3392, 0.3392], dtype=float32)
+    """
     batch = _batch(x)
     f = _factors(factor, len(batch))
     return np.clip(f * batch + (1 - f) * _gray(batch), 0, 1)
@@ -182,7 +206,11 @@ def adjust_saturation(x: Any, factor: float | np.ndarray) -> np.ndarray:
 def color_jitter(x: Any, rng: np.random.Generator | int | None = None, *, brightness: float = 0.0,
                  contrast: float = 0.0, saturation: float = 0.0) -> np.ndarray:
     """Random brightness, contrast and saturation per image, each factor drawn uniformly from
-    ``[max(0, 1 - amount), 1 + amount]`` and applied in that order."""
+    ``[max(0, 1 - amount), 1 + amount]`` and applied in that order.
+
+    >>> color_jitter(np.full((2, 3, 4, 4), 0.5, np.float32), 0, brightness=0.5).shape
+    (2, 3, 4, 4)
+    """
     batch = _batch(x)
     gen = _rng(rng)
     for amount, adjust in ((brightness, adjust_brightness), (contrast, adjust_contrast),
@@ -197,7 +225,11 @@ def color_jitter(x: Any, rng: np.random.Generator | int | None = None, *, bright
 
 def normalize(x: Any, rng: np.random.Generator | int | None = None, *, mean: Sequence[float],
               std: Sequence[float]) -> np.ndarray:
-    """``(x - mean) / std`` per channel, e.g. with :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`."""
+    """``(x - mean) / std`` per channel, e.g. with :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`.
+
+    >>> normalize(np.full((1, 1, 1, 2), 0.5, np.float32), mean=(0.25,), std=(0.5,))
+    array([[[[0.5, 0.5]]]], dtype=float32)
+    """
     batch = _batch(x)
     m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from convlayers import config, shapes
-from convlayers._validate import IntOrTuple, as_int, check_ndim, nonnegative_tuple, positive_tuple
+from convlayers._validate import IntOrTuple, check_ndim, nonnegative_tuple, positive_tuple
 from convlayers.functional._common import trailing
 
 PoolPadding = IntOrTuple | Sequence[Sequence[int]]
@@ -72,37 +72,6 @@ class PoolSpec:
         return tuple(outs), tuple(ins)
 
 
-def per_side_padding(padding: Any, n: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """``(before, after)`` for padding given as one ``(before, after)`` pair per axis."""
-    if isinstance(padding, (str, bytes)) or not isinstance(padding, Sequence):
-        return None
-    items = list(padding)
-    if not items or not all(isinstance(p, Sequence) and not isinstance(p, (str, bytes)) for p in items):
-        return None
-    if len(items) != n or any(len(p) != 2 for p in items):
-        raise ValueError(f"padding given per side must be {n} (before, after) pairs, one per "
-                         f"spatial axis, got {padding!r}")
-    flat = [as_int(v, "padding") for p in items for v in p]
-    if min(flat) < 0:
-        raise ValueError(f"padding must be >= 0, got {padding!r}")
-    return tuple(flat[0::2]), tuple(flat[1::2])
-
-
-def _axis_size(i: int, k: int, s: int, before: int, after: int, d: int, ceil_mode: bool) -> int:
-    span = d * (k - 1) + 1
-    if max(before, after) >= span:
-        raise ValueError(f"padding {(before, after)} must be smaller than the window span {span} "
-                         f"(kernel_size {k}, dilation {d}) on each side")
-    numerator = i + before + after - span
-    if numerator < 0:
-        raise ValueError(f"kernel_size={k} (dilation={d}) is larger than the padded input "
-                         f"({i} + {before} + {after})")
-    out = (numerator + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= i + before:
-        out -= 1
-    return out
-
-
 def pool_spec(
     x: np.ndarray, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: PoolPadding,
     dilation: IntOrTuple, ceil_mode: bool,
@@ -114,32 +83,22 @@ def pool_spec(
     dilation_t = positive_tuple(dilation, n, "dilation")
     if not isinstance(ceil_mode, (bool, np.bool_)):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
-    sides = per_side_padding(padding, n)
-    if sides is not None:
-        before, after = sides
-        out = tuple(
-            _axis_size(i, k, s, b, a, d, bool(ceil_mode)) for i, k, s, b, a, d in
-            zip(x.shape[2:], kernel, stride_t, before, after, dilation_t, strict=True))
-        spec = PoolSpec(kernel, stride_t, before, dilation_t, tuple(x.shape[2:]), out, after)
-        for axis, size in enumerate(out):
-            for lo in range(0, size, 1 << 20):
-                if axis_counts(spec, axis, lo, min(size, lo + (1 << 20)), False).min(initial=1) == 0:
-                    raise ValueError(f"padding {padding!r} leaves a window with no input element on "
-                                     f"spatial axis {axis} (kernel_size {kernel}, dilation "
-                                     f"{dilation_t}, input {tuple(x.shape[2:])})")
-        return spec
-    padding_t = nonnegative_tuple(padding, n, "padding")  # type: ignore[arg-type]
-    for k, p in zip(kernel, padding_t, strict=True):
-        if p > k // 2:
-            raise ValueError(
-                f"padding should be at most half of kernel_size, got padding={padding_t} "
-                f"and kernel_size={kernel}"
-            )
+    sides = shapes.per_side_padding(padding, n)
+    before, after = sides or (nonnegative_tuple(padding, n, "padding"),) * 2  # type: ignore[arg-type]
     out = tuple(
-        shapes.pool_output_size(i, k, s, p, d, bool(ceil_mode))
-        for i, k, s, p, d in zip(x.shape[2:], kernel, stride_t, padding_t, dilation_t, strict=True)
-    )
-    return PoolSpec(kernel, stride_t, padding_t, dilation_t, tuple(x.shape[2:]), out)
+        shapes.pool_output_size(i, k, s, (b, a) if sides else b, d, bool(ceil_mode))
+        for i, k, s, b, a, d in zip(x.shape[2:], kernel, stride_t, before, after, dilation_t,
+                                    strict=True))
+    if not sides:
+        return PoolSpec(kernel, stride_t, before, dilation_t, tuple(x.shape[2:]), out)
+    spec = PoolSpec(kernel, stride_t, before, dilation_t, tuple(x.shape[2:]), out, after)
+    for axis, size in enumerate(out):
+        for lo in range(0, size, 1 << 20):
+            if axis_counts(spec, axis, lo, min(size, lo + (1 << 20)), False).min(initial=1) == 0:
+                raise ValueError(f"padding {padding!r} leaves a window with no input element on "
+                                 f"spatial axis {axis} (kernel_size {kernel}, dilation "
+                                 f"{dilation_t}, input {tuple(x.shape[2:])})")
+    return spec
 
 
 def pool_array(x: Any, n_spatial: int, allow_int: bool, name: str = "input") -> tuple[np.ndarray, bool]:

@@ -18,7 +18,6 @@ from convlayers._validate import (
     as_int,
     check_ndim,
     float_array,
-    nonnegative_tuple,
     one_of,
     positive_tuple,
     same_dtype,
@@ -48,24 +47,6 @@ class ConvSpec:
     def torch_pad(self) -> tuple[int, ...]:
         """The padding as ``F.pad``'s flat tuple (last axis first)."""
         return tuple(v for lo_hi in reversed(self.pairs) for v in lo_hi)
-
-
-def _resolve_padding(
-    padding: Padding, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
-) -> Pairs:
-    n = len(kernel)
-    if isinstance(padding, str):
-        one_of(padding, ("valid", "same"), "padding")
-        if padding == "valid":
-            return ((0, 0),) * n
-        if any(s != 1 for s in stride):
-            raise ValueError(f"padding='same' is not supported for strided convolutions, got {stride=}")
-        return tuple(shapes.same_padding(k, d) for k, d in zip(kernel, dilation, strict=True))
-    from convlayers.functional._pool_spec import per_side_padding
-
-    if (sides := per_side_padding(padding, n)) is not None:  # ((before, after), ...) as ONNX pads
-        return tuple(zip(*sides, strict=True))
-    return tuple((p, p) for p in nonnegative_tuple(padding, n, "padding"))
 
 
 def conv_spec(
@@ -151,7 +132,7 @@ def _conv_spec(
                          f" (PyTorch refuses it too)")
     stride_t = positive_tuple(stride, n, "stride")
     dilation_t = positive_tuple(dilation, n, "dilation")
-    pairs = _resolve_padding(padding, kernel, stride_t, dilation_t)
+    pairs = shapes.resolve_padding(padding, kernel, stride_t, dilation_t)
     spatial = x.shape[2:]
     if padding_mode == "reflect":
         for size, (lo, hi) in zip(spatial, pairs, strict=True):
@@ -160,16 +141,8 @@ def _conv_spec(
                     f"padding_mode='reflect' needs padding smaller than the input size, got "
                     f"padding {lo, hi} for spatial size {size}"
                 )
-    out_shape = []
-    for size, k, s, (lo, hi), d in zip(spatial, kernel, stride_t, pairs, dilation_t, strict=True):
-        span = d * (k - 1) + 1
-        if size + lo + hi < span:
-            raise ValueError(
-                f"kernel size {kernel} (dilation {dilation_t}) is larger than the padded input "
-                f"{tuple(sp + a + b for sp, (a, b) in zip(spatial, pairs, strict=True))}"
-            )
-        out_shape.append((size + lo + hi - span) // s + 1)
-    return ConvSpec(stride_t, dilation_t, pairs, groups, padding_mode, tuple(out_shape))
+    out_shape = shapes.conv_output_shape(spatial, kernel, stride_t, pairs, dilation_t)
+    return ConvSpec(stride_t, dilation_t, pairs, groups, padding_mode, out_shape)
 
 
 def check_sizes(x: np.ndarray, c_out: int, spec: ConvSpec, op: str) -> None:

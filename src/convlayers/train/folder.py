@@ -123,6 +123,16 @@ def build_classifier(model: str, classes: Sequence[str], *, image_size: int = 64
 
     ``pretrained`` loads EfficientNet-Lite0's ImageNet weights (``convlayers[pretrained]``; the
     other networks have no weights that ship) and gives it a new head for ``classes``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``model``; fewer than 2, repeated or multi-line class names; ``image_size``
+        or ``channels`` below 1; ``pretrained`` for a network without weights; ``channels``
+        other than 3 for a network that takes RGB.
+
+    >>> build_classifier("resnet18", ("a", "b", "c"), rng=0).head.out_features
+    3
     """
     from convlayers.nn import models
 
@@ -170,7 +180,15 @@ def classifier_metadata(model: ImageClassifier, classes: Sequence[str] | None = 
 
 def classifier_from_weights(state: dict[str, np.ndarray],
                             metadata: dict[str, str]) -> tuple[ImageClassifier, tuple[str, ...], int]:
-    """Rebuild a saved :class:`ImageClassifier`: ``(model in eval mode, classes, image size)``."""
+    """Rebuild a saved :class:`ImageClassifier`: ``(model in eval mode, classes, image size)``.
+
+    >>> model = build_classifier("small_cnn", ("cat", "dog"), image_size=16, rng=0).eval()
+    >>> again, classes, size = classifier_from_weights(
+    ...     model.state_dict(), classifier_metadata(model, ("cat", "dog"), 16))
+    >>> x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+    >>> classes, size, np.array_equal(again(x), model(x))
+    (('cat', 'dog'), 16, True)
+    """
     try:
         classes = tuple(metadata["classes"].split("\n"))
         size, channels = int(metadata["image_size"]), int(metadata["channels"])

@@ -7,10 +7,6 @@ from typing import Any
 
 from convlayers.cli._common import CLIError, pair
 
-CONV = "floor((in + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1"
-POOL_CEIL = "ceil((in + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1"
-TRANSPOSED = "(in - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1"
-
 
 def register(sub: Any) -> None:
     """Add the ``shape`` and ``params`` commands."""
@@ -113,31 +109,19 @@ def run_shape(args: argparse.Namespace) -> int:
     s = _axes(args.stride, "stride") if args.stride else (k if args.pool else (1, 1))
     p, d = _axes(args.padding, "padding"), _axes(args.dilation, "dilation")
     op = _axes(args.output_padding, "output-padding")
-    if args.pool:
-        title, formula = "pooling", POOL_CEIL if args.ceil_mode else CONV
-    elif args.transposed:
-        title, formula = "transposed convolution", TRANSPOSED
-    else:
-        title, formula = "convolution", CONV
+    kind = "pool" if args.pool else ("conv_transpose" if args.transposed else "conv")
+    title = {"pool": "pooling", "conv": "convolution"}.get(kind, "transposed convolution")
+    formula = shapes.FORMULAS["pool_ceil" if args.ceil_mode else kind]
     lines = [f"{title}: out = {formula}"]
     square = all(len(v) == 1 for v in (args.input, args.kernel, args.padding, args.dilation,
                                        args.output_padding, args.stride or (1,)))
     sizes = []
     for axis in range(1 if square else 2):
-        a = (n[axis], k[axis], s[axis], p[axis], d[axis])
-        if args.pool:
-            out = shapes.pool_output_size(*a, ceil_mode=args.ceil_mode)
-            rnd = "ceil" if args.ceil_mode else "floor"
-            filled = f"{rnd}(({a[0]} + 2*{a[3]} - {a[4]}*({a[1]} - 1) - 1) / {a[2]}) + 1"
-            naive = -(-(a[0] + 2 * a[3] - a[4] * (a[1] - 1) - 1) // a[2]) + 1
-            if args.ceil_mode and naive != out:
-                filled += f" - 1 (window {naive - 1} would start in the padding: dropped)"
-        elif args.transposed:
-            out = shapes.conv_transpose_output_size(a[0], a[1], a[2], a[3], op[axis], a[4])
-            filled = f"({a[0]} - 1)*{a[2]} - 2*{a[3]} + {a[4]}*({a[1]} - 1) + {op[axis]} + 1"
-        else:
-            out = shapes.conv_output_size(*a)
-            filled = f"floor(({a[0]} + 2*{a[3]} - {a[4]}*({a[1]} - 1) - 1) / {a[2]}) + 1"
+        f = shapes.size_formula(kind, n[axis], k[axis], s[axis], p[axis], d[axis],
+                                output_padding=op[axis], ceil_mode=args.ceil_mode)
+        out, filled = f.size, f.text
+        if f.dropped:
+            filled += f" (window {out} would start in the padding: dropped)"
         label = "per axis" if square else ("height", "width")[axis]
         lines.append(f"  {label}: {filled} = {out}")
         sizes.append(out)

@@ -210,13 +210,13 @@ def filter_png(image: np.ndarray, filter_name: str | None, kernel: str | None, *
 
 
 # ----------------------------------------------------------------------------- playground
-_FORMULAS = {
-    "conv": "floor((in + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1",
-    "pool": "floor((in + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1",
-    "pool_ceil": "ceil((in + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1, minus 1 if "
-                 "the last window would start in the right padding",
-    "conv_transpose": "(in - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1",
-}
+def _formulas() -> dict[str, str]:
+    from convlayers.shapes import FORMULAS
+
+    return {"conv": FORMULAS["conv"], "pool": FORMULAS["conv"],
+            "pool_ceil": FORMULAS["pool_ceil"] + ", minus 1 if the last window would start in "
+                                                 "the right padding",
+            "conv_transpose": FORMULAS["conv_transpose"]}
 
 
 def _bounded(value: int, name: str, low: int) -> int:
@@ -268,21 +268,11 @@ def playground(op: str, input_size: int, kernel_size: int, stride: int | None = 
     d = _bounded(dilation, "dilation", 1)
     op_pad = _bounded(output_padding, "output_padding", 0)
     try:
-        if op == "conv_transpose":
-            out = shapes.conv_transpose_output_size(n, k, s, p, op_pad, d)
-            key = "conv_transpose"
-            filled = f"({n} - 1)*{s} - 2*{p} + {d}*({k} - 1) + {op_pad} + 1 = {out}"
-        elif pool:
-            out = shapes.pool_output_size(n, k, s, p, d, ceil_mode)
-            key = "pool_ceil" if ceil_mode else "pool"
-            rnd = "ceil" if ceil_mode else "floor"
-            filled = f"{rnd}(({n} + 2*{p} - {d}*({k} - 1) - 1) / {s}) + 1"
-            naive = -(-(n + 2 * p - d * (k - 1) - 1) // s) + 1 if ceil_mode else out
-            filled += (f" - 1 = {out}" if naive != out else f" = {out}")
-        else:
-            out = shapes.conv_output_size(n, k, s, p, d)
-            key = "conv"
-            filled = f"floor(({n} + 2*{p} - {d}*({k} - 1) - 1) / {s}) + 1 = {out}"
+        kind = "conv_transpose" if op == "conv_transpose" else ("pool" if pool else "conv")
+        formula = shapes.size_formula(kind, n, k, s, p, d, output_padding=op_pad,
+                                      ceil_mode=pool and ceil_mode)
+        out, filled = formula.size, str(formula)
+        key = "pool_ceil" if pool and ceil_mode else kind
         if out * out > PLAYGROUND_MAX_FRAMES:
             raise ServiceError(400, f"the output would be {out}x{out}; the playground steps "
                                     f"through at most {PLAYGROUND_MAX_FRAMES} windows")
@@ -294,7 +284,7 @@ def playground(op: str, input_size: int, kernel_size: int, stride: int | None = 
     return {
         "op": op, "input_size": [n, n], "kernel_size": [k, k], "stride": [s, s],
         "padding": [p, p], "dilation": [d, d], "output_padding": [op_pad, op_pad],
-        "ceil_mode": ceil_mode, "output_size": [out, out], "formula": _FORMULAS[key],
+        "ceil_mode": ceil_mode, "output_size": [out, out], "formula": _formulas()[key],
         "filled": [filled, filled], "plan": plan.to_dict(), **numbers,
     }
 

@@ -13,6 +13,7 @@ Output size per axis: floor((in + 2*padding - kernel) / stride) + 1
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from convlayers import functional as F
 from convlayers import shapes
 from convlayers._validate import IntOrTuple, nonnegative_tuple, one_of, positive_tuple
+from convlayers.viz._draw import as_matrix, fmt
 
 __all__ = ["SEED_CONV_INPUT", "SEED_CONV_KERNEL", "SEED_POOL_INPUT", "explain_conv", "explain_pool"]
 
@@ -29,24 +31,7 @@ SEED_POOL_INPUT = ((1, 2, 5, 6), (3, 4, 7, 8), (9, 10, 13, 14), (11, 12, 15, 16)
 SEED_CONV_INPUT = tuple(tuple(range(r * 4 + 1, r * 4 + 5)) for r in range(4))
 SEED_CONV_KERNEL = ((1, 0, -1), (1, 0, -1), (1, 0, -1))
 
-_FORMULA = "floor((in + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1"
-_FORMULA_SHORT = "floor((in + 2*padding - kernel) / stride) + 1"
-
-
-def _num(v: float) -> str:
-    v = float(v)
-    if np.isinf(v):
-        return "-inf" if v < 0 else "inf"
-    return str(int(v)) if v == int(v) and abs(v) < 1e15 else f"{v:.6g}"
-
-
-def _matrix(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.ndim != 2 or arr.size == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D array (rows, cols), got shape {arr.shape}")
-    return arr.astype(np.float64)
+_num = partial(fmt, digits=6, whole_below=1e15)
 
 
 def _table(a: np.ndarray, indent: str = "  ") -> list[str]:
@@ -60,12 +45,11 @@ def _size_lines(
     d: tuple[int, ...], pool: bool,
 ) -> list[str]:
     """The output-size formula, filled in per axis, with the size from :mod:`shapes`."""
-    dilated = d != (1, 1)
-    lines = [f"Output size per axis: {_FORMULA if dilated else _FORMULA_SHORT}"]
+    general = shapes.FORMULAS["conv" if d != (1, 1) else "conv_short"]
+    lines = [f"Output size per axis: {general}"]
     for axis, n, kk, ss, pp, dd in zip(("height", "width"), in_shape, k, s, p, d, strict=True):
-        size_of = shapes.pool_output_size if pool else shapes.conv_output_size
-        size_of(n, kk, ss, pp, dd)  # the op's own checks (a pool's padding rule)
-        lines.append(f"  {axis + ':':7} {shapes.conv_output_formula(n, kk, ss, pp, dd)}")
+        formula = shapes.size_formula("pool" if pool else "conv", n, kk, ss, pp, dd, short=True)
+        lines.append(f"  {axis + ':':7} {formula}")
     return lines
 
 
@@ -123,7 +107,7 @@ def explain_pool(
     ...
     """
     one_of(kind, ("max", "avg"), "kind")
-    a = _matrix(SEED_POOL_INPUT if x is None else x, "x")
+    a = as_matrix(SEED_POOL_INPUT if x is None else x, "x")
     k = positive_tuple(kernel_size, 2, "kernel_size")
     s = k if stride is None else positive_tuple(stride, 2, "stride")
     p = nonnegative_tuple(padding, 2, "padding")
@@ -186,8 +170,8 @@ def explain_conv(
     >>> print([line for line in text.splitlines() if "out[0,1]" in line][0])
       out[0,1]  rows 0..2, cols 1..3: 2*1 + 3*0 + 4*(-1) + 6*1 + 7*0 + 8*(-1) + 10*1 + 11*0 + 12*(-1) = -6
     """
-    a = _matrix(SEED_CONV_INPUT if x is None else x, "x")
-    w = _matrix(SEED_CONV_KERNEL if kernel is None else kernel, "kernel")
+    a = as_matrix(SEED_CONV_INPUT if x is None else x, "x")
+    w = as_matrix(SEED_CONV_KERNEL if kernel is None else kernel, "kernel")
     s = positive_tuple(stride, 2, "stride")
     p = nonnegative_tuple(padding, 2, "padding")
     d = positive_tuple(dilation, 2, "dilation")

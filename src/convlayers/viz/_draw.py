@@ -58,16 +58,23 @@ def render_rgb(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
-def fmt(value: float) -> str:
-    """Short label for a number: ``4`` not ``4.0``, ``2.5``, ``-6``, ``0.333``."""
+def fmt(value: float, digits: int = 3, whole_below: float = 1e6) -> str:
+    """Short label for a number: ``4`` not ``4.0``, ``2.5``, ``-6``, ``0.333``.
+
+    Whole numbers under ``whole_below`` are written out; others keep ``digits`` significant
+    digits (``convlayers.explain`` prints 6).
+
+    >>> fmt(4.0), fmt(1 / 3), fmt(1 / 3, digits=6), fmt(-np.inf), fmt(2e6), fmt(2e6, whole_below=1e15)
+    ('4', '0.333', '0.333333', '-inf', '2e+06', '2000000')
+    """
     v = float(value)
     if np.isnan(v):
         return "nan"
     if np.isinf(v):
         return "-inf" if v < 0 else "inf"
-    if v == int(v) and abs(v) < 1e6:
+    if v == int(v) and abs(v) < whole_below:
         return str(int(v))
-    return f"{v:.3g}"
+    return f"{v:.{digits}g}"
 
 
 class CellGrid:

@@ -722,14 +722,14 @@ def _pointwise_rows(c_out_g: int, column_units: int) -> int:
 
 # ----------------------------------------------------------------------------- Winograd F(2x2,3x3)
 
-_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-
-
 def _winograd_weights(w: np.ndarray, groups: int) -> np.ndarray:
-    """``U = G g G^T`` per (output, input) channel pair, as ``(16, groups, C_out/g, C_in/g)``."""
+    """``U = G g G^T`` per (output, input) channel pair, as ``(16, groups, C_out/g, C_in/g)``
+    (:func:`convlayers.kernels.winograd.weight_transform`; an ``einsum`` of the three took
+    25-50 ms for 256x256 channels, more than the convolution at batch 1)."""
     c_out, c_in_g = w.shape[:2]
-    u = np.einsum("ia,ocab,jb->ijoc", _G, w.astype(np.float64), _G)
-    return np.ascontiguousarray(u.reshape(16, groups, c_out // groups, c_in_g), dtype=w.dtype)
+    u = np.empty((16, c_out * c_in_g), dtype=w.dtype)
+    _kernels().winograd.weight_transform(np.ascontiguousarray(w).reshape(-1, 9), u)
+    return u.reshape(16, groups, c_out // groups, c_in_g)
 
 
 def _winograd_rows(tw: int, tiles: int) -> int:
@@ -793,8 +793,10 @@ def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl
     bad = np.zeros(threads, dtype=np.bool_)
     with _dynamic_units():
         k.winograd.backward_fused(x, gy, ut, pt, pl, rows, cib, gx, gut, bad)
-    gu4 = gut.sum(axis=0, dtype=np.float64).swapaxes(-1, -2).reshape(4, 4, c_out, c_in_g)
-    gw = np.einsum("ia,ijoc,jb->ocab", _G, gu4, _G).astype(x.dtype)
+    du = np.ascontiguousarray(gut.sum(axis=0, dtype=np.float64).swapaxes(-1, -2))
+    gw64 = np.empty((c_out, c_in_g, 3, 3))
+    k.winograd.weight_grad_transform(du.reshape(16, c_out, c_in_g), gw64)
+    gw = gw64.astype(x.dtype)
     if config.engine.check_values and (bad.any() or not _finite(gw)):
         return None
     return gx, gw

@@ -46,7 +46,7 @@ class ConvSpec:
 
     def torch_pad(self) -> tuple[int, ...]:
         """The padding as ``F.pad``'s flat tuple (last axis first)."""
-        return tuple(v for lo_hi in reversed(self.pairs) for v in lo_hi)
+        return shapes.torch_pad(self.pairs)
 
 
 def conv_spec(

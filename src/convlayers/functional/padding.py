@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from convlayers import limits
+from convlayers import limits, shapes
 from convlayers._validate import as_int, one_of
 from convlayers.functional._common import int_or_float
 
@@ -19,21 +19,12 @@ _NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 def _pad_pairs(ndim: int, pad: Sequence[int], mode: str) -> list[tuple[int, int]]:
     """Turn PyTorch's flat ``(last_lo, last_hi, prev_lo, prev_hi, ...)`` into per-axis pairs."""
-    if isinstance(pad, (str, bytes)) or not isinstance(pad, Sequence):
-        raise TypeError(f"pad must be a sequence of ints, got {pad!r}")
-    values = [as_int(v, "pad") for v in pad]
-    if len(values) % 2 or len(values) // 2 > ndim:
-        raise ValueError(
-            f"pad must have an even length of at most 2*input.ndim={2 * ndim}, got {tuple(pad)}"
-        )
-    if mode != "constant" and len(values) // 2 > ndim - 2:
+    pairs = shapes.torch_pad_pairs(pad, ndim)
+    if mode != "constant" and len(pad) // 2 > ndim - 2:
         raise ValueError(
             f"mode={mode!r} pads only spatial axes (not N and C): at most {2 * (ndim - 2)} "
             f"values for a {ndim}-D input, got {tuple(pad)}"
         )
-    pairs = [(0, 0)] * ndim
-    for i in range(len(values) // 2):
-        pairs[ndim - 1 - i] = (values[2 * i], values[2 * i + 1])
     return pairs
 
 

@@ -30,6 +30,8 @@ from convlayers.shapes._sizes import (
     resolve_padding,
     same_padding,
     tf_same_padding,
+    torch_pad,
+    torch_pad_pairs,
     window_count,
 )
 
@@ -52,5 +54,7 @@ __all__ = [
     "same_padding",
     "size_formula",
     "tf_same_padding",
+    "torch_pad",
+    "torch_pad_pairs",
     "window_count",
 ]

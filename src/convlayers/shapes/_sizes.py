@@ -306,3 +306,33 @@ def receptive_field(layers: Sequence[tuple[int, int] | tuple[int, int, int]]) ->
         field += dilation * (kernel - 1) * jump
         jump *= stride
     return field
+
+
+def torch_pad_pairs(pad: Sequence[int], ndim: int) -> list[tuple[int, int]]:
+    """``(before, after)`` per axis of an ``ndim``-D array from ``torch.nn.functional.pad``'s
+    flat ``pad`` (last axis first: ``(last_lo, last_hi, prev_lo, prev_hi, ...)``); axes it does
+    not reach get ``(0, 0)``. Negative values (cropping) pass through.
+
+    >>> torch_pad_pairs((1, 2), 3), torch_pad_pairs((1, 2, 3, 4), 2)
+    ([(0, 0), (0, 0), (1, 2)], [(3, 4), (1, 2)])
+    """
+    if isinstance(pad, (str, bytes)) or not isinstance(pad, Sequence):
+        raise TypeError(f"pad must be a sequence of ints, got {pad!r}")
+    values = [as_int(v, "pad") for v in pad]
+    if len(values) % 2 or len(values) // 2 > ndim:
+        raise ValueError(
+            f"pad must have an even length of at most 2*input.ndim={2 * ndim}, got {tuple(pad)}"
+        )
+    pairs = [(0, 0)] * ndim
+    for i in range(len(values) // 2):
+        pairs[ndim - 1 - i] = (values[2 * i], values[2 * i + 1])
+    return pairs
+
+
+def torch_pad(pairs: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    """The inverse of :func:`torch_pad_pairs`: ``F.pad``'s flat tuple, last axis first.
+
+    >>> torch_pad(((1, 1), (0, 2)))
+    (0, 2, 1, 1)
+    """
+    return tuple(v for lo_hi in reversed(pairs) for v in lo_hi)

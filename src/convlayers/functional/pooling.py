@@ -107,11 +107,15 @@ def _max_pool(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.nda
     xp = pad_pairs(x, spec.pairs(), value=_lowest(x.dtype))
     strides = _plane_strides(spec.in_shape)
     coords = [spec.tap_coords(a) for a in range(len(spec.kernel))]
-    # PyTorch starts each window's index at its first tap inside the input
+    # PyTorch starts each window's index at its first tap inside the input; a window with no
+    # tap inside keeps its first tap at or after 0 (its start moved forward by the dilation)
     first: list[np.ndarray] = []
-    for c, stride in zip(coords, strides, strict=True):
-        inside = (c >= 0) & (c < np.array(spec.in_shape)[len(first)])
-        first.append(c[np.arange(c.shape[0]), inside.argmax(axis=1)] * stride)
+    for axis, (c, stride) in enumerate(zip(coords, strides, strict=True)):
+        inside = (c >= 0) & (c < spec.in_shape[axis])
+        start, step = c[:, 0], spec.dilation[axis]
+        moved = np.where(start < 0, start + (-start + step - 1) // step * step, start)
+        pick = np.where(inside.any(axis=1), c[np.arange(c.shape[0]), inside.argmax(axis=1)], moved)
+        first.append(pick * stride)
     index = np.broadcast_to(_broadcast_axes(first), best.shape).copy()
     from convlayers.functional._common import offset_slices
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["avg_pool2d", "avg_pool2d_backward", "max_pool2d", "max_pool2d_indices",
-           "scatter_add_planes"]
+__all__ = ["adaptive_avg2d", "adaptive_avg2d_backward", "adaptive_max2d", "avg_pool2d",
+           "avg_pool2d_backward", "max_pool2d", "max_pool2d_indices", "scatter_add_planes"]
 
 
 @njit(cache=True, inline="always")
@@ -76,7 +76,9 @@ def max_pool2d_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
             orow = out[p, oh]
             irow = idx[p, oh]
             h0 = oh * sh - ph
-            r0 = h0
+            r0 = h0  # a window with no tap inside keeps PyTorch's start: first tap >= 0
+            while r0 < 0:
+                r0 += dh
             for a in range(kh):
                 if 0 <= h0 + a * dh < H:
                     r0 = h0 + a * dh
@@ -84,6 +86,8 @@ def max_pool2d_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
             for ow in range(Wo):
                 c0 = ow * sw - pw
                 first = c0
+                while first < 0:
+                    first += dw
                 for b in range(kw):
                     if 0 <= c0 + b * dw < W:
                         first = c0 + b * dw
@@ -195,3 +199,74 @@ def scatter_add_planes(gy, idx, gx):
             else:
                 gx[p, j] += gy[p, i]
     return bad.sum()
+
+
+# ----------------------------------------------------------------------------- adaptive pooling
+#
+# Output cell ``o`` of an axis of length ``L`` pooled to ``O`` covers ``[lo[o], hi[o])`` (PyTorch's
+# rule, computed by the caller). Windows may overlap; each output reads its window directly.
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def adaptive_avg2d(x, rlo, rhi, clo, chi, out):
+    """``out[p, i, j]`` = mean of ``x[p, rlo[i]:rhi[i], clo[j]:chi[j]]`` (``x (P, H, W)``),
+    summed in float64 (``reassoc`` lets the sums vectorise and keeps NaN and inf)."""
+    P = x.shape[0]
+    Ho, Wo = out.shape[1], out.shape[2]
+    for p in prange(P):
+        for i in range(Ho):
+            r0, r1 = rlo[i], rhi[i]
+            for j in range(Wo):
+                c0, c1 = clo[j], chi[j]
+                s = 0.0
+                for r in range(r0, r1):
+                    row = x[p, r, c0:c1]
+                    for c in range(c1 - c0):
+                        s += row[c]
+                out[p, i, j] = s / ((r1 - r0) * (c1 - c0))
+
+
+@njit(parallel=True, cache=True)
+def adaptive_avg2d_backward(gy, rlo, rhi, clo, chi, gx):
+    """The gradient of :func:`adaptive_avg2d`: each window gets its output's gradient over its
+    size; ``gx (P, H, W)`` is overwritten."""
+    P = gy.shape[0]
+    Ho, Wo = gy.shape[1], gy.shape[2]
+    for p in prange(P):
+        plane = gx[p]
+        plane[:] = 0
+        for i in range(Ho):
+            r0, r1 = rlo[i], rhi[i]
+            for j in range(Wo):
+                c0, c1 = clo[j], chi[j]
+                share = gy[p, i, j] / ((r1 - r0) * (c1 - c0))
+                for r in range(r0, r1):
+                    row = plane[r, c0:c1]
+                    for c in range(c1 - c0):
+                        row[c] += share
+
+
+@njit(parallel=True, cache=True)
+def adaptive_max2d(x, rlo, rhi, clo, chi, out, idx, with_indices):
+    """``out[p, i, j]`` = max of the window, taps in row-major order: a tap replaces the running
+    maximum when larger or NaN (the first maximum wins a tie, the last NaN wins); ``idx`` gets
+    its flat index ``r*W + c`` when ``with_indices``."""
+    P, W = x.shape[0], x.shape[2]
+    Ho, Wo = out.shape[1], out.shape[2]
+    for p in prange(P):
+        for i in range(Ho):
+            r0, r1 = rlo[i], rhi[i]
+            for j in range(Wo):
+                c0, c1 = clo[j], chi[j]
+                best = x[p, r0, c0]
+                at = r0 * W + c0
+                for r in range(r0, r1):
+                    row = x[p, r]
+                    for c in range(c0, c1):
+                        v = row[c]
+                        if v > best or v != v:
+                            best = v
+                            at = r * W + c
+                out[p, i, j] = best
+                if with_indices:
+                    idx[p, i, j] = at

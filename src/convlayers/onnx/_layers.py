@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from convlayers import functional as F
+from convlayers import shapes
 from convlayers.nn.module import Module
 from convlayers.onnx._resize import resize
 from convlayers.onnx.graph import as_array
@@ -300,9 +301,7 @@ class Crop(Module):
 def same_pads(size: int, k: int, s: int, d: int, upper: bool) -> tuple[int, int]:
     """ONNX ``auto_pad=SAME_UPPER/SAME_LOWER``: output ``ceil(size/s)``, the odd pixel after
     (upper) or before (lower)."""
-    out = -(-size // s)
-    total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
-    small, big = total // 2, total - total // 2
+    small, big = shapes.tf_same_padding(size, k, s, d)
     return (small, big) if upper else (big, small)
 
 

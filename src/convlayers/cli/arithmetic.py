@@ -115,17 +115,21 @@ def run_shape(args: argparse.Namespace) -> int:
     lines = [f"{title}: out = {formula}"]
     square = all(len(v) == 1 for v in (args.input, args.kernel, args.padding, args.dilation,
                                        args.output_padding, args.stride or (1,)))
-    sizes = []
+    rows = []
     for axis in range(1 if square else 2):
         f = shapes.size_formula(kind, n[axis], k[axis], s[axis], p[axis], d[axis],
                                 output_padding=op[axis], ceil_mode=args.ceil_mode)
-        out, filled = f.size, f.text
-        if f.dropped:
-            filled += f" (window {out} would start in the padding: dropped)"
+        dropped = f" (window {f.size} would start in the padding: dropped)" if f.dropped else ""
+        rows.append((f.text + dropped, f.size))
+    return _print_axes(lines, rows, square)
+
+
+def _print_axes(lines: list[str], rows: list[tuple[str, int]], square: bool) -> int:
+    """Print ``lines``, one ``label: text = size`` line per axis and the output size."""
+    for axis, (text, out) in enumerate(rows):
         label = "per axis" if square else ("height", "width")[axis]
-        lines.append(f"  {label}: {filled} = {out}")
-        sizes.append(out)
-    lines.append(f"output size: {'x'.join(map(str, sizes))}")
+        lines.append(f"  {label}: {text} = {out}")
+    lines.append(f"output size: {'x'.join(str(out) for _, out in rows)}")
     print("\n".join(lines))
     return 0
 
@@ -175,14 +179,10 @@ def _same(args: argparse.Namespace) -> int:
     square = len(args.input) == len(args.kernel) == len(args.dilation) == 1
     lines = ["convolution, padding 'same': before + after = dilation*(kernel - 1), the extra "
              "one after; out = in + before + after - dilation*(kernel - 1)"]
-    sizes = []
+    rows = []
     for axis in range(1 if square else 2):
         before, after = shapes.same_padding(k[axis], d[axis])
-        out = shapes.conv_output_size(n[axis] + before + after, k[axis], 1, 0, d[axis])
-        label = "per axis" if square else ("height", "width")[axis]
-        lines.append(f"  {label}: padding {before} before, {after} after; {n[axis]} + {before} "
-                     f"+ {after} - {d[axis]}*({k[axis]} - 1) = {out}")
-        sizes.append(out)
-    lines.append(f"output size: {'x'.join(map(str, sizes))}")
-    print("\n".join(lines))
-    return 0
+        out = shapes.conv_output_size(n[axis], k[axis], 1, (before, after), d[axis])
+        rows.append((f"padding {before} before, {after} after; {n[axis]} + {before} + {after} "
+                     f"- {d[axis]}*({k[axis]} - 1)", out))
+    return _print_axes(lines, rows, square)

@@ -38,7 +38,7 @@ import numpy as np
 from convlayers._validate import as_int, one_of, positive_tuple
 from convlayers.limits import check_elements
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "load_image", "prefetch_batches"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "image_to_input", "load_image", "prefetch_batches"]
 
 #: File suffixes taken as images (other files in a class folder are ignored, as in torchvision).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
@@ -210,20 +210,30 @@ class ImageFolder:
 
 
 def load_image(path: str | os.PathLike[str], size: int | Sequence[int], channels: int = 3) -> np.ndarray:
-    """One picture as a network input: read by :func:`convlayers.io.read_image` (its pixel limit
-    and errors), 16-bit and float files scaled to 8 bits, alpha dropped, converted to RGB
-    (``channels=3``) or gray, resized bilinearly to ``size``, float32 ``(C, H, W)`` in [0, 1].
+    """One picture file as a network input: read by :func:`convlayers.io.read_image` (its pixel
+    limit and errors; a float file holding NaN or infinity is refused naming it), then
+    :func:`image_to_input`."""
+    from convlayers.io import read_image
+
+    array = read_image(path)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"image {os.fspath(path)!r} holds NaN or infinite values")
+    return image_to_input(array, size, channels)
+
+
+def image_to_input(array: np.ndarray, size: int | Sequence[int], channels: int = 3) -> np.ndarray:
+    """A decoded picture ``(H, W)`` or ``(H, W, C)`` as a network input: 16-bit and float
+    pictures scaled to 8 bits by their range, alpha dropped, converted to RGB (``channels=3``)
+    or gray, resized bilinearly (Pillow) to ``size``, float32 ``(channels, H, W)`` in [0, 1].
+
+    >>> image_to_input(np.full((4, 6, 3), 255, np.uint8), 2).shape
+    (3, 2, 2)
     """
     from PIL import Image
 
-    from convlayers.io import read_image
-
     h, w = _size(size)
-    array = read_image(path)
-    if array.dtype != np.uint8:  # 16-bit or float files: scale to 8 bits by their range
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise ValueError(f"image {os.fspath(path)!r} holds NaN or infinite values")
-        peak = float(array.max()) if array.size else 0.0
+    if array.dtype != np.uint8:  # 16-bit or float pictures: scale to 8 bits by their range
+        peak = float(np.nanmax(array)) if array.size else 0.0
         top = (1.0 if peak <= 1.0 else 255.0) if array.dtype.kind == "f" else \
             (65535.0 if peak > 255 else 255.0)
         array = np.clip(np.rint(array.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)

@@ -22,7 +22,12 @@ from convlayers.cli._common import (
     progress_enabled,
 )
 from convlayers.cli._dask import add_dask_flags, wants_dask
-from convlayers.cli.train_folder import add_folder_options, predict_folder_model, run_train_folder
+from convlayers.cli.train_folder import (
+    add_folder_options,
+    check_folder_args,
+    predict_folder_model,
+    run_train_folder,
+)
 
 DEFAULTS: dict[str, int | float] = {"epochs": 15, "lr": 3e-3, "batch_size": 32, "seed": 0,
                                     "augment_shift": 1}
@@ -96,8 +101,9 @@ def register(sub: Any) -> None:
                    help="write a checkpoint after every epoch (safetensors)")
     t.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint if it exists")
-    t.add_argument("-o", "--out", default="digits-small_cnn.safetensors", metavar="PATH",
-                   help="weights to write (.safetensors or .npz; default %(default)s)")
+    t.add_argument("-o", "--out", default=None, metavar="PATH",
+                   help="weights to write (.safetensors or .npz; default "
+                   "digits-small_cnn.safetensors, or DIR-MODEL.safetensors for a folder)")
     t.add_argument("--plots", metavar="DIR",
                    help="also write loss.png, accuracy.png and confusion.png into DIR")
     add_folder_options(t)
@@ -190,11 +196,13 @@ def run_train(args: argparse.Namespace) -> int:
     from convlayers.weights import save_weights
 
     if args.dataset == "folder":
+        check_folder_args(args)
         _check_train_args(args)
         return run_train_folder(args)
     if args.folder or args.model.replace("-", "_") != "small_cnn":
         raise CLIError("train digits takes no folder and trains --model small_cnn")
     args.model = "small_cnn"  # one spelling in what is printed and saved
+    args.out = args.out or "digits-small_cnn.safetensors"
     out = _check_train_args(args)
     _check_digits_sizes(args)
     plots = output_dir(args.plots, "--plots") if args.plots else None

@@ -44,7 +44,8 @@ def add_folder_options(t: argparse.ArgumentParser) -> None:
                    help="threads decoding images (default 2)")
 
 
-def _check(args: argparse.Namespace) -> None:
+def check_folder_args(args: argparse.Namespace) -> None:
+    """Check and complete the options of ``train folder`` (model spelling, size, output name)."""
     from convlayers.train.folder import canonical_model_name
 
     if not args.folder:
@@ -54,7 +55,7 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.size is None:
         args.size = 224 if args.pretrained else 64
-    if args.out == "digits-small_cnn.safetensors":  # the digits default: name it after the data
+    if args.out is None:  # named after the data
         args.out = f"{Path(args.folder).resolve().name}-{args.model}.safetensors"
     if not 8 <= args.size <= 1024:
         raise CLIError(f"--size must be in [8, 1024] pixels, got {args.size}")
@@ -72,7 +73,7 @@ def run_train_folder(args: argparse.Namespace) -> int:
     from convlayers.train.folder import build_classifier, classifier_metadata
     from convlayers.weights import save_weights
 
-    _check(args)
+    check_folder_args(args)
     out = output_file(args.out, "weights", "-o/--out")
     if out.suffix.lower() != ".safetensors":  # checked before the images are read and trained on
         raise CLIError("train folder writes .safetensors (the classes travel in its metadata), "
@@ -137,13 +138,16 @@ def predict_folder_model(state: dict[str, Any], metadata: dict[str, str], paths:
 
     import numpy as np
 
+    from convlayers.cli._common import read_picture
     from convlayers.functional import softmax
-    from convlayers.image_folder import load_image
+    from convlayers.image_folder import image_to_input
     from convlayers.train import predict_logits
     from convlayers.train.folder import classifier_from_weights
 
     model, classes, size = classifier_from_weights(state, metadata)
-    images = np.stack([load_image(p, size, model.mean.shape[1]) for p in paths])
+    # read like every other command (NaN pixels: one warning, counted as 0), then prepared as
+    # the training images were
+    images = np.stack([image_to_input(read_picture(p), size, model.mean.shape[1]) for p in paths])
     probs = np.asarray(softmax(predict_logits(model, images), dim=1), dtype=np.float64)
     records: list[dict[str, Any]] = [{"path": str(p), "class": classes[int(row.argmax())],
                 "probability": round(float(row.max()), 6),

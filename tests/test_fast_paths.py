@@ -550,3 +550,38 @@ def test_lowered_backward_1d_and_float64() -> None:
         assert gx.dtype == gw.dtype == dtype
         assert_close(gx, tgx, "grad_input")
         assert_close(gw, tgw, "grad_weight")
+
+
+@EXAMPLES
+@given(dims=st.sampled_from([1, 2]), size=st.tuples(st.integers(1, 19), st.integers(1, 19)),
+       out=st.tuples(st.integers(1, 23), st.integers(1, 23)),
+       special=st.sampled_from(["none", "ties", "nan", "inf"]), seed=st.integers(0, 2**16))
+def test_adaptive_pooling_kernels_match_torch_and_the_reference(
+        dims: int, size: tuple[int, int], out: tuple[int, int], special: str, seed: int) -> None:
+    """The compiled adaptive pools (windows of any size, overlapping, larger outputs than
+    inputs): averages close to torch and to the reference loop, maxima and indices exactly
+    torch's (first maximum wins a tie, the last NaN wins), the average's backward too."""
+    from convlayers import reference
+
+    rng = np.random.default_rng(seed)
+    shape = (2, 3, *size) if dims == 2 else (2, 3, size[1])
+    o = out if dims == 2 else out[1]
+    x = _with_specials(rng, random_array(rng, shape, np.float32), special)
+    tx = torch.from_numpy(x)
+    avg = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d}[dims]
+    tavg = {1: tF.adaptive_avg_pool1d, 2: tF.adaptive_avg_pool2d}[dims]
+    mx = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d}[dims]
+    tmx = {1: tF.adaptive_max_pool1d, 2: tF.adaptive_max_pool2d}[dims]
+    y = avg(x, o)
+    assert_close(y, tavg(tx, o), "adaptive avg")
+    if dims == 2:
+        assert_close(y, reference.adaptive_avg_pool2d(x, out), "adaptive avg vs reference")
+    v, i = mx(x, o, return_indices=True)
+    tv, ti = tmx(tx, o, return_indices=True)
+    np.testing.assert_array_equal(v, tv.numpy())
+    np.testing.assert_array_equal(i, ti.numpy())
+    np.testing.assert_array_equal(mx(x, o), v)
+    if special in ("none", "ties"):
+        expected, g, (gx,) = torch_grads(lambda t: tavg(t, o), [x], seed)
+        assert_close(F.adaptive_avg_pool_backward(g, x, spatial_dims=dims), gx,
+                     "adaptive avg backward")

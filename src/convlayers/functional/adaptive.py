@@ -108,10 +108,46 @@ def _max_axis(
     return best, (np.concatenate(indices, axis=axis) if flat is not None else None)
 
 
+def _fast(x: np.ndarray, n: int) -> bool:
+    """Whether the compiled kernels (``convlayers.kernels.pooling``) serve: 1-D or 2-D, float32
+    or float64, not empty."""
+    return n in (1, 2) and x.dtype in (np.float32, np.float64) and x.size > 0
+
+
+def _bound_arrays(length: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    pairs = np.array(_bounds(length, out), dtype=np.int64).reshape(out, 2)
+    return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+
+
+def _planes(x: np.ndarray, n: int) -> np.ndarray:
+    """``(N*C, H, W)`` contiguous planes of a 1-D (``H = 1``) or 2-D batch."""
+    return np.ascontiguousarray(x).reshape(-1, 1 if n == 1 else x.shape[2], x.shape[-1])
+
+
+def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """Row and column window bounds ``(rlo, rhi, clo, chi)`` of a 1-D or 2-D problem."""
+    rows = _bound_arrays(in_shape[0], out[0]) if len(in_shape) == 2 else _bound_arrays(1, 1)
+    return (*rows, *_bound_arrays(in_shape[-1], out[-1]))
+
+
+def _compiled(work: int) -> Any:
+    """The pooling kernels, with numba's threads applied (one thread for small work)."""
+    from convlayers.functional._engine import _threads_for
+    from convlayers.kernels import pooling as kernels
+
+    return kernels, _threads_for(work)
+
+
 def _adaptive_avg(input: Any, output_size: OutputSize, n: int) -> np.ndarray:
     x, unbatched = batched(input, n)
     out = _output_size(output_size, x.shape[2:])
     _check_passes(x, out, range(n), f"adaptive_avg_pool{n}d")
+    if _fast(x, n):
+        kernels, threads = _compiled(x.size)
+        y = np.empty((x.shape[0] * x.shape[1], 1 if n == 1 else out[0], out[-1]), dtype=x.dtype)
+        with threads:
+            kernels.adaptive_avg2d(_planes(x, n), *_windows(x.shape[2:], out), y)
+        return unbatch(y.reshape(*x.shape[:2], *out), unbatched)
     for a, o in enumerate(out):
         x = _avg_axis(x, 2 + a, o)
     return unbatch(np.ascontiguousarray(x), unbatched)
@@ -124,6 +160,18 @@ def _adaptive_max(
     in_shape = x.shape[2:]
     out = _output_size(output_size, in_shape)
     _check_passes(x, out, reversed(range(n)), f"adaptive_max_pool{n}d", return_indices)
+    if _fast(x, n):
+        kernels, threads = _compiled(x.size)
+        shape = (x.shape[0] * x.shape[1], 1 if n == 1 else out[0], out[-1])
+        y = np.empty(shape, dtype=x.dtype)
+        idx = np.empty(shape if return_indices else (0, 0, 0), dtype=np.int64)
+        with threads:
+            kernels.adaptive_max2d(_planes(x, n), *_windows(in_shape, out), y, idx,
+                                   return_indices)
+        y = unbatch(y.reshape(*x.shape[:2], *out), unbatched)
+        if return_indices:
+            return y, unbatch(idx.reshape(*x.shape[:2], *out), unbatched)
+        return y
     # the flat index carried so far: all zeros before the first pass (a view, no memory)
     flat = np.broadcast_to(np.int64(0), x.shape) if return_indices else None
     for a in reversed(range(n)):  # last axis first: PyTorch scans windows row-major
@@ -211,6 +259,14 @@ def adaptive_avg_pool_backward(grad_output: Any, input: Any, spatial_dims: int =
     if gy.shape[:2] != x.shape[:2]:
         raise ValueError(f"grad_output {gy.shape} must match input {x.shape} on N and C")
     g = gy.astype(x.dtype, copy=False)
+    if _fast(x, n) and gy.size:
+        kernels, threads = _compiled(x.size)
+        gx = np.empty((x.shape[0] * x.shape[1], 1 if n == 1 else x.shape[2], x.shape[-1]),
+                      dtype=x.dtype)
+        with threads:
+            kernels.adaptive_avg2d_backward(_planes(g, n), *_windows(x.shape[2:], g.shape[2:]),
+                                            gx)
+        return unbatch(gx.reshape(x.shape), unbatched)
     for a in reversed(range(n)):
         g = _avg_axis_backward(g, 2 + a, x.shape[2 + a])
     return unbatch(g, unbatched)

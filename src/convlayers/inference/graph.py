@@ -219,6 +219,10 @@ _RULES: dict[type, _Rule] = {
 
 def lower_module(g: Graph, m: Any, x: int, path: str) -> int:
     """Append the nodes of module ``m`` applied to value ``x``; return its output value."""
+    if type(m).__name__ == "GraphModule" and type(m).__module__ == "convlayers.onnx.graph":
+        from convlayers.inference.onnx_graph import lower_onnx_graph  # needs no onnx package
+
+        return lower_onnx_graph(g, m, x, path)
     if "forward" in vars(m):
         raise TypeError(f"compile: layer {path or '<model>'!r} has a forward of its own (a "
                         "recorder?); remove it first")

@@ -36,12 +36,17 @@ from convlayers import limits
 from convlayers._validate import one_of
 from convlayers.output_paths import OUTPUT_SUFFIXES, is_zarr_store, prepare_output
 
-__all__ = ["OUTPUT_SUFFIXES", "NonFiniteImageWarning", "atomic_write", "is_zarr_store", "prepare_output",
-           "read_image", "write_image"]
+__all__ = ["OUTPUT_SUFFIXES", "CorruptImageWarning", "NonFiniteImageWarning", "atomic_write",
+           "is_zarr_store", "prepare_output", "read_image", "write_image"]
 
 PathLike = str | os.PathLike[str]
 
 _WRITE_MODES = ("wb", "w", "wt")
+
+
+class CorruptImageWarning(UserWarning):
+    """Pillow decoded the picture but reported damage (e.g. corrupt EXIF data); the message
+    names the file."""
 
 
 class NonFiniteImageWarning(UserWarning):
@@ -200,8 +205,8 @@ def read_image(path: PathLike, mode: str | None = None) -> np.ndarray:
         raise ValueError(f"path {name!r} does not exist")
     if os.path.isdir(name):
         raise ValueError(f"path {name!r} is a directory, not an image file")
-    with warnings.catch_warnings():  # our pixel limit decides, not Pillow's warning
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with warnings.catch_warnings(record=True) as pillow_said:  # our pixel limit decides
+        warnings.simplefilter("always")
         try:
             opened = Image.open(name)
         except Image.DecompressionBombError as exc:
@@ -219,6 +224,10 @@ def read_image(path: PathLike, mode: str | None = None) -> np.ndarray:
             except _DECODE_ERRORS as exc:  # truncated or corrupt data
                 raise ValueError(f"path {name!r} could not be decoded as an image: "
                                  f"{' '.join(str(exc).split()) or type(exc).__name__}") from None
+    said = sorted({" ".join(str(w.message).split()) for w in pillow_said
+                   if not issubclass(w.category, Image.DecompressionBombWarning)})
+    if said:  # e.g. corrupt EXIF data in a picture that still decodes: one line naming the file
+        warnings.warn(CorruptImageWarning(f"image {name!r}: {'; '.join(said)}"), stacklevel=2)
     if arr.dtype.kind == "f":
         bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
         if bad:

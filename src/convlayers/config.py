@@ -213,8 +213,8 @@ class EngineSettings:
     #: thread work (one image, small maps): narrower products waste the register tiles.
     lowered_min_columns: int = 96
     #: The planar depthwise kernels serve planes whose padded polyphase copy takes at most this
-    #: many bytes (their scratch planes then stay in a core's L2).
-    planar_bytes: int = 128 * 1024
+    #: many bytes (one such plane per thread: a 224x224 map takes 200 KiB).
+    planar_bytes: int = 4 * 2**20
     #: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
     #: pixels per plane the row kernels serve.
     flat_pixels: int = 1 << 18

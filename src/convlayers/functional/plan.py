@@ -63,7 +63,7 @@ conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 3x3, stride 1, padding 1, 
   input grad   winograd
   weight grad  winograd
 >>> plan((1, 32, 112, 112), (32, 1, 3, 3), padding=1, groups=32).forward
-'depthwise-flat'
+'depthwise-planar'
 >>> plan((4, 64, 56, 56), (128, 64, 1, 1), stride=2).weight_grad
 'pointwise'
 """
@@ -208,10 +208,12 @@ def planar_fits(g: Geometry) -> bool:
 
 
 def _depthwise(g: Geometry) -> str:
-    if _flat_shape(g) and g.ho * g.wo <= config.engine.flat_pixels:
-        return "depthwise-flat"
+    """Planar while its scratch fits (its four-taps-per-pass loops ran 1.4-8x faster than the
+    row kernels, and faster than the flat ones, whose masks cost a load per tap), then flat."""
     if planar_fits(g):
         return "depthwise-planar"
+    if _flat_shape(g) and g.ho * g.wo <= config.engine.flat_pixels:
+        return "depthwise-flat"
     return "depthwise-rows"
 
 

@@ -294,12 +294,41 @@ def _tap(a, b, sh, sw, dh, dw, S, block):
     return ((a * dh % sh) * sw + b * dw % sw) * block + (a * dh // sh) * S + b * dw // sw
 
 
+@njit(cache=True, fastmath=True)
+def _taps_into(acc, src, wc, sh, sw, dh, dw, S, block, length):
+    """``acc[i] += sum over taps (a, b) of wc[a, b] * src[_tap(a, b) + i]``, four taps per pass
+    over ``acc``: one tap per pass loaded and stored ``acc`` for every multiply-add, which
+    bounded the loop by the store port (4 taps per pass ran about 2x faster)."""
+    kh, kw = wc.shape[0], wc.shape[1]
+    T = kh * kw
+    t = 0
+    while t + 4 <= T:
+        a0, b0 = t // kw, t % kw
+        a1, b1 = (t + 1) // kw, (t + 1) % kw
+        a2, b2 = (t + 2) // kw, (t + 2) % kw
+        a3, b3 = (t + 3) // kw, (t + 3) % kw
+        w0, w1, w2, w3 = wc[a0, b0], wc[a1, b1], wc[a2, b2], wc[a3, b3]
+        s0 = src[_tap(a0, b0, sh, sw, dh, dw, S, block):]
+        s1 = src[_tap(a1, b1, sh, sw, dh, dw, S, block):]
+        s2 = src[_tap(a2, b2, sh, sw, dh, dw, S, block):]
+        s3 = src[_tap(a3, b3, sh, sw, dh, dw, S, block):]
+        for i in range(length):
+            acc[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i]
+        t += 4
+    while t < T:
+        a0, b0 = t // kw, t % kw
+        w0 = wc[a0, b0]
+        s0 = src[_tap(a0, b0, sh, sw, dh, dw, S, block):]
+        for i in range(length):
+            acc[i] += w0 * s0[i]
+        t += 1
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def planar_forward(x, w, bias, sh, sw, dh, dw, pt, pl, rows, S, length, block, parts, out):
     """Same contract as :func:`depthwise_forward`, one padded plane at a time (see above)."""
     N, C_in = x.shape[0], x.shape[1]
     C_out = out.shape[1]
-    kh, kw = w.shape[1], w.shape[2]
     mult = C_out // C_in
     has_bias = bias.shape[0] > 0
     zero = np.zeros(1, dtype=out.dtype)[0]
@@ -315,13 +344,7 @@ def planar_forward(x, w, bias, sh, sw, dh, dw, pt, pl, rows, S, length, block, p
             for m in range(mult):
                 co = ci * mult + m
                 acc[:] = bias[co] if has_bias else zero
-                for a in range(kh):
-                    for b in range(kw):
-                        wv = w[co, a, b]
-                        off = _tap(a, b, sh, sw, dh, dw, S, block)
-                        shifted = src[off: off + length]  # a slice: the index below is >= 0
-                        for i in range(length):
-                            acc[i] += wv * shifted[i]
+                _taps_into(acc, src, w[co], sh, sw, dh, dw, S, block, length)
                 _unflat(acc, S, out[n, co])
 
 

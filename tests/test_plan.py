@@ -261,3 +261,37 @@ def test_settings_changes_are_seen_by_the_remembered_plans() -> None:
         assert plan(x.shape, w.shape, padding=1).forward != "winograd"
     finally:
         config.engine.winograd_min_channels = 16
+
+
+def test_a_slow_first_compile_prints_one_notice(capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from numba import njit
+
+    from convlayers import kernels
+
+    saved = kernels.notice.after, kernels.notice.shown
+    kernels.notice.after, kernels.notice.shown = 0.0, False
+    try:
+        @njit
+        def slow(a: np.ndarray) -> float:
+            return float(a.sum())
+
+        slow(np.ones(3))  # a fresh compile, longer than 0 s
+        time.sleep(0.05)
+        slow(np.ones(3, np.float32))  # another: the notice is printed once only
+        time.sleep(0.05)
+    finally:
+        kernels.notice.after, kernels.notice.shown = saved
+    err = capsys.readouterr().err
+    assert err.count(kernels.NOTICE) == 1, err
+
+
+def test_warmup_command_compiles_every_strategy(capsys: pytest.CaptureFixture[str]) -> None:
+    from convlayers.cli import main
+    from convlayers.cli.warmup import tasks
+
+    labels = [label for label, _ in tasks("float32")]
+    assert [f"conv {s}" for s in STRATEGY_NAMES if s != "numpy"] == labels[:len(STRATEGY_NAMES) - 1]
+    assert main(["warmup", "--quiet"]) == 0
+    assert "kernel groups ready (float32)" in capsys.readouterr().out

@@ -1,1 +1,73 @@
-"""Compiled kernels (numba), imported lazily by the modules that use them."""
+"""Compiled kernels (numba), imported lazily by the modules that use them.
+
+Importing this package installs :class:`CompileNotice`: the first time numba compiles something
+for more than a second, one line on stderr says why the call is slow (each kernel compiles on
+its first call per dtype and ``cache=True`` keeps the machine code on disk, so this happens once
+per installation; ``convlayers warmup`` does it ahead of time).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+__all__ = ["NOTICE", "CompileNotice"]
+
+#: The line printed on stderr when compiling takes longer than :attr:`CompileNotice.after`.
+NOTICE = "convlayers: compiling kernels for first use; cached for next time"
+
+
+class CompileNotice:
+    """A numba event listener that prints :data:`NOTICE` once per process, when one compile
+    (nested compiles of callees count as one) has run for ``after`` seconds."""
+
+    after = 1.0
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.timer: threading.Timer | None = None
+        self.shown = False
+        self.lock = threading.Lock()
+
+    def on_start(self, event: Any) -> None:
+        with self.lock:
+            self.depth += 1
+            if self.depth == 1 and not self.shown and self.timer is None:
+                self.timer = threading.Timer(self.after, self._show)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def on_end(self, event: Any) -> None:
+        with self.lock:
+            self.depth = max(0, self.depth - 1)
+            if self.depth == 0 and self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+    def _show(self) -> None:
+        with self.lock:
+            if self.shown or self.depth == 0:
+                return
+            self.shown = True
+        print(NOTICE, file=sys.stderr, flush=True)
+
+
+def _install() -> CompileNotice:
+    from numba.core import event
+
+    notice = CompileNotice()
+
+    class _Listener(event.Listener):  # type: ignore[misc]
+        def on_start(self, ev: Any) -> None:
+            notice.on_start(ev)
+
+        def on_end(self, ev: Any) -> None:
+            notice.on_end(ev)
+
+    event.register("numba:compile", _Listener())
+    return notice
+
+
+#: The process's notice (installed when this package is imported).
+notice = _install()

@@ -1,0 +1,104 @@
+"""``convlayers warmup``: compile the kernels ahead of time, with a progress bar.
+
+Every compiled kernel compiles on its first call per dtype (tens of seconds for all of them)
+and numba keeps the machine code on disk (``cache=True``), so later processes load it in
+milliseconds. This command makes those first calls on tiny inputs: every convolution strategy
+of :mod:`convlayers.functional.plan` forward and backward, the transposed convolution, pooling
+(max with indices, average, adaptive) and their backward, for the dtypes asked (float32 unless
+``--dtype`` says otherwise: nobody pays for float64 kernels they never call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["register", "run", "tasks"]
+
+
+def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
+    """``(label, call)`` for each group of kernels, in ``dtype``."""
+    import numpy as np
+
+    from convlayers import config
+    from convlayers import functional as F
+    from convlayers.functional.plan import STRATEGIES
+
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(0)
+
+    def arr(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(dt)
+
+    x = arr(2, 16, 9, 9)
+    out: list[tuple[str, Callable[[], Any]]] = []
+    shapes = {  # a weight each strategy serves, with its padding and groups
+        "winograd": ((16, 16, 3, 3), 1, 1),
+        "depthwise-flat": ((16, 1, 3, 3), 1, 16),
+        "depthwise-planar": ((16, 1, 3, 3), 1, 16),
+        "depthwise-rows": ((16, 1, 3, 3), 1, 16),
+        "pointwise": ((8, 16, 1, 1), 0, 1),
+        "lowered": ((8, 16, 3, 3), 1, 1),
+    }
+    for name, (wshape, pad, groups) in shapes.items():
+        if name not in STRATEGIES:
+            continue
+        w = arr(*wshape)
+        b = arr(wshape[0])
+
+        def conv(w: np.ndarray = w, b: np.ndarray = b, pad: int = pad, groups: int = groups,
+                 name: str = name) -> None:
+            with config.engine_settings(force=name):
+                y = F.conv2d(x, w, b, padding=pad, groups=groups)
+                F.conv_backward(np.ones_like(y), x, w, padding=pad, groups=groups)
+                if name not in ("winograd", "depthwise-flat"):
+                    F.conv_transpose2d(x[:, : w.shape[0]], w, padding=pad, groups=groups)
+        out.append((f"conv {name}", conv))
+
+    def pooling() -> None:
+        y, idx = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+        F.max_pool2d(x, 2)
+        F.max_pool_backward(np.ones_like(y), x, idx)
+        a = F.avg_pool2d(x, 3, 2, 1)
+        F.avg_pool_backward(np.ones_like(a), x, 3, 2, 1)
+
+    def adaptive() -> None:
+        a = F.adaptive_avg_pool2d(x, 3)
+        F.adaptive_avg_pool_backward(np.ones_like(a), x)
+        F.adaptive_max_pool2d(x, 2, return_indices=True)
+
+    out += [("pooling", pooling), ("adaptive pooling", adaptive)]
+    return out
+
+
+def register(sub: Any) -> None:
+    """Add the ``warmup`` command."""
+    p = sub.add_parser(
+        "warmup", help="compile the kernels ahead of time (cached on disk for every process)",
+        description="Compile convlayers' numba kernels now, on tiny inputs, so that the first "
+        "real call does not wait for them; numba caches the machine code on disk (next to the "
+        "package, or in NUMBA_CACHE_DIR). Only the dtypes asked are compiled.")
+    p.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32"],
+                   help="dtypes to compile for (default float32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary line")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from convlayers import kernels
+
+    kernels.notice.shown = True  # the progress bar says it already
+    jobs = [(f"{label} ({dt})", call) for dt in args.dtype for label, call in tasks(dt)]
+    start = time.perf_counter()
+    bar = tqdm(jobs, desc="compiling", unit="group", disable=args.quiet, leave=False)
+    for label, call in bar:
+        bar.set_postfix_str(label)
+        call()
+    bar.close()
+    print(f"warmup: {len(jobs)} kernel groups ready ({', '.join(args.dtype)}) in "
+          f"{time.perf_counter() - start:.1f} s")
+    return 0

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
+from convlayers.kernels.simd import KC, NC, TILE_ROWS, gemm_tiled, gemm_tiled_add, gemm_tiled_cols
 
 
 @njit(cache=True)
@@ -69,3 +69,31 @@ def test_views_of_rows_work_and_other_layouts_are_refused() -> None:
     assert not m[:3].any() and not m[19:].any()
     with pytest.raises(Exception, match=r"(?i)typing|resolution|invalid"):
         _product(u, np.asfortranarray(v), m, False)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize(("rows", "depth", "cols"), [
+    (TILE_ROWS + 1, KC + 3, NC + 17),  # two slabs of the inner dimension, two column blocks
+    (2 * TILE_ROWS, 2 * KC, 2 * NC),  # whole slabs and blocks
+    (3, 3 * KC + 1, 5),  # a ragged band, one-column remainder slab, narrow tail only
+])
+def test_blocked_products_over_slabs_and_column_blocks(rows: int, depth: int, cols: int,
+                                                       accumulate: bool) -> None:
+    """Products longer than one ``KC`` slab and wider than one ``NC`` block: the slabs after the
+    first accumulate, the partial band and the narrow tail keep their running sums."""
+    rng = np.random.default_rng(rows + depth + cols)
+    u = rng.standard_normal((rows, depth)).astype(np.float32)
+    v = rng.standard_normal((depth, cols)).astype(np.float32)
+    start = rng.standard_normal((rows, cols)).astype(np.float32)
+    m = start.copy()
+    _product(u, v, m, accumulate)
+    expected = u.astype(np.float64) @ v.astype(np.float64) + (start if accumulate else 0)
+    np.testing.assert_allclose(m, expected, rtol=1e-4, atol=1e-4 * np.sqrt(depth))
+    j0, j1 = 5, cols - 2
+    if j1 > j0:
+        m2 = np.full((rows, cols), 7.0, np.float32)
+        _columns(u, v, m2, j0, j1)
+        np.testing.assert_allclose(m2[:, j0:j1], expected[:, j0:j1] - (start[:, j0:j1] if accumulate
+                                                                       else 0),
+                                   rtol=1e-4, atol=1e-4 * np.sqrt(depth))
+        assert (m2[:, :j0] == 7).all() and (m2[:, j1:] == 7).all()

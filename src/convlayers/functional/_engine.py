@@ -252,8 +252,9 @@ def correlate_backward(
         # Winograd saw an inf or NaN: again without it
         sx, sw = _checked_backward(choose(g, "backward", threads, winograd=False), weight)
         if sx == sw and sx in JOINT:
-            gx4, gw4 = _BACKWARD[sx](_as_4d(x), _as_4d(grad), _as_4d(weight), g)
-            return gx4.reshape(x.shape), gw4.reshape(weight.shape)
+            again = _BACKWARD[sx](_as_4d(x), _as_4d(grad), _as_4d(weight), g)
+            assert again is not None  # only Winograd declines, and it is ruled out here
+            return again[0].reshape(x.shape), again[1].reshape(weight.shape)
     if sx == "numpy":
         gx = _numpy_input_grad(grad, weight, x.shape[2:], stride, dilation, groups, pairs)
     else:

@@ -58,7 +58,7 @@ def _install() -> CompileNotice:
 
     notice = CompileNotice()
 
-    class _Listener(event.Listener):  # type: ignore[misc]
+    class _Listener(event.Listener):
         def on_start(self, ev: Any) -> None:
             notice.on_start(ev)
 

@@ -172,9 +172,10 @@ adaptive_max_pool1d, adaptive_max_pool2d, adaptive_max_pool3d = (
     differentiable(f, _X, _max_pool_rule(f, n))
     for n, f in enumerate((adaptive.adaptive_max_pool1d, adaptive.adaptive_max_pool2d,
                            adaptive.adaptive_max_pool3d), 1))
+_AVG_POOLS: tuple[Callable[..., Any], ...] = (pooling.avg_pool1d, pooling.avg_pool2d,
+                                              pooling.avg_pool3d)
 avg_pool1d, avg_pool2d, avg_pool3d = (
-    differentiable(f, _X, _avg_pool_rule(f, n))
-    for n, f in enumerate((pooling.avg_pool1d, pooling.avg_pool2d, pooling.avg_pool3d), 1))
+    differentiable(f, _X, _avg_pool_rule(f, n)) for n, f in enumerate(_AVG_POOLS, 1))
 adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d = (
     differentiable(f, _X, _adaptive_avg_rule(f, n))
     for n, f in enumerate((adaptive.adaptive_avg_pool1d, adaptive.adaptive_avg_pool2d,

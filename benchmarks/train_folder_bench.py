@@ -65,7 +65,7 @@ class TorchSmallCNN(tnn.Module):
 def torch_twin(ours: ImageClassifier, size: int) -> tnn.Module:
     """The torch network with ``ours``' weights, frozen like ours."""
     state = [torch.from_numpy(np.array(v)) for k, v in ours.net.state_dict().items()]
-    if ours.name == "small-cnn":
+    if ours.name == "small_cnn":
         widths = tuple(m[0].weight.data.shape[0] for m in ours.net.features if hasattr(m, "__len__"))
         twin: tnn.Module = TorchSmallCNN(widths, size, len(SHAPES))
     elif ours.name == "mobilenet_v2":
@@ -124,7 +124,7 @@ def main() -> None:
         args.images, args.epochs = 16, 2
     torch.set_num_threads(args.threads)
     config.set_threads(args.threads)
-    runs = (("small-cnn", 64, False, False), ("mobilenet_v2", 96, False, False),
+    runs = (("small_cnn", 64, False, False), ("mobilenet_v2", 96, False, False),
             ("efficientnet_lite0", 96, True, True), ("efficientnet_lite0", 96, True, False))
     print(f"one epoch of {3 * args.images} images, batch {args.batch_size}, Adam 1e-3, "
           f"{args.threads} threads each, median of {args.epochs} epochs after one warm-up each")

@@ -19,6 +19,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+
+# The compile notice ("compiling kernels for first use") goes to stderr on a cold numba cache,
+# as in CI's fresh clone; the tests read stderr, so it is silenced for them (and for the CLI
+# subprocesses they start, which inherit the environment). tests/test_plan.py turns it on to
+# test it.
+os.environ.setdefault("CONVLAYERS_COMPILE_NOTICE", "0")
 import shlex
 import shutil
 import tempfile

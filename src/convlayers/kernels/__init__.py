@@ -3,11 +3,13 @@
 Importing this package installs :class:`CompileNotice`: the first time numba compiles something
 for more than a second, one line on stderr says why the call is slow (each kernel compiles on
 its first call per dtype and ``cache=True`` keeps the machine code on disk, so this happens once
-per installation; ``convlayers warmup`` does it ahead of time).
+per installation; ``convlayers warmup`` does it ahead of time). ``CONVLAYERS_COMPILE_NOTICE=0``
+silences it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Any
@@ -69,5 +71,8 @@ def _install() -> CompileNotice:
     return notice
 
 
-#: The process's notice (installed when this package is imported).
+#: The process's notice (installed when this package is imported). ``CONVLAYERS_COMPILE_NOTICE=0``
+#: in the environment silences it (the test suite does, so that a cold numba cache does not add a
+#: line to the output the tests read).
 notice = _install()
+notice.shown = os.environ.get("CONVLAYERS_COMPILE_NOTICE", "1") == "0"

@@ -215,6 +215,9 @@ def test_playground_size_equals_shapes(browser_page: dict[str, Any], op: str, n:
     assert page.inner_text("#pg-step") == f"window 1 of {out * out}"
     page.click("#pg-next")
     assert page.inner_text("#pg-step") == f"window 2 of {out * out}"
+    # the grids are redrawn after the step text: wait for the first finished output cell
+    page.wait_for_function("() => document.querySelectorAll('#pg-out svg rect.done').length === 1",
+                           timeout=10_000)
     window = page.locator("#pg-grid svg rect.window").count()
     assert 0 < window <= k * k
     assert page.locator("#pg-out svg rect.done").count() == 1

@@ -194,14 +194,17 @@ def test_steady_state_call_allocates_only_its_output() -> None:
     x = np.random.default_rng(2).standard_normal((2, 3, 96, 96)).astype(np.float32)
     plan = convlayers.compile(model, x)
     plan(x)  # first call: kernels compiled, arena made
+    peaks = []
     tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        out = plan(x)
-        peak = tracemalloc.get_traced_memory()[1] - base
+    try:  # tracemalloc sees every thread: the least of three calls is the plan's own
+        for _ in range(3):
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            out = plan(x)
+            peaks.append(tracemalloc.get_traced_memory()[1] - base)
     finally:
         tracemalloc.stop()
+    peak = min(peaks)
     slack = 65_536  # Python objects of the calls (views, arguments), not array data
     largest = max(plan._elements(v, 2) * 4 for v in plan._graph.shapes)
     assert largest > 4 * slack  # so any intermediate array would show

@@ -30,7 +30,7 @@ def _shapes_folder(root: Path, per_class: int = 4, side: int = 12) -> Path:
             c = side // 2 + rng.integers(-1, 2)
             mask = ((yy - c) ** 2 + (xx - c) ** 2 <= (side // 3) ** 2) if name == "circle" else \
                 (abs(yy - c) <= side // 4) & (abs(xx - c) <= side // 4)
-            img[mask] = (200, 60 + 10 * i, 30)
+            img[mask] = (200, (60 + 10 * i) % 256, 30)
             _write(root / name / f"{i}.png", img)
     return root
 
@@ -82,6 +82,26 @@ def test_unreadable_image_is_skipped_and_reported_or_refused(tmp_path: Path) -> 
     assert data.skipped and data.skipped[0][0] == str(bad)
     with pytest.raises(ValueError, match=r"broken\.png"):
         ImageFolder(root, size=4, on_error="raise").load()
+
+
+def test_reading_on_many_threads_leaves_the_warning_machinery_as_it_was(tmp_path: Path) -> None:
+    """``warnings.catch_warnings`` swaps process-wide state; entered on several decoding threads
+    at once, it can leave another thread's recorder in place, so later warnings (the skip report
+    of this very load) vanish. Many small images on eight threads make that interleaving likely."""
+    import warnings
+
+    root = _shapes_folder(tmp_path / "data", per_class=40, side=6)
+    for i in range(3):
+        (root / "circle" / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    for _ in range(5):
+        filters_before, show_before = list(warnings.filters), warnings.showwarning
+        with pytest.warns(UserWarning) as caught:
+            data = ImageFolder(root, size=4)
+            x, _ = data.load(workers=8)
+        assert len(x) == 80 and len(data.skipped) == 3
+        assert sorted(str(w.message).split("'")[1].rsplit("/", 1)[-1] for w in caught) == \
+            ["broken0.png", "broken1.png", "broken2.png"]
+        assert warnings.filters == filters_before and warnings.showwarning is show_before
 
 
 def test_a_test_class_missing_from_training_is_a_clear_error(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import os
 import stat
 import struct
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +189,10 @@ def read_image(path: PathLike, mode: str | None = None) -> np.ndarray:
     -----
     NonFiniteImageWarning
         Once, when a float image holds NaN or infinite values (returned as they are).
+    CorruptImageWarning
+        Once, naming the file, for what Pillow warned while reading it (corrupt EXIF data in a
+        picture that still decodes). Only on the main thread: on other threads Pillow's own
+        warnings pass unchanged, as collecting them is not thread-safe.
 
     Examples
     --------
@@ -205,8 +210,7 @@ def read_image(path: PathLike, mode: str | None = None) -> np.ndarray:
         raise ValueError(f"path {name!r} does not exist")
     if os.path.isdir(name):
         raise ValueError(f"path {name!r} is a directory, not an image file")
-    with warnings.catch_warnings(record=True) as pillow_said:  # our pixel limit decides
-        warnings.simplefilter("always")
+    with _pillow_warnings() as pillow_said:  # our pixel limit decides
         try:
             opened = Image.open(name)
         except Image.DecompressionBombError as exc:
@@ -235,6 +239,23 @@ def read_image(path: PathLike, mode: str | None = None) -> np.ndarray:
                 f"image {name!r} holds {bad:,} NaN or infinite value(s) among its {arr.size:,}; "
                 "anything computed from them is NaN or infinite too"), stacklevel=2)
     return arr
+
+
+@contextlib.contextmanager
+def _pillow_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect what Pillow warns while a file is read, so it can be said once naming the file.
+
+    ``warnings.catch_warnings`` swaps process-wide state and is not thread-safe: entered on
+    several decoding threads at once (an :class:`~convlayers.datasets.ImageFolder` load), the
+    exits can restore each other's recorders and lose every later warning of the process. So
+    only the main thread collects; on other threads Pillow's warnings pass as Pillow words them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        yield said
 
 
 #: What Pillow raises on truncated or corrupt files besides OSError (plugins differ).

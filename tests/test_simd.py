@@ -97,3 +97,23 @@ def test_blocked_products_over_slabs_and_column_blocks(rows: int, depth: int, co
                                                                        else 0),
                                    rtol=1e-4, atol=1e-4 * np.sqrt(depth))
         assert (m2[:, :j0] == 7).all() and (m2[:, j1:] == 7).all()
+
+
+def test_the_product_allocates_nothing_for_its_edges() -> None:
+    """The last rows and columns (fewer than a tile) are done in place by masked tiles: numba's
+    allocations go through Python's allocator, so tracemalloc would see any zero-padded copy."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    u = rng.standard_normal((TILE_ROWS + 5, 300)).astype(np.float32)  # ragged rows, two slabs
+    v = rng.standard_normal((300, NC + 13)).astype(np.float32)  # ragged columns, two blocks
+    m = np.zeros((TILE_ROWS + 5, NC + 13), np.float32)
+    _product(u, v, m, False)
+    tracemalloc.start()
+    try:
+        _product(u, v, m, True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(m, 2 * (u.astype(np.float64) @ v), rtol=1e-4, atol=1e-3)
+    assert peak < 1024, f"{peak} B allocated"

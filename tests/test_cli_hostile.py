@@ -7,6 +7,7 @@ subprocess (for memory, measured under ``RLIMIT_AS``), and asserts exit status 2
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -146,7 +147,8 @@ def capped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.C
     big = write_png(folder / "big.png", SIDE, SIDE)
     warm = write_png(folder / "warm.png", 16, 16)
     env = {"MALLOC_ARENA_MAX": "2", "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+           "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "CONVLAYERS_COMPILE_NOTICE": "0",
+           **{k: os.environ[k] for k in ("NUMBA_CACHE_DIR",) if k in os.environ}}
     result = subprocess.run([sys.executable, "-c", _CHILD, str(warm), str(folder / "out.png"),
                              str(8 * SIDE * SIDE * 3), str(SIDE * SIDE), str(huge), str(big)],
                             capture_output=True, text=True, timeout=300, env=env)

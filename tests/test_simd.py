@@ -117,3 +117,61 @@ def test_the_product_allocates_nothing_for_its_edges() -> None:
         tracemalloc.stop()
     np.testing.assert_allclose(m, 2 * (u.astype(np.float64) @ v), rtol=1e-4, atol=1e-3)
     assert peak < 1024, f"{peak} B allocated"
+
+
+_OTHER_GEOMETRY = """
+import numpy as np
+from numba import njit
+from convlayers.kernels import simd
+from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
+
+@njit
+def run(u, v, m, mode, j0, j1):
+    if mode == 0:
+        gemm_tiled(u, v, m)
+    elif mode == 1:
+        gemm_tiled_add(u, v, m)
+    else:
+        gemm_tiled_cols(u, v, m, j0, j1)
+
+rng = np.random.default_rng(5)
+checked = 0
+for rows, depth, cols in [(1, 3, 1), (7, 5, 15), (9, 300, 17), (17, 257, 16 * 12 + 33),
+                          (24, 40, 48), (3, 1, 200), (11, 70, 31)]:
+    for dtype in (np.float32, np.float64):
+        u = rng.standard_normal((rows, depth)).astype(dtype)
+        v = rng.standard_normal((depth, cols)).astype(dtype)
+        start = rng.standard_normal((rows, cols)).astype(dtype)
+        exact = u.astype(np.float64) @ v.astype(np.float64)
+        tol = (2e-5 if dtype == np.float32 else 1e-12) * depth
+        for mode in (0, 1, 2):
+            m = start.copy()
+            j0, j1 = (cols // 3, cols - cols // 4) if mode == 2 else (0, cols)
+            run(u, v, m, mode, j0, j1)
+            want = start.copy()
+            want[:, j0:j1] = exact[:, j0:j1] + (start[:, j0:j1] if mode == 1 else 0)
+            np.testing.assert_allclose(m, want, rtol=tol, atol=tol)
+            checked += 1
+print(simd.TILE_ROWS, simd.TILE_VECTORS, checked)
+"""
+
+
+def test_the_other_machines_tile_geometry_matches_numpy(tmp_path) -> None:
+    """The geometry this machine does not use (AVX-512's 8 rows by 3 vectors of 16 float32, or
+    AVX2's 6 by 2 of 8) is compiled here too (LLVM splits or joins the vectors), so the edges of
+    both are checked wherever the tests run."""
+    import os
+    import subprocess
+    import sys
+
+    from convlayers.kernels.simd import vector_bytes as host_vector_bytes
+
+    other = 96 - host_vector_bytes()
+
+    env = {**os.environ, "CONVLAYERS_VECTOR_BYTES": str(other),
+           "NUMBA_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", _OTHER_GEOMETRY], capture_output=True,
+                            text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = "8 3 42" if other == 64 else "6 2 42"
+    assert result.stdout.split()[-3:] == expected.split()

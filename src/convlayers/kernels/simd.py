@@ -36,7 +36,12 @@ __all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "gemm_tiled", "gemm_tiled_ad
 
 def vector_bytes() -> int:
     """Bytes of one vector register on the machine numba compiles for: 64 with AVX-512F, else
-    32 (AVX2 and narrower: LLVM splits the vectors)."""
+    32 (AVX2 and narrower: LLVM splits the vectors). ``CONVLAYERS_VECTOR_BYTES=32`` or ``64``
+    decides instead (to test one machine's tile geometry on another; use a numba cache of its
+    own, as cached kernels keep the geometry they were compiled with)."""
+    forced = os.environ.get("CONVLAYERS_VECTOR_BYTES", "")
+    if forced in ("32", "64"):
+        return int(forced)
     features = os.environ.get("NUMBA_CPU_FEATURES", "")
     if not features and os.environ.get("NUMBA_CPU_NAME", "host") not in ("", "host"):
         return 32  # a named generic target: assume no AVX-512

@@ -8,6 +8,7 @@ tap lands inside the input, so no padded copy of the input is made.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import numbers
 from collections.abc import Iterator, Sequence
@@ -76,7 +77,29 @@ def pool_spec(
     x: np.ndarray, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: PoolPadding,
     dilation: IntOrTuple, ceil_mode: bool,
 ) -> PoolSpec:
-    """Validate pooling arguments against a batched input ``(N, C, *spatial)``."""
+    """Validate pooling arguments against a batched input ``(N, C, *spatial)``.
+
+    Remembered per input shape and spelling of the arguments (their ``repr``, so ``True`` and
+    ``1`` stay apart): a small layer called again skips the validation, which took longer than
+    its kernel (tens of microseconds against ten)."""
+    key = (x.shape, repr((kernel_size, stride, padding, dilation, ceil_mode)))
+    spec = _SPECS.get(key)
+    if spec is None:
+        spec = _pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
+        if len(_SPECS) >= _REMEMBERED:
+            _SPECS.pop(next(iter(_SPECS)))
+        _SPECS[key] = spec
+    return spec
+
+
+_REMEMBERED = 512
+_SPECS: dict[tuple[tuple[int, ...], str], PoolSpec] = {}
+
+
+def _pool_spec(
+    x: np.ndarray, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: PoolPadding,
+    dilation: IntOrTuple, ceil_mode: bool,
+) -> PoolSpec:
     n = x.ndim - 2
     kernel = positive_tuple(kernel_size, n, "kernel_size")
     stride_t = kernel if stride is None or stride == () else positive_tuple(stride, n, "stride")
@@ -170,7 +193,25 @@ def divide_by_divisor(total: np.ndarray, spec: PoolSpec, include_pad: bool,
 
 def divisor_grid(spec: PoolSpec, include_pad: bool, divisor_override: int | None,
                  dtype: np.dtype) -> np.ndarray:
-    """The whole divisor grid over the output plane, in ``dtype`` (for the compiled kernels)."""
+    """The whole divisor grid over the output plane, in ``dtype`` (for the compiled kernels),
+    remembered when small: a layer called again reuses it, so callers must not write to it (it
+    stays writeable, as numba compiles read-only arrays as another type)."""
+    if int(np.prod(spec.out_shape)) > _SMALL_GRID:
+        return _divisor_grid(spec, include_pad, divisor_override, dtype)
+    return _small_divisor_grid(spec, include_pad, divisor_override, np.dtype(dtype))
+
+
+_SMALL_GRID = 1 << 16
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _small_divisor_grid(spec: PoolSpec, include_pad: bool, divisor_override: int | None,
+                        dtype: np.dtype) -> np.ndarray:
+    return _divisor_grid(spec, include_pad, divisor_override, dtype)
+
+
+def _divisor_grid(spec: PoolSpec, include_pad: bool, divisor_override: int | None,
+                  dtype: np.dtype) -> np.ndarray:
     grid = np.empty(spec.out_shape, dtype=dtype)
     if divisor_override is not None:
         grid.fill(divisor_override)

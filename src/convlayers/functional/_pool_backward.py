@@ -9,6 +9,7 @@ import numpy as np
 from convlayers import config
 from convlayers._validate import IntOrTuple, as_int, float_array
 from convlayers.functional._common import batched, trailing, unbatch, window_offsets
+from convlayers.functional._compiled import kernels
 from convlayers.functional._pool_spec import (
     PoolPadding,
     blocks,
@@ -22,14 +23,8 @@ from convlayers.functional._pool_spec import (
 __all__ = ["avg_pool_backward", "max_pool_backward", "scatter_to_argmax"]
 
 
-def _kernels() -> Any:
-    from convlayers.kernels import pooling as kernels
-
-    config.apply_numba_threads()
-    return kernels
-
-
 def _planes(a: np.ndarray, plane: tuple[int, ...]) -> np.ndarray:
+    """``a`` as C-contiguous planes of shape ``plane`` (the compiled kernels' layout)."""
     return np.ascontiguousarray(a).reshape((-1, *plane))
 
 
@@ -47,7 +42,7 @@ def scatter_to_argmax(
     if grad_output.dtype == input.dtype and grad_output.size:
         gy = np.ascontiguousarray(grad_output).reshape(n_planes, -1)
         gx = np.empty((n_planes, plane), dtype=input.dtype)  # zeroed plane by plane in the kernel
-        bad = _kernels().scatter_add_planes(gy, _planes(idx.astype(np.int64, copy=False),
+        bad = kernels().pooling.scatter_add_planes(gy, _planes(idx.astype(np.int64, copy=False),
                                                         (gy.shape[1],)), gx)
         if bad:
             raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
@@ -133,7 +128,7 @@ def avg_pool_backward(
             strict=True))
         div = divisor_grid(spec, include, override, x.dtype).reshape(o)
         gx = np.empty((x.shape[0] * x.shape[1], *i), dtype=x.dtype)  # zeroed in the kernel
-        _kernels().avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
+        kernels().pooling.avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
         return unbatch(gx.reshape(x.shape), unbatched)
     share = np.array(gy, dtype=x.dtype)
     if override is not None:

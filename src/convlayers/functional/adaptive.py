@@ -132,7 +132,7 @@ def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarra
 
 def _compiled(work: int) -> Any:
     """The pooling kernels, with numba's threads applied (one thread for small work)."""
-    from convlayers.functional._engine import _threads_for
+    from convlayers.functional._compiled import _threads_for
     from convlayers.kernels import pooling as kernels
 
     return kernels, _threads_for(work)

@@ -348,7 +348,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     >>> plan((2, 16, 9, 9), (8, 16, 5, 5), dtype="float16").forward
     'numpy'
     """
-    from convlayers.functional._engine import numba_threads
+    from convlayers.functional._compiled import numba_threads
     from convlayers.functional.conv import conv_spec
 
     dt = np.dtype(dtype)

@@ -20,7 +20,13 @@ import numpy as np
 from convlayers import config
 from convlayers._validate import IntOrTuple
 from convlayers.functional._common import pad_pairs, trailing, unbatch, window_offsets
-from convlayers.functional._pool_backward import avg_pool_backward, max_pool_backward, scatter_to_argmax
+from convlayers.functional._compiled import kernels
+from convlayers.functional._pool_backward import (
+    _planes,
+    avg_pool_backward,
+    max_pool_backward,
+    scatter_to_argmax,
+)
 from convlayers.functional._pool_spec import (
     PoolPadding,
     PoolSpec,
@@ -65,24 +71,13 @@ def _as_2d(spec: PoolSpec) -> tuple[tuple[int, ...], ...]:
     return tuple((pre, *f) for pre, f in zip((1, 1, 0, 1, 1, 1), fields, strict=True))
 
 
-def _kernels() -> Any:
-    from convlayers.kernels import pooling as kernels
-
-    config.apply_numba_threads()
-    return kernels
-
-
-def _planes(a: np.ndarray, plane: tuple[int, ...]) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape((-1, *plane))
-
-
 def _lowest(dtype: np.dtype) -> Any:
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
 def _max_pool_fast(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.ndarray, np.ndarray | None]:
     k, s, p, d, i, o = _as_2d(spec)
-    kern = _kernels()
+    kern = kernels().pooling
     xs = _planes(x, i)
     out = np.empty((xs.shape[0], *o), dtype=x.dtype)
     shape = x.shape[:2] + spec.out_shape
@@ -161,7 +156,7 @@ def _avg_pool_nd(
         div = divisor_grid(spec, include, override, x.dtype).reshape(o)
         xs = _planes(x, i)
         out = np.empty((xs.shape[0], *o), dtype=x.dtype)
-        _kernels().avg_pool2d(xs, *k, *s, *p, div, out)
+        kernels().pooling.avg_pool2d(xs, *k, *s, *p, div, out)
         return unbatch(out.reshape(x.shape[:2] + spec.out_shape), unbatched)
     total = np.zeros(x.shape[:2] + spec.out_shape, dtype=x.dtype)
     for offset in window_offsets(spec.kernel):

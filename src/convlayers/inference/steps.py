@@ -83,7 +83,7 @@ class Depthwise(_Conv):
 
 
 def _engine_pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
-    from convlayers.functional._engine import _pointwise
+    from convlayers.functional._engine_pointwise import _pointwise
 
     _pointwise(xs, taps, bias, out)
 
@@ -176,7 +176,7 @@ class Winograd(_Conv):
     def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
         super().__init__(node, g, dtype)
         from convlayers import config
-        from convlayers.functional._engine import _winograd_rows, _winograd_weights
+        from convlayers.functional._engine_winograd import _winograd_rows, _winograd_weights
 
         self.u = np.ascontiguousarray(_winograd_weights(node.attrs["weight"], self.groups), dtype)
         self.rows = _winograd_rows(-(-self.wo // 2), config.engine.winograd_block_tiles)

@@ -82,9 +82,9 @@ class _BatchNorm(Module):
         alpha, beta = F.inference_affine(
             self.running_mean, self.running_var, getattr(self.weight, "data", self.weight),
             getattr(self.bias, "data", self.bias), self.eps)
-        from convlayers.functional._engine import _kernels, _threads_for
+        from convlayers.functional._compiled import _threads_for, kernels
 
-        _kernels()  # numba, with the thread setting applied
+        kernels()  # numba, with the thread setting applied
         from convlayers.kernels.affine import affine_inplace
 
         lo, hi = clip if clip is not None else (0.0, 0.0)

@@ -1,0 +1,70 @@
+"""The compiled kernels' loader and thread controls, shared by the functional ops.
+
+:func:`kernels` is the one place that imports :mod:`convlayers.kernels` (numba loads there,
+not on ``import convlayers``) and applies ``config``'s thread setting; the context managers set
+how numba's pool runs a call: on one thread when the work is small (:func:`_threads_for`), or
+handing out parallel units one at a time (:func:`_dynamic_units`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from convlayers import config
+
+
+def kernels() -> Any:
+    """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``winograd`` and
+    ``pooling`` modules loaded, and numba's thread setting applied."""
+    from convlayers import kernels
+    from convlayers.kernels import conv, depthwise, pooling, winograd  # noqa: F401  (lazy: numba loads here)
+
+    config.apply_numba_threads()
+    return kernels
+
+
+def _numba_threads() -> int:
+    """Threads of numba's pool the kernels run with (after :func:`kernels`)."""
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+def numba_threads() -> int:
+    """The thread count the compiled kernels run with now (loads numba, compiles nothing)."""
+    kernels()
+    return _numba_threads()
+
+
+@contextmanager
+def _threads_for(macs: int, serial_below: int | None = None) -> Iterator[None]:
+    """Run the kernels inside on one thread when the work is small: under ``serial_below``
+    operations (default ``config.engine.serial_macs``)."""
+    if macs >= (config.engine.serial_macs if serial_below is None else serial_below):
+        yield
+        return
+    import numba
+
+    kernels()  # loads numba and applies the thread setting first
+    saved = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
+
+
+@contextmanager
+def _dynamic_units() -> Iterator[None]:
+    """Hand out the units of the fused kernels one at a time (numba's ``prange`` otherwise
+    splits them into one static chunk per thread, and a core slowed by a neighbour holds up
+    the call)."""
+    import numba
+
+    saved = numba.set_parallel_chunksize(1)
+    try:
+        yield
+    finally:
+        numba.set_parallel_chunksize(saved)

@@ -1,0 +1,95 @@
+"""The engine's ``lowered`` strategy: im2col and register-tiled GEMMs in one parallel region a pass.
+
+Forward units are (image, group, slab of output rows, block of output channels), weight-gradient
+units (image, group, slab) with per-thread sums, input-gradient units (image, group, block of
+input channels), so one image keeps every thread busy too (:func:`_lowered_units`); the kernels
+are in :mod:`convlayers.kernels.conv`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convlayers import config
+from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
+from convlayers.functional._engine_shared import _bias_arg, _quiet
+from convlayers.functional.plan import Geometry
+
+
+def _lowered_units(g: Geometry, threads: int, pass_: str) -> tuple[int, int]:
+    """``(R, B)``: output rows and channels (output channels for the forward, input channels
+    for the input gradient) per unit of the lowered kernels.
+
+    A unit's scratch (its columns, ``K x R*Wo``) stays under ``config.engine.lowered_column_bytes``
+    (and the scratch cap); then, while there are fewer units than twice the threads, slabs get
+    shorter (down to ``config.engine.lowered_min_columns`` output positions), and the forward
+    splits its output channels into blocks of whole register-tile bands. The forward's sums
+    run in the same order whatever the units, so its result never depends on them."""
+    from convlayers.kernels.simd import TILE_ROWS
+
+    e = config.engine
+    kk = g.kh * g.kw
+    want = 2 * threads if threads > 1 else 1
+    images = g.n * g.groups
+    cap = max(1, min(e.lowered_column_bytes, config.scratch_bytes()))
+    if pass_ == "input_grad":
+        block = g.c_in_g
+        if images < want:
+            block = max(1, -(-g.c_in_g // -(-want // images)))
+        rows = max(1, min(g.ho, cap // max(1, block * kk * g.wo * g.itemsize)))
+        return rows, block
+    rows = max(1, min(g.ho, cap // max(1, g.c_in_g * kk * g.wo * g.itemsize)))
+    if images * -(-g.ho // rows) < want:
+        shortest = max(1, -(-e.lowered_min_columns // g.wo))
+        split = max(1, -(-g.ho // -(-want // images)))
+        rows = min(rows, max(shortest, split))
+    block = g.c_out_g
+    units = images * -(-g.ho // rows)
+    if pass_ == "forward" and units < want and g.c_out_g > 2 * TILE_ROWS:
+        parts = -(-want // units)
+        per = -(-g.c_out_g // parts)
+        block = -(-per // TILE_ROWS) * TILE_ROWS
+        block = min(g.c_out_g, max(2 * TILE_ROWS, block))
+    return rows, block
+
+
+def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                 g: Geometry) -> np.ndarray:
+    k = kernels()
+    threads = _numba_threads()
+    rows, block = _lowered_units(g, threads, "forward")
+    out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
+    taps = np.ascontiguousarray(w.reshape(g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw))
+    with _dynamic_units():
+        k.conv.lowered_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw, g.dh,
+                               g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
+    return out.reshape(g.n, g.c_out, g.ho, g.wo)
+
+
+def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
+    k = kernels()
+    threads = _numba_threads()
+    rows, block = _lowered_units(g, threads, "input_grad")
+    kk = g.kh * g.kw
+    taps_t = np.ascontiguousarray(
+        w.reshape(g.groups, g.c_out_g, g.c_in_g * kk).swapaxes(1, 2))
+    gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    with _dynamic_units():
+        k.conv.lowered_input_grad(gy.reshape(g.n, g.c_out, g.ho * g.wo), taps_t, g.kh, g.kw,
+                                  g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads,
+                                  gx)
+    return gx
+
+
+@_quiet
+def _gw_lowered(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+    k = kernels()
+    threads = _numba_threads()
+    rows, _ = _lowered_units(g, threads, "weight_grad")
+    kk = g.kh * g.kw
+    acc = np.empty((threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
+    with _dynamic_units():
+        k.conv.lowered_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups, g.kh,
+                                   g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, acc)
+    gw = acc.sum(axis=0).swapaxes(1, 2)  # (G, C_out/g, C_in/g*kh*kw)
+    return np.ascontiguousarray(gw).reshape(g.c_out, g.c_in_g, g.kh, g.kw)

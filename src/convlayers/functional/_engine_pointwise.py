@@ -1,0 +1,94 @@
+"""The engine's ``pointwise`` strategy: 1x1 kernels by the register-tiled GEMM over pixel columns.
+
+The images are viewed as ``(N, g, C_in/g, H*W)`` (no copy at stride 1) and multiplied by
+:func:`convlayers.kernels.conv.pointwise`; the input gradient is the same kernel with the
+weights transposed, the weight gradient per-thread ``grad @ x^T`` sums.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convlayers import config
+from convlayers.functional._common import pad_pairs
+from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
+from convlayers.functional._engine_shared import _bias_arg, _quiet
+from convlayers.functional.plan import Geometry
+
+
+def _subsampled(xp: np.ndarray, stride: tuple[int, int], out_shape: tuple[int, int]) -> np.ndarray:
+    """The pixels a 1x1 kernel reads: every ``stride``-th, ``out_shape`` of them."""
+    if stride == (1, 1) and xp.shape[2:] == out_shape:
+        return xp
+    return np.ascontiguousarray(xp[:, :, : stride[0] * out_shape[0] : stride[0],
+                                   : stride[1] * out_shape[1] : stride[1]])
+
+
+def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                   g: Geometry) -> np.ndarray:
+    taps = w.reshape(g.groups, g.c_out_g, g.c_in_g)
+    out = np.empty((g.n, g.groups, g.c_out_g, g.ho * g.wo), dtype=x.dtype)
+    xp = pad_pairs(x, ((g.pt, g.pb), (g.pl, g.pr)))
+    xs = _subsampled(xp, (g.sh, g.sw), (g.ho, g.wo)).reshape(g.n, g.groups, g.c_in_g, -1)
+    _pointwise(xs, np.ascontiguousarray(taps), _bias_arg(bias, x.dtype), out)
+    return out.reshape(g.n, g.c_out, g.ho, g.wo)
+
+
+def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
+    taps_t = w.reshape(g.groups, g.c_out_g, g.c_in_g).swapaxes(1, 2)
+    gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
+    part = np.empty((g.n, g.groups, g.c_in_g, g.ho * g.wo), dtype=gy.dtype)
+    _pointwise(gyg, np.ascontiguousarray(taps_t), np.empty(0, dtype=gy.dtype), part)
+    part = part.reshape(g.n, g.c_in, g.ho, g.wo)
+    hp, wp = g.h + g.pt + g.pb, g.w + g.pl + g.pr
+    if (g.sh, g.sw) == (1, 1) and (hp, wp) == (g.ho, g.wo) and not g.padded:
+        return part
+    gxp = np.zeros((g.n, g.c_in, hp, wp), dtype=gy.dtype)
+    gxp[:, :, : g.sh * g.ho : g.sh, : g.sw * g.wo : g.sw] = part
+    return np.ascontiguousarray(gxp[:, :, g.pt: g.pt + g.h, g.pl: g.pl + g.w])
+
+
+@_quiet
+def _gw_pointwise(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+    k = kernels()
+    gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
+    xp = pad_pairs(x, ((g.pt, g.pb), (g.pl, g.pr)))
+    xs = _subsampled(xp, (g.sh, g.sw), (g.ho, g.wo)).reshape(g.n, g.groups, g.c_in_g, -1)
+    acc = np.empty((_numba_threads(), g.groups, g.c_out_g, g.c_in_g), dtype=x.dtype)
+    block = _pointwise_block(g.c_in_g + g.c_out_g, g.ho * g.wo, x.itemsize)
+    with _dynamic_units():
+        k.conv.pointwise_weight_grad(np.ascontiguousarray(xs), np.ascontiguousarray(gyg),
+                                     block, acc)
+    return acc.sum(axis=0).reshape(g.c_out, g.c_in_g, 1, 1)
+
+
+def _pointwise_block(k_rows: int, length: int, itemsize: int) -> int:
+    """Pixel columns per unit of the 1x1 kernels (a multiple of 16, at least 64): the unit's
+    block of the right-hand operand fits ``config.engine.pointwise_block_bytes``."""
+    cols = config.engine.pointwise_block_bytes // max(1, k_rows * itemsize)
+    return int(min(length, max(64, cols // 16 * 16)))
+
+
+def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+    """``out[n, g] = taps[g] @ xs[n, g]`` (+ bias) by :func:`convlayers.kernels.conv.pointwise`:
+    ``xs (N, G, K, L)`` and ``taps (G, P, K)`` C-contiguous, ``out (N, G, P, L)``."""
+    k = kernels()
+    length = xs.shape[3]
+    block = _pointwise_block(xs.shape[2], length, xs.itemsize)
+    rows = _pointwise_rows(taps.shape[1], xs.shape[0] * -(-length // block))
+    with _dynamic_units():
+        k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, rows, out)
+
+
+def _pointwise_rows(c_out_g: int, column_units: int) -> int:
+    """Output rows per unit of the 1x1 kernel: all of them, unless there are fewer column units
+    than twice the threads; then the rows are split too (whole register-tile bands, at least
+    two)."""
+    from convlayers.kernels.simd import TILE_ROWS
+
+    want = 2 * _numba_threads()
+    if column_units >= want:
+        return c_out_g
+    parts = -(-want // column_units)
+    rows = max(2 * TILE_ROWS, -(-c_out_g // parts))
+    return min(c_out_g, -(-rows // TILE_ROWS) * TILE_ROWS)

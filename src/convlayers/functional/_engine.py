@@ -40,8 +40,9 @@ The compiled strategies (1-D and 2-D, float32/float64; 1-D runs as 2-D with one 
   of output channels), weight-gradient units (image, group, slab) with per-thread sums, and
   input-gradient units (image, group, block of input channels), so one image keeps every thread
   busy too (``_lowered_units`` in :mod:`convlayers.functional._engine_lowered`). A unit's
-  columns stay under ``config.engine.lowered_column_bytes``; the forward's sums run in the same order whatever the
-  units, so the result does not depend on the thread count or the scratch cap.
+  columns stay under ``config.engine.lowered_column_bytes``; the forward's sums run in the
+  same order whatever the units, so the result does not depend on the thread count or the
+  scratch cap.
 
 This module plans a call and dispatches it; each strategy lives in its own module
 (``_engine_numpy``, ``_engine_winograd``, ``_engine_depthwise``, ``_engine_pointwise``,

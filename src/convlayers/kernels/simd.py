@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -233,22 +234,27 @@ _edge_wide, _edge_one = _make_edge_tile(TILE_VECTORS, False), _make_edge_tile(1,
 _edge_wide_add, _edge_one_add = _make_edge_tile(TILE_VECTORS, True), _make_edge_tile(1, True)
 
 
+# Typed as plain int64 and bool, not as literals: a literal 0 or True passed to _tiled
+# compiled it once more per spelling (three times per dtype), ~5 s each on a first call.
+_LEFT, _WRITE, _ADD = np.int64(0), np.bool_(False), np.bool_(True)
+
+
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled(u, v, m):
     """``m = u @ v`` for C-contiguous 2-D ``u (P, K)``, ``v (K, L)``, ``m (P, L)``."""
-    _tiled(u, v, m, 0, v.shape[1], False)
+    _tiled(u, v, m, _LEFT, v.shape[1], _WRITE)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled_add(u, v, m):
     """``m += u @ v``, as :func:`gemm_tiled`."""
-    _tiled(u, v, m, 0, v.shape[1], True)
+    _tiled(u, v, m, _LEFT, v.shape[1], _ADD)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled_cols(u, v, m, j0, j1):
     """``m[:, j0:j1] = u @ v[:, j0:j1]``, as :func:`gemm_tiled` (the other columns untouched)."""
-    _tiled(u, v, m, j0, j1, False)
+    _tiled(u, v, m, j0, j1, _WRITE)
 
 
 @njit(cache=True, fastmath=True)

@@ -1,0 +1,248 @@
+"""Planar depthwise kernels: small planes, zero-padded and laid out flat, a tap a loop.
+
+Rows of small feature maps (28, 14 or 7 pixels) are too short to vectorise: the row kernels
+(:mod:`convlayers.kernels.depthwise`) run mostly in their scalar remainder. The planar kernels
+lay one zero-padded plane out flat with row stride ``S`` and run each tap over the whole plane
+as one loop: output pixel ``(r, c)`` sits at ``r * S + c`` and reads tap ``(a, b)`` at a fixed
+offset. Flat positions with ``c >= Wo`` straddle a row edge and are simply never copied out,
+and the loop length is rounded up to a multiple of 64 so the vector body does all the work.
+
+Strides use the polyphase split: the padded plane becomes ``sh * sw`` phase planes,
+``P[p, q][r, c] = padded[r*sh + p, c*sw + q]``, so tap ``(a, b)`` reads phase
+``(a*dh % sh, b*dw % sw)`` at shift ``(a*dh // sh, b*dw // sw)`` and every tap is again a
+stride-1 flat loop over the output plane: no wasted arithmetic, no strided loads. The input
+gradient scatters the same way into phase planes (``G[off + i] += w * gy[i]``), and the
+weight gradient is one dot product per tap. Each parallel chunk of planes owns its scratch.
+
+Importing compiles nothing; the first call per dtype compiles and ``cache=True`` keeps the
+machine code on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["planar_backward", "planar_forward", "planar_geometry"]
+
+_ROUND = 64
+
+
+def planar_geometry(out_hw, kernel, stride, dilation):
+    """``(rows, S, length, block)`` of the planar kernels for an ``out_hw`` output.
+
+    Each phase plane is ``rows x S`` (``rows * S`` flat, inside a ``block``-long slot), the
+    flat loops run over ``length`` positions (the output plane, rounded up to 64)."""
+    (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
+    reach_r, reach_c = (kh - 1) * dh // sh, (kw - 1) * dw // sw
+    S = wo + reach_c
+    rows = ho + reach_r
+    length = -(-((ho - 1) * S + wo) // _ROUND) * _ROUND
+    return rows, S, length, max(rows * S, length + reach_r * S + reach_c)
+
+
+@njit(cache=True, inline="always")
+def _first(lo, pad, step, phase):
+    """The first index ``j >= lo`` with ``(j + pad) % step == phase``."""
+    return lo + (phase - (lo + pad)) % step
+
+
+@njit(cache=True, inline="always")
+def _split(src, pt, pl, sh, sw, rows, S, block, dst):
+    """``dst`` := the phase planes of ``src`` zero-padded by ``(pt, pl)`` (see above); input
+    pixels outside every phase plane are never read and are dropped."""
+    dst[:] = 0
+    H, W = src.shape[0], src.shape[1]
+    for i in range(max(0, -pt), H):
+        r, p = (i + pt) // sh, (i + pt) % sh
+        if r >= rows:
+            break
+        row = src[i]
+        if sw == 2:  # both column phases in one pass, with a literal stride (3x faster)
+            _split_row2(row, pl, dst, p * 2 * block + r * S, block, S)
+            continue
+        for q in range(sw):
+            j0 = _first(max(0, -pl), pl, sw, q)
+            c0 = (j0 + pl) // sw  # phase column of j0; each further j (step sw) is one more
+            base = (p * sw + q) * block + r * S + c0
+            count = min(S - c0, (W - j0 + sw - 1) // sw)  # columns past S are dropped
+            if sw == 1:
+                for t in range(count):
+                    dst[base + t] = row[j0 + t]
+            else:
+                for t in range(count):
+                    dst[base + t] = row[j0 + t * sw]
+
+
+@njit(cache=True, inline="always")
+def _split_row2(row, pl, dst, base, block, S):
+    """One input row into its two column phases (stride 2): ``base`` is phase 0's row start,
+    phase 1's is one ``block`` further."""
+    j0 = max(0, -pl)
+    q0 = (j0 + pl) % 2
+    c0, c1 = (j0 + pl) // 2, (j0 + 1 + pl) // 2
+    n0 = max(0, min(S - c0, (row.shape[0] - j0 + 1) // 2))
+    n1 = max(0, min(S - c1, (row.shape[0] - j0) // 2))
+    d0 = dst[base + q0 * block + c0:]
+    d1 = dst[base + (1 - q0) * block + c1:]
+    even, odd = row[j0:], row[j0 + 1:]
+    both = min(n0, n1)
+    for t in range(both):
+        d0[t] = even[2 * t]
+        d1[t] = odd[2 * t]
+    for t in range(both, n0):
+        d0[t] = even[2 * t]
+    for t in range(both, n1):
+        d1[t] = odd[2 * t]
+
+
+@njit(cache=True, inline="always")
+def _merge(src, pt, pl, sh, sw, rows, S, block, dst):
+    """The inverse of :func:`_split`: ``dst`` (an input-sized plane) := the phase planes'
+    values at each input pixel, zero where a pixel lies outside them."""
+    H, W = dst.shape[0], dst.shape[1]
+    for i in range(H):
+        row = dst[i]
+        row[:] = 0
+        r, p = (i + pt) // sh, (i + pt) % sh
+        if i + pt < 0 or r >= rows:
+            continue
+        for q in range(sw):
+            j0 = _first(max(0, -pl), pl, sw, q)
+            c0 = (j0 + pl) // sw
+            base = (p * sw + q) * block + r * S + c0
+            count = min(S - c0, (W - j0 + sw - 1) // sw)
+            if sw == 1:
+                for t in range(count):
+                    row[j0 + t] = src[base + t]
+            else:
+                for t in range(count):
+                    row[j0 + t * sw] = src[base + t]
+
+
+@njit(cache=True, inline="always")
+def _flat(src, S, dst):
+    """``dst`` := ``src`` (an output-sized plane) laid out flat with row stride ``S``."""
+    dst[:] = 0
+    for i in range(src.shape[0]):
+        base = i * S
+        for j in range(src.shape[1]):
+            dst[base + j] = src[i, j]
+
+
+@njit(cache=True, inline="always")
+def _unflat(src, S, dst):
+    for i in range(dst.shape[0]):
+        base = i * S
+        row = dst[i]
+        for j in range(dst.shape[1]):
+            row[j] = src[base + j]
+
+
+@njit(cache=True, inline="always")
+def _tap(a, b, sh, sw, dh, dw, S, block):
+    """Flat offset of tap ``(a, b)``: its phase plane's slot plus its shift inside it."""
+    return ((a * dh % sh) * sw + b * dw % sw) * block + (a * dh // sh) * S + b * dw // sw
+
+
+@njit(cache=True, fastmath=True)
+def _taps_into(acc, src, wc, sh, sw, dh, dw, S, block, length):
+    """``acc[i] += sum over taps (a, b) of wc[a, b] * src[_tap(a, b) + i]``, four taps per pass
+    over ``acc``: one tap per pass loaded and stored ``acc`` for every multiply-add, which
+    bounded the loop by the store port (4 taps per pass ran about 2x faster)."""
+    kh, kw = wc.shape[0], wc.shape[1]
+    T = kh * kw
+    t = 0
+    while t + 4 <= T:
+        a0, b0 = t // kw, t % kw
+        a1, b1 = (t + 1) // kw, (t + 1) % kw
+        a2, b2 = (t + 2) // kw, (t + 2) % kw
+        a3, b3 = (t + 3) // kw, (t + 3) % kw
+        w0, w1, w2, w3 = wc[a0, b0], wc[a1, b1], wc[a2, b2], wc[a3, b3]
+        s0 = src[_tap(a0, b0, sh, sw, dh, dw, S, block):]
+        s1 = src[_tap(a1, b1, sh, sw, dh, dw, S, block):]
+        s2 = src[_tap(a2, b2, sh, sw, dh, dw, S, block):]
+        s3 = src[_tap(a3, b3, sh, sw, dh, dw, S, block):]
+        for i in range(length):
+            acc[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i]
+        t += 4
+    while t < T:
+        a0, b0 = t // kw, t % kw
+        w0 = wc[a0, b0]
+        s0 = src[_tap(a0, b0, sh, sw, dh, dw, S, block):]
+        for i in range(length):
+            acc[i] += w0 * s0[i]
+        t += 1
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def planar_forward(x, w, bias, sh, sw, dh, dw, pt, pl, rows, S, length, block, parts, out):
+    """Same contract as :func:`depthwise_forward`, one padded plane at a time (see above)."""
+    N, C_in = x.shape[0], x.shape[1]
+    C_out = out.shape[1]
+    mult = C_out // C_in
+    has_bias = bias.shape[0] > 0
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    planes = N * C_in
+    step = (planes + parts - 1) // parts
+    for part in prange(parts):
+        src = np.empty(sh * sw * block, dtype=x.dtype)
+        acc = np.empty(length, dtype=out.dtype)
+        for q in range(part * step, min(planes, (part + 1) * step)):
+            n = q // C_in
+            ci = q - n * C_in
+            _split(x[n, ci], pt, pl, sh, sw, rows, S, block, src)
+            for m in range(mult):
+                co = ci * mult + m
+                acc[:] = bias[co] if has_bias else zero
+                _taps_into(acc, src, w[co], sh, sw, dh, dw, S, block, length)
+                _unflat(acc, S, out[n, co])
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def planar_backward(x, gy, w, sh, sw, dh, dw, pt, pl, rows, S, length, block, parts,
+                    need_gx, need_gw, gx):
+    """Both gradients of :func:`planar_forward` in one pass over each plane.
+
+    ``gx`` (the input's shape) receives the input gradient when ``need_gx``; the return value is
+    the per-image weight gradient ``(N, C_out, kh, kw)`` in float64 (each plane's dot products in
+    the input dtype), zeros unless ``need_gw``. Without ``need_gw`` only the shape of ``x`` is
+    read, so ``x`` may be ``gx`` itself."""
+    N, C_in = x.shape[0], x.shape[1]
+    C_out = gy.shape[1]
+    kh, kw = w.shape[1], w.shape[2]
+    mult = C_out // C_in
+    planes = N * C_in
+    step = (planes + parts - 1) // parts
+    part_gw = np.zeros((N, C_out, kh, kw), dtype=np.float64)
+    for part in prange(parts):
+        src = np.empty(sh * sw * block, dtype=x.dtype)
+        grad = np.empty(sh * sw * block, dtype=x.dtype)
+        flat = np.empty(length, dtype=x.dtype)
+        for q in range(part * step, min(planes, (part + 1) * step)):
+            n = q // C_in
+            ci = q - n * C_in
+            if need_gw:
+                _split(x[n, ci], pt, pl, sh, sw, rows, S, block, src)
+            if need_gx:
+                grad[:] = 0
+            for m in range(mult):
+                co = ci * mult + m
+                _flat(gy[n, co], S, flat)
+                for a in range(kh):
+                    for b in range(kw):
+                        off = _tap(a, b, sh, sw, dh, dw, S, block)
+                        if need_gw:
+                            shifted = src[off: off + length]
+                            s = flat[0] * 0
+                            for i in range(length):
+                                s += flat[i] * shifted[i]
+                            part_gw[n, co, a, b] = s
+                        if need_gx:
+                            wv = w[co, a, b]
+                            target = grad[off: off + length]
+                            for i in range(length):
+                                target[i] += wv * flat[i]
+            if need_gx:
+                _merge(grad, pt, pl, sh, sw, rows, S, block, gx[n, ci])
+    return part_gw

@@ -39,7 +39,35 @@ def _add(out: Any, identity: Any) -> Any:
     return out + identity
 
 
-class BasicBlock(Module):
+class _ResidualBlock(Module):
+    """What both blocks share: ``relu(residual(x) + shortcut(x))``, the shortcut ``downsample``
+    when given, else the input. Subclasses build their layers in ``_build`` and chain them in
+    ``_residual``; ``downsample`` is registered after the layers, in torchvision's order."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: Module | None = None, *, rng: Rng = None,
+                 dtype: Any = np.float32) -> None:
+        super().__init__()
+        self._build(inplanes, planes, stride, as_generator(rng), dtype)
+        if downsample is not None:
+            self.downsample = downsample
+        self.stride = stride
+
+    def _build(self, inplanes: int, planes: int, stride: int, gen: np.random.Generator,
+               dtype: Any) -> None:
+        raise NotImplementedError
+
+    def _residual(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def forward(self, x: Any) -> Any:
+        identity = self.downsample(x) if "downsample" in self._modules else x
+        return self.relu(_add(self._residual(x), identity))
+
+
+class BasicBlock(_ResidualBlock):
     """Two 3x3 conv-BN pairs, the input added back, then ReLU (ResNet-18/34).
 
     >>> block = BasicBlock(8, 8, rng=0).eval()
@@ -49,28 +77,20 @@ class BasicBlock(Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Module | None = None, *, rng: Rng = None,
-                 dtype: Any = np.float32) -> None:
-        super().__init__()
-        gen = as_generator(rng)
+    def _build(self, inplanes: int, planes: int, stride: int, gen: np.random.Generator,
+               dtype: Any) -> None:
         self.conv1 = Conv2d(inplanes, planes, 3, stride, 1, bias=False, rng=gen, dtype=dtype)
         self.bn1 = BatchNorm2d(planes, dtype=dtype)
         self.relu = ReLU(inplace=True)
         self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False, rng=gen, dtype=dtype)
         self.bn2 = BatchNorm2d(planes, dtype=dtype)
-        if downsample is not None:
-            self.downsample = downsample
-        self.stride = stride
 
-    def forward(self, x: Any) -> Any:
-        identity = self.downsample(x) if "downsample" in self._modules else x
+    def _residual(self, x: Any) -> Any:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(_add(out, identity))
+        return self.bn2(self.conv2(out))
 
 
-class Bottleneck(Module):
+class Bottleneck(_ResidualBlock):
     """1x1 narrow, 3x3 (with the stride), 1x1 widen by 4, the input added, ReLU (ResNet-50+).
 
     >>> block = Bottleneck(16, 4, rng=0).eval()
@@ -80,11 +100,8 @@ class Bottleneck(Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Module | None = None, *, rng: Rng = None,
-                 dtype: Any = np.float32) -> None:
-        super().__init__()
-        gen = as_generator(rng)
+    def _build(self, inplanes: int, planes: int, stride: int, gen: np.random.Generator,
+               dtype: Any) -> None:
         out = planes * self.expansion
         self.conv1 = Conv2d(inplanes, planes, 1, bias=False, rng=gen, dtype=dtype)
         self.bn1 = BatchNorm2d(planes, dtype=dtype)
@@ -93,16 +110,11 @@ class Bottleneck(Module):
         self.conv3 = Conv2d(planes, out, 1, bias=False, rng=gen, dtype=dtype)
         self.bn3 = BatchNorm2d(out, dtype=dtype)
         self.relu = ReLU(inplace=True)
-        if downsample is not None:
-            self.downsample = downsample
-        self.stride = stride
 
-    def forward(self, x: Any) -> Any:
-        identity = self.downsample(x) if "downsample" in self._modules else x
+    def _residual(self, x: Any) -> Any:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(_add(out, identity))
+        return self.bn3(self.conv3(out))
 
 
 class ResNet(Module):

@@ -148,9 +148,30 @@ def apply_numba_threads() -> None:
     """Make numba's thread count follow :func:`threads` (the kernels call this before running)."""
     import numba
 
+    get, put = numba_thread_count()
     want = max(1, min(_state["threads"], numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)
+    if get() != want:
+        put(want)
+
+
+def numba_thread_count() -> tuple[Any, Any]:
+    """``(get, set)`` of this thread's numba thread count, past the public functions' per-call
+    pool check and process lock (a pair of those took longer than a small pooling kernel).
+    The public ``numba.get_num_threads``/``set_num_threads`` where numba no longer has them."""
+    if _fast_thread_count:
+        return _fast_thread_count[0]
+    import numba
+    from numba.np.ufunc import parallel
+
+    numba.get_num_threads()  # starts the pool once, which binds the functions below
+    get, put = getattr(parallel, "_get_num_threads", None), getattr(parallel, "_set_num_threads", None)
+    pair = (get, put) if callable(get) and callable(put) else (numba.get_num_threads,
+                                                               numba.set_num_threads)
+    _fast_thread_count.append(pair)
+    return pair
+
+
+_fast_thread_count: list[tuple[Any, Any]] = []
 
 
 @contextmanager

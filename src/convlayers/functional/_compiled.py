@@ -18,11 +18,16 @@ from convlayers import config
 def kernels() -> Any:
     """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``winograd`` and
     ``pooling`` modules loaded, and numba's thread setting applied."""
-    from convlayers import kernels
-    from convlayers.kernels import conv, depthwise, pooling, winograd  # noqa: F401  (lazy: numba loads here)
+    if not _loaded:
+        from convlayers import kernels
+        from convlayers.kernels import conv, depthwise, pooling, winograd  # noqa: F401  (lazy: numba loads here)
 
+        _loaded.append(kernels)
     config.apply_numba_threads()
-    return kernels
+    return _loaded[0]
+
+
+_loaded: list[Any] = []
 
 
 def _numba_threads() -> int:
@@ -45,15 +50,14 @@ def _threads_for(macs: int, serial_below: int | None = None) -> Iterator[None]:
     if macs >= (config.engine.serial_macs if serial_below is None else serial_below):
         yield
         return
-    import numba
-
     kernels()  # loads numba and applies the thread setting first
-    saved = numba.get_num_threads()
-    numba.set_num_threads(1)
+    get, put = config.numba_thread_count()
+    saved = get()
+    put(1)
     try:
         yield
     finally:
-        numba.set_num_threads(saved)
+        put(saved)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from convlayers import config
 from convlayers._validate import IntOrTuple, as_int, float_array
 from convlayers.functional._common import batched, trailing, unbatch, window_offsets
-from convlayers.functional._compiled import kernels
+from convlayers.functional._compiled import _threads_for, kernels
 from convlayers.functional._pool_spec import (
     PoolPadding,
     blocks,
@@ -42,8 +43,9 @@ def scatter_to_argmax(
     if grad_output.dtype == input.dtype and grad_output.size:
         gy = np.ascontiguousarray(grad_output).reshape(n_planes, -1)
         gx = np.empty((n_planes, plane), dtype=input.dtype)  # zeroed plane by plane in the kernel
-        bad = kernels().pooling.scatter_add_planes(gy, _planes(idx.astype(np.int64, copy=False),
-                                                        (gy.shape[1],)), gx)
+        with _threads_for(gy.size + gx.size):
+            bad = kernels().pooling.scatter_add_planes(
+                gy, _planes(idx.astype(np.int64, copy=False), (gy.shape[1],)), gx)
         if bad:
             raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
         return gx.reshape(input.shape)
@@ -119,7 +121,7 @@ def avg_pool_backward(
     if gy.shape != x.shape[:2] + spec.out_shape:
         raise ValueError(f"grad_output must have shape {x.shape[:2] + spec.out_shape}, got {gy.shape}")
     override, include = check_divisor(divisor_override), bool(count_include_pad)
-    fits = int(np.prod(spec.out_shape)) * x.dtype.itemsize <= config.scratch_bytes() // 2
+    fits = math.prod(spec.out_shape) * x.dtype.itemsize <= config.scratch_bytes() // 2
     from convlayers.functional import pooling  # the one switch for the compiled paths
 
     if pooling._fast(x, spec) and gy.dtype == x.dtype and fits and set(spec.dilation) == {1}:
@@ -128,7 +130,8 @@ def avg_pool_backward(
             strict=True))
         div = divisor_grid(spec, include, override, x.dtype).reshape(o)
         gx = np.empty((x.shape[0] * x.shape[1], *i), dtype=x.dtype)  # zeroed in the kernel
-        kernels().pooling.avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
+        with _threads_for(gy.size * k[0] * k[1] + gx.size):
+            kernels().pooling.avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
         return unbatch(gx.reshape(x.shape), unbatched)
     share = np.array(gy, dtype=x.dtype)
     if override is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -196,7 +197,7 @@ def divisor_grid(spec: PoolSpec, include_pad: bool, divisor_override: int | None
     """The whole divisor grid over the output plane, in ``dtype`` (for the compiled kernels),
     remembered when small: a layer called again reuses it, so callers must not write to it (it
     stays writeable, as numba compiles read-only arrays as another type)."""
-    if int(np.prod(spec.out_shape)) > _SMALL_GRID:
+    if math.prod(spec.out_shape) > _SMALL_GRID:
         return _divisor_grid(spec, include_pad, divisor_override, dtype)
     return _small_divisor_grid(spec, include_pad, divisor_override, np.dtype(dtype))
 

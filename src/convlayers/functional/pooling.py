@@ -13,6 +13,7 @@ padding per side (``padding=((top, bottom), (left, right))``), dilated average p
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from convlayers import config
 from convlayers._validate import IntOrTuple
 from convlayers.functional._common import pad_pairs, trailing, unbatch, window_offsets
-from convlayers.functional._compiled import kernels
+from convlayers.functional._compiled import _threads_for, kernels
 from convlayers.functional._pool_backward import (
     _planes,
     avg_pool_backward,
@@ -81,11 +82,12 @@ def _max_pool_fast(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[n
     xs = _planes(x, i)
     out = np.empty((xs.shape[0], *o), dtype=x.dtype)
     shape = x.shape[:2] + spec.out_shape
-    if not with_indices:
-        kern.max_pool2d(xs, *k, *s, *p, *d, out)
-        return out.reshape(shape), None
-    index = np.empty(out.shape, dtype=np.int64)
-    kern.max_pool2d_indices(xs, *k, *s, *p, *d, out, index)
+    with _threads_for(out.size * k[0] * k[1]):  # small work: one thread, no pool to wake
+        if not with_indices:
+            kern.max_pool2d(xs, *k, *s, *p, *d, out)
+            return out.reshape(shape), None
+        index = np.empty(out.shape, dtype=np.int64)
+        kern.max_pool2d_indices(xs, *k, *s, *p, *d, out, index)
     return out.reshape(shape), index.reshape(shape)
 
 
@@ -139,7 +141,7 @@ def _max_pool_nd(
 
 def _kernel_grid_fits(spec: PoolSpec, dtype: np.dtype) -> bool:
     """The compiled average kernels take a whole divisor grid: only when it fits the scratch."""
-    return int(np.prod(spec.out_shape)) * dtype.itemsize <= config.scratch_bytes() // 2
+    return math.prod(spec.out_shape) * dtype.itemsize <= config.scratch_bytes() // 2
 
 
 def _avg_pool_nd(
@@ -156,7 +158,8 @@ def _avg_pool_nd(
         div = divisor_grid(spec, include, override, x.dtype).reshape(o)
         xs = _planes(x, i)
         out = np.empty((xs.shape[0], *o), dtype=x.dtype)
-        kernels().pooling.avg_pool2d(xs, *k, *s, *p, div, out)
+        with _threads_for(out.size * k[0] * k[1]):
+            kernels().pooling.avg_pool2d(xs, *k, *s, *p, div, out)
         return unbatch(out.reshape(x.shape[:2] + spec.out_shape), unbatched)
     total = np.zeros(x.shape[:2] + spec.out_shape, dtype=x.dtype)
     for offset in window_offsets(spec.kernel):

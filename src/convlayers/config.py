@@ -148,30 +148,32 @@ def apply_numba_threads() -> None:
     """Make numba's thread count follow :func:`threads` (the kernels call this before running)."""
     import numba
 
-    get, put = numba_thread_count()
+    get, put, _ = numba_controls()
     want = max(1, min(_state["threads"], numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     if get() != want:
         put(want)
 
 
-def numba_thread_count() -> tuple[Any, Any]:
-    """``(get, set)`` of this thread's numba thread count, past the public functions' per-call
-    pool check and process lock (a pair of those took longer than a small pooling kernel).
-    The public ``numba.get_num_threads``/``set_num_threads`` where numba no longer has them."""
-    if _fast_thread_count:
-        return _fast_thread_count[0]
+def numba_controls() -> tuple[Any, Any, Any]:
+    """``(get_threads, set_threads, set_chunksize)`` of this thread's numba settings, past the
+    public functions' per-call pool check and process lock (a pair of those took longer than a
+    small pooling kernel). ``set_chunksize`` returns the previous chunk size. The public
+    ``numba`` functions where numba no longer has these."""
+    if _fast_controls:
+        return _fast_controls[0]
     import numba
     from numba.np.ufunc import parallel
 
     numba.get_num_threads()  # starts the pool once, which binds the functions below
-    get, put = getattr(parallel, "_get_num_threads", None), getattr(parallel, "_set_num_threads", None)
-    pair = (get, put) if callable(get) and callable(put) else (numba.get_num_threads,
-                                                               numba.set_num_threads)
-    _fast_thread_count.append(pair)
-    return pair
+    fast = [getattr(parallel, name, None) for name in
+            ("_get_num_threads", "_set_num_threads", "_set_parallel_chunksize")]
+    controls: tuple[Any, Any, Any] = (fast[0], fast[1], fast[2]) if all(map(callable, fast)) \
+        else (numba.get_num_threads, numba.set_num_threads, numba.set_parallel_chunksize)
+    _fast_controls.append(controls)
+    return controls
 
 
-_fast_thread_count: list[tuple[Any, Any]] = []
+_fast_controls: list[tuple[Any, Any, Any]] = []
 
 
 @contextmanager

@@ -32,9 +32,7 @@ _loaded: list[Any] = []
 
 def _numba_threads() -> int:
     """Threads of numba's pool the kernels run with (after :func:`kernels`)."""
-    import numba
-
-    return int(numba.get_num_threads())
+    return int(config.numba_controls()[0]())
 
 
 def numba_threads() -> int:
@@ -51,7 +49,7 @@ def _threads_for(macs: int, serial_below: int | None = None) -> Iterator[None]:
         yield
         return
     kernels()  # loads numba and applies the thread setting first
-    get, put = config.numba_thread_count()
+    get, put, _ = config.numba_controls()
     saved = get()
     put(1)
     try:
@@ -65,10 +63,10 @@ def _dynamic_units() -> Iterator[None]:
     """Hand out the units of the fused kernels one at a time (numba's ``prange`` otherwise
     splits them into one static chunk per thread, and a core slowed by a neighbour holds up
     the call)."""
-    import numba
-
-    saved = numba.set_parallel_chunksize(1)
+    kernels()
+    chunks = config.numba_controls()[2]
+    saved = chunks(1)
     try:
         yield
     finally:
-        numba.set_parallel_chunksize(saved)
+        chunks(saved)

@@ -211,6 +211,22 @@ def _make_edge_tile(vectors: int, accumulate: bool) -> Any:
     return intrinsic(typer)
 
 
+@intrinsic
+def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+    """``a * b + c`` rounded once (``llvm.fma``), for same-typed float scalars: the tiles'
+    operation, in an order nothing reassociates, so the few columns done one at a time round
+    exactly as the vector tiles do."""
+    if not (a == b == c and a in (types.float32, types.float64)):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        kind = context.get_value_type(signature.return_type)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(kind, [kind] * 3),
+                                             f"llvm.fma.{'f32' if a == types.float32 else 'f64'}")
+        return builder.call(fma, list(args))
+    return a(a, b, c), codegen
+
+
 def _typed(u: Any, v: Any, m: Any) -> bool:
     """Only C-contiguous 2-D float arrays of one dtype: the generated code assumes it."""
     return all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
@@ -272,12 +288,12 @@ def _tiled(u, v, m, j_lo, j_hi, accumulate):
     width = j_hi - j_lo
     if width <= 0 or P == 0:
         return
-    if K == 0 or width < lanes:
+    if K == 0 or width < lanes:  # one column at a time, summed in the tiles' order
         for p in range(P):
             for j in range(j_lo, j_hi):
                 total = m[p, j] if accumulate else m.dtype.type(0)
                 for k in range(K):
-                    total += u[p, k] * v[k, j]
+                    total = _fma(u[p, k], v[k, j], total)
                 m[p, j] = total
         return
     narrow = j_lo + width - width % lanes

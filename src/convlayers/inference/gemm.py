@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 from numba import njit, prange
 
-from convlayers.inference.kernels import _activate, im2col_rows
+from convlayers.inference.kernels import epilogue_row, im2col_rows
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_cols
 
 __all__ = ["gemm_epilogue", "im2col_gemm_images", "units"]
@@ -22,16 +22,7 @@ __all__ = ["gemm_epilogue", "im2col_gemm_images", "units"]
 def _finish(o, c0, bias, res_n, has_res, act, j0, j1):
     """Rows of block ``o`` are channels ``c0 ...``: add bias (and residual), activate."""
     for co in range(o.shape[0]):
-        row = o[co, j0:j1]
-        b = bias[c0 + co]
-        if has_res:
-            r = res_n[c0 + co, j0:j1]
-            for k in range(row.size):
-                row[k] = row[k] + b + r[k]
-        else:
-            for k in range(row.size):
-                row[k] += b
-        _activate(row, act)
+        epilogue_row(o[co, j0:j1], bias[c0 + co], res_n[c0 + co, j0:j1], has_res, act)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from convlayers.kernels._bounds import tap_cols
+
 # activation codes shared by the plan and the kernels
 ACT = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "tanh": 6}
 
@@ -41,22 +43,26 @@ def _activate(row, act):
             row[i] = np.tanh(row[i])
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def epilogue_row(row, b, r, has_res, act):
+    """``row = act(row + b (+ r))`` in place: the end of every convolution's output row
+    (``r`` is read only when ``has_res``)."""
+    if has_res:
+        for k in range(row.size):
+            row[k] = row[k] + b + r[k]
+    else:
+        for k in range(row.size):
+            row[k] += b
+    _activate(row, act)
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def epilogue(y, bias, res, has_res, act):
     """``y[n, c, :] = act(y + bias[c] (+ res[n, c, :]))`` in place; ``y``, ``res``: (N, C, L)."""
     n, c, _ = y.shape
     for nc in prange(n * c):
         i, ch = nc // c, nc % c
-        row = y[i, ch]
-        b = bias[ch]
-        if has_res:
-            r = res[i, ch]
-            for k in range(row.size):
-                row[k] = row[k] + b + r[k]
-        else:
-            for k in range(row.size):
-                row[k] += b
-        _activate(row, act)
+        epilogue_row(y[i, ch], bias[ch], res[i, ch], has_res, act)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -102,9 +108,8 @@ def im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols, r_lo, r_hi):
         ch, tap = r // (kh * kw), r % (kh * kw)
         i, j = tap // kw, tap % kw
         off = j * dw - pl
-        lo = 0 if off >= 0 else (-off + sw - 1) // sw  # first ox with 0 <= ox*sw + off
-        hi = (w - 1 - off) // sw + 1 if w - 1 - off >= 0 else 0  # past the last in range
-        lo, hi = min(lo, wo), max(min(hi, wo), min(lo, wo))
+        lo, hi = tap_cols(off, sw, w, wo)
+        lo, hi = min(lo, wo), min(hi, wo)
         for oy in range(ho):
             iy = oy * sh - pt + i * dh
             base = oy * wo
@@ -228,9 +233,7 @@ def max_pool(x, kh, kw, sh, sw, dh, dw, pt, pl, out):
                 src = x[b, ch, iy]
                 for j in range(kw):
                     off = j * dw - pl
-                    lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                    hi = (wd - 1 - off) // sw + 1 if wd - 1 - off >= 0 else 0
-                    hi = min(hi, wo)
+                    lo, hi = tap_cols(off, sw, wd, wo)
                     if hi <= lo:
                         continue
                     dst = row[lo:hi]

@@ -30,6 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from convlayers.kernels._bounds import tap_cols, unit_block, unit_parts
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
 
@@ -46,6 +47,19 @@ def slab_index(rows, Wo, sh, sw, Wp):
         for ow in range(Wo):
             idx[oh * Wo + ow] = oh * sh * Wp + ow * sw
     return idx
+
+
+@njit(cache=True, inline="always")
+def _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo):
+    """What :func:`_columns` needs for slabs of ``R`` output rows by ``Wo``: the padded slab's
+    row length ``Wp``, the gather offsets (:func:`slab_index`), and per-thread scratch for
+    ``nt`` threads (the input slab, ``Cig x Hs x Wp``, and the columns, ``K x R*Wo``)."""
+    Wp = (Wo - 1) * sw + (kw - 1) * dw + 1
+    Hs = (R - 1) * sh + (kh - 1) * dh + 1
+    idx = slab_index(R, Wo, sh, sw, Wp)
+    xbuf = np.empty((nt, Cig * Hs * Wp), dtype=x.dtype)
+    cbuf = np.empty((nt, K * R * Wo), dtype=x.dtype)
+    return Wp, idx, xbuf, cbuf
 
 
 @njit(cache=True, fastmath=True)
@@ -101,9 +115,7 @@ def _col2im(dcols, gxn, c0, C, kh, kw, sh, sw, dh, dw, pt, pl, oh0, nr, Wo):
             for b in range(kw):
                 src = dcols[(c * kh + a) * kw + b]
                 off = b * dw - pl
-                lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                last = W - 1 - off
-                hi = 0 if last < 0 else min(Wo, last // sw + 1)
+                lo, hi = tap_cols(off, sw, W, Wo)
                 if hi <= lo:
                     continue
                 for r in range(nr):
@@ -132,20 +144,13 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
     Ho = out.shape[2] // Wo
     nr = (Ho + R - 1) // R
     nb = (Cog + B - 1) // B
-    Wp = (Wo - 1) * sw + (kw - 1) * dw + 1
-    Hs = (R - 1) * sh + (kh - 1) * dh + 1
-    idx = slab_index(R, Wo, sh, sw, Wp)
-    xbuf = np.empty((nt, Cig * Hs * Wp), dtype=x.dtype)
-    cbuf = np.empty((nt, K * R * Wo), dtype=x.dtype)
+    Wp, idx, xbuf, cbuf = _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo)
     obuf = np.empty((nt, B * R * Wo), dtype=x.dtype)
     has_bias = bias.shape[0] > 0
     zero = np.zeros(1, dtype=out.dtype)[0]
     for unit in prange(N * G * nr * nb):
         t = numba.get_thread_id()
-        n = unit // (G * nr * nb)
-        rest = unit - n * (G * nr * nb)
-        g = rest // (nr * nb)
-        rest -= g * (nr * nb)
+        n, g, rest = unit_parts(unit, G, nr * nb)
         r = rest // nb
         cb = rest - r * nb
         oh0 = r * R
@@ -177,21 +182,12 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, acc):
     Cig = C_in // G
     Ho = gy.shape[2] // Wo
     nr = (Ho + R - 1) // R
-    Wp = (Wo - 1) * sw + (kw - 1) * dw + 1
-    Hs = (R - 1) * sh + (kh - 1) * dh + 1
-    idx = slab_index(R, Wo, sh, sw, Wp)
-    xbuf = np.empty((nt, Cig * Hs * Wp), dtype=x.dtype)
-    cbuf = np.empty((nt, K * R * Wo), dtype=x.dtype)
+    Wp, idx, xbuf, cbuf = _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo)
     tbuf = np.empty((nt, R * Wo * Cog), dtype=x.dtype)
     acc[:] = 0
     for unit in prange(N * G * nr):
         t = numba.get_thread_id()
-        n = unit // (G * nr)
-        rest = unit - n * (G * nr)
-        g = rest // nr
-        r = rest - g * nr
-        oh0 = r * R
-        rows = min(R, Ho - oh0)
+        n, g, oh0, rows = unit_block(unit, G, nr, R, Ho)
         L = rows * Wo
         cols = cbuf[t, : K * L].reshape(K, L)
         _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp,
@@ -221,12 +217,7 @@ def lowered_input_grad(gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
     gbuf = np.empty((nt, Cog * R * Wo), dtype=gy.dtype)
     for unit in prange(N * G * nb):
         t = numba.get_thread_id()
-        n = unit // (G * nb)
-        rest = unit - n * (G * nb)
-        g = rest // nb
-        cb = rest - g * nb
-        c0 = cb * B
-        cs = min(B, Cig - c0)
+        n, g, c0, cs = unit_block(unit, G, nb, B, Cig)
         for c in range(cs):
             gx[n, g * Cig + c0 + c] = 0
         for r in range(nr):
@@ -268,11 +259,8 @@ def pointwise(x, taps, bias, B, R, out):
     nr = (Cog + R - 1) // R
     has_bias = bias.shape[0] > 0
     for unit in prange(N * nb * nr):
-        n = unit // (nb * nr)
-        rest = unit - n * nb * nr
-        blk = rest // nr
-        r0 = (rest - blk * nr) * R
-        r1 = min(Cog, r0 + R)
+        n, blk, r0, rs = unit_block(unit, nb, nr, R, Cog)
+        r1 = r0 + rs
         j0 = blk * B
         j1 = min(L, j0 + B)
         for g in range(G):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from convlayers.kernels._bounds import tap_cols
 from convlayers.kernels.depthwise_flat import flat_backward, flat_forward, flat_masks
 from convlayers.kernels.depthwise_planar import planar_backward, planar_forward, planar_geometry
 
@@ -46,15 +47,6 @@ __all__ = [
     "planar_forward",
     "planar_geometry",
 ]
-
-
-@njit(cache=True, inline="always")
-def _cols(off, sw, W, Wo):
-    """Output columns ``[lo, hi)`` whose tap ``ow*sw + off`` lies inside ``0 .. W-1``."""
-    lo = 0 if off >= 0 else (-off + sw - 1) // sw
-    last = W - 1 - off
-    hi = 0 if last < 0 else min(Wo, last // sw + 1)
-    return lo, max(lo, hi)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -86,7 +78,7 @@ def depthwise_forward(x, w, bias, sh, sw, dh, dw, pt, pl, out):
                 for b in range(kw):
                     wv = wc[a, b]
                     off = b * dw - pl
-                    lo, hi = _cols(off, sw, W, Wo)
+                    lo, hi = tap_cols(off, sw, W, Wo)
                     if sw == 1:  # slices keep the indices non-negative, so this vectorises
                         o_s, x_s = orow[lo:hi], xrow[lo + off: hi + off]
                         for t in range(hi - lo):
@@ -121,7 +113,7 @@ def depthwise_input_grad(gy, w, sh, sw, dh, dw, pt, pl, gx):
                     for b in range(kw):
                         wv = wc[a, b]
                         off = b * dw - pl
-                        lo, hi = _cols(off, sw, W, Wo)
+                        lo, hi = tap_cols(off, sw, W, Wo)
                         if sw == 1:
                             x_s, g_s = xrow[lo + off: hi + off], grow[lo:hi]
                             for t in range(hi - lo):
@@ -152,7 +144,7 @@ def depthwise_weight_grad(x, gy, kh, kw, sh, sw, dh, dw, pt, pl):
                 xrow = x[n, ci, ih]
                 for b in range(kw):
                     off = b * dw - pl
-                    lo, hi = _cols(off, sw, W, Wo)
+                    lo, hi = tap_cols(off, sw, W, Wo)
                     acc = zero  # sums in the input's dtype, rows added in float64
                     if sw == 1:
                         g_s, x_s = grow[lo:hi], xrow[lo + off: hi + off]

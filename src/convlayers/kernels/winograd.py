@@ -18,6 +18,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from convlayers.kernels._bounds import unit_block
 from convlayers.kernels._winograd_tiles import (
     _any_nonfinite,
     _input_block,
@@ -131,11 +132,7 @@ def forward_fused(x, u, bias, pt, pl, R, B, nt, out, bad):
     ybuf = np.empty((nt, 2, 2 * L), dtype=x.dtype)
     for unit in prange(N * nb * ncb):
         t = numba.get_thread_id()
-        n = unit // (nb * ncb)
-        rest = unit - n * (nb * ncb)
-        blk = rest // ncb
-        co0 = (rest - blk * ncb) * B
-        cos = min(B, Cog - co0)
+        n, blk, co0, cos = unit_block(unit, nb, ncb, B, Cog)
         th0 = blk * R
         rows = min(R, TH - th0)
         lb = rows * S
@@ -180,11 +177,7 @@ def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad):
     gut[:] = 0
     for unit in prange(N * G * ncb):
         t = numba.get_thread_id()
-        n = unit // (G * ncb)
-        rest = unit - n * (G * ncb)
-        g = rest // ncb
-        ci0 = (rest - g * ncb) * B
-        cis = min(B, Cig - ci0)
+        n, g, ci0, cis = unit_block(unit, G, ncb, B, Cig)
         c0 = g * Cig + ci0
         xs = x[n, c0: c0 + cis]
         gxs = gx[n, c0: c0 + cis]

@@ -1,0 +1,40 @@
+"""Index arithmetic the compiled kernels share: which outputs a tap reaches, which unit is which.
+
+Both helpers are ``inline="always"``: numba splices them into the caller's IR, so a kernel's
+loops compile as if the lines were written in place.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+__all__ = ["tap_cols", "unit_block", "unit_parts"]
+
+
+@njit(cache=True, inline="always")
+def tap_cols(off, step, size, n_out):
+    """Output columns ``[lo, hi)`` whose tap ``o*step + off`` lies inside ``0 .. size-1``, of
+    ``n_out`` outputs (``hi >= lo``; ``lo`` may exceed ``n_out`` when none does)."""
+    lo = 0 if off >= 0 else (-off + step - 1) // step
+    last = size - 1 - off
+    hi = 0 if last < 0 else min(n_out, last // step + 1)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, inline="always")
+def unit_parts(unit, a, b):
+    """``(n, i, j)`` of the parallel unit numbered ``(n*a + i)*b + j`` (``i < a``, ``j < b``)."""
+    n = unit // (a * b)
+    rest = unit - n * (a * b)
+    i = rest // b
+    return n, i, rest - i * b
+
+
+@njit(cache=True, inline="always")
+def unit_block(unit, a, b, size, total):
+    """``(n, i, lo, count)`` of the unit numbered ``(n*a + i)*b + j`` whose last part ``j`` is
+    a block of ``size`` out of ``total`` (rows, channels): it starts at ``lo = j*size`` and
+    holds ``count = min(size, total - lo)`` of them."""
+    n, i, j = unit_parts(unit, a, b)
+    lo = j * size
+    return n, i, lo, min(size, total - lo)

@@ -48,20 +48,39 @@ def _first(lo, pad, step, phase):
 
 
 @njit(cache=True, inline="always")
-def _split(src, pt, pl, sh, sw, rows, S, block, dst):
-    """``dst`` := the phase planes of ``src`` zero-padded by ``(pt, pl)`` (see above); input
-    pixels outside every phase plane are never read and are dropped."""
-    dst[:] = 0
+def _phases(k, d, s):
+    """Bit ``p`` set when some tap ``a < k`` (dilation ``d``) reads phase ``p`` of stride ``s``:
+    with a dilation that is a multiple of the stride every tap reads phase 0 only."""
+    used = 0
+    for a in range(k):
+        used |= 1 << (a * d % s)
+    return used
+
+
+@njit(cache=True, inline="always")
+def _split(src, pt, pl, sh, sw, rows, S, block, dst, kh, kw, dh, dw):
+    """``dst`` := the phase planes of ``src`` zero-padded by ``(pt, pl)`` (see above), only
+    those a ``kh x kw`` kernel of dilation ``(dh, dw)`` reads (the others are left as they
+    were); input pixels outside every phase plane are never read and are dropped."""
+    row_phases, col_phases = _phases(kh, dh, sh), _phases(kw, dw, sw)
+    for p in range(sh):
+        for q in range(sw):
+            if (row_phases >> p) & 1 and (col_phases >> q) & 1:
+                dst[(p * sw + q) * block:(p * sw + q + 1) * block] = 0
     H, W = src.shape[0], src.shape[1]
     for i in range(max(0, -pt), H):
         r, p = (i + pt) // sh, (i + pt) % sh
         if r >= rows:
             break
+        if not (row_phases >> p) & 1:
+            continue
         row = src[i]
-        if sw == 2:  # both column phases in one pass, with a literal stride (3x faster)
-            _split_row2(row, pl, dst, p * 2 * block + r * S, block, S)
+        if sw == 2 and col_phases == 3:  # both column phases in one pass, with a literal
+            _split_row2(row, pl, dst, p * 2 * block + r * S, block, S)  # stride (3x faster)
             continue
         for q in range(sw):
+            if not (col_phases >> q) & 1:
+                continue
             j0 = _first(max(0, -pl), pl, sw, q)
             c0 = (j0 + pl) // sw  # phase column of j0; each further j (step sw) is one more
             base = (p * sw + q) * block + r * S + c0
@@ -191,7 +210,7 @@ def planar_forward(x, w, bias, sh, sw, dh, dw, pt, pl, rows, S, length, block, p
         for q in range(part * step, min(planes, (part + 1) * step)):
             n = q // C_in
             ci = q - n * C_in
-            _split(x[n, ci], pt, pl, sh, sw, rows, S, block, src)
+            _split(x[n, ci], pt, pl, sh, sw, rows, S, block, src, w.shape[1], w.shape[2], dh, dw)
             for m in range(mult):
                 co = ci * mult + m
                 acc[:] = bias[co] if has_bias else zero
@@ -223,7 +242,7 @@ def planar_backward(x, gy, w, sh, sw, dh, dw, pt, pl, rows, S, length, block, pa
             n = q // C_in
             ci = q - n * C_in
             if need_gw:
-                _split(x[n, ci], pt, pl, sh, sw, rows, S, block, src)
+                _split(x[n, ci], pt, pl, sh, sw, rows, S, block, src, w.shape[1], w.shape[2], dh, dw)
             if need_gx:
                 grad[:] = 0
             for m in range(mult):

@@ -132,10 +132,9 @@ def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarra
 
 def _compiled(work: int) -> Any:
     """The pooling kernels, with numba's threads applied (one thread for small work)."""
-    from convlayers.functional._compiled import _threads_for
-    from convlayers.kernels import pooling as kernels
+    from convlayers.functional._compiled import _threads_for, kernels
 
-    return kernels, _threads_for(work)
+    return kernels().pooling, _threads_for(work)
 
 
 def _adaptive_avg(input: Any, output_size: OutputSize, n: int) -> np.ndarray:

@@ -85,12 +85,13 @@ def _split(src, pt, pl, sh, sw, rows, S, block, dst, kh, kw, dh, dw):
             c0 = (j0 + pl) // sw  # phase column of j0; each further j (step sw) is one more
             base = (p * sw + q) * block + r * S + c0
             count = min(S - c0, (W - j0 + sw - 1) // sw)  # columns past S are dropped
+            d, r0 = dst[base:], row[j0:]  # views: indices from 0 vectorise (see _unflat)
             if sw == 1:
                 for t in range(count):
-                    dst[base + t] = row[j0 + t]
+                    d[t] = r0[t]
             else:
                 for t in range(count):
-                    dst[base + t] = row[j0 + t * sw]
+                    d[t] = r0[t * sw]
 
 
 @njit(cache=True, inline="always")
@@ -131,12 +132,13 @@ def _merge(src, pt, pl, sh, sw, rows, S, block, dst):
             c0 = (j0 + pl) // sw
             base = (p * sw + q) * block + r * S + c0
             count = min(S - c0, (W - j0 + sw - 1) // sw)
+            s0, r0 = src[base:], row[j0:]
             if sw == 1:
                 for t in range(count):
-                    row[j0 + t] = src[base + t]
+                    r0[t] = s0[t]
             else:
                 for t in range(count):
-                    row[j0 + t * sw] = src[base + t]
+                    r0[t * sw] = s0[t]
 
 
 @njit(cache=True, inline="always")
@@ -144,18 +146,21 @@ def _flat(src, S, dst):
     """``dst`` := ``src`` (an output-sized plane) laid out flat with row stride ``S``."""
     dst[:] = 0
     for i in range(src.shape[0]):
-        base = i * S
+        d, row = dst[i * S:], src[i]
         for j in range(src.shape[1]):
-            dst[base + j] = src[i, j]
+            d[j] = row[j]
 
 
 @njit(cache=True, inline="always")
 def _unflat(src, S, dst):
+    """``dst`` (an output-sized plane) := ``src`` laid out flat with row stride ``S``. Every
+    copy loop here reads through a view that starts at the row (``src[i * S:]``), so its index
+    runs from 0: with ``src[i * S + j]`` numba's wraparound of negative indices stayed in the
+    loop and kept it scalar (3.6 us a 56x56 plane against 0.4 us)."""
     for i in range(dst.shape[0]):
-        base = i * S
-        row = dst[i]
+        s, row = src[i * S:], dst[i]
         for j in range(dst.shape[1]):
-            row[j] = src[base + j]
+            row[j] = s[j]
 
 
 @njit(cache=True, inline="always")

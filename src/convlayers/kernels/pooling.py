@@ -50,12 +50,14 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
                 if r < 0 or r >= H:
                     continue
                 xrow = x[p, r]
-                for b in range(kw):
+                inner = orow[lo:hi]  # views from the first interior column: indices
+                for b in range(kw):  # from 0, which numba does not wrap (so it vectorises)
                     off = b * dw - pw
-                    for ow in range(lo, hi):
-                        v = xrow[ow * sw + off]
-                        m = orow[ow]
-                        orow[ow] = v if (v > m or v != v) else m
+                    xs = xrow[lo * sw + off:]
+                    for t in range(hi - lo):
+                        v = xs[t * sw]
+                        m = inner[t]
+                        inner[t] = v if (v > m or v != v) else m
                     for ow in range(Wo):  # border columns
                         if lo <= ow < hi:
                             continue
@@ -126,10 +128,12 @@ def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out):
                 if r < 0 or r >= H:
                     continue
                 xrow = x[p, r]
+                inner = orow[lo:hi]
                 for b in range(kw):
                     off = b - pw
-                    for ow in range(lo, hi):
-                        orow[ow] += xrow[ow * sw + off]
+                    xs = xrow[lo * sw + off:]
+                    for t in range(hi - lo):
+                        inner[t] += xs[t * sw]
                     for ow in range(Wo):
                         if lo <= ow < hi:
                             continue

@@ -46,14 +46,15 @@ def _input_block(xn, pt, pl, th0, rows, TW, v, plane, t1):
             base = th * TW
             for i in range(4):
                 row = t1[i]
-                o0, o1, o2, o3 = v[4 * i, c], v[4 * i + 1, c], v[4 * i + 2, c], v[4 * i + 3, c]
+                o0, o1 = v[4 * i, c, base:], v[4 * i + 1, c, base:]  # views: indices from 0
+                o2, o3 = v[4 * i + 2, c, base:], v[4 * i + 3, c, base:]
                 for tw in range(TW):
                     s = 2 * tw
                     a0, a1, a2, a3 = row[s], row[s + 1], row[s + 2], row[s + 3]
-                    o0[base + tw] = a0 - a2
-                    o1[base + tw] = a1 + a2
-                    o2[base + tw] = a2 - a1
-                    o3[base + tw] = a1 - a3
+                    o0[tw] = a0 - a2
+                    o1[tw] = a1 + a2
+                    o2[tw] = a2 - a1
+                    o3[tw] = a1 - a3
 
 
 @njit(cache=True, fastmath=True)

@@ -211,20 +211,83 @@ def _make_edge_tile(vectors: int, accumulate: bool) -> Any:
     return intrinsic(typer)
 
 
-@intrinsic
-def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
-    """``a * b + c`` rounded once (``llvm.fma``), for same-typed float scalars: the tiles'
-    operation, in an order nothing reassociates, so the few columns done one at a time round
-    exactly as the vector tiles do."""
-    if not (a == b == c and a in (types.float32, types.float64)):
-        return None
+def _emit_narrow_tile(context: Any, builder: Any, signature: Any, args: Any,
+                      accumulate: bool) -> Any:
+    """``m[p:p+rows, j0:j0+cols] (+)= u[p:p+rows, k0:k1] @ v[k0:k1, j0:j0+cols]`` for a product
+    narrower than one vector (``cols < lanes``, e.g. a weight gradient with few output
+    channels): masked loads and stores, so nothing past the last column is touched; rows past
+    ``rows`` are computed from the last real row and not stored. Masked stores are slow on some
+    cores, but come once per tile; the loop's masked loads keep the FMAs vectorised."""
+    arr_t = signature.args[0]
+    ua, va, ma = (context.make_array(t)(context, builder, a)
+                  for t, a in zip(signature.args[:3], args[:3], strict=True))
+    p, j0, k0, k1, n_rows, n_cols = args[3:9]
+    itemsize = context.get_abi_sizeof(context.get_value_type(arr_t.dtype))
+    scalar = ir.FloatType() if itemsize == 4 else ir.DoubleType()
+    lanes = (64 if _WIDE else 32) // itemsize
+    vec = ir.VectorType(scalar, lanes)
+    vptr = vec.as_pointer()
+    intp = context.get_value_type(types.intp)
+    i32 = ir.IntType(32)
+    name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
+    mask_t = ir.VectorType(ir.IntType(1), lanes)
+    load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        vec, [vptr, i32, mask_t, vec]), f"llvm.masked.load.{name}.p0")
+    store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ir.VoidType(), [vec, vptr, i32, mask_t]), f"llvm.masked.store.{name}.p0")
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                         f"llvm.fma.{name}")
+    ivec = ir.VectorType(intp, lanes)
+    zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+    wanted = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ivec, None), n_cols, ir.Constant(i32, 0)),
+        ir.Constant(ivec, None), zeros)
+    mask = builder.icmp_signed("<", ir.Constant(ivec, list(range(lanes))), wanted)
+    align = ir.Constant(i32, itemsize)
+    zero_vec = ir.Constant(vec, [0.0] * lanes)
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        kind = context.get_value_type(signature.return_type)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(kind, [kind] * 3),
-                                             f"llvm.fma.{'f32' if a == types.float32 else 'f64'}")
-        return builder.call(fma, list(args))
-    return a(a, b, c), codegen
+    def row_stride(arr: Any) -> Any:  # in elements
+        return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides)[0],
+                            ir.Constant(intp, itemsize))
+
+    def at(arr: Any, row: Any) -> Any:
+        return builder.bitcast(builder.gep(arr.data, [builder.add(row, j0)]), vptr)
+
+    us, vs, ms = row_stride(ua), row_stride(va), row_stride(ma)
+    last = builder.sub(n_rows, ir.Constant(intp, 1))
+    rows = [builder.select(builder.icmp_signed("<", ir.Constant(intp, r), n_rows),
+                           ir.Constant(intp, r), last) for r in range(TILE_ROWS)]
+    m_rows = [builder.mul(builder.add(p, rows[r]), ms) for r in range(TILE_ROWS)]
+    accs = [cgutils.alloca_once(builder, vec) for _ in range(TILE_ROWS)]
+    for r, acc in enumerate(accs):
+        builder.store(builder.call(load, [at(ma, m_rows[r]), align, mask, zero_vec])
+                      if accumulate else zero_vec, acc)
+    u_rows = [builder.add(builder.mul(builder.add(p, rows[r]), us), k0) for r in range(TILE_ROWS)]
+    with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
+        k = loop.index
+        x = builder.call(load, [at(va, builder.mul(builder.add(k, k0), vs)), align, mask,
+                                zero_vec])
+        for r in range(TILE_ROWS):
+            a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], k)]))
+            a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(i32, 0))
+            a = builder.shuffle_vector(a, ir.Constant(vec, None), zeros)
+            builder.store(builder.call(fma, [a, x, builder.load(accs[r])]), accs[r])
+    for r in range(TILE_ROWS):
+        with builder.if_then(builder.icmp_signed("<", ir.Constant(intp, r), n_rows)):
+            builder.call(store, [builder.load(accs[r]), at(ma, m_rows[r]), align, mask])
+    return context.get_dummy_value()
+
+
+def _make_narrow_tile(accumulate: bool) -> Any:
+    def typer(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k0: Any, k1: Any,
+              rows: Any, cols: Any) -> Any:
+        if not _typed(u, v, m):
+            return None
+        return (types.void(u, v, m, *([types.intp] * 6)),
+                lambda context, builder, signature, args: _emit_narrow_tile(
+                    context, builder, signature, args, accumulate))
+    typer.__name__ = f"narrow_tile{'_add' if accumulate else ''}"
+    return intrinsic(typer)
 
 
 def _typed(u: Any, v: Any, m: Any) -> bool:
@@ -248,6 +311,7 @@ _tile_wide, _tile_one = _make_tile(TILE_VECTORS, False), _make_tile(1, False)
 _tile_wide_add, _tile_one_add = _make_tile(TILE_VECTORS, True), _make_tile(1, True)
 _edge_wide, _edge_one = _make_edge_tile(TILE_VECTORS, False), _make_edge_tile(1, False)
 _edge_wide_add, _edge_one_add = _make_edge_tile(TILE_VECTORS, True), _make_edge_tile(1, True)
+_narrow, _narrow_add = _make_narrow_tile(False), _make_narrow_tile(True)
 
 
 # Typed as plain int64 and bool, not as literals: a literal 0 or True passed to _tiled
@@ -279,22 +343,29 @@ def _tiled(u, v, m, j_lo, j_hi, accumulate):
     of the inner dimension, bands of ``TILE_ROWS`` rows, tiles of ``TILE_VECTORS`` vectors then
     of one vector; the last (fewer than a vector's) columns as the vector ending at ``j_hi``,
     the last ``P % TILE_ROWS`` rows as a band of edge tiles. Nothing is copied or allocated.
-    Fewer columns than a vector: plain loops. Not inlined: every kernel calls this one compiled
-    function (per dtype); inlined, the unrolled tiles were copied into each call site and first
-    calls compiled for about 30 s."""
+    Fewer columns than a vector in all: masked tiles (:func:`_emit_narrow_tile`). Not inlined:
+    every kernel calls this one compiled function (per dtype); inlined, the unrolled tiles were
+    copied into each call site and first calls compiled for about 30 s."""
     P, K = u.shape
     R = TILE_ROWS
     lanes = (64 if _WIDE else 32) // u.itemsize
     width = j_hi - j_lo
     if width <= 0 or P == 0:
         return
-    if K == 0 or width < lanes:  # one column at a time, summed in the tiles' order
-        for p in range(P):
-            for j in range(j_lo, j_hi):
-                total = m[p, j] if accumulate else m.dtype.type(0)
-                for k in range(K):
-                    total = _fma(u[p, k], v[k, j], total)
-                m[p, j] = total
+    if K == 0:
+        if not accumulate:
+            for p in range(P):
+                for j in range(j_lo, j_hi):
+                    m[p, j] = 0
+        return
+    if width < lanes:  # narrower than a vector: masked tiles, in the tiles' order of sums
+        for k0 in range(0, K, KC):
+            k1 = min(K, k0 + KC)
+            for p in range(0, P, R):
+                if accumulate or k0 > 0:
+                    _narrow_add(u, v, m, p, j_lo, k0, k1, min(R, P - p), width)
+                else:
+                    _narrow(u, v, m, p, j_lo, k0, k1, min(R, P - p), width)
         return
     narrow = j_lo + width - width % lanes
     for c0 in range(j_lo, j_hi, NC):

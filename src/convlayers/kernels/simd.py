@@ -66,122 +66,90 @@ KC = 256
 NC = 192 if _WIDE else 256
 
 
-def _tile_codegen(rows: int, vectors: int, accumulate: bool) -> Any:
-    """Code generator of a tile of ``rows`` rows by ``vectors`` vectors."""
-    return lambda context, builder, signature, args: _emit_tile(context, builder, signature,
-                                                                 args, rows, vectors, accumulate)
+#: The three kinds of tile. ``full``: ``TILE_ROWS`` rows by whole vectors at ``j0``. ``edge``:
+#: the first ``rows`` rows only (the others computed from the last real row, not stored), and
+#: the columns ``j0 .. keep`` written back as they were, so a last, partial vector is done as
+#: the whole vector ending at the product's last column (plain loads and stores: masked ones
+#: were 1.5-2x slower on a Zen 1 core). ``narrow``: a product narrower than one vector, its
+#: ``cols`` columns read and written by masked loads and stores (nothing past them is touched).
+_KINDS = ("full", "edge", "narrow")
 
 
-def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, rows: int, vectors: int,
+def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str, vectors: int,
                accumulate: bool) -> Any:
     """``m[p:p+R, j0:j0+C] (+)= u[p:p+R, k0:k1] @ v[k0:k1, j0:j0+C]`` for C-contiguous 2-D
-    arrays (``+=`` when ``accumulate``)."""
+    arrays (``+=`` when ``accumulate``), with ``R = TILE_ROWS`` accumulators of ``vectors``
+    vectors kept in registers over the whole ``k`` loop; ``kind`` as in :data:`_KINDS` (the
+    ``edge`` and ``narrow`` tiles take ``rows`` and ``keep`` or ``cols`` after ``k1``)."""
     arr_t = signature.args[0]
     ua, va, ma = (context.make_array(t)(context, builder, a)
                   for t, a in zip(signature.args[:3], args[:3], strict=True))
-    p, j0, k0, k1 = args[3], args[4], args[5], args[6]
+    p, j0, k0, k1 = args[3:7]
     itemsize = context.get_abi_sizeof(context.get_value_type(arr_t.dtype))
-    scalar = ir.FloatType() if itemsize == 4 else ir.DoubleType()
     lanes = (64 if _WIDE else 32) // itemsize
-    vec = ir.VectorType(scalar, lanes)
-    intp = context.get_value_type(types.intp)
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vec, [vec] * 3),
-        f"llvm.fma.v{lanes}{'f32' if itemsize == 4 else 'f64'}")
-    zeros = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-
-    def row_stride(arr: Any) -> Any:  # in elements
-        return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides)[0],
-                            ir.Constant(intp, itemsize))
-
-    us, vs, ms = row_stride(ua), row_stride(va), row_stride(ma)
-    accs = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(rows)]
-    for r, row in enumerate(accs):
-        out_row = builder.add(builder.mul(builder.add(p, ir.Constant(intp, r)), ms), j0)
-        for h, acc in enumerate(row):
-            if accumulate:
-                ptr = builder.gep(ma.data, [builder.add(out_row, ir.Constant(intp, h * lanes))])
-                start = builder.load(builder.bitcast(ptr, vec.as_pointer()), align=itemsize)
-            else:
-                start = ir.Constant(vec, [0.0] * lanes)
-            builder.store(start, acc)
-    u_rows = [builder.add(builder.mul(builder.add(p, ir.Constant(intp, r)), us), k0)
-              for r in range(rows)]
-    with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
-        k = loop.index
-        base = builder.add(builder.mul(builder.add(k, k0), vs), j0)
-        xs = [builder.load(builder.bitcast(
-                  builder.gep(va.data, [builder.add(base, ir.Constant(intp, h * lanes))]),
-                  vec.as_pointer()), align=itemsize)
-              for h in range(vectors)]
-        for r in range(rows):
-            a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], k)]))
-            a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(ir.IntType(32), 0))
-            a = builder.shuffle_vector(a, ir.Constant(vec, None), zeros)
-            for h in range(vectors):
-                builder.store(builder.call(fma, [a, xs[h], builder.load(accs[r][h])]),
-                              accs[r][h])
-    for r in range(rows):
-        out_row = builder.add(builder.mul(builder.add(p, ir.Constant(intp, r)), ms), j0)
-        for h in range(vectors):
-            ptr = builder.gep(ma.data, [builder.add(out_row, ir.Constant(intp, h * lanes))])
-            builder.store(builder.load(accs[r][h]), builder.bitcast(ptr, vec.as_pointer()),
-                          align=itemsize)
-    return context.get_dummy_value()
-
-
-def _emit_edge_tile(context: Any, builder: Any, signature: Any, args: Any, vectors: int,
-                    accumulate: bool) -> Any:
-    """The tile of :func:`_emit_tile` for the edges of a product, in place: ``m[p:p+rows,
-    keep:j0+C] (+)= u[p:p+rows, k0:k1] @ v[k0:k1, keep:j0+C]`` for ``rows <= TILE_ROWS`` and
-    ``j0 <= keep``. Rows past ``rows`` are computed from the last real row and not stored; the
-    columns ``j0 .. keep`` are read and written back as they were (so a last, partial vector is
-    done as a whole vector ending at the last column, over columns of its own unit). Plain
-    loads and stores only: masked ones were 1.5-2x slower on a Zen 1 core."""
-    arr_t = signature.args[0]
-    ua, va, ma = (context.make_array(t)(context, builder, a)
-                  for t, a in zip(signature.args[:3], args[:3], strict=True))
-    p, j0, k0, k1, n_rows, keep = args[3:9]
-    itemsize = context.get_abi_sizeof(context.get_value_type(arr_t.dtype))
-    scalar = ir.FloatType() if itemsize == 4 else ir.DoubleType()
-    lanes = (64 if _WIDE else 32) // itemsize
-    vec = ir.VectorType(scalar, lanes)
-    intp = context.get_value_type(types.intp)
-    i32 = ir.IntType(32)
+    vec = ir.VectorType(ir.FloatType() if itemsize == 4 else ir.DoubleType(), lanes)
+    vptr = vec.as_pointer()
+    intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
+    name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                         f"llvm.fma.v{lanes}{'f32' if itemsize == 4 else 'f64'}")
-    ivec = ir.VectorType(intp, lanes)
+                                         f"llvm.fma.{name}")
     zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-    first = builder.shuffle_vector(  # lanes at or past this offset from j0 are written
-        builder.insert_element(ir.Constant(ivec, None), builder.sub(keep, j0),
-                               ir.Constant(i32, 0)), ir.Constant(ivec, None), zeros)
-    written = [builder.icmp_signed(">=", ir.Constant(ivec, [h * lanes + t for t in range(lanes)]),
-                                   first) for h in range(vectors)]
     zero_vec = ir.Constant(vec, [0.0] * lanes)
+    align = ir.Constant(i32, itemsize)
+
+    def const(value: int) -> Any:
+        return ir.Constant(intp, value)
+
+    def splat(value: Any) -> Any:  # an intp as a vector of intp
+        ivec = ir.VectorType(intp, lanes)
+        return builder.shuffle_vector(builder.insert_element(ir.Constant(ivec, None), value,
+                                                             ir.Constant(i32, 0)),
+                                      ir.Constant(ivec, None), zeros)
+
+    def lane_ids(h: int) -> Any:  # column offsets from j0 of vector h's lanes
+        return ir.Constant(ir.VectorType(intp, lanes), [h * lanes + t for t in range(lanes)])
 
     def row_stride(arr: Any) -> Any:  # in elements
-        return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides)[0],
-                            ir.Constant(intp, itemsize))
+        return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides)[0], const(itemsize))
 
     def at(arr: Any, row: Any, h: int) -> Any:  # vector h at column j0 of element offset row
         return builder.bitcast(builder.gep(arr.data, [builder.add(row, builder.add(
-            j0, ir.Constant(intp, h * lanes)))]), vec.as_pointer())
+            j0, const(h * lanes)))]), vptr)
 
     us, vs, ms = row_stride(ua), row_stride(va), row_stride(ma)
-    last = builder.sub(n_rows, ir.Constant(intp, 1))
-    rows = [builder.select(builder.icmp_signed("<", ir.Constant(intp, r), n_rows),
-                           ir.Constant(intp, r), last) for r in range(TILE_ROWS)]
+    if kind == "full":
+        n_rows = const(TILE_ROWS)
+        rows = [const(r) for r in range(TILE_ROWS)]
+    else:
+        n_rows = args[7]
+        last = builder.sub(n_rows, const(1))
+        rows = [builder.select(builder.icmp_signed("<", const(r), n_rows), const(r), last)
+                for r in range(TILE_ROWS)]
+    if kind == "narrow":
+        load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            vec, [vptr, i32, ir.VectorType(ir.IntType(1), lanes), vec]),
+            f"llvm.masked.load.{name}.p0")
+        store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [vec, vptr, i32, ir.VectorType(ir.IntType(1), lanes)]),
+            f"llvm.masked.store.{name}.p0")
+        masks = [builder.icmp_signed("<", lane_ids(h), splat(args[8])) for h in range(vectors)]
+
+        def read(ptr: Any, h: int) -> Any:
+            return builder.call(load, [ptr, align, masks[h], zero_vec])
+    else:
+        def read(ptr: Any, h: int) -> Any:
+            return builder.load(ptr, align=itemsize)
+
     m_rows = [builder.mul(builder.add(p, rows[r]), ms) for r in range(TILE_ROWS)]
     accs = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(TILE_ROWS)]
     for r, row in enumerate(accs):
         for h, acc in enumerate(row):
-            builder.store(builder.load(at(ma, m_rows[r], h), align=itemsize) if accumulate
-                          else zero_vec, acc)
+            builder.store(read(at(ma, m_rows[r], h), h) if accumulate else zero_vec, acc)
     u_rows = [builder.add(builder.mul(builder.add(p, rows[r]), us), k0) for r in range(TILE_ROWS)]
     with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
         k = loop.index
         v_row = builder.mul(builder.add(k, k0), vs)
-        xs = [builder.load(at(va, v_row, h), align=itemsize) for h in range(vectors)]
+        xs = [read(at(va, v_row, h), h) for h in range(vectors)]
         for r in range(TILE_ROWS):
             a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], k)]))
             a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(i32, 0))
@@ -189,105 +157,20 @@ def _emit_edge_tile(context: Any, builder: Any, signature: Any, args: Any, vecto
             for h in range(vectors):
                 builder.store(builder.call(fma, [a, xs[h], builder.load(accs[r][h])]),
                               accs[r][h])
+    if kind == "edge":
+        written = [builder.icmp_signed(">=", lane_ids(h), splat(builder.sub(args[8], j0)))
+                   for h in range(vectors)]
     for r in range(TILE_ROWS):
-        with builder.if_then(builder.icmp_signed("<", ir.Constant(intp, r), n_rows)):
+        with builder.if_then(builder.icmp_signed("<", const(r), n_rows)):
             for h in range(vectors):
-                ptr = at(ma, m_rows[r], h)
-                was = builder.load(ptr, align=itemsize)
-                builder.store(builder.select(written[h], builder.load(accs[r][h]), was), ptr,
-                              align=itemsize)
+                ptr, value = at(ma, m_rows[r], h), builder.load(accs[r][h])
+                if kind == "narrow":
+                    builder.call(store, [value, ptr, align, masks[h]])
+                    continue
+                if kind == "edge":
+                    value = builder.select(written[h], value, builder.load(ptr, align=itemsize))
+                builder.store(value, ptr, align=itemsize)
     return context.get_dummy_value()
-
-
-def _make_edge_tile(vectors: int, accumulate: bool) -> Any:
-    def typer(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k0: Any, k1: Any,
-              rows: Any, keep: Any) -> Any:
-        if not _typed(u, v, m):
-            return None
-        return (types.void(u, v, m, *([types.intp] * 6)),
-                lambda context, builder, signature, args: _emit_edge_tile(
-                    context, builder, signature, args, vectors, accumulate))
-    typer.__name__ = f"edge_tile_{vectors}{'_add' if accumulate else ''}"
-    return intrinsic(typer)
-
-
-def _emit_narrow_tile(context: Any, builder: Any, signature: Any, args: Any,
-                      accumulate: bool) -> Any:
-    """``m[p:p+rows, j0:j0+cols] (+)= u[p:p+rows, k0:k1] @ v[k0:k1, j0:j0+cols]`` for a product
-    narrower than one vector (``cols < lanes``, e.g. a weight gradient with few output
-    channels): masked loads and stores, so nothing past the last column is touched; rows past
-    ``rows`` are computed from the last real row and not stored. Masked stores are slow on some
-    cores, but come once per tile; the loop's masked loads keep the FMAs vectorised."""
-    arr_t = signature.args[0]
-    ua, va, ma = (context.make_array(t)(context, builder, a)
-                  for t, a in zip(signature.args[:3], args[:3], strict=True))
-    p, j0, k0, k1, n_rows, n_cols = args[3:9]
-    itemsize = context.get_abi_sizeof(context.get_value_type(arr_t.dtype))
-    scalar = ir.FloatType() if itemsize == 4 else ir.DoubleType()
-    lanes = (64 if _WIDE else 32) // itemsize
-    vec = ir.VectorType(scalar, lanes)
-    vptr = vec.as_pointer()
-    intp = context.get_value_type(types.intp)
-    i32 = ir.IntType(32)
-    name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
-    mask_t = ir.VectorType(ir.IntType(1), lanes)
-    load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        vec, [vptr, i32, mask_t, vec]), f"llvm.masked.load.{name}.p0")
-    store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        ir.VoidType(), [vec, vptr, i32, mask_t]), f"llvm.masked.store.{name}.p0")
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                         f"llvm.fma.{name}")
-    ivec = ir.VectorType(intp, lanes)
-    zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-    wanted = builder.shuffle_vector(
-        builder.insert_element(ir.Constant(ivec, None), n_cols, ir.Constant(i32, 0)),
-        ir.Constant(ivec, None), zeros)
-    mask = builder.icmp_signed("<", ir.Constant(ivec, list(range(lanes))), wanted)
-    align = ir.Constant(i32, itemsize)
-    zero_vec = ir.Constant(vec, [0.0] * lanes)
-
-    def row_stride(arr: Any) -> Any:  # in elements
-        return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides)[0],
-                            ir.Constant(intp, itemsize))
-
-    def at(arr: Any, row: Any) -> Any:
-        return builder.bitcast(builder.gep(arr.data, [builder.add(row, j0)]), vptr)
-
-    us, vs, ms = row_stride(ua), row_stride(va), row_stride(ma)
-    last = builder.sub(n_rows, ir.Constant(intp, 1))
-    rows = [builder.select(builder.icmp_signed("<", ir.Constant(intp, r), n_rows),
-                           ir.Constant(intp, r), last) for r in range(TILE_ROWS)]
-    m_rows = [builder.mul(builder.add(p, rows[r]), ms) for r in range(TILE_ROWS)]
-    accs = [cgutils.alloca_once(builder, vec) for _ in range(TILE_ROWS)]
-    for r, acc in enumerate(accs):
-        builder.store(builder.call(load, [at(ma, m_rows[r]), align, mask, zero_vec])
-                      if accumulate else zero_vec, acc)
-    u_rows = [builder.add(builder.mul(builder.add(p, rows[r]), us), k0) for r in range(TILE_ROWS)]
-    with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
-        k = loop.index
-        x = builder.call(load, [at(va, builder.mul(builder.add(k, k0), vs)), align, mask,
-                                zero_vec])
-        for r in range(TILE_ROWS):
-            a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], k)]))
-            a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(i32, 0))
-            a = builder.shuffle_vector(a, ir.Constant(vec, None), zeros)
-            builder.store(builder.call(fma, [a, x, builder.load(accs[r])]), accs[r])
-    for r in range(TILE_ROWS):
-        with builder.if_then(builder.icmp_signed("<", ir.Constant(intp, r), n_rows)):
-            builder.call(store, [builder.load(accs[r]), at(ma, m_rows[r]), align, mask])
-    return context.get_dummy_value()
-
-
-def _make_narrow_tile(accumulate: bool) -> Any:
-    def typer(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k0: Any, k1: Any,
-              rows: Any, cols: Any) -> Any:
-        if not _typed(u, v, m):
-            return None
-        return (types.void(u, v, m, *([types.intp] * 6)),
-                lambda context, builder, signature, args: _emit_narrow_tile(
-                    context, builder, signature, args, accumulate))
-    typer.__name__ = f"narrow_tile{'_add' if accumulate else ''}"
-    return intrinsic(typer)
 
 
 def _typed(u: Any, v: Any, m: Any) -> bool:
@@ -297,21 +180,29 @@ def _typed(u: Any, v: Any, m: Any) -> bool:
                for a in (u, v, m))
 
 
-def _make_tile(vectors: int, accumulate: bool) -> Any:
-    def typer(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k0: Any, k1: Any) -> Any:
-        if not _typed(u, v, m):
-            return None
-        return (types.void(u, v, m, types.intp, types.intp, types.intp, types.intp),
-                _tile_codegen(TILE_ROWS, vectors, accumulate))
-    typer.__name__ = f"tile_{TILE_ROWS}x{vectors}{'_add' if accumulate else ''}"
+def _make_tile(kind: str, vectors: int, accumulate: bool) -> Any:
+    """The intrinsic ``tile(u, v, m, p, j0, k0, k1)`` (``full``) or ``tile(u, v, m, p, j0, k0,
+    k1, rows, keep_or_cols)`` (``edge``, ``narrow``)."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return _emit_tile(context, builder, signature, args, kind, vectors, accumulate)
+
+    def full(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k0: Any, k1: Any) -> Any:
+        return (types.void(u, v, m, *([types.intp] * 4)), codegen) if _typed(u, v, m) else None
+
+    def ragged(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k0: Any, k1: Any,
+               rows: Any, keep_or_cols: Any) -> Any:
+        return (types.void(u, v, m, *([types.intp] * 6)), codegen) if _typed(u, v, m) else None
+
+    typer = full if kind == "full" else ragged
+    typer.__name__ = f"{kind}_tile_{TILE_ROWS}x{vectors}{'_add' if accumulate else ''}"
     return intrinsic(typer)
 
 
-_tile_wide, _tile_one = _make_tile(TILE_VECTORS, False), _make_tile(1, False)
-_tile_wide_add, _tile_one_add = _make_tile(TILE_VECTORS, True), _make_tile(1, True)
-_edge_wide, _edge_one = _make_edge_tile(TILE_VECTORS, False), _make_edge_tile(1, False)
-_edge_wide_add, _edge_one_add = _make_edge_tile(TILE_VECTORS, True), _make_edge_tile(1, True)
-_narrow, _narrow_add = _make_narrow_tile(False), _make_narrow_tile(True)
+_tile_wide, _tile_one = _make_tile("full", TILE_VECTORS, False), _make_tile("full", 1, False)
+_tile_wide_add, _tile_one_add = _make_tile("full", TILE_VECTORS, True), _make_tile("full", 1, True)
+_edge_wide, _edge_one = _make_tile("edge", TILE_VECTORS, False), _make_tile("edge", 1, False)
+_edge_wide_add, _edge_one_add = _make_tile("edge", TILE_VECTORS, True), _make_tile("edge", 1, True)
+_narrow, _narrow_add = _make_tile("narrow", 1, False), _make_tile("narrow", 1, True)
 
 
 # Typed as plain int64 and bool, not as literals: a literal 0 or True passed to _tiled

@@ -153,6 +153,23 @@ def test_the_spec_cache_does_not_let_an_equal_valued_invalid_argument_through(
         F.conv2d(x, w, **invalid)
 
 
+
+@pytest.mark.parametrize(("valid", "invalid", "error"), [
+    ({"stride": 2}, {"stride": 2.0}, TypeError),
+    ({"stride": 1}, {"stride": True}, TypeError),
+    ({"padding": ((1, 0), (0, 1))}, {"padding": ((1.0, 0), (0, 1))}, TypeError),
+    ({"ceil_mode": True}, {"ceil_mode": 1}, TypeError),
+])
+def test_the_pooling_spec_cache_does_not_let_an_equal_valued_invalid_argument_through(
+        valid: dict, invalid: dict, error: type) -> None:
+    x = _x(1, 1, 6, 6)
+    name = next(iter(invalid))
+    with pytest.raises(error, match=name):
+        F.max_pool2d(x, 2, **invalid)
+    F.max_pool2d(x, 2, **valid)
+    with pytest.raises(error, match=name):  # the valid call's spec must not answer for it
+        F.max_pool2d(x, 2, **invalid)
+
 # --------------------------------------------------------------------------- 16.7: raw messages
 
 @pytest.mark.parametrize(("call", "message"), [

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -74,3 +75,41 @@ def int_or_float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     return float(value)
+
+
+Spec = TypeVar("Spec")
+
+
+def typed_key(value: Any) -> Any:
+    """``value`` as part of a cache key that tells ``1``, ``True``, ``1.0`` and ``np.int64(1)``
+    apart (they are equal and hash alike), nested tuples and lists included."""
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(typed_key(v) for v in value))
+    return (type(value), value)
+
+
+class SpecCache(Generic[Spec]):
+    """Validated specs of an op, remembered per key (shapes, dtypes and :func:`typed_key` of
+    each hyper-parameter): a layer called again with the same arguments skips the validation,
+    which costs more than a small layer's kernel. Errors are never remembered; a key that does
+    not hash (a NumPy array for ``stride``) is validated every time; at ``size`` entries the
+    cache starts over. Safe to share between threads."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._specs: dict[Any, Spec] = {}
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, validate: Callable[[], Spec]) -> Spec:
+        """The spec remembered for ``key``, or ``validate()``'s (remembered if it returns)."""
+        try:
+            spec = self._specs.get(key)
+        except TypeError:
+            return validate()
+        if spec is None:
+            spec = validate()
+            with self._lock:
+                if len(self._specs) >= self._size:
+                    self._specs.clear()
+                self._specs[key] = spec
+        return spec

@@ -20,7 +20,7 @@ import numpy as np
 
 from convlayers import config, shapes
 from convlayers._validate import IntOrTuple, check_ndim, nonnegative_tuple, positive_tuple
-from convlayers.functional._common import trailing
+from convlayers.functional._common import SpecCache, trailing, typed_key
 
 PoolPadding = IntOrTuple | Sequence[Sequence[int]]
 
@@ -78,23 +78,16 @@ def pool_spec(
     x: np.ndarray, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: PoolPadding,
     dilation: IntOrTuple, ceil_mode: bool,
 ) -> PoolSpec:
-    """Validate pooling arguments against a batched input ``(N, C, *spatial)``.
-
-    Remembered per input shape and spelling of the arguments (their ``repr``, so ``True`` and
-    ``1`` stay apart): a small layer called again skips the validation, which took longer than
-    its kernel (tens of microseconds against ten)."""
-    key = (x.shape, repr((kernel_size, stride, padding, dilation, ceil_mode)))
-    spec = _SPECS.get(key)
-    if spec is None:
-        spec = _pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
-        if len(_SPECS) >= _REMEMBERED:
-            _SPECS.pop(next(iter(_SPECS)))
-        _SPECS[key] = spec
-    return spec
+    """Validate pooling arguments against a batched input ``(N, C, *spatial)`` (remembered
+    per input shape and arguments: :class:`~convlayers.functional._common.SpecCache`)."""
+    key = (x.shape, typed_key(kernel_size), typed_key(stride), typed_key(padding),
+           typed_key(dilation), typed_key(ceil_mode))
+    return _SPECS.get(key, lambda: _pool_spec(x, kernel_size, stride, padding, dilation,
+                                              ceil_mode))
 
 
 _REMEMBERED = 512
-_SPECS: dict[tuple[tuple[int, ...], str], PoolSpec] = {}
+_SPECS: SpecCache[PoolSpec] = SpecCache(_REMEMBERED)
 
 
 def _pool_spec(

@@ -23,7 +23,14 @@ from convlayers._validate import (
     same_dtype,
 )
 from convlayers.functional import _engine
-from convlayers.functional._common import Pairs, batched, pad_pairs, unbatch
+from convlayers.functional._common import (
+    Pairs,
+    SpecCache,
+    batched,
+    pad_pairs,
+    typed_key,
+    unbatch,
+)
 from convlayers.functional.padding import pad, pad_backward
 
 __all__ = ["PADDING_MODES", "conv1d", "conv2d", "conv2d_backward", "conv3d", "conv_backward"]
@@ -65,31 +72,14 @@ def conv_spec(
     such key (a model's layers see the same ones call after call); errors are never cached.
     The key holds each hyper-parameter's type beside its value: ``True == 1`` and ``1.0 == 1``,
     so without the types an invalid ``stride=True`` would find a valid ``stride=1``'s spec."""
-    try:
-        key = (x.shape, x.dtype, weight.shape, weight.dtype,
-               None if bias is None else (bias.shape, bias.dtype),
-               _typed(stride), _typed(padding), _typed(dilation), _typed(groups),
-               _typed(padding_mode))
-        hash(key)
-    except TypeError:  # e.g. a list for stride: check it every time
-        return _conv_spec(x, weight, bias, stride, padding, dilation, groups, padding_mode)
-    spec = _SPECS.get(key)
-    if spec is None:
-        spec = _conv_spec(x, weight, bias, stride, padding, dilation, groups, padding_mode)
-        if len(_SPECS) >= 1024:
-            _SPECS.clear()
-        _SPECS[key] = spec
-    return spec
+    key = (x.shape, x.dtype, weight.shape, weight.dtype,
+           None if bias is None else (bias.shape, bias.dtype), typed_key(stride),
+           typed_key(padding), typed_key(dilation), typed_key(groups), typed_key(padding_mode))
+    return _SPECS.get(key, lambda: _conv_spec(x, weight, bias, stride, padding, dilation,
+                                              groups, padding_mode))
 
 
-_SPECS: dict[tuple, ConvSpec] = {}
-
-
-def _typed(value: Any) -> tuple:
-    """A cache key for a hyper-parameter that tells ``1``, ``True`` and ``1.0`` apart."""
-    if isinstance(value, (tuple, list)):
-        return (type(value), tuple((type(v), v) for v in value))
-    return (type(value), value)
+_SPECS: SpecCache[ConvSpec] = SpecCache()
 
 
 def _conv_spec(

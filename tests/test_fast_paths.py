@@ -304,6 +304,29 @@ def test_thread_setting_reaches_numba_and_keeps_results() -> None:
     assert numba.get_num_threads() == min(config.threads(), numba.config.NUMBA_NUM_THREADS)
 
 
+
+def test_small_calls_on_one_thread_leave_numbas_settings_as_they_were() -> None:
+    """Small pooling and conv calls run on one thread through ``config.numba_controls`` (numba's
+    own setters); numba's public getters, the oracle here, must read the same before and after,
+    and inside a one-thread call the controls' getter must agree with the public one."""
+    import numba
+
+    x = random_array(np.random.default_rng(7), (1, 4, 7, 7), np.float32)
+    F.max_pool2d(x, 2)  # loads the kernels and applies the thread setting
+    threads, chunks = numba.get_num_threads(), numba.get_parallel_chunksize()
+    get, put, _ = config.numba_controls()
+    assert get() == threads
+    put(1)
+    try:
+        assert numba.get_num_threads() == 1 and get() == 1
+    finally:
+        put(threads)
+    for call in (lambda: F.max_pool2d(x, 2), lambda: F.avg_pool2d(x, 3, 1, 1),
+                 lambda: F.conv2d(x, random_array(np.random.default_rng(8), (4, 4, 3, 3),
+                                                  np.float32), padding=1)):
+        call()
+        assert (numba.get_num_threads(), numba.get_parallel_chunksize()) == (threads, chunks)
+
 def test_float64_fast_paths_stay_float64() -> None:
     rng = np.random.default_rng(6)
     x = random_array(rng, (1, 4, 6, 6), np.float64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import tap_cols
+from convlayers.kernels._bounds import copy_row, tap_cols
 
 # activation codes shared by the plan and the kernels
 ACT = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "tanh": 6}
@@ -65,21 +65,13 @@ def epilogue(y, bias, res, has_res, act):
         epilogue_row(y[i, ch], bias[ch], res[i, ch], has_res, act)
 
 
-@njit(cache=True, inline="always")
-def _copy(dst, src):
-    """``dst[:] = src`` (1-D, same length) as a loop: numba's slice-to-slice assignment goes
-    through its generic broadcasting copy, 13x slower on a 56-element row."""
-    for k in range(dst.shape[0]):
-        dst[k] = src[k]
-
-
 @njit(parallel=True, cache=True, fastmath=True)
 def activation(x, act, out):
     """``out = act(x)``, both (N, C, L) (a standalone activation nothing could absorb)."""
     n, c, _ = x.shape
     for nc in prange(n * c):
         i, ch = nc // c, nc % c
-        _copy(out[i, ch], x[i, ch])
+        copy_row(out[i, ch], x[i, ch])
         _activate(out[i, ch], act)
 
 
@@ -130,7 +122,7 @@ def im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, cols, r_lo, r_hi):
                 continue
             dst = cols[r, base + lo:base + hi]
             if sw == 1:
-                _copy(dst, x[ch, iy, lo + off:hi + off])
+                copy_row(dst, x[ch, iy, lo + off:hi + off])
             else:
                 seg = x[ch, iy, lo * sw + off:(hi - 1) * sw + off + 1]
                 for k in range(hi - lo):
@@ -162,7 +154,7 @@ def _depthwise_flat(x, w, bias, dh, dw, pt, pl, res, has_res, act, out):
         b, ch = nc // c, nc % c
         padded = np.zeros(hp * wp, out.dtype)
         for iy in range(h):
-            _copy(padded[(iy + pt) * wp + pl:(iy + pt) * wp + pl + wd], x[b, ch, iy])
+            copy_row(padded[(iy + pt) * wp + pl:(iy + pt) * wp + pl + wd], x[b, ch, iy])
         acc = np.empty(span, out.dtype)
         acc[:] = bias[ch]
         for i in range(kh):
@@ -173,7 +165,7 @@ def _depthwise_flat(x, w, bias, dh, dw, pt, pl, res, has_res, act, out):
                     acc[q] += tap * seg[q]
         for oy in range(ho):
             row = out[b, ch, oy]
-            _copy(row, acc[oy * wp:oy * wp + wo])
+            copy_row(row, acc[oy * wp:oy * wp + wo])
             if has_res:
                 row += res[b, ch, oy]
             _activate(row, act)

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import tap_cols, unit_block, unit_parts
+from convlayers.kernels._bounds import copy_row, tap_cols, unit_block, unit_parts
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
 
@@ -85,10 +85,7 @@ def _columns(xn, c0, C, kh, kw, sh, sw, dh, dw, ih0, pl, nr, Wo, Wp, idx, xp, co
                 d[j] = 0
             for j in range(j_hi, Wp):
                 d[j] = 0
-            src = xn[c0 + c, ih, j_lo - pl: j_hi - pl]
-            dj = d[j_lo:j_hi]
-            for j in range(j_hi - j_lo):
-                dj[j] = src[j]
+            copy_row(d[j_lo:j_hi], xn[c0 + c, ih, j_lo - pl: j_hi - pl])
     for c in range(C):
         for a in range(kh):
             for b in range(kw):
@@ -96,10 +93,7 @@ def _columns(xn, c0, C, kh, kw, sh, sw, dh, dw, ih0, pl, nr, Wo, Wp, idx, xp, co
                 src = xp[c * plane + a * dh * Wp + b * dw:]
                 if Wo >= 16 and sw == 1:  # whole rows: contiguous copies
                     for oh in range(nr):
-                        s = src[oh * sh * Wp: oh * sh * Wp + Wo]
-                        t = dst[oh * Wo: oh * Wo + Wo]
-                        for j in range(Wo):
-                            t[j] = s[j]
+                        copy_row(dst[oh * Wo: oh * Wo + Wo], src[oh * sh * Wp:])
                 else:  # narrow or strided rows: one gather over the slab
                     for i in range(L):
                         dst[i] = src[idx[i]]
@@ -226,10 +220,7 @@ def lowered_input_grad(gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
             L = rows * Wo
             gs = gbuf[t, : Cog * L].reshape(Cog, L)
             for co in range(Cog):
-                src = gy[n, g * Cog + co, oh0 * Wo: oh0 * Wo + L]
-                d = gs[co]
-                for j in range(L):
-                    d[j] = src[j]
+                copy_row(gs[co], gy[n, g * Cog + co, oh0 * Wo:])
             dcols = dbuf[t, : cs * kk * L].reshape(cs * kk, L)
             gemm_tiled(taps_t[g, c0 * kk: (c0 + cs) * kk], gs, dcols)
             _col2im(dcols, gx[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, pt, pl, oh0, rows, Wo)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from convlayers.kernels._bounds import copy_row
+
 __all__ = ["planar_backward", "planar_forward", "planar_geometry"]
 
 _ROUND = 64
@@ -146,9 +148,7 @@ def _flat(src, S, dst):
     """``dst`` := ``src`` (an output-sized plane) laid out flat with row stride ``S``."""
     dst[:] = 0
     for i in range(src.shape[0]):
-        d, row = dst[i * S:], src[i]
-        for j in range(src.shape[1]):
-            d[j] = row[j]
+        copy_row(dst[i * S: i * S + src.shape[1]], src[i])
 
 
 @njit(cache=True, inline="always")
@@ -158,9 +158,7 @@ def _unflat(src, S, dst):
     runs from 0: with ``src[i * S + j]`` numba's wraparound of negative indices stayed in the
     loop and kept it scalar (3.6 us a 56x56 plane against 0.4 us)."""
     for i in range(dst.shape[0]):
-        s, row = src[i * S:], dst[i]
-        for j in range(dst.shape[1]):
-            row[j] = s[j]
+        copy_row(dst[i], src[i * S:])
 
 
 @njit(cache=True, inline="always")

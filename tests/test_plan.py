@@ -71,6 +71,8 @@ def serves(name: str, case: dict, pass_: str) -> bool:
         return True
     if name == "pointwise":
         return all(k == 1 for k in kernel)
+    if name == "implicit":  # the input gradient at stride 1 only
+        return pass_ == "forward" or all(s == 1 for s in case["stride"])
     if name == "winograd":
         return (pass_ != "alone" and dims == 2 and kernel == (3, 3) and case["stride"] == (1, 1)
                 and case["dilation"] == (1, 1))

@@ -232,6 +232,13 @@ class EngineSettings:
     #: Bytes of one unit's columns in the lowered kernels (``C_in/g * kh * kw`` rows by the
     #: unit's output positions): longer images are lowered in slabs of output rows.
     lowered_column_bytes: int = 2 * 2**20
+    #: Bytes of one unit's input slab in the implicit kernels (``C_in/g`` channels by the stride
+    #: phases some tap reads, by the slab's rows): longer images go in slabs of output rows.
+    implicit_slab_bytes: int = 256 * 2**10
+    #: The implicit GEMM computes ``(kw-1)*dw // sw`` positions per output row that it drops;
+    #: im2col copies ``C_in/g*kh*kw`` values per output position. The planner charges one
+    #: copied value this many multiply-adds, and takes the cheaper.
+    im2col_copy_macs: int = 8
     #: Shortest slab (output positions) the lowered kernels cut an image into to give every
     #: thread work (one image, small maps): narrower products waste the register tiles.
     lowered_min_columns: int = 96

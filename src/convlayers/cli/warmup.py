@@ -40,6 +40,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         "depthwise-planar": ((16, 1, 3, 3), 1, 16),
         "depthwise-rows": ((16, 1, 3, 3), 1, 16),
         "pointwise": ((8, 16, 1, 1), 0, 1),
+        "implicit": ((8, 16, 3, 3), 1, 1),
         "lowered": ((8, 16, 3, 3), 1, 1),
     }
     for name, (wshape, pad, groups) in shapes.items():

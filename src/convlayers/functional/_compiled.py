@@ -16,11 +16,11 @@ from convlayers import config
 
 
 def kernels() -> Any:
-    """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``winograd`` and
-    ``pooling`` modules loaded, and numba's thread setting applied."""
+    """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``implicit``,
+    ``winograd`` and ``pooling`` modules loaded, and numba's thread setting applied."""
     if not _loaded:
         from convlayers import kernels
-        from convlayers.kernels import conv, depthwise, pooling, winograd  # noqa: F401  (lazy: numba loads here)
+        from convlayers.kernels import conv, depthwise, implicit, pooling, winograd  # noqa: F401  (lazy: numba loads here)
 
         _loaded.append(kernels)
     config.apply_numba_threads()

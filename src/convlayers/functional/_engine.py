@@ -70,6 +70,7 @@ from convlayers.functional._engine_depthwise import (
     _gx_depthwise_planar,
     _gx_depthwise_rows,
 )
+from convlayers.functional._engine_implicit import _fwd_implicit, _gw_implicit, _gx_implicit
 from convlayers.functional._engine_lowered import _fwd_lowered, _gw_lowered, _gx_lowered
 from convlayers.functional._engine_numpy import _numpy_forward, _numpy_input_grad, _numpy_weight_grad
 from convlayers.functional._engine_pointwise import _fwd_pointwise, _gw_pointwise, _gx_pointwise
@@ -108,7 +109,8 @@ def _planned(pass_: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
 
 
 #: Strategies that multiply the zero padding by the weights in the forward pass.
-_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "lowered", "pointwise", "depthwise-planar"))
+_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "implicit", "lowered", "pointwise",
+                                    "depthwise-planar"))
 
 
 def _checked_forward(s: str, g: Geometry, w: np.ndarray) -> str:
@@ -122,10 +124,23 @@ def _checked_forward(s: str, g: Geometry, w: np.ndarray) -> str:
 
 def _checked_backward(ss: tuple[str, str], w: np.ndarray) -> tuple[str, str]:
     """The planar kernels scatter the input gradient over whole flat planes, padding and row
-    ends included: a non-finite weight takes the row kernels."""
-    if ss[0] == "depthwise-planar" and config.engine.check_values and not _finite(w):
-        return "depthwise-rows", "depthwise-rows"
+    ends included: a non-finite weight takes the row kernels. The implicit input gradient
+    multiplies the output gradient's zero padding by the weights: such a weight takes
+    ``lowered`` (whose col2im drops the taps in the padding)."""
+    if ss[0] in ("depthwise-planar", "implicit") and config.engine.check_values \
+            and not _finite(w):
+        return ("depthwise-rows", "depthwise-rows") if ss[0] == "depthwise-planar" \
+            else ("lowered", ss[1])
     return ss
+
+
+def _checked_weight_grad(s: str, x: np.ndarray) -> str:
+    """The implicit weight gradient sums zero output gradients times the input at the positions
+    it drops, so an inf or NaN input a real output never reads would turn into NaN there: such
+    an input takes ``lowered``."""
+    if s == "implicit" and config.engine.check_values and not _finite(x):
+        return "lowered"
+    return s
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -199,6 +214,7 @@ def correlate_backward(
         gx = _numpy_input_grad(grad, weight, x.shape[2:], stride, dilation, groups, pairs)
     else:
         gx = _INPUT_GRAD[sx](_as_4d(grad), _as_4d(weight), g).reshape(x.shape)
+    sw = _checked_weight_grad(sw, x)
     if sw == "numpy":
         gw = _numpy_weight_grad(x, grad, tuple(weight.shape[2:]), stride, dilation, groups, pairs)
     else:
@@ -244,6 +260,7 @@ def correlate_weight_grad(
                             grad.shape[2:], xp.dtype)
     if s == "numpy":
         return _numpy_weight_grad(xp, grad, kernel, stride, dilation, groups, None)
+    s = _checked_weight_grad(s, xp)
     return _WEIGHT_GRAD[s](_as_4d(xp), _as_4d(grad), g).reshape(w_shape)
 
 
@@ -256,6 +273,7 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
     "depthwise-planar": _fwd_depthwise_planar,
     "depthwise-rows": _fwd_depthwise_rows,
     "pointwise": _fwd_pointwise,
+    "implicit": _fwd_implicit,
     "lowered": _fwd_lowered,
 }
 
@@ -270,6 +288,7 @@ _INPUT_GRAD: dict[str, Callable[[np.ndarray, np.ndarray, Geometry], np.ndarray]]
     "depthwise-planar": _gx_depthwise_planar,
     "depthwise-rows": _gx_depthwise_rows,
     "pointwise": _gx_pointwise,
+    "implicit": _gx_implicit,
     "lowered": _gx_lowered,
 }
 
@@ -277,5 +296,6 @@ _WEIGHT_GRAD: dict[str, Callable[[np.ndarray, np.ndarray, Geometry], np.ndarray]
     "depthwise-planar": _gw_depthwise_planar,
     "depthwise-rows": _gw_depthwise_rows,
     "pointwise": _gw_pointwise,
+    "implicit": _gw_implicit,
     "lowered": _gw_lowered,
 }

@@ -24,6 +24,13 @@ depthwise-rows Depthwise, any geometry: loops along output rows, borders read by
                pass.
 pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
                image and group, no copy at stride 1). Every pass.
+implicit       Implicit GEMM: a zero-padded, stride-phase-split copy of a slab of input rows,
+               whose windows the register-tiled GEMM reads as its rows (no im2col); each
+               output row computes ``(kw-1)*dw // sw`` extra positions it drops. Forward and
+               weight gradient of any 2-D kernel, stride, dilation and groups; input gradient
+               at stride 1 (the forward of the output gradient by the flipped weights). Chosen
+               over ``lowered`` when the dropped positions cost less than im2col's copy
+               (``im2col_copy_macs``).
 lowered        im2col and register-tiled GEMMs in one parallel region per pass, in units of
                (image, group, slab of output rows, block of channels) sized so one image keeps
                every thread busy. Every 1-D/2-D float pass, any kernel, stride, dilation and
@@ -46,6 +53,9 @@ less than the convolution):
   depthwise-planar, Winograd) would turn an inf or NaN weight into NaN at outputs
   whose windows meet it only in the padding, where torch's direct convolution skips those taps.
   A forward with a non-finite weight and padding takes depthwise-rows (depthwise) or numpy.
+- The implicit GEMM multiplies the input (and, for the input gradient, the output gradient's
+  zero padding) at the positions it drops: an inf or NaN input takes ``lowered`` for the
+  weight gradient, a non-finite weight ``lowered`` for the input gradient.
 - The planar depthwise kernels run their dot products and scatters over whole flat planes, row
   ends and padding included: a non-finite weight sends their input gradient, a non-finite
   weight gradient their weight gradient, to the row kernels.
@@ -87,6 +97,7 @@ STRATEGIES: dict[str, str] = {
     "depthwise-planar": "depthwise, small planes: a zero-padded polyphase copy, flat loops",
     "depthwise-rows": "depthwise, any geometry: loops along output rows, borders by bounds",
     "pointwise": "1x1 kernels: register-tiled GEMMs over blocks of pixel columns",
+    "implicit": "implicit GEMM over a padded, phase-split input slab: no im2col",
     "lowered": "im2col and register-tiled GEMMs in units sized for the threads (col2im back)",
     "numpy": "NumPy: one GEMM per kernel offset, borders by bounds (any rank and float dtype)",
 }
@@ -217,6 +228,28 @@ def _depthwise(g: Geometry) -> str:
     return "depthwise-rows"
 
 
+def _implicit_pays(g: Geometry, pass_: str) -> bool:
+    """Whether the implicit GEMM costs less than im2col for ``pass_`` of ``g``: its dropped
+    positions (``(kw-1)*dw // sw`` per output row, each costing a product's row of
+    multiply-adds) against the copy of ``C_in/g*kh*kw`` values per output position (each
+    ``im2col_copy_macs``). For the input gradient (stride 1) the kernel runs on the output
+    gradient and its output is the input: rows ``h`` of ``w + (kw-1)*dw`` positions."""
+    alpha = config.engine.im2col_copy_macs
+    if pass_ == "input_grad":
+        if g.sh != 1 or g.sw != 1:
+            return False
+        return g.c_out_g * g.h * (g.w + (g.kw - 1) * g.dw) <= (g.c_out_g + alpha) * g.ho * g.wo
+    wq = g.wo + (g.kw - 1) * g.dw // g.sw
+    return g.c_out_g * wq <= (g.c_out_g + alpha) * g.wo
+
+
+def _dense(g: Geometry, pass_: str) -> str:
+    """``pointwise`` for 1x1 kernels, else ``implicit`` or ``lowered`` (:func:`_implicit_pays`)."""
+    if g.kh == g.kw == 1:
+        return "pointwise"
+    return "implicit" if _implicit_pays(g, pass_) else "lowered"
+
+
 def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tuple[str, str]:
     """The planner's own choice: ``(strategy, strategy)`` for forward and the one-gradient
     passes, ``(input_grad, weight_grad)`` for ``backward``."""
@@ -228,10 +261,8 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
             s = _depthwise(g)
         elif winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels:
             s = "winograd"
-        elif g.kh == g.kw == 1:
-            s = "pointwise"
         else:
-            s = "lowered"
+            s = _dense(g, "forward")
         return s, s
     if pass_ == "backward":
         if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
@@ -241,17 +272,15 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
             s = _depthwise(g)
             if s != "depthwise-rows" or g.c_out == g.c_in:
                 return s, s
-            return "lowered", "depthwise-rows"  # a multiplier on large planes
-        if g.kh == g.kw == 1:
-            return "pointwise", "pointwise"
-        return "lowered", "lowered"
+            return _dense(g, "input_grad"), "depthwise-rows"  # a multiplier on large planes
+        return _dense(g, "input_grad"), _dense(g, "weight_grad")
     # one gradient alone, on the padded input
     if g.c_in_g == 1:
         if planar_fits(g):
             return "depthwise-planar", "depthwise-planar"
         if pass_ == "weight_grad" or g.c_out == g.groups:
             return "depthwise-rows", "depthwise-rows"
-    s = "pointwise" if g.kh == g.kw == 1 else "lowered"
+    s = _dense(g, pass_)
     return s, s
 
 
@@ -278,6 +307,10 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
         return None
     if strategy == "pointwise":
         return None if g.kh == g.kw == 1 else "pointwise needs a 1x1 kernel"
+    if strategy == "implicit":
+        if pass_ in ("backward", "input_grad") and (g.sh, g.sw) != (1, 1):
+            return "implicit computes the input gradient of stride-1 convolutions only"
+        return None
     raise AssertionError(strategy)
 
 

@@ -31,8 +31,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "gemm_tiled", "gemm_tiled_add",
-           "gemm_tiled_cols", "vector_bytes"]
+__all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "gemm_indirect", "gemm_indirect_left_add", "gemm_tiled",
+           "gemm_tiled_add", "gemm_tiled_cols", "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -76,15 +76,22 @@ _KINDS = ("full", "edge", "narrow")
 
 
 def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str, vectors: int,
-               accumulate: bool) -> Any:
+               accumulate: bool, tile_rows: int = TILE_ROWS) -> Any:
     """``m[p:p+R, j0:j0+C] (+)= u[p:p+R, k0:k1] @ v[k0:k1, j0:j0+C]`` for C-contiguous 2-D
-    arrays (``+=`` when ``accumulate``), with ``R = TILE_ROWS`` accumulators of ``vectors``
+    arrays (``+=`` when ``accumulate``), with ``R = tile_rows`` accumulators of ``vectors``
     vectors kept in registers over the whole ``k`` loop; ``kind`` as in :data:`_KINDS` (the
-    ``edge`` and ``narrow`` tiles take ``rows`` and ``keep`` or ``cols`` after ``k1``)."""
+    ``edge`` and ``narrow`` tiles take ``rows`` and ``keep`` or ``cols`` after ``k1``).
+
+    A 1-D operand is *indirect*: with a 1-D ``v``, its row ``k`` starts at ``v[offs[k]]``; with
+    a 1-D ``u``, its row ``p`` starts at ``u[offs[p]]`` (``offs``, the fourth argument, is
+    ignored when both are 2-D). Overlapping windows of one flat array then serve as the rows:
+    the implicit GEMM of :mod:`convlayers.kernels.implicit`."""
     arr_t = signature.args[0]
-    ua, va, ma = (context.make_array(t)(context, builder, a)
-                  for t, a in zip(signature.args[:3], args[:3], strict=True))
-    p, j0, k0, k1 = args[3:7]
+    ua, va, ma, oa = (context.make_array(t)(context, builder, a)
+                      for t, a in zip(signature.args[:4], args[:4], strict=True))
+    indirect = signature.args[1].ndim == 1
+    indirect_left = signature.args[0].ndim == 1
+    p, j0, k0, k1 = args[4:8]
     itemsize = context.get_abi_sizeof(context.get_value_type(arr_t.dtype))
     lanes = (64 if _WIDE else 32) // itemsize
     vec = ir.VectorType(ir.FloatType() if itemsize == 4 else ir.DoubleType(), lanes)
@@ -116,15 +123,17 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
         return builder.bitcast(builder.gep(arr.data, [builder.add(row, builder.add(
             j0, const(h * lanes)))]), vptr)
 
-    us, vs, ms = row_stride(ua), row_stride(va), row_stride(ma)
+    ms = row_stride(ma)
+    us = const(0) if indirect_left else row_stride(ua)
+    vs = const(0) if indirect else row_stride(va)
     if kind == "full":
-        n_rows = const(TILE_ROWS)
-        rows = [const(r) for r in range(TILE_ROWS)]
+        n_rows = const(tile_rows)
+        rows = [const(r) for r in range(tile_rows)]
     else:
-        n_rows = args[7]
+        n_rows = args[8]
         last = builder.sub(n_rows, const(1))
         rows = [builder.select(builder.icmp_signed("<", const(r), n_rows), const(r), last)
-                for r in range(TILE_ROWS)]
+                for r in range(tile_rows)]
     if kind == "narrow":
         load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
             vec, [vptr, i32, ir.VectorType(ir.IntType(1), lanes), vec]),
@@ -132,7 +141,7 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
         store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
             ir.VoidType(), [vec, vptr, i32, ir.VectorType(ir.IntType(1), lanes)]),
             f"llvm.masked.store.{name}.p0")
-        masks = [builder.icmp_signed("<", lane_ids(h), splat(args[8])) for h in range(vectors)]
+        masks = [builder.icmp_signed("<", lane_ids(h), splat(args[9])) for h in range(vectors)]
 
         def read(ptr: Any, h: int) -> Any:
             return builder.call(load, [ptr, align, masks[h], zero_vec])
@@ -140,17 +149,25 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
         def read(ptr: Any, h: int) -> Any:
             return builder.load(ptr, align=itemsize)
 
-    m_rows = [builder.mul(builder.add(p, rows[r]), ms) for r in range(TILE_ROWS)]
-    accs = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(TILE_ROWS)]
+    m_rows = [builder.mul(builder.add(p, rows[r]), ms) for r in range(tile_rows)]
+    accs = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(tile_rows)]
     for r, row in enumerate(accs):
         for h, acc in enumerate(row):
             builder.store(read(at(ma, m_rows[r], h), h) if accumulate else zero_vec, acc)
-    u_rows = [builder.add(builder.mul(builder.add(p, rows[r]), us), k0) for r in range(TILE_ROWS)]
+    if indirect_left:
+        u_rows = [builder.add(builder.load(builder.gep(oa.data, [builder.add(p, rows[r])])), k0)
+                  for r in range(tile_rows)]
+    else:
+        u_rows = [builder.add(builder.mul(builder.add(p, rows[r]), us), k0)
+                  for r in range(tile_rows)]
     with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
         k = loop.index
-        v_row = builder.mul(builder.add(k, k0), vs)
+        if indirect:
+            v_row = builder.load(builder.gep(oa.data, [builder.add(k, k0)]))
+        else:
+            v_row = builder.mul(builder.add(k, k0), vs)
         xs = [read(at(va, v_row, h), h) for h in range(vectors)]
-        for r in range(TILE_ROWS):
+        for r in range(tile_rows):
             a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], k)]))
             a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(i32, 0))
             a = builder.shuffle_vector(a, ir.Constant(vec, None), zeros)
@@ -158,9 +175,9 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
                 builder.store(builder.call(fma, [a, xs[h], builder.load(accs[r][h])]),
                               accs[r][h])
     if kind == "edge":
-        written = [builder.icmp_signed(">=", lane_ids(h), splat(builder.sub(args[8], j0)))
+        written = [builder.icmp_signed(">=", lane_ids(h), splat(builder.sub(args[9], j0)))
                    for h in range(vectors)]
-    for r in range(TILE_ROWS):
+    for r in range(tile_rows):
         with builder.if_then(builder.icmp_signed("<", const(r), n_rows)):
             for h in range(vectors):
                 ptr, value = at(ma, m_rows[r], h), builder.load(accs[r][h])
@@ -173,28 +190,34 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
     return context.get_dummy_value()
 
 
-def _typed(u: Any, v: Any, m: Any) -> bool:
-    """Only C-contiguous 2-D float arrays of one dtype: the generated code assumes it."""
-    return all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
-               and a.dtype in (types.float32, types.float64) and a.dtype == u.dtype
-               for a in (u, v, m))
+def _typed(u: Any, v: Any, m: Any, offs: Any) -> bool:
+    """Only C-contiguous float arrays of one dtype, 2-D (``u`` or ``v``, not both, may be 1-D:
+    indirect), and ``offs`` a 1-D int64 array: the generated code assumes it."""
+    arrays = all(isinstance(a, types.Array) and a.layout == "C"
+                 and a.dtype in (types.float32, types.float64) and a.dtype == u.dtype
+                 for a in (u, v, m))
+    return (arrays and m.ndim == 2 and (u.ndim, v.ndim) in ((2, 2), (1, 2), (2, 1))
+            and isinstance(offs, types.Array) and offs.ndim == 1 and offs.dtype == types.int64)
 
 
-def _make_tile(kind: str, vectors: int, accumulate: bool) -> Any:
-    """The intrinsic ``tile(u, v, m, p, j0, k0, k1)`` (``full``) or ``tile(u, v, m, p, j0, k0,
-    k1, rows, keep_or_cols)`` (``edge``, ``narrow``)."""
+def _make_tile(kind: str, vectors: int, accumulate: bool, tile_rows: int = TILE_ROWS) -> Any:
+    """The intrinsic ``tile(u, v, m, offs, p, j0, k0, k1)`` (``full``) or ``tile(u, v, m, offs,
+    p, j0, k0, k1, rows, keep_or_cols)`` (``edge``, ``narrow``)."""
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return _emit_tile(context, builder, signature, args, kind, vectors, accumulate)
+        return _emit_tile(context, builder, signature, args, kind, vectors, accumulate, tile_rows)
 
-    def full(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k0: Any, k1: Any) -> Any:
-        return (types.void(u, v, m, *([types.intp] * 4)), codegen) if _typed(u, v, m) else None
+    def full(typingctx: Any, u: Any, v: Any, m: Any, offs: Any, p: Any, j0: Any, k0: Any,
+             k1: Any) -> Any:
+        return ((types.void(u, v, m, offs, *([types.intp] * 4)), codegen)
+                if _typed(u, v, m, offs) else None)
 
-    def ragged(typingctx: Any, u: Any, v: Any, m: Any, p: Any, j0: Any, k0: Any, k1: Any,
-               rows: Any, keep_or_cols: Any) -> Any:
-        return (types.void(u, v, m, *([types.intp] * 6)), codegen) if _typed(u, v, m) else None
+    def ragged(typingctx: Any, u: Any, v: Any, m: Any, offs: Any, p: Any, j0: Any, k0: Any,
+               k1: Any, rows: Any, keep_or_cols: Any) -> Any:
+        return ((types.void(u, v, m, offs, *([types.intp] * 6)), codegen)
+                if _typed(u, v, m, offs) else None)
 
     typer = full if kind == "full" else ragged
-    typer.__name__ = f"{kind}_tile_{TILE_ROWS}x{vectors}{'_add' if accumulate else ''}"
+    typer.__name__ = f"{kind}_tile_{tile_rows}x{vectors}{'_add' if accumulate else ''}"
     return intrinsic(typer)
 
 
@@ -203,33 +226,57 @@ _tile_wide_add, _tile_one_add = _make_tile("full", TILE_VECTORS, True), _make_ti
 _edge_wide, _edge_one = _make_tile("edge", TILE_VECTORS, False), _make_tile("edge", 1, False)
 _edge_wide_add, _edge_one_add = _make_tile("edge", TILE_VECTORS, True), _make_tile("edge", 1, True)
 _narrow, _narrow_add = _make_tile("narrow", 1, False), _make_tile("narrow", 1, True)
+#: A band of at most half a tile's rows (a product's last ``P % TILE_ROWS`` rows, or all of a
+#: short one: 8 output channels are a band of 6 and one of 2) runs on tiles of half the rows
+#: and twice the vectors: as many accumulators, without computing rows it drops.
+SMALL_ROWS, SMALL_VECTORS = TILE_ROWS // 2, 2 * TILE_VECTORS
+_small = _make_tile("edge", SMALL_VECTORS, False, SMALL_ROWS)
+_small_add = _make_tile("edge", SMALL_VECTORS, True, SMALL_ROWS)
 
 
 # Typed as plain int64 and bool, not as literals: a literal 0 or True passed to _tiled
 # compiled it once more per spelling (three times per dtype), ~5 s each on a first call.
 _LEFT, _WRITE, _ADD = np.int64(0), np.bool_(False), np.bool_(True)
+#: The row offsets of a direct (2-D) right operand: none, its rows are its own.
+_DIRECT = np.zeros(1, dtype=np.int64)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled(u, v, m):
     """``m = u @ v`` for C-contiguous 2-D ``u (P, K)``, ``v (K, L)``, ``m (P, L)``."""
-    _tiled(u, v, m, _LEFT, v.shape[1], _WRITE)
+    _tiled(u, v, m, _DIRECT, _LEFT, v.shape[1], u.shape[1], _WRITE)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled_add(u, v, m):
     """``m += u @ v``, as :func:`gemm_tiled`."""
-    _tiled(u, v, m, _LEFT, v.shape[1], _ADD)
+    _tiled(u, v, m, _DIRECT, _LEFT, v.shape[1], u.shape[1], _ADD)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled_cols(u, v, m, j0, j1):
     """``m[:, j0:j1] = u @ v[:, j0:j1]``, as :func:`gemm_tiled` (the other columns untouched)."""
-    _tiled(u, v, m, j0, j1, _WRITE)
+    _tiled(u, v, m, _DIRECT, j0, j1, u.shape[1], _WRITE)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def gemm_indirect(u, v, offs, m):
+    """``m = u @ V`` where row ``k`` of ``V`` is ``v[offs[k] : offs[k] + m.shape[1]]``, for a
+    C-contiguous 1-D ``v`` and int64 ``offs`` (``u.shape[1]`` entries): the implicit GEMM of a
+    convolution over a flat padded input, whose rows overlap (nothing is copied)."""
+    _tiled(u, v, m, offs, _LEFT, m.shape[1], u.shape[1], _WRITE)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def gemm_indirect_left_add(u, offs, v, m):
+    """``m += U @ v`` where row ``p`` of ``U`` is ``u[offs[p] : offs[p] + v.shape[0]]``, for a
+    C-contiguous 1-D ``u`` and int64 ``offs`` (``m.shape[0]`` entries): the weight gradient
+    of the implicit GEMM."""
+    _tiled(u, v, m, offs, _LEFT, m.shape[1], v.shape[0], _ADD)
 
 
 @njit(cache=True, fastmath=True)
-def _tiled(u, v, m, j_lo, j_hi, accumulate):
+def _tiled(u, v, m, offs, j_lo, j_hi, K, accumulate):
     """Columns ``j_lo .. j_hi`` of ``m (+)= u @ v``: blocks of ``NC`` columns, slabs of ``KC``
     of the inner dimension, bands of ``TILE_ROWS`` rows, tiles of ``TILE_VECTORS`` vectors then
     of one vector; the last (fewer than a vector's) columns as the vector ending at ``j_hi``,
@@ -237,7 +284,7 @@ def _tiled(u, v, m, j_lo, j_hi, accumulate):
     Fewer columns than a vector in all: masked tiles (:func:`_emit_narrow_tile`). Not inlined:
     every kernel calls this one compiled function (per dtype); inlined, the unrolled tiles were
     copied into each call site and first calls compiled for about 30 s."""
-    P, K = u.shape
+    P = m.shape[0]
     R = TILE_ROWS
     lanes = (64 if _WIDE else 32) // u.itemsize
     width = j_hi - j_lo
@@ -254,9 +301,9 @@ def _tiled(u, v, m, j_lo, j_hi, accumulate):
             k1 = min(K, k0 + KC)
             for p in range(0, P, R):
                 if accumulate or k0 > 0:
-                    _narrow_add(u, v, m, p, j_lo, k0, k1, min(R, P - p), width)
+                    _narrow_add(u, v, m, offs, p, j_lo, k0, k1, min(R, P - p), width)
                 else:
-                    _narrow(u, v, m, p, j_lo, k0, k1, min(R, P - p), width)
+                    _narrow(u, v, m, offs, p, j_lo, k0, k1, min(R, P - p), width)
         return
     narrow = j_lo + width - width % lanes
     for c0 in range(j_lo, j_hi, NC):
@@ -265,41 +312,50 @@ def _tiled(u, v, m, j_lo, j_hi, accumulate):
             k1 = min(K, k0 + KC)
             add = accumulate or k0 > 0
             for p in range(0, P, R):
-                _band(u, v, m, p, min(R, P - p), c0, c1, narrow, k0, k1, add)
+                _band(u, v, m, offs, p, min(R, P - p), c0, c1, narrow, k0, k1, add)
 
 
 @njit(cache=True, fastmath=True)
-def _band(u, v, m, p, rows, c0, c1, narrow, k0, k1, add):
+def _band(u, v, m, offs, p, rows, c0, c1, narrow, k0, k1, add):
     """Rows ``p .. p+rows`` (``rows <= TILE_ROWS``), columns ``c0 .. c1``, inner slab ``k0 ..
     k1`` of :func:`_tiled`; the columns past ``narrow`` (fewer than a vector) as the vector
     ending at ``c1``, its columns before ``narrow`` kept."""
     R = TILE_ROWS
     lanes = (64 if _WIDE else 32) // u.itemsize
-    step = TILE_VECTORS * lanes
     end = min(c1, narrow)
-    wide = c0 + (end - c0) - (end - c0) % step if end > c0 else c0
-    for j0 in range(c0, wide, step):
+    start = c0
+    if rows <= SMALL_ROWS:
+        step = SMALL_VECTORS * lanes
+        start = c0 + (end - c0) - (end - c0) % step if end > c0 else c0
+        for j0 in range(c0, start, step):
+            if add:
+                _small_add(u, v, m, offs, p, j0, k0, k1, rows, j0)
+            else:
+                _small(u, v, m, offs, p, j0, k0, k1, rows, j0)
+    step = TILE_VECTORS * lanes
+    wide = start + (end - start) - (end - start) % step if end > start else start
+    for j0 in range(start, wide, step):
         if rows < R:
             if add:
-                _edge_wide_add(u, v, m, p, j0, k0, k1, rows, j0)
+                _edge_wide_add(u, v, m, offs, p, j0, k0, k1, rows, j0)
             else:
-                _edge_wide(u, v, m, p, j0, k0, k1, rows, j0)
+                _edge_wide(u, v, m, offs, p, j0, k0, k1, rows, j0)
         elif add:
-            _tile_wide_add(u, v, m, p, j0, k0, k1)
+            _tile_wide_add(u, v, m, offs, p, j0, k0, k1)
         else:
-            _tile_wide(u, v, m, p, j0, k0, k1)
+            _tile_wide(u, v, m, offs, p, j0, k0, k1)
     for j0 in range(wide, end, lanes):
         if rows < R:
             if add:
-                _edge_one_add(u, v, m, p, j0, k0, k1, rows, j0)
+                _edge_one_add(u, v, m, offs, p, j0, k0, k1, rows, j0)
             else:
-                _edge_one(u, v, m, p, j0, k0, k1, rows, j0)
+                _edge_one(u, v, m, offs, p, j0, k0, k1, rows, j0)
         elif add:
-            _tile_one_add(u, v, m, p, j0, k0, k1)
+            _tile_one_add(u, v, m, offs, p, j0, k0, k1)
         else:
-            _tile_one(u, v, m, p, j0, k0, k1)
+            _tile_one(u, v, m, offs, p, j0, k0, k1)
     if c1 > end:
         if add:
-            _edge_one_add(u, v, m, p, c1 - lanes, k0, k1, rows, end)
+            _edge_one_add(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)
         else:
-            _edge_one(u, v, m, p, c1 - lanes, k0, k1, rows, end)
+            _edge_one(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)

@@ -1,0 +1,101 @@
+"""The engine's ``implicit`` strategy: the GEMM reads windows of a padded, phase-split copy of
+the input (:mod:`convlayers.kernels.implicit`), no im2col.
+
+The forward and the weight gradient serve any 2-D kernel, stride, dilation and group count;
+the input gradient of a stride-1 convolution is the forward kernel run on the output gradient
+with the weights flipped and transposed (a "full" correlation: padding ``(k-1)*d - p`` before
+each axis). Strided input gradients are not served (the planner takes ``lowered``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convlayers import config
+from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
+from convlayers.functional._engine_shared import _bias_arg, _quiet
+from convlayers.functional.plan import Geometry
+
+
+def slab_rows(g: Geometry, threads: int) -> tuple[int, int]:
+    """``(R, B)``: output rows and output channels per unit of the implicit forward.
+
+    A unit's slab (its input rows, ``C_in/g`` channels by the phase planes some tap reads) stays
+    under ``config.engine.implicit_slab_bytes`` (and the scratch cap); then, while there are
+    fewer units than twice the threads, slabs get shorter (down to
+    ``config.engine.lowered_min_columns`` output positions) and output channels split into
+    blocks of whole register-tile bands. The sums run in the same order whatever the units."""
+    from convlayers.kernels.simd import TILE_ROWS
+
+    e = config.engine
+    wq = g.wo + (g.kw - 1) * g.dw // g.sw
+    halo = (g.kh - 1) * g.dh // g.sh
+    planes = min(g.sh * g.sw, g.kh * g.kw)
+    per_row = g.c_in_g * planes * wq * g.itemsize
+    cap = max(1, min(e.implicit_slab_bytes, config.scratch_bytes()))
+    rows = max(1, min(g.ho, cap // max(1, per_row) - halo))
+    want = 2 * threads if threads > 1 else 1
+    images = g.n * g.groups
+    if images * -(-g.ho // rows) < want:
+        shortest = max(1, -(-e.lowered_min_columns // g.wo))
+        split = max(1, -(-g.ho // -(-want // images)))
+        rows = min(rows, max(shortest, split))
+    block = g.c_out_g
+    units = images * -(-g.ho // rows)
+    if units < want and g.c_out_g > 2 * TILE_ROWS:
+        per = -(-g.c_out_g // -(-want // units))
+        block = min(g.c_out_g, max(2 * TILE_ROWS, -(-per // TILE_ROWS) * TILE_ROWS))
+    return rows, block
+
+
+def _run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None, g: Geometry) -> np.ndarray:
+    """``(N, C_out, Ho*Wo)``: :func:`convlayers.kernels.implicit.implicit_forward` of ``g``."""
+    k = kernels()
+    threads = _numba_threads()
+    rows, block = slab_rows(g, threads)
+    out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
+    with _dynamic_units():
+        k.implicit.implicit_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw,
+                                    g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
+    return out
+
+
+def _fwd_implicit(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                  g: Geometry) -> np.ndarray:
+    taps = np.ascontiguousarray(w.reshape(g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw))
+    return _run(x, taps, bias, g).reshape(g.n, g.c_out, g.ho, g.wo)
+
+
+def full_geometry(g: Geometry) -> Geometry:
+    """The forward geometry whose output is the input gradient of the stride-1 ``g``: the output
+    gradient ``(N, C_out, Ho, Wo)`` correlated with the flipped, transposed weights, padded by
+    ``(k-1)*d - p`` before each axis (negative: rows or columns dropped)."""
+    from dataclasses import replace
+
+    return replace(g, c_in=g.c_out, h=g.ho, w=g.wo, c_out=g.c_in,
+                   pt=(g.kh - 1) * g.dh - g.pt, pb=(g.kh - 1) * g.dh - g.pb,
+                   pl=(g.kw - 1) * g.dw - g.pl, pr=(g.kw - 1) * g.dw - g.pr, ho=g.h, wo=g.w)
+
+
+def _gx_implicit(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
+    assert g.sh == g.sw == 1, "the implicit input gradient serves stride 1 only"
+    full = full_geometry(g)
+    flipped = w.reshape(g.groups, g.c_out_g, g.c_in_g, g.kh, g.kw)[..., ::-1, ::-1]
+    taps = np.ascontiguousarray(flipped.swapaxes(1, 2)).reshape(
+        g.groups, g.c_in_g, g.c_out_g * g.kh * g.kw)
+    return _run(np.ascontiguousarray(gy), taps, None, full).reshape(g.n, g.c_in, g.h, g.w)
+
+
+@_quiet
+def _gw_implicit(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+    k = kernels()
+    threads = _numba_threads()
+    rows, _ = slab_rows(g, threads)
+    kk = g.kh * g.kw
+    acc = np.empty((threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
+    with _dynamic_units():
+        k.implicit.implicit_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
+                                        g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
+                                        rows, acc)
+    gw = acc.sum(axis=0).swapaxes(1, 2)  # (G, C_out/g, C_in/g*kh*kw)
+    return np.ascontiguousarray(gw).reshape(g.c_out, g.c_in_g, g.kh, g.kw)

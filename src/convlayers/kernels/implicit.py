@@ -1,0 +1,181 @@
+"""Numba kernel of the implicit-GEMM 2-D convolution: no im2col, the GEMM reads the input.
+
+The lowered convolution (:mod:`convlayers.kernels.conv`) copies every window into columns,
+``C_in/g * kh * kw`` values per output position, and then multiplies; with few output channels
+that copy costs more than the product. Here the unit's input rows are copied once, zero-padded
+and split by stride phase, into a flat slab ``xq``, and the product reads its right operand
+straight from the slab: row ``k`` (tap ``(c, a, b)``) of the virtual ``K x R*Wq`` operand is
+``xq[offs[k] : offs[k] + R*Wq]``, a window of the slab (:func:`convlayers.kernels.simd.gemm_indirect`).
+
+Why a window works: output ``(r, ow)`` of the slab, tap ``(a, b)``, reads padded input row
+``r*sh + a*dh`` and column ``ow*sw + b*dw``. Stored by phase, row ``i`` of the slab as phase
+``i % sh``, row ``i // sh``, and column ``j`` as phase ``j % sw``, column ``j // sw``, that is
+phase plane ``((a*dh) % sh, (b*dw) % sw)`` at row ``r + (a*dh)//sh``, column ``ow + (b*dw)//sw``:
+for every tap, the outputs of a slab are one run of consecutive elements when each phase row is
+``Wq = Wo + (kw-1)*dw // sw`` long and output position ``(r, ow)`` is numbered ``r*Wq + ow``.
+The ``Wq - Wo`` extra positions per row are computed and dropped (the cost model in
+:mod:`convlayers.functional.plan` weighs them against im2col's copy). Only the phase planes some
+tap reads are stored.
+
+A forward unit is (image, group, slab of ``R`` output rows, block of ``B`` output channels), as
+in the lowered forward; each thread has its own slab and product scratch. The weight gradient
+(:func:`implicit_weight_grad`) reads the same windows as the *left* operand:
+``acc (K, C_out/g) += windows @ gy_slab^T``, the output gradient's slab transposed with zeros
+at the dropped positions, summed per thread over units of (image, group, slab).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from convlayers.kernels._bounds import copy_row, unit_parts
+from convlayers.kernels.simd import gemm_indirect, gemm_indirect_left_add
+
+__all__ = ["implicit_forward", "implicit_weight_grad", "phase_layout"]
+
+
+@njit(cache=True)
+def phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq):
+    """``(offs, slot, slots)``: the start of each tap's window in the slab (``Cig*kh*kw``
+    entries, ``(c*kh + a)*kw + b``), the slot of each phase plane (``sh*sw`` entries, ``-1``
+    for a plane no tap reads) and how many planes are stored per channel."""
+    slot = np.full(sh * sw, -1, dtype=np.int64)
+    slots = 0
+    for a in range(kh):
+        for b in range(kw):
+            ph = ((a * dh) % sh) * sw + (b * dw) % sw
+            if slot[ph] < 0:
+                slot[ph] = slots
+                slots += 1
+    plane = Hq * Wq
+    offs = np.empty(Cig * kh * kw, dtype=np.int64)
+    for c in range(Cig):
+        for a in range(kh):
+            for b in range(kw):
+                ph = ((a * dh) % sh) * sw + (b * dw) % sw
+                offs[(c * kh + a) * kw + b] = ((c * slots + slot[ph]) * plane
+                                               + ((a * dh) // sh) * Wq + (b * dw) // sw)
+    return offs, slot, slots
+
+
+@njit(cache=True, fastmath=True)
+def _fill_slab(xn, c0, C, sh, sw, ih0, pl, Hq, Wq, slot, slots, xq):
+    """Channels ``c0 .. c0 + C`` of ``xn (C_in, H, W)``, input rows from ``ih0`` (negative:
+    top padding) and columns from ``-pl``, zero-padded and split by phase into ``xq`` (phase
+    plane ``slot[py*sw + px]`` of channel ``c`` at ``(c*slots + slot)*Hq*Wq``); the rest of
+    ``xq`` (its tail) is zeroed."""
+    H, W = xn.shape[1], xn.shape[2]
+    plane = Hq * Wq
+    for py in range(sh):
+        for px in range(sw):
+            s = slot[py * sw + px]
+            if s < 0:
+                continue
+            # columns jq whose input column jq*sw + px - pl lies inside 0 .. W-1
+            first = pl - px
+            lo = 0 if first <= 0 else (first + sw - 1) // sw
+            hi = min(Wq, (W - 1 + pl - px) // sw + 1) if W - 1 + pl - px >= 0 else 0
+            hi = max(lo, hi)
+            for c in range(C):
+                base = (c * slots + s) * plane
+                for iq in range(Hq):
+                    ih = ih0 + iq * sh + py
+                    d = xq[base + iq * Wq: base + (iq + 1) * Wq]
+                    if ih < 0 or ih >= H or hi == lo:
+                        for j in range(Wq):
+                            d[j] = 0
+                        continue
+                    for j in range(lo):
+                        d[j] = 0
+                    for j in range(hi, Wq):
+                        d[j] = 0
+                    src = xn[c0 + c, ih]
+                    if sw == 1:
+                        copy_row(d[lo:hi], src[lo + px - pl:])
+                    else:
+                        for j in range(lo, hi):
+                            d[j] = src[j * sw + px - pl]
+    for j in range(C * slots * plane, xq.shape[0]):
+        xq[j] = 0
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, out):
+    """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G,
+    C_out/g, C_in/g*kh*kw)`` (+ ``bias``, ``C_out`` entries or none) with zero padding ``pt``
+    above and ``pl`` left (negative: rows or columns dropped; the other sides follow from
+    ``out``'s size), in units of ``R`` output rows by ``B`` output channels of one image and
+    group; scratch for ``nt`` threads."""
+    N, C_in = x.shape[0], x.shape[1]
+    G, Cog = taps.shape[0], taps.shape[1]
+    Cig = C_in // G
+    Ho = out.shape[2] // Wo
+    Hq = R + ((kh - 1) * dh) // sh
+    Wq = Wo + ((kw - 1) * dw) // sw
+    offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
+    nr = (Ho + R - 1) // R
+    nb = (Cog + B - 1) // B
+    xbuf = np.empty((nt, Cig * slots * Hq * Wq + Wq), dtype=x.dtype)
+    obuf = np.empty((nt, B * R * Wq), dtype=x.dtype)
+    has_bias = bias.shape[0] > 0
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for unit in prange(N * G * nr * nb):
+        t = numba.get_thread_id()
+        n, g, rest = unit_parts(unit, G, nr * nb)
+        r = rest // nb
+        cb = rest - r * nb
+        oh0 = r * R
+        rows = min(R, Ho - oh0)
+        co0 = cb * B
+        cos = min(B, Cog - co0)
+        xq = xbuf[t]
+        _fill_slab(x[n], g * Cig, Cig, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
+        o = obuf[t, : cos * rows * Wq].reshape(cos, rows * Wq)
+        gemm_indirect(taps[g, co0: co0 + cos], xq, offs, o)
+        for co in range(cos):
+            c = g * Cog + co0 + co
+            b = bias[c] if has_bias else zero
+            for i in range(rows):
+                dst = out[n, c, (oh0 + i) * Wo: (oh0 + i + 1) * Wo]
+                src = o[co, i * Wq: i * Wq + Wo]
+                for j in range(Wo):
+                    dst[j] = src[j] + b
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, acc):
+    """Weight gradient of :func:`implicit_forward`: ``acc[t, g] (C_in/g*kh*kw, C_out/g)``
+    (zeroed here) receives thread ``t``'s sum of ``windows @ gy_slab^T`` over its units (image,
+    group, slab of ``R`` output rows); the caller sums over threads. ``gy`` is ``(N, C_out,
+    Ho*Wo)``."""
+    N, C_in = x.shape[0], x.shape[1]
+    nt, Cog = acc.shape[0], acc.shape[3]
+    Cig = C_in // G
+    Ho = gy.shape[2] // Wo
+    Hq = R + ((kh - 1) * dh) // sh
+    Wq = Wo + ((kw - 1) * dw) // sw
+    offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
+    nr = (Ho + R - 1) // R
+    xbuf = np.empty((nt, Cig * slots * Hq * Wq + Wq), dtype=x.dtype)
+    tbuf = np.empty((nt, R * Wq * Cog), dtype=x.dtype)
+    acc[:] = 0
+    for unit in prange(N * G * nr):
+        t = numba.get_thread_id()
+        n, g, r = unit_parts(unit, G, nr)
+        oh0 = r * R
+        rows = min(R, Ho - oh0)
+        xq = xbuf[t]
+        _fill_slab(x[n], g * Cig, Cig, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
+        gyt = tbuf[t, : rows * Wq * Cog].reshape(rows * Wq, Cog)
+        for i in range(rows):
+            for ow in range(Wo):  # read strided, write contiguous
+                row = gyt[i * Wq + ow]
+                for co in range(Cog):
+                    row[co] = gy[n, g * Cog + co, (oh0 + i) * Wo + ow]
+            for ow in range(Wo, Wq):
+                row = gyt[i * Wq + ow]
+                for co in range(Cog):
+                    row[co] = 0
+        gemm_indirect_left_add(xq, offs, gyt, acc[t, g])

@@ -1,0 +1,115 @@
+"""The implicit-GEMM strategy: its indirect products against NumPy, and its passes against torch
+where the planner takes it on its own (strided weight gradients are not reachable by forcing
+it, as its strided input gradient is not served)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convlayers import config
+from convlayers import functional as F
+from convlayers.kernels.simd import TILE_ROWS
+from oracle import assert_close, torch_grads
+
+
+@pytest.fixture(scope="module")
+def products():
+    from numba import njit
+
+    from convlayers.kernels.simd import gemm_indirect, gemm_indirect_left_add
+
+    @njit
+    def right(u, flat, offs, m):
+        gemm_indirect(u, flat, offs, m)
+
+    @njit
+    def left(flat, offs, v, m):
+        gemm_indirect_left_add(flat, offs, v, m)
+
+    return right, left
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 2, TILE_ROWS // 2, TILE_ROWS // 2 + 1, TILE_ROWS,
+                                  TILE_ROWS + 2, 2 * TILE_ROWS + 3])
+@pytest.mark.parametrize("cols", [1, 5, 8, 17, 40, 300])
+def test_indirect_products_match_numpy(products, dtype, rows: int, cols: int) -> None:
+    """Rows of the virtual operand are overlapping windows of one flat array, at any offsets:
+    ``m = u @ V`` (right operand indirect) and ``m += U @ v`` (left operand indirect)."""
+    right, left = products
+    rng = np.random.default_rng(rows * 1000 + cols)
+    flat = rng.standard_normal(4000).astype(dtype)
+    inner = 37
+    offs = rng.integers(0, 4000 - max(cols, inner), size=max(rows, inner)).astype(np.int64)
+
+    u = rng.standard_normal((rows, inner)).astype(dtype)
+    m = np.full((rows, cols), np.nan, dtype=dtype)
+    right(u, flat, offs[:inner], m)
+    windows = np.stack([flat[o:o + cols] for o in offs[:inner]])
+    np.testing.assert_allclose(m, u.astype(np.float64) @ windows, rtol=1e-5, atol=1e-4)
+
+    v = rng.standard_normal((inner, cols)).astype(dtype)
+    start = rng.standard_normal((rows, cols)).astype(dtype)
+    m = start.copy()
+    left(flat, offs[:rows], v, m)
+    lefts = np.stack([flat[o:o + inner] for o in offs[:rows]])
+    np.testing.assert_allclose(m, start + lefts.astype(np.float64) @ v, rtol=1e-5, atol=1e-4)
+
+
+@st.composite
+def few_output_channels(draw: st.DrawFn) -> dict:
+    """Dense or grouped 2-D convolutions with few output channels per group, any stride and
+    dilation: the implicit GEMM's ground."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    kernel = (draw(st.integers(2, 5)), draw(st.integers(2, 5)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = tuple(draw(st.integers(0, k)) for k in kernel)
+    spatial = tuple(draw(st.integers(d * (k - 1) + 1, d * (k - 1) + 24))
+                    for k, d in zip(kernel, dilation, strict=True))
+    return dict(groups=groups, c_in=groups * draw(st.integers(2, 6)),
+                c_out=groups * draw(st.integers(1, 4)), kernel=kernel, stride=stride,
+                dilation=dilation, padding=padding, spatial=spatial,
+                batch=draw(st.integers(1, 3)), threads=draw(st.sampled_from([1, 2, 3])))
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=few_output_channels(), seed=st.integers(0, 2**16))
+def test_planned_implicit_passes_match_torch(case: dict, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case["batch"], case["c_in"], *case["spatial"])).astype(np.float32)
+    w = rng.standard_normal((case["c_out"], case["c_in"] // case["groups"],
+                             *case["kernel"])).astype(np.float32)
+    b = rng.standard_normal(case["c_out"]).astype(np.float32)
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    with config.engine_settings(im2col_copy_macs=1000):  # implicit wherever it serves
+        chosen = F.plan(x.shape, w.shape, *args)
+        assert chosen.forward == "implicit" and chosen.weight_grad == "implicit"
+        strided = case["stride"] != (1, 1)
+        assert chosen.input_grad == ("lowered" if strided else "implicit")
+        expected, g, (tgx, tgw, _) = torch_grads(lambda *t: tF.conv2d(*t, *args), [x, w, b], seed)
+        with config.settings(threads=case["threads"]):
+            assert_close(F.conv2d(x, w, b, *args), expected, "implicit forward")
+            gx, gw, _ = F.conv_backward(g, x, w, *args, with_bias=True)
+    assert_close(gx, tgx, "input gradient")
+    assert_close(gw, tgw, "implicit weight gradient")
+
+
+def test_the_planner_weighs_dropped_positions_against_the_im2col_copy() -> None:
+    """Few output channels: implicit; many, with a map barely wider than the kernel's reach
+    (most positions computed would be dropped): lowered."""
+    assert F.plan((1, 64, 40, 40), (8, 64, 5, 5), padding=2).forward == "implicit"
+    assert F.plan((1, 192, 12, 12), (256, 192, 7, 7), stride=2, padding=9,
+                  dilation=3).forward == "lowered"
+    with config.engine_settings(im2col_copy_macs=0):
+        assert F.plan((1, 64, 40, 40), (8, 64, 5, 5), padding=2).forward == "lowered"
+    # a torch weight run through the chosen strategy agrees with torch
+    x = np.random.default_rng(0).standard_normal((1, 64, 40, 40)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((8, 64, 5, 5)).astype(np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=2).numpy()
+    assert_close(F.conv2d(x, w, padding=2), expected, "planned forward")

@@ -602,9 +602,28 @@ def test_adaptive_pooling_kernels_match_torch_and_the_reference(
     v, i = mx(x, o, return_indices=True)
     tv, ti = tmx(tx, o, return_indices=True)
     np.testing.assert_array_equal(v, tv.numpy())
+    # rounding makes ties of -0.0 and 0.0: the first in the window is the output, sign included
+    np.testing.assert_array_equal(np.signbit(v), np.signbit(tv.numpy()))
     np.testing.assert_array_equal(i, ti.numpy())
     np.testing.assert_array_equal(mx(x, o), v)
     if special in ("none", "ties"):
         _, g, (gx,) = torch_grads(lambda t: tavg(t, o), [x], seed)
         assert_close(F.adaptive_avg_pool_backward(g, x, spatial_dims=dims), gx,
                      "adaptive avg backward")
+
+
+def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> None:
+    """Rows of at least eight taps take the two-pass kernel (maximum, then its first position):
+    a tie of -0.0 and 0.0 keeps the first, a NaN anywhere wins (the last one), an inf is a
+    maximum like any other; values and indices exactly torch's."""
+    x = -np.abs(np.random.default_rng(5).standard_normal((4, 3, 6, 40))).astype(np.float32)
+    x[0, 0, 2, 7], x[0, 0, 4, 30] = -0.0, 0.0  # the first maximum is -0.0
+    x[0, 1, 3, 11], x[0, 1, 1, 2] = 0.0, -0.0  # row-major: -0.0 at (1, 2) comes first
+    x[1, 0, 2, 9], x[1, 0, 5, 1] = np.nan, np.nan
+    x[2, 2, 0, 39], x[2, 2, 5, 0] = np.inf, np.inf
+    for out in (1, (2, 3), (1, 4)):
+        v, i = F.adaptive_max_pool2d(x, out, return_indices=True)
+        tv, ti = tF.adaptive_max_pool2d(torch.from_numpy(x), out, return_indices=True)
+        np.testing.assert_array_equal(v, tv.numpy())
+        np.testing.assert_array_equal(np.signbit(v), np.signbit(tv.numpy()))
+        np.testing.assert_array_equal(i, ti.numpy())

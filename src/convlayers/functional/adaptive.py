@@ -8,6 +8,7 @@ and maxima are separable, so each axis is reduced in turn with a loop over its o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -124,8 +125,11 @@ def _planes(x: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(-1, 1 if n == 1 else x.shape[2], x.shape[-1])
 
 
+@functools.lru_cache(maxsize=256)
 def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarray, ...]:
-    """Row and column window bounds ``(rlo, rhi, clo, chi)`` of a 1-D or 2-D problem."""
+    """Row and column window bounds ``(rlo, rhi, clo, chi)`` of a 1-D or 2-D problem
+    (remembered per shapes: a model asks the same every call; the kernels only read them, and
+    they stay writeable so that numba compiles no read-only variant)."""
     rows = _bound_arrays(in_shape[0], out[0]) if len(in_shape) == 2 else _bound_arrays(1, 1)
     return (*rows, *_bound_arrays(in_shape[-1], out[-1]))
 

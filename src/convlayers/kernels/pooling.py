@@ -250,11 +250,58 @@ def adaptive_avg2d_backward(gy, rlo, rhi, clo, chi, gx):
                         row[c] += share
 
 
+@njit(cache=True)
+def _window_top(x, p, r0, r1, c0, c1):
+    """``(top, nan)``: the largest value of ``x[p, r0:r1, c0:c1]`` and whether the window holds
+    a NaN (then ``top`` means nothing). Eight running maxima per row, so the compares of
+    neighbouring taps do not wait on each other."""
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = x[p, r0, c0]
+    nan = False
+    n = c1 - c0
+    for r in range(r0, r1):
+        row = x[p, r, c0:c1]
+        c = 0
+        while c + 8 <= n:
+            v0, v1, v2, v3 = row[c], row[c + 1], row[c + 2], row[c + 3]
+            v4, v5, v6, v7 = row[c + 4], row[c + 5], row[c + 6], row[c + 7]
+            nan |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3)
+            nan |= (v4 != v4) | (v5 != v5) | (v6 != v6) | (v7 != v7)
+            b0 = v0 if v0 > b0 else b0
+            b1 = v1 if v1 > b1 else b1
+            b2 = v2 if v2 > b2 else b2
+            b3 = v3 if v3 > b3 else b3
+            b4 = v4 if v4 > b4 else b4
+            b5 = v5 if v5 > b5 else b5
+            b6 = v6 if v6 > b6 else b6
+            b7 = v7 if v7 > b7 else b7
+            c += 8
+        while c < n:
+            v = row[c]
+            nan |= v != v
+            b0 = v if v > b0 else b0
+            c += 1
+    b0 = b1 if b1 > b0 else b0
+    b2 = b3 if b3 > b2 else b2
+    b4 = b5 if b5 > b4 else b4
+    b6 = b7 if b7 > b6 else b6
+    b0 = b2 if b2 > b0 else b0
+    b4 = b6 if b6 > b4 else b4
+    return (b4 if b4 > b0 else b0), nan
+
+
+#: Windows with rows at least this wide take the two passes of :func:`adaptive_max2d`.
+_WIDE_WINDOW = 8
+
+
 @njit(parallel=True, cache=True)
 def adaptive_max2d(x, rlo, rhi, clo, chi, out, idx, with_indices):
     """``out[p, i, j]`` = max of the window, taps in row-major order: a tap replaces the running
     maximum when larger or NaN (the first maximum wins a tie, the last NaN wins); ``idx`` gets
-    its flat index ``r*W + c`` when ``with_indices``."""
+    its flat index ``r*W + c`` when ``with_indices``.
+
+    Windows with rows of at least ``_WIDE_WINDOW`` taps and no NaN take two passes, the maximum
+    (:func:`_window_top`) and then its first position, whose value is the output (so a tie of
+    ``-0.0`` and ``0.0`` keeps the first, as the scan does); other windows the scan itself."""
     P, W = x.shape[0], x.shape[2]
     Ho, Wo = out.shape[1], out.shape[2]
     for p in prange(P):
@@ -262,6 +309,22 @@ def adaptive_max2d(x, rlo, rhi, clo, chi, out, idx, with_indices):
             r0, r1 = rlo[i], rhi[i]
             for j in range(Wo):
                 c0, c1 = clo[j], chi[j]
+                wide = c1 - c0 >= _WIDE_WINDOW
+                top, nan = _window_top(x, p, r0, r1, c0, c1) if wide else (x[p, r0, c0], True)
+                if not nan:
+                    at = -1
+                    for r in range(r0, r1):
+                        row = x[p, r]
+                        for c in range(c0, c1):
+                            if row[c] == top:
+                                at = r * W + c
+                                break
+                        if at >= 0:
+                            break
+                    out[p, i, j] = x[p, at // W, at - (at // W) * W]
+                    if with_indices:
+                        idx[p, i, j] = at
+                    continue
                 best = x[p, r0, c0]
                 at = r0 * W + c0
                 for r in range(r0, r1):

@@ -327,6 +327,37 @@ def test_small_calls_on_one_thread_leave_numbas_settings_as_they_were() -> None:
         call()
         assert (numba.get_num_threads(), numba.get_parallel_chunksize()) == (threads, chunks)
 
+def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel of a small call sees one thread (the thread setting, applied when the kernels
+    load, once put it back inside the one-thread block), and a large one all of them: each
+    kernel is wrapped to read numba's public getter as it starts."""
+    import numba
+
+    from convlayers.functional._compiled import kernels
+
+    seen: list[int] = []
+    k = kernels()
+    for module, name in ((k.pooling, "max_pool2d"), (k.implicit, "implicit_forward")):
+        real = getattr(module, name)
+
+        def spy(*args: object, real: object = real) -> object:
+            seen.append(numba.get_num_threads())
+            return real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(module, name, spy)
+    rng = np.random.default_rng(9)
+    with config.settings(threads=2), config.engine_settings(force="implicit"):
+        if numba.config.NUMBA_NUM_THREADS < 2:
+            pytest.skip("numba has one thread here")
+        F.max_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 2)
+        F.conv2d(random_array(rng, (1, 4, 7, 7), np.float32),
+                 random_array(rng, (4, 4, 3, 3), np.float32), padding=1)
+        assert seen == [1, 1]
+        F.conv2d(random_array(rng, (2, 64, 40, 40), np.float32),
+                 random_array(rng, (8, 64, 3, 3), np.float32), padding=1)
+        assert seen == [1, 1, 2]
+
+
 def test_float64_fast_paths_stay_float64() -> None:
     rng = np.random.default_rng(6)
     x = random_array(rng, (1, 4, 6, 6), np.float64)

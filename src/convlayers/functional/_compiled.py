@@ -8,6 +8,7 @@ handing out parallel units one at a time (:func:`_dynamic_units`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,11 +24,14 @@ def kernels() -> Any:
         from convlayers.kernels import conv, depthwise, implicit, pooling, winograd  # noqa: F401  (lazy: numba loads here)
 
         _loaded.append(kernels)
-    config.apply_numba_threads()
+    if not getattr(_serial, "on", False):  # inside _threads_for the one thread stands
+        config.apply_numba_threads()
     return _loaded[0]
 
 
 _loaded: list[Any] = []
+#: ``on`` while this thread runs a small call on one thread (:func:`_threads_for`).
+_serial = threading.local()
 
 
 def _numba_threads() -> int:
@@ -50,11 +54,13 @@ def _threads_for(macs: int, serial_below: int | None = None) -> Iterator[None]:
         return
     kernels()  # loads numba and applies the thread setting first
     get, put, _ = config.numba_controls()
-    saved = get()
+    saved, nested = get(), getattr(_serial, "on", False)
     put(1)
+    _serial.on = True  # so that kernels() inside does not put the thread setting back
     try:
         yield
     finally:
+        _serial.on = nested
         put(saved)
 
 

@@ -297,3 +297,24 @@ def test_warmup_command_compiles_every_strategy(capsys: pytest.CaptureFixture[st
     assert [f"conv {s}" for s in STRATEGY_NAMES if s != "numpy"] == labels[:len(STRATEGY_NAMES) - 1]
     assert main(["warmup", "--quiet"]) == 0
     assert "kernel groups ready (float32)" in capsys.readouterr().out
+
+
+def test_tiny_depthwise_planes_take_the_row_kernels() -> None:
+    """A 4x6 output plane would run the planar kernels' flat loops over 64 positions: the row
+    kernels serve it (the planar ones still serve a multiplier's input gradient), and both
+    match torch."""
+    rng = np.random.default_rng(3)
+    x = random_array(rng, (3, 5, 8, 13), np.float32)
+    args = dict(stride=2, padding=(7, 4), dilation=3, groups=5)
+    for c_out in (5, 10):
+        w = random_array(rng, (c_out, 1, 6, 4), np.float32)
+        chosen = plan(x.shape, w.shape, **args)
+        assert chosen.forward == "depthwise-rows"
+        assert chosen.input_grad == ("depthwise-rows" if c_out == 5 else "depthwise-planar")
+        expected, g, (tgx, tgw) = torch_grads(lambda a, b: tF.conv2d(a, b, **args), [x, w], 3)
+        assert_close(F.conv2d(x, w, **args), expected, "forward")
+        gx, gw, _ = F.conv_backward(g, x, w, with_bias=False, **args)
+        assert_close(gx, tgx, "input gradient")
+        assert_close(gw, tgw, "weight gradient")
+    with config.engine_settings(planar_max_waste=100):
+        assert plan(x.shape, w.shape, **args).forward == "depthwise-planar"

@@ -245,6 +245,9 @@ class EngineSettings:
     #: The planar depthwise kernels serve planes whose padded polyphase copy takes at most this
     #: many bytes (one such plane per thread: a 224x224 map takes 200 KiB).
     planar_bytes: int = 4 * 2**20
+    #: The planar depthwise kernels serve output planes where their flat loops compute at most
+    #: this many positions per output pixel (tiny planes: the row kernels serve).
+    planar_max_waste: int = 2
     #: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
     #: pixels per plane the row kernels serve.
     flat_pixels: int = 1 << 18

@@ -218,10 +218,21 @@ def planar_fits(g: Geometry) -> bool:
     return g.sh * g.sw * block * g.itemsize <= config.engine.planar_bytes
 
 
+def planar_waste(g: Geometry) -> float:
+    """Flat positions the planar kernels compute per output pixel: their loops run over the
+    output plane laid out with the kernel's reach added to each row, rounded up to 64."""
+    from convlayers.kernels.depthwise import planar_geometry
+
+    length = planar_geometry((g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))[2]
+    return length / max(1, g.ho * g.wo)
+
+
 def _depthwise(g: Geometry) -> str:
     """Planar while its scratch fits (its four-taps-per-pass loops ran 1.4-8x faster than the
-    row kernels, and faster than the flat ones, whose masks cost a load per tap), then flat."""
-    if planar_fits(g):
+    row kernels, and faster than the flat ones, whose masks cost a load per tap) and its flat
+    loops do not mostly compute positions they drop (tiny outputs: a 4x6 output plane runs
+    64 positions; there the row kernels were 1.4-1.6x faster), then flat, then rows."""
+    if planar_fits(g) and planar_waste(g) <= config.engine.planar_max_waste:
         return "depthwise-planar"
     if _flat_shape(g) and g.ho * g.wo <= config.engine.flat_pixels:
         return "depthwise-flat"
@@ -270,6 +281,8 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
             return "winograd", "winograd"
         if g.c_in_g == 1:
             s = _depthwise(g)
+            if s == "depthwise-rows" and g.c_out != g.c_in and planar_fits(g):
+                s = "depthwise-planar"  # the row kernels' input gradient takes no multiplier
             if s != "depthwise-rows" or g.c_out == g.c_in:
                 return s, s
             return _dense(g, "input_grad"), "depthwise-rows"  # a multiplier on large planes

@@ -71,6 +71,8 @@ def serves(name: str, case: dict, pass_: str) -> bool:
         return True
     if name == "pointwise":
         return all(k == 1 for k in kernel)
+    if name == "depthwise-channels-last":
+        return pass_ == "forward" and c_in_g == 1 and case["c_out"] == case["c_in"]
     if name == "implicit":  # the input gradient at stride 1 only
         return pass_ == "forward" or all(s == 1 for s in case["stride"])
     if name == "winograd":
@@ -318,3 +320,21 @@ def test_tiny_depthwise_planes_take_the_row_kernels() -> None:
         assert_close(gw, tgw, "weight gradient")
     with config.engine_settings(planar_max_waste=100):
         assert plan(x.shape, w.shape, **args).forward == "depthwise-planar"
+
+
+def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
+    """6x6 output planes of 96 channels: the forward runs channels-last, the gradients on the
+    plane kernels; all match torch, the bias and a dilation included."""
+    rng = np.random.default_rng(4)
+    x = random_array(rng, (3, 96, 8, 8), np.float32)
+    w = random_array(rng, (96, 1, 5, 5), np.float32)
+    b = random_array(rng, (96,), np.float32)
+    args = dict(stride=1, padding=3, dilation=2, groups=96)
+    chosen = plan(x.shape, w.shape, **args)
+    assert chosen.forward == "depthwise-channels-last"
+    assert chosen.input_grad == chosen.weight_grad == "depthwise-rows"  # tiny planes
+    expected, g, (tgx, tgw, _) = torch_grads(lambda *t: tF.conv2d(*t, **args), [x, w, b], 4)
+    assert_close(F.conv2d(x, w, b, **args), expected, "forward")
+    gx, gw, _ = F.conv_backward(g, x, w, with_bias=True, **args)
+    assert_close(gx, tgx, "input gradient")
+    assert_close(gw, tgw, "weight gradient")

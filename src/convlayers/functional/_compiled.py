@@ -21,7 +21,7 @@ def kernels() -> Any:
     ``winograd`` and ``pooling`` modules loaded, and numba's thread setting applied."""
     if not _loaded:
         from convlayers import kernels
-        from convlayers.kernels import conv, depthwise, implicit, pooling, winograd  # noqa: F401  (lazy: numba loads here)
+        from convlayers.kernels import conv, depthwise, depthwise_nhwc, implicit, pooling, winograd  # noqa: F401  (lazy: numba loads here)
 
         _loaded.append(kernels)
     if not getattr(_serial, "on", False):  # inside _threads_for the one thread stands

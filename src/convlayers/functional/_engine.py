@@ -62,6 +62,7 @@ from convlayers.functional._common import Pairs
 from convlayers.functional._compiled import _threads_for, numba_threads
 from convlayers.functional._engine_depthwise import (
     _bwd_depthwise,
+    _fwd_depthwise_channels_last,
     _fwd_depthwise_flat,
     _fwd_depthwise_planar,
     _fwd_depthwise_rows,
@@ -110,7 +111,7 @@ def _planned(pass_: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
 
 #: Strategies that multiply the zero padding by the weights in the forward pass.
 _PADDING_TIMES_WEIGHTS = frozenset(("winograd", "implicit", "lowered", "pointwise",
-                                    "depthwise-planar"))
+                                    "depthwise-planar", "depthwise-channels-last"))
 
 
 def _checked_forward(s: str, g: Geometry, w: np.ndarray) -> str:
@@ -272,6 +273,7 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
     "depthwise-flat": _fwd_depthwise_flat,
     "depthwise-planar": _fwd_depthwise_planar,
     "depthwise-rows": _fwd_depthwise_rows,
+    "depthwise-channels-last": _fwd_depthwise_channels_last,
     "pointwise": _fwd_pointwise,
     "implicit": _fwd_implicit,
     "lowered": _fwd_lowered,

@@ -1,8 +1,10 @@
-"""The engine's depthwise strategies (``depthwise-flat``, ``-planar``, ``-rows``): direct kernels.
+"""The engine's depthwise strategies (``depthwise-flat``, ``-planar``, ``-rows``,
+``-channels-last``): direct kernels.
 
 Forward and both gradients in one pass, by the numba kernels of
 :mod:`convlayers.kernels.depthwise`; ``-rows`` reads the borders by bounds, so it also serves
-when a non-finite weight must not meet the padding.
+when a non-finite weight must not meet the padding. ``-channels-last`` is a forward for small
+maps (:mod:`convlayers.kernels.depthwise_nhwc`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ def _planar_parts(planes: int) -> int:
 def _depthwise_taps(w: np.ndarray) -> np.ndarray:
     c_out, _, kh, kw = w.shape
     return np.ascontiguousarray(w.reshape(c_out, kh, kw))
+
+
+def _fwd_depthwise_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                                g: Geometry) -> np.ndarray:
+    k = kernels()
+    out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
+    taps = np.ascontiguousarray(w.reshape(g.c_out, g.kh, g.kw).transpose(1, 2, 0))
+    k.depthwise_nhwc.depthwise_channels_last(x, taps, _bias_arg(bias, x.dtype), g.sh, g.sw,
+                                             g.dh, g.dw, g.pt, g.pl, out)
+    return out
 
 
 def _fwd_depthwise_flat(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,

@@ -22,6 +22,9 @@ depthwise-     Depthwise, small planes (``planar_bytes``): a zero-padded polypha
 planar         plane, then the same flat loops (any stride). Every pass.
 depthwise-rows Depthwise, any geometry: loops along output rows, borders read by bounds. Every
                pass.
+depthwise-     Depthwise forward without a channel multiplier on small maps (at most
+channels-last  ``channels_last_pixels`` output pixels a plane, 8+ channels): a padded
+               channels-last copy, each tap one loop over the channels, transposed back.
 pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
                image and group, no copy at stride 1). Every pass.
 implicit       Implicit GEMM: a zero-padded, stride-phase-split copy of a slab of input rows,
@@ -96,6 +99,7 @@ STRATEGIES: dict[str, str] = {
     "depthwise-flat": "depthwise, stride 1 with the width kept: flat loops over the planes",
     "depthwise-planar": "depthwise, small planes: a zero-padded polyphase copy, flat loops",
     "depthwise-rows": "depthwise, any geometry: loops along output rows, borders by bounds",
+    "depthwise-channels-last": "depthwise forward on small maps: channels-last, taps over channels",
     "pointwise": "1x1 kernels: register-tiled GEMMs over blocks of pixel columns",
     "implicit": "implicit GEMM over a padded, phase-split input slab: no im2col",
     "lowered": "im2col and register-tiled GEMMs in units sized for the threads (col2im back)",
@@ -108,6 +112,7 @@ STRATEGIES: dict[str, str] = {
 PASSES = ("forward", "backward", "input_grad", "weight_grad")
 
 _DEPTHWISE = ("depthwise-flat", "depthwise-planar", "depthwise-rows")
+_CHANNELS_LAST = "depthwise-channels-last"
 #: Strategies that compute both gradients in one pass.
 JOINT = frozenset(("winograd", *_DEPTHWISE))
 
@@ -268,7 +273,10 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
         return "numpy", "numpy"
     e = config.engine
     if pass_ == "forward":
-        if g.c_in_g == 1:
+        if g.c_in_g == 1 and g.c_out == g.c_in and g.c_in >= 8 \
+                and g.ho * g.wo <= e.channels_last_pixels:
+            s = _CHANNELS_LAST
+        elif g.c_in_g == 1:
             s = _depthwise(g)
         elif winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels:
             s = "winograd"
@@ -320,6 +328,10 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
         return None
     if strategy == "pointwise":
         return None if g.kh == g.kw == 1 else "pointwise needs a 1x1 kernel"
+    if strategy == _CHANNELS_LAST:
+        if g.c_in_g != 1 or g.c_out != g.c_in:
+            return f"{strategy} needs a depthwise convolution without a channel multiplier"
+        return None if pass_ == "forward" else f"{strategy} computes the forward only"
     if strategy == "implicit":
         if pass_ in ("backward", "input_grad") and (g.sh, g.sw) != (1, 1):
             return "implicit computes the input gradient of stride-1 convolutions only"

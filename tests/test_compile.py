@@ -217,7 +217,8 @@ def test_explain_lists_fused_layers_strategies_layout_and_offsets() -> None:
     lines = text.splitlines()
     assert len(lines) == 4  # header, expand, depthwise, project (+ residual)
     assert "conv.0.0 + conv.0.1 + conv.0.2" in lines[1] and "relu6" in lines[1]
-    assert "depthwise direct" in lines[2] and "arena @" in lines[2] and "NCHW" in lines[2]
+    assert "depthwise channels-last" in lines[2] and "arena @" in lines[2] and "NCHW" in lines[2]
+    assert "scratch @" in lines[2]  # its blocks live in the arena, not in fresh memory
     assert "residual" in lines[3] and "output" in lines[3]
 
 

@@ -248,7 +248,7 @@ class EngineSettings:
     #: The planar depthwise kernels serve output planes where their flat loops compute at most
     #: this many positions per output pixel (tiny planes: the row kernels serve).
     planar_max_waste: int = 2
-    #: Depthwise forwards (no multiplier, at least 8 channels) with at most this many output
+    #: Depthwise forwards (no multiplier, 32+ channels) with at most this many output
     #: pixels per plane run channels-last: a tap is then a loop over the channels.
     channels_last_pixels: int = 64
     #: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output

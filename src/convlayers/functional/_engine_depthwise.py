@@ -40,10 +40,27 @@ def _fwd_depthwise_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray 
                                 g: Geometry) -> np.ndarray:
     k = kernels()
     out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
-    taps = np.ascontiguousarray(w.reshape(g.c_out, g.kh, g.kw).transpose(1, 2, 0))
-    k.depthwise_nhwc.depthwise_channels_last(x, taps, _bias_arg(bias, x.dtype), g.sh, g.sw,
-                                             g.dh, g.dw, g.pt, g.pl, out)
+    padded, result, cb = k.depthwise_nhwc.channels_last_shapes(
+        _numba_threads(), g.c_in, (g.h, g.w), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
+        (g.dh, g.dw), (g.pt, g.pl))
+    taps, shift = channels_last_taps(w.reshape(g.c_out, g.kh, g.kw), bias, cb, x.dtype)
+    k.depthwise_nhwc.depthwise_channels_last(x, taps, shift, g.sh, g.sw, g.dh, g.dw, g.pt,
+                                             g.pl, np.empty(padded, x.dtype),
+                                             np.empty(result, x.dtype), out)
     return out
+
+
+def channels_last_taps(w: np.ndarray, bias: np.ndarray | None, cb: int,
+                       dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(taps (kh, kw, cb), bias (cb,))`` of the channels-last kernel for weights ``w (C, kh,
+    kw)``: channels last, zeros past ``C`` up to the whole blocks ``cb``."""
+    c, kh, kw = w.shape
+    taps = np.zeros((kh, kw, cb), dtype)
+    taps[:, :, :c] = w.transpose(1, 2, 0)
+    shift = np.zeros(cb, dtype)
+    if bias is not None:
+        shift[:c] = bias
+    return taps, shift
 
 
 def _fwd_depthwise_flat(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,

@@ -23,8 +23,9 @@ planar         plane, then the same flat loops (any stride). Every pass.
 depthwise-rows Depthwise, any geometry: loops along output rows, borders read by bounds. Every
                pass.
 depthwise-     Depthwise forward without a channel multiplier on small maps (at most
-channels-last  ``channels_last_pixels`` output pixels a plane, 8+ channels): a padded
-               channels-last copy, each tap one loop over the channels, transposed back.
+channels-last  ``channels_last_pixels`` output pixels a plane, half a block of channels or
+               more): per image and block of 64 channels, a padded channels-last copy in
+               L1, each tap a multiply-add over the block, transposed back.
 pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
                image and group, no copy at stride 1). Every pass.
 implicit       Implicit GEMM: a zero-padded, stride-phase-split copy of a slab of input rows,
@@ -266,6 +267,15 @@ def _dense(g: Geometry, pass_: str) -> str:
     return "implicit" if _implicit_pays(g, pass_) else "lowered"
 
 
+def channels_last_fits(channels: int, pixels: int) -> bool:
+    """Whether a depthwise forward (no multiplier) of ``channels`` planes of ``pixels`` output
+    pixels runs channels-last: small planes, and at least half a block of channels (the
+    kernel computes whole blocks of ``LANES``)."""
+    from convlayers.kernels.depthwise_nhwc import LANES
+
+    return 2 * channels >= LANES and pixels <= config.engine.channels_last_pixels
+
+
 def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tuple[str, str]:
     """The planner's own choice: ``(strategy, strategy)`` for forward and the one-gradient
     passes, ``(input_grad, weight_grad)`` for ``backward``."""
@@ -273,8 +283,7 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
         return "numpy", "numpy"
     e = config.engine
     if pass_ == "forward":
-        if g.c_in_g == 1 and g.c_out == g.c_in and g.c_in >= 8 \
-                and g.ho * g.wo <= e.channels_last_pixels:
+        if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(g.c_in, g.ho * g.wo):
             s = _CHANNELS_LAST
         elif g.c_in_g == 1:
             s = _depthwise(g)

@@ -71,15 +71,52 @@ class _Conv(Step):
 
 class Depthwise(_Conv):
     strategy = "depthwise direct (numba, epilogue in-row)"
+    LAST = "depthwise channels-last in scratch (small maps), then the numba epilogue"
 
     def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
         super().__init__(node, g, dtype)
         self.taps = np.ascontiguousarray(node.attrs["weight"][:, 0], dtype)
+        from convlayers.functional.plan import channels_last_fits
+
+        self.last = channels_last_fits(self.c_in, self.ho * self.wo)  # the engine's rule
+        if self.last:
+            from convlayers.functional._engine_depthwise import channels_last_taps
+
+            self.strategy = self.LAST
+            cb = self._shapes()[2]
+            self.taps_last, self.zero = channels_last_taps(self.taps, None, cb, dtype)
+
+    def _shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        from convlayers.kernels.depthwise_nhwc import channels_last_shapes
+
+        return channels_last_shapes(numba.config.NUMBA_NUM_THREADS, self.c_in, (self.h, self.w),
+                                    (self.ho, self.wo), (self.kh, self.kw), (self.sh, self.sw),
+                                    (self.dh, self.dw), (self.pt, self.pl))
+
+    def scratch_elements(self, n: int) -> int:
+        if not self.last:
+            return 0
+        padded, result, _ = self._shapes()
+        return int(np.prod(padded)) + int(np.prod(result))
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
-        res, has = self._res(v, False)
-        K.depthwise(v[self.inp][0], self.taps, self.bias, self.sh, self.sw, self.dh, self.dw,
-                    self.pt, self.pl, res, has, self.act, v[self.out][0])
+        x = v[self.inp][0]
+        if not self.last:
+            res, has = self._res(v, False)
+            K.depthwise(x, self.taps, self.bias, self.sh, self.sw, self.dh, self.dw,
+                        self.pt, self.pl, res, has, self.act, v[self.out][0])
+            return
+        from convlayers.kernels.depthwise_nhwc import depthwise_channels_last
+
+        assert scratch is not None
+        padded, result, _ = self._shapes()
+        size = int(np.prod(padded))
+        xt = scratch[:size].reshape(padded)
+        ot = scratch[size:size + int(np.prod(result))].reshape(result)
+        depthwise_channels_last(x, self.taps_last, self.zero, self.sh, self.sw, self.dh,
+                                self.dw, self.pt, self.pl, xt, ot, v[self.out][0])
+        res, has = self._res(v, True)
+        K.epilogue(v[self.out][1], self.bias, res, has, self.act)
 
 
 def _engine_pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:

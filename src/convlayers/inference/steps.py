@@ -89,7 +89,8 @@ class Depthwise(_Conv):
     def _shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], int]:
         from convlayers.kernels.depthwise_nhwc import channels_last_shapes
 
-        return channels_last_shapes(numba.config.NUMBA_NUM_THREADS, self.c_in, (self.h, self.w),
+        return channels_last_shapes(numba.config.NUMBA_NUM_THREADS,  # type: ignore[attr-defined]
+                                    self.c_in, (self.h, self.w),
                                     (self.ho, self.wo), (self.kh, self.kw), (self.sh, self.sw),
                                     (self.dh, self.dw), (self.pt, self.pl))
 

@@ -250,7 +250,7 @@ class EngineSettings:
     planar_max_waste: int = 2
     #: Depthwise forwards (no multiplier, 32+ channels) with at most this many output
     #: pixels per plane run channels-last: a tap is then a loop over the channels.
-    channels_last_pixels: int = 64
+    channels_last_pixels: int = 100
     #: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
     #: pixels per plane the row kernels serve.
     flat_pixels: int = 1 << 18

@@ -213,7 +213,8 @@ class EngineSettings:
 
     #: A strategy name (see ``convlayers.functional.plan.STRATEGIES``) every convolution pass
     #: must use, or None to let the planner choose. A pass the forced strategy cannot serve
-    #: raises ValueError. Non-finite or huge values still make Winograd fall back (for that call).
+    #: raises ValueError. Non-finite or huge values still move a call off it where its arithmetic
+    #: would differ from torch's (Winograd, and the value checks of ``convlayers.functional.plan``).
     force: str | None = None
     #: Convolutions with fewer multiply-adds than this run on one thread: waking the other threads
     #: of the OpenMP pool (asleep under ``OMP_WAIT_POLICY=PASSIVE``) costs ~40 us, more than such

@@ -31,6 +31,11 @@ The compiled strategies (1-D and 2-D, float32/float64; 1-D runs as 2-D with one 
   unit, so with fewer images than threads the per-plane transforms and ``np.matmul`` serve);
 - ``depthwise-flat``/``-planar``/``-rows``: direct numba kernels
   (:mod:`convlayers.kernels.depthwise`), forward and both gradients in one pass;
+  ``depthwise-channels-last`` a forward for small maps, in blocks of channels
+  (:mod:`convlayers.kernels.depthwise_nhwc`);
+- ``implicit``: the register-tiled GEMM reading windows of a padded, stride-phase-split input
+  slab in place of im2col columns (:mod:`convlayers.kernels.implicit`): forward and weight
+  gradient of any 2-D geometry, the input gradient at stride 1;
 - ``pointwise``: 1x1 kernels, the register-tiled GEMM over blocks of pixel columns
   (:func:`convlayers.kernels.conv.pointwise`) with the images viewed as ``(N, g, C_in/g, H*W)``
   (no copy at stride 1); the input gradient is the same kernel with the weights transposed, the
@@ -46,7 +51,7 @@ The compiled strategies (1-D and 2-D, float32/float64; 1-D runs as 2-D with one 
 
 This module plans a call and dispatches it; each strategy lives in its own module
 (``_engine_numpy``, ``_engine_winograd``, ``_engine_depthwise``, ``_engine_pointwise``,
-``_engine_lowered``, with ``_engine_shared`` for what they share), and
+``_engine_implicit``, ``_engine_lowered``, with ``_engine_shared`` for what they share), and
 :mod:`convlayers.functional._compiled` loads the kernels and sets numba's threads.
 """
 

@@ -17,7 +17,14 @@ where narrower, so the code is correct everywhere.
 :func:`gemm_tiled` covers the whole product, blocked like BLIS: blocks of ``NC`` columns, and
 within them slabs of ``KC`` of the inner dimension, so the right operand's slab stays in the L2
 cache while every band of rows streams through it; full tiles where they fit, edge tiles (masked
-loads and stores, in place) over the last rows and columns, so it allocates nothing.
+loads and stores, in place) over the last rows and columns, so it allocates nothing. A band of
+at most ``SMALL_ROWS`` rows (a product's last rows, or all of a short one) runs on half-height
+tiles with twice the vectors (two rows compute three there, not six).
+
+:func:`gemm_indirect` and :func:`gemm_indirect_left_add` take one operand as a flat array and a
+table of row offsets: its rows are windows of the array, which may overlap. That is the implicit
+GEMM of a convolution (:mod:`convlayers.kernels.implicit`): the windows of a padded input slab
+are the im2col columns, read in place instead of copied.
 """
 
 from __future__ import annotations

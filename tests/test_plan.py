@@ -338,3 +338,13 @@ def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
     gx, gw, _ = F.conv_backward(g, x, w, with_bias=True, **args)
     assert_close(gx, tgx, "input gradient")
     assert_close(gw, tgw, "weight gradient")
+
+
+def test_channels_last_needs_its_padded_block_to_fit() -> None:
+    """A stride that reaches far for a few outputs would make the channels-last block's padded
+    copy huge (here 16003 x 16003 pixels of 64 channels): the plane kernels serve instead.
+    Only shapes are planned, nothing is allocated."""
+    huge = plan((1, 64, 20000, 20000), (64, 1, 3, 3), stride=4000, groups=64)
+    assert huge.forward != "depthwise-channels-last"
+    assert plan((1, 64, 9, 9), (64, 1, 3, 3), padding=1, groups=64).forward \
+        == "depthwise-channels-last"

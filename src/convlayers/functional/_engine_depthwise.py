@@ -41,8 +41,7 @@ def _fwd_depthwise_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray 
     k = kernels()
     out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
     padded, result, cb = k.depthwise_nhwc.channels_last_shapes(
-        _numba_threads(), g.c_in, (g.h, g.w), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
-        (g.dh, g.dw), (g.pt, g.pl))
+        _numba_threads(), g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
     taps, shift = channels_last_taps(w.reshape(g.c_out, g.kh, g.kw), bias, cb, x.dtype)
     k.depthwise_nhwc.depthwise_channels_last(x, taps, shift, g.sh, g.sw, g.dh, g.dw, g.pt,
                                              g.pl, np.empty(padded, x.dtype),

@@ -267,13 +267,17 @@ def _dense(g: Geometry, pass_: str) -> str:
     return "implicit" if _implicit_pays(g, pass_) else "lowered"
 
 
-def channels_last_fits(channels: int, pixels: int) -> bool:
-    """Whether a depthwise forward (no multiplier) of ``channels`` planes of ``pixels`` output
-    pixels runs channels-last: small planes, and at least half a block of channels (the
-    kernel computes whole blocks of ``LANES``)."""
-    from convlayers.kernels.depthwise_nhwc import LANES
+def channels_last_fits(channels: int, out_hw: tuple[int, int], kernel: tuple[int, int],
+                       stride: tuple[int, int], dilation: tuple[int, int], itemsize: int) -> bool:
+    """Whether a depthwise forward (no multiplier) of ``channels`` output planes ``out_hw``
+    runs channels-last: small planes, at least half a block of channels (the kernel computes
+    whole blocks of ``LANES``), and a block's padded input within ``planar_bytes`` (a large
+    stride reaches far for few outputs)."""
+    from convlayers.kernels.depthwise_nhwc import LANES, channels_last_shapes
 
-    return 2 * channels >= LANES and pixels <= config.engine.channels_last_pixels
+    padded = channels_last_shapes(1, channels, out_hw, kernel, stride, dilation)[0]
+    return (2 * channels >= LANES and out_hw[0] * out_hw[1] <= config.engine.channels_last_pixels
+            and math.prod(padded) * itemsize <= config.engine.planar_bytes)
 
 
 def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tuple[str, str]:
@@ -283,7 +287,8 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
         return "numpy", "numpy"
     e = config.engine
     if pass_ == "forward":
-        if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(g.c_in, g.ho * g.wo):
+        if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
+                g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize):
             s = _CHANNELS_LAST
         elif g.c_in_g == 1:
             s = _depthwise(g)

@@ -26,14 +26,14 @@ __all__ = ["LANES", "channels_last_shapes", "depthwise_channels_last"]
 LANES = 64
 
 
-def channels_last_shapes(threads, c, hw, out_hw, kernel, stride, dilation, pads):
+def channels_last_shapes(threads, c, out_hw, kernel, stride, dilation):
     """``(padded, result, lanes)``: the shapes of the per-thread scratch of
-    :func:`depthwise_channels_last`, ``(threads, Hp, Wp, LANES)`` and ``(threads, Ho, Wo,
-    LANES)``, and how many channels the padded taps and bias take (``c`` rounded up to a block)."""
-    (h, w), (ho, wo), (kh, kw), (sh, sw), (dh, dw), (pt, pl) = (hw, out_hw, kernel, stride,
-                                                                   dilation, pads)
-    hp = max(h + pt, (ho - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(w + pl, (wo - 1) * sw + (kw - 1) * dw + 1)
+    :func:`depthwise_channels_last`, ``(threads, Hp, Wp, LANES)`` (the padded rows and columns
+    some tap reads: nothing past them is copied) and ``(threads, Ho, Wo, LANES)``, and how many
+    channels the padded taps and bias take (``c`` rounded up to a block)."""
+    (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
+    hp = (ho - 1) * sh + (kh - 1) * dh + 1
+    wp = (wo - 1) * sw + (kw - 1) * dw + 1
     return (threads, hp, wp, LANES), (threads, ho, wo, LANES), -(-c // LANES) * LANES
 
 
@@ -63,10 +63,10 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
                     px[lane] = zero
         for lane in range(lanes):
             plane = x[n, c0 + lane]
-            for iy in range(min(H, Hp - pt)):
+            for iy in range(min(H, max(0, Hp - pt))):
                 src = plane[iy]
                 dst = xb[iy + pt]
-                for j in range(min(W, Wp - pl)):
+                for j in range(min(W, max(0, Wp - pl))):
                     dst[j + pl, lane] = src[j]
         b = bias[c0:c0 + LANES]
         for oy in range(Ho):

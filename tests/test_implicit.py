@@ -1,6 +1,5 @@
 """The implicit-GEMM strategy: its indirect products against NumPy, and its passes against torch
-where the planner takes it on its own (strided weight gradients are not reachable by forcing
-it, as its strided input gradient is not served)."""
+where the planner takes it on its own (the forced-strategy tests of test_plan.py cover it too)."""
 
 from __future__ import annotations
 
@@ -90,7 +89,7 @@ def test_planned_implicit_passes_match_torch(case: dict, seed: int) -> None:
     with config.engine_settings(im2col_copy_macs=1000):  # implicit wherever it serves
         chosen = F.plan(x.shape, w.shape, *args)
         assert chosen.forward == "implicit" and chosen.weight_grad == "implicit"
-        strided = case["stride"] != (1, 1)
+        strided = case["stride"] != (1, 1)  # strided: only when forced (test_plan.py)
         assert chosen.input_grad == ("lowered" if strided else "implicit")
         expected, g, (tgx, tgw, _) = torch_grads(lambda *t: tF.conv2d(*t, *args), [x, w, b], seed)
         with config.settings(threads=case["threads"]):

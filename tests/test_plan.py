@@ -73,8 +73,8 @@ def serves(name: str, case: dict, pass_: str) -> bool:
         return all(k == 1 for k in kernel)
     if name == "depthwise-channels-last":
         return pass_ == "forward" and c_in_g == 1 and case["c_out"] == case["c_in"]
-    if name == "implicit":  # the input gradient at stride 1 only
-        return pass_ == "forward" or all(s == 1 for s in case["stride"])
+    if name == "implicit":
+        return True
     if name == "winograd":
         return (pass_ != "alone" and dims == 2 and kernel == (3, 3) and case["stride"] == (1, 1)
                 and case["dilation"] == (1, 1))

@@ -35,7 +35,7 @@ The compiled strategies (1-D and 2-D, float32/float64; 1-D runs as 2-D with one 
   (:mod:`convlayers.kernels.depthwise_nhwc`);
 - ``implicit``: the register-tiled GEMM reading windows of a padded, stride-phase-split input
   slab in place of im2col columns (:mod:`convlayers.kernels.implicit`): forward and weight
-  gradient of any 2-D geometry, the input gradient at stride 1;
+  gradient of any 2-D geometry, the input gradient one stride-1 forward per stride phase;
 - ``pointwise``: 1x1 kernels, the register-tiled GEMM over blocks of pixel columns
   (:func:`convlayers.kernels.conv.pointwise`) with the images viewed as ``(N, g, C_in/g, H*W)``
   (no copy at stride 1); the input gradient is the same kernel with the weights transposed, the

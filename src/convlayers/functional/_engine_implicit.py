@@ -1,13 +1,18 @@
 """The engine's ``implicit`` strategy: the GEMM reads windows of a padded, phase-split copy of
 the input (:mod:`convlayers.kernels.implicit`), no im2col.
 
-The forward and the weight gradient serve any 2-D kernel, stride, dilation and group count;
-the input gradient of a stride-1 convolution is the forward kernel run on the output gradient
-with the weights flipped and transposed (a "full" correlation: padding ``(k-1)*d - p`` before
-each axis). Strided input gradients are not served (the planner takes ``lowered``).
+Every pass of any 2-D kernel, stride, dilation and group count. The input gradient of a
+stride-1 convolution is the forward kernel run on the output gradient with the weights flipped
+and transposed (a "full" correlation: padding ``(k-1)*d - p`` before each axis); with a stride,
+each stride phase of the input (the positions ``i`` with one ``(i + p) % s``) receives a subset
+of the taps, so it is one such stride-1 forward per phase pair (:func:`_phases`), written into
+every ``s``-th row and column.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -70,20 +75,70 @@ def full_geometry(g: Geometry) -> Geometry:
     """The forward geometry whose output is the input gradient of the stride-1 ``g``: the output
     gradient ``(N, C_out, Ho, Wo)`` correlated with the flipped, transposed weights, padded by
     ``(k-1)*d - p`` before each axis (negative: rows or columns dropped)."""
-    from dataclasses import replace
-
     return replace(g, c_in=g.c_out, h=g.ho, w=g.wo, c_out=g.c_in,
                    pt=(g.kh - 1) * g.dh - g.pt, pb=(g.kh - 1) * g.dh - g.pb,
                    pl=(g.kw - 1) * g.dw - g.pl, pr=(g.kw - 1) * g.dw - g.pr, ho=g.h, wo=g.w)
 
 
 def _gx_implicit(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
-    assert g.sh == g.sw == 1, "the implicit input gradient serves stride 1 only"
-    full = full_geometry(g)
-    flipped = w.reshape(g.groups, g.c_out_g, g.c_in_g, g.kh, g.kw)[..., ::-1, ::-1]
-    taps = np.ascontiguousarray(flipped.swapaxes(1, 2)).reshape(
-        g.groups, g.c_in_g, g.c_out_g * g.kh * g.kw)
-    return _run(np.ascontiguousarray(gy), taps, None, full).reshape(g.n, g.c_in, g.h, g.w)
+    gy = np.ascontiguousarray(gy)
+    w5 = w.reshape(g.groups, g.c_out_g, g.c_in_g, g.kh, g.kw)
+    if g.sh == g.sw == 1:
+        full = full_geometry(g)
+        taps = _transposed_taps(w5[..., ::-1, ::-1])
+        return _run(gy, taps, None, full).reshape(g.n, g.c_in, g.h, g.w)
+    gx = np.zeros((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    for rows in _phases(g.kh, g.dh, g.sh, g.pt, g.h):
+        for cols in _phases(g.kw, g.dw, g.sw, g.pl, g.w):
+            sub = replace(g, c_in=g.c_out, h=g.ho, w=g.wo, c_out=g.c_in, kh=len(rows.taps),
+                          kw=len(cols.taps), sh=1, sw=1, dh=rows.dilation, dw=cols.dilation,
+                          pt=rows.pad, pb=0, pl=cols.pad, pr=0, ho=rows.count, wo=cols.count)
+            taps = _transposed_taps(w5[:, :, :, rows.taps[::-1]][..., cols.taps[::-1]])
+            out = _run(gy, taps, None, sub).reshape(g.n, g.c_in, rows.count, cols.count)
+            gx[:, :, rows.first::g.sh, cols.first::g.sw] = out
+    return gx
+
+
+def _transposed_taps(w5: np.ndarray) -> np.ndarray:
+    """``(G, C_in/g, C_out/g * kh * kw)``: the taps of the input gradient's forward, from the
+    (already flipped) weights ``(G, C_out/g, C_in/g, kh, kw)``."""
+    groups, cog, cig, kh, kw = w5.shape
+    return np.ascontiguousarray(w5.swapaxes(1, 2)).reshape(groups, cig, cog * kh * kw)
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """One stride phase of an axis of the input gradient: the input positions ``first,
+    first + s, ...`` (``count`` of them) receive the taps ``taps`` only, as a stride-1 forward
+    over the output gradient with ``dilation`` and padding ``pad`` before."""
+
+    first: int
+    count: int
+    taps: list[int]
+    dilation: int
+    pad: int
+
+
+def _phases(k: int, d: int, s: int, p: int, size: int) -> list[_Phase]:
+    """The stride phases of one axis (kernel ``k``, dilation ``d``, stride ``s``, padding ``p``
+    before, input ``size``) that some tap reaches.
+
+    Input position ``i`` with ``i + p = s*t + r`` receives tap ``a`` exactly when ``a*d = r``
+    (mod ``s``), from output ``t - e_a``, ``e_a = (a*d - r) // s``. Those taps are ``s / gcd(d,
+    s)`` apart, so their ``e_a`` are ``d / gcd(d, s)`` apart: a correlation of the output
+    gradient with the taps reversed, dilation ``d / gcd(d, s)``, output ``t`` reading ``t -
+    e_last + j*dilation``."""
+    phases = []
+    for r in range(s):
+        taps = [a for a in range(k) if (a * d) % s == r]
+        first = (r - p) % s
+        if not taps or first >= size:
+            continue
+        t0 = (first + p - r) // s
+        e_last = (taps[-1] * d - r) // s
+        phases.append(_Phase(first, (size - first + s - 1) // s, taps, d // math.gcd(d, s),
+                             e_last - t0))
+    return phases
 
 
 @_quiet

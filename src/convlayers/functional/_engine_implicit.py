@@ -18,7 +18,7 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
-from convlayers.functional._engine_shared import _bias_arg, _quiet
+from convlayers.functional._engine_shared import _bias_arg, _quiet, units_for_threads
 from convlayers.functional.plan import Geometry
 
 
@@ -29,9 +29,8 @@ def slab_rows(g: Geometry, threads: int) -> tuple[int, int]:
     under ``config.engine.implicit_slab_bytes`` (and the scratch cap); then, while there are
     fewer units than twice the threads, slabs get shorter (down to
     ``config.engine.lowered_min_columns`` output positions) and output channels split into
-    blocks of whole register-tile bands. The sums run in the same order whatever the units."""
-    from convlayers.kernels.simd import TILE_ROWS
-
+    blocks of whole register-tile bands (:func:`units_for_threads`, shared with ``lowered``).
+    The sums run in the same order whatever the units."""
     e = config.engine
     wq = g.wo + (g.kw - 1) * g.dw // g.sw
     halo = (g.kh - 1) * g.dh // g.sh
@@ -39,18 +38,7 @@ def slab_rows(g: Geometry, threads: int) -> tuple[int, int]:
     per_row = g.c_in_g * planes * wq * g.itemsize
     cap = max(1, min(e.implicit_slab_bytes, config.scratch_bytes()))
     rows = max(1, min(g.ho, cap // max(1, per_row) - halo))
-    want = 2 * threads if threads > 1 else 1
-    images = g.n * g.groups
-    if images * -(-g.ho // rows) < want:
-        shortest = max(1, -(-e.lowered_min_columns // g.wo))
-        split = max(1, -(-g.ho // -(-want // images)))
-        rows = min(rows, max(shortest, split))
-    block = g.c_out_g
-    units = images * -(-g.ho // rows)
-    if units < want and g.c_out_g > 2 * TILE_ROWS:
-        per = -(-g.c_out_g // -(-want // units))
-        block = min(g.c_out_g, max(2 * TILE_ROWS, -(-per // TILE_ROWS) * TILE_ROWS))
-    return rows, block
+    return units_for_threads(g, rows, threads, True)
 
 
 def _run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None, g: Geometry) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
-from convlayers.functional._engine_shared import _bias_arg, _quiet
+from convlayers.functional._engine_shared import _bias_arg, _quiet, units_for_threads
 from convlayers.functional.plan import Geometry
 
 
@@ -24,9 +24,8 @@ def _lowered_units(g: Geometry, threads: int, pass_: str) -> tuple[int, int]:
     (and the scratch cap); then, while there are fewer units than twice the threads, slabs get
     shorter (down to ``config.engine.lowered_min_columns`` output positions), and the forward
     splits its output channels into blocks of whole register-tile bands. The forward's sums
-    run in the same order whatever the units, so its result never depends on them."""
-    from convlayers.kernels.simd import TILE_ROWS
-
+    run in the same order whatever the units, so its result never depends on them
+    (:func:`convlayers.functional._engine_shared.units_for_threads`)."""
     e = config.engine
     kk = g.kh * g.kw
     want = 2 * threads if threads > 1 else 1
@@ -39,18 +38,7 @@ def _lowered_units(g: Geometry, threads: int, pass_: str) -> tuple[int, int]:
         rows = max(1, min(g.ho, cap // max(1, block * kk * g.wo * g.itemsize)))
         return rows, block
     rows = max(1, min(g.ho, cap // max(1, g.c_in_g * kk * g.wo * g.itemsize)))
-    if images * -(-g.ho // rows) < want:
-        shortest = max(1, -(-e.lowered_min_columns // g.wo))
-        split = max(1, -(-g.ho // -(-want // images)))
-        rows = min(rows, max(shortest, split))
-    block = g.c_out_g
-    units = images * -(-g.ho // rows)
-    if pass_ == "forward" and units < want and g.c_out_g > 2 * TILE_ROWS:
-        parts = -(-want // units)
-        per = -(-g.c_out_g // parts)
-        block = -(-per // TILE_ROWS) * TILE_ROWS
-        block = min(g.c_out_g, max(2 * TILE_ROWS, block))
-    return rows, block
+    return units_for_threads(g, rows, threads, pass_ == "forward")
 
 
 def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,

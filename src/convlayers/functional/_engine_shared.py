@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from convlayers.functional.plan import magnitude
+from convlayers import config
+from convlayers.functional.plan import Geometry, magnitude
 
 #: inf and NaN go through the NumPy parts silently, as through torch (no RuntimeWarning).
 _quiet = np.errstate(invalid="ignore", over="ignore")
@@ -17,6 +18,29 @@ def _finite(a: np.ndarray) -> bool:
 def _as_4d(a: np.ndarray) -> np.ndarray:
     """A 1-D problem ``(N, C, L)`` as 2-D ``(N, C, 1, L)``; contiguous for the kernels."""
     return np.ascontiguousarray(a if a.ndim == 4 else a[:, :, None, :])
+
+
+def units_for_threads(g: Geometry, rows: int, threads: int,
+                      split_channels: bool) -> tuple[int, int]:
+    """``(R, B)`` for the slab kernels (lowered, implicit), from slabs of ``rows`` output rows
+    that fit their scratch: while there are fewer units (image, group, slab) than twice the
+    threads, slabs get shorter (down to ``config.engine.lowered_min_columns`` output
+    positions), then, with ``split_channels``, the output channels split into blocks ``B`` of
+    whole register-tile bands (else ``B`` is all of them)."""
+    from convlayers.kernels.simd import TILE_ROWS
+
+    want = 2 * threads if threads > 1 else 1
+    images = g.n * g.groups
+    if images * -(-g.ho // rows) < want:
+        shortest = max(1, -(-config.engine.lowered_min_columns // g.wo))
+        split = max(1, -(-g.ho // -(-want // images)))
+        rows = min(rows, max(shortest, split))
+    block = g.c_out_g
+    units = images * -(-g.ho // rows)
+    if split_channels and units < want and g.c_out_g > 2 * TILE_ROWS:
+        per = -(-g.c_out_g // -(-want // units))
+        block = min(g.c_out_g, max(2 * TILE_ROWS, -(-per // TILE_ROWS) * TILE_ROWS))
+    return rows, block
 
 
 def _bias_arg(bias: np.ndarray | None, dtype: np.dtype) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from numba import njit
 
-__all__ = ["copy_row", "tap_cols", "unit_block", "unit_parts"]
+__all__ = ["copy_row", "slab_unit", "store_rows", "tap_cols", "unit_block", "unit_parts"]
 
 
 @njit(cache=True, inline="always")
@@ -39,6 +39,29 @@ def unit_block(unit, a, b, size, total):
     n, i, j = unit_parts(unit, a, b)
     lo = j * size
     return n, i, lo, min(size, total - lo)
+
+
+@njit(cache=True, inline="always")
+def slab_unit(unit, G, nr, nb, R, Ho, B, Cog):
+    """``(n, g, oh0, rows, co0, cos)`` of the slab kernels' unit numbered ``((n*G + g)*nr +
+    r)*nb + cb``: image ``n``, group ``g``, output rows ``oh0 .. oh0 + rows`` (slab ``r`` of
+    ``R`` rows out of ``Ho``) and output channels ``co0 .. co0 + cos`` (block ``cb`` of ``B``
+    out of ``Cog``)."""
+    n, g, rest = unit_parts(unit, G, nr * nb)
+    r = rest // nb
+    oh0, co0 = r * R, (rest - r * nb) * B
+    return n, g, oh0, min(R, Ho - oh0), co0, min(B, Cog - co0)
+
+
+@njit(cache=True, inline="always")
+def store_rows(dst, src, rows, width, stride, b):
+    """``dst[i*width + j] = src[i*stride + j] + b`` for ``rows`` rows of ``width`` (flat views
+    starting at the first row): a product's rows, bias added, into the output."""
+    for i in range(rows):
+        d = dst[i * width: (i + 1) * width]
+        s = src[i * stride: i * stride + width]
+        for j in range(width):
+            d[j] = s[j] + b
 
 
 @njit(cache=True, inline="always")

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import copy_row, tap_cols, unit_block, unit_parts
+from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols, unit_block
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
 
@@ -144,14 +144,8 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
     zero = np.zeros(1, dtype=out.dtype)[0]
     for unit in prange(N * G * nr * nb):
         t = numba.get_thread_id()
-        n, g, rest = unit_parts(unit, G, nr * nb)
-        r = rest // nb
-        cb = rest - r * nb
-        oh0 = r * R
-        rows = min(R, Ho - oh0)
+        n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
         L = rows * Wo
-        co0 = cb * B
-        cos = min(B, Cog - co0)
         cols = cbuf[t, : K * L].reshape(K, L)
         _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp,
                  idx, xbuf[t], cols)
@@ -159,11 +153,7 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
         gemm_tiled(taps[g, co0: co0 + cos], cols, o)
         for co in range(cos):
             c = g * Cog + co0 + co
-            b = bias[c] if has_bias else zero
-            dst = out[n, c, oh0 * Wo: oh0 * Wo + L]
-            src = o[co]
-            for j in range(L):
-                dst[j] = src[j] + b
+            store_rows(out[n, c, oh0 * Wo:], o[co], 1, L, L, bias[c] if has_bias else zero)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

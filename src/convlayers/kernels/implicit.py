@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import copy_row, unit_parts
+from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, unit_parts
 from convlayers.kernels.simd import gemm_indirect, gemm_indirect_left_add
 
 __all__ = ["implicit_forward", "implicit_weight_grad", "phase_layout"]
@@ -101,6 +101,18 @@ def _fill_slab(xn, c0, C, sh, sw, ih0, pl, Hq, Wq, slot, slots, xq):
         xq[j] = 0
 
 
+@njit(cache=True, inline="always")
+def _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo):
+    """``(Hq, Wq, offs, slot, slots, xbuf)``: the phase planes' rows and row length for slabs of
+    ``R`` output rows by ``Wo``, their layout (:func:`phase_layout`) and a slab (plus the
+    tail the last windows read) per thread for ``nt`` threads."""
+    Hq = R + ((kh - 1) * dh) // sh
+    Wq = Wo + ((kw - 1) * dw) // sw
+    offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
+    xbuf = np.empty((nt, Cig * slots * Hq * Wq + Wq), dtype=x.dtype)
+    return Hq, Wq, offs, slot, slots, xbuf
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, out):
     """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G,
@@ -112,36 +124,22 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt
     G, Cog = taps.shape[0], taps.shape[1]
     Cig = C_in // G
     Ho = out.shape[2] // Wo
-    Hq = R + ((kh - 1) * dh) // sh
-    Wq = Wo + ((kw - 1) * dw) // sw
-    offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
+    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo)
     nr = (Ho + R - 1) // R
     nb = (Cog + B - 1) // B
-    xbuf = np.empty((nt, Cig * slots * Hq * Wq + Wq), dtype=x.dtype)
     obuf = np.empty((nt, B * R * Wq), dtype=x.dtype)
     has_bias = bias.shape[0] > 0
     zero = np.zeros(1, dtype=out.dtype)[0]
     for unit in prange(N * G * nr * nb):
         t = numba.get_thread_id()
-        n, g, rest = unit_parts(unit, G, nr * nb)
-        r = rest // nb
-        cb = rest - r * nb
-        oh0 = r * R
-        rows = min(R, Ho - oh0)
-        co0 = cb * B
-        cos = min(B, Cog - co0)
+        n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
         xq = xbuf[t]
         _fill_slab(x[n], g * Cig, Cig, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
         o = obuf[t, : cos * rows * Wq].reshape(cos, rows * Wq)
         gemm_indirect(taps[g, co0: co0 + cos], xq, offs, o)
         for co in range(cos):
             c = g * Cog + co0 + co
-            b = bias[c] if has_bias else zero
-            for i in range(rows):
-                dst = out[n, c, (oh0 + i) * Wo: (oh0 + i + 1) * Wo]
-                src = o[co, i * Wq: i * Wq + Wo]
-                for j in range(Wo):
-                    dst[j] = src[j] + b
+            store_rows(out[n, c, oh0 * Wo:], o[co], rows, Wo, Wq, bias[c] if has_bias else zero)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -154,11 +152,8 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, acc):
     nt, Cog = acc.shape[0], acc.shape[3]
     Cig = C_in // G
     Ho = gy.shape[2] // Wo
-    Hq = R + ((kh - 1) * dh) // sh
-    Wq = Wo + ((kw - 1) * dw) // sw
-    offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
+    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo)
     nr = (Ho + R - 1) // R
-    xbuf = np.empty((nt, Cig * slots * Hq * Wq + Wq), dtype=x.dtype)
     tbuf = np.empty((nt, R * Wq * Cog), dtype=x.dtype)
     acc[:] = 0
     for unit in prange(N * G * nr):

@@ -187,6 +187,18 @@ def test_malformed_kernel_shows_a_message(browser_page: dict[str, Any]) -> None:
     page.wait_for_selector("#f-results img[data-filter='blur']", timeout=20_000)
 
 
+def _wait_for_answer(page: Any, condition: str, arg: str) -> None:
+    """Wait until the playground has drawn the answer to the last question asked and `condition`
+    (JavaScript reading `arg`) holds.
+
+    Every field's change event also asks the server, so an earlier answer can show the awaited
+    text and then be replaced by a later one (which resets the step).
+    """
+    page.wait_for_function(
+        "arg => document.getElementById('arithmetic').getAttribute('aria-busy') === 'false'"
+        f" && ({condition})", arg=arg, timeout=10_000)
+
+
 @pytest.mark.parametrize(("op", "n", "k", "s", "p"), [
     ("conv", 7, 3, 2, 1),
     ("max_pool", 6, 2, 2, 0),
@@ -209,9 +221,7 @@ def test_playground_size_equals_shapes(browser_page: dict[str, Any], op: str, n:
         out = shapes.pool_output_size(n, k, s, p)
     else:
         out = shapes.conv_transpose_output_size(n, k, s, p)
-    page.wait_for_function(
-        "text => document.getElementById('pg-size').textContent === text", arg=f"{out} x {out}",
-        timeout=10_000)
+    _wait_for_answer(page, "document.getElementById('pg-size').textContent === arg", f"{out} x {out}")
     assert page.inner_text("#pg-step") == f"window 1 of {out * out}"
     page.click("#pg-next")
     assert page.inner_text("#pg-step") == f"window 2 of {out * out}"
@@ -246,7 +256,7 @@ def test_playground_shows_and_takes_numbers(browser_page: dict[str, Any]) -> Non
     page.fill("#pg-values", "")
     page.fill("#pg-weights", "")
     page.click("#pg-compute")
-    page.wait_for_function("() => document.getElementById('pg-size').textContent === '2 x 2'")
+    _wait_for_answer(page, "document.getElementById('pg-size').textContent === arg", "2 x 2")
     assert _numbers(page, "#pg-grid") == list(range(1, 17))  # default input 1..16
     assert _numbers(page, "#pg-kernel-grid") == [1.0] * 9  # default kernel: ones
     assert page.inner_text("#pg-sum").endswith("= 54")  # 1+2+3+5+6+7+9+10+11
@@ -256,8 +266,8 @@ def test_playground_shows_and_takes_numbers(browser_page: dict[str, Any]) -> Non
     page.fill("#pg-weights", "1,0,-1; 2,0,-2; 1,0,-1")
     page.click("#pg-compute")
     want = reference.correlate2d_simple(x, w)
-    page.wait_for_function("text => document.getElementById('pg-sum').textContent.endsWith(text)",
-                           arg=f"= {want[0, 0]:g}", timeout=10_000)
+    _wait_for_answer(page, "document.getElementById('pg-sum').textContent.endsWith(arg)",
+                     f"= {want[0, 0]:g}")
     assert _numbers(page, "#pg-grid") == x.ravel().tolist()
     assert _numbers(page, "#pg-kernel-grid") == w.ravel().tolist()
     for _ in range(3):
@@ -272,7 +282,7 @@ def test_playground_shows_and_takes_numbers(browser_page: dict[str, Any]) -> Non
     page.click("#pg-compute")
     page.wait_for_selector("#pg-error[hidden]", state="attached", timeout=10_000)
     # the only console messages are the browser's notes on the refused (400) requests
-    assert all("400" in m for m in browser_page["console_errors"])
+    assert all("400" in m for m in browser_page["console_errors"]), browser_page["console_errors"]
 
 
 def test_screenshot(browser_page: dict[str, Any], tmp_path: Path) -> None:

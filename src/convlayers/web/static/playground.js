@@ -41,6 +41,7 @@ function updateOpControls() {
 async function computePlayground() {
   stopPlaying();
   const ticket = ++pg.asked; // only the latest question's answer is drawn
+  $("arithmetic").setAttribute("aria-busy", "true"); // until that answer is drawn
   let data;
   try {
     const response = await api(`/api/playground?${query(playgroundParams())}`);
@@ -49,6 +50,7 @@ async function computePlayground() {
     if (ticket !== pg.asked) return;
     showError($("pg-error"), e);
     $("pg-result").hidden = true;
+    $("arithmetic").setAttribute("aria-busy", "false");
     return;
   }
   if (ticket !== pg.asked) return;
@@ -64,6 +66,7 @@ async function computePlayground() {
   $("pg-result").hidden = false;
   pg.step = 0;
   drawPlayground();
+  $("arithmetic").setAttribute("aria-busy", "false");
 }
 
 function cellSize(rows, cols) {

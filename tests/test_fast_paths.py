@@ -337,7 +337,8 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
 
     seen: list[int] = []
     k = kernels()
-    for module, name in ((k.pooling, "max_pool2d"), (k.implicit, "implicit_forward")):
+    for module, name in ((k.pooling, "max_pool2d"), (k.implicit, "implicit_forward"),
+                         (k.pooling, "adaptive_avg2d")):
         real = getattr(module, name)
 
         def spy(*args: object, real: object = real) -> object:
@@ -356,6 +357,11 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
         F.conv2d(random_array(rng, (2, 64, 40, 40), np.float32),
                  random_array(rng, (8, 64, 3, 3), np.float32), padding=1)
         assert seen == [1, 1, 2]
+        # pooling has its own threshold, in taps: 131k taps (under serial_macs) use both threads
+        F.max_pool2d(random_array(rng, (2, 16, 64, 64), np.float32), 2)
+        F.adaptive_avg_pool2d(random_array(rng, (2, 24, 50, 50), np.float32), 1)
+        F.adaptive_avg_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 1)
+        assert seen == [1, 1, 2, 2, 2, 1]
 
 
 def test_float64_fast_paths_stay_float64() -> None:
@@ -641,6 +647,21 @@ def test_adaptive_pooling_kernels_match_torch_and_the_reference(
         _, g, (gx,) = torch_grads(lambda t: tavg(t, o), [x], seed)
         assert_close(F.adaptive_avg_pool_backward(g, x, spatial_dims=dims), gx,
                      "adaptive avg backward")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adaptive_average_of_whole_rows_matches_torch(dtype: type) -> None:
+    """Windows as wide as the plane are summed as one run of memory in blocks (of the input's
+    dtype, joined in float64): long runs, several blocks and a partial one, and inf / NaN in
+    one block only, against torch."""
+    rng = np.random.default_rng(11)
+    x = random_array(rng, (2, 5, 70, 71), dtype) + dtype(3)  # a mean far from 0: rounding shows
+    x[0, 1, 30, 5], x[0, 2, 69, 70], x[1, 3, 0, 0] = np.inf, np.nan, -np.inf
+    for out in (1, (3, 1), (7, None)):
+        y = F.adaptive_avg_pool2d(x, out)
+        t = tF.adaptive_avg_pool2d(torch.from_numpy(x), out if out != (7, None) else (7, 71))
+        assert y.dtype == dtype
+        assert_close(y, t, f"adaptive avg to {out}")
 
 
 def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> None:

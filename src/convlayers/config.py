@@ -220,6 +220,11 @@ class EngineSettings:
     #: of the OpenMP pool (asleep under ``OMP_WAIT_POLICY=PASSIVE``) costs ~40 us, more than such
     #: a layer gains from them.
     serial_macs: int = 2_000_000
+    #: Pooling calls (and their backward) reading fewer input elements than this, counting each
+    #: tap of each window, run on one thread. A tap costs a pooling kernel ~1-4 ns against ~0.05
+    #: ns for a multiply-add of the tiled GEMM, so :attr:`serial_macs` kept 2-8 ms of pooling on
+    #: one core (global average pooling of a 1M-element input ran 3.7x torch's time).
+    serial_pool_taps: int = 100_000
     #: Winograd serves 3x3 stride-1 convolutions with at least this many input channels per group
     #: (and output channels per group for the backward pass): below it the GEMMs are too thin to
     #: pay for the transforms.

@@ -19,13 +19,20 @@ from convlayers import config
 def kernels() -> Any:
     """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``implicit``,
     ``winograd`` and ``pooling`` modules loaded, and numba's thread setting applied."""
+    found = loaded_kernels()
+    if not getattr(_serial, "on", False):  # inside _threads_for the one thread stands
+        config.apply_numba_threads()
+    return found
+
+
+def loaded_kernels() -> Any:
+    """:func:`kernels` without applying the thread setting: for a caller that runs them inside
+    :func:`_threads_for`, which applies it (or one thread)."""
     if not _loaded:
         from convlayers import kernels
         from convlayers.kernels import conv, depthwise, depthwise_nhwc, implicit, pooling, winograd  # noqa: F401  (lazy: numba loads here)
 
         _loaded.append(kernels)
-    if not getattr(_serial, "on", False):  # inside _threads_for the one thread stands
-        config.apply_numba_threads()
     return _loaded[0]
 
 
@@ -50,9 +57,10 @@ def _threads_for(macs: int, serial_below: int | None = None) -> Iterator[None]:
     """Run the kernels inside on one thread when the work is small: under ``serial_below``
     operations (default ``config.engine.serial_macs``)."""
     if macs >= (config.engine.serial_macs if serial_below is None else serial_below):
+        kernels()  # loads numba and applies the thread setting
         yield
         return
-    kernels()  # loads numba and applies the thread setting first
+    loaded_kernels()  # loads numba; one thread stands inside
     get, put, _ = config.numba_controls()
     saved, nested = get(), getattr(_serial, "on", False)
     put(1)

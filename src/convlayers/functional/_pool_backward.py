@@ -43,7 +43,7 @@ def scatter_to_argmax(
     if grad_output.dtype == input.dtype and grad_output.size:
         gy = np.ascontiguousarray(grad_output).reshape(n_planes, -1)
         gx = np.empty((n_planes, plane), dtype=input.dtype)  # zeroed plane by plane in the kernel
-        with _threads_for(gy.size + gx.size):
+        with _threads_for(gy.size + gx.size, config.engine.serial_pool_taps):
             bad = kernels().pooling.scatter_add_planes(
                 gy, _planes(idx.astype(np.int64, copy=False), (gy.shape[1],)), gx)
         if bad:
@@ -130,7 +130,7 @@ def avg_pool_backward(
             strict=True))
         div = divisor_grid(spec, include, override, x.dtype).reshape(o)
         gx = np.empty((x.shape[0] * x.shape[1], *i), dtype=x.dtype)  # zeroed in the kernel
-        with _threads_for(gy.size * k[0] * k[1] + gx.size):
+        with _threads_for(gy.size * k[0] * k[1] + gx.size, config.engine.serial_pool_taps):
             kernels().pooling.avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
         return unbatch(gx.reshape(x.shape), unbatched)
     share = np.array(gy, dtype=x.dtype)

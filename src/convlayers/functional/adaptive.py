@@ -9,12 +9,13 @@ and maxima are separable, so each axis is reduced in turn with a loop over its o
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from convlayers import limits
+from convlayers import config, limits
 from convlayers._validate import as_int
 from convlayers.functional._common import batched, unbatch
 
@@ -29,6 +30,8 @@ OutputSize = int | None | Sequence[int | None]
 
 def _output_size(output_size: OutputSize, in_shape: tuple[int, ...]) -> tuple[int, ...]:
     n = len(in_shape)
+    if type(output_size) is int and output_size >= 1:  # the common case, checked at once
+        return (output_size,) * n
     if output_size is None or isinstance(output_size, (int, np.integer)):
         sizes: list[Any] = [output_size] * n
     elif isinstance(output_size, Sequence) and not isinstance(output_size, str):
@@ -54,9 +57,17 @@ def _bounds(length: int, out: int) -> list[tuple[int, int]]:
 def _check_passes(x: np.ndarray, out: tuple[int, ...], order: Any, op: str,
                   indices: bool = False) -> None:
     """Check the array after each axis's pass (and the output) against the memory cap, before
-    the first is allocated: ``adaptive_avg_pool2d(x, 100000)`` asks for 40 GB."""
+    the first is allocated: ``adaptive_avg_pool2d(x, 100000)`` asks for 40 GB. The messages are
+    written only when a pass is over the cap (a model pools small maps every call)."""
+    passes = list(order)
+    shape, largest = list(x.shape), 0
+    for a in passes:
+        shape[2 + a] = out[a]
+        largest = max(largest, math.prod(shape))
+    if largest * max(x.dtype.itemsize, 8 if indices else 0) <= config.max_array_bytes():
+        return
     shape = list(x.shape)
-    for a in order:
+    for a in passes:
         shape[2 + a] = out[a]
         limits.check_elements(shape, x.dtype, f"the output of {op} (shape {tuple(shape)} from "
                               f"input shape {x.shape}, output_size {out})")
@@ -136,9 +147,9 @@ def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarra
 
 def _compiled(work: int) -> Any:
     """The pooling kernels, with numba's threads applied (one thread for small work)."""
-    from convlayers.functional._compiled import _threads_for, kernels
+    from convlayers.functional._compiled import _threads_for, loaded_kernels
 
-    return kernels().pooling, _threads_for(work)
+    return loaded_kernels().pooling, _threads_for(work, config.engine.serial_pool_taps)
 
 
 def _adaptive_avg(input: Any, output_size: OutputSize, n: int) -> np.ndarray:

@@ -82,7 +82,7 @@ def _max_pool_fast(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[n
     xs = _planes(x, i)
     out = np.empty((xs.shape[0], *o), dtype=x.dtype)
     shape = x.shape[:2] + spec.out_shape
-    with _threads_for(out.size * k[0] * k[1]):  # small work: one thread, no pool to wake
+    with _threads_for(out.size * k[0] * k[1], config.engine.serial_pool_taps):
         if not with_indices:
             kern.max_pool2d(xs, *k, *s, *p, *d, out)
             return out.reshape(shape), None
@@ -158,7 +158,7 @@ def _avg_pool_nd(
         div = divisor_grid(spec, include, override, x.dtype).reshape(o)
         xs = _planes(x, i)
         out = np.empty((xs.shape[0], *o), dtype=x.dtype)
-        with _threads_for(out.size * k[0] * k[1]):
+        with _threads_for(out.size * k[0] * k[1], config.engine.serial_pool_taps):
             kernels().pooling.avg_pool2d(xs, *k, *s, *p, div, out)
         return unbatch(out.reshape(x.shape[:2] + spec.out_shape), unbatched)
     total = np.zeros(x.shape[:2] + spec.out_shape, dtype=x.dtype)

@@ -3,8 +3,9 @@
 Every kernel works on a C-contiguous stack of planes ``(P, H, W)`` (``P = N*C``; 1-D pooling
 is the case ``H == 1``), ``prange`` over planes, and reads the input *unpadded*: taps outside
 the plane are skipped, which is what PyTorch's ``-inf`` (max) or zero (average) padding
-amounts to. Inside a plane the innermost loop runs along an output row over the columns whose
-windows lie wholly inside (so it vectorises); the few border columns take a checked loop.
+amounts to. The forward kernels compute one output at a time over the taps inside its window
+(bounds computed once per call); the average's backward runs along an output row over the
+columns whose windows lie wholly inside, the few border columns in a checked loop.
 
 Rules kept from PyTorch (and the NumPy path): taps are visited in row-major order; a tap
 replaces the running maximum when it is larger or NaN (so the first maximum wins a tie and the
@@ -25,47 +26,50 @@ __all__ = ["adaptive_avg2d", "adaptive_avg2d_backward", "adaptive_max2d", "avg_p
            "avg_pool2d_backward", "max_pool2d", "max_pool2d_indices", "scatter_add_planes"]
 
 
-@njit(cache=True, inline="always")
-def _interior(n_out, size, k, s, p, d):
-    """Range ``[lo, hi)`` of outputs whose taps ``o*s - p + j*d`` (j < k) all lie in ``[0, size)``."""
-    lo = min(n_out, (p + s - 1) // s)
-    hi = (size - 1 - (k - 1) * d + p) // s + 1
-    hi = max(lo, min(n_out, hi))
-    return lo, hi
+@njit(cache=True)
+def _taps(n_out, size, k, s, p, d):
+    """``(first, count)`` per output along an axis: its taps ``o*s - p + j*d`` inside
+    ``[0, size)`` are ``first + i*d`` for ``i < count`` (count 0: none inside)."""
+    first = np.empty(n_out, dtype=np.int64)
+    count = np.empty(n_out, dtype=np.int64)
+    for o in range(n_out):
+        start = o * s - p
+        lo = max(0, -(start // d))  # the first tap at or after 0
+        hi = min(k, -(-(size - start) // d))  # past the last tap before size
+        first[o] = start + lo * d
+        count[o] = max(0, hi - lo)
+    return first, count
 
 
 @njit(parallel=True, cache=True)
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
-    """Max over each window into ``out`` ``(P, Ho, Wo)``; NaN propagates."""
+    """Max over each window into ``out`` ``(P, Ho, Wo)``; NaN propagates (the last NaN is the
+    output). One output at a time, over the taps inside: each window's bounds are computed
+    once per call, so no tap is checked and no row is cut into views (a loop over each output
+    row per tap ran 1.2-2.5x this time; short rows do not vectorise). The maximum is a
+    select, not a branch (random data mispredicts it)."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
-    lo, hi = _interior(Wo, W, kw, sw, pw, dw)
+    rfirst, rcount = _taps(Ho, H, kh, sh, ph, dh)
+    cfirst, ccount = _taps(Wo, W, kw, sw, pw, dw)
     for p in prange(P):
+        plane = x[p]
         for oh in range(Ho):
-            orow = out[p, oh]
-            orow[:] = -np.inf
-            h0 = oh * sh - ph
-            for a in range(kh):
-                r = h0 + a * dh
-                if r < 0 or r >= H:
-                    continue
-                xrow = x[p, r]
-                inner = orow[lo:hi]  # views from the first interior column: indices
-                for b in range(kw):  # from 0, which numba does not wrap (so it vectorises)
-                    off = b * dw - pw
-                    xs = xrow[lo * sw + off:]
-                    for t in range(hi - lo):
-                        v = xs[t * sw]
-                        m = inner[t]
-                        inner[t] = v if (v > m or v != v) else m
-                    for ow in range(Wo):  # border columns
-                        if lo <= ow < hi:
-                            continue
-                        c = ow * sw + off
-                        if 0 <= c < W:
-                            v = xrow[c]
-                            if v > orow[ow] or v != v:
-                                orow[ow] = v
+            r0, nr = rfirst[oh], rcount[oh]
+            for ow in range(Wo):
+                c0, nc = cfirst[ow], ccount[ow]
+                top = -np.inf
+                nan = False
+                last_nan = top
+                for i in range(nr):
+                    r = r0 + i * dh
+                    for j in range(nc):
+                        v = plane[r, c0 + j * dw]
+                        isnan = v != v
+                        last_nan = v if isnan else last_nan
+                        nan |= isnan
+                        top = v if v > top else top
+                out[p, oh, ow] = last_nan if nan else top
 
 
 @njit(parallel=True, cache=True)
@@ -114,35 +118,35 @@ def max_pool2d_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
 
 @njit(parallel=True, cache=True)
 def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out):
-    """Sum of the taps inside each window divided by ``div[oh, ow]``, into ``out``."""
+    """Sum of the taps inside each window divided by ``div[oh, ow]``, into ``out``; one output
+    at a time, as :func:`max_pool2d`, summed in ``x``'s dtype in row-major tap order (the
+    NumPy path's order, to the bit)."""
     P, H, W = x.shape
+    zero = np.zeros(1, dtype=out.dtype)[0]
     Ho, Wo = out.shape[1], out.shape[2]
-    lo, hi = _interior(Wo, W, kw, sw, pw, 1)
+    rfirst, rcount = _taps(Ho, H, kh, sh, ph, 1)
+    cfirst, ccount = _taps(Wo, W, kw, sw, pw, 1)
     for p in prange(P):
+        plane = x[p]
         for oh in range(Ho):
-            orow = out[p, oh]
-            orow[:] = 0
-            h0 = oh * sh - ph
-            for a in range(kh):
-                r = h0 + a
-                if r < 0 or r >= H:
-                    continue
-                xrow = x[p, r]
-                inner = orow[lo:hi]
-                for b in range(kw):
-                    off = b - pw
-                    xs = xrow[lo * sw + off:]
-                    for t in range(hi - lo):
-                        inner[t] += xs[t * sw]
-                    for ow in range(Wo):
-                        if lo <= ow < hi:
-                            continue
-                        c = ow * sw + off
-                        if 0 <= c < W:
-                            orow[ow] += xrow[c]
+            r0, nr = rfirst[oh], rcount[oh]
             drow = div[oh]
             for ow in range(Wo):
-                orow[ow] = orow[ow] / drow[ow]
+                c0, nc = cfirst[ow], ccount[ow]
+                total = zero
+                for r in range(r0, r0 + nr):
+                    for c in range(c0, c0 + nc):
+                        total += plane[r, c]
+                out[p, oh, ow] = total / drow[ow]
+
+
+@njit(cache=True, inline="always")
+def _interior(n_out, size, k, s, p, d):
+    """Range ``[lo, hi)`` of outputs whose taps ``o*s - p + j*d`` (j < k) all lie in ``[0, size)``."""
+    lo = min(n_out, (p + s - 1) // s)
+    hi = (size - 1 - (k - 1) * d + p) // s + 1
+    hi = max(lo, min(n_out, hi))
+    return lo, hi
 
 
 @njit(parallel=True, cache=True)

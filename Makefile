@@ -45,12 +45,15 @@ chromium:
 demo: $(VENV)/.demo
 	$(BIN)/convlayers demo --output out/demo
 
+# Two worker processes (pytest-xdist), a test file each at a time: a fresh clone spends about
+# half its test time compiling numba kernels, single-threaded, and the rest is mostly Python; each
+# worker keeps its own numba cache (see conftest.py). Plain `pytest` runs in one process.
 test: $(VENV)/.test chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Hypothesis with fresh seeds and more examples (CI replays a fixed set: the "ci" profile).
 test-deep: $(VENV)/.test chromium
-	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest tests
+	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks conftest.py

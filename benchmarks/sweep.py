@@ -30,6 +30,7 @@ Usage::
     python benchmarks/sweep.py                     # 200 configurations, seed 0
     python benchmarks/sweep.py --quick             # 30 configurations
     python benchmarks/sweep.py --seed 3 --torch-first --csv out/sweep.csv
+    python benchmarks/sweep.py --kinds pool --n 40 --seed 7   # pooling only
 """
 
 from __future__ import annotations
@@ -401,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fwd-only", action="store_true", help="skip forward+backward")
     ap.add_argument("--csv", type=Path, help="write every configuration's times here")
     ap.add_argument("--quiet", action="store_true", help="print the summary only")
+    ap.add_argument("--kinds", default="conv,pool,transpose",
+                    help="comma-separated kinds to keep (default all): the first N drawn of them")
     args = ap.parse_args(argv)
+    kinds = set(args.kinds.split(","))
+    if not kinds <= {"conv", "pool", "transpose"}:
+        ap.error(f"--kinds: expected some of conv, pool, transpose, got {args.kinds!r}")
     n = 30 if args.quick and args.n == 200 else args.n
     budget = args.budget / 2 if args.quick else args.budget
 
@@ -420,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     config.set_threads(args.threads)
     configs = draw_configs(n, args.seed, args.max_macs)
+    if kinds != {"conv", "pool", "transpose"}:  # the same draws, filtered: pooling is 10% of them
+        configs = [c for c in draw_configs(n * 50, args.seed, args.max_macs) if c.kind in kinds][:n]
     passes = ["fwd"] if args.fwd_only else ["fwd", "fwd+bwd"]
     rng = np.random.default_rng(args.seed + 1)
     started = time.perf_counter()

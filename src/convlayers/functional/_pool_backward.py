@@ -10,7 +10,7 @@ import numpy as np
 from convlayers import config
 from convlayers._validate import IntOrTuple, as_int, float_array
 from convlayers.functional._common import batched, trailing, unbatch, window_offsets
-from convlayers.functional._compiled import _threads_for, kernels
+from convlayers.functional._compiled import _threads_for, loaded_kernels
 from convlayers.functional._pool_spec import (
     PoolPadding,
     blocks,
@@ -44,7 +44,7 @@ def scatter_to_argmax(
         gy = np.ascontiguousarray(grad_output).reshape(n_planes, -1)
         gx = np.empty((n_planes, plane), dtype=input.dtype)  # zeroed plane by plane in the kernel
         with _threads_for(gy.size + gx.size, config.engine.serial_pool_taps):
-            bad = kernels().pooling.scatter_add_planes(
+            bad = loaded_kernels().pooling.scatter_add_planes(
                 gy, _planes(idx.astype(np.int64, copy=False), (gy.shape[1],)), gx)
         if bad:
             raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
@@ -131,7 +131,7 @@ def avg_pool_backward(
         div = divisor_grid(spec, include, override, x.dtype).reshape(o)
         gx = np.empty((x.shape[0] * x.shape[1], *i), dtype=x.dtype)  # zeroed in the kernel
         with _threads_for(gy.size * k[0] * k[1] + gx.size, config.engine.serial_pool_taps):
-            kernels().pooling.avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
+            loaded_kernels().pooling.avg_pool2d_backward(_planes(gy, o), *k, *s, *p, div, gx)
         return unbatch(gx.reshape(x.shape), unbatched)
     share = np.array(gy, dtype=x.dtype)
     if override is not None:

@@ -21,7 +21,7 @@ import numpy as np
 from convlayers import config
 from convlayers._validate import IntOrTuple
 from convlayers.functional._common import pad_pairs, trailing, unbatch, window_offsets
-from convlayers.functional._compiled import _threads_for, kernels
+from convlayers.functional._compiled import _threads_for, loaded_kernels
 from convlayers.functional._pool_backward import (
     _planes,
     avg_pool_backward,
@@ -78,7 +78,7 @@ def _lowest(dtype: np.dtype) -> Any:
 
 def _max_pool_fast(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.ndarray, np.ndarray | None]:
     k, s, p, d, i, o = _as_2d(spec)
-    kern = kernels().pooling
+    kern = loaded_kernels().pooling  # the thread setting: _threads_for below
     xs = _planes(x, i)
     out = np.empty((xs.shape[0], *o), dtype=x.dtype)
     shape = x.shape[:2] + spec.out_shape
@@ -159,7 +159,7 @@ def _avg_pool_nd(
         xs = _planes(x, i)
         out = np.empty((xs.shape[0], *o), dtype=x.dtype)
         with _threads_for(out.size * k[0] * k[1], config.engine.serial_pool_taps):
-            kernels().pooling.avg_pool2d(xs, *k, *s, *p, div, out)
+            loaded_kernels().pooling.avg_pool2d(xs, *k, *s, *p, div, out)
         return unbatch(out.reshape(x.shape[:2] + spec.out_shape), unbatched)
     total = np.zeros(x.shape[:2] + spec.out_shape, dtype=x.dtype)
     for offset in window_offsets(spec.kernel):

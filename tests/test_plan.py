@@ -348,3 +348,26 @@ def test_channels_last_needs_its_padded_block_to_fit() -> None:
     assert huge.forward != "depthwise-channels-last"
     assert plan((1, 64, 9, 9), (64, 1, 3, 3), padding=1, groups=64).forward \
         == "depthwise-channels-last"
+
+
+def test_channel_multiplier_forwards_at_stride_1_run_as_grouped_gemms() -> None:
+    """A depthwise convolution with a channel multiplier: at stride 1 its forward is a GEMM of
+    ``multiplier`` rows per input channel (implicit; pointwise when 1x1), strided ones stay on
+    the depthwise kernels, the gradients too; all match torch, a dilation and padding
+    included."""
+    rng = np.random.default_rng(5)
+    x = random_array(rng, (2, 6, 17, 19), np.float32)
+    cases = [((18, 1, 3, 5), dict(padding=(2, 1), dilation=(1, 2)), "implicit"),
+             ((12, 1, 1, 1), dict(), "pointwise"),
+             ((12, 1, 3, 3), dict(stride=2, padding=1), "depthwise-planar")]
+    for w_shape, args, expected_forward in cases:
+        w = random_array(rng, w_shape, np.float32)
+        chosen = plan(x.shape, w.shape, groups=6, **args)
+        assert chosen.forward == expected_forward
+        assert chosen.input_grad.startswith("depthwise")
+        conv = lambda a, b, args=args: tF.conv2d(a, b, groups=6, **args)  # noqa: E731
+        expected, g, (tgx, tgw) = torch_grads(conv, [x, w], 6)
+        assert_close(F.conv2d(x, w, groups=6, **args), expected, "forward")
+        gx, gw, _ = F.conv_backward(g, x, w, groups=6, with_bias=False, **args)
+        assert_close(gx, tgx, "input gradient")
+        assert_close(gw, tgw, "weight gradient")

@@ -61,6 +61,7 @@ class Config:
     ratios: dict[str, float] = field(default_factory=dict)
     times: dict[str, tuple[float, float]] = field(default_factory=dict)
     error: str = ""
+    strategy: str = ""  # convolutions: the planner's forward / input-grad / weight-grad
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -321,6 +322,17 @@ def _callables(cfg: Config, F: Any, torch: Any, tF: Any, rng: np.random.Generato
     return {"fwd": (ours_p, theirs_p), "fwd+bwd": (ours_pb, theirs_pb)}
 
 
+def _strategy(cfg: Config, F: Any) -> str:
+    """The planner's strategies for a convolution, ``forward/input-grad/weight-grad``."""
+    if cfg.kind != "conv":
+        return ""
+    p = cfg.params
+    plan = F.plan((p["batch"], p["c_in"], *p["hw"]),
+                  (p["c_out"], p["c_in"] // p["groups"], *p["kernel"]), p["stride"],
+                  p["padding"], p["dilation"], p["groups"])
+    return f"{plan.forward}/{plan.input_grad}/{plan.weight_grad}"
+
+
 def _agree(ours: Any, theirs: Any) -> str:
     """"" when the results match (float32 tolerance relative to their size), else why not."""
     ours = ours if isinstance(ours, tuple) else (ours,)
@@ -384,7 +396,7 @@ def _summary(configs: list[Config], key: str, worst: int = 10) -> list[str]:
     for c in sorted(rows, key=lambda c: -c.ratios[key])[:worst]:
         ours, theirs = c.times[key]
         lines.append(f"    {c.ratios[key]:6.2f}x  {1e3 * ours:8.2f} ms vs {1e3 * theirs:8.2f} ms  "
-                     f"{c.spec}")
+                     f"{c.spec}" + (f"  [{c.strategy}]" if c.strategy else ""))
     return lines
 
 
@@ -434,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     with threadpool_limits(args.threads, user_api="blas"):
         for i, cfg in enumerate(configs):
             fns = _callables(cfg, F, torch, tF, rng)
+            cfg.strategy = _strategy(cfg, F)
             for key in passes:
                 ours, theirs = fns[key]
                 try:
@@ -475,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with args.csv.open("w") as f:
             f.write("kind,spec,macs,fwd_ours_ms,fwd_torch_ms,fwd_ratio,both_ours_ms,"
-                    "both_torch_ms,both_ratio,error\n")
+                    "both_torch_ms,both_ratio,strategy,error\n")
             for c in configs:
                 cells = [c.kind, f'"{c.spec}"', str(c.macs)]
                 for key in ("fwd", "fwd+bwd"):
@@ -484,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{c.ratios[key]:.4f}"]
                     else:
                         cells += ["", "", ""]
+                cells.append(c.strategy)
                 cells.append(f'"{c.error}"')
                 f.write(",".join(cells) + "\n")
     return 1 if bad else 0

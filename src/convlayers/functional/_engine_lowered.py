@@ -49,9 +49,30 @@ def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
     taps = np.ascontiguousarray(w.reshape(g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw))
     with _dynamic_units():
-        k.conv.lowered_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw, g.dh,
-                               g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
+        if block < g.c_out_g and _whole_columns_fit(g, threads):
+            k.conv.lowered_forward_whole(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
+                                         g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
+                                         _channel_block(g, threads), out)
+        else:
+            k.conv.lowered_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw,
+                                   g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
     return out.reshape(g.n, g.c_out, g.ho, g.wo)
+
+
+def _whole_columns_fit(g: Geometry, threads: int) -> bool:
+    """Whether one image's whole columns (``C_in/g*kh*kw x Ho*Wo``) fit the scratch that the
+    slab units' columns would take on ``threads`` threads (and the scratch cap)."""
+    whole = g.c_in_g * g.kh * g.kw * g.ho * g.wo * g.itemsize
+    return whole <= min(threads * config.engine.lowered_column_bytes, config.scratch_bytes())
+
+
+def _channel_block(g: Geometry, threads: int) -> int:
+    """Output channels per unit of :func:`convlayers.kernels.conv.lowered_forward_whole`: two
+    units a thread, in whole register-tile bands."""
+    from convlayers.kernels.simd import TILE_ROWS
+
+    per = -(-g.c_out_g // (2 * threads))
+    return max(TILE_ROWS, -(-per // TILE_ROWS) * TILE_ROWS)
 
 
 def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:

@@ -34,8 +34,8 @@ from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
 
-__all__ = ["lowered_forward", "lowered_input_grad", "lowered_weight_grad", "pointwise",
-           "pointwise_weight_grad", "slab_index"]
+__all__ = ["lowered_forward", "lowered_forward_whole", "lowered_input_grad",
+           "lowered_weight_grad", "pointwise", "pointwise_weight_grad", "slab_index"]
 
 
 @njit(cache=True)
@@ -154,6 +154,44 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
         for co in range(cos):
             c = g * Cog + co0 + co
             store_rows(out[n, c, oh0 * Wo:], o[co], 1, L, L, bias[c] if has_bias else zero)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def lowered_forward_whole(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, B, out):
+    """:func:`lowered_forward` one image and group at a time, for batches too small to give
+    every thread its own: the image's whole columns (``C_in/g*kh*kw x Ho*Wo``), filled a
+    channel per unit, then the product in units of ``B`` output channels, each straight into
+    its rows of ``out``. The columns are made once, where slab units of one image make them
+    once per block of channels; the sums run in the same order as :func:`lowered_forward`'s."""
+    N, C_in = x.shape[0], x.shape[1]
+    G, Cog, K = taps.shape[0], taps.shape[1], taps.shape[2]
+    Cig = C_in // G
+    kk = kh * kw
+    L = out.shape[2]
+    Ho = L // Wo
+    Wp = (Wo - 1) * sw + (kw - 1) * dw + 1
+    Hs = (Ho - 1) * sh + (kh - 1) * dh + 1
+    idx = slab_index(Ho, Wo, sh, sw, Wp)
+    xbuf = np.empty((Cig, Hs * Wp), dtype=x.dtype)
+    cols = np.empty((K, L), dtype=x.dtype)
+    nb = (Cog + B - 1) // B
+    has_bias = bias.shape[0] > 0
+    for ng in range(N * G):
+        n, g = ng // G, ng % G
+        for c in prange(Cig):
+            _columns(x[n], g * Cig + c, 1, kh, kw, sh, sw, dh, dw, -pt, pl, Ho, Wo, Wp, idx,
+                     xbuf[c], cols[c * kk: (c + 1) * kk])
+        for cb in prange(nb):
+            co0 = cb * B
+            cos = min(B, Cog - co0)
+            o = out[n][g * Cog + co0: g * Cog + co0 + cos]
+            gemm_tiled(taps[g, co0: co0 + cos], cols, o)
+            if has_bias:
+                for co in range(cos):
+                    b = bias[g * Cog + co0 + co]
+                    row = o[co]
+                    for j in range(L):
+                        row[j] += b
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -351,14 +351,14 @@ def test_channels_last_needs_its_padded_block_to_fit() -> None:
 
 
 def test_channel_multiplier_forwards_at_stride_1_run_as_grouped_gemms() -> None:
-    """A depthwise convolution with a channel multiplier: at stride 1 its forward is a GEMM of
-    ``multiplier`` rows per input channel (implicit; pointwise when 1x1), strided ones stay on
-    the depthwise kernels, the gradients too; all match torch, a dilation and padding
-    included."""
+    """A depthwise convolution with a channel multiplier: at stride 1 and a kernel larger than
+    1x1 its forward is a GEMM of ``multiplier`` rows per input channel (implicit); 1x1 and
+    strided ones stay on the depthwise kernels, the gradients too; all match torch, a dilation
+    and padding included."""
     rng = np.random.default_rng(5)
     x = random_array(rng, (2, 6, 17, 19), np.float32)
     cases = [((18, 1, 3, 5), dict(padding=(2, 1), dilation=(1, 2)), "implicit"),
-             ((12, 1, 1, 1), dict(), "pointwise"),
+             ((12, 1, 1, 1), dict(), "depthwise-planar"),
              ((12, 1, 3, 3), dict(stride=2, padding=1), "depthwise-planar")]
     for w_shape, args, expected_forward in cases:
         w = random_array(rng, w_shape, np.float32)

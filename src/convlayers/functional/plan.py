@@ -36,7 +36,10 @@ implicit       Implicit GEMM: a zero-padded, stride-phase-split copy of a slab o
                stride 1 only: per phase the products were too thin to pay). Chosen
                over ``lowered`` when the dropped positions cost less than im2col's copy
                (``im2col_copy_macs``), and for the stride-1 forward of a depthwise
-               convolution with a channel multiplier (``pointwise`` when 1x1).
+               convolution with a channel multiplier and a kernel larger than 1x1: per
+               input channel a GEMM of ``multiplier`` rows by ``kh*kw`` taps (on 10 random
+               such layers 0.27-1.09x the time of the depthwise kernels, 0.7x or less on
+               half; strided ones 0.8-1.45x, so they stay depthwise).
 lowered        im2col and register-tiled GEMMs in one parallel region per pass, in units of
                (image, group, slab of output rows, block of channels) sized so one image keeps
                every thread busy. Every 1-D/2-D float pass, any kernel, stride, dilation and
@@ -247,16 +250,6 @@ def _depthwise(g: Geometry) -> str:
     return "depthwise-rows"
 
 
-def _multiplier_forward(g: Geometry) -> str:
-    """The stride-1 forward of a depthwise convolution with a channel multiplier ``m``: per
-    input channel, a GEMM of ``m`` rows by ``kh*kw`` taps, ``pointwise`` for 1x1 kernels and
-    ``implicit`` otherwise. On 12 random such layers (multipliers 2-4, 1x1 to 7x7, dilations
-    1-3; forward, interleaved calls) these took 0.27-1.09x the time of the depthwise kernels
-    the planner chose before, 0.7x or less on half of them. Strided ones stay on the depthwise
-    kernels: there the implicit GEMM took 0.8-1.45x their time."""
-    return "pointwise" if g.kh == g.kw == 1 else "implicit"
-
-
 def _implicit_pays(g: Geometry, pass_: str) -> bool:
     """Whether the implicit GEMM costs less than im2col for ``pass_`` of ``g``: its dropped
     positions (``(kw-1)*dw // sw`` per output row, each costing a product's row of
@@ -306,7 +299,7 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
                 g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize):
             s = _CHANNELS_LAST
         elif g.c_in_g == 1:
-            s = _multiplier_forward(g) if g.c_out != g.c_in and g.sh == g.sw == 1 \
+            s = "implicit" if g.c_out != g.c_in and g.sh == g.sw == 1 and g.kh * g.kw > 1 \
                 else _depthwise(g)
         elif winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels:
             s = "winograd"

@@ -681,16 +681,19 @@ def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> Non
         np.testing.assert_array_equal(i, ti.numpy())
 
 
-def test_whole_image_columns_match_the_slab_units_bit_for_bit() -> None:
-    """A batch too small for every thread (one image, two groups): the lowered forward makes
-    each image's columns once and splits the product by output channels
-    (``lowered_forward_whole``); its sums run in the slab kernel's order, so both kernels give
-    the same bits, and the engine's result matches torch, bias, stride, dilation and padding
-    included."""
+@pytest.mark.parametrize(("batch", "hw", "images"), [(1, (20, 21), 1), (5, (7, 6), 2)])
+def test_merged_columns_match_the_slab_units_bit_for_bit(batch: int, hw: tuple[int, int],
+                                                         images: int) -> None:
+    """Batches too small for every thread (one image, two groups) and maps of a few output
+    pixels: the lowered forward makes the columns of ``images`` images at a time side by side
+    and splits the product by output channels (``lowered_forward_merged``); its sums run in
+    the slab kernel's order, so both kernels give the same bits (an incomplete last pass of
+    images included), and the engine's result matches torch, bias, stride, dilation and
+    padding included."""
     from convlayers.kernels import conv
 
     rng = np.random.default_rng(11)
-    x = random_array(rng, (1, 32, 20, 21), np.float32)
+    x = random_array(rng, (batch, 32, *hw), np.float32)
     w = random_array(rng, (48, 16, 3, 5), np.float32)
     b = random_array(rng, (48,), np.float32)
     kw = dict(stride=(1, 2), padding=(2, 1), dilation=(2, 1), groups=2)
@@ -699,11 +702,11 @@ def test_whole_image_columns_match_the_slab_units_bit_for_bit() -> None:
     ho, wo = expected.shape[2:]
     taps = np.ascontiguousarray(w.reshape(2, 24, 16 * 15))
     geometry = (3, 5, 1, 2, 2, 1, 2, 1, wo)
-    whole = np.empty((1, 48, ho * wo), np.float32)
-    conv.lowered_forward_whole(x, taps, b, *geometry, 8, whole)
-    slabs = np.empty_like(whole)
+    merged = np.empty((batch, 48, ho * wo), np.float32)
+    conv.lowered_forward_merged(x, taps, b, *geometry, images, 8, 2, merged)
+    slabs = np.empty_like(merged)
     conv.lowered_forward(x, taps, b, *geometry, 3, 16, 2, slabs)
-    np.testing.assert_array_equal(whole, slabs)
-    assert_close(whole.reshape(expected.shape), expected, "whole-image columns")
+    np.testing.assert_array_equal(merged, slabs)
+    assert_close(merged.reshape(expected.shape), expected, "merged columns")
     with config.settings(threads=2), config.engine_settings(force="lowered"):
         assert_close(F.conv2d(x, w, b, **kw), expected, "engine")

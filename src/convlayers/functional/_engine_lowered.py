@@ -48,27 +48,39 @@ def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     rows, block = _lowered_units(g, threads, "forward")
     out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
     taps = np.ascontiguousarray(w.reshape(g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw))
+    images = _merged_images(g, threads, block)
     with _dynamic_units():
-        if block < g.c_out_g and _whole_columns_fit(g, threads):
-            k.conv.lowered_forward_whole(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
-                                         g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
-                                         _channel_block(g, threads), out)
+        if images:
+            k.conv.lowered_forward_merged(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
+                                          g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, images,
+                                          _channel_block(g, threads), threads, out)
         else:
             k.conv.lowered_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw,
                                    g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
     return out.reshape(g.n, g.c_out, g.ho, g.wo)
 
 
-def _whole_columns_fit(g: Geometry, threads: int) -> bool:
-    """Whether one image's whole columns (``C_in/g*kh*kw x Ho*Wo``) fit the scratch that the
-    slab units' columns would take on ``threads`` threads (and the scratch cap)."""
-    whole = g.c_in_g * g.kh * g.kw * g.ho * g.wo * g.itemsize
-    return whole <= min(threads * config.engine.lowered_column_bytes, config.scratch_bytes())
+def _merged_images(g: Geometry, threads: int, block: int) -> int:
+    """Images per pass of :func:`convlayers.kernels.conv.lowered_forward_merged`, or 0 for the
+    slab units: merged when the slab units would split one image's output channels (a batch
+    too small for the threads: ``block`` short of them all) or an image has fewer output
+    positions than a vector has lanes (its own product would run masked tiles), as many images
+    as fit the scratch the slab units would take (``config.engine.lowered_column_bytes`` a
+    thread; 0 when one does not). Wider maps keep the slab units: merging two images of 7x7
+    outputs ran 1.1x slower (the columns each thread reads are then half made by the other)."""
+    from convlayers.kernels.simd import VECTOR_BYTES
+
+    narrow = g.ho * g.wo < VECTOR_BYTES // g.itemsize
+    if block == g.c_out_g and not (narrow and g.n > 1):
+        return 0
+    per_image = (g.c_in_g * g.kh * g.kw + g.c_out_g) * g.ho * g.wo * g.itemsize
+    budget = min(threads * config.engine.lowered_column_bytes, config.scratch_bytes())
+    return min(g.n, budget // per_image)
 
 
 def _channel_block(g: Geometry, threads: int) -> int:
-    """Output channels per unit of :func:`convlayers.kernels.conv.lowered_forward_whole`: two
-    units a thread, in whole register-tile bands."""
+    """Output channels per unit of the merged kernel: two units a thread, in whole
+    register-tile bands."""
     from convlayers.kernels.simd import TILE_ROWS
 
     per = -(-g.c_out_g // (2 * threads))

@@ -34,7 +34,7 @@ from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
 
-__all__ = ["lowered_forward", "lowered_forward_whole", "lowered_input_grad",
+__all__ = ["lowered_forward", "lowered_forward_merged", "lowered_input_grad",
            "lowered_weight_grad", "pointwise", "pointwise_weight_grad", "slab_index"]
 
 
@@ -100,6 +100,29 @@ def _columns(xn, c0, C, kh, kw, sh, sw, dh, dw, ih0, pl, nr, Wo, Wp, idx, xp, co
 
 
 @njit(cache=True, fastmath=True)
+def _columns_by_bounds(xf, base, H, W, kh, kw, sh, sw, dh, dw, ih0, iw0, Ho, Wo, cf, r0, ld, j0,
+                       zero):
+    """Rows ``r0 .. r0 + kh*kw`` (one per tap), columns ``j0 .. j0 + Ho*Wo`` of the flat
+    columns ``cf`` (row length ``ld``) for the ``H x W`` plane at ``xf[base:]``, read straight
+    from the input with its bounds: no padded copy and no array views (for narrow maps both
+    cost more than the gather). ``zero`` in the columns' dtype."""
+    for a in range(kh):
+        for b in range(kw):
+            row = (r0 + a * kw + b) * ld + j0
+            for oh in range(Ho):
+                ih = ih0 + oh * sh + a * dh
+                d = row + oh * Wo
+                if ih < 0 or ih >= H:
+                    for ow in range(Wo):
+                        cf[d + ow] = zero
+                    continue
+                src = base + ih * W
+                for ow in range(Wo):
+                    iw = iw0 + ow * sw + b * dw
+                    cf[d + ow] = xf[src + iw] if 0 <= iw < W else zero
+
+
+@njit(cache=True, fastmath=True)
 def _col2im(dcols, gxn, c0, C, kh, kw, sh, sw, dh, dw, pt, pl, oh0, nr, Wo):
     """Add ``dcols (C*kh*kw, nr*Wo)`` (output rows ``oh0 ..``) onto channels ``c0 .. c0 + C`` of
     the unpadded gradient ``gxn (C_in, H, W)``; taps in the padding are dropped."""
@@ -157,12 +180,14 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def lowered_forward_whole(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, B, out):
-    """:func:`lowered_forward` one image and group at a time, for batches too small to give
-    every thread its own: the image's whole columns (``C_in/g*kh*kw x Ho*Wo``), filled a
-    channel per unit, then the product in units of ``B`` output channels, each straight into
-    its rows of ``out``. The columns are made once, where slab units of one image make them
-    once per block of channels; the sums run in the same order as :func:`lowered_forward`'s."""
+def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P, B, nt, out):
+    """:func:`lowered_forward` for batches and maps too small to give every thread its own
+    slabs: ``P`` images at a time, their whole columns side by side (``C_in/g*kh*kw x
+    P*Ho*Wo``, filled in units of input channels), then one product over all of them in
+    units of ``B`` output channels. Slab units made one image's columns once per block of
+    channels, and a map of a few output pixels made products a few columns wide; here the
+    columns are made once and the products are as wide as ``P`` images. The sums run in the
+    same order as :func:`lowered_forward`'s. Scratch for ``nt`` threads."""
     N, C_in = x.shape[0], x.shape[1]
     G, Cog, K = taps.shape[0], taps.shape[1], taps.shape[2]
     Cig = C_in // G
@@ -172,26 +197,51 @@ def lowered_forward_whole(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, B, 
     Wp = (Wo - 1) * sw + (kw - 1) * dw + 1
     Hs = (Ho - 1) * sh + (kh - 1) * dh + 1
     idx = slab_index(Ho, Wo, sh, sw, Wp)
-    xbuf = np.empty((Cig, Hs * Wp), dtype=x.dtype)
-    cols = np.empty((K, L), dtype=x.dtype)
+    xbuf = np.empty((nt, Hs * Wp), dtype=x.dtype)
+    tbuf = np.empty((nt, kk * L), dtype=x.dtype)
+    cols = np.empty((K, P * L), dtype=x.dtype)
+    obuf = np.empty((Cog, P * L), dtype=x.dtype)
+    H, W = x.shape[2], x.shape[3]
+    xf, cf = x.reshape(-1), cols.reshape(-1)
+    of, obf = out.reshape(-1), obuf.reshape(-1)
+    C_out = G * Cog
     nb = (Cog + B - 1) // B
     has_bias = bias.shape[0] > 0
-    for ng in range(N * G):
-        n, g = ng // G, ng % G
-        for c in prange(Cig):
-            _columns(x[n], g * Cig + c, 1, kh, kw, sh, sw, dh, dw, -pt, pl, Ho, Wo, Wp, idx,
-                     xbuf[c], cols[c * kk: (c + 1) * kk])
-        for cb in prange(nb):
-            co0 = cb * B
-            cos = min(B, Cog - co0)
-            o = out[n][g * Cog + co0: g * Cog + co0 + cos]
-            gemm_tiled(taps[g, co0: co0 + cos], cols, o)
-            if has_bias:
-                for co in range(cos):
-                    b = bias[g * Cog + co0 + co]
-                    row = o[co]
-                    for j in range(L):
-                        row[j] += b
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for n0 in range(0, N, P):
+        p_n = min(P, N - n0)
+        span = max(1, Cig // (4 * nt))  # column units: about 4 a thread, each its own rows
+        for g in range(G):
+            for u in prange((Cig + span - 1) // span):
+                t_id = numba.get_thread_id()
+                t = tbuf[t_id].reshape(kk, L)
+                for c in range(u * span, min(Cig, u * span + span)):
+                    for i in range(p_n):
+                        if Wo < 16 or sw > 1:  # narrow or strided rows: a gather by bounds
+                            _columns_by_bounds(xf, ((n0 + i) * C_in + g * Cig + c) * H * W, H,
+                                               W, kh, kw, sh, sw, dh, dw, -pt, -pl, Ho, Wo, cf,
+                                               c * kk, P * L, i * L, zero)
+                            continue
+                        _columns(x[n0 + i], g * Cig + c, 1, kh, kw, sh, sw, dh, dw, -pt, pl, Ho,
+                                 Wo, Wp, idx, xbuf[t_id], t)
+                        for r in range(kk):
+                            copy_row(cols[c * kk + r, i * L: (i + 1) * L], t[r])
+            for cb in prange(nb):
+                co0 = cb * B
+                cos = min(B, Cog - co0)
+                if p_n == P:
+                    gemm_tiled(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos])
+                else:
+                    gemm_tiled_cols(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos], 0,
+                                    p_n * L)
+                for co in range(cos):  # flat indices: a view per row costs more than L=1
+                    c_out = g * Cog + co0 + co
+                    b = bias[c_out] if has_bias else zero
+                    for i in range(p_n):
+                        d = ((n0 + i) * C_out + c_out) * L
+                        src = (co0 + co) * P * L + i * L
+                        for j in range(L):
+                            of[d + j] = obf[src + j] + b
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -38,8 +38,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "gemm_indirect", "gemm_indirect_left_add", "gemm_tiled",
-           "gemm_tiled_add", "gemm_tiled_cols", "vector_bytes"]
+__all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "gemm_indirect",
+           "gemm_indirect_left_add", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
+           "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -61,7 +62,9 @@ def vector_bytes() -> int:
     return 64 if "+avx512f" in features.split(",") else 32
 
 
-_WIDE = vector_bytes() == 64
+#: :func:`vector_bytes` of this process (read once: it asks LLVM for the host's features).
+VECTOR_BYTES = vector_bytes()
+_WIDE = VECTOR_BYTES == 64
 #: Rows of the output one tile covers.
 TILE_ROWS = 8 if _WIDE else 6
 #: Vectors (of ``vector_bytes()``) per tile row.

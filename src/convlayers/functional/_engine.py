@@ -205,6 +205,14 @@ def correlate_backward(
         return np.zeros_like(x), np.zeros_like(weight)
     g, ss, threads = _planned("backward", x.shape, weight.shape, stride, dilation, groups, pairs,
                               grad.shape[2:], x.dtype)
+    with _threads_for(2 * g.macs):  # both gradients; small ones on one thread, as the forward
+        return _backward(x, grad, weight, pairs, stride, dilation, groups, g, ss, threads)
+
+
+def _backward(x: np.ndarray, grad: np.ndarray, weight: np.ndarray, pairs: Pairs,
+              stride: tuple[int, ...], dilation: tuple[int, ...], groups: int, g: Geometry,
+              ss: tuple[str, str], threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`correlate_backward` once planned."""
     sx, sw = _checked_backward(ss, weight)
     if sx == sw and sx in JOINT:
         grads = _BACKWARD[sx](_as_4d(x), _as_4d(grad), _as_4d(weight), g)
@@ -246,7 +254,8 @@ def correlate_input_grad(
     if s == "numpy":
         return _numpy_input_grad(grad, weight, padded_shape, stride, dilation, groups, None)
     s = _checked_backward((s, s), weight)[0]
-    gx4 = _INPUT_GRAD[s](_as_4d(grad), _as_4d(weight), g)
+    with _threads_for(g.macs):
+        gx4 = _INPUT_GRAD[s](_as_4d(grad), _as_4d(weight), g)
     return gx4.reshape(n, c_in, *padded_shape)
 
 
@@ -267,7 +276,8 @@ def correlate_weight_grad(
     if s == "numpy":
         return _numpy_weight_grad(xp, grad, kernel, stride, dilation, groups, None)
     s = _checked_weight_grad(s, xp)
-    return _WEIGHT_GRAD[s](_as_4d(xp), _as_4d(grad), g).reshape(w_shape)
+    with _threads_for(g.macs):
+        return _WEIGHT_GRAD[s](_as_4d(xp), _as_4d(grad), g).reshape(w_shape)
 
 
 # ----------------------------------------------------------------------------- the tables

@@ -158,7 +158,7 @@ def test_filter_in_page_equals_library(browser_page: dict[str, Any]) -> None:
     page.select_option("#f-scale", "auto")
     page.fill("#f-kernel", "")
     page.click("#f-apply")
-    page.wait_for_selector("#f-results img[data-filter='blur']", timeout=20_000)
+    page.wait_for_selector("#f-results img[data-filter='blur']", timeout=90_000)  # may compile
     photo = sample_photo()
     np.testing.assert_array_equal(_png_from_img(page, "#f-results img[data-filter='original']"),
                                   photo)
@@ -184,7 +184,7 @@ def test_malformed_kernel_shows_a_message(browser_page: dict[str, Any]) -> None:
     page.check("#f-bank-blur")
     page.click("#f-apply")
     page.wait_for_selector("#f-error[hidden]", state="attached", timeout=20_000)
-    page.wait_for_selector("#f-results img[data-filter='blur']", timeout=20_000)
+    page.wait_for_selector("#f-results img[data-filter='blur']", timeout=90_000)  # may compile
 
 
 def _wait_for_answer(page: Any, condition: str, arg: str) -> None:
@@ -192,11 +192,13 @@ def _wait_for_answer(page: Any, condition: str, arg: str) -> None:
     (JavaScript reading `arg`) holds.
 
     Every field's change event also asks the server, so an earlier answer can show the awaited
-    text and then be replaced by a later one (which resets the step).
+    text and then be replaced by a later one (which resets the step). On an empty numba cache
+    the first answer of an operation compiles its kernels first (a transposed convolution's
+    took 10-20 s), hence the long timeout.
     """
     page.wait_for_function(
         "arg => document.getElementById('arithmetic').getAttribute('aria-busy') === 'false'"
-        f" && ({condition})", arg=arg, timeout=10_000)
+        f" && ({condition})", arg=arg, timeout=90_000)
 
 
 @pytest.mark.parametrize(("op", "n", "k", "s", "p"), [
@@ -289,7 +291,7 @@ def test_screenshot(browser_page: dict[str, Any], tmp_path: Path) -> None:
     page = browser_page["page"]
     shot = Path(os.environ.get(SCREENSHOT_ENV, tmp_path / "explorer.png"))
     page.click("button.tab[data-panel='filters']")
-    page.wait_for_selector("#f-results img[data-filter='blur']", timeout=20_000)
+    page.wait_for_selector("#f-results img[data-filter='blur']", timeout=90_000)  # may compile
     shot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

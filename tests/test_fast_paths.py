@@ -710,3 +710,20 @@ def test_merged_columns_match_the_slab_units_bit_for_bit(batch: int, hw: tuple[i
     assert_close(merged.reshape(expected.shape), expected, "merged columns")
     with config.settings(threads=2), config.engine_settings(force="lowered"):
         assert_close(F.conv2d(x, w, b, **kw), expected, "engine")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_lowered_weight_gradient_split_by_input_channels_matches_torch(batch: int) -> None:
+    """Batch 1 on a small map gives the lowered weight gradient one (image, slab) unit per
+    group: its units also take blocks of input channels, each writing its own rows of one
+    accumulator (the threads' accumulators, summed and transposed in one pass, otherwise);
+    two groups, stride, padding and dilation; against torch on two threads."""
+    rng = np.random.default_rng(12)
+    x = random_array(rng, (batch, 64, 11, 10), np.float32)
+    w = random_array(rng, (48, 32, 5, 3), np.float32)
+    kw = dict(padding=(2, 1), dilation=(1, 2), groups=2)
+    expected, g, (tgx, tgw) = torch_grads(lambda a, v: tF.conv2d(a, v, **kw), [x, w], 13)
+    with config.settings(threads=2), config.engine_settings(force="lowered"):
+        gx, gw, _ = F.conv_backward(g, x, w, with_bias=False, **kw)
+    assert_close(gx, tgx, "grad_input")
+    assert_close(gw, tgw, "grad_weight")

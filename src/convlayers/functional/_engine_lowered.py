@@ -108,9 +108,18 @@ def _gw_lowered(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     threads = _numba_threads()
     rows, _ = _lowered_units(g, threads, "weight_grad")
     kk = g.kh * g.kw
-    acc = np.empty((threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
+    units = g.n * g.groups * -(-g.ho // rows)
+    want = 2 * threads if threads > 1 else 1
+    # too few (image, group, slab) units for the threads (batch 1, small maps): each also takes
+    # a block of input channels, its own rows of the gradient; with one image in one slab the
+    # units write those rows outright, into one accumulator
+    block = g.c_in_g if units >= want else max(1, -(-g.c_in_g // -(-want // units)))
+    shared = g.n == 1 and rows >= g.ho
+    acc = np.empty((1 if shared else threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
     with _dynamic_units():
         k.conv.lowered_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups, g.kh,
-                                   g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, acc)
-    gw = acc.sum(axis=0).swapaxes(1, 2)  # (G, C_out/g, C_in/g*kh*kw)
-    return np.ascontiguousarray(gw).reshape(g.c_out, g.c_in_g, g.kh, g.kw)
+                                   g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block,
+                                   threads, acc)
+    gw = np.empty((g.groups, g.c_out_g, g.c_in_g * kk), dtype=x.dtype)
+    k.conv.sum_transposed(acc, gw)
+    return gw.reshape(g.c_out, g.c_in_g, g.kh, g.kw)

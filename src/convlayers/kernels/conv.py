@@ -34,8 +34,16 @@ from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add, gemm_tiled_cols
 
-__all__ = ["lowered_forward", "lowered_forward_merged", "lowered_input_grad",
-           "lowered_weight_grad", "pointwise", "pointwise_weight_grad", "slab_index"]
+__all__ = [
+    "lowered_forward",
+    "lowered_forward_merged",
+    "lowered_input_grad",
+    "lowered_weight_grad",
+    "pointwise",
+    "pointwise_weight_grad",
+    "slab_index",
+    "sum_transposed",
+]
 
 
 @njit(cache=True)
@@ -245,31 +253,64 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, acc):
+def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, acc):
     """Weight gradient of :func:`lowered_forward`: ``acc[t, g] (C_in/g*kh*kw, C_out/g)`` (zeroed
     here) receives thread ``t``'s sum of ``cols @ gy_slab^T`` over its units (image, group,
-    slab of ``R`` output rows); the caller sums over threads. ``gy`` is ``(N, C_out, Ho*Wo)``."""
+    slab of ``R`` output rows, block of ``B`` input channels: its rows of ``acc``); the caller
+    sums over threads. ``gy`` is ``(N, C_out, Ho*Wo)``. With one image in one slab, every unit
+    owns its rows outright: then ``acc`` may have one entry, which the units write without
+    zeroing or adding (batch 1, small maps: the zeroing and the caller's sum over threads'
+    accumulators took most of the time). Scratch for ``nt`` threads."""
     N, C_in = x.shape[0], x.shape[1]
-    nt, K, Cog = acc.shape[0], acc.shape[2], acc.shape[3]
+    K, Cog = acc.shape[2], acc.shape[3]
     Cig = C_in // G
+    kk = kh * kw
     Ho = gy.shape[2] // Wo
     nr = (Ho + R - 1) // R
+    nb = (Cig + B - 1) // B
     Wp, idx, xbuf, cbuf = _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo)
     tbuf = np.empty((nt, R * Wo * Cog), dtype=x.dtype)
-    acc[:] = 0
-    for unit in prange(N * G * nr):
+    direct = acc.shape[0] == 1 and N * nr == 1
+    if not direct:
+        acc[:] = 0
+    for unit in prange(N * G * nr * nb):
         t = numba.get_thread_id()
-        n, g, oh0, rows = unit_block(unit, G, nr, R, Ho)
+        n, g, oh0, rows, c0, cs = slab_unit(unit, G, nr, nb, R, Ho, B, Cig)
         L = rows * Wo
-        cols = cbuf[t, : K * L].reshape(K, L)
-        _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp,
+        cols = cbuf[t, : cs * kk * L].reshape(cs * kk, L)
+        _columns(x[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp,
                  idx, xbuf[t], cols)
         gyt = tbuf[t, : L * Cog].reshape(L, Cog)
         for j in range(L):  # read strided, write contiguous
             row = gyt[j]
             for co in range(Cog):
                 row[co] = gy[n, g * Cog + co, oh0 * Wo + j]
-        gemm_tiled_add(cols, gyt, acc[t, g])
+        if direct:  # this unit's rows, whole
+            gemm_tiled(cols, gyt, acc[0, g, c0 * kk: (c0 + cs) * kk])
+        else:
+            gemm_tiled_add(cols, gyt, acc[t, g, c0 * kk: (c0 + cs) * kk])
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def sum_transposed(acc, out):
+    """``out[g] (C_out/g, K) = sum over t of acc[t, g] (K, C_out/g)`` transposed: the threads'
+    weight-gradient accumulators in the weight's layout, in blocks of 32x32 (a plain
+    ``acc.sum(0).swapaxes(1, 2)`` copy walked one of the two at a stride and took longer than
+    the product on batch-1 layers)."""
+    nt, G, K, Cog = acc.shape
+    nbk = (K + 31) // 32
+    for unit in prange(G * nbk):
+        g, k0 = unit // nbk, (unit % nbk) * 32
+        k1 = min(K, k0 + 32)
+        for c0 in range(0, Cog, 32):
+            c1 = min(Cog, c0 + 32)
+            for c in range(c0, c1):
+                row = out[g, c]
+                for k in range(k0, k1):
+                    v = acc[0, g, k, c]
+                    for t in range(1, nt):
+                        v += acc[t, g, k, c]
+                    row[k] = v
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -724,6 +724,8 @@ def test_lowered_weight_gradient_split_by_input_channels_matches_torch(batch: in
     kw = dict(padding=(2, 1), dilation=(1, 2), groups=2)
     expected, g, (tgx, tgw) = torch_grads(lambda a, v: tF.conv2d(a, v, **kw), [x, w], 13)
     with config.settings(threads=2), config.engine_settings(force="lowered"):
+        y = F.conv2d(x, w, **kw)
         gx, gw, _ = F.conv_backward(g, x, w, with_bias=False, **kw)
+    assert_close(y, expected, "forward")
     assert_close(gx, tgx, "grad_input")
     assert_close(gw, tgw, "grad_weight")

@@ -39,7 +39,9 @@ implicit       Implicit GEMM: a zero-padded, stride-phase-split copy of a slab o
                convolution with a channel multiplier and a kernel larger than 1x1: per
                input channel a GEMM of ``multiplier`` rows by ``kh*kw`` taps (on 10 random
                such layers 0.27-1.09x the time of the depthwise kernels, 0.7x or less on
-               half; strided ones 0.8-1.45x, so they stay depthwise).
+               half; strided ones 0.8-1.45x, so they stay depthwise, except on planes too
+               small for the planar kernels, where ``lowered`` took 0.5-0.9x the row
+               kernels' time on 3 layers).
 lowered        im2col and register-tiled GEMMs in one parallel region per pass, in units of
                (image, group, slab of output rows, block of channels) sized so one image keeps
                every thread busy. Every 1-D/2-D float pass, any kernel, stride, dilation and
@@ -299,8 +301,10 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
                 g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize):
             s = _CHANNELS_LAST
         elif g.c_in_g == 1:
-            s = "implicit" if g.c_out != g.c_in and g.sh == g.sw == 1 and g.kh * g.kw > 1 \
-                else _depthwise(g)
+            s = _depthwise(g)
+            if g.c_out != g.c_in and g.kh * g.kw > 1 and (g.sh == g.sw == 1
+                                                          or s == "depthwise-rows"):
+                s = "implicit" if g.sh == g.sw == 1 else "lowered"
         elif winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels:
             s = "winograd"
         else:

@@ -72,6 +72,9 @@ TILE_VECTORS = 3 if _WIDE else 2
 #: Inner-dimension slab of one pass over the bands (the right operand's ``KC x NC`` block stays
 #: in L2).
 KC = 256
+#: Rows ahead of the one in use that the tiles prefetch from a 2-D right operand (a prefetch
+#: never faults, so past the operand's end is harmless).
+PREFETCH_ROWS = 16
 #: Columns of one block of the blocked product.
 NC = 192 if _WIDE else 256
 
@@ -111,6 +114,10 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                          f"llvm.fma.{name}")
     zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+    i8p = ir.IntType(8).as_pointer()
+    i32_0 = ir.Constant(i32, 0)
+    prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
     zero_vec = ir.Constant(vec, [0.0] * lanes)
     align = ir.Constant(i32, itemsize)
 
@@ -176,6 +183,12 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
             v_row = builder.load(builder.gep(oa.data, [builder.add(k, k0)]))
         else:
             v_row = builder.mul(builder.add(k, k0), vs)
+            # the row PREFETCH_ROWS ahead: a product with few rows streams its right operand
+            # once, a column strip of many rows, more streams than the hardware follows
+            ahead = builder.mul(builder.add(builder.add(k, k0), const(PREFETCH_ROWS)), vs)
+            for h in range(vectors):
+                builder.call(prefetch, [builder.bitcast(at(va, ahead, h), i8p), i32_0,
+                                        ir.Constant(i32, 3), ir.Constant(i32, 1)])
         xs = [read(at(va, v_row, h), h) for h in range(vectors)]
         for r in range(tile_rows):
             a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], k)]))

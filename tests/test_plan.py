@@ -227,15 +227,15 @@ def test_forcing_an_unknown_or_unfit_strategy_says_why() -> None:
 
 
 def test_plan_shows_each_pass_and_follows_the_settings() -> None:
-    p = plan((2, 32, 28, 28), (32, 32, 3, 3), padding=1)
+    p = plan((16, 32, 28, 28), (32, 32, 3, 3), padding=1)
     assert isinstance(p, Plan) and p.forward == "winograd"
     text = str(p)
     assert "kernel 3x3" in text and "forward      winograd" in text
     with config.engine_settings(winograd_min_channels=64):
-        assert plan((2, 32, 28, 28), (32, 32, 3, 3), padding=1).forward != "winograd"
+        assert plan((16, 32, 28, 28), (32, 32, 3, 3), padding=1).forward != "winograd"
     with config.engine_settings(force="numpy"):
-        assert plan((2, 32, 28, 28), (32, 32, 3, 3), padding=1).weight_grad == "numpy"
-    assert plan((32, 28, 28), (32, 32, 3, 3), padding=1).forward == "winograd"  # unbatched
+        assert plan((16, 32, 28, 28), (32, 32, 3, 3), padding=1).weight_grad == "numpy"
+    assert plan((32, 56, 56), (32, 32, 3, 3), padding=1).forward == "winograd"  # unbatched
     assert plan((2, 4, 9), (6, 4, 3)).forward != "winograd"  # 1-D
     assert plan((2, 4, 5, 9, 9), (6, 4, 3, 3, 3)).forward == "numpy"  # 3-D
     assert plan((2, 4, 9, 9), (6, 4, 3, 3), dtype=np.float16).forward == "numpy"
@@ -374,3 +374,27 @@ def test_channel_multiplier_forwards_at_stride_1_run_as_grouped_gemms() -> None:
         gx, gw, _ = F.conv_backward(g, x, w, groups=6, with_bias=False, **args)
         assert_close(gx, tgx, "input gradient")
         assert_close(gw, tgw, "weight gradient")
+
+
+def test_winograd_tile_and_backward_thresholds_follow_the_settings() -> None:
+    """``winograd_min_tiles`` (2x2 output tiles in the call) and ``winograd_backward``, and
+    their machine defaults (None): 768 tiles and no backward with 64-byte vectors, else 0 and
+    yes."""
+    from convlayers.kernels.simd import VECTOR_BYTES
+
+    few, many = (2, 32, 28, 28), (8, 32, 28, 28)  # 392 and 1568 tiles
+    w = (32, 32, 3, 3)
+    with config.engine_settings(winograd_min_tiles=1000, winograd_backward=False):
+        assert plan(few, w, padding=1).forward != "winograd"
+        assert plan(many, w, padding=1).forward == "winograd"
+        assert plan(many, w, padding=1).input_grad != "winograd"
+    with config.engine_settings(winograd_min_tiles=0, winograd_backward=True):
+        p = plan(few, w, padding=1)
+        assert (p.forward, p.input_grad, p.weight_grad) == ("winograd",) * 3
+    wide = VECTOR_BYTES == 64
+    assert (plan(few, w, padding=1).forward == "winograd") == (not wide)
+    assert (plan(many, w, padding=1).input_grad == "winograd") == (not wide)
+    with pytest.raises(TypeError, match="winograd_backward must be a bool or None"):
+        config.engine.winograd_backward = 1  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="winograd_min_tiles must be >= 0"):
+        config.engine.winograd_min_tiles = -1

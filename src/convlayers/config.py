@@ -229,6 +229,16 @@ class EngineSettings:
     #: (and output channels per group for the backward pass): below it the GEMMs are too thin to
     #: pay for the transforms.
     winograd_min_channels: int = 16
+    #: Winograd serves a forward only from this many 2x2 output tiles in the call (batch times
+    #: tiles per plane). None: the machine's default, 768 where the kernels run 64-byte vectors
+    #: (AVX-512: the implicit GEMM's tiles there are twice as wide, and on 6 layers with fewer
+    #: tiles it took 0.4-0.9x Winograd's time: batch 1 at 7x7, 13x13, 14x14 maps and 2-16
+    #: images at 14x14), else 0 (with 32-byte vectors Winograd won down to the smallest maps).
+    winograd_min_tiles: int | None = None
+    #: Whether Winograd serves the backward pass. None: the machine's default, no with 64-byte
+    #: vectors (the implicit gradients took 0.3-1.0x its time on 11 layers from batch 1 at 7x7
+    #: to batch 32 at 28x28, 64-512 channels), else yes.
+    winograd_backward: bool | None = None
     #: Tiles per unit of the fused Winograd forward: the unit's transforms
     #: (``16*(C_in + C_out)*tiles*itemsize``) stay in the core's cache from the input transform
     #: to the output transform.
@@ -277,9 +287,12 @@ class EngineSettings:
                 from convlayers.functional.plan import check_strategy_name
 
                 check_strategy_name(value)
-        elif name == "check_values":
-            if not isinstance(value, bool):
-                raise TypeError(f"check_values must be a bool, got {value!r}")
+        elif name in ("check_values", "winograd_backward"):
+            if not isinstance(value, bool) and not (name == "winograd_backward" and value is None):
+                raise TypeError(f"{name} must be a bool{' or None' * (name != 'check_values')}"
+                                f", got {value!r}")
+        elif name == "winograd_min_tiles" and value is None:
+            pass
         elif as_int(value, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
         object.__setattr__(self, name, value)

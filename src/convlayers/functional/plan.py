@@ -14,7 +14,9 @@ strategy       what it does, and what it serves
 ============== =================================================================================
 winograd       Winograd F(2x2,3x3): input/output transforms and 16 register-tiled GEMMs per
                block of tiles in one parallel region. 3x3, stride 1, dilation 1; forward and
-               both gradients. Chosen from ``winograd_min_channels`` channels per group.
+               both gradients. Chosen from ``winograd_min_channels`` channels per group
+               and, where the kernels run 64-byte vectors, for forwards of at least
+               ``winograd_min_tiles`` tiles (``winograd_backward``: not for gradients).
 depthwise-flat Depthwise (``C_in/groups == 1``, any channel multiplier), stride 1 with the width
                kept (3x3 padding 1, ...): each tap one loop straight over the flat planes, row
                edges masked. Forward and both gradients.
@@ -78,11 +80,13 @@ direct convolution's rule everywhere.)
 
 Examples
 --------
->>> print(plan((8, 64, 56, 56), (64, 64, 3, 3), padding=1))
-conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 3x3, stride 1, padding 1, dilation 1, groups 1
-  forward      winograd
-  input grad   winograd
-  weight grad  winograd
+>>> print(plan((8, 64, 56, 56), (64, 64, 7, 7), padding=3))
+conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, dilation 1, groups 1
+  forward      implicit
+  input grad   implicit
+  weight grad  implicit
+>>> plan((8, 64, 56, 56), (64, 64, 3, 3), padding=1).forward
+'winograd'
 >>> plan((1, 32, 112, 112), (32, 1, 3, 3), padding=1, groups=32).forward
 'depthwise-planar'
 >>> plan((4, 64, 56, 56), (128, 64, 1, 1), stride=2).weight_grad
@@ -218,6 +222,26 @@ def _winograd_shape(g: Geometry) -> bool:
     return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) and g.spatial == 2
 
 
+def _wide_default(value: Any, wide: Any, narrow: Any) -> Any:
+    """``value``, or when it is None the default for the machine: ``wide`` where the kernels
+    run 64-byte vectors (AVX-512), else ``narrow``."""
+    if value is not None:
+        return value
+    from convlayers.kernels.simd import VECTOR_BYTES
+
+    return wide if VECTOR_BYTES == 64 else narrow
+
+
+def _winograd_forward(g: Geometry) -> bool:
+    """Winograd for the forward: 3x3 stride 1, ``winograd_min_channels`` input channels per
+    group, and ``winograd_min_tiles`` 2x2 output tiles in the call."""
+    e = config.engine
+    if not (_winograd_shape(g) and g.c_in_g >= e.winograd_min_channels):
+        return False
+    tiles = g.n * -(-g.ho // 2) * -(-g.wo // 2)
+    return bool(tiles >= _wide_default(e.winograd_min_tiles, 768, 0))
+
+
 def _flat_shape(g: Geometry) -> bool:
     return g.sh == g.sw == 1 and g.wo == g.w
 
@@ -305,14 +329,15 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
             if g.c_out != g.c_in and g.kh * g.kw > 1 and (g.sh == g.sw == 1
                                                           or s == "depthwise-rows"):
                 s = "implicit" if g.sh == g.sw == 1 else "lowered"
-        elif winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels:
+        elif winograd and _winograd_forward(g):
             s = "winograd"
         else:
             s = _dense(g, "forward")
         return s, s
     if pass_ == "backward":
         if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
-                and g.c_out_g >= e.winograd_min_channels):
+                and g.c_out_g >= e.winograd_min_channels and _wide_default(
+                    e.winograd_backward, False, True)):
             return "winograd", "winograd"
         if g.c_in_g == 1:
             s = _depthwise(g)
@@ -425,9 +450,11 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     ``input_shape`` batched or not). Values can still move a call off the plan (non-finite
     inputs or weights; see the module's notes).
 
-    >>> p = plan((1, 256, 14, 14), (256, 256, 3, 3), padding=1)
+    >>> plan((8, 64, 56, 56), (64, 64, 3, 3), padding=1).forward
+    'winograd'
+    >>> p = plan((1, 64, 28, 28), (32, 64, 7, 7), stride=2, padding=3)
     >>> p.forward, p.input_grad, p.weight_grad
-    ('winograd', 'winograd', 'winograd')
+    ('implicit', 'lowered', 'implicit')
     >>> plan((2, 16, 9, 9), (8, 16, 5, 5), dtype="float16").forward
     'numpy'
     """

@@ -325,13 +325,14 @@ class Flatten(Step):
 
 def _engine_picks_winograd(node: Node, g: Graph) -> bool:
     """Ask the eager engine's planner (``convlayers.functional.plan``) about a symmetric pad,
-    without its tile threshold (``config.engine.winograd_min_tiles``): that one weighs Winograd
-    against the eager implicit GEMM, while a compiled plan's other choice is its im2col step
-    (ResNet-18 at batch 1, compiled, ran 84.6 ms with Winograd on every 3x3 stride-1 layer and
-    110 ms with im2col below 768 tiles)."""
+    leaving out its tile threshold (``config.engine.winograd_min_tiles``): that one weighs
+    Winograd against the eager implicit GEMM, while a compiled plan's other choice is its im2col
+    step (ResNet-18 at batch 1, compiled, ran 84.6 ms with Winograd on every 3x3 stride-1 layer
+    and 110 ms with im2col below 768 tiles)."""
     a = node.attrs
     pt, pb, pl, pr = a["pads"]
-    if (pt, pl) != (pb, pr) or a["weight"].shape[2:] != (3, 3) or a["stride"] != (1, 1):
+    if ((pt, pl) != (pb, pr) or a["weight"].shape[2:] != (3, 3) or a["stride"] != (1, 1)
+            or a["dilation"] != (1, 1)):
         return False
     try:
         from convlayers.functional import plan
@@ -340,10 +341,11 @@ def _engine_picks_winograd(node: Node, g: Graph) -> bool:
         return False
     from convlayers import config
 
-    with config.engine_settings(winograd_min_tiles=0):
-        choice = plan((1, *g.shapes[node.inputs[0]]), a["weight"].shape, a["stride"], (pt, pl),
-                      a["dilation"], a["groups"], g.dtype).forward
-    return bool(choice == "winograd")
+    choice = plan((1, *g.shapes[node.inputs[0]]), a["weight"].shape, a["stride"], (pt, pl),
+                  a["dilation"], a["groups"], g.dtype).forward
+    if choice == "winograd" or config.engine.force is not None or choice == "numpy":
+        return bool(choice == "winograd")
+    return bool(a["weight"].shape[1] >= config.engine.winograd_min_channels)
 
 
 def make_step(node: Node, g: Graph) -> Step:

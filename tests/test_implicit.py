@@ -112,3 +112,34 @@ def test_the_planner_weighs_dropped_positions_against_the_im2col_copy() -> None:
     w = np.random.default_rng(1).standard_normal((8, 64, 5, 5)).astype(np.float32)
     expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=2).numpy()
     assert_close(F.conv2d(x, w, padding=2), expected, "planned forward")
+
+
+@pytest.mark.parametrize(("shape", "weight", "kwargs"), [
+    ((2, 37, 19, 23), (7, 37, 5, 3), dict(stride=(3, 2), dilation=(2, 1), padding=(4, 1))),
+    ((1, 40, 16, 16), (5, 40, 3, 3), dict(padding=1)),
+    ((3, 24, 13, 11), (6, 12, 4, 4), dict(stride=2, groups=2, padding=2)),
+])
+def test_input_channels_in_chunks_sum_as_one_product(shape, weight, kwargs) -> None:
+    """A slab too small for all input channels and enough rows takes them in chunks whose
+    products add up: bit for bit the one-chunk result (the sums run in the same order), and
+    torch's within rounding."""
+    from convlayers.functional._engine_implicit import slab_rows
+    from convlayers.functional.conv import conv_spec
+    from convlayers.functional.plan import geometry
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(weight).astype(np.float32)
+    b = rng.standard_normal(weight[0]).astype(np.float32)
+    with config.engine_settings(force="implicit"):
+        whole = F.conv2d(x, w, b, **kwargs)
+        with config.engine_settings(implicit_slab_bytes=2048):
+            spec = conv_spec(x, w, None, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                             kwargs.get("dilation", 1), kwargs.get("groups", 1), "zeros")
+            g = geometry(shape, weight, spec.stride, spec.dilation, spec.groups, spec.pairs,
+                         spec.out_shape, np.float32)
+            assert slab_rows(g, 2)[2] < weight[1]  # the channels do come in chunks
+            chunked = F.conv2d(x, w, b, **kwargs)
+    np.testing.assert_array_equal(chunked, whole)
+    expected = tF.conv2d(*map(torch.from_numpy, (x, w, b)), **kwargs).numpy()
+    assert_close(chunked, expected, "implicit forward in chunks")

@@ -22,34 +22,74 @@ from convlayers.functional._engine_shared import _bias_arg, _quiet, units_for_th
 from convlayers.functional.plan import Geometry
 
 
-def slab_rows(g: Geometry, threads: int) -> tuple[int, int]:
-    """``(R, B)``: output rows and output channels per unit of the implicit forward.
+def slab_rows(g: Geometry, threads: int) -> tuple[int, int, int]:
+    """``(R, B, Cq)``: output rows, output channels and input channels (a chunk) per unit of
+    the implicit forward.
 
-    A unit's slab (its input rows, ``C_in/g`` channels by the phase planes some tap reads) stays
-    under ``config.engine.implicit_slab_bytes`` (and the scratch cap); then, while there are
-    fewer units than twice the threads, slabs get shorter (down to
-    ``config.engine.lowered_min_columns`` output positions) and output channels split into
-    blocks of whole register-tile bands (:func:`units_for_threads`, shared with ``lowered``).
-    The sums run in the same order whatever the units."""
-    e = config.engine
+    A unit's slab (its input rows, a chunk of the group's input channels by the phase planes
+    some tap reads) stays under ``config.engine.implicit_slab_bytes`` (and the scratch cap).
+    All input channels make one chunk while the slab still holds enough rows for a block of
+    ``NC`` product columns (or the whole map); past that, the slab keeps those rows and the
+    channels come in chunks whose products add up. Then, while there are fewer units than
+    twice the threads, slabs get shorter (down to ``config.engine.lowered_min_columns`` output
+    positions) and output channels split into blocks of whole register-tile bands
+    (:func:`units_for_threads`, shared with ``lowered``). The sums run in the same order
+    whatever the units and chunks."""
+    from convlayers.kernels.simd import NC
+
+    wq, halo, per_channel_row, cap = _slab_sizes(g)
+    rows = max(_whole_slab_rows(g), min(g.ho, -(-NC // wq)))
+    rows, block = units_for_threads(g, rows, threads, True)
+    chunk = max(1, min(g.c_in_g, cap // max(1, (rows + halo) * per_channel_row)))
+    chunks = -(-g.c_in_g // chunk)
+    return rows, block, -(-g.c_in_g // chunks)
+
+
+def _slab_sizes(g: Geometry) -> tuple[int, int, int, int]:
+    """``(Wq, halo, bytes, cap)``: a slab's row length and extra rows (:mod:`implicit
+    <convlayers.kernels.implicit>`), the bytes one channel's phase planes take per output row,
+    and the slab's cap."""
     wq = g.wo + (g.kw - 1) * g.dw // g.sw
     halo = (g.kh - 1) * g.dh // g.sh
     planes = min(g.sh * g.sw, g.kh * g.kw)
-    per_row = g.c_in_g * planes * wq * g.itemsize
-    cap = max(1, min(e.implicit_slab_bytes, config.scratch_bytes()))
-    rows = max(1, min(g.ho, cap // max(1, per_row) - halo))
-    return units_for_threads(g, rows, threads, True)
+    cap = max(1, min(config.engine.implicit_slab_bytes, config.scratch_bytes()))
+    return wq, halo, planes * wq * g.itemsize, cap
+
+
+def _whole_slab_rows(g: Geometry) -> int:
+    """Output rows of a slab that holds all of a group's input channels within the cap (one at
+    least)."""
+    _, halo, per_channel_row, cap = _slab_sizes(g)
+    return max(1, min(g.ho, cap // max(1, g.c_in_g * per_channel_row) - halo))
+
+
+def _chunked_taps(taps: np.ndarray, kk: int, chunk: int) -> np.ndarray:
+    """``(G, Q, C_out/g, chunk*kk)``: the taps ``(G, C_out/g, C_in/g*kk)`` of each chunk of
+    ``chunk`` input channels (the last chunk's missing channels zero, never read)."""
+    groups, cog, k = taps.shape
+    cig = k // kk
+    if chunk >= cig:
+        return taps[:, None]
+    q = -(-cig // chunk)
+    out = np.zeros((groups, q, cog, chunk * kk), dtype=taps.dtype)
+    for i in range(q):
+        part = taps[:, :, i * chunk * kk: (i + 1) * chunk * kk]
+        out[:, i, :, : part.shape[2]] = part
+    return out
 
 
 def _run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None, g: Geometry) -> np.ndarray:
-    """``(N, C_out, Ho*Wo)``: :func:`convlayers.kernels.implicit.implicit_forward` of ``g``."""
+    """``(N, C_out, Ho*Wo)``: :func:`convlayers.kernels.implicit.implicit_forward` of ``g``
+    with ``taps (G, C_out/g, C_in/g*kh*kw)``."""
     k = kernels()
     threads = _numba_threads()
-    rows, block = slab_rows(g, threads)
+    rows, block, chunk = slab_rows(g, threads)
+    chunked = _chunked_taps(taps, g.kh * g.kw, chunk)
     out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
     with _dynamic_units():
-        k.implicit.implicit_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw,
-                                    g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
+        k.implicit.implicit_forward(x, chunked, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
+                                    g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads,
+                                    out)
     return out
 
 
@@ -133,7 +173,7 @@ def _phases(k: int, d: int, s: int, p: int, size: int) -> list[_Phase]:
 def _gw_implicit(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = kernels()
     threads = _numba_threads()
-    rows, _ = slab_rows(g, threads)
+    rows, _ = units_for_threads(g, _whole_slab_rows(g), threads, True)
     kk = g.kh * g.kw
     acc = np.empty((threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
     with _dynamic_units():

@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, unit_parts
-from convlayers.kernels.simd import gemm_indirect, gemm_indirect_left_add
+from convlayers.kernels.simd import gemm_indirect_left_add, gemm_indirect_part
 
 __all__ = ["implicit_forward", "implicit_weight_grad", "phase_layout"]
 
@@ -65,9 +65,13 @@ def _fill_slab(xn, c0, C, sh, sw, ih0, pl, Hq, Wq, slot, slots, xq):
     """Channels ``c0 .. c0 + C`` of ``xn (C_in, H, W)``, input rows from ``ih0`` (negative:
     top padding) and columns from ``-pl``, zero-padded and split by phase into ``xq`` (phase
     plane ``slot[py*sw + px]`` of channel ``c`` at ``(c*slots + slot)*Hq*Wq``); the rest of
-    ``xq`` (its tail) is zeroed."""
+    ``xq`` (its tail) is zeroed.
+
+    Rows are a few elements long when the stride is: their loops index the flat arrays with
+    unsigned offsets (no view to build, no negative-index wraparound per element)."""
     H, W = xn.shape[1], xn.shape[2]
     plane = Hq * Wq
+    xf = xn.reshape(xn.size)
     for py in range(sh):
         for px in range(sw):
             s = slot[py * sw + px]
@@ -82,21 +86,22 @@ def _fill_slab(xn, c0, C, sh, sw, ih0, pl, Hq, Wq, slot, slots, xq):
                 base = (c * slots + s) * plane
                 for iq in range(Hq):
                     ih = ih0 + iq * sh + py
-                    d = xq[base + iq * Wq: base + (iq + 1) * Wq]
+                    o = np.uint64(base + iq * Wq)
                     if ih < 0 or ih >= H or hi == lo:
                         for j in range(Wq):
-                            d[j] = 0
+                            xq[o + np.uint64(j)] = 0
                         continue
                     for j in range(lo):
-                        d[j] = 0
+                        xq[o + np.uint64(j)] = 0
                     for j in range(hi, Wq):
-                        d[j] = 0
-                    src = xn[c0 + c, ih]
-                    if sw == 1:
-                        copy_row(d[lo:hi], src[lo + px - pl:])
+                        xq[o + np.uint64(j)] = 0
+                    if sw == 1:  # long rows: a copy that vectorises
+                        copy_row(xq[o + np.uint64(lo): o + np.uint64(hi)],
+                                 xn[c0 + c, ih, lo + px - pl:])
                     else:
-                        for j in range(lo, hi):
-                            d[j] = src[j * sw + px - pl]
+                        i = np.uint64(((c0 + c) * H + ih) * W + lo * sw + px - pl)
+                        for j in range(hi - lo):
+                            xq[o + np.uint64(lo + j)] = xf[i + np.uint64(j * sw)]
     for j in range(C * slots * plane, xq.shape[0]):
         xq[j] = 0
 
@@ -115,16 +120,23 @@ def _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo):
 
 @njit(parallel=True, cache=True, fastmath=True)
 def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, out):
-    """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G,
-    C_out/g, C_in/g*kh*kw)`` (+ ``bias``, ``C_out`` entries or none) with zero padding ``pt``
-    above and ``pl`` left (negative: rows or columns dropped; the other sides follow from
-    ``out``'s size), in units of ``R`` output rows by ``B`` output channels of one image and
-    group; scratch for ``nt`` threads."""
+    """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G, Q,
+    C_out/g, Cq*kh*kw)`` (+ ``bias``, ``C_out`` entries or none) with zero padding ``pt`` above
+    and ``pl`` left (negative: rows or columns dropped; the other sides follow from ``out``'s
+    size), in units of ``R`` output rows by ``B`` output channels of one image and group;
+    scratch for ``nt`` threads.
+
+    The input channels of a group come in ``Q`` chunks of ``Cq`` (the last may hold fewer; its
+    taps past them are never read): a unit fills its slab with one chunk at a time and adds
+    the chunk's product to the last, so a slab of many channels need not shrink to a row or
+    two. The sums run in the same order whatever the chunks."""
     N, C_in = x.shape[0], x.shape[1]
-    G, Cog = taps.shape[0], taps.shape[1]
+    G, Q, Cog = taps.shape[0], taps.shape[1], taps.shape[2]
     Cig = C_in // G
+    Cq = -(-Cig // Q)
+    K1 = taps.shape[3] // Cq  # kh*kw
     Ho = out.shape[2] // Wo
-    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo)
+    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, Cq, kh, kw, sh, sw, dh, dw, R, Wo)
     nr = (Ho + R - 1) // R
     nb = (Cog + B - 1) // B
     obuf = np.empty((nt, B * R * Wq), dtype=x.dtype)
@@ -134,9 +146,12 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt
         t = numba.get_thread_id()
         n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
         xq = xbuf[t]
-        _fill_slab(x[n], g * Cig, Cig, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
         o = obuf[t, : cos * rows * Wq].reshape(cos, rows * Wq)
-        gemm_indirect(taps[g, co0: co0 + cos], xq, offs, o)
+        for q in range(Q):
+            c0 = q * Cq
+            C = min(Cq, Cig - c0)
+            _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
+            gemm_indirect_part(taps[g, q, co0: co0 + cos], xq, offs, o, C * K1, q > 0)
         for co in range(cos):
             c = g * Cog + co0 + co
             store_rows(out[n, c, oh0 * Wo:], o[co], rows, Wo, Wq, bias[c] if has_bias else zero)

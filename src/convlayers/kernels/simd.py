@@ -39,8 +39,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "gemm_indirect",
-           "gemm_indirect_left_add", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
-           "vector_bytes"]
+           "gemm_indirect_left_add", "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add",
+           "gemm_tiled_cols", "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -288,6 +288,14 @@ def gemm_indirect(u, v, offs, m):
     C-contiguous 1-D ``v`` and int64 ``offs`` (``u.shape[1]`` entries): the implicit GEMM of a
     convolution over a flat padded input, whose rows overlap (nothing is copied)."""
     _tiled(u, v, m, offs, _LEFT, m.shape[1], u.shape[1], _WRITE)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def gemm_indirect_part(u, v, offs, m, K, add):
+    """``m (+)= u[:, :K] @ V``, as :func:`gemm_indirect` over the first ``K`` rows of ``V``
+    (``add`` true: onto ``m``): one chunk of a product whose inner dimension comes in parts.
+    The sums run as if the parts were one product."""
+    _tiled(u, v, m, offs, _LEFT, m.shape[1], K, add)
 
 
 @njit(cache=True, fastmath=True, inline="always")

@@ -71,6 +71,30 @@ def test_views_of_rows_work_and_other_layouts_are_refused() -> None:
         _product(u, np.asfortranarray(v), m, False)
 
 
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(2, 40), depth=st.integers(2, KC + 40), cols=st.integers(1, 70),
+       skip=st.integers(0, 5), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**16))
+def test_a_transposed_left_operand_reads_by_its_strides(rows: int, depth: int, cols: int,
+                                                        skip: int, dtype: type,
+                                                        seed: int) -> None:
+    """A left operand that is a transposed view (rows of a weight, a slice of its columns, as
+    the lowered input gradient passes it) gives the product of its values, bit for bit the
+    product of a contiguous copy (the same sums in the same order)."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((depth, rows + 2 * skip)).astype(dtype)
+    u = weight[:, skip: skip + rows].T  # (rows, depth), strided both ways
+    assert not u.flags.c_contiguous
+    v = rng.standard_normal((depth, cols)).astype(dtype)
+    m = np.full((rows, cols), np.nan, dtype)
+    _product(u, v, m, False)
+    copied = np.full((rows, cols), np.nan, dtype)
+    _product(np.ascontiguousarray(u), v, copied, False)
+    np.testing.assert_array_equal(m, copied)
+    tol = (2e-5 if dtype == np.float32 else 1e-12) * depth
+    np.testing.assert_allclose(m, u.astype(np.float64) @ v, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize(("rows", "depth", "cols"), [
     (TILE_ROWS + 1, KC + 3, NC + 17),  # two slabs of the inner dimension, two column blocks

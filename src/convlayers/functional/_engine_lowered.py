@@ -92,11 +92,10 @@ def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     threads = _numba_threads()
     rows, block = _lowered_units(g, threads, "input_grad")
     kk = g.kh * g.kw
-    taps_t = np.ascontiguousarray(
-        w.reshape(g.groups, g.c_out_g, g.c_in_g * kk).swapaxes(1, 2))
+    taps = np.ascontiguousarray(w).reshape(g.groups, g.c_out_g, g.c_in_g * kk)
     gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
     with _dynamic_units():
-        k.conv.lowered_input_grad(gy.reshape(g.n, g.c_out, g.ho * g.wo), taps_t, g.kh, g.kw,
+        k.conv.lowered_input_grad(gy.reshape(g.n, g.c_out, g.ho * g.wo), taps, g.kh, g.kw,
                                   g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads,
                                   gx)
     return gx

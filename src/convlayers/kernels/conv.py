@@ -314,13 +314,15 @@ def sum_transposed(acc, out):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def lowered_input_grad(gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, gx):
+def lowered_input_grad(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, gx):
     """Input gradient of :func:`lowered_forward` into the unpadded ``gx (N, C_in, H, W)``
-    (overwritten), from ``gy (N, C_out, Ho*Wo)`` and ``taps_t (G, C_in/g*kh*kw, C_out/g)``, in
+    (overwritten), from ``gy (N, C_out, Ho*Wo)`` and ``taps (G, C_out/g, C_in/g*kh*kw)``, in
     units of ``B`` input channels of one image and group (each plane has one owner), ``R``
-    output rows at a time; scratch for ``nt`` threads."""
+    output rows at a time; scratch for ``nt`` threads. The product's left operand is a
+    transposed view of the taps (a copy of a large weight, transposed, took as long as the
+    product: it is read from memory once either way)."""
     N, C_in = gx.shape[0], gx.shape[1]
-    G, Cog = taps_t.shape[0], taps_t.shape[2]
+    G, Cog = taps.shape[0], taps.shape[1]
     Cig = C_in // G
     kk = kh * kw
     Ho = gy.shape[2] // Wo
@@ -341,7 +343,7 @@ def lowered_input_grad(gy, taps_t, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
             for co in range(Cog):
                 copy_row(gs[co], gy[n, g * Cog + co, oh0 * Wo:])
             dcols = dbuf[t, : cs * kk * L].reshape(cs * kk, L)
-            gemm_tiled(taps_t[g, c0 * kk: (c0 + cs) * kk], gs, dcols)
+            gemm_tiled(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols)
             _col2im(dcols, gx[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, pt, pl, oh0, rows, Wo)
 
 

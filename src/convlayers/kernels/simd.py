@@ -142,6 +142,10 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
 
     ms = row_stride(ma)
     us = const(0) if indirect_left else row_stride(ua)
+    # a strided left operand (a transposed weight): its element (p, k) at p*us + k*uk
+    strided_left = not indirect_left and signature.args[0].layout != "C"
+    uk = (builder.sdiv(cgutils.unpack_tuple(builder, ua.strides)[1], const(itemsize))
+          if strided_left else const(1))
     vs = const(0) if indirect else row_stride(va)
     if kind == "full":
         n_rows = const(tile_rows)
@@ -175,7 +179,7 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
         u_rows = [builder.add(builder.load(builder.gep(oa.data, [builder.add(p, rows[r])])), k0)
                   for r in range(tile_rows)]
     else:
-        u_rows = [builder.add(builder.mul(builder.add(p, rows[r]), us), k0)
+        u_rows = [builder.add(builder.mul(builder.add(p, rows[r]), us), builder.mul(k0, uk))
                   for r in range(tile_rows)]
     with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
         k = loop.index
@@ -190,8 +194,9 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
                 builder.call(prefetch, [builder.bitcast(at(va, ahead, h), i8p), i32_0,
                                         ir.Constant(i32, 3), ir.Constant(i32, 1)])
         xs = [read(at(va, v_row, h), h) for h in range(vectors)]
+        u_k = builder.mul(k, uk) if strided_left else k
         for r in range(tile_rows):
-            a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], k)]))
+            a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], u_k)]))
             a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(i32, 0))
             a = builder.shuffle_vector(a, ir.Constant(vec, None), zeros)
             for h in range(vectors):
@@ -215,8 +220,11 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
 
 def _typed(u: Any, v: Any, m: Any, offs: Any) -> bool:
     """Only C-contiguous float arrays of one dtype, 2-D (``u`` or ``v``, not both, may be 1-D:
-    indirect), and ``offs`` a 1-D int64 array: the generated code assumes it."""
-    arrays = all(isinstance(a, types.Array) and a.layout == "C"
+    indirect), and ``offs`` a 1-D int64 array: the generated code assumes it. A 2-D ``u`` may
+    also be strided both ways (a transposed view: each tile reads its rows' ``k``-th elements
+    one stride apart)."""
+    arrays = all(isinstance(a, types.Array)
+                 and (a.layout == "C" or (a is u and a.ndim == 2))
                  and a.dtype in (types.float32, types.float64) and a.dtype == u.dtype
                  for a in (u, v, m))
     return (arrays and m.ndim == 2 and (u.ndim, v.ndim) in ((2, 2), (1, 2), (2, 1))
@@ -266,7 +274,8 @@ _DIRECT = np.zeros(1, dtype=np.int64)
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled(u, v, m):
-    """``m = u @ v`` for C-contiguous 2-D ``u (P, K)``, ``v (K, L)``, ``m (P, L)``."""
+    """``m = u @ v`` for C-contiguous 2-D ``v (K, L)``, ``m (P, L)`` and 2-D ``u (P, K)``,
+    C-contiguous or a strided view (a transposed weight)."""
     _tiled(u, v, m, _DIRECT, _LEFT, v.shape[1], u.shape[1], _WRITE)
 
 

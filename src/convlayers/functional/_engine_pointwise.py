@@ -38,7 +38,9 @@ def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     taps_t = w.reshape(g.groups, g.c_out_g, g.c_in_g).swapaxes(1, 2)
     gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
     part = np.empty((g.n, g.groups, g.c_in_g, g.ho * g.wo), dtype=gy.dtype)
-    _pointwise(gyg, np.ascontiguousarray(taps_t), np.empty(0, dtype=gy.dtype), part)
+    # the transposed view, not a copy: the tiles read a strided left operand, and a copy of a
+    # large weight took as long as the product at batch 1
+    _pointwise(gyg, taps_t, np.empty(0, dtype=gy.dtype), part)
     part = part.reshape(g.n, g.c_in, g.ho, g.wo)
     hp, wp = g.h + g.pt + g.pb, g.w + g.pl + g.pr
     if (g.sh, g.sw) == (1, 1) and (hp, wp) == (g.ho, g.wo) and not g.padded:
@@ -71,7 +73,8 @@ def _pointwise_block(k_rows: int, length: int, itemsize: int) -> int:
 
 def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
     """``out[n, g] = taps[g] @ xs[n, g]`` (+ bias) by :func:`convlayers.kernels.conv.pointwise`:
-    ``xs (N, G, K, L)`` and ``taps (G, P, K)`` C-contiguous, ``out (N, G, P, L)``."""
+    ``xs (N, G, K, L)`` C-contiguous, ``taps (G, P, K)`` with unit stride on one axis (C-contiguous,
+    or a transposed weight), ``out (N, G, P, L)``."""
     k = kernels()
     length = xs.shape[3]
     block = _pointwise_block(xs.shape[2], length, xs.itemsize)

@@ -264,12 +264,28 @@ def planar_waste(g: Geometry) -> float:
     return length / max(1, g.ho * g.wo)
 
 
+def _row_waste(g: Geometry) -> float:
+    """Positions the depthwise row kernels compute per output pixel: whole vectors a row."""
+    from convlayers.kernels.simd import VECTOR_BYTES
+
+    lanes = max(1, VECTOR_BYTES // g.itemsize)
+    return lanes * -(-g.wo // lanes) / max(1, g.wo)
+
+
 def _depthwise(g: Geometry) -> str:
     """Planar while its scratch fits (its four-taps-per-pass loops ran 1.4-8x faster than the
     row kernels, and faster than the flat ones, whose masks cost a load per tap) and its flat
     loops do not mostly compute positions they drop (tiny outputs: a 4x6 output plane runs
-    64 positions; there the row kernels were 1.4-1.6x faster), then flat, then rows."""
-    if planar_fits(g) and planar_waste(g) <= config.engine.planar_max_waste:
+    64 positions; there the row kernels were 1.4-1.6x faster), then flat, then rows.
+
+    The row kernels compute whole vectors per output row: rows narrower than a vector waste
+    lanes too (``lanes * ceil(wo / lanes) / wo`` per output pixel), and on planes larger than
+    the planar loops' rounding (64 positions) the planar kernels serve while they waste no
+    more (2-5 output columns on tall maps: the row kernels ran 2.6-12x torch's time, the
+    planar ones 1.1-3.1x)."""
+    waste = planar_waste(g)
+    if planar_fits(g) and (waste <= config.engine.planar_max_waste
+                           or (g.ho * g.wo > 64 and waste <= _row_waste(g))):
         return "depthwise-planar"
     if _flat_shape(g) and g.ho * g.wo <= config.engine.flat_pixels:
         return "depthwise-flat"

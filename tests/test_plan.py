@@ -371,27 +371,50 @@ def test_channels_last_needs_its_padded_block_to_fit() -> None:
 
 def test_channel_multiplier_forwards_at_stride_1_run_as_grouped_gemms() -> None:
     """A depthwise convolution with a channel multiplier: at stride 1 and a kernel larger than
-    1x1 its forward is a GEMM of ``multiplier`` rows per input channel (implicit); 1x1 and
-    strided ones stay on the depthwise kernels, unless their output planes are too small for
-    the planar ones (then lowered), the gradients on the depthwise kernels; all match torch, a
-    dilation and padding included."""
+    1x1 its forward is a GEMM of ``multiplier`` rows per input channel (implicit); strided ones
+    stay on the depthwise kernels, unless their output planes are too small for the planar ones
+    (then lowered), the gradients on the depthwise kernels; a 1x1 one scales channels (the 1x1
+    kernels, every pass); all match torch, a dilation and padding included."""
     rng = np.random.default_rng(5)
     x = random_array(rng, (2, 6, 17, 19), np.float32)
     cases = [((18, 1, 3, 5), dict(padding=(2, 1), dilation=(1, 2)), "implicit"),
-             ((12, 1, 1, 1), dict(), "depthwise-planar"),
+             ((12, 1, 1, 1), dict(), "pointwise"),
+             ((12, 1, 1, 1), dict(stride=2), "pointwise"),
              ((12, 1, 3, 3), dict(stride=2, padding=1), "depthwise-planar"),
              ((12, 1, 3, 7), dict(stride=(2, 3), dilation=2), "lowered")]
     for w_shape, args, expected_forward in cases:
         w = random_array(rng, w_shape, np.float32)
         chosen = plan(x.shape, w.shape, groups=6, **args)
         assert chosen.forward == expected_forward
-        assert chosen.input_grad.startswith("depthwise")
+        if expected_forward == "pointwise":
+            assert (chosen.input_grad, chosen.weight_grad) == ("pointwise", "pointwise")
+        else:
+            assert chosen.input_grad.startswith("depthwise")
         conv = lambda a, b, args=args: tF.conv2d(a, b, groups=6, **args)  # noqa: E731
         expected, g, (tgx, tgw) = torch_grads(conv, [x, w], 6)
         assert_close(F.conv2d(x, w, groups=6, **args), expected, "forward")
         gx, gw, _ = F.conv_backward(g, x, w, groups=6, with_bias=False, **args)
         assert_close(gx, tgx, "input gradient")
         assert_close(gw, tgw, "weight gradient")
+
+
+def test_depthwise_1x1_convolutions_scale_channels_on_the_1x1_kernels() -> None:
+    """A depthwise 1x1 convolution (padded, strided, with a bias) takes the 1x1 kernels for
+    every pass and matches torch."""
+    rng = np.random.default_rng(7)
+    x = random_array(rng, (3, 10, 13, 9), np.float32)
+    w = random_array(rng, (10, 1, 1, 1), np.float32)
+    b = random_array(rng, (10,), np.float32)
+    args = dict(stride=(2, 1), padding=(1, 0), groups=10)
+    chosen = plan(x.shape, w.shape, **args)
+    assert (chosen.forward, chosen.input_grad, chosen.weight_grad) == ("pointwise",) * 3
+    expected, g, (tgx, tgw, tgb) = torch_grads(
+        lambda a, c, d: tF.conv2d(a, c, d, **args), [x, w, b], 7)
+    assert_close(F.conv2d(x, w, b, **args), expected, "forward")
+    gx, gw, gb = F.conv_backward(g, x, w, **args)
+    assert_close(gx, tgx, "input gradient")
+    assert_close(gw, tgw, "weight gradient")
+    assert_close(gb, tgb, "bias gradient")
 
 
 def test_winograd_tile_and_backward_thresholds_follow_the_settings() -> None:

@@ -86,7 +86,7 @@ def test_planned_implicit_passes_match_torch(case: dict, seed: int) -> None:
                              *case["kernel"])).astype(np.float32)
     b = rng.standard_normal(case["c_out"]).astype(np.float32)
     args = (case["stride"], case["padding"], case["dilation"], case["groups"])
-    with config.engine_settings(im2col_copy_macs=1000):  # implicit wherever it serves
+    with config.engine_settings(im2col_copy_macs=1000, im2col_copy_macs_few_images=1000):
         chosen = F.plan(x.shape, w.shape, *args)
         assert chosen.forward == "implicit" and chosen.weight_grad == "implicit"
         strided = case["stride"] != (1, 1)  # strided: only when forced (test_plan.py)
@@ -105,8 +105,13 @@ def test_the_planner_weighs_dropped_positions_against_the_im2col_copy() -> None:
     assert F.plan((1, 64, 40, 40), (8, 64, 5, 5), padding=2).forward == "implicit"
     assert F.plan((1, 192, 12, 12), (256, 192, 7, 7), stride=2, padding=9,
                   dilation=3).forward == "lowered"
-    with config.engine_settings(im2col_copy_macs=0):
+    with config.engine_settings(im2col_copy_macs=0, im2col_copy_macs_few_images=0):
         assert F.plan((1, 64, 40, 40), (8, 64, 5, 5), padding=2).forward == "lowered"
+    # break-even at 80*4/14 = 22.9 multiply-adds a copied value: one or two images pay it
+    # (their im2col columns are the whole image's), eight do not
+    layer = dict(stride=2, dilation=2)
+    assert F.plan((1, 246, 35, 35), (80, 246, 5, 5), **layer).forward == "implicit"
+    assert F.plan((8, 246, 35, 35), (80, 246, 5, 5), **layer).forward == "lowered"
     # a torch weight run through the chosen strategy agrees with torch
     x = np.random.default_rng(0).standard_normal((1, 64, 40, 40)).astype(np.float32)
     w = np.random.default_rng(1).standard_normal((8, 64, 5, 5)).astype(np.float32)

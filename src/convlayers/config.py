@@ -257,6 +257,10 @@ class EngineSettings:
     #: and grouped forwards (AVX-512): the implicit GEMM was faster on nearly every one whose
     #: break-even price was under 16, on about half between 16 and 50, and lost above.
     im2col_copy_macs: int = 16
+    #: The same price for batches of one or two images, where im2col's columns are the whole
+    #: image's and the threads split one product: on 60 such layers the implicit GEMM was
+    #: faster on nearly every one whose break-even price was under 32, on half above.
+    im2col_copy_macs_few_images: int = 32
     #: Shortest slab (output positions) the lowered kernels cut an image into to give every
     #: thread work (one image, small maps): narrower products waste the register tiles.
     lowered_min_columns: int = 96

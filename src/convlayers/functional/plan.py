@@ -297,9 +297,11 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
     """Whether the implicit GEMM costs less than im2col for ``pass_`` of ``g``: its dropped
     positions (``(kw-1)*dw // sw`` per output row, each costing a product's row of
     multiply-adds) against the copy of ``C_in/g*kh*kw`` values per output position (each
-    ``im2col_copy_macs``). For the input gradient (stride 1) the kernel runs on the output
-    gradient and its output is the input: rows ``h`` of ``w + (kw-1)*dw`` positions."""
-    alpha = config.engine.im2col_copy_macs
+    ``im2col_copy_macs``, or ``im2col_copy_macs_few_images`` for one or two images). For the
+    input gradient (stride 1) the kernel runs on the output gradient and its output is the
+    input: rows ``h`` of ``w + (kw-1)*dw`` positions."""
+    e = config.engine
+    alpha = e.im2col_copy_macs_few_images if g.n <= 2 else e.im2col_copy_macs
     if pass_ == "input_grad":
         # strided, one forward per stride phase: each is a product with 1/(sh*sw) of the taps
         # and of the positions, and the backward ran 1.2-1.9x lowered's time on 7 of 8 layers

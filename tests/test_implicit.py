@@ -148,3 +148,52 @@ def test_input_channels_in_chunks_sum_as_one_product(shape, weight, kwargs) -> N
     np.testing.assert_array_equal(chunked, whole)
     expected = tF.conv2d(*map(torch.from_numpy, (x, w, b)), **kwargs).numpy()
     assert_close(chunked, expected, "implicit forward in chunks")
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=few_output_channels(), seed=st.integers(0, 2**16),
+       images=st.sampled_from([None, 1]))
+def test_channels_last_weight_gradient_matches_torch(case: dict, seed: int,
+                                                     images: int | None) -> None:
+    """The weight gradient with the input channels as the product's columns (any stride,
+    dilation, padding and groups; the images copied all at once, or one at a time under a
+    small scratch cap) against torch's."""
+    from convlayers.functional._engine_implicit import _gw_channels_last, channels_last_pays
+    from convlayers.functional.conv import conv_spec
+    from convlayers.functional.plan import geometry
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case["batch"], case["c_in"], *case["spatial"])).astype(np.float32)
+    w = rng.standard_normal((case["c_out"], case["c_in"] // case["groups"],
+                             *case["kernel"])).astype(np.float32)
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    spec = conv_spec(x, w, None, *args, "zeros")
+    g = geometry(x.shape, w.shape, spec.stride, spec.dilation, spec.groups, spec.pairs,
+                 spec.out_shape, np.float32)
+    assert not channels_last_pays(g)  # too few input channels: the test calls it directly
+    _, gy, (_, tgw) = torch_grads(lambda a, b: tF.conv2d(a, b, None, *args), [x, w], seed)
+    cap = 1 if images == 1 else config.engine.lowered_column_bytes  # 1: an image a pass
+    with config.settings(threads=case["threads"]), config.engine_settings(
+            lowered_column_bytes=cap):
+        gw = _gw_channels_last(x, gy, g, case["threads"])
+    assert_close(gw, tgw, "channels-last weight gradient")
+
+
+def test_few_output_channels_take_the_channels_last_weight_gradient() -> None:
+    """A layer the rule admits (8 output channels, 96 input channels, 5x5) runs it in the
+    planned backward, and matches torch."""
+    from convlayers.functional._engine_implicit import channels_last_pays
+    from convlayers.functional.conv import conv_spec
+    from convlayers.functional.plan import geometry
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 96, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((8, 96, 5, 5)).astype(np.float32)
+    spec = conv_spec(x, w, None, 1, 2, 1, 1, "zeros")
+    g = geometry(x.shape, w.shape, spec.stride, spec.dilation, spec.groups, spec.pairs,
+                 spec.out_shape, np.float32)
+    assert channels_last_pays(g) and F.plan(x.shape, w.shape, padding=2).weight_grad == "implicit"
+    _, gy, (tgx, tgw) = torch_grads(lambda a, b: tF.conv2d(a, b, padding=2), [x, w], 11)
+    gx, gw, _ = F.conv_backward(gy, x, w, padding=2, with_bias=False)
+    assert_close(gw, tgw, "weight gradient")
+    assert_close(gx, tgx, "input gradient")

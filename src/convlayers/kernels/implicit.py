@@ -33,7 +33,7 @@ from numba import njit, prange
 from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, unit_parts
 from convlayers.kernels.simd import gemm_indirect_left_add, gemm_indirect_part
 
-__all__ = ["implicit_forward", "implicit_weight_grad", "phase_layout"]
+__all__ = ["channels_last_weight_grad", "implicit_forward", "implicit_weight_grad", "phase_layout"]
 
 
 @njit(cache=True)
@@ -189,3 +189,71 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, acc):
                 for co in range(Cog):
                     row[co] = 0
         gemm_indirect_left_add(xq, offs, gyt, acc[t, g])
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def channels_last_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, NB, TB, acc):
+    """Weight gradient of :func:`implicit_forward` for few output channels: ``acc[t, g, tap]
+    (C_out/g, C_in/g)`` (zeroed here) receives thread ``t``'s sum over its units of ``gy_n @
+    windows``, for units of (image, group, block of ``TB`` taps), ``NB`` images at a time; the
+    caller sums over threads.
+
+    :func:`implicit_weight_grad` makes the output channels its product's columns: fewer than a
+    register tile's run masked or one-vector tiles. Here the images are first copied
+    channels-last and zero-padded, ``(Hp, Wp, C_in/g)`` each, so that for tap ``(a, b)`` the
+    input channels seen by output position ``p = (oh, ow)`` are one run, ``C_in/g`` long,
+    starting at ``((oh*sh + a*dh)*Wp + ow*sw + b*dw) * C_in/g``: the right operand of an
+    indirect product whose rows are the positions and whose columns are the input channels,
+    with ``gy``'s rows (output channels, positions contiguous) on the left."""
+    N = x.shape[0]
+    nt, Cog, Cig = acc.shape[0], acc.shape[3], acc.shape[4]
+    kk = kh * kw
+    P = gy.shape[2]
+    Ho = P // Wo
+    Hp = (Ho - 1) * sh + (kh - 1) * dh + 1
+    Wp = (Wo - 1) * sw + (kw - 1) * dw + 1
+    nb = (kk + TB - 1) // TB
+    plane = Hp * Wp * Cig
+    xbuf = np.empty(NB * G * plane, dtype=x.dtype)
+    obuf = np.empty((nt, P), dtype=np.int64)
+    acc[:] = 0
+    for n0 in range(0, N, NB):
+        images = min(NB, N - n0)
+        for row in prange(images * G * Hp):  # the copies, a padded row a unit
+            i, g, r = unit_parts(row, G, Hp)
+            _fill_channels_last_row(x[n0 + i], g * Cig, Cig, r, pt, pl, Wp,
+                                    xbuf[((i * G + g) * Hp + r) * Wp * Cig:])
+        for unit in prange(images * G * nb):
+            t = numba.get_thread_id()
+            i, g, blk = unit_parts(unit, G, nb)
+            xq = xbuf[(i * G + g) * plane: (i * G + g + 1) * plane]
+            offs = obuf[t]
+            u = gy[n0 + i, g * Cog: (g + 1) * Cog]
+            for tap in range(blk * TB, min(kk, blk * TB + TB)):
+                a = tap // kw
+                shift = (a * dh * Wp + (tap - a * kw) * dw) * Cig
+                for oh in range(Ho):
+                    start = oh * sh * Wp * Cig + shift
+                    for ow in range(Wo):
+                        offs[oh * Wo + ow] = start + ow * sw * Cig
+                gemm_indirect_part(u, xq, offs, acc[t, g, tap], P, True)
+
+
+@njit(cache=True, fastmath=True)
+def _fill_channels_last_row(xn, c0, C, r, pt, pl, Wp, d):
+    """``d[j*C + c] = xn[c0 + c, r - pt, j - pl]`` (zero outside the input) for ``j < Wp``,
+    ``c < C``: row ``r`` of a zero-padded channels-last copy."""
+    H, W = xn.shape[1], xn.shape[2]
+    ih = r - pt
+    if ih < 0 or ih >= H:
+        for k in range(Wp * C):
+            d[k] = 0
+        return
+    for j in range(Wp):
+        iw = j - pl
+        if iw < 0 or iw >= W:
+            for c in range(C):
+                d[j * C + c] = 0
+        else:
+            for c in range(C):
+                d[j * C + c] = xn[c0 + c, ih, iw]

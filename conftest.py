@@ -25,12 +25,9 @@ import os
 # subprocesses they start, which inherit the environment). tests/test_plan.py turns it on to
 # test it.
 os.environ.setdefault("CONVLAYERS_COMPILE_NOTICE", "0")
-# ``make test`` runs two pytest-xdist workers; each gets its own numba cache (here, before numba
-# loads): numba's cache index is not safe against two processes adding different signatures of
-# one function at once (both can pick the same data file for them).
-if (_worker := os.environ.get("PYTEST_XDIST_WORKER")) and "NUMBA_CACHE_DIR" not in os.environ:
-    os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                 ".pytest_cache", f"numba-{_worker}")
+# ``make test`` runs two pytest-xdist workers sharing numba's cache (next to the sources, as a
+# user's installation): a kernel one compiles, the other loads. Saves from both at once are safe
+# under convlayers.kernels._cache_lock (numba's own index is not: tests/test_cache_lock.py).
 import shlex
 import shutil
 import tempfile

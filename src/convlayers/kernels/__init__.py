@@ -4,7 +4,8 @@ Importing this package installs :class:`CompileNotice`: the first time numba com
 for more than a second, one line on stderr says why the call is slow (each kernel compiles on
 its first call per dtype and ``cache=True`` keeps the machine code on disk, so this happens once
 per installation; ``convlayers warmup`` does it ahead of time). ``CONVLAYERS_COMPILE_NOTICE=0``
-silences it.
+silences it. It also makes numba's cache safe for processes that compile at once
+(:mod:`convlayers.kernels._cache_lock`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import sys
 import threading
 from typing import Any
+
+from convlayers.kernels import _cache_lock
 
 __all__ = ["NOTICE", "CompileNotice"]
 
@@ -75,4 +78,5 @@ def _install() -> CompileNotice:
 #: in the environment silences it (the test suite does, so that a cold numba cache does not add a
 #: line to the output the tests read).
 notice = _install()
+_cache_lock.install()
 notice.shown = os.environ.get("CONVLAYERS_COMPILE_NOTICE", "1") == "0"

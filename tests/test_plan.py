@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from convlayers import config, reference
 from convlayers import functional as F
-from convlayers.functional.plan import STRATEGIES, Plan, plan
+from convlayers.functional.plan import STRATEGIES, Plan, geometry, plan, work
 from oracle import assert_close, random_array, torch_grads
 
 STRATEGY_NAMES = list(STRATEGIES)
@@ -245,6 +245,19 @@ def test_plan_shows_each_pass_and_follows_the_settings() -> None:
         assert plan((1, 8, 8, 8), (8, 8, 3, 3), padding=1).threads >= 1
     with pytest.raises(ValueError, match="divisible"):
         plan((1, 6, 8, 8), (4, 3, 3, 3), groups=4)
+
+
+def test_column_copies_count_toward_the_thread_decision() -> None:
+    """A thin product with many columns (the input gradient of 31->8 4x4 s2, a transposed
+    convolution's forward) is little multiply-add work but much copying: the lowered strategy
+    counts its columns at the copy price, so the call gets the threads."""
+    g = geometry((2, 31, 30, 30), (8, 31, 4, 4), (2, 2), (1, 1), 1, ((1, 1), (1, 1)), (15, 15),
+                 np.float32)
+    copies = 2 * 31 * 16 * 15 * 15 * config.engine.im2col_copy_macs_few_images
+    assert work(g, ("lowered",)) == g.macs + copies
+    assert g.macs < config.engine.serial_macs <= work(g, ("lowered",))
+    assert work(g, ("implicit",)) == g.macs  # reads its windows in place
+    assert work(g, ("lowered", "implicit")) == 2 * g.macs + copies
 
 
 def test_settings_changes_are_seen_by_the_remembered_plans() -> None:

@@ -82,7 +82,7 @@ from convlayers.functional._engine_numpy import _numpy_forward, _numpy_input_gra
 from convlayers.functional._engine_pointwise import _fwd_pointwise, _gw_pointwise, _gx_pointwise
 from convlayers.functional._engine_shared import _as_4d, _finite
 from convlayers.functional._engine_winograd import _bwd_winograd, _fwd_winograd
-from convlayers.functional.plan import JOINT, Geometry, choose, geometry
+from convlayers.functional.plan import JOINT, Geometry, choose, geometry, work
 
 __all__ = ["correlate", "correlate_backward", "correlate_input_grad", "correlate_weight_grad",
            "numba_threads"]
@@ -175,7 +175,7 @@ def correlate(
     s = _checked_forward(s, g, weight)
     out4 = None
     if s != "numpy":
-        with _threads_for(g.macs):
+        with _threads_for(work(g, (s,))):
             out4 = _FORWARD[s](_as_4d(x), _as_4d(weight), bias, g)
             if out4 is None:  # Winograd saw an inf or NaN: again without it
                 s = _checked_forward(choose(g, "forward", threads, winograd=False)[0], g, weight)
@@ -205,7 +205,7 @@ def correlate_backward(
         return np.zeros_like(x), np.zeros_like(weight)
     g, ss, threads = _planned("backward", x.shape, weight.shape, stride, dilation, groups, pairs,
                               grad.shape[2:], x.dtype)
-    with _threads_for(2 * g.macs):  # both gradients; small ones on one thread, as the forward
+    with _threads_for(work(g, ss)):  # both gradients; small ones on one thread, as the forward
         return _backward(x, grad, weight, pairs, stride, dilation, groups, g, ss, threads)
 
 
@@ -243,18 +243,21 @@ def correlate_input_grad(
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
     groups: int,
+    pairs: Pairs | None = None,
 ) -> np.ndarray:
-    """Gradient of :func:`correlate` with respect to its padded input ``(N, C_in, *padded)``."""
+    """Gradient of :func:`correlate` with respect to its input ``(N, C_in, *padded_shape)``
+    (padded, or unpadded with zero padding ``pairs`` per spatial axis: the gradient of the
+    padding is never made)."""
     n = grad.shape[0]
     c_in = weight.shape[1] * groups
     if n == 0:
         return np.zeros((0, c_in, *padded_shape), dtype=grad.dtype)
     g, (s, _), _ = _planned("input_grad", (n, c_in, *padded_shape), weight.shape, stride,
-                            dilation, groups, None, grad.shape[2:], grad.dtype)
+                            dilation, groups, pairs, grad.shape[2:], grad.dtype)
     if s == "numpy":
-        return _numpy_input_grad(grad, weight, padded_shape, stride, dilation, groups, None)
+        return _numpy_input_grad(grad, weight, padded_shape, stride, dilation, groups, pairs)
     s = _checked_backward((s, s), weight)[0]
-    with _threads_for(g.macs):
+    with _threads_for(work(g, (s,))):
         gx4 = _INPUT_GRAD[s](_as_4d(grad), _as_4d(weight), g)
     return gx4.reshape(n, c_in, *padded_shape)
 
@@ -276,7 +279,7 @@ def correlate_weight_grad(
     if s == "numpy":
         return _numpy_weight_grad(xp, grad, kernel, stride, dilation, groups, None)
     s = _checked_weight_grad(s, xp)
-    with _threads_for(g.macs):
+    with _threads_for(work(g, (s,))):
         return _WEIGHT_GRAD[s](_as_4d(xp), _as_4d(grad), g).reshape(w_shape)
 
 

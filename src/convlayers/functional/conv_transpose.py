@@ -8,6 +8,7 @@ engine. Arguments follow ``torch.nn.functional.conv_transpose2d``; the weight is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,9 +91,9 @@ def _conv_transpose(
             raise ValueError(f"bias must have shape ({shape[1]},), got {b.shape}")
     crop = trailing(tuple(slice(p, p + o) for p, o in zip(padding_t, out_shape, strict=True)))
     images, block = _blocks(x, w, groups, padded, any(padding_t))
-    if (images, block) == shape[:2]:
-        out = np.ascontiguousarray(_engine.correlate_input_grad(
-            x, w, padded, stride_t, dilation_t, groups)[crop])
+    if (images, block) == shape[:2]:  # the padding's outputs are never made
+        out = _engine.correlate_input_grad(x, w, out_shape, stride_t, dilation_t, groups,
+                                           tuple((p, p) for p in padding_t))
     else:  # in parts, each under the scratch cap
         out = np.empty((x.shape[0], shape[1], *out_shape), dtype=x.dtype)
         for x_ch, w_ch, g, out_ch in _channel_blocks(w.shape[0] // groups, w.shape[1], groups,
@@ -118,10 +119,10 @@ def _blocks(x: np.ndarray, w: np.ndarray, groups: int, padded: tuple[int, ...],
     (of a slab of ``config.engine.slab_columns`` positions at most), held twice while the next
     GEMM's result replaces the last; with a crop (``padding``) or more than one call, the
     uncropped planes are scratch too. The least is one image, one channel and one slab."""
-    taps = int(np.prod(w.shape[2:]))
+    taps = math.prod(w.shape[2:])
     slab = int(getattr(getattr(config, "engine", None), "slab_columns", 1 << 16))
-    unit = 2 * taps * min(int(np.prod(x.shape[2:])), slab) * x.itemsize
-    plane = int(np.prod(padded)) * x.itemsize
+    unit = 2 * taps * min(math.prod(x.shape[2:]), slab) * x.itemsize
+    plane = math.prod(padded) * x.itemsize
     n, c_out = x.shape[0], w.shape[1] * groups
     cap = config.scratch_bytes()
     if n * c_out * (unit + (plane if cropped else 0)) <= cap:

@@ -300,8 +300,7 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
     ``im2col_copy_macs``, or ``im2col_copy_macs_few_images`` for one or two images). For the
     input gradient (stride 1) the kernel runs on the output gradient and its output is the
     input: rows ``h`` of ``w + (kw-1)*dw`` positions."""
-    e = config.engine
-    alpha = e.im2col_copy_macs_few_images if g.n <= 2 else e.im2col_copy_macs
+    alpha = _copy_price(g)
     if pass_ == "input_grad":
         # strided, one forward per stride phase: each is a product with 1/(sh*sw) of the taps
         # and of the positions, and the backward ran 1.2-1.9x lowered's time on 7 of 8 layers
@@ -311,6 +310,24 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
         return g.c_out_g * g.h * (g.w + (g.kw - 1) * g.dw) <= (g.c_out_g + alpha) * g.ho * g.wo
     wq = g.wo + (g.kw - 1) * g.dw // g.sw
     return g.c_out_g * wq <= (g.c_out_g + alpha) * g.wo
+
+
+def _copy_price(g: Geometry) -> int:
+    """Multiply-adds one im2col copy (or col2im add) costs as much as: ``im2col_copy_macs``,
+    or ``im2col_copy_macs_few_images`` for one or two images."""
+    e = config.engine
+    return e.im2col_copy_macs_few_images if g.n <= 2 else e.im2col_copy_macs
+
+
+def work(g: Geometry, strategies: tuple[str, ...]) -> int:
+    """The work of running ``strategies`` (one per pass) on ``g``, in multiply-adds: each pass
+    its product's, and a ``lowered`` pass its column copies too (``C_in*kh*kw`` per output
+    position and image, at :func:`_copy_price` each). Calls under ``config.engine.serial_macs``
+    of it run on one thread. The copies matter where the product is thin: a transposed
+    convolution 8->31 4x4 s2 on 2x8x15x15 (1.8M multiply-adds, 3.6M of col2im adds) ran on one
+    thread 1.7-2.6x as long as on two."""
+    copies = g.n * g.c_in * g.kh * g.kw * g.ho * g.wo * _copy_price(g)
+    return sum(g.macs + (copies if s == "lowered" else 0) for s in strategies)
 
 
 def _dense(g: Geometry, pass_: str) -> str:
@@ -499,7 +516,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     text = (f"conv{len(spec.stride)}d {x.shape} {dt.name} -> {w.shape[0]} channels, kernel "
             f"{'x'.join(map(str, w.shape[2:]))}, stride {_one(spec.stride)}, padding "
             f"{_one(pads)}, dilation {_one(spec.dilation)}, groups {spec.groups}")
-    serial = g.macs < config.engine.serial_macs
+    serial = work(g, (fwd,)) < config.engine.serial_macs
     return Plan(text, fwd, gx, gw, 1 if serial else threads)
 
 

@@ -260,6 +260,30 @@ def test_column_copies_count_toward_the_thread_decision() -> None:
     assert work(g, ("lowered", "implicit")) == 2 * g.macs + copies
 
 
+def test_strided_input_gradients_of_few_output_channels_run_implicit() -> None:
+    """Few output channels make lowered's col2im adds outweigh its product: a stride-2 5x5
+    with many input channels, or a dilation that is a multiple of the stride, takes the
+    implicit GEMM for its input gradient, whose result matches torch's."""
+    rng = np.random.default_rng(4)
+    x = random_array(rng, (2, 130, 15, 15), np.float32)
+    w = random_array(rng, (6, 130, 5, 5), np.float32)
+    assert plan(x.shape, w.shape, stride=2, padding=2).input_grad == "implicit"
+    _, g, (gx, gw) = torch_grads(lambda a, b: tF.conv2d(a, b, stride=2, padding=2), [x, w])
+    our_gx, our_gw, _ = F.conv_backward(g, x, w, stride=2, padding=2, with_bias=False)
+    assert_close(our_gx, gx, "implicit strided input gradient")
+    assert_close(our_gw, gw, "weight gradient beside it")
+    assert plan((2, 16, 30, 30), (8, 16, 3, 3), stride=2, dilation=2).input_grad == "implicit"
+    # many output channels, a small input, a 3x3 kernel at stride 2, a depthwise one, a
+    # setting of 0: lowered, or the depthwise kernels
+    assert plan((2, 130, 15, 15), (64, 130, 5, 5), stride=2).input_grad == "lowered"
+    assert plan((2, 40, 15, 15), (6, 40, 5, 5), stride=2).input_grad == "lowered"
+    assert plan((2, 130, 15, 15), (6, 130, 3, 3), stride=2).input_grad == "lowered"
+    assert plan((2, 16, 30, 30), (16, 1, 3, 3), stride=2, dilation=2,
+                groups=16).input_grad.startswith("depthwise")
+    with config.engine_settings(implicit_input_grad_channels=0):
+        assert plan((2, 130, 15, 15), (6, 130, 5, 5), stride=2).input_grad == "lowered"
+
+
 def test_settings_changes_are_seen_by_the_remembered_plans() -> None:
     """The engine remembers each call's plan; changing a setting must not leave it stale."""
     rng = np.random.default_rng(1)

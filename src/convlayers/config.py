@@ -261,6 +261,17 @@ class EngineSettings:
     #: image's and the threads split one product: on 60 such layers the implicit GEMM was
     #: faster on nearly every one whose break-even price was under 32, on half above.
     im2col_copy_macs_few_images: int = 32
+    #: Strided input gradients with at most this many output channels per group take the
+    #: implicit GEMM (one forward per stride phase) where the phases' products are not thin:
+    #: maps of 16 output positions or more, and a dilation that is a multiple of the stride
+    #: (every tap in one phase; kernels of 9 taps or more), or stride 2 with kernels of 5 or
+    #: more and 128 or more input channels. There im2col's col2im adds (``C_in*kh*kw`` per
+    #: output position) dwarf a product of so few channels. On random layers drawn after the
+    #: rule was set: 15 of 24 ran 0.33-0.9x the lowered gradient's time (the largest calls),
+    #: 3 at 0.98-1.08x, 6 small calls (0.05-0.5 ms) slower, 4 of them with kernels of 4-5 taps
+    #: (then excluded); a second draw, 13 of 16 at 0.23-0.86x, one at 1.06x, two slower (0.08
+    #: ms; a 3x3 map, then excluded). Elsewhere it ran 1.2-9x lowered's time.
+    implicit_input_grad_channels: int = 16
     #: Shortest slab (output positions) the lowered kernels cut an image into to give every
     #: thread work (one image, small maps): narrower products waste the register tiles.
     lowered_min_columns: int = 96

@@ -36,7 +36,8 @@ implicit       Implicit GEMM: a zero-padded, stride-phase-split copy of a slab o
                output row computes ``(kw-1)*dw // sw`` extra positions it drops. Every pass of
                any 2-D kernel, stride, dilation and groups; the input gradient is the forward
                of the output gradient by the flipped weights, one per stride phase (chosen at
-               stride 1 only: per phase the products were too thin to pay). Chosen
+               stride 1, and strided with few output channels where the phases' products
+               are not thin: ``implicit_input_grad_channels``). Chosen
                over ``lowered`` when the dropped positions cost less than im2col's copy
                (``im2col_copy_macs``), and for the stride-1 forward of a depthwise
                convolution with a channel multiplier and a kernel larger than 1x1: per
@@ -302,11 +303,8 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
     input: rows ``h`` of ``w + (kw-1)*dw`` positions."""
     alpha = _copy_price(g)
     if pass_ == "input_grad":
-        # strided, one forward per stride phase: each is a product with 1/(sh*sw) of the taps
-        # and of the positions, and the backward ran 1.2-1.9x lowered's time on 7 of 8 layers
-        # measured (0.9x with 31 output channels): served when forced, never chosen
         if (g.sh, g.sw) != (1, 1):
-            return False
+            return _phased_input_grad_pays(g)
         return g.c_out_g * g.h * (g.w + (g.kw - 1) * g.dw) <= (g.c_out_g + alpha) * g.ho * g.wo
     wq = g.wo + (g.kw - 1) * g.dw // g.sw
     return g.c_out_g * wq <= (g.c_out_g + alpha) * g.wo
@@ -328,6 +326,22 @@ def work(g: Geometry, strategies: tuple[str, ...]) -> int:
     thread 1.7-2.6x as long as on two."""
     copies = g.n * g.c_in * g.kh * g.kw * g.ho * g.wo * _copy_price(g)
     return sum(g.macs + (copies if s == "lowered" else 0) for s in strategies)
+
+
+def _phased_input_grad_pays(g: Geometry) -> bool:
+    """Whether the implicit GEMM serves a strided input gradient (one forward per stride
+    phase, each a product with the phase's taps and positions): few output channels (at most
+    ``config.engine.implicit_input_grad_channels``), where lowered's col2im adds outweigh its
+    thin product, and phases whose products are not thin themselves (maps of 16 output
+    positions or more): a dilation that is a multiple of the stride puts every tap in one
+    phase (kernels of 9 taps or more), or stride 2 with kernels of 5 or more and 128 or more
+    input channels per group. Depthwise gradients keep their own kernels."""
+    if (g.c_out_g > config.engine.implicit_input_grad_channels or g.c_in_g == 1
+            or g.ho * g.wo < 16):
+        return False
+    if g.dh % g.sh == 0 and g.dw % g.sw == 0:
+        return g.kh * g.kw >= 9
+    return (g.sh, g.sw) == (2, 2) and min(g.kh, g.kw) >= 5 and g.c_in_g >= 128
 
 
 def _dense(g: Geometry, pass_: str) -> str:

@@ -61,11 +61,13 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
                 px = row[j]
                 for lane in range(LANES):
                     px[lane] = zero
-        for lane in range(lanes):
-            plane = x[n, c0 + lane]
-            for iy in range(min(H, max(0, Hp - pt))):
-                src = plane[iy]
-                dst = xb[iy + pt]
+        # row by row, every lane of a row before the next row: the row's pixels (Wp x LANES)
+        # stay in L1 while their lanes are written one at a time (lane by lane over the whole
+        # block evicted each line 16 times when the block outgrew L1: 15x15 maps, 57 KiB)
+        for iy in range(min(H, max(0, Hp - pt))):
+            dst = xb[iy + pt]
+            for lane in range(lanes):
+                src = x[n, c0 + lane, iy]
                 for j in range(min(W, max(0, Wp - pl))):
                     dst[j + pl, lane] = src[j]
         b = bias[c0:c0 + LANES]

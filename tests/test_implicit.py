@@ -147,6 +147,15 @@ def test_input_channels_in_chunks_sum_as_one_product(shape, weight, kwargs) -> N
                          spec.out_shape, np.float32)
             assert slab_rows(g, 2)[2] < weight[1]  # the channels do come in chunks
             chunked = F.conv2d(x, w, b, **kwargs)
+        # the unit sizes are remembered per geometry, but never across a settings change
+        assert slab_rows(g, 2)[2] == weight[1]
+        saved = config.scratch_bytes()
+        config.set_scratch_bytes(2048)
+        try:
+            assert slab_rows(g, 2)[2] < weight[1]
+        finally:
+            config.set_scratch_bytes(saved)
+        assert slab_rows(g, 2)[2] == weight[1]
     np.testing.assert_array_equal(chunked, whole)
     expected = tF.conv2d(*map(torch.from_numpy, (x, w, b)), **kwargs).numpy()
     assert_close(chunked, expected, "implicit forward in chunks")

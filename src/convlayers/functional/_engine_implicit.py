@@ -18,10 +18,11 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
-from convlayers.functional._engine_shared import _bias_arg, _quiet, units_for_threads
+from convlayers.functional._engine_shared import _bias_arg, _quiet, remembered, units_for_threads
 from convlayers.functional.plan import Geometry
 
 
+@remembered
 def slab_rows(g: Geometry, threads: int) -> tuple[int, int, int]:
     """``(R, B, Cq)``: output rows, output channels and input channels (a chunk) per unit of
     the implicit forward.

@@ -12,10 +12,11 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
-from convlayers.functional._engine_shared import _bias_arg, _quiet, units_for_threads
+from convlayers.functional._engine_shared import _bias_arg, _quiet, remembered, units_for_threads
 from convlayers.functional.plan import Geometry
 
 
+@remembered
 def _lowered_units(g: Geometry, threads: int, pass_: str) -> tuple[int, int]:
     """``(R, B)``: output rows and channels (output channels for the forward, input channels
     for the input gradient) per unit of the lowered kernels.

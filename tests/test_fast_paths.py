@@ -692,6 +692,24 @@ def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> Non
         np.testing.assert_array_equal(i, ti.numpy())
 
 
+def test_only_maps_of_a_few_pixels_or_lone_images_merge_their_columns() -> None:
+    """Images merge their columns when an image alone would split its output channels between
+    the threads (batch 1) or has at most a quarter of a vector's lanes of output positions;
+    maps of 6-15 positions keep the slab units (merging ran them 1.07-2.1x slower)."""
+    from convlayers.functional._engine_lowered import _lowered_units, _merged_images
+    from convlayers.functional.plan import geometry
+
+    def merged(n: int, hw: int, c_in: int = 64, c_out: int = 64) -> int:
+        g = geometry((n, c_in, hw, hw), (c_out, c_in, 3, 3), (1, 1), (1, 1), 1, None,
+                     (hw - 2, hw - 2), np.float32)
+        return _merged_images(g, 2, _lowered_units(g, 2, "forward")[1])
+
+    assert merged(8, 3) == 8  # one output position an image
+    assert merged(8, 5) == 0  # nine
+    assert merged(8, 6) == 0  # sixteen
+    assert merged(1, 9, 256, 256) == 1  # one image: its channels split between the threads
+
+
 @pytest.mark.parametrize(("batch", "hw", "images"), [(1, (20, 21), 1), (5, (7, 6), 2)])
 def test_merged_columns_match_the_slab_units_bit_for_bit(batch: int, hw: tuple[int, int],
                                                          images: int) -> None:

@@ -64,14 +64,17 @@ def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
 def _merged_images(g: Geometry, threads: int, block: int) -> int:
     """Images per pass of :func:`convlayers.kernels.conv.lowered_forward_merged`, or 0 for the
     slab units: merged when the slab units would split one image's output channels (a batch
-    too small for the threads: ``block`` short of them all) or an image has fewer output
-    positions than a vector has lanes (its own product would run masked tiles), as many images
-    as fit the scratch the slab units would take (``config.engine.lowered_column_bytes`` a
-    thread; 0 when one does not). Wider maps keep the slab units: merging two images of 7x7
-    outputs ran 1.1x slower (the columns each thread reads are then half made by the other)."""
+    too small for the threads: ``block`` short of them all) or an image has at most a quarter
+    of a vector's lanes of output positions (its own product would run masked tiles), as many
+    images as fit the scratch the slab units would take (``config.engine.lowered_column_bytes``
+    a thread; 0 when one does not). Wider maps keep the slab units: merging two images of 7x7
+    outputs ran 1.1x slower (the columns each thread reads are then half made by the other),
+    and so did 15 of 17 random layers of 6-15 output positions (batches of 2-25: 1.07-1.5x,
+    the others 0.89x and 1.01x), while maps of 1-3 positions gained on 4 of 5 (0.62-0.95x;
+    1.8x with 16 groups)."""
     from convlayers.kernels.simd import VECTOR_BYTES
 
-    narrow = g.ho * g.wo < VECTOR_BYTES // g.itemsize
+    narrow = 4 * g.ho * g.wo <= VECTOR_BYTES // g.itemsize
     if block == g.c_out_g and not (narrow and g.n > 1):
         return 0
     per_image = (g.c_in_g * g.kh * g.kw + g.c_out_g) * g.ho * g.wo * g.itemsize

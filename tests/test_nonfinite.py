@@ -139,14 +139,37 @@ def test_the_issue_examples_one_inf_pixel_a_nan_weight_and_huge_inputs(threads: 
     x_huge[:, :, ::2] = HUGE
     x_huge[:, :, 1::2] = -HUGE
     w_small = w / (4 * 9 * 16 * np.abs(w).max())
-    with config.settings(threads=threads):
-        for xx, ww in ((x_inf, w), (x, w_nan), (x_huge, w_small)):
-            ours = F.conv2d(xx, ww, padding=1)
-            theirs = tF.conv2d(torch.tensor(xx), torch.tensor(ww), padding=1).numpy()
-            np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
-            finite = np.isfinite(theirs)
-            assert_close(np.where(finite, ours, 0), np.where(finite, theirs, 0), "forward")
+    # the value checks by NumPy (small arrays) and by the compiled parallel pass (large ones)
+    for check_from in (config.engine.parallel_check_elements, 0):
+        with config.settings(threads=threads), \
+                config.engine_settings(parallel_check_elements=check_from):
+            for xx, ww in ((x_inf, w), (x, w_nan), (x_huge, w_small)):
+                ours = F.conv2d(xx, ww, padding=1)
+                theirs = tF.conv2d(torch.tensor(xx), torch.tensor(ww), padding=1).numpy()
+                np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
+                finite = np.isfinite(theirs)
+                assert_close(np.where(finite, ours, 0), np.where(finite, theirs, 0), "forward")
     assert np.isinf(F.conv2d(x_inf, np.abs(w), padding=1)).sum() == 16 * 9  # inf, not NaN
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_parallel_value_check_finds_every_inf_and_nan(dtype: type) -> None:
+    """Each inf or NaN, at block edges and at the ends, against NumPy's ``isfinite``; huge
+    finite values are not flagged (``a * 0`` stays 0)."""
+    from convlayers.kernels.values import any_nonfinite
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal(200_003).astype(dtype)
+    block = 1 << 16
+    assert not any_nonfinite(a, block)
+    for pos in (0, 12_345, block - 1, block, 2 * block - 1, a.size - 1):
+        for bad in (np.inf, -np.inf, np.nan):
+            b = a.copy()
+            b[pos] = bad
+            assert any_nonfinite(b, block) == (not np.isfinite(b).all())
+    huge = np.full(1001, np.finfo(dtype).max, dtype)
+    huge[::2] *= -1
+    assert not any_nonfinite(huge, 7)
 
 
 def test_value_checks_can_be_switched_off_to_measure_them() -> None:

@@ -225,6 +225,10 @@ class EngineSettings:
     #: ns for a multiply-add of the tiled GEMM, so :attr:`serial_macs` kept 2-8 ms of pooling on
     #: one core (global average pooling of a 1M-element input ran 3.7x torch's time).
     serial_pool_taps: int = 100_000
+    #: Arrays of at least this many elements are checked for inf and NaN (before strategies
+    #: that multiply them by zero padding) on every thread, in one pass; smaller ones by NumPy's
+    #: ``max`` and ``min``, whose two single-core passes took 3 ms on an 11 MiB weight.
+    parallel_check_elements: int = 1 << 20
     #: Winograd serves 3x3 stride-1 convolutions with at least this many input channels per group
     #: (and output channels per group for the backward pass): below it the GEMMs are too thin to
     #: pay for the transforms.

@@ -4,8 +4,9 @@ Every compiled kernel compiles on its first call per dtype (tens of seconds for 
 and numba keeps the machine code on disk (``cache=True``), so later processes load it in
 milliseconds. This command makes those first calls on tiny inputs: every convolution strategy
 of :mod:`convlayers.functional.plan` forward and backward, the transposed convolution, pooling
-(max with indices, average, adaptive) and their backward, for the dtypes asked (float32 unless
-``--dtype`` says otherwise: nobody pays for float64 kernels they never call).
+(max with indices, average, adaptive) and their backward, and the value check of large arrays,
+for the dtypes asked (float32 unless ``--dtype`` says otherwise: nobody pays for float64
+kernels they never call).
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         F.adaptive_avg_pool_backward(np.ones_like(a), x)
         F.adaptive_max_pool2d(x, 2, return_indices=True)
 
-    out += [("pooling", pooling), ("adaptive pooling", adaptive)]
+    def value_check() -> None:  # the engine's inf/NaN check of large arrays
+        with config.engine_settings(parallel_check_elements=0, force="lowered"):
+            F.conv2d(x, arr(8, 16, 3, 3), padding=1)
+
+    out += [("pooling", pooling), ("adaptive pooling", adaptive), ("value check", value_check)]
     return out
 
 

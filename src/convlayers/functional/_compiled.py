@@ -18,7 +18,8 @@ from convlayers import config
 
 def kernels() -> Any:
     """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``implicit``,
-    ``winograd`` and ``pooling`` modules loaded, and numba's thread setting applied."""
+    ``winograd``, ``pooling`` and ``values`` modules loaded, and numba's thread setting
+    applied."""
     found = loaded_kernels()
     if not getattr(_serial, "on", False):  # inside _threads_for the one thread stands
         config.apply_numba_threads()
@@ -30,7 +31,7 @@ def loaded_kernels() -> Any:
     :func:`_threads_for`, which applies it (or one thread)."""
     if not _loaded:
         from convlayers import kernels
-        from convlayers.kernels import conv, depthwise, depthwise_nhwc, implicit, pooling, winograd  # noqa: F401  (lazy: numba loads here)
+        from convlayers.kernels import conv, depthwise, depthwise_nhwc, implicit, pooling, values, winograd  # noqa: F401  (lazy: numba loads here)
 
         _loaded.append(kernels)
     return _loaded[0]

@@ -38,6 +38,14 @@ def remembered(fn: Callable[..., _Result]) -> Callable[..., _Result]:
 
 
 def _finite(a: np.ndarray) -> bool:
+    """No inf or NaN in ``a``: a large contiguous float array is read once on every thread
+    (:mod:`convlayers.kernels.values`, from ``config.engine.parallel_check_elements``
+    elements), a small one by NumPy."""
+    if (a.size >= config.engine.parallel_check_elements and a.flags.c_contiguous
+            and a.dtype in (np.float32, np.float64)):
+        from convlayers.functional._compiled import kernels
+
+        return not kernels().values.any_nonfinite(a.reshape(-1), 1 << 16)
     return bool(np.isfinite(magnitude(a)))
 
 

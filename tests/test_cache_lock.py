@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from convlayers.kernels import _cache_lock
 
 MODULE = """
@@ -73,9 +75,25 @@ def test_two_processes_compiling_at_once_lose_no_cache_entry(tmp_path: Path) -> 
     assert (hits, misses, wrong) == (40, 0, 0)
 
 
-def test_the_lock_is_installed_once_and_names_its_file() -> None:
+def test_the_lock_is_installed_once() -> None:
     from numba.core import caching
 
     assert _cache_lock.install() and _cache_lock.install()
     assert caching.IndexDataCacheFile.save is _cache_lock._locked_save
-    assert _cache_lock.lock_path("/c/f-1.py311.nbi") == "/c/f-1.py311.nbi.lock"
+
+
+def test_a_save_that_cannot_get_the_lock_skips_the_cache(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holding the lock past the timeout: the save is dropped (numba's own load
+    finds nothing), no error reaches the compiling call; once free, the save lands."""
+    from filelock import FileLock
+    from numba.core import caching
+
+    _cache_lock.install()
+    cache = caching.IndexDataCacheFile(str(tmp_path), "kernel-1.py311", ("stamp", 1))
+    monkeypatch.setattr(_cache_lock, "TIMEOUT", 0.05)
+    with FileLock(_cache_lock.lock_path(cache._index_path)):
+        cache.save(("sig",), {"code": 1})
+    assert cache.load(("sig",)) is None
+    cache.save(("sig",), {"code": 1})
+    assert cache.load(("sig",)) == {"code": 1}

@@ -25,7 +25,7 @@ from convlayers._validate import (
     same_dtype,
 )
 from convlayers.functional import _engine
-from convlayers.functional._common import batched, pad_pairs, trailing, unbatch
+from convlayers.functional._common import batched, pad_pairs, unbatch
 
 __all__ = [
     "conv_transpose1d",
@@ -78,22 +78,20 @@ def _conv_transpose(
     w = float_array(weight, "weight")
     stride_t, padding_t, dilation_t, groups, out_shape = _transpose_spec(
         x, w, stride, padding, output_padding, groups, dilation)
-    padded = tuple(o + 2 * p for o, p in zip(out_shape, padding_t, strict=True))
-    shape = (x.shape[0], w.shape[1] * groups, *padded)
-    limits.check_elements(shape, x.dtype, f"the output of conv_transpose{n}d (shape {shape} "
-                          f"before cropping padding {padding_t}, from input shape {x.shape}, "
-                          f"stride {stride_t}, output_padding {output_padding!r})")
+    shape = (x.shape[0], w.shape[1] * groups, *out_shape)
+    limits.check_elements(shape, x.dtype, f"the output of conv_transpose{n}d (shape {shape}, "
+                          f"from input shape {x.shape}, stride {stride_t}, padding {padding_t}, "
+                          f"output_padding {output_padding!r})")
     b = None
     if bias is not None:  # checked before the work, not after it
         b = float_array(bias, "bias")
         same_dtype(x, b, "input", "bias")
         if b.shape != (shape[1],):
             raise ValueError(f"bias must have shape ({shape[1]},), got {b.shape}")
-    crop = trailing(tuple(slice(p, p + o) for p, o in zip(padding_t, out_shape, strict=True)))
-    images, block = _blocks(x, w, groups, padded, any(padding_t))
-    if (images, block) == shape[:2]:  # the padding's outputs are never made
-        out = _engine.correlate_input_grad(x, w, out_shape, stride_t, dilation_t, groups,
-                                           tuple((p, p) for p in padding_t))
+    pairs = tuple((p, p) for p in padding_t)  # the padding's outputs are never made
+    images, block = _blocks(x, w, groups, out_shape)
+    if (images, block) == shape[:2]:
+        out = _engine.correlate_input_grad(x, w, out_shape, stride_t, dilation_t, groups, pairs)
     else:  # in parts, each under the scratch cap
         out = np.empty((x.shape[0], shape[1], *out_shape), dtype=x.dtype)
         for x_ch, w_ch, g, out_ch in _channel_blocks(w.shape[0] // groups, w.shape[1], groups,
@@ -101,31 +99,32 @@ def _conv_transpose(
             w_part = np.ascontiguousarray(w[w_ch])
             for i in range(0, x.shape[0], images):
                 rows = slice(i, i + images)
-                part = _engine.correlate_input_grad(x[rows, x_ch], w_part, padded, stride_t,
-                                                    dilation_t, g)
-                out[rows, out_ch] = part[crop]
+                part = _engine.correlate_input_grad(x[rows, x_ch], w_part, out_shape, stride_t,
+                                                    dilation_t, g, pairs)
+                out[rows, out_ch] = part
                 del part
     if b is not None:
         out += b.reshape((1, -1) + (1,) * n)
     return unbatch(out, unbatched)
 
 
-def _blocks(x: np.ndarray, w: np.ndarray, groups: int, padded: tuple[int, ...],
-            cropped: bool) -> tuple[int, int]:
+def _blocks(x: np.ndarray, w: np.ndarray, groups: int,
+            out_shape: tuple[int, ...]) -> tuple[int, int]:
     """``(images, output channels)`` one engine call may make within
     :func:`config.scratch_bytes` (all of both when the whole call fits).
 
     Per image and output channel the engine lowers ``taps`` columns of each output position
     (of a slab of ``config.engine.slab_columns`` positions at most), held twice while the next
-    GEMM's result replaces the last; with a crop (``padding``) or more than one call, the
-    uncropped planes are scratch too. The least is one image, one channel and one slab."""
+    GEMM's result replaces the last; with more than one call, each call's output planes are
+    scratch too (copied into the whole output). The least is one image, one channel and one
+    slab."""
     taps = math.prod(w.shape[2:])
     slab = int(getattr(getattr(config, "engine", None), "slab_columns", 1 << 16))
     unit = 2 * taps * min(math.prod(x.shape[2:]), slab) * x.itemsize
-    plane = math.prod(padded) * x.itemsize
+    plane = math.prod(out_shape) * x.itemsize
     n, c_out = x.shape[0], w.shape[1] * groups
     cap = config.scratch_bytes()
-    if n * c_out * (unit + (plane if cropped else 0)) <= cap:
+    if n * c_out * unit <= cap:
         return n, c_out
     channels = max(1, min(c_out, cap // (unit + plane)))
     return max(1, cap // (channels * (unit + plane))), channels

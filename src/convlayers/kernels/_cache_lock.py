@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 __all__ = ["install", "lock_path"]
 
-#: Seconds a save waits for another process's save of the same function before giving up
-#: (numba then compiles again next time; nothing is lost but time).
+#: Seconds a save waits for another process's save of the same function before giving up:
+#: the machine code is then not cached (the next process compiles it again; the call that
+#: compiled it goes on).
 TIMEOUT = 600.0
 
 
@@ -33,20 +34,30 @@ def lock_path(index_path: str) -> str:
 
 
 def _locked_save(self: Any, key: Any, data: Any) -> None:
-    """numba's ``IndexDataCacheFile.save`` under the index's lock, data file first."""
-    with FileLock(lock_path(self._index_path), timeout=TIMEOUT):
-        overloads = self._load_index()
-        data_name = overloads.get(key)
-        if data_name is None:
-            taken = set(overloads.values())
-            number = 1
-            while self._data_name(number) in taken:
-                number += 1
-            data_name = self._data_name(number)
-        self._save_data(data_name, data)
-        if overloads.get(key) != data_name:
-            overloads[key] = data_name
-            self._save_index(overloads)
+    """numba's ``IndexDataCacheFile.save`` under the index's lock, data file first (not saved
+    when the lock does not come within :data:`TIMEOUT`)."""
+    try:
+        with FileLock(lock_path(self._index_path), timeout=TIMEOUT):
+            _save_locked(self, key, data)
+    except Timeout:
+        return
+
+
+def _save_locked(self: Any, key: Any, data: Any) -> None:
+    """The save itself, the lock held: the index read again, so another process's entries
+    stay and its data files keep their numbers."""
+    overloads = self._load_index()
+    data_name = overloads.get(key)
+    if data_name is None:
+        taken = set(overloads.values())
+        number = 1
+        while self._data_name(number) in taken:
+            number += 1
+        data_name = self._data_name(number)
+    self._save_data(data_name, data)
+    if overloads.get(key) != data_name:
+        overloads[key] = data_name
+        self._save_index(overloads)
 
 
 def install() -> bool:

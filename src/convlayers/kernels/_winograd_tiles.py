@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from convlayers.kernels.values import nonfinite_in
+
 
 @njit(cache=True, fastmath=True)
 def _input_block(xn, pt, pl, th0, rows, TW, v, plane, t1):
@@ -109,18 +111,6 @@ def _input_block_flat(xn, pt, pl, th0, rows, TW, v, even, odd, h_even, h_odd):
                 v3[t] = d1 - d3
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
-def _any_nonfinite(a):
-    """Whether ``a`` (1-D) holds an inf or NaN: ``sum(a * 0)`` is NaN exactly then. Compiled
-    without fastmath's no-NaN/no-inf flags, which would fold ``a * 0`` to zero; ``reassoc``
-    lets the sum vectorise."""
-    zero = np.zeros(1, dtype=a.dtype)[0]
-    s = zero
-    for i in range(a.shape[0]):
-        s += a[i] * zero
-    return s != s
-
-
 @njit(cache=True, fastmath=True)
 def _output_block_flat(m, bias, th0, rows, TW, outn, sums, pairs):
     """``Y = A^T M A`` of one block (``m (16, C_out, >= rows*S)``, the layout of
@@ -160,7 +150,7 @@ def _output_block_flat(m, bias, th0, rows, TW, outn, sums, pairs):
                 src, dst = y[th * 2 * S: th * 2 * S + Wo], outn[c, r]
                 for j in range(Wo):
                     dst[j] = src[j]
-                if _any_nonfinite(src):
+                if nonfinite_in(src):
                     bad = True
     return bad
 

@@ -20,7 +20,6 @@ from numba import njit, prange
 
 from convlayers.kernels._bounds import unit_block
 from convlayers.kernels._winograd_tiles import (
-    _any_nonfinite,
     _input_block,
     _input_block_flat,
     _input_grad_block,
@@ -28,6 +27,7 @@ from convlayers.kernels._winograd_tiles import (
     _output_grad_block,
 )
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add
+from convlayers.kernels.values import nonfinite_in
 
 __all__ = ["backward_fused", "forward_fused", "weight_grad_transform", "weight_transform"]
 
@@ -207,5 +207,5 @@ def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad):
             _input_grad_block(dv, pt, pl, th0, rows, TW, gxs, pbuf[t], qbuf[t])
         for c in range(cis):
             for r in range(H):
-                if _any_nonfinite(gxs[c, r]):
+                if nonfinite_in(gxs[c, r]):
                     bad[t] = True

@@ -2,8 +2,8 @@
 
 import os
 
-# torch and numba share libgomp, which reads this once when it loads: test modules import torch
-# before convlayers, so set it here (convlayers would otherwise warn that it came too late).
+# torch's libgomp reads this once, when it loads: its idle threads (the oracle's) then sleep
+# instead of spinning beside the other test worker's kernels on a 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from hypothesis import HealthCheck, settings

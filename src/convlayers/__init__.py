@@ -7,12 +7,8 @@ plotting and optional integrations load on first use.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from convlayers import config
-
-config.prefer_passive_openmp()  # before anything loads OpenMP; see its docstring
-
-from convlayers import autograd, functional, nn, shapes  # noqa: E402
-from convlayers.autograd import Tensor, is_grad_enabled, no_grad, tensor  # noqa: E402
+from convlayers import autograd, config, functional, nn, shapes
+from convlayers.autograd import Tensor, is_grad_enabled, no_grad, tensor
 
 if TYPE_CHECKING:
     from convlayers.inference import Plan, compile
@@ -32,6 +28,6 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
-    "Plan", "Tensor", "__version__", "autograd", "compile", "functional", "is_grad_enabled", "nn",
-    "no_grad", "shapes", "tensor",
+    "Plan", "Tensor", "__version__", "autograd", "compile", "config", "functional", "is_grad_enabled",
+    "nn", "no_grad", "shapes", "tensor",
 ]

@@ -30,8 +30,8 @@ from convlayers._validate import as_int
 
 __all__ = [
     "EngineSettings", "PerformanceWarning", "apply_numba_threads", "engine", "engine_settings",
-    "max_array_bytes", "max_image_pixels", "prefer_passive_openmp", "scratch_bytes",
-    "set_max_array_bytes", "set_max_image_pixels", "set_scratch_bytes", "set_threads", "settings",
+    "max_array_bytes", "max_image_pixels", "scratch_bytes", "set_max_array_bytes",
+    "set_max_image_pixels", "set_scratch_bytes", "set_threads", "settings", "start_numba_threads",
     "threads",
 ]
 
@@ -112,36 +112,64 @@ class PerformanceWarning(UserWarning):
     """The process is set up in a way that makes convlayers' compiled kernels much slower."""
 
 
-def prefer_passive_openmp() -> None:
-    """Ask idle OpenMP threads to sleep (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose.
+def start_numba_threads() -> None:
+    """Start numba's thread pool on an OpenMP runtime of its own, whose idle threads sleep.
 
-    ``import convlayers`` calls this. numba's kernels run on the process's OpenMP runtime
-    (libgomp), which reads the policy once, when it is loaded; idle threads that spin steal the
-    cores the next kernel or BLAS call needs, which made MobileNetV2 3x slower and alternating
-    numba and BLAS work up to 10x slower on 2 cores. When libgomp is already loaded (typically
-    ``import torch`` came first) it is too late, and a :class:`PerformanceWarning` says how to fix
-    it: set ``OMP_WAIT_POLICY`` yourself before importing torch, or import convlayers first.
+    Called when the compiled kernels are first imported, before any of them runs. numba's
+    OpenMP layer would otherwise run on whichever libgomp the process loaded globally first:
+    after ``import torch``, torch's, which reads ``OMP_WAIT_POLICY`` once and by default keeps
+    idle threads spinning for milliseconds after every parallel region. Spinning threads steal
+    the cores of whatever runs next (a NumPy BLAS call after a convolution took 8 ms instead
+    of 1; MobileNetV2's eager forward 2.5x as long), so convlayers' speed depended on the order
+    of the imports. Here numba's pool is started with ``RTLD_DEEPBIND`` (its OpenMP layer binds
+    to its own libgomp, not the global one) and ``OMP_WAIT_POLICY=PASSIVE`` in the environment
+    only while that libgomp loads, unless the user set the variable: torch's runtime, and any
+    loaded later, keep their own defaults whatever the order of the imports.
+
+    A :class:`PerformanceWarning` says so when numba's layer still ended up on a runtime loaded
+    before it (no new libgomp was mapped: one built with the same file, or a platform without
+    ``RTLD_DEEPBIND``) and the user chose no policy.
     """
-    if "OMP_WAIT_POLICY" in os.environ:
+    from numba.np.ufunc import parallel
+
+    if parallel._is_initialized:
         return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    if _libgomp_loaded():
+    import numba
+
+    choose = "OMP_WAIT_POLICY" not in os.environ
+    before = _mapped_openmp()
+    flags = sys.getdlopenflags() if hasattr(sys, "getdlopenflags") else None
+    deep = getattr(os, "RTLD_DEEPBIND", 0)
+    if choose:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        if flags is not None and deep:
+            sys.setdlopenflags(flags | deep)
+        numba.get_num_threads()  # loads the threading layer and starts its pool
+    finally:
+        if flags is not None:
+            sys.setdlopenflags(flags)
+        if choose:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+    if choose and before and numba.threading_layer() == "omp" and not _mapped_openmp() - before:
         import warnings
 
         warnings.warn(
-            "libgomp (OpenMP) was loaded before convlayers, so its idle threads keep spinning and "
-            "convlayers' compiled kernels can run ~3x slower. Import convlayers before torch, or "
-            "set OMP_WAIT_POLICY=PASSIVE (or ACTIVE, to keep spinning and silence this) in the "
-            "environment before starting Python.", PerformanceWarning, stacklevel=3)
+            "numba's OpenMP threads run on a libgomp another library loaded first, whose idle "
+            "threads keep spinning after each parallel region and slow down what runs next "
+            "(NumPy's BLAS calls several times). Set OMP_WAIT_POLICY=PASSIVE (or ACTIVE, to "
+            "keep spinning and silence this) in the environment before starting Python.",
+            PerformanceWarning, stacklevel=2)
 
 
-def _libgomp_loaded() -> bool:
-    """Whether the shared libgomp numba uses is mapped into this process already (Linux)."""
+def _mapped_openmp() -> set[str]:
+    """Paths of the GNU OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            return any(line.rstrip().rsplit("/", 1)[-1].startswith("libgomp.so") for line in maps)
+            return {line.split(None, 5)[-1].strip() for line in maps
+                    if line.rstrip().rsplit("/", 1)[-1].startswith("libgomp")}
     except OSError:
-        return False
+        return set()
 
 
 def apply_numba_threads() -> None:
@@ -164,7 +192,7 @@ def numba_controls() -> tuple[Any, Any, Any]:
     import numba
     from numba.np.ufunc import parallel
 
-    numba.get_num_threads()  # starts the pool once, which binds the functions below
+    start_numba_threads()  # starts the pool once, which binds the functions below
     fast = [getattr(parallel, name, None) for name in
             ("_get_num_threads", "_set_num_threads", "_set_parallel_chunksize")]
     controls: tuple[Any, Any, Any] = (fast[0], fast[1], fast[2]) if all(map(callable, fast)) \

@@ -5,7 +5,8 @@ for more than a second, one line on stderr says why the call is slow (each kerne
 its first call per dtype and ``cache=True`` keeps the machine code on disk, so this happens once
 per installation; ``convlayers warmup`` does it ahead of time). ``CONVLAYERS_COMPILE_NOTICE=0``
 silences it. It also makes numba's cache safe for processes that compile at once
-(:mod:`convlayers.kernels._cache_lock`).
+(:mod:`convlayers.kernels._cache_lock`), and starts numba's threads on an OpenMP runtime of
+their own before any kernel runs (:func:`convlayers.config.start_numba_threads`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import threading
 from typing import Any
 
+from convlayers import config
 from convlayers.kernels import _cache_lock
 
 __all__ = ["NOTICE", "CompileNotice"]
@@ -79,4 +81,5 @@ def _install() -> CompileNotice:
 #: line to the output the tests read).
 notice = _install()
 _cache_lock.install()
+config.start_numba_threads()
 notice.shown = os.environ.get("CONVLAYERS_COMPILE_NOTICE", "1") == "0"

@@ -9,6 +9,12 @@ last stages of MobileNet-type networks. Here a unit is one image's block of ``LA
 multiply-adds of ``LANES`` lanes in registers (one vector on AVX2), and the ``(Ho, Wo, LANES)``
 result goes back to the planes. The scratch of a unit is a few KiB, so it stays in L1.
 
+The multiply-adds run in register tiles (:func:`_pixels_tile`, LLVM vector code as in
+:mod:`convlayers.kernels.simd`): ``PIXELS`` output pixels of one row by one vector of lanes,
+the accumulators held in registers over all ``kh*kw`` taps, each tap one weight vector load
+and one input vector load per pixel. Accumulating in the scratch instead loaded and stored
+every accumulator at every tap (three memory operations per multiply-add).
+
 Forward only (no channel multiplier); the engine keeps the plane kernels for the gradients.
 Importing compiles nothing; the first call per dtype compiles and ``cache=True`` keeps the
 machine code on disk.
@@ -16,14 +22,100 @@ machine code on disk.
 
 from __future__ import annotations
 
-import numba
-import numpy as np
-from numba import njit, prange
+from typing import Any
 
-__all__ = ["LANES", "channels_last_shapes", "depthwise_channels_last"]
+import numba
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from convlayers.kernels.simd import VECTOR_BYTES
+
+__all__ = ["LANES", "PIXELS", "channels_last_shapes", "depthwise_channels_last"]
 
 #: Channels of one block (a compile-time constant of the kernels: their lane loops unroll).
 LANES = 64
+#: Output pixels of one register tile (one accumulator vector each).
+PIXELS = 8
+
+
+def _emit_pixels_tile(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+    """``ob[oy, ox0 + p, v0 : v0 + n] = bias[c0 + v0 :] + sum over taps (a, b) of
+    wt[a, b, c0 + v0 :] * xb[oy*sh + a*dh, (ox0 + p)*sw + b*dw, v0 :]`` for ``p < npx``
+    (``npx <= PIXELS``), ``n`` the lanes of one vector; C-contiguous ``xb (Hp, Wp, L)``,
+    ``wt (kh, kw, Cb)``, ``bias (Cb,)``, ``ob (Ho, Wo, L)``. Pixels past ``npx`` compute the
+    last real one again and are not stored."""
+    xt, wtt, bt, ot = signature.args[:4]
+    xa, wa, ba, oa = (context.make_array(t)(context, builder, a)
+                      for t, a in zip((xt, wtt, bt, ot), args[:4], strict=True))
+    oy, ox0, npx, c0, v0, sh, sw, dh, dw = args[4:13]
+    itemsize = context.get_abi_sizeof(context.get_value_type(xt.dtype))
+    lanes = VECTOR_BYTES // itemsize
+    vec = ir.VectorType(ir.FloatType() if itemsize == 4 else ir.DoubleType(), lanes)
+    vptr = vec.as_pointer()
+    intp = context.get_value_type(types.intp)
+    name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                         f"llvm.fma.{name}")
+
+    def const(value: int) -> Any:
+        return ir.Constant(intp, value)
+
+    def strides(arr: Any) -> list[Any]:  # in elements
+        return [builder.sdiv(s, const(itemsize)) for s in cgutils.unpack_tuple(builder,
+                                                                             arr.strides)]
+
+    def load(arr: Any, offset: Any) -> Any:
+        return builder.load(builder.bitcast(builder.gep(arr.data, [offset]), vptr), align=itemsize)
+
+    xs0, xs1, _ = strides(xa)
+    ws0, ws1, _ = strides(wa)
+    os0, os1, _ = strides(oa)
+    kh, kw = cgutils.unpack_tuple(builder, wa.shape)[:2]
+    last = builder.sub(npx, const(1))
+    cols = [builder.select(builder.icmp_signed("<", const(p), npx), const(p), last)
+            for p in range(PIXELS)]
+    lane0 = builder.add(c0, v0)
+    accs = [cgutils.alloca_once(builder, vec) for _ in range(PIXELS)]
+    start = load(ba, lane0)
+    for acc in accs:
+        builder.store(start, acc)
+    # input column of pixel p at tap column 0: (ox0 + p)*sw, in elements of a row
+    x_cols = [builder.add(builder.mul(builder.mul(builder.add(ox0, col), sw), xs1), v0)
+              for col in cols]
+    with cgutils.for_range(builder, kh) as rows:
+        a = rows.index
+        x_row = builder.mul(builder.add(builder.mul(oy, sh), builder.mul(a, dh)), xs0)
+        w_row = builder.add(builder.mul(a, ws0), lane0)
+        with cgutils.for_range(builder, kw) as taps:
+            b = taps.index
+            w = load(wa, builder.add(w_row, builder.mul(b, ws1)))
+            shift = builder.add(x_row, builder.mul(builder.mul(b, dw), xs1))
+            for p in range(PIXELS):
+                x = load(xa, builder.add(shift, x_cols[p]))
+                builder.store(builder.call(fma, [w, x, builder.load(accs[p])]), accs[p])
+    o_row = builder.add(builder.mul(oy, os0), v0)
+    for p in range(PIXELS):
+        with builder.if_then(builder.icmp_signed("<", const(p), npx)):
+            ptr = builder.gep(oa.data, [builder.add(o_row, builder.mul(builder.add(ox0, const(p)),
+                                                                       os1))])
+            builder.store(builder.load(accs[p]), builder.bitcast(ptr, vptr), align=itemsize)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _pixels_tile(typingctx: Any, xb: Any, wt: Any, bias: Any, ob: Any, oy: Any, ox0: Any,
+                 npx: Any, c0: Any, v0: Any, sh: Any, sw: Any, dh: Any, dw: Any) -> Any:
+    """The register tile of :func:`_emit_pixels_tile` (C-contiguous float arrays of one
+    dtype: 3-D scratch and taps, 1-D bias)."""
+    arrays = (xb, wt, bias, ob)
+    if not all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == xb.dtype
+               and a.dtype in (types.float32, types.float64) for a in arrays):
+        return None
+    if (xb.ndim, wt.ndim, bias.ndim, ob.ndim) != (3, 3, 1, 3):
+        return None
+    return types.void(xb, wt, bias, ob, *([types.intp] * 9)), _emit_pixels_tile
 
 
 def channels_last_shapes(threads, c, out_hw, kernel, stride, dilation):
@@ -45,22 +137,18 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
     the per-thread scratch ``xt`` and ``ot`` (shapes from :func:`channels_last_shapes`)."""
     N, C, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
-    kh, kw = wt.shape[0], wt.shape[1]
     Hp, Wp = xt.shape[1], xt.shape[2]
+    step = VECTOR_BYTES // x.itemsize
     nb = (C + LANES - 1) // LANES
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    # zeroed once: every unit writes the same interior (real lanes), so the padding stays
+    # zero; lanes past C keep another block's values, computed and never stored
+    xt[:] = 0
     for unit in prange(N * nb):
         t = numba.get_thread_id()
         n, cb = unit // nb, unit % nb
         c0 = cb * LANES
         lanes = min(LANES, C - c0)
         xb, ob = xt[t], ot[t]
-        for r in range(Hp):
-            row = xb[r]
-            for j in range(Wp):
-                px = row[j]
-                for lane in range(LANES):
-                    px[lane] = zero
         # row by row, every lane of a row before the next row: the row's pixels (Wp x LANES)
         # stay in L1 while their lanes are written one at a time (lane by lane over the whole
         # block evicted each line 16 times when the block outgrew L1: 15x15 maps, 57 KiB)
@@ -70,20 +158,11 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
                 src = x[n, c0 + lane, iy]
                 for j in range(min(W, max(0, Wp - pl))):
                     dst[j + pl, lane] = src[j]
-        b = bias[c0:c0 + LANES]
         for oy in range(Ho):
-            for ox in range(Wo):
-                acc = ob[oy, ox]
-                for lane in range(LANES):
-                    acc[lane] = b[lane]
-                for a in range(kh):
-                    srow = xb[oy * sh + a * dh]
-                    wrow = wt[a]
-                    for bb in range(kw):
-                        s = srow[ox * sw + bb * dw]
-                        wv = wrow[bb, c0:c0 + LANES]
-                        for lane in range(LANES):
-                            acc[lane] += wv[lane] * s[lane]
+            for ox0 in range(0, Wo, PIXELS):
+                npx = min(PIXELS, Wo - ox0)
+                for v0 in range(0, lanes, step):
+                    _pixels_tile(xb, wt, bias, ob, oy, ox0, npx, c0, v0, sh, sw, dh, dw)
         for lane in range(lanes):
             plane = out[n, c0 + lane]
             for oy in range(Ho):

@@ -401,11 +401,11 @@ def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
 def test_depthwise_register_tiles_cover_every_row_and_lane_edge(dtype: type,
                                                                 strategy: str) -> None:
     """The channels-last tiles compute 8 pixels of a row by one vector of lanes, the planar
-    ones 8 or 4 vectors of a flat plane: rows of 1-17 outputs (a partial last tile, or none),
-    planes of one to several tiles, channel counts that end inside a vector, inside a block
-    or on a block's edge, strides, dilations and kernels that are not square, with and
-    without bias, several images (the scratch reused): torch's output, and non-finite values
-    only where torch has them."""
+    ones 8 or 4 vectors of a flat plane (forward and input gradient): rows of 1-17 outputs
+    (a partial last tile, or none), planes of one to several tiles, channel counts that end
+    inside a vector, inside a block or on a block's edge, strides, dilations and kernels that
+    are not square, with and without bias, several images (the scratch reused): torch's
+    output, and non-finite values only where torch has them."""
     rng = np.random.default_rng(11)
     for case in range(24):
         c = [33, 64, 70, 100, 129, 200][case % 6]
@@ -430,6 +430,14 @@ def test_depthwise_register_tiles_cover_every_row_and_lane_edge(dtype: type,
         np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(expected))
         finite = np.isfinite(expected)
         assert_close(ours[finite], expected[finite], f"case {case}")
+        if strategy == "depthwise-planar" and case % 5:  # its gather and dot products too
+            _, g, (tgx, tgw, _) = torch_grads(lambda *t, a=args: tF.conv2d(*t, **a), [x, w, b],
+                                              case)
+            with config.engine_settings(force=strategy):
+                gx, gw, _ = F.conv_backward(g, x, w, with_bias=b is not None, **args)
+            assert_close(gx, tgx, f"case {case} input gradient")
+            assert_close(gw, tgw, f"case {case} weight gradient")
+
 
 def test_channels_last_needs_its_padded_block_to_fit() -> None:
     """A stride that reaches far for a few outputs would make the channels-last block's padded

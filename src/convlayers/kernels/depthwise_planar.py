@@ -292,6 +292,63 @@ def planar_forward(x, w, bias, sh, sw, dh, dw, pt, pl, rows, S, length, block, p
                 _unflat(acc, S, out[n, co])
 
 
+@njit(cache=True, fastmath=True)
+def _tap_dots(flat, src, toffs, length, out):
+    """``out[t] = sum over i < length of flat[i] * src[toffs[t] + i]``, four taps a pass: each
+    ``flat`` vector loaded once for four multiply-adds (a tap a pass loaded two per one)."""
+    T = toffs.shape[0]
+    zero = flat[0] * 0
+    t = 0
+    while t + 4 <= T:
+        v0, v1 = src[toffs[t]:], src[toffs[t + 1]:]
+        v2, v3 = src[toffs[t + 2]:], src[toffs[t + 3]:]
+        s0 = s1 = s2 = s3 = zero
+        for i in range(length):
+            f = flat[i]
+            s0 += f * v0[i]
+            s1 += f * v1[i]
+            s2 += f * v2[i]
+            s3 += f * v3[i]
+        out[t], out[t + 1], out[t + 2], out[t + 3] = s0, s1, s2, s3
+        t += 4
+    while t < T:
+        v0 = src[toffs[t]:]
+        s0 = zero
+        for i in range(length):
+            s0 += flat[i] * v0[i]
+        out[t] = s0
+        t += 1
+
+
+@njit(cache=True)
+def _gather_layout(kh, kw, sh, sw, dh, dw, S, mult, E, M):
+    """The input gradient as a gather, per phase plane: ``(order, offs, starts)``.
+
+    Entry ``k`` (``starts[p] <= k < starts[p + 1]`` for phase plane ``p``, by multiplier ``m``
+    then tap) is tap ``t = order[k] % (kh*kw)`` of multiplier ``m = order[k] // (kh*kw)``:
+    phase plane ``p``'s gradient at ``j`` sums ``w[m, t] * flat_m[j - shift_t]``, read at
+    ``offs[k] + j`` in the flat output gradients (``mult`` slots of ``E``, each ``M`` zeros
+    before its plane)."""
+    T = kh * kw
+    P = sh * sw
+    order = np.empty(mult * T, dtype=np.int64)
+    offs = np.empty(mult * T, dtype=np.int64)
+    starts = np.zeros(P + 1, dtype=np.int64)
+    k = 0
+    for p in range(P):
+        starts[p] = k
+        for m in range(mult):
+            for a in range(kh):
+                for b in range(kw):
+                    if (a * dh % sh) * sw + b * dw % sw != p:
+                        continue
+                    order[k] = m * T + a * kw + b
+                    offs[k] = m * E + M - ((a * dh // sh) * S + b * dw // sw)
+                    k += 1
+    starts[P] = k
+    return order, offs, starts
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def planar_backward(x, gy, w, sh, sw, dh, dw, pt, pl, rows, S, length, block, parts,
                     need_gx, need_gw, gx):
@@ -300,42 +357,54 @@ def planar_backward(x, gy, w, sh, sw, dh, dw, pt, pl, rows, S, length, block, pa
     ``gx`` (the input's shape) receives the input gradient when ``need_gx``; the return value is
     the per-image weight gradient ``(N, C_out, kh, kw)`` in float64 (each plane's dot products in
     the input dtype), zeros unless ``need_gw``. Without ``need_gw`` only the shape of ``x`` is
-    read, so ``x`` may be ``gx`` itself."""
+    read, so ``x`` may be ``gx`` itself.
+
+    The input gradient is a gather in register tiles (:func:`_taps_into`): each phase plane's
+    position ``j`` sums ``w * gy`` over the taps of that phase, reading the output gradient laid
+    out flat at ``j`` minus the tap's shift, with zeros before and after it. Scattering each
+    tap over the plane loaded and stored the gradient at every multiply-add."""
     N, C_in = x.shape[0], x.shape[1]
     C_out = gy.shape[1]
     kh, kw = w.shape[1], w.shape[2]
+    T = kh * kw
     mult = C_out // C_in
     planes = N * C_in
     step = (planes + parts - 1) // parts
+    P = sh * sw
+    M = ((kh - 1) * dh // sh) * S + (kw - 1) * dw // sw  # the largest shift
+    span = -(-(rows * S) // 64) * 64  # a phase plane's positions, in whole tiles
+    E = M + max(span, length) + 64
+    order, offs, starts = _gather_layout(kh, kw, sh, sw, dh, dw, S, mult, E, M)
+    toffs = _tap_offsets(kh, kw, sh, sw, dh, dw, S, block)
+    taps = w.reshape(C_out, T)
+    ws = np.empty((C_in, mult * T), dtype=x.dtype)  # each channel's weights in gather order
+    for ci in range(C_in):
+        for k in range(mult * T):
+            ws[ci, k] = taps[ci * mult + order[k] // T, order[k] % T]
+    zero = np.zeros(1, dtype=x.dtype)[0]
     part_gw = np.zeros((N, C_out, kh, kw), dtype=np.float64)
     for part in prange(parts):
         src = np.empty(sh * sw * block, dtype=x.dtype)
-        grad = np.empty(sh * sw * block, dtype=x.dtype)
-        flat = np.empty(length, dtype=x.dtype)
+        grad = np.empty(P * block + span, dtype=x.dtype)
+        flats = np.zeros(mult * E, dtype=x.dtype)  # the zeros around each plane stay zero
         for q in range(part * step, min(planes, (part + 1) * step)):
             n = q // C_in
             ci = q - n * C_in
             if need_gw:
-                _split(x[n, ci], pt, pl, sh, sw, rows, S, block, src, w.shape[1], w.shape[2], dh, dw)
-            if need_gx:
-                grad[:] = 0
+                _split(x[n, ci], pt, pl, sh, sw, rows, S, block, src, kh, kw, dh, dw)
             for m in range(mult):
                 co = ci * mult + m
+                flat = flats[m * E + M: m * E + M + length]
                 _flat(gy[n, co], S, flat)
-                for a in range(kh):
-                    for b in range(kw):
-                        off = _tap(a, b, sh, sw, dh, dw, S, block)
-                        if need_gw:
-                            shifted = src[off: off + length]
-                            s = flat[0] * 0
-                            for i in range(length):
-                                s += flat[i] * shifted[i]
-                            part_gw[n, co, a, b] = s
-                        if need_gx:
-                            wv = w[co, a, b]
-                            target = grad[off: off + length]
-                            for i in range(length):
-                                target[i] += wv * flat[i]
+                if need_gw:
+                    _tap_dots(flat, src, toffs, length, part_gw[n, co].reshape(T))
             if need_gx:
+                for p in range(P):
+                    k0, k1 = starts[p], starts[p + 1]
+                    if k0 == k1:  # no tap reads this phase: _merge reads its zeros
+                        grad[p * block: (p + 1) * block] = 0
+                        continue
+                    _taps_into(grad[p * block: p * block + span], flats, offs[k0:k1],
+                               ws[ci, k0:k1], zero, span)
                 _merge(grad, pt, pl, sh, sw, rows, S, block, gx[n, ci])
     return part_gw

@@ -313,9 +313,14 @@ class EngineSettings:
     #: The planar depthwise kernels serve output planes where their flat loops compute at most
     #: this many positions per output pixel (tiny planes: the row kernels serve).
     planar_max_waste: int = 2
-    #: Depthwise forwards (no multiplier, 32+ channels) with at most this many output
-    #: pixels per plane run channels-last: a tap is then a loop over the channels.
+    #: Depthwise forwards (no multiplier) with at most this many output pixels per plane run
+    #: channels-last: a tap is then a loop over the channels.
     channels_last_pixels: int = 100
+    #: ... when they have at least this many channels (a vector's lanes past the channels are
+    #: computed and dropped). On 30 random layers of 4-39 channels on maps of 3x3 to 10x10,
+    #: channels-last ran 0.23-0.95x the other depthwise kernels' time from 13 channels up, and
+    #: 0.70-1.21x below; on 25 more drawn after the rule was set, 0.23-1.04x (geo-mean 0.58).
+    channels_last_channels: int = 8
     #: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
     #: pixels per plane the row kernels serve.
     flat_pixels: int = 1 << 18

@@ -25,9 +25,10 @@ planar         plane, then the same flat loops (any stride). Every pass.
 depthwise-rows Depthwise, any geometry: loops along output rows, borders read by bounds. Every
                pass.
 depthwise-     Depthwise forward without a channel multiplier on small maps (at most
-channels-last  ``channels_last_pixels`` output pixels a plane, half a block of channels or
-               more): per image and block of 64 channels, a padded channels-last copy in
-               L1, each tap a multiply-add over the block, transposed back.
+channels-last  ``channels_last_pixels`` output pixels a plane, ``channels_last_channels``
+               channels or more): per image and block of 64 channels, a padded
+               channels-last copy in L1, register tiles of 8 pixels by a vector of
+               channels over every tap, transposed back.
 pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
                image and group, no copy at stride 1). Every pass; depthwise 1x1 ones too (a
                product of one row, or ``multiplier`` rows, per channel).
@@ -354,14 +355,16 @@ def _dense(g: Geometry, pass_: str) -> str:
 def channels_last_fits(channels: int, out_hw: tuple[int, int], kernel: tuple[int, int],
                        stride: tuple[int, int], dilation: tuple[int, int], itemsize: int) -> bool:
     """Whether a depthwise forward (no multiplier) of ``channels`` output planes ``out_hw``
-    runs channels-last: small planes, at least half a block of channels (the kernel computes
-    whole blocks of ``LANES``), and a block's padded input within ``planar_bytes`` (a large
-    stride reaches far for few outputs)."""
-    from convlayers.kernels.depthwise_nhwc import LANES, channels_last_shapes
+    runs channels-last: small planes, ``channels_last_channels`` or more channels, and a
+    block's padded input within ``planar_bytes`` (a large stride reaches far for few
+    outputs)."""
+    from convlayers.kernels.depthwise_nhwc import channels_last_shapes
 
+    e = config.engine
     padded = channels_last_shapes(1, channels, out_hw, kernel, stride, dilation)[0]
-    return (2 * channels >= LANES and out_hw[0] * out_hw[1] <= config.engine.channels_last_pixels
-            and math.prod(padded) * itemsize <= config.engine.planar_bytes)
+    return (channels >= e.channels_last_channels
+            and out_hw[0] * out_hw[1] <= e.channels_last_pixels
+            and math.prod(padded) * itemsize <= e.planar_bytes)
 
 
 def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tuple[str, str]:

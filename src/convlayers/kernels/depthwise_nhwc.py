@@ -10,7 +10,8 @@ multiply-adds of ``LANES`` lanes in registers (one vector on AVX2), and the ``(H
 result goes back to the planes. The scratch of a unit is a few KiB, so it stays in L1.
 
 The multiply-adds run in register tiles (:func:`_pixels_tile`, LLVM vector code as in
-:mod:`convlayers.kernels.simd`): ``PIXELS`` output pixels of one row by one vector of lanes,
+:mod:`convlayers.kernels.simd`): ``PIXELS`` output pixels of one row (of one column when the
+map is narrower than it is tall, so few pixels are computed twice) by one vector of lanes,
 the accumulators held in registers over all ``kh*kw`` taps, each tap one weight vector load
 and one input vector load per pixel. Accumulating in the scratch instead loaded and stored
 every accumulator at every tap (three memory operations per multiply-add).
@@ -41,15 +42,16 @@ PIXELS = 8
 
 
 def _emit_pixels_tile(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-    """``ob[oy, ox0 + p, v0 : v0 + n] = bias[c0 + v0 :] + sum over taps (a, b) of
-    wt[a, b, c0 + v0 :] * xb[oy*sh + a*dh, (ox0 + p)*sw + b*dw, v0 :]`` for ``p < npx``
-    (``npx <= PIXELS``), ``n`` the lanes of one vector; C-contiguous ``xb (Hp, Wp, L)``,
+    """``ob[y_p, x_p, v0 : v0 + n] = bias[c0 + v0 :] + sum over taps (a, b) of
+    wt[a, b, c0 + v0 :] * xb[y_p*sh + a*dh, x_p*sw + b*dw, v0 :]`` for the pixels ``p < npx``
+    (``npx <= PIXELS``) at ``(y_p, x_p) = (oy, ox0 + p)``, or ``(oy + p, ox0)`` when ``down``
+    (a column of a narrow map); ``n`` the lanes of one vector; C-contiguous ``xb (Hp, Wp, L)``,
     ``wt (kh, kw, Cb)``, ``bias (Cb,)``, ``ob (Ho, Wo, L)``. Pixels past ``npx`` compute the
     last real one again and are not stored."""
     xt, wtt, bt, ot = signature.args[:4]
     xa, wa, ba, oa = (context.make_array(t)(context, builder, a)
                       for t, a in zip((xt, wtt, bt, ot), args[:4], strict=True))
-    oy, ox0, npx, c0, v0, sh, sw, dh, dw = args[4:13]
+    oy, ox0, npx, c0, v0, sh, sw, dh, dw, down = args[4:14]
     itemsize = context.get_abi_sizeof(context.get_value_type(xt.dtype))
     lanes = VECTOR_BYTES // itemsize
     vec = ir.VectorType(ir.FloatType() if itemsize == 4 else ir.DoubleType(), lanes)
@@ -74,39 +76,43 @@ def _emit_pixels_tile(context: Any, builder: Any, signature: Any, args: Any) -> 
     os0, os1, _ = strides(oa)
     kh, kw = cgutils.unpack_tuple(builder, wa.shape)[:2]
     last = builder.sub(npx, const(1))
-    cols = [builder.select(builder.icmp_signed("<", const(p), npx), const(p), last)
-            for p in range(PIXELS)]
+    steps = [builder.select(builder.icmp_signed("<", const(p), npx), const(p), last)
+             for p in range(PIXELS)]
+    is_down = builder.icmp_signed("!=", down, const(0))
+    ys = [builder.select(is_down, builder.add(oy, step), oy) for step in steps]
+    xs = [builder.select(is_down, ox0, builder.add(ox0, step)) for step in steps]
     lane0 = builder.add(c0, v0)
     accs = [cgutils.alloca_once(builder, vec) for _ in range(PIXELS)]
     start = load(ba, lane0)
     for acc in accs:
         builder.store(start, acc)
-    # input column of pixel p at tap column 0: (ox0 + p)*sw, in elements of a row
-    x_cols = [builder.add(builder.mul(builder.mul(builder.add(ox0, col), sw), xs1), v0)
-              for col in cols]
+    # pixel p's input at tap (0, 0), in elements of the scratch
+    x_pixels = [builder.add(builder.add(builder.mul(builder.mul(y, sh), xs0),
+                                        builder.mul(builder.mul(x, sw), xs1)), v0)
+                for y, x in zip(ys, xs, strict=True)]
     with cgutils.for_range(builder, kh) as rows:
         a = rows.index
-        x_row = builder.mul(builder.add(builder.mul(oy, sh), builder.mul(a, dh)), xs0)
+        x_row = builder.mul(builder.mul(a, dh), xs0)
         w_row = builder.add(builder.mul(a, ws0), lane0)
         with cgutils.for_range(builder, kw) as taps:
             b = taps.index
             w = load(wa, builder.add(w_row, builder.mul(b, ws1)))
             shift = builder.add(x_row, builder.mul(builder.mul(b, dw), xs1))
             for p in range(PIXELS):
-                x = load(xa, builder.add(shift, x_cols[p]))
+                x = load(xa, builder.add(shift, x_pixels[p]))
                 builder.store(builder.call(fma, [w, x, builder.load(accs[p])]), accs[p])
-    o_row = builder.add(builder.mul(oy, os0), v0)
     for p in range(PIXELS):
         with builder.if_then(builder.icmp_signed("<", const(p), npx)):
-            ptr = builder.gep(oa.data, [builder.add(o_row, builder.mul(builder.add(ox0, const(p)),
-                                                                       os1))])
-            builder.store(builder.load(accs[p]), builder.bitcast(ptr, vptr), align=itemsize)
+            at = builder.add(builder.add(builder.mul(ys[p], os0), builder.mul(xs[p], os1)), v0)
+            builder.store(builder.load(accs[p]),
+                          builder.bitcast(builder.gep(oa.data, [at]), vptr), align=itemsize)
     return context.get_dummy_value()
 
 
 @intrinsic
 def _pixels_tile(typingctx: Any, xb: Any, wt: Any, bias: Any, ob: Any, oy: Any, ox0: Any,
-                 npx: Any, c0: Any, v0: Any, sh: Any, sw: Any, dh: Any, dw: Any) -> Any:
+                 npx: Any, c0: Any, v0: Any, sh: Any, sw: Any, dh: Any, dw: Any,
+                 down: Any) -> Any:
     """The register tile of :func:`_emit_pixels_tile` (C-contiguous float arrays of one
     dtype: 3-D scratch and taps, 1-D bias)."""
     arrays = (xb, wt, bias, ob)
@@ -115,7 +121,7 @@ def _pixels_tile(typingctx: Any, xb: Any, wt: Any, bias: Any, ob: Any, oy: Any, 
         return None
     if (xb.ndim, wt.ndim, bias.ndim, ob.ndim) != (3, 3, 1, 3):
         return None
-    return types.void(xb, wt, bias, ob, *([types.intp] * 9)), _emit_pixels_tile
+    return types.void(xb, wt, bias, ob, *([types.intp] * 10)), _emit_pixels_tile
 
 
 def channels_last_shapes(threads, c, out_hw, kernel, stride, dilation):
@@ -139,6 +145,8 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
     Ho, Wo = out.shape[2], out.shape[3]
     Hp, Wp = xt.shape[1], xt.shape[2]
     step = VECTOR_BYTES // x.itemsize
+    # the orientation whose tiles compute fewer pixels (a tile's missing pixels repeat one)
+    down = Wo * -(-Ho // PIXELS) < Ho * -(-Wo // PIXELS)
     nb = (C + LANES - 1) // LANES
     # zeroed once: every unit writes the same interior (real lanes), so the padding stays
     # zero; lanes past C keep another block's values, computed and never stored
@@ -158,11 +166,18 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
                 src = x[n, c0 + lane, iy]
                 for j in range(min(W, max(0, Wp - pl))):
                     dst[j + pl, lane] = src[j]
-        for oy in range(Ho):
-            for ox0 in range(0, Wo, PIXELS):
-                npx = min(PIXELS, Wo - ox0)
-                for v0 in range(0, lanes, step):
-                    _pixels_tile(xb, wt, bias, ob, oy, ox0, npx, c0, v0, sh, sw, dh, dw)
+        if down:  # narrow maps: tiles run down the columns
+            for ox in range(Wo):
+                for oy0 in range(0, Ho, PIXELS):
+                    npx = min(PIXELS, Ho - oy0)
+                    for v0 in range(0, lanes, step):
+                        _pixels_tile(xb, wt, bias, ob, oy0, ox, npx, c0, v0, sh, sw, dh, dw, 1)
+        else:
+            for oy in range(Ho):
+                for ox0 in range(0, Wo, PIXELS):
+                    npx = min(PIXELS, Wo - ox0)
+                    for v0 in range(0, lanes, step):
+                        _pixels_tile(xb, wt, bias, ob, oy, ox0, npx, c0, v0, sh, sw, dh, dw, 0)
         for lane in range(lanes):
             plane = out[n, c0 + lane]
             for oy in range(Ho):

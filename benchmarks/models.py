@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-import convlayers  # before torch: its OpenMP must not keep spinning beside numba's (see README)
+import convlayers  # before or after torch: numba has an OpenMP runtime of its own
 from convlayers import nn
 
 # isort: split

@@ -16,6 +16,11 @@ the accumulators held in registers over all ``kh*kw`` taps, each tap one weight 
 and one input vector load per pixel. Accumulating in the scratch instead loaded and stored
 every accumulator at every tap (three memory operations per multiply-add).
 
+The copies into and out of the block are transposes: a vector of lanes' planes at a time,
+a vector of positions each, transposed in registers (:func:`_transpose`) and stored a pixel
+(or a lane's plane) per vector. One element at a time they took most of the kernel's time
+on small maps.
+
 Forward only (no channel multiplier); the engine keeps the plane kernels for the gradients.
 Importing compiles nothing; the first call per dtype compiles and ``cache=True`` keeps the
 machine code on disk.
@@ -26,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -124,6 +130,55 @@ def _pixels_tile(typingctx: Any, xb: Any, wt: Any, bias: Any, ob: Any, oy: Any, 
     return types.void(xb, wt, bias, ob, *([types.intp] * 10)), _emit_pixels_tile
 
 
+def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+    """Load ``n`` vectors (``n`` the lanes of one), row ``r`` from ``src[base + r*stride]``,
+    transpose them in registers, store vector ``k`` at ``dst[dst_base + table[q0 + k]]``:
+    ``log2(n)`` stages of shuffles, each swapping the elements ``s`` apart between rows ``s``
+    apart (rows ``i``, ``i + s``: ``a[c + s]`` with ``b[c]`` where bit ``s`` of ``c`` is 0)."""
+    st, _, _, dt, tt = signature.args[:5]
+    sa, da, ta = (context.make_array(t)(context, builder, a)
+                  for t, a in ((st, args[0]), (dt, args[3]), (tt, args[4])))
+    base, stride, q0, dst_base = args[1], args[2], args[5], args[6]
+    itemsize = context.get_abi_sizeof(context.get_value_type(st.dtype))
+    n = VECTOR_BYTES // itemsize
+    vec = ir.VectorType(context.get_value_type(st.dtype), n)
+    vptr = vec.as_pointer()
+    intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
+    rows = [builder.load(builder.bitcast(builder.gep(sa.data, [builder.add(
+        base, builder.mul(stride, ir.Constant(intp, r)))]), vptr), align=itemsize)
+        for r in range(n)]
+    s = 1
+    while s < n:
+        lo = ir.Constant(ir.VectorType(i32, n), [c if c & s == 0 else n + c - s for c in range(n)])
+        hi = ir.Constant(ir.VectorType(i32, n), [c + s if c & s == 0 else n + c for c in range(n)])
+        for i in range(n):
+            if i & s == 0:
+                a, b = rows[i], rows[i + s]
+                rows[i] = builder.shuffle_vector(a, b, lo)
+                rows[i + s] = builder.shuffle_vector(a, b, hi)
+        s *= 2
+    for k in range(n):
+        at = builder.load(builder.gep(ta.data, [builder.add(q0, ir.Constant(intp, k))]))
+        ptr = builder.gep(da.data, [builder.add(dst_base, at)])
+        builder.store(rows[k], builder.bitcast(ptr, vptr), align=itemsize)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _transpose(typingctx: Any, src: Any, base: Any, stride: Any, dst: Any, table: Any,
+               q0: Any, dst_base: Any) -> Any:
+    """The in-register transpose of :func:`_emit_transpose` (1-D C-contiguous float arrays of
+    one dtype, an int64 table)."""
+    floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                 and a.dtype == src.dtype and a.dtype in (types.float32, types.float64)
+                 for a in (src, dst))
+    if not (floats and isinstance(table, types.Array) and table.ndim == 1
+            and table.dtype == types.int64):
+        return None
+    return (types.void(src, types.intp, types.intp, dst, table, types.intp, types.intp),
+            _emit_transpose)
+
+
 def channels_last_shapes(threads, c, out_hw, kernel, stride, dilation):
     """``(padded, result, lanes)``: the shapes of the per-thread scratch of
     :func:`depthwise_channels_last`, ``(threads, Hp, Wp, LANES)`` (the padded rows and columns
@@ -151,21 +206,42 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
     # zeroed once: every unit writes the same interior (real lanes), so the padding stays
     # zero; lanes past C keep another block's values, computed and never stored
     xt[:] = 0
+    HW, P = H * W, Ho * Wo
+    # every input pixel lands in the block (none cropped): copied through the transposes
+    whole = H + pt <= Hp and W + pl <= Wp
+    pixel_offs = np.empty(HW, dtype=np.int64)  # input pixel -> its place in the block
+    for p in range(HW):
+        pixel_offs[p] = ((p // W + pt) * Wp + p % W + pl) * LANES
+    lane_offs = np.arange(LANES, dtype=np.int64) * P  # lane -> its output plane
     for unit in prange(N * nb):
         t = numba.get_thread_id()
         n, cb = unit // nb, unit % nb
         c0 = cb * LANES
         lanes = min(LANES, C - c0)
         xb, ob = xt[t], ot[t]
-        # row by row, every lane of a row before the next row: the row's pixels (Wp x LANES)
-        # stay in L1 while their lanes are written one at a time (lane by lane over the whole
-        # block evicted each line 16 times when the block outgrew L1: 15x15 maps, 57 KiB)
-        for iy in range(min(H, max(0, Hp - pt))):
-            dst = xb[iy + pt]
-            for lane in range(lanes):
-                src = x[n, c0 + lane, iy]
-                for j in range(min(W, max(0, Wp - pl))):
-                    dst[j + pl, lane] = src[j]
+        if whole:  # the planes' positions a vector at a time, transposed in registers
+            xf, bf = x.reshape(x.size), xb.reshape(xb.size)
+            full = lanes - lanes % step
+            plane0 = (n * C + c0) * HW
+            for g0 in range(0, full, step):
+                for p0 in range(0, HW - HW % step, step):
+                    _transpose(xf, plane0 + g0 * HW + p0, HW, bf, pixel_offs, p0, g0)
+                for p in range(HW - HW % step, HW):
+                    for lane in range(g0, g0 + step):
+                        bf[pixel_offs[p] + lane] = xf[plane0 + lane * HW + p]
+            for lane in range(full, lanes):
+                for p in range(HW):
+                    bf[pixel_offs[p] + lane] = xf[plane0 + lane * HW + p]
+        else:
+            # row by row, every lane of a row before the next row: the row's pixels (Wp x
+            # LANES) stay in L1 while their lanes are written one at a time (lane by lane over
+            # the whole block evicted each line 16 times when it outgrew L1: 15x15 maps)
+            for iy in range(min(H, max(0, Hp - pt))):
+                dst = xb[iy + pt]
+                for lane in range(lanes):
+                    src = x[n, c0 + lane, iy]
+                    for j in range(min(W, max(0, Wp - pl))):
+                        dst[j + pl, lane] = src[j]
         if down:  # narrow maps: tiles run down the columns
             for ox in range(Wo):
                 for oy0 in range(0, Ho, PIXELS):
@@ -178,10 +254,13 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
                     npx = min(PIXELS, Wo - ox0)
                     for v0 in range(0, lanes, step):
                         _pixels_tile(xb, wt, bias, ob, oy, ox0, npx, c0, v0, sh, sw, dh, dw, 0)
+        # back to the planes: a vector of pixels by a vector of lanes at a time
+        of, rf = out.reshape(out.size), ob.reshape(ob.size)
+        full = lanes - lanes % step
+        out0 = (n * C + c0) * P
+        for g0 in range(0, full, step):
+            for p0 in range(0, P - P % step, step):
+                _transpose(rf, p0 * LANES + g0, LANES, of, lane_offs, g0, out0 + p0)
         for lane in range(lanes):
-            plane = out[n, c0 + lane]
-            for oy in range(Ho):
-                row = plane[oy]
-                src = ob[oy]
-                for ox in range(Wo):
-                    row[ox] = src[ox, lane]
+            for p in range(P - P % step if lane < full else 0, P):
+                of[out0 + lane * P + p] = rf[p * LANES + lane]

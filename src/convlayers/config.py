@@ -314,8 +314,12 @@ class EngineSettings:
     #: this many positions per output pixel (tiny planes: the row kernels serve).
     planar_max_waste: int = 2
     #: Depthwise forwards (no multiplier) with at most this many output pixels per plane run
-    #: channels-last: a tap is then a loop over the channels.
-    channels_last_pixels: int = 100
+    #: channels-last: a tap is then a loop over the channels. With the register tiles and
+    #: transposed copies, on 30 random layers of 121-2916 pixels: 0.28-1.33x the planar
+    #: kernels' time up to 441 pixels (geo-mean about 0.77), mixed to 850, slower past 1000;
+    #: on 20 drawn after the rule was set (121-400 pixels) geo-mean 0.91, the worst (1.77x,
+    #: 16x357x14x14) 0.65-0.74x when measured again alone.
+    channels_last_pixels: int = 400
     #: ... when they have at least this many channels (a vector's lanes past the channels are
     #: computed and dropped). On 30 random layers of 4-39 channels on maps of 3x3 to 10x10,
     #: channels-last ran 0.23-0.95x the other depthwise kernels' time from 13 channels up, and

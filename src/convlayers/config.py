@@ -129,6 +129,14 @@ def start_numba_threads() -> None:
     A :class:`PerformanceWarning` says so when numba's layer still ended up on a runtime loaded
     before it (no new libgomp was mapped: one built with the same file, or a platform without
     ``RTLD_DEEPBIND``) and the user chose no policy.
+
+    Examples
+    --------
+    >>> from convlayers import config
+    >>> config.start_numba_threads()  # once per process; later calls return at once
+    >>> import numba
+    >>> numba.get_num_threads() >= 1
+    True
     """
     from numba.np.ufunc import parallel
 

@@ -398,49 +398,6 @@ def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
     assert_close(gw, tgw, "weight gradient")
 
 
-@pytest.mark.parametrize("strategy", ["depthwise-channels-last", "depthwise-planar"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_depthwise_register_tiles_cover_every_row_and_lane_edge(dtype: type,
-                                                                strategy: str) -> None:
-    """The channels-last tiles compute 8 pixels of a row by one vector of lanes, the planar
-    ones 8 or 4 vectors of a flat plane (forward and input gradient): rows of 1-17 outputs
-    (a partial last tile, or none), planes of one to several tiles, channel counts that end
-    inside a vector, inside a block or on a block's edge, strides, dilations and kernels that
-    are not square, with and without bias, several images (the scratch reused): torch's
-    output, and non-finite values only where torch has them."""
-    rng = np.random.default_rng(11)
-    for case in range(24):
-        c = [33, 64, 70, 100, 129, 200][case % 6]
-        wo = 1 + case % 17
-        kh, kw = [(3, 3), (1, 5), (5, 2), (7, 7)][case % 4]
-        sh, sw = 1 + case % 2, 1 + case % 3
-        dh, dw = 1 + case // 12, 1
-        pt, pl = kh // 2, kw // 2
-        h = max(1, (1 + case % 7 - 1) * sh + (kh - 1) * dh + 1 - 2 * pt)
-        w_in = max(1, (wo - 1) * sw + (kw - 1) * dw + 1 - 2 * pl)
-        x = random_array(rng, (3, c, h, w_in), dtype)
-        if case % 5 == 0:
-            x[1, c - 1, 0, 0] = np.inf
-            x[2, 0, h - 1, w_in - 1] = np.nan
-        w = random_array(rng, (c, 1, kh, kw), dtype)
-        b = random_array(rng, (c,), dtype) if case % 2 else None
-        args = dict(stride=(sh, sw), padding=(pt, pl), dilation=(dh, dw), groups=c)
-        with config.engine_settings(force=strategy):
-            ours = F.conv2d(x, w, b, **args)
-        expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w),
-                             None if b is None else torch.from_numpy(b), **args).numpy()
-        np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(expected))
-        finite = np.isfinite(expected)
-        assert_close(ours[finite], expected[finite], f"case {case}")
-        if strategy == "depthwise-planar" and case % 5:  # its gather and dot products too
-            _, g, (tgx, tgw, _) = torch_grads(lambda *t, a=args: tF.conv2d(*t, **a), [x, w, b],
-                                              case)
-            with config.engine_settings(force=strategy):
-                gx, gw, _ = F.conv_backward(g, x, w, with_bias=b is not None, **args)
-            assert_close(gx, tgx, f"case {case} input gradient")
-            assert_close(gw, tgw, f"case {case} weight gradient")
-
-
 def test_channels_last_needs_its_padded_block_to_fit() -> None:
     """A stride that reaches far for a few outputs would make the channels-last block's padded
     copy huge (here 16003 x 16003 pixels of 64 channels): the plane kernels serve instead.

@@ -172,6 +172,29 @@ def test_the_parallel_value_check_finds_every_inf_and_nan(dtype: type) -> None:
     assert not any_nonfinite(huge, 7)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_the_engine_value_check_agrees_with_isfinite(dtype: type) -> None:
+    """``_finite``, as the engine calls it on weights and inputs: small arrays take the serial
+    compiled check, large ones the parallel one, strided views and float16 NumPy's; each inf
+    or NaN is seen wherever it is, and huge finite values are finite."""
+    from convlayers.functional._engine_shared import _finite
+
+    rng = np.random.default_rng(3)
+    for shape in [(1,), (4, 4, 3, 3), (64, 33, 5, 5), (1100, 1024)]:
+        a = rng.standard_normal(shape).astype(dtype)
+        for view in (a, a[..., ::2], np.swapaxes(a, 0, -1)):
+            assert _finite(view)
+            for bad in (np.inf, -np.inf, np.nan):
+                for pos in (0, view.size // 2, view.size - 1):
+                    b = view.copy(order="K")
+                    b.flat[pos] = bad
+                    assert not _finite(b)
+                    assert not _finite(b if b.ndim < 2 else np.swapaxes(b, 0, -1))
+    huge = np.full((9, 9), np.finfo(dtype).max, dtype)
+    huge[::2] *= -1
+    assert _finite(huge)
+
+
 def test_value_checks_can_be_switched_off_to_measure_them() -> None:
     rng = np.random.default_rng(1)
     x = random_array(rng, (2, 16, 8, 8), np.float32)

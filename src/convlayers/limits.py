@@ -18,7 +18,7 @@ ValueError: output of conv2d would need 4,000 bytes (3.9 KiB), more than the lim
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -41,17 +41,23 @@ def human_bytes(n: float) -> str:
     return f"{value:.1f} PiB"  # pragma: no cover
 
 
-def check_bytes(nbytes: int, what: str, limit: int | None = None) -> None:
-    """Raise ``ValueError`` naming ``what`` when ``nbytes`` exceed ``limit`` (default
-    :func:`convlayers.config.max_array_bytes`)."""
+#: What an array is, for the message: a string, or a function that makes it (an op's message
+#: names its shapes, and formatting it on every call took 5 us, a tenth of a small layer's).
+What = str | Callable[[], str]
+
+
+def check_bytes(nbytes: int, what: What, limit: int | None = None) -> None:
+    """Raise ``ValueError`` naming ``what`` (or ``what()``) when ``nbytes`` exceed ``limit``
+    (default :func:`convlayers.config.max_array_bytes`)."""
     cap = config.max_array_bytes() if limit is None else int(limit)
     if nbytes > cap:
+        what = what if isinstance(what, str) else what()
         source = "config.max_array_bytes" if limit is None else "the limit given"
         raise ValueError(f"{what} would need {int(nbytes):,} bytes ({human_bytes(nbytes)}), more "
                          f"than the limit of {cap:,} bytes ({human_bytes(cap)}; {source})")
 
 
-def check_elements(shape: Iterable[int], dtype: np.dtype | type | str, what: str,
+def check_elements(shape: Iterable[int], dtype: np.dtype | type | str, what: What,
                    limit: int | None = None) -> int:
     """Check an array of ``shape`` and ``dtype`` against the cap before it is allocated; return
     its size in bytes. Python ints, so a huge shape cannot overflow.
@@ -63,6 +69,7 @@ def check_elements(shape: Iterable[int], dtype: np.dtype | type | str, what: str
     count = 1
     for extent in shape:
         if int(extent) < 0:
+            what = what if isinstance(what, str) else what()
             raise ValueError(f"{what} has a negative extent in its shape {tuple(shape)}")
         count *= int(extent)
     nbytes = count * np.dtype(dtype).itemsize

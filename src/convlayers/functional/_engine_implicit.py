@@ -11,6 +11,7 @@ every ``s``-th row and column.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -100,6 +101,7 @@ def _fwd_implicit(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     return _run(x, taps, bias, g).reshape(g.n, g.c_out, g.ho, g.wo)
 
 
+@functools.lru_cache(maxsize=1024)
 def full_geometry(g: Geometry) -> Geometry:
     """The forward geometry whose output is the input gradient of the stride-1 ``g``: the output
     gradient ``(N, C_out, Ho, Wo)`` correlated with the flipped, transposed weights, padded by
@@ -148,7 +150,8 @@ class _Phase:
     pad: int
 
 
-def _phases(k: int, d: int, s: int, p: int, size: int) -> list[_Phase]:
+@functools.lru_cache(maxsize=1024)
+def _phases(k: int, d: int, s: int, p: int, size: int) -> tuple[_Phase, ...]:
     """The stride phases of one axis (kernel ``k``, dilation ``d``, stride ``s``, padding ``p``
     before, input ``size``) that some tap reaches.
 
@@ -167,7 +170,7 @@ def _phases(k: int, d: int, s: int, p: int, size: int) -> list[_Phase]:
         e_last = (taps[-1] * d - r) // s
         phases.append(_Phase(first, (size - first + s - 1) // s, taps, d // math.gcd(d, s),
                              e_last - t0))
-    return phases
+    return tuple(phases)
 
 
 def channels_last_pays(g: Geometry) -> bool:

@@ -69,10 +69,11 @@ def _check_passes(x: np.ndarray, out: tuple[int, ...], order: Any, op: str,
     shape = list(x.shape)
     for a in passes:
         shape[2 + a] = out[a]
-        limits.check_elements(shape, x.dtype, f"the output of {op} (shape {tuple(shape)} from "
+        now = tuple(shape)
+        limits.check_elements(now, x.dtype, lambda: f"the output of {op} (shape {now} from "  # noqa: B023 (called at once)
                               f"input shape {x.shape}, output_size {out})")
         if indices:
-            limits.check_elements(shape, np.int64, f"the indices of {op} (shape {tuple(shape)})")
+            limits.check_elements(now, np.int64, lambda: f"the indices of {op} (shape {now})")  # noqa: B023
 
 
 def _avg_axis(x: np.ndarray, axis: int, out: int) -> np.ndarray:

@@ -138,14 +138,14 @@ def _conv_spec(
 def check_sizes(x: np.ndarray, c_out: int, spec: ConvSpec, op: str) -> None:
     """Refuse, before anything is allocated, an output (or padded copy) over the memory cap."""
     shape = (x.shape[0], c_out, *spec.out_shape)
-    limits.check_elements(shape, x.dtype, f"the output of {op} (shape {shape} from input shape "
-                          f"{x.shape}, padding {spec.pairs}, stride {spec.stride}, dilation "
-                          f"{spec.dilation})")
+    limits.check_elements(shape, x.dtype, lambda: f"the output of {op} (shape {shape} from input "
+                          f"shape {x.shape}, padding {spec.pairs}, stride {spec.stride}, "
+                          f"dilation {spec.dilation})")
     if spec.padding_mode != "zeros":
         padded = (*x.shape[:2], *(s + a + b for s, (a, b) in zip(x.shape[2:], spec.pairs,
                                                                  strict=True)))
-        limits.check_elements(padded, x.dtype, f"the {spec.padding_mode}-padded input of {op} "
-                              f"(shape {padded}, padding {spec.pairs})")
+        limits.check_elements(padded, x.dtype, lambda: f"the {spec.padding_mode}-padded input "
+                              f"of {op} (shape {padded}, padding {spec.pairs})")
 
 
 def _padded(x: np.ndarray, spec: ConvSpec) -> np.ndarray:

@@ -25,7 +25,7 @@ from convlayers._validate import (
     same_dtype,
 )
 from convlayers.functional import _engine
-from convlayers.functional._common import batched, pad_pairs, unbatch
+from convlayers.functional._common import SpecCache, batched, pad_pairs, typed_key, unbatch
 
 __all__ = [
     "conv_transpose1d",
@@ -35,10 +35,27 @@ __all__ = [
 ]
 
 
+_TransposeSpec = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int, tuple[int, ...]]
+_SPECS: SpecCache[_TransposeSpec] = SpecCache()
+
+
 def _transpose_spec(
     x: np.ndarray, w: np.ndarray, stride: IntOrTuple, padding: IntOrTuple,
     output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int, tuple[int, ...]]:
+) -> _TransposeSpec:
+    """``(stride, padding, dilation, groups, output shape)`` checked against the input and
+    weight, remembered per shapes, dtypes and hyper-parameters (as ``conv_spec``: the checks
+    took 25 us a call, more than a small layer's kernel)."""
+    key = (x.shape, x.dtype, w.shape, w.dtype, typed_key(stride), typed_key(padding),
+           typed_key(output_padding), typed_key(groups), typed_key(dilation))
+    return _SPECS.get(key, lambda: _checked_transpose_spec(x, w, stride, padding,
+                                                           output_padding, groups, dilation))
+
+
+def _checked_transpose_spec(
+    x: np.ndarray, w: np.ndarray, stride: IntOrTuple, padding: IntOrTuple,
+    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
+) -> _TransposeSpec:
     n = x.ndim - 2
     check_ndim(w, (n + 2,), "weight", "C_in, C_out/groups, *kernel")
     same_dtype(x, w, "input", "weight")
@@ -79,9 +96,9 @@ def _conv_transpose(
     stride_t, padding_t, dilation_t, groups, out_shape = _transpose_spec(
         x, w, stride, padding, output_padding, groups, dilation)
     shape = (x.shape[0], w.shape[1] * groups, *out_shape)
-    limits.check_elements(shape, x.dtype, f"the output of conv_transpose{n}d (shape {shape}, "
-                          f"from input shape {x.shape}, stride {stride_t}, padding {padding_t}, "
-                          f"output_padding {output_padding!r})")
+    limits.check_elements(shape, x.dtype, lambda: f"the output of conv_transpose{n}d (shape "
+                          f"{shape}, from input shape {x.shape}, stride {stride_t}, padding "
+                          f"{padding_t}, output_padding {output_padding!r})")
     b = None
     if bias is not None:  # checked before the work, not after it
         b = float_array(bias, "bias")

@@ -85,8 +85,8 @@ def pad(input: Any, pad: Sequence[int], mode: str = "constant", value: float = 0
     pairs = _pad_pairs(x.ndim, pad, mode)
     _check_sizes(x.shape, pairs, mode)
     shape = tuple(s + lo + hi for s, (lo, hi) in zip(x.shape, pairs, strict=True))
-    limits.check_elements(shape, x.dtype, f"the output of pad (shape {shape} from input shape "
-                          f"{x.shape} and pad={tuple(pad)})")
+    limits.check_elements(shape, x.dtype, lambda: f"the output of pad (shape {shape} from input "
+                          f"shape {x.shape} and pad={tuple(pad)})")
     if mode == "constant":
         crop = tuple(slice(max(-lo, 0), x.shape[a] - max(-hi, 0)) for a, (lo, hi) in enumerate(pairs))
         x = x[crop]

@@ -284,6 +284,24 @@ def test_strided_input_gradients_of_few_output_channels_run_implicit() -> None:
         assert plan((2, 130, 15, 15), (6, 130, 5, 5), stride=2).input_grad == "lowered"
 
 
+def test_stride_1_input_gradients_with_many_more_output_channels_run_lowered() -> None:
+    """The implicit input gradient's product has ``C_in/g`` rows: with more than
+    ``implicit_input_grad_ratio`` times as many output channels it takes ``lowered`` (a
+    transposed convolution that narrows the channels is the common case), and the gradient
+    still matches torch's."""
+    rng = np.random.default_rng(5)
+    x = random_array(rng, (3, 10, 17, 17), np.float32)
+    w = random_array(rng, (51, 10, 3, 3), np.float32)  # 51 > 2 * 10
+    assert plan(x.shape, w.shape, padding=1).input_grad == "lowered"
+    _, g, (gx, _) = torch_grads(lambda a, b: tF.conv2d(a, b, padding=1), [x, w])
+    assert_close(F.conv_backward(g, x, w, padding=1, with_bias=False)[0], gx,
+                 "lowered input gradient")
+    # as many output channels as input ones, or a ratio allowed by the setting: implicit
+    assert plan((3, 51, 17, 17), (51, 51, 3, 3), padding=1).input_grad == "implicit"
+    with config.engine_settings(implicit_input_grad_ratio=6):
+        assert plan(x.shape, w.shape, padding=1).input_grad == "implicit"
+
+
 def test_settings_changes_are_seen_by_the_remembered_plans() -> None:
     """The engine remembers each call's plan; changing a setting must not leave it stale."""
     rng = np.random.default_rng(1)

@@ -286,9 +286,9 @@ def test_strided_input_gradients_of_few_output_channels_run_implicit() -> None:
 
 def test_stride_1_input_gradients_with_many_more_output_channels_run_lowered() -> None:
     """The implicit input gradient's product has ``C_in/g`` rows: with more than
-    ``implicit_input_grad_ratio`` times as many output channels it takes ``lowered`` (a
-    transposed convolution that narrows the channels is the common case), and the gradient
-    still matches torch's."""
+    ``implicit_input_grad_ratio`` times as many output channels, on maps under
+    ``implicit_input_grad_positions``, it takes ``lowered`` (a transposed convolution that
+    narrows the channels is the common case), and the gradient still matches torch's."""
     rng = np.random.default_rng(5)
     x = random_array(rng, (3, 10, 17, 17), np.float32)
     w = random_array(rng, (51, 10, 3, 3), np.float32)  # 51 > 2 * 10
@@ -299,6 +299,12 @@ def test_stride_1_input_gradients_with_many_more_output_channels_run_lowered() -
     # as many output channels as input ones, or a ratio allowed by the setting: implicit
     assert plan((3, 51, 17, 17), (51, 51, 3, 3), padding=1).input_grad == "implicit"
     with config.engine_settings(implicit_input_grad_ratio=6):
+        assert plan(x.shape, w.shape, padding=1).input_grad == "implicit"
+    # large maps keep the implicit GEMM whatever the ratio, from the setting's positions
+    assert plan((1, 12, 100, 100), (153, 12, 2, 2), padding=1).input_grad == "implicit"
+    with config.engine_settings(implicit_input_grad_positions=17 * 17 + 1):
+        assert plan(x.shape, w.shape, padding=1).input_grad == "lowered"
+    with config.engine_settings(implicit_input_grad_positions=17 * 17):
         assert plan(x.shape, w.shape, padding=1).input_grad == "implicit"
 
 

@@ -312,16 +312,22 @@ class EngineSettings:
     #: (then excluded); a second draw, 13 of 16 at 0.23-0.86x, one at 1.06x, two slower (0.08
     #: ms; a 3x3 map, then excluded). Elsewhere it ran 1.2-9x lowered's time.
     implicit_input_grad_channels: int = 16
-    #: A stride-1 input gradient takes the implicit GEMM (the forward kernel over the output
-    #: gradient, ``C_in/g`` rows by ``C_out/g*kh*kw``) only while ``C_out/g`` is at most this many
-    #: times ``C_in/g``: with fewer rows than that its tiles wait on loads, while ``lowered``'s
-    #: product is ``C_in/g*kh*kw`` rows by ``C_out/g`` (col2im after). On 40 random stride-1
-    #: transposed convolutions, 15 of the 22 with ratios of 2.3-148 ran 1.17-3.9x lowered's
-    #: time under the implicit GEMM, the rest 0.83-1.01x; all 14 of ratios 0.06-0.55 that the
-    #: copy price left to it ran 0.24-0.69x. On 40 more, not used to set the rule, it chose
-    #: lowered for 17 (the implicit GEMM 0.68-3.2x its time, 5 below 1.0x) and implicit for 23
-    #: (0.23-1.0x, but 1.66-1.81x on three of ratios 0.39-1.77).
+    #: A stride-1 input gradient of an output map under ``implicit_input_grad_positions``
+    #: positions a plane takes the implicit GEMM (the forward kernel over the output gradient,
+    #: ``C_in/g`` rows by ``C_out/g*kh*kw``) only while ``C_out/g`` is at most this many times
+    #: ``C_in/g``: with fewer rows its tiles wait on loads, while ``lowered``'s product is
+    #: ``C_in/g*kh*kw`` rows by ``C_out/g``, and on small maps its col2im is cheap. Measured on
+    #: stride-1 transposed convolutions (the input-gradient pass alone): on 40 random ones
+    #: (maps of 25-3600 positions), 15 of the 22 with ratios of 2.3-148 ran 1.17-3.9x
+    #: lowered's time under the implicit GEMM, the rest 0.83-1.01x, and all 14 of ratios
+    #: 0.06-0.55 ran 0.24-0.69x; on 30 more with ratios above 2 and maps of 64-30625
+    #: positions, maps under 1024 ran 0.64-2.5x lowered's time under the implicit GEMM (8 of
+    #: 14 slower), 1024-4096 positions 0.72-1.39x (5 of 8 slower; of the first draw
+    #: 4 of 7), 4096 and up 0.36-1.08x (7 of 8 faster; 2 layers of the sweep at 0.38-0.40x).
     implicit_input_grad_ratio: int = 2
+    #: See :attr:`implicit_input_grad_ratio`: output positions per plane from which the
+    #: implicit input gradient serves whatever the ratio of the channels.
+    implicit_input_grad_positions: int = 4096
     #: Shortest slab (output positions) the lowered kernels cut an image into to give every
     #: thread work (one image, small maps): narrower products waste the register tiles.
     lowered_min_columns: int = 96

@@ -302,14 +302,17 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
     ``im2col_copy_macs``, or ``im2col_copy_macs_few_images`` for one or two images). For the
     input gradient (stride 1) the kernel runs on the output gradient and its output is the
     input: rows ``h`` of ``w + (kw-1)*dw`` positions, and ``C_in/g`` rows of the product, which
-    must not be thin beside lowered's (``config.engine.implicit_input_grad_ratio``)."""
+    must not be thin beside lowered's on small maps (``implicit_input_grad_ratio`` and
+    ``implicit_input_grad_positions`` of ``config.engine``)."""
     alpha = _copy_price(g)
     if pass_ == "input_grad":
         if (g.sh, g.sw) != (1, 1):
             return _phased_input_grad_pays(g)
-        return (g.c_out_g <= config.engine.implicit_input_grad_ratio * g.c_in_g
-                and g.c_out_g * g.h * (g.w + (g.kw - 1) * g.dw)
-                <= (g.c_out_g + alpha) * g.ho * g.wo)
+        e = config.engine
+        thin = (g.c_out_g > e.implicit_input_grad_ratio * g.c_in_g
+                and g.ho * g.wo < e.implicit_input_grad_positions)
+        return not thin and (g.c_out_g * g.h * (g.w + (g.kw - 1) * g.dw)
+                             <= (g.c_out_g + alpha) * g.ho * g.wo)
     wq = g.wo + (g.kw - 1) * g.dw // g.sw
     return g.c_out_g * wq <= (g.c_out_g + alpha) * g.wo
 

@@ -15,6 +15,20 @@ from convlayers.kernels._bounds import copy_row, tap_cols
 # activation codes shared by the plan and the kernels
 ACT = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "tanh": 6}
 
+#: Elements (or multiply-adds) of work per parallel unit of the per-plane kernels below. A plan
+#: hands units out one at a time (``numba.set_parallel_chunksize(1)``): one plane per unit made
+#: a batch of 32 small maps (1152 channels of 2x2) 36864 units of 4 elements, and the hand-out
+#: cost 9-12 ms per layer, more than the layer.
+UNIT_WORK = 8192
+
+
+@njit(cache=True, inline="always")
+def plane_units(planes, work):
+    """``(per, units)``: units of ``per`` whole planes, each about :data:`UNIT_WORK` of
+    ``work`` per plane (one plane at least), covering ``planes`` planes."""
+    per = max(1, UNIT_WORK // max(1, work))
+    return per, (planes + per - 1) // per
+
 
 @njit(cache=True, fastmath=True, inline="always")
 def _activate(row, act):
@@ -59,43 +73,51 @@ def epilogue_row(row, b, r, has_res, act):
 @njit(parallel=True, cache=True, fastmath=True)
 def epilogue(y, bias, res, has_res, act):
     """``y[n, c, :] = act(y + bias[c] (+ res[n, c, :]))`` in place; ``y``, ``res``: (N, C, L)."""
-    n, c, _ = y.shape
-    for nc in prange(n * c):
-        i, ch = nc // c, nc % c
-        epilogue_row(y[i, ch], bias[ch], res[i, ch], has_res, act)
+    n, c, length = y.shape
+    per, units = plane_units(n * c, length)
+    for u in prange(units):
+        for nc in range(u * per, min(n * c, u * per + per)):
+            i, ch = nc // c, nc % c
+            epilogue_row(y[i, ch], bias[ch], res[i, ch], has_res, act)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def activation(x, act, out):
     """``out = act(x)``, both (N, C, L) (a standalone activation nothing could absorb)."""
-    n, c, _ = x.shape
-    for nc in prange(n * c):
-        i, ch = nc // c, nc % c
-        copy_row(out[i, ch], x[i, ch])
-        _activate(out[i, ch], act)
+    n, c, length = x.shape
+    per, units = plane_units(n * c, length)
+    for u in prange(units):
+        for nc in range(u * per, min(n * c, u * per + per)):
+            i, ch = nc // c, nc % c
+            copy_row(out[i, ch], x[i, ch])
+            _activate(out[i, ch], act)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def affine(x, scale, shift, act, out):
     """``out = act(x*scale[c] + shift[c])``: an eval BatchNorm with no convolution before it."""
     n, c, length = x.shape
-    for nc in prange(n * c):
-        i, ch = nc // c, nc % c
-        s, t = scale[ch], shift[ch]
-        for k in range(length):
-            out[i, ch, k] = x[i, ch, k] * s + t
-        _activate(out[i, ch], act)
+    per, units = plane_units(n * c, length)
+    for u in prange(units):
+        for nc in range(u * per, min(n * c, u * per + per)):
+            i, ch = nc // c, nc % c
+            s, t = scale[ch], shift[ch]
+            for k in range(length):
+                out[i, ch, k] = x[i, ch, k] * s + t
+            _activate(out[i, ch], act)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def add(a, b, act, out):
     """``out = act(a + b)``, all (N, C, L) (an add no convolution could take into its epilogue)."""
     n, c, length = a.shape
-    for nc in prange(n * c):
-        i, ch = nc // c, nc % c
-        for k in range(length):
-            out[i, ch, k] = a[i, ch, k] + b[i, ch, k]
-        _activate(out[i, ch], act)
+    per, units = plane_units(n * c, length)
+    for u in prange(units):
+        for nc in range(u * per, min(n * c, u * per + per)):
+            i, ch = nc // c, nc % c
+            for k in range(length):
+                out[i, ch, k] = a[i, ch, k] + b[i, ch, k]
+            _activate(out[i, ch], act)
 
 
 @njit(cache=True, inline="always")
@@ -150,25 +172,28 @@ def _depthwise_flat(x, w, bias, dh, dw, pt, pl, res, has_res, act, out):
     hp = max(h + pt, ho + (kh - 1) * dh)
     wp = max(wd + pl, wo + (kw - 1) * dw)
     span = (ho - 1) * wp + wo
-    for nc in prange(n * c):
-        b, ch = nc // c, nc % c
+    per, units = plane_units(n * c, span * kh * kw)
+    for u in prange(units):
+        # one padded buffer per unit: every plane writes the same interior, the border stays 0
         padded = np.zeros(hp * wp, out.dtype)
-        for iy in range(h):
-            copy_row(padded[(iy + pt) * wp + pl:(iy + pt) * wp + pl + wd], x[b, ch, iy])
         acc = np.empty(span, out.dtype)
-        acc[:] = bias[ch]
-        for i in range(kh):
-            for j in range(kw):
-                tap = w[ch, i, j]
-                seg = padded[i * dh * wp + j * dw:i * dh * wp + j * dw + span]
-                for q in range(span):
-                    acc[q] += tap * seg[q]
-        for oy in range(ho):
-            row = out[b, ch, oy]
-            copy_row(row, acc[oy * wp:oy * wp + wo])
-            if has_res:
-                row += res[b, ch, oy]
-            _activate(row, act)
+        for nc in range(u * per, min(n * c, u * per + per)):
+            b, ch = nc // c, nc % c
+            for iy in range(h):
+                copy_row(padded[(iy + pt) * wp + pl:(iy + pt) * wp + pl + wd], x[b, ch, iy])
+            acc[:] = bias[ch]
+            for i in range(kh):
+                for j in range(kw):
+                    tap = w[ch, i, j]
+                    seg = padded[i * dh * wp + j * dw:i * dh * wp + j * dw + span]
+                    for q in range(span):
+                        acc[q] += tap * seg[q]
+            for oy in range(ho):
+                row = out[b, ch, oy]
+                copy_row(row, acc[oy * wp:oy * wp + wo])
+                if has_res:
+                    row += res[b, ch, oy]
+                _activate(row, act)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -186,34 +211,36 @@ def depthwise(x, w, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, out):
         _depthwise_flat(x, w, bias, dh, dw, pt, pl, res, has_res, act, out)
         return
     wide = (wo - 1) * sw + 1  # a strided row is computed at stride 1, then every sw-th kept:
-    for nc in prange(n * c):  # twice the multiply-adds, but vector loads instead of gathers
-        b, ch = nc // c, nc % c
+    per, units = plane_units(n * c, ho * wide * kh * kw)  # twice the multiply-adds, but
+    for u in prange(units):  # vector loads instead of gathers
         tmp = np.empty(wide if sw > 1 else 0, out.dtype)
-        for oy in range(ho):
-            row = out[b, ch, oy]
-            acc = row if sw == 1 else tmp
-            acc[:] = bias[ch]
-            for i in range(kh):
-                iy = oy * sh - pt + i * dh
-                if iy < 0 or iy >= h:
-                    continue
-                src = x[b, ch, iy]
-                for j in range(kw):
-                    off = j * dw - pl
-                    lo, hi = max(0, -off), min(wide, wd - off)
-                    if hi <= lo:
+        for nc in range(u * per, min(n * c, u * per + per)):
+            b, ch = nc // c, nc % c
+            for oy in range(ho):
+                row = out[b, ch, oy]
+                acc = row if sw == 1 else tmp
+                acc[:] = bias[ch]
+                for i in range(kh):
+                    iy = oy * sh - pt + i * dh
+                    if iy < 0 or iy >= h:
                         continue
-                    tap = w[ch, i, j]
-                    dst = acc[lo:hi]  # 0-based loops over slices: no index wraparound checks,
-                    seg = src[lo + off:hi + off]  # so LLVM vectorises them
-                    for k in range(hi - lo):
-                        dst[k] += tap * seg[k]
-            if sw > 1:
-                for k in range(wo):
-                    row[k] = tmp[k * sw]
-            if has_res:
-                row += res[b, ch, oy]
-            _activate(row, act)
+                    src = x[b, ch, iy]
+                    for j in range(kw):
+                        off = j * dw - pl
+                        lo, hi = max(0, -off), min(wide, wd - off)
+                        if hi <= lo:
+                            continue
+                        tap = w[ch, i, j]
+                        dst = acc[lo:hi]  # 0-based loops over slices: no index wraparound checks,
+                        seg = src[lo + off:hi + off]  # so LLVM vectorises them
+                        for k in range(hi - lo):
+                            dst[k] += tap * seg[k]
+                if sw > 1:
+                    for k in range(wo):
+                        row[k] = tmp[k * sw]
+                if has_res:
+                    row += res[b, ch, oy]
+                _activate(row, act)
 
 
 @njit(parallel=True, cache=True)
@@ -221,38 +248,42 @@ def max_pool(x, kh, kw, sh, sw, dh, dw, pt, pl, out):
     """Max pooling (N, C, H, W) -> ``out`` (N, C, Ho, Wo); padding never wins (-inf)."""
     n, c, h, wd = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    for nc in prange(n * c):
-        b, ch = nc // c, nc % c
-        for oy in range(ho):
-            row = out[b, ch, oy]
-            row[:] = -np.inf
-            for i in range(kh):
-                iy = oy * sh - pt + i * dh
-                if iy < 0 or iy >= h:
-                    continue
-                src = x[b, ch, iy]
-                for j in range(kw):
-                    off = j * dw - pl
-                    lo, hi = tap_cols(off, sw, wd, wo)
-                    if hi <= lo:
+    per, units = plane_units(n * c, ho * wo * kh * kw)
+    for u in prange(units):
+        for nc in range(u * per, min(n * c, u * per + per)):
+            b, ch = nc // c, nc % c
+            for oy in range(ho):
+                row = out[b, ch, oy]
+                row[:] = -np.inf
+                for i in range(kh):
+                    iy = oy * sh - pt + i * dh
+                    if iy < 0 or iy >= h:
                         continue
-                    dst = row[lo:hi]
-                    seg = src[lo * sw + off:(hi - 1) * sw + off + 1]
-                    for k in range(hi - lo):
-                        v = seg[k * sw]
-                        if v > dst[k] or np.isnan(v):
-                            dst[k] = v
+                    src = x[b, ch, iy]
+                    for j in range(kw):
+                        off = j * dw - pl
+                        lo, hi = tap_cols(off, sw, wd, wo)
+                        if hi <= lo:
+                            continue
+                        dst = row[lo:hi]
+                        seg = src[lo * sw + off:(hi - 1) * sw + off + 1]
+                        for k in range(hi - lo):
+                            v = seg[k * sw]
+                            if v > dst[k] or np.isnan(v):
+                                dst[k] = v
 
 
 @njit(parallel=True, cache=True)
 def global_avg_pool(x, out):
     """Mean over the last axis: ``x`` (R, L) -> ``out`` (R,), summed in float64."""
     rows, length = x.shape
-    for r in prange(rows):
-        total = 0.0
-        for k in range(length):
-            total += x[r, k]
-        out[r] = total / length
+    per, units = plane_units(rows, length)
+    for u in prange(units):
+        for r in range(u * per, min(rows, u * per + per)):
+            total = 0.0
+            for k in range(length):
+                total += x[r, k]
+            out[r] = total / length
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -91,6 +91,40 @@ def test_freeze_trains_only_the_head_until_unfrozen(tmp_path: Path) -> None:
                               after["net.features.0.0.weight"])
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_a_frozen_network_runs_its_compiled_plan_and_sees_weight_changes(name: str) -> None:
+    """A frozen classifier feeds its head from a compiled plan of the rest of the network:
+    the same logits as the eager network (eval mode, float32 rounding), in train mode too
+    (the frozen layers stay in eval mode), one plan per image size, made again when a frozen
+    weight changes; unfrozen, the eager network runs again."""
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 3, 32, 32)).astype(np.float32)
+    model = build_classifier(name, SHAPES, image_size=32, freeze=True, rng=1)
+    model.train()
+    head = model.head
+    for layer in ([head] if name == "resnet18" else list(head)):
+        layer.eval()  # Dropout off, to compare the logits
+    def eager() -> np.ndarray:
+        return np.asarray(getattr(model.net((x - model.mean) / model.std), "data", None))
+
+    def close(a: np.ndarray, b: np.ndarray) -> bool:  # relative: untrained logits are tiny
+        return bool(np.allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max()))
+
+    logits = np.asarray(model(x).data)
+    plan = model.__dict__["_trunk"][1]
+    assert plan is not None and close(logits, eager())
+    model(x[:2])
+    assert model.__dict__["_trunk"][1] is plan  # the same plan at another batch size
+    frozen = next(p for n, p in model.named_parameters() if not n.startswith("net." + model.head_name))
+    frozen.data[...] *= 2
+    again = np.asarray(model(x).data)
+    assert model.__dict__["_trunk"][1] is not plan
+    assert close(again, eager()) and not close(again, logits)
+    model.freeze(False)
+    model.eval()  # the eager network again: bit for bit
+    assert np.array_equal(np.asarray(getattr(model(x), "data", None)), eager())
+
+
 def test_predict_says_when_the_top_probability_is_low(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     model = build_classifier("small_cnn", SHAPES, image_size=16, rng=0)

@@ -5,7 +5,8 @@ the network with its head sized to your classes, and the input normalisation it 
 the model takes images in [0, 1], as :class:`convlayers.datasets.ImageFolder` yields them, and a
 saved model needs nothing else to predict). With ``freeze=True`` only the head learns: the rest
 of the network keeps its weights and its BatchNorm statistics (it stays in eval mode), and its
-forward pass records nothing, so an epoch costs little more than a forward pass.
+forward pass records nothing and runs as a :func:`convlayers.compile` plan (BatchNorm folded,
+activations fused), so an epoch costs little more than an inference pass.
 
 :func:`classifier_metadata` / :func:`classifier_from_weights` write and read the description
 (model, classes, image size, normalisation) stored beside the weights.
@@ -101,8 +102,41 @@ class ImageClassifier(Module):
         return self
 
     def forward(self, x: Any) -> Any:
-        data = np.asarray(x, dtype=np.float32)
-        return self.net((data - self.mean) / self.std)
+        data = (np.asarray(x, dtype=np.float32) - self.mean) / self.std
+        if self.frozen and data.ndim == 4:
+            features = self._frozen_features(data)
+            if features is not None:
+                return self.head(features)
+        return self.net(data)
+
+    def _frozen_features(self, data: np.ndarray) -> np.ndarray | None:
+        """What the frozen network feeds its head, by a :func:`convlayers.compile` plan of the
+        network with its head taken out (the frozen layers stay in eval mode, so the plan
+        computes what they do, within float32 rounding); None when the network does not
+        compile. The plan is kept per image shape and made again when a frozen weight or
+        statistic changes (a sum of each, read every call: about 1 ms for EfficientNet-Lite0,
+        against the 1.3x the plan gains on its forward)."""
+        from convlayers.inference.plan import compile as compile_plan
+        from convlayers.nn.linear import Identity
+
+        head = {id(p) for p in self.head.parameters()}
+        arrays = [p.data for p in self.net.parameters() if id(p) not in head]
+        arrays += [b for name, b in self.net.named_buffers()
+                   if not name.startswith(self.head_name + ".")]
+        stamp = (data.shape[1:], tuple(np.float64(a.sum()).tobytes() for a in arrays))
+        cached = self.__dict__.get("_trunk")
+        if cached is None or cached[0] != stamp:
+            original = self.head
+            setattr(self.net, self.head_name, Identity())
+            try:
+                plan = compile_plan(self.net, data)
+            except TypeError:  # a layer without an inference lowering: the eager path
+                plan = None
+            finally:
+                setattr(self.net, self.head_name, original)
+            cached = (stamp, plan)
+            object.__setattr__(self, "_trunk", cached)
+        return None if cached[1] is None else cached[1](data)
 
 
 def _new_head(net: Module, head_name: str, num_classes: int, rng: Any) -> None:

@@ -146,3 +146,30 @@ def test_layers_in_sequential_and_make_activation() -> None:
 def test_bad_arguments_are_named(call, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_relu_and_relu6_gradients_select_as_torch(dtype: type, compiled: bool) -> None:
+    """The gradients of ReLU and ReLU6, in NumPy (small arrays) and in the compiled one-pass
+    kernel (large ones, forced here by the threshold): torch's values bit for bit, with
+    inputs at the clip edges (0 and 6 pass nothing) and inf/NaN incoming gradients, which stay
+    out of the zeros (a mask product would make ``NaN * 0 = NaN``). A NaN input passes the
+    gradient (torch's rule, which its vectorised ReLU6 backward does not always keep)."""
+    from convlayers import config
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((3, 5, 40, 41)) * 5).astype(dtype)
+    x.flat[:6] = [0.0, 6.0, -0.0, 6.5, -1.0, 3.0]
+    g = rng.standard_normal(x.shape).astype(dtype)
+    g.flat[3:8] = [np.nan, np.inf, -np.inf, np.nan, 1.0]  # over x = 6.5, -1, 3 and beyond
+    threshold = 0 if compiled else 1 << 40
+    with config.engine_settings(parallel_elementwise=threshold):
+        for ours, theirs in ((F.relu_backward, torch.relu), (F.relu6_backward, tF.relu6)):
+            xt = torch.from_numpy(x).requires_grad_()
+            theirs(xt).backward(torch.from_numpy(g))
+            assert np.array_equal(ours(g, x), xt.grad.numpy(), equal_nan=True), ours.__name__
+        x_nan = x.copy()
+        x_nan.flat[10] = np.nan
+        for ours in (F.relu_backward, F.relu6_backward):
+            assert ours(g, x_nan).flat[10] == g.flat[10]

@@ -265,6 +265,9 @@ class EngineSettings:
     #: that multiply them by zero padding) on every thread, in one pass; smaller ones by NumPy's
     #: ``max`` and ``min``, whose two single-core passes took 3 ms on an 11 MiB weight.
     parallel_check_elements: int = 1 << 20
+    #: The gradients of ReLU and ReLU6 over arrays of at least this many elements run on every
+    #: thread in one pass (:mod:`convlayers.kernels.elementwise`); smaller ones in NumPy.
+    parallel_elementwise: int = 1 << 16
     #: Winograd serves 3x3 stride-1 convolutions with at least this many input channels per group
     #: (and output channels per group for the backward pass): below it the GEMMs are too thin to
     #: pay for the transforms.

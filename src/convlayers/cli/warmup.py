@@ -78,7 +78,13 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         with config.engine_settings(parallel_check_elements=0, force="lowered"):
             F.conv2d(x, arr(8, 16, 3, 3), padding=1)
 
-    out += [("pooling", pooling), ("adaptive pooling", adaptive), ("value check", value_check)]
+    def activations() -> None:  # the gradients of ReLU and ReLU6 over large arrays
+        with config.engine_settings(parallel_elementwise=0):
+            for op, grad in ((F.relu, F.relu_backward), (F.relu6, F.relu6_backward)):
+                grad(op(x), x)
+
+    out += [("pooling", pooling), ("adaptive pooling", adaptive), ("value check", value_check),
+            ("activations", activations)]
     return out
 
 

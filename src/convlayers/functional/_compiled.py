@@ -15,9 +15,9 @@ from convlayers import config
 
 
 def kernels() -> Any:
-    """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``implicit``,
-    ``winograd``, ``pooling`` and ``values`` modules loaded, and numba's thread setting
-    applied."""
+    """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``elementwise``,
+    ``implicit``, ``winograd``, ``pooling`` and ``values`` modules loaded, and numba's thread
+    setting applied."""
     found = loaded_kernels()
     if not getattr(_serial, "on", False):  # inside _threads_for the one thread stands
         config.apply_numba_threads()
@@ -29,7 +29,16 @@ def loaded_kernels() -> Any:
     :func:`_threads_for`, which applies it (or one thread)."""
     if not _loaded:
         from convlayers import kernels
-        from convlayers.kernels import conv, depthwise, depthwise_nhwc, implicit, pooling, values, winograd  # noqa: F401  (lazy: numba loads here)
+        from convlayers.kernels import (  # noqa: F401  (lazy: numba loads here)
+            conv,
+            depthwise,
+            depthwise_nhwc,
+            elementwise,
+            implicit,
+            pooling,
+            values,
+            winograd,
+        )
 
         _loaded.append(kernels)
     return _loaded[0]

@@ -29,22 +29,53 @@ def _axis(dim: Any, ndim: int) -> int:
     return axis
 
 
+def _compiled(*arrays: np.ndarray) -> bool:
+    """Whether the compiled clip gradient serves these arrays: one float32/float64 dtype,
+    C-contiguous, at least ``config.engine.parallel_elementwise`` elements (smaller: NumPy)."""
+    from convlayers import config
+
+    first = arrays[0]
+    return (first.size >= config.engine.parallel_elementwise and first.dtype.char in "fd"
+            and all(a.flags.c_contiguous and a.dtype == first.dtype and a.shape == first.shape
+                    for a in arrays))
+
+
+def _clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``min(max(x, lo), hi)``, NaN kept: NumPy's one pass (a compiled one on every thread
+    took as long: the fresh output's page faults are most of it)."""
+    return np.clip(x, lo, hi) if hi < np.inf else np.maximum(x, lo)
+
+
+def _clip_backward(grad_output: Any, x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """0 where ``x <= lo`` or ``x >= hi``, else ``g`` (a NaN input passes it), selected as
+    torch does: a NaN or inf gradient does not leak into the zeros."""
+    g = np.asarray(grad_output)
+    if not _compiled(x, g):
+        return np.where((x <= lo) | (x >= hi), np.zeros((), np.result_type(g, x)), g)
+    from convlayers.functional._compiled import kernels
+
+    out = np.empty_like(x)
+    kernels().elementwise.clip_backward_into(g.ravel(), x.ravel(), lo, hi, out.ravel())
+    return out
+
+
 def relu(input: Any) -> np.ndarray:
     """``max(x, 0)`` elementwise (NaN stays NaN).
 
     >>> relu(np.array([-1.0, 0.0, 2.0]))
     array([0., 0., 2.])
     """
-    return np.maximum(float_array(input, "input"), 0)
+    return _clip(float_array(input, "input"), 0.0, np.inf)
 
 
 def relu_backward(grad_output: Any, input: Any) -> np.ndarray:
-    """Gradient of :func:`relu`: passes where the input was positive (0 at 0, as PyTorch).
+    """Gradient of :func:`relu`: 0 where the input is at most 0, else the incoming gradient
+    (a NaN input passes it, as PyTorch).
 
     >>> relu_backward(np.ones(3), np.array([-1.0, 0.0, 2.0]))
     array([0., 0., 1.])
     """
-    return np.asarray(grad_output) * (float_array(input, "input") > 0)
+    return _clip_backward(grad_output, float_array(input, "input"), 0.0, np.inf)
 
 
 def relu6(input: Any) -> np.ndarray:
@@ -53,17 +84,17 @@ def relu6(input: Any) -> np.ndarray:
     >>> relu6(np.array([-1.0, 3.0, 9.0]))
     array([0., 3., 6.])
     """
-    return np.clip(float_array(input, "input"), 0, 6)
+    return _clip(float_array(input, "input"), 0.0, 6.0)
 
 
 def relu6_backward(grad_output: Any, input: Any) -> np.ndarray:
-    """Gradient of :func:`relu6`: passes where ``0 < x < 6``.
+    """Gradient of :func:`relu6`: 0 where ``x <= 0`` or ``x >= 6``, else the incoming gradient
+    (as PyTorch's hardtanh backward).
 
     >>> relu6_backward(np.ones(3), np.array([-1.0, 3.0, 9.0]))
     array([0., 1., 0.])
     """
-    x = float_array(input, "input")
-    return np.asarray(grad_output) * ((x > 0) & (x < 6))
+    return _clip_backward(grad_output, float_array(input, "input"), 0.0, 6.0)
 
 
 def sigmoid(input: Any) -> np.ndarray:

@@ -502,3 +502,26 @@ def test_winograd_tile_and_backward_thresholds_follow_the_settings() -> None:
         config.engine.winograd_backward = 1  # type: ignore[assignment]
     with pytest.raises(ValueError, match="winograd_min_tiles must be >= 0"):
         config.engine.winograd_min_tiles = -1
+
+
+@pytest.mark.parametrize("tiled_below", [0, 1 << 30])
+def test_1x1_weight_gradient_on_both_kernels_matches_torch(tiled_below: int) -> None:
+    """The 1x1 weight gradient as dot products along the pixel columns, or on the register
+    tiles with the output gradient's columns transposed (``pointwise_weight_grad_tiled_columns``
+    says which): torch's gradient either way, grouped, strided, on maps of 1 to 400 pixels
+    and with several units per image."""
+    rng = np.random.default_rng(9)
+    cases = [((5, 24, 3, 3), (40, 24, 1, 1), 1, 1), ((2, 12, 20, 20), (18, 4, 1, 1), 1, 3),
+             ((3, 16, 9, 7), (8, 16, 1, 1), 2, 1), ((4, 10, 1, 1), (7, 10, 1, 1), 1, 1)]
+    with config.engine_settings(pointwise_weight_grad_tiled_columns=tiled_below,
+                                pointwise_block_bytes=4096):
+        for x_shape, w_shape, stride, groups in cases:
+            x = random_array(rng, x_shape, np.float32)
+            w = random_array(rng, w_shape, np.float32)
+            assert plan(x_shape, w_shape, stride=stride, groups=groups).weight_grad == "pointwise"
+
+            def f(a: torch.Tensor, b: torch.Tensor, s: int = stride, g: int = groups) -> torch.Tensor:
+                return tF.conv2d(a, b, stride=s, groups=g)
+            _, gy, (_, gw) = torch_grads(f, [x, w])
+            ours = F.conv_backward(gy, x, w, stride=stride, groups=groups, with_bias=False)[1]
+            assert_close(ours, gw, f"1x1 weight gradient {x_shape} {w_shape}")

@@ -56,11 +56,17 @@ def _gw_pointwise(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
     xp = pad_pairs(x, ((g.pt, g.pb), (g.pl, g.pr)))
     xs = _subsampled(xp, (g.sh, g.sw), (g.ho, g.wo)).reshape(g.n, g.groups, g.c_in_g, -1)
-    acc = np.empty((_numba_threads(), g.groups, g.c_out_g, g.c_in_g), dtype=x.dtype)
     block = _pointwise_block(g.c_in_g + g.c_out_g, g.ho * g.wo, x.itemsize)
+    xs, gyg = np.ascontiguousarray(xs), np.ascontiguousarray(gyg)
+    if block < config.engine.pointwise_weight_grad_tiled_columns:
+        acc = np.empty((_numba_threads(), g.groups, g.c_in_g, g.c_out_g), dtype=x.dtype)
+        with _dynamic_units():
+            k.conv.pointwise_weight_grad_tiled(xs, gyg, block, acc)
+        return np.ascontiguousarray(acc.sum(axis=0).swapaxes(1, 2)).reshape(
+            g.c_out, g.c_in_g, 1, 1)
+    acc = np.empty((_numba_threads(), g.groups, g.c_out_g, g.c_in_g), dtype=x.dtype)
     with _dynamic_units():
-        k.conv.pointwise_weight_grad(np.ascontiguousarray(xs), np.ascontiguousarray(gyg),
-                                     block, acc)
+        k.conv.pointwise_weight_grad(xs, gyg, block, acc)
     return acc.sum(axis=0).reshape(g.c_out, g.c_in_g, 1, 1)
 
 

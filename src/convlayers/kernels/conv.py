@@ -41,6 +41,7 @@ __all__ = [
     "lowered_weight_grad",
     "pointwise",
     "pointwise_weight_grad",
+    "pointwise_weight_grad_tiled",
     "slab_index",
     "sum_transposed",
 ]
@@ -395,6 +396,34 @@ def pointwise(x, taps, bias, B, R, out):
                     row = o[co]
                     for j in range(j0, j1):
                         row[j] += b
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def pointwise_weight_grad_tiled(x, gy, B, acc):
+    """:func:`pointwise_weight_grad` on the register-tiled GEMM, for units of few columns:
+    ``acc[t, g]`` (``acc (threads, G, C_in/g, C_out/g)``, overwritten: the gradient
+    transposed) receives thread ``t``'s sum of ``x[n, g][:, blk] @ gy[n, g][:, blk].T``, the
+    unit's columns of ``gy`` transposed into scratch first (``C_out/g`` values per column
+    against ``C_in/g * C_out/g`` multiply-adds). The dot products of
+    :func:`pointwise_weight_grad` run along the unit's columns: 9 on a 3x3 map."""
+    N, G, L = x.shape[0], x.shape[1], x.shape[3]
+    Cog = gy.shape[2]
+    nb = (L + B - 1) // B
+    tbuf = np.empty((acc.shape[0], B * Cog), dtype=x.dtype)
+    acc[:] = 0
+    for unit in prange(N * nb):
+        t = numba.get_thread_id()
+        n = unit // nb
+        j0 = (unit - n * nb) * B
+        j1 = min(L, j0 + B)
+        gt = tbuf[t, : (j1 - j0) * Cog].reshape(j1 - j0, Cog)
+        for g in range(G):
+            src = gy[n, g]
+            for co in range(Cog):
+                row = src[co]
+                for j in range(j1 - j0):
+                    gt[j, co] = row[j0 + j]
+            gemm_tiled_add(x[n, g][:, j0:j1], gt, acc[t, g])
 
 
 @njit(parallel=True, cache=True, fastmath=True)

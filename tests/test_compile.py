@@ -140,6 +140,27 @@ def test_resnet_blocks_fuse_residual_and_relu() -> None:
     check(ours, twin, [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)])
 
 
+def test_dense_layers_run_the_engines_implicit_gemm_where_its_planner_does() -> None:
+    """Where the eager planner takes the implicit GEMM (a strided 5x5 conv here), so does the
+    plan, its scratch in the arena; a Winograd-shaped layer takes it on calls of fewer tiles
+    than the threshold and Winograd on the others. Every batch size matches the eager model
+    and torch."""
+    from convlayers import config
+
+    ours, twin = block(*conv_bn(8, 24, 5, 2, act=nn.ReLU, rng=1))
+    shapes = [(1, 8, 13, 11), (2, 8, 13, 11), (5, 8, 13, 11)]
+    plan = convlayers.compile(ours, np.zeros(shapes[0], np.float32))
+    assert "implicit GEMM" in plan.explain()
+    check(ours, twin, shapes)
+    wide, twin = block(*conv_bn(24, 32, 3, act=nn.ReLU6, rng=3))
+    with config.engine_settings(winograd_min_tiles=60):  # 7x7 maps: 16 tiles an image
+        plan = convlayers.compile(wide, np.zeros((1, 24, 7, 7), np.float32))
+        step = plan._steps[0]
+        assert "Winograd" in plan.explain()
+        assert step._few_tiles(3) and not step._few_tiles(4)
+        check(wide, twin, [(1, 24, 7, 7), (3, 24, 7, 7), (4, 24, 7, 7), (6, 24, 7, 7)])
+
+
 def test_unfusable_norm_activation_and_add_still_run() -> None:
     # BatchNorm first (no conv to fold into), an activation after a pool, a pad before a pool
     ours, twin = block(nn.BatchNorm2d(4), nn.ReLU(), nn.ZeroPad2d((1, 0, 2, 1)), nn.MaxPool2d(2),

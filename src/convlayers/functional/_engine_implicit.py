@@ -88,11 +88,22 @@ def _run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None, g: Geometry) 
     rows, block, chunk = slab_rows(g, threads)
     chunked = _chunked_taps(taps, g.kh * g.kw, chunk)
     out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
+    slab, product = scratch_sizes(g, threads)
     with _dynamic_units():
         k.implicit.implicit_forward(x, chunked, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
-                                    g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads,
-                                    out)
+                                    g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block,
+                                    np.empty((threads, slab), x.dtype),
+                                    np.empty((threads, product), x.dtype), out)
     return out
+
+
+@remembered
+def scratch_sizes(g: Geometry, threads: int) -> tuple[int, int]:
+    """Elements per thread of the implicit forward's slab and product scratch for ``g``."""
+    from convlayers.kernels.implicit import forward_scratch
+
+    rows, block, chunk = slab_rows(g, threads)
+    return forward_scratch(chunk, (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), rows, block, g.wo)
 
 
 def _fwd_implicit(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,

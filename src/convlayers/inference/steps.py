@@ -7,7 +7,10 @@ its product reads them:
 * ``pointwise``: ``W (C_out, C_in)``, one GEMM ``W @ X[n]`` per image on the NCHW planes
   (no copy; stride > 1 subsamples into scratch first), then the fused epilogue;
 * ``im2col``: ``W (groups, C_out/g, C_in/g*kh*kw)``; each image is unfolded into scratch
-  ``(C_in*kh*kw, Ho*Wo)`` and multiplied per group, then the fused epilogue.
+  ``(C_in*kh*kw, Ho*Wo)`` and multiplied per group, then the fused epilogue;
+* ``implicit``: where the eager planner takes the implicit GEMM (and for Winograd's layers on
+  calls of fewer tiles than its threshold), the engine's kernel with its slab and product
+  scratch in the arena, then the fused epilogue.
 
 The GEMMs run on the register tiles of :mod:`convlayers.kernels.simd` inside numba kernels
 (:mod:`convlayers.inference.gemm`), bias, residual and activation applied to each finished
@@ -208,6 +211,72 @@ class Im2col(_Conv):
                                out[i:i + 1].reshape(1, self.groups, per, length))
 
 
+class Implicit(_Conv):
+    """A dense convolution on the eager engine's implicit GEMM (:mod:`convlayers.kernels.implicit`),
+    its slab and product scratch in the arena, then the numba epilogue. Its units and chunks are
+    the engine's for the call's batch size (``slab_rows``)."""
+
+    strategy = ("implicit GEMM (the engine's kernel: phase-split input slabs read as the "
+                "product's rows, scratch in the arena) + numba epilogue")
+
+    def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
+        super().__init__(node, g, dtype)
+        w = node.attrs["weight"]
+        self.taps = np.ascontiguousarray(
+            w.reshape(self.groups, self.c_out // self.groups, -1), dtype)
+        self.chunked: dict[int, np.ndarray] = {}
+        self.zero = np.zeros(self.c_out, dtype)
+        self.itemsize = dtype.itemsize
+        self.pb, self.pr = node.attrs["pads"][1], node.attrs["pads"][3]
+
+    def geometry(self, n: int) -> Any:
+        from convlayers.functional.plan import Geometry
+
+        return Geometry(n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw, self.sh,
+                        self.sw, self.dh, self.dw, self.pt, self.pb, self.pl, self.pr,
+                        self.groups, self.ho, self.wo, self.itemsize, True)
+
+    def engine_choice(self) -> str:
+        """The eager planner's forward strategy for this convolution at batch 1 (asymmetric
+        padding included, which the eager API cannot say)."""
+        from convlayers.functional.plan import choose
+
+        threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        return choose(self.geometry(1), "forward", threads)[0]
+
+    def _units(self, n: int) -> tuple[int, int, int, tuple[int, int], int]:
+        from convlayers.functional._engine_implicit import scratch_sizes, slab_rows
+
+        threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        g = self.geometry(n)
+        rows, block, chunk = slab_rows(g, threads)
+        return rows, block, chunk, scratch_sizes(g, threads), threads
+
+    def scratch_elements(self, n: int) -> int:
+        _, _, _, (slab, product), threads = self._units(n)
+        return threads * (slab + product)
+
+    def run(self, v: Views, scratch: np.ndarray | None) -> None:
+        from convlayers.functional._engine_implicit import _chunked_taps
+        from convlayers.kernels.implicit import implicit_forward
+
+        assert scratch is not None
+        x, out = v[self.inp][0], v[self.out][1]
+        rows, block, chunk, (slab, product), threads = self._units(x.shape[0])
+        taps = self.chunked.get(chunk)
+        if taps is None:
+            taps = self.chunked[chunk] = _chunked_taps(self.taps, self.kh * self.kw, chunk)
+        if scratch.size < threads * (slab + product):  # settings changed since the arena
+            scratch = np.empty(threads * (slab + product), x.dtype)
+        xbuf = scratch[:threads * slab].reshape(threads, slab)
+        obuf = scratch[threads * slab:threads * (slab + product)].reshape(threads, product)
+        implicit_forward(x, taps, self.bias, self.kh, self.kw, self.sh, self.sw, self.dh,
+                         self.dw, self.pt, self.pl, self.wo, rows, block, xbuf, obuf, out)
+        if self.residual is not None or self.act:
+            res, has = self._res(v, True)
+            K.epilogue(out, self.zero, res, has, self.act)
+
+
 class Winograd(_Conv):
     strategy = ("Winograd F(2x2,3x3) (the engine's kernel: weights pre-transformed, transform "
                 "scratch allocated per call) + numba epilogue")
@@ -224,13 +293,30 @@ class Winograd(_Conv):
         # the engine's kernel is its own to change: if a call no longer fits, im2col takes over
         self.fallback: Im2col | None = None
         self._im2col = Im2col(node, g, dtype)
+        # calls of fewer tiles than the engine's threshold take its implicit GEMM, as eager
+        # calls do (ResNet-18's 512-channel 7x7 layers at batch 1: 13 ms Winograd, 5 implicit)
+        self.tiles = -(-self.ho // 2) * -(-self.wo // 2)
+        self.implicit = Implicit(node, g, dtype)
+        self.strategy = (f"{Winograd.strategy}; the implicit GEMM on calls of fewer tiles than "
+                         f"the engine's threshold ({self.tiles} an image)")
+
+    def _few_tiles(self, n: int) -> bool:
+        from convlayers import config
+        from convlayers.functional.plan import _wide_default
+
+        return n * self.tiles < _wide_default(config.engine.winograd_min_tiles, 768, 0)
 
     def scratch_elements(self, n: int) -> int:
+        if self._few_tiles(n):
+            return self.implicit.scratch_elements(n)
         return self._im2col.scratch_elements(n)
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
         if self.fallback is not None:
             self.fallback.run(v, scratch)
+            return
+        if self._few_tiles(v[self.inp][0].shape[0]):
+            self.implicit.run(v, scratch)
             return
         from convlayers.kernels.winograd import forward_fused
 
@@ -360,6 +446,9 @@ def make_step(node: Node, g: Graph) -> Step:
             return Pointwise(node, g, dtype)
         if _engine_picks_winograd(node, g):
             return Winograd(node, g, dtype)
+        implicit = Implicit(node, g, dtype)
+        if implicit.engine_choice() == "implicit":
+            return implicit
         return Im2col(node, g, dtype)
     simple: dict[str, type[Step]] = {"maxpool": MaxPool, "gap": GlobalAvgPool, "act": Activation,
                                      "add": Add, "pad": Pad, "flatten": Flatten}

@@ -33,7 +33,8 @@ from numba import njit, prange
 from convlayers.kernels._bounds import slab_unit, store_rows, unit_parts
 from convlayers.kernels.simd import gemm_indirect_left_add, gemm_indirect_part
 
-__all__ = ["channels_last_weight_grad", "implicit_forward", "implicit_weight_grad", "phase_layout"]
+__all__ = ["channels_last_weight_grad", "forward_scratch", "implicit_forward", "implicit_weight_grad",
+           "phase_layout"]
 
 
 @njit(cache=True)
@@ -123,13 +124,27 @@ def _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo):
     return Hq, Wq, offs, slot, slots, xbuf
 
 
+def forward_scratch(c_chunk: int, kernel: tuple[int, int], stride: tuple[int, int],
+                    dilation: tuple[int, int], rows: int, block: int,
+                    wo: int) -> tuple[int, int]:
+    """Elements per thread of :func:`implicit_forward`'s two scratch arrays: the slab (a chunk
+    of ``c_chunk`` input channels' phase planes for ``rows`` output rows, plus the tail the
+    last windows read) and the product (``block`` output channels by the slab's positions)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    hq = rows + (kh - 1) * dh // sh
+    wq = wo + (kw - 1) * dw // sw
+    slots = len({((a * dh) % sh, (b * dw) % sw) for a in range(kh) for b in range(kw)})
+    return c_chunk * slots * hq * wq + wq, block * rows * wq
+
+
 @njit(parallel=True, cache=True, fastmath=True)
-def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, out):
+def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, xbuf, obuf, out):
     """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G, Q,
     C_out/g, Cq*kh*kw)`` (+ ``bias``, ``C_out`` entries or none) with zero padding ``pt`` above
     and ``pl`` left (negative: rows or columns dropped; the other sides follow from ``out``'s
-    size), in units of ``R`` output rows by ``B`` output channels of one image and group;
-    scratch for ``nt`` threads.
+    size), in units of ``R`` output rows by ``B`` output channels of one image and group; the
+    scratch ``xbuf`` and ``obuf`` (a row per thread, sizes from :func:`forward_scratch`) is the
+    caller's, so a compiled plan keeps it in its arena.
 
     The input channels of a group come in ``Q`` chunks of ``Cq`` (the last may hold fewer; its
     taps past them are never read): a unit fills its slab with one chunk at a time and adds
@@ -141,10 +156,11 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt
     Cq = -(-Cig // Q)
     K1 = taps.shape[3] // Cq  # kh*kw
     Ho = out.shape[2] // Wo
-    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, Cq, kh, kw, sh, sw, dh, dw, R, Wo)
+    Hq = R + ((kh - 1) * dh) // sh
+    Wq = Wo + ((kw - 1) * dw) // sw
+    offs, slot, slots = phase_layout(Cq, kh, kw, sh, sw, dh, dw, Hq, Wq)
     nr = (Ho + R - 1) // R
     nb = (Cog + B - 1) // B
-    obuf = np.empty((nt, B * R * Wq), dtype=x.dtype)
     has_bias = bias.shape[0] > 0
     zero = np.zeros(1, dtype=out.dtype)[0]
     for unit in prange(N * G * nr * nb):

@@ -233,7 +233,7 @@ def compile(model: Any, example_input: np.ndarray) -> Plan:
     >>> bool(np.allclose(plan(x), model(x), atol=1e-5))
     True
     >>> print(plan.explain().splitlines()[1])  # doctest: +ELLIPSIS
-      0 conv + relu [0 + 1 + 2] -> (8, 6, 6): implicit GEMM (the engine's kernel: ...) + numba epilogue; NCHW; output...
+      0 conv + relu [0 + 1 + 2] -> (8, 6, 6): implicit GEMM (...) + numba epilogue; NCHW; output...
     """
     from convlayers.nn.module import Module
 

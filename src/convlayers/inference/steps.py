@@ -219,10 +219,12 @@ class Implicit(_Conv):
     strategy = ("implicit GEMM (the engine's kernel: phase-split input slabs read as the "
                 "product's rows, scratch in the arena) + numba epilogue")
 
-    def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
+    def __init__(self, node: Node, g: Graph, dtype: np.dtype,
+                 taps: np.ndarray | None = None) -> None:
         super().__init__(node, g, dtype)
         w = node.attrs["weight"]
-        self.taps = np.ascontiguousarray(
+        # (groups, C_out/g, C_in/g*kh*kw), as im2col packs them (a Winograd step shares its)
+        self.taps = taps if taps is not None else np.ascontiguousarray(
             w.reshape(self.groups, self.c_out // self.groups, -1), dtype)
         self.chunked: dict[int, np.ndarray] = {}
         self.zero = np.zeros(self.c_out, dtype)
@@ -296,7 +298,7 @@ class Winograd(_Conv):
         # calls of fewer tiles than the engine's threshold take its implicit GEMM, as eager
         # calls do (ResNet-18's 512-channel 7x7 layers at batch 1: 13 ms Winograd, 5 implicit)
         self.tiles = -(-self.ho // 2) * -(-self.wo // 2)
-        self.implicit = Implicit(node, g, dtype)
+        self.implicit = Implicit(node, g, dtype, self._im2col.packed)
         self.strategy = (f"{Winograd.strategy}; the implicit GEMM on calls of fewer tiles than "
                          f"the engine's threshold ({self.tiles} an image)")
 

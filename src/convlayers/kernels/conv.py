@@ -413,17 +413,15 @@ def pointwise_weight_grad_tiled(x, gy, B, acc):
     acc[:] = 0
     for unit in prange(N * nb):
         t = numba.get_thread_id()
-        n = unit // nb
-        j0 = (unit - n * nb) * B
-        j1 = min(L, j0 + B)
-        gt = tbuf[t, : (j1 - j0) * Cog].reshape(j1 - j0, Cog)
+        n, _, j0, cols = unit_block(unit, 1, nb, B, L)
+        gt = tbuf[t, : cols * Cog].reshape(cols, Cog)
         for g in range(G):
             src = gy[n, g]
             for co in range(Cog):
                 row = src[co]
-                for j in range(j1 - j0):
+                for j in range(cols):
                     gt[j, co] = row[j0 + j]
-            gemm_tiled_add(x[n, g][:, j0:j1], gt, acc[t, g])
+            gemm_tiled_add(x[n, g][:, j0:j0 + cols], gt, acc[t, g])
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -436,8 +434,6 @@ def pointwise_weight_grad(x, gy, B, acc):
     acc[:] = 0
     for unit in prange(N * nb):
         t = numba.get_thread_id()
-        n = unit // nb
-        j0 = (unit - n * nb) * B
-        j1 = min(L, j0 + B)
+        n, _, j0, cols = unit_block(unit, 1, nb, B, L)
         for g in range(G):
-            gemm_nt_cols_add(gy[n, g], x[n, g], acc[t, g], j0, j1)
+            gemm_nt_cols_add(gy[n, g], x[n, g], acc[t, g], j0, j0 + cols)

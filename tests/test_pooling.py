@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -31,8 +31,8 @@ class PoolCase:
 
 
 @st.composite
-def pool_cases(draw: st.DrawFn, dilated: bool = True) -> PoolCase:
-    n = draw(st.sampled_from([1, 2, 2, 2, 3]))
+def pool_cases(draw: st.DrawFn, dilated: bool = True, dims: tuple[int, ...] = (1, 2, 2, 2, 3)) -> PoolCase:
+    n = draw(st.sampled_from(dims))
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(n))
     stride = None if draw(st.booleans()) else tuple(draw(st.integers(1, 4)) for _ in range(n))
     padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
@@ -334,3 +334,22 @@ def test_avg_pool_scratch_stays_under_the_cap() -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["(1,", "1,", "2,", "20000000)", "1.0",
                                   "(1,", "1,", "3,", "20000000)", "1.0", "1.0"]
+
+
+@pytest.mark.parametrize("order", ["_max_indices_by_tap", "_max_indices_by_window"])
+@given(case=pool_cases(dims=(2,)), seed=st.integers(0, 2**16))
+def test_both_orders_of_the_max_index_kernel_match_torch(order: str, case: PoolCase, seed: int) -> None:
+    """The compiled max-with-index kernel has two loop orders (chosen by the column stride);
+    each one alone gives torch's values and indices on every 2-D case, ties and NaN included."""
+    from convlayers.kernels import pooling
+
+    x = _input(replace(case, shape=(max(1, case.shape[0]), *case.shape[1:]), unbatched=False), seed)
+    stride = case.stride or case.kernel
+    t_out, t_idx = tF.max_pool2d(torch.tensor(x), case.kernel, stride, case.padding, case.dilation,
+                                 ceil_mode=case.ceil_mode, return_indices=True)
+    out = np.empty(t_out.shape, dtype=x.dtype).reshape(-1, *t_out.shape[2:])
+    idx = np.empty(out.shape, dtype=np.int64)
+    getattr(pooling, order)(np.ascontiguousarray(x).reshape(-1, *x.shape[2:]), *case.kernel, *stride,
+                            *case.padding, *case.dilation, out, idx)
+    assert_close(out.reshape(t_out.shape), t_out, "max values")
+    np.testing.assert_array_equal(idx.reshape(t_idx.shape), t_idx.numpy(), err_msg="argmax indices")

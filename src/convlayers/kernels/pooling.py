@@ -72,9 +72,52 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
                 out[p, oh, ow] = last_nan if nan else top
 
 
-@njit(parallel=True, cache=True)
 def max_pool2d_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
-    """Max and its flat in-plane index (PyTorch's tie and NaN rules) into ``out`` and ``idx``."""
+    """Max and its flat in-plane index (PyTorch's tie and NaN rules) into ``out`` and ``idx``.
+
+    A tap replaces the running maximum when it is larger or NaN, a branch as in PyTorch: the
+    index makes a select cost two of them, and the running maximum of overlapping windows
+    rarely changes. Windows that overlap along the row (column stride 1) run tap by tap along
+    each output row (long inner loops); the others one output at a time over the taps inside
+    it (2x2 and 3x3 stride-2 pools: 0.4-0.7x the time of the tap-by-tap order, which ran 2.7-3.4x
+    faster at stride 1)."""
+    if sw == 1 and kw > 1:
+        _max_indices_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx)
+    else:
+        _max_indices_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx)
+
+
+@njit(parallel=True, cache=True)
+def _max_indices_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
+    """:func:`max_pool2d_indices` one output at a time, as :func:`max_pool2d`. A window with
+    no tap inside keeps PyTorch's index: its first tap at or after 0 (``_taps``' ``first``)."""
+    P, H, W = x.shape
+    Ho, Wo = out.shape[1], out.shape[2]
+    rfirst, rcount = _taps(Ho, H, kh, sh, ph, dh)
+    cfirst, ccount = _taps(Wo, W, kw, sw, pw, dw)
+    for p in prange(P):
+        plane = x[p]
+        for oh in range(Ho):
+            r0, nr = rfirst[oh], rcount[oh]
+            for ow in range(Wo):
+                c0, nc = cfirst[ow], ccount[ow]
+                top = -np.inf
+                best = r0 * W + c0
+                for i in range(nr):
+                    r = r0 + i * dh
+                    for j in range(nc):
+                        c = c0 + j * dw
+                        v = plane[r, c]
+                        if v > top or v != v:
+                            top = v
+                            best = r * W + c
+                out[p, oh, ow] = top
+                idx[p, oh, ow] = best
+
+
+@njit(parallel=True, cache=True)
+def _max_indices_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
+    """:func:`max_pool2d_indices` tap by tap along each output row: the stride-1 order."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
     for p in prange(P):

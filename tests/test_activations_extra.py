@@ -173,3 +173,24 @@ def test_relu_and_relu6_gradients_select_as_torch(dtype: type, compiled: bool) -
         x_nan.flat[10] = np.nan
         for ours in (F.relu_backward, F.relu6_backward):
             assert ours(g, x_nan).flat[10] == g.flat[10]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_relu_and_relu6_forwards_match_torch(dtype: type, compiled: bool) -> None:
+    """ReLU and ReLU6 in NumPy (small arrays) and in the compiled one-pass kernel (large ones,
+    forced here by the threshold): torch's values bit for bit, NaN, inf and the clip edges
+    included, and the sign of a zero kept as torch keeps it."""
+    from convlayers import config
+
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((3, 5, 40, 41)) * 5).astype(dtype)
+    x.flat[:8] = [0.0, 6.0, -0.0, 6.5, -np.inf, np.inf, np.nan, 3.0]
+    threshold = 0 if compiled else 1 << 40
+    with config.engine_settings(parallel_elementwise=threshold):
+        for ours, theirs in ((F.relu, torch.relu), (F.relu6, tF.relu6)):
+            got = ours(x)
+            assert got.dtype == x.dtype
+            expected = theirs(torch.from_numpy(x)).numpy()
+            assert np.array_equal(got, expected, equal_nan=True), ours.__name__
+            assert np.array_equal(np.signbit(got), np.signbit(expected)), ours.__name__

@@ -30,7 +30,7 @@ def _axis(dim: Any, ndim: int) -> int:
 
 
 def _compiled(*arrays: np.ndarray) -> bool:
-    """Whether the compiled clip gradient serves these arrays: one float32/float64 dtype,
+    """Whether the compiled clip and its gradient serve these arrays: one float32/float64 dtype,
     C-contiguous, at least ``config.engine.parallel_elementwise`` elements (smaller: NumPy)."""
     from convlayers import config
 
@@ -53,13 +53,25 @@ def _clip_backward(grad_output: Any, x: np.ndarray, lo: float, hi: float) -> np.
     return out
 
 
+def _clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``min(max(x, lo), hi)`` (NaN stays NaN): compiled on every thread for large arrays."""
+    if not _compiled(x):
+        low, high = x.dtype.type(lo), x.dtype.type(hi)  # NaN and -0.0 kept, as torch
+        return np.where(x < low, low, np.where(x > high, high, x))
+    from convlayers.functional._compiled import kernels
+
+    out = np.empty_like(x)
+    kernels().elementwise.clip_into(x.ravel(), lo, hi, out.ravel())
+    return out
+
+
 def relu(input: Any) -> np.ndarray:
     """``max(x, 0)`` elementwise (NaN stays NaN).
 
     >>> relu(np.array([-1.0, 0.0, 2.0]))
     array([0., 0., 2.])
     """
-    return np.maximum(float_array(input, "input"), 0)
+    return _clip(float_array(input, "input"), 0.0, np.inf)
 
 
 def relu_backward(grad_output: Any, input: Any) -> np.ndarray:
@@ -78,7 +90,7 @@ def relu6(input: Any) -> np.ndarray:
     >>> relu6(np.array([-1.0, 3.0, 9.0]))
     array([0., 3., 6.])
     """
-    return np.clip(float_array(input, "input"), 0, 6)
+    return _clip(float_array(input, "input"), 0.0, 6.0)
 
 
 def relu6_backward(grad_output: Any, input: Any) -> np.ndarray:

@@ -379,9 +379,11 @@ def test_float64_fast_paths_stay_float64() -> None:
 
 
 def any_winograd() -> Any:
-    """Winograd wherever its shape and channels allow (the machine defaults keep small calls
-    off it where the kernels run 64-byte vectors): these tests are about its kernels."""
-    return config.engine_settings(winograd_min_tiles=0, winograd_backward=True)
+    """Winograd wherever its shape and ``winograd_min_channels`` allow (the machine defaults
+    keep small calls and thin layers off it where the kernels run 64-byte vectors): these
+    tests are about its kernels."""
+    return config.engine_settings(winograd_min_tiles=0, winograd_backward=True,
+                                  winograd_harmonic_channels=0)
 
 
 @st.composite

@@ -227,15 +227,15 @@ def test_forcing_an_unknown_or_unfit_strategy_says_why() -> None:
 
 
 def test_plan_shows_each_pass_and_follows_the_settings() -> None:
-    p = plan((16, 32, 28, 28), (32, 32, 3, 3), padding=1)
+    p = plan((16, 64, 28, 28), (64, 64, 3, 3), padding=1)
     assert isinstance(p, Plan) and p.forward == "winograd"
     text = str(p)
     assert "kernel 3x3" in text and "forward      winograd" in text
-    with config.engine_settings(winograd_min_channels=64):
-        assert plan((16, 32, 28, 28), (32, 32, 3, 3), padding=1).forward != "winograd"
+    with config.engine_settings(winograd_min_channels=65):
+        assert plan((16, 64, 28, 28), (64, 64, 3, 3), padding=1).forward != "winograd"
     with config.engine_settings(force="numpy"):
-        assert plan((16, 32, 28, 28), (32, 32, 3, 3), padding=1).weight_grad == "numpy"
-    assert plan((32, 56, 56), (32, 32, 3, 3), padding=1).forward == "winograd"  # unbatched
+        assert plan((16, 64, 28, 28), (64, 64, 3, 3), padding=1).weight_grad == "numpy"
+    assert plan((64, 56, 56), (64, 64, 3, 3), padding=1).forward == "winograd"  # unbatched
     assert plan((2, 4, 9), (6, 4, 3)).forward != "winograd"  # 1-D
     assert plan((2, 4, 5, 9, 9), (6, 4, 3, 3, 3)).forward == "numpy"  # 3-D
     assert plan((2, 4, 9, 9), (6, 4, 3, 3), dtype=np.float16).forward == "numpy"
@@ -486,8 +486,8 @@ def test_winograd_tile_and_backward_thresholds_follow_the_settings() -> None:
     yes."""
     from convlayers.kernels.simd import VECTOR_BYTES
 
-    few, many = (2, 32, 28, 28), (8, 32, 28, 28)  # 392 and 1568 tiles
-    w = (32, 32, 3, 3)
+    few, many = (2, 64, 28, 28), (8, 64, 28, 28)  # 392 and 1568 tiles
+    w = (64, 64, 3, 3)
     with config.engine_settings(winograd_min_tiles=1000, winograd_backward=False):
         assert plan(few, w, padding=1).forward != "winograd"
         assert plan(many, w, padding=1).forward == "winograd"
@@ -525,3 +525,27 @@ def test_1x1_weight_gradient_on_both_kernels_matches_torch(tiled_below: int) -> 
             _, gy, (_, gw) = torch_grads(f, [x, w])
             ours = F.conv_backward(gy, x, w, stride=stride, groups=groups, with_bias=False)[1]
             assert_close(ours, gw, f"1x1 weight gradient {x_shape} {w_shape}")
+
+
+def test_winograd_forward_needs_the_channels_its_transforms_pay_for() -> None:
+    """The harmonic mean of the channels per group (``winograd_harmonic_channels``, more on
+    small maps) and its machine default (None): 64 with 64-byte vectors, else no limit."""
+    from convlayers.kernels.simd import VECTOR_BYTES
+
+    wide = VECTOR_BYTES == 64
+    thin, even = ((32, 48, 28, 28), (256, 48, 3, 3)), ((32, 48, 28, 28), (48, 48, 3, 3))
+    assert plan(*thin, padding=1).forward == "winograd"  # a mean of 81 (48 and 256)
+    assert (plan(*even, padding=1).forward == "winograd") == (not wide)  # a mean of 48
+    with config.engine_settings(winograd_harmonic_channels=90):
+        assert plan(*thin, padding=1).forward != "winograd"
+    with config.engine_settings(winograd_harmonic_channels=80):
+        assert plan(*thin, padding=1).forward == "winograd"
+        assert plan(*even, padding=1).forward != "winograd"
+        small = ((32, 48, 14, 14), (256, 48, 3, 3))  # 14 rows: the small-map mean (96) applies
+        assert plan(*small, padding=1).forward != "winograd"
+        with config.engine_settings(winograd_small_map=14):
+            assert plan(*small, padding=1).forward == "winograd"
+        grouped = ((32, 96, 28, 28), (512, 48, 3, 3))  # 48 -> 256 per group, as ``thin``
+        assert plan(*grouped, padding=1, groups=2).forward == "winograd"
+    with config.engine_settings(winograd_harmonic_channels=0):
+        assert plan(*even, padding=1).forward == "winograd"

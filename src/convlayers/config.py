@@ -278,6 +278,21 @@ class EngineSettings:
     #: tiles it took 0.4-0.9x Winograd's time: batch 1 at 7x7, 13x13, 14x14 maps and 2-16
     #: images at 14x14), else 0 (with 32-byte vectors Winograd won down to the smallest maps).
     winograd_min_tiles: int | None = None
+    #: Winograd serves a forward only when the harmonic mean of its input and output channels
+    #: per group, ``2ab / (a + b)``, is at least this (its GEMMs are ``C_out x C_in`` by tiles,
+    #: its transforms ``C_in + C_out`` by tiles); on maps with fewer than
+    #: ``winograd_small_map`` output rows or columns, at least ``winograd_small_map_channels``.
+    #: None: the machine's default, 64 where the kernels run 64-byte vectors, else 0. On 47
+    #: random 3x3 layers of 768 tiles or more (AVX-512, 1 and 2 threads, interleaved), Winograd
+    #: took 1.06-2.96x the implicit GEMM's time on every layer below a mean of 64 but one
+    #: (0.98x), and 0.63-0.97x on all at or above it but four: 64->96, 96->64, 64->128 and
+    #: 64->64 on 10x10-16x16 maps (1.1-1.48x). Those have means under 96; the small maps with
+    #: means of 96 and more won (0.75-0.97x).
+    winograd_harmonic_channels: int | None = None
+    #: See :attr:`winograd_harmonic_channels`.
+    winograd_small_map: int = 20
+    #: See :attr:`winograd_harmonic_channels`.
+    winograd_small_map_channels: int = 96
     #: Whether Winograd serves the backward pass. None: the machine's default, no with 64-byte
     #: vectors (the implicit gradients took 0.3-1.0x its time on 11 layers from batch 1 at 7x7
     #: to batch 32 at 28x28, 64-512 channels), else yes.
@@ -383,7 +398,7 @@ class EngineSettings:
             if not isinstance(value, bool) and not (name == "winograd_backward" and value is None):
                 raise TypeError(f"{name} must be a bool{' or None' * (name != 'check_values')}"
                                 f", got {value!r}")
-        elif name == "winograd_min_tiles" and value is None:
+        elif name in ("winograd_min_tiles", "winograd_harmonic_channels") and value is None:
             pass
         elif as_int(value, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")

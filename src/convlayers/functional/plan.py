@@ -235,14 +235,26 @@ def _wide_default(value: Any, wide: Any, narrow: Any) -> Any:
     return wide if VECTOR_BYTES == 64 else narrow
 
 
-def _winograd_forward(g: Geometry) -> bool:
-    """Winograd for the forward: 3x3 stride 1, ``winograd_min_channels`` input channels per
-    group, and ``winograd_min_tiles`` 2x2 output tiles in the call."""
+def winograd_channels_pay(c_in_g: int, c_out_g: int, ho: int, wo: int) -> bool:
+    """Whether a 3x3 stride-1 forward has the channels Winograd needs: ``winograd_min_channels``
+    input channels per group, and a harmonic mean of the input and output channels per group of
+    ``winograd_harmonic_channels`` (``winograd_small_map_channels`` on small maps)."""
     e = config.engine
-    if not (_winograd_shape(g) and g.c_in_g >= e.winograd_min_channels):
+    if c_in_g < e.winograd_min_channels:
+        return False
+    need = _wide_default(e.winograd_harmonic_channels, 64, 0)
+    if min(ho, wo) < e.winograd_small_map:
+        need = max(need, e.winograd_small_map_channels) if need else 0
+    return 2 * c_in_g * c_out_g >= need * (c_in_g + c_out_g)
+
+
+def _winograd_forward(g: Geometry) -> bool:
+    """Winograd for the forward: 3x3 stride 1, the channels of :func:`winograd_channels_pay`,
+    and ``winograd_min_tiles`` 2x2 output tiles in the call."""
+    if not (_winograd_shape(g) and winograd_channels_pay(g.c_in_g, g.c_out_g, g.ho, g.wo)):
         return False
     tiles = g.n * -(-g.ho // 2) * -(-g.wo // 2)
-    return bool(tiles >= _wide_default(e.winograd_min_tiles, 768, 0))
+    return bool(tiles >= _wide_default(config.engine.winograd_min_tiles, 768, 0))
 
 
 def _flat_shape(g: Geometry) -> bool:

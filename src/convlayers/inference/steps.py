@@ -429,11 +429,15 @@ def _engine_picks_winograd(node: Node, g: Graph) -> bool:
         return False
     from convlayers import config
 
+    from convlayers.functional.plan import winograd_channels_pay
+
     choice = plan((1, *g.shapes[node.inputs[0]]), a["weight"].shape, a["stride"], (pt, pl),
                   a["dilation"], a["groups"], g.dtype).forward
     if choice == "winograd" or config.engine.force is not None or choice == "numpy":
         return bool(choice == "winograd")
-    return bool(a["weight"].shape[1] >= config.engine.winograd_min_channels)
+    c_out, c_in_g = a["weight"].shape[:2]
+    ho, wo = g.shapes[node.output][1:]
+    return winograd_channels_pay(c_in_g, c_out // a["groups"], ho, wo)
 
 
 def make_step(node: Node, g: Graph) -> Step:

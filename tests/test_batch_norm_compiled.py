@@ -95,3 +95,30 @@ def test_non_finite_values_spread_as_in_torch() -> None:
                                ("grad_weight", gw, gw_t), ("grad_bias", gb, gb_t)):
         np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs), err_msg=name)
         assert_close(ours, theirs, name, scale=scale[name])  # NaN and inf in the same places
+
+
+def test_the_forwards_statistics_serve_the_backward() -> None:
+    """The autograd rule hands the forward's batch statistics to the backward (which then
+    reads the input twice less): its gradients are bit for bit those of a backward that finds
+    them again, and torch's within rounding. Wrong shapes are refused by name."""
+    from convlayers.functional import batch_norm_with_statistics
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((8, 16, 12, 12)) * 2 + 1).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    rm, rv = np.zeros(16, np.float32), np.ones(16, np.float32)
+    out, stats = batch_norm_with_statistics(x, rm.copy(), rv.copy(), w, b, training=True)
+    assert stats is not None and stats[0].dtype == np.float64
+    np.testing.assert_array_equal(out, batch_norm(x, rm.copy(), rv.copy(), w, b, training=True))
+    given_stats = batch_norm_backward(g, x, None, None, w, training=True, batch_statistics=stats)
+    found = batch_norm_backward(g, x, None, None, w, training=True)
+    for a, b_ in zip(given_stats, found, strict=True):
+        np.testing.assert_array_equal(a, b_)
+    t_out, t_gx, t_gw, t_gb, _, _ = _torch_reference(x, g, w, b, rm, rv)
+    acc = _accumulations(x, g, w, b, rm, rv)
+    for name, ours, theirs in (("grad_input", given_stats[0], t_gx), ("grad_weight", given_stats[1], t_gw),
+                               ("grad_bias", given_stats[2], t_gb)):
+        assert_close(ours, theirs, name, scale=acc[name])
+    with pytest.raises(ValueError, match="batch_statistics must be two"):
+        batch_norm_backward(g, x, None, None, w, training=True, batch_statistics=(stats[0][:3], stats[1]))

@@ -70,7 +70,11 @@ from convlayers.functional.conv import PADDING_MODES, conv2d_backward, conv_back
 from convlayers.functional.conv_transpose import conv_transpose_backward
 from convlayers.functional.dense import linear_backward
 from convlayers.functional.losses import cross_entropy_backward, mse_loss_backward
-from convlayers.functional.normalization import batch_norm_backward, inference_affine
+from convlayers.functional.normalization import (
+    batch_norm_backward,
+    batch_norm_with_statistics,
+    inference_affine,
+)
 from convlayers.functional.padding import PAD_MODES, pad_backward
 from convlayers.functional.plan import plan
 from convlayers.functional.pooling import avg_pool_backward, max_pool_backward
@@ -92,6 +96,7 @@ __all__ = [
     "avg_pool_backward",
     "batch_norm",
     "batch_norm_backward",
+    "batch_norm_with_statistics",
     "clamp",
     "clamp_backward",
     "conv1d",

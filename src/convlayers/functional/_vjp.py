@@ -126,9 +126,12 @@ def _from_output(f: Callable[..., Any], b: Callable[..., Any], dim: bool = False
 
 def _batch_norm_rule(a: Args) -> Rule:
     rm, rv = (None if s is None else np.array(s) for s in (a["running_mean"], a["running_var"]))
-    out = norm.batch_norm(**a)  # updates the running statistics in place when training
+    # updates the running statistics in place when training; the batch's, when the compiled
+    # kernels found them, go to the backward
+    out, stats = norm.batch_norm_with_statistics(**a)
     return out, lambda g: norm.batch_norm_backward(
-        g, a["input"], rm, rv, a["weight"], a["training"], a["eps"], with_bias=a["bias"] is not None)
+        g, a["input"], rm, rv, a["weight"], a["training"], a["eps"], with_bias=a["bias"] is not None,
+        batch_statistics=stats)
 
 
 def _linear_rule(a: Args) -> Rule:

@@ -128,11 +128,33 @@ def batch_norm(
     >>> rm, rv  # moved 10% of the way to mean 2 and unbiased variance 2
     (array([0.2]), array([1.1]))
     """
+    return batch_norm_with_statistics(input, running_mean, running_var, weight, bias, training,
+                                      momentum, eps)[0]
+
+
+def batch_norm_with_statistics(
+    input: Any, running_mean: Any, running_var: Any, weight: Any = None, bias: Any = None,
+    training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`batch_norm` and the batch's float64 mean and biased variance per channel where
+    the compiled training kernels computed them (else None): hand them to
+    :func:`batch_norm_backward` so it does not read the input twice more to find them again.
+
+    Examples
+    --------
+    >>> x = np.linspace(-1.0, 1.0, 2 * 4 * 64 * 64).reshape(2, 4, 64, 64)
+    >>> out, (mean, var) = batch_norm_with_statistics(x, None, None, training=True)
+    >>> mean.shape, var.dtype
+    ((4,), dtype('float64'))
+    >>> batch_norm_with_statistics(x[:, :, :2, :2], None, None, training=True)[1] is None  # NumPy
+    True
+    """
     eps = _check_eps(eps, bool(training))
     x, axes, (rm, rv, w, b) = _prepare(input, running_mean, running_var, weight, bias)
     compiled = bool(training) and _compiled(x)
+    stats = None
     if compiled:
-        mean64, var64 = _batch_statistics(x)
+        stats = mean64, var64 = _batch_statistics(x)
         mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
     else:
         mean, var = _statistics(x, axes, bool(training), rm, rv)
@@ -150,7 +172,7 @@ def batch_norm(
         alpha, beta = _affine(mean, invstd, w, b)
         out = np.multiply(x, alpha.reshape(shape))
         out += beta.reshape(shape)
-        return out
+        return out, None
     scale = invstd if w is None else invstd * w
     if compiled:
         from convlayers.kernels import batchnorm
@@ -158,12 +180,12 @@ def batch_norm(
         out = np.empty(x.shape, dtype=x.dtype)
         shift = np.zeros(x.shape[1], dtype=x.dtype) if b is None else b
         batchnorm.normalize_forward(_planes(x), mean, scale, shift, out.reshape(_planes(x).shape))
-        return out
+        return out, stats
     out = x - mean.reshape(shape)  # in place from here: one array the size of the input
     out *= scale.reshape(shape)
     if b is not None:
         out += b.reshape(shape)
-    return out
+    return out, None
 
 
 def _affine(mean: np.ndarray, invstd: np.ndarray, w: np.ndarray | None, b: np.ndarray | None,
@@ -199,6 +221,7 @@ def inference_affine(running_mean: Any, running_var: Any, weight: Any = None, bi
 def batch_norm_backward(
     grad_output: Any, input: Any, running_mean: Any, running_var: Any, weight: Any = None,
     training: bool = False, eps: float = 1e-5, with_bias: bool = True,
+    batch_statistics: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Gradients of :func:`batch_norm`: ``(grad_input, grad_weight, grad_bias)``.
 
@@ -206,6 +229,8 @@ def batch_norm_backward(
     ``dx = invstd/n * (n*dxhat - sum(dxhat) - xhat*sum(dxhat*xhat))`` with ``dxhat = g*weight``.
     Pass the running statistics as they were during the forward (not used when ``training``).
     ``grad_weight`` is ``None`` without a weight, ``grad_bias`` without ``with_bias``.
+    ``batch_statistics``: the float64 ``(mean, var)`` that :func:`batch_norm_with_statistics`
+    returned for this input in training (computed again when None).
 
     Examples
     --------
@@ -220,7 +245,7 @@ def batch_norm_backward(
     if g.shape != x.shape:
         raise ValueError(f"grad_output must have the input's shape {x.shape}, got {g.shape}")
     if training and _compiled(x):
-        return _compiled_backward(g, x, w, eps, with_bias)
+        return _compiled_backward(g, x, w, eps, with_bias, batch_statistics)
     mean, var = _statistics(x, axes, bool(training), rm, rv)
     invstd = _invstd(var, eps)
     shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -236,11 +261,18 @@ def batch_norm_backward(
 
 
 def _compiled_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray | None, eps: float,
-                       with_bias: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+                       with_bias: bool, stats: tuple[np.ndarray, np.ndarray] | None,
+                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Training-mode gradients by :func:`convlayers.kernels.batchnorm.normalize_backward`."""
     from convlayers.kernels import batchnorm
 
-    mean64, var64 = _batch_statistics(x)
+    if stats is not None:
+        c = x.shape[1]
+        if any(np.shape(s) != (c,) for s in stats):
+            raise ValueError(f"batch_statistics must be two ({c},) arrays (mean and variance per "
+                             f"channel), got shapes {[np.shape(s) for s in stats]}")
+    mean64, var64 = (_batch_statistics(x) if stats is None
+                     else (np.asarray(s, dtype=np.float64) for s in stats))
     invstd = _invstd(var64.astype(x.dtype), eps).astype(np.float64)
     gx = np.empty(x.shape, dtype=x.dtype)
     gw, gb = np.empty(x.shape[1]), np.empty(x.shape[1])

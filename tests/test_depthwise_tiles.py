@@ -50,10 +50,33 @@ def test_depthwise_register_tiles_cover_every_row_and_lane_edge(strategy: str) -
         np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(expected))
         finite = np.isfinite(expected)
         assert_close(ours[finite], expected[finite], f"case {case}")
-        if strategy == "depthwise-planar" and case % 5:  # its gather and dot products too
+        if case % 5:  # the gradients too (the planar gather and dot products, the channels-last
+            # scatter of every output pixel's taps)
             _, g, (tgx, tgw, _) = torch_grads(lambda *t, a=args: tF.conv2d(*t, **a), [x, w, b],
                                               case)
             with config.engine_settings(force=strategy):
                 gx, gw, _ = F.conv_backward(g, x, w, with_bias=b is not None, **args)
             assert_close(gx, tgx, f"case {case} input gradient")
             assert_close(gw, tgw, f"case {case} weight gradient")
+
+
+def test_channels_last_weight_gradient_keeps_inf_out_of_the_padding() -> None:
+    """An inf output gradient at a corner: its taps that fall on the zero padding would make
+    ``0 * inf = NaN`` in the channels-last block, where torch (which never visits the padding)
+    has finite sums; the engine sees it and takes the row kernels. Non-finite exactly where
+    torch's are."""
+    rng = np.random.default_rng(5)
+    x = random_array(rng, (2, 72, 6, 6), np.float32)
+    w = random_array(rng, (72, 1, 3, 3), np.float32)
+    g = random_array(rng, (2, 72, 6, 6), np.float32)
+    g[0, 3, 0, 0] = np.inf
+    args = dict(padding=1, groups=72)
+    assert F.plan(x.shape, w.shape, **args).weight_grad == "depthwise-channels-last"
+    gx, gw, _ = F.conv_backward(g, x, w, with_bias=False, **args)
+    tx, tw = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+    tF.conv2d(tx, tw, **args).backward(torch.from_numpy(g))
+    for ours, theirs in ((gx, tx.grad.numpy()), (gw, tw.grad.numpy())):
+        np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+        finite = np.isfinite(theirs)
+        assert_close(ours[finite], theirs[finite], "finite gradients")

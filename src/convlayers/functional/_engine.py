@@ -67,6 +67,7 @@ from convlayers.functional._common import Pairs
 from convlayers.functional._compiled import _threads_for, numba_threads
 from convlayers.functional._engine_depthwise import (
     _bwd_depthwise,
+    _bwd_depthwise_channels_last,
     _fwd_depthwise_channels_last,
     _fwd_depthwise_flat,
     _fwd_depthwise_planar,
@@ -302,6 +303,7 @@ _BACKWARD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray] | None]] = {
     "depthwise-flat": _bwd_depthwise("flat"),
     "depthwise-planar": _bwd_depthwise("planar"),
     "depthwise-rows": _bwd_depthwise("rows"),
+    "depthwise-channels-last": _bwd_depthwise_channels_last,
 }
 
 _INPUT_GRAD: dict[str, Callable[[np.ndarray, np.ndarray, Geometry], np.ndarray]] = {

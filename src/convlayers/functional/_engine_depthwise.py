@@ -49,6 +49,30 @@ def _fwd_depthwise_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray 
     return out
 
 
+@_quiet
+def _bwd_depthwise_channels_last(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
+                                 g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Both gradients of a depthwise convolution (no multiplier) on small maps, channels last
+    (:func:`convlayers.kernels.depthwise_nhwc.depthwise_channels_last_backward`)."""
+    k = kernels()
+    threads = _numba_threads()
+    padded, result, cb = k.depthwise_nhwc.channels_last_shapes(
+        threads, g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
+    taps, _ = channels_last_taps(w.reshape(g.c_out, g.kh, g.kw), None, cb, x.dtype)
+    gx = np.empty(x.shape, dtype=x.dtype)
+    part = np.empty((threads, g.kh, g.kw, cb), dtype=x.dtype)
+    k.depthwise_nhwc.depthwise_channels_last_backward(
+        x, np.ascontiguousarray(gy), taps, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+        np.empty(padded, x.dtype), np.empty(result, x.dtype), np.empty(padded, x.dtype), gx, part)
+    if config.engine.check_values and not _finite(part):
+        # the taps that fall on the block's zero padding meet an inf or NaN output gradient
+        # there (0 * inf): the row kernels read by bounds
+        part = k.depthwise.depthwise_weight_grad(x, gy, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
+                                                 g.pt, g.pl).transpose(0, 2, 3, 1)
+    gw = part.sum(axis=0)[:, :, : g.c_out].transpose(2, 0, 1)
+    return gx, np.ascontiguousarray(gw).astype(x.dtype).reshape(g.c_out, 1, g.kh, g.kw)
+
+
 def channels_last_taps(w: np.ndarray, bias: np.ndarray | None, cb: int,
                        dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """``(taps (kh, kw, cb), bias (cb,))`` of the channels-last kernel for weights ``w (C, kh,

@@ -24,11 +24,12 @@ depthwise-     Depthwise, small planes (``planar_bytes``): a zero-padded polypha
 planar         plane, then the same flat loops (any stride). Every pass.
 depthwise-rows Depthwise, any geometry: loops along output rows, borders read by bounds. Every
                pass.
-depthwise-     Depthwise forward without a channel multiplier on small maps (at most
+depthwise-     Depthwise without a channel multiplier on small maps (at most
 channels-last  ``channels_last_pixels`` output pixels a plane, ``channels_last_channels``
                channels or more): per image and block of 64 channels, a padded
                channels-last copy in L1, register tiles of 8 pixels by a vector of
-               channels over every tap, transposed back.
+               channels over every tap, transposed back. Forward and both gradients
+               (each output pixel's taps scattered a vector of channels at a time).
 pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
                image and group, no copy at stride 1). Every pass; depthwise 1x1 ones too (a
                product of one row, or ``multiplier`` rows, per channel).
@@ -114,7 +115,7 @@ STRATEGIES: dict[str, str] = {
     "depthwise-flat": "depthwise, stride 1 with the width kept: flat loops over the planes",
     "depthwise-planar": "depthwise, small planes: a zero-padded polyphase copy, flat loops",
     "depthwise-rows": "depthwise, any geometry: loops along output rows, borders by bounds",
-    "depthwise-channels-last": "depthwise forward on small maps: channels-last, taps over channels",
+    "depthwise-channels-last": "depthwise on small maps: channels-last, taps over channels",
     "pointwise": "1x1 kernels: register-tiled GEMMs over blocks of pixel columns",
     "implicit": "implicit GEMM over a padded, phase-split input slab: no im2col",
     "lowered": "im2col and register-tiled GEMMs in units sized for the threads (col2im back)",
@@ -129,7 +130,7 @@ PASSES = ("forward", "backward", "input_grad", "weight_grad")
 _DEPTHWISE = ("depthwise-flat", "depthwise-planar", "depthwise-rows")
 _CHANNELS_LAST = "depthwise-channels-last"
 #: Strategies that compute both gradients in one pass.
-JOINT = frozenset(("winograd", *_DEPTHWISE))
+JOINT = frozenset(("winograd", *_DEPTHWISE, _CHANNELS_LAST))
 
 
 def check_strategy_name(name: Any) -> str:
@@ -410,6 +411,9 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
             s = _dense(g, "forward")
         return s, s
     if pass_ == "backward":
+        if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
+                g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize):
+            return _CHANNELS_LAST, _CHANNELS_LAST
         if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
                 and g.c_out_g >= e.winograd_min_channels and _wide_default(
                     e.winograd_backward, False, True)):
@@ -458,7 +462,7 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
     if strategy == _CHANNELS_LAST:
         if g.c_in_g != 1 or g.c_out != g.c_in:
             return f"{strategy} needs a depthwise convolution without a channel multiplier"
-        return None if pass_ == "forward" else f"{strategy} computes the forward only"
+        return f"{strategy} computes the gradients together only" if alone else None
     if strategy == "implicit":
         return None
     raise AssertionError(strategy)

@@ -21,7 +21,9 @@ a vector of positions each, transposed in registers (:func:`_transpose`) and sto
 (or a lane's plane) per vector. One element at a time they took most of the kernel's time
 on small maps.
 
-Forward only (no channel multiplier); the engine keeps the plane kernels for the gradients.
+No channel multiplier. :func:`depthwise_channels_last_backward` computes both gradients on
+the same blocks (plain loops over the lanes, not register tiles: its accumulators are the
+weight gradient's and the input gradient's blocks).
 Importing compiles nothing; the first call per dtype compiles and ``cache=True`` keeps the
 machine code on disk.
 """
@@ -39,7 +41,8 @@ from numba.extending import intrinsic
 
 from convlayers.kernels.simd import VECTOR_BYTES
 
-__all__ = ["LANES", "PIXELS", "channels_last_shapes", "depthwise_channels_last"]
+__all__ = ["LANES", "PIXELS", "channels_last_shapes", "depthwise_channels_last",
+           "depthwise_channels_last_backward"]
 
 #: Channels of one block (a compile-time constant of the kernels: their lane loops unroll).
 LANES = 64
@@ -264,3 +267,72 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
         for lane in range(lanes):
             for p in range(P - P % step if lane < full else 0, P):
                 of[out0 + lane * P + p] = rf[p * LANES + lane]
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, gxt, gx, gw):
+    """Both gradients of :func:`depthwise_channels_last` (no bias): ``gx (N, C, H, W)`` and
+    thread ``t``'s part of the weight gradient ``gw[t] (kh, kw, Cb)`` (zeroed here; the caller
+    sums over threads), for ``gy (N, C, Ho, Wo)`` and taps ``wt (kh, kw, Cb)``.
+
+    A unit is one image's block of ``LANES`` channels, as the forward's: the input block goes
+    zero-padded into ``xt[t] (Hp, Wp, LANES)`` and the output gradient into ``gt[t] (Ho, Wo,
+    LANES)``; each output pixel then adds, for every tap, ``x * gy`` into the tap's weight
+    gradient and ``w * gy`` into the input gradient's padded block ``gxt[t]``, vectors of lanes
+    at a time, and the block's inside goes back to the planes of ``gx``. On maps of 3x3 to
+    12x12 the plane kernels' loops are 3-12 elements long: they ran 3-11x torch's time at
+    batch 32."""
+    N, C, H, W = x.shape
+    Ho, Wo = gy.shape[2], gy.shape[3]
+    kh, kw = wt.shape[0], wt.shape[1]
+    Hp, Wp = xt.shape[1], xt.shape[2]
+    nb = (C + LANES - 1) // LANES
+    gw[:] = 0
+    xt[:] = 0  # the padding stays zero: every unit writes the same inside
+    rows, cols = min(H, max(0, Hp - pt)), min(W, max(0, Wp - pl))
+    for unit in prange(N * nb):
+        t = numba.get_thread_id()
+        n, cb = unit // nb, unit % nb
+        c0 = cb * LANES
+        lanes = min(LANES, C - c0)
+        xb, gb, gxb, acc = xt[t], gt[t], gxt[t], gw[t]
+        for lane in range(lanes):
+            for iy in range(rows):
+                src = x[n, c0 + lane, iy]
+                dst = xb[iy + pt]
+                for j in range(cols):
+                    dst[j + pl, lane] = src[j]
+            for oy in range(Ho):
+                src = gy[n, c0 + lane, oy]
+                dst = gb[oy]
+                for j in range(Wo):
+                    dst[j, lane] = src[j]
+        for lane in range(lanes, LANES):  # lanes past C: zero gradients, never stored
+            for oy in range(Ho):
+                for j in range(Wo):
+                    gb[oy, j, lane] = 0
+        gxb[:] = 0
+        for oy in range(Ho):
+            for ox in range(Wo):
+                g = gb[oy, ox]
+                for a in range(kh):
+                    iy = oy * sh + a * dh
+                    for b in range(kw):
+                        ix = ox * sw + b * dw
+                        xv, gxv = xb[iy, ix], gxb[iy, ix]
+                        av, wv = acc[a, b, c0:c0 + LANES], wt[a, b, c0:c0 + LANES]
+                        for lane in range(LANES):
+                            av[lane] += xv[lane] * g[lane]
+                            gxv[lane] += wv[lane] * g[lane]
+        for lane in range(lanes):
+            for iy in range(H):
+                dst = gx[n, c0 + lane, iy]
+                if iy < rows:
+                    srow = gxb[iy + pt]
+                    for j in range(cols):
+                        dst[j] = srow[j + pl, lane]
+                    for j in range(cols, W):
+                        dst[j] = 0
+                else:
+                    for j in range(W):
+                        dst[j] = 0

@@ -336,11 +336,13 @@ def test_avg_pool_scratch_stays_under_the_cap() -> None:
                                   "(1,", "1,", "3,", "20000000)", "1.0", "1.0"]
 
 
-@pytest.mark.parametrize("order", ["_max_indices_by_tap", "_max_indices_by_window"])
+@pytest.mark.parametrize("order", ["_max_indices_by_tap", "_max_indices_by_window", "_max_pairs"])
 @given(case=pool_cases(dims=(2,)), seed=st.integers(0, 2**16))
 def test_both_orders_of_the_max_index_kernel_match_torch(order: str, case: PoolCase, seed: int) -> None:
-    """The compiled max-with-index kernel has two loop orders (chosen by the column stride);
-    each one alone gives torch's values and indices on every 2-D case, ties and NaN included."""
+    """The compiled max-with-index kernel has two loop orders (chosen by the column stride) and
+    an unrolled kernel for 2x2 windows side by side; each one alone gives torch's values and
+    indices on every 2-D case it serves (the unrolled one pools the case's planes 2x2), ties
+    and NaN included."""
     from convlayers.kernels import pooling
 
     x = _input(replace(case, shape=(max(1, case.shape[0]), *case.shape[1:]), unbatched=False), seed)
@@ -349,7 +351,16 @@ def test_both_orders_of_the_max_index_kernel_match_torch(order: str, case: PoolC
                                  ceil_mode=case.ceil_mode, return_indices=True)
     out = np.empty(t_out.shape, dtype=x.dtype).reshape(-1, *t_out.shape[2:])
     idx = np.empty(out.shape, dtype=np.int64)
-    getattr(pooling, order)(np.ascontiguousarray(x).reshape(-1, *x.shape[2:]), *case.kernel, *stride,
-                            *case.padding, *case.dilation, out, idx)
+    planes = np.ascontiguousarray(x).reshape(-1, *x.shape[2:])
+    if order == "_max_pairs":  # 2x2 windows side by side only: the case's planes, pooled so
+        assume(min(x.shape[2:]) >= 2)
+        t_out, t_idx = tF.max_pool2d(torch.tensor(x), 2, 2, return_indices=True)
+        out, idx = np.empty((planes.shape[0], *t_out.shape[2:]), x.dtype), np.empty((planes.shape[0], *t_out.shape[2:]), np.int64)
+        pooling._max_pairs(planes, out, idx)
+        no_index = np.empty_like(out)
+        pooling._max_pairs(planes, no_index, np.empty((0, 0, 0), np.int64))
+        np.testing.assert_array_equal(no_index, out)
+    else:
+        getattr(pooling, order)(planes, *case.kernel, *stride, *case.padding, *case.dilation, out, idx)
     assert_close(out.reshape(t_out.shape), t_out, "max values")
     np.testing.assert_array_equal(idx.reshape(t_idx.shape), t_idx.numpy(), err_msg="argmax indices")

@@ -41,10 +41,77 @@ def _taps(n_out, size, k, s, p, d):
     return first, count
 
 
-@njit(parallel=True, cache=True)
+def _pairs(kh, kw, sh, sw, ph, pw, dh, dw, H, W, out):
+    """Whether a pool is 2x2 windows side by side (stride 2, no padding or dilation), each
+    inside the plane: the unrolled kernels serve it."""
+    return ((kh, kw, sh, sw, ph, pw, dh, dw) == (2, 2, 2, 2, 0, 0, 1, 1)
+            and 2 * out.shape[1] <= H and 2 * out.shape[2] <= W)
+
+
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
     """Max over each window into ``out`` ``(P, Ho, Wo)``; NaN propagates (the last NaN is the
-    output). One output at a time, over the taps inside: each window's bounds are computed
+    output). 2x2 windows side by side run unrolled (:func:`_max_pairs`), the others
+    :func:`_max_by_window`."""
+    if _pairs(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[1], x.shape[2], out):
+        _max_pairs(x, out, np.empty((0, 0, 0), dtype=np.int64))
+    else:
+        _max_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
+
+
+@njit(parallel=True, cache=True)
+def _max_pairs(x, out, idx):
+    """2x2 stride-2 max pooling (and the flat index of each maximum, unless ``idx`` is empty),
+    the four taps unrolled as selects in PyTorch's order and rule (larger or NaN replaces):
+    straight-line code that LLVM vectorises along the output row. At batch 32 on 16x16 to
+    64x64 maps it took 0.1-0.25x the time of the loop over each window's taps (whose trip
+    counts are only known at run time), and 0.1-0.35x torch's."""
+    P, W = x.shape[0], x.shape[2]
+    Ho, Wo = out.shape[1], out.shape[2]
+    with_index = idx.shape[0] > 0
+    for p in prange(P):
+        plane = x[p]
+        for oh in range(Ho):
+            r0 = plane[2 * oh]
+            r1 = plane[2 * oh + 1]
+            orow = out[p, oh]
+            base0 = 2 * oh * W
+            base1 = base0 + W
+            if with_index:
+                irow = idx[p, oh]
+                for ow in range(Wo):
+                    c = 2 * ow
+                    top = r0[c]
+                    best = base0 + c
+                    v = r0[c + 1]
+                    take = (v > top) | (v != v)
+                    top = v if take else top
+                    best = base0 + c + 1 if take else best
+                    v = r1[c]
+                    take = (v > top) | (v != v)
+                    top = v if take else top
+                    best = base1 + c if take else best
+                    v = r1[c + 1]
+                    take = (v > top) | (v != v)
+                    top = v if take else top
+                    best = base1 + c + 1 if take else best
+                    orow[ow] = top
+                    irow[ow] = best
+            else:
+                for ow in range(Wo):
+                    c = 2 * ow
+                    top = r0[c]
+                    v = r0[c + 1]
+                    top = v if (v > top) | (v != v) else top
+                    v = r1[c]
+                    top = v if (v > top) | (v != v) else top
+                    v = r1[c + 1]
+                    top = v if (v > top) | (v != v) else top
+                    orow[ow] = top
+
+
+@njit(parallel=True, cache=True)
+def _max_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
+    """:func:`max_pool2d` one output at a time over the taps inside its window. One output at a time, over the taps inside: each window's bounds are computed
     once per call, so no tap is checked and no row is cut into views (a loop over each output
     row per tap ran 1.2-2.5x this time; short rows do not vectorise). The maximum is a
     select, not a branch (random data mispredicts it)."""
@@ -80,8 +147,10 @@ def max_pool2d_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
     rarely changes. Windows that overlap along the row (column stride 1) run tap by tap along
     each output row (long inner loops); the others one output at a time over the taps inside
     it (2x2 and 3x3 stride-2 pools: 0.4-0.7x the time of the tap-by-tap order, which ran 2.7-3.4x
-    faster at stride 1)."""
-    if sw == 1 and kw > 1:
+    faster at stride 1). 2x2 windows side by side run unrolled (:func:`_max_pairs`)."""
+    if _pairs(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[1], x.shape[2], out):
+        _max_pairs(x, out, idx)
+    elif sw == 1 and kw > 1:
         _max_indices_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx)
     else:
         _max_indices_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx)

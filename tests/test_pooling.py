@@ -336,13 +336,14 @@ def test_avg_pool_scratch_stays_under_the_cap() -> None:
                                   "(1,", "1,", "3,", "20000000)", "1.0", "1.0"]
 
 
-@pytest.mark.parametrize("order", ["_max_indices_by_tap", "_max_indices_by_window", "_max_pairs"])
+@pytest.mark.parametrize("order", ["_max_indices_by_tap", "_max_indices_by_window", "_max_pairs",
+                                   "_max_3x3_stride_2"])
 @given(case=pool_cases(dims=(2,)), seed=st.integers(0, 2**16))
 def test_both_orders_of_the_max_index_kernel_match_torch(order: str, case: PoolCase, seed: int) -> None:
     """The compiled max-with-index kernel has two loop orders (chosen by the column stride) and
-    an unrolled kernel for 2x2 windows side by side; each one alone gives torch's values and
-    indices on every 2-D case it serves (the unrolled one pools the case's planes 2x2), ties
-    and NaN included."""
+    unrolled kernels for 2x2 windows side by side and for 3x3 stride 2; each one alone gives
+    torch's values and indices on every 2-D case it serves (the unrolled ones pool the case's
+    planes 2x2, or 3x3 with its padding up to 1 and ceil mode), ties and NaN included."""
     from convlayers.kernels import pooling
 
     x = _input(replace(case, shape=(max(1, case.shape[0]), *case.shape[1:]), unbatched=False), seed)
@@ -355,10 +356,22 @@ def test_both_orders_of_the_max_index_kernel_match_torch(order: str, case: PoolC
     if order == "_max_pairs":  # 2x2 windows side by side only: the case's planes, pooled so
         assume(min(x.shape[2:]) >= 2)
         t_out, t_idx = tF.max_pool2d(torch.tensor(x), 2, 2, return_indices=True)
-        out, idx = np.empty((planes.shape[0], *t_out.shape[2:]), x.dtype), np.empty((planes.shape[0], *t_out.shape[2:]), np.int64)
+        pooled = (planes.shape[0], *t_out.shape[2:])
+        out, idx = np.empty(pooled, x.dtype), np.empty(pooled, np.int64)
         pooling._max_pairs(planes, out, idx)
         no_index = np.empty_like(out)
         pooling._max_pairs(planes, no_index, np.empty((0, 0, 0), np.int64))
+        np.testing.assert_array_equal(no_index, out)
+    elif order == "_max_3x3_stride_2":  # 3x3 stride 2 only: the case's planes and padding (<= 1)
+        pad = tuple(min(1, p) for p in case.padding)
+        assume(all(size + 2 * p >= 3 for size, p in zip(x.shape[2:], pad, strict=True)))
+        t_out, t_idx = tF.max_pool2d(torch.tensor(x), 3, 2, pad, ceil_mode=case.ceil_mode,
+                                     return_indices=True)
+        pooled = (planes.shape[0], *t_out.shape[2:])
+        out, idx = np.empty(pooled, x.dtype), np.empty(pooled, np.int64)
+        pooling._max_3x3_stride_2(planes, *pad, out, idx)
+        no_index = np.empty_like(out)
+        pooling._max_3x3_stride_2(planes, *pad, no_index, np.empty((0, 0, 0), np.int64))
         np.testing.assert_array_equal(no_index, out)
     else:
         getattr(pooling, order)(planes, *case.kernel, *stride, *case.padding, *case.dilation, out, idx)

@@ -244,36 +244,6 @@ def depthwise(x, w, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, out):
 
 
 @njit(parallel=True, cache=True)
-def max_pool(x, kh, kw, sh, sw, dh, dw, pt, pl, out):
-    """Max pooling (N, C, H, W) -> ``out`` (N, C, Ho, Wo); padding never wins (-inf)."""
-    n, c, h, wd = x.shape
-    ho, wo = out.shape[2], out.shape[3]
-    per, units = plane_units(n * c, ho * wo * kh * kw)
-    for u in prange(units):
-        for nc in range(u * per, min(n * c, u * per + per)):
-            b, ch = nc // c, nc % c
-            for oy in range(ho):
-                row = out[b, ch, oy]
-                row[:] = -np.inf
-                for i in range(kh):
-                    iy = oy * sh - pt + i * dh
-                    if iy < 0 or iy >= h:
-                        continue
-                    src = x[b, ch, iy]
-                    for j in range(kw):
-                        off = j * dw - pl
-                        lo, hi = tap_cols(off, sw, wd, wo)
-                        if hi <= lo:
-                            continue
-                        dst = row[lo:hi]
-                        seg = src[lo * sw + off:(hi - 1) * sw + off + 1]
-                        for k in range(hi - lo):
-                            v = seg[k * sw]
-                            if v > dst[k] or np.isnan(v):
-                                dst[k] = v
-
-
-@njit(parallel=True, cache=True)
 def global_avg_pool(x, out):
     """Mean over the last axis: ``x`` (R, L) -> ``out`` (R,), summed in float64."""
     rows, length = x.shape

@@ -352,12 +352,16 @@ class Linear(Step):
 
 
 class MaxPool(Step):
-    strategy = "max pool direct (numba)"
+    strategy = "max pool: the engine's kernels (convlayers.kernels.pooling)"
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
+        from convlayers.kernels import pooling
+
         a = self.node.attrs
         (kh, kw), (sh, sw), (dh, dw), (pt, pl) = a["kernel"], a["stride"], a["dilation"], a["pads"]
-        K.max_pool(v[self.inp][0], kh, kw, sh, sw, dh, dw, pt, pl, v[self.out][0])
+        x, out = v[self.inp][0], v[self.out][0]  # arena views: contiguous, so these are views
+        pooling.max_pool2d(x.reshape(-1, *x.shape[2:]), kh, kw, sh, sw, pt, pl, dh, dw,
+                           out.reshape(-1, *out.shape[2:]))
 
 
 class GlobalAvgPool(Step):
@@ -428,7 +432,6 @@ def _engine_picks_winograd(node: Node, g: Graph) -> bool:
     except ImportError:
         return False
     from convlayers import config
-
     from convlayers.functional.plan import winograd_channels_pay
 
     choice = plan((1, *g.shapes[node.inputs[0]]), a["weight"].shape, a["stride"], (pt, pl),

@@ -54,6 +54,8 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
     :func:`_max_by_window`."""
     if _pairs(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[1], x.shape[2], out):
         _max_pairs(x, out, np.empty((0, 0, 0), dtype=np.int64))
+    elif (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
+        _max_3x3_stride_2(x, ph, pw, out, np.empty((0, 0, 0), dtype=np.int64))
     else:
         _max_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
 
@@ -109,12 +111,97 @@ def _max_pairs(x, out, idx):
                     orow[ow] = top
 
 
+@njit(cache=True, inline="always")
+def _window_max(plane, r0, nr, c0, nc, W):
+    """``(max, flat index)`` of the taps ``r0 .. r0+nr`` by ``c0 .. c0+nc`` of ``plane``
+    (stride 1 within the window), PyTorch's order and rule; ``(-inf, r0*W + c0)`` when empty."""
+    top = -np.inf
+    best = r0 * W + c0
+    for r in range(r0, r0 + nr):
+        for c in range(c0, c0 + nc):
+            v = plane[r, c]
+            if v > top or v != v:
+                top = v
+                best = r * W + c
+    return top, best
+
+
+@njit(parallel=True, cache=True)
+def _max_3x3_stride_2(x, ph, pw, out, idx):
+    """3x3 stride-2 max pooling (ResNet's stem pool), with the flat index of each maximum
+    unless ``idx`` is empty: windows wholly inside the plane as nine unrolled selects in
+    PyTorch's order and rule (vectorised along the row, as :func:`_max_pairs`), the border
+    windows over the taps inside them. ResNet's pool at batch 1 and 16 (64 channels, 112x112)
+    and two more: 0.45-0.6x the time of the loop over each window's taps, 0.3-0.66x torch's."""
+    P, H, W = x.shape
+    Ho, Wo = out.shape[1], out.shape[2]
+    with_index = idx.shape[0] > 0
+    rfirst, rcount = _taps(Ho, H, 3, 2, ph, 1)
+    cfirst, ccount = _taps(Wo, W, 3, 2, pw, 1)
+    lo, hi = _interior(Wo, W, 3, 2, pw, 1)
+    for p in prange(P):
+        plane = x[p]
+        for oh in range(Ho):
+            r0, nr = rfirst[oh], rcount[oh]
+            orow = out[p, oh]
+            inner = nr == 3
+            for ow in range(Wo):  # the border windows (all of them on a border row)
+                if inner and lo <= ow < hi:
+                    continue
+                top, best = _window_max(plane, r0, nr, cfirst[ow], ccount[ow], W)
+                orow[ow] = top
+                if with_index:
+                    idx[p, oh, ow] = best
+            if not inner:
+                continue
+            a0, a1, a2 = plane[r0], plane[r0 + 1], plane[r0 + 2]
+            for ow in range(lo, hi):
+                c = 2 * ow - pw
+                top = a0[c]
+                best = c
+                v = a0[c + 1]
+                take = (v > top) | (v != v)
+                top = v if take else top
+                best = c + 1 if take else best
+                v = a0[c + 2]
+                take = (v > top) | (v != v)
+                top = v if take else top
+                best = c + 2 if take else best
+                v = a1[c]
+                take = (v > top) | (v != v)
+                top = v if take else top
+                best = W + c if take else best
+                v = a1[c + 1]
+                take = (v > top) | (v != v)
+                top = v if take else top
+                best = W + c + 1 if take else best
+                v = a1[c + 2]
+                take = (v > top) | (v != v)
+                top = v if take else top
+                best = W + c + 2 if take else best
+                v = a2[c]
+                take = (v > top) | (v != v)
+                top = v if take else top
+                best = 2 * W + c if take else best
+                v = a2[c + 1]
+                take = (v > top) | (v != v)
+                top = v if take else top
+                best = 2 * W + c + 1 if take else best
+                v = a2[c + 2]
+                take = (v > top) | (v != v)
+                top = v if take else top
+                best = 2 * W + c + 2 if take else best
+                orow[ow] = top
+                if with_index:
+                    idx[p, oh, ow] = r0 * W + best
+
+
 @njit(parallel=True, cache=True)
 def _max_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
-    """:func:`max_pool2d` one output at a time over the taps inside its window. One output at a time, over the taps inside: each window's bounds are computed
-    once per call, so no tap is checked and no row is cut into views (a loop over each output
-    row per tap ran 1.2-2.5x this time; short rows do not vectorise). The maximum is a
-    select, not a branch (random data mispredicts it)."""
+    """:func:`max_pool2d` one output at a time, over the taps inside its window: each window's
+    bounds are computed once per call, so no tap is checked and no row is cut into views (a
+    loop over each output row per tap ran 1.2-2.5x this time; short rows do not vectorise).
+    The maximum is a select, not a branch (random data mispredicts it)."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
     rfirst, rcount = _taps(Ho, H, kh, sh, ph, dh)
@@ -150,6 +237,8 @@ def max_pool2d_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
     faster at stride 1). 2x2 windows side by side run unrolled (:func:`_max_pairs`)."""
     if _pairs(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[1], x.shape[2], out):
         _max_pairs(x, out, idx)
+    elif (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
+        _max_3x3_stride_2(x, ph, pw, out, idx)
     elif sw == 1 and kw > 1:
         _max_indices_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx)
     else:

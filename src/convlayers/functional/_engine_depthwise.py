@@ -63,7 +63,8 @@ def _bwd_depthwise_channels_last(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
     part = np.empty((threads, g.kh, g.kw, cb), dtype=x.dtype)
     k.depthwise_nhwc.depthwise_channels_last_backward(
         x, np.ascontiguousarray(gy), taps, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
-        np.empty(padded, x.dtype), np.empty(result, x.dtype), np.empty(padded, x.dtype), gx, part)
+        np.empty(padded, x.dtype), np.empty(result, x.dtype), np.empty(padded, x.dtype),
+        np.empty((threads, g.h, g.w, padded[3]), x.dtype), gx, part)
     if config.engine.check_values and not _finite(part):
         # the taps that fall on the block's zero padding meet an inf or NaN output gradient
         # there (0 * inf): the row kernels read by bounds

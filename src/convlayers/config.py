@@ -367,6 +367,11 @@ class EngineSettings:
     #: channels-last ran 0.23-0.95x the other depthwise kernels' time from 13 channels up, and
     #: 0.70-1.21x below; on 25 more drawn after the rule was set, 0.23-1.04x (geo-mean 0.58).
     channels_last_channels: int = 8
+    #: The output-pixel limit (:attr:`channels_last_pixels`) of the depthwise gradients, which
+    #: run channels-last on larger maps than the forward: on 7 layers of 32-240 channels at
+    #: batch 4-32 the channels-last gradients took 0.57-0.92x the planar kernels' time on
+    #: maps of 576-784 output pixels, 1.22-1.58x on 1600-2304.
+    channels_last_backward_pixels: int = 1024
     #: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
     #: pixels per plane the row kernels serve.
     flat_pixels: int = 1 << 18

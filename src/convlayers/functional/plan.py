@@ -372,17 +372,20 @@ def _dense(g: Geometry, pass_: str) -> str:
 
 
 def channels_last_fits(channels: int, out_hw: tuple[int, int], kernel: tuple[int, int],
-                       stride: tuple[int, int], dilation: tuple[int, int], itemsize: int) -> bool:
+                       stride: tuple[int, int], dilation: tuple[int, int], itemsize: int,
+                       backward: bool = False) -> bool:
     """Whether a depthwise forward (no multiplier) of ``channels`` output planes ``out_hw``
-    runs channels-last: small planes, ``channels_last_channels`` or more channels, and a
-    block's padded input within ``planar_bytes`` (a large stride reaches far for few
-    outputs)."""
+    runs channels-last (or its gradients, when ``backward``): small planes
+    (``channels_last_pixels``, ``channels_last_backward_pixels``), ``channels_last_channels``
+    or more channels, and a block's padded input within ``planar_bytes`` (a large stride
+    reaches far for few outputs)."""
     from convlayers.kernels.depthwise_nhwc import channels_last_shapes
 
     e = config.engine
     padded = channels_last_shapes(1, channels, out_hw, kernel, stride, dilation)[0]
+    pixels = e.channels_last_backward_pixels if backward else e.channels_last_pixels
     return (channels >= e.channels_last_channels
-            and out_hw[0] * out_hw[1] <= e.channels_last_pixels
+            and out_hw[0] * out_hw[1] <= pixels
             and math.prod(padded) * itemsize <= e.planar_bytes)
 
 
@@ -412,7 +415,8 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
         return s, s
     if pass_ == "backward":
         if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
-                g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize):
+                g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize,
+                backward=True):
             return _CHANNELS_LAST, _CHANNELS_LAST
         if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
                 and g.c_out_g >= e.winograd_min_channels and _wide_default(

@@ -377,3 +377,35 @@ def test_both_orders_of_the_max_index_kernel_match_torch(order: str, case: PoolC
         getattr(pooling, order)(planes, *case.kernel, *stride, *case.padding, *case.dilation, out, idx)
     assert_close(out.reshape(t_out.shape), t_out, "max values")
     np.testing.assert_array_equal(idx.reshape(t_idx.shape), t_idx.numpy(), err_msg="argmax indices")
+
+
+@given(case=pool_cases(dims=(2,), dilated=False), seed=st.integers(0, 2**16),
+       divisor=st.sampled_from([None, 3]))
+def test_unrolled_2x2_average_pooling_matches_the_general_kernels_and_torch(
+        case: PoolCase, seed: int, divisor: int | None) -> None:
+    """The 2x2 stride-2 average kernels (forward and backward, unrolled) against the general
+    ones forced on the same planes, to the bit (zeros' signs included), and torch."""
+    from convlayers.kernels import pooling
+
+    x = _input(replace(case, shape=(max(1, case.shape[0]), *case.shape[1:]), unbatched=False), seed)
+    assume(min(x.shape[2:]) >= 2)
+    planes = np.ascontiguousarray(x).reshape(-1, *x.shape[2:])
+    ho, wo = x.shape[2] // 2, x.shape[3] // 2
+    div = np.full((ho, wo), divisor or 4, dtype=x.dtype)
+    unrolled, general = (np.empty((planes.shape[0], ho, wo), x.dtype) for _ in range(2))
+    pooling._avg_pairs(planes, div, unrolled)
+    pooling._avg_by_window(planes, 2, 2, 2, 2, 0, 0, div, general)
+    np.testing.assert_array_equal(unrolled, general)
+    assert np.array_equal(np.signbit(unrolled), np.signbit(general))
+    t_x = torch.tensor(x, requires_grad=True)
+    t_out = tF.avg_pool2d(t_x, 2, 2, divisor_override=divisor)
+    assert_close(unrolled.reshape(t_out.shape), t_out, "2x2 average")
+    g = np.random.default_rng(seed).standard_normal(t_out.shape).astype(x.dtype)
+    g.flat[0] = -0.0
+    t_out.backward(torch.from_numpy(g))
+    grads = [np.empty(planes.shape, x.dtype) for _ in range(2)]
+    pooling._avg_pairs_backward(g.reshape(unrolled.shape), div, grads[0])
+    pooling._avg_backward_by_rows(g.reshape(unrolled.shape), 2, 2, 2, 2, 0, 0, div, grads[1])
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert np.array_equal(np.signbit(grads[0]), np.signbit(grads[1]))
+    assert_close(grads[0].reshape(x.shape), t_x.grad, "2x2 average gradient")

@@ -317,11 +317,40 @@ def _max_indices_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
                                 irow[ow] = r * W + c
 
 
-@njit(parallel=True, cache=True)
 def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out):
-    """Sum of the taps inside each window divided by ``div[oh, ow]``, into ``out``; one output
-    at a time, as :func:`max_pool2d`, summed in ``x``'s dtype in row-major tap order (the
-    NumPy path's order, to the bit)."""
+    """Sum of the taps inside each window divided by ``div[oh, ow]``, into ``out``, summed in
+    ``x``'s dtype in row-major tap order (the NumPy path's order, to the bit): 2x2 windows side
+    by side unrolled (:func:`_avg_pairs`), the others :func:`_avg_by_window`."""
+    if _pairs(kh, kw, sh, sw, ph, pw, 1, 1, x.shape[1], x.shape[2], out):
+        _avg_pairs(x, div, out)
+    else:
+        _avg_by_window(x, kh, kw, sh, sw, ph, pw, div, out)
+
+
+@njit(parallel=True, cache=True)
+def _avg_pairs(x, div, out):
+    """2x2 stride-2 average pooling, the four taps unrolled in row-major order (straight-line
+    code that LLVM vectorises along the output row, as :func:`_max_pairs`)."""
+    P = x.shape[0]
+    Ho, Wo = out.shape[1], out.shape[2]
+    for p in prange(P):
+        plane = x[p]
+        for oh in range(Ho):
+            r0 = plane[2 * oh]
+            r1 = plane[2 * oh + 1]
+            orow = out[p, oh]
+            drow = div[oh]
+            for ow in range(Wo):
+                c = 2 * ow
+                total = r0[c] + r0[c + 1]
+                total += r1[c]
+                total += r1[c + 1]
+                orow[ow] = total / drow[ow]
+
+
+@njit(parallel=True, cache=True)
+def _avg_by_window(x, kh, kw, sh, sw, ph, pw, div, out):
+    """:func:`avg_pool2d` one output at a time, as :func:`_max_by_window`."""
     P, H, W = x.shape
     zero = np.zeros(1, dtype=out.dtype)[0]
     Ho, Wo = out.shape[1], out.shape[2]
@@ -350,11 +379,48 @@ def _interior(n_out, size, k, s, p, d):
     return lo, hi
 
 
-@njit(parallel=True, cache=True)
 def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, div, gx):
     """``gx[p] = 0``, then add ``gy / div`` onto every input element of each window (``gx`` may
     start uninitialised: each plane is zeroed by the thread that fills it, see
-    :func:`scatter_add_planes`)."""
+    :func:`scatter_add_planes`); 2x2 windows side by side unrolled
+    (:func:`_avg_pairs_backward`), the others :func:`_avg_backward_by_rows`."""
+    if _pairs(kh, kw, sh, sw, ph, pw, 1, 1, gx.shape[1], gx.shape[2], gy):
+        _avg_pairs_backward(gy, div, gx)
+    else:
+        _avg_backward_by_rows(gy, kh, kw, sh, sw, ph, pw, div, gx)
+
+
+@njit(parallel=True, cache=True)
+def _avg_pairs_backward(gy, div, gx):
+    """:func:`avg_pool2d_backward` of 2x2 windows side by side: each input element inside a
+    window receives its window's share plus zero (as the general kernel adds it onto zero: a
+    ``-0.0`` share lands as ``0.0``), the rest zero."""
+    P, H, W = gx.shape
+    Ho, Wo = gy.shape[1], gy.shape[2]
+    zero = np.zeros(1, dtype=gx.dtype)[0]
+    for p in prange(P):
+        for r in range(2 * Ho, H):
+            gx[p, r, :] = 0
+        for oh in range(Ho):
+            grow = gy[p, oh]
+            drow = div[oh]
+            x0 = gx[p, 2 * oh]
+            x1 = gx[p, 2 * oh + 1]
+            for ow in range(Wo):
+                share = zero + grow[ow] / drow[ow]
+                c = 2 * ow
+                x0[c] = share
+                x0[c + 1] = share
+                x1[c] = share
+                x1[c + 1] = share
+            for c in range(2 * Wo, W):
+                x0[c] = 0
+                x1[c] = 0
+
+
+@njit(parallel=True, cache=True)
+def _avg_backward_by_rows(gy, kh, kw, sh, sw, ph, pw, div, gx):
+    """:func:`avg_pool2d_backward` along the output rows."""
     P, H, W = gx.shape
     Ho, Wo = gy.shape[1], gy.shape[2]
     lo, hi = _interior(Wo, W, kw, sw, pw, 1)

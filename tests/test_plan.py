@@ -509,10 +509,12 @@ def test_1x1_weight_gradient_on_both_kernels_matches_torch(tiled_below: int) -> 
     """The 1x1 weight gradient as dot products along the pixel columns, or on the register
     tiles with the output gradient's columns transposed (``pointwise_weight_grad_tiled_columns``
     says which): torch's gradient either way, grouped, strided, on maps of 1 to 400 pixels
-    and with several units per image."""
+    and with several units per image; output channels and columns that fill the in-register
+    transposes' square blocks and end inside one."""
     rng = np.random.default_rng(9)
     cases = [((5, 24, 3, 3), (40, 24, 1, 1), 1, 1), ((2, 12, 20, 20), (18, 4, 1, 1), 1, 3),
-             ((3, 16, 9, 7), (8, 16, 1, 1), 2, 1), ((4, 10, 1, 1), (7, 10, 1, 1), 1, 1)]
+             ((3, 16, 9, 7), (8, 16, 1, 1), 2, 1), ((4, 10, 1, 1), (7, 10, 1, 1), 1, 1),
+             ((3, 20, 12, 12), (37, 20, 1, 1), 1, 1), ((2, 32, 10, 10), (64, 16, 1, 1), 1, 2)]
     with config.engine_settings(pointwise_weight_grad_tiled_columns=tiled_below,
                                 pointwise_block_bytes=4096):
         for x_shape, w_shape, stride, groups in cases:

@@ -382,9 +382,10 @@ class EngineSettings:
     #: columns transposed first) when a unit has fewer pixel columns than this, else as dot
     #: products along the columns. On 10 layers of a batch-32 MobileNetV2 step and others, the
     #: tiled GEMM took 0.13-0.28x the dot products' time on 3x3 and 6x6 maps (units of 9-36
-    #: columns), 0.63-0.67x on units of 128-144, 0.99-1.0x on 384-544 and 1.39x on 336
-    #: (64->128 on 56x56).
-    pointwise_weight_grad_tiled_columns: int = 256
+    #: columns), 0.63-0.67x on units of 128-144; with its transposes done in registers (twelfth
+    #: session) 0.43-1.01x on 8 layers of 144-3136 pixels, 64->128 on 56x56 included (1.39x
+    #: before), so every unit takes it by default; the dot products stay for the tests.
+    pointwise_weight_grad_tiled_columns: int = 1 << 30
     #: Check inputs and weights for inf, NaN and values so large that a strategy's transforms
     #: could overflow where a direct sum does not, and fall back for that call (see
     #: ``convlayers.functional.plan``). Off only to measure what the check costs.

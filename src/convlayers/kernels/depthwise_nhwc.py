@@ -17,9 +17,9 @@ and one input vector load per pixel. Accumulating in the scratch instead loaded 
 every accumulator at every tap (three memory operations per multiply-add).
 
 The copies into and out of the block are transposes: a vector of lanes' planes at a time,
-a vector of positions each, transposed in registers (:func:`_transpose`) and stored a pixel
-(or a lane's plane) per vector. One element at a time they took most of the kernel's time
-on small maps.
+a vector of positions each, transposed in registers
+(:func:`convlayers.kernels.simd.transpose_vectors`) and stored a pixel (or a lane's plane)
+per vector. One element at a time they took most of the kernel's time on small maps.
 
 No channel multiplier. :func:`depthwise_channels_last_backward` computes both gradients on
 the same blocks (plain loops over the lanes, not register tiles: its accumulators are the
@@ -39,7 +39,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from convlayers.kernels.simd import VECTOR_BYTES
+from convlayers.kernels.simd import VECTOR_BYTES, transpose_vectors
 
 __all__ = ["LANES", "PIXELS", "channels_last_shapes", "depthwise_channels_last",
            "depthwise_channels_last_backward"]
@@ -133,55 +133,6 @@ def _pixels_tile(typingctx: Any, xb: Any, wt: Any, bias: Any, ob: Any, oy: Any, 
     return types.void(xb, wt, bias, ob, *([types.intp] * 10)), _emit_pixels_tile
 
 
-def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-    """Load ``n`` vectors (``n`` the lanes of one), row ``r`` from ``src[base + r*stride]``,
-    transpose them in registers, store vector ``k`` at ``dst[dst_base + table[q0 + k]]``:
-    ``log2(n)`` stages of shuffles, each swapping the elements ``s`` apart between rows ``s``
-    apart (rows ``i``, ``i + s``: ``a[c + s]`` with ``b[c]`` where bit ``s`` of ``c`` is 0)."""
-    st, _, _, dt, tt = signature.args[:5]
-    sa, da, ta = (context.make_array(t)(context, builder, a)
-                  for t, a in ((st, args[0]), (dt, args[3]), (tt, args[4])))
-    base, stride, q0, dst_base = args[1], args[2], args[5], args[6]
-    itemsize = context.get_abi_sizeof(context.get_value_type(st.dtype))
-    n = VECTOR_BYTES // itemsize
-    vec = ir.VectorType(context.get_value_type(st.dtype), n)
-    vptr = vec.as_pointer()
-    intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
-    rows = [builder.load(builder.bitcast(builder.gep(sa.data, [builder.add(
-        base, builder.mul(stride, ir.Constant(intp, r)))]), vptr), align=itemsize)
-        for r in range(n)]
-    s = 1
-    while s < n:
-        lo = ir.Constant(ir.VectorType(i32, n), [c if c & s == 0 else n + c - s for c in range(n)])
-        hi = ir.Constant(ir.VectorType(i32, n), [c + s if c & s == 0 else n + c for c in range(n)])
-        for i in range(n):
-            if i & s == 0:
-                a, b = rows[i], rows[i + s]
-                rows[i] = builder.shuffle_vector(a, b, lo)
-                rows[i + s] = builder.shuffle_vector(a, b, hi)
-        s *= 2
-    for k in range(n):
-        at = builder.load(builder.gep(ta.data, [builder.add(q0, ir.Constant(intp, k))]))
-        ptr = builder.gep(da.data, [builder.add(dst_base, at)])
-        builder.store(rows[k], builder.bitcast(ptr, vptr), align=itemsize)
-    return context.get_dummy_value()
-
-
-@intrinsic
-def _transpose(typingctx: Any, src: Any, base: Any, stride: Any, dst: Any, table: Any,
-               q0: Any, dst_base: Any) -> Any:
-    """The in-register transpose of :func:`_emit_transpose` (1-D C-contiguous float arrays of
-    one dtype, an int64 table)."""
-    floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                 and a.dtype == src.dtype and a.dtype in (types.float32, types.float64)
-                 for a in (src, dst))
-    if not (floats and isinstance(table, types.Array) and table.ndim == 1
-            and table.dtype == types.int64):
-        return None
-    return (types.void(src, types.intp, types.intp, dst, table, types.intp, types.intp),
-            _emit_transpose)
-
-
 def channels_last_shapes(threads, c, out_hw, kernel, stride, dilation):
     """``(padded, result, lanes)``: the shapes of the per-thread scratch of
     :func:`depthwise_channels_last`, ``(threads, Hp, Wp, LANES)`` (the padded rows and columns
@@ -228,7 +179,7 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
             plane0 = (n * C + c0) * HW
             for g0 in range(0, full, step):
                 for p0 in range(0, HW - HW % step, step):
-                    _transpose(xf, plane0 + g0 * HW + p0, HW, bf, pixel_offs, p0, g0)
+                    transpose_vectors(xf, plane0 + g0 * HW + p0, HW, bf, pixel_offs, p0, g0)
                 for p in range(HW - HW % step, HW):
                     for lane in range(g0, g0 + step):
                         bf[pixel_offs[p] + lane] = xf[plane0 + lane * HW + p]
@@ -263,7 +214,7 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
         out0 = (n * C + c0) * P
         for g0 in range(0, full, step):
             for p0 in range(0, P - P % step, step):
-                _transpose(rf, p0 * LANES + g0, LANES, of, lane_offs, g0, out0 + p0)
+                transpose_vectors(rf, p0 * LANES + g0, LANES, of, lane_offs, g0, out0 + p0)
         for lane in range(lanes):
             for p in range(P - P % step if lane < full else 0, P):
                 of[out0 + lane * P + p] = rf[p * LANES + lane]
@@ -314,7 +265,7 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
         if whole:
             for l0 in range(0, full, step):
                 for p0 in range(0, HW - HW % step, step):
-                    _transpose(xf, x0 + l0 * HW + p0, HW, bf, pixel_offs, p0, l0)
+                    transpose_vectors(xf, x0 + l0 * HW + p0, HW, bf, pixel_offs, p0, l0)
                 for p in range(HW - HW % step, HW):
                     for lane in range(l0, l0 + step):
                         bf[pixel_offs[p] + lane] = xf[x0 + lane * HW + p]
@@ -330,7 +281,7 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
                         dst[j + pl, lane] = src[j]
         for l0 in range(0, full, step):
             for p0 in range(0, P - P % step, step):
-                _transpose(gyf, y0 + l0 * P + p0, P, gbf, grad_offs, p0, l0)
+                transpose_vectors(gyf, y0 + l0 * P + p0, P, gbf, grad_offs, p0, l0)
             for p in range(P - P % step, P):
                 for lane in range(l0, l0 + step):
                     gbf[p * LANES + lane] = gyf[y0 + lane * P + p]
@@ -360,7 +311,7 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
         gxf, hf = gx.reshape(gx.size), hb.reshape(hb.size)
         for l0 in range(0, full, step):
             for p0 in range(0, HW - HW % step, step):
-                _transpose(hf, p0 * LANES + l0, LANES, gxf, lane_offs, l0, x0 + p0)
+                transpose_vectors(hf, p0 * LANES + l0, LANES, gxf, lane_offs, l0, x0 + p0)
         for lane in range(lanes):
             for p in range(HW - HW % step if lane < full else 0, HW):
                 gxf[x0 + lane * HW + p] = hf[p * LANES + lane]

@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 
 __all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "gemm_indirect",
            "gemm_indirect_left_add", "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add",
-           "gemm_tiled_cols", "vector_bytes"]
+           "gemm_tiled_cols", "transpose_vectors", "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -399,3 +399,55 @@ def _band(u, v, m, offs, p, rows, c0, c1, narrow, k0, k1, add):
             _edge_one_add(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)
         else:
             _edge_one(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)
+
+
+def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+    """Load ``n`` vectors (``n`` the lanes of one), row ``r`` from ``src[base + r*stride]``,
+    transpose them in registers, store vector ``k`` at ``dst[dst_base + table[q0 + k]]``:
+    ``log2(n)`` stages of shuffles, each swapping the elements ``s`` apart between rows ``s``
+    apart (rows ``i``, ``i + s``: ``a[c + s]`` with ``b[c]`` where bit ``s`` of ``c`` is 0)."""
+    st, _, _, dt, tt = signature.args[:5]
+    sa, da, ta = (context.make_array(t)(context, builder, a)
+                  for t, a in ((st, args[0]), (dt, args[3]), (tt, args[4])))
+    base, stride, q0, dst_base = args[1], args[2], args[5], args[6]
+    itemsize = context.get_abi_sizeof(context.get_value_type(st.dtype))
+    n = VECTOR_BYTES // itemsize
+    vec = ir.VectorType(context.get_value_type(st.dtype), n)
+    vptr = vec.as_pointer()
+    intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
+    rows = [builder.load(builder.bitcast(builder.gep(sa.data, [builder.add(
+        base, builder.mul(stride, ir.Constant(intp, r)))]), vptr), align=itemsize)
+        for r in range(n)]
+    s = 1
+    while s < n:
+        lo = ir.Constant(ir.VectorType(i32, n), [c if c & s == 0 else n + c - s for c in range(n)])
+        hi = ir.Constant(ir.VectorType(i32, n), [c + s if c & s == 0 else n + c for c in range(n)])
+        for i in range(n):
+            if i & s == 0:
+                a, b = rows[i], rows[i + s]
+                rows[i] = builder.shuffle_vector(a, b, lo)
+                rows[i + s] = builder.shuffle_vector(a, b, hi)
+        s *= 2
+    for k in range(n):
+        at = builder.load(builder.gep(ta.data, [builder.add(q0, ir.Constant(intp, k))]))
+        ptr = builder.gep(da.data, [builder.add(dst_base, at)])
+        builder.store(rows[k], builder.bitcast(ptr, vptr), align=itemsize)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def transpose_vectors(typingctx: Any, src: Any, base: Any, stride: Any, dst: Any, table: Any,
+               q0: Any, dst_base: Any) -> Any:
+    """The in-register transpose of :func:`_emit_transpose` (1-D C-contiguous float arrays of
+    one dtype, an int64 table): a square block of a vector's lanes copied across, in
+    ``log2(lanes)`` stages of shuffles. The channels-last depthwise kernels and the 1x1 weight
+    gradient's transposed scratch use it (one element at a time, those copies cost more than
+    the arithmetic on small maps)."""
+    floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                 and a.dtype == src.dtype and a.dtype in (types.float32, types.float64)
+                 for a in (src, dst))
+    if not (floats and isinstance(table, types.Array) and table.ndim == 1
+            and table.dtype == types.int64):
+        return None
+    return (types.void(src, types.intp, types.intp, dst, table, types.intp, types.intp),
+            _emit_transpose)

@@ -122,3 +122,22 @@ def test_the_forwards_statistics_serve_the_backward() -> None:
         assert_close(ours, theirs, name, scale=acc[name])
     with pytest.raises(ValueError, match="batch_statistics must be two"):
         batch_norm_backward(g, x, None, None, w, training=True, batch_statistics=(stats[0][:3], stats[1]))
+
+
+def test_batch_statistics_stay_exact_far_from_zero_and_with_an_outlier_first() -> None:
+    """The one-pass float32 statistics (shifted by each channel's first value) against float64
+    NumPy: a mean of 1e4 with a spread of 1e-2, and a channel whose first value is an outlier a
+    million away (the cancellation check sends it to two passes). Relative errors far below
+    float32's rounding."""
+    from convlayers.kernels import batchnorm
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((16, 3, 500)) * 1e-2 + 1e4).astype(np.float32)
+    x[:, 1] = rng.standard_normal((16, 500)).astype(np.float32)
+    x[0, 1, 0] = 1e6
+    x[:, 2] = rng.standard_normal((16, 500)).astype(np.float32)
+    mean, var = np.empty(3), np.empty(3)
+    batchnorm.channel_statistics(x, mean, var)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-10)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 2)), rtol=1e-9)

@@ -16,7 +16,8 @@ winograd       Winograd F(2x2,3x3): input/output transforms and 16 register-tile
                block of tiles in one parallel region. 3x3, stride 1, dilation 1; forward and
                both gradients. Chosen from ``winograd_min_channels`` channels per group
                and, where the kernels run 64-byte vectors, for forwards of at least
-               ``winograd_min_tiles`` tiles (``winograd_backward``: not for gradients).
+               ``winograd_min_tiles`` tiles whose channels' harmonic mean reaches
+               ``winograd_harmonic_channels`` (``winograd_backward``: not for gradients).
 depthwise-flat Depthwise (``C_in/groups == 1``, any channel multiplier), stride 1 with the width
                kept (3x3 padding 1, ...): each tap one loop straight over the flat planes, row
                edges masked. Forward and both gradients.
@@ -25,11 +26,12 @@ planar         plane, then the same flat loops (any stride). Every pass.
 depthwise-rows Depthwise, any geometry: loops along output rows, borders read by bounds. Every
                pass.
 depthwise-     Depthwise without a channel multiplier on small maps (at most
-channels-last  ``channels_last_pixels`` output pixels a plane, ``channels_last_channels``
-               channels or more): per image and block of 64 channels, a padded
-               channels-last copy in L1, register tiles of 8 pixels by a vector of
-               channels over every tap, transposed back. Forward and both gradients
-               (each output pixel's taps scattered a vector of channels at a time).
+channels-last  ``channels_last_pixels`` output pixels a plane, ``channels_last_backward_pixels``
+               for the gradients, ``channels_last_channels`` channels or more): per image
+               and block of 64 channels, a padded channels-last copy in L1, register tiles
+               of 8 pixels by a vector of channels over every tap, transposed back. Forward
+               and both gradients (each output pixel's taps scattered a vector of channels
+               at a time).
 pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
                image and group, no copy at stride 1). Every pass; depthwise 1x1 ones too (a
                product of one row, or ``multiplier`` rows, per channel).

@@ -194,3 +194,13 @@ def test_relu_and_relu6_forwards_match_torch(dtype: type, compiled: bool) -> Non
             expected = theirs(torch.from_numpy(x)).numpy()
             assert np.array_equal(got, expected, equal_nan=True), ours.__name__
             assert np.array_equal(np.signbit(got), np.signbit(expected)), ours.__name__
+
+
+def test_a_relu_gradient_of_the_wrong_shape_is_named() -> None:
+    """A grad_output that does not broadcast to the input is refused by name (NumPy's own
+    broadcasting message named neither); a scalar still broadcasts."""
+    with pytest.raises(ValueError, match=r"grad_output must have the input's shape \(3,\)"):
+        F.relu_backward(np.ones(5), np.ones(3))
+    with pytest.raises(ValueError, match="grad_output must have the input's shape"):
+        F.relu6_backward(np.ones((2, 3)), np.ones(3))  # broadcasts, but to a larger shape
+    np.testing.assert_array_equal(F.relu_backward(1.0, np.array([-1.0, 2.0])), [0.0, 1.0])

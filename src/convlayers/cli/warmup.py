@@ -76,7 +76,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         with config.engine_settings(parallel_check_elements=0, force="lowered"):
             F.conv2d(x, arr(8, 16, 3, 3), padding=1)
 
-    def activations() -> None:  # the gradients of ReLU and ReLU6 over large arrays
+    def activations() -> None:  # ReLU and ReLU6 and their gradients over large arrays
         with config.engine_settings(parallel_elementwise=0):
             for op, grad in ((F.relu, F.relu_backward), (F.relu6, F.relu6_backward)):
                 grad(op(x), x)

@@ -40,10 +40,24 @@ def _compiled(*arrays: np.ndarray) -> bool:
                     for a in arrays))
 
 
+def _gradient_for(grad_output: Any, x: np.ndarray) -> np.ndarray:
+    """``grad_output`` as an array of ``x``'s shape or one that broadcasts to it (a scalar),
+    else a ValueError naming it."""
+    g = np.asarray(grad_output)
+    try:
+        fits = np.broadcast_shapes(g.shape, x.shape) == x.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"grad_output must have the input's shape {x.shape} (or broadcast to "
+                         f"it), got shape {g.shape}")
+    return g
+
+
 def _clip_backward(grad_output: Any, x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """0 where ``x <= lo`` or ``x >= hi``, else ``g`` (a NaN input passes it), selected as
     torch does: a NaN or inf gradient does not leak into the zeros."""
-    g = np.asarray(grad_output)
+    g = _gradient_for(grad_output, x)
     if not _compiled(x, g):
         return np.where((x <= lo) | (x >= hi), np.zeros((), np.result_type(g, x)), g)
     from convlayers.functional._compiled import kernels

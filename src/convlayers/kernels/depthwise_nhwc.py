@@ -144,6 +144,57 @@ def channels_last_shapes(threads, c, out_hw, kernel, stride, dilation):
     return (threads, hp, wp, LANES), (threads, ho, wo, LANES), -(-c // LANES) * LANES
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _planes_into_block(src, base, count, lanes, offs, dst):
+    """Lanes ``0 .. lanes`` of a block, channels-last: position ``q`` of plane ``lane``
+    (``src[base + lane*count + q]``, C-contiguous planes of ``count`` positions) to
+    ``dst[offs[q] + lane]``; a vector of lanes by a vector of positions at a time through
+    :func:`convlayers.kernels.simd.transpose_vectors`, the ragged ends one element at a time."""
+    step = VECTOR_BYTES // src.itemsize
+    full = lanes - lanes % step
+    for l0 in range(0, full, step):
+        for q0 in range(0, count - count % step, step):
+            transpose_vectors(src, base + l0 * count + q0, count, dst, offs, q0, l0)
+        for q in range(count - count % step, count):
+            for lane in range(l0, l0 + step):
+                dst[offs[q] + lane] = src[base + lane * count + q]
+    for lane in range(full, lanes):
+        for q in range(count):
+            dst[offs[q] + lane] = src[base + lane * count + q]
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _block_into_planes(src, count, lanes, lane_offs, dst, base):
+    """The way back: position ``q``'s lane ``lane`` of a C-contiguous ``(count, LANES)`` block
+    (``src[q*LANES + lane]``) to ``dst[base + lane_offs[lane] + q]``, as
+    :func:`_planes_into_block`."""
+    step = VECTOR_BYTES // src.itemsize
+    full = lanes - lanes % step
+    for l0 in range(0, full, step):
+        for q0 in range(0, count - count % step, step):
+            transpose_vectors(src, q0 * LANES + l0, LANES, dst, lane_offs, l0, base + q0)
+    for lane in range(lanes):
+        for q in range(count - count % step if lane < full else 0, count):
+            dst[base + lane_offs[lane] + q] = src[q * LANES + lane]
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _rows_into_block(x, n, c0, lanes, pt, pl, xb):
+    """Image ``n``'s channels ``c0 .. c0+lanes`` into the padded block ``xb (Hp, Wp, LANES)``
+    row by row, every lane of a row before the next row (the input rows and columns past the
+    block, which no tap reads, are left out): the row's pixels stay in L1 while their lanes
+    are written one at a time (lane by lane over the whole block evicted each line 16 times
+    when it outgrew L1: 15x15 maps)."""
+    H, W = x.shape[2], x.shape[3]
+    Hp, Wp = xb.shape[0], xb.shape[1]
+    for iy in range(min(H, max(0, Hp - pt))):
+        dst = xb[iy + pt]
+        for lane in range(lanes):
+            src = x[n, c0 + lane, iy]
+            for j in range(min(W, max(0, Wp - pl))):
+                dst[j + pl, lane] = src[j]
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
     """``out (N, C, Ho, Wo)`` = the depthwise convolution of ``x (N, C, H, W)`` by ``wt (kh,
@@ -174,28 +225,10 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
         lanes = min(LANES, C - c0)
         xb, ob = xt[t], ot[t]
         if whole:  # the planes' positions a vector at a time, transposed in registers
-            xf, bf = x.reshape(x.size), xb.reshape(xb.size)
-            full = lanes - lanes % step
-            plane0 = (n * C + c0) * HW
-            for g0 in range(0, full, step):
-                for p0 in range(0, HW - HW % step, step):
-                    transpose_vectors(xf, plane0 + g0 * HW + p0, HW, bf, pixel_offs, p0, g0)
-                for p in range(HW - HW % step, HW):
-                    for lane in range(g0, g0 + step):
-                        bf[pixel_offs[p] + lane] = xf[plane0 + lane * HW + p]
-            for lane in range(full, lanes):
-                for p in range(HW):
-                    bf[pixel_offs[p] + lane] = xf[plane0 + lane * HW + p]
+            _planes_into_block(x.reshape(x.size), (n * C + c0) * HW, HW, lanes, pixel_offs,
+                               xb.reshape(xb.size))
         else:
-            # row by row, every lane of a row before the next row: the row's pixels (Wp x
-            # LANES) stay in L1 while their lanes are written one at a time (lane by lane over
-            # the whole block evicted each line 16 times when it outgrew L1: 15x15 maps)
-            for iy in range(min(H, max(0, Hp - pt))):
-                dst = xb[iy + pt]
-                for lane in range(lanes):
-                    src = x[n, c0 + lane, iy]
-                    for j in range(min(W, max(0, Wp - pl))):
-                        dst[j + pl, lane] = src[j]
+            _rows_into_block(x, n, c0, lanes, pt, pl, xb)
         if down:  # narrow maps: tiles run down the columns
             for ox in range(Wo):
                 for oy0 in range(0, Ho, PIXELS):
@@ -209,15 +242,8 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
                     for v0 in range(0, lanes, step):
                         _pixels_tile(xb, wt, bias, ob, oy, ox0, npx, c0, v0, sh, sw, dh, dw, 0)
         # back to the planes: a vector of pixels by a vector of lanes at a time
-        of, rf = out.reshape(out.size), ob.reshape(ob.size)
-        full = lanes - lanes % step
-        out0 = (n * C + c0) * P
-        for g0 in range(0, full, step):
-            for p0 in range(0, P - P % step, step):
-                transpose_vectors(rf, p0 * LANES + g0, LANES, of, lane_offs, g0, out0 + p0)
-        for lane in range(lanes):
-            for p in range(P - P % step if lane < full else 0, P):
-                of[out0 + lane * P + p] = rf[p * LANES + lane]
+        _block_into_planes(ob.reshape(ob.size), P, lanes, lane_offs, out.reshape(out.size),
+                           (n * C + c0) * P)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -240,7 +266,6 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
     Ho, Wo = gy.shape[2], gy.shape[3]
     kh, kw = wt.shape[0], wt.shape[1]
     Hp, Wp = xt.shape[1], xt.shape[2]
-    step = VECTOR_BYTES // x.itemsize
     nb = (C + LANES - 1) // LANES
     gw[:] = 0
     xt[:] = 0
@@ -257,37 +282,14 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
         n, cb = unit // nb, unit % nb
         c0 = cb * LANES
         lanes = min(LANES, C - c0)
-        full = lanes - lanes % step
         xb, gb, gxb, hb, acc = xt[t], gt[t], gxt[t], ht[t], gw[t]
-        xf, gyf = x.reshape(x.size), gy.reshape(gy.size)
-        bf, gbf = xb.reshape(xb.size), gb.reshape(gb.size)
         x0, y0 = (n * C + c0) * HW, (n * C + c0) * P
         if whole:
-            for l0 in range(0, full, step):
-                for p0 in range(0, HW - HW % step, step):
-                    transpose_vectors(xf, x0 + l0 * HW + p0, HW, bf, pixel_offs, p0, l0)
-                for p in range(HW - HW % step, HW):
-                    for lane in range(l0, l0 + step):
-                        bf[pixel_offs[p] + lane] = xf[x0 + lane * HW + p]
-            for lane in range(full, lanes):
-                for p in range(HW):
-                    bf[pixel_offs[p] + lane] = xf[x0 + lane * HW + p]
+            _planes_into_block(x.reshape(x.size), x0, HW, lanes, pixel_offs, xb.reshape(xb.size))
         else:
-            for iy in range(rows):
-                dst = xb[iy + pt]
-                for lane in range(lanes):
-                    src = x[n, c0 + lane, iy]
-                    for j in range(cols):
-                        dst[j + pl, lane] = src[j]
-        for l0 in range(0, full, step):
-            for p0 in range(0, P - P % step, step):
-                transpose_vectors(gyf, y0 + l0 * P + p0, P, gbf, grad_offs, p0, l0)
-            for p in range(P - P % step, P):
-                for lane in range(l0, l0 + step):
-                    gbf[p * LANES + lane] = gyf[y0 + lane * P + p]
-        for p in range(P):
-            for lane in range(full, LANES):  # past C: zero gradients, never stored
-                gbf[p * LANES + lane] = gyf[y0 + lane * P + p] if lane < lanes else 0
+            _rows_into_block(x, n, c0, lanes, pt, pl, xb)
+        _planes_into_block(gy.reshape(gy.size), y0, P, lanes, grad_offs, gb.reshape(gb.size))
+        gb[:, :, lanes:] = 0  # past C: zero gradients, never stored
         gxb[:] = 0
         for a in range(kh):
             for b in range(kw):
@@ -308,10 +310,4 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
                     hb[iy, j, :] = gxb[iy + pt, j + pl, :]
                 else:
                     hb[iy, j, :] = 0
-        gxf, hf = gx.reshape(gx.size), hb.reshape(hb.size)
-        for l0 in range(0, full, step):
-            for p0 in range(0, HW - HW % step, step):
-                transpose_vectors(hf, p0 * LANES + l0, LANES, gxf, lane_offs, l0, x0 + p0)
-        for lane in range(lanes):
-            for p in range(HW - HW % step if lane < full else 0, HW):
-                gxf[x0 + lane * HW + p] = hf[p * LANES + lane]
+        _block_into_planes(hb.reshape(hb.size), HW, lanes, lane_offs, gx.reshape(gx.size), x0)

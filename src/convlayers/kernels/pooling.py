@@ -60,6 +60,15 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
         _max_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
 
 
+@njit(cache=True, inline="always")
+def _keep(v, at, top, best):
+    """PyTorch's max-pool step as selects: ``(v, at)`` when ``v`` is larger than the running
+    maximum ``top`` or NaN, else ``(top, best)`` (straight-line code, so the unrolled kernels'
+    rows vectorise)."""
+    take = (v > top) | (v != v)
+    return (v if take else top), (at if take else best)
+
+
 @njit(parallel=True, cache=True)
 def _max_pairs(x, out, idx):
     """2x2 stride-2 max pooling (and the flat index of each maximum, unless ``idx`` is empty),
@@ -82,43 +91,33 @@ def _max_pairs(x, out, idx):
                 irow = idx[p, oh]
                 for ow in range(Wo):
                     c = 2 * ow
-                    top = r0[c]
-                    best = base0 + c
-                    v = r0[c + 1]
-                    take = (v > top) | (v != v)
-                    top = v if take else top
-                    best = base0 + c + 1 if take else best
-                    v = r1[c]
-                    take = (v > top) | (v != v)
-                    top = v if take else top
-                    best = base1 + c if take else best
-                    v = r1[c + 1]
-                    take = (v > top) | (v != v)
-                    top = v if take else top
-                    best = base1 + c + 1 if take else best
+                    top, best = r0[c], base0 + c
+                    top, best = _keep(r0[c + 1], base0 + c + 1, top, best)
+                    top, best = _keep(r1[c], base1 + c, top, best)
+                    top, best = _keep(r1[c + 1], base1 + c + 1, top, best)
                     orow[ow] = top
                     irow[ow] = best
-            else:
+            else:  # the same steps without the index (a loop of its own: 0.75-0.85x the time)
                 for ow in range(Wo):
                     c = 2 * ow
-                    top = r0[c]
-                    v = r0[c + 1]
-                    top = v if (v > top) | (v != v) else top
-                    v = r1[c]
-                    top = v if (v > top) | (v != v) else top
-                    v = r1[c + 1]
-                    top = v if (v > top) | (v != v) else top
-                    orow[ow] = top
+                    top = _keep(r0[c + 1], 0, r0[c], 0)[0]
+                    top = _keep(r1[c], 0, top, 0)[0]
+                    orow[ow] = _keep(r1[c + 1], 0, top, 0)[0]
 
 
 @njit(cache=True, inline="always")
-def _window_max(plane, r0, nr, c0, nc, W):
-    """``(max, flat index)`` of the taps ``r0 .. r0+nr`` by ``c0 .. c0+nc`` of ``plane``
-    (stride 1 within the window), PyTorch's order and rule; ``(-inf, r0*W + c0)`` when empty."""
+def _window_max(plane, r0, nr, dh, c0, nc, dw):
+    """``(max, flat index)`` of the taps ``(r0 + i*dh, c0 + j*dw)``, ``i < nr``, ``j < nc`` of
+    ``plane``, in PyTorch's order and rule (a branch: the running maximum of a window rarely
+    changes after its first taps); ``(-inf, r0*W + c0)`` when empty, PyTorch's index of a
+    window with no tap inside (its first tap at or after 0, ``_taps``' ``first``)."""
+    W = plane.shape[1]
     top = -np.inf
     best = r0 * W + c0
-    for r in range(r0, r0 + nr):
-        for c in range(c0, c0 + nc):
+    for i in range(nr):
+        r = r0 + i * dh
+        for j in range(nc):
+            c = c0 + j * dw
             v = plane[r, c]
             if v > top or v != v:
                 top = v
@@ -148,49 +147,24 @@ def _max_3x3_stride_2(x, ph, pw, out, idx):
             for ow in range(Wo):  # the border windows (all of them on a border row)
                 if inner and lo <= ow < hi:
                     continue
-                top, best = _window_max(plane, r0, nr, cfirst[ow], ccount[ow], W)
+                top, best = _window_max(plane, r0, nr, 1, cfirst[ow], ccount[ow], 1)
                 orow[ow] = top
                 if with_index:
                     idx[p, oh, ow] = best
             if not inner:
                 continue
             a0, a1, a2 = plane[r0], plane[r0 + 1], plane[r0 + 2]
-            for ow in range(lo, hi):
+            for ow in range(lo, hi):  # flat indices from row r0
                 c = 2 * ow - pw
-                top = a0[c]
-                best = c
-                v = a0[c + 1]
-                take = (v > top) | (v != v)
-                top = v if take else top
-                best = c + 1 if take else best
-                v = a0[c + 2]
-                take = (v > top) | (v != v)
-                top = v if take else top
-                best = c + 2 if take else best
-                v = a1[c]
-                take = (v > top) | (v != v)
-                top = v if take else top
-                best = W + c if take else best
-                v = a1[c + 1]
-                take = (v > top) | (v != v)
-                top = v if take else top
-                best = W + c + 1 if take else best
-                v = a1[c + 2]
-                take = (v > top) | (v != v)
-                top = v if take else top
-                best = W + c + 2 if take else best
-                v = a2[c]
-                take = (v > top) | (v != v)
-                top = v if take else top
-                best = 2 * W + c if take else best
-                v = a2[c + 1]
-                take = (v > top) | (v != v)
-                top = v if take else top
-                best = 2 * W + c + 1 if take else best
-                v = a2[c + 2]
-                take = (v > top) | (v != v)
-                top = v if take else top
-                best = 2 * W + c + 2 if take else best
+                top, best = a0[c], c
+                top, best = _keep(a0[c + 1], c + 1, top, best)
+                top, best = _keep(a0[c + 2], c + 2, top, best)
+                top, best = _keep(a1[c], W + c, top, best)
+                top, best = _keep(a1[c + 1], W + c + 1, top, best)
+                top, best = _keep(a1[c + 2], W + c + 2, top, best)
+                top, best = _keep(a2[c], 2 * W + c, top, best)
+                top, best = _keep(a2[c + 1], 2 * W + c + 1, top, best)
+                top, best = _keep(a2[c + 2], 2 * W + c + 2, top, best)
                 orow[ow] = top
                 if with_index:
                     idx[p, oh, ow] = r0 * W + best
@@ -231,10 +205,11 @@ def max_pool2d_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
 
     A tap replaces the running maximum when it is larger or NaN, a branch as in PyTorch: the
     index makes a select cost two of them, and the running maximum of overlapping windows
-    rarely changes. Windows that overlap along the row (column stride 1) run tap by tap along
-    each output row (long inner loops); the others one output at a time over the taps inside
-    it (2x2 and 3x3 stride-2 pools: 0.4-0.7x the time of the tap-by-tap order, which ran 2.7-3.4x
-    faster at stride 1). 2x2 windows side by side run unrolled (:func:`_max_pairs`)."""
+    rarely changes. 2x2 windows side by side and 3x3 stride-2 windows run unrolled
+    (:func:`_max_pairs`, :func:`_max_3x3_stride_2`); other windows that overlap along the
+    row (column stride 1) tap by tap along each output row (long inner loops); the rest one
+    output at a time over the taps inside it (0.4-0.7x the tap-by-tap order's time on strided
+    pools, which ran 2.7-3.4x faster at stride 1)."""
     if _pairs(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[1], x.shape[2], out):
         _max_pairs(x, out, idx)
     elif (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
@@ -247,8 +222,7 @@ def max_pool2d_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
 
 @njit(parallel=True, cache=True)
 def _max_indices_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
-    """:func:`max_pool2d_indices` one output at a time, as :func:`max_pool2d`. A window with
-    no tap inside keeps PyTorch's index: its first tap at or after 0 (``_taps``' ``first``)."""
+    """:func:`max_pool2d_indices` one output at a time, as :func:`_max_by_window`."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
     rfirst, rcount = _taps(Ho, H, kh, sh, ph, dh)
@@ -258,17 +232,7 @@ def _max_indices_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
         for oh in range(Ho):
             r0, nr = rfirst[oh], rcount[oh]
             for ow in range(Wo):
-                c0, nc = cfirst[ow], ccount[ow]
-                top = -np.inf
-                best = r0 * W + c0
-                for i in range(nr):
-                    r = r0 + i * dh
-                    for j in range(nc):
-                        c = c0 + j * dw
-                        v = plane[r, c]
-                        if v > top or v != v:
-                            top = v
-                            best = r * W + c
+                top, best = _window_max(plane, r0, nr, dh, cfirst[ow], ccount[ow], dw)
                 out[p, oh, ow] = top
                 idx[p, oh, ow] = best
 

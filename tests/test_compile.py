@@ -42,10 +42,12 @@ def torch_eval(twin: tnn.Module, x: np.ndarray) -> np.ndarray:
         return twin.eval()(torch.from_numpy(x)).numpy()
 
 
-def check(model: nn.Module, twin: tnn.Module | None, shapes: list[tuple[int, ...]]) -> None:
+def check(model: nn.Module, twin: tnn.Module | None, shapes: list[tuple[int, ...]],
+          channels_last: bool = True) -> None:
     """Compile at the first shape; every shape (other batch sizes) against eager and torch."""
     rng = np.random.default_rng(0)
-    plan = convlayers.compile(model, rng.standard_normal(shapes[0]).astype(np.float32))
+    plan = convlayers.compile(model, rng.standard_normal(shapes[0]).astype(np.float32),
+                              channels_last=channels_last)
     for shape in shapes:
         x = rng.standard_normal(shape).astype(np.float32)
         got = plan(x)
@@ -90,13 +92,42 @@ def test_swish_activations_fuse(act: Any) -> None:
     check(ours, twin, BATCHES)
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize(("k", "stride", "dilation"), [(3, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2)])
-def test_depthwise_and_pointwise(k: int, stride: int, dilation: int) -> None:
+def test_depthwise_and_pointwise(k: int, stride: int, dilation: int, channels_last: bool) -> None:
     ours, twin = block(*conv_bn(8, 8, k, stride, groups=8, act=nn.ReLU6, dilation=dilation),
                        *conv_bn(8, 16, 1, act=nn.ReLU, rng=1))
+    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32), channels_last=channels_last)
+    expected = (["ToChannelsLast", "DepthwiseLast", "PointwiseLast", "ToChannelsFirst"]
+                if channels_last else ["Depthwise", "Pointwise"])
+    assert [type(s).__name__ for s in plan._steps] == expected
+    check(ours, twin, BATCHES, channels_last)
+
+
+def test_channels_last_segment_converts_at_its_ends_only() -> None:
+    """A dense conv (NCHW) feeds an inverted residual (channels-last, its shortcut the dense
+    conv's output, converted once), then a max pool reads NCHW again."""
+    ours = randomize_norms(nn.Sequential(*conv_bn(8, 24, 3, act=nn.ReLU),
+                                         nn.InvertedResidual(24, 24, 1, expand_ratio=3, rng=1),
+                                         nn.MaxPool2d(2)), 6)
+    twin = to_torch(ours)
+    copy_weights(ours, twin)
     plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32))
-    assert [type(s).__name__ for s in plan._steps] == ["Depthwise", "Pointwise"]
-    check(ours, twin, BATCHES)
+    ops = [s.node.op for s in plan._steps]
+    assert ops == ["conv", "to_nhwc", "conv", "conv", "conv", "to_nchw", "maxpool"]
+    residual = plan._steps[4].node.attrs["residual"]
+    assert residual == plan._steps[1].out  # the shortcut reads the converted copy
+    assert "NHWC" in plan.explain() and "2 conversions" in plan.explain()
+    check(ours, twin, [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)])
+
+
+@pytest.mark.parametrize("shape", [(1, 160, 3, 5), (5, 160, 3, 5), (1, 160, 1, 1)])
+def test_channels_last_blocks_of_channels_and_columns(shape: tuple[int, ...]) -> None:
+    """Few output rows split a depthwise layer's channels into blocks (64, 64, 32 here); more
+    than 256 output channels split the 1x1 GEMM's columns (192 + 108)."""
+    c = shape[1]
+    ours, twin = block(*conv_bn(c, c, 3, groups=c, act=nn.ReLU6), *conv_bn(c, 300, 1, act=nn.Sigmoid))
+    check(ours, twin, [shape, (2, *shape[1:])])
 
 
 def test_grouped_strided_and_strided_pointwise_convs() -> None:
@@ -111,7 +142,7 @@ def test_inverted_residual_fuses_the_add(stride: int) -> None:
     twin = to_torch(ours)
     copy_weights(ours, twin)
     plan = convlayers.compile(ours, np.zeros((1, 8, 9, 7), np.float32))
-    last = plan._steps[-1].node
+    last = [s.node for s in plan._steps if s.node.op == "conv"][-1]
     assert (last.attrs["residual"] is not None) == (stride == 1)
     check(ours, twin, [(1, 8, 9, 7), (2, 8, 9, 7), (5, 8, 9, 7)])
 
@@ -233,15 +264,22 @@ def test_four_threads_give_the_single_threaded_results() -> None:
 
 def test_explain_lists_fused_layers_strategies_layout_and_offsets() -> None:
     model = randomize_norms(nn.InvertedResidual(8, 8, 1, 6, rng=0), 12)
-    plan = convlayers.compile(model, np.zeros((1, 8, 6, 6), np.float32))
+    plan = convlayers.compile(model, np.zeros((1, 8, 6, 6), np.float32), channels_last=False)
     text = plan.explain()
     assert text == repr(plan)
     lines = text.splitlines()
     assert len(lines) == 4  # header, expand, depthwise, project (+ residual)
+    assert "0 values channels-last" in lines[0] and "0 conversions" in lines[0]
     assert "conv.0.0 + conv.0.1 + conv.0.2" in lines[1] and "relu6" in lines[1]
     assert "depthwise channels-last" in lines[2] and "arena @" in lines[2] and "NCHW" in lines[2]
     assert "scratch @" in lines[2]  # its blocks live in the arena, not in fresh memory
     assert "residual" in lines[3] and "output" in lines[3]
+    lines = convlayers.compile(model, np.zeros((1, 8, 6, 6), np.float32)).explain().splitlines()
+    assert len(lines) == 6  # header, to_nhwc, the three convs, to_nchw
+    assert "4 values channels-last" in lines[0] and "2 conversions" in lines[0]
+    assert "to_nhwc" in lines[1] and "NHWC; arena @" in lines[1]
+    assert "residual" in lines[4] and "NHWC; arena @" in lines[4]
+    assert "to_nchw" in lines[5] and "NCHW; output" in lines[5]
 
 
 def test_bad_layers_and_inputs_are_named() -> None:
@@ -259,10 +297,12 @@ def test_bad_layers_and_inputs_are_named() -> None:
         plan(np.zeros((1, 3, 8, 8), np.float64))
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("shape", [(1, 8, 7, 9), (2, 8, 5, 40)])  # flat small planes, long rows
-def test_depthwise_with_asymmetric_padding_folded(shape: tuple[int, ...]) -> None:
+def test_depthwise_with_asymmetric_padding_folded(shape: tuple[int, ...], channels_last: bool) -> None:
     ours, twin = block(nn.ZeroPad2d((2, 0, 1, 2)), nn.Conv2d(8, 8, 5, groups=8, bias=True, rng=0),
                        nn.BatchNorm2d(8), nn.ReLU6())
-    plan = convlayers.compile(ours, np.zeros(shape, np.float32))
-    assert [s.node.op for s in plan._steps] == ["conv"]
-    check(ours, twin, [shape, (3, *shape[1:])])
+    plan = convlayers.compile(ours, np.zeros(shape, np.float32), channels_last=channels_last)
+    ops = ["to_nhwc", "conv", "to_nchw"] if channels_last else ["conv"]
+    assert [s.node.op for s in plan._steps] == ops
+    check(ours, twin, [shape, (3, *shape[1:])], channels_last)

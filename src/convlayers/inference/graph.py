@@ -45,6 +45,8 @@ class Graph:
     shapes: dict[int, tuple[int, ...]]
     dtype: np.dtype
     output: int = 0
+    #: Values stored channels-last (NHWC); the rest are NCHW (see ``inference.layout``).
+    channels_last: set[int] = field(default_factory=set)
 
     def emit(self, op: str, inputs: list[int], shape: tuple[int, ...], name: str,
              **attrs: Any) -> int:

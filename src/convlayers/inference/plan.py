@@ -1,10 +1,12 @@
 """``compile(model, example)``: a frozen whole-network inference plan, and its ``explain``.
 
-Layout: every activation stays NCHW, chosen on purpose for this engine: a 1x1 convolution
-(most of the work in MobileNetV2, EfficientNet-Lite0 and ResNet-50's bottlenecks) is then one
-GEMM ``W[C_out, C_in] @ X[C_in, H*W]`` on each image's planes with no copy, depthwise planes
-are contiguous rows for the direct kernel, and the im2col columns are read in the same order.
-The only conversions are none: input and output are NumPy NCHW arrays already.
+Layout: NCHW, except the segments that hold depthwise convolutions (the inverted-residual
+stacks of MobileNetV2 and EfficientNet-Lite0), which run channels-last (NHWC) with a conversion
+at each end (:mod:`convlayers.inference.layout`). In NCHW a 1x1 convolution is one GEMM
+``W[C_out, C_in] @ X[C_in, H*W]`` on each image's planes with no copy and the im2col columns
+are read in the same order; channels-last, a depthwise convolution works on whole vectors of
+channels and a 1x1 convolution is one GEMM over the batch's pixels, its wide side along the
+channels (a 7x7 map has 49 pixels: too few columns for NCHW's tiles).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from convlayers.inference.arena import Buffer, plan_offsets
 from convlayers.inference.fusion import fuse_graph
 from convlayers.inference.graph import Graph, lower
+from convlayers.inference.layout import choose_layouts
 from convlayers.inference.steps import Flatten, Step, make_step
 
 __all__ = ["Plan", "compile"]
@@ -85,6 +88,9 @@ class Plan:
         """(batched view, (N, C, L) view) of ``value`` at byte ``offset`` of ``block``."""
         shape = self._graph.shapes[value]
         flat = block[offset:offset + self._elements(value, n) * self.dtype.itemsize].view(self.dtype)
+        if value in self._graph.channels_last:
+            c, h, w = shape
+            return flat.reshape(n, h, w, c), flat.reshape(n, h * w, c)
         rest = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         return flat.reshape(n, *shape), flat.reshape(n, shape[0], rest)
 
@@ -160,9 +166,11 @@ class Plan:
         """
         n = self.example_shape[0] if batch is None else int(batch)
         layout, total = self._layout(n)
+        last = self._graph.channels_last
+        converts = sum(step.node.op in ("to_nhwc", "to_nchw") for step in self._steps)
         lines = [f"Plan for input (N, {', '.join(map(str, self.input_shape))}) {self.dtype}, "
-                 f"{len(self._steps)} steps; arena {total / 2**20:.2f} MiB at N={n}; layout NCHW "
-                 "throughout (1x1 convs are copy-free GEMMs on NCHW planes), no conversions"]
+                 f"{len(self._steps)} steps; arena {total / 2**20:.2f} MiB at N={n}; "
+                 f"{len(last)} values channels-last (NHWC), the rest NCHW; {converts} conversions"]
         for i, step in enumerate(self._steps):
             root = self._roots[step.out]
             where = ("output" if root == self._out_root else "view of input" if root == 0
@@ -175,7 +183,8 @@ class Plan:
             res = step.node.attrs.get("residual") is not None
             fused = " + residual" * res + (f" + {act}" if act else "")
             lines.append(f"{i:3d} {step.node.op}{fused} [{' + '.join(step.node.names)}] "
-                         f"-> {self._graph.shapes[step.out]}: {step.strategy}; NCHW; {where}")
+                         f"-> {self._graph.shapes[step.out]}: {step.strategy}; "
+                         f"{'NHWC' if step.out in last else 'NCHW'}; {where}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -195,7 +204,7 @@ def _engine_choice(step: Step, graph: Graph, n: int) -> str:
                            a["dilation"], a["groups"], graph.dtype).forward)
 
 
-def compile(model: Any, example_input: np.ndarray) -> Plan:
+def compile(model: Any, example_input: np.ndarray, channels_last: bool = True) -> Plan:
     """Compile ``model`` for inference on arrays shaped like ``example_input``.
 
     The model's eval-mode function (BatchNorm with running statistics, Dropout off, whatever
@@ -213,6 +222,9 @@ def compile(model: Any, example_input: np.ndarray) -> Plan:
         ``Identity``, ``Sequential`` and the blocks and models of ``convlayers.nn``.
     example_input : ndarray
         ``(N, C, H, W)``; the plan accepts this image size and dtype at any batch size.
+    channels_last : bool, default True
+        Run the segments that hold depthwise convolutions channels-last (NHWC), converting at
+        their ends (:mod:`convlayers.inference.layout`); False keeps every value NCHW.
 
     Returns
     -------
@@ -245,5 +257,5 @@ def compile(model: Any, example_input: np.ndarray) -> Plan:
     if example_input.dtype.kind != "f":
         raise TypeError(f"example_input must be floating point, got {example_input.dtype}")
     graph = lower(model, tuple(example_input.shape[1:]), example_input.dtype)
-    graph = fuse_graph(copy.copy(graph))
+    graph = choose_layouts(fuse_graph(copy.copy(graph)), channels_last)
     return Plan(graph, tuple(example_input.shape))

@@ -446,6 +446,17 @@ def _engine_picks_winograd(node: Node, g: Graph) -> bool:
 def make_step(node: Node, g: Graph) -> Step:
     """The step that runs ``node`` (weights packed for it, in ``g.dtype``)."""
     dtype = g.dtype
+    if node.output in g.channels_last or node.op in ("to_nhwc", "to_nchw") or (
+            node.op == "gap" and node.inputs[0] in g.channels_last):
+        from convlayers.inference import steps_channels_last as last
+
+        if node.op == "conv":
+            if node.attrs["weight"].shape[2:] == (1, 1) and node.attrs["groups"] == 1:
+                return last.PointwiseLast(node, g, dtype)
+            return last.DepthwiseLast(node, g, dtype)
+        kinds: dict[str, type[Step]] = {"to_nhwc": last.ToChannelsLast, "gap": last.GlobalAvgPoolLast,
+                                        "to_nchw": last.ToChannelsFirst, "act": Activation, "add": Add}
+        return kinds[node.op](node, g)
     if node.op == "conv":
         w, groups = node.attrs["weight"], node.attrs["groups"]
         c_in = g.shapes[node.inputs[0]][0]

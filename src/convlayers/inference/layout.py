@@ -1,0 +1,103 @@
+"""Choose each value's memory layout: NCHW, or channels-last (NHWC) in depthwise segments.
+
+A *segment* is a connected run of nodes that can all work channels-last: depthwise
+convolutions (one filter per channel), 1x1 convolutions (stride 1, no padding, one group),
+and adds and activations left unfused. A segment with at least one depthwise convolution (the
+inverted-residual stacks of MobileNetV2 and EfficientNet-Lite0) runs channels-last, where a
+depthwise convolution works on whole vectors of channels and a 1x1 convolution is one GEMM
+over the batch's pixels (:mod:`convlayers.inference.channels_last`). Segments of 1x1
+convolutions alone (ResNet-50's bottlenecks between 3x3 layers) stay NCHW: converting around
+each one would cost more than it saves.
+
+Conversions go where a layout changes, once per value: ``to_nhwc`` before the first
+channels-last reader of an NCHW value (after MobileNetV2's stem), ``to_nchw`` before an NCHW
+reader of a channels-last value, and before the output. A global average pool reads either
+layout, so a network that ends ``... -> 1x1 conv -> pool -> linear`` converts once, at the
+start.
+"""
+
+from __future__ import annotations
+
+from convlayers.inference.graph import Graph, Node
+
+__all__ = ["channels_last_candidate", "choose_layouts", "is_depthwise"]
+
+
+def is_depthwise(node: Node, g: Graph) -> bool:
+    """One filter per channel, as many outputs as inputs."""
+    w, groups = node.attrs["weight"], node.attrs["groups"]
+    c_in = g.shapes[node.inputs[0]][0]
+    return bool(groups == c_in and w.shape[0] == c_in and w.shape[1] == 1)
+
+
+def _is_pointwise(node: Node) -> bool:
+    a = node.attrs
+    return bool(a["weight"].shape[2:] == (1, 1) and a["groups"] == 1 and not any(a["pads"])
+                and a["stride"] == (1, 1))
+
+
+def channels_last_candidate(node: Node, g: Graph) -> bool:
+    """Whether ``node`` has a channels-last step (and all its values are 3-D maps)."""
+    if node.op in ("add", "act"):
+        return len(g.shapes[node.output]) == 3
+    return node.op == "conv" and (is_depthwise(node, g) or _is_pointwise(node))
+
+
+def _reads(node: Node) -> list[int]:
+    residual = node.attrs.get("residual")
+    return list(node.inputs) + ([residual] if residual is not None else [])
+
+
+def _segments(g: Graph) -> set[int]:
+    """Output values of the nodes in channels-last segments."""
+    candidates = {n.output: n for n in g.nodes if channels_last_candidate(n, g)}
+    parent = {v: v for v in candidates}
+
+    def find(v: int) -> int:
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    for value, node in candidates.items():
+        for read in _reads(node):
+            if read in candidates:
+                parent[find(read)] = find(value)
+    with_depthwise = {find(v) for v, n in candidates.items()
+                      if n.op == "conv" and is_depthwise(n, g)}
+    return {v for v in candidates if find(v) in with_depthwise}
+
+
+def choose_layouts(g: Graph, channels_last: bool = True) -> Graph:
+    """Mark channels-last values in ``g.channels_last`` and insert the conversions; return ``g``
+    (changed in place). ``channels_last=False`` keeps every value NCHW."""
+    last = _segments(g) if channels_last else set()
+    converted: dict[tuple[int, bool], int] = {}
+    nodes: list[Node] = []
+
+    def convert(value: int, to_last: bool) -> int:
+        key = (value, to_last)
+        if key not in converted:
+            out = len(g.shapes)
+            g.shapes[out] = g.shapes[value]
+            nodes.append(Node("to_nhwc" if to_last else "to_nchw", [value], out, [],
+                              {"act": None}))
+            converted[key] = out
+            if to_last:
+                last.add(out)
+        return converted[key]
+
+    for node in g.nodes:
+        wants_last = node.output in last
+        if node.op != "gap":  # the pool reads either layout
+            node.inputs = [convert(v, wants_last) if (v in last) != wants_last else v
+                           for v in node.inputs]
+            residual = node.attrs.get("residual")
+            if residual is not None and (residual in last) != wants_last:
+                node.attrs["residual"] = convert(residual, wants_last)
+        nodes.append(node)
+    if g.output in last:
+        g.output = convert(g.output, False)
+    g.nodes = nodes
+    g.channels_last = last
+    return g

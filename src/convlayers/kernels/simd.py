@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 
 __all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "gemm_indirect",
            "gemm_indirect_left_add", "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add",
-           "gemm_tiled_cols", "transpose_vectors", "vector_bytes"]
+           "gemm_tiled_cols", "taps_vector", "transpose_vectors", "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -451,3 +451,100 @@ def transpose_vectors(typingctx: Any, src: Any, base: Any, stride: Any, dst: Any
         return None
     return (types.void(src, types.intp, types.intp, dst, table, types.intp, types.intp),
             _emit_transpose)
+
+
+#: Vectors of channels one :func:`taps_vector` call sums (independent accumulators: with one,
+#: each vector waited on a chain of nine dependent multiply-adds, 45 cycles).
+TAP_VECTORS = 4
+
+
+def _emit_taps_vector(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+    """:data:`TAP_VECTORS` vectors of channels of one output pixel of a channels-last depthwise convolution:
+    ``acc = bias[k:]``, then for each of ``n`` taps ``acc += xf[at + offs[t] + k:] *
+    tf[tap[t]*c + k:]`` (fused multiply-adds, ``acc`` in a register), then the residual
+    ``rf[out_at + k:]`` when ``has_res``, ReLU (``act`` 1) or ReLU6 (2) as compares and selects
+    (NaN stays NaN, as in torch), and one store to ``of[out_at + k:]``; the loads and stores
+    are masked to the first ``count`` channels (none past them is touched)."""
+    xt = signature.args[0]
+    xa, oa, ta, wa, ba, ra, fa = (context.make_array(t)(context, builder, a) for t, a in (
+        (signature.args[0], args[0]), (signature.args[2], args[2]), (signature.args[3], args[3]),
+        (signature.args[5], args[5]), (signature.args[7], args[7]), (signature.args[8], args[8]),
+        (signature.args[12], args[12])))
+    at, n, c, k, has_res, act, out_at, count = (args[1], args[4], args[6], args[9], args[10],
+                                                args[11], args[13], args[14])
+    itemsize = context.get_abi_sizeof(context.get_value_type(xt.dtype))
+    lanes = VECTOR_BYTES // itemsize
+    ftype = context.get_value_type(xt.dtype)
+    vec = ir.VectorType(ftype, lanes)
+    vptr = vec.as_pointer()
+    intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
+    name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                         f"llvm.fma.{name}")
+    mask_t = ir.VectorType(ir.IntType(1), lanes)
+    mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        vec, [vptr, i32, mask_t, vec]), f"llvm.masked.load.{name}.p0")
+    mstore = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ir.VoidType(), [vec, vptr, i32, mask_t]), f"llvm.masked.store.{name}.p0")
+    align = ir.Constant(i32, itemsize)
+    zero_vec = ir.Constant(vec, [0.0] * lanes)
+    six_vec = ir.Constant(vec, [6.0] * lanes)
+    ivec = ir.VectorType(intp, lanes)
+    lane_ids = ir.Constant(ivec, list(range(lanes)))
+    splat_count = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ivec, None), count, ir.Constant(i32, 0)),
+        ir.Constant(ivec, None), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+    masks = [builder.icmp_signed("<", builder.add(lane_ids, ir.Constant(ivec, [h * lanes] * lanes)),
+                                 splat_count) for h in range(TAP_VECTORS)]
+
+    def ptr(arr: Any, index: Any, h: int) -> Any:
+        return builder.bitcast(builder.gep(arr.data, [builder.add(index, ir.Constant(
+            intp, h * lanes))]), vptr)
+
+    def load(p: Any, h: int) -> Any:
+        return builder.call(mload, [p, align, masks[h], zero_vec])
+
+    accs = [cgutils.alloca_once(builder, vec) for _ in range(TAP_VECTORS)]
+    for h, acc in enumerate(accs):
+        builder.store(load(ptr(ba, k, h), h), acc)
+    with cgutils.for_range(builder, n) as loop:
+        t = loop.index
+        x_at = builder.add(builder.add(at, builder.load(builder.gep(fa.data, [t]))), k)
+        w_at = builder.add(builder.mul(builder.load(builder.gep(ta.data, [t])), c), k)
+        for h, acc in enumerate(accs):
+            builder.store(builder.call(fma, [load(ptr(xa, x_at, h), h), load(ptr(wa, w_at, h), h),
+                                             builder.load(acc)]), acc)
+    o_at = builder.add(out_at, k)
+    with builder.if_then(has_res):
+        for h, acc in enumerate(accs):
+            builder.store(builder.fadd(builder.load(acc), load(ptr(ra, o_at, h), h)), acc)
+    one, two = ir.Constant(intp, 1), ir.Constant(intp, 2)
+    is_relu, is_relu6 = builder.icmp_signed("==", act, one), builder.icmp_signed("==", act, two)
+    for h, acc in enumerate(accs):
+        value = builder.load(acc)
+        relu = builder.select(builder.fcmp_ordered("<", value, zero_vec), zero_vec, value)
+        relu6 = builder.select(builder.fcmp_ordered(">", relu, six_vec), six_vec, relu)
+        value = builder.select(is_relu, relu, builder.select(is_relu6, relu6, value))
+        builder.call(mstore, [value, ptr(oa, o_at, h), align, masks[h]])
+    return context.get_dummy_value()
+
+
+@intrinsic
+def taps_vector(typingctx: Any, xf: Any, at: Any, of: Any, tap: Any, n: Any, tf: Any, c: Any,
+                bias: Any, rf: Any, k: Any, has_res: Any, act: Any, offs: Any, out_at: Any,
+                count: Any) -> Any:
+    """``of[out_at + k + l] = act(bias[k + l] + sum over t < n of xf[at + offs[t] + k + l] *
+    tf[tap[t]*c + k + l] (+ rf[out_at + k + l]))`` for ``l < min(count, TAP_VECTORS * lanes)``:
+    a channels-last depthwise convolution's pixel, its taps listed in
+    ``offs``/``tap`` (int64), the sum in a register (:func:`_emit_taps_vector`). 1-D
+    C-contiguous float arrays of one dtype; ``act`` 1 ReLU, 2 ReLU6, else none."""
+    floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                 and a.dtype == xf.dtype and a.dtype in (types.float32, types.float64)
+                 for a in (xf, of, tf, bias, rf))
+    ints = all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.int64
+               for a in (tap, offs))
+    if not (floats and ints and isinstance(has_res, types.Boolean)):
+        return None
+    i = types.intp
+    return (types.void(xf, i, of, tap, i, tf, i, bias, rf, i, has_res, i, offs, i, i),
+            _emit_taps_vector)

@@ -1,0 +1,96 @@
+"""The channels-last kernels of compiled plans against torch, on shapes drawn at random."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tf
+
+from convlayers.inference import channels_last as CL
+from convlayers.inference.kernels import ACT
+from oracle import assert_close
+
+TORCH_ACT = {0: lambda t: t, 1: torch.relu, 2: lambda t: tf.hardtanh(t, 0.0, 6.0),
+             3: tf.hardswish, 4: tf.silu, 5: torch.sigmoid, 6: torch.tanh}
+
+
+def _nhwc(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_depthwise_matches_torch(seed: int) -> None:
+    """Kernel sizes 1-7 (square or not), strides and dilations 1-3, uneven padding, channel
+    counts off the vector width, blocks of channels, a residual and every activation."""
+    rng = np.random.default_rng(seed)
+    kh, kw = (int(v) for v in rng.integers(1, 8, 2))
+    sh, sw, dh, dw = (int(v) for v in rng.integers(1, 4, 4))
+    c = int(rng.choice([1, 5, 16, 24, 64, 72, 130]))
+    n = int(rng.integers(1, 4))
+    h, w = int(rng.integers(1, 16)), int(rng.integers(1, 16))
+    pt, pb, pl, pr = (int(v) for v in rng.integers(0, 4, 4))
+    if h + pt + pb < (kh - 1) * dh + 1 or w + pl + pr < (kw - 1) * dw + 1:
+        pt, pb = kh * dh, kh * dh  # pad enough for one window
+        pl, pr = kw * dw, kw * dw
+    act = int(rng.integers(0, 7))
+    dtype = np.float32 if seed % 4 else np.float64
+    x = torch.from_numpy(rng.standard_normal((n, c, h, w)).astype(dtype))
+    weight = torch.from_numpy(rng.standard_normal((c, 1, kh, kw)).astype(dtype))
+    bias = rng.standard_normal(c).astype(dtype)
+    want = tf.conv2d(tf.pad(x, (pl, pr, pt, pb)), weight, torch.from_numpy(bias), (sh, sw),
+                     0, (dh, dw), c)
+    residual = torch.from_numpy(rng.standard_normal(tuple(want.shape)).astype(dtype))
+    has_res = bool(seed % 3 == 0)
+    want = TORCH_ACT[act](want + residual if has_res else want)
+    out = np.empty(_nhwc(want).shape, dtype)
+    cb = int(rng.choice([c, 16, 64]))
+    CL.depthwise(_nhwc(x), np.ascontiguousarray(weight[:, 0].permute(1, 2, 0).numpy()), bias,
+                 sh, sw, dh, dw, pt, pl, _nhwc(residual), has_res, act, cb, out)
+    assert_close(out, _nhwc(want), f"depthwise seed {seed}")
+
+
+def test_depthwise_keeps_torch_non_finite_pattern() -> None:
+    """inf and NaN in the input reach exactly the outputs whose windows hold them."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 40, 9, 9)).astype(np.float32)
+    x[0, 3, 0, 0], x[0, 20, 4, 5], x[0, 39, 8, 8] = np.inf, np.nan, -np.inf
+    weight = rng.standard_normal((40, 1, 3, 3)).astype(np.float32)
+    want = tf.conv2d(torch.from_numpy(x), torch.from_numpy(weight), None, 1, 1, 1, 40)
+    out = np.empty((1, 9, 9, 40), np.float32)
+    zero = np.zeros(40, np.float32)
+    CL.depthwise(_nhwc(torch.from_numpy(x)), np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0)),
+                 zero, 1, 1, 1, 1, 1, 1, out, False, 0, 40, out)
+    np.testing.assert_array_equal(np.isfinite(out), np.isfinite(_nhwc(want)))
+
+
+@pytest.mark.parametrize(("pixels", "c_in", "c_out"), [(1, 3, 5), (49, 160, 960), (300, 17, 24),
+                                                       (1000, 64, 300), (7, 960, 1)])
+def test_pointwise_matches_numpy(pixels: int, c_in: int, c_out: int) -> None:
+    rng = np.random.default_rng(pixels)
+    x = rng.standard_normal((pixels, c_in)).astype(np.float32)
+    w = rng.standard_normal((c_in, c_out)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    res = rng.standard_normal((pixels, c_out)).astype(np.float32)
+    for has_res, act in ((False, ACT["relu6"]), (True, ACT[None]), (True, ACT["hardswish"])):
+        want = x.astype(np.float64) @ w + bias + (res if has_res else 0)
+        want = TORCH_ACT[act](torch.from_numpy(want)).numpy()
+        for threads in (1, 2):
+            rows, cols = CL.pointwise_units(pixels, c_out, threads)
+            out = np.empty((pixels, c_out), np.float32)
+            CL.pointwise(x, w, bias, res, has_res, act, rows, cols, out)
+            assert_close(out, want.astype(np.float32), f"pointwise {pixels}x{c_in}->{c_out}")
+
+
+def test_conversions_and_global_pool() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 5, 4, 7)).astype(np.float32)
+    last = np.empty((3, 4, 7, 5), np.float32)
+    CL.to_channels_last(x, last)
+    np.testing.assert_array_equal(last, x.transpose(0, 2, 3, 1))
+    back = np.empty_like(x)
+    CL.to_channels_first(last, back)
+    np.testing.assert_array_equal(back, x)
+    pooled = np.empty((3, 5), np.float32)
+    CL.global_avg_pool(last.reshape(3, 28, 5), pooled)
+    assert_close(pooled, torch.from_numpy(x).mean((2, 3)).numpy(), "global pool")

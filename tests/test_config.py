@@ -28,7 +28,8 @@ for _ in range(5):
     time.sleep(0.05)
     idle += time.process_time() - started
 import os, numba
-print(numba.threading_layer(), os.environ.get("OMP_WAIT_POLICY"), 1e3 * idle)
+print(numba.threading_layer(), os.environ.get("OMP_WAIT_POLICY"), 1e3 * idle,
+      os.environ.get("GOMP_SPINCOUNT"))
 """
 
 
@@ -39,7 +40,8 @@ def _idle(prelude: str, policy: str | None = None) -> tuple[str, str, float, str
         env["OMP_WAIT_POLICY"] = policy
     done = subprocess.run([sys.executable, "-W", "always", "-c", _IDLE.format(prelude=prelude)],
                           env=env, capture_output=True, text=True, timeout=300, check=True)
-    layer, left, ms = done.stdout.split()
+    layer, left, ms, spin = done.stdout.split()
+    assert spin == "None"  # the short spin is numba's runtime's alone, not the process's
     return layer, left, float(ms), done.stderr
 
 

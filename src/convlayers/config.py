@@ -112,6 +112,14 @@ class PerformanceWarning(UserWarning):
     """The process is set up in a way that makes convlayers' compiled kernels much slower."""
 
 
+#: Busy-wait iterations of numba's idle OpenMP threads before they sleep (``GOMP_SPINCOUNT``
+#: for its own libgomp, unless the environment sets it or ``OMP_WAIT_POLICY``): about 0.1-0.2
+#: ms. Asleep, a thread took ~19 us to wake for each parallel region (2 threads), and a
+#: compiled MobileNetV2 runs about 55 regions per call; spinning this briefly, 2.4-4 us. Not
+#: the milliseconds of libgomp's default, which stole the cores of whatever ran next.
+NUMBA_SPIN_COUNT = 20_000
+
+
 def start_numba_threads() -> None:
     """Start numba's thread pool on an OpenMP runtime of its own, whose idle threads sleep.
 
@@ -122,9 +130,10 @@ def start_numba_threads() -> None:
     the cores of whatever runs next (a NumPy BLAS call after a convolution took 8 ms instead
     of 1; MobileNetV2's eager forward 2.5x as long), so convlayers' speed depended on the order
     of the imports. Here numba's pool is started with ``RTLD_DEEPBIND`` (its OpenMP layer binds
-    to its own libgomp, not the global one) and ``OMP_WAIT_POLICY=PASSIVE`` in the environment
-    only while that libgomp loads, unless the user set the variable: torch's runtime, and any
-    loaded later, keep their own defaults whatever the order of the imports.
+    to its own libgomp, not the global one) and ``OMP_WAIT_POLICY=PASSIVE`` with a short spin
+    (:data:`NUMBA_SPIN_COUNT`) in the environment only while that libgomp loads, unless the
+    user set the variables: torch's runtime, and any loaded later, keep their own defaults
+    whatever the order of the imports.
 
     A :class:`PerformanceWarning` says so when numba's layer still ended up on a runtime loaded
     before it (no new libgomp was mapped: one built with the same file, or a platform without
@@ -145,11 +154,14 @@ def start_numba_threads() -> None:
     import numba
 
     choose = "OMP_WAIT_POLICY" not in os.environ
+    spin = "GOMP_SPINCOUNT" not in os.environ and choose
     before = _mapped_openmp()
     flags = sys.getdlopenflags() if hasattr(sys, "getdlopenflags") else None
     deep = getattr(os, "RTLD_DEEPBIND", 0)
     if choose:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if spin:
+        os.environ["GOMP_SPINCOUNT"] = str(NUMBA_SPIN_COUNT)
     try:
         if flags is not None and deep:
             sys.setdlopenflags(flags | deep)
@@ -159,6 +171,8 @@ def start_numba_threads() -> None:
             sys.setdlopenflags(flags)
         if choose:
             os.environ.pop("OMP_WAIT_POLICY", None)
+        if spin:
+            os.environ.pop("GOMP_SPINCOUNT", None)
     if choose and before and numba.threading_layer() == "omp" and not _mapped_openmp() - before:
         import warnings
 
@@ -253,8 +267,8 @@ class EngineSettings:
     #: would differ from torch's (Winograd, and the value checks of ``convlayers.functional.plan``).
     force: str | None = None
     #: Convolutions with fewer multiply-adds than this run on one thread: waking the other threads
-    #: of the OpenMP pool (asleep under ``OMP_WAIT_POLICY=PASSIVE``) costs ~40 us, more than such
-    #: a layer gains from them.
+    #: of the OpenMP pool once they sleep (``OMP_WAIT_POLICY=PASSIVE``, after a short spin) costs
+    #: ~20-40 us, more than such a layer gains from them.
     serial_macs: int = 2_000_000
     #: Pooling calls (and their backward) reading fewer input elements than this, counting each
     #: tap of each window, run on one thread. A tap costs a pooling kernel ~1-4 ns against ~0.05

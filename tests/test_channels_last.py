@@ -94,3 +94,30 @@ def test_conversions_and_global_pool() -> None:
     pooled = np.empty((3, 5), np.float32)
     CL.global_avg_pool(last.reshape(3, 28, 5), pooled)
     assert_close(pooled, torch.from_numpy(x).mean((2, 3)).numpy(), "global pool")
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_stem_reads_nchw_and_writes_channels_last(seed: int) -> None:
+    """A dense convolution of 1-4 input channels, NCHW in, NHWC out, against torch: kernels
+    1-7, strides and dilations 1-3, uneven padding, 32 output channels (two vectors) or more
+    (four-vector blocks and a masked rest), every activation."""
+    rng = np.random.default_rng(100 + seed)
+    c_in = int(rng.integers(1, 5))
+    c_out = int(rng.choice([1, 8, 32, 70]))
+    kh, kw = (int(v) for v in rng.integers(1, 8, 2))
+    sh, sw, dh, dw = (int(v) for v in rng.integers(1, 4, 4))
+    n, h, w = int(rng.integers(1, 3)), int(rng.integers(1, 14)), int(rng.integers(1, 14))
+    pt, pb, pl, pr = (int(v) for v in rng.integers(0, 4, 4))
+    if h + pt + pb < (kh - 1) * dh + 1 or w + pl + pr < (kw - 1) * dw + 1:
+        pt = pb = kh * dh
+        pl = pr = kw * dw
+    act = int(rng.integers(0, 7))
+    x = torch.from_numpy(rng.standard_normal((n, c_in, h, w)).astype(np.float32))
+    weight = rng.standard_normal((c_out, c_in, kh, kw)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    want = TORCH_ACT[act](tf.conv2d(tf.pad(x, (pl, pr, pt, pb)), torch.from_numpy(weight),
+                                    torch.from_numpy(bias), (sh, sw), 0, (dh, dw)))
+    out = np.empty(_nhwc(want).shape, np.float32)
+    CL.dense_to_channels_last(x.numpy(), np.ascontiguousarray(weight.reshape(c_out, -1).T), kh, kw,
+                              bias, sh, sw, dh, dw, pt, pl, act, out)
+    assert_close(out, _nhwc(want), f"stem seed {seed}")

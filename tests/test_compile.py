@@ -121,6 +121,21 @@ def test_channels_last_segment_converts_at_its_ends_only() -> None:
     check(ours, twin, [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)])
 
 
+def test_a_stem_of_few_channels_writes_channels_last_directly() -> None:
+    """MobileNetV2's pattern: a 3-channel stem, a depthwise block, a global pool and a linear
+    layer convert nothing: the stem reads the NCHW image, the pool reads NHWC."""
+    ours = randomize_norms(nn.Sequential(*conv_bn(3, 16, 3, 2, act=nn.ReLU6),
+                                         *conv_bn(16, 16, 3, groups=16, act=nn.ReLU6, rng=1),
+                                         *conv_bn(16, 24, 1, rng=2), nn.AdaptiveAvgPool2d(1),
+                                         nn.Flatten(), nn.Linear(24, 5, rng=3)), 7)
+    twin = to_torch(ours)
+    copy_weights(ours, twin)
+    plan = convlayers.compile(ours, np.zeros((1, 3, 17, 14), np.float32))
+    assert [type(s).__name__ for s in plan._steps] == [
+        "StemLast", "DepthwiseLast", "PointwiseLast", "GlobalAvgPoolLast", "Flatten", "Linear"]
+    check(ours, twin, [(1, 3, 17, 14), (2, 3, 17, 14), (5, 3, 17, 14)])
+
+
 @pytest.mark.parametrize("shape", [(1, 160, 3, 5), (5, 160, 3, 5), (1, 160, 1, 1)])
 def test_channels_last_blocks_of_channels_and_columns(shape: tuple[int, ...]) -> None:
     """Few output rows split a depthwise layer's channels into blocks (64, 64, 32 here); more

@@ -21,10 +21,17 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.inference.kernels import _activate
-from convlayers.kernels.simd import TAP_VECTORS, VECTOR_BYTES, gemm_tiled_cols, taps_vector
+from convlayers.kernels.simd import (
+    TAP_VECTORS,
+    VECTOR_BYTES,
+    gemm_tiled_cols,
+    taps_broadcast,
+    taps_broadcast_narrow,
+    taps_vector,
+)
 
-__all__ = ["depthwise", "global_avg_pool", "pointwise", "pointwise_units", "to_channels_first",
-           "to_channels_last"]
+__all__ = ["dense_to_channels_last", "depthwise", "global_avg_pool", "pointwise", "pointwise_units",
+           "to_channels_first", "to_channels_last"]
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -146,6 +153,63 @@ def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out)
             for ox in range(wo):
                 out_at = ((n * ho + oy) * wo + ox) * c
                 _activate(of[out_at + c0:out_at + c1], act)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def dense_to_channels_last(x, taps, kh, kw, bias, sh, sw, dh, dw, pt, pl, act, out):
+    """``out = act(conv(x, taps) + bias)`` for an NCHW input ``x (N, C_in, H, W)`` of few
+    channels (a network's stem), ``taps (C_in*kh*kw, C_out)`` (row ``(ci*kh + i)*kw + j``),
+    into a channels-last ``out (N, Ho, Wo, C_out)``; zero padding ``pt`` above, ``pl`` left.
+
+    Each output pixel lists its taps inside the map (NCHW offsets), then every vector of output
+    channels sums input value times weight row over them in registers
+    (:data:`convlayers.kernels.simd.taps_broadcast`): no im2col, and no conversion after."""
+    n_img, c_in, h, w = x.shape
+    ho, wo, c_out = out.shape[1], out.shape[2], out.shape[3]
+    nt = taps.shape[0]
+    xf, tf, of = x.reshape(x.size), taps.reshape(taps.size), out.reshape(out.size)
+    lanes = VECTOR_BYTES // x.itemsize
+    wide = TAP_VECTORS * lanes
+    inner_offs = np.empty(nt, np.int64)
+    inner_taps = np.arange(nt).astype(np.int64)
+    for ci in range(c_in):
+        for i in range(kh):
+            for j in range(kw):
+                inner_offs[(ci * kh + i) * kw + j] = ci * h * w + i * dh * w + j * dw
+    lo, hi = _inside_columns(w, wo, kw, sw, dw, pl)
+    for r in prange(n_img * ho):
+        n, oy = r // ho, r % ho
+        y0 = oy * sh - pt
+        rows_inside = y0 >= 0 and y0 + (kh - 1) * dh < h
+        offs = np.empty(nt, np.int64)
+        tap = np.empty(nt, np.int64)
+        for ox in range(wo):
+            x0 = ox * sw - pl
+            out_at = ((n * ho + oy) * wo + ox) * c_out
+            if rows_inside and lo <= ox < hi:
+                at, m, o_list, t_list = n * c_in * h * w + y0 * w + x0, nt, inner_offs, inner_taps
+            else:
+                at, m, o_list, t_list = n * c_in * h * w, 0, offs, tap
+                for ci in range(c_in):
+                    for i in range(kh):
+                        iy = y0 + i * dh
+                        if iy < 0 or iy >= h:
+                            continue
+                        for j in range(kw):
+                            ix = x0 + j * dw
+                            if 0 <= ix < w:
+                                offs[m] = ci * h * w + iy * w + ix
+                                tap[m] = (ci * kh + i) * kw + j
+                                m += 1
+            for k in range(0, c_out, wide):
+                if c_out - k <= 2 * lanes:
+                    taps_broadcast_narrow(xf, at, of, t_list, m, tf, c_out, bias, of, k, False,
+                                          act, o_list, out_at, c_out - k)
+                else:
+                    taps_broadcast(xf, at, of, t_list, m, tf, c_out, bias, of, k, False, act,
+                                   o_list, out_at, c_out - k)
+            if act > 2:
+                _activate(of[out_at:out_at + c_out], act)
 
 
 def depthwise_channel_block(channels: int, rows: int, threads: int) -> int:

@@ -2,25 +2,27 @@
 
 A *segment* is a connected run of nodes that can all work channels-last: depthwise
 convolutions (one filter per channel), 1x1 convolutions (stride 1, no padding, one group),
-and adds and activations left unfused. A segment with at least one depthwise convolution (the
-inverted-residual stacks of MobileNetV2 and EfficientNet-Lite0) runs channels-last, where a
-depthwise convolution works on whole vectors of channels and a 1x1 convolution is one GEMM
-over the batch's pixels (:mod:`convlayers.inference.channels_last`). Segments of 1x1
-convolutions alone (ResNet-50's bottlenecks between 3x3 layers) stay NCHW: converting around
-each one would cost more than it saves.
+adds and activations left unfused, and dense convolutions of at most :data:`STEM_CHANNELS`
+input channels (a stem: it reads its NCHW input as it is and writes channels-last). A segment
+with at least one depthwise convolution (the inverted-residual stacks of MobileNetV2 and
+EfficientNet-Lite0) runs channels-last, where a depthwise convolution works on whole vectors
+of channels and a 1x1 convolution is one GEMM over the batch's pixels
+(:mod:`convlayers.inference.channels_last`). Segments of 1x1 convolutions alone (ResNet-50's
+bottlenecks between 3x3 layers) stay NCHW: converting around each one would cost more than
+it saves.
 
 Conversions go where a layout changes, once per value: ``to_nhwc`` before the first
-channels-last reader of an NCHW value (after MobileNetV2's stem), ``to_nchw`` before an NCHW
-reader of a channels-last value, and before the output. A global average pool reads either
-layout, so a network that ends ``... -> 1x1 conv -> pool -> linear`` converts once, at the
-start.
+channels-last reader of an NCHW value, ``to_nchw`` before an NCHW reader of a channels-last
+value, and before the output. A global average pool reads either layout, so MobileNetV2 and
+EfficientNet-Lite0 (stem, inverted residuals, 1x1 head, pool, linear) convert nothing.
 """
 
 from __future__ import annotations
 
 from convlayers.inference.graph import Graph, Node
 
-__all__ = ["channels_last_candidate", "choose_layouts", "is_depthwise"]
+__all__ = ["STEM_CHANNELS", "channels_last_candidate", "choose_layouts", "is_depthwise",
+           "reads_nchw"]
 
 
 def is_depthwise(node: Node, g: Graph) -> bool:
@@ -36,11 +38,25 @@ def _is_pointwise(node: Node) -> bool:
                 and a["stride"] == (1, 1))
 
 
+#: Input channels up to which a dense convolution (a network's stem, reading the image) may
+#: start a channels-last segment: it reads its NCHW input in place and writes channels-last
+#: (:func:`convlayers.inference.channels_last.dense_to_channels_last`), one splat input value
+#: per tap against a row of output channels.
+STEM_CHANNELS = 4
+
+
+def reads_nchw(node: Node, g: Graph) -> bool:
+    """A dense convolution of few input channels: channels-last, it still reads NCHW."""
+    return bool(node.op == "conv" and node.attrs["groups"] == 1 and node.attrs["residual"] is None
+                and g.shapes[node.inputs[0]][0] <= STEM_CHANNELS and not _is_pointwise(node))
+
+
 def channels_last_candidate(node: Node, g: Graph) -> bool:
     """Whether ``node`` has a channels-last step (and all its values are 3-D maps)."""
     if node.op in ("add", "act"):
         return len(g.shapes[node.output]) == 3
-    return node.op == "conv" and (is_depthwise(node, g) or _is_pointwise(node))
+    return node.op == "conv" and (is_depthwise(node, g) or _is_pointwise(node)
+                                  or reads_nchw(node, g))
 
 
 def _reads(node: Node) -> list[int]:
@@ -60,6 +76,8 @@ def _segments(g: Graph) -> set[int]:
         return v
 
     for value, node in candidates.items():
+        if reads_nchw(node, g):
+            continue  # its input is read NCHW whatever the segment
         for read in _reads(node):
             if read in candidates:
                 parent[find(read)] = find(value)
@@ -89,8 +107,9 @@ def choose_layouts(g: Graph, channels_last: bool = True) -> Graph:
 
     for node in g.nodes:
         wants_last = node.output in last
+        reads_last = wants_last and not (node.op == "conv" and reads_nchw(node, g))
         if node.op != "gap":  # the pool reads either layout
-            node.inputs = [convert(v, wants_last) if (v in last) != wants_last else v
+            node.inputs = [convert(v, reads_last) if (v in last) != reads_last else v
                            for v in node.inputs]
             residual = node.attrs.get("residual")
             if residual is not None and (residual in last) != wants_last:

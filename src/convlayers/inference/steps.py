@@ -451,9 +451,13 @@ def make_step(node: Node, g: Graph) -> Step:
         from convlayers.inference import steps_channels_last as last
 
         if node.op == "conv":
-            if node.attrs["weight"].shape[2:] == (1, 1) and node.attrs["groups"] == 1:
-                return last.PointwiseLast(node, g, dtype)
-            return last.DepthwiseLast(node, g, dtype)
+            from convlayers.inference.layout import is_depthwise, reads_nchw
+
+            if is_depthwise(node, g):
+                return last.DepthwiseLast(node, g, dtype)
+            if reads_nchw(node, g):
+                return last.StemLast(node, g, dtype)
+            return last.PointwiseLast(node, g, dtype)
         kinds: dict[str, type[Step]] = {"to_nhwc": last.ToChannelsLast, "gap": last.GlobalAvgPoolLast,
                                         "to_nchw": last.ToChannelsFirst, "act": Activation, "add": Add}
         return kinds[node.op](node, g)

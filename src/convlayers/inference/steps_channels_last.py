@@ -3,7 +3,7 @@
 A channels-last value's views are ``(N, H, W, C)`` and ``(N, H*W, C)``; the kernels are in
 :mod:`convlayers.inference.channels_last`. Weights are packed once: a 1x1 convolution's as
 ``(C_in, C_out)`` (the GEMM's right operand, rows of output channels), a depthwise one's as
-``(kh, kw, C)`` (a row of channels per tap).
+``(kh, kw, C)`` (a row of channels per tap), a stem's as ``(C_in*kh*kw, C_out)``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from convlayers.inference import channels_last as CL
 from convlayers.inference.graph import Graph, Node
 from convlayers.inference.steps import Step, Views, _Conv
 
-__all__ = ["DepthwiseLast", "GlobalAvgPoolLast", "PointwiseLast", "ToChannelsFirst",
+__all__ = ["DepthwiseLast", "GlobalAvgPoolLast", "PointwiseLast", "StemLast", "ToChannelsFirst",
            "ToChannelsLast"]
 
 
@@ -61,6 +61,21 @@ class DepthwiseLast(_Conv):
         res, has = self._res(v, False)
         CL.depthwise(x, self.packed, self.bias, self.sh, self.sw, self.dh, self.dw, self.pt,
                      self.pl, res, has, self.act, self._blocks[key], out)
+
+
+class StemLast(_Conv):
+    strategy = ("dense conv of few input channels, NCHW in, channels-last out: a splat input "
+                "value per tap against rows of output channels (numba)")
+
+    def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
+        super().__init__(node, g, dtype)
+        w = node.attrs["weight"]  # (C_out, C_in, kh, kw) -> (C_in*kh*kw, C_out)
+        self.packed = np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype)
+
+    def run(self, v: Views, scratch: np.ndarray | None) -> None:
+        CL.dense_to_channels_last(v[self.inp][0], self.packed, self.kh, self.kw, self.bias,
+                                  self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.act,
+                                  v[self.out][0])
 
 
 class ToChannelsLast(Step):

@@ -40,7 +40,8 @@ from numba.extending import intrinsic
 
 __all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "gemm_indirect",
            "gemm_indirect_left_add", "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add",
-           "gemm_tiled_cols", "taps_vector", "transpose_vectors", "vector_bytes"]
+           "gemm_tiled_cols", "taps_broadcast", "taps_broadcast_narrow", "taps_vector",
+           "transpose_vectors", "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -458,13 +459,18 @@ def transpose_vectors(typingctx: Any, src: Any, base: Any, stride: Any, dst: Any
 TAP_VECTORS = 4
 
 
-def _emit_taps_vector(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-    """:data:`TAP_VECTORS` vectors of channels of one output pixel of a channels-last depthwise convolution:
+def _emit_taps_vector(context: Any, builder: Any, signature: Any, args: Any,
+                      vectors: int = TAP_VECTORS, broadcast: bool = False) -> Any:
+    """``vectors`` vectors of channels of one output pixel of a channels-last depthwise convolution:
     ``acc = bias[k:]``, then for each of ``n`` taps ``acc += xf[at + offs[t] + k:] *
     tf[tap[t]*c + k:]`` (fused multiply-adds, ``acc`` in a register), then the residual
     ``rf[out_at + k:]`` when ``has_res``, ReLU (``act`` 1) or ReLU6 (2) as compares and selects
     (NaN stays NaN, as in torch), and one store to ``of[out_at + k:]``; the loads and stores
-    are masked to the first ``count`` channels (none past them is touched)."""
+    are masked to the first ``count`` channels (none past them is touched).
+
+    ``broadcast``: ``x`` holds one value per tap (``xf[at + offs[t]]``, the same for every
+    channel: a dense convolution of few input channels read from an NCHW input), splat across
+    the vector."""
     xt = signature.args[0]
     xa, oa, ta, wa, ba, ra, fa = (context.make_array(t)(context, builder, a) for t, a in (
         (signature.args[0], args[0]), (signature.args[2], args[2]), (signature.args[3], args[3]),
@@ -495,7 +501,7 @@ def _emit_taps_vector(context: Any, builder: Any, signature: Any, args: Any) -> 
         builder.insert_element(ir.Constant(ivec, None), count, ir.Constant(i32, 0)),
         ir.Constant(ivec, None), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
     masks = [builder.icmp_signed("<", builder.add(lane_ids, ir.Constant(ivec, [h * lanes] * lanes)),
-                                 splat_count) for h in range(TAP_VECTORS)]
+                                 splat_count) for h in range(vectors)]
 
     def ptr(arr: Any, index: Any, h: int) -> Any:
         return builder.bitcast(builder.gep(arr.data, [builder.add(index, ir.Constant(
@@ -504,16 +510,23 @@ def _emit_taps_vector(context: Any, builder: Any, signature: Any, args: Any) -> 
     def load(p: Any, h: int) -> Any:
         return builder.call(mload, [p, align, masks[h], zero_vec])
 
-    accs = [cgutils.alloca_once(builder, vec) for _ in range(TAP_VECTORS)]
+    accs = [cgutils.alloca_once(builder, vec) for _ in range(vectors)]
     for h, acc in enumerate(accs):
         builder.store(load(ptr(ba, k, h), h), acc)
     with cgutils.for_range(builder, n) as loop:
         t = loop.index
-        x_at = builder.add(builder.add(at, builder.load(builder.gep(fa.data, [t]))), k)
+        x_at = builder.add(at, builder.load(builder.gep(fa.data, [t])))
         w_at = builder.add(builder.mul(builder.load(builder.gep(ta.data, [t])), c), k)
+        if broadcast:
+            one = builder.load(builder.gep(xa.data, [x_at]))
+            splat = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(vec, None), one, ir.Constant(i32, 0)),
+                ir.Constant(vec, None), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+        x_at = builder.add(x_at, k)
         for h, acc in enumerate(accs):
-            builder.store(builder.call(fma, [load(ptr(xa, x_at, h), h), load(ptr(wa, w_at, h), h),
-                                             builder.load(acc)]), acc)
+            xv = splat if broadcast else load(ptr(xa, x_at, h), h)
+            builder.store(builder.call(fma, [xv, load(ptr(wa, w_at, h), h), builder.load(acc)]),
+                          acc)
     o_at = builder.add(out_at, k)
     with builder.if_then(has_res):
         for h, acc in enumerate(accs):
@@ -529,22 +542,39 @@ def _emit_taps_vector(context: Any, builder: Any, signature: Any, args: Any) -> 
     return context.get_dummy_value()
 
 
-@intrinsic
-def taps_vector(typingctx: Any, xf: Any, at: Any, of: Any, tap: Any, n: Any, tf: Any, c: Any,
-                bias: Any, rf: Any, k: Any, has_res: Any, act: Any, offs: Any, out_at: Any,
-                count: Any) -> Any:
-    """``of[out_at + k + l] = act(bias[k + l] + sum over t < n of xf[at + offs[t] + k + l] *
-    tf[tap[t]*c + k + l] (+ rf[out_at + k + l]))`` for ``l < min(count, TAP_VECTORS * lanes)``:
-    a channels-last depthwise convolution's pixel, its taps listed in
-    ``offs``/``tap`` (int64), the sum in a register (:func:`_emit_taps_vector`). 1-D
-    C-contiguous float arrays of one dtype; ``act`` 1 ReLU, 2 ReLU6, else none."""
-    floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                 and a.dtype == xf.dtype and a.dtype in (types.float32, types.float64)
-                 for a in (xf, of, tf, bias, rf))
-    ints = all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.int64
-               for a in (tap, offs))
-    if not (floats and ints and isinstance(has_res, types.Boolean)):
-        return None
-    i = types.intp
-    return (types.void(xf, i, of, tap, i, tf, i, bias, rf, i, has_res, i, offs, i, i),
-            _emit_taps_vector)
+def _make_taps(vectors: int, broadcast: bool) -> Any:
+    """The intrinsic of :func:`_emit_taps_vector` for ``vectors`` vectors (splatting ``x``
+    when ``broadcast``)."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return _emit_taps_vector(context, builder, signature, args, vectors, broadcast)
+
+    def typer(typingctx: Any, xf: Any, at: Any, of: Any, tap: Any, n: Any, tf: Any, c: Any,
+              bias: Any, rf: Any, k: Any, has_res: Any, act: Any, offs: Any, out_at: Any,
+              count: Any) -> Any:
+        floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                     and a.dtype == xf.dtype and a.dtype in (types.float32, types.float64)
+                     for a in (xf, of, tf, bias, rf))
+        ints = all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.int64
+                   for a in (tap, offs))
+        if not (floats and ints and isinstance(has_res, types.Boolean)):
+            return None
+        i = types.intp
+        return (types.void(xf, i, of, tap, i, tf, i, bias, rf, i, has_res, i, offs, i, i),
+                codegen)
+
+    typer.__name__ = f"taps_{'broadcast' if broadcast else 'vector'}_{vectors}"
+    return intrinsic(typer)
+
+
+#: ``taps_vector(xf, at, of, tap, n, tf, c, bias, rf, k, has_res, act, offs, out_at, count)``:
+#: ``of[out_at + k + l] = act(bias[k + l] + sum over t < n of xf[at + offs[t] + k + l] *
+#: tf[tap[t]*c + k + l] (+ rf[out_at + k + l]))`` for ``l < min(count, TAP_VECTORS * lanes)``:
+#: a channels-last depthwise convolution's pixel, its taps listed in ``offs``/``tap`` (int64),
+#: the sums in registers (:func:`_emit_taps_vector`). 1-D C-contiguous float arrays of one
+#: dtype; ``act`` 1 ReLU, 2 ReLU6, else none.
+taps_vector = _make_taps(TAP_VECTORS, False)
+#: :data:`taps_vector` with ``xf[at + offs[t]]`` splat across the channels (a dense
+#: convolution of few input channels, its input NCHW, its output channels-last).
+taps_broadcast = _make_taps(TAP_VECTORS, True)
+#: :data:`taps_broadcast` on two vectors: a stem's 32 output channels.
+taps_broadcast_narrow = _make_taps(2, True)

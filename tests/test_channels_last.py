@@ -50,6 +50,27 @@ def test_depthwise_matches_torch(seed: int) -> None:
     assert_close(out, _nhwc(want), f"depthwise seed {seed}")
 
 
+@pytest.mark.parametrize(("k", "stride"), [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("c", [16, 40, 130])
+def test_depthwise_row_kernels_match_torch(k: int, stride: int, c: int) -> None:
+    """The row kernels (3x3 and 5x5, stride 1 or 2): runs of every length mod 4 (widths 9-12),
+    border pixels around them, row dilation, channels off the vector width, a residual."""
+    rng = np.random.default_rng(k * 100 + stride * 10 + c)
+    for width, dh, act, has_res in ((9, 1, 2, False), (10, 2, 0, True), (11, 1, 1, True),
+                                    (12, 1, 5, False)):
+        x = torch.from_numpy(rng.standard_normal((2, c, 9, width)).astype(np.float32))
+        weight = torch.from_numpy(rng.standard_normal((c, 1, k, k)).astype(np.float32))
+        bias = rng.standard_normal(c).astype(np.float32)
+        pad = k // 2
+        want = tf.conv2d(x, weight, torch.from_numpy(bias), stride, (pad * dh, pad), (dh, 1), c)
+        residual = torch.from_numpy(rng.standard_normal(tuple(want.shape)).astype(np.float32))
+        want = TORCH_ACT[act](want + residual if has_res else want)
+        out = np.empty(_nhwc(want).shape, np.float32)
+        CL.depthwise(_nhwc(x), np.ascontiguousarray(weight[:, 0].permute(1, 2, 0).numpy()), bias,
+                     stride, stride, dh, 1, pad * dh, pad, _nhwc(residual), has_res, act, c, out)
+        assert_close(out, _nhwc(want), f"row kernel {k}x{k} s{stride} c{c} w{width}")
+
+
 def test_depthwise_keeps_torch_non_finite_pattern() -> None:
     """inf and NaN in the input reach exactly the outputs whose windows hold them."""
     rng = np.random.default_rng(1)

@@ -27,7 +27,13 @@ from convlayers.kernels.simd import (
     gemm_tiled_cols,
     taps_broadcast,
     taps_broadcast_narrow,
+    taps_row_3x3_s1,
+    taps_row_3x3_s2,
+    taps_row_5x5_s1,
+    taps_row_5x5_s2,
     taps_vector,
+    taps_vector_one,
+    taps_vector_two,
 )
 
 __all__ = ["dense_to_channels_last", "depthwise", "global_avg_pool", "pointwise", "pointwise_units",
@@ -94,17 +100,21 @@ def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out)
     ``taps (kh, kw, C)``, ``out, res (N, Ho, Wo, C)``; zero padding ``pt`` rows above and ``pl``
     columns left (the rest implied by the shapes). Units: one output row by ``cb`` channels.
 
-    Each output pixel lists its taps inside the map (offsets from the image's start; a pixel
-    whose window lies inside the map reuses one list made per call), then each vector of its
-    channels sums those taps in a register and is finished and stored once
-    (:func:`convlayers.kernels.simd.taps_vector`). Loops written in numba instead kept the
-    sum in memory or ran short channel counts in scalar code (4-8 GMAC/s)."""
+    3x3 and 5x5 kernels of stride 1 or 2 (column dilation 1) run the pixels whose windows lie
+    inside the map as one run per row and vector of channels: the tap vectors stay in
+    registers, four pixels sum at a time and load the input columns they share once
+    (``simd.taps_row_*``). Every other pixel lists its taps inside the map (offsets from the
+    image's start), then each vector of its channels sums those taps in a register and is
+    finished and stored once (:data:`convlayers.kernels.simd.taps_vector`). Loops written in
+    numba instead kept the sum in memory or ran short channel counts in scalar code (4-8
+    GMAC/s)."""
     n_img, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
     kh, kw = taps.shape[0], taps.shape[1]
     nt = kh * kw
     xf, tf, of, rf = x.reshape(x.size), taps.reshape(taps.size), out.reshape(out.size), res.reshape(res.size)
-    lanes = TAP_VECTORS * VECTOR_BYTES // x.itemsize
+    one = VECTOR_BYTES // x.itemsize
+    lanes = TAP_VECTORS * one
     nb = (c + cb - 1) // cb
     inner_offs = np.empty(nt, np.int64)
     inner_taps = np.arange(nt).astype(np.int64)
@@ -112,6 +122,10 @@ def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out)
         for j in range(kw):
             inner_offs[i * kw + j] = (i * dh * w + j * dw) * c
     lo, hi = _inside_columns(w, wo, kw, sw, dw, pl)
+    row = dh * w * c
+    row_kernel = 0  # which of simd's row kernels serves the inside pixels, if any
+    if dw == 1 and kh == kw and (kh == 3 or kh == 5) and (sw == 1 or sw == 2):
+        row_kernel = (1 if kh == 3 else 3) + (sw - 1)
     for unit in prange(n_img * ho * nb):
         r, blk = unit // nb, unit % nb
         n, oy = r // ho, r % ho
@@ -138,17 +152,47 @@ def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out)
                             tap[ox, m] = i * kw + j
                             m += 1
             counts[ox] = m
-        # a block of channels across the whole row, then the next: the block's input rows stay
-        # in L1 while every pixel of the row reads them
+        # the run of pixels whose windows are inside: a vector of channels along the whole run
+        # at a time (the tap vectors in registers, shared input columns loaded once)
+        run = rows_inside and row_kernel > 0 and hi > lo
+        if run:
+            at0 = ((n * h + y0) * w + lo * sw - pl) * c
+            o0 = ((n * ho + oy) * wo + lo) * c
+            for k in range(c0, c1, one):
+                if row_kernel == 1:
+                    taps_row_3x3_s1(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0,
+                                    hi - lo, c1 - k)
+                elif row_kernel == 2:
+                    taps_row_3x3_s2(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0,
+                                    hi - lo, c1 - k)
+                elif row_kernel == 3:
+                    taps_row_5x5_s1(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0,
+                                    hi - lo, c1 - k)
+                else:
+                    taps_row_5x5_s2(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0,
+                                    hi - lo, c1 - k)
+        # the other pixels: each its list of taps, a block of channels along the row at a time
+        # (the block's input rows stay in L1 while every pixel of the row reads them)
         for k in range(c0, c1, lanes):
+            vectors = min(TAP_VECTORS, (c1 - k + one - 1) // one)
             for ox in range(wo):
+                if run and lo <= ox < hi:
+                    continue
                 out_at = ((n * ho + oy) * wo + ox) * c
                 if rows_inside and lo <= ox < hi:
-                    taps_vector(xf, ((n * h + y0) * w + ox * sw - pl) * c, of, inner_taps, nt, tf,
-                                c, bias, rf, k, has_res, act, inner_offs, out_at, c1 - k)
+                    at, m, o_list, t_list = (((n * h + y0) * w + ox * sw - pl) * c, nt, inner_offs,
+                                             inner_taps)
                 else:
-                    taps_vector(xf, n * h * w * c, of, tap[ox], counts[ox], tf, c, bias, rf, k,
-                                has_res, act, offs[ox], out_at, c1 - k)
+                    at, m, o_list, t_list = n * h * w * c, counts[ox], offs[ox], tap[ox]
+                if vectors > 2:
+                    taps_vector(xf, at, of, t_list, m, tf, c, bias, rf, k, has_res, act, o_list,
+                                out_at, c1 - k)
+                elif vectors == 2:
+                    taps_vector_two(xf, at, of, t_list, m, tf, c, bias, rf, k, has_res, act,
+                                    o_list, out_at, c1 - k)
+                else:
+                    taps_vector_one(xf, at, of, t_list, m, tf, c, bias, rf, k, has_res, act,
+                                    o_list, out_at, c1 - k)
         if act > 2:
             for ox in range(wo):
                 out_at = ((n * ho + oy) * wo + ox) * c

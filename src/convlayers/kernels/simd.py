@@ -40,8 +40,9 @@ from numba.extending import intrinsic
 
 __all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "gemm_indirect",
            "gemm_indirect_left_add", "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add",
-           "gemm_tiled_cols", "taps_broadcast", "taps_broadcast_narrow", "taps_vector",
-           "transpose_vectors", "vector_bytes"]
+           "gemm_tiled_cols", "taps_broadcast", "taps_broadcast_narrow", "taps_row_3x3_s1",
+           "taps_row_3x3_s2", "taps_row_5x5_s1", "taps_row_5x5_s2", "taps_vector",
+           "taps_vector_one", "taps_vector_two", "transpose_vectors", "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -578,3 +579,120 @@ taps_vector = _make_taps(TAP_VECTORS, False)
 taps_broadcast = _make_taps(TAP_VECTORS, True)
 #: :data:`taps_broadcast` on two vectors: a stem's 32 output channels.
 taps_broadcast_narrow = _make_taps(2, True)
+#: :data:`taps_vector` on two vectors and on one: the last channels of a pixel (32 channels, or
+#: the 16 past 128 of 144), which four vectors would half or three-quarters waste.
+taps_vector_two, taps_vector_one = _make_taps(2, False), _make_taps(1, False)
+
+
+#: Output pixels one step of :func:`taps_row` computes together (independent accumulators, and
+#: the input columns their windows share loaded once).
+ROW_PIXELS = 4
+
+
+def _emit_taps_row(context: Any, builder: Any, signature: Any, args: Any, kh: int, kw: int,
+                   sw: int, dw: int) -> Any:
+    """A run of ``npix`` output pixels of one row of a channels-last depthwise convolution
+    whose windows lie inside the map, for one vector of channels (``count`` lanes): the
+    ``kh*kw`` tap vectors loaded once, then :data:`ROW_PIXELS` pixels at a time, each input
+    column their windows share (stride ``sw``, dilation ``dw``, fixed here) loaded once,
+    then bias, residual, ReLU/ReLU6 and a masked store, as :func:`_emit_taps_vector`."""
+    xt = signature.args[0]
+    xa, wa, ba, ra, oa = (context.make_array(signature.args[i])(context, builder, args[i])
+                          for i in (0, 3, 5, 6, 10))
+    at, row, c, k, has_res, act, out_at, npix, count = (args[1], args[2], args[4], args[7],
+                                                        args[8], args[9], args[11], args[12],
+                                                        args[13])
+    itemsize = context.get_abi_sizeof(context.get_value_type(xt.dtype))
+    lanes = VECTOR_BYTES // itemsize
+    vec = ir.VectorType(context.get_value_type(xt.dtype), lanes)
+    vptr = vec.as_pointer()
+    intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
+    name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                         f"llvm.fma.{name}")
+    mask_t = ir.VectorType(ir.IntType(1), lanes)
+    mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        vec, [vptr, i32, mask_t, vec]), f"llvm.masked.load.{name}.p0")
+    mstore = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ir.VoidType(), [vec, vptr, i32, mask_t]), f"llvm.masked.store.{name}.p0")
+    align = ir.Constant(i32, itemsize)
+    zero_vec = ir.Constant(vec, [0.0] * lanes)
+    six_vec = ir.Constant(vec, [6.0] * lanes)
+    ivec = ir.VectorType(intp, lanes)
+    splat_count = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ivec, None), count, ir.Constant(i32, 0)),
+        ir.Constant(ivec, None), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+    mask = builder.icmp_signed("<", ir.Constant(ivec, list(range(lanes))), splat_count)
+
+    def const(v: int) -> Any:
+        return ir.Constant(intp, v)
+
+    def load(arr: Any, index: Any) -> Any:
+        return builder.call(mload, [builder.bitcast(builder.gep(arr.data, [index]), vptr), align,
+                                    mask, zero_vec])
+
+    taps = [load(wa, builder.add(builder.mul(const(t), c), k)) for t in range(kh * kw)]
+    bias = load(ba, k)
+    one, two = const(1), const(2)
+    is_relu, is_relu6 = builder.icmp_signed("==", act, one), builder.icmp_signed("==", act, two)
+
+    def pixels(first: Any, q_count: int) -> None:
+        """``q_count`` pixels from pixel index ``first`` of the run."""
+        x0 = builder.add(builder.add(at, k), builder.mul(builder.mul(first, const(sw)), c))
+        accs = [bias] * q_count
+        for i in range(kh):
+            base = builder.add(x0, builder.mul(row, const(i)))
+            columns: dict[int, Any] = {}
+            for q in range(q_count):
+                for j in range(kw):
+                    m = q * sw + j * dw  # the input column, in pixels from the run's first
+                    if m not in columns:
+                        columns[m] = load(xa, builder.add(base, builder.mul(c, const(m))))
+                    accs[q] = builder.call(fma, [columns[m], taps[i * kw + j], accs[q]])
+        o0 = builder.add(builder.add(out_at, k), builder.mul(first, c))
+        for q in range(q_count):
+            o_at = builder.add(o0, builder.mul(c, const(q)))
+            value = accs[q]
+            with_res = builder.fadd(value, load(ra, o_at))
+            value = builder.select(has_res, with_res, value)
+            relu = builder.select(builder.fcmp_ordered("<", value, zero_vec), zero_vec, value)
+            relu6 = builder.select(builder.fcmp_ordered(">", relu, six_vec), six_vec, relu)
+            value = builder.select(is_relu, relu, builder.select(is_relu6, relu6, value))
+            builder.call(mstore, [value, builder.bitcast(builder.gep(oa.data, [o_at]), vptr),
+                                  align, mask])
+
+    groups = builder.sdiv(npix, const(ROW_PIXELS))
+    with cgutils.for_range(builder, groups) as loop:
+        pixels(builder.mul(loop.index, const(ROW_PIXELS)), ROW_PIXELS)
+    rest = builder.sub(npix, builder.mul(groups, const(ROW_PIXELS)))
+    with cgutils.for_range(builder, rest) as loop:
+        pixels(builder.add(builder.mul(groups, const(ROW_PIXELS)), loop.index), 1)
+    return context.get_dummy_value()
+
+
+def _make_taps_row(kh: int, kw: int, sw: int, dw: int) -> Any:
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return _emit_taps_row(context, builder, signature, args, kh, kw, sw, dw)
+
+    def typer(typingctx: Any, xf: Any, at: Any, row: Any, tf: Any, c: Any, bias: Any, rf: Any,
+              k: Any, has_res: Any, act: Any, of: Any, out_at: Any, npix: Any,
+              count: Any) -> Any:
+        floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                     and a.dtype == xf.dtype and a.dtype in (types.float32, types.float64)
+                     for a in (xf, tf, bias, rf, of))
+        if not (floats and isinstance(has_res, types.Boolean)):
+            return None
+        i = types.intp
+        return types.void(xf, i, i, tf, i, bias, rf, i, has_res, i, of, i, i, i), codegen
+
+    typer.__name__ = f"taps_row_{kh}x{kw}_s{sw}_d{dw}"
+    return intrinsic(typer)
+
+
+#: ``taps_row_KxK_sS(xf, at, row, tf, c, bias, rf, k, has_res, act, of, out_at, npix, count)``:
+#: ``npix`` output pixels of a channels-last depthwise row, all windows inside the map, the
+#: first's window at ``xf[at]`` (``row``: elements between its rows), output pixel ``q`` at
+#: ``of[out_at + q*c]``, channels ``k .. k + min(count, lanes)`` (:func:`_emit_taps_row`),
+#: dilation 1. The kernels and strides of MobileNetV2 and EfficientNet-Lite0.
+taps_row_3x3_s1, taps_row_3x3_s2 = _make_taps_row(3, 3, 1, 1), _make_taps_row(3, 3, 2, 1)
+taps_row_5x5_s1, taps_row_5x5_s2 = _make_taps_row(5, 5, 1, 1), _make_taps_row(5, 5, 2, 1)

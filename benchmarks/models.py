@@ -198,18 +198,23 @@ def _onnx_runners(twin: torch.nn.Module, x: np.ndarray, folder: str, threads: in
 
 
 def _time_round_robin(runners: dict[str, Callable[[], Any]], repeats: int,
-                      timer: Callable[[], float], block: int = 3) -> dict[str, float]:
+                      timer: Callable[[], float], block: int = 3,
+                      settle_s: float = 0.2) -> dict[str, float]:
     """Median milliseconds of each runner, taking turns so drifts in load hit all alike.
 
-    Each turn is one untimed call, then ``block`` timed ones. After a call returns, ONNX
-    Runtime's and OpenVINO's worker threads keep spinning for a while, waiting for more work:
-    alternating single calls timed every engine while the previous one's threads still held
-    the cores (convlayers' MobileNetV2 at batch 1 read 21.6 ms after ONNX Runtime, 12.5 ms
-    after itself). The untimed call lets them settle, as they would in a service that runs
-    one engine."""
+    Each turn waits ``settle_s``, makes one untimed call, then ``block`` timed ones. After a
+    call returns, ONNX Runtime's and OpenVINO's worker threads keep spinning, waiting for more
+    work, for tens of milliseconds: turns of single calls timed every engine while the
+    previous one's threads still held the cores (the compiled MobileNetV2 at batch 1 read
+    21.7 ms right after ONNX Runtime, 9.2 ms when torch ran between them). The wait lets every
+    engine's threads go idle, as in a service that runs one engine; the untimed call wakes the
+    next engine's own."""
+    import time
+
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeats):
         for key, fn in runners.items():
+            time.sleep(settle_s)
             fn()
             for _ in range(block):
                 start = timer()

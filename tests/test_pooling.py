@@ -341,9 +341,10 @@ def test_avg_pool_scratch_stays_under_the_cap() -> None:
 @given(case=pool_cases(dims=(2,)), seed=st.integers(0, 2**16))
 def test_both_orders_of_the_max_index_kernel_match_torch(order: str, case: PoolCase, seed: int) -> None:
     """The compiled max-with-index kernel has two loop orders (chosen by the column stride) and
-    unrolled kernels for 2x2 windows side by side and for 3x3 stride 2; each one alone gives
-    torch's values and indices on every 2-D case it serves (the unrolled ones pool the case's
-    planes 2x2, or 3x3 with its padding up to 1 and ceil mode), ties and NaN included."""
+    unrolled kernels for 2x2 windows side by side and for 3x3 stride 2 (and one by rows for
+    3x3 stride 2 without indices); each one alone gives torch's values and indices on every
+    2-D case it serves (the unrolled ones pool the case's planes 2x2, or 3x3 with its padding
+    up to 1 and ceil mode), ties and NaN included."""
     from convlayers.kernels import pooling
 
     x = _input(replace(case, shape=(max(1, case.shape[0]), *case.shape[1:]), unbatched=False), seed)
@@ -373,6 +374,10 @@ def test_both_orders_of_the_max_index_kernel_match_torch(order: str, case: PoolC
         no_index = np.empty_like(out)
         pooling._max_3x3_stride_2(planes, *pad, no_index, np.empty((0, 0, 0), np.int64))
         np.testing.assert_array_equal(no_index, out)
+        by_rows = np.empty_like(out)  # the two-pass kernel of max_pool2d without indices
+        pooling._max_3x3_stride_2_rows(planes, *pad, by_rows)
+        np.testing.assert_array_equal(by_rows, out)
+        np.testing.assert_array_equal(np.signbit(by_rows), np.signbit(out))  # zeros' signs
     else:
         getattr(pooling, order)(planes, *case.kernel, *stride, *case.padding, *case.dilation, out, idx)
     assert_close(out.reshape(t_out.shape), t_out, "max values")

@@ -50,12 +50,12 @@ def _pairs(kh, kw, sh, sw, ph, pw, dh, dw, H, W, out):
 
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
     """Max over each window into ``out`` ``(P, Ho, Wo)``; NaN propagates (the last NaN is the
-    output). 2x2 windows side by side run unrolled (:func:`_max_pairs`), the others
-    :func:`_max_by_window`."""
+    output). 2x2 windows side by side run unrolled (:func:`_max_pairs`), 3x3 stride-2 ones
+    row by row (:func:`_max_3x3_stride_2_rows`), the others :func:`_max_by_window`."""
     if _pairs(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[1], x.shape[2], out):
         _max_pairs(x, out, np.empty((0, 0, 0), dtype=np.int64))
     elif (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
-        _max_3x3_stride_2(x, ph, pw, out, np.empty((0, 0, 0), dtype=np.int64))
+        _max_3x3_stride_2_rows(x, ph, pw, out)
     else:
         _max_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
 
@@ -168,6 +168,60 @@ def _max_3x3_stride_2(x, ph, pw, out, idx):
                 orow[ow] = top
                 if with_index:
                     idx[p, oh, ow] = r0 * W + best
+
+
+@njit(cache=True, inline="always")
+def _top(v, top):
+    """PyTorch's max-pool step on values alone: ``v`` when larger than ``top`` or NaN."""
+    return v if (v > top) | (v != v) else top
+
+
+@njit(parallel=True, cache=True)
+def _max_3x3_stride_2_rows(x, ph, pw, out):
+    """3x3 stride-2 max pooling without indices (ResNet's stem pool), in two passes per plane:
+    each input row's maximum over every window's three columns (the maximum of every run of
+    three columns, contiguous loads that vectorise, then every other one of them), then each
+    output row's maximum of its three input rows' (contiguous rows: whole vectors). Rows shared
+    by two windows are reduced once. Taps are taken in PyTorch's order and rule, row by row
+    (larger or NaN replaces), so ties and signed zeros come out as PyTorch's: the first
+    maximum in row-major order. ResNet-18's pool at batch 1 (64 planes of 112x112) took 2.1 ms
+    as nine selects per window with the index logic of :func:`_max_3x3_stride_2`."""
+    P, H, W = x.shape
+    Ho, Wo = out.shape[1], out.shape[2]
+    rfirst, rcount = _taps(Ho, H, 3, 2, ph, 1)
+    cfirst, ccount = _taps(Wo, W, 3, 2, pw, 1)
+    lo, hi = _interior(Wo, W, 3, 2, pw, 1)
+    for p in prange(P):
+        plane = x[p]
+        rows = np.empty((H, Wo), x.dtype)
+        run = np.empty(max(W - 2, 1), x.dtype)
+        for r in range(H):
+            a = plane[r]
+            h = rows[r]
+            for i in range(W - 2):  # every column's run of three: contiguous, vectorises
+                run[i] = _top(a[i + 2], _top(a[i + 1], a[i]))
+            for ow in range(lo, hi):
+                h[ow] = run[2 * ow - pw]
+            for ow in range(Wo):
+                if lo <= ow < hi:
+                    continue
+                top = -np.inf
+                for j in range(ccount[ow]):
+                    top = _top(a[cfirst[ow] + j], top)
+                h[ow] = top
+        for oh in range(Ho):
+            r0, nr = rfirst[oh], rcount[oh]
+            o = out[p, oh]
+            if nr == 3:
+                h0, h1, h2 = rows[r0], rows[r0 + 1], rows[r0 + 2]
+                for ow in range(Wo):
+                    o[ow] = _top(h2[ow], _top(h1[ow], h0[ow]))
+            else:
+                for ow in range(Wo):
+                    top = -np.inf
+                    for i in range(nr):
+                        top = _top(rows[r0 + i, ow], top)
+                    o[ow] = top
 
 
 @njit(parallel=True, cache=True)

@@ -5,7 +5,7 @@ its product reads them:
 
 * ``depthwise``: taps ``(C, kh, kw)``; a numba direct kernel with the epilogue inside;
 * ``pointwise``: ``W (C_out, C_in)``, one GEMM ``W @ X[n]`` per image on the NCHW planes
-  (no copy; stride > 1 subsamples into scratch first), then the fused epilogue;
+  (no copy; stride > 1 subsamples into scratch first), the epilogue in each unit;
 * ``im2col``: ``W (groups, C_out/g, C_in/g*kh*kw)``; each image is unfolded into scratch
   ``(C_in*kh*kw, Ho*Wo)`` and multiplied per group, then the fused epilogue;
 * ``implicit``: where the eager planner takes the implicit GEMM or lowers a dense (ungrouped)
@@ -124,25 +124,17 @@ class Depthwise(_Conv):
         K.epilogue(v[self.out][1], self.bias, res, has, self.act)
 
 
-def _engine_pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
-    from convlayers.functional._engine_pointwise import _pointwise
-
-    _pointwise(xs, taps, bias, out)
-
-
 class Pointwise(_Conv):
-    ENGINE = "the eager engine's 1x1 kernel on NCHW planes, then the numba epilogue"
-    OURS = "register-tiled GEMM on NCHW planes with the epilogue inside (channel x column units)"
-    strategy = "pointwise: " + ENGINE
+    strategy = ("pointwise: register-tiled GEMM W @ X on NCHW planes with bias, residual and "
+                "activation in each unit (the eager 1x1 kernel's units)")
 
     def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
         super().__init__(node, g, dtype)
         self.taps = np.ascontiguousarray(node.attrs["weight"][None, :, :, 0, 0], dtype)
-        self.zero = np.zeros(self.c_out, dtype)
-        self.engine = True
         self.strided = (self.sh, self.sw) != (1, 1)
         if self.strided:
             self.strategy = "subsample to scratch, then " + self.strategy
+        self._units: dict[tuple[int, int], tuple[int, int]] = {}
 
     def scratch_elements(self, n: int) -> int:
         return n * self.c_in * self.ho * self.wo if self.strided else 0
@@ -158,19 +150,18 @@ class Pointwise(_Conv):
         out = v[self.out][1]
         length = self.ho * self.wo
         res, has = self._res(v, True)
-        xs, out4 = x.reshape(n, 1, self.c_in, length), out.reshape(n, 1, self.c_out, length)
-        if self.engine:
-            try:  # the eager engine's 1x1 kernel (measured 1.2-4x faster than gemm_epilogue)
-                _engine_pointwise(xs, self.taps, self.bias, out4)
-            except (TypeError, ImportError, AttributeError):  # it changed: ours from now on
-                self.engine = False
-                self.strategy = self.strategy.replace(self.ENGINE, self.OURS)
-            else:
-                if has or self.act:
-                    K.epilogue(out, self.zero, res, has, self.act)
-                return
-        b, r = gemm.units(self.c_out, length, self.c_in, n, numba.get_num_threads())
-        gemm.gemm_epilogue(xs, self.taps, self.bias, res, has, self.act, b, r, out4)
+        key = (n, numba.get_num_threads())
+        if key not in self._units:
+            # the eager 1x1 kernel's units (blocks of columns whose operand fits the L2 cache,
+            # rows split when there are few): with the epilogue in each unit they took 0.80-0.86x
+            # the time of that kernel followed by a pass of the epilogue (ResNet-50's 1x1 layers)
+            from convlayers.functional._engine_pointwise import _pointwise_block, _pointwise_rows
+
+            block = _pointwise_block(self.c_in, length, x.itemsize)
+            self._units[key] = block, _pointwise_rows(self.c_out, n * -(-length // block))
+        block, rows = self._units[key]
+        gemm.gemm_epilogue(x.reshape(n, 1, self.c_in, length), self.taps, self.bias, res, has,
+                           self.act, block, rows, out.reshape(n, 1, self.c_out, length))
 
 
 class Im2col(_Conv):

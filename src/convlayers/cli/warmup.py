@@ -4,9 +4,10 @@ Every compiled kernel compiles on its first call per dtype (tens of seconds for 
 and numba keeps the machine code on disk (``cache=True``), so later processes load it in
 milliseconds. This command makes those first calls on tiny inputs: every convolution strategy
 of :mod:`convlayers.functional.plan` forward and backward, the transposed convolution, pooling
-(max with indices, average, adaptive) and their backward, and the value check of large arrays,
-for the dtypes asked (float32 unless ``--dtype`` says otherwise: nobody pays for float64
-kernels they never call).
+(max with indices, average, adaptive) and their backward, the value check of large arrays, and
+the steps of compiled plans (MobileNetV2, EfficientNet-Lite0, ResNet-18 on 32x32 images: the
+channels-last kernels and the NCHW ones), for the dtypes asked (float32 unless ``--dtype`` says
+otherwise: nobody pays for float64 kernels they never call).
 """
 
 from __future__ import annotations
@@ -81,8 +82,17 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
             for op, grad in ((F.relu, F.relu_backward), (F.relu6, F.relu6_backward)):
                 grad(op(x), x)
 
+    def compiled_plans() -> None:  # convlayers.compile's kernels, both layouts
+        from convlayers import nn
+        from convlayers.inference import compile
+        from convlayers.nn.models import efficientnet_lite0
+
+        image = arr(1, 3, 32, 32)
+        for model in (nn.MobileNetV2(rng=0), efficientnet_lite0(rng=0), nn.resnet18(rng=0)):
+            compile(model.eval(), image)(image)
+
     out += [("pooling", pooling), ("adaptive pooling", adaptive), ("value check", value_check),
-            ("activations", activations)]
+            ("activations", activations), ("compiled plans", compiled_plans)]
     return out
 
 

@@ -1,4 +1,5 @@
-"""numba kernels of a plan's channels-last (NHWC) segments: each writes into a buffer it is given.
+"""numba kernels of a plan's channels-last (NHWC) segments: each writes into a buffer it is given
+(the depthwise and stem kernels make their small tap lists themselves, per output row).
 
 In NHWC a pixel's channels are one contiguous row, so
 

@@ -51,11 +51,13 @@ class Plan:
     Any batch size ``N >= 1`` works: the arena is planned per batch size on its first use and
     kept. Each call takes an arena from a pool (and makes one when all are busy, so calls
     from several threads run at once, each in its own arena); a steady-state call therefore
-    allocates only its output, with one exception: Winograd steps (3x3 stride-1 convolutions
+    allocates only its output, with two exceptions: Winograd steps (3x3 stride-1 convolutions
     where the engine's planner picks Winograd, as in ResNet) run the eager engine's fused
     kernel, which allocates its per-thread transform buffers on each call (6.6 MiB for
-    ResNet-18 at batch 1); ``explain()`` marks them. The model is not referenced after
-    compiling.
+    ResNet-18 at batch 1; ``explain()`` marks them), and the channels-last depthwise and stem
+    kernels and the 3x3 stride-2 max pool make small lists and rows inside numba (the taps
+    of a row's border pixels, a plane's row maxima: kilobytes per unit). The model is not
+    referenced after compiling.
     """
 
     def __init__(self, graph: Graph, example_shape: tuple[int, ...]) -> None:

@@ -54,18 +54,21 @@ def test_depthwise_matches_torch(seed: int) -> None:
 @pytest.mark.parametrize("c", [16, 40, 130])
 def test_depthwise_row_kernels_match_torch(k: int, stride: int, c: int) -> None:
     """The row kernels (3x3 and 5x5, stride 1 or 2): runs of every length mod 4 (widths 9-12),
-    border pixels around them, row dilation, channels off the vector width, a residual."""
+    border pixels around them, row dilation, channels off the vector width, a residual, float32
+    and float64."""
     rng = np.random.default_rng(k * 100 + stride * 10 + c)
-    for width, dh, act, has_res in ((9, 1, 2, False), (10, 2, 0, True), (11, 1, 1, True),
-                                    (12, 1, 5, False)):
-        x = torch.from_numpy(rng.standard_normal((2, c, 9, width)).astype(np.float32))
-        weight = torch.from_numpy(rng.standard_normal((c, 1, k, k)).astype(np.float32))
-        bias = rng.standard_normal(c).astype(np.float32)
+    for width, dh, act, has_res, dtype in ((9, 1, 2, False, np.float32),
+                                           (10, 2, 0, True, np.float32),
+                                           (11, 1, 1, True, np.float64),
+                                           (12, 1, 5, False, np.float32)):
+        x = torch.from_numpy(rng.standard_normal((2, c, 9, width)).astype(dtype))
+        weight = torch.from_numpy(rng.standard_normal((c, 1, k, k)).astype(dtype))
+        bias = rng.standard_normal(c).astype(dtype)
         pad = k // 2
         want = tf.conv2d(x, weight, torch.from_numpy(bias), stride, (pad * dh, pad), (dh, 1), c)
-        residual = torch.from_numpy(rng.standard_normal(tuple(want.shape)).astype(np.float32))
+        residual = torch.from_numpy(rng.standard_normal(tuple(want.shape)).astype(dtype))
         want = TORCH_ACT[act](want + residual if has_res else want)
-        out = np.empty(_nhwc(want).shape, np.float32)
+        out = np.empty(_nhwc(want).shape, dtype)
         CL.depthwise(_nhwc(x), np.ascontiguousarray(weight[:, 0].permute(1, 2, 0).numpy()), bias,
                      stride, stride, dh, 1, pad * dh, pad, _nhwc(residual), has_res, act, c, out)
         assert_close(out, _nhwc(want), f"row kernel {k}x{k} s{stride} c{c} w{width}")

@@ -22,19 +22,14 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.inference.kernels import _activate
+from convlayers.kernels._bounds import inside_range
 from convlayers.kernels.simd import (
     TAP_VECTORS,
     VECTOR_BYTES,
     gemm_tiled_cols,
     taps_broadcast,
-    taps_broadcast_narrow,
-    taps_row_3x3_s1,
-    taps_row_3x3_s2,
-    taps_row_5x5_s1,
-    taps_row_5x5_s2,
+    taps_row,
     taps_vector,
-    taps_vector_one,
-    taps_vector_two,
 )
 
 __all__ = ["dense_to_channels_last", "depthwise", "global_avg_pool", "pointwise", "pointwise_units",
@@ -84,17 +79,6 @@ def pointwise_units(pixels: int, channels: int, threads: int) -> tuple[int, int]
     return min(512, max(8, -(-rows // 8) * 8)), cols
 
 
-@njit(cache=True, inline="always")
-def _inside_columns(w, wo, kw, sw, dw, pl):
-    """``(lo, hi)``: the output columns whose windows lie wholly inside the map's ``w``
-    columns (``lo == hi`` when none does)."""
-    lo = min(wo, (pl + sw - 1) // sw)
-    last = w - 1 - (kw - 1) * dw + pl  # the largest ``ox * sw`` whose window ends inside
-    if last < 0:
-        return lo, lo
-    return lo, max(lo, min(wo, last // sw + 1))
-
-
 @njit(parallel=True, cache=True, fastmath=True)
 def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out):
     """``out = act(depthwise(x, taps) + bias (+ res))`` for ``x (N, H, W, C)``,
@@ -104,17 +88,17 @@ def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out)
     3x3 and 5x5 kernels of stride 1 or 2 (column dilation 1) run the pixels whose windows lie
     inside the map as one run per row and vector of channels: the tap vectors stay in
     registers, four pixels sum at a time and load the input columns they share once
-    (``simd.taps_row_*``). Every other pixel lists its taps inside the map (offsets from the
-    image's start), then each vector of its channels sums those taps in a register and is
-    finished and stored once (:data:`convlayers.kernels.simd.taps_vector`). Loops written in
-    numba instead kept the sum in memory or ran short channel counts in scalar code (4-8
-    GMAC/s)."""
+    (:data:`convlayers.kernels.simd.taps_row`). Every other pixel lists its taps inside the
+    map (offsets from the image's start), then each vector of its channels sums those taps in
+    a register and is finished and stored once (:data:`convlayers.kernels.simd.taps_vector`).
+    Loops written in numba instead kept the sum in memory or ran short channel counts in
+    scalar code (4-8 GMAC/s)."""
     n_img, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
     kh, kw = taps.shape[0], taps.shape[1]
     nt = kh * kw
     xf, tf, of, rf = x.reshape(x.size), taps.reshape(taps.size), out.reshape(out.size), res.reshape(res.size)
-    one = VECTOR_BYTES // x.itemsize
+    one = VECTOR_BYTES // x.itemsize  # elements of a vector
     lanes = TAP_VECTORS * one
     nb = (c + cb - 1) // cb
     inner_offs = np.empty(nt, np.int64)
@@ -122,11 +106,10 @@ def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out)
     for i in range(kh):
         for j in range(kw):
             inner_offs[i * kw + j] = (i * dh * w + j * dw) * c
-    lo, hi = _inside_columns(w, wo, kw, sw, dw, pl)
+    lo, hi = inside_range(wo, w, kw, sw, pl, dw)
     row = dh * w * c
-    row_kernel = 0  # which of simd's row kernels serves the inside pixels, if any
-    if dw == 1 and kh == kw and (kh == 3 or kh == 5) and (sw == 1 or sw == 2):
-        row_kernel = (1 if kh == 3 else 3) + (sw - 1)
+    # simd's row kernels serve the pixels whose windows are inside, for these kernels
+    rows_kernel = dw == 1 and kh == kw and (kh == 3 or kh == 5) and (sw == 1 or sw == 2)
     for unit in prange(n_img * ho * nb):
         r, blk = unit // nb, unit % nb
         n, oy = r // ho, r % ho
@@ -155,27 +138,16 @@ def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out)
             counts[ox] = m
         # the run of pixels whose windows are inside: a vector of channels along the whole run
         # at a time (the tap vectors in registers, shared input columns loaded once)
-        run = rows_inside and row_kernel > 0 and hi > lo
+        run = rows_inside and rows_kernel and hi > lo
         if run:
             at0 = ((n * h + y0) * w + lo * sw - pl) * c
             o0 = ((n * ho + oy) * wo + lo) * c
             for k in range(c0, c1, one):
-                if row_kernel == 1:
-                    taps_row_3x3_s1(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0,
-                                    hi - lo, c1 - k)
-                elif row_kernel == 2:
-                    taps_row_3x3_s2(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0,
-                                    hi - lo, c1 - k)
-                elif row_kernel == 3:
-                    taps_row_5x5_s1(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0,
-                                    hi - lo, c1 - k)
-                else:
-                    taps_row_5x5_s2(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0,
-                                    hi - lo, c1 - k)
+                taps_row(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0, hi - lo,
+                         c1 - k, kh, sw)
         # the other pixels: each its list of taps, a block of channels along the row at a time
         # (the block's input rows stay in L1 while every pixel of the row reads them)
         for k in range(c0, c1, lanes):
-            vectors = min(TAP_VECTORS, (c1 - k + one - 1) // one)
             for ox in range(wo):
                 if run and lo <= ox < hi:
                     continue
@@ -185,15 +157,8 @@ def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out)
                                              inner_taps)
                 else:
                     at, m, o_list, t_list = n * h * w * c, counts[ox], offs[ox], tap[ox]
-                if vectors > 2:
-                    taps_vector(xf, at, of, t_list, m, tf, c, bias, rf, k, has_res, act, o_list,
-                                out_at, c1 - k)
-                elif vectors == 2:
-                    taps_vector_two(xf, at, of, t_list, m, tf, c, bias, rf, k, has_res, act,
-                                    o_list, out_at, c1 - k)
-                else:
-                    taps_vector_one(xf, at, of, t_list, m, tf, c, bias, rf, k, has_res, act,
-                                    o_list, out_at, c1 - k)
+                taps_vector(xf, at, of, t_list, m, tf, c, bias, rf, k, has_res, act, o_list,
+                            out_at, c1 - k)
         if act > 2:
             for ox in range(wo):
                 out_at = ((n * ho + oy) * wo + ox) * c
@@ -221,7 +186,7 @@ def dense_to_channels_last(x, taps, kh, kw, bias, sh, sw, dh, dw, pt, pl, act, o
         for i in range(kh):
             for j in range(kw):
                 inner_offs[(ci * kh + i) * kw + j] = ci * h * w + i * dh * w + j * dw
-    lo, hi = _inside_columns(w, wo, kw, sw, dw, pl)
+    lo, hi = inside_range(wo, w, kw, sw, pl, dw)
     for r in prange(n_img * ho):
         n, oy = r // ho, r % ho
         y0 = oy * sh - pt
@@ -247,12 +212,8 @@ def dense_to_channels_last(x, taps, kh, kw, bias, sh, sw, dh, dw, pt, pl, act, o
                                 tap[m] = (ci * kh + i) * kw + j
                                 m += 1
             for k in range(0, c_out, wide):
-                if c_out - k <= 2 * lanes:
-                    taps_broadcast_narrow(xf, at, of, t_list, m, tf, c_out, bias, of, k, False,
-                                          act, o_list, out_at, c_out - k)
-                else:
-                    taps_broadcast(xf, at, of, t_list, m, tf, c_out, bias, of, k, False, act,
-                                   o_list, out_at, c_out - k)
+                taps_broadcast(xf, at, of, t_list, m, tf, c_out, bias, of, k, False, act,
+                               o_list, out_at, c_out - k)
             if act > 2:
                 _activate(of[out_at:out_at + c_out], act)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from numba import njit
 
-__all__ = ["copy_row", "slab_unit", "store_rows", "tap_cols", "unit_block", "unit_parts"]
+__all__ = ["copy_row", "inside_range", "slab_unit", "store_rows", "tap_cols", "unit_block",
+           "unit_parts"]
 
 
 @njit(cache=True, inline="always")
@@ -20,6 +21,16 @@ def tap_cols(off, step, size, n_out):
     last = size - 1 - off
     hi = 0 if last < 0 else min(n_out, last // step + 1)
     return lo, max(lo, hi)
+
+
+@njit(cache=True, inline="always")
+def inside_range(n_out, size, k, s, p, d):
+    """Range ``[lo, hi)`` of outputs whose taps ``o*s - p + j*d`` (``j < k``) all lie in
+    ``[0, size)`` (``lo == hi`` when none does): the windows with no tap in the padding."""
+    lo = min(n_out, (p + s - 1) // s)
+    hi = (size - 1 - (k - 1) * d + p) // s + 1
+    hi = max(lo, min(n_out, hi))
+    return lo, hi
 
 
 @njit(cache=True, inline="always")

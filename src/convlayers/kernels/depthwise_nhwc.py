@@ -144,6 +144,16 @@ def channels_last_shapes(threads, c, out_hw, kernel, stride, dilation):
     return (threads, hp, wp, LANES), (threads, ho, wo, LANES), -(-c // LANES) * LANES
 
 
+@njit(cache=True, inline="always")
+def _pixel_places(H, W, Wp, pt, pl):
+    """Each input pixel's element offset in a padded block (``Wp`` pixels a row, the map ``pt``
+    rows down and ``pl`` columns in, :data:`LANES` channels a pixel)."""
+    places = np.empty(H * W, dtype=np.int64)
+    for p in range(H * W):
+        places[p] = ((p // W + pt) * Wp + p % W + pl) * LANES
+    return places
+
+
 @njit(cache=True, fastmath=True, inline="always")
 def _planes_into_block(src, base, count, lanes, offs, dst):
     """Lanes ``0 .. lanes`` of a block, channels-last: position ``q`` of plane ``lane``
@@ -214,9 +224,7 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
     HW, P = H * W, Ho * Wo
     # every input pixel lands in the block (none cropped): copied through the transposes
     whole = H + pt <= Hp and W + pl <= Wp
-    pixel_offs = np.empty(HW, dtype=np.int64)  # input pixel -> its place in the block
-    for p in range(HW):
-        pixel_offs[p] = ((p // W + pt) * Wp + p % W + pl) * LANES
+    pixel_offs = _pixel_places(H, W, Wp, pt, pl)
     lane_offs = np.arange(LANES, dtype=np.int64) * P  # lane -> its output plane
     for unit in prange(N * nb):
         t = numba.get_thread_id()
@@ -272,9 +280,7 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
     rows, cols = min(H, max(0, Hp - pt)), min(W, max(0, Wp - pl))
     whole = H + pt <= Hp and W + pl <= Wp
     HW, P = H * W, Ho * Wo
-    pixel_offs = np.empty(HW, dtype=np.int64)  # input pixel -> its place in the padded block
-    for p in range(HW):
-        pixel_offs[p] = ((p // W + pt) * Wp + p % W + pl) * LANES
+    pixel_offs = _pixel_places(H, W, Wp, pt, pl)
     grad_offs = np.arange(P, dtype=np.int64) * LANES  # output pixel -> its place in the block
     lane_offs = np.arange(LANES, dtype=np.int64) * HW  # lane -> its input plane
     for unit in prange(N * nb):

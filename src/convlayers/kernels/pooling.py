@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from convlayers.kernels._bounds import inside_range
+
 __all__ = ["adaptive_avg2d", "adaptive_avg2d_backward", "adaptive_max2d", "avg_pool2d",
            "avg_pool2d_backward", "max_pool2d", "max_pool2d_indices", "scatter_add_planes"]
 
@@ -137,7 +139,7 @@ def _max_3x3_stride_2(x, ph, pw, out, idx):
     with_index = idx.shape[0] > 0
     rfirst, rcount = _taps(Ho, H, 3, 2, ph, 1)
     cfirst, ccount = _taps(Wo, W, 3, 2, pw, 1)
-    lo, hi = _interior(Wo, W, 3, 2, pw, 1)
+    lo, hi = inside_range(Wo, W, 3, 2, pw, 1)
     for p in prange(P):
         plane = x[p]
         for oh in range(Ho):
@@ -190,7 +192,7 @@ def _max_3x3_stride_2_rows(x, ph, pw, out):
     Ho, Wo = out.shape[1], out.shape[2]
     rfirst, rcount = _taps(Ho, H, 3, 2, ph, 1)
     cfirst, ccount = _taps(Wo, W, 3, 2, pw, 1)
-    lo, hi = _interior(Wo, W, 3, 2, pw, 1)
+    lo, hi = inside_range(Wo, W, 3, 2, pw, 1)
     for p in prange(P):
         plane = x[p]
         rows = np.empty((H, Wo), x.dtype)
@@ -388,15 +390,6 @@ def _avg_by_window(x, kh, kw, sh, sw, ph, pw, div, out):
                 out[p, oh, ow] = total / drow[ow]
 
 
-@njit(cache=True, inline="always")
-def _interior(n_out, size, k, s, p, d):
-    """Range ``[lo, hi)`` of outputs whose taps ``o*s - p + j*d`` (j < k) all lie in ``[0, size)``."""
-    lo = min(n_out, (p + s - 1) // s)
-    hi = (size - 1 - (k - 1) * d + p) // s + 1
-    hi = max(lo, min(n_out, hi))
-    return lo, hi
-
-
 def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, div, gx):
     """``gx[p] = 0``, then add ``gy / div`` onto every input element of each window (``gx`` may
     start uninitialised: each plane is zeroed by the thread that fills it, see
@@ -441,7 +434,7 @@ def _avg_backward_by_rows(gy, kh, kw, sh, sw, ph, pw, div, gx):
     """:func:`avg_pool2d_backward` along the output rows."""
     P, H, W = gx.shape
     Ho, Wo = gy.shape[1], gy.shape[2]
-    lo, hi = _interior(Wo, W, kw, sw, pw, 1)
+    lo, hi = inside_range(Wo, W, kw, sw, pw, 1)
     for p in prange(P):
         for r in range(H):
             gx[p, r, :] = 0

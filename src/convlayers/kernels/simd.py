@@ -40,9 +40,8 @@ from numba.extending import intrinsic
 
 __all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "gemm_indirect",
            "gemm_indirect_left_add", "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add",
-           "gemm_tiled_cols", "taps_broadcast", "taps_broadcast_narrow", "taps_row_3x3_s1",
-           "taps_row_3x3_s2", "taps_row_5x5_s1", "taps_row_5x5_s2", "taps_vector",
-           "taps_vector_one", "taps_vector_two", "transpose_vectors", "vector_bytes"]
+           "gemm_tiled_cols", "taps_broadcast", "taps_row", "taps_vector", "transpose_vectors",
+           "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -455,99 +454,140 @@ def transpose_vectors(typingctx: Any, src: Any, base: Any, stride: Any, dst: Any
             _emit_transpose)
 
 
-#: Vectors of channels one :func:`taps_vector` call sums (independent accumulators: with one,
-#: each vector waited on a chain of nine dependent multiply-adds, 45 cycles).
+#: Vectors of channels one :data:`taps_vector` call sums at most (independent accumulators:
+#: with one, each vector waited on a chain of nine dependent multiply-adds, 45 cycles).
 TAP_VECTORS = 4
+#: Output pixels one step of :data:`taps_row` computes together (independent accumulators, and
+#: the input columns their windows share loaded once).
+ROW_PIXELS = 4
+#: ``(kernel size, stride)`` pairs :data:`taps_row` serves (square kernels, column dilation 1):
+#: the depthwise layers of MobileNetV2 and EfficientNet-Lite0.
+ROW_KERNELS = ((3, 1), (3, 2), (5, 1), (5, 2))
+
+
+class _Lanes:
+    """What the tap emitters share for one float dtype: the vector type, fused multiply-add,
+    masked loads and stores, and the epilogue (residual, ReLU/ReLU6) as selects."""
+
+    def __init__(self, context: Any, builder: Any, dtype: Any) -> None:
+        self.builder = builder
+        itemsize = context.get_abi_sizeof(context.get_value_type(dtype))
+        self.lanes = VECTOR_BYTES // itemsize
+        lanes = self.lanes
+        self.vec = ir.VectorType(context.get_value_type(dtype), lanes)
+        self.vptr = self.vec.as_pointer()
+        self.intp, self.i32 = context.get_value_type(types.intp), ir.IntType(32)
+        name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
+        module = builder.module
+        self.fma = cgutils.get_or_insert_function(
+            module, ir.FunctionType(self.vec, [self.vec] * 3), f"llvm.fma.{name}")
+        mask_t = ir.VectorType(ir.IntType(1), lanes)
+        self.mload = cgutils.get_or_insert_function(module, ir.FunctionType(
+            self.vec, [self.vptr, self.i32, mask_t, self.vec]), f"llvm.masked.load.{name}.p0")
+        self.mstore = cgutils.get_or_insert_function(module, ir.FunctionType(
+            ir.VoidType(), [self.vec, self.vptr, self.i32, mask_t]), f"llvm.masked.store.{name}.p0")
+        self.align = ir.Constant(self.i32, itemsize)
+        self.zero = ir.Constant(self.vec, [0.0] * lanes)
+        self.six = ir.Constant(self.vec, [6.0] * lanes)
+        self.ivec = ir.VectorType(self.intp, lanes)
+        self.spread = ir.Constant(ir.VectorType(self.i32, lanes), [0] * lanes)
+
+    def const(self, value: int) -> Any:
+        return ir.Constant(self.intp, value)
+
+    def splat(self, scalar: Any, vector_type: Any) -> Any:
+        b = self.builder
+        return b.shuffle_vector(b.insert_element(ir.Constant(vector_type, None), scalar,
+                                                 ir.Constant(self.i32, 0)),
+                                ir.Constant(vector_type, None), self.spread)
+
+    def masks(self, count: Any, vectors: int) -> list[Any]:
+        """Lane masks of ``vectors`` consecutive vectors: the first ``count`` elements."""
+        b, lanes = self.builder, self.lanes
+        limit = self.splat(count, self.ivec)
+        return [b.icmp_signed("<", ir.Constant(self.ivec, [h * lanes + t for t in range(lanes)]),
+                              limit) for h in range(vectors)]
+
+    def ptr(self, arr: Any, index: Any, h: int = 0) -> Any:
+        b = self.builder
+        return b.bitcast(b.gep(arr.data, [b.add(index, self.const(h * self.lanes))]), self.vptr)
+
+    def load(self, arr: Any, index: Any, mask: Any, h: int = 0) -> Any:
+        return self.builder.call(self.mload, [self.ptr(arr, index, h), self.align, mask,
+                                              self.zero])
+
+    def finish_store(self, value: Any, res: Any, index: Any, mask: Any, has_res: Any, act: Any,
+                     out: Any, h: int = 0) -> None:
+        """``out[index:] = act(value (+ res[index:]))`` under ``mask``: the residual when
+        ``has_res``, ReLU (``act`` 1) or ReLU6 (2) as compares and selects (NaN stays NaN, as
+        in torch), any other code none."""
+        b = self.builder
+        value = b.select(has_res, b.fadd(value, self.load(res, index, mask, h)), value)
+        relu = b.select(b.fcmp_ordered("<", value, self.zero), self.zero, value)
+        relu6 = b.select(b.fcmp_ordered(">", relu, self.six), self.six, relu)
+        value = b.select(b.icmp_signed("==", act, self.const(1)), relu,
+                         b.select(b.icmp_signed("==", act, self.const(2)), relu6, value))
+        b.call(self.mstore, [value, self.ptr(out, index, h), self.align, mask])
+
+
+def _arrays(context: Any, builder: Any, signature: Any, args: Any, which: tuple[int, ...]) -> Any:
+    return (context.make_array(signature.args[i])(context, builder, args[i]) for i in which)
 
 
 def _emit_taps_vector(context: Any, builder: Any, signature: Any, args: Any,
-                      vectors: int = TAP_VECTORS, broadcast: bool = False) -> Any:
-    """``vectors`` vectors of channels of one output pixel of a channels-last depthwise convolution:
-    ``acc = bias[k:]``, then for each of ``n`` taps ``acc += xf[at + offs[t] + k:] *
-    tf[tap[t]*c + k:]`` (fused multiply-adds, ``acc`` in a register), then the residual
-    ``rf[out_at + k:]`` when ``has_res``, ReLU (``act`` 1) or ReLU6 (2) as compares and selects
-    (NaN stays NaN, as in torch), and one store to ``of[out_at + k:]``; the loads and stores
-    are masked to the first ``count`` channels (none past them is touched).
+                      broadcast: bool) -> Any:
+    """Up to :data:`TAP_VECTORS` vectors of channels of one output pixel of a channels-last
+    depthwise convolution: ``acc = bias[k:]``, then for each of ``n`` taps ``acc +=
+    xf[at + offs[t] + k:] * tf[tap[t]*c + k:]`` (fused multiply-adds, ``acc`` in registers),
+    then the residual, ReLU/ReLU6 and one masked store to ``of[out_at + k:]``; loads and stores
+    are masked to the first ``count`` channels (none past them is touched). The code is emitted
+    for 4, 2 and 1 vectors, and ``count`` picks one: 32 channels on four vectors wasted half the
+    multiply-adds.
 
     ``broadcast``: ``x`` holds one value per tap (``xf[at + offs[t]]``, the same for every
     channel: a dense convolution of few input channels read from an NCHW input), splat across
-    the vector."""
-    xt = signature.args[0]
-    xa, oa, ta, wa, ba, ra, fa = (context.make_array(t)(context, builder, a) for t, a in (
-        (signature.args[0], args[0]), (signature.args[2], args[2]), (signature.args[3], args[3]),
-        (signature.args[5], args[5]), (signature.args[7], args[7]), (signature.args[8], args[8]),
-        (signature.args[12], args[12])))
+    the vectors."""
+    v = _Lanes(context, builder, signature.args[0].dtype)
+    xa, oa, ta, wa, ba, ra, fa = _arrays(context, builder, signature, args, (0, 2, 3, 5, 7, 8, 12))
     at, n, c, k, has_res, act, out_at, count = (args[1], args[4], args[6], args[9], args[10],
                                                 args[11], args[13], args[14])
-    itemsize = context.get_abi_sizeof(context.get_value_type(xt.dtype))
-    lanes = VECTOR_BYTES // itemsize
-    ftype = context.get_value_type(xt.dtype)
-    vec = ir.VectorType(ftype, lanes)
-    vptr = vec.as_pointer()
-    intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
-    name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                         f"llvm.fma.{name}")
-    mask_t = ir.VectorType(ir.IntType(1), lanes)
-    mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        vec, [vptr, i32, mask_t, vec]), f"llvm.masked.load.{name}.p0")
-    mstore = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        ir.VoidType(), [vec, vptr, i32, mask_t]), f"llvm.masked.store.{name}.p0")
-    align = ir.Constant(i32, itemsize)
-    zero_vec = ir.Constant(vec, [0.0] * lanes)
-    six_vec = ir.Constant(vec, [6.0] * lanes)
-    ivec = ir.VectorType(intp, lanes)
-    lane_ids = ir.Constant(ivec, list(range(lanes)))
-    splat_count = builder.shuffle_vector(
-        builder.insert_element(ir.Constant(ivec, None), count, ir.Constant(i32, 0)),
-        ir.Constant(ivec, None), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-    masks = [builder.icmp_signed("<", builder.add(lane_ids, ir.Constant(ivec, [h * lanes] * lanes)),
-                                 splat_count) for h in range(vectors)]
 
-    def ptr(arr: Any, index: Any, h: int) -> Any:
-        return builder.bitcast(builder.gep(arr.data, [builder.add(index, ir.Constant(
-            intp, h * lanes))]), vptr)
-
-    def load(p: Any, h: int) -> Any:
-        return builder.call(mload, [p, align, masks[h], zero_vec])
-
-    accs = [cgutils.alloca_once(builder, vec) for _ in range(vectors)]
-    for h, acc in enumerate(accs):
-        builder.store(load(ptr(ba, k, h), h), acc)
-    with cgutils.for_range(builder, n) as loop:
-        t = loop.index
-        x_at = builder.add(at, builder.load(builder.gep(fa.data, [t])))
-        w_at = builder.add(builder.mul(builder.load(builder.gep(ta.data, [t])), c), k)
-        if broadcast:
-            one = builder.load(builder.gep(xa.data, [x_at]))
-            splat = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(vec, None), one, ir.Constant(i32, 0)),
-                ir.Constant(vec, None), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-        x_at = builder.add(x_at, k)
+    def body(vectors: int) -> None:
+        masks = v.masks(count, vectors)
+        accs = [cgutils.alloca_once(builder, v.vec) for _ in range(vectors)]
         for h, acc in enumerate(accs):
-            xv = splat if broadcast else load(ptr(xa, x_at, h), h)
-            builder.store(builder.call(fma, [xv, load(ptr(wa, w_at, h), h), builder.load(acc)]),
-                          acc)
-    o_at = builder.add(out_at, k)
-    with builder.if_then(has_res):
+            builder.store(v.load(ba, k, masks[h], h), acc)
+        with cgutils.for_range(builder, n) as loop:
+            t = loop.index
+            x_at = builder.add(at, builder.load(builder.gep(fa.data, [t])))
+            w_at = builder.add(builder.mul(builder.load(builder.gep(ta.data, [t])), c), k)
+            if broadcast:
+                splat = v.splat(builder.load(builder.gep(xa.data, [x_at])), v.vec)
+            x_at = builder.add(x_at, k)
+            for h, acc in enumerate(accs):
+                xv = splat if broadcast else v.load(xa, x_at, masks[h], h)
+                builder.store(builder.call(v.fma, [xv, v.load(wa, w_at, masks[h], h),
+                                                   builder.load(acc)]), acc)
+        o_at = builder.add(out_at, k)
         for h, acc in enumerate(accs):
-            builder.store(builder.fadd(builder.load(acc), load(ptr(ra, o_at, h), h)), acc)
-    one, two = ir.Constant(intp, 1), ir.Constant(intp, 2)
-    is_relu, is_relu6 = builder.icmp_signed("==", act, one), builder.icmp_signed("==", act, two)
-    for h, acc in enumerate(accs):
-        value = builder.load(acc)
-        relu = builder.select(builder.fcmp_ordered("<", value, zero_vec), zero_vec, value)
-        relu6 = builder.select(builder.fcmp_ordered(">", relu, six_vec), six_vec, relu)
-        value = builder.select(is_relu, relu, builder.select(is_relu6, relu6, value))
-        builder.call(mstore, [value, ptr(oa, o_at, h), align, masks[h]])
+            v.finish_store(builder.load(acc), ra, o_at, masks[h], has_res, act, oa, h)
+
+    more_than = [builder.icmp_signed(">", count, v.const(m * v.lanes)) for m in (2, 1)]
+    with builder.if_else(more_than[0]) as (wide, narrow):
+        with wide:
+            body(TAP_VECTORS)
+        with narrow, builder.if_else(more_than[1]) as (two, one):
+            with two:
+                body(2)
+            with one:
+                body(1)
     return context.get_dummy_value()
 
 
-def _make_taps(vectors: int, broadcast: bool) -> Any:
-    """The intrinsic of :func:`_emit_taps_vector` for ``vectors`` vectors (splatting ``x``
-    when ``broadcast``)."""
+def _make_taps(broadcast: bool) -> Any:
+    """The intrinsic of :func:`_emit_taps_vector` (splatting ``x`` when ``broadcast``)."""
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return _emit_taps_vector(context, builder, signature, args, vectors, broadcast)
+        return _emit_taps_vector(context, builder, signature, args, broadcast)
 
     def typer(typingctx: Any, xf: Any, at: Any, of: Any, tap: Any, n: Any, tf: Any, c: Any,
               bias: Any, rf: Any, k: Any, has_res: Any, act: Any, offs: Any, out_at: Any,
@@ -563,7 +603,7 @@ def _make_taps(vectors: int, broadcast: bool) -> Any:
         return (types.void(xf, i, of, tap, i, tf, i, bias, rf, i, has_res, i, offs, i, i),
                 codegen)
 
-    typer.__name__ = f"taps_{'broadcast' if broadcast else 'vector'}_{vectors}"
+    typer.__name__ = f"taps_{'broadcast' if broadcast else 'vector'}"
     return intrinsic(typer)
 
 
@@ -572,127 +612,82 @@ def _make_taps(vectors: int, broadcast: bool) -> Any:
 #: tf[tap[t]*c + k + l] (+ rf[out_at + k + l]))`` for ``l < min(count, TAP_VECTORS * lanes)``:
 #: a channels-last depthwise convolution's pixel, its taps listed in ``offs``/``tap`` (int64),
 #: the sums in registers (:func:`_emit_taps_vector`). 1-D C-contiguous float arrays of one
-#: dtype; ``act`` 1 ReLU, 2 ReLU6, else none.
-taps_vector = _make_taps(TAP_VECTORS, False)
+#: dtype (``rf`` is read only when ``has_res``, but must be as long as ``of``); ``act`` 1
+#: ReLU, 2 ReLU6, else none.
+taps_vector = _make_taps(False)
 #: :data:`taps_vector` with ``xf[at + offs[t]]`` splat across the channels (a dense
 #: convolution of few input channels, its input NCHW, its output channels-last).
-taps_broadcast = _make_taps(TAP_VECTORS, True)
-#: :data:`taps_broadcast` on two vectors: a stem's 32 output channels.
-taps_broadcast_narrow = _make_taps(2, True)
-#: :data:`taps_vector` on two vectors and on one: the last channels of a pixel (32 channels, or
-#: the 16 past 128 of 144), which four vectors would half or three-quarters waste.
-taps_vector_two, taps_vector_one = _make_taps(2, False), _make_taps(1, False)
+taps_broadcast = _make_taps(True)
 
 
-#: Output pixels one step of :func:`taps_row` computes together (independent accumulators, and
-#: the input columns their windows share loaded once).
-ROW_PIXELS = 4
-
-
-def _emit_taps_row(context: Any, builder: Any, signature: Any, args: Any, kh: int, kw: int,
-                   sw: int, dw: int) -> Any:
+def _emit_taps_row(context: Any, builder: Any, signature: Any, args: Any) -> Any:
     """A run of ``npix`` output pixels of one row of a channels-last depthwise convolution
     whose windows lie inside the map, for one vector of channels (``count`` lanes): the
-    ``kh*kw`` tap vectors loaded once, then :data:`ROW_PIXELS` pixels at a time, each input
-    column their windows share (stride ``sw``, dilation ``dw``, fixed here) loaded once,
-    then bias, residual, ReLU/ReLU6 and a masked store, as :func:`_emit_taps_vector`."""
-    xt = signature.args[0]
-    xa, wa, ba, ra, oa = (context.make_array(signature.args[i])(context, builder, args[i])
-                          for i in (0, 3, 5, 6, 10))
-    at, row, c, k, has_res, act, out_at, npix, count = (args[1], args[2], args[4], args[7],
-                                                        args[8], args[9], args[11], args[12],
-                                                        args[13])
-    itemsize = context.get_abi_sizeof(context.get_value_type(xt.dtype))
-    lanes = VECTOR_BYTES // itemsize
-    vec = ir.VectorType(context.get_value_type(xt.dtype), lanes)
-    vptr = vec.as_pointer()
-    intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
-    name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                         f"llvm.fma.{name}")
-    mask_t = ir.VectorType(ir.IntType(1), lanes)
-    mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        vec, [vptr, i32, mask_t, vec]), f"llvm.masked.load.{name}.p0")
-    mstore = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        ir.VoidType(), [vec, vptr, i32, mask_t]), f"llvm.masked.store.{name}.p0")
-    align = ir.Constant(i32, itemsize)
-    zero_vec = ir.Constant(vec, [0.0] * lanes)
-    six_vec = ir.Constant(vec, [6.0] * lanes)
-    ivec = ir.VectorType(intp, lanes)
-    splat_count = builder.shuffle_vector(
-        builder.insert_element(ir.Constant(ivec, None), count, ir.Constant(i32, 0)),
-        ir.Constant(ivec, None), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-    mask = builder.icmp_signed("<", ir.Constant(ivec, list(range(lanes))), splat_count)
+    ``kh*kh`` tap vectors loaded once, then :data:`ROW_PIXELS` pixels at a time, each input
+    column their windows share loaded once, then the epilogue and a masked store, as
+    :func:`_emit_taps_vector`. The code is emitted for each ``(kh, sw)`` of
+    :data:`ROW_KERNELS` (the shared columns depend on them), and the arguments pick one."""
+    v = _Lanes(context, builder, signature.args[0].dtype)
+    xa, wa, ba, ra, oa = _arrays(context, builder, signature, args, (0, 3, 5, 6, 10))
+    at, row, c, k, has_res, act, out_at, npix, count, kh_arg, sw_arg = (
+        args[1], args[2], args[4], args[7], args[8], args[9], args[11], args[12], args[13],
+        args[14], args[15])
+    (mask,) = v.masks(count, 1)
+    const = v.const
 
-    def const(v: int) -> Any:
-        return ir.Constant(intp, v)
+    def body(kh: int, sw: int) -> None:
+        taps = [v.load(wa, builder.add(builder.mul(const(t), c), k), mask)
+                for t in range(kh * kh)]
+        bias = v.load(ba, k, mask)
 
-    def load(arr: Any, index: Any) -> Any:
-        return builder.call(mload, [builder.bitcast(builder.gep(arr.data, [index]), vptr), align,
-                                    mask, zero_vec])
-
-    taps = [load(wa, builder.add(builder.mul(const(t), c), k)) for t in range(kh * kw)]
-    bias = load(ba, k)
-    one, two = const(1), const(2)
-    is_relu, is_relu6 = builder.icmp_signed("==", act, one), builder.icmp_signed("==", act, two)
-
-    def pixels(first: Any, q_count: int) -> None:
-        """``q_count`` pixels from pixel index ``first`` of the run."""
-        x0 = builder.add(builder.add(at, k), builder.mul(builder.mul(first, const(sw)), c))
-        accs = [bias] * q_count
-        for i in range(kh):
-            base = builder.add(x0, builder.mul(row, const(i)))
-            columns: dict[int, Any] = {}
+        def pixels(first: Any, q_count: int) -> None:
+            """``q_count`` pixels from pixel index ``first`` of the run."""
+            x0 = builder.add(builder.add(at, k), builder.mul(builder.mul(first, const(sw)), c))
+            accs = [bias] * q_count
+            for i in range(kh):
+                base = builder.add(x0, builder.mul(row, const(i)))
+                columns: dict[int, Any] = {}
+                for q in range(q_count):
+                    for j in range(kh):
+                        m = q * sw + j  # the input column, in pixels from the run's first
+                        if m not in columns:
+                            columns[m] = v.load(xa, builder.add(base, builder.mul(c, const(m))),
+                                                mask)
+                        accs[q] = builder.call(v.fma, [columns[m], taps[i * kh + j], accs[q]])
+            o0 = builder.add(builder.add(out_at, k), builder.mul(first, c))
             for q in range(q_count):
-                for j in range(kw):
-                    m = q * sw + j * dw  # the input column, in pixels from the run's first
-                    if m not in columns:
-                        columns[m] = load(xa, builder.add(base, builder.mul(c, const(m))))
-                    accs[q] = builder.call(fma, [columns[m], taps[i * kw + j], accs[q]])
-        o0 = builder.add(builder.add(out_at, k), builder.mul(first, c))
-        for q in range(q_count):
-            o_at = builder.add(o0, builder.mul(c, const(q)))
-            value = accs[q]
-            with_res = builder.fadd(value, load(ra, o_at))
-            value = builder.select(has_res, with_res, value)
-            relu = builder.select(builder.fcmp_ordered("<", value, zero_vec), zero_vec, value)
-            relu6 = builder.select(builder.fcmp_ordered(">", relu, six_vec), six_vec, relu)
-            value = builder.select(is_relu, relu, builder.select(is_relu6, relu6, value))
-            builder.call(mstore, [value, builder.bitcast(builder.gep(oa.data, [o_at]), vptr),
-                                  align, mask])
+                v.finish_store(accs[q], ra, builder.add(o0, builder.mul(c, const(q))), mask,
+                               has_res, act, oa)
 
-    groups = builder.sdiv(npix, const(ROW_PIXELS))
-    with cgutils.for_range(builder, groups) as loop:
-        pixels(builder.mul(loop.index, const(ROW_PIXELS)), ROW_PIXELS)
-    rest = builder.sub(npix, builder.mul(groups, const(ROW_PIXELS)))
-    with cgutils.for_range(builder, rest) as loop:
-        pixels(builder.add(builder.mul(groups, const(ROW_PIXELS)), loop.index), 1)
+        groups = builder.sdiv(npix, const(ROW_PIXELS))
+        with cgutils.for_range(builder, groups) as loop:
+            pixels(builder.mul(loop.index, const(ROW_PIXELS)), ROW_PIXELS)
+        rest = builder.sub(npix, builder.mul(groups, const(ROW_PIXELS)))
+        with cgutils.for_range(builder, rest) as loop:
+            pixels(builder.add(builder.mul(groups, const(ROW_PIXELS)), loop.index), 1)
+
+    for kh, sw in ROW_KERNELS:
+        chosen = builder.and_(builder.icmp_signed("==", kh_arg, const(kh)),
+                              builder.icmp_signed("==", sw_arg, const(sw)))
+        with builder.if_then(chosen):
+            body(kh, sw)
     return context.get_dummy_value()
 
 
-def _make_taps_row(kh: int, kw: int, sw: int, dw: int) -> Any:
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return _emit_taps_row(context, builder, signature, args, kh, kw, sw, dw)
-
-    def typer(typingctx: Any, xf: Any, at: Any, row: Any, tf: Any, c: Any, bias: Any, rf: Any,
-              k: Any, has_res: Any, act: Any, of: Any, out_at: Any, npix: Any,
-              count: Any) -> Any:
-        floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                     and a.dtype == xf.dtype and a.dtype in (types.float32, types.float64)
-                     for a in (xf, tf, bias, rf, of))
-        if not (floats and isinstance(has_res, types.Boolean)):
-            return None
-        i = types.intp
-        return types.void(xf, i, i, tf, i, bias, rf, i, has_res, i, of, i, i, i), codegen
-
-    typer.__name__ = f"taps_row_{kh}x{kw}_s{sw}_d{dw}"
-    return intrinsic(typer)
-
-
-#: ``taps_row_KxK_sS(xf, at, row, tf, c, bias, rf, k, has_res, act, of, out_at, npix, count)``:
-#: ``npix`` output pixels of a channels-last depthwise row, all windows inside the map, the
-#: first's window at ``xf[at]`` (``row``: elements between its rows), output pixel ``q`` at
-#: ``of[out_at + q*c]``, channels ``k .. k + min(count, lanes)`` (:func:`_emit_taps_row`),
-#: dilation 1. The kernels and strides of MobileNetV2 and EfficientNet-Lite0.
-taps_row_3x3_s1, taps_row_3x3_s2 = _make_taps_row(3, 3, 1, 1), _make_taps_row(3, 3, 2, 1)
-taps_row_5x5_s1, taps_row_5x5_s2 = _make_taps_row(5, 5, 1, 1), _make_taps_row(5, 5, 2, 1)
+@intrinsic
+def taps_row(typingctx: Any, xf: Any, at: Any, row: Any, tf: Any, c: Any, bias: Any, rf: Any,
+             k: Any, has_res: Any, act: Any, of: Any, out_at: Any, npix: Any, count: Any,
+             kh: Any, sw: Any) -> Any:
+    """``taps_row(xf, at, row, tf, c, bias, rf, k, has_res, act, of, out_at, npix, count, kh,
+    sw)``: ``npix`` output pixels of a channels-last depthwise row of a ``kh x kh`` kernel of
+    stride ``sw`` (one of :data:`ROW_KERNELS`; any other does nothing), all windows inside the
+    map, the first's window at ``xf[at]`` (``row``: elements between its rows), output pixel
+    ``q`` at ``of[out_at + q*c]``, channels ``k .. k + min(count, lanes)``, column dilation 1
+    (:func:`_emit_taps_row`); arrays as :data:`taps_vector`'s."""
+    floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                 and a.dtype == xf.dtype and a.dtype in (types.float32, types.float64)
+                 for a in (xf, tf, bias, rf, of))
+    if not (floats and isinstance(has_res, types.Boolean)):
+        return None
+    i = types.intp
+    return types.void(xf, i, i, tf, i, bias, rf, i, has_res, i, of, i, i, i, i, i), _emit_taps_row

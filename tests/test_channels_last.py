@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as tf
 
 from convlayers.inference import channels_last as CL
+from convlayers.inference import conv_last
 from convlayers.inference.kernels import ACT
+from convlayers.kernels.simd import pack_conv_weights
 from oracle import assert_close
 
 TORCH_ACT = {0: lambda t: t, 1: torch.relu, 2: lambda t: tf.hardtanh(t, 0.0, 6.0),
@@ -88,22 +90,107 @@ def test_depthwise_keeps_torch_non_finite_pattern() -> None:
     np.testing.assert_array_equal(np.isfinite(out), np.isfinite(_nhwc(want)))
 
 
-@pytest.mark.parametrize(("pixels", "c_in", "c_out"), [(1, 3, 5), (49, 160, 960), (300, 17, 24),
-                                                       (1000, 64, 300), (7, 960, 1)])
-def test_pointwise_matches_numpy(pixels: int, c_in: int, c_out: int) -> None:
-    rng = np.random.default_rng(pixels)
-    x = rng.standard_normal((pixels, c_in)).astype(np.float32)
-    w = rng.standard_normal((c_in, c_out)).astype(np.float32)
-    bias = rng.standard_normal(c_out).astype(np.float32)
-    res = rng.standard_normal((pixels, c_out)).astype(np.float32)
-    for has_res, act in ((False, ACT["relu6"]), (True, ACT[None]), (True, ACT["hardswish"])):
-        want = x.astype(np.float64) @ w + bias + (res if has_res else 0)
-        want = TORCH_ACT[act](torch.from_numpy(want)).numpy()
-        for threads in (1, 2):
-            rows, cols = CL.pointwise_units(pixels, c_out, threads)
-            out = np.empty((pixels, c_out), np.float32)
-            CL.pointwise(x, w, bias, res, has_res, act, rows, cols, out)
-            assert_close(out, want.astype(np.float32), f"pointwise {pixels}x{c_in}->{c_out}")
+def _dense_channels_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                         stride: tuple[int, int], dilation: tuple[int, int],
+                         pads: tuple[int, int, int, int], res: np.ndarray, has_res: bool,
+                         act: int, out_hw: tuple[int, int], threads: int) -> np.ndarray:
+    """The channels-last direct convolution as a plan's step runs it: NHWC ``x``, the weights
+    packed in strips, a zero-padded copy, pixel and tap offsets, units."""
+    n, h, w, c_in = x.shape
+    c_out, _, kh, kw = weight.shape
+    (sh, sw), (dh, dw), (pt, _, pl, _) = stride, dilation, pads
+    ho, wo = out_hw
+    hp = max(pt + h, (ho - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(pl + w, (wo - 1) * sw + (kw - 1) * dw + 1)
+    padded = np.empty((n, hp, wp, c_in), x.dtype)
+    conv_last.pad_channels_last(x, pt, pl, padded)
+    packed = pack_conv_weights(np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(-1, c_out)))
+    out = np.empty((n * ho * wo, c_out), x.dtype)
+    rows, cols = conv_last.dense_units(n * ho * wo, c_out, threads)
+    conv_last.dense(padded.reshape(-1), packed, conv_last.pixel_offsets(n, ho, wo, hp, wp, c_in, sh, sw),
+                    conv_last.tap_offsets(kh, kw, dh, dw, wp, c_in), bias,
+                    res.reshape(-1, c_out) if has_res else out, has_res, act, rows, cols, out)
+    return out.reshape(n, ho, wo, c_out)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_dense_matches_torch(seed: int) -> None:
+    """The direct convolution: kernels 1-7 (square or not), strides and dilations 1-3, uneven
+    padding, input channels 1-70 and output channels on and off the tiles' strips (masked
+    last vectors, fewer than a vector), units of few pixels, a residual and every activation,
+    float32 and float64."""
+    rng = np.random.default_rng(1000 + seed)
+    kh, kw = (int(v) for v in rng.integers(1, 8, 2))
+    sh, sw, dh, dw = (int(v) for v in rng.integers(1, 4, 4))
+    c_in = int(rng.integers(1, 71))
+    c_out = int(rng.choice([1, 5, 16, 33, 64, 100, 200, 300]))
+    n = int(rng.integers(1, 4))
+    h, w = int(rng.integers(1, 16)), int(rng.integers(1, 16))
+    pt, pb, pl, pr = (int(v) for v in rng.integers(0, 4, 4))
+    if h + pt + pb < (kh - 1) * dh + 1 or w + pl + pr < (kw - 1) * dw + 1:
+        pt, pb = kh * dh, kh * dh
+        pl, pr = kw * dw, kw * dw
+    act = int(rng.integers(0, 7))
+    dtype = np.float32 if seed % 4 else np.float64
+    x = torch.from_numpy(rng.standard_normal((n, c_in, h, w)).astype(dtype))
+    weight = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    want = tf.conv2d(tf.pad(x, (pl, pr, pt, pb)), torch.from_numpy(weight), torch.from_numpy(bias),
+                     (sh, sw), 0, (dh, dw))
+    residual = torch.from_numpy(rng.standard_normal(tuple(want.shape)).astype(dtype))
+    has_res = bool(seed % 3 == 0)
+    want = TORCH_ACT[act](want + residual if has_res else want)
+    got = _dense_channels_last(_nhwc(x), weight, bias, (sh, sw), (dh, dw), (pt, pb, pl, pr),
+                               _nhwc(residual), has_res, act, tuple(want.shape[2:]),
+                               int(rng.integers(1, 5)))
+    assert_close(got, _nhwc(want), f"dense seed {seed}")
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(600, 70), (300, 512), (1, 17)])
+def test_dense_slabs_of_many_input_channels(c_in: int, c_out: int) -> None:
+    """Input channels past one slab of the weight panel (several passes that add onto the
+    output), and a 1x1 stride-2 convolution (ResNet's shortcut)."""
+    rng = np.random.default_rng(c_in)
+    for k, stride, pad in ((3, 1, 1), (1, 2, 0)):
+        x = torch.from_numpy(rng.standard_normal((2, c_in, 7, 6)).astype(np.float32))
+        weight = rng.standard_normal((c_out, c_in, k, k)).astype(np.float32)
+        bias = rng.standard_normal(c_out).astype(np.float32)
+        want = torch.relu(tf.conv2d(x, torch.from_numpy(weight), torch.from_numpy(bias), stride, pad))
+        got = _dense_channels_last(_nhwc(x), weight, bias, (stride, stride), (1, 1), (pad,) * 4,
+                                   np.zeros(1, np.float32), False, ACT["relu"],
+                                   tuple(want.shape[2:]), 2)
+        assert_close(got, _nhwc(want), f"dense {c_in}->{c_out} k{k} s{stride}")
+
+
+def test_dense_keeps_torch_non_finite_pattern() -> None:
+    """inf and NaN inputs and weights: non-finite exactly where torch's outputs are."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 20, 9, 9)).astype(np.float32)
+    x[0, 3, 4, 4], x[1, 7, 0, 8] = np.inf, np.nan
+    weight = rng.standard_normal((40, 20, 3, 3)).astype(np.float32)
+    weight[5, 2, 1, 1] = np.nan
+    want = tf.conv2d(torch.from_numpy(x), torch.from_numpy(weight), None, 1, 1)
+    got = _dense_channels_last(_nhwc(torch.from_numpy(x)), weight, np.zeros(40, np.float32), (1, 1),
+                               (1, 1), (1, 1, 1, 1), np.zeros(1, np.float32), False, 0, (9, 9), 2)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(_nhwc(want)))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(_nhwc(want)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_max_pool_matches_torch(seed: int) -> None:
+    """Channels-last max pooling: kernels 1-4, strides and dilations 1-2, padding up to half
+    the kernel, NaN and inf inputs."""
+    rng = np.random.default_rng(2000 + seed)
+    kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+    sh, sw, dh, dw = (int(v) for v in rng.integers(1, 3, 4))
+    ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
+    c = int(rng.choice([1, 16, 37, 64]))
+    x = rng.standard_normal((2, c, 13, 11)).astype(np.float32)
+    x.reshape(-1)[rng.integers(0, x.size, 3)] = [np.nan, np.inf, -np.inf]
+    want = tf.max_pool2d(torch.from_numpy(x), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    out = np.empty(_nhwc(want).shape, np.float32)
+    conv_last.max_pool(_nhwc(torch.from_numpy(x)), kh, kw, sh, sw, dh, dw, ph, pw, out)
+    np.testing.assert_array_equal(out, _nhwc(want))
 
 
 def test_conversions_and_global_pool() -> None:

@@ -75,12 +75,15 @@ def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, a
 BATCHES = [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)]
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("act", [None, nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh])
-def test_conv_bn_activation_fuses(act: Any) -> None:
+def test_conv_bn_activation_fuses(act: Any, channels_last: bool) -> None:
     ours, twin = block(*conv_bn(8, 12, act=act))
-    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32))
-    assert len(plan._steps) == 1  # conv, norm and activation are one step
-    check(ours, twin, BATCHES)
+    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32), channels_last=channels_last)
+    # conv, norm and activation are one step (channels-last: between the two conversions)
+    ops = ["to_nhwc", "conv", "to_nchw"] if channels_last else ["conv"]
+    assert [s.node.op for s in plan._steps] == ops
+    check(ours, twin, BATCHES, channels_last)
 
 
 @pytest.mark.parametrize("act", [nn.Hardswish, nn.SiLU])
@@ -98,23 +101,23 @@ def test_depthwise_and_pointwise(k: int, stride: int, dilation: int, channels_la
     ours, twin = block(*conv_bn(8, 8, k, stride, groups=8, act=nn.ReLU6, dilation=dilation),
                        *conv_bn(8, 16, 1, act=nn.ReLU, rng=1))
     plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32), channels_last=channels_last)
-    expected = (["ToChannelsLast", "DepthwiseLast", "PointwiseLast", "ToChannelsFirst"]
+    expected = (["ToChannelsLast", "DepthwiseLast", "DenseLast", "ToChannelsFirst"]
                 if channels_last else ["Depthwise", "Pointwise"])
     assert [type(s).__name__ for s in plan._steps] == expected
     check(ours, twin, BATCHES, channels_last)
 
 
 def test_channels_last_segment_converts_at_its_ends_only() -> None:
-    """A dense conv (NCHW) feeds an inverted residual (channels-last, its shortcut the dense
-    conv's output, converted once), then a max pool reads NCHW again."""
-    ours = randomize_norms(nn.Sequential(*conv_bn(8, 24, 3, act=nn.ReLU),
+    """A grouped conv (NCHW) feeds an inverted residual (channels-last, its shortcut the grouped
+    conv's output, converted once), then another grouped conv reads NCHW again."""
+    ours = randomize_norms(nn.Sequential(*conv_bn(8, 24, 3, groups=2, act=nn.ReLU),
                                          nn.InvertedResidual(24, 24, 1, expand_ratio=3, rng=1),
-                                         nn.MaxPool2d(2)), 6)
+                                         *conv_bn(24, 8, 3, groups=4, rng=2)), 6)
     twin = to_torch(ours)
     copy_weights(ours, twin)
     plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32))
     ops = [s.node.op for s in plan._steps]
-    assert ops == ["conv", "to_nhwc", "conv", "conv", "conv", "to_nchw", "maxpool"]
+    assert ops == ["conv", "to_nhwc", "conv", "conv", "conv", "to_nchw", "conv"]
     residual = plan._steps[4].node.attrs["residual"]
     assert residual == plan._steps[1].out  # the shortcut reads the converted copy
     assert "NHWC" in plan.explain() and "2 conversions" in plan.explain()
@@ -132,7 +135,7 @@ def test_a_stem_of_few_channels_writes_channels_last_directly() -> None:
     copy_weights(ours, twin)
     plan = convlayers.compile(ours, np.zeros((1, 3, 17, 14), np.float32))
     assert [type(s).__name__ for s in plan._steps] == [
-        "StemLast", "DepthwiseLast", "PointwiseLast", "GlobalAvgPoolLast", "Flatten", "Linear"]
+        "StemLast", "DepthwiseLast", "DenseLast", "GlobalAvgPoolLast", "Flatten", "Linear"]
     check(ours, twin, [(1, 3, 17, 14), (2, 3, 17, 14), (5, 3, 17, 14)])
 
 
@@ -170,7 +173,10 @@ def test_tf_same_padding_folds_into_the_conv() -> None:
     check(ours, None, [(1, 8, 10, 9), (2, 8, 10, 9)])  # the torch twin of Lite0 covers it below
 
 
-def test_resnet_blocks_fuse_residual_and_relu() -> None:
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_resnet_blocks_fuse_residual_and_relu(channels_last: bool) -> None:
+    """A basic block with a strided 1x1 shortcut and a bottleneck. Channels-last (the direct
+    kernel for every conv, the shortcuts read in place) converts only the output."""
     from test_resnet import TBasicBlock, TBottleneck
 
     down = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False, rng=0), nn.BatchNorm2d(16))
@@ -180,10 +186,13 @@ def test_resnet_blocks_fuse_residual_and_relu() -> None:
         TBasicBlock(8, 16, 2, tnn.Sequential(tnn.Conv2d(8, 16, 1, 2, bias=False), tnn.BatchNorm2d(16))),
         TBottleneck(16, 4))
     copy_weights(ours, twin)
-    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32))
+    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32), channels_last=channels_last)
     fused = [s.node for s in plan._steps if s.node.attrs.get("residual") is not None]
     assert len(fused) == 2 and all(n.attrs["act"] == "relu" for n in fused)
-    check(ours, twin, [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)])
+    if channels_last:
+        steps = [type(s).__name__ for s in plan._steps]
+        assert steps == ["ToChannelsLast"] + ["DenseLast"] * 6 + ["ToChannelsFirst"]
+    check(ours, twin, [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)], channels_last)
 
 
 def test_dense_layers_run_the_engines_implicit_gemm_where_its_planner_does() -> None:
@@ -195,17 +204,18 @@ def test_dense_layers_run_the_engines_implicit_gemm_where_its_planner_does() -> 
 
     ours, twin = block(*conv_bn(8, 24, 5, 2, act=nn.ReLU, rng=1))
     shapes = [(1, 8, 13, 11), (2, 8, 13, 11), (5, 8, 13, 11)]
-    plan = convlayers.compile(ours, np.zeros(shapes[0], np.float32))
+    plan = convlayers.compile(ours, np.zeros(shapes[0], np.float32), channels_last=False)
     assert "implicit GEMM" in plan.explain()
-    check(ours, twin, shapes)
+    check(ours, twin, shapes, channels_last=False)
     wide, twin = block(*conv_bn(24, 32, 3, act=nn.ReLU6, rng=3))
     # 7x7 maps: 16 tiles an image; 24 -> 32 channels, under the machine's default mean
     with config.engine_settings(winograd_min_tiles=60, winograd_harmonic_channels=0):
-        plan = convlayers.compile(wide, np.zeros((1, 24, 7, 7), np.float32))
+        plan = convlayers.compile(wide, np.zeros((1, 24, 7, 7), np.float32), channels_last=False)
         step = plan._steps[0]
         assert "Winograd" in plan.explain()
         assert step._few_tiles(3) and not step._few_tiles(4)
-        check(wide, twin, [(1, 24, 7, 7), (3, 24, 7, 7), (4, 24, 7, 7), (6, 24, 7, 7)])
+        check(wide, twin, [(1, 24, 7, 7), (3, 24, 7, 7), (4, 24, 7, 7), (6, 24, 7, 7)],
+              channels_last=False)
 
 
 def test_unfusable_norm_activation_and_add_still_run() -> None:
@@ -224,10 +234,11 @@ def test_small_cnn_and_mobilenet_v2() -> None:
     check(mobile, to_torch(mobile), [(1, 3, 33, 29), (2, 3, 33, 29)])
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_resnets(name: str) -> None:
+def test_resnets(name: str, channels_last: bool) -> None:
     model = randomize_norms(getattr(nn, name)(num_classes=7, rng=0), 8)
-    check(model, to_torch(model), [(1, 3, 35, 37), (2, 3, 35, 37)])
+    check(model, to_torch(model), [(1, 3, 35, 37), (2, 3, 35, 37)], channels_last)
 
 
 def test_efficientnet_lite0_against_the_torch_twin() -> None:

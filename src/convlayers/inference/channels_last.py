@@ -1,19 +1,13 @@
 """numba kernels of a plan's channels-last (NHWC) segments: each writes into a buffer it is given
 (the depthwise and stem kernels make their small tap lists themselves, per output row).
 
-In NHWC a pixel's channels are one contiguous row, so
+In NHWC a pixel's channels are one contiguous row, so a depthwise convolution adds, tap by tap,
+a row of channels times a row of taps: whole vectors of channels at every pixel, whatever the
+map's width (the NCHW kernels' rows are the map's rows: 7 elements on a 7x7 map). Convolutions
+of one group, 1x1 included, are in :mod:`convlayers.inference.conv_last`.
 
-* a 1x1 convolution of a whole batch is one GEMM ``X (N*H*W, C_in) @ W (C_in, C_out)`` on the
-  register tiles of :mod:`convlayers.kernels.simd`: its rows are pixels (batch folded in, so a
-  7x7 map at batch 1 has 49 rows instead of 49 columns, the tiles' wide side along the
-  channels), and the bias, residual and activation run on each unit's block while it is in
-  cache;
-* a depthwise convolution adds, tap by tap, a row of channels times a row of taps: whole
-  vectors of channels at every pixel, whatever the map's width (the NCHW kernels' rows are the
-  map's rows: 7 elements on a 7x7 map).
-
-This is the layout ONNX Runtime (NCHWc) and XNNPACK (NHWC) run mobile networks in. The plan
-converts at the ends of a segment only (:mod:`convlayers.inference.layout`).
+This is the layout ONNX Runtime (NCHWc) and XNNPACK (NHWC) run CNNs in. The plan converts at
+the ends of a segment only (:mod:`convlayers.inference.layout`).
 """
 
 from __future__ import annotations
@@ -26,14 +20,13 @@ from convlayers.kernels._bounds import inside_range
 from convlayers.kernels.simd import (
     TAP_VECTORS,
     VECTOR_BYTES,
-    gemm_tiled_cols,
     taps_broadcast,
     taps_row,
     taps_vector,
 )
 
-__all__ = ["dense_to_channels_last", "depthwise", "global_avg_pool", "pointwise", "pointwise_units",
-           "to_channels_first", "to_channels_last"]
+__all__ = ["dense_to_channels_last", "depthwise", "global_avg_pool", "to_channels_first",
+           "to_channels_last"]
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -46,37 +39,6 @@ def _finish_row(row, bias, res_row, has_res, act):
         for k in range(row.size):
             row[k] += bias[k]
     _activate(row, act)
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def pointwise(x, wt, bias, res, has_res, act, rows, cols, out):
-    """``out = act(x @ wt + bias (+ res))`` for ``x (P, C_in)``, ``wt (C_in, C_out)``,
-    ``out, res (P, C_out)`` (``res`` read only when ``has_res``), in units of ``rows`` pixels by
-    ``cols`` channels, each finished while in cache."""
-    p_all, c_all = out.shape
-    nr = (p_all + rows - 1) // rows
-    nc = (c_all + cols - 1) // cols
-    for unit in prange(nr * nc):
-        r0 = (unit // nc) * rows
-        r1 = min(p_all, r0 + rows)
-        c0 = (unit % nc) * cols
-        c1 = min(c_all, c0 + cols)
-        block = out[r0:r1]
-        gemm_tiled_cols(x[r0:r1], wt, block, c0, c1)
-        b = bias[c0:c1]
-        for p in range(r1 - r0):
-            _finish_row(block[p, c0:c1], b, res[r0 + p, c0:c1], has_res, act)
-
-
-def pointwise_units(pixels: int, channels: int, threads: int) -> tuple[int, int]:
-    """``(rows, cols)`` of :func:`pointwise`'s units: all channels up to 256 (else blocks of 192,
-    the tiles' column block), and pixel bands (multiples of the tiles' 8 rows, at most 512) cut
-    so that there are about four units per thread."""
-    cols = channels if channels <= 256 else 192
-    col_blocks = -(-channels // cols)
-    bands = max(1, -(-4 * threads // col_blocks))
-    rows = -(-pixels // bands)
-    return min(512, max(8, -(-rows // 8) * 8)), cols
 
 
 @njit(parallel=True, cache=True, fastmath=True)

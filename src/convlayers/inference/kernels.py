@@ -30,9 +30,20 @@ def plane_units(planes, work):
     return per, (planes + per - 1) // per
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
+def _sigmoid(v, one):
+    """``1 / (1 + exp(-v))`` from ``e = exp(-|v|)`` in (0, 1], which never overflows."""
+    e = np.exp(-abs(v))
+    return (one if v >= 0 else e) / (one + e)
+
+
+@njit(cache=True, error_model="numpy")
 def _activate(row, act):
-    """Apply activation ``act`` to a 1-D row in place (one loop per kind, so each vectorises)."""
+    """Apply activation ``act`` to a 1-D row in place (one loop per kind, so each vectorises).
+
+    Compiled on its own without fastmath, whatever its caller: inlined into fastmath kernels
+    (no infinities or NaN assumed), SiLU and sigmoid of ``v < -88`` gave NaN where torch gives
+    0 (SiLU: -0.0), and SiLU of +inf NaN where torch gives inf."""
     zero, three, six = row.dtype.type(0), row.dtype.type(3), row.dtype.type(6)
     one = row.dtype.type(1)
     if act == 1:
@@ -48,10 +59,10 @@ def _activate(row, act):
     elif act == 4:
         for i in range(row.size):
             v = row[i]
-            row[i] = v / (one + np.exp(-v))
+            row[i] = v * _sigmoid(v, one)
     elif act == 5:
         for i in range(row.size):
-            row[i] = one / (one + np.exp(-row[i]))
+            row[i] = _sigmoid(row[i], one)
     elif act == 6:
         for i in range(row.size):
             row[i] = np.tanh(row[i])

@@ -1,28 +1,29 @@
-"""Choose each value's memory layout: NCHW, or channels-last (NHWC) in depthwise segments.
+"""Choose each value's memory layout: NCHW, or channels-last (NHWC).
 
 A *segment* is a connected run of nodes that can all work channels-last: depthwise
-convolutions (one filter per channel), 1x1 convolutions (stride 1, no padding, one group),
-adds and activations left unfused, and dense convolutions of at most :data:`STEM_CHANNELS`
-input channels (a stem: it reads its NCHW input as it is and writes channels-last). A segment
-with at least one depthwise convolution (the inverted-residual stacks of MobileNetV2 and
-EfficientNet-Lite0) runs channels-last, where a depthwise convolution works on whole vectors
-of channels and a 1x1 convolution is one GEMM over the batch's pixels
-(:mod:`convlayers.inference.channels_last`). Segments of 1x1 convolutions alone (ResNet-50's
-bottlenecks between 3x3 layers) stay NCHW: converting around each one would cost more than
-it saves.
+convolutions (one filter per channel), convolutions of one group (any kernel, stride, padding
+and dilation), max pools, adds and activations left unfused, and dense convolutions of at most
+:data:`STEM_CHANNELS` input channels (a stem: it reads its NCHW input as it is and writes
+channels-last). A segment with a depthwise convolution or a convolution of one group other
+than a stride-1 1x1 one (so any CNN's body: MobileNetV2, EfficientNet-Lite0, ResNet) runs
+channels-last: a depthwise convolution works on whole vectors of channels
+(:mod:`convlayers.inference.channels_last`), and any other convolution is a direct one whose
+register tiles of pixels by output channels sum every tap in place
+(:mod:`convlayers.inference.conv_last`). Grouped convolutions stay NCHW, and so do segments
+of stride-1 1x1 convolutions alone: converting around them would cost more than it saves.
 
 Conversions go where a layout changes, once per value: ``to_nhwc`` before the first
 channels-last reader of an NCHW value, ``to_nchw`` before an NCHW reader of a channels-last
-value, and before the output. A global average pool reads either layout, so MobileNetV2 and
-EfficientNet-Lite0 (stem, inverted residuals, 1x1 head, pool, linear) convert nothing.
+value, and before the output. A global average pool reads either layout, so MobileNetV2,
+EfficientNet-Lite0 and the ResNets (stem, body, pool, linear) convert nothing.
 """
 
 from __future__ import annotations
 
 from convlayers.inference.graph import Graph, Node
 
-__all__ = ["STEM_CHANNELS", "channels_last_candidate", "choose_layouts", "is_depthwise",
-           "reads_nchw"]
+__all__ = ["STEM_CHANNELS", "channels_last_candidate", "choose_layouts", "is_dense",
+           "is_depthwise", "reads_nchw"]
 
 
 def is_depthwise(node: Node, g: Graph) -> bool:
@@ -46,17 +47,27 @@ STEM_CHANNELS = 4
 
 
 def reads_nchw(node: Node, g: Graph) -> bool:
-    """A dense convolution of few input channels: channels-last, it still reads NCHW."""
-    return bool(node.op == "conv" and node.attrs["groups"] == 1 and node.attrs["residual"] is None
-                and g.shapes[node.inputs[0]][0] <= STEM_CHANNELS and not _is_pointwise(node))
+    """A stem: a dense convolution of few input channels whose input has no channels-last
+    producer (the image, or an NCHW layer's output). Channels-last, it still reads NCHW."""
+    if not (node.op == "conv" and node.attrs["groups"] == 1 and node.attrs["residual"] is None
+            and g.shapes[node.inputs[0]][0] <= STEM_CHANNELS and not _is_pointwise(node)):
+        return False
+    producer = next((n for n in g.nodes if n.output == node.inputs[0]), None)
+    return producer is None or not channels_last_candidate(producer, g)
+
+
+def is_dense(node: Node, g: Graph) -> bool:
+    """A convolution of one group that is neither a stride-1 1x1 one nor a stem: the
+    channels-last direct kernel's (:mod:`convlayers.inference.conv_last`)."""
+    return bool(node.op == "conv" and node.attrs["groups"] == 1 and not _is_pointwise(node)
+                and not reads_nchw(node, g))
 
 
 def channels_last_candidate(node: Node, g: Graph) -> bool:
     """Whether ``node`` has a channels-last step (and all its values are 3-D maps)."""
-    if node.op in ("add", "act"):
+    if node.op in ("add", "act", "maxpool"):
         return len(g.shapes[node.output]) == 3
-    return node.op == "conv" and (is_depthwise(node, g) or _is_pointwise(node)
-                                  or reads_nchw(node, g))
+    return node.op == "conv" and (is_depthwise(node, g) or node.attrs["groups"] == 1)
 
 
 def _reads(node: Node) -> list[int]:
@@ -81,9 +92,9 @@ def _segments(g: Graph) -> set[int]:
         for read in _reads(node):
             if read in candidates:
                 parent[find(read)] = find(value)
-    with_depthwise = {find(v) for v, n in candidates.items()
-                      if n.op == "conv" and is_depthwise(n, g)}
-    return {v for v in candidates if find(v) in with_depthwise}
+    spatial = {find(v) for v, n in candidates.items()
+               if n.op == "conv" and (is_depthwise(n, g) or is_dense(n, g))}
+    return {v for v in candidates if find(v) in spatial}
 
 
 def choose_layouts(g: Graph, channels_last: bool = True) -> Graph:

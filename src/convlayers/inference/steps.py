@@ -448,9 +448,10 @@ def make_step(node: Node, g: Graph) -> Step:
                 return last.DepthwiseLast(node, g, dtype)
             if reads_nchw(node, g):
                 return last.StemLast(node, g, dtype)
-            return last.PointwiseLast(node, g, dtype)
+            return last.DenseLast(node, g, dtype)
         kinds: dict[str, type[Step]] = {"to_nhwc": last.ToChannelsLast, "gap": last.GlobalAvgPoolLast,
-                                        "to_nchw": last.ToChannelsFirst, "act": Activation, "add": Add}
+                                        "to_nchw": last.ToChannelsFirst, "act": Activation, "add": Add,
+                                        "maxpool": last.MaxPoolLast}
         return kinds[node.op](node, g)
     if node.op == "conv":
         w, groups = node.attrs["weight"], node.attrs["groups"]

@@ -1,9 +1,11 @@
 """Steps of a plan's channels-last segments (values chosen by :mod:`convlayers.inference.layout`).
 
 A channels-last value's views are ``(N, H, W, C)`` and ``(N, H*W, C)``; the kernels are in
-:mod:`convlayers.inference.channels_last`. Weights are packed once: a 1x1 convolution's as
-``(C_in, C_out)`` (the GEMM's right operand, rows of output channels), a depthwise one's as
-``(kh, kw, C)`` (a row of channels per tap), a stem's as ``(C_in*kh*kw, C_out)``.
+:mod:`convlayers.inference.channels_last` and :mod:`convlayers.inference.conv_last`. Weights
+are packed once: a convolution of one group as strips of output channels, each strip's
+``(kh*kw*C_in)`` rows contiguous (:func:`convlayers.kernels.simd.pack_conv_weights`), a
+depthwise one's as ``(kh, kw, C)`` (a row of channels per tap), a stem's as
+``(C_in*kh*kw, C_out)``.
 """
 
 from __future__ import annotations
@@ -12,37 +14,75 @@ import numba
 import numpy as np
 
 from convlayers.inference import channels_last as CL
+from convlayers.inference import conv_last
 from convlayers.inference.graph import Graph, Node
 from convlayers.inference.steps import Step, Views, _Conv
 
-__all__ = ["DepthwiseLast", "GlobalAvgPoolLast", "PointwiseLast", "StemLast", "ToChannelsFirst",
-           "ToChannelsLast"]
+__all__ = ["DenseLast", "DepthwiseLast", "GlobalAvgPoolLast", "MaxPoolLast", "StemLast",
+           "ToChannelsFirst", "ToChannelsLast"]
 
 
 def _threads() -> int:
     return int(numba.get_num_threads())
 
 
-class PointwiseLast(_Conv):
-    strategy = ("pointwise channels-last: one GEMM (pixels x C_in) @ (C_in x C_out) on the "
-                "register tiles over the batch, epilogue in each unit")
+class DenseLast(_Conv):
+    strategy = ("conv channels-last (one group): direct, each register tile of pixels x output "
+                "channels summed over every tap, epilogue per unit")
 
     def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
         super().__init__(node, g, dtype)
-        self.packed = np.ascontiguousarray(node.attrs["weight"][:, :, 0, 0].T, dtype)
+        from convlayers.kernels.simd import pack_conv_weights
+
+        w = node.attrs["weight"]  # (C_out, C_in, kh, kw) -> rows (i*kw + j)*C_in + ci
+        self.packed = pack_conv_weights(np.ascontiguousarray(
+            w.transpose(2, 3, 1, 0).reshape(-1, self.c_out), dtype))
+        self.padded = any(node.attrs["pads"])
+        # rows and columns any window reads, and those the padded copy holds
+        self.hp = max(self.pt + self.h, (self.ho - 1) * self.sh + (self.kh - 1) * self.dh + 1)
+        self.wp = max(self.pl + self.w, (self.wo - 1) * self.sw + (self.kw - 1) * self.dw + 1)
+        if not self.padded:
+            self.hp, self.wp = self.h, self.w
+        else:
+            self.strategy = "zero-padded copy in scratch, then " + self.strategy
+        self.toffs = conv_last.tap_offsets(self.kh, self.kw, self.dh, self.dw, self.wp, self.c_in)
+        self._offs: dict[int, np.ndarray] = {}
         self._units: dict[tuple[int, int], tuple[int, int]] = {}
 
+    def scratch_elements(self, n: int) -> int:
+        return n * self.hp * self.wp * self.c_in if self.padded else 0
+
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
-        x, out = v[self.inp][1], v[self.out][1]
-        pixels = x.shape[0] * x.shape[1]
+        x, out = v[self.inp][0], v[self.out][1]
+        n = x.shape[0]
+        pixels = n * self.ho * self.wo
+        if self.padded:
+            assert scratch is not None
+            xp = scratch[:n * self.hp * self.wp * self.c_in].reshape(n, self.hp, self.wp,
+                                                                      self.c_in)
+            conv_last.pad_channels_last(x, self.pt, self.pl, xp)
+            x = xp
+        offs = self._offs.get(n)
+        if offs is None:
+            offs = self._offs[n] = conv_last.pixel_offsets(n, self.ho, self.wo, self.hp,
+                                                           self.wp, self.c_in, self.sh, self.sw)
         key = (pixels, _threads())
         if key not in self._units:
-            self._units[key] = CL.pointwise_units(pixels, self.c_out, key[1])
+            self._units[key] = conv_last.dense_units(pixels, self.c_out, key[1])
         rows, cols = self._units[key]
         res, has = self._res(v, True)
-        CL.pointwise(x.reshape(pixels, self.c_in), self.packed, self.bias,
-                     res.reshape(pixels, self.c_out), has, self.act, rows, cols,
-                     out.reshape(pixels, self.c_out))
+        conv_last.dense(x.reshape(-1), self.packed, offs, self.toffs, self.bias,
+                        res.reshape(pixels, self.c_out), has, self.act, rows, cols,
+                        out.reshape(pixels, self.c_out))
+
+
+class MaxPoolLast(Step):
+    strategy = "max pool channels-last: a select per tap along vectors of channels (numba)"
+
+    def run(self, v: Views, scratch: np.ndarray | None) -> None:
+        a = self.node.attrs
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl) = a["kernel"], a["stride"], a["dilation"], a["pads"]
+        conv_last.max_pool(v[self.inp][0], kh, kw, sh, sw, dh, dw, pt, pl, v[self.out][0])
 
 
 class DepthwiseLast(_Conv):

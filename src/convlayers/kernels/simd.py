@@ -38,9 +38,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["KC", "NC", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "gemm_indirect",
-           "gemm_indirect_left_add", "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add",
-           "gemm_tiled_cols", "taps_broadcast", "taps_row", "taps_vector", "transpose_vectors",
+__all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TILE_ROWS", "TILE_VECTORS",
+           "VECTOR_BYTES", "conv_strip", "conv_tiles", "gemm_indirect", "gemm_indirect_left_add",
+           "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
+           "pack_conv_weights", "taps_broadcast", "taps_row", "taps_vector", "transpose_vectors",
            "vector_bytes"]
 
 
@@ -90,7 +91,7 @@ _KINDS = ("full", "edge", "narrow")
 
 
 def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str, vectors: int,
-               accumulate: bool, tile_rows: int = TILE_ROWS) -> Any:
+               accumulate: bool, tile_rows: int = TILE_ROWS, taps: bool = False) -> Any:
     """``m[p:p+R, j0:j0+C] (+)= u[p:p+R, k0:k1] @ v[k0:k1, j0:j0+C]`` for C-contiguous 2-D
     arrays (``+=`` when ``accumulate``), with ``R = tile_rows`` accumulators of ``vectors``
     vectors kept in registers over the whole ``k`` loop; ``kind`` as in :data:`_KINDS` (the
@@ -99,7 +100,15 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
     A 1-D operand is *indirect*: with a 1-D ``v``, its row ``k`` starts at ``v[offs[k]]``; with
     a 1-D ``u``, its row ``p`` starts at ``u[offs[p]]`` (``offs``, the fourth argument, is
     ignored when both are 2-D). Overlapping windows of one flat array then serve as the rows:
-    the implicit GEMM of :mod:`convlayers.kernels.implicit`."""
+    the implicit GEMM of :mod:`convlayers.kernels.implicit`.
+
+    ``taps`` (an indirect ``u``; ``edge`` and ``narrow`` kinds): five more arguments,
+    ``toffs, ntaps, vrows, vfirst, vcol``. The ``k`` loop runs once per tap ``t < ntaps``, its
+    left rows moved by ``toffs[t]`` and its right rows those of ``v`` from
+    ``vfirst + t * vrows``, read from column ``vcol`` of ``v`` (a packed strip of the weights,
+    while ``j0`` is the output's column): a direct convolution over a padded channels-last
+    input, each tap a window of pixels' channels, the accumulators kept across all taps
+    (XNNPACK's indirect GEMM, with offsets for pointers)."""
     arr_t = signature.args[0]
     ua, va, ma, oa = (context.make_array(t)(context, builder, a)
                       for t, a in zip(signature.args[:4], args[:4], strict=True))
@@ -182,27 +191,48 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
     else:
         u_rows = [builder.add(builder.mul(builder.add(p, rows[r]), us), builder.mul(k0, uk))
                   for r in range(tile_rows)]
-    with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
-        k = loop.index
-        if indirect:
-            v_row = builder.load(builder.gep(oa.data, [builder.add(k, k0)]))
-        else:
-            v_row = builder.mul(builder.add(k, k0), vs)
-            # the row PREFETCH_ROWS ahead: a product with few rows streams its right operand
-            # once, a column strip of many rows, more streams than the hardware follows
-            ahead = builder.mul(builder.add(builder.add(k, k0), const(PREFETCH_ROWS)), vs)
-            for h in range(vectors):
-                builder.call(prefetch, [builder.bitcast(at(va, ahead, h), i8p), i32_0,
-                                        ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        xs = [read(at(va, v_row, h), h) for h in range(vectors)]
-        u_k = builder.mul(k, uk) if strided_left else k
-        for r in range(tile_rows):
-            a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], u_k)]))
-            a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(i32, 0))
-            a = builder.shuffle_vector(a, ir.Constant(vec, None), zeros)
-            for h in range(vectors):
-                builder.store(builder.call(fma, [a, xs[h], builder.load(accs[r][h])]),
-                              accs[r][h])
+    if taps:
+        toa = context.make_array(signature.args[10])(context, builder, args[10])
+        ntaps, vrows, vfirst, vcol = args[11:15]
+        with cgutils.for_range(builder, ntaps) as tap_loop:
+            t = tap_loop.index
+            shift = builder.load(builder.gep(toa.data, [t]))
+            first = builder.add(builder.add(builder.mul(t, vrows), k0), vfirst)
+            tap_rows = [builder.add(row, shift) for row in u_rows]
+            with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
+                k = loop.index
+                v_at = builder.add(builder.mul(builder.add(k, first), vs), vcol)
+                xs = [read(builder.bitcast(builder.gep(va.data, [builder.add(
+                    v_at, const(h * lanes))]), vptr), h) for h in range(vectors)]
+                for r in range(tile_rows):
+                    a = builder.load(builder.gep(ua.data, [builder.add(tap_rows[r], k)]))
+                    a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(i32, 0))
+                    a = builder.shuffle_vector(a, ir.Constant(vec, None), zeros)
+                    for h in range(vectors):
+                        builder.store(builder.call(fma, [a, xs[h], builder.load(accs[r][h])]),
+                                      accs[r][h])
+    else:
+        with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
+            k = loop.index
+            if indirect:
+                v_row = builder.load(builder.gep(oa.data, [builder.add(k, k0)]))
+            else:
+                v_row = builder.mul(builder.add(k, k0), vs)
+                # the row PREFETCH_ROWS ahead: a product with few rows streams its right operand
+                # once, a column strip of many rows, more streams than the hardware follows
+                ahead = builder.mul(builder.add(builder.add(k, k0), const(PREFETCH_ROWS)), vs)
+                for h in range(vectors):
+                    builder.call(prefetch, [builder.bitcast(at(va, ahead, h), i8p), i32_0,
+                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            xs = [read(at(va, v_row, h), h) for h in range(vectors)]
+            u_k = builder.mul(k, uk) if strided_left else k
+            for r in range(tile_rows):
+                a = builder.load(builder.gep(ua.data, [builder.add(u_rows[r], u_k)]))
+                a = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(i32, 0))
+                a = builder.shuffle_vector(a, ir.Constant(vec, None), zeros)
+                for h in range(vectors):
+                    builder.store(builder.call(fma, [a, xs[h], builder.load(accs[r][h])]),
+                                  accs[r][h])
     if kind == "edge":
         written = [builder.icmp_signed(">=", lane_ids(h), splat(builder.sub(args[9], j0)))
                    for h in range(vectors)]
@@ -250,6 +280,33 @@ def _make_tile(kind: str, vectors: int, accumulate: bool, tile_rows: int = TILE_
 
     typer = full if kind == "full" else ragged
     typer.__name__ = f"{kind}_tile_{tile_rows}x{vectors}{'_add' if accumulate else ''}"
+    return intrinsic(typer)
+
+
+#: Pixels by vectors of output channels of a direct convolution's tile (:func:`conv_tiles`):
+#: with AVX-512, 6 by 4 (24 accumulators, 64 float32 channels: a ResNet's widths are multiples
+#: of 64, which 8 by 3 tiles covered with a third of one-vector tiles).
+CONV_ROWS, CONV_VECTORS = (6, 4) if _WIDE else (TILE_ROWS, TILE_VECTORS)
+
+
+def _make_conv_tile(kind: str, vectors: int, accumulate: bool) -> Any:
+    """The intrinsic ``tile(u, v, m, offs, p, j0, k0, k1, rows, keep_or_cols, toffs, ntaps,
+    vrows, vfirst, vcol)`` (``edge`` or ``narrow``) of :func:`_emit_tile` with ``taps``: ``u``
+    1-D."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return _emit_tile(context, builder, signature, args, kind, vectors, accumulate,
+                          CONV_ROWS, taps=True)
+
+    def typer(typingctx: Any, u: Any, v: Any, m: Any, offs: Any, p: Any, j0: Any, k0: Any,
+              k1: Any, rows: Any, keep_or_cols: Any, toffs: Any, ntaps: Any, vrows: Any,
+              vfirst: Any, vcol: Any) -> Any:
+        if not (_typed(u, v, m, offs) and u.ndim == 1 and isinstance(toffs, types.Array)
+                and toffs.ndim == 1 and toffs.dtype == types.int64):
+            return None
+        return types.void(u, v, m, offs, *([types.intp] * 6), toffs,
+                          *([types.intp] * 4)), codegen
+
+    typer.__name__ = f"conv_{kind}_tile_{CONV_ROWS}x{vectors}{'_add' if accumulate else ''}"
     return intrinsic(typer)
 
 
@@ -400,6 +457,109 @@ def _band(u, v, m, offs, p, rows, c0, c1, narrow, k0, k1, add):
             _edge_one_add(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)
         else:
             _edge_one(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)
+
+
+_conv_wide = _make_conv_tile("edge", CONV_VECTORS, False)
+_conv_wide_add = _make_conv_tile("edge", CONV_VECTORS, True)
+_conv_half = _make_conv_tile("edge", max(1, CONV_VECTORS // 2), False)
+_conv_half_add = _make_conv_tile("edge", max(1, CONV_VECTORS // 2), True)
+_conv_one, _conv_one_add = _make_conv_tile("edge", 1, False), _make_conv_tile("edge", 1, True)
+_conv_narrow = _make_conv_tile("narrow", 1, False)
+_conv_narrow_add = _make_conv_tile("narrow", 1, True)
+#: Bytes of a direct convolution's weight panel (taps by a slab of input channels by a block
+#: of ``NC`` output channels) that one pass over a unit's bands keeps in the L2 cache.
+CONV_PANEL_BYTES = 512 * 1024
+
+
+def conv_strip() -> int:
+    """Columns of one packed strip of a direct convolution's weights: a wide tile's."""
+    return CONV_VECTORS * VECTOR_BYTES
+
+
+def pack_conv_weights(w: np.ndarray) -> np.ndarray:
+    """``w (K, C_out)`` as strips of :func:`conv_strip` ``// itemsize`` columns, each strip's
+    ``K`` rows contiguous (zeros past ``C_out``): ``(strips * K, strip)``. A tile then reads
+    consecutive rows of 256 bytes; from ``w`` itself, rows ``4 * C_out`` bytes apart
+    (2 KiB for 512 channels) fell into a few cache sets and the panel streamed from L3."""
+    k, c_out = w.shape
+    strip = conv_strip() // w.itemsize
+    strips = -(-c_out // strip)
+    packed = np.zeros((strips, k, strip), w.dtype)
+    for s in range(strips):
+        part = w[:, s * strip:(s + 1) * strip]
+        packed[s, :, :part.shape[1]] = part
+    return packed.reshape(strips * k, strip)
+
+
+@njit(cache=True, fastmath=True)
+def conv_tiles(x, w, m, offs, toffs, p0, p1, j_lo, j_hi):
+    """Rows ``p0 .. p1``, columns ``j_lo .. j_hi`` (``j_lo`` a multiple of a strip) of
+    ``m = sum_t X_t @ W[t*C : (t+1)*C]``: a direct convolution over a flat, padded,
+    channels-last input ``x`` with ``C`` channels, where row ``p`` of ``X_t`` is
+    ``x[offs[p] + toffs[t] : ... + C]`` (output pixel ``p``'s window at tap ``t``) and ``w`` is
+    ``W (ntaps*C, C_out)`` packed by :func:`pack_conv_weights`.
+
+    Each tile keeps its ``CONV_ROWS`` pixels by up to ``CONV_VECTORS`` vectors of output
+    channels in registers across every tap of a slab of input channels; blocks of ``NC``
+    columns, slabs sized so that the block's weight panel stays in L2
+    (:data:`CONV_PANEL_BYTES`), then bands of pixels; the columns a wide tile leaves on
+    tiles of half its vectors, then of one, the last (fewer than a vector) masked."""
+    ntaps = toffs.size
+    S = w.shape[1]
+    K = w.shape[0] // ((m.shape[1] + S - 1) // S)
+    C = K // ntaps
+    R = CONV_ROWS
+    lanes = (64 if _WIDE else 32) // x.itemsize
+    width = j_hi - j_lo
+    if width <= 0 or p1 <= p0:
+        return
+    block = min(width, NC)
+    kc = max(lanes, CONV_PANEL_BYTES // (ntaps * block * x.itemsize) // lanes * lanes)
+    half = max(1, CONV_VECTORS // 2) * lanes
+    for c0 in range(j_lo, j_hi, NC):
+        c1 = min(j_hi, c0 + NC)
+        end = c1 - (c1 - c0) % lanes
+        wide = c0 + (end - c0) - (end - c0) % S
+        halves = wide + (end - wide) - (end - wide) % half if half > lanes else wide
+        for k0 in range(0, C, kc):
+            k1 = min(C, k0 + kc)
+            add = k0 > 0
+            for p in range(p0, p1, R):
+                rows = min(R, p1 - p)
+                for j0 in range(c0, c1, lanes):
+                    if j0 < wide and (j0 - c0) % S != 0:
+                        continue
+                    if j0 >= wide and j0 < halves and (j0 - wide) % half != 0:
+                        continue
+                    first = (j0 // S) * K
+                    col = j0 % S
+                    if j0 < wide:
+                        if add:
+                            _conv_wide_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs,
+                                           ntaps, C, first, col)
+                        else:
+                            _conv_wide(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps,
+                                       C, first, col)
+                    elif j0 < halves:
+                        if add:
+                            _conv_half_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs,
+                                           ntaps, C, first, col)
+                        else:
+                            _conv_half(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps,
+                                       C, first, col)
+                    elif j0 < end:
+                        if add:
+                            _conv_one_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs,
+                                          ntaps, C, first, col)
+                        else:
+                            _conv_one(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps,
+                                      C, first, col)
+                    elif add:
+                        _conv_narrow_add(x, w, m, offs, p, j0, k0, k1, rows, c1 - j0, toffs,
+                                         ntaps, C, first, col)
+                    else:
+                        _conv_narrow(x, w, m, offs, p, j0, k0, k1, rows, c1 - j0, toffs,
+                                     ntaps, C, first, col)
 
 
 def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> Any:

@@ -139,6 +139,25 @@ def test_a_stem_of_few_channels_writes_channels_last_directly() -> None:
     check(ours, twin, [(1, 3, 17, 14), (2, 3, 17, 14), (5, 3, 17, 14)])
 
 
+def test_a_wide_stem_runs_the_direct_kernel_on_a_transposed_copy() -> None:
+    """ResNet's pattern: a 3-channel stem with a tile's worth of output channels (64) reads
+    the NCHW image through a padded channels-last copy, then a max pool and a residual block
+    run channels-last; only the output converts."""
+    from test_resnet import TBasicBlock
+
+    ours = randomize_norms(nn.Sequential(*conv_bn(3, 64, 7, 2, act=nn.ReLU),
+                                         nn.MaxPool2d(3, 2, 1),
+                                         nn.models.BasicBlock(64, 64, rng=1)), 8)
+    twin = tnn.Sequential(tnn.Conv2d(3, 64, 7, 2, 3, bias=False), tnn.BatchNorm2d(64), tnn.ReLU(),
+                          tnn.MaxPool2d(3, 2, 1), TBasicBlock(64, 64))
+    copy_weights(ours, twin)
+    plan = convlayers.compile(ours, np.zeros((1, 3, 29, 30), np.float32))
+    assert [type(s).__name__ for s in plan._steps] == [
+        "DenseLast", "MaxPoolLast", "DenseLast", "DenseLast", "ToChannelsFirst"]
+    assert "1 conversions" in plan.explain()
+    check(ours, twin, [(1, 3, 29, 30), (2, 3, 29, 30), (3, 3, 29, 30)])
+
+
 @pytest.mark.parametrize("shape", [(1, 160, 3, 5), (5, 160, 3, 5), (1, 160, 1, 1)])
 def test_channels_last_blocks_of_channels_and_columns(shape: tuple[int, ...]) -> None:
     """Few output rows split a depthwise layer's channels into blocks (64, 64, 32 here); more

@@ -18,7 +18,8 @@ from numba import njit, prange
 from convlayers.inference.channels_last import _finish_row
 from convlayers.kernels.simd import CONV_ROWS, NC, conv_tiles
 
-__all__ = ["dense", "dense_units", "max_pool", "pad_channels_last", "pixel_offsets", "tap_offsets"]
+__all__ = ["dense", "dense_units", "max_pool", "pad_channels_last", "pad_to_channels_last",
+           "pixel_offsets", "tap_offsets"]
 
 
 @njit(parallel=True, cache=True)
@@ -36,6 +37,25 @@ def pad_channels_last(x, pt, pl, out):
         row[:pl, :] = 0
         row[pl + w:, :] = 0
         row[pl:pl + w, :] = x[n, iy]
+
+
+@njit(parallel=True, cache=True)
+def pad_to_channels_last(x, pt, pl, out):
+    """``out (N, Hp, Wp, C)``: the NCHW ``x (N, C, H, W)`` transposed to channels-last at row
+    ``pt``, column ``pl``, zeros around (a stem's input: the image as it comes)."""
+    n_img, c, h, w = x.shape
+    hp = out.shape[1]
+    for unit in prange(n_img * hp):
+        n, y = unit // hp, unit % hp
+        row = out[n, y]
+        row[:, :] = 0
+        iy = y - pt
+        if iy < 0 or iy >= h:
+            continue
+        for ch in range(c):
+            src = x[n, ch, iy]
+            for ix in range(w):
+                row[pl + ix, ch] = src[ix]
 
 
 def pixel_offsets(n: int, ho: int, wo: int, hp: int, wp: int, c: int, sh: int,

@@ -30,14 +30,15 @@ class DenseLast(_Conv):
     strategy = ("conv channels-last (one group): direct, each register tile of pixels x output "
                 "channels summed over every tap, epilogue per unit")
 
-    def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
+    def __init__(self, node: Node, g: Graph, dtype: np.dtype, reads_nchw: bool = False) -> None:
         super().__init__(node, g, dtype)
         from convlayers.kernels.simd import pack_conv_weights
 
         w = node.attrs["weight"]  # (C_out, C_in, kh, kw) -> rows (i*kw + j)*C_in + ci
         self.packed = pack_conv_weights(np.ascontiguousarray(
             w.transpose(2, 3, 1, 0).reshape(-1, self.c_out), dtype))
-        self.padded = any(node.attrs["pads"])
+        self.reads_nchw = reads_nchw  # a stem: its copy transposes the NCHW image too
+        self.padded = any(node.attrs["pads"]) or reads_nchw
         # rows and columns any window reads, and those the padded copy holds
         self.hp = max(self.pt + self.h, (self.ho - 1) * self.sh + (self.kh - 1) * self.dh + 1)
         self.wp = max(self.pl + self.w, (self.wo - 1) * self.sw + (self.kw - 1) * self.dw + 1)
@@ -60,7 +61,10 @@ class DenseLast(_Conv):
             assert scratch is not None
             xp = scratch[:n * self.hp * self.wp * self.c_in].reshape(n, self.hp, self.wp,
                                                                       self.c_in)
-            conv_last.pad_channels_last(x, self.pt, self.pl, xp)
+            if self.reads_nchw:
+                conv_last.pad_to_channels_last(x, self.pt, self.pl, xp)
+            else:
+                conv_last.pad_channels_last(x, self.pt, self.pl, xp)
             x = xp
         offs = self._offs.get(n)
         if offs is None:

@@ -1,5 +1,5 @@
 """Dense convolutions of a plan's channels-last (NHWC) segments: a direct convolution whose
-register tiles keep their accumulators across every tap (:func:`convlayers.kernels.simd.conv_tiles`).
+register tiles keep their accumulators across every tap (:func:`convlayers.kernels.simd.conv_band`).
 
 In NHWC a tap of a window is, for each output pixel, one contiguous row of input channels, so a
 ``kh x kw`` convolution is a sum over taps of GEMMs ``X_t (pixels, C_in) @ W_t (C_in, C_out)``
@@ -16,10 +16,10 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.inference.channels_last import _finish_row
-from convlayers.kernels.simd import CONV_ROWS, NC, conv_tiles
+from convlayers.kernels.simd import CONV_ROWS, NC, conv_band, conv_slab, conv_strip
 
-__all__ = ["dense", "dense_units", "max_pool", "pad_channels_last", "pad_to_channels_last",
-           "pixel_offsets", "tap_offsets"]
+__all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "dense", "dense_units", "max_pool",
+           "pad_channels_last", "pad_to_channels_last", "pixel_offsets", "tap_offsets"]
 
 
 @njit(parallel=True, cache=True)
@@ -81,30 +81,85 @@ def dense(xf, w, offs, toffs, bias, res, has_res, act, rows, cols, out):
     ``w (kh*kw*C_in, C_out)`` (row ``(i*kw + j)*C_in + ci``) packed by
     :func:`convlayers.kernels.simd.pack_conv_weights`, ``out, res (P, C_out)`` (``res`` read
     only when ``has_res``), in units of ``rows`` pixels by ``cols`` channels (a multiple of
-    the packed strips' width)."""
+    the packed strips' width).
+
+    In a unit: blocks of ``NC`` columns, slabs of input channels whose weight panel stays in
+    L2 (:func:`convlayers.kernels.simd.conv_slab`), bands of a tile's pixels; a band is
+    finished (bias, residual, activation) right after its last slab, while in L1."""
     p_all, c_all = out.shape
+    c_in = w.shape[0] // ((c_all + w.shape[1] - 1) // w.shape[1]) // toffs.size
     nr = (p_all + rows - 1) // rows
     nc = (c_all + cols - 1) // cols
     for unit in prange(nr * nc):
         r0 = (unit // nc) * rows
         r1 = min(p_all, r0 + rows)
-        c0 = (unit % nc) * cols
-        c1 = min(c_all, c0 + cols)
-        conv_tiles(xf, w, out, offs, toffs, r0, r1, c0, c1)
-        b = bias[c0:c1]
-        for p in range(r0, r1):
-            _finish_row(out[p, c0:c1], b, res[p, c0:c1], has_res, act)
+        j0 = (unit % nc) * cols
+        j1 = min(c_all, j0 + cols)
+        kc = conv_slab(xf, w, out, toffs.size, j1 - j0)
+        for c0 in range(j0, j1, NC):
+            c1 = min(j1, c0 + NC)
+            b = bias[c0:c1]
+            for k0 in range(0, c_in, kc):
+                k1 = min(c_in, k0 + kc)
+                for p in range(r0, r1, CONV_ROWS):
+                    band = min(CONV_ROWS, r1 - p)
+                    conv_band(xf, w, out, offs, toffs, p, band, c0, c1, k0, k1)
+                    if k1 == c_in:
+                        for q in range(p, p + band):
+                            _finish_row(out[q, c0:c1], b, res[q, c0:c1], has_res, act)
 
 
-def dense_units(pixels: int, channels: int, threads: int) -> tuple[int, int]:
-    """``(rows, cols)`` of :func:`dense`'s units: all output channels up to 256 (else blocks
-    of ``NC``, whole strips), pixel bands (multiples of the tiles' rows, at most 256) cut so that there are
-    about four units per thread."""
-    cols = channels if channels <= 256 else NC
-    col_blocks = -(-channels // cols)
-    bands = max(1, -(-4 * threads // col_blocks))
-    rows = -(-pixels // bands)
-    return min(256, max(CONV_ROWS, -(-rows // CONV_ROWS) * CONV_ROWS)), cols
+#: A unit's fixed cost (handing it out, its first loads), in tiles of one strip.
+UNIT_COST = 0.25
+#: Pixel rows (in tiles) one unit covers at most.
+MAX_BAND_TILES = 43
+#: Bytes of a unit's output block at most: with many input channels each slab of them adds
+#: onto the whole block, which stays in L2 beside the weight panel (ResNet's 256 -> 512 3x3
+#: on 7x7 maps at batch 16: 70 GMAC/s in blocks of 258 pixels by 256 channels, 85 in blocks
+#: of 96 by 256).
+OUT_BLOCK_BYTES = 128 * 1024
+
+
+def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4) -> tuple[int, int]:
+    """``(rows, cols)`` of :func:`dense`'s units: bands of whole tiles of pixels (at most
+    :data:`MAX_BAND_TILES`, and :data:`OUT_BLOCK_BYTES` of output) by whole strips of output
+    channels (at most four).
+
+    Each candidate is costed in tiles of one strip: the units handed out in order to the
+    least-loaded thread (numba's dynamic schedule, chunks of one), the most loaded thread's
+    work plus :data:`UNIT_COST` per unit it runs. The cheapest wins (ties: fewer units). A
+    7x7 map at batch 1 (49 pixels, 9 tiles) by 512 channels (8 strips) splits into 8 units of
+    one strip, 4 per thread, where fixed bands of three strips had made 9 units of uneven
+    work."""
+    import heapq
+
+    strip = conv_strip() // itemsize
+    tiles = -(-pixels // CONV_ROWS)
+    strips = -(-channels // strip)
+    best: tuple[float, int, int, int] | None = None
+    for cs in range(1, min(strips, 4) + 1):
+        col_units = -(-strips // cs)
+        col_work = [min(cs, strips - j * cs) for j in range(col_units)]
+        most = max(1, min(MAX_BAND_TILES, OUT_BLOCK_BYTES // (CONV_ROWS * cs * strip * itemsize)))
+        seen = set()
+        for bands in range(1, tiles + 1):
+            rt = min(most, -(-tiles // bands))
+            if rt in seen:
+                continue
+            seen.add(rt)
+            row_units = -(-tiles // rt)
+            if row_units * col_units > 64 * threads and len(seen) > 1:
+                break  # finer bands only add units (the first, capped band is always costed)
+            loads = [0.0] * threads
+            for i in range(row_units):
+                rows = min(rt, tiles - i * rt)
+                for work in col_work:
+                    heapq.heapreplace(loads, loads[0] + rows * work + UNIT_COST)
+            cost = (max(loads), row_units * col_units)
+            if best is None or cost < best[:2]:
+                best = (cost[0], cost[1], rt, cs)
+    assert best is not None
+    return best[2] * CONV_ROWS, min(channels, best[3] * strip)
 
 
 @njit(parallel=True, cache=True)

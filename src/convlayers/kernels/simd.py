@@ -39,7 +39,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TILE_ROWS", "TILE_VECTORS",
-           "VECTOR_BYTES", "conv_strip", "conv_tiles", "gemm_indirect", "gemm_indirect_left_add",
+           "VECTOR_BYTES", "conv_band", "conv_slab", "conv_strip", "gemm_indirect", "gemm_indirect_left_add",
            "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
            "pack_conv_weights", "taps_broadcast", "taps_row", "taps_vector", "transpose_vectors",
            "vector_bytes"]
@@ -283,7 +283,7 @@ def _make_tile(kind: str, vectors: int, accumulate: bool, tile_rows: int = TILE_
     return intrinsic(typer)
 
 
-#: Pixels by vectors of output channels of a direct convolution's tile (:func:`conv_tiles`):
+#: Pixels by vectors of output channels of a direct convolution's tile (:func:`conv_band`):
 #: with AVX-512, 6 by 4 (24 accumulators, 64 float32 channels: a ResNet's widths are multiples
 #: of 64, which 8 by 3 tiles covered with a third of one-vector tiles).
 CONV_ROWS, CONV_VECTORS = (6, 4) if _WIDE else (TILE_ROWS, TILE_VECTORS)
@@ -492,74 +492,63 @@ def pack_conv_weights(w: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, fastmath=True)
-def conv_tiles(x, w, m, offs, toffs, p0, p1, j_lo, j_hi):
-    """Rows ``p0 .. p1``, columns ``j_lo .. j_hi`` (``j_lo`` a multiple of a strip) of
-    ``m = sum_t X_t @ W[t*C : (t+1)*C]``: a direct convolution over a flat, padded,
-    channels-last input ``x`` with ``C`` channels, where row ``p`` of ``X_t`` is
+def conv_slab(x, w, m, ntaps, width):
+    """Input channels per slab of a direct convolution whose units span ``width`` output
+    columns: the block's weight panel (``ntaps`` taps by the slab by ``min(width, NC)``
+    columns) within :data:`CONV_PANEL_BYTES`, a multiple of a vector."""
+    lanes = (64 if _WIDE else 32) // x.itemsize
+    block = max(1, min(width, NC))
+    return max(lanes, CONV_PANEL_BYTES // (ntaps * block * x.itemsize) // lanes * lanes)
+
+
+@njit(cache=True, fastmath=True)
+def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1):
+    """Rows ``p .. p+rows`` (at most ``CONV_ROWS``), columns ``c0 .. c1`` (``c0`` a multiple
+    of a strip), input channels ``k0 .. k1`` of ``m (+)= sum_t X_t @ W[t*C : (t+1)*C]``
+    (``+=`` unless ``k0 == 0``): a direct convolution over a flat, padded, channels-last
+    input ``x`` with ``C`` channels, where row ``p`` of ``X_t`` is
     ``x[offs[p] + toffs[t] : ... + C]`` (output pixel ``p``'s window at tap ``t``) and ``w`` is
     ``W (ntaps*C, C_out)`` packed by :func:`pack_conv_weights`.
 
-    Each tile keeps its ``CONV_ROWS`` pixels by up to ``CONV_VECTORS`` vectors of output
-    channels in registers across every tap of a slab of input channels; blocks of ``NC``
-    columns, slabs sized so that the block's weight panel stays in L2
-    (:data:`CONV_PANEL_BYTES`), then bands of pixels; the columns a wide tile leaves on
-    tiles of half its vectors, then of one, the last (fewer than a vector) masked."""
+    Each tile keeps its pixels by up to ``CONV_VECTORS`` vectors of output channels in
+    registers across every tap of the slab; the columns a wide tile leaves on tiles of half
+    its vectors, then of one, the last (fewer than a vector) masked."""
     ntaps = toffs.size
     S = w.shape[1]
     K = w.shape[0] // ((m.shape[1] + S - 1) // S)
     C = K // ntaps
-    R = CONV_ROWS
     lanes = (64 if _WIDE else 32) // x.itemsize
-    width = j_hi - j_lo
-    if width <= 0 or p1 <= p0:
-        return
-    block = min(width, NC)
-    kc = max(lanes, CONV_PANEL_BYTES // (ntaps * block * x.itemsize) // lanes * lanes)
     half = max(1, CONV_VECTORS // 2) * lanes
-    for c0 in range(j_lo, j_hi, NC):
-        c1 = min(j_hi, c0 + NC)
-        end = c1 - (c1 - c0) % lanes
-        wide = c0 + (end - c0) - (end - c0) % S
-        halves = wide + (end - wide) - (end - wide) % half if half > lanes else wide
-        for k0 in range(0, C, kc):
-            k1 = min(C, k0 + kc)
-            add = k0 > 0
-            for p in range(p0, p1, R):
-                rows = min(R, p1 - p)
-                for j0 in range(c0, c1, lanes):
-                    if j0 < wide and (j0 - c0) % S != 0:
-                        continue
-                    if j0 >= wide and j0 < halves and (j0 - wide) % half != 0:
-                        continue
-                    first = (j0 // S) * K
-                    col = j0 % S
-                    if j0 < wide:
-                        if add:
-                            _conv_wide_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs,
-                                           ntaps, C, first, col)
-                        else:
-                            _conv_wide(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps,
-                                       C, first, col)
-                    elif j0 < halves:
-                        if add:
-                            _conv_half_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs,
-                                           ntaps, C, first, col)
-                        else:
-                            _conv_half(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps,
-                                       C, first, col)
-                    elif j0 < end:
-                        if add:
-                            _conv_one_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs,
-                                          ntaps, C, first, col)
-                        else:
-                            _conv_one(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps,
-                                      C, first, col)
-                    elif add:
-                        _conv_narrow_add(x, w, m, offs, p, j0, k0, k1, rows, c1 - j0, toffs,
-                                         ntaps, C, first, col)
-                    else:
-                        _conv_narrow(x, w, m, offs, p, j0, k0, k1, rows, c1 - j0, toffs,
-                                     ntaps, C, first, col)
+    end = c1 - (c1 - c0) % lanes
+    wide = c0 + (end - c0) - (end - c0) % S
+    halves = wide + (end - wide) - (end - wide) % half if half > lanes else wide
+    add = k0 > 0
+    for j0 in range(c0, wide, S):
+        first, col = (j0 // S) * K, j0 % S
+        if add:
+            _conv_wide_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
+        else:
+            _conv_wide(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
+    for j0 in range(wide, halves, half):
+        first, col = (j0 // S) * K, j0 % S
+        if add:
+            _conv_half_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
+        else:
+            _conv_half(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
+    for j0 in range(halves, end, lanes):
+        first, col = (j0 // S) * K, j0 % S
+        if add:
+            _conv_one_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
+        else:
+            _conv_one(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
+    if c1 > end:
+        first, col = (end // S) * K, end % S
+        if add:
+            _conv_narrow_add(x, w, m, offs, p, end, k0, k1, rows, c1 - end, toffs, ntaps, C,
+                             first, col)
+        else:
+            _conv_narrow(x, w, m, offs, p, end, k0, k1, rows, c1 - end, toffs, ntaps, C,
+                         first, col)
 
 
 def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> Any:

@@ -104,7 +104,14 @@ def _dense_channels_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
     wp = max(pl + w, (wo - 1) * sw + (kw - 1) * dw + 1)
     padded = np.empty((n, hp, wp, c_in), x.dtype)
     conv_last.pad_channels_last(x, pt, pl, padded)
-    packed = pack_conv_weights(np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(-1, c_out)))
+    packed = pack_conv_weights(weight)
+    strip = packed.shape[1]  # the packing against its definition
+    w2 = weight.transpose(2, 3, 1, 0).reshape(-1, c_out)
+    for s in range(-(-c_out // strip)):
+        block = packed[s * w2.shape[0]:(s + 1) * w2.shape[0]]
+        part = w2[:, s * strip:(s + 1) * strip]
+        np.testing.assert_array_equal(block[:, :part.shape[1]], part)
+        assert not block[:, part.shape[1]:].any()
     out = np.empty((n * ho * wo, c_out), x.dtype)
     rows, cols = conv_last.dense_units(n * ho * wo, c_out, threads)
     conv_last.dense(padded.reshape(-1), packed, conv_last.pixel_offsets(n, ho, wo, hp, wp, c_in, sh, sw),

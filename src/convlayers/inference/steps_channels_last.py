@@ -34,9 +34,7 @@ class DenseLast(_Conv):
         super().__init__(node, g, dtype)
         from convlayers.kernels.simd import pack_conv_weights
 
-        w = node.attrs["weight"]  # (C_out, C_in, kh, kw) -> rows (i*kw + j)*C_in + ci
-        self.packed = pack_conv_weights(np.ascontiguousarray(
-            w.transpose(2, 3, 1, 0).reshape(-1, self.c_out), dtype))
+        self.packed = pack_conv_weights(np.ascontiguousarray(node.attrs["weight"], dtype))
         self.reads_nchw = reads_nchw  # a stem: its copy transposes the NCHW image too
         self.padded = any(node.attrs["pads"]) or reads_nchw
         # rows and columns any window reads, and those the padded copy holds

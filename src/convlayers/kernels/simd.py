@@ -477,18 +477,21 @@ def conv_strip() -> int:
 
 
 def pack_conv_weights(w: np.ndarray) -> np.ndarray:
-    """``w (K, C_out)`` as strips of :func:`conv_strip` ``// itemsize`` columns, each strip's
-    ``K`` rows contiguous (zeros past ``C_out``): ``(strips * K, strip)``. A tile then reads
-    consecutive rows of 256 bytes; from ``w`` itself, rows ``4 * C_out`` bytes apart
-    (2 KiB for 512 channels) fell into a few cache sets and the panel streamed from L3."""
-    k, c_out = w.shape
+    """A convolution's weights ``w (C_out, C_in, kh, kw)`` as the direct kernel reads them:
+    ``W (kh*kw*C_in, C_out)`` (row ``(i*kw + j)*C_in + ci``) in strips of :func:`conv_strip`
+    ``// itemsize`` columns, each strip's rows contiguous, zeros past ``C_out``:
+    ``(strips * K, strip)``. A tile then reads consecutive rows of 256 bytes; from ``W``
+    itself, rows ``4 * C_out`` bytes apart (2 KiB for 512 channels) fell into a few cache
+    sets and the panel streamed from L3."""
+    c_out = w.shape[0]
+    flat = w.transpose(2, 3, 1, 0).reshape(-1, c_out)
     strip = conv_strip() // w.itemsize
     strips = -(-c_out // strip)
-    packed = np.zeros((strips, k, strip), w.dtype)
+    packed = np.zeros((strips, flat.shape[0], strip), w.dtype)
     for s in range(strips):
-        part = w[:, s * strip:(s + 1) * strip]
+        part = flat[:, s * strip:(s + 1) * strip]
         packed[s, :, :part.shape[1]] = part
-    return packed.reshape(strips * k, strip)
+    return packed.reshape(strips * flat.shape[0], strip)
 
 
 @njit(cache=True, fastmath=True)

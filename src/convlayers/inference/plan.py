@@ -1,12 +1,14 @@
 """``compile(model, example)``: a frozen whole-network inference plan, and its ``explain``.
 
-Layout: NCHW, except the segments that hold depthwise convolutions (the inverted-residual
-stacks of MobileNetV2 and EfficientNet-Lite0), which run channels-last (NHWC) with a conversion
-at each end (:mod:`convlayers.inference.layout`). In NCHW a 1x1 convolution is one GEMM
-``W[C_out, C_in] @ X[C_in, H*W]`` on each image's planes with no copy and the im2col columns
-are read in the same order; channels-last, a depthwise convolution works on whole vectors of
-channels and a 1x1 convolution is one GEMM over the batch's pixels, its wide side along the
-channels (a 7x7 map has 49 pixels: too few columns for NCHW's tiles).
+Layout (:mod:`convlayers.inference.layout`): channels-last (NHWC) wherever a connected run of
+layers holds a depthwise convolution or a convolution of one group (so the whole body of
+MobileNetV2, EfficientNet-Lite0 and the ResNets), NCHW elsewhere (grouped convolutions, and
+what only they feed), with a conversion where the layout changes. Channels-last, a depthwise
+convolution works on whole vectors of channels, and every other convolution (1x1 included)
+is a direct one whose register tiles of pixels by output channels sum every tap in place
+(:mod:`convlayers.inference.conv_last`). In NCHW a 1x1 convolution is one GEMM
+``W[C_out, C_in] @ X[C_in, H*W]`` on each image's planes with no copy, and the other
+convolutions run the eager engine's kernels (Winograd, implicit GEMM, im2col).
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ class Plan:
     Any batch size ``N >= 1`` works: the arena is planned per batch size on its first use and
     kept. Each call takes an arena from a pool (and makes one when all are busy, so calls
     from several threads run at once, each in its own arena); a steady-state call therefore
-    allocates only its output, with two exceptions: Winograd steps (3x3 stride-1 convolutions
-    where the engine's planner picks Winograd, as in ResNet) run the eager engine's fused
+    allocates only its output, with two exceptions: NCHW Winograd steps (3x3 stride-1
+    convolutions where the engine's planner picks Winograd, in plans compiled with
+    ``channels_last=False``) run the eager engine's fused
     kernel, which allocates its per-thread transform buffers on each call (6.6 MiB for
     ResNet-18 at batch 1; ``explain()`` marks them), and the channels-last depthwise and stem
     kernels and the 3x3 stride-2 max pool make small lists and rows inside numba (the taps

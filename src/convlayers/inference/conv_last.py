@@ -95,7 +95,7 @@ def dense(xf, w, offs, toffs, bias, res, has_res, act, rows, cols, out):
         r1 = min(p_all, r0 + rows)
         j0 = (unit % nc) * cols
         j1 = min(c_all, j0 + cols)
-        kc = conv_slab(xf, w, out, toffs.size, j1 - j0)
+        kc = conv_slab(xf, toffs.size, j1 - j0)
         for c0 in range(j0, j1, NC):
             c1 = min(j1, c0 + NC)
             b = bias[c0:c1]

@@ -102,9 +102,11 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
     ignored when both are 2-D). Overlapping windows of one flat array then serve as the rows:
     the implicit GEMM of :mod:`convlayers.kernels.implicit`.
 
-    ``taps`` (an indirect ``u``; ``edge`` and ``narrow`` kinds): five more arguments,
-    ``toffs, ntaps, vrows, vfirst, vcol``. The ``k`` loop runs once per tap ``t < ntaps``, its
-    left rows moved by ``toffs[t]`` and its right rows those of ``v`` from
+    ``taps`` (an indirect ``u``; ``edge`` and ``narrow`` kinds): six more arguments,
+    ``toffs, ntaps, vrows, vfirst, vcol, add`` (``add`` replaces ``accumulate``, at run time:
+    one tile serves the first slab of input channels and those that add onto it). The ``k``
+    loop runs once per tap ``t < ntaps``, its left rows moved by ``toffs[t]`` and its right
+    rows those of ``v`` from
     ``vfirst + t * vrows``, read from column ``vcol`` of ``v`` (a packed strip of the weights,
     while ``j0`` is the output's column): a direct convolution over a padded channels-last
     input, each tap a window of pixels' channels, the accumulators kept across all taps
@@ -182,9 +184,15 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
 
     m_rows = [builder.mul(builder.add(p, rows[r]), ms) for r in range(tile_rows)]
     accs = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(tile_rows)]
+    # a conv tile's 16th argument says at run time whether it adds onto ``m``
+    adds = builder.icmp_signed("!=", args[15], const(0)) if taps else None
     for r, row in enumerate(accs):
         for h, acc in enumerate(row):
-            builder.store(read(at(ma, m_rows[r], h), h) if accumulate else zero_vec, acc)
+            if adds is not None:
+                start = builder.select(adds, read(at(ma, m_rows[r], h), h), zero_vec)
+            else:
+                start = read(at(ma, m_rows[r], h), h) if accumulate else zero_vec
+            builder.store(start, acc)
     if indirect_left:
         u_rows = [builder.add(builder.load(builder.gep(oa.data, [builder.add(p, rows[r])])), k0)
                   for r in range(tile_rows)]
@@ -289,24 +297,24 @@ def _make_tile(kind: str, vectors: int, accumulate: bool, tile_rows: int = TILE_
 CONV_ROWS, CONV_VECTORS = (6, 4) if _WIDE else (TILE_ROWS, TILE_VECTORS)
 
 
-def _make_conv_tile(kind: str, vectors: int, accumulate: bool) -> Any:
+def _make_conv_tile(kind: str, vectors: int) -> Any:
     """The intrinsic ``tile(u, v, m, offs, p, j0, k0, k1, rows, keep_or_cols, toffs, ntaps,
-    vrows, vfirst, vcol)`` (``edge`` or ``narrow``) of :func:`_emit_tile` with ``taps``: ``u``
-    1-D."""
+    vrows, vfirst, vcol, add)`` (``edge`` or ``narrow``) of :func:`_emit_tile` with ``taps``:
+    ``u`` 1-D; ``add`` nonzero: onto ``m`` (a later slab of input channels), else over it."""
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return _emit_tile(context, builder, signature, args, kind, vectors, accumulate,
-                          CONV_ROWS, taps=True)
+        return _emit_tile(context, builder, signature, args, kind, vectors, False, CONV_ROWS,
+                          taps=True)
 
     def typer(typingctx: Any, u: Any, v: Any, m: Any, offs: Any, p: Any, j0: Any, k0: Any,
               k1: Any, rows: Any, keep_or_cols: Any, toffs: Any, ntaps: Any, vrows: Any,
-              vfirst: Any, vcol: Any) -> Any:
+              vfirst: Any, vcol: Any, add: Any) -> Any:
         if not (_typed(u, v, m, offs) and u.ndim == 1 and isinstance(toffs, types.Array)
                 and toffs.ndim == 1 and toffs.dtype == types.int64):
             return None
         return types.void(u, v, m, offs, *([types.intp] * 6), toffs,
-                          *([types.intp] * 4)), codegen
+                          *([types.intp] * 5)), codegen
 
-    typer.__name__ = f"conv_{kind}_tile_{CONV_ROWS}x{vectors}{'_add' if accumulate else ''}"
+    typer.__name__ = f"conv_{kind}_tile_{CONV_ROWS}x{vectors}"
     return intrinsic(typer)
 
 
@@ -459,13 +467,10 @@ def _band(u, v, m, offs, p, rows, c0, c1, narrow, k0, k1, add):
             _edge_one(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)
 
 
-_conv_wide = _make_conv_tile("edge", CONV_VECTORS, False)
-_conv_wide_add = _make_conv_tile("edge", CONV_VECTORS, True)
-_conv_half = _make_conv_tile("edge", max(1, CONV_VECTORS // 2), False)
-_conv_half_add = _make_conv_tile("edge", max(1, CONV_VECTORS // 2), True)
-_conv_one, _conv_one_add = _make_conv_tile("edge", 1, False), _make_conv_tile("edge", 1, True)
-_conv_narrow = _make_conv_tile("narrow", 1, False)
-_conv_narrow_add = _make_conv_tile("narrow", 1, True)
+_conv_wide = _make_conv_tile("edge", CONV_VECTORS)
+_conv_half = _make_conv_tile("edge", max(1, CONV_VECTORS // 2))
+_conv_one = _make_conv_tile("edge", 1)
+_conv_narrow = _make_conv_tile("narrow", 1)
 #: Bytes of a direct convolution's weight panel (taps by a slab of input channels by a block
 #: of ``NC`` output channels) that one pass over a unit's bands keeps in the L2 cache.
 CONV_PANEL_BYTES = 512 * 1024
@@ -495,7 +500,7 @@ def pack_conv_weights(w: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, fastmath=True)
-def conv_slab(x, w, m, ntaps, width):
+def conv_slab(x, ntaps, width):
     """Input channels per slab of a direct convolution whose units span ``width`` output
     columns: the block's weight panel (``ntaps`` taps by the slab by ``min(width, NC)``
     columns) within :data:`CONV_PANEL_BYTES`, a multiple of a vector."""
@@ -525,33 +530,19 @@ def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1):
     end = c1 - (c1 - c0) % lanes
     wide = c0 + (end - c0) - (end - c0) % S
     halves = wide + (end - wide) - (end - wide) % half if half > lanes else wide
-    add = k0 > 0
+    add = 1 if k0 > 0 else 0
     for j0 in range(c0, wide, S):
-        first, col = (j0 // S) * K, j0 % S
-        if add:
-            _conv_wide_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
-        else:
-            _conv_wide(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
+        _conv_wide(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, (j0 // S) * K,
+                   j0 % S, add)
     for j0 in range(wide, halves, half):
-        first, col = (j0 // S) * K, j0 % S
-        if add:
-            _conv_half_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
-        else:
-            _conv_half(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
+        _conv_half(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, (j0 // S) * K,
+                   j0 % S, add)
     for j0 in range(halves, end, lanes):
-        first, col = (j0 // S) * K, j0 % S
-        if add:
-            _conv_one_add(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
-        else:
-            _conv_one(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, first, col)
+        _conv_one(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, (j0 // S) * K,
+                  j0 % S, add)
     if c1 > end:
-        first, col = (end // S) * K, end % S
-        if add:
-            _conv_narrow_add(x, w, m, offs, p, end, k0, k1, rows, c1 - end, toffs, ntaps, C,
-                             first, col)
-        else:
-            _conv_narrow(x, w, m, offs, p, end, k0, k1, rows, c1 - end, toffs, ntaps, C,
-                         first, col)
+        _conv_narrow(x, w, m, offs, p, end, k0, k1, rows, c1 - end, toffs, ntaps, C,
+                     (end // S) * K, end % S, add)
 
 
 def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> Any:

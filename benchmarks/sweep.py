@@ -351,16 +351,21 @@ def _agree(ours: Any, theirs: Any) -> str:
 
 
 def _interleaved(ours: Callable[[], Any], theirs: Callable[[], Any], budget_s: float,
-                 max_reps: int, block: int = 3) -> tuple[float, float]:
-    """Median seconds of each, after one warm-up each: blocks of ``block`` calls of one side,
-    then of the other, the side that goes first alternating.
+                 max_reps: int, block: int = 3, warm_s: float = 0.025) -> tuple[float, float]:
+    """Median seconds of each, after one warm-up each: turns of one side, then of the other,
+    the side that goes first alternating. Each turn makes untimed calls for ``warm_s`` (at
+    least one), then ``block`` timed ones.
 
-    Blocks, not single calls: each side is timed as a network's layers call it, back to back,
-    its threads still warm. With single calls alternating, each call followed the other side's,
-    whose threads were still spinning (torch's default) or asleep (convlayers'): on 25
-    configurations both sides ran faster in blocks (geometric mean 1.12x convlayers, 1.15x
-    torch), so blocks cost convlayers' ratios about 3%. The median drops a block's first
-    call."""
+    Turns, not single calls: each side is timed as a network's layers call it, back to back,
+    its threads awake. A side's first calls after the other's turn measure the two runtimes'
+    hand-over, not either engine: torch's idle OpenMP threads keep spinning for milliseconds,
+    holding a core that convlayers' second thread then waits for, and on this machine (a
+    virtual one) a core left idle for a few milliseconds takes about a millisecond to wake.
+    Measured: an adaptive max pool of 0.07-0.14 ms back to back took 1.36 ms right after a
+    torch convolution, 1.15 ms when it ran for 4 ms after three torch calls, 0.11 ms after 16
+    ms, and 1.2-1.4 ms after 16-64 ms of sleep with no torch at all. Turns of three calls (the
+    previous design) left every call of an op under a millisecond in that window. The untimed
+    calls of each turn take it up, for both sides alike."""
     ours()
     theirs()
     a: list[float] = []
@@ -368,6 +373,10 @@ def _interleaved(ours: Callable[[], Any], theirs: Callable[[], Any], budget_s: f
     start = time.perf_counter()
     for i in range(-(-max_reps // block)):
         for fn, acc in ((ours, a), (theirs, b)) if i % 2 == 0 else ((theirs, b), (ours, a)):
+            warm_until = time.perf_counter() + warm_s
+            fn()
+            while time.perf_counter() < warm_until:
+                fn()
             for _ in range(block):
                 t0 = time.perf_counter()
                 fn()

@@ -79,6 +79,7 @@ from convlayers.functional._engine_depthwise import (
 )
 from convlayers.functional._engine_implicit import _fwd_implicit, _gw_implicit, _gx_implicit
 from convlayers.functional._engine_lowered import _fwd_lowered, _gw_lowered, _gx_lowered
+from convlayers.functional._engine_phases import reduce_phases
 from convlayers.functional._engine_numpy import _numpy_forward, _numpy_input_grad, _numpy_weight_grad
 from convlayers.functional._engine_pointwise import _fwd_pointwise, _gw_pointwise, _gx_pointwise
 from convlayers.functional._engine_shared import _as_4d, _finite
@@ -171,6 +172,10 @@ def correlate(
     if x.shape[0] == 0:
         out = np.zeros((0, weight.shape[0], *out_shape), dtype=x.dtype)
         return out
+    reduced = reduce_phases(x.shape, weight.shape, stride, dilation, pairs, out_shape)
+    if reduced is not None:  # strides that skip input: the phase its taps read, stride 1
+        return correlate(reduced.take(x), weight, reduced.stride, reduced.dilation, groups,
+                         out_shape, reduced.pairs, bias)
     g, (s, _), threads = _planned("forward", x.shape, weight.shape, stride, dilation, groups,
                                   pairs, out_shape, x.dtype)
     s = _checked_forward(s, g, weight)
@@ -204,6 +209,11 @@ def correlate_backward(
     and crop."""
     if x.shape[0] == 0:
         return np.zeros_like(x), np.zeros_like(weight)
+    reduced = reduce_phases(x.shape, weight.shape, stride, dilation, pairs, grad.shape[2:])
+    if reduced is not None:  # as the forward: the phase, its input gradient put back
+        gx, gw = correlate_backward(reduced.take(x), grad, weight, reduced.pairs,
+                                    reduced.stride, reduced.dilation, groups)
+        return reduced.put(gx, x.shape), gw
     g, ss, threads = _planned("backward", x.shape, weight.shape, stride, dilation, groups, pairs,
                               grad.shape[2:], x.dtype)
     with _threads_for(work(g, ss)):  # both gradients; small ones on one thread, as the forward

@@ -59,6 +59,11 @@ numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose
                the twin of every other strategy, and the fallback for non-finite weights.
 ============== =================================================================================
 
+Before any of this, an axis whose stride skips input (a one-tap kernel, or a dilation that is
+a multiple of the stride, so every tap reads one stride phase) is rewritten as a stride-1
+convolution of that phase (:mod:`convlayers.functional._engine_phases`), and the planner plans
+the rewritten call; :func:`plan` says so.
+
 Values, not shapes, can also move a call off its planned strategy, so that outputs are inf or
 NaN exactly where torch's are (on while ``config.engine.check_values``; the checks cost far
 less than the convolution):
@@ -97,6 +102,12 @@ conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, 
 'depthwise-planar'
 >>> plan((4, 64, 56, 56), (128, 64, 1, 1), stride=2).weight_grad
 'pointwise'
+>>> print(plan((6, 143, 39, 39), (143, 1, 3, 1), stride=3, dilation=2, groups=143))
+conv2d (6, 143, 39, 39) float32 -> 143 channels, kernel 3x1, stride 3, padding 0, dilation 2, groups 143
+  reads one stride phase (39x13): stride 3x1, dilation 2x1
+  forward      depthwise-channels-last
+  input grad   depthwise-channels-last
+  weight grad  depthwise-channels-last
 """
 
 from __future__ import annotations
@@ -544,6 +555,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     'numpy'
     """
     from convlayers.functional._compiled import numba_threads
+    from convlayers.functional._engine_phases import reduce_phases
     from convlayers.functional.conv import conv_spec
 
     dt = np.dtype(dtype)
@@ -552,8 +564,14 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     if x.ndim == w.ndim - 1:
         x = x[None]
     spec = conv_spec(x, w, None, stride, padding, dilation, groups, "zeros")
-    g = geometry(x.shape, w.shape, spec.stride, spec.dilation, spec.groups, spec.pairs,
-                 spec.out_shape, dt)
+    reduced = reduce_phases(x.shape, w.shape, spec.stride, spec.dilation, spec.pairs,
+                            spec.out_shape)
+    if reduced is None:
+        g = geometry(x.shape, w.shape, spec.stride, spec.dilation, spec.groups, spec.pairs,
+                     spec.out_shape, dt)
+    else:  # what runs: the stride phase its taps read (see _engine_phases)
+        g = geometry((*x.shape[:2], *reduced.lengths), w.shape, reduced.stride,
+                     reduced.dilation, spec.groups, reduced.pairs, spec.out_shape, dt)
     threads = numba_threads() if g.compiled else 1
     fwd = choose(g, "forward", threads)[0]
     gx, gw = choose(g, "backward", threads)
@@ -561,6 +579,9 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     text = (f"conv{len(spec.stride)}d {x.shape} {dt.name} -> {w.shape[0]} channels, kernel "
             f"{'x'.join(map(str, w.shape[2:]))}, stride {_one(spec.stride)}, padding "
             f"{_one(pads)}, dilation {_one(spec.dilation)}, groups {spec.groups}")
+    if reduced is not None:
+        text += (f"\n  reads one stride phase ({'x'.join(map(str, reduced.lengths))}): "
+                 f"stride {_one(reduced.stride)}, dilation {_one(reduced.dilation)}")
     serial = work(g, (fwd,)) < config.engine.serial_macs
     return Plan(text, fwd, gx, gw, 1 if serial else threads)
 

@@ -174,7 +174,21 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
         store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
             ir.VoidType(), [vec, vptr, i32, ir.VectorType(ir.IntType(1), lanes)]),
             f"llvm.masked.store.{name}.p0")
-        masks = [builder.icmp_signed("<", lane_ids(h), splat(args[9])) for h in range(vectors)]
+        cols = args[9]
+        # each vector's mask as the integer (1 << n) - 1, n its columns (clamped to 0..lanes),
+        # made once: compares of vectors of lane numbers (64-bit) were redone at every k
+        bits = ir.IntType(lanes)
+        masks = []
+        for h in range(vectors):
+            n = builder.sub(cols, const(h * lanes))
+            n = builder.select(builder.icmp_signed("<", n, const(0)), const(0), n)
+            n = builder.select(builder.icmp_signed(">", n, const(lanes)), const(lanes), n)
+            wide = builder.sub(builder.shl(ir.Constant(ir.IntType(64), 1),
+                                           builder.zext(n, ir.IntType(64))
+                                           if n.type.width < 64 else n),
+                               ir.Constant(ir.IntType(64), 1))
+            masks.append(builder.bitcast(builder.trunc(wide, bits),
+                                         ir.VectorType(ir.IntType(1), lanes)))
 
         def read(ptr: Any, h: int) -> Any:
             return builder.call(load, [ptr, align, masks[h], zero_vec])

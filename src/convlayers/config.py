@@ -325,14 +325,18 @@ class EngineSettings:
     implicit_slab_bytes: int = 256 * 2**10
     #: The implicit GEMM computes ``(kw-1)*dw // sw`` positions per output row that it drops;
     #: im2col copies ``C_in/g*kh*kw`` values per output position. The planner charges one
-    #: copied value this many multiply-adds, and takes the cheaper. Measured on 90 random dense
-    #: and grouped forwards (AVX-512): the implicit GEMM was faster on nearly every one whose
-    #: break-even price was under 16, on about half between 16 and 50, and lost above.
-    im2col_copy_macs: int = 16
+    #: copied value this many multiply-adds, and takes the cheaper. Measured on 71 random dense
+    #: and grouped forwards (AVX-512) once the GEMM tiles ran 3x faster (copies cost more
+    #: multiply-adds than before): batches of three or more, the implicit GEMM was faster on
+    #: nearly every one whose break-even price was under 20, on about half of those between 20
+    #: and 30, and lost above (1.1-1.7x).
+    im2col_copy_macs: int = 24
     #: The same price for batches of one or two images, where im2col's columns are the whole
-    #: image's and the threads split one product: on 60 such layers the implicit GEMM was
-    #: faster on nearly every one whose break-even price was under 32, on half above.
-    im2col_copy_macs_few_images: int = 32
+    #: image's and the threads split one product: faster on nearly every one under 20, on half
+    #: between 20 and 50 (ResNet's 256 -> 256 3x3 on 14x14 at batch 1, price 37: 0.53x
+    #: lowered's time), lost above (1.05-1.3x; a few narrow maps of 256 or more channels still
+    #: won, 512 channels on 7x7 at batch 2 in 0.73x).
+    im2col_copy_macs_few_images: int = 48
     #: Strided input gradients with at most this many output channels per group take the
     #: implicit GEMM (one forward per stride phase) where the phases' products are not thin:
     #: maps of 16 output positions or more, and a dilation that is a multiple of the stride

@@ -2,9 +2,9 @@
 
 :mod:`convlayers.functional._engine_phases` rewrites an axis with stride ``s > 1`` whose taps
 all land on one stride phase (a one-tap kernel, or a dilation that is a multiple of the
-stride). These cases cover a phase cropped at the end, one that needs padding after, padding
-before of more than a stride, every tap in the padding for some outputs, and both layouts of
-groups, against torch forward and backward.
+stride) of a depthwise convolution. These cases cover a phase cropped at the end, one that
+needs padding after, padding before of more than a stride, every tap in the padding for some
+outputs, and a channel multiplier, against torch forward and backward.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from convlayers.functional._engine_phases import reduce_phases
 from oracle import assert_close, random_array, torch_grads
 
 CASES = [
-    # (input NCHW, weight, stride, padding, dilation, groups)
-    ((2, 5, 39, 39), (5, 1, 3, 1), (3, 3), (0, 0), (2, 1), 5),  # depthwise 3x1, width skips
-    ((2, 6, 20, 17), (4, 6, 1, 1), (2, 3), (1, 2), (1, 1), 1),  # 1x1 strided, padded
-    ((1, 4, 23, 19), (8, 2, 3, 2), (2, 2), (3, 1), (4, 2), 2),  # dilation = 2 x stride
-    ((3, 3, 16, 16), (6, 3, 2, 2), (3, 3), (4, 4), (3, 6), 1),  # wide padding before
-    ((1, 2, 9, 10), (2, 2, 1, 3), (3, 2), (2, 0), (5, 1), 1),  # 1-tap rows, height only
-    ((2, 4, 12, 12), (4, 1, 3, 3), (2, 2), (1, 1), (2, 2), 4),  # depthwise, both axes
+    # (input NCHW, weight, stride, padding, dilation, groups): depthwise, the rewritten kind
+    ((2, 5, 39, 39), (5, 1, 3, 1), (3, 3), (0, 0), (2, 1), 5),  # 3x1, the width skips
+    ((2, 6, 20, 17), (6, 1, 1, 1), (2, 3), (1, 2), (1, 1), 6),  # 1x1 strided, padded
+    ((1, 4, 23, 19), (8, 1, 3, 2), (2, 2), (3, 1), (4, 2), 4),  # multiplier 2, dilation 2x
+    ((3, 3, 16, 16), (3, 1, 2, 2), (3, 3), (4, 4), (3, 6), 3),  # wide padding before
+    ((1, 2, 9, 10), (2, 1, 1, 3), (3, 2), (2, 0), (5, 1), 2),  # 1-tap rows, height only
+    ((2, 4, 12, 12), (4, 1, 3, 3), (2, 2), (1, 1), (2, 2), 4),  # both axes
 ]
 
 
@@ -52,15 +52,18 @@ def test_skipping_strides_match_torch_forward_and_backward(case, dtype) -> None:
 
 def test_conv1d_skipping_stride_matches_torch() -> None:
     rng = np.random.default_rng(3)
-    x, w = random_array(rng, (2, 3, 31), np.float32), random_array(rng, (5, 3, 2), np.float32)
+    x, w = random_array(rng, (2, 3, 31), np.float32), random_array(rng, (6, 1, 2), np.float32)
     expected = tF.conv1d(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=3,
-                         dilation=4).numpy()
-    assert_close(F.conv1d(x, w, stride=2, padding=3, dilation=4), expected)
+                         dilation=4, groups=3).numpy()
+    assert_close(F.conv1d(x, w, stride=2, padding=3, dilation=4, groups=3), expected)
 
 
 def test_other_geometries_are_left_alone() -> None:
     # overlapping taps (dilation not a multiple of the stride) read every phase
     assert reduce_phases((1, 1, 9, 9), (1, 1, 3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)),
+                         (5, 5)) is None
+    # dense and grouped convolutions: their GEMMs read only what the taps need already
+    assert reduce_phases((1, 4, 9, 9), (2, 2, 1, 1), (2, 2), (1, 1), ((0, 0), (0, 0)),
                          (5, 5)) is None
     # stride 1: nothing to skip
     assert reduce_phases((1, 1, 9, 9), (1, 1, 1, 1), (1, 1), (1, 1), ((0, 0), (0, 0)),

@@ -59,10 +59,10 @@ numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose
                the twin of every other strategy, and the fallback for non-finite weights.
 ============== =================================================================================
 
-Before any of this, an axis whose stride skips input (a one-tap kernel, or a dilation that is
-a multiple of the stride, so every tap reads one stride phase) is rewritten as a stride-1
-convolution of that phase (:mod:`convlayers.functional._engine_phases`), and the planner plans
-the rewritten call; :func:`plan` says so.
+Before any of this, an axis of a depthwise convolution whose stride skips input (a one-tap
+kernel, or a dilation that is a multiple of the stride, so every tap reads one stride phase) is
+rewritten as a stride-1 convolution of that phase (:mod:`convlayers.functional._engine_phases`),
+and the planner plans the rewritten call; :func:`plan` says so.
 
 Values, not shapes, can also move a call off its planned strategy, so that outputs are inf or
 NaN exactly where torch's are (on while ``config.engine.check_values``; the checks cost far

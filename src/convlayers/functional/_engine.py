@@ -79,8 +79,8 @@ from convlayers.functional._engine_depthwise import (
 )
 from convlayers.functional._engine_implicit import _fwd_implicit, _gw_implicit, _gx_implicit
 from convlayers.functional._engine_lowered import _fwd_lowered, _gw_lowered, _gx_lowered
-from convlayers.functional._engine_phases import reduce_phases
 from convlayers.functional._engine_numpy import _numpy_forward, _numpy_input_grad, _numpy_weight_grad
+from convlayers.functional._engine_phases import reduce_phases
 from convlayers.functional._engine_pointwise import _fwd_pointwise, _gw_pointwise, _gx_pointwise
 from convlayers.functional._engine_shared import _as_4d, _finite
 from convlayers.functional._engine_winograd import _bwd_winograd, _fwd_winograd

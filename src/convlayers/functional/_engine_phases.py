@@ -55,9 +55,9 @@ class Reduced:
 
     def slices(self) -> tuple[slice, ...]:
         """Index of the phase in a ``(N, C, *S)`` array."""
-        return (slice(None), slice(None)) + tuple(
-            slice(a, a + s * (n - 1) + 1, s)
-            for a, s, n in zip(self.starts, self.steps, self.lengths, strict=True))
+        phase = (slice(a, a + s * (n - 1) + 1, s)
+                 for a, s, n in zip(self.starts, self.steps, self.lengths, strict=True))
+        return (slice(None), slice(None), *phase)
 
     def take(self, x: np.ndarray) -> np.ndarray:
         """The phase of ``x``, contiguous."""

@@ -253,7 +253,7 @@ def test_column_copies_count_toward_the_thread_decision() -> None:
     counts its columns at the copy price, so the call gets the threads."""
     g = geometry((2, 31, 30, 30), (8, 31, 4, 4), (2, 2), (1, 1), 1, ((1, 1), (1, 1)), (15, 15),
                  np.float32)
-    copies = 2 * 31 * 16 * 15 * 15 * config.engine.im2col_copy_macs_few_images
+    copies = 2 * 31 * 16 * 15 * 15 * config.engine.im2col_copy_macs_strided_few_images
     assert work(g, ("lowered",)) == g.macs + copies
     assert g.macs < config.engine.serial_macs <= work(g, ("lowered",))
     assert work(g, ("implicit",)) == g.macs  # reads its windows in place

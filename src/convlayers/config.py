@@ -337,6 +337,14 @@ class EngineSettings:
     #: lowered's time), lost above (1.05-1.3x; a few narrow maps of 256 or more channels still
     #: won, 512 channels on 7x7 at batch 2 in 0.73x).
     im2col_copy_macs_few_images: int = 48
+    #: The prices for strided convolutions (any stride above 1), whose implicit GEMM copies
+    #: each stride phase apart and runs shorter rows: of 11 random strided forwards with
+    #: break-even prices of 6-28 the implicit GEMM won 2 (0.48x and 0.69x lowered's time, at 11
+    #: and 14) and lost 9 (1.06-1.35x), and ResNet's 128 -> 256 3x3 stride 2 at batch 32 (the
+    #: W3 workload, price 18) took 40 ms against lowered's 23.
+    im2col_copy_macs_strided: int = 12
+    #: See :attr:`im2col_copy_macs_strided`: one or two images.
+    im2col_copy_macs_strided_few_images: int = 24
     #: Strided input gradients with at most this many output channels per group take the
     #: implicit GEMM (one forward per stride phase) where the phases' products are not thin:
     #: maps of 16 output positions or more, and a dilation that is a multiple of the stride

@@ -345,8 +345,11 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
 
 def _copy_price(g: Geometry) -> int:
     """Multiply-adds one im2col copy (or col2im add) costs as much as: ``im2col_copy_macs``,
-    or ``im2col_copy_macs_few_images`` for one or two images."""
+    or ``im2col_copy_macs_few_images`` for one or two images; their ``_strided`` twins when a
+    stride is above 1."""
     e = config.engine
+    if g.sh > 1 or g.sw > 1:
+        return e.im2col_copy_macs_strided_few_images if g.n <= 2 else e.im2col_copy_macs_strided
     return e.im2col_copy_macs_few_images if g.n <= 2 else e.im2col_copy_macs
 
 

@@ -327,21 +327,21 @@ class EngineSettings:
     #: im2col copies ``C_in/g*kh*kw`` values per output position. The planner charges one
     #: copied value this many multiply-adds, and takes the cheaper. Measured on 71 random dense
     #: and grouped forwards (AVX-512) once the GEMM tiles ran 3x faster (copies cost more
-    #: multiply-adds than before): batches of three or more, the implicit GEMM was faster on
-    #: nearly every one whose break-even price was under 20, on about half of those between 20
-    #: and 30, and lost above (1.1-1.7x).
+    #: multiply-adds than before). Stride 1, batches of three or more: the implicit GEMM won
+    #: on 10 of 11 layers whose break-even price was under 20 (0.37-0.85x lowered's time) and
+    #: lost on the two priced 71 and 100 (1.14x, 1.69x); none fell between.
     im2col_copy_macs: int = 24
     #: The same price for batches of one or two images, where im2col's columns are the whole
-    #: image's and the threads split one product: faster on nearly every one under 20, on half
-    #: between 20 and 50 (ResNet's 256 -> 256 3x3 on 14x14 at batch 1, price 37: 0.53x
-    #: lowered's time), lost above (1.05-1.3x; a few narrow maps of 256 or more channels still
-    #: won, 512 channels on 7x7 at batch 2 in 0.73x).
+    #: image's and the threads split one product: stride 1, the implicit GEMM won on all 13
+    #: layers under 20, on 3 of 5 between 20 and 50 (ResNet's 256 -> 256 3x3 on 14x14 at batch
+    #: 1, price 37: 0.53x lowered's time; one tie, one loss of 1.11x) and lost above
+    #: (1.05-1.32x), but for 512 channels on 7x7 at batch 2 (0.73x).
     im2col_copy_macs_few_images: int = 48
     #: The prices for strided convolutions (any stride above 1), whose implicit GEMM copies
-    #: each stride phase apart and runs shorter rows: of 11 random strided forwards with
-    #: break-even prices of 6-28 the implicit GEMM won 2 (0.48x and 0.69x lowered's time, at 11
-    #: and 14) and lost 9 (1.06-1.35x), and ResNet's 128 -> 256 3x3 stride 2 at batch 32 (the
-    #: W3 workload, price 18) took 40 ms against lowered's 23.
+    #: each stride phase apart and runs shorter rows: of 10 random strided forwards with
+    #: break-even prices of 6-28 the implicit GEMM won 3 (0.48-0.86x lowered's time, at 7.5-14),
+    #: tied 1 and lost 6 (1.06-1.35x, at 6.9-28), and ResNet's 128 -> 256 3x3 stride 2 at batch
+    #: 32 (the W3 workload, price 18) took 40 ms on it against lowered's 23.
     im2col_copy_macs_strided: int = 12
     #: See :attr:`im2col_copy_macs_strided`: one or two images.
     im2col_copy_macs_strided_few_images: int = 24

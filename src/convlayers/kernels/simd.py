@@ -207,12 +207,9 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
             else:
                 start = read(at(ma, m_rows[r], h), h) if accumulate else zero_vec
             builder.store(start, acc)
-    if indirect_left:
-        u_rows = [builder.add(builder.load(builder.gep(oa.data, [builder.add(p, rows[r])])), k0)
-                  for r in range(tile_rows)]
-    else:
-        u_rows = [builder.add(builder.mul(builder.add(p, rows[r]), us), builder.mul(k0, uk))
-                  for r in range(tile_rows)]
+    # an indirect left operand's rows (a conv tile's always are): element offsets of column k0
+    u_rows = ([builder.add(builder.load(builder.gep(oa.data, [builder.add(p, rows[r])])), k0)
+               for r in range(tile_rows)] if indirect_left else [])
     if taps:
         toa = context.make_array(signature.args[10])(context, builder, args[10])
         ntaps, vrows, vfirst, vcol = args[11:15]
@@ -247,7 +244,6 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
             u_offs = [builder.mul(rows[r], us) for r in range(tile_rows)]
         if indirect:
             o_cur = cgutils.alloca_once_value(builder, builder.gep(oa.data, [k0]))
-            v_cur = None
         else:
             v_cur = cgutils.alloca_once_value(builder, builder.gep(va.data, [builder.add(
                 builder.mul(k0, vs), j0)]))

@@ -124,13 +124,14 @@ def _dense_channels_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
 def test_dense_matches_torch(seed: int) -> None:
     """The direct convolution: kernels 1-7 (square or not), strides and dilations 1-3, uneven
     padding, input channels 1-70 and output channels on and off the tiles' strips (masked
-    last vectors, fewer than a vector), units of few pixels, a residual and every activation,
+    last vectors, fewer than a vector, tall tiles of at most two vectors alone or past whole
+    strips), units of few pixels, a residual and every activation,
     float32 and float64."""
     rng = np.random.default_rng(1000 + seed)
     kh, kw = (int(v) for v in rng.integers(1, 8, 2))
     sh, sw, dh, dw = (int(v) for v in rng.integers(1, 4, 4))
     c_in = int(rng.integers(1, 71))
-    c_out = int(rng.choice([1, 5, 16, 33, 64, 100, 200, 300]))
+    c_out = int(rng.choice([1, 5, 16, 24, 32, 33, 64, 96, 100, 144, 200, 300]))
     n = int(rng.integers(1, 4))
     h, w = int(rng.integers(1, 16)), int(rng.integers(1, 16))
     pt, pb, pl, pr = (int(v) for v in rng.integers(0, 4, 4))
@@ -153,7 +154,7 @@ def test_dense_matches_torch(seed: int) -> None:
     assert_close(got, _nhwc(want), f"dense seed {seed}")
 
 
-@pytest.mark.parametrize(("c_in", "c_out"), [(600, 70), (300, 512), (1, 17)])
+@pytest.mark.parametrize(("c_in", "c_out"), [(600, 70), (300, 512), (1, 17), (700, 24)])
 def test_dense_slabs_of_many_input_channels(c_in: int, c_out: int) -> None:
     """Input channels past one slab of the weight panel (several passes that add onto the
     output), and a 1x1 stride-2 convolution (ResNet's shortcut)."""
@@ -169,18 +170,27 @@ def test_dense_slabs_of_many_input_channels(c_in: int, c_out: int) -> None:
         assert_close(got, _nhwc(want), f"dense {c_in}->{c_out} k{k} s{stride}")
 
 
-def test_dense_keeps_torch_non_finite_pattern() -> None:
-    """inf and NaN inputs and weights: non-finite exactly where torch's outputs are."""
+@pytest.mark.parametrize("c_out", [40, 24, 80])
+@pytest.mark.parametrize(("act", "has_res"), [(0, False), (1, True), (2, False), (2, True)])
+def test_dense_keeps_torch_non_finite_pattern(c_out: int, act: int, has_res: bool) -> None:
+    """inf and NaN inputs, weights and residuals: non-finite exactly where torch's outputs
+    are, through the epilogue the tiles apply in registers (ReLU and ReLU6 keep NaN)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 20, 9, 9)).astype(np.float32)
     x[0, 3, 4, 4], x[1, 7, 0, 8] = np.inf, np.nan
-    weight = rng.standard_normal((40, 20, 3, 3)).astype(np.float32)
+    weight = rng.standard_normal((c_out, 20, 3, 3)).astype(np.float32)
     weight[5, 2, 1, 1] = np.nan
+    residual = rng.standard_normal((2, c_out, 9, 9)).astype(np.float32)
+    residual[1, c_out - 1, 2, 2], residual[0, 3, 0, 0] = -np.inf, np.nan
     want = tf.conv2d(torch.from_numpy(x), torch.from_numpy(weight), None, 1, 1)
-    got = _dense_channels_last(_nhwc(torch.from_numpy(x)), weight, np.zeros(40, np.float32), (1, 1),
-                               (1, 1), (1, 1, 1, 1), np.zeros(1, np.float32), False, 0, (9, 9), 2)
+    want = TORCH_ACT[act](want + torch.from_numpy(residual) if has_res else want)
+    got = _dense_channels_last(_nhwc(torch.from_numpy(x)), weight, np.zeros(c_out, np.float32),
+                               (1, 1), (1, 1), (1, 1, 1, 1), _nhwc(torch.from_numpy(residual)),
+                               has_res, act, (9, 9), 2)
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(_nhwc(want)))
     np.testing.assert_array_equal(np.isnan(got), np.isnan(_nhwc(want)))
+    finite = np.isfinite(got)
+    assert_close(got[finite], _nhwc(want)[finite], f"dense non-finite {c_out} act {act}")
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -16,7 +16,16 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.inference.channels_last import _finish_row
-from convlayers.kernels.simd import CONV_ROWS, NC, conv_band, conv_slab, conv_strip
+from convlayers.kernels.simd import (
+    CONV_ROWS,
+    NC,
+    TALL_ROWS,
+    VECTOR_BYTES,
+    conv_band,
+    conv_rows,
+    conv_slab,
+    conv_strip,
+)
 
 __all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "dense", "dense_units", "max_pool",
            "pad_channels_last", "pad_to_channels_last", "pixel_offsets", "tap_offsets"]
@@ -88,6 +97,7 @@ def dense(xf, w, offs, toffs, bias, res, has_res, act, rows, cols, out):
     finished (bias, residual, activation) right after its last slab, while in L1."""
     p_all, c_all = out.shape
     c_in = w.shape[0] // ((c_all + w.shape[1] - 1) // w.shape[1]) // toffs.size
+    lanes = VECTOR_BYTES // xf.itemsize
     nr = (p_all + rows - 1) // rows
     nc = (c_all + cols - 1) // cols
     for unit in prange(nr * nc):
@@ -96,15 +106,26 @@ def dense(xf, w, offs, toffs, bias, res, has_res, act, rows, cols, out):
         j0 = (unit % nc) * cols
         j1 = min(c_all, j0 + cols)
         kc = conv_slab(xf, toffs.size, j1 - j0)
-        for c0 in range(j0, j1, NC):
-            c1 = min(j1, c0 + NC)
+        # blocks of NC columns; a last part of at most two vectors past whole strips is a
+        # block of its own, on tall tiles (144 channels: 128 on wide tiles, 16 on 12 x 1)
+        tail = (j1 - j0) % w.shape[1]
+        split = j1 - tail if 0 < tail <= 2 * lanes and j1 - tail > j0 else j1
+        blocks = (split - j0 + NC - 1) // NC
+        for block in range(blocks + (1 if split < j1 else 0)):
+            c0 = j0 + block * NC if block < blocks else split
+            c1 = min(split, c0 + NC) if block < blocks else j1
             b = bias[c0:c1]
             for k0 in range(0, c_in, kc):
                 k1 = min(c_in, k0 + kc)
-                for p in range(r0, r1, CONV_ROWS):
-                    band = min(CONV_ROWS, r1 - p)
-                    conv_band(xf, w, out, offs, toffs, p, band, c0, c1, k0, k1)
-                    if k1 == c_in:
+                # the last slab's tiles finish their sums in registers (ReLU, ReLU6 or none);
+                # other activations are finished per band, while it is in L1
+                finish = (act | (8 if has_res else 0)) if k1 == c_in and act <= 2 else -1
+                tall = conv_rows(xf, c1 - c0)
+                for p in range(r0, r1, tall):
+                    band = min(tall, r1 - p)
+                    conv_band(xf, w, out, offs, toffs, p, band, c0, c1, k0, k1, bias, res,
+                              finish)
+                    if k1 == c_in and finish < 0:
                         for q in range(p, p + band):
                             _finish_row(out[q, c0:c1], b, res[q, c0:c1], has_res, act)
 
@@ -134,13 +155,15 @@ def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4) -> 
     import heapq
 
     strip = conv_strip() // itemsize
-    tiles = -(-pixels // CONV_ROWS)
+    tile_rows = TALL_ROWS if channels <= 2 * VECTOR_BYTES // itemsize else CONV_ROWS
+    tiles = -(-pixels // tile_rows)
     strips = -(-channels // strip)
     best: tuple[float, int, int, int] | None = None
     for cs in range(1, min(strips, 4) + 1):
         col_units = -(-strips // cs)
         col_work = [min(cs, strips - j * cs) for j in range(col_units)]
-        most = max(1, min(MAX_BAND_TILES, OUT_BLOCK_BYTES // (CONV_ROWS * cs * strip * itemsize)))
+        most = max(1, min(MAX_BAND_TILES * CONV_ROWS // tile_rows,
+                          OUT_BLOCK_BYTES // (tile_rows * cs * strip * itemsize)))
         seen = set()
         for bands in range(1, tiles + 1):
             rt = min(most, -(-tiles // bands))
@@ -159,7 +182,7 @@ def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4) -> 
             if best is None or cost < best[:2]:
                 best = (cost[0], cost[1], rt, cs)
     assert best is not None
-    return best[2] * CONV_ROWS, min(channels, best[3] * strip)
+    return best[2] * tile_rows, min(channels, best[3] * strip)
 
 
 @njit(parallel=True, cache=True)

@@ -38,8 +38,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TILE_ROWS", "TILE_VECTORS",
-           "VECTOR_BYTES", "conv_band", "conv_slab", "conv_strip", "gemm_indirect", "gemm_indirect_left_add",
+__all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS", "TILE_ROWS",
+           "TILE_VECTORS", "VECTOR_BYTES", "conv_band", "conv_rows", "conv_slab", "conv_strip",
+           "gemm_indirect", "gemm_indirect_left_add",
            "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
            "pack_conv_weights", "taps_broadcast", "taps_row", "taps_vector", "transpose_vectors",
            "vector_bytes"]
@@ -276,10 +277,14 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
     if kind == "edge":
         written = [builder.icmp_signed(">=", lane_ids(h), splat(builder.sub(args[9], j0)))
                    for h in range(vectors)]
+    finish = _tile_epilogue(context, builder, signature, args, vectors, read, at, ma, zero_vec,
+                            vec, const, m_rows, j0) if taps else None
     for r in range(tile_rows):
         with builder.if_then(builder.icmp_signed("<", const(r), n_rows)):
             for h in range(vectors):
                 ptr, value = at(ma, m_rows[r], h), builder.load(accs[r][h])
+                if finish is not None:
+                    value = finish(value, r, h)
                 if kind == "narrow":
                     builder.call(store, [value, ptr, align, masks[h]])
                     continue
@@ -287,6 +292,45 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
                     value = builder.select(written[h], value, builder.load(ptr, align=itemsize))
                 builder.store(value, ptr, align=itemsize)
     return context.get_dummy_value()
+
+
+def _tile_epilogue(context: Any, builder: Any, signature: Any, args: Any, vectors: int,
+                   read: Any, at: Any, ma: Any, zero_vec: Any, vec: Any, const: Any,
+                   m_rows: list[Any], j0: Any) -> Any:
+    """A conv tile's epilogue on its registers, before they are stored: ``finish`` (argument
+    18) below 0 stores the sums as they are (a slab that later ones add onto); else its low
+    three bits are an activation code (1 ReLU, 2 ReLU6, else none) and bit 3 says whether a
+    residual is added: ``act(sum + bias[j0:] (+ res[row, j0:]))``, with ``bias`` (argument 16)
+    and ``res`` (argument 17, shaped and strided like the output; the output itself is read
+    when there is none, and the value dropped). ReLU and ReLU6 are compares and selects, so
+    NaN stays NaN as in torch. Returns ``f(value, row, h)``."""
+    ba = context.make_array(signature.args[16])(context, builder, args[16])
+    ra = context.make_array(signature.args[17])(context, builder, args[17])
+    code = args[18]
+    done = builder.icmp_signed(">=", code, const(0))
+    act = builder.and_(code, const(7))
+    has_res = builder.icmp_signed("!=", builder.and_(code, const(8)), const(0))
+    six = ir.Constant(vec, [6.0] * vec.count)
+    relu, relu6 = (builder.icmp_signed("==", act, const(c)) for c in (1, 2))
+    # the residual's rows: its data when there is one, else the output's own (read, dropped)
+    res_data = builder.select(has_res, ra.data, ma.data)
+    biases = []
+    for h in range(vectors):
+        b_ptr = builder.bitcast(builder.gep(ba.data, [builder.add(j0, const(h * vec.count))]),
+                                vec.as_pointer())
+        biases.append(builder.select(done, read(b_ptr, h), zero_vec))
+
+    def finish(value: Any, r: int, h: int) -> Any:
+        res_ptr = builder.bitcast(builder.gep(res_data, [builder.add(m_rows[r], builder.add(
+            j0, const(h * vec.count)))]), vec.as_pointer())
+        total = builder.fadd(value, biases[h])
+        total = builder.select(has_res, builder.fadd(total, read(res_ptr, h)), total)
+        low = builder.select(builder.fcmp_ordered("<", total, zero_vec), zero_vec, total)
+        capped = builder.select(builder.fcmp_ordered(">", low, six), six, low)
+        total = builder.select(relu, low, builder.select(relu6, capped, total))
+        return builder.select(done, total, value)
+
+    return finish
 
 
 def _typed(u: Any, v: Any, m: Any, offs: Any) -> bool:
@@ -329,24 +373,28 @@ def _make_tile(kind: str, vectors: int, accumulate: bool, tile_rows: int = TILE_
 CONV_ROWS, CONV_VECTORS = (6, 4) if _WIDE else (TILE_ROWS, TILE_VECTORS)
 
 
-def _make_conv_tile(kind: str, vectors: int) -> Any:
+def _make_conv_tile(kind: str, vectors: int, tile_rows: int = CONV_ROWS) -> Any:
     """The intrinsic ``tile(u, v, m, offs, p, j0, k0, k1, rows, keep_or_cols, toffs, ntaps,
-    vrows, vfirst, vcol, add)`` (``edge`` or ``narrow``) of :func:`_emit_tile` with ``taps``:
-    ``u`` 1-D; ``add`` nonzero: onto ``m`` (a later slab of input channels), else over it."""
+    vrows, vfirst, vcol, add, bias, res, finish)`` (``edge`` or ``narrow``) of
+    :func:`_emit_tile` with ``taps``: ``u`` 1-D; ``add`` nonzero: onto ``m`` (a later slab of
+    input channels), else over it; ``bias``, ``res``, ``finish``: the epilogue of
+    :func:`_tile_epilogue`."""
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return _emit_tile(context, builder, signature, args, kind, vectors, False, CONV_ROWS,
+        return _emit_tile(context, builder, signature, args, kind, vectors, False, tile_rows,
                           taps=True)
 
     def typer(typingctx: Any, u: Any, v: Any, m: Any, offs: Any, p: Any, j0: Any, k0: Any,
               k1: Any, rows: Any, keep_or_cols: Any, toffs: Any, ntaps: Any, vrows: Any,
-              vfirst: Any, vcol: Any, add: Any) -> Any:
+              vfirst: Any, vcol: Any, add: Any, bias: Any, res: Any, finish: Any) -> Any:
         if not (_typed(u, v, m, offs) and u.ndim == 1 and isinstance(toffs, types.Array)
-                and toffs.ndim == 1 and toffs.dtype == types.int64):
+                and toffs.ndim == 1 and toffs.dtype == types.int64
+                and isinstance(bias, types.Array) and bias.ndim == 1 and bias.layout == "C"
+                and bias.dtype == u.dtype and isinstance(res, types.Array) and res == m):
             return None
         return types.void(u, v, m, offs, *([types.intp] * 6), toffs,
-                          *([types.intp] * 5)), codegen
+                          *([types.intp] * 5), bias, res, types.intp), codegen
 
-    typer.__name__ = f"conv_{kind}_tile_{CONV_ROWS}x{vectors}"
+    typer.__name__ = f"conv_{kind}_tile_{tile_rows}x{vectors}"
     return intrinsic(typer)
 
 
@@ -499,10 +547,17 @@ def _band(u, v, m, offs, p, rows, c0, c1, narrow, k0, k1, add):
             _edge_one(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)
 
 
+#: Pixels of a direct convolution's tile when its block has at most two vectors of output
+#: channels (the projections of mobile networks to 16, 24 or 32 channels): a tall, narrow
+#: tile keeps as many accumulators busy (12 by 2) where 6 rows by one vector kept 6, and
+#: does 24 channels in one pass, its second vector masked, where it took two.
+TALL_ROWS = 2 * CONV_ROWS
 _conv_wide = _make_conv_tile("edge", CONV_VECTORS)
 _conv_half = _make_conv_tile("edge", max(1, CONV_VECTORS // 2))
 _conv_one = _make_conv_tile("edge", 1)
 _conv_narrow = _make_conv_tile("narrow", 1)
+_conv_tall_one = _make_conv_tile("narrow", 1, TALL_ROWS)
+_conv_tall_two = _make_conv_tile("narrow", 2, TALL_ROWS)
 #: Bytes of a direct convolution's weight panel (taps by a slab of input channels by a block
 #: of ``NC`` output channels) that one pass over a unit's bands keeps in the L2 cache.
 CONV_PANEL_BYTES = 512 * 1024
@@ -532,6 +587,13 @@ def pack_conv_weights(w: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, fastmath=True)
+def conv_rows(x, width):
+    """Pixels per band of :func:`conv_band` for a block of ``width`` output channels."""
+    lanes = (64 if _WIDE else 32) // x.itemsize
+    return TALL_ROWS if width <= 2 * lanes else CONV_ROWS
+
+
+@njit(cache=True, fastmath=True)
 def conv_slab(x, ntaps, width):
     """Input channels per slab of a direct convolution whose units span ``width`` output
     columns: the block's weight panel (``ntaps`` taps by the slab by ``min(width, NC)``
@@ -542,8 +604,8 @@ def conv_slab(x, ntaps, width):
 
 
 @njit(cache=True, fastmath=True)
-def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1):
-    """Rows ``p .. p+rows`` (at most ``CONV_ROWS``), columns ``c0 .. c1`` (``c0`` a multiple
+def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1, bias, res, finish):
+    """Rows ``p .. p+rows`` (at most :func:`conv_rows`), columns ``c0 .. c1`` (``c0`` a multiple
     of a strip), input channels ``k0 .. k1`` of ``m (+)= sum_t X_t @ W[t*C : (t+1)*C]``
     (``+=`` unless ``k0 == 0``): a direct convolution over a flat, padded, channels-last
     input ``x`` with ``C`` channels, where row ``p`` of ``X_t`` is
@@ -552,12 +614,26 @@ def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1):
 
     Each tile keeps its pixels by up to ``CONV_VECTORS`` vectors of output channels in
     registers across every tap of the slab; the columns a wide tile leaves on tiles of half
-    its vectors, then of one, the last (fewer than a vector) masked."""
+    its vectors, then of one, the last (fewer than a vector) masked. A block of at most two
+    vectors runs on one tall tile (:data:`TALL_ROWS`), its loads and stores masked.
+
+    ``finish`` at least 0 (the last slab): the sums are finished in registers before they
+    are stored, ``act(sum + bias[col] (+ res[row, col]))`` (:func:`_tile_epilogue`: bits 0-2
+    the activation, 1 ReLU or 2 ReLU6, bit 3 the residual); below 0 they are stored as they
+    are. ``res`` is shaped like ``m`` (``m`` itself when there is no residual)."""
     ntaps = toffs.size
     S = w.shape[1]
     K = w.shape[0] // ((m.shape[1] + S - 1) // S)
     C = K // ntaps
     lanes = (64 if _WIDE else 32) // x.itemsize
+    if c1 - c0 <= 2 * lanes:  # a narrow block, in bands of up to TALL_ROWS
+        if c1 - c0 > lanes:
+            _conv_tall_two(x, w, m, offs, p, c0, k0, k1, rows, c1 - c0, toffs, ntaps, C,
+                           (c0 // S) * K, c0 % S, 1 if k0 > 0 else 0, bias, res, finish)
+        else:
+            _conv_tall_one(x, w, m, offs, p, c0, k0, k1, rows, c1 - c0, toffs, ntaps, C,
+                           (c0 // S) * K, c0 % S, 1 if k0 > 0 else 0, bias, res, finish)
+        return
     half = max(1, CONV_VECTORS // 2) * lanes
     end = c1 - (c1 - c0) % lanes
     wide = c0 + (end - c0) - (end - c0) % S
@@ -565,16 +641,16 @@ def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1):
     add = 1 if k0 > 0 else 0
     for j0 in range(c0, wide, S):
         _conv_wide(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, (j0 // S) * K,
-                   j0 % S, add)
+                   j0 % S, add, bias, res, finish)
     for j0 in range(wide, halves, half):
         _conv_half(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, (j0 // S) * K,
-                   j0 % S, add)
+                   j0 % S, add, bias, res, finish)
     for j0 in range(halves, end, lanes):
         _conv_one(x, w, m, offs, p, j0, k0, k1, rows, j0, toffs, ntaps, C, (j0 // S) * K,
-                  j0 % S, add)
+                  j0 % S, add, bias, res, finish)
     if c1 > end:
         _conv_narrow(x, w, m, offs, p, end, k0, k1, rows, c1 - end, toffs, ntaps, C,
-                     (end // S) * K, end % S, add)
+                     (end // S) * K, end % S, add, bias, res, finish)
 
 
 def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> Any:

@@ -43,17 +43,18 @@ def torch_eval(twin: tnn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def check(model: nn.Module, twin: tnn.Module | None, shapes: list[tuple[int, ...]],
-          channels_last: bool = True) -> None:
+          channels_last: bool = True, chunk_bytes: int | None = None) -> convlayers.Plan:
     """Compile at the first shape; every shape (other batch sizes) against eager and torch."""
     rng = np.random.default_rng(0)
     plan = convlayers.compile(model, rng.standard_normal(shapes[0]).astype(np.float32),
-                              channels_last=channels_last)
+                              channels_last=channels_last, chunk_bytes=chunk_bytes)
     for shape in shapes:
         x = rng.standard_normal(shape).astype(np.float32)
         got = plan(x)
         if twin is not None:
             assert_close(got, torch_eval(twin, x), f"compiled vs torch at {shape}")
         assert_close(got, eager(model, x), f"compiled vs eager at {shape}")
+    return plan
 
 
 def block(*layers: nn.Module) -> tuple[nn.Module, tnn.Module]:
@@ -273,6 +274,43 @@ def test_efficientnet_lite0_against_the_torch_twin() -> None:
     check(ours, twin, [(1, 3, 37, 35), (2, 3, 37, 35)])
 
 
+@pytest.mark.parametrize(("name", "chunk_bytes", "shape", "expected"), [
+    ("mobilenet_v2", 96 << 10, (5, 3, 33, 29), [(0, 3, 3), (3, 5, 1), (5, 55, 5)]),
+    ("mobilenet_v2", 16 << 10, (2, 3, 33, 29), [(0, 5, 1), (5, 55, 2)]),
+    ("resnet18", 256 << 10, (5, 3, 35, 37), [(0, 2, 2), (2, 24, 5)])])
+def test_large_maps_run_a_few_images_at_a_time(name: str, chunk_bytes: int,
+                                               shape: tuple[int, ...],
+                                               expected: list[tuple[int, int, int]]) -> None:
+    """The first steps run through the batch in chunks of images (a small ``chunk_bytes``
+    makes these small maps count as large; chunks of 3 then 2, of 1, of 2, 2 then 1), the
+    rest at once: against eager and torch, and against the same plan run whole-batch, at
+    batch sizes the chunks do not divide; ``explain`` names the chunked runs."""
+    if name == "mobilenet_v2":
+        model = randomize_norms(nn.MobileNetV2(num_classes=7, width_mult=0.5, rng=0), 7)
+    else:
+        model = randomize_norms(nn.resnet18(num_classes=7, rng=0), 8)
+    others = [(b, *shape[1:]) for b in (1, 3) if b != shape[0]]
+    plan = check(model, to_torch(model), [shape, *others], chunk_bytes=chunk_bytes)
+    assert [(s.start, s.stop, s.images) for s in plan._segments(shape[0])] == expected
+    whole = convlayers.compile(model, np.zeros(shape, np.float32), chunk_bytes=0)
+    assert len(whole._segments(shape[0])) == 1
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    assert_close(plan(x), whole(x), "chunked vs whole batch")
+    first = expected[0]
+    assert (f"steps {first[0]}-{first[1] - 1} run {first[2]} of the {shape[0]} images at a time"
+            in plan.explain(shape[0]))
+    # its own values are sized for a chunk: the arena is smaller than the whole-batch plan's
+    assert plan._layout(shape[0])[1] < whole._layout(shape[0])[1]
+
+
+def test_chunk_bytes_is_checked() -> None:
+    model = nn.ConvNormAct(3, 8, rng=0).eval()
+    x = np.zeros((1, 3, 6, 6), np.float32)
+    for bad in (-1, 1.5, True, "8"):
+        with pytest.raises(ValueError, match="chunk_bytes"):
+            convlayers.compile(model, x, chunk_bytes=bad)
+
+
 def test_compile_leaves_the_model_alone_and_keeps_its_own_weights() -> None:
     model = randomize_norms(nn.resnet18(num_classes=3, rng=0), 9).train()
     before = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
@@ -290,7 +328,8 @@ def test_four_threads_give_the_single_threaded_results() -> None:
     model = randomize_norms(nn.MobileNetV2(num_classes=10, width_mult=0.35, rng=0), 11)
     rng = np.random.default_rng(3)
     xs = [rng.standard_normal((2, 3, 40, 40)).astype(np.float32) for _ in range(4)]
-    plan = convlayers.compile(model, xs[0])
+    plan = convlayers.compile(model, xs[0], chunk_bytes=16 << 10)  # its first steps in chunks
+    assert plan._segments(2)[0].images == 1
     expected = [plan(x) for x in xs]
     results: list[Any] = [None] * 4
 

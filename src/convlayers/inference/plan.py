@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from convlayers.inference.arena import Buffer, plan_offsets
+from convlayers.inference.batching import CHUNK_BYTES, Segment, segments
 from convlayers.inference.fusion import fuse_graph
 from convlayers.inference.graph import Graph, lower
 from convlayers.inference.layout import choose_layouts
@@ -30,7 +31,11 @@ __all__ = ["Plan", "compile"]
 
 
 class _Arena:
-    """One block and the views of it that one call at a time works in (batch size ``n``)."""
+    """One block and the views of it that one call at a time works in (batch size ``n``).
+
+    ``chunks[k]`` lists, for segment ``k`` of :meth:`Plan._segments`, each chunk's first image
+    and the views its steps work in: slices of the whole-batch values, and the values the
+    segment keeps to itself sized for one chunk (every chunk reuses them)."""
 
     def __init__(self, plan: Plan, n: int) -> None:
         layout, self.total = plan._layout(n)
@@ -38,13 +43,31 @@ class _Arena:
         start = (-raw.ctypes.data) % 64
         self.block = raw[start:start + self.total]
         self.views: list[Any] = [None] * len(plan._graph.shapes)
+        local = plan._local_roots(n)
         for value, root in plan._roots.items():
-            if root in layout:
+            if root in layout and root not in local:
                 self.views[value] = plan._view(self.block, layout[root], value, n)
         self.scratch = [None if ("scratch", i) not in layout else
                         self.block[layout[("scratch", i)]:].view(plan.dtype)
                         for i in range(len(plan._steps))]
         self.n = n
+        self.chunks: list[list[tuple[int, list[Any]]]] = []
+        for seg in plan._segments(n):
+            runs: list[tuple[int, list[Any]]] = []
+            if seg.images < n:
+                for first in range(0, n, seg.images):
+                    count = min(seg.images, n - first)
+                    views: list[Any] = [None] * len(self.views)
+                    for value in plan._segment_values(seg):
+                        root = plan._roots[value]
+                        if root in local:
+                            whole = plan._view(self.block, layout[root], value, seg.images)
+                            views[value] = (whole[0][:count], whole[1][:count])
+                        elif self.views[value] is not None:
+                            views[value] = (self.views[value][0][first:first + count],
+                                            self.views[value][1][first:first + count])
+                    runs.append((first, views))
+            self.chunks.append(runs)
 
 
 class Plan:
@@ -63,8 +86,10 @@ class Plan:
     referenced after compiling.
     """
 
-    def __init__(self, graph: Graph, example_shape: tuple[int, ...]) -> None:
+    def __init__(self, graph: Graph, example_shape: tuple[int, ...],
+                 chunk_bytes: int | None = None) -> None:
         self._graph = graph
+        self.chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
         self.dtype = graph.dtype
         self.example_shape = example_shape
         self._steps: list[Step] = [make_step(node, graph) for node in graph.nodes]
@@ -75,6 +100,7 @@ class Plan:
         self._out_root = self._roots[graph.output]
         self._pool: dict[int, list[_Arena]] = {}
         self._lock = threading.Lock()
+        self._segment_cache: dict[int, list[Segment]] = {}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -99,24 +125,72 @@ class Plan:
         rest = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         return flat.reshape(n, *shape), flat.reshape(n, shape[0], rest)
 
+    @staticmethod
+    def _reads(step: Step) -> list[int]:
+        reads = list(step.node.inputs)
+        if step.node.attrs.get("residual") is not None:
+            reads.append(step.node.attrs["residual"])
+        return reads
+
+    def _segments(self, n: int) -> list[Segment]:
+        """Runs of steps and the images each runs at a time (:mod:`convlayers.inference.batching`)."""
+        if n not in self._segment_cache:
+            size = self.dtype.itemsize
+            per_image = [(sum(int(np.prod(self._graph.shapes[v])) for v in self._reads(step))
+                          + int(np.prod(self._graph.shapes[step.out]))
+                          + step.scratch_elements(1)) * size for step in self._steps]
+            weights = [sum(a.nbytes for a in vars(step).values() if isinstance(a, np.ndarray)
+                           and a.size > 1 and a.dtype == self.dtype) for step in self._steps]
+            self._segment_cache[n] = (segments(per_image, n, self.chunk_bytes, weights)
+                                      if self.chunk_bytes else [Segment(0, len(self._steps), n)])
+        return self._segment_cache[n]
+
+    def _segment_values(self, seg: Segment) -> set[int]:
+        return {v for step in self._steps[seg.start:seg.stop] for v in (*self._reads(step), step.out)}
+
+    def _local_roots(self, n: int) -> dict[int, Segment]:
+        """Arena roots written and read only inside one chunked segment (sized for a chunk)."""
+        where: dict[int, set[int]] = {}
+        for k, seg in enumerate(self._segments(n)):
+            for value in self._segment_values(seg):
+                where.setdefault(self._roots[value], set()).add(k)
+        segs = self._segments(n)
+        return {root: segs[min(ks)] for root, ks in where.items()
+                if len(ks) == 1 and segs[min(ks)].images < n and root not in (0, self._out_root)}
+
     def _layout(self, n: int) -> tuple[dict[object, int], int]:
-        """Byte offsets of every arena value and scratch buffer for batch size ``n``."""
+        """Byte offsets of every arena value and scratch buffer for batch size ``n``.
+
+        A value lives from the step that writes it to the last that reads it. Inside a
+        segment run in chunks, its own values and scratch are sized for one chunk; a
+        whole-batch value it writes or reads stays live across the whole segment (a later
+        chunk writes the segment's own values after an earlier one wrote or read it)."""
         first: dict[int, int] = {}
         last: dict[int, int] = {}
         buffers: list[Buffer] = []
+        segs = self._segments(n)
+        local = self._local_roots(n)
+        chunked = {i: seg for seg in segs if seg.images < n for i in range(seg.start, seg.stop)}
         for i, step in enumerate(self._steps):
-            reads = list(step.node.inputs)
-            if step.node.attrs.get("residual") is not None:
-                reads.append(step.node.attrs["residual"])
-            for value in reads:
+            for value in self._reads(step):
                 last[self._roots[value]] = i
             first.setdefault(self._roots[step.out], i)
-            if (extra := step.scratch_elements(n)):
+            images = chunked[i].images if i in chunked else n
+            if (extra := step.scratch_elements(images)):
                 buffers.append(Buffer(("scratch", i), extra * self.dtype.itemsize, i, i))
         for root, start in first.items():
-            if root not in (0, self._out_root):
+            if root in (0, self._out_root):
+                continue
+            end = last.get(root, start)
+            if root in local:
+                size = self._elements(root, local[root].images) * self.dtype.itemsize
+            else:
                 size = self._elements(root, n) * self.dtype.itemsize
-                buffers.append(Buffer(root, size, start, last.get(root, start)))
+                if start in chunked:
+                    start = chunked[start].start
+                if end in chunked:
+                    end = chunked[end].stop - 1
+            buffers.append(Buffer(root, size, start, end))
         total = plan_offsets(buffers)
         return {b.key: b.offset for b in buffers}, total
 
@@ -149,18 +223,33 @@ class Plan:
         views = arena.views
         chunk = numba.set_parallel_chunksize(1)  # units handed out one at a time: a core slowed
         try:  # by a neighbour does not hold up a whole layer (this thread's setting only)
-            for value, root in self._roots.items():
-                if root == 0:
-                    views[value] = self._view(x.reshape(-1).view(np.uint8), 0, value, n)
-                elif root == self._out_root:
-                    views[value] = self._view(out.view(np.uint8), 0, value, n)
-            for step, scratch in zip(self._steps, arena.scratch, strict=True):
-                step.run(views, scratch)
+            ends = [value for value, root in self._roots.items() if root in (0, self._out_root)]
+            for value in ends:
+                views[value] = self._view((x if self._roots[value] == 0 else out).reshape(-1)
+                                          .view(np.uint8), 0, value, n)
+            for seg, runs in zip(self._segments(n), arena.chunks, strict=True):
+                steps = list(zip(self._steps[seg.start:seg.stop],
+                                 arena.scratch[seg.start:seg.stop], strict=True))
+                if not runs:
+                    for step, scratch in steps:
+                        step.run(views, scratch)
+                    continue
+                for first, chunk_views in runs:
+                    count = min(seg.images, n - first)
+                    for value in ends:
+                        if (whole := views[value]) is not None:
+                            chunk_views[value] = (whole[0][first:first + count],
+                                                  whole[1][first:first + count])
+                    for step, scratch in steps:
+                        step.run(chunk_views, scratch)
         finally:
             numba.set_parallel_chunksize(chunk)
-            for value, root in self._roots.items():
-                if root in (0, self._out_root):
+            for value in self._roots:
+                if self._roots[value] in (0, self._out_root):
                     views[value] = None
+                    for runs in arena.chunks:
+                        for _, chunk_views in runs:
+                            chunk_views[value] = None
             self._release(arena)
         return out.reshape(n, *self.output_shape)
 
@@ -176,6 +265,10 @@ class Plan:
         lines = [f"Plan for input (N, {', '.join(map(str, self.input_shape))}) {self.dtype}, "
                  f"{len(self._steps)} steps; arena {total / 2**20:.2f} MiB at N={n}; "
                  f"{len(last)} values channels-last (NHWC), the rest NCHW; {converts} conversions"]
+        for seg in self._segments(n):
+            if seg.images < n:
+                lines.append(f"steps {seg.start}-{seg.stop - 1} run {seg.images} of the {n} images "
+                             f"at a time (their own values sized for a chunk, reused by each)")
         for i, step in enumerate(self._steps):
             root = self._roots[step.out]
             where = ("output" if root == self._out_root else "view of input" if root == 0
@@ -209,7 +302,8 @@ def _engine_choice(step: Step, graph: Graph, n: int) -> str:
                            a["dilation"], a["groups"], graph.dtype).forward)
 
 
-def compile(model: Any, example_input: np.ndarray, channels_last: bool = True) -> Plan:
+def compile(model: Any, example_input: np.ndarray, channels_last: bool = True,
+            chunk_bytes: int | None = None) -> Plan:
     """Compile ``model`` for inference on arrays shaped like ``example_input``.
 
     The model's eval-mode function (BatchNorm with running statistics, Dropout off, whatever
@@ -230,6 +324,12 @@ def compile(model: Any, example_input: np.ndarray, channels_last: bool = True) -
     channels_last : bool, default True
         Run the segments that hold depthwise convolutions channels-last (NHWC), converting at
         their ends (:mod:`convlayers.inference.layout`); False keeps every value NCHW.
+    chunk_bytes : int, optional
+        How many bytes of maps one step may read and write for one chunk of images: the
+        first layers, whose maps are large, run a few images at a time through a run of
+        steps, so each step finds its input in the cache (:mod:`convlayers.inference.batching`;
+        default :data:`~convlayers.inference.batching.CHUNK_BYTES`, 8 MiB). 0 runs every
+        step on the whole batch at once. Results do not depend on it.
 
     Returns
     -------
@@ -261,6 +361,10 @@ def compile(model: Any, example_input: np.ndarray, channels_last: bool = True) -
                          f"{getattr(example_input, 'shape', type(example_input).__name__)}")
     if example_input.dtype.kind != "f":
         raise TypeError(f"example_input must be floating point, got {example_input.dtype}")
+    if chunk_bytes is not None and (isinstance(chunk_bytes, bool)
+                                    or not isinstance(chunk_bytes, (int, np.integer))
+                                    or chunk_bytes < 0):
+        raise ValueError(f"chunk_bytes must be a non-negative integer or None, got {chunk_bytes!r}")
     graph = lower(model, tuple(example_input.shape[1:]), example_input.dtype)
     graph = choose_layouts(fuse_graph(copy.copy(graph)), channels_last)
-    return Plan(graph, tuple(example_input.shape))
+    return Plan(graph, tuple(example_input.shape), None if chunk_bytes is None else int(chunk_bytes))

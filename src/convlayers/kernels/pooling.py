@@ -596,6 +596,18 @@ def _window_top(x, p, r0, r1, c0, c1):
 _WIDE_WINDOW = 8
 
 
+@njit(cache=True, inline="always")
+def _take(v, best, at, here):
+    """One tap of a window's scan: ``v`` replaces the running maximum when larger or NaN."""
+    take = (v > best) | (v != v)
+    return (v if take else best), (here if take else at)
+
+
+#: Planes whose windows one scan walks side by side: each tap's compare waits on the previous
+#: one's result, so a lone scan ran at one tap per 11 cycles; four run in the same time.
+_SCAN_PLANES = 4
+
+
 @njit(parallel=True, cache=True)
 def adaptive_max2d(x, rlo, rhi, clo, chi, out, idx, with_indices):
     """``out[p, i, j]`` = max of the window, taps in row-major order: a tap replaces the running
@@ -604,27 +616,66 @@ def adaptive_max2d(x, rlo, rhi, clo, chi, out, idx, with_indices):
 
     Windows with rows of at least ``_WIDE_WINDOW`` taps and no NaN take two passes, the maximum
     (:func:`_window_top`) and then its first position, whose value is the output (so a tie of
-    ``-0.0`` and ``0.0`` keeps the first, as the scan does); other windows the scan itself."""
+    ``-0.0`` and ``0.0`` keeps the first, as the scan does); other windows the scan itself,
+    on :data:`_SCAN_PLANES` planes at once."""
     P, W = x.shape[0], x.shape[2]
     Ho, Wo = out.shape[1], out.shape[2]
-    for p in prange(P):
+    G = _SCAN_PLANES
+    for g in prange((P + G - 1) // G):
+        p0 = g * G
+        count = min(G, P - p0)
+        p1, p2, p3 = p0 + min(1, count - 1), p0 + min(2, count - 1), p0 + min(3, count - 1)
         for i in range(Ho):
             r0, r1 = rlo[i], rhi[i]
             for j in range(Wo):
                 c0, c1 = clo[j], chi[j]
-                wide = c1 - c0 >= _WIDE_WINDOW
-                top, nan = _window_top(x, p, r0, r1, c0, c1) if wide else (x[p, r0, c0], True)
-                if not nan:
-                    at = -1
+                if c1 - c0 < _WIDE_WINDOW:
+                    first = r0 * W + c0
+                    b0, b1, b2, b3 = x[p0, r0, c0], x[p1, r0, c0], x[p2, r0, c0], x[p3, r0, c0]
+                    a0 = a1 = a2 = a3 = first
+                    for r in range(r0, r1):
+                        for c in range(c0, c1):
+                            here = r * W + c
+                            b0, a0 = _take(x[p0, r, c], b0, a0, here)
+                            b1, a1 = _take(x[p1, r, c], b1, a1, here)
+                            b2, a2 = _take(x[p2, r, c], b2, a2, here)
+                            b3, a3 = _take(x[p3, r, c], b3, a3, here)
+                    out[p0, i, j] = b0
+                    out[p1, i, j] = b1
+                    out[p2, i, j] = b2
+                    out[p3, i, j] = b3
+                    if with_indices:
+                        idx[p0, i, j] = a0
+                        idx[p1, i, j] = a1
+                        idx[p2, i, j] = a2
+                        idx[p3, i, j] = a3
+                    continue
+                for p in range(p0, p0 + count):
+                    top, nan = _window_top(x, p, r0, r1, c0, c1)
+                    if not nan:
+                        at = -1
+                        for r in range(r0, r1):
+                            row = x[p, r]
+                            for c in range(c0, c1):
+                                if row[c] == top:
+                                    at = r * W + c
+                                    break
+                            if at >= 0:
+                                break
+                        out[p, i, j] = x[p, at // W, at - (at // W) * W]
+                        if with_indices:
+                            idx[p, i, j] = at
+                        continue
+                    best = x[p, r0, c0]
+                    at = r0 * W + c0
                     for r in range(r0, r1):
                         row = x[p, r]
                         for c in range(c0, c1):
-                            if row[c] == top:
+                            v = row[c]
+                            if v > best or v != v:
+                                best = v
                                 at = r * W + c
-                                break
-                        if at >= 0:
-                            break
-                    out[p, i, j] = x[p, at // W, at - (at // W) * W]
+                    out[p, i, j] = best
                     if with_indices:
                         idx[p, i, j] = at
                     continue

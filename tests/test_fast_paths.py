@@ -632,8 +632,9 @@ def test_lowered_backward_1d_and_float64() -> None:
 def test_adaptive_pooling_kernels_match_torch_and_the_reference(
         dims: int, size: tuple[int, int], out: tuple[int, int], special: str, seed: int) -> None:
     """The compiled adaptive pools (windows of any size, overlapping, larger outputs than
-    inputs, any count of planes): averages close to torch and to the reference loop, maxima and indices exactly
-    torch's (first maximum wins a tie, the last NaN wins), the average's backward too."""
+    inputs, any count of planes): averages close to torch and to the reference loop, maxima
+    and indices exactly torch's (first maximum wins a tie, the last NaN wins), the average's
+    backward too."""
     from convlayers import reference
 
     rng = np.random.default_rng(seed)

@@ -139,8 +139,8 @@ class Plan:
             per_image = [(sum(int(np.prod(self._graph.shapes[v])) for v in self._reads(step))
                           + int(np.prod(self._graph.shapes[step.out]))
                           + step.scratch_elements(1)) * size for step in self._steps]
-            weights = [sum(a.nbytes for a in vars(step).values() if isinstance(a, np.ndarray)
-                           and a.size > 1 and a.dtype == self.dtype) for step in self._steps]
+            weights = [int(np.size(step.node.attrs.get("weight", 0))) * size
+                       for step in self._steps]
             self._segment_cache[n] = (segments(per_image, n, self.chunk_bytes, weights)
                                       if self.chunk_bytes else [Segment(0, len(self._steps), n)])
         return self._segment_cache[n]

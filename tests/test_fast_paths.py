@@ -680,20 +680,27 @@ def test_adaptive_average_of_whole_rows_matches_torch(dtype: type) -> None:
 
 
 def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> None:
-    """Rows of at least eight taps take the two-pass kernel (maximum, then its first position):
-    a tie of -0.0 and 0.0 keeps the first, a NaN anywhere wins (the last one), an inf is a
-    maximum like any other; values and indices exactly torch's."""
+    """Windows of at least eight columns take the kernel by columns (each column's maximum and
+    the first row that reached it, then the window's): a tie of -0.0 and 0.0 keeps the first,
+    a later column's maximum on an earlier row comes first, a NaN anywhere wins (the last
+    one), an inf is a maximum like any other; values and indices exactly torch's, also on
+    maps of a few distinct values, where nearly every window holds ties."""
     x = -np.abs(np.random.default_rng(5).standard_normal((4, 3, 6, 40))).astype(np.float32)
     x[0, 0, 2, 7], x[0, 0, 4, 30] = -0.0, 0.0  # the first maximum is -0.0
     x[0, 1, 3, 11], x[0, 1, 1, 2] = 0.0, -0.0  # row-major: -0.0 at (1, 2) comes first
+    x[0, 2, 4, 3], x[0, 2, 1, 25], x[0, 2, 3, 25] = 5.0, 5.0, 5.0  # (1, 25) comes first
     x[1, 0, 2, 9], x[1, 0, 5, 1] = np.nan, np.nan
     x[2, 2, 0, 39], x[2, 2, 5, 0] = np.inf, np.inf
-    for out in (1, (2, 3), (1, 4)):
-        v, i = F.adaptive_max_pool2d(x, out, return_indices=True)
-        tv, ti = tF.adaptive_max_pool2d(torch.from_numpy(x), out, return_indices=True)
-        np.testing.assert_array_equal(v, tv.numpy())
-        np.testing.assert_array_equal(np.signbit(v), np.signbit(tv.numpy()))
-        np.testing.assert_array_equal(i, ti.numpy())
+    x[3, 1, 1, 12], x[3, 1, 4, 12], x[3, 1, 2, 14] = np.nan, 7.0, 7.0  # NaN, then ties
+    ties = np.random.default_rng(6).integers(-2, 3, (3, 5, 23, 61)).astype(np.float32)
+    for a in (x, ties, -np.abs(ties)):
+        for out in (1, (2, 3), (1, 4), (5, 7), (23, 4)):
+            v, i = F.adaptive_max_pool2d(a, out, return_indices=True)
+            tv, ti = tF.adaptive_max_pool2d(torch.from_numpy(a), out, return_indices=True)
+            np.testing.assert_array_equal(v, tv.numpy())
+            np.testing.assert_array_equal(np.signbit(v), np.signbit(tv.numpy()))
+            np.testing.assert_array_equal(i, ti.numpy())
+            np.testing.assert_array_equal(F.adaptive_max_pool2d(a, out), v)
 
 
 def test_only_maps_of_a_few_pixels_or_lone_images_merge_their_columns() -> None:

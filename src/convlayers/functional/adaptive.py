@@ -146,6 +146,12 @@ def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarra
     return (*rows, *_bound_arrays(in_shape[-1], out[-1]))
 
 
+def _numba_threads() -> int:
+    from convlayers.functional._compiled import _numba_threads as threads
+
+    return threads()
+
+
 def _compiled(work: int) -> Any:
     """The pooling kernels, with numba's threads applied (one thread for small work)."""
     from convlayers.functional._compiled import _threads_for, loaded_kernels
@@ -180,9 +186,16 @@ def _adaptive_max(
         shape = (x.shape[0] * x.shape[1], 1 if n == 1 else out[0], out[-1])
         y = np.empty(shape, dtype=x.dtype)
         idx = np.empty(shape if return_indices else (0, 0, 0), dtype=np.int64)
+        windows = _windows(in_shape, out)
         with threads:
-            kernels.adaptive_max2d(_planes(x, n), *_windows(in_shape, out), y, idx,
-                                   return_indices)
+            if int((windows[3] - windows[2]).max()) < kernels.WIDE_WINDOW:
+                kernels.adaptive_max2d(_planes(x, n), *windows, y, idx, return_indices)
+            else:  # a row of column tops per thread, each on cache lines of its own (rows
+                # sharing a line ran two threads slower than one)
+                scratch = (_numba_threads(), -(-in_shape[-1] // 16) * 16 + 16)
+                kernels.adaptive_max2d_columns(_planes(x, n), *windows, y, idx, return_indices,
+                                               np.empty(scratch, x.dtype),
+                                               np.empty(scratch, np.int64))
         y = unbatch(y.reshape(*x.shape[:2], *out), unbatched)
         if return_indices:
             return y, unbatch(idx.reshape(*x.shape[:2], *out), unbatched)

@@ -422,6 +422,29 @@ def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
     assert_close(gw, tgw, "weight gradient")
 
 
+def test_many_channels_run_channels_last_on_larger_maps() -> None:
+    """The forward's pixel limit is ``channels_last_pixels`` (400), and
+    ``channels_last_wide_pixels`` (1024) from ``channels_last_wide_channels`` (64) channels:
+    102x4 output planes (a 4x4 stride-2 layer on 205x9 maps) run channels-last with 278
+    channels, not with 32; 33x33 planes not even with 278. The wide limit's forward matches
+    torch."""
+    def forward(c: int, hw: tuple[int, int]) -> str:
+        return plan((2, c, *hw), (c, 1, 4, 4), stride=2, padding=1, groups=c).forward
+
+    assert forward(278, (205, 9)) == "depthwise-channels-last"
+    assert forward(32, (205, 9)) != "depthwise-channels-last"
+    assert forward(278, (66, 66)) != "depthwise-channels-last"
+    with config.engine_settings(channels_last_wide_pixels=0):
+        assert forward(278, (205, 9)) != "depthwise-channels-last"
+    rng = np.random.default_rng(8)
+    x = random_array(rng, (2, 70, 205, 9), np.float32)
+    w = random_array(rng, (70, 1, 4, 4), np.float32)
+    args = dict(stride=2, padding=1, groups=70)
+    assert plan(x.shape, w.shape, **args).forward == "depthwise-channels-last"
+    assert_close(F.conv2d(x, w, **args), tF.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                                  **args), "forward")
+
+
 def test_channels_last_needs_its_padded_block_to_fit() -> None:
     """A stride that reaches far for a few outputs would make the channels-last block's padded
     copy huge (here 16003 x 16003 pixels of 64 channels): the plane kernels serve instead.

@@ -398,6 +398,15 @@ class EngineSettings:
     #: batch 4-32 the channels-last gradients took 0.57-0.92x the planar kernels' time on
     #: maps of 576-784 output pixels, 1.22-1.58x on 1600-2304.
     channels_last_backward_pixels: int = 1024
+    #: The forward's output-pixel limit (:attr:`channels_last_pixels`) for layers of at least
+    #: :attr:`channels_last_wide_channels` channels, whose transposed copies fill whole blocks
+    #: of vectors: on 13 random such layers of 416-1026 pixels channels-last was faster than
+    #: the planar kernels on 11 and within 3% on 2 (0.48-1.32x torch's time, planar 0.65-2.5x;
+    #: leaving out one layer where both took 6x, in the stride-phase copy before them); on 11
+    #: of 1380-3045 pixels the planar kernels won 6.
+    channels_last_wide_pixels: int = 1024
+    #: See :attr:`channels_last_wide_pixels`.
+    channels_last_wide_channels: int = 64
     #: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
     #: pixels per plane the row kernels serve.
     flat_pixels: int = 1 << 18

@@ -26,7 +26,8 @@ planar         plane, then the same flat loops (any stride). Every pass.
 depthwise-rows Depthwise, any geometry: loops along output rows, borders read by bounds. Every
                pass.
 depthwise-     Depthwise without a channel multiplier on small maps (at most
-channels-last  ``channels_last_pixels`` output pixels a plane, ``channels_last_backward_pixels``
+channels-last  ``channels_last_pixels`` output pixels a plane (``channels_last_wide_pixels`` with
+               ``channels_last_wide_channels`` channels), ``channels_last_backward_pixels``
                for the gradients, ``channels_last_channels`` channels or more): per image
                and block of 64 channels, a padded channels-last copy in L1, register tiles
                of 8 pixels by a vector of channels over every tap, transposed back. Forward
@@ -399,7 +400,12 @@ def channels_last_fits(channels: int, out_hw: tuple[int, int], kernel: tuple[int
 
     e = config.engine
     padded = channels_last_shapes(1, channels, out_hw, kernel, stride, dilation)[0]
-    pixels = e.channels_last_backward_pixels if backward else e.channels_last_pixels
+    if backward:
+        pixels = e.channels_last_backward_pixels
+    elif channels >= e.channels_last_wide_channels:
+        pixels = max(e.channels_last_pixels, e.channels_last_wide_pixels)
+    else:
+        pixels = e.channels_last_pixels
     return (channels >= e.channels_last_channels
             and out_hw[0] * out_hw[1] <= pixels
             and math.prod(padded) * itemsize <= e.planar_bytes)

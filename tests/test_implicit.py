@@ -162,6 +162,33 @@ def test_input_channels_in_chunks_sum_as_one_product(shape, weight, kwargs) -> N
     assert_close(chunked, expected, "implicit forward in chunks")
 
 
+def test_small_calls_take_the_units_that_waste_least() -> None:
+    """At batch 1 the units are costed: a 5x5 stride-2 layer 461->91 on 22x22 maps runs
+    whole-map slabs (11 rows of 13 positions: 143 of the 144 its vectors compute) in two
+    blocks of output channels on two threads, four on four, where slabs of 9 rows had
+    computed 144 positions for 117. Any units sum in the same order: the output is bit for
+    bit the one-thread result, and torch's within rounding."""
+    from convlayers.functional._engine_implicit import slab_rows
+    from convlayers.functional.plan import geometry
+
+    g = geometry((1, 461, 22, 22), (91, 461, 5, 5), (2, 2), (1, 1), 1, ((2, 2), (2, 2)),
+                 (11, 11), np.float32)
+    assert slab_rows(g, 2)[:2] == (11, 48)
+    assert slab_rows(g, 4)[:2] == (11, 24)
+    assert slab_rows(g, 1)[:2] == (11, 91)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 461, 22, 22)).astype(np.float32)
+    w = rng.standard_normal((91, 461, 5, 5)).astype(np.float32)
+    with config.engine_settings(force="implicit"):
+        with config.settings(threads=1):
+            alone = F.conv2d(x, w, stride=2, padding=2)
+        with config.settings(threads=2):
+            split = F.conv2d(x, w, stride=2, padding=2)
+    np.testing.assert_array_equal(split, alone)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=2)
+    assert_close(split, expected.numpy(), "implicit forward in costed units")
+
+
 @settings(max_examples=30, deadline=None)
 @given(case=few_output_channels(), seed=st.integers(0, 2**16),
        images=st.sampled_from([None, 1]))

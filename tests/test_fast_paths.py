@@ -721,6 +721,30 @@ def test_only_maps_of_a_few_pixels_or_lone_images_merge_their_columns() -> None:
     assert merged(1, 9, 256, 256) == 1  # one image: its channels split between the threads
 
 
+def test_lone_images_take_the_lowered_units_that_cost_least() -> None:
+    """At batch 1 the lowered forward's units are costed (``costed_units``): a 1x6 stride-2
+    layer 266->155 on a 33x14 map (17x5 outputs) runs two slabs of all 155 channels, one a
+    thread, where shortening the slabs first had also split the channels (10 rows by 80: 2.4x
+    the time). Its result is bit for bit the one-thread one, and torch's within rounding."""
+    from convlayers.functional._engine_lowered import _lowered_units
+    from convlayers.functional.plan import geometry
+
+    g = geometry((1, 266, 33, 14), (155, 266, 1, 6), (2, 2), (1, 1), 1, None, (17, 5),
+                 np.float32)
+    assert _lowered_units(g, 2, "forward") == (9, 155)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 266, 33, 14)).astype(np.float32)
+    w = rng.standard_normal((155, 266, 1, 6)).astype(np.float32)
+    with config.engine_settings(force="lowered"):
+        with config.settings(threads=1):
+            alone = F.conv2d(x, w, stride=2)
+        with config.settings(threads=2):
+            split = F.conv2d(x, w, stride=2)
+    np.testing.assert_array_equal(split, alone)
+    assert_close(split, tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2),
+                 "lowered forward in costed units")
+
+
 @pytest.mark.parametrize(("batch", "hw", "images"), [(1, (20, 21), 1), (5, (7, 6), 2)])
 def test_merged_columns_match_the_slab_units_bit_for_bit(batch: int, hw: tuple[int, int],
                                                          images: int) -> None:

@@ -19,7 +19,13 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
-from convlayers.functional._engine_shared import _bias_arg, _quiet, remembered, units_for_threads
+from convlayers.functional._engine_shared import (
+    _bias_arg,
+    _quiet,
+    costed_units,
+    remembered,
+    units_for_threads,
+)
 from convlayers.functional.plan import Geometry
 
 
@@ -45,66 +51,14 @@ def slab_rows(g: Geometry, threads: int) -> tuple[int, int, int]:
     return rows, block, -(-g.c_in_g // chunks)
 
 
-#: A unit's fixed cost (handing it out, its first loads), in multiply-adds of the product.
-UNIT_MACS = 20_000
-#: The cost of a product column on one-vector tiles against one on the three-vector tiles
-#: (a vector loaded per row of the tile, not per three).
-ONE_VECTOR_COST = 1.6
-
-
 def _units(g: Geometry, rows: int, threads: int) -> tuple[int, int]:
-    """``(R, B)``: slabs of at most ``rows`` output rows by blocks of ``B`` output channels.
-
-    While the images and groups alone give every thread two slabs, as they come (``B`` all
-    the channels). Else each way of cutting the map into 1-8 slabs and the channels into 1-8
-    blocks of whole register-tile bands is costed: a unit's product as the tiles compute it
-    (bands of ``TILE_ROWS`` channels, the slab's ``R*Wq`` positions in three-vector tiles and
-    then one-vector ones, the last partial vector whole), its slab's copy
-    (:func:`convlayers.functional.plan._copy_price` a value) and :data:`UNIT_MACS`; the units
-    handed out in order to the least-loaded thread, the cheapest most-loaded thread wins (ties:
-    fewer units). A batch-1 5x5 stride-2 layer 461->91 on 22x22 maps ran whole-map slabs in
-    two blocks of channels (144 positions, 0.7% computed and dropped) at 1.4x the speed of
-    slabs of 9 rows (117 positions on 144: 23%) in two blocks."""
-    import heapq
-
+    """``(R, B)`` of the implicit forward's units (:func:`costed_units`): slabs of ``Wq``
+    positions a row and ``halo`` rows more, the copy of each channel's phase planes."""
     from convlayers.functional.plan import _copy_price
-    from convlayers.kernels.simd import TILE_ROWS, TILE_VECTORS, VECTOR_BYTES
 
-    images = g.n * g.groups
-    if images * -(-g.ho // rows) >= 2 * threads or threads == 1:
-        return rows, g.c_out_g
-    lanes = VECTOR_BYTES // g.itemsize
-    wide = TILE_VECTORS * lanes
     wq, halo, per_channel_row, _ = _slab_sizes(g)
-    depth = g.c_in_g * g.kh * g.kw
-    copy = _copy_price(g) * g.c_in_g * (per_channel_row // (wq * g.itemsize)) * wq
-
-    def cost(r: int, b: int) -> float:
-        vectors = -(-(r * wq) // lanes)
-        columns = (vectors * lanes // wide * wide
-                   + ONE_VECTOR_COST * (vectors * lanes % wide))
-        return (-(-b // TILE_ROWS) * TILE_ROWS * columns * depth + copy * (r + halo)
-                + UNIT_MACS)
-
-    best: tuple[float, int, int, int] | None = None
-    for row_parts in range(1, 9):
-        r = min(rows, -(-g.ho // row_parts))
-        for block_parts in range(1, 9):
-            per = -(-g.c_out_g // block_parts)
-            b = min(g.c_out_g, max(TILE_ROWS, -(-per // TILE_ROWS) * TILE_ROWS))
-            slabs = [min(r, g.ho - i) for i in range(0, g.ho, r)]
-            blocks = [min(b, g.c_out_g - j) for j in range(0, g.c_out_g, b)]
-            loads = [0.0] * threads
-            for _ in range(images):
-                for rr in slabs:
-                    for bb in blocks:
-                        heapq.heapreplace(loads, loads[0] + cost(rr, bb))
-            units = images * len(slabs) * len(blocks)
-            key = (max(loads), units, r, b)
-            if best is None or key[:2] < best[:2]:
-                best = key
-    assert best is not None
-    return best[2], best[3]
+    copy_row = _copy_price(g) * g.c_in_g * per_channel_row // g.itemsize
+    return costed_units(g, rows, threads, wq, halo, copy_row)
 
 
 def _slab_sizes(g: Geometry) -> tuple[int, int, int, int]:

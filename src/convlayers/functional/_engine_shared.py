@@ -78,6 +78,67 @@ def units_for_threads(g: Geometry, rows: int, threads: int,
         block = min(g.c_out_g, max(2 * TILE_ROWS, -(-per // TILE_ROWS) * TILE_ROWS))
     return rows, block
 
+#: A unit's fixed cost (handing it out, its first loads), in multiply-adds of the product.
+UNIT_MACS = 20_000
+#: The cost of a product column on one-vector tiles against one on the three-vector tiles
+#: (a vector loaded per row of the tile, not per three).
+ONE_VECTOR_COST = 1.6
+
+
+def costed_units(g: Geometry, rows: int, threads: int, row_length: int, halo: int,
+                 copy_row: int) -> tuple[int, int]:
+    """``(R, B)`` for a forward of the slab kernels: slabs of at most ``rows`` output rows
+    (each ``row_length`` product columns, its copy ``copy_row`` multiply-adds' worth a row,
+    ``halo`` rows more copied) by blocks of ``B`` output channels.
+
+    While the images and groups alone give every thread two slabs, as they come (``B`` all
+    the channels). Else each way of cutting the map into 1-8 slabs and the channels into 1-8
+    blocks of whole register-tile bands is costed: a unit's product as the tiles compute it
+    (bands of ``TILE_ROWS`` channels, the slab's positions in three-vector tiles and then
+    one-vector ones, the last partial vector whole), its copy and :data:`UNIT_MACS`; the units
+    handed out in order to the least-loaded thread, the cheapest most-loaded thread wins (ties:
+    fewer units). A batch-1 5x5 stride-2 layer 461->91 on 22x22 maps ran whole-map slabs in
+    two blocks of channels (144 positions, 0.7% computed and dropped) at 1.4x the speed of
+    slabs of 9 rows (117 positions on 144: 23%) in two blocks; on 50 random batch-1/2 layers
+    of the implicit GEMM 0.89x the time of shortening the slabs first (geo-mean; 0.56-0.8x
+    where the slabs' rows had wasted vector lanes, none slower beyond noise)."""
+    import heapq
+
+    from convlayers.kernels.simd import TILE_ROWS, TILE_VECTORS, VECTOR_BYTES
+
+    images = g.n * g.groups
+    if images * -(-g.ho // rows) >= 2 * threads or threads == 1:
+        return rows, g.c_out_g
+    lanes = VECTOR_BYTES // g.itemsize
+    wide = TILE_VECTORS * lanes
+    depth = g.c_in_g * g.kh * g.kw
+
+    def cost(r: int, b: int) -> float:
+        vectors = -(-(r * row_length) // lanes)
+        columns = (vectors * lanes // wide * wide
+                   + ONE_VECTOR_COST * (vectors * lanes % wide))
+        return (-(-b // TILE_ROWS) * TILE_ROWS * columns * depth + copy_row * (r + halo)
+                + UNIT_MACS)
+
+    best: tuple[float, int, int, int] | None = None
+    for row_parts in range(1, 9):
+        r = min(rows, -(-g.ho // row_parts))
+        for block_parts in range(1, 9):
+            per = -(-g.c_out_g // block_parts)
+            b = min(g.c_out_g, max(TILE_ROWS, -(-per // TILE_ROWS) * TILE_ROWS))
+            slabs = [min(r, g.ho - i) for i in range(0, g.ho, r)]
+            blocks = [min(b, g.c_out_g - j) for j in range(0, g.c_out_g, b)]
+            loads = [0.0] * threads
+            for _ in range(images):
+                for rr in slabs:
+                    for bb in blocks:
+                        heapq.heapreplace(loads, loads[0] + cost(rr, bb))
+            key = (max(loads), images * len(slabs) * len(blocks), r, b)
+            if best is None or key[:2] < best[:2]:
+                best = key
+    assert best is not None
+    return best[2], best[3]
+
 
 def _bias_arg(bias: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
     """The bias as the kernels take it: an empty array when there is none."""

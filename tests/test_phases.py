@@ -21,7 +21,6 @@ from oracle import assert_close, random_array, torch_grads
 CASES = [
     # (input NCHW, weight, stride, padding, dilation, groups): depthwise, the rewritten kind
     ((2, 5, 39, 39), (5, 1, 3, 1), (3, 3), (0, 0), (2, 1), 5),  # 3x1, the width skips
-    ((2, 6, 20, 17), (6, 1, 1, 1), (2, 3), (1, 2), (1, 1), 6),  # 1x1 strided, padded
     ((1, 4, 23, 19), (8, 1, 3, 2), (2, 2), (3, 1), (4, 2), 4),  # multiplier 2, dilation 2x
     ((3, 3, 16, 16), (3, 1, 2, 2), (3, 3), (4, 4), (3, 6), 3),  # wide padding before
     ((1, 2, 9, 10), (2, 1, 1, 3), (3, 2), (2, 0), (5, 1), 2),  # 1-tap rows, height only
@@ -45,6 +44,23 @@ def test_skipping_strides_match_torch_forward_and_backward(case, dtype) -> None:
     assert_close(F.conv2d(x, w, b, **kwargs), expected, "forward")
     our_gx, our_gw, our_gb = F.conv_backward(g, x, w, stride, padding, dilation, groups,
                                              with_bias=True)
+    assert_close(our_gx, gx, "grad_input")
+    assert_close(our_gw, gw, "grad_weight")
+    assert_close(our_gb, gb, "grad_bias")
+
+
+def test_depthwise_1x1_strides_are_read_in_place() -> None:
+    """A strided, padded depthwise 1x1 layer is not rewritten (its forward reads its one tap
+    in place, at any stride) and matches torch forward and backward."""
+    xs, ws, stride, padding = (2, 6, 20, 17), (12, 1, 1, 1), (2, 3), (1, 2)
+    rng = np.random.default_rng(4)
+    x, w, b = (random_array(rng, s, np.float32) for s in (xs, ws, ws[:1]))
+    kwargs = dict(stride=stride, padding=padding, groups=6)
+    assert reduce_phases(xs, ws, stride, (1, 1), ((1, 1), (2, 2)), (11, 7)) is None
+    expected, g, (gx, gw, gb) = torch_grads(
+        lambda a, c, d: tF.conv2d(a, c, d, **kwargs), [x, w, b])
+    assert_close(F.conv2d(x, w, b, **kwargs), expected, "forward")
+    our_gx, our_gw, our_gb = F.conv_backward(g, x, w, stride, padding, 1, 6, with_bias=True)
     assert_close(our_gx, gx, "grad_input")
     assert_close(our_gw, gw, "grad_weight")
     assert_close(our_gb, gb, "grad_bias")

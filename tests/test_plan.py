@@ -503,6 +503,39 @@ def test_depthwise_1x1_convolutions_scale_channels_on_the_1x1_kernels() -> None:
     assert_close(gb, tgb, "bias gradient")
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 9), hw=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+       multiplier=st.integers(1, 4), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), bias=st.booleans(),
+       special=st.sampled_from(["none", "inf", "nan"]), seed=st.integers(0, 2**16))
+def test_depthwise_1x1_forwards_scale_each_plane_in_place(
+        n: int, c: int, hw: tuple[int, int], multiplier: int, stride: tuple[int, int],
+        padding: tuple[int, int], bias: bool, special: str, seed: int) -> None:
+    """The depthwise 1x1 forward (any multiplier, stride and padding, read in place: no stride
+    phase is copied out first) against torch: outputs in the padding the bias alone, inf and
+    NaN inputs non-finite exactly where torch's are, and without a bias the very products."""
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, (n, c, *hw), np.float32)
+    if special != "none":
+        x.reshape(-1)[rng.integers(0, x.size, 3)] = np.inf if special == "inf" else np.nan
+    x.reshape(-1)[rng.integers(0, x.size, 2)] = -0.0
+    w = random_array(rng, (c * multiplier, 1, 1, 1), np.float32)
+    b = random_array(rng, (c * multiplier,), np.float32) if bias else None
+    args = dict(stride=stride, padding=padding, groups=c)
+    assert plan(x.shape, w.shape, **args).forward == "pointwise"
+    y = F.conv2d(x, w, b, **args)
+    t = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                  None if b is None else torch.from_numpy(b), **args).numpy()
+    assert y.shape == t.shape
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(t))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(t))
+    finite = np.isfinite(t)
+    if bias:
+        assert_close(y[finite], t[finite], "depthwise 1x1 forward")
+    else:  # one rounding each: the same values (torch's paths differ in the sign of zero)
+        np.testing.assert_array_equal(y[finite], t[finite])
+
+
 def test_winograd_tile_and_backward_thresholds_follow_the_settings() -> None:
     """``winograd_min_tiles`` (2x2 output tiles in the call) and ``winograd_backward``, and
     their machine defaults (None): 768 tiles and no backward with 64-byte vectors, else 0 and

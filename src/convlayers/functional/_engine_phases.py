@@ -10,7 +10,8 @@ and padding ``q`` before. Every strategy then reads ``1/s`` of the input instead
 a depthwise 3x1 stride 3 dilation 2 layer on 6x143x39x39 copied whole planes channels-last to
 compute 156 of 1521 positions each (3.4 ms against torch's 0.23).
 
-Only depthwise convolutions are rewritten: their kernels read or copy whole planes. The GEMM
+Only depthwise convolutions are rewritten: their kernels read or copy whole planes (not 1x1
+ones: their forward reads each output's one tap in place). The GEMM
 strategies already read only the positions their taps need (im2col gathers them, the implicit
 GEMM copies each stride phase apart), and the copy of the phase only added to them: a dense
 1x4 stride-2 layer on 30x431x14x14 took 3.3x torch's time with it.
@@ -77,6 +78,8 @@ def reduce_phases(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tu
     is empty, or the convolution is not depthwise (one input channel per group)."""
     if min(out_shape, default=1) <= 0 or w_shape[1] != 1:
         return None
+    if all(k == 1 for k in w_shape[2:]):
+        return None  # a depthwise 1x1 forward reads its one tap in place, at any stride
     starts, steps, lengths, strides, dils, new_pairs = [], [], [], [], [], []
     changed = False
     for size, k, s, d, (before, after), n_out in zip(

@@ -26,12 +26,31 @@ def _subsampled(xp: np.ndarray, stride: tuple[int, int], out_shape: tuple[int, i
 
 def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                    g: Geometry) -> np.ndarray:
+    if g.c_in_g == 1 and min(g.pt, g.pl) >= 0:
+        return _fwd_depthwise_1x1(x, w, bias, g)
     taps = w.reshape(g.groups, g.c_out_g, g.c_in_g)
     out = np.empty((g.n, g.groups, g.c_out_g, g.ho * g.wo), dtype=x.dtype)
     xp = pad_pairs(x, ((g.pt, g.pb), (g.pl, g.pr)))
     xs = _subsampled(xp, (g.sh, g.sw), (g.ho, g.wo)).reshape(g.n, g.groups, g.c_in_g, -1)
     _pointwise(xs, np.ascontiguousarray(taps), _bias_arg(bias, x.dtype), out)
     return out.reshape(g.n, g.c_out, g.ho, g.wo)
+
+
+def _fwd_depthwise_1x1(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                       g: Geometry) -> np.ndarray:
+    """A depthwise 1x1 forward (any multiplier, stride and padding): each input channel's
+    pixels scaled, read in place (:func:`convlayers.kernels.conv.pointwise_depthwise`). As
+    products of one row per channel, 7x139x18x56 at stride 2 ran 1.7x torch's time, a strided
+    copy of the input first."""
+    out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
+    planes = g.n * g.c_in
+    parts = min(g.ho, -(-4 * _numba_threads() // planes))  # a few units a thread at least
+    rows = -(-g.ho // parts)
+    with _dynamic_units():
+        kernels().conv.pointwise_depthwise(
+            np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(-1)),
+            _bias_arg(bias, x.dtype), g.c_out // g.c_in, g.sh, g.sw, g.pt, g.pl, rows, out)
+    return out
 
 
 def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:

@@ -46,6 +46,7 @@ __all__ = [
     "lowered_input_grad",
     "lowered_weight_grad",
     "pointwise",
+    "pointwise_depthwise",
     "pointwise_weight_grad",
     "pointwise_weight_grad_tiled",
     "slab_index",
@@ -402,6 +403,61 @@ def pointwise(x, taps, bias, B, R, out):
                     row = o[co]
                     for j in range(j0, j1):
                         row[j] += b
+
+
+@njit(parallel=True, cache=True)
+def pointwise_depthwise(x, w, bias, m, sh, sw, pt, pl, R, out):
+    """A depthwise 1x1 convolution, each input channel scaled ``m`` ways: ``out[n, c*m + k,
+    i, j] = w[c*m + k] * x[n, c, i*sh - pt, j*sw - pl] + bias[c*m + k]`` for ``x (N, C, H,
+    W)``, ``w (C*m,)``, ``out (N, C*m, Ho, Wo)``, ``bias`` ``C*m`` entries or none (zero);
+    outputs whose tap lies in the padding are the bias alone, as torch's direct convolution
+    skips such taps. Units of one plane and ``R`` output rows. No fastmath: an inf or NaN goes
+    where torch's goes, and the zero added where there is no bias turns ``-0.0`` into ``0.0``
+    as torch's sums do."""
+    N, C, H, W = x.shape
+    Ho, Wo = out.shape[2], out.shape[3]
+    nr = (Ho + R - 1) // R
+    has_bias = bias.shape[0] > 0
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    # the output columns whose tap is inside the input
+    lo = min(Wo, (pl + sw - 1) // sw)
+    hi = max(lo, min(Wo, (W - 1 + pl) // sw + 1))
+    for unit in prange(N * C * nr):
+        plane, r = unit // nr, unit % nr
+        n, c = plane // C, plane % C
+        src_plane = x[n, c]
+        for k in range(m):
+            co = c * m + k
+            a = w[co]
+            b = bias[co] if has_bias else zero
+            dst = out[n, co]
+            i0, i1 = r * R, min(Ho, r * R + R)
+            if sh == 1 and sw == 1 and pl == 0 and Wo == W and i0 >= pt and i1 - pt <= H:
+                # whole rows, one after another: one flat loop over them
+                flat_src = src_plane[i0 - pt: i1 - pt].reshape(-1)
+                flat_dst = dst[i0:i1].reshape(-1)
+                for j in range(flat_dst.shape[0]):
+                    flat_dst[j] = a * flat_src[j] + b
+                continue
+            for i in range(i0, i1):
+                ih = i * sh - pt
+                if ih < 0 or ih >= H:
+                    for j in range(Wo):
+                        dst[i, j] = b
+                    continue
+                for j in range(lo):
+                    dst[i, j] = b
+                for j in range(hi, Wo):
+                    dst[i, j] = b
+                base = lo * sw - pl
+                if sw == 1:  # a loop over row views, which vectorises (2-D indexing did not)
+                    part = src_plane[ih, base: base + hi - lo]
+                    row = dst[i, lo:hi]
+                    for j in range(hi - lo):
+                        row[j] = a * part[j] + b
+                else:
+                    for j in range(lo, hi):
+                        dst[i, j] = a * src_plane[ih, base + (j - lo) * sw] + b
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -503,26 +503,39 @@ def test_depthwise_1x1_convolutions_scale_channels_on_the_1x1_kernels() -> None:
     assert_close(gb, tgb, "bias gradient")
 
 
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 3), c=st.integers(1, 9), hw=st.tuples(st.integers(1, 40), st.integers(1, 40)),
-       multiplier=st.integers(1, 4), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), groups=st.integers(1, 9),
+       hw=st.tuples(st.integers(1, 40), st.integers(1, 40)), per_group=st.sampled_from(
+           [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (4, 1), (3, 5)]),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), bias=st.booleans(),
        special=st.sampled_from(["none", "inf", "nan"]), seed=st.integers(0, 2**16))
-def test_depthwise_1x1_forwards_scale_each_plane_in_place(
-        n: int, c: int, hw: tuple[int, int], multiplier: int, stride: tuple[int, int],
-        padding: tuple[int, int], bias: bool, special: str, seed: int) -> None:
-    """The depthwise 1x1 forward (any multiplier, stride and padding, read in place: no stride
-    phase is copied out first) against torch: outputs in the padding the bias alone, inf and
-    NaN inputs non-finite exactly where torch's are, and without a bias the very products."""
+def test_1x1_forwards_of_few_channels_per_group_sum_rows_in_place(
+        n: int, groups: int, hw: tuple[int, int], per_group: tuple[int, int],
+        stride: tuple[int, int], padding: tuple[int, int], bias: bool, special: str,
+        seed: int) -> None:
+    """1x1 forwards with few channels per group (depthwise ones with any multiplier, stride
+    and padding, read in place: no stride phase is copied out first; grouped ones of at most
+    ``pointwise_few_macs`` products a pixel at stride 1 along the width) against torch:
+    outputs in the padding the bias alone, inf and NaN inputs non-finite exactly where torch's
+    are, and a depthwise one without a bias the very products."""
+    from convlayers.functional._engine_pointwise import _few
+    from convlayers.functional.conv import conv_spec
+
+    cig, cog = per_group
     rng = np.random.default_rng(seed)
-    x = random_array(rng, (n, c, *hw), np.float32)
+    x = random_array(rng, (n, groups * cig, *hw), np.float32)
     if special != "none":
         x.reshape(-1)[rng.integers(0, x.size, 3)] = np.inf if special == "inf" else np.nan
     x.reshape(-1)[rng.integers(0, x.size, 2)] = -0.0
-    w = random_array(rng, (c * multiplier, 1, 1, 1), np.float32)
-    b = random_array(rng, (c * multiplier,), np.float32) if bias else None
-    args = dict(stride=stride, padding=padding, groups=c)
+    w = random_array(rng, (groups * cog, cig, 1, 1), np.float32)
+    b = random_array(rng, (groups * cog,), np.float32) if bias else None
+    args = dict(stride=stride, padding=padding, groups=groups)
     assert plan(x.shape, w.shape, **args).forward == "pointwise"
+    spec = conv_spec(x, w, None, stride, padding, 1, groups, "zeros")
+    g = geometry(x.shape, w.shape, spec.stride, spec.dilation, groups, spec.pairs,
+                 spec.out_shape, np.float32)
+    assert _few(g) == (cig == 1 or (stride[1] == 1 and cig * cog <= 4))
     y = F.conv2d(x, w, b, **args)
     t = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w),
                   None if b is None else torch.from_numpy(b), **args).numpy()
@@ -530,10 +543,37 @@ def test_depthwise_1x1_forwards_scale_each_plane_in_place(
     np.testing.assert_array_equal(np.isnan(y), np.isnan(t))
     np.testing.assert_array_equal(np.isinf(y), np.isinf(t))
     finite = np.isfinite(t)
-    if bias:
-        assert_close(y[finite], t[finite], "depthwise 1x1 forward")
+    if bias or cig > 1:
+        assert_close(y[finite], t[finite], "1x1 forward, few channels per group")
     else:  # one rounding each: the same values (torch's paths differ in the sign of zero)
         np.testing.assert_array_equal(y[finite], t[finite])
+
+
+_ROW_PATHS = [((1, 1), (0, 0)), ((1, 1), (2, 0)), ((1, 1), (1, 2)), ((2, 1), (1, 1))]
+
+
+@pytest.mark.parametrize(("per_group", "stride", "padding"), [
+    *[((1, 3), s, p) for s, p in [*_ROW_PATHS, ((2, 3), (0, 1))]],
+    *[(pg, s, p) for pg in [(2, 2), (4, 1)] for s, p in _ROW_PATHS]])
+def test_each_path_of_the_in_place_1x1_sum_matches_torch(
+        per_group: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> None:
+    """The in-place 1x1 sums' paths, each taken for sure: whole rows as one flat run (stride
+    1, no column padding), rows with padded columns, strided rows (depthwise only: grouped
+    layers strided along the width take the register tiles); a bias; against torch."""
+    from convlayers.functional._engine_pointwise import _few
+    from convlayers.functional.conv import conv_spec
+
+    cig, cog = per_group
+    rng = np.random.default_rng(sum(per_group) + sum(stride) + sum(padding))
+    x = random_array(rng, (3, 5 * cig, 17, 23), np.float32)
+    w = random_array(rng, (5 * cog, cig, 1, 1), np.float32)
+    b = random_array(rng, (5 * cog,), np.float32)
+    args = dict(stride=stride, padding=padding, groups=5)
+    spec = conv_spec(x, w, None, stride, padding, 1, 5, "zeros")
+    assert _few(geometry(x.shape, w.shape, spec.stride, spec.dilation, 5, spec.pairs,
+                         spec.out_shape, np.float32))
+    expected = tF.conv2d(*map(torch.from_numpy, (x, w, b)), **args)
+    assert_close(F.conv2d(x, w, b, **args), expected, "in-place 1x1 sum")
 
 
 def test_winograd_tile_and_backward_thresholds_follow_the_settings() -> None:

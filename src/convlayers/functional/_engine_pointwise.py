@@ -26,8 +26,8 @@ def _subsampled(xp: np.ndarray, stride: tuple[int, int], out_shape: tuple[int, i
 
 def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                    g: Geometry) -> np.ndarray:
-    if g.c_in_g == 1 and min(g.pt, g.pl) >= 0:
-        return _fwd_depthwise_1x1(x, w, bias, g)
+    if _few(g) and min(g.pt, g.pl) >= 0:
+        return _fwd_few(x, w, bias, g)
     taps = w.reshape(g.groups, g.c_out_g, g.c_in_g)
     out = np.empty((g.n, g.groups, g.c_out_g, g.ho * g.wo), dtype=x.dtype)
     xp = pad_pairs(x, ((g.pt, g.pb), (g.pl, g.pr)))
@@ -36,20 +36,30 @@ def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     return out.reshape(g.n, g.c_out, g.ho, g.wo)
 
 
-def _fwd_depthwise_1x1(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
-                       g: Geometry) -> np.ndarray:
-    """A depthwise 1x1 forward (any multiplier, stride and padding): each input channel's
-    pixels scaled, read in place (:func:`convlayers.kernels.conv.pointwise_depthwise`). As
-    products of one row per channel, 7x139x18x56 at stride 2 ran 1.7x torch's time, a strided
-    copy of the input first."""
+def _few(g: Geometry) -> bool:
+    """Whether a 1x1 layer has so few channels per group that summing rows in place beats
+    the register tiles: a depthwise one (any multiplier, any stride), or, where the columns are
+    read one after another (``stride`` 1 along the width), ``config.engine.pointwise_few_macs``
+    multiply-adds or fewer per output pixel and group."""
+    return g.c_in_g == 1 or (g.sw == 1
+                             and g.c_in_g * g.c_out_g <= config.engine.pointwise_few_macs)
+
+
+def _fwd_few(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+             g: Geometry) -> np.ndarray:
+    """A 1x1 forward with few channels per group (any stride and padding): each output plane
+    the bias plus a scaled row of each of its group's input planes, read in place
+    (:func:`convlayers.kernels.conv.pointwise_few`). As register-tiled products of a few rows
+    per group, a depthwise 1x1 layer 7x139x18x56 at stride 2 ran 1.7x torch's time (a strided
+    copy of the input first), a grouped one 32->16 with 16 groups 1.5-1.9x."""
     out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
-    planes = g.n * g.c_in
+    planes = g.n * g.c_out
     parts = min(g.ho, -(-4 * _numba_threads() // planes))  # a few units a thread at least
     rows = -(-g.ho // parts)
     with _dynamic_units():
-        kernels().conv.pointwise_depthwise(
-            np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(-1)),
-            _bias_arg(bias, x.dtype), g.c_out // g.c_in, g.sh, g.sw, g.pt, g.pl, rows, out)
+        kernels().conv.pointwise_few(
+            np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(g.c_out, g.c_in_g)),
+            _bias_arg(bias, x.dtype), g.sh, g.sw, g.pt, g.pl, rows, out)
     return out
 
 

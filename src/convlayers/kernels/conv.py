@@ -46,7 +46,7 @@ __all__ = [
     "lowered_input_grad",
     "lowered_weight_grad",
     "pointwise",
-    "pointwise_depthwise",
+    "pointwise_few",
     "pointwise_weight_grad",
     "pointwise_weight_grad_tiled",
     "slab_index",
@@ -406,58 +406,78 @@ def pointwise(x, taps, bias, B, R, out):
 
 
 @njit(parallel=True, cache=True)
-def pointwise_depthwise(x, w, bias, m, sh, sw, pt, pl, R, out):
-    """A depthwise 1x1 convolution, each input channel scaled ``m`` ways: ``out[n, c*m + k,
-    i, j] = w[c*m + k] * x[n, c, i*sh - pt, j*sw - pl] + bias[c*m + k]`` for ``x (N, C, H,
-    W)``, ``w (C*m,)``, ``out (N, C*m, Ho, Wo)``, ``bias`` ``C*m`` entries or none (zero);
-    outputs whose tap lies in the padding are the bias alone, as torch's direct convolution
-    skips such taps. Units of one plane and ``R`` output rows. No fastmath: an inf or NaN goes
-    where torch's goes, and the zero added where there is no bias turns ``-0.0`` into ``0.0``
-    as torch's sums do."""
-    N, C, H, W = x.shape
+def pointwise_few(x, w, bias, sh, sw, pt, pl, R, out):
+    """A 1x1 convolution with few channels per group, summed in place: ``out[n, g*Cog + o,
+    i, j] = bias[g*Cog + o] + sum_c w[g*Cog + o, c] * x[n, g*Cig + c, i*sh - pt, j*sw - pl]``
+    for ``x (N, C_in, H, W)``, ``w (C_out, Cig)``, ``out (N, C_out, Ho, Wo)``, ``bias`` ``C_out``
+    entries or none (zero), ``G = C_in / Cig`` groups of ``Cog = C_out / G`` outputs (a
+    depthwise one: ``Cig = 1``, ``Cog`` its multiplier). Outputs whose tap lies in the padding
+    are the bias alone, as torch's direct convolution skips such taps. Units of one output
+    plane's ``R`` rows; each output row is the bias plus one product row per input channel,
+    added in order, along the row (vectorised where the stride is 1). No fastmath: an inf or
+    NaN goes where torch's goes, and the bias (or zero) comes first, so a sum of ``-0.0`` is
+    ``0.0`` as in torch's sums."""
+    N, C_in, H, W = x.shape
+    C_out, Cig = w.shape
     Ho, Wo = out.shape[2], out.shape[3]
+    Cog = C_out // (C_in // Cig)
     nr = (Ho + R - 1) // R
     has_bias = bias.shape[0] > 0
     zero = np.zeros(1, dtype=out.dtype)[0]
     # the output columns whose tap is inside the input
     lo = min(Wo, (pl + sw - 1) // sw)
     hi = max(lo, min(Wo, (W - 1 + pl) // sw + 1))
-    for unit in prange(N * C * nr):
+    base = lo * sw - pl
+    for unit in prange(N * C_out * nr):
         plane, r = unit // nr, unit % nr
-        n, c = plane // C, plane % C
-        src_plane = x[n, c]
-        for k in range(m):
-            co = c * m + k
-            a = w[co]
-            b = bias[co] if has_bias else zero
-            dst = out[n, co]
-            i0, i1 = r * R, min(Ho, r * R + R)
-            if sh == 1 and sw == 1 and pl == 0 and Wo == W and i0 >= pt and i1 - pt <= H:
-                # whole rows, one after another: one flat loop over them
-                flat_src = src_plane[i0 - pt: i1 - pt].reshape(-1)
-                flat_dst = dst[i0:i1].reshape(-1)
-                for j in range(flat_dst.shape[0]):
-                    flat_dst[j] = a * flat_src[j] + b
-                continue
-            for i in range(i0, i1):
-                ih = i * sh - pt
-                if ih < 0 or ih >= H:
-                    for j in range(Wo):
-                        dst[i, j] = b
-                    continue
-                for j in range(lo):
-                    dst[i, j] = b
-                for j in range(hi, Wo):
-                    dst[i, j] = b
-                base = lo * sw - pl
-                if sw == 1:  # a loop over row views, which vectorises (2-D indexing did not)
-                    part = src_plane[ih, base: base + hi - lo]
-                    row = dst[i, lo:hi]
-                    for j in range(hi - lo):
-                        row[j] = a * part[j] + b
+        n, co = plane // C_out, plane % C_out
+        c0 = (co // Cog) * Cig
+        b = bias[co] if has_bias else zero
+        dst = out[n, co]
+        i0, i1 = r * R, min(Ho, r * R + R)
+        if sh == 1 and sw == 1 and pl == 0 and Wo == W and i0 >= pt and i1 - pt <= H:
+            # whole rows, one after another: one flat loop over them per input channel
+            flat_dst = dst[i0:i1].reshape(-1)
+            for c in range(Cig):
+                a = w[co, c]
+                flat_src = x[n, c0 + c, i0 - pt: i1 - pt].reshape(-1)
+                if c == 0:
+                    for j in range(flat_dst.shape[0]):
+                        flat_dst[j] = b + a * flat_src[j]
                 else:
-                    for j in range(lo, hi):
-                        dst[i, j] = a * src_plane[ih, base + (j - lo) * sw] + b
+                    for j in range(flat_dst.shape[0]):
+                        flat_dst[j] += a * flat_src[j]
+            continue
+        for i in range(i0, i1):
+            ih = i * sh - pt
+            row = dst[i]
+            if ih < 0 or ih >= H:
+                for j in range(Wo):
+                    row[j] = b
+                continue
+            for j in range(lo):
+                row[j] = b
+            for j in range(hi, Wo):
+                row[j] = b
+            inner = row[lo:hi]
+            for c in range(Cig):
+                a = w[co, c]
+                if sw == 1:  # row views: a loop that vectorises (2-D indexing did not)
+                    part = x[n, c0 + c, ih, base: base + hi - lo]
+                    if c == 0:
+                        for j in range(hi - lo):
+                            inner[j] = b + a * part[j]
+                    else:
+                        for j in range(hi - lo):
+                            inner[j] += a * part[j]
+                else:
+                    src = x[n, c0 + c, ih]
+                    if c == 0:
+                        for j in range(hi - lo):
+                            inner[j] = b + a * src[base + j * sw]
+                    else:
+                        for j in range(hi - lo):
+                            inner[j] += a * src[base + j * sw]
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -559,7 +559,8 @@ def test_each_path_of_the_in_place_1x1_sum_matches_torch(
         per_group: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> None:
     """The in-place 1x1 sums' paths, each taken for sure: whole rows as one flat run (stride
     1, no column padding), rows with padded columns, strided rows (depthwise only: grouped
-    layers strided along the width take the register tiles); a bias; against torch."""
+    layers strided along the width take the register tiles); a bias; against torch, and the
+    gradients too (the input's as the transposed sums, the weights' one dot product each)."""
     from convlayers.functional._engine_pointwise import _few
     from convlayers.functional.conv import conv_spec
 
@@ -572,8 +573,13 @@ def test_each_path_of_the_in_place_1x1_sum_matches_torch(
     spec = conv_spec(x, w, None, stride, padding, 1, 5, "zeros")
     assert _few(geometry(x.shape, w.shape, spec.stride, spec.dilation, 5, spec.pairs,
                          spec.out_shape, np.float32))
-    expected = tF.conv2d(*map(torch.from_numpy, (x, w, b)), **args)
+    expected, g, (tgx, tgw, tgb) = torch_grads(
+        lambda a, c, d: tF.conv2d(a, c, d, **args), [x, w, b], 3)
     assert_close(F.conv2d(x, w, b, **args), expected, "in-place 1x1 sum")
+    gx, gw, gb = F.conv_backward(g, x, w, **args)
+    assert_close(gx, tgx, "input gradient")
+    assert_close(gw, tgw, "weight gradient")
+    assert_close(gb, tgb, "bias gradient")
 
 
 def test_winograd_tile_and_backward_thresholds_follow_the_settings() -> None:

@@ -413,9 +413,11 @@ class EngineSettings:
     #: 1x1 forwards of stride 1 along the width with at most this many multiply-adds per
     #: output pixel and group (``C_in/g * C_out/g``; depthwise ones at any stride) sum rows in
     #: place instead of running the register-tiled products
-    #: (:func:`convlayers.kernels.conv.pointwise_few`). On 6 grouped layers of 2 and 4 it took
-    #: 0.54-0.83x torch's time where the tiles took 1.4-2.1x; on 9 of 12 and 16 it won 4
-    #: (0.41-1.28x against 0.59-1.17x); at stride 2 it lost every time (gathered columns).
+    #: (:func:`convlayers.kernels.conv.pointwise_few`; the gradients too). On 6 grouped layers
+    #: of 2 and 4 the forward took 0.54-0.83x torch's time where the tiles took 1.4-2.1x; on 9
+    #: of 12 and 16 it won 4 (0.41-1.28x against 0.59-1.17x); at stride 2 it lost every time
+    #: (gathered columns). Forward and backward of 5 such layers: 0.3-0.8x torch's time, where
+    #: the tiles took 0.9-3.6x.
     pointwise_few_macs: int = 4
     #: Bytes of the right-hand operand one unit of the 1x1 kernels reads (a block of pixel
     #: columns of one image, all its input channels): it stays in the core's L2 cache.

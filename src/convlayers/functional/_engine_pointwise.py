@@ -53,24 +53,36 @@ def _fwd_few(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     per group, a depthwise 1x1 layer 7x139x18x56 at stride 2 ran 1.7x torch's time (a strided
     copy of the input first), a grouped one 32->16 with 16 groups 1.5-1.9x."""
     out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
-    planes = g.n * g.c_out
-    parts = min(g.ho, -(-4 * _numba_threads() // planes))  # a few units a thread at least
-    rows = -(-g.ho // parts)
     with _dynamic_units():
         kernels().conv.pointwise_few(
             np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(g.c_out, g.c_in_g)),
-            _bias_arg(bias, x.dtype), g.sh, g.sw, g.pt, g.pl, rows, out)
+            _bias_arg(bias, x.dtype), g.sh, g.sw, g.pt, g.pl, _few_rows(g.n * g.c_out, g.ho),
+            out)
     return out
+
+
+def _few_rows(planes: int, rows: int) -> int:
+    """Output rows per unit of :func:`convlayers.kernels.conv.pointwise_few`: whole planes,
+    unless there are fewer than four a thread."""
+    parts = min(rows, -(-4 * _numba_threads() // planes))
+    return -(-rows // parts)
 
 
 def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     taps_t = w.reshape(g.groups, g.c_out_g, g.c_in_g).swapaxes(1, 2)
-    gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
-    part = np.empty((g.n, g.groups, g.c_in_g, g.ho * g.wo), dtype=gy.dtype)
-    # the transposed view, not a copy: the tiles read a strided left operand, and a copy of a
-    # large weight took as long as the product at batch 1
-    _pointwise(gyg, taps_t, np.empty(0, dtype=gy.dtype), part)
-    part = part.reshape(g.n, g.c_in, g.ho, g.wo)
+    if _few(g):  # the transposed sums of few rows, in place too
+        part = np.empty((g.n, g.c_in, g.ho, g.wo), dtype=gy.dtype)
+        with _dynamic_units():
+            kernels().conv.pointwise_few(
+                np.ascontiguousarray(gy), np.ascontiguousarray(taps_t).reshape(g.c_in, g.c_out_g),
+                np.empty(0, dtype=gy.dtype), 1, 1, 0, 0, _few_rows(g.n * g.c_in, g.ho), part)
+    else:
+        gyg = gy.reshape(g.n, g.groups, g.c_out_g, g.ho * g.wo)
+        part4 = np.empty((g.n, g.groups, g.c_in_g, g.ho * g.wo), dtype=gy.dtype)
+        # the transposed view, not a copy: the tiles read a strided left operand, and a copy
+        # of a large weight took as long as the product at batch 1
+        _pointwise(gyg, taps_t, np.empty(0, dtype=gy.dtype), part4)
+        part = part4.reshape(g.n, g.c_in, g.ho, g.wo)
     hp, wp = g.h + g.pt + g.pb, g.w + g.pl + g.pr
     if (g.sh, g.sw) == (1, 1) and (hp, wp) == (g.ho, g.wo) and not g.padded:
         return part
@@ -87,6 +99,11 @@ def _gw_pointwise(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     xs = _subsampled(xp, (g.sh, g.sw), (g.ho, g.wo)).reshape(g.n, g.groups, g.c_in_g, -1)
     block = _pointwise_block(g.c_in_g + g.c_out_g, g.ho * g.wo, x.itemsize)
     xs, gyg = np.ascontiguousarray(xs), np.ascontiguousarray(gyg)
+    if _few(g):  # one dot product per weight, over every image and pixel
+        gw = np.empty((g.c_out, g.c_in_g), dtype=x.dtype)
+        k.conv.pointwise_few_weight_grad(xs.reshape(g.n, g.c_in, -1),
+                                         gyg.reshape(g.n, g.c_out, -1), gw)
+        return gw.reshape(g.c_out, g.c_in_g, 1, 1)
     if block < config.engine.pointwise_weight_grad_tiled_columns:
         acc = np.empty((_numba_threads(), g.groups, g.c_in_g, g.c_out_g), dtype=x.dtype)
         with _dynamic_units():

@@ -34,9 +34,11 @@ channels-last  ``channels_last_pixels`` output pixels a plane (``channels_last_w
                and both gradients (each output pixel's taps scattered a vector of channels
                at a time).
 pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
-               image and group, no copy at stride 1). Every pass; depthwise 1x1 ones too
-               (forward: each plane scaled ``multiplier`` ways, read in place at any stride;
-               gradients: a product of one row, or ``multiplier`` rows, per channel).
+               image and group, no copy at stride 1). Every pass. Few channels per group
+               (depthwise ones, and ``pointwise_few_macs`` products a pixel at stride 1 along
+               the width) sum rows in place instead: each output plane its bias plus a scaled
+               row of each input plane of its group (the input gradient the same sums
+               transposed), each weight's gradient one dot product.
 implicit       Implicit GEMM: a zero-padded, stride-phase-split copy of a slab of input rows,
                whose windows the register-tiled GEMM reads as its rows (no im2col); each
                output row computes ``(kw-1)*dw // sw`` extra positions it drops. Every pass of

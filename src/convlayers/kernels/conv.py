@@ -47,6 +47,7 @@ __all__ = [
     "lowered_weight_grad",
     "pointwise",
     "pointwise_few",
+    "pointwise_few_weight_grad",
     "pointwise_weight_grad",
     "pointwise_weight_grad_tiled",
     "slab_index",
@@ -478,6 +479,28 @@ def pointwise_few(x, w, bias, sh, sw, pt, pl, R, out):
                     else:
                         for j in range(hi - lo):
                             inner[j] += a * src[base + j * sw]
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def pointwise_few_weight_grad(x, gy, out):
+    """The weight gradient of :func:`pointwise_few`: ``out[co, c] = sum over images and
+    pixels of gy[n, co] * x[n, g*Cig + c]`` for ``x (N, C_in, L)`` (the pixels the 1x1 taps
+    read), ``gy (N, C_out, L)``, ``out (C_out, Cig)``: one dot product per weight, a unit
+    each. ``reassoc`` lets the sums vectorise (partial sums per lane); without the no-NaN and
+    no-inf flags an inf or NaN still reaches its weight."""
+    N, C_out, L = gy.shape
+    Cig = out.shape[1]
+    Cog = C_out // (x.shape[1] // Cig)
+    for unit in prange(C_out * Cig):
+        co, c = unit // Cig, unit % Cig
+        ci = (co // Cog) * Cig + c
+        total = np.zeros(1, dtype=out.dtype)[0]
+        for n in range(N):
+            a = gy[n, co]
+            b = x[n, ci]
+            for j in range(L):
+                total += a[j] * b[j]
+        out[co, c] = total
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -692,7 +692,8 @@ def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> Non
     x[1, 0, 2, 9], x[1, 0, 5, 1] = np.nan, np.nan
     x[2, 2, 0, 39], x[2, 2, 5, 0] = np.inf, np.inf
     x[3, 1, 1, 12], x[3, 1, 4, 12], x[3, 1, 2, 14] = np.nan, 7.0, 7.0  # NaN, then ties
-    ties = np.random.default_rng(6).integers(-2, 3, (3, 5, 23, 61)).astype(np.float32)
+    # 20 planes: units of whole planes on two threads (12 above: of one output row)
+    ties = np.random.default_rng(6).integers(-2, 3, (4, 5, 23, 61)).astype(np.float32)
     for a in (x, ties, -np.abs(ties)):
         for out in (1, (2, 3), (1, 4), (5, 7), (23, 4)):
             v, i = F.adaptive_max_pool2d(a, out, return_indices=True)

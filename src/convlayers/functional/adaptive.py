@@ -192,10 +192,14 @@ def _adaptive_max(
                 kernels.adaptive_max2d(_planes(x, n), *windows, y, idx, return_indices)
             else:  # a row of column tops per thread, each on cache lines of its own (rows
                 # sharing a line ran two threads slower than one)
-                scratch = (_numba_threads(), -(-in_shape[-1] // 16) * 16 + 16)
+                count = _numba_threads()
+                scratch = (count, -(-in_shape[-1] // 16) * 16 + 16)
+                # whole planes a unit while there are eight a thread (a unit of one 13x13
+                # plane's output row was mostly overhead), else one output row
+                rows = shape[1] if shape[0] >= 8 * count else 1
                 kernels.adaptive_max2d_columns(_planes(x, n), *windows, y, idx, return_indices,
                                                np.empty(scratch, x.dtype),
-                                               np.empty(scratch, np.int64))
+                                               np.empty(scratch, np.int64), rows)
         y = unbatch(y.reshape(*x.shape[:2], *out), unbatched)
         if return_indices:
             return y, unbatch(idx.reshape(*x.shape[:2], *out), unbatched)

@@ -615,7 +615,7 @@ def adaptive_max2d(x, rlo, rhi, clo, chi, out, idx, with_indices):
 
 
 @njit(parallel=True, cache=True)
-def adaptive_max2d_columns(x, rlo, rhi, clo, chi, out, idx, with_indices, tops, rows):
+def adaptive_max2d_columns(x, rlo, rhi, clo, chi, out, idx, with_indices, tops, rows, R):
     """:func:`adaptive_max2d` by columns, per plane and output row: first each column's
     maximum over the window's rows and the first row that reached it (by :func:`_take`'s rule,
     elementwise along the row: vector compares and selects, no chain from tap to tap), then
@@ -624,47 +624,51 @@ def adaptive_max2d_columns(x, rlo, rhi, clo, chi, out, idx, with_indices, tops, 
     leftmost column), which is where the scan would stop replacing.
 
     A window with a NaN (a column top is NaN) is scanned itself: there the last NaN wins.
-    ``tops`` (of ``x``'s dtype) and ``rows`` (int64) are scratch, ``(threads, >= W)``."""
+    ``tops`` (of ``x``'s dtype) and ``rows`` (int64) are scratch, ``(threads, >= W)``. Units
+    of one plane's ``R`` output rows (small planes: whole planes, so a unit is not all
+    overhead)."""
     P, W = x.shape[0], x.shape[2]
     Ho, Wo = out.shape[1], out.shape[2]
-    for unit in prange(P * Ho):
+    nr = (Ho + R - 1) // R
+    for unit in prange(P * nr):
         t = numba.get_thread_id()
         top, at = tops[t], rows[t]
-        p = unit // Ho
-        i = unit - p * Ho
-        r0, r1 = rlo[i], rhi[i]
-        line = x[p, r0]
-        for c in range(W):
-            top[c] = line[c]
-            at[c] = r0
-        for r in range(r0 + 1, r1):
-            line = x[p, r]
+        p = unit // nr
+        first = (unit % nr) * R
+        for i in range(first, min(Ho, first + R)):
+            r0, r1 = rlo[i], rhi[i]
+            line = x[p, r0]
             for c in range(W):
-                v = line[c]
-                best = top[c]
-                take = (v > best) | (v != v)
-                top[c] = v if take else best
-                at[c] = r if take else at[c]
-        for j in range(Wo):
-            c0, c1 = clo[j], chi[j]
-            best = top[c0]
-            best_row = at[c0]
-            best_col = c0
-            nan = best != best
-            for c in range(c0 + 1, c1):
-                v = top[c]
-                nan |= v != v
-                if v > best or (v == best and at[c] < best_row):
-                    best = v
-                    best_row = at[c]
-                    best_col = c
-            flat = best_row * W + best_col
-            if nan:
-                best = x[p, r0, c0]
-                flat = r0 * W + c0
-                for r in range(r0, r1):
-                    for c in range(c0, c1):
-                        best, flat = _take(x[p, r, c], best, flat, r * W + c)
-            out[p, i, j] = best
-            if with_indices:
-                idx[p, i, j] = flat
+                top[c] = line[c]
+                at[c] = r0
+            for r in range(r0 + 1, r1):
+                line = x[p, r]
+                for c in range(W):
+                    v = line[c]
+                    best = top[c]
+                    take = (v > best) | (v != v)
+                    top[c] = v if take else best
+                    at[c] = r if take else at[c]
+            for j in range(Wo):
+                c0, c1 = clo[j], chi[j]
+                best = top[c0]
+                best_row = at[c0]
+                best_col = c0
+                nan = best != best
+                for c in range(c0 + 1, c1):
+                    v = top[c]
+                    nan |= v != v
+                    if v > best or (v == best and at[c] < best_row):
+                        best = v
+                        best_row = at[c]
+                        best_col = c
+                flat = best_row * W + best_col
+                if nan:
+                    best = x[p, r0, c0]
+                    flat = r0 * W + c0
+                    for r in range(r0, r1):
+                        for c in range(c0, c1):
+                            best, flat = _take(x[p, r, c], best, flat, r * W + c)
+                out[p, i, j] = best
+                if with_indices:
+                    idx[p, i, j] = flat

@@ -484,25 +484,6 @@ def test_channel_multiplier_forwards_at_stride_1_run_as_grouped_gemms() -> None:
         assert_close(gw, tgw, "weight gradient")
 
 
-def test_depthwise_1x1_convolutions_scale_channels_on_the_1x1_kernels() -> None:
-    """A depthwise 1x1 convolution (padded, strided, with a bias) takes the 1x1 kernels for
-    every pass and matches torch."""
-    rng = np.random.default_rng(7)
-    x = random_array(rng, (3, 10, 13, 9), np.float32)
-    w = random_array(rng, (10, 1, 1, 1), np.float32)
-    b = random_array(rng, (10,), np.float32)
-    args = dict(stride=(2, 1), padding=(1, 0), groups=10)
-    chosen = plan(x.shape, w.shape, **args)
-    assert (chosen.forward, chosen.input_grad, chosen.weight_grad) == ("pointwise",) * 3
-    expected, g, (tgx, tgw, tgb) = torch_grads(
-        lambda a, c, d: tF.conv2d(a, c, d, **args), [x, w, b], 7)
-    assert_close(F.conv2d(x, w, b, **args), expected, "forward")
-    gx, gw, gb = F.conv_backward(g, x, w, **args)
-    assert_close(gx, tgx, "input gradient")
-    assert_close(gw, tgw, "weight gradient")
-    assert_close(gb, tgb, "bias gradient")
-
-
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3), groups=st.integers(1, 9),
        hw=st.tuples(st.integers(1, 40), st.integers(1, 40)), per_group=st.sampled_from(
@@ -553,14 +534,17 @@ _ROW_PATHS = [((1, 1), (0, 0)), ((1, 1), (2, 0)), ((1, 1), (1, 2)), ((2, 1), (1,
 
 
 @pytest.mark.parametrize(("per_group", "stride", "padding"), [
+    ((1, 1), (2, 1), (1, 0)),
     *[((1, 3), s, p) for s, p in [*_ROW_PATHS, ((2, 3), (0, 1))]],
     *[(pg, s, p) for pg in [(2, 2), (4, 1)] for s, p in _ROW_PATHS]])
 def test_each_path_of_the_in_place_1x1_sum_matches_torch(
         per_group: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> None:
-    """The in-place 1x1 sums' paths, each taken for sure: whole rows as one flat run (stride
-    1, no column padding), rows with padded columns, strided rows (depthwise only: grouped
-    layers strided along the width take the register tiles); a bias; against torch, and the
-    gradients too (the input's as the transposed sums, the weights' one dot product each)."""
+    """1x1 layers of few channels per group (depthwise, with and without a multiplier, and
+    grouped) take the 1x1 strategy for every pass, and the in-place sums' paths, each taken for
+    sure: whole rows as one flat run (stride 1, no column padding), rows with padded columns,
+    strided rows (depthwise only: grouped layers strided along the width take the register
+    tiles); a bias; against torch, and the gradients too (the input's as the transposed sums,
+    the weights' one dot product each)."""
     from convlayers.functional._engine_pointwise import _few
     from convlayers.functional.conv import conv_spec
 
@@ -570,6 +554,8 @@ def test_each_path_of_the_in_place_1x1_sum_matches_torch(
     w = random_array(rng, (5 * cog, cig, 1, 1), np.float32)
     b = random_array(rng, (5 * cog,), np.float32)
     args = dict(stride=stride, padding=padding, groups=5)
+    chosen = plan(x.shape, w.shape, **args)
+    assert (chosen.forward, chosen.input_grad, chosen.weight_grad) == ("pointwise",) * 3
     spec = conv_spec(x, w, None, stride, padding, 1, 5, "zeros")
     assert _few(geometry(x.shape, w.shape, spec.stride, spec.dilation, 5, spec.pairs,
                          spec.out_shape, np.float32))

@@ -78,6 +78,7 @@ def units_for_threads(g: Geometry, rows: int, threads: int,
         block = min(g.c_out_g, max(2 * TILE_ROWS, -(-per // TILE_ROWS) * TILE_ROWS))
     return rows, block
 
+
 #: A unit's fixed cost (handing it out, its first loads), in multiply-adds of the product.
 UNIT_MACS = 20_000
 #: The cost of a product column on one-vector tiles against one on the three-vector tiles

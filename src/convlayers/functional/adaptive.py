@@ -18,6 +18,7 @@ import numpy as np
 from convlayers import config, limits
 from convlayers._validate import as_int
 from convlayers.functional._common import batched, unbatch
+from convlayers.functional._compiled import _numba_threads
 
 __all__ = [
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
@@ -146,12 +147,6 @@ def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarra
     return (*rows, *_bound_arrays(in_shape[-1], out[-1]))
 
 
-def _numba_threads() -> int:
-    from convlayers.functional._compiled import _numba_threads as threads
-
-    return threads()
-
-
 def _compiled(work: int) -> Any:
     """The pooling kernels, with numba's threads applied (one thread for small work)."""
     from convlayers.functional._compiled import _threads_for, loaded_kernels
@@ -190,12 +185,12 @@ def _adaptive_max(
         with threads:
             if int((windows[3] - windows[2]).max()) < kernels.WIDE_WINDOW:
                 kernels.adaptive_max2d(_planes(x, n), *windows, y, idx, return_indices)
-            else:  # a row of column tops per thread, each on cache lines of its own (rows
-                # sharing a line ran two threads slower than one)
+            else:
+                # a row of column tops per thread, each on cache lines of its own (rows that
+                # shared lines ran two threads slower than one); units of whole planes while
+                # there are eight a thread (one 13x13 plane's output row was mostly overhead)
                 count = _numba_threads()
                 scratch = (count, -(-in_shape[-1] // 16) * 16 + 16)
-                # whole planes a unit while there are eight a thread (a unit of one 13x13
-                # plane's output row was mostly overhead), else one output row
                 rows = shape[1] if shape[0] >= 8 * count else 1
                 kernels.adaptive_max2d_columns(_planes(x, n), *windows, y, idx, return_indices,
                                                np.empty(scratch, x.dtype),

@@ -1,9 +1,10 @@
 """The compiled kernels' loader and thread controls, shared by the functional ops.
 
 :func:`kernels` is the one place that imports :mod:`convlayers.kernels` (numba loads there,
-not on ``import convlayers``) and applies ``config``'s thread setting; the context managers set
-how numba's pool runs a call: on one thread when the work is small (:func:`_threads_for`), or
-handing out parallel units one at a time (:func:`_dynamic_units`).
+not on ``import convlayers``) and applies ``config``'s thread setting; :func:`_threads_for`
+runs a call on one thread when the work is small. (Kernels whose units are uneven hand them out
+to the first free thread themselves: :mod:`convlayers.kernels.queue`. numba's
+``set_parallel_chunksize`` does not: its OpenMP layer deals the chunks out statically.)
 """
 
 from __future__ import annotations
@@ -66,17 +67,9 @@ def _threads_for(macs: int, serial_below: int | None = None) -> _ThreadsFor:
     return _ThreadsFor(macs, serial_below)
 
 
-def _dynamic_units() -> _DynamicUnits:
-    """Hand out the units of the fused kernels one at a time (numba's ``prange`` otherwise
-    splits them into one static chunk per thread, and a core slowed by a neighbour holds up
-    the call)."""
-    return _DynamicUnits()
-
-
 class _ThreadsFor:
-    """:func:`_threads_for`'s context. Classes, not generators: entering and leaving these cost
-    about 1 us instead of 4 (with :func:`_dynamic_units`', 5), a tenth of a small layer's
-    call."""
+    """:func:`_threads_for`'s context. A class, not a generator: entering and leaving it costs
+    about 1 us instead of 4, a tenth of a small layer's call."""
 
     __slots__ = ("_nested", "_saved", "_serial_now")
 
@@ -99,20 +92,3 @@ class _ThreadsFor:
             _serial.on = self._nested
             config.numba_controls()[1](self._saved)
 
-
-class _DynamicUnits:
-    """:func:`_dynamic_units`' context: nothing to do on one thread (inside a serial
-    :func:`_threads_for`)."""
-
-    __slots__ = ("_saved",)
-
-    def __enter__(self) -> None:
-        self._saved = None
-        if getattr(_serial, "on", False):
-            return
-        kernels()
-        self._saved = config.numba_controls()[2](1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._saved is not None:
-            config.numba_controls()[2](self._saved)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from convlayers import config
-from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
+from convlayers.functional._compiled import _numba_threads, kernels
 from convlayers.functional._engine_shared import (
     _bias_arg,
     _quiet,
@@ -103,11 +103,10 @@ def _run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None, g: Geometry) 
     chunked = _chunked_taps(taps, g.kh * g.kw, chunk)
     out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
     slab, product = scratch_sizes(g, threads)
-    with _dynamic_units():
-        k.implicit.implicit_forward(x, chunked, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
-                                    g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block,
-                                    np.empty((threads, slab), x.dtype),
-                                    np.empty((threads, product), x.dtype), out)
+    k.implicit.implicit_forward(x, chunked, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
+                                g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block,
+                                np.empty((threads, slab), x.dtype),
+                                np.empty((threads, product), x.dtype), out)
     return out
 
 
@@ -228,10 +227,9 @@ def _gw_channels_last(x: np.ndarray, gy: np.ndarray, g: Geometry, threads: int) 
     images = max(1, min(g.n, cap // max(1, image)))
     blocks = min(kk, -(-want // (images * g.groups)))
     acc = np.empty((threads, g.groups, kk, g.c_out_g, g.c_in_g), dtype=x.dtype)
-    with _dynamic_units():
-        k.implicit.channels_last_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
-                                             g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
-                                             g.wo, images, -(-kk // blocks), acc)
+    k.implicit.channels_last_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
+                                         g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+                                         g.wo, images, -(-kk // blocks), acc)
     gw = acc.sum(axis=0).transpose(0, 2, 3, 1)  # (G, C_out/g, C_in/g, kk)
     return np.ascontiguousarray(gw).reshape(g.c_out, g.c_in_g, g.kh, g.kw)
 
@@ -245,9 +243,8 @@ def _gw_implicit(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     rows, _ = units_for_threads(g, _whole_slab_rows(g), threads, True)
     kk = g.kh * g.kw
     acc = np.empty((threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
-    with _dynamic_units():
-        k.implicit.implicit_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
-                                        g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
-                                        rows, acc)
+    k.implicit.implicit_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
+                                    g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
+                                    rows, acc)
     gw = acc.sum(axis=0).swapaxes(1, 2)  # (G, C_out/g, C_in/g*kh*kw)
     return np.ascontiguousarray(gw).reshape(g.c_out, g.c_in_g, g.kh, g.kw)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from convlayers import config
-from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
+from convlayers.functional._compiled import _numba_threads, kernels
 from convlayers.functional._engine_shared import (
     _bias_arg,
     _quiet,
@@ -60,14 +60,13 @@ def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
     taps = np.ascontiguousarray(w.reshape(g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw))
     images = _merged_images(g, threads, block)
-    with _dynamic_units():
-        if images:
-            k.conv.lowered_forward_merged(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
-                                          g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, images,
-                                          _channel_block(g, threads), threads, out)
-        else:
-            k.conv.lowered_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw,
-                                   g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
+    if images:
+        k.conv.lowered_forward_merged(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
+                                      g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, images,
+                                      _channel_block(g, threads), threads, out)
+    else:
+        k.conv.lowered_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw,
+                               g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
     return out.reshape(g.n, g.c_out, g.ho, g.wo)
 
 
@@ -108,10 +107,9 @@ def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     kk = g.kh * g.kw
     taps = np.ascontiguousarray(w).reshape(g.groups, g.c_out_g, g.c_in_g * kk)
     gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
-    with _dynamic_units():
-        k.conv.lowered_input_grad(gy.reshape(g.n, g.c_out, g.ho * g.wo), taps, g.kh, g.kw,
-                                  g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads,
-                                  gx)
+    k.conv.lowered_input_grad(gy.reshape(g.n, g.c_out, g.ho * g.wo), taps, g.kh, g.kw,
+                              g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads,
+                              gx)
     return gx
 
 
@@ -129,10 +127,9 @@ def _gw_lowered(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     block = g.c_in_g if units >= want else max(1, -(-g.c_in_g // -(-want // units)))
     shared = g.n == 1 and rows >= g.ho
     acc = np.empty((1 if shared else threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
-    with _dynamic_units():
-        k.conv.lowered_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups, g.kh,
-                                   g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block,
-                                   threads, acc)
+    k.conv.lowered_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups, g.kh,
+                               g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block,
+                               threads, acc)
     gw = np.empty((g.groups, g.c_out_g, g.c_in_g * kk), dtype=x.dtype)
     k.conv.sum_transposed(acc, gw)
     return gw.reshape(g.c_out, g.c_in_g, g.kh, g.kw)

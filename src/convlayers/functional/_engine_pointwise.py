@@ -11,7 +11,7 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._common import pad_pairs
-from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
+from convlayers.functional._compiled import _numba_threads, kernels
 from convlayers.functional._engine_shared import _bias_arg, _quiet
 from convlayers.functional.plan import Geometry
 
@@ -64,9 +64,8 @@ def _few_sums(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: tuple[int,
     of whole output planes unless there are fewer than four a thread (then of fewer rows)."""
     planes, rows = out.shape[0] * out.shape[1], out.shape[2]
     parts = min(rows, -(-4 * _numba_threads() // planes))
-    with _dynamic_units():
-        kernels().conv.pointwise_few(np.ascontiguousarray(x), np.ascontiguousarray(w), bias,
-                                     *stride, *pads, -(-rows // parts), out)
+    kernels().conv.pointwise_few(np.ascontiguousarray(x), np.ascontiguousarray(w), bias,
+                                 *stride, *pads, -(-rows // parts), out)
 
 
 def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
@@ -105,13 +104,11 @@ def _gw_pointwise(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
         return gw.reshape(g.c_out, g.c_in_g, 1, 1)
     if block < config.engine.pointwise_weight_grad_tiled_columns:
         acc = np.empty((_numba_threads(), g.groups, g.c_in_g, g.c_out_g), dtype=x.dtype)
-        with _dynamic_units():
-            k.conv.pointwise_weight_grad_tiled(xs, gyg, block, acc)
+        k.conv.pointwise_weight_grad_tiled(xs, gyg, block, acc)
         return np.ascontiguousarray(acc.sum(axis=0).swapaxes(1, 2)).reshape(
             g.c_out, g.c_in_g, 1, 1)
     acc = np.empty((_numba_threads(), g.groups, g.c_out_g, g.c_in_g), dtype=x.dtype)
-    with _dynamic_units():
-        k.conv.pointwise_weight_grad(xs, gyg, block, acc)
+    k.conv.pointwise_weight_grad(xs, gyg, block, acc)
     return acc.sum(axis=0).reshape(g.c_out, g.c_in_g, 1, 1)
 
 
@@ -130,8 +127,7 @@ def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarr
     length = xs.shape[3]
     block = _pointwise_block(xs.shape[2], length, xs.itemsize)
     rows = _pointwise_rows(taps.shape[1], xs.shape[0] * -(-length // block))
-    with _dynamic_units():
-        k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, rows, out)
+    k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, rows, out)
 
 
 def _pointwise_rows(c_out_g: int, column_units: int) -> int:

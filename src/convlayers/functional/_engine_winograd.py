@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from convlayers import config
-from convlayers.functional._compiled import _dynamic_units, _numba_threads, kernels
+from convlayers.functional._compiled import _numba_threads, kernels
 from convlayers.functional._engine_shared import _bias_arg, _finite, _quiet
 from convlayers.functional.plan import Geometry
 
@@ -61,9 +61,8 @@ def _winograd_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, pt:
     blocks = n * -(-th // min(rows, th))
     cob = _split(c_out // groups, blocks, threads, 2 * TILE_ROWS, TILE_ROWS)
     bad = np.zeros(threads, dtype=np.bool_)
-    with _dynamic_units():
-        k.winograd.forward_fused(x, u, _bias_arg(bias, x.dtype), pt, pl, rows, cob, threads, out,
-                                 bad)
+    k.winograd.forward_fused(x, u, _bias_arg(bias, x.dtype), pt, pl, rows, cob, threads, out,
+                             bad)
     return None if bad.any() and config.engine.check_values else out
 
 
@@ -85,8 +84,7 @@ def _winograd_backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, pt: int, pl
     rows = _winograd_rows(-(-wo // 2), config.engine.winograd_block_tiles_bwd)
     cib = _split(c_in_g, n * groups, threads, 8)
     bad = np.zeros(threads, dtype=np.bool_)
-    with _dynamic_units():
-        k.winograd.backward_fused(x, gy, ut, pt, pl, rows, cib, gx, gut, bad)
+    k.winograd.backward_fused(x, gy, ut, pt, pl, rows, cib, gx, gut, bad)
     du = np.ascontiguousarray(gut.sum(axis=0, dtype=np.float64).swapaxes(-1, -2))
     gw64 = np.empty((c_out, c_in_g, 3, 3))
     k.winograd.weight_grad_transform(du.reshape(16, c_out, c_in_g), gw64)

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.inference.channels_last import _finish_row
+from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import (
     CONV_ROWS,
     NC,
@@ -85,12 +86,13 @@ def tap_offsets(kh: int, kw: int, dh: int, dw: int, wp: int, c: int) -> np.ndarr
 
 
 @njit(parallel=True, cache=True)  # no fastmath: SiLU's exp overflows to inf for v < -88
-def dense(xf, w, offs, toffs, bias, res, has_res, act, rows, cols, out):
+def dense(xf, w, offs, toffs, bias, res, has_res, act, rows, cols, threads, out):
     """``out = act(conv + bias (+ res))`` for a flat padded channels-last input ``xf``, weights
     ``w (kh*kw*C_in, C_out)`` (row ``(i*kw + j)*C_in + ci``) packed by
     :func:`convlayers.kernels.simd.pack_conv_weights`, ``out, res (P, C_out)`` (``res`` read
     only when ``has_res``), in units of ``rows`` pixels by ``cols`` channels (a multiple of
-    the packed strips' width).
+    the packed strips' width), handed out in order to the first free of ``threads`` threads
+    (:mod:`convlayers.kernels.queue`).
 
     In a unit: blocks of ``NC`` columns, slabs of input channels whose weight panel stays in
     L2 (:func:`convlayers.kernels.simd.conv_slab`), bands of a tile's pixels; a band is
@@ -100,34 +102,39 @@ def dense(xf, w, offs, toffs, bias, res, has_res, act, rows, cols, out):
     lanes = VECTOR_BYTES // xf.itemsize
     nr = (p_all + rows - 1) // rows
     nc = (c_all + cols - 1) // cols
-    for unit in prange(nr * nc):
-        r0 = (unit // nc) * rows
-        r1 = min(p_all, r0 + rows)
-        j0 = (unit % nc) * cols
-        j1 = min(c_all, j0 + cols)
-        kc = conv_slab(xf, toffs.size, j1 - j0)
-        # blocks of NC columns; a last part of at most two vectors past whole strips is a
-        # block of its own, on tall tiles (144 channels: 128 on wide tiles, 16 on 12 x 1)
-        tail = (j1 - j0) % w.shape[1]
-        split = j1 - tail if 0 < tail <= 2 * lanes and j1 - tail > j0 else j1
-        blocks = (split - j0 + NC - 1) // NC
-        for block in range(blocks + (1 if split < j1 else 0)):
-            c0 = j0 + block * NC if block < blocks else split
-            c1 = min(split, c0 + NC) if block < blocks else j1
-            b = bias[c0:c1]
-            for k0 in range(0, c_in, kc):
-                k1 = min(c_in, k0 + kc)
-                # the last slab's tiles finish their sums in registers (ReLU, ReLU6 or none);
-                # other activations are finished per band, while it is in L1
-                finish = (act | (8 if has_res else 0)) if k1 == c_in and act <= 2 else -1
-                tall = conv_rows(xf, c1 - c0)
-                for p in range(r0, r1, tall):
-                    band = min(tall, r1 - p)
-                    conv_band(xf, w, out, offs, toffs, p, band, c0, c1, k0, k1, bias, res,
-                              finish)
-                    if k1 == c_in and finish < 0:
-                        for q in range(p, p + band):
-                            _finish_row(out[q, c0:c1], b, res[q, c0:c1], has_res, act)
+    queue = new_queue()
+    for _ in prange(threads):
+        while True:
+            unit = claim(queue)
+            if unit >= nr * nc:
+                break
+            r0 = (unit // nc) * rows
+            r1 = min(p_all, r0 + rows)
+            j0 = (unit % nc) * cols
+            j1 = min(c_all, j0 + cols)
+            kc = conv_slab(xf, toffs.size, j1 - j0)
+            # blocks of NC columns; a last part of at most two vectors past whole strips is a
+            # block of its own, on tall tiles (144 channels: 128 on wide tiles, 16 on 12 x 1)
+            tail = (j1 - j0) % w.shape[1]
+            split = j1 - tail if 0 < tail <= 2 * lanes and j1 - tail > j0 else j1
+            blocks = (split - j0 + NC - 1) // NC
+            for block in range(blocks + (1 if split < j1 else 0)):
+                c0 = j0 + block * NC if block < blocks else split
+                c1 = min(split, c0 + NC) if block < blocks else j1
+                b = bias[c0:c1]
+                for k0 in range(0, c_in, kc):
+                    k1 = min(c_in, k0 + kc)
+                    # the last slab's tiles finish their sums in registers (ReLU, ReLU6 or none);
+                    # other activations are finished per band, while it is in L1
+                    finish = (act | (8 if has_res else 0)) if k1 == c_in and act <= 2 else -1
+                    tall = conv_rows(xf, c1 - c0)
+                    for p in range(r0, r1, tall):
+                        band = min(tall, r1 - p)
+                        conv_band(xf, w, out, offs, toffs, p, band, c0, c1, k0, k1, bias, res,
+                                  finish)
+                        if k1 == c_in and finish < 0:
+                            for q in range(p, p + band):
+                                _finish_row(out[q, c0:c1], b, res[q, c0:c1], has_res, act)
 
 
 #: A unit's fixed cost (handing it out, its first loads), in tiles of one strip.
@@ -147,8 +154,8 @@ def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4) -> 
     channels (at most four).
 
     Each candidate is costed in tiles of one strip: the units handed out in order to the
-    least-loaded thread (numba's dynamic schedule, chunks of one), the most loaded thread's
-    work plus :data:`UNIT_COST` per unit it runs. The cheapest wins (ties: fewer units). A
+    least-loaded thread (the kernel's queue, :mod:`convlayers.kernels.queue`), the most loaded
+    thread's work plus :data:`UNIT_COST` per unit it runs. The cheapest wins (ties: fewer units). A
     7x7 map at batch 1 (49 pixels, 9 tiles) by 512 channels (8 strips) splits into 8 units of
     one strip, 4 per thread, where fixed bands of three strips had made 9 units of uneven
     work."""

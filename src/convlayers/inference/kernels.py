@@ -15,10 +15,10 @@ from convlayers.kernels._bounds import copy_row, tap_cols
 # activation codes shared by the plan and the kernels
 ACT = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "tanh": 6}
 
-#: Elements (or multiply-adds) of work per parallel unit of the per-plane kernels below. A plan
-#: hands units out one at a time (``numba.set_parallel_chunksize(1)``): one plane per unit made
-#: a batch of 32 small maps (1152 channels of 2x2) 36864 units of 4 elements, and the hand-out
-#: cost 9-12 ms per layer, more than the layer.
+#: Elements (or multiply-adds) of work per parallel unit of the per-plane kernels below. One
+#: plane per unit made a batch of 32 small maps (1152 channels of 2x2) 36864 units of 4
+#: elements, and, when plans still set ``numba.set_parallel_chunksize(1)``, the hand-out cost
+#: 9-12 ms per layer, more than the layer.
 UNIT_WORK = 8192
 
 
@@ -273,8 +273,8 @@ def linear(x, w, bias, act, out):
     per output, rows of ``w`` read contiguously, parallel over blocks of 16 outputs (batch 1
     too)."""
     n, f_out = out.shape
-    per = 16  # outputs per unit: plans hand units out one at a time, and 1000 units of one
-    for u in prange((f_out + per - 1) // per):  # output cost more than their dot products
+    per = 16  # outputs per unit: 1000 units of one output cost more than their dot products
+    for u in prange((f_out + per - 1) // per):  # when they were handed out one at a time
         for o in range(u * per, min(f_out, u * per + per)):
             wr = w[o]
             for i in range(n):

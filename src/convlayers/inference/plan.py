@@ -17,7 +17,6 @@ import copy
 import threading
 from typing import Any
 
-import numba
 import numpy as np
 
 from convlayers.inference.arena import Buffer, plan_offsets
@@ -221,8 +220,7 @@ class Plan:
         out = np.empty(self._elements(self._out_root, n), self.dtype)
         arena = self._acquire(n)
         views = arena.views
-        chunk = numba.set_parallel_chunksize(1)  # units handed out one at a time: a core slowed
-        try:  # by a neighbour does not hold up a whole layer (this thread's setting only)
+        try:
             ends = [value for value, root in self._roots.items() if root in (0, self._out_root)]
             for value in ends:
                 views[value] = self._view((x if self._roots[value] == 0 else out).reshape(-1)
@@ -243,7 +241,6 @@ class Plan:
                     for step, scratch in steps:
                         step.run(chunk_views, scratch)
         finally:
-            numba.set_parallel_chunksize(chunk)
             for value in self._roots:
                 if self._roots[value] in (0, self._out_root):
                     views[value] = None

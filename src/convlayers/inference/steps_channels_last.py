@@ -74,7 +74,7 @@ class DenseLast(_Conv):
         rows, cols = self._units[key]
         res, has = self._res(v, True)
         conv_last.dense(x.reshape(-1), self.packed, offs, self.toffs, self.bias,
-                        res.reshape(pixels, self.c_out), has, self.act, rows, cols,
+                        res.reshape(pixels, self.c_out), has, self.act, rows, cols, key[1],
                         out.reshape(pixels, self.c_out))
 
 

@@ -32,6 +32,7 @@ from numba import njit, prange
 
 from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols, unit_block
 from convlayers.kernels.gemm import gemm_nt_cols_add
+from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import (
     VECTOR_BYTES,
     gemm_tiled,
@@ -179,7 +180,8 @@ def _col2im(dcols, gxn, c0, C, kh, kw, sh, sw, dh, dw, pt, pl, oh0, nr, Wo):
 def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, out):
     """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G,
     C_out/g, C_in/g*kh*kw)`` (+ ``bias``, ``C_out`` entries or none), in units of ``R`` output
-    rows by ``B`` output channels of one image and group; scratch for ``nt`` threads."""
+    rows by ``B`` output channels of one image and group, handed out in order to the first
+    free thread (:mod:`convlayers.kernels.queue`); scratch for ``nt`` threads."""
     N, C_in = x.shape[0], x.shape[1]
     G, Cog, K = taps.shape[0], taps.shape[1], taps.shape[2]
     Cig = C_in // G
@@ -190,18 +192,23 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
     obuf = np.empty((nt, B * R * Wo), dtype=x.dtype)
     has_bias = bias.shape[0] > 0
     zero = np.zeros(1, dtype=out.dtype)[0]
-    for unit in prange(N * G * nr * nb):
-        t = numba.get_thread_id()
-        n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
-        L = rows * Wo
-        cols = cbuf[t, : K * L].reshape(K, L)
-        _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp,
-                 idx, xbuf[t], cols)
-        o = obuf[t, : cos * L].reshape(cos, L)
-        gemm_tiled(taps[g, co0: co0 + cos], cols, o)
-        for co in range(cos):
-            c = g * Cog + co0 + co
-            store_rows(out[n, c, oh0 * Wo:], o[co], 1, L, L, bias[c] if has_bias else zero)
+    queue = new_queue()
+    for _ in prange(nt):
+        while True:
+            unit = claim(queue)
+            if unit >= N * G * nr * nb:
+                break
+            t = numba.get_thread_id()
+            n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
+            L = rows * Wo
+            cols = cbuf[t, : K * L].reshape(K, L)
+            _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo,
+                     Wp, idx, xbuf[t], cols)
+            o = obuf[t, : cos * L].reshape(cos, L)
+            gemm_tiled(taps[g, co0: co0 + cos], cols, o)
+            for co in range(cos):
+                c = g * Cog + co0 + co
+                store_rows(out[n, c, oh0 * Wo:], o[co], 1, L, L, bias[c] if has_bias else zero)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.kernels._bounds import slab_unit, store_rows, unit_parts
+from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import gemm_indirect_left_add, gemm_indirect_part
 
 __all__ = ["channels_last_weight_grad", "forward_scratch", "implicit_forward", "implicit_weight_grad",
@@ -142,7 +143,8 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, xb
     """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G, Q,
     C_out/g, Cq*kh*kw)`` (+ ``bias``, ``C_out`` entries or none) with zero padding ``pt`` above
     and ``pl`` left (negative: rows or columns dropped; the other sides follow from ``out``'s
-    size), in units of ``R`` output rows by ``B`` output channels of one image and group; the
+    size), in units of ``R`` output rows by ``B`` output channels of one image and group,
+    handed out in order to the first free thread (:mod:`convlayers.kernels.queue`); the
     scratch ``xbuf`` and ``obuf`` (a row per thread, sizes from :func:`forward_scratch`) is the
     caller's, so a compiled plan keeps it in its arena.
 
@@ -163,19 +165,26 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, xb
     nb = (Cog + B - 1) // B
     has_bias = bias.shape[0] > 0
     zero = np.zeros(1, dtype=out.dtype)[0]
-    for unit in prange(N * G * nr * nb):
-        t = numba.get_thread_id()
-        n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
-        xq = xbuf[t]
-        o = obuf[t, : cos * rows * Wq].reshape(cos, rows * Wq)
-        for q in range(Q):
-            c0 = q * Cq
-            C = min(Cq, Cig - c0)
-            _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
-            gemm_indirect_part(taps[g, q, co0: co0 + cos], xq, offs, o, C * K1, q > 0)
-        for co in range(cos):
-            c = g * Cog + co0 + co
-            store_rows(out[n, c, oh0 * Wo:], o[co], rows, Wo, Wq, bias[c] if has_bias else zero)
+    queue = new_queue()
+    for _ in prange(xbuf.shape[0]):
+        while True:
+            unit = claim(queue)
+            if unit >= N * G * nr * nb:
+                break
+            t = numba.get_thread_id()
+            n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
+            xq = xbuf[t]
+            o = obuf[t, : cos * rows * Wq].reshape(cos, rows * Wq)
+            for q in range(Q):
+                c0 = q * Cq
+                C = min(Cq, Cig - c0)
+                _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots,
+                           xq)
+                gemm_indirect_part(taps[g, q, co0: co0 + cos], xq, offs, o, C * K1, q > 0)
+            for co in range(cos):
+                c = g * Cog + co0 + co
+                store_rows(out[n, c, oh0 * Wo:], o[co], rows, Wo, Wq,
+                           bias[c] if has_bias else zero)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -26,6 +26,7 @@ from convlayers.kernels._winograd_tiles import (
     _output_block_flat,
     _output_grad_block,
 )
+from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add
 from convlayers.kernels.values import nonfinite_in
 
@@ -102,9 +103,8 @@ def weight_grad_transform(du, gw):
 # KiB) stay in the core's cache between the input transform, the 16 products and the output
 # transform. The products are the register-tiled GEMM of :mod:`convlayers.kernels.simd`, so no
 # BLAS call and no hand-over between thread pools happens inside the convolution. Units
-# are handed out one at a time (``parallel_chunksize(1)``) so a core slowed by a neighbour takes
-# fewer (the engine sets it: a ``with`` inside would make the kernels uncachable); each thread
-# owns its scratch (``get_thread_id``).
+# are handed out to the first free thread (:mod:`convlayers.kernels.queue`), so a core slowed by
+# a neighbour takes fewer; each thread owns its scratch (``get_thread_id``).
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -130,24 +130,29 @@ def forward_fused(x, u, bias, pt, pl, R, B, nt, out, bad):
     hbuf = np.empty((nt, 2, 4, (R + 1) * S), dtype=x.dtype)
     sbuf = np.empty((nt, 8, L), dtype=x.dtype)
     ybuf = np.empty((nt, 2, 2 * L), dtype=x.dtype)
-    for unit in prange(N * nb * ncb):
-        t = numba.get_thread_id()
-        n, blk, co0, cos = unit_block(unit, nb, ncb, B, Cog)
-        th0 = blk * R
-        rows = min(R, TH - th0)
-        lb = rows * S
-        v = vbuf[t, : 16 * C * lb].reshape(16, C, lb)
-        v4 = vbuf[t, : 16 * C * lb].reshape(16, G, Cig, lb)
-        m = mbuf[t, : 16 * cos * lb].reshape(16, cos, lb)
-        _input_block_flat(x[n], pt, pl, th0, rows, TW, v, ebuf[t], obuf[t], hbuf[t, 0],
-                          hbuf[t, 1])
-        for g in range(G):
-            for e in range(16):
-                gemm_tiled(u[e, g, co0: co0 + cos], v4[e, g], m[e])
-            c0 = g * Cog + co0
-            if _output_block_flat(m, bias[c0: c0 + cos], th0, rows, TW, out[n, c0: c0 + cos],
-                                  sbuf[t], ybuf[t]):
-                bad[t] = True
+    queue = new_queue()
+    for _ in prange(nt):
+        while True:
+            unit = claim(queue)
+            if unit >= N * nb * ncb:
+                break
+            t = numba.get_thread_id()
+            n, blk, co0, cos = unit_block(unit, nb, ncb, B, Cog)
+            th0 = blk * R
+            rows = min(R, TH - th0)
+            lb = rows * S
+            v = vbuf[t, : 16 * C * lb].reshape(16, C, lb)
+            v4 = vbuf[t, : 16 * C * lb].reshape(16, G, Cig, lb)
+            m = mbuf[t, : 16 * cos * lb].reshape(16, cos, lb)
+            _input_block_flat(x[n], pt, pl, th0, rows, TW, v, ebuf[t], obuf[t], hbuf[t, 0],
+                              hbuf[t, 1])
+            for g in range(G):
+                for e in range(16):
+                    gemm_tiled(u[e, g, co0: co0 + cos], v4[e, g], m[e])
+                c0 = g * Cog + co0
+                if _output_block_flat(m, bias[c0: c0 + cos], th0, rows, TW, out[n, c0: c0 + cos],
+                                      sbuf[t], ybuf[t]):
+                    bad[t] = True
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -175,37 +180,42 @@ def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad):
     pbuf = np.empty((nt, 2 * R + 2, 2 * TW + 2), dtype=x.dtype)
     qbuf = np.empty((nt, 4, 2 * TW + 2), dtype=x.dtype)
     gut[:] = 0
-    for unit in prange(N * G * ncb):
-        t = numba.get_thread_id()
-        n, g, ci0, cis = unit_block(unit, G, ncb, B, Cig)
-        c0 = g * Cig + ci0
-        xs = x[n, c0: c0 + cis]
-        gxs = gx[n, c0: c0 + cis]
-        gys = gy[n, g * Cog: (g + 1) * Cog]
-        for c in range(cis):
-            for r in range(H):
-                for j in range(W):
-                    gxs[c, r, j] = 0
-        for b in range(nb):
-            th0 = b * R
-            rows = min(R, TH - th0)
-            lb = rows * TW
-            v = vbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
-            dv = dvbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
-            dm = mbuf[t, : 16 * Cog * lb].reshape(16, Cog, lb)
-            dmt = tbuf[t, : lb * Cog].reshape(lb, Cog)
-            _input_block(xs, pt, pl, th0, rows, TW, v, pbuf[t], qbuf[t])
-            _output_grad_block(gys, th0, rows, TW, dm)
-            for e in range(16):
-                gemm_tiled(ut[e, g, ci0: ci0 + cis], dm[e], dv[e])
-                de = dm[e]
-                for j in range(lb):  # strided reads, contiguous writes
-                    row = dmt[j]
-                    for co in range(Cog):
-                        row[co] = de[co, j]
-                gemm_tiled_add(v[e], dmt, gut[t, e, g, ci0: ci0 + cis])
-            _input_grad_block(dv, pt, pl, th0, rows, TW, gxs, pbuf[t], qbuf[t])
-        for c in range(cis):
-            for r in range(H):
-                if nonfinite_in(gxs[c, r]):
-                    bad[t] = True
+    queue = new_queue()
+    for _ in prange(nt):
+        while True:
+            unit = claim(queue)
+            if unit >= N * G * ncb:
+                break
+            t = numba.get_thread_id()
+            n, g, ci0, cis = unit_block(unit, G, ncb, B, Cig)
+            c0 = g * Cig + ci0
+            xs = x[n, c0: c0 + cis]
+            gxs = gx[n, c0: c0 + cis]
+            gys = gy[n, g * Cog: (g + 1) * Cog]
+            for c in range(cis):
+                for r in range(H):
+                    for j in range(W):
+                        gxs[c, r, j] = 0
+            for b in range(nb):
+                th0 = b * R
+                rows = min(R, TH - th0)
+                lb = rows * TW
+                v = vbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
+                dv = dvbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
+                dm = mbuf[t, : 16 * Cog * lb].reshape(16, Cog, lb)
+                dmt = tbuf[t, : lb * Cog].reshape(lb, Cog)
+                _input_block(xs, pt, pl, th0, rows, TW, v, pbuf[t], qbuf[t])
+                _output_grad_block(gys, th0, rows, TW, dm)
+                for e in range(16):
+                    gemm_tiled(ut[e, g, ci0: ci0 + cis], dm[e], dv[e])
+                    de = dm[e]
+                    for j in range(lb):  # strided reads, contiguous writes
+                        row = dmt[j]
+                        for co in range(Cog):
+                            row[co] = de[co, j]
+                    gemm_tiled_add(v[e], dmt, gut[t, e, g, ci0: ci0 + cis])
+                _input_grad_block(dv, pt, pl, th0, rows, TW, gxs, pbuf[t], qbuf[t])
+            for c in range(cis):
+                for r in range(H):
+                    if nonfinite_in(gxs[c, r]):
+                        bad[t] = True

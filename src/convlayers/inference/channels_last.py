@@ -216,11 +216,16 @@ def to_channels_first(x, out):
 
 @njit(parallel=True, cache=True)
 def global_avg_pool(x, out):
-    """``out[n, c] = mean(x[n, :, c])`` for ``x (N, H*W, C)``, ``out (N, C)``; float64 sums."""
+    """``out[n, c] = mean(x[n, :, c])`` for ``x (N, H*W, C)``, ``out (N, C)``; float64 sums,
+    pixel by pixel, in a row of every channel's sums: the adds run along vectors of channels
+    (each channel's sum still in pixel order). A sum per channel at a time was one chain of
+    dependent scalar adds, strided: 50 us for MobileNetV2's 1280 channels of 7x7."""
     n_img, pixels, c = x.shape
     for n in prange(n_img):
+        sums = np.zeros(c, np.float64)
+        for p in range(pixels):
+            row = x[n, p]
+            for ch in range(c):
+                sums[ch] += row[ch]
         for ch in range(c):
-            s = 0.0
-            for p in range(pixels):
-                s += x[n, p, ch]
-            out[n, ch] = s / pixels
+            out[n, ch] = sums[ch] / pixels

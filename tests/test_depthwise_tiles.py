@@ -60,6 +60,40 @@ def test_depthwise_register_tiles_cover_every_row_and_lane_edge(strategy: str) -
             assert_close(gw, tgw, f"case {case} weight gradient")
 
 
+@pytest.mark.parametrize("case", range(6))
+def test_channels_last_block_that_crops_the_map(case: int) -> None:
+    """A stride that does not end on the map's last rows or columns leaves them out of the
+    channels-last block (no tap reads them): the kept rows are copied a vector of positions by
+    a vector of lanes at a time, the ragged ends of rows and of channels one element at a
+    time. Widths past and below a vector, channel counts inside a vector and past a block,
+    cropped rows, columns or both; forward and both gradients against torch."""
+    rng = np.random.default_rng(40 + case)
+    c, h, w_in, (kh, kw), (sh, sw), (pt, pl) = [
+        (70, 22, 38, (3, 3), (3, 3), (0, 0)),  # rows and columns cropped
+        (33, 9, 22, (5, 3), (2, 2), (1, 0)),  # columns cropped
+        (129, 14, 18, (3, 3), (3, 1), (0, 1)),  # rows cropped, full width
+        (16, 7, 40, (2, 4), (2, 3), (0, 0)),  # one vector of lanes
+        (5, 30, 31, (3, 5), (3, 2), (1, 2)),  # fewer lanes than a vector
+        (100, 11, 18, (1, 3), (1, 3), (0, 1)),  # 17 kept columns: a vector and one more
+    ][case]
+    x = random_array(rng, (2, c, h, w_in), np.float32)
+    w = random_array(rng, (c, 1, kh, kw), np.float32)
+    b = random_array(rng, (c,), np.float32)
+    args = dict(stride=(sh, sw), padding=(pt, pl), groups=c)
+    with config.engine_settings(force="depthwise-channels-last"):
+        ours = F.conv2d(x, w, b, **args)
+        expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                             **args).numpy()
+        assert_close(ours, expected, f"case {case}")
+        _, g, (tgx, tgw, _) = torch_grads(lambda *t: tF.conv2d(*t, **args), [x, w, b], case)
+        gx, gw, _ = F.conv_backward(g, x, w, with_bias=True, **args)
+    assert_close(gx, tgx, f"case {case} input gradient")
+    assert_close(gw, tgw, f"case {case} weight gradient")
+    ho = (h + 2 * pt - kh) // sh + 1
+    wo = (w_in + 2 * pl - kw) // sw + 1
+    assert h + pt > (ho - 1) * sh + kh or w_in + pl > (wo - 1) * sw + kw  # it crops
+
+
 def test_channels_last_weight_gradient_keeps_inf_out_of_the_padding() -> None:
     """An inf output gradient at a corner: its taps that fall on the zero padding would make
     ``0 * inf = NaN`` in the channels-last block, where torch (which never visits the padding)

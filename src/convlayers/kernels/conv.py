@@ -192,23 +192,39 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
     obuf = np.empty((nt, B * R * Wo), dtype=x.dtype)
     has_bias = bias.shape[0] > 0
     zero = np.zeros(1, dtype=out.dtype)[0]
+    units = N * G * nr * nb
+    if nt == 1:  # one thread: no parallel region, no queue (2-3 us of a small call)
+        for unit in range(units):
+            _lowered_unit(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, out, unit,
+                          Cig, Ho, nr, nb, Wp, idx, xbuf[0], cbuf[0], obuf[0], has_bias, zero)
+        return
     queue = new_queue()
     for _ in prange(nt):
         while True:
             unit = claim(queue)
-            if unit >= N * G * nr * nb:
+            if unit >= units:
                 break
             t = numba.get_thread_id()
-            n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
-            L = rows * Wo
-            cols = cbuf[t, : K * L].reshape(K, L)
-            _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo,
-                     Wp, idx, xbuf[t], cols)
-            o = obuf[t, : cos * L].reshape(cos, L)
-            gemm_tiled(taps[g, co0: co0 + cos], cols, o)
-            for co in range(cos):
-                c = g * Cog + co0 + co
-                store_rows(out[n, c, oh0 * Wo:], o[co], 1, L, L, bias[c] if has_bias else zero)
+            _lowered_unit(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, out, unit,
+                          Cig, Ho, nr, nb, Wp, idx, xbuf[t], cbuf[t], obuf[t], has_bias, zero)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _lowered_unit(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, out, unit, Cig, Ho,
+                  nr, nb, Wp, idx, xb, cb, ob, has_bias, zero):
+    """One unit of :func:`lowered_forward` (image, group, slab of rows, block of channels) in
+    one thread's scratch ``xb``, ``cb``, ``ob``."""
+    G, Cog, K = taps.shape[0], taps.shape[1], taps.shape[2]
+    n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
+    L = rows * Wo
+    cols = cb[: K * L].reshape(K, L)
+    _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp, idx,
+             xb, cols)
+    o = ob[: cos * L].reshape(cos, L)
+    gemm_tiled(taps[g, co0: co0 + cos], cols, o)
+    for co in range(cos):
+        c = g * Cog + co0 + co
+        store_rows(out[n, c, oh0 * Wo:], o[co], 1, L, L, bias[c] if has_bias else zero)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

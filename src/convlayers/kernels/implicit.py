@@ -165,26 +165,39 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, xb
     nb = (Cog + B - 1) // B
     has_bias = bias.shape[0] > 0
     zero = np.zeros(1, dtype=out.dtype)[0]
+    units = N * G * nr * nb
+    if xbuf.shape[0] == 1:  # one thread: no parallel region, no queue (2-3 us of a small call)
+        for unit in range(units):
+            _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xbuf[0], obuf[0], out, unit,
+                          Q, Cq, Cig, K1, Ho, Hq, Wq, offs, slot, slots, nr, nb, has_bias, zero)
+        return
     queue = new_queue()
     for _ in prange(xbuf.shape[0]):
         while True:
             unit = claim(queue)
-            if unit >= N * G * nr * nb:
+            if unit >= units:
                 break
             t = numba.get_thread_id()
-            n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
-            xq = xbuf[t]
-            o = obuf[t, : cos * rows * Wq].reshape(cos, rows * Wq)
-            for q in range(Q):
-                c0 = q * Cq
-                C = min(Cq, Cig - c0)
-                _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots,
-                           xq)
-                gemm_indirect_part(taps[g, q, co0: co0 + cos], xq, offs, o, C * K1, q > 0)
-            for co in range(cos):
-                c = g * Cog + co0 + co
-                store_rows(out[n, c, oh0 * Wo:], o[co], rows, Wo, Wq,
-                           bias[c] if has_bias else zero)
+            _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xbuf[t], obuf[t], out, unit,
+                          Q, Cq, Cig, K1, Ho, Hq, Wq, offs, slot, slots, nr, nb, has_bias, zero)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xq, ob, out, unit, Q, Cq, Cig, K1, Ho,
+                  Hq, Wq, offs, slot, slots, nr, nb, has_bias, zero):
+    """One unit of :func:`implicit_forward` (image, group, slab of rows, block of channels) in
+    one thread's scratch ``xq``, ``ob``."""
+    G, Cog = taps.shape[0], taps.shape[2]
+    n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
+    o = ob[: cos * rows * Wq].reshape(cos, rows * Wq)
+    for q in range(Q):
+        c0 = q * Cq
+        C = min(Cq, Cig - c0)
+        _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
+        gemm_indirect_part(taps[g, q, co0: co0 + cos], xq, offs, o, C * K1, q > 0)
+    for co in range(cos):
+        c = g * Cog + co0 + co
+        store_rows(out[n, c, oh0 * Wo:], o[co], rows, Wo, Wq, bias[c] if has_bias else zero)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

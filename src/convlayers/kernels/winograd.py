@@ -103,8 +103,11 @@ def weight_grad_transform(du, gw):
 # KiB) stay in the core's cache between the input transform, the 16 products and the output
 # transform. The products are the register-tiled GEMM of :mod:`convlayers.kernels.simd`, so no
 # BLAS call and no hand-over between thread pools happens inside the convolution. Units
-# are handed out to the first free thread (:mod:`convlayers.kernels.queue`), so a core slowed by
-# a neighbour takes fewer; each thread owns its scratch (``get_thread_id``).
+# of the forward are handed out to the first free thread (:mod:`convlayers.kernels.queue`), so a
+# core slowed by a neighbour takes fewer; each thread owns its scratch (``get_thread_id``). The
+# backward keeps numba's static split: each thread adds its units' weight gradients into an
+# accumulator of its own, and units that went to whichever thread was free would change the
+# order of those sums from one call to the next (the result would not repeat bit for bit).
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -180,42 +183,37 @@ def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad):
     pbuf = np.empty((nt, 2 * R + 2, 2 * TW + 2), dtype=x.dtype)
     qbuf = np.empty((nt, 4, 2 * TW + 2), dtype=x.dtype)
     gut[:] = 0
-    queue = new_queue()
-    for _ in prange(nt):
-        while True:
-            unit = claim(queue)
-            if unit >= N * G * ncb:
-                break
-            t = numba.get_thread_id()
-            n, g, ci0, cis = unit_block(unit, G, ncb, B, Cig)
-            c0 = g * Cig + ci0
-            xs = x[n, c0: c0 + cis]
-            gxs = gx[n, c0: c0 + cis]
-            gys = gy[n, g * Cog: (g + 1) * Cog]
-            for c in range(cis):
-                for r in range(H):
-                    for j in range(W):
-                        gxs[c, r, j] = 0
-            for b in range(nb):
-                th0 = b * R
-                rows = min(R, TH - th0)
-                lb = rows * TW
-                v = vbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
-                dv = dvbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
-                dm = mbuf[t, : 16 * Cog * lb].reshape(16, Cog, lb)
-                dmt = tbuf[t, : lb * Cog].reshape(lb, Cog)
-                _input_block(xs, pt, pl, th0, rows, TW, v, pbuf[t], qbuf[t])
-                _output_grad_block(gys, th0, rows, TW, dm)
-                for e in range(16):
-                    gemm_tiled(ut[e, g, ci0: ci0 + cis], dm[e], dv[e])
-                    de = dm[e]
-                    for j in range(lb):  # strided reads, contiguous writes
-                        row = dmt[j]
-                        for co in range(Cog):
-                            row[co] = de[co, j]
-                    gemm_tiled_add(v[e], dmt, gut[t, e, g, ci0: ci0 + cis])
-                _input_grad_block(dv, pt, pl, th0, rows, TW, gxs, pbuf[t], qbuf[t])
-            for c in range(cis):
-                for r in range(H):
-                    if nonfinite_in(gxs[c, r]):
-                        bad[t] = True
+    for unit in prange(N * G * ncb):
+        t = numba.get_thread_id()
+        n, g, ci0, cis = unit_block(unit, G, ncb, B, Cig)
+        c0 = g * Cig + ci0
+        xs = x[n, c0: c0 + cis]
+        gxs = gx[n, c0: c0 + cis]
+        gys = gy[n, g * Cog: (g + 1) * Cog]
+        for c in range(cis):
+            for r in range(H):
+                for j in range(W):
+                    gxs[c, r, j] = 0
+        for b in range(nb):
+            th0 = b * R
+            rows = min(R, TH - th0)
+            lb = rows * TW
+            v = vbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
+            dv = dvbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
+            dm = mbuf[t, : 16 * Cog * lb].reshape(16, Cog, lb)
+            dmt = tbuf[t, : lb * Cog].reshape(lb, Cog)
+            _input_block(xs, pt, pl, th0, rows, TW, v, pbuf[t], qbuf[t])
+            _output_grad_block(gys, th0, rows, TW, dm)
+            for e in range(16):
+                gemm_tiled(ut[e, g, ci0: ci0 + cis], dm[e], dv[e])
+                de = dm[e]
+                for j in range(lb):  # strided reads, contiguous writes
+                    row = dmt[j]
+                    for co in range(Cog):
+                        row[co] = de[co, j]
+                gemm_tiled_add(v[e], dmt, gut[t, e, g, ci0: ci0 + cis])
+            _input_grad_block(dv, pt, pl, th0, rows, TW, gxs, pbuf[t], qbuf[t])
+        for c in range(cis):
+            for r in range(H):
+                if nonfinite_in(gxs[c, r]):
+                    bad[t] = True

@@ -210,6 +210,32 @@ def test_max_pool_matches_torch(seed: int) -> None:
     np.testing.assert_array_equal(out, _nhwc(want))
 
 
+@pytest.mark.parametrize(("stride", "dilation", "pad"), [(2, 1, 1), (1, 1, 0), (1, 2, 1), (3, 1, 1)])
+def test_max_pool_3x3_inside_windows_match_torch(stride: int, dilation: int, pad: int) -> None:
+    """The 3x3 windows inside the map take their nine taps at once: the same values as torch,
+    NaN where torch has NaN (a NaN in any tap, also after an inf or a larger value in an
+    earlier tap), inf and -inf as torch, ties (of signed zeros too: the tap order shows), and
+    border windows on the general path."""
+    rng = np.random.default_rng(stride * 10 + dilation)
+    x = rng.standard_normal((2, 37, 15, 14)).astype(np.float32)
+    x[:, :, 4:9:2, 3:8:2] = 1.5  # ties
+    # ties of signed zeros among negative values: the first tap in row-major order that
+    # reaches the maximum wins, as in torch
+    draw = rng.random((2, 37, 6, 14))
+    x[:, :, 9:, :] = np.where(draw < 0.2, -0.0, np.where(draw < 0.4, 0.0, -1.0))
+    flat = x.reshape(-1)
+    flat[rng.integers(0, x.size, 40)] = np.nan
+    flat[rng.integers(0, x.size, 20)] = np.inf
+    flat[rng.integers(0, x.size, 20)] = -np.inf
+    want = tf.max_pool2d(torch.from_numpy(x), 3, stride, pad, dilation)
+    out = np.empty(_nhwc(want).shape, np.float32)
+    conv_last.max_pool(_nhwc(torch.from_numpy(x)), 3, 3, stride, stride, dilation, dilation, pad,
+                       pad, out)
+    np.testing.assert_array_equal(out, _nhwc(want))
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(_nhwc(want)))
+    assert np.isnan(out).any() and np.isinf(out).any() and np.signbit(out[out == 0]).any()
+
+
 def test_conversions_and_global_pool() -> None:
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 5, 4, 7)).astype(np.float32)

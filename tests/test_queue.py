@@ -28,7 +28,3 @@ def test_every_unit_is_claimed_once(n_units: int, threads: int) -> None:
     _claim_all(n_units, threads, seen)
     np.testing.assert_array_equal(seen, np.ones(n_units, np.int64))
 
-
-def test_queue_counts_from_zero_on_its_own_cache_line() -> None:
-    queue = new_queue.py_func()
-    assert queue.dtype == np.int64 and queue.nbytes == 64 and not queue.any()

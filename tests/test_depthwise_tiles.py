@@ -114,3 +114,36 @@ def test_channels_last_weight_gradient_keeps_inf_out_of_the_padding() -> None:
         np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
         finite = np.isfinite(theirs)
         assert_close(ours[finite], theirs[finite], "finite gradients")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("with_inf", [False, True])
+def test_channels_last_blocks_that_run_across_images(threads: int, with_inf: bool) -> None:
+    """The channels-last kernels split the images' planes (flattened) into runs of whole
+    vectors, one per thread, so a block holds the end of one image and the start of the next,
+    its taps start inside the channels, and a thread's last block leaves lanes of its previous
+    block in the scratch: 23 channels (no whole vector), 7 images, finite inputs or inf in
+    several planes. Forward and both gradients against torch, non-finite exactly where
+    torch's are."""
+    rng = np.random.default_rng(71)
+    x = random_array(rng, (7, 23, 9, 8), np.float32)
+    if with_inf:
+        for plane in (5, 40, 41, 100):
+            x[plane // 23, plane % 23, 4, 3] = np.inf
+    w = random_array(rng, (23, 1, 3, 3), np.float32)
+    b = random_array(rng, (23,), np.float32)
+    g = random_array(rng, (7, 23, 5, 4), np.float32)
+    args = dict(stride=2, padding=1, groups=23)
+    tx, tw = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+    expected = tF.conv2d(tx, tw, torch.from_numpy(b), **args)
+    expected.backward(torch.from_numpy(g))
+    with config.settings(threads=threads), config.engine_settings(force="depthwise-channels-last"):
+        ours = F.conv2d(x, w, b, **args)
+        gx, gw, _ = F.conv_backward(g, x, w, with_bias=False, **args)
+    for name, mine, theirs in (("output", ours, expected.detach().numpy()),
+                               ("input gradient", gx, tx.grad.numpy()),
+                               ("weight gradient", gw, tw.grad.numpy())):
+        np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs), name)
+        np.testing.assert_array_equal(np.isfinite(mine), np.isfinite(theirs), name)
+        finite = np.isfinite(theirs)
+        assert_close(mine[finite], theirs[finite], name)

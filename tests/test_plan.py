@@ -365,9 +365,9 @@ def test_warmup_command_compiles_every_strategy(capsys: pytest.CaptureFixture[st
 def test_tiny_depthwise_planes_take_the_row_kernels() -> None:
     """A 4x6 output plane would run the planar kernels' flat loops over 64 positions: the row
     kernels serve it (the planar ones still serve a multiplier's input gradient), and both
-    match torch."""
+    match torch. One image of 5 channels: too few planes for channels-last."""
     rng = np.random.default_rng(3)
-    x = random_array(rng, (3, 5, 8, 13), np.float32)
+    x = random_array(rng, (1, 5, 8, 13), np.float32)
     args = dict(stride=2, padding=(7, 4), dilation=3, groups=5)
     for c_out in (5, 10):
         w = random_array(rng, (c_out, 1, 6, 4), np.float32)
@@ -422,20 +422,22 @@ def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
     assert_close(gw, tgw, "weight gradient")
 
 
-def test_many_channels_run_channels_last_on_larger_maps() -> None:
-    """The forward's pixel limit is ``channels_last_pixels`` (400), and
-    ``channels_last_wide_pixels`` (1024) from ``channels_last_wide_channels`` (64) channels:
-    102x4 output planes (a 4x4 stride-2 layer on 205x9 maps) run channels-last with 278
-    channels, not with 32; 33x33 planes not even with 278. The wide limit's forward matches
-    torch."""
-    def forward(c: int, hw: tuple[int, int]) -> str:
-        return plan((2, c, *hw), (c, 1, 4, 4), stride=2, padding=1, groups=c).forward
+def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
+    """The forward runs channels-last on planes of up to ``channels_last_pixels`` output pixels
+    whatever the channel count (its blocks take consecutive planes of all the images), from
+    ``channels_last_channels`` planes in all: 102x4 and 33x33 output planes do, 65x65 do not;
+    5 channels do in two images, not in one. The forward matches torch."""
+    def forward(n: int, c: int, hw: tuple[int, int]) -> str:
+        return plan((n, c, *hw), (c, 1, 4, 4), stride=2, padding=1, groups=c).forward
 
-    assert forward(278, (205, 9)) == "depthwise-channels-last"
-    assert forward(32, (205, 9)) != "depthwise-channels-last"
-    assert forward(278, (66, 66)) != "depthwise-channels-last"
-    with config.engine_settings(channels_last_wide_pixels=0):
-        assert forward(278, (205, 9)) != "depthwise-channels-last"
+    assert config.engine.channels_last_channels == 8
+    assert forward(2, 32, (205, 9)) == "depthwise-channels-last"
+    assert forward(2, 278, (66, 66)) == "depthwise-channels-last"
+    assert forward(2, 278, (130, 130)) != "depthwise-channels-last"
+    assert forward(2, 5, (20, 20)) == "depthwise-channels-last"
+    assert forward(1, 5, (20, 20)) != "depthwise-channels-last"
+    with config.engine_settings(channels_last_pixels=400):
+        assert forward(2, 278, (66, 66)) != "depthwise-channels-last"
     rng = np.random.default_rng(8)
     x = random_array(rng, (2, 70, 205, 9), np.float32)
     w = random_array(rng, (70, 1, 4, 4), np.float32)

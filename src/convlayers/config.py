@@ -382,31 +382,20 @@ class EngineSettings:
     #: this many positions per output pixel (tiny planes: the row kernels serve).
     planar_max_waste: int = 2
     #: Depthwise forwards (no multiplier) with at most this many output pixels per plane run
-    #: channels-last: a tap is then a loop over the channels. With the register tiles and
-    #: transposed copies, on 30 random layers of 121-2916 pixels: 0.28-1.33x the planar
-    #: kernels' time up to 441 pixels (geo-mean about 0.77), mixed to 850, slower past 1000;
-    #: on 20 drawn after the rule was set (121-400 pixels) geo-mean 0.91, the worst (1.77x,
-    #: 16x357x14x14) 0.65-0.74x when measured again alone.
-    channels_last_pixels: int = 400
-    #: ... when they have at least this many channels (a vector's lanes past the channels are
-    #: computed and dropped). On 30 random layers of 4-39 channels on maps of 3x3 to 10x10,
-    #: channels-last ran 0.23-0.95x the other depthwise kernels' time from 13 channels up, and
-    #: 0.70-1.21x below; on 25 more drawn after the rule was set, 0.23-1.04x (geo-mean 0.58).
+    #: channels-last: a tap is then a loop over the channels. Since its blocks take 64
+    #: consecutive planes of all the images (no lanes lost at the end of an image's channels),
+    #: on 80 random layers of 100-3000 pixels, 3-299 channels, batch 1-32 it ran 0.15-3.0x
+    #: torch's time and was the fastest depthwise kernel on all but 5 up to 1800 pixels (those
+    #: within 15%, kernels of one row or column); past 1900 it won 5 of 8.
+    channels_last_pixels: int = 2048
+    #: ... when the images have at least this many planes between them (channels times
+    #: images: fewer leave most of a vector's lanes computed and dropped).
     channels_last_channels: int = 8
     #: The output-pixel limit (:attr:`channels_last_pixels`) of the depthwise gradients, which
     #: run channels-last on larger maps than the forward: on 7 layers of 32-240 channels at
     #: batch 4-32 the channels-last gradients took 0.57-0.92x the planar kernels' time on
     #: maps of 576-784 output pixels, 1.22-1.58x on 1600-2304.
     channels_last_backward_pixels: int = 1024
-    #: The forward's output-pixel limit (:attr:`channels_last_pixels`) for layers of at least
-    #: :attr:`channels_last_wide_channels` channels, whose transposed copies fill whole blocks
-    #: of vectors: on 13 random such layers of 416-1026 pixels channels-last was faster than
-    #: the planar kernels on 11 and within 3% on 2 (0.48-1.32x torch's time, planar 0.65-2.5x;
-    #: leaving out one layer where both took 6x, in the stride-phase copy before them); on 11
-    #: of 1380-3045 pixels the planar kernels won 6.
-    channels_last_wide_pixels: int = 1024
-    #: See :attr:`channels_last_wide_pixels`.
-    channels_last_wide_channels: int = 64
     #: The flat depthwise kernels' column masks take ``kw * Ho * W`` bytes; past this many output
     #: pixels per plane the row kernels serve.
     flat_pixels: int = 1 << 18

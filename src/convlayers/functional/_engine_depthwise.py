@@ -40,11 +40,12 @@ def _fwd_depthwise_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray 
                                 g: Geometry) -> np.ndarray:
     k = kernels()
     out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
+    threads = _numba_threads()
     padded, result, cb = k.depthwise_nhwc.channels_last_shapes(
-        _numba_threads(), g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
+        threads, g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
     taps, shift = channels_last_taps(w.reshape(g.c_out, g.kh, g.kw), bias, cb, x.dtype)
     k.depthwise_nhwc.depthwise_channels_last(x, taps, shift, g.sh, g.sw, g.dh, g.dw, g.pt,
-                                             g.pl, np.empty(padded, x.dtype),
+                                             g.pl, threads, np.empty(padded, x.dtype),
                                              np.empty(result, x.dtype), out)
     return out
 
@@ -70,20 +71,30 @@ def _bwd_depthwise_channels_last(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
         # there (0 * inf): the row kernels read by bounds
         part = k.depthwise.depthwise_weight_grad(x, gy, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
                                                  g.pt, g.pl).transpose(0, 2, 3, 1)
-    gw = part.sum(axis=0)[:, :, : g.c_out].transpose(2, 0, 1)
+        gw = part.sum(axis=0)[:, :, : g.c_out]
+    else:
+        gw = _fold_channels(part.sum(axis=0), g.c_out)
+    gw = gw.transpose(2, 0, 1)
     return gx, np.ascontiguousarray(gw).astype(x.dtype).reshape(g.c_out, 1, g.kh, g.kw)
+
+
+def _fold_channels(taps: np.ndarray, channels: int) -> np.ndarray:
+    """``(kh, kw, channels)``: the sums over ``taps (kh, kw, L)``'s last axis of the indices
+    that are one channel modulo ``channels`` (the channels-last kernels' repeated channels)."""
+    total = taps[:, :, :channels].copy()
+    for start in range(channels, taps.shape[2], channels):
+        part = taps[:, :, start:start + channels]
+        total[:, :, : part.shape[2]] += part
+    return total
 
 
 def channels_last_taps(w: np.ndarray, bias: np.ndarray | None, cb: int,
                        dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """``(taps (kh, kw, cb), bias (cb,))`` of the channels-last kernel for weights ``w (C, kh,
-    kw)``: channels last, zeros past ``C`` up to the whole blocks ``cb``."""
-    c, kh, kw = w.shape
-    taps = np.zeros((kh, kw, cb), dtype)
-    taps[:, :, :c] = w.transpose(1, 2, 0)
-    shift = np.zeros(cb, dtype)
-    if bias is not None:
-        shift[:c] = bias
+    kw)``: channels last, repeated (index ``j`` holds channel ``j % C``) up to ``cb``."""
+    repeat = np.arange(cb) % w.shape[0]
+    taps = np.ascontiguousarray(w.transpose(1, 2, 0)[:, :, repeat], dtype=dtype)
+    shift = np.zeros(cb, dtype) if bias is None else np.asarray(bias, dtype)[repeat]
     return taps, shift
 
 

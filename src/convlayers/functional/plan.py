@@ -26,13 +26,12 @@ planar         plane, then the same flat loops (any stride). Every pass.
 depthwise-rows Depthwise, any geometry: loops along output rows, borders read by bounds. Every
                pass.
 depthwise-     Depthwise without a channel multiplier on small maps (at most
-channels-last  ``channels_last_pixels`` output pixels a plane (``channels_last_wide_pixels`` with
-               ``channels_last_wide_channels`` channels), ``channels_last_backward_pixels``
-               for the gradients, ``channels_last_channels`` channels or more): per image
-               and block of 64 channels, a padded channels-last copy in L1, register tiles
-               of 8 pixels by a vector of channels over every tap, transposed back. Forward
-               and both gradients (each output pixel's taps scattered a vector of channels
-               at a time).
+channels-last  ``channels_last_pixels`` output pixels a plane, ``channels_last_backward_pixels``
+               for the gradients, ``channels_last_channels`` planes or more in all): per
+               block of 64 consecutive planes (images and channels flattened), a padded
+               channels-last copy, register tiles of 8 pixels by a vector of planes over
+               every tap, transposed back. Forward and both gradients (each output pixel's
+               taps scattered a vector of planes at a time).
 pointwise      1x1 kernels: register-tiled GEMMs over blocks of pixel columns (``W @ X`` per
                image and group, no copy at stride 1). Every pass. Few channels per group
                (depthwise ones, and ``pointwise_few_macs`` products a pixel at stride 1 along
@@ -393,23 +392,18 @@ def _dense(g: Geometry, pass_: str) -> str:
 
 def channels_last_fits(channels: int, out_hw: tuple[int, int], kernel: tuple[int, int],
                        stride: tuple[int, int], dilation: tuple[int, int], itemsize: int,
-                       backward: bool = False) -> bool:
-    """Whether a depthwise forward (no multiplier) of ``channels`` output planes ``out_hw``
-    runs channels-last (or its gradients, when ``backward``): small planes
-    (``channels_last_pixels``, ``channels_last_backward_pixels``), ``channels_last_channels``
-    or more channels, and a block's padded input within ``planar_bytes`` (a large stride
-    reaches far for few outputs)."""
+                       backward: bool = False, images: int = 1) -> bool:
+    """Whether a depthwise forward (no multiplier) of ``images`` times ``channels`` output
+    planes ``out_hw`` runs channels-last (or its gradients, when ``backward``): planes of at
+    most ``channels_last_pixels`` (``channels_last_backward_pixels``) pixels,
+    ``channels_last_channels`` or more planes in all, and a block's padded input within
+    ``planar_bytes`` (a large stride reaches far for few outputs)."""
     from convlayers.kernels.depthwise_nhwc import channels_last_shapes
 
     e = config.engine
     padded = channels_last_shapes(1, channels, out_hw, kernel, stride, dilation)[0]
-    if backward:
-        pixels = e.channels_last_backward_pixels
-    elif channels >= e.channels_last_wide_channels:
-        pixels = max(e.channels_last_pixels, e.channels_last_wide_pixels)
-    else:
-        pixels = e.channels_last_pixels
-    return (channels >= e.channels_last_channels
+    pixels = e.channels_last_backward_pixels if backward else e.channels_last_pixels
+    return (images * channels >= e.channels_last_channels
             and out_hw[0] * out_hw[1] <= pixels
             and math.prod(padded) * itemsize <= e.planar_bytes)
 
@@ -426,7 +420,8 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
     e = config.engine
     if pass_ == "forward":
         if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
-                g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize):
+                g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize,
+                images=g.n):
             s = _CHANNELS_LAST
         elif g.c_in_g == 1:
             s = _depthwise(g)
@@ -441,7 +436,7 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
     if pass_ == "backward":
         if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
                 g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize,
-                backward=True):
+                backward=True, images=g.n):
             return _CHANNELS_LAST, _CHANNELS_LAST
         if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
                 and g.c_out_g >= e.winograd_min_channels and _wide_default(

@@ -119,7 +119,8 @@ class Depthwise(_Conv):
         xt = scratch[:size].reshape(padded)
         ot = scratch[size:size + int(np.prod(result))].reshape(result)
         depthwise_channels_last(x, self.taps_last, self.zero, self.sh, self.sw, self.dh,
-                                self.dw, self.pt, self.pl, xt, ot, v[self.out][0])
+                                self.dw, self.pt, self.pl, numba.get_num_threads(), xt, ot,
+                                v[self.out][0])
         res, has = self._res(v, True)
         K.epilogue(v[self.out][1], self.bias, res, has, self.act)
 

@@ -137,11 +137,12 @@ def channels_last_shapes(threads, c, out_hw, kernel, stride, dilation):
     """``(padded, result, lanes)``: the shapes of the per-thread scratch of
     :func:`depthwise_channels_last`, ``(threads, Hp, Wp, LANES)`` (the padded rows and columns
     some tap reads: nothing past them is copied) and ``(threads, Ho, Wo, LANES)``, and how many
-    channels the padded taps and bias take (``c`` rounded up to a block)."""
+    channels the taps and bias take: ``c + LANES``, the channels repeated (a block of planes
+    that starts at channel ``c0`` reads ``c0 .. c0 + LANES``)."""
     (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
     hp = (ho - 1) * sh + (kh - 1) * dh + 1
     wp = (wo - 1) * sw + (kw - 1) * dw + 1
-    return (threads, hp, wp, LANES), (threads, ho, wo, LANES), -(-c // LANES) * LANES
+    return (threads, hp, wp, LANES), (threads, ho, wo, LANES), c + LANES
 
 
 @njit(cache=True, inline="always")
@@ -189,20 +190,21 @@ def _block_into_planes(src, count, lanes, lane_offs, dst, base):
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _cropped_into_block(x, n, c0, lanes, pt, pl, offs, xb):
-    """Image ``n``'s channels ``c0 .. c0+lanes`` into the padded block ``xb (Hp, Wp, LANES)``
-    when the block crops the map (the input rows and columns past it, which no tap reads, are
-    left out: a stride that does not end on the map's last row or column): each kept row's
-    positions a vector at a time, transposed in registers as :func:`_planes_into_block` does
-    (``offs``: :func:`_pixel_places` of the whole map), the row's ragged end one element at a
-    time. Copied one element at a time, lane by lane, the copy took most of the layer: 470
-    channels of 114x29 at stride 3 ran 6.0 ms where torch took 0.9."""
+def _cropped_into_block(x, p0, lanes, pt, pl, offs, xb):
+    """Planes ``p0 .. p0+lanes`` of ``x`` (images and channels flattened) into the padded
+    block ``xb (Hp, Wp, LANES)`` when the block crops the map (the input rows and columns
+    past it, which no tap reads, are left out: a stride that does not end on the map's last
+    row or column): each kept row's positions a vector at a time, transposed in registers as
+    :func:`_planes_into_block` does (``offs``: :func:`_pixel_places` of the whole map), the
+    row's ragged end one element at a time. Copied one element at a time, lane by lane, the
+    copy took most of the layer: 470 channels of 114x29 at stride 3 ran 6.0 ms where torch
+    took 0.9."""
     H, W = x.shape[2], x.shape[3]
     Hp, Wp = xb.shape[0], xb.shape[1]
     rows, cols = min(H, max(0, Hp - pt)), min(W, max(0, Wp - pl))
     src, dst = x.reshape(x.size), xb.reshape(xb.size)
     HW = H * W
-    base = (n * x.shape[1] + c0) * HW
+    base = p0 * HW
     step = VECTOR_BYTES // x.itemsize
     full = lanes - lanes % step
     ends = cols - cols % step
@@ -222,64 +224,101 @@ def _cropped_into_block(x, n, c0, lanes, pt, pl, offs, xb):
                 dst[offs[q] + lane] = src[base + lane * HW + q]
 
 
+@njit(cache=True, inline="always")
+def _thread_planes(planes, threads, part, step):
+    """``(first, stop)``: the planes of part ``part`` of ``threads``, whole vectors of ``step``
+    planes each (the last part ends at ``planes``), as even as whole vectors allow."""
+    vectors = -(-planes // step)
+    first = min(planes, part * vectors // threads * step)
+    stop = min(planes, (part + 1) * vectors // threads * step)
+    return first, stop
+
+
 @njit(parallel=True, cache=True, fastmath=True)
-def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, xt, ot, out):
+def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, threads, xt, ot, out):
     """``out (N, C, Ho, Wo)`` = the depthwise convolution of ``x (N, C, H, W)`` by ``wt (kh,
-    kw, Cb)`` plus ``bias (Cb,)`` (``Cb``: ``C`` rounded up to a block, zeros past ``C``), zero
-    padding ``pt >= 0`` above and ``pl >= 0`` left (the other sides follow from ``out``), in
-    the per-thread scratch ``xt`` and ``ot`` (shapes from :func:`channels_last_shapes`)."""
+    kw, C + LANES)`` plus ``bias (C + LANES,)`` (the channels repeated: index ``j`` holds
+    channel ``j % C``), zero padding ``pt >= 0`` above and ``pl >= 0`` left (the other sides
+    follow from ``out``), in the per-thread scratch ``xt`` and ``ot`` (shapes from
+    :func:`channels_last_shapes`); ``x`` and ``out`` C-contiguous.
+
+    The ``N*C`` planes (images and channels flattened) are split into ``threads`` parts of
+    whole vectors, as even as those allow (:func:`_thread_planes`), each part run in blocks of
+    up to ``LANES`` consecutive planes; a block may run over from one image into the next: its
+    lane ``l`` is channel ``(p0 + l) % C``, and its taps start at ``wt[:, :, p0 % C]``. Blocks
+    of one image's channels left ``C % 16`` lanes to scalar copies and computed a whole vector
+    for them (23 channels: 7 of 23 lanes copied one element at a time, 32 lanes computed), and
+    their count split unevenly (4 images of 100 channels: 8 blocks, 200 channels a thread,
+    but as blocks of 64 planes, 256 against 144)."""
     N, C, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
     Hp, Wp = xt.shape[1], xt.shape[2]
     step = VECTOR_BYTES // x.itemsize
     # the orientation whose tiles compute fewer pixels (a tile's missing pixels repeat one)
     down = Wo * -(-Ho // PIXELS) < Ho * -(-Wo // PIXELS)
-    nb = (C + LANES - 1) // LANES
-    # zeroed once: every unit writes the same interior (real lanes), so the padding stays
-    # zero; lanes past C keep another block's values, computed and never stored
+    planes = N * C
+    # zeroed once: every block writes the same interior (real lanes), so the padding stays
+    # zero; lanes past a block's planes keep another block's values, computed, never stored
     xt[:] = 0
-    HW, P = H * W, Ho * Wo
+    P = Ho * Wo
     # every input pixel lands in the block (none cropped): copied through the transposes
     whole = H + pt <= Hp and W + pl <= Wp
     pixel_offs = _pixel_places(H, W, Wp, pt, pl)
     lane_offs = np.arange(LANES, dtype=np.int64) * P  # lane -> its output plane
-    for unit in prange(N * nb):
+    for part in prange(threads):
         t = numba.get_thread_id()
-        n, cb = unit // nb, unit % nb
-        c0 = cb * LANES
-        lanes = min(LANES, C - c0)
+        first, stop = _thread_planes(planes, threads, part, step)
         xb, ob = xt[t], ot[t]
-        if whole:  # the planes' positions a vector at a time, transposed in registers
-            _planes_into_block(x.reshape(x.size), (n * C + c0) * HW, HW, lanes, pixel_offs,
-                               xb.reshape(xb.size))
-        else:
-            _cropped_into_block(x, n, c0, lanes, pt, pl, pixel_offs, xb)
-        if down:  # narrow maps: tiles run down the columns
-            for ox in range(Wo):
-                for oy0 in range(0, Ho, PIXELS):
-                    npx = min(PIXELS, Ho - oy0)
-                    for v0 in range(0, lanes, step):
-                        _pixels_tile(xb, wt, bias, ob, oy0, ox, npx, c0, v0, sh, sw, dh, dw, 1)
-        else:
-            for oy in range(Ho):
-                for ox0 in range(0, Wo, PIXELS):
-                    npx = min(PIXELS, Wo - ox0)
-                    for v0 in range(0, lanes, step):
-                        _pixels_tile(xb, wt, bias, ob, oy, ox0, npx, c0, v0, sh, sw, dh, dw, 0)
-        # back to the planes: a vector of pixels by a vector of lanes at a time
-        _block_into_planes(ob.reshape(ob.size), P, lanes, lane_offs, out.reshape(out.size),
-                           (n * C + c0) * P)
+        for p0 in range(first, stop, LANES):
+            _channels_last_block(x, wt, bias, sh, sw, dh, dw, pt, pl, p0,
+                                 min(LANES, stop - p0), whole, down, pixel_offs, lane_offs, xb,
+                                 ob, out)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _channels_last_block(x, wt, bias, sh, sw, dh, dw, pt, pl, p0, lanes, whole, down,
+                         pixel_offs, lane_offs, xb, ob, out):
+    """Planes ``p0 .. p0 + lanes`` of :func:`depthwise_channels_last`, in the block scratch
+    ``xb (Hp, Wp, LANES)`` and ``ob (Ho, Wo, LANES)``."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Ho, Wo = out.shape[2], out.shape[3]
+    HW, P = H * W, Ho * Wo
+    step = VECTOR_BYTES // x.itemsize
+    c0 = p0 % C
+    if whole:  # the planes' positions a vector at a time, transposed in registers
+        _planes_into_block(x.reshape(x.size), p0 * HW, HW, lanes, pixel_offs,
+                           xb.reshape(xb.size))
+    else:
+        _cropped_into_block(x, p0, lanes, pt, pl, pixel_offs, xb)
+    if down:  # narrow maps: tiles run down the columns
+        for ox in range(Wo):
+            for oy0 in range(0, Ho, PIXELS):
+                npx = min(PIXELS, Ho - oy0)
+                for v0 in range(0, lanes, step):
+                    _pixels_tile(xb, wt, bias, ob, oy0, ox, npx, c0, v0, sh, sw, dh, dw, 1)
+    else:
+        for oy in range(Ho):
+            for ox0 in range(0, Wo, PIXELS):
+                npx = min(PIXELS, Wo - ox0)
+                for v0 in range(0, lanes, step):
+                    _pixels_tile(xb, wt, bias, ob, oy, ox0, npx, c0, v0, sh, sw, dh, dw, 0)
+    # back to the planes: a vector of pixels by a vector of lanes at a time
+    _block_into_planes(ob.reshape(ob.size), P, lanes, lane_offs, out.reshape(out.size),
+                       p0 * P)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, gxt, ht, gx, gw):
     """Both gradients of :func:`depthwise_channels_last` (no bias): ``gx (N, C, H, W)`` and
-    thread ``t``'s part of the weight gradient ``gw[t] (kh, kw, Cb)`` (zeroed here; the caller
-    sums over threads), for ``gy (N, C, Ho, Wo)`` and taps ``wt (kh, kw, Cb)``; per-thread
+    thread ``t``'s part of the weight gradient ``gw[t] (kh, kw, C + LANES)`` (zeroed here;
+    the caller sums over threads and folds index ``j`` onto channel ``j % C``), for ``gy (N,
+    C, Ho, Wo)`` and taps ``wt (kh, kw, C + LANES)`` (the channels repeated); per-thread
     scratch ``xt`` and ``gxt`` ``(threads, Hp, Wp, LANES)``, ``gt`` ``(threads, Ho, Wo,
     LANES)`` and ``ht`` ``(threads, H, W, LANES)``.
 
-    A unit is one image's block of ``LANES`` channels, as the forward's: the input block goes
+    The planes are split as the forward's, each thread's part in blocks of up to ``LANES``
+    planes (a static split: each thread's weight-gradient sums keep their order, so the
+    results repeat bit for bit). The input block goes
     zero-padded into ``xt[t]`` and the output gradient into ``gt[t]`` (transposed in registers
     where whole vectors fit, as the forward's copies); then, tap by tap, every output pixel
     adds ``x * gy`` into the tap's weight gradient and ``w * gy`` into the input gradient's
@@ -291,7 +330,9 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
     Ho, Wo = gy.shape[2], gy.shape[3]
     kh, kw = wt.shape[0], wt.shape[1]
     Hp, Wp = xt.shape[1], xt.shape[2]
-    nb = (C + LANES - 1) // LANES
+    planes = N * C
+    threads = xt.shape[0]
+    step = VECTOR_BYTES // x.itemsize
     gw[:] = 0
     xt[:] = 0
     rows, cols = min(H, max(0, Hp - pt)), min(W, max(0, Wp - pl))
@@ -300,37 +341,44 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
     pixel_offs = _pixel_places(H, W, Wp, pt, pl)
     grad_offs = np.arange(P, dtype=np.int64) * LANES  # output pixel -> its place in the block
     lane_offs = np.arange(LANES, dtype=np.int64) * HW  # lane -> its input plane
-    for unit in prange(N * nb):
+    for part in prange(threads):
         t = numba.get_thread_id()
-        n, cb = unit // nb, unit % nb
-        c0 = cb * LANES
-        lanes = min(LANES, C - c0)
+        first, stop = _thread_planes(planes, threads, part, step)
         xb, gb, gxb, hb, acc = xt[t], gt[t], gxt[t], ht[t], gw[t]
-        x0, y0 = (n * C + c0) * HW, (n * C + c0) * P
-        if whole:
-            _planes_into_block(x.reshape(x.size), x0, HW, lanes, pixel_offs, xb.reshape(xb.size))
-        else:
-            _cropped_into_block(x, n, c0, lanes, pt, pl, pixel_offs, xb)
-        _planes_into_block(gy.reshape(gy.size), y0, P, lanes, grad_offs, gb.reshape(gb.size))
-        gb[:, :, lanes:] = 0  # past C: zero gradients, never stored
-        gxb[:] = 0
-        for a in range(kh):
-            for b in range(kw):
-                av, wv = acc[a, b, c0:c0 + LANES], wt[a, b, c0:c0 + LANES]
-                for oy in range(Ho):
-                    iy = oy * sh + a * dh
-                    xrow, gxrow, grow = xb[iy], gxb[iy], gb[oy]
-                    for ox in range(Wo):
-                        ix = ox * sw + b * dw
-                        for lane in range(LANES):
-                            av[lane] += xrow[ix, lane] * grow[ox, lane]
-                        for lane in range(LANES):
-                            gxrow[ix, lane] += wv[lane] * grow[ox, lane]
-        # the block's inside (zeros where cropped) as (H, W, LANES), then back to the planes
-        for iy in range(H):
-            for j in range(W):
-                if iy < rows and j < cols:
-                    hb[iy, j, :] = gxb[iy + pt, j + pl, :]
-                else:
-                    hb[iy, j, :] = 0
-        _block_into_planes(hb.reshape(hb.size), HW, lanes, lane_offs, gx.reshape(gx.size), x0)
+        for p0 in range(first, stop, LANES):
+            c0 = p0 % C
+            lanes = min(LANES, stop - p0)
+            x0, y0 = p0 * HW, p0 * P
+            if whole:
+                _planes_into_block(x.reshape(x.size), x0, HW, lanes, pixel_offs,
+                                   xb.reshape(xb.size))
+            else:
+                _cropped_into_block(x, p0, lanes, pt, pl, pixel_offs, xb)
+            _planes_into_block(gy.reshape(gy.size), y0, P, lanes, grad_offs,
+                               gb.reshape(gb.size))
+            # past the block's planes: zero gradients (those lanes' taps fold onto real
+            # channels; an inf another block left there makes 0 * inf, which the caller's
+            # check of the weight gradient sees)
+            gb[:, :, lanes:] = 0
+            gxb[:] = 0
+            for a in range(kh):
+                for b in range(kw):
+                    av, wv = acc[a, b, c0:c0 + LANES], wt[a, b, c0:c0 + LANES]
+                    for oy in range(Ho):
+                        iy = oy * sh + a * dh
+                        xrow, gxrow, grow = xb[iy], gxb[iy], gb[oy]
+                        for ox in range(Wo):
+                            ix = ox * sw + b * dw
+                            for lane in range(LANES):
+                                av[lane] += xrow[ix, lane] * grow[ox, lane]
+                            for lane in range(LANES):
+                                gxrow[ix, lane] += wv[lane] * grow[ox, lane]
+            # the block's inside (zeros where cropped) as (H, W, LANES), then back to the planes
+            for iy in range(H):
+                for j in range(W):
+                    if iy < rows and j < cols:
+                        hb[iy, j, :] = gxb[iy + pt, j + pl, :]
+                    else:
+                        hb[iy, j, :] = 0
+            _block_into_planes(hb.reshape(hb.size), HW, lanes, lane_offs, gx.reshape(gx.size),
+                               x0)

@@ -336,14 +336,14 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
 
     from convlayers.functional._compiled import kernels
 
-    seen: list[int] = []
+    seen: list[int | str] = []
     k = kernels()
     for module, name in ((k.pooling, "max_pool2d"), (k.implicit, "implicit_forward"),
-                         (k.pooling, "adaptive_avg2d")):
+                         (k.pooling, "adaptive_avg2d"), (k.pooling, "global_avg_serial")):
         real = getattr(module, name)
 
-        def spy(*args: object, real: object = real) -> object:
-            seen.append(numba.get_num_threads())
+        def spy(*args: object, real: object = real, name: str = name) -> object:
+            seen.append("serial" if name.endswith("_serial") else numba.get_num_threads())
             return real(*args)  # type: ignore[operator]
 
         monkeypatch.setattr(module, name, spy)
@@ -361,8 +361,10 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
         # pooling has its own threshold, in taps: 131k taps (under serial_macs) use both threads
         F.max_pool2d(random_array(rng, (2, 16, 64, 64), np.float32), 2)
         F.adaptive_avg_pool2d(random_array(rng, (2, 24, 50, 50), np.float32), 1)
+        F.adaptive_avg_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 2)
+        # small global pooling: the serial kernel, no parallel region at all
         F.adaptive_avg_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 1)
-        assert seen == [1, 1, 2, 2, 2, 1]
+        assert seen == [1, 1, 2, 2, 2, 1, "serial"]
 
 
 def test_float64_fast_paths_stay_float64() -> None:

@@ -72,6 +72,8 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         a = F.adaptive_avg_pool2d(x, 3)
         F.adaptive_avg_pool_backward(np.ones_like(a), x)
         F.adaptive_max_pool2d(x, 2, return_indices=True)
+        F.adaptive_avg_pool2d(x, 1)  # global pooling of a small input: the serial kernels
+        F.adaptive_max_pool2d(x, 1, return_indices=True)
 
     def value_check() -> None:  # the engine's inf/NaN check of large arrays
         with config.engine_settings(parallel_check_elements=0, force="lowered"):

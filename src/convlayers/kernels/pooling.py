@@ -508,30 +508,42 @@ def adaptive_avg2d(x, rlo, rhi, clo, chi, out):
 
     ``x`` is C-contiguous: a window as wide as the plane is one run of memory, summed in one
     loop of blocks (a loop per row of a small plane cost 3x as much: short rows do not
-    vectorise)."""
+    vectorise). Narrower windows sum the rows of each output row's window column by column
+    first (8x8 windows of 56x56 maps: 2.7x torch's time window by window)."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
     flat = x.reshape(P, H * W)
     zero = np.zeros(1, dtype=x.dtype)[0]
+    whole_rows = Wo == 1 and clo[0] == 0 and chi[0] == W
     for p in prange(P):
+        if whole_rows:  # each window one run of memory
+            for i in range(Ho):
+                r0, r1 = rlo[i], rhi[i]
+                run = flat[p, r0 * W:r1 * W]
+                s = 0.0
+                for b0 in range(0, run.size, _RUN_BLOCK):
+                    block = run[b0:b0 + _RUN_BLOCK]
+                    part = zero  # blocks summed in x's dtype (8 lanes wide) into float64
+                    for c in range(block.size):
+                        part += block[c]
+                    s += part
+                out[p, i, 0] = s / ((r1 - r0) * W)
+            continue
+        # the window rows' sums per column (whole rows: vector adds), then each window's
+        # columns of them; window by window, a loop of a few taps per row ran 3.5 ns a tap
+        sums = np.empty(W, dtype=np.float64)
         for i in range(Ho):
             r0, r1 = rlo[i], rhi[i]
+            for c in range(W):
+                sums[c] = x[p, r0, c]
+            for r in range(r0 + 1, r1):
+                for c in range(W):
+                    sums[c] += x[p, r, c]
             for j in range(Wo):
                 c0, c1 = clo[j], chi[j]
                 s = 0.0
-                if c0 == 0 and c1 == W:
-                    run = flat[p, r0 * W:r1 * W]
-                    for b0 in range(0, run.size, _RUN_BLOCK):
-                        block = run[b0:b0 + _RUN_BLOCK]
-                        part = zero  # blocks summed in x's dtype (8 lanes wide) into float64
-                        for c in range(block.size):
-                            part += block[c]
-                        s += part
-                else:
-                    for r in range(r0, r1):
-                        row = x[p, r, c0:c1]
-                        for c in range(c1 - c0):
-                            s += row[c]
+                for c in range(c0, c1):
+                    s += sums[c]
                 out[p, i, j] = s / ((r1 - r0) * (c1 - c0))
 
 

@@ -273,8 +273,15 @@ class EngineSettings:
     #: Pooling calls (and their backward) reading fewer input elements than this, counting each
     #: tap of each window, run on one thread. A tap costs a pooling kernel ~1-4 ns against ~0.05
     #: ns for a multiply-add of the tiled GEMM, so :attr:`serial_macs` kept 2-8 ms of pooling on
-    #: one core (global average pooling of a 1M-element input ran 3.7x torch's time).
-    serial_pool_taps: int = 100_000
+    #: one core (global average pooling of a 1M-element input ran 3.7x torch's time). At 100k
+    #: (the nineteenth session's start), 26 random max/average/adaptive pools of 500-100k
+    #: input elements ran on two threads 1.00x the one-thread time below 10k elements and
+    #: 0.67-0.88x (geo-means) from 10k.
+    serial_pool_taps: int = 10_000
+    #: Global pooling (one output per plane) of fewer input elements than this runs the serial
+    #: kernels (``global_max_serial``, ``global_avg_serial``), without a parallel region: on 5
+    #: inputs of 25k-100k elements they took 0.4-0.8x the two-thread kernels' time.
+    global_pool_serial_taps: int = 100_000
     #: Arrays of at least this many elements are checked for inf and NaN (before strategies
     #: that multiply them by zero padding) on every thread, in one pass; smaller ones by NumPy's
     #: ``max`` and ``min``, whose two single-core passes took 3 ms on an 11 MiB weight.

@@ -149,10 +149,10 @@ def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarra
 
 def _global_serial(x: np.ndarray, out: tuple[int, ...]) -> bool:
     """Whether a call is global pooling (one output per plane) small enough for the serial
-    kernels: fewer taps than ``config.engine.serial_pool_taps``, where the parallel kernels'
-    thread switch and region cost more than the scan (global max pooling of 1x6x15x15 took
-    15 us, of 15x18x10x10 77 us, where torch takes 5 and 22)."""
-    return all(o == 1 for o in out) and x.size < config.engine.serial_pool_taps
+    kernels: fewer taps than ``config.engine.global_pool_serial_taps``, where the parallel
+    kernels' thread switch and region cost more than the scan (global max pooling of
+    1x6x15x15 took 15 us, of 15x18x10x10 77 us, where torch takes 5 and 22)."""
+    return all(o == 1 for o in out) and x.size < config.engine.global_pool_serial_taps
 
 
 def _pooling() -> Any:

@@ -501,6 +501,20 @@ def scatter_add_planes(gy, idx, gx):
 _RUN_BLOCK = 256
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"}, inline="always")
+def _run_sum(run, zero):
+    """The float64 sum of a contiguous run, in blocks of :data:`_RUN_BLOCK` summed in the run's
+    dtype (8 lanes wide; ``zero`` of that dtype)."""
+    s = 0.0
+    for b0 in range(0, run.size, _RUN_BLOCK):
+        block = run[b0:b0 + _RUN_BLOCK]
+        part = zero
+        for c in range(block.size):
+            part += block[c]
+        s += part
+    return s
+
+
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def adaptive_avg2d(x, rlo, rhi, clo, chi, out):
     """``out[p, i, j]`` = mean of ``x[p, rlo[i]:rhi[i], clo[j]:chi[j]]`` (``x (P, H, W)``),
@@ -519,15 +533,7 @@ def adaptive_avg2d(x, rlo, rhi, clo, chi, out):
         if whole_rows:  # each window one run of memory
             for i in range(Ho):
                 r0, r1 = rlo[i], rhi[i]
-                run = flat[p, r0 * W:r1 * W]
-                s = 0.0
-                for b0 in range(0, run.size, _RUN_BLOCK):
-                    block = run[b0:b0 + _RUN_BLOCK]
-                    part = zero  # blocks summed in x's dtype (8 lanes wide) into float64
-                    for c in range(block.size):
-                        part += block[c]
-                    s += part
-                out[p, i, 0] = s / ((r1 - r0) * W)
+                out[p, i, 0] = _run_sum(flat[p, r0 * W:r1 * W], zero) / ((r1 - r0) * W)
             continue
         # the window rows' sums per column (whole rows: vector adds), then each window's
         # columns of them; window by window, a loop of a few taps per row ran 3.5 ns a tap
@@ -737,15 +743,6 @@ def global_avg_serial(x, out):
     """``out[p]`` = the mean of row ``p`` of ``x (P, L)`` (C-contiguous), summed as
     :func:`adaptive_avg2d` sums a window as wide as the plane (blocks in ``x``'s dtype into
     float64); on the calling thread, for global pooling of small inputs."""
-    P, L = x.shape
     zero = np.zeros(1, dtype=x.dtype)[0]
-    for p in range(P):
-        row = x[p]
-        s = 0.0
-        for b0 in range(0, L, _RUN_BLOCK):
-            block = row[b0:b0 + _RUN_BLOCK]
-            part = zero
-            for c in range(block.size):
-                part += block[c]
-            s += part
-        out[p] = s / L
+    for p in range(x.shape[0]):
+        out[p] = _run_sum(x[p], zero) / x.shape[1]

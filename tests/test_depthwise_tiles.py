@@ -20,9 +20,10 @@ from oracle import assert_close, random_array, torch_grads
 
 @pytest.mark.parametrize("strategy", ["depthwise-channels-last", "depthwise-planar"])
 def test_depthwise_register_tiles_cover_every_row_and_lane_edge(strategy: str) -> None:
-    """The channels-last tiles compute 8 pixels of a row by one vector of lanes, the planar
+    """The channels-last tiles compute 8 consecutive output pixels (row-major, across rows) by
+    one vector of lanes, a block's last 1-7 pixels in tiles of 8, 4, 2 or 1; the planar
     ones 8 or 4 vectors of a flat plane (forward and input gradient): rows of 1-17 outputs
-    (a partial last tile, or none), planes of one to several tiles, channel counts that end
+    and planes whose pixel counts leave every remainder modulo 8, channel counts that end
     inside a vector, inside a block or on a block's edge, strides, dilations and kernels that
     are not square, with and without bias, several images (the scratch reused): torch's
     output, and non-finite values only where torch has them."""
@@ -61,37 +62,42 @@ def test_depthwise_register_tiles_cover_every_row_and_lane_edge(strategy: str) -
 
 
 @pytest.mark.parametrize("case", range(6))
-def test_channels_last_block_that_crops_the_map(case: int) -> None:
-    """A stride that does not end on the map's last rows or columns leaves them out of the
-    channels-last block (no tap reads them): the kept rows are copied a vector of positions by
-    a vector of lanes at a time, the ragged ends of rows and of channels one element at a
-    time. Widths past and below a vector, channel counts inside a vector and past a block,
-    cropped rows, columns or both; forward and both gradients against torch."""
+def test_channels_last_block_holds_rows_no_tap_reads(case: int) -> None:
+    """A stride that does not end on the map's last rows or columns leaves some no tap reads;
+    the channels-last block holds them anyway (the whole map, copied a vector of positions by
+    a vector of lanes at a time, the ragged ends one element at a time), and an inf or NaN
+    there must not reach any output. Widths past and below a vector, channel counts inside a
+    vector and past a block, unread rows, columns or both; forward and both gradients against
+    torch, non-finite exactly where torch's are."""
     rng = np.random.default_rng(40 + case)
     c, h, w_in, (kh, kw), (sh, sw), (pt, pl) = [
-        (70, 22, 38, (3, 3), (3, 3), (0, 0)),  # rows and columns cropped
-        (33, 9, 22, (5, 3), (2, 2), (1, 0)),  # columns cropped
-        (129, 14, 18, (3, 3), (3, 1), (0, 1)),  # rows cropped, full width
+        (70, 22, 38, (3, 3), (3, 3), (0, 0)),  # rows and columns unread
+        (33, 9, 22, (5, 3), (2, 2), (1, 0)),  # columns unread
+        (129, 14, 18, (3, 3), (3, 1), (0, 1)),  # rows unread, full width
         (16, 7, 40, (2, 4), (2, 3), (0, 0)),  # one vector of lanes
         (5, 30, 31, (3, 5), (3, 2), (1, 2)),  # fewer lanes than a vector
-        (100, 11, 18, (1, 3), (1, 3), (0, 1)),  # 17 kept columns: a vector and one more
+        (100, 11, 18, (1, 3), (1, 3), (0, 1)),  # 17 read columns: a vector and one more
     ][case]
     x = random_array(rng, (2, c, h, w_in), np.float32)
+    x[0, c - 1, h - 1, w_in - 1] = np.inf  # the last pixel: unread in every case
+    x[1, 0, h - 1, w_in - 1] = np.nan
     w = random_array(rng, (c, 1, kh, kw), np.float32)
     b = random_array(rng, (c,), np.float32)
     args = dict(stride=(sh, sw), padding=(pt, pl), groups=c)
     with config.engine_settings(force="depthwise-channels-last"):
         ours = F.conv2d(x, w, b, **args)
-        expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
-                             **args).numpy()
-        assert_close(ours, expected, f"case {case}")
         _, g, (tgx, tgw, _) = torch_grads(lambda *t: tF.conv2d(*t, **args), [x, w, b], case)
         gx, gw, _ = F.conv_backward(g, x, w, with_bias=True, **args)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                         **args).numpy()
+    assert np.isfinite(expected).all()
+    assert_close(ours, expected, f"case {case}")
+    assert np.isfinite(gw).all() and np.isfinite(gx).all()
     assert_close(gx, tgx, f"case {case} input gradient")
     assert_close(gw, tgw, f"case {case} weight gradient")
     ho = (h + 2 * pt - kh) // sh + 1
     wo = (w_in + 2 * pl - kw) // sw + 1
-    assert h + pt > (ho - 1) * sh + kh or w_in + pl > (wo - 1) * sw + kw  # it crops
+    assert h + pt > (ho - 1) * sh + kh or w_in + pl > (wo - 1) * sw + kw  # some are unread
 
 
 def test_channels_last_weight_gradient_keeps_inf_out_of_the_padding() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._compiled import _numba_threads, kernels
-from convlayers.functional._engine_shared import _bias_arg, _finite, _quiet
+from convlayers.functional._engine_shared import _bias_arg, _finite, _quiet, aligned_empty
 from convlayers.functional.plan import Geometry
 
 
@@ -42,11 +42,12 @@ def _fwd_depthwise_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray 
     out = np.empty((g.n, g.c_out, g.ho, g.wo), dtype=x.dtype)
     threads = _numba_threads()
     padded, result, cb = k.depthwise_nhwc.channels_last_shapes(
-        threads, g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
+        threads, g.c_in, (g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
+        (g.dh, g.dw))
     taps, shift = channels_last_taps(w.reshape(g.c_out, g.kh, g.kw), bias, cb, x.dtype)
     k.depthwise_nhwc.depthwise_channels_last(x, taps, shift, g.sh, g.sw, g.dh, g.dw, g.pt,
-                                             g.pl, threads, np.empty(padded, x.dtype),
-                                             np.empty(result, x.dtype), out)
+                                             g.pl, threads, aligned_empty(padded, x.dtype),
+                                             aligned_empty(result, x.dtype), out)
     return out
 
 
@@ -58,14 +59,16 @@ def _bwd_depthwise_channels_last(x: np.ndarray, gy: np.ndarray, w: np.ndarray,
     k = kernels()
     threads = _numba_threads()
     padded, result, cb = k.depthwise_nhwc.channels_last_shapes(
-        threads, g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
+        threads, g.c_in, (g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
+        (g.dh, g.dw))
     taps, _ = channels_last_taps(w.reshape(g.c_out, g.kh, g.kw), None, cb, x.dtype)
     gx = np.empty(x.shape, dtype=x.dtype)
     part = np.empty((threads, g.kh, g.kw, cb), dtype=x.dtype)
     k.depthwise_nhwc.depthwise_channels_last_backward(
         x, np.ascontiguousarray(gy), taps, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
-        np.empty(padded, x.dtype), np.empty(result, x.dtype), np.empty(padded, x.dtype),
-        np.empty((threads, g.h, g.w, padded[3]), x.dtype), gx, part)
+        aligned_empty(padded, x.dtype), aligned_empty(result, x.dtype),
+        aligned_empty(padded, x.dtype), aligned_empty((threads, g.h, g.w, padded[3]), x.dtype),
+        gx, part)
     if config.engine.check_values and not _finite(part):
         # the taps that fall on the block's zero padding meet an inf or NaN output gradient
         # there (0 * inf): the row kernels read by bounds

@@ -51,6 +51,28 @@ def _finite(a: np.ndarray) -> bool:
     return bool(np.isfinite(magnitude(a)))
 
 
+#: Alignment of the kernels' scratch: a cache line, so that whole-vector loads never straddle
+#: two.
+SCRATCH_ALIGN = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a :data:`SCRATCH_ALIGN`-byte
+    boundary. NumPy's own allocations start 16 bytes apart, so a kernel's 64-byte vector loads
+    at multiples of its scratch rows straddled cache lines: the channels-last depthwise block
+    ran 1.15-1.5x as long in a misaligned scratch.
+
+    >>> a = aligned_empty((3, 5), np.float32)
+    >>> a.shape, a.ctypes.data % SCRATCH_ALIGN
+    ((3, 5), 0)
+    """
+    dt = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(count * dt.itemsize + SCRATCH_ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % SCRATCH_ALIGN
+    return raw[start:start + count * dt.itemsize].view(dt).reshape(shape)
+
+
 def _as_4d(a: np.ndarray) -> np.ndarray:
     """A 1-D problem ``(N, C, L)`` as 2-D ``(N, C, 1, L)``; contiguous for the kernels."""
     return np.ascontiguousarray(a if a.ndim == 4 else a[:, :, None, :])

@@ -390,18 +390,20 @@ def _dense(g: Geometry, pass_: str) -> str:
     return "implicit" if _implicit_pays(g, pass_) else "lowered"
 
 
-def channels_last_fits(channels: int, out_hw: tuple[int, int], kernel: tuple[int, int],
+def channels_last_fits(channels: int, in_hw: tuple[int, int], pad: tuple[int, int],
+                       out_hw: tuple[int, int], kernel: tuple[int, int],
                        stride: tuple[int, int], dilation: tuple[int, int], itemsize: int,
                        backward: bool = False, images: int = 1) -> bool:
     """Whether a depthwise forward (no multiplier) of ``images`` times ``channels`` output
-    planes ``out_hw`` runs channels-last (or its gradients, when ``backward``): planes of at
+    planes ``out_hw`` (of input maps ``in_hw`` padded ``pad`` rows above and columns left)
+    runs channels-last (or its gradients, when ``backward``): planes of at
     most ``channels_last_pixels`` (``channels_last_backward_pixels``) pixels,
     ``channels_last_channels`` or more planes in all, and a block's padded input within
     ``planar_bytes`` (a large stride reaches far for few outputs)."""
     from convlayers.kernels.depthwise_nhwc import channels_last_shapes
 
     e = config.engine
-    padded = channels_last_shapes(1, channels, out_hw, kernel, stride, dilation)[0]
+    padded = channels_last_shapes(1, channels, in_hw, pad, out_hw, kernel, stride, dilation)[0]
     pixels = e.channels_last_backward_pixels if backward else e.channels_last_pixels
     return (images * channels >= e.channels_last_channels
             and out_hw[0] * out_hw[1] <= pixels
@@ -420,8 +422,8 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
     e = config.engine
     if pass_ == "forward":
         if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
-                g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize,
-                images=g.n):
+                g.c_in, (g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
+                (g.dh, g.dw), g.itemsize, images=g.n):
             s = _CHANNELS_LAST
         elif g.c_in_g == 1:
             s = _depthwise(g)
@@ -435,8 +437,8 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
         return s, s
     if pass_ == "backward":
         if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
-                g.c_in, (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.itemsize,
-                backward=True, images=g.n):
+                g.c_in, (g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
+                (g.dh, g.dw), g.itemsize, backward=True, images=g.n):
             return _CHANNELS_LAST, _CHANNELS_LAST
         if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
                 and g.c_out_g >= e.winograd_min_channels and _wide_default(

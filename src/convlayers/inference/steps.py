@@ -81,7 +81,8 @@ class Depthwise(_Conv):
         self.taps = np.ascontiguousarray(node.attrs["weight"][:, 0], dtype)
         from convlayers.functional.plan import channels_last_fits
 
-        self.last = channels_last_fits(self.c_in, (self.ho, self.wo), (self.kh, self.kw),
+        self.last = channels_last_fits(self.c_in, (self.h, self.w), (self.pt, self.pl),
+                                       (self.ho, self.wo), (self.kh, self.kw),
                                        (self.sh, self.sw), (self.dh, self.dw),
                                        dtype.itemsize)  # the engine's rule
         if self.last:
@@ -95,8 +96,9 @@ class Depthwise(_Conv):
         from convlayers.kernels.depthwise_nhwc import channels_last_shapes
 
         return channels_last_shapes(numba.config.NUMBA_NUM_THREADS,  # type: ignore[attr-defined]
-                                    self.c_in, (self.ho, self.wo), (self.kh, self.kw),
-                                    (self.sh, self.sw), (self.dh, self.dw))
+                                    self.c_in, (self.h, self.w), (self.pt, self.pl),
+                                    (self.ho, self.wo), (self.kh, self.kw), (self.sh, self.sw),
+                                    (self.dh, self.dw))
 
     def scratch_elements(self, n: int) -> int:
         if not self.last:

@@ -10,10 +10,13 @@ multiply-adds of ``LANES`` lanes in registers (one vector on AVX2), and the ``(H
 result goes back to the planes. The scratch of a unit is a few KiB, so it stays in L1.
 
 The multiply-adds run in register tiles (:func:`_pixels_tile`, LLVM vector code as in
-:mod:`convlayers.kernels.simd`): ``PIXELS`` output pixels of one row (of one column when the
-map is narrower than it is tall, so few pixels are computed twice) by one vector of lanes,
-the accumulators held in registers over all ``kh*kw`` taps, each tap one weight vector load
-and one input vector load per pixel. Accumulating in the scratch instead loaded and stored
+:mod:`convlayers.kernels.simd`): ``PIXELS`` output pixels, consecutive in row-major order (a
+tile may run over into the next row), by one vector of lanes, the accumulators held in
+registers over all ``kh*kw`` taps, each tap one weight vector load and one input vector load
+per pixel; a block's last few pixels take the smallest of the tiles of 4, 2 or 1 pixels that
+holds them. Tiles of one row's (or one column's) pixels computed 8 pixels for 2 on a 2x2
+output (4x the work: 64 channels of 10x10, 5x5 stride 3, ran 0.36-0.42 ns a tap and output
+lane against 0.09-0.14 at stride 1). Accumulating in the scratch instead loaded and stored
 every accumulator at every tap (three memory operations per multiply-add).
 
 The copies into and out of the block are transposes: a vector of lanes' planes at a time,
@@ -50,98 +53,117 @@ LANES = 64
 PIXELS = 8
 
 
-def _emit_pixels_tile(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-    """``ob[y_p, x_p, v0 : v0 + n] = bias[c0 + v0 :] + sum over taps (a, b) of
-    wt[a, b, c0 + v0 :] * xb[y_p*sh + a*dh, x_p*sw + b*dw, v0 :]`` for the pixels ``p < npx``
-    (``npx <= PIXELS``) at ``(y_p, x_p) = (oy, ox0 + p)``, or ``(oy + p, ox0)`` when ``down``
-    (a column of a narrow map); ``n`` the lanes of one vector; C-contiguous ``xb (Hp, Wp, L)``,
-    ``wt (kh, kw, Cb)``, ``bias (Cb,)``, ``ob (Ho, Wo, L)``. Pixels past ``npx`` compute the
-    last real one again and are not stored."""
-    xt, wtt, bt, ot = signature.args[:4]
-    xa, wa, ba, oa = (context.make_array(t)(context, builder, a)
-                      for t, a in zip((xt, wtt, bt, ot), args[:4], strict=True))
-    oy, ox0, npx, c0, v0, sh, sw, dh, dw, down = args[4:14]
-    itemsize = context.get_abi_sizeof(context.get_value_type(xt.dtype))
-    lanes = VECTOR_BYTES // itemsize
-    vec = ir.VectorType(ir.FloatType() if itemsize == 4 else ir.DoubleType(), lanes)
-    vptr = vec.as_pointer()
-    intp = context.get_value_type(types.intp)
-    name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                         f"llvm.fma.{name}")
+def _tile_emitter(pixels: int) -> Any:
+    """The code generator of a register tile of ``pixels`` output pixels (see
+    :func:`_pixels_tile`)."""
 
-    def const(value: int) -> Any:
-        return ir.Constant(intp, value)
+    def emit(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        """``ob[q, v0 : v0 + n] = bias[c0 + v0 :] + sum over taps (a, b) of wt[a, b, c0 + v0 :]
+        * xb[pix[q] + a*dh*Wp*L + b*dw*L + v0 :]`` for the output pixels ``q = p0 .. p0 + npx``
+        (``npx <= pixels``; ``ob``, ``xb`` flat, ``L`` the block's lanes, ``pix[q]`` pixel
+        ``q``'s tap ``(0, 0)`` in ``xb``), ``n`` the lanes of one vector. Pixels past ``npx``
+        compute the last real one again and are not stored."""
+        xt, wtt, bt, ot, pt_ = signature.args[:5]
+        xa, wa, ba, oa, pa = (context.make_array(t)(context, builder, a)
+                              for t, a in zip((xt, wtt, bt, ot, pt_), args[:5], strict=True))
+        p0, npx, c0, v0, dh, dw = args[5:11]
+        itemsize = context.get_abi_sizeof(context.get_value_type(xt.dtype))
+        lanes = VECTOR_BYTES // itemsize
+        vec = ir.VectorType(ir.FloatType() if itemsize == 4 else ir.DoubleType(), lanes)
+        vptr = vec.as_pointer()
+        intp = context.get_value_type(types.intp)
+        name = f"v{lanes}{'f32' if itemsize == 4 else 'f64'}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                             f"llvm.fma.{name}")
 
-    def strides(arr: Any) -> list[Any]:  # in elements
-        return [builder.sdiv(s, const(itemsize)) for s in cgutils.unpack_tuple(builder,
-                                                                             arr.strides)]
+        def const(value: int) -> Any:
+            return ir.Constant(intp, value)
 
-    def load(arr: Any, offset: Any) -> Any:
-        return builder.load(builder.bitcast(builder.gep(arr.data, [offset]), vptr), align=itemsize)
+        def strides(arr: Any) -> list[Any]:  # in elements
+            return [builder.sdiv(s, const(itemsize))
+                    for s in cgutils.unpack_tuple(builder, arr.strides)]
 
-    xs0, xs1, _ = strides(xa)
-    ws0, ws1, _ = strides(wa)
-    os0, os1, _ = strides(oa)
-    kh, kw = cgutils.unpack_tuple(builder, wa.shape)[:2]
-    last = builder.sub(npx, const(1))
-    steps = [builder.select(builder.icmp_signed("<", const(p), npx), const(p), last)
-             for p in range(PIXELS)]
-    is_down = builder.icmp_signed("!=", down, const(0))
-    ys = [builder.select(is_down, builder.add(oy, step), oy) for step in steps]
-    xs = [builder.select(is_down, ox0, builder.add(ox0, step)) for step in steps]
-    lane0 = builder.add(c0, v0)
-    accs = [cgutils.alloca_once(builder, vec) for _ in range(PIXELS)]
-    start = load(ba, lane0)
-    for acc in accs:
-        builder.store(start, acc)
-    # pixel p's input at tap (0, 0), in elements of the scratch
-    x_pixels = [builder.add(builder.add(builder.mul(builder.mul(y, sh), xs0),
-                                        builder.mul(builder.mul(x, sw), xs1)), v0)
-                for y, x in zip(ys, xs, strict=True)]
-    with cgutils.for_range(builder, kh) as rows:
-        a = rows.index
-        x_row = builder.mul(builder.mul(a, dh), xs0)
-        w_row = builder.add(builder.mul(a, ws0), lane0)
-        with cgutils.for_range(builder, kw) as taps:
-            b = taps.index
-            w = load(wa, builder.add(w_row, builder.mul(b, ws1)))
-            shift = builder.add(x_row, builder.mul(builder.mul(b, dw), xs1))
-            for p in range(PIXELS):
-                x = load(xa, builder.add(shift, x_pixels[p]))
-                builder.store(builder.call(fma, [w, x, builder.load(accs[p])]), accs[p])
-    for p in range(PIXELS):
-        with builder.if_then(builder.icmp_signed("<", const(p), npx)):
-            at = builder.add(builder.add(builder.mul(ys[p], os0), builder.mul(xs[p], os1)), v0)
-            builder.store(builder.load(accs[p]),
-                          builder.bitcast(builder.gep(oa.data, [at]), vptr), align=itemsize)
-    return context.get_dummy_value()
+        def load(arr: Any, offset: Any) -> Any:
+            return builder.load(builder.bitcast(builder.gep(arr.data, [offset]), vptr),
+                                align=itemsize)
 
+        xs0, xs1, _ = strides(xa)
+        ws0, ws1, _ = strides(wa)
+        kh, kw = cgutils.unpack_tuple(builder, wa.shape)[:2]
+        last = builder.sub(npx, const(1))
+        qs = [builder.add(p0, builder.select(builder.icmp_signed("<", const(p), npx), const(p),
+                                             last)) for p in range(pixels)]
+        lane0 = builder.add(c0, v0)
+        accs = [cgutils.alloca_once(builder, vec) for _ in range(pixels)]
+        start = load(ba, lane0)
+        for acc in accs:
+            builder.store(start, acc)
+        x_pixels = [builder.add(builder.load(builder.gep(pa.data, [q])), v0) for q in qs]
+        with cgutils.for_range(builder, kh) as rows:
+            a = rows.index
+            x_row = builder.mul(builder.mul(a, dh), xs0)
+            w_row = builder.add(builder.mul(a, ws0), lane0)
+            with cgutils.for_range(builder, kw) as taps:
+                b = taps.index
+                w = load(wa, builder.add(w_row, builder.mul(b, ws1)))
+                shift = builder.add(x_row, builder.mul(builder.mul(b, dw), xs1))
+                for p in range(pixels):
+                    x = load(xa, builder.add(shift, x_pixels[p]))
+                    builder.store(builder.call(fma, [w, x, builder.load(accs[p])]), accs[p])
+        for p in range(pixels):
+            with builder.if_then(builder.icmp_signed("<", const(p), npx)):
+                at = builder.add(builder.mul(qs[p], xs1), v0)  # ob's pixels are LANES apart too
+                builder.store(builder.load(accs[p]),
+                              builder.bitcast(builder.gep(oa.data, [at]), vptr), align=itemsize)
+        return context.get_dummy_value()
 
-@intrinsic
-def _pixels_tile(typingctx: Any, xb: Any, wt: Any, bias: Any, ob: Any, oy: Any, ox0: Any,
-                 npx: Any, c0: Any, v0: Any, sh: Any, sw: Any, dh: Any, dw: Any,
-                 down: Any) -> Any:
-    """The register tile of :func:`_emit_pixels_tile` (C-contiguous float arrays of one
-    dtype: 3-D scratch and taps, 1-D bias)."""
-    arrays = (xb, wt, bias, ob)
-    if not all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == xb.dtype
-               and a.dtype in (types.float32, types.float64) for a in arrays):
-        return None
-    if (xb.ndim, wt.ndim, bias.ndim, ob.ndim) != (3, 3, 1, 3):
-        return None
-    return types.void(xb, wt, bias, ob, *([types.intp] * 10)), _emit_pixels_tile
+    return emit
 
 
-def channels_last_shapes(threads, c, out_hw, kernel, stride, dilation):
+def _tile_intrinsic(pixels: int) -> Any:
+    emit = _tile_emitter(pixels)
+
+    def typer(typingctx: Any, xb: Any, wt: Any, bias: Any, ob: Any, pix: Any, p0: Any,
+              npx: Any, c0: Any, v0: Any, dh: Any, dw: Any) -> Any:
+        arrays = (xb, wt, bias, ob)
+        if not all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == xb.dtype
+                   and a.dtype in (types.float32, types.float64) for a in arrays):
+            return None
+        if (xb.ndim, wt.ndim, bias.ndim, ob.ndim) != (3, 3, 1, 3):
+            return None
+        if not (isinstance(pix, types.Array) and pix.ndim == 1 and pix.dtype == types.int64):
+            return None
+        return types.void(xb, wt, bias, ob, pix, *([types.intp] * 6)), emit
+
+    typer.__name__ = f"_pixels_tile{pixels}"
+    return intrinsic(typer)
+
+
+#: Register tiles of 8, 4, 2 and 1 output pixels (C-contiguous float arrays of one dtype:
+#: 3-D scratch, taps and result block, 1-D bias; int64 pixel offsets): a block's pixels in
+#: tiles of :data:`PIXELS`, its last few in the smallest tile that holds them.
+_pixels_tile = _tile_intrinsic(PIXELS)
+_pixels_tile4 = _tile_intrinsic(4)
+_pixels_tile2 = _tile_intrinsic(2)
+_pixels_tile1 = _tile_intrinsic(1)
+
+
+def channels_last_shapes(threads, c, in_hw, pad, out_hw, kernel, stride, dilation):
     """``(padded, result, lanes)``: the shapes of the per-thread scratch of
-    :func:`depthwise_channels_last`, ``(threads, Hp, Wp, LANES)`` (the padded rows and columns
-    some tap reads: nothing past them is copied) and ``(threads, Ho, Wo, LANES)``, and how many
-    channels the taps and bias take: ``c + LANES``, the channels repeated (a block of planes
-    that starts at channel ``c0`` reads ``c0 .. c0 + LANES``)."""
-    (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
-    hp = (ho - 1) * sh + (kh - 1) * dh + 1
-    wp = (wo - 1) * sw + (kw - 1) * dw + 1
+    :func:`depthwise_channels_last`, ``(threads, Hp, Wp, LANES)`` and ``(threads, Ho, Wo,
+    LANES)``, and how many channels the taps and bias take: ``c + LANES``, the channels
+    repeated (a block of planes that starts at channel ``c0`` reads ``c0 .. c0 + LANES``).
+
+    The padded block holds the rows and columns some tap reads and the whole input map
+    ``in_hw`` at ``pad = (top, left)``: a stride that does not end on the map's last row or
+    column leaves up to ``stride - 1`` rows or columns no tap reads, and copying them too keeps
+    every copy a transpose of whole planes. Cropped, the copy ran one element at a time on maps
+    narrower than a vector (1.1-1.7 ns an element against 0.2-0.3: 220 images of 64 channels,
+    10x10, 5x5 stride 3, spent 2.2 ms of 2.5 in it)."""
+    (h, w), (pt, pl), (ho, wo), (kh, kw), (sh, sw), (dh, dw) = (in_hw, pad, out_hw, kernel,
+                                                                stride, dilation)
+    hp = max((ho - 1) * sh + (kh - 1) * dh + 1, h + pt)
+    wp = max((wo - 1) * sw + (kw - 1) * dw + 1, w + pl)
     return (threads, hp, wp, LANES), (threads, ho, wo, LANES), c + LANES
 
 
@@ -153,6 +175,16 @@ def _pixel_places(H, W, Wp, pt, pl):
     for p in range(H * W):
         places[p] = ((p // W + pt) * Wp + p % W + pl) * LANES
     return places
+
+
+@njit(cache=True, inline="always")
+def _output_taps(Ho, Wo, Wp, sh, sw):
+    """Each output pixel's tap ``(0, 0)`` in a padded block (``Wp`` pixels a row,
+    :data:`LANES` channels a pixel), pixels in row-major order."""
+    offs = np.empty(Ho * Wo, dtype=np.int64)
+    for q in range(Ho * Wo):
+        offs[q] = ((q // Wo) * sh * Wp + (q % Wo) * sw) * LANES
+    return offs
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -189,41 +221,6 @@ def _block_into_planes(src, count, lanes, lane_offs, dst, base):
             dst[base + lane_offs[lane] + q] = src[q * LANES + lane]
 
 
-@njit(cache=True, fastmath=True, inline="always")
-def _cropped_into_block(x, p0, lanes, pt, pl, offs, xb):
-    """Planes ``p0 .. p0+lanes`` of ``x`` (images and channels flattened) into the padded
-    block ``xb (Hp, Wp, LANES)`` when the block crops the map (the input rows and columns
-    past it, which no tap reads, are left out: a stride that does not end on the map's last
-    row or column): each kept row's positions a vector at a time, transposed in registers as
-    :func:`_planes_into_block` does (``offs``: :func:`_pixel_places` of the whole map), the
-    row's ragged end one element at a time. Copied one element at a time, lane by lane, the
-    copy took most of the layer: 470 channels of 114x29 at stride 3 ran 6.0 ms where torch
-    took 0.9."""
-    H, W = x.shape[2], x.shape[3]
-    Hp, Wp = xb.shape[0], xb.shape[1]
-    rows, cols = min(H, max(0, Hp - pt)), min(W, max(0, Wp - pl))
-    src, dst = x.reshape(x.size), xb.reshape(xb.size)
-    HW = H * W
-    base = p0 * HW
-    step = VECTOR_BYTES // x.itemsize
-    full = lanes - lanes % step
-    ends = cols - cols % step
-    for l0 in range(0, full, step):
-        for iy in range(rows):
-            q_row = iy * W
-            for x0 in range(0, ends, step):
-                transpose_vectors(src, base + l0 * HW + q_row + x0, HW, dst, offs, q_row + x0,
-                                  l0)
-            for ix in range(ends, cols):
-                for lane in range(l0, l0 + step):
-                    dst[offs[q_row + ix] + lane] = src[base + lane * HW + q_row + ix]
-    for lane in range(full, lanes):
-        for iy in range(rows):
-            for ix in range(cols):
-                q = iy * W + ix
-                dst[offs[q] + lane] = src[base + lane * HW + q]
-
-
 @njit(cache=True, inline="always")
 def _thread_planes(planes, threads, part, step):
     """``(first, stop)``: the planes of part ``part`` of ``threads``, whole vectors of ``step``
@@ -252,32 +249,29 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, threads, xt, ot
     but as blocks of 64 planes, 256 against 144)."""
     N, C, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
-    Hp, Wp = xt.shape[1], xt.shape[2]
+    Wp = xt.shape[2]
     step = VECTOR_BYTES // x.itemsize
-    # the orientation whose tiles compute fewer pixels (a tile's missing pixels repeat one)
-    down = Wo * -(-Ho // PIXELS) < Ho * -(-Wo // PIXELS)
     planes = N * C
     # zeroed once: every block writes the same interior (real lanes), so the padding stays
     # zero; lanes past a block's planes keep another block's values, computed, never stored
     xt[:] = 0
     P = Ho * Wo
-    # every input pixel lands in the block (none cropped): copied through the transposes
-    whole = H + pt <= Hp and W + pl <= Wp
     pixel_offs = _pixel_places(H, W, Wp, pt, pl)
     lane_offs = np.arange(LANES, dtype=np.int64) * P  # lane -> its output plane
+    tap_offs = _output_taps(Ho, Wo, Wp, sh, sw)
     for part in prange(threads):
         t = numba.get_thread_id()
         first, stop = _thread_planes(planes, threads, part, step)
         xb, ob = xt[t], ot[t]
         for p0 in range(first, stop, LANES):
             _channels_last_block(x, wt, bias, sh, sw, dh, dw, pt, pl, p0,
-                                 min(LANES, stop - p0), whole, down, pixel_offs, lane_offs, xb,
+                                 min(LANES, stop - p0), pixel_offs, lane_offs, tap_offs, xb,
                                  ob, out)
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _channels_last_block(x, wt, bias, sh, sw, dh, dw, pt, pl, p0, lanes, whole, down,
-                         pixel_offs, lane_offs, xb, ob, out):
+def _channels_last_block(x, wt, bias, sh, sw, dh, dw, pt, pl, p0, lanes, pixel_offs,
+                         lane_offs, tap_offs, xb, ob, out):
     """Planes ``p0 .. p0 + lanes`` of :func:`depthwise_channels_last`, in the block scratch
     ``xb (Hp, Wp, LANES)`` and ``ob (Ho, Wo, LANES)``."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -285,23 +279,24 @@ def _channels_last_block(x, wt, bias, sh, sw, dh, dw, pt, pl, p0, lanes, whole, 
     HW, P = H * W, Ho * Wo
     step = VECTOR_BYTES // x.itemsize
     c0 = p0 % C
-    if whole:  # the planes' positions a vector at a time, transposed in registers
-        _planes_into_block(x.reshape(x.size), p0 * HW, HW, lanes, pixel_offs,
-                           xb.reshape(xb.size))
-    else:
-        _cropped_into_block(x, p0, lanes, pt, pl, pixel_offs, xb)
-    if down:  # narrow maps: tiles run down the columns
-        for ox in range(Wo):
-            for oy0 in range(0, Ho, PIXELS):
-                npx = min(PIXELS, Ho - oy0)
-                for v0 in range(0, lanes, step):
-                    _pixels_tile(xb, wt, bias, ob, oy0, ox, npx, c0, v0, sh, sw, dh, dw, 1)
-    else:
-        for oy in range(Ho):
-            for ox0 in range(0, Wo, PIXELS):
-                npx = min(PIXELS, Wo - ox0)
-                for v0 in range(0, lanes, step):
-                    _pixels_tile(xb, wt, bias, ob, oy, ox0, npx, c0, v0, sh, sw, dh, dw, 0)
+    # the planes' positions a vector at a time, transposed in registers
+    _planes_into_block(x.reshape(x.size), p0 * HW, HW, lanes, pixel_offs, xb.reshape(xb.size))
+    # the output pixels in row-major order, PIXELS a tile across rows; the last few in the
+    # smallest tile that holds them
+    full = P - P % PIXELS
+    for q0 in range(0, full, PIXELS):
+        for v0 in range(0, lanes, step):
+            _pixels_tile(xb, wt, bias, ob, tap_offs, q0, PIXELS, c0, v0, dh, dw)
+    rest = P - full
+    for v0 in range(0, lanes, step):
+        if rest > 4:
+            _pixels_tile(xb, wt, bias, ob, tap_offs, full, rest, c0, v0, dh, dw)
+        elif rest > 2:
+            _pixels_tile4(xb, wt, bias, ob, tap_offs, full, rest, c0, v0, dh, dw)
+        elif rest == 2:
+            _pixels_tile2(xb, wt, bias, ob, tap_offs, full, rest, c0, v0, dh, dw)
+        elif rest == 1:
+            _pixels_tile1(xb, wt, bias, ob, tap_offs, full, rest, c0, v0, dh, dw)
     # back to the planes: a vector of pixels by a vector of lanes at a time
     _block_into_planes(ob.reshape(ob.size), P, lanes, lane_offs, out.reshape(out.size),
                        p0 * P)
@@ -329,14 +324,12 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
     N, C, H, W = x.shape
     Ho, Wo = gy.shape[2], gy.shape[3]
     kh, kw = wt.shape[0], wt.shape[1]
-    Hp, Wp = xt.shape[1], xt.shape[2]
+    Wp = xt.shape[2]
     planes = N * C
     threads = xt.shape[0]
     step = VECTOR_BYTES // x.itemsize
     gw[:] = 0
     xt[:] = 0
-    rows, cols = min(H, max(0, Hp - pt)), min(W, max(0, Wp - pl))
-    whole = H + pt <= Hp and W + pl <= Wp
     HW, P = H * W, Ho * Wo
     pixel_offs = _pixel_places(H, W, Wp, pt, pl)
     grad_offs = np.arange(P, dtype=np.int64) * LANES  # output pixel -> its place in the block
@@ -349,11 +342,8 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
             c0 = p0 % C
             lanes = min(LANES, stop - p0)
             x0, y0 = p0 * HW, p0 * P
-            if whole:
-                _planes_into_block(x.reshape(x.size), x0, HW, lanes, pixel_offs,
-                                   xb.reshape(xb.size))
-            else:
-                _cropped_into_block(x, p0, lanes, pt, pl, pixel_offs, xb)
+            _planes_into_block(x.reshape(x.size), x0, HW, lanes, pixel_offs,
+                               xb.reshape(xb.size))
             _planes_into_block(gy.reshape(gy.size), y0, P, lanes, grad_offs,
                                gb.reshape(gb.size))
             # past the block's planes: zero gradients (those lanes' taps fold onto real
@@ -373,12 +363,9 @@ def depthwise_channels_last_backward(x, gy, wt, sh, sw, dh, dw, pt, pl, xt, gt, 
                                 av[lane] += xrow[ix, lane] * grow[ox, lane]
                             for lane in range(LANES):
                                 gxrow[ix, lane] += wv[lane] * grow[ox, lane]
-            # the block's inside (zeros where cropped) as (H, W, LANES), then back to the planes
+            # the block's inside as (H, W, LANES), then back to the planes
             for iy in range(H):
                 for j in range(W):
-                    if iy < rows and j < cols:
-                        hb[iy, j, :] = gxb[iy + pt, j + pl, :]
-                    else:
-                        hb[iy, j, :] = 0
+                    hb[iy, j, :] = gxb[iy + pt, j + pl, :]
             _block_into_planes(hb.reshape(hb.size), HW, lanes, lane_offs, gx.reshape(gx.size),
                                x0)

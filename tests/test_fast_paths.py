@@ -330,8 +330,9 @@ def test_small_calls_on_one_thread_leave_numbas_settings_as_they_were() -> None:
 
 def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel of a small call sees one thread (the thread setting, applied when the kernels
-    load, once put it back inside the one-thread block), and a large one all of them: each
-    kernel is wrapped to read numba's public getter as it starts."""
+    load, once put it back inside the one-thread block) or runs on the calling thread alone
+    (small pooling), and a large one all of them: each kernel is wrapped to read numba's
+    public getter, or its serial flag, as it starts."""
     import numba
 
     from convlayers.functional._compiled import kernels
@@ -343,7 +344,9 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
         real = getattr(module, name)
 
         def spy(*args: object, real: object = real, name: str = name) -> object:
-            seen.append("serial" if name.endswith("_serial") else numba.get_num_threads())
+            # the adaptive kernels' last argument runs them on the calling thread alone
+            alone = name.endswith("_serial") or (name == "adaptive_avg2d" and args[-1] is True)
+            seen.append("serial" if alone else numba.get_num_threads())
             return real(*args)  # type: ignore[operator]
 
         monkeypatch.setattr(module, name, spy)
@@ -361,10 +364,11 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
         # pooling has its own threshold, in taps: 131k taps (under serial_macs) use both threads
         F.max_pool2d(random_array(rng, (2, 16, 64, 64), np.float32), 2)
         F.adaptive_avg_pool2d(random_array(rng, (2, 24, 50, 50), np.float32), 1)
+        # small adaptive pooling: no parallel region at all (the kernel's serial flag)
         F.adaptive_avg_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 2)
-        # small global pooling: the serial kernel, no parallel region at all
+        # small global pooling: the serial kernel
         F.adaptive_avg_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 1)
-        assert seen == [1, 1, 2, 2, 2, 1, "serial"]
+        assert seen == [1, 1, 2, 2, 2, "serial", "serial"]
 
 
 def test_float64_fast_paths_stay_float64() -> None:

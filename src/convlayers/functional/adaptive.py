@@ -55,24 +55,24 @@ def _bounds(length: int, out: int) -> list[tuple[int, int]]:
     return [((o * length) // out, -((-(o + 1) * length) // out)) for o in range(out)]
 
 
-def _check_passes(x: np.ndarray, out: tuple[int, ...], order: Any, op: str,
-                  indices: bool = False) -> None:
+def _check_passes(x_shape: tuple[int, ...], dtype: np.dtype, out: tuple[int, ...], order: Any,
+                  op: str, indices: bool = False) -> None:
     """Check the array after each axis's pass (and the output) against the memory cap, before
     the first is allocated: ``adaptive_avg_pool2d(x, 100000)`` asks for 40 GB. The messages are
     written only when a pass is over the cap (a model pools small maps every call)."""
     passes = list(order)
-    shape, largest = list(x.shape), 0
+    shape, largest = list(x_shape), 0
     for a in passes:
         shape[2 + a] = out[a]
         largest = max(largest, math.prod(shape))
-    if largest * max(x.dtype.itemsize, 8 if indices else 0) <= config.max_array_bytes():
+    if largest * max(dtype.itemsize, 8 if indices else 0) <= config.max_array_bytes():
         return
-    shape = list(x.shape)
+    shape = list(x_shape)
     for a in passes:
         shape[2 + a] = out[a]
         now = tuple(shape)
-        limits.check_elements(now, x.dtype, lambda: f"the output of {op} (shape {now} from "  # noqa: B023 (called at once)
-                              f"input shape {x.shape}, output_size {out})")
+        limits.check_elements(now, dtype, lambda: f"the output of {op} (shape {now} from "  # noqa: B023 (called at once)
+                              f"input shape {x_shape}, output_size {out})")
         if indices:
             limits.check_elements(now, np.int64, lambda: f"the indices of {op} (shape {now})")  # noqa: B023
 
@@ -147,20 +147,6 @@ def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarra
     return (*rows, *_bound_arrays(in_shape[-1], out[-1]))
 
 
-def _global_serial(x: np.ndarray, out: tuple[int, ...]) -> bool:
-    """Whether a call is global pooling (one output per plane) small enough for the serial
-    kernels: fewer taps than ``config.engine.global_pool_serial_taps``, where the parallel
-    kernels' thread switch and region cost more than the scan (global max pooling of
-    1x6x15x15 took 15 us, of 15x18x10x10 77 us, where torch takes 5 and 22)."""
-    return all(o == 1 for o in out) and x.size < config.engine.global_pool_serial_taps
-
-
-def _pooling() -> Any:
-    from convlayers.functional._compiled import loaded_kernels
-
-    return loaded_kernels().pooling
-
-
 def _compiled(work: int) -> Any:
     """The pooling kernels, with numba's threads applied (one thread for small work)."""
     from convlayers.functional._compiled import _threads_for, loaded_kernels
@@ -168,21 +154,95 @@ def _compiled(work: int) -> Any:
     return loaded_kernels().pooling, _threads_for(work, config.engine.serial_pool_taps)
 
 
+class _Plan:
+    """What one adaptive pooling call needs that depends only on its shapes and settings, worked
+    out once per (shape, dtype, output size, op, settings): a model pools the same shapes on
+    every call, and on small maps working it out took 10 of a call's 15 us (torch's whole call
+    took 5-7). ``kind`` is ``"numpy"`` (the axis-by-axis NumPy passes), ``"global"`` (the
+    serial global kernels), ``"rows"`` or ``"columns"`` (the compiled window kernels)."""
+
+    __slots__ = ("final", "kind", "out", "planes", "rows", "scratch", "serial", "windows",
+                 "y_shape")
+
+    def __init__(self, x_shape: tuple[int, ...], dtype: np.dtype, output_size: OutputSize,
+                 n: int, op: str, indices: bool) -> None:
+        in_shape = x_shape[2:]
+        self.out = out = _output_size(output_size, in_shape)
+        order = range(n) if op == "avg" else reversed(range(n))
+        _check_passes(x_shape, dtype, out, order, f"adaptive_{op}_pool{n}d", indices)
+        self.final = (*x_shape[:2], *out)
+        count = x_shape[0] * x_shape[1]
+        size = math.prod(x_shape)
+        self.kind, self.rows, self.scratch, self.serial = "numpy", 0, (0, 0), True
+        self.windows: tuple[np.ndarray, ...] = ()
+        self.planes: tuple[int, ...] = ()
+        self.y_shape: tuple[int, ...] = ()
+        if not (n in (1, 2) and dtype in (np.float32, np.float64) and size > 0):
+            return
+        height = 1 if n == 1 else x_shape[2]
+        if all(o == 1 for o in out) and size < config.engine.global_pool_serial_taps:
+            # global pooling small enough for the serial kernels, where the parallel kernels'
+            # thread switch and region cost more than the scan (global max pooling of
+            # 1x6x15x15 took 15 us, of 15x18x10x10 77 us, where torch takes 5 and 22)
+            self.kind, self.planes = "global", (count, height * x_shape[-1])
+            self.y_shape = (count,) if op == "max" else (count, 1)
+            return
+        self.planes = (count, height, x_shape[-1])
+        self.y_shape = (count, 1 if n == 1 else out[0], out[-1])
+        self.windows = _windows(in_shape, out)
+        self.serial = size < config.engine.serial_pool_taps
+        self.kind = "rows"
+        widest = int((self.windows[3] - self.windows[2]).max())
+        if op == "max" and widest >= _kernels(True).WIDE_WINDOW:
+            # a row of column tops per thread, each on cache lines of its own (rows that
+            # shared lines ran two threads slower than one); units of whole planes while
+            # there are eight a thread (one 13x13 plane's output row was mostly overhead)
+            threads = 1 if self.serial else _numba_threads()
+            self.kind = "columns"
+            self.scratch = (threads, -(-in_shape[-1] // 16) * 16 + 16)
+            self.rows = self.y_shape[1] if count >= 8 * threads else 1
+
+
+_PLANS: dict[tuple[Any, ...], _Plan] = {}
+
+
+def _plan(x: np.ndarray, output_size: OutputSize, n: int, op: str, indices: bool) -> _Plan:
+    """The remembered :class:`_Plan` of a call (worked out afresh for an output size that is
+    not hashable, a list)."""
+    try:
+        key = (x.shape, x.dtype, output_size, n, op, indices, config.engine_version(),
+               config.max_array_bytes(), _numba_threads())
+        plan = _PLANS.get(key)
+    except TypeError:
+        return _Plan(x.shape, x.dtype, output_size, n, op, indices)
+    if plan is None:
+        if len(_PLANS) >= 1024:
+            _PLANS.clear()
+        plan = _PLANS[key] = _Plan(x.shape, x.dtype, output_size, n, op, indices)
+    return plan
+
+
+def _kernels(serial: bool) -> Any:
+    """The pooling kernels, with the thread setting applied unless they run ``serial`` (on the
+    calling thread: no parallel region reads it)."""
+    from convlayers.functional._compiled import kernels, loaded_kernels
+
+    return (loaded_kernels() if serial else kernels()).pooling
+
+
 def _adaptive_avg(input: Any, output_size: OutputSize, n: int) -> np.ndarray:
     x, unbatched = batched(input, n)
-    out = _output_size(output_size, x.shape[2:])
-    _check_passes(x, out, range(n), f"adaptive_avg_pool{n}d")
-    if _fast(x, n) and _global_serial(x, out):
-        y = np.empty((x.shape[0] * x.shape[1], 1), dtype=x.dtype)
-        _pooling().global_avg_serial(_planes(x, n).reshape(y.shape[0], -1), y[:, 0])
-        return unbatch(y.reshape(*x.shape[:2], *out), unbatched)
-    if _fast(x, n):
-        kernels, threads = _compiled(x.size)
-        y = np.empty((x.shape[0] * x.shape[1], 1 if n == 1 else out[0], out[-1]), dtype=x.dtype)
-        with threads:
-            kernels.adaptive_avg2d(_planes(x, n), *_windows(x.shape[2:], out), y)
-        return unbatch(y.reshape(*x.shape[:2], *out), unbatched)
-    for a, o in enumerate(out):
+    plan = _plan(x, output_size, n, "avg", False)
+    if plan.kind == "global":
+        y = np.empty(plan.y_shape, dtype=x.dtype)
+        _kernels(True).global_avg_serial(np.ascontiguousarray(x).reshape(plan.planes), y[:, 0])
+        return unbatch(y.reshape(plan.final), unbatched)
+    if plan.kind == "rows":
+        y = np.empty(plan.y_shape, dtype=x.dtype)
+        planes = np.ascontiguousarray(x).reshape(plan.planes)
+        _kernels(plan.serial).adaptive_avg2d(planes, *plan.windows, y, plan.serial)
+        return unbatch(y.reshape(plan.final), unbatched)
+    for a, o in enumerate(plan.out):
         x = _avg_axis(x, 2 + a, o)
     return unbatch(np.ascontiguousarray(x), unbatched)
 
@@ -191,45 +251,30 @@ def _adaptive_max(
     input: Any, output_size: OutputSize, return_indices: bool, n: int
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     x, unbatched = batched(input, n)
-    in_shape = x.shape[2:]
-    out = _output_size(output_size, in_shape)
-    _check_passes(x, out, reversed(range(n)), f"adaptive_max_pool{n}d", return_indices)
-    if _fast(x, n) and _global_serial(x, out):
-        planes = x.shape[0] * x.shape[1]
-        y = np.empty(planes, dtype=x.dtype)
-        idx = np.empty(planes if return_indices else 0, dtype=np.int64)
-        _pooling().global_max_serial(_planes(x, n).reshape(planes, -1), y, idx, return_indices)
-        y = unbatch(y.reshape(*x.shape[:2], *out), unbatched)
+    plan = _plan(x, output_size, n, "max", return_indices)
+    if plan.kind != "numpy":
+        y = np.empty(plan.y_shape, dtype=x.dtype)
+        idx = np.empty(plan.y_shape if return_indices else (0,) * len(plan.y_shape), np.int64)
+        planes = np.ascontiguousarray(x).reshape(plan.planes)
+        kernels = _kernels(plan.serial)
+        if plan.kind == "global":
+            kernels.global_max_serial(planes, y, idx, return_indices)
+        elif plan.kind == "rows":
+            kernels.adaptive_max2d(planes, *plan.windows, y, idx, return_indices, plan.serial)
+        else:
+            kernels.adaptive_max2d_columns(planes, *plan.windows, y, idx, return_indices,
+                                           np.empty(plan.scratch, x.dtype),
+                                           np.empty(plan.scratch, np.int64), plan.rows,
+                                           plan.serial)
+        y = unbatch(y.reshape(plan.final), unbatched)
         if return_indices:
-            return y, unbatch(idx.reshape(*x.shape[:2], *out), unbatched)
-        return y
-    if _fast(x, n):
-        kernels, threads = _compiled(x.size)
-        shape = (x.shape[0] * x.shape[1], 1 if n == 1 else out[0], out[-1])
-        y = np.empty(shape, dtype=x.dtype)
-        idx = np.empty(shape if return_indices else (0, 0, 0), dtype=np.int64)
-        windows = _windows(in_shape, out)
-        with threads:
-            if int((windows[3] - windows[2]).max()) < kernels.WIDE_WINDOW:
-                kernels.adaptive_max2d(_planes(x, n), *windows, y, idx, return_indices)
-            else:
-                # a row of column tops per thread, each on cache lines of its own (rows that
-                # shared lines ran two threads slower than one); units of whole planes while
-                # there are eight a thread (one 13x13 plane's output row was mostly overhead)
-                count = _numba_threads()
-                scratch = (count, -(-in_shape[-1] // 16) * 16 + 16)
-                rows = shape[1] if shape[0] >= 8 * count else 1
-                kernels.adaptive_max2d_columns(_planes(x, n), *windows, y, idx, return_indices,
-                                               np.empty(scratch, x.dtype),
-                                               np.empty(scratch, np.int64), rows)
-        y = unbatch(y.reshape(*x.shape[:2], *out), unbatched)
-        if return_indices:
-            return y, unbatch(idx.reshape(*x.shape[:2], *out), unbatched)
+            return y, unbatch(idx.reshape(plan.final), unbatched)
         return y
     # the flat index carried so far: all zeros before the first pass (a view, no memory)
     flat = np.broadcast_to(np.int64(0), x.shape) if return_indices else None
+    in_shape = x.shape[2:]
     for a in reversed(range(n)):  # last axis first: PyTorch scans windows row-major
-        x, flat = _max_axis(x, flat, 2 + a, out[a], int(np.prod(in_shape[a + 1 :])))
+        x, flat = _max_axis(x, flat, 2 + a, plan.out[a], int(np.prod(in_shape[a + 1:])))
     if flat is not None:
         return unbatch(np.ascontiguousarray(x), unbatched), unbatch(flat, unbatched)
     return unbatch(np.ascontiguousarray(x), unbatched)

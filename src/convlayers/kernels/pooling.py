@@ -516,41 +516,52 @@ def _run_sum(run, zero):
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def adaptive_avg2d(x, rlo, rhi, clo, chi, out):
+def adaptive_avg2d(x, rlo, rhi, clo, chi, out, serial):
     """``out[p, i, j]`` = mean of ``x[p, rlo[i]:rhi[i], clo[j]:chi[j]]`` (``x (P, H, W)``),
-    summed in float64 (``reassoc`` lets the sums vectorise and keeps NaN and inf).
+    summed in float64 (``reassoc`` lets the sums vectorise and keeps NaN and inf); on the
+    calling thread alone when ``serial`` (no parallel region: small calls).
 
     ``x`` is C-contiguous: a window as wide as the plane is one run of memory, summed in one
     loop of blocks (a loop per row of a small plane cost 3x as much: short rows do not
     vectorise). Narrower windows sum the rows of each output row's window column by column
     first (8x8 windows of 56x56 maps: 2.7x torch's time window by window)."""
+    P = x.shape[0]
+    if serial:
+        for p in range(P):
+            _avg_plane(x, p, rlo, rhi, clo, chi, out)
+    else:
+        for p in prange(P):
+            _avg_plane(x, p, rlo, rhi, clo, chi, out)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"}, inline="always")
+def _avg_plane(x, p, rlo, rhi, clo, chi, out):
+    """Plane ``p`` of :func:`adaptive_avg2d`."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
-    flat = x.reshape(P, H * W)
     zero = np.zeros(1, dtype=x.dtype)[0]
-    whole_rows = Wo == 1 and clo[0] == 0 and chi[0] == W
-    for p in prange(P):
-        if whole_rows:  # each window one run of memory
-            for i in range(Ho):
-                r0, r1 = rlo[i], rhi[i]
-                out[p, i, 0] = _run_sum(flat[p, r0 * W:r1 * W], zero) / ((r1 - r0) * W)
-            continue
-        # the window rows' sums per column (whole rows: vector adds), then each window's
-        # columns of them; window by window, a loop of a few taps per row ran 3.5 ns a tap
-        sums = np.empty(W, dtype=np.float64)
+    if Wo == 1 and clo[0] == 0 and chi[0] == W:  # each window one run of memory
+        flat = x.reshape(P, H * W)
         for i in range(Ho):
             r0, r1 = rlo[i], rhi[i]
+            out[p, i, 0] = _run_sum(flat[p, r0 * W:r1 * W], zero) / ((r1 - r0) * W)
+        return
+    # the window rows' sums per column (whole rows: vector adds), then each window's
+    # columns of them; window by window, a loop of a few taps per row ran 3.5 ns a tap
+    sums = np.empty(W, dtype=np.float64)
+    for i in range(Ho):
+        r0, r1 = rlo[i], rhi[i]
+        for c in range(W):
+            sums[c] = x[p, r0, c]
+        for r in range(r0 + 1, r1):
             for c in range(W):
-                sums[c] = x[p, r0, c]
-            for r in range(r0 + 1, r1):
-                for c in range(W):
-                    sums[c] += x[p, r, c]
-            for j in range(Wo):
-                c0, c1 = clo[j], chi[j]
-                s = 0.0
-                for c in range(c0, c1):
-                    s += sums[c]
-                out[p, i, j] = s / ((r1 - r0) * (c1 - c0))
+                sums[c] += x[p, r, c]
+        for j in range(Wo):
+            c0, c1 = clo[j], chi[j]
+            s = 0.0
+            for c in range(c0, c1):
+                s += sums[c]
+            out[p, i, j] = s / ((r1 - r0) * (c1 - c0))
 
 
 @njit(parallel=True, cache=True)
@@ -593,47 +604,59 @@ _SCAN_PLANES = 4
 
 
 @njit(parallel=True, cache=True)
-def adaptive_max2d(x, rlo, rhi, clo, chi, out, idx, with_indices):
+def adaptive_max2d(x, rlo, rhi, clo, chi, out, idx, with_indices, serial):
     """``out[p, i, j]`` = max of the window, taps in row-major order: a tap replaces the running
     maximum when larger or NaN (the first maximum wins a tie, the last NaN wins); ``idx`` gets
-    its flat index ``r*W + c`` when ``with_indices``.
+    its flat index ``r*W + c`` when ``with_indices``; on the calling thread alone when
+    ``serial`` (no parallel region: small calls).
 
     Each window is scanned, on :data:`_SCAN_PLANES` planes at once (windows of fewer than
     :data:`WIDE_WINDOW` columns; wider ones take :func:`adaptive_max2d_columns`)."""
+    groups = (x.shape[0] + _SCAN_PLANES - 1) // _SCAN_PLANES
+    if serial:
+        for g in range(groups):
+            _max_scan(x, g, rlo, rhi, clo, chi, out, idx, with_indices)
+    else:
+        for g in prange(groups):
+            _max_scan(x, g, rlo, rhi, clo, chi, out, idx, with_indices)
+
+
+@njit(cache=True, inline="always")
+def _max_scan(x, g, rlo, rhi, clo, chi, out, idx, with_indices):
+    """Group ``g`` of :data:`_SCAN_PLANES` planes of :func:`adaptive_max2d`."""
     P, W = x.shape[0], x.shape[2]
     Ho, Wo = out.shape[1], out.shape[2]
     G = _SCAN_PLANES
-    for g in prange((P + G - 1) // G):
-        p0 = g * G
-        count = min(G, P - p0)
-        p1, p2, p3 = p0 + min(1, count - 1), p0 + min(2, count - 1), p0 + min(3, count - 1)
-        for i in range(Ho):
-            r0, r1 = rlo[i], rhi[i]
-            for j in range(Wo):
-                c0, c1 = clo[j], chi[j]
-                first = r0 * W + c0
-                b0, b1, b2, b3 = x[p0, r0, c0], x[p1, r0, c0], x[p2, r0, c0], x[p3, r0, c0]
-                a0 = a1 = a2 = a3 = first
-                for r in range(r0, r1):
-                    for c in range(c0, c1):
-                        here = r * W + c
-                        b0, a0 = _take(x[p0, r, c], b0, a0, here)
-                        b1, a1 = _take(x[p1, r, c], b1, a1, here)
-                        b2, a2 = _take(x[p2, r, c], b2, a2, here)
-                        b3, a3 = _take(x[p3, r, c], b3, a3, here)
-                out[p0, i, j] = b0
-                out[p1, i, j] = b1
-                out[p2, i, j] = b2
-                out[p3, i, j] = b3
-                if with_indices:
-                    idx[p0, i, j] = a0
-                    idx[p1, i, j] = a1
-                    idx[p2, i, j] = a2
-                    idx[p3, i, j] = a3
+    p0 = g * G
+    count = min(G, P - p0)
+    p1, p2, p3 = p0 + min(1, count - 1), p0 + min(2, count - 1), p0 + min(3, count - 1)
+    for i in range(Ho):
+        r0, r1 = rlo[i], rhi[i]
+        for j in range(Wo):
+            c0, c1 = clo[j], chi[j]
+            first = r0 * W + c0
+            b0, b1, b2, b3 = x[p0, r0, c0], x[p1, r0, c0], x[p2, r0, c0], x[p3, r0, c0]
+            a0 = a1 = a2 = a3 = first
+            for r in range(r0, r1):
+                for c in range(c0, c1):
+                    here = r * W + c
+                    b0, a0 = _take(x[p0, r, c], b0, a0, here)
+                    b1, a1 = _take(x[p1, r, c], b1, a1, here)
+                    b2, a2 = _take(x[p2, r, c], b2, a2, here)
+                    b3, a3 = _take(x[p3, r, c], b3, a3, here)
+            out[p0, i, j] = b0
+            out[p1, i, j] = b1
+            out[p2, i, j] = b2
+            out[p3, i, j] = b3
+            if with_indices:
+                idx[p0, i, j] = a0
+                idx[p1, i, j] = a1
+                idx[p2, i, j] = a2
+                idx[p3, i, j] = a3
 
 
 @njit(parallel=True, cache=True)
-def adaptive_max2d_columns(x, rlo, rhi, clo, chi, out, idx, with_indices, tops, rows, R):
+def adaptive_max2d_columns(x, rlo, rhi, clo, chi, out, idx, with_indices, tops, rows, R, serial):
     """:func:`adaptive_max2d` by columns, per plane and output row: first each column's
     maximum over the window's rows and the first row that reached it (by :func:`_take`'s rule,
     elementwise along the row: vector compares and selects, no chain from tap to tap), then
@@ -642,54 +665,69 @@ def adaptive_max2d_columns(x, rlo, rhi, clo, chi, out, idx, with_indices, tops, 
     leftmost column), which is where the scan would stop replacing.
 
     A window with a NaN (a column top is NaN) is scanned itself: there the last NaN wins.
-    ``tops`` (of ``x``'s dtype) and ``rows`` (int64) are scratch, ``(threads, >= W)``. Units
+    ``tops`` (of ``x``'s dtype) and ``rows`` (int64) are scratch, ``(threads, >= W)``; on the
+    calling thread alone when ``serial`` (no parallel region: small calls). Units
     of one plane's ``R`` output rows (small planes: whole planes, so a unit is not all
     overhead)."""
-    P, W = x.shape[0], x.shape[2]
+    Ho = out.shape[1]
+    units = x.shape[0] * ((Ho + R - 1) // R)
+    if serial:
+        for unit in range(units):
+            _max_columns(x, unit, rlo, rhi, clo, chi, out, idx, with_indices, tops[0], rows[0],
+                         R)
+    else:
+        for unit in prange(units):
+            t = numba.get_thread_id()
+            _max_columns(x, unit, rlo, rhi, clo, chi, out, idx, with_indices, tops[t], rows[t],
+                         R)
+
+
+@njit(cache=True, inline="always")
+def _max_columns(x, unit, rlo, rhi, clo, chi, out, idx, with_indices, top, at, R):
+    """Unit ``unit`` (a plane's ``R`` output rows) of :func:`adaptive_max2d_columns`, in one
+    thread's scratch ``top``, ``at``."""
+    W = x.shape[2]
     Ho, Wo = out.shape[1], out.shape[2]
     nr = (Ho + R - 1) // R
-    for unit in prange(P * nr):
-        t = numba.get_thread_id()
-        top, at = tops[t], rows[t]
-        p = unit // nr
-        first = (unit % nr) * R
-        for i in range(first, min(Ho, first + R)):
-            r0, r1 = rlo[i], rhi[i]
-            line = x[p, r0]
+    p = unit // nr
+    first = (unit % nr) * R
+    for i in range(first, min(Ho, first + R)):
+        r0, r1 = rlo[i], rhi[i]
+        line = x[p, r0]
+        for c in range(W):
+            top[c] = line[c]
+            at[c] = r0
+        for r in range(r0 + 1, r1):
+            line = x[p, r]
             for c in range(W):
-                top[c] = line[c]
-                at[c] = r0
-            for r in range(r0 + 1, r1):
-                line = x[p, r]
-                for c in range(W):
-                    v = line[c]
-                    best = top[c]
-                    take = (v > best) | (v != v)
-                    top[c] = v if take else best
-                    at[c] = r if take else at[c]
-            for j in range(Wo):
-                c0, c1 = clo[j], chi[j]
-                best = top[c0]
-                best_row = at[c0]
-                best_col = c0
-                nan = best != best
-                for c in range(c0 + 1, c1):
-                    v = top[c]
-                    nan |= v != v
-                    if v > best or (v == best and at[c] < best_row):
-                        best = v
-                        best_row = at[c]
-                        best_col = c
-                flat = best_row * W + best_col
-                if nan:
-                    best = x[p, r0, c0]
-                    flat = r0 * W + c0
-                    for r in range(r0, r1):
-                        for c in range(c0, c1):
-                            best, flat = _take(x[p, r, c], best, flat, r * W + c)
-                out[p, i, j] = best
-                if with_indices:
-                    idx[p, i, j] = flat
+                v = line[c]
+                best = top[c]
+                take = (v > best) | (v != v)
+                top[c] = v if take else best
+                at[c] = r if take else at[c]
+        for j in range(Wo):
+            c0, c1 = clo[j], chi[j]
+            best = top[c0]
+            best_row = at[c0]
+            best_col = c0
+            nan = best != best
+            for c in range(c0 + 1, c1):
+                v = top[c]
+                nan |= v != v
+                if v > best or (v == best and at[c] < best_row):
+                    best = v
+                    best_row = at[c]
+                    best_col = c
+            flat = best_row * W + best_col
+            if nan:
+                best = x[p, r0, c0]
+                flat = r0 * W + c0
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        best, flat = _take(x[p, r, c], best, flat, r * W + c)
+            out[p, i, j] = best
+            if with_indices:
+                idx[p, i, j] = flat
 
 
 @njit(cache=True)

@@ -191,6 +191,33 @@ def test_nan_propagates_through_max_and_avg() -> None:
     assert np.isnan(F.avg_pool2d(x, 2)).all()
 
 
+@given(kernel=st.tuples(st.integers(1, 5), st.integers(2, 6)), row_stride=st.integers(1, 3),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 3)), width=st.integers(8, 40),
+       values=st.sampled_from(["normal", "ties", "nan"]), dtype=st.sampled_from([np.float32,
+                                                                                 np.float64]),
+       seed=st.integers(0, 2**16))
+def test_max_pool_rows_of_many_outputs_at_column_stride_1(kernel, row_stride, dilation, width,
+                                                         values, dtype, seed) -> None:
+    """Column stride 1 and rows of 8 or more outputs: the kernel that takes each tap as a
+    select over a whole output row (its order of taps must give each window's own result:
+    the first maximum, NaN wherever a window holds one). Padding, dilation, NaN, -inf and
+    ties against torch."""
+    (kh, kw), (dh, dw) = kernel, dilation
+    pad = (kh // 2, kw // 2)
+    height = max(1, dh * (kh - 1) + 1 - 2 * pad[0]) + seed % 5
+    width = max(width, dw * (kw - 1) + 1 - 2 * pad[1] + 8)
+    case = PoolCase(n=2, shape=(2, 3, height, width), kernel=kernel, stride=(row_stride, 1),
+                    padding=pad, dilation=dilation, ceil_mode=False, dtype=dtype, values=values,
+                    unbatched=False)
+    x = _input(case, seed)
+    args = dict(kernel_size=kernel, stride=(row_stride, 1), padding=pad, dilation=dilation)
+    ours = F.max_pool2d(x, **args)
+    expected = tF.max_pool2d(torch.from_numpy(x), **args).numpy()
+    assert ours.shape[-1] >= 8
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(expected))
+    np.testing.assert_array_equal(np.nan_to_num(ours), np.nan_to_num(expected))
+
+
 # --- ONNX's pooling: padding per side, dilated averages, integer max pooling -----------------
 
 def _onnx_avg_pool(x: np.ndarray, kernel, strides, pads, dilations, count_include_pad: int) -> np.ndarray:

@@ -60,8 +60,42 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
         _max_pairs(x, out, np.empty((0, 0, 0), dtype=np.int64))
     elif (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
         _max_3x3_stride_2_rows(x, ph, pw, out)
+    elif sw == 1 and kw > 1 and out.shape[2] >= BY_TAP_COLUMNS:
+        _max_by_tap(x, kh, kw, sh, ph, pw, dh, dw, out)
     else:
         _max_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
+
+
+#: Output columns from which windows that overlap along the row (column stride 1) take
+#: :func:`_max_by_tap`.
+BY_TAP_COLUMNS = 8
+
+
+@njit(parallel=True, cache=True)
+def _max_by_tap(x, kh, kw, sh, ph, pw, dh, dw, out):
+    """:func:`max_pool2d` for column stride 1, tap by tap along each output row: each tap is
+    a select over the row's outputs (a tap replaces the running maximum when larger or NaN, in
+    the windows' row-major order: the per-window rule), which vectorises. Window by window, the
+    maximum of 3x3 windows took 1.5 ns a tap."""
+    P, H, W = x.shape
+    Ho, Wo = out.shape[1], out.shape[2]
+    for p in prange(P):
+        for oh in range(Ho):
+            orow = out[p, oh]
+            for ow in range(Wo):
+                orow[ow] = -np.inf
+            h0 = oh * sh - ph
+            for a in range(kh):
+                r = h0 + a * dh
+                if r < 0 or r >= H:
+                    continue
+                xrow = x[p, r]
+                for b in range(kw):
+                    off = b * dw - pw
+                    for ow in range(max(0, -off), min(Wo, W - off)):
+                        v = xrow[ow + off]
+                        top = orow[ow]
+                        orow[ow] = v if (v > top) | (v != v) else top
 
 
 @njit(cache=True, inline="always")

@@ -372,8 +372,8 @@ def test_tiny_depthwise_planes_take_the_row_kernels() -> None:
     for c_out in (5, 10):
         w = random_array(rng, (c_out, 1, 6, 4), np.float32)
         chosen = plan(x.shape, w.shape, **args)
-        # a channel multiplier's forward on such planes runs lowered (see the next tests)
-        assert chosen.forward == ("depthwise-rows" if c_out == 5 else "lowered")
+        # a channel multiplier's forward runs the implicit GEMM at any stride
+        assert chosen.forward == ("depthwise-rows" if c_out == 5 else "implicit")
         assert chosen.input_grad == ("depthwise-rows" if c_out == 5 else "depthwise-planar")
         expected, g, (tgx, tgw) = torch_grads(lambda a, b: tF.conv2d(a, b, **args), [x, w], 3)
         assert_close(F.conv2d(x, w, **args), expected, "forward")
@@ -381,7 +381,7 @@ def test_tiny_depthwise_planes_take_the_row_kernels() -> None:
         assert_close(gx, tgx, "input gradient")
         assert_close(gw, tgw, "weight gradient")
     with config.engine_settings(planar_max_waste=100):
-        assert plan(x.shape, w.shape, **args).forward == "depthwise-planar"
+        assert plan(x.shape, (5, 1, 6, 4), **args).forward == "depthwise-planar"
 
 
 def test_narrow_depthwise_rows_take_the_planar_kernels() -> None:
@@ -457,19 +457,18 @@ def test_channels_last_needs_its_padded_block_to_fit() -> None:
         == "depthwise-channels-last"
 
 
-def test_channel_multiplier_forwards_at_stride_1_run_as_grouped_gemms() -> None:
-    """A depthwise convolution with a channel multiplier: at stride 1 and a kernel larger than
-    1x1 its forward is a GEMM of ``multiplier`` rows per input channel (implicit); strided ones
-    stay on the depthwise kernels, unless their output planes are too small for the planar ones
-    (then lowered), the gradients on the depthwise kernels; a 1x1 one scales channels (the 1x1
-    kernels, every pass); all match torch, a dilation and padding included."""
+def test_channel_multiplier_forwards_run_as_grouped_gemms() -> None:
+    """A depthwise convolution with a channel multiplier and a kernel larger than 1x1: its
+    forward is a GEMM of ``multiplier`` rows per input channel (implicit) at any stride, the
+    gradients on the depthwise kernels; a 1x1 one scales channels (the 1x1 kernels, every
+    pass); all match torch, a dilation and padding included."""
     rng = np.random.default_rng(5)
     x = random_array(rng, (2, 6, 17, 19), np.float32)
     cases = [((18, 1, 3, 5), dict(padding=(2, 1), dilation=(1, 2)), "implicit"),
              ((12, 1, 1, 1), dict(), "pointwise"),
              ((12, 1, 1, 1), dict(stride=2), "pointwise"),
-             ((12, 1, 3, 3), dict(stride=2, padding=1), "depthwise-planar"),
-             ((12, 1, 3, 7), dict(stride=(2, 3), dilation=2), "lowered")]
+             ((12, 1, 3, 3), dict(stride=2, padding=1), "implicit"),
+             ((12, 1, 3, 7), dict(stride=(2, 3), dilation=2), "implicit")]
     for w_shape, args, expected_forward in cases:
         w = random_array(rng, w_shape, np.float32)
         chosen = plan(x.shape, w.shape, groups=6, **args)

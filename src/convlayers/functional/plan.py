@@ -46,13 +46,12 @@ implicit       Implicit GEMM: a zero-padded, stride-phase-split copy of a slab o
                stride 1, and strided with few output channels where the phases' products
                are not thin: ``implicit_input_grad_channels``). Chosen
                over ``lowered`` when the dropped positions cost less than im2col's copy
-               (``im2col_copy_macs``), and for the stride-1 forward of a depthwise
-               convolution with a channel multiplier and a kernel larger than 1x1: per
-               input channel a GEMM of ``multiplier`` rows by ``kh*kw`` taps (on 10 random
-               such layers 0.27-1.09x the time of the depthwise kernels, 0.7x or less on
-               half; strided ones 0.8-1.45x, so they stay depthwise, except on planes too
-               small for the planar kernels, where ``lowered`` took 0.5-0.9x the row
-               kernels' time on 3 layers).
+               (``im2col_copy_macs``), and for the forward of a depthwise convolution
+               with a channel multiplier and a kernel larger than 1x1: per input channel a
+               GEMM of ``multiplier`` rows by ``kh*kw`` taps (on 10 random stride-1 layers
+               0.27-1.09x the time of the depthwise kernels, 0.7x or less on half; on 48
+               strided ones 0.84x the planar or lowered kernels' time, geo-mean, with
+               the phase layout that reads only the stride phases some tap uses).
 lowered        im2col and register-tiled GEMMs in one parallel region per pass, in units of
                (image, group, slab of output rows, block of channels) sized so one image keeps
                every thread busy. Every 1-D/2-D float pass, any kernel, stride, dilation and
@@ -425,11 +424,14 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
                 g.c_in, (g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
                 (g.dh, g.dw), g.itemsize, images=g.n):
             s = _CHANNELS_LAST
+        elif g.c_in_g == 1 and g.c_out != g.c_in and g.kh * g.kw > 1:
+            # a channel multiplier: each group's taps are a product of `multiplier` rows, which
+            # the implicit GEMM runs at any stride (on 48 random strided layers 0.84x the
+            # time of the planar or lowered kernels the rule here picked before, geo-mean;
+            # 0.54x on 7x18x11x11 to 72 channels, 6x7 stride 3; planar's best 0.76x of it)
+            s = "implicit"
         elif g.c_in_g == 1:
             s = _depthwise(g)
-            if g.c_out != g.c_in and g.kh * g.kw > 1 and (g.sh == g.sw == 1
-                                                          or s == "depthwise-rows"):
-                s = "implicit" if g.sh == g.sw == 1 else "lowered"
         elif winograd and _winograd_forward(g):
             s = "winograd"
         else:

@@ -218,6 +218,39 @@ def test_max_pool_rows_of_many_outputs_at_column_stride_1(kernel, row_stride, di
     np.testing.assert_array_equal(np.nan_to_num(ours), np.nan_to_num(expected))
 
 
+@given(kernel=st.tuples(st.integers(1, 5), st.integers(2, 6)), row_stride=st.integers(1, 3),
+       width=st.integers(8, 40), include_pad=st.booleans(),
+       values=st.sampled_from(["normal", "nan"]), dtype=st.sampled_from([np.float32,
+                                                                         np.float64]),
+       seed=st.integers(0, 2**16))
+def test_avg_pool_rows_of_many_outputs_at_column_stride_1(kernel, row_stride, width,
+                                                         include_pad, values, dtype,
+                                                         seed) -> None:
+    """Average pooling's kernel that adds each tap over a whole output row (column stride 1,
+    rows of 8 or more outputs), forward and backward, with padding counted or not, NaN and
+    -inf: against torch."""
+    kh, kw = kernel
+    pad = (kh // 2, kw // 2)
+    height = kh + seed % 5
+    width = max(width, kw + 8)
+    case = PoolCase(n=2, shape=(2, 3, height, width), kernel=kernel, stride=(row_stride, 1),
+                    padding=pad, dilation=(1, 1), ceil_mode=False, dtype=dtype, values=values,
+                    unbatched=False)
+    x = _input(case, seed)
+    args = dict(kernel_size=kernel, stride=(row_stride, 1), padding=pad,
+                count_include_pad=include_pad)
+    ours = F.avg_pool2d(x, **args)
+    tx = torch.from_numpy(x).requires_grad_()
+    expected = tF.avg_pool2d(tx, **args)
+    assert ours.shape[-1] >= 8
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(expected.detach().numpy()))
+    finite = np.isfinite(expected.detach().numpy())
+    assert_close(ours[finite], expected.detach().numpy()[finite], "forward")
+    g = np.random.default_rng(seed).standard_normal(ours.shape).astype(dtype)
+    expected.backward(torch.from_numpy(g))
+    assert_close(F.avg_pool_backward(g, x, **args), tx.grad.numpy(), "input gradient")
+
+
 # --- ONNX's pooling: padding per side, dilated averages, integer max pooling -----------------
 
 def _onnx_avg_pool(x: np.ndarray, kernel, strides, pads, dilations, count_include_pad: int) -> np.ndarray:

@@ -192,25 +192,28 @@ def test_nan_propagates_through_max_and_avg() -> None:
 
 
 @given(kernel=st.tuples(st.integers(1, 5), st.integers(2, 6)), row_stride=st.integers(1, 3),
+       col_stride=st.integers(1, 2),
        dilation=st.tuples(st.integers(1, 2), st.integers(1, 3)), width=st.integers(8, 40),
        values=st.sampled_from(["normal", "ties", "nan"]), dtype=st.sampled_from([np.float32,
                                                                                  np.float64]),
        seed=st.integers(0, 2**16))
-def test_max_pool_rows_of_many_outputs_at_column_stride_1(kernel, row_stride, dilation, width,
-                                                         values, dtype, seed) -> None:
-    """Column stride 1 and rows of 8 or more outputs: the kernel that takes each tap as a
+def test_max_pool_rows_of_many_outputs_at_column_stride_1_or_2(kernel, row_stride, col_stride,
+                                                              dilation, width, values, dtype,
+                                                              seed) -> None:
+    """Column stride 1 or 2 and rows of 8 or more outputs: the kernel that takes each tap as a
     select over a whole output row (its order of taps must give each window's own result:
     the first maximum, NaN wherever a window holds one). Padding, dilation, NaN, -inf and
     ties against torch."""
     (kh, kw), (dh, dw) = kernel, dilation
     pad = (kh // 2, kw // 2)
     height = max(1, dh * (kh - 1) + 1 - 2 * pad[0]) + seed % 5
-    width = max(width, dw * (kw - 1) + 1 - 2 * pad[1] + 8)
-    case = PoolCase(n=2, shape=(2, 3, height, width), kernel=kernel, stride=(row_stride, 1),
-                    padding=pad, dilation=dilation, ceil_mode=False, dtype=dtype, values=values,
-                    unbatched=False)
+    width = max(width * col_stride, dw * (kw - 1) + 1 - 2 * pad[1] + 8 * col_stride)
+    case = PoolCase(n=2, shape=(2, 3, height, width), kernel=kernel,
+                    stride=(row_stride, col_stride), padding=pad, dilation=dilation,
+                    ceil_mode=False, dtype=dtype, values=values, unbatched=False)
     x = _input(case, seed)
-    args = dict(kernel_size=kernel, stride=(row_stride, 1), padding=pad, dilation=dilation)
+    args = dict(kernel_size=kernel, stride=(row_stride, col_stride), padding=pad,
+                dilation=dilation)
     ours = F.max_pool2d(x, **args)
     expected = tF.max_pool2d(torch.from_numpy(x), **args).numpy()
     assert ours.shape[-1] >= 8
@@ -219,25 +222,25 @@ def test_max_pool_rows_of_many_outputs_at_column_stride_1(kernel, row_stride, di
 
 
 @given(kernel=st.tuples(st.integers(1, 5), st.integers(2, 6)), row_stride=st.integers(1, 3),
-       width=st.integers(8, 40), include_pad=st.booleans(),
+       col_stride=st.integers(1, 2), width=st.integers(8, 40), include_pad=st.booleans(),
        values=st.sampled_from(["normal", "nan"]), dtype=st.sampled_from([np.float32,
                                                                          np.float64]),
        seed=st.integers(0, 2**16))
-def test_avg_pool_rows_of_many_outputs_at_column_stride_1(kernel, row_stride, width,
-                                                         include_pad, values, dtype,
-                                                         seed) -> None:
-    """Average pooling's kernel that adds each tap over a whole output row (column stride 1,
-    rows of 8 or more outputs), forward and backward, with padding counted or not, NaN and
-    -inf: against torch."""
+def test_avg_pool_rows_of_many_outputs_at_column_stride_1_or_2(kernel, row_stride, col_stride,
+                                                              width, include_pad, values,
+                                                              dtype, seed) -> None:
+    """Average pooling over rows of 8 or more outputs: at column stride 1 the kernel that adds
+    each tap over a whole output row, at 2 the window-by-window sums; forward and backward,
+    with padding counted or not, NaN and -inf: against torch."""
     kh, kw = kernel
     pad = (kh // 2, kw // 2)
     height = kh + seed % 5
-    width = max(width, kw + 8)
-    case = PoolCase(n=2, shape=(2, 3, height, width), kernel=kernel, stride=(row_stride, 1),
-                    padding=pad, dilation=(1, 1), ceil_mode=False, dtype=dtype, values=values,
-                    unbatched=False)
+    width = max(width * col_stride, kw + 8 * col_stride)
+    case = PoolCase(n=2, shape=(2, 3, height, width), kernel=kernel,
+                    stride=(row_stride, col_stride), padding=pad, dilation=(1, 1),
+                    ceil_mode=False, dtype=dtype, values=values, unbatched=False)
     x = _input(case, seed)
-    args = dict(kernel_size=kernel, stride=(row_stride, 1), padding=pad,
+    args = dict(kernel_size=kernel, stride=(row_stride, col_stride), padding=pad,
                 count_include_pad=include_pad)
     ours = F.avg_pool2d(x, **args)
     tx = torch.from_numpy(x).requires_grad_()

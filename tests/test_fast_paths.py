@@ -686,7 +686,8 @@ def test_adaptive_average_of_whole_rows_matches_torch(dtype: type) -> None:
 
 
 def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> None:
-    """Windows of at least eight columns take the kernel by columns (each column's maximum and
+    """Windows of at least eight columns take the kernel by columns, global pooling the scans
+    of whole planes (each column's maximum and
     the first row that reached it, then the window's): a tie of -0.0 and 0.0 keeps the first,
     a later column's maximum on an earlier row comes first, a NaN anywhere wins (the last
     one), an inf is a maximum like any other; values and indices exactly torch's, also on
@@ -708,6 +709,14 @@ def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> Non
             np.testing.assert_array_equal(np.signbit(v), np.signbit(tv.numpy()))
             np.testing.assert_array_equal(i, ti.numpy())
             np.testing.assert_array_equal(F.adaptive_max_pool2d(a, out), v)
+    # global pooling of large inputs scans the flat planes on every thread (the same rule)
+    with config.engine_settings(global_pool_serial_taps=0):
+        for a in (x, ties, -np.abs(ties)):
+            v, i = F.adaptive_max_pool2d(a, 1, return_indices=True)
+            tv, ti = tF.adaptive_max_pool2d(torch.from_numpy(a), 1, return_indices=True)
+            np.testing.assert_array_equal(v, tv.numpy())
+            np.testing.assert_array_equal(np.signbit(v), np.signbit(tv.numpy()))
+            np.testing.assert_array_equal(i, ti.numpy())
 
 
 def test_only_maps_of_a_few_pixels_or_lone_images_merge_their_columns() -> None:

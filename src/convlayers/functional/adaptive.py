@@ -180,11 +180,13 @@ class _Plan:
         if not (n in (1, 2) and dtype in (np.float32, np.float64) and size > 0):
             return
         height = 1 if n == 1 else x_shape[2]
-        if all(o == 1 for o in out) and size < config.engine.global_pool_serial_taps:
-            # global pooling small enough for the serial kernels, where the parallel kernels'
-            # thread switch and region cost more than the scan (global max pooling of
-            # 1x6x15x15 took 15 us, of 15x18x10x10 77 us, where torch takes 5 and 22)
-            self.kind, self.planes = "global", (count, height * x_shape[-1])
+        serial = size < config.engine.global_pool_serial_taps
+        if all(o == 1 for o in out) and (serial or op == "max"):
+            # global pooling: a scan of each flat plane; on the calling thread while small,
+            # where the parallel kernels' thread switch and region cost more than the scan
+            # (global max pooling of 1x6x15x15 took 15 us, of 15x18x10x10 77 us, where torch
+            # takes 5 and 22); larger global averages take the window kernel's whole-run sums
+            self.kind, self.planes, self.serial = "global", (count, height * x_shape[-1]), serial
             self.y_shape = (count,) if op == "max" else (count, 1)
             return
         self.planes = (count, height, x_shape[-1])
@@ -258,7 +260,8 @@ def _adaptive_max(
         planes = np.ascontiguousarray(x).reshape(plan.planes)
         kernels = _kernels(plan.serial)
         if plan.kind == "global":
-            kernels.global_max_serial(planes, y, idx, return_indices)
+            (kernels.global_max_serial if plan.serial else kernels.global_max)(
+                planes, y, idx, return_indices)
         elif plan.kind == "rows":
             kernels.adaptive_max2d(planes, *plan.windows, y, idx, return_indices, plan.serial)
         else:

@@ -388,7 +388,7 @@ def test_narrow_depthwise_rows_take_the_planar_kernels() -> None:
     """Output rows 2-4 wide on a tall map: the row kernels would compute a whole vector per row,
     more than the planar loops' padding wastes, so the planar kernels serve the gradients, and
     every pass unless they run channels-last (8 channels, 108 output pixels: its tiles run
-    down the columns of so narrow a map); all match torch."""
+    across the rows of so narrow a map); all match torch."""
     rng = np.random.default_rng(4)
     for shape, kernel, args in (((2, 8, 60, 10), (4, 5), dict(dilation=2, groups=8)),
                                 ((1, 6, 40, 8), (5, 5), dict(groups=6))):

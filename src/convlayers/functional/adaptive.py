@@ -159,7 +159,8 @@ class _Plan:
     out once per (shape, dtype, output size, op, settings): a model pools the same shapes on
     every call, and on small maps working it out took 10 of a call's 15 us (torch's whole call
     took 5-7). ``kind`` is ``"numpy"`` (the axis-by-axis NumPy passes), ``"global"`` (the
-    serial global kernels), ``"rows"`` or ``"columns"`` (the compiled window kernels)."""
+    scans of whole planes), ``"rows"`` or ``"columns"`` (the compiled window kernels); ``serial``
+    runs the kernel on the calling thread."""
 
     __slots__ = ("final", "kind", "out", "planes", "rows", "scratch", "serial", "windows",
                  "y_shape")

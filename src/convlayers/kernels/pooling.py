@@ -55,7 +55,9 @@ def _pairs(kh, kw, sh, sw, ph, pw, dh, dw, H, W, out):
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
     """Max over each window into ``out`` ``(P, Ho, Wo)``; NaN propagates (the last NaN is the
     output). 2x2 windows side by side run unrolled (:func:`_max_pairs`), 3x3 stride-2 ones
-    row by row (:func:`_max_3x3_stride_2_rows`), the others :func:`_max_by_window`."""
+    row by row (:func:`_max_3x3_stride_2_rows`), rows of :data:`BY_TAP_COLUMNS` or more
+    outputs at column stride 1 or 2 tap by tap (:func:`_max_by_tap`), the others
+    :func:`_max_by_window`."""
     if _pairs(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[1], x.shape[2], out):
         _max_pairs(x, out, np.empty((0, 0, 0), dtype=np.int64))
     elif (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
@@ -398,7 +400,8 @@ def _max_indices_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
 def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out):
     """Sum of the taps inside each window divided by ``div[oh, ow]``, into ``out``, summed in
     ``x``'s dtype in row-major tap order (the NumPy path's order, to the bit): 2x2 windows side
-    by side unrolled (:func:`_avg_pairs`), the others :func:`_avg_by_window`."""
+    by side unrolled (:func:`_avg_pairs`), rows of :data:`BY_TAP_COLUMNS` or more outputs at
+    column stride 1 tap by tap (:func:`_avg_by_tap`), the others :func:`_avg_by_window`."""
     if _pairs(kh, kw, sh, sw, ph, pw, 1, 1, x.shape[1], x.shape[2], out):
         _avg_pairs(x, div, out)
     elif sw == 1 and kw > 1 and out.shape[2] >= BY_TAP_COLUMNS:

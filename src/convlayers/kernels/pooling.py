@@ -524,13 +524,13 @@ def _avg_pairs_backward(gy, div, gx):
 
 @njit(parallel=True, cache=True)
 def _avg_backward_by_rows(gy, kh, kw, sh, sw, ph, pw, div, gx):
-    """:func:`avg_pool2d_backward` along the output rows: each tap adds every output's share
-    onto its input element, a run of the row (a vectorised add at column stride 1; a loop
-    with the stride a run-time value, and a bounds check of every output per tap, ran 3x
-    torch's time at 3x3 stride 1)."""
+    """:func:`avg_pool2d_backward` along the output rows: each tap adds the shares of the
+    outputs whose tap lies inside the row (:func:`_row_run`) onto a run of it, from the run's
+    first element (a vectorised add at column stride 1). A loop with the stride a run-time
+    value, indices that might be negative, and a bounds check of each edge output per tap ran
+    3x torch's time at 3x3 stride 1."""
     P, H, W = gx.shape
     Ho, Wo = gy.shape[1], gy.shape[2]
-    lo, hi = inside_range(Wo, W, kw, sw, pw, 1)
     for p in prange(P):
         for r in range(H):
             gx[p, r, :] = 0
@@ -547,23 +547,16 @@ def _avg_backward_by_rows(gy, kh, kw, sh, sw, ph, pw, div, gx):
                     continue
                 xrow = gx[p, r]
                 for b in range(kw):
-                    off = b - pw
-                    if sw == 1:  # a unit stride known here, indices from 0: the adds vectorise
-                        dst, src = xrow[lo + off:hi + off], share[lo:hi]
+                    lo, hi, first = _row_run(b - pw, sw, W, Wo)
+                    src = share[lo:hi]
+                    if sw == 1:
+                        dst = xrow[first:first + hi - lo]
                         for i in range(hi - lo):
                             dst[i] += src[i]
                     else:
-                        for ow in range(lo, hi):
-                            xrow[ow * sw + off] += share[ow]
-                    # the windows that reach past the row: only the taps inside
-                    for ow in range(min(lo, Wo)):
-                        c = ow * sw + off
-                        if 0 <= c < W:
-                            xrow[c] += share[ow]
-                    for ow in range(max(hi, lo), Wo):
-                        c = ow * sw + off
-                        if 0 <= c < W:
-                            xrow[c] += share[ow]
+                        dst = xrow[first:]
+                        for i in range(hi - lo):
+                            dst[i * sw] += src[i]
 
 
 @njit(parallel=True, cache=True)

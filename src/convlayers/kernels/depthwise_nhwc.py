@@ -264,16 +264,17 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, threads, xt, ot
         first, stop = _thread_planes(planes, threads, part, step)
         xb, ob = xt[t], ot[t]
         for p0 in range(first, stop, LANES):
-            _channels_last_block(x, wt, bias, sh, sw, dh, dw, pt, pl, p0,
-                                 min(LANES, stop - p0), pixel_offs, lane_offs, tap_offs, xb,
-                                 ob, out)
+            _channels_last_block(x, wt, bias, dh, dw, p0, min(LANES, stop - p0), pixel_offs,
+                                 lane_offs, tap_offs, xb, ob, out)
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _channels_last_block(x, wt, bias, sh, sw, dh, dw, pt, pl, p0, lanes, pixel_offs,
-                         lane_offs, tap_offs, xb, ob, out):
+def _channels_last_block(x, wt, bias, dh, dw, p0, lanes, pixel_offs, lane_offs, tap_offs, xb,
+                         ob, out):
     """Planes ``p0 .. p0 + lanes`` of :func:`depthwise_channels_last`, in the block scratch
-    ``xb (Hp, Wp, LANES)`` and ``ob (Ho, Wo, LANES)``."""
+    ``xb (Hp, Wp, LANES)`` and ``ob (Ho, Wo, LANES)``; the stride and padding are in the
+    offsets (``pixel_offs``: each input pixel's place in the block, ``tap_offs``: each output
+    pixel's tap ``(0, 0)``)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Ho, Wo = out.shape[2], out.shape[3]
     HW, P = H * W, Ho * Wo

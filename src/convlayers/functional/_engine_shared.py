@@ -117,8 +117,8 @@ def costed_units(g: Geometry, rows: int, threads: int, row_length: int, halo: in
     While the images and groups alone give every thread two slabs, as they come (``B`` all
     the channels). Else each way of cutting the map into 1-8 slabs and the channels into 1-8
     blocks of whole register-tile bands is costed: a unit's product as the tiles compute it
-    (bands of ``TILE_ROWS`` channels, the slab's positions in three-vector tiles and then
-    one-vector ones, the last partial vector whole), its copy and :data:`UNIT_MACS`; the units
+    (bands of ``TILE_ROWS`` channels, the slab's positions on the tiles
+    :func:`convlayers.kernels.simd.band_columns` counts), its copy and :data:`UNIT_MACS`; the units
     handed out in order to the least-loaded thread, the cheapest most-loaded thread wins (ties:
     fewer units). A batch-1 5x5 stride-2 layer 461->91 on 22x22 maps ran whole-map slabs in
     two blocks of channels (144 positions, 0.7% computed and dropped) at 1.4x the speed of
@@ -127,19 +127,17 @@ def costed_units(g: Geometry, rows: int, threads: int, row_length: int, halo: in
     where the slabs' rows had wasted vector lanes, none slower beyond noise)."""
     import heapq
 
-    from convlayers.kernels.simd import TILE_ROWS, TILE_VECTORS, VECTOR_BYTES
+    from convlayers.kernels.simd import TILE_ROWS, VECTOR_BYTES, band_columns
 
     images = g.n * g.groups
     if images * -(-g.ho // rows) >= 2 * threads or threads == 1:
         return rows, g.c_out_g
     lanes = VECTOR_BYTES // g.itemsize
-    wide = TILE_VECTORS * lanes
     depth = g.c_in_g * g.kh * g.kw
 
     def cost(r: int, b: int) -> float:
-        vectors = -(-(r * row_length) // lanes)
-        columns = (vectors * lanes // wide * wide
-                   + ONE_VECTOR_COST * (vectors * lanes % wide))
+        wide, one = band_columns(r * row_length, lanes)
+        columns = wide + ONE_VECTOR_COST * one
         return (-(-b // TILE_ROWS) * TILE_ROWS * columns * depth + copy_row * (r + halo)
                 + UNIT_MACS)
 

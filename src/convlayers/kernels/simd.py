@@ -39,8 +39,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS", "TILE_ROWS",
-           "TILE_VECTORS", "VECTOR_BYTES", "conv_band", "conv_rows", "conv_slab", "conv_strip",
-           "gemm_indirect", "gemm_indirect_left_add",
+           "TILE_VECTORS", "VECTOR_BYTES", "band_columns", "conv_band", "conv_rows", "conv_slab",
+           "conv_strip", "gemm_indirect", "gemm_indirect_left_add",
            "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
            "pack_conv_weights", "taps_broadcast", "taps_row", "taps_vector", "transpose_vectors",
            "vector_bytes"]
@@ -403,6 +403,8 @@ _tile_wide_add, _tile_one_add = _make_tile("full", TILE_VECTORS, True), _make_ti
 _edge_wide, _edge_one = _make_tile("edge", TILE_VECTORS, False), _make_tile("edge", 1, False)
 _edge_wide_add, _edge_one_add = _make_tile("edge", TILE_VECTORS, True), _make_tile("edge", 1, True)
 _narrow, _narrow_add = _make_tile("narrow", 1, False), _make_tile("narrow", 1, True)
+_narrow_wide = _make_tile("narrow", TILE_VECTORS, False)
+_narrow_wide_add = _make_tile("narrow", TILE_VECTORS, True)
 #: A band of at most half a tile's rows (a product's last ``P % TILE_ROWS`` rows, or all of a
 #: short one: 8 output channels are a band of 6 and one of 2) runs on tiles of half the rows
 #: and twice the vectors: as many accumulators, without computing rows it drops.
@@ -464,10 +466,10 @@ def gemm_indirect_left_add(u, offs, v, m):
 @njit(cache=True, fastmath=True)
 def _tiled(u, v, m, offs, j_lo, j_hi, K, accumulate):
     """Columns ``j_lo .. j_hi`` of ``m (+)= u @ v``: blocks of ``NC`` columns, slabs of ``KC``
-    of the inner dimension, bands of ``TILE_ROWS`` rows, tiles of ``TILE_VECTORS`` vectors then
-    of one vector; the last (fewer than a vector's) columns as the vector ending at ``j_hi``,
-    the last ``P % TILE_ROWS`` rows as a band of edge tiles. Nothing is copied or allocated.
-    Fewer columns than a vector in all: masked tiles (:func:`_emit_narrow_tile`). Not inlined:
+    of the inner dimension, bands of ``TILE_ROWS`` rows, tiles of ``TILE_VECTORS`` vectors
+    and the columns left as :func:`_band` says (:func:`band_columns`), the last
+    ``P % TILE_ROWS`` rows as a band of edge tiles. Nothing is copied or allocated. Fewer
+    columns than a vector in all: masked tiles (the ``narrow`` kind). Not inlined:
     every kernel calls this one compiled function (per dtype); inlined, the unrolled tiles were
     copied into each call site and first calls compiled for about 30 s."""
     P = m.shape[0]
@@ -504,22 +506,40 @@ def _tiled(u, v, m, offs, j_lo, j_hi, K, accumulate):
 @njit(cache=True, fastmath=True)
 def _band(u, v, m, offs, p, rows, c0, c1, narrow, k0, k1, add):
     """Rows ``p .. p+rows`` (``rows <= TILE_ROWS``), columns ``c0 .. c1``, inner slab ``k0 ..
-    k1`` of :func:`_tiled`; the columns past ``narrow`` (fewer than a vector) as the vector
-    ending at ``c1``, its columns before ``narrow`` kept."""
+    k1`` of :func:`_tiled` (``narrow``: ``c1`` less the columns past the last whole vector).
+
+    Wide tiles (``TILE_VECTORS`` vectors) over the columns they fill; then, more than a vector
+    left, one more wide tile ending at ``c1`` (the columns it shares with the last one kept as
+    they were), else the last vector's columns as the vector ending at ``c1``. A band narrower
+    than a wide tile (more than a vector) is one wide tile, its last vectors masked. A one-vector
+    tile loads a vector and broadcasts ``TILE_ROWS`` scalars for ``TILE_ROWS`` multiply-adds,
+    a wide one for three times as many: on 328 x 3925 products (one core, AVX-512), 81 columns
+    ran 121 -> 137 GF/s and 45 columns 118 -> 140 once their last 33 or all 45 columns took one
+    wide tile instead of three one-vector ones. :func:`band_columns` is the cost model's copy of
+    these rules."""
     R = TILE_ROWS
     lanes = (64 if _WIDE else 32) // u.itemsize
+    step = TILE_VECTORS * lanes
+    if lanes < c1 - c0 < step:  # narrower than a wide tile: one, its last vectors masked
+        if add:
+            _narrow_wide_add(u, v, m, offs, p, c0, k0, k1, rows, c1 - c0)
+        else:
+            _narrow_wide(u, v, m, offs, p, c0, k0, k1, rows, c1 - c0)
+        return
     end = min(c1, narrow)
     start = c0
     if rows <= SMALL_ROWS:
-        step = SMALL_VECTORS * lanes
-        start = c0 + (end - c0) - (end - c0) % step if end > c0 else c0
-        for j0 in range(c0, start, step):
+        small = SMALL_VECTORS * lanes
+        start = c0 + (end - c0) - (end - c0) % small if end > c0 else c0
+        for j0 in range(c0, start, small):
             if add:
                 _small_add(u, v, m, offs, p, j0, k0, k1, rows, j0)
             else:
                 _small(u, v, m, offs, p, j0, k0, k1, rows, j0)
-    step = TILE_VECTORS * lanes
     wide = start + (end - start) - (end - start) % step if end > start else start
+    # more than one vector left after the wide tiles: one more wide tile, ending at ``c1``
+    # (columns before ``wide`` kept), where one-vector tiles would load a vector per row each
+    overlap = c1 - wide > lanes and c1 - step >= c0
     for j0 in range(start, wide, step):
         if rows < R:
             if add:
@@ -530,6 +550,12 @@ def _band(u, v, m, offs, p, rows, c0, c1, narrow, k0, k1, add):
             _tile_wide_add(u, v, m, offs, p, j0, k0, k1)
         else:
             _tile_wide(u, v, m, offs, p, j0, k0, k1)
+    if overlap:
+        if add:
+            _edge_wide_add(u, v, m, offs, p, c1 - step, k0, k1, rows, wide)
+        else:
+            _edge_wide(u, v, m, offs, p, c1 - step, k0, k1, rows, wide)
+        return
     for j0 in range(wide, end, lanes):
         if rows < R:
             if add:
@@ -545,6 +571,26 @@ def _band(u, v, m, offs, p, rows, c0, c1, narrow, k0, k1, add):
             _edge_one_add(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)
         else:
             _edge_one(u, v, m, offs, p, c1 - lanes, k0, k1, rows, end)
+
+
+def band_columns(columns: int, lanes: int) -> tuple[int, int]:
+    """``(wide, one)``: the product columns a band of :func:`_band` computes for ``columns``
+    output columns on wide tiles and on one-vector tiles (the overlapping, masked or partial
+    ones whole). ``lanes``: a vector's elements. The cost model's copy of :func:`_band`'s
+    rules (:func:`convlayers.functional._engine_shared.costed_units`).
+
+    >>> band_columns(81, 16), band_columns(45, 16), band_columns(49, 16)
+    ((96, 0), (48, 0), (48, 16))
+    """
+    step = TILE_VECTORS * lanes
+    if columns <= lanes:
+        return 0, lanes
+    if columns < step:
+        return step, 0
+    rest = columns % step
+    if rest == 0:
+        return columns, 0
+    return (columns - rest, lanes) if rest <= lanes else (columns - rest + step, 0)
 
 
 #: Pixels of a direct convolution's tile when its block has at most two vectors of output

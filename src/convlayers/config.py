@@ -398,6 +398,14 @@ class EngineSettings:
     #: ... when the images have at least this many planes between them (channels times
     #: images: fewer leave most of a vector's lanes computed and dropped).
     channels_last_channels: int = 8
+    #: ... and, for the forward, while a block's padded input (64 planes of the whole map)
+    #: takes at most this many bytes, or the planar kernels cannot serve: larger blocks (a
+    #: stride or dilation over a large map) run planar. On 22 random layers whose blocks took
+    #: more than 1 MiB (strided or dilated, 37-187 pixels wide), the planar kernels took
+    #: 0.21-0.95x the channels-last time on all but two (1.0x, and 1.17x for a 2.2 MiB
+    #: block; geo-mean 0.6x); with 0.5 MiB, 12 of 45 more layers (2x2 kernels among them)
+    #: ran slower planar, up to 1.7x.
+    channels_last_block_bytes: int = 1 << 20
     #: The output-pixel limit (:attr:`channels_last_pixels`) of the depthwise gradients, which
     #: run channels-last on larger maps than the forward: on 7 layers of 32-240 channels at
     #: batch 4-32 the channels-last gradients took 0.57-0.92x the planar kernels' time on

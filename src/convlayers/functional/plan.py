@@ -27,7 +27,8 @@ depthwise-rows Depthwise, any geometry: loops along output rows, borders read by
                pass.
 depthwise-     Depthwise without a channel multiplier on small maps (at most
 channels-last  ``channels_last_pixels`` output pixels a plane, ``channels_last_backward_pixels``
-               for the gradients, ``channels_last_channels`` planes or more in all): per
+               for the gradients, ``channels_last_channels`` planes or more in all; the
+               forward's blocks within ``channels_last_block_bytes`` where planar serves): per
                block of 64 consecutive planes (images and channels flattened), a padded
                channels-last copy, register tiles of 8 pixels by a vector of planes over
                every tap, transposed back. Forward and both gradients (each output pixel's
@@ -409,6 +410,21 @@ def channels_last_fits(channels: int, in_hw: tuple[int, int], pad: tuple[int, in
             and math.prod(padded) * itemsize <= e.planar_bytes)
 
 
+def _channels_last_forward(g: Geometry) -> bool:
+    """Whether a depthwise forward without a multiplier runs channels-last:
+    :func:`channels_last_fits`, and its block's padded input within
+    ``channels_last_block_bytes`` unless the planar kernels cannot serve (then only the row
+    kernels could, 2.5-14x slower on the layers measured)."""
+    from convlayers.kernels.depthwise_nhwc import channels_last_shapes
+
+    shape = ((g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
+    if not channels_last_fits(g.c_in, *shape, g.itemsize, images=g.n):
+        return False
+    padded = channels_last_shapes(1, g.c_in, *shape)[0]
+    return (math.prod(padded) * g.itemsize <= config.engine.channels_last_block_bytes
+            or _depthwise(g) != "depthwise-planar")
+
+
 def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tuple[str, str]:
     """The planner's own choice: ``(strategy, strategy)`` for forward and the one-gradient
     passes, ``(input_grad, weight_grad)`` for ``backward``."""
@@ -420,9 +436,7 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
         return "pointwise", "pointwise"
     e = config.engine
     if pass_ == "forward":
-        if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
-                g.c_in, (g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
-                (g.dh, g.dw), g.itemsize, images=g.n):
+        if g.c_in_g == 1 and g.c_out == g.c_in and _channels_last_forward(g):
             s = _CHANNELS_LAST
         elif g.c_in_g == 1 and g.c_out != g.c_in and g.kh * g.kw > 1:
             # a channel multiplier: each group's taps are a product of `multiplier` rows, which

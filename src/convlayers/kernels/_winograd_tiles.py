@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from convlayers.kernels._bounds import typed_zero
 from convlayers.kernels.values import nonfinite_in
 
 
@@ -126,7 +127,7 @@ def _output_block_flat(m, bias, th0, rows, TW, outn, sums, pairs):
     S = TW + 1
     n_v = rows * S
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, dtype=outn.dtype)[0]
+    zero = typed_zero(outn)
     for c in range(C):
         b = bias[c] if has_bias else zero
         for k in range(4):

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols, unit_block
+from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols, typed_zero, unit_block
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import (
@@ -191,7 +191,7 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
     Wp, idx, xbuf, cbuf = _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo)
     obuf = np.empty((nt, B * R * Wo), dtype=x.dtype)
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    zero = typed_zero(out)
     units = N * G * nr * nb
     if nt == 1:  # one thread: no parallel region, no queue (2-3 us of a small call)
         for unit in range(units):
@@ -255,7 +255,7 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
     C_out = G * Cog
     nb = (Cog + B - 1) // B
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    zero = typed_zero(out)
     for n0 in range(0, N, P):
         p_n = min(P, N - n0)
         span = max(1, Cig // (4 * nt))  # column units: about 4 a thread, each its own rows
@@ -447,7 +447,7 @@ def pointwise_few(x, w, bias, sh, sw, pt, pl, R, out):
     Cog = C_out // (C_in // Cig)
     nr = (Ho + R - 1) // R
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    zero = typed_zero(out)
     # the output columns whose tap is inside the input
     lo = min(Wo, (pl + sw - 1) // sw)
     hi = max(lo, min(Wo, (W - 1 + pl) // sw + 1))
@@ -517,7 +517,7 @@ def pointwise_few_weight_grad(x, gy, out):
     for unit in prange(C_out * Cig):
         co, c = unit // Cig, unit % Cig
         ci = (co // Cog) * Cig + c
-        total = np.zeros(1, dtype=out.dtype)[0]
+        total = typed_zero(out)
         for n in range(N):
             a = gy[n, co]
             b = x[n, ci]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import tap_cols
+from convlayers.kernels._bounds import tap_cols, typed_zero
 from convlayers.kernels.depthwise_flat import flat_backward, flat_forward, flat_masks
 from convlayers.kernels.depthwise_planar import planar_backward, planar_forward, planar_geometry
 
@@ -58,7 +58,7 @@ def depthwise_forward(x, w, bias, sh, sw, dh, dw, pt, pl, out):
     kh, kw = w.shape[1], w.shape[2]
     mult = C_out // C_in
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    zero = typed_zero(out)
     for q in prange(N * C_out):
         n = q // C_out
         co = q - n * C_out
@@ -130,7 +130,7 @@ def depthwise_weight_grad(x, gy, kh, kw, sh, sw, dh, dw, pt, pl):
     C_out, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
     mult = C_out // C_in
     part = np.zeros((N, C_out, kh, kw), dtype=np.float64)
-    zero = np.zeros(1, dtype=gy.dtype)[0]
+    zero = typed_zero(gy)
     for q in prange(N * C_out):
         n = q // C_out
         co = q - n * C_out

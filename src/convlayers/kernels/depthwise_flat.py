@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from convlayers.kernels._bounds import typed_zero
+
 __all__ = ["flat_backward", "flat_forward", "flat_masks"]
 
 
@@ -48,7 +50,7 @@ def flat_forward(x, w, bias, W, dh, dw, pt, pl, masks, parts, out):
     kh, kw = w.shape[1], w.shape[2]
     mult = C_out // C_in
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    zero = typed_zero(out)
     planes = N * C_out
     step = (planes + parts - 1) // parts
     for part in prange(parts):
@@ -84,7 +86,7 @@ def flat_backward(x, gy, w, W, dh, dw, pt, pl, masks, parts, need_gx, need_gw, g
     C_out, Ho = gy.shape[1], gy.shape[2] // W
     kh, kw = w.shape[1], w.shape[2]
     mult = C_out // C_in
-    zero = np.zeros(1, dtype=gy.dtype)[0]
+    zero = typed_zero(gy)
     planes = N * C_in
     step = (planes + parts - 1) // parts
     part_gw = np.zeros((N, C_out, kh, kw), dtype=np.float64)

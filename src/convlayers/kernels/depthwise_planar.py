@@ -28,7 +28,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from convlayers.kernels._bounds import copy_row
+from convlayers.kernels._bounds import copy_row, typed_zero
 from convlayers.kernels.simd import VECTOR_BYTES
 
 __all__ = ["planar_backward", "planar_forward", "planar_geometry"]
@@ -273,7 +273,7 @@ def planar_forward(x, w, bias, sh, sw, dh, dw, pt, pl, rows, S, length, block, p
     C_out = out.shape[1]
     mult = C_out // C_in
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    zero = typed_zero(out)
     planes = N * C_in
     step = (planes + parts - 1) // parts
     kh, kw = w.shape[1], w.shape[2]
@@ -381,7 +381,7 @@ def planar_backward(x, gy, w, sh, sw, dh, dw, pt, pl, rows, S, length, block, pa
     for ci in range(C_in):
         for k in range(mult * T):
             ws[ci, k] = taps[ci * mult + order[k] // T, order[k] % T]
-    zero = np.zeros(1, dtype=x.dtype)[0]
+    zero = typed_zero(x)
     part_gw = np.zeros((N, C_out, kh, kw), dtype=np.float64)
     for part in prange(parts):
         src = np.empty(sh * sw * block, dtype=x.dtype)

@@ -9,8 +9,9 @@ call site a specialised copy.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
+
+from convlayers.kernels._bounds import typed_zero
 
 __all__ = ["gemm_nt_cols_add"]
 
@@ -20,7 +21,7 @@ def gemm_nt_cols_add(a, b, acc, j0, j1):
     """``acc += a[:, j0:j1] @ b[:, j0:j1].T`` for ``a (P, L)``, ``b (Q, L)``, ``acc (P, Q)``."""
     P = a.shape[0]
     Q = b.shape[0]
-    zero = np.zeros(1, dtype=a.dtype)[0]
+    zero = typed_zero(a)
     for p in range(0, P, 2):
         two = p + 1 < P
         a0 = a[p, j0:j1]

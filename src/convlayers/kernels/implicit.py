@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import slab_unit, store_rows, unit_parts
+from convlayers.kernels._bounds import slab_unit, store_rows, typed_zero, unit_parts
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import gemm_indirect_left_add, gemm_indirect_part
 
@@ -164,7 +164,7 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, xb
     nr = (Ho + R - 1) // R
     nb = (Cog + B - 1) // B
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    zero = typed_zero(out)
     units = N * G * nr * nb
     if xbuf.shape[0] == 1:  # one thread: no parallel region, no queue (2-3 us of a small call)
         for unit in range(units):

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import inside_range
+from convlayers.kernels._bounds import inside_range, typed_zero
 
 __all__ = ["WIDE_WINDOW", "adaptive_avg2d", "adaptive_avg2d_backward", "adaptive_max2d",
            "adaptive_max2d_columns", "avg_pool2d", "avg_pool2d_backward", "global_avg_serial",
@@ -465,7 +465,7 @@ def _avg_pairs(x, div, out):
 def _avg_by_window(x, kh, kw, sh, sw, ph, pw, div, out):
     """:func:`avg_pool2d` one output at a time, as :func:`_max_by_window`."""
     P, H, W = x.shape
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    zero = typed_zero(out)
     Ho, Wo = out.shape[1], out.shape[2]
     rfirst, rcount = _taps(Ho, H, kh, sh, ph, 1)
     cfirst, ccount = _taps(Wo, W, kw, sw, pw, 1)
@@ -501,7 +501,7 @@ def _avg_pairs_backward(gy, div, gx):
     ``-0.0`` share lands as ``0.0``), the rest zero."""
     P, H, W = gx.shape
     Ho, Wo = gy.shape[1], gy.shape[2]
-    zero = np.zeros(1, dtype=gx.dtype)[0]
+    zero = typed_zero(gx)
     for p in prange(P):
         for r in range(2 * Ho, H):
             gx[p, r, :] = 0
@@ -570,8 +570,9 @@ def scatter_add_planes(gy, idx, gx):
     took the page faults in random order inside the scatter, 3x slower on 2 cores."""
     P, L = gy.shape
     M = gx.shape[1]
-    bad = np.zeros(P, dtype=np.int64)
+    bad = np.empty(P, dtype=np.int64)  # (np.zeros would be a parallel region of its own)
     for p in prange(P):
+        bad[p] = 0
         row = gx[p]
         for j in range(M):
             row[j] = 0
@@ -581,7 +582,10 @@ def scatter_add_planes(gy, idx, gx):
                 bad[p] += 1
             else:
                 gx[p, j] += gy[p, i]
-    return bad.sum()
+    total = 0
+    for p in range(P):  # a loop: bad.sum() would be a parallel reduction
+        total += bad[p]
+    return total
 
 
 # ----------------------------------------------------------------------------- adaptive pooling
@@ -634,7 +638,7 @@ def _avg_plane(x, p, rlo, rhi, clo, chi, out):
     """Plane ``p`` of :func:`adaptive_avg2d`."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
-    zero = np.zeros(1, dtype=x.dtype)[0]
+    zero = typed_zero(x)
     if Wo == 1 and clo[0] == 0 and chi[0] == W:  # each window one run of memory
         flat = x.reshape(P, H * W)
         for i in range(Ho):
@@ -890,6 +894,6 @@ def global_avg_serial(x, out):
     """``out[p]`` = the mean of row ``p`` of ``x (P, L)`` (C-contiguous), summed as
     :func:`adaptive_avg2d` sums a window as wide as the plane (blocks in ``x``'s dtype into
     float64); on the calling thread, for global pooling of small inputs."""
-    zero = np.zeros(1, dtype=x.dtype)[0]
+    zero = typed_zero(x)
     for p in range(x.shape[0]):
         out[p] = _run_sum(x[p], zero) / x.shape[1]

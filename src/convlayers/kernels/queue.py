@@ -51,5 +51,9 @@ def claim(typingctx: Any, queue: Any) -> Any:
 @njit(cache=True, inline="always")
 def new_queue():
     """A counter at 0, on a cache line of its own (8 int64: no other data shares the line that
-    the threads' atomic adds pass between them)."""
-    return np.zeros(8, np.int64)
+    the threads' atomic adds pass between them). Set by a loop: in a parallel kernel numba
+    makes ``np.zeros`` a parallel region of its own."""
+    queue = np.empty(8, np.int64)
+    for i in range(8):
+        queue[i] = 0
+    return queue

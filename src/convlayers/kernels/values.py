@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from convlayers.kernels._bounds import typed_zero
+
 __all__ = ["any_nonfinite", "nonfinite_in"]
 
 
@@ -20,7 +22,7 @@ def nonfinite_in(a):
     """Whether ``a`` (1-D) holds an inf or NaN: ``sum(a * 0)`` is NaN exactly then. Compiled
     without fastmath's no-NaN/no-inf flags, which would fold ``a * 0`` to zero; ``reassoc``
     lets the sum vectorise."""
-    zero = np.zeros(1, dtype=a.dtype)[0]
+    zero = typed_zero(a)
     s = zero
     for i in range(a.shape[0]):
         s += a[i] * zero
@@ -33,7 +35,10 @@ def any_nonfinite(a, block):
     the threads."""
     n = a.shape[0]
     nb = (n + block - 1) // block
-    bad = np.zeros(nb, dtype=np.bool_)
-    for b in prange(nb):
+    bad = np.empty(nb, dtype=np.bool_)  # each block sets its own; plain loops below: numba
+    for b in prange(nb):                # makes np.zeros and .any() parallel regions of their own
         bad[b] = nonfinite_in(a[b * block: min(n, (b + 1) * block)])
-    return bad.any()
+    found = False
+    for b in range(nb):
+        found = found or bad[b]
+    return found

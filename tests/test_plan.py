@@ -648,3 +648,34 @@ def test_winograd_forward_needs_the_channels_its_transforms_pay_for() -> None:
         assert plan(*grouped, padding=1, groups=2).forward == "winograd"
     with config.engine_settings(winograd_harmonic_channels=0):
         assert plan(*even, padding=1).forward == "winograd"
+
+
+def test_tall_narrow_maps_run_with_their_axes_swapped() -> None:
+    """A 7x7 dilation-2 kernel on 61x12 maps: the implicit GEMM computes 24 positions per
+    output row of 12 (its dropped positions), 69 per 57 with height and width swapped, so the
+    call runs on transposed planes (every pass); the plan says so. A square map, a forced
+    strategy and a 1-D call keep their axes. Forward and gradients match torch."""
+    from convlayers.functional.plan import geometry, swaps_axes
+
+    rng = np.random.default_rng(4)
+    x = random_array(rng, (1, 40, 61, 12), np.float32)
+    w = random_array(rng, (16, 40, 7, 7), np.float32)
+    args = dict(padding=(4, 6), dilation=2)
+    p = plan(x.shape, w.shape, **args)
+    assert "height and width swapped" in p.spec and p.forward == "implicit"
+    pairs = ((4, 4), (6, 6))
+    assert swaps_axes(geometry(x.shape, w.shape, (1, 1), (2, 2), 1, pairs, (57, 12), np.float32))
+    assert not swaps_axes(geometry((1, 40, 40, 40), w.shape, (1, 1), (2, 2), 1, pairs,
+                                   (36, 40), np.float32))
+    with config.engine_settings(force="implicit"):
+        assert "swapped" not in plan(x.shape, w.shape, **args).spec
+    assert "swapped" not in plan((1, 40, 12), (16, 40, 7), padding=6, dilation=2).spec
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    y = F.conv2d(x, w, **args)
+    assert_close(y, tF.conv2d(tx, tw, **args), "forward")
+    gy = random_array(rng, y.shape, np.float32)
+    gx, gw, _ = F.conv_backward(gy, x, w, stride=1, with_bias=False, **args)
+    xs, ws = tx.clone().requires_grad_(), tw.clone().requires_grad_()
+    tF.conv2d(xs, ws, **args).backward(torch.from_numpy(gy))
+    assert_close(gx, xs.grad, "grad_input")
+    assert_close(gw, ws.grad, "grad_weight")

@@ -352,6 +352,15 @@ class EngineSettings:
     im2col_copy_macs_strided: int = 12
     #: See :attr:`im2col_copy_macs_strided`: one or two images.
     im2col_copy_macs_strided_few_images: int = 24
+    #: A dense or grouped 2-D convolution whose implicit GEMM (or im2col) costs less with its
+    #: two spatial axes swapped runs so, transposing its input and output planes (and weights),
+    #: where the multiply-adds saved outweigh the transposes at this many a copied element
+    #: (NumPy's strided copies, 0.3-0.55 ns an element on one core: 50-90 multiply-adds of two
+    #: threads). The implicit GEMM computes ``(kw-1)*dw // sw`` dropped positions per output
+    #: row: a 7x7 dilation-2 kernel on 61x12 maps computes 24 positions for 12 (57 for 69
+    #: transposed); 269->16 channels at batch 1 ran 2.4x torch's time (forward), 3.2x
+    #: (forward+backward).
+    transpose_copy_macs: int = 64
     #: Strided input gradients with at most this many output channels per group take the
     #: implicit GEMM (one forward per stride phase) where the phases' products are not thin:
     #: maps of 16 output positions or more, and a dilation that is a multiple of the stride

@@ -84,7 +84,7 @@ from convlayers.functional._engine_phases import reduce_phases
 from convlayers.functional._engine_pointwise import _fwd_pointwise, _gw_pointwise, _gx_pointwise
 from convlayers.functional._engine_shared import _as_4d, _finite
 from convlayers.functional._engine_winograd import _bwd_winograd, _fwd_winograd
-from convlayers.functional.plan import JOINT, Geometry, choose, geometry, work
+from convlayers.functional.plan import JOINT, Geometry, choose, geometry, swaps_axes, work
 
 __all__ = ["correlate", "correlate_backward", "correlate_input_grad", "correlate_weight_grad",
            "numba_threads"]
@@ -142,6 +142,11 @@ def _weight_check_after(s: str, g: Geometry, w: np.ndarray) -> bool:
             and config.engine.check_values and g.n * g.c_out * g.ho * g.wo < w.size)
 
 
+def _swapped(a: np.ndarray) -> np.ndarray:
+    """``a`` with its last two axes swapped, C-contiguous (:func:`plan.swaps_axes`)."""
+    return np.ascontiguousarray(np.swapaxes(a, -1, -2))
+
+
 def _checked_backward(ss: tuple[str, str], w: np.ndarray) -> tuple[str, str]:
     """The planar kernels scatter the input gradient over whole flat planes, padding and row
     ends included: a non-finite weight takes the row kernels. The implicit input gradient
@@ -190,6 +195,9 @@ def correlate(
                          out_shape, reduced.pairs, bias)
     g, (s, _), threads = _planned("forward", x.shape, weight.shape, stride, dilation, groups,
                                   pairs, out_shape, x.dtype)
+    if swaps_axes(g):  # its products drop fewer positions along the other axis
+        return _swapped(correlate(_swapped(x), _swapped(weight), stride[::-1], dilation[::-1],
+                                  groups, out_shape[::-1], pairs[::-1], bias))
     after = _weight_check_after(s, g, weight)
     s = s if after else _checked_forward(s, g, weight)
     out4 = None
@@ -235,6 +243,10 @@ def correlate_backward(
         return reduced.put(gx, x.shape), gw
     g, ss, threads = _planned("backward", x.shape, weight.shape, stride, dilation, groups, pairs,
                               grad.shape[2:], x.dtype)
+    if swaps_axes(g):  # as the forward
+        gx, gw = correlate_backward(_swapped(x), _swapped(grad), _swapped(weight), pairs[::-1],
+                                    stride[::-1], dilation[::-1], groups)
+        return _swapped(gx), _swapped(gw)
     with _threads_for(work(g, ss)):  # both gradients; small ones on one thread, as the forward
         return _backward(x, grad, weight, pairs, stride, dilation, groups, g, ss, threads)
 

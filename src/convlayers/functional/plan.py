@@ -65,7 +65,10 @@ numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose
 Before any of this, an axis of a depthwise convolution whose stride skips input (a one-tap
 kernel, or a dilation that is a multiple of the stride, so every tap reads one stride phase) is
 rewritten as a stride-1 convolution of that phase (:mod:`convlayers.functional._engine_phases`),
-and the planner plans the rewritten call; :func:`plan` says so.
+and the planner plans the rewritten call; :func:`plan` says so. A dense or grouped 2-D call
+whose implicit GEMM or im2col costs less with height and width swapped (a wide kernel on a
+narrow map: the dropped positions are per output row) runs on transposed planes where that
+saves more than the transposes cost (:func:`swaps_axes`); :func:`plan` says that too.
 
 Values, not shapes, can also move a call off its planned strategy, so that outputs are inf or
 NaN exactly where torch's are (on while ``config.engine.check_values``; the checks cost far
@@ -115,6 +118,8 @@ conv2d (6, 143, 39, 39) float32 -> 143 channels, kernel 3x1, stride 3, padding 0
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -383,6 +388,43 @@ def _phased_input_grad_pays(g: Geometry) -> bool:
     return (g.sh, g.sw) == (2, 2) and min(g.kh, g.kw) >= 5 and g.c_in_g >= 128
 
 
+def transposed(g: Geometry) -> Geometry:
+    """``g`` with its two spatial axes swapped (the input, kernel and output planes
+    transposed)."""
+    return dataclasses.replace(g, h=g.w, w=g.h, kh=g.kw, kw=g.kh, sh=g.sw, sw=g.sh, dh=g.dw,
+                               dw=g.dh, pt=g.pl, pb=g.pr, pl=g.pt, pr=g.pb, ho=g.wo, wo=g.ho)
+
+
+def _dense_position_cost(g: Geometry) -> float:
+    """Multiply-adds per output position and product row of the cheaper of the implicit GEMM
+    (its dropped positions included) and im2col (its copies), as :func:`_implicit_pays` weighs
+    them."""
+    wq = g.wo + (g.kw - 1) * g.dw // g.sw
+    return min(g.c_out_g * wq / g.wo, g.c_out_g + _copy_price(g))
+
+
+def swaps_axes(g: Geometry) -> bool:
+    """Whether a dense or grouped 2-D convolution runs with its spatial axes swapped
+    (:func:`transposed`): its forward's implicit GEMM or im2col costs under 0.9x as much so,
+    by more multiply-adds than the transposes of the input and output at
+    ``transpose_copy_macs`` an element. Every pass of the call follows the forward's choice
+    (the gradients' products drop the same positions). Not while a strategy is forced."""
+    return _swaps_axes(g, config.engine_version())
+
+
+@functools.lru_cache(maxsize=1024)
+def _swaps_axes(g: Geometry, version: int) -> bool:
+    e = config.engine
+    if (not g.compiled or g.spatial != 2 or e.force is not None or g.c_in_g == 1
+            or (g.kh, g.kw) == (1, 1) or _winograd_forward(g)):
+        return False
+    t = transposed(g)
+    now, then = _dense_position_cost(g), _dense_position_cost(t)
+    saved = (now - then) * g.n * g.groups * g.ho * g.wo * g.c_in_g * g.kh * g.kw
+    copies = (g.n * g.c_in * g.h * g.w + g.n * g.c_out * g.ho * g.wo) * e.transpose_copy_macs
+    return then < 0.9 * now and saved > copies
+
+
 def _dense(g: Geometry, pass_: str) -> str:
     """``pointwise`` for 1x1 kernels, else ``implicit`` or ``lowered`` (:func:`_implicit_pays`)."""
     if g.kh == g.kw == 1:
@@ -598,6 +640,9 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
         g = geometry((*x.shape[:2], *reduced.lengths), w.shape, reduced.stride,
                      reduced.dilation, spec.groups, reduced.pairs, spec.out_shape, dt)
     threads = numba_threads() if g.compiled else 1
+    swapped = swaps_axes(g)
+    if swapped:  # what runs: the transposed planes (see swaps_axes)
+        g = transposed(g)
     fwd = choose(g, "forward", threads)[0]
     gx, gw = choose(g, "backward", threads)
     pads = [p[0] if p[0] == p[1] else p for p in spec.pairs]
@@ -607,6 +652,8 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     if reduced is not None:
         text += (f"\n  reads one stride phase ({'x'.join(map(str, reduced.lengths))}): "
                  f"stride {_one(reduced.stride)}, dilation {_one(reduced.dilation)}")
+    if swapped:
+        text += "\n  runs with height and width swapped: its products drop fewer positions"
     serial = work(g, (fwd,)) < config.engine.serial_macs
     return Plan(text, fwd, gx, gw, 1 if serial else threads)
 

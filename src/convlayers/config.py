@@ -361,6 +361,15 @@ class EngineSettings:
     #: transposed); 269->16 channels at batch 1 ran 2.4x torch's time (forward), 3.2x
     #: (forward+backward).
     transpose_copy_macs: int = 64
+    #: A dense or grouped forward planned ``implicit`` or ``lowered`` whose two costs in the
+    #: planner's model are within this factor of each other is measured on its first call
+    #: (both run twice, the faster kept for that geometry: ``convlayers.functional._measured``).
+    #: On 100 random strided layers of one or two images the model's choice ran 1.3-2.2x the
+    #: other's time on a fifth of them, both ways, at cost ratios of 0.5-2. 1 turns it off.
+    measure_band: int = 2
+    #: ... for calls of at least this many multiply-adds (smaller ones keep the model's
+    #: choice: a measurement of a few microseconds is mostly noise).
+    measure_min_macs: int = 2_000_000
     #: Strided input gradients with at most this many output channels per group take the
     #: implicit GEMM (one forward per stride phase) where the phases' products are not thin:
     #: maps of 16 output positions or more, and a dilation that is a multiple of the stride

@@ -84,6 +84,7 @@ from convlayers.functional._engine_phases import reduce_phases
 from convlayers.functional._engine_pointwise import _fwd_pointwise, _gw_pointwise, _gx_pointwise
 from convlayers.functional._engine_shared import _as_4d, _finite
 from convlayers.functional._engine_winograd import _bwd_winograd, _fwd_winograd
+from convlayers.functional._measured import measured_forward
 from convlayers.functional.plan import JOINT, Geometry, choose, geometry, swaps_axes, work
 
 __all__ = ["correlate", "correlate_backward", "correlate_input_grad", "correlate_weight_grad",
@@ -142,6 +143,13 @@ def _weight_check_after(s: str, g: Geometry, w: np.ndarray) -> bool:
             and config.engine.check_values and g.n * g.c_out * g.ho * g.wo < w.size)
 
 
+def _timed_forward(s: str, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                   g: Geometry) -> None:
+    """One run of the forward strategy ``s``, its result dropped (a measurement's)."""
+    with _threads_for(work(g, (s,))):
+        _FORWARD[s](_as_4d(x), _as_4d(weight), bias, g)
+
+
 def _swapped(a: np.ndarray) -> np.ndarray:
     """``a`` with its last two axes swapped, C-contiguous (:func:`plan.swaps_axes`)."""
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))
@@ -198,6 +206,7 @@ def correlate(
     if swaps_axes(g):  # its products drop fewer positions along the other axis
         return _swapped(correlate(_swapped(x), _swapped(weight), stride[::-1], dilation[::-1],
                                   groups, out_shape[::-1], pairs[::-1], bias))
+    s = measured_forward(g, s, lambda name: _timed_forward(name, x, weight, bias, g))
     after = _weight_check_after(s, g, weight)
     s = s if after else _checked_forward(s, g, weight)
     out4 = None

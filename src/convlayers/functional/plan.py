@@ -99,6 +99,7 @@ Examples
 --------
 >>> print(plan((8, 64, 56, 56), (64, 64, 7, 7), padding=3))
 conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, dilation 1, groups 1
+  forward: implicit or lowered, the faster as measured on the first call
   forward      implicit
   input grad   implicit
   weight grad  implicit
@@ -623,6 +624,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     """
     from convlayers.functional._compiled import numba_threads
     from convlayers.functional._engine_phases import reduce_phases
+    from convlayers.functional._measured import remembered_choice, unsure
     from convlayers.functional.conv import conv_spec
 
     dt = np.dtype(dtype)
@@ -645,6 +647,9 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
         g = transposed(g)
     fwd = choose(g, "forward", threads)[0]
     gx, gw = choose(g, "backward", threads)
+    measured = unsure(g, fwd)
+    if measured:  # the engine measures implicit against lowered on the first call
+        fwd = remembered_choice(g) or fwd
     pads = [p[0] if p[0] == p[1] else p for p in spec.pairs]
     text = (f"conv{len(spec.stride)}d {x.shape} {dt.name} -> {w.shape[0]} channels, kernel "
             f"{'x'.join(map(str, w.shape[2:]))}, stride {_one(spec.stride)}, padding "
@@ -654,6 +659,9 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
                  f"stride {_one(reduced.stride)}, dilation {_one(reduced.dilation)}")
     if swapped:
         text += "\n  runs with height and width swapped: its products drop fewer positions"
+    if measured:
+        text += ("\n  forward: implicit or lowered, the faster as measured on the first call"
+                 + (" (measured)" if remembered_choice(g) else ""))
     serial = work(g, (fwd,)) < config.engine.serial_macs
     return Plan(text, fwd, gx, gw, 1 if serial else threads)
 

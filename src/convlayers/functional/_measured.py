@@ -1,0 +1,86 @@
+"""One-time measurements of a dense forward's strategy where the planner's cost model is unsure.
+
+The planner weighs the implicit GEMM (the positions it computes and drops) against im2col (the
+values it copies) by :func:`convlayers.functional.plan._implicit_pays`. Near the break-even the
+model guesses: on 100 random strided layers of one or two images its choice ran 1.3-2.2x
+slower than the other strategy on a fifth of them, in both directions (a 140->208 6x6 stride-3
+layer at batch 1 took 1.37x on the implicit GEMM it chose; a 17->198 5x5 one 1.14x on im2col).
+
+Where the two models' costs are within ``config.engine.measure_band`` of each other (and the
+call has at least ``config.engine.measure_min_macs`` multiply-adds), the first call of each
+geometry runs both strategies twice, times them, and keeps the faster for every later call of
+that geometry, settings and thread count: remembered in this process only
+(:func:`measured_choices`), never on disk. A model's layers pay it on their first call. The
+two strategies agree up to the order of their sums, so a layer's result can differ in its last
+bits between processes where the measurement went one way in one and the other in another;
+``config.engine.measure_band = 1`` (or forcing a strategy) turns measuring off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from convlayers import config
+from convlayers.functional.plan import Geometry, _copy_price, cannot_serve
+
+__all__ = ["forget_measurements", "measured_choices", "measured_forward", "remembered_choice",
+           "unsure"]
+
+#: The faster forward strategy per (geometry, engine settings, threads), measured.
+_CHOICES: dict[tuple[Any, ...], str] = {}
+_CANDIDATES = ("implicit", "lowered")
+
+
+def unsure(g: Geometry, strategy: str) -> bool:
+    """Whether the planner's forward choice ``strategy`` for ``g`` is measured instead: a
+    dense or grouped 2-D forward planned ``implicit`` or ``lowered``, both of which serve it,
+    whose two costs (per output position: ``C_out/g * wq`` against ``(C_out/g + price) *
+    wo``) are within ``measure_band`` of each other, of ``measure_min_macs`` or more; no
+    strategy forced."""
+    e = config.engine
+    if (strategy not in _CANDIDATES or e.force is not None or e.measure_band <= 1
+            or g.spatial != 2 or g.c_in_g == 1 or g.macs < e.measure_min_macs
+            or any(cannot_serve(s, g, "forward") for s in _CANDIDATES)):
+        return False
+    wq = g.wo + (g.kw - 1) * g.dw // g.sw
+    ratio = (g.c_out_g * wq) / ((g.c_out_g + _copy_price(g)) * g.wo)
+    return 1 / e.measure_band <= ratio <= e.measure_band
+
+
+def measured_forward(g: Geometry, strategy: str, run: Callable[[str], Any]) -> str:
+    """The forward strategy for ``g``: ``strategy`` (the planner's) unless :func:`unsure`, then
+    the faster of ``implicit`` and ``lowered`` as measured by ``run(name)`` (two calls each,
+    alternating, the shorter of each kept) on the first call of this geometry."""
+    if not unsure(g, strategy):
+        return strategy
+    key = (g, config.engine_version(), config.threads())
+    best = _CHOICES.get(key)
+    if best is None:
+        times = dict.fromkeys(_CANDIDATES, float("inf"))
+        for _ in range(2):
+            for name in _CANDIDATES:
+                start = time.perf_counter()
+                run(name)
+                times[name] = min(times[name], time.perf_counter() - start)
+        best = min(_CANDIDATES, key=lambda name: times[name])
+        if len(_CHOICES) >= 4096:
+            _CHOICES.clear()
+        _CHOICES[key] = best
+    return best
+
+
+def remembered_choice(g: Geometry) -> str | None:
+    """The measured forward strategy of ``g`` under the current settings, if any."""
+    return _CHOICES.get((g, config.engine_version(), config.threads()))
+
+
+def measured_choices() -> dict[tuple[Any, ...], str]:
+    """A copy of the measurements so far: ``{(geometry, settings version, threads): name}``."""
+    return dict(_CHOICES)
+
+
+def forget_measurements() -> None:
+    """Drop every measurement (the next call of each geometry measures again)."""
+    _CHOICES.clear()

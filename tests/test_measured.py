@@ -1,0 +1,78 @@
+"""One-time measurements of a dense forward's strategy where the planner's model is unsure
+(``convlayers.functional._measured``)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as tF
+
+from convlayers import config
+from convlayers import functional as F
+from convlayers.functional import _measured
+from convlayers.functional.plan import geometry
+from oracle import assert_close, random_array
+
+# 140->208 6x6 stride 3 on 1x140x29x29: the model's two costs within 2% of each other
+X_SHAPE, W_SHAPE, PAIRS, OUT = (1, 140, 29, 29), (208, 140, 6, 6), ((2, 2), (2, 2)), (10, 10)
+
+
+def _geometry() -> object:
+    return geometry(X_SHAPE, W_SHAPE, (3, 3), (1, 1), 1, PAIRS, OUT, np.float32)
+
+
+def test_the_faster_strategy_is_kept_and_asked_only_once() -> None:
+    """Both candidates run twice; the faster one is remembered for the geometry, and a later
+    call runs nothing. A slow ``implicit`` loses, a slow ``lowered`` loses."""
+    g = _geometry()
+    assert _measured.unsure(g, "implicit")
+    for slow, fast in (("implicit", "lowered"), ("lowered", "implicit")):
+        _measured.forget_measurements()
+        calls: list[str] = []
+
+        def run(name: str, slow: str = slow, calls: list[str] = calls) -> None:
+            calls.append(name)
+            time.sleep(0.005 if name == slow else 0)
+
+        assert _measured.measured_forward(g, "implicit", run) == fast
+        assert sorted(calls) == ["implicit", "implicit", "lowered", "lowered"]
+        assert _measured.measured_forward(g, "implicit", run) == fast
+        assert len(calls) == 4
+    _measured.forget_measurements()
+
+
+def test_sure_choices_forced_strategies_and_small_calls_are_not_measured() -> None:
+    g = _geometry()
+    assert not _measured.unsure(g, "winograd")
+    with config.engine_settings(measure_band=1):
+        assert not _measured.unsure(g, "implicit")
+    with config.engine_settings(force="implicit"):
+        assert not _measured.unsure(g, "implicit")
+    with config.engine_settings(measure_min_macs=10**12):
+        assert not _measured.unsure(g, "implicit")
+    # two output channels a group: the copies cost over ten times the dropped positions
+    thin = geometry((4, 64, 30, 30), (8, 16, 3, 3), (1, 1), (1, 1), 4, None, (28, 28),
+                    np.float32)
+    assert thin.macs >= config.engine.measure_min_macs
+    assert not _measured.unsure(thin, "implicit")
+
+
+def test_the_engine_measures_a_layer_once_and_matches_torch() -> None:
+    """conv2d of an unsure layer measures it on the first call (the plan then names the
+    measured strategy), and every call matches torch."""
+    _measured.forget_measurements()
+    rng = np.random.default_rng(3)
+    x = random_array(rng, X_SHAPE, np.float32)
+    w = random_array(rng, W_SHAPE, np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=3, padding=2)
+    assert "faster as measured" in F.plan(X_SHAPE, W_SHAPE, 3, 2).spec
+    assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "first call")
+    choices = _measured.measured_choices()
+    assert len(choices) == 1 and next(iter(choices.values())) in ("implicit", "lowered")
+    p = F.plan(X_SHAPE, W_SHAPE, 3, 2)
+    assert "(measured)" in p.spec and p.forward == next(iter(choices.values()))
+    assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "later call")
+    assert len(_measured.measured_choices()) == 1
+    _measured.forget_measurements()

@@ -24,8 +24,9 @@ def _geometry() -> object:
 
 
 def test_the_faster_strategy_is_kept_and_asked_only_once() -> None:
-    """Both candidates run twice; the faster one is remembered for the geometry, and a later
-    call runs nothing. A slow ``implicit`` loses, a slow ``lowered`` loses."""
+    """A first call takes the planner's choice and runs nothing; on the second both
+    candidates run twice and the faster one is remembered for the geometry; a later call runs
+    nothing. A slow ``implicit`` loses, a slow ``lowered`` loses."""
     g = _geometry()
     assert _measured.unsure(g, "implicit")
     for slow, fast in (("implicit", "lowered"), ("lowered", "implicit")):
@@ -36,6 +37,8 @@ def test_the_faster_strategy_is_kept_and_asked_only_once() -> None:
             calls.append(name)
             time.sleep(0.005 if name == slow else 0)
 
+        assert _measured.measured_forward(g, "implicit", run) == "implicit"
+        assert calls == [] and _measured.measured_choices() == {}
         assert _measured.measured_forward(g, "implicit", run) == fast
         assert sorted(calls) == ["implicit", "implicit", "lowered", "lowered"]
         assert _measured.measured_forward(g, "implicit", run) == fast
@@ -60,7 +63,7 @@ def test_sure_choices_forced_strategies_and_small_calls_are_not_measured() -> No
 
 
 def test_the_engine_measures_a_layer_once_and_matches_torch() -> None:
-    """conv2d of an unsure layer measures it on the first call (the plan then names the
+    """conv2d of an unsure layer measures it on its second call (the plan then names the
     measured strategy), and every call matches torch."""
     _measured.forget_measurements()
     rng = np.random.default_rng(3)
@@ -69,6 +72,8 @@ def test_the_engine_measures_a_layer_once_and_matches_torch() -> None:
     expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=3, padding=2)
     assert "faster as measured" in F.plan(X_SHAPE, W_SHAPE, 3, 2).spec
     assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "first call")
+    assert _measured.measured_choices() == {}
+    assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "second call")
     choices = _measured.measured_choices()
     assert len(choices) == 1 and next(iter(choices.values())) in ("implicit", "lowered")
     p = F.plan(X_SHAPE, W_SHAPE, 3, 2)

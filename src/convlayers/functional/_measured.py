@@ -7,10 +7,12 @@ slower than the other strategy on a fifth of them, in both directions (a 140->20
 layer at batch 1 took 1.37x on the implicit GEMM it chose; a 17->198 5x5 one 1.14x on im2col).
 
 Where the two models' costs are within ``config.engine.measure_band`` of each other (and the
-call has at least ``config.engine.measure_min_macs`` multiply-adds), the first call of each
+call has at least ``config.engine.measure_min_macs`` multiply-adds), the second call of each
 geometry runs both strategies twice, times them, and keeps the faster for every later call of
 that geometry, settings and thread count: remembered in this process only
-(:func:`measured_choices`), never on disk. A model's layers pay it on their first call. The
+(:func:`measured_choices`), never on disk. The first call takes the model's choice, so a
+one-off call (a summary, a first forward on an empty numba cache) compiles one strategy, not
+two; a model's layers pay the measurement on their second call. The
 two strategies agree up to the order of their sums, so a layer's result can differ in its last
 bits between processes where the measurement went one way in one and the other in another;
 ``config.engine.measure_band = 1`` (or forcing a strategy) turns measuring off.
@@ -52,12 +54,18 @@ def unsure(g: Geometry, strategy: str) -> bool:
 def measured_forward(g: Geometry, strategy: str, run: Callable[[str], Any]) -> str:
     """The forward strategy for ``g``: ``strategy`` (the planner's) unless :func:`unsure`, then
     the faster of ``implicit`` and ``lowered`` as measured by ``run(name)`` (two calls each,
-    alternating, the shorter of each kept) on the first call of this geometry."""
+    alternating, the shorter of each kept: a first run may compile) on the second call of this
+    geometry (the first takes ``strategy``)."""
     if not unsure(g, strategy):
         return strategy
     key = (g, config.engine_version(), config.threads())
     best = _CHOICES.get(key)
-    if best is None:
+    if best is None:  # a first call: the model's choice, measured next time
+        if len(_CHOICES) >= 4096:
+            _CHOICES.clear()
+        _CHOICES[key] = ""
+        return strategy
+    if not best:
         times = dict.fromkeys(_CANDIDATES, float("inf"))
         for _ in range(2):
             for name in _CANDIDATES:
@@ -65,20 +73,19 @@ def measured_forward(g: Geometry, strategy: str, run: Callable[[str], Any]) -> s
                 run(name)
                 times[name] = min(times[name], time.perf_counter() - start)
         best = min(_CANDIDATES, key=lambda name: times[name])
-        if len(_CHOICES) >= 4096:
-            _CHOICES.clear()
         _CHOICES[key] = best
     return best
 
 
 def remembered_choice(g: Geometry) -> str | None:
     """The measured forward strategy of ``g`` under the current settings, if any."""
-    return _CHOICES.get((g, config.engine_version(), config.threads()))
+    return _CHOICES.get((g, config.engine_version(), config.threads())) or None
 
 
 def measured_choices() -> dict[tuple[Any, ...], str]:
-    """A copy of the measurements so far: ``{(geometry, settings version, threads): name}``."""
-    return dict(_CHOICES)
+    """A copy of the measurements so far: ``{(geometry, settings version, threads): name}``
+    (geometries called once, not measured yet, left out)."""
+    return {key: name for key, name in _CHOICES.items() if name}
 
 
 def forget_measurements() -> None:

@@ -99,7 +99,7 @@ Examples
 --------
 >>> print(plan((8, 64, 56, 56), (64, 64, 7, 7), padding=3))
 conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, dilation 1, groups 1
-  forward: implicit or lowered, the faster as measured on the first call
+  forward: implicit or lowered, the faster as measured on the second call
   forward      implicit
   input grad   implicit
   weight grad  implicit
@@ -648,7 +648,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     fwd = choose(g, "forward", threads)[0]
     gx, gw = choose(g, "backward", threads)
     measured = unsure(g, fwd)
-    if measured:  # the engine measures implicit against lowered on the first call
+    if measured:  # the engine measures implicit against lowered on the second call
         fwd = remembered_choice(g) or fwd
     pads = [p[0] if p[0] == p[1] else p for p in spec.pairs]
     text = (f"conv{len(spec.stride)}d {x.shape} {dt.name} -> {w.shape[0]} channels, kernel "
@@ -660,7 +660,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     if swapped:
         text += "\n  runs with height and width swapped: its products drop fewer positions"
     if measured:
-        text += ("\n  forward: implicit or lowered, the faster as measured on the first call"
+        text += ("\n  forward: implicit or lowered, the faster as measured on the second call"
                  + (" (measured)" if remembered_choice(g) else ""))
     serial = work(g, (fwd,)) < config.engine.serial_macs
     return Plan(text, fwd, gx, gw, 1 if serial else threads)

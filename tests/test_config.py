@@ -60,11 +60,16 @@ def test_idle_threads_sleep_in_either_import_order(prelude: str) -> None:
 
 
 def test_the_measure_sees_spinning_threads() -> None:
-    """The control: numba's pool started on torch's runtime, as before (idle threads spin)."""
-    layer, _, ms, _ = _idle("import torch, numba\nnumba.get_num_threads()\nimport convlayers")
-    if layer != "omp":
-        pytest.skip(f"numba runs on its {layer} layer here")
-    assert ms > 10.0, f"idle CPU {ms:.1f} ms: the control did not spin"
+    """The control: numba's pool started on torch's runtime, as before (idle threads spin).
+    The most of three runs: beside the test suite's other worker on two cores the spinning
+    thread is preempted: one run measured 4 ms where an idle machine gives 19-20 (2 ms when
+    the idle threads sleep)."""
+    prelude = "import torch, numba\nnumba.get_num_threads()\nimport convlayers"
+    runs = [_idle(prelude) for _ in range(3)]
+    if runs[0][0] != "omp":
+        pytest.skip(f"numba runs on its {runs[0][0]} layer here")
+    ms = max(run[2] for run in runs)
+    assert ms > 10.0, f"idle CPU {ms:.1f} ms at most: the control did not spin"
 
 
 def test_the_users_policy_is_kept() -> None:

@@ -352,6 +352,20 @@ class EngineSettings:
     im2col_copy_macs_strided: int = 12
     #: See :attr:`im2col_copy_macs_strided`: one or two images.
     im2col_copy_macs_strided_few_images: int = 24
+    #: The implicit GEMM's weight gradient adds each unit's product (at most one image's map)
+    #: onto a per-thread copy of the whole ``C_in/g*kh*kw x C_out/g`` gradient, its inner
+    #: dimension the unit's positions; it serves only while that gradient has at most this
+    #: many elements per output position of one image (``lowered`` splits the input channels
+    #: and writes one copy). Measured against lowered on 9 layers (batch 1-4, 3x3 and 5x5):
+    #: 0.92x at 47 elements a position, 0.96x at 188, 1.19-1.57x at 94-522, 1.8-3.4x at
+    #: 752-3318 (256 -> 256 3x3 on 1x256x14x14, 3009: 3.96 ms against 1.18). Only for as many
+    #: output channels as a wide register tile's columns (48 float32 with AVX-512) or more
+    #: (fewer took 1.1-1.5x lowered's time on 14 random layers), at stride 1 (a 1x7 stride-3
+    #: layer 221 -> 70 on 102x102 took 2.7x on lowered: its im2col copies a strided map).
+    #: On the 13 random layers of four sweep seeds the rule moves, forward+backward took
+    #: 0.51-0.97x the time on 10 (geo-mean 0.87), 1.00-1.06x on 2, 1.38x on one at the
+    #: threshold (148 -> 175 2x2 on 1x148x39x39: 72 elements a position).
+    implicit_weight_grad_elements: int = 64
     #: A dense or grouped 2-D convolution whose implicit GEMM (or im2col) costs less with its
     #: two spatial axes swapped runs so, transposing its input and output planes (and weights),
     #: where the multiply-adds saved outweigh the transposes at this many a copied element

@@ -55,15 +55,16 @@ def _lowered_units(g: Geometry, threads: int, pass_: str) -> tuple[int, int]:
     # inner dimension is those positions. They take lowered_min_columns positions (or the
     # map), past the column cap while the scratch allows: 303->199 7x7 on 1x303x7x7 (an 11.8
     # MB gradient) ran 2.7x torch's time in slabs of 5 and 2 rows, 1.4x in one of 7.
-    # Nor, with 8 or more input channels a thread, are slabs shortened to give every thread
+    # Nor, with 16 or more input channels a thread, are slabs shortened to give every thread
     # one: too few (image, group, slab) units split the input channels instead (_gw_lowered),
     # each unit its own rows of one gradient (batch 1, 3x3 256->256 on 14x14: 1.6x torch's
-    # time in slabs of 7 rows, 1.0x whole; 22 random batch-1-3 layers: 0.76-0.91x on most,
-    # 1.17-1.28x on four of 3-29 input channels, hence the floor).
+    # time in slabs of 7 rows, 1.0x whole). On 22 random batch-1-3 layers: 0.76-0.91x the
+    # time on most, 1.17-1.28x on four of 3-29 input channels (hence the floor; 17 and 28
+    # channels had gained 0.9x), 1.09x on 83.
     least = min(g.ho, -(-e.lowered_min_columns // g.wo),
                 max(1, config.scratch_bytes() // (threads * row_bytes)))
     rows = max(rows, least)
-    if g.c_in_g >= 8 * threads:
+    if g.c_in_g >= 16 * threads:
         return rows, g.c_out_g
     return units_for_threads(g, rows, threads, False)
 

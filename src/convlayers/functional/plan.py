@@ -338,7 +338,10 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
     input gradient (stride 1) the kernel runs on the output gradient and its output is the
     input: rows ``h`` of ``w + (kw-1)*dw`` positions, and ``C_in/g`` rows of the product, which
     must not be thin beside lowered's on small maps (``implicit_input_grad_ratio`` and
-    ``implicit_input_grad_positions`` of ``config.engine``)."""
+    ``implicit_input_grad_positions`` of ``config.engine``). For the weight gradient at stride
+    1 of as many output channels as a wide tile's columns or more, the gradient must be small beside
+    the positions (``implicit_weight_grad_elements``; fewer output channels take other
+    kernels, see ``_engine_implicit.channels_last_pays``)."""
     alpha = _copy_price(g)
     if pass_ == "input_grad":
         if (g.sh, g.sw) != (1, 1):
@@ -348,8 +351,19 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
                 and g.ho * g.wo < e.implicit_input_grad_positions)
         return not thin and (g.c_out_g * g.h * (g.w + (g.kw - 1) * g.dw)
                              <= (g.c_out_g + alpha) * g.ho * g.wo)
+    if pass_ == "weight_grad" and (g.sh, g.sw) == (1, 1) and g.c_out_g >= _tile_columns(g) and (
+            g.c_in_g * g.kh * g.kw * g.c_out_g
+            > config.engine.implicit_weight_grad_elements * g.ho * g.wo):
+        return False  # a large gradient for few positions (implicit_weight_grad_elements)
     wq = g.wo + (g.kw - 1) * g.dw // g.sw
     return g.c_out_g * wq <= (g.c_out_g + alpha) * g.wo
+
+
+def _tile_columns(g: Geometry) -> int:
+    """Columns of a wide register tile of the GEMM (its vectors' elements)."""
+    from convlayers.kernels.simd import TILE_VECTORS, VECTOR_BYTES
+
+    return TILE_VECTORS * VECTOR_BYTES // g.itemsize
 
 
 def _copy_price(g: Geometry) -> int:

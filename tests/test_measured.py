@@ -40,9 +40,19 @@ def test_the_faster_strategy_is_kept_and_asked_only_once() -> None:
         assert _measured.measured_forward(g, "implicit", run) == "implicit"
         assert calls == [] and _measured.measured_choices() == {}
         assert _measured.measured_forward(g, "implicit", run) == fast
-        assert sorted(calls) == ["implicit", "implicit", "lowered", "lowered"]
+        assert sorted(calls) == ["implicit"] * _measured.ROUNDS + ["lowered"] * _measured.ROUNDS
         assert _measured.measured_forward(g, "implicit", run) == fast
-        assert len(calls) == 4
+        assert len(calls) == 2 * _measured.ROUNDS
+    _measured.forget_measurements()
+
+
+def test_a_near_tie_keeps_the_planners_choice() -> None:
+    """The other strategy must be clearly faster (by ``TIE``): equal times keep the plan's."""
+    g = _geometry()
+    for planned in ("implicit", "lowered"):
+        _measured.forget_measurements()
+        _measured.measured_forward(g, planned, lambda name: None)
+        assert _measured.measured_forward(g, planned, lambda name: time.sleep(0.002)) == planned
     _measured.forget_measurements()
 
 

@@ -8,7 +8,7 @@ layer at batch 1 took 1.37x on the implicit GEMM it chose; a 17->198 5x5 one 1.1
 
 Where the two models' costs are within ``config.engine.measure_band`` of each other (and the
 call has at least ``config.engine.measure_min_macs`` multiply-adds), the second call of each
-geometry runs both strategies twice, times them, and keeps the faster for every later call of
+geometry runs both strategies three times, times them, and keeps the faster for every later call of
 that geometry, settings and thread count: remembered in this process only
 (:func:`measured_choices`), never on disk. The first call takes the model's choice, so a
 one-off call (a summary, a first forward on an empty numba cache) compiles one strategy, not
@@ -22,6 +22,7 @@ bits between processes where the measurement went one way in one and the other i
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,12 @@ from convlayers.functional.plan import Geometry, _copy_price, cannot_serve
 __all__ = ["forget_measurements", "measured_choices", "measured_forward", "remembered_choice",
            "unsure"]
 
+#: Runs of each candidate per measurement, alternating; the shortest of each counts (a first
+#: run may load or compile its kernels, and another process's burst hits one run, not three).
+ROUNDS = 3
+#: The other strategy replaces the planner's only when it took less than ``1 - TIE`` of its
+#: time: a near tie keeps the model's choice, the same in every process.
+TIE = 0.05
 #: The faster forward strategy per (geometry, engine settings, threads), measured.
 _CHOICES: dict[tuple[Any, ...], str] = {}
 _CANDIDATES = ("implicit", "lowered")
@@ -42,7 +49,12 @@ def unsure(g: Geometry, strategy: str) -> bool:
     dense or grouped 2-D forward planned ``implicit`` or ``lowered``, both of which serve it,
     whose two costs (per output position: ``C_out/g * wq`` against ``(C_out/g + price) *
     wo``) are within ``measure_band`` of each other, of ``measure_min_macs`` or more; no
-    strategy forced."""
+    strategy forced. Remembered per geometry and settings (every call asks)."""
+    return _unsure(g, strategy, config.engine_version())
+
+
+@functools.lru_cache(maxsize=1024)
+def _unsure(g: Geometry, strategy: str, version: int) -> bool:
     e = config.engine
     if (strategy not in _CANDIDATES or e.force is not None or e.measure_band <= 1
             or g.spatial != 2 or g.c_in_g == 1 or g.macs < e.measure_min_macs
@@ -55,9 +67,9 @@ def unsure(g: Geometry, strategy: str) -> bool:
 
 def measured_forward(g: Geometry, strategy: str, run: Callable[[str], Any]) -> str:
     """The forward strategy for ``g``: ``strategy`` (the planner's) unless :func:`unsure`, then
-    the faster of ``implicit`` and ``lowered`` as measured by ``run(name)`` (two calls each,
-    alternating, the shorter of each kept: a first run may compile) on the second call of this
-    geometry (the first takes ``strategy``)."""
+    the faster of ``implicit`` and ``lowered`` as measured by ``run(name)`` (:data:`ROUNDS`
+    calls each, alternating, the shortest of each kept; the other strategy only when
+    :data:`TIE` faster) on the second call of this geometry (the first takes ``strategy``)."""
     if not unsure(g, strategy):
         return strategy
     key = (g, config.engine_version(), config.threads())
@@ -69,12 +81,13 @@ def measured_forward(g: Geometry, strategy: str, run: Callable[[str], Any]) -> s
         return strategy
     if not best:
         times = dict.fromkeys(_CANDIDATES, float("inf"))
-        for _ in range(2):
+        for _ in range(ROUNDS):
             for name in _CANDIDATES:
                 start = time.perf_counter()
                 run(name)
                 times[name] = min(times[name], time.perf_counter() - start)
-        best = min(_CANDIDATES, key=lambda name: times[name])
+        other = next(name for name in _CANDIDATES if name != strategy)
+        best = other if times[other] < (1 - TIE) * times[strategy] else strategy
         _CHOICES[key] = best
     return best
 

@@ -17,6 +17,7 @@ reaches every parameter.
 array([[0., 1.]])
 """
 
+from convlayers.functional._measured import forget_measurements, measured_choices
 from convlayers.functional._vjp import (
     adaptive_avg_pool1d,
     adaptive_avg_pool2d,
@@ -114,6 +115,7 @@ __all__ = [
     "dropout_backward",
     "dropout_mask",
     "flatten",
+    "forget_measurements",
     "hardsigmoid",
     "hardsigmoid_backward",
     "hardswish",
@@ -131,6 +133,7 @@ __all__ = [
     "max_pool2d",
     "max_pool3d",
     "max_pool_backward",
+    "measured_choices",
     "mse_loss",
     "mse_loss_backward",
     "pad",

@@ -98,11 +98,37 @@ def remembered_choice(g: Geometry) -> str | None:
 
 
 def measured_choices() -> dict[tuple[Any, ...], str]:
-    """A copy of the measurements so far: ``{(geometry, settings version, threads): name}``
-    (geometries called once, not measured yet, left out)."""
+    """The forward strategies measured so far in this process (a copy).
+
+    Returns
+    -------
+    dict
+        ``{(geometry, engine settings version, threads): "implicit" or "lowered"}``; layers
+        called once (not measured yet) are left out.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convlayers import functional as F
+    >>> F.forget_measurements()
+    >>> x = np.ones((1, 140, 29, 29), np.float32)
+    >>> w = np.ones((208, 140, 6, 6), np.float32)
+    >>> for _ in range(2):  # the second call measures implicit against lowered
+    ...     y = F.conv2d(x, w, stride=3, padding=2)
+    >>> [name in ("implicit", "lowered") for name in F.measured_choices().values()]
+    [True]
+    """
     return {key: name for key, name in _CHOICES.items() if name}
 
 
 def forget_measurements() -> None:
-    """Drop every measurement (the next call of each geometry measures again)."""
+    """Drop every measurement: each layer's next two calls measure again.
+
+    Examples
+    --------
+    >>> from convlayers import functional as F
+    >>> F.forget_measurements()
+    >>> F.measured_choices()
+    {}
+    """
     _CHOICES.clear()

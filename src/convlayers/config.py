@@ -377,10 +377,10 @@ class EngineSettings:
     transpose_copy_macs: int = 64
     #: A dense or grouped forward planned ``implicit`` or ``lowered`` whose two costs in the
     #: planner's model are within this factor of each other is measured on its second call
-    #: (both run three times, the faster kept for that geometry: ``convlayers.functional
-    #: .measured_choices()``).
-    #: On 100 random strided layers of one or two images the model's choice ran 1.3-2.2x the
-    #: other's time on a fifth of them, both ways, at cost ratios of 0.5-2. 1 turns it off.
+    #: (both run three times, the faster kept for that geometry; see
+    #: ``convlayers.functional.measured_choices()``). On 100 random strided layers of one or
+    #: two images the model's choice ran 1.3-2.2x the other's time on a fifth of them, both
+    #: ways, at cost ratios of 0.5-2. 1 turns it off.
     measure_band: int = 2
     #: ... for calls of at least this many multiply-adds (smaller ones keep the model's
     #: choice: a measurement of a few microseconds is mostly noise).

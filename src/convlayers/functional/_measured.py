@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from convlayers import config
-from convlayers.functional.plan import Geometry, _copy_price, cannot_serve
+from convlayers.functional.plan import Geometry, cannot_serve, dense_position_costs
 
 __all__ = ["forget_measurements", "measured_choices", "measured_forward", "remembered_choice",
            "unsure"]
@@ -49,7 +49,8 @@ def unsure(g: Geometry, strategy: str) -> bool:
     dense or grouped 2-D forward planned ``implicit`` or ``lowered``, both of which serve it,
     whose two costs (per output position: ``C_out/g * wq`` against ``(C_out/g + price) *
     wo``) are within ``measure_band`` of each other, of ``measure_min_macs`` or more; no
-    strategy forced. Remembered per geometry and settings (every call asks)."""
+    strategy forced (:func:`convlayers.functional.plan.dense_position_costs`). Remembered per
+    geometry and settings (every call asks)."""
     return _unsure(g, strategy, config.engine_version())
 
 
@@ -60,8 +61,8 @@ def _unsure(g: Geometry, strategy: str, version: int) -> bool:
             or g.spatial != 2 or g.c_in_g == 1 or g.macs < e.measure_min_macs
             or any(cannot_serve(s, g, "forward") for s in _CANDIDATES)):
         return False
-    wq = g.wo + (g.kw - 1) * g.dw // g.sw
-    ratio = (g.c_out_g * wq) / ((g.c_out_g + _copy_price(g)) * g.wo)
+    implicit, lowered = dense_position_costs(g)
+    ratio = implicit / lowered
     return 1 / e.measure_band <= ratio <= e.measure_band
 
 

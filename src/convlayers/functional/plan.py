@@ -342,8 +342,8 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
     1 of as many output channels as a wide tile's columns or more, the gradient must be small beside
     the positions (``implicit_weight_grad_elements``; fewer output channels take other
     kernels, see ``_engine_implicit.channels_last_pays``)."""
-    alpha = _copy_price(g)
     if pass_ == "input_grad":
+        alpha = _copy_price(g)
         if (g.sh, g.sw) != (1, 1):
             return _phased_input_grad_pays(g)
         e = config.engine
@@ -355,8 +355,19 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
             g.c_in_g * g.kh * g.kw * g.c_out_g
             > config.engine.implicit_weight_grad_elements * g.ho * g.wo):
         return False  # a large gradient for few positions (implicit_weight_grad_elements)
+    implicit, lowered = dense_position_costs(g)
+    return implicit <= lowered
+
+
+def dense_position_costs(g: Geometry) -> tuple[float, float]:
+    """``(implicit, lowered)``: the planner's price of one output position of a dense forward
+    (or weight gradient), per row of the product, in multiply-adds: the implicit GEMM's
+    ``C_out/g`` times the ``wq / wo`` positions it computes per one it keeps (``(kw-1)*dw //
+    sw`` dropped a row), im2col's ``C_out/g`` plus its copy (:func:`_copy_price`). The one
+    cost model behind :func:`_implicit_pays`, :func:`swaps_axes` and the measured choices
+    (:mod:`convlayers.functional._measured`)."""
     wq = g.wo + (g.kw - 1) * g.dw // g.sw
-    return g.c_out_g * wq <= (g.c_out_g + alpha) * g.wo
+    return g.c_out_g * wq / g.wo, float(g.c_out_g + _copy_price(g))
 
 
 def _tile_columns(g: Geometry) -> int:
@@ -410,14 +421,6 @@ def transposed(g: Geometry) -> Geometry:
                                dw=g.dh, pt=g.pl, pb=g.pr, pl=g.pt, pr=g.pb, ho=g.wo, wo=g.ho)
 
 
-def _dense_position_cost(g: Geometry) -> float:
-    """Multiply-adds per output position and product row of the cheaper of the implicit GEMM
-    (its dropped positions included) and im2col (its copies), as :func:`_implicit_pays` weighs
-    them."""
-    wq = g.wo + (g.kw - 1) * g.dw // g.sw
-    return min(g.c_out_g * wq / g.wo, g.c_out_g + _copy_price(g))
-
-
 def swaps_axes(g: Geometry) -> bool:
     """Whether a dense or grouped 2-D convolution runs with its spatial axes swapped
     (:func:`transposed`): its forward's implicit GEMM or im2col costs under 0.9x as much so,
@@ -434,7 +437,7 @@ def _swaps_axes(g: Geometry, version: int) -> bool:
             or (g.kh, g.kw) == (1, 1) or _winograd_forward(g)):
         return False
     t = transposed(g)
-    now, then = _dense_position_cost(g), _dense_position_cost(t)
+    now, then = min(dense_position_costs(g)), min(dense_position_costs(t))
     saved = (now - then) * g.n * g.groups * g.ho * g.wo * g.c_in_g * g.kh * g.kw
     copies = (g.n * g.c_in * g.h * g.w + g.n * g.c_out * g.ho * g.wo) * e.transpose_copy_macs
     return then < 0.9 * now and saved > copies

@@ -79,32 +79,16 @@ def _whole_slab_rows(g: Geometry) -> int:
     return max(1, min(g.ho, cap // max(1, g.c_in_g * per_channel_row) - halo))
 
 
-def _chunked_taps(taps: np.ndarray, kk: int, chunk: int) -> np.ndarray:
-    """``(G, Q, C_out/g, chunk*kk)``: the taps ``(G, C_out/g, C_in/g*kk)`` of each chunk of
-    ``chunk`` input channels (the last chunk's missing channels zero, never read)."""
-    groups, cog, k = taps.shape
-    cig = k // kk
-    if chunk >= cig:
-        return taps[:, None]
-    q = -(-cig // chunk)
-    out = np.zeros((groups, q, cog, chunk * kk), dtype=taps.dtype)
-    for i in range(q):
-        part = taps[:, :, i * chunk * kk: (i + 1) * chunk * kk]
-        out[:, i, :, : part.shape[2]] = part
-    return out
-
-
 def _run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None, g: Geometry) -> np.ndarray:
     """``(N, C_out, Ho*Wo)``: :func:`convlayers.kernels.implicit.implicit_forward` of ``g``
     with ``taps (G, C_out/g, C_in/g*kh*kw)``."""
     k = kernels()
     threads = _numba_threads()
     rows, block, chunk = slab_rows(g, threads)
-    chunked = _chunked_taps(taps, g.kh * g.kw, chunk)
     out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
     slab, product = scratch_sizes(g, threads)
-    k.implicit.implicit_forward(x, chunked, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
-                                g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block,
+    k.implicit.implicit_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
+                                g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, chunk,
                                 np.empty((threads, slab), x.dtype),
                                 np.empty((threads, product), x.dtype), out)
     return out

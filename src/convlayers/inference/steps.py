@@ -220,7 +220,6 @@ class Implicit(_Conv):
         # (groups, C_out/g, C_in/g*kh*kw), as im2col packs them (a Winograd step shares its)
         self.taps = taps if taps is not None else np.ascontiguousarray(
             w.reshape(self.groups, self.c_out // self.groups, -1), dtype)
-        self.chunked: dict[int, np.ndarray] = {}
         self.zero = np.zeros(self.c_out, dtype)
         self.itemsize = dtype.itemsize
         self.pb, self.pr = node.attrs["pads"][1], node.attrs["pads"][3]
@@ -253,21 +252,17 @@ class Implicit(_Conv):
         return threads * (slab + product)
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
-        from convlayers.functional._engine_implicit import _chunked_taps
         from convlayers.kernels.implicit import implicit_forward
 
         assert scratch is not None
         x, out = v[self.inp][0], v[self.out][1]
         rows, block, chunk, (slab, product), threads = self._units(x.shape[0])
-        taps = self.chunked.get(chunk)
-        if taps is None:
-            taps = self.chunked[chunk] = _chunked_taps(self.taps, self.kh * self.kw, chunk)
         if scratch.size < threads * (slab + product):  # settings changed since the arena
             scratch = np.empty(threads * (slab + product), x.dtype)
         xbuf = scratch[:threads * slab].reshape(threads, slab)
         obuf = scratch[threads * slab:threads * (slab + product)].reshape(threads, product)
-        implicit_forward(x, taps, self.bias, self.kh, self.kw, self.sh, self.sw, self.dh,
-                         self.dw, self.pt, self.pl, self.wo, rows, block, xbuf, obuf, out)
+        implicit_forward(x, self.taps, self.bias, self.kh, self.kw, self.sh, self.sw, self.dh,
+                         self.dw, self.pt, self.pl, self.wo, rows, block, chunk, xbuf, obuf, out)
         if self.residual is not None or self.act:
             res, has = self._res(v, True)
             K.epilogue(out, self.zero, res, has, self.act)

@@ -139,28 +139,31 @@ def forward_scratch(c_chunk: int, kernel: tuple[int, int], stride: tuple[int, in
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, xbuf, obuf, out):
-    """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G, Q,
-    C_out/g, Cq*kh*kw)`` (+ ``bias``, ``C_out`` entries or none) with zero padding ``pt`` above
+def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, Cq, xbuf, obuf, out):
+    """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G,
+    C_out/g, C_in/g*kh*kw)`` (+ ``bias``, ``C_out`` entries or none) with zero padding ``pt`` above
     and ``pl`` left (negative: rows or columns dropped; the other sides follow from ``out``'s
     size), in units of ``R`` output rows by ``B`` output channels of one image and group,
     handed out in order to the first free thread (:mod:`convlayers.kernels.queue`); the
     scratch ``xbuf`` and ``obuf`` (a row per thread, sizes from :func:`forward_scratch`) is the
     caller's, so a compiled plan keeps it in its arena.
 
-    The input channels of a group come in ``Q`` chunks of ``Cq`` (the last may hold fewer; its
-    taps past them are never read): a unit fills its slab with one chunk at a time and adds
-    the chunk's product to the last, so a slab of many channels need not shrink to a row or
-    two. The sums run in the same order whatever the chunks."""
+    The input channels of a group come in chunks of ``Cq`` (the last may hold fewer): a unit
+    fills its slab with one chunk at a time and adds the product of the chunk's columns of
+    ``taps``, read in place, to the last, so a slab of many channels need not shrink to a row
+    or two. The sums run in the same order whatever the chunks."""
     N, C_in = x.shape[0], x.shape[1]
-    G, Q, Cog = taps.shape[0], taps.shape[1], taps.shape[2]
+    G, Cog = taps.shape[0], taps.shape[1]
     Cig = C_in // G
-    Cq = -(-Cig // Q)
-    K1 = taps.shape[3] // Cq  # kh*kw
+    Q = (Cig + Cq - 1) // Cq
+    K1 = kh * kw
     Ho = out.shape[2] // Wo
     Hq = R + ((kh - 1) * dh) // sh
     Wq = Wo + ((kw - 1) * dw) // sw
-    offs, slot, slots = phase_layout(Cq, kh, kw, sh, sw, dh, dw, Hq, Wq)
+    offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
+    chunk_step = Cq * slots * Hq * Wq  # a chunk's channels start at the slab's start
+    for k in range(offs.size):
+        offs[k] -= (k // (Cq * K1)) * chunk_step
     nr = (Ho + R - 1) // R
     nb = (Cog + B - 1) // B
     has_bias = bias.shape[0] > 0
@@ -187,14 +190,14 @@ def _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xq, ob, out, unit, Q,
                   Hq, Wq, offs, slot, slots, nr, nb, has_bias, zero):
     """One unit of :func:`implicit_forward` (image, group, slab of rows, block of channels) in
     one thread's scratch ``xq``, ``ob``."""
-    G, Cog = taps.shape[0], taps.shape[2]
+    G, Cog = taps.shape[0], taps.shape[1]
     n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
     o = ob[: cos * rows * Wq].reshape(cos, rows * Wq)
     for q in range(Q):
         c0 = q * Cq
         C = min(Cq, Cig - c0)
         _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
-        gemm_indirect_part(taps[g, q, co0: co0 + cos], xq, offs, o, C * K1, q > 0)
+        gemm_indirect_part(taps[g, co0: co0 + cos], xq, offs, o, c0 * K1, (c0 + C) * K1, q > 0)
     for co in range(cos):
         c = g * Cog + co0 + co
         store_rows(out[n, c, oh0 * Wo:], o[co], rows, Wo, Wq, bias[c] if has_bias else zero)
@@ -279,7 +282,7 @@ def channels_last_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, NB, 
                     start = oh * sh * Wp * Cig + shift
                     for ow in range(Wo):
                         offs[oh * Wo + ow] = start + ow * sw * Cig
-                gemm_indirect_part(u, xq, offs, acc[t, g, tap], P, True)
+                gemm_indirect_part(u, xq, offs, acc[t, g, tap], P - P, P, True)
 
 
 @njit(cache=True, fastmath=True)

@@ -424,19 +424,19 @@ _DIRECT = np.zeros(1, dtype=np.int64)
 def gemm_tiled(u, v, m):
     """``m = u @ v`` for C-contiguous 2-D ``v (K, L)``, ``m (P, L)`` and 2-D ``u (P, K)``,
     C-contiguous or a strided view (a transposed weight)."""
-    _tiled(u, v, m, _DIRECT, _LEFT, v.shape[1], u.shape[1], _WRITE)
+    _tiled(u, v, m, _DIRECT, _LEFT, v.shape[1], _LEFT, u.shape[1], _WRITE)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled_add(u, v, m):
     """``m += u @ v``, as :func:`gemm_tiled`."""
-    _tiled(u, v, m, _DIRECT, _LEFT, v.shape[1], u.shape[1], _ADD)
+    _tiled(u, v, m, _DIRECT, _LEFT, v.shape[1], _LEFT, u.shape[1], _ADD)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def gemm_tiled_cols(u, v, m, j0, j1):
     """``m[:, j0:j1] = u @ v[:, j0:j1]``, as :func:`gemm_tiled` (the other columns untouched)."""
-    _tiled(u, v, m, _DIRECT, j0, j1, u.shape[1], _WRITE)
+    _tiled(u, v, m, _DIRECT, j0, j1, _LEFT, u.shape[1], _WRITE)
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -444,15 +444,16 @@ def gemm_indirect(u, v, offs, m):
     """``m = u @ V`` where row ``k`` of ``V`` is ``v[offs[k] : offs[k] + m.shape[1]]``, for a
     C-contiguous 1-D ``v`` and int64 ``offs`` (``u.shape[1]`` entries): the implicit GEMM of a
     convolution over a flat padded input, whose rows overlap (nothing is copied)."""
-    _tiled(u, v, m, offs, _LEFT, m.shape[1], u.shape[1], _WRITE)
+    _tiled(u, v, m, offs, _LEFT, m.shape[1], _LEFT, u.shape[1], _WRITE)
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def gemm_indirect_part(u, v, offs, m, K, add):
-    """``m (+)= u[:, :K] @ V``, as :func:`gemm_indirect` over the first ``K`` rows of ``V``
-    (``add`` true: onto ``m``): one chunk of a product whose inner dimension comes in parts.
-    The sums run as if the parts were one product."""
-    _tiled(u, v, m, offs, _LEFT, m.shape[1], K, add)
+def gemm_indirect_part(u, v, offs, m, k_lo, k_hi, add):
+    """``m (+)= u[:, k_lo:k_hi] @ V[k_lo:k_hi]``, as :func:`gemm_indirect` over rows ``k_lo ..
+    k_hi`` of ``V`` (``add`` true: onto ``m``): one chunk of a product whose inner dimension
+    comes in parts, read in place from the whole left operand. The sums run as if the parts
+    were one product."""
+    _tiled(u, v, m, offs, _LEFT, m.shape[1], k_lo, k_hi, add)
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -460,35 +461,36 @@ def gemm_indirect_left_add(u, offs, v, m):
     """``m += U @ v`` where row ``p`` of ``U`` is ``u[offs[p] : offs[p] + v.shape[0]]``, for a
     C-contiguous 1-D ``u`` and int64 ``offs`` (``m.shape[0]`` entries): the weight gradient
     of the implicit GEMM."""
-    _tiled(u, v, m, offs, _LEFT, m.shape[1], v.shape[0], _ADD)
+    _tiled(u, v, m, offs, _LEFT, m.shape[1], _LEFT, v.shape[0], _ADD)
 
 
 @njit(cache=True, fastmath=True)
-def _tiled(u, v, m, offs, j_lo, j_hi, K, accumulate):
-    """Columns ``j_lo .. j_hi`` of ``m (+)= u @ v``: blocks of ``NC`` columns, slabs of ``KC``
-    of the inner dimension, bands of ``TILE_ROWS`` rows, tiles of ``TILE_VECTORS`` vectors
-    and the columns left as :func:`_band` says (:func:`band_columns`), the last
-    ``P % TILE_ROWS`` rows as a band of edge tiles. Nothing is copied or allocated. Fewer
-    columns than a vector in all: masked tiles (the ``narrow`` kind). Not inlined:
-    every kernel calls this one compiled function (per dtype); inlined, the unrolled tiles were
-    copied into each call site and first calls compiled for about 30 s."""
+def _tiled(u, v, m, offs, j_lo, j_hi, k_lo, k_hi, accumulate):
+    """Columns ``j_lo .. j_hi`` of ``m (+)= u[:, k_lo:k_hi] @ v[k_lo:k_hi]``: blocks of ``NC``
+    columns, slabs of ``KC`` of the inner dimension (from ``k_lo``), bands of ``TILE_ROWS``
+    rows, tiles of ``TILE_VECTORS`` vectors and the columns left as :func:`_band` says
+    (:func:`band_columns`), the last ``P % TILE_ROWS`` rows as a band of edge tiles. Nothing is
+    copied or allocated. Fewer columns than a vector in all: masked tiles (the ``narrow``
+    kind). Not inlined: every kernel calls this one compiled function (per dtype); inlined,
+    the unrolled tiles were copied into each call site and first calls compiled for about
+    30 s."""
     P = m.shape[0]
     R = TILE_ROWS
     lanes = (64 if _WIDE else 32) // u.itemsize
     width = j_hi - j_lo
     if width <= 0 or P == 0:
         return
-    if K == 0:
+    if k_hi <= k_lo:
         if not accumulate:
             for p in range(P):
                 for j in range(j_lo, j_hi):
                     m[p, j] = 0
         return
     if width < lanes:  # narrower than a vector: masked tiles, in the tiles' order of sums
-        for k0 in range(0, K, KC):
-            k1 = min(K, k0 + KC)
+        for k0 in range(k_lo, k_hi, KC):
+            k1 = min(k_hi, k0 + KC)
             for p in range(0, P, R):
-                if accumulate or k0 > 0:
+                if accumulate or k0 > k_lo:
                     _narrow_add(u, v, m, offs, p, j_lo, k0, k1, min(R, P - p), width)
                 else:
                     _narrow(u, v, m, offs, p, j_lo, k0, k1, min(R, P - p), width)
@@ -496,9 +498,9 @@ def _tiled(u, v, m, offs, j_lo, j_hi, K, accumulate):
     narrow = j_lo + width - width % lanes
     for c0 in range(j_lo, j_hi, NC):
         c1 = min(j_hi, c0 + NC)
-        for k0 in range(0, K, KC):
-            k1 = min(K, k0 + KC)
-            add = accumulate or k0 > 0
+        for k0 in range(k_lo, k_hi, KC):
+            k1 = min(k_hi, k0 + KC)
+            add = accumulate or k0 > k_lo
             for p in range(0, P, R):
                 _band(u, v, m, offs, p, min(R, P - p), c0, c1, narrow, k0, k1, add)
 

@@ -106,6 +106,10 @@ UNIT_MACS = 20_000
 #: The cost of a product column on one-vector tiles against one on the three-vector tiles
 #: (a vector loaded per row of the tile, not per three).
 ONE_VECTOR_COST = 1.6
+#: Slabs per thread from which the images' slabs are handed out as they come: with fewer, a
+#: last slab's rows (22 rows in slabs of 7: 7, 7, 7 and 1) left a thread idle for most of a
+#: slab, so the cuts are costed.
+BALANCED_UNITS = 8
 
 
 def costed_units(g: Geometry, rows: int, threads: int, row_length: int, halo: int,
@@ -114,8 +118,8 @@ def costed_units(g: Geometry, rows: int, threads: int, row_length: int, halo: in
     (each ``row_length`` product columns, its copy ``copy_row`` multiply-adds' worth a row,
     ``halo`` rows more copied) by blocks of ``B`` output channels.
 
-    While the images and groups alone give every thread two slabs, as they come (``B`` all
-    the channels). Else each way of cutting the map into 1-8 slabs and the channels into 1-8
+    While the images and groups alone give every thread :data:`BALANCED_UNITS` slabs, as they
+    come (``B`` all the channels). Else each way of cutting the map into 1-8 slabs and the channels into 1-8
     blocks of whole register-tile bands is costed: a unit's product as the tiles compute it
     (bands of ``TILE_ROWS`` channels, the slab's positions on the tiles
     :func:`convlayers.kernels.simd.band_columns` counts), its copy and :data:`UNIT_MACS`; the units
@@ -130,7 +134,7 @@ def costed_units(g: Geometry, rows: int, threads: int, row_length: int, halo: in
     from convlayers.kernels.simd import TILE_ROWS, VECTOR_BYTES, band_columns
 
     images = g.n * g.groups
-    if images * -(-g.ho // rows) >= 2 * threads or threads == 1:
+    if images * -(-g.ho // rows) >= BALANCED_UNITS * threads or threads == 1:
         return rows, g.c_out_g
     lanes = VECTOR_BYTES // g.itemsize
     depth = g.c_in_g * g.kh * g.kw

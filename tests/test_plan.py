@@ -262,8 +262,9 @@ def test_column_copies_count_toward_the_thread_decision() -> None:
 
 def test_strided_input_gradients_of_few_output_channels_run_implicit() -> None:
     """Few output channels make lowered's col2im adds outweigh its product: a stride-2 5x5
-    with many input channels, or a dilation that is a multiple of the stride, takes the
-    implicit GEMM for its input gradient, whose result matches torch's."""
+    (9 taps a phase) of at most 7 output channels, a 7x7 (16) of up to 16, or a dilation that
+    is a multiple of the stride, takes the implicit GEMM for its input gradient, whose result
+    matches torch's."""
     rng = np.random.default_rng(4)
     x = random_array(rng, (2, 130, 15, 15), np.float32)
     w = random_array(rng, (6, 130, 5, 5), np.float32)
@@ -273,10 +274,13 @@ def test_strided_input_gradients_of_few_output_channels_run_implicit() -> None:
     assert_close(our_gx, gx, "implicit strided input gradient")
     assert_close(our_gw, gw, "weight gradient beside it")
     assert plan((2, 16, 30, 30), (8, 16, 3, 3), stride=2, dilation=2).input_grad == "implicit"
-    # many output channels, a small input, a 3x3 kernel at stride 2, a depthwise one, a
-    # setting of 0: lowered, or the depthwise kernels
+    assert plan((2, 40, 15, 15), (6, 40, 5, 5), stride=2).input_grad == "implicit"
+    assert plan((2, 40, 15, 15), (16, 40, 7, 7), stride=2, padding=3).input_grad == "implicit"
+    # many output channels, 8 of them on a 5x5, a small map (9 output positions), a 3x3
+    # kernel at stride 2, a depthwise one, a setting of 0: lowered, or the depthwise kernels
     assert plan((2, 130, 15, 15), (64, 130, 5, 5), stride=2).input_grad == "lowered"
-    assert plan((2, 40, 15, 15), (6, 40, 5, 5), stride=2).input_grad == "lowered"
+    assert plan((2, 40, 15, 15), (8, 40, 5, 5), stride=2).input_grad == "lowered"
+    assert plan((2, 40, 9, 9), (6, 40, 5, 5), stride=2).input_grad == "lowered"
     assert plan((2, 130, 15, 15), (6, 130, 3, 3), stride=2).input_grad == "lowered"
     assert plan((2, 16, 30, 30), (16, 1, 3, 3), stride=2, dilation=2,
                 groups=16).input_grad.startswith("depthwise")
@@ -684,12 +688,18 @@ def test_tall_narrow_maps_run_with_their_axes_swapped() -> None:
 def test_the_implicit_weight_gradient_needs_positions_for_its_gradient() -> None:
     """The implicit weight gradient adds each unit's product onto a per-thread copy of the whole
     gradient: 256 -> 256 3x3 on one 14x14 map (3009 gradient elements a position) takes
-    lowered (implicit ran 3.4x its time), 64 -> 64 on 28x28 (47) keeps implicit; stride 2 and
-    few output channels are left to the rule before. The gradients match torch."""
+    lowered (implicit ran 3.4x its time), 64 -> 64 on 28x28 (47) keeps implicit; at stride 2
+    only a gradient past ``implicit_weight_grad_bytes`` does (443 -> 90 7x7: 7.8 MB, 5.9x).
+    The gradients match torch."""
     assert plan((1, 256, 14, 14), (256, 256, 3, 3), padding=1).weight_grad == "lowered"
     assert plan((1, 64, 28, 28), (64, 64, 3, 3), padding=1).weight_grad == "implicit"
-    with config.engine_settings(implicit_weight_grad_elements=10**6):
+    assert plan((1, 443, 7, 44), (90, 443, 7, 7), stride=2, padding=(1, 2)).weight_grad == "lowered"
+    assert plan((1, 64, 56, 56), (90, 64, 7, 7), stride=2, padding=3).weight_grad == "implicit"
+    with config.engine_settings(implicit_weight_grad_elements=10**6,
+                                implicit_weight_grad_bytes=2**40):
         assert plan((1, 256, 14, 14), (256, 256, 3, 3), padding=1).weight_grad == "implicit"
+        assert plan((1, 443, 7, 44), (90, 443, 7, 7), stride=2,
+                    padding=(1, 2)).weight_grad == "implicit"
     rng = np.random.default_rng(9)
     x = random_array(rng, (1, 256, 14, 14), np.float32)
     w = random_array(rng, (256, 256, 3, 3), np.float32)

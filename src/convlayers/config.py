@@ -366,6 +366,13 @@ class EngineSettings:
     #: 0.51-0.97x the time on 10 (geo-mean 0.87), 1.00-1.06x on 2, 1.38x on one at the
     #: threshold (148 -> 175 2x2 on 1x148x39x39: 72 elements a position).
     implicit_weight_grad_elements: int = 64
+    #: Nor, at any stride, while that per-thread gradient (every group's) is larger than this
+    #: (a core's L2 cache here): each unit then streams it from L3 and back for a product of a
+    #: few positions, one unit a slab. Random strided layers the rule above admits, implicit's
+    #: time against lowered's: 443 -> 90 7x7 s2 on 1x443x7x44 (7.8 MB) 5.9x, 354 -> 150 5x5
+    #: s3 (5.3 MB) 4.2x, 255 -> 108 6x6 s3 (4 MB) 1.5x, 450 -> 57 3x7 s2 (2.2 MB) 1.06x; below
+    #: 2 MB 0.47-1.49x (geo-mean 0.89 on 18).
+    implicit_weight_grad_bytes: int = 2 * 1024 * 1024
     #: A dense or grouped 2-D convolution whose implicit GEMM (or im2col) costs less with its
     #: two spatial axes swapped runs so, transposing its input and output planes (and weights),
     #: where the multiply-adds saved outweigh the transposes at this many a copied element

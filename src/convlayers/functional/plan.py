@@ -340,8 +340,8 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
     must not be thin beside lowered's on small maps (``implicit_input_grad_ratio`` and
     ``implicit_input_grad_positions`` of ``config.engine``). For the weight gradient at stride
     1 of as many output channels as a wide tile's columns or more, the gradient must be small beside
-    the positions (``implicit_weight_grad_elements``; fewer output channels take other
-    kernels, see ``_engine_implicit.channels_last_pays``)."""
+    the positions, and at any stride small (:func:`_large_weight_grad`; fewer output channels
+    take other kernels, see ``_engine_implicit.channels_last_pays``)."""
     if pass_ == "input_grad":
         alpha = _copy_price(g)
         if (g.sh, g.sw) != (1, 1):
@@ -351,12 +351,23 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
                 and g.ho * g.wo < e.implicit_input_grad_positions)
         return not thin and (g.c_out_g * g.h * (g.w + (g.kw - 1) * g.dw)
                              <= (g.c_out_g + alpha) * g.ho * g.wo)
-    if pass_ == "weight_grad" and (g.sh, g.sw) == (1, 1) and g.c_out_g >= _tile_columns(g) and (
-            g.c_in_g * g.kh * g.kw * g.c_out_g
-            > config.engine.implicit_weight_grad_elements * g.ho * g.wo):
-        return False  # a large gradient for few positions (implicit_weight_grad_elements)
+    if pass_ == "weight_grad" and _large_weight_grad(g):
+        return False
     implicit, lowered = dense_position_costs(g)
     return implicit <= lowered
+
+
+def _large_weight_grad(g: Geometry) -> bool:
+    """Whether the implicit weight gradient's per-thread copy of the gradient is too large for
+    its products: at stride 1, for as many output channels as a wide tile's columns or more,
+    more than ``implicit_weight_grad_elements`` elements per output position of one image;
+    at any stride, more than ``implicit_weight_grad_bytes``."""
+    e = config.engine
+    elements = g.c_in_g * g.kh * g.kw * g.c_out_g
+    if elements * g.groups * g.itemsize > e.implicit_weight_grad_bytes:
+        return True
+    return ((g.sh, g.sw) == (1, 1) and g.c_out_g >= _tile_columns(g)
+            and elements > e.implicit_weight_grad_elements * g.ho * g.wo)
 
 
 def dense_position_costs(g: Geometry) -> tuple[float, float]:
@@ -404,14 +415,29 @@ def _phased_input_grad_pays(g: Geometry) -> bool:
     ``config.engine.implicit_input_grad_channels``), where lowered's col2im adds outweigh its
     thin product, and phases whose products are not thin themselves (maps of 16 output
     positions or more): a dilation that is a multiple of the stride puts every tap in one
-    phase (kernels of 9 taps or more), or stride 2 with kernels of 5 or more and 128 or more
-    input channels per group. Depthwise gradients keep their own kernels."""
+    phase (kernels of 5 taps or more: 5x1 and 1x7 stride 2 dilation 2 took 0.76x and 0.85x
+    lowered's time); or stride 2 on maps of 25 output positions or more,
+    where the largest phase takes 12 taps or more (a 5x7 or 7x7 kernel), or 6 or more for at
+    most 7 output channels (an inner dimension of ``C_out/g`` times the taps). On 91 random
+    stride-2/3 gradients of at most 16 output channels, implicit's time against lowered's:
+    0.46-0.94x on the 20 stride-2 layers this admits (4x5-7x7 kernels; 3-16 output
+    channels); 1.3-3.1x on 5x5 kernels of 8-13 channels and on 16-output-position maps; 1.0-10x
+    on 3x3, 4x4 and 1xk kernels. Depthwise gradients keep their own kernels."""
     if (g.c_out_g > config.engine.implicit_input_grad_channels or g.c_in_g == 1
             or g.ho * g.wo < 16):
         return False
     if g.dh % g.sh == 0 and g.dw % g.sw == 0:
-        return g.kh * g.kw >= 9
-    return (g.sh, g.sw) == (2, 2) and min(g.kh, g.kw) >= 5 and g.c_in_g >= 128
+        return g.kh * g.kw >= 5
+    if (g.sh, g.sw) != (2, 2) or g.ho * g.wo < 25:
+        return False
+    # the most taps one phase takes: its product's inner dimension is C_out/g times as many
+    taps = len(_phase_taps(g.kh, g.dh, 2)) * len(_phase_taps(g.kw, g.dw, 2))
+    return taps >= 12 or (taps >= 6 and g.c_out_g <= 7)
+
+
+def _phase_taps(k: int, d: int, s: int) -> list[int]:
+    """The taps of an axis (kernel ``k``, dilation ``d``) in its largest stride-``s`` phase."""
+    return max(([a for a in range(k) if (a * d) % s == r] for r in range(s)), key=len)
 
 
 def transposed(g: Geometry) -> Geometry:

@@ -429,15 +429,18 @@ def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
 def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
     """The forward runs channels-last on planes of up to ``channels_last_pixels`` output pixels
     whatever the channel count (its blocks take consecutive planes of all the images), from
-    ``channels_last_channels`` planes in all: 102x4 and 33x33 output planes do, 65x65 do not;
-    5 channels do in two images, not in one. A block of more than ``channels_last_block_bytes``
+    ``channels_last_forward_planes`` planes in all (``channels_last_channels`` when lowered):
+    102x4 and 33x33 output planes do, 65x65 do not; 64 planes do not, 400 do; 5 channels of
+    two images do (at 8), of one image not. A block of more than ``channels_last_block_bytes``
     (64 planes of a 68x68 padded map: 1.2 MiB) runs planar (there 0.9x the channels-last
     time). The forward matches torch."""
     def forward(n: int, c: int, hw: tuple[int, int]) -> str:
         return plan((n, c, *hw), (c, 1, 4, 4), stride=2, padding=1, groups=c).forward
 
     assert config.engine.channels_last_channels == 8
-    assert forward(2, 32, (205, 9)) == "depthwise-channels-last"
+    assert config.engine.channels_last_forward_planes == 384
+    assert forward(2, 200, (205, 9)) == "depthwise-channels-last"
+    assert forward(2, 32, (205, 9)) == "depthwise-planar"
     assert forward(2, 278, (66, 66)) == "depthwise-planar"
     with config.engine_settings(channels_last_block_bytes=2 << 20):
         assert forward(2, 278, (66, 66)) == "depthwise-channels-last"
@@ -445,14 +448,16 @@ def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
         with config.engine_settings(channels_last_pixels=400):
             assert forward(2, 278, (66, 66)) != "depthwise-channels-last"
     with config.engine_settings(channels_last_block_bytes=0):  # only where planar serves
-        assert forward(2, 32, (205, 9)) == "depthwise-planar"
+        assert forward(2, 200, (205, 9)) == "depthwise-planar"
         assert forward(2, 32, (8, 12)) == "depthwise-channels-last"  # 4x6: the row kernels'
-    assert forward(2, 5, (20, 20)) == "depthwise-channels-last"
-    assert forward(1, 5, (20, 20)) != "depthwise-channels-last"
+    with config.engine_settings(channels_last_forward_planes=8):
+        assert forward(2, 32, (205, 9)) == "depthwise-channels-last"
+        assert forward(2, 5, (20, 20)) == "depthwise-channels-last"
+        assert forward(1, 5, (20, 20)) != "depthwise-channels-last"
     rng = np.random.default_rng(8)
-    x = random_array(rng, (2, 70, 205, 9), np.float32)
-    w = random_array(rng, (70, 1, 4, 4), np.float32)
-    args = dict(stride=2, padding=1, groups=70)
+    x = random_array(rng, (2, 200, 205, 9), np.float32)
+    w = random_array(rng, (200, 1, 4, 4), np.float32)
+    args = dict(stride=2, padding=1, groups=200)
     assert plan(x.shape, w.shape, **args).forward == "depthwise-channels-last"
     assert_close(F.conv2d(x, w, **args), tF.conv2d(torch.from_numpy(x), torch.from_numpy(w),
                                                   **args), "forward")
@@ -464,7 +469,7 @@ def test_channels_last_needs_its_padded_block_to_fit() -> None:
     Only shapes are planned, nothing is allocated."""
     huge = plan((1, 64, 20000, 20000), (64, 1, 3, 3), stride=4000, groups=64)
     assert huge.forward != "depthwise-channels-last"
-    assert plan((1, 64, 9, 9), (64, 1, 3, 3), padding=1, groups=64).forward \
+    assert plan((1, 400, 9, 9), (400, 1, 3, 3), padding=1, groups=400).forward \
         == "depthwise-channels-last"
 
 

@@ -498,16 +498,17 @@ def channels_last_fits(channels: int, in_hw: tuple[int, int], pad: tuple[int, in
 
 def _channels_last_forward(g: Geometry) -> bool:
     """Whether a depthwise forward without a multiplier runs channels-last:
-    :func:`channels_last_fits`, and its block's padded input within
-    ``channels_last_block_bytes`` unless the planar kernels cannot serve (then only the row
-    kernels could, 2.5-14x slower on the layers measured)."""
+    :func:`channels_last_fits`, and ``channels_last_forward_planes`` planes or more and its
+    block's padded input within ``channels_last_block_bytes``, unless the planar kernels
+    cannot serve (then only the row kernels could, 2.5-14x slower on the layers measured)."""
     from convlayers.kernels.depthwise_nhwc import channels_last_shapes
 
     shape = ((g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
     if not channels_last_fits(g.c_in, *shape, g.itemsize, images=g.n):
         return False
     padded = channels_last_shapes(1, g.c_in, *shape)[0]
-    return (math.prod(padded) * g.itemsize <= config.engine.channels_last_block_bytes
+    return ((g.n * g.c_in >= config.engine.channels_last_forward_planes
+             and math.prod(padded) * g.itemsize <= config.engine.channels_last_block_bytes)
             or _depthwise(g) != "depthwise-planar")
 
 

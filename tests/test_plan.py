@@ -429,7 +429,7 @@ def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
 def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
     """The forward runs channels-last on planes of up to ``channels_last_pixels`` output pixels
     whatever the channel count (its blocks take consecutive planes of all the images), from
-    ``channels_last_forward_planes`` planes in all (``channels_last_channels`` when lowered):
+    ``channels_last_planes`` planes in all (``channels_last_channels`` when lowered):
     102x4 and 33x33 output planes do, 65x65 do not; 64 planes do not, 400 do; 5 channels of
     two images do (at 8), of one image not. A block of more than ``channels_last_block_bytes``
     (64 planes of a 68x68 padded map: 1.2 MiB) runs planar (there 0.9x the channels-last
@@ -438,7 +438,7 @@ def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
         return plan((n, c, *hw), (c, 1, 4, 4), stride=2, padding=1, groups=c).forward
 
     assert config.engine.channels_last_channels == 8
-    assert config.engine.channels_last_forward_planes == 384
+    assert config.engine.channels_last_planes == 384
     assert forward(2, 200, (205, 9)) == "depthwise-channels-last"
     assert forward(2, 32, (205, 9)) == "depthwise-planar"
     assert forward(2, 278, (66, 66)) == "depthwise-planar"
@@ -450,7 +450,7 @@ def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
     with config.engine_settings(channels_last_block_bytes=0):  # only where planar serves
         assert forward(2, 200, (205, 9)) == "depthwise-planar"
         assert forward(2, 32, (8, 12)) == "depthwise-channels-last"  # 4x6: the row kernels'
-    with config.engine_settings(channels_last_forward_planes=8):
+    with config.engine_settings(channels_last_planes=8):
         assert forward(2, 32, (205, 9)) == "depthwise-channels-last"
         assert forward(2, 5, (20, 20)) == "depthwise-channels-last"
         assert forward(1, 5, (20, 20)) != "depthwise-channels-last"

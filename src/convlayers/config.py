@@ -446,12 +446,14 @@ class EngineSettings:
     #: block; geo-mean 0.6x); with 0.5 MiB, 12 of 45 more layers (2x2 kernels among them)
     #: ran slower planar, up to 1.7x.
     channels_last_block_bytes: int = 1 << 20
-    #: ... and a depthwise forward takes channels-last only from this many planes (channels
-    #: times images), unless the planar kernels cannot serve: on 123 random layers that took
-    #: channels-last with at least 8, the planar kernels ran 0.13-0.99x its time on 58 of the
-    #: 65 under 384 planes (geo-mean 0.5; 1.0-1.66x on 7), channels-last 0.25-0.97x theirs on
-    #: 44 of the 58 from 384 (1.0-1.35x on the rest but one, 4.3x).
-    channels_last_forward_planes: int = 384
+    #: ... and the eager engine's depthwise passes take channels-last only from this many
+    #: planes (channels times images), or a quarter as many on output planes of at most 64
+    #: pixels, unless the planar kernels cannot serve. On 123 random forwards that took
+    #: channels-last with at least 8 planes, planar ran 0.13-0.99x its time on 58 of the 65
+    #: under 384 (geo-mean 0.5), channels-last 0.25-0.97x planar's on 44 of the 58 from 384;
+    #: the backward alike (planar 0.03-0.95x on most under 200 planes), but on small maps
+    #: channels-last won from about 100 planes (126 planes of 3x3: 0.6x planar's time).
+    channels_last_planes: int = 384
     #: The output-pixel limit (:attr:`channels_last_pixels`) of the depthwise gradients, which
     #: run channels-last on larger maps than the forward: on 7 layers of 32-240 channels at
     #: batch 4-32 the channels-last gradients took 0.57-0.92x the planar kernels' time on

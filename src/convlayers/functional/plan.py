@@ -498,18 +498,27 @@ def channels_last_fits(channels: int, in_hw: tuple[int, int], pad: tuple[int, in
 
 def _channels_last_forward(g: Geometry) -> bool:
     """Whether a depthwise forward without a multiplier runs channels-last:
-    :func:`channels_last_fits`, and ``channels_last_forward_planes`` planes or more and its
-    block's padded input within ``channels_last_block_bytes``, unless the planar kernels
-    cannot serve (then only the row kernels could, 2.5-14x slower on the layers measured)."""
+    :func:`channels_last_fits`, enough planes (:func:`_many_planes`) and its block's padded
+    input within ``channels_last_block_bytes``, unless the planar kernels cannot serve (then
+    only the row kernels could, 2.5-14x slower on the layers measured)."""
     from convlayers.kernels.depthwise_nhwc import channels_last_shapes
 
     shape = ((g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
     if not channels_last_fits(g.c_in, *shape, g.itemsize, images=g.n):
         return False
     padded = channels_last_shapes(1, g.c_in, *shape)[0]
-    return ((g.n * g.c_in >= config.engine.channels_last_forward_planes
+    return ((_many_planes(g)
              and math.prod(padded) * g.itemsize <= config.engine.channels_last_block_bytes)
             or _depthwise(g) != "depthwise-planar")
+
+
+def _many_planes(g: Geometry) -> bool:
+    """Whether a depthwise layer has planes enough (channels times images) for the eager
+    channels-last kernels: ``channels_last_planes``, or a quarter as many on output planes of
+    at most 64 pixels."""
+    planes = g.n * g.c_in
+    least = config.engine.channels_last_planes
+    return planes >= least or (planes >= least // 4 and g.ho * g.wo <= 64)
 
 
 def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tuple[str, str]:
@@ -541,7 +550,8 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
     if pass_ == "backward":
         if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
                 g.c_in, (g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
-                (g.dh, g.dw), g.itemsize, backward=True, images=g.n):
+                (g.dh, g.dw), g.itemsize, backward=True, images=g.n) and (
+                    _many_planes(g) or _depthwise(g) != "depthwise-planar"):
             return _CHANNELS_LAST, _CHANNELS_LAST
         if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
                 and g.c_out_g >= e.winograd_min_channels and _wide_default(

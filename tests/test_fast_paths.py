@@ -558,6 +558,30 @@ def test_pointwise_unbatched_strided_padded_and_float64() -> None:
         assert_close(y1, tF.conv1d(torch.tensor(x[:, 0]), torch.tensor(w[:, :, 0])), "conv1d")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strided_pointwise_of_large_maps_subsamples_on_every_thread(dtype: type) -> None:
+    """A strided 1x1 layer past ``parallel_elementwise`` output pixels copies the pixels it
+    reads with the compiled subsample (a padded input included): forward and gradients as
+    torch's, the copy exactly NumPy's slicing."""
+    from convlayers.functional._engine_pointwise import _subsampled
+
+    rng = np.random.default_rng(13)
+    x = random_array(rng, (2, 48, 71, 66), dtype)
+    w = random_array(rng, (24, 12, 1, 1), dtype)
+    sub = _subsampled(x, (3, 2), (24, 33))
+    assert sub.size >= config.engine.parallel_elementwise
+    np.testing.assert_array_equal(sub, x[:, :, ::3, ::2][:, :, :24, :33])
+    for padding in (0, 1):
+        conv = lambda a, v, p=padding: tF.conv2d(a, v, stride=(3, 2), padding=p,  # noqa: E731
+                                                 groups=4)
+        expected, g, (tgx, tgw) = torch_grads(conv, [x, w], 7)
+        assert_close(F.conv2d(x, w, stride=(3, 2), padding=padding, groups=4), expected,
+                     "forward")
+        gx, gw, _ = F.conv_backward(g, x, w, stride=(3, 2), padding=padding, groups=4)
+        assert_close(gx, tgx, "grad_input")
+        assert_close(gw, tgw, "grad_weight")
+
+
 @pytest.mark.parametrize("batch", [0, 1, 3])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_max_pool_backward_scatter_matches_torch(batch: int, stride: int) -> None:

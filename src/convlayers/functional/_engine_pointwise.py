@@ -7,6 +7,8 @@ weights transposed, the weight gradient per-thread ``grad @ x^T`` sums.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from convlayers import config
@@ -17,9 +19,16 @@ from convlayers.functional.plan import Geometry
 
 
 def _subsampled(xp: np.ndarray, stride: tuple[int, int], out_shape: tuple[int, int]) -> np.ndarray:
-    """The pixels a 1x1 kernel reads: every ``stride``-th, ``out_shape`` of them."""
+    """The pixels a 1x1 kernel reads: every ``stride``-th, ``out_shape`` of them (from
+    ``config.engine.parallel_elementwise`` of them, copied on every thread)."""
     if stride == (1, 1) and xp.shape[2:] == out_shape:
         return xp
+    shape = (xp.shape[0], xp.shape[1], *out_shape)
+    if (math.prod(shape) >= config.engine.parallel_elementwise and xp.flags.c_contiguous
+            and xp.dtype.char in "fd"):
+        out = np.empty(shape, dtype=xp.dtype)
+        kernels().conv.subsample(xp, stride[0], stride[1], out)
+        return out
     return np.ascontiguousarray(xp[:, :, : stride[0] * out_shape[0] : stride[0],
                                    : stride[1] * out_shape[1] : stride[1]])
 
@@ -38,11 +47,14 @@ def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
 
 def _few(g: Geometry) -> bool:
     """Whether a 1x1 layer has so few channels per group that summing rows in place beats
-    the register tiles: a depthwise one (any multiplier, any stride), or, where the columns are
-    read one after another (``stride`` 1 along the width), ``config.engine.pointwise_few_macs``
-    multiply-adds or fewer per output pixel and group."""
-    return g.c_in_g == 1 or (g.sw == 1
-                             and g.c_in_g * g.c_out_g <= config.engine.pointwise_few_macs)
+    the register tiles: a depthwise one (any multiplier, any stride), one output channel a
+    group (two at a stride: a product of one or two rows on tiles of four wastes the rest,
+    and needs a strided copy first; on 60 random grouped layers 0.27-0.7x the tiles' time
+    where this admits them), or, where the columns are read one after another (``stride`` 1
+    along the width), ``config.engine.pointwise_few_macs`` multiply-adds or fewer per output
+    pixel and group."""
+    return (g.c_in_g == 1 or g.c_out_g == 1 or (g.c_out_g == 2 and g.sw > 1)
+            or (g.sw == 1 and g.c_in_g * g.c_out_g <= config.engine.pointwise_few_macs))
 
 
 def _fwd_few(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,

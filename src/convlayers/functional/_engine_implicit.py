@@ -230,5 +230,6 @@ def _gw_implicit(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k.implicit.implicit_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
                                     g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
                                     rows, acc)
-    gw = acc.sum(axis=0).swapaxes(1, 2)  # (G, C_out/g, C_in/g*kh*kw)
-    return np.ascontiguousarray(gw).reshape(g.c_out, g.c_in_g, g.kh, g.kw)
+    gw = np.empty((g.groups, g.c_out_g, g.c_in_g * kk), dtype=x.dtype)
+    k.conv.sum_transposed(acc, gw)  # NumPy's sum and transposed copy: 0.9 ms of 2.6 (1.4 MB)
+    return gw.reshape(g.c_out, g.c_in_g, g.kh, g.kw)

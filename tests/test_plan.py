@@ -450,6 +450,9 @@ def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
     with config.engine_settings(channels_last_block_bytes=0):  # only where planar serves
         assert forward(2, 200, (205, 9)) == "depthwise-planar"
         assert forward(2, 32, (8, 12)) == "depthwise-channels-last"  # 4x6: the row kernels'
+    # 250 planes, but output rows of two pixels: the planar loops' rows are the padded ones
+    assert plan((5, 50, 53, 8), (50, 1, 7, 4), dilation=2,
+                groups=50).forward == "depthwise-channels-last"
     with config.engine_settings(channels_last_planes=8):
         assert forward(2, 32, (205, 9)) == "depthwise-channels-last"
         assert forward(2, 5, (20, 20)) == "depthwise-channels-last"

@@ -518,7 +518,10 @@ def _many_planes(g: Geometry) -> bool:
     at most 64 pixels."""
     planes = g.n * g.c_in
     least = config.engine.channels_last_planes
-    return planes >= least or (planes >= least // 4 and g.ho * g.wo <= 64)
+    # output rows of 4 pixels or fewer: the planar loops compute whole padded rows (50
+    # channels 7x4 dilation 2 on 5x50x53x8, 41x2 outputs: 3.1x channels-last's time)
+    return (planes >= least or (planes >= least // 4 and g.ho * g.wo <= 64)
+            or (g.wo <= 4 and planar_waste(g) > config.engine.planar_max_waste))
 
 
 def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tuple[str, str]:

@@ -275,6 +275,14 @@ def test_strided_input_gradients_of_few_output_channels_run_implicit() -> None:
     assert_close(our_gw, gw, "weight gradient beside it")
     assert plan((2, 16, 30, 30), (8, 16, 3, 3), stride=2, dilation=2).input_grad == "implicit"
     assert plan((2, 40, 15, 15), (6, 40, 5, 5), stride=2).input_grad == "implicit"
+    # phases past parallel_elementwise pixels are scattered by the compiled kernel; a 72-wide
+    # input leaves its last column to no window (a zero gradient)
+    x = random_array(rng, (2, 40, 70, 72), np.float32)
+    w = random_array(rng, (6, 40, 5, 5), np.float32)
+    assert plan(x.shape, w.shape, stride=2).input_grad == "implicit"
+    _, g, (gx, _) = torch_grads(lambda a, b: tF.conv2d(a, b, stride=2), [x, w])
+    assert_close(F.conv_backward(g, x, w, stride=2, with_bias=False)[0], gx,
+                 "implicit strided input gradient, scattered")
     assert plan((2, 40, 15, 15), (16, 40, 7, 7), stride=2, padding=3).input_grad == "implicit"
     # many output channels, 8 of them on a 5x5, a small map (9 output positions), a 3x3
     # kernel at stride 2, a depthwise one, a setting of 0: lowered, or the depthwise kernels

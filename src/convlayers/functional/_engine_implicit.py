@@ -120,21 +120,30 @@ def full_geometry(g: Geometry) -> Geometry:
 
 
 def _gx_implicit(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
+    k = kernels()
     gy = np.ascontiguousarray(gy)
     w5 = w.reshape(g.groups, g.c_out_g, g.c_in_g, g.kh, g.kw)
     if g.sh == g.sw == 1:
         full = full_geometry(g)
         taps = _transposed_taps(w5[..., ::-1, ::-1])
         return _run(gy, taps, None, full).reshape(g.n, g.c_in, g.h, g.w)
-    gx = np.zeros((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
-    for rows in _phases(g.kh, g.dh, g.sh, g.pt, g.h):
-        for cols in _phases(g.kw, g.dw, g.sw, g.pl, g.w):
+    row_phases = _phases(g.kh, g.dh, g.sh, g.pt, g.h)
+    col_phases = _phases(g.kw, g.dw, g.sw, g.pl, g.w)
+    # positions no phase reaches (no tap lands there) stay zero
+    covered = (sum(p.count for p in row_phases) == g.h
+               and sum(p.count for p in col_phases) == g.w)
+    gx = (np.empty if covered else np.zeros)((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    for rows in row_phases:
+        for cols in col_phases:
             sub = replace(g, c_in=g.c_out, h=g.ho, w=g.wo, c_out=g.c_in, kh=len(rows.taps),
                           kw=len(cols.taps), sh=1, sw=1, dh=rows.dilation, dw=cols.dilation,
                           pt=rows.pad, pb=0, pl=cols.pad, pr=0, ho=rows.count, wo=cols.count)
             taps = _transposed_taps(w5[:, :, :, rows.taps[::-1]][..., cols.taps[::-1]])
             out = _run(gy, taps, None, sub).reshape(g.n, g.c_in, rows.count, cols.count)
-            gx[:, :, rows.first::g.sh, cols.first::g.sw] = out
+            if out.size >= config.engine.parallel_elementwise:
+                k.conv.scatter_strided(out, g.sh, g.sw, rows.first, cols.first, gx)
+            else:
+                gx[:, :, rows.first::g.sh, cols.first::g.sw] = out
     return gx
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "pointwise_few_weight_grad",
     "pointwise_weight_grad",
     "pointwise_weight_grad_tiled",
+    "scatter_strided",
     "slab_index",
     "subsample",
     "sum_transposed",
@@ -444,6 +445,22 @@ def subsample(x, sh, sw, out):
         dst = out[n, c, i]
         for j in range(Wo):
             dst[j] = src[j * sw]
+
+
+@njit(parallel=True, cache=True)
+def scatter_strided(src, sh, sw, r0, c0, dst):
+    """``dst[n, c, r0 + i*sh, c0 + j*sw] = src[n, c, i, j]`` for ``src (N, C, Hs, Ws)``: one
+    stride phase of an input gradient written into its rows and columns, a row of ``src`` a
+    unit, on every thread (NumPy's strided assignment runs on one)."""
+    N, C, Hs, Ws = src.shape
+    for r in prange(N * C * Hs):
+        n = r // (C * Hs)
+        c = (r // Hs) % C
+        i = r % Hs
+        row = src[n, c, i]
+        out = dst[n, c, r0 + i * sh]
+        for j in range(Ws):
+            out[c0 + j * sw] = row[j]
 
 
 @njit(parallel=True, cache=True)

@@ -97,7 +97,10 @@ def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     if (g.sh, g.sw) == (1, 1) and (hp, wp) == (g.ho, g.wo) and not g.padded:
         return part
     gxp = np.zeros((g.n, g.c_in, hp, wp), dtype=gy.dtype)
-    gxp[:, :, : g.sh * g.ho : g.sh, : g.sw * g.wo : g.sw] = part
+    if part.size >= config.engine.parallel_elementwise and part.flags.c_contiguous:
+        kernels().conv.scatter_strided(part, g.sh, g.sw, 0, 0, gxp)  # on every thread
+    else:
+        gxp[:, :, : g.sh * g.ho : g.sh, : g.sw * g.wo : g.sw] = part
     return np.ascontiguousarray(gxp[:, :, g.pt: g.pt + g.h, g.pl: g.pl + g.w])
 
 

@@ -236,3 +236,35 @@ def test_few_output_channels_take_the_channels_last_weight_gradient() -> None:
     gx, gw, _ = F.conv_backward(gy, x, w, padding=2, with_bias=False)
     assert_close(gw, tgw, "weight gradient")
     assert_close(gx, tgx, "input gradient")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_weight_gradient_of_one_small_image_splits_its_input_channels(threads: int) -> None:
+    """Batch 1 on a map that one slab holds: too few units of whole slabs, so the input
+    channels split into blocks that add onto one shared gradient (two threads: four blocks of
+    64), or, with fewer than ``SPLIT_CHANNELS`` channels, the slabs shorten. The gradient is
+    torch's either way (the layers are past ``serial_macs``: they run on the threads)."""
+    from convlayers.functional._engine_implicit import _weight_grad_units
+    from convlayers.functional.plan import geometry
+
+    rng = np.random.default_rng(21)
+    for c_in, hw, expected in ((256, 12, (6, 64, True)), (40, 40, None)):
+        x = rng.standard_normal((1, c_in, hw, hw)).astype(np.float32)
+        w = rng.standard_normal((64, c_in, 2, 2)).astype(np.float32)
+        half = hw // 2
+        g = geometry(x.shape, w.shape, (2, 2), (1, 1), 1, ((0, 0), (0, 0)), (half, half),
+                     np.float32)
+        assert g.macs >= config.engine.serial_macs
+        assert F.plan(x.shape, w.shape, stride=2).weight_grad == "implicit"
+        rows, block, shared = _weight_grad_units(g, 2)
+        if expected is not None:
+            assert (rows, block, shared) == expected
+        else:
+            assert block == c_in and not shared
+        gy = rng.standard_normal((1, 64, half, half)).astype(np.float32)
+        with config.settings(threads=threads):
+            _, gw, _ = F.conv_backward(gy, x, w, stride=2, with_bias=False)
+        tw = torch.from_numpy(w).requires_grad_()
+        torch.nn.functional.conv2d(torch.from_numpy(x), tw, stride=2).backward(
+            torch.from_numpy(gy))
+        np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=1e-4, atol=1e-3)

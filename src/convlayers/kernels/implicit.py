@@ -204,26 +204,34 @@ def _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xq, ob, out, unit, Q,
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, acc):
+def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt, acc):
     """Weight gradient of :func:`implicit_forward`: ``acc[t, g] (C_in/g*kh*kw, C_out/g)``
-    (zeroed here) receives thread ``t``'s sum of ``windows @ gy_slab^T`` over its units (image,
-    group, slab of ``R`` output rows); the caller sums over threads. ``gy`` is ``(N, C_out,
-    Ho*Wo)``."""
+    (zeroed here) receives thread ``t``'s sum of ``windows @ gy_slab^T`` over its units
+    (image, group, slab of ``R`` output rows, block of ``CB`` input channels: its rows of the
+    gradient); the caller sums over threads. ``gy`` is ``(N, C_out, Ho*Wo)``; ``nt`` threads'
+    scratch. With one row in ``acc`` every unit adds onto it: the caller's promise that no
+    two units share rows (one image in one slab, the input channels in blocks)."""
     N, C_in = x.shape[0], x.shape[1]
-    nt, Cog = acc.shape[0], acc.shape[3]
+    Cog = acc.shape[3]
+    shared = acc.shape[0] == 1
     Cig = C_in // G
+    K1 = kh * kw
     Ho = gy.shape[2] // Wo
-    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo)
+    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, CB, kh, kw, sh, sw, dh, dw, R, Wo)
     nr = (Ho + R - 1) // R
+    nb = (Cig + CB - 1) // CB
     tbuf = np.empty((nt, R * Wq * Cog), dtype=x.dtype)
     acc[:] = 0
-    for unit in prange(N * G * nr):
+    for unit in prange(N * G * nr * nb):
         t = numba.get_thread_id()
-        n, g, r = unit_parts(unit, G, nr)
+        blk = unit % nb
+        n, g, r = unit_parts(unit // nb, G, nr)
+        c0 = blk * CB
+        C = min(CB, Cig - c0)
         oh0 = r * R
         rows = min(R, Ho - oh0)
         xq = xbuf[t]
-        _fill_slab(x[n], g * Cig, Cig, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
+        _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
         gyt = tbuf[t, : rows * Wq * Cog].reshape(rows * Wq, Cog)
         for i in range(rows):
             for ow in range(Wo):  # read strided, write contiguous
@@ -234,7 +242,8 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, acc):
                 row = gyt[i * Wq + ow]
                 for co in range(Cog):
                     row[co] = 0
-        gemm_indirect_left_add(xq, offs, gyt, acc[t, g])
+        part = acc[0 if shared else t, g, c0 * K1: (c0 + C) * K1]
+        gemm_indirect_left_add(xq, offs[: C * K1], gyt, part)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

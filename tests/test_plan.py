@@ -252,7 +252,8 @@ def test_column_copies_count_toward_the_thread_decision() -> None:
     convolution's forward) is little multiply-add work but much copying: the lowered strategy
     counts its columns at the copy price, so the call gets the threads. The implicit GEMM
     counts its slabs' copy, each input pixel once (11->4 2x2 s2 on 5x11x39x166, 1.4M
-    multiply-adds, ran 2.4x torch's time on one thread)."""
+    multiply-adds, ran 2.4x torch's time on one thread), any other strategy its reading of the
+    input."""
     g = geometry((2, 31, 30, 30), (8, 31, 4, 4), (2, 2), (1, 1), 1, ((1, 1), (1, 1)), (15, 15),
                  np.float32)
     price = config.engine.im2col_copy_macs_strided_few_images
@@ -265,6 +266,7 @@ def test_column_copies_count_toward_the_thread_decision() -> None:
     small = geometry((5, 11, 39, 166), (4, 11, 2, 2), (2, 2), (1, 1), 1, ((0, 0), (0, 0)),
                      (19, 83), np.float32)
     assert small.macs < config.engine.serial_macs <= work(small, ("implicit",))
+    assert work(g, ("depthwise-planar",)) == work(g, ("implicit",))
 
 
 def test_strided_input_gradients_of_few_output_channels_run_implicit() -> None:

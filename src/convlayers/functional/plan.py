@@ -401,16 +401,18 @@ def _copy_price(g: Geometry) -> int:
 def work(g: Geometry, strategies: tuple[str, ...]) -> int:
     """The work of running ``strategies`` (one per pass) on ``g``, in multiply-adds: each pass
     its product's, a ``lowered`` pass its column copies too (``C_in*kh*kw`` per output
-    position and image, at :func:`_copy_price` each), an ``implicit`` one its slabs' (each
-    input pixel once). Calls under ``config.engine.serial_macs``
-    of it run on one thread. The copies matter where the product is thin: a transposed
-    convolution 8->31 4x4 s2 on 2x8x15x15 (1.8M multiply-adds, 3.6M of col2im adds) ran on one
-    thread 1.7-2.6x as long as on two."""
+    position and image, at :func:`_copy_price` each), any other its reading of the input (the
+    implicit GEMM's slabs copy each pixel once; depthwise and 1x1 kernels read it). Calls
+    under ``config.engine.serial_macs`` of it run on one thread. The copies matter where the
+    product is thin: a transposed convolution 8->31 4x4 s2 on 2x8x15x15 (1.8M multiply-adds,
+    3.6M of col2im adds) ran on one thread 1.7-2.6x as long as on two."""
     copies = g.n * g.c_in * g.kh * g.kw * g.ho * g.wo * _copy_price(g)
-    # the implicit GEMM's slabs copy each input pixel about once: 11->4 2x2 s2 on
-    # 5x11x39x166 (1.4M multiply-adds, a 1.4 MB input) ran 2.4x torch's time on one thread
-    slabs = g.n * g.c_in * g.h * g.w * _copy_price(g)
-    return sum(g.macs + {"lowered": copies, "implicit": slabs}.get(s, 0) for s in strategies)
+    # the implicit GEMM's slabs copy each input pixel about once (11->4 2x2 s2 on 5x11x39x166:
+    # 1.4M multiply-adds, a 1.4 MB input, ran 2.4x torch's time on one thread), and the other
+    # kernels read it at least once (depthwise and 1x1 layers: on 115 random layers this
+    # moved to the threads, 0.38-1.13x the time, geo-mean 0.67)
+    reads = g.n * g.c_in * g.h * g.w * _copy_price(g)
+    return sum(g.macs + (copies if s == "lowered" else reads) for s in strategies)
 
 
 def _phased_input_grad_pays(g: Geometry) -> bool:

@@ -61,15 +61,19 @@ def test_idle_threads_sleep_in_either_import_order(prelude: str) -> None:
 
 def test_the_measure_sees_spinning_threads() -> None:
     """The control: numba's pool started on torch's runtime, as before (idle threads spin).
-    The most of three runs: beside the test suite's other worker on two cores the spinning
-    thread is preempted: one run measured 4 ms where an idle machine gives 19-20 (2 ms when
-    the idle threads sleep)."""
+    Up to eight runs, until one spins: beside the test suite's other worker on two cores the
+    spinning thread is preempted: under load, runs measured 0.3-9 ms where an idle machine
+    gives 19-20 (2 ms when the idle threads sleep), one in three or four above 10."""
     prelude = "import torch, numba\nnumba.get_num_threads()\nimport convlayers"
-    runs = [_idle(prelude) for _ in range(3)]
-    if runs[0][0] != "omp":
-        pytest.skip(f"numba runs on its {runs[0][0]} layer here")
+    runs = []
+    for _ in range(8):
+        runs.append(_idle(prelude))
+        if runs[0][0] != "omp":
+            pytest.skip(f"numba runs on its {runs[0][0]} layer here")
+        if runs[-1][2] > 10.0:
+            break
     ms = max(run[2] for run in runs)
-    assert ms > 10.0, f"idle CPU {ms:.1f} ms at most: the control did not spin"
+    assert ms > 10.0, f"idle CPU {ms:.1f} ms at most in {len(runs)} runs: the control did not spin"
 
 
 def test_the_users_policy_is_kept() -> None:

@@ -406,6 +406,12 @@ def work(g: Geometry, strategies: tuple[str, ...]) -> int:
     under ``config.engine.serial_macs`` of it run on one thread. The copies matter where the
     product is thin: a transposed convolution 8->31 4x4 s2 on 2x8x15x15 (1.8M multiply-adds,
     3.6M of col2im adds) ran on one thread 1.7-2.6x as long as on two."""
+    return _work(g, strategies, config.engine_version())
+
+
+@functools.lru_cache(maxsize=1024)
+def _work(g: Geometry, strategies: tuple[str, ...], version: int) -> int:
+    """:func:`work`, remembered per engine settings (each layer asks on every call)."""
     copies = g.n * g.c_in * g.kh * g.kw * g.ho * g.wo * _copy_price(g)
     # the implicit GEMM's slabs copy each input pixel about once (11->4 2x2 s2 on 5x11x39x166:
     # 1.4M multiply-adds, a 1.4 MB input, ran 2.4x torch's time on one thread), and the other

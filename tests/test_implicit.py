@@ -268,3 +268,27 @@ def test_weight_gradient_of_one_small_image_splits_its_input_channels(threads: i
         torch.nn.functional.conv2d(torch.from_numpy(x), tw, stride=2).backward(
             torch.from_numpy(gy))
         np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_kept_scratch_serves_threads_and_shapes_apart() -> None:
+    """The implicit forward's scratch is kept between calls, one set per Python thread: calls
+    of other shapes in between, and four threads at once, each get their own result (as a
+    fresh process computes it one call at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(22)
+    cases = [(rng.standard_normal((2, c, 13 + c % 5, 11)).astype(np.float32),
+              rng.standard_normal((9, c, 3, 3)).astype(np.float32)) for c in (5, 17, 40, 64)]
+    with config.engine_settings(force="implicit"):
+        expected = [F.conv2d(x, w, padding=1) for x, w in cases]
+        for _ in range(2):  # shapes alternate: the kept buffers grow and shrink in use
+            for (x, w), y in zip(cases, expected, strict=True):
+                np.testing.assert_array_equal(F.conv2d(x, w, padding=1), y)
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(3):
+                got = list(pool.map(lambda xw: F.conv2d(xw[0], xw[1], padding=1), cases))
+                for y, e in zip(got, expected, strict=True):
+                    np.testing.assert_array_equal(y, e)
+    for (x, w), y in zip(cases, expected, strict=True):
+        assert_close(y, tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1),
+                     "implicit forward")

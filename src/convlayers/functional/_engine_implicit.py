@@ -26,6 +26,7 @@ from convlayers.functional._engine_shared import (
     remembered,
     units_for_threads,
 )
+from convlayers.functional._scratch import take
 from convlayers.functional.plan import Geometry
 
 
@@ -89,8 +90,8 @@ def _run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None, g: Geometry) 
     slab, product = scratch_sizes(g, threads)
     k.implicit.implicit_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
                                 g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, chunk,
-                                np.empty((threads, slab), x.dtype),
-                                np.empty((threads, product), x.dtype), out)
+                                take("implicit.slab", (threads, slab), x.dtype),
+                                take("implicit.product", (threads, product), x.dtype), out)
     return out
 
 

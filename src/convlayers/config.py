@@ -448,7 +448,8 @@ class EngineSettings:
     channels_last_block_bytes: int = 1 << 20
     #: ... and the eager engine's depthwise passes take channels-last only from this many
     #: planes (channels times images), or a quarter as many on output planes of at most 64
-    #: pixels, unless the planar kernels cannot serve. On 123 random forwards that took
+    #: pixels, or any on outputs of at most 4 columns whose planar rows waste more than
+    #: ``planar_max_waste``, unless the planar kernels cannot serve. On 123 random forwards that took
     #: channels-last with at least 8 planes, planar ran 0.13-0.99x its time on 58 of the 65
     #: under 384 (geo-mean 0.5), channels-last 0.25-0.97x planar's on 44 of the 58 from 384;
     #: the backward alike (planar 0.03-0.95x on most under 200 planes), but on small maps

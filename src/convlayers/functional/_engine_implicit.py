@@ -225,8 +225,8 @@ def _weight_grad_units(g: Geometry, threads: int) -> tuple[int, int, bool]:
     the channels split into blocks, each unit its own rows of the gradient, and with one image
     in one slab the units share one accumulator (no per-thread copies to zero and sum):
     shorter slabs gave each unit a product of a few positions onto a whole per-thread
-    gradient. On the 8 random batch-1-4 layers of 64 or more channels this moved: 0.68-1.04x
-    the time (geo-mean 0.87); with fewer channels, larger slabs of fewer channels ran up to
+    gradient. On the 10 random batch-1-3 layers of 64 or more channels this moved: 0.79-1.06x
+    the time (geo-mean 0.94); with fewer channels, larger slabs of fewer channels ran up to
     3x slower. Fewer: the slabs shorten (:func:`units_for_threads`)."""
     want = 2 * threads if threads > 1 else 1
     images = g.n * g.groups

@@ -527,7 +527,8 @@ def _channels_last_forward(g: Geometry) -> bool:
 def _many_planes(g: Geometry) -> bool:
     """Whether a depthwise layer has planes enough (channels times images) for the eager
     channels-last kernels: ``channels_last_planes``, or a quarter as many on output planes of
-    at most 64 pixels."""
+    at most 64 pixels; or any number on outputs of at most 4 columns whose planar rows waste
+    more than ``planar_max_waste``."""
     planes = g.n * g.c_in
     least = config.engine.channels_last_planes
     # output rows of 4 pixels or fewer: the planar loops compute whole padded rows (50

@@ -568,9 +568,19 @@ def test_strided_pointwise_of_large_maps_subsamples_on_every_thread(dtype: type)
     rng = np.random.default_rng(13)
     x = random_array(rng, (2, 48, 71, 66), dtype)
     w = random_array(rng, (24, 12, 1, 1), dtype)
+    from convlayers.functional._strided import put_phase, take_phase
+
     sub = _subsampled(x, (3, 2), (24, 33))
     assert sub.size >= config.engine.parallel_elementwise
     np.testing.assert_array_equal(sub, x[:, :, ::3, ::2][:, :, :24, :33])
+    # a phase that starts inside the planes, out and back (NumPy's slicing the oracle)
+    phase = take_phase(x, (2, 1), (3, 2), (23, 32))
+    np.testing.assert_array_equal(phase, x[:, :, 2::3, 1::2][:, :, :23, :32])
+    back = np.zeros_like(x)
+    put_phase(phase, (2, 1), (3, 2), back)
+    expected = np.zeros_like(x)
+    expected[:, :, 2:2 + 3 * 22 + 1:3, 1:1 + 2 * 31 + 1:2] = phase
+    np.testing.assert_array_equal(back, expected)
     for padding in (0, 1):
         conv = lambda a, v, p=padding: tF.conv2d(a, v, stride=(3, 2), padding=p,  # noqa: E731
                                                  groups=4)

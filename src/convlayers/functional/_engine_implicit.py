@@ -27,6 +27,7 @@ from convlayers.functional._engine_shared import (
     units_for_threads,
 )
 from convlayers.functional._scratch import take
+from convlayers.functional._strided import put_phase
 from convlayers.functional.plan import Geometry
 
 
@@ -121,7 +122,6 @@ def full_geometry(g: Geometry) -> Geometry:
 
 
 def _gx_implicit(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
-    k = kernels()
     gy = np.ascontiguousarray(gy)
     w5 = w.reshape(g.groups, g.c_out_g, g.c_in_g, g.kh, g.kw)
     if g.sh == g.sw == 1:
@@ -141,10 +141,7 @@ def _gx_implicit(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
                           pt=rows.pad, pb=0, pl=cols.pad, pr=0, ho=rows.count, wo=cols.count)
             taps = _transposed_taps(w5[:, :, :, rows.taps[::-1]][..., cols.taps[::-1]])
             out = _run(gy, taps, None, sub).reshape(g.n, g.c_in, rows.count, cols.count)
-            if out.size >= config.engine.parallel_elementwise:
-                k.conv.scatter_strided(out, g.sh, g.sw, rows.first, cols.first, gx)
-            else:
-                gx[:, :, rows.first::g.sh, cols.first::g.sw] = out
+            put_phase(out, (rows.first, cols.first), (g.sh, g.sw), gx)
     return gx
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convlayers.functional._common import Pairs
+from convlayers.functional._strided import put_phase, take_phase
 
 __all__ = ["Reduced", "reduce_phases"]
 
@@ -54,20 +55,14 @@ class Reduced:
     dilation: tuple[int, ...]
     pairs: Pairs
 
-    def slices(self) -> tuple[slice, ...]:
-        """Index of the phase in a ``(N, C, *S)`` array."""
-        phase = (slice(a, a + s * (n - 1) + 1, s)
-                 for a, s, n in zip(self.starts, self.steps, self.lengths, strict=True))
-        return (slice(None), slice(None), *phase)
-
     def take(self, x: np.ndarray) -> np.ndarray:
-        """The phase of ``x``, contiguous."""
-        return np.ascontiguousarray(x[self.slices()])
+        """The phase of ``x``, contiguous (:func:`~convlayers.functional._strided.take_phase`)."""
+        return take_phase(x, self.starts, self.steps, self.lengths)
 
     def put(self, grad_phase: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """The gradient of the whole input ``shape`` from that of its phase (zeros elsewhere)."""
         out = np.zeros(shape, dtype=grad_phase.dtype)
-        out[self.slices()] = grad_phase
+        put_phase(grad_phase, self.starts, self.steps, out)
         return out
 
 

@@ -7,30 +7,21 @@ weights transposed, the weight gradient per-thread ``grad @ x^T`` sums.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from convlayers import config
 from convlayers.functional._common import pad_pairs
 from convlayers.functional._compiled import _numba_threads, kernels
 from convlayers.functional._engine_shared import _bias_arg, _quiet
+from convlayers.functional._strided import put_phase, take_phase
 from convlayers.functional.plan import Geometry
 
 
 def _subsampled(xp: np.ndarray, stride: tuple[int, int], out_shape: tuple[int, int]) -> np.ndarray:
-    """The pixels a 1x1 kernel reads: every ``stride``-th, ``out_shape`` of them (from
-    ``config.engine.parallel_elementwise`` of them, copied on every thread)."""
+    """The pixels a 1x1 kernel reads: every ``stride``-th, ``out_shape`` of them."""
     if stride == (1, 1) and xp.shape[2:] == out_shape:
         return xp
-    shape = (xp.shape[0], xp.shape[1], *out_shape)
-    if (math.prod(shape) >= config.engine.parallel_elementwise and xp.flags.c_contiguous
-            and xp.dtype.char in "fd"):
-        out = np.empty(shape, dtype=xp.dtype)
-        kernels().conv.subsample(xp, stride[0], stride[1], out)
-        return out
-    return np.ascontiguousarray(xp[:, :, : stride[0] * out_shape[0] : stride[0],
-                                   : stride[1] * out_shape[1] : stride[1]])
+    return take_phase(xp, (0, 0), stride, out_shape)
 
 
 def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
@@ -97,10 +88,7 @@ def _gx_pointwise(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     if (g.sh, g.sw) == (1, 1) and (hp, wp) == (g.ho, g.wo) and not g.padded:
         return part
     gxp = np.zeros((g.n, g.c_in, hp, wp), dtype=gy.dtype)
-    if part.size >= config.engine.parallel_elementwise and part.flags.c_contiguous:
-        kernels().conv.scatter_strided(part, g.sh, g.sw, 0, 0, gxp)  # on every thread
-    else:
-        gxp[:, :, : g.sh * g.ho : g.sh, : g.sw * g.wo : g.sw] = part
+    put_phase(np.ascontiguousarray(part), (0, 0), (g.sh, g.sw), gxp)
     return np.ascontiguousarray(gxp[:, :, g.pt: g.pt + g.h, g.pl: g.pl + g.w])
 
 

@@ -432,26 +432,25 @@ def pointwise(x, taps, bias, B, R, out):
 
 
 @njit(parallel=True, cache=True)
-def subsample(x, sh, sw, out):
-    """``out[n, c, i, j] = x[n, c, i*sh, j*sw]`` for ``out (N, C, Ho, Wo)``: the pixels a
-    strided 1x1 kernel reads, a row of the output a unit, on every thread (NumPy's strided
-    copy runs on one: 8x192x51x51 at stride 2 took longer than the product after it)."""
+def subsample(x, r0, c0, sh, sw, out):
+    """``out[n, c, i, j] = x[n, c, r0 + i*sh, c0 + j*sw]`` for ``out (N, C, Ho, Wo)``: one
+    stride phase of a batch of planes, a row of the output a unit, on every thread (NumPy's
+    strided copy runs on one). :func:`scatter_strided` writes one back."""
     N, C, Ho, Wo = out.shape
     for r in prange(N * C * Ho):
         n = r // (C * Ho)
         c = (r // Ho) % C
         i = r % Ho
-        src = x[n, c, i * sh]
+        src = x[n, c, r0 + i * sh]
         dst = out[n, c, i]
         for j in range(Wo):
-            dst[j] = src[j * sw]
+            dst[j] = src[c0 + j * sw]
 
 
 @njit(parallel=True, cache=True)
-def scatter_strided(src, sh, sw, r0, c0, dst):
+def scatter_strided(src, r0, c0, sh, sw, dst):
     """``dst[n, c, r0 + i*sh, c0 + j*sw] = src[n, c, i, j]`` for ``src (N, C, Hs, Ws)``: one
-    stride phase of an input gradient written into its rows and columns, a row of ``src`` a
-    unit, on every thread (NumPy's strided assignment runs on one)."""
+    stride phase written into a batch of planes, a row of ``src`` a unit, on every thread."""
     N, C, Hs, Ws = src.shape
     for r in prange(N * C * Hs):
         n = r // (C * Hs)

@@ -829,6 +829,43 @@ def test_merged_columns_match_the_slab_units_bit_for_bit(batch: int, hw: tuple[i
         assert_close(F.conv2d(x, w, b, **kw), expected, "engine")
 
 
+@pytest.mark.parametrize(("hw", "kw"), [
+    ((9, 9), dict(dilation=2)),  # one window an image, every tap inside
+    ((6, 6), dict(stride=3, padding=(1, 2), groups=2)),  # 2x2 windows, taps in the padding
+    ((6, 9), dict(stride=2, padding=1, dilation=(1, 2), groups=4)),  # 2x2, four groups
+])
+def test_maps_of_a_few_windows_gather_and_scatter_across_images(hw: tuple[int, int],
+                                                                kw: dict[str, Any]) -> None:
+    """Batches of maps with at most four output positions an image: the lowered forward
+    gathers every image's columns tap by tap (``_columns_across_images``) and the input
+    gradient makes one product over all the images and scatters it back
+    (``lowered_input_grad_merged``); both against torch, on two threads and on one, bias,
+    stride, dilation, groups and padding included."""
+    from convlayers.functional._engine_lowered import _merged_input_grad_block
+    from convlayers.functional.conv import conv_spec
+    from convlayers.functional.plan import geometry
+
+    rng = np.random.default_rng(21)
+    x = random_array(rng, (6, 40, *hw), np.float32)
+    groups = kw.get("groups", 1)
+    w = random_array(rng, (8 * groups, 40 // groups, 5, 5), np.float32)
+    b = random_array(rng, (8 * groups,), np.float32)
+    expected, gy, (gx, gw, gb) = torch_grads(lambda x, w, b: tF.conv2d(x, w, b, **kw), [x, w, b])
+    assert expected.shape[2] * expected.shape[3] <= 4
+    spec = conv_spec(x, w, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                       groups, "zeros")
+    g = geometry(x.shape, w.shape, spec.stride, spec.dilation, groups, spec.pairs,
+                 spec.out_shape, np.float32)
+    assert _merged_input_grad_block(g, 2) > 0
+    for threads in (2, 1):
+        with config.settings(threads=threads), config.engine_settings(force="lowered"):
+            assert_close(F.conv2d(x, w, b, **kw), expected, "forward across images")
+            ours = F.conv_backward(gy, x, w, with_bias=True, **kw)
+            assert_close(ours[0], gx, "input gradient across images")
+            assert_close(ours[1], gw, "weight gradient")
+            assert_close(ours[2], gb, "bias gradient")
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_lowered_weight_gradient_split_by_input_channels_matches_torch(batch: int) -> None:
     """Batch 1 on a small map gives the lowered weight gradient one (image, slab) unit per

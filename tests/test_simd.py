@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from convlayers.kernels.simd import KC, NC, TILE_ROWS, gemm_tiled, gemm_tiled_add, gemm_tiled_cols
+from convlayers.kernels.simd import (
+    KC,
+    NC,
+    TILE_ROWS,
+    gemm_few,
+    gemm_tiled,
+    gemm_tiled_add,
+    gemm_tiled_cols,
+)
 
 
 @njit(cache=True)
@@ -199,3 +207,69 @@ def test_the_other_machines_tile_geometry_matches_numpy(tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     expected = "8 3 42" if other == 64 else "6 2 42"
     assert result.stdout.split()[-3:] == expected.split()
+
+
+@njit(cache=True)
+def _few(u: np.ndarray, v: np.ndarray, m: np.ndarray) -> None:
+    gemm_few(u, v, m)
+
+
+@pytest.mark.parametrize(("rows", "depth", "cols"), [
+    (1, 5, 1), (7, 3000, 1), (40, 2100, 2), (16, 1500, 3), (33, 1025, 4), (6, 0, 2),
+])
+def test_products_of_a_few_columns_match_numpy(rows: int, depth: int, cols: int) -> None:
+    """Products one to four columns wide as dot products along the inner dimension (chunks of
+    ``FEW_KC``, their partial sums carried; an empty inner dimension a zero product), for both
+    dtypes; the output's old values must not leak."""
+    from convlayers.kernels.simd import FEW_KC
+
+    assert 2 * FEW_KC < 3000  # the longest product above spans three chunks
+    rng = np.random.default_rng(rows * depth + cols)
+    for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-11)):
+        u = rng.standard_normal((rows, depth)).astype(dtype)
+        v = rng.standard_normal((depth, cols)).astype(dtype)
+        m = np.full((rows, cols), np.nan, dtype)
+        _few(u, v, m)
+        expected = u.astype(np.float64) @ v.astype(np.float64)
+        np.testing.assert_allclose(m, expected, rtol=tol, atol=tol * np.sqrt(max(1, depth)))
+
+
+def test_every_column_of_a_few_is_summed_alike() -> None:
+    """The dots sum every output by one loop, so a column gives the same bits alone as beside
+    others, and a row the same bits whatever its place among the rows: the lowered forward's
+    result must not depend on how its units split the positions and the channels."""
+    rng = np.random.default_rng(5)
+    u = rng.standard_normal((37, 3000)).astype(np.float32)
+    v = rng.standard_normal((3000, 4)).astype(np.float32)
+    together = np.empty((37, 4), np.float32)
+    _few(u, v, together)
+    for j in range(4):
+        alone = np.empty((37, 1), np.float32)
+        _few(u, np.ascontiguousarray(v[:, j: j + 1]), alone)
+        np.testing.assert_array_equal(alone[:, 0], together[:, j])
+        rows = np.empty((6, 1), np.float32)
+        _few(u[31:], np.ascontiguousarray(v[:, j: j + 1]), rows)
+        np.testing.assert_array_equal(rows[:, 0], together[31:, j])
+
+
+def test_a_product_of_one_column_allocates_nothing() -> None:
+    """A matrix times a vector reads the column in place; two columns are copied (4 KiB), the
+    control that tracemalloc sees numba's arrays. Under 1 KiB is the call's own boxing, as for
+    the tiles above."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    u = rng.standard_normal((300, 2000)).astype(np.float32)
+    peaks = []
+    for cols in (1, 2):
+        v = rng.standard_normal((2000, cols)).astype(np.float32)
+        m = np.zeros((300, cols), np.float32)
+        _few(u, v, m)
+        tracemalloc.start()
+        try:
+            _few(u, v, m)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        np.testing.assert_allclose(m, u.astype(np.float64) @ v, rtol=1e-4, atol=1e-3)
+    assert peaks[0] < 1024 <= 4096 <= peaks[1], peaks

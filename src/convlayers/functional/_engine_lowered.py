@@ -127,10 +127,33 @@ def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     kk = g.kh * g.kw
     taps = np.ascontiguousarray(w).reshape(g.groups, g.c_out_g, g.c_in_g * kk)
     gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
+    merged = _merged_input_grad_block(g, threads)
+    if merged:
+        k.conv.lowered_input_grad_merged(gy.reshape(g.n, g.c_out, g.ho * g.wo), taps, g.kh,
+                                         g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
+                                         merged, threads, gx)
+        return gx
     k.conv.lowered_input_grad(gy.reshape(g.n, g.c_out, g.ho * g.wo), taps, g.kh, g.kw,
                               g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads,
                               gx)
     return gx
+
+
+def _merged_input_grad_block(g: Geometry, threads: int) -> int:
+    """Input channels per unit of :func:`convlayers.kernels.conv.lowered_input_grad_merged`,
+    or 0 for the per-image units: merged for two images or more of at most
+    ``FEW_POSITIONS`` output positions each (one image's product would be that narrow), in
+    blocks that give every thread two units and keep a unit's columns (all the images')
+    within ``config.engine.lowered_column_bytes``."""
+    from convlayers.kernels.conv import FEW_POSITIONS
+
+    positions = g.ho * g.wo
+    if g.n < 2 or positions > FEW_POSITIONS:
+        return 0
+    per_channel = g.kh * g.kw * g.n * positions * g.itemsize
+    cap = max(1, min(config.engine.lowered_column_bytes, config.scratch_bytes()))
+    want = max(1, -(-2 * threads // g.groups))
+    return max(1, min(-(-g.c_in_g // want), cap // per_channel))
 
 
 @_quiet

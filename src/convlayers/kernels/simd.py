@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS", "TILE_ROWS",
            "TILE_VECTORS", "VECTOR_BYTES", "band_columns", "conv_band", "conv_rows", "conv_slab",
-           "conv_strip", "gemm_indirect", "gemm_indirect_left_add",
+           "conv_strip", "few_columns", "gemm_few", "gemm_indirect", "gemm_indirect_left_add",
            "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
            "pack_conv_weights", "taps_broadcast", "taps_row", "taps_vector", "transpose_vectors",
            "vector_bytes"]
@@ -80,6 +80,12 @@ KC = 256
 PREFETCH_ROWS = 16
 #: Columns of one block of the blocked product.
 NC = 192 if _WIDE else 256
+#: Most columns :func:`gemm_few` takes.
+FEW_COLUMNS = 4
+#: Inner-dimension chunk of :func:`gemm_few` (a column's copy stays in L1).
+FEW_KC = 1024
+#: Rows from which products of two to ``FEW_COLUMNS`` columns take :func:`gemm_few`.
+FEW_MIN_ROWS = 16
 
 
 #: The three kinds of tile. ``full``: ``TILE_ROWS`` rows by whole vectors at ``j0``. ``edge``:
@@ -503,6 +509,72 @@ def _tiled(u, v, m, offs, j_lo, j_hi, k_lo, k_hi, accumulate):
             add = accumulate or k0 > k_lo
             for p in range(0, P, R):
                 _band(u, v, m, offs, p, min(R, P - p), c0, c1, narrow, k0, k1, add)
+
+
+@njit(cache=True, inline="always")
+def few_columns(rows, columns):
+    """Whether a product of ``rows`` by ``columns`` (its widest) runs as :func:`gemm_few`."""
+    return columns == 1 or (columns <= FEW_COLUMNS and rows >= FEW_MIN_ROWS)
+
+
+@njit(cache=True, fastmath=True)
+def gemm_few(u, v, m):
+    """``m = u @ v`` as :func:`gemm_tiled`, for a product of few columns (``v (K, L)``, ``L``
+    of at most ``FEW_COLUMNS``; ``u`` C-contiguous): column by column, four rows of ``u``
+    against it at once, dot products along the inner dimension, vectorised over ``k``
+    (chunks of ``FEW_KC`` of each column copied contiguous first, unless ``v`` is one column:
+    then it is read in place and nothing is allocated).
+
+    A tile's vector lanes run along the columns, so a product of one column used one lane of
+    each vector (of 16 with AVX-512) and of two an eighth; the dots fill them all: one column
+    of 1617 by 200 rows ran 0.23x the tiles' time (memory-bound then, as BLAS's), two 0.46x,
+    three by 64 rows 0.7x. With few rows, copying the columns costs more than the idle lanes
+    (8 rows by 4 columns of 7625: 1.7x the tiles'; by one column, read in place, 0.26x), so
+    callers keep products of two columns or more for many rows (:func:`few_columns`). Every
+    output is summed by the same loop, whatever the product's width or the row's place, but
+    in another order than the tiles' (partial sums per lane): a caller picks one or the other
+    from its geometry, not from its units, so that its results do not depend on the units."""
+    P, L, K = m.shape[0], m.shape[1], u.shape[1]
+    if K == 0:  # no inner dimension: a zero product
+        for p in range(P):
+            for j in range(L):
+                m[p, j] = 0
+        return
+    if L == 1:  # the column is contiguous already
+        c = v.reshape(v.size)
+        for k0 in range(0, K, FEW_KC):
+            _four_rows(u, c[k0: min(K, k0 + FEW_KC)], m, 0, k0)
+        return
+    column = np.empty(min(K, FEW_KC), dtype=m.dtype)
+    for k0 in range(0, K, FEW_KC):
+        n = min(K, k0 + FEW_KC) - k0
+        for j in range(L):
+            for k in range(n):
+                column[k] = v[k0 + k, j]
+            _four_rows(u, column[:n], m, j, k0)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _four_rows(u, c, m, j, k0):
+    """Column ``j`` of :func:`gemm_few`'s product, the part of the inner dimension from ``k0``
+    (``c``, contiguous; onto the parts before): four rows of ``u`` at a time (the last
+    repeated past its end), the one loop every output is summed by."""
+    P = m.shape[0]
+    n = c.shape[0]
+    for p0 in range(0, P, 4):
+        r0 = u[p0, k0:]
+        r1 = u[min(p0 + 1, P - 1), k0:]
+        r2 = u[min(p0 + 2, P - 1), k0:]
+        r3 = u[min(p0 + 3, P - 1), k0:]
+        s0, s1, s2, s3 = r0[0] * c[0], r1[0] * c[0], r2[0] * c[0], r3[0] * c[0]
+        for k in range(1, n):
+            s0 += r0[k] * c[k]
+            s1 += r1[k] * c[k]
+            s2 += r2[k] * c[k]
+            s3 += r3[k] * c[k]
+        for i, s in enumerate((s0, s1, s2, s3)):
+            if p0 + i < P:
+                m[p0 + i, j] = m[p0 + i, j] + s if k0 > 0 else s
 
 
 @njit(cache=True, fastmath=True)

@@ -837,11 +837,12 @@ def test_merged_columns_match_the_slab_units_bit_for_bit(batch: int, hw: tuple[i
 def test_maps_of_a_few_windows_gather_and_scatter_across_images(hw: tuple[int, int],
                                                                 kw: dict[str, Any]) -> None:
     """Batches of maps with at most four output positions an image: the lowered forward
-    gathers every image's columns tap by tap (``_columns_across_images``) and the input
+    gathers every image's columns tap by tap (``_columns_across_images``), the input
     gradient makes one product over all the images and scatters it back
-    (``lowered_input_grad_merged``); both against torch, on two threads and on one, bias,
-    stride, dilation, groups and padding included."""
-    from convlayers.functional._engine_lowered import _merged_input_grad_block
+    (``lowered_input_grad_merged``), and the weight gradient one product whose inner
+    dimension is all the images' positions (``lowered_weight_grad_merged``); against torch,
+    on two threads and on one, bias, stride, dilation, groups and padding included."""
+    from convlayers.functional._engine_lowered import _merged_gradient_block
     from convlayers.functional.conv import conv_spec
     from convlayers.functional.plan import geometry
 
@@ -856,13 +857,13 @@ def test_maps_of_a_few_windows_gather_and_scatter_across_images(hw: tuple[int, i
                        groups, "zeros")
     g = geometry(x.shape, w.shape, spec.stride, spec.dilation, groups, spec.pairs,
                  spec.out_shape, np.float32)
-    assert _merged_input_grad_block(g, 2) > 0
+    assert _merged_gradient_block(g, 2) > 0
     for threads in (2, 1):
         with config.settings(threads=threads), config.engine_settings(force="lowered"):
             assert_close(F.conv2d(x, w, b, **kw), expected, "forward across images")
             ours = F.conv_backward(gy, x, w, with_bias=True, **kw)
             assert_close(ours[0], gx, "input gradient across images")
-            assert_close(ours[1], gw, "weight gradient")
+            assert_close(ours[1], gw, "weight gradient across images")
             assert_close(ours[2], gb, "bias gradient")
 
 

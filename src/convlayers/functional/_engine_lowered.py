@@ -127,7 +127,7 @@ def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     kk = g.kh * g.kw
     taps = np.ascontiguousarray(w).reshape(g.groups, g.c_out_g, g.c_in_g * kk)
     gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=gy.dtype)
-    merged = _merged_input_grad_block(g, threads)
+    merged = _merged_gradient_block(g, threads)
     if merged:
         k.conv.lowered_input_grad_merged(gy.reshape(g.n, g.c_out, g.ho * g.wo), taps, g.kh,
                                          g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
@@ -139,9 +139,9 @@ def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     return gx
 
 
-def _merged_input_grad_block(g: Geometry, threads: int) -> int:
-    """Input channels per unit of :func:`convlayers.kernels.conv.lowered_input_grad_merged`,
-    or 0 for the per-image units: merged for two images or more of at most
+def _merged_gradient_block(g: Geometry, threads: int) -> int:
+    """Input channels per unit of :func:`convlayers.kernels.conv.lowered_input_grad_merged`
+    and ``lowered_weight_grad_merged``, or 0 for the per-image units: merged for two images or more of at most
     ``FEW_POSITIONS`` output positions each (one image's product would be that narrow), in
     blocks that give every thread two units and keep a unit's columns (all the images')
     within ``config.engine.lowered_column_bytes``."""
@@ -160,6 +160,13 @@ def _merged_input_grad_block(g: Geometry, threads: int) -> int:
 def _gw_lowered(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     k = kernels()
     threads = _numba_threads()
+    merged = _merged_gradient_block(g, threads)
+    if merged:  # as the input gradient: one product over all the images per block
+        gw = np.empty((g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw), dtype=x.dtype)
+        k.conv.lowered_weight_grad_merged(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
+                                          g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+                                          g.wo, merged, threads, gw)
+        return gw.reshape(g.c_out, g.c_in_g, g.kh, g.kw)
     rows, _ = _lowered_units(g, threads, "weight_grad")
     kk = g.kh * g.kw
     units = g.n * g.groups * -(-g.ho // rows)

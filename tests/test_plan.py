@@ -10,6 +10,8 @@ convolution run the one-gradient passes the same way.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -734,3 +736,30 @@ def test_the_implicit_weight_gradient_needs_positions_for_its_gradient() -> None
     tw = torch.from_numpy(w).requires_grad_()
     tF.conv2d(torch.from_numpy(x), tw, padding=1).backward(torch.from_numpy(gy))
     assert_close(gw, tw.grad, "grad_weight")
+
+
+def test_maps_of_a_few_windows_take_the_merged_lowered_gradients() -> None:
+    """Two images or more with at most ``merged_gradient_positions`` output positions each:
+    a depthwise layer with a channel multiplier takes the lowered gradients (one product over
+    all the images), a plain depthwise one keeps its own kernels, and the merged units serve
+    up to ``merged_gradient_groups`` groups only; one image never merges."""
+    from convlayers.functional._engine_lowered import _merged_gradient_block
+
+    multiplier = plan((15, 49, 19, 19), (147, 1, 7, 7), stride=3, dilation=3, groups=49)
+    assert (multiplier.input_grad, multiplier.weight_grad) == ("lowered", "lowered")
+    alone = plan((1, 49, 19, 19), (147, 1, 7, 7), stride=3, dilation=3, groups=49)
+    assert alone.input_grad != "lowered"
+    plain = plan((16, 64, 5, 5), (64, 1, 3, 3), stride=2, groups=64)
+    assert plain.input_grad.startswith("depthwise")
+
+    def block(n: int, hw: int, groups: int) -> int:
+        g = geometry((n, 64, hw, hw), (64, 64 // groups, 3, 3), (1, 1), (1, 1), groups,
+                     ((0, 0), (0, 0)), (hw - 2, hw - 2), np.float32)
+        return _merged_gradient_block(g, 2)
+
+    e = config.engine
+    side = math.isqrt(e.merged_gradient_positions)
+    assert block(4, side + 2, 1) > 0 and block(4, side + 2, e.merged_gradient_groups) > 0
+    assert block(4, side + 3, 1) == 0  # (side+1)^2 positions: too many
+    assert block(1, side + 2, 1) == 0
+    assert block(4, side + 2, 2 * e.merged_gradient_groups) == 0

@@ -422,6 +422,18 @@ class EngineSettings:
     #: Shortest slab (output positions) the lowered kernels cut an image into to give every
     #: thread work (one image, small maps): narrower products waste the register tiles.
     lowered_min_columns: int = 96
+    #: The lowered gradients of two images or more with at most this many output positions
+    #: each make one product over all the images (per block of input channels), gathered and
+    #: scattered across images: per image, products that narrow wasted the tiles' lanes and
+    #: the weight gradient's added onto the whole gradient again and again. On 24 random
+    #: layers of 5-16 positions (batches 2-30): forward+backward 0.69 -> 0.65x torch's time,
+    #: geo-mean; at most 4 they had taken 0.75 -> 0.72x on 25 others, 2.64 -> 0.33x on
+    #: 305->8 5x5 dilation 2 on 29x305x9x9. Only with at most ``merged_gradient_groups``
+    #: groups, or depthwise (whose channel multiplier then takes the lowered gradients).
+    merged_gradient_positions: int = 16
+    #: Most groups of a layer whose lowered gradients merge images (depthwise layers aside):
+    #: 16 and 32 groups of 1-15 channels ran 1.06-1.22x the per-image gradients' time.
+    merged_gradient_groups: int = 8
     #: The planar depthwise kernels serve planes whose padded polyphase copy takes at most this
     #: many bytes (one such plane per thread: a 224x224 map takes 200 KiB).
     planar_bytes: int = 4 * 2**20

@@ -19,7 +19,7 @@ from convlayers.functional._engine_shared import (
     remembered,
     units_for_threads,
 )
-from convlayers.functional.plan import Geometry, _copy_price
+from convlayers.functional.plan import Geometry, _copy_price, few_positions
 
 
 @remembered
@@ -141,16 +141,13 @@ def _gx_lowered(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
 
 def _merged_gradient_block(g: Geometry, threads: int) -> int:
     """Input channels per unit of :func:`convlayers.kernels.conv.lowered_input_grad_merged`
-    and ``lowered_weight_grad_merged``, or 0 for the per-image units: merged for two images or more of at most
-    ``FEW_POSITIONS`` output positions each (one image's product would be that narrow), in
-    blocks that give every thread two units and keep a unit's columns (all the images')
-    within ``config.engine.lowered_column_bytes``."""
-    from convlayers.kernels.conv import FEW_POSITIONS
-
-    positions = g.ho * g.wo
-    if g.n < 2 or positions > FEW_POSITIONS:
+    and ``lowered_weight_grad_merged``, or 0 for the per-image units: merged where
+    :func:`convlayers.functional.plan.few_positions` says (one image's products would be that
+    narrow), in blocks that give every thread two units and keep a unit's columns (all the
+    images') within ``config.engine.lowered_column_bytes``."""
+    if not few_positions(g):
         return 0
-    per_channel = g.kh * g.kw * g.n * positions * g.itemsize
+    per_channel = g.kh * g.kw * g.n * g.ho * g.wo * g.itemsize
     cap = max(1, min(config.engine.lowered_column_bytes, config.scratch_bytes()))
     want = max(1, -(-2 * threads // g.groups))
     return max(1, min(-(-g.c_in_g // want), cap // per_channel))

@@ -87,7 +87,7 @@ def test_planned_implicit_passes_match_torch(case: dict, seed: int) -> None:
     b = rng.standard_normal(case["c_out"]).astype(np.float32)
     args = (case["stride"], case["padding"], case["dilation"], case["groups"])
     with config.engine_settings(im2col_copy_macs=1000, im2col_copy_macs_few_images=1000,
-                                implicit_input_grad_channels=0):
+                                implicit_input_grad_channels=0, lowered_batch1_positions=0):
         chosen = F.plan(x.shape, w.shape, *args)
         assert chosen.forward == "implicit" and chosen.weight_grad == "implicit"
         # strided: when forced, or with few output channels (test_plan.py), set off here

@@ -763,3 +763,17 @@ def test_maps_of_a_few_windows_take_the_merged_lowered_gradients() -> None:
     assert block(4, side + 3, 1) == 0  # (side+1)^2 positions: too many
     assert block(1, side + 2, 1) == 0
     assert block(4, side + 2, 2 * e.merged_gradient_groups) == 0
+
+
+def test_one_image_of_a_few_positions_takes_im2col_forward() -> None:
+    """A dense forward of one image with at most ``lowered_batch1_positions`` output positions
+    takes ``lowered`` (the implicit GEMM's dropped columns and masked tiles dominate there);
+    with the rule off, the cost model's implicit GEMM; and the result matches torch."""
+    shapes = ((1, 244, 8, 8), (4, 244, 7, 7))
+    assert plan(*shapes, stride=3).forward == "lowered"
+    with config.engine_settings(lowered_batch1_positions=0):
+        assert plan(*shapes, stride=3).forward == "implicit"
+    rng = np.random.default_rng(30)
+    x, w = random_array(rng, shapes[0], np.float32), random_array(rng, shapes[1], np.float32)
+    assert_close(F.conv2d(x, w, stride=3),
+                 tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=3), "batch 1, 2x2")

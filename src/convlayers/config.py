@@ -431,6 +431,11 @@ class EngineSettings:
     #: 305->8 5x5 dilation 2 on 29x305x9x9. Only with at most ``merged_gradient_groups``
     #: groups, or depthwise (whose channel multiplier then takes the lowered gradients).
     merged_gradient_positions: int = 16
+    #: A dense or grouped forward of one image with at most this many output positions takes
+    #: im2col, not the implicit GEMM (whose slab's dropped columns and masked tiles dominate
+    #: maps that small): on the five such layers of 30 random ones of 1-16 positions, 0.29-0.86x
+    #: the implicit GEMM's time (244->4 7x7 stride 3 on 1x244x8x8: 1.4x torch's time, 0.4x).
+    lowered_batch1_positions: int = 16
     #: Most groups of a layer whose lowered gradients merge images (depthwise layers aside):
     #: 16 and 32 groups of 1-15 channels ran 1.06-1.22x the per-image gradients' time.
     merged_gradient_groups: int = 8

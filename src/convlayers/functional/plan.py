@@ -341,7 +341,8 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
     ``implicit_input_grad_positions`` of ``config.engine``). For the weight gradient at stride
     1 of as many output channels as a wide tile's columns or more, the gradient must be small beside
     the positions, and at any stride small (:func:`_large_weight_grad`; fewer output channels
-    take other kernels, see ``_engine_implicit.channels_last_pays``)."""
+    take other kernels, see ``_engine_implicit.channels_last_pays``). A forward of one image of
+    at most ``lowered_batch1_positions`` output positions takes im2col."""
     if pass_ == "input_grad":
         alpha = _copy_price(g)
         if (g.sh, g.sw) != (1, 1):
@@ -352,6 +353,9 @@ def _implicit_pays(g: Geometry, pass_: str) -> bool:
         return not thin and (g.c_out_g * g.h * (g.w + (g.kw - 1) * g.dw)
                              <= (g.c_out_g + alpha) * g.ho * g.wo)
     if pass_ == "weight_grad" and _large_weight_grad(g):
+        return False
+    if (pass_ == "forward" and g.n == 1
+            and g.ho * g.wo <= config.engine.lowered_batch1_positions):
         return False
     implicit, lowered = dense_position_costs(g)
     return implicit <= lowered

@@ -868,6 +868,23 @@ def test_maps_of_a_few_windows_gather_and_scatter_across_images(hw: tuple[int, i
             assert_close(ours[2], gb, "bias gradient")
 
 
+def test_one_window_of_one_image_runs_its_products_as_dots() -> None:
+    """Batch 1, a map of one window: every lowered product is one column wide, the forward's
+    dot products along the inner dimension and the input gradient's scaled weight columns
+    (``simd.gemm_few``); grouped, dilated and strided, against torch on two threads."""
+    rng = np.random.default_rng(22)
+    x = random_array(rng, (1, 66, 19, 19), np.float32)
+    w = random_array(rng, (200, 33, 7, 7), np.float32)
+    kw = dict(stride=2, dilation=3, groups=2)
+    expected, gy, (gx, gw) = torch_grads(lambda x, w: tF.conv2d(x, w, **kw), [x, w])
+    assert expected.shape[2:] == (1, 1)
+    with config.settings(threads=2), config.engine_settings(force="lowered"):
+        assert_close(F.conv2d(x, w, **kw), expected, "forward by dots")
+        ours = F.conv_backward(gy, x, w, **kw)
+    assert_close(ours[0], gx, "input gradient by scaled columns")
+    assert_close(ours[1], gw, "weight gradient")
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_lowered_weight_gradient_split_by_input_channels_matches_torch(batch: int) -> None:
     """Batch 1 on a small map gives the lowered weight gradient one (image, slab) unit per

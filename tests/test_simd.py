@@ -273,3 +273,19 @@ def test_a_product_of_one_column_allocates_nothing() -> None:
             tracemalloc.stop()
         np.testing.assert_allclose(m, u.astype(np.float64) @ v, rtol=1e-4, atol=1e-3)
     assert peaks[0] < 1024 <= 4096 <= peaks[1], peaks
+
+
+def test_a_transposed_left_operand_times_one_column_is_summed_as_the_tiles() -> None:
+    """A transposed left operand (the lowered input gradient's weights) times one column runs
+    as scaled columns added in order along ``k``: the tiles' order of sums, so the same bits,
+    and numpy's values."""
+    rng = np.random.default_rng(6)
+    weight = rng.standard_normal((100, 1617)).astype(np.float32)
+    u = weight.T  # (1617, 100), columns contiguous
+    v = rng.standard_normal((100, 1)).astype(np.float32)
+    few = np.full((1617, 1), np.nan, np.float32)
+    _few(u, v, few)
+    tiles = np.full((1617, 1), np.nan, np.float32)
+    _product(u, v, tiles, False)
+    np.testing.assert_array_equal(few, tiles)
+    np.testing.assert_allclose(few, u.astype(np.float64) @ v, rtol=1e-4, atol=1e-4)

@@ -435,7 +435,10 @@ def lowered_input_grad(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, g
             for co in range(Cog):
                 copy_row(gs[co], gy[n, g * Cog + co, oh0 * Wo:])
             dcols = dbuf[t, : cs * kk * L].reshape(cs * kk, L)
-            gemm_tiled(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols)
+            if Ho * Wo == 1:  # every unit's product one column (a geometry rule, as the forward)
+                gemm_few(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols)
+            else:
+                gemm_tiled(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols)
             _col2im(dcols, gx[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, pt, pl, oh0, rows, Wo)
 
 

@@ -523,7 +523,8 @@ def gemm_few(u, v, m):
     of at most ``FEW_COLUMNS``; ``u`` C-contiguous): column by column, four rows of ``u``
     against it at once, dot products along the inner dimension, vectorised over ``k``
     (chunks of ``FEW_KC`` of each column copied contiguous first, unless ``v`` is one column:
-    then it is read in place and nothing is allocated).
+    then it is read in place and nothing is allocated). A transposed ``u`` (its columns
+    contiguous) times one column is the columns of ``u`` scaled and added instead.
 
     A tile's vector lanes run along the columns, so a product of one column used one lane of
     each vector (of 16 with AVX-512) and of two an eighth; the dots fill them all: one column
@@ -539,6 +540,19 @@ def gemm_few(u, v, m):
         for p in range(P):
             for j in range(L):
                 m[p, j] = 0
+        return
+    if L == 1 and u.strides[0] == u.itemsize and P > 1:
+        # a transposed left operand (its columns contiguous) times one column: each column
+        # scaled and added, vectorised along the rows, every output summed over k in order
+        mf = m.reshape(P)
+        ut = u.T
+        for p in range(P):
+            mf[p] = 0
+        for k in range(K):
+            a = v[k, 0]
+            col = ut[k]
+            for p in range(P):
+                mf[p] += col[p] * a
         return
     if L == 1:  # the column is contiguous already
         c = v.reshape(v.size)

@@ -777,3 +777,22 @@ def test_one_image_of_a_few_positions_takes_im2col_forward() -> None:
     x, w = random_array(rng, shapes[0], np.float32), random_array(rng, shapes[1], np.float32)
     assert_close(F.conv2d(x, w, stride=3),
                  tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=3), "batch 1, 2x2")
+
+
+def test_large_strided_input_gradients_with_thick_phases_take_the_implicit_gemm() -> None:
+    """Ungrouped strided input gradients of few output channels on maps of 400 positions or
+    more whose largest stride phase takes 9 taps (6x6 stride 2, 7x7 stride 3) run one implicit
+    forward per phase; phases of 4 taps (3x3 stride 2) and grouped layers stay lowered; and the
+    phased gradient matches torch."""
+    assert plan((1, 186, 65, 65), (16, 186, 6, 6), stride=2, padding=2).input_grad == "implicit"
+    assert plan((7, 9, 113, 113), (5, 9, 7, 7), stride=3, padding=(2, 1)).input_grad == "implicit"
+    assert plan((3, 209, 73, 73), (12, 209, 3, 3), stride=2, padding=1).input_grad == "lowered"
+    assert plan((1, 192, 65, 65), (32, 48, 6, 6), stride=2, padding=2,
+                groups=4).input_grad == "lowered"
+    rng = np.random.default_rng(31)
+    x = random_array(rng, (2, 9, 68, 66), np.float32)
+    w = random_array(rng, (5, 9, 7, 7), np.float32)
+    assert plan(x.shape, w.shape, stride=3, padding=(2, 1)).input_grad == "implicit"
+    _, gy, (gx, _) = torch_grads(lambda x, w: tF.conv2d(x, w, stride=3, padding=(2, 1)),
+                                 [x, w])
+    assert_close(F.conv_backward(gy, x, w, stride=3, padding=(2, 1))[0], gx, "phased gradient")

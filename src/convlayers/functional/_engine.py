@@ -47,7 +47,10 @@ The compiled strategies (1-D and 2-D, float32/float64; 1-D runs as 2-D with one 
   busy too (``_lowered_units`` in :mod:`convlayers.functional._engine_lowered`). A unit's
   columns stay under ``config.engine.lowered_column_bytes``; the forward's sums run in the
   same order whatever the units, so the result does not depend on the thread count or the
-  scratch cap.
+  scratch cap. Maps of a few output positions: the forward gathers the images' columns side
+  by side (products of at most four columns by dot products, ``simd.gemm_few``), and the
+  gradients of two images or more make one product over all of them per block of input
+  channels (:func:`convlayers.functional.plan.few_positions`).
 
 This module plans a call and dispatches it; each strategy lives in its own module
 (``_engine_numpy``, ``_engine_winograd``, ``_engine_depthwise``, ``_engine_pointwise``,

@@ -442,6 +442,21 @@ def lowered_input_grad(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, g
             _col2im(dcols, gx[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, pt, pl, oh0, rows, Wo)
 
 
+@njit(parallel=True, cache=True)
+def _images_side_by_side(gy, G):
+    """``(G, C_out/g, N*L)``: each group's output gradient ``gy (N, C_out, L)`` with the images'
+    positions side by side (the right operand of the merged gradients' products)."""
+    N, C_out, L = gy.shape
+    Cog = C_out // G
+    gcols = np.empty((G, Cog, N * L), dtype=gy.dtype)
+    for g in prange(G):
+        for co in range(Cog):
+            for i in range(N):
+                for j in range(L):
+                    gcols[g, co, i * L + j] = gy[i, g * Cog + co, j]
+    return gcols
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def lowered_input_grad_merged(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, B, nt, gx):
     """:func:`lowered_input_grad` for maps of a few output positions (the engine's
@@ -453,19 +468,14 @@ def lowered_input_grad_merged(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, B, n
     ``C_out/g``, a few rows; 29 images of 305 channels, 8 output channels, one 5x5 window each,
     took 1.6 ms. Scratch for ``nt`` threads."""
     N, C_in = gx.shape[0], gx.shape[1]
-    G, Cog = taps.shape[0], taps.shape[1]
+    G = taps.shape[0]
     Cig = C_in // G
     kk = kh * kw
     L = gy.shape[2]
     Ho = L // Wo
     H, W = gx.shape[2], gx.shape[3]
     nb = (Cig + B - 1) // B
-    gcols = np.empty((G, Cog, N * L), dtype=gy.dtype)
-    for g in prange(G):
-        for co in range(Cog):
-            for i in range(N):
-                for j in range(L):
-                    gcols[g, co, i * L + j] = gy[i, g * Cog + co, j]
+    gcols = _images_side_by_side(gy, G)
     dbuf = np.empty((nt, B * kk * N * L), dtype=gy.dtype)
     gf = gx.reshape(gx.size)
     zero = typed_zero(gx)
@@ -492,10 +502,10 @@ def lowered_weight_grad_merged(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, B, 
     (overwritten) for maps of a few output positions, as :func:`lowered_input_grad_merged`:
     a unit is (group, block of ``B`` input channels) for every image at once, one product
     ``gy_g @ cols^T`` whose inner dimension is all the images' positions and whose columns
-    are the block's taps, written straight into its columns of ``gw`` (no per-thread sums). Per image, the
-    units added a product of a few positions onto the whole gradient (a rank-one update for a
-    map of one window: 29 images of 305 channels, 8 output channels, 5x5 windows, took 0.9
-    ms, memory-bound). Scratch for ``nt`` threads."""
+    are the block's taps, written straight into its columns of ``gw`` (no per-thread sums).
+    Per image, the units added a product of a few positions onto the whole gradient (a
+    rank-one update for a map of one window: 29 images of 305 channels, 8 output channels,
+    5x5 windows, took 0.9 ms, memory-bound). Scratch for ``nt`` threads."""
     N, C_in, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     Cog = gw.shape[1]
     Cig = C_in // G
@@ -503,12 +513,7 @@ def lowered_weight_grad_merged(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, B, 
     L = gy.shape[2]
     Ho = L // Wo
     nb = (Cig + B - 1) // B
-    gcols = np.empty((G, Cog, N * L), dtype=x.dtype)
-    for g in prange(G):
-        for co in range(Cog):
-            for i in range(N):
-                for j in range(L):
-                    gcols[g, co, i * L + j] = gy[i, g * Cog + co, j]
+    gcols = _images_side_by_side(gy, G)
     cbuf = np.empty((nt, N * L * B * kk), dtype=x.dtype)
     obuf = np.empty((nt, Cog * B * kk), dtype=x.dtype)
     xf = x.reshape(x.size)

@@ -153,27 +153,29 @@ def _columns_by_bounds(xf, base, H, W, kh, kw, sh, sw, dh, dw, ih0, iw0, Ho, Wo,
 
 @njit(cache=True, fastmath=True)
 def _columns_across_images(xf, base, step, images, H, W, kh, kw, sh, sw, dh, dw, ih0, iw0, Ho,
-                           Wo, cf, r0, ld, zero):
-    """:func:`_columns_by_bounds` for ``images`` planes ``step`` apart from ``xf[base:]`` at
-    once, image ``i``'s columns at ``i * Ho*Wo``: each tap's bounds found once for all the
-    images. For maps of a few output positions a plane's gather was all bounds checks and
-    loop overhead (29 images of 305 channels, one 5x5 window each: 0.9 ms of a 1 ms call)."""
-    L = Ho * Wo
+                           Wo, cf, r0, tap_step, position_step, image_step, zero):
+    """The windows of ``images`` planes ``step`` apart from ``xf[base:]`` at once, tap ``t``
+    (``r0 + a*kw + b``) of output position ``q`` of image ``i`` at ``cf[t*tap_step +
+    q*position_step + i*image_step]`` (the forward's columns, a row per tap, or the weight
+    gradient's, a row per position), read by bounds: each tap's bounds found once for all the
+    images. For maps of a few output positions a plane's gather had been all bounds checks
+    and loop overhead (29 images of 305 channels, one 5x5 window each: 0.9 ms of a 1 ms
+    call)."""
     for a in range(kh):
         for b in range(kw):
-            row = (r0 + a * kw + b) * ld
+            row = (r0 + a * kw + b) * tap_step
             for oh in range(Ho):
                 ih = ih0 + oh * sh + a * dh
                 for ow in range(Wo):
                     iw = iw0 + ow * sw + b * dw
-                    d = row + oh * Wo + ow
+                    d = row + (oh * Wo + ow) * position_step
                     if ih < 0 or ih >= H or iw < 0 or iw >= W:
                         for i in range(images):
-                            cf[d + i * L] = zero
+                            cf[d + i * image_step] = zero
                         continue
                     src = base + ih * W + iw
                     for i in range(images):
-                        cf[d + i * L] = xf[src + i * step]
+                        cf[d + i * image_step] = xf[src + i * step]
 
 
 @njit(cache=True, fastmath=True)
@@ -311,7 +313,8 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
                     if L <= FEW_POSITIONS:  # a few positions an image: the images innermost
                         _columns_across_images(xf, (n0 * C_in + g * Cig + c) * H * W,
                                                C_in * H * W, p_n, H, W, kh, kw, sh, sw, dh,
-                                               dw, -pt, -pl, Ho, Wo, cf, c * kk, P * L, zero)
+                                               dw, -pt, -pl, Ho, Wo, cf, c * kk, P * L, 1, L,
+                                               zero)
                         continue
                     for i in range(p_n):
                         if Wo < 16 or sw > 1:  # narrow or strided rows: a gather by bounds
@@ -481,9 +484,7 @@ def lowered_input_grad_merged(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, B, n
     zero = typed_zero(gx)
     for unit in prange(G * nb):
         t = numba.get_thread_id()
-        g = unit // nb
-        c0 = (unit % nb) * B
-        cs = min(B, Cig - c0)
+        g, _, c0, cs = unit_block(unit, 1, nb, B, Cig)
         dcols = dbuf[t, : cs * kk * N * L].reshape(cs * kk, N * L)
         gemm_tiled(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gcols[g], dcols)
         df = dcols.reshape(dcols.size)
@@ -520,32 +521,14 @@ def lowered_weight_grad_merged(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, B, 
     zero = typed_zero(x)
     for unit in prange(G * nb):
         t = numba.get_thread_id()
-        g = unit // nb
-        c0 = (unit % nb) * B
-        cs = min(B, Cig - c0)
+        g, _, c0, cs = unit_block(unit, 1, nb, B, Cig)
         width = cs * kk
         cols = cbuf[t, : N * L * width].reshape(N * L, width)
         cf = cols.reshape(cols.size)
-        # row i*L + position: image i's windows, the block's taps in order; each tap's
-        # bounds found once for all the images (as _columns_across_images)
-        step = C_in * H * W
-        for c in range(cs):
-            base = (g * Cig + c0 + c) * H * W
-            for a in range(kh):
-                for b in range(kw):
-                    col = (c * kh + a) * kw + b
-                    for oh in range(Ho):
-                        ih = oh * sh - pt + a * dh
-                        for ow in range(Wo):
-                            iw = ow * sw - pl + b * dw
-                            d = (oh * Wo + ow) * width + col
-                            if ih < 0 or ih >= H or iw < 0 or iw >= W:
-                                for i in range(N):
-                                    cf[d + i * L * width] = zero
-                                continue
-                            src = base + ih * W + iw
-                            for i in range(N):
-                                cf[d + i * L * width] = xf[src + i * step]
+        for c in range(cs):  # row i*L + position: image i's windows, the block's taps in order
+            _columns_across_images(xf, (g * Cig + c0 + c) * H * W, C_in * H * W, N, H, W, kh,
+                                   kw, sh, sw, dh, dw, -pt, -pl, Ho, Wo, cf, c * kk, 1, width,
+                                   L * width, zero)
         o = obuf[t, : Cog * width].reshape(Cog, width)
         gemm_tiled(gcols[g], cols, o)
         for co in range(Cog):

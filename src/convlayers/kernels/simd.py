@@ -78,6 +78,7 @@ KC = 256
 #: Rows ahead of the one in use that the tiles prefetch from a 2-D right operand (a prefetch
 #: never faults, so past the operand's end is harmless).
 PREFETCH_ROWS = 16
+CONV_PREFETCH_ROWS = 8
 #: Columns of one block of the blocked product.
 NC = 192 if _WIDE else 256
 #: Most columns :func:`gemm_few` takes.
@@ -228,6 +229,11 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
             with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
                 k = loop.index
                 v_at = builder.add(builder.mul(builder.add(k, first), vs), vcol)
+                for h in range(vectors):
+                    builder.call(prefetch, [builder.bitcast(builder.gep(va.data, [builder.add(
+                        v_at, builder.add(builder.mul(vs, const(CONV_PREFETCH_ROWS)),
+                                          const(h * lanes)))]), i8p),
+                        i32_0, ir.Constant(i32, 3), ir.Constant(i32, 1)])
                 xs = [read(builder.bitcast(builder.gep(va.data, [builder.add(
                     v_at, const(h * lanes))]), vptr), h) for h in range(vectors)]
                 for r in range(tile_rows):

@@ -143,7 +143,7 @@ def test_a_stem_of_few_channels_writes_channels_last_directly() -> None:
 def test_a_wide_stem_runs_the_direct_kernel_on_a_transposed_copy() -> None:
     """ResNet's pattern: a 3-channel stem with a tile's worth of output channels (64) reads
     the NCHW image through a padded channels-last copy, then a max pool and a residual block
-    run channels-last; only the output converts."""
+    (Winograd: direct at batch 1, 16 tiles) run channels-last; only the output converts."""
     from test_resnet import TBasicBlock
 
     ours = randomize_norms(nn.Sequential(*conv_bn(3, 64, 7, 2, act=nn.ReLU),
@@ -154,7 +154,7 @@ def test_a_wide_stem_runs_the_direct_kernel_on_a_transposed_copy() -> None:
     copy_weights(ours, twin)
     plan = convlayers.compile(ours, np.zeros((1, 3, 29, 30), np.float32))
     assert [type(s).__name__ for s in plan._steps] == [
-        "DenseLast", "MaxPoolLast", "DenseLast", "DenseLast", "ToChannelsFirst"]
+        "DenseLast", "MaxPoolLast", "WinogradLast", "WinogradLast", "ToChannelsFirst"]
     assert "1 conversions" in plan.explain()
     check(ours, twin, [(1, 3, 29, 30), (2, 3, 29, 30), (3, 3, 29, 30)])
 
@@ -300,7 +300,10 @@ def test_large_maps_run_a_few_images_at_a_time(name: str, chunk_bytes: int,
     assert (f"steps {first[0]}-{first[1] - 1} run {first[2]} of the {shape[0]} images at a time"
             in plan.explain(shape[0]))
     # its own values are sized for a chunk: the arena is smaller than the whole-batch plan's
-    assert plan._layout(shape[0])[1] < whole._layout(shape[0])[1]
+    # (ResNet-18's: no larger, the per-thread transforms of its Winograd steps, after the
+    # chunked run, set the size of both)
+    chunked, unchunked = plan._layout(shape[0])[1], whole._layout(shape[0])[1]
+    assert chunked < unchunked if name == "mobilenet_v2" else chunked <= unchunked
 
 
 def test_chunk_bytes_is_checked() -> None:

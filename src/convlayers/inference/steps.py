@@ -454,6 +454,12 @@ def make_step(node: Node, g: Graph) -> Step:
                 if node.attrs["weight"].shape[0] >= conv_strip() // dtype.itemsize:
                     return last.DenseLast(node, g, dtype, reads_nchw=True)
                 return last.StemLast(node, g, dtype)
+            from convlayers.inference import winograd_last
+
+            a = node.attrs
+            if winograd_last.fits(a["weight"].shape[2:], a["stride"], a["dilation"], a["groups"],
+                                  g.shapes[node.inputs[0]][0], a["weight"].shape[0]):
+                return last.WinogradLast(node, g, dtype)
             return last.DenseLast(node, g, dtype)
         kinds: dict[str, type[Step]] = {"to_nhwc": last.ToChannelsLast, "gap": last.GlobalAvgPoolLast,
                                         "to_nchw": last.ToChannelsFirst, "act": Activation, "add": Add,

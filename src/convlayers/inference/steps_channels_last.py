@@ -10,16 +10,18 @@ depthwise one's as ``(kh, kw, C)`` (a row of channels per tap), a stem's as
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from convlayers.functional._compiled import _numba_threads
 from convlayers.inference import channels_last as CL
 from convlayers.inference import conv_last
+from convlayers.inference import winograd_last as WL
 from convlayers.inference.graph import Graph, Node
 from convlayers.inference.steps import Step, Views, _Conv
 
 __all__ = ["DenseLast", "DepthwiseLast", "GlobalAvgPoolLast", "MaxPoolLast", "StemLast",
-           "ToChannelsFirst", "ToChannelsLast"]
+           "ToChannelsFirst", "ToChannelsLast", "WinogradLast"]
 
 
 def _threads() -> int:
@@ -78,6 +80,69 @@ class DenseLast(_Conv):
         conv_last.dense(x.reshape(-1), self.packed, offs, self.toffs, self.bias,
                         res.reshape(pixels, self.c_out), has, self.act, rows, cols, key[1],
                         out.reshape(pixels, self.c_out))
+
+
+class WinogradLast(_Conv):
+    """A 3x3 stride-1 convolution of one group by Winograd F(2x2, 3x3)
+    (:mod:`convlayers.inference.winograd_last`), the direct kernel (:class:`DenseLast`) on
+    calls of fewer than :data:`~convlayers.inference.winograd_last.MIN_TILES` tiles (the
+    transformed weights, 16/9 of the direct ones, would stream for too little work) and on
+    calls whose sums met an inf or NaN (computed again, as torch's direct sum would)."""
+
+    def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
+        super().__init__(node, g, dtype)
+        self.direct = DenseLast(node, g, dtype)
+        self.u = WL.transformed_weights(node.attrs["weight"], dtype)
+        self.th, self.tw = WL.tile_counts(self.ho, self.wo)
+        self.hp, self.wp = 2 * self.th + 2, 2 * self.tw + 2
+        self.threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        self.strategy = (f"zero-padded copy in scratch, then Winograd F(2x2,3x3) channels-last: "
+                         f"input transform, 16 products on the direct kernel's tiles, output "
+                         f"transform and epilogue per unit of tiles; direct below "
+                         f"{WL.MIN_TILES} tiles ({self.th * self.tw} an image) or on inf/NaN")
+        self._units: dict[tuple[int, int], tuple[int, int, np.ndarray, np.ndarray]] = {}
+
+    def _few(self, n: int) -> bool:
+        return n * self.th * self.tw < WL.MIN_TILES
+
+    def _sizes(self, n: int) -> tuple[int, int, int]:
+        """Elements of the padded input, of one thread's transforms, and of all scratch."""
+        padded = n * self.hp * self.wp * self.c_in
+        per_thread = 16 * (WL.plane_elements(WL.UNIT_TILES, self.c_in)
+                           + WL.plane_elements(WL.UNIT_TILES, self.c_out))
+        return padded, per_thread, padded + self.threads * (per_thread + 1)
+
+    def scratch_elements(self, n: int) -> int:
+        return max(self.direct.scratch_elements(n), 0 if self._few(n) else self._sizes(n)[2])
+
+    def run(self, v: Views, scratch: np.ndarray | None) -> None:
+        x, out = v[self.inp][0], v[self.out][0]
+        n = x.shape[0]
+        if self._few(n):
+            self.direct.run(v, scratch)
+            return
+        assert scratch is not None
+        key = (n, _threads())
+        if key not in self._units:
+            tiles, cols = WL.units(n * self.th * self.tw, self.c_out, key[1], self.u.itemsize)
+            self._units[key] = (tiles, cols, WL.offsets(self.wp, self.c_in, self.wo, self.c_out,
+                                                        tiles),
+                                np.arange(tiles, dtype=np.int64) * self.c_in)
+        tiles, cols, table, rows = self._units[key]
+        padded, per_thread, _ = self._sizes(n)
+        xp = scratch[:padded].reshape(n, self.hp, self.wp, self.c_in)
+        nt, pv = self.threads, 16 * WL.plane_elements(tiles, self.c_in)
+        pm = 16 * WL.plane_elements(tiles, self.c_out)
+        vbuf = scratch[padded:padded + nt * pv].reshape(nt, pv)
+        mbuf = scratch[padded + nt * pv:padded + nt * (pv + pm)].reshape(nt, pm)
+        bad = scratch[padded + nt * per_thread:][:nt]
+        bad[:] = 0
+        conv_last.pad_channels_last(x, self.pt, self.pl, xp)
+        res, has = self._res(v, False)
+        WL.forward(xp, self.u, self.bias, res, has, self.act, tiles, cols, key[1], table, rows,
+                   vbuf, mbuf, out, bad)
+        if bad.any():
+            self.direct.run(v, scratch)
 
 
 class MaxPoolLast(Step):

@@ -121,11 +121,11 @@ def _winograd_step(plan: convlayers.inference.plan.Plan) -> WinogradLast:
 
 @pytest.mark.parametrize(("batch", "hw"), [(1, (7, 9)), (2, (11, 8)), (5, (9, 9)), (1, (4, 4))])
 def test_compiled_winograd_matches_torch(batch: int, hw: tuple[int, int]) -> None:
-    """A compiled Conv-BN-ReLU of 40 -> 48 channels takes Winograd (the plan says so) and
+    """A compiled Conv-BN-ReLU of 48 -> 56 channels takes Winograd (the plan says so) and
     matches torch at batch 1, 2 and 5 and odd sizes; calls of fewer tiles than
     ``WL.MIN_TILES`` (7x9 and 4x4 at batch 1) take the direct kernel."""
-    ours, twin = _twin(40, 48)
-    x = np.random.default_rng(batch).standard_normal((batch, 40, *hw)).astype(np.float32)
+    ours, twin = _twin(48, 56)
+    x = np.random.default_rng(batch).standard_normal((batch, 48, *hw)).astype(np.float32)
     plan = convlayers.compile(ours, x)
     assert "Winograd F(2x2,3x3) channels-last" in plan.explain()
     tiles = batch * -(-hw[0] // 2) * -(-hw[1] // 2)
@@ -138,13 +138,13 @@ def test_compiled_winograd_matches_torch(batch: int, hw: tuple[int, int]) -> Non
 def test_compiled_winograd_keeps_torch_non_finite_pattern() -> None:
     """inf and NaN inputs, and finite inputs whose transforms would overflow: the plan's
     outputs are non-finite exactly where torch's are (the direct kernel reruns the call)."""
-    ours, twin = _twin(40, 48)
+    ours, twin = _twin(48, 56)
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((2, 40, 12, 12)).astype(np.float32)
+    x = rng.standard_normal((2, 48, 12, 12)).astype(np.float32)
     plan = convlayers.compile(ours, x)
     assert not _winograd_step(plan)._few(2)
     x[0, 3, 4, 4], x[1, 7, 0, 8], x[1, 30, 11, 11] = np.inf, np.nan, -np.inf
-    big = rng.standard_normal((2, 40, 12, 12)).astype(np.float32)
+    big = rng.standard_normal((2, 48, 12, 12)).astype(np.float32)
     big[0, 0, 2, 2], big[0, 0, 4, 2] = 3.0e38, -3.0e38
     for inp in (x, big):
         with torch.no_grad():
@@ -154,3 +154,16 @@ def test_compiled_winograd_keeps_torch_non_finite_pattern() -> None:
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
         finite = np.isfinite(want)
         assert_close(got[finite], want[finite], "compiled winograd, finite outputs")
+
+
+def test_winograd_takes_3x3_stride_1_convs_of_enough_channels() -> None:
+    """The rule of :func:`WL.fits`, against its definition: 3x3, stride 1, no dilation, one
+    group, at least ``MIN_CHANNELS`` input and output channels."""
+    least = WL.MIN_CHANNELS
+    assert WL.fits((3, 3), (1, 1), (1, 1), 1, least, least)
+    for kernel, stride, dilation, groups, c_in, c_out in (
+            ((3, 3), (1, 1), (1, 1), 1, least - 1, least), ((3, 3), (1, 1), (1, 1), 1, least, 1),
+            ((5, 5), (1, 1), (1, 1), 1, 64, 64), ((3, 1), (1, 1), (1, 1), 1, 64, 64),
+            ((3, 3), (2, 2), (1, 1), 1, 64, 64), ((3, 3), (1, 1), (2, 2), 1, 64, 64),
+            ((3, 3), (1, 1), (1, 1), 2, 64, 64)):
+        assert not WL.fits(kernel, stride, dilation, groups, c_in, c_out)

@@ -275,3 +275,27 @@ def test_stem_reads_nchw_and_writes_channels_last(seed: int) -> None:
     CL.dense_to_channels_last(x.numpy(), np.ascontiguousarray(weight.reshape(c_out, -1).T), kh, kw,
                               bias, sh, sw, dh, dw, pt, pl, act, out)
     assert_close(out, _nhwc(want), f"stem seed {seed}")
+
+
+@pytest.mark.parametrize(("c_out", "k", "stride", "dilation", "act"),
+                         [(32, 3, 2, 1, 2), (70, 3, 1, 2, 3), (8, 5, 1, 1, 1), (64, 7, 2, 1, 0)])
+def test_stem_runs_of_inside_windows_match_torch(c_out: int, k: int, stride: int, dilation: int,
+                                                 act: int) -> None:
+    """Rows wide enough for several runs of ``RUN_PIXELS`` windows inside the map, and border
+    pixels before, between (a row's last few) and after them: MobileNetV2's 3 -> 32 3x3 stride
+    2 stem with ReLU6, a masked rest of channels with hardswish (finished after the run), one
+    vector, ResNet's 7x7 stride 2."""
+    from convlayers.kernels.simd import RUN_PIXELS
+
+    rng = np.random.default_rng(c_out + k)
+    x = torch.from_numpy(rng.standard_normal((2, 3, 23, 61)).astype(np.float32))
+    weight = rng.standard_normal((c_out, 3, k, k)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    pad = (k // 2) * dilation
+    want = TORCH_ACT[act](tf.conv2d(x, torch.from_numpy(weight), torch.from_numpy(bias), stride,
+                                    pad, dilation))
+    assert want.shape[3] >= 3 * RUN_PIXELS
+    out = np.empty(_nhwc(want).shape, np.float32)
+    CL.dense_to_channels_last(x.numpy(), np.ascontiguousarray(weight.reshape(c_out, -1).T), k, k,
+                              bias, stride, stride, dilation, dilation, pad, pad, act, out)
+    assert_close(out, _nhwc(want), f"stem runs {c_out} k{k} s{stride} d{dilation}")

@@ -1011,6 +1011,78 @@ taps_vector = _make_taps(False)
 taps_broadcast = _make_taps(True)
 
 
+#: Output pixels one :data:`taps_broadcast_run` call computes together.
+RUN_PIXELS = 6
+
+
+def _emit_taps_run(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+    """:data:`RUN_PIXELS` consecutive output pixels of a dense convolution of few input channels
+    (NCHW in, channels-last out), up to :data:`TAP_VECTORS` vectors of output channels each:
+    pixel ``q`` sums ``xf[at + q*step + offs[t]]`` (splat) times the weight row ``tf[tap[t]*c +
+    k:]`` over the ``n`` taps, each weight vector loaded once for all the pixels (one pixel at
+    a time, two vectors of 32 channels were two chains of dependent multiply-adds: MobileNetV2's
+    stem ran at a third of the multiply-add rate). Bias, ReLU/ReLU6 and a masked store to
+    ``of[out_at + q*c + k:]`` finish each."""
+    v = _Lanes(context, builder, signature.args[0].dtype)
+    xa, oa, ta, wa, ba, fa = _arrays(context, builder, signature, args, (0, 2, 3, 5, 7, 10))
+    at, n, c, k, act, out_at, count, step = (args[1], args[4], args[6], args[8], args[9],
+                                            args[11], args[12], args[13])
+    b = builder
+    no_res = ir.Constant(ir.IntType(1), 0)
+
+    def body(vectors: int) -> None:
+        masks = v.masks(count, vectors)
+        bias = [v.load(ba, k, masks[h], h) for h in range(vectors)]
+        accs = [[cgutils.alloca_once(b, v.vec) for _ in range(vectors)] for _ in range(RUN_PIXELS)]
+        for row in accs:
+            for h, acc in enumerate(row):
+                b.store(bias[h], acc)
+        with cgutils.for_range(b, n) as loop:
+            t = loop.index
+            x_at = b.add(at, b.load(b.gep(fa.data, [t])))
+            w_at = b.add(b.mul(b.load(b.gep(ta.data, [t])), c), k)
+            weights = [v.load(wa, w_at, masks[h], h) for h in range(vectors)]
+            for q, row in enumerate(accs):
+                value = b.load(b.gep(xa.data, [b.add(x_at, b.mul(step, v.const(q)))]))
+                splat = v.splat(value, v.vec)
+                for h, acc in enumerate(row):
+                    b.store(b.call(v.fma, [splat, weights[h], b.load(acc)]), acc)
+        for q, row in enumerate(accs):
+            o_at = b.add(b.add(out_at, b.mul(c, v.const(q))), k)
+            for h, acc in enumerate(row):
+                v.finish_store(b.load(acc), oa, o_at, masks[h], no_res, act, oa, h)
+
+    more_than = [b.icmp_signed(">", count, v.const(m * v.lanes)) for m in (2, 1)]
+    with b.if_else(more_than[0]) as (wide, narrow):
+        with wide:
+            body(TAP_VECTORS)
+        with narrow, b.if_else(more_than[1]) as (two, one):
+            with two:
+                body(2)
+            with one:
+                body(1)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def taps_broadcast_run(typingctx: Any, xf: Any, at: Any, of: Any, tap: Any, n: Any, tf: Any,
+                       c: Any, bias: Any, k: Any, act: Any, offs: Any, out_at: Any, count: Any,
+                       step: Any) -> Any:
+    """``taps_broadcast_run(xf, at, of, tap, n, tf, c, bias, k, act, offs, out_at, count,
+    step)``: :data:`taps_broadcast` (no residual) for :data:`RUN_PIXELS` output pixels whose
+    windows lie ``step`` input elements apart and whose outputs are ``c`` apart
+    (:func:`_emit_taps_run`)."""
+    floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                 and a.dtype == xf.dtype and a.dtype in (types.float32, types.float64)
+                 for a in (xf, of, tf, bias))
+    ints = all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.int64
+               for a in (tap, offs))
+    if not (floats and ints):
+        return None
+    i = types.intp
+    return types.void(xf, i, of, tap, i, tf, i, bias, i, i, offs, i, i, i), _emit_taps_run
+
+
 def _emit_taps_row(context: Any, builder: Any, signature: Any, args: Any) -> Any:
     """A run of ``npix`` output pixels of one row of a channels-last depthwise convolution
     whose windows lie inside the map, for one vector of channels (``count`` lanes): the

@@ -143,7 +143,7 @@ def test_a_stem_of_few_channels_writes_channels_last_directly() -> None:
 def test_a_wide_stem_runs_the_direct_kernel_on_a_transposed_copy() -> None:
     """ResNet's pattern: a 3-channel stem with a tile's worth of output channels (64) reads
     the NCHW image through a padded channels-last copy, then a max pool and a residual block
-    (Winograd: direct at batch 1, 16 tiles) run channels-last; only the output converts."""
+    (Winograd) run channels-last; only the output converts."""
     from test_resnet import TBasicBlock
 
     ours = randomize_norms(nn.Sequential(*conv_bn(3, 64, 7, 2, act=nn.ReLU),

@@ -137,7 +137,7 @@ class Plan:
             size = self.dtype.itemsize
             per_image = [(sum(int(np.prod(self._graph.shapes[v])) for v in self._reads(step))
                           + int(np.prod(self._graph.shapes[step.out]))
-                          + step.scratch_elements(1)) * size for step in self._steps]
+                          + step.scratch_per_image()) * size for step in self._steps]
             weights = [int(np.size(step.node.attrs.get("weight", 0))) * size
                        for step in self._steps]
             self._segment_cache[n] = (segments(per_image, n, self.chunk_bytes, weights)

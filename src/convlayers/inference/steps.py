@@ -47,6 +47,11 @@ class Step:
     def scratch_elements(self, n: int) -> int:
         return 0
 
+    def scratch_per_image(self) -> int:
+        """Elements of scratch that one image adds: its share of the working set, which sets
+        how many images a run of steps takes at a time (:mod:`convlayers.inference.batching`)."""
+        return self.scratch_elements(1)
+
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
         raise NotImplementedError
 

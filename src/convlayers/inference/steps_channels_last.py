@@ -115,6 +115,10 @@ class WinogradLast(_Conv):
     def scratch_elements(self, n: int) -> int:
         return max(self.direct.scratch_elements(n), 0 if self._few(n) else self._sizes(n)[2])
 
+    def scratch_per_image(self) -> int:
+        """The padded copy of an image: the transforms' scratch is per thread, not per image."""
+        return max(self.direct.scratch_elements(1), self.hp * self.wp * self.c_in)
+
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
         x, out = v[self.inp][0], v[self.out][0]
         n = x.shape[0]

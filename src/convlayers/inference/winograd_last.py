@@ -39,10 +39,11 @@ from convlayers.kernels.values import nonfinite_in
 __all__ = ["MIN_CHANNELS", "MIN_TILES", "UNIT_COLUMNS", "UNIT_TILES", "fits", "forward",
            "offsets", "plane_elements", "tile_counts", "transformed_weights", "units"]
 
-#: Tiles (2x2 output pixels) a call needs before Winograd pays: fewer, and the transformed
-#: weights stream from memory for too little work (ResNet's 512-channel 7x7 maps at batch 1
-#: have 16).
-MIN_TILES = 32
+#: Tiles (2x2 output pixels) a call needs for Winograd. Few tiles make a call stream its
+#: weights (16/9 as many transformed) for little work: ResNet's 512-channel 7x7 maps at batch
+#: 1 have 16, and took 0.92-0.95x the direct kernel's time in whole-model alternation, so
+#: the threshold sits there; smaller maps keep the direct kernel.
+MIN_TILES = 16
 #: Tiles in a unit of work at most: a multiple of the direct kernel's six rows; the unit's 16
 #: planes of transforms stay in L2 with a block of the weights.
 UNIT_TILES = 36

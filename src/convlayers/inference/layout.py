@@ -7,9 +7,10 @@ and dilation), max pools, adds and activations left unfused, and dense convoluti
 channels-last). A segment with a depthwise convolution or a convolution of one group other
 than a stride-1 1x1 one (so any CNN's body: MobileNetV2, EfficientNet-Lite0, ResNet) runs
 channels-last: a depthwise convolution works on whole vectors of channels
-(:mod:`convlayers.inference.channels_last`), and any other convolution is a direct one whose
-register tiles of pixels by output channels sum every tap in place
-(:mod:`convlayers.inference.conv_last`). Grouped convolutions stay NCHW, and so do segments
+(:mod:`convlayers.inference.channels_last`), a 3x3 stride-1 one of enough channels runs
+Winograd along vectors of channels (:mod:`convlayers.inference.winograd_last`), and any other
+convolution is a direct one whose register tiles of pixels by output channels sum every tap
+in place (:mod:`convlayers.inference.conv_last`). Grouped convolutions stay NCHW, and so do segments
 of stride-1 1x1 convolutions alone: converting around them would cost more than it saves.
 
 Conversions go where a layout changes, once per value: ``to_nhwc`` before the first

@@ -4,8 +4,10 @@ Layout (:mod:`convlayers.inference.layout`): channels-last (NHWC) wherever a con
 layers holds a depthwise convolution or a convolution of one group (so the whole body of
 MobileNetV2, EfficientNet-Lite0 and the ResNets), NCHW elsewhere (grouped convolutions, and
 what only they feed), with a conversion where the layout changes. Channels-last, a depthwise
-convolution works on whole vectors of channels, and every other convolution (1x1 included)
-is a direct one whose register tiles of pixels by output channels sum every tap in place
+convolution works on whole vectors of channels, a 3x3 stride-1 one of 48 channels or more
+runs Winograd F(2x2, 3x3) with both transforms along vectors of channels
+(:mod:`convlayers.inference.winograd_last`), and every other convolution (1x1 included) is a
+direct one whose register tiles of pixels by output channels sum every tap in place
 (:mod:`convlayers.inference.conv_last`). In NCHW a 1x1 convolution is one GEMM
 ``W[C_out, C_in] @ X[C_in, H*W]`` on each image's planes with no copy, and the other
 convolutions run the eager engine's kernels (Winograd, implicit GEMM, im2col).

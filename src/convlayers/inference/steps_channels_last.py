@@ -3,7 +3,8 @@
 A channels-last value's views are ``(N, H, W, C)`` and ``(N, H*W, C)``; the kernels are in
 :mod:`convlayers.inference.channels_last` and :mod:`convlayers.inference.conv_last`. Weights
 are packed once: a convolution of one group as strips of output channels, each strip's
-``(kh*kw*C_in)`` rows contiguous (:func:`convlayers.kernels.simd.pack_conv_weights`), a
+``(kh*kw*C_in)`` rows contiguous (:func:`convlayers.kernels.simd.pack_conv_weights`; a
+Winograd step's 16 transformed matrices alike, :mod:`convlayers.inference.winograd_last`), a
 depthwise one's as ``(kh, kw, C)`` (a row of channels per tap), a stem's as
 ``(C_in*kh*kw, C_out)``.
 """

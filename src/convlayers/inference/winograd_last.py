@@ -4,9 +4,10 @@ A 2x2 block of output pixels is ``Y = A^T [sum_c (G g G^T) * (B^T d B)] A`` wher
 4x4 patch of input pixels it reads (:mod:`convlayers.kernels.winograd` has the algebra). In
 NHWC every pixel is a row of channels, so both transforms run along whole vectors of channels,
 and the sum over channels of the 16 elementwise products is 16 GEMMs
-``M_e (tiles, C_out) = V_e (tiles, C_in) @ U_e (C_in, C_out)`` on the register-tiled kernel
-(:func:`convlayers.kernels.simd.gemm_tiled_cols`): per channel pair, 16 multiplies for four
-output pixels where the direct convolution does 36, 2.25x fewer.
+``M_e (tiles, C_out) = V_e (tiles, C_in) @ U_e (C_in, C_out)``, each run as a 1x1 convolution
+of its plane on the direct kernel's register tiles (:func:`convlayers.kernels.simd.conv_band`,
+``U_e`` packed like its weights): per channel pair, 16 multiplies for four output pixels where
+the direct convolution does 36, 2.25x fewer.
 
 A unit of work is a run of consecutive tiles (across rows and images) by a block of output
 channels. Its transforms (``16 x tiles x channels`` each) stay in the core's cache between
@@ -102,9 +103,9 @@ def transformed_weights(w: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def plane_elements(tiles: int, channels: int) -> int:
     """Elements between consecutive planes ``V_e`` (or ``M_e``) of ``tiles`` rows of
-    ``channels``: an odd number of 64-byte lines holding them. Planes a whole 4 KiB apart
-    would all fall into the same sets of the L1 cache (64 channels, 64 tiles: 16 KiB, and the
-    transforms ran 3x slower)."""
+    ``channels``: an odd number of blocks of 16 (a 64-byte line of float32) holding them, so
+    never a multiple of 4 KiB. Planes a whole 4 KiB apart would all fall into the same sets of
+    the L1 cache (64 channels, 64 tiles: 16 KiB, and the transforms ran 3x slower)."""
     lines = -(-tiles * channels // 16)
     return 16 * (lines + 1 - lines % 2)
 

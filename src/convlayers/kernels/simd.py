@@ -217,6 +217,19 @@ def _emit_tile(context: Any, builder: Any, signature: Any, args: Any, kind: str,
             else:
                 start = read(at(ma, m_rows[r], h), h) if accumulate else zero_vec
             builder.store(start, acc)
+    if taps:
+        # the lines the epilogue will write (the output) and read (the residual; the output
+        # again when there is none) are fetched while the sums run: ResNet-50's 64 -> 256 1x1
+        # with its residual on 56x56, 0.55-0.59 -> 0.49-0.51 ms (2 threads; whole models
+        # within their noise)
+        ra = context.make_array(signature.args[17])(context, builder, args[17])
+        for r in range(tile_rows):
+            for h in range(vectors):
+                for data, rw in ((ma.data, 1), (ra.data, 0)):
+                    ptr = builder.gep(data, [builder.add(m_rows[r], builder.add(
+                        j0, const(h * lanes)))])
+                    builder.call(prefetch, [builder.bitcast(ptr, i8p), ir.Constant(i32, rw),
+                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
     # an indirect left operand's rows (a conv tile's always are): element offsets of column k0
     u_rows = ([builder.add(builder.load(builder.gep(oa.data, [builder.add(p, rows[r])])), k0)
                for r in range(tile_rows)] if indirect_left else [])

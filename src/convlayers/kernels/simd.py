@@ -914,6 +914,21 @@ class _Lanes:
         return [b.icmp_signed("<", ir.Constant(self.ivec, [h * lanes + t for t in range(lanes)]),
                               limit) for h in range(vectors)]
 
+    def by_vectors(self, count: Any, body: Any) -> None:
+        """``body(vectors)`` emitted for :data:`TAP_VECTORS`, 2 and 1 vectors, the one run
+        picked by ``count`` (channels left): 32 channels on four vectors wasted half the
+        multiply-adds."""
+        b = self.builder
+        more_than = [b.icmp_signed(">", count, self.const(m * self.lanes)) for m in (2, 1)]
+        with b.if_else(more_than[0]) as (wide, narrow):
+            with wide:
+                body(TAP_VECTORS)
+            with narrow, b.if_else(more_than[1]) as (two, one):
+                with two:
+                    body(2)
+                with one:
+                    body(1)
+
     def ptr(self, arr: Any, index: Any, h: int = 0) -> Any:
         b = self.builder
         return b.bitcast(b.gep(arr.data, [b.add(index, self.const(h * self.lanes))]), self.vptr)
@@ -978,15 +993,7 @@ def _emit_taps_vector(context: Any, builder: Any, signature: Any, args: Any,
         for h, acc in enumerate(accs):
             v.finish_store(builder.load(acc), ra, o_at, masks[h], has_res, act, oa, h)
 
-    more_than = [builder.icmp_signed(">", count, v.const(m * v.lanes)) for m in (2, 1)]
-    with builder.if_else(more_than[0]) as (wide, narrow):
-        with wide:
-            body(TAP_VECTORS)
-        with narrow, builder.if_else(more_than[1]) as (two, one):
-            with two:
-                body(2)
-            with one:
-                body(1)
+    v.by_vectors(count, body)
     return context.get_dummy_value()
 
 
@@ -1067,15 +1074,7 @@ def _emit_taps_run(context: Any, builder: Any, signature: Any, args: Any) -> Any
             for h, acc in enumerate(row):
                 v.finish_store(b.load(acc), oa, o_at, masks[h], no_res, act, oa, h)
 
-    more_than = [b.icmp_signed(">", count, v.const(m * v.lanes)) for m in (2, 1)]
-    with b.if_else(more_than[0]) as (wide, narrow):
-        with wide:
-            body(TAP_VECTORS)
-        with narrow, b.if_else(more_than[1]) as (two, one):
-            with two:
-                body(2)
-            with one:
-                body(1)
+    v.by_vectors(count, body)
     return context.get_dummy_value()
 
 

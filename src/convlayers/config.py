@@ -196,10 +196,8 @@ def _mapped_openmp() -> set[str]:
 
 def apply_numba_threads() -> None:
     """Make numba's thread count follow :func:`threads` (the kernels call this before running)."""
-    import numba
-
     get, put, _ = numba_controls()
-    want = max(1, min(_state["threads"], numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    want = max(1, min(_state["threads"], _pool_size[0]))
     if get() != want:
         put(want)
 
@@ -219,11 +217,14 @@ def numba_controls() -> tuple[Any, Any, Any]:
             ("_get_num_threads", "_set_num_threads", "_set_parallel_chunksize")]
     controls: tuple[Any, Any, Any] = (fast[0], fast[1], fast[2]) if all(map(callable, fast)) \
         else (numba.get_num_threads, numba.set_num_threads, numba.set_parallel_chunksize)
+    _pool_size.append(int(numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     _fast_controls.append(controls)
     return controls
 
 
 _fast_controls: list[tuple[Any, Any, Any]] = []
+#: numba's pool size (``NUMBA_NUM_THREADS``), fixed once the pool has started.
+_pool_size: list[int] = []
 
 
 @contextmanager

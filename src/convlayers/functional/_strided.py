@@ -24,9 +24,8 @@ __all__ = ["put_phase", "take_phase"]
 
 def _index(starts: Sequence[int], steps: Sequence[int],
            lengths: Sequence[int]) -> tuple[slice, ...]:
-    phase = (slice(a, a + s * (n - 1) + 1, s) if n > 0 else slice(a, a)
-             for a, s, n in zip(starts, steps, lengths, strict=True))
-    return (slice(None), slice(None), *phase)
+    return (slice(None), slice(None), *[slice(a, a + s * (n - 1) + 1, s) if n > 0 else slice(a, a)
+                                        for a, s, n in zip(starts, steps, lengths, strict=True)])
 
 
 def _compiled(a: np.ndarray, elements: int) -> bool:
@@ -44,7 +43,7 @@ def take_phase(x: np.ndarray, starts: Sequence[int], steps: Sequence[int],
            [48., 51.]], dtype=float32)
     """
     shape = (*x.shape[:2], *lengths)
-    if _compiled(x, math.prod(shape)):
+    if math.prod(shape) >= config.engine.parallel_elementwise and _compiled(x, 0):
         out = np.empty(shape, dtype=x.dtype)
         kernels().conv.subsample(x, starts[0], starts[1], steps[0], steps[1], out)
         return out

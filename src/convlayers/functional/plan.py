@@ -122,7 +122,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -195,6 +195,13 @@ class Geometry:
     compiled: bool
     spatial: int = 2
 
+    def __post_init__(self) -> None:
+        # the per-geometry caches hash it on every call: once, not 21 fields each time
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f) for f in _GEOMETRY_FIELDS)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined]
+
     @property
     def c_in_g(self) -> int:
         return self.c_in // self.groups
@@ -211,6 +218,9 @@ class Geometry:
     @property
     def padded(self) -> bool:
         return bool(self.pt or self.pb or self.pl or self.pr)
+
+
+_GEOMETRY_FIELDS = tuple(f.name for f in fields(Geometry))
 
 
 def geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, ...],

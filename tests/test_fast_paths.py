@@ -340,7 +340,8 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
     seen: list[int | str] = []
     k = kernels()
     for module, name in ((k.pooling, "max_pool2d"), (k.implicit, "implicit_forward"),
-                         (k.pooling, "adaptive_avg2d"), (k.pooling, "global_avg_serial")):
+                         (k.pooling, "adaptive_avg2d"), (k.pooling, "global_avg_serial"),
+                         (k.pooling, "global_avg")):
         real = getattr(module, name)
 
         def spy(*args: object, real: object = real, name: str = name) -> object:
@@ -363,7 +364,7 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
         assert seen == [1, 1, 2]
         # pooling has its own threshold, in taps: 131k taps (under serial_macs) use both threads
         F.max_pool2d(random_array(rng, (2, 16, 64, 64), np.float32), 2)
-        F.adaptive_avg_pool2d(random_array(rng, (2, 24, 50, 50), np.float32), 1)
+        F.adaptive_avg_pool2d(random_array(rng, (2, 24, 50, 50), np.float32), 1)  # global_avg
         # small adaptive pooling: no parallel region at all (the kernel's serial flag)
         F.adaptive_avg_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 2)
         # small global pooling: the serial kernel
@@ -717,6 +718,10 @@ def test_adaptive_average_of_whole_rows_matches_torch(dtype: type) -> None:
         t = tF.adaptive_avg_pool2d(torch.from_numpy(x), out if out != (7, None) else (7, 71))
         assert y.dtype == dtype
         assert_close(y, t, f"adaptive avg to {out}")
+    # global pooling of large inputs: the planes split over the threads, the same sums
+    with config.engine_settings(global_pool_serial_taps=0):
+        y = F.adaptive_avg_pool2d(x, 1)
+    assert_close(y, tF.adaptive_avg_pool2d(torch.from_numpy(x), 1), "global avg on every thread")
 
 
 def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> None:

@@ -76,6 +76,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         F.adaptive_max_pool2d(x, 1, return_indices=True)
         with config.engine_settings(global_pool_serial_taps=0):  # large inputs: on every thread
             F.adaptive_max_pool2d(x, 1, return_indices=True)
+            F.adaptive_avg_pool2d(x, 1)
 
     def value_check() -> None:  # the engine's inf/NaN check of large arrays
         with config.engine_settings(parallel_check_elements=0, force="lowered"):

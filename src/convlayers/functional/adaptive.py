@@ -182,11 +182,11 @@ class _Plan:
             return
         height = 1 if n == 1 else x_shape[2]
         serial = size < config.engine.global_pool_serial_taps
-        if all(o == 1 for o in out) and (serial or op == "max"):
+        if all(o == 1 for o in out):
             # global pooling: a scan of each flat plane; on the calling thread while small,
             # where the parallel kernels' thread switch and region cost more than the scan
             # (global max pooling of 1x6x15x15 took 15 us, of 15x18x10x10 77 us, where torch
-            # takes 5 and 22); larger global averages take the window kernel's whole-run sums
+            # takes 5 and 22)
             self.kind, self.planes, self.serial = "global", (count, height * x_shape[-1]), serial
             self.y_shape = (count,) if op == "max" else (count, 1)
             return
@@ -238,7 +238,11 @@ def _adaptive_avg(input: Any, output_size: OutputSize, n: int) -> np.ndarray:
     plan = _plan(x, output_size, n, "avg", False)
     if plan.kind == "global":
         y = np.empty(plan.y_shape, dtype=x.dtype)
-        _kernels(True).global_avg_serial(np.ascontiguousarray(x).reshape(plan.planes), y[:, 0])
+        planes = np.ascontiguousarray(x).reshape(plan.planes)
+        if plan.serial:
+            _kernels(True).global_avg_serial(planes, y[:, 0])
+        else:
+            _kernels(False).global_avg(planes, y[:, 0])
         return unbatch(y.reshape(plan.final), unbatched)
     if plan.kind == "rows":
         y = np.empty(plan.y_shape, dtype=x.dtype)

@@ -26,7 +26,7 @@ from numba import njit, prange
 from convlayers.kernels._bounds import inside_range, typed_zero
 
 __all__ = ["WIDE_WINDOW", "adaptive_avg2d", "adaptive_avg2d_backward", "adaptive_max2d",
-           "adaptive_max2d_columns", "avg_pool2d", "avg_pool2d_backward", "global_avg_serial",
+           "adaptive_max2d_columns", "avg_pool2d", "avg_pool2d_backward", "global_avg", "global_avg_serial",
            "global_max", "global_max_serial", "max_pool2d", "max_pool2d_indices", "scatter_add_planes"]
 
 
@@ -896,4 +896,14 @@ def global_avg_serial(x, out):
     float64); on the calling thread, for global pooling of small inputs."""
     zero = typed_zero(x)
     for p in range(x.shape[0]):
+        out[p] = _run_sum(x[p], zero) / x.shape[1]
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def global_avg(x, out):
+    """:func:`global_avg_serial` with the rows split over the threads: global average pooling
+    of larger inputs. The window kernel (:func:`adaptive_avg2d`) took 2.5x as long on
+    16x1280x7x7 and 2.4x on 32x512x7x7 (its window bounds per plane), 5x torch's time."""
+    zero = typed_zero(x)
+    for p in prange(x.shape[0]):
         out[p] = _run_sum(x[p], zero) / x.shape[1]

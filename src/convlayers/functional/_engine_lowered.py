@@ -28,7 +28,8 @@ def _lowered_units(g: Geometry, threads: int, pass_: str) -> tuple[int, int]:
     for the input gradient) per unit of the lowered kernels.
 
     A unit's scratch (its columns, ``K x R*Wo``) stays under ``config.engine.lowered_column_bytes``
-    (and the scratch cap); then, while there are fewer units than twice the threads, the
+    (and the scratch cap; a forward slab under twice that, in as few slabs as the cap
+    takes); then, while there are fewer units than twice the threads, the
     forward takes the slabs and blocks of output channels that cost the least
     (:func:`convlayers.functional._engine_shared.costed_units`: on 50 random batch-1/2 layers
     0.69-0.77x the time of shortening the slabs first, geo-mean, down to 0.24x; four slower,
@@ -49,6 +50,11 @@ def _lowered_units(g: Geometry, threads: int, pass_: str) -> tuple[int, int]:
     row_bytes = max(1, g.c_in_g * kk * g.wo * g.itemsize)
     rows = max(1, min(g.ho, cap // row_bytes))
     if pass_ == "forward":
+        # as few slabs as the cap takes, each at most twice it (the count rounded down, not
+        # up): with deep columns a slab's product costs as much for a row as for a few, and
+        # 1x395x9x9 6x6 (512 KB of columns a row) in slabs of 4, 4 and 1 rows ran 1.45x the
+        # time of 5 and 4; 0.84-0.94x on three of 67 random lowered layers, the rest unmoved
+        rows = -(-g.ho // max(1, g.ho // rows))
         return costed_units(g, rows, threads, g.wo, 0, _copy_price(g) * g.c_in_g * kk * g.wo)
     # the weight gradient's slabs each add a product onto the whole (C_in*kh*kw x C_out)
     # gradient: slabs of a few positions pass over it again and again for a product whose

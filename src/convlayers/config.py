@@ -383,6 +383,12 @@ class EngineSettings:
     #: transposed); 269->16 channels at batch 1 ran 2.4x torch's time (forward), 3.2x
     #: (forward+backward).
     transpose_copy_macs: int = 64
+    #: ... and where the swapped axes' cost in the planner's model is under this percentage of
+    #: the cost as it stands. At 90, 25 of 32 random swapped layers (from the sweep's space)
+    #: ran slower than the faster strategy unswapped, 1.07-2.15x (a 222->162 3x6 on 1x14x14,
+    #: modelled at 88%: 1.89x); those that gained (0.76-0.98x) were modelled at 61% or less
+    #: (the 269->16 layer above: 0.79x), and all but one of the rest lost.
+    swap_axes_percent: int = 62
     #: A dense or grouped forward planned ``implicit`` or ``lowered`` whose two costs in the
     #: planner's model are within this factor of each other is measured on its second call
     #: (both run three times, the faster kept for that geometry; see

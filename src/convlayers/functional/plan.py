@@ -482,8 +482,9 @@ def transposed(g: Geometry) -> Geometry:
 
 def swaps_axes(g: Geometry) -> bool:
     """Whether a dense or grouped 2-D convolution runs with its spatial axes swapped
-    (:func:`transposed`): its forward's implicit GEMM or im2col costs under 0.9x as much so,
-    by more multiply-adds than the transposes of the input and output at
+    (:func:`transposed`): its forward's implicit GEMM or im2col costs under
+    ``config.engine.swap_axes_percent`` (62%) as much so in the planner's model, by more
+    multiply-adds than the transposes of the input and output at
     ``transpose_copy_macs`` an element. Every pass of the call follows the forward's choice
     (the gradients' products drop the same positions). Not while a strategy is forced."""
     return _swaps_axes(g, config.engine_version())
@@ -499,7 +500,7 @@ def _swaps_axes(g: Geometry, version: int) -> bool:
     now, then = min(dense_position_costs(g)), min(dense_position_costs(t))
     saved = (now - then) * g.n * g.groups * g.ho * g.wo * g.c_in_g * g.kh * g.kw
     copies = (g.n * g.c_in * g.h * g.w + g.n * g.c_out * g.ho * g.wo) * e.transpose_copy_macs
-    return then < 0.9 * now and saved > copies
+    return then * 100 < e.swap_axes_percent * now and saved > copies
 
 
 def _dense(g: Geometry, pass_: str) -> str:

@@ -560,10 +560,12 @@ def test_pointwise_unbatched_strided_padded_and_float64() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_strided_pointwise_of_large_maps_subsamples_on_every_thread(dtype: type) -> None:
+def test_strided_pointwise_of_large_maps_subsamples_on_every_thread(
+        dtype: type, monkeypatch: pytest.MonkeyPatch) -> None:
     """A strided 1x1 layer past ``parallel_elementwise`` output pixels copies the pixels it
-    reads with the compiled subsample (a padded input included): forward and gradients as
-    torch's, the copy exactly NumPy's slicing."""
+    reads with the compiled subsample (a padded input included; a spy sees it run): forward
+    and gradients as torch's, the copy exactly NumPy's slicing."""
+    from convlayers.functional._compiled import kernels
     from convlayers.functional._engine_pointwise import _subsampled
 
     rng = np.random.default_rng(13)
@@ -571,8 +573,16 @@ def test_strided_pointwise_of_large_maps_subsamples_on_every_thread(dtype: type)
     w = random_array(rng, (24, 12, 1, 1), dtype)
     from convlayers.functional._strided import put_phase, take_phase
 
+    copies: list[tuple[int, ...]] = []
+    real = kernels().conv.subsample
+
+    def spy(*args: Any) -> Any:
+        copies.append(args[-1].shape)
+        return real(*args)
+
+    monkeypatch.setattr(kernels().conv, "subsample", spy)
     sub = _subsampled(x, (3, 2), (24, 33))
-    assert sub.size >= config.engine.parallel_elementwise
+    assert sub.size >= config.engine.parallel_elementwise and copies == [sub.shape]
     np.testing.assert_array_equal(sub, x[:, :, ::3, ::2][:, :, :24, :33])
     # a phase that starts inside the planes, out and back (NumPy's slicing the oracle)
     phase = take_phase(x, (2, 1), (3, 2), (23, 32))

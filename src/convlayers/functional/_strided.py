@@ -43,7 +43,7 @@ def take_phase(x: np.ndarray, starts: Sequence[int], steps: Sequence[int],
            [48., 51.]], dtype=float32)
     """
     shape = (*x.shape[:2], *lengths)
-    if math.prod(shape) >= config.engine.parallel_elementwise and _compiled(x, 0):
+    if _compiled(x, math.prod(shape)):
         out = np.empty(shape, dtype=x.dtype)
         kernels().conv.subsample(x, starts[0], starts[1], steps[0], steps[1], out)
         return out

@@ -701,6 +701,13 @@ def test_tall_narrow_maps_run_with_their_axes_swapped() -> None:
                                    (36, 40), np.float32))
     with config.engine_settings(force="implicit"):
         assert "swapped" not in plan(x.shape, w.shape, **args).spec
+    # a layer the model prices at 88% swapped keeps its axes (``swap_axes_percent``): 222->162
+    # 3x6 on 1x222x14x14 ran 1.89x the unswapped time swapped; a looser setting swaps it
+    modest = geometry((1, 222, 14, 14), (162, 222, 3, 6), (1, 1), (1, 1), 1, ((1, 1), (1, 1)),
+                      (14, 11), np.float32)
+    assert not swaps_axes(modest)
+    with config.engine_settings(swap_axes_percent=90):
+        assert swaps_axes(modest)
     assert "swapped" not in plan((1, 40, 12), (16, 40, 7), padding=6, dilation=2).spec
     tx, tw = torch.from_numpy(x), torch.from_numpy(w)
     y = F.conv2d(x, w, **args)

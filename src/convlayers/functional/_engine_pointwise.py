@@ -7,14 +7,12 @@ weights transposed, the weight gradient per-thread ``grad @ x^T`` sums.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from convlayers import config
 from convlayers.functional._common import pad_pairs
 from convlayers.functional._compiled import _numba_threads, kernels
-from convlayers.functional._engine_shared import _bias_arg, _quiet
+from convlayers.functional._engine_shared import _bias_arg, _quiet, remembered
 from convlayers.functional._strided import put_phase, take_phase
 from convlayers.functional.plan import Geometry
 
@@ -130,15 +128,15 @@ def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarr
     or a transposed weight), ``out (N, G, P, L)``."""
     k = kernels()
     block, rows = _pointwise_units(xs.shape[0], xs.shape[2], xs.shape[3], taps.shape[1],
-                                   xs.itemsize, _numba_threads(), config.engine_version())
+                                   xs.itemsize, _numba_threads())
     k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, rows, out)
 
 
-@functools.lru_cache(maxsize=1024)
+@remembered
 def _pointwise_units(n: int, k_rows: int, length: int, c_out_g: int, itemsize: int,
-                     threads: int, version: int) -> tuple[int, int]:
+                     threads: int) -> tuple[int, int]:
     """``(block, rows)`` of :func:`_pointwise` for ``n`` images of ``length`` pixels, per
-    thread count and engine settings (a small layer's call took 1.5 us to work them out)."""
+    thread count (and engine settings: a small layer's call took 1.5 us to work them out)."""
     block = _pointwise_block(k_rows, length, itemsize)
     return block, _pointwise_rows(c_out_g, n * -(-length // block))
 

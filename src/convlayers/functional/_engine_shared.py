@@ -19,9 +19,10 @@ _Result = TypeVar("_Result")
 
 
 def remembered(fn: Callable[..., _Result]) -> Callable[..., _Result]:
-    """``fn(geometry, *args)`` remembered per its arguments, the engine settings and the scratch
-    cap (what the unit sizes read): a model's layers ask the same question on every call, and
-    the answer took 10-20 us of Python, as long as a small layer's kernel."""
+    """``fn(*args)`` (a geometry, or shapes: hashable) remembered per its arguments, the engine
+    settings and the scratch cap (what the unit sizes read): a model's layers ask the same
+    question on every call, and the answer took 10-20 us of Python, as long as a small layer's
+    kernel."""
     memo: dict[tuple[Any, ...], _Result] = {}
 
     @functools.wraps(fn)

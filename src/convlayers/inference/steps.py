@@ -163,10 +163,10 @@ class Pointwise(_Conv):
             # the eager 1x1 kernel's units (blocks of columns whose operand fits the L2 cache,
             # rows split when there are few): with the epilogue in each unit they took 0.80-0.86x
             # the time of that kernel followed by a pass of the epilogue (ResNet-50's 1x1 layers)
-            from convlayers.functional._engine_pointwise import _pointwise_block, _pointwise_rows
+            from convlayers.functional._engine_pointwise import _pointwise_units
 
-            block = _pointwise_block(self.c_in, length, x.itemsize)
-            self._units[key] = block, _pointwise_rows(self.c_out, n * -(-length // block))
+            self._units[key] = _pointwise_units(n, self.c_in, length, self.c_out, x.itemsize,
+                                                key[1])
         block, rows = self._units[key]
         gemm.gemm_epilogue(x.reshape(n, 1, self.c_in, length), self.taps, self.bias, res, has,
                            self.act, block, rows, out.reshape(n, 1, self.c_out, length))

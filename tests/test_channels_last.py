@@ -193,6 +193,25 @@ def test_dense_keeps_torch_non_finite_pattern(c_out: int, act: int, has_res: boo
     assert_close(got[finite], _nhwc(want)[finite], f"dense non-finite {c_out} act {act}")
 
 
+@pytest.mark.parametrize("pixels, channels", [(196, 96), (49, 160), (784, 32), (196, 576)])
+def test_dense_units_share_the_vectors_between_two_threads(pixels: int, channels: int) -> None:
+    """Handed out in order to the first free thread, :func:`conv_last.dense`'s units give
+    neither of two threads much more than half the work, counted in tiles of pixels by the
+    vectors of channels each unit computes (a last part of a strip is fewer vectors: 96
+    channels are one strip and a half)."""
+    from convlayers.kernels.simd import CONV_ROWS, TALL_ROWS, VECTOR_BYTES
+
+    lanes = VECTOR_BYTES // 4
+    rows, cols = conv_last.dense_units(pixels, channels, 2)
+    tile = TALL_ROWS if channels <= 2 * lanes else CONV_ROWS
+    loads = [0, 0]
+    for r0 in range(0, pixels, rows):
+        for c0 in range(0, channels, cols):
+            work = -(-min(rows, pixels - r0) // tile) * -(-min(cols, channels - c0) // lanes)
+            loads[loads.index(min(loads))] += work
+    assert max(loads) <= 0.56 * sum(loads), (rows, cols, loads)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_max_pool_matches_torch(seed: int) -> None:
     """Channels-last max pooling: kernels 1-4, strides and dilations 1-2, padding up to half

@@ -37,11 +37,11 @@ def test_the_faster_strategy_is_kept_and_asked_only_once() -> None:
             calls.append(name)
             time.sleep(0.005 if name == slow else 0)
 
-        assert _measured.measured_forward(g, "implicit", run) == "implicit"
+        assert _measured.measured_strategy(g, "forward", "implicit", run) == "implicit"
         assert calls == [] and _measured.measured_choices() == {}
-        assert _measured.measured_forward(g, "implicit", run) == fast
+        assert _measured.measured_strategy(g, "forward", "implicit", run) == fast
         assert sorted(calls) == ["implicit"] * _measured.ROUNDS + ["lowered"] * _measured.ROUNDS
-        assert _measured.measured_forward(g, "implicit", run) == fast
+        assert _measured.measured_strategy(g, "forward", "implicit", run) == fast
         assert len(calls) == 2 * _measured.ROUNDS
     _measured.forget_measurements()
 
@@ -51,8 +51,8 @@ def test_a_near_tie_keeps_the_planners_choice() -> None:
     g = _geometry()
     for planned in ("implicit", "lowered"):
         _measured.forget_measurements()
-        _measured.measured_forward(g, planned, lambda name: None)
-        assert _measured.measured_forward(g, planned, lambda name: time.sleep(0.002)) == planned
+        _measured.measured_strategy(g, "forward", planned, lambda name: None)
+        assert _measured.measured_strategy(g, "forward", planned, lambda name: time.sleep(0.002)) == planned
     _measured.forget_measurements()
 
 
@@ -91,3 +91,47 @@ def test_the_engine_measures_a_layer_once_and_matches_torch() -> None:
     assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "later call")
     assert len(_measured.measured_choices()) == 1
     _measured.forget_measurements()
+
+
+def test_each_gradient_is_measured_once_and_matches_torch() -> None:
+    """A dense layer's backward measures its input and weight gradients apart on its first
+    call (the plan then names the measured strategies); every call matches torch's autograd."""
+    _measured.forget_measurements()
+    rng = np.random.default_rng(4)
+    x = random_array(rng, (2, 31, 14, 14), np.float32)
+    w = random_array(rng, (41, 31, 3, 3), np.float32)
+    gy = random_array(rng, (2, 41, 12, 12), np.float32)
+    xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+    tF.conv2d(xt, wt).backward(torch.from_numpy(gy))
+    assert "input grad: implicit or lowered" in F.plan(x.shape, w.shape).spec
+    for call in ("first", "second"):
+        gx, gw = F.conv_backward(gy, x, w)[:2]
+        assert_close(gx, xt.grad, f"input gradient, {call} call")
+        assert_close(gw, wt.grad, f"weight gradient, {call} call")
+        assert sorted(key[0] for key in _measured.measured_choices()) == ["input_grad",
+                                                                          "weight_grad"]
+    p = F.plan(x.shape, w.shape)
+    choices = {key[0]: name for key, name in _measured.measured_choices().items()}
+    assert (p.input_grad, p.weight_grad) == (choices["input_grad"], choices["weight_grad"])
+    assert p.spec.count("(measured)") == 2
+    _measured.forget_measurements()
+
+
+def test_a_transposed_convolution_measures_its_input_gradient() -> None:
+    """conv_transpose2d runs a convolution's input gradient: measured on its first call,
+    matching torch on every call; depthwise and small gradients are never measured."""
+    _measured.forget_measurements()
+    rng = np.random.default_rng(5)
+    x = random_array(rng, (2, 123, 10, 10), np.float32)
+    w = random_array(rng, (123, 78, 3, 3), np.float32)
+    expected = tF.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), padding=1)
+    for call in ("first", "second"):
+        assert_close(F.conv_transpose2d(x, w, padding=1), expected, f"{call} call")
+        assert [key[0] for key in _measured.measured_choices()] == ["input_grad"]
+    _measured.forget_measurements()
+    depthwise = geometry((2, 64, 40, 40), (64, 1, 3, 3), (1, 1), (1, 1), 64, None, (38, 38),
+                         np.float32)
+    assert not _measured.unsure(depthwise, "implicit", "input_grad")
+    small = geometry((1, 4, 7, 7), (4, 4, 3, 3), (1, 1), (1, 1), 1, None, (5, 5), np.float32)
+    assert small.macs < config.engine.measure_min_macs
+    assert not _measured.unsure(small, "implicit", "weight_grad")

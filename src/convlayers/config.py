@@ -394,7 +394,8 @@ class EngineSettings:
     #: (both run three times, the faster kept for that geometry; see
     #: ``convlayers.functional.measured_choices()``). On 100 random strided layers of one or
     #: two images the model's choice ran 1.3-2.2x the other's time on a fifth of them, both
-    #: ways, at cost ratios of 0.5-2. 1 turns it off.
+    #: ways, at cost ratios of 0.5-2. Gradients of such layers are measured on their first
+    #: call whatever the costs. 1 turns all measuring off.
     measure_band: int = 2
     #: ... for calls of at least this many multiply-adds (smaller ones keep the model's
     #: choice: a measurement of a few microseconds is mostly noise). On random in-band layers

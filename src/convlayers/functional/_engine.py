@@ -87,7 +87,7 @@ from convlayers.functional._engine_phases import reduce_phases
 from convlayers.functional._engine_pointwise import _fwd_pointwise, _gw_pointwise, _gx_pointwise
 from convlayers.functional._engine_shared import _as_4d, _finite
 from convlayers.functional._engine_winograd import _bwd_winograd, _fwd_winograd
-from convlayers.functional._measured import measured_forward
+from convlayers.functional._measured import measured_strategy
 from convlayers.functional.plan import JOINT, Geometry, choose, geometry, swaps_axes, work
 
 __all__ = ["correlate", "correlate_backward", "correlate_input_grad", "correlate_weight_grad",
@@ -153,6 +153,13 @@ def _timed_forward(s: str, x: np.ndarray, weight: np.ndarray, bias: np.ndarray |
         _FORWARD[s](_as_4d(x), _as_4d(weight), bias, g)
 
 
+def _timed_input_grad(s: str, grad: np.ndarray, weight: np.ndarray, g: Geometry) -> None:
+    """One run of the input-gradient strategy ``s`` alone, its result dropped (a
+    measurement's)."""
+    with _threads_for(work(g, (s,))):
+        _INPUT_GRAD[s](_as_4d(grad), _as_4d(weight), g)
+
+
 def _swapped(a: np.ndarray) -> np.ndarray:
     """``a`` with its last two axes swapped, C-contiguous (:func:`plan.swaps_axes`)."""
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))
@@ -209,7 +216,7 @@ def correlate(
     if swaps_axes(g):  # its products drop fewer positions along the other axis
         return _swapped(correlate(_swapped(x), _swapped(weight), stride[::-1], dilation[::-1],
                                   groups, out_shape[::-1], pairs[::-1], bias))
-    s = measured_forward(g, s, lambda name: _timed_forward(name, x, weight, bias, g))
+    s = measured_strategy(g, "forward", s, lambda name: _timed_forward(name, x, weight, bias, g))
     after = _weight_check_after(s, g, weight)
     s = s if after else _checked_forward(s, g, weight)
     out4 = None
@@ -266,8 +273,15 @@ def correlate_backward(
 def _backward(x: np.ndarray, grad: np.ndarray, weight: np.ndarray, pairs: Pairs,
               stride: tuple[int, ...], dilation: tuple[int, ...], groups: int, g: Geometry,
               ss: tuple[str, str], threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`correlate_backward` once planned."""
-    sx, sw = _checked_backward(ss, weight)
+    """:func:`correlate_backward` once planned; the gradients of a dense layer measured apart
+    (on the threads of the planned pair: :mod:`convlayers.functional._measured`)."""
+    sx, sw = ss
+    if not (sx == sw and sx in JOINT):
+        sx = measured_strategy(g, "input_grad", sx,
+                               lambda name: _INPUT_GRAD[name](_as_4d(grad), _as_4d(weight), g))
+        sw = measured_strategy(g, "weight_grad", sw,
+                               lambda name: _WEIGHT_GRAD[name](_as_4d(x), _as_4d(grad), g))
+    sx, sw = _checked_backward((sx, sw), weight)
     if sx == sw and sx in JOINT:
         grads = _BACKWARD[sx](_as_4d(x), _as_4d(grad), _as_4d(weight), g)
         if grads is not None:
@@ -310,6 +324,8 @@ def correlate_input_grad(
                             dilation, groups, pairs, grad.shape[2:], grad.dtype)
     if s == "numpy":
         return _numpy_input_grad(grad, weight, padded_shape, stride, dilation, groups, pairs)
+    s = measured_strategy(g, "input_grad", s,
+                          lambda name: _timed_input_grad(name, grad, weight, g))
     s = _checked_backward((s, s), weight)[0]
     with _threads_for(work(g, (s,))):
         gx4 = _INPUT_GRAD[s](_as_4d(grad), _as_4d(weight), g)

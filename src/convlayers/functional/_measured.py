@@ -1,4 +1,4 @@
-"""One-time measurements of a dense forward's strategy where the planner's cost model is unsure.
+"""One-time measurements of a dense layer's strategy where the planner cannot be sure.
 
 The planner weighs the implicit GEMM (the positions it computes and drops) against im2col (the
 values it copies) by :func:`convlayers.functional.plan._implicit_pays`. Near the break-even the
@@ -18,6 +18,17 @@ its third 61 ms). The
 two strategies agree up to the order of their sums, so a layer's result can differ in its last
 bits between processes where the measurement went one way in one and the other in another;
 ``config.engine.measure_band = 1`` (or forcing a strategy) turns measuring off.
+
+The gradients are measured alike, each pass on its own (the input gradient, which is also a
+transposed convolution's forward, and the weight gradient), but on their first call, so that
+every step of a training run takes one strategy (two runs with the same seed in one process
+give the same weights; backward kernels are compiled by training, where a first step's
+compile is paid once), wherever both strategies serve a
+dense or grouped 2-D pass of ``measure_min_macs`` or more: the planner's gradient rules have no
+cost model to be sure by. On 97 random layers of the sweep's space (each strategy's best of
+five interleaved runs) their choice of input gradient ran 1.026x the faster one's time
+(geo-mean), 1.1-1.9x on 7 of them (493->38 5x5 on 1x493x17x17: 1.50 ms by the implicit GEMM,
+1.12 lowered); their weight gradient 1.015x (up to 1.25x).
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from typing import Any
 from convlayers import config
 from convlayers.functional.plan import Geometry, cannot_serve, dense_position_costs
 
-__all__ = ["forget_measurements", "measured_choices", "measured_forward", "remembered_choice",
+__all__ = ["forget_measurements", "measured_choices", "measured_strategy", "remembered_choice",
            "unsure"]
 
 #: Runs of each candidate per measurement, alternating; the shortest of each counts (a first
@@ -39,45 +50,49 @@ ROUNDS = 3
 #: The other strategy replaces the planner's only when it took less than ``1 - TIE`` of its
 #: time: a near tie keeps the model's choice, the same in every process.
 TIE = 0.05
-#: The faster forward strategy per (geometry, engine settings, threads), measured.
+#: The faster strategy per (pass, geometry, engine settings, threads), measured.
 _CHOICES: dict[tuple[Any, ...], str] = {}
 _CANDIDATES = ("implicit", "lowered")
 
 
-def unsure(g: Geometry, strategy: str) -> bool:
-    """Whether the planner's forward choice ``strategy`` for ``g`` is measured instead: a
-    dense or grouped 2-D forward planned ``implicit`` or ``lowered``, both of which serve it,
-    whose two costs (per output position: ``C_out/g * wq`` against ``(C_out/g + price) *
-    wo``) are within ``measure_band`` of each other, of ``measure_min_macs`` or more; no
-    strategy forced (:func:`convlayers.functional.plan.dense_position_costs`). Remembered per
-    geometry and settings (every call asks)."""
-    return _unsure(g, strategy, config.engine_version())
+def unsure(g: Geometry, strategy: str, pass_: str = "forward") -> bool:
+    """Whether the planner's choice ``strategy`` for ``pass_`` (``forward``, ``input_grad`` or
+    ``weight_grad``) of ``g`` is measured instead: a dense or grouped 2-D pass planned
+    ``implicit`` or ``lowered``, both of which serve it, of ``measure_min_macs`` or more, no
+    strategy forced; for the forward, only where the two costs (per output position:
+    ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are within ``measure_band`` of each
+    other (:func:`convlayers.functional.plan.dense_position_costs`). Remembered per geometry
+    and settings (every call asks)."""
+    return _unsure(g, strategy, pass_, config.engine_version())
 
 
 @functools.lru_cache(maxsize=1024)
-def _unsure(g: Geometry, strategy: str, version: int) -> bool:
+def _unsure(g: Geometry, strategy: str, pass_: str, version: int) -> bool:
     e = config.engine
     if (strategy not in _CANDIDATES or e.force is not None or e.measure_band <= 1
             or g.spatial != 2 or g.c_in_g == 1 or g.macs < e.measure_min_macs
-            or any(cannot_serve(s, g, "forward") for s in _CANDIDATES)):
+            or any(cannot_serve(s, g, pass_) for s in _CANDIDATES)):
         return False
+    if pass_ != "forward":
+        return True
     implicit, lowered = dense_position_costs(g)
     ratio = implicit / lowered
     return 1 / e.measure_band <= ratio <= e.measure_band
 
 
-def measured_forward(g: Geometry, strategy: str, run: Callable[[str], Any]) -> str:
-    """The forward strategy for ``g``: ``strategy`` (the planner's) unless :func:`unsure`, then
-    the faster of ``implicit`` and ``lowered`` as measured by ``run(name)`` (:data:`ROUNDS`
-    calls each, alternating, the shortest of each kept; the other strategy only when
-    :data:`TIE` faster) on the second call of this geometry (the first takes ``strategy``)."""
-    if not unsure(g, strategy):
+def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str], Any]) -> str:
+    """The strategy of ``pass_`` for ``g``: ``strategy`` (the planner's) unless
+    :func:`unsure`, then the faster of ``implicit`` and ``lowered`` as measured by
+    ``run(name)`` (:data:`ROUNDS` calls each, alternating, the shortest of each kept; the
+    other strategy only when :data:`TIE` faster): a forward on the second call of its
+    geometry (the first takes ``strategy``), a gradient on the first."""
+    if not unsure(g, strategy, pass_):
         return strategy
-    key = (g, config.engine_version(), config.threads())
+    key = (pass_, g, config.engine_version(), config.threads())
     best = _CHOICES.get(key)
-    if best is None:  # a first call: the model's choice, measured next time
-        if len(_CHOICES) >= 4096:
-            _CHOICES.clear()
+    if best is None and len(_CHOICES) >= 4096:
+        _CHOICES.clear()
+    if best is None and pass_ == "forward":  # a first call: the model's choice, measured next
         _CHOICES[key] = ""
         return strategy
     if not best:
@@ -93,19 +108,20 @@ def measured_forward(g: Geometry, strategy: str, run: Callable[[str], Any]) -> s
     return best
 
 
-def remembered_choice(g: Geometry) -> str | None:
-    """The measured forward strategy of ``g`` under the current settings, if any."""
-    return _CHOICES.get((g, config.engine_version(), config.threads())) or None
+def remembered_choice(g: Geometry, pass_: str = "forward") -> str | None:
+    """The measured strategy of ``pass_`` of ``g`` under the current settings, if any."""
+    return _CHOICES.get((pass_, g, config.engine_version(), config.threads())) or None
 
 
 def measured_choices() -> dict[tuple[Any, ...], str]:
-    """The forward strategies measured so far in this process (a copy).
+    """The strategies measured so far in this process (a copy).
 
     Returns
     -------
     dict
-        ``{(geometry, engine settings version, threads): "implicit" or "lowered"}``; layers
-        called once (not measured yet) are left out.
+        ``{(pass, geometry, engine settings version, threads): "implicit" or "lowered"}``, the
+        pass ``"forward"``, ``"input_grad"`` or ``"weight_grad"``; layers called once (not
+        measured yet) are left out.
 
     Examples
     --------

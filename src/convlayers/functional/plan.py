@@ -57,6 +57,10 @@ lowered        im2col and register-tiled GEMMs in one parallel region per pass, 
                (image, group, slab of output rows, block of channels) sized so one image keeps
                every thread busy. Every 1-D/2-D float pass, any kernel, stride, dilation and
                group count: the general fast path.
+               Between implicit and lowered the engine measures once: the forward on a
+               layer's second call where the two costs are close, each gradient of a dense
+               or grouped layer on its first (``measure_band``, ``measure_min_macs``;
+               :mod:`convlayers.functional._measured`).
 numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose tap lies inside
                the input (borders read by bounds, nothing padded). Any rank, any float dtype;
                the twin of every other strategy, and the fallback for non-finite weights.
@@ -100,6 +104,8 @@ Examples
 >>> print(plan((8, 64, 56, 56), (64, 64, 7, 7), padding=3))
 conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, dilation 1, groups 1
   forward: implicit or lowered, the faster as measured on the second call
+  input grad: implicit or lowered, the faster as measured on the first call
+  weight grad: implicit or lowered, the faster as measured on the first call
   forward      implicit
   input grad   implicit
   weight grad  implicit
@@ -752,11 +758,13 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     swapped = swaps_axes(g)
     if swapped:  # what runs: the transposed planes (see swaps_axes)
         g = transposed(g)
-    fwd = choose(g, "forward", threads)[0]
-    gx, gw = choose(g, "backward", threads)
-    measured = unsure(g, fwd)
-    if measured:  # the engine measures implicit against lowered on the second call
-        fwd = remembered_choice(g) or fwd
+    planned = {"forward": choose(g, "forward", threads)[0]}
+    planned["input_grad"], planned["weight_grad"] = choose(g, "backward", threads)
+    # where the engine measures implicit against lowered on a second call: what it measured
+    measured = [pass_ for pass_, s in planned.items() if unsure(g, s, pass_)]
+    chosen = {pass_: remembered_choice(g, pass_) or s if pass_ in measured else s
+              for pass_, s in planned.items()}
+    fwd = chosen["forward"]
     pads = [p[0] if p[0] == p[1] else p for p in spec.pairs]
     text = (f"conv{len(spec.stride)}d {x.shape} {dt.name} -> {w.shape[0]} channels, kernel "
             f"{'x'.join(map(str, w.shape[2:]))}, stride {_one(spec.stride)}, padding "
@@ -766,11 +774,12 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
                  f"stride {_one(reduced.stride)}, dilation {_one(reduced.dilation)}")
     if swapped:
         text += "\n  runs with height and width swapped: its products drop fewer positions"
-    if measured:
-        text += ("\n  forward: implicit or lowered, the faster as measured on the second call"
-                 + (" (measured)" if remembered_choice(g) else ""))
+    for pass_ in measured:
+        call = "second" if pass_ == "forward" else "first"
+        text += (f"\n  {pass_.replace('_', ' ')}: implicit or lowered, the faster as measured "
+                 f"on the {call} call" + (" (measured)" if remembered_choice(g, pass_) else ""))
     serial = work(g, (fwd,)) < config.engine.serial_macs
-    return Plan(text, fwd, gx, gw, 1 if serial else threads)
+    return Plan(text, fwd, chosen["input_grad"], chosen["weight_grad"], 1 if serial else threads)
 
 
 def _one(values: Any) -> str:

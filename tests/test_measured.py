@@ -1,4 +1,4 @@
-"""One-time measurements of a dense forward's strategy where the planner's model is unsure
+"""One-time measurements of a dense layer's strategy where the planner cannot be sure
 (``convlayers.functional._measured``)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as tF
 
@@ -23,36 +24,57 @@ def _geometry() -> object:
     return geometry(X_SHAPE, W_SHAPE, (3, 3), (1, 1), 1, PAIRS, OUT, np.float32)
 
 
-def test_the_faster_strategy_is_kept_and_asked_only_once() -> None:
-    """A first call takes the planner's choice and runs nothing; on the second both
-    candidates run twice and the faster one is remembered for the geometry; a later call runs
-    nothing. A slow ``implicit`` loses, a slow ``lowered`` loses."""
+def test_the_fastest_strategy_is_kept_and_asked_only_once() -> None:
+    """A forward's first call takes the planner's choice and runs nothing; on the second every
+    candidate runs ``ROUNDS`` times and the fastest is remembered for the geometry; a later
+    call runs nothing. Whichever of the three is fast wins. While training
+    (``on_first_call``) and for a gradient the first call measures."""
     g = _geometry()
-    assert _measured.unsure(g, "implicit")
-    for slow, fast in (("implicit", "lowered"), ("lowered", "implicit")):
+    names = _measured.candidates(g, "implicit")
+    assert names == ("implicit", "lowered", "direct")
+    for fast in names:
         _measured.forget_measurements()
         calls: list[str] = []
 
-        def run(name: str, slow: str = slow, calls: list[str] = calls) -> None:
+        def run(name: str, fast: str = fast, calls: list[str] = calls) -> None:
             calls.append(name)
-            time.sleep(0.005 if name == slow else 0)
+            time.sleep(0 if name == fast else 0.005)
 
         assert _measured.measured_strategy(g, "forward", "implicit", run) == "implicit"
         assert calls == [] and _measured.measured_choices() == {}
         assert _measured.measured_strategy(g, "forward", "implicit", run) == fast
-        assert sorted(calls) == ["implicit"] * _measured.ROUNDS + ["lowered"] * _measured.ROUNDS
+        assert sorted(calls) == sorted(list(names) * _measured.ROUNDS)
+        assert _measured.measured_choices() == {("forward", g, config.engine_version(),
+                                                  config.threads()): fast}
         assert _measured.measured_strategy(g, "forward", "implicit", run) == fast
-        assert len(calls) == 2 * _measured.ROUNDS
+        assert len(calls) == len(names) * _measured.ROUNDS
+    for pass_, planned, fast in (("forward", "implicit", "direct"),
+                                 ("input_grad", "implicit", "lowered"),
+                                 ("weight_grad", "lowered", "implicit")):
+        _measured.forget_measurements()
+        calls.clear()
+
+        def timed(name: str, fast: str = fast, calls: list[str] = calls) -> None:
+            calls.append(name)
+            time.sleep(0 if name == fast else 0.005)
+
+        if pass_ == "forward":
+            with _measured.on_first_call():
+                assert _measured.measured_strategy(g, pass_, planned, timed) == fast
+        else:
+            assert _measured.measured_strategy(g, pass_, planned, timed) == fast
+        assert len(calls) == len(_measured.candidates(g, planned, pass_)) * _measured.ROUNDS
     _measured.forget_measurements()
 
 
 def test_a_near_tie_keeps_the_planners_choice() -> None:
-    """The other strategy must be clearly faster (by ``TIE``): equal times keep the plan's."""
+    """Another strategy must be clearly faster (by ``TIE``): equal times keep the plan's."""
     g = _geometry()
     for planned in ("implicit", "lowered"):
         _measured.forget_measurements()
-        _measured.measured_strategy(g, "forward", planned, lambda name: None)
-        assert _measured.measured_strategy(g, "forward", planned, lambda name: time.sleep(0.002)) == planned
+        with _measured.on_first_call():
+            assert _measured.measured_strategy(g, "forward", planned,
+                                               lambda name: time.sleep(0.002)) == planned
     _measured.forget_measurements()
 
 
@@ -80,17 +102,45 @@ def test_the_engine_measures_a_layer_once_and_matches_torch() -> None:
     x = random_array(rng, X_SHAPE, np.float32)
     w = random_array(rng, W_SHAPE, np.float32)
     expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=3, padding=2)
-    assert "faster as measured" in F.plan(X_SHAPE, W_SHAPE, 3, 2).spec
+    assert "fastest as measured on the second call" in F.plan(X_SHAPE, W_SHAPE, 3, 2).spec
     assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "first call")
     assert _measured.measured_choices() == {}
     assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "second call")
     choices = _measured.measured_choices()
-    assert len(choices) == 1 and next(iter(choices.values())) in ("implicit", "lowered")
+    assert list(choices) == [("forward", _geometry(), config.engine_version(), config.threads())]
+    assert choices[next(iter(choices))] in ("implicit", "lowered", "direct")
     p = F.plan(X_SHAPE, W_SHAPE, 3, 2)
     assert "(measured)" in p.spec and p.forward == next(iter(choices.values()))
     assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "later call")
-    assert len(_measured.measured_choices()) == 1
+    assert _measured.measured_choices() == choices
     _measured.forget_measurements()
+
+
+def test_direct_is_a_candidate_of_dense_float32_forwards_of_many_channels() -> None:
+    """``direct`` joins a forward's candidates with one group, float32 and 16 input channels
+    or more; forced, it matches torch and serves no gradient."""
+    dense = geometry((2, 32, 20, 20), (48, 32, 5, 5), (1, 1), (1, 1), 1, ((2, 2), (2, 2)),
+                     (20, 20), np.float32)
+    assert "direct" in _measured.candidates(dense, "implicit")
+    for other in (geometry((2, 32, 20, 20), (48, 8, 5, 5), (1, 1), (1, 1), 4, ((2, 2), (2, 2)),
+                           (20, 20), np.float32),
+                  geometry((2, 32, 20, 20), (48, 32, 5, 5), (1, 1), (1, 1), 1, ((2, 2), (2, 2)),
+                           (20, 20), np.float64),
+                  geometry((2, 8, 40, 40), (48, 8, 5, 5), (1, 1), (1, 1), 1, ((2, 2), (2, 2)),
+                           (40, 40), np.float32)):
+        assert "direct" not in _measured.candidates(other, "implicit")
+    rng = np.random.default_rng(6)
+    x = random_array(rng, (2, 32, 20, 17), np.float32)
+    w = random_array(rng, (70, 32, 5, 3), np.float32)
+    b = random_array(rng, (70,), np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                         stride=(2, 1), padding=(3, 1), dilation=(1, 2))
+    with config.engine_settings(force="direct"):
+        got = F.conv2d(x, w, b, stride=(2, 1), padding=(3, 1), dilation=(1, 2))
+        assert_close(got, expected, "direct forward")
+        with pytest.raises(ValueError, match="direct computes the forward only"):
+            F.conv_backward(np.ones_like(got), x, w, stride=(2, 1), padding=(3, 1),
+                            dilation=(1, 2))
 
 
 def test_each_gradient_is_measured_once_and_matches_torch() -> None:

@@ -390,12 +390,14 @@ class EngineSettings:
     #: (the 269->16 layer above: 0.79x), and all but one of the rest lost.
     swap_axes_percent: int = 62
     #: A dense or grouped forward planned ``implicit`` or ``lowered`` whose two costs in the
-    #: planner's model are within this factor of each other is measured on its second call
-    #: (both run three times, the faster kept for that geometry; see
-    #: ``convlayers.functional.measured_choices()``). On 100 random strided layers of one or
-    #: two images the model's choice ran 1.3-2.2x the other's time on a fifth of them, both
-    #: ways, at cost ratios of 0.5-2. Gradients of such layers are measured on their first
-    #: call whatever the costs. 1 turns all measuring off.
+    #: planner's model are within this factor of each other measures both once (each run
+    #: three times, the fastest kept for that geometry; see
+    #: ``convlayers.functional.measured_choices()`` and ``convlayers.functional._measured``),
+    #: with ``direct`` where it serves, which a one-group forward of 16 input channels or
+    #: more measures whatever the costs; gradients measure implicit against lowered always.
+    #: On 100 random strided layers of one or two images the model's choice ran 1.3-2.2x the
+    #: other's time on a fifth of them, both ways, at cost ratios of 0.5-2. 1 turns all
+    #: measuring off.
     measure_band: int = 2
     #: ... for calls of at least this many multiply-adds (smaller ones keep the model's
     #: choice: a measurement of a few microseconds is mostly noise). On random in-band layers

@@ -3,7 +3,8 @@
 Every compiled kernel compiles on its first call per dtype (tens of seconds for all of them)
 and numba keeps the machine code on disk (``cache=True``), so later processes load it in
 milliseconds. This command makes those first calls on tiny inputs: every convolution strategy
-of :mod:`convlayers.functional.plan` forward and backward, the transposed convolution, pooling
+of :mod:`convlayers.functional.plan` forward and backward (``direct``: its float32 forward,
+the one pass it serves), the transposed convolution, pooling
 (max with indices, average, adaptive) and their backward, the value check of large arrays, and
 the steps of compiled plans (MobileNetV2, EfficientNet-Lite0, ResNet-18 on 32x32 images: the
 channels-last kernels and the NCHW ones), for the dtypes asked (float32 unless ``--dtype`` says
@@ -45,9 +46,10 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         "pointwise": ((8, 16, 1, 1), 0, 1),
         "implicit": ((8, 16, 3, 3), 1, 1),
         "lowered": ((8, 16, 3, 3), 1, 1),
+        "direct": ((8, 16, 3, 3), 1, 1),
     }
     for name, (wshape, pad, groups) in shapes.items():
-        if name not in STRATEGIES:
+        if name not in STRATEGIES or (name == "direct" and dt != np.float32):
             continue
         w = arr(*wshape)
         b = arr(wshape[0])
@@ -56,6 +58,8 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
                  name: str = name) -> None:
             with config.engine_settings(force=name):
                 y = F.conv2d(x, w, b, padding=pad, groups=groups)
+                if name == "direct":  # a float32 forward only
+                    return
                 F.conv_backward(np.ones_like(y), x, w, padding=pad, groups=groups)
                 if name not in ("winograd", "depthwise-flat", "depthwise-channels-last"):
                     F.conv_transpose2d(x[:, : w.shape[0]], w, padding=pad, groups=groups)

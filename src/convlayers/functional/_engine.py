@@ -80,6 +80,7 @@ from convlayers.functional._engine_depthwise import (
     _gx_depthwise_planar,
     _gx_depthwise_rows,
 )
+from convlayers.functional._engine_direct import _fwd_direct
 from convlayers.functional._engine_implicit import _fwd_implicit, _gw_implicit, _gx_implicit
 from convlayers.functional._engine_lowered import _fwd_lowered, _gw_lowered, _gx_lowered
 from convlayers.functional._engine_numpy import _numpy_forward, _numpy_input_grad, _numpy_weight_grad
@@ -121,7 +122,7 @@ def _planned(pass_: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
 
 
 #: Strategies that multiply the zero padding by the weights in the forward pass.
-_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "implicit", "lowered", "pointwise",
+_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "implicit", "lowered", "direct", "pointwise",
                                     "depthwise-planar", "depthwise-channels-last"))
 
 
@@ -365,6 +366,7 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
     "pointwise": _fwd_pointwise,
     "implicit": _fwd_implicit,
     "lowered": _fwd_lowered,
+    "direct": _fwd_direct,
 }
 
 _BACKWARD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray] | None]] = {

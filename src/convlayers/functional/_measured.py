@@ -5,44 +5,47 @@ values it copies) by :func:`convlayers.functional.plan._implicit_pays`. Near the
 model guesses: on 100 random strided layers of one or two images its choice ran 1.3-2.2x
 slower than the other strategy on a fifth of them, in both directions (a 140->208 6x6 stride-3
 layer at batch 1 took 1.37x on the implicit GEMM it chose; a 17->198 5x5 one 1.14x on im2col).
+Its gradient rules have no cost model at all: on 97 random layers of the sweep's space (each
+strategy's best of five interleaved runs) their input gradient ran 1.026x the faster one's
+time (geo-mean), 1.1-1.9x on 7 of them (493->38 5x5 on 1x493x17x17: 1.50 ms by the implicit
+GEMM, 1.12 lowered); their weight gradient 1.015x (up to 1.25x). And a dense forward of many
+channels may run faster still on the channels-last ``direct`` kernel, whose transposes and
+weight packing no simple model prices.
 
-Where the two models' costs are within ``config.engine.measure_band`` of each other (and the
-call has at least ``config.engine.measure_min_macs`` multiply-adds), the second call of each
-geometry runs both strategies three times, times them, and keeps the faster for every later call of
-that geometry, settings and thread count: remembered in this process only
-(:func:`measured_choices`), never on disk. The first call takes the model's choice, so a
-one-off call (a summary, a first forward on an empty numba cache) compiles one strategy, not
-two; a model's layers pay the measurement on their second call (on an empty numba cache that
-call compiles the other strategy: MobileNetV2's first forward took 19.3 s, its second 4.7 s,
-its third 61 ms). The
-two strategies agree up to the order of their sums, so a layer's result can differ in its last
-bits between processes where the measurement went one way in one and the other in another;
-``config.engine.measure_band = 1`` (or forcing a strategy) turns measuring off.
-
-The gradients are measured alike, each pass on its own (the input gradient, which is also a
-transposed convolution's forward, and the weight gradient), but on their first call, so that
-every step of a training run takes one strategy (two runs with the same seed in one process
-give the same weights; backward kernels are compiled by training, where a first step's
-compile is paid once), wherever both strategies serve a
-dense or grouped 2-D pass of ``measure_min_macs`` or more: the planner's gradient rules have no
-cost model to be sure by. On 97 random layers of the sweep's space (each strategy's best of
-five interleaved runs) their choice of input gradient ran 1.026x the faster one's time
-(geo-mean), 1.1-1.9x on 7 of them (493->38 5x5 on 1x493x17x17: 1.50 ms by the implicit GEMM,
-1.12 lowered); their weight gradient 1.015x (up to 1.25x).
+A pass of at least ``config.engine.measure_min_macs`` multiply-adds runs its
+:func:`candidates` three times each, alternating, times them, and keeps the fastest for every
+later call of that geometry, settings and thread count: remembered in this process only
+(:func:`measured_choices`), never on disk. The candidates: a forward's planned strategy, the
+other of implicit and lowered where the model's two costs are within
+``config.engine.measure_band`` of each other, and ``direct`` where it serves (one group,
+float32, 16 input channels or more); a gradient's implicit and lowered (a transposed
+convolution's forward is an input gradient). A gradient is measured on its first call, and so
+is a forward while training (autograd's recorded forwards and the gradient functions run in
+:func:`on_first_call`): every step of a training run then takes one strategy per layer, and
+two runs with the same seed in one process give the same weights. Any other forward is
+measured on its second call, its first taking the planner's choice, so that a one-off call (a
+summary, a first inference on an empty numba cache) compiles one strategy, not three:
+MobileNetV2's first forward on an empty cache took 19.3 s this way, 26.3 s measuring on it.
+The strategies agree up to the order of their sums, so a layer's result can differ in its last
+bits between its first and later calls outside training, and between processes where the
+measurement went one way in one and the other in another; ``config.engine.measure_band = 1``
+(or forcing a strategy) turns measuring off.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from convlayers import config
 from convlayers.functional.plan import Geometry, cannot_serve, dense_position_costs
 
-__all__ = ["forget_measurements", "measured_choices", "measured_strategy", "remembered_choice",
-           "unsure"]
+__all__ = ["candidates", "forget_measurements", "measured_choices", "measured_strategy",
+           "on_first_call", "remembered_choice", "unsure"]
 
 #: Runs of each candidate per measurement, alternating; the shortest of each counts (a first
 #: run may load or compile its kernels, and another process's burst hits one run, not three).
@@ -50,59 +53,92 @@ ROUNDS = 3
 #: The other strategy replaces the planner's only when it took less than ``1 - TIE`` of its
 #: time: a near tie keeps the model's choice, the same in every process.
 TIE = 0.05
+#: Whether a forward measures on its first call: while training (:func:`on_first_call`).
+_FIRST_CALL: ContextVar[bool] = ContextVar("convlayers_measure_first_call", default=False)
 #: The faster strategy per (pass, geometry, engine settings, threads), measured.
 _CHOICES: dict[tuple[Any, ...], str] = {}
-_CANDIDATES = ("implicit", "lowered")
+#: The strategies the planner's rules pick between for a dense or grouped pass.
+_PAIR = ("implicit", "lowered")
+#: Input channels from which ``direct`` is a forward's candidate: its products run one input
+#: channel a step, so few of them leave its tiles idle (3-10 channels: 2-7x torch's time on the
+#: sweep's slow layers, where implicit or lowered took 1.2-1.7x).
+DIRECT_MIN_CHANNELS = 16
 
 
-def unsure(g: Geometry, strategy: str, pass_: str = "forward") -> bool:
-    """Whether the planner's choice ``strategy`` for ``pass_`` (``forward``, ``input_grad`` or
-    ``weight_grad``) of ``g`` is measured instead: a dense or grouped 2-D pass planned
-    ``implicit`` or ``lowered``, both of which serve it, of ``measure_min_macs`` or more, no
-    strategy forced; for the forward, only where the two costs (per output position:
+def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str, ...]:
+    """The strategies measured against each other for ``pass_`` (``forward``, ``input_grad``
+    or ``weight_grad``) of ``g`` planned ``strategy``; empty when the plan is kept unmeasured.
+
+    Measured: a dense or grouped 2-D pass planned ``implicit`` or ``lowered``, of
+    ``measure_min_macs`` or more, no strategy forced. Its candidates: for the forward, the
+    planned strategy, the other one too where the two costs (per output position:
     ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are within ``measure_band`` of each
-    other (:func:`convlayers.functional.plan.dense_position_costs`). Remembered per geometry
-    and settings (every call asks)."""
-    return _unsure(g, strategy, pass_, config.engine_version())
+    other (:func:`convlayers.functional.plan.dense_position_costs`), and ``direct`` where it
+    serves (one group, float32) on :data:`DIRECT_MIN_CHANNELS` input channels or more; for a
+    gradient, both. Remembered per geometry and settings
+    (every call asks)."""
+    return _candidates(g, strategy, pass_, config.engine_version())
 
 
 @functools.lru_cache(maxsize=1024)
-def _unsure(g: Geometry, strategy: str, pass_: str, version: int) -> bool:
+def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[str, ...]:
     e = config.engine
-    if (strategy not in _CANDIDATES or e.force is not None or e.measure_band <= 1
-            or g.spatial != 2 or g.c_in_g == 1 or g.macs < e.measure_min_macs
-            or any(cannot_serve(s, g, pass_) for s in _CANDIDATES)):
-        return False
-    if pass_ != "forward":
-        return True
-    implicit, lowered = dense_position_costs(g)
-    ratio = implicit / lowered
-    return 1 / e.measure_band <= ratio <= e.measure_band
+    if (strategy not in _PAIR or e.force is not None or e.measure_band <= 1
+            or g.spatial != 2 or g.c_in_g == 1 or g.macs < e.measure_min_macs):
+        return ()
+    found = tuple(s for s in _PAIR if cannot_serve(s, g, pass_) is None)
+    if pass_ == "forward":
+        implicit, lowered = dense_position_costs(g)
+        if not 1 / e.measure_band <= implicit / lowered <= e.measure_band:
+            found = (strategy,)
+        if g.c_in >= DIRECT_MIN_CHANNELS and cannot_serve("direct", g, pass_) is None:
+            found += ("direct",)
+    return found if len(found) > 1 and strategy in found else ()
+
+
+@contextmanager
+def on_first_call() -> Iterator[None]:
+    """Within it, a forward measures on its first call, as the gradients always do: autograd's
+    recorded forwards and the gradient functions run in it, so that every step of a training
+    run takes one strategy per layer."""
+    token = _FIRST_CALL.set(True)
+    try:
+        yield
+    finally:
+        _FIRST_CALL.reset(token)
+
+
+def unsure(g: Geometry, strategy: str, pass_: str = "forward") -> bool:
+    """Whether the planner's choice ``strategy`` for ``pass_`` of ``g`` is measured
+    (:func:`candidates`)."""
+    return bool(candidates(g, strategy, pass_))
 
 
 def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str], Any]) -> str:
     """The strategy of ``pass_`` for ``g``: ``strategy`` (the planner's) unless
-    :func:`unsure`, then the faster of ``implicit`` and ``lowered`` as measured by
-    ``run(name)`` (:data:`ROUNDS` calls each, alternating, the shortest of each kept; the
-    other strategy only when :data:`TIE` faster): a forward on the second call of its
-    geometry (the first takes ``strategy``), a gradient on the first."""
-    if not unsure(g, strategy, pass_):
+    :func:`unsure`, then the fastest of :func:`candidates` as measured by ``run(name)``
+    (:data:`ROUNDS` calls each, alternating, the shortest of each kept; another strategy only
+    when :data:`TIE` faster than the planner's), remembered: a gradient on its first call, a
+    forward on its second (its first takes ``strategy``), or its first in
+    :func:`on_first_call`."""
+    names = candidates(g, strategy, pass_)
+    if not names:
         return strategy
     key = (pass_, g, config.engine_version(), config.threads())
     best = _CHOICES.get(key)
     if best is None and len(_CHOICES) >= 4096:
         _CHOICES.clear()
-    if best is None and pass_ == "forward":  # a first call: the model's choice, measured next
-        _CHOICES[key] = ""
+    if best is None and pass_ == "forward" and not _FIRST_CALL.get():
+        _CHOICES[key] = ""  # a one-off call compiles and runs one strategy
         return strategy
     if not best:
-        times = dict.fromkeys(_CANDIDATES, float("inf"))
+        times = dict.fromkeys(names, float("inf"))
         for _ in range(ROUNDS):
-            for name in _CANDIDATES:
+            for name in names:
                 start = time.perf_counter()
                 run(name)
                 times[name] = min(times[name], time.perf_counter() - start)
-        other = next(name for name in _CANDIDATES if name != strategy)
+        other = min((name for name in names if name != strategy), key=times.__getitem__)
         best = other if times[other] < (1 - TIE) * times[strategy] else strategy
         _CHOICES[key] = best
     return best
@@ -119,7 +155,7 @@ def measured_choices() -> dict[tuple[Any, ...], str]:
     Returns
     -------
     dict
-        ``{(pass, geometry, engine settings version, threads): "implicit" or "lowered"}``, the
+        ``{(pass, geometry, engine settings version, threads): strategy}``, the
         pass ``"forward"``, ``"input_grad"`` or ``"weight_grad"``; layers called once (not
         measured yet) are left out.
 
@@ -130,16 +166,16 @@ def measured_choices() -> dict[tuple[Any, ...], str]:
     >>> F.forget_measurements()
     >>> x = np.ones((1, 140, 29, 29), np.float32)
     >>> w = np.ones((208, 140, 6, 6), np.float32)
-    >>> for _ in range(2):  # the second call measures implicit against lowered
+    >>> for _ in range(2):  # the second call measures the candidates
     ...     y = F.conv2d(x, w, stride=3, padding=2)
-    >>> [name in ("implicit", "lowered") for name in F.measured_choices().values()]
+    >>> [name in ("implicit", "lowered", "direct") for name in F.measured_choices().values()]
     [True]
     """
     return {key: name for key, name in _CHOICES.items() if name}
 
 
 def forget_measurements() -> None:
-    """Drop every measurement: each layer's next two calls measure again.
+    """Drop every measurement: each layer measures again.
 
     Examples
     --------

@@ -20,6 +20,7 @@ from convlayers.autograd import Tensor, is_grad_enabled, record
 from convlayers.functional import activations as act
 from convlayers.functional import adaptive, conv, conv_transpose, dense, losses, padding, pooling, stochastic
 from convlayers.functional import normalization as norm
+from convlayers.functional._measured import on_first_call
 
 Args = dict[str, Any]
 Rule = tuple[Any, Callable[[np.ndarray], Any]]  # (output, backward)
@@ -67,7 +68,9 @@ def _unwrap(value: Any) -> Any:
 
 def _conv_rule(f: Callable[..., Any]) -> Callable[[Args], Rule]:
     def rule(a: Args) -> Rule:
-        return f(**a), lambda g: conv.conv_backward(
+        with on_first_call():  # training: one strategy from the first step on
+            out = f(**a)
+        return out, lambda g: conv.conv_backward(
             g, a["input"], a["weight"], a["stride"], a["padding"], a["dilation"], a["groups"],
             a["padding_mode"], with_bias=a["bias"] is not None)
     return rule
@@ -75,7 +78,9 @@ def _conv_rule(f: Callable[..., Any]) -> Callable[[Args], Rule]:
 
 def _conv_transpose_rule(f: Callable[..., Any]) -> Callable[[Args], Rule]:
     def rule(a: Args) -> Rule:
-        return f(**a), lambda g: conv_transpose.conv_transpose_backward(
+        with on_first_call():
+            out = f(**a)
+        return out, lambda g: conv_transpose.conv_transpose_backward(
             g, a["input"], a["weight"], a["stride"], a["padding"], a["output_padding"],
             a["groups"], a["dilation"], with_bias=a["bias"] is not None)
     return rule

@@ -26,6 +26,7 @@ from convlayers._validate import (
 )
 from convlayers.functional import _engine
 from convlayers.functional._common import SpecCache, batched, pad_pairs, typed_key, unbatch
+from convlayers.functional._measured import on_first_call
 
 __all__ = [
     "conv_transpose1d",
@@ -272,7 +273,8 @@ def conv_transpose_backward(
         raise ValueError(f"grad_output must have shape {expected}, got {gy.shape}")
     same_dtype(x, gy, "input", "grad_output")
     gyp = pad_pairs(gy, tuple((p, p) for p in padding_t))
-    gx = _engine.correlate(gyp, w, stride_t, dilation_t, groups, tuple(x.shape[2:]))
+    with on_first_call():  # a gradient: measured on its first call, as the others
+        gx = _engine.correlate(gyp, w, stride_t, dilation_t, groups, tuple(x.shape[2:]))
     gw = _engine.correlate_weight_grad(gyp, x, tuple(w.shape[2:]), stride_t, dilation_t, groups)
     gb = gy.sum(axis=(0, *range(2, gy.ndim)), dtype=gy.dtype) if with_bias else None
     return unbatch(gx, unbatched), gw, gb

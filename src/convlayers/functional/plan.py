@@ -57,10 +57,17 @@ lowered        im2col and register-tiled GEMMs in one parallel region per pass, 
                (image, group, slab of output rows, block of channels) sized so one image keeps
                every thread busy. Every 1-D/2-D float pass, any kernel, stride, dilation and
                group count: the general fast path.
-               Between implicit and lowered the engine measures once: the forward on a
-               layer's second call where the two costs are close, each gradient of a dense
-               or grouped layer on its first (``measure_band``, ``measure_min_macs``;
+               Between implicit and lowered (and ``direct``) the engine measures once: the
+               forward where the two costs are close, on its second call (its first while
+               training), each gradient of a dense or grouped layer always, on its first
+               (``measure_band``, ``measure_min_macs``;
                :mod:`convlayers.functional._measured`).
+direct         A dense (one-group) float32 forward on the channels-last direct kernel of
+               compiled plans: the input copied zero-padded to NHWC, register tiles of pixels
+               by vectors of output channels summed over every tap, transposed back
+               (:mod:`convlayers.functional._engine_direct`). No dropped positions, no
+               copied windows. Never chosen by rule: measured against the implicit GEMM or
+               im2col the planner chose (16 input channels or more). Forward only.
 numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose tap lies inside
                the input (borders read by bounds, nothing padded). Any rank, any float dtype;
                the twin of every other strategy, and the fallback for non-finite weights.
@@ -103,9 +110,9 @@ Examples
 --------
 >>> print(plan((8, 64, 56, 56), (64, 64, 7, 7), padding=3))
 conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, dilation 1, groups 1
-  forward: implicit or lowered, the faster as measured on the second call
-  input grad: implicit or lowered, the faster as measured on the first call
-  weight grad: implicit or lowered, the faster as measured on the first call
+  forward: implicit, lowered or direct, the fastest as measured on the second call
+  input grad: implicit or lowered, the fastest as measured on the first call
+  weight grad: implicit or lowered, the fastest as measured on the first call
   forward      implicit
   input grad   implicit
   weight grad  implicit
@@ -147,6 +154,7 @@ STRATEGIES: dict[str, str] = {
     "pointwise": "1x1 kernels: register-tiled GEMMs over blocks of pixel columns",
     "implicit": "implicit GEMM over a padded, phase-split input slab: no im2col",
     "lowered": "im2col and register-tiled GEMMs in units sized for the threads (col2im back)",
+    "direct": "dense forward, channels-last: tiles of pixels x output channels over every tap",
     "numpy": "NumPy: one GEMM per kernel offset, borders by bounds (any rank and float dtype)",
 }
 
@@ -663,6 +671,12 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
         return f"{strategy} computes the gradients together only" if alone else None
     if strategy == "implicit":
         return None
+    if strategy == "direct":
+        if pass_ != "forward":
+            return "direct computes the forward only"
+        from convlayers.functional._engine_direct import direct_fits
+
+        return direct_fits(g)
     raise AssertionError(strategy)
 
 
@@ -737,7 +751,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     """
     from convlayers.functional._compiled import numba_threads
     from convlayers.functional._engine_phases import reduce_phases
-    from convlayers.functional._measured import remembered_choice, unsure
+    from convlayers.functional._measured import candidates, remembered_choice
     from convlayers.functional.conv import conv_spec
 
     dt = np.dtype(dtype)
@@ -760,8 +774,9 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
         g = transposed(g)
     planned = {"forward": choose(g, "forward", threads)[0]}
     planned["input_grad"], planned["weight_grad"] = choose(g, "backward", threads)
-    # where the engine measures implicit against lowered on a second call: what it measured
-    measured = [pass_ for pass_, s in planned.items() if unsure(g, s, pass_)]
+    # where the engine measures strategies once: what it measured
+    measured = {pass_: candidates(g, s, pass_) for pass_, s in planned.items()}
+    measured = {pass_: names for pass_, names in measured.items() if names}
     chosen = {pass_: remembered_choice(g, pass_) or s if pass_ in measured else s
               for pass_, s in planned.items()}
     fwd = chosen["forward"]
@@ -774,10 +789,11 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
                  f"stride {_one(reduced.stride)}, dilation {_one(reduced.dilation)}")
     if swapped:
         text += "\n  runs with height and width swapped: its products drop fewer positions"
-    for pass_ in measured:
+    for pass_, names in measured.items():
         call = "second" if pass_ == "forward" else "first"
-        text += (f"\n  {pass_.replace('_', ' ')}: implicit or lowered, the faster as measured "
-                 f"on the {call} call" + (" (measured)" if remembered_choice(g, pass_) else ""))
+        text += (f"\n  {pass_.replace('_', ' ')}: {', '.join(names[:-1])} or {names[-1]}, the "
+                 f"fastest as measured on the {call} call"
+                 + (" (measured)" if remembered_choice(g, pass_) else ""))
     serial = work(g, (fwd,)) < config.engine.serial_macs
     return Plan(text, fwd, chosen["input_grad"], chosen["weight_grad"], 1 if serial else threads)
 

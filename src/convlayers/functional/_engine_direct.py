@@ -1,0 +1,87 @@
+"""The engine's ``direct`` strategy: a dense forward on the channels-last direct kernel of
+compiled plans (:func:`convlayers.inference.conv_last.dense`).
+
+The NCHW input is copied once into a zero-padded channels-last (NHWC) buffer, the weights are
+packed into strips of output channels (:func:`convlayers.kernels.simd.pack_conv_weights_into`),
+and each register tile of output pixels by vectors of output channels sums every tap and input
+channel before it is stored; the result is transposed back to NCHW. Unlike the implicit GEMM it
+computes no position it drops (a row's ``(kw-1)*dw // sw`` extra positions there: 14% more
+work for a 5x5 kernel on 28-pixel rows, 29% on 14), and unlike im2col it copies no window: its
+vectors run along the output channels, so a row's length never leaves lanes idle. What it adds
+is the two transposes and the packing, a few percent of a layer with many channels.
+
+The planner never picks it by rule: a dense (one-group) float32 forward planned ``implicit`` or
+``lowered`` measures it against that strategy once, from 16 input channels
+(:mod:`convlayers.functional._measured`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convlayers import config
+from convlayers.functional._compiled import _numba_threads
+from convlayers.functional._engine_shared import remembered
+from convlayers.functional._scratch import take
+from convlayers.functional.plan import Geometry
+
+__all__ = ["direct_fits", "padded_extent"]
+
+
+def padded_extent(g: Geometry) -> tuple[int, int]:
+    """``(Hp, Wp)``: rows and columns of the zero-padded channels-last copy, every row and
+    column some window reads and the whole input."""
+    hp = max(g.pt + g.h, (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1)
+    wp = max(g.pl + g.w, (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1)
+    return hp, wp
+
+
+def direct_fits(g: Geometry) -> str | None:
+    """Why ``direct`` cannot run the forward of ``g`` (None: it can): one group, float32, and
+    its padded copy and channels-last output each within ``config.scratch_bytes()``."""
+    if g.groups != 1:
+        return "direct needs one group"
+    if g.itemsize != 4:
+        return "direct needs float32"
+    hp, wp = padded_extent(g)
+    cap = config.scratch_bytes()
+    if max(g.n * hp * wp * g.c_in, g.n * g.ho * g.wo * g.c_out) * g.itemsize > cap:
+        return f"direct's channels-last copies would pass the scratch cap ({cap} bytes)"
+    return None
+
+
+@remembered
+def _layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Each output pixel's window start and each tap's offset in the flat padded copy, the
+    kernel's units ``(rows, cols)`` and the packed weights' rows."""
+    from convlayers.inference import conv_last
+    from convlayers.kernels.simd import conv_strip
+
+    hp, wp = padded_extent(g)
+    offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
+    toffs = conv_last.tap_offsets(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
+    rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize)
+    strips = -(-g.c_out // (conv_strip() // g.itemsize))
+    return offs, toffs, rows, cols, strips * g.kh * g.kw * g.c_in
+
+
+def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                g: Geometry) -> np.ndarray:
+    from convlayers.inference import channels_last, conv_last
+    from convlayers.kernels.simd import conv_strip, pack_conv_weights_into
+
+    threads = _numba_threads()
+    offs, toffs, rows, cols, k_rows = _layout(g, threads)
+    hp, wp = padded_extent(g)
+    xp = take("direct_input", (g.n, hp, wp, g.c_in), x.dtype)
+    conv_last.pad_to_channels_last(np.ascontiguousarray(x), g.pt, g.pl, xp)
+    packed = take("direct_weights", (k_rows, conv_strip() // g.itemsize), x.dtype)
+    pack_conv_weights_into(np.ascontiguousarray(w), packed)
+    b = np.zeros(g.c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
+    pixels = g.n * g.ho * g.wo
+    last = take("direct_output", (pixels, g.c_out), x.dtype)
+    conv_last.dense(xp.reshape(-1), packed, offs, toffs, b, last, False, 0, rows, cols,
+                    threads, last)
+    out = np.empty((g.n, g.c_out, g.ho, g.wo), x.dtype)
+    channels_last.to_channels_first(last.reshape(g.n, g.ho, g.wo, g.c_out), out)
+    return out

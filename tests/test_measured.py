@@ -185,3 +185,23 @@ def test_a_transposed_convolution_measures_its_input_gradient() -> None:
     small = geometry((1, 4, 7, 7), (4, 4, 3, 3), (1, 1), (1, 1), 1, None, (5, 5), np.float32)
     assert small.macs < config.engine.measure_min_macs
     assert not _measured.unsure(small, "implicit", "weight_grad")
+
+
+def test_a_swapped_layer_measures_direct_on_its_planes_as_they_are() -> None:
+    """A forward the planner runs on transposed planes (a wide kernel on a narrow map) is
+    measured against ``direct`` on the planes as given, which drops no positions; each call
+    matches torch and the plan names the choice."""
+    _measured.forget_measurements()
+    rng = np.random.default_rng(7)
+    x = random_array(rng, (1, 64, 40, 9), np.float32)
+    w = random_array(rng, (16, 64, 4, 7), np.float32)
+    g = geometry(x.shape, w.shape, (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (37, 3), np.float32)
+    assert _measured.candidates(g, _measured.SWAPPED) == (_measured.SWAPPED, "direct")
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w))
+    assert "or its forward by direct as the planes are" in F.plan(x.shape, w.shape).spec
+    for call in ("first", "second", "later"):
+        assert_close(F.conv2d(x, w), expected, f"{call} call")
+    choice = _measured.remembered_choice(g)
+    assert choice in (_measured.SWAPPED, "direct")
+    assert (F.plan(x.shape, w.shape).forward == "direct") == (choice == "direct")
+    _measured.forget_measurements()

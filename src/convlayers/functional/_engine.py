@@ -88,7 +88,7 @@ from convlayers.functional._engine_phases import reduce_phases
 from convlayers.functional._engine_pointwise import _fwd_pointwise, _gw_pointwise, _gx_pointwise
 from convlayers.functional._engine_shared import _as_4d, _finite
 from convlayers.functional._engine_winograd import _bwd_winograd, _fwd_winograd
-from convlayers.functional._measured import measured_strategy
+from convlayers.functional._measured import SWAPPED, measured_strategy
 from convlayers.functional.plan import JOINT, Geometry, choose, geometry, swaps_axes, work
 
 __all__ = ["correlate", "correlate_backward", "correlate_input_grad", "correlate_weight_grad",
@@ -215,8 +215,16 @@ def correlate(
     g, (s, _), threads = _planned("forward", x.shape, weight.shape, stride, dilation, groups,
                                   pairs, out_shape, x.dtype)
     if swaps_axes(g):  # its products drop fewer positions along the other axis
-        return _swapped(correlate(_swapped(x), _swapped(weight), stride[::-1], dilation[::-1],
-                                  groups, out_shape[::-1], pairs[::-1], bias))
+
+        def by_swapping() -> np.ndarray:
+            return _swapped(correlate(_swapped(x), _swapped(weight), stride[::-1],
+                                      dilation[::-1], groups, out_shape[::-1], pairs[::-1], bias))
+
+        # direct drops no positions: it runs on the planes as they are, if measured faster
+        s = measured_strategy(g, "forward", SWAPPED, lambda name: by_swapping() if name == SWAPPED
+                              else _timed_forward(name, x, weight, bias, g))
+        if s == SWAPPED:
+            return by_swapping()
     s = measured_strategy(g, "forward", s, lambda name: _timed_forward(name, x, weight, bias, g))
     after = _weight_check_after(s, g, weight)
     s = s if after else _checked_forward(s, g, weight)

@@ -44,7 +44,7 @@ from typing import Any
 from convlayers import config
 from convlayers.functional.plan import Geometry, cannot_serve, dense_position_costs
 
-__all__ = ["candidates", "forget_measurements", "measured_choices", "measured_strategy",
+__all__ = ["SWAPPED", "candidates", "forget_measurements", "measured_choices", "measured_strategy",
            "on_first_call", "remembered_choice", "unsure"]
 
 #: Runs of each candidate per measurement, alternating; the shortest of each counts (a first
@@ -59,6 +59,9 @@ _FIRST_CALL: ContextVar[bool] = ContextVar("convlayers_measure_first_call", defa
 _CHOICES: dict[tuple[Any, ...], str] = {}
 #: The strategies the planner's rules pick between for a dense or grouped pass.
 _PAIR = ("implicit", "lowered")
+#: The planner's choice of a forward it runs on transposed planes (``plan.swaps_axes``):
+#: measured, where ``direct`` serves, against ``direct`` on the planes as they are.
+SWAPPED = "swapped"
 #: Input channels from which ``direct`` is a forward's candidate: its products run one input
 #: channel a step, so few of them leave its tiles idle (3-10 channels: 2-7x torch's time on the
 #: sweep's slow layers, where implicit or lowered took 1.2-1.7x).
@@ -83,16 +86,19 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
 @functools.lru_cache(maxsize=1024)
 def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[str, ...]:
     e = config.engine
-    if (strategy not in _PAIR or e.force is not None or e.measure_band <= 1
+    if (strategy not in (*_PAIR, SWAPPED) or e.force is not None or e.measure_band <= 1
             or g.spatial != 2 or g.c_in_g == 1 or g.macs < e.measure_min_macs):
         return ()
     found = tuple(s for s in _PAIR if cannot_serve(s, g, pass_) is None)
-    if pass_ == "forward":
+    if strategy == SWAPPED:
+        found = (SWAPPED,)
+    elif pass_ == "forward":
         implicit, lowered = dense_position_costs(g)
         if not 1 / e.measure_band <= implicit / lowered <= e.measure_band:
             found = (strategy,)
-        if g.c_in >= DIRECT_MIN_CHANNELS and cannot_serve("direct", g, pass_) is None:
-            found += ("direct",)
+    if (pass_ == "forward" and g.c_in >= DIRECT_MIN_CHANNELS
+            and cannot_serve("direct", g, pass_) is None):
+        found += ("direct",)
     return found if len(found) > 1 and strategy in found else ()
 
 

@@ -751,7 +751,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     """
     from convlayers.functional._compiled import numba_threads
     from convlayers.functional._engine_phases import reduce_phases
-    from convlayers.functional._measured import candidates, remembered_choice
+    from convlayers.functional._measured import SWAPPED, candidates, remembered_choice
     from convlayers.functional.conv import conv_spec
 
     dt = np.dtype(dtype)
@@ -769,7 +769,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
         g = geometry((*x.shape[:2], *reduced.lengths), w.shape, reduced.stride,
                      reduced.dilation, spec.groups, reduced.pairs, spec.out_shape, dt)
     threads = numba_threads() if g.compiled else 1
-    swapped = swaps_axes(g)
+    swapped, as_given = swaps_axes(g), g
     if swapped:  # what runs: the transposed planes (see swaps_axes)
         g = transposed(g)
     planned = {"forward": choose(g, "forward", threads)[0]}
@@ -789,6 +789,12 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
                  f"stride {_one(reduced.stride)}, dilation {_one(reduced.dilation)}")
     if swapped:
         text += "\n  runs with height and width swapped: its products drop fewer positions"
+        if candidates(as_given, SWAPPED):
+            direct = remembered_choice(as_given) == "direct"
+            text += (", or its forward by direct as the planes are, as measured on the second "
+                     "call" + (" (measured: direct)" if direct else
+                               " (measured)" if remembered_choice(as_given) else ""))
+            fwd = "direct" if direct else fwd
     for pass_, names in measured.items():
         call = "second" if pass_ == "forward" else "first"
         text += (f"\n  {pass_.replace('_', ' ')}: {', '.join(names[:-1])} or {names[-1]}, the "

@@ -8,7 +8,10 @@ channel before it is stored; the result is transposed back to NCHW. Unlike the i
 computes no position it drops (a row's ``(kw-1)*dw // sw`` extra positions there: 14% more
 work for a 5x5 kernel on 28-pixel rows, 29% on 14), and unlike im2col it copies no window: its
 vectors run along the output channels, so a row's length never leaves lanes idle. What it adds
-is the two transposes and the packing, a few percent of a layer with many channels.
+is the two transposes and the weights' packing on every call: a few percent of a layer on
+large maps, as much as the product itself for one small map under large weights (420 -> 127
+7x7 on 1x420x7x7: 2.6M weights for 128M multiply-adds), where the measurement keeps the
+planner's choice.
 
 The planner never picks it by rule: a dense (one-group) float32 forward planned ``implicit`` or
 ``lowered`` measures it against that strategy once, from 16 input channels

@@ -18,7 +18,8 @@ later call of that geometry, settings and thread count: remembered in this proce
 (:func:`measured_choices`), never on disk. The candidates: a forward's planned strategy, the
 other of implicit and lowered where the model's two costs are within
 ``config.engine.measure_band`` of each other, and ``direct`` where it serves (one group,
-float32, 16 input channels or more); a gradient's implicit and lowered (a transposed
+float32, 16 input channels or more; a forward the planner runs on swapped axes is measured
+against ``direct`` on its planes as given); a gradient's implicit and lowered (a transposed
 convolution's forward is an input gradient). A gradient is measured on its first call, and so
 is a forward while training (autograd's recorded forwards and the gradient functions run in
 :func:`on_first_call`): every step of a training run then takes one strategy per layer, and
@@ -72,14 +73,14 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     """The strategies measured against each other for ``pass_`` (``forward``, ``input_grad``
     or ``weight_grad``) of ``g`` planned ``strategy``; empty when the plan is kept unmeasured.
 
-    Measured: a dense or grouped 2-D pass planned ``implicit`` or ``lowered``, of
-    ``measure_min_macs`` or more, no strategy forced. Its candidates: for the forward, the
-    planned strategy, the other one too where the two costs (per output position:
-    ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are within ``measure_band`` of each
-    other (:func:`convlayers.functional.plan.dense_position_costs`), and ``direct`` where it
-    serves (one group, float32) on :data:`DIRECT_MIN_CHANNELS` input channels or more; for a
-    gradient, both. Remembered per geometry and settings
-    (every call asks)."""
+    Measured: a dense or grouped 2-D pass planned ``implicit`` or ``lowered`` (or a forward
+    planned on swapped axes, :data:`SWAPPED`), of ``measure_min_macs`` or more, no strategy
+    forced. Its candidates: for the forward, the planned strategy, the other one too where the
+    two costs (per output position: ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are
+    within ``measure_band`` of each other
+    (:func:`convlayers.functional.plan.dense_position_costs`), and ``direct`` where it serves
+    (one group, float32) on :data:`DIRECT_MIN_CHANNELS` input channels or more; for a
+    gradient, both. Remembered per geometry and settings (every call asks)."""
     return _candidates(g, strategy, pass_, config.engine_version())
 
 
@@ -89,13 +90,14 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
     if (strategy not in (*_PAIR, SWAPPED) or e.force is not None or e.measure_band <= 1
             or g.spatial != 2 or g.c_in_g == 1 or g.macs < e.measure_min_macs):
         return ()
-    found = tuple(s for s in _PAIR if cannot_serve(s, g, pass_) is None)
     if strategy == SWAPPED:
-        found = (SWAPPED,)
-    elif pass_ == "forward":
-        implicit, lowered = dense_position_costs(g)
-        if not 1 / e.measure_band <= implicit / lowered <= e.measure_band:
-            found = (strategy,)
+        found: tuple[str, ...] = (SWAPPED,)
+    else:
+        found = tuple(s for s in _PAIR if cannot_serve(s, g, pass_) is None)
+        if pass_ == "forward":
+            implicit, lowered = dense_position_costs(g)
+            if not 1 / e.measure_band <= implicit / lowered <= e.measure_band:
+                found = (strategy,)
     if (pass_ == "forward" and g.c_in >= DIRECT_MIN_CHANNELS
             and cannot_serve("direct", g, pass_) is None):
         found += ("direct",)
@@ -161,9 +163,10 @@ def measured_choices() -> dict[tuple[Any, ...], str]:
     Returns
     -------
     dict
-        ``{(pass, geometry, engine settings version, threads): strategy}``, the
-        pass ``"forward"``, ``"input_grad"`` or ``"weight_grad"``; layers called once (not
-        measured yet) are left out.
+        ``{(pass, geometry, engine settings version, threads): strategy}``, the pass
+        ``"forward"``, ``"input_grad"`` or ``"weight_grad"``, the strategy ``"implicit"``,
+        ``"lowered"``, ``"direct"`` or :data:`SWAPPED`; forwards called once outside training
+        (not measured yet) are left out.
 
     Examples
     --------

@@ -205,3 +205,20 @@ def test_a_swapped_layer_measures_direct_on_its_planes_as_they_are() -> None:
     assert choice in (_measured.SWAPPED, "direct")
     assert (F.plan(x.shape, w.shape).forward == "direct") == (choice == "direct")
     _measured.forget_measurements()
+
+
+def test_a_measurement_of_slow_runs_stops_at_its_budget() -> None:
+    """Once a round of runs passes ``measure_budget_ms``, the measurement ends: one run of
+    each candidate, the faster kept."""
+    g = _geometry()
+    calls: list[str] = []
+
+    def run(name: str) -> None:
+        calls.append(name)
+        time.sleep(0.004 if name == "implicit" else 0.001)
+
+    _measured.forget_measurements()
+    with config.engine_settings(measure_budget_ms=2), _measured.on_first_call():
+        assert _measured.measured_strategy(g, "forward", "implicit", run) != "implicit"
+    assert sorted(calls) == sorted(_measured.candidates(g, "implicit"))
+    _measured.forget_measurements()

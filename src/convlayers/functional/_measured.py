@@ -125,7 +125,8 @@ def unsure(g: Geometry, strategy: str, pass_: str = "forward") -> bool:
 def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str], Any]) -> str:
     """The strategy of ``pass_`` for ``g``: ``strategy`` (the planner's) unless
     :func:`unsure`, then the fastest of :func:`candidates` as measured by ``run(name)``
-    (:data:`ROUNDS` calls each, alternating, the shortest of each kept; another strategy only
+    (:data:`ROUNDS` calls each, alternating, fewer once the rounds took
+    ``config.engine.measure_budget_ms``; the shortest of each kept; another strategy only
     when :data:`TIE` faster than the planner's), remembered: a gradient on its first call, a
     forward on its second (its first takes ``strategy``), or its first in
     :func:`on_first_call`."""
@@ -141,11 +142,14 @@ def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str
         return strategy
     if not best:
         times = dict.fromkeys(names, float("inf"))
+        began = time.perf_counter()
         for _ in range(ROUNDS):
             for name in names:
                 start = time.perf_counter()
                 run(name)
                 times[name] = min(times[name], time.perf_counter() - start)
+            if time.perf_counter() - began > config.engine.measure_budget_ms / 1000:
+                break  # a large layer: the runs so far decide
         other = min((name for name in names if name != strategy), key=times.__getitem__)
         best = other if times[other] < (1 - TIE) * times[strategy] else strategy
         _CHOICES[key] = best

@@ -13,7 +13,7 @@ import torch.nn.functional as tF
 from convlayers import config
 from convlayers import functional as F
 from convlayers.functional import _measured
-from convlayers.functional.plan import geometry
+from convlayers.functional.plan import choose, geometry
 from oracle import assert_close, random_array
 
 # 140->208 6x6 stride 3 on 1x140x29x29: the model's two costs within 2% of each other
@@ -181,7 +181,9 @@ def test_a_transposed_convolution_measures_its_input_gradient() -> None:
     _measured.forget_measurements()
     depthwise = geometry((2, 64, 40, 40), (64, 1, 3, 3), (1, 1), (1, 1), 64, None, (38, 38),
                          np.float32)
-    assert not _measured.unsure(depthwise, "implicit", "input_grad")
+    planned = choose(depthwise, "backward", 2)[0]
+    assert planned.startswith("depthwise")
+    assert not _measured.unsure(depthwise, planned, "input_grad")
     small = geometry((1, 4, 7, 7), (4, 4, 3, 3), (1, 1), (1, 1), 1, None, (5, 5), np.float32)
     assert small.macs < config.engine.measure_min_macs
     assert not _measured.unsure(small, "implicit", "weight_grad")
@@ -221,4 +223,27 @@ def test_a_measurement_of_slow_runs_stops_at_its_budget() -> None:
     with config.engine_settings(measure_budget_ms=2), _measured.on_first_call():
         assert _measured.measured_strategy(g, "forward", "implicit", run) != "implicit"
     assert sorted(calls) == sorted(_measured.candidates(g, "implicit"))
+    _measured.forget_measurements()
+
+
+def test_a_channel_multipliers_forward_is_measured_and_matches_torch() -> None:
+    """A depthwise layer with a channel multiplier, planned on the implicit GEMM, measures it
+    against im2col (the model prices neither for it); pure depthwise layers keep their own
+    kernels unmeasured."""
+    _measured.forget_measurements()
+    g = geometry((32, 24, 13, 13), (96, 1, 1, 5), (2, 2), (1, 1), 24, ((0, 0), (2, 2)), (7, 7),
+                 np.float32)
+    assert _measured.candidates(g, "implicit") == ("implicit", "lowered")
+    pure = geometry((32, 24, 13, 13), (24, 1, 1, 5), (2, 2), (1, 1), 24, ((0, 0), (2, 2)),
+                    (7, 7), np.float32)
+    assert _measured.candidates(pure, "depthwise-planar") == ()
+    rng = np.random.default_rng(8)
+    x = random_array(rng, (32, 24, 13, 13), np.float32)
+    w = random_array(rng, (96, 1, 1, 5), np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=(0, 2),
+                         groups=24)
+    for call in ("first", "second", "later"):
+        assert_close(F.conv2d(x, w, stride=2, padding=(0, 2), groups=24), expected, call)
+    assert set(_measured.measured_choices().values()) <= {"implicit", "lowered"}
+    assert [key[0] for key in _measured.measured_choices()] == ["forward"]
     _measured.forget_measurements()

@@ -73,14 +73,16 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     """The strategies measured against each other for ``pass_`` (``forward``, ``input_grad``
     or ``weight_grad``) of ``g`` planned ``strategy``; empty when the plan is kept unmeasured.
 
-    Measured: a dense or grouped 2-D pass planned ``implicit`` or ``lowered`` (or a forward
-    planned on swapped axes, :data:`SWAPPED`), of ``measure_min_macs`` or more, no strategy
-    forced. Its candidates: for the forward, the planned strategy, the other one too where the
-    two costs (per output position: ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are
-    within ``measure_band`` of each other
-    (:func:`convlayers.functional.plan.dense_position_costs`), and ``direct`` where it serves
-    (one group, float32) on :data:`DIRECT_MIN_CHANNELS` input channels or more; for a
-    gradient, both. Remembered per geometry and settings (every call asks)."""
+    Measured: a 2-D pass planned ``implicit`` or ``lowered`` (dense, grouped, or depthwise
+    with a channel multiplier; or a forward planned on swapped axes, :data:`SWAPPED`), of
+    ``measure_min_macs`` or more, no strategy forced. Its candidates: for a dense or grouped
+    forward, the planned strategy, the other one too where the two costs (per output
+    position: ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are within
+    ``measure_band`` of each other (:func:`convlayers.functional.plan.dense_position_costs`),
+    and ``direct`` where it serves (one group, float32) on :data:`DIRECT_MIN_CHANNELS` input
+    channels or more; for a multiplier's forward (which the model does not price: 24->96
+    1x5 stride 2 on 32x24x13x13 ran 0.52 ms by the implicit GEMM it plans, 0.36 lowered,
+    torch 0.36) and for a gradient, both. Remembered per geometry and settings (every call asks)."""
     return _candidates(g, strategy, pass_, config.engine_version())
 
 
@@ -88,13 +90,13 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
 def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[str, ...]:
     e = config.engine
     if (strategy not in (*_PAIR, SWAPPED) or e.force is not None or e.measure_band <= 1
-            or g.spatial != 2 or g.c_in_g == 1 or g.macs < e.measure_min_macs):
+            or g.spatial != 2 or g.macs < e.measure_min_macs):
         return ()
     if strategy == SWAPPED:
         found: tuple[str, ...] = (SWAPPED,)
     else:
         found = tuple(s for s in _PAIR if cannot_serve(s, g, pass_) is None)
-        if pass_ == "forward":
+        if pass_ == "forward" and g.c_in_g > 1:  # the model prices dense and grouped layers
             implicit, lowered = dense_position_costs(g)
             if not 1 / e.measure_band <= implicit / lowered <= e.measure_band:
                 found = (strategy,)

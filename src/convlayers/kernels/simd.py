@@ -729,24 +729,20 @@ def pack_conv_weights(w: np.ndarray) -> np.ndarray:
     ``// itemsize`` columns, each strip's rows contiguous, zeros past ``C_out``:
     ``(strips * K, strip)``. A tile then reads consecutive rows of 256 bytes; from ``W``
     itself, rows ``4 * C_out`` bytes apart (2 KiB for 512 channels) fell into a few cache
-    sets and the panel streamed from L3."""
-    c_out = w.shape[0]
-    flat = w.transpose(2, 3, 1, 0).reshape(-1, c_out)
+    sets and the panel streamed from L3. Packed by :func:`pack_conv_weights_into`."""
+    c_out, c_in, kh, kw = w.shape
     strip = conv_strip() // w.itemsize
-    strips = -(-c_out // strip)
-    packed = np.zeros((strips, flat.shape[0], strip), w.dtype)
-    for s in range(strips):
-        part = flat[:, s * strip:(s + 1) * strip]
-        packed[s, :, :part.shape[1]] = part
-    return packed.reshape(strips * flat.shape[0], strip)
+    packed = np.empty((-(-c_out // strip) * kh * kw * c_in, strip), w.dtype)
+    pack_conv_weights_into(np.ascontiguousarray(w), packed)
+    return packed
 
 
 @njit(parallel=True, cache=True)
 def pack_conv_weights_into(w, out):
     """:func:`pack_conv_weights` of a contiguous ``w`` into ``out (strips * K, strip)`` in
-    parallel, for a weight packed on every call (the eager ``direct`` strategy): by strip and
-    input channel, each of ``out``'s rows written whole (NumPy's strided copy took 0.7 ms
-    for a 128x128x5x5 weight, this 0.1)."""
+    parallel (the eager ``direct`` strategy packs on every call): by strip and input channel,
+    each of ``out``'s rows written whole (NumPy's strided copy took 0.7 ms for a 128x128x5x5
+    weight, this 0.1)."""
     c_out, c_in, kh, kw = w.shape
     strip = out.shape[1]
     taps = kh * kw

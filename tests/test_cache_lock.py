@@ -97,3 +97,122 @@ def test_a_save_that_cannot_get_the_lock_skips_the_cache(tmp_path: Path,
     assert cache.load(("sig",)) is None
     cache.save(("sig",), {"code": 1})
     assert cache.load(("sig",)) == {"code": 1}
+
+
+SLOW_SAVER = """
+import os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import convlayers.kernels  # installs the locks
+from convlayers.kernels import _cache_lock
+save = _cache_lock._numba_save
+
+def slow_save(self, sig, data):  # the compile lock is held until the save is done
+    open(sys.argv[1], "w").close()
+    time.sleep(3.0)
+    save(self, sig, data)
+
+_cache_lock._numba_save = slow_save
+import racy
+print(racy.bump(1, 2))
+"""
+
+LATE_COMER = """
+import os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import convlayers.kernels
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.01)
+import racy
+start = time.perf_counter()
+print(racy.bump(1, 2), sum(racy.bump.stats.cache_hits.values()),
+      sum(racy.bump.stats.cache_misses.values()), round(time.perf_counter() - start, 1))
+"""
+
+
+def test_a_process_waits_for_another_compiling_the_same_function(tmp_path: Path) -> None:
+    """One process compiles ``bump`` and takes three seconds to save it; another that needs
+    it meanwhile waits and loads the saved code (a cache hit, no compile of its own) instead
+    of compiling it a second time."""
+    for name, text in (("racy.py", MODULE), ("first.py", SLOW_SAVER), ("late.py", LATE_COMER)):
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    saving = tmp_path / "saving"
+    first = subprocess.Popen([sys.executable, str(tmp_path / "first.py"), str(saving)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    late = subprocess.run([sys.executable, str(tmp_path / "late.py"), str(saving)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0 and out.split() == ["4"], err[-2000:]
+    assert late.returncode == 0, late.stderr[-2000:]
+    value, hits, misses, waited = late.stdout.split()
+    assert (value, hits, misses) == ("4", "1", "0")
+    assert float(waited) >= 1.0  # it did wait for the other's save
+
+
+def test_a_failed_compile_gives_its_compile_lock_back(tmp_path: Path) -> None:
+    """A compile that raises (a typing error) saves nothing: its compile lock is released, so
+    that no other process waits for it."""
+    (tmp_path / "broken.py").write_text(textwrap.dedent("""
+        from numba import njit
+
+        @njit(cache=True)
+        def broken(x):
+            return x.no_such_attribute
+    """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import broken  # type: ignore[import-not-found]
+        from numba.core.errors import TypingError
+
+        _cache_lock.install()
+        with pytest.raises(TypingError):
+            broken.broken(1)
+        index = _cache_lock._index_of(broken.broken._cache)
+        assert _cache_lock.compiling_path(index) not in _cache_lock._compiling
+        from filelock import FileLock
+
+        with FileLock(_cache_lock.compiling_path(index), timeout=0):
+            pass  # free
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("broken", None)
+
+
+def test_a_helper_that_does_not_wait_is_told_busy(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``wait_for_others`` off, a miss whose compile lock another holds raises at
+    once and counts it; numba's own load is tried first, so a cached function never is."""
+    from filelock import FileLock
+    from numba.core import caching
+
+    _cache_lock.install()
+    (tmp_path / "idle.py").write_text(textwrap.dedent(MODULE))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import idle  # type: ignore[import-not-found]
+
+        cache = idle.bump._cache
+        assert isinstance(cache, caching.Cache)
+        path = _cache_lock.compiling_path(_cache_lock._index_of(cache))
+        monkeypatch.setattr(_cache_lock, "wait_for_others", False)
+        before = _cache_lock.busy_count
+        holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from filelock import FileLock
+            with FileLock({path!r}):
+                print("held", flush=True)
+                time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            with pytest.raises(Exception) as caught:
+                idle.bump(1, 2)
+            assert _cache_lock.busy_count == before + 1, caught.value
+        finally:
+            holder.kill()
+            holder.wait()
+        with FileLock(path, timeout=5):
+            pass
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("idle", None)

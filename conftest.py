@@ -25,6 +25,7 @@ import os
 # subprocesses they start, which inherit the environment). tests/test_plan.py turns it on to
 # test it.
 os.environ.setdefault("CONVLAYERS_COMPILE_NOTICE", "0")
+os.environ.setdefault("CONVLAYERS_BACKGROUND_COMPILE", "0")
 # ``make test`` runs two pytest-xdist workers sharing numba's cache (next to the sources, as a
 # user's installation): a kernel one compiles, the other loads. Saves from both at once are safe
 # under convlayers.kernels._cache_lock (numba's own index is not: tests/test_cache_lock.py).

@@ -28,6 +28,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
     from convlayers import config
     from convlayers import functional as F
     from convlayers.functional.plan import STRATEGIES
+    from convlayers.kernels.precompile import STRATEGY_EXAMPLES
 
     dt = np.dtype(dtype)
     rng = np.random.default_rng(0)
@@ -37,20 +38,10 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
 
     x = arr(2, 16, 9, 9)
     out: list[tuple[str, Callable[[], Any]]] = []
-    shapes = {  # a weight each strategy serves, with its padding and groups
-        "winograd": ((16, 16, 3, 3), 1, 1),
-        "depthwise-flat": ((16, 1, 3, 3), 1, 16),
-        "depthwise-planar": ((16, 1, 3, 3), 1, 16),
-        "depthwise-rows": ((16, 1, 3, 3), 1, 16),
-        "depthwise-channels-last": ((16, 1, 3, 3), 1, 16),
-        "pointwise": ((8, 16, 1, 1), 0, 1),
-        "implicit": ((8, 16, 3, 3), 1, 1),
-        "lowered": ((8, 16, 3, 3), 1, 1),
-        "direct": ((8, 16, 3, 3), 1, 1),
-    }
-    for name, (wshape, pad, groups) in shapes.items():
-        if name not in STRATEGIES or (name == "direct" and dt != np.float32):
+    for name in STRATEGIES:
+        if name not in STRATEGY_EXAMPLES or (name == "direct" and dt != np.float32):
             continue
+        wshape, pad, groups = STRATEGY_EXAMPLES[name]
         w = arr(*wshape)
         b = arr(wshape[0])
 

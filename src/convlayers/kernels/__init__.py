@@ -3,8 +3,10 @@
 Importing this package installs :class:`CompileNotice`: the first time numba compiles something
 for more than a second, one line on stderr says why the call is slow (each kernel compiles on
 its first call per dtype and ``cache=True`` keeps the machine code on disk, so this happens once
-per installation; ``convlayers warmup`` does it ahead of time). ``CONVLAYERS_COMPILE_NOTICE=0``
-silences it. It also makes numba's cache safe for processes that compile at once
+per installation; ``convlayers warmup`` does it ahead of time), and a helper process starts
+compiling the common forward kernels on another core (:mod:`convlayers.kernels.precompile`).
+``CONVLAYERS_COMPILE_NOTICE=0`` silences the line, ``CONVLAYERS_BACKGROUND_COMPILE=0`` keeps the
+helper from starting. It also makes numba's cache safe for processes that compile at once
 (:mod:`convlayers.kernels._cache_lock`), and starts numba's threads on an OpenMP runtime of
 their own before any kernel runs (:func:`convlayers.config.start_numba_threads`).
 """
@@ -26,8 +28,11 @@ NOTICE = "convlayers: compiling kernels for first use; cached for next time"
 
 
 class CompileNotice:
-    """A numba event listener that prints :data:`NOTICE` once per process, when one compile
-    (nested compiles of callees count as one) has run for ``after`` seconds."""
+    """A numba event listener that prints :data:`NOTICE` once per process (unless ``shown``),
+    when one compile (nested compiles of callees count as one) has run for ``after`` seconds,
+    and starts the helper that compiles the common forward kernels on another core
+    (:func:`convlayers.kernels.precompile.start`, unless ``helped``) when a kernel of this
+    package first misses the cache."""
 
     after = 1.0
 
@@ -35,6 +40,7 @@ class CompileNotice:
         self.depth = 0
         self.timer: threading.Timer | None = None
         self.shown = False
+        self.helped = False
         self.lock = threading.Lock()
 
     def on_start(self, event: Any) -> None:
@@ -44,6 +50,12 @@ class CompileNotice:
                 self.timer = threading.Timer(self.after, self._show)
                 self.timer.daemon = True
                 self.timer.start()
+            help_ = not self.helped and _ours(event)
+            self.helped = self.helped or help_
+        if help_:
+            from convlayers.kernels import precompile
+
+            precompile.start()
 
     def on_end(self, event: Any) -> None:
         with self.lock:
@@ -58,6 +70,12 @@ class CompileNotice:
                 return
             self.shown = True
         print(NOTICE, file=sys.stderr, flush=True)
+
+
+def _ours(event: Any) -> bool:
+    """Whether a ``numba:compile`` event compiles one of this package's kernels."""
+    function = getattr(event.data.get("dispatcher"), "py_func", None)
+    return str(getattr(function, "__module__", "")).startswith("convlayers.")
 
 
 def _install() -> CompileNotice:

@@ -112,6 +112,10 @@ def _load_or_wait(self: Any, sig: Any, target_context: Any) -> Any:
     path = compiling_path(_index_of(self))
     if path in _compiling:  # this process compiles the function already (another signature)
         return None
+    try:  # the directory, as numba makes it before its first save
+        self._impl.locator.ensure_cache_path()
+    except (AttributeError, OSError):
+        return None
     lock = FileLock(path, timeout=COMPILE_WAIT if wait_for_others else 0)
     try:
         lock.acquire()

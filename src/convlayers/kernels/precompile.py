@@ -123,6 +123,11 @@ def start() -> bool:
         env = dict(os.environ)
         env.update({ENVIRONMENT_SWITCH: "0", "CONVLAYERS_COMPILE_NOTICE": "0",
                     "NUMBA_NUM_THREADS": "1"})
+        # this installation first on the helper's path, wherever this process found it
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [package_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         try:
             _helper.append(subprocess.Popen(
                 [sys.executable, "-m", "convlayers.kernels.precompile", str(os.getpid())],

@@ -135,6 +135,9 @@ def start() -> bool:
                 env=env))
         except OSError:
             return False
+    # reaped when it ends, not left a zombie for the rest of this process
+    threading.Thread(target=_helper[0].wait, name="convlayers-precompile-reaper",
+                     daemon=True).start()
     return True
 
 

@@ -15,12 +15,12 @@ from convlayers.kernels import _cache_lock, precompile
 
 def _recorder(log: list[str], name: str, busy_times: int = 0, fails: bool = False):
     """A task that is told another process compiles its kernel (as the compile lock tells
-    it) on its first ``busy_times`` calls, or fails outright."""
+    it) on its first ``busy_times`` calls unless it may wait, or fails outright."""
     calls = [0]
 
     def call() -> None:
         calls[0] += 1
-        if calls[0] <= busy_times:
+        if calls[0] <= busy_times and not _cache_lock.wait_for_others:
             _cache_lock._count_busy()
             raise RuntimeError(f"numba wraps the lock error from {name}")
         if fails:
@@ -39,6 +39,16 @@ def test_tasks_run_in_order_and_a_busy_one_is_tried_again_after_the_next() -> No
     # b, free at last, runs before e
     assert log == ["a", "c", "b", "e"]
     assert _cache_lock.wait_for_others  # restored
+
+
+def test_when_every_call_left_is_busy_the_first_waits() -> None:
+    """Two calls whose kernels another process compiles: rather than try them again and
+    again, the first runs waiting (the compile lock then waits for the other's save)."""
+    log: list[str] = []
+    precompile._run([("a", _recorder(log, "a", busy_times=10)),
+                     ("b", _recorder(log, "b", busy_times=10))], os.getppid())
+    assert log == ["a", "b"]
+    assert _cache_lock.wait_for_others
 
 
 def test_the_helper_stops_once_its_parent_is_gone() -> None:

@@ -30,13 +30,13 @@ none, and it stops before its next kernel once the process that started it has e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -165,14 +165,15 @@ def main(argv: list[str] | None = None) -> int:
 def _run(tasks: list[tuple[str, Callable[[], Any]]], parent: int) -> None:
     """The calls of ``tasks`` while process ``parent`` lives, the first in order whose kernels
     no other process is compiling: a call that reaches such a kernel stops (without waiting)
-    and is tried again after the next call that completes. A call that fails for any other
-    reason is dropped."""
+    and is tried again after the next call that completes; when every call left would stop,
+    the first waits for the other process's compile instead (tried again and again, each
+    would redo its partial compile). A call that fails for any other reason is dropped."""
     from convlayers.kernels import _cache_lock
 
     remaining = list(tasks)
-    _cache_lock.wait_for_others = False
     try:
         while remaining and os.getppid() == parent:
+            _cache_lock.wait_for_others = False
             for i, (_, call) in enumerate(remaining):
                 busy = _cache_lock.busy_count
                 try:
@@ -183,7 +184,9 @@ def _run(tasks: list[tuple[str, Callable[[], Any]]], parent: int) -> None:
                 del remaining[i]
                 break
             else:
-                time.sleep(0.05)  # every call left waits for another process's compile
+                _cache_lock.wait_for_others = True
+                with contextlib.suppress(Exception):
+                    remaining.pop(0)[1]()
     finally:
         _cache_lock.wait_for_others = True
 

@@ -83,6 +83,9 @@ Spec = TypeVar("Spec")
 def typed_key(value: Any) -> Any:
     """``value`` as part of a cache key that tells ``1``, ``True``, ``1.0`` and ``np.int64(1)``
     apart (they are equal and hash alike), nested tuples and lists included."""
+    kind = type(value)
+    if kind is int or kind is str:  # most hyper-parameters: the quick answer
+        return (kind, value)
     if isinstance(value, (tuple, list)):
         return (type(value), tuple(typed_key(v) for v in value))
     return (type(value), value)

@@ -60,6 +60,7 @@ This module plans a call and dispatches it; each strategy lives in its own modul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -81,18 +82,29 @@ from convlayers.functional._engine_depthwise import (
     _gx_depthwise_rows,
 )
 from convlayers.functional._engine_direct import _fwd_direct
-from convlayers.functional._engine_implicit import _fwd_implicit, _gw_implicit, _gx_implicit
+from convlayers.functional._engine_implicit import (
+    _fwd_implicit,
+    _gw_implicit,
+    _gx_implicit,
+    ready_implicit,
+)
 from convlayers.functional._engine_lowered import _fwd_lowered, _gw_lowered, _gx_lowered
 from convlayers.functional._engine_numpy import _numpy_forward, _numpy_input_grad, _numpy_weight_grad
 from convlayers.functional._engine_phases import reduce_phases
-from convlayers.functional._engine_pointwise import _fwd_pointwise, _gw_pointwise, _gx_pointwise
+from convlayers.functional._engine_pointwise import (
+    _fwd_pointwise,
+    _gw_pointwise,
+    _gx_pointwise,
+    ready_pointwise,
+)
 from convlayers.functional._engine_shared import _as_4d, _finite
 from convlayers.functional._engine_winograd import _bwd_winograd, _fwd_winograd
-from convlayers.functional._measured import SWAPPED, measured_strategy
+from convlayers.functional._measured import SWAPPED, measured_strategy, remembered_choice, unsure
+from convlayers.functional._ready import Runner, declining
 from convlayers.functional.plan import JOINT, Geometry, choose, geometry, swaps_axes, work
 
 __all__ = ["correlate", "correlate_backward", "correlate_input_grad", "correlate_weight_grad",
-           "numba_threads"]
+           "numba_threads", "ready_forward", "ready_input_grad"]
 
 
 # ----------------------------------------------------------------------------- planning
@@ -135,7 +147,7 @@ def _checked_forward(s: str, g: Geometry, w: np.ndarray) -> str:
     return s
 
 
-def _weight_check_after(s: str, g: Geometry, w: np.ndarray) -> bool:
+def _weight_check_after(s: str, g: Geometry, w_size: int) -> bool:
     """Whether the forward checks its output, not ``w``, for inf and NaN: a non-finite weight
     makes every output of its channel non-finite (times an input or the zero padding), so a
     finite output needs no weight check; only a non-finite one looks at ``w`` (and runs again
@@ -144,7 +156,7 @@ def _weight_check_after(s: str, g: Geometry, w: np.ndarray) -> bool:
     check of a 2.4M-element weight took 0.18 ms of a 1.8 ms 507->187 5x5 forward on 7x7).
     Winograd checks its own transforms and keeps the check before."""
     return (g.padded and s in _PADDING_TIMES_WEIGHTS and s != "winograd"
-            and config.engine.check_values and g.n * g.c_out * g.ho * g.wo < w.size)
+            and config.engine.check_values and g.n * g.c_out * g.ho * g.wo < w_size)
 
 
 def _timed_forward(s: str, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
@@ -226,7 +238,7 @@ def correlate(
         if s == SWAPPED:
             return by_swapping()
     s = measured_strategy(g, "forward", s, lambda name: _timed_forward(name, x, weight, bias, g))
-    after = _weight_check_after(s, g, weight)
+    after = _weight_check_after(s, g, weight.size)
     s = s if after else _checked_forward(s, g, weight)
     out4 = None
     if s != "numpy":
@@ -248,6 +260,124 @@ def correlate(
             out += bias.reshape((1, -1) + (1,) * len(out_shape))
         return out
     return out4.reshape(x.shape[0], weight.shape[0], *out_shape)
+
+
+def ready_forward(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    out_shape: tuple[int, ...],
+    pairs: Pairs,
+    dtype: Any,
+) -> Runner | None:
+    """A runner for later :func:`correlate` calls with these shapes, zero padding ``pairs``
+    and the current settings (:mod:`convlayers.functional._ready`): the planned (or measured)
+    strategy's forward on the threads it was planned for, with the value checks of the full
+    path; ``None`` while the strategy is still to be measured. A call the full path runs by
+    stride phases or the NumPy strategy gets :func:`_ready.declining`."""
+    if x_shape[0] == 0 or reduce_phases(x_shape, w_shape, stride, dilation, pairs,
+                                        out_shape) is not None:
+        return declining
+    g, (s, _), threads = _planned("forward", x_shape, w_shape, stride, dilation, groups,
+                                  pairs, out_shape, dtype)
+    if swaps_axes(g):
+        s = SWAPPED
+    if unsure(g, s):  # as measured, once it is
+        found = remembered_choice(g)
+        if found is None:
+            return None
+        s = found
+    if s == SWAPPED:
+        return _ready_swapped(x_shape, w_shape, stride, dilation, groups, out_shape, pairs, dtype)
+    if s == "numpy":
+        return declining
+    after = _weight_check_after(s, g, math.prod(w_shape))
+    before = (not after and g.padded and s in _PADDING_TIMES_WEIGHTS
+              and config.engine.check_values)
+    macs = work(g, (s,))
+    serial = macs < config.engine.serial_macs
+    ready = _READY_FORWARD.get(s)
+    strategy = _FORWARD[s]
+    forward = (ready(g, 1 if serial else threads) if ready is not None
+               else lambda x4, w4, bias: strategy(x4, w4, bias, g))
+    full_shape = (x_shape[0], w_shape[0], *out_shape)
+    flat = len(x_shape) == 3  # 1-D: run as one row
+
+    def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
+        if before and not _finite(weight):
+            return None
+        x4 = np.ascontiguousarray(x[:, :, None, :] if flat else x)
+        w4 = np.ascontiguousarray(weight[:, :, None, :] if flat else weight)
+        with _threads_for(macs):
+            out4 = forward(x4, w4, bias)
+        if out4 is None or (after and not _finite(out4)):
+            return None
+        return out4.reshape(full_shape)
+
+    return run
+
+
+def ready_input_grad(
+    grad_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    padded_shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    pairs: Pairs | None,
+    dtype: Any,
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None:
+    """As :func:`ready_forward`, for :func:`correlate_input_grad` (a transposed
+    convolution's forward): ``runner(grad, weight)``, ``None`` from it where the full path
+    must run (a non-finite weight its strategy cannot take); ``None`` itself while the
+    strategy is still to be measured, and a runner that always declines for the NumPy
+    strategy."""
+    n = grad_shape[0]
+    c_in = w_shape[1] * groups
+    if n == 0:
+        return lambda grad, weight: None
+    g, (s, _), _ = _planned("input_grad", (n, c_in, *padded_shape), w_shape, stride, dilation,
+                            groups, pairs, grad_shape[2:], dtype)
+    if unsure(g, s, "input_grad"):
+        found = remembered_choice(g, "input_grad")
+        if found is None:
+            return None
+        s = found
+    if s == "numpy":
+        return lambda grad, weight: None
+    check = s in ("depthwise-planar", "implicit") and config.engine.check_values
+    macs = work(g, (s,))
+    strategy = _INPUT_GRAD[s]
+    full_shape = (n, c_in, *padded_shape)
+
+    def run(grad: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
+        if check and not _finite(weight):
+            return None
+        with _threads_for(macs):
+            gx4 = strategy(_as_4d(grad), _as_4d(weight), g)
+        return gx4.reshape(full_shape)
+
+    return run
+
+
+def _ready_swapped(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, ...],
+                   dilation: tuple[int, ...], groups: int, out_shape: tuple[int, ...],
+                   pairs: Pairs, dtype: Any) -> Runner | None:
+    """:func:`ready_forward` of a call that runs on its planes transposed: the transposed
+    call's runner between two transposes."""
+    inner = ready_forward((*x_shape[:2], *x_shape[:1:-1]), (*w_shape[:2], *w_shape[:1:-1]),
+                          stride[::-1], dilation[::-1], groups, out_shape[::-1], pairs[::-1],
+                          dtype)
+    if inner is None or inner is declining:
+        return inner
+
+    def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
+        out = inner(_swapped(x), _swapped(weight), bias)
+        return None if out is None else _swapped(out)
+
+    return run
 
 
 def correlate_backward(
@@ -376,6 +506,10 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
     "lowered": _fwd_lowered,
     "direct": _fwd_direct,
 }
+
+#: Forwards that work out their units once for :func:`ready_forward` (the others run as in
+#: :func:`correlate`).
+_READY_FORWARD = {"pointwise": ready_pointwise, "implicit": ready_implicit}
 
 _BACKWARD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray] | None]] = {
     "winograd": _bwd_winograd,

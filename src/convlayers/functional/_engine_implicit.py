@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -84,16 +85,44 @@ def _whole_slab_rows(g: Geometry) -> int:
 def _run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None, g: Geometry) -> np.ndarray:
     """``(N, C_out, Ho*Wo)``: :func:`convlayers.kernels.implicit.implicit_forward` of ``g``
     with ``taps (G, C_out/g, C_in/g*kh*kw)``."""
-    k = kernels()
-    threads = _numba_threads()
+    return _runner(g, _numba_threads())(x, taps, bias)
+
+
+Run = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+@remembered
+def _runner(g: Geometry, threads: int) -> Run:
+    """:func:`_run` of ``g`` on ``threads`` threads, its units and scratch sizes worked out
+    once."""
+    kernel = kernels().implicit.implicit_forward
     rows, block, chunk = slab_rows(g, threads)
-    out = np.empty((g.n, g.c_out, g.ho * g.wo), dtype=x.dtype)
     slab, product = scratch_sizes(g, threads)
-    k.implicit.implicit_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh,
-                                g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, chunk,
-                                take("implicit.slab", (threads, slab), x.dtype),
-                                take("implicit.product", (threads, product), x.dtype), out)
-    return out
+    scalars = (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, chunk)
+    shape = (g.n, g.c_out, g.ho * g.wo)
+
+    def run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        out = np.empty(shape, dtype=x.dtype)
+        kernel(x, taps, _bias_arg(bias, x.dtype), *scalars,
+               take("implicit.slab", (threads, slab), x.dtype),
+               take("implicit.product", (threads, product), x.dtype), out)
+        return out
+
+    return run
+
+
+def ready_implicit(g: Geometry, threads: int,
+                   ) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]:
+    """:func:`_fwd_implicit` of ``g`` for a call that runs on ``threads`` threads, worked out
+    once (:mod:`convlayers.functional._ready`)."""
+    run = _runner(g, threads)
+    taps = (g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw)
+    result = (g.n, g.c_out, g.ho, g.wo)
+
+    def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        return run(x, np.ascontiguousarray(w.reshape(taps)), bias).reshape(result)
+
+    return forward
 
 
 @remembered

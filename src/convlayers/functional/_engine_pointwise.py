@@ -7,6 +7,9 @@ weights transposed, the weight gradient per-thread ``grad @ x^T`` sums.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 
 from convlayers import config
@@ -34,6 +37,30 @@ def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     xs = _subsampled(xp, (g.sh, g.sw), (g.ho, g.wo)).reshape(g.n, g.groups, g.c_in_g, -1)
     _pointwise(xs, np.ascontiguousarray(taps), _bias_arg(bias, x.dtype), out)
     return out.reshape(g.n, g.c_out, g.ho, g.wo)
+
+
+def ready_pointwise(g: Geometry, threads: int,
+                    ) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]:
+    """:func:`_fwd_pointwise` of ``g`` for a call that runs on ``threads`` threads, with the
+    kernel's units and views worked out once (:mod:`convlayers.functional._ready`): an
+    unpadded stride-1 layer straight to the kernel, any other as :func:`_fwd_pointwise`."""
+    if (_few(g) and min(g.pt, g.pl) >= 0) or g.padded or (g.sh, g.sw) != (1, 1):
+        return functools.partial(_fwd_pointwise, g=g)
+    length = g.ho * g.wo
+    block, rows = _pointwise_units(g.n, g.c_in_g, length, g.c_out_g, g.itemsize, threads)
+    kernel = kernels().conv.pointwise
+    columns = (g.n, g.groups, g.c_in_g, length)
+    products = (g.n, g.groups, g.c_out_g, length)
+    taps = (g.groups, g.c_out_g, g.c_in_g)
+    result = (g.n, g.c_out, g.ho, g.wo)
+
+    def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        out = np.empty(products, dtype=x.dtype)
+        kernel(x.reshape(columns), np.ascontiguousarray(w.reshape(taps)),
+               _bias_arg(bias, x.dtype), block, rows, out)
+        return out.reshape(result)
+
+    return forward
 
 
 def _few(g: Geometry) -> bool:
@@ -138,16 +165,16 @@ def _pointwise_units(n: int, k_rows: int, length: int, c_out_g: int, itemsize: i
     """``(block, rows)`` of :func:`_pointwise` for ``n`` images of ``length`` pixels, per
     thread count (and engine settings: a small layer's call took 1.5 us to work them out)."""
     block = _pointwise_block(k_rows, length, itemsize)
-    return block, _pointwise_rows(c_out_g, n * -(-length // block))
+    return block, _pointwise_rows(c_out_g, n * -(-length // block), threads)
 
 
-def _pointwise_rows(c_out_g: int, column_units: int) -> int:
+def _pointwise_rows(c_out_g: int, column_units: int, threads: int) -> int:
     """Output rows per unit of the 1x1 kernel: all of them, unless there are fewer column units
-    than twice the threads; then the rows are split too (whole register-tile bands, at least
+    than twice the ``threads``; then the rows are split too (whole register-tile bands, at least
     two)."""
     from convlayers.kernels.simd import TILE_ROWS
 
-    want = 2 * _numba_threads()
+    want = 2 * threads
     if column_units >= want:
         return c_out_g
     parts = -(-want // column_units)

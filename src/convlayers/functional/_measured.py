@@ -43,6 +43,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from convlayers import config
+from convlayers.functional import _ready
 from convlayers.functional.plan import Geometry, cannot_serve, dense_position_costs
 
 __all__ = ["SWAPPED", "candidates", "forget_measurements", "measured_choices", "measured_strategy",
@@ -200,3 +201,4 @@ def forget_measurements() -> None:
     {}
     """
     _CHOICES.clear()
+    _ready.forget()  # the calls remembered whole run measured strategies

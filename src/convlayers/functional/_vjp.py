@@ -41,7 +41,10 @@ def differentiable(forward: Callable[..., Any], inputs: Sequence[str], vjp: VJP)
     @functools.wraps(forward)
     def op(*args: Any, **kwargs: Any) -> Any:
         values = (*args, *kwargs.values())
-        if not any(isinstance(v, Tensor) for v in values):
+        for v in values:  # a loop, not any() over a generator: 1 us less a call
+            if isinstance(v, Tensor):
+                break
+        else:
             return forward(*args, **kwargs)
         if not (is_grad_enabled() and any(isinstance(v, Tensor) and v.requires_grad
                                           for v in values)):  # nothing to record: no binding

@@ -9,7 +9,7 @@ engine. Arguments follow ``torch.nn.functional.conv_transpose2d``; the weight is
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from convlayers._validate import (
     positive_tuple,
     same_dtype,
 )
-from convlayers.functional import _engine
+from convlayers.functional import _engine, _ready
 from convlayers.functional._common import SpecCache, batched, pad_pairs, typed_key, unbatch
 from convlayers.functional._measured import on_first_call
 
@@ -92,6 +92,17 @@ def _conv_transpose(
     input: Any, weight: Any, bias: Any, stride: IntOrTuple, padding: IntOrTuple,
     output_padding: IntOrTuple, groups: int, dilation: IntOrTuple, n: int,
 ) -> np.ndarray:
+    key = None
+    if _ready.plain_arrays(input, weight, bias):  # a call like an earlier one: its runner
+        key = ("transpose", input.shape, input.dtype, weight.shape, weight.dtype,
+               None if bias is None else (bias.shape, bias.dtype), typed_key(stride),
+               typed_key(padding), typed_key(output_padding), typed_key(groups),
+               typed_key(dilation), config.settings_version())
+        run = _ready.lookup(key)
+        if run is not None:
+            out = run(input if input.ndim == n + 2 else input[None], weight, bias)
+            if out is not None:
+                return out if input.ndim == n + 2 else out[0]
     x, unbatched = batched(input, n)
     w = float_array(weight, "weight")
     stride_t, padding_t, dilation_t, groups, out_shape = _transpose_spec(
@@ -110,6 +121,11 @@ def _conv_transpose(
     images, block = _blocks(x, w, groups, out_shape)
     if (images, block) == shape[:2]:
         out = _engine.correlate_input_grad(x, w, out_shape, stride_t, dilation_t, groups, pairs)
+        if key is not None and _ready.lookup(key) is None:
+            ready = _engine.ready_input_grad(x.shape, w.shape, out_shape, stride_t, dilation_t,
+                                             groups, pairs, x.dtype)
+            if ready is not None:
+                _ready.remember(key, _with_bias(ready, n))
     else:  # in parts, each under the scratch cap
         out = np.empty((x.shape[0], shape[1], *out_shape), dtype=x.dtype)
         for x_ch, w_ch, g, out_ch in _channel_blocks(w.shape[0] // groups, w.shape[1], groups,
@@ -124,6 +140,20 @@ def _conv_transpose(
     if b is not None:
         out += b.reshape((1, -1) + (1,) * n)
     return unbatch(out, unbatched)
+
+
+def _with_bias(ready: Callable[[np.ndarray, np.ndarray], np.ndarray | None],
+               n: int) -> _ready.Runner:
+    """The runner of a transposed convolution: the engine's, then the bias added."""
+    bias_shape = (1, -1) + (1,) * n
+
+    def run(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray | None:
+        out = ready(x, w)
+        if out is not None and b is not None:
+            out += b.reshape(bias_shape)
+        return out
+
+    return run
 
 
 def _blocks(x: np.ndarray, w: np.ndarray, groups: int,

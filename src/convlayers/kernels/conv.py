@@ -40,6 +40,7 @@ from convlayers.kernels.simd import (
     gemm_tiled,
     gemm_tiled_add,
     gemm_tiled_cols,
+    gemm_tiled_cols_add,
     transpose_vectors,
 )
 
@@ -590,16 +591,18 @@ def pointwise(x, taps, bias, B, R, out):
         j1 = min(L, j0 + B)
         for g in range(G):
             o = out[n, g, r0:r1]
-            if nb == 1:
+            if has_bias:  # the rows start as the bias and the tiles add: a pass adding it
+                # after them ran unvectorised, as long as a product on few input channels
+                for co in range(r1 - r0):
+                    row = o[co, j0:j1]  # a view from 0: the loop vectorises (copy_row)
+                    b = bias[g * Cog + r0 + co]
+                    for j in range(row.shape[0]):
+                        row[j] = b
+                gemm_tiled_cols_add(taps[g, r0:r1], x[n, g], o, j0, j1)
+            elif nb == 1:
                 gemm_tiled(taps[g, r0:r1], x[n, g], o)
             else:
                 gemm_tiled_cols(taps[g, r0:r1], x[n, g], o, j0, j1)
-            if has_bias:
-                for co in range(r1 - r0):
-                    b = bias[g * Cog + r0 + co]
-                    row = o[co]
-                    for j in range(j0, j1):
-                        row[j] += b
 
 
 @njit(parallel=True, cache=True)

@@ -467,6 +467,12 @@ def gemm_tiled_cols(u, v, m, j0, j1):
 
 
 @njit(cache=True, fastmath=True, inline="always")
+def gemm_tiled_cols_add(u, v, m, j0, j1):
+    """``m[:, j0:j1] += u @ v[:, j0:j1]``, as :func:`gemm_tiled_cols`."""
+    _tiled(u, v, m, _DIRECT, j0, j1, _LEFT, u.shape[1], _ADD)
+
+
+@njit(cache=True, fastmath=True, inline="always")
 def gemm_indirect(u, v, offs, m):
     """``m = u @ V`` where row ``k`` of ``V`` is ``v[offs[k] : offs[k] + m.shape[1]]``, for a
     C-contiguous 1-D ``v`` and int64 ``offs`` (``u.shape[1]`` entries): the implicit GEMM of a

@@ -1,0 +1,84 @@
+"""Calls remembered whole: a convolution called again as before skips what it already worked out.
+
+A small layer's kernel runs in a few microseconds, and before it the public function used to
+spend about 15 more in Python on every call: validating and normalising the arguments, checking
+the output's size, planning, looking up the measured strategy, choosing the thread count,
+working out the kernel's units (a 1x1 layer 10->15 on 1x10x14x14: 19 us a call, torch 5).
+Every one of those answers depends only on the shapes and dtypes, the hyper-parameters and the
+settings. So a call whose plan is settled leaves a *runner* under that key (built by
+:func:`convlayers.functional._engine.ready_forward`), and a later call with the same key goes
+straight to it.
+
+A runner still reads what depends on the values, as the full path does (the weights checked
+for inf and NaN before, or the output after; Winograd's own check). When one of those finds
+something, the runner returns ``None`` and the call takes the full path, which stays the one
+source of truth: a runner only ever skips work whose answer it already has.
+
+Not remembered: arguments that are not plain ``np.ndarray`` objects, or whose key does not hash
+(a NumPy array as ``stride``); padding modes other than zeros; a forward whose strategy is yet
+to be measured (until it is: :mod:`convlayers.functional._measured`). Any change of a setting
+(:func:`convlayers.config.settings_version`) and :func:`forget` start over.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Runner", "count", "declining", "forget", "lookup", "plain_arrays", "remember"]
+
+#: ``runner(x, weight, bias)``: the call's output, or ``None`` when the full path must run.
+Runner = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], "np.ndarray | None"]
+
+#: At this many runners the table starts over (a process that sees endless new shapes).
+SIZE = 4096
+
+_runners: dict[Hashable, Runner] = {}
+_lock = threading.Lock()
+
+
+def declining(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> None:
+    """The runner of a call that always takes the full path (a NumPy-strategy plan, or a
+    stride phase that reads part of the input): remembered so that it is not built again."""
+    return None
+
+
+def lookup(key: Hashable) -> Runner | None:
+    """The runner remembered under ``key``, if any (``None`` too for a key that does not hash)."""
+    try:
+        return _runners.get(key)
+    except TypeError:
+        return None
+
+
+def remember(key: Hashable, runner: Runner) -> None:
+    """Keep ``runner`` for later calls with ``key``."""
+    try:
+        hash(key)
+    except TypeError:
+        return
+    with _lock:
+        if len(_runners) >= SIZE:
+            _runners.clear()
+        _runners[key] = runner
+
+
+def forget() -> None:
+    """Drop every runner (after :func:`convlayers.functional.forget_measurements`: the
+    strategies they run were measured)."""
+    with _lock:
+        _runners.clear()
+
+
+def count() -> int:
+    """How many runners are remembered."""
+    return len(_runners)
+
+
+def plain_arrays(*arrays: Any) -> bool:
+    """Whether each of ``arrays`` is an ``np.ndarray`` itself (no subclass, list or Tensor) or
+    ``None``: only those calls are keyed by shape and dtype."""
+    return all(a is None or type(a) is np.ndarray for a in arrays)

@@ -1,0 +1,194 @@
+"""Calls remembered whole (:mod:`convlayers.functional._ready`): a convolution called again with
+the same shapes and arguments goes straight to its runner. Its results must be torch's on
+every call, whatever the values (a runner must never reuse a value), and an inf or NaN that
+arrives after the runner exists must come out exactly where torch's direct sums put it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convlayers import config
+from convlayers import functional as F
+from convlayers.functional import _ready
+from oracle import assert_close, random_array
+from test_nonfinite import KINDS, _reach, _scatter, _torch_run
+from test_plan import STRATEGY_NAMES, conv_cases, serves
+
+#: Calls that leave a runner: the first plans, the second measures an unsure strategy.
+WARM_CALLS = 3
+
+
+def _arrays(rng: np.random.Generator, case: dict) -> tuple[np.ndarray, np.ndarray,
+                                                           np.ndarray | None]:
+    groups = case["groups"]
+    x = random_array(rng, (case["batch"], case["c_in"], *case["spatial"]), np.float32)
+    w = random_array(rng, (case["c_out"], case["c_in"] // groups, *case["kernel"]), np.float32)
+    b = random_array(rng, (case["c_out"],), np.float32) if case["bias"] else None
+    return x, w, b
+
+
+def _torch_forward(case: dict, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> torch.Tensor:
+    tconv = {1: tF.conv1d, 2: tF.conv2d}[case["dims"]]
+    return tconv(torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b),
+                 case["stride"], case["padding"], case["dilation"], case["groups"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=conv_cases(), kind=st.sampled_from(KINDS), seed=st.integers(0, 2**16))
+def test_every_call_of_a_remembered_convolution_follows_torch(case: dict, kind: str,
+                                                              seed: int) -> None:
+    """New values on every call (each checked against torch), then inf, NaN or huge values
+    on the call after the runner exists: the runner declines and the full path answers."""
+    rng = np.random.default_rng(seed)
+    conv = {1: F.conv1d, 2: F.conv2d}[case["dims"]]
+    tconv = {1: tF.conv1d, 2: tF.conv2d}[case["dims"]]
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    x, w, b = _arrays(rng, case)
+    y_shape = tuple(_torch_forward(case, x, w, b).shape)
+    g = random_array(rng, y_shape, np.float32)
+    if kind in ("inf-x", "both"):
+        x = _scatter(rng, x, [np.inf, -np.inf], 0.05)
+    if kind == "nan-x":
+        x = _scatter(rng, x, [np.nan], 0.05)
+    if kind in ("inf-w", "both"):
+        w = _scatter(rng, w, [np.inf, -np.inf, np.nan], 0.05)
+    if kind == "nan-w":
+        w = _scatter(rng, w, [np.nan], 0.05)
+    if kind.startswith("huge"):
+        taps = int(np.prod(case["kernel"]))
+        big, small = (x, w) if kind == "huge-x" else (w, x)
+        big[...] = _scatter(rng, big, [3.0e38, -3.0e38], 0.1)
+        small /= 2 * taps * (case["c_in"] // case["groups"]) * np.abs(small).max()
+    bx, bw = ~np.isfinite(x), ~np.isfinite(w)
+    reach = _reach(tconv, args, bx, bw, y_shape)[0]
+    clean = _torch_run(tconv, args, np.where(bx, 0, x), np.where(bw, 0, w), b, g)[0]
+    with config.settings(threads=case["threads"]):
+        for name in ["auto", *STRATEGY_NAMES]:
+            if name != "auto" and not serves(name, case, "forward"):
+                continue
+            with config.engine_settings(force=None if name == "auto" else name):
+                for call in range(WARM_CALLS):  # fresh finite values each time
+                    fx, fw, fb = _arrays(rng, case)
+                    assert_close(conv(fx, fw, fb, *args), _torch_forward(case, fx, fw, fb),
+                                 f"{name}, finite call {call + 1}")
+                y = conv(x, w, b, *args)
+            np.testing.assert_array_equal(~np.isfinite(y), reach,
+                                          f"{name} after {WARM_CALLS} calls ({kind})")
+            assert_close(np.where(reach, 0, y), np.where(reach, 0, clean), f"{name} ({kind})")
+
+
+def test_a_second_call_takes_the_runner_and_matches_torch_on_new_values() -> None:
+    """The runner is made and used (the table grows once, not per call), and it reads the
+    arrays of each call: a 1x1 layer, an implicit-GEMM one, a depthwise one, unbatched and
+    1-D, with layouts the first call did not have (a transposed view, a reversed one)."""
+    rng = np.random.default_rng(7)
+    cases = [((1, 10, 14, 14), (15, 10, 1, 1), {}, F.conv2d, tF.conv2d),
+             ((2, 6, 12, 12), (19, 6, 5, 1), dict(stride=2, padding=1), F.conv2d, tF.conv2d),
+             ((1, 8, 9, 9), (8, 1, 3, 3), dict(groups=8, padding=1), F.conv2d, tF.conv2d),
+             ((5, 13, 11), (4, 5, 3, 2), dict(dilation=(2, 1)), F.conv2d, tF.conv2d),
+             ((2, 3, 17), (6, 3, 3), dict(padding=2), F.conv1d, tF.conv1d)]
+    for x_shape, w_shape, kw, ours, theirs in cases:
+        _ready.forget()
+        before = None
+        for call in range(5):
+            x = random_array(rng, x_shape, np.float32)
+            if call == 3:  # same values, other memory order
+                x = np.ascontiguousarray(x.T).T
+            if call == 4:
+                x = np.ascontiguousarray(x[..., ::-1])[..., ::-1]
+            w = random_array(rng, w_shape, np.float32)
+            b = random_array(rng, (w_shape[0],), np.float32)
+            y = ours(x, w, b, **kw)
+            assert_close(y, theirs(torch.tensor(x.copy()), torch.tensor(w), torch.tensor(b), **kw),
+                         f"{x_shape} {w_shape} {kw} call {call + 1}")
+            if call == 1:
+                before = _ready.count()
+        assert before is not None and before >= 1, "no runner after two calls"
+        assert _ready.count() == before, "a runner was made again"
+
+
+def test_a_changed_setting_or_forgotten_measurement_makes_a_new_runner() -> None:
+    rng = np.random.default_rng(3)
+    x = random_array(rng, (1, 16, 12, 12), np.float32)
+    w = random_array(rng, (24, 16, 3, 3), np.float32)
+    expected = tF.conv2d(torch.tensor(x), torch.tensor(w), padding=1)
+    _ready.forget()
+    for _ in range(3):
+        F.conv2d(x, w, padding=1)
+    made = _ready.count()
+    assert made >= 1
+    for threads in (1, 2):
+        with config.settings(threads=threads):
+            for _ in range(3):
+                assert_close(F.conv2d(x, w, padding=1), expected, f"{threads} threads")
+    assert _ready.count() > made, "the thread setting is part of the key"
+    F.forget_measurements()
+    assert _ready.count() == 0
+
+
+@pytest.mark.parametrize("stride", [1, True, 1.0, np.int64(1)])
+def test_hyper_parameters_equal_to_valid_ones_still_get_their_own_answer(stride: object) -> None:
+    """``True == 1 == 1.0``: a runner made for ``stride=1`` must not answer ``stride=True``
+    (or 1.0), which the full path refuses; ``np.int64(1)`` is accepted like ``1``."""
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    for _ in range(3):
+        F.conv2d(x, w, stride=1)
+    if isinstance(stride, (bool, float)):
+        with pytest.raises(TypeError, match="stride"):
+            F.conv2d(x, w, stride=stride)
+    else:
+        assert_close(F.conv2d(x, w, stride=stride),
+                     tF.conv2d(torch.tensor(x), torch.tensor(w), stride=1))
+
+
+_TRANSPOSED = [
+    dict(c_in=4, c_out=6, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=1),
+    dict(c_in=6, c_out=6, kernel=(3, 3), stride=(1, 1), padding=(1, 1), groups=6),
+    dict(c_in=8, c_out=4, kernel=(1, 1), stride=(1, 1), padding=(0, 0), groups=2),
+]
+
+
+def _serves_transposed(name: str, geometry: dict) -> bool:
+    """Whether ``name`` serves the transposed convolution: the input gradient of the
+    convolution from its output channels to its input channels."""
+    case = dict(dims=2, batch=2, spatial=(7, 6), bias=True, dilation=(1, 1), **geometry)
+    return name == "auto" or serves(name, {**case, "c_in": geometry["c_out"],
+                                           "c_out": geometry["c_in"]}, "alone")
+
+
+@pytest.mark.parametrize(("name", "geometry"), [
+    (name, geometry) for geometry in _TRANSPOSED for name in ["auto", *STRATEGY_NAMES]
+    if _serves_transposed(name, geometry)])
+def test_a_remembered_transposed_convolution_follows_torch_then_meets_an_inf_weight(
+        name: str, geometry: dict) -> None:
+    """Three calls with new finite values (each against torch), then weights holding inf and
+    NaN: the output is non-finite exactly where a term has a non-finite weight (all inputs
+    are non-zero), and equals torch's elsewhere."""
+    rng = np.random.default_rng(11)
+    shape_x = (2, geometry["c_in"], 7, 6)
+    shape_w = (geometry["c_in"], geometry["c_out"] // geometry["groups"], *geometry["kernel"])
+    kw = dict(stride=geometry["stride"], padding=geometry["padding"], groups=geometry["groups"])
+
+    def theirs(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> torch.Tensor:
+        return tF.conv_transpose2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), **kw)
+
+    with config.engine_settings(force=None if name == "auto" else name):
+        for call in range(WARM_CALLS):
+            x = random_array(rng, shape_x, np.float32)
+            w = random_array(rng, shape_w, np.float32)
+            b = random_array(rng, (geometry["c_out"],), np.float32)
+            assert_close(F.conv_transpose2d(x, w, b, **kw), theirs(x, w, b), f"call {call + 1}")
+        w = _scatter(rng, w, [np.inf, -np.inf, np.nan], 0.05)
+        y = F.conv_transpose2d(x, w, b, **kw)
+    bad = ~np.isfinite(w)
+    reach = tF.conv_transpose2d(torch.ones(shape_x, dtype=torch.float64),
+                                torch.tensor(bad, dtype=torch.float64), **kw).numpy() > 0
+    np.testing.assert_array_equal(~np.isfinite(y), reach, f"{name}: non-finite mask")
+    clean = theirs(x, np.where(bad, 0, w), b).numpy()
+    assert_close(np.where(reach, 0, y), np.where(reach, 0, clean), name)

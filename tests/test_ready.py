@@ -192,3 +192,32 @@ def test_a_remembered_transposed_convolution_follows_torch_then_meets_an_inf_wei
     np.testing.assert_array_equal(~np.isfinite(y), reach, f"{name}: non-finite mask")
     clean = theirs(x, np.where(bad, 0, w), b).numpy()
     assert_close(np.where(reach, 0, y), np.where(reach, 0, clean), name)
+
+
+@pytest.mark.parametrize(("dims", "kw"), [
+    (2, dict(kernel_size=3, stride=2)),
+    (2, dict(kernel_size=(2, 3), stride=1, padding=1, ceil_mode=True)),
+    (1, dict(kernel_size=3, stride=2, padding=1)),
+])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_remembered_pooling_follows_torch_on_every_call_nan_included(
+        dims: int, kw: dict, unbatched: bool) -> None:
+    """Max and average pooling called five times with new values, the last with NaN and inf
+    in them: each call equals torch's (NaN where torch's is)."""
+    rng = np.random.default_rng(5)
+    shape = (3, 11, 13)[-dims - 1:] if unbatched else (2, 3, 11, 13)[: dims + 2]
+    ours = {1: (F.max_pool1d, F.avg_pool1d), 2: (F.max_pool2d, F.avg_pool2d)}[dims]
+    theirs = {1: (tF.max_pool1d, tF.avg_pool1d), 2: (tF.max_pool2d, tF.avg_pool2d)}[dims]
+    _ready.forget()
+    for call in range(5):
+        x = random_array(rng, shape, np.float32)
+        if call == 4:
+            x = _scatter(rng, x, [np.nan, np.inf, -np.inf], 0.05)
+        for mine, torch_op in zip(ours, theirs, strict=True):
+            args = dict(kw, count_include_pad=False) if mine in (F.avg_pool1d, F.avg_pool2d) \
+                else kw
+            assert_close(mine(x, **args), torch_op(torch.tensor(x), **args),
+                         f"{mine.__name__} call {call + 1}")
+        if call == 1:
+            made = _ready.count()
+    assert made == 2 and _ready.count() == 2, "one runner each, made once"

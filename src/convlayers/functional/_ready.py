@@ -1,4 +1,5 @@
-"""Calls remembered whole: a convolution called again as before skips what it already worked out.
+"""Calls remembered whole: a convolution or pooling called again as before skips what it
+already worked out.
 
 A small layer's kernel runs in a few microseconds, and before it the public function used to
 spend about 15 more in Python on every call: validating and normalising the arguments, checking
@@ -6,8 +7,10 @@ the output's size, planning, looking up the measured strategy, choosing the thre
 working out the kernel's units (a 1x1 layer 10->15 on 1x10x14x14: 19 us a call, torch 5).
 Every one of those answers depends only on the shapes and dtypes, the hyper-parameters and the
 settings. So a call whose plan is settled leaves a *runner* under that key (built by
-:func:`convlayers.functional._engine.ready_forward`), and a later call with the same key goes
-straight to it.
+:func:`convlayers.functional._engine.ready_forward`, ``ready_input_grad`` for a transposed
+convolution, and by :mod:`convlayers.functional.pooling` for a compiled max or average pool),
+and a later call with the same key goes straight to it (a max pool of 2x4x23x23: 15 -> 12 us,
+torch 8; a transposed convolution 40->3 2x2 on 1x40x20x20: 26 -> 18 us, torch 13).
 
 A runner still reads what depends on the values, as the full path does (the weights checked
 for inf and NaN before, or the output after; Winograd's own check). When one of those finds
@@ -36,7 +39,8 @@ Runner = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], "np.ndarray | N
 #: At this many runners the table starts over (a process that sees endless new shapes).
 SIZE = 4096
 
-_runners: dict[Hashable, Runner] = {}
+#: Runners by key: a convolution's take ``(x, weight, bias)``, a pooling's ``(x,)``.
+_runners: dict[Hashable, Callable[..., Any]] = {}
 _lock = threading.Lock()
 
 
@@ -46,7 +50,7 @@ def declining(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> Non
     return None
 
 
-def lookup(key: Hashable) -> Runner | None:
+def lookup(key: Hashable) -> Callable[..., Any] | None:
     """The runner remembered under ``key``, if any (``None`` too for a key that does not hash)."""
     try:
         return _runners.get(key)
@@ -54,7 +58,7 @@ def lookup(key: Hashable) -> Runner | None:
         return None
 
 
-def remember(key: Hashable, runner: Runner) -> None:
+def remember(key: Hashable, runner: Callable[..., Any]) -> None:
     """Keep ``runner`` for later calls with ``key``."""
     try:
         hash(key)

@@ -14,13 +14,15 @@ padding per side (``padding=((top, bottom), (left, right))``), dilated average p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from convlayers import config
 from convlayers._validate import IntOrTuple
-from convlayers.functional._common import pad_pairs, trailing, unbatch, window_offsets
+from convlayers.functional import _ready
+from convlayers.functional._common import pad_pairs, trailing, typed_key, unbatch, window_offsets
 from convlayers.functional._compiled import _threads_for, loaded_kernels
 from convlayers.functional._pool_backward import (
     _planes,
@@ -77,18 +79,36 @@ def _lowest(dtype: np.dtype) -> Any:
 
 
 def _max_pool_fast(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    if not with_indices:
+        return _max_pool_runner(x.shape, spec)(x), None
     k, s, p, d, i, o = _as_2d(spec)
     kern = loaded_kernels().pooling  # the thread setting: _threads_for below
     xs = _planes(x, i)
     out = np.empty((xs.shape[0], *o), dtype=x.dtype)
     shape = x.shape[:2] + spec.out_shape
     with _threads_for(out.size * k[0] * k[1], config.engine.serial_pool_taps):
-        if not with_indices:
-            kern.max_pool2d(xs, *k, *s, *p, *d, out)
-            return out.reshape(shape), None
         index = np.empty(out.shape, dtype=np.int64)
         kern.max_pool2d_indices(xs, *k, *s, *p, *d, out, index)
     return out.reshape(shape), index.reshape(shape)
+
+
+def _max_pool_runner(x_shape: tuple[int, ...], spec: PoolSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """The compiled max pool of a batch of ``x_shape`` (:func:`_fast`), worked out once: also
+    the runner of later calls like it (:mod:`convlayers.functional._ready`)."""
+    k, s, p, d, i, o = _as_2d(spec)
+    kernel = loaded_kernels().pooling.max_pool2d  # the thread setting: _threads_for below
+    scalars = (*k, *s, *p, *d)
+    planes = (x_shape[0] * x_shape[1], *o)
+    taps, serial_below = math.prod(planes) * k[0] * k[1], config.engine.serial_pool_taps
+    shape = x_shape[:2] + spec.out_shape
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = np.empty(planes, dtype=x.dtype)
+        with _threads_for(taps, serial_below):
+            kernel(_planes(x, i), *scalars, out)
+        return out.reshape(shape)
+
+    return run
 
 
 def _max_pool(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -131,9 +151,19 @@ def _max_pool_nd(
     input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: PoolPadding,
     dilation: IntOrTuple, ceil_mode: bool, return_indices: bool, n: int,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    key = None
+    if type(input) is np.ndarray and not return_indices:  # a call like an earlier one
+        key = ("max_pool", n, input.shape, input.dtype, typed_key(kernel_size),
+               typed_key(stride), typed_key(padding), typed_key(dilation),
+               typed_key(ceil_mode), config.settings_version())
+        run = _ready.lookup(key)
+        if run is not None:
+            return run(input) if input.ndim == n + 2 else run(input[None])[0]
     x, unbatched = pool_array(input, n, allow_int=True)
     spec = pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
     out, index = _max_pool(x, spec, bool(return_indices))
+    if key is not None and _fast(x, spec):
+        _ready.remember(key, _max_pool_runner(x.shape, spec))
     if index is not None:
         return unbatch(out, unbatched), unbatch(index, unbatched)
     return unbatch(out, unbatched)
@@ -149,24 +179,50 @@ def _avg_pool_nd(
     ceil_mode: bool, count_include_pad: bool, divisor_override: int | None, n: int,
     dilation: IntOrTuple = 1,
 ) -> np.ndarray:
+    key = None
+    if type(input) is np.ndarray:  # a call like an earlier one
+        key = ("avg_pool", n, input.shape, input.dtype, typed_key(kernel_size),
+               typed_key(stride), typed_key(padding), typed_key(dilation),
+               typed_key(ceil_mode), typed_key(count_include_pad),
+               typed_key(divisor_override), config.settings_version())
+        run = _ready.lookup(key)
+        if run is not None:
+            return run(input) if input.ndim == n + 2 else run(input[None])[0]
     x, unbatched = pool_array(input, n, allow_int=False)
     spec = pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
     override = check_divisor(divisor_override)
     include = bool(count_include_pad)
     if _fast(x, spec) and set(spec.dilation) == {1} and _kernel_grid_fits(spec, x.dtype):
-        k, s, p, _, i, o = _as_2d(spec)
-        div = divisor_grid(spec, include, override, x.dtype).reshape(o)
-        xs = _planes(x, i)
-        out = np.empty((xs.shape[0], *o), dtype=x.dtype)
-        with _threads_for(out.size * k[0] * k[1], config.engine.serial_pool_taps):
-            loaded_kernels().pooling.avg_pool2d(xs, *k, *s, *p, div, out)
-        return unbatch(out.reshape(x.shape[:2] + spec.out_shape), unbatched)
+        ready = _avg_pool_runner(x.shape, x.dtype, spec, include, override)
+        if key is not None:
+            _ready.remember(key, ready)
+        return unbatch(ready(x), unbatched)
     total = np.zeros(x.shape[:2] + spec.out_shape, dtype=x.dtype)
     for offset in window_offsets(spec.kernel):
         if (taps := spec.tap_slices(offset)) is not None:
             total[trailing(taps[0])] += x[trailing(taps[1])]
     divide_by_divisor(total, spec, include, override)
     return unbatch(total, unbatched)
+
+
+def _avg_pool_runner(x_shape: tuple[int, ...], dtype: np.dtype, spec: PoolSpec, include: bool,
+                     override: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The compiled average pool of a batch of ``x_shape``, worked out once (as
+    :func:`_max_pool_runner`)."""
+    k, s, p, _, i, o = _as_2d(spec)
+    kernel = loaded_kernels().pooling.avg_pool2d
+    div = divisor_grid(spec, include, override, dtype).reshape(o)
+    planes = (x_shape[0] * x_shape[1], *o)
+    taps, serial_below = math.prod(planes) * k[0] * k[1], config.engine.serial_pool_taps
+    shape = x_shape[:2] + spec.out_shape
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = np.empty(planes, dtype=x.dtype)
+        with _threads_for(taps, serial_below):
+            kernel(_planes(x, i), *k, *s, *p, div, out)
+        return out.reshape(shape)
+
+    return run
 
 
 _MAX_DOC = """

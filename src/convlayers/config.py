@@ -52,21 +52,11 @@ _state = {"scratch_bytes": _DEFAULT_SCRATCH, "threads": os.cpu_count() or 1,
           "max_array_bytes": _physical_memory() // 2, "max_image_pixels": _DEFAULT_IMAGE_PIXELS}
 
 
-#: Bumped by every change of a setting (:func:`settings_version`).
-_settings_version = 0
-
-
-def _changed() -> None:
-    global _settings_version
-    _settings_version += 1
-
-
 def _set_positive(name: str, n: int) -> None:
     """Store setting ``name`` after checking that it is an int >= 1 (the message names it)."""
     if as_int(n, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {n}")
     _state[name] = int(n)
-    _changed()
 
 
 def max_array_bytes() -> int:
@@ -255,7 +245,6 @@ def settings(*, scratch_bytes: int | None = None, threads: int | None = None,
         yield
     finally:
         _state.update(saved)
-        _changed()
         if "numba" in sys.modules:
             apply_numba_threads()
 
@@ -553,7 +542,6 @@ class EngineSettings:
         object.__setattr__(self, name, value)
         global _engine_version
         _engine_version += 1
-        _changed()
 
 
 _ENGINE_FIELDS = frozenset(f.name for f in fields(EngineSettings))
@@ -568,10 +556,12 @@ def engine_version() -> int:
     return _engine_version
 
 
-def settings_version() -> int:
-    """A counter that changes whenever any setting does, the engine's included (the key of
-    calls remembered whole, :mod:`convlayers.functional._ready`)."""
-    return _settings_version
+def settings_key() -> tuple[int, int, int, int]:
+    """What a call's plan depends on among the settings: the threads, the scratch cap, the
+    array cap and :func:`engine_version` (the key of calls remembered whole,
+    :mod:`convlayers.functional._ready`)."""
+    return (_state["threads"], _state["scratch_bytes"], _state["max_array_bytes"],
+            _engine_version)
 
 
 @contextmanager

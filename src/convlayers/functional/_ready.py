@@ -20,7 +20,7 @@ source of truth: a runner only ever skips work whose answer it already has.
 Not remembered: arguments that are not plain ``np.ndarray`` objects, or whose key does not hash
 (a NumPy array as ``stride``); padding modes other than zeros; a forward whose strategy is yet
 to be measured (until it is: :mod:`convlayers.functional._measured`). Any change of a setting
-(:func:`convlayers.config.settings_version`) and :func:`forget` start over.
+(:func:`convlayers.config.settings_key`) and :func:`forget` start over.
 """
 
 from __future__ import annotations

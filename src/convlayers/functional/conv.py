@@ -166,7 +166,7 @@ def _conv(
         key = (input.shape, input.dtype, weight.shape, weight.dtype,
                None if bias is None else (bias.shape, bias.dtype), typed_key(stride),
                typed_key(padding), typed_key(dilation), typed_key(groups),
-               typed_key(padding_mode), config.settings_version())
+               typed_key(padding_mode), config.settings_key())
         run = _ready.lookup(key)
         if run is not None:
             out = run(input if input.ndim == n + 2 else input[None], weight, bias)

@@ -97,7 +97,7 @@ def _conv_transpose(
         key = ("transpose", input.shape, input.dtype, weight.shape, weight.dtype,
                None if bias is None else (bias.shape, bias.dtype), typed_key(stride),
                typed_key(padding), typed_key(output_padding), typed_key(groups),
-               typed_key(dilation), config.settings_version())
+               typed_key(dilation), config.settings_key())
         run = _ready.lookup(key)
         if run is not None:
             out = run(input if input.ndim == n + 2 else input[None], weight, bias)

@@ -155,7 +155,7 @@ def _max_pool_nd(
     if type(input) is np.ndarray and not return_indices:  # a call like an earlier one
         key = ("max_pool", n, input.shape, input.dtype, typed_key(kernel_size),
                typed_key(stride), typed_key(padding), typed_key(dilation),
-               typed_key(ceil_mode), config.settings_version())
+               typed_key(ceil_mode), config.settings_key())
         run = _ready.lookup(key)
         if run is not None:
             return run(input) if input.ndim == n + 2 else run(input[None])[0]
@@ -184,7 +184,7 @@ def _avg_pool_nd(
         key = ("avg_pool", n, input.shape, input.dtype, typed_key(kernel_size),
                typed_key(stride), typed_key(padding), typed_key(dilation),
                typed_key(ceil_mode), typed_key(count_include_pad),
-               typed_key(divisor_override), config.settings_version())
+               typed_key(divisor_override), config.settings_key())
         run = _ready.lookup(key)
         if run is not None:
             return run(input) if input.ndim == n + 2 else run(input[None])[0]

@@ -69,6 +69,26 @@ def _scatter(rng: np.random.Generator, a: np.ndarray, values: list[float], share
     return a
 
 
+def with_special_values(rng: np.random.Generator, x: np.ndarray, w: np.ndarray, kind: str,
+                        case: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``w`` with the values of ``kind`` (one of :data:`KINDS`): a few inf or NaN,
+    or huge values whose partners are so small that every direct sum stays finite."""
+    if kind in ("inf-x", "both"):
+        x = _scatter(rng, x, [np.inf, -np.inf], 0.05)
+    if kind == "nan-x":
+        x = _scatter(rng, x, [np.nan], 0.05)
+    if kind in ("inf-w", "both"):
+        w = _scatter(rng, w, [np.inf, -np.inf, np.nan], 0.05)
+    if kind == "nan-w":
+        w = _scatter(rng, w, [np.nan], 0.05)
+    if kind.startswith("huge"):
+        taps = int(np.prod(case["kernel"]))
+        big, small = (x, w) if kind == "huge-x" else (w, x)
+        big[...] = _scatter(rng, big, [HUGE, -HUGE], 0.1)
+        small /= 2 * taps * (case["c_in"] // case["groups"]) * np.abs(small).max()
+    return x, w
+
+
 @settings(max_examples=40, deadline=None)
 @given(case=conv_cases(), kind=st.sampled_from(KINDS), seed=st.integers(0, 2**16))
 def test_nonfinite_and_huge_values_follow_torch_on_every_strategy(case: dict, kind: str,
@@ -83,19 +103,9 @@ def test_nonfinite_and_huge_values_follow_torch_on_every_strategy(case: dict, ki
     tconv = {1: tF.conv1d, 2: tF.conv2d}[dims]
     y_shape = tconv(torch.tensor(x), torch.tensor(w), None, *args).shape
     g = random_array(rng, tuple(y_shape), np.float32)
-    taps = int(np.prod(case["kernel"]))
-    if kind in ("inf-x", "both"):
-        x = _scatter(rng, x, [np.inf, -np.inf], 0.05)
-    if kind == "nan-x":
-        x = _scatter(rng, x, [np.nan], 0.05)
-    if kind in ("inf-w", "both"):
-        w = _scatter(rng, w, [np.inf, -np.inf, np.nan], 0.05)
-    if kind == "nan-w":
-        w = _scatter(rng, w, [np.nan], 0.05)
+    x, w = with_special_values(rng, x, w, kind, case)
     if kind.startswith("huge"):
-        big, small = (x, w) if kind == "huge-x" else (w, x)
-        big[...] = _scatter(rng, big, [HUGE, -HUGE], 0.1)
-        small /= 2 * taps * (case["c_in"] // groups) * np.abs(small).max()
+        taps = int(np.prod(case["kernel"]))
         terms = max(int(np.prod(y_shape)) // y_shape[1], (case["c_out"] // groups) * taps)
         g /= 2 * terms * np.abs(g).max()
     bx, bw = ~np.isfinite(x), ~np.isfinite(w)

@@ -16,7 +16,7 @@ from convlayers import config
 from convlayers import functional as F
 from convlayers.functional import _ready
 from oracle import assert_close, random_array
-from test_nonfinite import KINDS, _reach, _scatter, _torch_run
+from test_nonfinite import KINDS, _reach, _scatter, _torch_run, with_special_values
 from test_plan import STRATEGY_NAMES, conv_cases, serves
 
 #: Calls that leave a runner: the first plans, the second measures an unsure strategy.
@@ -51,19 +51,7 @@ def test_every_call_of_a_remembered_convolution_follows_torch(case: dict, kind: 
     x, w, b = _arrays(rng, case)
     y_shape = tuple(_torch_forward(case, x, w, b).shape)
     g = random_array(rng, y_shape, np.float32)
-    if kind in ("inf-x", "both"):
-        x = _scatter(rng, x, [np.inf, -np.inf], 0.05)
-    if kind == "nan-x":
-        x = _scatter(rng, x, [np.nan], 0.05)
-    if kind in ("inf-w", "both"):
-        w = _scatter(rng, w, [np.inf, -np.inf, np.nan], 0.05)
-    if kind == "nan-w":
-        w = _scatter(rng, w, [np.nan], 0.05)
-    if kind.startswith("huge"):
-        taps = int(np.prod(case["kernel"]))
-        big, small = (x, w) if kind == "huge-x" else (w, x)
-        big[...] = _scatter(rng, big, [3.0e38, -3.0e38], 0.1)
-        small /= 2 * taps * (case["c_in"] // case["groups"]) * np.abs(small).max()
+    x, w = with_special_values(rng, x, w, kind, case)
     bx, bw = ~np.isfinite(x), ~np.isfinite(w)
     reach = _reach(tconv, args, bx, bw, y_shape)[0]
     clean = _torch_run(tconv, args, np.where(bx, 0, x), np.where(bw, 0, w), b, g)[0]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Runner", "count", "declining", "forget", "lookup", "plain_arrays", "remember"]
+__all__ = ["Runner", "call", "count", "declining", "forget", "lookup", "plain_arrays", "remember"]
 
 #: ``runner(x, weight, bias)``: the call's output, or ``None`` when the full path must run.
 Runner = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], "np.ndarray | None"]
@@ -56,6 +56,19 @@ def lookup(key: Hashable) -> Callable[..., Any] | None:
         return _runners.get(key)
     except TypeError:
         return None
+
+
+def call(key: Hashable, n: int, input: np.ndarray, *arrays: np.ndarray | None) -> np.ndarray | None:
+    """The output of the runner remembered under ``key`` for ``input`` (and ``arrays``, a
+    convolution's weight and bias), or ``None`` (no runner, or it declined). An unbatched
+    input (``n + 1`` dims for ``n`` spatial axes) runs as a batch of one."""
+    run = lookup(key)
+    if run is None:
+        return None
+    if input.ndim == n + 2:
+        return run(input, *arrays)
+    out = run(input[None], *arrays)
+    return None if out is None else out[0]
 
 
 def remember(key: Hashable, runner: Callable[..., Any]) -> None:

@@ -167,11 +167,9 @@ def _conv(
                None if bias is None else (bias.shape, bias.dtype), typed_key(stride),
                typed_key(padding), typed_key(dilation), typed_key(groups),
                typed_key(padding_mode), config.settings_key())
-        run = _ready.lookup(key)
-        if run is not None:
-            out = run(input if input.ndim == n + 2 else input[None], weight, bias)
-            if out is not None:
-                return out if input.ndim == n + 2 else out[0]
+        out = _ready.call(key, n, input, weight, bias)
+        if out is not None:
+            return out
     x, unbatched = batched(input, n)
     w = float_array(weight, "weight")
     b = None if bias is None else float_array(bias, "bias")

@@ -95,9 +95,15 @@ def _max_pool_fast(x: np.ndarray, spec: PoolSpec, with_indices: bool) -> tuple[n
 def _max_pool_runner(x_shape: tuple[int, ...], spec: PoolSpec) -> Callable[[np.ndarray], np.ndarray]:
     """The compiled max pool of a batch of ``x_shape`` (:func:`_fast`), worked out once: also
     the runner of later calls like it (:mod:`convlayers.functional._ready`)."""
-    k, s, p, d, i, o = _as_2d(spec)
-    kernel = loaded_kernels().pooling.max_pool2d  # the thread setting: _threads_for below
-    scalars = (*k, *s, *p, *d)
+    k, s, p, d, _, _ = _as_2d(spec)
+    return _pool_runner(loaded_kernels().pooling.max_pool2d, (*k, *s, *p, *d), x_shape, spec)
+
+
+def _pool_runner(kernel: Any, arguments: tuple[Any, ...], x_shape: tuple[int, ...],
+                 spec: PoolSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """``kernel(planes, *arguments, out)`` over the planes of a batch of ``x_shape``, on one
+    thread below ``config.engine.serial_pool_taps`` taps (the thread setting applies inside)."""
+    k, _, _, _, i, o = _as_2d(spec)
     planes = (x_shape[0] * x_shape[1], *o)
     taps, serial_below = math.prod(planes) * k[0] * k[1], config.engine.serial_pool_taps
     shape = x_shape[:2] + spec.out_shape
@@ -105,7 +111,7 @@ def _max_pool_runner(x_shape: tuple[int, ...], spec: PoolSpec) -> Callable[[np.n
     def run(x: np.ndarray) -> np.ndarray:
         out = np.empty(planes, dtype=x.dtype)
         with _threads_for(taps, serial_below):
-            kernel(_planes(x, i), *scalars, out)
+            kernel(_planes(x, i), *arguments, out)
         return out.reshape(shape)
 
     return run
@@ -156,9 +162,9 @@ def _max_pool_nd(
         key = ("max_pool", n, input.shape, input.dtype, typed_key(kernel_size),
                typed_key(stride), typed_key(padding), typed_key(dilation),
                typed_key(ceil_mode), config.settings_key())
-        run = _ready.lookup(key)
-        if run is not None:
-            return run(input) if input.ndim == n + 2 else run(input[None])[0]
+        out = _ready.call(key, n, input)
+        if out is not None:
+            return out
     x, unbatched = pool_array(input, n, allow_int=True)
     spec = pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
     out, index = _max_pool(x, spec, bool(return_indices))
@@ -185,9 +191,9 @@ def _avg_pool_nd(
                typed_key(stride), typed_key(padding), typed_key(dilation),
                typed_key(ceil_mode), typed_key(count_include_pad),
                typed_key(divisor_override), config.settings_key())
-        run = _ready.lookup(key)
-        if run is not None:
-            return run(input) if input.ndim == n + 2 else run(input[None])[0]
+        out = _ready.call(key, n, input)
+        if out is not None:
+            return out
     x, unbatched = pool_array(input, n, allow_int=False)
     spec = pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
     override = check_divisor(divisor_override)
@@ -209,20 +215,9 @@ def _avg_pool_runner(x_shape: tuple[int, ...], dtype: np.dtype, spec: PoolSpec, 
                      override: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """The compiled average pool of a batch of ``x_shape``, worked out once (as
     :func:`_max_pool_runner`)."""
-    k, s, p, _, i, o = _as_2d(spec)
-    kernel = loaded_kernels().pooling.avg_pool2d
+    k, s, p, _, _, o = _as_2d(spec)
     div = divisor_grid(spec, include, override, dtype).reshape(o)
-    planes = (x_shape[0] * x_shape[1], *o)
-    taps, serial_below = math.prod(planes) * k[0] * k[1], config.engine.serial_pool_taps
-    shape = x_shape[:2] + spec.out_shape
-
-    def run(x: np.ndarray) -> np.ndarray:
-        out = np.empty(planes, dtype=x.dtype)
-        with _threads_for(taps, serial_below):
-            kernel(_planes(x, i), *k, *s, *p, div, out)
-        return out.reshape(shape)
-
-    return run
+    return _pool_runner(loaded_kernels().pooling.avg_pool2d, (*k, *s, *p, div), x_shape, spec)
 
 
 _MAX_DOC = """

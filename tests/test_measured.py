@@ -87,8 +87,9 @@ def test_sure_choices_forced_strategies_and_small_calls_are_not_measured() -> No
         assert not _measured.unsure(g, "implicit")
     with config.engine_settings(measure_min_macs=10**12):
         assert not _measured.unsure(g, "implicit")
-    # two output channels a group: the copies cost over ten times the dropped positions
-    thin = geometry((4, 64, 30, 30), (8, 16, 3, 3), (1, 1), (1, 1), 4, None, (28, 28),
+    # two output channels a group: the copies cost over ten times the dropped positions (and
+    # 12 input channels a group are too few for the dot kernel's vectors)
+    thin = geometry((4, 48, 30, 30), (8, 12, 3, 3), (1, 1), (1, 1), 4, None, (28, 28),
                     np.float32)
     assert thin.macs >= config.engine.measure_min_macs
     assert not _measured.unsure(thin, "implicit")
@@ -108,7 +109,7 @@ def test_the_engine_measures_a_layer_once_and_matches_torch() -> None:
     assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "second call")
     choices = _measured.measured_choices()
     assert list(choices) == [("forward", _geometry(), config.engine_version(), config.threads())]
-    assert choices[next(iter(choices))] in ("implicit", "lowered", "direct")
+    assert choices[next(iter(choices))] in ("implicit", "lowered", "direct", "dot")
     p = F.plan(X_SHAPE, W_SHAPE, 3, 2)
     assert "(measured)" in p.spec and p.forward == next(iter(choices.values()))
     assert_close(F.conv2d(x, w, stride=3, padding=2), expected, "later call")
@@ -141,6 +142,42 @@ def test_direct_is_a_candidate_of_dense_float32_forwards_of_many_channels() -> N
         with pytest.raises(ValueError, match="direct computes the forward only"):
             F.conv_backward(np.ones_like(got), x, w, stride=(2, 1), padding=(3, 1),
                             dilation=(1, 2))
+
+
+def test_dot_is_a_candidate_of_forwards_of_few_output_and_many_input_channels() -> None:
+    """``dot`` joins a forward's candidates with at most 32 output and 16 or more input
+    channels a group (any groups and float dtype); forced, it matches torch (bias, groups,
+    stride, dilation, padding that swallows whole kernel rows, channels past a whole vector,
+    a tile spanning two images) and serves no gradient."""
+    few = geometry((4, 413, 9, 9), (5, 413, 7, 7), (1, 1), (3, 3), 1, ((9, 9), (9, 9)),
+                   (9, 9), np.float32)
+    assert "dot" in _measured.candidates(few, "implicit")
+    grouped = geometry((2, 64, 12, 12), (16, 32, 3, 3), (1, 1), (1, 1), 2, ((1, 1), (1, 1)),
+                       (12, 12), np.float64)
+    assert "dot" in _measured.candidates(grouped, "implicit")
+    for other in (geometry((2, 64, 12, 12), (66, 64, 3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)),
+                           (12, 12), np.float32),
+                  geometry((2, 60, 12, 12), (20, 15, 3, 3), (1, 1), (1, 1), 4, ((1, 1), (1, 1)),
+                           (12, 12), np.float32)):
+        assert "dot" not in _measured.candidates(other, "implicit")
+    rng = np.random.default_rng(8)
+    for dtype, (x_shape, w_shape, stride, padding, dilation, groups) in [
+            (np.float32, ((3, 70, 9, 8), (6, 35, 7, 3), (1, 2), (9, 2), (3, 1), 2)),
+            (np.float64, ((2, 40, 5, 6), (6, 40, 3, 3), (2, 1), (1, 3), (1, 2), 1)),
+            (np.float32, ((5, 17, 3, 3), (3, 17, 2, 2), (1, 1), (0, 0), (1, 1), 1))]:
+        x = random_array(rng, x_shape, dtype)
+        w = random_array(rng, w_shape, dtype)
+        b = random_array(rng, (w_shape[0],), dtype)
+        expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                             stride, padding, dilation, groups)
+        with config.engine_settings(force="dot"):
+            for threads in (1, 2):
+                with config.settings(threads=threads):
+                    got = F.conv2d(x, w, b, stride, padding, dilation, groups)
+                    assert_close(got, expected, f"dot forward {x_shape} {w_shape}, {threads}")
+    with config.engine_settings(force="dot"), \
+            pytest.raises(ValueError, match="dot computes the forward only"):
+        F.conv_backward(np.ones_like(got), x, w)
 
 
 def test_each_gradient_is_measured_once_and_matches_torch() -> None:
@@ -191,21 +228,22 @@ def test_a_transposed_convolution_measures_its_input_gradient() -> None:
 
 def test_a_swapped_layer_measures_direct_on_its_planes_as_they_are() -> None:
     """A forward the planner runs on transposed planes (a wide kernel on a narrow map) is
-    measured against ``direct`` on the planes as given, which drops no positions; each call
-    matches torch and the plan names the choice."""
+    measured against ``direct`` and ``dot`` on the planes as given, which drop no positions;
+    each call matches torch and the plan names the choice."""
     _measured.forget_measurements()
     rng = np.random.default_rng(7)
     x = random_array(rng, (1, 64, 40, 9), np.float32)
     w = random_array(rng, (16, 64, 4, 7), np.float32)
     g = geometry(x.shape, w.shape, (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (37, 3), np.float32)
-    assert _measured.candidates(g, _measured.SWAPPED) == (_measured.SWAPPED, "direct")
+    assert _measured.candidates(g, _measured.SWAPPED) == (_measured.SWAPPED, "direct", "dot")
     expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w))
-    assert "or its forward by direct as the planes are" in F.plan(x.shape, w.shape).spec
+    assert "or its forward by direct or dot as the planes are" in F.plan(x.shape, w.shape).spec
     for call in ("first", "second", "later"):
         assert_close(F.conv2d(x, w), expected, f"{call} call")
     choice = _measured.remembered_choice(g)
-    assert choice in (_measured.SWAPPED, "direct")
-    assert (F.plan(x.shape, w.shape).forward == "direct") == (choice == "direct")
+    assert choice in (_measured.SWAPPED, "direct", "dot")
+    planned = F.plan(x.shape, w.shape).forward
+    assert planned == choice if choice != _measured.SWAPPED else planned in ("implicit", "lowered")
     _measured.forget_measurements()
 
 

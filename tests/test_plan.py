@@ -79,6 +79,8 @@ def serves(name: str, case: dict, pass_: str) -> bool:
         return True
     if name == "direct":
         return pass_ == "forward" and case["groups"] == 1
+    if name == "dot":
+        return pass_ == "forward"
     if name == "winograd":
         return (pass_ != "alone" and dims == 2 and kernel == (3, 3) and case["stride"] == (1, 1)
                 and case["dilation"] == (1, 1))

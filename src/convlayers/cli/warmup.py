@@ -49,7 +49,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
                  name: str = name) -> None:
             with config.engine_settings(force=name):
                 y = F.conv2d(x, w, b, padding=pad, groups=groups)
-                if name == "direct":  # a float32 forward only
+                if name in ("direct", "dot"):  # forwards only
                     return
                 F.conv_backward(np.ones_like(y), x, w, padding=pad, groups=groups)
                 if name not in ("winograd", "depthwise-flat", "depthwise-channels-last"):

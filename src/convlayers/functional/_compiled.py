@@ -17,7 +17,7 @@ from convlayers import config
 
 def kernels() -> Any:
     """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``elementwise``,
-    ``implicit``, ``winograd``, ``pooling`` and ``values`` modules loaded, and numba's thread
+    ``implicit``, ``dot``, ``winograd``, ``pooling`` and ``values`` modules loaded, and numba's thread
     setting applied."""
     found = loaded_kernels()
     if not getattr(_serial, "on", False):  # inside _threads_for the one thread stands
@@ -34,6 +34,7 @@ def loaded_kernels() -> Any:
             conv,
             depthwise,
             depthwise_nhwc,
+            dot,
             elementwise,
             implicit,
             pooling,

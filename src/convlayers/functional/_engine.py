@@ -82,6 +82,7 @@ from convlayers.functional._engine_depthwise import (
     _gx_depthwise_rows,
 )
 from convlayers.functional._engine_direct import _fwd_direct
+from convlayers.functional._engine_dot import _fwd_dot
 from convlayers.functional._engine_implicit import (
     _fwd_implicit,
     _gw_implicit,
@@ -134,8 +135,8 @@ def _planned(pass_: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
 
 
 #: Strategies that multiply the zero padding by the weights in the forward pass.
-_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "implicit", "lowered", "direct", "pointwise",
-                                    "depthwise-planar", "depthwise-channels-last"))
+_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "implicit", "lowered", "direct", "dot",
+                                    "pointwise", "depthwise-planar", "depthwise-channels-last"))
 
 
 def _checked_forward(s: str, g: Geometry, w: np.ndarray) -> str:
@@ -505,6 +506,7 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
     "implicit": _fwd_implicit,
     "lowered": _fwd_lowered,
     "direct": _fwd_direct,
+    "dot": _fwd_dot,
 }
 
 #: Forwards that work out their units once for :func:`ready_forward` (the others run as in

@@ -10,7 +10,8 @@ strategy's best of five interleaved runs) their input gradient ran 1.026x the fa
 time (geo-mean), 1.1-1.9x on 7 of them (493->38 5x5 on 1x493x17x17: 1.50 ms by the implicit
 GEMM, 1.12 lowered); their weight gradient 1.015x (up to 1.25x). And a dense forward of many
 channels may run faster still on the channels-last ``direct`` kernel, whose transposes and
-weight packing no simple model prices.
+weight packing no simple model prices, and one of few output channels on the ``dot`` kernel
+(vectors along the input channels, the taps in the padding skipped).
 
 A pass of at least ``config.engine.measure_min_macs`` multiply-adds runs its
 :func:`candidates` three times each, alternating, times them, and keeps the fastest for every
@@ -44,6 +45,7 @@ from typing import Any
 
 from convlayers import config
 from convlayers.functional import _ready
+from convlayers.functional._engine_dot import DOT_MAX_OUT_CHANNELS, DOT_MIN_IN_CHANNELS
 from convlayers.functional.plan import Geometry, cannot_serve, dense_position_costs
 
 __all__ = ["SWAPPED", "candidates", "forget_measurements", "measured_choices", "measured_strategy",
@@ -80,8 +82,10 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     forward, the planned strategy, the other one too where the two costs (per output
     position: ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are within
     ``measure_band`` of each other (:func:`convlayers.functional.plan.dense_position_costs`),
-    and ``direct`` where it serves (one group, float32) on :data:`DIRECT_MIN_CHANNELS` input
-    channels or more; for a multiplier's forward (which the model does not price: 24->96
+    ``direct`` where it serves (one group, float32) on :data:`DIRECT_MIN_CHANNELS` input
+    channels or more, and ``dot`` on at most ``DOT_MAX_OUT_CHANNELS`` output and
+    ``DOT_MIN_IN_CHANNELS`` or more input channels a group (:mod:`convlayers.functional.
+    _engine_dot`); for a multiplier's forward (which the model does not price: 24->96
     1x5 stride 2 on 32x24x13x13 ran 0.52 ms by the implicit GEMM it plans, 0.36 lowered,
     torch 0.36) and for a gradient, both. Remembered per geometry and settings (every call asks)."""
     return _candidates(g, strategy, pass_, config.engine_version())
@@ -104,6 +108,9 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
     if (pass_ == "forward" and g.c_in >= DIRECT_MIN_CHANNELS
             and cannot_serve("direct", g, pass_) is None):
         found += ("direct",)
+    if (pass_ == "forward" and g.c_in_g >= DOT_MIN_IN_CHANNELS
+            and g.c_out_g <= DOT_MAX_OUT_CHANNELS and cannot_serve("dot", g, pass_) is None):
+        found += ("dot",)
     return found if len(found) > 1 and strategy in found else ()
 
 
@@ -172,7 +179,7 @@ def measured_choices() -> dict[tuple[Any, ...], str]:
     dict
         ``{(pass, geometry, engine settings version, threads): strategy}``, the pass
         ``"forward"``, ``"input_grad"`` or ``"weight_grad"``, the strategy ``"implicit"``,
-        ``"lowered"``, ``"direct"`` or :data:`SWAPPED`; forwards called once outside training
+        ``"lowered"``, ``"direct"``, ``"dot"`` or :data:`SWAPPED`; forwards called once outside training
         (not measured yet) are left out.
 
     Examples
@@ -184,7 +191,8 @@ def measured_choices() -> dict[tuple[Any, ...], str]:
     >>> w = np.ones((208, 140, 6, 6), np.float32)
     >>> for _ in range(2):  # the second call measures the candidates
     ...     y = F.conv2d(x, w, stride=3, padding=2)
-    >>> [name in ("implicit", "lowered", "direct") for name in F.measured_choices().values()]
+    >>> [name in ("implicit", "lowered", "direct", "dot")
+    ...  for name in F.measured_choices().values()]
     [True]
     """
     return {key: name for key, name in _CHOICES.items() if name}

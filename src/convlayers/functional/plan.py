@@ -68,6 +68,13 @@ direct         A dense (one-group) float32 forward on the channels-last direct k
                (:mod:`convlayers.functional._engine_direct`). No dropped positions, no
                copied windows. Never chosen by rule: measured against the implicit GEMM or
                im2col the planner chose (16 input channels or more). Forward only.
+dot            Few output channels, many input channels: each output a dot product along the
+               input channels of a channels-last copy (register tiles of 4 positions by 4
+               output channels, summed across lanes once), only the taps inside the input
+               (:mod:`convlayers.functional._engine_dot`). Any kernel, stride, dilation and
+               groups. Never chosen by rule: measured against the implicit GEMM or im2col
+               the planner chose (at most 32 output and 16 or more input channels a group).
+               Forward only.
 numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose tap lies inside
                the input (borders read by bounds, nothing padded). Any rank, any float dtype;
                the twin of every other strategy, and the fallback for non-finite weights.
@@ -155,6 +162,7 @@ STRATEGIES: dict[str, str] = {
     "implicit": "implicit GEMM over a padded, phase-split input slab: no im2col",
     "lowered": "im2col and register-tiled GEMMs in units sized for the threads (col2im back)",
     "direct": "dense forward, channels-last: tiles of pixels x output channels over every tap",
+    "dot": "forward, few output channels: dot products along channels-last input channels",
     "numpy": "NumPy: one GEMM per kernel offset, borders by bounds (any rank and float dtype)",
 }
 
@@ -677,6 +685,12 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
         from convlayers.functional._engine_direct import direct_fits
 
         return direct_fits(g)
+    if strategy == "dot":
+        if pass_ != "forward":
+            return "dot computes the forward only"
+        from convlayers.functional._engine_dot import dot_fits
+
+        return dot_fits(g)
     raise AssertionError(strategy)
 
 
@@ -789,12 +803,13 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
                  f"stride {_one(reduced.stride)}, dilation {_one(reduced.dilation)}")
     if swapped:
         text += "\n  runs with height and width swapped: its products drop fewer positions"
-        if candidates(as_given, SWAPPED):
-            direct = remembered_choice(as_given) == "direct"
-            text += (", or its forward by direct as the planes are, as measured on the second "
-                     "call" + (" (measured: direct)" if direct else
-                               " (measured)" if remembered_choice(as_given) else ""))
-            fwd = "direct" if direct else fwd
+        others = [name for name in candidates(as_given, SWAPPED) if name != SWAPPED]
+        if others:
+            found = remembered_choice(as_given)
+            text += (f", or its forward by {' or '.join(others)} as the planes are, as measured "
+                     "on the second call" + (f" (measured: {found})" if found in others else
+                                             " (measured)" if found else ""))
+            fwd = found if found in others else fwd
     for pass_, names in measured.items():
         call = "second" if pass_ == "forward" else "first"
         text += (f"\n  {pass_.replace('_', ' ')}: {', '.join(names[:-1])} or {names[-1]}, the "

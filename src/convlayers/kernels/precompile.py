@@ -56,6 +56,7 @@ STRATEGY_EXAMPLES: dict[str, tuple[tuple[int, int, int, int], int, int]] = {
     "lowered": ((8, 16, 3, 3), 1, 1),
     "implicit": ((8, 16, 3, 3), 1, 1),
     "direct": ((8, 16, 3, 3), 1, 1),
+    "dot": ((4, 16, 3, 3), 1, 1),
     "winograd": ((16, 16, 3, 3), 1, 1),
     "depthwise-rows": ((16, 1, 3, 3), 1, 16),
     "depthwise-flat": ((16, 1, 3, 3), 1, 16),

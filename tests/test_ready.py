@@ -182,6 +182,29 @@ def test_a_remembered_transposed_convolution_follows_torch_then_meets_an_inf_wei
     assert_close(np.where(reach, 0, y), np.where(reach, 0, clean), name)
 
 
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_remembered_transposed_convolution_adds_its_bias_once_in_1d_and_2d(
+        dims: int, bias: bool, stride: int) -> None:
+    """The remembered transposed convolution (at stride 1 the implicit GEMM's, bias added in
+    its kernel) follows torch call after call, with a bias and without, 1-D and 2-D, batched
+    and unbatched."""
+    rng = np.random.default_rng(12)
+    ours = {1: F.conv_transpose1d, 2: F.conv_transpose2d}[dims]
+    theirs = {1: tF.conv_transpose1d, 2: tF.conv_transpose2d}[dims]
+    spatial = (9, 8)[-dims:] if dims == 2 else (9,)
+    for call in range(WARM_CALLS):
+        for shape in ((2, 7, *spatial), (7, *spatial)):
+            x = random_array(rng, shape, np.float32)
+            w = random_array(rng, (7, 4, *(3,) * dims), np.float32)
+            b = random_array(rng, (4,), np.float32) if bias else None
+            expected = theirs(torch.tensor(x), torch.tensor(w),
+                              None if b is None else torch.tensor(b), stride=stride, padding=1)
+            assert_close(ours(x, w, b, stride=stride, padding=1), expected,
+                         f"call {call + 1}, input {shape}")
+
+
 @pytest.mark.parametrize(("dims", "kw"), [
     (2, dict(kernel_size=3, stride=2)),
     (2, dict(kernel_size=(2, 3), stride=1, padding=1, ceil_mode=True)),

@@ -88,6 +88,7 @@ from convlayers.functional._engine_implicit import (
     _gw_implicit,
     _gx_implicit,
     ready_implicit,
+    ready_implicit_input_grad,
 )
 from convlayers.functional._engine_lowered import _fwd_lowered, _gw_lowered, _gx_lowered
 from convlayers.functional._engine_numpy import _numpy_forward, _numpy_input_grad, _numpy_weight_grad
@@ -306,13 +307,19 @@ def ready_forward(
     full_shape = (x_shape[0], w_shape[0], *out_shape)
     flat = len(x_shape) == 3  # 1-D: run as one row
 
+    # as in ready_input_grad: a serial implicit GEMM needs no thread setting
+    alone = serial and s == "implicit"
+
     def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
         if before and not _finite(weight):
             return None
         x4 = np.ascontiguousarray(x[:, :, None, :] if flat else x)
         w4 = np.ascontiguousarray(weight[:, :, None, :] if flat else weight)
-        with _threads_for(macs):
+        if alone:
             out4 = forward(x4, w4, bias)
+        else:
+            with _threads_for(macs):
+                out4 = forward(x4, w4, bias)
         if out4 is None or (after and not _finite(out4)):
             return None
         return out4.reshape(full_shape)
@@ -329,16 +336,18 @@ def ready_input_grad(
     groups: int,
     pairs: Pairs | None,
     dtype: Any,
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None:
+) -> Runner | None:
     """As :func:`ready_forward`, for :func:`correlate_input_grad` (a transposed
-    convolution's forward): ``runner(grad, weight)``, ``None`` from it where the full path
-    must run (a non-finite weight its strategy cannot take); ``None`` itself while the
-    strategy is still to be measured, and a runner that always declines for the NumPy
-    strategy."""
+    convolution's forward) plus a bias (``C_in`` entries) on its output: ``runner(grad,
+    weight, bias)``, ``None`` from it where the full path must run (a non-finite weight its
+    strategy cannot take); ``None`` itself while the strategy is still to be measured, and
+    :func:`_ready.declining` for the NumPy strategy. The implicit GEMM's stride-1 gradient
+    is worked out once and adds the bias in its kernel (:func:`_engine_implicit.
+    ready_implicit_input_grad`)."""
     n = grad_shape[0]
     c_in = w_shape[1] * groups
     if n == 0:
-        return lambda grad, weight: None
+        return declining
     g, (s, _), _ = _planned("input_grad", (n, c_in, *padded_shape), w_shape, stride, dilation,
                             groups, pairs, grad_shape[2:], dtype)
     if unsure(g, s, "input_grad"):
@@ -347,17 +356,38 @@ def ready_input_grad(
             return None
         s = found
     if s == "numpy":
-        return lambda grad, weight: None
+        return declining
     check = s in ("depthwise-planar", "implicit") and config.engine.check_values
     macs = work(g, (s,))
-    strategy = _INPUT_GRAD[s]
     full_shape = (n, c_in, *padded_shape)
+    # a serial implicit GEMM runs no parallel region (one scratch row), so it needs no thread
+    # setting either: entering and leaving one took 1-2 us of a 15 us call
+    alone = False
+    if s == "implicit" and g.sh == g.sw == 1:
+        threads = 1 if macs < config.engine.serial_macs else numba_threads()
+        alone = threads == 1
+        fused = ready_implicit_input_grad(g, threads)
 
-    def run(grad: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
+        def input_grad(grad: np.ndarray, weight: np.ndarray,
+                       bias: np.ndarray | None) -> np.ndarray:
+            return fused(grad, weight, bias)
+    else:
+        strategy = _INPUT_GRAD[s]
+
+        def input_grad(grad: np.ndarray, weight: np.ndarray,
+                       bias: np.ndarray | None) -> np.ndarray:
+            out = strategy(grad, weight, g)  # (N, C_in, H, W), a 1-D call's too
+            if bias is not None:
+                out += bias.reshape(1, -1, 1, 1)
+            return out
+
+    def run(grad: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
         if check and not _finite(weight):
             return None
+        if alone:
+            return input_grad(_as_4d(grad), _as_4d(weight), bias).reshape(full_shape)
         with _threads_for(macs):
-            gx4 = strategy(_as_4d(grad), _as_4d(weight), g)
+            gx4 = input_grad(_as_4d(grad), _as_4d(weight), bias)
         return gx4.reshape(full_shape)
 
     return run

@@ -125,6 +125,22 @@ def ready_implicit(g: Geometry, threads: int,
     return forward
 
 
+def ready_implicit_input_grad(g: Geometry, threads: int,
+                              ) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]:
+    """The stride-1 :func:`_gx_implicit` of ``g`` plus a bias on its output (``C_in``
+    entries, added in the kernel), for a call that runs on ``threads`` threads, worked out
+    once (:mod:`convlayers.functional._ready`)."""
+    run = _runner(full_geometry(g), threads)
+    weights = (g.groups, g.c_out_g, g.c_in_g, g.kh, g.kw)
+    result = (g.n, g.c_in, g.h, g.w)
+
+    def input_grad(gy: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        taps = _transposed_taps(w.reshape(weights)[..., ::-1, ::-1])
+        return run(gy, taps, bias).reshape(result)
+
+    return input_grad
+
+
 @remembered
 def scratch_sizes(g: Geometry, threads: int) -> tuple[int, int]:
     """Elements per thread of the implicit forward's slab and product scratch for ``g``."""

@@ -9,7 +9,7 @@ engine. Arguments follow ``torch.nn.functional.conv_transpose2d``; the weight is
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -123,7 +123,7 @@ def _conv_transpose(
             ready = _engine.ready_input_grad(x.shape, w.shape, out_shape, stride_t, dilation_t,
                                              groups, pairs, x.dtype)
             if ready is not None:
-                _ready.remember(key, _with_bias(ready, n))
+                _ready.remember(key, ready)
     else:  # in parts, each under the scratch cap
         out = np.empty((x.shape[0], shape[1], *out_shape), dtype=x.dtype)
         for x_ch, w_ch, g, out_ch in _channel_blocks(w.shape[0] // groups, w.shape[1], groups,
@@ -138,20 +138,6 @@ def _conv_transpose(
     if b is not None:
         out += b.reshape((1, -1) + (1,) * n)
     return unbatch(out, unbatched)
-
-
-def _with_bias(ready: Callable[[np.ndarray, np.ndarray], np.ndarray | None],
-               n: int) -> _ready.Runner:
-    """The runner of a transposed convolution: the engine's, then the bias added."""
-    bias_shape = (1, -1) + (1,) * n
-
-    def run(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray | None:
-        out = ready(x, w)
-        if out is not None and b is not None:
-            out += b.reshape(bias_shape)
-        return out
-
-    return run
 
 
 def _blocks(x: np.ndarray, w: np.ndarray, groups: int,

@@ -269,8 +269,12 @@ class EngineSettings:
     force: str | None = None
     #: Convolutions with fewer multiply-adds than this run on one thread: waking the other threads
     #: of the OpenMP pool once they sleep (``OMP_WAIT_POLICY=PASSIVE``, after a short spin) costs
-    #: ~20-40 us, more than such a layer gains from them.
-    serial_macs: int = 2_000_000
+    #: ~20-40 us, more than such a layer gains from them. 2M until the twenty-ninth session; on
+    #: the 100 convolutions of 0.25M-2M multiply-adds among four seeds' sweep draws, 500k ran
+    #: them at 0.49x torch's time against 0.53x (geo-means; 0.50-0.71x the time on the 8 that
+    #: moved most, among them 80 -> 80 3x3 stride 3 on 1x80x14x14: 68 -> 49 us, torch 43),
+    #: and 3 of them slower than torch against 5.
+    serial_macs: int = 500_000
     #: Pooling calls (and their backward) reading fewer input elements than this, counting each
     #: tap of each window, run on one thread. A tap costs a pooling kernel ~1-4 ns against ~0.05
     #: ns for a multiply-add of the tiled GEMM, so :attr:`serial_macs` kept 2-8 ms of pooling on

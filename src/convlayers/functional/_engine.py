@@ -366,11 +366,7 @@ def ready_input_grad(
     if s == "implicit" and g.sh == g.sw == 1:
         threads = 1 if macs < config.engine.serial_macs else numba_threads()
         alone = threads == 1
-        fused = ready_implicit_input_grad(g, threads)
-
-        def input_grad(grad: np.ndarray, weight: np.ndarray,
-                       bias: np.ndarray | None) -> np.ndarray:
-            return fused(grad, weight, bias)
+        input_grad = ready_implicit_input_grad(g, threads)
     else:
         strategy = _INPUT_GRAD[s]
 

@@ -39,7 +39,7 @@ __all__ = ["SPEC_FIELDS", "dot_forward", "padded_channels"]
 #: of one kernel row in a channel's weights, the vectors per pixel, the elements of one output
 #: channel's weights, the zero row's offset, the first output channel and how many are real.
 SPEC_FIELDS = 12
-#: Positions per field in a tile's position table: the offset of the position's first tap,
+#: Fields per position in a tile's position table: the offset of the position's first tap,
 #: then the kernel rows ``alo .. ahi`` and columns ``blo .. bhi`` it reads inside the input.
 _POSITION_FIELDS = 5
 
@@ -144,8 +144,10 @@ def _make_dot_tile(rows: int, cols: int) -> Any:
 
 
 #: 4 positions by 4 channels (16 sums; 8 loads a step for 16 multiply-adds), and 8 by 2 for
-#: the last one or two channels of a group.
+#: the last one or two channels of a group. (6 by 4 ran no faster on the layers it serves.)
 _tile_square, _tile_tall = _make_dot_tile(4, 4), _make_dot_tile(8, 2)
+#: Positions of the taller tile: the position table's rows.
+_MOST_ROWS = 8
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -200,8 +202,8 @@ def dot_forward(x, w, bias, sh, sw, dh, dw, pt, pl, Wo, PB, xbuf, wbuf, out):
         g = unit // nb
         blk = unit - g * nb
         wg = wbuf[g * Cog * K * Cp: (g + 1) * Cog * K * Cp]
-        spec = np.empty(12, dtype=np.int64)
-        pos = np.empty(40, dtype=np.int64)
+        spec = np.empty(SPEC_FIELDS, dtype=np.int64)
+        pos = np.empty(_POSITION_FIELDS * _MOST_ROWS, dtype=np.int64)
         sums = np.empty(16, dtype=out.dtype)
         spec[4] = dh * W * Cp
         spec[5] = dw * Cp
@@ -224,7 +226,7 @@ def dot_forward(x, w, bias, sh, sw, dh, dw, pt, pl, Wo, PB, xbuf, wbuf, out):
                 m = min(rows, p_hi - p0)
                 a0, a1, b0, b1 = kh, 0, kw, 0
                 for i in range(rows):
-                    t = pos[5 * i: 5 * i + 5]
+                    t = pos[_POSITION_FIELDS * i: _POSITION_FIELDS * (i + 1)]
                     t[1] = t[2] = t[3] = t[4] = 0
                     t[0] = 0
                     if i >= m:

@@ -13,7 +13,7 @@ import torch.nn.functional as tF
 from convlayers import config
 from convlayers import functional as F
 from convlayers.functional import _measured
-from convlayers.functional.plan import choose, geometry
+from convlayers.functional.plan import Geometry, choose, geometry
 from oracle import assert_close, random_array
 
 # 140->208 6x6 stride 3 on 1x140x29x29: the model's two costs within 2% of each other
@@ -117,18 +117,20 @@ def test_the_engine_measures_a_layer_once_and_matches_torch() -> None:
     _measured.forget_measurements()
 
 
+def _same(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1,
+          dtype: type = np.float32) -> Geometry:
+    """The geometry of a stride-1 layer padded to keep its (odd-kernel) map's size."""
+    pads = tuple((k // 2, k // 2) for k in w_shape[2:])
+    return geometry(x_shape, w_shape, (1, 1), (1, 1), groups, pads, x_shape[2:], dtype)
+
+
 def test_direct_is_a_candidate_of_dense_float32_forwards_of_many_channels() -> None:
     """``direct`` joins a forward's candidates with one group, float32 and 16 input channels
     or more; forced, it matches torch and serves no gradient."""
-    dense = geometry((2, 32, 20, 20), (48, 32, 5, 5), (1, 1), (1, 1), 1, ((2, 2), (2, 2)),
-                     (20, 20), np.float32)
-    assert "direct" in _measured.candidates(dense, "implicit")
-    for other in (geometry((2, 32, 20, 20), (48, 8, 5, 5), (1, 1), (1, 1), 4, ((2, 2), (2, 2)),
-                           (20, 20), np.float32),
-                  geometry((2, 32, 20, 20), (48, 32, 5, 5), (1, 1), (1, 1), 1, ((2, 2), (2, 2)),
-                           (20, 20), np.float64),
-                  geometry((2, 8, 40, 40), (48, 8, 5, 5), (1, 1), (1, 1), 1, ((2, 2), (2, 2)),
-                           (40, 40), np.float32)):
+    assert "direct" in _measured.candidates(_same((2, 32, 20, 20), (48, 32, 5, 5)), "implicit")
+    for other in (_same((2, 32, 20, 20), (48, 8, 5, 5), groups=4),
+                  _same((2, 32, 20, 20), (48, 32, 5, 5), dtype=np.float64),
+                  _same((2, 8, 40, 40), (48, 8, 5, 5))):
         assert "direct" not in _measured.candidates(other, "implicit")
     rng = np.random.default_rng(6)
     x = random_array(rng, (2, 32, 20, 17), np.float32)
@@ -152,13 +154,10 @@ def test_dot_is_a_candidate_of_forwards_of_few_output_and_many_input_channels() 
     few = geometry((4, 413, 9, 9), (5, 413, 7, 7), (1, 1), (3, 3), 1, ((9, 9), (9, 9)),
                    (9, 9), np.float32)
     assert "dot" in _measured.candidates(few, "implicit")
-    grouped = geometry((2, 64, 12, 12), (16, 32, 3, 3), (1, 1), (1, 1), 2, ((1, 1), (1, 1)),
-                       (12, 12), np.float64)
+    grouped = _same((2, 64, 12, 12), (16, 32, 3, 3), groups=2, dtype=np.float64)
     assert "dot" in _measured.candidates(grouped, "implicit")
-    for other in (geometry((2, 64, 12, 12), (66, 64, 3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)),
-                           (12, 12), np.float32),
-                  geometry((2, 60, 12, 12), (20, 15, 3, 3), (1, 1), (1, 1), 4, ((1, 1), (1, 1)),
-                           (12, 12), np.float32)):
+    for other in (_same((2, 64, 12, 12), (66, 64, 3, 3)),  # too many output channels
+                  _same((2, 60, 12, 12), (20, 15, 3, 3), groups=4)):  # too few input channels
         assert "dot" not in _measured.candidates(other, "implicit")
     rng = np.random.default_rng(8)
     for dtype, (x_shape, w_shape, stride, padding, dilation, groups) in [

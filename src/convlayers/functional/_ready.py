@@ -31,7 +31,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Runner", "call", "count", "declining", "forget", "lookup", "plain_arrays", "remember"]
+from convlayers import config
+from convlayers.functional._common import typed_key
+
+__all__ = ["Runner", "call", "count", "declining", "forget", "key_of", "lookup", "plain_arrays",
+           "remember"]
 
 #: ``runner(x, weight, bias)``: the call's output, or ``None`` when the full path must run.
 Runner = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], "np.ndarray | None"]
@@ -58,10 +62,14 @@ def lookup(key: Hashable) -> Callable[..., Any] | None:
         return None
 
 
-def call(key: Hashable, n: int, input: np.ndarray, *arrays: np.ndarray | None) -> np.ndarray | None:
-    """The output of the runner remembered under ``key`` for ``input`` (and ``arrays``, a
-    convolution's weight and bias), or ``None`` (no runner, or it declined). An unbatched
-    input (``n + 1`` dims for ``n`` spatial axes) runs as a batch of one."""
+def call(key: Hashable | None, n: int, input: np.ndarray,
+         *arrays: np.ndarray | None) -> np.ndarray | None:
+    """The output of the runner remembered under ``key`` (:func:`key_of`) for ``input`` (and
+    ``arrays``, a convolution's weight and bias), or ``None`` (no key, no runner, or it
+    declined). An unbatched input (``n + 1`` dims for ``n`` spatial axes) runs as a batch of
+    one."""
+    if key is None:
+        return None
     run = lookup(key)
     if run is None:
         return None
@@ -93,6 +101,22 @@ def forget() -> None:
 def count() -> int:
     """How many runners are remembered."""
     return len(_runners)
+
+
+def key_of(op: str, arrays: tuple[Any, ...], *arguments: Any) -> Hashable | None:
+    """The key a call of ``op`` is remembered under: the shape and dtype of each of
+    ``arrays`` (``None`` stays ``None``), :func:`typed_key` of each other argument and the
+    settings (:func:`convlayers.config.settings_key`); ``None`` when an array is not a plain
+    ``np.ndarray`` (:func:`plain_arrays`), so that the call is never remembered."""
+    layouts: list[tuple[Any, ...] | None] = []
+    for a in arrays:  # plain loops: this runs on every call (0.5 us less than comprehensions)
+        if a is None:
+            layouts.append(None)
+        elif type(a) is np.ndarray:
+            layouts.append((a.shape, a.dtype))
+        else:
+            return None
+    return (op, tuple(layouts), tuple(map(typed_key, arguments)), config.settings_key())
 
 
 def plain_arrays(*arrays: Any) -> bool:

@@ -161,15 +161,11 @@ def _conv(
     input: Any, weight: Any, bias: Any, stride: IntOrTuple, padding: Padding,
     dilation: IntOrTuple, groups: int, padding_mode: str, n: int,
 ) -> np.ndarray:
-    key = None
-    if _ready.plain_arrays(input, weight, bias):  # a call like an earlier one: its runner
-        key = (input.shape, input.dtype, weight.shape, weight.dtype,
-               None if bias is None else (bias.shape, bias.dtype), typed_key(stride),
-               typed_key(padding), typed_key(dilation), typed_key(groups),
-               typed_key(padding_mode), config.settings_key())
-        out = _ready.call(key, n, input, weight, bias)
-        if out is not None:
-            return out
+    key = _ready.key_of("conv", (input, weight, bias), stride, padding, dilation, groups,
+                        padding_mode)
+    out = _ready.call(key, n, input, weight, bias)  # a call like an earlier one: its runner
+    if out is not None:
+        return out
     x, unbatched = batched(input, n)
     w = float_array(weight, "weight")
     b = None if bias is None else float_array(bias, "bias")

@@ -92,15 +92,11 @@ def _conv_transpose(
     input: Any, weight: Any, bias: Any, stride: IntOrTuple, padding: IntOrTuple,
     output_padding: IntOrTuple, groups: int, dilation: IntOrTuple, n: int,
 ) -> np.ndarray:
-    key = None
-    if _ready.plain_arrays(input, weight, bias):  # a call like an earlier one: its runner
-        key = ("transpose", input.shape, input.dtype, weight.shape, weight.dtype,
-               None if bias is None else (bias.shape, bias.dtype), typed_key(stride),
-               typed_key(padding), typed_key(output_padding), typed_key(groups),
-               typed_key(dilation), config.settings_key())
-        out = _ready.call(key, n, input, weight, bias)
-        if out is not None:
-            return out
+    key = _ready.key_of("transpose", (input, weight, bias), stride, padding, output_padding,
+                        groups, dilation)
+    out = _ready.call(key, n, input, weight, bias)  # a call like an earlier one: its runner
+    if out is not None:
+        return out
     x, unbatched = batched(input, n)
     w = float_array(weight, "weight")
     stride_t, padding_t, dilation_t, groups, out_shape = _transpose_spec(

@@ -22,7 +22,7 @@ import numpy as np
 from convlayers import config
 from convlayers._validate import IntOrTuple
 from convlayers.functional import _ready
-from convlayers.functional._common import pad_pairs, trailing, typed_key, unbatch, window_offsets
+from convlayers.functional._common import pad_pairs, trailing, unbatch, window_offsets
 from convlayers.functional._compiled import _threads_for, loaded_kernels
 from convlayers.functional._pool_backward import (
     _planes,
@@ -157,14 +157,11 @@ def _max_pool_nd(
     input: Any, kernel_size: IntOrTuple, stride: IntOrTuple | None, padding: PoolPadding,
     dilation: IntOrTuple, ceil_mode: bool, return_indices: bool, n: int,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    key = None
-    if type(input) is np.ndarray and not return_indices:  # a call like an earlier one
-        key = ("max_pool", n, input.shape, input.dtype, typed_key(kernel_size),
-               typed_key(stride), typed_key(padding), typed_key(dilation),
-               typed_key(ceil_mode), config.settings_key())
-        out = _ready.call(key, n, input)
-        if out is not None:
-            return out
+    key = None if return_indices else _ready.key_of(
+        "max_pool", (input,), n, kernel_size, stride, padding, dilation, ceil_mode)
+    out = _ready.call(key, n, input)  # a call like an earlier one: its runner
+    if out is not None:
+        return out
     x, unbatched = pool_array(input, n, allow_int=True)
     spec = pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
     out, index = _max_pool(x, spec, bool(return_indices))
@@ -185,15 +182,11 @@ def _avg_pool_nd(
     ceil_mode: bool, count_include_pad: bool, divisor_override: int | None, n: int,
     dilation: IntOrTuple = 1,
 ) -> np.ndarray:
-    key = None
-    if type(input) is np.ndarray:  # a call like an earlier one
-        key = ("avg_pool", n, input.shape, input.dtype, typed_key(kernel_size),
-               typed_key(stride), typed_key(padding), typed_key(dilation),
-               typed_key(ceil_mode), typed_key(count_include_pad),
-               typed_key(divisor_override), config.settings_key())
-        out = _ready.call(key, n, input)
-        if out is not None:
-            return out
+    key = _ready.key_of("avg_pool", (input,), n, kernel_size, stride, padding, dilation,
+                        ceil_mode, count_include_pad, divisor_override)
+    out = _ready.call(key, n, input)  # a call like an earlier one: its runner
+    if out is not None:
+        return out
     x, unbatched = pool_array(input, n, allow_int=False)
     spec = pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
     override = check_divisor(divisor_override)

@@ -255,6 +255,7 @@ def test_weight_gradient_of_one_small_image_splits_its_input_channels(threads: i
         g = geometry(x.shape, w.shape, (2, 2), (1, 1), 1, ((0, 0), (0, 0)), (half, half),
                      np.float32)
         assert g.macs >= config.engine.serial_macs
+        F.forget_measurements()  # the planner's own choice, not an earlier call's timing
         assert F.plan(x.shape, w.shape, stride=2).weight_grad == "implicit"
         rows, block, shared = _weight_grad_units(g, 2)
         if expected is not None:
@@ -262,7 +263,8 @@ def test_weight_gradient_of_one_small_image_splits_its_input_channels(threads: i
         else:
             assert block == c_in and not shared
         gy = rng.standard_normal((1, 64, half, half)).astype(np.float32)
-        with config.settings(threads=threads):
+        # forced: the gradient is measured against lowered, which may win on this machine
+        with config.settings(threads=threads), config.engine_settings(force="implicit"):
             _, gw, _ = F.conv_backward(gy, x, w, stride=2, with_bias=False)
         tw = torch.from_numpy(w).requires_grad_()
         torch.nn.functional.conv2d(torch.from_numpy(x), tw, stride=2).backward(

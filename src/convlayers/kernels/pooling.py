@@ -854,7 +854,9 @@ def _global_max_row(row, out, idx, p, with_indices):
     """``out[p]`` (and ``idx[p]``) of :func:`global_max_serial` for its row ``row``: four
     running maxima (each compare waits on the previous one's result; a running maximum per
     lane of a 16-tap block, kept in a small array, ran 2.3x slower), NaN noted apart; the
-    first tap equal to the maximum (or the last NaN) found afterwards."""
+    first tap equal to the maximum (or the last NaN) found afterwards, when its index is
+    asked for or the maximum is a zero (whose sign is the first one's); any other maximum is
+    the value of every tap equal to it (4x219x8x8 to 1: 59 -> 40 us, torch 50)."""
     L = row.shape[0]
     b0 = b1 = b2 = b3 = row[0]
     nan = row[0] != row[0]
@@ -879,7 +881,7 @@ def _global_max_row(row, out, idx, p, with_indices):
             if row[i] != row[i]:
                 best, at = row[i], i
                 break
-    else:  # the first tap equal to it (its sign too: -0.0 == 0.0)
+    elif with_indices or best == 0:  # the first tap equal to it (its sign too: -0.0 == 0.0)
         for i in range(L):
             if row[i] == best:
                 best, at = row[i], i

@@ -29,13 +29,22 @@ def parameter_grad_scales(theirs: torch.nn.Module, x: torch.Tensor, g: torch.Ten
     batch norms (``sum |a| |b|`` over the terms the gradient sums: for a bias, ``sum |dL/dout|``;
     for a conv weight, the weight gradient of ``|input|`` and ``|dL/dout|``), from one float64
     pass with hooks. A bias before a training BatchNorm has a gradient that is zero in exact
-    arithmetic: only this scale says how much rounding its sum may carry."""
+    arithmetic: only this scale says how much rounding its sum may carry, and its terms are
+    the batch norm's backward terms, so their accumulation is its scale (the test of the
+    seed's separable block read 1.5x the plain sum's allowance once: both sides' rounding,
+    summed in another order)."""
     model = copy.deepcopy(theirs).double()
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    produced: dict[int, str] = {}  # id of a conv's output -> the conv's name
+    feeds: dict[str, str] = {}  # a conv's name -> the training batch norm reading its output
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, (*_CONVS, torch.nn.Linear, torch.nn.modules.batchnorm._BatchNorm)):
             def keep(mod: Any, inputs: Any, outputs: Any, name: str = name) -> None:
+                if isinstance(mod, tuple(_CONVS)):
+                    produced[id(outputs)] = name
+                elif mod.training and id(inputs[0]) in produced:
+                    feeds[produced[id(inputs[0])]] = name
                 outputs.register_hook(lambda grad: seen.__setitem__(name, (inputs[0].detach(), grad)))
             hooks.append(module.register_forward_hook(keep))
     out = model(x.double().requires_grad_(True))
@@ -43,6 +52,7 @@ def parameter_grad_scales(theirs: torch.nn.Module, x: torch.Tensor, g: torch.Ten
     for h in hooks:
         h.remove()
     scales: dict[str, Any] = {}
+    modules = dict(model.named_modules())
     for name, module in model.named_modules():
         if name not in seen:
             continue
@@ -51,6 +61,23 @@ def parameter_grad_scales(theirs: torch.nn.Module, x: torch.Tensor, g: torch.Ten
         channel_axes = [a for a in range(gout.ndim) if a != (gout.ndim - 1 if isinstance(
             module, torch.nn.Linear) else 1)]
         scales[prefix + "bias"] = gout.sum(dim=channel_axes).numpy()
+        if name in feeds and feeds[name] in seen:
+            # the gradient a training batch norm passes back, (gamma/sigma) (g - mean g -
+            # xhat mean(g xhat)), is summed from those three terms: the bias's sum (zero in
+            # exact arithmetic) carries their rounding
+            bn = modules[feeds[name]]
+            x_bn, g_bn = seen[feeds[name]]
+            keep_dims = [a for a in range(x_bn.ndim) if a != 1]
+            mean = x_bn.mean(dim=keep_dims, keepdim=True)
+            sigma = (x_bn.var(dim=keep_dims, unbiased=False, keepdim=True) + bn.eps).sqrt()
+            xhat = (x_bn - mean) / sigma
+            gamma = (bn.weight.detach() if bn.weight is not None else torch.ones(
+                x_bn.shape[1], dtype=x_bn.dtype)).reshape(1, -1, *[1] * (x_bn.ndim - 2))
+            terms = (gamma.abs() / sigma) * (g_bn.abs() + g_bn.mean(dim=keep_dims, keepdim=True).abs()
+                                             + xhat.abs() * (g_bn * xhat).mean(
+                                                 dim=keep_dims, keepdim=True).abs())
+            scales[prefix + "bias"] = np.maximum(scales[prefix + "bias"],
+                                                 terms.sum(dim=keep_dims).numpy())
         if isinstance(module, torch.nn.Linear):
             scales[prefix + "weight"] = (gout.reshape(-1, gout.shape[-1]).T
                                          @ inp.reshape(-1, inp.shape[-1])).numpy()

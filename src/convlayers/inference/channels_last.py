@@ -47,86 +47,102 @@ def _finish_row(row, bias, res_row, has_res, act):
 def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out):
     """``out = act(depthwise(x, taps) + bias (+ res))`` for ``x (N, H, W, C)``,
     ``taps (kh, kw, C)``, ``out, res (N, Ho, Wo, C)``; zero padding ``pt`` rows above and ``pl``
-    columns left (the rest implied by the shapes). Units: one output row by ``cb`` channels.
+    columns left (the rest implied by the shapes). Units: one output row by ``cb`` channels,
+    each run by :func:`depthwise_row`."""
+    n_img, h, w, c = x.shape
+    ho, wo = out.shape[1], out.shape[2]
+    xf, tf, of, rf = x.reshape(x.size), taps.reshape(taps.size), out.reshape(out.size), res.reshape(res.size)
+    nb = (c + cb - 1) // cb
+    inner_offs, inner_taps = inner_tap_offsets(taps.shape[0], taps.shape[1], dh, dw, w, c)
+    for unit in prange(n_img * ho * nb):
+        r, blk = unit // nb, unit % nb
+        n, oy = r // ho, r % ho
+        c0 = blk * cb
+        depthwise_row(xf, n * h * w * c, h, w, c, oy * sh - pt, tf, taps.shape[0],
+                      taps.shape[1], dh, dw, sw, pl, bias, rf, has_res, act, of,
+                      (n * ho + oy) * wo * c, wo, c0, min(c, c0 + cb), inner_offs, inner_taps)
+
+
+@njit(cache=True)
+def inner_tap_offsets(kh, kw, dh, dw, w, c):
+    """A window inside a map of ``w`` columns and ``c`` channels: each tap's offset from the
+    window's first element, and the taps' numbers (:func:`depthwise_row`'s inner lists)."""
+    inner_offs = np.empty(kh * kw, np.int64)
+    inner_taps = np.arange(kh * kw).astype(np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            inner_offs[i * kw + j] = (i * dh * w + j * dw) * c
+    return inner_offs, inner_taps
+
+
+@njit(cache=True, fastmath=True)
+def depthwise_row(xf, x0, h, w, c, y0, tf, kh, kw, dh, dw, sw, pl, bias, rf, has_res, act,
+                  of, o0, wo, c0, c1, inner_offs, inner_taps):
+    """Channels ``c0 .. c1`` of one output row of a channels-last depthwise convolution:
+    ``of[o0 + ox*c + k] = act(sum of taps + bias[k] (+ rf[same]))`` for ``ox < wo``, the map's
+    ``h`` rows of ``w`` pixels starting at ``xf[x0]``, the window's top row ``y0`` (rows
+    outside ``0 .. h`` are padding, as are columns outside ``0 .. w``; ``pl`` columns left).
 
     3x3 and 5x5 kernels of stride 1 or 2 (column dilation 1) run the pixels whose windows lie
     inside the map as one run per row and vector of channels: the tap vectors stay in
     registers, four pixels sum at a time and load the input columns they share once
     (:data:`convlayers.kernels.simd.taps_row`). Every other pixel lists its taps inside the
-    map (offsets from the image's start), then each vector of its channels sums those taps in
+    map (offsets from the map's start), then each vector of its channels sums those taps in
     a register and is finished and stored once (:data:`convlayers.kernels.simd.taps_vector`).
     Loops written in numba instead kept the sum in memory or ran short channel counts in
     scalar code (4-8 GMAC/s)."""
-    n_img, h, w, c = x.shape
-    ho, wo = out.shape[1], out.shape[2]
-    kh, kw = taps.shape[0], taps.shape[1]
     nt = kh * kw
-    xf, tf, of, rf = x.reshape(x.size), taps.reshape(taps.size), out.reshape(out.size), res.reshape(res.size)
-    one = VECTOR_BYTES // x.itemsize  # elements of a vector
+    one = VECTOR_BYTES // xf.itemsize  # elements of a vector
     lanes = TAP_VECTORS * one
-    nb = (c + cb - 1) // cb
-    inner_offs = np.empty(nt, np.int64)
-    inner_taps = np.arange(nt).astype(np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            inner_offs[i * kw + j] = (i * dh * w + j * dw) * c
     lo, hi = inside_range(wo, w, kw, sw, pl, dw)
     row = dh * w * c
     # simd's row kernels serve the pixels whose windows are inside, for these kernels
     rows_kernel = dw == 1 and kh == kw and (kh == 3 or kh == 5) and (sw == 1 or sw == 2)
-    for unit in prange(n_img * ho * nb):
-        r, blk = unit // nb, unit % nb
-        n, oy = r // ho, r % ho
-        c0 = blk * cb
-        c1 = min(c, c0 + cb)
-        y0 = oy * sh - pt
-        rows_inside = y0 >= 0 and y0 + (kh - 1) * dh < h
-        # each pixel's taps inside the map: offsets from the image's start (border pixels)
-        counts = np.empty(wo, np.int64)
-        offs = np.empty((wo, nt), np.int64)
-        tap = np.empty((wo, nt), np.int64)
-        for ox in range(wo):
-            x0 = ox * sw - pl
-            m = 0
-            if not (rows_inside and lo <= ox < hi):
-                for i in range(kh):
-                    iy = y0 + i * dh
-                    if iy < 0 or iy >= h:
-                        continue
-                    for j in range(kw):
-                        ix = x0 + j * dw
-                        if 0 <= ix < w:
-                            offs[ox, m] = (iy * w + ix) * c
-                            tap[ox, m] = i * kw + j
-                            m += 1
-            counts[ox] = m
-        # the run of pixels whose windows are inside: a vector of channels along the whole run
-        # at a time (the tap vectors in registers, shared input columns loaded once)
-        run = rows_inside and rows_kernel and hi > lo
-        if run:
-            at0 = ((n * h + y0) * w + lo * sw - pl) * c
-            o0 = ((n * ho + oy) * wo + lo) * c
-            for k in range(c0, c1, one):
-                taps_row(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0, hi - lo,
-                         c1 - k, kh, sw)
-        # the other pixels: each its list of taps, a block of channels along the row at a time
-        # (the block's input rows stay in L1 while every pixel of the row reads them)
-        for k in range(c0, c1, lanes):
-            for ox in range(wo):
-                if run and lo <= ox < hi:
+    rows_inside = y0 >= 0 and y0 + (kh - 1) * dh < h
+    # each pixel's taps inside the map: offsets from the map's start (border pixels)
+    counts = np.empty(wo, np.int64)
+    offs = np.empty((wo, nt), np.int64)
+    tap = np.empty((wo, nt), np.int64)
+    for ox in range(wo):
+        xl = ox * sw - pl
+        m = 0
+        if not (rows_inside and lo <= ox < hi):
+            for i in range(kh):
+                iy = y0 + i * dh
+                if iy < 0 or iy >= h:
                     continue
-                out_at = ((n * ho + oy) * wo + ox) * c
-                if rows_inside and lo <= ox < hi:
-                    at, m, o_list, t_list = (((n * h + y0) * w + ox * sw - pl) * c, nt, inner_offs,
-                                             inner_taps)
-                else:
-                    at, m, o_list, t_list = n * h * w * c, counts[ox], offs[ox], tap[ox]
-                taps_vector(xf, at, of, t_list, m, tf, c, bias, rf, k, has_res, act, o_list,
-                            out_at, c1 - k)
-        if act > 2:
-            for ox in range(wo):
-                out_at = ((n * ho + oy) * wo + ox) * c
-                _activate(of[out_at + c0:out_at + c1], act)
+                for j in range(kw):
+                    ix = xl + j * dw
+                    if 0 <= ix < w:
+                        offs[ox, m] = (iy * w + ix) * c
+                        tap[ox, m] = i * kw + j
+                        m += 1
+        counts[ox] = m
+    # the run of pixels whose windows are inside: a vector of channels along the whole run
+    # at a time (the tap vectors in registers, shared input columns loaded once)
+    run = rows_inside and rows_kernel and hi > lo
+    if run:
+        at0 = x0 + (y0 * w + lo * sw - pl) * c
+        for k in range(c0, c1, one):
+            taps_row(xf, at0, row, tf, c, bias, rf, k, has_res, act, of, o0 + lo * c, hi - lo,
+                     c1 - k, kh, sw)
+    # the other pixels: each its list of taps, a block of channels along the row at a time
+    # (the block's input rows stay in L1 while every pixel of the row reads them)
+    for k in range(c0, c1, lanes):
+        for ox in range(wo):
+            if run and lo <= ox < hi:
+                continue
+            out_at = o0 + ox * c
+            if rows_inside and lo <= ox < hi:
+                at, m, o_list, t_list = x0 + (y0 * w + ox * sw - pl) * c, nt, inner_offs, inner_taps
+            else:
+                at, m, o_list, t_list = x0, counts[ox], offs[ox], tap[ox]
+            taps_vector(xf, at, of, t_list, m, tf, c, bias, rf, k, has_res, act, o_list,
+                        out_at, c1 - k)
+    if act > 2:
+        for ox in range(wo):
+            out_at = o0 + ox * c
+            _activate(of[out_at + c0:out_at + c1], act)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

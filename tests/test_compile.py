@@ -43,11 +43,12 @@ def torch_eval(twin: tnn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def check(model: nn.Module, twin: tnn.Module | None, shapes: list[tuple[int, ...]],
-          channels_last: bool = True, chunk_bytes: int | None = None) -> convlayers.Plan:
+          channels_last: bool = True, chunk_bytes: int | None = None,
+          blocks: bool = True) -> convlayers.Plan:
     """Compile at the first shape; every shape (other batch sizes) against eager and torch."""
     rng = np.random.default_rng(0)
     plan = convlayers.compile(model, rng.standard_normal(shapes[0]).astype(np.float32),
-                              channels_last=channels_last, chunk_bytes=chunk_bytes)
+                              channels_last=channels_last, chunk_bytes=chunk_bytes, blocks=blocks)
     for shape in shapes:
         x = rng.standard_normal(shape).astype(np.float32)
         got = plan(x)
@@ -96,16 +97,21 @@ def test_swish_activations_fuse(act: Any) -> None:
     check(ours, twin, BATCHES)
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize(("channels_last", "blocks"), [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize(("k", "stride", "dilation"), [(3, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2)])
-def test_depthwise_and_pointwise(k: int, stride: int, dilation: int, channels_last: bool) -> None:
+def test_depthwise_and_pointwise(k: int, stride: int, dilation: int, channels_last: bool,
+                                 blocks: bool) -> None:
+    """Channels-last, the two layers run as one block step (``blocks``) or as two steps;
+    NCHW, as two steps whatever ``blocks`` says."""
     ours, twin = block(*conv_bn(8, 8, k, stride, groups=8, act=nn.ReLU6, dilation=dilation),
                        *conv_bn(8, 16, 1, act=nn.ReLU, rng=1))
-    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32), channels_last=channels_last)
-    expected = (["ToChannelsLast", "DepthwiseLast", "DenseLast", "ToChannelsFirst"]
+    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32), channels_last=channels_last,
+                              blocks=blocks)
+    inner = ["BlockLast"] if blocks else ["DepthwiseLast", "DenseLast"]
+    expected = (["ToChannelsLast", *inner, "ToChannelsFirst"]
                 if channels_last else ["Depthwise", "Pointwise"])
     assert [type(s).__name__ for s in plan._steps] == expected
-    check(ours, twin, BATCHES, channels_last)
+    check(ours, twin, BATCHES, channels_last, blocks=blocks)
 
 
 def test_channels_last_segment_converts_at_its_ends_only() -> None:
@@ -116,13 +122,14 @@ def test_channels_last_segment_converts_at_its_ends_only() -> None:
                                          *conv_bn(24, 8, 3, groups=4, rng=2)), 6)
     twin = to_torch(ours)
     copy_weights(ours, twin)
-    plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32))
-    ops = [s.node.op for s in plan._steps]
-    assert ops == ["conv", "to_nhwc", "conv", "conv", "conv", "to_nchw", "conv"]
-    residual = plan._steps[4].node.attrs["residual"]
-    assert residual == plan._steps[1].out  # the shortcut reads the converted copy
-    assert "NHWC" in plan.explain() and "2 conversions" in plan.explain()
-    check(ours, twin, [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)])
+    for blocks, inner in ((False, ["conv", "conv", "conv"]), (True, ["block"])):
+        plan = convlayers.compile(ours, np.zeros((1, 8, 11, 9), np.float32), blocks=blocks)
+        ops = [s.node.op for s in plan._steps]
+        assert ops == ["conv", "to_nhwc", *inner, "to_nchw", "conv"]
+        residual = plan._steps[1 + len(inner)].node.attrs["residual"]
+        assert residual == plan._steps[1].out  # the shortcut reads the converted copy
+        assert "NHWC" in plan.explain() and "2 conversions" in plan.explain()
+        check(ours, twin, [(1, 8, 11, 9), (2, 8, 11, 9), (5, 8, 11, 9)], blocks=blocks)
 
 
 def test_a_stem_of_few_channels_writes_channels_last_directly() -> None:
@@ -136,7 +143,7 @@ def test_a_stem_of_few_channels_writes_channels_last_directly() -> None:
     copy_weights(ours, twin)
     plan = convlayers.compile(ours, np.zeros((1, 3, 17, 14), np.float32))
     assert [type(s).__name__ for s in plan._steps] == [
-        "StemLast", "DepthwiseLast", "DenseLast", "GlobalAvgPoolLast", "Flatten", "Linear"]
+        "StemLast", "BlockLast", "GlobalAvgPoolLast", "Flatten", "Linear"]
     check(ours, twin, [(1, 3, 17, 14), (2, 3, 17, 14), (5, 3, 17, 14)])
 
 
@@ -179,10 +186,11 @@ def test_inverted_residual_fuses_the_add(stride: int) -> None:
     ours = randomize_norms(nn.InvertedResidual(8, 8, stride, expand_ratio=3, rng=0), 3)
     twin = to_torch(ours)
     copy_weights(ours, twin)
-    plan = convlayers.compile(ours, np.zeros((1, 8, 9, 7), np.float32))
-    last = [s.node for s in plan._steps if s.node.op == "conv"][-1]
-    assert (last.attrs["residual"] is not None) == (stride == 1)
-    check(ours, twin, [(1, 8, 9, 7), (2, 8, 9, 7), (5, 8, 9, 7)])
+    for blocks in (True, False):
+        plan = convlayers.compile(ours, np.zeros((1, 8, 9, 7), np.float32), blocks=blocks)
+        last = [s.node for s in plan._steps if s.node.op in ("conv", "block")][-1]
+        assert (last.attrs["residual"] is not None) == (stride == 1)
+        check(ours, twin, [(1, 8, 9, 7), (2, 8, 9, 7), (5, 8, 9, 7)], blocks=blocks)
 
 
 def test_tf_same_padding_folds_into_the_conv() -> None:
@@ -290,9 +298,10 @@ def test_large_maps_run_a_few_images_at_a_time(name: str, chunk_bytes: int,
     else:
         model = randomize_norms(nn.resnet18(num_classes=7, rng=0), 8)
     others = [(b, *shape[1:]) for b in (1, 3) if b != shape[0]]
-    plan = check(model, to_torch(model), [shape, *others], chunk_bytes=chunk_bytes)
+    # the layers as separate steps: the segments' working sets are the layers' own
+    plan = check(model, to_torch(model), [shape, *others], chunk_bytes=chunk_bytes, blocks=False)
     assert [(s.start, s.stop, s.images) for s in plan._segments(shape[0])] == expected
-    whole = convlayers.compile(model, np.zeros(shape, np.float32), chunk_bytes=0)
+    whole = convlayers.compile(model, np.zeros(shape, np.float32), chunk_bytes=0, blocks=False)
     assert len(whole._segments(shape[0])) == 1
     x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
     assert_close(plan(x), whole(x), "chunked vs whole batch")
@@ -361,12 +370,18 @@ def test_explain_lists_fused_layers_strategies_layout_and_offsets() -> None:
     assert "depthwise channels-last" in lines[2] and "arena @" in lines[2] and "NCHW" in lines[2]
     assert "scratch @" in lines[2]  # its blocks live in the arena, not in fresh memory
     assert "residual" in lines[3] and "output" in lines[3]
-    lines = convlayers.compile(model, np.zeros((1, 8, 6, 6), np.float32)).explain().splitlines()
+    lines = convlayers.compile(model, np.zeros((1, 8, 6, 6), np.float32),
+                               blocks=False).explain().splitlines()
     assert len(lines) == 6  # header, to_nhwc, the three convs, to_nchw
     assert "4 values channels-last" in lines[0] and "2 conversions" in lines[0]
     assert "to_nhwc" in lines[1] and "NHWC; arena @" in lines[1]
     assert "residual" in lines[4] and "NHWC; arena @" in lines[4]
     assert "to_nchw" in lines[5] and "NCHW; output" in lines[5]
+    lines = convlayers.compile(model, np.zeros((1, 8, 6, 6), np.float32)).explain().splitlines()
+    assert len(lines) == 4  # header, to_nhwc, the block, to_nchw
+    assert "block + residual [conv.0.0 + conv.0.1 + conv.0.2 + conv.1.0" in lines[2]
+    assert ("expand 1x1 to 48 + relu6, depthwise 3x3 + relu6, project 1x1 to 8" in lines[2]
+            and "NHWC; arena @" in lines[2] and "scratch @" in lines[2])
 
 
 def test_bad_layers_and_inputs_are_named() -> None:

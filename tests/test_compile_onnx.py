@@ -34,7 +34,8 @@ def test_compiled_onnx_mobilenet_matches_torch_and_the_loaded_graph() -> None:
     assert_close(plan(x), expected, "compiled ONNX MobileNetV2 vs torch")
     assert_close(plan(x), graph(x), "compiled vs the loaded graph")
     text = str(plan)
-    assert "conv + relu6" in text and "conv + residual" in text  # Clip and the Adds fused
+    # Clip and the Adds fused: the stem's ReLU6, the blocks' residuals
+    assert "conv + relu6" in text and "block + residual" in text
 
 
 def test_an_onnx_node_without_lowering_is_named() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from convlayers.inference.graph import Graph, Node
 
-__all__ = ["fuse_graph"]
+__all__ = ["fuse_blocks", "fuse_graph"]
 
 
 def _uses(g: Graph) -> Counter[int]:
@@ -100,4 +100,64 @@ def fuse_graph(g: Graph) -> Graph:
             if _try(g, node, producers, uses):
                 changed = True
                 break
+    return g
+
+
+def _pointwise(node: Node) -> bool:
+    """A stride-1 1x1 convolution of one group with no padding."""
+    a = node.attrs
+    return bool(node.op == "conv" and a["weight"].shape[2:] == (1, 1) and a["groups"] == 1
+                and a["stride"] == (1, 1) and a["dilation"] == (1, 1) and not any(a["pads"]))
+
+
+def fuse_blocks(g: Graph) -> Graph:
+    """Merge each channels-last ``1x1 -> depthwise -> 1x1`` run (either 1x1 layer may be
+    missing, not both) into one ``block`` node that
+    :class:`convlayers.inference.steps_channels_last.BlockLast` runs in a single pass
+    (:mod:`convlayers.inference.block_last`); return ``g`` (changed in place).
+
+    The layers' values between them must be read by the next layer only, and the expansion
+    must add no residual (its output is never stored). The block node reads the first
+    layer's input, writes the last one's output and adds the last one's residual; its
+    ``attrs`` keep the three nodes (``expand``, ``depthwise``, ``project``, ``None`` where
+    missing)."""
+    from convlayers.inference.layout import is_depthwise
+
+    uses = _uses(g)
+    producers = {n.output: n for n in g.nodes}
+    last = g.channels_last
+    nodes: list[Node] = []
+    taken: set[int] = set()  # ids of nodes already in a block (a 1x1 layer between two
+    # depthwise ones projects the first block; it does not also expand the second)
+    for node in g.nodes:
+        if not (node.op == "conv" and node.output in last and is_depthwise(node, g)
+                and node.inputs[0] in last):
+            continue
+        expand = producers.get(node.inputs[0])
+        if not (expand is not None and id(expand) not in taken and _pointwise(expand)
+                and expand.attrs["residual"] is None
+                and uses[expand.output] == 1 and expand.inputs[0] in last
+                and node.attrs["residual"] is None):
+            expand = None
+        consumers = [n for n in g.nodes if node.output in n.inputs]
+        project = consumers[0] if len(consumers) == 1 else None
+        if not (project is not None and _pointwise(project) and uses[node.output] == 1
+                and node.attrs["residual"] is None and project.output in last):
+            project = None
+        if expand is None and project is None:
+            continue
+        taken.update(id(p) for p in (expand, node, project) if p is not None)
+        nodes.append(Node("block", [(expand or node).inputs[0]], (project or node).output,
+                          [*(expand.names if expand else []), *node.names,
+                           *(project.names if project else [])],
+                          {"expand": expand, "depthwise": node, "project": project,
+                           "residual": (project or node).attrs["residual"], "act": None}))
+    for block in nodes:
+        parts = [p for p in (block.attrs["expand"], block.attrs["depthwise"],
+                             block.attrs["project"]) if p is not None]
+        # where the last layer ran: the residual it adds may come from a node between them
+        at = g.nodes.index(parts[-1]) - (len(parts) - 1)
+        for p in parts:
+            g.nodes.remove(p)
+        g.nodes.insert(at, block)
     return g

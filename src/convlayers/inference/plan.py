@@ -8,7 +8,10 @@ convolution works on whole vectors of channels, a 3x3 stride-1 one of 48 channel
 runs Winograd F(2x2, 3x3) with both transforms along vectors of channels
 (:mod:`convlayers.inference.winograd_last`), and every other convolution (1x1 included) is a
 direct one whose register tiles of pixels by output channels sum every tap in place
-(:mod:`convlayers.inference.conv_last`). In NCHW a 1x1 convolution is one GEMM
+(:mod:`convlayers.inference.conv_last`). An expand 1x1 -> depthwise -> project 1x1 run
+(an inverted residual block) is one step that never writes its wide maps: each thread
+expands, filters and projects bands of rows in its own cache
+(:mod:`convlayers.inference.block_last`). In NCHW a 1x1 convolution is one GEMM
 ``W[C_out, C_in] @ X[C_in, H*W]`` on each image's planes with no copy, and the other
 convolutions run the eager engine's kernels (Winograd, implicit GEMM, im2col).
 """
@@ -23,7 +26,7 @@ import numpy as np
 
 from convlayers.inference.arena import Buffer, plan_offsets
 from convlayers.inference.batching import CHUNK_BYTES, Segment, segments
-from convlayers.inference.fusion import fuse_graph
+from convlayers.inference.fusion import fuse_blocks, fuse_graph
 from convlayers.inference.graph import Graph, lower
 from convlayers.inference.layout import choose_layouts
 from convlayers.inference.steps import Flatten, Step, make_step
@@ -102,6 +105,10 @@ class Plan:
         self._pool: dict[int, list[_Arena]] = {}
         self._lock = threading.Lock()
         self._segment_cache: dict[int, list[Segment]] = {}
+        # per (value, batch size): bytes and the two view shapes (``_view``, on every call)
+        self._shapes: dict[tuple[int, int], tuple[int, tuple[int, ...], tuple[int, ...]]] = {}
+        #: the values that are views of a call's input or output, not of the arena
+        self._ends = [v for v, root in self._roots.items() if root in (0, self._out_root)]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -118,13 +125,24 @@ class Plan:
 
     def _view(self, block: np.ndarray, offset: int, value: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(batched view, (N, C, L) view) of ``value`` at byte ``offset`` of ``block``."""
-        shape = self._graph.shapes[value]
-        flat = block[offset:offset + self._elements(value, n) * self.dtype.itemsize].view(self.dtype)
-        if value in self._graph.channels_last:
-            c, h, w = shape
-            return flat.reshape(n, h, w, c), flat.reshape(n, h * w, c)
-        rest = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        return flat.reshape(n, *shape), flat.reshape(n, shape[0], rest)
+        size, whole, flat3 = self._view_shape(value, n)
+        flat = block[offset:offset + size].view(self.dtype)
+        return flat.reshape(whole), flat.reshape(flat3)
+
+    def _view_shape(self, value: int, n: int) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """Bytes of ``value`` at batch size ``n`` and its two views' shapes (kept)."""
+        key = (value, n)
+        if key not in self._shapes:
+            shape = self._graph.shapes[value]
+            whole: tuple[int, ...]
+            if value in self._graph.channels_last:
+                c, h, w = shape
+                whole, flat3 = (n, h, w, c), (n, h * w, c)
+            else:
+                rest = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+                whole, flat3 = (n, *shape), (n, shape[0], rest)
+            self._shapes[key] = (self._elements(value, n) * self.dtype.itemsize, whole, flat3)
+        return self._shapes[key]
 
     @staticmethod
     def _reads(step: Step) -> list[int]:
@@ -140,8 +158,7 @@ class Plan:
             per_image = [(sum(int(np.prod(self._graph.shapes[v])) for v in self._reads(step))
                           + int(np.prod(self._graph.shapes[step.out]))
                           + step.scratch_per_image()) * size for step in self._steps]
-            weights = [int(np.size(step.node.attrs.get("weight", 0))) * size
-                       for step in self._steps]
+            weights = [step.weight_elements() * size for step in self._steps]
             self._segment_cache[n] = (segments(per_image, n, self.chunk_bytes, weights)
                                       if self.chunk_bytes else [Segment(0, len(self._steps), n)])
         return self._segment_cache[n]
@@ -219,11 +236,11 @@ class Plan:
         n = x.shape[0]
         if self._out_root == 0:
             return x.reshape(n, *self.output_shape).copy()
-        out = np.empty(self._elements(self._out_root, n), self.dtype)
+        out = np.empty(self._view_shape(self._out_root, n)[0] // self.dtype.itemsize, self.dtype)
         arena = self._acquire(n)
         views = arena.views
+        ends = self._ends
         try:
-            ends = [value for value, root in self._roots.items() if root in (0, self._out_root)]
             for value in ends:
                 views[value] = self._view((x if self._roots[value] == 0 else out).reshape(-1)
                                           .view(np.uint8), 0, value, n)
@@ -243,12 +260,11 @@ class Plan:
                     for step, scratch in steps:
                         step.run(chunk_views, scratch)
         finally:
-            for value in self._roots:
-                if self._roots[value] in (0, self._out_root):
-                    views[value] = None
-                    for runs in arena.chunks:
-                        for _, chunk_views in runs:
-                            chunk_views[value] = None
+            for value in ends:
+                views[value] = None
+                for runs in arena.chunks:
+                    for _, chunk_views in runs:
+                        chunk_views[value] = None
             self._release(arena)
         return out.reshape(n, *self.output_shape)
 
@@ -302,7 +318,7 @@ def _engine_choice(step: Step, graph: Graph, n: int) -> str:
 
 
 def compile(model: Any, example_input: np.ndarray, channels_last: bool = True,
-            chunk_bytes: int | None = None) -> Plan:
+            chunk_bytes: int | None = None, blocks: bool = True) -> Plan:
     """Compile ``model`` for inference on arrays shaped like ``example_input``.
 
     The model's eval-mode function (BatchNorm with running statistics, Dropout off, whatever
@@ -329,6 +345,11 @@ def compile(model: Any, example_input: np.ndarray, channels_last: bool = True,
         steps, so each step finds its input in the cache (:mod:`convlayers.inference.batching`;
         default :data:`~convlayers.inference.batching.CHUNK_BYTES`, 8 MiB). 0 runs every
         step on the whole batch at once. Results do not depend on it.
+    blocks : bool, default True
+        Run each channels-last expand 1x1 -> depthwise -> project 1x1 run (an inverted
+        residual block; either 1x1 layer may be missing) as one step that keeps its wide
+        maps in each thread's cache (:mod:`convlayers.inference.block_last`); False runs
+        the layers as separate steps. Results agree within float32 rounding either way.
 
     Returns
     -------
@@ -366,4 +387,6 @@ def compile(model: Any, example_input: np.ndarray, channels_last: bool = True,
         raise ValueError(f"chunk_bytes must be a non-negative integer or None, got {chunk_bytes!r}")
     graph = lower(model, tuple(example_input.shape[1:]), example_input.dtype)
     graph = choose_layouts(fuse_graph(copy.copy(graph)), channels_last)
+    if blocks:
+        graph = fuse_blocks(graph)
     return Plan(graph, tuple(example_input.shape), None if chunk_bytes is None else int(chunk_bytes))

@@ -47,6 +47,10 @@ class Step:
     def scratch_elements(self, n: int) -> int:
         return 0
 
+    def weight_elements(self) -> int:
+        """Elements of the weights it reads (1 for a step without)."""
+        return int(np.size(self.node.attrs.get("weight", 0)))
+
     def scratch_per_image(self) -> int:
         """Elements of scratch that one image adds: its share of the working set, which sets
         how many images a run of steps takes at a time (:mod:`convlayers.inference.batching`)."""
@@ -444,6 +448,8 @@ def make_step(node: Node, g: Graph) -> Step:
             node.op == "gap" and node.inputs[0] in g.channels_last):
         from convlayers.inference import steps_channels_last as last
 
+        if node.op == "block":
+            return last.BlockLast(node, g, dtype)
         if node.op == "conv":
             from convlayers.inference.layout import is_depthwise, reads_nchw
 

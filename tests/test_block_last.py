@@ -4,6 +4,7 @@ plan's separate steps."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,54 +39,87 @@ def _torch_block(x: torch.Tensor, w1: torch.Tensor | None, b1: torch.Tensor, act
     return TORCH_ACT[act3](t + res if res is not None else t)
 
 
-@pytest.mark.parametrize("seed", range(24))
-def test_block_matches_torch(seed: int) -> None:
-    """Random blocks: with and without either 1x1 layer, kernels 1-5, strides 1-2, dilations
-    1-2, padding 0 to past the kernel, every activation, a residual or none; units of a few
-    rows (chunks that split images, bands of 1-3 rows, buffers of the fewest rows, so the
-    rows bands share are kept, compacted and recomputed across chunks) and of whole images."""
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 4))
-    c_in, c = int(rng.integers(1, 40)), int(rng.integers(1, 70))
-    expand, project = [(True, True), (False, True), (True, False)][seed % 3]
-    if not expand:
-        c = c_in
+@dataclass
+class _Block:
+    """A random block's layers, input, residual and torch's result (NCHW tensors)."""
+
+    expand: bool
+    project: bool
+    x: torch.Tensor
+    w1: torch.Tensor
+    b1: torch.Tensor
+    wd: torch.Tensor
+    b2: torch.Tensor
+    w3: torch.Tensor
+    b3: torch.Tensor
+    acts: list[int]
+    stride: int
+    dilation: int
+    pads: tuple[int, int]
+    res: torch.Tensor | None
+    want: np.ndarray  # NHWC
+
+    def operands(self, out: np.ndarray) -> tuple[Any, ...]:
+        """Both kernels' leading arguments, from ``x`` to ``has_res``."""
+        s, d, (pt, pl) = self.stride, self.dilation, self.pads
+        return (_nhwc(self.x), self.expand, pack_conv_weights(self.w1.numpy()), self.b1.numpy(),
+                self.acts[0], np.ascontiguousarray(self.wd[:, 0].permute(1, 2, 0).numpy()),
+                self.b2.numpy(), self.acts[1], s, s, d, d, pt, pl, self.project,
+                pack_conv_weights(self.w3.numpy()), self.b3.numpy(), self.acts[2],
+                out if self.res is None else _nhwc(self.res), self.res is not None)
+
+
+def _random_block(rng: np.random.Generator, kind: int, most_channels: int, most_size: int) -> _Block:
+    """Kernels 1-5, strides and dilations 1-2, padding 0 to the kernel's size on each side,
+    every activation, a residual or none; ``kind`` 0 expands and projects, 1 only projects,
+    2 only expands."""
+    n, c_in = int(rng.integers(1, 4)), int(rng.integers(1, 40))
+    expand, project = [(True, True), (False, True), (True, False)][kind % 3]
+    c = int(rng.integers(1, most_channels)) if expand else c_in
     c_out = int(rng.integers(1, 60)) if project else c
     k = int(rng.choice([1, 3, 5]))
     stride, dilation = int(rng.integers(1, 3)), int(rng.integers(1, 3))
     pt, pl = int(rng.integers(0, k + 1)), int(rng.integers(0, k + 1))
-    h, w = int(rng.integers(max(1, (k - 1) * dilation + 1 - 2 * pt), 17)), \
-        int(rng.integers(max(1, (k - 1) * dilation + 1 - 2 * pl), 17))
+    span = (k - 1) * dilation + 1
+    h = int(rng.integers(max(1, span - 2 * pt), most_size))
+    w = int(rng.integers(max(1, span - 2 * pl), most_size))
     acts = [int(a) for a in rng.integers(0, 7, 3)]
     x = torch.from_numpy(rng.standard_normal((n, c_in, h, w)).astype(np.float32))
-    w1 = torch.from_numpy(rng.standard_normal((c, c_in, 1, 1)).astype(np.float32) * 0.4)
-    wd = torch.from_numpy(rng.standard_normal((c, 1, k, k)).astype(np.float32) * 0.4)
-    w3 = torch.from_numpy(rng.standard_normal((c_out, c, 1, 1)).astype(np.float32) * 0.3)
-    b1, b2, b3 = (torch.from_numpy(rng.standard_normal(m).astype(np.float32))
-                  for m in (c, c, c_out))
-    ho = (h + 2 * pt - (k - 1) * dilation - 1) // stride + 1
-    wo = (w + 2 * pl - (k - 1) * dilation - 1) // stride + 1
-    has_res = bool(rng.random() < 0.5)
-    res = torch.from_numpy(rng.standard_normal((n, c_out, ho, wo)).astype(np.float32))
+    w1, wd, w3 = (torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * 0.35)
+                  for shape in ((c, c_in, 1, 1), (c, 1, k, k), (c_out, c, 1, 1)))
+    b1, b2, b3 = (torch.from_numpy(rng.standard_normal(m).astype(np.float32)) for m in (c, c, c_out))
+    ho, wo = (h + 2 * pt - span) // stride + 1, (w + 2 * pl - span) // stride + 1
+    res = (torch.from_numpy(rng.standard_normal((n, c_out, ho, wo)).astype(np.float32))
+           if rng.random() < 0.5 else None)
     want = _torch_block(x, w1 if expand else None, b1, acts[0], wd, b2, acts[1], stride,
-                        (pt, pl), dilation, w3 if project else None, b3, acts[2],
-                        res if has_res else None)
+                        (pt, pl), dilation, w3 if project else None, b3, acts[2], res)
+    return _Block(expand, project, x, w1, b1, wd, b2, w3, b3, acts, stride, dilation, (pt, pl),
+                  res, _nhwc(want))
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_block_matches_torch(seed: int) -> None:
+    """Random blocks (:func:`_random_block`) by rows: units of a few rows (chunks that split
+    images, bands of 1-3 rows, buffers of the fewest rows, so the rows bands share are kept,
+    compacted and recomputed across chunks) and of whole images."""
+    rng = np.random.default_rng(seed)
+    b = _random_block(rng, seed, 70, 17)
+    n, h, w, _ = _nhwc(b.x).shape
+    ho, wo = b.want.shape[1:3]
+    c, k = b.wd.shape[0], b.wd.shape[2]
     band = int(rng.integers(1, 4)) if seed % 2 else BL.band_rows(ho, wo, c, 4)
-    rows = BL.buffer_rows(band, k, stride, dilation, h, w, c, 4)
+    rows = BL.buffer_rows(band, k, b.stride, b.dilation, h, w, c, 4)
     if seed % 4 == 1:  # the fewest rows a band needs: compacted at every band
-        rows = min(h, (band - 1) * stride + (k - 1) * dilation + 1)
+        rows = min(h, (band - 1) * b.stride + (k - 1) * b.dilation + 1)
     chunk = int(rng.integers(1, ho + 1))
     threads = 8  # numba's threads claim units in turn; buffers for any count
-    out = np.full((n, ho, wo, c_out), np.nan, np.float32)
-    BL.block(_nhwc(x), expand, pack_conv_weights(w1.numpy()), b1.numpy(), acts[0],
-             np.ascontiguousarray(wd[:, 0].permute(1, 2, 0).numpy()), b2.numpy(), acts[1],
-             stride, stride, dilation, dilation, pt, pl, project, pack_conv_weights(w3.numpy()),
-             b3.numpy(), acts[2], _nhwc(res) if has_res else out, has_res, chunk, band,
-             threads, np.arange(n * h * w, dtype=np.int64) * c_in,
+    out = np.full(b.want.shape, np.nan, np.float32)
+    BL.block(*b.operands(out), chunk, band, threads,
+             np.arange(n * h * w, dtype=np.int64) * b.x.shape[1],
              np.arange(band * wo, dtype=np.int64) * c,
-             np.full((threads, rows * w * c if expand else 0), np.nan, np.float32),
-             np.full((threads, band * wo * c if project else 0), np.nan, np.float32), out)
-    assert_close(out, _nhwc(want), f"block seed {seed} (chunk {chunk}, band {band}, rows {rows})")
+             np.full((threads, rows * w * c if b.expand else 0), np.nan, np.float32),
+             np.full((threads, band * wo * c if b.project else 0), np.nan, np.float32), out)
+    assert_close(out, b.want, f"block seed {seed} (chunk {chunk}, band {band}, rows {rows})")
 
 
 def _inverted(c_in: int, c_out: int, stride: int, ratio: int, act: Any, k: int = 3,
@@ -146,44 +180,25 @@ def test_small_maps_at_few_images_split_the_channels() -> None:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_block_by_channels_matches_torch(seed: int) -> None:
-    """The channels split into 1-4 parts of whole strips (some empty), every activation, a
-    residual or none, with and without either 1x1 layer."""
+    """Random blocks (:func:`_random_block`, up to 200 expanded channels: several strips)
+    with the channels split into 1-4 parts of whole strips, some empty."""
     from convlayers.kernels.simd import conv_strip
 
     rng = np.random.default_rng(100 + seed)
-    n, c_in = int(rng.integers(1, 3)), int(rng.integers(1, 30))
-    expand, project = [(True, True), (False, True), (True, False)][seed % 3]
-    c = int(rng.integers(1, 200)) if expand else c_in
-    c_out = int(rng.integers(1, 50)) if project else c
-    k, stride, dilation = int(rng.choice([1, 3, 5])), int(rng.integers(1, 3)), int(rng.integers(1, 3))
-    pad = int(rng.integers(0, k))
-    h, w = int(rng.integers((k - 1) * dilation + 1, 12)), int(rng.integers((k - 1) * dilation + 1, 12))
-    acts = [int(a) for a in rng.integers(0, 7, 3)]
-    x = torch.from_numpy(rng.standard_normal((n, c_in, h, w)).astype(np.float32))
-    w1, wd, w3 = (torch.from_numpy(rng.standard_normal(s).astype(np.float32) * 0.3)
-                  for s in ((c, c_in, 1, 1), (c, 1, k, k), (c_out, c, 1, 1)))
-    b1, b2, b3 = (torch.from_numpy(rng.standard_normal(m).astype(np.float32)) for m in (c, c, c_out))
-    ho = (h + 2 * pad - (k - 1) * dilation - 1) // stride + 1
-    wo = (w + 2 * pad - (k - 1) * dilation - 1) // stride + 1
-    has_res = bool(rng.random() < 0.5)
-    res = torch.from_numpy(rng.standard_normal((n, c_out, ho, wo)).astype(np.float32))
-    want = _torch_block(x, w1 if expand else None, b1, acts[0], wd, b2, acts[1], stride,
-                        (pad, pad), dilation, w3 if project else None, b3, acts[2],
-                        res if has_res else None)
+    b = _random_block(rng, seed, 200, 12)
+    n, h, w, _ = _nhwc(b.x).shape
+    _, ho, wo, c_out = b.want.shape
+    c = b.wd.shape[0]
     parts = int(rng.integers(1, 5))
     bounds = BL.channel_parts(c, parts, conv_strip() // 4)
-    out = np.full((n, ho, wo, c_out), np.nan, np.float32)
-    BL.block_channels(_nhwc(x), expand, pack_conv_weights(w1.numpy()), b1.numpy(), acts[0],
-                      np.ascontiguousarray(wd[:, 0].permute(1, 2, 0).numpy()), b2.numpy(),
-                      acts[1], stride, stride, dilation, dilation, pad, pad, project,
-                      pack_conv_weights(w3.numpy()), b3.numpy(), acts[2],
-                      _nhwc(res) if has_res else out, has_res, bounds,
-                      np.arange(n * h * w, dtype=np.int64) * c_in,
+    out = np.full(b.want.shape, np.nan, np.float32)
+    BL.block_channels(*b.operands(out), bounds, np.arange(n * h * w, dtype=np.int64) * b.x.shape[1],
                       np.arange(n * ho * wo, dtype=np.int64) * c,
                       np.full(n * h * w * c, np.nan, np.float32),
                       np.full(n * ho * wo * c, np.nan, np.float32),
-                      np.full((parts, n * ho * wo, c_out), np.nan, np.float32), out)
-    assert_close(out, _nhwc(want), f"block by channels seed {seed} (bounds {list(bounds)})")
+                      np.full((parts, n * ho * wo, c_out if b.project else 1), np.nan, np.float32),
+                      out)
+    assert_close(out, b.want, f"block by channels seed {seed} (bounds {list(bounds)})")
 
 
 def test_a_pointwise_layer_between_two_depthwise_ones_joins_one_block() -> None:

@@ -390,6 +390,8 @@ def test_bad_layers_and_inputs_are_named() -> None:
         convlayers.compile(model, np.zeros((1, 3, 8, 8), np.float32))
     with pytest.raises(ValueError, match="example_input"):
         convlayers.compile(nn.ReLU(), np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(TypeError, match="blocks must be True or False, got 'no'"):
+        convlayers.compile(nn.ReLU(), np.zeros((1, 3, 8, 8), np.float32), blocks="no")
     with pytest.raises(TypeError, match="model"):
         convlayers.compile(tnn.ReLU(), np.zeros((1, 3, 8, 8), np.float32))
     plan = convlayers.compile(nn.Sequential(nn.Conv2d(3, 4, 3, rng=0)), np.zeros((1, 3, 8, 8), np.float32))

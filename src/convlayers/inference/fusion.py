@@ -103,13 +103,6 @@ def fuse_graph(g: Graph) -> Graph:
     return g
 
 
-def _pointwise(node: Node) -> bool:
-    """A stride-1 1x1 convolution of one group with no padding."""
-    a = node.attrs
-    return bool(node.op == "conv" and a["weight"].shape[2:] == (1, 1) and a["groups"] == 1
-                and a["stride"] == (1, 1) and a["dilation"] == (1, 1) and not any(a["pads"]))
-
-
 def fuse_blocks(g: Graph) -> Graph:
     """Merge each channels-last ``1x1 -> depthwise -> 1x1`` run (either 1x1 layer may be
     missing, not both) into one ``block`` node that
@@ -121,7 +114,10 @@ def fuse_blocks(g: Graph) -> Graph:
     layer's input, writes the last one's output and adds the last one's residual; its
     ``attrs`` keep the three nodes (``expand``, ``depthwise``, ``project``, ``None`` where
     missing)."""
-    from convlayers.inference.layout import is_depthwise
+    from convlayers.inference.layout import is_depthwise, is_pointwise
+
+    def pointwise(n: Node) -> bool:
+        return n.op == "conv" and is_pointwise(n)
 
     uses = _uses(g)
     producers = {n.output: n for n in g.nodes}
@@ -134,14 +130,13 @@ def fuse_blocks(g: Graph) -> Graph:
                 and node.inputs[0] in last):
             continue
         expand = producers.get(node.inputs[0])
-        if not (expand is not None and id(expand) not in taken and _pointwise(expand)
-                and expand.attrs["residual"] is None
-                and uses[expand.output] == 1 and expand.inputs[0] in last
-                and node.attrs["residual"] is None):
+        if not (expand is not None and id(expand) not in taken and pointwise(expand)
+                and expand.attrs["residual"] is None and uses[expand.output] == 1
+                and expand.inputs[0] in last):
             expand = None
         consumers = [n for n in g.nodes if node.output in n.inputs]
         project = consumers[0] if len(consumers) == 1 else None
-        if not (project is not None and _pointwise(project) and uses[node.output] == 1
+        if not (project is not None and pointwise(project) and uses[node.output] == 1
                 and node.attrs["residual"] is None and project.output in last):
             project = None
         if expand is None and project is None:

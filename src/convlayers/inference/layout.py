@@ -24,7 +24,7 @@ from __future__ import annotations
 from convlayers.inference.graph import Graph, Node
 
 __all__ = ["STEM_CHANNELS", "channels_last_candidate", "choose_layouts", "is_dense",
-           "is_depthwise", "reads_nchw"]
+           "is_depthwise", "is_pointwise", "reads_nchw"]
 
 
 def is_depthwise(node: Node, g: Graph) -> bool:
@@ -34,7 +34,8 @@ def is_depthwise(node: Node, g: Graph) -> bool:
     return bool(groups == c_in and w.shape[0] == c_in and w.shape[1] == 1)
 
 
-def _is_pointwise(node: Node) -> bool:
+def is_pointwise(node: Node) -> bool:
+    """A stride-1 1x1 convolution of one group with no padding: one product per image."""
     a = node.attrs
     return bool(a["weight"].shape[2:] == (1, 1) and a["groups"] == 1 and not any(a["pads"])
                 and a["stride"] == (1, 1))
@@ -51,7 +52,7 @@ def reads_nchw(node: Node, g: Graph) -> bool:
     """A stem: a dense convolution of few input channels whose input has no channels-last
     producer (the image, or an NCHW layer's output). Channels-last, it still reads NCHW."""
     if not (node.op == "conv" and node.attrs["groups"] == 1 and node.attrs["residual"] is None
-            and g.shapes[node.inputs[0]][0] <= STEM_CHANNELS and not _is_pointwise(node)):
+            and g.shapes[node.inputs[0]][0] <= STEM_CHANNELS and not is_pointwise(node)):
         return False
     producer = next((n for n in g.nodes if n.output == node.inputs[0]), None)
     return producer is None or not channels_last_candidate(producer, g)
@@ -60,7 +61,7 @@ def reads_nchw(node: Node, g: Graph) -> bool:
 def is_dense(node: Node, g: Graph) -> bool:
     """A convolution of one group that is neither a stride-1 1x1 one nor a stem: the
     channels-last direct kernel's (:mod:`convlayers.inference.conv_last`)."""
-    return bool(node.op == "conv" and node.attrs["groups"] == 1 and not _is_pointwise(node)
+    return bool(node.op == "conv" and node.attrs["groups"] == 1 and not is_pointwise(node)
                 and not reads_nchw(node, g))
 
 

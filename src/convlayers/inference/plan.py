@@ -359,7 +359,8 @@ def compile(model: Any, example_input: np.ndarray, channels_last: bool = True,
     Raises
     ------
     TypeError
-        For a layer with no inference lowering, naming its path and type.
+        For a layer with no inference lowering, naming its path and type; for ``blocks``
+        not a bool.
 
     Examples
     --------
@@ -385,6 +386,8 @@ def compile(model: Any, example_input: np.ndarray, channels_last: bool = True,
                                     or not isinstance(chunk_bytes, (int, np.integer))
                                     or chunk_bytes < 0):
         raise ValueError(f"chunk_bytes must be a non-negative integer or None, got {chunk_bytes!r}")
+    if not isinstance(blocks, (bool, np.bool_)):
+        raise TypeError(f"blocks must be True or False, got {blocks!r}")
     graph = lower(model, tuple(example_input.shape[1:]), example_input.dtype)
     graph = choose_layouts(fuse_graph(copy.copy(graph)), channels_last)
     if blocks:

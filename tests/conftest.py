@@ -1,11 +1,13 @@
 """Shared test settings: hypothesis profile and the one tolerance policy."""
 
 import os
+from collections.abc import Iterator
 
 # torch's libgomp reads this once, when it loads: its idle threads (the oracle's) then sleep
 # instead of spinning beside the other test worker's kernels on a 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -28,3 +30,15 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def without_winograd_backward() -> Iterator[None]:
+    """Winograd off for the backward pass. Where the kernels run 32-byte vectors (AVX2) it
+    serves 3x3 stride-1 gradients by default (``winograd_backward``), with AVX-512 it does
+    not: tests of the GEMM strategies' own rules on such layers turn it off, so the machine
+    does not decide which rule they see."""
+    from convlayers import config
+
+    with config.engine_settings(winograd_backward=False):
+        yield

@@ -179,6 +179,7 @@ def test_dot_is_a_candidate_of_forwards_of_few_output_and_many_input_channels() 
         F.conv_backward(np.ones_like(got), x, w)
 
 
+@pytest.mark.usefixtures("without_winograd_backward")
 def test_each_gradient_is_measured_once_and_matches_torch() -> None:
     """A dense layer's backward measures its input and weight gradients apart on its first
     call (the plan then names the measured strategies); every call matches torch's autograd."""

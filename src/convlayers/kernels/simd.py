@@ -694,8 +694,12 @@ def band_columns(columns: int, lanes: int) -> tuple[int, int]:
     ones whole). ``lanes``: a vector's elements. The cost model's copy of :func:`_band`'s
     rules (:func:`convlayers.functional._engine_shared.costed_units`).
 
-    >>> band_columns(81, 16), band_columns(45, 16), band_columns(49, 16)
-    ((96, 0), (48, 0), (48, 16))
+    A wide tile is ``TILE_VECTORS`` vectors (2 with AVX2, 3 with AVX-512); these columns
+    band alike on both: a vector's worth runs one-vector tiles, 96 is whole wide tiles, and
+    one column more adds a one-vector tile:
+
+    >>> band_columns(12, 16), band_columns(96, 16), band_columns(97, 16)
+    ((0, 16), (96, 0), (96, 16))
     """
     step = TILE_VECTORS * lanes
     if columns <= lanes:

@@ -42,3 +42,14 @@ def without_winograd_backward() -> Iterator[None]:
 
     with config.engine_settings(winograd_backward=False):
         yield
+
+
+@pytest.fixture
+def wide_depthwise_defaults() -> Iterator[None]:
+    """The depthwise planner's AVX-512 defaults on any machine (``channels_last_planes`` 384,
+    ``planar_max_waste`` 2; with AVX2 they are 512 and 8): tests of the rules' thresholds
+    name the layers on either side of those values."""
+    from convlayers import config
+
+    with config.engine_settings(channels_last_planes=384, planar_max_waste=2):
+        yield

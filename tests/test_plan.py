@@ -391,6 +391,7 @@ def test_warmup_command_compiles_every_strategy(capsys: pytest.CaptureFixture[st
     assert "kernel groups ready (float32)" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("wide_depthwise_defaults")
 def test_tiny_depthwise_planes_take_the_row_kernels() -> None:
     """A 4x6 output plane would run the planar kernels' flat loops over 64 positions: the row
     kernels serve it (the planar ones still serve a multiplier's input gradient), and both
@@ -413,13 +414,14 @@ def test_tiny_depthwise_planes_take_the_row_kernels() -> None:
         assert plan(x.shape, (5, 1, 6, 4), **args).forward == "depthwise-planar"
 
 
+@pytest.mark.usefixtures("wide_depthwise_defaults")
 def test_narrow_depthwise_rows_take_the_planar_kernels() -> None:
     """Output rows 2-4 wide on a tall map: the row kernels would compute a whole vector per row,
     more than the planar loops' padding wastes, so the planar kernels serve the gradients, and
     every pass unless they run channels-last (8 channels, 108 output pixels: its tiles run
     across the rows of so narrow a map); all match torch. The shapes waste more than
-    ``planar_max_waste`` in the planar loops and less than the row kernels at either vector
-    width (AVX2's 8 lanes, AVX-512's 16): the rule decides, not the machine."""
+    ``planar_max_waste`` (2, pinned) in the planar loops and less than the row kernels at
+    either vector width (AVX2's 8 lanes, AVX-512's 16)."""
     rng = np.random.default_rng(4)
     for shape, kernel, args in (((2, 8, 60, 10), (4, 5), dict(dilation=2, groups=8)),
                                 ((1, 6, 40, 7), (5, 5), dict(groups=6))):
@@ -453,6 +455,7 @@ def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
     assert_close(gw, tgw, "weight gradient")
 
 
+@pytest.mark.usefixtures("wide_depthwise_defaults")
 def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
     """The forward runs channels-last on planes of up to ``channels_last_pixels`` output pixels
     whatever the channel count (its blocks take consecutive planes of all the images), from
@@ -465,7 +468,7 @@ def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
         return plan((n, c, *hw), (c, 1, 4, 4), stride=2, padding=1, groups=c).forward
 
     assert config.engine.channels_last_channels == 8
-    assert config.engine.channels_last_planes == 384
+    assert config.engine.channels_last_planes == 384  # the fixture's
     assert forward(2, 200, (205, 9)) == "depthwise-channels-last"
     assert forward(2, 32, (205, 9)) == "depthwise-planar"
     assert forward(2, 278, (66, 66)) == "depthwise-planar"
@@ -493,6 +496,7 @@ def test_channels_last_serves_planes_up_to_its_pixel_limit() -> None:
                                                   **args), "forward")
 
 
+@pytest.mark.usefixtures("wide_depthwise_defaults")
 def test_channels_last_needs_its_padded_block_to_fit() -> None:
     """A stride that reaches far for a few outputs would make the channels-last block's padded
     copy huge (here 16003 x 16003 pixels of 64 channels): the plane kernels serve instead.
@@ -812,3 +816,20 @@ def test_large_strided_input_gradients_with_thick_phases_take_the_implicit_gemm(
     _, gy, (gx, _) = torch_grads(lambda x, w: tF.conv2d(x, w, stride=3, padding=(2, 1)),
                                  [x, w])
     assert_close(F.conv_backward(gy, x, w, stride=3, padding=(2, 1))[0], gx, "phased gradient")
+
+
+def test_the_depthwise_defaults_follow_the_vector_width() -> None:
+    """``channels_last_planes`` and ``planar_max_waste`` default (None) to 384 and 2 where the
+    kernels run 64-byte vectors, else 512 and 8: 400 planes of 7x7 take channels-last with
+    AVX-512 only, and a 4x6 output plane (2.7 positions computed a pixel) the planar kernels
+    with AVX2 only."""
+    from convlayers.kernels.simd import VECTOR_BYTES
+
+    assert config.engine.channels_last_planes is None and config.engine.planar_max_waste is None
+    wide = VECTOR_BYTES == 64
+    many = plan((1, 400, 9, 9), (400, 1, 3, 3), padding=1, groups=400)
+    assert (many.forward == "depthwise-channels-last") == wide
+    tiny = plan((1, 5, 8, 13), (5, 1, 6, 4), stride=2, padding=(7, 4), dilation=3, groups=5)
+    assert tiny.forward == ("depthwise-rows" if wide else "depthwise-planar")
+    with pytest.raises(ValueError, match="planar_max_waste"):
+        config.engine.planar_max_waste = -1

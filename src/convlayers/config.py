@@ -464,8 +464,11 @@ class EngineSettings:
     #: many bytes (one such plane per thread: a 224x224 map takes 200 KiB).
     planar_bytes: int = 4 * 2**20
     #: The planar depthwise kernels serve output planes where their flat loops compute at most
-    #: this many positions per output pixel (tiny planes: the row kernels serve).
-    planar_max_waste: int = 2
+    #: this many positions per output pixel (tiny planes: the row kernels serve). None: the
+    #: machine's default, 2 where the kernels run 64-byte vectors (AVX-512), else 8: with
+    #: AVX2 the row kernels ran 1.8x the planar ones' time (geo-mean; 0.74-6.3x) on 25 random
+    #: small depthwise forwards that wasted more than 2.
+    planar_max_waste: int | None = None
     #: Depthwise forwards (no multiplier) with at most this many output pixels per plane run
     #: channels-last: a tap is then a loop over the channels. Since its blocks take 64
     #: consecutive planes of all the images (no lanes lost at the end of an image's channels),
@@ -486,13 +489,17 @@ class EngineSettings:
     channels_last_block_bytes: int = 1 << 20
     #: ... and the eager engine's depthwise passes take channels-last only from this many
     #: planes (channels times images), or a quarter as many on output planes of at most 64
-    #: pixels, or any on outputs of at most 4 columns whose planar rows waste more than
-    #: ``planar_max_waste``, unless the planar kernels cannot serve. On 123 random forwards that took
-    #: channels-last with at least 8 planes, planar ran 0.13-0.99x its time on 58 of the 65
-    #: under 384 (geo-mean 0.5), channels-last 0.25-0.97x planar's on 44 of the 58 from 384;
-    #: the backward alike (planar 0.03-0.95x on most under 200 planes), but on small maps
-    #: channels-last won from about 100 planes (126 planes of 3x3: 0.6x planar's time).
-    channels_last_planes: int = 384
+    #: pixels, or any on tall outputs of at most 4 columns whose planar rows compute more
+    #: than twice the positions they keep, unless the planar kernels cannot serve. On 123
+    #: random forwards that took channels-last with at least 8 planes, planar ran 0.13-0.99x
+    #: its time on 58 of the 65 under 384 (geo-mean 0.5), channels-last 0.25-0.97x planar's on
+    #: 44 of the 58 from 384; the backward alike (planar 0.03-0.95x on most under 200 planes),
+    #: but on small maps channels-last won from about 100 planes (126 planes of 3x3: 0.6x
+    #: planar's time). None: the machine's default, 384 where the kernels run 64-byte vectors
+    #: (AVX-512, where those were measured), else 512 for the forward (AVX2: channels-last
+    #: took 1.08-1.37x planar's time on layers of 417-470 planes, 0.8x at 512) and 384 for the
+    #: gradients.
+    channels_last_planes: int | None = None
     #: The output-pixel limit (:attr:`channels_last_pixels`) of the depthwise gradients, which
     #: run channels-last on larger maps than the forward: on 7 layers of 32-240 channels at
     #: batch 4-32 the channels-last gradients took 0.57-0.92x the planar kernels' time on
@@ -539,7 +546,8 @@ class EngineSettings:
             if not isinstance(value, bool) and not (name == "winograd_backward" and value is None):
                 raise TypeError(f"{name} must be a bool{' or None' * (name != 'check_values')}"
                                 f", got {value!r}")
-        elif name in ("winograd_min_tiles", "winograd_harmonic_channels") and value is None:
+        elif name in ("winograd_min_tiles", "winograd_harmonic_channels", "planar_max_waste",
+                      "channels_last_planes") and value is None:
             pass
         elif as_int(value, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")

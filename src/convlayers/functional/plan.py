@@ -354,7 +354,7 @@ def _depthwise(g: Geometry) -> str:
     more (2-5 output columns on tall maps: the row kernels ran 2.6-12x torch's time, the
     planar ones 1.1-3.1x)."""
     waste = planar_waste(g)
-    if planar_fits(g) and (waste <= config.engine.planar_max_waste
+    if planar_fits(g) and (waste <= _wide_default(config.engine.planar_max_waste, 2, 8)
                            or (g.ho * g.wo > 64 and waste <= _row_waste(g))):
         return "depthwise-planar"
     if _flat_shape(g) and g.ho * g.wo <= config.engine.flat_pixels:
@@ -568,17 +568,24 @@ def _channels_last_forward(g: Geometry) -> bool:
             or _depthwise(g) != "depthwise-planar")
 
 
-def _many_planes(g: Geometry) -> bool:
+def _many_planes(g: Geometry, backward: bool = False) -> bool:
     """Whether a depthwise layer has planes enough (channels times images) for the eager
-    channels-last kernels: ``channels_last_planes``, or a quarter as many on output planes of
-    at most 64 pixels; or any number on outputs of at most 4 columns whose planar rows waste
-    more than ``planar_max_waste``."""
+    channels-last kernels (``backward``: its gradients): ``channels_last_planes``, or a
+    quarter as many on output planes of at most 64 pixels; on tall outputs (more than 64
+    pixels) of at most 4 columns, half as many, or any number where the planar rows compute
+    more than twice the positions they keep."""
     planes = g.n * g.c_in
-    least = config.engine.channels_last_planes
-    # output rows of 4 pixels or fewer: the planar loops compute whole padded rows (50
-    # channels 7x4 dilation 2 on 5x50x53x8, 41x2 outputs: 3.1x channels-last's time)
+    # AVX2's forward needs more planes (see channels_last_planes); its backward does not
+    # (planar's gradients took 1.1-1.4x channels-last's on 444-495 planes)
+    least = _wide_default(config.engine.channels_last_planes, 384, 384 if backward else 512)
+    # tall output rows of 4 pixels or fewer: the planar loops compute whole padded rows (50
+    # channels 7x4 dilation 2 on 5x50x53x8, 41x2 outputs: 3.1x channels-last's time), and
+    # their copies run a row at a time (AVX2, 403 planes of 36x3 outputs from 107x8 maps: 1.9x;
+    # 100 planes of 41x2: 0.65x). On tiny planes channels-last loses (AVX2: 1.2-2.6x planar's
+    # time on 8 layers of 1-32 pixels)
+    tall = g.wo <= 4 and g.ho * g.wo > 64
     return (planes >= least or (planes >= least // 4 and g.ho * g.wo <= 64)
-            or (g.wo <= 4 and planar_waste(g) > config.engine.planar_max_waste))
+            or (tall and (planes >= least // 2 or planar_waste(g) > 2)))
 
 
 def few_positions(g: Geometry) -> bool:
@@ -621,7 +628,7 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
         if g.c_in_g == 1 and g.c_out == g.c_in and channels_last_fits(
                 g.c_in, (g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw),
                 (g.dh, g.dw), g.itemsize, backward=True, images=g.n) and (
-                    _many_planes(g) or _depthwise(g) != "depthwise-planar"):
+                    _many_planes(g, backward=True) or _depthwise(g) != "depthwise-planar"):
             return _CHANNELS_LAST, _CHANNELS_LAST
         if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
                 and g.c_out_g >= e.winograd_min_channels and _wide_default(

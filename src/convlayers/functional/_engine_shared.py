@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -68,9 +69,11 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     ((3, 5), 0)
     """
     dt = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     raw = np.empty(count * dt.itemsize + SCRATCH_ALIGN, dtype=np.uint8)
-    start = -raw.ctypes.data % SCRATCH_ALIGN
+    # the address from the array interface: ``raw.ctypes`` builds a ctypes object (2.5x the
+    # time of the whole function, 10 us a call on the eager path's small layers)
+    start = -raw.__array_interface__["data"][0] % SCRATCH_ALIGN
     return raw[start:start + count * dt.itemsize].view(dt).reshape(shape)
 
 

@@ -477,3 +477,32 @@ def test_unrolled_2x2_average_pooling_matches_the_general_kernels_and_torch(
     np.testing.assert_array_equal(grads[0], grads[1])
     assert np.array_equal(np.signbit(grads[0]), np.signbit(grads[1]))
     assert_close(grads[0].reshape(x.shape), t_x.grad, "2x2 average gradient")
+
+
+@given(case=pool_cases(dims=(2,)), seed=st.integers(0, 2**16), wide=st.booleans())
+def test_tap_kernels_match_the_per_window_rule_to_the_bit(case: PoolCase, seed: int,
+                                                          wide: bool) -> None:
+    """The tap-by-tap kernels (every max and average pooling but the unrolled ones) against
+    the per-window kernels they replaced, forced on the same planes: equal to the bit, NaN
+    (the last one wins), ties, infinities and zeros' signs included, at strides 1-4, paddings
+    and dilations (the maxima), on rows narrower and wider than a vector."""
+    from convlayers.kernels import pooling
+
+    shape = (max(1, case.shape[0]), *case.shape[1:3], case.shape[3] + (40 if wide else 0))
+    x = _input(replace(case, shape=shape, unbatched=False), seed)
+    planes = np.ascontiguousarray(x).reshape(-1, *x.shape[2:])
+    (kh, kw), (ph, pw), (dh, dw) = case.kernel, case.padding, case.dilation
+    sh, sw = case.stride or case.kernel
+    ho = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    by_tap, by_window = (np.full((planes.shape[0], ho, wo), 7.0, x.dtype) for _ in range(2))
+    pooling._max_by_tap(planes, kh, kw, sh, sw, ph, pw, dh, dw, by_tap)
+    pooling._max_by_window(planes, kh, kw, sh, sw, ph, pw, dh, dw, by_window)
+    np.testing.assert_array_equal(by_tap, by_window)
+    assert np.array_equal(np.signbit(by_tap), np.signbit(by_window))
+    if (dh, dw) == (1, 1):
+        div = np.random.default_rng(seed).integers(1, 10, (ho, wo)).astype(x.dtype)
+        pooling._avg_by_tap(planes, kh, kw, sh, sw, ph, pw, div, by_tap)
+        pooling._avg_by_window(planes, kh, kw, sh, sw, ph, pw, div, by_window)
+        np.testing.assert_array_equal(by_tap, by_window)
+        assert np.array_equal(np.signbit(by_tap), np.signbit(by_window))

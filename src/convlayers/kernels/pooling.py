@@ -55,33 +55,30 @@ def _pairs(kh, kw, sh, sw, ph, pw, dh, dw, H, W, out):
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
     """Max over each window into ``out`` ``(P, Ho, Wo)``; NaN propagates (the last NaN is the
     output). 2x2 windows side by side run unrolled (:func:`_max_pairs`), 3x3 stride-2 ones
-    row by row (:func:`_max_3x3_stride_2_rows`), rows of :data:`BY_TAP_COLUMNS` or more
-    outputs at column stride 1 or 2 tap by tap (:func:`_max_by_tap`), the others
-    :func:`_max_by_window`."""
+    row by row (:func:`_max_3x3_stride_2_rows`), the others tap by tap
+    (:func:`_max_by_tap`: 1.1-4x faster than window by window on every layer tried, 2-38
+    output columns, strides 1-3)."""
     if _pairs(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[1], x.shape[2], out):
         _max_pairs(x, out, np.empty((0, 0, 0), dtype=np.int64))
     elif (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
         _max_3x3_stride_2_rows(x, ph, pw, out)
-    elif sw <= 2 and kw > 1 and out.shape[2] >= BY_TAP_COLUMNS:
-        _max_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
     else:
-        _max_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
-
-
-#: Output columns from which windows at column stride 1 (2 for the maxima) take
-#: :func:`_max_by_tap` and :func:`_avg_by_tap`.
-BY_TAP_COLUMNS = 8
+        _max_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
 
 
 @njit(parallel=True, cache=True)
 def _max_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
-    """:func:`max_pool2d` for column stride 1 or 2, tap by tap along each output row: each tap
-    is a select over the row's outputs (a tap replaces the running maximum when larger or NaN,
-    in the windows' row-major order: the per-window rule), which vectorises. Window by window,
-    the maximum of 3x3 windows took 1.5 ns a tap; at stride 2 it ran 1.3-2.6x this kernel's
-    time (3x3 stride 2 has its own, faster still)."""
+    """:func:`max_pool2d` tap by tap along each output row: each tap is a select over the
+    row's outputs (a tap replaces the running maximum when larger or NaN, in the windows'
+    row-major order: the per-window rule), which vectorises. Window by window, the maximum of
+    3x3 windows took 1.5 ns a tap; at stride 2 it ran 1.3-2.6x this kernel's time (3x3 stride
+    2 has its own, faster still). Each tap's run of outputs is the same on every row
+    (:func:`_tap_runs`), and the loops index by unsigned offsets with the stride a literal
+    where it is 1 or 2 (see :func:`_avg_by_tap`)."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
+    runs = _tap_runs(kw, dw, pw, sw, W, Wo)
+    u = np.uint64
     for p in prange(P):
         for oh in range(Ho):
             orow = out[p, oh]
@@ -94,23 +91,32 @@ def _max_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
                     continue
                 xrow = x[p, r]
                 for b in range(kw):
-                    lo, hi, first = _row_run(b * dw - pw, sw, W, Wo)
-                    # views from the run's start: indices from 0 (a negative index would wrap
-                    # around, and its check kept the loop from vectorising); the stride a
-                    # constant in each loop
-                    dst = orow[lo:hi]
+                    d, s, n = u(runs[b, 0]), u(runs[b, 2]), u(runs[b, 1] - runs[b, 0])
+                    step = u(sw)
                     if sw == 1:
-                        src = xrow[first:first + hi - lo]
-                        for i in range(hi - lo):
-                            v = src[i]
-                            top = dst[i]
-                            dst[i] = v if (v > top) | (v != v) else top
+                        for i in range(n):
+                            v, top = xrow[s + i], orow[d + i]
+                            orow[d + i] = v if (v > top) | (v != v) else top
+                    elif sw == 2:
+                        two = u(2)
+                        for i in range(n):
+                            v, top = xrow[s + two * i], orow[d + i]
+                            orow[d + i] = v if (v > top) | (v != v) else top
                     else:
-                        src = xrow[first:first + 2 * (hi - lo)]
-                        for i in range(hi - lo):
-                            v = src[2 * i]
-                            top = dst[i]
-                            dst[i] = v if (v > top) | (v != v) else top
+                        for i in range(n):
+                            v, top = xrow[s + step * i], orow[d + i]
+                            orow[d + i] = v if (v > top) | (v != v) else top
+
+
+@njit(cache=True, inline="always")
+def _tap_runs(kw, dw, pw, sw, W, Wo):
+    """``runs[b] = (lo, hi, first)`` of :func:`_row_run` for each tap column ``b``: the same on
+    every row, so the row loops divide nothing (on 8x23x23 planes, 3x3 stride 2, the per-row
+    divisions were most of the kernel's time)."""
+    runs = np.empty((kw, 3), dtype=np.int64)
+    for b in range(kw):
+        runs[b, 0], runs[b, 1], runs[b, 2] = _row_run(b * dw - pw, sw, W, Wo)
+    return runs
 
 
 @njit(cache=True, inline="always")
@@ -291,7 +297,9 @@ def _max_by_window(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
     """:func:`max_pool2d` one output at a time, over the taps inside its window: each window's
     bounds are computed once per call, so no tap is checked and no row is cut into views (a
     loop over each output row per tap ran 1.2-2.5x this time; short rows do not vectorise).
-    The maximum is a select, not a branch (random data mispredicts it)."""
+    The maximum is a select, not a branch (random data mispredicts it). No longer dispatched
+    (:func:`_max_by_tap` now indexes without views and was faster on every layer tried): kept
+    as the plain per-window rule the tests hold the other kernels to."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
     rfirst, rcount = _taps(Ho, H, kh, sh, ph, dh)
@@ -400,25 +408,26 @@ def _max_indices_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
 def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out):
     """Sum of the taps inside each window divided by ``div[oh, ow]``, into ``out``, summed in
     ``x``'s dtype in row-major tap order (the NumPy path's order, to the bit): 2x2 windows side
-    by side unrolled (:func:`_avg_pairs`), rows of :data:`BY_TAP_COLUMNS` or more outputs at
-    column stride 1 tap by tap (:func:`_avg_by_tap`), the others :func:`_avg_by_window`."""
+    by side unrolled (:func:`_avg_pairs`), the others tap by tap (:func:`_avg_by_tap`)."""
     if _pairs(kh, kw, sh, sw, ph, pw, 1, 1, x.shape[1], x.shape[2], out):
         _avg_pairs(x, div, out)
-    elif sw == 1 and kw > 1 and out.shape[2] >= BY_TAP_COLUMNS:
-        _avg_by_tap(x, kh, kw, sh, ph, pw, div, out)
     else:
-        _avg_by_window(x, kh, kw, sh, sw, ph, pw, div, out)
+        _avg_by_tap(x, kh, kw, sh, sw, ph, pw, div, out)
 
 
 @njit(parallel=True, cache=True)
-def _avg_by_tap(x, kh, kw, sh, ph, pw, div, out):
-    """:func:`avg_pool2d` for column stride 1, tap by tap along each output row, as
-    :func:`_max_by_tap`: each output still sums its taps inside the input from zero in
-    row-major order (the window-by-window sums, to the bit), a vectorised add per tap. (At
-    stride 2 the window-by-window sums ran 0.5-0.85x its time; the maxima's selects gain
-    there.)"""
+def _avg_by_tap(x, kh, kw, sh, sw, ph, pw, div, out):
+    """:func:`avg_pool2d` tap by tap along each output row, as :func:`_max_by_tap`: each output
+    still sums its taps inside the input from zero in row-major order (the window-by-window
+    sums, to the bit), a vectorised add per tap. The loops index by unsigned offsets from
+    runs computed once a call, with the stride a literal where it is 1 or 2: through views
+    and signed indices (numba's wraparound check) the strided loops ran scalar, and window by
+    window was faster at stride 2. Now against the window-by-window kernel: 3x3 stride 2 on
+    64x56x56 0.38x the time, on 8x23x23 0.72x, 5x5 stride 3 0.83x."""
     P, H, W = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
+    runs = _tap_runs(kw, 1, pw, sw, W, Wo)
+    u = np.uint64
     for p in prange(P):
         for oh in range(Ho):
             orow = out[p, oh]
@@ -431,10 +440,18 @@ def _avg_by_tap(x, kh, kw, sh, ph, pw, div, out):
                     continue
                 xrow = x[p, r]
                 for b in range(kw):
-                    lo, hi, first = _row_run(b - pw, 1, W, Wo)
-                    dst, src = orow[lo:hi], xrow[first:first + hi - lo]  # as in _max_by_tap
-                    for i in range(hi - lo):
-                        dst[i] += src[i]
+                    d, s, n = u(runs[b, 0]), u(runs[b, 2]), u(runs[b, 1] - runs[b, 0])
+                    step = u(sw)
+                    if sw == 1:
+                        for i in range(n):
+                            orow[d + i] += xrow[s + i]
+                    elif sw == 2:
+                        two = u(2)
+                        for i in range(n):
+                            orow[d + i] += xrow[s + two * i]
+                    else:
+                        for i in range(n):
+                            orow[d + i] += xrow[s + step * i]
             drow = div[oh]
             for ow in range(Wo):
                 orow[ow] /= drow[ow]
@@ -463,7 +480,9 @@ def _avg_pairs(x, div, out):
 
 @njit(parallel=True, cache=True)
 def _avg_by_window(x, kh, kw, sh, sw, ph, pw, div, out):
-    """:func:`avg_pool2d` one output at a time, as :func:`_max_by_window`."""
+    """:func:`avg_pool2d` one output at a time, as :func:`_max_by_window`: no longer
+    dispatched (:func:`_avg_by_tap` is faster at every stride), kept as the plain statement of
+    the summation order the tests hold the other kernels to, bit for bit."""
     P, H, W = x.shape
     zero = typed_zero(out)
     Ho, Wo = out.shape[1], out.shape[2]

@@ -605,35 +605,91 @@ def pointwise(x, taps, bias, B, R, out):
                 gemm_tiled_cols(taps[g, r0:r1], x[n, g], o, j0, j1)
 
 
+#: Planes from which :func:`subsample` and :func:`scatter_strided` take a plane a unit (fewer:
+#: a row a unit, so that every thread has work).
+PHASE_PLANES = 16
+
+
 @njit(parallel=True, cache=True)
 def subsample(x, r0, c0, sh, sw, out):
     """``out[n, c, i, j] = x[n, c, r0 + i*sh, c0 + j*sw]`` for ``out (N, C, Ho, Wo)``: one
-    stride phase of a batch of planes, a row of the output a unit, on every thread (NumPy's
-    strided copy runs on one). :func:`scatter_strided` writes one back."""
-    N, C, Ho, Wo = out.shape
-    for r in prange(N * C * Ho):
-        n = r // (C * Ho)
-        c = (r // Ho) % C
-        i = r % Ho
-        src = x[n, c, r0 + i * sh]
-        dst = out[n, c, i]
-        for j in range(Wo):
-            dst[j] = src[c0 + j * sw]
+    stride phase of a batch of planes, on every thread (NumPy's strided copy runs on one).
+    :func:`scatter_strided` writes one back.
+
+    A unit is a plane (a row where there are fewer than :data:`PHASE_PLANES` planes), the rows
+    found by counting, not dividing, and each row copied through unsigned offsets with the
+    stride a literal where it is 1-3: a row a unit, with three divisions a row and a signed
+    strided index (numba's wraparound check kept it scalar), took 0.42 ms to take 390k values
+    of 456 planes 95 x 18 (one column in two); now 0.12."""
+    N, C, Ho = out.shape[0], out.shape[1], out.shape[2]
+    planes = N * C
+    by_rows = planes < PHASE_PLANES
+    units = planes * Ho if by_rows else planes
+    for unit in prange(units):
+        k = np.int64(unit)  # the parallel index may be unsigned: keep the arithmetic signed
+        q, i0, i1 = k, 0, Ho
+        if by_rows:
+            q, i0, i1 = k // Ho, k % Ho, k % Ho + 1
+        n, c = q // C, q % C
+        for i in range(i0, i1):
+            _phase_copy(x[n, c, r0 + i * sh], c0, sw, out[n, c, i], True)
 
 
 @njit(parallel=True, cache=True)
 def scatter_strided(src, r0, c0, sh, sw, dst):
     """``dst[n, c, r0 + i*sh, c0 + j*sw] = src[n, c, i, j]`` for ``src (N, C, Hs, Ws)``: one
-    stride phase written into a batch of planes, a row of ``src`` a unit, on every thread."""
-    N, C, Hs, Ws = src.shape
-    for r in prange(N * C * Hs):
-        n = r // (C * Hs)
-        c = (r // Hs) % C
-        i = r % Hs
-        row = src[n, c, i]
-        out = dst[n, c, r0 + i * sh]
-        for j in range(Ws):
-            out[c0 + j * sw] = row[j]
+    stride phase written into a batch of planes, units as :func:`subsample`'s."""
+    N, C, Hs = src.shape[0], src.shape[1], src.shape[2]
+    planes = N * C
+    by_rows = planes < PHASE_PLANES
+    units = planes * Hs if by_rows else planes
+    for unit in prange(units):
+        k = np.int64(unit)  # the parallel index may be unsigned: keep the arithmetic signed
+        q, i0, i1 = k, 0, Hs
+        if by_rows:
+            q, i0, i1 = k // Hs, k % Hs, k % Hs + 1
+        n, c = q // C, q % C
+        for i in range(i0, i1):
+            _phase_copy(dst[n, c, r0 + i * sh], c0, sw, src[n, c, i], False)
+
+
+@njit(cache=True, inline="always")
+def _phase_copy(row, c0, sw, phase, take):
+    """``phase[j] = row[c0 + j*sw]`` (``take``) or the reverse, for ``j < len(phase)``:
+    unsigned offsets, the stride a literal where it is 1-3 (see :func:`subsample`)."""
+    u = np.uint64
+    s, m = u(c0), u(phase.shape[0])
+    if sw == 1:
+        if take:
+            for j in range(m):
+                phase[j] = row[s + j]
+        else:
+            for j in range(m):
+                row[s + j] = phase[j]
+    elif sw == 2:
+        two = u(2)
+        if take:
+            for j in range(m):
+                phase[j] = row[s + two * j]
+        else:
+            for j in range(m):
+                row[s + two * j] = phase[j]
+    elif sw == 3:
+        three = u(3)
+        if take:
+            for j in range(m):
+                phase[j] = row[s + three * j]
+        else:
+            for j in range(m):
+                row[s + three * j] = phase[j]
+    else:
+        step = u(sw)
+        if take:
+            for j in range(m):
+                phase[j] = row[s + step * j]
+        else:
+            for j in range(m):
+                row[s + step * j] = phase[j]
 
 
 @njit(parallel=True, cache=True)

@@ -173,10 +173,13 @@ def _phase_row(row, pl, sw, col_phases, plane, base, block, S, runs, split):
         _strided(row, plane, s0, d0, three, every, u(n0), split)
         _strided(row, plane, s1, d1, three, every, u(n1), split)
         _strided(row, plane, s2, d2, three, every, u(n2), split)
-    else:
+    else:  # some phases only, or a stride past 3: a strided loop a phase
         for q in range(sw):
             if (col_phases >> q) & 1:
-                j, c, n = _run(pl, sw, q, S, W)
+                if q < 3:  # from the runs: no division a row
+                    j, c, n = runs[3 * q], runs[3 * q + 1], runs[3 * q + 2]
+                else:
+                    j, c, n = _run(pl, sw, q, S, W)
                 _strided(row, plane, u(j), u(base + q * block + c), u(sw), u(0), u(n), split)
 
 

@@ -931,3 +931,25 @@ def test_lowered_weight_gradient_split_by_input_channels_matches_torch(batch: in
     assert_close(y, expected, "forward")
     assert_close(gx, tgx, "grad_input")
     assert_close(gw, tgw, "grad_weight")
+
+
+@pytest.mark.parametrize("shape", [(6, 20, 25, 18), (1, 2, 30, 31)])  # planes, and rows, a unit
+@pytest.mark.parametrize(("r0", "c0", "sh", "sw"), [(0, 0, 1, 2), (1, 2, 2, 3), (2, 1, 3, 1),
+                                                     (0, 3, 1, 5)])
+def test_stride_phase_copies_match_numpy_slicing(shape: tuple[int, ...], r0: int, c0: int,
+                                                 sh: int, sw: int) -> None:
+    """``subsample`` takes one stride phase of a batch of planes and ``scatter_strided`` writes
+    it back, against NumPy's strided slices: literal strides 1-3 and a general one, a plane a
+    unit (120 planes) and a row a unit (2 planes)."""
+    from convlayers.kernels import conv
+
+    x = np.random.default_rng(sh * 10 + sw).standard_normal(shape).astype(np.float32)
+    view = x[:, :, r0::sh, c0::sw]
+    phase = np.empty(view.shape, np.float32)
+    conv.subsample(x, r0, c0, sh, sw, phase)
+    np.testing.assert_array_equal(phase, view)
+    back = np.zeros_like(x)
+    conv.scatter_strided(phase, r0, c0, sh, sw, back)
+    expected = np.zeros_like(x)
+    expected[:, :, r0::sh, c0::sw] = view
+    np.testing.assert_array_equal(back, expected)

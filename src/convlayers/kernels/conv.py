@@ -610,47 +610,42 @@ def pointwise(x, taps, bias, B, R, out):
 PHASE_PLANES = 16
 
 
-@njit(parallel=True, cache=True)
 def subsample(x, r0, c0, sh, sw, out):
     """``out[n, c, i, j] = x[n, c, r0 + i*sh, c0 + j*sw]`` for ``out (N, C, Ho, Wo)``: one
     stride phase of a batch of planes, on every thread (NumPy's strided copy runs on one).
-    :func:`scatter_strided` writes one back.
+    :func:`scatter_strided` writes one back; both are :func:`_phase_planes`."""
+    _phase_planes(x, r0, c0, sh, sw, out, True)
+
+
+def scatter_strided(src, r0, c0, sh, sw, dst):
+    """``dst[n, c, r0 + i*sh, c0 + j*sw] = src[n, c, i, j]`` for ``src (N, C, Hs, Ws)``: one
+    stride phase written into a batch of planes (:func:`_phase_planes`)."""
+    _phase_planes(dst, r0, c0, sh, sw, src, False)
+
+
+@njit(parallel=True, cache=True)
+def _phase_planes(planes, r0, c0, sh, sw, phase, take):
+    """Between ``planes (N, C, H, W)`` and one stride phase of them, ``phase (N, C, Hp, Wp)``
+    (``phase[n, c, i, j]`` is ``planes[n, c, r0 + i*sh, c0 + j*sw]``): ``take`` copies the
+    phase out, otherwise writes it back.
 
     A unit is a plane (a row where there are fewer than :data:`PHASE_PLANES` planes), the rows
     found by counting, not dividing, and each row copied through unsigned offsets with the
     stride a literal where it is 1-3: a row a unit, with three divisions a row and a signed
     strided index (numba's wraparound check kept it scalar), took 0.42 ms to take 390k values
     of 456 planes 95 x 18 (one column in two); now 0.12."""
-    N, C, Ho = out.shape[0], out.shape[1], out.shape[2]
-    planes = N * C
-    by_rows = planes < PHASE_PLANES
-    units = planes * Ho if by_rows else planes
+    N, C, Hp = phase.shape[0], phase.shape[1], phase.shape[2]
+    count = N * C
+    by_rows = count < PHASE_PLANES
+    units = count * Hp if by_rows else count
     for unit in prange(units):
         k = np.int64(unit)  # the parallel index may be unsigned: keep the arithmetic signed
-        q, i0, i1 = k, 0, Ho
+        q, i0, i1 = k, 0, Hp
         if by_rows:
-            q, i0, i1 = k // Ho, k % Ho, k % Ho + 1
+            q, i0, i1 = k // Hp, k % Hp, k % Hp + 1
         n, c = q // C, q % C
         for i in range(i0, i1):
-            _phase_copy(x[n, c, r0 + i * sh], c0, sw, out[n, c, i], True)
-
-
-@njit(parallel=True, cache=True)
-def scatter_strided(src, r0, c0, sh, sw, dst):
-    """``dst[n, c, r0 + i*sh, c0 + j*sw] = src[n, c, i, j]`` for ``src (N, C, Hs, Ws)``: one
-    stride phase written into a batch of planes, units as :func:`subsample`'s."""
-    N, C, Hs = src.shape[0], src.shape[1], src.shape[2]
-    planes = N * C
-    by_rows = planes < PHASE_PLANES
-    units = planes * Hs if by_rows else planes
-    for unit in prange(units):
-        k = np.int64(unit)  # the parallel index may be unsigned: keep the arithmetic signed
-        q, i0, i1 = k, 0, Hs
-        if by_rows:
-            q, i0, i1 = k // Hs, k % Hs, k % Hs + 1
-        n, c = q // C, q % C
-        for i in range(i0, i1):
-            _phase_copy(dst[n, c, r0 + i * sh], c0, sw, src[n, c, i], False)
+            _phase_copy(planes[n, c, r0 + i * sh], c0, sw, phase[n, c, i], take)
 
 
 @njit(cache=True, inline="always")

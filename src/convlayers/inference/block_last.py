@@ -76,7 +76,8 @@ def _product(xf, offs, w, bias, act, res, has_res, m, j0, j1, k0, k1):
             s1 = min(k1, s0 + kc)
             last = s1 == k1 and act >= 0
             finish = (act | (8 if has_res else 0)) if last and act <= 2 else -1
-            tall = conv_rows(xf, c1 - c0)
+            # one call for all the pixels, unless bands are finished here
+            tall = conv_rows(xf, c1 - c0) if last and finish < 0 else max(1, pixels)
             for p in range(0, pixels, tall):
                 band = min(tall, pixels - p)
                 conv_band(xf, w, m, offs, toffs, p, band, c0, c1, s0, s1, bias, res, finish)

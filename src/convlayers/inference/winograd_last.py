@@ -34,7 +34,7 @@ from numba.extending import intrinsic
 
 from convlayers.inference.channels_last import _finish_row
 from convlayers.kernels.queue import claim, new_queue
-from convlayers.kernels.simd import _arrays, _Lanes, conv_band, conv_rows
+from convlayers.kernels.simd import _arrays, _Lanes, conv_band
 from convlayers.kernels.values import nonfinite_in
 
 __all__ = ["MIN_CHANNELS", "MIN_TILES", "UNIT_COLUMNS", "UNIT_TILES", "fits", "forward",
@@ -272,13 +272,11 @@ def forward(xp, u, bias, res, has_res, act, tiles, cols, threads, table, rows, v
             co0 = (unit % n_cols) * cols
             co1 = min(c_out, co0 + cols)
             _input_tiles(xf, hp, wp, c_in, q0, count, th, tw, table, vf)
-            step = conv_rows(xf, co1 - co0)
             for e in range(16):
                 v_e = vf[e * v_plane: e * v_plane + count * c_in]
                 m_e = mf[e * m_plane: e * m_plane + count * c_out].reshape(count, c_out)
-                for p in range(0, count, step):
-                    conv_band(v_e, u[e], m_e, rows, one_tap, p, min(step, count - p), co0, co1,
-                              0, c_in, bias, m_e, -1)
+                conv_band(v_e, u[e], m_e, rows, one_tap, 0, count, co0, co1, 0, c_in, bias, m_e,
+                          -1)
             if _output_tiles(mf, bias, res, has_res, act, q0, count, th, tw, co0, co1, table,
                              out):
                 bad[me] = 1

@@ -34,7 +34,7 @@ from numba.extending import intrinsic
 
 from convlayers.inference.channels_last import _finish_row
 from convlayers.kernels.queue import claim, new_queue
-from convlayers.kernels.simd import _arrays, _Lanes, conv_band
+from convlayers.kernels.simd import _arrays, _Lanes, conv_band, masked_store
 from convlayers.kernels.values import nonfinite_in
 
 __all__ = ["MIN_CHANNELS", "MIN_TILES", "UNIT_COLUMNS", "UNIT_TILES", "fits", "forward",
@@ -154,8 +154,8 @@ def _emit_transform(context: Any, builder: Any, signature: Any, args: Any, outpu
             for r in (top, low):
                 results += [b.fadd(b.fadd(r[0], r[1]), r[2]), b.fsub(b.fsub(r[1], r[2]), r[3])]
             for j, value in enumerate(results):
-                b.call(v.mstore, [value, v.ptr(da, b.add(dst[j], k)), v.align,
-                                  b.select(stored[j], mask, none)])
+                masked_store(b, v.mstore, value, v.ptr(da, b.add(dst[j], k)), v.align,
+                             b.select(stored[j], mask, none))
         else:  # B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], likewise
             r0, r1, r2, r3 = (rows_of(d, i) for i in range(4))
             rows = [[b.fsub(r0[j], r2[j]) for j in range(4)], [b.fadd(r1[j], r2[j]) for j in range(4)],
@@ -163,7 +163,8 @@ def _emit_transform(context: Any, builder: Any, signature: Any, args: Any, outpu
             for i, r in enumerate(rows):
                 for j, value in enumerate((b.fsub(r[0], r[2]), b.fadd(r[1], r[2]),
                                            b.fsub(r[2], r[1]), b.fsub(r[1], r[3]))):
-                    b.call(v.mstore, [value, v.ptr(da, b.add(dst[4 * i + j], k)), v.align, mask])
+                    masked_store(b, v.mstore, value, v.ptr(da, b.add(dst[4 * i + j], k)),
+                                 v.align, mask)
     return context.get_dummy_value()
 
 

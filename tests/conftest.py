@@ -35,9 +35,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def without_winograd_backward() -> Iterator[None]:
     """Winograd off for the backward pass. Where the kernels run 32-byte vectors (AVX2) it
-    serves 3x3 stride-1 gradients by default (``winograd_backward``), with AVX-512 it does
-    not: tests of the GEMM strategies' own rules on such layers turn it off, so the machine
-    does not decide which rule they see."""
+    serves the gradients of the 3x3 stride-1 layers whose forward it serves, by default
+    (``winograd_backward``), with AVX-512 it does not: tests of the GEMM strategies' own rules
+    on such layers turn it off, so the machine does not decide which rule they see."""
     from convlayers import config
 
     with config.engine_settings(winograd_backward=False):

@@ -299,29 +299,34 @@ class EngineSettings:
     #: pay for the transforms.
     winograd_min_channels: int = 16
     #: Winograd serves a forward only from this many 2x2 output tiles in the call (batch times
-    #: tiles per plane). None: the machine's default, 768 where the kernels run 64-byte vectors
-    #: (AVX-512: the implicit GEMM's tiles there are twice as wide, and on 6 layers with fewer
-    #: tiles it took 0.4-0.9x Winograd's time: batch 1 at 7x7, 13x13, 14x14 maps and 2-16
-    #: images at 14x14), else 0 (with 32-byte vectors Winograd won down to the smallest maps).
+    #: tiles per plane). On AVX-512 the implicit GEMM's tiles are twice as wide, and on 6 layers
+    #: with fewer tiles it took 0.4-0.9x Winograd's time (batch 1 at 7x7, 13x13, 14x14 maps and
+    #: 2-16 images at 14x14). On AVX2 (a Zen 3, 65 random 3x3 layers of 16-512 channels,
+    #: forced in turns) Winograd won by 4-27% on 18, none of them past both this and
+    #: :attr:`winograd_harmonic_channels` but one (0.87x), and lost by up to 2.4x on the rest;
+    #: the 64 -> 64 layer on 32x56x56 (W2) stays Winograd's (0.71x). None: 768, as before it
+    #: meant the machine's default (AVX2's was 0).
     winograd_min_tiles: int | None = None
     #: Winograd serves a forward only when the harmonic mean of its input and output channels
     #: per group, ``2ab / (a + b)``, is at least this (its GEMMs are ``C_out x C_in`` by tiles,
     #: its transforms ``C_in + C_out`` by tiles); on maps with fewer than
     #: ``winograd_small_map`` output rows or columns, at least ``winograd_small_map_channels``.
-    #: None: the machine's default, 64 where the kernels run 64-byte vectors, else 0. On 47
-    #: random 3x3 layers of 768 tiles or more (AVX-512, 1 and 2 threads, interleaved), Winograd
-    #: took 1.06-2.96x the implicit GEMM's time on every layer below a mean of 64 but one
-    #: (0.98x), and 0.63-0.97x on all at or above it but four: 64->96, 96->64, 64->128 and
-    #: 64->64 on 10x10-16x16 maps (1.1-1.48x). Those have means under 96; the small maps with
-    #: means of 96 and more won (0.75-0.97x).
+    #: None: 64 (AVX2's default was 0; see :attr:`winograd_min_tiles`). On 47 random 3x3
+    #: layers of 768 tiles or more (AVX-512, 1 and 2 threads, interleaved), Winograd took
+    #: 1.06-2.96x the implicit GEMM's time on every layer below a mean of 64 but one (0.98x),
+    #: and 0.63-0.97x on all at or above it but four: 64->96, 96->64, 64->128 and 64->64 on
+    #: 10x10-16x16 maps (1.1-1.48x). Those have means under 96; the small maps with means of
+    #: 96 and more won (0.75-0.97x).
     winograd_harmonic_channels: int | None = None
     #: See :attr:`winograd_harmonic_channels`.
     winograd_small_map: int = 20
     #: See :attr:`winograd_harmonic_channels`.
     winograd_small_map_channels: int = 96
-    #: Whether Winograd serves the backward pass. None: the machine's default, no with 64-byte
+    #: Whether Winograd serves the backward pass. None: the machine's default: no with 64-byte
     #: vectors (the implicit gradients took 0.3-1.0x its time on 11 layers from batch 1 at 7x7
-    #: to batch 32 at 28x28, 64-512 channels), else yes.
+    #: to batch 32 at 28x28, 64-512 channels); with 32-byte vectors where the forward would
+    #: take it (on 25 random 3x3 layers of a Zen 3 its gradients took 1.02-5.4x the implicit
+    #: ones'; on W2's 64 -> 64, 32x56x56, 0.87x).
     winograd_backward: bool | None = None
     #: Tiles per unit of the fused Winograd forward: the unit's transforms
     #: (``16*(C_in + C_out)*tiles*itemsize``) stay in the core's cache from the input transform

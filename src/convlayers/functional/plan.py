@@ -14,10 +14,10 @@ strategy       what it does, and what it serves
 ============== =================================================================================
 winograd       Winograd F(2x2,3x3): input/output transforms and 16 register-tiled GEMMs per
                block of tiles in one parallel region. 3x3, stride 1, dilation 1; forward and
-               both gradients. Chosen from ``winograd_min_channels`` channels per group
-               and, where the kernels run 64-byte vectors, for forwards of at least
-               ``winograd_min_tiles`` tiles whose channels' harmonic mean reaches
-               ``winograd_harmonic_channels`` (``winograd_backward``: not for gradients).
+               both gradients. Chosen from ``winograd_min_channels`` channels per group,
+               for forwards of at least ``winograd_min_tiles`` tiles whose channels'
+               harmonic mean reaches ``winograd_harmonic_channels``; for gradients per
+               ``winograd_backward`` (where the kernels run 32-byte vectors, as the forward).
 depthwise-flat Depthwise (``C_in/groups == 1``, any channel multiplier), stride 1 with the width
                kept (3x3 padding 1, ...): each tap one loop straight over the flat planes, row
                edges masked. Forward and both gradients.
@@ -297,10 +297,24 @@ def winograd_channels_pay(c_in_g: int, c_out_g: int, ho: int, wo: int) -> bool:
     e = config.engine
     if c_in_g < e.winograd_min_channels:
         return False
-    need = _wide_default(e.winograd_harmonic_channels, 64, 0)
+    need = 64 if e.winograd_harmonic_channels is None else e.winograd_harmonic_channels
     if min(ho, wo) < e.winograd_small_map:
         need = max(need, e.winograd_small_map_channels) if need else 0
     return 2 * c_in_g * c_out_g >= need * (c_in_g + c_out_g)
+
+
+def winograd_min_tiles() -> int:
+    """``config.engine.winograd_min_tiles``, 768 when it is None."""
+    tiles = config.engine.winograd_min_tiles
+    return 768 if tiles is None else int(tiles)
+
+
+def _winograd_backward(g: Geometry) -> bool:
+    """``config.engine.winograd_backward``, or when it is None the machine's default: never
+    with 64-byte vectors, else where the forward takes Winograd."""
+    if config.engine.winograd_backward is not None:
+        return bool(config.engine.winograd_backward)
+    return bool(_wide_default(None, False, True)) and _winograd_forward(g)
 
 
 def _winograd_forward(g: Geometry) -> bool:
@@ -309,7 +323,7 @@ def _winograd_forward(g: Geometry) -> bool:
     if not (_winograd_shape(g) and winograd_channels_pay(g.c_in_g, g.c_out_g, g.ho, g.wo)):
         return False
     tiles = g.n * -(-g.ho // 2) * -(-g.wo // 2)
-    return bool(tiles >= _wide_default(config.engine.winograd_min_tiles, 768, 0))
+    return bool(tiles >= winograd_min_tiles())
 
 
 def _flat_shape(g: Geometry) -> bool:
@@ -631,8 +645,7 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
                     _many_planes(g, backward=True) or _depthwise(g) != "depthwise-planar"):
             return _CHANNELS_LAST, _CHANNELS_LAST
         if (winograd and _winograd_shape(g) and g.c_in_g >= e.winograd_min_channels
-                and g.c_out_g >= e.winograd_min_channels and _wide_default(
-                    e.winograd_backward, False, True)):
+                and g.c_out_g >= e.winograd_min_channels and _winograd_backward(g)):
             return "winograd", "winograd"
         if g.c_in_g == 1 and g.c_out != g.c_in and few_positions(g):
             # a channel multiplier on maps of a few windows: the lowered gradients make one

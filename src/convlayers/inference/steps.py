@@ -301,10 +301,9 @@ class Winograd(_Conv):
                          f"the engine's threshold ({self.tiles} an image)")
 
     def _few_tiles(self, n: int) -> bool:
-        from convlayers import config
-        from convlayers.functional.plan import _wide_default
+        from convlayers.functional.plan import winograd_min_tiles
 
-        return n * self.tiles < _wide_default(config.engine.winograd_min_tiles, 768, 0)
+        return n * self.tiles < winograd_min_tiles()
 
     def scratch_elements(self, n: int) -> int:
         if self._few_tiles(n):

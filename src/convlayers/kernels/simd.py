@@ -758,10 +758,10 @@ def band_columns(columns: int, lanes: int) -> tuple[int, int]:
     return (columns - rest, lanes) if rest <= lanes else (columns - rest + step, 0)
 
 
-#: Pixels of a direct convolution's tile when its block has at most two vectors of output
-#: channels (the projections of mobile networks to 16, 24 or 32 channels): a tall, narrow
-#: tile keeps as many accumulators busy (12 by 2) where 6 rows by one vector kept 6, and
-#: does 24 channels in one pass, its second vector masked, where it took two.
+#: Pixels of a direct convolution's tile when its block has one vector of output channels,
+#: and on AVX-512 two (the projections of mobile networks to 16, 24 or 32 channels): a tall,
+#: narrow tile keeps as many accumulators busy (12 by 2 there) where 6 rows by one vector
+#: kept 6, and does 24 channels in one pass, its second vector masked, where it took two.
 TALL_ROWS = 2 * CONV_ROWS
 #: Pixels of the tall tile of two vectors: :data:`TALL_ROWS` where the register file holds
 #: its 24 accumulators (AVX-512's 32 registers); AVX2's 16 hold 12, so there it is the wide

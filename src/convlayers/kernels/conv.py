@@ -651,40 +651,29 @@ def _phase_planes(planes, r0, c0, sh, sw, phase, take):
 @njit(cache=True, inline="always")
 def _phase_copy(row, c0, sw, phase, take):
     """``phase[j] = row[c0 + j*sw]`` (``take``) or the reverse, for ``j < len(phase)``:
-    unsigned offsets, the stride a literal where it is 1-3 (see :func:`subsample`)."""
+    unsigned offsets, the stride a constant where it is 1-3 (see :func:`subsample`)."""
     u = np.uint64
-    s, m = u(c0), u(phase.shape[0])
     if sw == 1:
-        if take:
-            for j in range(m):
-                phase[j] = row[s + j]
-        else:
-            for j in range(m):
-                row[s + j] = phase[j]
+        _strided_copy(row, u(c0), u(1), phase, take)
     elif sw == 2:
-        two = u(2)
-        if take:
-            for j in range(m):
-                phase[j] = row[s + two * j]
-        else:
-            for j in range(m):
-                row[s + two * j] = phase[j]
+        _strided_copy(row, u(c0), u(2), phase, take)
     elif sw == 3:
-        three = u(3)
-        if take:
-            for j in range(m):
-                phase[j] = row[s + three * j]
-        else:
-            for j in range(m):
-                row[s + three * j] = phase[j]
+        _strided_copy(row, u(c0), u(3), phase, take)
     else:
-        step = u(sw)
-        if take:
-            for j in range(m):
-                phase[j] = row[s + step * j]
-        else:
-            for j in range(m):
-                row[s + step * j] = phase[j]
+        _strided_copy(row, u(c0), u(sw), phase, take)
+
+
+@njit(cache=True, inline="always")
+def _strided_copy(row, start, step, phase, take):
+    """:func:`_phase_copy`'s loops, inlined (numba's IR) where it calls them, so that a
+    constant ``step`` reaches LLVM as one and the loop vectorises."""
+    m = np.uint64(phase.shape[0])
+    if take:
+        for j in range(m):
+            phase[j] = row[start + step * j]
+    else:
+        for j in range(m):
+            row[start + step * j] = phase[j]
 
 
 @njit(parallel=True, cache=True)

@@ -92,20 +92,29 @@ def _max_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
                 xrow = x[p, r]
                 for b in range(kw):
                     d, s, n = u(runs[b, 0]), u(runs[b, 2]), u(runs[b, 1] - runs[b, 0])
-                    step = u(sw)
                     if sw == 1:
-                        for i in range(n):
-                            v, top = xrow[s + i], orow[d + i]
-                            orow[d + i] = v if (v > top) | (v != v) else top
+                        _max_run(orow, d, xrow, s, u(1), n)
                     elif sw == 2:
-                        two = u(2)
-                        for i in range(n):
-                            v, top = xrow[s + two * i], orow[d + i]
-                            orow[d + i] = v if (v > top) | (v != v) else top
+                        _max_run(orow, d, xrow, s, u(2), n)
                     else:
-                        for i in range(n):
-                            v, top = xrow[s + step * i], orow[d + i]
-                            orow[d + i] = v if (v > top) | (v != v) else top
+                        _max_run(orow, d, xrow, s, u(sw), n)
+
+
+@njit(cache=True, inline="always")
+def _max_run(orow, d, xrow, s, step, n):
+    """``orow[d + i] = max(orow[d + i], xrow[s + step*i])`` for ``i < n`` (NaN wins), unsigned
+    offsets: inlined in numba's IR where it is called, so a constant ``step`` reaches LLVM
+    as one and the loop vectorises."""
+    for i in range(n):
+        v, top = xrow[s + step * i], orow[d + i]
+        orow[d + i] = v if (v > top) | (v != v) else top
+
+
+@njit(cache=True, inline="always")
+def _add_run(orow, d, xrow, s, step, n):
+    """``orow[d + i] += xrow[s + step*i]`` for ``i < n``, as :func:`_max_run`."""
+    for i in range(n):
+        orow[d + i] += xrow[s + step * i]
 
 
 @njit(cache=True, inline="always")
@@ -441,17 +450,12 @@ def _avg_by_tap(x, kh, kw, sh, sw, ph, pw, div, out):
                 xrow = x[p, r]
                 for b in range(kw):
                     d, s, n = u(runs[b, 0]), u(runs[b, 2]), u(runs[b, 1] - runs[b, 0])
-                    step = u(sw)
                     if sw == 1:
-                        for i in range(n):
-                            orow[d + i] += xrow[s + i]
+                        _add_run(orow, d, xrow, s, u(1), n)
                     elif sw == 2:
-                        two = u(2)
-                        for i in range(n):
-                            orow[d + i] += xrow[s + two * i]
+                        _add_run(orow, d, xrow, s, u(2), n)
                     else:
-                        for i in range(n):
-                            orow[d + i] += xrow[s + step * i]
+                        _add_run(orow, d, xrow, s, u(sw), n)
             drow = div[oh]
             for ow in range(Wo):
                 orow[ow] /= drow[ow]

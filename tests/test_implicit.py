@@ -294,3 +294,30 @@ def test_kept_scratch_serves_threads_and_shapes_apart() -> None:
     for (x, w), y in zip(cases, expected, strict=True):
         assert_close(y, tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1),
                      "implicit forward")
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "kernel", "stride", "dilation", "groups"), [
+    (6, 5, (4, 4), (2, 2), (1, 1), 1),      # small weights: the taps copied on one thread
+    (48, 44, (4, 4), (2, 2), (1, 1), 1),    # 33792 taps: shared among the threads
+    (40, 36, (3, 5), (2, 3), (1, 1), 2),    # uneven phases, two groups
+    (12, 8, (3, 3), (2, 2), (2, 1), 1),     # rows no tap reaches (dilation 2, stride 2)
+])
+def test_strided_transposed_convolution_writes_each_phase_in_place(
+        c_in: int, c_out: int, kernel: tuple[int, int], stride: tuple[int, int],
+        dilation: tuple[int, int], groups: int) -> None:
+    """The implicit input gradient of a strided convolution (a transposed convolution's
+    forward) runs one stride-1 forward per stride phase, storing into every ``s``-th row and
+    column of the output, with the taps of all phases gathered in one pass: against torch."""
+    from convlayers.functional._engine_implicit import PARALLEL_TAPS
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, c_in, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((c_in, c_out // groups, *kernel)).astype(np.float32)
+    taps = w.size
+    assert (taps >= PARALLEL_TAPS) == (c_in == 48)  # the cases cover both copies
+    with config.engine_settings(force="implicit"):
+        ours = F.conv_transpose2d(x, w, None, stride=stride, padding=1, groups=groups,
+                                  dilation=dilation)
+    theirs = tF.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), None, stride=stride,
+                                 padding=1, groups=groups, dilation=dilation).numpy()
+    assert_close(ours, theirs, "conv_transpose2d")

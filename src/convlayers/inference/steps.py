@@ -271,7 +271,8 @@ class Implicit(_Conv):
         xbuf = scratch[:threads * slab].reshape(threads, slab)
         obuf = scratch[threads * slab:threads * (slab + product)].reshape(threads, product)
         implicit_forward(x, self.taps, self.bias, self.kh, self.kw, self.sh, self.sw, self.dh,
-                         self.dw, self.pt, self.pl, self.wo, rows, block, chunk, xbuf, obuf, out)
+                         self.dw, self.pt, self.pl, self.ho, self.wo, rows, block, chunk, xbuf,
+                         obuf, out, 0, self.wo, 1)
         if self.residual is not None or self.act:
             res, has = self._res(v, True)
             K.epilogue(out, self.zero, res, has, self.act)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["copy_row", "inside_range", "slab_unit", "store_rows", "tap_cols", "typed_zero",
-           "unit_block", "unit_parts"]
+__all__ = ["copy_row", "inside_range", "slab_unit", "store_rows", "store_rows_spaced", "tap_cols",
+           "typed_zero", "unit_block", "unit_parts"]
 
 
 @njit(cache=True, inline="always")
@@ -77,14 +77,25 @@ def slab_unit(unit, G, nr, nb, R, Ho, B, Cog):
 
 
 @njit(cache=True, inline="always")
-def store_rows(dst, src, rows, width, stride, b):
-    """``dst[i*width + j] = src[i*stride + j] + b`` for ``rows`` rows of ``width`` (flat views
+def store_rows(dst, src, rows, width, stride, b, step):
+    """``dst[i*step + j] = src[i*stride + j] + b`` for ``rows`` rows of ``width`` (flat views
     starting at the first row): a product's rows, bias added, into the output."""
     for i in range(rows):
-        d = dst[i * width: (i + 1) * width]
+        d = dst[i * step: i * step + width]
         s = src[i * stride: i * stride + width]
         for j in range(width):
             d[j] = s[j] + b
+
+
+@njit(cache=True, inline="always")
+def store_rows_spaced(dst, src, rows, width, stride, b, step, space):
+    """:func:`store_rows` into every ``space``-th element of each output row:
+    ``dst[i*step + j*space] = src[i*stride + j] + b``."""
+    for i in range(rows):
+        d = dst[i * step: i * step + (width - 1) * space + 1]
+        s = src[i * stride: i * stride + width]
+        for j in range(width):
+            d[j * space] = s[j] + b
 
 
 @njit(cache=True, inline="always")

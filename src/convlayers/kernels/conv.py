@@ -270,7 +270,7 @@ def _lowered_unit(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, out, 
         gemm_tiled(taps[g, co0: co0 + cos], cols, o)
     for co in range(cos):
         c = g * Cog + co0 + co
-        store_rows(out[n, c, oh0 * Wo:], o[co], 1, L, L, bias[c] if has_bias else zero)
+        store_rows(out[n, c, oh0 * Wo:], o[co], 1, L, L, bias[c] if has_bias else zero, L)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

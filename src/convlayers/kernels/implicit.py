@@ -30,12 +30,19 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import slab_unit, store_rows, typed_zero, unit_parts
+from convlayers.kernels._bounds import (
+    slab_unit,
+    store_rows,
+    store_rows_spaced,
+    typed_zero,
+    unit_parts,
+)
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import gemm_indirect_left_add, gemm_indirect_part
 
 __all__ = ["channels_last_weight_grad", "forward_scratch", "implicit_forward", "implicit_weight_grad",
-           "phase_layout"]
+           "phase_layout", "phase_taps",
+           "phase_taps_parallel"]
 
 
 @njit(cache=True)
@@ -60,6 +67,45 @@ def phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq):
                 offs[(c * kh + a) * kw + b] = ((c * slots + slot[ph]) * plane
                                                + ((a * dh) // sh) * Wq + (b * dw) // sw)
     return offs, slot, slots
+
+
+@njit(cache=True)
+def phase_taps(w4, index, lengths, out):
+    """The taps of every stride phase of an input gradient, from the weights ``w4 (G, C_out/g,
+    C_in/g, kh*kw)`` in one pass: phase ``p`` reads the ``lengths[p]`` taps listed next in
+    ``index`` and fills the next ``G * C_in/g * C_out/g * lengths[p]`` elements of the flat
+    ``out`` as ``(G, C_in/g, C_out/g * lengths[p])``. Each (group, input channel) pair reads
+    each output channel's taps, a cache line or two, once for all phases."""
+    for pair in range(w4.shape[0] * w4.shape[2]):
+        _phase_taps_pair(w4, index, lengths, out, pair)
+
+
+@njit(parallel=True, cache=True)
+def phase_taps_parallel(w4, index, lengths, out):
+    """:func:`phase_taps` with the (group, input channel) pairs shared among the threads (for
+    large weights: a parallel region costs more than the copy of a small one)."""
+    for pair in prange(w4.shape[0] * w4.shape[2]):
+        _phase_taps_pair(w4, index, lengths, out, pair)
+
+
+@njit(cache=True, inline="always")
+def _phase_taps_pair(w4, index, lengths, out, pair):
+    G, Cog, Cig, K = w4.shape
+    wf = w4.reshape(w4.size)
+    g = pair // Cig
+    ci = pair - g * Cig
+    start = 0
+    first = 0
+    for p in range(lengths.shape[0]):
+        L = lengths[p]
+        at = start + pair * Cog * L
+        for co in range(Cog):
+            src = ((g * Cog + co) * Cig + ci) * K
+            for t in range(L):
+                out[at + t] = wf[src + index[first + t]]
+            at += L
+        start += G * Cig * Cog * L
+        first += L
 
 
 @njit(cache=True, fastmath=True)
@@ -139,11 +185,15 @@ def forward_scratch(c_chunk: int, kernel: tuple[int, int], stride: tuple[int, in
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, Cq, xbuf, obuf, out):
-    """``out (N, C_out, Ho*Wo)`` = the convolution of ``x (N, C_in, H, W)`` by ``taps (G,
-    C_out/g, C_in/g*kh*kw)`` (+ ``bias``, ``C_out`` entries or none) with zero padding ``pt`` above
-    and ``pl`` left (negative: rows or columns dropped; the other sides follow from ``out``'s
-    size), in units of ``R`` output rows by ``B`` output channels of one image and group,
+def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B, Cq, xbuf, obuf,
+                     out, o0, orow, ocol):
+    """The convolution of ``x (N, C_in, H, W)`` by ``taps (G, C_out/g, C_in/g*kh*kw)`` (+
+    ``bias``, ``C_out`` entries or none) with zero padding ``pt`` above and ``pl`` left
+    (negative: rows or columns dropped; the other sides follow from ``Ho x Wo``), output
+    ``(oh, ow)`` of channel ``c`` stored at ``out[n, c, o0 + oh*orow + ow*ocol]``: ``(0, Wo,
+    1)`` for a plain ``(N, C_out, Ho*Wo)`` output, or every ``s``-th row and column of a larger
+    map (one stride phase of an input gradient, :mod:`convlayers.functional._engine_implicit`,
+    written in place). Units of ``R`` output rows by ``B`` output channels of one image and group,
     handed out in order to the first free thread (:mod:`convlayers.kernels.queue`); the
     scratch ``xbuf`` and ``obuf`` (a row per thread, sizes from :func:`forward_scratch`) is the
     caller's, so a compiled plan keeps it in its arena.
@@ -157,7 +207,6 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, Cq
     Cig = C_in // G
     Q = (Cig + Cq - 1) // Cq
     K1 = kh * kw
-    Ho = out.shape[2] // Wo
     Hq = R + ((kh - 1) * dh) // sh
     Wq = Wo + ((kw - 1) * dw) // sw
     offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
@@ -166,13 +215,11 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, Cq
         offs[k] -= (k // (Cq * K1)) * chunk_step
     nr = (Ho + R - 1) // R
     nb = (Cog + B - 1) // B
-    has_bias = bias.shape[0] > 0
-    zero = typed_zero(out)
     units = N * G * nr * nb
     if xbuf.shape[0] == 1:  # one thread: no parallel region, no queue (2-3 us of a small call)
         for unit in range(units):
             _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xbuf[0], obuf[0], out, unit,
-                          Q, Cq, Cig, K1, Ho, Hq, Wq, offs, slot, slots, nr, nb, has_bias, zero)
+                          Q, Cq, Cig, K1, Ho, Hq, Wq, offs, slot, slots, nr, nb, o0, orow, ocol)
         return
     queue = new_queue()
     for _ in prange(xbuf.shape[0]):
@@ -182,14 +229,15 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, Cq
                 break
             t = numba.get_thread_id()
             _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xbuf[t], obuf[t], out, unit,
-                          Q, Cq, Cig, K1, Ho, Hq, Wq, offs, slot, slots, nr, nb, has_bias, zero)
+                          Q, Cq, Cig, K1, Ho, Hq, Wq, offs, slot, slots, nr, nb, o0, orow, ocol)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xq, ob, out, unit, Q, Cq, Cig, K1, Ho,
-                  Hq, Wq, offs, slot, slots, nr, nb, has_bias, zero):
+                  Hq, Wq, offs, slot, slots, nr, nb, o0, orow, ocol):
     """One unit of :func:`implicit_forward` (image, group, slab of rows, block of channels) in
-    one thread's scratch ``xq``, ``ob``."""
+    one thread's scratch ``xq``, ``ob``. (At most 30 arguments: past that CPython calls through
+    a tuple, which numba cannot inline.)"""
     G, Cog = taps.shape[0], taps.shape[1]
     n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
     o = ob[: cos * rows * Wq].reshape(cos, rows * Wq)
@@ -200,7 +248,11 @@ def _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xq, ob, out, unit, Q,
         gemm_indirect_part(taps[g, co0: co0 + cos], xq, offs, o, c0 * K1, (c0 + C) * K1, q > 0)
     for co in range(cos):
         c = g * Cog + co0 + co
-        store_rows(out[n, c, oh0 * Wo:], o[co], rows, Wo, Wq, bias[c] if has_bias else zero)
+        b = bias[c] if bias.shape[0] > 0 else typed_zero(out)
+        if ocol == 1:
+            store_rows(out[n, c, o0 + oh0 * orow:], o[co], rows, Wo, Wq, b, orow)
+        else:
+            store_rows_spaced(out[n, c, o0 + oh0 * orow:], o[co], rows, Wo, Wq, b, orow, ocol)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

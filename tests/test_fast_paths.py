@@ -345,8 +345,10 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
         real = getattr(module, name)
 
         def spy(*args: object, real: object = real, name: str = name) -> object:
-            # the adaptive kernels' last argument runs them on the calling thread alone
-            alone = name.endswith("_serial") or (name == "adaptive_avg2d" and args[-1] is True)
+            # the adaptive kernels' last argument, and a max pool's, run them on the calling
+            # thread alone (a max pool's by its kernels' serial twins)
+            alone = name.endswith("_serial") or (name in ("adaptive_avg2d", "max_pool2d")
+                                                 and args[-1] is True)
             seen.append("serial" if alone else numba.get_num_threads())
             return real(*args)  # type: ignore[operator]
 
@@ -358,10 +360,10 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
         F.max_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 2)
         F.conv2d(random_array(rng, (1, 4, 7, 7), np.float32),
                  random_array(rng, (4, 4, 3, 3), np.float32), padding=1)
-        assert seen == [1, 1]
+        assert seen == ["serial", 1]
         F.conv2d(random_array(rng, (2, 64, 40, 40), np.float32),
                  random_array(rng, (8, 64, 3, 3), np.float32), padding=1)
-        assert seen == [1, 1, 2]
+        assert seen == ["serial", 1, 2]
         # pooling has its own threshold, in taps: 131k taps (under serial_macs) use both threads
         F.max_pool2d(random_array(rng, (2, 16, 64, 64), np.float32), 2)
         F.adaptive_avg_pool2d(random_array(rng, (2, 24, 50, 50), np.float32), 1)  # global_avg
@@ -369,7 +371,7 @@ def test_small_calls_do_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> No
         F.adaptive_avg_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 2)
         # small global pooling: the serial kernel
         F.adaptive_avg_pool2d(random_array(rng, (1, 4, 7, 7), np.float32), 1)
-        assert seen == [1, 1, 2, 2, 2, "serial", "serial"]
+        assert seen == ["serial", 1, 2, 2, 2, "serial", "serial"]
 
 
 def test_float64_fast_paths_stay_float64() -> None:

@@ -232,3 +232,25 @@ def test_remembered_pooling_follows_torch_on_every_call_nan_included(
         if call == 1:
             made = _ready.count()
     assert made == 2 and _ready.count() == 2, "one runner each, made once"
+
+
+@pytest.mark.parametrize(("shape", "c_out", "stride"), [
+    ((1, 28, 13, 13), 23, 3),     # a small call: the 1x1 kernel's serial twin, no thread switch
+    ((2, 16, 9, 12), 40, (2, 3)),
+    ((4, 64, 40, 40), 96, 2),     # a large one on the threads
+])
+def test_a_remembered_strided_pointwise_convolution_reads_its_pixels_in_place(
+        shape: tuple[int, ...], c_out: int, stride: int | tuple[int, int]) -> None:
+    """An unpadded 1x1 layer at a stride is remembered with the strided copy of the pixels it
+    reads and the kernel (its serial twin on one thread): torch's results on every call."""
+    rng = np.random.default_rng(5)
+    w = random_array(rng, (c_out, shape[1], 1, 1), np.float32)
+    b = random_array(rng, (c_out,), np.float32)
+    with config.engine_settings(force="pointwise"):
+        for call in range(WARM_CALLS + 1):
+            x = random_array(rng, shape, np.float32)
+            assert_close(F.conv2d(x, w, b, stride=stride),
+                         tF.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b),
+                                   stride=stride), f"call {call + 1}")
+        key = _ready.key_of("conv", (x, w, b), stride, 0, 1, 1, "zeros")
+        assert _ready.lookup(key) not in (None, _ready.declining)

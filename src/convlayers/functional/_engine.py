@@ -97,6 +97,7 @@ from convlayers.functional._engine_pointwise import (
     _fwd_pointwise,
     _gw_pointwise,
     _gx_pointwise,
+    ready_alone,
     ready_pointwise,
 )
 from convlayers.functional._engine_shared import _as_4d, _finite
@@ -307,8 +308,9 @@ def ready_forward(
     full_shape = (x_shape[0], w_shape[0], *out_shape)
     flat = len(x_shape) == 3  # 1-D: run as one row
 
-    # as in ready_input_grad: a serial implicit GEMM needs no thread setting
-    alone = serial and s == "implicit"
+    # as in ready_input_grad: a serial implicit GEMM needs no thread setting, nor does the
+    # serial twin of the 1x1 kernel
+    alone = serial and (s == "implicit" or (s == "pointwise" and ready_alone(g)))
 
     def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
         if before and not _finite(weight):

@@ -43,24 +43,38 @@ def ready_pointwise(g: Geometry, threads: int,
                     ) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]:
     """:func:`_fwd_pointwise` of ``g`` for a call that runs on ``threads`` threads, with the
     kernel's units and views worked out once (:mod:`convlayers.functional._ready`): an
-    unpadded stride-1 layer straight to the kernel, any other as :func:`_fwd_pointwise`."""
-    if (_few(g) and min(g.pt, g.pl) >= 0) or g.padded or (g.sh, g.sw) != (1, 1):
+    unpadded layer of many channels straight to the kernel (through a strided copy of the
+    pixels it reads at a stride; on the calling thread by the kernel's serial twin when
+    ``threads`` is 1, see :func:`ready_alone`), any other as :func:`_fwd_pointwise`."""
+    if not ready_alone(g):
         return functools.partial(_fwd_pointwise, g=g)
     length = g.ho * g.wo
     block, rows = _pointwise_units(g.n, g.c_in_g, length, g.c_out_g, g.itemsize, threads)
-    kernel = kernels().conv.pointwise
+    k = kernels().conv
+    kernel = k.pointwise_serial if threads == 1 else k.pointwise
     columns = (g.n, g.groups, g.c_in_g, length)
     products = (g.n, g.groups, g.c_out_g, length)
     taps = (g.groups, g.c_out_g, g.c_in_g)
     result = (g.n, g.c_out, g.ho, g.wo)
+    strided = (g.sh, g.sw) != (1, 1) or (g.h, g.w) != (g.ho, g.wo)
+    read = (slice(None), slice(None), slice(0, g.sh * (g.ho - 1) + 1, g.sh),
+            slice(0, g.sw * (g.wo - 1) + 1, g.sw))
 
     def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         out = np.empty(products, dtype=x.dtype)
-        kernel(x.reshape(columns), np.ascontiguousarray(w.reshape(taps)),
+        xs = np.ascontiguousarray(x[read]) if strided else x
+        kernel(xs.reshape(columns), np.ascontiguousarray(w.reshape(taps)),
                _bias_arg(bias, x.dtype), block, rows, out)
         return out.reshape(result)
 
     return forward
+
+
+def ready_alone(g: Geometry) -> bool:
+    """Whether :func:`ready_pointwise` calls the kernel itself (so that, planned for one
+    thread, it runs on the calling thread with no thread setting to apply): an unpadded layer
+    that :func:`_few` leaves to the register tiles."""
+    return not (_few(g) or g.padded)
 
 
 def _few(g: Geometry) -> bool:

@@ -101,17 +101,22 @@ def _max_pool_runner(x_shape: tuple[int, ...], spec: PoolSpec) -> Callable[[np.n
 
 def _pool_runner(kernel: Any, arguments: tuple[Any, ...], x_shape: tuple[int, ...],
                  spec: PoolSpec) -> Callable[[np.ndarray], np.ndarray]:
-    """``kernel(planes, *arguments, out)`` over the planes of a batch of ``x_shape``, on one
-    thread below ``config.engine.serial_pool_taps`` taps (the thread setting applies inside)."""
+    """``kernel(planes, *arguments, out)`` over the planes of a batch of ``x_shape``; below
+    ``config.engine.serial_pool_taps`` taps ``kernel(..., out, True)``, on the calling thread
+    (no thread switch, no parallel region), else on the thread setting's threads."""
     k, _, _, _, i, o = _as_2d(spec)
     planes = (x_shape[0] * x_shape[1], *o)
     taps, serial_below = math.prod(planes) * k[0] * k[1], config.engine.serial_pool_taps
     shape = x_shape[:2] + spec.out_shape
+    serial = taps < serial_below
 
     def run(x: np.ndarray) -> np.ndarray:
         out = np.empty(planes, dtype=x.dtype)
-        with _threads_for(taps, serial_below):
-            kernel(_planes(x, i), *arguments, out)
+        if serial:
+            kernel(_planes(x, i), *arguments, out, True)
+        else:
+            with _threads_for(taps, serial_below):  # applies the thread setting
+                kernel(_planes(x, i), *arguments, out)
         return out.reshape(shape)
 
     return run

@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols, typed_zero, unit_block
+from convlayers.kernels._twin import serial_twin
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import (
@@ -54,6 +55,7 @@ __all__ = [
     "pointwise",
     "pointwise_few",
     "pointwise_few_weight_grad",
+    "pointwise_serial",
     "pointwise_weight_grad",
     "pointwise_weight_grad_tiled",
     "scatter_strided",
@@ -603,6 +605,10 @@ def pointwise(x, taps, bias, B, R, out):
                 gemm_tiled(taps[g, r0:r1], x[n, g], o)
             else:
                 gemm_tiled_cols(taps[g, r0:r1], x[n, g], o, j0, j1)
+
+
+#: :func:`pointwise` on the calling thread (small calls: no parallel region).
+pointwise_serial = serial_twin(pointwise)
 
 
 #: Planes from which :func:`subsample` and :func:`scatter_strided` take a plane a unit (fewer:

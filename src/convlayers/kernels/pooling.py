@@ -24,6 +24,10 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.kernels._bounds import inside_range, typed_zero
+from convlayers.kernels._twin import serial_twin
+
+#: The empty index array of a max pool that keeps none.
+_NO_INDEX = np.empty((0, 0, 0), dtype=np.int64)
 
 __all__ = ["WIDE_WINDOW", "adaptive_avg2d", "adaptive_avg2d_backward", "adaptive_max2d",
            "adaptive_max2d_columns", "avg_pool2d", "avg_pool2d_backward", "global_avg", "global_avg_serial",
@@ -52,18 +56,19 @@ def _pairs(kh, kw, sh, sw, ph, pw, dh, dw, H, W, out):
             and 2 * out.shape[1] <= H and 2 * out.shape[2] <= W)
 
 
-def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
+def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, serial=False):
     """Max over each window into ``out`` ``(P, Ho, Wo)``; NaN propagates (the last NaN is the
     output). 2x2 windows side by side run unrolled (:func:`_max_pairs`), 3x3 stride-2 ones
     row by row (:func:`_max_3x3_stride_2_rows`), the others tap by tap
     (:func:`_max_by_tap`: 1.1-4x faster than window by window on every layer tried, 2-38
-    output columns, strides 1-3)."""
+    output columns, strides 1-3). ``serial``: on the calling thread, by the kernels' serial
+    twins (:func:`convlayers.kernels._twin.serial_twin`)."""
     if _pairs(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[1], x.shape[2], out):
-        _max_pairs(x, out, np.empty((0, 0, 0), dtype=np.int64))
+        (_max_pairs_serial if serial else _max_pairs)(x, out, _NO_INDEX)
     elif (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
-        _max_3x3_stride_2_rows(x, ph, pw, out)
+        (_max_3x3_stride_2_rows_serial if serial else _max_3x3_stride_2_rows)(x, ph, pw, out)
     else:
-        _max_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
+        (_max_by_tap_serial if serial else _max_by_tap)(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
 
 
 @njit(parallel=True, cache=True)
@@ -414,14 +419,15 @@ def _max_indices_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
                                 irow[ow] = r * W + c
 
 
-def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out):
+def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out, serial=False):
     """Sum of the taps inside each window divided by ``div[oh, ow]``, into ``out``, summed in
     ``x``'s dtype in row-major tap order (the NumPy path's order, to the bit): 2x2 windows side
-    by side unrolled (:func:`_avg_pairs`), the others tap by tap (:func:`_avg_by_tap`)."""
+    by side unrolled (:func:`_avg_pairs`), the others tap by tap (:func:`_avg_by_tap`);
+    ``serial`` as :func:`max_pool2d`'s."""
     if _pairs(kh, kw, sh, sw, ph, pw, 1, 1, x.shape[1], x.shape[2], out):
-        _avg_pairs(x, div, out)
+        (_avg_pairs_serial if serial else _avg_pairs)(x, div, out)
     else:
-        _avg_by_tap(x, kh, kw, sh, sw, ph, pw, div, out)
+        (_avg_by_tap_serial if serial else _avg_by_tap)(x, kh, kw, sh, sw, ph, pw, div, out)
 
 
 @njit(parallel=True, cache=True)
@@ -932,3 +938,11 @@ def global_avg(x, out):
     zero = typed_zero(x)
     for p in prange(x.shape[0]):
         out[p] = _run_sum(x[p], zero) / x.shape[1]
+
+
+
+_max_pairs_serial = serial_twin(_max_pairs)
+_max_3x3_stride_2_rows_serial = serial_twin(_max_3x3_stride_2_rows)
+_max_by_tap_serial = serial_twin(_max_by_tap)
+_avg_pairs_serial = serial_twin(_avg_pairs)
+_avg_by_tap_serial = serial_twin(_avg_by_tap)

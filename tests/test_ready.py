@@ -254,3 +254,29 @@ def test_a_remembered_strided_pointwise_convolution_reads_its_pixels_in_place(
                                    stride=stride), f"call {call + 1}")
         key = _ready.key_of("conv", (x, w, b), stride, 0, 1, 1, "zeros")
         assert _ready.lookup(key) not in (None, _ready.declining)
+
+
+def test_a_strided_pointwise_convolution_copies_its_pixels_into_kept_scratch() -> None:
+    """The strided copy of the pixels a 1x1 layer reads goes into this thread's kept scratch,
+    not a new array a call (fresh pages past glibc's mmap threshold: 2.5x the time on
+    8x64x56x56 -> 4): after the first calls, a call allocates its output and little more,
+    planned or forced (a runner of its own: the settings are part of the key)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(11)
+    x = random_array(rng, (4, 64, 56, 56), np.float32)
+    w = random_array(rng, (4, 64, 1, 1), np.float32)
+    expected = tF.conv2d(torch.tensor(x), torch.tensor(w), stride=2).numpy()
+    for force in (None, "pointwise"):
+        with config.engine_settings(force=force):
+            for _ in range(WARM_CALLS):
+                F.conv2d(x, w, stride=2)
+            tracemalloc.start()
+            try:
+                out = F.conv2d(x, w, stride=2)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        assert_close(out, expected, f"force={force}")
+        phase = x.nbytes // 4
+        assert peak < out.nbytes + phase // 4, (force, peak, out.nbytes, phase)

@@ -18,6 +18,7 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._compiled import kernels
+from convlayers.functional._scratch import take
 
 __all__ = ["put_phase", "take_phase"]
 
@@ -34,8 +35,10 @@ def _compiled(a: np.ndarray, elements: int) -> bool:
 
 
 def take_phase(x: np.ndarray, starts: Sequence[int], steps: Sequence[int],
-               lengths: Sequence[int]) -> np.ndarray:
-    """``x[:, :, a : a + s*(n-1) + 1 : s, ...]`` per spatial axis, C-contiguous.
+               lengths: Sequence[int], scratch: str | None = None) -> np.ndarray:
+    """``x[:, :, a : a + s*(n-1) + 1 : s, ...]`` per spatial axis, C-contiguous; into this
+    thread's ``scratch`` buffer of that name (:func:`convlayers.functional._scratch.take`)
+    when given, for a copy the caller is done with before it takes that name again.
 
     >>> x = np.arange(2 * 5 * 6, dtype=np.float32).reshape(1, 2, 5, 6)
     >>> take_phase(x, (1, 0), (2, 3), (2, 2))[0, 1]
@@ -43,11 +46,18 @@ def take_phase(x: np.ndarray, starts: Sequence[int], steps: Sequence[int],
            [48., 51.]], dtype=float32)
     """
     shape = (*x.shape[:2], *lengths)
-    if _compiled(x, math.prod(shape)):
+    view = None if _compiled(x, math.prod(shape)) else x[_index(starts, steps, lengths)]
+    if scratch is None:
+        if view is not None:
+            return np.ascontiguousarray(view)
         out = np.empty(shape, dtype=x.dtype)
-        kernels().conv.subsample(x, starts[0], starts[1], steps[0], steps[1], out)
-        return out
-    return np.ascontiguousarray(x[_index(starts, steps, lengths)])
+    else:
+        out = take(scratch, shape, x.dtype)
+        if view is not None:
+            np.copyto(out, view)
+            return out
+    kernels().conv.subsample(x, starts[0], starts[1], steps[0], steps[1], out)
+    return out
 
 
 def put_phase(part: np.ndarray, starts: Sequence[int], steps: Sequence[int],

@@ -247,6 +247,8 @@ def test_dense_layers_run_the_engines_implicit_gemm_where_its_planner_does() -> 
         assert step._few_tiles(3) and not step._few_tiles(4)
         check(wide, twin, [(1, 24, 7, 7), (3, 24, 7, 7), (4, 24, 7, 7), (6, 24, 7, 7)],
               channels_last=False)
+        plan(np.zeros((4, 24, 7, 7), np.float32))
+        assert step.fallback is None  # the Winograd kernel ran (its arguments still match)
 
 
 def test_unfusable_norm_activation_and_add_still_run() -> None:

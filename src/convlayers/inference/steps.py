@@ -306,10 +306,18 @@ class Winograd(_Conv):
 
         return n * self.tiles < winograd_min_tiles()
 
+    def _transforms(self) -> tuple[int, int]:
+        """Elements per thread of the kernel's transforms and products (units of tile rows
+        by all output channels of a group)."""
+        from convlayers.kernels.winograd import forward_scratch
+
+        return forward_scratch(self.c_in, (self.ho, self.wo), self.rows, self.c_out // self.groups)
+
     def scratch_elements(self, n: int) -> int:
         if self._few_tiles(n):
             return self.implicit.scratch_elements(n)
-        return self._im2col.scratch_elements(n)
+        threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        return max(self._im2col.scratch_elements(n), threads * sum(self._transforms()))
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
         if self.fallback is not None:
@@ -323,9 +331,14 @@ class Winograd(_Conv):
         threads = numba.get_num_threads()
         bad = np.zeros(threads, np.bool_)  # inf/NaN flags: the eager engine's concern, not read
         out = v[self.out][0]
+        tv, tm = self._transforms()
+        if scratch is None or scratch.size < threads * (tv + tm):  # settings since the arena
+            scratch = np.empty(threads * (tv + tm), out.dtype)
+        vbuf = scratch[:threads * tv].reshape(threads, tv)
+        mbuf = scratch[threads * tv:threads * (tv + tm)].reshape(threads, tm)
         try:  # units of tile rows by all output channels of a group
             forward_fused(v[self.inp][0], self.u, self.bias, self.pt, self.pl, self.rows,
-                          self.c_out // self.groups, threads, out, bad)
+                          self.c_out // self.groups, threads, out, bad, vbuf, mbuf)
         except TypeError:  # the engine changed the kernel's arguments
             self.fallback = self._im2col
             self.strategy = self._im2col.strategy + " (Winograd kernel's signature changed)"

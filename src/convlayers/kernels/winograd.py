@@ -30,7 +30,8 @@ from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import gemm_tiled, gemm_tiled_add
 from convlayers.kernels.values import nonfinite_in
 
-__all__ = ["backward_fused", "forward_fused", "weight_grad_transform", "weight_transform"]
+__all__ = ["backward_fused", "backward_scratch", "forward_fused", "forward_scratch",
+           "weight_grad_transform", "weight_transform"]
 
 
 # ----------------------------------------------------------------------------- weights
@@ -110,13 +111,25 @@ def weight_grad_transform(du, gw):
 # order of those sums from one call to the next (the result would not repeat bit for bit).
 
 
+def forward_scratch(c_in: int, out_hw: tuple[int, int], R: int, B: int) -> tuple[int, int]:
+    """Elements per thread of :func:`forward_fused`'s two large scratch arrays (the input
+    transforms of a unit, ``16 x C_in x`` its tiles, and its 16 products): the caller's, so
+    that they stay in pages already mapped from call to call (allocated in the kernel, a
+    4x256x28x28 layer's took 20 ms a call against 13.7 with glibc keeping every allocation on
+    its heap: fresh pages cost about 4 us each on this kind of virtual machine)."""
+    th, tw = (out_hw[0] + 1) // 2, (out_hw[1] + 1) // 2
+    tiles = min(R, th) * (tw + 1)
+    return 16 * c_in * tiles, 16 * B * tiles
+
+
 @njit(parallel=True, cache=True, fastmath=True)
-def forward_fused(x, u, bias, pt, pl, R, B, nt, out, bad):
+def forward_fused(x, u, bias, pt, pl, R, B, nt, out, bad, vbuf, mbuf):
     """The whole Winograd forward: ``out (N, C_out, Ho, Wo)`` from ``x (N, C_in, H, W)`` and
     ``u (16, groups, C_out/g, C_in/g)`` (+ ``bias``, possibly empty), in units of ``R`` tile
     rows by ``B`` output channels (of every group) of one image, with scratch for ``nt``
-    threads (numba's current thread count). ``bad[t]`` (``nt`` flags, zeroed by the caller) is
-    set when thread ``t`` wrote an inf or NaN."""
+    threads (numba's current thread count; ``vbuf`` and ``mbuf`` are the caller's, ``nt`` rows
+    of :func:`forward_scratch`'s sizes at least). ``bad[t]`` (``nt`` flags, zeroed by the
+    caller) is set when thread ``t`` wrote an inf or NaN."""
     N, C = x.shape[0], x.shape[1]
     G, Cog, Cig = u.shape[1], u.shape[2], u.shape[3]
     Ho, Wo = out.shape[2], out.shape[3]
@@ -126,8 +139,6 @@ def forward_fused(x, u, bias, pt, pl, R, B, nt, out, bad):
     ncb = (Cog + B - 1) // B
     S = TW + 1  # tile rows of the transforms have one spare column (see _input_block_flat)
     L = R * S
-    vbuf = np.empty((nt, 16 * C * L), dtype=x.dtype)
-    mbuf = np.empty((nt, 16 * B * L), dtype=x.dtype)
     ebuf = np.empty((nt, (R + 1) * 2 * S + 2), dtype=x.dtype)
     obuf = np.empty((nt, (R + 1) * 2 * S + 2), dtype=x.dtype)
     hbuf = np.empty((nt, 2, 4, (R + 1) * S), dtype=x.dtype)
@@ -158,15 +169,25 @@ def forward_fused(x, u, bias, pt, pl, R, B, nt, out, bad):
                     bad[t] = True
 
 
+def backward_scratch(c_out_g: int, out_hw: tuple[int, int], R: int, B: int) -> tuple[int, int]:
+    """Elements per thread of :func:`backward_fused`'s scratch: the input transforms and their
+    gradients (``16 x B x`` a unit's tiles each) in one array, the output gradient's transforms
+    and their transpose in the other (the caller's, as :func:`forward_scratch`'s)."""
+    th, tw = (out_hw[0] + 1) // 2, (out_hw[1] + 1) // 2
+    tiles = min(R, th) * tw
+    return 2 * 16 * B * tiles, 17 * c_out_g * tiles
+
+
 @njit(parallel=True, cache=True, fastmath=True)
-def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad):
+def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad, vbuf2, mbuf2):
     """Both gradients of :func:`forward_fused`'s convolution in units of ``B`` input channels of
     one group of one image (each input plane has one owner; the unit's blocks of ``R`` tile rows
     go in order, so their overlapping input rows never race): ``gx (N, C_in, H, W)`` is
     *overwritten*; ``gut (threads, 16, groups, C_in/g, C_out/g)`` receives each thread's ``sum
     V dM^T`` (``dU^T``; the caller sums over threads). ``ut`` is ``U^T``, ``(16, groups, C_in/g,
     C_out/g)``. ``bad[t]`` (zeroed by the caller) is set when thread ``t`` wrote an inf or NaN
-    into ``gx``."""
+    into ``gx``. ``vbuf2`` and ``mbuf2``: the caller's scratch, a row per thread of
+    :func:`backward_scratch`'s sizes at least."""
     N, H, W = x.shape[0], x.shape[2], x.shape[3]
     G, Cig, Cog = ut.shape[1], ut.shape[2], ut.shape[3]
     Ho, Wo = gy.shape[2], gy.shape[3]
@@ -176,10 +197,7 @@ def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad):
     ncb = (Cig + B - 1) // B
     L = R * TW
     nt = gut.shape[0]
-    vbuf = np.empty((nt, 16 * B * L), dtype=x.dtype)
-    dvbuf = np.empty((nt, 16 * B * L), dtype=x.dtype)
-    mbuf = np.empty((nt, 16 * Cog * L), dtype=x.dtype)
-    tbuf = np.empty((nt, L * Cog), dtype=x.dtype)
+    dv0, t0 = 16 * B * L, 16 * Cog * L  # where the gradients and the transpose start
     pbuf = np.empty((nt, 2 * R + 2, 2 * TW + 2), dtype=x.dtype)
     qbuf = np.empty((nt, 4, 2 * TW + 2), dtype=x.dtype)
     gut[:] = 0
@@ -198,10 +216,10 @@ def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad):
             th0 = b * R
             rows = min(R, TH - th0)
             lb = rows * TW
-            v = vbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
-            dv = dvbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
-            dm = mbuf[t, : 16 * Cog * lb].reshape(16, Cog, lb)
-            dmt = tbuf[t, : lb * Cog].reshape(lb, Cog)
+            v = vbuf2[t, : 16 * cis * lb].reshape(16, cis, lb)
+            dv = vbuf2[t, dv0: dv0 + 16 * cis * lb].reshape(16, cis, lb)
+            dm = mbuf2[t, : 16 * Cog * lb].reshape(16, Cog, lb)
+            dmt = mbuf2[t, t0: t0 + lb * Cog].reshape(lb, Cog)
             _input_block(xs, pt, pl, th0, rows, TW, v, pbuf[t], qbuf[t])
             _output_grad_block(gys, th0, rows, TW, dm)
             for e in range(16):

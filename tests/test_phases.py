@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as tF
 
+from convlayers import config
 from convlayers import functional as F
 from convlayers.functional._engine_phases import reduce_phases
 from oracle import assert_close, random_array, torch_grads
@@ -28,9 +29,17 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=[False, True], ids=["in-place", "reduced"])
+def reduction(request):
+    """Both ways of running a skipping stride: the kernels reading it in place (the default)
+    and the rewrite to the phase its taps read (``config.engine.reduce_skipping_strides``)."""
+    with config.engine_settings(reduce_skipping_strides=request.param):
+        yield request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES)
-def test_skipping_strides_match_torch_forward_and_backward(case, dtype) -> None:
+def test_skipping_strides_match_torch_forward_and_backward(case, dtype, reduction) -> None:
     xs, ws, stride, padding, dilation, groups = case
     rng = np.random.default_rng(sum(xs) + sum(ws))
     x, w, b = random_array(rng, xs, dtype), random_array(rng, ws, dtype), random_array(
@@ -66,7 +75,7 @@ def test_depthwise_1x1_strides_are_read_in_place() -> None:
     assert_close(our_gb, gb, "grad_bias")
 
 
-def test_conv1d_skipping_stride_matches_torch() -> None:
+def test_conv1d_skipping_stride_matches_torch(reduction) -> None:
     rng = np.random.default_rng(3)
     x, w = random_array(rng, (2, 3, 31), np.float32), random_array(rng, (6, 1, 2), np.float32)
     expected = tF.conv1d(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=3,
@@ -86,7 +95,7 @@ def test_other_geometries_are_left_alone() -> None:
                          (9, 9)) is None
 
 
-def test_non_finite_values_at_skipped_positions_stay_out() -> None:
+def test_non_finite_values_at_skipped_positions_stay_out(reduction) -> None:
     # torch never reads the positions between the phases: an inf there changes nothing
     rng = np.random.default_rng(5)
     x = random_array(rng, (1, 2, 12, 12), np.float32)

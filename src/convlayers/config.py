@@ -294,6 +294,17 @@ class EngineSettings:
     #: The gradients of ReLU and ReLU6 over arrays of at least this many elements run on every
     #: thread in one pass (:mod:`convlayers.kernels.elementwise`); smaller ones in NumPy.
     parallel_elementwise: int = 1 << 16
+    #: Whether a depthwise convolution whose taps skip input along an axis (a stride of 2 or
+    #: more with a dilation its multiple, or one tap) runs as a stride-1 convolution of the one
+    #: phase its taps read (:mod:`convlayers.functional._engine_phases`), a copy of that phase
+    #: first. On by default until the thirty-fourth session; by then the depthwise kernels read
+    #: strides in place faster than the copy and the stride-1 pass together: 12 such layers
+    #: (strides 2 and 3, 1-7 taps a row or column, dilations 1-3) took 0.55-0.89x the time
+    #: without it, forward, and 0.64-0.91x forward+backward (8x199x22x22 4x1 stride 2
+    #: dilation 3: 0.40 -> 0.25 ms, torch 0.26-0.32; the layer that made it, 6x143x39x39 3x1
+    #: stride 3 dilation 2: 0.33 -> 0.27 ms, torch 0.30-0.32). Without it the calls are also
+    #: remembered whole (:mod:`convlayers.functional._ready`).
+    reduce_skipping_strides: bool = False
     #: Winograd serves 3x3 stride-1 convolutions with at least this many input channels per group
     #: (and output channels per group for the backward pass): below it the GEMMs are too thin to
     #: pay for the transforms.
@@ -547,9 +558,9 @@ class EngineSettings:
                 from convlayers.functional.plan import check_strategy_name
 
                 check_strategy_name(value)
-        elif name in ("check_values", "winograd_backward"):
+        elif name in ("check_values", "reduce_skipping_strides", "winograd_backward"):
             if not isinstance(value, bool) and not (name == "winograd_backward" and value is None):
-                raise TypeError(f"{name} must be a bool{' or None' * (name != 'check_values')}"
+                raise TypeError(f"{name} must be a bool{' or None' * (name == 'winograd_backward')}"
                                 f", got {value!r}")
         elif name in ("winograd_min_tiles", "winograd_harmonic_channels", "planar_max_waste",
                       "channels_last_planes") and value is None:

@@ -92,7 +92,7 @@ from convlayers.functional._engine_implicit import (
 )
 from convlayers.functional._engine_lowered import _fwd_lowered, _gw_lowered, _gx_lowered
 from convlayers.functional._engine_numpy import _numpy_forward, _numpy_input_grad, _numpy_weight_grad
-from convlayers.functional._engine_phases import reduce_phases
+from convlayers.functional._engine_phases import planned_reduction
 from convlayers.functional._engine_pointwise import (
     _fwd_pointwise,
     _gw_pointwise,
@@ -223,7 +223,7 @@ def correlate(
     if x.shape[0] == 0:
         out = np.zeros((0, weight.shape[0], *out_shape), dtype=x.dtype)
         return out
-    reduced = reduce_phases(x.shape, weight.shape, stride, dilation, pairs, out_shape)
+    reduced = planned_reduction(x.shape, weight.shape, stride, dilation, pairs, out_shape)
     if reduced is not None:  # strides that skip input: the phase its taps read, stride 1
         return correlate(reduced.take(x), weight, reduced.stride, reduced.dilation, groups,
                          out_shape, reduced.pairs, bias)
@@ -280,7 +280,7 @@ def ready_forward(
     strategy's forward on the threads it was planned for, with the value checks of the full
     path; ``None`` while the strategy is still to be measured. A call the full path runs by
     stride phases or the NumPy strategy gets :func:`_ready.declining`."""
-    if x_shape[0] == 0 or reduce_phases(x_shape, w_shape, stride, dilation, pairs,
+    if x_shape[0] == 0 or planned_reduction(x_shape, w_shape, stride, dilation, pairs,
                                         out_shape) is not None:
         return declining
     g, (s, _), threads = _planned("forward", x_shape, w_shape, stride, dilation, groups,
@@ -423,7 +423,7 @@ def correlate_backward(
     and crop."""
     if x.shape[0] == 0:
         return np.zeros_like(x), np.zeros_like(weight)
-    reduced = reduce_phases(x.shape, weight.shape, stride, dilation, pairs, grad.shape[2:])
+    reduced = planned_reduction(x.shape, weight.shape, stride, dilation, pairs, grad.shape[2:])
     if reduced is not None:  # as the forward: the phase, its input gradient put back
         gx, gw = correlate_backward(reduced.take(x), grad, weight, reduced.pairs,
                                     reduced.stride, reduced.dilation, groups)

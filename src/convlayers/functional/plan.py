@@ -80,10 +80,11 @@ numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose
                the twin of every other strategy, and the fallback for non-finite weights.
 ============== =================================================================================
 
-Before any of this, an axis of a depthwise convolution whose stride skips input (a one-tap
-kernel, or a dilation that is a multiple of the stride, so every tap reads one stride phase) is
-rewritten as a stride-1 convolution of that phase (:mod:`convlayers.functional._engine_phases`),
-and the planner plans the rewritten call; :func:`plan` says so. A dense or grouped 2-D call
+Before any of this, where ``config.engine.reduce_skipping_strides`` asks for it (off by
+default), an axis of a depthwise convolution whose stride skips input (a one-tap kernel, or a
+dilation that is a multiple of the stride, so every tap reads one stride phase) is rewritten
+as a stride-1 convolution of that phase (:mod:`convlayers.functional._engine_phases`), and
+the planner plans the rewritten call; :func:`plan` says so. A dense or grouped 2-D call
 whose implicit GEMM or im2col costs less with height and width swapped (a wide kernel on a
 narrow map: the dropped positions are per output row) runs on transposed planes where that
 saves more than the transposes cost (:func:`swaps_axes`); :func:`plan` says that too.
@@ -129,7 +130,9 @@ conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, 
 'depthwise-planar'
 >>> plan((4, 64, 56, 56), (128, 64, 1, 1), stride=2).weight_grad
 'pointwise'
->>> print(plan((6, 143, 39, 39), (143, 1, 3, 1), stride=3, dilation=2, groups=143))
+>>> from convlayers import config
+>>> with config.engine_settings(reduce_skipping_strides=True):
+...     print(plan((6, 143, 39, 39), (143, 1, 3, 1), stride=3, dilation=2, groups=143))
 conv2d (6, 143, 39, 39) float32 -> 143 channels, kernel 3x1, stride 3, padding 0, dilation 2, groups 143
   reads one stride phase (39x13): stride 3x1, dilation 2x1
   forward      depthwise-channels-last
@@ -784,7 +787,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     'numpy'
     """
     from convlayers.functional._compiled import numba_threads
-    from convlayers.functional._engine_phases import reduce_phases
+    from convlayers.functional._engine_phases import planned_reduction
     from convlayers.functional._measured import SWAPPED, candidates, remembered_choice
     from convlayers.functional.conv import conv_spec
 
@@ -794,8 +797,8 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     if x.ndim == w.ndim - 1:
         x = x[None]
     spec = conv_spec(x, w, None, stride, padding, dilation, groups, "zeros")
-    reduced = reduce_phases(x.shape, w.shape, spec.stride, spec.dilation, spec.pairs,
-                            spec.out_shape)
+    reduced = planned_reduction(x.shape, w.shape, spec.stride, spec.dilation, spec.pairs,
+                                spec.out_shape)
     if reduced is None:
         g = geometry(x.shape, w.shape, spec.stride, spec.dilation, spec.groups, spec.pairs,
                      spec.out_shape, dt)

@@ -46,17 +46,14 @@ def take_phase(x: np.ndarray, starts: Sequence[int], steps: Sequence[int],
            [48., 51.]], dtype=float32)
     """
     shape = (*x.shape[:2], *lengths)
-    view = None if _compiled(x, math.prod(shape)) else x[_index(starts, steps, lengths)]
-    if scratch is None:
-        if view is not None:
-            return np.ascontiguousarray(view)
-        out = np.empty(shape, dtype=x.dtype)
+    compiled = _compiled(x, math.prod(shape))
+    if scratch is None and not compiled:
+        return np.ascontiguousarray(x[_index(starts, steps, lengths)])
+    out = np.empty(shape, dtype=x.dtype) if scratch is None else take(scratch, shape, x.dtype)
+    if compiled:
+        kernels().conv.subsample(x, starts[0], starts[1], steps[0], steps[1], out)
     else:
-        out = take(scratch, shape, x.dtype)
-        if view is not None:
-            np.copyto(out, view)
-            return out
-    kernels().conv.subsample(x, starts[0], starts[1], steps[0], steps[1], out)
+        np.copyto(out, x[_index(starts, steps, lengths)])
     return out
 
 

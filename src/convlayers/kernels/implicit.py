@@ -37,12 +37,12 @@ from convlayers.kernels._bounds import (
     typed_zero,
     unit_parts,
 )
+from convlayers.kernels._twin import serial_twin
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import gemm_indirect_left_add, gemm_indirect_part
 
 __all__ = ["channels_last_weight_grad", "forward_scratch", "implicit_forward", "implicit_weight_grad",
-           "phase_layout", "phase_taps",
-           "phase_taps_parallel"]
+           "phase_layout", "phase_taps", "phase_taps_parallel"]
 
 
 @njit(cache=True)
@@ -69,43 +69,35 @@ def phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq):
     return offs, slot, slots
 
 
-@njit(cache=True)
-def phase_taps(w4, index, lengths, out):
+@njit(parallel=True, cache=True)
+def phase_taps_parallel(w4, index, lengths, out):
     """The taps of every stride phase of an input gradient, from the weights ``w4 (G, C_out/g,
     C_in/g, kh*kw)`` in one pass: phase ``p`` reads the ``lengths[p]`` taps listed next in
     ``index`` and fills the next ``G * C_in/g * C_out/g * lengths[p]`` elements of the flat
-    ``out`` as ``(G, C_in/g, C_out/g * lengths[p])``. Each (group, input channel) pair reads
-    each output channel's taps, a cache line or two, once for all phases."""
-    for pair in range(w4.shape[0] * w4.shape[2]):
-        _phase_taps_pair(w4, index, lengths, out, pair)
-
-
-@njit(parallel=True, cache=True)
-def phase_taps_parallel(w4, index, lengths, out):
-    """:func:`phase_taps` with the (group, input channel) pairs shared among the threads (for
-    large weights: a parallel region costs more than the copy of a small one)."""
-    for pair in prange(w4.shape[0] * w4.shape[2]):
-        _phase_taps_pair(w4, index, lengths, out, pair)
-
-
-@njit(cache=True, inline="always")
-def _phase_taps_pair(w4, index, lengths, out, pair):
+    ``out`` as ``(G, C_in/g, C_out/g * lengths[p])``. Each (group, input channel) pair, a
+    thread's unit, reads each output channel's taps, a cache line or two, once for all
+    phases. :func:`phase_taps` is its serial twin (small weights: a parallel region costs more
+    than their copy)."""
     G, Cog, Cig, K = w4.shape
     wf = w4.reshape(w4.size)
-    g = pair // Cig
-    ci = pair - g * Cig
-    start = 0
-    first = 0
-    for p in range(lengths.shape[0]):
-        L = lengths[p]
-        at = start + pair * Cog * L
-        for co in range(Cog):
-            src = ((g * Cog + co) * Cig + ci) * K
-            for t in range(L):
-                out[at + t] = wf[src + index[first + t]]
-            at += L
-        start += G * Cig * Cog * L
-        first += L
+    for pair in prange(G * Cig):
+        g = pair // Cig
+        ci = pair - g * Cig
+        start = 0
+        first = 0
+        for p in range(lengths.shape[0]):
+            L = lengths[p]
+            at = start + pair * Cog * L
+            for co in range(Cog):
+                src = ((g * Cog + co) * Cig + ci) * K
+                for t in range(L):
+                    out[at + t] = wf[src + index[first + t]]
+                at += L
+            start += G * Cig * Cog * L
+            first += L
+
+
+phase_taps = serial_twin(phase_taps_parallel)
 
 
 @njit(cache=True, fastmath=True)
@@ -249,7 +241,7 @@ def _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xq, ob, out, unit, Q,
     for co in range(cos):
         c = g * Cog + co0 + co
         b = bias[c] if bias.shape[0] > 0 else typed_zero(out)
-        if ocol == 1:
+        if ocol == 1:  # contiguous stores, a loop that vectorises
             store_rows(out[n, c, o0 + oh0 * orow:], o[co], rows, Wo, Wq, b, orow)
         else:
             store_rows_spaced(out[n, c, o0 + oh0 * orow:], o[co], rows, Wo, Wq, b, orow, ocol)

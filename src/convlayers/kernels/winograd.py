@@ -116,7 +116,7 @@ def forward_scratch(c_in: int, out_hw: tuple[int, int], R: int, B: int) -> tuple
     transforms of a unit, ``16 x C_in x`` its tiles, and its 16 products): the caller's, so
     that they stay in pages already mapped from call to call (allocated in the kernel, a
     4x256x28x28 layer's took 20 ms a call against 13.7 with glibc keeping every allocation on
-    its heap: fresh pages cost about 4 us each on this kind of virtual machine)."""
+    its heap: on this kind of virtual machine a fresh page costs microseconds)."""
     th, tw = (out_hw[0] + 1) // 2, (out_hw[1] + 1) // 2
     tiles = min(R, th) * (tw + 1)
     return 16 * c_in * tiles, 16 * B * tiles
@@ -179,14 +179,14 @@ def backward_scratch(c_out_g: int, out_hw: tuple[int, int], R: int, B: int) -> t
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad, vbuf2, mbuf2):
+def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad, vbuf, mbuf):
     """Both gradients of :func:`forward_fused`'s convolution in units of ``B`` input channels of
     one group of one image (each input plane has one owner; the unit's blocks of ``R`` tile rows
     go in order, so their overlapping input rows never race): ``gx (N, C_in, H, W)`` is
     *overwritten*; ``gut (threads, 16, groups, C_in/g, C_out/g)`` receives each thread's ``sum
     V dM^T`` (``dU^T``; the caller sums over threads). ``ut`` is ``U^T``, ``(16, groups, C_in/g,
     C_out/g)``. ``bad[t]`` (zeroed by the caller) is set when thread ``t`` wrote an inf or NaN
-    into ``gx``. ``vbuf2`` and ``mbuf2``: the caller's scratch, a row per thread of
+    into ``gx``. ``vbuf`` and ``mbuf``: the caller's scratch, a row per thread of
     :func:`backward_scratch`'s sizes at least."""
     N, H, W = x.shape[0], x.shape[2], x.shape[3]
     G, Cig, Cog = ut.shape[1], ut.shape[2], ut.shape[3]
@@ -216,10 +216,10 @@ def backward_fused(x, gy, ut, pt, pl, R, B, gx, gut, bad, vbuf2, mbuf2):
             th0 = b * R
             rows = min(R, TH - th0)
             lb = rows * TW
-            v = vbuf2[t, : 16 * cis * lb].reshape(16, cis, lb)
-            dv = vbuf2[t, dv0: dv0 + 16 * cis * lb].reshape(16, cis, lb)
-            dm = mbuf2[t, : 16 * Cog * lb].reshape(16, Cog, lb)
-            dmt = mbuf2[t, t0: t0 + lb * Cog].reshape(lb, Cog)
+            v = vbuf[t, : 16 * cis * lb].reshape(16, cis, lb)
+            dv = vbuf[t, dv0: dv0 + 16 * cis * lb].reshape(16, cis, lb)
+            dm = mbuf[t, : 16 * Cog * lb].reshape(16, Cog, lb)
+            dmt = mbuf[t, t0: t0 + lb * Cog].reshape(lb, Cog)
             _input_block(xs, pt, pl, th0, rows, TW, v, pbuf[t], qbuf[t])
             _output_grad_block(gys, th0, rows, TW, dm)
             for e in range(16):

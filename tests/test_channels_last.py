@@ -56,13 +56,18 @@ def test_depthwise_matches_torch(seed: int) -> None:
 @pytest.mark.parametrize("c", [16, 40, 130])
 def test_depthwise_row_kernels_match_torch(k: int, stride: int, c: int) -> None:
     """The row kernels (3x3 and 5x5, stride 1 or 2): runs of every length mod 4 (widths 9-12),
-    border pixels around them, row dilation, channels off the vector width, a residual, float32
-    and float64."""
+    border pixels around them, row dilation, channels off the vector width, every epilogue the
+    kernels are emitted for (with and without a residual: none, ReLU, ReLU6, and an activation
+    applied after them), float32 and float64."""
     rng = np.random.default_rng(k * 100 + stride * 10 + c)
     for width, dh, act, has_res, dtype in ((9, 1, 2, False, np.float32),
                                            (10, 2, 0, True, np.float32),
                                            (11, 1, 1, True, np.float64),
-                                           (12, 1, 5, False, np.float32)):
+                                           (12, 1, 5, False, np.float32),
+                                           (9, 2, 1, False, np.float32),
+                                           (10, 1, 2, True, np.float64),
+                                           (11, 1, 0, False, np.float32),
+                                           (12, 2, 5, True, np.float32)):
         x = torch.from_numpy(rng.standard_normal((2, c, 9, width)).astype(dtype))
         weight = torch.from_numpy(rng.standard_normal((c, 1, k, k)).astype(dtype))
         bias = rng.standard_normal(c).astype(dtype)

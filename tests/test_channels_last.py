@@ -47,8 +47,9 @@ def test_depthwise_matches_torch(seed: int) -> None:
     want = TORCH_ACT[act](want + residual if has_res else want)
     out = np.empty(_nhwc(want).shape, dtype)
     cb = int(rng.choice([c, 16, 64]))
+    threads = int(rng.integers(1, 4))  # each a share of the rows, their tap lists reused
     CL.depthwise(_nhwc(x), np.ascontiguousarray(weight[:, 0].permute(1, 2, 0).numpy()), bias,
-                 sh, sw, dh, dw, pt, pl, _nhwc(residual), has_res, act, cb, out)
+                 sh, sw, dh, dw, pt, pl, _nhwc(residual), has_res, act, cb, threads, out)
     assert_close(out, _nhwc(want), f"depthwise seed {seed}")
 
 
@@ -77,7 +78,8 @@ def test_depthwise_row_kernels_match_torch(k: int, stride: int, c: int) -> None:
         want = TORCH_ACT[act](want + residual if has_res else want)
         out = np.empty(_nhwc(want).shape, dtype)
         CL.depthwise(_nhwc(x), np.ascontiguousarray(weight[:, 0].permute(1, 2, 0).numpy()), bias,
-                     stride, stride, dh, 1, pad * dh, pad, _nhwc(residual), has_res, act, c, out)
+                     stride, stride, dh, 1, pad * dh, pad, _nhwc(residual), has_res, act, c, 1,
+                     out)
         assert_close(out, _nhwc(want), f"row kernel {k}x{k} s{stride} c{c} w{width}")
 
 
@@ -91,7 +93,7 @@ def test_depthwise_keeps_torch_non_finite_pattern() -> None:
     out = np.empty((1, 9, 9, 40), np.float32)
     zero = np.zeros(40, np.float32)
     CL.depthwise(_nhwc(torch.from_numpy(x)), np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0)),
-                 zero, 1, 1, 1, 1, 1, 1, out, False, 0, 40, out)
+                 zero, 1, 1, 1, 1, 1, 1, out, False, 0, 40, 2, out)
     np.testing.assert_array_equal(np.isfinite(out), np.isfinite(_nhwc(want)))
 
 

@@ -27,7 +27,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from convlayers.inference.channels_last import _finish_row, depthwise_row, inner_tap_offsets
+from convlayers.inference.channels_last import (
+    _finish_row,
+    depthwise_row,
+    inner_tap_offsets,
+    row_lists_size,
+)
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import NC, conv_band, conv_rows, conv_slab
 
@@ -57,7 +62,7 @@ def buffer_rows(band: int, kh: int, sh: int, dh: int, h: int, w: int, channels: 
 
 
 @njit(cache=True, fastmath=True)
-def _product(xf, offs, w, bias, act, res, has_res, m, j0, j1, k0, k1):
+def _product(xf, offs, w, bias, act, res, has_res, m, j0, j1, k0, k1, toffs):
     """Columns ``j0 .. j1`` (``j0`` a multiple of a packed strip) of
     ``m = act(X @ W + bias (+ res))``, summed over input channels ``k0 .. k1``, for the pixels
     ``p < m.shape[0]`` whose rows of input channels start at ``xf[offs[p]]``, ``W`` packed by
@@ -65,9 +70,9 @@ def _product(xf, offs, w, bias, act, res, has_res, m, j0, j1, k0, k1):
     :func:`convlayers.inference.conv_last.dense` sums a unit: blocks of ``NC`` columns, slabs of
     input channels, bands of a tile's pixels, the epilogue in registers (ReLU, ReLU6, none)
     or per band while in L1 (other activations). With ``act`` below 0 the sums are stored as
-    they are, added onto ``m`` when ``k0 > 0`` (a part of the input channels)."""
+    they are, added onto ``m`` when ``k0 > 0`` (a part of the input channels). ``toffs``: the
+    caller's one-element int64 zero (the one tap's offset), kept across calls."""
     pixels = m.shape[0]
-    toffs = np.zeros(1, np.int64)
     kc = conv_slab(xf, 1, j1 - j0)
     for c0 in range(j0, j1, NC):
         c1 = min(j1, c0 + NC)
@@ -116,6 +121,8 @@ def block(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, pl, proje
         eflat = ebuf[t]
         e2 = eflat[:capacity * w * c].reshape(capacity * w, c)
         dflat = dbuf[t]
+        lists = np.empty(row_lists_size(wo, kh, kw), np.int64)  # kept across the thread's rows
+        toffs = np.zeros(1, np.int64)
         while True:
             unit = claim(queue)
             if unit >= n_img * per_image:
@@ -141,7 +148,7 @@ def block(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, pl, proje
                         m = e2[held * w:(hi - top) * w]
                         at = (n * h + first) * w
                         _product(xf, xoffs[at:at + (hi - first) * w], w1, b1, act1, m, False, m, 0,
-                                 c, 0, c_in)
+                                 c, 0, c_in, toffs)
                         held = hi - top
                     src, s0, sh_rows, y_shift = eflat, 0, held, top
                 else:
@@ -151,15 +158,15 @@ def block(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, pl, proje
                     if project:
                         depthwise_row(src, s0, sh_rows, w, c, y0, tf, kh, kw, dh, dw, sw, pl, b2,
                                       dflat, False, act2, dflat, (oy - ob) * wo * c, wo, 0, c,
-                                      inner_offs, inner_taps)
+                                      inner_offs, inner_taps, lists)
                     else:
                         depthwise_row(src, s0, sh_rows, w, c, y0, tf, kh, kw, dh, dw, sw, pl, b2,
                                       rf, has_res, act2, of, (n * ho + oy) * wo * c, wo, 0, c,
-                                      inner_offs, inner_taps)
+                                      inner_offs, inner_taps, lists)
                 if project:
                     q0, q1 = (n * ho + ob) * wo, (n * ho + oe) * wo
                     _product(dflat, doffs[:q1 - q0], w3, b3, act3, res2[q0:q1], has_res,
-                             out2[q0:q1], 0, c_out, 0, c)
+                             out2[q0:q1], 0, c_out, 0, c, toffs)
 
 
 def channel_parts(channels: int, parts: int, strip: int) -> np.ndarray:
@@ -198,8 +205,10 @@ def block_channels(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, 
         j0, j1 = bounds[t], bounds[t + 1]
         if j1 <= j0:
             continue
+        lists = np.empty(row_lists_size(wo, kh, kw), np.int64)
+        toffs = np.zeros(1, np.int64)
         if expand:
-            _product(xf, xoffs, w1, b1, act1, e2, False, e2, j0, j1, 0, c_in)
+            _product(xf, xoffs, w1, b1, act1, e2, False, e2, j0, j1, 0, c_in, toffs)
             src = emap
         else:
             src = xf
@@ -208,16 +217,16 @@ def block_channels(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, 
                 if project:
                     depthwise_row(src, n * h * w * c, h, w, c, oy * sh - pt, tf, kh, kw, dh, dw,
                                   sw, pl, b2, dmap, False, act2, dmap, (n * ho + oy) * wo * c,
-                                  wo, j0, j1, inner_offs, inner_taps)
+                                  wo, j0, j1, inner_offs, inner_taps, lists)
                 else:
                     depthwise_row(src, n * h * w * c, h, w, c, oy * sh - pt, tf, kh, kw, dh, dw,
                                   sw, pl, b2, rf, has_res, act2, of, (n * ho + oy) * wo * c,
-                                  wo, j0, j1, inner_offs, inner_taps)
+                                  wo, j0, j1, inner_offs, inner_taps, lists)
         if project:
             part = partial[t]
             if j0 > 0:  # its first slab adds onto the part
                 part[:, :] = 0
-            _product(dmap, doffs, w3, b3, -1, part, False, part, 0, c_out, j0, j1)
+            _product(dmap, doffs, w3, b3, -1, part, False, part, 0, c_out, j0, j1, toffs)
     if project:
         for p in prange(n_img * ho * wo):
             row = out2[p]

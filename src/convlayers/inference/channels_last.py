@@ -44,23 +44,35 @@ def _finish_row(row, bias, res_row, has_res, act):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, out):
+def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, threads, out):
     """``out = act(depthwise(x, taps) + bias (+ res))`` for ``x (N, H, W, C)``,
     ``taps (kh, kw, C)``, ``out, res (N, Ho, Wo, C)``; zero padding ``pt`` rows above and ``pl``
     columns left (the rest implied by the shapes). Units: one output row by ``cb`` channels,
-    each run by :func:`depthwise_row`."""
+    each run by :func:`depthwise_row`, split evenly between ``threads`` threads in order."""
     n_img, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
     xf, tf, of, rf = x.reshape(x.size), taps.reshape(taps.size), out.reshape(out.size), res.reshape(res.size)
     nb = (c + cb - 1) // cb
-    inner_offs, inner_taps = inner_tap_offsets(taps.shape[0], taps.shape[1], dh, dw, w, c)
-    for unit in prange(n_img * ho * nb):
-        r, blk = unit // nb, unit % nb
-        n, oy = r // ho, r % ho
-        c0 = blk * cb
-        depthwise_row(xf, n * h * w * c, h, w, c, oy * sh - pt, tf, taps.shape[0],
-                      taps.shape[1], dh, dw, sw, pl, bias, rf, has_res, act, of,
-                      (n * ho + oy) * wo * c, wo, c0, min(c, c0 + cb), inner_offs, inner_taps)
+    kh, kw = taps.shape[0], taps.shape[1]
+    inner_offs, inner_taps = inner_tap_offsets(kh, kw, dh, dw, w, c)
+    units = n_img * ho * nb
+    parts = max(1, min(threads, units))
+    for t in prange(parts):  # each of ``threads`` threads an even share of the units, in order
+        lists = np.empty(row_lists_size(wo, kh, kw), np.int64)
+        for unit in range(units * t // parts, units * (t + 1) // parts):
+            r, blk = unit // nb, unit % nb
+            n, oy = r // ho, r % ho
+            c0 = blk * cb
+            depthwise_row(xf, n * h * w * c, h, w, c, oy * sh - pt, tf, kh, kw, dh, dw, sw, pl,
+                          bias, rf, has_res, act, of, (n * ho + oy) * wo * c, wo, c0,
+                          min(c, c0 + cb), inner_offs, inner_taps, lists)
+
+
+@njit(cache=True, inline="always")
+def row_lists_size(wo, kh, kw):
+    """Elements of :func:`depthwise_row`'s ``lists`` for rows of ``wo`` pixels and a ``kh x kw``
+    kernel: a count and two lists of taps per pixel."""
+    return wo * (2 * kh * kw + 1)
 
 
 @njit(cache=True)
@@ -77,7 +89,7 @@ def inner_tap_offsets(kh, kw, dh, dw, w, c):
 
 @njit(cache=True, fastmath=True)
 def depthwise_row(xf, x0, h, w, c, y0, tf, kh, kw, dh, dw, sw, pl, bias, rf, has_res, act,
-                  of, o0, wo, c0, c1, inner_offs, inner_taps):
+                  of, o0, wo, c0, c1, inner_offs, inner_taps, lists):
     """Channels ``c0 .. c1`` of one output row of a channels-last depthwise convolution:
     ``of[o0 + ox*c + k] = act(sum of taps + bias[k] (+ rf[same]))`` for ``ox < wo``, the map's
     ``h`` rows of ``w`` pixels starting at ``xf[x0]``, the window's top row ``y0`` (rows
@@ -90,7 +102,12 @@ def depthwise_row(xf, x0, h, w, c, y0, tf, kh, kw, dh, dw, sw, pl, bias, rf, has
     map (offsets from the map's start), then each vector of its channels sums those taps in
     a register and is finished and stored once (:data:`convlayers.kernels.simd.taps_vector`).
     Loops written in numba instead kept the sum in memory or ran short channel counts in
-    scalar code (4-8 GMAC/s)."""
+    scalar code (4-8 GMAC/s).
+
+    ``lists``: the caller's int64 scratch of at least :func:`row_lists_size` elements, where
+    the border pixels' tap lists go (one per thread, kept across its rows: three arrays made
+    per row cost MobileNetV2's fused blocks 5% of their time at batch 16, their first block
+    18%)."""
     nt = kh * kw
     one = VECTOR_BYTES // xf.itemsize  # elements of a vector
     lanes = TAP_VECTORS * one
@@ -100,9 +117,9 @@ def depthwise_row(xf, x0, h, w, c, y0, tf, kh, kw, dh, dw, sw, pl, bias, rf, has
     rows_kernel = dw == 1 and kh == kw and (kh == 3 or kh == 5) and (sw == 1 or sw == 2)
     rows_inside = y0 >= 0 and y0 + (kh - 1) * dh < h
     # each pixel's taps inside the map: offsets from the map's start (border pixels)
-    counts = np.empty(wo, np.int64)
-    offs = np.empty((wo, nt), np.int64)
-    tap = np.empty((wo, nt), np.int64)
+    counts = lists[:wo]
+    offs = lists[wo:wo + wo * nt].reshape((wo, nt))
+    tap = lists[wo + wo * nt:wo + 2 * wo * nt].reshape((wo, nt))
     for ox in range(wo):
         xl = ox * sw - pl
         m = 0

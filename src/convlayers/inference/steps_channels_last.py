@@ -175,7 +175,7 @@ class DepthwiseLast(_Conv):
             self._blocks[key] = CL.depthwise_channel_block(self.c_out, key[0] * self.ho, key[1])
         res, has = self._res(v, False)
         CL.depthwise(x, self.packed, self.bias, self.sh, self.sw, self.dh, self.dw, self.pt,
-                     self.pl, res, has, self.act, self._blocks[key], out)
+                     self.pl, res, has, self.act, self._blocks[key], key[1], out)
 
 
 class StemLast(_Conv):

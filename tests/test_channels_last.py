@@ -308,8 +308,9 @@ def test_stem_reads_nchw_and_writes_channels_last(seed: int) -> None:
     want = TORCH_ACT[act](tf.conv2d(tf.pad(x, (pl, pr, pt, pb)), torch.from_numpy(weight),
                                     torch.from_numpy(bias), (sh, sw), 0, (dh, dw)))
     out = np.empty(_nhwc(want).shape, np.float32)
+    threads = int(rng.integers(1, 4))  # each a share of the rows, their tap lists reused
     CL.dense_to_channels_last(x.numpy(), np.ascontiguousarray(weight.reshape(c_out, -1).T), kh, kw,
-                              bias, sh, sw, dh, dw, pt, pl, act, out)
+                              bias, sh, sw, dh, dw, pt, pl, act, threads, out)
     assert_close(out, _nhwc(want), f"stem seed {seed}")
 
 
@@ -333,5 +334,5 @@ def test_stem_runs_of_inside_windows_match_torch(c_out: int, k: int, stride: int
     assert want.shape[3] >= 3 * RUN_PIXELS
     out = np.empty(_nhwc(want).shape, np.float32)
     CL.dense_to_channels_last(x.numpy(), np.ascontiguousarray(weight.reshape(c_out, -1).T), k, k,
-                              bias, stride, stride, dilation, dilation, pad, pad, act, out)
+                              bias, stride, stride, dilation, dilation, pad, pad, act, 2, out)
     assert_close(out, _nhwc(want), f"stem runs {c_out} k{k} s{stride} d{dilation}")

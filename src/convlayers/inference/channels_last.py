@@ -1,5 +1,6 @@
 """numba kernels of a plan's channels-last (NHWC) segments: each writes into a buffer it is given
-(the depthwise and stem kernels make their small tap lists themselves, per output row).
+(the depthwise and stem kernels list their border pixels' taps in scratch of their own, one per
+thread).
 
 In NHWC a pixel's channels are one contiguous row, so a depthwise convolution adds, tap by tap,
 a row of channels times a row of taps: whole vectors of channels at every pixel, whatever the
@@ -163,7 +164,7 @@ def depthwise_row(xf, x0, h, w, c, y0, tf, kh, kw, dh, dw, sw, pl, bias, rf, has
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def dense_to_channels_last(x, taps, kh, kw, bias, sh, sw, dh, dw, pt, pl, act, out):
+def dense_to_channels_last(x, taps, kh, kw, bias, sh, sw, dh, dw, pt, pl, act, threads, out):
     """``out = act(conv(x, taps) + bias)`` for an NCHW input ``x (N, C_in, H, W)`` of few
     channels (a network's stem), ``taps (C_in*kh*kw, C_out)`` (row ``(ci*kh + i)*kw + j``),
     into a channels-last ``out (N, Ho, Wo, C_out)``; zero padding ``pt`` above, ``pl`` left.
@@ -188,46 +189,49 @@ def dense_to_channels_last(x, taps, kh, kw, bias, sh, sw, dh, dw, pt, pl, act, o
             for j in range(kw):
                 inner_offs[(ci * kh + i) * kw + j] = ci * h * w + i * dh * w + j * dw
     lo, hi = inside_range(wo, w, kw, sw, pl, dw)
-    for r in prange(n_img * ho):
-        n, oy = r // ho, r % ho
-        y0 = oy * sh - pt
-        rows_inside = y0 >= 0 and y0 + (kh - 1) * dh < h
-        offs = np.empty(nt, np.int64)
+    units = n_img * ho
+    parts = max(1, min(threads, units))
+    for t in prange(parts):  # each of ``threads`` threads an even share of the rows, in order
+        offs = np.empty(nt, np.int64)  # a border pixel's taps (kept across the thread's rows)
         tap = np.empty(nt, np.int64)
-        ox = 0
-        while ox < wo:
-            x0 = ox * sw - pl
-            out_at = ((n * ho + oy) * wo + ox) * c_out
-            if rows_inside and lo <= ox and ox + RUN_PIXELS <= hi:  # a run of inside windows
-                at = n * c_in * h * w + y0 * w + x0
+        for r in range(units * t // parts, units * (t + 1) // parts):
+            n, oy = r // ho, r % ho
+            y0 = oy * sh - pt
+            rows_inside = y0 >= 0 and y0 + (kh - 1) * dh < h
+            ox = 0
+            while ox < wo:
+                x0 = ox * sw - pl
+                out_at = ((n * ho + oy) * wo + ox) * c_out
+                if rows_inside and lo <= ox and ox + RUN_PIXELS <= hi:  # a run of inside windows
+                    at = n * c_in * h * w + y0 * w + x0
+                    for k in range(0, c_out, wide):
+                        taps_broadcast_run(xf, at, of, inner_taps, nt, tf, c_out, bias, k, act,
+                                           inner_offs, out_at, c_out - k, sw)
+                    if act > 2:
+                        _activate(of[out_at:out_at + RUN_PIXELS * c_out], act)
+                    ox += RUN_PIXELS
+                    continue
+                if rows_inside and lo <= ox < hi:
+                    at, m, o_list, t_list = n * c_in * h * w + y0 * w + x0, nt, inner_offs, inner_taps
+                else:
+                    at, m, o_list, t_list = n * c_in * h * w, 0, offs, tap
+                    for ci in range(c_in):
+                        for i in range(kh):
+                            iy = y0 + i * dh
+                            if iy < 0 or iy >= h:
+                                continue
+                            for j in range(kw):
+                                ix = x0 + j * dw
+                                if 0 <= ix < w:
+                                    offs[m] = ci * h * w + iy * w + ix
+                                    tap[m] = (ci * kh + i) * kw + j
+                                    m += 1
                 for k in range(0, c_out, wide):
-                    taps_broadcast_run(xf, at, of, inner_taps, nt, tf, c_out, bias, k, act,
-                                       inner_offs, out_at, c_out - k, sw)
+                    taps_broadcast(xf, at, of, t_list, m, tf, c_out, bias, of, k, False, act,
+                                   o_list, out_at, c_out - k)
                 if act > 2:
-                    _activate(of[out_at:out_at + RUN_PIXELS * c_out], act)
-                ox += RUN_PIXELS
-                continue
-            if rows_inside and lo <= ox < hi:
-                at, m, o_list, t_list = n * c_in * h * w + y0 * w + x0, nt, inner_offs, inner_taps
-            else:
-                at, m, o_list, t_list = n * c_in * h * w, 0, offs, tap
-                for ci in range(c_in):
-                    for i in range(kh):
-                        iy = y0 + i * dh
-                        if iy < 0 or iy >= h:
-                            continue
-                        for j in range(kw):
-                            ix = x0 + j * dw
-                            if 0 <= ix < w:
-                                offs[m] = ci * h * w + iy * w + ix
-                                tap[m] = (ci * kh + i) * kw + j
-                                m += 1
-            for k in range(0, c_out, wide):
-                taps_broadcast(xf, at, of, t_list, m, tf, c_out, bias, of, k, False, act,
-                               o_list, out_at, c_out - k)
-            if act > 2:
-                _activate(of[out_at:out_at + c_out], act)
-            ox += 1
+                    _activate(of[out_at:out_at + c_out], act)
+                ox += 1
 
 
 def depthwise_channel_block(channels: int, rows: int, threads: int) -> int:

@@ -190,7 +190,7 @@ class StemLast(_Conv):
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
         CL.dense_to_channels_last(v[self.inp][0], self.packed, self.kh, self.kw, self.bias,
                                   self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.act,
-                                  v[self.out][0])
+                                  _threads(), v[self.out][0])
 
 
 class ToChannelsLast(Step):

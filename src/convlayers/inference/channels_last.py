@@ -70,6 +70,29 @@ def depthwise(x, taps, bias, sh, sw, dh, dw, pt, pl, res, has_res, act, cb, thre
 
 
 @njit(cache=True, inline="always")
+def window_taps(y0, x0, kh, kw, dh, dw, h, w, planes, plane_step, pixel_step, offs, tap):
+    """List the taps of the window whose top-left tap is at row ``y0``, column ``x0`` that lie
+    inside an ``h x w`` map (the others read zero padding), in row-major order over ``planes``
+    planes of the map: ``offs[m]`` the tap's element offset from the map's start (``ci *
+    plane_step + (iy*w + ix) * pixel_step``), ``tap[m]`` its number ``(ci*kh + i)*kw + j``.
+    Returns how many there are. Channels-last maps are one plane of ``pixel_step = C``; NCHW
+    input planes are ``plane_step = H*W`` apart with ``pixel_step = 1``."""
+    m = 0
+    for ci in range(planes):
+        for i in range(kh):
+            iy = y0 + i * dh
+            if iy < 0 or iy >= h:
+                continue
+            for j in range(kw):
+                ix = x0 + j * dw
+                if 0 <= ix < w:
+                    offs[m] = ci * plane_step + (iy * w + ix) * pixel_step
+                    tap[m] = (ci * kh + i) * kw + j
+                    m += 1
+    return m
+
+
+@njit(cache=True, inline="always")
 def row_lists_size(wo, kh, kw):
     """Elements of :func:`depthwise_row`'s ``lists`` for rows of ``wo`` pixels and a ``kh x kw``
     kernel: a count and two lists of taps per pixel."""
@@ -122,20 +145,11 @@ def depthwise_row(xf, x0, h, w, c, y0, tf, kh, kw, dh, dw, sw, pl, bias, rf, has
     offs = lists[wo:wo + wo * nt].reshape((wo, nt))
     tap = lists[wo + wo * nt:wo + 2 * wo * nt].reshape((wo, nt))
     for ox in range(wo):
-        xl = ox * sw - pl
-        m = 0
-        if not (rows_inside and lo <= ox < hi):
-            for i in range(kh):
-                iy = y0 + i * dh
-                if iy < 0 or iy >= h:
-                    continue
-                for j in range(kw):
-                    ix = xl + j * dw
-                    if 0 <= ix < w:
-                        offs[ox, m] = (iy * w + ix) * c
-                        tap[ox, m] = i * kw + j
-                        m += 1
-        counts[ox] = m
+        if rows_inside and lo <= ox < hi:
+            counts[ox] = 0  # served by the inner lists
+        else:
+            counts[ox] = window_taps(y0, ox * sw - pl, kh, kw, dh, dw, h, w, 1, 0, c, offs[ox],
+                                     tap[ox])
     # the run of pixels whose windows are inside: a vector of channels along the whole run
     # at a time (the tap vectors in registers, shared input columns loaded once)
     run = rows_inside and rows_kernel and hi > lo
@@ -214,18 +228,8 @@ def dense_to_channels_last(x, taps, kh, kw, bias, sh, sw, dh, dw, pt, pl, act, t
                 if rows_inside and lo <= ox < hi:
                     at, m, o_list, t_list = n * c_in * h * w + y0 * w + x0, nt, inner_offs, inner_taps
                 else:
-                    at, m, o_list, t_list = n * c_in * h * w, 0, offs, tap
-                    for ci in range(c_in):
-                        for i in range(kh):
-                            iy = y0 + i * dh
-                            if iy < 0 or iy >= h:
-                                continue
-                            for j in range(kw):
-                                ix = x0 + j * dw
-                                if 0 <= ix < w:
-                                    offs[m] = ci * h * w + iy * w + ix
-                                    tap[m] = (ci * kh + i) * kw + j
-                                    m += 1
+                    at, o_list, t_list = n * c_in * h * w, offs, tap
+                    m = window_taps(y0, x0, kh, kw, dh, dw, h, w, c_in, h * w, 1, offs, tap)
                 for k in range(0, c_out, wide):
                     taps_broadcast(xf, at, of, t_list, m, tf, c_out, bias, of, k, False, act,
                                    o_list, out_at, c_out - k)

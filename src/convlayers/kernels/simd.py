@@ -1042,11 +1042,20 @@ class _Lanes:
         in torch), any other code none."""
         b = self.builder
         value = b.select(has_res, b.fadd(value, self.load(res, index, mask, h)), value)
-        relu = b.select(b.fcmp_ordered("<", value, self.zero), self.zero, value)
-        relu6 = b.select(b.fcmp_ordered(">", relu, self.six), self.six, relu)
-        value = b.select(b.icmp_signed("==", act, self.const(1)), relu,
-                         b.select(b.icmp_signed("==", act, self.const(2)), relu6, value))
+        value = b.select(b.icmp_signed("==", act, self.const(1)), self.activated(value, 1),
+                         b.select(b.icmp_signed("==", act, self.const(2)),
+                                  self.activated(value, 2), value))
         masked_store(b, self.mstore, value, self.ptr(out, index, h), self.align, mask)
+
+    def activated(self, value: Any, act: int) -> Any:
+        """``value`` through ReLU (``act`` 1) or ReLU6 (2) as compares and selects (NaN stays
+        NaN, as in torch); any other code returns it as it is."""
+        b = self.builder
+        if act in (1, 2):
+            value = b.select(b.fcmp_ordered("<", value, self.zero), self.zero, value)
+        if act == 2:
+            value = b.select(b.fcmp_ordered(">", value, self.six), self.six, value)
+        return value
 
     def finish_store_fixed(self, value: Any, res: Any, index: Any, mask: Any, has_res: bool,
                            act: int, out: Any) -> None:
@@ -1056,11 +1065,8 @@ class _Lanes:
         b = self.builder
         if has_res:
             value = b.fadd(value, self.load(res, index, mask))
-        if act in (1, 2):
-            value = b.select(b.fcmp_ordered("<", value, self.zero), self.zero, value)
-        if act == 2:
-            value = b.select(b.fcmp_ordered(">", value, self.six), self.six, value)
-        masked_store(b, self.mstore, value, self.ptr(out, index), self.align, mask)
+        masked_store(b, self.mstore, self.activated(value, act), self.ptr(out, index),
+                     self.align, mask)
 
     def by_epilogue(self, has_res: Any, act: Any, body: Any) -> None:
         """``body(has_res, act)`` emitted for each residual flag and activation code (1 ReLU,

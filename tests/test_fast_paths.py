@@ -544,6 +544,48 @@ def test_pointwise_row_split_short_maps_and_serial_small_layers(
             np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("shape", "c_out", "dtype", "block_bytes"), [
+    ((1, 40, 32, 32), 36, np.float32, 1 << 18),  # 4 KiB rows: one L1 set a column
+    ((2, 64, 32, 32), 20, np.float32, 1),  # in column blocks of 64
+    ((1, 24, 16, 32), 13, np.float64, 1 << 18),  # 4 KiB rows of float64
+    ((3, 16, 8, 128), 7, np.float32, 192 * 16 * 4),  # blocks of 192 columns, the last of 64
+    ((1, 256, 16, 32), 9, np.float32, 1 << 18),  # 2 KiB rows, a whole slab of them
+])
+def test_pointwise_packed_panels_match_torch_and_the_unpacked_tiles(
+        monkeypatch: pytest.MonkeyPatch, threads: int, shape: tuple[int, ...], c_out: int,
+        dtype: type, block_bytes: int) -> None:
+    """Maps whose rows lie a power of two of bytes apart: the 1x1 kernel copies each unit's
+    columns into a panel of its own before the tiles read them (forward, with and without a
+    bias, and the input gradient by the transposed weights). The same numbers as torch, and
+    bit for bit those of the tiles reading the input in place (the same sums in the same
+    order)."""
+    from convlayers.functional import _engine_pointwise, forget_measurements
+
+    rng = np.random.default_rng(17)
+    x = random_array(rng, shape, dtype)
+    w = random_array(rng, (c_out, shape[1], 1, 1), dtype)
+    b = random_array(rng, (c_out,), dtype)
+    assert _engine_pointwise.pointwise_packs(shape[2] * shape[3], shape[1], x.itemsize)
+
+    def run() -> tuple[np.ndarray, ...]:
+        forget_measurements()  # the calls remembered whole decided packing once
+        with config.settings(threads=threads), config.engine_settings(
+                pointwise_block_bytes=block_bytes, force="pointwise"):
+            y, y_nobias = F.conv2d(x, w, b), F.conv2d(x, w)
+            gx, _, _ = F.conv_backward(g, x, w)
+        return y, y_nobias, gx
+
+    expected, g, (tgx, _, _) = torch_grads(tF.conv2d, [x, w, b], 4)
+    packed = run()
+    assert_close(packed[0], expected, "forward")
+    assert_close(packed[1], tF.conv2d(torch.from_numpy(x), torch.from_numpy(w)), "no bias")
+    assert_close(packed[2], tgx, "grad_input")
+    monkeypatch.setattr(_engine_pointwise, "pointwise_packs", lambda *_: False)
+    for a, b_, what in zip(packed, run(), ("forward", "no bias", "grad_input"), strict=True):
+        np.testing.assert_array_equal(a, b_, err_msg=what)
+
+
 def test_pointwise_unbatched_strided_padded_and_float64() -> None:
     rng = np.random.default_rng(12)
     for dtype in (np.float32, np.float64):

@@ -38,6 +38,7 @@ from convlayers.kernels.simd import (
     VECTOR_BYTES,
     few_columns,
     gemm_few,
+    gemm_indirect_cols,
     gemm_tiled,
     gemm_tiled_add,
     gemm_tiled_cols,
@@ -567,44 +568,77 @@ def _col2im_across_images(df, gf, base, step, images, H, W, kh, kw, sh, sw, dh, 
 #
 # A 1x1 convolution is one GEMM per image and group over the pixels. The kernels below run all
 # of them in one parallel region, a unit being one block of ``B`` pixel columns of one image
-# (every group): the register-tiled GEMM of ``simd.py`` when a block spans the image, else the
-# loops of ``gemm.py`` restricted to the columns ``j0 .. j1`` of full rows (so the rows stay
-# contiguous and nothing is copied): no BLAS
+# (every group): the register-tiled GEMM of ``simd.py`` over the columns ``j0 .. j1`` of full
+# rows, read in place, or, where the rows lie a multiple of 2-4 KiB apart (32x32 and 64x64
+# maps), copied first into a panel whose rows are an odd number of cache lines apart: no BLAS
 # call, no hand-over between numba's and OpenBLAS's threads. The engine picks ``B`` so that the
 # unit's block of the right-hand operand stays in the core's L2 cache.
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def pointwise(x, taps, bias, B, R, out):
+def pointwise(x, taps, bias, B, R, panels, out):
     """``out[n, g] = taps[g] @ x[n, g]`` (+ ``bias``, ``C_out`` entries or none) for
     ``x (N, G, C_in/g, L)``, ``taps (G, C_out/g, C_in/g)``, ``out (N, G, C_out/g, L)``, in units
     of ``B`` columns and ``R`` output rows (a multiple of 4) of one image: small feature maps at
     batch 1 have too few column blocks to keep every thread busy. Also the input gradient, with
-    ``taps`` transposed."""
-    N, G, L = x.shape[0], x.shape[1], x.shape[3]
+    ``taps`` transposed.
+
+    ``panels (T, C_in/g * S)``, when not empty: ``T`` threads each copy their unit's columns
+    of ``x[n, g]`` into rows ``S`` elements apart in their panel first, and the tiles read
+    those (rows a power of two of bytes apart evict each other from the L1 cache)."""
+    N, K, L = x.shape[0], x.shape[2], x.shape[3]
     Cog = taps.shape[1]
     nb = (L + B - 1) // B
     nr = (Cog + R - 1) // R
+    if panels.shape[1] == 0:
+        in_place = np.empty(0, np.int64)
+        for unit in prange(N * nb * nr):
+            _pointwise_unit(x, taps, bias, B, R, nb, nr, unit, panels[0], in_place, out)
+        return
+    queue = new_queue()
+    for t in prange(panels.shape[0]):
+        offs = np.empty(K, np.int64)  # row k of the unit's columns at panel[offs[k] + j]
+        while True:
+            unit = claim(queue)
+            if unit >= N * nb * nr:
+                break
+            _pointwise_unit(x, taps, bias, B, R, nb, nr, unit, panels[t], offs, out)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _pointwise_unit(x, taps, bias, B, R, nb, nr, unit, panel, offs, out):
+    """One unit of :func:`pointwise` (``panel`` empty: the tiles read ``x`` in place)."""
+    K = x.shape[2]
+    Cog = taps.shape[1]
+    n, blk, r0, rs = unit_block(unit, nb, nr, R, Cog)
+    r1 = r0 + rs
+    j0 = blk * B
+    j1 = min(x.shape[3], j0 + B)
     has_bias = bias.shape[0] > 0
-    for unit in prange(N * nb * nr):
-        n, blk, r0, rs = unit_block(unit, nb, nr, R, Cog)
-        r1 = r0 + rs
-        j0 = blk * B
-        j1 = min(L, j0 + B)
-        for g in range(G):
-            o = out[n, g, r0:r1]
-            if has_bias:  # the rows start as the bias and the tiles add: a pass adding it
-                # after them ran unvectorised, as long as a product on few input channels
-                for co in range(r1 - r0):
-                    row = o[co, j0:j1]  # a view from 0: the loop vectorises (copy_row)
-                    b = bias[g * Cog + r0 + co]
-                    for j in range(row.shape[0]):
-                        row[j] = b
-                gemm_tiled_cols_add(taps[g, r0:r1], x[n, g], o, j0, j1)
-            elif nb == 1:
-                gemm_tiled(taps[g, r0:r1], x[n, g], o)
-            else:
-                gemm_tiled_cols(taps[g, r0:r1], x[n, g], o, j0, j1)
+    stride = panel.shape[0] // K
+    for g in range(x.shape[1]):
+        o = out[n, g, r0:r1]
+        if has_bias:  # the rows start as the bias and the tiles add: a pass adding it
+            # after them ran unvectorised, as long as a product on few input channels
+            for co in range(r1 - r0):
+                row = o[co, j0:j1]  # a view from 0: the loop vectorises (copy_row)
+                b = bias[g * Cog + r0 + co]
+                for j in range(row.shape[0]):
+                    row[j] = b
+        if stride > 0:
+            for k in range(K):
+                offs[k] = k * stride - j0
+                src = x[n, g, k, j0:j1]
+                dst = panel[k * stride:k * stride + (j1 - j0)]
+                for j in range(j1 - j0):
+                    dst[j] = src[j]
+            gemm_indirect_cols(taps[g, r0:r1], panel, offs, o, j0, j1, has_bias)
+        elif has_bias:
+            gemm_tiled_cols_add(taps[g, r0:r1], x[n, g], o, j0, j1)
+        elif nb == 1:
+            gemm_tiled(taps[g, r0:r1], x[n, g], o)
+        else:
+            gemm_tiled_cols(taps[g, r0:r1], x[n, g], o, j0, j1)
 
 
 #: :func:`pointwise` on the calling thread (small calls: no parallel region).

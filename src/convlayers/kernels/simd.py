@@ -527,6 +527,14 @@ def gemm_indirect(u, v, offs, m):
 
 
 @njit(cache=True, fastmath=True, inline="always")
+def gemm_indirect_cols(u, v, offs, m, j0, j1, add):
+    """``m[:, j0:j1] (+)= u @ V[:, j0:j1]`` where row ``k`` of ``V`` starts at
+    ``v[offs[k]]`` (so its column ``j`` is ``v[offs[k] + j]``), ``add`` true: onto ``m``: a
+    product over a packed copy of some columns of a right operand."""
+    _tiled(u, v, m, offs, j0, j1, _LEFT, u.shape[1], add)
+
+
+@njit(cache=True, fastmath=True, inline="always")
 def gemm_indirect_part(u, v, offs, m, k_lo, k_hi, add):
     """``m (+)= u[:, k_lo:k_hi] @ V[k_lo:k_hi]``, as :func:`gemm_indirect` over rows ``k_lo ..
     k_hi`` of ``V`` (``add`` true: onto ``m``): one chunk of a product whose inner dimension

@@ -546,11 +546,11 @@ def test_pointwise_row_split_short_maps_and_serial_small_layers(
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(("shape", "c_out", "dtype", "block_bytes"), [
-    ((1, 40, 32, 32), 36, np.float32, 1 << 18),  # 4 KiB rows: one L1 set a column
+    ((1, 64, 32, 32), 36, np.float32, 1 << 18),  # 4 KiB rows: one L1 set a column
     ((2, 64, 32, 32), 20, np.float32, 1),  # in column blocks of 64
-    ((1, 24, 16, 32), 13, np.float64, 1 << 18),  # 4 KiB rows of float64
-    ((3, 16, 8, 128), 7, np.float32, 192 * 16 * 4),  # blocks of 192 columns, the last of 64
-    ((1, 256, 16, 32), 9, np.float32, 1 << 18),  # 2 KiB rows, a whole slab of them
+    ((1, 64, 16, 32), 13, np.float64, 1 << 18),  # 4 KiB rows of float64
+    ((3, 64, 8, 128), 7, np.float32, 192 * 64 * 4),  # blocks of 192 columns, the last of 64
+    ((4, 128, 16, 16), 130, np.float32, 1 << 18),  # 1 KiB rows, 128 in and 130 out
 ])
 def test_pointwise_packed_panels_match_torch_and_the_unpacked_tiles(
         monkeypatch: pytest.MonkeyPatch, threads: int, shape: tuple[int, ...], c_out: int,
@@ -566,7 +566,10 @@ def test_pointwise_packed_panels_match_torch_and_the_unpacked_tiles(
     x = random_array(rng, shape, dtype)
     w = random_array(rng, (c_out, shape[1], 1, 1), dtype)
     b = random_array(rng, (c_out,), dtype)
-    assert _engine_pointwise.pointwise_packs(shape[2] * shape[3], shape[1], x.itemsize)
+    with config.engine_settings(pointwise_block_bytes=block_bytes):
+        _, rows = _engine_pointwise._pointwise_units(shape[0], shape[1], shape[2] * shape[3],
+                                                     c_out, x.itemsize, threads)
+    assert _engine_pointwise.pointwise_packs(shape[2] * shape[3], shape[1], rows, x.itemsize)
 
     def run() -> tuple[np.ndarray, ...]:
         forget_measurements()  # the calls remembered whole decided packing once

@@ -69,7 +69,7 @@ def ready_pointwise(g: Geometry, threads: int,
     result = (g.n, g.c_out, g.ho, g.wo)
     strided = (g.sh, g.sw) != (1, 1) or (g.h, g.w) != (g.ho, g.wo)
     stride, pixels = (g.sh, g.sw), (g.ho, g.wo)
-    panel = _panel_elements(g.c_in_g, length, block, g.itemsize)
+    panel = _panel_elements(g.c_in_g, length, block, rows, g.itemsize)
 
     def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         out = np.empty(products, dtype=x.dtype)
@@ -183,7 +183,7 @@ def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarr
     threads = _numba_threads()
     block, rows = _pointwise_units(xs.shape[0], xs.shape[2], xs.shape[3], taps.shape[1],
                                    xs.itemsize, threads)
-    panel = _panel_elements(xs.shape[2], xs.shape[3], block, xs.itemsize)
+    panel = _panel_elements(xs.shape[2], xs.shape[3], block, rows, xs.itemsize)
     k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, rows,
                      take(PANEL_SCRATCH, (threads, panel), xs.dtype), out)
 
@@ -192,34 +192,40 @@ def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarr
 PANEL_SCRATCH = "pointwise.panels"
 
 
-def _panel_elements(k_rows: int, length: int, block: int, itemsize: int) -> int:
+def _panel_elements(k_rows: int, length: int, block: int, rows: int, itemsize: int) -> int:
     """Elements of a thread's packed panel in :func:`convlayers.kernels.conv.pointwise`: the
     unit's ``block`` columns of each of the ``k_rows`` rows, each row a whole, odd number of
     cache lines apart (so a tile's loads down them spread over every set of the L1 cache);
-    0 when the kernel reads the input in place (:func:`pointwise_packs`)."""
-    if not pointwise_packs(length, k_rows, itemsize):
+    0 when the kernel reads the input in place (:func:`pointwise_packs`, for ``rows`` output
+    rows a unit)."""
+    if not pointwise_packs(length, k_rows, rows, itemsize):
         return 0
     per_line = 64 // itemsize
     lines = -(-min(block, length) // per_line)
     return k_rows * (lines + 1 - lines % 2) * per_line
 
 
-def pointwise_packs(length: int, k_rows: int, itemsize: int) -> bool:
+def pointwise_packs(length: int, k_rows: int, rows: int, itemsize: int) -> bool:
     """Whether the 1x1 kernel copies each unit's pixel columns into a panel of its own
-    (:func:`convlayers.kernels.conv.pointwise`) before its tiles read ``k_rows`` rows of
-    ``length`` pixels down them: where the rows lie a multiple of 4 KiB apart, so that every
-    row's columns fall in the same sets of the L1 cache and, past a few rows, of the L2 (more
-    than 8: the ways of a set), or 2 KiB apart with rows for a whole slab (``simd.KC``).
+    (:func:`convlayers.kernels.conv.pointwise`) before its tiles read them down ``k_rows``
+    input rows of ``length`` pixels, for ``rows`` output rows a unit: where the input's rows
+    lie so near a multiple of 4 KiB apart that a tile's loads down them fall in a few sets of
+    the L1 and L2 caches and evict each other. Rows ``S`` bytes apart share
+    ``gcd(S, 4096)``: 2 KiB or more, with 64 input rows or more; 256 bytes or more (1 in 16
+    lines' sets), with 128 input and 128 output rows or more (fewer output rows do not
+    repay the copy).
 
-    Measured (2 threads, medians of interleaved calls, the packed kernel's time against the
-    kernel reading the input in place): 4 KiB rows (32x32 maps) 0.43-0.53x at 256-512
-    channels, 0.69x at 64 -> 128, 0.55x for 8x64x32x32; 8 and 16 KiB rows (32x64, 64x64)
-    0.41-0.60x; 2 KiB rows (16x32) 0.79x at 256 channels, 1.10x at 128; 1 KiB rows (16x16)
-    1.06-1.12x at 512; rows of 56x56 maps (12.25 KiB) 0.90-1.22x: not packed."""
-    from convlayers.kernels.simd import KC
-
+    Measured (2 threads, turns of each kernel interleaved, medians; the packed kernel's time
+    over the in-place one's): 32x32 maps (4 KiB rows) 0.47x for 512 -> 512, 0.56-0.61x at
+    64 channels, 1.04x for 32 channels on 64x64; 16x32 (2 KiB) 0.61x at 256, 0.80x at 128;
+    16x16 (1 KiB) 0.76x for 1x512 -> 512 (1.05x at batch 4), 0.91-0.98x at 128-256;
+    56x56 (share 256) 0.78x for 128 -> 128, 1.03-1.10x with 24-64 output or 64 input
+    channels; 24x24 0.76x; rows sharing 64 bytes or less (7x7, 14x14, 28x28, 30x30,
+    45x45) 1.03-1.38x."""
     share = math.gcd(length * itemsize, 4096)
-    return (share == 4096 and k_rows > 8) or (share == 2048 and k_rows >= KC)
+    if share >= 2048:
+        return k_rows >= 64
+    return share >= 256 and k_rows >= 128 and rows >= 128
 
 
 @remembered

@@ -10,6 +10,7 @@ from numba import njit
 
 from convlayers.kernels.simd import (
     KC,
+    MC,
     NC,
     TILE_ROWS,
     gemm_few,
@@ -108,11 +109,14 @@ def test_a_transposed_left_operand_reads_by_its_strides(rows: int, depth: int, c
     (TILE_ROWS + 1, KC + 3, NC + 17),  # two slabs of the inner dimension, two column blocks
     (2 * TILE_ROWS, 2 * KC, 2 * NC),  # whole slabs and blocks
     (3, 3 * KC + 1, 5),  # a ragged band, one-column remainder slab, narrow tail only
+    (MC + TILE_ROWS + 1, KC + 3, NC + 17),  # two blocks of rows, the second's last band ragged
+    (2 * MC + 3, 70, 37),  # three blocks of rows; slivers of columns and a tail of five
 ])
 def test_blocked_products_over_slabs_and_column_blocks(rows: int, depth: int, cols: int,
                                                        accumulate: bool) -> None:
-    """Products longer than one ``KC`` slab and wider than one ``NC`` block: the slabs after the
-    first accumulate, the partial band and the narrow tail keep their running sums."""
+    """Products longer than one ``KC`` slab, wider than one ``NC`` block and taller than one
+    ``MC`` block of rows: the slabs after the first accumulate, each block of rows runs over
+    every sliver of columns, the partial band and the narrow tail keep their running sums."""
     rng = np.random.default_rng(rows + depth + cols)
     u = rng.standard_normal((rows, depth)).astype(np.float32)
     v = rng.standard_normal((depth, cols)).astype(np.float32)

@@ -589,6 +589,31 @@ def test_pointwise_packed_panels_match_torch_and_the_unpacked_tiles(
         np.testing.assert_array_equal(a, b_, err_msg=what)
 
 
+@settings(max_examples=200, deadline=None)
+@given(c_out=st.integers(1, 1024), k_rows=st.integers(1, 2048), length=st.integers(1, 20000),
+       n=st.integers(1, 9), threads=st.integers(1, 4))
+def test_pointwise_units_keep_every_thread_evenly_loaded(c_out: int, k_rows: int, length: int,
+                                                         n: int, threads: int) -> None:
+    """The 1x1 kernel's units: column blocks within the cache budget and as even as it allows
+    (no block more than 16 columns past another but the last), and output rows split (in
+    whole tile bands) until the units divide between the threads or are many a thread, as
+    far as two bands a part allow."""
+    from convlayers.functional._engine_pointwise import EVEN_UNITS, _pointwise_units
+    from convlayers.kernels.simd import TILE_ROWS
+
+    block, rows = _pointwise_units(n, k_rows, length, c_out, 4, threads)
+    budget = max(64, config.engine.pointwise_block_bytes // (k_rows * 4) // 16 * 16)
+    assert 1 <= block <= max(budget, min(length, 64)) and (block == length or block % 16 == 0)
+    blocks = -(-length // block)
+    assert length - (blocks - 1) * block >= min(length, block) - 16 * blocks or block == 64
+    parts = -(-c_out // rows)
+    units = n * blocks * parts
+    assert rows == c_out or rows % TILE_ROWS == 0
+    even = units >= 2 * threads and (units % threads == 0 or units >= EVEN_UNITS * threads)
+    assert even or rows <= 2 * TILE_ROWS or rows == c_out and parts == 1 and (
+        c_out <= 2 * TILE_ROWS)
+
+
 def test_pointwise_unbatched_strided_padded_and_float64() -> None:
     rng = np.random.default_rng(12)
     for dtype in (np.float32, np.float64):

@@ -170,9 +170,14 @@ def _gw_pointwise(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
 
 def _pointwise_block(k_rows: int, length: int, itemsize: int) -> int:
     """Pixel columns per unit of the 1x1 kernels (a multiple of 16, at least 64): the unit's
-    block of the right-hand operand fits ``config.engine.pointwise_block_bytes``."""
-    cols = config.engine.pointwise_block_bytes // max(1, k_rows * itemsize)
-    return int(min(length, max(64, cols // 16 * 16)))
+    block of the right-hand operand fits ``config.engine.pointwise_block_bytes``, the blocks
+    of a map as even as that allows (1600 pixels in 4 blocks of 400, not 3 of 512 and one of
+    64, which left one of two threads a 64-column unit beside its 512)."""
+    cols = max(64, config.engine.pointwise_block_bytes // max(1, k_rows * itemsize) // 16 * 16)
+    if cols >= length:
+        return length
+    each = -(-length // -(-length // cols))
+    return int(max(64, -(-each // 16) * 16))
 
 
 def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
@@ -238,14 +243,25 @@ def _pointwise_units(n: int, k_rows: int, length: int, c_out_g: int, itemsize: i
 
 
 def _pointwise_rows(c_out_g: int, column_units: int, threads: int) -> int:
-    """Output rows per unit of the 1x1 kernel: all of them, unless there are fewer column units
-    than twice the ``threads``; then the rows are split too (whole register-tile bands, at least
-    two)."""
+    """Output rows per unit of the 1x1 kernel: all of them, unless the column units leave the
+    ``threads`` unevenly loaded; then the rows are split too (whole register-tile bands, at
+    least two). Uneven: fewer units than twice the threads, or a count that is not a multiple
+    of them while under :data:`EVEN_UNITS` a thread (5 units on 2 threads keep one busy for 3,
+    1.2x the even share: 1x303x31x31 -> 486 ran 1.28x torch's time)."""
     from convlayers.kernels.simd import TILE_ROWS
 
-    want = 2 * threads
-    if column_units >= want:
+    def uneven(units: int) -> bool:
+        return units < 2 * threads or (units % threads != 0 and units < EVEN_UNITS * threads)
+
+    parts = 1
+    while uneven(column_units * parts) and parts * 2 * TILE_ROWS < c_out_g:
+        parts += 1
+    if parts == 1:
         return c_out_g
-    parts = -(-want // column_units)
     rows = max(2 * TILE_ROWS, -(-c_out_g // parts))
     return min(c_out_g, -(-rows // TILE_ROWS) * TILE_ROWS)
+
+
+#: Units a thread from which the 1x1 kernel's units need not divide evenly between the threads
+#: (one more than another thread's is then at most a sixth more work).
+EVEN_UNITS = 6

@@ -585,7 +585,7 @@ def pointwise(x, taps, bias, B, R, panels, out):
 
     ``panels (T, C_in/g * S)``, when not empty: ``T`` threads each copy their unit's columns
     of ``x[n, g]`` into rows ``S`` elements apart in their panel first, and the tiles read
-    those (rows a power of two of bytes apart evict each other from the L1 cache)."""
+    those (rows near a multiple of 4 KiB apart evict each other from the L1 and L2 caches)."""
     N, K, L = x.shape[0], x.shape[2], x.shape[3]
     Cog = taps.shape[1]
     nb = (L + B - 1) // B

@@ -565,10 +565,10 @@ def _tiled(u, v, m, offs, j_lo, j_hi, k_lo, k_hi, accumulate):
     the one before), bands of ``TILE_ROWS`` rows, tiles of ``TILE_VECTORS`` vectors and the
     columns left as :func:`_band` says (:func:`band_columns`), the last ``P % TILE_ROWS``
     rows as a band of edge tiles. Every band of a block of rows runs on one sliver before the
-    next sliver (GotoBLAS's order): the sliver's ``KC`` rows stay in L1 and the tiles stream
-    the left operand's rows, where band by band over every column each tile read the right
-    operand's rows from L2 again (0.82-1.04x the time on 12 dense and 1x1 layers, geo-mean
-    0.93). Nothing is
+    next sliver (GotoBLAS's order; a product of one band takes the block as one sliver): the
+    sliver's ``KC`` rows stay in L1 and the tiles stream the left operand's rows, where band by
+    band over every column each tile read the right operand's rows from L2 again (0.82-1.04x
+    the time on 12 dense and 1x1 layers, geo-mean 0.93). Nothing is
     copied or allocated. Fewer columns than a vector in all: masked tiles (the ``narrow``
     kind). Not inlined: every kernel calls this one compiled function (per dtype); inlined,
     the unrolled tiles were copied into each call site and first calls compiled for about
@@ -595,7 +595,8 @@ def _tiled(u, v, m, offs, j_lo, j_hi, k_lo, k_hi, accumulate):
                     _narrow(u, v, m, offs, p, j_lo, k0, k1, min(R, P - p), width)
         return
     narrow = j_lo + width - width % lanes
-    sliver = SLIVER_VECTORS * lanes
+    # one band (a few rows) reuses no sliver: it sweeps the block whole, on its widest tiles
+    sliver = SLIVER_VECTORS * lanes if P > R else NC
     for c0 in range(j_lo, j_hi, NC):
         c1 = min(j_hi, c0 + NC)
         for k0 in range(k_lo, k_hi, KC):
@@ -603,14 +604,19 @@ def _tiled(u, v, m, offs, j_lo, j_hi, k_lo, k_hi, accumulate):
             add = accumulate or k0 > k_lo
             for q0 in range(0, P, MC):
                 q1 = min(P, q0 + MC)
+                # a last band of a few rows sweeps the block whole after the slivers, on the
+                # wider tiles of few rows (:func:`_band`)
+                short = (q1 - q0) % R if (q1 - q0) % R <= SMALL_ROWS else 0
                 for s0 in range(c0, c1, sliver):
                     s1 = min(c1, s0 + sliver)
                     if c1 - s1 < lanes:  # a last sliver of less than a vector joins this one
                         s1 = c1
-                    for p in range(q0, q1, R):
+                    for p in range(q0, q1 - short, R):
                         _band(u, v, m, offs, p, min(R, q1 - p), s0, s1, narrow, k0, k1, add)
                     if s1 == c1:
                         break
+                if short:
+                    _band(u, v, m, offs, q1 - short, short, c0, c1, narrow, k0, k1, add)
 
 
 @njit(cache=True, inline="always")

@@ -555,7 +555,7 @@ def test_pointwise_row_split_short_maps_and_serial_small_layers(
 def test_pointwise_packed_panels_match_torch_and_the_unpacked_tiles(
         monkeypatch: pytest.MonkeyPatch, threads: int, shape: tuple[int, ...], c_out: int,
         dtype: type, block_bytes: int) -> None:
-    """Maps whose rows lie a power of two of bytes apart: the 1x1 kernel copies each unit's
+    """Maps whose rows lie near a multiple of 4 KiB apart: the 1x1 kernel copies each unit's
     columns into a panel of its own before the tiles read them (forward, with and without a
     bias, and the input gradient by the transposed weights). The same numbers as torch, and
     bit for bit those of the tiles reading the input in place (the same sums in the same
@@ -594,10 +594,10 @@ def test_pointwise_packed_panels_match_torch_and_the_unpacked_tiles(
        n=st.integers(1, 9), threads=st.integers(1, 4))
 def test_pointwise_units_keep_every_thread_evenly_loaded(c_out: int, k_rows: int, length: int,
                                                          n: int, threads: int) -> None:
-    """The 1x1 kernel's units: column blocks within the cache budget and as even as it allows
-    (no block more than 16 columns past another but the last), and output rows split (in
-    whole tile bands) until the units divide between the threads or are many a thread, as
-    far as two bands a part allow."""
+    """The 1x1 kernel's units: the fewest column blocks the cache budget allows, as even as
+    whole vectors make them (the last short of the others by less than 16 columns a block),
+    and output rows split (in whole tile bands) until the units divide between the threads
+    or are many a thread, as far as two bands a part allow."""
     from convlayers.functional._engine_pointwise import EVEN_UNITS, _pointwise_units
     from convlayers.kernels.simd import TILE_ROWS
 
@@ -605,7 +605,9 @@ def test_pointwise_units_keep_every_thread_evenly_loaded(c_out: int, k_rows: int
     budget = max(64, config.engine.pointwise_block_bytes // (k_rows * 4) // 16 * 16)
     assert 1 <= block <= max(budget, min(length, 64)) and (block == length or block % 16 == 0)
     blocks = -(-length // block)
-    assert length - (blocks - 1) * block >= min(length, block) - 16 * blocks or block == 64
+    if block > 64:  # blocks of 64 are the floor, however uneven
+        assert blocks == -(-length // budget)
+        assert blocks * block - length < 16 * blocks
     parts = -(-c_out // rows)
     units = n * blocks * parts
     assert rows == c_out or rows % TILE_ROWS == 0

@@ -100,9 +100,11 @@ def test_depthwise_keeps_torch_non_finite_pattern() -> None:
 def _dense_channels_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
                          stride: tuple[int, int], dilation: tuple[int, int],
                          pads: tuple[int, int, int, int], res: np.ndarray, has_res: bool,
-                         act: int, out_hw: tuple[int, int], threads: int) -> np.ndarray:
+                         act: int, out_hw: tuple[int, int], threads: int,
+                         skip: bool = True) -> np.ndarray:
     """The channels-last direct convolution as a plan's step runs it: NHWC ``x``, the weights
-    packed in strips, a zero-padded copy, pixel and tap offsets, units."""
+    packed in strips, a zero-padded copy, pixel and tap offsets, units; each output row's
+    taps only those that read input (``skip``), else every tap."""
     n, h, w, c_in = x.shape
     c_out, _, kh, kw = weight.shape
     (sh, sw), (dh, dw), (pt, _, pl, _) = stride, dilation, pads
@@ -121,9 +123,13 @@ def _dense_channels_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
         assert not block[:, part.shape[1]:].any()
     out = np.empty((n * ho * wo, c_out), x.dtype)
     rows, cols = conv_last.dense_units(n * ho * wo, c_out, threads)
+    toffs = conv_last.window_taps(kh, kw, dh, dw, wp, c_in)
+    per_row = toffs.size // kh
+    taps = (conv_last.row_taps(ho, h, pt, sh, kh, dh, per_row) if skip else
+            np.tile(np.array([[0, kh * per_row]], np.int64), (ho, 1)))
     conv_last.dense(padded.reshape(-1), packed, conv_last.pixel_offsets(n, ho, wo, hp, wp, c_in, sh, sw),
-                    conv_last.window_taps(kh, kw, dh, dw, wp, c_in), bias,
-                    res.reshape(-1, c_out) if has_res else out, has_res, act, rows, cols, threads, out)
+                    toffs, taps, wo, bias, res.reshape(-1, c_out) if has_res else out, has_res, act,
+                    rows, cols, threads, out)
     return out.reshape(n, ho, wo, c_out)
 
 
@@ -159,6 +165,53 @@ def test_dense_matches_torch(seed: int) -> None:
                                _nhwc(residual), has_res, act, tuple(want.shape[2:]),
                                int(rng.integers(1, 5)))
     assert_close(got, _nhwc(want), f"dense seed {seed}")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_dense_skips_only_the_taps_on_the_padding(seed: int) -> None:
+    """Padding as wide as the windows, dilations up to 3 and maps of 1-9 rows, so output rows
+    sum from none of their kernel rows' input to all: the sums without the taps on the zero
+    padding are those of every tap, bit for bit (``0 * w`` adds nothing), and torch's.
+    Float32 and float64; 1-3 threads; one slab and several (300 input channels)."""
+    rng = np.random.default_rng(2000 + seed)
+    kh, kw = (int(v) for v in rng.integers(1, 8, 2))
+    sh, sw, dh, dw = (int(v) for v in rng.integers(1, 4, 4))
+    c_in = 300 if seed % 4 == 1 else int(rng.integers(1, 40))
+    c_out = int(rng.choice([5, 16, 33, 100]))
+    h, w = int(rng.integers(1, 10)), int(rng.integers(1, 10))
+    pt, pb = (int(v) for v in rng.integers(0, kh * dh + 1, 2))
+    pl, pr = (int(v) for v in rng.integers(0, kw * dw + 1, 2))
+    if h + pt + pb < (kh - 1) * dh + 1:
+        pb = (kh - 1) * dh + 1 - h - pt
+    if w + pl + pr < (kw - 1) * dw + 1:
+        pr = (kw - 1) * dw + 1 - w - pl
+    dtype = np.float32 if seed % 3 else np.float64
+    x = torch.from_numpy(rng.standard_normal((2, c_in, h, w)).astype(dtype))
+    weight = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    want = tf.conv2d(tf.pad(x, (pl, pr, pt, pb)), torch.from_numpy(weight),
+                     torch.from_numpy(bias), (sh, sw), 0, (dh, dw))
+    args = (_nhwc(x), weight, bias, (sh, sw), (dh, dw), (pt, pb, pl, pr),
+            np.zeros(1, dtype), False, 0, tuple(want.shape[2:]),
+            int(rng.integers(1, 4)))
+    got = _dense_channels_last(*args)
+    np.testing.assert_array_equal(got, _dense_channels_last(*args, skip=False))
+    assert_close(got, _nhwc(want), f"dense skip seed {seed}")
+
+
+def test_row_taps_are_the_kernel_rows_that_read_input() -> None:
+    """Against a direct count: kernel row ``i`` of output row ``y`` reads input row
+    ``y*sh + i*dh - pt``; the range is those in ``0 .. h-1`` (one tap where there are none)."""
+    for ho, h, pt, sh, kh, dh in ((11, 11, 9, 1, 7, 3), (4, 2, 5, 2, 3, 4), (7, 7, 3, 1, 7, 1),
+                                  (3, 9, 0, 3, 3, 1), (5, 1, 4, 1, 9, 1)):
+        for per_row in (1, 3):
+            got = conv_last.row_taps(ho, h, pt, sh, kh, dh, per_row)
+            for y in range(ho):
+                rows = [i for i in range(kh) if 0 <= y * sh + i * dh - pt < h]
+                lo, hi = (rows[0], rows[-1] + 1) if rows else (got[y, 0] // per_row,
+                                                                got[y, 0] // per_row + 1)
+                assert rows or 0 <= lo < kh
+                assert (got[y, 0], got[y, 1]) == (lo * per_row, hi * per_row), (ho, h, pt, y)
 
 
 @pytest.mark.parametrize(("c_in", "c_out"), [(600, 70), (300, 512), (1, 17), (700, 24)])

@@ -54,18 +54,21 @@ def direct_fits(g: Geometry) -> str | None:
 
 
 @remembered
-def _layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+def _layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int,
+                                                int]:
     """Each output pixel's window start and each tap's offset in the flat padded copy, the
-    kernel's units ``(rows, cols)`` and the packed weights' rows."""
+    taps each output row sums (those not only on the zero padding), the kernel's units
+    ``(rows, cols)`` and the packed weights' rows."""
     from convlayers.inference import conv_last
     from convlayers.kernels.simd import conv_strip
 
     hp, wp = padded_extent(g)
     offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
     toffs = conv_last.tap_offsets(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
+    row_taps = conv_last.row_taps(g.ho, g.h, g.pt, g.sh, g.kh, g.dh, g.kw)
     rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize)
     strips = -(-g.c_out // (conv_strip() // g.itemsize))
-    return offs, toffs, rows, cols, strips * g.kh * g.kw * g.c_in
+    return offs, toffs, row_taps, rows, cols, strips * g.kh * g.kw * g.c_in
 
 
 def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
@@ -74,7 +77,7 @@ def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     from convlayers.kernels.simd import conv_strip, pack_conv_weights_into
 
     threads = _numba_threads()
-    offs, toffs, rows, cols, k_rows = _layout(g, threads)
+    offs, toffs, row_taps, rows, cols, k_rows = _layout(g, threads)
     hp, wp = padded_extent(g)
     xp = take("direct_input", (g.n, hp, wp, g.c_in), x.dtype)
     conv_last.pad_to_channels_last(np.ascontiguousarray(x), g.pt, g.pl, xp)
@@ -83,8 +86,8 @@ def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     b = np.zeros(g.c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     pixels = g.n * g.ho * g.wo
     last = take("direct_output", (pixels, g.c_out), x.dtype)
-    conv_last.dense(xp.reshape(-1), packed, offs, toffs, b, last, False, 0, rows, cols,
-                    threads, last)
+    conv_last.dense(xp.reshape(-1), packed, offs, toffs, row_taps, g.wo, b, last, False, 0,
+                    rows, cols, threads, last)
     out = np.empty((g.n, g.c_out, g.ho, g.wo), x.dtype)
     channels_last.to_channels_first(last.reshape(g.n, g.ho, g.wo, g.c_out), out)
     return out

@@ -22,15 +22,15 @@ from convlayers.kernels.simd import (
     NC,
     VECTOR_BYTES,
     band_pixels,
-    conv_band,
+    conv_band_taps,
     conv_rows,
     conv_slab,
     conv_strip,
 )
 
 __all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "WIDE_SLACK", "dense", "dense_units", "max_pool",
-           "pad_channels_last", "pad_to_channels_last", "pixel_offsets", "tap_offsets",
-           "window_taps"]
+           "pad_channels_last", "pad_to_channels_last", "pixel_offsets", "row_taps",
+           "tap_offsets", "window_taps"]
 
 
 @njit(parallel=True, cache=True)
@@ -103,19 +103,43 @@ def window_taps(kh: int, kw: int, dh: int, dw: int, wp: int, c: int) -> np.ndarr
     return tap_offsets(kh, kw, dh, dw, wp, c)
 
 
+def row_taps(ho: int, h: int, pt: int, sh: int, kh: int, dh: int, per_row: int) -> np.ndarray:
+    """``(ho, 2)`` int64: for each output row, the taps ``t0 <= t < t1`` of :func:`dense`
+    whose kernel rows read the input, not only the zero padding, with ``per_row`` taps a
+    kernel row (``kw``, or 1 where :func:`window_taps` made a row one tap). A row of windows
+    at ``y`` reads padded rows ``y*sh + i*dh`` for kernel row ``i``, the input's rows being
+    ``pt .. pt+h-1`` of the padded copy. A row whose windows read no input row keeps one
+    tap (its sums are zeros either way).
+
+    Leaving those taps out changes no sum: each adds ``0 * w`` (torch's direct
+    convolutions skip them too). It spares much where the padding is wide against the map:
+    1x344x11x11 -> 49, 7x7, dilation 3, padding 9 reads input on 40% of its kernel rows.
+    """
+    y = np.arange(ho, dtype=np.int64) * sh
+    lo = np.clip(-((y - pt) // dh), 0, kh)  # ceil((pt - y) / dh)
+    hi = np.clip(-((y - pt - h) // dh), 0, kh)  # ceil((pt + h - y) / dh)
+    lo = np.minimum(lo, kh - 1)
+    hi = np.maximum(hi, lo + 1)
+    return np.ascontiguousarray(np.stack([lo, hi], axis=1) * per_row)
+
+
 @njit(parallel=True, cache=True)  # no fastmath: SiLU's exp overflows to inf for v < -88
-def dense(xf, w, offs, toffs, bias, res, has_res, act, rows, cols, threads, out):
+def dense(xf, w, offs, toffs, row_taps, wo, bias, res, has_res, act, rows, cols, threads, out):
     """``out = act(conv + bias (+ res))`` for a flat padded channels-last input ``xf``, weights
     ``w (kh*kw*C_in, C_out)`` (row ``(i*kw + j)*C_in + ci``) packed by
     :func:`convlayers.kernels.simd.pack_conv_weights`, ``out, res (P, C_out)`` (``res`` read
     only when ``has_res``), in units of ``rows`` pixels by ``cols`` channels (a multiple of
     the packed strips' width), handed out in order to the first free of ``threads`` threads
-    (:mod:`convlayers.kernels.queue`).
+    (:mod:`convlayers.kernels.queue`). Output pixel ``p`` is in row ``(p // wo) % ho`` of
+    its image, whose windows sum the taps ``row_taps[y, 0] .. row_taps[y, 1]`` only
+    (:func:`row_taps`, ``ho = row_taps.shape[0]``): a unit's rows run in runs of output rows
+    that sum the same taps.
 
     In a unit: blocks of ``NC`` columns, slabs of input channels whose weight panel stays in
     L2 (:func:`convlayers.kernels.simd.conv_slab`), bands of a tile's pixels; a band is
     finished (bias, residual, activation) right after its last slab, while in L1."""
     p_all, c_all = out.shape
+    ho = row_taps.shape[0]
     c_in = w.shape[0] // ((c_all + w.shape[1] - 1) // w.shape[1]) // toffs.size
     lanes = VECTOR_BYTES // xf.itemsize
     nr = (p_all + rows - 1) // rows
@@ -147,13 +171,23 @@ def dense(xf, w, offs, toffs, bias, res, has_res, act, rows, cols, threads, out)
                     finish = (act | (8 if has_res else 0)) if k1 == c_in and act <= 2 else -1
                     # one call for the unit's rows, unless bands are finished here
                     tall = conv_rows(xf, c1 - c0) if k1 == c_in and finish < 0 else r1 - r0
-                    for p in range(r0, r1, tall):
-                        band = min(tall, r1 - p)
-                        conv_band(xf, w, out, offs, toffs, p, band, c0, c1, k0, k1, bias, res,
-                                  finish)
-                        if k1 == c_in and finish < 0:
-                            for q in range(p, p + band):
-                                _finish_row(out[q, c0:c1], b, res[q, c0:c1], has_res, act)
+                    a = r0
+                    while a < r1:  # a run of output rows that sum the same taps
+                        y = (a // wo) % ho
+                        t0, t1 = row_taps[y, 0], row_taps[y, 1]
+                        e = (a // wo + 1) * wo
+                        while e < r1 and row_taps[(e // wo) % ho, 0] == t0 \
+                                and row_taps[(e // wo) % ho, 1] == t1:
+                            e += wo
+                        e = min(e, r1)
+                        for p in range(a, e, tall):
+                            band = min(tall, e - p)
+                            conv_band_taps(xf, w, out, offs, toffs, t0, t1, p, band, c0, c1,
+                                           k0, k1, bias, res, finish)
+                            if k1 == c_in and finish < 0:
+                                for q in range(p, p + band):
+                                    _finish_row(out[q, c0:c1], b, res[q, c0:c1], has_res, act)
+                        a = e
 
 
 #: A unit's fixed cost (handing it out, its first loads), in tiles of one strip.

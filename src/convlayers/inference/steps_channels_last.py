@@ -51,6 +51,9 @@ class DenseLast(_Conv):
         else:
             self.strategy = "zero-padded copy in scratch, then " + self.strategy
         self.toffs = conv_last.window_taps(self.kh, self.kw, self.dh, self.dw, self.wp, self.c_in)
+        self.row_taps = conv_last.row_taps(self.ho, self.h, self.pt if self.padded else 0,
+                                           self.sh, self.kh, self.dh,
+                                           self.toffs.size // self.kh)
         self._offs: dict[int, np.ndarray] = {}
         self._units: dict[tuple[int, int], tuple[int, int]] = {}
 
@@ -79,7 +82,8 @@ class DenseLast(_Conv):
             self._units[key] = conv_last.dense_units(pixels, self.c_out, key[1])
         rows, cols = self._units[key]
         res, has = self._res(v, True)
-        conv_last.dense(x.reshape(-1), self.packed, offs, self.toffs, self.bias,
+        conv_last.dense(x.reshape(-1), self.packed, offs, self.toffs, self.row_taps, self.wo,
+                        self.bias,
                         res.reshape(pixels, self.c_out), has, self.act, rows, cols, key[1],
                         out.reshape(pixels, self.c_out))
 

@@ -40,7 +40,8 @@ from numba.extending import intrinsic
 
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS",
            "TALL_TWO_ROWS", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "band_columns",
-           "band_pixels", "conv_band", "conv_rows", "conv_slab", "conv_strip", "few_columns",
+           "band_pixels", "conv_band", "conv_band_taps", "conv_rows", "conv_slab", "conv_strip",
+           "few_columns",
            "gemm_few", "gemm_indirect", "gemm_indirect_left_add", "gemm_indirect_part",
            "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols", "masked_store", "pack_conv_weights",
            "taps_broadcast", "taps_row", "taps_vector", "transpose_vectors", "vector_bytes"]
@@ -884,12 +885,21 @@ def conv_slab(x, ntaps, width):
 
 @njit(cache=True, fastmath=True)
 def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1, bias, res, finish):
+    """:func:`conv_band_taps` over every tap of ``toffs``."""
+    conv_band_taps(x, w, m, offs, toffs, 0, toffs.size, p, rows, c0, c1, k0, k1, bias, res,
+                   finish)
+
+
+@njit(cache=True, fastmath=True)
+def conv_band_taps(x, w, m, offs, toffs, t0, t1, p, rows, c0, c1, k0, k1, bias, res, finish):
     """Rows ``p .. p+rows``, columns ``c0 .. c1`` (``c0`` a multiple
     of a strip), input channels ``k0 .. k1`` of ``m (+)= sum_t X_t @ W[t*C : (t+1)*C]``
     (``+=`` unless ``k0 == 0``): a direct convolution over a flat, padded, channels-last
     input ``x`` with ``C`` channels, where row ``p`` of ``X_t`` is
     ``x[offs[p] + toffs[t] : ... + C]`` (output pixel ``p``'s window at tap ``t``) and ``w`` is
-    ``W (ntaps*C, C_out)`` packed by :func:`pack_conv_weights`.
+    ``W (ntaps*C, C_out)`` packed by :func:`pack_conv_weights`, summed over the taps
+    ``t0 <= t < t1`` only (``ntaps = toffs.size``): the others are left out, as the taps a
+    band's windows read only from the zero padding (:func:`convlayers.inference.conv_last.dense`).
 
     Each tile keeps its pixels by up to ``CONV_VECTORS`` vectors of output channels in
     registers across every tap of the slab; the columns a wide tile leaves on tiles of half
@@ -903,10 +913,12 @@ def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1, bias, res, finish):
     are stored, ``act(sum + bias[col] (+ res[row, col]))`` (:func:`_tile_epilogue`: bits 0-2
     the activation, 1 ReLU or 2 ReLU6, bit 3 the residual); below 0 they are stored as they
     are. ``res`` is shaped like ``m`` (``m`` itself when there is no residual)."""
-    ntaps = toffs.size
     S = w.shape[1]
     K = w.shape[0] // ((m.shape[1] + S - 1) // S)
-    C = K // ntaps
+    C = K // toffs.size
+    ntaps = t1 - t0
+    first = t0 * C  # the first summed tap's rows in each strip
+    toffs = toffs[t0:t1]
     lanes = (64 if _WIDE else 32) // x.itemsize
     add = 1 if k0 > 0 else 0
     step = band_pixels(c1 - c0, lanes)
@@ -916,10 +928,10 @@ def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1, bias, res, finish):
             band = min(step, p + rows - q)
             if two:
                 _conv_tall_two(x, w, m, offs, q, c0, k0, k1, band, c1 - c0, toffs, ntaps, C,
-                               (c0 // S) * K, c0 % S, add, bias, res, finish)
+                               (c0 // S) * K + first, c0 % S, add, bias, res, finish)
             else:
                 _conv_tall_one(x, w, m, offs, q, c0, k0, k1, band, c1 - c0, toffs, ntaps, C,
-                               (c0 // S) * K, c0 % S, add, bias, res, finish)
+                               (c0 // S) * K + first, c0 % S, add, bias, res, finish)
         return
     half = max(1, CONV_VECTORS // 2) * lanes
     end = c1 - (c1 - c0) % lanes
@@ -929,16 +941,16 @@ def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1, bias, res, finish):
         band = min(step, p + rows - q)
         for j0 in range(c0, wide, S):
             _conv_wide(x, w, m, offs, q, j0, k0, k1, band, j0, toffs, ntaps, C,
-                       (j0 // S) * K, j0 % S, add, bias, res, finish)
+                       (j0 // S) * K + first, j0 % S, add, bias, res, finish)
         for j0 in range(wide, halves, half):
             _conv_half(x, w, m, offs, q, j0, k0, k1, band, j0, toffs, ntaps, C,
-                       (j0 // S) * K, j0 % S, add, bias, res, finish)
+                       (j0 // S) * K + first, j0 % S, add, bias, res, finish)
         for j0 in range(halves, end, lanes):
             _conv_one(x, w, m, offs, q, j0, k0, k1, band, j0, toffs, ntaps, C,
-                      (j0 // S) * K, j0 % S, add, bias, res, finish)
+                      (j0 // S) * K + first, j0 % S, add, bias, res, finish)
         if c1 > end:
             _conv_narrow(x, w, m, offs, q, end, k0, k1, band, c1 - end, toffs, ntaps, C,
-                         (end // S) * K, end % S, add, bias, res, finish)
+                         (end // S) * K + first, end % S, add, bias, res, finish)
 
 
 def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> Any:

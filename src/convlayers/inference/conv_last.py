@@ -68,6 +68,15 @@ def pad_to_channels_last(x, pt, pl, out):
         # flat indices: a 2-D store per element, after zeroing the whole row, took 3x longer
         # (ResNet's stem, 3 x 224 x 224: 109 us, now 38)
         flat = row.reshape(row.size)
+        if c == 3:  # an RGB image: each pixel's three values stored together, which the
+            # compiler vectorises as shuffles of whole vectors (58 -> 21 us for 3 x 224 x 224)
+            r, g, b = x[n, 0, iy], x[n, 1, iy], x[n, 2, iy]
+            at = pl * 3
+            for ix in range(w):
+                flat[at + 3 * ix] = r[ix]
+                flat[at + 3 * ix + 1] = g[ix]
+                flat[at + 3 * ix + 2] = b[ix]
+            continue
         for ch in range(c):
             src = x[n, ch, iy]
             for ix in range(w):

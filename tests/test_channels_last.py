@@ -199,6 +199,22 @@ def test_dense_skips_only_the_taps_on_the_padding(seed: int) -> None:
     assert_close(got, _nhwc(want), f"dense skip seed {seed}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", [1, 3, 4])
+def test_pad_to_channels_last_transposes_and_pads(dtype: type, c: int) -> None:
+    """A stem's copy: the NCHW image at row ``pt``, column ``pl`` of a zeroed NHWC buffer
+    (against NumPy's transpose); RGB images by vectors of pixels, widths that leave a last
+    part shorter than a vector and one of fewer pixels than a vector."""
+    rng = np.random.default_rng(c)
+    for n, h, w, pt, pl, extra in ((2, 5, 37, 1, 2, 1), (1, 3, 5, 0, 0, 0), (1, 4, 64, 3, 1, 2)):
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        out = np.full((n, pt + h + extra, pl + w + extra, c), np.nan, dtype)
+        conv_last.pad_to_channels_last(x, pt, pl, out)
+        want = np.zeros_like(out)
+        want[:, pt:pt + h, pl:pl + w] = x.transpose(0, 2, 3, 1)
+        np.testing.assert_array_equal(out, want)
+
+
 def test_row_taps_are_the_kernel_rows_that_read_input() -> None:
     """Against a direct count: kernel row ``i`` of output row ``y`` reads input row
     ``y*sh + i*dh - pt``; the range is those in ``0 .. h-1`` (one tap where there are none)."""

@@ -41,9 +41,9 @@ from numba.extending import intrinsic
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS",
            "TALL_TWO_ROWS", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "band_columns",
            "band_pixels", "conv_band", "conv_band_taps", "conv_rows", "conv_slab", "conv_strip",
-           "few_columns",
-           "gemm_few", "gemm_indirect", "gemm_indirect_left_add", "gemm_indirect_part",
-           "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols", "masked_store", "pack_conv_weights",
+           "few_columns", "gemm_few", "gemm_indirect", "gemm_indirect_left_add", "gemm_indirect_part",
+           "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols", "interleave3", "masked_store",
+           "pack_conv_weights",
            "taps_broadcast", "taps_row", "taps_vector", "transpose_vectors", "vector_bytes"]
 
 
@@ -951,6 +951,45 @@ def conv_band_taps(x, w, m, offs, toffs, t0, t1, p, rows, c0, c1, k0, k1, bias, 
         if c1 > end:
             _conv_narrow(x, w, m, offs, q, end, k0, k1, band, c1 - end, toffs, ntaps, C,
                          (end // S) * K + first, end % S, add, bias, res, finish)
+
+
+def _emit_interleave3(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+    """A vector each of ``r``, ``g``, ``b`` from element ``at``, stored as their
+    ``3 * lanes`` values pixel by pixel (``r0 g0 b0 r1 ...``) from ``out[out_at]``: two
+    shuffles LLVM lowers to permutes of whole vectors, not a scalar store per value."""
+    arrays = [context.make_array(signature.args[k])(context, builder, args[k])
+              for k in (0, 1, 2, 4)]
+    at, out_at = args[3], args[5]
+    itemsize = context.get_abi_sizeof(context.get_value_type(signature.args[0].dtype))
+    lanes = VECTOR_BYTES // itemsize
+    scalar = context.get_value_type(signature.args[0].dtype)
+    vec, i32 = ir.VectorType(scalar, lanes), ir.IntType(32)
+
+    def mask(values: list[int]) -> Any:
+        return ir.Constant(ir.VectorType(i32, len(values)), values)
+
+    r, g, b = (builder.load(builder.bitcast(builder.gep(a.data, [at]), vec.as_pointer()),
+                            align=itemsize) for a in arrays[:3])
+    rg = builder.shuffle_vector(r, g, mask(list(range(2 * lanes))))
+    b2 = builder.shuffle_vector(b, ir.Constant(vec, None), mask(list(range(2 * lanes))))
+    order = [v for i in range(lanes) for v in (i, lanes + i, 2 * lanes + i)]
+    pixels = builder.shuffle_vector(rg, b2, mask(order))
+    ptr = builder.bitcast(builder.gep(arrays[3].data, [out_at]),
+                          ir.VectorType(scalar, 3 * lanes).as_pointer())
+    builder.store(pixels, ptr, align=itemsize)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def interleave3(typingctx: Any, r: Any, g: Any, b: Any, at: Any, out: Any, out_at: Any) -> Any:
+    """``out[out_at + 3*i + k] = (r, g, b)[k][at + i]`` for ``i <`` a vector's lanes: three
+    planes' values stored pixel by pixel (an RGB image to channels-last). 1-D contiguous
+    float arrays of one dtype."""
+    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+               and a.dtype == r.dtype and a.dtype in (types.float32, types.float64)
+               for a in (r, g, b, out)):
+        return None
+    return types.void(r, g, b, types.intp, out, types.intp), _emit_interleave3
 
 
 def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> Any:

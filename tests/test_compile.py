@@ -257,7 +257,22 @@ def test_unfusable_norm_activation_and_add_still_run() -> None:
                        nn.Sigmoid(), nn.Flatten(), nn.Linear(4 * 6 * 5, 3, rng=0), nn.ReLU6())
     plan = convlayers.compile(ours, np.zeros((1, 4, 9, 9), np.float32))
     assert [s.node.op for s in plan._steps] == ["bn", "pad", "maxpool", "act", "flatten", "linear"]
-    check(ours, twin, [(1, 4, 9, 9), (3, 4, 9, 9)])
+    check(ours, twin, [(1, 4, 9, 9), (3, 4, 9, 9), (6, 4, 9, 9)])
+
+
+@pytest.mark.parametrize("act", [None, nn.ReLU, nn.ReLU6, nn.Sigmoid])
+def test_a_linear_layer_on_dot_products_and_on_the_tiles(act: Any) -> None:
+    """A classifier and its fused activation at batch sizes below ``Linear.MIN_GEMM_ROWS``
+    (dot products) and from it (the register tiles: a tile's rows and a ragged last one,
+    more outputs than a strip, ReLU and ReLU6 finished in registers, sigmoid after)."""
+    from convlayers.inference.steps import Linear
+
+    layers = [nn.Flatten(), nn.Linear(3 * 5 * 7, 37, rng=1)] + ([act()] if act else [])
+    ours, twin = block(*layers)
+    plan = convlayers.compile(ours, np.zeros((1, 3, 5, 7), np.float32))
+    assert type(plan._steps[-1]).__name__ == "Linear"
+    sizes = (1, Linear.MIN_GEMM_ROWS - 1, Linear.MIN_GEMM_ROWS, 9, 17)
+    check(ours, twin, [(n, 3, 5, 7) for n in sizes])
 
 
 def test_small_cnn_and_mobilenet_v2() -> None:

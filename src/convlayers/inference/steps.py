@@ -350,16 +350,48 @@ class Winograd(_Conv):
 
 
 class Linear(Step):
-    strategy = "dot products over contiguous weight rows (numba) + epilogue"
+    """A fully connected layer: one dot product per output below :attr:`MIN_GEMM_ROWS`
+    images, else the direct convolution's register tiles (:func:`conv_last.dense`, a 1x1
+    convolution of a 1x1 map) on weights packed at the first such call."""
+
+    strategy = ("dot products over contiguous weight rows (numba) + epilogue; from "
+                "4 images the direct convolution's register tiles (weights packed once)")
+    #: Images from which the tiles run: each weight row then serves a tile's rows from
+    #: registers, where a dot product loads it again for every image (MobileNetV2's
+    #: 1280 -> 1000 classifier: 0.58x the time at 4 images, 0.41x at 16; 1.3-1.6x at 1-2).
+    MIN_GEMM_ROWS = 4
 
     def __init__(self, node: Node, g: Graph, dtype: np.dtype) -> None:
         super().__init__(node, g)
         self.matrix = np.ascontiguousarray(node.attrs["weight"], dtype)
         b = node.attrs["bias"]
         self.bias = np.ascontiguousarray(np.zeros(self.out_shape[0]) if b is None else b, dtype)
+        self._packed: np.ndarray | None = None
+        self._one_tap = np.zeros(1, np.int64)
+        self._row_taps = np.array([[0, 1]], np.int64)
+        self._offsets: dict[int, np.ndarray] = {}
+        self._units: dict[tuple[int, int], tuple[int, int]] = {}
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
-        K.linear(v[self.inp][0], self.matrix, self.bias, self.act, v[self.out][0])
+        x, out = v[self.inp][0], v[self.out][0]
+        n = x.shape[0]
+        if n < self.MIN_GEMM_ROWS:
+            K.linear(x, self.matrix, self.bias, self.act, out)
+            return
+        from convlayers.inference import conv_last
+        from convlayers.kernels.simd import pack_conv_weights
+
+        packed = self._packed
+        if packed is None:  # packed by whichever call gets here first (the same either way)
+            packed = self._packed = pack_conv_weights(self.matrix[:, :, None, None])
+        threads = numba.get_num_threads()
+        if n not in self._offsets:
+            self._offsets[n] = np.arange(n, dtype=np.int64) * self.matrix.shape[1]
+        if (n, threads) not in self._units:
+            self._units[(n, threads)] = conv_last.dense_units(n, self.matrix.shape[0], threads)
+        rows, cols = self._units[(n, threads)]
+        conv_last.dense(x.reshape(-1), packed, self._offsets[n], self._one_tap, self._row_taps,
+                        1, self.bias, out, False, self.act, rows, cols, threads, out)
 
 
 class MaxPool(Step):

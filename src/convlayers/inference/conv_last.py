@@ -137,6 +137,18 @@ def row_taps(ho: int, h: int, pt: int, sh: int, kh: int, dh: int, per_row: int) 
     return np.ascontiguousarray(np.stack([lo, hi], axis=1) * per_row)
 
 
+@njit(cache=True)
+def _band_taps(row_taps, a, e, wo):
+    """The taps pixels ``a .. e`` sum between them: from the least first to the greatest last
+    of their output rows' (:func:`row_taps`, ``wo`` pixels a row)."""
+    ho = row_taps.shape[0]
+    t0, t1 = row_taps[(a // wo) % ho, 0], row_taps[(a // wo) % ho, 1]
+    for gy in range(a // wo + 1, (e - 1) // wo + 1):
+        t0 = min(t0, row_taps[gy % ho, 0])
+        t1 = max(t1, row_taps[gy % ho, 1])
+    return t0, t1
+
+
 @njit(parallel=True, cache=True)  # no fastmath: SiLU's exp overflows to inf for v < -88
 def dense(xf, w, offs, toffs, row_taps, wo, bias, res, has_res, act, rows, cols, threads, out):
     """``out = act(conv + bias (+ res))`` for a flat padded channels-last input ``xf``, weights
@@ -146,14 +158,16 @@ def dense(xf, w, offs, toffs, row_taps, wo, bias, res, has_res, act, rows, cols,
     the packed strips' width), handed out in order to the first free of ``threads`` threads
     (:mod:`convlayers.kernels.queue`). Output pixel ``p`` is in row ``(p // wo) % ho`` of
     its image, whose windows sum the taps ``row_taps[y, 0] .. row_taps[y, 1]`` only
-    (:func:`row_taps`, ``ho = row_taps.shape[0]``): a unit's rows run in runs of output rows
-    that sum the same taps.
+    (:func:`row_taps`, ``ho = row_taps.shape[0]``): each band of a tile's pixels sums the
+    taps of all its rows (:func:`_band_taps`), and consecutive bands that sum the same taps
+    run in one call. Bands stay whole, as without the ranges: cut at the rows whose taps
+    differ, a 9-pixel row ran a tile and a half-empty one, which cost as much as the
+    skipped taps saved (1x330x9x9 -> 80, 7x7, padding 3).
 
     In a unit: blocks of ``NC`` columns, slabs of input channels whose weight panel stays in
     L2 (:func:`convlayers.kernels.simd.conv_slab`), bands of a tile's pixels; a band is
     finished (bias, residual, activation) right after its last slab, while in L1."""
     p_all, c_all = out.shape
-    ho = row_taps.shape[0]
     c_in = w.shape[0] // ((c_all + w.shape[1] - 1) // w.shape[1]) // toffs.size
     lanes = VECTOR_BYTES // xf.itemsize
     nr = (p_all + rows - 1) // rows
@@ -185,15 +199,16 @@ def dense(xf, w, offs, toffs, row_taps, wo, bias, res, has_res, act, rows, cols,
                     finish = (act | (8 if has_res else 0)) if k1 == c_in and act <= 2 else -1
                     # one call for the unit's rows, unless bands are finished here
                     tall = conv_rows(xf, c1 - c0) if k1 == c_in and finish < 0 else r1 - r0
+                    step = band_pixels(c1 - c0, lanes)  # conv_band_taps's bands
                     a = r0
-                    while a < r1:  # a run of output rows that sum the same taps
-                        y = (a // wo) % ho
-                        t0, t1 = row_taps[y, 0], row_taps[y, 1]
-                        e = (a // wo + 1) * wo
-                        while e < r1 and row_taps[(e // wo) % ho, 0] == t0 \
-                                and row_taps[(e // wo) % ho, 1] == t1:
-                            e += wo
-                        e = min(e, r1)
+                    while a < r1:  # bands that sum the same taps, in one call
+                        e = min(r1, a + step)
+                        t0, t1 = _band_taps(row_taps, a, e, wo)
+                        while e < r1:
+                            u0, u1 = _band_taps(row_taps, e, min(r1, e + step), wo)
+                            if u0 != t0 or u1 != t1:
+                                break
+                            e = min(r1, e + step)
                         for p in range(a, e, tall):
                             band = min(tall, e - p)
                             conv_band_taps(xf, w, out, offs, toffs, t0, t1, p, band, c0, c1,

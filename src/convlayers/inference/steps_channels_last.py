@@ -11,6 +11,8 @@ depthwise one's as ``(kh, kw, C)`` (a row of channels per tap), a stem's as
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 
@@ -258,6 +260,7 @@ class BlockLast(Step):
         self._offsets: dict[tuple[str, int], np.ndarray] = {}
         self._chunks: dict[tuple[int, int], int] = {}
         self._parts: dict[int, np.ndarray] = {}
+        self._calls: dict[tuple[int, int], tuple[Any, ...]] = {}
         act = {v: k for k, v in K.ACT.items()}
         parts = []
         if self.expand is not None:
@@ -334,31 +337,48 @@ class BlockLast(Step):
             self._offsets[(kind, n)] = np.arange(count, dtype=np.int64) * stride
         return self._offsets[(kind, n)]
 
-    def run(self, v: Views, scratch: np.ndarray | None) -> None:
-        from convlayers.inference.block_last import block, block_channels
+    def _call(self, n: int, threads: int) -> tuple[Any, ...]:
+        """What a call on ``n`` images and ``threads`` threads passes besides its views,
+        worked out once (at batch 1 the Python around a block's kernel took 11 us of its
+        190; MobileNetV2 runs 17 of them)."""
+        key = (n, threads)
+        if key not in self._calls:
+            from convlayers.inference.block_last import block, block_channels
 
+            ex, d, pr = self.expand, self.depthwise, self.project
+            none, no_bias = self._no_weights, self._no_bias
+            layers = (ex is not None, ex.packed if ex else none, ex.bias if ex else no_bias,
+                      ex.act if ex else 0, d.packed, d.bias, d.act, d.sh, d.sw, d.dh, d.dw,
+                      d.pt, d.pl, pr is not None, pr.packed if pr else none,
+                      pr.bias if pr else no_bias, pr.act if pr else 0)
+            xoffs = self._offs("x", n, n * self.h * self.w, self.n_in)
+            chunk = self.chunk_rows(n, threads)
+            kernel: Any
+            if chunk == 0:
+                sizes: tuple[int, ...] = self._channel_sizes(n, threads)
+                tail: tuple[Any, ...] = (self._bounds(threads), xoffs,
+                                         self._offs("d", n, n * self.ho * self.wo, self.c))
+                kernel = block_channels
+            else:
+                sizes = self._row_sizes()
+                tail = (chunk, self.band, threads, xoffs, self.doffs)
+                kernel = block
+            self._calls[key] = (kernel, chunk, sizes, layers, tail)
+        return self._calls[key]
+
+    def run(self, v: Views, scratch: np.ndarray | None) -> None:
         x, out = v[self.inp][0], v[self.out][0]
         n = x.shape[0]
         threads = _threads()
-        chunk = self.chunk_rows(n, threads)
+        kernel, chunk, sizes, layers, tail = self._call(n, threads)
         assert scratch is not None
-        ex, d, pr = self.expand, self.depthwise, self.project
-        none, no_bias = self._no_weights, self._no_bias
-        res, has = (pr if pr is not None else d)._res(v, False)
-        xoffs = self._offs("x", n, n * self.h * self.w, self.n_in)
-        layers = (ex is not None, ex.packed if ex else none, ex.bias if ex else no_bias,
-                  ex.act if ex else 0, d.packed, d.bias, d.act, d.sh, d.sw, d.dh, d.dw, d.pt,
-                  d.pl, pr is not None, pr.packed if pr else none, pr.bias if pr else no_bias,
-                  pr.act if pr else 0, res, has)
+        res, has = (self.project if self.project is not None else self.depthwise)._res(v, False)
         if chunk == 0:
-            e, m, p = self._channel_sizes(n, threads)
-            block_channels(x, *layers, self._bounds(threads), xoffs,
-                           self._offs("d", n, n * self.ho * self.wo, self.c), scratch[:e],
-                           scratch[e:e + m],
-                           scratch[e + m:e + m + p].reshape(threads, n * self.ho * self.wo, -1),
-                           out)
+            e, m, p = sizes
+            kernel(x, *layers, res, has, *tail, scratch[:e], scratch[e:e + m],
+                   scratch[e + m:e + m + p].reshape(threads, n * self.ho * self.wo, -1), out)
             return
-        e, m = self._row_sizes()
+        e, m = sizes
         ebuf = scratch[:self.threads * e].reshape(self.threads, e)
         dbuf = scratch[self.threads * e:self.threads * (e + m)].reshape(self.threads, m)
-        block(x, *layers, chunk, self.band, threads, xoffs, self.doffs, ebuf, dbuf, out)
+        kernel(x, *layers, res, has, *tail, ebuf, dbuf, out)

@@ -632,6 +632,32 @@ def test_pointwise_unbatched_strided_padded_and_float64() -> None:
         assert_close(y1, tF.conv1d(torch.tensor(x[:, 0]), torch.tensor(w[:, :, 0])), "conv1d")
 
 
+def test_transposed_taps_are_read_in_place_and_other_views_copied() -> None:
+    """The input gradient's transposed weight reaches the strided 1x1 kernel as its own
+    buffer and strides (no copy); a view whose elements leave gaps is copied first. Either
+    way the strided kernel's product is NumPy's."""
+    from convlayers.functional._compiled import kernels
+    from convlayers.functional._engine_pointwise import _flat_taps
+
+    rng = np.random.default_rng(14)
+    w = random_array(rng, (3, 5, 7), np.float32)
+    x = random_array(rng, (2, 3, 5, 40), np.float32)
+    gapped = random_array(rng, (3, 7, 10), np.float32)[:, :, ::2]
+    for taps, in_place in ((w.swapaxes(1, 2), True), (w[:1].swapaxes(1, 2), True),
+                           (gapped, False)):
+        flat, strides = _flat_taps(taps)
+        assert np.shares_memory(flat, taps) == in_place
+        rebuilt = np.lib.stride_tricks.as_strided(
+            flat, shape=taps.shape, strides=tuple(int(s) * flat.itemsize for s in strides))
+        np.testing.assert_array_equal(rebuilt, taps)
+        xs = x[:, :taps.shape[0], :taps.shape[2]].copy()
+        out = np.empty((2, taps.shape[0], taps.shape[1], 40), np.float32)
+        kernels().conv.pointwise_strided(xs, flat, strides, np.empty(0, np.float32), 64, 4,
+                                         np.empty((1, 0), np.float32), out)
+        np.testing.assert_allclose(out, np.einsum("gpk,ngkl->ngpl", taps, xs), rtol=1e-5,
+                                   atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_strided_pointwise_of_large_maps_subsamples_on_every_thread(
         dtype: type, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -182,15 +182,36 @@ def _pointwise_block(k_rows: int, length: int, itemsize: int) -> int:
 
 def _pointwise(xs: np.ndarray, taps: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
     """``out[n, g] = taps[g] @ xs[n, g]`` (+ bias) by :func:`convlayers.kernels.conv.pointwise`:
-    ``xs (N, G, K, L)`` C-contiguous, ``taps (G, P, K)`` with unit stride on one axis (C-contiguous,
-    or a transposed weight), ``out (N, G, P, L)``."""
+    ``xs (N, G, K, L)`` C-contiguous, ``taps (G, P, K)`` C-contiguous or a transposed view of
+    a C-contiguous weight (then by :func:`~convlayers.kernels.conv.pointwise_strided`),
+    ``out (N, G, P, L)``."""
     k = kernels()
     threads = _numba_threads()
     block, rows = _pointwise_units(xs.shape[0], xs.shape[2], xs.shape[3], taps.shape[1],
                                    xs.itemsize, threads)
     panel = _panel_elements(xs.shape[2], xs.shape[3], block, rows, xs.itemsize)
-    k.conv.pointwise(np.ascontiguousarray(xs), taps, bias, block, rows,
-                     take(PANEL_SCRATCH, (threads, panel), xs.dtype), out)
+    panels = take(PANEL_SCRATCH, (threads, panel), xs.dtype)
+    xs = np.ascontiguousarray(xs)
+    if taps.flags.c_contiguous:
+        k.conv.pointwise(xs, taps, bias, block, rows, panels, out)
+        return
+    flat, strides = _flat_taps(taps)
+    k.conv.pointwise_strided(xs, flat, strides, bias, block, rows, panels, out)
+
+
+def _flat_taps(taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat, strides)``: ``taps`` as the 1-D buffer its elements fill and its strides in
+    elements, as :func:`convlayers.kernels.conv.pointwise_strided` reads it: a view whose
+    elements fill one block (a transposed C-contiguous weight) in place, anything else
+    copied first."""
+    step = taps.itemsize
+    for axis in sorted(range(taps.ndim), key=lambda a: taps.strides[a]):
+        if taps.shape[axis] > 1 and taps.strides[axis] != step:
+            taps = np.ascontiguousarray(taps)
+            break
+        step *= taps.shape[axis]
+    flat = np.lib.stride_tricks.as_strided(taps, shape=(taps.size,), strides=(taps.itemsize,))
+    return flat, np.array([s // taps.itemsize for s in taps.strides], dtype=np.int64)
 
 
 #: The scratch of the 1x1 kernel's packed panels (one a thread).

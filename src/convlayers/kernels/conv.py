@@ -57,6 +57,7 @@ __all__ = [
     "pointwise_few",
     "pointwise_few_weight_grad",
     "pointwise_serial",
+    "pointwise_strided",
     "pointwise_weight_grad",
     "pointwise_weight_grad_tiled",
     "scatter_strided",
@@ -578,14 +579,33 @@ def _col2im_across_images(df, gf, base, step, images, H, W, kh, kw, sh, sw, dh, 
 @njit(parallel=True, cache=True, fastmath=True)
 def pointwise(x, taps, bias, B, R, panels, out):
     """``out[n, g] = taps[g] @ x[n, g]`` (+ ``bias``, ``C_out`` entries or none) for
-    ``x (N, G, C_in/g, L)``, ``taps (G, C_out/g, C_in/g)``, ``out (N, G, C_out/g, L)``, in units
-    of ``B`` columns and ``R`` output rows (a multiple of 4) of one image: small feature maps at
-    batch 1 have too few column blocks to keep every thread busy. Also the input gradient, with
-    ``taps`` transposed.
+    ``x (N, G, C_in/g, L)``, C-contiguous ``taps (G, C_out/g, C_in/g)``,
+    ``out (N, G, C_out/g, L)``, in units of ``B`` columns and ``R`` output rows (a multiple of
+    4) of one image: small feature maps at batch 1 have too few column blocks to keep every
+    thread busy. The input gradient, with ``taps`` transposed, is :func:`pointwise_strided`.
 
     ``panels (T, C_in/g * S)``, when not empty: ``T`` threads each copy their unit's columns
     of ``x[n, g]`` into rows ``S`` elements apart in their panel first, and the tiles read
     those (rows near a multiple of 4 KiB apart evict each other from the L1 and L2 caches)."""
+    _pointwise_units(x, taps, bias, B, R, panels, out)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def pointwise_strided(x, w, strides, bias, B, R, panels, out):
+    """:func:`pointwise` with ``taps`` read from the flat ``w`` at the element ``strides``
+    (three int64): a transposed weight. Passed as a view, its layout (F for one group, A for
+    more) made a kernel of its own, ~25 s to compile on a first call; so, one per dtype. The
+    forward keeps its C-contiguous ``taps``: typed strided, its tiles ran 5-12% slower."""
+    size = w.itemsize
+    taps = np.lib.stride_tricks.as_strided(
+        w, shape=(x.shape[1], out.shape[2], x.shape[2]),
+        strides=(strides[0] * size, strides[1] * size, strides[2] * size))
+    _pointwise_units(x, taps, bias, B, R, panels, out)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _pointwise_units(x, taps, bias, B, R, panels, out):
+    """The parallel units of :func:`pointwise` and :func:`pointwise_strided`."""
     N, K, L = x.shape[0], x.shape[2], x.shape[3]
     Cog = taps.shape[1]
     nb = (L + B - 1) // B
@@ -605,7 +625,7 @@ def pointwise(x, taps, bias, B, R, panels, out):
             _pointwise_unit(x, taps, bias, B, R, nb, nr, unit, panels[t], offs, out)
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=True)
 def _pointwise_unit(x, taps, bias, B, R, nb, nr, unit, panel, offs, out):
     """One unit of :func:`pointwise` (``panel`` empty: the tiles read ``x`` in place)."""
     K = x.shape[2]

@@ -66,6 +66,11 @@ def buffer_rows(band: int, kh: int, sh: int, dh: int, h: int, w: int, channels: 
     return max(need, min(h, BUFFER_BYTES // max(1, w * channels * itemsize)))
 
 
+# Typed as plain int64 and bool, not literals: a literal 0 or False passed to a kernel below
+# compiled it once more per spelling (``_product`` four times, ``depthwise_row`` three).
+_ZERO, _NO, _UNFINISHED = np.int64(0), np.bool_(False), np.int64(-1)
+
+
 @njit(cache=True, fastmath=True)
 def _product(xf, offs, w, bias, act, res, has_res, m, j0, j1, k0, k1, toffs):
     """Columns ``j0 .. j1`` (``j0`` a multiple of a packed strip) of
@@ -152,8 +157,8 @@ def block(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, pl, proje
                         first = top + held
                         m = e2[held * w:(hi - top) * w]
                         at = (n * h + first) * w
-                        _product(xf, xoffs[at:at + (hi - first) * w], w1, b1, act1, m, False, m, 0,
-                                 c, 0, c_in, toffs)
+                        _product(xf, xoffs[at:at + (hi - first) * w], w1, b1, act1, m, _NO, m,
+                                 _ZERO, c, _ZERO, c_in, toffs)
                         held = hi - top
                     src, s0, sh_rows, y_shift = eflat, 0, held, top
                 else:
@@ -162,16 +167,16 @@ def block(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, pl, proje
                     y0 = oy * sh - pt - y_shift
                     if project:
                         depthwise_row(src, s0, sh_rows, w, c, y0, tf, kh, kw, dh, dw, sw, pl, b2,
-                                      dflat, False, act2, dflat, (oy - ob) * wo * c, wo, 0, c,
+                                      dflat, _NO, act2, dflat, (oy - ob) * wo * c, wo, _ZERO, c,
                                       inner_offs, inner_taps, lists)
                     else:
                         depthwise_row(src, s0, sh_rows, w, c, y0, tf, kh, kw, dh, dw, sw, pl, b2,
-                                      rf, has_res, act2, of, (n * ho + oy) * wo * c, wo, 0, c,
+                                      rf, has_res, act2, of, (n * ho + oy) * wo * c, wo, _ZERO, c,
                                       inner_offs, inner_taps, lists)
                 if project:
                     q0, q1 = (n * ho + ob) * wo, (n * ho + oe) * wo
                     _product(dflat, doffs[:q1 - q0], w3, b3, act3, res2[q0:q1], has_res,
-                             out2[q0:q1], 0, c_out, 0, c, toffs)
+                             out2[q0:q1], _ZERO, c_out, _ZERO, c, toffs)
 
 
 def channel_parts(channels: int, parts: int, strip: int) -> np.ndarray:
@@ -213,7 +218,7 @@ def block_channels(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, 
         lists = np.empty(row_lists_size(wo, kh, kw), np.int64)
         toffs = np.zeros(1, np.int64)
         if expand:
-            _product(xf, xoffs, w1, b1, act1, e2, False, e2, j0, j1, 0, c_in, toffs)
+            _product(xf, xoffs, w1, b1, act1, e2, _NO, e2, j0, j1, _ZERO, c_in, toffs)
             src = emap
         else:
             src = xf
@@ -221,7 +226,7 @@ def block_channels(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, 
             for oy in range(ho):
                 if project:
                     depthwise_row(src, n * h * w * c, h, w, c, oy * sh - pt, tf, kh, kw, dh, dw,
-                                  sw, pl, b2, dmap, False, act2, dmap, (n * ho + oy) * wo * c,
+                                  sw, pl, b2, dmap, _NO, act2, dmap, (n * ho + oy) * wo * c,
                                   wo, j0, j1, inner_offs, inner_taps, lists)
                 else:
                     depthwise_row(src, n * h * w * c, h, w, c, oy * sh - pt, tf, kh, kw, dh, dw,
@@ -231,7 +236,7 @@ def block_channels(x, expand, w1, b1, act1, taps, b2, act2, sh, sw, dh, dw, pt, 
             part = partial[t]
             if j0 > 0:  # its first slab adds onto the part
                 part[:, :] = 0
-            _product(dmap, doffs, w3, b3, -1, part, False, part, 0, c_out, j0, j1, toffs)
+            _product(dmap, doffs, w3, b3, _UNFINISHED, part, _NO, part, _ZERO, c_out, j0, j1, toffs)
     if project:
         for p in prange(n_img * ho * wo):
             row = out2[p]

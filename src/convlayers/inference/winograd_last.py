@@ -40,6 +40,10 @@ from convlayers.kernels.values import nonfinite_in
 __all__ = ["MIN_CHANNELS", "MIN_TILES", "UNIT_COLUMNS", "UNIT_TILES", "fits", "forward",
            "offsets", "plane_elements", "tile_counts", "transformed_weights", "units"]
 
+# Typed as plain int64, not literals: a literal 0 or -1 passed to conv_band compiled it once
+# more per spelling.
+_ZERO, _UNFINISHED = np.int64(0), np.int64(-1)
+
 #: Tiles (2x2 output pixels) a call needs for Winograd. Few tiles make a call stream its
 #: weights (16/9 as many transformed) for little work: ResNet's 512-channel 7x7 maps at batch
 #: 1 have 16, and took 0.92-0.95x the direct kernel's time in whole-model alternation, so
@@ -276,8 +280,8 @@ def forward(xp, u, bias, res, has_res, act, tiles, cols, threads, table, rows, v
             for e in range(16):
                 v_e = vf[e * v_plane: e * v_plane + count * c_in]
                 m_e = mf[e * m_plane: e * m_plane + count * c_out].reshape(count, c_out)
-                conv_band(v_e, u[e], m_e, rows, one_tap, 0, count, co0, co1, 0, c_in, bias, m_e,
-                          -1)
+                conv_band(v_e, u[e], m_e, rows, one_tap, _ZERO, count, co0, co1, _ZERO, c_in,
+                          bias, m_e, _UNFINISHED)
             if _output_tiles(mf, bias, res, has_res, act, q0, count, th, tw, co0, co1, table,
                              out):
                 bad[me] = 1

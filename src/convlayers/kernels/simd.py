@@ -886,7 +886,7 @@ def conv_slab(x, ntaps, width):
 @njit(cache=True, fastmath=True)
 def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1, bias, res, finish):
     """:func:`conv_band_taps` over every tap of ``toffs``."""
-    conv_band_taps(x, w, m, offs, toffs, 0, toffs.size, p, rows, c0, c1, k0, k1, bias, res,
+    conv_band_taps(x, w, m, offs, toffs, _LEFT, toffs.size, p, rows, c0, c1, k0, k1, bias, res,
                    finish)
 
 

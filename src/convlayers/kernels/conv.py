@@ -66,6 +66,9 @@ __all__ = [
     "sum_transposed",
 ]
 
+#: Column 0 typed as a plain int64: a literal 0 compiled the tiles once more.
+_FIRST_COLUMN = np.int64(0)
+
 #: Output positions an image up to which the merged forward gathers its images' columns
 #: together (:func:`_columns_across_images`): on 24 random layers of 5-16 positions, gathering
 #: so ran 1.28x the per-image gather's time on 171->48 4x4 stride 3 (11x171x9x9).
@@ -340,8 +343,8 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
                 elif p_n == P:
                     gemm_tiled(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos])
                 else:
-                    gemm_tiled_cols(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos], 0,
-                                    p_n * L)
+                    gemm_tiled_cols(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos],
+                                    _FIRST_COLUMN, p_n * L)
                 for co in range(cos):  # flat indices: a view per row costs more than L=1
                     c_out = g * Cog + co0 + co
                     b = bias[c_out] if has_bias else zero

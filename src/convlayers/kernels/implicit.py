@@ -45,6 +45,10 @@ __all__ = ["channels_last_weight_grad", "forward_scratch", "implicit_forward", "
            "phase_layout", "phase_taps", "phase_taps_parallel"]
 
 
+#: ``True`` typed as a plain bool: a literal compiled the tiles once more.
+_ADD = np.bool_(True)
+
+
 @njit(cache=True)
 def phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq):
     """``(offs, slot, slots)``: the start of each tap's window in the slab (``Cig*kh*kw``
@@ -335,7 +339,7 @@ def channels_last_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, NB, 
                     start = oh * sh * Wp * Cig + shift
                     for ow in range(Wo):
                         offs[oh * Wo + ow] = start + ow * sw * Cig
-                gemm_indirect_part(u, xq, offs, acc[t, g, tap], P - P, P, True)
+                gemm_indirect_part(u, xq, offs, acc[t, g, tap], P - P, P, _ADD)
 
 
 @njit(cache=True, fastmath=True)

@@ -590,7 +590,7 @@ def pointwise(x, taps, bias, B, R, panels, out):
     ``panels (T, C_in/g * S)``, when not empty: ``T`` threads each copy their unit's columns
     of ``x[n, g]`` into rows ``S`` elements apart in their panel first, and the tiles read
     those (rows near a multiple of 4 KiB apart evict each other from the L1 and L2 caches)."""
-    _pointwise_units(x, taps, bias, B, R, panels, out)
+    _pointwise_parallel(x, taps, bias, B, R, panels, out)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -603,11 +603,11 @@ def pointwise_strided(x, w, strides, bias, B, R, panels, out):
     taps = np.lib.stride_tricks.as_strided(
         w, shape=(x.shape[1], out.shape[2], x.shape[2]),
         strides=(strides[0] * size, strides[1] * size, strides[2] * size))
-    _pointwise_units(x, taps, bias, B, R, panels, out)
+    _pointwise_parallel(x, taps, bias, B, R, panels, out)
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _pointwise_units(x, taps, bias, B, R, panels, out):
+def _pointwise_parallel(x, taps, bias, B, R, panels, out):
     """The parallel units of :func:`pointwise` and :func:`pointwise_strided`."""
     N, K, L = x.shape[0], x.shape[2], x.shape[3]
     Cog = taps.shape[1]

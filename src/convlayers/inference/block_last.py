@@ -33,6 +33,9 @@ from convlayers.inference.channels_last import (
     inner_tap_offsets,
     row_lists_size,
 )
+from convlayers.kernels._typed import FALSE as _NO
+from convlayers.kernels._typed import UNFINISHED as _UNFINISHED
+from convlayers.kernels._typed import ZERO as _ZERO
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import NC, conv_band, conv_rows, conv_slab
 
@@ -64,11 +67,6 @@ def buffer_rows(band: int, kh: int, sh: int, dh: int, h: int, w: int, channels: 
     so more rows mean fewer copies of the rows bands share)."""
     need = min(h, (band - 1) * sh + (kh - 1) * dh + 1)
     return max(need, min(h, BUFFER_BYTES // max(1, w * channels * itemsize)))
-
-
-# Typed as plain int64 and bool, not literals: a literal 0 or False passed to a kernel below
-# compiled it once more per spelling (``_product`` four times, ``depthwise_row`` three).
-_ZERO, _NO, _UNFINISHED = np.int64(0), np.bool_(False), np.int64(-1)
 
 
 @njit(cache=True, fastmath=True)

@@ -33,16 +33,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from convlayers.inference.channels_last import _finish_row
+from convlayers.kernels._typed import UNFINISHED as _UNFINISHED
+from convlayers.kernels._typed import ZERO as _ZERO
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import _arrays, _Lanes, conv_band, masked_store
 from convlayers.kernels.values import nonfinite_in
 
 __all__ = ["MIN_CHANNELS", "MIN_TILES", "UNIT_COLUMNS", "UNIT_TILES", "fits", "forward",
            "offsets", "plane_elements", "tile_counts", "transformed_weights", "units"]
-
-# Typed as plain int64, not literals: a literal 0 or -1 passed to conv_band compiled it once
-# more per spelling.
-_ZERO, _UNFINISHED = np.int64(0), np.int64(-1)
 
 #: Tiles (2x2 output pixels) a call needs for Winograd. Few tiles make a call stream its
 #: weights (16/9 as many transformed) for little work: ResNet's 512-channel 7x7 maps at batch

@@ -32,6 +32,7 @@ from numba import njit, prange
 
 from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols, typed_zero, unit_block
 from convlayers.kernels._twin import serial_twin
+from convlayers.kernels._typed import ZERO
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import (
@@ -65,9 +66,6 @@ __all__ = [
     "subsample",
     "sum_transposed",
 ]
-
-#: Column 0 typed as a plain int64: a literal 0 compiled the tiles once more.
-_FIRST_COLUMN = np.int64(0)
 
 #: Output positions an image up to which the merged forward gathers its images' columns
 #: together (:func:`_columns_across_images`): on 24 random layers of 5-16 positions, gathering
@@ -344,7 +342,7 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
                     gemm_tiled(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos])
                 else:
                     gemm_tiled_cols(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos],
-                                    _FIRST_COLUMN, p_n * L)
+                                    ZERO, p_n * L)
                 for co in range(cos):  # flat indices: a view per row costs more than L=1
                     c_out = g * Cog + co0 + co
                     b = bias[c_out] if has_bias else zero

@@ -38,15 +38,12 @@ from convlayers.kernels._bounds import (
     unit_parts,
 )
 from convlayers.kernels._twin import serial_twin
+from convlayers.kernels._typed import TRUE
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import gemm_indirect_left_add, gemm_indirect_part
 
 __all__ = ["channels_last_weight_grad", "forward_scratch", "implicit_forward", "implicit_weight_grad",
            "phase_layout", "phase_taps", "phase_taps_parallel"]
-
-
-#: ``True`` typed as a plain bool: a literal compiled the tiles once more.
-_ADD = np.bool_(True)
 
 
 @njit(cache=True)
@@ -339,7 +336,7 @@ def channels_last_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, NB, 
                     start = oh * sh * Wp * Cig + shift
                     for ow in range(Wo):
                         offs[oh * Wo + ow] = start + ow * sw * Cig
-                gemm_indirect_part(u, xq, offs, acc[t, g, tap], P - P, P, _ADD)
+                gemm_indirect_part(u, xq, offs, acc[t, g, tap], P - P, P, TRUE)
 
 
 @njit(cache=True, fastmath=True)

@@ -38,6 +38,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from convlayers.kernels._typed import FALSE, TRUE, ZERO
+
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS",
            "TALL_TWO_ROWS", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "band_columns",
            "band_pixels", "conv_band", "conv_band_taps", "conv_rows", "conv_slab", "conv_strip",
@@ -493,9 +495,9 @@ _small = _make_tile("edge", SMALL_VECTORS, False, SMALL_ROWS)
 _small_add = _make_tile("edge", SMALL_VECTORS, True, SMALL_ROWS)
 
 
-# Typed as plain int64 and bool, not as literals: a literal 0 or True passed to _tiled
-# compiled it once more per spelling (three times per dtype), ~5 s each on a first call.
-_LEFT, _WRITE, _ADD = np.int64(0), np.bool_(False), np.bool_(True)
+# Typed as plain int64 and bool, not as literals (:mod:`convlayers.kernels._typed`): a literal
+# 0 or True passed to _tiled compiled it once more per spelling, ~5 s each on a first call.
+_LEFT, _WRITE, _ADD = ZERO, FALSE, TRUE
 #: The row offsets of a direct (2-D) right operand: none, its rows are its own.
 _DIRECT = np.zeros(1, dtype=np.int64)
 

@@ -775,6 +775,54 @@ def test_lowered_backward_1d_and_float64() -> None:
         assert_close(gw, tgw, "grad_weight")
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("hw", [(16, 16), (32, 32), (7, 7), (9, 35), (2, 16)])
+def test_lowered_rows_on_whole_cache_lines_match_torch(hw: tuple[int, int], batch: int) -> None:
+    """The lowered kernels lay their scratch rows (the columns, the output gradient's copy, the
+    products) an odd number of cache lines apart, from a line on: maps whose rows are 1-4 KiB
+    (16x16, 32x32), odd ones (7x7, 9x35) and a short one (2x16); slab units and, for the
+    batch of 3, columns merged across images; forward and both gradients, against torch."""
+    rng = np.random.default_rng(31)
+    x = random_array(rng, (batch, 12, *hw), np.float32)
+    w = random_array(rng, (20, 12, 3, 3), np.float32)
+    b = random_array(rng, (20,), np.float32)
+    y_t, g, (tgx, tgw, tgb) = torch_grads(lambda a, v, c: tF.conv2d(a, v, c, padding=1),
+                                          [x, w, b], 8)
+    with config.settings(threads=2), config.engine_settings(force="lowered"):
+        y = F.conv2d(x, w, b, padding=1)
+        gx, gw, gb = F.conv_backward(g, x, w, padding=1)
+    assert_close(y, y_t, "forward")
+    assert_close(gx, tgx, "grad_input")
+    assert_close(gw, tgw, "grad_weight")
+    if batch > 1:  # the merged forward, its columns side by side (ld apart)
+        from convlayers.kernels import conv
+
+        taps = np.ascontiguousarray(w.reshape(1, 20, 12 * 9))
+        merged = np.empty((batch, 20, hw[0] * hw[1]), np.float32)
+        conv.lowered_forward_merged(x, taps, b, 3, 3, 1, 1, 1, 1, 1, 1, hw[1], batch, 8, 2,
+                                    merged)
+        assert_close(merged.reshape(y.shape), y_t, "merged forward")
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_line_stride_is_an_odd_number_of_lines_past_two(itemsize: int) -> None:
+    from convlayers.kernels._bounds import LINE_BYTES, line_aligned, line_stride
+
+    per = LINE_BYTES // itemsize
+    for n in range(1, 40 * per):
+        s = line_stride(n, itemsize)
+        if n < 2 * per:
+            assert s == n
+        else:
+            assert s >= n and s - n < 2 * per and s % per == 0 and (s // per) % 2 == 1, (n, s)
+    dtype = np.float32 if itemsize == 4 else np.float64
+    raw = np.empty(10 * per, dtype)
+    for start in range(per):
+        view = line_aligned(raw[start:])
+        assert view.ctypes.data % LINE_BYTES == 0
+        assert 0 <= view.ctypes.data - raw[start:].ctypes.data < LINE_BYTES
+
+
 @EXAMPLES
 @given(dims=st.sampled_from([1, 2]), size=st.tuples(st.integers(1, 19), st.integers(1, 19)),
        out=st.tuples(st.integers(1, 23), st.integers(1, 23)),

@@ -30,7 +30,17 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from convlayers.kernels._bounds import copy_row, slab_unit, store_rows, tap_cols, typed_zero, unit_block
+from convlayers.kernels._bounds import (
+    LINE_BYTES,
+    copy_row,
+    line_aligned,
+    line_stride,
+    slab_unit,
+    store_rows,
+    tap_cols,
+    typed_zero,
+    unit_block,
+)
 from convlayers.kernels._twin import serial_twin
 from convlayers.kernels._typed import ZERO
 from convlayers.kernels.gemm import gemm_nt_cols_add
@@ -88,20 +98,23 @@ def slab_index(rows, Wo, sh, sw, Wp):
 def _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo):
     """What :func:`_columns` needs for slabs of ``R`` output rows by ``Wo``: the padded slab's
     row length ``Wp``, the gather offsets (:func:`slab_index`), and per-thread scratch for
-    ``nt`` threads (the input slab, ``Cig x Hs x Wp``, and the columns, ``K x R*Wo``)."""
+    ``nt`` threads (the input slab, ``Cig x Hs x Wp``, and the columns, ``K`` rows of ``R*Wo``
+    laid out by :func:`~convlayers.kernels._bounds.line_stride` from a cache line on)."""
     Wp = (Wo - 1) * sw + (kw - 1) * dw + 1
     Hs = (R - 1) * sh + (kh - 1) * dh + 1
     idx = slab_index(R, Wo, sh, sw, Wp)
     xbuf = np.empty((nt, Cig * Hs * Wp), dtype=x.dtype)
-    cbuf = np.empty((nt, K * R * Wo), dtype=x.dtype)
+    cbuf = np.empty((nt, K * line_stride(R * Wo, x.itemsize) + LINE_BYTES // x.itemsize),
+                    dtype=x.dtype)
     return Wp, idx, xbuf, cbuf
 
 
 @njit(cache=True, fastmath=True)
 def _columns(xn, c0, C, kh, kw, sh, sw, dh, dw, ih0, pl, nr, Wo, Wp, idx, xp, cols):
-    """The columns ``cols (C*kh*kw, nr*Wo)`` of output rows whose first reads input row ``ih0``
-    (may be negative: top padding), channels ``c0 .. c0 + C`` of ``xn (C_in, H, W)``, through
-    the zero-bordered copy ``xp`` of the input rows they read (``Hs x Wp`` per channel)."""
+    """The columns ``cols (C*kh*kw, nr*Wo)`` (the first ``nr*Wo`` of longer rows) of output rows
+    whose first reads input row ``ih0`` (may be negative: top padding), channels ``c0 .. c0 +
+    C`` of ``xn (C_in, H, W)``, through the zero-bordered copy ``xp`` of the input rows they
+    read (``Hs x Wp`` per channel)."""
     H, W = xn.shape[1], xn.shape[2]
     Hs = (nr - 1) * sh + (kh - 1) * dh + 1
     plane = Hs * Wp
@@ -186,8 +199,9 @@ def _columns_across_images(xf, base, step, images, H, W, kh, kw, sh, sw, dh, dw,
 
 @njit(cache=True, fastmath=True)
 def _col2im(dcols, gxn, c0, C, kh, kw, sh, sw, dh, dw, pt, pl, oh0, nr, Wo):
-    """Add ``dcols (C*kh*kw, nr*Wo)`` (output rows ``oh0 ..``) onto channels ``c0 .. c0 + C`` of
-    the unpadded gradient ``gxn (C_in, H, W)``; taps in the padding are dropped.
+    """Add ``dcols (C*kh*kw, nr*Wo)`` (the first ``nr*Wo`` of longer rows; output rows ``oh0
+    ..``) onto channels ``c0 .. c0 + C`` of the unpadded gradient ``gxn (C_in, H, W)``; taps
+    in the padding are dropped.
 
     The rows are a few elements long: the loops index the flat arrays with unsigned offsets, no
     view built per row and no negative-index wraparound per element (0.56-0.79x the time of
@@ -233,7 +247,8 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
     nr = (Ho + R - 1) // R
     nb = (Cog + B - 1) // B
     Wp, idx, xbuf, cbuf = _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo)
-    obuf = np.empty((nt, B * R * Wo), dtype=x.dtype)
+    obuf = np.empty((nt, B * line_stride(R * Wo, x.itemsize) + LINE_BYTES // x.itemsize),
+                    dtype=x.dtype)
     has_bias = bias.shape[0] > 0
     zero = typed_zero(out)
     units = N * G * nr * nb
@@ -265,14 +280,15 @@ def _lowered_unit(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, out, 
     G, Cog, K = taps.shape[0], taps.shape[1], taps.shape[2]
     n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
     L = rows * Wo
-    cols = cb[: K * L].reshape(K, L)
+    ld = L if few else line_stride(L, x.itemsize)  # the columns' rows, ld apart
+    cols = line_aligned(cb)[: K * ld].reshape(K, ld)
     _columns(x[n], g * Cig, Cig, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp, idx,
              xb, cols)
-    o = ob[: cos * L].reshape(cos, L)
+    o = line_aligned(ob)[: cos * ld].reshape(cos, ld)
     if few:
         gemm_few(taps[g, co0: co0 + cos], cols, o)
     else:
-        gemm_tiled(taps[g, co0: co0 + cos], cols, o)
+        gemm_tiled_cols(taps[g, co0: co0 + cos], cols, o, ZERO, L)
     for co in range(cos):
         c = g * Cog + co0 + co
         store_rows(out[n, c, oh0 * Wo:], o[co], 1, L, L, bias[c] if has_bias else zero, L)
@@ -298,8 +314,11 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
     idx = slab_index(Ho, Wo, sh, sw, Wp)
     xbuf = np.empty((nt, Hs * Wp), dtype=x.dtype)
     tbuf = np.empty((nt, kk * L), dtype=x.dtype)
-    cols = np.empty((K, P * L), dtype=x.dtype)
-    obuf = np.empty((Cog, P * L), dtype=x.dtype)
+    few = few_columns(Cog, N * L)  # by the batch, not the pass: as the slab units decide
+    ld = P * L if few else line_stride(P * L, x.itemsize)  # the columns' rows, ld apart
+    spare = LINE_BYTES // x.itemsize
+    cols = line_aligned(np.empty(K * ld + spare, dtype=x.dtype))[: K * ld].reshape(K, ld)
+    obuf = line_aligned(np.empty(Cog * ld + spare, dtype=x.dtype))[: Cog * ld].reshape(Cog, ld)
     H, W = x.shape[2], x.shape[3]
     xf, cf = x.reshape(-1), cols.reshape(-1)
     of, obf = out.reshape(-1), obuf.reshape(-1)
@@ -307,7 +326,6 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
     nb = (Cog + B - 1) // B
     has_bias = bias.shape[0] > 0
     zero = typed_zero(out)
-    few = few_columns(Cog, N * L)  # by the batch, not the pass: as the slab units decide
     for n0 in range(0, N, P):
         p_n = min(P, N - n0)
         span = max(1, Cig // (4 * nt))  # column units: about 4 a thread, each its own rows
@@ -319,14 +337,14 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
                     if L <= FEW_POSITIONS:  # a few positions an image: the images innermost
                         _columns_across_images(xf, (n0 * C_in + g * Cig + c) * H * W,
                                                C_in * H * W, p_n, H, W, kh, kw, sh, sw, dh,
-                                               dw, -pt, -pl, Ho, Wo, cf, c * kk, P * L, 1, L,
+                                               dw, -pt, -pl, Ho, Wo, cf, c * kk, ld, 1, L,
                                                zero)
                         continue
                     for i in range(p_n):
                         if Wo < 16 or sw > 1:  # narrow or strided rows: a gather by bounds
                             _columns_by_bounds(xf, ((n0 + i) * C_in + g * Cig + c) * H * W, H,
                                                W, kh, kw, sh, sw, dh, dw, -pt, -pl, Ho, Wo, cf,
-                                               c * kk, P * L, i * L, zero)
+                                               c * kk, ld, i * L, zero)
                             continue
                         _columns(x[n0 + i], g * Cig + c, 1, kh, kw, sh, sw, dh, dw, -pt, pl, Ho,
                                  Wo, Wp, idx, xbuf[t_id], t)
@@ -338,8 +356,6 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
                 if few and p_n == P:  # (a last, short pass of a batch this narrow would
                     # need a scratch cap under its four columns: tiles then)
                     gemm_few(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos])
-                elif p_n == P:
-                    gemm_tiled(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos])
                 else:
                     gemm_tiled_cols(taps[g, co0: co0 + cos], cols, obuf[co0: co0 + cos],
                                     ZERO, p_n * L)
@@ -348,7 +364,7 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
                     b = bias[c_out] if has_bias else zero
                     for i in range(p_n):
                         d = ((n0 + i) * C_out + c_out) * L
-                        src = (co0 + co) * P * L + i * L
+                        src = (co0 + co) * ld + i * L
                         for j in range(L):
                             of[d + j] = obf[src + j] + b
 
@@ -429,8 +445,11 @@ def lowered_input_grad(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, g
     Ho = gy.shape[2] // Wo
     nr = (Ho + R - 1) // R
     nb = (Cig + B - 1) // B
-    dbuf = np.empty((nt, B * kk * R * Wo), dtype=gy.dtype)
-    gbuf = np.empty((nt, Cog * R * Wo), dtype=gy.dtype)
+    # the output gradient's rows are copied ld apart (line_stride), the products' rows too
+    longest = line_stride(R * Wo, gy.itemsize)
+    spare = LINE_BYTES // gy.itemsize
+    dbuf = np.empty((nt, B * kk * longest + spare), dtype=gy.dtype)
+    gbuf = np.empty((nt, Cog * longest + spare), dtype=gy.dtype)
     for unit in prange(N * G * nb):
         t = numba.get_thread_id()
         n, g, c0, cs = unit_block(unit, G, nb, B, Cig)
@@ -440,14 +459,15 @@ def lowered_input_grad(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, g
             oh0 = r * R
             rows = min(R, Ho - oh0)
             L = rows * Wo
-            gs = gbuf[t, : Cog * L].reshape(Cog, L)
+            ld = L if Ho * Wo == 1 else line_stride(L, gy.itemsize)
+            gs = line_aligned(gbuf[t])[: Cog * ld].reshape(Cog, ld)
             for co in range(Cog):
-                copy_row(gs[co], gy[n, g * Cog + co, oh0 * Wo:])
-            dcols = dbuf[t, : cs * kk * L].reshape(cs * kk, L)
+                copy_row(gs[co, :L], gy[n, g * Cog + co, oh0 * Wo:])
+            dcols = line_aligned(dbuf[t])[: cs * kk * ld].reshape(cs * kk, ld)
             if Ho * Wo == 1:  # every unit's product one column (a geometry rule, as the forward)
                 gemm_few(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols)
             else:
-                gemm_tiled(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols)
+                gemm_tiled_cols(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols, ZERO, L)
             _col2im(dcols, gx[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, pt, pl, oh0, rows, Wo)
 
 

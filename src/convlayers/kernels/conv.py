@@ -42,7 +42,7 @@ from convlayers.kernels._bounds import (
     unit_block,
 )
 from convlayers.kernels._twin import serial_twin
-from convlayers.kernels._typed import ZERO
+from convlayers.kernels._typed import FALSE, TRUE, ZERO
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import (
@@ -54,6 +54,7 @@ from convlayers.kernels.simd import (
     gemm_tiled_add,
     gemm_tiled_cols,
     gemm_tiled_cols_add,
+    gemm_tiled_inner,
     transpose_vectors,
 )
 
@@ -394,7 +395,8 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, 
         t = numba.get_thread_id()
         n, g, oh0, rows, c0, cs = slab_unit(unit, G, nr, nb, R, Ho, B, Cig)
         L = rows * Wo
-        cols = cbuf[t, : cs * kk * L].reshape(cs * kk, L)
+        ld = line_stride(L, x.itemsize)  # the columns' rows, ld apart: the tiles read L of each
+        cols = line_aligned(cbuf[t])[: cs * kk * ld].reshape(cs * kk, ld)
         _columns(x[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, oh0 * sh - pt, pl, rows, Wo, Wp,
                  idx, xbuf[t], cols)
         gyt = tbuf[t, : L * Cog].reshape(L, Cog)
@@ -403,9 +405,9 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, 
             for co in range(Cog):
                 row[co] = gy[n, g * Cog + co, oh0 * Wo + j]
         if direct:  # this unit's rows, whole
-            gemm_tiled(cols, gyt, acc[0, g, c0 * kk: (c0 + cs) * kk])
+            gemm_tiled_inner(cols, gyt, acc[0, g, c0 * kk: (c0 + cs) * kk], L, FALSE)
         else:
-            gemm_tiled_add(cols, gyt, acc[t, g, c0 * kk: (c0 + cs) * kk])
+            gemm_tiled_inner(cols, gyt, acc[t, g, c0 * kk: (c0 + cs) * kk], L, TRUE)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

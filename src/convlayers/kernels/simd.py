@@ -44,7 +44,8 @@ __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_RO
            "TALL_TWO_ROWS", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "band_columns",
            "band_pixels", "conv_band", "conv_band_taps", "conv_rows", "conv_slab", "conv_strip",
            "few_columns", "gemm_few", "gemm_indirect", "gemm_indirect_left_add",
-           "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols", "interleave3",
+           "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols", "gemm_tiled_inner",
+           "interleave3",
            "masked_store", "pack_conv_weights", "taps_broadcast", "taps_row", "taps_vector",
            "transpose_vectors", "vector_bytes"]
 
@@ -525,6 +526,14 @@ def gemm_tiled_cols(u, v, m, j0, j1):
 def gemm_tiled_cols_add(u, v, m, j0, j1):
     """``m[:, j0:j1] += u @ v[:, j0:j1]``, as :func:`gemm_tiled_cols`."""
     _tiled(u, v, m, _DIRECT, j0, j1, _LEFT, u.shape[1], _ADD)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def gemm_tiled_inner(u, v, m, k_hi, add):
+    """``m (+)= u[:, :k_hi] @ v[:k_hi]`` (``add`` true: onto ``m``), as :func:`gemm_tiled`:
+    the left operand's rows longer than the inner dimension (laid out on cache lines,
+    :func:`convlayers.kernels._bounds.line_stride`)."""
+    _tiled(u, v, m, _DIRECT, _LEFT, v.shape[1], _LEFT, k_hi, add)
 
 
 @njit(cache=True, fastmath=True, inline="always")

@@ -790,10 +790,11 @@ def test_lowered_rows_on_whole_cache_lines_match_torch(hw: tuple[int, int], batc
                                           [x, w, b], 8)
     with config.settings(threads=2), config.engine_settings(force="lowered"):
         y = F.conv2d(x, w, b, padding=1)
-        gx, gw, gb = F.conv_backward(g, x, w, padding=1)
+        gx, gw, gb = F.conv_backward(g, x, w, padding=1, with_bias=True)
     assert_close(y, y_t, "forward")
     assert_close(gx, tgx, "grad_input")
     assert_close(gw, tgw, "grad_weight")
+    assert_close(gb, tgb, "grad_bias")
     if batch > 1:  # the merged forward, its columns side by side (ld apart)
         from convlayers.kernels import conv
 

@@ -46,8 +46,9 @@ demo: $(VENV)/.demo
 	$(BIN)/convlayers demo --output out/demo
 
 # Two worker processes (pytest-xdist), a test file each at a time: a fresh clone spends about
-# half its test time compiling numba kernels, single-threaded, and the rest is mostly Python; each
-# worker keeps its own numba cache (see conftest.py). Plain `pytest` runs in one process.
+# half its test time compiling numba kernels, single-threaded, and the rest is mostly Python; the
+# workers share numba's cache, a kernel compiled by one loaded by the other (see conftest.py).
+# Plain `pytest` runs in one process.
 test: $(VENV)/.test chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 

@@ -807,9 +807,10 @@ def test_lowered_rows_on_whole_cache_lines_match_torch(hw: tuple[int, int], batc
 
 @pytest.mark.parametrize("itemsize", [4, 8])
 def test_line_stride_is_an_odd_number_of_lines_past_two(itemsize: int) -> None:
-    from convlayers.kernels._bounds import LINE_BYTES, line_aligned, line_stride
+    from convlayers.config import CACHE_LINE_BYTES
+    from convlayers.kernels._bounds import line_aligned, line_stride
 
-    per = LINE_BYTES // itemsize
+    per = CACHE_LINE_BYTES // itemsize
     for n in range(1, 40 * per):
         s = line_stride(n, itemsize)
         if n < 2 * per:
@@ -820,8 +821,8 @@ def test_line_stride_is_an_odd_number_of_lines_past_two(itemsize: int) -> None:
     raw = np.empty(10 * per, dtype)
     for start in range(per):
         view = line_aligned(raw[start:])
-        assert view.ctypes.data % LINE_BYTES == 0
-        assert 0 <= view.ctypes.data - raw[start:].ctypes.data < LINE_BYTES
+        assert view.ctypes.data % CACHE_LINE_BYTES == 0
+        assert 0 <= view.ctypes.data - raw[start:].ctypes.data < CACHE_LINE_BYTES
 
 
 @EXAMPLES

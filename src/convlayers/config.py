@@ -119,6 +119,12 @@ class PerformanceWarning(UserWarning):
 #: the milliseconds of libgomp's default, which stole the cores of whatever ran next.
 NUMBA_SPIN_COUNT = 20_000
 
+#: Bytes of a cache line on the machines the kernels are tuned for (x86-64 and most ARM cores):
+#: where scratch starts (:data:`convlayers.functional._engine_shared.SCRATCH_ALIGN`) and how
+#: the lowered kernels' and the 1x1 kernel's scratch rows are spaced
+#: (:func:`convlayers.kernels._bounds.line_stride`).
+CACHE_LINE_BYTES = 64
+
 
 def start_numba_threads() -> None:
     """Start numba's thread pool on an OpenMP runtime of its own, whose idle threads sleep.

@@ -226,9 +226,9 @@ def _panel_elements(k_rows: int, length: int, block: int, rows: int, itemsize: i
     rows a unit)."""
     if not pointwise_packs(length, k_rows, rows, itemsize):
         return 0
-    per_line = 64 // itemsize
-    lines = -(-min(block, length) // per_line)
-    return k_rows * (lines + 1 - lines % 2) * per_line
+    from convlayers.kernels._bounds import line_stride
+
+    return k_rows * int(line_stride.py_func(min(block, length), itemsize))
 
 
 def pointwise_packs(length: int, k_rows: int, rows: int, itemsize: int) -> bool:

@@ -55,7 +55,7 @@ def _finite(a: np.ndarray) -> bool:
 
 #: Alignment of the kernels' scratch: a cache line, so that whole-vector loads never straddle
 #: two.
-SCRATCH_ALIGN = 64
+SCRATCH_ALIGN = config.CACHE_LINE_BYTES
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["LINE_BYTES", "copy_row", "inside_range", "line_aligned", "line_stride", "slab_unit",
-           "store_rows", "store_rows_spaced", "tap_cols", "typed_zero", "unit_block", "unit_parts"]
+from convlayers.config import CACHE_LINE_BYTES
 
-#: Bytes of a cache line on the machines the kernels are tuned for (x86-64 and most ARM cores).
-LINE_BYTES = 64
+__all__ = ["copy_row", "inside_range", "line_aligned", "line_stride", "slab_unit", "store_rows",
+           "store_rows_spaced", "tap_cols", "typed_zero", "unit_block", "unit_parts"]
 
 
 @njit(cache=True, inline="always")
@@ -121,8 +120,9 @@ def line_stride(n, itemsize):
     GEMM ran 0.84-0.96x the time with its right operand's rows so laid out (and starting on a
     line; :func:`line_aligned`): 256, 384, 420 and 49 columns (0.90, 0.95, 0.94, 0.84-0.88x),
     none slower on 36, 64, 784 or 3136 (0.99-1.00x). The values are those of the unpadded
-    rows, so the products' sums are unchanged."""
-    per = LINE_BYTES // itemsize
+    rows, so the products' sums are unchanged. The 1x1 kernel's packed panels take the same
+    rows (from Python: ``line_stride.py_func``)."""
+    per = CACHE_LINE_BYTES // itemsize
     if n < 2 * per:
         return n
     lines = (n + per - 1) // per
@@ -131,7 +131,7 @@ def line_stride(n, itemsize):
 
 @njit(cache=True, inline="always")
 def line_aligned(buf):
-    """The 1-D ``buf`` from its first element on a cache line (up to ``LINE_BYTES //
+    """The 1-D ``buf`` from its first element on a cache line (up to ``CACHE_LINE_BYTES //
     itemsize - 1`` elements dropped: allocate that many more)."""
-    per = LINE_BYTES // buf.itemsize
+    per = CACHE_LINE_BYTES // buf.itemsize
     return buf[(per - (buf.ctypes.data // buf.itemsize) % per) % per:]

@@ -30,8 +30,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from convlayers.config import CACHE_LINE_BYTES
 from convlayers.kernels._bounds import (
-    LINE_BYTES,
     copy_row,
     line_aligned,
     line_stride,
@@ -105,7 +105,7 @@ def _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo):
     Hs = (R - 1) * sh + (kh - 1) * dh + 1
     idx = slab_index(R, Wo, sh, sw, Wp)
     xbuf = np.empty((nt, Cig * Hs * Wp), dtype=x.dtype)
-    cbuf = np.empty((nt, K * line_stride(R * Wo, x.itemsize) + LINE_BYTES // x.itemsize),
+    cbuf = np.empty((nt, K * line_stride(R * Wo, x.itemsize) + CACHE_LINE_BYTES // x.itemsize),
                     dtype=x.dtype)
     return Wp, idx, xbuf, cbuf
 
@@ -248,7 +248,7 @@ def lowered_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt,
     nr = (Ho + R - 1) // R
     nb = (Cog + B - 1) // B
     Wp, idx, xbuf, cbuf = _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo)
-    obuf = np.empty((nt, B * line_stride(R * Wo, x.itemsize) + LINE_BYTES // x.itemsize),
+    obuf = np.empty((nt, B * line_stride(R * Wo, x.itemsize) + CACHE_LINE_BYTES // x.itemsize),
                     dtype=x.dtype)
     has_bias = bias.shape[0] > 0
     zero = typed_zero(out)
@@ -317,7 +317,7 @@ def lowered_forward_merged(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Wo, P,
     tbuf = np.empty((nt, kk * L), dtype=x.dtype)
     few = few_columns(Cog, N * L)  # by the batch, not the pass: as the slab units decide
     ld = P * L if few else line_stride(P * L, x.itemsize)  # the columns' rows, ld apart
-    spare = LINE_BYTES // x.itemsize
+    spare = CACHE_LINE_BYTES // x.itemsize
     cols = line_aligned(np.empty(K * ld + spare, dtype=x.dtype))[: K * ld].reshape(K, ld)
     obuf = line_aligned(np.empty(Cog * ld + spare, dtype=x.dtype))[: Cog * ld].reshape(Cog, ld)
     H, W = x.shape[2], x.shape[3]
@@ -449,7 +449,7 @@ def lowered_input_grad(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, g
     nb = (Cig + B - 1) // B
     # the output gradient's rows are copied ld apart (line_stride), the products' rows too
     longest = line_stride(R * Wo, gy.itemsize)
-    spare = LINE_BYTES // gy.itemsize
+    spare = CACHE_LINE_BYTES // gy.itemsize
     dbuf = np.empty((nt, B * kk * longest + spare), dtype=gy.dtype)
     gbuf = np.empty((nt, Cog * longest + spare), dtype=gy.dtype)
     for unit in prange(N * G * nb):

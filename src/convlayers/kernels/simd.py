@@ -44,10 +44,9 @@ __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_RO
            "TALL_TWO_ROWS", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "band_columns",
            "band_pixels", "conv_band", "conv_band_taps", "conv_rows", "conv_slab", "conv_strip",
            "few_columns", "gemm_few", "gemm_indirect", "gemm_indirect_left_add",
-           "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols", "gemm_tiled_inner",
-           "interleave3",
-           "masked_store", "pack_conv_weights", "taps_broadcast", "taps_row", "taps_vector",
-           "transpose_vectors", "vector_bytes"]
+           "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
+           "gemm_tiled_inner", "interleave3", "masked_store", "pack_conv_weights", "taps_broadcast",
+           "taps_row", "taps_vector", "transpose_vectors", "vector_bytes"]
 
 
 def vector_bytes() -> int:

@@ -293,3 +293,40 @@ def test_a_transposed_left_operand_times_one_column_is_summed_as_the_tiles() -> 
     _product(u, v, tiles, False)
     np.testing.assert_array_equal(few, tiles)
     np.testing.assert_allclose(few, u.astype(np.float64) @ v, rtol=1e-4, atol=1e-4)
+
+
+def _packed_by_numpy(w: np.ndarray, strip: int) -> np.ndarray:
+    """The direct kernel's weight layout, from its definition: ``W (kh*kw*C_in, C_out)`` with
+    row ``(i*kw + j)*C_in + ci``, cut into strips of ``strip`` columns (zeros past
+    ``C_out``), each strip's rows contiguous."""
+    c_out, c_in, kh, kw = w.shape
+    full = w.transpose(2, 3, 1, 0).reshape(kh * kw * c_in, c_out)
+    strips = -(-c_out // strip)
+    padded = np.zeros((full.shape[0], strips * strip), w.dtype)
+    padded[:, :c_out] = full
+    return np.concatenate([padded[:, s * strip:(s + 1) * strip] for s in range(strips)])
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7, 7), (100, 37, 2, 5), (297, 19, 3, 3),
+                                   (70, 64, 3, 3), (130, 256, 3, 3), (64, 128, 1, 1)])
+def test_packed_conv_weights_follow_the_layout_on_both_copies(shape: tuple[int, ...]) -> None:
+    """Both ways of packing (strided reads, and through rows spaced against L1 aliasing:
+    C_in*kh*kw*4 bytes a multiple of 2 KiB), partial last strips included, give the layout
+    the direct kernel reads; nothing of the output's old contents is left."""
+    from convlayers.kernels.simd import (
+        _pack_strided,
+        _pack_through_rows,
+        _strip_rows_alias,
+        conv_strip,
+        pack_conv_weights_into,
+    )
+
+    w = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    strip = conv_strip() // 4
+    expected = _packed_by_numpy(w, strip)
+    for pack in (_pack_strided, _pack_through_rows, pack_conv_weights_into):
+        out = np.full_like(expected, np.nan)
+        pack(w, out)
+        np.testing.assert_array_equal(out, expected, err_msg=f"{pack.__name__} {shape}")
+    # the planner of the two ways sends power-of-two rows through the spaced copy
+    assert _strip_rows_alias(256 * 9 * 4, 64) and not _strip_rows_alias(255 * 9 * 4, 64)

@@ -234,6 +234,34 @@ def test_remembered_pooling_follows_torch_on_every_call_nan_included(
     assert made == 2 and _ready.count() == 2, "one runner each, made once"
 
 
+@pytest.mark.parametrize(("dims", "kw"), [
+    (2, dict(kernel_size=3, stride=2)),
+    (2, dict(kernel_size=(2, 3), stride=1, padding=1, ceil_mode=True, count_include_pad=False)),
+    (2, dict(kernel_size=3, stride=2, padding=1, divisor_override=4)),
+    (1, dict(kernel_size=3, stride=2, padding=1)),
+])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_a_remembered_average_pool_gradient_follows_torch_on_every_call(
+        dims: int, kw: dict, unbatched: bool) -> None:
+    """The average pool's gradient called four times with new gradients, the last with NaN
+    and inf in them: the first call leaves one runner, and every call equals torch's
+    autograd (the runner reads the input's shape only, never its values)."""
+    rng = np.random.default_rng(6)
+    shape = (3, 11, 13)[-dims - 1:] if unbatched else (2, 3, 11, 13)[: dims + 2]
+    theirs = {1: tF.avg_pool1d, 2: tF.avg_pool2d}[dims]
+    _ready.forget()
+    for call in range(4):
+        x = torch.tensor(random_array(rng, shape, np.float32), requires_grad=True)
+        y = theirs(x, **kw)
+        gy = random_array(rng, tuple(y.shape), np.float32)
+        if call == 3:
+            gy = _scatter(rng, gy, [np.nan, np.inf, -np.inf], 0.1)
+        y.backward(torch.tensor(gy))
+        ours = F.avg_pool_backward(gy, x.detach().numpy(), spatial_dims=dims, **kw)
+        assert_close(ours, x.grad, f"call {call + 1}, input {shape}")
+        assert _ready.count() == 1, "one runner, made on the first call"
+
+
 @pytest.mark.parametrize(("shape", "c_out", "stride"), [
     ((1, 28, 13, 13), 23, 3),     # a small call: the 1x1 kernel's serial twin, no thread switch
     ((2, 16, 9, 12), 40, (2, 3)),

@@ -29,7 +29,7 @@ from convlayers.kernels._twin import serial_twin
 #: The empty index array of a max pool that keeps none.
 _NO_INDEX = np.empty((0, 0, 0), dtype=np.int64)
 
-__all__ = ["WIDE_WINDOW", "adaptive_avg2d", "adaptive_avg2d_backward", "adaptive_max2d",
+__all__ = ["AVG_WINDOW_COLUMNS", "WIDE_WINDOW", "adaptive_avg2d", "adaptive_avg2d_backward", "adaptive_max2d",
            "adaptive_max2d_columns", "avg_pool2d", "avg_pool2d_backward", "global_avg", "global_avg_serial",
            "global_max", "global_max_serial", "max_pool2d", "max_pool2d_indices", "scatter_add_planes"]
 
@@ -419,13 +419,26 @@ def _max_indices_by_tap(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
                                 irow[ow] = r * W + c
 
 
+#: Output columns up to which a strided average pool runs window by window
+#: (:func:`_avg_by_window`): each tap's run of a row is then a few strided values, and the
+#: run's setup costs more than its adds. Against :func:`_avg_by_tap`, 3x3 windows on 4-8
+#: output columns at stride 2 or 3 took 0.65-0.88x the time (133 planes of 10x10 at stride 2:
+#: 10.6 us against 14.1), 0.92-0.98x on 7-10, 1.2x on 10 at stride 3; at stride 1, 1.05-1.2x
+#: on 7 columns.
+AVG_WINDOW_COLUMNS = 8
+
+
 def avg_pool2d(x, kh, kw, sh, sw, ph, pw, div, out, serial=False):
     """Sum of the taps inside each window divided by ``div[oh, ow]``, into ``out``, summed in
     ``x``'s dtype in row-major tap order (the NumPy path's order, to the bit): 2x2 windows side
-    by side unrolled (:func:`_avg_pairs`), the others tap by tap (:func:`_avg_by_tap`);
-    ``serial`` as :func:`max_pool2d`'s."""
+    by side unrolled (:func:`_avg_pairs`), strided windows on rows of at most
+    :data:`AVG_WINDOW_COLUMNS` outputs window by window (:func:`_avg_by_window`), the others
+    tap by tap (:func:`_avg_by_tap`); ``serial`` as :func:`max_pool2d`'s."""
     if _pairs(kh, kw, sh, sw, ph, pw, 1, 1, x.shape[1], x.shape[2], out):
         (_avg_pairs_serial if serial else _avg_pairs)(x, div, out)
+    elif sw >= 2 and out.shape[2] <= AVG_WINDOW_COLUMNS:
+        (_avg_by_window_serial if serial else _avg_by_window)(x, kh, kw, sh, sw, ph, pw, div,
+                                                              out)
     else:
         (_avg_by_tap_serial if serial else _avg_by_tap)(x, kh, kw, sh, sw, ph, pw, div, out)
 
@@ -490,9 +503,10 @@ def _avg_pairs(x, div, out):
 
 @njit(parallel=True, cache=True)
 def _avg_by_window(x, kh, kw, sh, sw, ph, pw, div, out):
-    """:func:`avg_pool2d` one output at a time, as :func:`_max_by_window`: no longer
-    dispatched (:func:`_avg_by_tap` is faster at every stride), kept as the plain statement of
-    the summation order the tests hold the other kernels to, bit for bit."""
+    """:func:`avg_pool2d` one output at a time, as :func:`_max_by_window`: the plain statement
+    of the summation order the tests hold the other kernels to, bit for bit, and the kernel of
+    strided pools on short rows (:data:`AVG_WINDOW_COLUMNS`; elsewhere :func:`_avg_by_tap` is
+    faster)."""
     P, H, W = x.shape
     zero = typed_zero(out)
     Ho, Wo = out.shape[1], out.shape[2]
@@ -946,3 +960,4 @@ _max_3x3_stride_2_rows_serial = serial_twin(_max_3x3_stride_2_rows)
 _max_by_tap_serial = serial_twin(_max_by_tap)
 _avg_pairs_serial = serial_twin(_avg_pairs)
 _avg_by_tap_serial = serial_twin(_avg_by_tap)
+_avg_by_window_serial = serial_twin(_avg_by_window)

@@ -29,9 +29,10 @@ from convlayers.kernels._twin import serial_twin
 #: The empty index array of a max pool that keeps none.
 _NO_INDEX = np.empty((0, 0, 0), dtype=np.int64)
 
-__all__ = ["AVG_WINDOW_COLUMNS", "WIDE_WINDOW", "adaptive_avg2d", "adaptive_avg2d_backward", "adaptive_max2d",
-           "adaptive_max2d_columns", "avg_pool2d", "avg_pool2d_backward", "global_avg", "global_avg_serial",
-           "global_max", "global_max_serial", "max_pool2d", "max_pool2d_indices", "scatter_add_planes"]
+__all__ = ["AVG_WINDOW_COLUMNS", "WIDE_WINDOW", "adaptive_avg2d", "adaptive_avg2d_backward",
+           "adaptive_max2d", "adaptive_max2d_columns", "avg_pool2d", "avg_pool2d_backward",
+           "global_avg", "global_avg_serial", "global_max", "global_max_serial", "max_pool2d",
+           "max_pool2d_indices", "scatter_add_planes"]
 
 
 @njit(cache=True)

@@ -39,7 +39,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from convlayers.config import CACHE_LINE_BYTES
+from convlayers.config import CACHE_LINE_BYTES, L1_SETS, L1_WAYS
 from convlayers.kernels._typed import FALSE, TRUE, ZERO
 
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS",
@@ -854,11 +854,11 @@ def pack_conv_weights_into(w: np.ndarray, out: np.ndarray) -> None:
     checks: 0.4-0.5x the time of 2-D indexing on 297x219x3x3 and 418x28x6x6 weights, 0.25
     -> 0.11 ms).
 
-    Where those rows fall into few L1 sets (``K`` times the item size a multiple of 2 KiB:
-    512x512x3x3, ``K = 4608``), they evicted each other between taps and the strided reads
-    ran 1.2x the 2-D loop's time; there a chunk of the strip's rows is first copied into
-    rows an odd number of cache lines apart, then read across (:func:`_pack_through_rows`,
-    0.55x the 2-D loop's time)."""
+    Where those rows fall into few L1 sets (``K`` times the item size a multiple of 1-2 KiB:
+    256 or 512 input channels of 3x3), they evicted each other between taps and the strided
+    reads ran 1.04-1.23x the 2-D loop's time; there a chunk of the strip's rows is first
+    copied into rows an odd number of cache lines apart, then read across
+    (:func:`_pack_through_rows`, 0.52-0.67x the 2-D loop's time)."""
     strip = out.shape[1]
     if _strip_rows_alias(w.shape[1] * w.shape[2] * w.shape[3] * w.itemsize, strip):
         _pack_through_rows(w, out)
@@ -928,12 +928,12 @@ def _pack_through_rows(w, out):
 
 @functools.lru_cache(maxsize=256)
 def _strip_rows_alias(row_bytes: int, strip: int) -> bool:
-    """Whether ``strip`` rows ``row_bytes`` apart share L1 sets more than eight to a set (64
-    sets of 8 ways, as on Zen 3 and 4 and Intel's cores): the strided reads of
-    :func:`_pack_strided` would evict each other (64 rows of 256x256x3x3 weights: 16 to a
-    set, 1.5x the time of the copy through rows; of 128x128x5x5, 8 to a set, 0.6x)."""
-    sets = [(c * row_bytes // CACHE_LINE_BYTES) % 64 for c in range(strip)]
-    return max(sets.count(v) for v in set(sets)) > 8
+    """Whether ``strip`` rows ``row_bytes`` apart put more lines in one L1 set than it has
+    ways (``config.L1_SETS``, ``config.L1_WAYS``): the strided reads of :func:`_pack_strided`
+    would evict each other (64 rows of 256x256x3x3 weights: 16 to a set, 1.5x the time of
+    the copy through rows; of 128x128x5x5, 8 to a set, 0.6x)."""
+    sets = [(c * row_bytes // CACHE_LINE_BYTES) % L1_SETS for c in range(strip)]
+    return max(sets.count(v) for v in set(sets)) > L1_WAYS
 
 
 @njit(cache=True, fastmath=True)

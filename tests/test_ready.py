@@ -262,6 +262,59 @@ def test_a_remembered_average_pool_gradient_follows_torch_on_every_call(
         assert _ready.count() == 1, "one runner, made on the first call"
 
 
+@pytest.mark.parametrize(("dims", "kw"), [
+    (2, dict(kernel_size=3, stride=2)),
+    (2, dict(kernel_size=(2, 3), stride=1, padding=1, ceil_mode=True)),
+    (1, dict(kernel_size=3, stride=2, padding=1)),
+])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_a_remembered_max_pool_with_indices_and_its_gradient_follow_torch(
+        dims: int, kw: dict, unbatched: bool) -> None:
+    """A max pool returning its indices, then its gradient, called four times with new values
+    (NaN and inf in the last input and gradient): the pool's values and indices and the
+    gradient equal torch's on every call, and each leaves one runner, made on its first call."""
+    rng = np.random.default_rng(7)
+    shape = (3, 11, 13)[-dims - 1:] if unbatched else (2, 3, 11, 13)[: dims + 2]
+    ours = {1: F.max_pool1d, 2: F.max_pool2d}[dims]
+    theirs = {1: tF.max_pool1d, 2: tF.max_pool2d}[dims]
+    _ready.forget()
+    for call in range(4):
+        x = random_array(rng, shape, np.float32)
+        if call == 3:
+            x = _scatter(rng, x, [np.nan, np.inf, -np.inf], 0.05)
+        tx = torch.tensor(x, requires_grad=True)
+        ty, tidx = theirs(tx, return_indices=True, **kw)
+        gy = random_array(rng, tuple(ty.shape), np.float32)
+        if call == 3:
+            gy = _scatter(rng, gy, [np.nan, np.inf], 0.1)
+        ty.backward(torch.tensor(gy))
+        y, idx = ours(x, return_indices=True, **kw)
+        assert_close(y, ty, f"values, call {call + 1}")
+        np.testing.assert_array_equal(idx, tidx.numpy(), err_msg=f"indices, call {call + 1}")
+        assert_close(F.max_pool_backward(gy, x, idx, spatial_dims=dims), tx.grad,
+                     f"gradient, call {call + 1}")
+        assert _ready.count() == 2, "one runner each, made on the first call"
+
+
+def test_a_remembered_max_pool_gradient_still_refuses_indices_outside_the_plane() -> None:
+    """The gradient's runner reads no index before the kernel checks it: an index past the
+    plane, after the runner exists, raises as the full path does."""
+    rng = np.random.default_rng(8)
+    x = random_array(rng, (2, 3, 9, 9), np.float32)
+    _ready.forget()
+    y, idx = F.max_pool2d(x, 3, 2, return_indices=True)
+    gy = random_array(rng, y.shape, np.float32)
+    F.max_pool_backward(gy, x, idx)
+    assert _ready.count() == 2
+    bad = idx.copy()
+    bad[1, 2, 0, 1] = 81
+    with pytest.raises(ValueError, match="indices must lie in"):
+        F.max_pool_backward(gy, x, bad)
+    bad[1, 2, 0, 1] = -1
+    with pytest.raises(ValueError, match="indices must lie in"):
+        F.max_pool_backward(gy, x, bad)
+
+
 @pytest.mark.parametrize(("shape", "c_out", "stride"), [
     ((1, 28, 13, 13), 23, 3),     # a small call: the 1x1 kernel's serial twin, no thread switch
     ((2, 16, 9, 12), 40, (2, 3)),

@@ -77,6 +77,11 @@ def max_pool_backward(
     >>> max_pool_backward(np.ones_like(y), x, idx, spatial_dims=1)
     array([[[0., 2., 0.]]])
     """
+    key = _ready.key_of("max_pool_backward", (grad_output, input, indices), spatial_dims)
+    run = _ready.lookup(key) if key is not None else None
+    if run is not None:  # a call like an earlier one: its runner
+        out: np.ndarray = run(grad_output, indices)
+        return out
     x = float_array(input, "input")
     gy = float_array(grad_output, "grad_output")
     sd = as_int(spatial_dims, "spatial_dims")
@@ -88,7 +93,35 @@ def max_pool_backward(
         raise ValueError(
             f"grad_output {gy.shape} must match input {x.shape} on all but the spatial axes"
         )
-    return scatter_to_argmax(gy, np.asarray(indices), x, sd)
+    idx = np.asarray(indices)
+    if (key is not None and gy.dtype == x.dtype and gy.size and idx.shape == gy.shape
+            and np.issubdtype(idx.dtype, np.integer)):
+        _ready.remember(key, _scatter_runner(x.shape, sd, x.dtype))
+    return scatter_to_argmax(gy, idx, x, sd)
+
+
+def _scatter_runner(shape: tuple[int, ...], spatial_dims: int,
+                    dtype: np.dtype) -> Callable[..., np.ndarray]:
+    """:func:`scatter_to_argmax`'s compiled path for ``shape`` inputs, worked out once: the
+    runner of later :func:`max_pool_backward` calls like it (:mod:`convlayers.functional._ready`;
+    a small pool's gradient spent most of its call validating, 1x66x10x10: 24 of 28 us). It
+    reads the input's shape only, and raises as the full path does for an index outside the
+    plane."""
+    plane = math.prod(shape[len(shape) - spatial_dims:])
+    n_planes = math.prod(shape[:len(shape) - spatial_dims])
+    kern = loaded_kernels().pooling
+
+    def run(grad_output: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        gy = np.ascontiguousarray(grad_output).reshape(n_planes, -1)
+        gx = np.empty((n_planes, plane), dtype=dtype)  # zeroed plane by plane in the kernel
+        with _threads_for(gy.size + gx.size, config.engine.serial_pool_taps):
+            bad = kern.scatter_add_planes(
+                gy, _planes(indices.astype(np.int64, copy=False), (gy.shape[1],)), gx)
+        if bad:
+            raise ValueError(f"indices must lie in [0, {plane}) (a flat position in the input plane)")
+        return gx.reshape(shape)
+
+    return run
 
 
 def avg_pool_backward(

@@ -930,7 +930,9 @@ def test_only_maps_of_a_few_pixels_or_split_batches_merge_their_columns() -> Non
     """Images merge their columns when one would split its output channels between the
     threads (a batch of a few) or has at most a quarter of a vector's lanes of output
     positions; maps of 6-15 positions keep the slab units (merging ran them 1.07-2.1x slower),
-    and so does one image (each thread makes its blocks' columns: 0.77-0.93x the time)."""
+    and so does one image (each thread makes its blocks' columns: 0.77-0.93x the time), and a
+    pass of fewer than ``config.engine.merged_min_positions`` positions in all (2-4 images of
+    one position: merged 1.3-2.1x the units' time)."""
     from convlayers.functional._engine_lowered import _lowered_units, _merged_images
     from convlayers.functional.plan import geometry
 
@@ -940,6 +942,9 @@ def test_only_maps_of_a_few_pixels_or_split_batches_merge_their_columns() -> Non
         return _merged_images(g, 2, block or _lowered_units(g, 2, "forward")[1])
 
     assert merged(8, 3) == 8  # one output position an image
+    assert merged(4, 3) == 0  # four positions in all: the units of one image
+    with config.engine_settings(merged_min_positions=4):
+        assert merged(4, 3) == 4
     assert merged(8, 5) == 0  # nine
     assert merged(8, 6) == 0  # sixteen
     assert merged(1, 9, 256, 256) == 0  # one image: its channels split, its columns made twice

@@ -360,6 +360,12 @@ class EngineSettings:
     #: Bytes of one unit's columns in the lowered kernels (``C_in/g * kh * kw`` rows by the
     #: unit's output positions): longer images are lowered in slabs of output rows.
     lowered_column_bytes: int = 2 * 2**20
+    #: Output positions (images times each one's) a merged pass of the lowered forward must
+    #: span (``_engine_lowered._merged_images``): narrower, it keeps the units of one image
+    #: and group, as the merged kernel makes two parallel passes per group (columns, then
+    #: products). On a Zen 4, maps of one position: 8-16 images merged ran 0.28-0.47x the
+    #: units' time (one group), 2-4 images 1.3-1.6x (1.5-2.1x with 4-16 groups).
+    merged_min_positions: int = 8
     #: Bytes of one unit's input slab in the implicit kernels (``C_in/g`` channels by the stride
     #: phases some tap reads, by the slab's rows): longer images go in slabs of output rows.
     implicit_slab_bytes: int = 256 * 2**10

@@ -103,10 +103,11 @@ def _merged_images(g: Geometry, threads: int, block: int) -> int:
     outputs ran 1.1x slower (the columns each thread reads are then half made by the other),
     and so did 15 of 17 random layers of 6-15 output positions (batches of 2-25: 1.07-1.5x,
     the others 0.89x and 1.01x), while maps of 1-3 positions gained on 4 of 5 (0.62-0.95x;
-    1.8x with 16 groups). One image keeps the slab units, each thread making the columns of
-    its own blocks: on 65 random layers of the lowered forward, the nine of batch 1 that merged
-    ran 0.77-0.93x the time (none slower beyond noise): the merged columns are made in a
-    parallel pass of their own, half by the other thread."""
+    1.8x with 16 groups), and a pass of fewer than ``config.engine.merged_min_positions``
+    positions in all keeps them too. One image keeps the slab units, each thread making the
+    columns of its own blocks: on 65 random layers of the lowered forward, the nine of batch 1
+    that merged ran 0.77-0.93x the time (none slower beyond noise): the merged columns are
+    made in a parallel pass of their own, half by the other thread."""
     from convlayers.kernels.simd import VECTOR_BYTES
 
     narrow = 4 * g.ho * g.wo <= VECTOR_BYTES // g.itemsize
@@ -114,7 +115,9 @@ def _merged_images(g: Geometry, threads: int, block: int) -> int:
         return 0
     per_image = (g.c_in_g * g.kh * g.kw + g.c_out_g) * g.ho * g.wo * g.itemsize
     budget = min(threads * config.engine.lowered_column_bytes, config.scratch_bytes())
-    return min(g.n, budget // per_image)
+    images = min(g.n, budget // per_image)
+    # too few positions in all: the units of one image (config.engine.merged_min_positions)
+    return images if images * g.ho * g.wo >= config.engine.merged_min_positions else 0
 
 
 def _channel_block(g: Geometry, threads: int) -> int:

@@ -40,6 +40,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from convlayers.config import CACHE_LINE_BYTES, L1_SETS, L1_WAYS
+from convlayers.kernels._bounds import line_stride
 from convlayers.kernels._typed import FALSE, TRUE, ZERO
 
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS",
@@ -866,16 +867,21 @@ def pack_conv_weights_into(w: np.ndarray, out: np.ndarray) -> None:
         _pack_strided(w, out)
 
 
+@njit(cache=True, inline="always")
+def _pack_geometry(w, out):
+    """``(c_out, c_in, taps, k_rows, strips, strip, wf, of)`` of a packing of ``w (C_out,
+    C_in, kh, kw)`` into ``out (strips * k_rows, strip)``, both as flat views."""
+    c_out, c_in, kh, kw = w.shape
+    strip = out.shape[1]
+    k_rows = kh * kw * c_in
+    return (c_out, c_in, kh * kw, k_rows, out.shape[0] // k_rows, strip, w.reshape(w.size),
+            out.reshape(out.size))
+
+
 @njit(parallel=True, cache=True)
 def _pack_strided(w, out):
     """:func:`pack_conv_weights_into`, each packed row gathered from ``w`` in place."""
-    c_out, c_in, kh, kw = w.shape
-    strip = out.shape[1]
-    taps = kh * kw
-    k_rows = taps * c_in
-    strips = out.shape[0] // k_rows
-    wf = w.reshape(w.size)
-    of = out.reshape(out.size)
+    c_out, c_in, taps, k_rows, strips, strip, wf, of = _pack_geometry(w, out)
     u = np.uint64
     for unit in prange(strips * c_in):
         s, ci = unit // c_in, unit % c_in
@@ -892,21 +898,12 @@ def _pack_strided(w, out):
 @njit(parallel=True, cache=True)
 def _pack_through_rows(w, out):
     """:func:`pack_conv_weights_into` through a copy of each chunk of a strip's rows, an odd
-    number of cache lines apart."""
-    c_out, c_in, kh, kw = w.shape
-    strip = out.shape[1]
-    taps = kh * kw
-    k_rows = taps * c_in
-    strips = out.shape[0] // k_rows
-    wf = w.reshape(w.size)
-    of = out.reshape(out.size)
+    number of cache lines apart (:func:`convlayers.kernels._bounds.line_stride`)."""
+    c_out, c_in, taps, k_rows, strips, strip, wf, of = _pack_geometry(w, out)
     u = np.uint64
-    line = CACHE_LINE_BYTES // w.itemsize
     chunk = max(1, 240 // taps)  # input channels a copy holds (at most ~240 of each row)
     chunks = (c_in + chunk - 1) // chunk
-    ld = (chunk * taps + line - 1) // line * line  # the copy's rows: an odd count of lines
-    if (ld // line) % 2 == 0:
-        ld += line
+    ld = line_stride(chunk * taps, w.itemsize)  # the copy's rows
     for unit in prange(strips * chunks):
         s, q = unit // chunks, unit % chunks
         ci0 = q * chunk

@@ -437,6 +437,26 @@ def test_narrow_depthwise_rows_take_the_planar_kernels() -> None:
         assert_close(gw, tgw, "weight gradient")
 
 
+@pytest.mark.usefixtures("wide_depthwise_defaults")
+def test_depthwise_planes_past_64_pixels_take_the_planar_kernels() -> None:
+    """Output planes of 540 pixels in rows of 12 (6x6 dilation 3): the planar loops compute
+    2.25 positions per pixel kept (more than ``planar_max_waste``, 2, pinned, and than the
+    row kernels' whole vectors at either width), but the row kernels' rows of 12 run
+    scalar, so the planar kernels serve every pass (10 planes: too few for channels-last);
+    all match torch."""
+    rng = np.random.default_rng(6)
+    x = random_array(rng, (2, 5, 60, 27), np.float32)
+    w = random_array(rng, (5, 1, 6, 6), np.float32)
+    args = dict(dilation=3, groups=5)
+    chosen = plan(x.shape, w.shape, **args)
+    assert (chosen.forward, chosen.input_grad, chosen.weight_grad) == ("depthwise-planar",) * 3
+    expected, g, (tgx, tgw) = torch_grads(lambda a, b: tF.conv2d(a, b, **args), [x, w], 6)
+    assert_close(F.conv2d(x, w, **args), expected, "forward")
+    gx, gw, _ = F.conv_backward(g, x, w, with_bias=False, **args)
+    assert_close(gx, tgx, "input gradient")
+    assert_close(gw, tgw, "weight gradient")
+
+
 def test_depthwise_forwards_on_small_maps_run_channels_last() -> None:
     """6x6 output planes of 96 channels: the forward and both gradients run channels-last; all
     match torch, the bias and a dilation included."""

@@ -285,3 +285,30 @@ def test_a_channel_multipliers_forward_is_measured_and_matches_torch() -> None:
     assert set(_measured.measured_choices().values()) <= {"implicit", "lowered"}
     assert [key[0] for key in _measured.measured_choices()] == ["forward"]
     _measured.forget_measurements()
+
+
+def test_a_strided_1x1_forward_measures_the_1x1_kernels_against_the_implicit_gemm() -> None:
+    """A dense or grouped 1x1 forward with a stride measures the 1x1 kernels against the
+    implicit GEMM (neither wins by a rule); unstrided and depthwise 1x1 layers stay on the
+    1x1 kernels unmeasured. Every call matches torch (bias, groups, a stride per axis)."""
+    _measured.forget_measurements()
+    strided = geometry((6, 48, 15, 14), (40, 12, 1, 1), (2, 3), (1, 1), 4, None, (8, 5),
+                       np.float32)
+    assert _measured.candidates(strided, "pointwise") == ("pointwise", "implicit")
+    for other in (geometry((6, 48, 15, 14), (40, 12, 1, 1), (1, 1), (1, 1), 4, None, (15, 14),
+                           np.float32),
+                  geometry((6, 48, 15, 14), (96, 1, 1, 1), (2, 2), (1, 1), 48, None, (8, 7),
+                           np.float32)):
+        assert _measured.candidates(other, "pointwise") == ()
+    assert _measured.candidates(strided, "pointwise", "input_grad") == ()
+    rng = np.random.default_rng(9)
+    x = random_array(rng, (6, 48, 15, 14), np.float32)
+    w = random_array(rng, (40, 12, 1, 1), np.float32)
+    b = random_array(rng, (40,), np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                         stride=(2, 3), groups=4)
+    for call in ("first", "second", "later"):
+        assert_close(F.conv2d(x, w, b, stride=(2, 3), groups=4), expected, call)
+    assert set(_measured.measured_choices().values()) <= {"pointwise", "implicit"}
+    assert [key[0] for key in _measured.measured_choices()] == ["forward"]
+    _measured.forget_measurements()

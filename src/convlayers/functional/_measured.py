@@ -87,15 +87,21 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     ``DOT_MIN_IN_CHANNELS`` or more input channels a group (:mod:`convlayers.functional.
     _engine_dot`); for a multiplier's forward (which the model does not price: 24->96
     1x5 stride 2 on 32x24x13x13 ran 0.52 ms by the implicit GEMM it plans, 0.36 lowered,
-    torch 0.36) and for a gradient, both. Remembered per geometry and settings (every call asks)."""
+    torch 0.36) and for a gradient, both; a dense or grouped 1x1 forward with a stride,
+    planned ``pointwise``, against the implicit GEMM (:data:`_STRIDED_POINTWISE`).
+    Remembered per geometry and settings (every call asks)."""
     return _candidates(g, strategy, pass_, config.engine_version())
 
 
 @functools.lru_cache(maxsize=1024)
 def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[str, ...]:
     e = config.engine
-    if (strategy not in (*_PAIR, SWAPPED) or e.force is not None or e.measure_band <= 1
-            or g.spatial != 2 or g.macs < e.measure_min_macs):
+    if (e.force is not None or e.measure_band <= 1 or g.spatial != 2
+            or g.macs < e.measure_min_macs):
+        return ()
+    if strategy == "pointwise":
+        return _STRIDED_POINTWISE if pass_ == "forward" and _strided_pointwise(g) else ()
+    if strategy not in (*_PAIR, SWAPPED):
         return ()
     if strategy == SWAPPED:
         found: tuple[str, ...] = (SWAPPED,)
@@ -112,6 +118,21 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
             and g.c_out_g <= DOT_MAX_OUT_CHANNELS and cannot_serve("dot", g, pass_) is None):
         found += ("dot",)
     return found if len(found) > 1 and strategy in found else ()
+
+
+#: A strided 1x1 forward's candidates: the 1x1 kernels (which gather the strided columns)
+#: and the implicit GEMM (which copies the phase it reads into its slab once). Neither wins by
+#: a rule: on 9 strided 1x1 layers (groups 1-32, batches 2-25) the implicit GEMM took
+#: 0.48-0.88x the 1x1 kernels' time on five (376->64 groups 4 at stride 2 on 25x376x23x23:
+#: 2.1x torch's time -> 0.6x), 1.1-2.7x on four (448->288 groups 32: 0.23x torch's time
+#: on the 1x1 kernels).
+_STRIDED_POINTWISE = ("pointwise", "implicit")
+
+
+def _strided_pointwise(g: Geometry) -> bool:
+    """Whether ``g`` is a dense or grouped 1x1 convolution with a stride (depthwise 1x1 layers
+    scale channels, on the 1x1 kernels only)."""
+    return g.kh == g.kw == 1 and g.c_in_g > 1 and (g.sh > 1 or g.sw > 1)
 
 
 @contextmanager
@@ -179,7 +200,8 @@ def measured_choices() -> dict[tuple[Any, ...], str]:
     dict
         ``{(pass, geometry, engine settings version, threads): strategy}``, the pass
         ``"forward"``, ``"input_grad"`` or ``"weight_grad"``, the strategy ``"implicit"``,
-        ``"lowered"``, ``"direct"``, ``"dot"`` or :data:`SWAPPED`; forwards called once outside training
+        ``"lowered"``, ``"direct"``, ``"dot"``, ``"pointwise"`` or :data:`SWAPPED`; forwards
+        called once outside training
         (not measured yet) are left out.
 
     Examples

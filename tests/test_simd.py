@@ -17,6 +17,7 @@ from convlayers.kernels.simd import (
     gemm_tiled,
     gemm_tiled_add,
     gemm_tiled_cols,
+    transpose_part,
 )
 
 
@@ -330,3 +331,34 @@ def test_packed_conv_weights_follow_the_layout_on_both_copies(shape: tuple[int, 
         np.testing.assert_array_equal(out, expected, err_msg=f"{pack.__name__} {shape}")
     # the planner of the two ways sends power-of-two rows through the spaced copy
     assert _strip_rows_alias(256 * 9 * 4, 64) and not _strip_rows_alias(255 * 9 * 4, 64)
+
+
+@njit(cache=True)
+def _transpose_part(src, base, stride, dst, table, q0, dst_base, rows, cols):  # type: ignore[no-untyped-def]
+    transpose_part(src, base, stride, dst, table, q0, dst_base, rows, cols)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_part_transpose_reads_and_writes_only_its_rows_and_columns(dtype: type) -> None:
+    """``transpose_part`` copies element ``c`` of row ``r`` (``src[base + r*stride + c]``)
+    to ``dst[dst_base + table[q0 + c] + r]`` for ``r < rows``, ``c < cols``, and nothing
+    else: every other element of ``dst`` keeps its sentinel, whatever ``src`` holds past the
+    part (NaN there) and however short ``table`` is (no entry past ``q0 + cols`` is read)."""
+    from convlayers.kernels.simd import VECTOR_BYTES
+
+    n = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(11)
+    for rows, cols in [(n, n - 1), (n - 1, n), (1, 1), (3, n), (n, 2), (5, 7), (n, n)]:
+        stride, base, q0, dst_base = n + 3, 2, 1, 4
+        src = np.full(base + n * stride + n, np.nan, dtype)
+        for r in range(rows):
+            src[base + r * stride: base + r * stride + cols] = rng.standard_normal(cols)
+        spacing = n + 5  # each column's row of dst, apart
+        table = np.arange(q0 + cols, dtype=np.int64) * spacing  # no entry past the part
+        dst = np.full(dst_base + (q0 + n + 1) * spacing, -7.0, dtype)
+        _transpose_part(src, base, stride, dst, table, q0, dst_base, rows, cols)
+        expected = np.full_like(dst, -7.0)
+        for c in range(cols):
+            for r in range(rows):
+                expected[dst_base + table[q0 + c] + r] = src[base + r * stride + c]
+        np.testing.assert_array_equal(dst, expected, err_msg=f"rows {rows}, cols {cols}")

@@ -42,7 +42,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from convlayers.kernels.simd import VECTOR_BYTES, transpose_vectors
+from convlayers.kernels.simd import VECTOR_BYTES, transpose_part, transpose_vectors
 
 __all__ = ["LANES", "PIXELS", "channels_last_shapes", "depthwise_channels_last",
            "depthwise_channels_last_backward"]
@@ -202,18 +202,18 @@ def _planes_into_block(src, base, count, lanes, offs, dst):
     """Lanes ``0 .. lanes`` of a block, channels-last: position ``q`` of plane ``lane``
     (``src[base + lane*count + q]``, C-contiguous planes of ``count`` positions) to
     ``dst[offs[q] + lane]``; a vector of lanes by a vector of positions at a time through
-    :func:`convlayers.kernels.simd.transpose_vectors`, the ragged ends one element at a time."""
+    :func:`convlayers.kernels.simd.transpose_vectors`, the ragged ends (fewer lanes or
+    positions than a vector) through :func:`convlayers.kernels.simd.transpose_part`."""
     step = VECTOR_BYTES // src.itemsize
-    full = lanes - lanes % step
-    for l0 in range(0, full, step):
-        for q0 in range(0, count - count % step, step):
-            transpose_vectors(src, base + l0 * count + q0, count, dst, offs, q0, l0)
-        for q in range(count - count % step, count):
-            for lane in range(l0, l0 + step):
-                dst[offs[q] + lane] = src[base + lane * count + q]
-    for lane in range(full, lanes):
-        for q in range(count):
-            dst[offs[q] + lane] = src[base + lane * count + q]
+    for l0 in range(0, lanes, step):
+        rows = min(step, lanes - l0)
+        for q0 in range(0, count, step):
+            cols = min(step, count - q0)
+            if rows == step and cols == step:
+                transpose_vectors(src, base + l0 * count + q0, count, dst, offs, q0, l0)
+            else:
+                transpose_part(src, base + l0 * count + q0, count, dst, offs, q0, l0, rows,
+                               cols)
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -222,13 +222,15 @@ def _block_into_planes(src, count, lanes, lane_offs, dst, base):
     (``src[q*LANES + lane]``) to ``dst[base + lane_offs[lane] + q]``, as
     :func:`_planes_into_block`."""
     step = VECTOR_BYTES // src.itemsize
-    full = lanes - lanes % step
-    for l0 in range(0, full, step):
-        for q0 in range(0, count - count % step, step):
-            transpose_vectors(src, q0 * LANES + l0, LANES, dst, lane_offs, l0, base + q0)
-    for lane in range(lanes):
-        for q in range(count - count % step if lane < full else 0, count):
-            dst[base + lane_offs[lane] + q] = src[q * LANES + lane]
+    for l0 in range(0, lanes, step):
+        cols = min(step, lanes - l0)
+        for q0 in range(0, count, step):
+            rows = min(step, count - q0)
+            if rows == step and cols == step:
+                transpose_vectors(src, q0 * LANES + l0, LANES, dst, lane_offs, l0, base + q0)
+            else:
+                transpose_part(src, q0 * LANES + l0, LANES, dst, lane_offs, l0, base + q0,
+                               rows, cols)
 
 
 @njit(cache=True, inline="always")

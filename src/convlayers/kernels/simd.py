@@ -29,6 +29,7 @@ are the im2col columns, read in place instead of copied.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -49,7 +50,7 @@ __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_RO
            "few_columns", "gemm_few", "gemm_indirect", "gemm_indirect_left_add",
            "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
            "gemm_tiled_inner", "interleave3", "masked_store", "pack_conv_weights", "taps_broadcast",
-           "taps_row", "taps_vector", "transpose_vectors", "vector_bytes"]
+           "taps_row", "taps_vector", "transpose_part", "transpose_vectors", "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -1072,19 +1073,53 @@ def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> An
     """Load ``n`` vectors (``n`` the lanes of one), row ``r`` from ``src[base + r*stride]``,
     transpose them in registers, store vector ``k`` at ``dst[dst_base + table[q0 + k]]``:
     ``log2(n)`` stages of shuffles, each swapping the elements ``s`` apart between rows ``s``
-    apart (rows ``i``, ``i + s``: ``a[c + s]`` with ``b[c]`` where bit ``s`` of ``c`` is 0)."""
+    apart (rows ``i``, ``i + s``: ``a[c + s]`` with ``b[c]`` where bit ``s`` of ``c`` is 0).
+    With ``rows`` and ``cols`` (:func:`transpose_part`), only rows ``r < rows`` and their
+    first ``cols`` elements are read (masked loads, zeros past them) and only vectors ``k <
+    cols`` stored, their first ``rows`` lanes (masked stores)."""
     st, _, _, dt, tt = signature.args[:5]
     sa, da, ta = (context.make_array(t)(context, builder, a)
                   for t, a in ((st, args[0]), (dt, args[3]), (tt, args[4])))
     base, stride, q0, dst_base = args[1], args[2], args[5], args[6]
+    part = len(args) > 7
     itemsize = context.get_abi_sizeof(context.get_value_type(st.dtype))
     n = VECTOR_BYTES // itemsize
     vec = ir.VectorType(context.get_value_type(st.dtype), n)
     vptr = vec.as_pointer()
     intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
-    rows = [builder.load(builder.bitcast(builder.gep(sa.data, [builder.add(
-        base, builder.mul(stride, ir.Constant(intp, r)))]), vptr), align=itemsize)
-        for r in range(n)]
+    lanes = ir.Constant(ir.VectorType(intp, n), list(range(n)))
+    if part:
+        rows_n, cols_n = args[7], args[8]
+        name = f"v{n}{'f32' if itemsize == 4 else 'f64'}"
+        mask_t = ir.VectorType(ir.IntType(1), n)
+        mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            vec, [vptr, i32, mask_t, vec]), f"llvm.masked.load.{name}.p0")
+        mstore = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [vec, vptr, i32, mask_t]), f"llvm.masked.store.{name}.p0")
+        align = ir.Constant(i32, itemsize)
+
+        def below(count: Any) -> Any:  # lanes t < count
+            splat = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(ir.VectorType(intp, n), None), count,
+                                       ir.Constant(i32, 0)),
+                ir.Constant(ir.VectorType(intp, n), None), ir.Constant(ir.VectorType(i32, n),
+                                                                        [0] * n))
+            return builder.icmp_signed("<", lanes, splat)
+
+        col_mask, row_mask = below(cols_n), below(rows_n)
+        none = ir.Constant(mask_t, [0] * n)
+        zero = ir.Constant(vec, [0.0] * n)
+
+    def source(r: int) -> Any:
+        return builder.bitcast(builder.gep(sa.data, [builder.add(
+            base, builder.mul(stride, ir.Constant(intp, r)))]), vptr)
+
+    if part:
+        rows = [builder.call(mload, [source(r), align, builder.select(
+            builder.icmp_signed("<", ir.Constant(intp, r), rows_n), col_mask, none), zero])
+            for r in range(n)]
+    else:
+        rows = [builder.load(source(r), align=itemsize) for r in range(n)]
     s = 1
     while s < n:
         lo = ir.Constant(ir.VectorType(i32, n), [c if c & s == 0 else n + c - s for c in range(n)])
@@ -1096,10 +1131,23 @@ def _emit_transpose(context: Any, builder: Any, signature: Any, args: Any) -> An
                 rows[i + s] = builder.shuffle_vector(a, b, hi)
         s *= 2
     for k in range(n):
-        at = builder.load(builder.gep(ta.data, [builder.add(q0, ir.Constant(intp, k))]))
-        ptr = builder.gep(da.data, [builder.add(dst_base, at)])
-        builder.store(rows[k], builder.bitcast(ptr, vptr), align=itemsize)
+        kept = builder.icmp_signed("<", ir.Constant(intp, k), cols_n) if part else None
+        with builder.if_then(kept) if part else contextlib.nullcontext():
+            at = builder.load(builder.gep(ta.data, [builder.add(q0, ir.Constant(intp, k))]))
+            ptr = builder.bitcast(builder.gep(da.data, [builder.add(dst_base, at)]), vptr)
+            if part:
+                masked_store(builder, mstore, rows[k], ptr, align, row_mask)
+            else:
+                builder.store(rows[k], ptr, align=itemsize)
     return context.get_dummy_value()
+
+
+def _transpose_types(src: Any, dst: Any, table: Any) -> bool:
+    floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                 and a.dtype == src.dtype and a.dtype in (types.float32, types.float64)
+                 for a in (src, dst))
+    return floats and isinstance(table, types.Array) and table.ndim == 1 \
+        and table.dtype == types.int64
 
 
 @intrinsic
@@ -1110,14 +1158,23 @@ def transpose_vectors(typingctx: Any, src: Any, base: Any, stride: Any, dst: Any
     ``log2(lanes)`` stages of shuffles. The channels-last depthwise kernels and the 1x1 weight
     gradient's transposed scratch use it (one element at a time, those copies cost more than
     the arithmetic on small maps)."""
-    floats = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                 and a.dtype == src.dtype and a.dtype in (types.float32, types.float64)
-                 for a in (src, dst))
-    if not (floats and isinstance(table, types.Array) and table.ndim == 1
-            and table.dtype == types.int64):
+    if not _transpose_types(src, dst, table):
         return None
     return (types.void(src, types.intp, types.intp, dst, table, types.intp, types.intp),
             _emit_transpose)
+
+
+@intrinsic
+def transpose_part(typingctx: Any, src: Any, base: Any, stride: Any, dst: Any, table: Any,
+                   q0: Any, dst_base: Any, rows: Any, cols: Any) -> Any:
+    """:func:`transpose_vectors` of the first ``rows`` rows and ``cols`` columns of the square
+    block (each at most a vector's lanes): nothing past them is read or written (masked
+    loads and stores), for the ragged ends of a copy, which one element at a time took as
+    long as the whole vectors (a block of 64 planes of 11x11: 9 of 121 positions a plane)."""
+    if not _transpose_types(src, dst, table):
+        return None
+    i = types.intp
+    return types.void(src, i, i, dst, table, i, i, i, i), _emit_transpose
 
 
 #: Vectors of channels one :data:`taps_vector` call sums at most (independent accumulators:

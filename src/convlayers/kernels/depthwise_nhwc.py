@@ -22,7 +22,13 @@ every accumulator at every tap (three memory operations per multiply-add).
 The copies into and out of the block are transposes: a vector of lanes' planes at a time,
 a vector of positions each, transposed in registers
 (:func:`convlayers.kernels.simd.transpose_vectors`) and stored a pixel (or a lane's plane)
-per vector. One element at a time they took most of the kernel's time on small maps.
+per vector; the ragged ends (a last few planes or positions) the same way under masks
+(:func:`convlayers.kernels.simd.transpose_part`). One element at a time they took most of
+the kernel's time on small maps.
+
+The tiles' taps are one loop over a table of their offsets in the block
+(:func:`_kernel_taps`), not loops over the kernel's rows and columns, so that LLVM keeps the
+tile's pixels' addresses in registers (:func:`_tile_emitter`).
 
 No channel multiplier. :func:`depthwise_channels_last_backward` computes both gradients on
 the same blocks (plain loops over the lanes, not register tiles: its accumulators are the

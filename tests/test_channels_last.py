@@ -200,11 +200,12 @@ def test_dense_skips_only_the_taps_on_the_padding(seed: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("c", [1, 3, 4])
+@pytest.mark.parametrize("c", [1, 3, 4, 8, 16, 21, 37])
 def test_pad_to_channels_last_transposes_and_pads(dtype: type, c: int) -> None:
-    """A stem's copy: the NCHW image at row ``pt``, column ``pl`` of a zeroed NHWC buffer
-    (against NumPy's transpose); RGB images by vectors of pixels, widths that leave a last
-    part shorter than a vector and one of fewer pixels than a vector."""
+    """A stem's or the direct strategy's copy: the NCHW input at row ``pt``, column ``pl`` of
+    a zeroed NHWC buffer (against NumPy's transpose); RGB images by vectors of pixels, 8
+    channels or more by transposed blocks of vectors (channels past whole vectors, widths
+    that leave a last part shorter than a vector and one of fewer pixels than a vector)."""
     rng = np.random.default_rng(c)
     for n, h, w, pt, pl, extra in ((2, 5, 37, 1, 2, 1), (1, 3, 5, 0, 0, 0), (1, 4, 64, 3, 1, 2)):
         x = rng.standard_normal((n, c, h, w)).astype(dtype)

@@ -343,7 +343,17 @@ def test_max_pool_3x3_inside_windows_match_torch(stride: int, dilation: int, pad
 
 
 def test_conversions_and_global_pool() -> None:
+    """Both conversions against NumPy's transpose (from 8 channels the way back transposes
+    blocks of vectors: channels and pixels past whole vectors included), and the global
+    pool against torch."""
     rng = np.random.default_rng(2)
+    for shape, dtype in [((2, 21, 3, 19), np.float32), ((1, 40, 5, 33), np.float64),
+                         ((1, 16, 2, 16), np.float32)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        back = np.full_like(x, np.nan)
+        CL.to_channels_first(last, back)
+        np.testing.assert_array_equal(back, x, err_msg=f"{shape} {dtype.__name__}")
     x = rng.standard_normal((3, 5, 4, 7)).astype(np.float32)
     last = np.empty((3, 4, 7, 5), np.float32)
     CL.to_channels_last(x, last)

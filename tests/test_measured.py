@@ -146,6 +146,31 @@ def test_direct_is_a_candidate_of_dense_float32_forwards_of_many_channels() -> N
                             dilation=(1, 2))
 
 
+@pytest.mark.parametrize("c_out", [5, 16, 17, 32, 33])
+def test_direct_packs_few_output_channels_in_strips_of_their_vectors(c_out: int) -> None:
+    """At most two vectors of output channels pack into strips of those vectors only (the
+    tall tiles read no further); more take whole strips. Forced, every width matches torch
+    (bias, stride, dilation, padding; one thread and two)."""
+    from convlayers.functional._engine_direct import packed_width
+    from convlayers.kernels.simd import VECTOR_BYTES, conv_strip
+
+    lanes = VECTOR_BYTES // 4
+    g = _same((2, 24, 11, 9), (c_out, 24, 3, 3))
+    expected_width = (lanes * -(-c_out // lanes) if c_out <= 2 * lanes else conv_strip() // 4)
+    assert packed_width(g) == min(conv_strip() // 4, expected_width)
+    rng = np.random.default_rng(c_out)
+    x = random_array(rng, (2, 24, 11, 9), np.float32)
+    w = random_array(rng, (c_out, 24, 3, 3), np.float32)
+    b = random_array(rng, (c_out,), np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                         stride=(1, 2), padding=(2, 1), dilation=(2, 1))
+    with config.engine_settings(force="direct"):
+        for threads in (1, 2):
+            with config.settings(threads=threads):
+                got = F.conv2d(x, w, b, stride=(1, 2), padding=(2, 1), dilation=(2, 1))
+                assert_close(got, expected, f"direct, {c_out} channels, {threads} threads")
+
+
 def test_dot_is_a_candidate_of_forwards_of_few_output_and_many_input_channels() -> None:
     """``dot`` joins a forward's candidates with at most 32 output and 16 or more input
     channels a group (any groups and float dtype); forced, it matches torch (bias, groups,

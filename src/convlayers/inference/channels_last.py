@@ -30,8 +30,7 @@ from convlayers.kernels.simd import (
     transpose_vectors,
 )
 
-__all__ = ["dense_to_channels_last", "depthwise", "global_avg_pool", "to_channels_first",
-           "to_channels_last"]
+__all__ = ["dense_to_channels_last", "depthwise", "global_avg_pool", "to_channels_first"]
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -248,18 +247,6 @@ def depthwise_channel_block(channels: int, rows: int, threads: int) -> int:
         return channels
     blocks = -(-4 * threads // rows)
     return min(channels, max(64, -(-channels // blocks + 15) // 16 * 16))
-
-
-@njit(parallel=True, cache=True)
-def to_channels_last(x, out):
-    """``out (N, H, W, C) = x (N, C, H, W)`` transposed; units of one image row."""
-    n_img, c, h, w = x.shape
-    for unit in prange(n_img * h):
-        n, y = unit // h, unit % h
-        for ch in range(c):
-            src = x[n, ch, y]
-            for ix in range(w):
-                out[n, y, ix, ch] = src[ix]
 
 
 @njit(parallel=True, cache=True)

@@ -203,7 +203,8 @@ class ToChannelsLast(Step):
     strategy = "NCHW -> NHWC copy (numba)"
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
-        CL.to_channels_last(v[self.inp][0], v[self.out][0])
+        # the one NCHW -> NHWC transpose, with no padding
+        conv_last.pad_to_channels_last(v[self.inp][0], 0, 0, v[self.out][0])
 
 
 class ToChannelsFirst(Step):

@@ -497,8 +497,10 @@ class EngineSettings:
     #: The planar depthwise kernels serve planes whose padded polyphase copy takes at most this
     #: many bytes (one such plane per thread: a 224x224 map takes 200 KiB).
     planar_bytes: int = 4 * 2**20
-    #: The planar depthwise kernels serve output planes where their flat loops compute at most
-    #: this many positions per output pixel (tiny planes: the row kernels serve). None: the
+    #: The planar depthwise kernels serve output planes of at most 64 pixels where their flat
+    #: loops compute at most this many positions per output pixel (tiny planes: the row
+    #: kernels serve; larger planes take the planar kernels whatever they drop, the row
+    #: kernels' short rows running scalar: :func:`convlayers.functional.plan._depthwise`). None: the
     #: machine's default, 2 where the kernels run 64-byte vectors (AVX-512), else 8: with
     #: AVX2 the row kernels ran 1.8x the planar ones' time (geo-mean; 0.74-6.3x) on 25 random
     #: small depthwise forwards that wasted more than 2.

@@ -17,6 +17,7 @@ from convlayers.kernels.simd import (
     gemm_tiled,
     gemm_tiled_add,
     gemm_tiled_cols,
+    transpose_block,
     transpose_part,
 )
 
@@ -362,4 +363,28 @@ def test_a_part_transpose_reads_and_writes_only_its_rows_and_columns(dtype: type
         for c in range(cols):
             for r in range(rows):
                 expected[dst_base + table[q0 + c] + r] = src[base + r * stride + c]
+        np.testing.assert_array_equal(dst, expected, err_msg=f"rows {rows}, cols {cols}")
+
+
+@njit(cache=True)
+def _transpose_block(src, base, stride, rows, cols, dst, table, dst_base):  # type: ignore[no-untyped-def]
+    transpose_block(src, base, stride, rows, cols, dst, table, dst_base)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_block_transpose_copies_any_rows_and_columns(dtype: type) -> None:
+    """``transpose_block`` puts row ``r``, column ``q`` of a strided block at ``dst_base +
+    table[q] + r`` (against NumPy's transpose), for blocks of whole vectors, of ragged ends
+    on either side and of less than a vector; nothing else of ``dst`` changes."""
+    rng = np.random.default_rng(12)
+    for rows, cols in [(32, 48), (37, 21), (5, 70), (19, 3), (1, 1), (16, 16)]:
+        stride, base, dst_base = cols + 5, 3, 2
+        src = rng.standard_normal(base + rows * stride).astype(dtype)
+        pitch = rows + 3  # each column's run of dst, apart
+        table = np.arange(cols, dtype=np.int64) * pitch
+        dst = np.full(dst_base + cols * pitch + 4, -7.0, dtype)
+        _transpose_block(src, base, stride, rows, cols, dst, table, dst_base)
+        block = src[base: base + rows * stride].reshape(rows, stride)[:, :cols]
+        expected = np.full_like(dst, -7.0)
+        expected[dst_base: dst_base + cols * pitch].reshape(cols, pitch)[:, :rows] = block.T
         np.testing.assert_array_equal(dst, expected, err_msg=f"rows {rows}, cols {cols}")

@@ -26,8 +26,7 @@ from convlayers.kernels.simd import (
     taps_broadcast_run,
     taps_row,
     taps_vector,
-    transpose_part,
-    transpose_vectors,
+    transpose_block,
 )
 
 __all__ = ["dense_to_channels_last", "depthwise", "global_avg_pool", "to_channels_first"]
@@ -253,10 +252,9 @@ def depthwise_channel_block(channels: int, rows: int, threads: int) -> int:
 def to_channels_first(x, out):
     """``out (N, C, H, W) = x (N, H, W, C)`` transposed; units of one image row. From 8
     channels, a vector of pixels by a vector of channels at a time, transposed in registers
-    (:func:`convlayers.kernels.simd.transpose_vectors`, masked parts at the ends): a store
+    (:func:`convlayers.kernels.simd.transpose_block`): a store
     per value, each on another cache line, ran 2-4x as long."""
     n_img, h, w, c = x.shape
-    lanes = VECTOR_BYTES // out.itemsize
     xf = np.ascontiguousarray(x).reshape(x.size)
     of = out.reshape(out.size)
     planes = np.arange(c, dtype=np.int64) * (h * w)  # each channel's plane in an image of out
@@ -268,16 +266,7 @@ def to_channels_first(x, out):
                 for ch in range(c):
                     out[n, ch, y, ix] = src[ch]
             continue
-        row = (n * h + y) * w
-        for ix0 in range(0, w, lanes):
-            pixels = min(lanes, w - ix0)
-            for c0 in range(0, c, lanes):
-                channels = min(lanes, c - c0)
-                at, to = (row + ix0) * c + c0, n * c * h * w + y * w + ix0
-                if pixels == lanes and channels == lanes:
-                    transpose_vectors(xf, at, c, of, planes, c0, to)
-                else:
-                    transpose_part(xf, at, c, of, planes, c0, to, pixels, channels)
+        transpose_block(xf, (n * h + y) * w * c, c, w, c, of, planes, (n * c * h + y) * w)
 
 
 @njit(parallel=True, cache=True)

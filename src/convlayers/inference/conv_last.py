@@ -27,8 +27,7 @@ from convlayers.kernels.simd import (
     conv_slab,
     conv_strip,
     interleave3,
-    transpose_part,
-    transpose_vectors,
+    transpose_block,
 )
 
 __all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "WIDE_SLACK", "dense", "dense_units", "max_pool",
@@ -64,7 +63,6 @@ def pad_to_channels_last(x, pt, pl, out):
     ``pt``, column ``pl``, zeros around (a stem's input: the image as it comes)."""
     n_img, c, h, w = x.shape
     hp = out.shape[1]
-    lanes = VECTOR_BYTES // out.itemsize
     xf = np.ascontiguousarray(x).reshape(x.size)
     columns = np.arange(w, dtype=np.int64) * c  # each pixel's place in a row of out
     for unit in prange(n_img * hp):
@@ -79,19 +77,8 @@ def pad_to_channels_last(x, pt, pl, out):
         # flat indices: a 2-D store per element, after zeroing the whole row, took 3x longer
         # (ResNet's stem, 3 x 224 x 224: 109 us, now 38)
         flat = row.reshape(row.size)
-        if c >= TRANSPOSED_CHANNELS:  # a vector of channels by a vector of pixels at a time,
-            # transposed in registers: a store per value, each on another cache line, ran
-            # at 9 GB/s (5 x 224 x 22 x 22: a quarter of the direct strategy's call)
-            for c0 in range(0, c, lanes):
-                rows = min(lanes, c - c0)
-                base = ((n * c + c0) * h + iy) * w
-                for x0 in range(0, w, lanes):
-                    cols = min(lanes, w - x0)
-                    if rows == lanes and cols == lanes:
-                        transpose_vectors(xf, base + x0, h * w, flat, columns, x0, pl * c + c0)
-                    else:
-                        transpose_part(xf, base + x0, h * w, flat, columns, x0, pl * c + c0,
-                                       rows, cols)
+        if c >= TRANSPOSED_CHANNELS:  # blocks of vectors transposed in registers
+            transpose_block(xf, (n * c * h + iy) * w, h * w, c, w, flat, columns, pl * c)
             continue
         if c == 3:  # an RGB image: a vector of pixels at a time, by shuffles of whole
             # vectors (3 x 224 x 224: 28 us, against 70 for a store per value)

@@ -46,7 +46,6 @@ from convlayers.kernels._typed import FALSE, TRUE, ZERO
 from convlayers.kernels.gemm import gemm_nt_cols_add
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import (
-    VECTOR_BYTES,
     few_columns,
     gemm_few,
     gemm_indirect_cols,
@@ -55,8 +54,7 @@ from convlayers.kernels.simd import (
     gemm_tiled_cols,
     gemm_tiled_cols_add,
     gemm_tiled_inner,
-    transpose_part,
-    transpose_vectors,
+    transpose_block,
 )
 
 __all__ = [
@@ -864,15 +862,13 @@ def pointwise_weight_grad_tiled(x, gy, B, acc):
     transposed) receives thread ``t``'s sum of ``x[n, g][:, blk] @ gy[n, g][:, blk].T``, the
     unit's columns of ``gy`` transposed into scratch first (``C_out/g`` values per column
     against ``C_in/g * C_out/g`` multiply-adds), a square block of a vector's lanes at a time
-    in registers (:func:`convlayers.kernels.simd.transpose_vectors`, its ragged ends by
-    :func:`~convlayers.kernels.simd.transpose_part`; element by element, the
+    in registers (:func:`convlayers.kernels.simd.transpose_block`; element by element, the
     scattered stores took as long as the product on 12x12 maps: 0.49-0.84x the time on 6 of
     8 MobileNet-type layers, none slower). The dot products of :func:`pointwise_weight_grad`
     run along the unit's columns: 9 on a 3x3 map. ``gy`` is C-contiguous."""
     N, G, L = x.shape[0], x.shape[1], x.shape[3]
     Cog = gy.shape[2]
     nb = (L + B - 1) // B
-    step = VECTOR_BYTES // x.itemsize
     tbuf = np.empty((acc.shape[0], B * Cog), dtype=x.dtype)
     rows = np.arange(B, dtype=np.int64) * Cog  # column j of a unit -> its row of the scratch
     gyf = gy.reshape(gy.size)
@@ -882,16 +878,7 @@ def pointwise_weight_grad_tiled(x, gy, B, acc):
         n, _, j0, cols = unit_block(unit, 1, nb, B, L)
         tf = tbuf[t]
         for g in range(G):
-            base = (n * G + g) * Cog * L + j0
-            for c0 in range(0, Cog, step):
-                nrow = min(step, Cog - c0)
-                for jb in range(0, cols, step):
-                    ncol = min(step, cols - jb)
-                    if nrow == step and ncol == step:
-                        transpose_vectors(gyf, base + c0 * L + jb, L, tf, rows, jb, c0)
-                    else:  # the ragged ends: a masked part (a map of 9 columns is all ends)
-                        transpose_part(gyf, base + c0 * L + jb, L, tf, rows, jb, c0, nrow,
-                                       ncol)
+            transpose_block(gyf, (n * G + g) * Cog * L + j0, L, Cog, cols, tf, rows, 0)
             gemm_tiled_add(x[n, g][:, j0:j0 + cols], tf[: cols * Cog].reshape(cols, Cog),
                            acc[t, g])
 

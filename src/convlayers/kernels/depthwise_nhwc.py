@@ -21,10 +21,9 @@ every accumulator at every tap (three memory operations per multiply-add).
 
 The copies into and out of the block are transposes: a vector of lanes' planes at a time,
 a vector of positions each, transposed in registers
-(:func:`convlayers.kernels.simd.transpose_vectors`) and stored a pixel (or a lane's plane)
-per vector; the ragged ends (a last few planes or positions) the same way under masks
-(:func:`convlayers.kernels.simd.transpose_part`). One element at a time they took most of
-the kernel's time on small maps.
+(:func:`convlayers.kernels.simd.transpose_block`) and stored a pixel (or a lane's plane)
+per vector, the ragged ends (a last few planes or positions) under masks. One element at a
+time they took most of the kernel's time on small maps.
 
 The tiles' taps are one loop over a table of their offsets in the block
 (:func:`_kernel_taps`), not loops over the kernel's rows and columns, so that LLVM keeps the
@@ -48,7 +47,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from convlayers.kernels.simd import VECTOR_BYTES, transpose_part, transpose_vectors
+from convlayers.kernels.simd import VECTOR_BYTES, transpose_block
 
 __all__ = ["LANES", "PIXELS", "channels_last_shapes", "depthwise_channels_last",
            "depthwise_channels_last_backward"]
@@ -207,36 +206,15 @@ def _kernel_taps(kh, kw, Wp, dh, dw):
 def _planes_into_block(src, base, count, lanes, offs, dst):
     """Lanes ``0 .. lanes`` of a block, channels-last: position ``q`` of plane ``lane``
     (``src[base + lane*count + q]``, C-contiguous planes of ``count`` positions) to
-    ``dst[offs[q] + lane]``; a vector of lanes by a vector of positions at a time through
-    :func:`convlayers.kernels.simd.transpose_vectors`, the ragged ends (fewer lanes or
-    positions than a vector) through :func:`convlayers.kernels.simd.transpose_part`."""
-    step = VECTOR_BYTES // src.itemsize
-    for l0 in range(0, lanes, step):
-        rows = min(step, lanes - l0)
-        for q0 in range(0, count, step):
-            cols = min(step, count - q0)
-            if rows == step and cols == step:
-                transpose_vectors(src, base + l0 * count + q0, count, dst, offs, q0, l0)
-            else:
-                transpose_part(src, base + l0 * count + q0, count, dst, offs, q0, l0, rows,
-                               cols)
+    ``dst[offs[q] + lane]`` (:func:`convlayers.kernels.simd.transpose_block`)."""
+    transpose_block(src, base, count, lanes, count, dst, offs, 0)
 
 
 @njit(cache=True, fastmath=True, inline="always")
 def _block_into_planes(src, count, lanes, lane_offs, dst, base):
     """The way back: position ``q``'s lane ``lane`` of a C-contiguous ``(count, LANES)`` block
-    (``src[q*LANES + lane]``) to ``dst[base + lane_offs[lane] + q]``, as
-    :func:`_planes_into_block`."""
-    step = VECTOR_BYTES // src.itemsize
-    for l0 in range(0, lanes, step):
-        cols = min(step, lanes - l0)
-        for q0 in range(0, count, step):
-            rows = min(step, count - q0)
-            if rows == step and cols == step:
-                transpose_vectors(src, q0 * LANES + l0, LANES, dst, lane_offs, l0, base + q0)
-            else:
-                transpose_part(src, q0 * LANES + l0, LANES, dst, lane_offs, l0, base + q0,
-                               rows, cols)
+    (``src[q*LANES + lane]``) to ``dst[base + lane_offs[lane] + q]``."""
+    transpose_block(src, 0, LANES, count, lanes, dst, lane_offs, base)
 
 
 @njit(cache=True, inline="always")

@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from convlayers.kernels._bounds import typed_zero, unit_parts
-from convlayers.kernels.simd import VECTOR_BYTES, transpose_part, transpose_vectors
+from convlayers.kernels.simd import VECTOR_BYTES, transpose_block
 
 __all__ = ["SPEC_FIELDS", "dot_forward", "padded_channels"]
 
@@ -151,22 +151,13 @@ _MOST_ROWS = 8
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _channels_last(src, base, stride, channels, count, dst, at, cp, places, lanes):
+def _channels_last(src, base, stride, channels, count, dst, at, cp, places):
     """``dst[at + q*cp + c] = src[base + c*stride + q]`` for ``q < count``, ``c <
     channels``, and zeros in ``channels .. cp``: a vector of channels by a vector of positions
     at a time, transposed in registers (masked parts at the ends): a value at a time, the
     channels read a plane apart each, 224 -> 15 7x7 stride 3 on 5x224x22x22 took 1.45x this
     kernel's time (0.82-0.90x on 64-413 input channels, the same on 262 -> 32 6x6)."""
-    for c0 in range(0, channels, lanes):
-        rows = min(lanes, channels - c0)
-        for q0 in range(0, count, lanes):
-            cols = min(lanes, count - q0)
-            if rows == lanes and cols == lanes:
-                transpose_vectors(src, base + c0 * stride + q0, stride, dst, places, q0,
-                                  at + c0)
-            else:
-                transpose_part(src, base + c0 * stride + q0, stride, dst, places, q0, at + c0,
-                               rows, cols)
+    transpose_block(src, base, stride, channels, count, dst, places, at)
     if channels < cp:
         for q in range(count):
             d = dst[at + q * cp + channels: at + (q + 1) * cp]
@@ -193,7 +184,6 @@ def dot_forward(x, w, bias, sh, sw, dh, dw, pt, pl, Wo, PB, xbuf, wbuf, out):
     Cp = wbuf.size // (C_out * K)
     pixels = H * W + 1
     in_rows = N * G * H
-    lanes = VECTOR_BYTES // x.itemsize
     xf, wf = x.reshape(x.size), w.reshape(w.size)
     places = np.arange(max(W, K), dtype=np.int64) * Cp  # a pixel's (a tap's) row of a copy
     for r in prange(in_rows + C_out):  # the copies: a row of the input or an output channel
@@ -201,14 +191,14 @@ def dot_forward(x, w, bias, sh, sw, dh, dw, pt, pl, Wo, PB, xbuf, wbuf, out):
             n, g, h = unit_parts(r, G, H)
             at = ((n * G + g) * pixels + h * W) * Cp
             _channels_last(xf, ((n * C_in + g * Cig) * H + h) * W, H * W, Cig, W, xbuf, at,
-                           Cp, places, lanes)
+                           Cp, places)
             if h == H - 1:
                 d = xbuf[((n * G + g) * pixels + H * W) * Cp: ((n * G + g) * pixels + pixels) * Cp]
                 for c in range(Cp):
                     d[c] = 0
         else:  # tap t of the channel to wbuf[(co*K + t)*Cp : ... + Cig]
             co = r - in_rows
-            _channels_last(wf, co * Cig * K, K, Cig, K, wbuf, co * K * Cp, Cp, places, lanes)
+            _channels_last(wf, co * Cig * K, K, Cig, K, wbuf, co * K * Cp, Cp, places)
 
     P = out.shape[2]
     NP = N * P

@@ -50,7 +50,8 @@ __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_RO
            "few_columns", "gemm_few", "gemm_indirect", "gemm_indirect_left_add",
            "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
            "gemm_tiled_inner", "interleave3", "masked_store", "pack_conv_weights", "taps_broadcast",
-           "taps_row", "taps_vector", "transpose_part", "transpose_vectors", "vector_bytes"]
+           "taps_row", "taps_vector", "transpose_block", "transpose_part", "transpose_vectors",
+           "vector_bytes"]
 
 
 def vector_bytes() -> int:
@@ -1175,6 +1176,28 @@ def transpose_part(typingctx: Any, src: Any, base: Any, stride: Any, dst: Any, t
         return None
     i = types.intp
     return types.void(src, i, i, dst, table, i, i, i, i), _emit_transpose
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def transpose_block(src, base, stride, rows, cols, dst, table, dst_base):
+    """``dst[dst_base + table[q] + r] = src[base + r*stride + q]`` for ``r < rows``, ``q <
+    cols`` (1-D C-contiguous float arrays of one dtype, an int64 ``table`` of at least
+    ``cols`` entries): the layout copies between channels-first and channels-last, a
+    vector's lanes of rows by a vector of columns at a time through
+    :func:`transpose_vectors`, the ragged ends through :func:`transpose_part`. Nothing past
+    the block is read or written. A store per value, each on another cache line, ran 2-4x
+    as long (9 GB/s: a quarter of the direct strategy's call on 224 -> 15 7x7 stride 3)."""
+    lanes = VECTOR_BYTES // src.itemsize
+    for r0 in range(0, rows, lanes):
+        nr = min(lanes, rows - r0)
+        for q0 in range(0, cols, lanes):
+            nq = min(lanes, cols - q0)
+            if nr == lanes and nq == lanes:
+                transpose_vectors(src, base + r0 * stride + q0, stride, dst, table, q0,
+                                  dst_base + r0)
+            else:
+                transpose_part(src, base + r0 * stride + q0, stride, dst, table, q0,
+                               dst_base + r0, nr, nq)
 
 
 #: Vectors of channels one :data:`taps_vector` call sums at most (independent accumulators:

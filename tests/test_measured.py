@@ -175,22 +175,29 @@ def test_direct_packs_few_output_channels_in_strips_of_their_vectors(c_out: int)
 
 
 def test_dot_is_a_candidate_of_forwards_of_few_output_and_many_input_channels() -> None:
-    """``dot`` joins a forward's candidates with at most 32 output and 16 or more input
-    channels a group (any groups and float dtype); forced, it matches torch (bias, groups,
-    stride, dilation, padding that swallows whole kernel rows, channels past a whole vector,
-    a tile spanning two images) and serves no gradient."""
+    """``dot`` joins a forward's candidates with 16 or more input channels a group and at
+    most 32 output channels a group or 16 output positions an image (any groups and float
+    dtype); forced, it matches torch (bias, groups, stride, dilation, padding that swallows
+    whole kernel rows, channels past a whole vector, a tile spanning two images, hundreds of
+    output channels on a map of one position) and serves no gradient."""
     few = geometry((4, 413, 9, 9), (5, 413, 7, 7), (1, 1), (3, 3), 1, ((9, 9), (9, 9)),
                    (9, 9), np.float32)
     assert "dot" in _measured.candidates(few, "implicit")
     grouped = _same((2, 64, 12, 12), (16, 32, 3, 3), groups=2, dtype=np.float64)
     assert "dot" in _measured.candidates(grouped, "implicit")
+    small_map = geometry((5, 64, 9, 9), (302, 32, 5, 5), (1, 1), (2, 2), 2, ((0, 0), (0, 0)),
+                         (1, 1), np.float32)  # many output channels, one position an image
+    assert "dot" in _measured.candidates(small_map, "lowered")
+    assert "dot" in _measured.candidates(_same((1, 48, 4, 4), (100, 48, 3, 3)), "lowered")
     for other in (_same((2, 64, 12, 12), (66, 64, 3, 3)),  # too many output channels
+                  _same((1, 48, 5, 5), (100, 48, 3, 3)),  # and 25 positions
                   _same((2, 60, 12, 12), (20, 15, 3, 3), groups=4)):  # too few input channels
         assert "dot" not in _measured.candidates(other, "implicit")
     rng = np.random.default_rng(8)
     for dtype, (x_shape, w_shape, stride, padding, dilation, groups) in [
             (np.float32, ((3, 70, 9, 8), (6, 35, 7, 3), (1, 2), (9, 2), (3, 1), 2)),
             (np.float64, ((2, 40, 5, 6), (6, 40, 3, 3), (2, 1), (1, 3), (1, 2), 1)),
+            (np.float32, ((5, 64, 9, 9), (302, 32, 5, 5), (1, 1), (0, 0), (2, 2), 2)),
             (np.float32, ((5, 17, 3, 3), (3, 17, 2, 2), (1, 1), (0, 0), (1, 1), 1))]:
         x = random_array(rng, x_shape, dtype)
         w = random_array(rng, w_shape, dtype)

@@ -45,7 +45,11 @@ from typing import Any
 
 from convlayers import config
 from convlayers.functional import _ready
-from convlayers.functional._engine_dot import DOT_MAX_OUT_CHANNELS, DOT_MIN_IN_CHANNELS
+from convlayers.functional._engine_dot import (
+    DOT_MAX_OUT_CHANNELS,
+    DOT_MAX_POSITIONS,
+    DOT_MIN_IN_CHANNELS,
+)
 from convlayers.functional.plan import Geometry, cannot_serve, dense_position_costs
 
 __all__ = ["SWAPPED", "candidates", "forget_measurements", "measured_choices", "measured_strategy",
@@ -83,13 +87,13 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     position: ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are within
     ``measure_band`` of each other (:func:`convlayers.functional.plan.dense_position_costs`),
     ``direct`` where it serves (one group, float32) on :data:`DIRECT_MIN_CHANNELS` input
-    channels or more, and ``dot`` on at most ``DOT_MAX_OUT_CHANNELS`` output and
-    ``DOT_MIN_IN_CHANNELS`` or more input channels a group (:mod:`convlayers.functional.
-    _engine_dot`); for a multiplier's forward (which the model does not price: 24->96
-    1x5 stride 2 on 32x24x13x13 ran 0.52 ms by the implicit GEMM it plans, 0.36 lowered,
-    torch 0.36) and for a gradient, both; a dense or grouped 1x1 forward with a stride,
-    planned ``pointwise``, against the implicit GEMM (:data:`_STRIDED_POINTWISE`).
-    Remembered per geometry and settings (every call asks)."""
+    channels or more, and ``dot`` on ``DOT_MIN_IN_CHANNELS`` or more input channels a group
+    and at most ``DOT_MAX_OUT_CHANNELS`` output channels a group or ``DOT_MAX_POSITIONS``
+    output positions an image (:mod:`convlayers.functional._engine_dot`); for a multiplier's
+    forward (which the model does not price: 24->96 1x5 stride 2 on 32x24x13x13 ran 0.52 ms
+    by the implicit GEMM it plans, 0.36 lowered, torch 0.36) and for a gradient, both; a
+    dense or grouped 1x1 forward with a stride, planned ``pointwise``, against the implicit
+    GEMM (:data:`_STRIDED_POINTWISE`). Remembered per geometry and settings (every call asks)."""
     return _candidates(g, strategy, pass_, config.engine_version())
 
 
@@ -115,7 +119,8 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
             and cannot_serve("direct", g, pass_) is None):
         found += ("direct",)
     if (pass_ == "forward" and g.c_in_g >= DOT_MIN_IN_CHANNELS
-            and g.c_out_g <= DOT_MAX_OUT_CHANNELS and cannot_serve("dot", g, pass_) is None):
+            and (g.c_out_g <= DOT_MAX_OUT_CHANNELS or g.ho * g.wo <= DOT_MAX_POSITIONS)
+            and cannot_serve("dot", g, pass_) is None):
         found += ("dot",)
     return found if len(found) > 1 and strategy in found else ()
 

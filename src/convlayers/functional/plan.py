@@ -73,7 +73,8 @@ dot            Few output channels, many input channels: each output a dot produ
                output channels, summed across lanes once), only the taps inside the input
                (:mod:`convlayers.functional._engine_dot`). Any kernel, stride, dilation and
                groups. Never chosen by rule: measured against the implicit GEMM or im2col
-               the planner chose (at most 32 output and 16 or more input channels a group).
+               the planner chose (16 or more input channels a group, and at most 32 output
+               channels a group or 16 output positions an image).
                Forward only.
 numpy          The NumPy loop: one GEMM per kernel offset over the outputs whose tap lies inside
                the input (borders read by bounds, nothing padded). Any rank, any float dtype;
@@ -165,7 +166,8 @@ STRATEGIES: dict[str, str] = {
     "implicit": "implicit GEMM over a padded, phase-split input slab: no im2col",
     "lowered": "im2col and register-tiled GEMMs in units sized for the threads (col2im back)",
     "direct": "dense forward, channels-last: tiles of pixels x output channels over every tap",
-    "dot": "forward, few output channels: dot products along channels-last input channels",
+    "dot": "forward, few output channels or positions: dot products along channels-last "
+           "input channels",
     "numpy": "NumPy: one GEMM per kernel offset, borders by bounds (any rank and float dtype)",
 }
 

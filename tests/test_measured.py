@@ -38,7 +38,7 @@ def test_the_fastest_strategy_is_kept_and_asked_only_once() -> None:
 
         def run(name: str, fast: str = fast, calls: list[str] = calls) -> None:
             calls.append(name)
-            time.sleep(0 if name == fast else 0.005)
+            time.sleep(0 if name == fast else 0.02)  # rounds past QUICK_MS: ROUNDS of them
 
         assert _measured.measured_strategy(g, "forward", "implicit", run) == "implicit"
         assert calls == [] and _measured.measured_choices() == {}
@@ -56,7 +56,7 @@ def test_the_fastest_strategy_is_kept_and_asked_only_once() -> None:
 
         def timed(name: str, fast: str = fast, calls: list[str] = calls) -> None:
             calls.append(name)
-            time.sleep(0 if name == fast else 0.005)
+            time.sleep(0 if name == fast else 0.02)
 
         if pass_ == "forward":
             with _measured.on_first_call():
@@ -279,6 +279,27 @@ def test_a_swapped_layer_measures_direct_on_its_planes_as_they_are() -> None:
     assert choice in (_measured.SWAPPED, "direct", "dot")
     planned = F.plan(x.shape, w.shape).forward
     assert planned == choice if choice != _measured.SWAPPED else planned in ("implicit", "lowered")
+    _measured.forget_measurements()
+
+
+def test_a_quick_measurement_runs_more_rounds() -> None:
+    """Runs that take no time get ``MAX_ROUNDS`` rounds; once the rounds so far took
+    ``QUICK_MS``, a measurement stops after ``ROUNDS`` of them (and never before)."""
+    g = _geometry()
+    names = _measured.candidates(g, "implicit")
+    for pause, rounds in ((0.0, _measured.MAX_ROUNDS),
+                          (_measured.QUICK_MS / 1000 / len(names) / 2, _measured.ROUNDS)):
+        calls: list[str] = []
+
+        def run(name: str, pause: float = pause, calls: list[str] = calls) -> None:
+            calls.append(name)
+            time.sleep(pause)
+
+        _measured.forget_measurements()
+        with _measured.on_first_call():
+            _measured.measured_strategy(g, "forward", "implicit", run)
+        assert sorted(calls) == sorted(list(names) * rounds), (pause, len(calls))
+    assert _measured.ROUNDS < _measured.MAX_ROUNDS
     _measured.forget_measurements()
 
 

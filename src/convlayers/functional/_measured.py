@@ -14,8 +14,9 @@ weight packing no simple model prices, and one of few output channels on the ``d
 (vectors along the input channels, the taps in the padding skipped).
 
 A pass of at least ``config.engine.measure_min_macs`` multiply-adds runs its
-:func:`candidates` three times each, alternating, times them, and keeps the fastest for every
-later call of that geometry, settings and thread count: remembered in this process only
+:func:`candidates` three times each (up to nine while that is quick), alternating, times them,
+and keeps the fastest for every later call of that geometry, settings and thread count:
+remembered in this process only
 (:func:`measured_choices`), never on disk. The candidates: a forward's planned strategy, the
 other of implicit and lowered where the model's two costs are within
 ``config.engine.measure_band`` of each other, and ``direct`` where it serves (one group,
@@ -58,6 +59,14 @@ __all__ = ["SWAPPED", "candidates", "forget_measurements", "measured_choices", "
 #: Runs of each candidate per measurement, alternating; the shortest of each counts (a first
 #: run may load or compile its kernels, and another process's burst hits one run, not three).
 ROUNDS = 3
+#: Rounds a measurement runs at most: more than :data:`ROUNDS` while all its rounds so far took
+#: under :data:`QUICK_MS`. On a shared machine a burst often hits two of three runs of a
+#: layer of a millisecond: 269->43 3x3 stride 3 on 8x269x18x18, whose direct forward runs
+#: 0.5-0.7 ms and the implicit GEMM 0.6-0.8, kept the implicit GEMM in 8 of 12 measurements
+#: of three rounds (direct's runs hit at 0.9-7 ms).
+MAX_ROUNDS = 9
+#: Milliseconds of measuring within which a measurement adds rounds up to :data:`MAX_ROUNDS`.
+QUICK_MS = 30
 #: The other strategy replaces the planner's only when it took less than ``1 - TIE`` of its
 #: time: a near tie keeps the model's choice, the same in every process.
 TIE = 0.05
@@ -162,7 +171,8 @@ def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str
     """The strategy of ``pass_`` for ``g``: ``strategy`` (the planner's) unless
     :func:`unsure`, then the fastest of :func:`candidates` as measured by ``run(name)``
     (:data:`ROUNDS` calls each, alternating, fewer once the rounds took
-    ``config.engine.measure_budget_ms``; the shortest of each kept; another strategy only
+    ``config.engine.measure_budget_ms``, more up to :data:`MAX_ROUNDS` while they took under
+    :data:`QUICK_MS`; the shortest of each kept; another strategy only
     when :data:`TIE` faster than the planner's), remembered: a gradient on its first call, a
     forward on its second (its first takes ``strategy``), or its first in
     :func:`on_first_call`."""
@@ -179,13 +189,16 @@ def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str
     if not best:
         times = dict.fromkeys(names, float("inf"))
         began = time.perf_counter()
-        for _ in range(ROUNDS):
+        for done in range(1, MAX_ROUNDS + 1):
             for name in names:
                 start = time.perf_counter()
                 run(name)
                 times[name] = min(times[name], time.perf_counter() - start)
-            if time.perf_counter() - began > config.engine.measure_budget_ms / 1000:
+            spent = time.perf_counter() - began
+            if spent > config.engine.measure_budget_ms / 1000:
                 break  # a large layer: the runs so far decide
+            if done >= ROUNDS and spent > QUICK_MS / 1000:
+                break  # more rounds only for quick layers
         other = min((name for name in names if name != strategy), key=times.__getitem__)
         best = other if times[other] < (1 - TIE) * times[strategy] else strategy
         _CHOICES[key] = best

@@ -322,12 +322,14 @@ def test_a_measurement_of_slow_runs_stops_at_its_budget() -> None:
 
 def test_a_channel_multipliers_forward_is_measured_and_matches_torch() -> None:
     """A depthwise layer with a channel multiplier, planned on the implicit GEMM, measures it
-    against im2col (the model prices neither for it); pure depthwise layers keep their own
-    kernels unmeasured."""
+    against im2col and, where their scratch fits, the planar depthwise kernels (the model
+    prices none of them for it); pure depthwise layers keep their own kernels unmeasured."""
     _measured.forget_measurements()
     g = geometry((32, 24, 13, 13), (96, 1, 1, 5), (2, 2), (1, 1), 24, ((0, 0), (2, 2)), (7, 7),
                  np.float32)
-    assert _measured.candidates(g, "implicit") == ("implicit", "lowered")
+    assert _measured.candidates(g, "implicit") == ("implicit", "lowered", "depthwise-planar")
+    with config.engine_settings(planar_bytes=64):  # the planar scratch does not fit
+        assert _measured.candidates(g, "implicit") == ("implicit", "lowered")
     pure = geometry((32, 24, 13, 13), (24, 1, 1, 5), (2, 2), (1, 1), 24, ((0, 0), (2, 2)),
                     (7, 7), np.float32)
     assert _measured.candidates(pure, "depthwise-planar") == ()
@@ -338,8 +340,11 @@ def test_a_channel_multipliers_forward_is_measured_and_matches_torch() -> None:
                          groups=24)
     for call in ("first", "second", "later"):
         assert_close(F.conv2d(x, w, stride=2, padding=(0, 2), groups=24), expected, call)
-    assert set(_measured.measured_choices().values()) <= {"implicit", "lowered"}
+    assert set(_measured.measured_choices().values()) <= {"implicit", "lowered",
+                                                          "depthwise-planar"}
     assert [key[0] for key in _measured.measured_choices()] == ["forward"]
+    with config.engine_settings(force="depthwise-planar"):  # each candidate matches torch
+        assert_close(F.conv2d(x, w, stride=2, padding=(0, 2), groups=24), expected, "planar")
     _measured.forget_measurements()
 
 

@@ -323,7 +323,7 @@ def test_a_measurement_of_slow_runs_stops_at_its_budget() -> None:
 def test_a_channel_multipliers_forward_is_measured_and_matches_torch() -> None:
     """A depthwise layer with a channel multiplier, planned on the implicit GEMM, measures it
     against im2col and, where their scratch fits, the planar depthwise kernels (the model
-    prices none of them for it); pure depthwise layers keep their own kernels unmeasured."""
+    prices none of them for it); pure depthwise layers measure their own two kernels only."""
     _measured.forget_measurements()
     g = geometry((32, 24, 13, 13), (96, 1, 1, 5), (2, 2), (1, 1), 24, ((0, 0), (2, 2)), (7, 7),
                  np.float32)
@@ -332,7 +332,8 @@ def test_a_channel_multipliers_forward_is_measured_and_matches_torch() -> None:
         assert _measured.candidates(g, "implicit") == ("implicit", "lowered")
     pure = geometry((32, 24, 13, 13), (24, 1, 1, 5), (2, 2), (1, 1), 24, ((0, 0), (2, 2)),
                     (7, 7), np.float32)
-    assert _measured.candidates(pure, "depthwise-planar") == ()
+    assert _measured.candidates(pure, "depthwise-planar") == ("depthwise-channels-last",
+                                                              "depthwise-planar")
     rng = np.random.default_rng(8)
     x = random_array(rng, (32, 24, 13, 13), np.float32)
     w = random_array(rng, (96, 1, 1, 5), np.float32)
@@ -345,6 +346,34 @@ def test_a_channel_multipliers_forward_is_measured_and_matches_torch() -> None:
     assert [key[0] for key in _measured.measured_choices()] == ["forward"]
     with config.engine_settings(force="depthwise-planar"):  # each candidate matches torch
         assert_close(F.conv2d(x, w, stride=2, padding=(0, 2), groups=24), expected, "planar")
+    _measured.forget_measurements()
+
+
+def test_a_depthwise_forward_measures_channels_last_against_planar_where_both_serve() -> None:
+    """A depthwise forward without a multiplier measures the channels-last kernels against the
+    planar ones where both serve, whichever the rule picked; where one cannot (too few planes
+    for channels-last, a planar scratch past its cap) or for a gradient, nothing is measured.
+    Every call matches torch."""
+    _measured.forget_measurements()
+    g = geometry((8, 40, 37, 37), (40, 1, 4, 4), (3, 3), (1, 1), 40, ((1, 1), (1, 1)),
+                 (12, 12), np.float32)
+    pair = ("depthwise-channels-last", "depthwise-planar")
+    for planned in pair:
+        assert _measured.candidates(g, planned) == pair
+        assert _measured.candidates(g, planned, "input_grad") == ()
+    few = geometry((1, 4, 37, 37), (4, 1, 4, 4), (3, 3), (1, 1), 4, ((1, 1), (1, 1)),
+                   (12, 12), np.float32)  # 4 planes: fewer than channels_last_channels
+    assert _measured.candidates(few, "depthwise-planar") == ()
+    with config.engine_settings(planar_bytes=64):
+        assert _measured.candidates(g, "depthwise-channels-last") == ()
+    rng = np.random.default_rng(10)
+    x = random_array(rng, (8, 40, 37, 37), np.float32)
+    w = random_array(rng, (40, 1, 4, 4), np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=3, padding=1,
+                         groups=40)
+    for call in ("first", "second", "later"):
+        assert_close(F.conv2d(x, w, stride=3, padding=1, groups=40), expected, call)
+    assert list(_measured.measured_choices().values())[0] in pair
     _measured.forget_measurements()
 
 

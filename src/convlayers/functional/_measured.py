@@ -51,7 +51,13 @@ from convlayers.functional._engine_dot import (
     DOT_MAX_POSITIONS,
     DOT_MIN_IN_CHANNELS,
 )
-from convlayers.functional.plan import Geometry, cannot_serve, dense_position_costs, planar_fits
+from convlayers.functional.plan import (
+    Geometry,
+    cannot_serve,
+    channels_last_serves,
+    dense_position_costs,
+    planar_fits,
+)
 
 __all__ = ["SWAPPED", "candidates", "forget_measurements", "measured_choices", "measured_strategy",
            "on_first_call", "remembered_choice", "unsure"]
@@ -76,6 +82,11 @@ _FIRST_CALL: ContextVar[bool] = ContextVar("convlayers_measure_first_call", defa
 _CHOICES: dict[tuple[Any, ...], str] = {}
 #: The strategies the planner's rules pick between for a dense or grouped pass.
 _PAIR = ("implicit", "lowered")
+#: The depthwise forwards (no multiplier) measured against each other where both serve: the
+#: planner's rule between them (planes, pixels, block bytes) fits the layers it was tuned on,
+#: not each (40 channels 4x4 stride 3 on 8x40x37x37, 320 planes of 12x12: 1.18x torch's
+#: time planar, by the rule, 0.70x channels-last).
+_DEPTHWISE_PAIR = ("depthwise-channels-last", "depthwise-planar")
 #: The planner's choice of a forward it runs on transposed planes (``plan.swaps_axes``):
 #: measured, where ``direct`` serves, against ``direct`` on the planes as they are.
 SWAPPED = "swapped"
@@ -119,6 +130,11 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
         return ()
     if strategy == "pointwise":
         return _STRIDED_POINTWISE if pass_ == "forward" and _strided_pointwise(g) else ()
+    if strategy in _DEPTHWISE_PAIR:
+        if pass_ != "forward" or g.c_in_g != 1 or g.c_out != g.c_in:
+            return ()
+        both = channels_last_serves(g) and planar_fits(g)
+        return _DEPTHWISE_PAIR if both else ()
     if strategy not in (*_PAIR, SWAPPED):
         return ()
     if strategy == SWAPPED:

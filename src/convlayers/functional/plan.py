@@ -136,6 +136,7 @@ conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, 
 ...     print(plan((6, 143, 39, 39), (143, 1, 3, 1), stride=3, dilation=2, groups=143))
 conv2d (6, 143, 39, 39) float32 -> 143 channels, kernel 3x1, stride 3, padding 0, dilation 2, groups 143
   reads one stride phase (39x13): stride 3x1, dilation 2x1
+  forward: depthwise-channels-last or depthwise-planar, the fastest as measured on the second call
   forward      depthwise-channels-last
   input grad   depthwise-channels-last
   weight grad  depthwise-channels-last
@@ -567,6 +568,16 @@ def channels_last_fits(channels: int, in_hw: tuple[int, int], pad: tuple[int, in
             and math.prod(padded) * itemsize <= e.planar_bytes)
 
 
+def channels_last_serves(g: Geometry) -> bool:
+    """Whether the channels-last depthwise forward can run ``g``: a depthwise layer without a
+    multiplier within :func:`channels_last_fits` (whether it should is
+    :func:`_channels_last_forward`'s rule, or a measurement's)."""
+    if g.c_in_g != 1 or g.c_out != g.c_in:
+        return False
+    shape = ((g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
+    return channels_last_fits(g.c_in, *shape, g.itemsize, images=g.n)
+
+
 def _channels_last_forward(g: Geometry) -> bool:
     """Whether a depthwise forward without a multiplier runs channels-last:
     :func:`channels_last_fits`, enough planes (:func:`_many_planes`) and its block's padded
@@ -574,9 +585,9 @@ def _channels_last_forward(g: Geometry) -> bool:
     only the row kernels could, 2.5-14x slower on the layers measured)."""
     from convlayers.kernels.depthwise_nhwc import channels_last_shapes
 
-    shape = ((g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
-    if not channels_last_fits(g.c_in, *shape, g.itemsize, images=g.n):
+    if not channels_last_serves(g):
         return False
+    shape = ((g.h, g.w), (g.pt, g.pl), (g.ho, g.wo), (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw))
     padded = channels_last_shapes(1, g.c_in, *shape)[0]
     return ((_many_planes(g)
              and math.prod(padded) * g.itemsize <= config.engine.channels_last_block_bytes)

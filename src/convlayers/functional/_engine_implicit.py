@@ -299,14 +299,31 @@ def channels_last_pays(g: Geometry) -> bool:
     every input pixel for a quarter of them read) and a copy of at most 1 MiB a group (every tap
     reads all of it again). On 46 random layers with fewer than 48 output channels those the
     rule admits ran 0.33-0.97x the other kernel's time (one 1.04x); 2x2 kernels, strides of 3,
-    6-49 input channels and 83x83-119x119 maps ran up to 2.1x."""
+    6-49 input channels and 83x83-119x119 maps ran up to 2.1x.
+
+    Also admitted: 24-63 input channels under a kernel of 24 taps or more at stride 1, with at
+    most 32 output channels (:data:`FEW_CHANNELS_LAST`). On 108 layers of the sweeps with
+    12-63 input channels the kernels split about evenly (0.34-2.1x), the big stride-1 kernels
+    mostly gaining; on 30 new random layers in the admitted range but any stride, the 19 of
+    stride 1 ran 0.35-0.91x the other kernel's time but one (1.20x: 29->9 7x7 dilation 3 on
+    58x58 maps), those of stride 2 0.58-1.39x (left out). 44->32 7x7 on 6x44x33x11: 3.0 ms ->
+    1.6 ms (torch's whole backward 2.8)."""
     from convlayers.kernels.simd import TILE_VECTORS, VECTOR_BYTES
 
     hp = (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1
     wp = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1
-    return (g.c_out_g < TILE_VECTORS * VECTOR_BYTES // g.itemsize and g.c_in_g >= 64
-            and g.kh * g.kw >= 6 and g.sh * g.sw <= 4
+    taps = g.kh * g.kw
+    many = g.c_in_g >= 64 and taps >= 6 and g.sh * g.sw <= 4
+    big_kernel = (g.c_in_g >= FEW_CHANNELS_LAST[0] and taps >= FEW_CHANNELS_LAST[1]
+                  and g.c_out_g <= FEW_CHANNELS_LAST[2] and g.sh == g.sw == 1)
+    return (g.c_out_g < TILE_VECTORS * VECTOR_BYTES // g.itemsize and (many or big_kernel)
             and hp * wp * g.c_in_g * g.itemsize <= 2**20)
+
+
+#: ``(input channels, taps, output channels)``: from how many input channels and kernel taps,
+#: and up to how many output channels a group, a stride-1 weight gradient takes the
+#: channels-last kernel with fewer than 64 input channels (:func:`channels_last_pays`).
+FEW_CHANNELS_LAST = (24, 24, 32)
 
 
 #: Input channels a group from which too few units of whole slabs split the channels

@@ -1,4 +1,4 @@
-"""One-time measurements of a dense layer's strategy where the planner cannot be sure.
+"""One-time measurements of a layer's strategy where the planner cannot be sure.
 
 The planner weighs the implicit GEMM (the positions it computes and drops) against im2col (the
 values it copies) by :func:`convlayers.functional.plan._implicit_pays`. Near the break-even the
@@ -10,19 +10,22 @@ strategy's best of five interleaved runs) their input gradient ran 1.026x the fa
 time (geo-mean), 1.1-1.9x on 7 of them (493->38 5x5 on 1x493x17x17: 1.50 ms by the implicit
 GEMM, 1.12 lowered); their weight gradient 1.015x (up to 1.25x). And a dense forward of many
 channels may run faster still on the channels-last ``direct`` kernel, whose transposes and
-weight packing no simple model prices, and one of few output channels on the ``dot`` kernel
-(vectors along the input channels, the taps in the padding skipped).
+weight packing no simple model prices, and one of few output channels or positions on the
+``dot`` kernel (vectors along the input channels, the taps in the padding skipped). The
+depthwise rules are guesses too: between the channels-last and planar kernels, and for a
+channel multiplier between the implicit GEMM and the planar kernels.
 
 A pass of at least ``config.engine.measure_min_macs`` multiply-adds runs its
 :func:`candidates` three times each (up to nine while that is quick), alternating, times them,
 and keeps the fastest for every later call of that geometry, settings and thread count:
-remembered in this process only
-(:func:`measured_choices`), never on disk. The candidates: a forward's planned strategy, the
-other of implicit and lowered where the model's two costs are within
-``config.engine.measure_band`` of each other, and ``direct`` where it serves (one group,
+remembered in this process only (:func:`measured_choices`), never on disk. The candidates: a
+forward's planned strategy, the other of implicit and lowered where the model's two costs are
+within ``config.engine.measure_band`` of each other, ``direct`` where it serves (one group,
 float32, 16 input channels or more; a forward the planner runs on swapped axes is measured
-against ``direct`` on its planes as given); a gradient's implicit and lowered (a transposed
-convolution's forward is an input gradient). A gradient is measured on its first call, and so
+against ``direct`` on its planes as given) and ``dot`` where it may pay; a depthwise forward's
+channels-last and planar kernels where both serve, a multiplier's planar kernels beside the
+implicit GEMM and im2col; a gradient's implicit and lowered (a transposed convolution's
+forward is an input gradient). A gradient is measured on its first call, and so
 is a forward while training (autograd's recorded forwards and the gradient functions run in
 :func:`on_first_call`): every step of a training run then takes one strategy per layer, and
 two runs with the same seed in one process give the same weights. Any other forward is

@@ -352,8 +352,8 @@ def test_a_channel_multipliers_forward_is_measured_and_matches_torch() -> None:
 def test_a_depthwise_forward_measures_channels_last_against_planar_where_both_serve() -> None:
     """A depthwise forward without a multiplier measures the channels-last kernels against the
     planar ones where both serve, whichever the rule picked; where one cannot (too few planes
-    for channels-last, a planar scratch past its cap) or for a gradient, nothing is measured.
-    Every call matches torch."""
+    for channels-last, padded copies past ``planar_bytes``) or for a gradient, nothing is
+    measured. Every call, and each candidate forced, matches torch."""
     _measured.forget_measurements()
     g = geometry((8, 40, 37, 37), (40, 1, 4, 4), (3, 3), (1, 1), 40, ((1, 1), (1, 1)),
                  (12, 12), np.float32)
@@ -374,6 +374,9 @@ def test_a_depthwise_forward_measures_channels_last_against_planar_where_both_se
     for call in ("first", "second", "later"):
         assert_close(F.conv2d(x, w, stride=3, padding=1, groups=40), expected, call)
     assert next(iter(_measured.measured_choices().values())) in pair
+    for name in pair:  # each candidate, whichever the measurement kept
+        with config.engine_settings(force=name):
+            assert_close(F.conv2d(x, w, stride=3, padding=1, groups=40), expected, name)
     _measured.forget_measurements()
 
 

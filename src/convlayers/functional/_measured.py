@@ -59,6 +59,7 @@ from convlayers.functional.plan import (
     cannot_serve,
     channels_last_serves,
     dense_position_costs,
+    multiplier_forward,
     planar_fits,
 )
 
@@ -133,10 +134,8 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
         return ()
     if strategy == "pointwise":
         return _STRIDED_POINTWISE if pass_ == "forward" and _strided_pointwise(g) else ()
-    if strategy in _DEPTHWISE_PAIR:
-        if pass_ != "forward" or g.c_in_g != 1 or g.c_out != g.c_in:
-            return ()
-        both = channels_last_serves(g) and planar_fits(g)
+    if strategy in _DEPTHWISE_PAIR:  # (channels_last_serves: depthwise, no multiplier)
+        both = pass_ == "forward" and channels_last_serves(g) and planar_fits(g)
         return _DEPTHWISE_PAIR if both else ()
     if strategy not in (*_PAIR, SWAPPED):
         return ()
@@ -155,15 +154,9 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
             and (g.c_out_g <= DOT_MAX_OUT_CHANNELS or g.ho * g.wo <= DOT_MAX_POSITIONS)
             and cannot_serve("dot", g, pass_) is None):
         found += ("dot",)
-    if pass_ == "forward" and _multiplier(g) and planar_fits(g):
+    if pass_ == "forward" and multiplier_forward(g) and planar_fits(g):
         found += ("depthwise-planar",)
     return found if len(found) > 1 and strategy in found else ()
-
-
-def _multiplier(g: Geometry) -> bool:
-    """Whether ``g`` is a depthwise convolution with a channel multiplier (and a kernel larger
-    than 1x1: a 1x1 one scales channels on the 1x1 kernels)."""
-    return g.c_in_g == 1 and g.c_out != g.c_in and g.kh * g.kw > 1
 
 
 #: A strided 1x1 forward's candidates: the 1x1 kernels (which gather the strided columns)

@@ -568,6 +568,13 @@ def channels_last_fits(channels: int, in_hw: tuple[int, int], pad: tuple[int, in
             and math.prod(padded) * itemsize <= e.planar_bytes)
 
 
+def multiplier_forward(g: Geometry) -> bool:
+    """Whether ``g`` is a depthwise convolution with a channel multiplier and a kernel larger
+    than 1x1, whose forward the planner gives the implicit GEMM (a 1x1 one scales channels on
+    the 1x1 kernels)."""
+    return g.c_in_g == 1 and g.c_out != g.c_in and g.kh * g.kw > 1
+
+
 def channels_last_serves(g: Geometry) -> bool:
     """Whether the channels-last depthwise forward can run ``g``: a depthwise layer without a
     multiplier within :func:`channels_last_fits` (whether it should is
@@ -637,7 +644,7 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
     if pass_ == "forward":
         if g.c_in_g == 1 and g.c_out == g.c_in and _channels_last_forward(g):
             s = _CHANNELS_LAST
-        elif g.c_in_g == 1 and g.c_out != g.c_in and g.kh * g.kw > 1:
+        elif multiplier_forward(g):
             # a channel multiplier: each group's taps are a product of `multiplier` rows, which
             # the implicit GEMM runs at any stride (on 48 random strided layers 0.84x the
             # time of the planar or lowered kernels the rule here picked before, geo-mean;

@@ -253,6 +253,13 @@ def test_big_stride_1_kernels_take_the_channels_last_weight_gradient_from_24_cha
     assert channels_last_pays(layer(40, 5, 1))
     for other in (layer(40, 5, 2), layer(40, 3, 1), layer(20, 5, 1)):
         assert not channels_last_pays(other)
+    # the bounds are config.engine's: each moved past the layer turns the rule off, or on
+    for change, pays in (({"channels_last_weight_grad_channels": 41}, False),
+                         ({"channels_last_weight_grad_taps": 26}, False),
+                         ({"channels_last_weight_grad_out_channels": 11}, False),
+                         ({"channels_last_weight_grad_channels": 20}, True)):
+        with config.engine_settings(**change):
+            assert channels_last_pays(layer(40 if pays is False else 20, 5, 1)) is pays
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 40, 12, 12)).astype(np.float32)
     w = rng.standard_normal((12, 40, 5, 5)).astype(np.float32)
@@ -267,7 +274,7 @@ def test_big_stride_1_kernels_take_the_channels_last_weight_gradient_from_24_cha
 def test_weight_gradient_of_one_small_image_splits_its_input_channels(threads: int) -> None:
     """Batch 1 on a map that one slab holds: too few units of whole slabs, so the input
     channels split into blocks that add onto one shared gradient (two threads: four blocks of
-    64), or, with fewer than ``SPLIT_CHANNELS`` channels, the slabs shorten. The gradient is
+    64), or, with fewer than ``implicit_weight_grad_split_channels``, the slabs shorten. The gradient is
     torch's either way (the layers are past ``serial_macs``: they run on the threads)."""
     from convlayers.functional._engine_implicit import _weight_grad_units
     from convlayers.functional.plan import geometry
@@ -333,13 +340,12 @@ def test_strided_transposed_convolution_writes_each_phase_in_place(
     """The implicit input gradient of a strided convolution (a transposed convolution's
     forward) runs one stride-1 forward per stride phase, storing into every ``s``-th row and
     column of the output, with the taps of all phases gathered in one pass: against torch."""
-    from convlayers.functional._engine_implicit import PARALLEL_TAPS
 
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, c_in, 9, 11)).astype(np.float32)
     w = rng.standard_normal((c_in, c_out // groups, *kernel)).astype(np.float32)
     taps = w.size
-    assert (taps >= PARALLEL_TAPS) == (c_in == 48)  # the cases cover both copies
+    assert (taps >= config.engine.parallel_phase_taps) == (c_in == 48)  # the cases cover both copies
     with config.engine_settings(force="implicit"):
         ours = F.conv_transpose2d(x, w, None, stride=stride, padding=1, groups=groups,
                                   dilation=dilation)

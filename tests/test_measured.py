@@ -26,7 +26,7 @@ def _geometry() -> object:
 
 def test_the_fastest_strategy_is_kept_and_asked_only_once() -> None:
     """A forward's first call takes the planner's choice and runs nothing; on the second every
-    candidate runs ``ROUNDS`` times and the fastest is remembered for the geometry; a later
+    candidate runs ``measure_rounds`` times and the fastest is remembered for the geometry; a later
     call runs nothing. Whichever of the three is fast wins. While training
     (``on_first_call``) and for a gradient the first call measures."""
     g = _geometry()
@@ -38,16 +38,16 @@ def test_the_fastest_strategy_is_kept_and_asked_only_once() -> None:
 
         def run(name: str, fast: str = fast, calls: list[str] = calls) -> None:
             calls.append(name)
-            time.sleep(0 if name == fast else 0.02)  # rounds past QUICK_MS: ROUNDS of them
+            time.sleep(0 if name == fast else 0.02)  # past measure_quick_ms: measure_rounds
 
         assert _measured.measured_strategy(g, "forward", "implicit", run) == "implicit"
         assert calls == [] and _measured.measured_choices() == {}
         assert _measured.measured_strategy(g, "forward", "implicit", run) == fast
-        assert sorted(calls) == sorted(list(names) * _measured.ROUNDS)
+        assert sorted(calls) == sorted(list(names) * config.engine.measure_rounds)
         assert _measured.measured_choices() == {("forward", g, config.engine_version(),
                                                   config.threads()): fast}
         assert _measured.measured_strategy(g, "forward", "implicit", run) == fast
-        assert len(calls) == len(names) * _measured.ROUNDS
+        assert len(calls) == len(names) * config.engine.measure_rounds
     for pass_, planned, fast in (("forward", "implicit", "direct"),
                                  ("input_grad", "implicit", "lowered"),
                                  ("weight_grad", "lowered", "implicit")):
@@ -63,12 +63,13 @@ def test_the_fastest_strategy_is_kept_and_asked_only_once() -> None:
                 assert _measured.measured_strategy(g, pass_, planned, timed) == fast
         else:
             assert _measured.measured_strategy(g, pass_, planned, timed) == fast
-        assert len(calls) == len(_measured.candidates(g, planned, pass_)) * _measured.ROUNDS
+        assert len(calls) == len(_measured.candidates(g, planned, pass_)) * config.engine.measure_rounds
     _measured.forget_measurements()
 
 
 def test_a_near_tie_keeps_the_planners_choice() -> None:
-    """Another strategy must be clearly faster (by ``TIE``): equal times keep the plan's."""
+    """Another strategy must be clearly faster (by ``measure_tie_percent``): equal times keep
+    the plan's."""
     g = _geometry()
     for planned in ("implicit", "lowered"):
         _measured.forget_measurements()
@@ -283,12 +284,14 @@ def test_a_swapped_layer_measures_direct_on_its_planes_as_they_are() -> None:
 
 
 def test_a_quick_measurement_runs_more_rounds() -> None:
-    """Runs that take no time get ``MAX_ROUNDS`` rounds; once the rounds so far took
-    ``QUICK_MS``, a measurement stops after ``ROUNDS`` of them (and never before)."""
+    """Runs that take no time get ``measure_max_rounds`` rounds; once the rounds so far took
+    ``measure_quick_ms``, a measurement stops after ``measure_rounds`` of them (and never
+    before)."""
     g = _geometry()
     names = _measured.candidates(g, "implicit")
-    for pause, rounds in ((0.0, _measured.MAX_ROUNDS),
-                          (_measured.QUICK_MS / 1000 / len(names) / 2, _measured.ROUNDS)):
+    e = config.engine
+    for pause, rounds in ((0.0, e.measure_max_rounds),
+                          (e.measure_quick_ms / 1000 / len(names) / 2, e.measure_rounds)):
         calls: list[str] = []
 
         def run(name: str, pause: float = pause, calls: list[str] = calls) -> None:
@@ -299,7 +302,44 @@ def test_a_quick_measurement_runs_more_rounds() -> None:
         with _measured.on_first_call():
             _measured.measured_strategy(g, "forward", "implicit", run)
         assert sorted(calls) == sorted(list(names) * rounds), (pause, len(calls))
-    assert _measured.ROUNDS < _measured.MAX_ROUNDS
+    assert e.measure_rounds < e.measure_max_rounds
+    _measured.forget_measurements()
+
+
+def test_the_measurement_follows_its_settings() -> None:
+    """The rounds, the tie and the candidates come from ``config.engine``: two rounds at most
+    run two of each candidate; a tie of 100 percent keeps the planner's choice however slow;
+    without room for ``direct`` and ``dot`` only the planner's pair is measured. A setting
+    that leaves a measurement no runs is refused, naming the setting."""
+    g = _geometry()
+    names = _measured.candidates(g, "implicit")
+    calls: list[str] = []
+
+    def run(name: str) -> None:
+        calls.append(name)
+        time.sleep(0 if name == "lowered" else 0.002)
+
+    with config.engine_settings(measure_rounds=2, measure_max_rounds=2):
+        _measured.forget_measurements()
+        with _measured.on_first_call():
+            assert _measured.measured_strategy(g, "forward", "implicit", run) == "lowered"
+        assert sorted(calls) == sorted(list(names) * 2)
+    with config.engine_settings(measure_tie_percent=100):
+        _measured.forget_measurements()
+        with _measured.on_first_call():
+            assert _measured.measured_strategy(g, "forward", "implicit", run) == "implicit"
+    with config.engine_settings(direct_min_channels=10**6, dot_min_in_channels=10**6):
+        assert _measured.candidates(g, "implicit") == ("implicit", "lowered")
+    # 10 x 10 output positions: dot is a candidate from 100 of them, not from 99
+    few = geometry((1, 140, 12, 12), (300, 140, 3, 3), (1, 1), (1, 1), 1, None, (10, 10),
+                   np.float32)
+    with config.engine_settings(dot_max_positions=100):
+        assert "dot" in _measured.candidates(few, "implicit")
+    with config.engine_settings(dot_max_positions=99):
+        assert "dot" not in _measured.candidates(few, "implicit")
+    for bad in ("measure_rounds", "measure_max_rounds"):
+        with pytest.raises(ValueError, match=bad):
+            setattr(config.engine, bad, 0)
     _measured.forget_measurements()
 
 

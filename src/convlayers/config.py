@@ -412,6 +412,28 @@ class EngineSettings:
     #: s3 (5.3 MB) 4.2x, 255 -> 108 6x6 s3 (4 MB) 1.5x, 450 -> 57 3x7 s2 (2.2 MB) 1.06x; below
     #: 2 MB 0.47-1.49x (geo-mean 0.89 on 18).
     implicit_weight_grad_bytes: int = 2 * 1024 * 1024
+    #: Input channels a group from which the implicit weight gradient splits the channels into
+    #: blocks (each unit its own rows of the gradient) where the images, groups and whole slabs
+    #: give the threads too few units; below, the slabs shorten. On the 10 random batch-1-3
+    #: layers of 64 or more channels this moved: 0.79-1.06x the time (geo-mean 0.94); with
+    #: fewer channels, larger slabs of fewer channels ran up to 3x slower.
+    implicit_weight_grad_split_channels: int = 64
+    #: A stride-1 weight gradient with fewer than a register tile's output columns takes the
+    #: channels-last kernel from this many input channels a group (64 admits any kernel of 6
+    #: taps or more; see ``_engine_implicit.channels_last_pays``) ...
+    channels_last_weight_grad_channels: int = 24
+    #: ... under a kernel of at least this many taps ...
+    channels_last_weight_grad_taps: int = 24
+    #: ... and at most this many output channels a group. On 108 layers of the sweeps with
+    #: 12-63 input channels the two kernels split about evenly (0.34-2.1x), the big stride-1
+    #: kernels mostly gaining; on 30 new random layers in the admitted range, the 19 of stride
+    #: 1 ran 0.35-0.91x the other kernel's time but one (1.20x), those of stride 2 0.58-1.39x
+    #: (left out). 44->32 7x7 on 6x44x33x11: 3.0 ms -> 1.6 ms.
+    channels_last_weight_grad_out_channels: int = 32
+    #: Tap elements from which the strided input gradient's copy of the weights' taps per
+    #: phase is shared among the threads: 24 x 203 4x4 taps took 0.14 ms on one thread, 0.08
+    #: on two; 27 x 8 of them 0.007 ms on one, 0.009 on two.
+    parallel_phase_taps: int = 1 << 15
     #: A dense or grouped 2-D convolution whose implicit GEMM (or im2col) costs less with its
     #: two spatial axes swapped runs so, transposing its input and output planes (and weights),
     #: where the multiply-adds saved outweigh the transposes at this many a copied element
@@ -447,6 +469,42 @@ class EngineSettings:
     #: passed this many milliseconds: a layer of a second a call costs its first (or second)
     #: call a few runs, not three of each candidate.
     measure_budget_ms: int = 1000
+    #: Runs of each candidate per measurement, alternating; the shortest of each counts (a
+    #: first run may load or compile its kernels, and another process's burst hits one run,
+    #: not three).
+    measure_rounds: int = 3
+    #: Rounds a measurement runs at most: more than :attr:`measure_rounds` while all its rounds
+    #: so far took under :attr:`measure_quick_ms`. On a shared machine a burst often hits two
+    #: of three runs of a layer of a millisecond: 269->43 3x3 stride 3 on 8x269x18x18, whose
+    #: direct forward runs 0.5-0.7 ms and the implicit GEMM 0.6-0.8, kept the implicit GEMM
+    #: in 8 of 12 measurements of three rounds (direct's runs hit at 0.9-7 ms); with up to
+    #: nine, ``direct`` in 12 of 12.
+    measure_max_rounds: int = 9
+    #: Milliseconds of measuring within which a measurement adds rounds up to
+    #: :attr:`measure_max_rounds`.
+    measure_quick_ms: int = 30
+    #: Another strategy replaces the planner's only when it took less than ``100 -
+    #: measure_tie_percent`` percent of its time: a near tie keeps the model's choice, the same
+    #: in every process.
+    measure_tie_percent: int = 5
+    #: Input channels from which ``direct`` is a measured candidate of a forward: its products
+    #: run one input channel a step, so few of them leave its tiles idle (3-10 channels: 2-7x
+    #: torch's time on the sweep's slow layers, where implicit or lowered took 1.2-1.7x; on 24
+    #: random dense layers of 8-15 input channels 1.07-5.4x the planner's choice's time).
+    direct_min_channels: int = 16
+    #: Input channels per group from which ``dot`` is a measured candidate of a forward (its
+    #: vectors run along them: fewer leave lanes idle).
+    dot_min_in_channels: int = 16
+    #: ... with at most this many output channels per group (above, the GEMM tiles' vectors of
+    #: output channels or positions fill; at 64, ``dot`` won none of 8 layers of 33-63) ...
+    dot_max_out_channels: int = 32
+    #: ... or at most this many output positions an image, whatever its output channels: the
+    #: GEMM strategies' vectors run along the positions, a map this small fills one vector or
+    #: less, and the taps in its padding are often most of the window (364 -> 118 6x6 stride 3
+    #: dilation 3 padding 7 groups 2 on 9x364x10x10, 9 positions: 0.74x torch's time by
+    #: im2col, 0.28x by ``dot``; 64 -> 302 5x5 dilation 2 groups 2 on 5x64x9x9, one position:
+    #: 2.3x, 1.0x). Past 16 it won one layer of five.
+    dot_max_positions: int = 16
     #: Strided input gradients with at most this many output channels per group take the
     #: implicit GEMM (one forward per stride phase) where the phases' products are not thin:
     #: maps of 16 output positions or more, and a dilation that is a multiple of the stride
@@ -585,6 +643,8 @@ class EngineSettings:
         elif name in ("winograd_min_tiles", "winograd_harmonic_channels", "planar_max_waste",
                       "channels_last_planes") and value is None:
             pass
+        elif name in _AT_LEAST_ONE and as_int(value, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
         elif as_int(value, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
         object.__setattr__(self, name, value)
@@ -593,6 +653,8 @@ class EngineSettings:
 
 
 _ENGINE_FIELDS = frozenset(f.name for f in fields(EngineSettings))
+#: The settings that must be at least 1 (a measurement of no runs has no times).
+_AT_LEAST_ONE = frozenset({"measure_rounds", "measure_max_rounds"})
 _engine_version = 0
 
 #: The engine's settings for this process (see :class:`EngineSettings`).

@@ -12,11 +12,12 @@ padding 9 on 4x413x9x9: 3.4x torch's time on the implicit GEMM the planner chose
 channels of weights per tile: 96 -> 29 5x2 on 4x96x31x31, 2.0x torch against the implicit
 GEMM's 1.45x) the measurement keeps the other strategy. And maps of a few output positions,
 whatever the output channels: there the GEMMs' vectors of positions are part idle
-(:data:`DOT_MAX_POSITIONS`).
+(``config.engine.dot_max_positions``).
 
 The planner never picks it by rule: a forward planned ``implicit`` or ``lowered`` with at least
-``DOT_MIN_IN_CHANNELS`` input channels per group, and at most ``DOT_MAX_OUT_CHANNELS`` output
-channels per group or ``DOT_MAX_POSITIONS`` output positions an image, measures it against
+``config.engine.dot_min_in_channels`` input channels per group, and at most
+``dot_max_out_channels`` output channels per group or ``dot_max_positions`` output positions an
+image (all :class:`convlayers.config.EngineSettings`), measures it against
 that strategy once (:mod:`convlayers.functional._measured`).
 """
 
@@ -30,22 +31,8 @@ from convlayers.functional._engine_shared import _bias_arg, remembered
 from convlayers.functional._scratch import take
 from convlayers.functional.plan import Geometry
 
-__all__ = ["DOT_MAX_OUT_CHANNELS", "DOT_MAX_POSITIONS", "DOT_MIN_IN_CHANNELS", "dot_fits",
-           "positions_per_unit"]
+__all__ = ["dot_fits", "positions_per_unit"]
 
-#: Output channels per group up to which a forward measures ``dot`` (above, the GEMM tiles'
-#: vectors of output channels or positions fill).
-DOT_MAX_OUT_CHANNELS = 32
-#: Output positions an image up to which a forward measures ``dot`` whatever its output
-#: channels: the GEMM strategies' vectors run along the positions, a map this small fills
-#: one vector or less, and the taps in its padding are often most of the window (364 -> 118
-#: 6x6 stride 3 dilation 3 padding 7 groups 2 on 9x364x10x10, 9 positions: 0.74x torch's
-#: time by im2col, 0.28x here; 128 -> 256 3x3 groups 4 on 8x128x4x4: 1.35x, 0.98x; 64 ->
-#: 302 5x5 dilation 2 groups 2 on 5x64x9x9, one position: 2.3x, 1.0x).
-DOT_MAX_POSITIONS = 16
-#: Input channels per group from which a forward measures ``dot`` (its vectors run along them:
-#: fewer leave lanes idle).
-DOT_MIN_IN_CHANNELS = 16
 
 
 def _scratch_elements(g: Geometry) -> tuple[int, int]:

@@ -220,7 +220,8 @@ def _phase_taps(w5: np.ndarray, g: Geometry) -> list[np.ndarray]:
     index, lengths = _tap_index(g)
     out = np.empty(groups * cig * cog * int(lengths.sum()), dtype=w5.dtype)
     k = kernels().implicit
-    gather = k.phase_taps_parallel if out.size >= PARALLEL_TAPS else k.phase_taps
+    parallel = out.size >= config.engine.parallel_phase_taps
+    gather = k.phase_taps_parallel if parallel else k.phase_taps
     gather(np.ascontiguousarray(w5).reshape(groups, cog, cig, kh * kw), index, lengths, out)
     parts, start = [], 0
     for length in lengths.tolist():
@@ -230,10 +231,6 @@ def _phase_taps(w5: np.ndarray, g: Geometry) -> list[np.ndarray]:
     return parts
 
 
-#: Taps (elements) from which :func:`_phase_taps` shares the copy among the threads: 24 x 203
-#: 4x4 taps took 0.14 ms on one thread, 0.08 on two; 27 x 8 of them 0.007 ms on one, 0.009 on
-#: two.
-PARALLEL_TAPS = 1 << 15
 
 
 @functools.lru_cache(maxsize=1024)
@@ -302,7 +299,8 @@ def channels_last_pays(g: Geometry) -> bool:
     6-49 input channels and 83x83-119x119 maps ran up to 2.1x.
 
     Also admitted: 24-63 input channels under a kernel of 24 taps or more at stride 1, with at
-    most 32 output channels (:data:`FEW_CHANNELS_LAST`). On 108 layers of the sweeps with
+    most 32 output channels (``config.engine.channels_last_weight_grad_channels``, ``..._taps``
+    and ``..._out_channels``). On 108 layers of the sweeps with
     12-63 input channels the kernels split about evenly (0.34-2.1x), the big stride-1 kernels
     mostly gaining; on 30 new random layers in the admitted range but any stride, the 19 of
     stride 1 ran 0.35-0.91x the other kernel's time but one (1.20x: 29->9 7x7 dilation 3 on
@@ -314,21 +312,15 @@ def channels_last_pays(g: Geometry) -> bool:
     wp = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1
     taps = g.kh * g.kw
     many = g.c_in_g >= 64 and taps >= 6 and g.sh * g.sw <= 4
-    big_kernel = (g.c_in_g >= FEW_CHANNELS_LAST[0] and taps >= FEW_CHANNELS_LAST[1]
-                  and g.c_out_g <= FEW_CHANNELS_LAST[2] and g.sh == g.sw == 1)
+    e = config.engine
+    big_kernel = (g.c_in_g >= e.channels_last_weight_grad_channels
+                  and taps >= e.channels_last_weight_grad_taps
+                  and g.c_out_g <= e.channels_last_weight_grad_out_channels
+                  and g.sh == g.sw == 1)
     return (g.c_out_g < TILE_VECTORS * VECTOR_BYTES // g.itemsize and (many or big_kernel)
             and hp * wp * g.c_in_g * g.itemsize <= 2**20)
 
 
-#: ``(input channels, taps, output channels)``: from how many input channels and kernel taps,
-#: and up to how many output channels a group, a stride-1 weight gradient takes the
-#: channels-last kernel with fewer than 64 input channels (:func:`channels_last_pays`).
-FEW_CHANNELS_LAST = (24, 24, 32)
-
-
-#: Input channels a group from which too few units of whole slabs split the channels
-#: rather than shorten the slabs.
-SPLIT_CHANNELS = 64
 
 
 @remembered
@@ -337,9 +329,10 @@ def _weight_grad_units(g: Geometry, threads: int) -> tuple[int, int, bool]:
     of ``CB`` input channels, one accumulator for all threads (``shared``) or one each.
 
     While the images, groups and whole slabs (all channels within the slab cap) give every
-    thread two units, as they come. Else, with :data:`SPLIT_CHANNELS` input channels or more,
-    the channels split into blocks, each unit its own rows of the gradient, and with one image
-    in one slab the units share one accumulator (no per-thread copies to zero and sum):
+    thread two units, as they come. Else, with
+    ``config.engine.implicit_weight_grad_split_channels`` input channels or more, the channels
+    split into blocks, each unit its own rows of the gradient, and with one image in one slab
+    the units share one accumulator (no per-thread copies to zero and sum):
     shorter slabs gave each unit a product of a few positions onto a whole per-thread
     gradient. On the 10 random batch-1-3 layers of 64 or more channels this moved: 0.79-1.06x
     the time (geo-mean 0.94); with fewer channels, larger slabs of fewer channels ran up to
@@ -350,7 +343,7 @@ def _weight_grad_units(g: Geometry, threads: int) -> tuple[int, int, bool]:
     slabs = -(-g.ho // rows)
     if images * slabs >= want:
         return rows, g.c_in_g, False
-    if g.c_in_g < SPLIT_CHANNELS:
+    if g.c_in_g < config.engine.implicit_weight_grad_split_channels:
         return units_for_threads(g, rows, threads, True)[0], g.c_in_g, False
     block = -(-g.c_in_g // min(g.c_in_g, -(-want // (images * slabs))))
     return rows, block, g.n == 1 and slabs == 1

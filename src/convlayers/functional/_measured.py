@@ -49,11 +49,6 @@ from typing import Any
 
 from convlayers import config
 from convlayers.functional import _ready
-from convlayers.functional._engine_dot import (
-    DOT_MAX_OUT_CHANNELS,
-    DOT_MAX_POSITIONS,
-    DOT_MIN_IN_CHANNELS,
-)
 from convlayers.functional.plan import (
     Geometry,
     cannot_serve,
@@ -66,20 +61,6 @@ from convlayers.functional.plan import (
 __all__ = ["SWAPPED", "candidates", "forget_measurements", "measured_choices", "measured_strategy",
            "on_first_call", "remembered_choice", "unsure"]
 
-#: Runs of each candidate per measurement, alternating; the shortest of each counts (a first
-#: run may load or compile its kernels, and another process's burst hits one run, not three).
-ROUNDS = 3
-#: Rounds a measurement runs at most: more than :data:`ROUNDS` while all its rounds so far took
-#: under :data:`QUICK_MS`. On a shared machine a burst often hits two of three runs of a
-#: layer of a millisecond: 269->43 3x3 stride 3 on 8x269x18x18, whose direct forward runs
-#: 0.5-0.7 ms and the implicit GEMM 0.6-0.8, kept the implicit GEMM in 8 of 12 measurements
-#: of three rounds (direct's runs hit at 0.9-7 ms).
-MAX_ROUNDS = 9
-#: Milliseconds of measuring within which a measurement adds rounds up to :data:`MAX_ROUNDS`.
-QUICK_MS = 30
-#: The other strategy replaces the planner's only when it took less than ``1 - TIE`` of its
-#: time: a near tie keeps the model's choice, the same in every process.
-TIE = 0.05
 #: Whether a forward measures on its first call: while training (:func:`on_first_call`).
 _FIRST_CALL: ContextVar[bool] = ContextVar("convlayers_measure_first_call", default=False)
 #: The faster strategy per (pass, geometry, engine settings, threads), measured.
@@ -94,10 +75,6 @@ _DEPTHWISE_PAIR = ("depthwise-channels-last", "depthwise-planar")
 #: The planner's choice of a forward it runs on transposed planes (``plan.swaps_axes``):
 #: measured, where ``direct`` serves, against ``direct`` on the planes as they are.
 SWAPPED = "swapped"
-#: Input channels from which ``direct`` is a forward's candidate: its products run one input
-#: channel a step, so few of them leave its tiles idle (3-10 channels: 2-7x torch's time on the
-#: sweep's slow layers, where implicit or lowered took 1.2-1.7x).
-DIRECT_MIN_CHANNELS = 16
 
 
 def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str, ...]:
@@ -110,9 +87,9 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     forward, the planned strategy, the other one too where the two costs (per output
     position: ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are within
     ``measure_band`` of each other (:func:`convlayers.functional.plan.dense_position_costs`),
-    ``direct`` where it serves (one group, float32) on :data:`DIRECT_MIN_CHANNELS` input
-    channels or more, and ``dot`` on ``DOT_MIN_IN_CHANNELS`` or more input channels a group
-    and at most ``DOT_MAX_OUT_CHANNELS`` output channels a group or ``DOT_MAX_POSITIONS``
+    ``direct`` where it serves (one group, float32) on ``config.engine.direct_min_channels``
+    input channels or more, and ``dot`` on ``dot_min_in_channels`` or more input channels a
+    group and at most ``dot_max_out_channels`` output channels a group or ``dot_max_positions``
     output positions an image (:mod:`convlayers.functional._engine_dot`); for a multiplier's
     forward (which the model does not price: 24->96 1x5 stride 2 on 32x24x13x13 ran 0.52 ms
     by the implicit GEMM it plans, 0.36 lowered, torch 0.36) and for a gradient, both; a
@@ -147,11 +124,11 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
             implicit, lowered = dense_position_costs(g)
             if not 1 / e.measure_band <= implicit / lowered <= e.measure_band:
                 found = (strategy,)
-    if (pass_ == "forward" and g.c_in >= DIRECT_MIN_CHANNELS
+    if (pass_ == "forward" and g.c_in >= e.direct_min_channels
             and cannot_serve("direct", g, pass_) is None):
         found += ("direct",)
-    if (pass_ == "forward" and g.c_in_g >= DOT_MIN_IN_CHANNELS
-            and (g.c_out_g <= DOT_MAX_OUT_CHANNELS or g.ho * g.wo <= DOT_MAX_POSITIONS)
+    if (pass_ == "forward" and g.c_in_g >= e.dot_min_in_channels
+            and (g.c_out_g <= e.dot_max_out_channels or g.ho * g.wo <= e.dot_max_positions)
             and cannot_serve("dot", g, pass_) is None):
         found += ("dot",)
     if pass_ == "forward" and multiplier_forward(g) and planar_fits(g):
@@ -195,10 +172,10 @@ def unsure(g: Geometry, strategy: str, pass_: str = "forward") -> bool:
 def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str], Any]) -> str:
     """The strategy of ``pass_`` for ``g``: ``strategy`` (the planner's) unless
     :func:`unsure`, then the fastest of :func:`candidates` as measured by ``run(name)``
-    (:data:`ROUNDS` calls each, alternating, fewer once the rounds took
-    ``config.engine.measure_budget_ms``, more up to :data:`MAX_ROUNDS` while they took under
-    :data:`QUICK_MS`; the shortest of each kept; another strategy only
-    when :data:`TIE` faster than the planner's), remembered: a gradient on its first call, a
+    (``config.engine.measure_rounds`` calls each, alternating, fewer once the rounds took
+    ``measure_budget_ms``, more up to ``measure_max_rounds`` while they took under
+    ``measure_quick_ms``; the shortest of each kept; another strategy only when
+    ``measure_tie_percent`` faster than the planner's), remembered: a gradient on its first call, a
     forward on its second (its first takes ``strategy``), or its first in
     :func:`on_first_call`."""
     names = candidates(g, strategy, pass_)
@@ -214,18 +191,20 @@ def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str
     if not best:
         times = dict.fromkeys(names, float("inf"))
         began = time.perf_counter()
-        for done in range(1, MAX_ROUNDS + 1):
+        e = config.engine
+        for done in range(1, e.measure_max_rounds + 1):
             for name in names:
                 start = time.perf_counter()
                 run(name)
                 times[name] = min(times[name], time.perf_counter() - start)
             spent = time.perf_counter() - began
-            if spent > config.engine.measure_budget_ms / 1000:
+            if spent > e.measure_budget_ms / 1000:
                 break  # a large layer: the runs so far decide
-            if done >= ROUNDS and spent > QUICK_MS / 1000:
+            if done >= e.measure_rounds and spent > e.measure_quick_ms / 1000:
                 break  # more rounds only for quick layers
         other = min((name for name in names if name != strategy), key=times.__getitem__)
-        best = other if times[other] < (1 - TIE) * times[strategy] else strategy
+        faster = times[other] < (1 - e.measure_tie_percent / 100) * times[strategy]
+        best = other if faster else strategy
         _CHOICES[key] = best
     return best
 

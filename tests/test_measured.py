@@ -127,7 +127,7 @@ def _same(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1,
 
 def test_direct_is_a_candidate_of_dense_float32_forwards_of_many_channels() -> None:
     """``direct`` joins a forward's candidates with one group, float32 and 16 input channels
-    or more; forced, it matches torch and serves no gradient."""
+    or more; forced, it matches torch and serves no gradient at stride 2."""
     assert "direct" in _measured.candidates(_same((2, 32, 20, 20), (48, 32, 5, 5)), "implicit")
     for other in (_same((2, 32, 20, 20), (48, 8, 5, 5), groups=4),
                   _same((2, 32, 20, 20), (48, 32, 5, 5), dtype=np.float64),
@@ -142,9 +142,59 @@ def test_direct_is_a_candidate_of_dense_float32_forwards_of_many_channels() -> N
     with config.engine_settings(force="direct"):
         got = F.conv2d(x, w, b, stride=(2, 1), padding=(3, 1), dilation=(1, 2))
         assert_close(got, expected, "direct forward")
-        with pytest.raises(ValueError, match="direct computes the forward only"):
+        with pytest.raises(ValueError, match="direct computes the forward and a stride-1 input "
+                                             "gradient only"):
             F.conv_backward(np.ones_like(got), x, w, stride=(2, 1), padding=(3, 1),
                             dilation=(1, 2))
+
+
+def test_a_stride_1_input_gradient_measures_the_forwards_of_the_flipped_weights() -> None:
+    """A stride-1 transposed convolution (an input gradient alone) measures Winograd (3x3)
+    and ``direct`` beside the gradient kernels, as forwards of the flipped weights; forced,
+    each matches torch, and a non-finite weight gives torch's output (the forward would
+    multiply the output gradient's zero padding by it: ``lowered`` runs instead). Not at
+    stride 2, nor with padding wider than the kernel reaches."""
+    from convlayers.functional.plan import full_geometry
+
+    def transposed(c_in: int, c_out: int, k: int, stride: int, pad: int) -> Geometry:
+        # conv_transpose from c_in to c_out channels: the input gradient of a conv c_out -> c_in
+        h = 9
+        ho = (h - 1) * stride - 2 * pad + k
+        return geometry((2, c_out, ho, ho), (c_in, c_out, k, k), (stride, stride), (1, 1), 1,
+                        ((pad, pad), (pad, pad)), (h, h), np.float32)
+
+    g = transposed(40, 48, 3, 1, 1)
+    full = full_geometry(g)
+    assert (full.c_in, full.c_out, full.h, full.ho, full.pt) == (40, 48, 9, 9, 1)
+    assert _measured.candidates(g, "implicit", "input_grad") == (
+        "implicit", "lowered", "winograd", "direct")
+    assert _measured.candidates(transposed(40, 48, 4, 1, 1), "implicit", "input_grad") == (
+        "implicit", "lowered", "direct")
+    assert "direct" not in _measured.candidates(transposed(40, 48, 3, 2, 1), "implicit",
+                                                "input_grad")
+    with config.engine_settings(force="direct"), \
+            pytest.raises(ValueError, match="padding wider than the kernel"):
+        F.conv_transpose2d(np.ones((1, 4, 6, 6), np.float32), np.ones((4, 4, 3, 3), np.float32),
+                           padding=3)
+    rng = np.random.default_rng(8)
+    x = random_array(rng, (2, 40, 9, 8), np.float32)
+    for k, pad in ((3, 1), (4, 2), (3, 0)):
+        w = random_array(rng, (40, 48, k, k), np.float32)
+        expected = tF.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), padding=pad)
+        bad = w.copy()
+        bad[3, 5, 0, k - 1] = np.inf
+        bad[7, 2, 1, 1] = np.nan
+        with np.errstate(invalid="ignore"):
+            bad_expected = tF.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(bad),
+                                               padding=pad).numpy()
+        for name in ("direct", "winograd") if k == 3 else ("direct",):
+            with config.engine_settings(force=name):
+                assert_close(F.conv_transpose2d(x, w, padding=pad), expected, f"{name} {k} {pad}")
+                got = F.conv_transpose2d(x, bad, padding=pad)
+                assert np.array_equal(np.isnan(got), np.isnan(bad_expected)), (name, k, pad)
+                assert np.array_equal(np.isinf(got), np.isinf(bad_expected)), (name, k, pad)
+                finite = np.isfinite(bad_expected)
+                assert_close(got[finite], bad_expected[finite], f"{name} {k} {pad} finite")
 
 
 @pytest.mark.parametrize("c_out", [5, 16, 17, 32, 33])
@@ -226,7 +276,8 @@ def test_each_gradient_is_measured_once_and_matches_torch() -> None:
     gy = random_array(rng, (2, 41, 12, 12), np.float32)
     xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
     tF.conv2d(xt, wt).backward(torch.from_numpy(gy))
-    assert "input grad: implicit or lowered" in F.plan(x.shape, w.shape).spec
+    # (and direct, as the forward of the flipped weights: stride 1; Winograd is off here)
+    assert "input grad: implicit, lowered or direct" in F.plan(x.shape, w.shape).spec
     for call in ("first", "second"):
         gx, gw = F.conv_backward(gy, x, w)[:2]
         assert_close(gx, xt.grad, f"input gradient, {call} call")

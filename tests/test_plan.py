@@ -66,23 +66,26 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
 
 def serves(name: str, case: dict, pass_: str) -> bool:
     """This file's own rules: whether strategy ``name`` runs ``pass_`` ("forward",
-    "backward": both gradients with zero padding, "alone": one gradient alone)."""
+    "backward": both gradients with zero padding, "input_grad" or "weight_grad": one gradient
+    alone, with padding at most ``dilation * (kernel - 1)``)."""
     dims, kernel = case["dims"], case["kernel"]
     c_in_g = case["c_in"] // case["groups"]
+    alone = pass_ in ("input_grad", "weight_grad")
+    stride_1 = all(s == 1 for s in case["stride"])
     if name in ("numpy", "lowered"):
         return True
     if name == "pointwise":
         return all(k == 1 for k in kernel)
     if name == "depthwise-channels-last":
-        return pass_ != "alone" and c_in_g == 1 and case["c_out"] == case["c_in"]
+        return not alone and c_in_g == 1 and case["c_out"] == case["c_in"]
     if name == "implicit":
         return True
-    if name == "direct":
-        return pass_ == "forward" and case["groups"] == 1
+    if name == "direct":  # a stride-1 input gradient as the forward of the flipped weights
+        return (pass_ == "forward" or (pass_ == "input_grad" and stride_1)) and case["groups"] == 1
     if name == "dot":
         return pass_ == "forward"
     if name == "winograd":
-        return (pass_ != "alone" and dims == 2 and kernel == (3, 3) and case["stride"] == (1, 1)
+        return (pass_ != "weight_grad" and dims == 2 and kernel == (3, 3) and stride_1
                 and case["dilation"] == (1, 1))
     if name.startswith("depthwise"):
         if c_in_g != 1:
@@ -91,8 +94,7 @@ def serves(name: str, case: dict, pass_: str) -> bool:
             width = case["spatial"][-1]
             out_w = _out_size(width, kernel[-1], case["stride"][-1], case["padding"][-1],
                               case["dilation"][-1])
-            return (pass_ != "alone" and all(s == 1 for s in case["stride"])
-                    and out_w == width)
+            return not alone and stride_1 and out_w == width
         return True
     raise AssertionError(name)
 
@@ -174,12 +176,16 @@ def test_one_gradient_passes_forced_transposed_and_reflect_padded(case: dict, se
     # forward conv of the padded output gradient and a weight gradient alone
     for name in STRATEGY_NAMES:
         with config.engine_settings(force=name):
-            if not serves(name, case, "alone"):
+            if not serves(name, case, "input_grad"):
                 with pytest.raises(ValueError, match="cannot serve"):
                     tr(xt, wt, **kw)
                 continue
             y = tr(xt, wt, **kw)
             assert_close(y, expected, f"{name} conv_transpose")
+            if not (serves(name, case, "forward") and serves(name, case, "weight_grad")):
+                with pytest.raises(ValueError, match="cannot serve"):
+                    F.conv_transpose_backward(g, xt, wt, with_bias=False, **kw)
+                continue
             gx, gw, _ = F.conv_transpose_backward(g, xt, wt, with_bias=False, **kw)
             assert_close(gx, tgx, f"{name} conv_transpose grad_input")
             assert_close(gw, tgw, f"{name} conv_transpose grad_weight")
@@ -204,7 +210,7 @@ def test_one_gradient_passes_forced_transposed_and_reflect_padded(case: dict, se
                 continue
             conv = {1: F.conv1d, 2: F.conv2d}[dims]
             assert_close(conv(x, w, **args), texp, f"{name} reflect forward")
-            if not serves(name, padded, "alone"):
+            if not (serves(name, padded, "input_grad") and serves(name, padded, "weight_grad")):
                 with pytest.raises(ValueError, match="cannot serve"):
                     F.conv_backward(g, x, w, with_bias=False, **args)
                 continue

@@ -147,7 +147,7 @@ def _serves_transposed(name: str, geometry: dict) -> bool:
     convolution from its output channels to its input channels."""
     case = dict(dims=2, batch=2, spatial=(7, 6), bias=True, dilation=(1, 1), **geometry)
     return name == "auto" or serves(name, {**case, "c_in": geometry["c_out"],
-                                           "c_out": geometry["c_in"]}, "alone")
+                                           "c_out": geometry["c_in"]}, "input_grad")
 
 
 @pytest.mark.parametrize(("name", "geometry"), [

@@ -349,7 +349,8 @@ class EngineSettings:
     #: vectors (the implicit gradients took 0.3-1.0x its time on 11 layers from batch 1 at 7x7
     #: to batch 32 at 28x28, 64-512 channels); with 32-byte vectors where the forward would
     #: take it (on 25 random 3x3 layers of a Zen 3 its gradients took 1.02-5.4x the implicit
-    #: ones'; on W2's 64 -> 64, 32x56x56, 0.87x).
+    #: ones'; on W2's 64 -> 64, 32x56x56, 0.87x). False also keeps Winograd from the measured
+    #: candidates of a stride-1 input gradient alone (a forward of the flipped weights).
     winograd_backward: bool | None = None
     #: Tiles per unit of the fused Winograd forward: the unit's transforms
     #: (``16*(C_in + C_out)*tiles*itemsize``) stay in the core's cache from the input transform

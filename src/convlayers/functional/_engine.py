@@ -83,6 +83,7 @@ from convlayers.functional._engine_depthwise import (
 )
 from convlayers.functional._engine_direct import _fwd_direct
 from convlayers.functional._engine_dot import _fwd_dot
+from convlayers.functional._engine_flipped import flipped_input_grad
 from convlayers.functional._engine_implicit import (
     _fwd_implicit,
     _gw_implicit,
@@ -104,7 +105,15 @@ from convlayers.functional._engine_shared import _as_4d, _finite
 from convlayers.functional._engine_winograd import _bwd_winograd, _fwd_winograd
 from convlayers.functional._measured import SWAPPED, measured_strategy, remembered_choice, unsure
 from convlayers.functional._ready import Runner, declining
-from convlayers.functional.plan import JOINT, Geometry, choose, geometry, swaps_axes, work
+from convlayers.functional.plan import (
+    FLIPPED_FORWARDS,
+    JOINT,
+    Geometry,
+    choose,
+    geometry,
+    swaps_axes,
+    work,
+)
 
 __all__ = ["correlate", "correlate_backward", "correlate_input_grad", "correlate_weight_grad",
            "numba_threads", "ready_forward", "ready_input_grad"]
@@ -555,6 +564,8 @@ _INPUT_GRAD: dict[str, Callable[[np.ndarray, np.ndarray, Geometry], np.ndarray]]
     "pointwise": _gx_pointwise,
     "implicit": _gx_implicit,
     "lowered": _gx_lowered,
+    # a stride-1 input gradient as the forward of the flipped weights
+    **{name: flipped_input_grad(_FORWARD[name]) for name in FLIPPED_FORWARDS},
 }
 
 _WEIGHT_GRAD: dict[str, Callable[[np.ndarray, np.ndarray, Geometry], np.ndarray]] = {

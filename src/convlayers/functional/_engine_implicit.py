@@ -29,7 +29,7 @@ from convlayers.functional._engine_shared import (
     units_for_threads,
 )
 from convlayers.functional._scratch import take
-from convlayers.functional.plan import Geometry
+from convlayers.functional.plan import Geometry, full_geometry
 
 
 @remembered
@@ -162,16 +162,6 @@ def _fwd_implicit(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                   g: Geometry) -> np.ndarray:
     taps = np.ascontiguousarray(w.reshape(g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw))
     return _run(x, taps, bias, g).reshape(g.n, g.c_out, g.ho, g.wo)
-
-
-@functools.lru_cache(maxsize=1024)
-def full_geometry(g: Geometry) -> Geometry:
-    """The forward geometry whose output is the input gradient of the stride-1 ``g``: the output
-    gradient ``(N, C_out, Ho, Wo)`` correlated with the flipped, transposed weights, padded by
-    ``(k-1)*d - p`` before each axis (negative: rows or columns dropped)."""
-    return replace(g, c_in=g.c_out, h=g.ho, w=g.wo, c_out=g.c_in,
-                   pt=(g.kh - 1) * g.dh - g.pt, pb=(g.kh - 1) * g.dh - g.pb,
-                   pl=(g.kw - 1) * g.dw - g.pl, pr=(g.kw - 1) * g.dw - g.pr, ho=g.h, wo=g.w)
 
 
 def _gx_implicit(gy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:

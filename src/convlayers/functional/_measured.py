@@ -98,8 +98,12 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     kernels too, where their scratch fits (the planner's rule takes the implicit GEMM, 0.84x
     their time over 48 strided layers, geo-mean, but not on each: 153->459 3x6 stride 2
     dilation 3 on 4x153x22x22 ran 0.71x torch's time by the implicit GEMM, 0.34x planar; 177->531
-    2x2 stride 2 on 24x177x16x16 1.03x, 0.45x). Remembered per geometry and settings (every
-    call asks)."""
+    2x2 stride 2 on 24x177x16x16 1.03x, 0.45x). A stride-1 input gradient (a stride-1
+    transposed convolution's forward) also against Winograd and ``direct`` as forwards of the
+    flipped weights (:data:`convlayers.functional.plan.FLIPPED_FORWARDS`), where they serve
+    and their channels reach ``winograd_min_channels`` and ``direct_min_channels`` (Winograd
+    not where ``winograd_backward`` is False).
+    Remembered per geometry and settings (every call asks)."""
     return _candidates(g, strategy, pass_, config.engine_version())
 
 
@@ -127,6 +131,15 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
     if (pass_ == "forward" and g.c_in >= e.direct_min_channels
             and cannot_serve("direct", g, pass_) is None):
         found += ("direct",)
+    if pass_ == "input_grad" and g.sh == g.sw == 1:
+        # the forward of the flipped weights (plan.full_geometry): its input channels are
+        # the layer's output channels
+        if (g.c_out_g >= e.winograd_min_channels and g.c_in_g >= e.winograd_min_channels
+                and e.winograd_backward is not False
+                and cannot_serve("winograd", g, pass_) is None):
+            found += ("winograd",)
+        if g.c_out >= e.direct_min_channels and cannot_serve("direct", g, pass_) is None:
+            found += ("direct",)
     if (pass_ == "forward" and g.c_in_g >= e.dot_min_in_channels
             and (g.c_out_g <= e.dot_max_out_channels or g.ho * g.wo <= e.dot_max_positions)
             and cannot_serve("dot", g, pass_) is None):

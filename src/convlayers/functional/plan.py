@@ -18,6 +18,8 @@ winograd       Winograd F(2x2,3x3): input/output transforms and 16 register-tile
                for forwards of at least ``winograd_min_tiles`` tiles whose channels'
                harmonic mean reaches ``winograd_harmonic_channels``; for gradients per
                ``winograd_backward`` (where the kernels run 32-byte vectors, as the forward).
+               An input gradient alone (a stride-1 ``conv_transpose``) as the forward of the
+               flipped weights (:func:`full_geometry`), where measured faster.
 depthwise-flat Depthwise (``C_in/groups == 1``, any channel multiplier), stride 1 with the width
                kept (3x3 padding 1, ...): each tap one loop straight over the flat planes, row
                edges masked. Forward and both gradients.
@@ -67,7 +69,8 @@ direct         A dense (one-group) float32 forward on the channels-last direct k
                by vectors of output channels summed over every tap, transposed back
                (:mod:`convlayers.functional._engine_direct`). No dropped positions, no
                copied windows. Never chosen by rule: measured against the implicit GEMM or
-               im2col the planner chose (16 input channels or more). Forward only.
+               im2col the planner chose (``direct_min_channels`` input channels or more).
+               Forward, and a stride-1 input gradient (as Winograd's) where measured faster.
 dot            Few output channels, many input channels: each output a dot product along the
                input channels of a channels-last copy (register tiles of 4 positions by 4
                output channels, summed across lanes once), only the taps inside the input
@@ -100,12 +103,14 @@ less than the convolution):
   inf or NaN, once made, always reaches an output), and such a call is computed again by the
   strategy the planner picks without Winograd.
 - Strategies that multiply the zero padding by the weights (lowered, pointwise with padding,
-  depthwise-planar, Winograd) would turn an inf or NaN weight into NaN at outputs
+  depthwise-planar, Winograd, and ``direct`` and Winograd on an input gradient, whose output
+  gradient they pad) would turn an inf or NaN weight into NaN at outputs
   whose windows meet it only in the padding, where torch's direct convolution skips those taps.
   A forward with a non-finite weight and padding takes depthwise-rows (depthwise) or numpy.
 - The implicit GEMM multiplies the input (and, for the input gradient, the output gradient's
   zero padding) at the positions it drops: an inf or NaN input takes ``lowered`` for the
-  weight gradient, a non-finite weight ``lowered`` for the input gradient.
+  weight gradient, a non-finite weight ``lowered`` for the input gradient (as for the input
+  gradients of ``direct`` and Winograd).
 - The planar depthwise kernels run their dot products and scatters over whole flat planes, row
   ends and padding included: a non-finite weight sends their input gradient, a non-finite
   weight gradient their weight gradient, to the row kernels.
@@ -120,7 +125,7 @@ Examples
 >>> print(plan((8, 64, 56, 56), (64, 64, 7, 7), padding=3))
 conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, dilation 1, groups 1
   forward: implicit, lowered or direct, the fastest as measured on the second call
-  input grad: implicit or lowered, the fastest as measured on the first call
+  input grad: implicit, lowered or direct, the fastest as measured on the first call
   weight grad: implicit or lowered, the fastest as measured on the first call
   forward      implicit
   input grad   implicit
@@ -154,7 +159,8 @@ import numpy as np
 
 from convlayers import config
 
-__all__ = ["PASSES", "STRATEGIES", "Geometry", "Plan", "check_strategy_name", "choose", "plan"]
+__all__ = ["FLIPPED_FORWARDS", "PASSES", "STRATEGIES", "Geometry", "Plan", "check_strategy_name",
+           "choose", "full_geometry", "plan"]
 
 #: The strategies, in the order the planner prefers them (see the module's table).
 STRATEGIES: dict[str, str] = {
@@ -689,6 +695,35 @@ def _natural(g: Geometry, pass_: str, threads: int, winograd: bool = True) -> tu
     return s, s
 
 
+@functools.lru_cache(maxsize=1024)
+def full_geometry(g: Geometry) -> Geometry:
+    """The forward geometry whose output is the input gradient of the stride-1 ``g``: the output
+    gradient ``(N, C_out, Ho, Wo)`` correlated with the flipped, transposed weights, padded by
+    ``(k-1)*d - p`` before each axis (negative: rows or columns dropped)."""
+    return dataclasses.replace(
+        g, c_in=g.c_out, h=g.ho, w=g.wo, c_out=g.c_in, pt=(g.kh - 1) * g.dh - g.pt,
+        pb=(g.kh - 1) * g.dh - g.pb, pl=(g.kw - 1) * g.dw - g.pl, pr=(g.kw - 1) * g.dw - g.pr,
+        ho=g.h, wo=g.w)
+
+
+#: Forward strategies that also run a stride-1 input gradient alone, as the forward of
+#: :func:`full_geometry` (the flipped, transposed weights over the output gradient): a
+#: transposed convolution of stride 1 is such a forward, and ``direct`` and Winograd ran the
+#: slow ones of the sweeps at 0.9-1.06x torch's time where the gradient kernels took 1.2-1.5x.
+FLIPPED_FORWARDS = ("winograd", "direct")
+
+
+def _flipped_forward_fits(strategy: str, g: Geometry) -> str | None:
+    """Why ``strategy`` (of :data:`FLIPPED_FORWARDS`) cannot run the input gradient of ``g``
+    alone as a forward (None: it can)."""
+    if (g.sh, g.sw) != (1, 1):
+        return f"{strategy} computes an input gradient at stride 1 only"
+    full = full_geometry(g)
+    if min(full.pt, full.pb, full.pl, full.pr) < 0:
+        return f"{strategy} computes no input gradient of padding wider than the kernel"
+    return cannot_serve(strategy, full, "forward")
+
+
 def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
     """Why ``strategy`` cannot run ``pass_`` of ``g`` (None: it can)."""
     if strategy == "numpy":
@@ -701,7 +736,11 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
     if strategy == "winograd":
         if not _winograd_shape(g):
             return "winograd needs a 3x3 kernel, stride 1 and dilation 1"
-        return "winograd computes the gradients together only" if alone else None
+        if pass_ == "input_grad":
+            return _flipped_forward_fits(strategy, g)
+        if alone:
+            return "winograd computes the weight gradient together with the input gradient only"
+        return None
     if strategy in _DEPTHWISE:
         if g.c_in_g != 1:
             return f"{strategy} needs a depthwise convolution (C_in/groups == 1)"
@@ -719,8 +758,10 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
     if strategy == "implicit":
         return None
     if strategy == "direct":
+        if pass_ == "input_grad":
+            return _flipped_forward_fits(strategy, g)
         if pass_ != "forward":
-            return "direct computes the forward only"
+            return "direct computes the forward and a stride-1 input gradient only"
         from convlayers.functional._engine_direct import direct_fits
 
         return direct_fits(g)

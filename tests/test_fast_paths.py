@@ -503,7 +503,7 @@ def test_pointwise_kernels_match_torch_and_numpy_path(threads: int, batch: int,
     w = random_array(rng, (22, 7, 1, 1), np.float32)
     b = random_array(rng, (22,), np.float32)
     with config.settings(threads=threads), config.engine_settings(
-            pointwise_block_bytes=block_bytes, force="pointwise"):
+            pointwise_block_bytes=block_bytes, force="pointwise", pointwise_numpy_macs=0):
         y = F.conv2d(x, w, b, groups=2)
         expected, g, (tgx, tgw, _) = torch_grads(lambda a, v, c: tF.conv2d(a, v, c, groups=2),
                                                  [x.copy(), w, b], 4)
@@ -517,8 +517,56 @@ def test_pointwise_kernels_match_torch_and_numpy_path(threads: int, batch: int,
         ngx, ngw, _ = F.conv_backward(g, x, w, groups=2)
     assert_close(gx, ngx, "grad_input vs NumPy path")
     assert_close(gw, ngw, "grad_weight vs NumPy path")
-    with config.settings(scratch_bytes=64):
+    with config.settings(scratch_bytes=64), config.engine_settings(pointwise_numpy_macs=0):
         np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
+
+
+@pytest.mark.parametrize(("shape", "c_out", "stride", "groups", "dtype"), [
+    ((1, 4, 19, 19), 9, 2, 1, np.float32),  # the sweep's slowest call: 4->9 at stride 2
+    ((1, 59, 9, 27), 7, 2, 1, np.float32),
+    ((2, 12, 7, 9), 10, 3, 2, np.float64),
+    ((1, 16, 14, 14), 32, 1, 4, np.float32),
+])
+def test_a_tiny_1x1_forward_is_one_product_the_same_on_every_call(
+        shape: tuple[int, ...], c_out: int, stride: int, groups: int, dtype: type) -> None:
+    """An unpadded 1x1 forward of at most ``pointwise_numpy_macs`` multiply-adds is one
+    ``matmul``: the first call and the remembered ones give the same bits on one thread or
+    two, torch's values (a non-contiguous input and one with inf and NaN too: non-finite
+    exactly where torch's output is); with the bound at 0 the compiled kernel runs it, also
+    torch's values."""
+    from convlayers.functional import _engine_pointwise, forget_measurements
+    from convlayers.functional.plan import geometry
+
+    rng = np.random.default_rng(14)
+    x = random_array(rng, shape, dtype)[..., ::-1]
+    w = random_array(rng, (c_out, shape[1] // groups, 1, 1), dtype)
+    b = random_array(rng, (c_out,), dtype)
+    out = tuple((n - 1) // stride + 1 for n in shape[2:])
+    g = geometry(shape, w.shape, (stride, stride), (1, 1), groups, None, out, dtype)
+    assert _engine_pointwise._tiny(g)
+    with config.engine_settings(pointwise_numpy_macs=0):
+        assert not _engine_pointwise._tiny(g)
+    bad = x.copy()
+    bad[0, 1, 0, 0], bad[0, 2, 2 * stride, stride] = np.inf, np.nan
+    for inputs in (x, bad):
+        with np.errstate(invalid="ignore"):
+            expected = tF.conv2d(torch.from_numpy(inputs.copy()), torch.from_numpy(w),
+                                 torch.from_numpy(b), stride=stride, groups=groups).numpy()
+        finite = np.isfinite(expected)
+        forget_measurements()
+        calls = []
+        for threads in (1, 2, 1):
+            with config.settings(threads=threads):
+                calls.append(F.conv2d(inputs, w, b, stride=stride, groups=groups))
+        for got in calls:
+            np.testing.assert_array_equal(got, calls[0])
+        assert np.array_equal(np.isfinite(calls[0]), finite)
+        assert np.array_equal(np.isnan(calls[0]), np.isnan(expected))
+        assert_close(calls[0][finite], expected[finite], "tiny product")
+        with config.engine_settings(pointwise_numpy_macs=0):
+            kernel = F.conv2d(inputs, w, b, stride=stride, groups=groups)
+        assert np.array_equal(np.isnan(kernel), np.isnan(expected))
+        assert_close(kernel[finite], expected[finite], "compiled kernel")
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -536,7 +584,7 @@ def test_pointwise_row_split_short_maps_and_serial_small_layers(
     b = random_array(rng, (c_out,), np.float32)
     expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
                          groups=2).numpy()
-    with config.engine_settings(serial_macs=serial_macs):
+    with config.engine_settings(serial_macs=serial_macs, pointwise_numpy_macs=0):
         with config.settings(threads=threads):
             y = F.conv2d(x, w, b, groups=2)
         assert_close(y, expected, "forward")
@@ -574,7 +622,7 @@ def test_pointwise_packed_panels_match_torch_and_the_unpacked_tiles(
     def run() -> tuple[np.ndarray, ...]:
         forget_measurements()  # the calls remembered whole decided packing once
         with config.settings(threads=threads), config.engine_settings(
-                pointwise_block_bytes=block_bytes, force="pointwise"):
+                pointwise_block_bytes=block_bytes, force="pointwise", pointwise_numpy_macs=0):
             y, y_nobias = F.conv2d(x, w, b), F.conv2d(x, w)
             gx, _, _ = F.conv_backward(g, x, w)
         return y, y_nobias, gx

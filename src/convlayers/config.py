@@ -612,6 +612,15 @@ class EngineSettings:
     #: (gathered columns). Forward and backward of 5 such layers: 0.3-0.8x torch's time, where
     #: the tiles took 0.9-3.6x.
     pointwise_few_macs: int = 4
+    #: An unpadded 1x1 forward of at most this many multiply-adds, called again with a settled
+    #: plan (:mod:`convlayers.functional._ready`), is one small product by NumPy's ``matmul``
+    #: over a strided view of the pixels it reads: the compiled kernel's call (its strided
+    #: copy, scratch and a dispatch of seven arguments) cost 8-9 us where the product takes
+    #: well under one. 4->9 at stride 2 on 1x4x19x19: 7.9 -> 4.0 us a call (torch 6.3),
+    #: 59->7 at stride 2 on 1x59x9x9: 9.2 -> 5.1 (torch 8.5), 16->32 on 1x16x14x14 (100k):
+    #: 7.0 -> 6.0; at 800k (64->64 on 14x14) the kernel wins, 15 us against 19. Below
+    #: OpenBLAS's threading threshold, so the product runs on the calling thread.
+    pointwise_numpy_macs: int = 1 << 16
     #: Bytes of the right-hand operand one unit of the 1x1 kernels reads (a block of pixel
     #: columns of one image, all its input channels): it stays in the core's L2 cache.
     pointwise_block_bytes: int = 256 * 2**10

@@ -39,6 +39,8 @@ PHASE_SCRATCH = "pointwise.phase"
 
 def _fwd_pointwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                    g: Geometry) -> np.ndarray:
+    if _tiny(g):
+        return _tiny_product(g)(x, w, bias)
     if _few(g) and min(g.pt, g.pl) >= 0:
         return _fwd_few(x, w, bias, g)
     taps = w.reshape(g.groups, g.c_out_g, g.c_in_g)
@@ -57,6 +59,8 @@ def ready_pointwise(g: Geometry, threads: int,
     unpadded layer of many channels straight to the kernel (through a strided copy of the
     pixels it reads at a stride; on the calling thread by the kernel's serial twin when
     ``threads`` is 1, see :func:`ready_alone`), any other as :func:`_fwd_pointwise`."""
+    if _tiny(g):
+        return _tiny_product(g)
     if not ready_alone(g):
         return functools.partial(_fwd_pointwise, g=g)
     length = g.ho * g.wo
@@ -77,6 +81,36 @@ def ready_pointwise(g: Geometry, threads: int,
         kernel(xs.reshape(columns), np.ascontiguousarray(w.reshape(taps)),
                _bias_arg(bias, x.dtype), block, rows,
                take(PANEL_SCRATCH, (threads, panel), x.dtype), out)
+        return out.reshape(result)
+
+    return forward
+
+
+def _tiny(g: Geometry) -> bool:
+    """Whether the forward of ``g`` is one small product (:func:`_tiny_product`): unpadded, at
+    most ``config.engine.pointwise_numpy_macs`` multiply-adds."""
+    return not g.padded and g.macs <= config.engine.pointwise_numpy_macs
+
+
+@functools.lru_cache(maxsize=1024)
+def _tiny_product(g: Geometry) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None],
+                                           np.ndarray]:
+    """The forward of an unpadded 1x1 layer of at most ``config.engine.pointwise_numpy_macs``
+    multiply-adds as one ``matmul`` of the weights ``(g, C_out/g, C_in/g)`` by a view of the
+    pixels it reads ``(N, g, C_in/g, Ho*Wo)``: a call of a few microseconds, where the compiled
+    kernel's own costs are several times the product's. The first call and the remembered ones
+    (:func:`ready_pointwise`) both take it, so they give the same bits, on any thread count."""
+    pick = (slice(None), slice(None), slice(0, (g.ho - 1) * g.sh + 1, g.sh),
+            slice(0, (g.wo - 1) * g.sw + 1, g.sw))
+    columns = (g.n, g.groups, g.c_in_g, g.ho * g.wo)
+    taps = (g.groups, g.c_out_g, g.c_in_g)
+    shift = (1, g.groups, g.c_out_g, 1)
+    result = (g.n, g.c_out, g.ho, g.wo)
+
+    def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        out = np.matmul(w.reshape(taps), x[pick].reshape(columns))
+        if bias is not None:
+            out += bias.reshape(shift)
         return out.reshape(result)
 
     return forward

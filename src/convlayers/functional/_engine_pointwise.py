@@ -61,7 +61,7 @@ def ready_pointwise(g: Geometry, threads: int,
     ``threads`` is 1, see :func:`ready_alone`), any other as :func:`_fwd_pointwise`."""
     if _tiny(g):
         return _tiny_product(g)
-    if not ready_alone(g):
+    if _few(g) or g.padded:
         return functools.partial(_fwd_pointwise, g=g)
     length = g.ho * g.wo
     block, rows = _pointwise_units(g.n, g.c_in_g, length, g.c_out_g, g.itemsize, threads)
@@ -119,8 +119,9 @@ def _tiny_product(g: Geometry) -> Callable[[np.ndarray, np.ndarray, np.ndarray |
 def ready_alone(g: Geometry) -> bool:
     """Whether :func:`ready_pointwise` calls the kernel itself (so that, planned for one
     thread, it runs on the calling thread with no thread setting to apply): an unpadded layer
-    that :func:`_few` leaves to the register tiles."""
-    return not (_few(g) or g.padded)
+    that :func:`_few` leaves to the register tiles, or one small product (:func:`_tiny`,
+    NumPy's, on the calling thread)."""
+    return _tiny(g) or not (_few(g) or g.padded)
 
 
 def _few(g: Geometry) -> bool:

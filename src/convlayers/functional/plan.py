@@ -708,8 +708,9 @@ def full_geometry(g: Geometry) -> Geometry:
 
 #: Forward strategies that also run a stride-1 input gradient alone, as the forward of
 #: :func:`full_geometry` (the flipped, transposed weights over the output gradient): a
-#: transposed convolution of stride 1 is such a forward, and ``direct`` and Winograd ran the
-#: slow ones of the sweeps at 0.9-1.06x torch's time where the gradient kernels took 1.2-1.5x.
+#: transposed convolution of stride 1 is such a forward, and with them the slow ones of the
+#: sweeps ran 0.85-1.10x torch's time (the measured choice) where the gradient kernels took
+#: 1.17-1.51x.
 FLIPPED_FORWARDS = ("winograd", "direct")
 
 

@@ -18,7 +18,7 @@ from convlayers.functional._common import pad_pairs
 from convlayers.functional._compiled import _numba_threads, kernels
 from convlayers.functional._engine_shared import _bias_arg, _quiet, remembered
 from convlayers.functional._scratch import take
-from convlayers.functional._strided import put_phase, take_phase
+from convlayers.functional._strided import _index, put_phase, take_phase
 from convlayers.functional.plan import Geometry
 
 
@@ -100,8 +100,7 @@ def _tiny_product(g: Geometry) -> Callable[[np.ndarray, np.ndarray, np.ndarray |
     pixels it reads ``(N, g, C_in/g, Ho*Wo)``: a call of a few microseconds, where the compiled
     kernel's own costs are several times the product's. The first call and the remembered ones
     (:func:`ready_pointwise`) both take it, so they give the same bits, on any thread count."""
-    pick = (slice(None), slice(None), slice(0, (g.ho - 1) * g.sh + 1, g.sh),
-            slice(0, (g.wo - 1) * g.sw + 1, g.sw))
+    pick = _index((0, 0), (g.sh, g.sw), (g.ho, g.wo))  # the pixels take_phase would copy
     columns = (g.n, g.groups, g.c_in_g, g.ho * g.wo)
     taps = (g.groups, g.c_out_g, g.c_in_g)
     shift = (1, g.groups, g.c_out_g, 1)

@@ -83,6 +83,68 @@ def test_depthwise_row_kernels_match_torch(k: int, stride: int, c: int) -> None:
         assert_close(out, _nhwc(want), f"row kernel {k}x{k} s{stride} c{c} w{width}")
 
 
+def _depthwise_inside_taps(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int,
+                           dh: int, pt: int, pl: int, ho: int, wo: int) -> np.ndarray:
+    """The reference: each NHWC output the bias plus its window's taps inside the map, in
+    row-major order (a tap on the padding is not multiplied), float64 sums."""
+    n, h, w, c = x.shape
+    k = weight.shape[1]
+    out = np.broadcast_to(bias.astype(np.float64), (n, ho, wo, c)).copy()
+    for i in range(k):
+        for j in range(k):
+            for oy in range(ho):
+                iy = oy * stride - pt + i * dh
+                if not 0 <= iy < h:
+                    continue
+                for ox in range(wo):
+                    ix = ox * stride - pl + j
+                    if 0 <= ix < w:
+                        out[:, oy, ox] += x[:, iy, ix].astype(np.float64) * weight[i, j]
+    return out
+
+
+@pytest.mark.parametrize(("k", "stride"), [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_depthwise_sums_only_the_taps_inside_the_map(k: int, stride: int) -> None:
+    """The kernels the row kernels serve (3x3 and 5x5, stride 1 or 2) on maps where most
+    pixels are borders: 1-7 rows and columns (narrower than the kernel: no pixel's window
+    inside), uneven padding from none to twice the kernel (rows and columns whose windows read
+    only padding give the bias), row dilation, and inf/NaN in the weights and the input:
+    against the sum of the taps inside the map (a weight meets no padding: a NaN or inf
+    weight reaches only the outputs whose windows hold its tap on the map), and against
+    torch where everything is finite."""
+    rng = np.random.default_rng(k * 10 + stride)
+    c = 40
+    for case in range(36):
+        h, w = int(rng.integers(1, 8)), int(rng.integers(1, 8))
+        dh = int(rng.integers(1, 3))
+        pt, pb, pl, pr = (int(v) for v in rng.integers(0, 2 * k + 1, 4))
+        if h + pt + pb < (k - 1) * dh + 1 or w + pl + pr < k:
+            pb, pr = (k - 1) * dh + 1, k  # enough for one window
+        x = rng.standard_normal((1, h, w, c)).astype(np.float32)
+        weight = rng.standard_normal((k, k, c)).astype(np.float32)
+        if case % 3 == 1:
+            weight[0, 0, 3], weight[k - 1, k - 1, 17], weight[k // 2, 0, 33] = np.inf, np.nan, -np.inf
+        elif case % 3 == 2:
+            x[0, 0, 0, 5], x[0, h - 1, w - 1, 21], x[0, h // 2, 0, 38] = np.inf, np.nan, -np.inf
+        bias = rng.standard_normal(c).astype(np.float32)
+        ho = (h + pt + pb - (k - 1) * dh - 1) // stride + 1
+        wo = (w + pl + pr - k) // stride + 1
+        want = _depthwise_inside_taps(x, weight, bias, stride, dh, pt, pl, ho, wo)
+        out = np.empty((1, ho, wo, c), np.float32)
+        with np.errstate(invalid="ignore"):
+            CL.depthwise(x, weight, bias, stride, stride, dh, 1, pt, pl, out, False, 0, c, 2, out)
+        label = f"row kernel {k}x{k} s{stride} map {h}x{w} d{dh} pads {pt, pb, pl, pr}"
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(want), label)
+        np.testing.assert_array_equal(out[np.isinf(out)], want[np.isinf(want)], label)
+        finite = np.isfinite(want)
+        assert_close(out[finite], want[finite].astype(np.float32), label)
+        if case % 3 == 0:
+            theirs = tf.conv2d(tf.pad(torch.from_numpy(x).permute(0, 3, 1, 2), (pl, pr, pt, pb)),
+                               torch.from_numpy(weight).permute(2, 0, 1)[:, None],
+                               torch.from_numpy(bias), stride, 0, (dh, 1), c)
+            assert_close(out, _nhwc(theirs), label)
+
+
 def test_depthwise_keeps_torch_non_finite_pattern() -> None:
     """inf and NaN in the input reach exactly the outputs whose windows hold them."""
     rng = np.random.default_rng(1)

@@ -49,6 +49,7 @@ from typing import Any
 
 from convlayers import config
 from convlayers.functional import _ready
+from convlayers.functional._engine_direct import skips_padding
 from convlayers.functional.plan import (
     Geometry,
     cannot_serve,
@@ -88,9 +89,11 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     position: ``C_out/g * wq`` against ``(C_out/g + price) * wo``) are within
     ``measure_band`` of each other (:func:`convlayers.functional.plan.dense_position_costs`),
     ``direct`` where it serves (one group, float32) on ``config.engine.direct_min_channels``
-    input channels or more, and ``dot`` on ``dot_min_in_channels`` or more input channels a
-    group and at most ``dot_max_out_channels`` output channels a group or ``dot_max_positions``
-    output positions an image (:mod:`convlayers.functional._engine_dot`); for a multiplier's
+    input channels or more, or on fewer where it skips the padding's taps
+    (:func:`convlayers.functional._engine_direct.skips_padding`), and ``dot`` on
+    ``dot_min_in_channels`` or more input channels a group and at most
+    ``dot_max_out_channels`` output channels a group or ``dot_max_positions`` output positions
+    an image (:mod:`convlayers.functional._engine_dot`); for a multiplier's
     forward (which the model does not price: 24->96 1x5 stride 2 on 32x24x13x13 ran 0.52 ms
     by the implicit GEMM it plans, 0.36 lowered, torch 0.36) and for a gradient, both; a
     dense or grouped 1x1 forward with a stride, planned ``pointwise``, against the implicit
@@ -128,8 +131,8 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
             implicit, lowered = dense_position_costs(g)
             if not 1 / e.measure_band <= implicit / lowered <= e.measure_band:
                 found = (strategy,)
-    if (pass_ == "forward" and g.c_in >= e.direct_min_channels
-            and cannot_serve("direct", g, pass_) is None):
+    if (pass_ == "forward" and cannot_serve("direct", g, pass_) is None
+            and (g.c_in >= e.direct_min_channels or skips_padding(g))):
         found += ("direct",)
     if pass_ == "input_grad" and g.sh == g.sw == 1:
         # the forward of the flipped weights (plan.full_geometry): its input channels are

@@ -23,6 +23,7 @@ from convlayers.kernels.simd import (
     VECTOR_BYTES,
     band_pixels,
     conv_band_taps,
+    conv_band_taps_onto,
     conv_rows,
     conv_slab,
     conv_strip,
@@ -30,8 +31,9 @@ from convlayers.kernels.simd import (
     transpose_block,
 )
 
-__all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "WIDE_SLACK", "dense", "dense_units", "max_pool",
-           "pad_channels_last", "pad_to_channels_last", "pixel_offsets", "row_taps",
+__all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "WIDE_SLACK", "dense",
+           "dense_classes", "dense_units", "inside_runs", "max_pool", "pad_channels_last",
+           "pad_to_channels_last", "pixel_offsets", "row_taps", "rows_to_channels_first",
            "tap_offsets", "window_taps"]
 
 
@@ -228,6 +230,75 @@ def dense(xf, w, offs, toffs, row_taps, wo, bias, res, has_res, act, rows, cols,
                                 for q in range(p, p + band):
                                     _finish_row(out[q, c0:c1], b, res[q, c0:c1], has_res, act)
                         a = e
+
+
+def inside_runs(n_out: int, size: int, k: int, s: int, p: int, d: int) -> list[tuple[int, int, int, int]]:
+    """Runs ``(o0, o1, j0, j1)`` of consecutive outputs along one axis whose windows have the
+    same taps inside the input: output ``o`` reads input ``o*s - p + j*d`` at tap ``j``, inside
+    for ``j0 <= j < j1`` (``j0 == j1`` when every tap is on the padding)."""
+    runs: list[tuple[int, int, int, int]] = []
+    for o in range(n_out):
+        start = o * s - p
+        j0 = min(k, -(start // d)) if start < 0 else 0  # ceil(-start / d)
+        j1 = max(j0, min(k, -((start - size) // d)))  # ceil((size - start) / d)
+        if runs and runs[-1][1] == o and runs[-1][2:] == (j0, j1):
+            runs[-1] = (runs[-1][0], o + 1, j0, j1)
+        else:
+            runs.append((o, o + 1, j0, j1))
+    return runs
+
+
+@njit(parallel=True, cache=True)
+def dense_classes(xf, w, offs, toffs, kw, units, bias, threads, out):
+    """``out = conv + bias`` like :func:`dense` (no residual, no activation), each output
+    pixel summing only the taps its window reads from the input, not the zero padding: the
+    pixels come in classes (runs of rows by runs of columns, :func:`inside_runs`) whose
+    windows share those taps, ``offs`` and ``out`` list them class by class, and each unit
+    ``units[u] = (p0, p1, c0, c1, i0, i1, j0, j1)`` is pixels ``p0 .. p1`` of one class by
+    output channels ``c0 .. c1`` (a multiple of the packed strips' width), summing kernel rows
+    ``i0 .. i1`` by columns ``j0 .. j1`` (``toffs``: every tap, :func:`tap_offsets`; each
+    kernel row's columns are a range of them, a part). The sums are stored between the parts
+    and added onto
+    (:func:`convlayers.kernels.simd.conv_band_taps_onto`); a class with no tap inside is its
+    bias. Units are handed out in order to the first free of ``threads`` threads."""
+    c_all = out.shape[1]
+    c_in = w.shape[0] // ((c_all + w.shape[1] - 1) // w.shape[1]) // toffs.size
+    queue = new_queue()
+    for _ in prange(threads):
+        while True:
+            u = claim(queue)
+            if u >= units.shape[0]:
+                break
+            p0, p1, j0c, j1c = units[u, 0], units[u, 1], units[u, 2], units[u, 3]
+            i0, i1, j0, j1 = units[u, 4], units[u, 5], units[u, 6], units[u, 7]
+            if i1 <= i0 or j1 <= j0:
+                for q in range(p0, p1):
+                    out[q, j0c:j1c] = bias[j0c:j1c]
+                continue
+            kc = conv_slab(xf, j1 - j0, j1c - j0c)
+            for c0 in range(j0c, j1c, NC):
+                c1 = min(j1c, c0 + NC)
+                for i in range(i0, i1):
+                    t0, t1 = i * kw + j0, i * kw + j1
+                    for k0 in range(0, c_in, kc):
+                        k1 = min(c_in, k0 + kc)
+                        add = 0 if i == i0 and k0 == 0 else 1
+                        finish = 0 if i == i1 - 1 and k1 == c_in else -1
+                        conv_band_taps_onto(xf, w, out, offs, toffs, t0, t1, p0, p1 - p0, c0,
+                                            c1, k0, k1, bias, out, finish, add)
+
+
+@njit(parallel=True, cache=True)
+def rows_to_channels_first(rows, dest, hw, out):
+    """``out (N, C, H, W)`` from ``rows (P, C)``, row ``q`` being pixel ``dest[q]`` of the
+    ``N*H*W`` in NCHW order (``hw = H*W``): :func:`dense_classes`'s class order back."""
+    c = rows.shape[1]
+    flat = out.reshape(out.shape[0], c, hw)
+    for q in prange(rows.shape[0]):
+        p = dest[q]
+        n, r = p // hw, p % hw
+        for ch in range(c):
+            flat[n, ch, r] = rows[q, ch]
 
 
 #: A unit's fixed cost (handing it out, its first loads), in tiles of one strip.

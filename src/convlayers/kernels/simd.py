@@ -46,7 +46,8 @@ from convlayers.kernels._typed import FALSE, TRUE, ZERO
 
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS",
            "TALL_TWO_ROWS", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "band_columns",
-           "band_pixels", "conv_band", "conv_band_taps", "conv_rows", "conv_slab", "conv_strip",
+           "band_pixels", "conv_band", "conv_band_taps", "conv_band_taps_onto", "conv_rows",
+           "conv_slab", "conv_strip",
            "few_columns", "gemm_few", "gemm_indirect", "gemm_indirect_left_add",
            "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
            "gemm_tiled_inner", "interleave3", "masked_store", "pack_conv_weights", "taps_broadcast",
@@ -968,11 +969,20 @@ def conv_band(x, w, m, offs, toffs, p, rows, c0, c1, k0, k1, bias, res, finish):
                    finish)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, inline="always")
 def conv_band_taps(x, w, m, offs, toffs, t0, t1, p, rows, c0, c1, k0, k1, bias, res, finish):
+    """:func:`conv_band_taps_onto`, adding onto ``m`` when ``k0 > 0`` (a later slab of input
+    channels); inlined, so a caller's band is one call, as before the explicit ``add``."""
+    conv_band_taps_onto(x, w, m, offs, toffs, t0, t1, p, rows, c0, c1, k0, k1, bias, res, finish,
+                        1 if k0 > 0 else 0)
+
+
+@njit(cache=True, fastmath=True)
+def conv_band_taps_onto(x, w, m, offs, toffs, t0, t1, p, rows, c0, c1, k0, k1, bias, res, finish,
+                        add):
     """Rows ``p .. p+rows``, columns ``c0 .. c1`` (``c0`` a multiple
     of a strip), input channels ``k0 .. k1`` of ``m (+)= sum_t X_t @ W[t*C : (t+1)*C]``
-    (``+=`` unless ``k0 == 0``): a direct convolution over a flat, padded, channels-last
+    (``+=`` when ``add`` is nonzero): a direct convolution over a flat, padded, channels-last
     input ``x`` with ``C`` channels, where row ``p`` of ``X_t`` is
     ``x[offs[p] + toffs[t] : ... + C]`` (output pixel ``p``'s window at tap ``t``) and ``w`` is
     ``W (ntaps*C, C_out)`` packed by :func:`pack_conv_weights`, summed over the taps
@@ -998,7 +1008,6 @@ def conv_band_taps(x, w, m, offs, toffs, t0, t1, p, rows, c0, c1, k0, k1, bias, 
     first = t0 * C  # the first summed tap's rows in each strip
     toffs = toffs[t0:t1]
     lanes = (64 if _WIDE else 32) // x.itemsize
-    add = 1 if k0 > 0 else 0
     step = band_pixels(c1 - c0, lanes)
     if c1 - c0 <= 2 * lanes:  # a narrow block, on one tall tile
         two = c1 - c0 > lanes

@@ -1,0 +1,103 @@
+"""The ``direct`` strategy's classes of pixels that sum only their windows' taps inside the
+input (:func:`convlayers.inference.conv_last.dense_classes`), where padding is wide against
+the map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tF
+
+from convlayers import config
+from convlayers import functional as F
+from convlayers.functional import _engine_direct, _measured
+from convlayers.functional.plan import geometry
+from convlayers.inference import conv_last
+from oracle import assert_close
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_inside_runs_are_the_taps_each_output_reads(seed: int) -> None:
+    """Each output's run holds exactly the taps ``j`` with ``0 <= o*s - p + j*d < size``,
+    counted one by one; the runs cover every output once, in order."""
+    rng = np.random.default_rng(seed)
+    size, k, s, d = (int(v) for v in (rng.integers(1, 12), rng.integers(1, 8), rng.integers(1, 4),
+                                      rng.integers(1, 4)))
+    p = int(rng.integers(0, 2 * k * d))
+    n_out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    if n_out < 1:
+        p = d * k
+        n_out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    runs = conv_last.inside_runs(n_out, size, k, s, p, d)
+    assert [o for a, b, _, _ in runs for o in range(a, b)] == list(range(n_out))
+    for a, b, j0, j1 in runs:
+        for o in range(a, b):
+            inside = [j for j in range(k) if 0 <= o * s - p + j * d < size]
+            assert inside == list(range(j0, j1)), (o, inside, (j0, j1))
+
+
+# padding wide against small maps, where the classes pay (checked below): (C_in, C_out, kernel,
+# stride, padding, dilation, N, H, W)
+CASES = [(12, 52, (7, 7), (1, 1), (6, 6), (2, 2), 19, 11, 11),
+         (9, 229, (7, 7), (1, 1), (6, 6), (2, 2), 6, 7, 7),
+         (3, 17, (3, 3), (1, 1), (5, 5), (1, 1), 7, 5, 5),
+         (20, 70, (5, 3), (2, 1), (4, 2), (3, 2), 9, 13, 6),
+         (33, 300, (4, 6), (1, 2), (3, 5), (2, 1), 8, 6, 9),
+         (5, 8, (7, 7), (3, 3), (9, 9), (1, 1), 12, 4, 4)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_direct_by_classes_matches_torch(case: tuple) -> None:
+    """Forced ``direct`` on layers where the classes pay: torch's result, bias included, for
+    pixels whose windows read only padding too (the bias alone), narrow output blocks (8
+    channels: the tall tiles) and more than one block of channels (300)."""
+    c_in, c_out, kernel, stride, padding, dilation, n, h, w = case
+    g = geometry((n, c_in, h, w), (c_out, c_in, *kernel), stride, dilation, 1,
+                 tuple((p, p) for p in padding),
+                 tuple((s + 2 * p - d * (k - 1) - 1) // t + 1 for s, p, d, k, t in
+                       zip((h, w), padding, dilation, kernel, stride, strict=True)), np.float32)
+    assert _engine_direct.skips_padding(g)
+    rng = np.random.default_rng(c_out)
+    x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
+    weight = rng.standard_normal((c_out, c_in, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    want = tF.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
+                     stride, padding, dilation).numpy()
+    with config.engine_settings(force="direct"):
+        got = F.conv2d(x, weight, bias, stride, padding, dilation)
+    assert_close(got, want, f"direct by classes {case}")
+
+
+def test_direct_by_classes_keeps_the_non_finite_pattern() -> None:
+    """An inf or NaN input reaches the outputs whose windows hold it; an inf weight takes the
+    plain tiles (which multiply the padding's zeros), whose non-finite outputs are torch's."""
+    c_in, c_out, kernel, stride, padding, dilation, n, h, w = CASES[0]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
+    x[0, 2, 0, 0], x[3, 7, 5, 9] = np.inf, np.nan
+    weight = rng.standard_normal((c_out, c_in, *kernel)).astype(np.float32)
+    for w_case in (weight, weight.copy()):
+        if w_case is not weight:
+            w_case[4, 1, 0, 6] = np.inf
+        want = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w_case), None, stride, padding,
+                         dilation).numpy()
+        with config.engine_settings(force="direct"), np.errstate(invalid="ignore"):
+            got = F.conv2d(x, w_case, None, stride, padding, dilation)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        finite = np.isfinite(want)
+        assert_close(got[finite], want[finite], "non-finite pattern")
+
+
+def test_direct_is_measured_where_it_skips_the_padding() -> None:
+    """A forward of fewer input channels than ``direct_min_channels`` measures ``direct`` where
+    its classes pay, not where they do not (a padding of 1 on a large map)."""
+    wide = geometry((19, 12, 11, 11), (52, 12, 7, 7), (1, 1), (2, 2), 1, ((6, 6), (6, 6)),
+                    (11, 11), np.float32)
+    narrow = geometry((2, 12, 40, 40), (52, 12, 3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)),
+                      (40, 40), np.float32)
+    assert config.engine.direct_min_channels > 12
+    assert _engine_direct.skips_padding(wide) and not _engine_direct.skips_padding(narrow)
+    assert "direct" in _measured.candidates(wide, "lowered", "forward")
+    assert "direct" not in _measured.candidates(narrow, "lowered", "forward")

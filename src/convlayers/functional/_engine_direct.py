@@ -13,9 +13,13 @@ large maps, as much as the product itself for one small map under large weights 
 7x7 on 1x420x7x7: 2.6M weights for 128M multiply-adds), where the measurement keeps the
 planner's choice.
 
+Where padding is wide against the map, the pixels run in classes that sum only their
+windows' taps inside the input (:func:`skips_padding`,
+:func:`convlayers.inference.conv_last.dense_classes`), as torch's direct kernels do.
+
 The planner never picks it by rule: a dense (one-group) float32 forward planned ``implicit`` or
-``lowered`` measures it against that strategy once, from 16 input channels
-(:mod:`convlayers.functional._measured`).
+``lowered`` measures it against that strategy once, from 16 input channels, or on fewer where
+it skips the padding (:mod:`convlayers.functional._measured`).
 """
 
 from __future__ import annotations
@@ -127,9 +131,9 @@ def skips_padding(g: Geometry) -> bool:
 @remembered
 def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The layout of :func:`convlayers.inference.conv_last.dense_classes` where
-    :func:`skips_padding` (else None): each pixel's window start, class by class, its index in
-    NCHW pixel order, and the units (a class's pixels in bands of the plain kernel's units'
-    rows, rounded to whole tiles, by its units' columns)."""
+    :func:`skips_padding` (else None): each pixel's window start, class by class, the row of
+    that order each pixel in NCHW order takes, and the units (a class's pixels in bands of the
+    plain kernel's units' rows, rounded to whole tiles, by its units' columns)."""
     from convlayers.inference import conv_last
     from convlayers.kernels.simd import VECTOR_BYTES, band_pixels
 
@@ -154,8 +158,10 @@ def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndar
                 for c0 in range(0, g.c_out, cols):
                     units.append((p0, p1, c0, min(g.c_out, c0 + cols), i0, i1, j0, j1))
             start += block.size
-    dest = np.ascontiguousarray(np.concatenate(order))
-    return (np.ascontiguousarray(offs[dest]), dest, np.array(units, dtype=np.int64))
+    dest = np.concatenate(order)
+    src = np.empty_like(dest)
+    src[dest] = np.arange(dest.size, dtype=np.int64)
+    return (np.ascontiguousarray(offs[dest]), src, np.array(units, dtype=np.int64))
 
 
 def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
@@ -167,7 +173,7 @@ def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     offs, toffs, row_taps, rows, cols, k_rows = _layout(g, threads)
     # classes leave out the padding's taps: where a weight is inf or NaN, the plain tiles
     # multiply the zeros as before (the pattern the non-finite tests hold each strategy to)
-    classes = _classes(g, threads) if np.isfinite(w).all() else None
+    classes = _classes(g, threads) if skips_padding(g) and np.isfinite(w).all() else None
     hp, wp = padded_extent(g)
     xp = take("direct_input", (g.n, hp, wp, g.c_in), x.dtype)
     conv_last.pad_to_channels_last(np.ascontiguousarray(x), g.pt, g.pl, xp)
@@ -178,10 +184,10 @@ def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     last = take("direct_output", (pixels, g.c_out), x.dtype)
     out = np.empty((g.n, g.c_out, g.ho, g.wo), x.dtype)
     if classes is not None:
-        class_offs, dest, units = classes
+        class_offs, src, units = classes
         conv_last.dense_classes(xp.reshape(-1), packed, class_offs, toffs, g.kw, units, b,
                                 threads, last)
-        conv_last.rows_to_channels_first(last, dest, g.ho * g.wo, out)
+        conv_last.rows_to_channels_first(last, src, g.ho * g.wo, out)
         return out
     conv_last.dense(xp.reshape(-1), packed, offs, toffs, row_taps, g.wo, b, last, False, 0,
                     rows, cols, threads, last)

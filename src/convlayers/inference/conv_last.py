@@ -289,16 +289,18 @@ def dense_classes(xf, w, offs, toffs, kw, units, bias, threads, out):
 
 
 @njit(parallel=True, cache=True)
-def rows_to_channels_first(rows, dest, hw, out):
-    """``out (N, C, H, W)`` from ``rows (P, C)``, row ``q`` being pixel ``dest[q]`` of the
-    ``N*H*W`` in NCHW order (``hw = H*W``): :func:`dense_classes`'s class order back."""
+def rows_to_channels_first(rows, src, hw, out):
+    """``out (N, C, H, W)`` from ``rows (P, C)``, pixel ``p`` of the ``N*H*W`` in NCHW order
+    being row ``src[p]`` (``hw = H*W``): :func:`dense_classes`'s class order back. Each
+    thread writes whole planes of one image and channel in order (a loop over the rows wrote
+    each row's channels a plane apart: 70 us for 6x229x7x7, 13 this way)."""
     c = rows.shape[1]
     flat = out.reshape(out.shape[0], c, hw)
-    for q in prange(rows.shape[0]):
-        p = dest[q]
-        n, r = p // hw, p % hw
-        for ch in range(c):
-            flat[n, ch, r] = rows[q, ch]
+    for plane in prange(out.shape[0] * c):
+        n, ch = plane // c, plane % c
+        dst = flat[n, ch]
+        for r in range(hw):
+            dst[r] = rows[src[n * hw + r], ch]
 
 
 #: A unit's fixed cost (handing it out, its first loads), in tiles of one strip.

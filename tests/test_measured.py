@@ -357,6 +357,27 @@ def test_a_quick_measurement_runs_more_rounds() -> None:
     _measured.forget_measurements()
 
 
+def test_a_slow_first_call_does_not_cut_a_quick_measurement() -> None:
+    """A candidate's first call may load its kernels (hundreds of milliseconds): the rounds
+    after it set the pace, so a quick layer still gets ``measure_max_rounds`` rounds, and the
+    first call's time is not what decides."""
+    g = _geometry()
+    names = _measured.candidates(g, "implicit")
+    e = config.engine
+    calls: list[str] = []
+
+    def run(name: str) -> None:
+        calls.append(name)
+        first = calls.count(name) == 1
+        time.sleep(2 * e.measure_quick_ms / 1000 if first and name == "lowered" else 0.0)
+
+    _measured.forget_measurements()
+    with _measured.on_first_call():
+        _measured.measured_strategy(g, "forward", "implicit", run)
+    assert sorted(calls) == sorted(list(names) * e.measure_max_rounds), len(calls)
+    _measured.forget_measurements()
+
+
 def test_the_measurement_follows_its_settings() -> None:
     """The rounds, the tie and the candidates come from ``config.engine``: two rounds at most
     run two of each candidate; a tie of 100 percent keeps the planner's choice however slow;

@@ -190,7 +190,8 @@ def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str
     :func:`unsure`, then the fastest of :func:`candidates` as measured by ``run(name)``
     (``config.engine.measure_rounds`` calls each, alternating, fewer once the rounds took
     ``measure_budget_ms``, more up to ``measure_max_rounds`` while they took under
-    ``measure_quick_ms``; the shortest of each kept; another strategy only when
+    ``measure_quick_ms`` at the pace of the rounds after the first, which may hold first-use
+    costs; the shortest of each kept; another strategy only when
     ``measure_tie_percent`` faster than the planner's), remembered: a gradient on its first call, a
     forward on its second (its first takes ``strategy``), or its first in
     :func:`on_first_call`."""
@@ -208,15 +209,22 @@ def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str
         times = dict.fromkeys(names, float("inf"))
         began = time.perf_counter()
         e = config.engine
+        first = began
         for done in range(1, e.measure_max_rounds + 1):
             for name in names:
                 start = time.perf_counter()
                 run(name)
                 times[name] = min(times[name], time.perf_counter() - start)
-            spent = time.perf_counter() - began
-            if spent > e.measure_budget_ms / 1000:
+            now = time.perf_counter()
+            if now - began > e.measure_budget_ms / 1000:
                 break  # a large layer: the runs so far decide
-            if done >= e.measure_rounds and spent > e.measure_quick_ms / 1000:
+            if done == 1:
+                first = now
+            # whether the layer is quick, from the rounds after the first: a strategy's first
+            # call in a process may load its kernels and build its layout (0.68 s for
+            # ``direct`` by classes), which left a 0.3 ms layer three rounds, not nine
+            pace = (now - first) / (done - 1) if done > 1 else now - began
+            if done >= e.measure_rounds and pace * done > e.measure_quick_ms / 1000:
                 break  # more rounds only for quick layers
         other = min((name for name in names if name != strategy), key=times.__getitem__)
         faster = times[other] < (1 - e.measure_tie_percent / 100) * times[strategy]

@@ -98,6 +98,19 @@ CLASS_SHARE = 0.85
 
 
 @remembered
+def _runs(g: Geometry) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]],
+                                int]:
+    """The runs of output rows and of columns whose windows read the same taps
+    (:func:`convlayers.inference.conv_last.inside_runs`), and the pixels of a tile."""
+    from convlayers.inference import conv_last
+    from convlayers.kernels.simd import VECTOR_BYTES, band_pixels
+
+    return (conv_last.inside_runs(g.ho, g.h, g.kh, g.sh, g.pt, g.dh),
+            conv_last.inside_runs(g.wo, g.w, g.kw, g.sw, g.pl, g.dw),
+            int(band_pixels(min(g.c_out, 256), VECTOR_BYTES // g.itemsize)))
+
+
+@remembered
 def skips_padding(g: Geometry) -> bool:
     """Whether ``direct`` runs ``g`` by classes of pixels that sum only their windows' taps
     inside the input (:func:`convlayers.inference.conv_last.dense_classes`), not the plain
@@ -110,14 +123,9 @@ def skips_padding(g: Geometry) -> bool:
     below :data:`CLASS_SHARE` of the plain cost: wide padding against a small map (12 -> 52
     7x7 dilation 2 padding 6 on 19x12x11x11, where 41% of the taps read input: 0.93 -> 0.57
     ms, torch 0.43-0.53)."""
-    from convlayers.inference import conv_last
-    from convlayers.kernels.simd import VECTOR_BYTES, band_pixels
-
     if direct_fits(g) is not None:
         return False
-    row_runs = conv_last.inside_runs(g.ho, g.h, g.kh, g.sh, g.pt, g.dh)
-    col_runs = conv_last.inside_runs(g.wo, g.w, g.kw, g.sw, g.pl, g.dw)
-    tile = int(band_pixels(min(g.c_out, 256), VECTOR_BYTES // g.itemsize))
+    row_runs, col_runs, tile = _runs(g)
     plain = sum(g.n * (b - a) * g.wo * max(1, i1 - i0) * g.kw for a, b, i0, i1 in row_runs)
     classes = 0.0
     for ya, yb, i0, i1 in row_runs:
@@ -129,19 +137,14 @@ def skips_padding(g: Geometry) -> bool:
 
 
 @remembered
-def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The layout of :func:`convlayers.inference.conv_last.dense_classes` where
-    :func:`skips_padding` (else None): each pixel's window start, class by class, the row of
-    that order each pixel in NCHW order takes, and the units (a class's pixels in bands of the
-    plain kernel's units' rows, rounded to whole tiles, by its units' columns)."""
+def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The layout of :func:`convlayers.inference.conv_last.dense_classes` (for a ``g`` that
+    :func:`skips_padding`): each pixel's window start, class by class, the row of that order
+    each pixel in NCHW order takes, and the units (a class's pixels in bands of the plain
+    kernel's units' rows, rounded to whole tiles, by its units' columns)."""
     from convlayers.inference import conv_last
-    from convlayers.kernels.simd import VECTOR_BYTES, band_pixels
 
-    if not skips_padding(g):
-        return None
-    row_runs = conv_last.inside_runs(g.ho, g.h, g.kh, g.sh, g.pt, g.dh)
-    col_runs = conv_last.inside_runs(g.wo, g.w, g.kw, g.sw, g.pl, g.dw)
-    tile = int(band_pixels(min(g.c_out, 256), VECTOR_BYTES // g.itemsize))
+    row_runs, col_runs, tile = _runs(g)
     hp, wp = padded_extent(g)
     offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
     rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize)

@@ -63,7 +63,7 @@ class Config:
     ratios: dict[str, float] = field(default_factory=dict)
     times: dict[str, tuple[float, float]] = field(default_factory=dict)
     error: str = ""
-    strategy: str = ""  # convolutions: the planner's forward / input-grad / weight-grad
+    strategy: str = ""  # convolutions: forward / input-grad / weight-grad as they ran
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -325,7 +325,10 @@ def _callables(cfg: Config, F: Any, torch: Any, tF: Any, rng: np.random.Generato
 
 
 def _strategy(cfg: Config, F: Any) -> str:
-    """The planner's strategies for a convolution, ``forward/input-grad/weight-grad``."""
+    """The strategies of a convolution, ``forward/input-grad/weight-grad``: asked after its
+    timings, each pass's measured choice where it measured (:func:`convlayers.functional.plan`
+    reports it), else the planner's. Asked before, the worst list named the planner's choice
+    where another had been measured faster and ran."""
     if cfg.kind != "conv":
         return ""
     p = cfg.params
@@ -491,7 +494,6 @@ def main(argv: list[str] | None = None) -> int:
     with threadpool_limits(args.threads, user_api="blas"):
         for i, cfg in enumerate(configs):
             fns = _callables(cfg, F, torch, tF, rng)
-            cfg.strategy = _strategy(cfg, F)
             for key in passes:
                 ours, theirs = fns[key]
                 try:
@@ -506,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 t_ours, t_theirs = _interleaved(ours, theirs, budget, 25)
                 cfg.times[key] = (t_ours, t_theirs)
                 cfg.ratios[key] = t_ours / t_theirs
+            cfg.strategy = _strategy(cfg, F)
             if not args.quiet:
                 shown = "  ".join(f"{k} {cfg.ratios[k]:5.2f}x ({1e3 * cfg.times[k][0]:.2f} ms)"
                                   for k in passes if k in cfg.ratios)

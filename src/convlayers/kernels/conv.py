@@ -606,9 +606,10 @@ def pointwise(x, taps, bias, B, R, panels, out):
     4) of one image: small feature maps at batch 1 have too few column blocks to keep every
     thread busy. The input gradient, with ``taps`` transposed, is :func:`pointwise_strided`.
 
-    ``panels (T, C_in/g * S)``, when not empty: ``T`` threads each copy their unit's columns
-    of ``x[n, g]`` into rows ``S`` elements apart in their panel first, and the tiles read
-    those (rows near a multiple of 4 KiB apart evict each other from the L1 and L2 caches)."""
+    ``panels (T, C_in/g * S)``, ``T`` at least the parallel region's threads (each takes row
+    ``numba.get_thread_id()``), when not empty: each thread copies its unit's columns of
+    ``x[n, g]`` into rows ``S`` elements apart in its panel first, and the tiles read those
+    (rows near a multiple of 4 KiB apart evict each other from the L1 and L2 caches)."""
     _pointwise_parallel(x, taps, bias, B, R, panels, out)
 
 
@@ -633,11 +634,12 @@ def _pointwise_parallel(x, taps, bias, B, R, panels, out):
     nb = (L + B - 1) // B
     nr = (Cog + R - 1) // R
     # one parallel loop whether the tiles read panels or ``x`` in place, each thread's panel
-    # by its id: each loop is a function numba compiles with the unit and the tiles linked in,
-    # and a second loop (the panels' units from a queue) took a first call's compile of
-    # ``pointwise`` from 15.7 to 25.6 s on an empty cache. The units run in prange's
-    # contiguous chunks: handed out one by one from a queue, the in-place ones ran 1.1-1.5x
-    # the time (a thread's consecutive units share their columns, kept in its core's L2).
+    # by its id: each loop is a function numba compiles with the unit and the tiles linked in
+    # (with a second loop for the panels' units, from a queue, and the index below, a first
+    # call's compile of ``pointwise`` took 25.6 s on an empty cache; now 14.9 s). The units
+    # run in prange's contiguous chunks: handed out one by one from a queue, the in-place
+    # ones ran 1.1-1.5x the time (a thread's consecutive units share their columns, kept in
+    # its core's L2).
     offs = np.empty((panels.shape[0], K if panels.shape[1] > 0 else 0), np.int64)
     for unit in prange(N * nb * nr):
         t = numba.get_thread_id()  # row k of its unit's columns at panels[t, offs[t, k] + j]

@@ -28,7 +28,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
     from convlayers import config
     from convlayers import functional as F
     from convlayers.functional.plan import STRATEGIES
-    from convlayers.kernels.precompile import STRATEGY_EXAMPLES
+    from convlayers.kernels.precompile import PARALLEL, STRATEGY_EXAMPLES
 
     dt = np.dtype(dtype)
     rng = np.random.default_rng(0)
@@ -47,26 +47,33 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
 
         def conv(w: np.ndarray = w, b: np.ndarray = b, pad: int = pad, groups: int = groups,
                  name: str = name) -> None:
-            with config.engine_settings(force=name):
-                y = F.conv2d(x, w, b, padding=pad, groups=groups)
-                if name in ("direct", "dot"):  # forwards only
-                    return
-                F.conv_backward(np.ones_like(y), x, w, padding=pad, groups=groups)
-                if name not in ("winograd", "depthwise-flat", "depthwise-channels-last"):
-                    F.conv_transpose2d(x[:, : w.shape[0]], w, padding=pad, groups=groups)
+            # as a network's layers call them (the parallel kernels), then as small calls
+            # (serial twins, NumPy's product for a tiny 1x1 forward)
+            for settings in (PARALLEL, {}):
+                with config.engine_settings(force=name, **settings):
+                    y = F.conv2d(x, w, b, padding=pad, groups=groups)
+                    if name in ("direct", "dot"):  # forwards only
+                        continue
+                    F.conv_backward(np.ones_like(y), x, w, padding=pad, groups=groups)
+                    if name not in ("winograd", "depthwise-flat", "depthwise-channels-last"):
+                        F.conv_transpose2d(x[:, : w.shape[0]], w, padding=pad, groups=groups)
         out.append((f"conv {name}", conv))
 
     def pooling() -> None:
-        y, idx = F.max_pool2d(x, 3, 2, 1, return_indices=True)
-        F.max_pool2d(x, 2)
-        F.max_pool_backward(np.ones_like(y), x, idx)
-        a = F.avg_pool2d(x, 3, 2, 1)
-        F.avg_pool_backward(np.ones_like(a), x, 3, 2, 1)
+        for settings in (PARALLEL, {}):  # on every thread, then the small calls' serial twins
+            with config.engine_settings(**settings):
+                y, idx = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+                F.max_pool2d(x, 2)
+                F.max_pool_backward(np.ones_like(y), x, idx)
+                a = F.avg_pool2d(x, 3, 2, 1)
+                F.avg_pool_backward(np.ones_like(a), x, 3, 2, 1)
 
     def adaptive() -> None:
-        a = F.adaptive_avg_pool2d(x, 3)
-        F.adaptive_avg_pool_backward(np.ones_like(a), x)
-        F.adaptive_max_pool2d(x, 2, return_indices=True)
+        for settings in (PARALLEL, {}):  # on every thread, then the small calls' serial twins
+            with config.engine_settings(**settings):
+                a = F.adaptive_avg_pool2d(x, 3)
+                F.adaptive_avg_pool_backward(np.ones_like(a), x)
+                F.adaptive_max_pool2d(x, 2, return_indices=True)
         F.adaptive_avg_pool2d(x, 1)  # global pooling of a small input: the serial kernels
         F.adaptive_max_pool2d(x, 1, return_indices=True)
         with config.engine_settings(global_pool_serial_taps=0):  # large inputs: on every thread

@@ -37,6 +37,9 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         return rng.standard_normal(shape).astype(dt)
 
     x = arr(2, 16, 9, 9)
+    # each call as a network's layers make it (the parallel kernels), then as a small call
+    # (the serial twins, NumPy's product for a tiny 1x1 forward)
+    as_called: tuple[dict[str, int], ...] = (PARALLEL, {})
     out: list[tuple[str, Callable[[], Any]]] = []
     for name in STRATEGIES:
         if name not in STRATEGY_EXAMPLES or (name == "direct" and dt != np.float32):
@@ -47,9 +50,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
 
         def conv(w: np.ndarray = w, b: np.ndarray = b, pad: int = pad, groups: int = groups,
                  name: str = name) -> None:
-            # as a network's layers call them (the parallel kernels), then as small calls
-            # (serial twins, NumPy's product for a tiny 1x1 forward)
-            for settings in (PARALLEL, {}):
+            for settings in as_called:
                 with config.engine_settings(force=name, **settings):
                     y = F.conv2d(x, w, b, padding=pad, groups=groups)
                     if name in ("direct", "dot"):  # forwards only
@@ -60,7 +61,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         out.append((f"conv {name}", conv))
 
     def pooling() -> None:
-        for settings in (PARALLEL, {}):  # on every thread, then the small calls' serial twins
+        for settings in as_called:
             with config.engine_settings(**settings):
                 y, idx = F.max_pool2d(x, 3, 2, 1, return_indices=True)
                 F.max_pool2d(x, 2)
@@ -69,7 +70,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
                 F.avg_pool_backward(np.ones_like(a), x, 3, 2, 1)
 
     def adaptive() -> None:
-        for settings in (PARALLEL, {}):  # on every thread, then the small calls' serial twins
+        for settings in as_called:
             with config.engine_settings(**settings):
                 a = F.adaptive_avg_pool2d(x, 3)
                 F.adaptive_avg_pool_backward(np.ones_like(a), x)

@@ -34,7 +34,7 @@ from convlayers.kernels.simd import (
 __all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "WIDE_SLACK", "dense",
            "dense_classes", "dense_units", "inside_runs", "max_pool", "pad_channels_last",
            "pad_to_channels_last", "pixel_offsets", "row_taps", "rows_to_channels_first",
-           "tap_offsets", "window_taps"]
+           "tap_offsets", "tap_ranges", "window_taps"]
 
 
 @njit(parallel=True, cache=True)
@@ -142,12 +142,26 @@ def row_taps(ho: int, h: int, pt: int, sh: int, kh: int, dh: int, per_row: int) 
     convolutions skip them too). It spares much where the padding is wide against the map:
     1x344x11x11 -> 49, 7x7, dilation 3, padding 9 reads input on 40% of its kernel rows.
     """
-    y = np.arange(ho, dtype=np.int64) * sh
-    lo = np.clip(-((y - pt) // dh), 0, kh)  # ceil((pt - y) / dh)
-    hi = np.clip(-((y - pt - h) // dh), 0, kh)  # ceil((pt + h - y) / dh)
+    lo, hi = tap_ranges(ho, h, kh, sh, pt, dh)
     lo = np.minimum(lo, kh - 1)
     hi = np.maximum(hi, lo + 1)
     return np.ascontiguousarray(np.stack([lo, hi], axis=1) * per_row)
+
+
+def tap_ranges(n_out: int, size: int, k: int, s: int, p: int,
+               d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(j0, j1)`` int64 arrays: for each of ``n_out`` outputs along one axis, the taps
+    ``j0 <= j < j1`` its window reads inside the input (output ``o`` reads ``o*s - p + j*d``
+    at tap ``j``; ``j0 == j1`` when every tap is on the padding). The one formula behind
+    :func:`row_taps` and :func:`inside_runs`.
+
+    >>> tap_ranges(4, 4, 3, 1, 1, 1)  # 3 taps, padding 1: the first and last miss one
+    (array([1, 0, 0, 0]), array([3, 3, 3, 2]))
+    """
+    start = np.arange(n_out, dtype=np.int64) * s - p
+    j0 = np.clip(-(start // d), 0, k)  # ceil(-start / d)
+    j1 = np.maximum(j0, np.clip(-((start - size) // d), 0, k))  # ceil((size - start) / d)
+    return j0, j1
 
 
 @njit(cache=True)
@@ -237,10 +251,8 @@ def inside_runs(n_out: int, size: int, k: int, s: int, p: int, d: int) -> list[t
     same taps inside the input: output ``o`` reads input ``o*s - p + j*d`` at tap ``j``, inside
     for ``j0 <= j < j1`` (``j0 == j1`` when every tap is on the padding)."""
     runs: list[tuple[int, int, int, int]] = []
-    for o in range(n_out):
-        start = o * s - p
-        j0 = min(k, -(start // d)) if start < 0 else 0  # ceil(-start / d)
-        j1 = max(j0, min(k, -((start - size) // d)))  # ceil((size - start) / d)
+    for o, (j0, j1) in enumerate(zip(*(a.tolist() for a in tap_ranges(n_out, size, k, s, p, d)),
+                                     strict=True)):
         if runs and runs[-1][1] == o and runs[-1][2:] == (j0, j1):
             runs[-1] = (runs[-1][0], o + 1, j0, j1)
         else:

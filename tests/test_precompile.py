@@ -69,33 +69,35 @@ def test_the_forward_tasks_cover_every_compiled_strategy() -> None:
     assert labels[:3] == ["conv pointwise", "conv depthwise-channels-last",
                           "conv depthwise-planar"]
     assert {f"conv {s}" for s in STRATEGIES if s != "numpy"} <= set(labels)
-    assert labels[-1] == "pooling"
+    assert labels[-2:] == ["pooling", "linear"]
 
 
 REACHED = """
 import sys
 from convlayers.cli.warmup import tasks
-from convlayers.kernels import conv, pooling, precompile
+from convlayers.kernels import conv, linear, pooling, precompile
 
 found = dict(precompile.forward_tasks() if sys.argv[1] == "helper" else tasks("float32"))
 found["conv pointwise"]()
 found["pooling"]()
+found["linear"]()
 parallel_max = (pooling._max_by_tap, pooling._max_3x3_stride_2_rows, pooling._max_pairs)
-print(bool(conv.pointwise.signatures), any(kernel.signatures for kernel in parallel_max))
+print(bool(conv.pointwise.signatures), any(kernel.signatures for kernel in parallel_max),
+      bool(linear.linear_rows.signatures))
 """
 
 
 @pytest.mark.parametrize("who", ["helper", "warmup"])
 def test_the_tasks_reach_the_parallel_kernels_a_network_calls(who: str) -> None:
-    """The examples are tiny (2x16x9x9): as they are, a 1x1 forward is NumPy's product and a
-    pooling call a serial twin. The helper's and the warmup's calls take the parallel kernels
-    (``precompile.PARALLEL``), which a first MobileNetV2 forward otherwise compiled itself. In
-    a fresh process: a kernel's signatures list what this process called it with (compiled
-    or loaded from the cache)."""
+    """The examples are tiny (2x16x9x9): as they are, a 1x1 forward is NumPy's product, a
+    pooling call a serial twin and a linear layer NumPy's ``@``. The helper's and the
+    warmup's calls take the parallel kernels (``precompile.PARALLEL``), which a first
+    MobileNetV2 forward otherwise compiled itself. In a fresh process: a kernel's signatures
+    list what this process called it with (compiled or loaded from the cache)."""
     done = subprocess.run([sys.executable, "-c", REACHED, who], capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "True"]
+    assert done.stdout.split() == ["True", "True", "True"]
 
 
 FIRST_CALL = """

@@ -85,6 +85,10 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         with config.engine_settings(parallel_check_elements=0, force="lowered"):
             F.conv2d(x, arr(8, 16, 3, 3), padding=1)
 
+    def linear() -> None:  # a fully connected layer of few rows: numba's dot products
+        with config.engine_settings(serial_macs=0):
+            F.linear(x[:1].reshape(1, -1), arr(10, x[0].size), arr(10))
+
     def activations() -> None:  # ReLU and ReLU6 and their gradients over large arrays
         with config.engine_settings(parallel_elementwise=0):
             for op, grad in ((F.relu, F.relu_backward), (F.relu6, F.relu6_backward)):
@@ -100,7 +104,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
             compile(model.eval(), image)(image)
 
     out += [("pooling", pooling), ("adaptive pooling", adaptive), ("value check", value_check),
-            ("activations", activations), ("compiled plans", compiled_plans)]
+            ("linear", linear), ("activations", activations), ("compiled plans", compiled_plans)]
     return out
 
 

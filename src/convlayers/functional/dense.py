@@ -40,14 +40,36 @@ def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
     if x.ndim == 0 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"input's last axis must have in_features={w.shape[1]} values (weight "
                          f"{w.shape}), got input of shape {x.shape}")
-    out = x @ w.T
+    b = None
     if bias is not None:
         b = float_array(bias, "bias")
         same_dtype(x, b, "input", "bias")
         if b.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
+    rows = x.size // max(1, x.shape[-1])
+    if _dot_products(rows, w.shape[1], w.shape[0], x.dtype):
+        from convlayers.kernels.linear import linear_rows
+
+        out = np.empty((rows, w.shape[0]), x.dtype)
+        linear_rows(np.ascontiguousarray(x).reshape(rows, w.shape[1]), np.ascontiguousarray(w),
+                    np.zeros(w.shape[0], x.dtype) if b is None else np.ascontiguousarray(b), out)
+        return out.reshape(*x.shape[:-1], w.shape[0])
+    out = x @ w.T
+    if b is not None:
         out += b
     return out
+
+
+def _dot_products(rows: int, f_in: int, f_out: int, dtype: np.dtype) -> bool:
+    """Whether :func:`linear` runs numba's dot products (:mod:`convlayers.kernels.linear`), and
+    :func:`linear_backward` their gradients:
+    fewer rows than ``config.engine.linear_dot_rows`` and at least ``serial_macs``
+    multiply-adds (below that NumPy's BLAS does it on the calling thread), float32 or
+    float64."""
+    from convlayers import config
+
+    return (0 < rows < config.engine.linear_dot_rows and dtype in (np.float32, np.float64)
+            and rows * f_in * f_out >= config.engine.serial_macs)
 
 
 def linear_backward(
@@ -66,8 +88,17 @@ def linear_backward(
     if g.shape != (*x.shape[:-1], w.shape[0]):
         raise ValueError(f"grad_output must have shape {(*x.shape[:-1], w.shape[0])}, got {g.shape}")
     g2 = g.reshape(-1, w.shape[0])
-    gw = g2.T @ x.reshape(-1, w.shape[1])
     gb = g2.sum(axis=0) if with_bias else None
+    rows = g2.shape[0]
+    if g.dtype == x.dtype == w.dtype and _dot_products(rows, w.shape[1], w.shape[0], g.dtype):
+        from convlayers.kernels.linear import linear_rows_backward
+
+        gx = np.empty((rows, w.shape[1]), g.dtype)
+        gw = np.empty(w.shape, g.dtype)
+        linear_rows_backward(np.ascontiguousarray(g2), np.ascontiguousarray(x).reshape(rows, -1),
+                             np.ascontiguousarray(w), gx, gw)
+        return gx.reshape(*g.shape[:-1], w.shape[1]), gw, gb
+    gw = g2.T @ x.reshape(-1, w.shape[1])
     return g @ w, gw, gb
 
 

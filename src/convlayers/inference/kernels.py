@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from convlayers.kernels._bounds import copy_row, tap_cols
+from convlayers.kernels.linear import linear_rows
 
 # activation codes shared by the plan and the kernels
 ACT = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "tanh": 6}
@@ -267,21 +268,11 @@ def global_avg_pool(x, out):
             out[r] = total / length
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(cache=True)
 def linear(x, w, bias, act, out):
-    """``out = act(x @ w.T + bias)`` for ``x (N, F_in)``, ``w (F_out, F_in)``: one dot product
-    per output, rows of ``w`` read contiguously, parallel over blocks of 16 outputs (batch 1
-    too)."""
-    n, f_out = out.shape
-    per = 16  # outputs per unit: 1000 units of one output cost more than their dot products
-    for u in prange((f_out + per - 1) // per):  # when they were handed out one at a time
-        for o in range(u * per, min(f_out, u * per + per)):
-            wr = w[o]
-            for i in range(n):
-                xr = x[i]
-                total = bias[o]
-                for k in range(wr.size):
-                    total += wr[k] * xr[k]
-                out[i, o] = total
-    for i in range(n):
+    """``out = act(x @ w.T + bias)`` for ``x (N, F_in)``, ``w (F_out, F_in)``: the dot products
+    of :func:`convlayers.kernels.linear.linear_rows` (parallel over blocks of outputs, batch 1
+    too), then the activation."""
+    linear_rows(x, w, bias, out)
+    for i in range(out.shape[0]):
         _activate(out[i], act)

@@ -118,6 +118,12 @@ def forward_tasks() -> list[tuple[str, Callable[[], Any]]]:
             F.adaptive_avg_pool2d(x, 3)
 
     out.append(("pooling", pooling))
+
+    def linear() -> None:  # a classifier head at batch 1 (numba's dot products)
+        with config.engine_settings(**PARALLEL):
+            F.linear(x[:1].reshape(1, -1), rng.standard_normal((10, x[0].size)).astype(np.float32))
+
+    out.append(("linear", linear))
     return out
 
 

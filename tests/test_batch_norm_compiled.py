@@ -141,3 +141,49 @@ def test_batch_statistics_stay_exact_far_from_zero_and_with_an_outlier_first() -
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-10)
     np.testing.assert_allclose(var, x64.var(axis=(0, 2)), rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(1, 7, 49, 49), (3, 160, 7, 7), (3, 64, 40, 40), (5, 33, 2000)])
+def test_inference_batch_norm_on_the_compiled_pass_matches_torch(dtype: type, affine: bool,
+                                                                 shape: tuple[int, ...]) -> None:
+    """Inference mode (running statistics) from 16 k elements: one compiled pass, on one
+    thread below 256 k elements and on all from there (the shapes fall on both sides), NaN and
+    inf in the input where torch has them."""
+    from convlayers.functional import normalization
+
+    rng = np.random.default_rng(sum(shape))
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    x.reshape(-1)[rng.choice(x.size, 4, replace=False)] = [np.nan, np.inf, -np.inf, np.nan]
+    assert x.size >= COMPILED_BATCH_NORM_ELEMENTS
+    rm, rv = rng.normal(0, 1, c).astype(dtype), rng.uniform(0.2, 3, c).astype(dtype)
+    w = rng.normal(1, 0.5, c).astype(dtype) if affine else None
+    b = rng.normal(0, 0.5, c).astype(dtype) if affine else None
+    calls = []
+    real = normalization._inference_compiled
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        calls.append(args[0].shape)
+        return real(*args)
+
+    normalization._inference_compiled = spy
+    try:
+        got = batch_norm(x, rm.copy(), rv.copy(), w, b, training=False)
+    finally:
+        normalization._inference_compiled = real
+    assert calls == [shape]
+    expected = torch.nn.functional.batch_norm(
+        torch.from_numpy(x), torch.from_numpy(rm), torch.from_numpy(rv),
+        None if w is None else torch.from_numpy(w), None if b is None else torch.from_numpy(b),
+        training=False, eps=1e-5).numpy()
+    assert got.dtype == dtype and got.shape == shape
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(got), test(expected))
+    finite = np.isfinite(expected)
+    at = (1, c) + (1,) * (len(shape) - 2)
+    scale = np.abs(x.astype(np.float64) - rm.reshape(at)) / np.sqrt(rv.reshape(at) + 1e-5)
+    scale = scale * (1 if w is None else np.abs(w).reshape(at)) + (0 if b is None else np.abs(b).reshape(at))
+    eps = np.finfo(dtype).eps
+    np.testing.assert_array_less(np.abs(got[finite] - expected[finite]), 4 * eps * (scale[finite] + 1))

@@ -69,7 +69,7 @@ def test_the_forward_tasks_cover_every_compiled_strategy() -> None:
     assert labels[:3] == ["conv pointwise", "conv depthwise-channels-last",
                           "conv depthwise-planar"]
     assert {f"conv {s}" for s in STRATEGIES if s != "numpy"} <= set(labels)
-    assert labels[-2:] == ["pooling", "linear"]
+    assert labels[-3:] == ["pooling", "linear", "batch norm"]
 
 
 REACHED = """

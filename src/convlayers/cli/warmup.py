@@ -89,6 +89,14 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         with config.engine_settings(serial_macs=0):
             F.linear(x[:1].reshape(1, -1), arr(10, x[0].size), arr(10))
 
+    def batch_norm() -> None:  # its compiled passes (inference; training and its gradients)
+        big = np.tile(x, (80, 1, 1, 1))  # over COMPILED_BATCH_NORM_ELEMENTS
+        c = x.shape[1]
+        F.batch_norm(big, np.zeros(c, dt), np.ones(c, dt))
+        out, stats = F.batch_norm_with_statistics(big, None, None, arr(c), arr(c), training=True)
+        F.batch_norm_backward(np.ones_like(out), big, None, None, arr(c), training=True,
+                              batch_statistics=stats)
+
     def activations() -> None:  # ReLU and ReLU6 and their gradients over large arrays
         with config.engine_settings(parallel_elementwise=0):
             for op, grad in ((F.relu, F.relu_backward), (F.relu6, F.relu6_backward)):
@@ -104,7 +112,8 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
             compile(model.eval(), image)(image)
 
     out += [("pooling", pooling), ("adaptive pooling", adaptive), ("value check", value_check),
-            ("linear", linear), ("activations", activations), ("compiled plans", compiled_plans)]
+            ("linear", linear), ("batch norm", batch_norm), ("activations", activations),
+            ("compiled plans", compiled_plans)]
     return out
 
 

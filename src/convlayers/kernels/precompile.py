@@ -123,7 +123,11 @@ def forward_tasks() -> list[tuple[str, Callable[[], Any]]]:
         with config.engine_settings(**PARALLEL):
             F.linear(x[:1].reshape(1, -1), rng.standard_normal((10, x[0].size)).astype(np.float32))
 
-    out.append(("linear", linear))
+    def batch_norm() -> None:  # an eager network's inference batch norm (its compiled pass)
+        c = x.shape[1]
+        F.batch_norm(np.tile(x, (80, 1, 1, 1)), np.zeros(c, np.float32), np.ones(c, np.float32))
+
+    out += [("linear", linear), ("batch norm", batch_norm)]
     return out
 
 

@@ -20,11 +20,6 @@ from convlayers.nn.module import Module, Parameter, extra_args
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-#: Below this many elements the fused inference pass runs on one thread: waking the OpenMP
-#: pool costs about 40 us, as long as one core takes for ~250 k elements.
-AFFINE_SERIAL_SIZE = 1 << 18
-
-
 class _BatchNorm(Module):
     n: ClassVar[tuple[int, ...]]  # allowed numbers of spatial axes
 
@@ -67,31 +62,6 @@ class _BatchNorm(Module):
         keep = not self.training or self.track_running_stats
         return F.batch_norm(x, self.running_mean if keep else None, self.running_var if keep else None,
                             self.weight, self.bias, use_batch, factor, self.eps)
-
-    def normalize_inplace(self, data: np.ndarray, clip: tuple[float, float] | None = None) -> bool:
-        """At inference, normalize ``data`` (a fresh array nothing else holds) in place, and
-        clip it to ``clip = (lo, hi)`` in the same pass (a ReLU or ReLU6 after this layer).
-
-        Returns False, leaving ``data`` alone, whenever :meth:`forward` would do something
-        else (training, no running statistics, another shape or dtype); containers use this to
-        skip an allocation and a pass after a convolution."""
-        if (self.training or self.running_mean is None or data.ndim - 2 not in self.n
-                or data.shape[1] != self.num_features or data.dtype != self.running_mean.dtype
-                or not data.flags.c_contiguous):
-            return False
-        alpha, beta = F.inference_affine(
-            self.running_mean, self.running_var, getattr(self.weight, "data", self.weight),
-            getattr(self.bias, "data", self.bias), self.eps)
-        from convlayers.functional._compiled import _threads_for, kernels
-
-        kernels()  # numba, with the thread setting applied
-        from convlayers.kernels.affine import affine_inplace
-
-        lo, hi = clip if clip is not None else (0.0, 0.0)
-        with _threads_for(data.size, serial_below=AFFINE_SERIAL_SIZE):
-            affine_inplace(data.reshape(data.shape[0], data.shape[1], -1), alpha, beta,
-                           clip is not None, data.dtype.type(lo), data.dtype.type(hi))
-        return True
 
     def extra_repr(self) -> str:
         return extra_args(self.num_features, eps=(self.eps, 1e-5), momentum=(self.momentum, 0.1),

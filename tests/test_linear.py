@@ -1,6 +1,7 @@
-"""``functional.linear``'s two paths against torch: numba's dot products for few rows
-(:mod:`convlayers.kernels.linear`) and NumPy's ``@`` for the rest, chosen by
-``config.engine.linear_dot_rows`` and ``serial_macs``."""
+"""``functional.linear`` and ``linear_backward`` against torch on each of their paths: numba's
+dot products for few rows and its register tiles for more (:mod:`convlayers.kernels.linear`),
+NumPy's ``@`` for tiny products, chosen by ``config.engine.linear_dot_rows`` and
+``serial_macs``."""
 
 from __future__ import annotations
 
@@ -15,21 +16,23 @@ from convlayers.kernels import linear as kernel
 
 torch = pytest.importorskip("torch")
 
-DOT = {"serial_macs": 0}  # every call of few rows takes the dot products, however small
-BLAS = {"linear_dot_rows": 0}
+DOT = {"serial_macs": 0, "linear_dot_rows": 1 << 30}  # every call takes the dot products
+TILES = {"serial_macs": 0, "linear_dot_rows": 0}  # every call takes the tiles
+PATHS = {"dot products": DOT, "tiles": TILES}
 
 
 @pytest.fixture
-def dot_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """The shapes of ``x`` that reached the dot products (the kernel still runs)."""
-    calls: list[tuple[int, ...]] = []
-    real = kernel.linear_rows
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """``(kernel, rows)`` of each call that reached numba's kernels (which still run)."""
+    calls: list[tuple[str, int]] = []
+    for name in ("linear_rows", "linear_tiles"):
+        real = getattr(kernel, name)
 
-    def spy(x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
-        calls.append(x.shape)
-        real(x, w, bias, out)
+        def spy(*args: np.ndarray, real=real, name=name) -> None:  # type: ignore[no-untyped-def]
+            calls.append((name, args[0].shape[0] if name == "linear_rows" else args[1].shape[1]))
+            real(*args)
 
-    monkeypatch.setattr(kernel, "linear_rows", spy)
+        monkeypatch.setattr(kernel, name, spy)
     return calls
 
 
@@ -38,19 +41,20 @@ def _torch(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w), tb).numpy()
 
 
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=40, deadline=None)
-@given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=3), f_in=st.integers(1, 70),
-       f_out=st.integers(1, 40), bias=st.booleans(), double=st.booleans(),
+@given(lead=st.lists(st.integers(1, 7), min_size=1, max_size=3), f_in=st.integers(1, 70),
+       f_out=st.integers(1, 100), bias=st.booleans(), double=st.booleans(),
        seed=st.integers(0, 2**16))
-def test_the_dot_products_equal_torch(lead: list[int], f_in: int, f_out: int, bias: bool,
-                                      double: bool, seed: int) -> None:
+def test_the_kernels_equal_torch(path: str, lead: list[int], f_in: int, f_out: int, bias: bool,
+                                 double: bool, seed: int) -> None:
     rng = np.random.default_rng(seed)
     dtype = np.float64 if double else np.float32
     x = rng.standard_normal((*lead, f_in)).astype(dtype)
     w = rng.standard_normal((f_out, f_in)).astype(dtype)
     b = rng.standard_normal(f_out).astype(dtype) if bias else None
     rows = int(np.prod(lead))
-    with config.engine_settings(**DOT):
+    with config.engine_settings(**PATHS[path]):
         got = F.linear(x, w, b)
     want = _torch(x, w, b)
     assert got.shape == want.shape and got.dtype == dtype
@@ -59,20 +63,21 @@ def test_the_dot_products_equal_torch(lead: list[int], f_in: int, f_out: int, bi
     np.testing.assert_array_less(np.abs(got - want), tol * scale)
 
 
-def test_few_rows_take_the_dot_products_and_many_rows_blas(
-        dot_calls: list[tuple[int, ...]]) -> None:
+def test_few_rows_take_the_dot_products_more_the_tiles_and_tiny_products_numpy(
+        kernel_calls: list[tuple[str, int]]) -> None:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((1000, 600)).astype(np.float32)
-    for rows in (1, 15, 16, 40):
+    for rows in (1, 3, 4, 40):
         x = rng.standard_normal((rows, 600)).astype(np.float32)
         got = F.linear(x, w)  # default settings: 600k multiply-adds a row, over serial_macs
         np.testing.assert_allclose(got, _torch(x, w, None), rtol=1e-4, atol=1e-3)
-    assert dot_calls == [(1, 600), (15, 600)]  # from linear_dot_rows = 16 rows on, BLAS
-    with config.engine_settings(**BLAS):
-        F.linear(rng.standard_normal((1, 600)).astype(np.float32), w)
+    # below linear_dot_rows = 4 rows the dot products, from there the tiles
+    assert kernel_calls == [("linear_rows", 1), ("linear_rows", 3), ("linear_tiles", 4),
+                            ("linear_tiles", 40)]
     small = rng.standard_normal((1, 20)).astype(np.float32)
     F.linear(small, w[:10, :20])  # 200 multiply-adds, under serial_macs: BLAS on this thread
-    assert len(dot_calls) == 2
+    F.linear(rng.standard_normal((2, 600)), w.astype(np.float64))  # float64: the dot products
+    assert kernel_calls[4:] == [("linear_rows", 2)]
 
 
 def test_a_strided_input_and_a_wrong_width() -> None:
@@ -87,9 +92,11 @@ def test_a_strided_input_and_a_wrong_width() -> None:
         F.linear(x[:, :39], w)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("where", ["x", "w", "bias"])
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
-def test_non_finite_values_give_torch_s_non_finite_outputs(where: str, value: float) -> None:
+def test_non_finite_values_give_torch_s_non_finite_outputs(path: str, where: str,
+                                                           value: float) -> None:
     """With inf or NaN in the input, the weights or the bias, an output is inf, -inf or NaN
     exactly where torch's is: the kernel may reorder its sums, but not assume them finite."""
     rng = np.random.default_rng(2)
@@ -100,7 +107,7 @@ def test_non_finite_values_give_torch_s_non_finite_outputs(where: str, value: fl
     flat = target.reshape(-1)
     flat[rng.choice(flat.size, 3, replace=False)] = value
     flat[0] = -value if not np.isnan(value) else value  # an inf of each sign meets: NaN
-    with config.engine_settings(**DOT):
+    with config.engine_settings(**PATHS[path]):
         got = F.linear(x, w, b)
     want = _torch(x, w, b)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
@@ -111,17 +118,18 @@ def test_non_finite_values_give_torch_s_non_finite_outputs(where: str, value: fl
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=30, deadline=None)
-@given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=3), f_in=st.integers(1, 300),
-       f_out=st.integers(1, 70), double=st.booleans(), seed=st.integers(0, 2**16))
-def test_the_gradients_of_the_dot_products_equal_torch(lead: list[int], f_in: int, f_out: int,
-                                                        double: bool, seed: int) -> None:
+@given(lead=st.lists(st.integers(1, 7), min_size=1, max_size=3), f_in=st.integers(1, 300),
+       f_out=st.integers(1, 100), double=st.booleans(), seed=st.integers(0, 2**16))
+def test_the_gradients_equal_torch(path: str, lead: list[int], f_in: int, f_out: int,
+                                   double: bool, seed: int) -> None:
     rng = np.random.default_rng(seed)
     dtype = np.float64 if double else np.float32
     x = rng.standard_normal((*lead, f_in)).astype(dtype)
     w = rng.standard_normal((f_out, f_in)).astype(dtype)
     g = rng.standard_normal((*lead, f_out)).astype(dtype)
-    with config.engine_settings(**DOT):
+    with config.engine_settings(**PATHS[path]):
         gx, gw, gb = F.linear_backward(g, x, w)
     tx = torch.from_numpy(x).requires_grad_()
     tw = torch.from_numpy(w).requires_grad_()

@@ -83,7 +83,7 @@ found["pooling"]()
 found["linear"]()
 parallel_max = (pooling._max_by_tap, pooling._max_3x3_stride_2_rows, pooling._max_pairs)
 print(bool(conv.pointwise.signatures), any(kernel.signatures for kernel in parallel_max),
-      bool(linear.linear_rows.signatures))
+      bool(linear.linear_rows.signatures) and bool(linear.linear_tiles.signatures))
 """
 
 

@@ -287,13 +287,15 @@ class EngineSettings:
     #: moved most, among them 80 -> 80 3x3 stride 3 on 1x80x14x14: 68 -> 49 us, torch 43),
     #: and 3 of them slower than torch against 5.
     serial_macs: int = 500_000
-    #: ``functional.linear`` and ``linear_backward`` on fewer rows than this (and at least
-    #: :attr:`serial_macs` multiply-adds) run numba's dot products
-    #: (:mod:`convlayers.kernels.linear`) instead of NumPy's ``@``, whose BLAS threads wake
-    #: beside numba's and then spin beside the next kernels (eager MobileNetV2 at batch 1:
-    #: 35.9 -> 14.3 ms). From 16 rows BLAS's GEMM is the faster product (1.7x at 64 rows);
-    #: 0 sends every call there.
-    linear_dot_rows: int = 16
+    #: ``functional.linear`` and ``linear_backward`` (from :attr:`serial_macs` multiply-adds)
+    #: run numba's dot products on fewer rows than this, its register tiles from there
+    #: (:mod:`convlayers.kernels.linear`), never NumPy's ``@``, whose BLAS threads woke beside
+    #: numba's and then spun beside the next kernels (eager MobileNetV2 at batch 1: 35.9 ->
+    #: 14.3 ms). The dot products read each weight once per row, the tiles once per tile of
+    #: rows: on 1280 -> 1000, forward and backward, 0.12 and 0.32 ms against 0.25 and 0.60 at
+    #: 2 rows, even at 4, 0.39 and 1.18 against 0.82 and 2.33 at 8 (the compiled plans'
+    #: fully connected steps switch at 4 rows too).
+    linear_dot_rows: int = 4
     #: Pooling calls (and their backward) reading fewer input elements than this, counting each
     #: tap of each window, run on one thread. A tap costs a pooling kernel ~1-4 ns against ~0.05
     #: ns for a multiply-add of the tiled GEMM, so :attr:`serial_macs` kept 2-8 ms of pooling on

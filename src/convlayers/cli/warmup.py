@@ -85,9 +85,13 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         with config.engine_settings(parallel_check_elements=0, force="lowered"):
             F.conv2d(x, arr(8, 16, 3, 3), padding=1)
 
-    def linear() -> None:  # a fully connected layer of few rows: numba's dot products
-        with config.engine_settings(serial_macs=0):
-            F.linear(x[:1].reshape(1, -1), arr(10, x[0].size), arr(10))
+    def linear() -> None:  # fully connected layers: dot products for few rows, tiles for more
+        w = arr(10, x[0].size)
+        for rows in (1, 4):
+            with config.engine_settings(serial_macs=0):
+                flat = np.tile(x.reshape(2, -1), (rows, 1))[:rows]
+                y = F.linear(flat, w, arr(10))
+                F.linear_backward(np.ones_like(y), flat, w)
 
     def batch_norm() -> None:  # its compiled passes (inference; training and its gradients)
         big = np.tile(x, (80, 1, 1, 1))  # over COMPILED_BATCH_NORM_ELEMENTS

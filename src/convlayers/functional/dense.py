@@ -47,12 +47,19 @@ def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
         if b.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
     rows = x.size // max(1, x.shape[-1])
-    if _dot_products(rows, w.shape[1], w.shape[0], x.dtype):
-        from convlayers.kernels.linear import linear_rows
+    kernel = _kernel(rows, w.shape[1], w.shape[0], x.dtype)
+    if kernel:
+        from convlayers.kernels import linear as compiled
 
+        x2 = np.ascontiguousarray(x).reshape(rows, w.shape[1])
+        wc = np.ascontiguousarray(w)
+        shift = np.zeros(w.shape[0], x.dtype) if b is None else np.ascontiguousarray(b)
         out = np.empty((rows, w.shape[0]), x.dtype)
-        linear_rows(np.ascontiguousarray(x).reshape(rows, w.shape[1]), np.ascontiguousarray(w),
-                    np.zeros(w.shape[0], x.dtype) if b is None else np.ascontiguousarray(b), out)
+        if kernel == "dot":
+            compiled.linear_rows(x2, wc, shift, out)
+        else:
+            compiled.linear_tiles(wc, np.ascontiguousarray(x2.T), shift,
+                                  np.empty((w.shape[0], rows), x.dtype), out)
         return out.reshape(*x.shape[:-1], w.shape[0])
     out = x @ w.T
     if b is not None:
@@ -60,16 +67,17 @@ def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
     return out
 
 
-def _dot_products(rows: int, f_in: int, f_out: int, dtype: np.dtype) -> bool:
-    """Whether :func:`linear` runs numba's dot products (:mod:`convlayers.kernels.linear`), and
-    :func:`linear_backward` their gradients:
-    fewer rows than ``config.engine.linear_dot_rows`` and at least ``serial_macs``
-    multiply-adds (below that NumPy's BLAS does it on the calling thread), float32 or
-    float64."""
+def _kernel(rows: int, f_in: int, f_out: int, dtype: np.dtype) -> str | None:
+    """Which of numba's kernels (:mod:`convlayers.kernels.linear`) :func:`linear` and
+    :func:`linear_backward` run, float32 or float64 from ``config.engine.serial_macs``
+    multiply-adds: ``"dot"`` (dot products) below ``config.engine.linear_dot_rows`` rows,
+    ``"tiles"`` (the register-tiled products) from there. None below ``serial_macs`` or for
+    other dtypes: NumPy's ``@``, whose BLAS runs such small products on the calling thread."""
     from convlayers import config
 
-    return (0 < rows < config.engine.linear_dot_rows and dtype in (np.float32, np.float64)
-            and rows * f_in * f_out >= config.engine.serial_macs)
+    if dtype not in (np.float32, np.float64) or rows * f_in * f_out < config.engine.serial_macs:
+        return None
+    return "dot" if rows < config.engine.linear_dot_rows else "tiles"
 
 
 def linear_backward(
@@ -90,13 +98,19 @@ def linear_backward(
     g2 = g.reshape(-1, w.shape[0])
     gb = g2.sum(axis=0) if with_bias else None
     rows = g2.shape[0]
-    if g.dtype == x.dtype == w.dtype and _dot_products(rows, w.shape[1], w.shape[0], g.dtype):
-        from convlayers.kernels.linear import linear_rows_backward
+    kernel = _kernel(rows, w.shape[1], w.shape[0], g.dtype) if g.dtype == x.dtype == w.dtype else None
+    if kernel:
+        from convlayers.kernels import linear as compiled
 
+        g2 = np.ascontiguousarray(g2)
+        x2 = np.ascontiguousarray(x).reshape(rows, w.shape[1])
+        wc = np.ascontiguousarray(w)
         gx = np.empty((rows, w.shape[1]), g.dtype)
         gw = np.empty(w.shape, g.dtype)
-        linear_rows_backward(np.ascontiguousarray(g2), np.ascontiguousarray(x).reshape(rows, -1),
-                             np.ascontiguousarray(w), gx, gw)
+        if kernel == "dot":
+            compiled.linear_rows_backward(g2, x2, wc, gx, gw)
+        else:
+            compiled.linear_tiles_backward(g2, np.ascontiguousarray(g2.T), x2, wc, gx, gw)
         return gx.reshape(*g.shape[:-1], w.shape[1]), gw, gb
     gw = g2.T @ x.reshape(-1, w.shape[1])
     return g @ w, gw, gb

@@ -119,9 +119,11 @@ def forward_tasks() -> list[tuple[str, Callable[[], Any]]]:
 
     out.append(("pooling", pooling))
 
-    def linear() -> None:  # a classifier head at batch 1 (numba's dot products)
+    def linear() -> None:  # a classifier head at batch 1 and 4 (dot products, then tiles)
+        w = rng.standard_normal((10, x[0].size)).astype(np.float32)
         with config.engine_settings(**PARALLEL):
-            F.linear(x[:1].reshape(1, -1), rng.standard_normal((10, x[0].size)).astype(np.float32))
+            for rows in (1, 4):
+                F.linear(np.tile(x.reshape(2, -1), (rows, 1))[:rows], w)
 
     def batch_norm() -> None:  # an eager network's inference batch norm (its compiled pass)
         c = x.shape[1]

@@ -49,17 +49,19 @@ def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
     rows = x.size // max(1, x.shape[-1])
     kernel = _kernel(rows, w.shape[1], w.shape[0], x.dtype)
     if kernel:
+        from convlayers.functional._compiled import _threads_for
         from convlayers.kernels import linear as compiled
 
         x2 = np.ascontiguousarray(x).reshape(rows, w.shape[1])
         wc = np.ascontiguousarray(w)
         shift = np.zeros(w.shape[0], x.dtype) if b is None else np.ascontiguousarray(b)
         out = np.empty((rows, w.shape[0]), x.dtype)
-        if kernel == "dot":
-            compiled.linear_rows(x2, wc, shift, out)
-        else:
-            compiled.linear_tiles(wc, np.ascontiguousarray(x2.T), shift,
-                                  np.empty((w.shape[0], rows), x.dtype), out)
+        with _threads_for(rows * w.size):  # the thread setting applied
+            if kernel == "dot":
+                compiled.linear_rows(x2, wc, shift, out)
+            else:
+                compiled.linear_tiles(wc, np.ascontiguousarray(x2.T), shift,
+                                      np.empty((w.shape[0], rows), x.dtype), out)
         return out.reshape(*x.shape[:-1], w.shape[0])
     out = x @ w.T
     if b is not None:
@@ -100,6 +102,7 @@ def linear_backward(
     rows = g2.shape[0]
     kernel = _kernel(rows, w.shape[1], w.shape[0], g.dtype) if g.dtype == x.dtype == w.dtype else None
     if kernel:
+        from convlayers.functional._compiled import _threads_for
         from convlayers.kernels import linear as compiled
 
         g2 = np.ascontiguousarray(g2)
@@ -107,10 +110,11 @@ def linear_backward(
         wc = np.ascontiguousarray(w)
         gx = np.empty((rows, w.shape[1]), g.dtype)
         gw = np.empty(w.shape, g.dtype)
-        if kernel == "dot":
-            compiled.linear_rows_backward(g2, x2, wc, gx, gw)
-        else:
-            compiled.linear_tiles_backward(g2, np.ascontiguousarray(g2.T), x2, wc, gx, gw)
+        with _threads_for(rows * w.size):
+            if kernel == "dot":
+                compiled.linear_rows_backward(g2, x2, wc, gx, gw)
+            else:
+                compiled.linear_tiles_backward(g2, np.ascontiguousarray(g2.T), x2, wc, gx, gw)
         return gx.reshape(*g.shape[:-1], w.shape[1]), gw, gb
     gw = g2.T @ x.reshape(-1, w.shape[1])
     return g @ w, gw, gb

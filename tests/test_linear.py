@@ -143,3 +143,14 @@ def test_the_gradients_equal_torch(path: str, lead: list[int], f_in: int, f_out:
     np.testing.assert_array_less(np.abs(gw - tw.grad.numpy()), tol * (ag.T @ ax) + tol)
     np.testing.assert_allclose(gb, tb.grad.numpy(), rtol=tol, atol=tol * rows)
     assert gx.dtype == gw.dtype == dtype and gx.shape == x.shape and gw.shape == w.shape
+
+
+def test_an_output_over_the_memory_cap_is_refused_before_it_is_allocated() -> None:
+    """Two small arrays can ask for a huge output (rows x out_features): refused with the
+    shapes named, as the convolutions' outputs are."""
+    x = np.ones((3000, 1), np.float32)
+    w = np.ones((5000, 1), np.float32)
+    with config.settings(max_array_bytes=1 << 20):
+        with pytest.raises(ValueError, match=r"the output of linear \(shape \(3000, 5000\)"):
+            F.linear(x, w)
+        assert F.linear(x[:50], w[:50]).shape == (50, 50)  # 10 KB: under the cap

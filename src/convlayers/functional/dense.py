@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from convlayers import config, limits
 from convlayers._validate import as_int, check_ndim, float_array, same_dtype
 
 __all__ = ["flatten", "linear", "linear_backward"]
@@ -47,6 +48,10 @@ def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
         if b.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
     rows = x.size // max(1, x.shape[-1])
+    shape = (*x.shape[:-1], w.shape[0])
+    if rows * w.shape[0] * x.itemsize > config.max_array_bytes():  # refused before allocating
+        limits.check_elements(shape, x.dtype, lambda: f"the output of linear (shape {shape} "
+                              f"from input {x.shape} and weight {w.shape})")
     kernel = _kernel(rows, w.shape[1], w.shape[0], x.dtype)
     if kernel:
         from convlayers.functional._compiled import _threads_for
@@ -62,7 +67,7 @@ def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
             else:
                 compiled.linear_tiles(wc, np.ascontiguousarray(x2.T), shift,
                                       np.empty((w.shape[0], rows), x.dtype), out)
-        return out.reshape(*x.shape[:-1], w.shape[0])
+        return out.reshape(shape)
     out = x @ w.T
     if b is not None:
         out += b
@@ -75,8 +80,6 @@ def _kernel(rows: int, f_in: int, f_out: int, dtype: np.dtype) -> str | None:
     multiply-adds: ``"dot"`` (dot products) below ``config.engine.linear_dot_rows`` rows,
     ``"tiles"`` (the register-tiled products) from there. None below ``serial_macs`` or for
     other dtypes: NumPy's ``@``, whose BLAS runs such small products on the calling thread."""
-    from convlayers import config
-
     if dtype not in (np.float32, np.float64) or rows * f_in * f_out < config.engine.serial_macs:
         return None
     return "dot" if rows < config.engine.linear_dot_rows else "tiles"

@@ -146,8 +146,8 @@ def test_batch_statistics_stay_exact_far_from_zero_and_with_an_outlier_first() -
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", [(1, 7, 49, 49), (3, 160, 7, 7), (3, 64, 40, 40), (5, 33, 2000)])
-def test_inference_batch_norm_on_the_compiled_pass_matches_torch(dtype: type, affine: bool,
-                                                                 shape: tuple[int, ...]) -> None:
+def test_inference_batch_norm_on_the_compiled_pass_matches_torch(
+        dtype: type, affine: bool, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch) -> None:
     """Inference mode (running statistics) from 16 k elements: one compiled pass, on one
     thread below 256 k elements and on all from there (the shapes fall on both sides), NaN and
     inf in the input where torch has them."""
@@ -168,11 +168,8 @@ def test_inference_batch_norm_on_the_compiled_pass_matches_torch(dtype: type, af
         calls.append(args[0].shape)
         return real(*args)
 
-    normalization._inference_compiled = spy
-    try:
-        got = batch_norm(x, rm.copy(), rv.copy(), w, b, training=False)
-    finally:
-        normalization._inference_compiled = real
+    monkeypatch.setattr(normalization, "_inference_compiled", spy)
+    got = batch_norm(x, rm.copy(), rv.copy(), w, b, training=False)
     assert calls == [shape]
     expected = torch.nn.functional.batch_norm(
         torch.from_numpy(x), torch.from_numpy(rm), torch.from_numpy(rv),

@@ -154,3 +154,13 @@ def test_an_output_over_the_memory_cap_is_refused_before_it_is_allocated() -> No
         with pytest.raises(ValueError, match=r"the output of linear \(shape \(3000, 5000\)"):
             F.linear(x, w)
         assert F.linear(x[:50], w[:50]).shape == (50, 50)  # 10 KB: under the cap
+
+
+def test_the_backward_names_a_weight_that_does_not_fit_the_input() -> None:
+    """An input of 6 features and a weight of 3 could reshape into each other; the shapes are
+    checked first, with the message the forward gives."""
+    g = np.ones((2, 5), np.float32)
+    with pytest.raises(ValueError, match="in_features=3"):
+        F.linear_backward(g, np.ones((2, 6), np.float32), np.ones((5, 3), np.float32))
+    with pytest.raises(ValueError, match="weight"):
+        F.linear_backward(g, np.ones((2, 6), np.float32), np.ones((5, 3, 2), np.float32))

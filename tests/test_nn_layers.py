@@ -353,7 +353,7 @@ def test_sequential_is_a_plain_loop_that_fuses_nothing(recording: bool) -> None:
     twin.load_state_dict({k: torch.from_numpy(np.asarray(getattr(v, "data", v)))
                           for k, v in block.state_dict().items()})
     x = random_array(rng, (2, 3, 7, 6), np.float32) * 4
-    x[1, 2, 3, 3] = np.nan  # must come out NaN where torch's does, through the fused clip
+    x[1, 2, 3, 3] = np.nan  # must come out NaN where torch's does, through BatchNorm and the clip
     before = x.copy()
     calls: list[object] = []
     original = bn.forward

@@ -98,6 +98,10 @@ def linear_backward(
     x = float_array(input, "input")
     w = float_array(weight, "weight")
     g = float_array(grad_output, "grad_output")
+    check_ndim(w, (2,), "weight", "out_features, in_features")
+    if x.ndim == 0 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"input's last axis must have in_features={w.shape[1]} values (weight "
+                         f"{w.shape}), got input of shape {x.shape}")
     if g.shape != (*x.shape[:-1], w.shape[0]):
         raise ValueError(f"grad_output must have shape {(*x.shape[:-1], w.shape[0])}, got {g.shape}")
     g2 = g.reshape(-1, w.shape[0])

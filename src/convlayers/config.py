@@ -124,12 +124,6 @@ NUMBA_SPIN_COUNT = 20_000
 #: the lowered kernels' and the 1x1 kernel's scratch rows are spaced
 #: (:func:`convlayers.kernels._bounds.line_stride`).
 CACHE_LINE_BYTES = 64
-#: Sets and ways of the L1 data cache on those machines (32-48 KiB: Zen 3 and 4, Intel's
-#: cores since Skylake): lines ``L1_SETS * CACHE_LINE_BYTES`` bytes apart share a set, and
-#: more than ``L1_WAYS`` of them evict each other (the direct strategy's weight packing,
-#: :func:`convlayers.kernels.simd.pack_conv_weights_into`).
-L1_SETS = 64
-L1_WAYS = 8
 
 
 def start_numba_threads() -> None:

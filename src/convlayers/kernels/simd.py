@@ -30,7 +30,6 @@ are the im2col columns, read in place instead of copied.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from typing import Any
 
@@ -40,8 +39,6 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from convlayers.config import CACHE_LINE_BYTES, L1_SETS, L1_WAYS
-from convlayers.kernels._bounds import line_stride
 from convlayers.kernels._typed import FALSE, TRUE, ZERO
 
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS",
@@ -852,88 +849,52 @@ def pack_conv_weights(w: np.ndarray) -> np.ndarray:
 
 def pack_conv_weights_into(w: np.ndarray, out: np.ndarray) -> None:
     """:func:`pack_conv_weights` of a contiguous ``w`` into ``out (strips * K, strip)`` in
-    parallel (the eager ``direct`` strategy packs on every call), by strip and input channel:
-    each of ``out``'s rows written whole from a strip's ``strip`` weight rows, read ``K``
-    apart through flat unsigned offsets (:func:`_pack_strided`; no views, no wraparound
-    checks: 0.4-0.5x the time of 2-D indexing on 297x219x3x3 and 418x28x6x6 weights, 0.25
-    -> 0.11 ms).
+    parallel (the eager ``direct`` strategy packs on every call): each strip is the transpose
+    of its ``strip`` rows of ``w`` seen as ``(C_out, C_in*kh*kw)``, with its columns (input
+    channel by tap) sent to their packed rows (tap by input channel), in chunks of
+    :data:`PACK_CHUNK` columns, a vector's lanes of rows by a vector of columns at a time
+    through :func:`transpose_block`; a partial last strip's columns past ``C_out`` are zeros.
 
-    Where those rows fall into few L1 sets (``K`` times the item size a multiple of 1-2 KiB:
-    256 or 512 input channels of 3x3), they evicted each other between taps and the strided
-    reads ran 1.04-1.23x the 2-D loop's time; there a chunk of the strip's rows is first
-    copied into rows an odd number of cache lines apart, then read across
-    (:func:`_pack_through_rows`, 0.52-0.67x the 2-D loop's time)."""
-    strip = out.shape[1]
-    if _strip_rows_alias(w.shape[1] * w.shape[2] * w.shape[3] * w.itemsize, strip):
-        _pack_through_rows(w, out)
-    else:
-        _pack_strided(w, out)
+    A gather of each packed row, one value at a time, ran 10-19 GB/s (its strided reads
+    from 64 rows of ``w`` at once): 0.41-0.65x that time on 95x144x6x5, 250x108x7x5,
+    256x256x3x3 and 512x512x3x3 weights, 0.84-1.06x on small ones (two threads), the
+    gather's 0.24 ms of a 1.7 ms 144 -> 95 6x5 direct forward 0.12."""
+    _pack_transposed(w, out, PACK_CHUNK)
 
 
-@njit(cache=True, inline="always")
-def _pack_geometry(w, out):
-    """``(c_out, c_in, taps, k_rows, strips, strip, wf, of)`` of a packing of ``w (C_out,
-    C_in, kh, kw)`` into ``out (strips * k_rows, strip)``, both as flat views."""
+#: Columns of ``w`` (input channel by tap) one unit of :func:`pack_conv_weights_into` takes.
+PACK_CHUNK = 256
+
+
+@njit(parallel=True, cache=True)
+def _pack_transposed(w, out, chunk):
+    """:func:`pack_conv_weights_into` in units of (strip, ``chunk`` columns of ``w``)."""
     c_out, c_in, kh, kw = w.shape
+    taps = kh * kw
+    k_rows = taps * c_in
     strip = out.shape[1]
-    k_rows = kh * kw * c_in
-    return (c_out, c_in, kh * kw, k_rows, out.shape[0] // k_rows, strip, w.reshape(w.size),
-            out.reshape(out.size))
-
-
-@njit(parallel=True, cache=True)
-def _pack_strided(w, out):
-    """:func:`pack_conv_weights_into`, each packed row gathered from ``w`` in place."""
-    c_out, c_in, taps, k_rows, strips, strip, wf, of = _pack_geometry(w, out)
-    u = np.uint64
-    for unit in prange(strips * c_in):
-        s, ci = unit // c_in, unit % c_in
-        width = min(strip, c_out - s * strip)
+    strips = out.shape[0] // k_rows
+    lanes = VECTOR_BYTES // w.itemsize
+    wf = w.reshape(w.size)
+    of = out.reshape(out.size)
+    dest = np.empty(k_rows, np.int64)  # column ci*taps + t of w -> packed row t*c_in + ci
+    for ci in range(c_in):
         for t in range(taps):
-            o = u((s * k_rows + t * c_in + ci) * strip)
-            i = u(s * strip * k_rows + ci * taps + t)
-            for c in range(width):
-                of[o + u(c)] = wf[i + u(c) * u(k_rows)]
-            for c in range(width, strip):
-                of[o + u(c)] = 0
-
-
-@njit(parallel=True, cache=True)
-def _pack_through_rows(w, out):
-    """:func:`pack_conv_weights_into` through a copy of each chunk of a strip's rows, an odd
-    number of cache lines apart (:func:`convlayers.kernels._bounds.line_stride`)."""
-    c_out, c_in, taps, k_rows, strips, strip, wf, of = _pack_geometry(w, out)
-    u = np.uint64
-    chunk = max(1, 240 // taps)  # input channels a copy holds (at most ~240 of each row)
-    chunks = (c_in + chunk - 1) // chunk
-    ld = line_stride(chunk * taps, w.itemsize)  # the copy's rows
+            dest[ci * taps + t] = (t * c_in + ci) * strip
+    chunks = (k_rows + chunk - 1) // chunk
     for unit in prange(strips * chunks):
         s, q = unit // chunks, unit % chunks
-        ci0 = q * chunk
-        ci1 = min(c_in, ci0 + chunk)
+        q0 = q * chunk
+        q1 = min(k_rows, q0 + chunk)
         width = min(strip, c_out - s * strip)
-        rows = np.zeros(strip * ld, w.dtype)  # past ``width``: the strip's zero columns
-        for c in range(width):
-            i = u((s * strip + c) * k_rows + ci0 * taps)
-            d = u(c * ld)
-            for m in range((ci1 - ci0) * taps):
-                rows[d + u(m)] = wf[i + u(m)]
-        for t in range(taps):
-            for ci in range(ci0, ci1):
-                o = u((s * k_rows + t * c_in + ci) * strip)
-                i = u((ci - ci0) * taps + t)
-                for c in range(strip):
-                    of[o + u(c)] = rows[i + u(c) * u(ld)]
-
-
-@functools.lru_cache(maxsize=256)
-def _strip_rows_alias(row_bytes: int, strip: int) -> bool:
-    """Whether ``strip`` rows ``row_bytes`` apart put more lines in one L1 set than it has
-    ways (``config.L1_SETS``, ``config.L1_WAYS``): the strided reads of :func:`_pack_strided`
-    would evict each other (64 rows of 256x256x3x3 weights: 16 to a set, 1.5x the time of
-    the copy through rows; of 128x128x5x5, 8 to a set, 0.6x)."""
-    sets = [(c * row_bytes // CACHE_LINE_BYTES) % L1_SETS for c in range(strip)]
-    return max(sets.count(v) for v in set(sets)) > L1_WAYS
+        at = s * k_rows * strip
+        if width < strip:  # the columns past C_out, from the last whole vector of them on
+            first = width - width % lanes
+            for kk in range(q0, q1):
+                o = at + dest[kk]
+                of[o + first:o + strip] = 0
+        transpose_block(wf, s * strip * k_rows + q0, k_rows, width, q1 - q0, of, dest[q0:q1],
+                        at)
 
 
 @njit(cache=True, fastmath=True)

@@ -365,11 +365,13 @@ def _gw_implicit(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
         return _gw_channels_last(x, gy, g, threads)
     rows, block, shared = _weight_grad_units(g, threads)
     kk = g.kh * g.kw
-    acc = np.empty((1 if shared else threads, g.groups, g.c_in_g * kk, g.c_out_g),
+    # shared: the units own their rows of the gradient and write them themselves
+    acc = np.empty((0 if shared else threads, g.groups, g.c_in_g * kk, g.c_out_g),
                    dtype=x.dtype)
+    gw = np.empty((g.groups, g.c_out_g, g.c_in_g * kk), dtype=x.dtype)
     k.implicit.implicit_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
                                     g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
-                                    rows, block, threads, acc)
-    gw = np.empty((g.groups, g.c_out_g, g.c_in_g * kk), dtype=x.dtype)
-    k.conv.sum_transposed(acc, gw)  # NumPy's sum and transposed copy: 0.9 ms of 2.6 (1.4 MB)
+                                    rows, block, threads, acc, gw)
+    if not shared:
+        k.conv.sum_transposed(acc, gw)  # NumPy's sum and transposed copy: 0.9 ms of 2.6 (1.4 MB)
     return gw.reshape(g.c_out, g.c_in_g, g.kh, g.kw)

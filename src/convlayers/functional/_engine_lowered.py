@@ -181,11 +181,13 @@ def _gw_lowered(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     # a block of input channels, its own rows of the gradient; with one image in one slab the
     # units write those rows outright, into one accumulator
     block = g.c_in_g if units >= want else max(1, -(-g.c_in_g // -(-want // units)))
-    shared = g.n == 1 and rows >= g.ho
-    acc = np.empty((1 if shared else threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
+    # one image in one slab: the units write their rows of the gradient themselves
+    owned = g.n == 1 and rows >= g.ho
+    acc = np.empty((0 if owned else threads, g.groups, g.c_in_g * kk, g.c_out_g), dtype=x.dtype)
+    gw = np.empty((g.groups, g.c_out_g, g.c_in_g * kk), dtype=x.dtype)
     k.conv.lowered_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups, g.kh,
                                g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo, rows, block,
-                               threads, acc)
-    gw = np.empty((g.groups, g.c_out_g, g.c_in_g * kk), dtype=x.dtype)
-    k.conv.sum_transposed(acc, gw)
+                               threads, acc, gw)
+    if not owned:
+        k.conv.sum_transposed(acc, gw)
     return gw.reshape(g.c_out, g.c_in_g, g.kh, g.kw)

@@ -39,8 +39,13 @@ from convlayers.kernels._bounds import (
 )
 from convlayers.kernels._twin import serial_twin
 from convlayers.kernels._typed import TRUE
+from convlayers.kernels.conv import DIRECT_ROWS
 from convlayers.kernels.queue import claim, new_queue
-from convlayers.kernels.simd import gemm_indirect_left_add, gemm_indirect_part
+from convlayers.kernels.simd import (
+    gemm_indirect_left_add,
+    gemm_indirect_part,
+    transpose_block,
+)
 
 __all__ = ["channels_last_weight_grad", "forward_scratch", "implicit_forward", "implicit_weight_grad",
            "phase_layout", "phase_taps", "phase_taps_parallel"]
@@ -249,16 +254,20 @@ def _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xq, ob, out, unit, Q,
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt, acc):
+def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt, acc, gw):
     """Weight gradient of :func:`implicit_forward`: ``acc[t, g] (C_in/g*kh*kw, C_out/g)``
     (zeroed here) receives thread ``t``'s sum of ``windows @ gy_slab^T`` over its units
     (image, group, slab of ``R`` output rows, block of ``CB`` input channels: its rows of the
     gradient); the caller sums over threads. ``gy`` is ``(N, C_out, Ho*Wo)``; ``nt`` threads'
-    scratch. With one row in ``acc`` every unit adds onto it: the caller's promise that no
-    two units share rows (one image in one slab, the input channels in blocks)."""
+    scratch. With no entry in ``acc`` (``acc.shape[0] == 0``; the caller's promise that no
+    two units share rows: one image in one slab, the input channels in blocks) each unit
+    writes its columns of ``gw (G, C_out/g, C_in/g*kh*kw)`` itself, in chunks of
+    :data:`convlayers.kernels.conv.DIRECT_ROWS` rows of its product transposed while in cache,
+    as :func:`convlayers.kernels.conv.lowered_weight_grad` does; ``gw`` is not touched
+    otherwise."""
     N, C_in = x.shape[0], x.shape[1]
     Cog = acc.shape[3]
-    shared = acc.shape[0] == 1
+    owned = acc.shape[0] == 0
     Cig = C_in // G
     K1 = kh * kw
     Ho = gy.shape[2] // Wo
@@ -266,7 +275,13 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt
     nr = (Ho + R - 1) // R
     nb = (Cig + CB - 1) // CB
     tbuf = np.empty((nt, R * Wq * Cog), dtype=x.dtype)
-    acc[:] = 0
+    if owned:
+        K = Cig * K1
+        dbuf = np.empty((nt, DIRECT_ROWS * Cog), dtype=x.dtype)
+        gwf = gw.reshape(gw.size)
+        table = np.arange(Cog) * K  # each output channel's row of gw[g]
+    else:
+        acc[:] = 0
     for unit in prange(N * G * nr * nb):
         t = numba.get_thread_id()
         blk = unit % nb
@@ -287,8 +302,16 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt
                 row = gyt[i * Wq + ow]
                 for co in range(Cog):
                     row[co] = 0
-        part = acc[0 if shared else t, g, c0 * K1: (c0 + C) * K1]
-        gemm_indirect_left_add(xq, offs[: C * K1], gyt, part)
+        if not owned:
+            gemm_indirect_left_add(xq, offs[: C * K1], gyt, acc[t, g, c0 * K1: (c0 + C) * K1])
+            continue
+        for r0 in range(0, C * K1, DIRECT_ROWS):  # this unit's columns of gw, whole
+            r1 = min(C * K1, r0 + DIRECT_ROWS)
+            part = dbuf[t, : (r1 - r0) * Cog].reshape(r1 - r0, Cog)
+            part[:] = 0
+            gemm_indirect_left_add(xq, offs[r0:r1], gyt, part)
+            transpose_block(dbuf[t], 0, Cog, r1 - r0, Cog, gwf, table,
+                            (g * Cog) * K + c0 * K1 + r0)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

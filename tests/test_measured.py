@@ -463,6 +463,29 @@ def test_a_first_run_that_loads_its_kernels_does_not_decide_past_the_budget() ->
     _measured.forget_measurements()
 
 
+def test_a_first_round_that_compiles_does_not_count_against_the_budget() -> None:
+    """The budget counts the rounds after the first: one that compiled for longer than the
+    budget still leaves ``measure_rounds`` rounds, so one slow run after it (a core waking up)
+    does not decide (two rounds kept the implicit GEMM here)."""
+    g = _geometry()
+    runs: dict[str, int] = {}
+
+    def run(name: str) -> None:
+        runs[name] = runs.get(name, 0) + 1
+        if name == "implicit":
+            time.sleep(0.01)
+        else:  # compiles, then one slow run, then quick
+            time.sleep({1: 0.3, 2: 0.02}.get(runs[name], 0.001))
+
+    _measured.forget_measurements()
+    with config.engine_settings(measure_budget_ms=200, measure_rounds=3,
+                                direct_min_channels=10**6, dot_min_in_channels=10**6), \
+            _measured.on_first_call():
+        assert _measured.measured_strategy(g, "forward", "implicit", run) == "lowered"
+    assert runs["lowered"] >= 3
+    _measured.forget_measurements()
+
+
 def test_a_channel_multipliers_forward_is_measured_and_matches_torch() -> None:
     """A depthwise layer with a channel multiplier, planned on the implicit GEMM, measures it
     against im2col and, where their scratch fits, the planar depthwise kernels (the model

@@ -469,10 +469,10 @@ class EngineSettings:
     #: faster strategy's time (geo-mean; up to 1.82x, 19 of 44 off by more than 5%), the
     #: measured one 1.007x (up to 1.11x); on 80k-300k 1.054x against 1.009x.
     measure_min_macs: int = 100_000
-    #: A measurement stops after the round (one run of each candidate; the second at the
-    #: earliest, as a first run may load its kernels) in which its runs passed this many
-    #: milliseconds: a layer of a second a call costs its first (or second) call a few runs,
-    #: not three of each candidate.
+    #: A measurement stops after the round (one run of each candidate) in which its runs
+    #: after the first round passed this many milliseconds (a first run may load or compile
+    #: its kernels: it counts for nothing here): a layer of a second a call costs its first
+    #: (or second) call a few runs, not three of each candidate.
     measure_budget_ms: int = 1000
     #: Runs of each candidate per measurement, alternating; the shortest of each counts (a
     #: first run may load or compile its kernels, and another process's burst hits one run,

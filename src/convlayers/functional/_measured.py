@@ -188,10 +188,10 @@ def unsure(g: Geometry, strategy: str, pass_: str = "forward") -> bool:
 def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str], Any]) -> str:
     """The strategy of ``pass_`` for ``g``: ``strategy`` (the planner's) unless
     :func:`unsure`, then the fastest of :func:`candidates` as measured by ``run(name)``
-    (``config.engine.measure_rounds`` calls each, alternating, fewer (two at least) once the
-    rounds took ``measure_budget_ms``, more up to ``measure_max_rounds`` while they took under
-    ``measure_quick_ms`` at the pace of the rounds after the first, which may hold first-use
-    costs; the shortest of each kept; another strategy only when
+    (``config.engine.measure_rounds`` calls each, alternating; the first round may load or
+    compile kernels, so the rounds after it decide how many: fewer, two at least, once they
+    took ``measure_budget_ms``, more up to ``measure_max_rounds`` while they took under
+    ``measure_quick_ms`` at their pace; the shortest of each kept; another strategy only when
     ``measure_tie_percent`` faster than the planner's), remembered: a gradient on its first call, a
     forward on its second (its first takes ``strategy``), or its first in
     :func:`on_first_call`."""
@@ -207,27 +207,27 @@ def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str
         return strategy
     if not best:
         times = dict.fromkeys(names, float("inf"))
-        began = time.perf_counter()
         e = config.engine
-        first = began
+        first = time.perf_counter()
         for done in range(1, e.measure_max_rounds + 1):
             for name in names:
                 start = time.perf_counter()
                 run(name)
                 times[name] = min(times[name], time.perf_counter() - start)
             now = time.perf_counter()
-            # a large layer: the runs so far decide, from the second round on. A strategy's
-            # first call in a process may load its kernels from the cache: on a fresh process
-            # a batch-1 input gradient (207 -> 507 5x5 stride 2) spent its budget in the first
-            # round and kept the implicit GEMM by its loading time, 4.4x the lowered one's time
-            if done >= 2 and now - began > e.measure_budget_ms / 1000:
-                break
             if done == 1:
                 first = now
-            # whether the layer is quick, from the rounds after the first: a strategy's first
-            # call in a process may load its kernels and build its layout (0.68 s for
-            # ``direct`` by classes), which left a 0.3 ms layer three rounds, not nine
-            pace = (now - first) / (done - 1) if done > 1 else now - began
+                continue
+            # the rounds after the first say whether the layer is large or quick: a strategy's
+            # first call in a process may load or compile its kernels and build its layout
+            # (0.68 s for ``direct`` by classes). Counted from the first, a batch-1 input
+            # gradient (207 -> 507 5x5 stride 2) spent its budget there and kept the implicit
+            # GEMM by its loading time, 4.4x the lowered one's time, and a 3x84x9x9 layer
+            # measured in the sweep after a compile kept im2col at 2.9x torch's time (dot: 0.5x)
+            steady = now - first
+            if steady > e.measure_budget_ms / 1000:
+                break  # a large layer: the runs so far decide
+            pace = steady / (done - 1)
             if done >= e.measure_rounds and pace * done > e.measure_quick_ms / 1000:
                 break  # more rounds only for quick layers
         other = min((name for name in names if name != strategy), key=times.__getitem__)

@@ -2,7 +2,7 @@
 
 With one image in one slab, the lowered and implicit weight gradients split the input channels
 among units that own their rows of the product outright; each unit then writes its columns of
-the weight's layout itself, chunk by chunk (``convlayers.kernels.conv.DIRECT_ROWS`` rows of
+the weight's layout itself, chunk by chunk (``convlayers.kernels.conv.OWNED_ROWS`` rows of
 its product, transposed while in cache), instead of a whole accumulator transposed afterwards.
 Held here to torch's autograd on shapes whose products cut into a partial last chunk, with
 output channels that fill no whole vector, with groups, on one to three threads.

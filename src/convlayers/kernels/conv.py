@@ -378,7 +378,7 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, 
 
     With one image in one slab, every unit owns its rows outright: then ``acc`` may have no
     entry (``acc.shape[0] == 0``), and each unit writes its columns of ``gw (G, C_out/g,
-    C_in/g*kh*kw)`` itself, without zeroing or adding, in chunks of :data:`DIRECT_ROWS` rows
+    C_in/g*kh*kw)`` itself, without zeroing or adding, in chunks of :data:`OWNED_ROWS` rows
     of its product, each transposed into ``gw`` while in cache (batch 1, small maps: the
     zeroing and the caller's sum over threads' accumulators took most of the time, and then
     the transposed copy of the whole product from memory as long as the product: 207 -> 507
@@ -394,7 +394,7 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, 
     tbuf = np.empty((nt, R * Wo * Cog), dtype=x.dtype)
     direct = acc.shape[0] == 0
     if direct:  # each unit's product in chunks of rows, transposed into gw
-        dbuf = np.empty((nt, DIRECT_ROWS * Cog), dtype=x.dtype)
+        dbuf = np.empty((nt, OWNED_ROWS * Cog), dtype=x.dtype)
         gwf = gw.reshape(gw.size)
         table = np.arange(Cog) * K  # each output channel's row of gw[g]
     else:
@@ -413,8 +413,8 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, 
             for co in range(Cog):
                 row[co] = gy[n, g * Cog + co, oh0 * Wo + j]
         if direct:  # this unit's columns of gw, whole
-            for r0 in range(0, cs * kk, DIRECT_ROWS):
-                r1 = min(cs * kk, r0 + DIRECT_ROWS)
+            for r0 in range(0, cs * kk, OWNED_ROWS):
+                r1 = min(cs * kk, r0 + OWNED_ROWS)
                 part = dbuf[t, : (r1 - r0) * Cog].reshape(r1 - r0, Cog)
                 gemm_tiled_inner(cols[r0:r1], gyt, part, L, FALSE)
                 transpose_block(dbuf[t], 0, Cog, r1 - r0, Cog, gwf, table,
@@ -424,8 +424,8 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, 
 
 
 #: Rows of a unit's product that :func:`lowered_weight_grad` writes into the gradient at a
-#: time, when it writes it itself (its scratch, ``DIRECT_ROWS x C_out/g``, stays in L2).
-DIRECT_ROWS = 64
+#: time, when it writes it itself (its scratch, ``OWNED_ROWS x C_out/g``, stays in L2).
+OWNED_ROWS = 64
 
 
 @njit(parallel=True, cache=True, fastmath=True)

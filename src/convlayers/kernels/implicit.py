@@ -39,7 +39,7 @@ from convlayers.kernels._bounds import (
 )
 from convlayers.kernels._twin import serial_twin
 from convlayers.kernels._typed import TRUE
-from convlayers.kernels.conv import DIRECT_ROWS
+from convlayers.kernels.conv import OWNED_ROWS
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import (
     gemm_indirect_left_add,
@@ -262,7 +262,7 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt
     scratch. With no entry in ``acc`` (``acc.shape[0] == 0``; the caller's promise that no
     two units share rows: one image in one slab, the input channels in blocks) each unit
     writes its columns of ``gw (G, C_out/g, C_in/g*kh*kw)`` itself, in chunks of
-    :data:`convlayers.kernels.conv.DIRECT_ROWS` rows of its product transposed while in cache,
+    :data:`convlayers.kernels.conv.OWNED_ROWS` rows of its product transposed while in cache,
     as :func:`convlayers.kernels.conv.lowered_weight_grad` does; ``gw`` is not touched
     otherwise."""
     N, C_in = x.shape[0], x.shape[1]
@@ -277,7 +277,7 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt
     tbuf = np.empty((nt, R * Wq * Cog), dtype=x.dtype)
     if owned:
         K = Cig * K1
-        dbuf = np.empty((nt, DIRECT_ROWS * Cog), dtype=x.dtype)
+        dbuf = np.empty((nt, OWNED_ROWS * Cog), dtype=x.dtype)
         gwf = gw.reshape(gw.size)
         table = np.arange(Cog) * K  # each output channel's row of gw[g]
     else:
@@ -305,8 +305,8 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt
         if not owned:
             gemm_indirect_left_add(xq, offs[: C * K1], gyt, acc[t, g, c0 * K1: (c0 + C) * K1])
             continue
-        for r0 in range(0, C * K1, DIRECT_ROWS):  # this unit's columns of gw, whole
-            r1 = min(C * K1, r0 + DIRECT_ROWS)
+        for r0 in range(0, C * K1, OWNED_ROWS):  # this unit's columns of gw, whole
+            r1 = min(C * K1, r0 + OWNED_ROWS)
             part = dbuf[t, : (r1 - r0) * Cog].reshape(r1 - r0, Cog)
             part[:] = 0
             gemm_indirect_left_add(xq, offs[r0:r1], gyt, part)

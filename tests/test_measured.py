@@ -24,6 +24,14 @@ def _geometry() -> object:
     return geometry(X_SHAPE, W_SHAPE, (3, 3), (1, 1), 1, PAIRS, OUT, np.float32)
 
 
+@pytest.fixture(autouse=True)
+def _timed_runs_only():  # type: ignore[no-untyped-def]
+    """The tests here count a measurement's runs and rounds: no untimed warm-up runs
+    (``measure_warm_ms``), except where a test sets them itself."""
+    with config.engine_settings(measure_warm_ms=0):
+        yield
+
+
 def test_the_fastest_strategy_is_kept_and_asked_only_once() -> None:
     """A forward's first call takes the planner's choice and runs nothing; on the second every
     candidate runs ``measure_rounds`` times and the fastest is remembered for the geometry; a later
@@ -483,6 +491,31 @@ def test_a_first_round_that_compiles_does_not_count_against_the_budget() -> None
             _measured.on_first_call():
         assert _measured.measured_strategy(g, "forward", "implicit", run) == "lowered"
     assert runs["lowered"] >= 3
+    _measured.forget_measurements()
+
+
+def test_a_quick_candidate_is_timed_right_after_an_untimed_run_of_itself() -> None:
+    """From the second round a candidate quicker than ``measure_warm_ms`` runs once untimed
+    before its timed run: one that is slow only right after another strategy (its state
+    cold) is timed warm and wins; timed cold (no warm-up runs), the steady one wins."""
+    g = _geometry()
+    last: list[str] = [""]
+
+    def run(name: str) -> None:
+        if name == "implicit":  # the same either way
+            time.sleep(0.004)
+        else:  # slow right after another strategy, quick after itself
+            time.sleep(0.001 if last[0] == name else 0.008)
+        last[0] = name
+
+    settings = dict(direct_min_channels=10**6, dot_min_in_channels=10**6)
+    for warm_ms, winner in ((20, "lowered"), (0, "implicit")):
+        _measured.forget_measurements()
+        last[0] = ""
+        with config.engine_settings(measure_warm_ms=warm_ms, **settings), \
+                _measured.on_first_call():
+            assert _measured.candidates(g, "implicit") == ("implicit", "lowered")
+            assert _measured.measured_strategy(g, "forward", "implicit", run) == winner
     _measured.forget_measurements()
 
 

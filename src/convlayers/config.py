@@ -488,6 +488,13 @@ class EngineSettings:
     #: Milliseconds of measuring within which a measurement adds rounds up to
     #: :attr:`measure_max_rounds`.
     measure_quick_ms: int = 30
+    #: From the second round on, a candidate whose shortest run so far took under this many
+    #: milliseconds runs once untimed before its timed run: right after another strategy its
+    #: first call found its scratch, weights and threads cold (93->196 4x5 stride 3 on
+    #: 7x93x10x13: ``direct`` and ``dot`` 0.30-0.80 ms right after another strategy, 0.20-0.23
+    #: right after themselves, im2col 0.57-0.66 either way), and a measurement of single runs
+    #: kept im2col in some processes, 2.2x torch's time where ``dot`` took 0.8x.
+    measure_warm_ms: int = 10
     #: Another strategy replaces the planner's only when it took less than ``100 -
     #: measure_tie_percent`` percent of its time: a near tie keeps the model's choice, the same
     #: in every process.

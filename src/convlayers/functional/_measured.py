@@ -191,7 +191,9 @@ def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str
     (``config.engine.measure_rounds`` calls each, alternating; the first round may load or
     compile kernels, so the rounds after it decide how many: fewer, two at least, once they
     took ``measure_budget_ms``, more up to ``measure_max_rounds`` while they took under
-    ``measure_quick_ms`` at their pace; the shortest of each kept; another strategy only when
+    ``measure_quick_ms`` at their pace; from the second round a run of under
+    ``measure_warm_ms`` follows an untimed one of the same strategy; the shortest of each
+    kept; another strategy only when
     ``measure_tie_percent`` faster than the planner's), remembered: a gradient on its first call, a
     forward on its second (its first takes ``strategy``), or its first in
     :func:`on_first_call`."""
@@ -211,6 +213,8 @@ def measured_strategy(g: Geometry, pass_: str, strategy: str, run: Callable[[str
         first = time.perf_counter()
         for done in range(1, e.measure_max_rounds + 1):
             for name in names:
+                if done > 1 and times[name] < e.measure_warm_ms / 1000:
+                    run(name)  # untimed: its state warm, as after a call of itself
                 start = time.perf_counter()
                 run(name)
                 times[name] = min(times[name], time.perf_counter() - start)

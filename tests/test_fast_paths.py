@@ -933,6 +933,42 @@ def test_adaptive_average_of_whole_rows_matches_torch(dtype: type) -> None:
     assert_close(y, tF.adaptive_avg_pool2d(torch.from_numpy(x), 1), "global avg on every thread")
 
 
+def test_adaptive_max_of_alike_windows_on_narrow_inputs_runs_as_max_pooling() -> None:
+    """Windows all alike (each input size a multiple of the output's) on at most
+    ``pooled_max_width`` columns, no indices asked, from ``pooled_max_taps`` input elements:
+    the call runs as ``max_pool2d`` with the window as kernel and stride, and its values are
+    torch's adaptive pooling's, zeros' signs, ties, NaN and inf included; with indices, or
+    windows not alike, or wider inputs, the window kernels run."""
+    from convlayers.functional import adaptive
+
+    rng = np.random.default_rng(9)
+    ties = rng.integers(-2, 3, (4, 435, 14, 14)).astype(np.float32)  # 341k elements
+    signed = -np.abs(ties)  # -0.0 and 0.0 tie in many windows
+    signed[0, 0, 0, 0], signed[0, 0, 3, 3] = -0.0, 0.0
+    odd = rng.standard_normal((2, 300, 12, 10)).astype(np.float32)
+    odd[0, 1, 2, 3], odd[1, 7, 11, 9], odd[1, 8, 0, 0] = np.nan, np.inf, -np.inf
+    odd[0, 2, 0, 0], odd[0, 2, 5, 4] = np.nan, np.inf
+    routed = 0
+    for a, out in ((ties, 2), (ties, 7), (signed, (7, 2)), (odd, (3, 5)), (odd, (6, 2))):
+        plan = adaptive._plan(a, out, 2, "max", False)
+        assert plan.kind == "pool", (a.shape, out)
+        routed += 1
+        got = F.adaptive_max_pool2d(a, out)
+        expected = tF.adaptive_max_pool2d(torch.from_numpy(a), out).numpy()
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))
+        # the same call through the window kernels gives the same values
+        with config.engine_settings(pooled_max_width=0):
+            assert adaptive._plan(a, out, 2, "max", False).kind != "pool"
+            np.testing.assert_array_equal(F.adaptive_max_pool2d(a, out), got)
+    assert routed == 5
+    assert adaptive._plan(ties, 2, 2, "max", True).kind != "pool"  # indices asked
+    assert adaptive._plan(ties, 3, 2, "max", False).kind != "pool"  # 14 -> 3: not alike
+    wide = np.zeros((2, 64, 28, 28), np.float32)
+    assert adaptive._plan(wide, 4, 2, "max", False).kind != "pool"  # 28 columns
+    assert adaptive._plan(ties[:1, :8], 2, 2, "max", False).kind != "pool"  # 1.5k elements
+
+
 def test_adaptive_max_on_wide_windows_keeps_torch_order_of_ties_and_nan() -> None:
     """Windows of at least eight columns take the kernel by columns, global pooling the scans
     of whole planes (each column's maximum and

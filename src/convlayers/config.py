@@ -302,6 +302,17 @@ class EngineSettings:
     #: kernels (``global_max_serial``, ``global_avg_serial``), without a parallel region: on 5
     #: inputs of 25k-100k elements they took 0.4-0.8x the two-thread kernels' time.
     global_pool_serial_taps: int = 100_000
+    #: An adaptive max pooling whose windows are all alike (each input size a multiple of the
+    #: output's), with no indices asked, of at most this many input columns and at least
+    #: :attr:`pooled_max_taps` input elements, runs as ``max_pool2d`` with the window as
+    #: kernel and stride: there the adaptive window kernels' rows of column tops are shorter
+    #: than a vector, and the pooling kernels ran 0.18-0.46x their time (14 -> 7 on
+    #: 2x256x14x14, 10 -> 5 on 32x128x10x10, 14 -> 2 on 4x435x14x14: 1.9x torch's time, now
+    #: 1.05x), where on 28-56 columns they ran 1.5-1.8x longer.
+    pooled_max_width: int = 16
+    #: See :attr:`pooled_max_width`: smaller calls keep the window kernels (16x32x8x8 by
+    #: 4x4 windows: 31 us by them, 40 through ``max_pool2d``).
+    pooled_max_taps: int = 65_536
     #: Arrays of at least this many elements are checked for inf and NaN (before strategies
     #: that multiply them by zero padding) on every thread, in one pass; smaller ones by NumPy's
     #: ``max`` and ``min``, whose two single-core passes took 3 ms on an 11 MiB weight.

@@ -159,11 +159,13 @@ class _Plan:
     out once per (shape, dtype, output size, op, settings): a model pools the same shapes on
     every call, and on small maps working it out took 10 of a call's 15 us (torch's whole call
     took 5-7). ``kind`` is ``"numpy"`` (the axis-by-axis NumPy passes), ``"global"`` (the
-    scans of whole planes), ``"rows"`` or ``"columns"`` (the compiled window kernels); ``serial``
-    runs the kernel on the calling thread."""
+    scans of whole planes), ``"rows"`` or ``"columns"`` (the compiled window kernels), or
+    ``"pool"`` (:func:`convlayers.functional.max_pool2d` with ``kernel`` as its kernel and
+    stride: see ``config.engine.pooled_max_width``); ``serial`` runs the kernel on the calling
+    thread."""
 
-    __slots__ = ("final", "kind", "out", "planes", "rows", "scratch", "serial", "windows",
-                 "y_shape")
+    __slots__ = ("final", "kernel", "kind", "out", "planes", "rows", "scratch", "serial",
+                 "windows", "y_shape")
 
     def __init__(self, x_shape: tuple[int, ...], dtype: np.dtype, output_size: OutputSize,
                  n: int, op: str, indices: bool) -> None:
@@ -175,6 +177,7 @@ class _Plan:
         count = x_shape[0] * x_shape[1]
         size = math.prod(x_shape)
         self.kind, self.rows, self.scratch, self.serial = "numpy", 0, (0, 0), True
+        self.kernel: tuple[int, ...] = ()
         self.windows: tuple[np.ndarray, ...] = ()
         self.planes: tuple[int, ...] = ()
         self.y_shape: tuple[int, ...] = ()
@@ -189,6 +192,12 @@ class _Plan:
             # takes 5 and 22)
             self.kind, self.planes, self.serial = "global", (count, height * x_shape[-1]), serial
             self.y_shape = (count,) if op == "max" else (count, 1)
+            return
+        e = config.engine
+        if (op == "max" and n == 2 and not indices and x_shape[-1] <= e.pooled_max_width
+                and size >= e.pooled_max_taps
+                and all(i % o == 0 for i, o in zip(in_shape, out, strict=True))):
+            self.kind, self.kernel = "pool", tuple(i // o for i, o in zip(in_shape, out, strict=True))
             return
         self.planes = (count, height, x_shape[-1])
         self.y_shape = (count, 1 if n == 1 else out[0], out[-1])
@@ -259,6 +268,10 @@ def _adaptive_max(
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     x, unbatched = batched(input, n)
     plan = _plan(x, output_size, n, "max", return_indices)
+    if plan.kind == "pool":
+        from convlayers.functional.pooling import max_pool2d
+
+        return unbatch(max_pool2d(x, plan.kernel, plan.kernel), unbatched)
     if plan.kind != "numpy":
         y = np.empty(plan.y_shape, dtype=x.dtype)
         idx = np.empty(plan.y_shape if return_indices else (0,) * len(plan.y_shape), np.int64)

@@ -271,7 +271,9 @@ def _adaptive_max(
     if plan.kind == "pool":
         from convlayers.functional.pooling import max_pool2d
 
-        return unbatch(max_pool2d(x, plan.kernel, plan.kernel), unbatched)
+        pooled = max_pool2d(x, plan.kernel, plan.kernel)
+        assert isinstance(pooled, np.ndarray)  # no indices asked
+        return unbatch(pooled, unbatched)
     if plan.kind != "numpy":
         y = np.empty(plan.y_shape, dtype=x.dtype)
         idx = np.empty(plan.y_shape if return_indices else (0,) * len(plan.y_shape), np.int64)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -271,8 +271,7 @@ def _adaptive_max(
     if plan.kind == "pool":
         from convlayers.functional.pooling import max_pool2d
 
-        pooled = max_pool2d(x, plan.kernel, plan.kernel)
-        assert isinstance(pooled, np.ndarray)  # no indices asked
+        pooled = cast(np.ndarray, max_pool2d(x, plan.kernel, plan.kernel))  # no indices
         return unbatch(pooled, unbatched)
     if plan.kind != "numpy":
         y = np.empty(plan.y_shape, dtype=x.dtype)

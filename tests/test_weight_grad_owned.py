@@ -87,3 +87,21 @@ def test_an_owned_gradient_keeps_non_finite_values_where_torch_has_them() -> Non
         np.testing.assert_array_equal(np.isinf(gw), np.isinf(expected))
         finite = np.isfinite(expected)
         np.testing.assert_allclose(gw[finite], expected[finite], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 130, 37), (2, 3, 64, 16), (3, 2, 200, 507),
+                                   (2, 1, 5, 3)])
+def test_threads_accumulators_sum_and_transpose_as_numpy(shape: tuple[int, ...],
+                                                         dtype: type) -> None:
+    """``sum_transposed``: ``out[g] = (sum over threads of acc[t, g]).T``, NumPy's sum over
+    the first axis in the same order, exactly; rows of ``K`` that are and are not whole
+    units, output channels that fill no whole vector."""
+    acc = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
+    expected = acc[0].copy()
+    for t in range(1, shape[0]):
+        expected = expected + acc[t]
+    expected = np.ascontiguousarray(expected.swapaxes(1, 2))
+    out = np.full((shape[1], shape[3], shape[2]), np.nan, dtype)
+    conv_kernels.sum_transposed(acc.copy(), out)
+    np.testing.assert_array_equal(out, expected)

@@ -178,8 +178,7 @@ def _gw_lowered(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     units = g.n * g.groups * -(-g.ho // rows)
     want = 2 * threads if threads > 1 else 1
     # too few (image, group, slab) units for the threads (batch 1, small maps): each also takes
-    # a block of input channels, its own rows of the gradient; with one image in one slab the
-    # units write those rows outright, into one accumulator
+    # a block of input channels, its own rows of the gradient
     block = g.c_in_g if units >= want else max(1, -(-g.c_in_g // -(-want // units)))
     # one image in one slab: the units write their rows of the gradient themselves
     owned = g.n == 1 and rows >= g.ho

@@ -36,11 +36,8 @@ def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
     """
     x = float_array(input, "input")
     w = float_array(weight, "weight")
-    check_ndim(w, (2,), "weight", "out_features, in_features")
+    _check_features(x, w)
     same_dtype(x, w, "input", "weight")
-    if x.ndim == 0 or x.shape[-1] != w.shape[1]:
-        raise ValueError(f"input's last axis must have in_features={w.shape[1]} values (weight "
-                         f"{w.shape}), got input of shape {x.shape}")
     b = None
     if bias is not None:
         b = float_array(bias, "bias")
@@ -74,6 +71,15 @@ def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
     return out
 
 
+def _check_features(x: np.ndarray, w: np.ndarray) -> None:
+    """A 2-D ``weight`` whose ``in_features`` is the input's last axis, or a ``ValueError``
+    naming both shapes (before any reshape that would fail as NumPy's)."""
+    check_ndim(w, (2,), "weight", "out_features, in_features")
+    if x.ndim == 0 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"input's last axis must have in_features={w.shape[1]} values (weight "
+                         f"{w.shape}), got input of shape {x.shape}")
+
+
 def _kernel(rows: int, f_in: int, f_out: int, dtype: np.dtype) -> str | None:
     """Which of numba's kernels (:mod:`convlayers.kernels.linear`) :func:`linear` and
     :func:`linear_backward` run, float32 or float64 from ``config.engine.serial_macs``
@@ -98,10 +104,7 @@ def linear_backward(
     x = float_array(input, "input")
     w = float_array(weight, "weight")
     g = float_array(grad_output, "grad_output")
-    check_ndim(w, (2,), "weight", "out_features, in_features")
-    if x.ndim == 0 or x.shape[-1] != w.shape[1]:
-        raise ValueError(f"input's last axis must have in_features={w.shape[1]} values (weight "
-                         f"{w.shape}), got input of shape {x.shape}")
+    _check_features(x, w)
     if g.shape != (*x.shape[:-1], w.shape[0]):
         raise ValueError(f"grad_output must have shape {(*x.shape[:-1], w.shape[0])}, got {g.shape}")
     g2 = g.reshape(-1, w.shape[0])

@@ -392,11 +392,9 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, 
     nb = (Cig + B - 1) // B
     Wp, idx, xbuf, cbuf = _slab_scratch(x, nt, Cig, K, kh, kw, sh, sw, dh, dw, R, Wo)
     tbuf = np.empty((nt, R * Wo * Cog), dtype=x.dtype)
-    direct = acc.shape[0] == 0
-    if direct:  # each unit's product in chunks of rows, transposed into gw
-        dbuf = np.empty((nt, OWNED_ROWS * Cog), dtype=x.dtype)
-        gwf = gw.reshape(gw.size)
-        table = np.arange(Cog) * K  # each output channel's row of gw[g]
+    owned = acc.shape[0] == 0
+    if owned:  # each unit's product in chunks of rows, transposed into gw
+        dbuf, gwf, table = owned_scratch(gw, nt)
     else:
         acc[:] = 0
     for unit in prange(N * G * nr * nb):
@@ -412,7 +410,7 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, 
             row = gyt[j]
             for co in range(Cog):
                 row[co] = gy[n, g * Cog + co, oh0 * Wo + j]
-        if direct:  # this unit's columns of gw, whole
+        if owned:  # this unit's columns of gw, whole
             for r0 in range(0, cs * kk, OWNED_ROWS):
                 r1 = min(cs * kk, r0 + OWNED_ROWS)
                 part = dbuf[t, : (r1 - r0) * Cog].reshape(r1 - r0, Cog)
@@ -423,9 +421,21 @@ def lowered_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, 
             gemm_tiled_inner(cols, gyt, acc[t, g, c0 * kk: (c0 + cs) * kk], L, TRUE)
 
 
-#: Rows of a unit's product that :func:`lowered_weight_grad` writes into the gradient at a
-#: time, when it writes it itself (its scratch, ``OWNED_ROWS x C_out/g``, stays in L2).
+#: Rows of a unit's product that :func:`lowered_weight_grad` and
+#: :func:`convlayers.kernels.implicit.implicit_weight_grad` write into the gradient at a time,
+#: when they write it themselves (the scratch, ``OWNED_ROWS x C_out/g``, stays in L2).
 OWNED_ROWS = 64
+
+
+@njit(cache=True, inline="always")
+def owned_scratch(gw, nt):
+    """What a weight-gradient kernel whose units own their rows needs to write ``gw (G,
+    C_out/g, K)`` itself: per-thread scratch for :data:`OWNED_ROWS` rows of a product, ``gw``
+    flat, and each output channel's offset in ``gw[g]`` (the table of
+    :func:`convlayers.kernels.simd.transpose_block`)."""
+    Cog, K = gw.shape[1], gw.shape[2]
+    return (np.empty((nt, OWNED_ROWS * Cog), dtype=gw.dtype), gw.reshape(gw.size),
+            np.arange(Cog) * K)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

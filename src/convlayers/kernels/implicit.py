@@ -39,7 +39,7 @@ from convlayers.kernels._bounds import (
 )
 from convlayers.kernels._twin import serial_twin
 from convlayers.kernels._typed import TRUE
-from convlayers.kernels.conv import OWNED_ROWS
+from convlayers.kernels.conv import OWNED_ROWS, owned_scratch
 from convlayers.kernels.queue import claim, new_queue
 from convlayers.kernels.simd import (
     gemm_indirect_left_add,
@@ -277,9 +277,7 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt
     tbuf = np.empty((nt, R * Wq * Cog), dtype=x.dtype)
     if owned:
         K = Cig * K1
-        dbuf = np.empty((nt, OWNED_ROWS * Cog), dtype=x.dtype)
-        gwf = gw.reshape(gw.size)
-        table = np.arange(Cog) * K  # each output channel's row of gw[g]
+        dbuf, gwf, table = owned_scratch(gw, nt)
     else:
         acc[:] = 0
     for unit in prange(N * G * nr * nb):

@@ -7,7 +7,8 @@ per installation; ``convlayers warmup`` does it ahead of time), and a helper pro
 compiling the common forward kernels on another core (:mod:`convlayers.kernels.precompile`).
 ``CONVLAYERS_COMPILE_NOTICE=0`` silences the line, ``CONVLAYERS_BACKGROUND_COMPILE=0`` keeps the
 helper from starting. It also makes numba's cache safe for processes that compile at once
-(:mod:`convlayers.kernels._cache_lock`), and starts numba's threads on an OpenMP runtime of
+(:mod:`convlayers.kernels._cache_lock`) and fresh after any of the package's compiled code
+changes (:mod:`convlayers.kernels._cache_stamp`), and starts numba's threads on an OpenMP runtime of
 their own before any kernel runs (:func:`convlayers.config.start_numba_threads`).
 """
 
@@ -19,7 +20,7 @@ import threading
 from typing import Any
 
 from convlayers import config
-from convlayers.kernels import _cache_lock
+from convlayers.kernels import _cache_lock, _cache_stamp
 
 __all__ = ["NOTICE", "CompileNotice"]
 
@@ -99,5 +100,6 @@ def _install() -> CompileNotice:
 #: line to the output the tests read).
 notice = _install()
 _cache_lock.install()
+_cache_stamp.install()
 config.start_numba_threads()
 notice.shown = os.environ.get("CONVLAYERS_COMPILE_NOTICE", "1") == "0"

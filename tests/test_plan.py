@@ -363,6 +363,34 @@ def test_settings_changes_are_seen_by_the_remembered_plans() -> None:
         config.engine.winograd_min_channels = 16
 
 
+
+def test_settings_restored_find_their_remembered_layouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner's cache key follows the settings' values: a strategy forced in a second
+    ``with`` block reuses the layouts the first built (they were built again on every block),
+    and a setting that differs still builds its own."""
+    from convlayers.inference import conv_last
+
+    built: list[int] = []
+    units = conv_last.dense_units
+    monkeypatch.setattr(conv_last, "dense_units", lambda *a, **k: built.append(1) or units(*a, **k))
+    rng = np.random.default_rng(2)
+    x = random_array(rng, (1, 17, 9, 11), np.float32)  # a geometry no other test remembers
+    w = random_array(rng, (19, 17, 3, 3), np.float32)
+    start = config.engine_version()
+    outputs = []
+    for _ in range(2):
+        with config.engine_settings(force="direct"):
+            outputs.append(F.conv2d(x, w, padding=1))
+        assert config.engine_version() == start
+    assert len(built) == 1
+    with config.engine_settings(force="direct", serial_macs=1):
+        assert config.engine_version() != start
+        F.conv2d(x, w, padding=1)
+    assert len(built) == 2
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+    for y in outputs:
+        assert_close(y, expected, "forced direct")
+
 def test_a_slow_first_compile_prints_one_notice(capsys: pytest.CaptureFixture[str]) -> None:
     import time
 

@@ -153,3 +153,34 @@ def test_channels_last_blocks_that_run_across_images(threads: int, with_inf: boo
         np.testing.assert_array_equal(np.isfinite(mine), np.isfinite(theirs), name)
         finite = np.isfinite(theirs)
         assert_close(mine[finite], theirs[finite], name)
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_channels_last_tiles_skip_kernel_rows_on_the_padding(case: int) -> None:
+    """Each channels-last tile sums only the kernel rows that reach the input from one of its
+    pixels' rows. Padding wider than the map (output rows whose every tap reads padding: the
+    tile is its bias), dilations and strides that put a tile's rows on different kernel rows,
+    tiles across two or three output rows, an inf in the input: torch's output, non-finite
+    exactly where torch's is."""
+    rng = np.random.default_rng(70 + case)
+    c, h, w_in, (kh, kw), (sh, sw), (dh, dw), (pt, pl) = [
+        (70, 11, 11, (7, 7), (1, 1), (2, 2), (6, 6)),  # the sweep's layer, on fewer channels
+        (33, 4, 4, (3, 3), (2, 1), (2, 1), (5, 2)),  # rows of only padding: bias alone
+        (16, 2, 9, (5, 1), (1, 1), (1, 1), (4, 0)),  # 6 output rows from 2 input rows
+        (100, 5, 3, (3, 2), (1, 2), (2, 1), (3, 1)),  # 3-pixel rows: a tile spans three
+        (8, 6, 6, (4, 4), (3, 3), (1, 2), (3, 3)),  # stride 3: rows far apart
+    ][case]
+    x = random_array(rng, (2, c, h, w_in), np.float32)
+    x[1, c // 2, h // 2, 0] = np.inf
+    w = random_array(rng, (c, 1, kh, kw), np.float32)
+    b = random_array(rng, (c,), np.float32)
+    args = dict(stride=(sh, sw), padding=(pt, pl), dilation=(dh, dw), groups=c)
+    with config.engine_settings(force="depthwise-channels-last"):
+        ours = F.conv2d(x, w, b, **args)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                         **args).numpy()
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(expected))
+    finite = np.isfinite(expected)
+    assert_close(ours[finite], expected[finite], f"case {case}")
+    if case == 1:  # some output rows read padding only: their outputs are the bias
+        assert np.allclose(expected[0, :, 0], b[:, None])

@@ -5,9 +5,12 @@ On a 6x6 or 3x3 map a plane is 36 or 9 outputs: the plane kernels
 time on per-plane set-up and loops too short to vectorise, and ran 2-7x torch's time on the
 last stages of MobileNet-type networks. Here a unit is one image's block of ``LANES`` channels
 (oneDNN's ``nChw8c`` layout, per block): the block is copied zero-padded into a per-thread
-``(Hp, Wp, LANES)`` scratch, every output pixel of the block accumulates ``kh*kw`` taps as
+``(Hp, Wp, LANES)`` scratch, every output pixel of the block accumulates its taps as
 multiply-adds of ``LANES`` lanes in registers (one vector on AVX2), and the ``(Ho, Wo, LANES)``
-result goes back to the planes. The scratch of a unit is a few KiB, so it stays in L1.
+result goes back to the planes. A tile sums the kernel rows that reach the input from one of
+its pixels' rows only (:func:`_tile_taps`), as torch's direct kernels skip the padding's
+rows: 211 channels of 9x11x11 by 7x7 taps at dilation 2 and padding 6 sum 69% of them, and
+took 0.24 ms against 0.30 (torch 0.20-0.21). The scratch of a unit is a few KiB, so it stays in L1.
 
 The multiply-adds run in register tiles (:func:`_pixels_tile`, LLVM vector code as in
 :mod:`convlayers.kernels.simd`): ``PIXELS`` output pixels, consecutive in row-major order (a
@@ -202,6 +205,33 @@ def _kernel_taps(kh, kw, Wp, dh, dw):
     return offs
 
 
+@njit(cache=True, inline="always")
+def _kernel_rows(Ho, H, pt, sh, kh, dh):
+    """``(Ho, 2)``: for each output row, the kernel rows ``lo .. hi`` whose taps read a row
+    of the input (the others read only the block's zero padding), ``lo >= hi`` where none
+    does."""
+    rows = np.empty((Ho, 2), dtype=np.int64)
+    for y in range(Ho):
+        top = pt - y * sh  # kernel rows reach the input's first row from here
+        rows[y, 0] = max(0, -((-top) // dh))
+        rows[y, 1] = min(kh, max(0, (top + H - 1) // dh + 1)) if top + H - 1 >= 0 else 0
+    return rows
+
+
+@njit(cache=True, inline="always")
+def _tile_taps(kernel_rows, q0, count, Wo, kw):
+    """``(t0, t1)``: the taps (row-major) of the kernel rows that read the input for some
+    pixel of the tile ``q0 .. q0 + count`` (row-major output pixels, ``Wo`` a row); the rows
+    reaching the input start lower and end higher for earlier output rows
+    (:func:`_kernel_rows`), so its first and last rows bound them. Empty (``t0 == t1``)
+    where every tap reads padding: the tile is its bias."""
+    lo = kernel_rows[(q0 + count - 1) // Wo, 0]
+    hi = kernel_rows[q0 // Wo, 1]
+    if lo >= hi:
+        return 0, 0
+    return lo * kw, hi * kw
+
+
 @njit(cache=True, fastmath=True, inline="always")
 def _planes_into_block(src, base, count, lanes, offs, dst):
     """Lanes ``0 .. lanes`` of a block, channels-last: position ``q`` of plane ``lane``
@@ -256,19 +286,21 @@ def depthwise_channels_last(x, wt, bias, sh, sw, dh, dw, pt, pl, threads, xt, ot
     lane_offs = np.arange(LANES, dtype=np.int64) * P  # lane -> its output plane
     tap_offs = _output_taps(Ho, Wo, Wp, sh, sw)
     kernel_offs = _kernel_taps(wt.shape[0], wt.shape[1], Wp, dh, dw)
+    kernel_rows = _kernel_rows(Ho, H, pt, sh, wt.shape[0], dh)
     flat_wt = wt.reshape(wt.shape[0] * wt.shape[1], wt.shape[2])
     for part in prange(threads):
         t = numba.get_thread_id()
         first, stop = _thread_planes(planes, threads, part, step)
         xb, ob = xt[t], ot[t]
         for p0 in range(first, stop, LANES):
-            _channels_last_block(x, flat_wt, bias, kernel_offs, p0, min(LANES, stop - p0),
-                                 pixel_offs, lane_offs, tap_offs, xb, ob, out)
+            _channels_last_block(x, flat_wt, bias, kernel_offs, kernel_rows, wt.shape[1], p0,
+                                 min(LANES, stop - p0), pixel_offs, lane_offs, tap_offs, xb,
+                                 ob, out)
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _channels_last_block(x, wt, bias, kernel_offs, p0, lanes, pixel_offs, lane_offs, tap_offs,
-                         xb, ob, out):
+def _channels_last_block(x, wt, bias, kernel_offs, kernel_rows, kw, p0, lanes, pixel_offs,
+                         lane_offs, tap_offs, xb, ob, out):
     """Planes ``p0 .. p0 + lanes`` of :func:`depthwise_channels_last`, in the block scratch
     ``xb (Hp, Wp, LANES)`` and ``ob (Ho, Wo, LANES)``; the stride and padding are in the
     offsets (``pixel_offs``: each input pixel's place in the block, ``tap_offs``: each output
@@ -283,20 +315,27 @@ def _channels_last_block(x, wt, bias, kernel_offs, p0, lanes, pixel_offs, lane_o
     _planes_into_block(x.reshape(x.size), p0 * HW, HW, lanes, pixel_offs, xb.reshape(xb.size))
     # the output pixels in row-major order, PIXELS a tile across rows; the last few in the
     # smallest tile that holds them
+    # each tile sums the kernel rows that read the input for one of its pixels' rows (the
+    # others read only zeros)
     full = P - P % PIXELS
     for q0 in range(0, full, PIXELS):
+        t0, t1 = _tile_taps(kernel_rows, q0, PIXELS, Wo, kw)
         for v0 in range(0, lanes, step):
-            _pixels_tile(xb, wt, bias, ob, tap_offs, kernel_offs, q0, PIXELS, c0, v0)
+            _pixels_tile(xb, wt[t0:t1], bias, ob, tap_offs, kernel_offs[t0:t1], q0, PIXELS, c0,
+                         v0)
     rest = P - full
-    for v0 in range(0, lanes, step):
-        if rest > 4:
-            _pixels_tile(xb, wt, bias, ob, tap_offs, kernel_offs, full, rest, c0, v0)
-        elif rest > 2:
-            _pixels_tile4(xb, wt, bias, ob, tap_offs, kernel_offs, full, rest, c0, v0)
-        elif rest == 2:
-            _pixels_tile2(xb, wt, bias, ob, tap_offs, kernel_offs, full, rest, c0, v0)
-        elif rest == 1:
-            _pixels_tile1(xb, wt, bias, ob, tap_offs, kernel_offs, full, rest, c0, v0)
+    if rest:
+        t0, t1 = _tile_taps(kernel_rows, full, rest, Wo, kw)
+        tw, to = wt[t0:t1], kernel_offs[t0:t1]
+        for v0 in range(0, lanes, step):
+            if rest > 4:
+                _pixels_tile(xb, tw, bias, ob, tap_offs, to, full, rest, c0, v0)
+            elif rest > 2:
+                _pixels_tile4(xb, tw, bias, ob, tap_offs, to, full, rest, c0, v0)
+            elif rest == 2:
+                _pixels_tile2(xb, tw, bias, ob, tap_offs, to, full, rest, c0, v0)
+            else:
+                _pixels_tile1(xb, tw, bias, ob, tap_offs, to, full, rest, c0, v0)
     # back to the planes: a vector of pixels by a vector of lanes at a time
     _block_into_planes(ob.reshape(ob.size), P, lanes, lane_offs, out.reshape(out.size),
                        p0 * P)

@@ -36,7 +36,7 @@ _CONSTANTS = ("config.py",)
 
 def compiled_sources(root: str) -> list[str]:
     """The ``.py`` files under ``root`` (sorted) whose text defines compiled code, and those
-of :data:`_CONSTANTS` there.
+    of :data:`_CONSTANTS` there.
 
     Examples
     --------

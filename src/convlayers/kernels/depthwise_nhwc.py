@@ -214,7 +214,7 @@ def _kernel_rows(Ho, H, pt, sh, kh, dh):
     for y in range(Ho):
         top = pt - y * sh  # kernel rows reach the input's first row from here
         rows[y, 0] = max(0, -((-top) // dh))
-        rows[y, 1] = min(kh, max(0, (top + H - 1) // dh + 1)) if top + H - 1 >= 0 else 0
+        rows[y, 1] = min(kh, (top + H - 1) // dh + 1) if top + H - 1 >= 0 else 0
     return rows
 
 
@@ -313,10 +313,9 @@ def _channels_last_block(x, wt, bias, kernel_offs, kernel_rows, kw, p0, lanes, p
     c0 = p0 % C
     # the planes' positions a vector at a time, transposed in registers
     _planes_into_block(x.reshape(x.size), p0 * HW, HW, lanes, pixel_offs, xb.reshape(xb.size))
-    # the output pixels in row-major order, PIXELS a tile across rows; the last few in the
-    # smallest tile that holds them
-    # each tile sums the kernel rows that read the input for one of its pixels' rows (the
-    # others read only zeros)
+    # the output pixels in row-major order, PIXELS a tile across rows, the last few in the
+    # smallest tile that holds them; each tile sums the kernel rows that read the input for
+    # one of its pixels' rows (the others read only zeros)
     full = P - P % PIXELS
     for q0 in range(0, full, PIXELS):
         t0, t1 = _tile_taps(kernel_rows, q0, PIXELS, Wo, kw)

@@ -685,8 +685,8 @@ class EngineSettings:
         _engine_version = _VERSIONS.setdefault(values, len(_VERSIONS))
 
 
-_ENGINE_FIELDS = frozenset(f.name for f in fields(EngineSettings))
 _ENGINE_FIELDS_ORDER = tuple(f.name for f in fields(EngineSettings))
+_ENGINE_FIELDS = frozenset(_ENGINE_FIELDS_ORDER)
 #: Each combination of engine settings seen, numbered in order (the defaults are 0).
 _VERSIONS: dict[tuple[Any, ...], int] = {}
 #: The settings that must be at least 1 (a measurement of no runs has no times).

@@ -315,9 +315,9 @@ def channels_last_pays(g: Geometry) -> bool:
 
 @remembered
 def _weight_grad_units(g: Geometry, threads: int) -> tuple[int, int, bool]:
-    """``(R, CB, shared)`` of the implicit weight gradient: slabs of ``R`` output rows, blocks
+    """``(R, CB, owned)`` of the implicit weight gradient: slabs of ``R`` output rows, blocks
     of ``CB`` input channels, and whether the units own their rows of the gradient and write
-    them themselves (``shared``: no accumulator) or each thread sums into its own.
+    them themselves (``owned``: no accumulator) or each thread sums into its own.
 
     While the images, groups and whole slabs (all channels within the slab cap) give every
     thread two units, as they come. Else, with
@@ -365,15 +365,15 @@ def _gw_implicit(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     threads = _numba_threads()
     if channels_last_pays(g):
         return _gw_channels_last(x, gy, g, threads)
-    rows, block, shared = _weight_grad_units(g, threads)
+    rows, block, owned = _weight_grad_units(g, threads)
     kk = g.kh * g.kw
-    # shared: the units own their rows of the gradient and write them themselves
-    acc = np.empty((0 if shared else threads, g.groups, g.c_in_g * kk, g.c_out_g),
+    # owned: the units write their rows of the gradient themselves
+    acc = np.empty((0 if owned else threads, g.groups, g.c_in_g * kk, g.c_out_g),
                    dtype=x.dtype)
     gw = np.empty((g.groups, g.c_out_g, g.c_in_g * kk), dtype=x.dtype)
     k.implicit.implicit_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
                                     g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
                                     rows, block, threads, acc, gw)
-    if not shared:
+    if not owned:
         k.conv.sum_transposed(acc, gw)
     return gw.reshape(g.c_out, g.c_in_g, g.kh, g.kw)

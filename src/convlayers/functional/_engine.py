@@ -15,6 +15,10 @@ Four entry points, one per pass:
 - :func:`correlate_input_grad` and :func:`correlate_weight_grad`: one gradient alone, with
   respect to an already padded input (``conv_transpose``, padding modes other than zeros).
 
+Each entry point first leaves out the kernel taps that read only the zero padding
+(:mod:`convlayers.functional._engine_crop`): the call runs with the kernel cropped to the taps
+that reach the input, and the dropped taps' weight gradient is zero.
+
 The ``numpy`` strategy, the twin of all the others, is one GEMM (``np.matmul``) per kernel
 offset over the outputs whose tap lies inside the input: for each offset, the input slice with
 the stride (a view) times that offset's ``(groups, C_out/g, C_in/g)`` weights, added into the
@@ -69,6 +73,7 @@ import numpy as np
 from convlayers import config
 from convlayers.functional._common import Pairs
 from convlayers.functional._compiled import _threads_for, numba_threads
+from convlayers.functional._engine_crop import planned_crop
 from convlayers.functional._engine_depthwise import (
     _bwd_depthwise,
     _bwd_depthwise_channels_last,
@@ -236,6 +241,10 @@ def correlate(
     if reduced is not None:  # strides that skip input: the phase its taps read, stride 1
         return correlate(reduced.take(x), weight, reduced.stride, reduced.dilation, groups,
                          out_shape, reduced.pairs, bias)
+    cropped = planned_crop(x.shape, weight.shape, stride, dilation, pairs, out_shape)
+    if cropped is not None:  # taps that read only the padding: left out
+        return correlate(x, cropped.weight(weight), stride, dilation, groups, out_shape,
+                         cropped.pairs, bias)
     g, (s, _), threads = _planned("forward", x.shape, weight.shape, stride, dilation, groups,
                                   pairs, out_shape, x.dtype)
     if swaps_axes(g):  # its products drop fewer positions along the other axis
@@ -292,6 +301,18 @@ def ready_forward(
     if x_shape[0] == 0 or planned_reduction(x_shape, w_shape, stride, dilation, pairs,
                                         out_shape) is not None:
         return declining
+    cropped = planned_crop(x_shape, w_shape, stride, dilation, pairs, out_shape)
+    if cropped is not None:  # as correlate: the runner of the cropped kernel
+        inner = ready_forward(x_shape, (*w_shape[:2], *cropped.kernel()), stride, dilation,
+                              groups, out_shape, cropped.pairs, dtype)
+        if inner is None or inner is declining:
+            return inner
+
+        def run_cropped(x: np.ndarray, weight: np.ndarray,
+                        bias: np.ndarray | None) -> np.ndarray | None:
+            return inner(x, cropped.weight(weight), bias)
+
+        return run_cropped
     g, (s, _), threads = _planned("forward", x_shape, w_shape, stride, dilation, groups,
                                   pairs, out_shape, dtype)
     if swaps_axes(g):
@@ -359,6 +380,19 @@ def ready_input_grad(
     c_in = w_shape[1] * groups
     if n == 0:
         return declining
+    cropped = planned_crop((n, c_in, *padded_shape), w_shape, stride, dilation, pairs,
+                           grad_shape[2:])
+    if cropped is not None:  # as correlate_input_grad: the runner of the cropped kernel
+        inner = ready_input_grad(grad_shape, (*w_shape[:2], *cropped.kernel()), padded_shape,
+                                 stride, dilation, groups, cropped.pairs, dtype)
+        if inner is None or inner is declining:
+            return inner
+
+        def run_cropped(grad: np.ndarray, weight: np.ndarray,
+                        bias: np.ndarray | None) -> np.ndarray | None:
+            return inner(grad, cropped.weight(weight), bias)
+
+        return run_cropped
     g, (s, _), _ = _planned("input_grad", (n, c_in, *padded_shape), w_shape, stride, dilation,
                             groups, pairs, grad_shape[2:], dtype)
     if unsure(g, s, "input_grad"):
@@ -437,6 +471,11 @@ def correlate_backward(
         gx, gw = correlate_backward(reduced.take(x), grad, weight, reduced.pairs,
                                     reduced.stride, reduced.dilation, groups)
         return reduced.put(gx, x.shape), gw
+    cropped = planned_crop(x.shape, weight.shape, stride, dilation, pairs, grad.shape[2:])
+    if cropped is not None:  # as the forward: the dropped taps' gradient is zero
+        gx, gw = correlate_backward(x, grad, cropped.weight(weight), cropped.pairs, stride,
+                                    dilation, groups)
+        return gx, cropped.weight_grad(gw, weight.shape)
     g, ss, threads = _planned("backward", x.shape, weight.shape, stride, dilation, groups, pairs,
                               grad.shape[2:], x.dtype)
     if swaps_axes(g):  # as the forward
@@ -497,6 +536,11 @@ def correlate_input_grad(
     c_in = weight.shape[1] * groups
     if n == 0:
         return np.zeros((0, c_in, *padded_shape), dtype=grad.dtype)
+    cropped = planned_crop((n, c_in, *padded_shape), weight.shape, stride, dilation, pairs,
+                           grad.shape[2:])
+    if cropped is not None:  # as the forward
+        return correlate_input_grad(grad, cropped.weight(weight), padded_shape, stride,
+                                    dilation, groups, cropped.pairs)
     g, (s, _), _ = _planned("input_grad", (n, c_in, *padded_shape), weight.shape, stride,
                             dilation, groups, pairs, grad.shape[2:], grad.dtype)
     if s == "numpy":

@@ -88,7 +88,10 @@ Before any of this, where ``config.engine.reduce_skipping_strides`` asks for it 
 default), an axis of a depthwise convolution whose stride skips input (a one-tap kernel, or a
 dilation that is a multiple of the stride, so every tap reads one stride phase) is rewritten
 as a stride-1 convolution of that phase (:mod:`convlayers.functional._engine_phases`), and
-the planner plans the rewritten call; :func:`plan` says so. A dense or grouped 2-D call
+the planner plans the rewritten call; :func:`plan` says so. Then a kernel with taps that read
+only the zero padding (wide padding on small maps) is cropped to the taps that reach the input,
+the padding before reduced to match (:mod:`convlayers.functional._engine_crop`, while
+``config.engine.crop_padding_taps``), and the cropped call is planned. A dense or grouped 2-D call
 whose implicit GEMM or im2col costs less with height and width swapped (a wide kernel on a
 narrow map: the dropped positions are per output row) runs on transposed planes where that
 saves more than the transposes cost (:func:`swaps_axes`); :func:`plan` says that too.
@@ -845,6 +848,7 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     'numpy'
     """
     from convlayers.functional._compiled import numba_threads
+    from convlayers.functional._engine_crop import planned_crop
     from convlayers.functional._engine_phases import planned_reduction
     from convlayers.functional._measured import SWAPPED, candidates, remembered_choice
     from convlayers.functional.conv import conv_spec
@@ -857,12 +861,15 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     spec = conv_spec(x, w, None, stride, padding, dilation, groups, "zeros")
     reduced = planned_reduction(x.shape, w.shape, spec.stride, spec.dilation, spec.pairs,
                                 spec.out_shape)
-    if reduced is None:
-        g = geometry(x.shape, w.shape, spec.stride, spec.dilation, spec.groups, spec.pairs,
-                     spec.out_shape, dt)
-    else:  # what runs: the stride phase its taps read (see _engine_phases)
-        g = geometry((*x.shape[:2], *reduced.lengths), w.shape, reduced.stride,
-                     reduced.dilation, spec.groups, reduced.pairs, spec.out_shape, dt)
+    x_shape, w_shape = x.shape, w.shape
+    stride_, dilation_, pairs_ = spec.stride, spec.dilation, spec.pairs
+    if reduced is not None:  # what runs: the stride phase its taps read (see _engine_phases)
+        x_shape = (*x.shape[:2], *reduced.lengths)
+        stride_, dilation_, pairs_ = reduced.stride, reduced.dilation, reduced.pairs
+    cropped = planned_crop(x_shape, w_shape, stride_, dilation_, pairs_, spec.out_shape)
+    if cropped is not None:  # what runs: the taps that reach the input (see _engine_crop)
+        w_shape, pairs_ = (*w.shape[:2], *cropped.kernel()), cropped.pairs
+    g = geometry(x_shape, w_shape, stride_, dilation_, spec.groups, pairs_, spec.out_shape, dt)
     threads = numba_threads() if g.compiled else 1
     swapped, as_given = swaps_axes(g), g
     if swapped:  # what runs: the transposed planes (see swaps_axes)
@@ -882,6 +889,11 @@ def plan(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
     if reduced is not None:
         text += (f"\n  reads one stride phase ({'x'.join(map(str, reduced.lengths))}): "
                  f"stride {_one(reduced.stride)}, dilation {_one(reduced.dilation)}")
+    if cropped is not None:
+        kept = ", ".join(f"{a}-{b - 1}" for a, b in zip(cropped.starts, cropped.stops,
+                                                       strict=True))
+        text += (f"\n  taps {kept} reach the input, the rest only the padding: runs with the "
+                 f"kernel cropped to {'x'.join(map(str, cropped.kernel()))}")
     if swapped:
         text += "\n  runs with height and width swapped: its products drop fewer positions"
         others = [name for name in candidates(as_given, SWAPPED) if name != SWAPPED]

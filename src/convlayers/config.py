@@ -331,6 +331,12 @@ class EngineSettings:
     #: stride 3 dilation 2: 0.33 -> 0.27 ms, torch 0.30-0.32). Without it the calls are also
     #: remembered whole (:mod:`convlayers.functional._ready`).
     reduce_skipping_strides: bool = False
+    #: Whether, while the helper process compiles the common kernels on an empty cache
+    #: (:mod:`convlayers.kernels.precompile`), a float32 forward whose kernel misses the cache
+    #: runs the NumPy strategy instead of compiling it here
+    #: (:mod:`convlayers.functional._cold`): a first MobileNetV2 forward compiled 19-23 s,
+    #: the NumPy strategy runs it in about 50 ms.
+    defer_cold_compiles: bool = True
     #: Whether a convolution whose kernel has taps that read only the zero padding (wide
     #: padding on small maps) runs with its kernel cropped to the taps that reach the input
     #: (:mod:`convlayers.functional._engine_crop`); their weight gradient is zero. Every
@@ -681,7 +687,7 @@ class EngineSettings:
 
                 check_strategy_name(value)
         elif name in ("check_values", "reduce_skipping_strides", "crop_padding_taps",
-                      "winograd_backward"):
+                      "defer_cold_compiles", "winograd_backward"):
             if not isinstance(value, bool) and not (name == "winograd_backward" and value is None):
                 raise TypeError(f"{name} must be a bool{' or None' * (name == 'winograd_backward')}"
                                 f", got {value!r}")

@@ -137,15 +137,17 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from convlayers import kernels
+    from convlayers import config, kernels
 
     kernels.notice.shown = True  # the progress bar says it already
     jobs = [(f"{label} ({dt})", call) for dt in args.dtype for label, call in tasks(dt)]
     start = time.perf_counter()
     bar = tqdm(jobs, desc="compiling", unit="group", disable=args.quiet, leave=False)
-    for label, call in bar:
-        bar.set_postfix_str(label)
-        call()
+    # every kernel compiled here, none left to the helper (convlayers.functional._cold)
+    with config.engine_settings(defer_cold_compiles=False):
+        for label, call in bar:
+            bar.set_postfix_str(label)
+            call()
     bar.close()
     print(f"warmup: {len(jobs)} kernel groups ready ({', '.join(args.dtype)}) in "
           f"{time.perf_counter() - start:.1f} s")

@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from convlayers import config
+from convlayers.functional import _cold
 from convlayers.functional._common import Pairs
 from convlayers.functional._compiled import _threads_for, numba_threads
 from convlayers.functional._engine_crop import planned_crop
@@ -247,6 +248,28 @@ def correlate(
                          cropped.pairs, bias)
     g, (s, _), threads = _planned("forward", x.shape, weight.shape, stride, dilation, groups,
                                   pairs, out_shape, x.dtype)
+    out4: np.ndarray | None = None
+    if s != "numpy" and not _cold.deferred(s, g):
+        # on an empty cache, a kernel the helper process compiles is not compiled here: this
+        # call runs the NumPy strategy (see _cold)
+        with _cold.trying(s, g):
+            out4 = _compiled_forward(x, weight, bias, g, s, threads, stride, dilation, groups,
+                                     out_shape, pairs)
+    if out4 is None:
+        out = _numpy_forward(x, weight, stride, dilation, groups, out_shape, pairs)
+        if bias is not None:
+            out += bias.reshape((1, -1) + (1,) * len(out_shape))
+        return out
+    return out4.reshape(x.shape[0], weight.shape[0], *out_shape)
+
+
+def _compiled_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometry,
+                      s: str, threads: int, stride: tuple[int, ...], dilation: tuple[int, ...],
+                      groups: int, out_shape: tuple[int, ...], pairs: Pairs,
+                      ) -> np.ndarray | None:
+    """:func:`correlate`'s forward by the planned strategy ``s`` (or the one measured, or
+    the one the value checks move it to): the output, ``None`` where the NumPy strategy
+    must serve."""
     if swaps_axes(g):  # its products drop fewer positions along the other axis
 
         def by_swapping() -> np.ndarray:
@@ -275,12 +298,7 @@ def correlate(
                     s = again
                     out4 = (None if s == "numpy"
                             else _FORWARD[s](_as_4d(x), _as_4d(weight), bias, g))
-    if out4 is None:
-        out = _numpy_forward(x, weight, stride, dilation, groups, out_shape, pairs)
-        if bias is not None:
-            out += bias.reshape((1, -1) + (1,) * len(out_shape))
-        return out
-    return out4.reshape(x.shape[0], weight.shape[0], *out_shape)
+    return out4
 
 
 def ready_forward(
@@ -315,6 +333,8 @@ def ready_forward(
         return run_cropped
     g, (s, _), threads = _planned("forward", x_shape, w_shape, stride, dilation, groups,
                                   pairs, out_shape, dtype)
+    if _cold.pending():  # a kernel still compiling in the helper: the full path, for now
+        return None
     if swaps_axes(g):
         s = SWAPPED
     if unsure(g, s):  # as measured, once it is
@@ -395,6 +415,8 @@ def ready_input_grad(
         return run_cropped
     g, (s, _), _ = _planned("input_grad", (n, c_in, *padded_shape), w_shape, stride, dilation,
                             groups, pairs, grad_shape[2:], dtype)
+    if _cold.pending():  # as ready_forward
+        return None
     if unsure(g, s, "input_grad"):
         found = remembered_choice(g, "input_grad")
         if found is None:

@@ -26,11 +26,15 @@ before callees, and calls do not go round in circles: no two processes wait on e
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-__all__ = ["CompilingElsewhereError", "compiling_path", "install", "lock_path"]
+__all__ = ["CompileDeferredError", "CompilingElsewhereError", "compiling_path", "deferring_misses",
+           "install", "lock_path"]
 
 #: Seconds a save waits for another process's save of the same function before giving up:
 #: the machine code is then not cached (the next process compiles it again; the call that
@@ -57,6 +61,45 @@ busy_count = 0
 class CompilingElsewhereError(RuntimeError):
     """Another process compiles this function, and this one does not wait
     (:data:`wait_for_others`)."""
+
+
+class CompileDeferredError(RuntimeError):
+    """A cache miss inside :func:`deferring_misses` while the helper process compiles the
+    common kernels: the caller serves the call without this kernel (the engine's NumPy
+    strategy) and the helper compiles it."""
+
+
+#: How many times this process has raised :class:`CompileDeferredError`.
+deferred_count = 0
+
+_deferring = threading.local()
+
+
+@contextlib.contextmanager
+def deferring_misses() -> Iterator[None]:
+    """Within it, in this thread, a cache miss of a kernel raises :class:`CompileDeferredError`
+    instead of compiling, while this process's helper runs
+    (:func:`convlayers.kernels.precompile.helping`; started by the miss if it has not been).
+    numba may wrap the error in its own: callers compare :data:`deferred_count`."""
+    before = getattr(_deferring, "on", False)
+    _deferring.on = True
+    try:
+        yield
+    finally:
+        _deferring.on = before
+
+
+def _defer(path: str) -> None:
+    """Raise :class:`CompileDeferredError` for the miss at ``path`` where
+    :func:`deferring_misses` asks for it and the helper runs."""
+    global deferred_count
+    if not getattr(_deferring, "on", False):
+        return
+    from convlayers.kernels import precompile
+
+    if precompile.helping():
+        deferred_count += 1
+        raise CompileDeferredError(path)
 
 
 def compiling_path(index_path: str) -> str:
@@ -112,6 +155,7 @@ def _load_or_wait(self: Any, sig: Any, target_context: Any) -> Any:
     path = compiling_path(_index_of(self))
     if path in _compiling:  # this process compiles the function already (another signature)
         return None
+    _defer(path)
     try:  # the directory, as numba makes it before its first save
         self._impl.locator.ensure_cache_path()
     except (AttributeError, OSError):

@@ -22,6 +22,10 @@ forward took 24-29 s alone and 15.5-16.6 s with the helper, the second call 8.7-
 one alone). At the lowest priority the helper takes only a core nobody else wants: it hardly
 slows a process whose kernels keep both cores busy.
 
+While the helper runs, this process does not compile a float32 forward's kernels itself: the
+engine runs such a call by its NumPy strategy until the helper has saved them
+(:mod:`convlayers.functional._cold`; a first MobileNetV2 forward then took 2.1 s, not 19-23).
+
 At most one helper runs per cache (a lock file in the temporary directory), a helper starts
 none, and it stops before its next kernel once the process that started it has ended.
 ``CONVLAYERS_BACKGROUND_COMPILE=0`` in the environment starts none (the test suite sets it);
@@ -40,8 +44,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ENVIRONMENT_SWITCH", "STRATEGY_EXAMPLES", "forward_tasks", "lock_path", "main",
-           "start"]
+__all__ = ["ENVIRONMENT_SWITCH", "STRATEGY_EXAMPLES", "forward_tasks", "helping", "lock_path",
+           "main", "running", "start"]
 
 #: The environment variable that, set to ``0``, keeps :func:`start` from starting a helper.
 ENVIRONMENT_SWITCH = "CONVLAYERS_BACKGROUND_COMPILE"
@@ -160,6 +164,20 @@ def start() -> bool:
     threading.Thread(target=_helper[0].wait, name="convlayers-precompile-reaper",
                      daemon=True).start()
     return True
+
+
+def helping() -> bool:
+    """Whether this process's helper runs now, started here if it has not been (by
+    :func:`start`'s rules): the engine then serves a forward whose kernels miss the cache by
+    its NumPy strategy while the helper compiles them
+    (:func:`convlayers.kernels._cache_lock.deferring_misses`)."""
+    start()
+    return running()
+
+
+def running() -> bool:
+    """Whether this process's helper has been started and runs now."""
+    return bool(_helper) and _helper[0].poll() is None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -328,6 +328,28 @@ def test_packed_conv_weights_follow_the_layout(shape: tuple[int, ...], dtype: ty
     np.testing.assert_array_equal(out, expected, err_msg=f"{shape}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,window", [((160, 37, 6, 6), (1, 1, 4, 4)),
+                                          ((5, 3, 7, 5), (2, 0, 3, 5)),
+                                          ((70, 64, 3, 3), (0, 1, 3, 1)),
+                                          ((130, 9, 5, 5), (4, 4, 1, 1))])
+def test_a_window_of_taps_packs_as_the_cropped_weight(shape: tuple[int, ...],
+                                                      window: tuple[int, int, int, int],
+                                                      dtype: type) -> None:
+    """A window of the kernel, packed from the whole weight in place, gives the layout of the
+    cropped weight (the definition's, on a copy): the spare rows past it take the other taps,
+    the packed rows nothing else."""
+    from convlayers.kernels.simd import PACK_SPARE_ROWS, conv_strip, pack_conv_weights_into
+
+    w = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
+    r0, c0, kh, kw = window
+    strip = conv_strip() // w.itemsize
+    expected = _packed_by_numpy(np.ascontiguousarray(w[:, :, r0:r0 + kh, c0:c0 + kw]), strip)
+    out = np.full((expected.shape[0] + PACK_SPARE_ROWS, strip), np.nan, dtype)
+    pack_conv_weights_into(w, out, window)
+    np.testing.assert_array_equal(out[:expected.shape[0]], expected, err_msg=f"{shape}")
+
+
 @njit(cache=True)
 def _transpose_part(src, base, stride, dst, table, q0, dst_base, rows, cols):  # type: ignore[no-untyped-def]
     transpose_part(src, base, stride, dst, table, q0, dst_base, rows, cols)

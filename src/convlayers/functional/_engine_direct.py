@@ -32,7 +32,7 @@ from convlayers.functional._engine_shared import remembered
 from convlayers.functional._scratch import take
 from convlayers.functional.plan import Geometry
 
-__all__ = ["direct_fits", "packed_width", "padded_extent", "skips_padding"]
+__all__ = ["direct_fits", "forward_window", "packed_width", "padded_extent", "skips_padding"]
 
 
 def padded_extent(g: Geometry) -> tuple[int, int]:
@@ -169,19 +169,38 @@ def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                 g: Geometry) -> np.ndarray:
+    # classes leave out the padding's taps: where a weight is inf or NaN, the plain tiles
+    # multiply the zeros as before (the pattern the non-finite tests hold each strategy to)
+    return _direct(x, w, bias, g, None, skips_padding(g) and bool(np.isfinite(w).all()))
+
+
+def forward_window(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
+                   window: tuple[int, int, int, int]) -> np.ndarray:
+    """The forward of ``g`` by ``direct`` with the taps ``window`` ``(r0, c0, kh, kw)`` of the
+    larger kernel of ``w`` (a kernel cropped to the taps that reach the input,
+    :mod:`convlayers.functional._engine_crop`), packed from ``w`` in place
+    (:func:`convlayers.kernels.simd.pack_conv_weights_into`). The classes run wherever they
+    pay, the weights taken as finite: the caller checks the output (an inf or NaN weight
+    makes some output non-finite) and runs the call again by the whole path if it is not."""
+    return _direct(x, w, bias, g, window, skips_padding(g))
+
+
+def _direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
+            window: tuple[int, int, int, int] | None, by_classes: bool) -> np.ndarray:
     from convlayers.inference import channels_last, conv_last
-    from convlayers.kernels.simd import pack_conv_weights_into
+    from convlayers.kernels.simd import PACK_SPARE_ROWS, pack_conv_weights_into
 
     threads = _numba_threads()
     offs, toffs, row_taps, rows, cols, k_rows = _layout(g, threads)
-    # classes leave out the padding's taps: where a weight is inf or NaN, the plain tiles
-    # multiply the zeros as before (the pattern the non-finite tests hold each strategy to)
-    classes = _classes(g, threads) if skips_padding(g) and np.isfinite(w).all() else None
+    classes = _classes(g, threads) if by_classes else None
     hp, wp = padded_extent(g)
     xp = take("direct_input", (g.n, hp, wp, g.c_in), x.dtype)
     conv_last.pad_to_channels_last(np.ascontiguousarray(x), g.pt, g.pl, xp)
-    packed = take("direct_weights", (k_rows, packed_width(g)), x.dtype)
-    pack_conv_weights_into(np.ascontiguousarray(w), packed)
+    # a window's other taps go to spare rows past the packed ones
+    extra = PACK_SPARE_ROWS if window is not None else 0
+    spare = take("direct_weights", (k_rows + extra, packed_width(g)), x.dtype)
+    pack_conv_weights_into(np.ascontiguousarray(w), spare, window)
+    packed = spare[:k_rows]
     b = np.zeros(g.c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     pixels = g.n * g.ho * g.wo
     last = take("direct_output", (pixels, g.c_out), x.dtype)

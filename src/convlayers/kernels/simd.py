@@ -848,7 +848,8 @@ def pack_conv_weights(w: np.ndarray) -> np.ndarray:
     return packed
 
 
-def pack_conv_weights_into(w: np.ndarray, out: np.ndarray) -> None:
+def pack_conv_weights_into(w: np.ndarray, out: np.ndarray,
+                           window: tuple[int, int, int, int] | None = None) -> None:
     """:func:`pack_conv_weights` of a contiguous ``w`` into ``out (strips * K, strip)`` in
     parallel (the eager ``direct`` strategy packs on every call): each strip is the transpose
     of its ``strip`` rows of ``w`` seen as ``(C_out, C_in*kh*kw)``, with its columns (input
@@ -856,46 +857,75 @@ def pack_conv_weights_into(w: np.ndarray, out: np.ndarray) -> None:
     :data:`PACK_CHUNK` columns, a vector's lanes of rows by a vector of columns at a time
     through :func:`transpose_block`; a partial last strip's columns past ``C_out`` are zeros.
 
+    ``window`` ``(r0, c0, kh, kw)`` packs only those taps of ``w``'s kernel (rows ``r0`` to
+    ``r0 + kh``, columns ``c0`` to ``c0 + kw``: a kernel cropped to the taps that reach the
+    input, :mod:`convlayers.functional._engine_crop`) into ``K = kh*kw*C_in`` rows, reading
+    ``w`` in place; ``out`` then has :data:`PACK_SPARE_ROWS` more rows at its end, which the
+    other columns are sent to and nobody reads. A copy of the window first would read the weight twice (a
+    160x497x6x6 weight: 0.64 ms of copy before a 0.5 ms packing).
+
     A gather of each packed row, one value at a time, ran 10-19 GB/s (its strided reads
     from 64 rows of ``w`` at once): 0.41-0.65x that time on 95x144x6x5, 250x108x7x5,
     256x256x3x3 and 512x512x3x3 weights, 0.84-1.06x on small ones (two threads), the
     gather's 0.24 ms of a 1.7 ms 144 -> 95 6x5 direct forward 0.12."""
-    _pack_transposed(w, out, PACK_CHUNK)
+    if window is None:
+        _pack_transposed(w, 0, 0, w.shape[2], w.shape[3], out, PACK_CHUNK)
+    else:
+        _pack_transposed(w, *window, out, PACK_CHUNK)
 
 
 #: Columns of ``w`` (input channel by tap) one unit of :func:`pack_conv_weights_into` takes.
 PACK_CHUNK = 256
+#: Rows past the packed ones that a window's other columns are sent to
+#: (:func:`pack_conv_weights_into`), one a unit in turn.
+PACK_SPARE_ROWS = 32
 
 
 @njit(parallel=True, cache=True)
-def _pack_transposed(w, out, chunk):
+def _pack_transposed(w, r0, c0, kh, kw, out, chunk):
     """:func:`pack_conv_weights_into` in units of (strip, ``chunk`` columns of ``w``)."""
-    c_out, c_in, kh, kw = w.shape
+    c_out, c_in, full_h, full_w = w.shape
+    full = full_h * full_w * c_in  # columns of w seen as (C_out, C_in*kh*kw)
     taps = kh * kw
     k_rows = taps * c_in
     strip = out.shape[1]
-    strips = out.shape[0] // k_rows
+    strips = (c_out + strip - 1) // strip
     lanes = VECTOR_BYTES // w.itemsize
     wf = w.reshape(w.size)
     of = out.reshape(out.size)
-    dest = np.empty(k_rows, np.int64)  # column ci*taps + t of w -> packed row t*c_in + ci
+    cropped = taps < full_h * full_w
+    # the spare rows past the packed ones (cropped only), a unit's by its number: one shared
+    # row, written by both threads, ran 5x as long (its cache lines passed between the cores)
+    spares = out.shape[0] - strips * k_rows
+    # column (ci, i, j) of w -> packed row ((i - r0)*kw + j - c0)*c_in + ci, or -1 outside
+    dest = np.full(full, -1, np.int64)
     for ci in range(c_in):
-        for t in range(taps):
-            dest[ci * taps + t] = (t * c_in + ci) * strip
-    chunks = (k_rows + chunk - 1) // chunk
+        for i in range(kh):
+            for j in range(kw):
+                dest[ci * full_h * full_w + (r0 + i) * full_w + c0 + j] = (
+                    (i * kw + j) * c_in + ci) * strip
+    chunks = (full + chunk - 1) // chunk
     for unit in prange(strips * chunks):
         s, q = unit // chunks, unit % chunks
         q0 = q * chunk
-        q1 = min(k_rows, q0 + chunk)
+        q1 = min(full, q0 + chunk)
         width = min(strip, c_out - s * strip)
         at = s * k_rows * strip
         if width < strip:  # the columns past C_out, from the last whole vector of them on
             first = width - width % lanes
             for kk in range(q0, q1):
-                o = at + dest[kk]
-                of[o + first:o + strip] = 0
-        transpose_block(wf, s * strip * k_rows + q0, k_rows, width, q1 - q0, of, dest[q0:q1],
-                        at)
+                if dest[kk] >= 0:
+                    o = at + dest[kk]
+                    of[o + first:o + strip] = 0
+        if cropped:  # each column's packed row, from this strip's start, or the spare row
+            table = np.empty(q1 - q0, np.int64)
+            for kk in range(q0, q1):
+                table[kk - q0] = (at + dest[kk] if dest[kk] >= 0
+                                  else (strips * k_rows + unit % spares) * strip)
+            transpose_block(wf, s * strip * full + q0, full, width, q1 - q0, of, table, 0)
+        else:
+            transpose_block(wf, s * strip * full + q0, full, width, q1 - q0, of, dest[q0:q1],
+                            at)
 
 
 @njit(cache=True, fastmath=True)

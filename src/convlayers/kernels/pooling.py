@@ -575,10 +575,16 @@ def _avg_backward_by_rows(gy, kh, kw, sh, sw, ph, pw, div, gx):
     3x torch's time at 3x3 stride 1."""
     P, H, W = gx.shape
     Ho, Wo = gy.shape[1], gy.shape[2]
+    # each tap column's run, worked out once: per plane, row and tap (two divisions each)
+    # they took most of a small plane's time (23x43x11x11 3x3 stride 2: 0.27 ms, torch 0.12)
+    runs = np.empty((kw, 3), np.int64)
+    for b in range(kw):
+        runs[b, 0], runs[b, 1], runs[b, 2] = _row_run(b - pw, sw, W, Wo)
+    shares = np.empty((P, Wo), dtype=gx.dtype)  # one allocation, not one a plane
     for p in prange(P):
         for r in range(H):
             gx[p, r, :] = 0
-        share = np.empty(Wo, dtype=gx.dtype)
+        share = shares[p]
         for oh in range(Ho):
             grow = gy[p, oh]
             drow = div[oh]
@@ -591,7 +597,7 @@ def _avg_backward_by_rows(gy, kh, kw, sh, sw, ph, pw, div, gx):
                     continue
                 xrow = gx[p, r]
                 for b in range(kw):
-                    lo, hi, first = _row_run(b - pw, sw, W, Wo)
+                    lo, hi, first = runs[b, 0], runs[b, 1], runs[b, 2]
                     src = share[lo:hi]
                     if sw == 1:
                         dst = xrow[first:first + hi - lo]

@@ -54,3 +54,23 @@ def test_a_cold_forward_runs_numpy_while_the_helper_compiles(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
                           text=True, timeout=400)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_an_error_that_is_no_deferral_goes_through() -> None:
+    """Inside ``trying`` an error of the strategy itself (no cache miss deferred in this
+    thread) reaches the caller, and no miss is recorded."""
+    import numpy as np
+
+    from convlayers.functional import _cold
+    from convlayers.functional.plan import geometry
+
+    g = geometry((1, 4, 6, 6), (2, 4, 3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)), (6, 6),
+                 np.float32)
+    try:
+        with _cold.trying("lowered", g):
+            raise ValueError("the strategy's own error")
+    except ValueError as error:
+        assert "own error" in str(error)
+    else:
+        raise AssertionError("the error was swallowed")
+    assert not _cold.deferred("lowered", g)

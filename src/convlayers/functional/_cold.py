@@ -74,12 +74,12 @@ def trying(strategy: str, g: Geometry) -> Iterator[list[bool]]:
         return
     from convlayers.kernels import _cache_lock
 
-    before = _cache_lock.deferred_count
+    before = _cache_lock.deferred_here()
     try:
         with _cache_lock.deferring_misses():
             yield missed
     except Exception:
-        if _cache_lock.deferred_count == before:
+        if _cache_lock.deferred_here() == before:
             raise
         _MISSED[strategy] = time.monotonic()
         missed[0] = True

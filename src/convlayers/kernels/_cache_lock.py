@@ -33,8 +33,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-__all__ = ["CompileDeferredError", "CompilingElsewhereError", "compiling_path", "deferring_misses",
-           "install", "lock_path"]
+__all__ = ["CompileDeferredError", "CompilingElsewhereError", "compiling_path", "deferred_here",
+           "deferring_misses", "install", "lock_path"]
 
 #: Seconds a save waits for another process's save of the same function before giving up:
 #: the machine code is then not cached (the next process compiles it again; the call that
@@ -80,7 +80,7 @@ def deferring_misses() -> Iterator[None]:
     """Within it, in this thread, a cache miss of a kernel raises :class:`CompileDeferredError`
     instead of compiling, while this process's helper runs
     (:func:`convlayers.kernels.precompile.helping`; started by the miss if it has not been).
-    numba may wrap the error in its own: callers compare :data:`deferred_count`."""
+    numba may wrap the error in its own: callers compare :func:`deferred_here`."""
     before = getattr(_deferring, "on", False)
     _deferring.on = True
     try:
@@ -99,7 +99,14 @@ def _defer(path: str) -> None:
 
     if precompile.helping():
         deferred_count += 1
+        _deferring.count = deferred_here() + 1
         raise CompileDeferredError(path)
+
+
+def deferred_here() -> int:
+    """How many times this thread has raised :class:`CompileDeferredError` (callers compare
+    it before and after a call: another thread's deferral does not count)."""
+    return int(getattr(_deferring, "count", 0))
 
 
 def compiling_path(index_path: str) -> str:

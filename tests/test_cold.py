@@ -74,3 +74,22 @@ def test_an_error_that_is_no_deferral_goes_through() -> None:
     else:
         raise AssertionError("the error was swallowed")
     assert not _cold.deferred("lowered", g)
+
+
+def test_nothing_defers_past_the_window(monkeypatch) -> None:
+    """Past ``DEFER_SECONDS`` from the first deferral nothing defers (a busy process starves
+    the helper): ``trying`` then runs the call as it is, and no miss is pending."""
+    import time
+
+    import numpy as np
+
+    from convlayers.functional import _cold
+    from convlayers.functional.plan import geometry
+
+    g = geometry((1, 4, 6, 6), (2, 4, 3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)), (6, 6),
+                 np.float32)
+    assert _cold._applies(g)  # the suite's process has deferred nothing
+    monkeypatch.setattr(_cold, "_first", [time.monotonic() - _cold.DEFER_SECONDS - 1])
+    monkeypatch.setattr(_cold, "_MISSED", {"lowered": time.monotonic()})
+    assert not _cold._applies(g) and not _cold.pending() and not _cold._MISSED
+    assert not _cold.deferred("lowered", g)

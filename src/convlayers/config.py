@@ -332,8 +332,8 @@ class EngineSettings:
     #: remembered whole (:mod:`convlayers.functional._ready`).
     reduce_skipping_strides: bool = False
     #: Whether, while the helper process compiles the common kernels on an empty cache
-    #: (:mod:`convlayers.kernels.precompile`), a float32 forward whose kernel misses the cache
-    #: runs the NumPy strategy instead of compiling it here
+    #: (:mod:`convlayers.kernels.precompile`), a float32 convolution (forward or gradient)
+    #: whose kernel misses the cache runs the NumPy strategy instead of compiling it here
     #: (:mod:`convlayers.functional._cold`): a first MobileNetV2 forward compiled 19-23 s,
     #: the NumPy strategy runs it in about 50 ms.
     defer_cold_compiles: bool = True

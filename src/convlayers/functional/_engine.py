@@ -533,7 +533,18 @@ def correlate_backward(
         gx, gw = correlate_backward(_swapped(x), _swapped(grad), _swapped(weight), pairs[::-1],
                                     stride[::-1], dilation[::-1], groups)
         return _swapped(gx), _swapped(gw)
-    with _threads_for(work(g, ss)):  # both gradients; small ones on one thread, as the forward
+    label = f"{ss[0]}+{ss[1]} backward"
+    if "numpy" not in ss and not _cold.deferred(label, g):
+        # as the forward: on an empty cache, the gradient kernels the helper compiles are not
+        # compiled here (see _cold)
+        # both gradients; small ones on one thread, as the forward
+        with _cold.trying(label, g), _threads_for(work(g, ss)):
+            return _backward(x, grad, weight, pairs, stride, dilation, groups, g, ss, threads)
+    if "numpy" not in ss:  # a kernel still compiling in the helper: by the NumPy strategy
+        return (_numpy_input_grad(grad, weight, x.shape[2:], stride, dilation, groups, pairs),
+                _numpy_weight_grad(x, grad, tuple(weight.shape[2:]), stride, dilation, groups,
+                                   pairs))
+    with _threads_for(work(g, ss)):
         return _backward(x, grad, weight, pairs, stride, dilation, groups, g, ss, threads)
 
 
@@ -596,12 +607,16 @@ def correlate_input_grad(
                             dilation, groups, pairs, grad.shape[2:], grad.dtype)
     if s == "numpy":
         return _numpy_input_grad(grad, weight, padded_shape, stride, dilation, groups, pairs)
-    s = measured_strategy(g, "input_grad", s,
-                          lambda name: _timed_input_grad(name, grad, weight, g))
-    s = _checked_backward((s, s), weight)[0]
-    with _threads_for(work(g, (s,))):
-        gx4 = _INPUT_GRAD[s](_as_4d(grad), _as_4d(weight), g)
-    return gx4.reshape(n, c_in, *padded_shape)
+    label = f"{s} input_grad"
+    if not _cold.deferred(label, g):
+        with _cold.trying(label, g):  # as the forward (see _cold)
+            s = measured_strategy(g, "input_grad", s,
+                                  lambda name: _timed_input_grad(name, grad, weight, g))
+            s = _checked_backward((s, s), weight)[0]
+            with _threads_for(work(g, (s,))):
+                gx4 = _INPUT_GRAD[s](_as_4d(grad), _as_4d(weight), g)
+            return gx4.reshape(n, c_in, *padded_shape)
+    return _numpy_input_grad(grad, weight, padded_shape, stride, dilation, groups, pairs)
 
 
 def correlate_weight_grad(
@@ -620,9 +635,13 @@ def correlate_weight_grad(
                             grad.shape[2:], xp.dtype)
     if s == "numpy":
         return _numpy_weight_grad(xp, grad, kernel, stride, dilation, groups, None)
-    s = _checked_weight_grad(s, xp)
-    with _threads_for(work(g, (s,))):
-        return _WEIGHT_GRAD[s](_as_4d(xp), _as_4d(grad), g).reshape(w_shape)
+    label = f"{s} weight_grad"
+    if not _cold.deferred(label, g):
+        with _cold.trying(label, g):  # as the forward (see _cold)
+            s = _checked_weight_grad(s, xp)
+            with _threads_for(work(g, (s,))):
+                return _WEIGHT_GRAD[s](_as_4d(xp), _as_4d(grad), g).reshape(w_shape)
+    return _numpy_weight_grad(xp, grad, kernel, stride, dilation, groups, None)
 
 
 # ----------------------------------------------------------------------------- the tables

@@ -22,8 +22,9 @@ forward took 24-29 s alone and 15.5-16.6 s with the helper, the second call 8.7-
 one alone). At the lowest priority the helper takes only a core nobody else wants: it hardly
 slows a process whose kernels keep both cores busy.
 
-While the helper runs, this process does not compile a float32 forward's kernels itself: the
-engine runs such a call by its NumPy strategy until the helper has saved them
+After the forwards it makes the gradients' calls (:func:`gradient_tasks`). While the helper
+runs, this process does not compile a float32 convolution's kernels itself: the engine runs
+such a call by its NumPy strategy until the helper has saved them
 (:mod:`convlayers.functional._cold`; a first MobileNetV2 forward then took 2.1 s, not 19-23).
 
 At most one helper runs per cache (a lock file in the temporary directory), a helper starts
@@ -44,8 +45,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ENVIRONMENT_SWITCH", "STRATEGY_EXAMPLES", "forward_tasks", "helping", "lock_path",
-           "main", "running", "start"]
+__all__ = ["ENVIRONMENT_SWITCH", "STRATEGY_EXAMPLES", "forward_tasks", "gradient_tasks",
+           "helping", "lock_path", "main", "running", "start"]
 
 #: The environment variable that, set to ``0``, keeps :func:`start` from starting a helper.
 ENVIRONMENT_SWITCH = "CONVLAYERS_BACKGROUND_COMPILE"
@@ -137,6 +138,51 @@ def forward_tasks() -> list[tuple[str, Callable[[], Any]]]:
     return out
 
 
+def gradient_tasks() -> list[tuple[str, Callable[[], Any]]]:
+    """``(label, call)``: both float32 gradients of each convolution strategy that computes
+    them (:data:`STRATEGY_EXAMPLES`, in its order: a training step's first call of a gradient
+    measures the implicit GEMM against im2col, so both come early), then the transposed
+    convolution's forward (an input gradient alone), on tiny inputs. The helper runs them
+    after :func:`forward_tasks`: meanwhile a gradient whose kernels miss the cache runs the
+    NumPy strategy (:mod:`convlayers.functional._cold`); a first MobileNetV2 training step on
+    an empty cache had compiled them for 58 of its 63 s.
+
+    Examples
+    --------
+    >>> [label for label, _ in gradient_tasks()][:2]
+    ['gradients pointwise', 'gradients depthwise-channels-last']
+    """
+    import numpy as np
+
+    from convlayers import config
+    from convlayers import functional as F
+    from convlayers.functional.plan import STRATEGIES
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+    out: list[tuple[str, Callable[[], Any]]] = []
+    for name, (shape, pad, groups) in STRATEGY_EXAMPLES.items():
+        if name not in STRATEGIES or name in ("direct", "dot"):  # forwards only
+            continue
+        w = rng.standard_normal(shape).astype(np.float32)
+        grad = rng.standard_normal((2, shape[0], 9, 9)).astype(np.float32)
+
+        def gradients(w: np.ndarray = w, grad: np.ndarray = grad, pad: int = pad,
+                      groups: int = groups, name: str = name) -> None:
+            with config.engine_settings(force=name, **PARALLEL):
+                F.conv_backward(grad, x, w, padding=pad, groups=groups)
+        out.append((f"gradients {name}", gradients))
+
+    def transposed() -> None:
+        w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+        for name in ("lowered", "implicit"):
+            with config.engine_settings(force=name, **PARALLEL):
+                F.conv_transpose2d(x, w, stride=2, padding=1)
+
+    out.append(("transposed convolutions", transposed))
+    return out
+
+
 def start() -> bool:
     """Start the helper (once per process): True if it was started now. Not from a helper,
     not when :data:`ENVIRONMENT_SWITCH` is ``0``, nor where Python cannot start itself."""
@@ -195,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except Timeout:
         return 0
     try:
-        _run(forward_tasks(), parent)
+        _run(forward_tasks() + gradient_tasks(), parent)
     finally:
         lock.release()
     return 0

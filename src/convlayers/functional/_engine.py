@@ -350,16 +350,8 @@ def ready_forward(
                                 cropped.pairs, out_shape, dtype)
         if (remembered_choice(g) or s) == "direct":
             return declining  # the whole path packs the taps from the weight in place
-        inner = ready_forward(x_shape, kept, stride, dilation, groups, out_shape, cropped.pairs,
-                              dtype)
-        if inner is None or inner is declining:
-            return inner
-
-        def run_cropped(x: np.ndarray, weight: np.ndarray,
-                        bias: np.ndarray | None) -> np.ndarray | None:
-            return inner(x, cropped.weight(weight), bias)
-
-        return run_cropped
+        return _taking_whole_weights(ready_forward(
+            x_shape, kept, stride, dilation, groups, out_shape, cropped.pairs, dtype), cropped)
     g, (s, _), threads = _planned("forward", x_shape, w_shape, stride, dilation, groups,
                                   pairs, out_shape, dtype)
     if _cold.pending():  # a kernel still compiling in the helper: the full path, for now
@@ -432,16 +424,9 @@ def ready_input_grad(
     cropped = planned_crop((n, c_in, *padded_shape), w_shape, stride, dilation, pairs,
                            grad_shape[2:])
     if cropped is not None:  # as correlate_input_grad: the runner of the cropped kernel
-        inner = ready_input_grad(grad_shape, (*w_shape[:2], *cropped.kernel()), padded_shape,
-                                 stride, dilation, groups, cropped.pairs, dtype)
-        if inner is None or inner is declining:
-            return inner
-
-        def run_cropped(grad: np.ndarray, weight: np.ndarray,
-                        bias: np.ndarray | None) -> np.ndarray | None:
-            return inner(grad, cropped.weight(weight), bias)
-
-        return run_cropped
+        return _taking_whole_weights(ready_input_grad(
+            grad_shape, _kept_shape(w_shape, cropped), padded_shape, stride, dilation, groups,
+            cropped.pairs, dtype), cropped)
     g, (s, _), _ = _planned("input_grad", (n, c_in, *padded_shape), w_shape, stride, dilation,
                             groups, pairs, grad_shape[2:], dtype)
     if _cold.pending():  # as ready_forward
@@ -481,6 +466,19 @@ def ready_input_grad(
         with _threads_for(macs):
             gx4 = input_grad(_as_4d(grad), _as_4d(weight), bias)
         return gx4.reshape(full_shape)
+
+    return run
+
+
+def _taking_whole_weights(inner: Runner | None, cropped: Cropped) -> Runner | None:
+    """The runner of a call whose kernel is ``cropped``, from ``inner`` (the cropped call's
+    runner): it takes the whole weight and hands ``inner`` the kept taps. ``None`` and
+    :func:`_ready.declining` as they are."""
+    if inner is None or inner is declining:
+        return inner
+
+    def run(a: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
+        return inner(a, cropped.weight(weight), bias)
 
     return run
 

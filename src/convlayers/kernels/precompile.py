@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["ENVIRONMENT_SWITCH", "STRATEGY_EXAMPLES", "forward_tasks", "gradient_tasks",
@@ -99,15 +99,11 @@ def forward_tasks() -> list[tuple[str, Callable[[], Any]]]:
 
     from convlayers import config
     from convlayers import functional as F
-    from convlayers.functional.plan import STRATEGIES
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
     out: list[tuple[str, Callable[[], Any]]] = []
-    for name, (shape, pad, groups) in STRATEGY_EXAMPLES.items():
-        if name not in STRATEGIES:
-            continue
-        w = rng.standard_normal(shape).astype(np.float32)
+    for name, w, pad, groups in _examples(rng, ()):
 
         def conv(w: np.ndarray = w, pad: int = pad, groups: int = groups,
                  name: str = name) -> None:
@@ -138,6 +134,18 @@ def forward_tasks() -> list[tuple[str, Callable[[], Any]]]:
     return out
 
 
+def _examples(rng: Any, leave_out: tuple[str, ...]) -> Iterator[tuple[str, Any, int, int]]:
+    """``(strategy, weight, padding, groups)`` of :data:`STRATEGY_EXAMPLES` in its order (the
+    strategies this build has, less ``leave_out``), random float32 weights from ``rng``."""
+    import numpy as np
+
+    from convlayers.functional.plan import STRATEGIES
+
+    for name, (shape, pad, groups) in STRATEGY_EXAMPLES.items():
+        if name in STRATEGIES and name not in leave_out:
+            yield name, rng.standard_normal(shape).astype(np.float32), pad, groups
+
+
 def gradient_tasks() -> list[tuple[str, Callable[[], Any]]]:
     """``(label, call)``: both float32 gradients of each convolution strategy that computes
     them (:data:`STRATEGY_EXAMPLES`, in its order: a training step's first call of a gradient
@@ -156,16 +164,12 @@ def gradient_tasks() -> list[tuple[str, Callable[[], Any]]]:
 
     from convlayers import config
     from convlayers import functional as F
-    from convlayers.functional.plan import STRATEGIES
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
     out: list[tuple[str, Callable[[], Any]]] = []
-    for name, (shape, pad, groups) in STRATEGY_EXAMPLES.items():
-        if name not in STRATEGIES or name in ("direct", "dot"):  # forwards only
-            continue
-        w = rng.standard_normal(shape).astype(np.float32)
-        grad = rng.standard_normal((2, shape[0], 9, 9)).astype(np.float32)
+    for name, w, pad, groups in _examples(rng, ("direct", "dot")):  # (those: forwards only)
+        grad = rng.standard_normal((2, w.shape[0], 9, 9)).astype(np.float32)
 
         def gradients(w: np.ndarray = w, grad: np.ndarray = grad, pad: int = pad,
                       groups: int = groups, name: str = name) -> None:

@@ -5,6 +5,8 @@ arrives after the runner exists must come out exactly where torch's direct sums 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,51 @@ def test_every_call_of_a_remembered_convolution_follows_torch(case: dict, kind: 
             np.testing.assert_array_equal(~np.isfinite(y), reach,
                                           f"{name} after {WARM_CALLS} calls ({kind})")
             assert_close(np.where(reach, 0, y), np.where(reach, 0, clean), f"{name} ({kind})")
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=conv_cases(), kind=st.sampled_from(KINDS), seed=st.integers(0, 2**16))
+def test_every_call_of_remembered_convolution_gradients_follows_torch(case: dict, kind: str,
+                                                                      seed: int) -> None:
+    """The gradients, as the forward above: new finite values on every call, each against
+    torch's autograd, then inf, NaN or huge values once the runner exists (a value that
+    moves a strategy makes it decline): non-finite exactly where a term is, torch's values
+    elsewhere."""
+    rng = np.random.default_rng(seed)
+    tconv = {1: tF.conv1d, 2: tF.conv2d}[case["dims"]]
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    x, w, _ = _arrays(rng, case)
+    y_shape = tuple(_torch_forward(case, x, w, None).shape)
+    g = random_array(rng, y_shape, np.float32)
+    x, w = with_special_values(rng, x, w, kind, case)
+    if kind.startswith("huge"):  # as test_nonfinite: every sum of the gradients stays finite
+        taps = int(np.prod(case["kernel"]))
+        terms = max(int(np.prod(y_shape)) // y_shape[1], (case["c_out"] // case["groups"]) * taps)
+        g /= 2 * terms * np.abs(g).max()
+    bx, bw = ~np.isfinite(x), ~np.isfinite(w)
+    _, reach_gx, reach_gw = _reach(tconv, args, bx, bw, y_shape)
+    _, clean_gx, clean_gw = _torch_run(tconv, args, np.where(bx, 0, x), np.where(bw, 0, w),
+                                       None, g)
+    with config.settings(threads=case["threads"]):
+        for name in ["auto", *STRATEGY_NAMES]:
+            if name != "auto" and not serves(name, case, "backward"):
+                continue
+            with config.engine_settings(force=None if name == "auto" else name):
+                for call in range(WARM_CALLS):  # fresh finite values each time
+                    fx, fw, _ = _arrays(rng, case)
+                    fg = random_array(rng, y_shape, np.float32)
+                    gx, gw, gb = F.conv_backward(fg, fx, fw, *args)
+                    _, t_gx, t_gw = _torch_run(tconv, args, fx, fw, None, fg)
+                    assert_close(gx, t_gx, f"{name}, grad_input, finite call {call + 1}")
+                    assert_close(gw, t_gw, f"{name}, grad_weight, finite call {call + 1}")
+                    assert_close(gb, fg.sum(axis=(0, *range(2, fg.ndim))), f"{name}, bias")
+                gx, gw, _ = F.conv_backward(g, x, w, *args, with_bias=False)
+            for what, ours, reach, clean in (("grad_input", gx, reach_gx, clean_gx),
+                                             ("grad_weight", gw, reach_gw, clean_gw)):
+                np.testing.assert_array_equal(~np.isfinite(ours), reach,
+                                              f"{name} {what} after {WARM_CALLS} calls ({kind})")
+                assert_close(np.where(reach, 0, ours), np.where(reach, 0, clean),
+                             f"{name} {what} ({kind})")
 
 
 def test_a_second_call_takes_the_runner_and_matches_torch_on_new_values() -> None:
@@ -182,6 +229,41 @@ def test_a_remembered_transposed_convolution_follows_torch_then_meets_an_inf_wei
     assert_close(np.where(reach, 0, y), np.where(reach, 0, clean), name)
 
 
+@pytest.mark.parametrize("geometry", _TRANSPOSED)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_remembered_transposed_convolution_gradients_follow_torch_then_meet_inf(
+        geometry: dict, threads: int) -> None:
+    """The gradients of a transposed convolution, call after call on new values (the runner
+    from the second on), against torch's autograd; then an input and a weight holding inf
+    and NaN: non-finite exactly where a term is, torch's values elsewhere."""
+    rng = np.random.default_rng(14)
+    shape_x = (2, geometry["c_in"], 7, 6)
+    shape_w = (geometry["c_in"], geometry["c_out"] // geometry["groups"], *geometry["kernel"])
+    kw = dict(stride=geometry["stride"], padding=geometry["padding"], groups=geometry["groups"])
+    tconv = functools.partial(tF.conv_transpose2d, **kw)
+    shape_y = tuple(tconv(torch.zeros(shape_x), torch.zeros(shape_w)).shape)
+    with config.settings(threads=threads):
+        for call in range(WARM_CALLS):
+            x, w = random_array(rng, shape_x, np.float32), random_array(rng, shape_w, np.float32)
+            g = random_array(rng, shape_y, np.float32)
+            gx, gw, gb = F.conv_transpose_backward(g, x, w, **kw)
+            _, t_gx, t_gw = _torch_run(lambda a, b, _: tconv(a, b), (), x, w, None, g)
+            assert_close(gx, t_gx, f"grad_input, call {call + 1}")
+            assert_close(gw, t_gw, f"grad_weight, call {call + 1}")
+            assert_close(gb, g.sum(axis=(0, 2, 3)), f"grad_bias, call {call + 1}")
+        x = _scatter(rng, x, [np.inf, np.nan], 0.05)
+        w = _scatter(rng, w, [-np.inf, np.nan], 0.05)
+        gx, gw, _ = F.conv_transpose_backward(g, x, w, with_bias=False, **kw)
+    bx, bw = ~np.isfinite(x), ~np.isfinite(w)
+    _, reach_gx, reach_gw = _reach(lambda a, b, _: tconv(a, b), (), bx, bw, shape_y)
+    _, clean_gx, clean_gw = _torch_run(lambda a, b, _: tconv(a, b), (), np.where(bx, 0, x),
+                                       np.where(bw, 0, w), None, g)
+    for what, ours, reach, clean in (("grad_input", gx, reach_gx, clean_gx),
+                                     ("grad_weight", gw, reach_gw, clean_gw)):
+        np.testing.assert_array_equal(~np.isfinite(ours), reach, f"{what}: non-finite mask")
+        assert_close(np.where(reach, 0, ours), np.where(reach, 0, clean), what)
+
+
 @pytest.mark.parametrize("dims", [1, 2])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("stride", [1, 2])
@@ -203,6 +285,35 @@ def test_a_remembered_transposed_convolution_adds_its_bias_once_in_1d_and_2d(
                               None if b is None else torch.tensor(b), stride=stride, padding=1)
             assert_close(ours(x, w, b, stride=stride, padding=1), expected,
                          f"call {call + 1}, input {shape}")
+
+
+@pytest.mark.parametrize("serial_macs", [0, 1 << 40])
+@pytest.mark.parametrize(("batch", "spatial"), [(1, (9, 8)), (3, (5, 5)), (4, (3, 3)), (4, (2, 2))])
+def test_remembered_lowered_passes_follow_torch_on_one_thread_and_on_all(
+        serial_macs: int, batch: int, spatial: tuple[int, int]) -> None:
+    """The lowered strategy's remembered forward and transposed convolution, planned for
+    one thread (``serial_macs`` above the call's work: those of slab units run with no thread
+    setting, the pool's other threads left as they are) or for all, follow torch call after
+    call on two threads; the small maps of a batch take the merged kernels."""
+    rng = np.random.default_rng(13)
+    before = config.threads()
+    config.set_threads(2)
+    try:
+        with config.engine_settings(force="lowered", serial_macs=serial_macs):
+            for call in range(WARM_CALLS):
+                x = random_array(rng, (batch, 6, *spatial), np.float32)
+                w = random_array(rng, (5, 6, 3, 2), np.float32)
+                b = random_array(rng, (5,), np.float32)
+                assert_close(F.conv2d(x, w, b, stride=(2, 1), padding=1),
+                             tF.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b),
+                                       stride=(2, 1), padding=1), f"forward, call {call + 1}")
+                wt = random_array(rng, (6, 5, 3, 2), np.float32)
+                assert_close(F.conv_transpose2d(x, wt, b, stride=2, padding=1),
+                             tF.conv_transpose2d(torch.tensor(x), torch.tensor(wt),
+                                                 torch.tensor(b), stride=2, padding=1),
+                             f"transposed, call {call + 1}")
+    finally:
+        config.set_threads(before)
 
 
 @pytest.mark.parametrize(("dims", "kw"), [

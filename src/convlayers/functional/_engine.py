@@ -72,7 +72,7 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional import _cold
-from convlayers.functional._common import Pairs
+from convlayers.functional._common import Pairs, pad_pairs
 from convlayers.functional._compiled import _threads_for, numba_threads
 from convlayers.functional._engine_crop import Cropped, planned_crop
 from convlayers.functional._engine_depthwise import (
@@ -97,7 +97,14 @@ from convlayers.functional._engine_implicit import (
     ready_implicit,
     ready_implicit_input_grad,
 )
-from convlayers.functional._engine_lowered import _fwd_lowered, _gw_lowered, _gx_lowered
+from convlayers.functional._engine_lowered import (
+    _fwd_lowered,
+    _gw_lowered,
+    _gx_lowered,
+    lowered_alone,
+    ready_lowered,
+    ready_lowered_input_grad,
+)
 from convlayers.functional._engine_numpy import _numpy_forward, _numpy_input_grad, _numpy_weight_grad
 from convlayers.functional._engine_phases import planned_reduction
 from convlayers.functional._engine_pointwise import (
@@ -121,8 +128,20 @@ from convlayers.functional.plan import (
     work,
 )
 
-__all__ = ["correlate", "correlate_backward", "correlate_input_grad", "correlate_weight_grad",
-           "numba_threads", "ready_forward", "ready_input_grad"]
+__all__ = [
+    "BackwardRunner",
+    "correlate",
+    "correlate_backward",
+    "correlate_input_grad",
+    "correlate_weight_grad",
+    "cropped_weight_grad",
+    "declining_backward",
+    "numba_threads",
+    "ready_backward",
+    "ready_forward",
+    "ready_input_grad",
+    "ready_weight_grad",
+]
 
 
 # ----------------------------------------------------------------------------- planning
@@ -380,8 +399,9 @@ def ready_forward(
     flat = len(x_shape) == 3  # 1-D: run as one row
 
     # as in ready_input_grad: a serial implicit GEMM needs no thread setting, nor does the
-    # serial twin of the 1x1 kernel
-    alone = serial and (s == "implicit" or (s == "pointwise" and ready_alone(g)))
+    # serial twin of the 1x1 kernel, nor a lowered pass of one unit
+    alone = serial and (s == "implicit" or (s == "pointwise" and ready_alone(g))
+                        or (s == "lowered" and lowered_alone(g, "forward")))
 
     def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
         if before and not _finite(weight):
@@ -442,12 +462,14 @@ def ready_input_grad(
     macs = work(g, (s,))
     full_shape = (n, c_in, *padded_shape)
     # a serial implicit GEMM runs no parallel region (one scratch row), so it needs no thread
-    # setting either: entering and leaving one took 1-2 us of a 15 us call
+    # setting either: entering and leaving one took 1-2 us of a 15 us call; nor does a lowered
+    # pass of slab units planned for one thread (lowered_alone)
     alone = False
-    if s == "implicit" and g.sh == g.sw == 1:
+    if s == "lowered" or (s == "implicit" and g.sh == g.sw == 1):
         threads = 1 if macs < config.engine.serial_macs else numba_threads()
-        alone = threads == 1
-        input_grad = ready_implicit_input_grad(g, threads)
+        alone = threads == 1 and (s == "implicit" or lowered_alone(g, "input_grad"))
+        input_grad = (ready_lowered_input_grad if s == "lowered"
+                      else ready_implicit_input_grad)(g, threads)
     else:
         strategy = _INPUT_GRAD[s]
 
@@ -497,6 +519,109 @@ def _ready_swapped(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: t
     def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
         out = inner(_swapped(x), _swapped(weight), bias)
         return None if out is None else _swapped(out)
+
+    return run
+
+
+#: ``runner(x, grad, weight)``: :func:`correlate_backward`'s ``(grad_input, grad_weight)``,
+#: or ``None`` where the full path must run.
+BackwardRunner = Callable[[np.ndarray, np.ndarray, np.ndarray],
+                          "tuple[np.ndarray, np.ndarray] | None"]
+
+
+def declining_backward(x: np.ndarray, grad: np.ndarray,
+                        weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The backward runner of a call that always takes the full path."""
+    return None
+
+
+def ready_backward(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    grad_shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    pairs: Pairs,
+    dtype: Any,
+) -> BackwardRunner | None:
+    """As :func:`ready_forward`, for :func:`correlate_backward`: ``runner(x, grad, weight)``
+    runs the planned (or measured) gradient strategies on the planned threads, with the value
+    checks of the full path, and returns ``None`` where one of them would change a strategy
+    (or Winograd declines). ``None`` itself while a strategy is still to be measured or a
+    kernel compiles in the helper; a call the full path runs by stride phases, a cropped
+    kernel, swapped axes or the NumPy strategy declines always. A small layer's gradients
+    spent 60-80 us planning in Python on every call (torch's whole backward: 30-50)."""
+    if x_shape[0] == 0 or planned_reduction(x_shape, w_shape, stride, dilation, pairs,
+                                            grad_shape[2:]) is not None \
+            or planned_crop(x_shape, w_shape, stride, dilation, pairs,
+                            grad_shape[2:]) is not None:
+        return declining_backward
+    g, ss, _ = _planned("backward", x_shape, w_shape, stride, dilation, groups, pairs,
+                        grad_shape[2:], dtype)
+    if swaps_axes(g) or "numpy" in ss:
+        return declining_backward
+    if _cold.pending():
+        return None
+    sx, sw = ss
+    joint = sx == sw and sx in JOINT
+    if not joint:
+        found_x = remembered_choice(g, "input_grad") if unsure(g, sx, "input_grad") else sx
+        found_w = remembered_choice(g, "weight_grad") if unsure(g, sw, "weight_grad") else sw
+        if found_x is None or found_w is None:
+            return None
+        sx, sw = found_x, found_w
+    # _checked_backward and _checked_weight_grad: a value that would move a strategy
+    check_w = sx in ("depthwise-planar", "implicit") and config.engine.check_values
+    check_x = not joint and sw == "implicit" and config.engine.check_values
+    macs = work(g, ss)  # as correlate_backward: the planned pair sets the threads
+    input_grad, weight_grad = _INPUT_GRAD.get(sx), _WEIGHT_GRAD.get(sw)
+    joint_grads = _BACKWARD.get(sx)
+
+    def run(x: np.ndarray, grad: np.ndarray,
+            weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        if (check_w and not _finite(weight)) or (check_x and not _finite(x)):
+            return None
+        with _threads_for(macs):
+            if joint:
+                assert joint_grads is not None
+                grads = joint_grads(_as_4d(x), _as_4d(grad), _as_4d(weight), g)
+                if grads is None:  # Winograd saw an inf or NaN
+                    return None
+                return grads[0].reshape(x_shape), grads[1].reshape(w_shape)
+            assert input_grad is not None and weight_grad is not None
+            gx = input_grad(_as_4d(grad), _as_4d(weight), g).reshape(x_shape)
+            gw = weight_grad(_as_4d(x), _as_4d(grad), g).reshape(w_shape)
+        return gx, gw
+
+    return run
+
+
+def ready_weight_grad(
+    xp_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    grad_shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    dtype: Any,
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None:
+    """As :func:`ready_backward`, for :func:`correlate_weight_grad` of a padded input:
+    ``runner(xp, grad)``, ``None`` from it where the input check would move the strategy;
+    ``None`` itself while a kernel compiles in the helper."""
+    g, (s, _), _ = _planned("weight_grad", xp_shape, w_shape, stride, dilation, groups, None,
+                            grad_shape[2:], dtype)
+    if _cold.pending():
+        return None
+    check = s == "implicit" and config.engine.check_values  # as _checked_weight_grad
+    macs = work(g, (s,))
+    weight_grad = _WEIGHT_GRAD.get(s)
+
+    def run(xp: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
+        if weight_grad is None or (check and not _finite(xp)):
+            return None
+        with _threads_for(macs):
+            return weight_grad(_as_4d(xp), _as_4d(grad), g).reshape(w_shape)
 
     return run
 
@@ -642,6 +767,26 @@ def correlate_weight_grad(
     return _numpy_weight_grad(xp, grad, kernel, stride, dilation, groups, None)
 
 
+def cropped_weight_grad(
+    x: np.ndarray,
+    grad: np.ndarray,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    pairs: Pairs,
+) -> np.ndarray:
+    """:func:`correlate_weight_grad` of ``x`` with zero padding ``pairs`` whose products with
+    the padding are no terms at all: a transposed convolution's weight gradient (``x`` its
+    output gradient, ``grad`` its input), whose output the padding crops. Where ``grad``
+    holds an inf or NaN, the NumPy strategy sums the windows inside ``x`` only (an inf input
+    times the zero padding made NaN where torch has none); otherwise the padded copy goes
+    to the planned strategy."""
+    if any(a or b for a, b in pairs) and config.engine.check_values and not _finite(grad):
+        return _numpy_weight_grad(x, grad, kernel, stride, dilation, groups, pairs)
+    return correlate_weight_grad(pad_pairs(x, pairs), grad, kernel, stride, dilation, groups)
+
+
 # ----------------------------------------------------------------------------- the tables
 
 _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometry],
@@ -660,7 +805,8 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
 
 #: Forwards that work out their units once for :func:`ready_forward` (the others run as in
 #: :func:`correlate`).
-_READY_FORWARD = {"pointwise": ready_pointwise, "implicit": ready_implicit}
+_READY_FORWARD = {"pointwise": ready_pointwise, "implicit": ready_implicit,
+                  "lowered": ready_lowered}
 
 _BACKWARD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray] | None]] = {
     "winograd": _bwd_winograd,

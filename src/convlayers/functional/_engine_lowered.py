@@ -8,6 +8,8 @@ are in :mod:`convlayers.kernels.conv`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from convlayers import config
@@ -91,6 +93,67 @@ def _fwd_lowered(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
         k.conv.lowered_forward(x, taps, _bias_arg(bias, x.dtype), g.kh, g.kw, g.sh, g.sw,
                                g.dh, g.dw, g.pt, g.pl, g.wo, rows, block, threads, out)
     return out.reshape(g.n, g.c_out, g.ho, g.wo)
+
+
+def ready_lowered(g: Geometry, threads: int,
+                  ) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]:
+    """:func:`_fwd_lowered` of ``g`` on ``threads`` threads with its kernel, units and shapes
+    worked out once (:mod:`convlayers.functional._ready`). Planned for one thread, the slab
+    units run with no parallel region, so the call needs no thread setting
+    (:func:`lowered_alone`: entering and leaving it took 3 of a 1x59x8x8 3x3 layer's 16 us,
+    torch 10). The sums run in the same order as :func:`_fwd_lowered`'s, whatever the units."""
+    conv = kernels().conv
+    rows, block = _lowered_units(g, threads, "forward")
+    images = _merged_images(g, threads, block)
+    geometry = (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo)
+    kernel = conv.lowered_forward_merged if images else conv.lowered_forward
+    units = (images, _channel_block(g, threads)) if images else (rows, block)
+    scalars: tuple[int, ...] = (*geometry, *units, threads)
+    taps = (g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw)
+    shape, result = (g.n, g.c_out, g.ho * g.wo), (g.n, g.c_out, g.ho, g.wo)
+
+    def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        out = np.empty(shape, dtype=x.dtype)
+        kernel(x, np.ascontiguousarray(w.reshape(taps)), _bias_arg(bias, x.dtype), *scalars,
+               out)
+        return out.reshape(result)
+
+    return forward
+
+
+def ready_lowered_input_grad(g: Geometry, threads: int,
+                             ) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None],
+                                           np.ndarray]:
+    """:func:`_gx_lowered` of ``g`` on ``threads`` threads plus a bias on its output (``C_in``
+    entries), worked out once as :func:`ready_lowered` (a transposed convolution's forward)."""
+    conv = kernels().conv
+    merged = _merged_gradient_block(g, threads)
+    geometry = (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo)
+    kernel = conv.lowered_input_grad_merged if merged else conv.lowered_input_grad
+    units = (merged,) if merged else _lowered_units(g, threads, "input_grad")
+    scalars: tuple[int, ...] = (*geometry, *units, threads)
+    taps = (g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw)
+    grads, result = (g.n, g.c_out, g.ho * g.wo), (g.n, g.c_in, g.h, g.w)
+    shift = (1, g.c_in, 1, 1)
+
+    def input_grad(gy: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        gx = np.empty(result, dtype=gy.dtype)
+        kernel(gy.reshape(grads), np.ascontiguousarray(w.reshape(taps)), *scalars, gx)
+        if bias is not None:
+            gx += bias.reshape(shift)
+        return gx
+
+    return input_grad
+
+
+def lowered_alone(g: Geometry, pass_: str) -> bool:
+    """Whether the lowered ``pass_`` (``"forward"`` or ``"input_grad"``) of ``g`` planned for
+    one thread runs without a parallel region (:func:`ready_lowered`), so that it needs no
+    thread setting: the slab and block units do on one thread; the merged kernels' units
+    still run on every thread of the pool, in scratch sized for the threads they are told."""
+    if pass_ == "forward":
+        return not _merged_images(g, 1, _lowered_units(g, 1, "forward")[1])
+    return not _merged_gradient_block(g, 1)
 
 
 def _merged_images(g: Geometry, threads: int, block: int) -> int:

@@ -106,6 +106,7 @@ def _tiny_product(g: Geometry) -> Callable[[np.ndarray, np.ndarray, np.ndarray |
     shift = (1, g.groups, g.c_out_g, 1)
     result = (g.n, g.c_out, g.ho, g.wo)
 
+    @_quiet  # inf and NaN as the kernels give them, without NumPy's warnings
     def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         out = np.matmul(w.reshape(taps), x[pick].reshape(columns))
         if bias is not None:

@@ -26,6 +26,7 @@ from convlayers._validate import (
 )
 from convlayers.functional import _engine, _ready
 from convlayers.functional._common import SpecCache, batched, pad_pairs, typed_key, unbatch
+from convlayers.functional._engine_shared import _finite
 from convlayers.functional._measured import on_first_call
 
 __all__ = [
@@ -270,6 +271,15 @@ def conv_transpose_backward(
     >>> gx, gw, gb
     (array([[[3., 3.]]]), array([[[2., 2., 2.]]]), array([5.]))
     """
+    # a call like an earlier one (batched): its runner (see _ready)
+    key = _ready.key_of("transpose_backward", (grad_output, input, weight), stride, padding,
+                        output_padding, groups, dilation)
+    run = _ready.lookup(key) if key is not None else None
+    grads = run(input, grad_output, weight) if run is not None else None
+    if grads is not None:
+        gb = (grad_output.sum(axis=(0, *range(2, grad_output.ndim)), dtype=grad_output.dtype)
+              if with_bias else None)
+        return (*grads, gb)
     w = float_array(weight, "weight")
     n = w.ndim - 2
     if n < 1:
@@ -282,9 +292,51 @@ def conv_transpose_backward(
     if gy.shape != expected:
         raise ValueError(f"grad_output must have shape {expected}, got {gy.shape}")
     same_dtype(x, gy, "input", "grad_output")
-    gyp = pad_pairs(gy, tuple((p, p) for p in padding_t))
+    # the padding crops the output: its positions are no terms of either gradient (an inf
+    # weight or input times the zero padding would be NaN where torch has nothing)
+    pairs = tuple((p, p) for p in padding_t)
     with on_first_call():  # a gradient: measured on its first call, as the others
-        gx = _engine.correlate(gyp, w, stride_t, dilation_t, groups, tuple(x.shape[2:]))
-    gw = _engine.correlate_weight_grad(gyp, x, tuple(w.shape[2:]), stride_t, dilation_t, groups)
+        gx = _engine.correlate(gy, w, stride_t, dilation_t, groups, tuple(x.shape[2:]), pairs)
+    gw = _engine.cropped_weight_grad(gy, x, tuple(w.shape[2:]), stride_t, dilation_t, groups,
+                                     pairs)
+    # remembered for arrays taken as they came (batched, of their own dtype)
+    if key is not None and run is None and x is input and gy is grad_output and w is weight:
+        ready = _ready_backward(gy.shape, x.shape, w.shape, pairs, stride_t, dilation_t,
+                                groups, x.dtype)
+        if ready is not None:
+            _ready.remember(key, ready)
     gb = gy.sum(axis=(0, *range(2, gy.ndim)), dtype=gy.dtype) if with_bias else None
     return unbatch(gx, unbatched), gw, gb
+
+
+def _ready_backward(gy_shape: tuple[int, ...], x_shape: tuple[int, ...],
+                    w_shape: tuple[int, ...], pairs: tuple[tuple[int, int], ...],
+                    stride: tuple[int, ...], dilation: tuple[int, ...], groups: int,
+                    dtype: np.dtype) -> _engine.BackwardRunner | None:
+    """The runner of :func:`conv_transpose_backward`'s ``(grad_input, grad_weight)`` for a
+    batched call of these shapes: the remembered forward of the output gradient (with its
+    ``pairs`` of padding) and the weight gradient's runner on its padded copy
+    (:mod:`convlayers.functional._ready`); ``None`` from it where either declines, or where
+    padding meets an inf or NaN input (:func:`convlayers.functional._engine.
+    cropped_weight_grad`); ``None`` itself while either is unsettled."""
+    forward = _engine.ready_forward(gy_shape, w_shape, stride, dilation, groups, x_shape[2:],
+                                    pairs, dtype)
+    padded = (*gy_shape[:2], *(n + a + b for n, (a, b) in zip(gy_shape[2:], pairs, strict=True)))
+    weight_grad = _engine.ready_weight_grad(padded, w_shape, x_shape, stride, dilation, groups,
+                                            dtype)
+    if forward is None or weight_grad is None:
+        return None
+    if forward is _ready.declining:
+        return _engine.declining_backward
+    settled_forward, settled_weight_grad = forward, weight_grad
+    check = any(a or b for a, b in pairs) and config.engine.check_values
+
+    def run(x: np.ndarray, gy: np.ndarray,
+            w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        if check and not _finite(x):
+            return None
+        gx = settled_forward(gy, w, None)
+        gw = None if gx is None else settled_weight_grad(pad_pairs(gy, pairs), x)
+        return None if gx is None or gw is None else (gx, gw)
+
+    return run

@@ -480,33 +480,51 @@ def lowered_input_grad(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, nt, g
     G, Cog = taps.shape[0], taps.shape[1]
     Cig = C_in // G
     kk = kh * kw
-    Ho = gy.shape[2] // Wo
-    nr = (Ho + R - 1) // R
     nb = (Cig + B - 1) // B
     # the output gradient's rows are copied ld apart (line_stride), the products' rows too
     longest = line_stride(R * Wo, gy.itemsize)
     spare = CACHE_LINE_BYTES // gy.itemsize
     dbuf = np.empty((nt, B * kk * longest + spare), dtype=gy.dtype)
     gbuf = np.empty((nt, Cog * longest + spare), dtype=gy.dtype)
+    if nt == 1:  # one thread: no parallel region (as lowered_forward)
+        for unit in range(N * G * nb):
+            _input_grad_unit(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, gx, unit,
+                             dbuf[0], gbuf[0])
+        return
     for unit in prange(N * G * nb):
         t = numba.get_thread_id()
-        n, g, c0, cs = unit_block(unit, G, nb, B, Cig)
-        for c in range(cs):
-            gx[n, g * Cig + c0 + c] = 0
-        for r in range(nr):
-            oh0 = r * R
-            rows = min(R, Ho - oh0)
-            L = rows * Wo
-            ld = L if Ho * Wo == 1 else line_stride(L, gy.itemsize)
-            gs = line_aligned(gbuf[t])[: Cog * ld].reshape(Cog, ld)
-            for co in range(Cog):
-                copy_row(gs[co, :L], gy[n, g * Cog + co, oh0 * Wo:])
-            dcols = line_aligned(dbuf[t])[: cs * kk * ld].reshape(cs * kk, ld)
-            if Ho * Wo == 1:  # every unit's product one column (a geometry rule, as the forward)
-                gemm_few(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols)
-            else:
-                gemm_tiled_cols(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols, ZERO, L)
-            _col2im(dcols, gx[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, pt, pl, oh0, rows, Wo)
+        _input_grad_unit(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, gx, unit, dbuf[t],
+                         gbuf[t])
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _input_grad_unit(gy, taps, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, B, gx, unit, db, gb):
+    """One unit of :func:`lowered_input_grad` (image, group, block of input channels) in one
+    thread's scratch ``db``, ``gb``."""
+    C_in = gx.shape[1]
+    G, Cog = taps.shape[0], taps.shape[1]
+    Cig = C_in // G
+    kk = kh * kw
+    Ho = gy.shape[2] // Wo
+    nr = (Ho + R - 1) // R
+    nb = (Cig + B - 1) // B
+    n, g, c0, cs = unit_block(unit, G, nb, B, Cig)
+    for c in range(cs):
+        gx[n, g * Cig + c0 + c] = 0
+    for r in range(nr):
+        oh0 = r * R
+        rows = min(R, Ho - oh0)
+        L = rows * Wo
+        ld = L if Ho * Wo == 1 else line_stride(L, gy.itemsize)
+        gs = line_aligned(gb)[: Cog * ld].reshape(Cog, ld)
+        for co in range(Cog):
+            copy_row(gs[co, :L], gy[n, g * Cog + co, oh0 * Wo:])
+        dcols = line_aligned(db)[: cs * kk * ld].reshape(cs * kk, ld)
+        if Ho * Wo == 1:  # every unit's product one column (a geometry rule, as the forward)
+            gemm_few(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols)
+        else:
+            gemm_tiled_cols(taps[g, :, c0 * kk: (c0 + cs) * kk].T, gs, dcols, ZERO, L)
+        _col2im(dcols, gx[n], g * Cig + c0, cs, kh, kw, sh, sw, dh, dw, pt, pl, oh0, rows, Wo)
 
 
 @njit(parallel=True, cache=True)

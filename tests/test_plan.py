@@ -748,32 +748,39 @@ def test_winograd_forward_needs_the_channels_its_transforms_pay_for() -> None:
 
 
 def test_tall_narrow_maps_run_with_their_axes_swapped() -> None:
-    """A 7x7 dilation-2 kernel on 61x12 maps: the implicit GEMM computes 24 positions per
-    output row of 12 (its dropped positions), 69 per 57 with height and width swapped, so the
-    call runs on transposed planes (every pass); the plan says so. A square map, a forced
-    strategy and a 1-D call keep their axes. Forward and gradients match torch."""
-    from convlayers.functional.plan import geometry, swaps_axes
+    """A 1x7 dilation-2 kernel on 61x12 maps: the implicit GEMM on phase planes computes 24
+    positions per output row of 12 (its dropped positions), and on column planes copies each
+    pixel 7 times (a 1-tall kernel shares no copy); with height and width swapped it drops
+    none, so the call runs on transposed planes (every pass); the plan says so. The 7x7
+    kernel there runs on column planes instead (0.31 ms against 0.36 swapped). A square map,
+    a forced strategy and a 1-D call keep their axes. Forward and gradients match torch."""
+    from convlayers.functional.plan import column_planes, geometry, swaps_axes
 
     rng = np.random.default_rng(4)
     x = random_array(rng, (1, 40, 61, 12), np.float32)
-    w = random_array(rng, (16, 40, 7, 7), np.float32)
-    args = dict(padding=(4, 6), dilation=2)
+    w = random_array(rng, (16, 40, 1, 7), np.float32)
+    args = dict(padding=(0, 6), dilation=2)
     p = plan(x.shape, w.shape, **args)
     assert "height and width swapped" in p.spec and p.forward == "implicit"
+    assert swaps_axes(geometry(x.shape, w.shape, (1, 1), (2, 2), 1, ((0, 0), (6, 6)), (61, 12),
+                               np.float32))
     pairs = ((4, 4), (6, 6))
-    assert swaps_axes(geometry(x.shape, w.shape, (1, 1), (2, 2), 1, pairs, (57, 12), np.float32))
-    assert not swaps_axes(geometry((1, 40, 40, 40), w.shape, (1, 1), (2, 2), 1, pairs,
+    square = geometry(x.shape, (16, 40, 7, 7), (1, 1), (2, 2), 1, pairs, (57, 12), np.float32)
+    assert not swaps_axes(square) and column_planes(square)
+    assert not swaps_axes(geometry((1, 40, 40, 40), (16, 40, 7, 7), (1, 1), (2, 2), 1, pairs,
                                    (36, 40), np.float32))
     with config.engine_settings(force="implicit"):
         assert "swapped" not in plan(x.shape, w.shape, **args).spec
-    # a layer the model prices at 88% swapped keeps its axes (``swap_axes_percent``): 222->162
-    # 3x6 on 1x222x14x14 ran 1.89x the unswapped time swapped; a looser setting swaps it
+    # a layer the model prices at 96% swapped (column planes both ways) keeps its axes
+    # (``swap_axes_percent``): 222->162 3x6 on 1x222x14x14 ran 1.89x the unswapped time
+    # swapped (phase planes both ways, 88%); a looser setting swaps it
     modest = geometry((1, 222, 14, 14), (162, 222, 3, 6), (1, 1), (1, 1), 1, ((1, 1), (1, 1)),
                       (14, 11), np.float32)
     assert not swaps_axes(modest)
-    with config.engine_settings(swap_axes_percent=90):
+    with config.engine_settings(swap_axes_percent=100):
         assert swaps_axes(modest)
     assert "swapped" not in plan((1, 40, 12), (16, 40, 7), padding=6, dilation=2).spec
+    assert F.plan(x.shape, w.shape, **args).forward == "implicit"
     tx, tw = torch.from_numpy(x), torch.from_numpy(w)
     y = F.conv2d(x, w, **args)
     assert_close(y, tF.conv2d(tx, tw, **args), "forward")

@@ -29,7 +29,7 @@ from convlayers.functional._engine_shared import (
     units_for_threads,
 )
 from convlayers.functional._scratch import take
-from convlayers.functional.plan import Geometry, full_geometry
+from convlayers.functional.plan import Geometry, column_planes, full_geometry
 
 
 @remembered
@@ -66,12 +66,16 @@ def _units(g: Geometry, rows: int, threads: int) -> tuple[int, int]:
 
 def _slab_sizes(g: Geometry) -> tuple[int, int, int, int]:
     """``(Wq, halo, bytes, cap)``: a slab's row length and extra rows (:mod:`implicit
-    <convlayers.kernels.implicit>`), the bytes one channel's phase planes take per output row,
-    and the slab's cap."""
-    wq = g.wo + (g.kw - 1) * g.dw // g.sw
+    <convlayers.kernels.implicit>`), the bytes one channel's phase planes (or column planes,
+    :func:`convlayers.functional.plan.column_planes`) take per output row, and the slab's
+    cap."""
     halo = (g.kh - 1) * g.dh // g.sh
-    planes = min(g.sh * g.sw, g.kh * g.kw)
     cap = max(1, min(config.engine.implicit_slab_bytes, config.scratch_bytes()))
+    if column_planes(g):
+        planes = g.kw * min(g.sh, g.kh)
+        return g.wo, halo, planes * g.wo * g.itemsize, cap
+    wq = g.wo + (g.kw - 1) * g.dw // g.sw
+    planes = min(g.sh * g.sw, g.kh * g.kw)
     return wq, halo, planes * wq * g.itemsize, cap
 
 
@@ -104,7 +108,8 @@ def _runner(g: Geometry, threads: int) -> Run:
     kernel = kernels().implicit.implicit_forward
     rows, block, chunk = slab_rows(g, threads)
     slab, product = scratch_sizes(g, threads)
-    scalars = (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ho, g.wo, rows, block, chunk)
+    scalars = (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ho, g.wo, rows, block, chunk,
+               column_planes(g))
     shape = (g.n, g.c_out, g.ho * g.wo)
 
     def run(x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None,
@@ -155,7 +160,8 @@ def scratch_sizes(g: Geometry, threads: int) -> tuple[int, int]:
     from convlayers.kernels.implicit import forward_scratch
 
     rows, block, chunk = slab_rows(g, threads)
-    return forward_scratch(chunk, (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), rows, block, g.wo)
+    return forward_scratch(chunk, (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), rows, block, g.wo,
+                           column_planes(g))
 
 
 def _fwd_implicit(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,

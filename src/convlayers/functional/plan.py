@@ -434,12 +434,30 @@ def _large_weight_grad(g: Geometry) -> bool:
 def dense_position_costs(g: Geometry) -> tuple[float, float]:
     """``(implicit, lowered)``: the planner's price of one output position of a dense forward
     (or weight gradient), per row of the product, in multiply-adds: the implicit GEMM's
-    ``C_out/g`` times the ``wq / wo`` positions it computes per one it keeps (``(kw-1)*dw //
-    sw`` dropped a row), im2col's ``C_out/g`` plus its copy (:func:`_copy_price`). The one
-    cost model behind :func:`_implicit_pays`, :func:`swaps_axes` and the measured choices
-    (:mod:`convlayers.functional._measured`)."""
+    (:func:`_implicit_costs`, the cheaper of its two slab layouts), im2col's ``C_out/g`` plus
+    its copy (:func:`_copy_price`). The one cost model behind :func:`_implicit_pays`,
+    :func:`swaps_axes` and the measured choices (:mod:`convlayers.functional._measured`)."""
+    return min(_implicit_costs(g)), float(g.c_out_g + _copy_price(g))
+
+
+def _implicit_costs(g: Geometry) -> tuple[float, float]:
+    """``(phase planes, column planes)``: the implicit GEMM's price of one output position per
+    row of the product with each slab layout (:mod:`convlayers.kernels.implicit`). Phase
+    planes: ``C_out/g`` times the ``wq / wo`` positions computed per one kept (``(kw-1)*dw //
+    sw`` dropped a row). Column planes (a plane per kernel column, rows ``wo`` long): nothing
+    dropped, but ``kw`` copies of each input pixel where im2col makes ``kh*kw``: ``C_out/g``
+    plus a ``kh``-th of im2col's copy (1x48x21x21 -> 86 7x7, padding 3: 0.93x the time of
+    phase planes on two threads, 0.84-0.91x on one, which computed 27 positions a row for
+    21; 1x142x15x15 -> 371 6x6, dilation 3: 1.91x torch's time -> 1.15x, lowered's 1.14x)."""
     wq = g.wo + (g.kw - 1) * g.dw // g.sw
-    return g.c_out_g * wq / g.wo, float(g.c_out_g + _copy_price(g))
+    return g.c_out_g * wq / g.wo, g.c_out_g + _copy_price(g) / g.kh
+
+
+def column_planes(g: Geometry) -> bool:
+    """Whether the implicit forward of ``g`` runs on column planes: a kernel wider than one
+    whose dropped positions cost more than the copies (:func:`_implicit_costs`)."""
+    phase, columns = _implicit_costs(g)
+    return g.kw > 1 and columns < phase
 
 
 def _tile_columns(g: Geometry) -> int:

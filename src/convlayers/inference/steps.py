@@ -248,16 +248,17 @@ class Implicit(_Conv):
         threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
         return choose(self.geometry(1), "forward", threads)[0]
 
-    def _units(self, n: int) -> tuple[int, int, int, tuple[int, int], int]:
+    def _units(self, n: int) -> tuple[int, int, int, bool, tuple[int, int], int]:
         from convlayers.functional._engine_implicit import scratch_sizes, slab_rows
+        from convlayers.functional.plan import column_planes
 
         threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
         g = self.geometry(n)
         rows, block, chunk = slab_rows(g, threads)
-        return rows, block, chunk, scratch_sizes(g, threads), threads
+        return rows, block, chunk, column_planes(g), scratch_sizes(g, threads), threads
 
     def scratch_elements(self, n: int) -> int:
-        _, _, _, (slab, product), threads = self._units(n)
+        _, _, _, _, (slab, product), threads = self._units(n)
         return threads * (slab + product)
 
     def run(self, v: Views, scratch: np.ndarray | None) -> None:
@@ -265,14 +266,14 @@ class Implicit(_Conv):
 
         assert scratch is not None
         x, out = v[self.inp][0], v[self.out][1]
-        rows, block, chunk, (slab, product), threads = self._units(x.shape[0])
+        rows, block, chunk, columns, (slab, product), threads = self._units(x.shape[0])
         if scratch.size < threads * (slab + product):  # settings changed since the arena
             scratch = np.empty(threads * (slab + product), x.dtype)
         xbuf = scratch[:threads * slab].reshape(threads, slab)
         obuf = scratch[threads * slab:threads * (slab + product)].reshape(threads, product)
         implicit_forward(x, self.taps, self.bias, self.kh, self.kw, self.sh, self.sw, self.dh,
-                         self.dw, self.pt, self.pl, self.ho, self.wo, rows, block, chunk, xbuf,
-                         obuf, out, 0, self.wo, 1)
+                         self.dw, self.pt, self.pl, self.ho, self.wo, rows, block, chunk,
+                         columns, xbuf, obuf, out, 0, self.wo, 1)
         if self.residual is not None or self.act:
             res, has = self._res(v, True)
             K.epilogue(out, self.zero, res, has, self.act)

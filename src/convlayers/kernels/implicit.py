@@ -75,6 +75,29 @@ def phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq):
     return offs, slot, slots
 
 
+@njit(cache=True)
+def column_layout(Cig, kh, kw, sh, dh, Hq, Wo):
+    """:func:`phase_layout` of a slab of *column planes*: each input channel ``c`` and kernel
+    column ``b`` has its own planes (one per row phase some tap reads), whose column ``ow``
+    holds the padded input column ``ow*sw + b*dw``, so rows are ``Wo`` long and a tap's
+    window drops nothing. Returns ``(offs, slot, slots)`` with ``slot`` over the ``sh`` row
+    phases and ``slots`` planes per channel and kernel column."""
+    slot = np.full(sh, -1, dtype=np.int64)
+    slots = 0
+    for a in range(kh):
+        if slot[(a * dh) % sh] < 0:
+            slot[(a * dh) % sh] = slots
+            slots += 1
+    plane = Hq * Wo
+    offs = np.empty(Cig * kh * kw, dtype=np.int64)
+    for c in range(Cig):
+        for a in range(kh):
+            for b in range(kw):
+                offs[(c * kh + a) * kw + b] = (((c * kw + b) * slots + slot[(a * dh) % sh])
+                                               * plane + ((a * dh) // sh) * Wo)
+    return offs, slot, slots
+
+
 @njit(parallel=True, cache=True)
 def phase_taps_parallel(w4, index, lengths, out):
     """The taps of every stride phase of an input gradient, from the weights ``w4 (G, C_out/g,
@@ -157,6 +180,51 @@ def _fill_slab(xn, c0, C, sh, sw, ih0, pl, Hq, Wq, slot, slots, xq):
                         i += istep
 
 
+@njit(cache=True, fastmath=True)
+def _fill_columns(xn, c0, C, sh, sw, kw, dw, ih0, pl, Hq, Wo, slot, slots, xq):
+    """:func:`_fill_slab` for :func:`column_layout`: channels ``c0 .. c0 + C`` of ``xn``,
+    input rows from ``ih0`` split by row phase, each kernel column ``b``'s plane holding input
+    column ``ow*sw + b*dw - pl`` at ``ow`` (zero outside the input); the rest of ``xq`` is
+    zero."""
+    H, W = xn.shape[1], xn.shape[2]
+    plane = Hq * Wo
+    xf = xn.reshape(xn.size)
+    for j in range(xq.shape[0]):
+        xq[j] = 0
+    ostep = np.uint64(kw * slots * plane)
+    istep = np.uint64(H * W)
+    for b in range(kw):
+        # outputs ow whose input column ow*sw + b*dw - pl lies inside 0 .. W-1
+        first = pl - b * dw
+        lo = 0 if first <= 0 else (first + sw - 1) // sw
+        hi = min(Wo, (W - 1 + first) // sw + 1) if W - 1 + first >= 0 else 0
+        count = hi - lo
+        if count <= 0:
+            continue
+        for py in range(sh):
+            s = slot[py]
+            if s < 0:
+                continue
+            for iq in range(Hq):
+                ih = ih0 + iq * sh + py
+                if ih < 0 or ih >= H:
+                    continue
+                o = np.uint64(((b * slots + s) * Hq + iq) * Wo + lo)
+                i = np.uint64((c0 * H + ih) * W + lo * sw - first)
+                if sw == 1:  # rows that vectorise
+                    for _c in range(C):
+                        for j in range(count):
+                            xq[o + np.uint64(j)] = xf[i + np.uint64(j)]
+                        o += ostep
+                        i += istep
+                else:
+                    for _c in range(C):
+                        for j in range(count):
+                            xq[o + np.uint64(j)] = xf[i + np.uint64(j * sw)]
+                        o += ostep
+                        i += istep
+
+
 @njit(cache=True, inline="always")
 def _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo):
     """``(Hq, Wq, offs, slot, slots, xbuf)``: the phase planes' rows and row length for slabs of
@@ -171,20 +239,24 @@ def _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo):
 
 def forward_scratch(c_chunk: int, kernel: tuple[int, int], stride: tuple[int, int],
                     dilation: tuple[int, int], rows: int, block: int,
-                    wo: int) -> tuple[int, int]:
+                    wo: int, columns: bool = False) -> tuple[int, int]:
     """Elements per thread of :func:`implicit_forward`'s two scratch arrays: the slab (a chunk
-    of ``c_chunk`` input channels' phase planes for ``rows`` output rows, plus the tail the
-    last windows read) and the product (``block`` output channels by the slab's positions)."""
+    of ``c_chunk`` input channels' phase planes for ``rows`` output rows, or their column
+    planes when ``columns``, plus the tail the last windows read) and the product (``block``
+    output channels by the slab's positions)."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     hq = rows + (kh - 1) * dh // sh
+    if columns:
+        slots = kw * len({(a * dh) % sh for a in range(kh)})
+        return c_chunk * slots * hq * wo + wo, block * rows * wo
     wq = wo + (kw - 1) * dw // sw
     slots = len({((a * dh) % sh, (b * dw) % sw) for a in range(kh) for b in range(kw)})
     return c_chunk * slots * hq * wq + wq, block * rows * wq
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B, Cq, xbuf, obuf,
-                     out, o0, orow, ocol):
+def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B, Cq, cols, xbuf,
+                     obuf, out, o0, orow, ocol):
     """The convolution of ``x (N, C_in, H, W)`` by ``taps (G, C_out/g, C_in/g*kh*kw)`` (+
     ``bias``, ``C_out`` entries or none) with zero padding ``pt`` above and ``pl`` left
     (negative: rows or columns dropped; the other sides follow from ``Ho x Wo``), output
@@ -199,16 +271,23 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B
     The input channels of a group come in chunks of ``Cq`` (the last may hold fewer): a unit
     fills its slab with one chunk at a time and adds the product of the chunk's columns of
     ``taps``, read in place, to the last, so a slab of many channels need not shrink to a row
-    or two. The sums run in the same order whatever the chunks."""
+    or two. The sums run in the same order whatever the chunks. ``cols``: the slab holds
+    column planes (:func:`column_layout`, rows ``Wo`` long: no position dropped, ``kw`` planes
+    a channel copied) instead of phase planes."""
     N, C_in = x.shape[0], x.shape[1]
     G, Cog = taps.shape[0], taps.shape[1]
     Cig = C_in // G
     Q = (Cig + Cq - 1) // Cq
     K1 = kh * kw
     Hq = R + ((kh - 1) * dh) // sh
-    Wq = Wo + ((kw - 1) * dw) // sw
-    offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
-    chunk_step = Cq * slots * Hq * Wq  # a chunk's channels start at the slab's start
+    if cols:
+        Wq = Wo
+        offs, slot, slots = column_layout(Cig, kh, kw, sh, dh, Hq, Wo)
+        chunk_step = Cq * kw * slots * Hq * Wq  # a chunk's channels start at the slab's start
+    else:
+        Wq = Wo + ((kw - 1) * dw) // sw
+        offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
+        chunk_step = Cq * slots * Hq * Wq
     for k in range(offs.size):
         offs[k] -= (k // (Cq * K1)) * chunk_step
     nr = (Ho + R - 1) // R
@@ -216,8 +295,8 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B
     units = N * G * nr * nb
     if xbuf.shape[0] == 1:  # one thread: no parallel region, no queue (2-3 us of a small call)
         for unit in range(units):
-            _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xbuf[0], obuf[0], out, unit,
-                          Q, Cq, Cig, K1, Ho, Hq, Wq, offs, slot, slots, nr, nb, o0, orow, ocol)
+            _forward_unit(x, taps, bias, kw, sh, sw, dw, pt, pl, Wo, R, B, xbuf[0], obuf[0], out,
+                          unit, Q, Cq, Cig, Ho, Hq, Wq, cols, offs, slot, slots, o0, orow, ocol)
         return
     queue = new_queue()
     for _ in prange(xbuf.shape[0]):
@@ -226,23 +305,31 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B
             if unit >= units:
                 break
             t = numba.get_thread_id()
-            _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xbuf[t], obuf[t], out, unit,
-                          Q, Cq, Cig, K1, Ho, Hq, Wq, offs, slot, slots, nr, nb, o0, orow, ocol)
+            _forward_unit(x, taps, bias, kw, sh, sw, dw, pt, pl, Wo, R, B, xbuf[t], obuf[t], out,
+                          unit, Q, Cq, Cig, Ho, Hq, Wq, cols, offs, slot, slots, o0, orow, ocol)
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xq, ob, out, unit, Q, Cq, Cig, K1, Ho,
-                  Hq, Wq, offs, slot, slots, nr, nb, o0, orow, ocol):
+def _forward_unit(x, taps, bias, kw, sh, sw, dw, pt, pl, Wo, R, B, xq, ob, out, unit, Q, Cq,
+                  Cig, Ho, Hq, Wq, cols, offs, slot, slots, o0, orow, ocol):
     """One unit of :func:`implicit_forward` (image, group, slab of rows, block of channels) in
-    one thread's scratch ``xq``, ``ob``. (At most 30 arguments: past that CPython calls through
-    a tuple, which numba cannot inline.)"""
+    one thread's scratch ``xq``, ``ob``, its slab of column planes when ``cols``. (At most 30
+    arguments: past that CPython calls through a tuple, which numba cannot inline.)"""
     G, Cog = taps.shape[0], taps.shape[1]
+    K1 = taps.shape[2] // Cig
+    nr = (Ho + R - 1) // R
+    nb = (Cog + B - 1) // B
     n, g, oh0, rows, co0, cos = slab_unit(unit, G, nr, nb, R, Ho, B, Cog)
     o = ob[: cos * rows * Wq].reshape(cos, rows * Wq)
     for q in range(Q):
         c0 = q * Cq
         C = min(Cq, Cig - c0)
-        _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
+        if cols:
+            _fill_columns(x[n], g * Cig + c0, C, sh, sw, kw, dw, oh0 * sh - pt, pl, Hq, Wo,
+                          slot, slots, xq)
+        else:
+            _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots,
+                       xq)
         gemm_indirect_part(taps[g, co0: co0 + cos], xq, offs, o, c0 * K1, (c0 + C) * K1, q > 0)
     for co in range(cos):
         c = g * Cog + co0 + co

@@ -141,9 +141,10 @@ def test_the_planner_weighs_dropped_positions_against_the_im2col_copy() -> None:
 ])
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_column_planes_give_the_phase_planes_bits(shape, weight, kwargs, chunk) -> None:
-    """The implicit kernel on column planes (a plane per kernel column, nothing dropped) and
-    on phase planes sums the same terms in the same order: bit for bit the same output, and
-    torch's within rounding; in one chunk of input channels and in chunks of two."""
+    """The implicit kernels on column planes (a plane per kernel column, nothing dropped) and
+    on phase planes sum the same terms in the same order: bit for bit the same output and
+    weight gradient, and torch's within rounding; in one chunk (block) of input channels and
+    in chunks of two."""
     from convlayers.functional.conv import conv_spec
     from convlayers.functional.plan import geometry
     from convlayers.kernels.implicit import forward_scratch, implicit_forward
@@ -170,6 +171,26 @@ def test_column_planes_give_the_phase_planes_bits(shape, weight, kwargs, chunk) 
     np.testing.assert_array_equal(outs[1], outs[0])
     expected = tF.conv2d(*map(torch.from_numpy, (x, w, b)), **kwargs).numpy()
     assert_close(outs[1], expected, "implicit forward on column planes")
+    # the weight gradient: the same terms (phase planes add zeros at the dropped positions)
+    import numba
+
+    from convlayers.kernels.conv import sum_transposed
+    from convlayers.kernels.implicit import implicit_weight_grad
+
+    gy = rng.standard_normal(expected.shape).astype(np.float32)
+    threads = numba.get_num_threads()
+    grads = []
+    for columns in (False, True):
+        acc = np.empty((threads, g.groups, g.c_in_g * g.kh * g.kw, g.c_out_g), np.float32)
+        gw = np.empty((g.groups, g.c_out_g, g.c_in_g * g.kh * g.kw), np.float32)
+        implicit_weight_grad(x, gy.reshape(g.n, g.c_out, -1), g.groups, g.kh, g.kw, g.sh, g.sw,
+                             g.dh, g.dw, g.pt, g.pl, g.wo, rows, cq, columns, threads, acc, gw)
+        sum_transposed(acc, gw)
+        grads.append(gw.reshape(weight))
+    np.testing.assert_array_equal(grads[1], grads[0])
+    tw = torch.from_numpy(w).requires_grad_()
+    tF.conv2d(torch.from_numpy(x), tw, **kwargs).backward(torch.from_numpy(gy))
+    assert_close(grads[1], tw.grad, "implicit weight gradient on column planes")
 
 
 @pytest.mark.parametrize(("shape", "weight", "kwargs"), [

@@ -379,7 +379,7 @@ def _gw_implicit(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
     gw = np.empty((g.groups, g.c_out_g, g.c_in_g * kk), dtype=x.dtype)
     k.implicit.implicit_weight_grad(x, gy.reshape(g.n, g.c_out, g.ho * g.wo), g.groups,
                                     g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.wo,
-                                    rows, block, threads, acc, gw)
+                                    rows, block, column_planes(g), threads, acc, gw)
     if not owned:
         k.conv.sum_transposed(acc, gw)
     return gw.reshape(g.c_out, g.c_in_g, g.kh, g.kw)

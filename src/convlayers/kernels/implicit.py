@@ -226,11 +226,16 @@ def _fill_columns(xn, c0, C, sh, sw, kw, dw, ih0, pl, Hq, Wo, slot, slots, xq):
 
 
 @njit(cache=True, inline="always")
-def _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo):
+def _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo, cols):
     """``(Hq, Wq, offs, slot, slots, xbuf)``: the phase planes' rows and row length for slabs of
-    ``R`` output rows by ``Wo``, their layout (:func:`phase_layout`) and a slab (plus the
-    tail the last windows read) per thread for ``nt`` threads."""
+    ``R`` output rows by ``Wo``, their layout (:func:`phase_layout`, or :func:`column_layout`
+    when ``cols``: ``slots`` then counts a channel's planes per kernel column) and a slab
+    (plus the tail the last windows read) per thread for ``nt`` threads."""
     Hq = R + ((kh - 1) * dh) // sh
+    if cols:
+        offs, slot, slots = column_layout(Cig, kh, kw, sh, dh, Hq, Wo)
+        return Hq, Wo, offs, slot, slots, np.empty((nt, Cig * kw * slots * Hq * Wo + Wo),
+                                                    dtype=x.dtype)
     Wq = Wo + ((kw - 1) * dw) // sw
     offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
     xbuf = np.empty((nt, Cig * slots * Hq * Wq + Wq), dtype=x.dtype)
@@ -341,7 +346,7 @@ def _forward_unit(x, taps, bias, kw, sh, sw, dw, pt, pl, Wo, R, B, xq, ob, out, 
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt, acc, gw):
+def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, cols, nt, acc, gw):
     """Weight gradient of :func:`implicit_forward`: ``acc[t, g] (C_in/g*kh*kw, C_out/g)``
     (zeroed here) receives thread ``t``'s sum of ``windows @ gy_slab^T`` over its units
     (image, group, slab of ``R`` output rows, block of ``CB`` input channels: its rows of the
@@ -351,14 +356,16 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt
     writes its columns of ``gw (G, C_out/g, C_in/g*kh*kw)`` itself, in chunks of
     :data:`convlayers.kernels.conv.OWNED_ROWS` rows of its product transposed while in cache,
     as :func:`convlayers.kernels.conv.lowered_weight_grad` does; ``gw`` is not touched
-    otherwise."""
+    otherwise. ``cols``: the slab holds column planes (:func:`column_layout`: the product's
+    inner dimension is the slab's positions, none dropped)."""
     N, C_in = x.shape[0], x.shape[1]
     Cog = acc.shape[3]
     owned = acc.shape[0] == 0
     Cig = C_in // G
     K1 = kh * kw
     Ho = gy.shape[2] // Wo
-    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, CB, kh, kw, sh, sw, dh, dw, R, Wo)
+    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, CB, kh, kw, sh, sw, dh, dw, R, Wo,
+                                                     cols)
     nr = (Ho + R - 1) // R
     nb = (Cig + CB - 1) // CB
     tbuf = np.empty((nt, R * Wq * Cog), dtype=x.dtype)
@@ -376,7 +383,12 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, nt
         oh0 = r * R
         rows = min(R, Ho - oh0)
         xq = xbuf[t]
-        _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots, xq)
+        if cols:
+            _fill_columns(x[n], g * Cig + c0, C, sh, sw, kw, dw, oh0 * sh - pt, pl, Hq, Wo,
+                          slot, slots, xq)
+        else:
+            _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots,
+                       xq)
         gyt = tbuf[t, : rows * Wq * Cog].reshape(rows * Wq, Cog)
         for i in range(rows):
             for ow in range(Wo):  # read strided, write contiguous

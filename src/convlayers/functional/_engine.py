@@ -136,6 +136,7 @@ __all__ = [
     "correlate_weight_grad",
     "cropped_weight_grad",
     "declining_backward",
+    "declining_weight_grad",
     "numba_threads",
     "ready_backward",
     "ready_forward",
@@ -399,7 +400,7 @@ def ready_forward(
     flat = len(x_shape) == 3  # 1-D: run as one row
 
     # as in ready_input_grad: a serial implicit GEMM needs no thread setting, nor does the
-    # serial twin of the 1x1 kernel, nor a lowered pass of one unit
+    # serial twin of the 1x1 kernel, nor a lowered pass of slab units (lowered_alone)
     alone = serial and (s == "implicit" or (s == "pointwise" and ready_alone(g))
                         or (s == "lowered" and lowered_alone(g, "forward")))
 
@@ -597,6 +598,11 @@ def ready_backward(
     return run
 
 
+def declining_weight_grad(xp: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
+    """The weight-gradient runner of a call that always takes the full path."""
+    return None
+
+
 def ready_weight_grad(
     xp_shape: tuple[int, ...],
     w_shape: tuple[int, ...],
@@ -608,17 +614,20 @@ def ready_weight_grad(
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None:
     """As :func:`ready_backward`, for :func:`correlate_weight_grad` of a padded input:
     ``runner(xp, grad)``, ``None`` from it where the input check would move the strategy;
-    ``None`` itself while a kernel compiles in the helper."""
+    ``None`` itself while a kernel compiles in the helper; :func:`declining_weight_grad`
+    for the NumPy strategy."""
     g, (s, _), _ = _planned("weight_grad", xp_shape, w_shape, stride, dilation, groups, None,
                             grad_shape[2:], dtype)
+    if s not in _WEIGHT_GRAD:
+        return declining_weight_grad
     if _cold.pending():
         return None
     check = s == "implicit" and config.engine.check_values  # as _checked_weight_grad
     macs = work(g, (s,))
-    weight_grad = _WEIGHT_GRAD.get(s)
+    weight_grad = _WEIGHT_GRAD[s]
 
     def run(xp: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
-        if weight_grad is None or (check and not _finite(xp)):
+        if check and not _finite(xp):
             return None
         with _threads_for(macs):
             return weight_grad(_as_4d(xp), _as_4d(grad), g).reshape(w_shape)
@@ -780,8 +789,8 @@ def cropped_weight_grad(
     the padding are no terms at all: a transposed convolution's weight gradient (``x`` its
     output gradient, ``grad`` its input), whose output the padding crops. Where ``grad``
     holds an inf or NaN, the NumPy strategy sums the windows inside ``x`` only (an inf input
-    times the zero padding made NaN where torch has none); otherwise the padded copy goes
-    to the planned strategy."""
+    times the zero padding made NaN where no term is); otherwise the padded copy goes to the
+    planned strategy."""
     if any(a or b for a, b in pairs) and config.engine.check_values and not _finite(grad):
         return _numpy_weight_grad(x, grad, kernel, stride, dilation, groups, pairs)
     return correlate_weight_grad(pad_pairs(x, pairs), grad, kernel, stride, dilation, groups)

@@ -293,7 +293,7 @@ def conv_transpose_backward(
         raise ValueError(f"grad_output must have shape {expected}, got {gy.shape}")
     same_dtype(x, gy, "input", "grad_output")
     # the padding crops the output: its positions are no terms of either gradient (an inf
-    # weight or input times the zero padding would be NaN where torch has nothing)
+    # weight or input times the zero padding would be NaN where no term is)
     pairs = tuple((p, p) for p in padding_t)
     with on_first_call():  # a gradient: measured on its first call, as the others
         gx = _engine.correlate(gy, w, stride_t, dilation_t, groups, tuple(x.shape[2:]), pairs)
@@ -326,7 +326,7 @@ def _ready_backward(gy_shape: tuple[int, ...], x_shape: tuple[int, ...],
                                             dtype)
     if forward is None or weight_grad is None:
         return None
-    if forward is _ready.declining:
+    if forward is _ready.declining or weight_grad is _engine.declining_weight_grad:
         return _engine.declining_backward
     settled_forward, settled_weight_grad = forward, weight_grad
     check = any(a or b for a, b in pairs) and config.engine.check_values

@@ -13,9 +13,11 @@ Why a window works: output ``(r, ow)`` of the slab, tap ``(a, b)``, reads padded
 phase plane ``((a*dh) % sh, (b*dw) % sw)`` at row ``r + (a*dh)//sh``, column ``ow + (b*dw)//sw``:
 for every tap, the outputs of a slab are one run of consecutive elements when each phase row is
 ``Wq = Wo + (kw-1)*dw // sw`` long and output position ``(r, ow)`` is numbered ``r*Wq + ow``.
-The ``Wq - Wo`` extra positions per row are computed and dropped (the cost model in
-:mod:`convlayers.functional.plan` weighs them against im2col's copy). Only the phase planes some
-tap reads are stored.
+The ``Wq - Wo`` extra positions per row are computed and dropped. Only the phase planes some
+tap reads are stored. *Column planes* drop none: a plane per kernel column ``b`` (and row phase)
+holds input column ``ow*sw + b*dw`` at ``ow``, rows ``Wo`` long, for ``kw`` copies of each pixel
+(:func:`slab_layout`); the cost model in :mod:`convlayers.functional.plan` prices both layouts
+against im2col's copy (``plan.column_planes``).
 
 A forward unit is (image, group, slab of ``R`` output rows, block of ``B`` output channels), as
 in the lowered forward; each thread has its own slab and product scratch. The weight gradient
@@ -48,54 +50,46 @@ from convlayers.kernels.simd import (
 )
 
 __all__ = ["channels_last_weight_grad", "forward_scratch", "implicit_forward", "implicit_weight_grad",
-           "phase_layout", "phase_taps", "phase_taps_parallel"]
+           "phase_taps", "phase_taps_parallel", "slab_layout"]
 
 
 @njit(cache=True)
-def phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq):
-    """``(offs, slot, slots)``: the start of each tap's window in the slab (``Cig*kh*kw``
-    entries, ``(c*kh + a)*kw + b``), the slot of each phase plane (``sh*sw`` entries, ``-1``
-    for a plane no tap reads) and how many planes are stored per channel."""
-    slot = np.full(sh * sw, -1, dtype=np.int64)
-    slots = 0
+def slab_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq, cols):
+    """``(offs, rows, shifts)`` of a unit's slab: the start of each tap's window
+    (``Cig*kh*kw`` entries, ``(c*kh + a)*kw + b``) and, for each of a channel's ``P =
+    rows.size`` planes (plane ``p`` of channel ``c`` at ``(c*P + p)*Hq*Wq``), the input it
+    holds: its row ``iq``, column ``j`` is padded input row ``iq*sh + rows[p]``, column
+    ``j*sw + shifts[p]``.
+
+    Phase planes (``cols`` false): one per stride phase ``(py, px)`` some tap reads, shift
+    ``px``, rows ``Wq = Wo + (kw-1)*dw // sw`` long; tap ``(a, b)`` reads its phase's plane from
+    row ``(a*dh) // sh``, column ``(b*dw) // sw``. Column planes (``cols``): one per kernel
+    column ``b`` and row phase, shift ``b*dw``, rows ``Wq = Wo`` long; tap ``(a, b)`` reads its
+    plane from row ``(a*dh) // sh``, column 0, so no window drops a position."""
+    keys = kw * sh if cols else sh * sw
+    slot = np.full(keys, -1, dtype=np.int64)
+    rows = np.empty(keys, dtype=np.int64)
+    shifts = np.empty(keys, dtype=np.int64)
+    planes = 0
     for a in range(kh):
         for b in range(kw):
-            ph = ((a * dh) % sh) * sw + (b * dw) % sw
-            if slot[ph] < 0:
-                slot[ph] = slots
-                slots += 1
-    plane = Hq * Wq
+            py = (a * dh) % sh
+            key = b * sh + py if cols else py * sw + (b * dw) % sw
+            if slot[key] < 0:
+                slot[key] = planes
+                rows[planes] = py
+                shifts[planes] = b * dw if cols else (b * dw) % sw
+                planes += 1
     offs = np.empty(Cig * kh * kw, dtype=np.int64)
     for c in range(Cig):
         for a in range(kh):
             for b in range(kw):
-                ph = ((a * dh) % sh) * sw + (b * dw) % sw
-                offs[(c * kh + a) * kw + b] = ((c * slots + slot[ph]) * plane
-                                               + ((a * dh) // sh) * Wq + (b * dw) // sw)
-    return offs, slot, slots
-
-
-@njit(cache=True)
-def column_layout(Cig, kh, kw, sh, dh, Hq, Wo):
-    """:func:`phase_layout` of a slab of *column planes*: each input channel ``c`` and kernel
-    column ``b`` has its own planes (one per row phase some tap reads), whose column ``ow``
-    holds the padded input column ``ow*sw + b*dw``, so rows are ``Wo`` long and a tap's
-    window drops nothing. Returns ``(offs, slot, slots)`` with ``slot`` over the ``sh`` row
-    phases and ``slots`` planes per channel and kernel column."""
-    slot = np.full(sh, -1, dtype=np.int64)
-    slots = 0
-    for a in range(kh):
-        if slot[(a * dh) % sh] < 0:
-            slot[(a * dh) % sh] = slots
-            slots += 1
-    plane = Hq * Wo
-    offs = np.empty(Cig * kh * kw, dtype=np.int64)
-    for c in range(Cig):
-        for a in range(kh):
-            for b in range(kw):
-                offs[(c * kh + a) * kw + b] = (((c * kw + b) * slots + slot[(a * dh) % sh])
-                                               * plane + ((a * dh) // sh) * Wo)
-    return offs, slot, slots
+                py = (a * dh) % sh
+                key = b * sh + py if cols else py * sw + (b * dw) % sw
+                column = 0 if cols else (b * dw) // sw
+                offs[(c * kh + a) * kw + b] = ((c * planes + slot[key]) * Hq * Wq
+                                               + ((a * dh) // sh) * Wq + column)
+    return offs, rows[:planes].copy(), shifts[:planes].copy()
 
 
 @njit(parallel=True, cache=True)
@@ -130,116 +124,61 @@ phase_taps = serial_twin(phase_taps_parallel)
 
 
 @njit(cache=True, fastmath=True)
-def _fill_slab(xn, c0, C, sh, sw, ih0, pl, Hq, Wq, slot, slots, xq):
-    """Channels ``c0 .. c0 + C`` of ``xn (C_in, H, W)``, input rows from ``ih0`` (negative:
-    top padding) and columns from ``-pl``, zero-padded and split by phase into ``xq`` (phase
-    plane ``slot[py*sw + px]`` of channel ``c`` at ``(c*slots + slot)*Hq*Wq``); the rest of
-    ``xq`` is zero.
+def _fill_planes(xn, c0, C, sh, sw, ih0, pl, Hq, Wq, rows, shifts, xq):
+    """Channels ``c0 .. c0 + C`` of ``xn (C_in, H, W)`` into the planes of a slab
+    (:func:`slab_layout`'s ``rows`` and ``shifts``), input rows from ``ih0`` (negative: top
+    padding) and columns from ``-pl``, zero outside the input; the rest of ``xq`` is zero.
 
-    All of ``xq`` is zeroed first (a memset), then each phase row's inside columns are copied,
+    All of ``xq`` is zeroed first (a memset), then each plane row's inside columns are copied,
     channel after channel: zeroing the padding of each row, a few elements each, cost more
     than the copy on small maps (0.43-0.55x the time on 14x14-22x22 maps of 259-334
     channels). The loops index the flat arrays with unsigned offsets (no view to build, no
     negative-index wraparound per element)."""
     H, W = xn.shape[1], xn.shape[2]
-    plane = Hq * Wq
+    planes = rows.shape[0]
     xf = xn.reshape(xn.size)
     for j in range(xq.shape[0]):
         xq[j] = 0
-    ostep = np.uint64(slots * plane)
+    ostep = np.uint64(planes * Hq * Wq)
     istep = np.uint64(H * W)
-    for py in range(sh):
-        for px in range(sw):
-            s = slot[py * sw + px]
-            if s < 0:
-                continue
-            # columns jq whose input column jq*sw + px - pl lies inside 0 .. W-1
-            first = pl - px
-            lo = 0 if first <= 0 else (first + sw - 1) // sw
-            hi = min(Wq, (W - 1 + pl - px) // sw + 1) if W - 1 + pl - px >= 0 else 0
-            count = hi - lo
-            if count <= 0:
-                continue
-            for iq in range(Hq):
-                ih = ih0 + iq * sh + py
-                if ih < 0 or ih >= H:
-                    continue
-                o = np.uint64((s * Hq + iq) * Wq + lo)
-                i = np.uint64((c0 * H + ih) * W + lo * sw + px - pl)
-                if sw == 1:  # rows that vectorise
-                    for _c in range(C):
-                        for j in range(count):
-                            xq[o + np.uint64(j)] = xf[i + np.uint64(j)]
-                        o += ostep
-                        i += istep
-                else:
-                    for _c in range(C):
-                        for j in range(count):
-                            xq[o + np.uint64(j)] = xf[i + np.uint64(j * sw)]
-                        o += ostep
-                        i += istep
-
-
-@njit(cache=True, fastmath=True)
-def _fill_columns(xn, c0, C, sh, sw, kw, dw, ih0, pl, Hq, Wo, slot, slots, xq):
-    """:func:`_fill_slab` for :func:`column_layout`: channels ``c0 .. c0 + C`` of ``xn``,
-    input rows from ``ih0`` split by row phase, each kernel column ``b``'s plane holding input
-    column ``ow*sw + b*dw - pl`` at ``ow`` (zero outside the input); the rest of ``xq`` is
-    zero."""
-    H, W = xn.shape[1], xn.shape[2]
-    plane = Hq * Wo
-    xf = xn.reshape(xn.size)
-    for j in range(xq.shape[0]):
-        xq[j] = 0
-    ostep = np.uint64(kw * slots * plane)
-    istep = np.uint64(H * W)
-    for b in range(kw):
-        # outputs ow whose input column ow*sw + b*dw - pl lies inside 0 .. W-1
-        first = pl - b * dw
+    for p in range(planes):
+        # columns j whose input column j*sw + shift - pl lies inside 0 .. W-1
+        first = pl - shifts[p]
         lo = 0 if first <= 0 else (first + sw - 1) // sw
-        hi = min(Wo, (W - 1 + first) // sw + 1) if W - 1 + first >= 0 else 0
+        hi = min(Wq, (W - 1 + first) // sw + 1) if W - 1 + first >= 0 else 0
         count = hi - lo
         if count <= 0:
             continue
-        for py in range(sh):
-            s = slot[py]
-            if s < 0:
+        for iq in range(Hq):
+            ih = ih0 + iq * sh + rows[p]
+            if ih < 0 or ih >= H:
                 continue
-            for iq in range(Hq):
-                ih = ih0 + iq * sh + py
-                if ih < 0 or ih >= H:
-                    continue
-                o = np.uint64(((b * slots + s) * Hq + iq) * Wo + lo)
-                i = np.uint64((c0 * H + ih) * W + lo * sw - first)
-                if sw == 1:  # rows that vectorise
-                    for _c in range(C):
-                        for j in range(count):
-                            xq[o + np.uint64(j)] = xf[i + np.uint64(j)]
-                        o += ostep
-                        i += istep
-                else:
-                    for _c in range(C):
-                        for j in range(count):
-                            xq[o + np.uint64(j)] = xf[i + np.uint64(j * sw)]
-                        o += ostep
-                        i += istep
+            o = np.uint64((p * Hq + iq) * Wq + lo)
+            i = np.uint64((c0 * H + ih) * W + lo * sw - first)
+            if sw == 1:  # rows that vectorise
+                for _c in range(C):
+                    for j in range(count):
+                        xq[o + np.uint64(j)] = xf[i + np.uint64(j)]
+                    o += ostep
+                    i += istep
+            else:
+                for _c in range(C):
+                    for j in range(count):
+                        xq[o + np.uint64(j)] = xf[i + np.uint64(j * sw)]
+                    o += ostep
+                    i += istep
 
 
 @njit(cache=True, inline="always")
 def _phase_scratch(x, nt, Cig, kh, kw, sh, sw, dh, dw, R, Wo, cols):
-    """``(Hq, Wq, offs, slot, slots, xbuf)``: the phase planes' rows and row length for slabs of
-    ``R`` output rows by ``Wo``, their layout (:func:`phase_layout`, or :func:`column_layout`
-    when ``cols``: ``slots`` then counts a channel's planes per kernel column) and a slab
-    (plus the tail the last windows read) per thread for ``nt`` threads."""
+    """``(Hq, Wq, offs, rows, shifts, xbuf)``: the slab planes' rows and row length for slabs
+    of ``R`` output rows by ``Wo``, their layout (:func:`slab_layout`, column planes when
+    ``cols``) and a slab (plus the tail the last windows read) per thread for ``nt`` threads."""
     Hq = R + ((kh - 1) * dh) // sh
-    if cols:
-        offs, slot, slots = column_layout(Cig, kh, kw, sh, dh, Hq, Wo)
-        return Hq, Wo, offs, slot, slots, np.empty((nt, Cig * kw * slots * Hq * Wo + Wo),
-                                                    dtype=x.dtype)
-    Wq = Wo + ((kw - 1) * dw) // sw
-    offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
-    xbuf = np.empty((nt, Cig * slots * Hq * Wq + Wq), dtype=x.dtype)
-    return Hq, Wq, offs, slot, slots, xbuf
+    Wq = Wo if cols else Wo + ((kw - 1) * dw) // sw
+    offs, rows, shifts = slab_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq, cols)
+    xbuf = np.empty((nt, Cig * rows.shape[0] * Hq * Wq + Wq), dtype=x.dtype)
+    return Hq, Wq, offs, rows, shifts, xbuf
 
 
 def forward_scratch(c_chunk: int, kernel: tuple[int, int], stride: tuple[int, int],
@@ -277,7 +216,7 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B
     fills its slab with one chunk at a time and adds the product of the chunk's columns of
     ``taps``, read in place, to the last, so a slab of many channels need not shrink to a row
     or two. The sums run in the same order whatever the chunks. ``cols``: the slab holds
-    column planes (:func:`column_layout`, rows ``Wo`` long: no position dropped, ``kw`` planes
+    column planes (:func:`slab_layout`, rows ``Wo`` long: no position dropped, ``kw`` planes
     a channel copied) instead of phase planes."""
     N, C_in = x.shape[0], x.shape[1]
     G, Cog = taps.shape[0], taps.shape[1]
@@ -285,14 +224,9 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B
     Q = (Cig + Cq - 1) // Cq
     K1 = kh * kw
     Hq = R + ((kh - 1) * dh) // sh
-    if cols:
-        Wq = Wo
-        offs, slot, slots = column_layout(Cig, kh, kw, sh, dh, Hq, Wo)
-        chunk_step = Cq * kw * slots * Hq * Wq  # a chunk's channels start at the slab's start
-    else:
-        Wq = Wo + ((kw - 1) * dw) // sw
-        offs, slot, slots = phase_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq)
-        chunk_step = Cq * slots * Hq * Wq
+    Wq = Wo if cols else Wo + ((kw - 1) * dw) // sw
+    offs, planes, shifts = slab_layout(Cig, kh, kw, sh, sw, dh, dw, Hq, Wq, cols)
+    chunk_step = Cq * planes.shape[0] * Hq * Wq  # a chunk's channels start at the slab's start
     for k in range(offs.size):
         offs[k] -= (k // (Cq * K1)) * chunk_step
     nr = (Ho + R - 1) // R
@@ -300,8 +234,8 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B
     units = N * G * nr * nb
     if xbuf.shape[0] == 1:  # one thread: no parallel region, no queue (2-3 us of a small call)
         for unit in range(units):
-            _forward_unit(x, taps, bias, kw, sh, sw, dw, pt, pl, Wo, R, B, xbuf[0], obuf[0], out,
-                          unit, Q, Cq, Cig, Ho, Hq, Wq, cols, offs, slot, slots, o0, orow, ocol)
+            _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xbuf[0], obuf[0], out, unit,
+                          Q, Cq, Cig, Ho, Hq, Wq, offs, planes, shifts, o0, orow, ocol)
         return
     queue = new_queue()
     for _ in prange(xbuf.shape[0]):
@@ -310,16 +244,16 @@ def implicit_forward(x, taps, bias, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, R, B
             if unit >= units:
                 break
             t = numba.get_thread_id()
-            _forward_unit(x, taps, bias, kw, sh, sw, dw, pt, pl, Wo, R, B, xbuf[t], obuf[t], out,
-                          unit, Q, Cq, Cig, Ho, Hq, Wq, cols, offs, slot, slots, o0, orow, ocol)
+            _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xbuf[t], obuf[t], out, unit,
+                          Q, Cq, Cig, Ho, Hq, Wq, offs, planes, shifts, o0, orow, ocol)
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _forward_unit(x, taps, bias, kw, sh, sw, dw, pt, pl, Wo, R, B, xq, ob, out, unit, Q, Cq,
-                  Cig, Ho, Hq, Wq, cols, offs, slot, slots, o0, orow, ocol):
+def _forward_unit(x, taps, bias, sh, sw, pt, pl, Wo, R, B, xq, ob, out, unit, Q, Cq, Cig, Ho,
+                  Hq, Wq, offs, planes, shifts, o0, orow, ocol):
     """One unit of :func:`implicit_forward` (image, group, slab of rows, block of channels) in
-    one thread's scratch ``xq``, ``ob``, its slab of column planes when ``cols``. (At most 30
-    arguments: past that CPython calls through a tuple, which numba cannot inline.)"""
+    one thread's scratch ``xq``, ``ob``. (At most 30 arguments: past that CPython calls
+    through a tuple, which numba cannot inline.)"""
     G, Cog = taps.shape[0], taps.shape[1]
     K1 = taps.shape[2] // Cig
     nr = (Ho + R - 1) // R
@@ -329,12 +263,8 @@ def _forward_unit(x, taps, bias, kw, sh, sw, dw, pt, pl, Wo, R, B, xq, ob, out, 
     for q in range(Q):
         c0 = q * Cq
         C = min(Cq, Cig - c0)
-        if cols:
-            _fill_columns(x[n], g * Cig + c0, C, sh, sw, kw, dw, oh0 * sh - pt, pl, Hq, Wo,
-                          slot, slots, xq)
-        else:
-            _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots,
-                       xq)
+        _fill_planes(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, planes, shifts,
+                     xq)
         gemm_indirect_part(taps[g, co0: co0 + cos], xq, offs, o, c0 * K1, (c0 + C) * K1, q > 0)
     for co in range(cos):
         c = g * Cog + co0 + co
@@ -356,7 +286,7 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, co
     writes its columns of ``gw (G, C_out/g, C_in/g*kh*kw)`` itself, in chunks of
     :data:`convlayers.kernels.conv.OWNED_ROWS` rows of its product transposed while in cache,
     as :func:`convlayers.kernels.conv.lowered_weight_grad` does; ``gw`` is not touched
-    otherwise. ``cols``: the slab holds column planes (:func:`column_layout`: the product's
+    otherwise. ``cols``: the slab holds column planes (:func:`slab_layout`: the product's
     inner dimension is the slab's positions, none dropped)."""
     N, C_in = x.shape[0], x.shape[1]
     Cog = acc.shape[3]
@@ -364,8 +294,8 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, co
     Cig = C_in // G
     K1 = kh * kw
     Ho = gy.shape[2] // Wo
-    Hq, Wq, offs, slot, slots, xbuf = _phase_scratch(x, nt, CB, kh, kw, sh, sw, dh, dw, R, Wo,
-                                                     cols)
+    Hq, Wq, offs, planes, shifts, xbuf = _phase_scratch(x, nt, CB, kh, kw, sh, sw, dh, dw, R,
+                                                        Wo, cols)
     nr = (Ho + R - 1) // R
     nb = (Cig + CB - 1) // CB
     tbuf = np.empty((nt, R * Wq * Cog), dtype=x.dtype)
@@ -383,12 +313,8 @@ def implicit_weight_grad(x, gy, G, kh, kw, sh, sw, dh, dw, pt, pl, Wo, R, CB, co
         oh0 = r * R
         rows = min(R, Ho - oh0)
         xq = xbuf[t]
-        if cols:
-            _fill_columns(x[n], g * Cig + c0, C, sh, sw, kw, dw, oh0 * sh - pt, pl, Hq, Wo,
-                          slot, slots, xq)
-        else:
-            _fill_slab(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, slot, slots,
-                       xq)
+        _fill_planes(x[n], g * Cig + c0, C, sh, sw, oh0 * sh - pt, pl, Hq, Wq, planes, shifts,
+                     xq)
         gyt = tbuf[t, : rows * Wq * Cog].reshape(rows * Wq, Cog)
         for i in range(rows):
             for ow in range(Wo):  # read strided, write contiguous

@@ -99,7 +99,7 @@ def test_direct_is_measured_where_it_skips_the_padding() -> None:
                     (11, 11), np.float32)
     narrow = geometry((2, 12, 40, 40), (52, 12, 3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)),
                       (40, 40), np.float32)
-    assert config.engine.direct_min_channels > 12
     assert _engine_direct.skips_padding(wide) and not _engine_direct.skips_padding(narrow)
-    assert "direct" in _measured.candidates(wide, "lowered", "forward")
-    assert "direct" not in _measured.candidates(narrow, "lowered", "forward")
+    with config.engine_settings(direct_min_channels=16):  # 12 channels: below it
+        assert "direct" in _measured.candidates(wide, "lowered", "forward")
+        assert "direct" not in _measured.candidates(narrow, "lowered", "forward")

@@ -1,7 +1,8 @@
 """The direct convolution's last output channels past its whole strips, on every tile that takes
 them (``kernels.simd.conv_band_taps_onto``): tiles of two and one vectors and a masked one, or
 one wide tile with its last vector masked where the part is more than all but one vector of a
-strip (60 channels of AVX-512's 64-channel strip). Against torch, with the epilogue each tile
+strip (60 channels of AVX-512's 64-channel strip); a block of 33-48 channels on one tile of
+three vectors (AVX-512). Against torch, with the epilogue each tile
 finishes in registers (bias, residual, ReLU) and without.
 """
 
@@ -16,22 +17,23 @@ from convlayers import config
 from convlayers import functional as F
 from oracle import assert_close, random_array
 
-# output channels: inside one strip (below and past three vectors), past whole strips by each
-# kind of remainder, whole strips
-CHANNELS = (33, 49, 60, 63, 64, 100, 112, 121, 127, 171)
+# output channels: inside one strip (three vectors, part and whole; past three vectors), past
+# whole strips by each kind of remainder, whole strips
+CHANNELS = (33, 40, 48, 49, 60, 63, 64, 100, 112, 121, 127, 171)
 
 
+@pytest.mark.parametrize("dilation", [(1, 2), (2, 1)])  # kernel columns dilated: a tap each
 @pytest.mark.parametrize("c_out", CHANNELS)
-def test_forced_direct_covers_every_channel_tail(c_out: int) -> None:
+def test_forced_direct_covers_every_channel_tail(c_out: int, dilation: tuple[int, int]) -> None:
     rng = np.random.default_rng(c_out)
     x = random_array(rng, (3, 19, 9, 8), np.float32)
     w = random_array(rng, (c_out, 19, 3, 2), np.float32)
     b = random_array(rng, (c_out,), np.float32)
     with config.engine_settings(force="direct"):
-        ours = F.conv2d(x, w, b, padding=(1, 1), dilation=(1, 2))
+        ours = F.conv2d(x, w, b, padding=(1, 1), dilation=dilation)
     expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
-                         padding=(1, 1), dilation=(1, 2)).numpy()
-    assert_close(ours, expected, f"{c_out} output channels")
+                         padding=(1, 1), dilation=dilation).numpy()
+    assert_close(ours, expected, f"{c_out} output channels, dilation {dilation}")
 
 
 @pytest.mark.parametrize("c_out", CHANNELS)

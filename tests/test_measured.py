@@ -134,12 +134,16 @@ def _same(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1,
 
 
 def test_direct_is_a_candidate_of_dense_float32_forwards_of_many_channels() -> None:
-    """``direct`` joins a forward's candidates with one group, float32 and 16 input channels
-    or more; forced, it matches torch and serves no gradient at stride 2."""
+    """``direct`` joins a forward's candidates with one group, float32 and
+    ``direct_min_channels`` input channels or more; forced, it matches torch and serves no
+    gradient at stride 2."""
+    least = config.engine.direct_min_channels
     assert "direct" in _measured.candidates(_same((2, 32, 20, 20), (48, 32, 5, 5)), "implicit")
+    assert "direct" in _measured.candidates(_same((2, least, 40, 40), (48, least, 5, 5)),
+                                            "implicit")
     for other in (_same((2, 32, 20, 20), (48, 8, 5, 5), groups=4),
                   _same((2, 32, 20, 20), (48, 32, 5, 5), dtype=np.float64),
-                  _same((2, 8, 40, 40), (48, 8, 5, 5))):
+                  _same((2, least - 1, 40, 40), (48, least - 1, 5, 5))):
         assert "direct" not in _measured.candidates(other, "implicit")
     rng = np.random.default_rng(6)
     x = random_array(rng, (2, 32, 20, 17), np.float32)
@@ -205,18 +209,18 @@ def test_a_stride_1_input_gradient_measures_the_forwards_of_the_flipped_weights(
                 assert_close(got[finite], bad_expected[finite], f"{name} {k} {pad} finite")
 
 
-@pytest.mark.parametrize("c_out", [5, 16, 17, 32, 33])
+@pytest.mark.parametrize("c_out", [5, 16, 17, 32, 33, 48, 49])
 def test_direct_packs_few_output_channels_in_strips_of_their_vectors(c_out: int) -> None:
-    """At most two vectors of output channels pack into strips of those vectors only (the
-    tall tiles read no further); more take whole strips. Forced, every width matches torch
-    (bias, stride, dilation, padding; one thread and two)."""
+    """At most two vectors of output channels (three with AVX-512) pack into strips of those
+    vectors only (the tall tiles read no further); more take whole strips. Forced, every
+    width matches torch (bias, stride, dilation, padding; one thread and two)."""
     from convlayers.functional._engine_direct import packed_width
     from convlayers.kernels.simd import VECTOR_BYTES, conv_strip
 
     lanes, strip = VECTOR_BYTES // 4, conv_strip() // 4
     width = packed_width(g := _same((2, 24, 11, 9), (c_out, 24, 3, 3)))
     assert width % lanes == 0 and width <= strip, g
-    if c_out <= 2 * lanes:  # whole vectors holding the channels, no more
+    if c_out <= (3 if VECTOR_BYTES == 64 else 2) * lanes:  # whole vectors holding them
         assert c_out <= width < c_out + lanes
     else:
         assert width == strip

@@ -60,14 +60,14 @@ def direct_fits(g: Geometry) -> str | None:
 def packed_width(g: Geometry) -> int:
     """Columns of the packed weights' strips: the direct kernel's strip
     (:func:`convlayers.kernels.simd.conv_strip`), or, for at most two vectors of output
-    channels, those vectors only: such a block runs on the tall tiles, which read a strip by
-    its row stride and never past the block's columns, so a full strip packed zeros nobody
-    reads (224 -> 15 7x7: 15 of 64 columns, the packing 0.18 ms of a 1.1 ms call)."""
+    channels (three with AVX-512), those vectors only: such a block runs on the tall tiles,
+    which read a strip by its row stride and never past the block's columns, so a full strip
+    packed zeros nobody reads (224 -> 15 7x7: 15 of 64 columns, the packing 0.18 ms of a 1.1 ms call)."""
     from convlayers.kernels.simd import VECTOR_BYTES, conv_strip
 
     strip = conv_strip() // g.itemsize
     lanes = VECTOR_BYTES // g.itemsize
-    if g.c_out > 2 * lanes:
+    if g.c_out > (3 if VECTOR_BYTES == 64 else 2) * lanes:
         return strip
     return min(strip, lanes * -(-g.c_out // lanes))
 
@@ -82,8 +82,10 @@ def _layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
     hp, wp = padded_extent(g)
     offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
-    toffs = conv_last.tap_offsets(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
-    row_taps = conv_last.row_taps(g.ho, g.h, g.pt, g.sh, g.kh, g.dh, g.kw)
+    # undilated columns: a kernel row is one tap of kw*c_in values (conv_last.window_taps;
+    # 1-4% faster products than a tap a kernel column, on 3 -> 64 7x7 stride 2 to 15 -> 48 5x5)
+    toffs = conv_last.window_taps(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
+    row_taps = conv_last.row_taps(g.ho, g.h, g.pt, g.sh, g.kh, g.dh, 1 if g.dw == 1 else g.kw)
     rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize)
     strips = -(-g.c_out // packed_width(g))
     return offs, toffs, row_taps, rows, cols, strips * g.kh * g.kw * g.c_in
@@ -137,10 +139,12 @@ def skips_padding(g: Geometry) -> bool:
 
 
 @remembered
-def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                 np.ndarray]:
     """The layout of :func:`convlayers.inference.conv_last.dense_classes` (for a ``g`` that
     :func:`skips_padding`): each pixel's window start, class by class, the row of that order
-    each pixel in NCHW order takes, and the units (a class's pixels in bands of the plain
+    each pixel in NCHW order takes, each tap's offset (every tap: a class sums a run of
+    kernel columns), and the units (a class's pixels in bands of the plain
     kernel's units' rows, rounded to whole tiles, by its units' columns)."""
     from convlayers.inference import conv_last
 
@@ -164,7 +168,8 @@ def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     dest = np.concatenate(order)
     src = np.empty_like(dest)
     src[dest] = np.arange(dest.size, dtype=np.int64)
-    return (np.ascontiguousarray(offs[dest]), src, np.array(units, dtype=np.int64))
+    toffs = conv_last.tap_offsets(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
+    return (np.ascontiguousarray(offs[dest]), src, toffs, np.array(units, dtype=np.int64))
 
 
 def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
@@ -206,8 +211,8 @@ def _direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     last = take("direct_output", (pixels, g.c_out), x.dtype)
     out = np.empty((g.n, g.c_out, g.ho, g.wo), x.dtype)
     if classes is not None:
-        class_offs, src, units = classes
-        conv_last.dense_classes(xp.reshape(-1), packed, class_offs, toffs, g.kw, units, b,
+        class_offs, src, class_toffs, units = classes
+        conv_last.dense_classes(xp.reshape(-1), packed, class_offs, class_toffs, g.kw, units, b,
                                 threads, last)
         conv_last.rows_to_channels_first(last, src, g.ho * g.wo, out)
         return out

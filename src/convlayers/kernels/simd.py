@@ -42,8 +42,8 @@ from numba.extending import intrinsic
 from convlayers.kernels._typed import FALSE, TRUE, ZERO
 
 __all__ = ["CONV_PANEL_BYTES", "CONV_ROWS", "CONV_VECTORS", "KC", "NC", "TALL_ROWS",
-           "TALL_TWO_ROWS", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES", "band_columns",
-           "band_pixels", "conv_band", "conv_band_taps", "conv_band_taps_onto", "conv_rows",
+           "TALL_THREE_ROWS", "TALL_TWO_ROWS", "TILE_ROWS", "TILE_VECTORS", "VECTOR_BYTES",
+           "band_columns", "band_pixels", "conv_band", "conv_band_taps", "conv_band_taps_onto", "conv_rows",
            "conv_slab", "conv_strip",
            "few_columns", "gemm_few", "gemm_indirect", "gemm_indirect_left_add",
            "gemm_indirect_part", "gemm_tiled", "gemm_tiled_add", "gemm_tiled_cols",
@@ -817,12 +817,19 @@ TALL_ROWS = 2 * CONV_ROWS
 #: tile's height (24 accumulators spilled to the stack at every step: MobileNetV2's 32 -> 16
 #: projection on 112x112 ran at 23 GMAC/s on two Zen 3 cores).
 TALL_TWO_ROWS = TALL_ROWS if _WIDE else CONV_ROWS
+#: Pixels of the tile of three vectors (AVX-512 only: 8 by 3, 24 accumulators) that a block
+#: of 33-48 float32 output channels runs on. On the wide tiles such a block took two passes
+#: over the input's taps, 6 pixels by two vectors and 6 by one (12 and 6 accumulators, every
+#: input value broadcast twice): 15 -> 48 5x5 on 4x15x40x40, the product 0.80 ms there and
+#: 0.72 on this tile (its weights packed 48 columns wide, not in a 64-column strip).
+TALL_THREE_ROWS = 8
 _conv_wide = _make_conv_tile("edge", CONV_VECTORS)
 _conv_half = _make_conv_tile("edge", max(1, CONV_VECTORS // 2))
 _conv_one = _make_conv_tile("edge", 1)
 _conv_narrow = _make_conv_tile("narrow", 1)
 _conv_tall_one = _make_conv_tile("narrow", 1, TALL_ROWS)
 _conv_tall_two = _make_conv_tile("narrow", 2, TALL_TWO_ROWS)
+_conv_tall_three = _make_conv_tile("narrow", 3, TALL_THREE_ROWS)
 _conv_wide_masked = _make_conv_tile("narrow", CONV_VECTORS)
 #: Bytes of a direct convolution's weight panel (taps by a slab of input channels by a block
 #: of ``NC`` output channels) that one pass over a unit's bands keeps in the L2 cache.
@@ -938,10 +945,12 @@ def conv_rows(x, width):
 def band_pixels(width, lanes):
     """Pixels per band of :func:`conv_band` for a block of ``width`` output channels of
     ``lanes`` to a vector: :data:`TALL_ROWS` for one vector, :data:`TALL_TWO_ROWS` for two,
-    else :data:`CONV_ROWS`."""
+    :data:`TALL_THREE_ROWS` for three (AVX-512), else :data:`CONV_ROWS`."""
     if width <= lanes:
         return TALL_ROWS
-    return TALL_TWO_ROWS if width <= 2 * lanes else CONV_ROWS
+    if width <= 2 * lanes:
+        return TALL_TWO_ROWS
+    return TALL_THREE_ROWS if _WIDE and width <= 3 * lanes else CONV_ROWS
 
 
 @njit(cache=True, fastmath=True)
@@ -984,10 +993,10 @@ def conv_band_taps_onto(x, w, m, offs, toffs, t0, t1, p, rows, c0, c1, k0, k1, b
     Each tile keeps its pixels by up to ``CONV_VECTORS`` vectors of output channels in
     registers across every tap of the slab; the columns a wide tile leaves on tiles of half
     its vectors, then of one, the last (fewer than a vector) masked. A block of at most two
-    vectors runs on one tall tile, its loads and stores masked. The rows run in bands of a
-    tile's pixels (:func:`band_pixels`), every column of a band before the next: one call
-    for many bands costs its setup once (about 300 cycles a call on Zen 3, against some 150
-    for a 6 x 16 tile of 16 input channels).
+    vectors (three with AVX-512) runs on one tall tile, its loads and stores masked. The rows
+    run in bands of a tile's pixels (:func:`band_pixels`), every column of a band before the
+    next: one call for many bands costs its setup once (about 300 cycles a call on Zen 3,
+    against some 150 for a 6 x 16 tile of 16 input channels).
 
     ``finish`` at least 0 (the last slab): the sums are finished in registers before they
     are stored, ``act(sum + bias[col] (+ res[row, col]))`` (:func:`_tile_epilogue`: bits 0-2
@@ -1001,11 +1010,14 @@ def conv_band_taps_onto(x, w, m, offs, toffs, t0, t1, p, rows, c0, c1, k0, k1, b
     toffs = toffs[t0:t1]
     lanes = (64 if _WIDE else 32) // x.itemsize
     step = band_pixels(c1 - c0, lanes)
-    if c1 - c0 <= 2 * lanes:  # a narrow block, on one tall tile
+    if c1 - c0 <= (3 if _WIDE else 2) * lanes:  # a narrow block, on one tall tile
         two = c1 - c0 > lanes
         for q in range(p, p + rows, step):
             band = min(step, p + rows - q)
-            if two:
+            if c1 - c0 > 2 * lanes:
+                _conv_tall_three(x, w, m, offs, q, c0, k0, k1, band, c1 - c0, toffs, ntaps, C,
+                                 (c0 // S) * K + first, c0 % S, add, bias, res, finish)
+            elif two:
                 _conv_tall_two(x, w, m, offs, q, c0, k0, k1, band, c1 - c0, toffs, ntaps, C,
                                (c0 // S) * K + first, c0 % S, add, bias, res, finish)
             else:

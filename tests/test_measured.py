@@ -327,20 +327,23 @@ def test_a_transposed_convolution_measures_its_input_gradient() -> None:
 
 def test_a_swapped_layer_measures_direct_on_its_planes_as_they_are() -> None:
     """A forward the planner runs on transposed planes (a wide kernel on a narrow map) is
-    measured against ``direct`` and ``dot`` on the planes as given, which drop no positions;
-    each call matches torch and the plan names the choice."""
+    measured against ``direct``, ``direct-planar`` (no padding, a thin output) and ``dot`` on
+    the planes as given, which drop no positions; each call matches torch and the plan names
+    the choice."""
     _measured.forget_measurements()
     rng = np.random.default_rng(7)
     x = random_array(rng, (1, 64, 40, 9), np.float32)
     w = random_array(rng, (16, 64, 4, 7), np.float32)
     g = geometry(x.shape, w.shape, (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (37, 3), np.float32)
-    assert _measured.candidates(g, _measured.SWAPPED) == (_measured.SWAPPED, "direct", "dot")
+    assert _measured.candidates(g, _measured.SWAPPED) == (_measured.SWAPPED, "direct",
+                                                          "direct-planar", "dot")
     expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w))
-    assert "or its forward by direct or dot as the planes are" in F.plan(x.shape, w.shape).spec
+    assert ("or its forward by direct or direct-planar or dot as the planes are"
+            in F.plan(x.shape, w.shape).spec)
     for call in ("first", "second", "later"):
         assert_close(F.conv2d(x, w), expected, f"{call} call")
     choice = _measured.remembered_choice(g)
-    assert choice in (_measured.SWAPPED, "direct", "dot")
+    assert choice in (_measured.SWAPPED, "direct", "direct-planar", "dot")
     planned = F.plan(x.shape, w.shape).forward
     assert planned == choice if choice != _measured.SWAPPED else planned in ("implicit", "lowered")
     _measured.forget_measurements()
@@ -608,3 +611,53 @@ def test_a_strided_1x1_forward_measures_the_1x1_kernels_against_the_implicit_gem
     assert set(_measured.measured_choices().values()) <= {"pointwise", "implicit"}
     assert [key[0] for key in _measured.measured_choices()] == ["forward"]
     _measured.forget_measurements()
+
+
+def test_direct_planar_is_a_candidate_of_unpadded_thin_forwards() -> None:
+    """``direct-planar`` joins a forward's candidates with one group, float32, at most the
+    tall tiles' output channels, no padding and an input larger than the output; forced, it
+    matches torch (bias, stride, dilation, padding, every width of the tall tiles, one and two
+    threads), serves no gradient nor float64, and an inf or NaN weight with padding moves the
+    call to the NumPy strategy (torch's non-finite pattern)."""
+    from convlayers.kernels.simd import VECTOR_BYTES
+
+    most = (3 if VECTOR_BYTES == 64 else 2) * VECTOR_BYTES // 4
+    thin = geometry((4, 200, 31, 31), (14, 200, 5, 5), (3, 3), (1, 1), 1, ((0, 0), (0, 0)),
+                    (9, 9), np.float32)
+    assert "direct-planar" in _measured.candidates(thin, "implicit")
+    padded = geometry((4, 200, 31, 31), (14, 200, 5, 5), (3, 3), (1, 1), 1, ((1, 1), (1, 1)),
+                      (10, 10), np.float32)
+    wide = geometry((4, 200, 31, 31), (most + 1, 200, 5, 5), (3, 3), (1, 1), 1,
+                    ((0, 0), (0, 0)), (9, 9), np.float32)
+    growing = _same((2, 8, 20, 20), (30, 8, 3, 3))  # more output values than input
+    for other in (padded, wide):
+        assert "direct-planar" not in _measured.candidates(other, "implicit")
+    assert "direct-planar" not in _measured.candidates(growing, "implicit")
+    rng = np.random.default_rng(9)
+    for x_shape, w_shape, stride, padding, dilation in [
+            ((3, 40, 17, 19), (most, 40, 5, 3), (3, 2), (0, 0), (1, 2)),
+            ((2, 7, 23, 21), (1, 7, 7, 2), (3, 1), (2, 1), (1, 1)),
+            ((1, 33, 9, 12), (17, 33, 2, 2), (2, 2), (0, 0), (3, 1)),
+            ((4, 5, 8, 8), (33 if most > 32 else 30, 5, 3, 3), (1, 1), (1, 1), (1, 1))]:
+        x = random_array(rng, x_shape, np.float32)
+        w = random_array(rng, w_shape, np.float32)
+        b = random_array(rng, (w_shape[0],), np.float32)
+        expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                             stride, padding, dilation)
+        with config.engine_settings(force="direct-planar"):
+            for threads in (1, 2):
+                with config.settings(threads=threads):
+                    got = F.conv2d(x, w, b, stride, padding, dilation)
+                    assert_close(got, expected, f"direct-planar {x_shape} {w_shape}, {threads}")
+    bad = w.copy()
+    bad[3, 2, 1, 1] = np.nan
+    with config.engine_settings(force="direct-planar"):
+        got = F.conv2d(x, bad, None, 1, 1)
+        with pytest.raises(ValueError, match="direct-planar computes the forward only"):
+            F.conv_backward(np.ones_like(got), x, w, padding=1)
+        with pytest.raises(ValueError, match="direct-planar needs float32"):
+            F.conv2d(x.astype(np.float64), w.astype(np.float64))
+    want = tF.conv2d(torch.from_numpy(x), torch.from_numpy(bad), None, 1, 1).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], "direct-planar, a NaN weight and padding")

@@ -82,6 +82,11 @@ def serves(name: str, case: dict, pass_: str) -> bool:
         return True
     if name == "direct":  # a stride-1 input gradient as the forward of the flipped weights
         return (pass_ == "forward" or (pass_ == "input_grad" and stride_1)) and case["groups"] == 1
+    if name == "direct-planar":  # its tall tiles: three vectors of channels (AVX-512), or two
+        from convlayers.kernels.simd import VECTOR_BYTES
+
+        most = (3 if VECTOR_BYTES == 64 else 2) * VECTOR_BYTES // 4
+        return pass_ == "forward" and case["groups"] == 1 and case["c_out"] <= most
     if name == "dot":
         return pass_ == "forward"
     if name == "winograd":

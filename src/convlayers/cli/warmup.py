@@ -28,7 +28,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
     from convlayers import config
     from convlayers import functional as F
     from convlayers.functional.plan import STRATEGIES
-    from convlayers.kernels.precompile import PARALLEL, STRATEGY_EXAMPLES
+    from convlayers.kernels.precompile import FORWARDS_ONLY, PARALLEL, STRATEGY_EXAMPLES
 
     dt = np.dtype(dtype)
     rng = np.random.default_rng(0)
@@ -42,7 +42,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
     as_called: tuple[dict[str, int], ...] = (PARALLEL, {})
     out: list[tuple[str, Callable[[], Any]]] = []
     for name in STRATEGIES:
-        if name not in STRATEGY_EXAMPLES or (name == "direct" and dt != np.float32):
+        if name not in STRATEGY_EXAMPLES or (name.startswith("direct") and dt != np.float32):
             continue
         wshape, pad, groups = STRATEGY_EXAMPLES[name]
         w = arr(*wshape)
@@ -53,7 +53,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
             for settings in as_called:
                 with config.engine_settings(force=name, **settings):
                     y = F.conv2d(x, w, b, padding=pad, groups=groups)
-                    if name in ("direct", "dot"):  # forwards only
+                    if name in FORWARDS_ONLY:
                         continue
                     F.conv_backward(np.ones_like(y), x, w, padding=pad, groups=groups)
                     if name not in ("winograd", "depthwise-flat", "depthwise-channels-last"):

@@ -87,7 +87,7 @@ from convlayers.functional._engine_depthwise import (
     _gx_depthwise_planar,
     _gx_depthwise_rows,
 )
-from convlayers.functional._engine_direct import _fwd_direct, forward_window
+from convlayers.functional._engine_direct import _fwd_direct, _fwd_direct_planar, forward_window
 from convlayers.functional._engine_dot import _fwd_dot
 from convlayers.functional._engine_flipped import flipped_input_grad
 from convlayers.functional._engine_implicit import (
@@ -172,8 +172,9 @@ def _planned(pass_: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
 
 
 #: Strategies that multiply the zero padding by the weights in the forward pass.
-_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "implicit", "lowered", "direct", "dot",
-                                    "pointwise", "depthwise-planar", "depthwise-channels-last"))
+_PADDING_TIMES_WEIGHTS = frozenset(("winograd", "implicit", "lowered", "direct", "direct-planar",
+                                    "dot", "pointwise", "depthwise-planar",
+                                    "depthwise-channels-last"))
 
 
 def _checked_forward(s: str, g: Geometry, w: np.ndarray) -> str:
@@ -809,6 +810,7 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
     "implicit": _fwd_implicit,
     "lowered": _fwd_lowered,
     "direct": _fwd_direct,
+    "direct-planar": _fwd_direct_planar,
     "dot": _fwd_dot,
 }
 

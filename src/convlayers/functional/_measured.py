@@ -49,7 +49,7 @@ from typing import Any
 
 from convlayers import config
 from convlayers.functional import _ready
-from convlayers.functional._engine_direct import skips_padding
+from convlayers.functional._engine_direct import direct_planar_pays, skips_padding
 from convlayers.functional.plan import (
     Geometry,
     cannot_serve,
@@ -134,6 +134,9 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
     if (pass_ == "forward" and cannot_serve("direct", g, pass_) is None
             and (g.c_in >= e.direct_min_channels or skips_padding(g))):
         found += ("direct",)
+    if (pass_ == "forward" and cannot_serve("direct-planar", g, pass_) is None
+            and direct_planar_pays(g)):
+        found += ("direct-planar",)
     if pass_ == "input_grad" and g.sh == g.sw == 1:
         # the forward of the flipped weights (plan.full_geometry): its input channels are
         # the layer's output channels

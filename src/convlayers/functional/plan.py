@@ -71,6 +71,12 @@ direct         A dense (one-group) float32 forward on the channels-last direct k
                copied windows. Never chosen by rule: measured against the implicit GEMM or
                im2col the planner chose (``direct_min_channels`` input channels or more).
                Forward, and a stride-1 input gradient (as Winograd's) where measured faster.
+direct-planar  The same tiles on the NCHW input itself, for at most three vectors of output
+               channels (two with AVX2): each (input channel, tap) pair one tap of a single
+               channel, the weights packed in their own column order. It spares the
+               channels-last copy of a large input with a small output (thin strided layers).
+               Never chosen by rule: measured against the planner's choice where there is no
+               padding and the input holds more values than the output. Forward only.
 dot            Few output channels, many input channels: each output a dot product along the
                input channels of a channels-last copy (register tiles of 4 positions by 4
                output channels, summed across lanes once), only the taps inside the input
@@ -176,6 +182,8 @@ STRATEGIES: dict[str, str] = {
     "implicit": "implicit GEMM over a padded, phase-split input slab: no im2col",
     "lowered": "im2col and register-tiled GEMMs in units sized for the threads (col2im back)",
     "direct": "dense forward, channels-last: tiles of pixels x output channels over every tap",
+    "direct-planar": "dense forward of few output channels on the NCHW input itself: tiles of "
+                     "pixels x output channels over every (input channel, tap)",
     "dot": "forward, few output channels or positions: dot products along channels-last "
            "input channels",
     "numpy": "NumPy: one GEMM per kernel offset, borders by bounds (any rank and float dtype)",
@@ -787,6 +795,12 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
         from convlayers.functional._engine_direct import direct_fits
 
         return direct_fits(g)
+    if strategy == "direct-planar":
+        if pass_ != "forward":
+            return "direct-planar computes the forward only"
+        from convlayers.functional._engine_direct import direct_planar_fits
+
+        return direct_planar_fits(g)
     if strategy == "dot":
         if pass_ != "forward":
             return "dot computes the forward only"

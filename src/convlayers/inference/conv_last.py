@@ -32,7 +32,8 @@ from convlayers.kernels.simd import (
 )
 
 __all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "WIDE_SLACK", "dense",
-           "dense_classes", "dense_units", "inside_runs", "max_pool", "pad_channels_last",
+           "dense_classes", "dense_units", "inside_runs", "max_pool", "pack_rows_transposed",
+           "pad_channels_last",
            "pad_to_channels_last", "pixel_offsets", "row_taps", "rows_to_channels_first",
            "tap_offsets", "tap_ranges", "window_taps"]
 
@@ -298,6 +299,24 @@ def dense_classes(xf, w, offs, toffs, kw, units, bias, threads, out):
                         finish = 0 if i == i1 - 1 and k1 == c_in else -1
                         conv_band_taps_onto(xf, w, out, offs, toffs, t0, t1, p0, p1 - p0, c0,
                                             c1, k0, k1, bias, out, finish, add)
+
+
+@njit(parallel=True, cache=True)
+def pack_rows_transposed(w, out, chunk):
+    """``out[q, r] = w[r, q]`` for a C-contiguous ``w (R, K)`` and ``out (K, >= R)`` (its
+    columns past ``R`` untouched), in units of ``chunk`` columns of ``w``, a vector's lanes of
+    rows by a vector of columns at a time (:func:`convlayers.kernels.simd.transpose_block`):
+    a dense convolution's weights ``(C_out, C_in*kh*kw)`` as the rows of one strip, in their
+    own column order (the engine's ``direct-planar`` strategy)."""
+    r_all, k_all = w.shape
+    width = out.shape[1]
+    wf = w.reshape(w.size)
+    of = out.reshape(out.size)
+    table = np.arange(k_all, dtype=np.int64) * width
+    for unit in prange((k_all + chunk - 1) // chunk):
+        q0 = unit * chunk
+        q1 = min(k_all, q0 + chunk)
+        transpose_block(wf, q0, k_all, r_all, q1 - q0, of, table[q0:q1], 0)
 
 
 @njit(parallel=True, cache=True)

@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["ENVIRONMENT_SWITCH", "STRATEGY_EXAMPLES", "forward_tasks", "gradient_tasks",
+__all__ = ["ENVIRONMENT_SWITCH", "FORWARDS_ONLY", "STRATEGY_EXAMPLES", "forward_tasks", "gradient_tasks",
            "helping", "lock_path", "main", "running", "start"]
 
 #: The environment variable that, set to ``0``, keeps :func:`start` from starting a helper.
@@ -61,11 +61,15 @@ STRATEGY_EXAMPLES: dict[str, tuple[tuple[int, int, int, int], int, int]] = {
     "lowered": ((8, 16, 3, 3), 1, 1),
     "implicit": ((8, 16, 3, 3), 1, 1),
     "direct": ((8, 16, 3, 3), 1, 1),
+    "direct-planar": ((8, 16, 3, 3), 1, 1),
     "dot": ((4, 16, 3, 3), 1, 1),
     "winograd": ((16, 16, 3, 3), 1, 1),
     "depthwise-rows": ((16, 1, 3, 3), 1, 16),
     "depthwise-flat": ((16, 1, 3, 3), 1, 16),
 }
+
+#: The strategies that serve a forward only.
+FORWARDS_ONLY = ("direct", "direct-planar", "dot")
 
 #: Settings under which the tiny examples take the kernels a network's layers call: the
 #: parallel ones, not the serial twins of small calls or NumPy's product for a tiny 1x1 layer.
@@ -168,7 +172,7 @@ def gradient_tasks() -> list[tuple[str, Callable[[], Any]]]:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
     out: list[tuple[str, Callable[[], Any]]] = []
-    for name, w, pad, groups in _examples(rng, ("direct", "dot")):  # (those: forwards only)
+    for name, w, pad, groups in _examples(rng, FORWARDS_ONLY):
         grad = rng.standard_normal((2, w.shape[0], 9, 9)).astype(np.float32)
 
         def gradients(w: np.ndarray = w, grad: np.ndarray = grad, pad: int = pad,

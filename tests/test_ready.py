@@ -472,3 +472,29 @@ def test_a_strided_pointwise_convolution_copies_its_pixels_into_kept_scratch() -
         assert_close(out, expected, f"force={force}")
         phase = x.nbytes // 4
         assert peak < out.nbytes + phase // 4, (force, peak, out.nbytes, phase)
+
+
+def test_a_remembered_direct_forward_of_a_cropped_kernel_packs_its_taps_each_call() -> None:
+    """A kernel whose outer taps read only the padding runs cropped; by ``direct`` its
+    runner packs the kept taps from the whole weight on every call (the weight may change):
+    torch's results on new values every call, then an inf weight (the runner declines, the
+    full path answers with torch's non-finite pattern)."""
+    rng = np.random.default_rng(11)
+    shape, w_shape, kw = (25, 14, 9, 14), (139, 14, 6, 6), dict(stride=3, padding=(7, 1),
+                                                               dilation=3)
+    assert "cropped" in F.plan(shape, w_shape, **kw).spec
+    with config.engine_settings(force="direct"):
+        for call in range(WARM_CALLS + 1):
+            x = random_array(rng, shape, np.float32)
+            w = random_array(rng, w_shape, np.float32)
+            assert_close(F.conv2d(x, w, **kw), tF.conv2d(torch.tensor(x), torch.tensor(w),
+                                                           **kw), f"call {call + 1}")
+        key = _ready.key_of("conv", (x, w, None), 3, (7, 1), 3, 1, "zeros")
+        assert _ready.lookup(key) not in (None, _ready.declining)
+        w[4, 2, 3, 3] = np.inf
+        got = F.conv2d(x, w, **kw)
+    want = tF.conv2d(torch.tensor(x), torch.tensor(w), **kw).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], "an inf weight after the runner")

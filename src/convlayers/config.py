@@ -530,8 +530,8 @@ class EngineSettings:
     measure_tie_percent: int = 5
     #: Input channels from which ``direct`` is a measured candidate of a forward: its products
     #: run one input channel a step (a kernel row's taps where its columns are not dilated),
-    #: so few of them leave its tiles idle (3-7 channels: 1.3-5x torch's time on the sweep's
-    #: slow layers, where implicit or lowered took 1.0-1.5x). From 8 it wins some: 15 -> 30
+    #: so few of them leave its tiles idle (3-7 channels: 1.3-7x torch's time on the sweep's
+    #: slow layers, where implicit or lowered took 0.9-1.5x). From 8 it wins some: 15 -> 30
     #: 7x7 stride 2 on 4x15x75x75 1.22x torch's time against the implicit GEMM's 1.59x, 8 ->
     #: 30 on 4x8x75x75 1.32x against 1.49x (16 until the fifty-first session).
     direct_min_channels: int = 8

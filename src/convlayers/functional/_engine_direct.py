@@ -238,6 +238,8 @@ def direct_planar_fits(g: Geometry) -> str | None:
     most = (3 if VECTOR_BYTES == 64 else 2) * VECTOR_BYTES // g.itemsize
     if g.c_out > most:
         return f"direct-planar needs at most {most} output channels (one tall tile)"
+    if min(g.pt, g.pb, g.pl, g.pr) < 0:  # its copy places the input whole
+        return "direct-planar needs padding of zero or more"
     hp, wp = padded_extent(g)
     cap = config.scratch_bytes()
     if max(g.n * hp * wp * g.c_in, g.n * g.ho * g.wo * g.c_out) * g.itemsize > cap:

@@ -33,7 +33,7 @@ from convlayers.functional._scratch import take
 from convlayers.functional.plan import Geometry
 
 __all__ = ["direct_fits", "direct_planar_fits", "direct_planar_pays", "forward_window",
-           "packed_width", "padded_extent", "skips_padding"]
+           "packed_width", "padded_extent", "skips_padding", "tall_channels"]
 
 
 def padded_extent(g: Geometry) -> tuple[int, int]:
@@ -47,15 +47,29 @@ def padded_extent(g: Geometry) -> tuple[int, int]:
 def direct_fits(g: Geometry) -> str | None:
     """Why ``direct`` cannot run the forward of ``g`` (None: it can): one group, float32, and
     its padded copy and channels-last output each within ``config.scratch_bytes()``."""
+    return _tiles_fit(g, "direct")
+
+
+def _tiles_fit(g: Geometry, name: str) -> str | None:
+    """What ``direct`` and ``direct-planar`` (``name``) both need: one group, float32, and
+    the padded copy and channels-last output each within ``config.scratch_bytes()``."""
     if g.groups != 1:
-        return "direct needs one group"
+        return f"{name} needs one group"
     if g.itemsize != 4:
-        return "direct needs float32"
+        return f"{name} needs float32"
     hp, wp = padded_extent(g)
     cap = config.scratch_bytes()
     if max(g.n * hp * wp * g.c_in, g.n * g.ho * g.wo * g.c_out) * g.itemsize > cap:
-        return f"direct's channels-last copies would pass the scratch cap ({cap} bytes)"
+        return f"{name}'s copies would pass the scratch cap ({cap} bytes)"
     return None
+
+
+def tall_channels(itemsize: int) -> int:
+    """Output channels one tall tile holds: three vectors with AVX-512, two with AVX2
+    (:func:`convlayers.kernels.simd.band_pixels`)."""
+    from convlayers.kernels.simd import VECTOR_BYTES
+
+    return (3 if VECTOR_BYTES == 64 else 2) * VECTOR_BYTES // itemsize
 
 
 def packed_width(g: Geometry) -> int:
@@ -68,7 +82,7 @@ def packed_width(g: Geometry) -> int:
 
     strip = conv_strip() // g.itemsize
     lanes = VECTOR_BYTES // g.itemsize
-    if g.c_out > (3 if VECTOR_BYTES == 64 else 2) * lanes:
+    if g.c_out > tall_channels(g.itemsize):
         return strip
     return min(strip, lanes * -(-g.c_out // lanes))
 
@@ -228,23 +242,13 @@ def _direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
 def direct_planar_fits(g: Geometry) -> str | None:
     """Why ``direct-planar`` cannot run the forward of ``g`` (None: it can): one group,
     float32, at most the tall tiles' vectors of output channels (three with AVX-512, two with
-    AVX2), and its padded copy within ``config.scratch_bytes()``."""
-    from convlayers.kernels.simd import VECTOR_BYTES
-
-    if g.groups != 1:
-        return "direct-planar needs one group"
-    if g.itemsize != 4:
-        return "direct-planar needs float32"
-    most = (3 if VECTOR_BYTES == 64 else 2) * VECTOR_BYTES // g.itemsize
-    if g.c_out > most:
+    AVX2), padding of zero or more, and its padded copy within ``config.scratch_bytes()``."""
+    most = tall_channels(g.itemsize)
+    if g.itemsize == 4 and g.c_out > most:
         return f"direct-planar needs at most {most} output channels (one tall tile)"
     if min(g.pt, g.pb, g.pl, g.pr) < 0:  # its copy places the input whole
         return "direct-planar needs padding of zero or more"
-    hp, wp = padded_extent(g)
-    cap = config.scratch_bytes()
-    if max(g.n * hp * wp * g.c_in, g.n * g.ho * g.wo * g.c_out) * g.itemsize > cap:
-        return f"direct-planar's copies would pass the scratch cap ({cap} bytes)"
-    return None
+    return _tiles_fit(g, "direct-planar")
 
 
 def direct_planar_pays(g: Geometry) -> bool:
@@ -263,7 +267,6 @@ def _planar_layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, n
     flat padded NCHW input, every output row's pairs (all of them), the units and the packed
     weights' width (whole vectors)."""
     from convlayers.inference import conv_last
-    from convlayers.kernels.simd import VECTOR_BYTES
 
     hp, wp = padded_extent(g)
     img = np.arange(g.n, dtype=np.int64)[:, None, None] * (g.c_in * hp * wp)
@@ -276,8 +279,7 @@ def _planar_layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, n
     toffs = np.ascontiguousarray((channel + i + j).reshape(-1))
     pairs = np.tile(np.array([[0, toffs.size]], np.int64), (g.ho, 1))
     units = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize)
-    lanes = VECTOR_BYTES // g.itemsize
-    return offs, toffs, pairs, units[0], units[1], lanes * -(-g.c_out // lanes)
+    return offs, toffs, pairs, units[0], units[1], packed_width(g)
 
 
 def _fwd_direct_planar(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,

@@ -351,6 +351,19 @@ def test_dense_units_share_the_vectors_between_two_threads(pixels: int, channels
     assert max(loads) <= 0.56 * sum(loads), (rows, cols, loads)
 
 
+@pytest.mark.parametrize("pixels, channels, c_in", [(49, 2048, 512), (49, 2048, 1024),
+                                                     (16, 1024, 2304), (9, 768, 1536)])
+def test_dense_units_read_streamed_weights_once(pixels: int, channels: int, c_in: int) -> None:
+    """Weights larger than the inputs and than the threads' L2 caches are read once: every
+    unit spans all the pixels (each band of pixels streams its columns' weights again), and
+    the columns still give both threads work. Without the weights' size, the units split the
+    pixels in two bands for balance."""
+    weight_bytes = channels * c_in * 4
+    assert weight_bytes > 2 * conv_last.WEIGHTS_STAY_BYTES
+    rows, cols = conv_last.dense_units(pixels, channels, 2, weight_bytes=weight_bytes)
+    assert rows >= pixels and -(-channels // cols) >= 2, (rows, cols)
+
+
 @pytest.mark.parametrize("pixels, channels", [(12544, 96), (3136, 144), (12544, 16)])
 def test_dense_units_write_whole_rows_of_large_outputs(pixels: int, channels: int) -> None:
     """Where there are many more tiles of pixels than threads, a unit spans all of an output

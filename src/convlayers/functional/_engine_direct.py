@@ -36,6 +36,11 @@ __all__ = ["direct_fits", "direct_planar_fits", "direct_planar_pays", "forward_w
            "packed_width", "padded_extent", "skips_padding", "tall_channels"]
 
 
+def _weight_bytes(g: Geometry) -> int:
+    """Bytes of the weights a direct forward streams (for :func:`conv_last.dense_units`)."""
+    return g.c_out * g.c_in * g.kh * g.kw * g.itemsize
+
+
 def padded_extent(g: Geometry) -> tuple[int, int]:
     """``(Hp, Wp)``: rows and columns of the zero-padded channels-last copy, every row and
     column some window reads and the whole input."""
@@ -101,7 +106,8 @@ def _layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     # 1-4% faster products than a tap a kernel column, on 3 -> 64 7x7 stride 2 to 15 -> 48 5x5)
     toffs = conv_last.window_taps(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
     row_taps = conv_last.row_taps(g.ho, g.h, g.pt, g.sh, g.kh, g.dh, 1 if g.dw == 1 else g.kw)
-    rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize)
+    rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize,
+                                         _weight_bytes(g))
     strips = -(-g.c_out // packed_width(g))
     return offs, toffs, row_taps, rows, cols, strips * g.kh * g.kw * g.c_in
 
@@ -166,7 +172,8 @@ def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     row_runs, col_runs, tile = _runs(g)
     hp, wp = padded_extent(g)
     offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
-    rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize)
+    rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize,
+                                         _weight_bytes(g))
     rows = max(tile, rows // tile * tile)
     order, units = [], []
     index = np.arange(g.n * g.ho * g.wo, dtype=np.int64).reshape(g.n, g.ho, g.wo)
@@ -278,7 +285,8 @@ def _planar_layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, n
     j = np.arange(g.kw, dtype=np.int64)[None, None, :] * g.dw
     toffs = np.ascontiguousarray((channel + i + j).reshape(-1))
     pairs = np.tile(np.array([[0, toffs.size]], np.int64), (g.ho, 1))
-    units = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize)
+    units = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize,
+                                         _weight_bytes(g))
     return offs, toffs, pairs, units[0], units[1], packed_width(g)
 
 

@@ -346,9 +346,14 @@ MAX_BAND_TILES = 43
 #: on 7x7 maps at batch 16: 70 GMAC/s in blocks of 258 pixels by 256 channels, 85 in blocks
 #: of 96 by 256).
 OUT_BLOCK_BYTES = 128 * 1024
+#: A thread's share of a layer's weights above which they do not stay in its L2 cache (2 MiB
+#: a core here, beside the bands' inputs and outputs) from one band of pixels to the next:
+#: each band of such a layer streams its columns' weights from L3 or memory again.
+WEIGHTS_STAY_BYTES = 1024 * 1024
 
 
-def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4) -> tuple[int, int]:
+def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4,
+                weight_bytes: int = 0) -> tuple[int, int]:
     """``(rows, cols)`` of :func:`dense`'s units: bands of whole tiles of pixels (at most
     :data:`MAX_BAND_TILES`, and :data:`OUT_BLOCK_BYTES` of output) by whole strips of output
     channels (at most a block of ``NC`` columns: four strips of AVX-512's 48, sixteen of
@@ -360,7 +365,26 @@ def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4) -> 
     thread's work plus :data:`UNIT_COST` per unit it runs. The cheapest wins (ties: fewer units). A
     7x7 map at batch 1 (49 pixels, 9 tiles) by 512 channels (8 strips) splits into 8 units of
     one strip, 4 per thread, where fixed bands of three strips had made 9 units of uneven
-    work."""
+    work.
+
+    ``weight_bytes`` (the packed weights' size) tells whether a band's weights stay in cache
+    for the next band (:data:`WEIGHTS_STAY_BYTES`). When they do not, and they are the
+    larger operand (more output channels than pixels), each band of pixels counts as a read
+    of all its columns' weights. ResNet-50's 512 -> 2048 1x1 on 7x7 maps at batch 1 (4 MiB
+    of weights) had taken two bands of 30 pixels by 192 channels, each streaming all the
+    weights: 0.70-0.74 ms in the compiled model against 0.63-0.67 in one band of all 49
+    pixels by 128 channels (1024 -> 2048 at stride 2: 1.44 against 1.21). On larger maps,
+    where the inputs are the larger operand, fewer and wider bands ran slower: ResNet-18's
+    256 -> 512 3x3 stride 2 at batch 16 (784 pixels), 8.1 ms in bands of 252 pixels by 128
+    channels against 7.1 in bands of 132 by 192.
+
+    Examples
+    --------
+    >>> dense_units(49, 2048, 2)
+    (30, 192)
+    >>> dense_units(49, 2048, 2, weight_bytes=512 * 2048 * 4)
+    (54, 128)
+    """
     import heapq
 
     strip = conv_strip() // itemsize
@@ -399,12 +423,15 @@ def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4) -> 
     # units span (all of them when units span all columns). ResNet-50's 64 -> 256 with its
     # residual on 56x56: 544 us in units of 128 channels, 452-475 in units of all 256; on
     # 14x14 maps the weights are the larger part, and units of half the columns read each
-    # weight once
+    # weight once. Weights larger than the inputs (more output channels than pixels) and too
+    # large to stay in a core's L2 are read again by every band.
     cheapest = min(c[0] for c in candidates)
+    weights_stay = weight_bytes <= WEIGHTS_STAY_BYTES * threads or channels <= pixels
 
     def reads(c: tuple[float, int, int, int]) -> float:
         col_units = -(-strips // c[3])
-        return channels * max(1.0, threads / col_units) + col_units * pixels
+        passes = max(1.0, threads / col_units) if weights_stay else -(-tiles // c[2])
+        return channels * passes + col_units * pixels
 
     best = min((c for c in candidates if c[0] <= cheapest * (1 + WIDE_SLACK)),
                key=lambda c: (reads(c), c[0], c[1]))

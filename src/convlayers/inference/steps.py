@@ -389,7 +389,8 @@ class Linear(Step):
         if n not in self._offsets:
             self._offsets[n] = np.arange(n, dtype=np.int64) * self.matrix.shape[1]
         if (n, threads) not in self._units:
-            self._units[(n, threads)] = conv_last.dense_units(n, self.matrix.shape[0], threads)
+            self._units[(n, threads)] = conv_last.dense_units(
+                n, self.matrix.shape[0], threads, weight_bytes=self.matrix.nbytes)
         rows, cols = self._units[(n, threads)]
         conv_last.dense(x.reshape(-1), packed, self._offsets[n], self._one_tap, self._row_taps,
                         1, self.bias, out, False, self.act, rows, cols, threads, out)

@@ -81,7 +81,8 @@ class DenseLast(_Conv):
                                                            self.wp, self.c_in, self.sh, self.sw)
         key = (pixels, _threads())
         if key not in self._units:
-            self._units[key] = conv_last.dense_units(pixels, self.c_out, key[1])
+            self._units[key] = conv_last.dense_units(pixels, self.c_out, key[1],
+                                                      weight_bytes=self.packed.nbytes)
         rows, cols = self._units[key]
         res, has = self._res(v, True)
         conv_last.dense(x.reshape(-1), self.packed, offs, self.toffs, self.row_taps, self.wo,

@@ -119,11 +119,12 @@ def _winograd_step(plan: convlayers.inference.plan.Plan) -> WinogradLast:
     return next(s for s in plan._steps if isinstance(s, WinogradLast))
 
 
-@pytest.mark.parametrize(("batch", "hw"), [(1, (7, 9)), (2, (11, 8)), (5, (9, 9)), (1, (4, 4))])
+@pytest.mark.parametrize(("batch", "hw"), [(1, (11, 13)), (2, (11, 8)), (5, (9, 9)),
+                                           (1, (7, 9)), (1, (4, 4))])
 def test_compiled_winograd_matches_torch(batch: int, hw: tuple[int, int]) -> None:
     """A compiled Conv-BN-ReLU of 48 -> 56 channels takes Winograd (the plan says so) and
     matches torch at batch 1, 2 and 5 and odd sizes; calls of fewer tiles than
-    ``WL.MIN_TILES`` (4x4 at batch 1) take the direct kernel."""
+    ``WL.MIN_TILES`` (7x9 and 4x4 at batch 1) take the direct kernel."""
     ours, twin = _twin(48, 56)
     x = np.random.default_rng(batch).standard_normal((batch, 48, *hw)).astype(np.float32)
     plan = convlayers.compile(ours, x)

@@ -43,10 +43,12 @@ __all__ = ["MIN_CHANNELS", "MIN_TILES", "UNIT_COLUMNS", "UNIT_TILES", "fits", "f
            "offsets", "plane_elements", "tile_counts", "transformed_weights", "units"]
 
 #: Tiles (2x2 output pixels) a call needs for Winograd. Few tiles make a call stream its
-#: weights (16/9 as many transformed) for little work: ResNet's 512-channel 7x7 maps at batch
-#: 1 have 16, and took 0.92-0.95x the direct kernel's time in whole-model alternation, so
-#: the threshold sits there; smaller maps keep the direct kernel.
-MIN_TILES = 16
+#: weights (16/9 as many transformed) for little work. ResNet's 512-channel 7x7 maps have 16
+#: tiles at batch 1: once the direct kernel's units took all 49 pixels, its steps ran
+#: 1.14-1.29 ms in the compiled ResNet-18 against Winograd's 1.29-1.34 (the whole model
+#: 0.97-0.98x the time, ResNet-50 0.99x); at batch 2 (32 tiles) and 4 the two strategies
+#: tied (whole models 0.998-1.002x), so Winograd starts at 32.
+MIN_TILES = 32
 #: Tiles in a unit of work at most: a multiple of the direct kernel's six rows; the unit's 16
 #: planes of transforms stay in L2 with a block of the weights.
 UNIT_TILES = 36

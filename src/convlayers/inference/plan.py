@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from convlayers.inference import pages
 from convlayers.inference.arena import Buffer, plan_offsets
 from convlayers.inference.batching import CHUNK_BYTES, Segment, segments
 from convlayers.inference.fusion import fuse_blocks, fuse_graph
@@ -32,6 +33,34 @@ from convlayers.inference.layout import choose_layouts
 from convlayers.inference.steps import Flatten, Step, make_step
 
 __all__ = ["Plan", "compile"]
+
+
+def _gather_constants(steps: list[Step]) -> None:
+    """Move every (C-contiguous, writable) array the steps hold (their packed weights,
+    biases and offset tables, constant once built, and those of the steps they hold) into
+    one block of
+    :mod:`convlayers.inference.pages`, on huge pages where the system has them: a call
+    streams them all."""
+    owners: list[tuple[Any, str, np.ndarray]] = []
+    seen: set[int] = set()
+
+    def collect(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        for name, value in vars(obj).items():
+            if (isinstance(value, np.ndarray) and value.flags.c_contiguous
+                    and value.flags.writeable):  # as typed for the kernels already compiled
+                owners.append((obj, name, value))
+            elif isinstance(value, Step):
+                collect(value)
+
+    for step in steps:
+        collect(step)
+    unique = {id(a): a for _, _, a in owners}
+    copies = dict(zip(unique, pages.gather(list(unique.values())), strict=True))
+    for obj, name, value in owners:
+        setattr(obj, name, copies[id(value)])
 
 
 class _Arena:
@@ -43,9 +72,7 @@ class _Arena:
 
     def __init__(self, plan: Plan, n: int) -> None:
         layout, self.total = plan._layout(n)
-        raw = np.empty(self.total + 64, np.uint8)
-        start = (-raw.ctypes.data) % 64
-        self.block = raw[start:start + self.total]
+        self.block = pages.block(self.total)  # on huge pages from 2 MiB
         self.views: list[Any] = [None] * len(plan._graph.shapes)
         local = plan._local_roots(n)
         for value, root in plan._roots.items():
@@ -97,6 +124,7 @@ class Plan:
         self.dtype = graph.dtype
         self.example_shape = example_shape
         self._steps: list[Step] = [make_step(node, graph) for node in graph.nodes]
+        _gather_constants(self._steps)
         self._roots = {v: v for v in graph.shapes}
         for step in self._steps:
             if isinstance(step, Flatten):
@@ -326,7 +354,9 @@ def compile(model: Any, example_input: np.ndarray, channels_last: bool = True,
     convolutions (in float64, then cast), activations and residual adds run in the producing
     convolution's epilogue, weights are packed once for the product that reads them, and all
     intermediates live in one arena planned by liveness. ``model`` is not changed: the plan
-    holds its own copies of the weights, so later changes to the model do not reach it.
+    holds its own copies of the weights, so later changes to the model do not reach it. Those
+    copies sit in one block, and each arena in another, on 2 MiB pages where the system
+    allows (:mod:`convlayers.inference.pages`).
 
     Parameters
     ----------

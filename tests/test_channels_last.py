@@ -184,7 +184,7 @@ def _dense_channels_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
         np.testing.assert_array_equal(block[:, :part.shape[1]], part)
         assert not block[:, part.shape[1]:].any()
     out = np.empty((n * ho * wo, c_out), x.dtype)
-    rows, cols = conv_last.dense_units(n * ho * wo, c_out, threads)
+    rows, cols = conv_last.dense_units(n * ho * wo, c_out, threads, weight_bytes=packed.nbytes)
     toffs = conv_last.window_taps(kh, kw, dh, dw, wp, c_in)
     per_row = toffs.size // kh
     taps = (conv_last.row_taps(ho, h, pt, sh, kh, dh, per_row) if skip else
@@ -332,16 +332,20 @@ def test_dense_keeps_torch_non_finite_pattern(c_out: int, act: int, has_res: boo
     assert_close(got[finite], _nhwc(want)[finite], f"dense non-finite {c_out} act {act}")
 
 
-@pytest.mark.parametrize("pixels, channels", [(196, 96), (49, 160), (784, 32), (196, 576)])
-def test_dense_units_share_the_vectors_between_two_threads(pixels: int, channels: int) -> None:
+@pytest.mark.parametrize("pixels, channels", [(196, 96), (49, 160), (784, 32), (196, 576),
+                                             (49, 2048), (3136, 256)])
+@pytest.mark.parametrize("weight_mib", [0.0625, 8])
+def test_dense_units_share_the_vectors_between_two_threads(pixels: int, channels: int,
+                                                            weight_mib: float) -> None:
     """Handed out in order to the first free thread, :func:`conv_last.dense`'s units give
     neither of two threads much more than half the work, counted in tiles of pixels by the
     vectors of channels each unit computes (a last part of a strip is fewer vectors: 96
-    channels are one strip and a half)."""
+    channels are one strip and a half), whether the weights stay in cache or not."""
     from convlayers.kernels.simd import VECTOR_BYTES, band_pixels
 
     lanes = VECTOR_BYTES // 4
-    rows, cols = conv_last.dense_units(pixels, channels, 2)
+    rows, cols = conv_last.dense_units(pixels, channels, 2,
+                                       weight_bytes=int(weight_mib * 2**20))
     tile = band_pixels(channels, lanes)
     loads = [0, 0]
     for r0 in range(0, pixels, rows):
@@ -356,21 +360,25 @@ def test_dense_units_share_the_vectors_between_two_threads(pixels: int, channels
 def test_dense_units_read_streamed_weights_once(pixels: int, channels: int, c_in: int) -> None:
     """Weights larger than the inputs and than the threads' L2 caches are read once: every
     unit spans all the pixels (each band of pixels streams its columns' weights again), and
-    the columns still give both threads work. Without the weights' size, the units split the
-    pixels in two bands for balance."""
+    the columns still give both threads work (units of part of the pixels had balanced the
+    threads' work a little better, each band streaming all the weights)."""
     weight_bytes = channels * c_in * 4
     assert weight_bytes > 2 * conv_last.WEIGHTS_STAY_BYTES
     rows, cols = conv_last.dense_units(pixels, channels, 2, weight_bytes=weight_bytes)
     assert rows >= pixels and -(-channels // cols) >= 2, (rows, cols)
 
 
-@pytest.mark.parametrize("pixels, channels", [(12544, 96), (3136, 144), (12544, 16)])
-def test_dense_units_write_whole_rows_of_large_outputs(pixels: int, channels: int) -> None:
-    """Where there are many more tiles of pixels than threads, a unit spans all of an output
-    row's channels (up to a block of ``NC``): units of part of each row wrote every output
-    line in pieces, at different times (MobileNetV2's 16 -> 96 on 112x112 ran 0.79 ms in
-    halves of the rows on AVX2, 0.48 in whole rows)."""
-    rows, cols = conv_last.dense_units(pixels, channels, 2)
+@pytest.mark.parametrize("pixels, channels, c_in", [(12544, 96, 16), (3136, 144, 24),
+                                                     (12544, 16, 32), (3136, 256, 64),
+                                                     (784, 512, 128)])
+def test_dense_units_write_whole_rows_of_large_outputs(pixels: int, channels: int,
+                                                       c_in: int) -> None:
+    """Where there are many more tiles of pixels than threads and the weights stay in cache,
+    a unit spans all of an output row's channels: units of part of each row wrote every
+    output line in pieces, at different times, and read each band's input once a part
+    (MobileNetV2's 16 -> 96 on 112x112 ran 0.79 ms in halves of the rows on AVX2, 0.48 in
+    whole rows; ResNet-50's 64 -> 256 on 56x56, 0.60-0.62 in halves, 0.47-0.54 whole)."""
+    rows, cols = conv_last.dense_units(pixels, channels, 2, weight_bytes=channels * c_in * 4)
     assert cols == channels, (rows, cols)
 
 

@@ -54,7 +54,7 @@ def test_the_tiles_finish_residual_and_relu_on_every_channel_tail(c_out: int) ->
     offs = conv_last.pixel_offsets(n, ho, wo, h, w_in, c_in, 1, 1)
     toffs = conv_last.window_taps(k, k, 1, 1, w_in, c_in)
     row_taps = conv_last.row_taps(ho, h, 0, 1, k, 1, toffs.size // k)
-    rows, cols = conv_last.dense_units(n * ho * wo, c_out, 2)
+    rows, cols = conv_last.dense_units(n * ho * wo, c_out, 2, weight_bytes=w.nbytes)
     out = np.full((n * ho * wo, c_out), np.nan, np.float32)
     with config.settings(threads=2):
         conv_last.dense(xl.reshape(-1), pack_conv_weights(w), offs, toffs, row_taps, wo, b, res,

@@ -352,13 +352,13 @@ OUT_BLOCK_BYTES = 128 * 1024
 WEIGHTS_STAY_BYTES = 1024 * 1024
 
 
-def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4,
-                weight_bytes: int = 0) -> tuple[int, int]:
+def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4, *,
+                weight_bytes: int) -> tuple[int, int]:
     """``(rows, cols)`` of :func:`dense`'s units: bands of whole tiles of pixels (at most
     :data:`MAX_BAND_TILES`, and :data:`OUT_BLOCK_BYTES` of output) by whole strips of output
-    channels (at most a block of ``NC`` columns: four strips of AVX-512's 48, sixteen of
-    AVX2's 16; a cap of four strips split AVX2's 96-channel rows in two, and the halves'
-    writes to a 12544-pixel output ran 0.79 ms against 0.48 in whole rows).
+    channels (up to all of them while the weights stay in the threads' L2 caches, else at
+    most a block of ``NC`` columns; a cap of four strips split AVX2's 96-channel rows in two,
+    and the halves' writes to a 12544-pixel output ran 0.79 ms against 0.48 in whole rows).
 
     Each candidate is costed in tiles of one strip: the units handed out in order to the
     least-loaded thread (the kernel's queue, :mod:`convlayers.kernels.queue`), the most loaded
@@ -380,9 +380,9 @@ def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4,
 
     Examples
     --------
-    >>> dense_units(49, 2048, 2)
-    (30, 192)
-    >>> dense_units(49, 2048, 2, weight_bytes=512 * 2048 * 4)
+    >>> dense_units(3136, 256, 2, weight_bytes=64 * 256 * 4)  # 64 -> 256 1x1 on 56x56
+    (120, 256)
+    >>> dense_units(49, 2048, 2, weight_bytes=512 * 2048 * 4)  # 512 -> 2048 1x1 on 7x7
     (54, 128)
     """
     import heapq
@@ -393,7 +393,15 @@ def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4,
     tiles = -(-pixels // tile_rows)
     strips = -(-channels // strip)
     candidates: list[tuple[float, int, int, int]] = []
-    for cs in range(1, min(strips, max(1, NC // strip)) + 1):
+    # weights that stay in the threads' L2 caches: a unit may span all the columns (its
+    # blocks of NC in turn), so each band's input is read once (ResNet-50's 64 -> 256 1x1s
+    # with their residual on 56x56 maps at batch 1: 0.47-0.54 ms in units of all 256
+    # channels against 0.60-0.62 in units of 128); larger weights keep units of at most NC
+    # columns (512 -> 512 3x3 stride 2 on 784 pixels: 15.5 ms in bands of 36 pixels by all
+    # 512 channels, against 14.4 in bands of 132 by 192)
+    weights_stay = weight_bytes <= WEIGHTS_STAY_BYTES * threads
+    widest = strips if weights_stay else min(strips, max(1, NC // strip))
+    for cs in range(1, widest + 1):
         col_units = -(-strips // cs)
         # a unit's work in strips, counted by the vectors its columns fill (96 channels are a
         # strip and a half: costed as two whole strips, 576 -> 96 on 14x14 ran 88 us in two
@@ -426,11 +434,11 @@ def dense_units(pixels: int, channels: int, threads: int, itemsize: int = 4,
     # weight once. Weights larger than the inputs (more output channels than pixels) and too
     # large to stay in a core's L2 are read again by every band.
     cheapest = min(c[0] for c in candidates)
-    weights_stay = weight_bytes <= WEIGHTS_STAY_BYTES * threads or channels <= pixels
+    streamed = not weights_stay and channels > pixels
 
     def reads(c: tuple[float, int, int, int]) -> float:
         col_units = -(-strips // c[3])
-        passes = max(1.0, threads / col_units) if weights_stay else -(-tiles // c[2])
+        passes = -(-tiles // c[2]) if streamed else max(1.0, threads / col_units)
         return channels * passes + col_units * pixels
 
     best = min((c for c in candidates if c[0] <= cheapest * (1 + WIDE_SLACK)),

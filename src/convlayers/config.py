@@ -660,9 +660,13 @@ class EngineSettings:
     #: copy, scratch and a dispatch of seven arguments) cost 8-9 us where the product takes
     #: well under one. 4->9 at stride 2 on 1x4x19x19: 7.9 -> 4.0 us a call (torch 6.3),
     #: 59->7 at stride 2 on 1x59x9x9: 9.2 -> 5.1 (torch 8.5), 16->32 on 1x16x14x14 (100k):
-    #: 7.0 -> 6.0; at 800k (64->64 on 14x14) the kernel wins, 15 us against 19. Below
-    #: OpenBLAS's threading threshold, so the product runs on the calling thread.
-    pointwise_numpy_macs: int = 1 << 16
+    #: 7.0 -> 6.0; at 800k (64->64 on 14x14) the kernel wins, 15 us against 19. Raised from
+    #: 64k to OpenBLAS's threading threshold (262k: the product still runs on the calling
+    #: thread) after, on another day's machine, 143->13 at stride 2 on 1x143x11x11 (67k) ran
+    #: 22.9 us on the kernel against 13.1 (torch 16.1), 32->64 at stride 2 on 1x32x14x14
+    #: (100k) 22.5 against 9.0, 48->48 at stride 2 on 2x48x14x14 (226k) 29.9 against 19.7;
+    #: at 450k (96->24 at stride 2 on 28x28) 33.9 against 30.7, at 800k the kernel won again.
+    pointwise_numpy_macs: int = 1 << 18
     #: Bytes of the right-hand operand one unit of the 1x1 kernels reads (a block of pixel
     #: columns of one image, all its input channels): it stays in the core's L2 cache.
     pointwise_block_bytes: int = 256 * 2**10

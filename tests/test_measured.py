@@ -587,17 +587,23 @@ def test_a_depthwise_forward_measures_channels_last_against_planar_where_both_se
 
 
 def test_a_strided_1x1_forward_measures_the_1x1_kernels_against_the_implicit_gemm() -> None:
-    """A dense or grouped 1x1 forward with a stride measures the 1x1 kernels against the
-    implicit GEMM (neither wins by a rule); unstrided and depthwise 1x1 layers stay on the
-    1x1 kernels unmeasured. Every call matches torch (bias, groups, a stride per axis)."""
+    """A dense, grouped or multiplier's 1x1 forward with a stride measures the 1x1 kernels
+    against the implicit GEMM (neither wins by a rule); unstrided 1x1 layers, and depthwise
+    ones without a multiplier (a scale per channel), stay on the 1x1 kernels unmeasured.
+    Every call matches torch (bias, groups, a stride per axis)."""
     _measured.forget_measurements()
     strided = geometry((6, 48, 15, 14), (40, 12, 1, 1), (2, 3), (1, 1), 4, None, (8, 5),
                        np.float32)
-    assert _measured.candidates(strided, "pointwise") == ("pointwise", "implicit")
+    multiplier = geometry((16, 64, 60, 60), (128, 1, 1, 1), (2, 2), (1, 1), 64, None,
+                          (30, 30), np.float32)
+    for measured in (strided, multiplier):
+        assert measured.macs >= config.engine.measure_min_macs
+        assert _measured.candidates(measured, "pointwise") == ("pointwise", "implicit")
     for other in (geometry((6, 48, 15, 14), (40, 12, 1, 1), (1, 1), (1, 1), 4, None, (15, 14),
                            np.float32),
-                  geometry((6, 48, 15, 14), (96, 1, 1, 1), (2, 2), (1, 1), 48, None, (8, 7),
+                  geometry((16, 64, 60, 60), (64, 1, 1, 1), (2, 2), (1, 1), 64, None, (30, 30),
                            np.float32)):
+        assert other.macs >= config.engine.measure_min_macs
         assert _measured.candidates(other, "pointwise") == ()
     assert _measured.candidates(strided, "pointwise", "input_grad") == ()
     rng = np.random.default_rng(9)

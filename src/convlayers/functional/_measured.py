@@ -96,8 +96,8 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     an image (:mod:`convlayers.functional._engine_dot`); for a multiplier's
     forward (which the model does not price: 24->96 1x5 stride 2 on 32x24x13x13 ran 0.52 ms
     by the implicit GEMM it plans, 0.36 lowered, torch 0.36) and for a gradient, both; a
-    dense or grouped 1x1 forward with a stride, planned ``pointwise``, against the implicit
-    GEMM (:data:`_STRIDED_POINTWISE`); and a multiplier's forward against the planar depthwise
+    dense, grouped or multiplier's 1x1 forward with a stride, planned ``pointwise``, against
+    the implicit GEMM (:data:`_STRIDED_POINTWISE`); and a multiplier's forward against the planar depthwise
     kernels too, where their scratch fits (the planner's rule takes the implicit GEMM, 0.84x
     their time over 48 strided layers, geo-mean, but not on each: 153->459 3x6 stride 2
     dilation 3 on 4x153x22x22 ran 0.71x torch's time by the implicit GEMM, 0.34x planar; 177->531
@@ -165,9 +165,12 @@ _STRIDED_POINTWISE = ("pointwise", "implicit")
 
 
 def _strided_pointwise(g: Geometry) -> bool:
-    """Whether ``g`` is a dense or grouped 1x1 convolution with a stride (depthwise 1x1 layers
-    scale channels, on the 1x1 kernels only)."""
-    return g.kh == g.kw == 1 and g.c_in_g > 1 and (g.sh > 1 or g.sw > 1)
+    """Whether ``g`` is a dense or grouped 1x1 convolution with a stride, or a depthwise one
+    with a channel multiplier (131 -> 262 at stride 2 on 2x131x46x30: 1.44x torch's time on
+    the 1x1 kernels, 0.85x by the implicit GEMM); depthwise 1x1 layers without one scale
+    channels, on the 1x1 kernels only."""
+    return (g.kh == g.kw == 1 and (g.c_in_g > 1 or g.c_out_g > 1)
+            and (g.sh > 1 or g.sw > 1))
 
 
 @contextmanager

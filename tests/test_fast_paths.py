@@ -521,6 +521,29 @@ def test_pointwise_kernels_match_torch_and_numpy_path(threads: int, batch: int,
         np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
 
 
+def test_a_small_1x1_with_a_channel_multiplier_sums_in_place() -> None:
+    """A depthwise 1x1 layer with a multiplier is never the one small NumPy product (an outer
+    product per group: 6x its in-place sums' time), however few its multiply-adds; without a
+    multiplier, or dense, it is. Its forward matches torch."""
+    from convlayers.functional import _engine_pointwise
+    from convlayers.functional.plan import geometry
+
+    multiplier = geometry((1, 62, 21, 21), (186, 1, 1, 1), (1, 1), (1, 1), 62, None, (21, 21),
+                          np.float32)
+    assert multiplier.macs <= config.engine.pointwise_numpy_macs
+    assert not _engine_pointwise._tiny(multiplier)
+    for groups, c_out in ((62, 62), (1, 8)):
+        g = geometry((1, 62, 21, 21), (c_out, 62 // groups, 1, 1), (1, 1), (1, 1), groups,
+                     None, (21, 21), np.float32)
+        assert _engine_pointwise._tiny(g)
+    rng = np.random.default_rng(15)
+    x = random_array(rng, (1, 62, 21, 21), np.float32)
+    w = random_array(rng, (186, 1, 1, 1), np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), groups=62).numpy()
+    for _ in range(3):  # the first call and the settled ones
+        assert_close(F.conv2d(x, w, groups=62), expected, "multiplier 1x1")
+
+
 @pytest.mark.parametrize(("shape", "c_out", "stride", "groups", "dtype"), [
     ((1, 4, 19, 19), 9, 2, 1, np.float32),  # the sweep's slowest call: 4->9 at stride 2
     ((1, 59, 9, 27), 7, 2, 1, np.float32),

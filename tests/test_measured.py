@@ -616,6 +616,12 @@ def test_a_strided_1x1_forward_measures_the_1x1_kernels_against_the_implicit_gem
         assert_close(F.conv2d(x, w, b, stride=(2, 3), groups=4), expected, call)
     assert set(_measured.measured_choices().values()) <= {"pointwise", "implicit"}
     assert [key[0] for key in _measured.measured_choices()] == ["forward"]
+    x = random_array(rng, (16, 64, 60, 60), np.float32)
+    w = random_array(rng, (128, 1, 1, 1), np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2, groups=64)
+    for call in ("first", "second", "later"):  # the multiplier's, measured on its second
+        assert_close(F.conv2d(x, w, stride=2, groups=64), expected, f"multiplier {call}")
+    assert len(_measured.measured_choices()) == 2
     _measured.forget_measurements()
 
 

@@ -107,7 +107,7 @@ def _layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     toffs = conv_last.window_taps(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
     row_taps = conv_last.row_taps(g.ho, g.h, g.pt, g.sh, g.kh, g.dh, 1 if g.dw == 1 else g.kw)
     rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize,
-                                         weight_bytes=_weight_bytes(g))
+                                       weight_bytes=_weight_bytes(g))
     strips = -(-g.c_out // packed_width(g))
     return offs, toffs, row_taps, rows, cols, strips * g.kh * g.kw * g.c_in
 
@@ -173,7 +173,7 @@ def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     hp, wp = padded_extent(g)
     offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
     rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize,
-                                         weight_bytes=_weight_bytes(g))
+                                       weight_bytes=_weight_bytes(g))
     rows = max(tile, rows // tile * tile)
     order, units = [], []
     index = np.arange(g.n * g.ho * g.wo, dtype=np.int64).reshape(g.n, g.ho, g.wo)
@@ -286,7 +286,7 @@ def _planar_layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, n
     toffs = np.ascontiguousarray((channel + i + j).reshape(-1))
     pairs = np.tile(np.array([[0, toffs.size]], np.int64), (g.ho, 1))
     units = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize,
-                                         weight_bytes=_weight_bytes(g))
+                                  weight_bytes=_weight_bytes(g))
     return offs, toffs, pairs, units[0], units[1], packed_width(g)
 
 

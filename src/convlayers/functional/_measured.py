@@ -97,9 +97,9 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     forward (which the model does not price: 24->96 1x5 stride 2 on 32x24x13x13 ran 0.52 ms
     by the implicit GEMM it plans, 0.36 lowered, torch 0.36) and for a gradient, both; a
     dense, grouped or multiplier's 1x1 forward with a stride, planned ``pointwise``, against
-    the implicit GEMM (:data:`_STRIDED_POINTWISE`); and a multiplier's forward against the planar depthwise
-    kernels too, where their scratch fits (the planner's rule takes the implicit GEMM, 0.84x
-    their time over 48 strided layers, geo-mean, but not on each: 153->459 3x6 stride 2
+    the implicit GEMM (:data:`_STRIDED_POINTWISE`); and a multiplier's forward against the
+    planar depthwise kernels too, where their scratch fits (the planner's rule takes the
+    implicit GEMM, 0.84x their time over 48 strided layers, geo-mean, but not on each: 153->459 3x6 stride 2
     dilation 3 on 4x153x22x22 ran 0.71x torch's time by the implicit GEMM, 0.34x planar; 177->531
     2x2 stride 2 on 24x177x16x16 1.03x, 0.45x). A stride-1 input gradient (a stride-1
     transposed convolution's forward) also against Winograd and ``direct`` as forwards of the

@@ -36,11 +36,10 @@ __all__ = ["Plan", "compile"]
 
 
 def _gather_constants(steps: list[Step]) -> None:
-    """Move every (C-contiguous, writable) array the steps hold (their packed weights,
-    biases and offset tables, constant once built, and those of the steps they hold) into
-    one block of
-    :mod:`convlayers.inference.pages`, on huge pages where the system has them: a call
-    streams them all."""
+    """Move every C-contiguous, writable array the steps hold (packed weights, biases and
+    offset tables, constant once built; those of the steps they hold too) into one block of
+    :mod:`convlayers.inference.pages`, on huge pages where the system has them: each call
+    streams them all. Other arrays stay where they are, as the kernels were typed for them."""
     owners: list[tuple[Any, str, np.ndarray]] = []
     seen: set[int] = set()
 
@@ -50,7 +49,7 @@ def _gather_constants(steps: list[Step]) -> None:
         seen.add(id(obj))
         for name, value in vars(obj).items():
             if (isinstance(value, np.ndarray) and value.flags.c_contiguous
-                    and value.flags.writeable):  # as typed for the kernels already compiled
+                    and value.flags.writeable):
                 owners.append((obj, name, value))
             elif isinstance(value, Step):
                 collect(value)

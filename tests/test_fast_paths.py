@@ -521,27 +521,38 @@ def test_pointwise_kernels_match_torch_and_numpy_path(threads: int, batch: int,
         np.testing.assert_array_equal(F.conv2d(x, w, b, groups=2), y)
 
 
-def test_a_small_1x1_with_a_channel_multiplier_sums_in_place() -> None:
-    """A depthwise 1x1 layer with a multiplier is never the one small NumPy product (an outer
-    product per group: 6x its in-place sums' time), however few its multiply-adds; without a
-    multiplier, or dense, it is. Its forward matches torch."""
+@pytest.mark.parametrize(("shape", "c_out", "stride"), [
+    ((1, 62, 21, 21), 186, 1),  # a multiplier of 3
+    ((4, 64, 28, 28), 64, 1),  # the sweep's: 312 us as one product, torch 169
+    ((6, 41, 13, 13), 41, 2),
+])
+def test_a_small_depthwise_1x1_sums_in_place(shape: tuple[int, ...], c_out: int,
+                                             stride: int) -> None:
+    """A depthwise 1x1 layer, with a channel multiplier or without, is never the one small
+    NumPy product (a product of a row or two per image and channel: 6-12x its in-place sums'
+    time), however few its multiply-adds; a dense or grouped one of as few is. Its forward
+    (with a bias) matches torch on the first call and the settled ones."""
     from convlayers.functional import _engine_pointwise
     from convlayers.functional.plan import geometry
 
-    multiplier = geometry((1, 62, 21, 21), (186, 1, 1, 1), (1, 1), (1, 1), 62, None, (21, 21),
-                          np.float32)
-    assert multiplier.macs <= config.engine.pointwise_numpy_macs
-    assert not _engine_pointwise._tiny(multiplier)
-    for groups, c_out in ((62, 62), (1, 8)):
-        g = geometry((1, 62, 21, 21), (c_out, 62 // groups, 1, 1), (1, 1), (1, 1), groups,
-                     None, (21, 21), np.float32)
-        assert _engine_pointwise._tiny(g)
+    c_in = shape[1]
+    out = tuple((n - 1) // stride + 1 for n in shape[2:])
+    depthwise = geometry(shape, (c_out, 1, 1, 1), (stride, stride), (1, 1), c_in, None, out,
+                         np.float32)
+    assert depthwise.macs <= config.engine.pointwise_numpy_macs
+    assert not _engine_pointwise._tiny(depthwise)
+    for groups, c_out_g in ((1, 8), (c_in // 2 if c_in % 2 == 0 else 1, 2)):
+        g = geometry(shape, (c_out_g * groups, c_in // groups, 1, 1), (stride, stride), (1, 1),
+                     groups, None, out, np.float32)
+        assert _engine_pointwise._tiny(g) == (g.macs <= config.engine.pointwise_numpy_macs)
     rng = np.random.default_rng(15)
-    x = random_array(rng, (1, 62, 21, 21), np.float32)
-    w = random_array(rng, (186, 1, 1, 1), np.float32)
-    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), groups=62).numpy()
+    x = random_array(rng, shape, np.float32)
+    w = random_array(rng, (c_out, 1, 1, 1), np.float32)
+    b = random_array(rng, (c_out,), np.float32)
+    expected = tF.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                         stride=stride, groups=c_in).numpy()
     for _ in range(3):  # the first call and the settled ones
-        assert_close(F.conv2d(x, w, groups=62), expected, "multiplier 1x1")
+        assert_close(F.conv2d(x, w, b, stride=stride, groups=c_in), expected, "depthwise 1x1")
 
 
 @pytest.mark.parametrize(("shape", "c_out", "stride", "groups", "dtype"), [

@@ -28,12 +28,17 @@ process had already peaked higher): torch's allocator is invisible to tracemallo
 
 from __future__ import annotations
 
+import os
 import resource
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+# kernels missing from numba's cache compile here, before timing: the helper process would
+# run the first calls on the NumPy strategy while it compiles on the second core
+os.environ.setdefault("CONVLAYERS_BACKGROUND_COMPILE", "0")
 
 import convlayers  # before or after torch: numba has an OpenMP runtime of its own
 from convlayers import nn

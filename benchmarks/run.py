@@ -38,6 +38,9 @@ from typing import Any
 # libgomp threads of one runtime spinning after a parallel region steal the cores of the other
 # (torch and numba each load their own); passive waiting keeps the two from fighting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# kernels missing from numba's cache compile in this process, in the warm-up calls: the helper
+# process would run them on the NumPy strategy while it compiles on the second core
+os.environ.setdefault("CONVLAYERS_BACKGROUND_COMPILE", "0")
 
 import numpy as np
 

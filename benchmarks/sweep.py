@@ -472,7 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget / 2 if args.quick else args.budget
 
     import importlib
+    import os
 
+    # kernels missing from numba's cache compile in this process, on their first (untimed)
+    # call: with the helper process (convlayers.kernels.precompile) the first calls ran the
+    # NumPy strategy while it compiled beside them on the second core, and their times were
+    # taken as ours (seed 26096: a 5x8x29x29 forward+backward at 6.4x torch's time, 0.55x
+    # compiled)
+    os.environ.setdefault("CONVLAYERS_BACKGROUND_COMPILE", "0")
     for name in ("torch", "convlayers") if args.torch_first else ("convlayers", "torch"):
         importlib.import_module(name)
     import torch

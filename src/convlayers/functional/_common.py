@@ -21,10 +21,12 @@ def batched(x: Any, n_spatial: int, name: str = "input") -> tuple[np.ndarray, bo
     """
     arr = float_array(x, name)
     full = n_spatial + 2
-    layout = "N, C, " + ", ".join("DHW"[3 - n_spatial :])
-    check_ndim(arr, (full - 1, full), name, f"batched ({layout}) or unbatched without N")
-    if arr.ndim == full - 1:
-        return arr[None], True
+    if arr.ndim != full:
+        if arr.ndim == full - 1:
+            return arr[None], True
+        # the layout's text only for the error (on every call it was a tenth of a small pool's)
+        layout = "N, C, " + ", ".join("DHW"[3 - n_spatial :])
+        check_ndim(arr, (full - 1, full), name, f"batched ({layout}) or unbatched without N")
     return arr, False
 
 

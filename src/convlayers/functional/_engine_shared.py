@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from convlayers import config
+from convlayers.functional._compiled import kernels, loaded_kernels
 from convlayers.functional.plan import Geometry, magnitude
 
 #: inf and NaN go through the NumPy parts silently, as through torch (no RuntimeWarning).
@@ -44,8 +45,6 @@ def _finite(a: np.ndarray) -> bool:
     (:mod:`convlayers.kernels.values`; on every thread from
     ``config.engine.parallel_check_elements`` elements), any other by NumPy."""
     if a.flags.c_contiguous and a.dtype.char in "fd" and a.size:
-        from convlayers.functional._compiled import kernels, loaded_kernels
-
         if a.size >= config.engine.parallel_check_elements:
             return not kernels().values.any_nonfinite(a.ravel(), 1 << 16)
         # one vectorised pass on this thread: NumPy's max and min took 5-8 us on a small weight

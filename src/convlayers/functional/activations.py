@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from convlayers._validate import as_int, float_array
+from convlayers.functional._compiled import kernels
 
 __all__ = [
     "clamp", "clamp_backward", "hardsigmoid", "hardsigmoid_backward", "hardswish",
@@ -60,8 +61,6 @@ def _clip_backward(grad_output: Any, x: np.ndarray, lo: float, hi: float) -> np.
     g = _gradient_for(grad_output, x)
     if not _compiled(x, g):
         return np.where((x <= lo) | (x >= hi), np.zeros((), np.result_type(g, x)), g)
-    from convlayers.functional._compiled import kernels
-
     out = np.empty_like(x)
     kernels().elementwise.clip_backward_into(g.ravel(), x.ravel(), lo, hi, out.ravel())
     return out
@@ -72,8 +71,6 @@ def _clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if not _compiled(x):
         low, high = x.dtype.type(lo), x.dtype.type(hi)  # NaN and -0.0 kept, as torch
         return np.where(x < low, low, np.where(x > high, high, x))
-    from convlayers.functional._compiled import kernels
-
     out = np.empty_like(x)
     kernels().elementwise.clip_into(x.ravel(), lo, hi, out.ravel())
     return out

@@ -18,7 +18,12 @@ import numpy as np
 from convlayers import config, limits
 from convlayers._validate import as_int
 from convlayers.functional._common import batched, unbatch
-from convlayers.functional._compiled import _numba_threads
+from convlayers.functional._compiled import (
+    _numba_threads,
+    _threads_for,
+    kernels,
+    loaded_kernels,
+)
 
 __all__ = [
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
@@ -149,8 +154,6 @@ def _windows(in_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarra
 
 def _compiled(work: int) -> Any:
     """The pooling kernels, with numba's threads applied (one thread for small work)."""
-    from convlayers.functional._compiled import _threads_for, loaded_kernels
-
     return loaded_kernels().pooling, _threads_for(work, config.engine.serial_pool_taps)
 
 
@@ -237,8 +240,6 @@ def _plan(x: np.ndarray, output_size: OutputSize, n: int, op: str, indices: bool
 def _kernels(serial: bool) -> Any:
     """The pooling kernels, with the thread setting applied unless they run ``serial`` (on the
     calling thread: no parallel region reads it)."""
-    from convlayers.functional._compiled import kernels, loaded_kernels
-
     return (loaded_kernels() if serial else kernels()).pooling
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from convlayers import config, limits
 from convlayers._validate import as_int, check_ndim, float_array, same_dtype
+from convlayers.functional._compiled import _threads_for
 
 __all__ = ["flatten", "linear", "linear_backward"]
 
@@ -51,7 +52,6 @@ def linear(input: Any, weight: Any, bias: Any = None) -> np.ndarray:
                               f"from input {x.shape} and weight {w.shape})")
     kernel = _kernel(rows, w.shape[1], w.shape[0], x.dtype)
     if kernel:
-        from convlayers.functional._compiled import _threads_for
         from convlayers.kernels import linear as compiled
 
         x2 = np.ascontiguousarray(x).reshape(rows, w.shape[1])
@@ -112,7 +112,6 @@ def linear_backward(
     rows = g2.shape[0]
     kernel = _kernel(rows, w.shape[1], w.shape[0], g.dtype) if g.dtype == x.dtype == w.dtype else None
     if kernel:
-        from convlayers.functional._compiled import _threads_for
         from convlayers.kernels import linear as compiled
 
         g2 = np.ascontiguousarray(g2)

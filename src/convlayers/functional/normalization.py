@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from convlayers._validate import float_array, same_dtype
+from convlayers.functional._compiled import _threads_for
 
 __all__ = ["batch_norm", "batch_norm_backward", "inference_affine"]
 
@@ -202,7 +203,6 @@ def _inference_compiled(x: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> n
     broadcast multiply and add made two passes, one thread each, whose inner loops ran along
     one row of a plane: eager MobileNetV2's 52 BatchNorms at batch 1 took 8.4 ms of its
     23-27."""
-    from convlayers.functional._compiled import _threads_for
     from convlayers.kernels import batchnorm
 
     planes = _planes(x)

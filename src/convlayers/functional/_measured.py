@@ -99,14 +99,14 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     dense, grouped or multiplier's 1x1 forward with a stride, planned ``pointwise``, against
     the implicit GEMM (:data:`_STRIDED_POINTWISE`); and a multiplier's forward against the
     planar depthwise kernels too, where their scratch fits (the planner's rule takes the
-    implicit GEMM, 0.84x their time over 48 strided layers, geo-mean, but not on each: 153->459 3x6 stride 2
-    dilation 3 on 4x153x22x22 ran 0.71x torch's time by the implicit GEMM, 0.34x planar; 177->531
-    2x2 stride 2 on 24x177x16x16 1.03x, 0.45x). A stride-1 input gradient (a stride-1
-    transposed convolution's forward) also against Winograd and ``direct`` as forwards of the
-    flipped weights (:data:`convlayers.functional.plan.FLIPPED_FORWARDS`), where they serve
-    and their channels reach ``winograd_min_channels`` and ``direct_min_channels`` (Winograd
-    not where ``winograd_backward`` is False).
-    Remembered per geometry and settings (every call asks)."""
+    implicit GEMM, 0.84x their time over 48 strided layers, geo-mean, but not on each:
+    153->459 3x6 stride 2 dilation 3 on 4x153x22x22 ran 0.71x torch's time by the implicit
+    GEMM, 0.34x planar; 177->531 2x2 stride 2 on 24x177x16x16 1.03x, 0.45x). A stride-1
+    input gradient (a stride-1 transposed convolution's forward) also against Winograd and
+    ``direct`` as forwards of the flipped weights
+    (:data:`convlayers.functional.plan.FLIPPED_FORWARDS`), where they serve and their
+    channels reach ``winograd_min_channels`` and ``direct_min_channels`` (Winograd not where
+    ``winograd_backward`` is False). Remembered per geometry and settings (every call asks)."""
     return _candidates(g, strategy, pass_, config.engine_version())
 
 

@@ -136,7 +136,7 @@ def _same(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1,
 def test_direct_is_a_candidate_of_dense_float32_forwards_of_many_channels() -> None:
     """``direct`` joins a forward's candidates with one group, float32 and
     ``direct_min_channels`` input channels or more; forced, it matches torch and serves no
-    gradient at stride 2."""
+    input gradient (nor so both gradients) at stride 2."""
     least = config.engine.direct_min_channels
     assert "direct" in _measured.candidates(_same((2, 32, 20, 20), (48, 32, 5, 5)), "implicit")
     assert "direct" in _measured.candidates(_same((2, least, 40, 40), (48, least, 5, 5)),
@@ -154,8 +154,8 @@ def test_direct_is_a_candidate_of_dense_float32_forwards_of_many_channels() -> N
     with config.engine_settings(force="direct"):
         got = F.conv2d(x, w, b, stride=(2, 1), padding=(3, 1), dilation=(1, 2))
         assert_close(got, expected, "direct forward")
-        with pytest.raises(ValueError, match="direct computes the forward and a stride-1 input "
-                                             "gradient only"):
+        with pytest.raises(ValueError, match="direct computes an input gradient at stride 1 "
+                                             "only"):
             F.conv_backward(np.ones_like(got), x, w, stride=(2, 1), padding=(3, 1),
                             dilation=(1, 2))
 

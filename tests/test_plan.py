@@ -81,7 +81,11 @@ def serves(name: str, case: dict, pass_: str) -> bool:
     if name == "implicit":
         return True
     if name == "direct":  # a stride-1 input gradient as the forward of the flipped weights
-        return (pass_ == "forward" or (pass_ == "input_grad" and stride_1)) and case["groups"] == 1
+        narrow = all(p <= d * (k - 1) for p, d, k in zip(case["padding"], case["dilation"],
+                                                         kernel, strict=True))
+        return case["groups"] == 1 and (
+            pass_ in ("forward", "weight_grad") or (pass_ == "input_grad" and stride_1)
+            or (pass_ == "backward" and stride_1 and narrow))
     if name == "direct-planar":  # its tall tiles: three vectors of channels (AVX-512), or two
         from convlayers.kernels.simd import VECTOR_BYTES
 

@@ -3,8 +3,8 @@
 Every compiled kernel compiles on its first call per dtype (tens of seconds for all of them)
 and numba keeps the machine code on disk (``cache=True``), so later processes load it in
 milliseconds. This command makes those first calls on tiny inputs: every convolution strategy
-of :mod:`convlayers.functional.plan` forward and backward (``direct``: its float32 forward,
-the one pass it serves), the transposed convolution, pooling
+of :mod:`convlayers.functional.plan` forward and backward (``direct``: its float32 forward
+and weight gradient alone), the transposed convolution, pooling
 (max with indices, average, adaptive) and their backward, the value check of large arrays, and
 the steps of compiled plans (MobileNetV2, EfficientNet-Lite0, ResNet-18 on 32x32 images: the
 channels-last kernels and the NCHW ones), for the dtypes asked (float32 unless ``--dtype`` says
@@ -28,7 +28,12 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
     from convlayers import config
     from convlayers import functional as F
     from convlayers.functional.plan import STRATEGIES
-    from convlayers.kernels.precompile import FORWARDS_ONLY, PARALLEL, STRATEGY_EXAMPLES
+    from convlayers.kernels.precompile import (
+        FORWARDS_ONLY,
+        PARALLEL,
+        STRATEGY_EXAMPLES,
+        direct_weight_gradient,
+    )
 
     dt = np.dtype(dtype)
     rng = np.random.default_rng(0)
@@ -59,6 +64,9 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
                     if name not in ("winograd", "depthwise-flat", "depthwise-channels-last"):
                         F.conv_transpose2d(x[:, : w.shape[0]], w, padding=pad, groups=groups)
         out.append((f"conv {name}", conv))
+
+    if dt == np.float32:
+        out.append(("weight gradient direct", direct_weight_gradient))
 
     def pooling() -> None:
         for settings in as_called:

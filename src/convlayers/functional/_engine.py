@@ -87,7 +87,12 @@ from convlayers.functional._engine_depthwise import (
     _gx_depthwise_planar,
     _gx_depthwise_rows,
 )
-from convlayers.functional._engine_direct import _fwd_direct, _fwd_direct_planar, forward_window
+from convlayers.functional._engine_direct import (
+    _fwd_direct,
+    _fwd_direct_planar,
+    _gw_direct,
+    forward_window,
+)
 from convlayers.functional._engine_dot import _fwd_dot
 from convlayers.functional._engine_flipped import flipped_input_grad
 from convlayers.functional._engine_implicit import (
@@ -870,4 +875,5 @@ _WEIGHT_GRAD: dict[str, Callable[[np.ndarray, np.ndarray, Geometry], np.ndarray]
     "pointwise": _gw_pointwise,
     "implicit": _gw_implicit,
     "lowered": _gw_lowered,
+    "direct": _gw_direct,
 }

@@ -17,9 +17,16 @@ Where padding is wide against the map, the pixels run in classes that sum only t
 windows' taps inside the input (:func:`skips_padding`,
 :func:`convlayers.inference.conv_last.dense_classes`), as torch's direct kernels do.
 
+The weight gradient alone (:func:`_gw_direct`) runs on the same register tiles: each tap's
+``(C_in, C_out)`` slice is a product of the input's zero-padded planes, split into column
+phases at a stride, by the output gradient packed like weights, over the output positions whose
+windows read that tap inside the input (:mod:`convlayers.kernels.direct_grad`). With the input
+gradient as the forward of the flipped weights it also serves both gradients at stride 1.
+
 The planner never picks it by rule: a dense (one-group) float32 forward planned ``implicit`` or
 ``lowered`` measures it against that strategy once, from 16 input channels, or on fewer where
-it skips the padding (:mod:`convlayers.functional._measured`).
+it skips the padding, and a dense float32 weight gradient always
+(:mod:`convlayers.functional._measured`).
 """
 
 from __future__ import annotations
@@ -32,8 +39,9 @@ from convlayers.functional._engine_shared import remembered
 from convlayers.functional._scratch import take
 from convlayers.functional.plan import Geometry
 
-__all__ = ["direct_fits", "direct_planar_fits", "direct_planar_pays", "forward_window",
-           "packed_width", "padded_extent", "skips_padding", "tall_channels"]
+__all__ = ["GRADIENT_CHUNK_BYTES", "direct_fits", "direct_planar_fits", "direct_planar_pays",
+           "direct_weight_grad_fits", "forward_window", "packed_width", "padded_extent",
+           "skips_padding", "tall_channels"]
 
 
 def _weight_bytes(g: Geometry) -> int:
@@ -324,3 +332,114 @@ def _fwd_direct_planar(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                     cols, threads, last)
     channels_last.to_channels_first(last.reshape(g.n, g.ho, g.wo, g.c_out), out)
     return out
+
+
+# ----------------------------------------------------------------------------- weight gradient
+
+#: Bytes of the packed output gradient one call of the weight gradient's kernel sums over: its
+#: rows stay in L2 while every band of the unit's input channels passes over them.
+GRADIENT_CHUNK_BYTES = 256 * 1024
+
+
+def direct_weight_grad_fits(g: Geometry) -> str | None:
+    """Why ``direct`` cannot run the weight gradient of ``g`` alone (None: it can): one group,
+    float32, padding of zero or more, and the phase-split input and packed output gradient
+    each within ``config.scratch_bytes()``."""
+    if g.groups != 1:
+        return "direct's weight gradient needs one group"
+    if g.itemsize != 4:
+        return "direct's weight gradient needs float32"
+    if min(g.pt, g.pb, g.pl, g.pr) < 0:
+        return "direct's weight gradient needs padding of zero or more"
+    hp, wq = _phase_extent(g)
+    strips = -(-g.c_out // packed_width(g))
+    cap = config.scratch_bytes()
+    biggest = max(g.n * g.c_in * hp * g.sw * wq, strips * packed_width(g) * g.n * g.ho * g.wo,
+                  g.kh * g.kw * g.c_in * g.c_out)
+    if biggest * g.itemsize > cap:
+        return f"direct's weight gradient copies would pass the scratch cap ({cap} bytes)"
+    return None
+
+
+def _phase_extent(g: Geometry) -> tuple[int, int]:
+    """``(Hp, Wq)``: rows of the padded input and columns of each of its ``sw`` column phases
+    (:mod:`convlayers.kernels.direct_grad`)."""
+    hp, wp = padded_extent(g)
+    return hp, -(-wp // g.sw)
+
+
+@remembered
+def _grad_layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                     np.ndarray, int]:
+    """The weight gradient kernel's row offsets per tap, output rows' offsets, each tap's span
+    of output rows and columns inside the input, its units and the output rows a call sums
+    (:func:`convlayers.kernels.direct_grad.weight_grad_taps`)."""
+    from convlayers.inference.conv_last import tap_ranges
+    from convlayers.kernels.simd import VECTOR_BYTES, band_pixels
+
+    hp, wq = _phase_extent(g)
+    plane = hp * g.sw * wq  # one input channel's rows, each its sw phases of wq columns
+    i = np.repeat(np.arange(g.kh, dtype=np.int64), g.kw)
+    j = np.tile(np.arange(g.kw, dtype=np.int64), g.kh)
+    start = i * g.dh * g.sw * wq + (j * g.dw) % g.sw * wq + (j * g.dw) // g.sw
+    offs = np.ascontiguousarray(np.arange(g.c_in, dtype=np.int64)[None, :] * plane
+                                + start[:, None])
+    rows = np.arange(g.ho, dtype=np.int64) * (g.sh * g.sw * wq)
+    toffs = np.ascontiguousarray((np.arange(g.n, dtype=np.int64)[:, None] * (g.c_in * plane)
+                                  + rows[None, :]).reshape(-1))
+    # tap (i, j) reads the input at output rows y with 0 <= y*sh - pt + i*dh < h (tap_ranges
+    # gives each output's taps inside; a tap's outputs are those whose range holds it)
+    r0, r1 = tap_ranges(g.ho, g.h, g.kh, g.sh, g.pt, g.dh)
+    c0, c1 = tap_ranges(g.wo, g.w, g.kw, g.sw, g.pl, g.dw)
+    spans = np.zeros((g.kh * g.kw, 4), dtype=np.int64)
+    for t in range(g.kh * g.kw):
+        ys = np.flatnonzero((r0 <= i[t]) & (i[t] < r1))
+        xs = np.flatnonzero((c0 <= j[t]) & (j[t] < c1))
+        if ys.size and xs.size:  # contiguous: an output's taps inside shift with it
+            spans[t] = (ys[0], ys[-1] + 1, xs[0], xs[-1] + 1)
+    width = packed_width(g)
+    band = int(band_pixels(min(g.c_out, width), VECTOR_BYTES // g.itemsize))
+    cols = width * max(1, 192 // width)
+    blocks = -(-g.c_out // cols)
+    # enough units that the threads end together; each a whole number of bands
+    want = 8 * threads if threads > 1 else 1
+    split = max(1, min(-(-g.c_in // band), -(-want // (g.kh * g.kw * blocks))))
+    per_unit = -(-g.c_in // split)
+    step = -(-per_unit // band) * band
+    units = np.array([(t, r, min(g.c_in, r + step), c, min(g.c_out, c + cols))
+                      for t in range(g.kh * g.kw) for r in range(0, g.c_in, step)
+                      for c in range(0, g.c_out, cols)], dtype=np.int64)
+    chunk = max(1, GRADIENT_CHUNK_BYTES // (g.wo * width * g.itemsize))
+    return offs, toffs, spans, units, chunk
+
+
+def _gw_direct(x: np.ndarray, gy: np.ndarray, g: Geometry) -> np.ndarray:
+    """The weight gradient of ``g`` by :func:`convlayers.kernels.direct_grad.weight_grad_taps`:
+    the input copied once into zero-padded planes split into ``sw`` column phases, the output
+    gradient packed like weights, each tap's slice a product over the output positions whose
+    windows read it inside the input."""
+    from convlayers.kernels.direct_grad import taps_to_weights, weight_grad_taps
+    from convlayers.kernels.simd import pack_conv_weights_into
+
+    threads = _numba_threads()
+    offs, toffs, spans, units, chunk = _grad_layout(g, threads)
+    hp, wq = _phase_extent(g)
+    padded = take("direct_grad_input", (g.n, g.c_in, hp, wq * g.sw), x.dtype)
+    padded[...] = 0
+    padded[:, :, g.pt:g.pt + g.h, g.pl:g.pl + g.w] = x
+    if g.sw > 1:
+        phases = take("direct_grad_phases", (g.n, g.c_in, hp, g.sw, wq), x.dtype)
+        phases[...] = padded.reshape(g.n, g.c_in, hp, wq, g.sw).transpose(0, 1, 2, 4, 3)
+        padded = phases
+    # the output gradient as the weights of one input channel and an (n*ho) x wo kernel
+    grad = np.ascontiguousarray(gy.transpose(1, 0, 2, 3) if g.n > 1 else gy)
+    width = packed_width(g)
+    k_rows = g.n * g.ho * g.wo
+    packed = take("direct_grad_packed", (-(-g.c_out // width) * k_rows, width), x.dtype)
+    pack_conv_weights_into(grad.reshape(g.c_out, 1, g.n * g.ho, g.wo), packed)
+    out = take("direct_grad_taps", (g.kh * g.kw, g.c_in, g.c_out), x.dtype)
+    weight_grad_taps(padded.reshape(-1), packed, offs, toffs, spans, units, g.n, chunk,
+                     np.zeros(g.c_out, x.dtype), threads, out)
+    gw = np.empty((g.c_out, g.c_in, g.kh * g.kw), x.dtype)
+    taps_to_weights(out, gw)
+    return gw.reshape(g.c_out, g.c_in, g.kh, g.kw)

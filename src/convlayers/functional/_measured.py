@@ -106,7 +106,10 @@ def candidates(g: Geometry, strategy: str, pass_: str = "forward") -> tuple[str,
     ``direct`` as forwards of the flipped weights
     (:data:`convlayers.functional.plan.FLIPPED_FORWARDS`), where they serve and their
     channels reach ``winograd_min_channels`` and ``direct_min_channels`` (Winograd not where
-    ``winograd_backward`` is False). Remembered per geometry and settings (every call asks)."""
+    ``winograd_backward`` is False). A dense float32 weight gradient also against ``direct``
+    (:mod:`convlayers.kernels.direct_grad`, no im2col: 202 -> 11 7x7 dilation 3 padding 9 on
+    1x202x28x28 took 7.0x torch's time by the implicit GEMM the plan picked, 3.4x by im2col,
+    1.2x direct). Remembered per geometry and settings (every call asks)."""
     return _candidates(g, strategy, pass_, config.engine_version())
 
 
@@ -146,6 +149,8 @@ def _candidates(g: Geometry, strategy: str, pass_: str, version: int) -> tuple[s
             found += ("winograd",)
         if g.c_out >= e.direct_min_channels and cannot_serve("direct", g, pass_) is None:
             found += ("direct",)
+    if pass_ == "weight_grad" and cannot_serve("direct", g, pass_) is None:
+        found += ("direct",)
     if (pass_ == "forward" and g.c_in_g >= e.dot_min_in_channels
             and (g.c_out_g <= e.dot_max_out_channels or g.ho * g.wo <= e.dot_max_positions)
             and cannot_serve("dot", g, pass_) is None):

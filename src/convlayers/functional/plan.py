@@ -135,7 +135,7 @@ Examples
 conv2d (8, 64, 56, 56) float32 -> 64 channels, kernel 7x7, stride 1, padding 3, dilation 1, groups 1
   forward: implicit, lowered or direct, the fastest as measured on the second call
   input grad: implicit, lowered or direct, the fastest as measured on the first call
-  weight grad: implicit or lowered, the fastest as measured on the first call
+  weight grad: implicit, lowered or direct, the fastest as measured on the first call
   forward      implicit
   input grad   implicit
   weight grad  implicit
@@ -788,13 +788,17 @@ def cannot_serve(strategy: str, g: Geometry, pass_: str) -> str | None:
     if strategy == "implicit":
         return None
     if strategy == "direct":
-        if pass_ == "input_grad":
-            return _flipped_forward_fits(strategy, g)
-        if pass_ != "forward":
-            return "direct computes the forward and a stride-1 input gradient only"
-        from convlayers.functional._engine_direct import direct_fits
+        # the input gradient at stride 1 as the forward of the flipped weights, the weight
+        # gradient by its own kernel (convlayers.kernels.direct_grad); both for ``backward``
+        from convlayers.functional._engine_direct import direct_fits, direct_weight_grad_fits
 
-        return direct_fits(g)
+        if pass_ == "forward":
+            return direct_fits(g)
+        if pass_ in ("input_grad", "backward"):
+            why = _flipped_forward_fits(strategy, g)
+            if why is not None or pass_ == "input_grad":
+                return why
+        return direct_weight_grad_fits(g)
     if strategy == "direct-planar":
         if pass_ != "forward":
             return "direct-planar computes the forward only"

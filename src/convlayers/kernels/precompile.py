@@ -45,8 +45,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["ENVIRONMENT_SWITCH", "FORWARDS_ONLY", "STRATEGY_EXAMPLES", "forward_tasks", "gradient_tasks",
-           "helping", "lock_path", "main", "running", "start"]
+__all__ = ["ENVIRONMENT_SWITCH", "FORWARDS_ONLY", "STRATEGY_EXAMPLES", "direct_weight_gradient",
+           "forward_tasks", "gradient_tasks", "helping", "lock_path", "main", "running", "start"]
 
 #: The environment variable that, set to ``0``, keeps :func:`start` from starting a helper.
 ENVIRONMENT_SWITCH = "CONVLAYERS_BACKGROUND_COMPILE"
@@ -181,6 +181,8 @@ def gradient_tasks() -> list[tuple[str, Callable[[], Any]]]:
                 F.conv_backward(grad, x, w, padding=pad, groups=groups)
         out.append((f"gradients {name}", gradients))
 
+    out.append(("weight gradient direct", direct_weight_gradient))
+
     def transposed() -> None:
         w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
         for name in ("lowered", "implicit"):
@@ -189,6 +191,21 @@ def gradient_tasks() -> list[tuple[str, Callable[[], Any]]]:
 
     out.append(("transposed convolutions", transposed))
     return out
+
+
+def direct_weight_gradient() -> None:
+    """A float32 weight gradient alone by ``direct`` (the one gradient it computes, which a
+    layer's first backward measures against the GEMMs'), on tiny inputs."""
+    import numpy as np
+
+    from convlayers import config
+    from convlayers.functional import _engine
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 16, 11, 11)).astype(np.float32)
+    grad = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
+    with config.engine_settings(force="direct", **PARALLEL):
+        _engine.correlate_weight_grad(x, grad, (3, 3), (1, 1), (1, 1), 1)
 
 
 def start() -> bool:

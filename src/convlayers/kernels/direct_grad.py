@@ -63,18 +63,20 @@ def weight_grad_taps(xf, packed, offs, toffs, spans, units, images, chunk, zeros
                     add = 1
 
 
-#: Input channels a unit of :func:`taps_to_weights` takes: their rows of every tap (16 x 9
-#: cache lines for a 3x3 kernel) stay in L1 while each output channel's values are written.
-TRANSPOSE_CHANNELS = 16
+#: Input channels a unit of :func:`taps_to_weights` takes: their rows of every tap stay in L1
+#: while each output channel's values are written (on six gradients of 64x64x3x3 to
+#: 450x407x6x6, 8 ran 0.67-0.95x the time of 16, 32 and 64 up to 1.9x).
+TRANSPOSE_CHANNELS = 8
 
 
 @njit(parallel=True, cache=True)
 def taps_to_weights(out, gw):
     """``gw (C_out, C_in, taps) = out (taps, C_in, C_out)`` transposed, in units of
     :data:`TRANSPOSE_CHANNELS` input channels: for each output channel, one contiguous run of
-    their ``channels * taps`` values, read from rows of ``out`` that stay in L1 (NumPy's copy
-    of the reversed axes wrote a value per cache line: 2.0 ms for a 3x3 256 -> 256 gradient,
-    an input channel a unit 0.75, these 0.2)."""
+    their ``channels * taps`` values, read from rows of ``out`` that stay in L1. NumPy's copy
+    of the reversed axes wrote a value per cache line (2.0 ms for a 3x3 256 -> 256 gradient,
+    these 0.24); register-tiled transposes through a middle layout ran 0.7-1.5x this time,
+    up to 3x on many taps (36 x 407 x 450: the middle copy passed through memory)."""
     taps, c_in, c_out = out.shape
     blocks = (c_in + TRANSPOSE_CHANNELS - 1) // TRANSPOSE_CHANNELS
     for block in prange(blocks):

@@ -70,13 +70,16 @@ def test_direct_by_classes_matches_torch(case: tuple) -> None:
     assert_close(got, want, f"direct by classes {case}")
 
 
-def test_direct_by_classes_keeps_the_non_finite_pattern() -> None:
+@pytest.mark.parametrize("mode", ["classes", "blocks"])
+def test_direct_by_classes_keeps_the_non_finite_pattern(mode: str) -> None:
     """An inf or NaN input reaches the outputs whose windows hold it; an inf weight takes the
-    plain tiles (which multiply the padding's zeros), whose non-finite outputs are torch's."""
-    c_in, c_out, kernel, stride, padding, dilation, n, h, w = CASES[0]
+    plain tiles (which multiply the padding's zeros), whose non-finite outputs are torch's.
+    The same for the blocks."""
+    case = CASES[0] if mode == "classes" else BLOCK_CASES[0]
+    c_in, c_out, kernel, stride, padding, dilation, n, h, w = case
     rng = np.random.default_rng(3)
     x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
-    x[0, 2, 0, 0], x[3, 7, 5, 9] = np.inf, np.nan
+    x[0, 2, 0, 0], x[n - 1, 7, 5, 9] = np.inf, np.nan
     weight = rng.standard_normal((c_out, c_in, *kernel)).astype(np.float32)
     for w_case in (weight, weight.copy()):
         if w_case is not weight:
@@ -103,3 +106,64 @@ def test_direct_is_measured_where_it_skips_the_padding() -> None:
     with config.engine_settings(direct_min_channels=16):  # 12 channels: below it
         assert "direct" in _measured.candidates(wide, "lowered", "forward")
         assert "direct" not in _measured.candidates(narrow, "lowered", "forward")
+
+
+# maps of a few pixels a side under wide dilated padding, where the blocks pay (checked below):
+# three strips and a part (338), one narrow tile (11 channels), a stride, several images, and
+# blocks whose windows read only padding (their outputs the bias alone)
+BLOCK_CASES = [(110, 182, (7, 7), (1, 1), (9, 9), (3, 3), 1, 10, 10),
+               (112, 338, (4, 4), (1, 1), (4, 4), (3, 3), 2, 8, 8),
+               (258, 62, (7, 3), (1, 1), (8, 8), (1, 1), 1, 12, 4),
+               (142, 18, (4, 2), (1, 2), (6, 4), (2, 1), 1, 29, 4),
+               (253, 35, (2, 7), (2, 2), (8, 5), (3, 1), 1, 16, 26),
+               (286, 43, (7, 4), (2, 2), (8, 3), (1, 3), 1, 5, 5)]
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+def test_direct_by_blocks_matches_torch(case: tuple) -> None:
+    """Forced ``direct`` where its blocks of a few pixels pay
+    (:func:`convlayers.inference.conv_last.dense_blocks`): torch's result, bias included, on
+    one and two threads."""
+    c_in, c_out, kernel, stride, padding, dilation, n, h, w = case
+    g = geometry((n, c_in, h, w), (c_out, c_in, *kernel), stride, dilation, 1,
+                 tuple((p, p) for p in padding),
+                 tuple((s + 2 * p - d * (k - 1) - 1) // t + 1 for s, p, d, k, t in
+                       zip((h, w), padding, dilation, kernel, stride, strict=True)), np.float32)
+    assert _engine_direct.padding_mode(g) == "blocks"
+    rng = np.random.default_rng(c_in)
+    x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
+    weight = rng.standard_normal((c_out, c_in, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    want = tF.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
+                     stride, padding, dilation).numpy()
+    for threads in (1, 2):
+        with config.settings(threads=threads), \
+                config.engine_settings(force="direct", crop_padding_taps=False):
+            got = F.conv2d(x, weight, bias, stride, padding, dilation)
+        assert_close(got, want, f"direct by blocks {case}, {threads} threads")
+
+
+def test_the_blocks_cover_every_pixel_once_with_its_windows_taps() -> None:
+    """Each block is at most a tile's pixels of one image, the blocks list every output pixel
+    once, and a block's taps are the union of its pixels' windows' taps inside the input,
+    counted one by one."""
+    c_in, c_out, kernel, stride, padding, dilation, n, h, w = BLOCK_CASES[1]
+    ho, wo = ((s + 2 * p - d * (k - 1) - 1) // t + 1 for s, p, d, k, t in
+              zip((h, w), padding, dilation, kernel, stride, strict=True))
+    g = geometry((n, c_in, h, w), (c_out, c_in, *kernel), stride, dilation, 1,
+                 tuple((p, p) for p in padding), (ho, wo), np.float32)
+    _, src, _, blocks, _ = _engine_direct._blocks(g, 2)
+    tile = _engine_direct._runs(g)[2]
+    order = np.empty(n * ho * wo, dtype=np.int64)
+    order[src] = np.arange(n * ho * wo)  # position in block order -> pixel (NCHW order)
+    assert sorted(order.tolist()) == list(range(n * ho * wo))
+    for p0, p1, i0, i1, j0, j1 in blocks.tolist():
+        assert 0 < p1 - p0 <= tile
+        pixels = order[p0:p1]
+        assert len({int(q) // (ho * wo) for q in pixels}) == 1  # one image
+        rows = [i for q in pixels for i in range(kernel[0])
+                if 0 <= (q % (ho * wo)) // wo * stride[0] - padding[0] + i * dilation[0] < h]
+        cols = [j for q in pixels for j in range(kernel[1])
+                if 0 <= q % wo * stride[1] - padding[1] + j * dilation[1] < w]
+        assert (i0, i1) == ((min(rows), max(rows) + 1) if rows else (i0, i0))
+        assert (j0, j1) == ((min(cols), max(cols) + 1) if cols else (j0, j0))

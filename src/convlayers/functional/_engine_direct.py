@@ -35,13 +35,13 @@ import numpy as np
 
 from convlayers import config
 from convlayers.functional._compiled import _numba_threads
-from convlayers.functional._engine_shared import remembered
+from convlayers.functional._engine_shared import _finite, remembered
 from convlayers.functional._scratch import take
 from convlayers.functional.plan import Geometry
 
 __all__ = ["GRADIENT_CHUNK_BYTES", "direct_fits", "direct_planar_fits", "direct_planar_pays",
            "direct_weight_grad_fits", "forward_window", "packed_width", "padded_extent",
-           "skips_padding", "tall_channels"]
+           "padding_mode", "skips_padding", "tall_channels"]
 
 
 def _weight_bytes(g: Geometry) -> int:
@@ -123,9 +123,18 @@ def _layout(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 #: A class's fixed cost for each part it sums (its tiles' sums stored and loaded again), in
 #: multiply-adds of one tap per input channel: about four steps of a tile's inner loop.
 PART_STEPS = 4
-#: The share of the whole windows' work under which the classes run instead of the plain
-#: tiles (those sum each row's kernel rows that read input, every column).
+#: The share of the plain tiles' work (each band of pixels summing its rows' kernel rows
+#: that read input, every column) under which the classes run instead.
 CLASS_SHARE = 0.85
+#: The same share for the blocks (of :func:`_plain_cost`, the plain tiles' bands), from
+#: :data:`BLOCK_MIN_CHANNELS` input channels: a part's stores and loads weigh on few
+#: channels. On 110 random layers of small maps under wide padding the blocks took
+#: 0.56-1.06x the plain tiles' time from 64 channels below 0.85 of the cost (geo-mean 0.83),
+#: 0.81-1.10x at 0.85-0.95 (112 -> 338 4x4 dilation 3 padding 4 on 2x112x8x8, 0.91 of the
+#: cost: 0.84x), and 1.05-1.19x on 8 of 11 layers of fewer channels.
+BLOCK_SHARE = 0.92
+#: Input channels from which :func:`padding_mode` considers the blocks.
+BLOCK_MIN_CHANNELS = 64
 
 
 @remembered
@@ -142,21 +151,34 @@ def _runs(g: Geometry) -> tuple[list[tuple[int, int, int, int]], list[tuple[int,
 
 
 @remembered
-def skips_padding(g: Geometry) -> bool:
-    """Whether ``direct`` runs ``g`` by classes of pixels that sum only their windows' taps
-    inside the input (:func:`convlayers.inference.conv_last.dense_classes`), not the plain
-    tiles.
+def padding_mode(g: Geometry) -> str:
+    """How ``direct`` runs the forward of ``g``: ``"plain"`` (the tiles of
+    :func:`convlayers.inference.conv_last.dense`, each output row summing its kernel rows
+    that read input, every column), ``"classes"`` (classes of pixels that sum only their
+    windows' taps inside the input, :func:`convlayers.inference.conv_last.dense_classes`) or
+    ``"blocks"`` (a tile's worth of neighbouring pixels summing the union of their windows'
+    taps inside, kernel row by kernel row, :func:`convlayers.inference.conv_last.dense_blocks`).
 
     Costed in multiply-adds per input channel: the plain tiles sum, for each output row, its
-    kernel rows that read input by every column; the classes sum only their windows' taps
-    inside the input, but their pixels fill whole tiles class by class, and each kernel row
-    of a class (a part) stores its sums and loads them again (:data:`PART_STEPS`). They run
-    below :data:`CLASS_SHARE` of the plain cost: wide padding against a small map (12 -> 52
-    7x7 dilation 2 padding 6 on 19x12x11x11, where 41% of the taps read input: 0.93 -> 0.57
-    ms, torch 0.43-0.53)."""
+    kernel rows that read input by every column; classes and blocks fill whole tiles (a
+    class's pixels class by class, a block's few pixels), and each kernel row of a class or
+    block (a part) stores its sums and loads them again (:data:`PART_STEPS`). Classes pay
+    where padding is wide against a small map and the classes are large (12 -> 52 7x7
+    dilation 2 padding 6 on 19x12x11x11, where 41% of the taps read input: 0.93 -> 0.57 ms,
+    torch 0.43-0.53); blocks where the classes are a few pixels each (a map of 7-10 pixels a
+    side under wide dilated padding: 192 -> 506 5x5 dilation 3 padding 6 on 1x192x7x7, where
+    289 of 1225 pixel-taps read input, the plain bands sum 720 and blocks of 2x3 pixels 598;
+    1.43x torch's time plain, 1.29x by blocks). Classes run below :data:`CLASS_SHARE` of the
+    plain tiles' kernel rows per output row (the rule they were tuned by) and when no dearer
+    than the blocks; blocks below :data:`BLOCK_SHARE` of the plain bands' cost
+    (:func:`_plain_cost`), from :data:`BLOCK_MIN_CHANNELS` input channels."""
     if direct_fits(g) is not None:
-        return False
+        return "plain"
     row_runs, col_runs, tile = _runs(g)
+    if all(i1 - i0 == g.kh for _, _, i0, i1 in row_runs) and all(
+            j1 - j0 == g.kw for _, _, j0, j1 in col_runs):
+        return "plain"  # no window reads the padding
+    # the classes' rule as tuned: the plain tiles' kernel rows per output row, every column
     plain = sum(g.n * (b - a) * g.wo * max(1, i1 - i0) * g.kw for a, b, i0, i1 in row_runs)
     classes = 0.0
     for ya, yb, i0, i1 in row_runs:
@@ -164,7 +186,56 @@ def skips_padding(g: Geometry) -> bool:
             pixels = g.n * (yb - ya) * (xb - xa)
             classes += -(-pixels // tile) * tile * ((i1 - i0) * (j1 - j0)
                                                     + (i1 - i0) * PART_STEPS / g.c_in)
-    return classes < CLASS_SHARE * plain
+    blocks = _block_shape(g)[2]
+    if classes < CLASS_SHARE * plain and classes <= blocks:
+        return "classes"
+    if g.c_in >= BLOCK_MIN_CHANNELS and blocks < BLOCK_SHARE * _plain_cost(g):
+        return "blocks"
+    return "plain"
+
+
+def _plain_cost(g: Geometry) -> float:
+    """The plain tiles' cost in :func:`padding_mode`'s units: bands of a tile's consecutive
+    pixels (across rows and images, as :func:`convlayers.inference.conv_last.dense` runs
+    them), each summing every column of the kernel rows any of its pixels' rows reads."""
+    from convlayers.inference.conv_last import tap_ranges
+
+    _, _, tile = _runs(g)
+    r0, r1 = tap_ranges(g.ho, g.h, g.kh, g.sh, g.pt, g.dh)
+    rows = (np.arange(g.n * g.ho * g.wo, dtype=np.int64) // g.wo) % g.ho
+    starts = np.arange(0, rows.size, tile)
+    union = np.maximum.reduceat(r1[rows], starts) - np.minimum.reduceat(r0[rows], starts)
+    return float(tile * np.maximum(union, 1).sum() * g.kw)
+
+
+def skips_padding(g: Geometry) -> bool:
+    """Whether ``direct`` runs ``g`` by classes or blocks of pixels that sum only their
+    windows' taps inside the input (:func:`padding_mode`), not the plain tiles."""
+    return padding_mode(g) != "plain"
+
+
+@remembered
+def _block_shape(g: Geometry) -> tuple[int, int, float]:
+    """``(rows, cols, cost)``: the shape of :func:`padding_mode`'s blocks of output pixels
+    (at most a tile's pixels, rows by columns of one image) that costs the least, and that
+    cost (a whole tile per block, the union of its windows' taps inside the input, and
+    :data:`PART_STEPS` per kernel row)."""
+    from convlayers.inference.conv_last import tap_ranges
+
+    _, _, tile = _runs(g)
+    r0, r1 = tap_ranges(g.ho, g.h, g.kh, g.sh, g.pt, g.dh)
+    c0, c1 = tap_ranges(g.wo, g.w, g.kw, g.sw, g.pl, g.dw)
+    best = (1, 1, float("inf"))
+    for bw in range(1, min(tile, g.wo) + 1):
+        bh = max(1, min(g.ho, tile // bw))
+        ys, xs = np.arange(0, g.ho, bh), np.arange(0, g.wo, bw)
+        rows = np.maximum(np.maximum.reduceat(r1, ys) - np.minimum.reduceat(r0, ys), 0)
+        cols = np.maximum(np.maximum.reduceat(c1, xs) - np.minimum.reduceat(c0, xs), 0)
+        # blocks are the grid of row bands by column bands: sum of rows x cols over the grid
+        cost = g.n * tile * (rows.sum() * cols.sum() + rows.sum() * xs.size * PART_STEPS / g.c_in)
+        if cost < best[2]:
+            best = (bh, bw, float(cost))
+    return best
 
 
 @remembered
@@ -202,11 +273,58 @@ def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return (np.ascontiguousarray(offs[dest]), src, toffs, np.array(units, dtype=np.int64))
 
 
+@remembered
+def _blocks(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                np.ndarray, np.ndarray]:
+    """The layout of :func:`convlayers.inference.conv_last.dense_blocks` (for a ``g`` whose
+    :func:`padding_mode` is ``"blocks"``): each pixel's window start, block by block, the row
+    of that order each pixel in NCHW order takes, each tap's offset, the blocks and the units
+    (strips of output channels by all the blocks, the blocks split in as many groups as give
+    the threads two units each)."""
+    from convlayers.inference import conv_last
+
+    bh, bw, _ = _block_shape(g)
+    hp, wp = padded_extent(g)
+    offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
+    r0, r1 = conv_last.tap_ranges(g.ho, g.h, g.kh, g.sh, g.pt, g.dh)
+    c0, c1 = conv_last.tap_ranges(g.wo, g.w, g.kw, g.sw, g.pl, g.dw)
+    index = np.arange(g.n * g.ho * g.wo, dtype=np.int64).reshape(g.n, g.ho, g.wo)
+    order, blocks = [], []
+    start = 0
+    for image in range(g.n):
+        for y in range(0, g.ho, bh):
+            for x in range(0, g.wo, bw):
+                block = index[image, y:y + bh, x:x + bw].reshape(-1)
+                order.append(block)
+                blocks.append((start, start + block.size, r0[y:y + bh].min(),
+                               r1[y:y + bh].max(), c0[x:x + bw].min(), c1[x:x + bw].max()))
+                start += block.size
+    dest = np.concatenate(order)
+    src = np.empty_like(dest)
+    src[dest] = np.arange(dest.size, dtype=np.int64)
+    strip = packed_width(g)
+    strips = -(-g.c_out // strip)
+    groups = max(1, min(len(blocks), -(-2 * threads // strips)))
+    per_group = -(-len(blocks) // groups)
+    units = [(b, min(len(blocks), b + per_group), c, min(g.c_out, c + strip))
+             for b in range(0, len(blocks), per_group) for c in range(0, g.c_out, strip)]
+    toffs = conv_last.tap_offsets(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
+    return (np.ascontiguousarray(offs[dest]), src, toffs, np.array(blocks, dtype=np.int64),
+            np.array(units, dtype=np.int64))
+
+
 def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                 g: Geometry) -> np.ndarray:
-    # classes leave out the padding's taps: where a weight is inf or NaN, the plain tiles
-    # multiply the zeros as before (the pattern the non-finite tests hold each strategy to)
-    return _direct(x, w, bias, g, None, skips_padding(g) and bool(np.isfinite(w).all()))
+    # classes and blocks leave out the padding's taps: where a weight is inf or NaN, the plain
+    # tiles multiply the zeros as before (the pattern the non-finite tests hold each strategy
+    # to). A non-finite weight makes some output non-finite, so the output is checked, not the
+    # weights: NumPy's check of 110 -> 182 7x7's weights took 0.22 ms of a 0.8 ms call, the
+    # output's (100 x 182) a few microseconds
+    mode = padding_mode(g)
+    out = _direct(x, w, bias, g, None, mode)
+    if mode != "plain" and not _finite(out):
+        return _direct(x, w, bias, g, None, "plain")
+    return out
 
 
 def forward_window(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
@@ -214,20 +332,21 @@ def forward_window(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geo
     """The forward of ``g`` by ``direct`` with the taps ``window`` ``(r0, c0, kh, kw)`` of the
     larger kernel of ``w`` (a kernel cropped to the taps that reach the input,
     :mod:`convlayers.functional._engine_crop`), packed from ``w`` in place
-    (:func:`convlayers.kernels.simd.pack_conv_weights_into`). The classes run wherever they
-    pay, the weights taken as finite: the caller checks the output (an inf or NaN weight
+    (:func:`convlayers.kernels.simd.pack_conv_weights_into`). Classes or blocks run wherever
+    they pay, the weights taken as finite: the caller checks the output (an inf or NaN weight
     makes some output non-finite) and runs the call again by the whole path if it is not."""
-    return _direct(x, w, bias, g, window, skips_padding(g))
+    return _direct(x, w, bias, g, window, padding_mode(g))
 
 
 def _direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
-            window: tuple[int, int, int, int] | None, by_classes: bool) -> np.ndarray:
+            window: tuple[int, int, int, int] | None, mode: str) -> np.ndarray:
     from convlayers.inference import channels_last, conv_last
     from convlayers.kernels.simd import PACK_SPARE_ROWS, pack_conv_weights_into
 
     threads = _numba_threads()
     offs, toffs, row_taps, rows, cols, k_rows = _layout(g, threads)
-    classes = _classes(g, threads) if by_classes else None
+    classes = _classes(g, threads) if mode == "classes" else None
+    blocks = _blocks(g, threads) if mode == "blocks" else None
     hp, wp = padded_extent(g)
     xp = take("direct_input", (g.n, hp, wp, g.c_in), x.dtype)
     conv_last.pad_to_channels_last(np.ascontiguousarray(x), g.pt, g.pl, xp)
@@ -244,6 +363,12 @@ def _direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         class_offs, src, class_toffs, units = classes
         conv_last.dense_classes(xp.reshape(-1), packed, class_offs, class_toffs, g.kw, units, b,
                                 threads, last)
+        conv_last.rows_to_channels_first(last, src, g.ho * g.wo, out)
+        return out
+    if blocks is not None:
+        block_offs, src, block_toffs, block_list, units = blocks
+        conv_last.dense_blocks(xp.reshape(-1), packed, block_offs, block_toffs, g.kw, block_list,
+                               units, b, threads, last)
         conv_last.rows_to_channels_first(last, src, g.ho * g.wo, out)
         return out
     conv_last.dense(xp.reshape(-1), packed, offs, toffs, row_taps, g.wo, b, last, False, 0,

@@ -32,7 +32,7 @@ from convlayers.kernels.simd import (
 )
 
 __all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "WIDE_SLACK", "dense",
-           "dense_classes", "dense_units", "inside_runs", "max_pool", "pack_rows_transposed",
+           "dense_blocks", "dense_classes", "dense_units", "inside_runs", "max_pool", "pack_rows_transposed",
            "pad_channels_last",
            "pad_to_channels_last", "pixel_offsets", "row_taps", "rows_to_channels_first",
            "tap_offsets", "tap_ranges", "window_taps"]
@@ -299,6 +299,51 @@ def dense_classes(xf, w, offs, toffs, kw, units, bias, threads, out):
                         finish = 0 if i == i1 - 1 and k1 == c_in else -1
                         conv_band_taps_onto(xf, w, out, offs, toffs, t0, t1, p0, p1 - p0, c0,
                                             c1, k0, k1, bias, out, finish, add)
+
+
+@njit(parallel=True, cache=True)
+def dense_blocks(xf, w, offs, toffs, kw, blocks, units, bias, threads, out):
+    """``out = conv + bias`` like :func:`dense_classes`, each output pixel summing only taps
+    its block's windows read inside the input: ``offs`` and ``out`` list the pixels block by
+    block, each ``blocks[b] = (p0, p1, i0, i1, j0, j1)`` a few neighbouring pixels (a tile's
+    worth, rows by columns of one image) that sum kernel rows ``i0 .. i1`` by columns ``j0 ..
+    j1`` (the union of their windows' taps inside the input). Each unit ``units[u] = (b0, b1,
+    c0, c1)`` runs blocks ``b0 .. b1`` by output channels ``c0 .. c1`` kernel row by kernel
+    row: a row's panel of packed weights stays in L2 while every block of the unit sums it
+    (per block, the weights a few pixels use would each come from memory again), each block's
+    sums stored between its rows and added onto
+    (:func:`convlayers.kernels.simd.conv_band_taps_onto`); a block with no tap inside is its
+    bias. Units are handed out in order to the first free of ``threads`` threads."""
+    c_all = out.shape[1]
+    c_in = w.shape[0] // ((c_all + w.shape[1] - 1) // w.shape[1]) // toffs.size
+    kh = toffs.size // kw
+    queue = new_queue()
+    for _ in prange(threads):
+        while True:
+            u = claim(queue)
+            if u >= units.shape[0]:
+                break
+            b0, b1, j0c, j1c = units[u, 0], units[u, 1], units[u, 2], units[u, 3]
+            for b in range(b0, b1):
+                if blocks[b, 3] <= blocks[b, 2] or blocks[b, 5] <= blocks[b, 4]:
+                    for q in range(blocks[b, 0], blocks[b, 1]):
+                        out[q, j0c:j1c] = bias[j0c:j1c]
+            kc = conv_slab(xf, kw, j1c - j0c)
+            for c0 in range(j0c, j1c, NC):
+                c1 = min(j1c, c0 + NC)
+                for i in range(kh):
+                    for k0 in range(0, c_in, kc):
+                        k1 = min(c_in, k0 + kc)
+                        for b in range(b0, b1):
+                            p0, p1 = blocks[b, 0], blocks[b, 1]
+                            i0, i1, j0, j1 = blocks[b, 2], blocks[b, 3], blocks[b, 4], blocks[b, 5]
+                            if i < i0 or i >= i1 or j1 <= j0:
+                                continue
+                            add = 0 if i == i0 and k0 == 0 else 1
+                            finish = 0 if i == i1 - 1 and k1 == c_in else -1
+                            conv_band_taps_onto(xf, w, out, offs, toffs, i * kw + j0,
+                                                i * kw + j1, p0, p1 - p0, c0, c1, k0, k1, bias,
+                                                out, finish, add)
 
 
 @njit(parallel=True, cache=True)

@@ -14,8 +14,11 @@ large maps, as much as the product itself for one small map under large weights 
 planner's choice.
 
 Where padding is wide against the map, the pixels run in classes that sum only their
-windows' taps inside the input (:func:`skips_padding`,
-:func:`convlayers.inference.conv_last.dense_classes`), as torch's direct kernels do.
+windows' taps inside the input (:func:`convlayers.inference.conv_last.dense_classes`), or, on
+maps of a few pixels a side, in blocks of a tile's neighbouring pixels that sum the union of
+their windows' taps kernel row by kernel row
+(:func:`convlayers.inference.conv_last.dense_blocks`); :func:`padding_mode` chooses, as
+torch's direct kernels leave those taps out too.
 
 The weight gradient alone (:func:`_gw_direct`) runs on the same register tiles: each tap's
 ``(C_in, C_out)`` slice is a product of the input's zero-padded planes, split into column

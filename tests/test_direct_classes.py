@@ -1,6 +1,6 @@
-"""The ``direct`` strategy's classes of pixels that sum only their windows' taps inside the
-input (:func:`convlayers.inference.conv_last.dense_classes`), where padding is wide against
-the map."""
+"""The ``direct`` strategy's classes and blocks of pixels that sum only their windows' taps
+inside the input (:func:`convlayers.inference.conv_last.dense_blocks`), where padding is wide
+against the map."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as tF
 from convlayers import config
 from convlayers import functional as F
 from convlayers.functional import _engine_direct, _measured
-from convlayers.functional.plan import geometry
+from convlayers.functional.plan import Geometry, geometry
 from convlayers.inference import conv_last
 from oracle import assert_close
 
@@ -37,6 +37,17 @@ def test_inside_runs_are_the_taps_each_output_reads(seed: int) -> None:
             assert inside == list(range(j0, j1)), (o, inside, (j0, j1))
 
 
+def _geometry(case: tuple) -> Geometry:
+    """The forward geometry of a case ``(C_in, C_out, kernel, stride, padding, dilation, N,
+    H, W)``."""
+    c_in, c_out, kernel, stride, padding, dilation, n, h, w = case
+    return geometry((n, c_in, h, w), (c_out, c_in, *kernel), stride, dilation, 1,
+                    tuple((p, p) for p in padding),
+                    tuple((s + 2 * p - d * (k - 1) - 1) // t + 1 for s, p, d, k, t in
+                          zip((h, w), padding, dilation, kernel, stride, strict=True)),
+                    np.float32)
+
+
 # padding wide against small maps, where the classes pay (checked below): (C_in, C_out, kernel,
 # stride, padding, dilation, N, H, W)
 CASES = [(12, 52, (7, 7), (1, 1), (6, 6), (2, 2), 19, 11, 11),
@@ -53,10 +64,7 @@ def test_direct_by_classes_matches_torch(case: tuple) -> None:
     pixels whose windows read only padding too (the bias alone), narrow output blocks (8
     channels: the tall tiles) and more than one block of channels (300)."""
     c_in, c_out, kernel, stride, padding, dilation, n, h, w = case
-    g = geometry((n, c_in, h, w), (c_out, c_in, *kernel), stride, dilation, 1,
-                 tuple((p, p) for p in padding),
-                 tuple((s + 2 * p - d * (k - 1) - 1) // t + 1 for s, p, d, k, t in
-                       zip((h, w), padding, dilation, kernel, stride, strict=True)), np.float32)
+    g = _geometry(case)
     assert _engine_direct.skips_padding(g)
     rng = np.random.default_rng(c_out)
     x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
@@ -125,10 +133,7 @@ def test_direct_by_blocks_matches_torch(case: tuple) -> None:
     (:func:`convlayers.inference.conv_last.dense_blocks`): torch's result, bias included, on
     one and two threads."""
     c_in, c_out, kernel, stride, padding, dilation, n, h, w = case
-    g = geometry((n, c_in, h, w), (c_out, c_in, *kernel), stride, dilation, 1,
-                 tuple((p, p) for p in padding),
-                 tuple((s + 2 * p - d * (k - 1) - 1) // t + 1 for s, p, d, k, t in
-                       zip((h, w), padding, dilation, kernel, stride, strict=True)), np.float32)
+    g = _geometry(case)
     assert _engine_direct.padding_mode(g) == "blocks"
     rng = np.random.default_rng(c_in)
     x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
@@ -147,11 +152,9 @@ def test_the_blocks_cover_every_pixel_once_with_its_windows_taps() -> None:
     """Each block is at most a tile's pixels of one image, the blocks list every output pixel
     once, and a block's taps are the union of its pixels' windows' taps inside the input,
     counted one by one."""
-    c_in, c_out, kernel, stride, padding, dilation, n, h, w = BLOCK_CASES[1]
-    ho, wo = ((s + 2 * p - d * (k - 1) - 1) // t + 1 for s, p, d, k, t in
-              zip((h, w), padding, dilation, kernel, stride, strict=True))
-    g = geometry((n, c_in, h, w), (c_out, c_in, *kernel), stride, dilation, 1,
-                 tuple((p, p) for p in padding), (ho, wo), np.float32)
+    _, _, kernel, stride, padding, dilation, n, h, w = BLOCK_CASES[1]
+    g = _geometry(BLOCK_CASES[1])
+    ho, wo = g.ho, g.wo
     _, src, _, blocks, _ = _engine_direct._blocks(g, 2)
     tile = _engine_direct._runs(g)[2]
     order = np.empty(n * ho * wo, dtype=np.int64)

@@ -14,9 +14,8 @@ large maps, as much as the product itself for one small map under large weights 
 planner's choice.
 
 Where padding is wide against the map, the pixels run in classes that sum only their
-windows' taps inside the input (:func:`convlayers.inference.conv_last.dense_classes`), or, on
-maps of a few pixels a side, in blocks of a tile's neighbouring pixels that sum the union of
-their windows' taps kernel row by kernel row
+windows' taps inside the input, or, on maps of a few pixels a side, in blocks of a tile's
+neighbouring pixels that sum the union of their windows' taps, both kernel row by kernel row
 (:func:`convlayers.inference.conv_last.dense_blocks`); :func:`padding_mode` chooses, as
 torch's direct kernels leave those taps out too.
 
@@ -33,6 +32,8 @@ it skips the padding, and a dense float32 weight gradient always
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -158,9 +159,9 @@ def padding_mode(g: Geometry) -> str:
     """How ``direct`` runs the forward of ``g``: ``"plain"`` (the tiles of
     :func:`convlayers.inference.conv_last.dense`, each output row summing its kernel rows
     that read input, every column), ``"classes"`` (classes of pixels that sum only their
-    windows' taps inside the input, :func:`convlayers.inference.conv_last.dense_classes`) or
-    ``"blocks"`` (a tile's worth of neighbouring pixels summing the union of their windows'
-    taps inside, kernel row by kernel row, :func:`convlayers.inference.conv_last.dense_blocks`).
+    windows' taps inside the input) or ``"blocks"`` (a tile's worth of neighbouring pixels
+    summing the union of their windows' taps inside), both run by
+    :func:`convlayers.inference.conv_last.dense_blocks`.
 
     Costed in multiply-adds per input channel: the plain tiles sum, for each output row, its
     kernel rows that read input by every column; classes and blocks fill whole tiles (a
@@ -246,37 +247,49 @@ def _block_shape(g: Geometry) -> tuple[int, int, float]:
 
 @remembered
 def _classes(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                 np.ndarray]:
-    """The layout of :func:`convlayers.inference.conv_last.dense_classes` (for a ``g`` that
-    :func:`skips_padding`): each pixel's window start, class by class, the row of that order
-    each pixel in NCHW order takes, each tap's offset (every tap: a class sums a run of
-    kernel columns), and the units (a class's pixels in bands of the plain
-    kernel's units' rows, rounded to whole tiles, by its units' columns)."""
+                                                 np.ndarray, np.ndarray]:
+    """The layout of :func:`convlayers.inference.conv_last.dense_blocks` for a ``g`` whose
+    :func:`padding_mode` is ``"classes"``: each pixel's window start, class by class, the row
+    of that order each pixel in NCHW order takes, each tap's offset (every tap: a class sums a
+    run of kernel columns), the blocks (a class's pixels in bands of the plain kernel's units'
+    rows, rounded to whole tiles) and the units (a block by the plain units' columns)."""
     from convlayers.inference import conv_last
 
     row_runs, col_runs, tile = _runs(g)
-    hp, wp = padded_extent(g)
-    offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
     rows, cols = conv_last.dense_units(g.n * g.ho * g.wo, g.c_out, threads, g.itemsize,
                                        weight_bytes=_weight_bytes(g))
     rows = max(tile, rows // tile * tile)
-    order, units = [], []
+    order, blocks = [], []
     index = np.arange(g.n * g.ho * g.wo, dtype=np.int64).reshape(g.n, g.ho, g.wo)
     start = 0
     for ya, yb, i0, i1 in row_runs:
         for xa, xb, j0, j1 in col_runs:
-            block = index[:, ya:yb, xa:xb].reshape(-1)
-            order.append(block)
-            for p0 in range(start, start + block.size, rows):
-                p1 = min(start + block.size, p0 + rows)
-                for c0 in range(0, g.c_out, cols):
-                    units.append((p0, p1, c0, min(g.c_out, c0 + cols), i0, i1, j0, j1))
-            start += block.size
+            members = index[:, ya:yb, xa:xb].reshape(-1)
+            order.append(members)
+            blocks += [(p0, min(start + members.size, p0 + rows), i0, i1, j0, j1)
+                       for p0 in range(start, start + members.size, rows)]
+            start += members.size
+    units = [(b, b + 1, c0, min(g.c_out, c0 + cols))
+             for b in range(len(blocks)) for c0 in range(0, g.c_out, cols)]
+    return _ordered(g, order, blocks, units)
+
+
+def _ordered(g: Geometry, order: list[np.ndarray], blocks: Sequence[tuple[int, ...]],
+             units: Sequence[tuple[int, int, int, int]],
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_classes`' and :func:`_blocks`' layout from their pixels' ``order`` (NCHW
+    indices, block by block): the window starts in that order, where each pixel went, the
+    taps' offsets, and the blocks and units as arrays."""
+    from convlayers.inference import conv_last
+
+    hp, wp = padded_extent(g)
+    offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
     dest = np.concatenate(order)
     src = np.empty_like(dest)
     src[dest] = np.arange(dest.size, dtype=np.int64)
     toffs = conv_last.tap_offsets(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
-    return (np.ascontiguousarray(offs[dest]), src, toffs, np.array(units, dtype=np.int64))
+    return (np.ascontiguousarray(offs[dest]), src, toffs, np.array(blocks, dtype=np.int64),
+            np.array(units, dtype=np.int64))
 
 
 @remembered
@@ -290,8 +303,6 @@ def _blocks(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     from convlayers.inference import conv_last
 
     bh, bw, _ = _block_shape(g)
-    hp, wp = padded_extent(g)
-    offs = conv_last.pixel_offsets(g.n, g.ho, g.wo, hp, wp, g.c_in, g.sh, g.sw)
     r0, r1 = conv_last.tap_ranges(g.ho, g.h, g.kh, g.sh, g.pt, g.dh)
     c0, c1 = conv_last.tap_ranges(g.wo, g.w, g.kw, g.sw, g.pl, g.dw)
     index = np.arange(g.n * g.ho * g.wo, dtype=np.int64).reshape(g.n, g.ho, g.wo)
@@ -305,18 +316,13 @@ def _blocks(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
                 blocks.append((start, start + block.size, r0[y:y + bh].min(),
                                r1[y:y + bh].max(), c0[x:x + bw].min(), c1[x:x + bw].max()))
                 start += block.size
-    dest = np.concatenate(order)
-    src = np.empty_like(dest)
-    src[dest] = np.arange(dest.size, dtype=np.int64)
     strip = packed_width(g)
     strips = -(-g.c_out // strip)
     groups = max(1, min(len(blocks), -(-2 * threads // strips)))
     per_group = -(-len(blocks) // groups)
     units = [(b, min(len(blocks), b + per_group), c, min(g.c_out, c + strip))
              for b in range(0, len(blocks), per_group) for c in range(0, g.c_out, strip)]
-    toffs = conv_last.tap_offsets(g.kh, g.kw, g.dh, g.dw, wp, g.c_in)
-    return (np.ascontiguousarray(offs[dest]), src, toffs, np.array(blocks, dtype=np.int64),
-            np.array(units, dtype=np.int64))
+    return _ordered(g, order, blocks, units)
 
 
 def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
@@ -351,8 +357,8 @@ def _direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
 
     threads = _numba_threads()
     offs, toffs, row_taps, rows, cols, k_rows = _layout(g, threads)
-    classes = _classes(g, threads) if mode == "classes" else None
-    blocks = _blocks(g, threads) if mode == "blocks" else None
+    layout = (_classes(g, threads) if mode == "classes" else
+              _blocks(g, threads) if mode == "blocks" else None)
     hp, wp = padded_extent(g)
     xp = take("direct_input", (g.n, hp, wp, g.c_in), x.dtype)
     conv_last.pad_to_channels_last(np.ascontiguousarray(x), g.pt, g.pl, xp)
@@ -365,15 +371,9 @@ def _direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     pixels = g.n * g.ho * g.wo
     last = take("direct_output", (pixels, g.c_out), x.dtype)
     out = np.empty((g.n, g.c_out, g.ho, g.wo), x.dtype)
-    if classes is not None:
-        class_offs, src, class_toffs, units = classes
-        conv_last.dense_classes(xp.reshape(-1), packed, class_offs, class_toffs, g.kw, units, b,
-                                threads, last)
-        conv_last.rows_to_channels_first(last, src, g.ho * g.wo, out)
-        return out
-    if blocks is not None:
-        block_offs, src, block_toffs, block_list, units = blocks
-        conv_last.dense_blocks(xp.reshape(-1), packed, block_offs, block_toffs, g.kw, block_list,
+    if layout is not None:  # classes or blocks of pixels
+        block_offs, src, block_toffs, blocks, units = layout
+        conv_last.dense_blocks(xp.reshape(-1), packed, block_offs, block_toffs, g.kw, blocks,
                                units, b, threads, last)
         conv_last.rows_to_channels_first(last, src, g.ho * g.wo, out)
         return out

@@ -32,7 +32,7 @@ from convlayers.kernels.simd import (
 )
 
 __all__ = ["MAX_BAND_TILES", "OUT_BLOCK_BYTES", "UNIT_COST", "WIDE_SLACK", "dense",
-           "dense_blocks", "dense_classes", "dense_units", "inside_runs", "max_pool", "pack_rows_transposed",
+           "dense_blocks", "dense_units", "inside_runs", "max_pool", "pack_rows_transposed",
            "pad_channels_last",
            "pad_to_channels_last", "pixel_offsets", "row_taps", "rows_to_channels_first",
            "tap_offsets", "tap_ranges", "window_taps"]
@@ -262,56 +262,18 @@ def inside_runs(n_out: int, size: int, k: int, s: int, p: int, d: int) -> list[t
 
 
 @njit(parallel=True, cache=True)
-def dense_classes(xf, w, offs, toffs, kw, units, bias, threads, out):
-    """``out = conv + bias`` like :func:`dense` (no residual, no activation), each output
-    pixel summing only the taps its window reads from the input, not the zero padding: the
-    pixels come in classes (runs of rows by runs of columns, :func:`inside_runs`) whose
-    windows share those taps, ``offs`` and ``out`` list them class by class, and each unit
-    ``units[u] = (p0, p1, c0, c1, i0, i1, j0, j1)`` is pixels ``p0 .. p1`` of one class by
-    output channels ``c0 .. c1`` (a multiple of the packed strips' width), summing kernel rows
-    ``i0 .. i1`` by columns ``j0 .. j1`` (``toffs``: every tap, :func:`tap_offsets`; each
-    kernel row's columns are a range of them, a part). The sums are stored between the parts
-    and added onto
-    (:func:`convlayers.kernels.simd.conv_band_taps_onto`); a class with no tap inside is its
-    bias. Units are handed out in order to the first free of ``threads`` threads."""
-    c_all = out.shape[1]
-    c_in = w.shape[0] // ((c_all + w.shape[1] - 1) // w.shape[1]) // toffs.size
-    queue = new_queue()
-    for _ in prange(threads):
-        while True:
-            u = claim(queue)
-            if u >= units.shape[0]:
-                break
-            p0, p1, j0c, j1c = units[u, 0], units[u, 1], units[u, 2], units[u, 3]
-            i0, i1, j0, j1 = units[u, 4], units[u, 5], units[u, 6], units[u, 7]
-            if i1 <= i0 or j1 <= j0:
-                for q in range(p0, p1):
-                    out[q, j0c:j1c] = bias[j0c:j1c]
-                continue
-            kc = conv_slab(xf, j1 - j0, j1c - j0c)
-            for c0 in range(j0c, j1c, NC):
-                c1 = min(j1c, c0 + NC)
-                for i in range(i0, i1):
-                    t0, t1 = i * kw + j0, i * kw + j1
-                    for k0 in range(0, c_in, kc):
-                        k1 = min(c_in, k0 + kc)
-                        add = 0 if i == i0 and k0 == 0 else 1
-                        finish = 0 if i == i1 - 1 and k1 == c_in else -1
-                        conv_band_taps_onto(xf, w, out, offs, toffs, t0, t1, p0, p1 - p0, c0,
-                                            c1, k0, k1, bias, out, finish, add)
-
-
-@njit(parallel=True, cache=True)
 def dense_blocks(xf, w, offs, toffs, kw, blocks, units, bias, threads, out):
-    """``out = conv + bias`` like :func:`dense_classes`, each output pixel summing only taps
-    its block's windows read inside the input: ``offs`` and ``out`` list the pixels block by
-    block, each ``blocks[b] = (p0, p1, i0, i1, j0, j1)`` a few neighbouring pixels (a tile's
-    worth, rows by columns of one image) that sum kernel rows ``i0 .. i1`` by columns ``j0 ..
-    j1`` (the union of their windows' taps inside the input). Each unit ``units[u] = (b0, b1,
-    c0, c1)`` runs blocks ``b0 .. b1`` by output channels ``c0 .. c1`` kernel row by kernel
-    row: a row's panel of packed weights stays in L2 while every block of the unit sums it
-    (per block, the weights a few pixels use would each come from memory again), each block's
-    sums stored between its rows and added onto
+    """``out = conv + bias`` (no residual, no activation), each output pixel summing only the
+    taps its block's windows read inside the input, not the zero padding: ``offs`` and ``out``
+    list the pixels block by block, each ``blocks[b] = (p0, p1, i0, i1, j0, j1)`` pixels that
+    sum kernel rows ``i0 .. i1`` by columns ``j0 .. j1`` (``toffs``: every tap,
+    :func:`tap_offsets`; each kernel row's columns are a range of them, a part): a class of
+    pixels whose windows share those taps, or a few neighbouring pixels (a tile's worth, rows
+    by columns of one image) summing the union of theirs. Each unit ``units[u] = (b0, b1, c0,
+    c1)`` runs blocks ``b0 .. b1`` by output channels ``c0 .. c1`` (a multiple of the packed
+    strips' width) kernel row by kernel row: a row's panel of packed weights stays in L2 while
+    every block of the unit sums it (per block of a few pixels, the weights would each come
+    from memory again). Each block's sums are stored between its parts and added onto
     (:func:`convlayers.kernels.simd.conv_band_taps_onto`); a block with no tap inside is its
     bias. Units are handed out in order to the first free of ``threads`` threads."""
     c_all = out.shape[1]
@@ -324,11 +286,13 @@ def dense_blocks(xf, w, offs, toffs, kw, blocks, units, bias, threads, out):
             if u >= units.shape[0]:
                 break
             b0, b1, j0c, j1c = units[u, 0], units[u, 1], units[u, 2], units[u, 3]
+            widest = 1  # the most taps a part of the unit sums: its slabs' panel
             for b in range(b0, b1):
                 if blocks[b, 3] <= blocks[b, 2] or blocks[b, 5] <= blocks[b, 4]:
                     for q in range(blocks[b, 0], blocks[b, 1]):
                         out[q, j0c:j1c] = bias[j0c:j1c]
-            kc = conv_slab(xf, kw, j1c - j0c)
+                widest = max(widest, blocks[b, 5] - blocks[b, 4])
+            kc = conv_slab(xf, widest, j1c - j0c)
             for c0 in range(j0c, j1c, NC):
                 c1 = min(j1c, c0 + NC)
                 for i in range(kh):
@@ -367,7 +331,7 @@ def pack_rows_transposed(w, out, chunk):
 @njit(parallel=True, cache=True)
 def rows_to_channels_first(rows, src, hw, out):
     """``out (N, C, H, W)`` from ``rows (P, C)``, pixel ``p`` of the ``N*H*W`` in NCHW order
-    being row ``src[p]`` (``hw = H*W``): :func:`dense_classes`'s class order back. Each
+    being row ``src[p]`` (``hw = H*W``): :func:`dense_blocks`'s block order back. Each
     thread writes whole planes of one image and channel in order (a loop over the rows wrote
     each row's channels a plane apart: 70 us for 6x229x7x7, 13 this way)."""
     c = rows.shape[1]

@@ -498,3 +498,51 @@ def test_a_remembered_direct_forward_of_a_cropped_kernel_packs_its_taps_each_cal
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
     finite = np.isfinite(want)
     assert_close(got[finite], want[finite], "an inf weight after the runner")
+
+
+@pytest.mark.parametrize("serial_macs", [0, 1 << 40])
+@pytest.mark.parametrize(("mode", "x_shape", "w_shape", "kw"), [
+    ("plain", (2, 20, 9, 8), (70, 20, 3, 2), dict(stride=(2, 1), padding=1)),
+    ("blocks", (1, 110, 10, 10), (182, 110, 7, 7), dict(padding=9, dilation=3)),
+])
+def test_remembered_direct_forward_follows_torch_then_declines_a_nan_weight(
+        serial_macs: int, mode: str, x_shape: tuple, w_shape: tuple, kw: dict) -> None:
+    """``direct``'s runner (its layout, buffers' shapes and zero bias worked out once,
+    :func:`convlayers.functional._engine_direct.ready_direct`), planned for one thread or for
+    all, follows torch on new values every call, with and without a bias; in blocks of pixels
+    (the padding's taps left out) a NaN weight still gives torch's non-finite pattern (the
+    plain tiles rerun the call)."""
+    from convlayers.functional import _engine_direct
+    from convlayers.functional.plan import geometry
+
+    stride, padding = kw.get("stride", 1), kw["padding"]
+    g = geometry(x_shape, w_shape, stride if isinstance(stride, tuple) else (stride,) * 2,
+                 (kw.get("dilation", 1),) * 2, 1, ((padding, padding),) * 2,
+                 tuple(tF.conv2d(torch.zeros(x_shape), torch.zeros(w_shape), **kw).shape[2:]),
+                 np.float32)
+    assert _engine_direct.padding_mode(g) == mode
+    rng = np.random.default_rng(17)
+    before = config.threads()
+    config.set_threads(2)
+    try:
+        with config.engine_settings(force="direct", serial_macs=serial_macs):
+            for call in range(WARM_CALLS):
+                x = random_array(rng, x_shape, np.float32)
+                w = random_array(rng, w_shape, np.float32)
+                b = random_array(rng, w_shape[:1], np.float32) if call % 2 else None
+                assert_close(F.conv2d(x, w, b, **kw),
+                             tF.conv2d(torch.tensor(x), torch.tensor(w),
+                                       None if b is None else torch.tensor(b), **kw),
+                             f"call {call + 1}")
+            key = _ready.key_of("conv", (x, w, b), kw.get("stride", 1), padding,
+                                kw.get("dilation", 1), 1, "zeros")
+            assert _ready.lookup(key) not in (None, _ready.declining)
+            w[3, 5, 0, 0] = np.nan
+            got = F.conv2d(x, w, b, **kw)
+    finally:
+        config.set_threads(before)
+    want = tF.conv2d(torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b),
+                     **kw).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], "a NaN weight after the runner")

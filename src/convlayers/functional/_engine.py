@@ -92,6 +92,7 @@ from convlayers.functional._engine_direct import (
     _fwd_direct_planar,
     _gw_direct,
     forward_window,
+    ready_direct,
 )
 from convlayers.functional._engine_dot import _fwd_dot
 from convlayers.functional._engine_flipped import flipped_input_grad
@@ -849,7 +850,7 @@ _FORWARD: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, Geometr
 #: Forwards that work out their units once for :func:`ready_forward` (the others run as in
 #: :func:`correlate`).
 _READY_FORWARD = {"pointwise": ready_pointwise, "implicit": ready_implicit,
-                  "lowered": ready_lowered}
+                  "lowered": ready_lowered, "direct": ready_direct}
 
 _BACKWARD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray] | None]] = {
     "winograd": _bwd_winograd,

@@ -33,7 +33,7 @@ it skips the padding, and a dense float32 weight gradient always
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from convlayers.functional.plan import Geometry
 
 __all__ = ["GRADIENT_CHUNK_BYTES", "direct_fits", "direct_planar_fits", "direct_planar_pays",
            "direct_weight_grad_fits", "forward_window", "packed_width", "padded_extent",
-           "padding_mode", "skips_padding", "tall_channels"]
+           "padding_mode", "ready_direct", "skips_padding", "tall_channels"]
 
 
 def _weight_bytes(g: Geometry) -> int:
@@ -327,16 +327,32 @@ def _blocks(g: Geometry, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def _fwd_direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                 g: Geometry) -> np.ndarray:
-    # classes and blocks leave out the padding's taps: where a weight is inf or NaN, the plain
-    # tiles multiply the zeros as before (the pattern the non-finite tests hold each strategy
-    # to). A non-finite weight makes some output non-finite, so the output is checked, not the
-    # weights: NumPy's check of 110 -> 182 7x7's weights took 0.22 ms of a 0.8 ms call, the
-    # output's (100 x 182) a few microseconds
+    return ready_direct(g, _numba_threads())(x, w, bias)
+
+
+@remembered
+def ready_direct(g: Geometry, threads: int) -> Callable[[np.ndarray, np.ndarray,
+                                                          np.ndarray | None], np.ndarray]:
+    """The forward of ``g`` by ``direct`` on ``threads`` threads, as ``run(x, w, bias)``
+    (the engine's runner of a remembered call, :func:`convlayers.functional._engine.
+    ready_forward`), in :func:`padding_mode`'s layout.
+
+    Classes and blocks leave out the padding's taps: where a weight is inf or NaN, the plain
+    tiles multiply the zeros as before (the pattern the non-finite tests hold each strategy
+    to). A non-finite weight makes some output non-finite, so the output is checked, not the
+    weights: NumPy's check of 110 -> 182 7x7's weights took 0.22 ms of a 0.8 ms call, the
+    output's (100 x 182) a few microseconds."""
     mode = padding_mode(g)
-    out = _direct(x, w, bias, g, None, mode)
-    if mode != "plain" and not _finite(out):
-        return _direct(x, w, bias, g, None, "plain")
-    return out
+    run = _prepared(g, threads, None, mode)
+    if mode == "plain":
+        return run
+    plain = _prepared(g, threads, None, "plain")
+
+    def checked(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        out = run(x, w, bias)
+        return out if _finite(out) else plain(x, w, bias)
+
+    return checked
 
 
 def forward_window(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
@@ -347,40 +363,67 @@ def forward_window(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geo
     (:func:`convlayers.kernels.simd.pack_conv_weights_into`). Classes or blocks run wherever
     they pay, the weights taken as finite: the caller checks the output (an inf or NaN weight
     makes some output non-finite) and runs the call again by the whole path if it is not."""
-    return _direct(x, w, bias, g, window, padding_mode(g))
+    return _prepared(g, _numba_threads(), window, padding_mode(g))(x, w, bias)
 
 
 def _direct(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             window: tuple[int, int, int, int] | None, mode: str) -> np.ndarray:
+    """The forward of ``g`` by ``direct`` in ``mode`` (``"plain"``, ``"classes"`` or
+    ``"blocks"``), unchecked (the tests' way to run each layout)."""
+    return _prepared(g, _numba_threads(), window, mode)(x, w, bias)
+
+
+@remembered
+def _prepared(g: Geometry, threads: int, window: tuple[int, int, int, int] | None,
+              mode: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]:
+    """``run(x, w, bias)``: the forward of ``g`` by ``direct`` in ``mode`` on ``threads``
+    threads, with the taps ``window`` of ``w``'s kernel (or all of them), and everything that
+    depends only on the geometry worked out here once: the layouts, the buffers' shapes, the
+    zero bias. A call then makes its four kernel calls and little else. Asked again on every
+    call, those answers took 40-70 us of Python a call on layers of about a millisecond
+    (333 -> 95 3x3 stride 3 on 5x333x20x20, 287 -> 98 3x3 on 1x287x20x20: the interpreter's
+    lines and objects evicted by the last call's kernels), 3-4% of the layer."""
     from convlayers.inference import channels_last, conv_last
     from convlayers.kernels.simd import PACK_SPARE_ROWS, pack_conv_weights_into
 
-    threads = _numba_threads()
     offs, toffs, row_taps, rows, cols, k_rows = _layout(g, threads)
     layout = (_classes(g, threads) if mode == "classes" else
               _blocks(g, threads) if mode == "blocks" else None)
     hp, wp = padded_extent(g)
-    xp = take("direct_input", (g.n, hp, wp, g.c_in), x.dtype)
-    conv_last.pad_to_channels_last(np.ascontiguousarray(x), g.pt, g.pl, xp)
+    padded = (g.n, hp, wp, g.c_in)
     # a window's other taps go to spare rows past the packed ones
-    extra = PACK_SPARE_ROWS if window is not None else 0
-    spare = take("direct_weights", (k_rows + extra, packed_width(g)), x.dtype)
-    pack_conv_weights_into(np.ascontiguousarray(w), spare, window)
-    packed = spare[:k_rows]
-    b = np.zeros(g.c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
-    pixels = g.n * g.ho * g.wo
-    last = take("direct_output", (pixels, g.c_out), x.dtype)
-    out = np.empty((g.n, g.c_out, g.ho, g.wo), x.dtype)
-    if layout is not None:  # classes or blocks of pixels
-        block_offs, src, block_toffs, blocks, units = layout
-        conv_last.dense_blocks(xp.reshape(-1), packed, block_offs, block_toffs, g.kw, blocks,
-                               units, b, threads, last)
-        conv_last.rows_to_channels_first(last, src, g.ho * g.wo, out)
+    weights = (k_rows + (PACK_SPARE_ROWS if window is not None else 0), packed_width(g))
+    pixels = (g.n * g.ho * g.wo, g.c_out)
+    last_shape = (g.n, g.ho, g.wo, g.c_out)
+    out_shape = (g.n, g.c_out, g.ho, g.wo)
+    zeros = np.zeros(g.c_out, np.float32)
+    pt, pl, wo, kw, plane = g.pt, g.pl, g.wo, g.kw, g.ho * g.wo
+    pad, dense, dense_blocks = (conv_last.pad_to_channels_last, conv_last.dense,
+                                conv_last.dense_blocks)
+    to_channels_first, rows_to_channels_first = (channels_last.to_channels_first,
+                                                 conv_last.rows_to_channels_first)
+
+    def run(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        xp = take("direct_input", padded, np.float32)
+        pad(np.ascontiguousarray(x), pt, pl, xp)
+        spare = take("direct_weights", weights, np.float32)
+        pack_conv_weights_into(np.ascontiguousarray(w), spare, window)
+        packed = spare[:k_rows]
+        b = zeros if bias is None else np.ascontiguousarray(bias, np.float32)
+        last = take("direct_output", pixels, np.float32)
+        out = np.empty(out_shape, np.float32)
+        if layout is None:
+            dense(xp.reshape(-1), packed, offs, toffs, row_taps, wo, b, last, False, 0, rows,
+                  cols, threads, last)
+            to_channels_first(last.reshape(last_shape), out)
+        else:  # classes or blocks of pixels
+            block_offs, src, block_toffs, blocks, units = layout
+            dense_blocks(xp.reshape(-1), packed, block_offs, block_toffs, kw, blocks, units, b,
+                         threads, last)
+            rows_to_channels_first(last, src, plane, out)
         return out
-    conv_last.dense(xp.reshape(-1), packed, offs, toffs, row_taps, g.wo, b, last, False, 0,
-                    rows, cols, threads, last)
-    channels_last.to_channels_first(last.reshape(g.n, g.ho, g.wo, g.c_out), out)
-    return out
+
+    return run
 
 
 # ----------------------------------------------------------------------------- direct-planar

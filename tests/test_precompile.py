@@ -162,3 +162,25 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+PADDED = """
+import sys
+from convlayers.cli.warmup import tasks
+from convlayers.kernels import pad, precompile
+
+found = dict(precompile.gradient_tasks() if sys.argv[1] == "helper" else tasks("float32"))
+found["padded copies"]()
+print(bool(pad.pad_planes.signatures))
+"""
+
+
+@pytest.mark.parametrize("who", ["helper", "warmup"])
+def test_the_tasks_compile_the_padding_kernel(who: str) -> None:
+    """The helper's gradients and the warmup compile the padding kernel a transposed
+    convolution's weight gradient calls (in a fresh process: its signatures list what this
+    process called it with)."""
+    done = subprocess.run([sys.executable, "-c", PADDED, who], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]

@@ -320,6 +320,10 @@ class EngineSettings:
     #: The gradients of ReLU and ReLU6 over arrays of at least this many elements run on every
     #: thread in one pass (:mod:`convlayers.kernels.elementwise`); smaller ones in NumPy.
     parallel_elementwise: int = 1 << 16
+    #: Arrays of at least this many elements are padded (along their last two axes) on every
+    #: thread by :mod:`convlayers.kernels.pad`; smaller ones through NumPy slices
+    #: (:func:`convlayers.functional._common.pad_pairs`).
+    parallel_pad_elements: int = 1 << 16
     #: Whether a depthwise convolution whose taps skip input along an axis (a stride of 2 or
     #: more with a dilation its multiple, or one tap) runs as a stride-1 convolution of the one
     #: phase its taps read (:mod:`convlayers.functional._engine_phases`), a copy of that phase

@@ -27,6 +27,7 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
 
     from convlayers import config
     from convlayers import functional as F
+    from convlayers.functional._common import pad_pairs
     from convlayers.functional.plan import STRATEGIES
     from convlayers.kernels.precompile import (
         FORWARDS_ONLY,
@@ -89,6 +90,10 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
             F.adaptive_max_pool2d(x, 1, return_indices=True)
             F.adaptive_avg_pool2d(x, 1)
 
+    def padded_copies() -> None:  # zero padding on every thread (a transposed conv's gradient)
+        with config.engine_settings(parallel_pad_elements=0):
+            pad_pairs(x, ((1, 1), (2, 0)))
+
     def value_check() -> None:  # the engine's inf/NaN check of large arrays
         with config.engine_settings(parallel_check_elements=0, force="lowered"):
             F.conv2d(x, arr(8, 16, 3, 3), padding=1)
@@ -123,7 +128,8 @@ def tasks(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
         for model in (nn.MobileNetV2(rng=0), efficientnet_lite0(rng=0), nn.resnet18(rng=0)):
             compile(model.eval(), image)(image)
 
-    out += [("pooling", pooling), ("adaptive pooling", adaptive), ("value check", value_check),
+    out += [("pooling", pooling), ("adaptive pooling", adaptive),
+            ("padded copies", padded_copies), ("value check", value_check),
             ("linear", linear), ("batch norm", batch_norm), ("activations", activations),
             ("compiled plans", compiled_plans)]
     return out

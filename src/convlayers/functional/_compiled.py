@@ -17,8 +17,8 @@ from convlayers import config
 
 def kernels() -> Any:
     """The package :mod:`convlayers.kernels` with its ``conv``, ``depthwise``, ``elementwise``,
-    ``implicit``, ``dot``, ``winograd``, ``pooling`` and ``values`` modules loaded, and numba's thread
-    setting applied."""
+    ``implicit``, ``dot``, ``winograd``, ``pad``, ``pooling`` and ``values`` modules loaded,
+    and numba's thread setting applied."""
     found = loaded_kernels()
     if not getattr(_serial, "on", False):  # inside _threads_for the one thread stands
         config.apply_numba_threads()
@@ -37,6 +37,7 @@ def loaded_kernels() -> Any:
             dot,
             elementwise,
             implicit,
+            pad,
             pooling,
             values,
             winograd,

@@ -190,7 +190,21 @@ def gradient_tasks() -> list[tuple[str, Callable[[], Any]]]:
                 F.conv_transpose2d(x, w, stride=2, padding=1)
 
     out.append(("transposed convolutions", transposed))
+    out.append(("padded copies", padded_copies))
     return out
+
+
+def padded_copies() -> None:
+    """The compiled zero padding of float32 planes (:mod:`convlayers.kernels.pad`: a
+    transposed convolution's weight gradient pads its output gradient, a max pool its input),
+    forced on a tiny input."""
+    import numpy as np
+
+    from convlayers import config
+    from convlayers.functional._common import pad_pairs
+
+    with config.engine_settings(parallel_pad_elements=0):
+        pad_pairs(np.ones((2, 3, 4, 5), np.float32), ((1, 1), (2, 0)))
 
 
 def direct_weight_gradient() -> None:

@@ -1,7 +1,7 @@
 """Shared test settings: hypothesis profile and the one tolerance policy."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # torch's libgomp reads this once, when it loads: its idle threads (the oracle's) then sleep
 # instead of spinning beside the other test worker's kernels on a 2-core machine.
@@ -53,3 +53,14 @@ def wide_depthwise_defaults() -> Iterator[None]:
 
     with config.engine_settings(channels_last_planes=384, planar_max_waste=2):
         yield
+
+
+@pytest.fixture
+def set_threads() -> Iterator[Callable[[int], None]]:
+    """``config.set_threads``, the setting restored after the test: tests of the kernels on
+    one thread and on two."""
+    from convlayers import config
+
+    before = config.threads()
+    yield config.set_threads
+    config.set_threads(before)

@@ -6,6 +6,7 @@ arrives after the runner exists must come out exactly where torch's direct sums 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -290,30 +291,27 @@ def test_a_remembered_transposed_convolution_adds_its_bias_once_in_1d_and_2d(
 @pytest.mark.parametrize("serial_macs", [0, 1 << 40])
 @pytest.mark.parametrize(("batch", "spatial"), [(1, (9, 8)), (3, (5, 5)), (4, (3, 3)), (4, (2, 2))])
 def test_remembered_lowered_passes_follow_torch_on_one_thread_and_on_all(
-        serial_macs: int, batch: int, spatial: tuple[int, int]) -> None:
+        serial_macs: int, batch: int, spatial: tuple[int, int],
+        set_threads: Callable[[int], None]) -> None:
     """The lowered strategy's remembered forward and transposed convolution, planned for
     one thread (``serial_macs`` above the call's work: those of slab units run with no thread
     setting, the pool's other threads left as they are) or for all, follow torch call after
     call on two threads; the small maps of a batch take the merged kernels."""
     rng = np.random.default_rng(13)
-    before = config.threads()
-    config.set_threads(2)
-    try:
-        with config.engine_settings(force="lowered", serial_macs=serial_macs):
-            for call in range(WARM_CALLS):
-                x = random_array(rng, (batch, 6, *spatial), np.float32)
-                w = random_array(rng, (5, 6, 3, 2), np.float32)
-                b = random_array(rng, (5,), np.float32)
-                assert_close(F.conv2d(x, w, b, stride=(2, 1), padding=1),
-                             tF.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b),
-                                       stride=(2, 1), padding=1), f"forward, call {call + 1}")
-                wt = random_array(rng, (6, 5, 3, 2), np.float32)
-                assert_close(F.conv_transpose2d(x, wt, b, stride=2, padding=1),
-                             tF.conv_transpose2d(torch.tensor(x), torch.tensor(wt),
-                                                 torch.tensor(b), stride=2, padding=1),
-                             f"transposed, call {call + 1}")
-    finally:
-        config.set_threads(before)
+    set_threads(2)
+    with config.engine_settings(force="lowered", serial_macs=serial_macs):
+        for call in range(WARM_CALLS):
+            x = random_array(rng, (batch, 6, *spatial), np.float32)
+            w = random_array(rng, (5, 6, 3, 2), np.float32)
+            b = random_array(rng, (5,), np.float32)
+            assert_close(F.conv2d(x, w, b, stride=(2, 1), padding=1),
+                         tF.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b),
+                                   stride=(2, 1), padding=1), f"forward, call {call + 1}")
+            wt = random_array(rng, (6, 5, 3, 2), np.float32)
+            assert_close(F.conv_transpose2d(x, wt, b, stride=2, padding=1),
+                         tF.conv_transpose2d(torch.tensor(x), torch.tensor(wt),
+                                             torch.tensor(b), stride=2, padding=1),
+                         f"transposed, call {call + 1}")
 
 
 @pytest.mark.parametrize(("dims", "kw"), [
@@ -506,7 +504,8 @@ def test_a_remembered_direct_forward_of_a_cropped_kernel_packs_its_taps_each_cal
     ("blocks", (1, 110, 10, 10), (182, 110, 7, 7), dict(padding=9, dilation=3)),
 ])
 def test_remembered_direct_forward_follows_torch_then_declines_a_nan_weight(
-        serial_macs: int, mode: str, x_shape: tuple, w_shape: tuple, kw: dict) -> None:
+        serial_macs: int, mode: str, x_shape: tuple, w_shape: tuple, kw: dict,
+        set_threads: Callable[[int], None]) -> None:
     """``direct``'s runner (its layout, buffers' shapes and zero bias worked out once,
     :func:`convlayers.functional._engine_direct.ready_direct`), planned for one thread or for
     all, follows torch on new values every call, with and without a bias; in blocks of pixels
@@ -522,25 +521,21 @@ def test_remembered_direct_forward_follows_torch_then_declines_a_nan_weight(
                  np.float32)
     assert _engine_direct.padding_mode(g) == mode
     rng = np.random.default_rng(17)
-    before = config.threads()
-    config.set_threads(2)
-    try:
-        with config.engine_settings(force="direct", serial_macs=serial_macs):
-            for call in range(WARM_CALLS):
-                x = random_array(rng, x_shape, np.float32)
-                w = random_array(rng, w_shape, np.float32)
-                b = random_array(rng, w_shape[:1], np.float32) if call % 2 else None
-                assert_close(F.conv2d(x, w, b, **kw),
-                             tF.conv2d(torch.tensor(x), torch.tensor(w),
-                                       None if b is None else torch.tensor(b), **kw),
-                             f"call {call + 1}")
-            key = _ready.key_of("conv", (x, w, b), kw.get("stride", 1), padding,
-                                kw.get("dilation", 1), 1, "zeros")
-            assert _ready.lookup(key) not in (None, _ready.declining)
-            w[3, 5, 0, 0] = np.nan
-            got = F.conv2d(x, w, b, **kw)
-    finally:
-        config.set_threads(before)
+    set_threads(2)
+    with config.engine_settings(force="direct", serial_macs=serial_macs):
+        for call in range(WARM_CALLS):
+            x = random_array(rng, x_shape, np.float32)
+            w = random_array(rng, w_shape, np.float32)
+            b = random_array(rng, w_shape[:1], np.float32) if call % 2 else None
+            assert_close(F.conv2d(x, w, b, **kw),
+                         tF.conv2d(torch.tensor(x), torch.tensor(w),
+                                   None if b is None else torch.tensor(b), **kw),
+                         f"call {call + 1}")
+        key = _ready.key_of("conv", (x, w, b), kw.get("stride", 1), padding,
+                            kw.get("dilation", 1), 1, "zeros")
+        assert _ready.lookup(key) not in (None, _ready.declining)
+        w[3, 5, 0, 0] = np.nan
+        got = F.conv2d(x, w, b, **kw)
     want = tF.conv2d(torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b),
                      **kw).numpy()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
